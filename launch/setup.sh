@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install ngpt_ds and everything it needs into the active Python environment.
+#
+#   bash launch/setup.sh          torch (the CPU wheel when no torch is installed), DeepSpeed, this package
+#   bash launch/setup.sh --test   also OpenMPI + mpi4py, Slurm + munge (system packages, needs root or sudo)
+#                                 and the test tools
+#
+# On a GPU machine install the CUDA build of torch first; this script keeps an installed torch.
+# Works on a fresh Debian/Ubuntu machine with Python >= 3.10, in a venv, conda env or pyenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
+
+say() { printf '[setup] %s\n' "$*"; }
+
+if "$PYTHON" - <<'PY'
+import sys, sysconfig, pathlib
+managed = pathlib.Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
+sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)
+PY
+then
+  echo "error: $PYTHON is the system's externally managed Python; pip may not install into it." >&2
+  echo "fix: python3 -m venv .venv && . .venv/bin/activate, then run this script again." >&2
+  exit 2
+fi
+
+apt_install() {  # apt_install PKG...: install the Debian packages that are missing
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if ! command -v apt-get >/dev/null; then
+    echo "error: missing system packages ${missing[*]} and no apt-get; install them with your package manager" >&2
+    exit 2
+  fi
+  say "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q >/dev/null
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# g++ and make: DeepSpeed JIT-compiles its CPU ops (e.g. the CPU Adam of ZeRO-Offload).
+command -v g++ >/dev/null || apt_install g++ make
+if [ "$WITH_TESTS" = 1 ]; then
+  apt_install openmpi-bin libopenmpi-dev slurm-wlm munge
+fi
+
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  say "installing torch 2.13.0 (CPU build; on GPU machines install the CUDA build of torch first)"
+  "$PYTHON" -m pip install -q torch==2.13.0
+fi
+extras=""
+[ "$WITH_TESTS" = 1 ] && extras="[test]"
+say "installing ngpt_ds$extras and its dependencies"
+"$PYTHON" -m pip install -q -e ".$extras"
+say "done: $("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__}, deepspeed {deepspeed.__version__}")' 2>/dev/null)"

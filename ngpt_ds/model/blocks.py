@@ -1,0 +1,91 @@
+"""Attention and SwiGLU MLP, shared by nGPT and the GPT baseline.
+
+The nGPT-only parts (normalized q/k with s_qk, the s_u/s_v scaling, the softmax
+scale sqrt(d_head)) are switched on by `on_sphere`; everything else is one code path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ngpt_ds.model.config import ModelConfig
+from ngpt_ds.model.layers import Projection, RotaryEmbedding, ScaleVector, l2_normalize
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with RoPE, through torch SDPA.
+
+    nGPT (PAPER §2.3.2, eqs. 15-16): q <- s_qk * Norm(RoPE(q)), k <- s_qk * Norm(RoPE(k)),
+    per head over head_dim, the same s_qk on both; softmax scale sqrt(head_dim), so at
+    init every logit is sqrt(head_dim) * cos(q, k).
+    GPT: plain RoPE(q), RoPE(k); softmax scale 1/sqrt(head_dim).
+
+    `qkv` is one column-style projection whose rows are [W_q; W_k; W_v]. A tensor-parallel
+    shard keeps the same order for its heads, so the split below works on a shard too.
+    """
+
+    def __init__(self, config: ModelConfig, *, on_sphere: bool, qkv_std: float, out_std: float):
+        super().__init__()
+        d = config.n_embd
+        self.head_dim = config.head_dim
+        self.on_sphere = on_sphere
+        self.qkv = Projection(d, 3 * d, style="column", on_sphere=on_sphere, init_std=qkv_std)
+        self.out = Projection(d, d, style="row", on_sphere=on_sphere, init_std=out_std)
+        if on_sphere:
+            self.s_qk = ScaleVector(d, init=config.s_qk_init, scale=config.resolved_scale(config.s_qk_scale))
+            self.softmax_scale = math.sqrt(self.head_dim)
+        else:
+            self.softmax_scale = 1.0 / math.sqrt(self.head_dim)
+
+    def project_qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """h: [B, T, d] -> q, k, v each [B, T, H, head_dim], q and k rotated (and normalized, scaled)."""
+        B, T, _ = h.shape
+        q, k, v = self.qkv(h).view(B, T, 3, -1, self.head_dim).unbind(dim=2)
+        q = RotaryEmbedding.rotate(q, cos, sin)
+        k = RotaryEmbedding.rotate(k, cos, sin)
+        if self.on_sphere:
+            s_qk = self.s_qk().view(-1, self.head_dim).to(q.dtype)  # [H, head_dim]
+            q = l2_normalize(q) * s_qk
+            k = l2_normalize(k) * s_qk
+        return q, k, v
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """h: [B, T, d] -> attention output h_A before any normalization, [B, T, d]."""
+        B, T, _ = h.shape
+        q, k, v = self.project_qkv(h, cos, sin)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, scale=self.softmax_scale)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """MLP(h) = W_2 (u * SiLU(v)), [u; v] = W_uv h (PAPER eqs. 17-21).
+
+    nGPT scales u <- s_u * u and v <- s_v * sqrt(d_model) * v (eqs. 20-21). The official
+    code also puts sqrt(d_model) on u; the block output is normalized and linear in u,
+    so both give the same function and gradients (spec §1.2 item 3).
+    `up_gate` rows are [W_u; W_v]; a tensor-parallel shard keeps [u-shard; v-shard].
+    """
+
+    def __init__(self, config: ModelConfig, *, on_sphere: bool, up_std: float, down_std: float):
+        super().__init__()
+        d, hidden = config.n_embd, config.mlp_width
+        self.on_sphere = on_sphere
+        self.up_gate = Projection(d, 2 * hidden, style="column", on_sphere=on_sphere, init_std=up_std)
+        self.down = Projection(hidden, d, style="row", on_sphere=on_sphere, init_std=down_std)
+        if on_sphere:
+            self.s_u = ScaleVector(hidden, init=config.s_u_init, scale=config.s_uv_scale)
+            self.s_v = ScaleVector(hidden, init=config.s_v_init, scale=config.s_uv_scale)
+            self.v_multiplier = math.sqrt(d)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: [B, T, d] -> [B, T, d] (h_M before normalization)."""
+        u, v = self.up_gate(h).chunk(2, dim=-1)
+        if self.on_sphere:
+            u = u * self.s_u().to(u.dtype)
+            v = v * (self.s_v() * self.v_multiplier).to(v.dtype)
+        return self.down(u * F.silu(v))

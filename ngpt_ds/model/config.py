@@ -1,0 +1,190 @@
+"""Typed model configuration, validated once, and the YAML presets shipped with the package."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ngpt_ds.errors import NgptConfigError, Problems
+
+PRESET_DIR = Path(__file__).with_name("presets")
+ARCHS = ("ngpt", "gpt")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Architecture of an nGPT or GPT language model.
+
+    Scaling-vector constants follow the paper (PAPER §2.5, Table 1; spec §1.1). A
+    `*_scale` of None means 1/sqrt(n_embd), the paper's default.
+    """
+
+    arch: str = "ngpt"
+    """'ngpt' (normalized transformer) or 'gpt' (pre-norm RMSNorm baseline)."""
+    vocab_size: int | None = None
+    """Token vocabulary size. None: taken from the prepared dataset's tokenizer."""
+    n_layer: int = 4
+    """Number of transformer blocks L."""
+    n_embd: int = 256
+    """Model width d (d_model)."""
+    n_head: int = 4
+    """Attention heads H; head_dim = n_embd / n_head must be even (RoPE rotates pairs)."""
+    seq_len: int = 256
+    """Context length the model is trained at (tokens per sequence)."""
+    mlp_hidden: int | None = None
+    """Width of each SwiGLU branch (u and v). None: 4 * n_embd, as the paper and official code."""
+    rope_base: float = 10000.0
+    """RoPE base theta (PAPER A.5: 10000)."""
+
+    # nGPT scaling vectors: effective value = stored * init / scale (spec §1.1).
+    alpha_attn_init: float = 0.05
+    """alpha_A,init: eigen learning rate of the attention update (eq. 10)."""
+    alpha_attn_scale: float | None = None
+    """alpha_A,scale; None: 1/sqrt(n_embd)."""
+    alpha_mlp_init: float = 0.05
+    """alpha_M,init: eigen learning rate of the MLP update (eq. 11)."""
+    alpha_mlp_scale: float | None = None
+    """alpha_M,scale; None: 1/sqrt(n_embd)."""
+    s_qk_init: float = 1.0
+    """s_qk,init: per-head-dim scale of normalized q and k (eqs. 15-16)."""
+    s_qk_scale: float | None = None
+    """s_qk,scale; None: 1/sqrt(n_embd) (d_model, not head_dim)."""
+    s_u_init: float = 1.0
+    """s_u,init (eq. 20)."""
+    s_v_init: float = 1.0
+    """s_v,init (eq. 21); v is additionally multiplied by sqrt(n_embd)."""
+    s_uv_scale: float = 1.0
+    """s_u,scale = s_v,scale."""
+    s_z_init: float = 1.0
+    """s_z,init: per-token logit scale (eq. 24)."""
+    s_z_scale: float | None = None
+    """s_z,scale; None: 1/sqrt(n_embd)."""
+
+    # GPT baseline.
+    init_std: float = 0.02
+    """GPT: std of the normal init; output projections use init_std / sqrt(2 n_layer)."""
+    norm_eps: float = 1e-6
+    """GPT: RMSNorm epsilon."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_hidden if self.mlp_hidden is not None else 4 * self.n_embd
+
+    def resolved_scale(self, value: float | None) -> float:
+        return 1.0 / math.sqrt(self.n_embd) if value is None else float(value)
+
+    def validate(self, source: str = "model config") -> "ModelConfig":
+        """Check every field; raise one NgptConfigError listing all problems."""
+        p = Problems(source)
+        p.check(self.arch in ARCHS, "model.arch", self.arch, f"must be one of {', '.join(ARCHS)}")
+        for name in ("n_layer", "n_embd", "n_head", "seq_len"):
+            value = getattr(self, name)
+            p.check(isinstance(value, int) and value > 0, f"model.{name}", value,
+                    "must be a positive integer")
+        p.check(self.vocab_size is None or (isinstance(self.vocab_size, int) and self.vocab_size > 0),
+                "model.vocab_size", self.vocab_size,
+                "must be a positive integer, or null to take it from the dataset's tokenizer")
+        p.check(self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and self.mlp_hidden > 0),
+                "model.mlp_hidden", self.mlp_hidden, "must be a positive integer or null (4 * n_embd)")
+        if isinstance(self.n_embd, int) and isinstance(self.n_head, int) and self.n_head > 0 and self.n_embd > 0:
+            if self.n_embd % self.n_head:
+                p.add("model.n_embd", self.n_embd,
+                      f"must be divisible by n_head = {self.n_head} (head_dim = n_embd / n_head)")
+            elif self.head_dim % 2:
+                p.add("model.n_head", self.n_head,
+                      f"gives head_dim = {self.head_dim}, which is odd; RoPE needs an even head_dim")
+        p.check(self.rope_base > 1, "model.rope_base", self.rope_base, "must be > 1 (paper: 10000)")
+        for name in ("alpha_attn_scale", "alpha_mlp_scale", "s_qk_scale", "s_uv_scale", "s_z_scale"):
+            value = getattr(self, name)
+            p.check(value is None or value > 0, f"model.{name}", value,
+                    "must be > 0 (the stored value is divided by it) or null for 1/sqrt(n_embd)")
+        p.check(self.init_std > 0, "model.init_std", self.init_std, "must be > 0")
+        p.check(self.norm_eps > 0, "model.norm_eps", self.norm_eps, "must be > 0")
+        p.raise_if_any()
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "model config") -> "ModelConfig":
+        """Build from a mapping (a YAML `model:` section); unknown keys are errors."""
+        if not isinstance(values, dict):
+            raise NgptConfigError(f"{source}: the model section must be a mapping, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            p = Problems(source)
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                p.add(f"model.{key}", values[key], f"unknown field{hint} Known fields: {', '.join(sorted(known))}")
+            p.raise_if_any()
+        return cls(**values).validate(source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A preset name (e.g. 'ngpt_tiny') or a YAML file path -> an existing path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise NgptConfigError(f"config file {path} does not exist. Give a YAML file or one of the "
+                                  f"presets: {', '.join(preset_names())}")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        raise NgptConfigError(f"unknown preset {name_or_path!r}. Presets: {', '.join(preset_names())}; "
+                              "or give the path of a YAML file")
+    return preset
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML config file into a mapping; duplicate keys and syntax errors are named."""
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise NgptConfigError(f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); "
+                                      "keep one")
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise NgptConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise NgptConfigError(f"{path}: expected a mapping with 'model:' (and 'train:') sections")
+    return data
+
+
+def load_model_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The `model:` section of a preset or YAML file, with optional field overrides."""
+    path = resolve_config_path(name_or_path)
+    section = dict(load_yaml(path).get("model") or {})
+    section.update(overrides or {})
+    return ModelConfig.from_dict(section, source=f"model config ({path})")
+
+

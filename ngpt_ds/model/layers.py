@@ -1,0 +1,163 @@
+"""Building blocks shared by nGPT and the GPT baseline.
+
+Tensor layouts follow PyTorch: a projection weight is [out_features, in_features]
+(as nn.Linear) and an embedding table is [vocab, d_model]. Activations are
+[batch B, time T, ...].
+
+Every weight matrix is a module that *declares* its layout (`MatrixLayout`): the
+dimension the nGPT hypersphere constraint normalizes, and the dimension a
+tensor-parallel split cuts. The two are always different, so renormalizing a
+tensor-parallel shard never needs another rank's data. Nothing else in the code
+base hard-codes those dims: renormalization (`ngpt_ds.model.sphere`), the
+ZeRO-aware hook and tensor parallelism all read them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Norm(x) = x / ||x||_2 along `dim` (spec §1.2). The norm is accumulated in fp32.
+
+    No epsilon, as in the official code: every vector normalized here (hidden states,
+    projections of unit vectors, weight rows) is non-zero in practice.
+    """
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+    return x / norm.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class MatrixLayout:
+    """How a weight matrix lives on the hypersphere and across tensor-parallel ranks.
+
+    norm_dim:  the dim of length d_model, along which nGPT keeps unit norm (spec §1.3).
+    split_dim: the dim a tensor-parallel split cuts; always the other one.
+    """
+
+    norm_dim: int
+    split_dim: int
+
+
+#: Column-parallel projection [out, in=d_model] and embedding tables [V, d_model]:
+#: each row is a unit vector over d_model; tensor parallelism splits the rows.
+ROW_VECTORS = MatrixLayout(norm_dim=1, split_dim=0)
+#: Row-parallel projection [out=d_model, in]: each column is a unit vector over
+#: d_model; tensor parallelism splits the columns.
+COLUMN_VECTORS = MatrixLayout(norm_dim=0, split_dim=1)
+
+
+class DeclaredMatrix(nn.Module):
+    """Base of every module that owns one weight matrix `self.weight`.
+
+    `on_sphere` is True in nGPT: the matrix is renormalized along `layout.norm_dim`
+    once before training and after every optimizer step.
+    """
+
+    weight: nn.Parameter
+    layout: MatrixLayout
+    on_sphere: bool
+
+
+class Projection(DeclaredMatrix):
+    """y = x W^T without bias. W: [out_features, in_features].
+
+    style "column": splits along out_features (q, k, v, MLP up/gate, output head),
+    unit norm along in_features = d_model.
+    style "row": splits along in_features (attention output, MLP down),
+    unit norm along out_features = d_model.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, style: str, on_sphere: bool,
+                 init_std: float):
+        super().__init__()
+        if style not in ("column", "row"):
+            raise ValueError(f"Projection style must be 'column' or 'row', got {style!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.style = style
+        self.layout = ROW_VECTORS if style == "column" else COLUMN_VECTORS
+        self.on_sphere = on_sphere
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.normal_(self.weight, mean=0.0, std=init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in_features] -> [..., out_features]."""
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, style={self.style}, "
+                f"on_sphere={self.on_sphere}")
+
+
+class TokenEmbedding(DeclaredMatrix):
+    """Token lookup table E: [vocab_size, d_model]; rows are unit norm in nGPT.
+
+    Tensor parallelism splits the vocabulary (rows), like the output head.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, *, on_sphere: bool, init_std: float):
+        super().__init__()
+        self.layout = ROW_VECTORS
+        self.on_sphere = on_sphere
+        self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
+        nn.init.normal_(self.weight, mean=0.0, std=init_std)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token_ids: [B, T] int64 -> [B, T, d_model]."""
+        return F.embedding(token_ids, self.weight)
+
+
+class ScaleVector(nn.Module):
+    """A learnable per-channel scaling vector with the paper's init/scale trick (PAPER §2.5).
+
+    The stored tensor starts at `scale` and is multiplied by `init / scale` in the
+    forward pass, so the effective value starts at `init` while one Adam step on the
+    stored value moves the effective value by about lr * init / scale. nGPT's alpha
+    takes the absolute value (spec §1.1). Never renormalized, never weight-decayed.
+    """
+
+    def __init__(self, size: int, *, init: float, scale: float, absolute: bool = False):
+        super().__init__()
+        self.init, self.scale, self.absolute = float(init), float(scale), absolute
+        self.param = nn.Parameter(torch.full((size,), self.scale))
+
+    def forward(self) -> torch.Tensor:
+        """Effective value, shape [size]."""
+        value = self.param * (self.init / self.scale)
+        return value.abs() if self.absolute else value
+
+    def extra_repr(self) -> str:
+        return f"size={self.param.numel()}, init={self.init:g}, scale={self.scale:g}, abs={self.absolute}"
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., RoFormer) in the rotate-half layout.
+
+    A correct RoPE, unlike the official nGPT code's (spec §4.3 item 1): rotating q at
+    position m and k at position n makes q.k depend only on m - n, and preserves
+    norms. Tables are built in fp32 on every call (they are tiny), so they never
+    lose precision when the model runs in bf16.
+    """
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        self.head_dim, self.base = head_dim, float(base)
+
+    def tables(self, seq_len: int, device: torch.device, dtype: torch.dtype,
+               offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions offset..offset+seq_len-1, each [seq_len, 1, head_dim/2]."""
+        half = self.head_dim // 2
+        inv_freq = self.base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
+        positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq).unsqueeze(1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, H, head_dim]; cos, sin: [T, 1, head_dim/2] -> rotated x, same shape."""
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

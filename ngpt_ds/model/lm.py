@@ -1,0 +1,50 @@
+"""What nGPT and the GPT baseline have in common: embeddings, a stack of blocks, a head, the loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ngpt_ds.model.config import ModelConfig
+from ngpt_ds.model.layers import Projection, RotaryEmbedding, TokenEmbedding
+
+
+class CausalLM(nn.Module):
+    """A decoder-only language model: token_ids [B, T] -> logits [B, T, V].
+
+    Subclasses build `embed`, `blocks`, `head` and define `logits(h)`; each block has
+    `forward(h, cos, sin) -> h`.
+    """
+
+    config: ModelConfig
+    embed: TokenEmbedding
+    blocks: nn.ModuleList
+    head: Projection
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be resolved (from the dataset) before building a model")
+        self.config = config
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_base)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [B, T, d] -> logits [B, T, V]."""
+        raise NotImplementedError
+
+    def hidden_states(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token_ids [B, T] -> final hidden states [B, T, d]."""
+        h = self.embed(token_ids)
+        cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype)
+        for block in self.blocks:
+            h = block(h, cos, sin)
+        return h
+
+    def forward(self, token_ids: torch.Tensor, targets: torch.Tensor | None = None):
+        """Returns (logits [B, T, V], mean cross-entropy or None). Targets of -1 are ignored."""
+        logits = self.logits(self.hidden_states(token_ids))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss

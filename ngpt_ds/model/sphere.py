@@ -1,0 +1,53 @@
+"""The hypersphere constraint on weights: which matrices, along which dim, and renormalization.
+
+This is the single place that turns a model's declared matrices into (param, norm_dim)
+pairs. The ZeRO-aware hook in ngpt_ds.train works from the same list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ngpt_ds.model.layers import DeclaredMatrix
+
+
+@dataclass(frozen=True)
+class SphereMatrix:
+    """A weight that nGPT keeps at unit norm along `norm_dim` (spec §1.3)."""
+
+    name: str
+    param: nn.Parameter
+    norm_dim: int
+
+
+def sphere_matrices(model: nn.Module) -> list[SphereMatrix]:
+    """Every declared matrix with on_sphere=True, in module order (empty for the GPT baseline)."""
+    return [SphereMatrix(f"{name}.weight" if name else "weight", module.weight, module.layout.norm_dim)
+            for name, module in model.named_modules()
+            if isinstance(module, DeclaredMatrix) and module.on_sphere]
+
+
+@torch.no_grad()
+def normalize_matrices_(model: nn.Module) -> None:
+    """Renormalize every sphere matrix in place: W <- W / ||W||_norm_dim, computed in fp32.
+
+    Right for an unsharded model (single process, DDP-style replicas, tensor-parallel
+    shards since a split never cuts norm_dim). Under ZeRO use the hook in
+    ngpt_ds.train.hypersphere, which works on the fp32 master shards.
+    """
+    for matrix in sphere_matrices(model):
+        w = matrix.param.float()
+        matrix.param.copy_(w / torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True))
+
+
+@torch.no_grad()
+def max_norm_deviation(model: nn.Module) -> float:
+    """max | ||W||_norm_dim - 1 | over all sphere matrices (0.0 when there are none)."""
+    worst = 0.0
+    for matrix in sphere_matrices(model):
+        norms = torch.linalg.vector_norm(matrix.param.float(), dim=matrix.norm_dim)
+        worst = max(worst, (norms - 1).abs().max().item())
+    return worst

@@ -1,0 +1,110 @@
+"""Model config validation, presets, parameter counts, FLOPs formula, and the GPT baseline's structure."""
+
+import math
+
+import pytest
+import torch
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.model import (GPT, ModelConfig, build_model, count_parameters, load_model_config, preset_names,
+                           sphere_matrices, training_flops_per_token)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(NgptConfigError) as err:
+        ModelConfig.from_dict({"n_embd": 100, "n_head": 3, "n_layer": 0, "seq_len": -5, "arch": "bert",
+                               "s_z_scale": 0.0}, source="my.yaml")
+    text = str(err.value)
+    assert text.startswith("my.yaml: 5 problems")
+    for needle in ("model.arch = 'bert'", "model.n_layer = 0", "model.seq_len = -5",
+                   "model.n_embd = 100: must be divisible by n_head = 3", "model.s_z_scale = 0.0"):
+        assert needle in text, needle
+
+
+def test_odd_head_dim_is_rejected_for_rope():
+    with pytest.raises(NgptConfigError, match=r"head_dim = 5, which is odd"):
+        ModelConfig(n_embd=20, n_head=4).validate()
+
+
+def test_unknown_yaml_key_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  n_layers: 4\n  n_embd: 64\n")
+    with pytest.raises(NgptConfigError, match=r"model.n_layers = 4: unknown field; did you mean 'n_layer'"):
+        load_model_config(str(path))
+
+
+def test_duplicate_yaml_key_and_missing_file_are_named(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("model:\n  n_embd: 64\n  n_embd: 128\n")
+    with pytest.raises(NgptConfigError, match=r"key 'n_embd' appears twice \(line 3\)"):
+        load_model_config(str(path))
+    with pytest.raises(NgptConfigError, match=r"does not exist"):
+        load_model_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(NgptConfigError, match=r"unknown preset 'ngpt_huge'.*ngpt_tiny"):
+        load_model_config("ngpt_huge")
+
+
+def test_presets_exist_for_both_archs():
+    names = set(preset_names())
+    for size in ("tiny", "0.5b", "1b"):
+        for arch in ("ngpt", "gpt"):
+            assert f"{arch}_{size}" in names
+            assert load_model_config(f"{arch}_{size}").arch == arch
+
+
+@pytest.mark.parametrize("preset, paper_millions", [
+    ("gpt_0.5b", 468.2), ("ngpt_0.5b", 468.4), ("gpt_1b", 1025.7), ("ngpt_1b", 1026.1)])
+def test_paper_sizes_match_table_2(preset, paper_millions):
+    config = load_model_config(preset, {"vocab_size": 32000})  # LLaMA-2 tokenizer, as the paper
+    with torch.device("meta"):
+        model = build_model(config)
+    total = count_parameters(model).total
+    # The paper's Table 2 truncates to 0.1M.
+    assert math.floor(total / 1e5) / 10 == pytest.approx(paper_millions)
+
+
+def test_flops_formula_by_hand():
+    config = ModelConfig(vocab_size=1000, n_layer=2, n_embd=64, n_head=4, seq_len=32).validate()
+    d, hidden = 64, 256
+    per_layer_params = 4 * d * d + 3 * d * hidden
+    expected = 6 * (2 * per_layer_params + 1000 * d) + 12 * 2 * d * 32
+    assert training_flops_per_token(config) == expected
+    model = build_model(config)
+    counts = count_parameters(model)
+    # The matmul parameters of the formula are all matrices except the input lookup table.
+    assert counts.matrices - counts.input_embedding == 2 * per_layer_params + 1000 * d
+
+
+def test_gpt_baseline_structure_and_init():
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gpt", vocab_size=500, n_layer=3, n_embd=128, n_head=4, seq_len=16).validate()
+    model = build_model(config)
+    assert isinstance(model, GPT)
+    assert sphere_matrices(model) == []                      # never renormalized
+    assert model.blocks[0].attn.softmax_scale == pytest.approx(1 / math.sqrt(32))
+    assert not hasattr(model.blocks[0].attn, "s_qk")
+    assert model.head.weight is not model.embed.weight       # untied
+    std = lambda t: t.detach().std().item()
+    assert std(model.embed.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.blocks[0].attn.qkv.weight) == pytest.approx(0.02, rel=0.05)
+    assert std(model.blocks[0].mlp.down.weight) == pytest.approx(0.02 / math.sqrt(6), rel=0.05)
+    assert std(model.blocks[0].attn.out.weight) == pytest.approx(0.02 / math.sqrt(6), rel=0.05)
+    # Pre-norm: the residual stream is not normalized (a clean residual path, spec §1.5).
+    h = torch.randn(2, 16, 128) * 3
+    cos, sin = model.rotary.tables(16, h.device, h.dtype)
+    with torch.no_grad():
+        for p in model.blocks[0].attn.out.parameters():
+            p.zero_()
+    torch.testing.assert_close(model.blocks[0].attention_update(h, cos, sin), h)
+    # Final RMSNorm before the head.
+    x = torch.randn(2, 16, 128) * 5
+    expected = torch.nn.functional.linear(x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt(), model.head.weight)
+    torch.testing.assert_close(model.logits(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ngpt_and_gpt_share_layers_not_copies():
+    ngpt = build_model(ModelConfig(arch="ngpt", vocab_size=50, n_layer=1, n_embd=32, n_head=2, seq_len=8))
+    gpt = build_model(ModelConfig(arch="gpt", vocab_size=50, n_layer=1, n_embd=32, n_head=2, seq_len=8))
+    assert type(ngpt.blocks[0].attn) is type(gpt.blocks[0].attn)
+    assert type(ngpt.blocks[0].mlp) is type(gpt.blocks[0].mlp)
+    assert type(ngpt.rotary) is type(gpt.rotary)
