@@ -1,0 +1,14 @@
+"""Data pipeline: corpus -> sentencepiece tokenizer -> flat binary token shards -> batches.
+
+Modules, one job each:
+  sources        read a corpus (local files, a saved dataset, a hub dataset) through HF `datasets`
+  tokenizer      train or load a sentencepiece model; `Tokenizer` wrapper
+  encode         tokenize documents in worker processes, in order, with bounded memory
+  shards         on-disk format: `meta.json` + `<split>_NNNNNN.bin`; `load_dataset_meta` validates it
+  prepare        `prepare_dataset`: the whole preparation, written atomically
+  default_corpus the King James Bible default corpus, fetched once with pip and cached
+  windows        map window numbers to token slices of memory-mapped shards
+  loader         `TokenWindowLoader` (seeded, resumable, data-parallel) and `validation_batches`
+
+Nothing heavy is imported here: worker processes import `encode` through this package.
+"""

@@ -1,0 +1,186 @@
+"""Batches of (input, target) token windows for data-parallel training and validation.
+
+Order: epoch e visits all windows of the split in the permutation drawn from
+np.random.default_rng([seed, e]). Global batch b of an epoch is permutation slots
+[b*G, (b+1)*G) with G = dp_size * micro_batch_size; data-parallel rank r takes the r-th
+micro_batch_size of them. So ranks see disjoint windows, the order depends only on
+(seed, epoch), and the position is one integer. Tensor-/pipeline-parallel ranks of one
+replica pass the same dp_rank and get the same batch. The last W mod G windows of each
+epoch's permutation are skipped (a different set each epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ngpt_ds.data.shards import load_dataset_meta
+from ngpt_ds.data.windows import WindowIndex
+from ngpt_ds.errors import NgptConfigError, Problems
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+_STATE_VERSION = 1
+
+
+def _check_layout(subject: str, seq_len: int, micro_batch_size: int, dp_rank: int, dp_size: int) -> None:
+    p = Problems(subject)
+    p.check(seq_len >= 1, "seq_len", seq_len, "must be a positive integer")
+    p.check(micro_batch_size >= 1, "micro_batch_size", micro_batch_size, "must be a positive integer")
+    p.check(dp_size >= 1, "dp_size", dp_size, "must be a positive integer")
+    p.check(0 <= dp_rank < max(dp_size, 1), "dp_rank", dp_rank, f"must be in [0, dp_size={dp_size})")
+    p.raise_if_any()
+
+
+def _to_batch(windows: np.ndarray) -> Batch:
+    """[B, T+1] tokens -> inputs [B, T], targets [B, T] (targets = inputs shifted by one)."""
+    w = torch.from_numpy(windows)
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def _too_few(data_dir: Path, split: str, seq_len: int, windows: int, dp_size: int, mbs: int) -> NgptConfigError:
+    return NgptConfigError(
+        f"dataset {data_dir} split {split!r} has {windows} windows of seq_len+1 = {seq_len + 1} tokens, fewer than "
+        f"one global batch of dp_size * micro_batch_size = {dp_size} * {mbs} = {dp_size * mbs}; use a smaller "
+        "seq_len, micro batch or data-parallel size, or prepare more data"
+    )
+
+
+class TokenWindowLoader:
+    """Endless, seeded, resumable stream of training batches for one data-parallel rank.
+
+    next_batch() -> (inputs [micro_batch_size, seq_len], targets [micro_batch_size, seq_len]),
+    int64 token ids. Iterating yields the same stream. `epoch` is the epoch the next batch
+    comes from; `windows_per_epoch` counts the split's windows (all ranks together).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        seq_len: int,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        seed: int,
+    ):
+        _check_layout("TokenWindowLoader", seq_len, micro_batch_size, dp_rank, dp_size)
+        self.data_dir = Path(data_dir)
+        self.meta = load_dataset_meta(self.data_dir)
+        self.split = split
+        self.seq_len = seq_len
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+        self.seed = seed
+        self._index = WindowIndex(self.meta, split, seq_len)
+        self.windows_per_epoch = self._index.num_windows
+        self.global_batch = dp_size * micro_batch_size
+        if self.windows_per_epoch < self.global_batch:
+            raise _too_few(self.data_dir, split, seq_len, self.windows_per_epoch, dp_size, micro_batch_size)
+        self.batches_per_epoch = self.windows_per_epoch // self.global_batch
+        self.epoch = 0
+        self._batch = 0  # next global batch within the epoch
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def _permutation(self) -> np.ndarray:
+        if self._order is None or self._order[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = (self.epoch, rng.permutation(self.windows_per_epoch))
+        return self._order[1]
+
+    def next_batch(self) -> Batch:
+        start = self._batch * self.global_batch + self.dp_rank * self.micro_batch_size
+        ids = self._permutation()[start : start + self.micro_batch_size]
+        self._batch += 1
+        if self._batch == self.batches_per_epoch:
+            self.epoch, self._batch = self.epoch + 1, 0
+        return _to_batch(self._index.read(ids))
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        return self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        """Position of the next batch, the same on every rank; plain ints (JSON-serialisable)."""
+        return {
+            "version": _STATE_VERSION,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "windows_per_epoch": self.windows_per_epoch,
+            "epoch": self.epoch,
+            "windows_consumed": self._batch * self.global_batch,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at the exact next batch. The global batch (dp_size * micro_batch_size) may change
+        if the position is a whole number of new global batches."""
+        p = Problems("data loader state (from the checkpoint)")
+        p.check(state.get("version") == _STATE_VERSION, "version", state.get("version"),
+                f"this ngpt_ds reads version {_STATE_VERSION}; start the data order afresh")
+        for key, mine in (("seed", self.seed), ("seq_len", self.seq_len), ("windows_per_epoch", self.windows_per_epoch)):
+            p.check(state.get(key) == mine, key, state.get(key),
+                    f"this run has {key} = {mine}; resume with the same {key} and dataset {self.data_dir}")
+        consumed = int(state.get("windows_consumed", -1))
+        p.check(0 <= consumed and consumed % self.global_batch == 0 and consumed // self.global_batch < self.batches_per_epoch,
+                "windows_consumed", consumed,
+                f"must be a whole number of global batches ({self.global_batch}) within one epoch; "
+                "resume with the checkpoint's dp_size * micro_batch_size")
+        p.check(int(state.get("epoch", -1)) >= 0, "epoch", state.get("epoch"), "must be >= 0")
+        p.raise_if_any()
+        self.epoch = int(state["epoch"])
+        self._batch = consumed // self.global_batch
+
+
+class ValidationBatches:
+    """Fixed validation windows for one data-parallel rank; iterate as often as you like.
+
+    The windows are spread evenly over the split; ranks get disjoint ones. Yields
+    (inputs [micro_batch_size, seq_len], targets [micro_batch_size, seq_len]) int64; len() batches.
+    """
+
+    def __init__(self, index: WindowIndex, window_ids: np.ndarray):
+        self._index = index
+        self._ids = window_ids  # [num_batches, micro_batch_size]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for ids in self._ids:
+            yield _to_batch(self._index.read(ids))
+
+
+def validation_batches(
+    data_dir: str | Path,
+    seq_len: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    max_batches: int | None = None,
+    split: str = "validation",
+) -> ValidationBatches:
+    """The same validation windows on every call: at most max_batches batches per rank.
+
+    Every rank gets the same number of batches (so collective ops stay matched).
+    """
+    _check_layout("validation_batches", seq_len, micro_batch_size, dp_rank, dp_size)
+    if max_batches is not None and max_batches < 1:
+        raise NgptConfigError(f"validation max_batches = {max_batches}: must be >= 1 or None (all)")
+    data_dir = Path(data_dir)
+    index = WindowIndex(load_dataset_meta(data_dir), split, seq_len)
+    per_batch = dp_size * micro_batch_size
+    if index.num_windows < per_batch:
+        raise _too_few(data_dir, split, seq_len, index.num_windows, dp_size, micro_batch_size)
+    n_batches = index.num_windows // per_batch
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    n = n_batches * per_batch
+    # Strictly increasing because num_windows >= n: distinct windows, evenly spread.
+    chosen = (np.arange(n, dtype=np.int64) * index.num_windows) // n
+    mine = chosen.reshape(n_batches, dp_size, micro_batch_size)[:, dp_rank, :]
+    return ValidationBatches(index, mine)

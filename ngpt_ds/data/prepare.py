@@ -1,0 +1,272 @@
+"""Prepare a dataset: corpus -> tokenizer -> token shards + meta.json, written atomically.
+
+Everything is written into a hidden staging dir beside `out` (`.<name>.partial-<id>`) and
+renamed to `out` only when complete, meta.json last; an interrupted run leaves no `out`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import ngpt_ds
+from ngpt_ds.data.encode import encode_in_order
+from ngpt_ds.data.shards import (
+    DTYPES,
+    FORMAT_VERSION,
+    TOKENIZER_FILE,
+    DatasetMeta,
+    ShardWriter,
+    dtype_for_vocab,
+    dtype_max_vocab,
+    sha256_file,
+    write_meta,
+)
+from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
+from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
+from ngpt_ds.errors import NgptConfigError, Problems
+
+DEFAULT_VOCAB_SIZE = 8192
+# Documents per task sent to a worker: large enough to amortize pickling, small enough
+# that 2 * workers tasks in flight stay a few MB.
+_BATCH_DOCS = 512
+_BATCH_CHARS = 4 << 20
+
+
+@dataclass(kw_only=True, slots=True)
+class PrepareConfig:
+    """Everything `prepare_dataset` needs. Mirrors `launch/prepare_data.py` options."""
+
+    inputs: tuple[str, ...]
+    """Local files/globs, a saved dataset dir, a dataset dir, or a hub dataset name."""
+    out: Path
+    """Dataset directory to create. Must not exist or be empty, unless overwrite."""
+    text_field: str = "text"
+    """Column with the document text."""
+    hub_config: str | None = None
+    """Hub dataset config name."""
+    split: str = "train"
+    """Split to read from a saved DatasetDict or a hub dataset."""
+    text_sample_by: str = "paragraph"
+    """Text files: one document per 'paragraph', 'line' or 'document' (whole file)."""
+    vocab_size: int | None = None
+    """Vocab of the tokenizer to train (default 8192); with `tokenizer`, must equal its vocab if given."""
+    tokenizer: Path | None = None
+    """Existing sentencepiece .model to use instead of training one."""
+    tokenizer_type: str = "bpe"
+    """sentencepiece model type when training: 'bpe' or 'unigram'."""
+    tokenizer_sample_chars: int = 20_000_000
+    """Train the tokenizer on (at most) the first this many characters of train documents."""
+    val_fraction: float = 0.02
+    """Fraction of documents held out as the 'validation' split, spread evenly; 0 for none."""
+    shard_tokens: int = 100_000_000
+    """Tokens per shard file at most."""
+    dtype: str = "auto"
+    """Shard dtype: 'auto' (uint16 when vocab <= 65536, else uint32), 'uint16' or 'uint32'."""
+    workers: int = 0
+    """Tokenizer processes; 0 means one per CPU core (at most 16)."""
+    overwrite: bool = False
+    """Replace an existing non-empty `out` (only once the new one is complete)."""
+    progress: bool = True
+    """Show a progress bar and status lines on stderr."""
+    source_description: str | None = None
+    """Recorded as meta.json `source`; default describes the inputs."""
+    license: str = ""
+    """License and attribution of the corpus, recorded in meta.json."""
+
+    def validate(self) -> None:
+        p = Problems("prepare_data options")
+        p.check(0 <= self.val_fraction <= 0.5, "--val-fraction", self.val_fraction, "must be in [0, 0.5]")
+        p.check(self.shard_tokens >= 1, "--shard-tokens", self.shard_tokens, "must be a positive integer")
+        p.check(self.workers >= 0, "--workers", self.workers, "must be >= 0 (0 = one per CPU core)")
+        p.check(self.tokenizer_sample_chars >= 1, "--tokenizer-sample-chars", self.tokenizer_sample_chars,
+                "must be a positive integer")
+        p.check(self.tokenizer_type in MODEL_TYPES, "--tokenizer-type", self.tokenizer_type,
+                f"use one of {', '.join(MODEL_TYPES)}")
+        p.check(self.text_sample_by in TEXT_SAMPLE_BY, "--text-sample-by", self.text_sample_by,
+                f"use one of {', '.join(TEXT_SAMPLE_BY)}")
+        p.check(self.dtype == "auto" or self.dtype in DTYPES, "--dtype", self.dtype,
+                f"use auto, {' or '.join(DTYPES)}")
+        if self.vocab_size is not None:
+            p.check(self.vocab_size >= 1, "--vocab-size", self.vocab_size, "must be a positive integer")
+            if self.dtype in DTYPES and self.vocab_size >= 1:
+                p.check(self.vocab_size <= dtype_max_vocab(self.dtype), "--vocab-size", self.vocab_size,
+                        f"too large for --dtype {self.dtype} (ids up to {dtype_max_vocab(self.dtype) - 1}); "
+                        "use --dtype auto or a smaller vocab")
+        if self.tokenizer is not None:
+            if not self.tokenizer.is_file():
+                p.add("--tokenizer", str(self.tokenizer), "file not found; pass an existing sentencepiece .model")
+            elif self.tokenizer.suffix != ".model":
+                p.add("--tokenizer", str(self.tokenizer), "expected a sentencepiece .model file")
+        if self.out.exists() and not self.overwrite:
+            if not self.out.is_dir():
+                p.add("--out", str(self.out), "exists and is not a directory; choose another path")
+            elif any(self.out.iterdir()):
+                p.add("--out", str(self.out), "exists and is not empty; pass --overwrite or choose another path")
+        p.raise_if_any()
+
+
+def is_validation_doc(index: int, fraction: Fraction) -> bool:
+    """Hold out documents evenly: doc i is held out when floor((i+1)f) > floor(i f).
+
+    Exactly floor(n f) of the first n documents; exact rational arithmetic, so the choice is
+    the same on every machine and independent of how the stream is batched.
+    """
+    return (index + 1) * fraction.numerator // fraction.denominator > index * fraction.numerator // fraction.denominator
+
+
+def _say(cfg: PrepareConfig, msg: str) -> None:
+    if cfg.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Fraction, workers: int) -> tuple[Tokenizer, str]:
+    """Copy or train the tokenizer into staging; return it and a description of its origin."""
+    dest = staging / TOKENIZER_FILE
+    if cfg.tokenizer is not None:
+        loaded = Tokenizer.load(cfg.tokenizer)
+        if cfg.vocab_size is not None and cfg.vocab_size != loaded.vocab_size:
+            raise NgptConfigError(
+                f"--tokenizer {cfg.tokenizer} has vocab {loaded.vocab_size} but --vocab-size is {cfg.vocab_size}; "
+                "drop --vocab-size or pass a tokenizer of that size"
+            )
+        shutil.copyfile(cfg.tokenizer, dest)
+        tok, origin = Tokenizer.load(dest), f"loaded from {cfg.tokenizer.name}"
+    else:
+        vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
+        train_docs = (t for i, t in enumerate(corpus.texts()) if not is_validation_doc(i, fraction))
+        _say(cfg, f"training a sentencepiece {cfg.tokenizer_type} tokenizer, vocab {vocab}, "
+                  f"on up to {cfg.tokenizer_sample_chars:,} characters")
+        tok = train_tokenizer(training_lines(train_docs, cfg.tokenizer_sample_chars), dest,
+                              vocab_size=vocab, model_type=cfg.tokenizer_type, num_threads=workers)
+        origin = (f"trained: sentencepiece {cfg.tokenizer_type}, vocab {vocab}, byte fallback, identity "
+                  f"normalization, on up to {cfg.tokenizer_sample_chars:,} characters of train documents")
+    if tok.eos_id < 0:
+        raise NgptConfigError(f"--tokenizer {cfg.tokenizer}: the model has no EOS piece; train it with eos_id >= 0")
+    return tok, origin
+
+
+def _batches(texts: Iterator[str], fraction: Fraction) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Group documents into worker tasks tagged with each document's is-validation flag."""
+    index, docs, flags, chars = 0, [], [], 0
+    for text in texts:
+        docs.append(text)
+        flags.append(is_validation_doc(index, fraction))
+        index += 1
+        chars += len(text)
+        if len(docs) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+            yield np.array(flags, dtype=bool), docs
+            docs, flags, chars = [], [], 0
+    if docs:
+        yield np.array(flags, dtype=bool), docs
+
+
+def _write_shards(cfg: PrepareConfig, corpus: Corpus, tok: Tokenizer, staging: Path, dtype: str,
+                  fraction: Fraction, workers: int) -> dict[str, ShardWriter]:
+    writers = {
+        name: ShardWriter(directory=staging, split=name, dtype=dtype, shard_tokens=cfg.shard_tokens)
+        for name in ("train", "validation")
+    }
+    bar = tqdm(desc="tokenizing", unit="doc", disable=not cfg.progress, dynamic_ncols=True)
+    tokens = 0
+    with bar:
+        for flags, ids, lengths in encode_in_order(_batches(corpus.texts(), fraction), str(tok.path), workers):
+            ends = np.cumsum(lengths)
+            starts = ends - lengths
+            # Write runs of consecutive documents of one split with one call each.
+            run_starts = np.flatnonzero(np.r_[True, flags[1:] != flags[:-1]])
+            run_ends = np.r_[run_starts[1:], len(flags)]
+            for a, b in zip(run_starts, run_ends):
+                split = "validation" if flags[a] else "train"
+                writers[split].write(ids[starts[a] : ends[b - 1]], documents=int(b - a))
+            tokens += ids.size
+            bar.update(len(flags))
+            bar.set_postfix(tokens=f"{tokens:,}", refresh=False)
+    return writers
+
+
+def _publish(staging: Path, out: Path, overwrite: bool) -> None:
+    """Move the complete staging dir to `out` with renames (atomic on one filesystem)."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if out.exists():
+        if not overwrite:
+            raise NgptConfigError(f"--out {out} appeared while preparing; pass --overwrite or choose another path")
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def prepare_dataset(cfg: PrepareConfig) -> Path:
+    """Prepare `cfg.inputs` into the dataset dir `cfg.out` and return it.
+
+    Raises NgptConfigError, before writing anything visible, for bad options, missing files, an
+    empty corpus, an unknown text field, a vocab too large for the corpus or dtype, or a tokenizer
+    whose vocab contradicts --vocab-size.
+    """
+    cfg.validate()
+    started = time.perf_counter()
+    corpus = open_corpus(CorpusSpec(inputs=tuple(cfg.inputs), text_field=cfg.text_field, hub_config=cfg.hub_config,
+                                    split=cfg.split, text_sample_by=cfg.text_sample_by))
+    _say(cfg, f"reading {corpus.description}")
+    workers = cfg.workers or min(os.cpu_count() or 1, 16)
+    fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)
+    out = cfg.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        tok, origin = _tokenizer(cfg, corpus, staging, fraction, workers)
+        dtype = dtype_for_vocab(tok.vocab_size) if cfg.dtype == "auto" else cfg.dtype
+        if tok.vocab_size > dtype_max_vocab(dtype):
+            raise NgptConfigError(
+                f"tokenizer vocab {tok.vocab_size} is too large for --dtype {dtype} (ids up to "
+                f"{dtype_max_vocab(dtype) - 1}); use --dtype auto or uint32"
+            )
+        writers = _write_shards(cfg, corpus, tok, staging, dtype, fraction, workers)
+        splits = {name: w.close() for name, w in writers.items()}
+        if splits["validation"].documents == 0:
+            if fraction > 0:
+                need = -(-fraction.denominator // fraction.numerator)
+                n = splits["train"].documents
+                raise NgptConfigError(
+                    f"{corpus.description}: only {n} documents, too few to hold out --val-fraction "
+                    f"{cfg.val_fraction} (that needs >= {need} documents); raise --val-fraction to >= "
+                    f"{1 / n:.3g}, give more documents, or pass --val-fraction 0"
+                )
+            del splits["validation"]
+        meta = DatasetMeta(
+            data_dir=out,
+            format_version=FORMAT_VERSION,
+            vocab_size=tok.vocab_size,
+            dtype=dtype,
+            eos_id=tok.eos_id,
+            tokenizer_path=TOKENIZER_FILE,
+            tokenizer_sha256=sha256_file(staging / TOKENIZER_FILE),
+            tokenizer_origin=origin,
+            splits=splits,
+            val_fraction=cfg.val_fraction,
+            source=cfg.source_description or corpus.description,
+            license=cfg.license,
+            created_by=f"ngpt_ds {ngpt_ds.__version__}",
+        )
+        write_meta(meta, staging)
+        _publish(staging, out, cfg.overwrite)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    _say(cfg, f"prepared in {time.perf_counter() - started:.1f} s\n{meta.summary()}")
+    return out

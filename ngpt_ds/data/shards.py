@@ -1,0 +1,329 @@
+"""On-disk format of a prepared dataset, and its validation.
+
+A prepared dataset is one directory:
+
+    meta.json                 format version, tokenizer, vocab, dtype, splits, source, license
+    tokenizer.model           the sentencepiece model the shards were made with
+    train_000000.bin ...      flat token ids of the train split, little-endian uint16/uint32
+    validation_000000.bin ... same for the held-out documents (absent when val_fraction is 0)
+
+Documents are concatenated with one EOS id after each. A shard of N tokens is exactly
+N * itemsize bytes, so a reader can `np.memmap` it with no header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ngpt_ds.errors import NgptConfigError, Problems
+
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.model"
+FORMAT_NAME = "ngpt_ds-token-shards"
+FORMAT_VERSION = 1
+# Explicit little-endian so shards are portable between hosts.
+DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+SPLITS = ("train", "validation")
+
+_PREPARE_HINT = "prepare it with `python launch/prepare_data.py --input CORPUS --out DIR`"
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    """Smallest shard dtype that holds every id in [0, vocab_size)."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def dtype_max_vocab(dtype: str) -> int:
+    return int(np.iinfo(DTYPES[dtype]).max) + 1
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ShardMeta:
+    file: str
+    """File name inside the dataset dir."""
+    tokens: int
+    """Token count; the file is tokens * itemsize bytes."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SplitMeta:
+    documents: int
+    """Documents in this split (each followed by one EOS)."""
+    tokens: int
+    """Sum of the shards' token counts, EOS included."""
+    shards: tuple[ShardMeta, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DatasetMeta:
+    """Contents of `meta.json`, plus the directory it was read from."""
+
+    data_dir: Path
+    """Directory holding meta.json; relative paths below resolve against it."""
+    format_version: int
+    vocab_size: int
+    """Tokenizer vocabulary size; every id in the shards is < vocab_size."""
+    dtype: str
+    """'uint16' (vocab <= 65536) or 'uint32'."""
+    eos_id: int
+    """Id appended after every document."""
+    tokenizer_path: str
+    """sentencepiece .model, relative to data_dir."""
+    tokenizer_sha256: str
+    tokenizer_origin: str
+    """How the tokenizer was made: trained (settings) or loaded (file name)."""
+    splits: dict[str, SplitMeta]
+    """'train' always; 'validation' when documents were held out."""
+    val_fraction: float
+    source: str
+    """Human-readable description of the corpus."""
+    license: str
+    """License and attribution of the corpus text ('' when unknown)."""
+    created_by: str = ""
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.data_dir / self.tokenizer_path
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return DTYPES[self.dtype]
+
+    def shard_path(self, shard: ShardMeta) -> Path:
+        return self.data_dir / shard.file
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "vocab_size": self.vocab_size,
+            "dtype": self.dtype,
+            "eos_id": self.eos_id,
+            "tokenizer": {
+                "path": self.tokenizer_path,
+                "sha256": self.tokenizer_sha256,
+                "origin": self.tokenizer_origin,
+            },
+            "splits": {
+                name: {
+                    "documents": s.documents,
+                    "tokens": s.tokens,
+                    "shards": [{"file": sh.file, "tokens": sh.tokens} for sh in s.shards],
+                }
+                for name, s in self.splits.items()
+            },
+            "val_fraction": self.val_fraction,
+            "source": self.source,
+            "license": self.license,
+            "created_by": self.created_by,
+        }
+
+    def summary(self) -> str:
+        """A few lines for the console."""
+        lines = [f"{self.data_dir}: vocab {self.vocab_size}, {self.dtype}, eos {self.eos_id}"]
+        for name, s in self.splits.items():
+            lines.append(f"  {name}: {s.tokens:,} tokens, {s.documents:,} documents, {len(s.shards)} shard(s)")
+        lines.append(f"  source: {self.source}")
+        if self.license:
+            lines.append(f"  license: {self.license}")
+        return "\n".join(lines)
+
+
+def write_meta(meta: DatasetMeta, directory: Path) -> None:
+    """Write meta.json durably (temp file, fsync, rename): it is the completeness marker."""
+    tmp = directory / (META_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta.to_json(), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / META_FILE)
+
+
+def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> DatasetMeta:
+    fix = f"the file is damaged or was not written by ngpt_ds; {_PREPARE_HINT}"
+    if raw.get("format") != FORMAT_NAME:
+        raise NgptConfigError(f"{meta_path}: format = {raw.get('format')!r}, expected {FORMAT_NAME!r}; {fix}")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise NgptConfigError(
+            f"{meta_path}: format_version = {version!r} is not supported by this ngpt_ds "
+            f"(it reads version {FORMAT_VERSION}); re-prepare the dataset with this version "
+            f"(`python launch/prepare_data.py ... --out {data_dir} --overwrite`)"
+        )
+    try:
+        tok = raw["tokenizer"]
+        splits = {
+            name: SplitMeta(
+                documents=int(s["documents"]),
+                tokens=int(s["tokens"]),
+                shards=tuple(ShardMeta(file=str(sh["file"]), tokens=int(sh["tokens"])) for sh in s["shards"]),
+            )
+            for name, s in raw["splits"].items()
+        }
+        return DatasetMeta(
+            data_dir=data_dir,
+            format_version=int(version),
+            vocab_size=int(raw["vocab_size"]),
+            dtype=str(raw["dtype"]),
+            eos_id=int(raw["eos_id"]),
+            tokenizer_path=str(tok["path"]),
+            tokenizer_sha256=str(tok["sha256"]),
+            tokenizer_origin=str(tok.get("origin", "")),
+            splits=splits,
+            val_fraction=float(raw.get("val_fraction", 0.0)),
+            source=str(raw.get("source", "")),
+            license=str(raw.get("license", "")),
+            created_by=str(raw.get("created_by", "")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise NgptConfigError(f"{meta_path}: missing or malformed field ({type(e).__name__}: {e}); {fix}") from None
+
+
+def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = True) -> DatasetMeta:
+    """Read and validate `<data_dir>/meta.json` against the files beside it.
+
+    Checks: format and version known; dtype known and wide enough for the vocab; every shard
+    exists, is a whole number of tokens, and holds exactly the token count the metadata says;
+    the tokenizer file exists and (unless verify_tokenizer_hash=False) matches its recorded hash.
+    Raises NgptConfigError listing every problem found.
+    """
+    data_dir = Path(data_dir)
+    meta_path = data_dir / META_FILE
+    if not data_dir.is_dir():
+        raise NgptConfigError(f"data dir {data_dir} does not exist; {_PREPARE_HINT}")
+    if not meta_path.is_file():
+        raise NgptConfigError(
+            f"{meta_path} not found: {data_dir} is not a prepared dataset (or its preparation was "
+            f"interrupted; delete it and prepare again); {_PREPARE_HINT}"
+        )
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NgptConfigError(f"{meta_path} is not valid JSON ({e}); delete {data_dir} and prepare it again") from None
+    if not isinstance(raw, dict):
+        raise NgptConfigError(f"{meta_path} is not a JSON object; delete {data_dir} and prepare it again")
+    meta = _parse_meta(raw, data_dir, meta_path)
+
+    p = Problems(f"dataset {data_dir}")
+    redo = f"delete {data_dir} and prepare it again"
+    if meta.dtype not in DTYPES:
+        p.add("meta.json dtype", meta.dtype, f"must be one of {sorted(DTYPES)}; {redo}")
+        p.raise_if_any()
+    p.check(
+        0 < meta.vocab_size <= dtype_max_vocab(meta.dtype),
+        "meta.json vocab_size",
+        meta.vocab_size,
+        f"must be in 1..{dtype_max_vocab(meta.dtype)} for dtype {meta.dtype}; {redo}",
+    )
+    p.check("train" in meta.splits, "meta.json splits", sorted(meta.splits), f"needs a 'train' split; {redo}")
+    itemsize = meta.np_dtype.itemsize
+    for name, split in meta.splits.items():
+        p.check(
+            split.tokens == sum(s.tokens for s in split.shards),
+            f"meta.json splits.{name}.tokens",
+            split.tokens,
+            f"disagrees with the sum of its shards' counts; {redo}",
+        )
+        for shard in split.shards:
+            path = meta.shard_path(shard)
+            if not path.is_file():
+                p.add(f"shard {shard.file}", "missing", f"the file listed in meta.json is not in {data_dir}; {redo}")
+                continue
+            size = path.stat().st_size
+            if size % itemsize:
+                p.add(
+                    f"shard {shard.file}",
+                    f"{size} bytes",
+                    f"not a multiple of {itemsize} ({meta.dtype}): the file is truncated or corrupt; {redo}",
+                )
+            elif size // itemsize != shard.tokens:
+                p.add(
+                    f"shard {shard.file}",
+                    f"{size // itemsize} tokens",
+                    f"meta.json says {shard.tokens} tokens: the file is truncated or was replaced; {redo}",
+                )
+    tok = meta.tokenizer_file
+    if not tok.is_file():
+        p.add("tokenizer", meta.tokenizer_path, f"file not found in {data_dir}; {redo}")
+    elif verify_tokenizer_hash and sha256_file(tok) != meta.tokenizer_sha256:
+        p.add(
+            "tokenizer",
+            meta.tokenizer_path,
+            f"its sha256 differs from meta.json: the shards were made with another tokenizer; {redo}",
+        )
+    p.raise_if_any()
+    return meta
+
+
+def check_vocab_matches(meta: DatasetMeta, model_vocab_size: int, data_dir: str | Path | None = None) -> None:
+    """Raise NgptConfigError unless the model's vocab_size equals the dataset tokenizer's."""
+    if model_vocab_size != meta.vocab_size:
+        where = data_dir if data_dir is not None else meta.data_dir
+        raise NgptConfigError(
+            f"model config vocab_size = {model_vocab_size} but dataset {where} was tokenized with "
+            f"{meta.tokenizer_path} (vocab {meta.vocab_size}); set vocab_size: {meta.vocab_size} in the "
+            f"model config, or re-prepare the data with --vocab-size {model_vocab_size}"
+        )
+
+
+@dataclass(kw_only=True, slots=True)
+class ShardWriter:
+    """Appends token ids of one split to `<split>_NNNNNN.bin` files of at most shard_tokens each."""
+
+    directory: Path
+    split: str
+    dtype: str
+    shard_tokens: int
+    documents: int = 0
+    shards: list[ShardMeta] = field(default_factory=list)
+    _file: IO[bytes] | None = None
+    _count: int = 0
+
+    def write(self, tokens: np.ndarray, documents: int) -> None:
+        """tokens: 1-D ids of `documents` whole documents, EOS included."""
+        self.documents += documents
+        tokens = tokens.astype(DTYPES[self.dtype], copy=False)
+        while tokens.size:
+            if self._file is None:
+                self._open()
+            room = self.shard_tokens - self._count
+            chunk, tokens = tokens[:room], tokens[room:]
+            self._file.write(chunk.tobytes())
+            self._count += chunk.size
+            if self._count == self.shard_tokens:
+                self._close_shard()
+
+    def close(self) -> SplitMeta:
+        if self._file is not None:
+            self._close_shard()
+        return SplitMeta(documents=self.documents, tokens=sum(s.tokens for s in self.shards), shards=tuple(self.shards))
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.shards):06d}.bin"
+        self._file = open(self.directory / name, "wb")
+        self._count = 0
+        self.shards.append(ShardMeta(file=name, tokens=0))
+
+    def _close_shard(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        self.shards[-1] = ShardMeta(file=self.shards[-1].file, tokens=self._count)

@@ -1,0 +1,244 @@
+"""Read a corpus as a stream of document strings through HF `datasets`.
+
+An input is one of:
+  - local files or globs: .txt/.text (text), .json/.jsonl/.ndjson (json), .parquet, .csv,
+    optionally compressed (.gz, .bz2, .xz, .zst, .lz4); several may be given if all share a format;
+  - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
+  - any other directory, or a hub dataset name ("Skylion007/openwebtext") with an optional
+    config and split, loaded with `datasets.load_dataset(..., streaming=True)`.
+Everything streams: documents are read in batches, never the whole corpus at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ngpt_ds.errors import NgptConfigError
+
+_FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+TEXT_SAMPLE_BY = ("paragraph", "line", "document")
+_READ_BATCH = 256
+
+
+def file_format(path: str) -> str | None:
+    """Builder name for a file name by its extension, compression suffix ignored."""
+    name = path.lower()
+    for c in _COMPRESSION:
+        if name.endswith(c):
+            name = name[: -len(c)]
+    return _FORMATS.get(os.path.splitext(name)[1])
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        any(c in spec for c in "*?[")
+        or os.path.exists(spec)
+        or file_format(spec) is not None
+        or spec.startswith((".", "/", "~"))
+    )
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CorpusSpec:
+    """What to read. Validated and resolved by `open_corpus`."""
+
+    inputs: tuple[str, ...]
+    """File paths/globs, one saved-dataset dir, one dataset dir, or one hub dataset name."""
+    text_field: str = "text"
+    """Column holding the document text (text files always have 'text')."""
+    hub_config: str | None = None
+    """Config name for hub datasets (load_dataset's `name`)."""
+    split: str = "train"
+    """Split to read from a saved DatasetDict or a hub dataset."""
+    text_sample_by: str = "paragraph"
+    """Text files: one document per 'paragraph' (blank-line separated), 'line', or whole 'document' (file)."""
+
+
+class Corpus:
+    """A resolved, readable corpus. `texts()` starts a fresh stream each call."""
+
+    def __init__(self, spec: CorpusSpec, kind: str, load_args: dict[str, Any], description: str):
+        self.spec = spec
+        self.kind = kind
+        self._load_args = load_args
+        self.description = description
+
+    def _dataset(self) -> Any:
+        import datasets
+
+        if self.kind == "saved":
+            ds = datasets.load_from_disk(self._load_args["path"])
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[self.spec.split]
+            return ds
+        # Local files land in one split named "train" whatever --split says.
+        split = "train" if self.kind == "files" else self.spec.split
+        return datasets.load_dataset(**self._load_args, split=split, streaming=True)
+
+    def texts(self) -> Iterator[str]:
+        """Non-empty document strings, in corpus order."""
+        try:
+            yield from self._texts()
+        except NgptConfigError:
+            raise
+        except (ConnectionError, FileNotFoundError, ValueError, OSError) as e:
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise NgptConfigError(
+                f"{self.description}: could not read it ({type(e).__name__}: {first_line}); {self._read_hint()}"
+            ) from None
+
+    def _read_hint(self) -> str:
+        if self.kind == "files":
+            return "fix or remove the file, or check that its extension matches its contents"
+        if self.kind == "hub":
+            return (
+                "check the name, --config and --split; for a hub name, check that this machine can reach "
+                "the hub (or pass local files)"
+            )
+        return "check the saved dataset directory and --split"
+
+    def _texts(self) -> Iterator[str]:
+        field = self.spec.text_field
+        for batch in self._dataset().iter(batch_size=_READ_BATCH):
+            if field not in batch:
+                raise self._unknown_field(sorted(batch))
+            for text in batch[field]:
+                if text is None or text == "":
+                    continue
+                if not isinstance(text, str):
+                    raise NgptConfigError(
+                        f"{self.description}: text field {field!r} holds {type(text).__name__} values, not "
+                        "strings; pass --text-field naming a string column"
+                    )
+                yield text
+
+    def _unknown_field(self, fields: list[str]) -> NgptConfigError:
+        return NgptConfigError(
+            f"{self.description}: no text field {self.spec.text_field!r}; its fields are "
+            f"{', '.join(fields) or '(none)'}; pass --text-field with one of them"
+        )
+
+    def check_readable(self) -> None:
+        """Fail now, before any compute, if the text field is absent or the corpus is empty."""
+        if self.kind == "saved":
+            ds = self._dataset()
+            if self.spec.text_field not in ds.column_names:
+                raise self._unknown_field(sorted(ds.column_names))
+        if next(self.texts(), None) is None:
+            raise NgptConfigError(
+                f"{self.description}: the corpus is empty (no non-empty {self.spec.text_field!r} values); "
+                "check --input and --text-field"
+            )
+
+
+def _resolve_files(inputs: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    for spec in inputs:
+        pattern = os.path.expanduser(spec)
+        if any(c in pattern for c in "*?["):
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise NgptConfigError(f"--input {spec!r}: no files match this pattern; check the path")
+            files.extend(matched)
+        elif os.path.isdir(pattern):
+            raise NgptConfigError(
+                f"--input {spec!r} is a directory; give it as the only --input (a saved or hub-style "
+                "dataset dir) or pass a glob of its files, e.g. DIR/*.jsonl"
+            )
+        elif not os.path.isfile(pattern):
+            raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
+        else:
+            files.append(pattern)
+    return files
+
+
+def open_corpus(spec: CorpusSpec) -> Corpus:
+    """Resolve `spec` to a Corpus. Raises NgptConfigError for missing files, mixed formats,
+    unknown splits, or an unreachable hub dataset."""
+    if not spec.inputs:
+        raise NgptConfigError("no --input given; pass files, a glob, a saved dataset dir or a hub dataset name")
+    if spec.text_sample_by not in TEXT_SAMPLE_BY:
+        raise NgptConfigError(f"--text-sample-by {spec.text_sample_by!r}: use one of {', '.join(TEXT_SAMPLE_BY)}")
+    first = os.path.expanduser(spec.inputs[0])
+    if len(spec.inputs) == 1 and os.path.isdir(first):
+        return _open_dir(spec, Path(first))
+    if all(_looks_like_path(s) for s in spec.inputs):
+        return _open_files(spec)
+    if len(spec.inputs) > 1:
+        raise NgptConfigError(
+            f"--input {' '.join(spec.inputs)}: a hub dataset name must be the only --input; "
+            "several inputs must all be local files or globs"
+        )
+    return _open_hub(spec, spec.inputs[0])
+
+
+def _open_files(spec: CorpusSpec) -> Corpus:
+    files = _resolve_files(spec.inputs)
+    formats = {f: file_format(f) for f in files}
+    unknown = [f for f, fmt in formats.items() if fmt is None]
+    if unknown:
+        raise NgptConfigError(
+            f"--input file {unknown[0]!r}: unknown format; use files ending in "
+            f"{', '.join(sorted(_FORMATS))} (optionally compressed with {', '.join(_COMPRESSION)})"
+        )
+    kinds = sorted(set(formats.values()))
+    if len(kinds) > 1:
+        raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
+    builder = kinds[0]
+    load_args: dict[str, Any] = {"path": builder, "data_files": files}
+    if builder == "text":
+        load_args["sample_by"] = spec.text_sample_by
+    shown = ", ".join(spec.inputs)
+    description = f"{builder} files {shown} ({len(files)} file{'s' if len(files) > 1 else ''})"
+    if builder == "text":
+        description += f", one document per {spec.text_sample_by}"
+    else:
+        description += f", text field {spec.text_field!r}"
+    corpus = Corpus(spec, "files", load_args, description)
+    corpus.check_readable()
+    return corpus
+
+
+def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
+    if _is_saved_dataset(path):
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict) and spec.split not in ds:
+            raise NgptConfigError(
+                f"--input {path}: saved dataset has splits {', '.join(ds)}, not {spec.split!r}; pass --split"
+            )
+        corpus = Corpus(spec, "saved", {"path": str(path)},
+                        f"saved dataset {spec.inputs[0]} split {spec.split!r}, text field {spec.text_field!r}")
+        corpus.check_readable()
+        return corpus
+    return _open_hub(spec, str(path), local=True)
+
+
+def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
+    load_args: dict[str, Any] = {"path": name}
+    if spec.hub_config:
+        load_args["name"] = spec.hub_config
+    what = "dataset dir" if local else "hub dataset"
+    config = f" config {spec.hub_config!r}" if spec.hub_config else ""
+    corpus = Corpus(spec, "hub", load_args, f"{what} {name}{config} split {spec.split!r}, text field {spec.text_field!r}")
+    corpus.check_readable()
+    return corpus

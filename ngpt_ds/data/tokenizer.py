@@ -1,0 +1,126 @@
+"""sentencepiece tokenizer: train one on a text sample, or load a `.model` file."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+
+from ngpt_ds.errors import NgptConfigError
+
+MODEL_TYPES = ("bpe", "unigram")
+# sentencepiece skips training lines longer than max_sentence_length bytes; we cut lines
+# into pieces of at most this many characters (<= 4 bytes each in UTF-8) instead.
+_MAX_LINE_CHARS = 4096
+_MAX_LINE_BYTES = 4 * _MAX_LINE_CHARS
+
+
+class Tokenizer:
+    """A loaded sentencepiece model. Ids are ints in [0, vocab_size)."""
+
+    def __init__(self, processor: spm.SentencePieceProcessor, path: Path):
+        self._sp = processor
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise NgptConfigError(f"tokenizer {path} not found; pass an existing sentencepiece .model file")
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.Load(str(path))
+        except (OSError, RuntimeError) as e:
+            raise NgptConfigError(
+                f"tokenizer {path} is not a sentencepiece model ({str(e).splitlines()[0]}); "
+                "pass a .model file written by sentencepiece"
+            ) from None
+        return cls(sp, path)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.GetPieceSize())
+
+    @property
+    def eos_id(self) -> int:
+        """-1 when the model has no EOS piece."""
+        return int(self._sp.eos_id())
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no BOS/EOS added."""
+        return self._sp.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+
+def training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Non-empty lines of `texts`, cut to sentencepiece's line limit, until max_chars are given."""
+    given = 0
+    for text in texts:
+        for line in text.split("\n"):
+            for start in range(0, len(line), _MAX_LINE_CHARS):
+                piece = line[start : start + _MAX_LINE_CHARS]
+                if not piece.strip():
+                    continue
+                yield piece
+                given += len(piece)
+                if given >= max_chars:
+                    return
+
+
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+def train_tokenizer(
+    lines: Iterable[str],
+    out_path: Path,
+    *,
+    vocab_size: int,
+    model_type: str = "bpe",
+    num_threads: int = 1,
+) -> Tokenizer:
+    """Train a sentencepiece model on `lines` and write it to out_path.
+
+    Settings chosen for exact round trips of arbitrary text: identity normalization, whitespace
+    kept as is, byte fallback on (any character encodes, e.g. '\\n' as <0x0A>). Ids: unk 0,
+    bos 1, eos 2, no pad. Deterministic for the same lines and settings.
+    """
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            max_sentence_length=_MAX_LINE_BYTES,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        msg = str(e)
+        if m := _TOO_HIGH.search(msg):
+            raise NgptConfigError(
+                f"--vocab-size {m.group(1)} is too large for this corpus: sentencepiece can make at most "
+                f"{m.group(2)} pieces from the training sample; lower --vocab-size to <= {m.group(2)}, "
+                "or give more text (--tokenizer-sample-chars, a larger corpus)"
+            ) from None
+        if m := _TOO_LOW.search(msg):
+            raise NgptConfigError(
+                f"--vocab-size {m.group(1)} is too small: this corpus needs {m.group(2)} pieces just for its "
+                f"characters, 256 byte-fallback pieces and unk/bos/eos; raise --vocab-size to >= {m.group(2)}"
+            ) from None
+        raise NgptConfigError(f"sentencepiece training failed: {msg.splitlines()[-1]}") from None
+    out_path.write_bytes(model.getvalue())
+    return Tokenizer.load(out_path)

@@ -1,0 +1,53 @@
+"""Number the training windows of one split and read them from memory-mapped shards."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ngpt_ds.data.shards import DatasetMeta
+from ngpt_ds.errors import NgptConfigError
+
+
+class WindowIndex:
+    """Windows of seq_len + 1 tokens, stride seq_len, inside each shard of one split.
+
+    Consecutive windows share one token, so every token but a shard's first is a target
+    exactly once per epoch. Windows never cross shard boundaries (at most seq_len tokens
+    per shard go unused). Shards are opened read-only with np.memmap, lazily.
+    """
+
+    def __init__(self, meta: DatasetMeta, split: str, seq_len: int):
+        if split not in meta.splits:
+            raise NgptConfigError(
+                f"dataset {meta.data_dir} has no {split!r} split (it has {', '.join(meta.splits)}); "
+                + (
+                    "re-prepare it with --val-fraction > 0 to get a validation split"
+                    if split == "validation"
+                    else "use one of those splits"
+                )
+            )
+        self.meta = meta
+        self.split = split
+        self.seq_len = seq_len
+        self._shards = meta.splits[split].shards
+        counts = [max(0, (s.tokens - 1) // seq_len) for s in self._shards]
+        self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.num_windows = int(self._first[-1])
+        self._maps: list[np.memmap | None] = [None] * len(self._shards)
+
+    def _map(self, i: int) -> np.memmap:
+        if self._maps[i] is None:
+            shard = self._shards[i]
+            self._maps[i] = np.memmap(self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r",
+                                      shape=(shard.tokens,))
+        return self._maps[i]
+
+    def read(self, window_ids: np.ndarray) -> np.ndarray:
+        """Tokens of the given windows: [len(window_ids), seq_len + 1] int64."""
+        window_ids = np.asarray(window_ids, dtype=np.int64)
+        shard_of = np.searchsorted(self._first, window_ids, side="right") - 1
+        out = np.empty((len(window_ids), self.seq_len + 1), dtype=np.int64)
+        for row, (w, s) in enumerate(zip(window_ids, shard_of)):
+            start = int(w - self._first[s]) * self.seq_len
+            out[row] = self._map(int(s))[start : start + self.seq_len + 1]
+        return out
