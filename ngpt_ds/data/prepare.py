@@ -130,7 +130,7 @@ def _say(cfg: PrepareConfig, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Fraction, workers: int) -> tuple[Tokenizer, str]:
+def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Fraction) -> tuple[Tokenizer, str]:
     """Copy or train the tokenizer into staging; return it and a description of its origin."""
     dest = staging / TOKENIZER_FILE
     if cfg.tokenizer is not None:
@@ -148,7 +148,7 @@ def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Frac
         _say(cfg, f"training a sentencepiece {cfg.tokenizer_type} tokenizer, vocab {vocab}, "
                   f"on up to {cfg.tokenizer_sample_chars:,} characters")
         tok = train_tokenizer(training_lines(train_docs, cfg.tokenizer_sample_chars), dest,
-                              vocab_size=vocab, model_type=cfg.tokenizer_type, num_threads=workers)
+                              vocab_size=vocab, model_type=cfg.tokenizer_type)
         origin = (f"trained: sentencepiece {cfg.tokenizer_type}, vocab {vocab}, byte fallback, identity "
                   f"normalization, on up to {cfg.tokenizer_sample_chars:,} characters of train documents")
     if tok.eos_id < 0:
@@ -229,7 +229,7 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        tok, origin = _tokenizer(cfg, corpus, staging, fraction, workers)
+        tok, origin = _tokenizer(cfg, corpus, staging, fraction)
         dtype = dtype_for_vocab(tok.vocab_size) if cfg.dtype == "auto" else cfg.dtype
         if tok.vocab_size > dtype_max_vocab(dtype):
             raise NgptConfigError(

@@ -117,7 +117,13 @@ class Corpus:
 
     def _texts(self) -> Iterator[str]:
         field = self.spec.text_field
-        for batch in self._dataset().iter(batch_size=_READ_BATCH):
+        batches = iter(self._dataset().iter(batch_size=_READ_BATCH))
+        while True:
+            # datasets lets a bare StopIteration escape for some empty files; it means "no rows".
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
             if field not in batch:
                 raise self._unknown_field(sorted(batch))
             for text in batch[field]:
