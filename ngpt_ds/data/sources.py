@@ -117,9 +117,13 @@ class Corpus:
 
     def _texts(self) -> Iterator[str]:
         field = self.spec.text_field
-        batches = iter(self._dataset().iter(batch_size=_READ_BATCH))
+        # datasets lets a bare StopIteration escape for empty json files (while loading or
+        # iterating); it means "no rows", and must not reach a generator frame (PEP 479).
+        try:
+            batches = iter(self._dataset().iter(batch_size=_READ_BATCH))
+        except StopIteration:
+            return
         while True:
-            # datasets lets a bare StopIteration escape for some empty files; it means "no rows".
             try:
                 batch = next(batches)
             except StopIteration:
