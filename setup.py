@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ngpt_ds", "ngpt_ds.*"]),
-    package_data={"ngpt_ds": ["model/presets/*.yaml", "data/default_corpus.json"]},
+    package_data={"ngpt_ds": ["model/presets/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.16",

@@ -221,7 +221,7 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     started = time.perf_counter()
     corpus = open_corpus(CorpusSpec(inputs=tuple(cfg.inputs), text_field=cfg.text_field, hub_config=cfg.hub_config,
                                     split=cfg.split, text_sample_by=cfg.text_sample_by))
-    _say(cfg, f"reading {corpus.description}")
+    _say(cfg, f"reading {cfg.source_description or corpus.description}")
     workers = cfg.workers or min(os.cpu_count() or 1, 16)
     fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)
     out = cfg.out
