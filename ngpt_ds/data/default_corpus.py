@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
