@@ -1,0 +1,146 @@
+"""Who am I in the job? Rank discovery for every way ngpt_ds is started.
+
+torchrun and the deepspeed launcher set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT; plain `srun` sets SLURM_*; `mpirun` sets OMPI_COMM_WORLD_* (or PMI_*);
+a plain `python launch/train.py` sets nothing and runs as a single process. This module
+turns whichever is present into the torch.distributed environment variables, so
+`deepspeed.init_distributed` always takes the env:// path, and reports an inconsistent
+environment as one clear error before any process group is created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from dataclasses import dataclass
+
+from ngpt_ds.errors import NgptConfigError
+
+TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+    source: str
+    """'torch' (torchrun / deepspeed launcher), 'slurm', 'mpi' or 'single'."""
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Slurm's compressed host list ('gpu[01-03,7],login1') -> ['gpu01', 'gpu02', 'gpu03', 'gpu7', 'login1']."""
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not hi:
+                hosts.append(prefix + lo)
+            else:
+                hosts.extend(f"{prefix}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1))
+    return hosts
+
+
+def _first_slurm_host(env: dict[str, str]) -> str:
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    hosts = expand_nodelist(nodelist)
+    if not hosts:
+        raise NgptConfigError("Slurm job without SLURM_JOB_NODELIST: cannot tell the master host. "
+                              "Start the job with sbatch/srun, or set MASTER_ADDR")
+    return hosts[0]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _int(env: dict[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise NgptConfigError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
+def discover(env: dict[str, str] | None = None) -> DistEnv:
+    """Read the launcher's environment. Precedence: torch variables, Slurm, MPI, single process."""
+    env = dict(os.environ if env is None else env)
+    present = [v for v in TORCH_VARS if v in env]
+    if "RANK" in env or "WORLD_SIZE" in env:
+        missing = [v for v in TORCH_VARS if v not in env and v != "LOCAL_RANK"]
+        if missing:
+            raise NgptConfigError(f"inconsistent launch environment: {', '.join(present)} set but "
+                                  f"{', '.join(missing)} missing. Start with torchrun or deepspeed, or set all of "
+                                  f"{', '.join(TORCH_VARS)}")
+        rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
+        local_rank = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
+        local_world = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
+        source, addr, port = "torch", env["MASTER_ADDR"], _int(env, "MASTER_PORT")
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID") is not None:
+        rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
+        local_rank = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        per_node = env.get("SLURM_TASKS_PER_NODE", str(world)).split("(")[0].split(",")[0]
+        local_world = int(per_node) if per_node.isdigit() else world
+        addr = env.get("MASTER_ADDR") or _first_slurm_host(env)
+        # One port per job, so two jobs sharing a node do not collide.
+        port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
+        source = "slurm"
+    elif "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env or "PMIX_RANK" in env:
+        rank_var = next(v for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK") if v in env)
+        size_var = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE",
+                    "PMI_RANK": "PMI_SIZE"}[rank_var]
+        if size_var not in env and "OMPI_COMM_WORLD_SIZE" not in env:
+            raise NgptConfigError(f"MPI launch with {rank_var} but no {size_var}: cannot tell the world size")
+        rank = _int(env, rank_var)
+        world = _int(env, size_var if size_var in env else "OMPI_COMM_WORLD_SIZE")
+        local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK") if "OMPI_COMM_WORLD_LOCAL_RANK" in env else 0
+        local_world = (_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") if "OMPI_COMM_WORLD_LOCAL_SIZE" in env else world)
+        addr, port = _mpi_master(env, rank)
+        source = "mpi"
+    else:
+        return DistEnv(0, 1, 0, 1, "127.0.0.1", _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(),
+                       "single")
+    if not 0 <= rank < world:
+        raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
+    return DistEnv(rank, world, local_rank, local_world, addr, port, source)
+
+
+def _mpi_master(env: dict[str, str], rank: int) -> tuple[str, int]:
+    """Rank 0's address and a port, agreed through MPI itself (mpi4py), unless MASTER_ADDR is set."""
+    if "MASTER_ADDR" in env:
+        return env["MASTER_ADDR"], _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise NgptConfigError("started by mpirun, but mpi4py is not installed: pip install mpi4py "
+                              "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
+                              "and MASTER_PORT") from None
+    comm = MPI.COMM_WORLD
+    mine = (socket.gethostbyname(socket.gethostname()), _free_port()) if rank == 0 else None
+    addr, port = comm.bcast(mine, root=0)
+    return addr, int(env["MASTER_PORT"]) if "MASTER_PORT" in env else port
+
+
+def export(dist_env: DistEnv) -> None:
+    """Set the torch.distributed env:// variables for this process."""
+    os.environ.update({
+        "RANK": str(dist_env.rank), "WORLD_SIZE": str(dist_env.world_size),
+        "LOCAL_RANK": str(dist_env.local_rank), "LOCAL_WORLD_SIZE": str(dist_env.local_world_size),
+        "MASTER_ADDR": dist_env.master_addr, "MASTER_PORT": str(dist_env.master_port),
+    })

@@ -1,0 +1,122 @@
+"""Everything before the first step: options -> validated run config -> process group -> engine.
+
+Every check that can fail on user input runs before the process group exists, so a
+bad config stops every rank at once with the same message instead of a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from ngpt_ds import distributed
+from ngpt_ds.data.default_corpus import ensure_default_dataset
+from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
+from ngpt_ds.model import build_model
+from ngpt_ds.train.checkpoint import resolve_resume
+from ngpt_ds.train.config import RunConfig, load_model_and_train
+from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
+from ngpt_ds.train.optim import build_optimizer, build_schedule
+
+
+@dataclass(kw_only=True)
+class TrainOptions:
+    """What the command line chose (launch/train.py --help explains each)."""
+
+    deepspeed_config: str = "ds_configs/zero2.json"
+    config: str | None = None
+    model: str | None = None
+    data: str | None = None
+    max_steps: int | None = None
+    out: str | None = None
+    resume: str = "auto"
+    max_time_s: float | None = None
+    progress: bool = True
+    train_overrides: dict | None = None
+
+
+@dataclass
+class Prepared:
+    """A validated run, before any process group: what `start_engine` needs."""
+
+    run: RunConfig
+    plan: BatchPlan
+    dist_env: distributed.DistEnv
+    resume_from: Path | None
+
+
+def prepare(options: TrainOptions) -> Prepared:
+    """Resolve and validate configs, data and resume point. Raises NgptConfigError on bad input."""
+    dist_env = distributed.discover()
+    overrides = dict(options.train_overrides or {})
+    if options.max_steps is not None:
+        overrides["max_steps"] = options.max_steps
+    config_name = options.config or f"{options.model or 'ngpt'}_tiny"
+    model_cfg, train_cfg, config_path = load_model_and_train(config_name, options.model, overrides)
+
+    ds_config = load_ds_config(options.deepspeed_config)
+    from deepspeed.accelerator import get_accelerator
+    accelerator = get_accelerator()
+    plan = check_ds_config(ds_config, world_size=dist_env.world_size, tensor_parallel=1,
+                           source=options.deepspeed_config,
+                           fp16_supported=bool(accelerator.is_fp16_supported()),
+                           bf16_supported=bool(accelerator.is_bf16_supported()))
+    ds_config.setdefault("steps_per_print", 10 ** 9)  # ngpt_ds logs; keep DeepSpeed's own step log quiet
+
+    if options.data:
+        data_dir = Path(options.data)
+    else:
+        data_dir = ensure_default_dataset(vocab_size=model_cfg.vocab_size or 4096,
+                                          progress=options.progress and dist_env.rank == 0)
+    meta = load_dataset_meta(data_dir)
+    if model_cfg.vocab_size is None:
+        model_cfg.vocab_size = meta.vocab_size
+    else:
+        check_vocab_matches(meta, model_cfg.vocab_size, data_dir)
+    model_cfg.validate(f"model config ({config_path})")
+
+    out_dir = Path(options.out or Path("runs") / config_path.stem)
+    resume_from = resolve_resume(out_dir, options.resume)
+    run = RunConfig(config_source=str(config_path), model=model_cfg, train=train_cfg, deepspeed=ds_config,
+                    deepspeed_source=options.deepspeed_config, data_dir=str(data_dir), out_dir=str(out_dir))
+    return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from)
+
+
+def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
+    """torch.distributed through DeepSpeed: gloo on CPU, NCCL on GPUs."""
+    import deepspeed
+    import deepspeed.ops
+
+    # Nothing in training uses DeepSpeed's shared-memory CPU collective; skipping it saves
+    # a 30-45 s g++ build on every fresh machine (shared recipes §1).
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    distributed.export(dist_env)
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
+    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist_env.local_rank)
+
+
+def start_engine(run: RunConfig):
+    """Build the model, optimizer and schedule, and wrap them in a DeepSpeed engine."""
+    import deepspeed
+
+    train = run.train
+    torch.manual_seed(train.seed)
+    model = build_model(run.model)
+    optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps,
+                                weight_decay=train.weight_decay)
+    schedule = build_schedule(optimizer, max_steps=train.max_steps, warmup_steps=train.warmup_steps,
+                              min_lr_ratio=train.min_lr / train.lr)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=run.deepspeed)
+    return engine
+

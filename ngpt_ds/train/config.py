@@ -1,0 +1,153 @@
+"""Training configuration: the YAML `train:` section, and the merged effective config of a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.model.config import ModelConfig, load_yaml, resolve_config_path
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimization, evaluation, logging and checkpointing of a run.
+
+    Batch sizes, precision, ZeRO stage and gradient clipping are not here: the
+    DeepSpeed JSON is their single source.
+    """
+
+    max_steps: int = 200
+    """Optimizer steps to train for; the cosine schedule ends at this step."""
+    lr: float = 3e-3
+    """Peak learning rate (the official launcher uses 3e-3 at 0.5B; tiny models want more for nGPT)."""
+    min_lr: float = 0.0
+    """Learning rate at max_steps (the paper anneals to 0)."""
+    warmup_steps: int | None = None
+    """Linear warmup steps. None: 0 for nGPT (PAPER Table 3), min(2000, max_steps // 10) for GPT."""
+    weight_decay: float | None = None
+    """AdamW weight decay on matrices only. None: 0.0 for nGPT, 0.1 for GPT."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (official code)."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    seed: int = 1234
+    """Seed of model init and data order."""
+    eval_interval: int = 50
+    """Evaluate on the validation split every this many steps (and at the end); 0: only at the end."""
+    eval_batches: int = 8
+    """Validation micro-batches per rank per evaluation (the same windows every time)."""
+    log_interval: int = 10
+    """Write a log line and TensorBoard scalars every this many steps."""
+    checkpoint_interval: int = 100
+    """Save a checkpoint every this many steps (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """Keep the newest this many complete checkpoints; older ones are deleted."""
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s of one device for MFU. None: a table for known GPUs, a matmul measurement on CPU."""
+    dist_timeout_s: int = 600
+    """Collective timeout: a dead rank ends the job after this many seconds instead of hanging."""
+
+    def resolve(self, arch: str) -> "TrainConfig":
+        """Fill the architecture-dependent defaults (spec §2.1)."""
+        if self.weight_decay is None:
+            self.weight_decay = 0.0 if arch == "ngpt" else 0.1
+        if self.warmup_steps is None:
+            self.warmup_steps = 0 if arch == "ngpt" else min(2000, self.max_steps // 10)
+        self.betas = tuple(self.betas)
+        return self
+
+    def validate(self, source: str = "train config") -> "TrainConfig":
+        p = Problems(source)
+        for name in ("max_steps", "log_interval", "eval_batches", "keep_checkpoints", "dist_timeout_s"):
+            value = getattr(self, name)
+            p.check(isinstance(value, int) and value > 0, f"train.{name}", value, "must be a positive integer")
+        for name in ("eval_interval", "checkpoint_interval", "warmup_steps"):
+            value = getattr(self, name)
+            p.check(value is None or (isinstance(value, int) and value >= 0), f"train.{name}", value,
+                    "must be an integer >= 0")
+        p.check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        p.check(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr = {self.lr}]")
+        p.check(self.weight_decay is None or self.weight_decay >= 0, "train.weight_decay", self.weight_decay,
+                "must be >= 0")
+        p.check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", self.betas,
+                "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+        p.check(self.eps > 0, "train.eps", self.eps, "must be > 0")
+        p.check(self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops", self.peak_tflops,
+                "must be > 0 or null")
+        if isinstance(self.warmup_steps, int) and isinstance(self.max_steps, int):
+            p.check(self.warmup_steps <= self.max_steps, "train.warmup_steps", self.warmup_steps,
+                    f"must not exceed max_steps = {self.max_steps}")
+        p.raise_if_any()
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "train config") -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise NgptConfigError(f"{source}: the train section must be a mapping")
+        known = {f.name for f in fields(cls)}
+        p = Problems(source)
+        for key in sorted(set(values) - known):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            batch_hint = (" Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
+                          if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum")) else "")
+            p.add(f"train.{key}", values[key], f"unknown field{hint}{batch_hint}")
+        p.raise_if_any()
+        return cls(**values)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run uses, merged once at startup, printed and saved with every checkpoint."""
+
+    config_source: str
+    model: ModelConfig
+    train: TrainConfig
+    deepspeed: dict[str, Any]
+    deepspeed_source: str
+    data_dir: str
+    out_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_source": self.config_source,
+            "model": self.model.to_dict(),
+            "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)},
+            "deepspeed_source": self.deepspeed_source,
+            "deepspeed": self.deepspeed,
+            "data_dir": self.data_dir,
+            "out_dir": self.out_dir,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_model_and_train(name_or_path: str, arch: str | None = None,
+                         train_overrides: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig, Path]:
+    """Read a preset or YAML file into validated model and train configs.
+
+    `arch` (the --model option) must agree with the file's model.arch: a preset's
+    training settings belong to its architecture.
+    """
+    path = resolve_config_path(name_or_path)
+    data = load_yaml(path)
+    unknown = sorted(set(data) - {"model", "train"})
+    if unknown:
+        raise NgptConfigError(f"{path}: unknown top-level section(s) {', '.join(unknown)}; "
+                              "expected 'model:' and 'train:'")
+    model = ModelConfig.from_dict(dict(data.get("model") or {}), source=f"model config ({path})")
+    if arch is not None and arch != model.arch:
+        raise NgptConfigError(f"--model {arch} conflicts with {path} (model.arch: {model.arch}). "
+                              f"Use --config {arch}_tiny (or another {arch} preset), or drop --model")
+    train_values = dict(data.get("train") or {})
+    train_values.update(train_overrides or {})
+    train = TrainConfig.from_dict(train_values, source=f"train config ({path})").resolve(model.arch)
+    train.validate(source=f"train config ({path})")
+    return model, train, path

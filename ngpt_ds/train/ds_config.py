@@ -1,0 +1,121 @@
+"""The DeepSpeed JSON: read, check against the world, before any engine exists.
+
+The JSON is the single source of batch sizes, precision, ZeRO stage and gradient
+clipping. The optimizer and LR schedule come from the YAML train section, so a JSON
+`optimizer` or `scheduler` block is rejected rather than silently competing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ngpt_ds.errors import NgptConfigError, Problems
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    micro_batch: int
+    grad_accum: int
+    data_parallel: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.data_parallel
+
+
+def load_ds_config(path: str | Path) -> dict[str, Any]:
+    """Parse a DeepSpeed JSON file; duplicate keys and syntax errors are reported with their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise NgptConfigError(f"DeepSpeed config {path} does not exist. The shipped ones are in ds_configs/ "
+                              "(zero0.json ... zero3.json, zero2_offload.json)")
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise NgptConfigError(f"{path}: key(s) {', '.join(dupes)} appear twice in one object; keep one")
+        return dict(pairs)
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as err:
+        raise NgptConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(config, dict):
+        raise NgptConfigError(f"{path}: expected a JSON object")
+    return config
+
+
+def precision_of(config: dict[str, Any]) -> str:
+    if config.get("bf16", {}).get("enabled"):
+        return "bf16"
+    if config.get("fp16", {}).get("enabled"):
+        return "fp16"
+    return "fp32"
+
+
+def zero_stage_of(config: dict[str, Any]) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel: int, source: str,
+                    fp16_supported: bool, bf16_supported: bool) -> BatchPlan:
+    """Validate the JSON for this world; fill in the batch field DeepSpeed can derive. Returns the plan.
+
+    train_batch_size = train_micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel size,
+    where data-parallel size = world size / tensor-parallel size.
+    """
+    p = Problems(f"DeepSpeed config {source}")
+    for block in ("optimizer", "scheduler"):
+        if block in config:
+            p.add(block, "{...}", "remove it: the optimizer and LR schedule are set in the YAML train section "
+                                  "(lr, min_lr, warmup_steps, weight_decay, betas)")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    p.check(stage in (0, 1, 2, 3), "zero_optimization.stage", stage, "must be 0, 1, 2 or 3")
+    precision = precision_of(config)
+    if config.get("bf16", {}).get("enabled") and config.get("fp16", {}).get("enabled"):
+        p.add("fp16.enabled", True, "bf16 and fp16 are both enabled; enable one")
+    if precision == "fp16" and not fp16_supported:
+        p.add("fp16.enabled", True, "this device does not support fp16 training (CPUs without AVX512-FP16/AMX); "
+                                    "use bf16 (\"bf16\": {\"enabled\": true}) or fp32 (disable both)")
+    if precision == "bf16" and not bf16_supported:
+        p.add("bf16.enabled", True, "this device does not support bf16; use fp32 (\"bf16\": {\"enabled\": false})")
+    clip = config.get("gradient_clipping", 0.0)
+    p.check(isinstance(clip, (int, float)) and clip >= 0, "gradient_clipping", clip, "must be a number >= 0")
+
+    dp = world_size // tensor_parallel if tensor_parallel and world_size % tensor_parallel == 0 else None
+    micro = config.get("train_micro_batch_size_per_gpu")
+    accum = config.get("gradient_accumulation_steps")
+    total = config.get("train_batch_size")
+    for name, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum),
+                        ("train_batch_size", total)):
+        p.check(value is None or (isinstance(value, int) and value > 0), name, value, "must be a positive integer")
+    p.raise_if_any()
+    if dp is None:
+        raise NgptConfigError(f"world size {world_size} is not divisible by tensor_parallel_size {tensor_parallel}; "
+                              "start a multiple of it processes")
+    if micro is None:
+        raise NgptConfigError(f"DeepSpeed config {source}: set train_micro_batch_size_per_gpu (sequences per "
+                              "rank per forward pass)")
+    if accum is None and total is None:
+        accum = 1
+    elif accum is None:
+        if total % (micro * dp):
+            raise NgptConfigError(
+                f"DeepSpeed config {source}: train_batch_size = {total} is not a multiple of "
+                f"train_micro_batch_size_per_gpu x data-parallel size = {micro} x {dp} = {micro * dp}")
+        accum = total // (micro * dp)
+    plan = BatchPlan(micro_batch=micro, grad_accum=accum, data_parallel=dp)
+    if total is not None and total != plan.global_batch:
+        raise NgptConfigError(
+            f"DeepSpeed config {source}: train_batch_size = {total}, but train_micro_batch_size_per_gpu x "
+            f"gradient_accumulation_steps x data-parallel size = {micro} x {accum} x {dp} = {plan.global_batch} "
+            f"(world size {world_size} / tensor-parallel {tensor_parallel} = {dp} data-parallel ranks). "
+            f"Set train_batch_size to {plan.global_batch}, or remove it and let it follow the world size")
+    config["train_micro_batch_size_per_gpu"] = micro
+    config["gradient_accumulation_steps"] = accum
+    config["train_batch_size"] = plan.global_batch
+    return plan

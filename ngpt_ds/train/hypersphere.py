@@ -1,0 +1,299 @@
+"""Keep nGPT's matrices on the hypersphere where DeepSpeed keeps the fp32 master weights.
+
+After every optimizer step (and once before step 0) every sphere matrix W is
+renormalized along its declared dim, W <- W / ||W||, on the fp32 master copy, and
+the bit16 working copy is refreshed from it. Under ZeRO the master is cut into
+per-rank pieces of a *flattened* parameter group, so one row (or column) of W can
+straddle two ranks. Each rank therefore sums the squares of the pieces it owns into
+one buffer holding every norm vector of the group, the buffer is all-reduced once
+over the data-parallel group (one collective per step for all matrices), and each
+rank scales its own pieces by rsqrt of the sums. No parameter is gathered; extra
+memory is that buffer (one float per row/column), a tiny fraction of a partition.
+
+The hook is a post-step hook on the torch optimizer DeepSpeed wraps: it runs after
+the fp32 update and before DeepSpeed copies fp32 -> bit16 and all-gathers, so the
+working copy is refreshed by DeepSpeed's own step at no extra cost.
+
+This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
+(checked against deepspeed 0.19; see shared recipes §2):
+  no ZeRO, fp32        the torch optimizer holds the model parameters
+  no ZeRO, bf16/fp16   FP16_UnfusedOptimizer.fp32_groups[i][j] <-> fp16_groups[i][j]
+  ZeRO 1/2             param._hp_mapping: hp_fragment (fp32 view), lp_fragment_address.start
+  BF16_Optimizer       the same _hp_mapping (ZeRO 1 + bf16 + fp32 gradient accumulation)
+  ZeRO 3               fp32_partitioned_groups_flat[g].narrow(off, n), grad_position[param id],
+                       start = partition rank * partition_numel
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ngpt_ds.model.sphere import SphereMatrix, sphere_matrices
+
+
+@dataclass
+class MasterPiece:
+    """This rank's fp32 master values of one sphere matrix W [rows, cols].
+
+    `values` is a 1-D view of W.flatten()[start : start + values.numel()] in the
+    optimizer's master storage. `slot` is where W's norm vectors (its rows if
+    norm_dim == 1, its columns if norm_dim == 0) begin in the group's sum buffer.
+    """
+
+    values: torch.Tensor
+    start: int
+    rows: int
+    cols: int
+    norm_dim: int
+    slot: int
+
+    def _split(self):
+        """(head, body, tail, first_row, first_col, body_row): the piece's partial first row,
+        its whole rows as a [k, cols] view, and its partial last row."""
+        n, cols = self.values.numel(), self.cols
+        first_row, first_col = divmod(self.start, cols)
+        head_len = 0 if first_col == 0 else min(cols - first_col, n)
+        k = (n - head_len) // cols
+        head = self.values[:head_len]
+        body = self.values[head_len:head_len + k * cols].view(k, cols)
+        tail = self.values[head_len + k * cols:]
+        body_row = first_row + (1 if head_len else 0)
+        return head, body, tail, first_row, first_col, body_row
+
+    def add_squares(self, sums: torch.Tensor) -> None:
+        """sums[slot + v] += sum of this piece's squared entries of norm vector v."""
+        head, body, tail, first_row, first_col, body_row = self._split()
+        s = self.slot
+        if self.norm_dim == 1:  # rows
+            if head.numel():
+                sums[s + first_row] += head.dot(head)
+            if body.numel():
+                sums[s + body_row:s + body_row + body.shape[0]] += torch.linalg.vector_norm(body, dim=1).square()
+            if tail.numel():
+                sums[s + body_row + body.shape[0]] += tail.dot(tail)
+        else:  # columns
+            if head.numel():
+                sums[s + first_col:s + first_col + head.numel()] += head.square()
+            if body.numel():
+                sums[s:s + self.cols] += torch.linalg.vector_norm(body, dim=0).square()
+            if tail.numel():
+                sums[s:s + tail.numel()] += tail.square()
+
+    def scale(self, inv_norms: torch.Tensor) -> None:
+        """Multiply every entry by 1 / ||its norm vector||."""
+        head, body, tail, first_row, first_col, body_row = self._split()
+        s = self.slot
+        if self.norm_dim == 1:
+            if head.numel():
+                head.mul_(inv_norms[s + first_row])
+            if body.numel():
+                body.mul_(inv_norms[s + body_row:s + body_row + body.shape[0]].unsqueeze(1))
+            if tail.numel():
+                tail.mul_(inv_norms[s + body_row + body.shape[0]])
+        else:
+            if head.numel():
+                head.mul_(inv_norms[s + first_col:s + first_col + head.numel()])
+            if body.numel():
+                body.mul_(inv_norms[s:s + self.cols])
+            if tail.numel():
+                tail.mul_(inv_norms[s:s + tail.numel()])
+
+
+@dataclass
+class StepUnit:
+    """The sphere matrices updated by one inner optimizer step (a parameter group or a
+    ZeRO-3 sub-group): the same slot layout on every rank, this rank's pieces of them."""
+
+    owner_ids: set[int]
+    """ids of the flat fp32 tensors the torch optimizer steps for this unit."""
+    n_slots: int
+    pieces: list[MasterPiece]
+    group: object | None
+    """process group to all-reduce over, or None when every rank holds whole matrices."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def norm_sums(self) -> torch.Tensor:
+        sums = torch.zeros(self.n_slots, dtype=torch.float32, device=self.device)
+        for piece in self.pieces:
+            piece.add_squares(sums)
+        if self.group is not None:
+            dist.all_reduce(sums, group=self.group)
+        return sums
+
+
+def _full_shape(param: nn.Parameter) -> torch.Size:
+    """A parameter's unpartitioned shape (ZeRO 3 leaves an empty placeholder in .data)."""
+    return param.ds_shape if hasattr(param, "ds_shape") else param.shape
+
+
+def _slot_layout(matrices: list[SphereMatrix]) -> tuple[dict[int, int], int]:
+    """param id -> first slot, and the total: one slot per norm vector, in model order."""
+    slots, total = {}, 0
+    for m in matrices:
+        slots[id(m.param)] = total
+        total += _full_shape(m.param)[1 - m.norm_dim]
+    return slots, total
+
+
+def _piece(matrix: SphereMatrix, values: torch.Tensor, start: int, slot: int) -> MasterPiece:
+    rows, cols = _full_shape(matrix.param)
+    return MasterPiece(values=values, start=start, rows=rows, cols=cols, norm_dim=matrix.norm_dim, slot=slot)
+
+
+class HypersphereHook:
+    """Renormalizes a DeepSpeed engine's sphere matrices on their fp32 master pieces.
+
+    Usage: `hook = HypersphereHook(engine); hook.normalize_now()` once before step 0;
+    afterwards it runs inside every `engine.step()` that updates the weights. Call
+    `rebuild()` after `engine.load_checkpoint`.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.matrices = sphere_matrices(engine.module)
+        self.all_reduces = 0
+        self.units: list[StepUnit] = []
+        self._refresh_working_copy = lambda: None
+        self.rebuild()
+        self._handle = engine.basic_optimizer.register_step_post_hook(self._after_inner_step)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    # ---- where the master weights are --------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Locate the master pieces of every sphere matrix (after init or a checkpoint load)."""
+        from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+        from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+        from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+        from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+        opt = self.engine.optimizer
+        if not self.matrices:
+            self.units = []
+        elif isinstance(opt, DeepSpeedZeroOptimizer_Stage3):
+            self._locate_zero3(opt)
+        elif isinstance(opt, DeepSpeedZeroOptimizer):
+            self._locate_flat_partitions(opt, opt.bit16_groups, opt.single_partition_of_fp32_groups,
+                                         opt.real_dp_process_group)
+        elif isinstance(opt, BF16_Optimizer):
+            self._locate_flat_partitions(opt, opt.bf16_groups, opt.fp32_groups_flat_partition,
+                                         opt.real_dp_process_group)
+        elif isinstance(opt, FP16_UnfusedOptimizer):
+            masters = {id(lp): hp for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups)
+                       for lp, hp in zip(lp_group, hp_group)}
+            self._locate_whole(masters)
+
+            def refresh():
+                for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
+                    for lp, hp in zip(lp_group, hp_group):
+                        lp.data.copy_(hp.data)
+            self._refresh_working_copy = refresh
+        elif isinstance(opt, torch.optim.Optimizer):
+            self._locate_whole({id(m.param): m.param for m in self.matrices})
+        else:
+            raise NotImplementedError(f"nGPT renormalization does not know DeepSpeed optimizer "
+                                      f"{type(opt).__name__}; use ZeRO stage 0-3 with a torch optimizer")
+
+    def _locate_whole(self, masters: dict[int, torch.Tensor]) -> None:
+        """Every rank holds every matrix whole: no communication."""
+        slots, total = _slot_layout(self.matrices)
+        pieces = [_piece(m, masters[id(m.param)].data.view(-1), 0, slots[id(m.param)]) for m in self.matrices]
+        device = pieces[0].values.device
+        self.units = [StepUnit({id(t) for t in masters.values()}, total, pieces, None, device)]
+
+    def _locate_flat_partitions(self, opt, lp_groups, hp_partitions, dp_groups) -> None:
+        """ZeRO 1/2 and BF16_Optimizer: group i's master is one flat fp32 partition per rank."""
+        self.units = []
+        for i, (lp_group, hp_partition) in enumerate(zip(lp_groups, hp_partitions)):
+            in_group = {id(p) for p in lp_group}
+            matrices = [m for m in self.matrices if id(m.param) in in_group]
+            if not matrices:
+                continue
+            slots, total = _slot_layout(matrices)
+            pieces = []
+            for m in matrices:
+                mapping = getattr(m.param, "_hp_mapping", None)
+                if mapping is not None:  # None: this rank owns no part of the matrix
+                    pieces.append(_piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start,
+                                         slots[id(m.param)]))
+            self.units.append(StepUnit({id(hp_partition)}, total, pieces, dp_groups[i], hp_partition.device))
+        self._refresh_working_copy = opt.update_lp_params
+
+    def _locate_zero3(self, opt) -> None:
+        """ZeRO 3: each parameter is cut evenly over the ranks; rank r holds
+        flatten(W)[r * P : (r + 1) * P] (the last rank padded) inside sub-group g's flat fp32 tensor."""
+        self.units = []
+        for g, lp_group in enumerate(opt.fp16_groups):
+            in_group = {id(p) for p in lp_group}
+            matrices = [m for m in self.matrices if id(m.param) in in_group]  # model order on every rank
+            if not matrices:
+                continue
+            slots, total = _slot_layout(matrices)
+            flat = opt.fp32_partitioned_groups_flat[g]
+            pieces = []
+            for m in matrices:
+                p = m.param
+                _, offset, partition_numel = opt.grad_position[opt.get_param_id(p)]
+                start = opt._get_param_partition_rank(p) * partition_numel
+                valid = max(0, min(partition_numel, p.ds_numel - start))
+                if valid:
+                    pieces.append(_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
+            group = opt._get_param_partition_group(matrices[0].param)
+            self.units.append(StepUnit({id(flat)}, total, pieces, group, flat.device))
+
+        def refresh():
+            for g in range(len(opt.fp16_groups)):
+                opt._reassign_or_swap_out_partitioned_parameters(g)
+            if opt.persistent_parameters:
+                opt.persistent_parameters[0].all_gather(opt.persistent_parameters)
+        self._refresh_working_copy = refresh
+
+    # ---- renormalization ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def _renormalize(self, unit: StepUnit) -> None:
+        sums = unit.norm_sums()
+        if unit.group is not None:
+            self.all_reduces += 1
+        inv_norms = sums.rsqrt_()
+        for piece in unit.pieces:
+            piece.scale(inv_norms)
+
+    def _after_inner_step(self, optimizer, args, kwargs) -> None:
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for unit in self.units:
+            if unit.owner_ids & stepped:
+                self._renormalize(unit)
+
+    @torch.no_grad()
+    def normalize_now(self) -> None:
+        """Renormalize every master piece and refresh the working copy (before step 0)."""
+        for unit in self.units:
+            self._renormalize(unit)
+        self._refresh_working_copy()
+
+    @torch.no_grad()
+    def max_deviation(self) -> float:
+        """max | ||w|| - 1 | over every norm vector of every sphere matrix, on the fp32 master.
+
+        Costs one all-reduce per unit: call it at logging intervals, not every step.
+        """
+        worst = 0.0
+        for unit in self.units:
+            sums = unit.norm_sums()
+            worst = max(worst, (sums.sqrt() - 1).abs().max().item())
+        return worst
+
+
+def full_fp32_value(param: nn.Parameter) -> torch.Tensor:
+    """A parameter's full fp32 master value on every rank (gathers under ZeRO; small tensors only)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    value = safe_get_full_fp32_param(param) if (hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")) else None
+    return (value if value is not None else param.detach()).float()

@@ -1,0 +1,264 @@
+"""The training loop: steps, evaluation, logging, checkpoints, cooperative shutdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
+from ngpt_ds.model import count_parameters, training_flops_per_token
+from ngpt_ds.train import checkpoint
+from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
+from ngpt_ds.train.hypersphere import HypersphereHook
+from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) or --max-time set a flag;
+    ranks agree on it at a step boundary, save and exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, max_time_s: float | None):
+        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s
+        self.reason: str | None = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.reason = f"signal {signal.Signals(signum).name}"
+
+    def requested(self) -> bool:
+        if self.reason is None and self.deadline is not None and time.monotonic() > self.deadline:
+            self.reason = "--max-time reached"
+        return self.reason is not None
+
+
+@dataclass
+class Summary:
+    status: str
+    """'finished', 'stopped' (signal or --max-time) or 'already-finished'."""
+    step: int
+    max_steps: int
+    tokens: int
+    train_loss: float
+    val_loss: float
+    seconds: float
+    checkpoint: str | None
+    out_dir: str
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Trainer:
+    def __init__(self, prepared: Prepared, options: TrainOptions):
+        self.run, self.plan = prepared.run, prepared.plan
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.out_dir = Path(self.run.out_dir)
+        self.show_progress = options.progress and self.is_main
+        self.engine = start_engine(self.run)
+        self.model = self.engine.module
+        self.device = self.engine.device
+        self.hook = HypersphereHook(self.engine) if self.run.model.arch == "ngpt" else None
+        if self.hook is not None:
+            self.hook.normalize_now()
+
+        seq_len, micro = self.run.model.seq_len, self.plan.micro_batch
+        dp_rank, dp_size = self.rank, self.plan.data_parallel
+        self.loader = TokenWindowLoader(self.run.data_dir, "train", seq_len, micro, dp_rank, dp_size, self.run.train.seed)
+        self.val_batches = validation_batches(self.run.data_dir, seq_len, micro, dp_rank, dp_size,
+                                              max_batches=self.run.train.eval_batches)
+        self.tokens_per_step = self.plan.global_batch * seq_len
+        self.step, self.tokens_seen = 0, 0
+        if prepared.resume_from is not None:
+            self._resume(prepared.resume_from)
+
+        self.metrics = MetricsLogger(self.out_dir / "tensorboard", enabled=self.is_main)
+        self.flops_per_token = training_flops_per_token(self.run.model)
+        dtype = next(self.model.parameters()).dtype
+        self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
+        self.stop = StopRequest(options.max_time_s)
+
+    def _resume(self, path: Path) -> None:
+        client = checkpoint.load(self.engine, path)
+        if self.hook is not None:
+            self.hook.rebuild()
+        self.loader.load_state_dict(client["loader"])
+        _set_rng_state(client["rng"])
+        self.step, self.tokens_seen = client["step"], client["tokens_seen"]
+        self._say(f"resumed from {path} at step {self.step}")
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def _mean_over_ranks(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return (t / self.world).tolist()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.engine.eval()
+        total = 0.0
+        for inputs, targets in self.val_batches:
+            _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
+            total += loss.float().item()
+        self.engine.train()
+        return self._mean_over_ranks([total / len(self.val_batches)])[0]
+
+    def save(self) -> Path:
+        client_state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(),
+                        "rng": _rng_state(), "config": self.run.to_dict()}
+        return checkpoint.save(self.engine, self.out_dir, self.step, client_state,
+                               keep=self.run.train.keep_checkpoints, config_yaml=self.run.to_yaml())
+
+    def train_step(self) -> tuple[float, bool]:
+        """One optimizer step over grad_accum micro-batches. Returns (mean loss over ranks, stop agreed)."""
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.plan.grad_accum):
+            inputs, targets = self.loader.next_batch()
+            _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.detach().float()
+        flags = torch.stack([loss_sum / self.plan.grad_accum,
+                             torch.tensor(float(self.stop.requested()), device=self.device)]).double()
+        dist.all_reduce(flags)  # one collective: the mean loss, and whether any rank must stop
+        return flags[0].item() / self.world, flags[1].item() > 0
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def fit(self) -> Summary:
+        train, max_steps = self.run.train, self.run.train.max_steps
+        start_time = time.perf_counter()
+        if self.step >= max_steps:
+            self._say(f"{self.out_dir} is already trained to step {self.step}/{max_steps}: nothing to do. "
+                      "Pass --max-steps N to train further, or --out DIR for a new run.")
+            return self._finish("already-finished", float("nan"), float("nan"), start_time, None)
+        self._print_header()
+        bar = tqdm(total=max_steps, initial=self.step, disable=None if self.show_progress else True, unit="step",
+                   dynamic_ncols=True, desc="train")
+        interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
+        train_loss = val_loss = float("nan")
+        status, last_checkpoint = "finished", None
+        while self.step < max_steps:
+            loss, stop = self.train_step()
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
+                    f"Hints: lower train.lr (now {train.lr:g}), use fp32 (\"bf16\": {{\"enabled\": false}}) "
+                    "to rule out precision, and check the data. Resume from the last checkpoint with --resume auto")
+            self.step += 1
+            self.tokens_seen += self.tokens_per_step
+            interval_steps += 1
+            interval_loss += loss
+            train_loss = loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            last = self.step == max_steps
+            if self.step % train.log_interval == 0 or last or stop:
+                elapsed = time.perf_counter() - interval_start
+                self._log(interval_loss / interval_steps, elapsed / interval_steps)
+                interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
+            if (train.eval_interval and self.step % train.eval_interval == 0) or last:
+                val_loss = self.evaluate()
+                self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
+                self._say(f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})")
+            if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
+                last_checkpoint = self.save()
+            if stop:
+                status = "stopped"
+                self._say(f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}); "
+                          f"checkpoint saved in {last_checkpoint}. Run the same command again to resume.")
+                break
+        bar.close()
+        return self._finish(status, train_loss, val_loss, start_time, last_checkpoint)
+
+    def _log(self, loss: float, step_time: float) -> None:
+        tokens_per_s = self.tokens_per_step / step_time
+        scalars = {
+            "train/loss": loss,
+            "train/lr": self.engine.get_lr()[0],
+            "throughput/tokens_per_s": tokens_per_s,
+            "throughput/step_time_s": step_time,
+            "throughput/mfu": self.flops_per_token * tokens_per_s / (self.peak_flops * self.world),
+            "train/tokens": float(self.tokens_seen),
+        }
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = float(grad_norm)
+        scalars.update(memory_metrics())
+        scalars.update(ngpt_health(self.model, self.hook))  # collective: every rank calls it
+        self.metrics.log(self.step, scalars)
+        if self.is_main:
+            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, **scalars}) + "\n")
+            health = (f" | max | ||w||-1 | {scalars['ngpt/max_norm_deviation']:.1e}"
+                      if "ngpt/max_norm_deviation" in scalars else "")
+            self._say(f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
+                      f"{tokens_per_s / 1e3:.1f}k tok/s | {step_time * 1e3:.0f} ms/step | "
+                      f"MFU {scalars['throughput/mfu']:.1%}{health}")
+
+    def _print_header(self) -> None:
+        if not self.is_main:
+            return
+        m, counts = self.run.model, count_parameters(self.model)
+        name = "nGPT" if m.arch == "ngpt" else "GPT"
+        tqdm.write(f"training {name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
+                   f"vocab {m.vocab_size}, {counts.total / 1e6:.2f}M parameters | {self.world} rank(s), "
+                   f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
+                   f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})")
+
+    def _finish(self, status, train_loss, val_loss, start_time, last_checkpoint) -> Summary:
+        summary = Summary(status=status, step=self.step, max_steps=self.run.train.max_steps, tokens=self.tokens_seen,
+                          train_loss=train_loss, val_loss=val_loss, seconds=time.perf_counter() - start_time,
+                          checkpoint=str(last_checkpoint) if last_checkpoint else None, out_dir=str(self.out_dir))
+        self.metrics.close()
+        if self.is_main and status != "already-finished":
+            (self.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+        return summary
+
+
+def train(options: TrainOptions) -> Summary:
+    """Validate everything, start the process group, train, and tear down."""
+    prepared = prepare(options)
+    init_process_group(prepared.dist_env, prepared.run.train.dist_timeout_s)
+    try:
+        out_dir = Path(prepared.run.out_dir)
+        if dist.get_rank() == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.yaml").write_text(prepared.run.to_yaml(), encoding="utf-8")
+            if options.progress:
+                tqdm.write("effective config (also in " + str(out_dir / "config.yaml") + "):\n"
+                           + prepared.run.to_yaml())
+        return Trainer(prepared, options).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,93 @@
+"""Metrics: one function logs every scalar to TensorBoard (rank 0), namespaced
+train/ eval/ throughput/ memory/ ngpt/; plus the measurements behind them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ngpt_ds.model.lm import CausalLM
+from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
+
+#: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity).
+KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+
+
+class MetricsLogger:
+    """TensorBoard scalars on rank 0; a no-op elsewhere."""
+
+    def __init__(self, log_dir: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:
+    """(peak FLOP/s of one device, how it was obtained)."""
+    if configured_tflops is not None:
+        return configured_tflops * 1e12, "train.peak_tflops"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, tflops in KNOWN_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12, f"data sheet ({name})"
+        return float("nan"), f"unknown GPU {name}: set train.peak_tflops"
+    return measure_matmul_flops(dtype), "measured dense matmul on this CPU"
+
+
+def measure_matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 0.3) -> float:
+    """Achieved FLOP/s of a square matmul with this process's threads: the CPU's practical peak."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        n += 1
+    return 2 * size ** 3 * n / (time.perf_counter() - start)
+
+
+def memory_metrics() -> dict[str, float]:
+    gib = 1024 ** 3
+    if torch.cuda.is_available():
+        return {"memory/max_allocated_gib": torch.cuda.max_memory_allocated() / gib,
+                "memory/reserved_gib": torch.cuda.memory_reserved() / gib}
+    import psutil
+    return {"memory/rss_gib": psutil.Process(os.getpid()).memory_info().rss / gib}
+
+
+def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, float]:
+    """Per-layer mean |alpha_A|, |alpha_M|, mean s_qk; mean s_z; the largest | ||w|| - 1 | after the hook.
+
+    Read from the fp32 master values (gathered under ZeRO). Every rank must call it.
+    """
+    if hook is None or not hook.matrices:
+        return {}
+
+    def effective(scale_vector) -> torch.Tensor:
+        value = full_fp32_value(scale_vector.param) * (scale_vector.init / scale_vector.scale)
+        return value.abs() if scale_vector.absolute else value
+
+    out = {}
+    for i, block in enumerate(model.blocks):
+        out[f"ngpt/alpha_attn/layer_{i:02d}"] = effective(block.attn_alpha).abs().mean().item()
+        out[f"ngpt/alpha_mlp/layer_{i:02d}"] = effective(block.mlp_alpha).abs().mean().item()
+        out[f"ngpt/s_qk/layer_{i:02d}"] = effective(block.attn.s_qk).mean().item()
+    out["ngpt/s_z_mean"] = effective(model.s_z).mean().item()
+    out["ngpt/max_norm_deviation"] = hook.max_deviation()
+    return out
