@@ -50,3 +50,40 @@ def require_system(condition: bool, reason: str) -> None:
     if os.environ.get("NGPT_DS_REQUIRE_SYSTEM_TESTS") == "1":
         pytest.fail(f"required system component missing in CI: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small prepared dataset (vocab 512) from CPython's pydoc topics text: no download."""
+    import pydoc_data.topics
+
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    corpus = root / "corpus.jsonl"
+    import json
+    with corpus.open("w") as f:
+        for text in pydoc_data.topics.topics.values():
+            f.write(json.dumps({"text": text}) + "\n")
+    return prepare_dataset(PrepareConfig(inputs=(str(corpus),), out=root / "data", vocab_size=512,
+                                         val_fraction=0.1, workers=1, progress=False))
+
+
+def write_ds_config(path: Path, *, stage: int, bf16: bool, micro: int, accum: int, **extra) -> Path:
+    import json
+    config = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
+              "gradient_clipping": 1.0, "bf16": {"enabled": bf16}, "zero_optimization": {"stage": stage},
+              **extra}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def write_yaml(path: Path, model: dict, train: dict) -> Path:
+    import yaml
+    path.write_text(yaml.safe_dump({"model": model, "train": train}))
+    return path
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    import json
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]

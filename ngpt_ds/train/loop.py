@@ -51,7 +51,7 @@ class StopRequest:
 @dataclass
 class Summary:
     status: str
-    """'finished', 'stopped' (signal or --max-time) or 'already-finished'."""
+    """'finished', 'stopped' (signal or --max-time) or 'already-finished' (nothing to do)."""
     step: int
     max_steps: int
     tokens: int
@@ -158,10 +158,6 @@ class Trainer:
     def fit(self) -> Summary:
         train, max_steps = self.run.train, self.run.train.max_steps
         start_time = time.perf_counter()
-        if self.step >= max_steps:
-            self._say(f"{self.out_dir} is already trained to step {self.step}/{max_steps}: nothing to do. "
-                      "Pass --max-steps N to train further, or --out DIR for a new run.")
-            return self._finish("already-finished", float("nan"), float("nan"), start_time, None)
         self._print_header()
         bar = tqdm(total=max_steps, initial=self.step, disable=None if self.show_progress else True, unit="step",
                    dynamic_ncols=True, desc="train")
@@ -241,7 +237,7 @@ class Trainer:
                           train_loss=train_loss, val_loss=val_loss, seconds=time.perf_counter() - start_time,
                           checkpoint=str(last_checkpoint) if last_checkpoint else None, out_dir=str(self.out_dir))
         self.metrics.close()
-        if self.is_main and status != "already-finished":
+        if self.is_main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
         return summary
 
@@ -249,6 +245,13 @@ class Trainer:
 def train(options: TrainOptions) -> Summary:
     """Validate everything, start the process group, train, and tear down."""
     prepared = prepare(options)
+    if prepared.resume_from is not None and checkpoint.step_of(prepared.resume_from.name) >= prepared.run.train.max_steps:
+        if prepared.dist_env.rank == 0:
+            print(f"{prepared.run.out_dir} is already trained to step {checkpoint.step_of(prepared.resume_from.name)}/"
+                  f"{prepared.run.train.max_steps}: nothing to do. Pass --max-steps N to train further, or --out DIR "
+                  "for a new run.")
+        return Summary("already-finished", checkpoint.step_of(prepared.resume_from.name), prepared.run.train.max_steps,
+                       0, float("nan"), float("nan"), 0.0, str(prepared.resume_from), prepared.run.out_dir)
     init_process_group(prepared.dist_env, prepared.run.train.dist_timeout_s)
     try:
         out_dir = Path(prepared.run.out_dir)
