@@ -1,0 +1,141 @@
+"""Startup validation (DeepSpeed JSON, train section, launch environment), optimizer groups, LR schedule."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ngpt_ds import distributed
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.model import ModelConfig, build_model
+from ngpt_ds.train.config import TrainConfig, load_model_and_train
+from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
+from ngpt_ds.train.optim import lr_factor, parameter_groups
+
+from conftest import REPO
+
+
+def check(config, world=1, tp=1, fp16=False, bf16=True):
+    return check_ds_config(config, world_size=world, tensor_parallel=tp, source="x.json", fp16_supported=fp16,
+                           bf16_supported=bf16)
+
+
+def test_shipped_ds_configs_are_valid_for_one_and_two_ranks():
+    for name in ("zero0", "zero1", "zero2", "zero3", "zero2_offload"):
+        for world in (1, 2):
+            config = load_ds_config(REPO / "ds_configs" / f"{name}.json")
+            plan = check(config, world=world)
+            assert config["train_batch_size"] == plan.global_batch == 8 * world
+            assert config["bf16"]["enabled"] is True and config["gradient_clipping"] == 1.0
+
+
+def test_batch_product_is_checked_with_the_numbers():
+    with pytest.raises(NgptConfigError, match=r"train_batch_size = 32, but .* = 4 x 2 x 2 = 16 \(world size 4 / "
+                                               r"tensor-parallel 2 = 2 data-parallel ranks\)"):
+        check({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 32},
+              world=4, tp=2)
+    config = {"train_micro_batch_size_per_gpu": 4, "train_batch_size": 32}
+    assert check(config, world=2).grad_accum == 4  # derived like DeepSpeed does
+    with pytest.raises(NgptConfigError, match=r"not a multiple of .* = 4 x 3 = 12"):
+        check({"train_micro_batch_size_per_gpu": 4, "train_batch_size": 32}, world=3)
+
+
+def test_precision_and_forbidden_blocks_are_collected_into_one_error():
+    config = {"train_micro_batch_size_per_gpu": 4, "fp16": {"enabled": True}, "optimizer": {"type": "Adam"},
+              "zero_optimization": {"stage": 4}}
+    with pytest.raises(NgptConfigError) as err:
+        check(config)
+    text = str(err.value)
+    assert "3 problems" in text
+    assert "optimizer = '{...}': remove it" in text
+    assert "zero_optimization.stage = 4" in text
+    assert "fp16.enabled = True: this device does not support fp16" in text
+
+
+def test_malformed_and_duplicate_json_are_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train_micro_batch_size_per_gpu": 4,\n "bf16": {"enabled": tru}}')
+    with pytest.raises(NgptConfigError, match=r"bad.json: not valid JSON at line 2"):
+        load_ds_config(bad)
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"train_micro_batch_size_per_gpu": 4, "train_micro_batch_size_per_gpu": 8}')
+    with pytest.raises(NgptConfigError, match=r"train_micro_batch_size_per_gpu appear twice"):
+        load_ds_config(dup)
+    with pytest.raises(NgptConfigError, match=r"does not exist. The shipped ones are in ds_configs/"):
+        load_ds_config(tmp_path / "nope.json")
+
+
+def test_train_section_defaults_by_arch_and_errors(tmp_path):
+    _, ngpt_train, _ = load_model_and_train("ngpt_tiny")
+    assert (ngpt_train.weight_decay, ngpt_train.warmup_steps) == (0.0, 0)
+    _, gpt_train, _ = load_model_and_train("gpt_tiny")
+    assert gpt_train.weight_decay == 0.1 and gpt_train.warmup_steps > 0
+    assert TrainConfig(max_steps=500).resolve("gpt").warmup_steps == 50
+    with pytest.raises(NgptConfigError, match=r"--model gpt conflicts with .*ngpt_tiny.yaml"):
+        load_model_and_train("ngpt_tiny", arch="gpt")
+    path = tmp_path / "x.yaml"
+    path.write_text("model: {n_layer: 2}\ntrain: {micro_batch_size: 4, lr: -1, max_steps: 0}\n")
+    with pytest.raises(NgptConfigError, match=r"train.micro_batch_size = 4: unknown field.*belong in the DeepSpeed JSON"):
+        load_model_and_train(str(path))
+    path.write_text("model: {n_layer: 2}\ntrain: {lr: -1, max_steps: 0}\n")
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert "train.max_steps = 0" in str(err.value) and "train.lr = -1" in str(err.value)
+
+
+def official_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """The official code's get_lr (nanoGPT's), restated for the comparison."""
+    if it < warmup_iters:
+        return learning_rate * it / warmup_iters
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+@pytest.mark.parametrize("warmup, min_lr", [(0, 0.0), (100, 0.0), (100, 3e-4)])
+def test_lr_schedule_equals_the_official_get_lr(warmup, min_lr):
+    lr, max_steps = 3e-3, 1000
+    for step in range(0, max_steps + 1, 7):
+        ours = lr * lr_factor(step, max_steps=max_steps, warmup_steps=warmup, min_lr_ratio=min_lr / lr)
+        assert ours == pytest.approx(official_get_lr(step, lr, warmup, max_steps, min_lr), rel=1e-12, abs=1e-15)
+
+
+def test_weight_decay_only_on_matrices_and_never_for_ngpt_scalars():
+    for arch in ("ngpt", "gpt"):
+        model = build_model(ModelConfig(arch=arch, vocab_size=50, n_layer=2, n_embd=32, n_head=2, seq_len=8))
+        groups = parameter_groups(model, weight_decay=0.1)
+        decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        for name, param in model.named_parameters():
+            assert (id(param) in decayed) == (param.dim() == 2), name
+        assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_launch_environment_discovery():
+    torch_env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    env = distributed.discover(torch_env)
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (1, 2, 1, "10.0.0.1", "torch")
+    with pytest.raises(NgptConfigError, match=r"RANK set but WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing"):
+        distributed.discover({"RANK": "0"})
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
+             "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_ID": "1234"}
+    env = distributed.discover(slurm)
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.source) == (3, 4, 1, 2, "slurm")
+    assert env.master_addr == "gpu07" and env.master_port == 21234
+    # The batch step of an sbatch script (no SLURM_STEP_ID) is not a rank of the job.
+    batch_step = {k: v for k, v in slurm.items() if k != "SLURM_STEP_ID"}
+    assert distributed.discover(batch_step).source == "single"
+    mpi = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
+    env = distributed.discover(mpi)
+    assert (env.rank, env.world_size, env.master_port, env.source) == (1, 2, 29555, "mpi")
+    assert distributed.discover({}).source == "single"
+    with pytest.raises(NgptConfigError, match=r"rank 5 is outside world size 2"):
+        distributed.discover({**torch_env, "RANK": "5"})
+
+
+def test_slurm_nodelist_expansion():
+    assert distributed.expand_nodelist("gpu[01-03,7],login1") == ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
+    assert distributed.expand_nodelist("node1,node2") == ["node1", "node2"]
