@@ -216,7 +216,7 @@ class Trainer:
         if self.is_main:
             with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": self.step, **scalars}) + "\n")
-            health = (f" | max | ||w||-1 | {scalars['ngpt/max_norm_deviation']:.1e}"
+            health = (f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}"
                       if "ngpt/max_norm_deviation" in scalars else "")
             self._say(f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
                       f"{tokens_per_s / 1e3:.1f}k tok/s | {step_time * 1e3:.0f} ms/step | "
