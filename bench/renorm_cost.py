@@ -1,0 +1,132 @@
+"""What the hypersphere hook costs inside a real ZeRO-2 step on 2 ranks.
+
+    python bench/renorm_cost.py [--config ngpt_tiny] [--steps 30] [--ds ds_configs/zero2.json]
+
+Re-launches itself under torchrun with 2 ranks (gloo on CPU, NCCL on GPUs). Every step is
+timed whole (forward, backward, engine.step) and the hook is timed inside it, so the two
+numbers come from the same steps and the ratio is immune to machine noise between runs.
+Extra memory: the hook's per-step buffer (one fp32 per norm vector) next to the rank's fp32
+master partition. Goal: hook < 3% of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="ngpt_tiny", help="nGPT preset or YAML (default ngpt_tiny)")
+    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (default zero2)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks (default 2)")
+    parser.add_argument("--json", help="also write the result as JSON here")
+    return parser.parse_args()
+
+
+def relaunch(args) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), __file__, *sys.argv[1:]]
+    env = {**os.environ, "NGPT_BENCH_CHILD": "1"}
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.nproc))
+    return subprocess.call(cmd, env=env)
+
+
+def main() -> int:
+    args = parse_args()
+    if "RANK" not in os.environ:
+        return relaunch(args)
+    import torch
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from ngpt_ds import distributed
+    from ngpt_ds.train.builder import init_process_group, start_engine
+    from ngpt_ds.train.config import RunConfig, load_model_and_train
+    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
+    from ngpt_ds.train.hypersphere import HypersphereHook
+
+    env = distributed.discover()
+    model_cfg, train_cfg, _ = load_model_and_train(args.config)
+    if model_cfg.vocab_size is None:
+        model_cfg.vocab_size = 4096
+    ds = load_ds_config(args.ds)
+    plan = check_ds_config(ds, world_size=env.world_size, tensor_parallel=1, source=args.ds,
+                           fp16_supported=False, bf16_supported=True)
+    init_process_group(env, timeout_s=300)
+    run = RunConfig(config_source=args.config, model=model_cfg, train=train_cfg, deepspeed=ds,
+                    deepspeed_source=args.ds, data_dir="", out_dir="")
+    engine = start_engine(run)
+    hook = HypersphereHook(engine)
+    hook.normalize_now()
+
+    hook_seconds = []
+    inner = hook._after_inner_step
+
+    def timed(*a, **k):
+        start = time.perf_counter()
+        inner(*a, **k)
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        hook_seconds.append(time.perf_counter() - start)
+
+    hook._handle.remove()
+    hook._handle = engine.basic_optimizer.register_step_post_hook(timed)
+
+    all_reduces_before = hook.all_reduces
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    step_seconds = []
+    for step in range(args.steps + 3):
+        tokens = torch.randint(0, model_cfg.vocab_size, (plan.micro_batch, model_cfg.seq_len + 1), generator=gen)
+        tokens = tokens.to(engine.device)
+        start = time.perf_counter()
+        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
+        engine.backward(loss)
+        engine.step()
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 3:
+            step_seconds.append(time.perf_counter() - start)
+    hook_seconds = hook_seconds[3:]
+
+    buffer_floats = sum(unit.n_slots for unit in hook.units)
+    master_floats = sum(piece.values.numel() for unit in hook.units for piece in unit.pieces)
+    totals = torch.tensor([sum(step_seconds), sum(hook_seconds)], dtype=torch.float64)
+    dist.all_reduce(totals)
+    deviation = hook.max_deviation()
+    if dist.get_rank() == 0:
+        step_ms = 1e3 * totals[0].item() / (len(step_seconds) * env.world_size)
+        hook_ms = 1e3 * totals[1].item() / (len(hook_seconds) * env.world_size)
+        result = {
+            "config": args.config, "deepspeed": os.path.basename(args.ds), "ranks": env.world_size,
+            "device": str(engine.device), "steps": len(step_seconds), "step_ms": step_ms, "hook_ms": hook_ms,
+            "hook_share_of_step": hook_ms / step_ms,
+            "all_reduces_per_step": (hook.all_reduces - all_reduces_before) / (args.steps + 3),
+            "hook_buffer_bytes": 4 * buffer_floats,
+            "sphere_master_bytes_on_rank0": 4 * master_floats,
+            "max_norm_deviation_after": deviation,
+        }
+        print(f"renorm hook, {args.config}, {result['deepspeed']}, {env.world_size} ranks on {engine.device}: "
+              f"step {step_ms:.1f} ms, hook {hook_ms:.2f} ms = {100 * result['hook_share_of_step']:.2f}% of the step "
+              f"(goal < 3%); extra memory: a {result['hook_buffer_bytes'] / 1024:.1f} KiB buffer next to rank 0's "
+              f"{result['sphere_master_bytes_on_rank0'] / 2 ** 20:.1f} MiB of fp32 master matrices; "
+              f"max | ||w|| - 1 | = {deviation:.1e}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
