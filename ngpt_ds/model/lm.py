@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.layers import Projection, RotaryEmbedding, TokenEmbedding
 
@@ -33,18 +36,31 @@ class CausalLM(nn.Module):
         """Final hidden states [B, T, d] -> logits [B, T, V]."""
         raise NotImplementedError
 
-    def hidden_states(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """token_ids [B, T] -> final hidden states [B, T, d]."""
+    def hidden_states(self, token_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """token_ids [B, T] -> final hidden states [B, T, d].
+
+        With a KVCache, token_ids are the T positions after the `cache.length` cached ones.
+        """
         h = self.embed(token_ids)
-        cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype)
-        for block in self.blocks:
-            h = block(h, cos, sin)
+        offset = 0 if cache is None else cache.length
+        cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype, offset)
+        with nullcontext() if cache is None else cache.bind(self):
+            for block in self.blocks:
+                h = block(h, cos, sin)
         return h
 
-    def forward(self, token_ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """Returns (logits [B, T, V], mean cross-entropy or None). Targets of -1 are ignored."""
-        logits = self.logits(self.hidden_states(token_ids))
+    def forward(self, token_ids: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        """Returns (logits [B, T, V], mean cross-entropy or None). Targets of -1 are ignored.
+
+        `cache`: a KVCache for incremental decoding (see `hidden_states`).
+        """
+        logits = self.logits(self.hidden_states(token_ids, cache))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = self.cross_entropy(logits, targets)
         return logits, loss
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean token cross-entropy in fp32, ignoring targets of -1. Tensor parallelism replaces it
+        with a vocabulary-parallel version (logits hold one vocabulary slice per rank)."""
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)

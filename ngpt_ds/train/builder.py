@@ -18,6 +18,7 @@ from ngpt_ds import distributed
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
+from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
@@ -62,8 +63,8 @@ def prepare(options: TrainOptions) -> Prepared:
     ds_config = load_ds_config(options.deepspeed_config)
     from deepspeed.accelerator import get_accelerator
     accelerator = get_accelerator()
-    plan = check_ds_config(ds_config, world_size=dist_env.world_size, tensor_parallel=1,
-                           source=options.deepspeed_config,
+    plan = check_ds_config(ds_config, world_size=dist_env.world_size,
+                           tensor_parallel=train_cfg.tensor_parallel_size, source=options.deepspeed_config,
                            fp16_supported=bool(accelerator.is_fp16_supported()),
                            bf16_supported=bool(accelerator.is_bf16_supported()))
     ds_config.setdefault("steps_per_print", 10 ** 9)  # ngpt_ds logs; keep DeepSpeed's own step log quiet
@@ -79,6 +80,8 @@ def prepare(options: TrainOptions) -> Prepared:
     else:
         check_vocab_matches(meta, model_cfg.vocab_size, data_dir)
     model_cfg.validate(f"model config ({config_path})")
+    check_tensor_parallel(train_cfg.tensor_parallel_size, dist_env.world_size, n_head=model_cfg.n_head,
+                          vocab_size=model_cfg.vocab_size, mlp_width=model_cfg.mlp_width)
 
     out_dir = Path(options.out or Path("runs") / config_path.stem)
     resume_from = resolve_resume(out_dir, options.resume)
@@ -105,18 +108,22 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
         torch.cuda.set_device(dist_env.local_rank)
 
 
-def start_engine(run: RunConfig):
-    """Build the model, optimizer and schedule, and wrap them in a DeepSpeed engine."""
+def start_engine(run: RunConfig, groups: ParallelGroups | None = None):
+    """Build the model (tensor-parallel shards when groups.tp_size > 1), optimizer and schedule,
+    and wrap them in a DeepSpeed engine (ZeRO over the data-parallel group)."""
     import deepspeed
 
     train = run.train
-    torch.manual_seed(train.seed)
+    torch.manual_seed(train.seed)  # every rank builds the same full model, then keeps its shards
     model = build_model(run.model)
+    tensor_parallel = groups is not None and groups.tp_size > 1
+    if tensor_parallel:
+        parallelize(model, groups)
     optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps,
                                 weight_decay=train.weight_decay)
     schedule = build_schedule(optimizer, max_steps=train.max_steps, warmup_steps=train.warmup_steps,
                               min_lr_ratio=train.min_lr / train.lr)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=run.deepspeed)
+                                           config=run.deepspeed, mpu=groups if tensor_parallel else None)
     return engine
 

@@ -52,6 +52,9 @@ class TrainConfig:
     """Peak dense TFLOP/s of one device for MFU. None: a table for known GPUs, a matmul measurement on CPU."""
     dist_timeout_s: int = 600
     """Collective timeout: a dead rank ends the job after this many seconds instead of hanging."""
+    tensor_parallel_size: int = 1
+    """Ranks that split each layer (Megatron-style); must divide the world size, n_head, vocab_size
+    and the MLP width. The remaining factor of the world size is data parallelism (ZeRO)."""
 
     def resolve(self, arch: str) -> "TrainConfig":
         """Fill the architecture-dependent defaults (spec §2.1)."""
@@ -64,7 +67,8 @@ class TrainConfig:
 
     def validate(self, source: str = "train config") -> "TrainConfig":
         p = Problems(source)
-        for name in ("max_steps", "log_interval", "eval_batches", "keep_checkpoints", "dist_timeout_s"):
+        for name in ("max_steps", "log_interval", "eval_batches", "keep_checkpoints", "dist_timeout_s",
+                     "tensor_parallel_size"):
             value = getattr(self, name)
             p.check(isinstance(value, int) and value > 0, f"train.{name}", value, "must be a positive integer")
         for name in ("eval_interval", "checkpoint_interval", "warmup_steps"):

@@ -113,7 +113,8 @@ class StepUnit:
     n_slots: int
     pieces: list[MasterPiece]
     group: object | None
-    """process group to all-reduce over, or None when every rank holds whole matrices."""
+    """process group to all-reduce over (data-parallel), or None when every rank holds whole matrices.
+    Tensor-parallel shards never need one: a split never cuts the normalized dim."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def norm_sums(self) -> torch.Tensor:
@@ -137,6 +138,11 @@ def _slot_layout(matrices: list[SphereMatrix]) -> tuple[dict[int, int], int]:
         slots[id(m.param)] = total
         total += _full_shape(m.param)[1 - m.norm_dim]
     return slots, total
+
+
+def _reduction_group(group):
+    """The group to sum partial norms over, or None when it has one rank (nothing is cut)."""
+    return group if dist.get_world_size(group=group) > 1 else None
 
 
 def _piece(matrix: SphereMatrix, values: torch.Tensor, start: int, slot: int) -> MasterPiece:
@@ -222,7 +228,8 @@ class HypersphereHook:
                 if mapping is not None:  # None: this rank owns no part of the matrix
                     pieces.append(_piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start,
                                          slots[id(m.param)]))
-            self.units.append(StepUnit({id(hp_partition)}, total, pieces, dp_groups[i], hp_partition.device))
+            self.units.append(StepUnit({id(hp_partition)}, total, pieces, _reduction_group(dp_groups[i]),
+                                       hp_partition.device))
         self._refresh_working_copy = opt.update_lp_params
 
     def _locate_zero3(self, opt) -> None:
@@ -244,7 +251,7 @@ class HypersphereHook:
                 valid = max(0, min(partition_numel, p.ds_numel - start))
                 if valid:
                     pieces.append(_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
-            group = opt._get_param_partition_group(matrices[0].param)
+            group = _reduction_group(opt._get_param_partition_group(matrices[0].param))
             self.units.append(StepUnit({id(flat)}, total, pieces, group, flat.device))
 
         def refresh():

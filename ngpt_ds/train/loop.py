@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.model import count_parameters, training_flops_per_token
+from ngpt_ds.parallel import create_groups
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
 from ngpt_ds.train.hypersphere import HypersphereHook
@@ -80,7 +81,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = Path(self.run.out_dir)
         self.show_progress = options.progress and self.is_main
-        self.engine = start_engine(self.run)
+        self.groups = create_groups(self.run.train.tensor_parallel_size)
+        self.engine = start_engine(self.run, self.groups)
         self.model = self.engine.module
         self.device = self.engine.device
         self.hook = HypersphereHook(self.engine) if self.run.model.arch == "ngpt" else None
@@ -88,7 +90,7 @@ class Trainer:
             self.hook.normalize_now()
 
         seq_len, micro = self.run.model.seq_len, self.plan.micro_batch
-        dp_rank, dp_size = self.rank, self.plan.data_parallel
+        dp_rank, dp_size = self.groups.dp_rank, self.groups.dp_size
         self.loader = TokenWindowLoader(self.run.data_dir, "train", seq_len, micro, dp_rank, dp_size, self.run.train.seed)
         self.val_batches = validation_batches(self.run.data_dir, seq_len, micro, dp_rank, dp_size,
                                               max_batches=self.run.train.eval_batches)

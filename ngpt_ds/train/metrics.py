@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
@@ -79,15 +80,21 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
     if hook is None or not hook.matrices:
         return {}
 
-    def effective(scale_vector) -> torch.Tensor:
+    tensor_parallel = getattr(model, "tensor_parallel", None)
+
+    def mean_effective(scale_vector) -> float:
         value = full_fp32_value(scale_vector.param) * (scale_vector.init / scale_vector.scale)
-        return value.abs() if scale_vector.absolute else value
+        mean = (value.abs() if scale_vector.absolute else value).mean()
+        if tensor_parallel is not None and getattr(scale_vector.param, "tensor_model_parallel", False):
+            dist.all_reduce(mean, group=tensor_parallel.tp_group)  # equal shards: mean of the means
+            mean = mean / tensor_parallel.tp_size
+        return mean.item()
 
     out = {}
     for i, block in enumerate(model.blocks):
-        out[f"ngpt/alpha_attn/layer_{i:02d}"] = effective(block.attn_alpha).abs().mean().item()
-        out[f"ngpt/alpha_mlp/layer_{i:02d}"] = effective(block.mlp_alpha).abs().mean().item()
-        out[f"ngpt/s_qk/layer_{i:02d}"] = effective(block.attn.s_qk).mean().item()
-    out["ngpt/s_z_mean"] = effective(model.s_z).mean().item()
+        out[f"ngpt/alpha_attn/layer_{i:02d}"] = mean_effective(block.attn_alpha)
+        out[f"ngpt/alpha_mlp/layer_{i:02d}"] = mean_effective(block.mlp_alpha)
+        out[f"ngpt/s_qk/layer_{i:02d}"] = mean_effective(block.attn.s_qk)
+    out["ngpt/s_z_mean"] = mean_effective(model.s_z)
     out["ngpt/max_norm_deviation"] = hook.max_deviation()
     return out
