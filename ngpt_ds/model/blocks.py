@@ -7,6 +7,7 @@ scale sqrt(d_head)) are switched on by `on_sphere`; everything else is one code 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ class CausalSelfAttention(nn.Module):
             self.softmax_scale = math.sqrt(self.head_dim)
         else:
             self.softmax_scale = 1.0 / math.sqrt(self.head_dim)
+        self.kv_cache: LayerKVCache | None = None  # set only while a KVCache is bound (incremental decoding)
 
     def project_qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """h: [B, T, d] -> q, k, v each [B, T, H, head_dim], q and k rotated (and normalized, scaled)."""
@@ -54,11 +56,25 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """h: [B, T, d] -> attention output h_A before any normalization, [B, T, d]."""
+        """h: [B, T, d] -> attention output h_A before any normalization, [B, T, d].
+
+        With a KV cache bound (`KVCache.bind`), h holds the T positions after the cached ones;
+        cos/sin must be the tables of those positions.
+        """
         B, T, _ = h.shape
         q, k, v = self.project_qkv(h, cos, sin)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, scale=self.softmax_scale)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        mask, causal = None, True
+        if self.kv_cache is not None:
+            past = self.kv_cache.length
+            k, v = self.kv_cache.append(k, v)
+            if past:
+                # is_causal with fewer queries than keys aligns the mask top-left (wrong here):
+                # query i sits at position past + i and sees keys 0..past + i.
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=h.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -89,3 +105,66 @@ class SwiGLU(nn.Module):
             u = u * self.s_u().to(u.dtype)
             v = v * (self.s_v() * self.v_multiplier).to(v.dtype)
         return self.down(u * F.silu(v))
+
+
+class LayerKVCache:
+    """Keys and values of one attention layer for the positions decoded so far, [B, H, T, head_dim].
+
+    Storage grows by doubling, so appending one position costs O(1) amortized copies.
+    """
+
+    def __init__(self):
+        self.length = 0
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add k, v [B, H, T_new, head_dim]; returns the keys and values of all positions so far."""
+        end = self.length + k.shape[2]
+        if self._k is None or end > self._k.shape[2]:
+            capacity = max(end, 2 * (0 if self._k is None else self._k.shape[2]))
+            grown_k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
+            grown_v = v.new_empty(*v.shape[:2], capacity, v.shape[3])
+            if self._k is not None:
+                grown_k[:, :, :self.length] = self._k[:, :, :self.length]
+                grown_v[:, :, :self.length] = self._v[:, :, :self.length]
+            self._k, self._v = grown_k, grown_v
+        self._k[:, :, self.length:end] = k
+        self._v[:, :, self.length:end] = v
+        self.length = end
+        return self._k[:, :, :end], self._v[:, :, :end]
+
+
+class KVCache:
+    """A KV cache for incremental decoding with any CausalLM (nGPT and GPT share the attention).
+
+    Pass one cache to successive `model(token_ids, cache=cache)` calls: each call feeds only the
+    new positions, appends their keys and values, and continues RoPE and the causal mask at
+    `length`. One cache serves one batch of sequences that advance together; after an error
+    mid-forward, start a new cache.
+    """
+
+    def __init__(self):
+        self.layers: list[LayerKVCache] = []
+
+    @property
+    def length(self) -> int:
+        """Positions cached so far: the position of the next token fed."""
+        return self.layers[0].length if self.layers else 0
+
+    @contextmanager
+    def bind(self, model: nn.Module):
+        """Attach one LayerKVCache to each attention module of `model` (in module order) for a forward."""
+        attentions = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+        if not self.layers:
+            self.layers = [LayerKVCache() for _ in attentions]
+        if len(self.layers) != len(attentions):
+            raise ValueError(f"this KVCache was filled by a model with {len(self.layers)} attention layers, "
+                             f"not {len(attentions)}")
+        for attention, layer in zip(attentions, self.layers):
+            attention.kv_cache = layer
+        try:
+            yield self
+        finally:
+            for attention in attentions:
+                attention.kv_cache = None
