@@ -1,0 +1,129 @@
+"""Validation loss and perplexity of a trained model, at its training context and beyond.
+
+Windows come from `ngpt_ds.data.loader.validation_batches`, the same function the trainer's
+evaluation uses: `n` windows of L+1 tokens spread evenly over the split. With n equal to the
+trainer's eval_batches x micro-batch x data-parallel ranks and L = seq_len, the loss is the
+trainer's eval loss on the same windows. At L = 2x, 4x seq_len the same text is cut into
+longer windows: the paper's length-extrapolation claim (nGPT's loss should stay flat where
+GPT's rises).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ngpt_ds.data.loader import validation_batches
+from ngpt_ds.data.shards import load_dataset_meta
+from ngpt_ds.data.windows import WindowIndex
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.infer.loading import LoadedModel
+
+
+@dataclass
+class ContextResult:
+    context: int
+    """Tokens per window (inputs)."""
+    multiple: float
+    """context / trained seq_len."""
+    windows: int
+    tokens: int
+    """Predicted tokens (windows x context)."""
+    loss: float
+    perplexity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trainer_eval_windows(info: dict[str, Any], available: int) -> int | None:
+    """How many windows the trainer's evaluation used (None when the provenance does not say):
+    eval_batches x micro-batch x data-parallel ranks, as validation_batches caps it."""
+    ev = info.get("eval") or {}
+    try:
+        batches, micro, dp = int(ev["batches"]), int(ev["micro_batch"]), int(ev["data_parallel"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    per_batch = micro * dp
+    return min(batches, available // per_batch) * per_batch
+
+
+@torch.no_grad()
+def window_loss(loaded: LoadedModel, data_dir: str | Path, context: int, windows: int, batch_size: int,
+                split: str = "validation") -> ContextResult:
+    """Mean next-token cross-entropy over `windows` evenly spread windows of `context` tokens."""
+    model, device = loaded.model, loaded.device
+    batches = validation_batches(data_dir, context, 1, 0, 1, max_batches=windows, split=split)
+    total, count, n = 0.0, 0, 0
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def run(group):
+        inputs = torch.cat([g[0] for g in group]).to(device)
+        targets = torch.cat([g[1] for g in group]).to(device)
+        logits, _ = model(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+        return float(loss.double()), targets.numel()
+
+    for batch in batches:
+        pending.append(batch)
+        n += 1
+        if len(pending) == batch_size:
+            s, c = run(pending)
+            total, count, pending = total + s, count + c, []
+    if pending:
+        s, c = run(pending)
+        total, count = total + s, count + c
+    loss = total / count
+    return ContextResult(context=context, multiple=context / loaded.config.seq_len, windows=n, tokens=count,
+                         loss=loss, perplexity=math.exp(min(loss, 700)))
+
+
+def evaluate(loaded: LoadedModel, data_dir: str | Path, *, multiples: list[float] | None = None,
+             contexts: list[int] | None = None, windows: int | None = None, batch_size: int = 8,
+             split: str = "validation") -> list[ContextResult]:
+    """Loss and perplexity at each context length (explicit `contexts`, or `multiples` of seq_len,
+    default 1x 2x 4x). `windows` per length (default: the trainer's eval windows when the model's
+    provenance records them, else 64), fewer where the split has fewer."""
+    meta = load_dataset_meta(data_dir)
+    if meta.vocab_size != loaded.config.vocab_size or meta.tokenizer_sha256 != loaded.tokenizer_sha256:
+        raise NgptConfigError(
+            f"dataset {data_dir} was tokenized with {meta.tokenizer_file} (vocab {meta.vocab_size}, sha256 "
+            f"{meta.tokenizer_sha256[:12]}…), not with this model's tokenizer (vocab {loaded.config.vocab_size}, "
+            f"sha256 {loaded.tokenizer_sha256[:12]}…); prepare the data with --tokenizer set to the model's "
+            "tokenizer.model")
+    if batch_size < 1:
+        raise NgptConfigError(f"batch_size = {batch_size}: must be >= 1")
+    if windows is not None and windows < 1:
+        raise NgptConfigError(f"windows = {windows}: must be >= 1")
+    seq_len = loaded.config.seq_len
+    if contexts is None:
+        multiples = multiples or [1, 2, 4]
+        if any(m <= 0 for m in multiples):
+            raise NgptConfigError(f"context multiples {multiples}: must be > 0")
+        contexts = [max(1, round(m * seq_len)) for m in multiples]
+    if any(c < 1 for c in contexts):
+        raise NgptConfigError(f"context lengths {contexts}: must be >= 1")
+    results = []
+    for context in contexts:
+        available = WindowIndex(meta, split, context).num_windows
+        if available == 0:
+            raise NgptConfigError(f"dataset {data_dir} split {split!r} has no window of {context + 1} tokens; "
+                                  "use shorter contexts or more validation data")
+        wanted = windows
+        if wanted is None:
+            wanted = trainer_eval_windows(loaded.info, WindowIndex(meta, split, seq_len).num_windows) or 64
+        results.append(window_loss(loaded, data_dir, context, min(wanted, available), batch_size, split))
+    return results
+
+
+def format_table(results: list[ContextResult]) -> str:
+    lines = [f"{'context':>8} {'x train':>8} {'windows':>8} {'tokens':>10} {'loss':>9} {'perplexity':>11}"]
+    for r in results:
+        lines.append(f"{r.context:>8} {r.multiple:>7.2f}x {r.windows:>8} {r.tokens:>10} {r.loss:>9.4f} "
+                     f"{r.perplexity:>11.2f}")
+    return "\n".join(lines)

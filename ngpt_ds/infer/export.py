@@ -1,0 +1,111 @@
+"""Consolidated export: a trainer checkpoint -> one portable model folder.
+
+    EXPORT/
+      model.safetensors   fp32 weights, one tensor per parameter (names as in the model's state_dict)
+      config.json         format, model config, tokenizer hash, provenance, sphere check
+      tokenizer.model     the sentencepiece model the training data was prepared with
+      README.md           what this is and how to use it
+
+The folder is written next to its final place and renamed into it when complete, then read back
+and compared with what was written. nGPT weights are checked unit norm on the way in (loading)
+and the measured deviation is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.infer.loading import (CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE,
+                                   LoadedModel, load_checkpoint, load_export)
+from ngpt_ds.model import max_norm_deviation, sphere_matrices
+
+README_TEMPLATE = """\
+# {name}
+
+{article} {arch_name} language model trained with ngpt_ds, exported from `{checkpoint}` (step {step}).
+
+- Architecture: {n_layer} layers, d_model {n_embd}, {n_head} heads, trained context {seq_len} tokens,
+  vocabulary {vocab_size} (sentencepiece, `tokenizer.model`).
+- Weights: `model.safetensors`, float32; the model config is in `config.json`.
+{sphere_line}
+Use it with ngpt_ds (no DeepSpeed needed):
+
+    python launch/generate.py {folder} --prompt "In the beginning"
+    python launch/evaluate.py {folder} --data DATASET_DIR
+    ngpt-lm-eval --model ngpt_ds --model_args path={folder} --tasks arc_easy
+
+or in Python: `ngpt_ds.infer.load("{folder}")`.
+"""
+
+
+def _config_json(loaded: LoadedModel, deviation: float) -> dict:
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "model": loaded.config.to_dict(),
+        "tokenizer": {"file": TOKENIZER_FILE, "sha256": loaded.tokenizer_sha256,
+                      "vocab_size": loaded.tokenizer.vocab_size, "eos_id": loaded.tokenizer.eos_id},
+        "weights": {"file": WEIGHTS_FILE, "dtype": "float32"},
+        "sphere": {"max_norm_deviation": deviation,
+                   "matrices": {m.name: m.norm_dim for m in sphere_matrices(loaded.model)}},
+        "training": loaded.info,
+    }
+
+
+def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False,
+                 tokenizer: str | Path | None = None) -> Path:
+    """Consolidate `checkpoint` (a step_N directory or a run directory: its newest complete checkpoint)
+    into the folder `out`. Returns `out`."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise NgptConfigError(f"{out} already exists; choose another folder or pass --overwrite")
+    loaded = load_checkpoint(checkpoint, device="cpu", dtype="float32", tokenizer=tokenizer)
+    deviation = max_norm_deviation(loaded.model)
+    state = {name: t.detach().contiguous().clone() for name, t in loaded.model.state_dict().items()}
+
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
+        shutil.copyfile(loaded.tokenizer.path, tmp / TOKENIZER_FILE)
+        config = _config_json(loaded, deviation)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
+        _verify(tmp, state)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _verify(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Read the folder back as a user would; the weights must be bit-identical to what was written."""
+    reloaded = load_export(folder, device="cpu")
+    for name, tensor in reloaded.model.state_dict().items():
+        if not torch.equal(tensor, state[name]):
+            raise NgptConfigError(f"export to {folder}: {name} reads back different from what was written "
+                                  "(disk full or a failing file system?)")
+
+
+def _readme(loaded: LoadedModel, deviation: float, out: Path) -> str:
+    m = loaded.config
+    sphere_line = (f"- nGPT: every embedding and projection is unit norm along its declared dim (largest deviation "
+                   f"{deviation:.1e}, checked at export).\n" if m.arch == "ngpt" else "")
+    return README_TEMPLATE.format(
+        name=out.name, article="An" if m.arch == "ngpt" else "A",
+        arch_name="nGPT (normalized Transformer)" if m.arch == "ngpt" else "GPT (baseline)",
+        checkpoint=loaded.info.get("checkpoint", loaded.source), step=loaded.info.get("step", "?"),
+        n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, seq_len=m.seq_len, vocab_size=m.vocab_size,
+        sphere_line=sphere_line, folder=out)

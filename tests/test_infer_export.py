@@ -1,0 +1,164 @@
+"""Consolidated export of a ZeRO-2, 2-rank checkpoint: same logits as the live model, round trip.
+
+The `trained` fixture trains a tiny nGPT on 2 gloo ranks (ZeRO 2, fp32) through the trainer and,
+in the same processes, records the live model's logits on fixed tokens. This file doubles as
+that torchrun worker (see the bottom). The other test_infer_* files reuse the run.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run, torchrun, write_ds_config, write_yaml
+
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {"max_steps": 6, "lr": 1e-2, "log_interval": 3, "eval_interval": 0, "eval_batches": 2,
+         "checkpoint_interval": 0, "peak_tflops": 1.0}
+MICRO, RANKS = 4, 2
+PROBE = {"seed": 7, "batch": 3}  # the fixed tokens the worker feeds the live model
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_dataset) -> dict:
+    """One ZeRO-2 x 2-rank fp32 run, shared by every test_infer_* module (cached on disk for the session)."""
+    root = tmp_path_factory.getbasetemp() / "infer_trained"
+    out = root / "run"
+    result = {"root": root, "out": out, "data": tiny_dataset, "live": root / "live_logits.pt"}
+    if not (root / "DONE").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        config = write_yaml(root / "tiny.yaml", MODEL, TRAIN)
+        ds = write_ds_config(root / "z2.json", stage=2, bf16=False, micro=MICRO, accum=1)
+        torchrun(Path(__file__), config, ds, tiny_dataset, out, result["live"], nproc=RANKS)
+        (root / "DONE").write_text("ok")
+    result["checkpoint"] = out / "checkpoints" / f"step_{TRAIN['max_steps']:08d}"
+    result["summary"] = json.loads((out / "summary.json").read_text())
+    return result
+
+
+@pytest.fixture(scope="session")
+def exported(trained) -> Path:
+    from ngpt_ds.infer import export_model
+
+    folder = trained["root"] / "export"
+    if not (folder / "config.json").is_file():
+        export_model(trained["out"], folder)
+    return folder
+
+
+def probe_tokens(vocab_size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(PROBE["seed"])
+    return torch.randint(0, vocab_size, (PROBE["batch"], MODEL["seq_len"]), generator=g)
+
+
+def test_export_gives_the_live_models_logits(trained, exported):
+    from ngpt_ds.infer import load_export
+
+    live = torch.load(trained["live"])
+    loaded = load_export(exported, device="cpu")
+    logits, _ = loaded.model(live["tokens"])
+    diff = (logits - live["logits"]).abs().max().item()
+    print(f"export vs live logits: max |diff| = {diff:.2e}")
+    assert diff <= 1e-5
+    # The probe is not degenerate: a trained model gives different logits from a fresh one.
+    assert live["logits"].std() > 0.05
+
+
+def test_export_folder_layout_and_unit_norm(trained, exported):
+    from safetensors.torch import load_file
+
+    from ngpt_ds.data.shards import load_dataset_meta, sha256_file
+    from ngpt_ds.model import ModelConfig, build_model, sphere_matrices
+
+    assert sorted(p.name for p in exported.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                         "tokenizer.model"]
+    config = json.loads((exported / "config.json").read_text())
+    assert config["format"] == "ngpt_ds-export" and config["format_version"] == 1
+    assert config["model"]["vocab_size"] == 512 and config["model"]["n_embd"] == 32
+    meta = load_dataset_meta(trained["data"])
+    assert config["tokenizer"]["sha256"] == meta.tokenizer_sha256 == sha256_file(exported / "tokenizer.model")
+    assert config["training"]["step"] == TRAIN["max_steps"]
+    assert config["training"]["zero_stage"] == 2 and config["training"]["world_size"] == RANKS
+    assert "ZeRO-2" in config["training"]["weights"] and "float32" in config["training"]["weights"]
+    weights = load_file(str(exported / "model.safetensors"))
+    model = build_model(ModelConfig.from_dict(config["model"]))
+    assert set(weights) == set(model.state_dict())
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    # Every declared sphere matrix is unit norm along its declared dim (and only along it).
+    matrices = sphere_matrices(model)
+    assert len(matrices) == 2 + 4 * MODEL["n_layer"]
+    assert config["sphere"]["matrices"] == {m.name: m.norm_dim for m in matrices}
+    for m in matrices:
+        w = weights[m.name]
+        norms = w.norm(dim=m.norm_dim)
+        assert (norms - 1).abs().max() < 1e-5, m.name
+        if w.shape[0] != w.shape[1]:
+            assert (w.norm(dim=1 - m.norm_dim) - 1).abs().max() > 1e-2, m.name
+    assert config["sphere"]["max_norm_deviation"] < 1e-5
+    assert "launch/generate.py" in (exported / "README.md").read_text()
+
+
+def test_checkpoint_and_export_load_identically(trained, exported):
+    from ngpt_ds.infer import load
+
+    from_checkpoint = load(trained["checkpoint"], device="cpu")
+    from_run_dir = load(trained["out"], device="cpu")  # a run directory: its newest complete checkpoint
+    from_export = load(exported, device="cpu")
+    assert from_checkpoint.kind == "checkpoint" and from_export.kind == "export"
+    assert from_run_dir.source == trained["checkpoint"]
+    for name, tensor in from_checkpoint.model.state_dict().items():
+        assert torch.equal(tensor, from_export.model.state_dict()[name]), name
+        assert torch.equal(tensor, from_run_dir.model.state_dict()[name]), name
+    assert from_export.info["eval"] == {"batches": TRAIN["eval_batches"], "micro_batch": MICRO, "data_parallel": RANKS}
+
+
+def test_export_cli_round_trip(trained, tmp_path):
+    out = tmp_path / "cli_export"
+    proc = run([sys.executable, REPO / "launch/export.py", trained["checkpoint"], "--out", out])
+    assert "exported nGPT 2 layers" in proc.stdout and "largest deviation" in proc.stdout
+    proc = run([sys.executable, REPO / "launch/export.py", trained["checkpoint"], "--out", out], check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr and proc.stderr.startswith("error: ")
+    # --overwrite replaces it; the weights are the checkpoint's, bit for bit.
+    run([sys.executable, REPO / "launch/export.py", trained["out"], "--out", out, "--overwrite"])
+    from ngpt_ds.infer import load, load_export
+    exported, reference = load_export(out).model.state_dict(), load(trained["checkpoint"]).model.state_dict()
+    assert all(torch.equal(exported[k], reference[k]) for k in reference)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+# ---- the torchrun worker ---------------------------------------------------------------------
+
+
+def _worker(config: str, ds_config: str, data: str, out: str, live_path: str) -> None:
+    """Train through the trainer on every rank, then record the live model's logits (rank 0)."""
+    import torch.distributed as dist
+
+    from ngpt_ds.train.builder import TrainOptions, init_process_group, prepare
+    from ngpt_ds.train.loop import Trainer
+
+    options = TrainOptions(deepspeed_config=ds_config, config=config, data=data, out=out, progress=False)
+    prepared = prepare(options)
+    init_process_group(prepared.dist_env, 300)
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(prepared, options)
+        trainer.fit()
+        model = trainer.model.eval()
+        tokens = probe_tokens(prepared.run.model.vocab_size)
+        with torch.no_grad():
+            logits, _ = model(tokens.to(trainer.device))
+        if dist.get_rank() == 0:
+            torch.save({"tokens": tokens, "logits": logits.float().cpu()}, live_path)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    _worker(*sys.argv[1:6])
