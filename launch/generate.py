@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"\nwarning: {message}\n"
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import Sampling, generate, load
+    from ngpt_ds.infer.generate import check_prompt_length
 
     try:
         if args.prompt is not None:
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
                             top_p=args.top_p).validate()
         loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
         print(f"loaded {loaded.describe()} on {loaded.device}", file=sys.stderr)
+        seq_len = loaded.config.seq_len
+        check_prompt_length(len(loaded.tokenizer.encode(prompt)), args.max_context or seq_len, seq_len)
         if not args.no_echo:
             print(prompt, end="", flush=True)
         result = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.max_new_tokens,

@@ -5,20 +5,22 @@ finds models only in its own registry (no plugin entry points), so run it throug
 `ngpt-lm-eval` command (installed by setup.py) or `python -m ngpt_ds.infer.lm_eval_cli`; both
 take exactly lm_eval's command-line options:
 
-    ngpt-lm-eval --model ngpt_ds --model_args path=out/export,device=cuda \\
+    ngpt-lm-eval --model ngpt_ds --model_args path=out/export --device cuda \\
         --tasks arc_easy,hellaswag,winogrande,wsc273,lambada_openai
 
 From Python: `import ngpt_ds.infer.lm_eval_adapter` and then
 `lm_eval.simple_evaluate(model="ngpt_ds", model_args="path=...", tasks=[...])`, or pass an
 `NgptLM(...)` instance as `model`.
 
-model_args: path (required), device (auto), dtype (float32), batch_size (16), max_length (the
-trained seq_len: longer inputs keep their last max_length tokens), tokenizer (a .model to use
-instead of the model's own; checked against it).
+model_args: path (required), dtype (float32), max_length (the trained seq_len: longer inputs
+keep their last max_length tokens), tokenizer (a .model to use instead of the model's own;
+checked against it). The device and batch size come from lm_eval's --device (its default
+cuda:0 falls back to the CPU when there is no GPU) and --batch_size (default here: 16).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import lm_eval.models  # noqa: F401  lm-eval's own models first: get_model() skips them once the registry is not empty
@@ -54,6 +56,9 @@ class NgptLM(TemplateLM):
                  batch_size: int | str = 16, max_length: int | str | None = None, tokenizer: str | None = None,
                  max_batch_size: int | str | None = None, loaded: LoadedModel | None = None, **unused):
         super().__init__()
+        if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(f"device {device} requested but no CUDA GPU is available: running on the CPU")
+            device = "cpu"
         if loaded is None:
             if not path:
                 raise NgptConfigError("model_args needs path=EXPORT_FOLDER_OR_CHECKPOINT")
