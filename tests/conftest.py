@@ -84,6 +84,8 @@ def write_yaml(path: Path, model: dict, train: dict) -> Path:
     return path
 
 
-def read_metrics(out_dir: Path) -> list[dict]:
+def read_metrics(out_dir: Path, key: str = "train/loss") -> list[dict]:
+    """The run's metrics.jsonl records that hold `key` (training log lines by default; "eval/loss": evaluations)."""
     import json
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if key in r]

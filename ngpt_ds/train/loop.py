@@ -99,7 +99,7 @@ class Trainer:
         if prepared.resume_from is not None:
             self._resume(prepared.resume_from)
 
-        self.metrics = MetricsLogger(self.out_dir / "tensorboard", enabled=self.is_main)
+        self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main)
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
@@ -163,11 +163,13 @@ class Trainer:
         self._print_header()
         bar = tqdm(total=max_steps, initial=self.step, disable=None if self.show_progress else True, unit="step",
                    dynamic_ncols=True, desc="train")
-        interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
+        interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
         train_loss = val_loss = float("nan")
         status, last_checkpoint = "finished", None
         while self.step < max_steps:
+            step_start = time.perf_counter()
             loss, stop = self.train_step()
+            interval_seconds += time.perf_counter() - step_start  # steps only: not evaluation, not saving
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
@@ -182,9 +184,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}")
             last = self.step == max_steps
             if self.step % train.log_interval == 0 or last or stop:
-                elapsed = time.perf_counter() - interval_start
-                self._log(interval_loss / interval_steps, elapsed / interval_steps)
-                interval_start, interval_steps, interval_loss = time.perf_counter(), 0, 0.0
+                self._log(interval_loss / interval_steps, interval_seconds / interval_steps)
+                interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
             if (train.eval_interval and self.step % train.eval_interval == 0) or last:
                 val_loss = self.evaluate()
                 self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
@@ -216,8 +217,6 @@ class Trainer:
         scalars.update(ngpt_health(self.model, self.hook))  # collective: every rank calls it
         self.metrics.log(self.step, scalars)
         if self.is_main:
-            with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": self.step, **scalars}) + "\n")
             health = (f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}"
                       if "ngpt/max_norm_deviation" in scalars else "")
             self._say(f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "

@@ -3,6 +3,7 @@ train/ eval/ throughput/ memory/ ngpt/; plus the measurements behind them."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -18,13 +19,14 @@ KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
 
 
 class MetricsLogger:
-    """TensorBoard scalars on rank 0; a no-op elsewhere."""
+    """Scalars to TensorBoard (<out>/tensorboard) and to <out>/metrics.jsonl on rank 0; a no-op elsewhere."""
 
-    def __init__(self, log_dir: Path, enabled: bool):
+    def __init__(self, out_dir: Path, enabled: bool):
         self.writer = None
+        self.jsonl = out_dir / "metrics.jsonl"
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if self.writer is None:
@@ -32,6 +34,8 @@ class MetricsLogger:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
 
     def close(self) -> None:
         if self.writer is not None:

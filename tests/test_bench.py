@@ -1,0 +1,61 @@
+"""Each benchmark runs on a tiny setting and writes well-formed output (no timing is asserted)."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO, run
+
+
+def test_convergence_writes_table_json_and_plot(tmp_path, tiny_dataset):
+    shape = tmp_path / "shape.yaml"
+    shape.write_text("model: {arch: ngpt, n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32}\n")
+    out = tmp_path / "conv"
+    run([sys.executable, REPO / "bench/convergence.py", "--shape", shape, "--steps", 8, "--eval-interval", 4,
+         "--eval-batches", 2, "--lrs-ngpt", "2e-2,4e-2", "--lrs-gpt", "3e-3", "--data", tiny_dataset,
+         "--out", out], timeout=900)
+    result = json.loads((out / "convergence.json").read_text())
+    assert len(result["runs"]) == 3
+    for r in result["runs"]:
+        assert [t for t, _ in r["eval_curve"]] == [4 * 8 * 32, 8 * 8 * 32]   # evals at steps 4 and 8
+        assert r["final_val_loss"] == pytest.approx(r["eval_curve"][-1][1])
+    summary = result["summary"]
+    assert summary["target_val_loss"] == min(r["final_val_loss"] for r in result["runs"] if r["arch"] == "gpt")
+    assert summary["best_lr"]["ngpt"] in (2e-2, 4e-2)
+    assert "| nGPT |" in (out / "convergence.md").read_text()
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tokens_to_reach_interpolates():
+    sys.path.insert(0, str(REPO / "bench"))
+    from convergence import tokens_to_reach
+    curve = [(100.0, 5.0), (200.0, 4.0), (300.0, 3.0)]
+    assert tokens_to_reach(curve, 3.5) == pytest.approx(250.0)
+    assert tokens_to_reach(curve, 6.0) == 100.0
+    assert tokens_to_reach(curve, 2.0) is None
+
+
+def test_step_time_reports_a_ratio(tmp_path):
+    out = tmp_path / "st.json"
+    run([sys.executable, REPO / "bench/step_time.py", "--shapes", "micro", "--rounds", 2, "--warmup", 1,
+         "--compile", "eager", "--json", out], timeout=600)
+    r = json.loads(out.read_text())["results"][0]
+    assert r["shape"] == "micro" and r["ngpt_ms"] > 0 and r["gpt_ms"] > 0
+    assert r["ratio"] == pytest.approx(r["ngpt_ms"] / r["gpt_ms"])
+
+
+def test_renorm_cost_reports_share_and_memory(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {arch: ngpt, n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32, vocab_size: 64}\n")
+    out = tmp_path / "rc.json"
+    run([sys.executable, REPO / "bench/renorm_cost.py", "--config", config, "--steps", 3, "--json", out],
+        timeout=600)
+    r = json.loads(out.read_text())
+    assert r["ranks"] == 2 and r["all_reduces_per_step"] == 1
+    assert 0 < r["hook_ms"] < r["step_ms"]
+    assert r["hook_share_of_step"] == pytest.approx(r["hook_ms"] / r["step_ms"])
+    # one fp32 per norm vector: embed + head rows (2 x 64) + per layer qkv rows, W_o columns,
+    # up_gate rows and W_2 columns (3*32 + 32 + 2*128 + 128)
+    assert r["hook_buffer_bytes"] == 4 * (2 * 64 + 2 * (96 + 32 + 256 + 128))
+    assert r["max_norm_deviation_after"] < 1e-5
