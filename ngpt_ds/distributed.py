@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 from ngpt_ds.errors import NgptConfigError
 
@@ -111,7 +112,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         world = _int(env, size_var if size_var in env else "OMPI_COMM_WORLD_SIZE")
         local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK") if "OMPI_COMM_WORLD_LOCAL_RANK" in env else 0
         local_world = (_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") if "OMPI_COMM_WORLD_LOCAL_SIZE" in env else world)
-        addr, port = _mpi_master(env, rank)
+        addr, port = _mpi_master(env, rank, single_host=local_world == world)
         source = "mpi"
     else:
         return DistEnv(0, 1, 0, 1, "127.0.0.1", _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(),
@@ -121,7 +122,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(rank, world, local_rank, local_world, addr, port, source)
 
 
-def _mpi_master(env: dict[str, str], rank: int) -> tuple[str, int]:
+def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str, int]:
     """Rank 0's address and a port, agreed through MPI itself (mpi4py), unless MASTER_ADDR is set."""
     if "MASTER_ADDR" in env:
         return env["MASTER_ADDR"], _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
@@ -132,9 +133,35 @@ def _mpi_master(env: dict[str, str], rank: int) -> tuple[str, int]:
                               "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
                               "and MASTER_PORT") from None
     comm = MPI.COMM_WORLD
-    mine = (socket.gethostbyname(socket.gethostname()), _free_port()) if rank == 0 else None
+    mine = ("127.0.0.1" if single_host else _routable_address(), _free_port()) if rank == 0 else None
     addr, port = comm.bcast(mine, root=0)
     return addr, int(env["MASTER_PORT"]) if "MASTER_PORT" in env else port
+
+
+def set_collective_timeout(timeout: timedelta) -> None:
+    """Give every process group this collective timeout, including the groups DeepSpeed creates
+    later with new_group() and no timeout (ZeRO's data-parallel group): torch gives those its own
+    default (30 min on gloo, 10 on NCCL), so a hung rank would stall the others that long instead
+    of making them fail within train.dist_timeout_s. Call it before the process group starts."""
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
+        distributed_c10d.default_pg_nccl_timeout = timeout
+
+
+def _routable_address() -> str:
+    """This host's address as other nodes see it. Debian-style /etc/hosts maps the host name to
+    127.0.1.1, useless to other nodes: then take the first address `hostname -I` lists (what
+    DeepSpeed's own MPI discovery uses)."""
+    addr = socket.gethostbyname(socket.gethostname())
+    if not addr.startswith("127."):
+        return addr
+    try:
+        listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        listed = []
+    return listed[0] if listed else addr
 
 
 def export(dist_env: DistEnv) -> None:

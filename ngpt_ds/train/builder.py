@@ -100,6 +100,7 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     distributed.export(dist_env)
+    distributed.set_collective_timeout(timedelta(seconds=timeout_s))  # also DeepSpeed's own groups
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
