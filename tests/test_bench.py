@@ -59,3 +59,14 @@ def test_renorm_cost_reports_share_and_memory(tmp_path):
     # up_gate rows and W_2 columns (3*32 + 32 + 2*128 + 128)
     assert r["hook_buffer_bytes"] == 4 * (2 * 64 + 2 * (96 + 32 + 256 + 128))
     assert r["max_norm_deviation_after"] < 1e-5
+
+
+def test_mfu_reports_a_ratio_against_the_measured_peak(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {arch: ngpt, n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32, vocab_size: 64}\n")
+    out = tmp_path / "mfu.json"
+    run([sys.executable, REPO / "bench/mfu.py", "--config", config, "--steps", 3, "--json", out], timeout=600)
+    r = json.loads(out.read_text())
+    assert r["flops_per_token"] == 6 * (2 * (4 * 32 * 32 + 3 * 32 * 128) + 64 * 32) + 12 * 2 * 32 * 32
+    assert r["achieved_tflops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e12)
+    assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"]) and 0 < r["mfu"] < 1
