@@ -295,12 +295,17 @@ def _checkpoint_tokenizer(run: dict[str, Any], checkpoint: Path, override: str |
 
 
 def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Names and shapes of `weights` must be exactly those of `model` (built from the saved config)."""
+    """Names and shapes of `weights` must be exactly those of `model` (built from the saved config),
+    and every value finite."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     got = {name: tuple(t.shape) for name, t in weights.items()}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
+    bad = sorted(n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise NgptConfigError(f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt "
+                              "(or training diverged before this checkpoint)")
     if missing or unexpected or wrong:
         parts = []
         if missing:
