@@ -142,3 +142,19 @@ def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, tiny_dataset
                 "--data", tiny_dataset, "--out", runs["z0_ws1"], "--no-progress"], check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already trained to step 20/20: nothing to do" in proc.stdout + proc.stderr
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing_after_it(tmp_path, tiny_dataset):
+    config = write_yaml(tmp_path / "nan.yaml", {**MODEL, "arch": "gpt"},
+                        {"max_steps": 6, "lr": 1e30, "warmup_steps": 0, "checkpoint_interval": 3,
+                         "eval_interval": 0, "log_interval": 1})
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
+    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds,
+                "--data", tiny_dataset, "--out", tmp_path / "out", "--no-progress"], check=False)
+    assert proc.returncode == 2
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the training loss became nan at step ")
+    failed_step = int(error.split("at step ")[1].split(";")[0])
+    saved = sorted((tmp_path / "out" / "checkpoints").glob("step_*")) if failed_step > 3 else []
+    assert all(int(p.name.split("_")[1]) < failed_step for p in saved)
+    assert "lower train.lr (now 1e+30)" in error and "try fp32" not in error

@@ -20,6 +20,7 @@ from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
+from ngpt_ds.train.ds_config import precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
 
@@ -171,10 +172,13 @@ class Trainer:
             loss, stop = self.train_step()
             interval_seconds += time.perf_counter() - step_start  # steps only: not evaluation, not saving
             if not math.isfinite(loss):
+                precision_hint = (", try fp32 (\"bf16\": {\"enabled\": false}) to rule out precision"
+                                  if precision_of(self.run.deepspeed) != "fp32" else "")
                 raise TrainingDiverged(
                     f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
-                    f"Hints: lower train.lr (now {train.lr:g}), use fp32 (\"bf16\": {{\"enabled\": false}}) "
-                    "to rule out precision, and check the data. Resume from the last checkpoint with --resume auto")
+                    f"Hints: lower train.lr (now {train.lr:g}){precision_hint}, check the data. "
+                    f"Checkpoints up to step {self.step} are intact in {self.out_dir / 'checkpoints'} "
+                    "(--resume auto continues from the newest)")
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             interval_steps += 1
