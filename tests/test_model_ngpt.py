@@ -109,12 +109,14 @@ def test_queries_and_keys_are_unit_per_head_and_attention_logits_bounded():
     bound = math.sqrt(config.head_dim)
     assert attn.softmax_scale == pytest.approx(bound)
     assert scores.abs().max() <= bound + 1e-5
-    # s_qk multiplies both q and k, so the logit carries s_qk^2 (eqs. 15-16).
+    # s_qk multiplies both q and k, so the logit carries s_qk^2 (eqs. 15-16); the code puts
+    # s_qk^2 on q and leaves k unit.
     with torch.no_grad():
         attn.s_qk.param.mul_(2.0)
     q2, k2, _ = attn.project_qkv(h, cos, sin)
-    torch.testing.assert_close(q2, 2 * q, atol=1e-6, rtol=0)
-    torch.testing.assert_close(k2, 2 * k, atol=1e-6, rtol=0)
+    scores2 = torch.einsum("bthd,bshd->bhts", q2, k2) * attn.softmax_scale
+    torch.testing.assert_close(scores2, 4 * scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(k2.norm(dim=-1), torch.ones(2, 16, 4), atol=1e-5, rtol=0)
 
 
 def test_output_logits_bounded_by_s_z():

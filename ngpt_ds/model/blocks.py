@@ -44,15 +44,19 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: LayerKVCache | None = None  # set only while a KVCache is bound (incremental decoding)
 
     def project_qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """h: [B, T, d] -> q, k, v each [B, T, H, head_dim], q and k rotated (and normalized, scaled)."""
+        """h: [B, T, d] -> q, k, v each [B, T, H, head_dim]; q and k rotated.
+
+        nGPT: k = Norm(k) and q = s_qk^2 * Norm(q), per head (see below)."""
         B, T, _ = h.shape
         q, k, v = self.qkv(h).view(B, T, 3, -1, self.head_dim).unbind(dim=2)
         q = RotaryEmbedding.rotate(q, cos, sin)
         k = RotaryEmbedding.rotate(k, cos, sin)
         if self.on_sphere:
-            s_qk = self.s_qk().view(-1, self.head_dim).to(q.dtype)  # [H, head_dim]
-            q = l2_normalize(q) * s_qk
-            k = l2_normalize(k) * s_qk
+            # (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k): one multiply
+            # instead of two, the same logits and gradients (and it is what GQA needs).
+            s_qk = self.s_qk().view(-1, self.head_dim)  # [H, head_dim]
+            q = l2_normalize(q) * s_qk.square().to(q.dtype)
+            k = l2_normalize(k)
         return q, k, v
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -100,10 +104,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [B, T, d] -> [B, T, d] (h_M before normalization)."""
-        u, v = self.up_gate(h).chunk(2, dim=-1)
         if self.on_sphere:
-            u = u * self.s_u().to(u.dtype)
-            v = v * (self.s_v() * self.v_multiplier).to(v.dtype)
+            u, v = self.up_gate(h, row_scale=torch.cat([self.s_u(), self.s_v() * self.v_multiplier])).chunk(2, dim=-1)
+        else:
+            u, v = self.up_gate(h).chunk(2, dim=-1)
         return self.down(u * F.silu(v))
 
 

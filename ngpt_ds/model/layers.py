@@ -84,13 +84,24 @@ class Projection(DeclaredMatrix):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.normal_(self.weight, mean=0.0, std=init_std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., in_features] -> [..., out_features]."""
-        return F.linear(x, self.weight)
+    def forward(self, x: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [..., in_features] -> [..., out_features], times `row_scale` [out_features] if given."""
+        return scaled_linear(x, self.weight, row_scale)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, style={self.style}, "
                 f"on_sphere={self.on_sphere}")
+
+
+def scaled_linear(x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:
+    """(x W^T) * row_scale. When there are more tokens than input features the scale is folded
+    into W's rows (out x in multiplies instead of tokens x out, forward and backward alike);
+    the two are the same function."""
+    if row_scale is None:
+        return F.linear(x, weight)
+    if x.numel() // x.shape[-1] > weight.shape[1]:
+        return F.linear(x, weight * row_scale.to(weight.dtype).unsqueeze(1))
+    return F.linear(x, weight) * row_scale.to(x.dtype)
 
 
 class TokenEmbedding(DeclaredMatrix):

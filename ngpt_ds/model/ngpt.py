@@ -39,12 +39,12 @@ class NormalizedBlock(nn.Module):
     def attention_update(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Eq. 10: h <- Norm(h + alpha_A (h_A - h)), h_A = Norm(ATTN(h)). h: [B, T, d], unit rows."""
         h_attn = l2_normalize(self.attn(h, cos, sin))
-        return l2_normalize(h + self.attn_alpha().to(h.dtype) * (h_attn - h))
+        return l2_normalize(torch.lerp(h, h_attn, self.attn_alpha().to(h.dtype)))
 
     def mlp_update(self, h: torch.Tensor) -> torch.Tensor:
         """Eq. 11: h <- Norm(h + alpha_M (h_M - h)), h_M = Norm(MLP(h))."""
         h_mlp = l2_normalize(self.mlp(h))
-        return l2_normalize(h + self.mlp_alpha().to(h.dtype) * (h_mlp - h))
+        return l2_normalize(torch.lerp(h, h_mlp, self.mlp_alpha().to(h.dtype)))
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return self.mlp_update(self.attention_update(h, cos, sin))
@@ -68,4 +68,4 @@ class NGPT(CausalLM):
         normalize_matrices_(self)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(h) * self.s_z().to(h.dtype)
+        return self.head(h, row_scale=self.s_z())

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ngpt_ds.model.layers import Projection, TokenEmbedding
+from ngpt_ds.model.layers import Projection, TokenEmbedding, scaled_linear
 
 
 class _CopyToTensorParallel(torch.autograd.Function):
@@ -71,8 +71,8 @@ class ColumnParallelProjection(Projection):
         self.group = group
         mark_sharded(self.weight, self.layout.split_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tensor_parallel(x, self.group), self.weight)
+    def forward(self, x: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+        return scaled_linear(copy_to_tensor_parallel(x, self.group), self.weight, row_scale)
 
 
 class RowParallelProjection(Projection):
