@@ -162,3 +162,36 @@ def _worker(config: str, ds_config: str, data: str, out: str, live_path: str) ->
 if __name__ == "__main__":
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     _worker(*sys.argv[1:6])
+
+
+@pytest.mark.parametrize("layout", ["tp2_zero1_fp32", "ws1_zero0_bf16"])
+def test_other_checkpoint_layouts_load_and_export(layout, tmp_path, tiny_dataset):
+    """Tensor-parallel shards (merged with ngpt_ds.parallel's plan after zero_to_fp32 per model-parallel
+    rank) and ZeRO 0 in bf16 (the fp32 master copies, not the bf16 working weights)."""
+    from ngpt_ds.infer import evaluate, export_model, load, load_export
+    from ngpt_ds.model import max_norm_deviation
+
+    tp = layout.startswith("tp2")
+    train = {**TRAIN, "max_steps": 3, **({"tensor_parallel_size": 2} if tp else {})}
+    config = write_yaml(tmp_path / "c.yaml", MODEL, train)
+    ds = write_ds_config(tmp_path / "ds.json", stage=1 if tp else 0, bf16=not tp, micro=MICRO, accum=1)
+    out = tmp_path / "run"
+    torchrun(REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", tiny_dataset,
+             "--out", out, "--no-progress", nproc=2 if tp else 1)
+    loaded = load(out)
+    assert max_norm_deviation(loaded.model) < 1e-5
+    if tp:
+        assert loaded.info["tensor_parallel"] == 2 and "tensor-parallel x2, fp32 master" in loaded.info["weights"]
+        assert sorted(p.name for p in loaded.source.glob("mp_rank_*")) == ["mp_rank_00_model_states.pt",
+                                                                            "mp_rank_01_model_states.pt"]
+        (one_x,) = evaluate(loaded, tiny_dataset, multiples=[1])  # the trainer evaluated the sharded model
+        assert one_x.loss == pytest.approx(json.loads((out / "summary.json").read_text())["val_loss"], abs=2e-6)
+    else:
+        assert loaded.info["weights"] == "fp32 master weights (ZeRO 0), float32"
+        states = torch.load(loaded.source / "mp_rank_00_model_states.pt", weights_only=False)
+        for name, tensor in loaded.model.state_dict().items():  # the bf16 working copy is the master's cast
+            assert states["module"][name].dtype == torch.bfloat16
+            assert torch.equal(tensor.bfloat16(), states["module"][name]), name
+    folder = export_model(out, tmp_path / "export")
+    reloaded = load_export(folder).model.state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in loaded.model.state_dict().items())

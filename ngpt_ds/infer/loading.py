@@ -5,8 +5,10 @@ Two sources:
 - a DeepSpeed checkpoint written by the trainer (`<out>/checkpoints/step_N/`, any ZeRO stage
   and world size): ZeRO 1-3 shards are consolidated into fp32 weights by DeepSpeed's own
   `zero_to_fp32` utilities on the CPU (no process group); ZeRO 0 keeps whole module weights
-  in `mp_rank_00_model_states.pt`. The model config comes from the checkpoint's `config.yaml`
-  and the tokenizer from the run's dataset (`data_dir` in that file);
+  in `mp_rank_00_model_states.pt` (in bf16/fp16 runs, the fp32 master copies saved beside them).
+  Tensor-parallel checkpoints are consolidated per model-parallel rank the same way, then merged
+  with `ngpt_ds.parallel.merge_tensor_parallel`. The model config comes from the checkpoint's
+  `config.yaml` and the tokenizer from the run's dataset (`data_dir` in that file);
 - an exported folder (`ngpt_ds.infer.export`): `model.safetensors`, `config.json`,
   `tokenizer.model`.
 
@@ -213,6 +215,29 @@ def _consolidate_tensor_parallel(checkpoint: Path, tp_size: int, stage: int, ful
     return merge_tensor_parallel(shards, full_model)
 
 
+def _zero0_master_weights(states: dict[str, Any], model: CausalLM) -> dict[str, torch.Tensor] | None:
+    """ZeRO 0 in bf16/fp16: the fp32 master copies DeepSpeed saves beside the half-precision module
+    weights (optimizer `fp32_groups`, in the order of the trainer's parameter groups). None when
+    they are absent or do not map one to one onto the module weights (each must cast to them exactly,
+    as the trainer keeps working copy = cast(master))."""
+    groups = (states.get("optimizer") or {}).get("fp32_groups")
+    module = states.get("module") or {}
+    if not groups or not isinstance(groups, list):
+        return None
+    from ngpt_ds.train.optim import parameter_groups
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [[names[id(p)] for p in g["params"]] for g in parameter_groups(model, 0.0)]
+    if [len(g) for g in order] != [len(g) if isinstance(g, (list, tuple)) else -1 for g in groups]:
+        return None
+    master = {n: t for group_names, tensors in zip(order, groups) for n, t in zip(group_names, tensors)}
+    for n, t in master.items():
+        working = module.get(n)
+        if working is None or tuple(t.shape) != tuple(working.shape) or not torch.equal(t.to(working.dtype), working):
+            return None
+    return master
+
+
 def read_checkpoint_weights(checkpoint: Path, run: dict[str, Any], full_model: CausalLM
                             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, provenance) of a complete trainer checkpoint."""
@@ -230,6 +255,10 @@ def read_checkpoint_weights(checkpoint: Path, run: dict[str, Any], full_model: C
         if not isinstance(weights, dict):
             raise NgptConfigError(f"{states_file} holds no module weights: the checkpoint is damaged")
         source = "module weights (ZeRO 0)"
+        if any(t.dtype in (torch.bfloat16, torch.float16) for t in weights.values()):
+            master = _zero0_master_weights(states, full_model)
+            if master is not None:
+                weights, source = master, "fp32 master weights (ZeRO 0)"
     else:
         weights = _consolidate_zero(checkpoint)
         source = f"fp32 master weights consolidated from ZeRO-{stage} shards of {world} rank(s)"
