@@ -327,3 +327,12 @@ def test_model_fits_a_repeated_batch(arch, lr):
             normalize_matrices_(model)
     assert losses[0] == pytest.approx(math.log(97), abs=0.3)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("dim", [-1, 0, 1])
+def test_l2_normalize_gradient_matches_autograd_of_the_formula(dim):
+    torch.manual_seed(9)
+    x = torch.randn(5, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: l2_normalize(t, dim), (x,))
+    y = l2_normalize(x, dim)
+    torch.testing.assert_close(y, x / x.norm(dim=dim, keepdim=True))

@@ -21,14 +21,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _L2Normalize(torch.autograd.Function):
+    """y = x / ||x|| with a hand-written backward, dx = (g - y (g . y)) / ||x||: two passes over
+    the tensor instead of autograd's chain through the norm and the division."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        accumulate = torch.promote_types(x.dtype, torch.float32)
+        inv_norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=accumulate).reciprocal_()
+        y = x * inv_norm.to(x.dtype)
+        ctx.dim = dim
+        ctx.save_for_backward(y, inv_norm)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, inv_norm = ctx.saved_tensors
+        dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
+        return (grad - y * dot.to(grad.dtype)) * inv_norm.to(grad.dtype), None
+
+
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Norm(x) = x / ||x||_2 along `dim` (spec §1.2). The norm is accumulated in fp32.
 
     No epsilon, as in the official code: every vector normalized here (hidden states,
     projections of unit vectors, weight rows) is non-zero in practice.
     """
-    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
-    return x / norm.to(x.dtype)
+    return _L2Normalize.apply(x, dim)
 
 
 @dataclass(frozen=True)
