@@ -170,10 +170,11 @@ class NgptLM(TemplateLM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_gen = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            do_sample = bool(kwargs.pop("do_sample", False))
-            temperature = float(kwargs.pop("temperature", 0.0 if not do_sample else 1.0))
-            sampling = Sampling(temperature=temperature if do_sample or temperature > 0 else 0.0,
-                                top_k=kwargs.pop("top_k", None), top_p=kwargs.pop("top_p", None))
+            # Greedy unless the task asks for sampling (do_sample: true), as with Hugging Face models.
+            temperature = float(kwargs.pop("temperature", 1.0))
+            do_sample = bool(kwargs.pop("do_sample", False)) and temperature > 0
+            sampling = Sampling(temperature=temperature if do_sample else 0.0, top_k=kwargs.pop("top_k", None),
+                                top_p=kwargs.pop("top_p", None))
             context_ids = self.tok_encode(context)[-max(1, self.max_length - max_gen):] or [self.eot_token_id]
             new_ids: list[int] = []
             text = ""
