@@ -45,9 +45,12 @@ def normalize_matrices_(model: nn.Module) -> None:
 
 @torch.no_grad()
 def max_norm_deviation(model: nn.Module) -> float:
-    """max | ||W||_norm_dim - 1 | over all sphere matrices (0.0 when there are none)."""
+    """max | ||W||_norm_dim - 1 | over all sphere matrices (0.0 when there are none; NaN if any weight is)."""
     worst = 0.0
     for matrix in sphere_matrices(model):
         norms = torch.linalg.vector_norm(matrix.param.float(), dim=matrix.norm_dim)
-        worst = max(worst, (norms - 1).abs().max().item())
+        deviation = (norms - 1).abs().max().item()
+        if deviation != deviation:  # NaN: a max() would silently skip it
+            return float("nan")
+        worst = max(worst, deviation)
     return worst
