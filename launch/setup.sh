@@ -2,23 +2,29 @@
 # Install ngpt_ds and everything it needs into the active Python environment.
 #
 #   bash launch/setup.sh          torch (the CPU wheel when no torch is installed), DeepSpeed, this package
-#   bash launch/setup.sh --test   also OpenMPI + mpi4py, Slurm + munge (system packages, needs root or sudo)
-#                                 and the test tools
+#   bash launch/setup.sh --cluster  also what multi-node launches need: OpenMPI + mpi4py, pdsh and
+#                                   openssh (system packages, needs root or sudo); the Dockerfile uses it
+#   bash launch/setup.sh --test     --cluster, plus Slurm + munge and the test tools
 #
 # On a GPU machine install the CUDA build of torch first; this script keeps an installed torch.
+# DS_BUILD_* variables (e.g. DS_BUILD_FUSED_ADAM=1) prebuild those DeepSpeed ops at install time
+# (pip then builds without isolation, against the installed torch).
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.10, in a venv, conda env or pyenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 WITH_TESTS=0
-[ "${1:-}" = "--test" ] && WITH_TESTS=1
+WITH_CLUSTER=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1 && WITH_CLUSTER=1
+[ "${1:-}" = "--cluster" ] && WITH_CLUSTER=1
 
 say() { printf '[setup] %s\n' "$*"; }
 
 if "$PYTHON" - <<'PY'
 import sys, sysconfig, pathlib
 managed = pathlib.Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists()
-sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)
+import os
+sys.exit(0 if managed and sys.prefix == sys.base_prefix and os.environ.get("PIP_BREAK_SYSTEM_PACKAGES") != "1" else 1)
 PY
 then
   echo "error: $PYTHON is the system's externally managed Python; pip may not install into it." >&2
@@ -44,8 +50,12 @@ apt_install() {  # apt_install PKG...: install the Debian packages that are miss
 
 # g++ and make: DeepSpeed JIT-compiles its CPU ops (e.g. the CPU Adam of ZeRO-Offload).
 command -v g++ >/dev/null || apt_install g++ make
+if [ "$WITH_CLUSTER" = 1 ]; then
+  # OpenMPI (mpirun, and the headers mpi4py builds against); pdsh + ssh for DeepSpeed's launcher.
+  apt_install openmpi-bin libopenmpi-dev pdsh openssh-client openssh-server
+fi
 if [ "$WITH_TESTS" = 1 ]; then
-  apt_install openmpi-bin libopenmpi-dev slurm-wlm munge
+  apt_install slurm-wlm munge
 fi
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
@@ -53,7 +63,13 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
 extras=""
+[ "$WITH_CLUSTER" = 1 ] && extras="[mpi]"
 [ "$WITH_TESTS" = 1 ] && extras="[test]"
+pip_flags=()
+if env | grep -q '^DS_BUILD_'; then
+  say "prebuilding DeepSpeed ops: $(env | grep '^DS_BUILD_' | tr '\n' ' ')"
+  pip_flags+=(--no-build-isolation)
+fi
 say "installing ngpt_ds$extras and its dependencies"
-"$PYTHON" -m pip install -q -e ".$extras"
+"$PYTHON" -m pip install -q ${pip_flags[@]+"${pip_flags[@]}"} -e ".$extras"
 say "done: $("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__}, deepspeed {deepspeed.__version__}")' 2>/dev/null)"

@@ -25,16 +25,21 @@ SOCKET="$DIR/munge/munge.socket"
 
 say() { printf '[slurm-cluster] %s\n' "$*" >&2; }
 
-stop_pidfile() {  # stop_pidfile FILE: TERM the PID it names, KILL after 10 s, remove the file
-  local f="$1" pid
-  [ -f "$f" ] || return 0
-  pid="$(cat "$f" 2>/dev/null || true)"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-  fi
-  rm -f "$f"
+stop_pidfiles() {  # stop_pidfiles FILE...: TERM the PIDs they name (together), KILL after 10 s, remove the files
+  local f pid pids=()
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    pid="$(cat "$f" 2>/dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null && pids+=("$pid"); fi
+  done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null; done
+  rm -f "$@"
 }
 
 down() {
@@ -48,9 +53,8 @@ down() {
       sleep 0.5
     done
   fi
-  for f in "$DIR"/slurmd-*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
-  stop_pidfile "$DIR/slurmctld.pid"
-  stop_pidfile "$DIR/munge/munged.pid"
+  stop_pidfiles "$DIR"/slurmd-*.pid "$DIR/slurmctld.pid"
+  stop_pidfiles "$DIR/munge/munged.pid"
   say "down"
 }
 

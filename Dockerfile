@@ -1,0 +1,41 @@
+# ngpt_ds on NVIDIA's PyTorch image: CUDA build of torch, DeepSpeed with its ops prebuilt,
+# OpenMPI + mpi4py, pdsh and openssh for DeepSpeed's launcher, this package, a non-root user.
+#
+#   docker build -t ngpt_ds .
+#   docker run --gpus all --ipc=host -v "$PWD/runs:/opt/ngpt_ds/runs" -v "$PWD/data:/data" ngpt_ds
+#
+# Volumes: /data (datasets; the default corpus is cached in /data/cache) and /opt/ngpt_ds/runs
+# (each run's checkpoints/, tensorboard/ and metrics). The default command is the README's main
+# command; pass any other, e.g. `... ngpt_ds deepspeed launch/train.py --deepspeed_config
+# ds_configs/zero2.json --config ngpt_0.5b --data /data/owt`. On Slurm, use the image through
+# launch/slurm/train.sbatch (pyxis/enroot or Apptainer flags are in its header).
+ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:24.12-py3
+FROM ${BASE_IMAGE}
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    NGPT_DS_CACHE=/data/cache
+
+WORKDIR /opt/ngpt_ds
+COPY . .
+
+# The README's install command for cluster images (it keeps the image's CUDA torch). DS_BUILD_*
+# prebuild the DeepSpeed ops ngpt_ds can use: CPU Adam (ZeRO-Offload), fused Adam/LAMB, utils;
+# the build has no GPU, so the CUDA architectures are named.
+RUN DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_UTILS=1 TORCH_CUDA_ARCH_LIST="8.0 8.6 8.9 9.0" bash launch/setup.sh --cluster \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -c "import deepspeed, ngpt_ds, mpi4py" \
+    && ds_report
+
+# Runs as user ngpt (uid/gid 10001); `docker run --user "$(id -u):$(id -g)"` writes the volumes as you.
+RUN groupadd --gid 10001 ngpt \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash ngpt \
+    && mkdir -p /data/cache /opt/ngpt_ds/runs \
+    && chown -R 10001:10001 /data /opt/ngpt_ds/runs
+USER 10001:10001
+VOLUME ["/data", "/opt/ngpt_ds/runs"]
+
+CMD ["deepspeed", "launch/train.py", "--deepspeed_config", "ds_configs/zero2.json"]

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Multi-node training without Slurm: DeepSpeed's launcher over pdsh + ssh, or OpenMPI's mpirun.
+#
+#   launch/multinode.sh deepspeed HOSTFILE [launch/train.py options...]
+#   launch/multinode.sh mpi       HOSTFILE [launch/train.py options...]
+#
+# HOSTFILE lists one node per line with its number of ranks (GPUs), the format both
+# DeepSpeed and OpenMPI read:
+#     gpu-node-1 slots=8
+#     gpu-node-2 slots=8
+# Run it on the first node. The working directory (relative paths in the options resolve there),
+# the repository, the data and --out must be at the same paths on every node (a shared
+# filesystem), with the same Python environment.
+#
+# deepspeed: `deepspeed --hostfile HOSTFILE --master_addr FIRST_HOST ... launch/train.py ...`.
+#   DeepSpeed runs `pdsh -w HOSTS` (ssh) to start its per-node launcher, which starts one rank per
+#   slot with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set. Needs passwordless ssh from this node to
+#   every node (SSH_PORT for a non-standard port; PDSH_SSH_ARGS_APPEND for more ssh options) and
+#   pdsh here. The remote shell gets only the variables DeepSpeed exports (PYTHON*, NCCL*, ...);
+#   put others, one NAME=VALUE a line, in ./.deepspeed_env or ~/.deepspeed_env.
+#   A hostfile with a single host runs locally: no pdsh, no ssh.
+# mpi: `mpirun --hostfile HOSTFILE -np TOTAL_SLOTS python launch/train.py ...`. Each rank reads
+#   OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK, and rank 0's address and a free port reach the others
+#   through mpi4py (ngpt_ds/distributed.py), unless MASTER_ADDR/MASTER_PORT are set. OpenMPI
+#   starts remote ranks over ssh too; MPI_ARGS adds mpirun flags (e.g. "--mca btl_tcp_if_include eth0").
+#
+# Environment: MASTER_ADDR (default: the first host), MASTER_PORT (default 29500), SSH_PORT,
+# PYTHON (default python3), DEEPSPEED_ARGS / MPI_ARGS (extra launcher flags), DRY_RUN=1 (print the
+# command instead of running it).
+set -euo pipefail
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -ge 2 ] || usage
+mode="$1"
+hostfile="$2"
+shift 2
+[ -f "$hostfile" ] || { echo "error: hostfile $hostfile not found" >&2; exit 2; }
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# Hosts and slots, skipping comments and blank lines.
+hosts=()
+total=0
+while read -r host rest; do
+  case "$host" in ''|'#'*) continue ;; esac
+  slots="$(sed -n 's/.*slots=\([0-9][0-9]*\).*/\1/p' <<<"$rest")"
+  [ -n "$slots" ] || { echo "error: $hostfile: '$host' has no slots=N" >&2; exit 2; }
+  hosts+=("$host")
+  total=$((total + slots))
+done < "$hostfile"
+[ ${#hosts[@]} -gt 0 ] || { echo "error: $hostfile lists no host" >&2; exit 2; }
+
+PYTHON="${PYTHON:-python3}"
+run() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else exec "$@"; fi
+}
+
+case "$mode" in
+  deepspeed)
+    cmd=(deepspeed --hostfile "$hostfile" --master_addr "${MASTER_ADDR:-${hosts[0]}}"
+         --master_port "${MASTER_PORT:-29500}")
+    [ -n "${SSH_PORT:-}" ] && cmd+=(--ssh_port "$SSH_PORT")
+    [ ${#hosts[@]} = 1 ] && cmd+=(--no_ssh_check)   # one host: DeepSpeed starts it locally, no ssh
+    # shellcheck disable=SC2206  # DEEPSPEED_ARGS is a word list
+    cmd+=(${DEEPSPEED_ARGS:-} "$root/launch/train.py" "$@")
+    run "${cmd[@]}"
+    ;;
+  mpi)
+    cmd=(mpirun --hostfile "$hostfile" -np "$total" --bind-to none)
+    [ "$(id -u)" = 0 ] && cmd+=(--allow-run-as-root)
+    [ -n "${SSH_PORT:-}" ] && cmd+=(--mca plm_rsh_args "-p $SSH_PORT")
+    # Pass the environment the ranks need (mpirun forwards nothing by default to remote nodes).
+    for var in PATH PYTHONPATH LD_LIBRARY_PATH VIRTUAL_ENV DS_ACCELERATOR OMP_NUM_THREADS NGPT_DS_CACHE \
+               MASTER_ADDR MASTER_PORT HF_HOME; do
+      [ -n "${!var:-}" ] && cmd+=(-x "$var")
+    done
+    while IFS= read -r var; do cmd+=(-x "$var"); done < <(compgen -e | grep -E '^(NCCL_|CUDA_|TORCH_)' || true)
+    # shellcheck disable=SC2206  # MPI_ARGS is a word list
+    cmd+=(${MPI_ARGS:-} "$PYTHON" "$root/launch/train.py" "$@")
+    run "${cmd[@]}"
+    ;;
+  *) usage ;;
+esac

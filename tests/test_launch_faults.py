@@ -1,0 +1,119 @@
+"""A rank that dies or hangs must not stall the job forever, and the relaunch loses nothing.
+
+Two ranks are started as plain processes with the torch env:// variables, as a launcher that
+does not tear a job down by itself would start them (srun without --kill-on-bad-exit, a
+container orchestrator). Then one rank is SIGKILLed, or SIGSTOPped (hung, its sockets open):
+the other must fail within train.dist_timeout_s, which must also hold for the collectives of
+DeepSpeed's own process groups (ZeRO's data-parallel group), not just the default one.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, cpu_env, free_port, read_metrics, torchrun, write_ds_config, write_yaml
+
+STEPS = 60
+TIMEOUT_S = 10
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {"max_steps": STEPS, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
+         "checkpoint_interval": 10, "keep_checkpoints": 2, "peak_tflops": 1.0, "dist_timeout_s": TIMEOUT_S}
+
+
+@pytest.fixture
+def configs(tmp_path):
+    return {"yaml": write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN),
+            "ds": write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)}
+
+
+def train_args(configs, data, out):
+    return [REPO / "launch/train.py", "--config", configs["yaml"], "--deepspeed_config", configs["ds"],
+            "--data", data, "--out", out, "--no-progress"]
+
+
+def start_ranks(configs, data, out, logs):
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=port)
+        log = open(logs / f"rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, *map(str, train_args(configs, data, out))], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+    return procs
+
+
+def complete_checkpoints(out):
+    return sorted(int(p.parent.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*/COMPLETE"))
+
+
+def logged_steps(out):
+    if not (out / "metrics.jsonl").exists():
+        return []
+    return [(m["step"], m["train/loss"]) for m in read_metrics(out) if "train/loss" in m]
+
+
+def wait_for_progress(procs, out, logs, deadline_s=240):
+    """Until a checkpoint is complete and at least 3 more steps were logged after it."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        done = complete_checkpoints(out)
+        if done and logged_steps(out) and logged_steps(out)[-1][0] >= done[-1] + 3:
+            return
+        for rank, proc in enumerate(procs):
+            assert proc.poll() is None, (logs / f"rank{rank}.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+def stop_all(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how, configs, tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    procs = start_ranks(configs, tiny_dataset, out, tmp_path)
+    try:
+        wait_for_progress(procs, out, tmp_path)
+        procs[1].send_signal(getattr(signal, how))
+        try:
+            # A hang guard, not a speed check: without the timeout this waits for torch's default 30 min.
+            survivor_rc = procs[0].wait(timeout=TIMEOUT_S + 120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rank 0 still running {TIMEOUT_S + 120} s after rank 1 got {how} "
+                        f"(train.dist_timeout_s = {TIMEOUT_S})")
+    finally:
+        stop_all(procs)
+    survivor_log = (tmp_path / "rank0.log").read_text()
+    assert survivor_rc != 0, survivor_log[-3000:]
+    if how == "SIGSTOP":  # a hung peer: the configured collective timeout fired
+        assert f"Timed out waiting {TIMEOUT_S * 1000}ms" in survivor_log, survivor_log[-3000:]
+    assert not (out / "summary.json").exists()
+
+    # Nothing completes after the loss: the relaunch starts from the newest complete checkpoint.
+    last = complete_checkpoints(out)[-1]
+    before = dict(logged_steps(out))
+    assert max(before) > last
+    proc = torchrun(*train_args(configs, tiny_dataset, out), nproc=2, timeout=300)
+    assert f"resumed from {out / 'checkpoints' / f'step_{last:08d}'} at step {last}" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["step"] == STEPS
+    assert summary["tokens"] == STEPS * 8 * MODEL["seq_len"]
+    after = logged_steps(out)[len(before):]
+    assert [s for s, _ in after] == list(range(last + 1, STEPS + 1))
+    # The steps replayed after the checkpoint give the same losses as before the loss (CPU fp32).
+    for step, loss in after:
+        if step in before:
+            assert loss == before[step], step
+    assert re.search(r"step +%d/%d" % (STEPS, STEPS), proc.stdout)
+    assert os.path.isfile(out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE")
