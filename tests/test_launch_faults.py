@@ -5,6 +5,7 @@ does not tear a job down by itself would start them (srun without --kill-on-bad-
 container orchestrator). Then one rank is SIGKILLed, or SIGSTOPped (hung, its sockets open):
 the other must fail within train.dist_timeout_s, which must also hold for the collectives of
 DeepSpeed's own process groups (ZeRO's data-parallel group), not just the default one.
+Also: --max-time stops cleanly with the status the sbatch scripts read, and a rerun resumes.
 """
 
 import json
@@ -117,3 +118,19 @@ def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how,
             assert loss == before[step], step
     assert re.search(r"step +%d/%d" % (STEPS, STEPS), proc.stdout)
     assert os.path.isfile(out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE")
+
+
+def test_max_time_checkpoints_stops_with_status_stopped_and_the_rerun_resumes(configs, tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    # --max-time 0: the deadline has passed by the end of step 1. (Ranks agreeing on a stop is
+    # covered by the Slurm preemption test; one rank keeps this one cheap.)
+    first = torchrun(*train_args(configs, tiny_dataset, out), "--max-time", "0", nproc=1, timeout=300)
+    assert "stopping at step 1 (--max-time reached)" in first.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["step"], summary["max_steps"]) == ("stopped", 1, STEPS)  # what the sbatch reads
+    assert complete_checkpoints(out) == [1]
+    second = torchrun(*train_args(configs, tiny_dataset, out), nproc=1, timeout=300)
+    assert f"resumed from {out / 'checkpoints' / 'step_00000001'} at step 1" in second.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("finished", STEPS)
+    assert [s for s, _ in logged_steps(out)] == list(range(1, STEPS + 1))
