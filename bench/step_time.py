@@ -1,17 +1,19 @@
 """Per-step time of nGPT versus GPT at equal shape and batch, measured side by side.
 
-    python bench/step_time.py [--shapes tiny,0.5b-short] [--rounds 10] [--compile both|eager|compiled]
+    python bench/step_time.py [--shapes tiny,0.5b-short] [--rounds 10] [--ds ds_configs/zero2.json]
 
-One process builds both models of each shape and alternates their training steps
-(forward, backward, AdamW step, and for nGPT the renormalization of every matrix), so
-both see the same machine state; the reported ratio is median(nGPT) / median(GPT).
-The paper reports nGPT 1.6-1.8x slower per step with unfused normalizations (A.4).
+One process builds a DeepSpeed engine for each model of each shape, as the trainer does
+(nGPT with its hypersphere hook), and alternates their training steps (forward, backward,
+engine.step), so both see the same machine state; the reported ratio is
+median(nGPT) / median(GPT). The paper reports nGPT 1.6-1.8x slower per step with
+unfused normalizations (PAPER A.4). `--compile` adds torch.compile'd models.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -22,11 +24,18 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ngpt_ds.model import ModelConfig, build_model, normalize_matrices_  # noqa: E402
-from ngpt_ds.train.optim import build_optimizer  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from ngpt_ds import distributed  # noqa: E402
+from ngpt_ds.model import ModelConfig  # noqa: E402
+from ngpt_ds.train.builder import init_process_group, start_engine  # noqa: E402
+from ngpt_ds.train.config import RunConfig, TrainConfig  # noqa: E402
+from ngpt_ds.train.ds_config import check_ds_config, load_ds_config  # noqa: E402
+from ngpt_ds.train.hypersphere import HypersphereHook  # noqa: E402
 
 #: name -> (model shape, micro-batch). "0.5b-short": the paper's 0.5B layer shape (d 1024, 16 heads,
-#: 4d MLP, 1k context) at 2 layers so a CPU can run it.
+#: 4d MLP, 1k context, 32k vocabulary) at 2 layers so a CPU can run it.
 SHAPES = {
     "tiny": (dict(n_layer=4, n_embd=192, n_head=4, seq_len=256, vocab_size=4096), 8),
     "0.5b-short": (dict(n_layer=2, n_embd=1024, n_head=16, seq_len=1024, vocab_size=32000), 1),
@@ -34,28 +43,35 @@ SHAPES = {
 }
 
 
-def make_step(arch: str, shape: dict, batch: int, dtype: torch.dtype, compiled: bool):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, **shape)).to(dtype)
-    forward = torch.compile(model) if compiled else model
-    optimizer = build_optimizer(model, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    tokens = torch.randint(0, shape["vocab_size"], (batch, shape["seq_len"] + 1))
+def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
+    """A function running one training step of a fresh engine; returns its seconds."""
+    ds = load_ds_config(ds_path)
+    ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
+    ds.pop("train_batch_size", None)
+    check_ds_config(ds, world_size=1, tensor_parallel=1, source=ds_path, fp16_supported=False, bf16_supported=True)
+    run = RunConfig(config_source="bench", model=ModelConfig(arch=arch, **shape).validate(),
+                    train=TrainConfig(lr=1e-3).resolve(arch), deepspeed=ds, deepspeed_source=ds_path,
+                    data_dir="", out_dir="")
+    engine = start_engine(run)
+    if arch == "ngpt":
+        HypersphereHook(engine).normalize_now()
+    forward = torch.compile(engine.module) if compiled else engine
+    tokens = torch.randint(0, shape["vocab_size"], (batch, shape["seq_len"] + 1)).to(engine.device)
 
     def step() -> float:
         start = time.perf_counter()
         _, loss = forward(tokens[:, :-1], tokens[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if arch == "ngpt":
-            normalize_matrices_(model)
+        engine.backward(loss)
+        engine.step()
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - start
     return step
 
 
-def measure(shape_name: str, rounds: int, warmup: int, dtype: torch.dtype, compiled: bool) -> dict:
+def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: bool) -> dict:
     shape, batch = SHAPES[shape_name]
-    steps = {arch: make_step(arch, shape, batch, dtype, compiled) for arch in ("ngpt", "gpt")}
+    steps = {arch: make_step(arch, shape, batch, ds_path, compiled) for arch in ("ngpt", "gpt")}
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -64,7 +80,7 @@ def measure(shape_name: str, rounds: int, warmup: int, dtype: torch.dtype, compi
         for arch, step in steps.items():
             times[arch].append(step())
     ngpt, gpt = statistics.median(times["ngpt"]), statistics.median(times["gpt"])
-    return {"shape": shape_name, **shape, "batch": batch, "dtype": str(dtype).replace("torch.", ""),
+    return {"shape": shape_name, **shape, "batch": batch, "deepspeed": os.path.basename(ds_path),
             "compiled": compiled, "rounds": rounds, "ngpt_ms": 1e3 * ngpt, "gpt_ms": 1e3 * gpt, "ratio": ngpt / gpt}
 
 
@@ -73,18 +89,17 @@ def main() -> int:
     parser.add_argument("--shapes", default="tiny,0.5b-short", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--rounds", type=int, default=10, help="timed A/B rounds per shape")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (and compilation)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--compile", default="both", choices=("both", "eager", "compiled"),
-                        help="eager models, torch.compile'd models, or both")
+    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"),
+                        help="DeepSpeed JSON for precision and ZeRO stage (its micro-batch is replaced per shape)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
-    modes = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compile]
+    init_process_group(distributed.discover({}), timeout_s=600)
     results = []
     print(f"{'shape':<12} {'mode':<9} {'nGPT ms':>9} {'GPT ms':>9} {'nGPT/GPT':>9}")
     for name in args.shapes.split(","):
-        for compiled in modes:
-            r = measure(name, args.rounds, args.warmup, dtype, compiled)
+        for compiled in (False, True) if args.compile else (False,):
+            r = measure(name, args.rounds, args.warmup, args.ds, compiled)
             results.append(r)
             mode = "compiled" if compiled else "eager"
             print(f"{name:<12} {mode:<9} {r['ngpt_ms']:>9.1f} {r['gpt_ms']:>9.1f} {r['ratio']:>9.2f}", flush=True)
