@@ -1,0 +1,1 @@
+"""Harness for the launch tests: local Slurm cluster, local sshd."""
