@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-batches", type=int, default=8, help="validation micro-batches per rank")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (batch, precision)")
     parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
-    parser.add_argument("--nproc", type=int, default=1, help="ranks per run (torchrun)")
+    parser.add_argument("--ranks", type=int, default=1, help="ranks per run (torchrun)")
     parser.add_argument("--out", default=str(REPO / "bench/results/convergence"), help="output directory")
     return parser.parse_args(argv)
 
@@ -57,7 +57,7 @@ def run_one(args, arch: str, lr: float, shape: dict, data_dir: str, out: Path) -
     config = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump({"model": {**shape, "arch": arch}, "train": train}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks),
            "--master_port", str(29500 + os.getpid() % 1000), str(REPO / "launch/train.py"), "--config", str(config),
            "--deepspeed_config", args.ds, "--data", data_dir, "--out", str(run_dir / "out"), "--resume", "none",
            "--no-progress"]
@@ -67,8 +67,8 @@ def run_one(args, arch: str, lr: float, shape: dict, data_dir: str, out: Path) -
         if (run_dir / "out").exists():
             subprocess.run(["rm", "-rf", str(run_dir / "out")], check=True)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        if args.nproc > 1 and "OMP_NUM_THREADS" not in env:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.nproc))
+        if args.ranks > 1 and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.ranks))
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             print(f"training {arch} lr {lr:g} for {args.steps} steps ...", flush=True)
             runs.append(run_one(args, arch, lr, shape, data_dir, out))
             print(f"  final validation loss {runs[-1]['final_val_loss']:.4f}", flush=True)
-    meta = {"shape": args.shape, "steps": args.steps, "deepspeed": os.path.basename(args.ds), "nproc": args.nproc,
+    meta = {"shape": args.shape, "steps": args.steps, "deepspeed": os.path.basename(args.ds), "ranks": args.ranks,
             "data": data_dir, "shape_desc": f"{shape['n_layer']} layers, d {shape['n_embd']}, ctx {shape['seq_len']}, "
                                             f"{args.steps} steps", **shape}
     result = summarize(runs)

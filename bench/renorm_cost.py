@@ -28,16 +28,16 @@ def parse_args():
     parser.add_argument("--config", default="ngpt_tiny", help="nGPT preset or YAML (default ngpt_tiny)")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (default zero2)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps")
-    parser.add_argument("--nproc", type=int, default=2, help="ranks (default 2)")
+    parser.add_argument("--ranks", type=int, default=2, help="ranks (default 2)")
     parser.add_argument("--json", help="also write the result as JSON here")
     return parser.parse_args()
 
 
 def relaunch(args) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc), __file__, *sys.argv[1:]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks), __file__, *sys.argv[1:]]
     env = {**os.environ, "NGPT_BENCH_CHILD": "1"}
     if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.nproc))
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.ranks))
     return subprocess.call(cmd, env=env)
 
 
