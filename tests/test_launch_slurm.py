@@ -9,6 +9,7 @@ fake nodes on this machine (tests/system/slurm_cluster.sh), 2 nodes x 1 task on 
 
 import json
 import re
+import time
 
 import pytest
 
@@ -83,7 +84,6 @@ def test_signalled_job_checkpoints_requeues_and_resumes_from_that_step(slurm, co
     out = tmp_path_factory.mktemp("slurm_runs") / "preempted"
     job, log = submit(slurm, "train.sbatch", out, configs, tiny_dataset)
     # Wait for the first logged step, then do what --signal=USR1@T does before a time limit.
-    import time
     deadline = time.monotonic() + JOB_TIMEOUT
     while not ((out / "metrics.jsonl").exists() and train_losses(out)):
         assert time.monotonic() < deadline, f"job {job} never logged a step: {slurm.job(job)}"

@@ -75,8 +75,27 @@ class SlurmCluster:
 
 
 @contextlib.contextmanager
-def slurm_cluster():
-    """Bring the cluster up (after bringing any previous instance down) and always down again."""
+def slurm_cluster(lock_timeout_s: float = 900):
+    """Bring the cluster up (after bringing any previous instance down) and always down again.
+    A lock file serializes test sessions on one machine, so one never takes down another's."""
+    import fcntl
+
+    with open(f"{SLURM_DIR}.lock", "w") as lock:
+        deadline = time.monotonic() + lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another test session holds {SLURM_DIR}.lock") from None
+                time.sleep(1)
+        with _slurm_cluster_up() as cluster:
+            yield cluster
+
+
+@contextlib.contextmanager
+def _slurm_cluster_up():
     try:
         subprocess.run(["bash", str(SLURM_SCRIPT), "up"], check=True, capture_output=True, text=True, timeout=120)
     except subprocess.CalledProcessError as err:
