@@ -44,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
     parser.add_argument("--ranks", type=int, default=1, help="ranks per run (torchrun)")
     parser.add_argument("--out", default=str(REPO / "bench/results/convergence"), help="output directory")
+    parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     return parser.parse_args(argv)
 
 
@@ -173,6 +174,14 @@ def main(argv=None) -> int:
     result = summarize(runs)
     write_outputs(out, meta, runs, result)
     print((out / "convergence.md").read_text())
+    if args.docs:
+        from report import DOC, command_line, machine, update_section
+        plot = os.path.relpath(out / "convergence.png", DOC.parent)
+        update_section("convergence", f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
+                       f"Setting: {meta['shape_desc']}, {args.steps} steps per run, {meta['deepspeed']} "
+                       f"(bf16 working copy with fp32 master weights for both models), {args.ranks} rank(s), "
+                       f"data {os.path.basename(data_dir)}.\n\n{(out / 'convergence.md').read_text()}\n"
+                       f"![validation loss vs tokens]({plot})")
     return 0
 
 

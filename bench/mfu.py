@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=int, default=20, help="timed steps after 3 warm-up steps")
     parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args()
 
     import torch
@@ -73,6 +74,14 @@ def main() -> int:
           f"matmul peak {result['peak_tflops'] * 1e3:.1f} GFLOP/s; MFU {100 * result['mfu']:.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.docs:
+        from report import command_line, machine, update_section
+        update_section("mfu", f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
+                       f"| model | dtype | threads | tokens/s | MFLOP/token | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
+                       f"|---|---|---|---|---|---|---|---|\n"
+                       f"| {args.config} | {result['dtype']} | {result['threads']} | {tokens_per_s:.0f} | "
+                       f"{result['flops_per_token'] / 1e6:.1f} | {result['achieved_tflops'] * 1e3:.1f} | "
+                       f"{result['peak_tflops'] * 1e3:.1f} | **{100 * result['mfu']:.1f}%** |")
     import torch.distributed as dist
     dist.destroy_process_group()
     return 0

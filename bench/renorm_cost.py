@@ -30,6 +30,7 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps")
     parser.add_argument("--ranks", type=int, default=2, help="ranks (default 2)")
     parser.add_argument("--json", help="also write the result as JSON here")
+    parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     return parser.parse_args()
 
 
@@ -123,6 +124,15 @@ def main() -> int:
               f"max | ||w|| - 1 | = {deviation:.1e}")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        if args.docs:
+            from report import command_line, machine, update_section
+            update_section("renorm_cost", f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
+                           "| config | ranks | step ms | hook ms | hook share | all-reduces/step | hook buffer | "
+                           "rank 0's fp32 sphere matrices |\n|---|---|---|---|---|---|---|---|\n"
+                           f"| {args.config}, {result['deepspeed']} | {env.world_size} | {step_ms:.1f} | {hook_ms:.2f} | "
+                           f"**{100 * result['hook_share_of_step']:.2f}%** | {result['all_reduces_per_step']:.0f} | "
+                           f"{result['hook_buffer_bytes'] / 1024:.1f} KiB | "
+                           f"{result['sphere_master_bytes_on_rank0'] / 2 ** 20:.1f} MiB |")
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -93,6 +93,7 @@ def main() -> int:
                         help="DeepSpeed JSON for precision and ZeRO stage (its micro-batch is replaced per shape)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
     init_process_group(distributed.discover({}), timeout_s=600)
     results = []
@@ -106,6 +107,15 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2)
                                    + "\n")
+    if args.docs:
+        from report import command_line, machine, update_section
+        rows = ["| shape | batch x context | mode | nGPT ms/step | GPT ms/step | nGPT / GPT |", "|---|---|---|---|---|---|"]
+        rows += [f"| {r['shape']} (L {r['n_layer']}, d {r['n_embd']}) | {r['batch']} x {r['seq_len']} | "
+                 f"{'compiled' if r['compiled'] else 'eager'} | {r['ngpt_ms']:.0f} | {r['gpt_ms']:.0f} | "
+                 f"**{r['ratio']:.2f}** |" for r in results]
+        update_section("step_time", f"Command: `{command_line()}`  \nMachine: {machine()}, "
+                       f"{torch.get_num_threads()} threads; medians of {args.rounds} interleaved rounds.\n\n"
+                       + "\n".join(rows))
     return 0
 
 
