@@ -27,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DEFAULT_LRS = {"ngpt": "3e-3,6e-3,1.2e-2,2.4e-2", "gpt": "1e-3,3e-3,6e-3"}
+DEFAULT_LRS = {"ngpt": "3e-3,6e-3,1.2e-2,2.4e-2", "gpt": "1e-3,3e-3,6e-3,1.2e-2"}
 
 
 def parse_args(argv=None):

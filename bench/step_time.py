@@ -38,7 +38,7 @@ from ngpt_ds.train.hypersphere import HypersphereHook  # noqa: E402
 #: 4d MLP, 1k context, 32k vocabulary) at 2 layers so a CPU can run it.
 SHAPES = {
     "tiny": (dict(n_layer=4, n_embd=192, n_head=4, seq_len=256, vocab_size=4096), 8),
-    "0.5b-short": (dict(n_layer=2, n_embd=1024, n_head=16, seq_len=1024, vocab_size=32000), 1),
+    "0.5b-short": (dict(n_layer=2, n_embd=1024, n_head=16, seq_len=1024, vocab_size=32000), 2),
     "micro": (dict(n_layer=2, n_embd=32, n_head=2, seq_len=32, vocab_size=256), 2),
 }
 
