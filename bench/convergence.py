@@ -169,7 +169,7 @@ def main(argv=None) -> int:
             runs.append(run_one(args, arch, lr, shape, data_dir, out))
             print(f"  final validation loss {runs[-1]['final_val_loss']:.4f}", flush=True)
     meta = {"shape": args.shape, "steps": args.steps, "deepspeed": os.path.basename(args.ds), "ranks": args.ranks,
-            "data": data_dir, "shape_desc": f"{shape['n_layer']} layers, d {shape['n_embd']}, ctx {shape['seq_len']}, "
+            "data": os.path.basename(data_dir.rstrip("/")), "shape_desc": f"{shape['n_layer']} layers, d {shape['n_embd']}, ctx {shape['seq_len']}, "
                                             f"{args.steps} steps", **shape}
     result = summarize(runs)
     write_outputs(out, meta, runs, result)
