@@ -130,13 +130,10 @@ def main():
     out_path = sys.argv[1]
     cases = [c.split(":") for c in sys.argv[2].split(",")]  # stage:precision:mlp_hidden
     steps = int(sys.argv[3])
-    import deepspeed
-    import deepspeed.ops
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    import logging
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    torch.set_num_threads(1)
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    from ngpt_ds import distributed
+    from ngpt_ds.train.builder import init_process_group
+
+    init_process_group(distributed.discover(), timeout_s=300)  # as the trainer does: gloo on CPU
     results = []
     for stage, precision, mlp_hidden in cases:
         run_case(int(stage), precision, int(mlp_hidden), steps, results)

@@ -135,13 +135,10 @@ def hook_mode(result):
 
 def main():
     out_path, mode = sys.argv[1], sys.argv[2]
-    import deepspeed
-    import deepspeed.ops
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    import logging
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    torch.set_num_threads(1)
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    from ngpt_ds import distributed
+    from ngpt_ds.train.builder import init_process_group
+
+    init_process_group(distributed.discover(), timeout_s=300)  # as the trainer does: gloo on CPU
     result = {}
     {"exact": exact, "hook": hook_mode}[mode](result)
     if dist.get_rank() == 0:
