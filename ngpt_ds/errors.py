@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable, Iterable
+
 
 class NgptConfigError(ValueError):
     """Bad user input (a config field, a file, a data set). The message names it and the fix.
@@ -28,6 +31,15 @@ class Problems:
     def check(self, ok: bool, field: str, value: object, fix: str) -> None:
         if not ok:
             self.add(field, value, fix)
+
+    def unknown_fields(self, section: str, values: dict, known: Iterable[str],
+                       extra_hint: Callable[[str], str] = lambda key: "") -> None:
+        """Report every key of a config section that is not a field, with the closest field name."""
+        known = sorted(known)
+        for key in sorted(set(values) - set(known)):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.add(f"{section}.{key}", values[key], f"unknown field{hint}{extra_hint(key)}")
 
     def raise_if_any(self) -> None:
         if self.items:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -118,15 +117,10 @@ class ModelConfig:
         """Build from a mapping (a YAML `model:` section); unknown keys are errors."""
         if not isinstance(values, dict):
             raise NgptConfigError(f"{source}: the model section must be a mapping, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            p = Problems(source)
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                p.add(f"model.{key}", values[key], f"unknown field{hint} Known fields: {', '.join(sorted(known))}")
-            p.raise_if_any()
+        known = [f.name for f in fields(cls)]
+        p = Problems(source)
+        p.unknown_fields("model", values, known, lambda key: f" Known fields: {', '.join(sorted(known))}")
+        p.raise_if_any()
         return cls(**values).validate(source)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -94,14 +93,10 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any], source: str = "train config") -> "TrainConfig":
         if not isinstance(values, dict):
             raise NgptConfigError(f"{source}: the train section must be a mapping")
-        known = {f.name for f in fields(cls)}
         p = Problems(source)
-        for key in sorted(set(values) - known):
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            batch_hint = (" Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
-                          if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum")) else "")
-            p.add(f"train.{key}", values[key], f"unknown field{hint}{batch_hint}")
+        p.unknown_fields("train", values, [f.name for f in fields(cls)], lambda key: (
+            " Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
+            if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum")) else ""))
         p.raise_if_any()
         return cls(**values)
 
