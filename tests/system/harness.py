@@ -60,15 +60,22 @@ class SlurmCluster:
 
     def wait(self, job_id: str, timeout: float, release_requeued: bool = True) -> dict[str, str]:
         """Wait until the job has ended. A requeued job waits ~2 min for its BeginTime (Slurm's
-        fixed delay): release it at once, which a user could do with the same scontrol command."""
+        credential lifetime): release it sooner, which a user could do with the same scontrol
+        command. Not at once: slurmd compares the new launch credential's creation time with the
+        requeue's revocation in whole seconds, and a launch within the same second is killed as
+        "Job credential revoked"."""
         deadline = time.monotonic() + timeout
+        released_restarts = set()
         while time.monotonic() < deadline:
             info = self.job(job_id)
             state = info.get("JobState", "")
             if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"):
                 return info
-            if release_requeued and state == "PENDING" and info.get("Reason") == "BeginTime":
-                self._run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            restart = info.get("Restarts")
+            if (release_requeued and state == "PENDING" and info.get("Reason") == "BeginTime"
+                    and restart not in released_restarts):
+                self._run("scontrol", "update", f"JobId={job_id}", "StartTime=now+5")
+                released_restarts.add(restart)
             time.sleep(0.5)
         subprocess.run(["scancel", job_id], env={**os.environ, **self.env}, timeout=30)
         raise TimeoutError(f"Slurm job {job_id} did not end within {timeout:.0f} s: {self.job(job_id)}")
