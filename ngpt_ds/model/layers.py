@@ -120,7 +120,8 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor
         return F.linear(x, weight)
     if x.numel() // x.shape[-1] > weight.shape[1]:
         return F.linear(x, weight * row_scale.to(weight.dtype).unsqueeze(1))
-    return F.linear(x, weight) * row_scale.to(x.dtype)
+    y = F.linear(x, weight)  # under autocast: bf16 whatever x is, as in the folded form
+    return y * row_scale.to(y.dtype)
 
 
 class TokenEmbedding(DeclaredMatrix):

@@ -36,12 +36,16 @@ class CausalLM(nn.Module):
         """Final hidden states [B, T, d] -> logits [B, T, V]."""
         raise NotImplementedError
 
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token_ids [B, T] -> the first hidden states [B, T, d]: the embedding lookup."""
+        return self.embed(token_ids)
+
     def hidden_states(self, token_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """token_ids [B, T] -> final hidden states [B, T, d].
 
         With a KVCache, token_ids are the T positions after the `cache.length` cached ones.
         """
-        h = self.embed(token_ids)
+        h = self.embed_tokens(token_ids)
         offset = 0 if cache is None else cache.length
         cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype, offset)
         with nullcontext() if cache is None else cache.bind(self):
@@ -61,6 +65,8 @@ class CausalLM(nn.Module):
         return logits, loss
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean token cross-entropy in fp32, ignoring targets of -1. Tensor parallelism replaces it
-        with a vocabulary-parallel version (logits hold one vocabulary slice per rank)."""
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+        """Mean token cross-entropy in fp32 (or wider: float64 logits stay float64), ignoring targets
+        of -1. Tensor parallelism replaces it with a vocabulary-parallel version (logits hold one
+        vocabulary slice per rank)."""
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)

@@ -20,6 +20,18 @@ from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.model.sphere import normalize_matrices_
 
 
+def sphere_step(h: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Norm(h + alpha (target - h)) (eqs. 10-11) as Norm(lerp(h, target, alpha)).
+
+    The step runs in the wider of the two dtypes, as `h + alpha * (target - h)` would by type
+    promotion: under autocast the block output `target` comes out of bf16 matmuls while the
+    residual stream h keeps the embedding's dtype (fp32), and torch.lerp, on no autocast list,
+    refuses mixed dtypes. The stream therefore stays fp32 under autocast, as in the official code.
+    """
+    dtype = torch.promote_types(h.dtype, target.dtype)
+    return l2_normalize(torch.lerp(h.to(dtype), target.to(dtype), alpha.to(dtype)))
+
+
 class NormalizedBlock(nn.Module):
     """One nGPT layer: h <- Norm(h + |alpha_A| (Norm(ATTN(h)) - h)), then the same with the MLP."""
 
@@ -38,13 +50,11 @@ class NormalizedBlock(nn.Module):
 
     def attention_update(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Eq. 10: h <- Norm(h + alpha_A (h_A - h)), h_A = Norm(ATTN(h)). h: [B, T, d], unit rows."""
-        h_attn = l2_normalize(self.attn(h, cos, sin))
-        return l2_normalize(torch.lerp(h, h_attn, self.attn_alpha().to(h.dtype)))
+        return sphere_step(h, l2_normalize(self.attn(h, cos, sin)), self.attn_alpha())
 
     def mlp_update(self, h: torch.Tensor) -> torch.Tensor:
         """Eq. 11: h <- Norm(h + alpha_M (h_M - h)), h_M = Norm(MLP(h))."""
-        h_mlp = l2_normalize(self.mlp(h))
-        return l2_normalize(torch.lerp(h, h_mlp, self.mlp_alpha().to(h.dtype)))
+        return sphere_step(h, l2_normalize(self.mlp(h)), self.mlp_alpha())
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return self.mlp_update(self.attention_update(h, cos, sin))
@@ -66,6 +76,13 @@ class NGPT(CausalLM):
         self.head = Projection(d, V, style="column", on_sphere=True, init_std=std)
         self.s_z = ScaleVector(V, init=config.s_z_init, scale=config.resolved_scale(config.s_z_scale))
         normalize_matrices_(self)
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """h = Norm(E_in[x]). E_in's rows are unit norm, so the value is E_in[x] (to rounding), but
+        the gradient reaching E_in is projected onto the sphere's tangent: no radial part, which Adam
+        would otherwise see (the official block gets the same projection on its update path by
+        normalizing its input again; docs/ngpt_notes.md, "Gradients")."""
+        return l2_normalize(self.embed(token_ids))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h, row_scale=self.s_z())
