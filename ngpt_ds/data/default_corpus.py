@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import sqlite3
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,11 @@ def ensure_default_dataset(
     with FileLock(str(lock_dir / f"{out.name}.lock")):
         if (out / META_FILE).is_file():  # another process finished while we waited
             return load_dataset_meta(out).data_dir
-        # Holding the lock, anything at `out` without meta.json is debris: replace it.
-        prepare_default_dataset(out, vocab_size, progress, corpus_file, cache_dir, overwrite=True)
+        # Holding the lock, anything at `out` without meta.json is debris of this cache: remove it
+        # (--overwrite itself replaces only a folder holding a dataset).
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        elif out.exists() or out.is_symlink():
+            out.unlink()
+        prepare_default_dataset(out, vocab_size, progress, corpus_file, cache_dir)
     return out

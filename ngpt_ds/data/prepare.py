@@ -6,6 +6,7 @@ renamed to `out` only when complete, meta.json last; an interrupted run leaves n
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from ngpt_ds.data.encode import encode_in_order
 from ngpt_ds.data.shards import (
     DTYPES,
     FORMAT_VERSION,
+    META_FILE,
     TOKENIZER_FILE,
     DatasetMeta,
     ShardWriter,
@@ -35,6 +37,7 @@ from ngpt_ds.data.shards import (
 from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.overwrite import check_replaceable
 
 DEFAULT_VOCAB_SIZE = 8192
 # Documents per task sent to a worker: large enough to amortize pickling, small enough
@@ -76,7 +79,8 @@ class PrepareConfig:
     workers: int = 0
     """Tokenizer processes; 0 means one per CPU core (at most 16)."""
     overwrite: bool = False
-    """Replace an existing non-empty `out` (only once the new one is complete)."""
+    """Replace an existing `out` that holds a prepared dataset (meta.json), only once the new one is
+    complete; never a folder that holds or lies inside an input."""
     progress: bool = True
     """Show a progress bar and status lines on stderr."""
     source_description: str | None = None
@@ -114,6 +118,22 @@ class PrepareConfig:
             elif any(self.out.iterdir()):
                 p.add("--out", str(self.out), "exists and is not empty; pass --overwrite or choose another path")
         p.raise_if_any()
+        if self.overwrite:
+            sources = [(path, "the input") for path in local_input_paths(self.inputs)]
+            if self.tokenizer is not None:
+                sources.append((self.tokenizer, "the --tokenizer file"))
+            check_replaceable(self.out, kind="a prepared dataset", marker=META_FILE, sources=sources,
+                              holds_kind=lambda folder: (folder / META_FILE).is_file())
+
+
+def local_input_paths(inputs: tuple[str, ...]) -> list[Path]:
+    """The local files and folders that --input names (globs expanded); hub names match none."""
+    found: list[Path] = []
+    for item in inputs:
+        pattern = os.path.expanduser(item)
+        matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+        found.extend(Path(m) for m in matches if os.path.lexists(m))
+    return found
 
 
 def is_validation_doc(index: int, fraction: Fraction) -> bool:

@@ -7,7 +7,8 @@
       README.md           what this is and how to use it
 
 The folder is written next to its final place and renamed into it when complete, then read back
-and compared with what was written. nGPT weights are checked unit norm on the way in (loading)
+and compared with what was written. `overwrite` replaces only an earlier export, never the
+checkpoint being read or a folder around it (ngpt_ds.overwrite). nGPT weights are checked unit norm on the way in (loading)
 and the measured deviation is recorded.
 """
 
@@ -23,8 +24,9 @@ import torch
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.infer.loading import (CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE,
-                                   LoadedModel, load_checkpoint, load_export)
+                                   LoadedModel, load_checkpoint, load_export, resolve_checkpoint)
 from ngpt_ds.model import max_norm_deviation, sphere_matrices
+from ngpt_ds.overwrite import check_not_source, check_replaceable
 
 README_TEMPLATE = """\
 # {name}
@@ -66,7 +68,11 @@ def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = F
     out = Path(out)
     if out.exists() and not overwrite:
         raise NgptConfigError(f"{out} already exists; choose another folder or pass --overwrite")
-    loaded = load_checkpoint(checkpoint, device="cpu", dtype="float32", tokenizer=tokenizer)
+    source = resolve_checkpoint(checkpoint)
+    check_replaceable(out, kind="an exported model", marker=f"{CONFIG_FILE} with format {EXPORT_FORMAT!r}",
+                      holds_kind=_is_export_folder, sources=[(source, "the checkpoint being exported")])
+    loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
+    check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])
     deviation = max_norm_deviation(loaded.model)
     state = {name: t.detach().contiguous().clone() for name, t in loaded.model.state_dict().items()}
 
@@ -81,13 +87,26 @@ def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = F
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
         _verify(tmp, state)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if out.exists():  # checked above: an earlier export (or an empty folder), never the source
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _is_export_folder(folder: Path) -> bool:
+    """Whether `folder` holds an export: a config.json carrying the export format marker (any version)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == EXPORT_FORMAT
 
 
 def _verify(folder: Path, state: dict[str, torch.Tensor]) -> None:

@@ -405,6 +405,18 @@ def read_export_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def _export_tokenizer_file(folder: Path, tok_meta: dict[str, Any]) -> Path:
+    """The tokenizer file named in config.json: a file inside the export folder, never a path that
+    leads out of it (an export is one self-contained folder; a shared one must not read elsewhere)."""
+    name = tok_meta.get("file", TOKENIZER_FILE)
+    path = folder / str(name)
+    root = folder.resolve()
+    if not isinstance(name, str) or Path(name).is_absolute() or root not in path.resolve().parents:
+        raise NgptConfigError(f"{folder / CONFIG_FILE}: tokenizer.file = {name!r} must name a file inside the export "
+                              f"folder (normally {TOKENIZER_FILE!r}); export the checkpoint again")
+    return path
+
+
 def load_export(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None) -> LoadedModel:
     """An exported folder -> LoadedModel (safetensors weights, config.json, tokenizer.model)."""
     from safetensors import SafetensorError
@@ -414,7 +426,7 @@ def load_export(path: str | Path, *, device=None, dtype=None, tokenizer: str | P
     meta = read_export_config(folder)
     config = _model_config(meta.get("model"), f"model config ({folder / CONFIG_FILE})")
     tok_meta = meta.get("tokenizer") or {}
-    tok = Tokenizer.load(tokenizer if tokenizer is not None else folder / tok_meta.get("file", TOKENIZER_FILE))
+    tok = Tokenizer.load(tokenizer if tokenizer is not None else _export_tokenizer_file(folder, tok_meta))
     digest = check_tokenizer(tok, config.vocab_size, tok_meta.get("sha256"), f"the model in {folder}")
     try:
         weights = load_file(str(folder / WEIGHTS_FILE))
