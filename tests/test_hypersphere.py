@@ -58,3 +58,17 @@ def test_all_stages_agree_on_the_losses(results):
             losses = results[f"{stage}:{precision}:37"]["losses"]
             assert losses == pytest.approx(reference, abs=tol), (stage, precision)
     assert results["0:fp32:37"]["losses"][-1] < results["0:fp32:37"]["losses"][0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_zero_vector_stays_zero_and_a_nan_master_is_reported(results, case):
+    """rsqrt(0) = inf and 0 * inf = NaN: a zero row (a zero-padded vocabulary in a loaded checkpoint)
+    must stay zero. And max_deviation must not read a NaN master as 0.0 (max(0.0, nan) == 0.0)."""
+    record = results[case]
+    guards = record["guards"]
+    assert guards["finite"] and guards["zero_rows_stay_zero"], guards
+    assert guards["others_unit"] < 1e-5
+    assert guards["deviation_with_zero_rows"] == pytest.approx(1.0, abs=1e-6)  # norm 0: off by exactly 1
+    assert guards["nan_deviation"] == "nan"
+    if record["stage"] in (1, 2) and record["mlp_hidden"] == 37:
+        assert guards["straddling_zeroed"] == 1  # the row the ZeRO cut splits between the two ranks

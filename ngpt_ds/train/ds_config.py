@@ -85,6 +85,13 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
         p.add("bf16.enabled", True, "this device does not support bf16; use fp32 (\"bf16\": {\"enabled\": false})")
     clip = config.get("gradient_clipping", 0.0)
     p.check(isinstance(clip, (int, float)) and clip >= 0, "gradient_clipping", clip, "must be a number >= 0")
+    for block in ("offload_optimizer", "offload_param"):
+        device = (config.get("zero_optimization", {}).get(block) or {}).get("device")
+        # NVMe offload swaps the fp32 masters in and out of memory: the hypersphere hook would
+        # renormalize copies that are then swapped away.
+        p.check(device != "nvme", f"zero_optimization.{block}.device", device,
+                "NVMe offload is not supported (nGPT's renormalization works on the fp32 master weights "
+                "in memory); use \"cpu\" or remove the block")
 
     dp = world_size // tensor_parallel if tensor_parallel and world_size % tensor_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")

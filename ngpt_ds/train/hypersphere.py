@@ -14,6 +14,13 @@ The hook is a post-step hook on the torch optimizer DeepSpeed wraps: it runs aft
 the fp32 update and before DeepSpeed copies fp32 -> bit16 and all-gathers, so the
 working copy is refreshed by DeepSpeed's own step at no extra cost.
 
+The sum buffer lives where the master partition does: on the CPU under ZeRO-Offload. Its
+all-reduce runs on the communication device (the engine's device) through
+ngpt_ds.train.collectives, because NCCL refuses CPU tensors. A zero norm vector (a
+zero-padded vocabulary row in a loaded checkpoint) stays zero instead of becoming NaN:
+the sums are clamped to the smallest normal float before rsqrt. NaN and inf are never
+hidden: they are flagged at every step and reported by `deviations()`.
+
 This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
 (checked against deepspeed 0.19; see shared recipes §2):
   no ZeRO, fp32        the torch optimizer holds the model parameters
@@ -33,6 +40,15 @@ import torch.distributed as dist
 from torch import nn
 
 from ngpt_ds.model.sphere import SphereMatrix, sphere_matrices
+from ngpt_ds.train.collectives import all_reduce_on, communication_device
+
+#: Squared norms are clamped to this before rsqrt, so a zero vector is scaled by a finite
+#: factor and stays zero (rsqrt(0) = inf, and 0 * inf = NaN).
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class RenormalizationMissed(RuntimeError):
+    """DeepSpeed applied an optimizer step without the renormalization hook running."""
 
 
 @dataclass
@@ -116,13 +132,19 @@ class StepUnit:
     """process group to all-reduce over (data-parallel), or None when every rank holds whole matrices.
     Tensor-parallel shards never need one: a split never cuts the normalized dim."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """where the master pieces (and so the sum buffer) live: the CPU under ZeRO-Offload."""
+    comm_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """where the all-reduce runs: the engine's device (NCCL takes CUDA tensors only)."""
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
+    """(matrix name, first slot, end slot) of every matrix in the unit, for naming a broken one."""
 
     def norm_sums(self) -> torch.Tensor:
+        """The squared norm of every norm vector of the unit, complete on every rank (on `device`)."""
         sums = torch.zeros(self.n_slots, dtype=torch.float32, device=self.device)
         for piece in self.pieces:
             piece.add_squares(sums)
         if self.group is not None:
-            dist.all_reduce(sums, group=self.group)
+            all_reduce_on(sums, self.comm_device, group=self.group)
         return sums
 
 
@@ -140,6 +162,11 @@ def _slot_layout(matrices: list[SphereMatrix]) -> tuple[dict[int, int], int]:
     return slots, total
 
 
+def _spans(matrices: list[SphereMatrix], slots: dict[int, int]) -> list[tuple[str, int, int]]:
+    return [(m.name, slots[id(m.param)], slots[id(m.param)] + _full_shape(m.param)[1 - m.norm_dim])
+            for m in matrices]
+
+
 def _reduction_group(group):
     """The group to sum partial norms over, or None when it has one rank (nothing is cut)."""
     return group if dist.get_world_size(group=group) > 1 else None
@@ -154,14 +181,22 @@ class HypersphereHook:
     """Renormalizes a DeepSpeed engine's sphere matrices on their fp32 master pieces.
 
     Usage: `hook = HypersphereHook(engine); hook.normalize_now()` once before step 0;
-    afterwards it runs inside every `engine.step()` that updates the weights. Call
-    `rebuild()` after `engine.load_checkpoint`.
+    afterwards it runs inside every `engine.step()` that updates the weights. After
+    `engine.load_checkpoint` call `rebuild()`, then `normalize_now(keep_within=...)`:
+    masters rebuilt from bf16 weights (`load_from_fp32_weights: false`) are off the sphere.
+    `missed_step` tells whether an applied optimizer step really renormalized.
+
+    comm_device: where collectives run; None: the engine's device.
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, comm_device: torch.device | str | None = None):
         self.engine = engine
+        self.comm_device = torch.device(comm_device) if comm_device is not None else communication_device(engine)
         self.matrices = sphere_matrices(engine.module)
         self.all_reduces = 0
+        self.renormalized_units = 0
+        """units renormalized by the post-step hook so far (normalize_now not counted)."""
+        self._nonfinite: torch.Tensor | None = None
         self.units: list[StepUnit] = []
         self._refresh_working_copy = lambda: None
         self.rebuild()
@@ -211,7 +246,8 @@ class HypersphereHook:
         slots, total = _slot_layout(self.matrices)
         pieces = [_piece(m, masters[id(m.param)].data.view(-1), 0, slots[id(m.param)]) for m in self.matrices]
         device = pieces[0].values.device
-        self.units = [StepUnit({id(t) for t in masters.values()}, total, pieces, None, device)]
+        self.units = [StepUnit({id(t) for t in masters.values()}, total, pieces, None, device, self.comm_device,
+                               _spans(self.matrices, slots))]
 
     def _locate_flat_partitions(self, opt, lp_groups, hp_partitions, dp_groups) -> None:
         """ZeRO 1/2 and BF16_Optimizer: group i's master is one flat fp32 partition per rank."""
@@ -229,7 +265,7 @@ class HypersphereHook:
                     pieces.append(_piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start,
                                          slots[id(m.param)]))
             self.units.append(StepUnit({id(hp_partition)}, total, pieces, _reduction_group(dp_groups[i]),
-                                       hp_partition.device))
+                                       hp_partition.device, self.comm_device, _spans(matrices, slots)))
         self._refresh_working_copy = opt.update_lp_params
 
     def _locate_zero3(self, opt) -> None:
@@ -252,7 +288,8 @@ class HypersphereHook:
                 if valid:
                     pieces.append(_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
             group = _reduction_group(opt._get_param_partition_group(matrices[0].param))
-            self.units.append(StepUnit({id(flat)}, total, pieces, group, flat.device))
+            self.units.append(StepUnit({id(flat)}, total, pieces, group, flat.device, self.comm_device,
+                                       _spans(matrices, slots)))
 
         def refresh():
             for g in range(len(opt.fp16_groups)):
@@ -264,11 +301,15 @@ class HypersphereHook:
     # ---- renormalization ----------------------------------------------------------------
 
     @torch.no_grad()
-    def _renormalize(self, unit: StepUnit) -> None:
+    def _renormalize(self, unit: StepUnit, keep_within: float = 0.0) -> None:
         sums = unit.norm_sums()
         if unit.group is not None:
             self.all_reduces += 1
-        inv_norms = sums.rsqrt_()
+        bad = sums.isfinite().logical_not().any()  # no host sync: read by the trainer with its own collective
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite.logical_or(bad)
+        inv_norms = sums.clamp_min(_TINY).rsqrt_()  # NaN stays NaN (clamp propagates it): it is reported
+        if keep_within:
+            inv_norms = torch.where((sums - 1).abs() <= keep_within, torch.ones_like(inv_norms), inv_norms)
         for piece in unit.pieces:
             piece.scale(inv_norms)
 
@@ -277,25 +318,79 @@ class HypersphereHook:
         for unit in self.units:
             if unit.owner_ids & stepped:
                 self._renormalize(unit)
+                self.renormalized_units += 1
 
     @torch.no_grad()
-    def normalize_now(self) -> None:
-        """Renormalize every master piece and refresh the working copy (before step 0)."""
+    def normalize_now(self, keep_within: float = 0.0) -> None:
+        """Renormalize every master piece and refresh the working copy (before step 0, after a load).
+
+        keep_within: leave vectors whose squared norm is within this of 1 bit for bit as they are
+        (after a load: a checkpoint already on the sphere then resumes exactly).
+        """
         for unit in self.units:
-            self._renormalize(unit)
+            self._renormalize(unit, keep_within)
         self._refresh_working_copy()
 
-    @torch.no_grad()
-    def max_deviation(self) -> float:
-        """max | ||w|| - 1 | over every norm vector of every sphere matrix, on the fp32 master.
+    def take_nonfinite(self, device: torch.device) -> torch.Tensor:
+        """1.0 on `device` if a squared norm was NaN or inf at any renormalization since the last
+        call (this rank's view), else 0.0. A tensor, not a bool: the trainer folds it into the
+        collective it already makes every step, so checking costs no extra one."""
+        flag = self._nonfinite
+        self._nonfinite = None
+        if flag is None:
+            return torch.zeros((), device=device)
+        return flag.to(device=device, dtype=torch.float32)
 
-        Costs one all-reduce per unit: call it at logging intervals, not every step.
+    def missed_step(self, renormalized_before: int, step_applied: bool) -> bool:
+        """True if DeepSpeed applied an optimizer step without renormalizing every unit.
+
+        renormalized_before: `renormalized_units` read before the step. A skipped step (fp16
+        overflow) renormalizes nothing and is not a miss.
         """
-        worst = 0.0
+        return bool(step_applied and self.units and self.renormalized_units - renormalized_before < len(self.units))
+
+    def missed_error(self, step: int) -> RenormalizationMissed:
+        import deepspeed
+        return RenormalizationMissed(
+            f"the nGPT renormalization hook did not run in optimizer step {step}: DeepSpeed {deepspeed.__version__} "
+            f"updated the weights through {type(self.engine.optimizer).__name__} around "
+            f"{type(self.engine.basic_optimizer).__name__} without calling that torch optimizer's step hooks "
+            "(or stepped master weights the hook does not know), so the sphere matrices left the hypersphere. "
+            "This DeepSpeed version or optimizer setup is not supported by ngpt_ds.train.hypersphere: install "
+            "the DeepSpeed version setup.py pins, and use ZeRO stage 0-3 without NVMe offload")
+
+    @torch.no_grad()
+    def deviations(self) -> dict[str, float]:
+        """matrix name -> max | ||w|| - 1 | over its norm vectors on the fp32 master, over the whole
+        job (a tensor-parallel rank holds only its shards); NaN if any norm is NaN, inf if infinite.
+
+        Collective (every rank must call it): one all-reduce per unit, one over the world.
+        """
+        names = [m.name for m in self.matrices]
+        index = {name: i for i, name in enumerate(names)}
+        worst = torch.zeros(len(names), dtype=torch.float64)
+        has_nan = torch.zeros(len(names), dtype=torch.float64)
         for unit in self.units:
-            sums = unit.norm_sums()
-            worst = max(worst, (sums.sqrt() - 1).abs().max().item())
-        return worst
+            deviation = (unit.norm_sums().double().sqrt() - 1).abs().cpu()
+            for name, lo, hi in unit.spans:
+                part = deviation[lo:hi]
+                worst[index[name]] = part.nan_to_num(nan=float("inf")).max()
+                has_nan[index[name]] = float(part.isnan().any())
+        stats = torch.cat([worst, has_nan])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            all_reduce_on(stats, self.comm_device, op=dist.ReduceOp.MAX)
+        worst, has_nan = stats[:len(names)], stats[len(names):]
+        return {name: float("nan") if has_nan[i] else worst[i].item() for i, name in enumerate(names)}
+
+    def max_deviation(self) -> float:
+        """max | ||w|| - 1 | over every norm vector of every sphere matrix (NaN if any is NaN).
+
+        Collective (see `deviations`): call it at logging intervals, not every step.
+        """
+        values = list(self.deviations().values())
+        if any(v != v for v in values):
+            return float("nan")
+        return max(values, default=0.0)
 
 
 def full_fp32_value(param: nn.Parameter) -> torch.Tensor:

@@ -20,13 +20,14 @@ from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
+from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf."""
+    """The loss, or the norm of a sphere matrix, became NaN or inf."""
 
 
 class StopRequest:
@@ -110,6 +111,9 @@ class Trainer:
         client = checkpoint.load(self.engine, path)
         if self.hook is not None:
             self.hook.rebuild()
+            # Masters rebuilt from bf16 weights (zero_optimization.load_from_fp32_weights: false) are
+            # ~1e-3 off the sphere; vectors already on it to fp32 precision are left bit for bit.
+            self.hook.normalize_now(keep_within=4e-6)
         self.loader.load_state_dict(client["loader"])
         _set_rng_state(client["rng"])
         self.step, self.tokens_seen = client["step"], client["tokens_seen"]
@@ -123,7 +127,7 @@ class Trainer:
 
     def _mean_over_ranks(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
+        all_reduce_on(t, self.device)
         return (t / self.world).tolist()
 
     @torch.no_grad()
@@ -142,8 +146,13 @@ class Trainer:
         return checkpoint.save(self.engine, self.out_dir, self.step, client_state,
                                keep=self.run.train.keep_checkpoints, config_yaml=self.run.to_yaml())
 
-    def train_step(self) -> tuple[float, bool]:
-        """One optimizer step over grad_accum micro-batches. Returns (mean loss over ranks, stop agreed)."""
+    def train_step(self) -> tuple[float, bool, bool]:
+        """One optimizer step over grad_accum micro-batches.
+
+        Returns (mean loss over ranks, stop agreed, a sphere matrix norm became NaN/inf on some rank).
+        Raises RenormalizationMissed (on every rank) if the step was applied without the hook.
+        """
+        renormalized_before = self.hook.renormalized_units if self.hook is not None else 0
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.plan.grad_accum):
             inputs, targets = self.loader.next_batch()
@@ -151,10 +160,18 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().float()
+        hook, zero = self.hook, torch.zeros((), device=self.device)
+        missed = hook is not None and hook.missed_step(renormalized_before, self.engine.was_step_applied())
         flags = torch.stack([loss_sum / self.plan.grad_accum,
-                             torch.tensor(float(self.stop.requested()), device=self.device)]).double()
-        dist.all_reduce(flags)  # one collective: the mean loss, and whether any rank must stop
-        return flags[0].item() / self.world, flags[1].item() > 0
+                             torch.tensor(float(self.stop.requested()), device=self.device),
+                             hook.take_nonfinite(self.device) if hook is not None else zero,
+                             torch.tensor(float(missed), device=self.device)]).double()
+        # One collective: the mean loss, whether any rank must stop, whether any rank saw a NaN/inf
+        # norm, whether any rank stepped without renormalizing.
+        all_reduce_on(flags, self.device)
+        if flags[3].item() > 0:
+            raise hook.missed_error(self.step + 1)
+        return flags[0].item() / self.world, flags[1].item() > 0, flags[2].item() > 0
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -169,7 +186,7 @@ class Trainer:
         status, last_checkpoint = "finished", None
         while self.step < max_steps:
             step_start = time.perf_counter()
-            loss, stop = self.train_step()
+            loss, stop, sphere_broken = self.train_step()
             interval_seconds += time.perf_counter() - step_start  # steps only: not evaluation, not saving
             if not math.isfinite(loss):
                 precision_hint = (", try fp32 (\"bf16\": {\"enabled\": false}) to rule out precision"
@@ -179,6 +196,8 @@ class Trainer:
                     f"Hints: lower train.lr (now {train.lr:g}){precision_hint}, check the data. "
                     f"Checkpoints up to step {self.step} are intact in {self.out_dir / 'checkpoints'} "
                     "(--resume auto continues from the newest)")
+            if sphere_broken:
+                self._sphere_diverged(self.step + 1)
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             interval_steps += 1
@@ -204,6 +223,18 @@ class Trainer:
         bar.close()
         return self._finish(status, train_loss, val_loss, start_time, last_checkpoint)
 
+    def _sphere_diverged(self, step: int) -> None:
+        """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
+        rank calls it (the non-finite flag and the deviations are agreed over the job)."""
+        broken = {name: d for name, d in self.hook.deviations().items() if not math.isfinite(d)}
+        names = ", ".join(f"{name} ({d})" for name, d in broken.items()) or "(gone again when re-read)"
+        raise TrainingDiverged(
+            f"the fp32 master weights of sphere matrix {names} became non-finite (a norm is nan or inf) at step "
+            f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
+            f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. Checkpoints up to "
+            f"step {step - 1} are intact in {self.out_dir / 'checkpoints'} "
+            "(--resume auto continues from the newest)")
+
     def _log(self, loss: float, step_time: float) -> None:
         tokens_per_s = self.tokens_per_step / step_time
         scalars = {
@@ -219,6 +250,8 @@ class Trainer:
             scalars["train/grad_norm"] = float(grad_norm)
         scalars.update(memory_metrics())
         scalars.update(ngpt_health(self.model, self.hook))  # collective: every rank calls it
+        if not math.isfinite(scalars.get("ngpt/max_norm_deviation", 0.0)):  # the same value on every rank
+            self._sphere_diverged(self.step)
         self.metrics.log(self.step, scalars)
         if self.is_main:
             health = (f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}"

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ngpt_ds.model.lm import CausalLM
+from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
 
 #: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity).
@@ -90,7 +90,7 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
         value = full_fp32_value(scale_vector.param) * (scale_vector.init / scale_vector.scale)
         mean = (value.abs() if scale_vector.absolute else value).mean()
         if tensor_parallel is not None and getattr(scale_vector.param, "tensor_model_parallel", False):
-            dist.all_reduce(mean, group=tensor_parallel.tp_group)  # equal shards: mean of the means
+            all_reduce_on(mean, hook.comm_device, group=tensor_parallel.tp_group)  # equal shards: mean of the means
             mean = mean / tensor_parallel.tp_size
         return mean.item()
 

@@ -35,6 +35,75 @@ def gather_master(engine, param):
     return param.detach().float().clone()
 
 
+def set_master(engine, param, value):
+    """Overwrite a parameter's full fp32 master (every rank passes the same full value)."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    if hasattr(param, "ds_id") or hasattr(param, "_hp_mapping"):
+        safe_set_full_fp32_param(param, value)
+        return
+    opt = engine.optimizer
+    if isinstance(opt, FP16_UnfusedOptimizer):
+        for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
+            for lp, hp in zip(lp_group, hp_group):
+                if lp is param:
+                    hp.data.copy_(value)
+        return
+    param.data.copy_(value)
+
+
+def straddling_rows(matrices):
+    """(matrix index, row) of each row-normalized matrix row that a ZeRO 1/2 cut splits, on any rank."""
+    mine = []
+    for i, m in enumerate(matrices):
+        mapping = getattr(m.param, "_hp_mapping", None)
+        if mapping is not None and m.norm_dim == 1 and mapping.lp_fragment_address.start % m.param.shape[1]:
+            mine.append((i, mapping.lp_fragment_address.start // m.param.shape[1]))
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return sorted({tuple(v) for rank in everyone for v in rank})
+
+
+def sphere_guards(engine, hook):
+    """A zero norm vector must stay zero through renormalization (not become NaN), and a NaN in a
+    master must be reported by max_deviation (not read as 0.0)."""
+    from ngpt_ds.model import sphere_matrices
+    matrices = sphere_matrices(engine.module)
+    straddling = straddling_rows(matrices)
+    zeroed = straddling + [(i, 0) for i in range(len(matrices))]  # and vector 0 of every matrix
+    for i, m in enumerate(matrices):  # and the vector holding the middle element: cut at ZeRO 3
+        rows, cols = getattr(m.param, "ds_shape", m.param.shape)
+        zeroed.append((i, (rows * cols // 2) // cols if m.norm_dim == 1 else (rows * cols // 2) % cols))
+    zeroed = sorted(set(zeroed))
+    for i, v in zeroed:
+        m = matrices[i]
+        value = gather_master(engine, m.param)
+        value.select(1 - m.norm_dim, v).zero_()
+        set_master(engine, m.param, value)
+    hook.normalize_now()
+    zero_rows_stay_zero, others_unit, finite = True, 0.0, True
+    for i, m in enumerate(matrices):
+        master = gather_master(engine, m.param)
+        finite &= bool(master.isfinite().all())
+        norms = master.norm(dim=m.norm_dim)
+        mask = torch.ones_like(norms, dtype=torch.bool)
+        for j, v in zeroed:
+            if j == i:
+                zero_rows_stay_zero &= bool((master.select(1 - m.norm_dim, v) == 0).all())
+                mask[v] = False
+        others_unit = max(others_unit, (norms[mask] - 1).abs().max().item())
+    deviation_with_zero_rows = hook.max_deviation()  # a zero vector has norm 0: deviation 1
+    m = matrices[-1]
+    value = gather_master(engine, m.param)
+    value[0, 0] = float("nan")
+    set_master(engine, m.param, value)
+    nan_deviation = hook.max_deviation()
+    return {"zeroed": len(zeroed), "straddling_zeroed": len(straddling),
+            "zero_rows_stay_zero": zero_rows_stay_zero, "others_unit": others_unit, "finite": finite,
+            "deviation_with_zero_rows": deviation_with_zero_rows, "nan_deviation": repr(nan_deviation)}
+
+
 def gather_working(param):
     import deepspeed
     if hasattr(param, "ds_id"):
@@ -122,6 +191,7 @@ def run_case(stage, precision, mlp_hidden, steps, results):
         losses.append(loss.item())
         record["steps"].append(check(engine, hook))
     record["losses"] = losses
+    record["guards"] = sphere_guards(engine, hook)
     hook.remove()
     results.append(record)
 
