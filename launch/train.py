@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.train.builder import TrainOptions
+    from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
     from ngpt_ds.train.loop import TrainingDiverged, train
 
     options = TrainOptions(deepspeed_config=args.deepspeed_config, config=args.config, model=args.model,
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except (NgptConfigError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as err:  # disk full, read-only: the previous checkpoints are intact
+        print(f"error: {err}", file=sys.stderr)
+        return WRITE_FAILED_EXIT_CODE
     if summary.status in ("finished", "stopped") and int(os.environ.get("RANK", "0")) == 0:
         minutes, seconds = divmod(summary.seconds, 60)
         print(f"\n{'Done' if summary.status == 'finished' else 'Stopped'}: step {summary.step}/{summary.max_steps}, "

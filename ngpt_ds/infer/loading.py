@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +36,15 @@ from ngpt_ds.data.shards import load_dataset_meta, sha256_file
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
+from ngpt_ds.train import checkpoint as ckpt_layout
 
 EXPORT_FORMAT = "ngpt_ds-export"
 EXPORT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
-COMPLETE = "COMPLETE"  # the trainer's marker, written last (ngpt_ds.train.checkpoint)
-STEP_PREFIX = "step_"
+COMPLETE = ckpt_layout.COMPLETE  # the trainer's marker and manifest, written last
+STEP_PREFIX = ckpt_layout.TAG_PREFIX
 
 #: Largest allowed | ||row|| - 1 | of a sphere matrix: fp32 weights are renormalized after every step
 #: (to ~1e-7); a bf16 copy of unit vectors is off by up to ~2^-9 per element.
@@ -105,33 +107,31 @@ def is_export(path: str | Path) -> bool:
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
-def _step_dirs(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    found = [d for d in directory.iterdir()
-             if d.is_dir() and d.name.startswith(STEP_PREFIX) and d.name[len(STEP_PREFIX):].isdigit()]
-    return sorted(found, key=lambda d: int(d.name[len(STEP_PREFIX):]))
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint (step_N with COMPLETE), a run's checkpoints/ folder or a run directory -> the
-    newest complete checkpoint directory. A partial checkpoint is a clear error."""
+    newest complete checkpoint directory, verified against its manifest. A partial or damaged
+    checkpoint given by name is a clear error; in a folder, a damaged newest one is skipped with a
+    warning (as the trainer's --resume auto does). The layout is the trainer's (ngpt_ds.train.checkpoint)."""
     path = Path(path)
     if not path.exists():
         raise NgptConfigError(f"{path} does not exist. Give an exported model folder, a checkpoint directory "
                               "(<out>/checkpoints/step_N) or a training run's --out directory")
     if path.name.startswith(STEP_PREFIX) and path.is_dir():
         if (path / COMPLETE).is_file():
+            problem = ckpt_layout.verify(path)
+            if problem is not None:
+                raise NgptConfigError(f"{path} is damaged: {problem}. Use another checkpoint")
+            if ckpt_layout.is_legacy(path):
+                print(ckpt_layout.legacy_warning(path), file=sys.stderr)
             return path
-        others = [d.name for d in _step_dirs(path.parent) if (d / COMPLETE).is_file()]
+        others = [d.name for d in ckpt_layout.complete_checkpoints(path.parent)]
         hint = f"; complete checkpoints next to it: {', '.join(others)}" if others else ""
         raise NgptConfigError(f"{path} is a partial checkpoint: it has no {COMPLETE} marker (the save was "
                               f"interrupted or is still running){hint}")
-    for folder in (path, path / "checkpoints"):
-        steps = _step_dirs(folder)
-        complete = [d for d in steps if (d / COMPLETE).is_file()]
-        if complete:
-            return complete[-1]
+    for folder in (path, path / ckpt_layout.CHECKPOINTS):
+        steps = ckpt_layout.step_dirs(folder)
+        if ckpt_layout.complete_checkpoints(folder):
+            return ckpt_layout.newest_intact(folder, warn=lambda line: print(line, file=sys.stderr))
         if steps:
             raise NgptConfigError(f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
                                   f"lack the {COMPLETE} marker (interrupted saves)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -84,10 +85,15 @@ def prepare(options: TrainOptions) -> Prepared:
                           vocab_size=model_cfg.vocab_size, mlp_width=model_cfg.mlp_width)
 
     out_dir = Path(options.out or Path("runs") / config_path.stem)
-    resume_from = resolve_resume(out_dir, options.resume)
+    resume_from = resolve_resume(out_dir, options.resume,  # verified; a damaged one is skipped or refused
+                                 warn=_warn_on_rank0(dist_env.rank))
     run = RunConfig(config_source=str(config_path), model=model_cfg, train=train_cfg, deepspeed=ds_config,
                     deepspeed_source=options.deepspeed_config, data_dir=str(data_dir), out_dir=str(out_dir))
     return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from)
+
+
+def _warn_on_rank0(rank: int):
+    return (lambda line: print(line, file=sys.stderr, flush=True)) if rank == 0 else (lambda line: None)
 
 
 def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:

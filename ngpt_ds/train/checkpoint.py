@@ -1,22 +1,59 @@
-"""Checkpoints: DeepSpeed's own save/load, a completion marker written last, pruning, auto-resume.
+"""Checkpoints: the on-disk layout, atomic saves with a verified manifest, lineage, retention, auto-resume.
 
-Layout: <out>/checkpoints/step_00000200/ (DeepSpeed's files + COMPLETE + config.yaml).
-A directory without COMPLETE (a save interrupted by a crash) is never resumed from.
+Layout of a run folder's checkpoints (the one place that defines it; inference uses it too):
+
+    <out>/checkpoints/step_00000200/           DeepSpeed's files + config.yaml + COMPLETE (the manifest)
+    <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
+    <out>/checkpoints/latest                   DeepSpeed's pointer: always the newest complete tag
+    <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted
+
+A save is atomic: DeepSpeed writes under the temporary tag, rank 0 hashes every file into the
+`COMPLETE` manifest (relative path, size, blake2b digest of the full content) and renames the folder
+into place. A kill at any moment leaves either the previous complete checkpoints or the new one.
+Before loading, the manifest is checked again, so a file damaged later (a truncated copy, a bad
+disk) is found before DeepSpeed reads it.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
+from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
 
+CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 TAG_PREFIX = "step_"
+TEMP_SUFFIX = ".tmp-save"
+"""DeepSpeed writes into step_N.tmp-save; never a step_N name, so nothing resumes from a half-written save."""
+REPLACED_SUFFIX = ".tmp-replaced"
+"""An existing step_N moved aside for a second save of the same step; removed once the new one is in place."""
+ABANDONED_PREFIX = "abandoned-"
+LATEST = "latest"
+MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
+MANIFEST_VERSION = 1
+HASH_NAME = "blake2b-128"
+BYTES_PER_PARAMETER_ESTIMATE = 16
+"""First-save size estimate: weights (4) + fp32 master (4) + two Adam moments (8) bytes per parameter."""
+WRITE_FAILED_EXIT_CODE = 74
+"""launch/train.py's exit status when a checkpoint cannot be written (sysexits' EX_IOERR): disk full,
+a read-only or unwritable --out. The previous complete checkpoints are intact."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (no space, read-only, permission). Every rank raises it together;
+    nothing partial is left under a step_N name."""
 
 
 def tag_for(step: int) -> str:
@@ -27,19 +64,139 @@ def step_of(tag: str) -> int:
     return int(tag[len(TAG_PREFIX):])
 
 
-def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Complete checkpoint directories, oldest first."""
+def is_step_dir(path: Path) -> bool:
+    """A step_N folder (complete or not); temporary and abandoned folders never match."""
+    return path.name.startswith(TAG_PREFIX) and path.name[len(TAG_PREFIX):].isdigit() and path.is_dir()
+
+
+def step_dirs(checkpoint_dir: Path) -> list[Path]:
+    """Every step_N folder, complete or not, oldest first."""
     if not checkpoint_dir.is_dir():
         return []
-    found = [d for d in checkpoint_dir.iterdir()
-             if d.is_dir() and d.name.startswith(TAG_PREFIX) and d.name[len(TAG_PREFIX):].isdigit()
-             and (d / COMPLETE).is_file()]
-    return sorted(found, key=lambda d: step_of(d.name))
+    return sorted((d for d in checkpoint_dir.iterdir() if is_step_dir(d)), key=lambda d: step_of(d.name))
 
 
-def resolve_resume(out_dir: Path, resume: str) -> Path | None:
-    """--resume auto|none|PATH -> the checkpoint directory to load, or None to start fresh."""
-    checkpoint_dir = out_dir / "checkpoints"
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Complete checkpoint directories (with a COMPLETE marker), oldest first. Not yet verified: see `verify`."""
+    return [d for d in step_dirs(checkpoint_dir) if (d / COMPLETE).is_file()]
+
+
+# ---- the manifest ---------------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name not in (COMPLETE, COMPLETE + ".tmp"))
+
+
+def _digests(folder: Path, names: list[str]) -> list[str]:
+    # hashlib releases the GIL on large buffers: the per-rank shard files hash in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        return list(pool.map(lambda name: _digest(folder / name), names))
+
+
+def build_manifest(folder: Path, step: int) -> dict[str, Any]:
+    names = _files(folder)
+    files = {name: {"size": (folder / name).stat().st_size, "blake2b": digest}
+             for name, digest in zip(names, _digests(folder, names))}
+    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "hash": HASH_NAME,
+            "files": files}
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's manifest, or None for a plain-text marker written before manifests existed."""
+    text = (path / COMPLETE).read_text(encoding="utf-8", errors="replace")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    return manifest
+
+
+def checkpoint_bytes(path: Path) -> int | None:
+    """Total size of a checkpoint's files from its manifest (None without one)."""
+    manifest = read_manifest(path)
+    return None if manifest is None else sum(entry["size"] for entry in manifest["files"].values())
+
+
+def verify(path: Path) -> str | None:
+    """None when every file matches the manifest; else one line naming the first bad file.
+
+    Sizes are compared first (cheap, catches truncation), then the full-content digests. A folder with
+    a plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`.
+    """
+    if not (path / COMPLETE).is_file():
+        return f"{path} has no {COMPLETE} marker (the save was interrupted)"
+    manifest = read_manifest(path)
+    if manifest is None:
+        return None
+    files = manifest.get("files")
+    if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
+        return f"{path / COMPLETE}: unknown manifest version {manifest.get('version')!r}"
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing (listed in the {COMPLETE} manifest)"
+        size = file.stat().st_size
+        if size != entry["size"]:
+            return f"{file} has {size} bytes, the {COMPLETE} manifest says {entry['size']} (truncated or rewritten)"
+    extra = sorted(set(_files(path)) - set(files))
+    if extra:
+        return f"{path / extra[0]} is not in the {COMPLETE} manifest (added after the save)"
+    names = sorted(files)
+    for name, digest in zip(names, _digests(path, names)):
+        if digest != files[name]["blake2b"]:
+            return f"{path / name} does not match its {HASH_NAME} digest in the {COMPLETE} manifest (corrupted)"
+    return None
+
+
+def is_legacy(path: Path) -> bool:
+    """A checkpoint marked complete by an older ngpt_ds: plain-text COMPLETE, no manifest."""
+    return (path / COMPLETE).is_file() and read_manifest(path) is None
+
+
+def legacy_warning(path: Path) -> str:
+    return (f"warning: {path} has no manifest in its {COMPLETE} marker (written by an older ngpt_ds); "
+            "loading it unverified")
+
+
+# ---- choosing what to resume from -----------------------------------------------------------------
+
+
+def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+    """The newest complete checkpoint that passes `verify`; each damaged newer one is skipped with one
+    warning naming its bad file. None when there is no complete checkpoint; an error when all are damaged."""
+    candidates = complete_checkpoints(checkpoint_dir)
+    for path in reversed(candidates):
+        problem = verify(path)
+        if problem is None:
+            if is_legacy(path):
+                warn(legacy_warning(path))
+            return path
+        warn(f"warning: skipping checkpoint {path.name}: {problem}. Using the one before it")
+    if candidates:
+        raise NgptConfigError(f"every checkpoint in {checkpoint_dir} is damaged (see the warnings above). "
+                              "Start a new run with --resume none and another --out")
+    return None
+
+
+def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = print) -> Path | None:
+    """--resume auto|none|PATH -> the verified checkpoint directory to load, or None to start fresh.
+
+    Runs on every rank before the process group starts, and reads only files, so all ranks choose the
+    same checkpoint. auto skips a damaged checkpoint with one warning and takes the one before it; an
+    explicit PATH to a damaged checkpoint is an error naming the bad file.
+    """
+    checkpoint_dir = out_dir / CHECKPOINTS
     if resume == "none":
         existing = complete_checkpoints(checkpoint_dir)
         if existing:
@@ -48,45 +205,228 @@ def resolve_resume(out_dir: Path, resume: str) -> Path | None:
                                   "to start over")
         return None
     if resume == "auto":
-        existing = complete_checkpoints(checkpoint_dir)
-        return existing[-1] if existing else None
+        return newest_intact(checkpoint_dir, warn)
     path = Path(resume)
     if (path / COMPLETE).is_file():
-        return path
-    if path.is_dir() and complete_checkpoints(path):
-        return complete_checkpoints(path)[-1]
-    if path.is_dir() and complete_checkpoints(path / "checkpoints"):
-        return complete_checkpoints(path / "checkpoints")[-1]
-    reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
-    raise NgptConfigError(f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
-                          "a run's --out directory, 'auto' or 'none'")
+        chosen = path
+    elif path.is_dir() and complete_checkpoints(path):
+        chosen = complete_checkpoints(path)[-1]
+    elif path.is_dir() and complete_checkpoints(path / CHECKPOINTS):
+        chosen = complete_checkpoints(path / CHECKPOINTS)[-1]
+    else:
+        reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
+        raise NgptConfigError(f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
+                              "a run's --out directory, 'auto' or 'none'")
+    problem = verify(chosen)
+    if problem is not None:
+        raise NgptConfigError(f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another "
+                              "checkpoint, or use --resume auto to take the newest intact one")
+    if is_legacy(chosen):
+        warn(legacy_warning(chosen))
+    return chosen
+
+
+# ---- lineage --------------------------------------------------------------------------------------
+
+
+def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
+    """Rank 0, under the run lock, before anything is saved: one lineage per run folder.
+
+    Resuming from step k moves every step_N folder with N > k (complete or not) into
+    checkpoints/abandoned-<UTC time>/, so that retention, --resume auto and export see only the
+    lineage being trained. Nothing is deleted. Returns the line to print, or None when nothing moved.
+    """
+    checkpoint_dir = out_dir / CHECKPOINTS
+    k = step_of(resume_from.name) if resume_from is not None else 0
+    newer = [d for d in step_dirs(checkpoint_dir) if step_of(d.name) > k]
+    if not newer:
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    abandoned = checkpoint_dir / f"{ABANDONED_PREFIX}{stamp}"
+    n = 1
+    while abandoned.exists():
+        n += 1
+        abandoned = checkpoint_dir / f"{ABANDONED_PREFIX}{stamp}-{n}"
+    abandoned.mkdir()
+    for folder in newer:
+        os.rename(folder, abandoned / folder.name)
+    _fsync_dir(checkpoint_dir)
+    point_latest(checkpoint_dir)
+    names = ", ".join(d.name for d in newer)
+    return (f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
+            f"({names}) to {abandoned} (kept, not deleted)")
+
+
+# ---- saving ---------------------------------------------------------------------------------------
+
+
+def point_latest(checkpoint_dir: Path) -> None:
+    """DeepSpeed's `latest` file names the newest complete tag, or does not exist."""
+    complete = complete_checkpoints(checkpoint_dir)
+    latest = checkpoint_dir / LATEST
+    if not complete:
+        latest.unlink(missing_ok=True)
+        return
+    tmp = checkpoint_dir / (LATEST + ".tmp")
+    tmp.write_text(complete[-1].name, encoding="utf-8")
+    os.replace(tmp, latest)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno is not None:
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{os.strerror(err.errno)}{where}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    """An OSError, or torch's zip writer reporting a failed write (it raises RuntimeError)."""
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err).lower())
+
+
+def _estimate_bytes(engine) -> int:
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    return params * BYTES_PER_PARAMETER_ESTIMATE * max(1, int(getattr(engine, "mp_world_size", 1) or 1))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:.3f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def _before_save(engine, checkpoint_dir: Path, step: int) -> str | None:
+    """Rank 0: remove leftovers of interrupted saves and check the free space. Returns a problem or None."""
+    try:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in checkpoint_dir.iterdir():
+            if leftover.name.startswith(TAG_PREFIX) and leftover.name.endswith((TEMP_SUFFIX, REPLACED_SUFFIX)):
+                shutil.rmtree(leftover)
+        complete = complete_checkpoints(checkpoint_dir)
+        previous = checkpoint_bytes(complete[-1]) if complete else None
+        need, basis = ((previous, f"the size of {complete[-1].name}") if previous is not None
+                       else (_estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"))
+        free = shutil.disk_usage(checkpoint_dir).free
+    except OSError as err:
+        return f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {_describe(err)}"
+    if free < need:
+        return (f"not enough free space for the checkpoint of step {step}: it needs about {_gib(need)} ({basis}), "
+                f"{_gib(free)} are free on the filesystem of {checkpoint_dir}. Nothing was written")
+    return None
+
+
+def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_yaml: str, keep: int) -> None:
+    """Rank 0: manifest, then rename into place, then `latest`, then retention."""
+    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    manifest = build_manifest(tmp, step)
+    marker = tmp / (COMPLETE + ".tmp")
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(marker, tmp / COMPLETE)
+    _fsync_dir(tmp)
+    final = checkpoint_dir / tag
+    replaced = None
+    if final.exists():  # a second save of the same step: move the old one out of the step_N name first
+        replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)
+        os.rename(final, replaced)
+    os.rename(tmp, final)
+    _fsync_dir(checkpoint_dir)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+    point_latest(checkpoint_dir)
+    for old in complete_checkpoints(checkpoint_dir)[:-keep]:  # only step_N folders: the current lineage
+        shutil.rmtree(old, ignore_errors=True)
+    for partial in step_dirs(checkpoint_dir):  # interrupted saves of older ngpt_ds versions
+        if not (partial / COMPLETE).exists() and step_of(partial.name) < step:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _agree(problem: str | None) -> str | None:
+    """Every rank learns the first problem any rank had (one collective, after the same point on all)."""
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    return next(((f"rank {r}: {p}" if dist.get_world_size() > 1 else p) for r, p in enumerate(problems) if p), None)
 
 
 def save(engine, out_dir: Path, step: int, client_state: dict[str, Any], keep: int, config_yaml: str) -> Path:
-    """Save on every rank, then mark complete and prune (rank 0). Returns the checkpoint directory."""
-    checkpoint_dir = out_dir / "checkpoints"
+    """Save on every rank into a temporary tag; rank 0 writes the manifest and renames it into place.
+
+    Raises CheckpointWriteError on every rank when the save cannot be completed (checked free space
+    first; an OSError while writing); the previous complete checkpoints are then untouched.
+    """
+    checkpoint_dir = out_dir / CHECKPOINTS
     tag = tag_for(step)
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state)
-    dist.barrier()
-    path = checkpoint_dir / tag
-    if dist.get_rank() == 0:
-        (path / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        marker = path / (COMPLETE + ".tmp")
-        marker.write_text(f"step {step}\n", encoding="utf-8")
-        os.replace(marker, path / COMPLETE)  # written last: the checkpoint is whole
-        for old in complete_checkpoints(checkpoint_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for partial in checkpoint_dir.glob(f"{TAG_PREFIX}*"):
-            if partial.is_dir() and not (partial / COMPLETE).exists() and step_of(partial.name) < step:
-                shutil.rmtree(partial, ignore_errors=True)
-    dist.barrier()
-    return path
+    tmp_tag = tag + TEMP_SUFFIX
+    tmp = checkpoint_dir / tmp_tag
+    rank = dist.get_rank()
+    problem = _agree(_before_save(engine, checkpoint_dir, step) if rank == 0 else None)
+    if problem is not None:
+        raise CheckpointWriteError(problem)
+
+    problem = None
+    try:
+        engine.save_checkpoint(str(checkpoint_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    except Exception as err:
+        if not _is_write_failure(err):
+            raise
+        problem = f"writing {tmp}: {_describe(err)}"
+        # DeepSpeed's collectives all precede its writes; the others wait in its closing barrier.
+        dist.barrier()
+    problem = _agree(problem)
+    if problem is None and rank == 0:
+        try:
+            _finish_save(checkpoint_dir, tmp, tag, step, config_yaml, keep)
+        except OSError as err:
+            problem = f"finishing {checkpoint_dir / tag}: {_describe(err)}"
+    problem = _agree(problem)
+    if problem is not None:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a .tmp-save name is never resumed from anyway
+        raise CheckpointWriteError(f"checkpoint of step {step} not saved: {problem}")
+    return checkpoint_dir / tag
+
+
+def _refusal(file: Path) -> NgptConfigError | None:
+    try:
+        safe_load.check(file)
+    except NgptConfigError as err:
+        return err
+    except Exception as err:  # a truncated or foreign file: torch raises many types
+        return NgptConfigError(f"{file} could not be read ({type(err).__name__}: {err}); the checkpoint is damaged")
+    return None
+
+
+def check_files_on_all_ranks(path: Path, device) -> None:
+    """Unpickle every file of the checkpoint under ngpt_ds.safe_load's allow-list before DeepSpeed
+    reads any. Each rank checks its share; one all-reduce agrees on the first refused file, and every
+    rank raises the same error for it. DeepSpeed reads some files on one rank only (a rank's optimizer
+    states, a ZeRO-3 shard): a refusal there alone would leave the other ranks waiting in a collective."""
+    files = sorted(path.rglob("*.pt"))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    first = next((i for i in range(rank, len(files), world) if _refusal(files[i]) is not None), len(files))
+    agreed = torch.tensor([first], dtype=torch.int64, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    if int(agreed.item()) < len(files):
+        file = files[int(agreed.item())]
+        raise _refusal(file) or NgptConfigError(f"{file} changed while the checkpoint was being checked")
 
 
 def load(engine, path: Path) -> dict[str, Any]:
-    """Load engine, optimizer and scheduler state; returns the client state saved with it."""
-    load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    """Load engine, optimizer and scheduler state; returns the client state saved with it.
+    Loading never runs code: every file is checked first (all ranks agree), and DeepSpeed's own
+    reads go through the same restricted unpickler (ngpt_ds.safe_load)."""
+    check_files_on_all_ranks(path, engine.device)
+    with safe_load.deepspeed_loads_are_safe():
+        load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                         load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
         raise NgptConfigError(f"DeepSpeed could not load the checkpoint in {path}; it may be from another "
                               "ZeRO stage or world size. Start a new run with --resume none and another --out")

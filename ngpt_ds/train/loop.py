@@ -24,6 +24,7 @@ from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
+from ngpt_ds.train.run_lock import lock_run
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,7 +102,7 @@ class Trainer:
         if prepared.resume_from is not None:
             self._resume(prepared.resume_from)
 
-        self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main)
+        self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main, resume_step=self.step)
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
@@ -291,15 +292,23 @@ def train(options: TrainOptions) -> Summary:
         return Summary("already-finished", checkpoint.step_of(prepared.resume_from.name), prepared.run.train.max_steps,
                        0, float("nan"), float("nan"), 0.0, str(prepared.resume_from), prepared.run.out_dir)
     init_process_group(prepared.dist_env, prepared.run.train.dist_timeout_s)
+    lock = None
     try:
         out_dir = Path(prepared.run.out_dir)
+        lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
         if dist.get_rank() == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            if lock.note:
+                tqdm.write(lock.note)
+            moved = checkpoint.start_lineage(out_dir, prepared.resume_from)
+            if moved:
+                tqdm.write(moved)
             (out_dir / "config.yaml").write_text(prepared.run.to_yaml(), encoding="utf-8")
             if options.progress:
                 tqdm.write("effective config (also in " + str(out_dir / "config.yaml") + "):\n"
                            + prepared.run.to_yaml())
         return Trainer(prepared, options).fit()
     finally:
+        if lock is not None:
+            lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -19,14 +19,19 @@ KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
 
 
 class MetricsLogger:
-    """Scalars to TensorBoard (<out>/tensorboard) and to <out>/metrics.jsonl on rank 0; a no-op elsewhere."""
+    """Scalars to TensorBoard (<out>/tensorboard) and to <out>/metrics.jsonl on rank 0; a no-op elsewhere.
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    A run that resumes from step k replays the steps after k: the records past k are dropped from
+    metrics.jsonl and TensorBoard is told to purge them (`purge_step`), so each step appears once.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
         self.writer = None
         self.jsonl = out_dir / "metrics.jsonl"
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+            truncate_jsonl(self.jsonl, resume_step)
+            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if self.writer is None:
@@ -40,6 +45,23 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the records of steps <= last_step (atomically: a copy renamed over the file)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+        if step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:

@@ -1,0 +1,114 @@
+"""One writer per run folder: an exclusive lock on `<out>/train.lock`, held by rank 0 for the whole run.
+
+Two trainers on the same --out would interleave checkpoints and metrics. The lock is a POSIX
+record lock (`fcntl.lockf`), which works on local filesystems and on NFS, and which the kernel
+releases when its process dies, whatever killed it. The file itself names the holder
+(`host=... pid=...`) for the message a second trainer prints; a clean exit empties it, so a file
+that still names a holder while the lock is free was left by a process that died: it is taken over
+with a message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+import torch.distributed as dist
+
+from ngpt_ds.errors import NgptConfigError
+
+LOCK_FILE = "train.lock"
+
+
+def _holder() -> str:
+    return f"host={socket.gethostname()} pid={os.getpid()}"
+
+
+def _parse(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """The held lock. `release()` empties the file and unlocks (the file stays: unlinking a lock file races)."""
+
+    def __init__(self, fd: int, path: Path, note: str | None):
+        self.fd, self.path = fd, path
+        self.note = note
+        """A line to print when a stale lock was taken over, else None."""
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        os.close(self.fd)  # closing drops the lock
+        self.fd = -1
+
+
+def acquire(out_dir: Path) -> RunLock:
+    """Create --out if needed and lock it. NgptConfigError when another process holds it or --out is not
+    writable (read-only filesystem, permissions)."""
+    path = out_dir / LOCK_FILE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise NgptConfigError(f"--out {out_dir} is not writable ({os.strerror(err.errno)}): the trainer writes "
+                              "its checkpoints, logs and config there. Choose a writable --out") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not written its name yet"
+        os.close(fd)
+        raise NgptConfigError(f"--out {out_dir} is in use by another trainer ({holder}; lock file {path}). Wait for "
+                              "it to finish or stop it, or choose another --out") from None
+    previous = _parse(os.pread(fd, 4096, 0).decode(errors="replace"))
+    note = None
+    if "pid" in previous:
+        same_host = previous.get("host") == socket.gethostname()
+        dead = same_host and previous["pid"].isdigit() and not _alive(int(previous["pid"]))
+        state = "no longer running" if dead else "its lock was released"
+        note = (f"took over the stale lock of host={previous.get('host', '?')} pid={previous['pid']} ({state}; "
+                "it ended without releasing it)")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (_holder() + "\n").encode(), 0)
+        os.fsync(fd)
+    except OSError as err:
+        os.close(fd)
+        raise NgptConfigError(f"--out {out_dir} is not writable ({os.strerror(err.errno)}). Choose a writable "
+                              "--out") from None
+    return RunLock(fd, path, note)
+
+
+def lock_run(out_dir: Path) -> RunLock | None:
+    """Collective: rank 0 takes the lock; every rank raises the same NgptConfigError if it could not.
+
+    Called right after the process group starts and before any rank writes or builds anything, so
+    the other ranks exit together instead of waiting for rank 0 in a later collective.
+    """
+    lock, problem = None, None
+    if dist.get_rank() == 0:
+        try:
+            lock = acquire(out_dir)
+        except NgptConfigError as err:
+            problem = str(err)
+    box = [problem]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise NgptConfigError(box[0])
+    return lock

@@ -1,0 +1,75 @@
+"""One lineage per run folder (fault: resuming from an older step let retention delete the new lineage
+and keep the abandoned one, which --resume auto and export then picked; metrics and TensorBoard held
+the replayed steps twice).
+
+The issue's scenario on one rank: checkpoints 2..10, then `--resume .../step_2` with keep 2.
+"""
+
+import json
+
+import pytest
+
+from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
+
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {"max_steps": 10, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
+         "checkpoint_interval": 2, "keep_checkpoints": 5, "peak_tflops": 1.0}
+
+
+def train_args(config, ds, data, out, *extra):
+    return [REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", data, "--out", out,
+            "--no-progress", *extra]
+
+
+def step_names(folder):
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def tensorboard_steps(out, tag="train/loss"):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_step_once(tmp_path, tiny_dataset):
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    out = tmp_path / "run"
+    torchrun(*train_args(write_yaml(tmp_path / "keep5.yaml", MODEL, TRAIN), ds, tiny_dataset, out), nproc=1)
+    checkpoints = out / "checkpoints"
+    assert step_names(checkpoints) == [f"step_{s:08d}" for s in (2, 4, 6, 8, 10)]
+    assert (checkpoints / "latest").read_text() == "step_00000010"
+    first = {m["step"]: m["train/loss"] for m in read_metrics(out)}
+    assert sorted(first) == list(range(1, 11))
+
+    # Resume from step 2 with keep 2, up to step 8 (fewer steps than the abandoned lineage reached).
+    keep2 = write_yaml(tmp_path / "keep2.yaml", MODEL, {**TRAIN, "keep_checkpoints": 2})
+    second = torchrun(*train_args(keep2, ds, tiny_dataset, out, "--resume", checkpoints / "step_00000002",
+                                  "--max-steps", "8"), nproc=1)
+    (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
+    assert [line for line in second.stdout.splitlines() if "abandoned-" in line] == [
+        f"resuming from step 2: moved the 4 newer checkpoint folder(s) of the earlier lineage (step_00000004, "
+        f"step_00000006, step_00000008, step_00000010) to {abandoned} (kept, not deleted)"]
+    assert step_names(abandoned) == [f"step_{s:08d}" for s in (4, 6, 8, 10)]
+    for name in step_names(abandoned):  # moved whole: still complete, verified, loadable
+        assert json.loads((abandoned / name / "COMPLETE").read_text())["step"] == int(name[5:])
+    # Retention kept the newest 2 of the new lineage and touched nothing abandoned.
+    assert step_names(checkpoints) == ["step_00000006", "step_00000008"]
+    assert (checkpoints / "latest").read_text() == "step_00000008"
+
+    # Each step once in metrics.jsonl and TensorBoard, the same values in both. Step 3's loss is computed
+    # from step 2's weights, so it equals the first run's (an exact resume).
+    records = read_metrics(out)
+    assert [m["step"] for m in records] == list(range(1, 9))
+    losses = [m["train/loss"] for m in records]
+    assert losses[:3] == [first[1], first[2], first[3]]
+    assert [s for s, _ in tensorboard_steps(out)] == list(range(1, 9))
+    assert [v for _, v in tensorboard_steps(out)] == pytest.approx(losses, rel=1e-6)
+
+    # --resume auto and export's resolution pick the new lineage's newest.
+    from ngpt_ds.infer import resolve_checkpoint
+    from ngpt_ds.train.checkpoint import resolve_resume
+
+    assert resolve_checkpoint(out) == checkpoints / "step_00000008"
+    assert resolve_resume(out, "auto") == checkpoints / "step_00000008"
