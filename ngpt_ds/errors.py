@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import types
+import typing
 from collections.abc import Callable, Iterable
 
 
@@ -41,8 +44,59 @@ class Problems:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             self.add(f"{section}.{key}", values[key], f"unknown field{hint}{extra_hint(key)}")
 
+    def wrong_types(self, section: str, obj: object) -> None:
+        """Report every dataclass field of `obj` whose value is not of its annotated type (YAML `lr: fast`,
+        `betas: 0.9`), so that range checks afterwards compare numbers with numbers."""
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            expected = hints.get(f.name)
+            if expected is not None and not _has_type(value, expected):
+                hint = ""
+                if isinstance(value, str) and _has_type(1.0, expected) and _is_number(value):
+                    hint = f" (YAML reads {value} as text; write it with a dot, e.g. {float(value)!r})"
+                self.add(f"{section}.{f.name}", value, f"must be {_describe(expected)}{hint}")
+
     def raise_if_any(self) -> None:
         if self.items:
             lines = "\n".join(f"  - {item}" for item in self.items)
             n = len(self.items)
             raise NgptConfigError(f"{self.subject}: {n} problem{'s' if n > 1 else ''}\n{lines}")
+
+
+def _has_type(value: object, expected) -> bool:
+    """isinstance for the annotations config dataclasses use: int, float, str, bool, X | None, tuple[X, ...]."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:  # an int is a fine float
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        return (isinstance(value, (list, tuple)) and len(value) == len(args)
+                and all(_has_type(v, a) for v, a in zip(value, args)))
+    return isinstance(value, expected) if isinstance(expected, type) else True
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(expected) -> str:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ')}s, e.g. [0.9, 0.95]" \
+            if len(set(args)) == 1 else f"a list of {len(args)} values"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(expected,
+                                                                                          getattr(expected, "__name__", str(expected)))

@@ -121,7 +121,10 @@ class ModelConfig:
         p = Problems(source)
         p.unknown_fields("model", values, known, lambda key: f" Known fields: {', '.join(sorted(known))}")
         p.raise_if_any()
-        return cls(**values).validate(source)
+        config = cls(**values)
+        p.wrong_types("model", config)  # before validate() compares them
+        p.raise_if_any()
+        return config.validate(source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -98,7 +98,10 @@ class TrainConfig:
             " Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
             if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum")) else ""))
         p.raise_if_any()
-        return cls(**values)
+        config = cls(**values)
+        p.wrong_types("train", config)  # before resolve/validate compare or convert them
+        p.raise_if_any()
+        return config
 
 
 @dataclass
