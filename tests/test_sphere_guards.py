@@ -108,3 +108,18 @@ def test_nvme_offload_is_refused_at_startup(block):
     cpu = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, block: {"device": "cpu"}}}
     check_ds_config(cpu, world_size=1, tensor_parallel=1, source="z3_cpu.json", fp16_supported=False,
                     bf16_supported=True)
+
+
+def test_normalize_matrices_keeps_a_zero_row_zero():
+    """The unsharded renormalization (model construction, tensor-parallel shards): 0/0 would be NaN."""
+    import torch
+
+    from ngpt_ds.model import ModelConfig, build_model, normalize_matrices_
+    model = build_model(ModelConfig(arch="ngpt", vocab_size=64, n_layer=1, n_embd=32, n_head=2, seq_len=16))
+    with torch.no_grad():
+        model.embed.weight[5].zero_()
+    normalize_matrices_(model)
+    weight = model.embed.weight.detach()
+    assert torch.equal(weight[5], torch.zeros(32))
+    others = torch.cat([weight[:5], weight[6:]]).norm(dim=1)
+    assert (others - 1).abs().max().item() < 1e-6

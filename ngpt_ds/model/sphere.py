@@ -40,7 +40,9 @@ def normalize_matrices_(model: nn.Module) -> None:
     """
     for matrix in sphere_matrices(model):
         w = matrix.param.float()
-        matrix.param.copy_(w / torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True))
+        norms = torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True)
+        # A zero vector (a zero-padded vocabulary row) stays zero instead of becoming 0/0 = NaN.
+        matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
 
 
 @torch.no_grad()

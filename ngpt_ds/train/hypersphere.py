@@ -22,7 +22,7 @@ the sums are clamped to the smallest normal float before rsqrt. NaN and inf are 
 hidden: they are flagged at every step and reported by `deviations()`.
 
 This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
-(checked against deepspeed 0.19; see shared recipes §2):
+(checked against deepspeed 0.19.8):
   no ZeRO, fp32        the torch optimizer holds the model parameters
   no ZeRO, bf16/fp16   FP16_UnfusedOptimizer.fp32_groups[i][j] <-> fp16_groups[i][j]
   ZeRO 1/2             param._hp_mapping: hp_fragment (fp32 view), lp_fragment_address.start
