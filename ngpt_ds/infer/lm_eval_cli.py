@@ -14,12 +14,20 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    """lm-eval's command line; bad input to the ngpt_ds model (a missing path, a refused checkpoint
+    file) prints `error: ...` and exits 2, as the other entry scripts do."""
     import ngpt_ds.infer.lm_eval_adapter  # noqa: F401  registers "ngpt_ds"
     from lm_eval.__main__ import cli_evaluate
 
+    from ngpt_ds.errors import NgptConfigError
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except NgptConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""Loading never runs code: the one place ngpt_ds unpickles a checkpoint file.
+
+A `.pt` file is a pickle, and a pickle can name any Python callable to run while it loads. So
+every checkpoint file the project reads, including the files DeepSpeed itself reads on resume and
+in `zero_to_fp32`, goes through torch's restricted unpickler (`torch.load(weights_only=True)`),
+which rebuilds only tensors, plain Python data (dict, list, tuple, set, str, bytes, numbers, bool,
+None), OrderedDict, torch.Size / dtype / device, and the classes on the allow-list below. A file
+that needs anything else is refused with one `UnsafeCheckpointError` naming the file and the type;
+nothing from it runs.
+
+The files and what they need beyond torch's defaults (DeepSpeed 0.19.8, found by saving real
+checkpoints at ZeRO 0/1/2/3 in fp32 and bf16, and tensor-parallel ZeRO 1/2, and listing each
+file with `torch.serialization.get_unsafe_globals_in_checkpoint`):
+
+- `mp_rank_XX_model_states.pt` (ZeRO 0-2; one per tensor-parallel rank): module weights,
+  DeepSpeed's bookkeeping (param_shapes, ds_config, ...) and, at ZeRO 0, the optimizer state;
+  and the trainer's client_state (step, loader position, RNG states, run config), all plain
+  data: nothing beyond the defaults. (The trainer stores numpy's RNG state as lists and ints,
+  ngpt_ds.train.loop, so that no numpy reconstruction function has to be allowed.)
+- `zero_pp_rank_R_mp_rank_XX_model_states.pt` (ZeRO 3: one shard per rank): the same, nothing more.
+- `[bf16_]zero_pp_rank_R_mp_rank_XX_optim_states.pt` (ZeRO 1-3; the `bf16_` prefix in bf16 runs):
+  - `deepspeed.runtime.fp16.loss_scaler.LossScaler`: the optimizer's loss-scaler object (a
+    static scale of 1 in bf16 and fp32 runs);
+  - `deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler`: the same in fp16 runs (GPU only, so
+    it is taken from DeepSpeed's code, not from a saved file, and checked by a round trip in the
+    tests);
+  - `deepspeed.runtime.zero.config.ZeroStageEnum`: the saved `zero_stage` (an int enum);
+  - `deepspeed.utils.tensor_fragment.fragment_address`: ZeRO 1/2's `param_slice_mappings`
+    (a dataclass of two ints).
+
+These classes hold only numbers, booleans and dtypes. Unpickling creates them without running
+their `__init__`, and sets their attributes; no other code runs.
+
+`deepspeed_loads_are_safe()` routes DeepSpeed's own loads here. DeepSpeed 0.19.8 reads every
+checkpoint file through the name `torch.load` (its TorchCheckpointEngine and state_dict_factory
+on resume, `zero_to_fp32` on consolidation), mostly with `weights_only=False`. For the duration
+of the guard, `torch.load` and `torch.serialization.load` are replaced by `load` below, which
+forces `weights_only=True` with this allow-list whatever the caller passes. A newer DeepSpeed
+that loads some other way, or saves other types, needs this header and the list revisited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ngpt_ds.errors import NgptConfigError
+
+TESTED_DEEPSPEED = "0.19.8"
+
+#: The original loader, captured before any guard replaces `torch.load`.
+_TORCH_LOAD = torch.serialization.load
+
+
+class UnsafeCheckpointError(NgptConfigError):
+    """A checkpoint file needs a type outside the allow-list: refused, nothing from it ran."""
+
+
+def allowed_types() -> list[type]:
+    """The classes DeepSpeed's checkpoint files need beyond torch's defaults (see the module header)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _allowed_names() -> set[str]:
+    return {f"{t.__module__}.{t.__qualname__}" for t in allowed_types()}
+
+
+def _describe_file(f: Any) -> str:
+    if isinstance(f, (str, os.PathLike)):
+        path = Path(f)
+        return str(path.resolve()) if path.is_symlink() else str(path)  # a link in a temporary view: the real file
+    return str(getattr(f, "name", None) or f"<{type(f).__name__}>")
+
+
+def _refused_type(f: Any, err: Exception) -> str:
+    """The type the restricted unpickler refused, from torch's message or, failing that, a scan of
+    the file's pickle for globals outside the allow-list."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if found:
+        return found.group(1)
+    if isinstance(f, (str, os.PathLike)):
+        with contextlib.suppress(Exception):
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(f) if g not in _allowed_names()]
+            if unsafe:
+                return ", ".join(unsafe)
+    # No global: another construct torch refuses; keep torch's own reason, without its advice to allow it.
+    reasons = [p.strip() for p in str(err).split("\n\n") if p.strip()
+               and not p.strip().startswith(("Weights only load failed", "Check the documentation"))]
+    return reasons[0].split(" Please use ")[0].replace("\n", " ") if reasons else "an object torch refuses"
+
+
+def refusal(f: Any, err: Exception) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{_describe_file(f)} was refused: loading it needs {_refused_type(f, err)}, which is not a tensor, plain "
+        f"data or one of the DeepSpeed {TESTED_DEEPSPEED} types ngpt_ds allows (ngpt_ds/safe_load.py). Checkpoints "
+        "are data and loading never runs code from them: this file was not written by the ngpt_ds trainer, or it "
+        "was altered. Do not use it")
+
+
+def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickle_load_args: Any) -> Any:
+    """`torch.load` restricted to tensors, plain data and the allow-list; anything else is refused
+    with UnsafeCheckpointError. Other failures (a truncated or missing file) propagate as torch raises them."""
+    pickle_load_args.pop("pickle_module", None)
+    pickle_load_args.pop("weights_only", None)
+    with torch.serialization.safe_globals(allowed_types()):
+        try:
+            return _TORCH_LOAD(f, map_location=map_location, weights_only=True, mmap=mmap, **pickle_load_args)
+        except pickle.UnpicklingError as err:
+            raise refusal(f, err) from None
+
+
+def check(path: str | os.PathLike) -> None:
+    """Unpickle a file under the allow-list and discard it: refuses it exactly as a real load would.
+    Tensor data is memory-mapped (zip-format files), not read, so this costs about the pickle's size."""
+    load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+
+
+def _guarded_torch_load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=None, **pickle_load_args):
+    """What `torch.load` is while `deepspeed_loads_are_safe()` is active: the caller's
+    `weights_only` and `pickle_module` are ignored."""
+    return load(f, map_location=map_location, mmap=mmap, **pickle_load_args)
+
+
+@contextlib.contextmanager
+def deepspeed_loads_are_safe() -> Iterator[None]:
+    """Within this block every `torch.load` (DeepSpeed's included) is the restricted `load`.
+
+    The replacement is process-wide for the block's duration; ngpt_ds enters it around single
+    calls (`engine.load_checkpoint`, `zero_to_fp32`) on the main thread.
+    """
+    saved = torch.load, torch.serialization.load
+    torch.load = torch.serialization.load = _guarded_torch_load
+    try:
+        yield
+    finally:
+        torch.load, torch.serialization.load = saved
