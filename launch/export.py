@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory or training run directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it holds an earlier export (never the checkpoint or a folder around it)")
     parser.add_argument("--tokenizer", metavar="FILE",
                         help="the sentencepiece .model of the training data, when the run's data_dir is not on this "
                              "machine (checked against the model's vocabulary)")

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default=None,
                      help="token dtype in the shards; auto = uint16 when vocab <= 65536, else uint32 (default: auto)")
     out.add_argument("--overwrite", action="store_true",
-                     help="replace an existing --out (only once the new dataset is complete)")
+                     help="replace an existing --out that holds a prepared dataset (meta.json), only once the new "
+                     "one is complete; a folder holding or inside an --input is never replaced")
     run = p.add_argument_group("run")
     run.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer processes; 0 = one per CPU core (max 16)")
     run.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",

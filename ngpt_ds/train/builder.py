@@ -20,6 +20,7 @@ from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
+from ngpt_ds.train import preflight
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
@@ -85,10 +86,14 @@ def prepare(options: TrainOptions) -> Prepared:
                           vocab_size=model_cfg.vocab_size, mlp_width=model_cfg.mlp_width)
 
     out_dir = Path(options.out or Path("runs") / config_path.stem)
+    preflight.check_writable(out_dir)
     resume_from = resolve_resume(out_dir, options.resume,  # verified; a damaged one is skipped or refused
                                  warn=_warn_on_rank0(dist_env.rank))
+    if resume_from is not None:
+        preflight.check_resume_fits(resume_from, model_cfg, meta)  # same model config and tokenizer
     run = RunConfig(config_source=str(config_path), model=model_cfg, train=train_cfg, deepspeed=ds_config,
-                    deepspeed_source=options.deepspeed_config, data_dir=str(data_dir), out_dir=str(out_dir))
+                    deepspeed_source=options.deepspeed_config, data_dir=str(data_dir), out_dir=str(out_dir),
+                    tokenizer_sha256=meta.tokenizer_sha256)
     return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from)
 
 

@@ -115,6 +115,8 @@ class RunConfig:
     deepspeed_source: str
     data_dir: str
     out_dir: str
+    tokenizer_sha256: str | None = None
+    """sha256 of the dataset's tokenizer.model: a resume on data from another tokenizer is refused."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +126,7 @@ class RunConfig:
             "deepspeed_source": self.deepspeed_source,
             "deepspeed": self.deepspeed,
             "data_dir": self.data_dir,
+            "tokenizer_sha256": self.tokenizer_sha256,
             "out_dir": self.out_dir,
         }
 

@@ -3,6 +3,12 @@
 The JSON is the single source of batch sizes, precision, ZeRO stage and gradient
 clipping. The optimizer and LR schedule come from the YAML train section, so a JSON
 `optimizer` or `scheduler` block is rejected rather than silently competing.
+
+Keys DeepSpeed does not read, keys it has removed, blocks its own parser rejects and
+non-boolean switches are refused by name (ngpt_ds.train.ds_schema asks DeepSpeed's parser).
+A value the JSON leaves out is DeepSpeed's default (`gradient_clipping`: 1.0), and after
+`deepspeed.initialize` the values the engine really uses are read back and compared
+(`engine_settings`, `check_engine_agrees`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.train import ds_schema
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,32 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def _block(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A sub-block of the JSON, or {} when absent or not an object (reported by check_ds_config)."""
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def precision_of(config: dict[str, Any]) -> str:
-    if config.get("bf16", {}).get("enabled"):
+    """As DeepSpeed reads it: `bf16` (or its old name `bfloat16` when `bf16` is absent), then `fp16`."""
+    bf16 = _block(config, "bf16") if "bf16" in config else _block(config, "bfloat16")
+    if bf16.get("enabled") is True:
         return "bf16"
-    if config.get("fp16", {}).get("enabled"):
+    if _block(config, "fp16").get("enabled") is True:
         return "fp16"
     return "fp32"
 
 
 def zero_stage_of(config: dict[str, Any]) -> int:
-    return int(config.get("zero_optimization", {}).get("stage", 0))
+    stage = _block(config, "zero_optimization").get("stage", 0)
+    return stage if isinstance(stage, int) else 0
+
+
+def gradient_clipping_of(config: dict[str, Any]) -> float:
+    """The clipping norm DeepSpeed applies: the JSON's value, else DeepSpeed's own default (1.0 in 0.19)."""
+    from deepspeed.runtime.constants import GRADIENT_CLIPPING, GRADIENT_CLIPPING_DEFAULT
+
+    return config.get(GRADIENT_CLIPPING, GRADIENT_CLIPPING_DEFAULT)
 
 
 def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel: int, source: str,
@@ -69,24 +92,27 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
     where data-parallel size = world size / tensor-parallel size.
     """
     p = Problems(f"DeepSpeed config {source}")
+    ds_schema.check_keys(config, p)
+    ds_schema.check_switches(config, "", p)
     for block in ("optimizer", "scheduler"):
         if block in config:
             p.add(block, "{...}", "remove it: the optimizer and LR schedule are set in the YAML train section "
                                   "(lr, min_lr, warmup_steps, weight_decay, betas)")
-    stage = config.get("zero_optimization", {}).get("stage", 0)
+    stage = _block(config, "zero_optimization").get("stage", 0)
     p.check(stage in (0, 1, 2, 3), "zero_optimization.stage", stage, "must be 0, 1, 2 or 3")
     precision = precision_of(config)
-    if config.get("bf16", {}).get("enabled") and config.get("fp16", {}).get("enabled"):
+    if precision == "bf16" and _block(config, "fp16").get("enabled") is True:
         p.add("fp16.enabled", True, "bf16 and fp16 are both enabled; enable one")
     if precision == "fp16" and not fp16_supported:
         p.add("fp16.enabled", True, "this device does not support fp16 training (CPUs without AVX512-FP16/AMX); "
                                     "use bf16 (\"bf16\": {\"enabled\": true}) or fp32 (disable both)")
     if precision == "bf16" and not bf16_supported:
         p.add("bf16.enabled", True, "this device does not support bf16; use fp32 (\"bf16\": {\"enabled\": false})")
-    clip = config.get("gradient_clipping", 0.0)
-    p.check(isinstance(clip, (int, float)) and clip >= 0, "gradient_clipping", clip, "must be a number >= 0")
+    clip = gradient_clipping_of(config)
+    p.check(isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0, "gradient_clipping", clip,
+            "must be a number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)")
     for block in ("offload_optimizer", "offload_param"):
-        device = (config.get("zero_optimization", {}).get(block) or {}).get("device")
+        device = _block(_block(config, "zero_optimization"), block).get("device")
         # NVMe offload swaps the fp32 masters in and out of memory: the hypersphere hook would
         # renormalize copies that are then swapped away.
         p.check(device != "nvme", f"zero_optimization.{block}.device", device,
@@ -99,7 +125,10 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
     total = config.get("train_batch_size")
     for name, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum),
                         ("train_batch_size", total)):
-        p.check(value is None or (isinstance(value, int) and value > 0), name, value, "must be a positive integer")
+        p.check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0), name, value,
+                "must be a positive integer")
+    flagged = {item.split(" = ")[0].split(".")[0] for item in p.items}
+    ds_schema.check_blocks(config, p, skip=flagged | {"optimizer", "scheduler"})
     p.raise_if_any()
     if dp is None:
         raise NgptConfigError(f"world size {world_size} is not divisible by tensor_parallel_size {tensor_parallel}; "
@@ -126,3 +155,48 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
     config["gradient_accumulation_steps"] = accum
     config["train_batch_size"] = plan.global_batch
     return plan
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the DeepSpeed engine actually uses, read back after deepspeed.initialize."""
+
+    zero_stage: int
+    precision: str
+    micro_batch: int
+    grad_accum: int
+    global_batch: int
+    gradient_clipping: float
+
+    def describe(self, config: dict[str, Any]) -> str:
+        from deepspeed.runtime.constants import GRADIENT_CLIPPING
+
+        default = "" if GRADIENT_CLIPPING in config else " (DeepSpeed's default: the JSON does not set it)"
+        return (f"ZeRO stage {self.zero_stage}, {self.precision}, micro-batch {self.micro_batch} x accumulation "
+                f"{self.grad_accum} -> global batch {self.global_batch}, gradient clipping "
+                f"{self.gradient_clipping!r}{default}")
+
+
+def engine_settings(engine) -> EngineSettings:
+    """Read the effective settings from a DeepSpeed engine (its parsed config, defaults filled in)."""
+    return EngineSettings(
+        zero_stage=int(engine.zero_optimization_stage()),
+        precision="bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32",
+        micro_batch=int(engine.train_micro_batch_size_per_gpu()),
+        grad_accum=int(engine.gradient_accumulation_steps()),
+        global_batch=int(engine.train_batch_size()),
+        gradient_clipping=float(engine.gradient_clipping()),
+    )
+
+
+def check_engine_agrees(settings: EngineSettings, config: dict[str, Any], plan: BatchPlan) -> None:
+    """The trainer plans (batches, precision, logs, MFU) from its reading of the JSON; stop if DeepSpeed
+    read it differently, naming each value both ways."""
+    assumed = EngineSettings(zero_stage=zero_stage_of(config), precision=precision_of(config),
+                             micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
+                             global_batch=plan.global_batch, gradient_clipping=float(gradient_clipping_of(config)))
+    differ = [f"{name}: DeepSpeed uses {getattr(settings, name)!r}, the trainer assumed {getattr(assumed, name)!r}"
+              for name in EngineSettings.__dataclass_fields__ if getattr(settings, name) != getattr(assumed, name)]
+    if differ:
+        raise NgptConfigError("the DeepSpeed engine reads the JSON differently from the trainer (" + "; ".join(differ)
+                              + "). Please report this with your DeepSpeed JSON and DeepSpeed version")

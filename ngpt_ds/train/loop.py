@@ -21,7 +21,7 @@ from ngpt_ds.parallel import create_groups
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
-from ngpt_ds.train.ds_config import precision_of
+from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
 from ngpt_ds.train.run_lock import lock_run
@@ -86,6 +86,8 @@ class Trainer:
         self.show_progress = options.progress and self.is_main
         self.groups = create_groups(self.run.train.tensor_parallel_size)
         self.engine = start_engine(self.run, self.groups)
+        self.ds_settings = engine_settings(self.engine)  # what DeepSpeed really uses, defaults included
+        check_engine_agrees(self.ds_settings, self.run.deepspeed, self.plan)
         self.model = self.engine.module
         self.device = self.engine.device
         self.hook = HypersphereHook(self.engine) if self.run.model.arch == "ngpt" else None
@@ -270,6 +272,7 @@ class Trainer:
                    f"vocab {m.vocab_size}, {counts.total / 1e6:.2f}M parameters | {self.world} rank(s), "
                    f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
                    f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})")
+        tqdm.write(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
 
     def _finish(self, status, train_loss, val_loss, start_time, last_checkpoint) -> Summary:
         summary = Summary(status=status, step=self.step, max_steps=self.run.train.max_steps, tokens=self.tokens_seen,

@@ -1,0 +1,179 @@
+"""What DeepSpeed's own config parser accepts, asked of DeepSpeed rather than restated here.
+
+DeepSpeed ignores a top-level key it does not know (a typo such as `gradient_clip` silently
+trains with the default), raises a pydantic traceback for an unknown key inside a block such as
+`zero_optimization`, and coerces the string "false" to False while the trainer would read it as
+true. This module turns each of those into one line of a `Problems` report, before any engine.
+
+It reads these DeepSpeed internals (tested with DeepSpeed 0.19.x):
+
+- `deepspeed.runtime.config.DeepSpeedConfig._initialize_params`: the parser. It is run once on
+  a mapping that records every top-level key asked for (the set of known keys), and once per
+  block of the user's JSON (that block's errors, named after it);
+- `deepspeed.runtime.config._REMOVED_TOP_LEVEL_CONFIG_KEYS`: blocks DeepSpeed has removed, with
+  its own explanation;
+- `deepspeed.runtime.config_utils.DeepSpeedConfigModel`: the pydantic models, for suggestions.
+
+`sequence_parallel_size` and `vocabulary_size` are read by DeepSpeedConfig outside the parser.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import typing
+from typing import Any
+
+from ngpt_ds.errors import Problems
+
+READ_OUTSIDE_THE_PARSER = ("sequence_parallel_size", "vocabulary_size")
+
+
+class _RecordingDict(dict):
+    """An empty mapping that remembers every key the parser looks up (get, [], in, keys())."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return False
+
+    def keys(self):
+        return _RecordingKeys(self.asked)
+
+    def __len__(self):  # `if param_dict and KEY in param_dict.keys()` must reach the lookup
+        return 1
+
+
+class _RecordingKeys(set):
+    def __init__(self, asked: set[str]):
+        super().__init__()
+        self.asked = asked
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return False
+
+
+def _parser():
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    config = object.__new__(DeepSpeedConfig)
+
+    def parse(values: dict[str, Any]) -> Any:
+        config._param_dict = values
+        config._initialize_params(values)
+        return config
+
+    return parse
+
+
+@functools.lru_cache(maxsize=1)
+def known_top_level_keys() -> frozenset[str]:
+    """Every top-level key DeepSpeed's parser reads, recorded by running it on an empty config."""
+    recording = _RecordingDict()
+    _parser()(recording)
+    return frozenset(recording.asked) | frozenset(READ_OUTSIDE_THE_PARSER)
+
+
+def removed_keys() -> dict[str, str]:
+    """Blocks DeepSpeed has removed -> its message (DeepSpeed raises on them itself, as a traceback)."""
+    from deepspeed.runtime import config as ds_config_module
+
+    return dict(getattr(ds_config_module, "_REMOVED_TOP_LEVEL_CONFIG_KEYS", {}))
+
+
+def check_switches(value: Any, path: str, p: Problems) -> None:
+    """Every `enabled` must be a JSON boolean, and no value may be the string "true"/"false":
+    DeepSpeed's pydantic models coerce "false" to False, while a truth test reads it as true."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "enabled" and not isinstance(item, bool):
+                p.add(where, item, "must be true or false (a JSON boolean, without quotes)")
+            else:
+                check_switches(item, where, p)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_switches(item, f"{path}[{i}]", p)
+    elif isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        p.add(path, value, f"write the JSON boolean {value.strip().lower()} without quotes")
+
+
+def check_keys(config: dict[str, Any], p: Problems) -> None:
+    """Unknown and removed top-level keys, each with DeepSpeed's reason or the closest known key."""
+    known = known_top_level_keys()
+    removed = removed_keys()
+    for key in sorted(set(config) - known):
+        if key in removed:
+            p.add(key, "{...}" if isinstance(config[key], dict) else config[key],
+                  f"DeepSpeed no longer supports it: {removed[key].split(' See ')[0]}")
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        p.add(key, "{...}" if isinstance(config[key], dict) else config[key],
+              f"unknown key: DeepSpeed does not read it and would silently ignore it{hint}")
+
+
+def check_blocks(config: dict[str, Any], p: Problems, skip: set[str] = frozenset()) -> None:
+    """Parse each known block alone, as DeepSpeed will; report its errors under the block's name."""
+    import pydantic
+
+    parse = _parser()
+    known = known_top_level_keys()
+    for key in sorted(set(config) & known - set(skip) - set(READ_OUTSIDE_THE_PARSER)):
+        try:
+            parse({key: config[key]})
+        except pydantic.ValidationError as err:
+            model = _model_named(err.title)
+            for item in err.errors():
+                loc = [str(part) for part in item["loc"]]
+                if loc[:1] == [key]:  # models that wrap several blocks (monitors) name the block again
+                    loc = loc[1:]
+                field = ".".join([key, *loc])
+                if item["type"] == "extra_forbidden":
+                    p.add(field, item.get("input"), "unknown field" + _suggestion(model, loc))
+                else:
+                    p.add(field, item.get("input"), f"DeepSpeed rejects it: {item['msg']}")
+        except Exception as err:  # DeepSpeed's own checks raise assorted types (asserts, TypeError on a non-mapping)
+            if isinstance(err, TypeError) and not isinstance(config[key], dict) and "mapping" in str(err):
+                p.add(key, config[key], "must be a JSON object, e.g. {\"enabled\": true} or {\"stage\": 2}")
+            else:
+                p.add(key, config[key], f"DeepSpeed rejects it: {type(err).__name__}: {err}")
+
+
+def _model_named(name: str):
+    from deepspeed.runtime.config_utils import DeepSpeedConfigModel
+
+    todo = [DeepSpeedConfigModel]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def _suggestion(model, loc: list[str]) -> str:
+    """'; did you mean ...?' from the pydantic model's fields at `loc` (nested models followed)."""
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if hasattr(c, "model_fields")), None)
+    if model is None:
+        return ""
+    names = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    close = difflib.get_close_matches(loc[-1], sorted(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; {model.__name__} accepts: {', '.join(sorted(names))}"

@@ -1,0 +1,88 @@
+"""Startup checks of a run's surroundings, before any process group or output folder exists.
+
+- `--out` must be writable: a read-only folder would otherwise fail at the first save, after
+  the compute was spent, with an OSError traceback.
+- A checkpoint to resume from must fit this run: the same model config (a vocab-512 checkpoint
+  on vocab-400 data failed inside DeepSpeed's load with a state_dict size-mismatch traceback,
+  after --out was created), and data from the same tokenizer (one with the same vocabulary
+  size but other pieces would train on token ids that mean different text). The checkpoint's
+  config.yaml records both (`model`, `tokenizer_sha256`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.model import ModelConfig
+
+
+def check_writable(out_dir: Path) -> None:
+    """--out, or the nearest folder above it that exists, must accept a new file."""
+    existing = Path(out_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NgptConfigError(f"--out {out_dir}: {existing} is a file, not a folder; choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ngpt_ds-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        where = "it" if existing == Path(out_dir) else f"{existing}, where it would be created"
+        raise NgptConfigError(f"--out {out_dir} is not writable (cannot create a file in {where}: "
+                              f"{err.strerror}); choose a writable --out") from None
+
+
+def saved_run_config(checkpoint: Path) -> dict[str, Any]:
+    """The resolved run config the trainer saved with the checkpoint (config.yaml)."""
+    path = checkpoint / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise NgptConfigError(f"--resume {checkpoint}: its config.yaml cannot be read ({err}); the checkpoint was "
+                              "not written by the ngpt_ds trainer or is damaged") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise NgptConfigError(f"--resume {checkpoint}: {path} holds no 'model:' section; the checkpoint was not "
+                              "written by the ngpt_ds trainer")
+    return saved
+
+
+def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -> None:
+    """Raise NgptConfigError naming every model field that differs from the checkpoint's, or the
+    tokenizer when the data was prepared with another one."""
+    saved = saved_run_config(checkpoint)
+    fix = (f"Resume with the checkpoint's config and data (data_dir {saved.get('data_dir')}), or start a new run "
+           "with another --out (or --resume none)")
+    current = model.to_dict()
+    differ = [name for name, value in current.items() if saved["model"].get(name, value) != value]
+    if differ:
+        parts = [f"model.{name} = {saved['model'][name]!r} in the checkpoint, {current[name]!r} now" for name in differ]
+        why = (f" (vocab_size comes from the tokenizer of --data {data.data_dir})"
+               if "vocab_size" in differ else "")
+        raise NgptConfigError(f"--resume {checkpoint}: the checkpoint does not fit this run: {'; '.join(parts)}{why}. "
+                              f"{fix}")
+    recorded = saved.get("tokenizer_sha256") or _tokenizer_of(saved.get("data_dir"))
+    if recorded and recorded != data.tokenizer_sha256:
+        raise NgptConfigError(
+            f"--resume {checkpoint}: --data {data.data_dir} was tokenized with another tokenizer (sha256 "
+            f"{data.tokenizer_sha256[:12]}…) than the checkpoint's training data (sha256 {recorded[:12]}…), although "
+            f"both have {data.vocab_size} pieces: the same token ids would mean different text. Prepare the data "
+            f"with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a new run "
+            "with another --out (or --resume none)")
+
+
+def _tokenizer_of(data_dir: str | None) -> str | None:
+    """Checkpoints written before config.yaml recorded tokenizer_sha256: their dataset's, if it is here."""
+    if not data_dir:
+        return None
+    try:
+        return load_dataset_meta(data_dir, verify_tokenizer_hash=False).tokenizer_sha256
+    except NgptConfigError:
+        return None

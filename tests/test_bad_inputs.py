@@ -1,0 +1,215 @@
+"""Bad input, one table: every row is a command a user could type, the exit status it must give and a
+fragment of its one-line message. No row may print a Python traceback or create its --out.
+
+Rows run as plain single-process commands (`python launch/x.py ...`); nearly all stop at startup in a
+few seconds. Rows that need a checkpoint or an export share test_infer_export's tiny trained run.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, cpu_env, run, write_ds_config, write_yaml
+from test_infer_export import MODEL, TRAIN, exported, trained  # noqa: F401  (session fixtures)
+
+# Rows: (id, script, arguments, exit status, message fragment). {name} in an argument is a path from the
+# `ctx` fixture; {out} is a fresh path per row that must still not exist afterwards.
+PREPARE = "prepare_data.py"
+TRAIN_PY = "train.py"
+EXPORT = "export.py"
+GENERATE = "generate.py"
+EVALUATE = "evaluate.py"
+
+
+def train_args(*extra, config="{yaml}", ds="{ds}", data="{data}", out="{out}"):
+    return ["--config", config, "--deepspeed_config", ds, "--data", data, "--out", out, "--no-progress", *extra]
+
+
+ROWS = [
+    # ---- data preparation ----
+    ("prepare-missing-input", PREPARE, ["--input", "{tmp}/nope.jsonl", "--out", "{out}"], 2, "no such file"),
+    ("prepare-input-without-out", PREPARE, ["--input", "{corpus}"], 2, "--out DIR is required with --input"),
+    ("prepare-option-without-input", PREPARE, ["--text-field", "body", "--out", "{out}"], 2,
+     "--text-field: only used with --input"),
+    ("prepare-val-fraction-out-of-range", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--val-fraction", "0.9"],
+     2, "--val-fraction = 0.9: must be in [0, 0.5]"),
+    ("prepare-vocab-too-small", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--vocab-size", "10"], 2,
+     "is too small"),
+    ("prepare-tokenizer-missing", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--tokenizer", "{tmp}/no.model"],
+     2, "--tokenizer = "),
+    ("prepare-unknown-text-field", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--text-field", "body"], 2,
+     "body"),
+    # ---- training: the DeepSpeed JSON ----
+    ("train-json-missing", TRAIN_PY, train_args(ds="{tmp}/nope.json"), 2, "does not exist. The shipped ones"),
+    ("train-json-malformed", TRAIN_PY, train_args(ds="{json_malformed}"), 2, "not valid JSON at line 2"),
+    ("train-json-unknown-top-level-key", TRAIN_PY, train_args(ds="{json_unknown_key}"), 2,
+     "gradient_clip = 1.0: unknown key: DeepSpeed does not read it and would silently ignore it; did you mean "
+     "'gradient_clipping'?"),
+    ("train-json-unknown-zero-key", TRAIN_PY, train_args(ds="{json_unknown_zero_key}"), 2,
+     "zero_optimization.overlap_com = True: unknown field; did you mean 'overlap_comm'?"),
+    ("train-json-bf16-enabled-string", TRAIN_PY, train_args(ds="{json_bf16_string}"), 2,
+     "bf16.enabled = 'false': must be true or false (a JSON boolean, without quotes)"),
+    ("train-json-bf16-not-an-object", TRAIN_PY, train_args(ds="{json_bf16_bool}"), 2, "bf16 = True: must be a JSON object"),
+    ("train-json-removed-block", TRAIN_PY, train_args(ds="{json_removed}"), 2,
+     "elasticity = '{...}': DeepSpeed no longer supports it"),
+    ("train-json-optimizer-block", TRAIN_PY, train_args(ds="{json_optimizer}"), 2, "optimizer = '{...}': remove it"),
+    ("train-json-batch-product", TRAIN_PY, train_args(ds="{json_batch}"), 2, "train_batch_size = 7, but"),
+    ("train-json-negative-clipping", TRAIN_PY, train_args(ds="{json_clip}"), 2, "gradient_clipping = -1.0: must be"),
+    ("train-json-fp16-on-cpu", TRAIN_PY, train_args(ds="{json_fp16}"), 2, "this device does not support fp16"),
+    # ---- training: the YAML ----
+    ("train-yaml-lr-not-a-number", TRAIN_PY, train_args(config="{yaml_lr}"), 2, "train.lr = 'fast': must be a number"),
+    ("train-yaml-betas-scalar", TRAIN_PY, train_args(config="{yaml_betas}"), 2,
+     "train.betas = 0.9: must be a list of 2 numbers"),
+    ("train-yaml-model-field-type", TRAIN_PY, train_args(config="{yaml_model_type}"), 2,
+     "model.n_layer = 'two': must be an integer"),
+    ("train-yaml-engine-field", TRAIN_PY, train_args(config="{yaml_engine_field}"), 2,
+     "belong in the DeepSpeed JSON"),
+    ("train-yaml-malformed", TRAIN_PY, train_args(config="{yaml_malformed}"), 2, "not valid YAML"),
+    ("train-unknown-preset", TRAIN_PY, train_args(config="ngpt_huge"), 2, "unknown preset 'ngpt_huge'"),
+    ("train-vocab-differs-from-data", TRAIN_PY, train_args(config="{yaml_vocab}"), 2, "vocab"),
+    # ---- training: data and output ----
+    ("train-data-missing", TRAIN_PY, train_args(data="{tmp}/no_data"), 2, "no_data"),
+    ("train-out-not-writable", TRAIN_PY, train_args(out="/sys/ngpt_ds_bad_inputs_out"), 2,
+     "--out /sys/ngpt_ds_bad_inputs_out is not writable"),
+    ("train-out-is-a-file", TRAIN_PY, train_args(out="{a_file}/run"), 2, "is a file, not a folder"),
+    # ---- resume ----
+    ("resume-path-missing", TRAIN_PY, train_args("--resume", "{tmp}/no_run"), 2, "does not exist"),
+    ("resume-vocab-512-checkpoint-on-vocab-400-data", TRAIN_PY, train_args("--resume", "{checkpoint}", data="{data400}"),
+     2, "model.vocab_size = 512 in the checkpoint, 400 now"),
+    ("resume-data-from-another-tokenizer", TRAIN_PY, train_args("--resume", "{checkpoint}", data="{data_other}"), 2,
+     "was tokenized with another tokenizer"),
+    ("resume-other-model-shape", TRAIN_PY, train_args("--resume", "{checkpoint}", config="{yaml_deeper}"), 2,
+     "model.n_layer = 2 in the checkpoint, 3 now"),
+    # ---- export ----
+    ("export-missing-checkpoint", EXPORT, ["{tmp}/no_run", "--out", "{out}"], 2, "does not exist"),
+    ("export-partial-checkpoint", EXPORT, ["{partial}", "--out", "{out}"], 2, "partial checkpoint"),
+    ("export-tokenizer-of-another-vocab", EXPORT, ["{checkpoint}", "--out", "{out}", "--tokenizer", "{tok400}"], 2,
+     "has a vocabulary of 400 pieces"),
+    # ---- generation ----
+    ("generate-missing-model", GENERATE, ["{tmp}/no_model", "--prompt", "x"], 2, "does not exist"),
+    ("generate-top-p-out-of-range", GENERATE, ["{export}", "--prompt", "x", "--top-p", "1.5"], 2, "top_p = 1.5"),
+    ("generate-prompt-file-missing", GENERATE, ["{export}", "--prompt-file", "{tmp}/no_prompt.txt"], 2,
+     "--prompt-file"),
+    ("generate-tokenizer-same-size-other-pieces", GENERATE, ["{export}", "--prompt", "x", "--tokenizer", "{tok_other}"],
+     2, "is not the one"),
+    ("generate-export-tokenizer-outside-folder", GENERATE, ["{export_escape}", "--prompt", "x"], 2,
+     "must name a file inside the export folder"),
+    # ---- evaluation ----
+    ("evaluate-missing-model", EVALUATE, ["{tmp}/no_model"], 2, "does not exist"),
+    ("evaluate-data-from-another-tokenizer", EVALUATE, ["{export}", "--data", "{data_other}"], 2, "tokenizer"),
+    ("evaluate-missing-split", EVALUATE, ["{export}", "--data", "{data400}", "--split", "test"], 2, "test"),
+]
+
+
+def _prepare(corpus: Path, out: Path, vocab: int) -> Path:
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    return prepare_dataset(PrepareConfig(inputs=(str(corpus),), out=out, vocab_size=vocab, val_fraction=0.1,
+                                         workers=1, progress=False))
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, trained, exported):  # noqa: F811
+    """Paths every row may name: bad configs, two other datasets, a partial checkpoint, a doctored export."""
+    import pydoc_data.topics
+
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    texts = list(pydoc_data.topics.topics.values())
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[: len(texts) // 3]))
+    data400 = _prepare(corpus, tmp / "data400", 400)
+    data_other = _prepare(corpus, tmp / "data_other", 512)  # 512 pieces, but not the run's tokenizer
+
+    good = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+            "bf16": {"enabled": False}, "zero_optimization": {"stage": 0}}
+    paths = {"tmp": tmp, "corpus": corpus, "data": trained["data"], "data400": data400, "data_other": data_other,
+             "checkpoint": trained["checkpoint"], "export": exported,
+             "tok400": data400 / "tokenizer.model", "tok_other": data_other / "tokenizer.model"}
+    paths["yaml"] = write_yaml(tmp / "tiny.yaml", MODEL, TRAIN)
+    paths["ds"] = write_ds_config(tmp / "ds.json", stage=0, bf16=False, micro=4, accum=1)
+    jsons = {
+        "json_unknown_key": {**good, "gradient_clip": 1.0},
+        "json_unknown_zero_key": {**good, "zero_optimization": {"stage": 2, "overlap_com": True}},
+        "json_bf16_string": {**good, "bf16": {"enabled": "false"}},
+        "json_bf16_bool": {**good, "bf16": True},
+        "json_removed": {**good, "elasticity": {"enabled": True}},
+        "json_optimizer": {**good, "optimizer": {"type": "Adam", "params": {"lr": 1e-3}}},
+        "json_batch": {**good, "train_batch_size": 7},
+        "json_clip": {**good, "gradient_clipping": -1.0},
+        "json_fp16": {**good, "fp16": {"enabled": True}, "zero_optimization": {"stage": 2}},
+    }
+    for name, config in jsons.items():
+        paths[name] = tmp / f"{name}.json"
+        paths[name].write_text(json.dumps(config))
+    paths["json_malformed"] = tmp / "malformed.json"
+    paths["json_malformed"].write_text('{"train_micro_batch_size_per_gpu": 4,\n "bf16": {"enabled": tru}}')
+    yamls = {
+        "yaml_lr": (MODEL, {**TRAIN, "lr": "fast"}),
+        "yaml_betas": (MODEL, {**TRAIN, "betas": 0.9}),
+        "yaml_model_type": ({**MODEL, "n_layer": "two"}, TRAIN),
+        "yaml_engine_field": (MODEL, {**TRAIN, "micro_batch_size": 4}),
+        "yaml_vocab": ({**MODEL, "vocab_size": 1000}, TRAIN),
+        "yaml_deeper": ({**MODEL, "n_layer": 3}, TRAIN),
+    }
+    for name, (model, train) in yamls.items():
+        paths[name] = write_yaml(tmp / f"{name}.yaml", model, train)
+    paths["yaml_malformed"] = tmp / "malformed.yaml"
+    paths["yaml_malformed"].write_text("model: {n_layer: 2\ntrain: {lr: 0.01}\n")
+    paths["a_file"] = tmp / "a_file"
+    paths["a_file"].write_text("not a folder\n")
+
+    partial = tmp / "partial_run" / "checkpoints" / trained["checkpoint"].name
+    shutil.copytree(trained["checkpoint"], partial)
+    (partial / "COMPLETE").unlink()
+    paths["partial"] = partial
+    escape = tmp / "export_escape"
+    shutil.copytree(exported, escape)
+    config = json.loads((escape / "config.json").read_text())
+    config["tokenizer"]["file"] = "../data400/tokenizer.model"
+    (escape / "config.json").write_text(json.dumps(config))
+    paths["export_escape"] = escape
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.mark.parametrize("script, args, code, fragment", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
+def test_bad_input_gives_one_clear_message(ctx, request, script, args, code, fragment):
+    out = Path(ctx["tmp"]) / request.node.callspec.id / "out"
+    argv = [arg.format(out=out, **ctx) for arg in args]
+    proc = run([sys.executable, REPO / "launch" / script, *argv], env=cpu_env(), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    assert fragment in proc.stderr, f"{fragment!r} not in:\n{proc.stderr[-3000:]}"
+    assert "error: " in proc.stderr or "usage: " in proc.stderr
+    assert not out.exists(), f"{out} was created"
+
+
+def test_the_table_covers_every_entry_point_with_at_least_30_rows():
+    scripts = {row[1] for row in ROWS}
+    assert scripts == {PREPARE, TRAIN_PY, EXPORT, GENERATE, EVALUATE}
+    assert len(ROWS) >= 30 and len({row[0] for row in ROWS}) == len(ROWS)
+    assert sum(row[0].startswith("resume-") for row in ROWS) >= 3
+
+
+def test_a_json_without_gradient_clipping_is_reported_as_deepspeeds_default(tmp_path, tiny_dataset):
+    """DeepSpeed clips at 1.0 when the key is absent; the trainer reads the value back from the engine."""
+    from deepspeed.runtime.constants import GRADIENT_CLIPPING_DEFAULT
+
+    from ngpt_ds.train.ds_config import check_ds_config, gradient_clipping_of
+
+    ds = {"train_micro_batch_size_per_gpu": 4, "bf16": {"enabled": False}, "zero_optimization": {"stage": 0}}
+    assert GRADIENT_CLIPPING_DEFAULT == 1.0 and gradient_clipping_of(ds) == 1.0
+    check_ds_config(dict(ds), world_size=1, tensor_parallel=1, source="x.json", fp16_supported=False,
+                    bf16_supported=True)
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    config = write_yaml(tmp_path / "c.yaml", MODEL, {**TRAIN, "max_steps": 1, "log_interval": 1})
+    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config",
+                tmp_path / "ds.json", "--data", tiny_dataset, "--out", tmp_path / "run", "--no-progress"])
+    assert ("DeepSpeed engine (read back): ZeRO stage 0, fp32, micro-batch 4 x accumulation 1 -> global batch 4, "
+            "gradient clipping 1.0 (DeepSpeed's default: the JSON does not set it)") in proc.stdout
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["tokenizer_sha256"] and len(saved["tokenizer_sha256"]) == 64
