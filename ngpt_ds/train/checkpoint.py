@@ -369,7 +369,7 @@ def save(engine, out_dir: Path, step: int, client_state: dict[str, Any], keep: i
     rank = dist.get_rank()
     problem = _agree(_before_save(engine, checkpoint_dir, step) if rank == 0 else None)
     if problem is not None:
-        raise CheckpointWriteError(problem)
+        raise CheckpointWriteError(f"checkpoint of step {step} not saved: {problem}")
 
     problem = None
     try:

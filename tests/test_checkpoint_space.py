@@ -1,0 +1,98 @@
+"""Out of space and read-only --out, on real small filesystems (a tmpfs mounted for the test).
+
+Faults: disk full ended in a traceback and left a partial step_4; a read-only --out ended in a
+traceback. Required: one clear message, a documented exit code (74 for a checkpoint that cannot be
+written, 2 for an --out that is not writable at startup), and no step_N folder that is not whole.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, require_system, run, write_ds_config, write_yaml
+
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {"max_steps": 4, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
+         "checkpoint_interval": 2, "keep_checkpoints": 3, "peak_tflops": 1.0}
+PAGE = 4096
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(bytes, read_only=False) -> a fresh tmpfs of that size, unmounted after the test."""
+    mounted = []
+
+    def mount(size: int, read_only: bool = False):
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs",
+                               str(point)], capture_output=True, text=True)
+        require_system(proc.returncode == 0, f"mounting a small tmpfs needs root: {proc.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def train(tmp_path, data, out):
+    config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    return run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data",
+                data, "--out", out, "--no-progress"], check=False)
+
+
+def checkpoint_folders(out):
+    folder = out / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_too_little_space_for_the_next_checkpoint_stops_with_74_before_writing(tmp_path, tiny_dataset, mount_tmpfs):
+    # 1.5 MiB: room for the run's logs and one ~1.1 MB checkpoint (step 2), not for a second (step 4).
+    out = mount_tmpfs(1536 * 1024) / "run"
+    proc = train(tmp_path, tiny_dataset, out)
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    step2 = out / "checkpoints" / "step_00000002"
+    size = sum(e["size"] for e in json.loads((step2 / "COMPLETE").read_text())["files"].values())
+    (message,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert message.startswith(f"error: checkpoint of step 4 not saved: not enough free space for the checkpoint of "
+                              f"step 4: it needs about {size / 2 ** 20:.1f} MiB (the size of step_00000002), ")
+    assert message.endswith(f"are free on the filesystem of {out / 'checkpoints'}. Nothing was written")
+    # Nothing of step 4 exists; step 2 is whole and what latest names.
+    assert checkpoint_folders(out) == ["latest", "step_00000002", "zero_to_fp32.py", "zero_to_torch.py"]
+    from ngpt_ds.train.checkpoint import verify
+    assert verify(step2) is None
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000002"
+
+
+def test_disk_full_while_writing_a_checkpoint_stops_with_74_and_leaves_no_step_folder(tmp_path, tiny_dataset,
+                                                                                      mount_tmpfs):
+    from ngpt_ds.model import build_model
+    from ngpt_ds.model.config import ModelConfig
+    from ngpt_ds.train.checkpoint import BYTES_PER_PARAMETER_ESTIMATE
+
+    # Free space just above the first save's estimate passes the check before the save, but the real
+    # checkpoint (plus DeepSpeed's recovery scripts, ~40 kB) is larger: the write itself runs out of space.
+    params = sum(p.numel() for p in build_model(ModelConfig(**MODEL, vocab_size=512)).parameters())
+    estimate = params * BYTES_PER_PARAMETER_ESTIMATE
+    out = mount_tmpfs((estimate // PAGE + 13) * PAGE) / "run"  # + the run's logs and lock (~4 pages)
+    proc = train(tmp_path, tiny_dataset, out)
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (message,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert message.startswith("error: checkpoint of step 2 not saved: "), message
+    assert "No space left on device" in message, message
+    assert [name for name in checkpoint_folders(out) if name.startswith("step_") or name == "latest"] == []
+
+
+def test_read_only_out_is_a_clear_error_at_startup(tmp_path, tiny_dataset, mount_tmpfs):
+    out = mount_tmpfs(1024 * 1024, read_only=True) / "run"
+    proc = train(tmp_path, tiny_dataset, out)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: --out {out} is not writable ("), proc.stderr
+    assert "Read-only file system" in proc.stderr.splitlines()[0]
+    assert "Traceback" not in proc.stderr
