@@ -89,7 +89,7 @@ def test_gpt_baseline_structure_and_init():
     assert std(model.blocks[0].attn.qkv.weight) == pytest.approx(0.02, rel=0.05)
     assert std(model.blocks[0].mlp.down.weight) == pytest.approx(0.02 / math.sqrt(6), rel=0.05)
     assert std(model.blocks[0].attn.out.weight) == pytest.approx(0.02 / math.sqrt(6), rel=0.05)
-    # Pre-norm: the residual stream is not normalized (a clean residual path, spec §1.5).
+    # Pre-norm: the residual stream is not normalized (a clean residual path).
     h = torch.randn(2, 16, 128) * 3
     cos, sin = model.rotary.tables(16, h.device, h.dtype)
     with torch.no_grad():

@@ -87,7 +87,7 @@ class SwiGLU(nn.Module):
 
     nGPT scales u <- s_u * u and v <- s_v * sqrt(d_model) * v (eqs. 20-21). The official
     code also puts sqrt(d_model) on u; the block output is normalized and linear in u,
-    so both give the same function and gradients (spec §1.2 item 3).
+    so both give the same function and gradients (docs/ngpt_notes.md, "Gradients").
     `up_gate` rows are [W_u; W_v]; a tensor-parallel shard keeps [u-shard; v-shard].
     """
 

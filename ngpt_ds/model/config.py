@@ -20,7 +20,7 @@ ARCHS = ("ngpt", "gpt")
 class ModelConfig:
     """Architecture of an nGPT or GPT language model.
 
-    Scaling-vector constants follow the paper (PAPER §2.5, Table 1; spec §1.1). A
+    Scaling-vector constants follow the paper (PAPER §2.5, Table 1; docs/ngpt_notes.md). A
     `*_scale` of None means 1/sqrt(n_embd), the paper's default.
     """
 
@@ -41,7 +41,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     """RoPE base theta (PAPER A.5: 10000)."""
 
-    # nGPT scaling vectors: effective value = stored * init / scale (spec §1.1).
+    # nGPT scaling vectors: effective value = stored * init / scale (PAPER §2.5).
     alpha_attn_init: float = 0.05
     """alpha_A,init: eigen learning rate of the attention update (eq. 10)."""
     alpha_attn_scale: float | None = None

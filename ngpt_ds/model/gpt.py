@@ -1,4 +1,4 @@
-"""The standard GPT baseline nGPT is compared with (spec §1.5, after the official bug fix):
+"""The standard GPT baseline nGPT is compared with (as in the official code after its baseline bug fix):
 pre-norm RMSNorm blocks with a clean residual path, SwiGLU, RoPE, a final RMSNorm."""
 
 from __future__ import annotations

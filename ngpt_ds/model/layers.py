@@ -42,7 +42,7 @@ class _L2Normalize(torch.autograd.Function):
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Norm(x) = x / ||x||_2 along `dim` (spec §1.2). The norm is accumulated in fp32.
+    """Norm(x) = x / ||x||_2 along `dim` (the paper's Norm). The norm is accumulated in fp32.
 
     No epsilon, as in the official code: every vector normalized here (hidden states,
     projections of unit vectors, weight rows) is non-zero in practice.
@@ -54,7 +54,7 @@ def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 class MatrixLayout:
     """How a weight matrix lives on the hypersphere and across tensor-parallel ranks.
 
-    norm_dim:  the dim of length d_model, along which nGPT keeps unit norm (spec §1.3).
+    norm_dim:  the dim of length d_model, along which nGPT keeps unit norm (docs/ngpt_notes.md, second table).
     split_dim: the dim a tensor-parallel split cuts; always the other one.
     """
 
@@ -148,7 +148,7 @@ class ScaleVector(nn.Module):
     The stored tensor starts at `scale` and is multiplied by `init / scale` in the
     forward pass, so the effective value starts at `init` while one Adam step on the
     stored value moves the effective value by about lr * init / scale. nGPT's alpha
-    takes the absolute value (spec §1.1). Never renormalized, never weight-decayed.
+    takes the absolute value, as the official code does. Never renormalized, never weight-decayed.
     """
 
     def __init__(self, size: int, *, init: float, scale: float, absolute: bool = False):
@@ -168,7 +168,7 @@ class ScaleVector(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., RoFormer) in the rotate-half layout.
 
-    A correct RoPE, unlike the official nGPT code's (spec §4.3 item 1): rotating q at
+    A correct RoPE, unlike the official nGPT code's (NVIDIA/ngpt issue #10; docs/ngpt_notes.md): rotating q at
     position m and k at position n makes q.k depend only on m - n, and preserves
     norms. Tables are built in fp32 on every call (they are tiny), so they never
     lose precision when the model runs in bf16.

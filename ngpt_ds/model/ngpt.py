@@ -1,4 +1,4 @@
-"""nGPT, the normalized Transformer (Loshchilov et al., arXiv 2410.01131), as spec §1 defines it.
+"""nGPT, the normalized Transformer (Loshchilov et al., arXiv 2410.01131), as docs/ngpt_notes.md records it.
 
 Every vector that forms a matrix-embedding dimension lives on the unit hypersphere:
 token embeddings, the rows/columns of every projection along d_model, and the hidden
