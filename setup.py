@@ -14,7 +14,10 @@ setup(
     package_data={"ngpt_ds": ["model/presets/*.yaml"]},
     install_requires=[
         "torch>=2.4",
-        "deepspeed>=0.16",
+        # The releases the tests pass on (ngpt_ds/train/ds_compat.py SUPPORTED, checked at startup);
+        # launch/setup.sh installs the one the hook's DeepSpeed internals were read against.
+        "deepspeed>=0.19.3,<0.20",
+        "packaging>=20",
         "datasets>=2.19",
         "sentencepiece>=0.2",
         "tensorboard>=2.15",
@@ -22,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "safetensors>=0.4",
         "numpy>=1.24",
+        "psutil>=5.9",  # the trainer watches its launcher (ngpt_ds/train/stopping.py); DeepSpeed needs it too
     ],
     extras_require={
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).

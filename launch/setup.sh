@@ -70,6 +70,9 @@ if env | grep -q '^DS_BUILD_'; then
   say "prebuilding DeepSpeed ops: $(env | grep '^DS_BUILD_' | tr '\n' ' ')"
   pip_flags+=(--no-build-isolation)
 fi
-say "installing ngpt_ds$extras and its dependencies"
-"$PYTHON" -m pip install -q ${pip_flags[@]+"${pip_flags[@]}"} -e ".$extras"
+# DeepSpeed: the release the hypersphere hook's internals were read against (setup.py allows the
+# tested range, ngpt_ds/train/ds_compat.py checks it at startup).
+DEEPSPEED_VERSION=0.19.8
+say "installing ngpt_ds$extras, deepspeed==$DEEPSPEED_VERSION and the other dependencies"
+"$PYTHON" -m pip install -q ${pip_flags[@]+"${pip_flags[@]}"} -e ".$extras" "deepspeed==$DEEPSPEED_VERSION"
 say "done: $("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__}, deepspeed {deepspeed.__version__}")' 2>/dev/null)"

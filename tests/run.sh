@@ -1,7 +1,62 @@
 #!/usr/bin/env bash
 # Set up everything the tests need (system packages and Python packages), then run them.
 #   bash tests/run.sh [pytest args...]
+#
+# With no arguments (the whole suite, as CI runs it) the tests that depend on DeepSpeed's
+# internals (the hypersphere hook, checkpoint resume, the precision x ZeRO step sizes) then run a
+# second time on the lowest DeepSpeed release setup.py allows (ngpt_ds/train/ds_compat.py: LOWEST),
+# in a venv of its own with the same torch. It is built once and reused:
+#   NGPT_DS_MIN_VENV    where it lives (default: $NGPT_DS_CACHE/venv-deepspeed-<LOWEST>-torch-<torch>,
+#                       NGPT_DS_CACHE defaulting to ~/.cache/ngpt_ds)
+#   NGPT_DS_MIN_DEEPSPEED_TESTS=0   skip that second run
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
 bash launch/setup.sh --test
-exec "${PYTHON:-python3}" -m pytest -q tests "$@"
+
+if [ $# -gt 0 ] || [ "${NGPT_DS_MIN_DEEPSPEED_TESTS:-1}" = 0 ]; then
+  exec "$PYTHON" -m pytest -q tests "$@"
+fi
+
+status=0
+"$PYTHON" -m pytest -q tests || status=$?
+
+# The lowest supported DeepSpeed: a plain venv (not --system-site-packages, which would share the
+# main environment's DeepSpeed) with the main environment's torch version and this package's other
+# requirements. The package itself comes from this checkout (PYTHONPATH), so one venv serves every clone.
+MIN_TESTS=(tests/test_hypersphere.py tests/test_precision.py
+           "tests/test_trainer.py::test_resumed_run_reproduces_the_uninterrupted_losses_exactly")
+lowest=$("$PYTHON" -c 'from ngpt_ds.train.ds_compat import LOWEST; print(LOWEST)')
+torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
+venv="${NGPT_DS_MIN_VENV:-${NGPT_DS_CACHE:-$HOME/.cache/ngpt_ds}/venv-deepspeed-$lowest-torch-$torch_version}"
+mapfile -t requirements < <("$PYTHON" - <<'PY'
+import re
+from importlib.metadata import requires
+for req in requires("ngpt_ds") or []:
+    name = re.match(r"[A-Za-z0-9_.-]+", req).group(0).lower()
+    if "extra ==" not in req and name not in ("deepspeed", "torch"):
+        print(req)
+PY
+)
+stamp="deepspeed==$lowest torch==$torch_version ${requirements[*]}"
+started=$SECONDS
+if [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" != "$stamp" ] \
+    || ! "$venv/bin/python" -c 'import deepspeed, torch' 2>/dev/null; then
+  echo "[tests] building $venv (deepspeed==$lowest, torch==$torch_version)"
+  if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
+    echo "error: $venv exists and is not a venv; set NGPT_DS_MIN_VENV to another path" >&2
+    exit 2
+  fi
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  "$PYTHON" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q "torch==$torch_version"
+  "$venv/bin/python" -m pip install -q "deepspeed==$lowest" "pytest>=8" "${requirements[@]}"
+  echo "$stamp" > "$venv/.ngpt_ds_stamp"
+fi
+echo "[tests] DeepSpeed-sensitive tests on the lowest supported release, deepspeed $lowest ($venv)"
+min_status=0
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" -m pytest -q "${MIN_TESTS[@]}" || min_status=$?
+echo "[tests] lowest-DeepSpeed run: exit $min_status, $((SECONDS - started)) s including the venv"
+[ "$status" -ne 0 ] && exit "$status"
+exit "$min_status"

@@ -20,6 +20,7 @@ from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
+from ngpt_ds.train import ds_compat
 from ngpt_ds.train import preflight
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
@@ -56,6 +57,7 @@ class Prepared:
 def prepare(options: TrainOptions) -> Prepared:
     """Resolve and validate configs, data and resume point. Raises NgptConfigError on bad input."""
     dist_env = distributed.discover()
+    ds_compat.check_deepspeed_version()  # before any DeepSpeed internals are touched
     overrides = dict(options.train_overrides or {})
     if options.max_steps is not None:
         overrides["max_steps"] = options.max_steps
@@ -137,5 +139,6 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None):
                               min_lr_ratio=train.min_lr / train.lr)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=run.deepspeed, mpu=groups if tensor_parallel else None)
+    ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
     return engine
 
