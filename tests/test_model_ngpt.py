@@ -1,4 +1,5 @@
-"""nGPT correctness: unit norms, bounds, scalar values, block identities, RoPE, and parity with a naive restatement of the paper's equations."""
+"""nGPT correctness: unit norms, bounds, scalar values, block identities, RoPE, and parity with
+a naive restatement of the paper's equations."""
 
 import math
 

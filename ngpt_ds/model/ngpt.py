@@ -1,4 +1,5 @@
-"""nGPT, the normalized Transformer (Loshchilov et al., arXiv 2410.01131), as docs/ngpt_notes.md records it.
+"""nGPT, the normalized Transformer (Loshchilov et al., arXiv 2410.01131); docs/ngpt_notes.md
+records where ngpt_ds's forms differ from the paper's and the official code's.
 
 Every vector that forms a matrix-embedding dimension lives on the unit hypersphere:
 token embeddings, the rows/columns of every projection along d_model, and the hidden
