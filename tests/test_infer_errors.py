@@ -2,6 +2,7 @@
 not the model's, a corrupt export. (A prompt longer than the context: test_infer_generate.py.)"""
 
 import json
+import re
 import shutil
 import sys
 
@@ -54,6 +55,12 @@ def test_missing_zero_shard_or_config_is_a_clear_error(trained, tmp_path):  # no
     broken = copy_checkpoint(trained, tmp_path / "run")
     (optim_rank1,) = broken.glob("*zero_pp_rank_1_*optim_states.pt")
     optim_rank1.unlink()
+    # The COMPLETE manifest names the missing file before anything is read.
+    missing = f"is damaged: {re.escape(str(optim_rank1))} is missing \\(listed in the COMPLETE"
+    with pytest.raises(NgptConfigError, match=missing):
+        load(broken)
+    # Without a manifest (a plain-text marker of an older ngpt_ds) the loaders still refuse clearly.
+    (broken / "COMPLETE").write_text("step 6\n")
     with pytest.raises(NgptConfigError, match="DeepSpeed could not consolidate the ZeRO shards .* incomplete"):
         load(broken)
     (broken / "config.yaml").unlink()
