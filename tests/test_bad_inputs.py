@@ -65,7 +65,7 @@ ROWS = [
     ("train-yaml-betas-scalar", TRAIN_PY, train_args(config="{yaml_betas}"), 2,
      "train.betas = 0.9: must be a list of 2 numbers"),
     ("train-yaml-model-field-type", TRAIN_PY, train_args(config="{yaml_model_type}"), 2,
-     "model.n_layer = 'two': must be an integer"),
+     "model.rope_base = 'fast': must be a number"),
     ("train-yaml-engine-field", TRAIN_PY, train_args(config="{yaml_engine_field}"), 2,
      "belong in the DeepSpeed JSON"),
     ("train-yaml-malformed", TRAIN_PY, train_args(config="{yaml_malformed}"), 2, "not valid YAML"),
@@ -150,7 +150,7 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
     yamls = {
         "yaml_lr": (MODEL, {**TRAIN, "lr": "fast"}),
         "yaml_betas": (MODEL, {**TRAIN, "betas": 0.9}),
-        "yaml_model_type": ({**MODEL, "n_layer": "two"}, TRAIN),
+        "yaml_model_type": ({**MODEL, "rope_base": "fast"}, TRAIN),
         "yaml_engine_field": (MODEL, {**TRAIN, "micro_batch_size": 4}),
         "yaml_vocab": ({**MODEL, "vocab_size": 1000}, TRAIN),
         "yaml_deeper": ({**MODEL, "n_layer": 3}, TRAIN),
@@ -169,7 +169,8 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
     escape = tmp / "export_escape"
     shutil.copytree(exported, escape)
     config = json.loads((escape / "config.json").read_text())
-    config["tokenizer"]["file"] = "../data400/tokenizer.model"
+    shutil.copyfile(exported / "tokenizer.model", tmp / "escaped.model")  # the right tokenizer, but outside
+    config["tokenizer"]["file"] = "../escaped.model"
     (escape / "config.json").write_text(json.dumps(config))
     paths["export_escape"] = escape
     return {k: str(v) for k, v in paths.items()}
