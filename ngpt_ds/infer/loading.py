@@ -12,6 +12,9 @@ Two sources:
 - an exported folder (`ngpt_ds.infer.export`): `model.safetensors`, `config.json`,
   `tokenizer.model`.
 
+Loading never runs code: every checkpoint file, DeepSpeed's reads in `zero_to_fp32` included, is
+unpickled by ngpt_ds.safe_load (tensors, plain data and an allow-list only).
+
 Every load checks what it can: the COMPLETE marker, parameter names and shapes against the
 model config, the tokenizer against the model's vocabulary (and its recorded sha256), and that
 nGPT's sphere matrices are unit norm along their declared dims.
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 import yaml
 
+from ngpt_ds import safe_load
 from ngpt_ds.data.shards import load_dataset_meta, sha256_file
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
@@ -177,7 +181,9 @@ def _torch_load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NgptConfigError(f"{path} is missing: the checkpoint {path.parent} is incomplete or damaged")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return safe_load.load(path, map_location="cpu", mmap=True)
+    except safe_load.UnsafeCheckpointError:
+        raise
     except Exception as err:  # a truncated or foreign file: torch raises many types
         raise NgptConfigError(f"{path} could not be read ({type(err).__name__}: {err}); the checkpoint is "
                               "damaged") from None
@@ -188,8 +194,10 @@ def _consolidate_zero(checkpoint: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
-        with _quiet():
+        with _quiet(), safe_load.deepspeed_loads_are_safe():
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+    except safe_load.UnsafeCheckpointError:
+        raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, EOFError) as err:
         raise NgptConfigError(f"DeepSpeed could not consolidate the ZeRO shards in {checkpoint}: {err}. "
                               "The checkpoint is incomplete or damaged; use another one") from None

@@ -67,12 +67,19 @@ class Summary:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Tensors and plain data only: checkpoints load with the restricted unpickler (ngpt_ds.safe_load),
+    which would refuse numpy's arrays, so numpy's MT19937 key is stored as a list of ints."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"])}
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                            "pos": int(numpy_state["state"]["pos"])}
+    np.random.set_state(numpy_state)
     random.setstate(state["python"])
 
 

@@ -1,0 +1,198 @@
+"""Loading never runs code: a crafted pickle in any checkpoint file is refused by every entry point.
+
+Each test plants a payload, an object whose `__reduce__` runs a shell command that creates a
+marker file, in one file of a real checkpoint (a 2-rank ZeRO-2 fp32 run and a 2-rank ZeRO-3 bf16
+run, 2 steps each, shared by the module). The file kinds: DeepSpeed's model states, a rank's
+optimizer states, a ZeRO-3 model-state shard, and the trainer's client_state (stored inside the
+model states). Every file kind goes through `launch/generate.py`; every other entry point
+(export, evaluate, the lm-eval command line, `launch/train.py --resume auto` on 2 ranks) gets one
+file kind. Each must exit 2 with one message naming the file and the refused type, print no
+traceback, and leave no marker.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, cpu_env, free_port, run, torchrun, write_ds_config, write_yaml
+
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {"max_steps": 2, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
+         "checkpoint_interval": 0, "peak_tflops": 1.0}
+STEP_DIR = "step_00000002"
+REFUSED_TYPE = f"{os.system.__module__}.system"  # how pickle names os.system: posix.system on Linux
+
+
+class Payload:
+    """Unpickling this runs `touch MARKER`: what a hostile checkpoint would do with a real command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def _set(keys):
+    def plant(states, payload):
+        target = states
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = payload
+    return plant
+
+
+# kind -> (run, file in the checkpoint, where the payload goes)
+KINDS = {
+    "model_states": ("z2", "mp_rank_00_model_states.pt", _set(["ds_config", "note"])),
+    "client_state": ("z2", "mp_rank_00_model_states.pt", _set(["rng", "note"])),
+    "optim_states": ("z2", "zero_pp_rank_1_mp_rank_00_optim_states.pt", _set(["note"])),
+    "zero3_shard": ("z3", "zero_pp_rank_1_mp_rank_00_model_states.pt", _set(["note"])),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dataset) -> dict:
+    """name -> {out, config, ds, data}: a ZeRO-2 fp32 and a ZeRO-3 bf16 run on 2 ranks, 2 steps each."""
+    tmp = tmp_path_factory.mktemp("safe_load")
+    config = write_yaml(tmp / "tiny.yaml", MODEL, TRAIN)
+    found = {}
+    for name, stage, bf16 in (("z2", 2, False), ("z3", 3, True)):
+        ds = write_ds_config(tmp / f"{name}.json", stage=stage, bf16=bf16, micro=4, accum=1)
+        out = tmp / name
+        torchrun(REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", tiny_dataset,
+                 "--out", out, "--no-progress", nproc=2)
+        found[name] = {"out": out, "config": config, "ds": ds, "data": tiny_dataset}
+    return found
+
+
+def poisoned_run(runs, kind: str, dest: Path) -> tuple[Path, Path, Path]:
+    """A copy of the run's checkpoint (as a run folder) with the payload in one file.
+    Returns (run folder, poisoned file, marker path)."""
+    name, filename, plant = KINDS[kind]
+    source = runs[name]["out"] / "checkpoints" / STEP_DIR
+    checkpoint = dest / "run" / "checkpoints" / STEP_DIR
+    shutil.copytree(source, checkpoint)
+    target = checkpoint / filename
+    marker = dest / "MARKER"
+    states = torch.load(target, map_location="cpu", weights_only=False)
+    plant(states, Payload(marker))
+    torch.save(states, target)
+    assert not marker.exists()
+    remark(checkpoint)
+    return dest / "run", target, marker
+
+
+def remark(checkpoint: Path) -> None:
+    """Rewrite the COMPLETE marker to match the files, as whoever planted the payload would: the
+    manifest guards against damage, not against a hostile sender."""
+    from ngpt_ds.train import checkpoint as layout
+
+    build = getattr(layout, "build_manifest", None)
+    text = json.dumps(build(checkpoint, 2)) if build else "step 2\n"
+    (checkpoint / layout.COMPLETE).write_text(text, encoding="utf-8")
+
+
+def assert_refused(proc, target: Path, marker: Path) -> None:
+    output = proc.stdout + proc.stderr
+    assert not marker.exists(), "the payload ran: unpickling the checkpoint executed code"
+    assert proc.returncode == 2, output[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors, proc.stderr[-4000:]
+    assert str(target) in errors[0] and REFUSED_TYPE in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_file_kind_is_refused_by_generate(runs, kind, tmp_path):
+    run_dir, target, marker = poisoned_run(runs, kind, tmp_path)
+    proc = run([sys.executable, REPO / "launch/generate.py", run_dir, "--prompt", "The", "--max-new-tokens", "2",
+                "--greedy"], check=False)
+    assert_refused(proc, target, marker)
+
+
+def test_export_refuses_a_poisoned_checkpoint(runs, tmp_path):
+    run_dir, target, marker = poisoned_run(runs, "optim_states", tmp_path)
+    proc = run([sys.executable, REPO / "launch/export.py", run_dir, "--out", tmp_path / "export"], check=False)
+    assert_refused(proc, target, marker)
+    assert not (tmp_path / "export").exists()
+
+
+def test_evaluate_refuses_a_poisoned_checkpoint(runs, tmp_path):
+    run_dir, target, marker = poisoned_run(runs, "zero3_shard", tmp_path)
+    proc = run([sys.executable, REPO / "launch/evaluate.py", run_dir, "--multiples", "1"], check=False)
+    assert_refused(proc, target, marker)
+
+
+def test_lm_eval_command_refuses_a_poisoned_checkpoint(runs, tmp_path):
+    pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[eval]")
+    run_dir, target, marker = poisoned_run(runs, "client_state", tmp_path)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "text.jsonl").write_text(json.dumps({"text": "The class statement defines a class."}) + "\n")
+    (tasks / "ngpt_safe_rolling.yaml").write_text(
+        f"task: ngpt_safe_rolling\ndataset_path: json\ntest_split: test\n"
+        f"dataset_kwargs: {{data_files: {{test: {tasks / 'text.jsonl'}}}}}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
+        "metric_list: [{metric: word_perplexity}]\n")
+    env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp_path / "hf_cache")
+    proc = run([sys.executable, "-m", "ngpt_ds.infer.lm_eval_cli", "--model", "ngpt_ds",
+                "--model_args", f"path={run_dir}", "--tasks", "ngpt_safe_rolling", "--include_path", tasks,
+                "--device", "cpu"], env=env, check=False)
+    assert_refused(proc, target, marker)
+
+
+def test_resume_refuses_a_poisoned_checkpoint_on_every_rank(runs, tmp_path):
+    """Only rank 1 reads its optimizer states inside DeepSpeed; both ranks must refuse (none left
+    waiting in a collective), through DeepSpeed's launcher, which exits with its ranks' status."""
+    run_dir, target, marker = poisoned_run(runs, "optim_states", tmp_path)
+    name = KINDS["optim_states"][0]
+    proc = run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
+                "--master_port", free_port(), REPO / "launch/train.py", "--config", runs[name]["config"],
+                "--deepspeed_config", runs[name]["ds"], "--data", runs[name]["data"], "--out", run_dir, "--resume", "auto", "--max-steps", "3",
+                "--no-progress"], check=False, timeout=300)
+    assert_refused(proc, target, marker)
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("error: ") and str(target) in line]
+    assert len(refusals) == 2, proc.stderr[-4000:]  # rank 0 refused too: it does not wait for rank 1
+    assert not (run_dir / "checkpoints" / "step_00000003").exists()
+
+
+def test_guard_forces_the_restricted_loader_on_deepspeed_and_allows_its_types(tmp_path):
+    """Inside the guard a `torch.load(..., weights_only=False)`, as DeepSpeed calls it, is refused;
+    DeepSpeed's allow-listed objects (fp16's DynamicLossScaler included: fp16 needs a GPU, so no
+    saved file has it here) round-trip with their attributes; torch.load is restored afterwards."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from ngpt_ds import safe_load
+
+    marker = tmp_path / "MARKER"
+    torch.save({"module": {"w": torch.ones(2)}, "note": Payload(marker)}, tmp_path / "bad.pt")
+    original = torch.load
+    with safe_load.deepspeed_loads_are_safe():
+        with pytest.raises(safe_load.UnsafeCheckpointError, match=re.escape(f"{tmp_path / 'bad.pt'} was refused: "
+                                                                        f"loading it needs {REFUSED_TYPE},")):
+            torch.load(tmp_path / "bad.pt", map_location="cpu", weights_only=False)
+    assert torch.load is original and torch.serialization.load is original
+    assert not marker.exists()
+
+    dynamic = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=500, min_scale=1.0, delayed_shift=2,
+                                consecutive_hysteresis=True, raise_error_at_min_scale=False, dtype=torch.float16)
+    states = {"loss_scaler": LossScaler(1), "dynamic": dynamic, "zero_stage": ZeroStageEnum.gradients,
+              "param_slice_mappings": [{"w": fragment_address(numel=4, start=8)}], "w": torch.arange(3.0)}
+    torch.save(states, tmp_path / "good.pt")
+    with safe_load.deepspeed_loads_are_safe():
+        back = torch.load(tmp_path / "good.pt", weights_only=False)
+    assert vars(back["dynamic"]) == vars(dynamic) and back["dynamic"].dtype == torch.float16
+    assert vars(back["loss_scaler"]) == vars(states["loss_scaler"])
+    assert back["zero_stage"] is ZeroStageEnum.gradients
+    assert back["param_slice_mappings"][0]["w"] == fragment_address(numel=4, start=8)
+    assert torch.equal(back["w"], torch.arange(3.0))
