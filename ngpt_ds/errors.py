@@ -98,5 +98,5 @@ def _describe(expected) -> str:
     if origin is tuple:
         return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ')}s, e.g. [0.9, 0.95]" \
             if len(set(args)) == 1 else f"a list of {len(args)} values"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(expected,
-                                                                                          getattr(expected, "__name__", str(expected)))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(expected, getattr(expected, "__name__", str(expected)))

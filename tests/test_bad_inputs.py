@@ -53,7 +53,8 @@ ROWS = [
      "zero_optimization.overlap_com = True: unknown field; did you mean 'overlap_comm'?"),
     ("train-json-bf16-enabled-string", TRAIN_PY, train_args(ds="{json_bf16_string}"), 2,
      "bf16.enabled = 'false': must be true or false (a JSON boolean, without quotes)"),
-    ("train-json-bf16-not-an-object", TRAIN_PY, train_args(ds="{json_bf16_bool}"), 2, "bf16 = True: must be a JSON object"),
+    ("train-json-bf16-not-an-object", TRAIN_PY, train_args(ds="{json_bf16_bool}"), 2,
+     "bf16 = True: must be a JSON object"),
     ("train-json-removed-block", TRAIN_PY, train_args(ds="{json_removed}"), 2,
      "elasticity = '{...}': DeepSpeed no longer supports it"),
     ("train-json-optimizer-block", TRAIN_PY, train_args(ds="{json_optimizer}"), 2, "optimizer = '{...}': remove it"),
@@ -78,8 +79,8 @@ ROWS = [
     ("train-out-is-a-file", TRAIN_PY, train_args(out="{a_file}/run"), 2, "is a file, not a folder"),
     # ---- resume ----
     ("resume-path-missing", TRAIN_PY, train_args("--resume", "{tmp}/no_run"), 2, "does not exist"),
-    ("resume-vocab-512-checkpoint-on-vocab-400-data", TRAIN_PY, train_args("--resume", "{checkpoint}", data="{data400}"),
-     2, "model.vocab_size = 512 in the checkpoint, 400 now"),
+    ("resume-vocab-512-checkpoint-on-vocab-400-data", TRAIN_PY,
+     train_args("--resume", "{checkpoint}", data="{data400}"), 2, "model.vocab_size = 512 in the checkpoint, 400 now"),
     ("resume-data-from-another-tokenizer", TRAIN_PY, train_args("--resume", "{checkpoint}", data="{data_other}"), 2,
      "was tokenized with another tokenizer"),
     ("resume-other-model-shape", TRAIN_PY, train_args("--resume", "{checkpoint}", config="{yaml_deeper}"), 2,
@@ -214,3 +215,27 @@ def test_a_json_without_gradient_clipping_is_reported_as_deepspeeds_default(tmp_
             "gradient clipping 1.0 (DeepSpeed's default: the JSON does not set it)") in proc.stdout
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["tokenizer_sha256"] and len(saved["tokenizer_sha256"]) == 64
+
+
+def test_engine_that_reads_the_json_differently_stops_the_run():
+    """The trainer's reading of the JSON is checked against the engine's (here: precision and clipping)."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.train.ds_config import BatchPlan, check_engine_agrees, engine_settings
+
+    class Engine:  # the getters deepspeed's engine exposes, answering what DeepSpeed parsed
+        def zero_optimization_stage(self): return 2
+        def bfloat16_enabled(self): return True
+        def fp16_enabled(self): return False
+        def train_micro_batch_size_per_gpu(self): return 4
+        def gradient_accumulation_steps(self): return 1
+        def train_batch_size(self): return 8
+        def gradient_clipping(self): return 1.0
+
+    plan = BatchPlan(micro_batch=4, grad_accum=1, data_parallel=2)
+    agreeing = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}
+    check_engine_agrees(engine_settings(Engine()), agreeing, plan)
+    disagreeing = {"bfloat16": {"enabled": False}, "bf16": {"enabled": False}, "zero_optimization": {"stage": 2},
+                   "gradient_clipping": 0.5}
+    with pytest.raises(NgptConfigError, match=r"precision: DeepSpeed uses 'bf16', the trainer assumed 'fp32'; "
+                                              r"gradient_clipping: DeepSpeed uses 1.0, the trainer assumed 0.5"):
+        check_engine_agrees(engine_settings(Engine()), disagreeing, plan)

@@ -72,10 +72,10 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
     if recorded and recorded != data.tokenizer_sha256:
         raise NgptConfigError(
             f"--resume {checkpoint}: --data {data.data_dir} was tokenized with another tokenizer (sha256 "
-            f"{data.tokenizer_sha256[:12]}…) than the checkpoint's training data (sha256 {recorded[:12]}…), although "
-            f"both have {data.vocab_size} pieces: the same token ids would mean different text. Prepare the data "
-            f"with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a new run "
-            "with another --out (or --resume none)")
+            f"{data.tokenizer_sha256[:12]}…) than the checkpoint's training data (sha256 {recorded[:12]}…), "
+            f"although both have {data.vocab_size} pieces: the same token ids would mean different text. Prepare "
+            "the data with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a "
+            "new run with another --out (or --resume none)")
 
 
 def _tokenizer_of(data_dir: str | None) -> str | None:
