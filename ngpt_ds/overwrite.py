@@ -52,7 +52,8 @@ def check_replaceable(out: str | Path, *, kind: str, marker: str, holds_kind: Ca
     if not out.exists() and not out.is_symlink():
         return
     if out.is_symlink() or not out.is_dir():
-        raise NgptConfigError(f"{option} {out} is a file, not a folder holding {kind}; --overwrite replaces only "
+        what = "a symbolic link" if out.is_symlink() else "a file"
+        raise NgptConfigError(f"{option} {out} is {what}, not a folder holding {kind}; --overwrite replaces only "
                               "such a folder. Choose another path")
     if any(out.iterdir()) and not holds_kind(out):
         bare = kind.split(" ", 1)[1] if kind.startswith(("a ", "an ")) else kind
