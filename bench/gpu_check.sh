@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The GPU path, checked in one go on the day a GPU machine is at hand (not run in CI).
+#
+#   bash bench/gpu_check.sh [--dry-run] [--workdir DIR]
+#
+# Runs in under 8 minutes on one GPU (GPU_CHECK_BUDGET_S, default 450 s: a check that would not
+# fit in what is left is SKIPPED). One rank per GPU: world size 1 on a one-GPU machine, where the
+# hook's all-reduce is routed through the world group so that its NCCL path still runs (the line
+# says so, or says that it could not). Checks, one summary line each (PASS / FAIL / SKIPPED):
+#   hook_zero2_nccl          ds_configs/zero2.json: the hook's collectives on NCCL, masters on the
+#                            sphere after every step, DeepSpeed's zero_to_fp32 consolidation on it
+#   hook_zero2_offload_nccl  the same with ds_configs/zero2_offload.json (fp32 masters on the CPU,
+#                            the hook's all-reduce on the GPU)
+#   hook_zero3_bf16          the same with ds_configs/zero3.json (bf16)
+#   trainer_zero2            launch/train.py end to end on NCCL (ZeRO 2, bf16), finished
+#   export_on_sphere         launch/export.py of that run: the consolidated fp32 masters on the sphere
+#   throughput_0.5b_short    tokens/s and MFU of the 0.5B layer shape at 2 layers (bench/step_time.py)
+#   flash_sdpa               the attention of that shape runs a flash SDPA kernel (torch profiler)
+# Logs and results stay under --workdir (default: a new temporary folder, printed at the end).
+#
+# Exit status: 0 every check PASS (in --dry-run: PASS or SKIPPED), 1 a check FAILed or was
+# SKIPPED, 3 no CUDA GPU is visible (nothing was checked), 2 bad usage.
+# --dry-run runs the same checks on CPU and gloo at toy sizes (GPU-only parts SKIPPED): it tests the
+# script's plumbing on a machine without a GPU, not the GPU path.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+PYTHON="${PYTHON:-python3}"
+DRY=0
+WORKDIR=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --workdir) WORKDIR="${2:?--workdir needs a folder}"; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"
+START=$SECONDS
+NGPU=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null)
+NGPU="${NGPU:-0}"
+if [ "$DRY" = 0 ] && [ "$NGPU" = 0 ]; then
+  echo "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False): nothing was checked." >&2
+  echo "gpu_check: on a machine without a GPU, 'bash bench/gpu_check.sh --dry-run' tests the script itself." >&2
+  exit 3
+fi
+RANKS=$NGPU
+if [ "$DRY" = 1 ]; then
+  RANKS=1
+  export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=""
+fi
+WORKDIR="${WORKDIR:-$(mktemp -d -t gpu_check.XXXXXX)}"
+mkdir -p "$WORKDIR"
+SUMMARY="$WORKDIR/summary.txt"
+: > "$SUMMARY"
+
+say() { printf '[gpu_check] %s\n' "$*"; }
+record() {  # record NAME STATUS DETAILS
+  printf '%-8s %-24s %s\n' "$2" "$1" "$3" | tee -a "$SUMMARY"
+}
+
+# check NAME SECONDS COMMAND...: run it with a time limit; its result is the first line of
+# $WORKDIR/NAME.result if the command wrote one, else PASS on exit 0 and FAIL otherwise.
+check() {
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET_S - (SECONDS - START)))
+  if [ "$left" -lt 20 ]; then
+    record "$name" SKIPPED "time budget spent (${BUDGET_S} s, GPU_CHECK_BUDGET_S)"
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local log="$WORKDIR/$name.log" result="$WORKDIR/$name.result" began=$SECONDS rc=0
+  rm -f "$result"
+  say "$name (limit ${limit} s): $*"
+  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1 || rc=$?
+  local took=$((SECONDS - began))
+  if [ -s "$result" ] && [ "$rc" = 0 ]; then
+    local line
+    line=$(head -n 1 "$result")
+    record "$name" "${line%% *}" "${line#* } [${took} s]"
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    record "$name" FAIL "timed out after ${limit} s; log: $log"
+  elif [ "$rc" = 0 ]; then
+    record "$name" PASS "[${took} s]"
+  else
+    record "$name" FAIL "exit $rc: $(grep -E 'Error|error' "$log" | grep -v Warning | tail -n 1 | cut -c1-300); log: $log"
+  fi
+  [ "$rc" = 0 ]
+}
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+say "workdir $WORKDIR; $([ "$DRY" = 1 ] && echo 'DRY RUN on CPU (gloo, toy sizes)' || echo "$NGPU GPU(s), $RANKS rank(s)")"
+"$PYTHON" - <<'PY' | tee -a "$SUMMARY"
+import torch, deepspeed
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+print(f"INFO     machine                  {gpu}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"deepspeed {deepspeed.__version__}")
+PY
+
+# A small dataset made here: the machine may have no network for the default corpus.
+"$PYTHON" - "$WORKDIR/corpus.jsonl" <<'PY'
+import json, sys, pydoc_data.topics
+with open(sys.argv[1], "w") as f:
+    for text in pydoc_data.topics.topics.values():
+        f.write(json.dumps({"text": text}) + "\n")
+PY
+check prepare_data 90 "$PYTHON" launch/prepare_data.py --input "$WORKDIR/corpus.jsonl" --vocab-size 1024 \
+  --out "$WORKDIR/data" --overwrite --workers 2 --no-progress
+
+STEPS=20
+[ "$DRY" = 1 ] && STEPS=4
+for case in "hook_zero2_nccl zero2" "hook_zero2_offload_nccl zero2_offload" "hook_zero3_bf16 zero3"; do
+  read -r name config <<<"$case"
+  check "$name" 90 "$PYTHON" -m torch.distributed.run --nproc_per_node "$RANKS" --master_addr 127.0.0.1 \
+    --master_port "$(free_port)" bench/gpu_check_worker.py hook --ds "ds_configs/$config.json" --steps "$STEPS" \
+    --workdir "$WORKDIR" --result "$WORKDIR/$name.result"
+done
+
+cat > "$WORKDIR/trainer.yaml" <<EOF
+model: {arch: ngpt, n_layer: 4, n_embd: 256, n_head: 4, seq_len: 256}
+train: {max_steps: $((STEPS * 2)), lr: 0.005, log_interval: 5, eval_interval: 0, eval_batches: 2,
+        checkpoint_interval: 0}
+EOF
+[ "$DRY" = 1 ] && sed -i 's/n_layer: 4, n_embd: 256, n_head: 4, seq_len: 256/n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32/' "$WORKDIR/trainer.yaml"
+if check trainer_zero2 150 "$PYTHON" -m torch.distributed.run --nproc_per_node "$RANKS" --master_addr 127.0.0.1 \
+    --master_port "$(free_port)" launch/train.py --config "$WORKDIR/trainer.yaml" \
+    --deepspeed_config ds_configs/zero2.json --data "$WORKDIR/data" --out "$WORKDIR/runs/zero2" --no-progress; then
+  # shellcheck disable=SC2016  # $1 and $2 expand in the inner shell
+  check export_on_sphere 90 bash -c '"$1" launch/export.py "$2/runs/zero2" --out "$2/export" --overwrite &&
+    "$1" bench/gpu_check_worker.py sphere --model "$2/export" --result "$2/export_on_sphere.result"' \
+    _ "$PYTHON" "$WORKDIR"
+else
+  record export_on_sphere SKIPPED "trainer_zero2 did not finish"
+fi
+
+check throughput_0.5b_short 120 "$PYTHON" bench/gpu_check_worker.py throughput --steps "$((STEPS / 2))" \
+  --json "$WORKDIR/throughput.json" --result "$WORKDIR/throughput_0.5b_short.result"
+check flash_sdpa 90 "$PYTHON" bench/gpu_check_worker.py flash --result "$WORKDIR/flash_sdpa.result"
+
+echo
+echo "gpu_check summary ($((SECONDS - START)) s; logs in $WORKDIR):"
+cat "$SUMMARY"
+if grep -q '^FAIL' "$SUMMARY"; then
+  exit 1
+fi
+if [ "$DRY" = 0 ] && grep -q '^SKIPPED' "$SUMMARY"; then
+  exit 1
+fi
+exit 0
