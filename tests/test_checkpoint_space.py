@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, require_system, run, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, free_port, require_system, run, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
 TRAIN = {"max_steps": 4, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
@@ -69,8 +69,8 @@ def test_too_little_space_for_the_next_checkpoint_stops_with_74_before_writing(t
     assert (out / "checkpoints" / "latest").read_text() == "step_00000002"
 
 
-def test_disk_full_while_writing_a_checkpoint_stops_with_74_and_leaves_no_step_folder(tmp_path, tiny_dataset,
-                                                                                      mount_tmpfs):
+def test_disk_full_while_writing_a_checkpoint_stops_both_ranks_with_74_and_leaves_no_step_folder(
+        tmp_path, tiny_dataset, mount_tmpfs):
     from ngpt_ds.model import build_model
     from ngpt_ds.model.config import ModelConfig
     from ngpt_ds.train.checkpoint import BYTES_PER_PARAMETER_ESTIMATE
@@ -80,12 +80,25 @@ def test_disk_full_while_writing_a_checkpoint_stops_with_74_and_leaves_no_step_f
     params = sum(p.numel() for p in build_model(ModelConfig(**MODEL, vocab_size=512)).parameters())
     estimate = params * BYTES_PER_PARAMETER_ESTIMATE
     out = mount_tmpfs((estimate // PAGE + 13) * PAGE) / "run"  # + the run's logs and lock (~4 pages)
-    proc = train(tmp_path, tiny_dataset, out)
-    assert proc.returncode == 74, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    (message,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert message.startswith("error: checkpoint of step 2 not saved: "), message
-    assert "No space left on device" in message, message
+    config = write_yaml(tmp_path / "tiny.yaml", MODEL, {**TRAIN, "dist_timeout_s": 60})
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    port = free_port()
+    ranks = [subprocess.Popen(  # two ranks, each writing its own optimizer shard
+        [sys.executable, str(REPO / "launch/train.py"), "--config", str(config), "--deepspeed_config", str(ds),
+         "--data", str(tiny_dataset), "--out", str(out), "--no-progress"],
+        env=cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=port),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for rank in range(2)]
+    results = [proc.communicate(timeout=300) for proc in ranks]
+    messages = []
+    for rank, (proc, (_, stderr)) in enumerate(zip(ranks, results)):
+        assert proc.returncode == 74, (rank, stderr[-3000:])
+        assert "Traceback" not in stderr
+        (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        messages.append(message)
+    assert messages[0] == messages[1]  # every rank reports the same failure
+    assert messages[0].startswith("error: checkpoint of step 2 not saved: rank "), messages[0]
+    assert "no space left on device" in messages[0].lower(), messages[0]
     assert [name for name in checkpoint_folders(out) if name.startswith("step_") or name == "latest"] == []
 
 

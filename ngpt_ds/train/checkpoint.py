@@ -16,6 +16,7 @@ disk) is found before DeepSpeed reads it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -280,16 +281,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _describe(err: BaseException) -> str:
+#: What torch.save's zip writer says when the file under it fails (it raises RuntimeError, no errno).
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "iostream error", "file write failed")
+
+
+def _describe(err: BaseException, folder: Path) -> str:
     if isinstance(err, OSError) and err.errno is not None:
         where = f" ({err.filename})" if err.filename else ""
         return f"{os.strerror(err.errno)}{where}"
-    return f"{type(err).__name__}: {err}"
+    text = f"torch.save failed ({str(err).strip()})"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return text
+    full = ": no space left on device" if free < 2 ** 20 else ""
+    return f"{text}; {_gib(free)} free on the filesystem{full}"
 
 
 def _is_write_failure(err: BaseException) -> bool:
-    """An OSError, or torch's zip writer reporting a failed write (it raises RuntimeError)."""
-    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err).lower())
+    """An OSError, or torch's zip writer reporting a failed write."""
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError)
+                                        and any(marker in str(err) for marker in TORCH_WRITE_FAILURES))
 
 
 def _estimate_bytes(engine) -> int:
@@ -314,7 +326,7 @@ def _before_save(engine, checkpoint_dir: Path, step: int) -> str | None:
                        else (_estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"))
         free = shutil.disk_usage(checkpoint_dir).free
     except OSError as err:
-        return f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {_describe(err)}"
+        return f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: " + _describe(err, checkpoint_dir)
     if free < need:
         return (f"not enough free space for the checkpoint of step {step}: it needs about {_gib(need)} ({basis}), "
                 f"{_gib(free)} are free on the filesystem of {checkpoint_dir}. Nothing was written")
@@ -341,7 +353,9 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_ya
     _fsync_dir(checkpoint_dir)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
-    point_latest(checkpoint_dir)
+    # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag.
+    with contextlib.suppress(OSError):
+        point_latest(checkpoint_dir)
     for old in complete_checkpoints(checkpoint_dir)[:-keep]:  # only step_N folders: the current lineage
         shutil.rmtree(old, ignore_errors=True)
     for partial in step_dirs(checkpoint_dir):  # interrupted saves of older ngpt_ds versions
@@ -359,8 +373,8 @@ def _agree(problem: str | None) -> str | None:
 def save(engine, out_dir: Path, step: int, client_state: dict[str, Any], keep: int, config_yaml: str) -> Path:
     """Save on every rank into a temporary tag; rank 0 writes the manifest and renames it into place.
 
-    Raises CheckpointWriteError on every rank when the save cannot be completed (checked free space
-    first; an OSError while writing); the previous complete checkpoints are then untouched.
+    Raises CheckpointWriteError on every rank when the save cannot be completed (too little free space,
+    checked first; a write error on any rank); no step_N folder is then created or changed.
     """
     checkpoint_dir = out_dir / CHECKPOINTS
     tag = tag_for(step)
@@ -377,16 +391,17 @@ def save(engine, out_dir: Path, step: int, client_state: dict[str, Any], keep: i
     except Exception as err:
         if not _is_write_failure(err):
             raise
-        problem = f"writing {tmp}: {_describe(err)}"
+        problem = f"writing {tmp}: {_describe(err, checkpoint_dir)}"
         # DeepSpeed's collectives all precede its writes; the others wait in its closing barrier.
         dist.barrier()
     problem = _agree(problem)
-    if problem is None and rank == 0:
-        try:
-            _finish_save(checkpoint_dir, tmp, tag, step, config_yaml, keep)
-        except OSError as err:
-            problem = f"finishing {checkpoint_dir / tag}: {_describe(err)}"
-    problem = _agree(problem)
+    if problem is None:  # the same on every rank: all take this second collective, or none
+        if rank == 0:
+            try:
+                _finish_save(checkpoint_dir, tmp, tag, step, config_yaml, keep)
+            except OSError as err:
+                problem = f"finishing {checkpoint_dir / tag}: {_describe(err, checkpoint_dir)}"
+        problem = _agree(problem)
     if problem is not None:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # a .tmp-save name is never resumed from anyway
