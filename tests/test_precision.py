@@ -25,6 +25,7 @@ from ngpt_ds.train.ds_config import check_ds_config
 LR = 1e-2
 CASES = [(stage, precision, False) for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16", "fp16")]
 CASES += [(stage, precision, True) for stage in (2, 3) for precision in ("fp32", "bf16", "fp16")]
+CASES += [(1, "bf16_fp32_accum", False)]  # bf16 weights, fp32 gradient accumulation: BF16_Optimizer
 
 
 def case_id(case):
@@ -34,8 +35,10 @@ def case_id(case):
 
 def ds_json(stage, precision, offload):
     config = {"train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
-              "bf16": {"enabled": precision == "bf16"}, "fp16": {"enabled": precision == "fp16"},
+              "bf16": {"enabled": precision.startswith("bf16")}, "fp16": {"enabled": precision == "fp16"},
               "zero_optimization": {"stage": stage}}
+    if precision == "bf16_fp32_accum":
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
     if offload:
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
     return config
@@ -84,3 +87,8 @@ def test_fp16_at_zero0_is_refused_at_startup_and_other_stages_are_not():
         assert refusal((stage, "fp16", False)) is None
     for precision in ("fp32", "bf16"):
         assert refusal((0, precision, False)) is None
+
+
+def test_the_cases_cover_every_optimizer_wrapper_the_hook_knows(measured):
+    assert {r["optimizer"] for r in measured.values()} == {
+        "AdamW", "FP16_UnfusedOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3", "BF16_Optimizer"}

@@ -42,8 +42,10 @@ def first_step(stage: int, precision: str, offload: bool, lr: float) -> dict:
     model = ModelConfig(arch="ngpt", vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, seq_len=SEQ)
     train = TrainConfig(max_steps=10, lr=lr).resolve("ngpt")
     ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-          "bf16": {"enabled": precision == "bf16"}, "fp16": {"enabled": precision == "fp16"},
+          "bf16": {"enabled": precision.startswith("bf16")}, "fp16": {"enabled": precision == "fp16"},
           "zero_optimization": {"stage": stage}, "steps_per_print": 10 ** 9}
+    if precision == "bf16_fp32_accum":  # ZeRO 1: DeepSpeed's BF16_Optimizer instead of the ZeRO optimizer
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     if offload:  # as ds_configs/zero2_offload.json: the torch optimizer steps on the CPU copy
         ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         ds["zero_force_ds_cpu_optimizer"] = False
