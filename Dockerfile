@@ -38,4 +38,9 @@ RUN groupadd --gid 10001 ngpt \
 USER 10001:10001
 VOLUME ["/data", "/opt/ngpt_ds/runs"]
 
+# PID 1 passes docker stop's SIGTERM (and Ctrl-C) on to every process of the run and exits only
+# when all have ended: the deepspeed runner dies of SIGTERM at once while its ranks still save.
+# Give the save time: docker run --stop-timeout 60 (Docker's default is 10 s), or lower
+# train.stop_grace_s below it (README "Stopping a run").
+ENTRYPOINT ["python3", "/opt/ngpt_ds/launch/entrypoint.py"]
 CMD ["deepspeed", "launch/train.py", "--deepspeed_config", "ds_configs/zero2.json"]

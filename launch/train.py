@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "none: start fresh; PATH: a checkpoint directory or run directory")
     parser.add_argument("--max-time", type=float, metavar="SECONDS",
                         help="save a checkpoint and stop cleanly after this much wall time (e.g. before a "
-                             "Slurm time limit); rerun to resume")
+                             "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
+                             "checkpoint, within train.stop_grace_s (YAML, default 25 s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     deepspeed.add_config_arguments(parser)
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary.train_loss:.3f} | validation loss {summary.val_loss:.3f} "
               f"(perplexity {_perplexity(summary.val_loss)}) | checkpoint {summary.checkpoint} | "
               f"dashboard: tensorboard --logdir {summary.out_dir}/tensorboard")
+    if summary.status == "stopped-unsaved":  # no time left in train.stop_grace_s; the previous checkpoint stays
+        from ngpt_ds.train.stopping import STOPPED_UNSAVED_EXIT_CODE
+        return STOPPED_UNSAVED_EXIT_CODE
     return 0
 
 

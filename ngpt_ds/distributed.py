@@ -66,10 +66,23 @@ def _first_slurm_host(env: dict[str, str]) -> str:
     return hosts[0]
 
 
-def _free_port() -> int:
+LOOPBACK = "127.0.0.1"
+"""The rendezvous address of a single-node run: nothing outside the machine can reach it."""
+
+
+def _free_port(addr: str = LOOPBACK) -> int:
+    """A port free on `addr`, the address the rendezvous will listen on (a port free on the loopback
+    can be taken on another interface)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((addr, 0))
         return s.getsockname()[1]
+
+
+def rendezvous_address(single_host: bool) -> tuple[str, int]:
+    """Where rank 0 listens when ngpt_ds chooses: the loopback for a single-node run, else this host's
+    routable address; and a port probed on that very address."""
+    addr = LOOPBACK if single_host else _routable_address()
+    return addr, _free_port(addr)
 
 
 def _int(env: dict[str, str], name: str) -> int:
@@ -98,7 +111,8 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         local_rank = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         per_node = env.get("SLURM_TASKS_PER_NODE", str(world)).split("(")[0].split(",")[0]
         local_world = int(per_node) if per_node.isdigit() else world
-        addr = env.get("MASTER_ADDR") or _first_slurm_host(env)
+        nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
+        addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
         # One port per job, so two jobs sharing a node do not collide.
         port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
         source = "slurm"
@@ -115,7 +129,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         addr, port = _mpi_master(env, rank, single_host=local_world == world)
         source = "mpi"
     else:
-        return DistEnv(0, 1, 0, 1, "127.0.0.1", _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(),
+        return DistEnv(0, 1, 0, 1, LOOPBACK, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK),
                        "single")
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
@@ -133,7 +147,7 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
                               "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
                               "and MASTER_PORT") from None
     comm = MPI.COMM_WORLD
-    mine = ("127.0.0.1" if single_host else _routable_address(), _free_port()) if rank == 0 else None
+    mine = rendezvous_address(single_host) if rank == 0 else None
     addr, port = comm.bcast(mine, root=0)
     return addr, int(env["MASTER_PORT"]) if "MASTER_PORT" in env else port
 

@@ -51,6 +51,10 @@ class TrainConfig:
     """Peak dense TFLOP/s of one device for MFU. None: a table for known GPUs, a matmul measurement on CPU."""
     dist_timeout_s: int = 600
     """Collective timeout: a dead rank ends the job after this many seconds instead of hanging."""
+    stop_grace_s: float = 25.0
+    """Seconds after SIGTERM, SIGINT, SIGHUP or the launcher's exit by which the stop's checkpoint must
+    be saved: below the sender's kill timeout (DeepSpeed's launcher and torchrun: 30 s). A save that
+    would not fit is skipped with a message and exit status 75; the previous checkpoint stays."""
     tensor_parallel_size: int = 1
     """Ranks that split each layer (Megatron-style); must divide the world size, n_head, vocab_size
     and the MLP width. The remaining factor of the world size is data parallelism (ZeRO)."""
@@ -81,6 +85,9 @@ class TrainConfig:
         p.check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", self.betas,
                 "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
         p.check(self.eps > 0, "train.eps", self.eps, "must be > 0")
+        p.check(isinstance(self.stop_grace_s, (int, float)) and not isinstance(self.stop_grace_s, bool)
+                and 0 <= self.stop_grace_s < float("inf"), "train.stop_grace_s", self.stop_grace_s,
+                "must be a number of seconds >= 0, below the launcher's kill timeout (30 s for deepspeed and torchrun)")
         p.check(self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops", self.peak_tflops,
                 "must be > 0 or null")
         if isinstance(self.warmup_steps, int) and isinstance(self.max_steps, int):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,37 +24,18 @@ from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precis
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
 from ngpt_ds.train.run_lock import lock_run
+from ngpt_ds.train.stopping import StopRequest
 
 
 class TrainingDiverged(RuntimeError):
     """The loss, or the norm of a sphere matrix, became NaN or inf."""
 
 
-class StopRequest:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) or --max-time set a flag;
-    ranks agree on it at a step boundary, save and exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self, max_time_s: float | None):
-        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s
-        self.reason: str | None = None
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.reason = f"signal {signal.Signals(signum).name}"
-
-    def requested(self) -> bool:
-        if self.reason is None and self.deadline is not None and time.monotonic() > self.deadline:
-            self.reason = "--max-time reached"
-        return self.reason is not None
-
-
 @dataclass
 class Summary:
     status: str
-    """'finished', 'stopped' (signal or --max-time) or 'already-finished' (nothing to do)."""
+    """'finished', 'stopped' (signal, launcher gone or --max-time; checkpoint saved), 'stopped-unsaved'
+    (an urgent stop came too late in train.stop_grace_s to save) or 'already-finished' (nothing to do)."""
     step: int
     max_steps: int
     tokens: int
@@ -115,7 +95,10 @@ class Trainer:
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
-        self.stop = StopRequest(options.max_time_s)
+        self.resumed_from = prepared.resume_from
+        # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
+        self.stop = StopRequest(options.max_time_s, grace_s=self.run.train.stop_grace_s,
+                                watch_launcher=prepared.dist_env.source != "single")
 
     def _resume(self, path: Path) -> None:
         client = checkpoint.load(self.engine, path)
@@ -223,13 +206,22 @@ class Trainer:
                 val_loss = self.evaluate()
                 self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
                 self._say(f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})")
+            if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
+                status = "stopped-unsaved"
+                self._say(f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}) "
+                          f"without a checkpoint: {self.stop.unsaved_message()}. The newest complete checkpoint "
+                          f"({last_checkpoint or self.resumed_from or 'none yet'}) is intact; run the same command "
+                          "again to resume from it.")
+                break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
-                last_checkpoint = self.save()
+                with self.stop.saving():  # timed: the estimate for a stop's save within its grace
+                    last_checkpoint = self.save()
             if stop:
                 status = "stopped"
                 self._say(f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}); "
                           f"checkpoint saved in {last_checkpoint}. Run the same command again to resume.")
                 break
+        self.stop.close()
         bar.close()
         return self._finish(status, train_loss, val_loss, start_time, last_checkpoint)
 

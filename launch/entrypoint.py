@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""The Docker image's entrypoint: run a command, pass stop signals on, and exit only when everything
+it started has ended.
+
+    python3 launch/entrypoint.py deepspeed launch/train.py --deepspeed_config ds_configs/zero2.json
+
+`docker stop` sends SIGTERM to PID 1 only, and when PID 1 exits the kernel kills every other
+process in the container. With `exec deepspeed ...` or tini as PID 1 that cuts a checkpoint short:
+DeepSpeed's runner has no handler for local runs and dies of SIGTERM at once (tini then exits with
+it), while its ranks are still saving. This process instead:
+
+- starts the command in a process group of its own;
+- passes SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 on to every process it started (torchrun
+  puts its ranks in sessions of their own, so a group signal alone would miss them);
+- is a child subreaper (prctl PR_SET_CHILD_SUBREAPER; PID 1 is one anyway), so ranks orphaned by a
+  runner that died are re-parented to it, and it waits for all of them;
+- exits with the command's status: its exit code, or 128 + N when signal N ended it (143 after
+  `docker stop`, whose SIGTERM the deepspeed runner does not handle).
+
+Outside a container it does the same, e.g. to make a shell wait for the save after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: orphans go to init, the process group is still signalled
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (children of adopted orphans included)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[1].strip() if argv else "usage: entrypoint.py COMMAND [ARGS...]",
+              file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    _become_subreaper()
+    try:
+        child = subprocess.Popen(argv, start_new_session=True)
+    except OSError as err:
+        print(f"error: cannot run {argv[0]}: {err.strerror}", file=sys.stderr)
+        return 127
+
+    def forward(signum, frame) -> None:
+        for pid in {child.pid, *_descendants(os.getpid())}:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    status = None
+    while True:  # reap the command and every orphan re-parented here, until none is left
+        try:
+            pid, wait_status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == child.pid:
+            status = os.waitstatus_to_exitcode(wait_status)
+            child.returncode = status
+    return 128 - status if status is not None and status < 0 else (status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

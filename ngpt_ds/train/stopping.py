@@ -1,0 +1,188 @@
+"""Stop requests: every way a job is told to stop ends in a checkpoint, or in a message saying why not.
+
+A request sets a flag; the ranks agree on it at the next step boundary (through the step's
+all-reduce, in `ngpt_ds.train.loop`), save a checkpoint and exit (README "Stopping a run"). Sources:
+
+- SIGTERM: a launcher passing on a stop, `docker stop`, Slurm's scancel or preemption;
+  SIGINT: Ctrl-C (DeepSpeed's launcher and torchrun pass it on); SIGHUP: the terminal closed (left
+  ignored under nohup). Each sender kills the process some seconds later (DeepSpeed's launch.py and
+  torchrun: 30 s; Slurm: KillWait; Docker: its stop timeout), so these are *urgent*: the save must
+  end within `train.stop_grace_s` of the signal.
+- SIGUSR1 (Slurm's warning before a time limit, `--signal=USR1@180`) and `--max-time`: they come
+  ahead of time, so no grace applies.
+- The launcher exited: the process that started this rank (torchrun, DeepSpeed's launch.py,
+  slurmstepd, mpirun) and, under DeepSpeed's launch.py, the `deepspeed` runner above it. DeepSpeed's
+  runner has no signal handler for local runs: SIGTERM to its pid alone kills it and leaves its
+  ranks training on, holding the rendezvous port. A rank that sees its launcher gone stops (urgent).
+
+Handlers never raise, so a second signal during a save (DeepSpeed's launch.py sends SIGTERM after
+a group's SIGINT; an impatient Ctrl-C) is counted and cannot cut the save short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import psutil
+import torch
+import torch.distributed as dist
+
+from ngpt_ds.train.collectives import all_reduce_on
+
+STOPPED_UNSAVED_EXIT_CODE = 75
+"""launch/train.py's exit status when a stop request came too late in its grace period for a save
+(sysexits' EX_TEMPFAIL: rerun to resume). The newest complete checkpoint is untouched."""
+
+URGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WARNING_SIGNALS = (signal.SIGUSR1,)
+_NO_DEADLINE = 1e18
+
+
+class StopRequest:
+    """The flag, the grace period of an urgent request, and the watch on the launcher.
+
+    Create it in the main thread (Python delivers signals there)."""
+
+    def __init__(self, max_time_s: float | None, grace_s: float = 25.0, watch_launcher: bool = False):
+        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s
+        self.grace_s = grace_s
+        self.reason: str | None = None
+        self.urgent_since: float | None = None
+        """time.monotonic() of the first urgent request; the save must end by urgent_since + grace_s."""
+        self.repeated = 0
+        """Requests after the first one (signals during the save): counted, never obeyed."""
+        self.last_save_s: float | None = None
+        self.time_left: float | None = None
+        for sig in URGENT_SIGNALS + WARNING_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN and sig in (signal.SIGINT, signal.SIGHUP):
+                continue  # nohup, or a background job of a non-interactive shell: stay as the user chose
+            signal.signal(sig, self._on_signal)
+        self.watch = LauncherWatch(self._launcher_exited) if watch_launcher else None
+        if self.watch is not None:
+            self.watch.start()
+
+    def _on_signal(self, signum, frame) -> None:
+        self._request(f"signal {signal.Signals(signum).name}", urgent=signum in URGENT_SIGNALS)
+
+    def _launcher_exited(self, description: str) -> None:
+        self._request(f"{description} exited", urgent=True)
+
+    def _request(self, reason: str, urgent: bool) -> None:
+        if self.reason is None:
+            self.reason = reason
+        else:
+            self.repeated += 1
+        if urgent and self.urgent_since is None:
+            self.urgent_since = time.monotonic()
+
+    def requested(self) -> bool:
+        if self.reason is None and self.deadline is not None and time.monotonic() > self.deadline:
+            self.reason = "--max-time reached"
+        return self.reason is not None
+
+    def seconds_left(self) -> float:
+        """Of this rank's grace period; unbounded without an urgent request."""
+        if self.urgent_since is None:
+            return _NO_DEADLINE
+        return self.urgent_since + self.grace_s - time.monotonic()
+
+    def agree_to_save(self, device) -> bool:
+        """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
+        on every rank? The estimate is this process's last save; before any, the save is tried (a save
+        cut short by the launcher's SIGKILL never replaces the previous checkpoint)."""
+        left = torch.tensor([min(self.seconds_left(), _NO_DEADLINE)], dtype=torch.float64, device=device)
+        all_reduce_on(left, device, op=dist.ReduceOp.MIN)
+        self.time_left = left.item()
+        return self.time_left > (self.last_save_s or 0.0)
+
+    def unsaved_message(self) -> str:
+        took = f", the last save took {self.last_save_s:.1f} s" if self.last_save_s is not None else ""
+        return (f"no time left to save (train.stop_grace_s = {self.grace_s:g}, {max(self.time_left or 0.0, 0.0):.1f} s "
+                f"of it left{took})")
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Time a save, for the next stop's estimate."""
+        start = time.monotonic()
+        yield
+        self.last_save_s = time.monotonic() - start
+
+    def close(self) -> None:
+        """Stop watching the launcher. The signal handlers stay to the end of the process, so a signal
+        that arrives while it shuts down does not turn a clean stop into a crash."""
+        if self.watch is not None:
+            self.watch.stop()
+
+
+def launcher_processes() -> list[psutil.Process]:
+    """The processes whose exit means this rank must stop: its parent and, when the parent is
+    DeepSpeed's per-node launcher (`python -m deepspeed.launcher.launch`), the `deepspeed` runner (or
+    the remote shell) that started it."""
+    try:
+        parent = psutil.Process(os.getppid())
+        watched = [parent]
+        if "deepspeed.launcher.launch" in " ".join(parent.cmdline()):
+            runner = parent.parent()
+            if runner is not None and runner.pid != 1:
+                watched.append(runner)
+        return watched
+    except psutil.Error:  # the parent is already gone: the watch reports it at once
+        return []
+
+
+class LauncherWatch:
+    """A daemon thread that calls `on_exit(description)` once, when a launcher process is gone (or a
+    zombie): the parent's death also shows as a new parent pid (the rank was re-parented)."""
+
+    def __init__(self, on_exit, interval_s: float = 0.5):
+        self.on_exit = on_exit
+        self.interval_s = interval_s
+        self.ppid = os.getppid()
+        self.watched = [(proc, _describe(proc)) for proc in launcher_processes()]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ngpt-launcher-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def gone(self) -> str | None:
+        if not self.watched or os.getppid() != self.ppid:
+            return self.watched[0][1] if self.watched else f"the parent process (pid {self.ppid})"
+        for proc, description in self.watched:
+            if not _alive(proc):
+                return description
+        return None
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            description = self.gone()
+            if description is not None:
+                self.on_exit(description)
+                return
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        cmdline = []
+    words = " ".join(cmdline)
+    name = ("DeepSpeed's launch.py" if "deepspeed.launcher.launch" in words
+            else "the deepspeed runner" if "deepspeed" in words
+            else "torchrun" if "torch.distributed.run" in words or "torchrun" in words
+            else os.path.basename(cmdline[0]) if cmdline else "the parent process")
+    return f"its launcher {name} (pid {proc.pid})"
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
