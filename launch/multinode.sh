@@ -24,9 +24,9 @@
 #   through mpi4py (ngpt_ds/distributed.py), unless MASTER_ADDR/MASTER_PORT are set. OpenMPI
 #   starts remote ranks over ssh too; MPI_ARGS adds mpirun flags (e.g. "--mca btl_tcp_if_include eth0").
 #
-# Environment: MASTER_ADDR (default: the first host), MASTER_PORT (default 29500), SSH_PORT,
-# PYTHON (default python3), DEEPSPEED_ARGS / MPI_ARGS (extra launcher flags), DRY_RUN=1 (print the
-# command instead of running it).
+# Environment: MASTER_ADDR (default: the first host; 127.0.0.1 for a single host), MASTER_PORT
+# (default 29500), SSH_PORT, PYTHON (default python3), DEEPSPEED_ARGS / MPI_ARGS (extra launcher
+# flags), DRY_RUN=1 (print the command instead of running it).
 set -euo pipefail
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -55,8 +55,9 @@ run() {
 
 case "$mode" in
   deepspeed)
-    cmd=(deepspeed --hostfile "$hostfile" --master_addr "${MASTER_ADDR:-${hosts[0]}}"
-         --master_port "${MASTER_PORT:-29500}")
+    master="${MASTER_ADDR:-${hosts[0]}}"
+    [ ${#hosts[@]} = 1 ] && master="${MASTER_ADDR:-127.0.0.1}"   # one host: the rendezvous stays on it
+    cmd=(deepspeed --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}")
     [ -n "${SSH_PORT:-}" ] && cmd+=(--ssh_port "$SSH_PORT")
     [ ${#hosts[@]} = 1 ] && cmd+=(--no_ssh_check)   # one host: DeepSpeed starts it locally, no ssh
     # shellcheck disable=SC2206  # DEEPSPEED_ARGS is a word list
