@@ -102,11 +102,16 @@ def _refused_type(f: Any, err: Exception) -> str:
 
 
 def refusal(f: Any, err: Exception) -> UnsafeCheckpointError:
+    needed = _refused_type(f, err)
+    why = "this file was not written by the ngpt_ds trainer, or it was altered. Do not use it"
+    if needed.startswith("numpy."):  # the one type an older trainer saved itself: its RNG state
+        why = ("the ngpt_ds trainer saved numpy's RNG state as an array before loading was restricted, so this "
+               "may be such an older checkpoint; it cannot be loaded safely. Start a new run, or use it with the "
+               "older ngpt_ds only if you trust where it came from")
     return UnsafeCheckpointError(
-        f"{_describe_file(f)} was refused: loading it needs {_refused_type(f, err)}, which is not a tensor, plain "
+        f"{_describe_file(f)} was refused: loading it needs {needed}, which is not a tensor, plain "
         f"data or one of the DeepSpeed {TESTED_DEEPSPEED} types ngpt_ds allows (ngpt_ds/safe_load.py). Checkpoints "
-        "are data and loading never runs code from them: this file was not written by the ngpt_ds trainer, or it "
-        "was altered. Do not use it")
+        f"are data and loading never runs code from them: {why}")
 
 
 def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickle_load_args: Any) -> Any:

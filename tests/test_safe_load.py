@@ -196,3 +196,17 @@ def test_guard_forces_the_restricted_loader_on_deepspeed_and_allows_its_types(tm
     assert back["zero_stage"] is ZeroStageEnum.gradients
     assert back["param_slice_mappings"][0]["w"] == fragment_address(numel=4, start=8)
     assert torch.equal(back["w"], torch.arange(3.0))
+
+
+def test_an_older_trainers_numpy_rng_state_is_refused_with_a_hint(tmp_path):
+    """Before loading was restricted, the trainer saved numpy's RNG state as an array; such a
+    checkpoint is refused (numpy's reconstruction functions stay off the allow-list) and the message
+    says what it probably is."""
+    import numpy as np
+
+    from ngpt_ds import safe_load
+
+    torch.save({"rng": {"numpy": np.random.get_state()}}, tmp_path / "old.pt")
+    with pytest.raises(safe_load.UnsafeCheckpointError, match=r"old\.pt was refused: loading it needs numpy\..*"
+                       r"may be such an older checkpoint; it cannot be loaded safely"):
+        safe_load.load(tmp_path / "old.pt")
