@@ -53,7 +53,7 @@ def _set(keys):
 KINDS = {
     "model_states": ("z2", "mp_rank_00_model_states.pt", _set(["ds_config", "note"])),
     "client_state": ("z2", "mp_rank_00_model_states.pt", _set(["rng", "note"])),
-    "optim_states": ("z2", "zero_pp_rank_1_mp_rank_00_optim_states.pt", _set(["note"])),
+    "optim_states": ("z2", "zero_pp_rank_0_mp_rank_00_optim_states.pt", _set(["note"])),
     "zero3_shard": ("z3", "zero_pp_rank_1_mp_rank_00_model_states.pt", _set(["note"])),
 }
 
@@ -150,17 +150,18 @@ def test_lm_eval_command_refuses_a_poisoned_checkpoint(runs, tmp_path):
 
 
 def test_resume_refuses_a_poisoned_checkpoint_on_every_rank(runs, tmp_path):
-    """Only rank 1 reads its optimizer states inside DeepSpeed; both ranks must refuse (none left
-    waiting in a collective), through DeepSpeed's launcher, which exits with its ranks' status."""
+    """Rank 0 alone reads its optimizer states inside DeepSpeed, and the pre-load check hands this
+    file (the second of three, sorted) to rank 1: both ranks must refuse, none left waiting in a
+    collective. Through DeepSpeed's launcher, which exits with its ranks' status."""
     run_dir, target, marker = poisoned_run(runs, "optim_states", tmp_path)
     name = KINDS["optim_states"][0]
     proc = run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
                 "--master_port", free_port(), REPO / "launch/train.py", "--config", runs[name]["config"],
-                "--deepspeed_config", runs[name]["ds"], "--data", runs[name]["data"], "--out", run_dir, "--resume", "auto", "--max-steps", "3",
-                "--no-progress"], check=False, timeout=300)
+                "--deepspeed_config", runs[name]["ds"], "--data", runs[name]["data"], "--out", run_dir,
+                "--resume", "auto", "--max-steps", "3", "--no-progress"], check=False, timeout=300)
     assert_refused(proc, target, marker)
     refusals = [line for line in proc.stderr.splitlines() if line.startswith("error: ") and str(target) in line]
-    assert len(refusals) == 2, proc.stderr[-4000:]  # rank 0 refused too: it does not wait for rank 1
+    assert len(refusals) == 2, proc.stderr[-4000:]  # both ranks refused: neither waits for the other
     assert not (run_dir / "checkpoints" / "step_00000003").exists()
 
 
