@@ -57,6 +57,14 @@ def train_args(configs, data, out, yaml="yaml"):
             "--out", out, "--no-progress"]
 
 
+def start_from_chain(out: Path) -> int:
+    """Copy the run folder of the last stop into `out` (not its lock); the step to resume from, or 0."""
+    if CHAIN["dir"] is None:
+        return 0
+    shutil.copytree(CHAIN["dir"], out, ignore=shutil.ignore_patterns("train.lock"))
+    return CHAIN["step"]
+
+
 def losses(out) -> dict[int, float]:
     """step -> train loss of the run folder (a replayed step keeps its last value)."""
     if not (out / "metrics.jsonl").exists():
@@ -169,10 +177,7 @@ PATHS = [
 def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target, sig, expected_rc, configs,
                                                                     tiny_dataset, reference, tmp_path):
     out = tmp_path / "run"
-    start = 0
-    if CHAIN["dir"] is not None:
-        shutil.copytree(CHAIN["dir"], out, ignore=shutil.ignore_patterns("train.lock"))
-        start = CHAIN["step"]
+    start = start_from_chain(out)
     port, log = rendezvous_port(), tmp_path / "job.log"
     proc = launch(how, configs, tiny_dataset, out, port, log)
     try:
@@ -232,10 +237,7 @@ def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(configs, tin
     """train.stop_grace_s 0: a SIGTERM is obeyed at once, without a save. The previous complete
     checkpoint is left as it was, and the exit status says no checkpoint was written."""
     out = tmp_path / "run"
-    start = 0
-    if CHAIN["dir"] is not None:
-        shutil.copytree(CHAIN["dir"], out, ignore=shutil.ignore_patterns("train.lock"))
-        start = CHAIN["step"]
+    start = start_from_chain(out)
     before = sorted(p.name for p in (out / "checkpoints").iterdir()) if start else []
     port, procs = rendezvous_port(), []
     for rank in range(2):  # plain processes, so each rank's own exit status is seen
@@ -268,10 +270,7 @@ def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(configs, tin
 
 def test_zz_last_stop_resumes_to_the_end(configs, tiny_dataset, reference, tmp_path):
     out = tmp_path / "run"
-    start = 0
-    if CHAIN["dir"] is not None:
-        shutil.copytree(CHAIN["dir"], out, ignore=shutil.ignore_patterns("train.lock"))
-        start = CHAIN["step"]
+    start = start_from_chain(out)
     assert start > 0, "no stop path left a checkpoint to resume"
     proc = torchrun(*train_args(configs, tiny_dataset, out), nproc=2, timeout=600)
     assert f"resumed from {out / 'checkpoints' / f'step_{start:08d}'} at step {start}" in proc.stdout
@@ -352,3 +351,15 @@ def test_free_port_probe_binds_the_address_the_rendezvous_uses(single_host, monk
     addr, port = distributed.rendezvous_address(single_host=single_host)
     assert addr == ("127.0.0.1" if single_host else routable)
     assert probed == [addr] and port > 0
+
+
+def test_single_host_deepspeed_hostfile_binds_the_rendezvous_to_loopback(tmp_path):
+    (tmp_path / "one").write_text("gpu-a slots=2\n")
+    (tmp_path / "two").write_text("gpu-a slots=2\ngpu-b slots=2\n")
+    env = cpu_env(DRY_RUN=1)
+    env.pop("MASTER_ADDR", None)
+    for hostfile, master in (("one", "127.0.0.1"), ("two", "gpu-a")):
+        proc = subprocess.run(["bash", REPO / "launch/multinode.sh", "deepspeed", tmp_path / hostfile, "--out", "x"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        words = proc.stdout.split()
+        assert proc.returncode == 0 and words[words.index("--master_addr") + 1] == master, proc.stdout + proc.stderr
