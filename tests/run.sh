@@ -3,9 +3,9 @@
 #   bash tests/run.sh [pytest args...]
 #
 # With no arguments (the whole suite, as CI runs it) the tests that depend on DeepSpeed's
-# internals (the hypersphere hook, checkpoint resume, the precision x ZeRO step sizes) then run a
-# second time on the lowest DeepSpeed release setup.py allows (ngpt_ds/train/ds_compat.py: LOWEST),
-# in a venv of its own with the same torch. It is built once and reused:
+# internals (the hypersphere hook and its guards, checkpoint resume, the precision x ZeRO step
+# sizes) then run a second time on the lowest DeepSpeed release setup.py allows
+# (ngpt_ds/train/ds_compat.py: LOWEST), in a venv of its own with the same torch, built once and reused:
 #   NGPT_DS_MIN_VENV    where it lives (default: $NGPT_DS_CACHE/venv-deepspeed-<LOWEST>-torch-<torch>,
 #                       NGPT_DS_CACHE defaulting to ~/.cache/ngpt_ds)
 #   NGPT_DS_MIN_DEEPSPEED_TESTS=0   skip that second run
@@ -24,7 +24,7 @@ status=0
 # The lowest supported DeepSpeed: a plain venv (not --system-site-packages, which would share the
 # main environment's DeepSpeed) with the main environment's torch version and this package's other
 # requirements. The package itself comes from this checkout (PYTHONPATH), so one venv serves every clone.
-MIN_TESTS=(tests/test_hypersphere.py tests/test_precision.py
+MIN_TESTS=(tests/test_hypersphere.py tests/test_sphere_guards.py tests/test_precision.py
            "tests/test_trainer.py::test_resumed_run_reproduces_the_uninterrupted_losses_exactly")
 lowest=$("$PYTHON" -c 'from ngpt_ds.train.ds_compat import LOWEST; print(LOWEST)')
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
