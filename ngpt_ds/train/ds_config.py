@@ -109,7 +109,8 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
     if precision == "fp16" and stage == 0:
         # DeepSpeed's engine.backward scales the loss only for ZeRO optimizers, while its ZeRO-0 fp16
         # optimizer (FP16_UnfusedOptimizer) still divides the gradients by the loss scale: every update
-        # shrinks (0.1x at the first step), unseen because the hook keeps the weights on the sphere.
+        # shrinks (0.17x at the first step of tests/test_precision.py), unseen because the hook keeps
+        # the weights on the sphere.
         p.add("fp16.enabled", True, "fp16 at ZeRO stage 0 gives wrong updates in DeepSpeed (the loss scale is "
                                     "divided out but never applied); set zero_optimization.stage to 1, 2 or 3, "
                                     "or use bf16 (\"bf16\": {\"enabled\": true})")
