@@ -1,12 +1,12 @@
 """The DeepSpeed releases ngpt_ds is tested with, checked at startup, and a fault of them undone.
 
 The hypersphere hook (ngpt_ds/train/hypersphere.py) reads DeepSpeed's private optimizer
-attributes, which change between minor releases: 0.16-0.19.2 have no
-`DeepSpeedZeroOptimizer_Stage3._get_param_partition_rank`, so ZeRO 3 failed there with an
-AttributeError after the process group was up. The range below is the one CI runs: the
-hypersphere, resume and precision tests pass on its lowest release and on TESTED (tests/run.sh
-runs them on both). The upper bound stops before the next minor release, whose internals
-nobody has checked yet.
+attributes, which change between minor releases: 0.16.0-0.19.2 have no
+`DeepSpeedZeroOptimizer_Stage3._get_param_partition_rank` (it came with 0.19.3), so ZeRO 3
+failed there with an AttributeError after the process group was up; 0.16.0 and 0.19.2 were
+run to confirm it. The range below is the one CI runs: the hypersphere, sphere-guard, resume
+and precision tests pass on its lowest release and on TESTED (tests/run.sh runs them on both).
+The upper bound stops before the next minor release, whose internals nobody has checked yet.
 
 `check_deepspeed_version` reads the installed version from the package metadata, without
 importing DeepSpeed, and runs before any process group exists, so a wrong version stops every
