@@ -10,7 +10,8 @@ nothing from it runs.
 
 The files and what they need beyond torch's defaults (DeepSpeed 0.19.8, found by saving real
 checkpoints at ZeRO 0/1/2/3 in fp32 and bf16, and tensor-parallel ZeRO 1/2, and listing each
-file with `torch.serialization.get_unsafe_globals_in_checkpoint`):
+file with `torch.serialization.get_unsafe_globals_in_checkpoint`; the lowest supported release,
+0.19.3, saves the same types at ZeRO 2 fp32 and ZeRO 3 bf16):
 
 - `mp_rank_XX_model_states.pt` (ZeRO 0-2; one per tensor-parallel rank): module weights,
   DeepSpeed's bookkeeping (param_shapes, ds_config, ...) and, at ZeRO 0, the optimizer state;
@@ -28,15 +29,19 @@ file with `torch.serialization.get_unsafe_globals_in_checkpoint`):
   - `deepspeed.utils.tensor_fragment.fragment_address`: ZeRO 1/2's `param_slice_mappings`
     (a dataclass of two ints).
 
-These classes hold only numbers, booleans and dtypes. Unpickling creates them without running
-their `__init__`, and sets their attributes; no other code runs.
+These classes hold only numbers, booleans and dtypes. Unpickling creates the three plain classes
+without running their `__init__` and sets their attributes, and looks the enum member up by value;
+no other code runs.
 
-`deepspeed_loads_are_safe()` routes DeepSpeed's own loads here. DeepSpeed 0.19.8 reads every
+`deepspeed_loads_are_safe()` routes DeepSpeed's own loads here. DeepSpeed 0.19.3-0.19.8 read every
 checkpoint file through the name `torch.load` (its TorchCheckpointEngine and state_dict_factory
 on resume, `zero_to_fp32` on consolidation), mostly with `weights_only=False`. For the duration
 of the guard, `torch.load` and `torch.serialization.load` are replaced by `load` below, which
 forces `weights_only=True` with this allow-list whatever the caller passes. A newer DeepSpeed
 that loads some other way, or saves other types, needs this header and the list revisited.
+
+On resume, ngpt_ds.train.checkpoint first runs `check` on every file of the checkpoint (each rank
+a share, then one agreed verdict), so every rank refuses together before DeepSpeed reads anything.
 """
 
 from __future__ import annotations
