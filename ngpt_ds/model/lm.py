@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.config import ModelConfig
@@ -24,6 +25,10 @@ class CausalLM(nn.Module):
     embed: TokenEmbedding
     blocks: nn.ModuleList
     head: Projection
+    checkpoint_every: int = 0
+    """Activation checkpointing: while training, blocks 0, k, 2k, ... keep only their input and are run
+    again in backward (k = 1: every block; 0: off). Same gradients, bit for bit (README, "Activation
+    checkpointing"); the trainer sets it from train.activation_checkpointing."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -49,9 +54,19 @@ class CausalLM(nn.Module):
         offset = 0 if cache is None else cache.length
         cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype, offset)
         with nullcontext() if cache is None else cache.bind(self):
-            for block in self.blocks:
-                h = block(h, cos, sin)
+            for index, block in enumerate(self.blocks):
+                if self._recompute(index, cache):
+                    # Non-reentrant: parameter gradients arrive even though no input requires grad,
+                    # and the RNG state is replayed, so the recomputation is exact.
+                    h = checkpoint(block, h, cos, sin, use_reentrant=False)
+                else:
+                    h = block(h, cos, sin)
         return h
+
+    def _recompute(self, index: int, cache: KVCache | None) -> bool:
+        """Whether block `index` is checkpointed in this forward: only when a backward can follow."""
+        every = self.checkpoint_every
+        return every > 0 and index % every == 0 and cache is None and torch.is_grad_enabled()
 
     def forward(self, token_ids: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """Returns (logits [B, T, V], mean cross-entropy or None). Targets of -1 are ignored.

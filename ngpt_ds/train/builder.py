@@ -130,6 +130,7 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None):
     train = run.train
     torch.manual_seed(train.seed)  # every rank builds the same full model, then keeps its shards
     model = build_model(run.model)
+    model.checkpoint_every = train.checkpoint_every  # activation checkpointing; parameters unchanged
     tensor_parallel = groups is not None and groups.tp_size > 1
     if tensor_parallel:
         parallelize(model, groups)

@@ -58,6 +58,18 @@ class TrainConfig:
     tensor_parallel_size: int = 1
     """Ranks that split each layer (Megatron-style); must divide the world size, n_head, vocab_size
     and the MLP width. The remaining factor of the world size is data parallelism (ZeRO)."""
+    activation_checkpointing: str | dict = "none"
+    """Recompute block activations in backward instead of storing them: `none`; `blocks` (every
+    transformer block keeps only its input); or `{every_k: K}` (blocks 0, K, 2K, ... do). Gradients are
+    bit-identical to `none`; it costs one more forward of the checkpointed blocks (README)."""
+
+    @property
+    def checkpoint_every(self) -> int:
+        """activation_checkpointing as the model's `checkpoint_every`: 0 (off), 1 (blocks) or K."""
+        mode = self.activation_checkpointing
+        if isinstance(mode, dict):
+            return mode["every_k"]
+        return {"none": 0, "blocks": 1}[mode]
 
     def resolve(self, arch: str) -> "TrainConfig":
         """Fill the architecture-dependent defaults (spec §2.1)."""
@@ -88,6 +100,11 @@ class TrainConfig:
         p.check(isinstance(self.stop_grace_s, (int, float)) and not isinstance(self.stop_grace_s, bool)
                 and 0 <= self.stop_grace_s < float("inf"), "train.stop_grace_s", self.stop_grace_s,
                 "must be a number of seconds >= 0, below the launcher's kill timeout (30 s for deepspeed and torchrun)")
+        mode = self.activation_checkpointing
+        p.check(mode in ("none", "blocks") if isinstance(mode, str) else (
+            isinstance(mode, dict) and set(mode) == {"every_k"} and isinstance(mode["every_k"], int)
+            and not isinstance(mode["every_k"], bool) and mode["every_k"] >= 1),
+            "train.activation_checkpointing", mode, "must be none, blocks, or {every_k: K} with an integer K >= 1")
         p.check(self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops", self.peak_tflops,
                 "must be > 0 or null")
         if isinstance(self.warmup_steps, int) and isinstance(self.max_steps, int):
