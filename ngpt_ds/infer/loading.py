@@ -3,12 +3,12 @@
 Two sources:
 
 - a DeepSpeed checkpoint written by the trainer (`<out>/checkpoints/step_N/`, any ZeRO stage
-  and world size): ZeRO 1-3 shards are consolidated into fp32 weights by DeepSpeed's own
-  `zero_to_fp32` utilities on the CPU (no process group); ZeRO 0 keeps whole module weights
-  in `mp_rank_00_model_states.pt` (in bf16/fp16 runs, the fp32 master copies saved beside them).
-  Tensor-parallel checkpoints are consolidated per model-parallel rank the same way, then merged
-  with `ngpt_ds.parallel.merge_tensor_parallel`. The model config comes from the checkpoint's
-  `config.yaml` and the tokenizer from the run's dataset (`data_dir` in that file);
+  and world size): its folder is found by the trainer's layout (ngpt_ds.train.checkpoint) and
+  its DeepSpeed files are read by ngpt_ds.deepspeed_files (ZeRO 1-3 shards consolidated into fp32
+  weights by DeepSpeed's `zero_to_fp32` on the CPU; ZeRO 0's module weights or fp32 masters;
+  tensor-parallel ranks merged with `ngpt_ds.parallel.merge_tensor_parallel`). The model config
+  comes from the checkpoint's `config.yaml` and the tokenizer from the run's dataset (`data_dir`
+  in that file);
 - an exported folder (`ngpt_ds.infer.export`): `model.safetensors`, `config.json`,
   `tokenizer.model`.
 
@@ -22,12 +22,8 @@ nGPT's sphere matrices are unit norm along their declared dims.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from ngpt_ds import safe_load
+from ngpt_ds import deepspeed_files
 from ngpt_ds.data.shards import load_dataset_meta, sha256_file
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
@@ -48,7 +44,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 COMPLETE = ckpt_layout.COMPLETE  # the trainer's marker and manifest, written last
-STEP_PREFIX = ckpt_layout.TAG_PREFIX
 
 #: Largest allowed | ||row|| - 1 | of a sphere matrix: fp32 weights are renormalized after every step
 #: (to ~1e-7); a bf16 copy of unit vectors is off by up to ~2^-9 per element.
@@ -80,7 +75,7 @@ class LoadedModel:
     def describe(self) -> str:
         m = self.config
         step = f", step {self.info['step']}" if "step" in self.info else ""
-        return (f"{'nGPT' if m.arch == 'ngpt' else 'GPT'} {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, "
+        return (f"{m.display_name} {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, "
                 f"context {m.seq_len}, vocab {m.vocab_size} ({self.kind} {self.source}{step})")
 
 
@@ -120,7 +115,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise NgptConfigError(f"{path} does not exist. Give an exported model folder, a checkpoint directory "
                               "(<out>/checkpoints/step_N) or a training run's --out directory")
-    if path.name.startswith(STEP_PREFIX) and path.is_dir():
+    if ckpt_layout.is_step_dir(path):
         if (path / COMPLETE).is_file():
             problem = ckpt_layout.verify(path)
             if problem is not None:
@@ -158,128 +153,33 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
     return run
 
 
-@contextlib.contextmanager
-def _quiet():
-    """DeepSpeed's consolidation prints progress lines and bars; keep them off the terminal, where
-    generate.py streams text and evaluate.py prints its table."""
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        yield
-
-
 def _zero_stage(run: dict[str, Any]) -> int:
-    zero = (run.get("deepspeed") or {}).get("zero_optimization") or {}
-    return int(zero.get("stage", 0)) if isinstance(zero, dict) else 0
-
-
-def _model_parallel_ranks(checkpoint: Path) -> int:
-    ranks = {p.name.split("mp_rank_")[1][:2] for p in checkpoint.glob("*mp_rank_*_model_states.pt")}
-    return max(1, len(ranks))
-
-
-def _torch_load(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise NgptConfigError(f"{path} is missing: the checkpoint {path.parent} is incomplete or damaged")
-    try:
-        return safe_load.load(path, map_location="cpu", mmap=True)
-    except safe_load.UnsafeCheckpointError:
-        raise
-    except Exception as err:  # a truncated or foreign file: torch raises many types
-        raise NgptConfigError(f"{path} could not be read ({type(err).__name__}: {err}); the checkpoint is "
-                              "damaged") from None
-
-
-def _consolidate_zero(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """fp32 weights from ZeRO 1/2/3 shards, by DeepSpeed's zero_to_fp32 (CPU, no process group)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    try:
-        with _quiet(), safe_load.deepspeed_loads_are_safe():
-            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-    except safe_load.UnsafeCheckpointError:
-        raise
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, EOFError) as err:
-        raise NgptConfigError(f"DeepSpeed could not consolidate the ZeRO shards in {checkpoint}: {err}. "
-                              "The checkpoint is incomplete or damaged; use another one") from None
-
-
-def _consolidate_tensor_parallel(checkpoint: Path, tp_size: int, stage: int, full_model: CausalLM):
-    """Tensor-parallel checkpoints: consolidate each model-parallel rank's ZeRO shards with
-    zero_to_fp32 (through a view of the folder holding only that rank's files, named as rank 0's),
-    then merge the ranks with ngpt_ds.parallel's plan."""
-    from ngpt_ds.parallel import merge_tensor_parallel
-
-    shards = []
-    for mp in range(tp_size):
-        if stage == 0:
-            shards.append(_torch_load(checkpoint / f"mp_rank_{mp:02d}_model_states.pt")["module"])
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            view = Path(tmp) / checkpoint.name
-            view.mkdir()
-            for f in checkpoint.glob(f"*mp_rank_{mp:02d}_*"):
-                os.symlink(f.resolve(), view / f.name.replace(f"mp_rank_{mp:02d}", "mp_rank_00"))
-            shards.append(_consolidate_zero(view))
-    return merge_tensor_parallel(shards, full_model)
-
-
-def _zero0_master_weights(states: dict[str, Any], model: CausalLM) -> dict[str, torch.Tensor] | None:
-    """ZeRO 0 in bf16/fp16: the fp32 master copies DeepSpeed saves beside the half-precision module
-    weights (optimizer `fp32_groups`, in the order of the trainer's parameter groups). None when
-    they are absent or do not map one to one onto the module weights (each must cast to them exactly,
-    as the trainer keeps working copy = cast(master))."""
-    groups = (states.get("optimizer") or {}).get("fp32_groups")
-    module = states.get("module") or {}
-    if not groups or not isinstance(groups, list):
-        return None
-    from ngpt_ds.train.optim import parameter_groups
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    order = [[names[id(p)] for p in g["params"]] for g in parameter_groups(model, 0.0)]
-    if [len(g) for g in order] != [len(g) if isinstance(g, (list, tuple)) else -1 for g in groups]:
-        return None
-    master = {n: t for group_names, tensors in zip(order, groups) for n, t in zip(group_names, tensors)}
-    for n, t in master.items():
-        working = module.get(n)
-        if working is None or tuple(t.shape) != tuple(working.shape) or not torch.equal(t.to(working.dtype), working):
-            return None
-    return master
+    return deepspeed_files.zero_stage_of(run.get("deepspeed"))
 
 
 def read_checkpoint_weights(checkpoint: Path, run: dict[str, Any], full_model: CausalLM
                             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, provenance) of a complete trainer checkpoint."""
+    """(state dict, provenance) of a complete trainer checkpoint; the DeepSpeed files are read by
+    ngpt_ds.deepspeed_files."""
+    from ngpt_ds.parallel import merge_tensor_parallel
+    from ngpt_ds.train.optim import parameter_groups
+
     stage = _zero_stage(run)
-    tp_size = _model_parallel_ranks(checkpoint)
-    states_file = checkpoint / ("zero_pp_rank_0_mp_rank_00_model_states.pt" if stage == 3
-                                else "mp_rank_00_model_states.pt")
-    states = _torch_load(states_file)
-    world = int(states.get("dp_world_size") or 1)
-    if tp_size > 1:
-        weights = _consolidate_tensor_parallel(checkpoint, tp_size, stage, full_model)
-        source = f"tensor-parallel x{tp_size}, " + ("module weights" if stage == 0 else "fp32 master weights")
-    elif stage == 0:
-        weights = states.get("module")
-        if not isinstance(weights, dict):
-            raise NgptConfigError(f"{states_file} holds no module weights: the checkpoint is damaged")
-        source = "module weights (ZeRO 0)"
-        if any(t.dtype in (torch.bfloat16, torch.float16) for t in weights.values()):
-            master = _zero0_master_weights(states, full_model)
-            if master is not None:
-                weights, source = master, "fp32 master weights (ZeRO 0)"
-    else:
-        weights = _consolidate_zero(checkpoint)
-        source = f"fp32 master weights consolidated from ZeRO-{stage} shards of {world} rank(s)"
+    names = {id(p): n for n, p in full_model.named_parameters()}
+    group_names = [[names[id(p)] for p in g["params"]] for g in parameter_groups(full_model, 0.0)]
+    saved = deepspeed_files.read_weights(checkpoint, stage, group_names,
+                                         lambda shards: merge_tensor_parallel(shards, full_model))
+    weights, world, tp_size = saved.weights, saved.data_parallel, saved.tensor_parallel
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in weights.values()})
     deepspeed = run.get("deepspeed") or {}
     info = {
         "checkpoint": str(checkpoint),
-        "step": int(checkpoint.name[len(STEP_PREFIX):]),
+        "step": ckpt_layout.step_of(checkpoint.name),
         "zero_stage": stage,
         "world_size": world * tp_size,
         "data_parallel": world,
         "tensor_parallel": tp_size,
-        "weights": f"{source}, {'/'.join(dtypes)}",
+        "weights": f"{saved.source}, {'/'.join(dtypes)}",
         "data_dir": run.get("data_dir"),
         "eval": {"batches": (run.get("train") or {}).get("eval_batches"),
                  "micro_batch": deepspeed.get("train_micro_batch_size_per_gpu"),
@@ -359,7 +259,7 @@ def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = t
     """nGPT: every sphere matrix must be unit norm along its declared dim. Returns the largest deviation."""
     deviation = max_norm_deviation(model)
     tolerance = NORM_TOLERANCE.get(weights_dtype, 1e-2)
-    if model.config.arch == "ngpt" and not deviation <= tolerance:  # also catches NaN
+    if model.config.is_ngpt and not deviation <= tolerance:  # also catches NaN
         raise NgptConfigError(f"{source}: an nGPT weight matrix is not unit norm along its declared dim "
                               f"(largest | ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt "
                               "or were not trained with the hypersphere hook")

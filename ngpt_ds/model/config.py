@@ -72,6 +72,16 @@ class ModelConfig:
     """GPT: RMSNorm epsilon."""
 
     @property
+    def is_ngpt(self) -> bool:
+        """nGPT (unit-norm matrices kept on the hypersphere, learned scalings) rather than the GPT baseline."""
+        return self.arch == "ngpt"
+
+    @property
+    def display_name(self) -> str:
+        """'nGPT' or 'GPT', for messages."""
+        return "nGPT" if self.is_ngpt else "GPT"
+
+    @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
