@@ -117,6 +117,17 @@ def test_checkpoint_and_export_load_identically(trained, exported):
     assert from_export.info["eval"] == {"batches": TRAIN["eval_batches"], "micro_batch": MICRO, "data_parallel": RANKS}
 
 
+def test_saved_layout_is_read_from_deepspeeds_files(trained):
+    """ngpt_ds.deepspeed_files reads how a checkpoint was cut from DeepSpeed's model states alone."""
+    import deepspeed
+
+    from ngpt_ds import deepspeed_files
+
+    layout = deepspeed_files.saved_layout(trained["checkpoint"])
+    assert (layout.zero_stage, layout.data_parallel, layout.tensor_parallel) == (2, RANKS, 1)
+    assert layout.ds_version == deepspeed.__version__
+
+
 def test_export_cli_round_trip(trained, tmp_path):
     out = tmp_path / "cli_export"
     proc = run([sys.executable, REPO / "launch/export.py", trained["checkpoint"], "--out", out])
@@ -168,6 +179,7 @@ if __name__ == "__main__":
 def test_other_checkpoint_layouts_load_and_export(layout, tmp_path, tiny_dataset):
     """Tensor-parallel shards (merged with ngpt_ds.parallel's plan after zero_to_fp32 per model-parallel
     rank) and ZeRO 0 in bf16 (the fp32 master copies, not the bf16 working weights)."""
+    from ngpt_ds import deepspeed_files
     from ngpt_ds.infer import evaluate, export_model, load, load_export
     from ngpt_ds.model import max_norm_deviation
 
@@ -180,6 +192,8 @@ def test_other_checkpoint_layouts_load_and_export(layout, tmp_path, tiny_dataset
              "--out", out, "--no-progress", nproc=2 if tp else 1)
     loaded = load(out)
     assert max_norm_deviation(loaded.model) < 1e-5
+    layout = deepspeed_files.saved_layout(loaded.source)
+    assert (layout.zero_stage, layout.data_parallel, layout.tensor_parallel) == ((1, 1, 2) if tp else (0, 1, 1))
     if tp:
         assert loaded.info["tensor_parallel"] == 2 and "tensor-parallel x2, fp32 master" in loaded.info["weights"]
         assert sorted(p.name for p in loaded.source.glob("mp_rank_*")) == ["mp_rank_00_model_states.pt",
