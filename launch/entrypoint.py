@@ -65,14 +65,15 @@ def main(argv: list[str]) -> int:
               file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
     _become_subreaper()
-    try:
-        child = subprocess.Popen(argv, start_new_session=True)
-    except OSError as err:
-        print(f"error: cannot run {argv[0]}: {err.strerror}", file=sys.stderr)
-        return 127
+    children: list[subprocess.Popen] = []
+    early: list[int] = []
 
     def forward(signum, frame) -> None:
-        for pid in {child.pid, *_descendants(os.getpid())}:
+        if not children:  # before the command started: pass it on right after
+            early.append(signum)
+            return
+        running = [children[0].pid] if children[0].returncode is None else []  # a reaped pid may be reused
+        for pid in {*running, *_descendants(os.getpid())}:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
@@ -80,6 +81,14 @@ def main(argv: list[str]) -> int:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    try:
+        children.append(subprocess.Popen(argv, start_new_session=True))
+    except OSError as err:
+        print(f"error: cannot run {argv[0]}: {err.strerror}", file=sys.stderr)
+        return 127
+    child = children[0]
+    for signum in early:
+        forward(signum, None)
     status = None
     while True:  # reap the command and every orphan re-parented here, until none is left
         try:
@@ -90,7 +99,6 @@ def main(argv: list[str]) -> int:
             status = os.waitstatus_to_exitcode(wait_status)
             child.returncode = status
     return 128 - status if status is not None and status < 0 else (status or 0)
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whoever started this rank (torchrun, DeepSpeed's launch.py, ...), noted before the slow startup:
+    # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
+    os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
     import torch
 
     if not torch.cuda.is_available():

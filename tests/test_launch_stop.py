@@ -206,6 +206,9 @@ def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target
             proc.wait()
     text = log.read_text()
     assert rc == expected_rc, text[-4000:]
+    # The launchers may print their own tracebacks (torchrun's SignalException, the deepspeed
+    # runner's KeyboardInterrupt); a rank never does.
+    assert not re.search(r'File "[^"]*(launch/train\.py|ngpt_ds/)', text), text[-4000:]
     assert port_is_free(port)
 
     summary = json.loads((out / "summary.json").read_text())
@@ -222,6 +225,45 @@ def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target
     assert sorted(logged) == list(range(1, stop_step + 1))
     assert [logged[s] for s in range(start + 1, stop_step + 1)] == [reference[s] for s in range(start + 1, stop_step + 1)]
     CHAIN.update(dir=out, step=stop_step)
+
+
+def ranks_importing_torch(proc: subprocess.Popen) -> bool:
+    """Both ranks have loaded torch's library: launch/train.py notes its parent just before that, so
+    from here on (imports, process group, engine, about 5 s) a dead parent must be noticed."""
+    try:
+        ranks = [p for p in children_named(proc, "launch/train.py") if "deepspeed.launcher" not in " ".join(p.cmdline())]
+        return len(ranks) == 2 and all(any("libtorch" in m.path for m in rank.memory_maps()) for rank in ranks)
+    except psutil.Error:
+        return False
+
+
+def test_launcher_killed_during_the_startup_still_stops_its_ranks(configs, tiny_dataset, tmp_path):
+    """DeepSpeed's launch.py is SIGKILLed while its ranks still import torch and build the engine:
+    they were started by it, so they stop at their first step, with a checkpoint, and leave."""
+    out, log, port = tmp_path / "run", tmp_path / "job.log", rendezvous_port()
+    proc = launch("deepspeed", configs, tiny_dataset, out, port, log)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ranks_importing_torch(proc):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.01)
+        children_named(proc, "deepspeed.launcher.launch")[0].kill()
+        assert proc.wait(timeout=HANG_GUARD_S) == 0  # the runner reports its child's -9 as success
+        wait_until_gone(out)
+    finally:
+        for left in trainers(out):
+            left.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["step"] < STEPS, (summary, text[-4000:])
+    # Rank 0 prints the reason: its own watch's, or that of the rank that noticed first.
+    assert re.search(rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
+                     r"|another rank was asked to stop)\)", text), text[-4000:]
+    assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")
+    assert port_is_free(port)
 
 
 def assert_complete(checkpoint: Path) -> None:

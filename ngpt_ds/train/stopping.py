@@ -40,6 +40,10 @@ STOPPED_UNSAVED_EXIT_CODE = 75
 URGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WARNING_SIGNALS = (signal.SIGUSR1,)
 _NO_DEADLINE = 1e18
+PARENT_PID_VARIABLE = "NGPT_DS_PARENT_PID"
+"""'PARENT:PID', set by launch/train.py as it starts: the parent that started process PID, so that a
+launcher that dies during the startup (imports, process group, engine) is noticed as well. Only
+PID itself trusts it: a process that merely inherited the variable ignores it."""
 
 
 class StopRequest:
@@ -118,12 +122,17 @@ class StopRequest:
             self.watch.stop()
 
 
-def launcher_processes() -> list[psutil.Process]:
+def original_parent_pid() -> int:
+    parent, _, pid = os.environ.get(PARENT_PID_VARIABLE, "").partition(":")
+    return int(parent) if pid == str(os.getpid()) and parent.isdigit() else os.getppid()
+
+
+def launcher_processes(ppid: int) -> list[psutil.Process]:
     """The processes whose exit means this rank must stop: its parent and, when the parent is
     DeepSpeed's per-node launcher (`python -m deepspeed.launcher.launch`), the `deepspeed` runner (or
     the remote shell) that started it."""
     try:
-        parent = psutil.Process(os.getppid())
+        parent = psutil.Process(ppid)
         watched = [parent]
         if "deepspeed.launcher.launch" in " ".join(parent.cmdline()):
             runner = parent.parent()
@@ -141,8 +150,8 @@ class LauncherWatch:
     def __init__(self, on_exit, interval_s: float = 0.5):
         self.on_exit = on_exit
         self.interval_s = interval_s
-        self.ppid = os.getppid()
-        self.watched = [(proc, _describe(proc)) for proc in launcher_processes()]
+        self.ppid = original_parent_pid()
+        self.watched = [(proc, _describe(proc)) for proc in launcher_processes(self.ppid)]
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ngpt-launcher-watch", daemon=True)
 
