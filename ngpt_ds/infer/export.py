@@ -61,11 +61,17 @@ def _config_json(loaded: LoadedModel, deviation: float) -> dict:
     }
 
 
+FORMATS = ("ngpt_ds", "hf")
+"""ngpt_ds: the layout above. hf: transformers' standard layout (ngpt_ds.hf.export)."""
+
+
 def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False,
-                 tokenizer: str | Path | None = None) -> Path:
+                 tokenizer: str | Path | None = None, format: str = "ngpt_ds") -> Path:
     """Consolidate `checkpoint` (a step_N directory or a run directory: its newest complete checkpoint)
-    into the folder `out`. Returns `out`."""
+    into the folder `out`, in `format` (FORMATS). Returns `out`."""
     out = Path(out)
+    if format not in FORMATS:
+        raise NgptConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
     if out.exists() and not overwrite:
         raise NgptConfigError(f"{out} already exists; choose another folder or pass --overwrite")
     source = resolve_checkpoint(checkpoint)
@@ -81,12 +87,17 @@ def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = F
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
-        shutil.copyfile(loaded.tokenizer.path, tmp / TOKENIZER_FILE)
-        config = _config_json(loaded, deviation)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
-        _verify(tmp, state)
+        if format == "hf":
+            from ngpt_ds.hf.export import verify_hf_export, write_hf_export
+
+            verify_hf_export(tmp, write_hf_export(loaded, tmp, name=out.name), loaded.config.arch)
+        else:
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
+            shutil.copyfile(loaded.tokenizer.path, tmp / TOKENIZER_FILE)
+            config = _config_json(loaded, deviation)
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
+            _verify(tmp, state)
         if out.exists():  # checked above: an earlier export (or an empty folder), never the source
             old = tmp.with_name(tmp.name + ".old")
             os.replace(out, old)
@@ -106,7 +117,9 @@ def _is_export_folder(folder: Path) -> bool:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and config.get("format") == EXPORT_FORMAT
+    # `--format hf` exports carry their marker under another key (ngpt_ds.hf.export.HF_MARKER).
+    return isinstance(config, dict) and (config.get("format") == EXPORT_FORMAT
+                                         or isinstance(config.get("ngpt_ds_export"), dict))
 
 
 def _verify(folder: Path, state: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,67 @@
+"""transformers configs for nGPT and the GPT baseline: a PretrainedConfig that carries every
+ModelConfig field under its own name, so `config.json` is ngpt_ds's model section plus what
+transformers adds.
+
+This file is also copied into every `--format hf` export (with its ngpt_ds imports made
+relative), so it must import nothing of ngpt_ds beyond ngpt_ds.model and ngpt_ds.errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from transformers import PretrainedConfig
+
+from ngpt_ds.model.config import ModelConfig
+
+# transformers' generic names for the fields generation and the KV cache look up.
+_ATTRIBUTE_MAP = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head",
+                  "max_position_embeddings": "seq_len"}
+
+
+class _NgptDsConfig(PretrainedConfig):
+    """Shared by both families; `arch` is fixed by the subclass (a config.json describes one family)."""
+
+    arch = ""
+    attribute_map = _ATTRIBUTE_MAP
+
+    def __init__(self, **kwargs):
+        kwargs.pop("arch", None)
+        defaults = ModelConfig()
+        values = {f.name: kwargs.pop(f.name, getattr(defaults, f.name))
+                  for f in dataclasses.fields(ModelConfig) if f.name != "arch"}
+        use_cache = kwargs.pop("use_cache", True)
+        kwargs.setdefault("tie_word_embeddings", False)  # input and output embeddings are separate matrices
+        super().__init__(**kwargs)
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.use_cache = use_cache
+
+    def to_model_config(self) -> ModelConfig:
+        """The ngpt_ds ModelConfig these fields describe, validated."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "arch"}
+        return ModelConfig(arch=self.arch, **values).validate(f"{type(self).__name__}")
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs) -> "_NgptDsConfig":
+        values = {k: v for k, v in config.to_dict().items() if k != "arch"}
+        return cls(**values, **kwargs)
+
+
+class NGPTConfig(_NgptDsConfig):
+    """nGPT, the normalized Transformer (arXiv 2410.01131)."""
+
+    model_type = "ngpt"
+    arch = "ngpt"
+    __init__ = _NgptDsConfig.__init__  # defined here, or transformers' dataclass would generate one
+
+
+class GPTBaselineConfig(_NgptDsConfig):
+    """ngpt_ds's GPT baseline (pre-norm RMSNorm, SwiGLU, RoPE)."""
+
+    model_type = "ngpt_gpt_baseline"
+    arch = "gpt"
+    __init__ = _NgptDsConfig.__init__
+
+
+CONFIGS = {"ngpt": NGPTConfig, "gpt": GPTBaselineConfig}

@@ -1,0 +1,254 @@
+"""`launch/export.py --format hf`: the trained tiny nGPT (test_infer_export's ZeRO-2 x 2-rank run) as a
+Hugging Face transformers folder, loaded through the Auto classes with ngpt_ds registered and, in a
+process where ngpt_ds cannot be imported, through the folder's own code (trust_remote_code).
+Logits are compared bit for bit with the live model's, greedy `generate` token for token with
+launch/generate.py, the tokenizer id for id with sentencepiece."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, cpu_env, run
+from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
+
+PROMPT = "The class statement"
+NEW_TOKENS = 12  # past the 32-token context of the tiny model only with a long prompt; here 3 + 12 tokens
+
+
+@pytest.fixture(scope="session")
+def hf_exported(trained) -> Path:  # noqa: F811
+    """The run exported with the command line, `--format hf`."""
+    folder = trained["root"] / "export_hf"
+    if not (folder / "config.json").is_file():
+        proc = run([sys.executable, REPO / "launch/export.py", trained["out"], "--out", folder, "--format", "hf"])
+        assert "for Hugging Face transformers" in proc.stdout
+    return folder
+
+
+def _hf_greedy(model, prompt_ids: list[int], **kwargs) -> list[int]:
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
+                         **kwargs)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_folder_layout_config_and_generation_config(hf_exported, trained):  # noqa: F811
+    names = sorted(p.name for p in hf_exported.iterdir())
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "configuration_ngpt.py", "modeling_ngpt.py", "README.md"} <= set(names)
+    assert not [n for n in names if n.startswith(".")]
+    config = json.loads((hf_exported / "config.json").read_text())
+    assert config["model_type"] == "ngpt" and config["architectures"] == ["NGPTForCausalLM"]
+    assert config["auto_map"] == {"AutoConfig": "configuration_ngpt.NGPTConfig",
+                                  "AutoModelForCausalLM": "modeling_ngpt.NGPTForCausalLM"}
+    assert (config["n_layer"], config["n_embd"], config["n_head"], config["seq_len"], config["vocab_size"]) == \
+        (2, 32, 2, 32, 512)
+    assert config["ngpt_ds_export"]["training"]["step"] == 6 and config["eos_token_id"] == 2
+    generation = json.loads((hf_exported / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 2 and generation["pad_token_id"] == 2
+    # The copied code imports nothing of ngpt_ds (only relative imports), and the README explains trusting it.
+    for path in hf_exported.glob("*.py"):
+        assert "ngpt_ds." not in "".join(line for line in path.read_text().splitlines(True)
+                                         if line.lstrip().startswith(("from ", "import "))), path.name
+    readme = (hf_exported / "README.md").read_text()
+    assert "trust_remote_code=True" in readme and "with your user's rights" in readme
+
+
+def test_auto_model_with_ngpt_ds_imported_gives_the_live_logits_bit_for_bit(hf_exported, exported, trained):  # noqa: F811
+    import ngpt_ds  # noqa: F401  (registers model_type "ngpt" with the Auto classes)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ngpt_ds.hf import NGPTConfig, NGPTForCausalLM
+    from ngpt_ds.infer import load_export
+
+    assert AutoConfig.for_model("ngpt").__class__ is NGPTConfig
+    model = AutoModelForCausalLM.from_pretrained(hf_exported)
+    assert type(model) is NGPTForCausalLM and not model.training
+    live = torch.load(trained["live"])
+    with torch.no_grad():
+        logits = model(live["tokens"]).logits
+    assert torch.equal(logits, live["logits"])
+    assert torch.equal(logits, load_export(exported).model(live["tokens"])[0].detach())
+    assert live["logits"].std() > 0.05  # a trained model, not a constant
+
+
+REMOTE = """\
+import json, sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
+            raise ModuleNotFoundError("No module named " + repr(name))
+sys.meta_path.insert(0, NotInstalled())  # the editable install's finder comes after this one
+try:
+    import ngpt_ds
+    sys.exit("ngpt_ds is importable")
+except ModuleNotFoundError:
+    pass
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, live, out = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+ids = tokenizer({prompt!r}, return_tensors="pt").input_ids
+greedy = model.generate(ids, max_new_tokens={new}, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
+with torch.no_grad():
+    logits = model(torch.load(live)["tokens"]).logits
+torch.save({{"logits": logits, "greedy": greedy.tolist(), "module": type(model).__module__,
+            "ngpt_ds_modules": [m for m in sys.modules if m == "ngpt_ds" or m.startswith("ngpt_ds.")]}}, out)
+"""
+
+
+def test_trust_remote_code_without_ngpt_ds_gives_the_same_logits_and_tokens(hf_exported, exported, trained,  # noqa: F811
+                                                                           tmp_path):
+    from ngpt_ds.infer import generate, load_export
+
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE.format(prompt=PROMPT, new=NEW_TOKENS))
+    env = cpu_env(HF_HUB_OFFLINE=1, HF_MODULES_CACHE=tmp_path / "modules")
+    env.pop("PYTHONPATH")
+    run([sys.executable, script, hf_exported, trained["live"], tmp_path / "out.pt"], cwd=tmp_path, env=env)
+    result = torch.load(tmp_path / "out.pt")
+    assert result["module"].startswith("transformers_modules.") and result["ngpt_ds_modules"] == []
+    assert torch.equal(result["logits"], torch.load(trained["live"])["logits"])
+    loaded = load_export(exported)
+    reference = generate(loaded.model, loaded.tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    assert result["greedy"] == reference.new_ids
+
+
+def test_greedy_generate_equals_launch_generate_token_for_token(hf_exported, exported):  # noqa: F811
+    import ngpt_ds  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ngpt_ds.infer import generate, load_export
+
+    loaded = load_export(exported)
+    reference = generate(loaded.model, loaded.tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    proc = run([sys.executable, REPO / "launch/generate.py", exported, "--prompt", PROMPT, "--greedy",
+                "--max-new-tokens", NEW_TOKENS, "--ignore-eos", "--no-echo", "--device", "cpu"])
+    assert proc.stdout == reference.text + "\n"  # the command line prints what generate() returns
+    assert f"[{NEW_TOKENS} tokens" in proc.stderr
+
+    model = AutoModelForCausalLM.from_pretrained(hf_exported)
+    tokenizer = AutoTokenizer.from_pretrained(hf_exported)
+    prompt_ids = tokenizer(PROMPT).input_ids
+    assert prompt_ids == reference.prompt_ids
+    seen = []  # positions fed to ngpt_ds's model per step: the prompt once, then one at a time
+    model.model.hidden_states = _recording(model.model.hidden_states, seen)
+    new_ids = _hf_greedy(model, prompt_ids)
+    assert new_ids == reference.new_ids
+    assert seen == [len(prompt_ids)] + [1] * (NEW_TOKENS - 1)  # the KV cache is used
+    assert tokenizer.decode(prompt_ids + new_ids)[len(PROMPT):] == reference.text
+    assert len(set(new_ids)) > 1  # not one token repeated
+    # Without the cache: every step reruns the whole sequence, the same tokens.
+    assert _hf_greedy(model, prompt_ids, use_cache=False) == reference.new_ids
+
+
+def _recording(hidden_states, seen: list):
+    def wrapped(token_ids, cache=None):
+        seen.append(token_ids.shape[1])
+        return hidden_states(token_ids, cache)
+    return wrapped
+
+
+def test_sampling_with_the_cache_matches_sampling_without_it(hf_exported):
+    import ngpt_ds  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_exported)
+    prompt = torch.tensor([[5, 77, 300, 12]])
+    runs = {}
+    for use_cache in (True, False):
+        torch.manual_seed(3)
+        runs[use_cache] = model.generate(prompt, max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50,
+                                         eos_token_id=None, use_cache=use_cache)[0, 4:].tolist()
+    assert len(runs[True]) == 20 and runs[True] == runs[False]
+    torch.manual_seed(4)
+    other = model.generate(prompt, max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50,
+                           eos_token_id=None)[0, 4:].tolist()
+    assert other != runs[True]  # sampled, not greedy: another seed gives other tokens
+
+
+def test_auto_tokenizer_round_trips_like_sentencepiece(hf_exported, trained):  # noqa: F811
+    from transformers import AutoTokenizer
+
+    from ngpt_ds.data.tokenizer import Tokenizer
+
+    hf = AutoTokenizer.from_pretrained(hf_exported)
+    sp = Tokenizer.load(trained["data"] / "tokenizer.model")
+    texts = [json.loads(line)["text"] for line in (trained["data"].parent / "corpus.jsonl").read_text().splitlines()]
+    texts += ["", " ", "  two  leading", "\n\ttabs\n", "ünïcödé 日本語 😀", "</s> <s> <unk> are text here", "x" * 300]
+    assert len(texts) > 50
+    for text in texts:
+        ids = sp.encode(text)
+        assert hf(text).input_ids == ids, text[:60]
+        assert hf.decode(ids) == sp.decode(ids) == text, text[:60]  # ngpt_ds's tokenizer round-trips exactly
+    assert hf.eos_token_id == sp.eos_id == 2 and hf.bos_token_id is None and hf.unk_token_id == 0
+
+
+def test_gpt_baseline_pair_loads_through_the_auto_classes(tmp_path, trained):  # noqa: F811
+    import ngpt_ds  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    from ngpt_ds.data.tokenizer import Tokenizer
+    from ngpt_ds.hf import GPTBaselineForCausalLM
+    from ngpt_ds.hf.export import write_hf_export
+    from ngpt_ds.infer import GREEDY, LoadedModel, generate_ids
+    from ngpt_ds.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+    model = build_model(config).eval()
+    tok = Tokenizer.load(trained["data"] / "tokenizer.model")
+    loaded = LoadedModel(model=model, config=config, tokenizer=tok, tokenizer_sha256="-", source=tmp_path, kind="export")
+    folder = tmp_path / "gpt_hf"
+    folder.mkdir()
+    write_hf_export(loaded, folder, name="gpt_hf")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "ngpt_gpt_baseline"
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(hf) is GPTBaselineForCausalLM
+    tokens = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(hf(tokens).logits, model(tokens)[0])
+        prompt = [5, 77, 300]
+        expected = [int(t) for t in generate_ids(model, prompt, NEW_TOKENS, GREEDY)]
+    assert _hf_greedy(hf, prompt) == expected
+
+
+def test_loss_follows_the_transformers_label_convention(hf_exported):
+    import ngpt_ds  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_exported)
+    tokens = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(2))
+    labels = tokens.clone()
+    labels[0, 5] = -100
+    with torch.no_grad():
+        out = model(tokens, labels=labels)
+        logits, _ = model.model(tokens)
+    targets = tokens[:, 1:].clone()
+    targets[0, 4] = -1
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-1)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_padding_is_refused_with_a_clear_error(hf_exported):
+    import ngpt_ds  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_exported)
+    with pytest.raises(ValueError, match="no padding mask"):
+        model(torch.tensor([[1, 5, 6]]), attention_mask=torch.tensor([[0, 1, 1]]))
+
+
+def test_import_ngpt_ds_does_not_import_transformers():
+    code = textwrap.dedent("""\
+        import sys, ngpt_ds
+        assert "transformers" not in sys.modules
+        from transformers import AutoConfig
+        print(type(AutoConfig.for_model("ngpt")).__module__)
+    """)
+    proc = run([sys.executable, "-c", code])
+    assert proc.stdout.strip() == "ngpt_ds.hf.configuration_ngpt"
