@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true",
                      help="replace an existing --out that holds a prepared dataset (meta.json), only once the new "
                      "one is complete; a folder holding or inside an --input is never replaced")
+    nodes = p.add_argument_group("across nodes (launch/slurm/prepare.sbatch runs one part per task)")
+    nodes.add_argument("--num-shards", type=int, default=None, metavar="N",
+                       help="split the documents into N disjoint parts (needs --tokenizer); with --merge: how "
+                       "many parts to merge")
+    nodes.add_argument("--shard-index", type=int, default=None, metavar="K",
+                       help="tokenize part K (0..N-1) into --out/part-K-of-N/")
+    nodes.add_argument("--merge", action="store_true",
+                       help="merge the N parts in --out into one dataset (one meta.json); equal token for token "
+                       "to a single-process preparation")
+    nodes.add_argument("--shard-block-docs", type=int, default=None, metavar="D",
+                       help="documents per block; blocks go to the parts in turn (default: 65536)")
     run = p.add_argument_group("run")
     run.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer processes; 0 = one per CPU core (max 16)")
     run.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
@@ -75,9 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prepare(args: argparse.Namespace) -> Path:
     from ngpt_ds.data import default_corpus
-    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+    from ngpt_ds.data.prepare import prepare_dataset
 
     progress = not args.no_progress
+    if args.merge or args.num_shards is not None or args.shard_index is not None:
+        return _prepare_across_nodes(args, progress)
+    if args.shard_block_docs is not None:
+        raise NgptConfigError("--shard-block-docs: only used with --num-shards; add --num-shards N or drop it")
     if args.input is None:
         given = [f"--{k.replace('_', '-')}" for k in _INPUT_ONLY if getattr(args, k) is not None]
         if given:
@@ -87,6 +102,12 @@ def _prepare(args: argparse.Namespace) -> Path:
             return default_corpus.ensure_default_dataset(args.cache_dir, vocab, progress)
         return default_corpus.prepare_default_dataset(args.out, vocab, progress, cache_dir=args.cache_dir,
                                                       workers=args.workers, overwrite=args.overwrite)
+    return prepare_dataset(_input_config(args, progress))
+
+
+def _input_config(args: argparse.Namespace, progress: bool):
+    from ngpt_ds.data.prepare import PrepareConfig
+
     if args.out is None:
         raise NgptConfigError("--out DIR is required with --input: the dataset directory to create")
     cfg = PrepareConfig(inputs=tuple(args.input), out=args.out, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
@@ -97,7 +118,28 @@ def _prepare(args: argparse.Namespace) -> Path:
                        ("shard_tokens", "shard_tokens"), ("dtype", "dtype")):
         if getattr(args, attr) is not None:
             setattr(cfg, name, getattr(args, attr))
-    return prepare_dataset(cfg)
+    return cfg
+
+
+def _prepare_across_nodes(args: argparse.Namespace, progress: bool) -> Path:
+    """--num-shards N --shard-index K (one part) or --merge (all parts into one dataset)."""
+    from ngpt_ds.data import parts
+
+    if args.num_shards is None:
+        raise NgptConfigError("--shard-index and --merge need --num-shards N (the number of parts)")
+    if args.merge:
+        given = [f"--{k.replace('_', '-')}" for k in (*_INPUT_ONLY, "input", "shard_index", "shard_block_docs")
+                 if getattr(args, k) is not None]
+        if given:
+            raise NgptConfigError(f"{', '.join(given)}: not used by --merge, which reads the parts in --out; drop them")
+        if args.out is None:
+            raise NgptConfigError("--merge needs --out DIR: the folder holding the parts")
+        return parts.merge_parts(args.out, args.num_shards, overwrite=args.overwrite, progress=progress)
+    if args.input is None or args.shard_index is None:
+        raise NgptConfigError("--num-shards N needs --input CORPUS, --tokenizer FILE.model and --shard-index K "
+                              "(or --merge)")
+    return parts.prepare_part(_input_config(args, progress), args.num_shards, args.shard_index,
+                              args.shard_block_docs or parts.DEFAULT_BLOCK_DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:

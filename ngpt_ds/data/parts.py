@@ -1,0 +1,324 @@
+"""Prepare one dataset on many nodes: tokenize disjoint parts, then merge them into one meta.json.
+
+Tokenizing, not reading, is what takes a single node days on a web-scale corpus. Every part reads
+the same document stream a single-process preparation reads (streaming: nothing is stored but the
+tokens) and numbers the documents the same way. Documents are dealt out in blocks: block b, the
+documents [b * block_docs, (b + 1) * block_docs), belongs to part b mod N. A part tokenizes only
+its blocks, and writes each block's train and validation tokens to shard files of their own. A
+document's split is decided by its global index (`is_validation_doc`), as in one process.
+
+The merge then only links files: it lists every block's shards in block order, which is corpus
+order, so the merged dataset holds, split by split, token for token what one process writes (only
+the shard boundaries differ). It refuses a missing part, parts made with different tokenizers or
+settings, and parts that read different corpora, naming the part.
+
+While parts exist, --out holds one folder per finished part (`part-00000-of-00002/`, with its
+`part.json` written last); the merge replaces --out by the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import ngpt_ds
+from ngpt_ds.data.encode import encode_in_order
+from ngpt_ds.data.prepare import _BATCH_CHARS, _BATCH_DOCS, PrepareConfig, _say, is_validation_doc, local_input_paths
+from ngpt_ds.data.shards import (
+    DTYPES,
+    FORMAT_VERSION,
+    META_FILE,
+    TOKENIZER_FILE,
+    DatasetMeta,
+    ShardMeta,
+    ShardWriter,
+    SplitMeta,
+    dtype_for_vocab,
+    dtype_max_vocab,
+    sha256_file,
+    write_meta,
+)
+from ngpt_ds.data.sources import CorpusSpec, open_corpus
+from ngpt_ds.data.tokenizer import Tokenizer
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.overwrite import check_not_source
+
+PART_FILE = "part.json"
+PART_FORMAT = "ngpt_ds-token-part"
+DEFAULT_BLOCK_DOCS = 65536
+"""Documents per block. Large enough that each block's shard files are few; small enough that every
+part gets work on a corpus of a few million documents."""
+# Settings every part must share for the merge to equal one preparation.
+_SHARED = ("num_parts", "block_docs", "documents", "tokenizer_sha256", "vocab_size", "dtype", "eos_id",
+           "val_fraction", "source")
+
+
+def part_dir(out: Path, index: int, num_parts: int) -> Path:
+    return Path(out) / f"part-{index:05d}-of-{num_parts:05d}"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Durably, through a temporary name: the file marks its folder complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int) -> None:
+    if cfg.tokenizer is None:
+        raise NgptConfigError("--num-shards needs --tokenizer FILE.model: every part must tokenize with the same "
+                              "model. Train one first (prepare a sample of the corpus on one node and use its "
+                              "tokenizer.model)")
+    if not (isinstance(num_parts, int) and num_parts >= 1):
+        raise NgptConfigError(f"--num-shards {num_parts}: must be a positive integer")
+    if not (isinstance(part_index, int) and 0 <= part_index < num_parts):
+        raise NgptConfigError(f"--shard-index {part_index}: must be in 0..{num_parts - 1} for --num-shards {num_parts}")
+    if block_docs < 1:
+        raise NgptConfigError(f"--shard-block-docs {block_docs}: must be a positive integer")
+    # The shared option checks of one preparation, against a folder that does not exist (the part's
+    # own folder is checked below: parts share --out).
+    dataclasses.replace(cfg, out=cfg.out / f".{uuid.uuid4().hex}", overwrite=False).validate()
+    check_not_source(cfg.out, [(p, "the input") for p in local_input_paths(cfg.inputs)]
+                     + [(cfg.tokenizer, "the --tokenizer file")])
+    if (cfg.out / META_FILE).is_file() and not cfg.overwrite:
+        raise NgptConfigError(f"--out {cfg.out} already holds a merged dataset ({META_FILE}); choose another --out, "
+                              "or pass --overwrite to replace it at the merge")
+    done = part_dir(cfg.out, part_index, num_parts)
+    if done.exists() and not cfg.overwrite:
+        raise NgptConfigError(f"part {part_index} of {num_parts} is already in {done}; pass --overwrite to prepare "
+                              "it again, or run the merge (--merge)")
+
+
+def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int = DEFAULT_BLOCK_DOCS) -> Path:
+    """Tokenize part `part_index` of `num_parts` of `cfg.inputs` into `cfg.out/part-K-of-N/`; return that folder."""
+    _check_part_options(cfg, num_parts, part_index, block_docs)
+    corpus = open_corpus(CorpusSpec(inputs=tuple(cfg.inputs), text_field=cfg.text_field, hub_config=cfg.hub_config,
+                                    split=cfg.split, text_sample_by=cfg.text_sample_by))
+    _say(cfg, f"reading {cfg.source_description or corpus.description}: part {part_index} of {num_parts}")
+    fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)
+    workers = cfg.workers or min(os.cpu_count() or 1, 16)
+    final = part_dir(cfg.out, part_index, num_parts)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        tok = Tokenizer.load(cfg.tokenizer)
+        if cfg.vocab_size is not None and cfg.vocab_size != tok.vocab_size:
+            raise NgptConfigError(f"--tokenizer {cfg.tokenizer} has vocab {tok.vocab_size} but --vocab-size is "
+                                  f"{cfg.vocab_size}; drop --vocab-size or pass a tokenizer of that size")
+        if tok.eos_id < 0:
+            raise NgptConfigError(f"--tokenizer {cfg.tokenizer}: the model has no EOS piece; train it with eos_id >= 0")
+        shutil.copyfile(cfg.tokenizer, staging / TOKENIZER_FILE)
+        dtype = dtype_for_vocab(tok.vocab_size) if cfg.dtype == "auto" else cfg.dtype
+        if tok.vocab_size > dtype_max_vocab(dtype):
+            raise NgptConfigError(f"tokenizer vocab {tok.vocab_size} is too large for --dtype {dtype}; "
+                                  "use --dtype auto or uint32")
+        counted = {"documents": 0}
+
+        def tasks():
+            """(block, is-validation flags) and the texts of this part's documents, one block per task."""
+            docs, flags, chars, block = [], [], 0, -1
+            for index, text in enumerate(corpus.texts()):
+                counted["documents"] = index + 1
+                b = index // block_docs
+                if docs and (b != block or len(docs) >= _BATCH_DOCS or chars >= _BATCH_CHARS):
+                    yield (block, np.array(flags, dtype=bool)), docs
+                    docs, flags, chars = [], [], 0
+                if b % num_parts != part_index:
+                    continue
+                block = b
+                docs.append(text)
+                flags.append(is_validation_doc(index, fraction))
+                chars += len(text)
+            if docs:
+                yield (block, np.array(flags, dtype=bool)), docs
+
+        blocks: list[dict[str, Any]] = []
+        writers: dict[str, ShardWriter] = {}
+        current = -1
+
+        def close_block() -> None:
+            if current >= 0:
+                splits = {name: w.close() for name, w in writers.items()}
+                blocks.append({"block": current, "splits": {name: _split_json(s) for name, s in splits.items()}})
+
+        bar = tqdm(desc=f"part {part_index}", unit="doc", disable=not cfg.progress, dynamic_ncols=True)
+        with bar:
+            for (block, flags), ids, lengths in encode_in_order(tasks(), str(staging / TOKENIZER_FILE), workers):
+                if block != current:
+                    close_block()
+                    current = block
+                    writers = {name: ShardWriter(directory=staging, split=f"b{block:06d}_{name}", dtype=dtype,
+                                                 shard_tokens=cfg.shard_tokens) for name in ("train", "validation")}
+                ends = np.cumsum(lengths)
+                starts = ends - lengths
+                # One write per run of consecutive documents of one split.
+                run_starts = np.flatnonzero(np.r_[True, flags[1:] != flags[:-1]])
+                run_ends = np.r_[run_starts[1:], len(flags)]
+                for a, b in zip(run_starts, run_ends):
+                    writers["validation" if flags[a] else "train"].write(ids[starts[a]:ends[b - 1]],
+                                                                         documents=int(b - a))
+                bar.update(len(flags))
+            close_block()
+        info = {
+            "format": PART_FORMAT, "num_parts": num_parts, "part_index": part_index, "block_docs": block_docs,
+            "documents": counted["documents"], "tokenizer_sha256": sha256_file(staging / TOKENIZER_FILE),
+            "tokenizer_origin": f"loaded from {cfg.tokenizer.name}", "vocab_size": tok.vocab_size, "dtype": dtype,
+            "eos_id": tok.eos_id, "val_fraction": cfg.val_fraction,
+            "source": cfg.source_description or corpus.description, "license": cfg.license,
+            "created_by": f"ngpt_ds {ngpt_ds.__version__}", "blocks": blocks,
+        }
+        _write_json(staging / PART_FILE, info)
+        if final.exists():  # --overwrite (checked above): replace the earlier attempt whole
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    _say(cfg, f"part {part_index} of {num_parts}: {len(blocks)} block(s) of {counted['documents']:,} documents "
+              f"-> {final}")
+    return final
+
+
+def _split_json(split: SplitMeta) -> dict[str, Any]:
+    return {"documents": split.documents, "tokens": split.tokens,
+            "shards": [{"file": s.file, "tokens": s.tokens} for s in split.shards]}
+
+
+def _read_part(folder: Path) -> dict[str, Any]:
+    path = folder / PART_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NgptConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again "
+                              "with --overwrite") from None
+    if not isinstance(info, dict) or info.get("format") != PART_FORMAT:
+        raise NgptConfigError(f"{path}: not a part written by ngpt_ds; prepare that part again with --overwrite")
+    return info
+
+
+def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress: bool = True) -> Path:
+    """Merge `out/part-K-of-N/` (K = 0..N-1) into the prepared dataset `out`; return `out`.
+
+    Raises NgptConfigError, before anything changes, for a missing or damaged part, parts that
+    disagree (tokenizer, vocab, dtype, validation fraction, corpus, number of parts or documents),
+    or an `out` that already holds a dataset (without overwrite).
+    """
+    out = Path(out)
+    if not (isinstance(num_parts, int) and num_parts >= 1):
+        raise NgptConfigError(f"--num-shards {num_parts}: must be a positive integer (the number of parts to merge)")
+    missing = [k for k in range(num_parts) if not (part_dir(out, k, num_parts) / PART_FILE).is_file()]
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        raise NgptConfigError(
+            f"--merge: {len(missing)} of {num_parts} parts missing in {out}: part(s) {shown} (no "
+            f"{part_dir(out, missing[0], num_parts).name}/{PART_FILE}); run launch/prepare_data.py with "
+            f"--num-shards {num_parts} --shard-index K for each, then merge again")
+    if (out / META_FILE).is_file() and not overwrite:
+        raise NgptConfigError(f"--out {out} already holds a merged dataset ({META_FILE}); pass --overwrite to "
+                              "replace it with this merge")
+    parts = [_read_part(part_dir(out, k, num_parts)) for k in range(num_parts)]
+    first = parts[0]
+    for k, info in enumerate(parts):
+        if info.get("part_index") != k:
+            raise NgptConfigError(f"{part_dir(out, k, num_parts)}/{PART_FILE}: says part_index "
+                                  f"{info.get('part_index')!r}, expected {k}; prepare that part again")
+        if info.get("tokenizer_sha256") != first.get("tokenizer_sha256"):
+            raise NgptConfigError(
+                f"--merge: the parts were tokenized with different tokenizers: part 0 with sha256 "
+                f"{first.get('tokenizer_sha256')}, part {k} with {info.get('tokenizer_sha256')}; prepare every "
+                f"part with the same --tokenizer FILE (part {k} again, with --overwrite)")
+        for key in _SHARED:
+            if info.get(key) != first.get(key):
+                raise NgptConfigError(
+                    f"--merge: part {k} has {key} = {info.get(key)!r} but part 0 has {first.get(key)!r}; every "
+                    "part needs the same --input, options and --num-shards (prepare it again with --overwrite)")
+        tok_file = part_dir(out, k, num_parts) / TOKENIZER_FILE
+        if not tok_file.is_file() or sha256_file(tok_file) != info["tokenizer_sha256"]:
+            raise NgptConfigError(f"{tok_file}: missing or not the tokenizer its {PART_FILE} names; prepare part "
+                                  f"{k} again with --overwrite")
+    block_docs, documents = first["block_docs"], first["documents"]
+    n_blocks = -(-documents // block_docs)
+    by_block: dict[int, tuple[int, dict[str, Any]]] = {}
+    for k, info in enumerate(parts):
+        expected = list(range(k, n_blocks, num_parts))
+        got = [b["block"] for b in info["blocks"]]
+        if got != expected:
+            raise NgptConfigError(f"{part_dir(out, k, num_parts)}/{PART_FILE}: holds blocks {got[:10]}, expected "
+                                  f"{expected[:10]} for {documents} documents; prepare part {k} again")
+        by_block.update({b["block"]: (k, b) for b in info["blocks"]})
+
+    dtype = first["dtype"]
+    itemsize = DTYPES[dtype].itemsize
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        splits: dict[str, SplitMeta] = {}
+        for name in ("train", "validation"):
+            shards: list[ShardMeta] = []
+            docs = 0
+            for b in range(n_blocks):
+                k, block = by_block[b]
+                split = block["splits"].get(name, {"documents": 0, "shards": []})
+                docs += split["documents"]
+                for shard in split["shards"]:
+                    src = part_dir(out, k, num_parts) / shard["file"]
+                    if not src.is_file() or src.stat().st_size != shard["tokens"] * itemsize:
+                        raise NgptConfigError(f"{src}: missing or not {shard['tokens']} tokens as {PART_FILE} says; "
+                                              f"prepare part {k} again with --overwrite")
+                    dest = f"{name}_{len(shards):06d}.bin"
+                    _link_or_copy(src, staging / dest)
+                    shards.append(ShardMeta(file=dest, tokens=shard["tokens"]))
+            splits[name] = SplitMeta(documents=docs, tokens=sum(s.tokens for s in shards), shards=tuple(shards))
+        fraction = Fraction(first["val_fraction"]).limit_denominator(1_000_000)
+        if splits["validation"].documents == 0:
+            if fraction > 0:
+                raise NgptConfigError(
+                    f"{first['source']}: only {splits['train'].documents} documents, too few to hold out "
+                    f"--val-fraction {first['val_fraction']}; pass --val-fraction 0 or give more documents")
+            del splits["validation"]
+        shutil.copyfile(part_dir(out, 0, num_parts) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        meta = DatasetMeta(
+            data_dir=out, format_version=FORMAT_VERSION, vocab_size=first["vocab_size"], dtype=dtype,
+            eos_id=first["eos_id"], tokenizer_path=TOKENIZER_FILE, tokenizer_sha256=first["tokenizer_sha256"],
+            tokenizer_origin=first["tokenizer_origin"], splits=splits, val_fraction=first["val_fraction"],
+            source=first["source"], license=first.get("license", ""),
+            created_by=f"{first['created_by']}, {num_parts} parts merged")
+        write_meta(meta, staging)
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)  # the parts go with it, once the dataset is complete
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    if progress:
+        _say(dataclasses.replace(PrepareConfig(inputs=(), out=out), progress=True),
+             f"merged {num_parts} parts\n{meta.summary()}")
+    return out
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link (no copy; the part keeps its file until the merge is complete), or a copy where
+    the filesystem has none."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
