@@ -189,3 +189,19 @@ def test_validation_batches_are_fixed_spread_and_disjoint(data):
         assert torch.equal(targets[:, :-1], inputs[:, 1:])
     limited = validation_batches(data, T, 2, 1, 2, max_batches=1)
     assert [firsts(b) for b in limited] == [[starts[5], starts[8]]]  # 4 of 11 windows: 0, 2, 5, 8; rank 1: 5, 8
+
+
+def test_each_optimizer_step_sees_the_same_windows_at_any_data_parallel_size_across_epochs(data):
+    """Fault: an epoch ended on a whole micro-batch over the ranks, not on a whole optimizer step, so
+    at an epoch's end 1 rank x 2 accumulation steps trained on windows that 2 ranks x 1 step skipped
+    (24 windows, 14 per step: the 2-rank job skips 10, the 1-rank job took 21 into its second step).
+    The README's resume rule: step k trains on slots [k*S, (k+1)*S) of the epoch, S the global batch."""
+    for per_step, layouts in ((14, [(2, 7, 1), (1, 7, 2)]),
+                              (18, [(2, 9, 1), (1, 9, 2), (1, 6, 3), (2, 3, 3)])):
+        seen = []
+        for size, mbs, accum in layouts:  # (data-parallel size, micro batch, accumulation steps)
+            ranks = [TokenWindowLoader(data, "train", T, mbs, r, size, 7, grad_accum=accum) for r in range(size)]
+            seen.append([sorted(w for _ in range(accum) for ld in ranks for w in firsts(ld.next_batch()))
+                         for _ in range(4)])  # 4 epochs of one step each
+        assert all(s == seen[0] for s in seen[1:]), per_step
+        assert all(len(step) == per_step for step in seen[0])

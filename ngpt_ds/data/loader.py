@@ -1,12 +1,17 @@
 """Batches of (input, target) token windows for data-parallel training and validation.
 
 Order: epoch e visits all windows of the split in the permutation drawn from
-np.random.default_rng([seed, e]). Global batch b of an epoch is permutation slots
+np.random.default_rng([seed, e]). Micro-batch b of an epoch is permutation slots
 [b*G, (b+1)*G) with G = dp_size * micro_batch_size; data-parallel rank r takes the r-th
 micro_batch_size of them. So ranks see disjoint windows, the order depends only on
-(seed, epoch), and the position is one integer. Tensor-/pipeline-parallel ranks of one
-replica pass the same dp_rank and get the same batch. The last W mod G windows of each
-epoch's permutation are skipped (a different set each epoch).
+(seed, epoch), and the position is one integer: windows consumed, over all ranks.
+Tensor-/pipeline-parallel ranks of one replica pass the same dp_rank and get the same batch.
+Each epoch ends on a whole optimizer step: its last W mod S windows are skipped (a different
+set each epoch), S = G * grad_accum = the global batch.
+
+So optimizer step k trains on slots [k*S, (k+1)*S) of the epoch's permutation whatever the split of
+S into data-parallel ranks, micro-batches and accumulation steps: a run resumed at another
+data-parallel size with the same global batch sees exactly the windows the original run would have.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class TokenWindowLoader:
         dp_rank: int,
         dp_size: int,
         seed: int,
+        grad_accum: int = 1,
     ):
         _check_layout("TokenWindowLoader", seq_len, micro_batch_size, dp_rank, dp_size)
         self.data_dir = Path(data_dir)
@@ -78,9 +84,10 @@ class TokenWindowLoader:
         self._index = WindowIndex(self.meta, split, seq_len)
         self.windows_per_epoch = self._index.num_windows
         self.global_batch = dp_size * micro_batch_size
-        if self.windows_per_epoch < self.global_batch:
-            raise _too_few(self.data_dir, split, seq_len, self.windows_per_epoch, dp_size, micro_batch_size)
-        self.batches_per_epoch = self.windows_per_epoch // self.global_batch
+        step_batch = self.global_batch * grad_accum  # windows per optimizer step
+        if self.windows_per_epoch < step_batch:
+            raise _too_few(self.data_dir, split, seq_len, self.windows_per_epoch, dp_size, micro_batch_size * grad_accum)
+        self.batches_per_epoch = (self.windows_per_epoch // step_batch) * grad_accum
         self.epoch = 0
         self._batch = 0  # next global batch within the epoch
         self._order: tuple[int, np.ndarray] | None = None
@@ -117,8 +124,9 @@ class TokenWindowLoader:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume at the exact next batch. The global batch (dp_size * micro_batch_size) may change
-        if the position is a whole number of new global batches."""
+        """Resume at the exact next batch. The split of the global batch may change (another
+        data-parallel size, micro batch or accumulation): the position is in windows over all ranks,
+        and must be a whole number of this loader's micro-batches over all ranks."""
         p = Problems("data loader state (from the checkpoint)")
         p.check(state.get("version") == _STATE_VERSION, "version", state.get("version"),
                 f"this ngpt_ds reads version {_STATE_VERSION}; start the data order afresh")

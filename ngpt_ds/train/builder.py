@@ -21,7 +21,7 @@ from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.train import ds_compat
-from ngpt_ds.train import preflight
+from ngpt_ds.train import preflight, reshape
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
@@ -52,6 +52,8 @@ class Prepared:
     plan: BatchPlan
     dist_env: distributed.DistEnv
     resume_from: Path | None
+    reshape: reshape.Reshape | None = None
+    """Set when resume_from was saved at another data-parallel size: load its universal conversion."""
 
 
 def prepare(options: TrainOptions) -> Prepared:
@@ -93,10 +95,14 @@ def prepare(options: TrainOptions) -> Prepared:
                                  warn=_warn_on_rank0(dist_env.rank))
     if resume_from is not None:
         preflight.check_resume_fits(resume_from, model_cfg, meta)  # same model config and tokenizer
+    # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
+    # cannot convert is refused here, before the process group.
+    layout = reshape.current_layout(ds_config, dist_env.world_size, train_cfg.tensor_parallel_size)
+    resize = reshape.plan(resume_from, layout, out_dir) if resume_from is not None else None
     run = RunConfig(config_source=str(config_path), model=model_cfg, train=train_cfg, deepspeed=ds_config,
                     deepspeed_source=options.deepspeed_config, data_dir=str(data_dir), out_dir=str(out_dir),
                     tokenizer_sha256=meta.tokenizer_sha256)
-    return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from)
+    return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from, reshape=resize)
 
 
 def _warn_on_rank0(rank: int):
@@ -122,10 +128,13 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
         torch.cuda.set_device(dist_env.local_rank)
 
 
-def start_engine(run: RunConfig, groups: ParallelGroups | None = None):
+def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_universal: bool = False):
     """Build the model (tensor-parallel shards when groups.tp_size > 1), optimizer and schedule,
-    and wrap them in a DeepSpeed engine (ZeRO over the data-parallel group)."""
+    and wrap them in a DeepSpeed engine (ZeRO over the data-parallel group). `load_universal`: the
+    engine will load a universal checkpoint (a resume at another data-parallel size)."""
     import deepspeed
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
     train = run.train
     torch.manual_seed(train.seed)  # every rank builds the same full model, then keeps its shards
@@ -138,8 +147,14 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None):
                                 weight_decay=train.weight_decay)
     schedule = build_schedule(optimizer, max_steps=train.max_steps, warmup_steps=train.warmup_steps,
                               min_lr_ratio=train.min_lr / train.lr)
+    # Saved into every checkpoint, so DeepSpeed's ds_to_universal converts it as it is (README
+    # "Resuming at another world size"); a model attribute, as the client_state key is reserved.
+    setattr(model, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
+    ds_config = run.deepspeed
+    if load_universal:
+        ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=run.deepspeed, mpu=groups if tensor_parallel else None)
+                                           config=ds_config, mpu=groups if tensor_parallel else None)
     ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
     return engine
 

@@ -6,6 +6,9 @@ Layout of a run folder's checkpoints (the one place that defines it; inference u
     <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
     <out>/checkpoints/latest                   DeepSpeed's pointer: always the newest complete tag
     <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted
+    <out>/checkpoints/step_00000200-universal/ step_00000200 converted for another data-parallel size
+                                               (ngpt_ds.train.reshape); never a step_N name, so never resumed
+                                               or exported as one; removed with its step by retention
 
 A save is atomic: DeepSpeed writes under the temporary tag, rank 0 hashes every file into the
 `COMPLETE` manifest (relative path, size, blake2b digest of the full content) and renames the folder
@@ -41,6 +44,8 @@ TEMP_SUFFIX = ".tmp-save"
 REPLACED_SUFFIX = ".tmp-replaced"
 """An existing step_N moved aside for a second save of the same step; removed once the new one is in place."""
 ABANDONED_PREFIX = "abandoned-"
+UNIVERSAL_SUFFIX = "-universal"
+"""step_N-universal: DeepSpeed's universal form of step_N, made to resume it at another data-parallel size."""
 LATEST = "latest"
 MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
 MANIFEST_VERSION = 1
@@ -75,6 +80,27 @@ def step_dirs(checkpoint_dir: Path) -> list[Path]:
     if not checkpoint_dir.is_dir():
         return []
     return sorted((d for d in checkpoint_dir.iterdir() if is_step_dir(d)), key=lambda d: step_of(d.name))
+
+
+def universal_name(tag: str) -> str:
+    return tag + UNIVERSAL_SUFFIX
+
+
+def universal_source(path: Path) -> Path | None:
+    """The step_N folder a step_N-universal folder was converted from (None for any other name)."""
+    name = path.name
+    if not name.endswith(UNIVERSAL_SUFFIX):
+        return None
+    source = path.with_name(name[: -len(UNIVERSAL_SUFFIX)])
+    return source if source.name.startswith(TAG_PREFIX) and source.name[len(TAG_PREFIX):].isdigit() else None
+
+
+def universal_dirs(checkpoint_dir: Path) -> list[Path]:
+    """Every step_N-universal folder (complete or not), oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [d for d in checkpoint_dir.iterdir() if d.is_dir() and universal_source(d) is not None]
+    return sorted(found, key=lambda d: step_of(universal_source(d).name))
 
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -208,6 +234,13 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     if resume == "auto":
         return newest_intact(checkpoint_dir, warn)
     path = Path(resume)
+    source = universal_source(path)
+    if source is not None:  # a conversion is derived data: resume its step_N, which reuses it if needed
+        if not (source / COMPLETE).is_file():
+            raise NgptConfigError(f"--resume {resume}: a {UNIVERSAL_SUFFIX} folder is resumed through the checkpoint "
+                                  f"it was converted from, and {source} holds no complete checkpoint. Give a step_N "
+                                  "checkpoint directory")
+        path = source
     if (path / COMPLETE).is_file():
         chosen = path
     elif path.is_dir() and complete_checkpoints(path):
@@ -240,6 +273,7 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     checkpoint_dir = out_dir / CHECKPOINTS
     k = step_of(resume_from.name) if resume_from is not None else 0
     newer = [d for d in step_dirs(checkpoint_dir) if step_of(d.name) > k]
+    newer += [d for d in universal_dirs(checkpoint_dir) if step_of(universal_source(d).name) > k]
     if not newer:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -358,9 +392,47 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_ya
         point_latest(checkpoint_dir)
     for old in complete_checkpoints(checkpoint_dir)[:-keep]:  # only step_N folders: the current lineage
         shutil.rmtree(old, ignore_errors=True)
+    oldest_kept = step_of(complete_checkpoints(checkpoint_dir)[0].name)
+    for converted in universal_dirs(checkpoint_dir):  # derived from a step retention has now passed
+        if step_of(universal_source(converted).name) < oldest_kept:
+            shutil.rmtree(converted, ignore_errors=True)
     for partial in step_dirs(checkpoint_dir):  # interrupted saves of older ngpt_ds versions
         if not (partial / COMPLETE).exists() and step_of(partial.name) < step:
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def _source_digest(source: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update((source / COMPLETE).read_bytes())
+    return h.hexdigest()
+
+
+def finish_universal(converted: Path, target: Path, source: Path) -> None:
+    """Rank 0: seal a converted folder like a save (the source's config.yaml, a manifest naming the
+    source's manifest, rename into place). `converted` lies in the same checkpoints folder."""
+    shutil.copy2(source / "config.yaml", converted / "config.yaml")
+    (converted.parent / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; not needed
+    manifest = build_manifest(converted, step_of(source.name))
+    manifest["converted_from"] = {"name": source.name, "complete_blake2b": _source_digest(source)}
+    marker = converted / (COMPLETE + ".tmp")
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(marker, converted / COMPLETE)
+    _fsync_dir(converted)
+    if target.exists():  # an older or damaged conversion: replaced whole
+        shutil.rmtree(target)
+    os.rename(converted, target)
+    _fsync_dir(target.parent)
+
+
+def is_converted_from(target: Path, source: Path) -> bool:
+    """An intact step_N-universal folder converted from exactly this `source` checkpoint."""
+    if not (target / COMPLETE).is_file() or verify(target) is not None:
+        return False
+    origin = (read_manifest(target) or {}).get("converted_from") or {}
+    return origin.get("name") == source.name and origin.get("complete_blake2b") == _source_digest(source)
 
 
 def _agree(problem: str | None) -> str | None:

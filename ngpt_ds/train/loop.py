@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
-from ngpt_ds.train import checkpoint
+from ngpt_ds.train import checkpoint, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
@@ -72,7 +72,11 @@ class Trainer:
         self.out_dir = Path(self.run.out_dir)
         self.show_progress = options.progress and self.is_main
         self.groups = create_groups(self.run.train.tensor_parallel_size)
-        self.engine = start_engine(self.run, self.groups)
+        self.reshape, self.reused_conversion = prepared.reshape, False
+        if self.reshape is not None:  # saved at another data-parallel size: its universal form, made once
+            from deepspeed.accelerator import get_accelerator
+            self.reused_conversion = reshape.convert(self.reshape, torch.device(get_accelerator().current_device_name()))
+        self.engine = start_engine(self.run, self.groups, load_universal=self.reshape is not None)
         self.ds_settings = engine_settings(self.engine)  # what DeepSpeed really uses, defaults included
         check_engine_agrees(self.ds_settings, self.run.deepspeed, self.plan)
         self.model = self.engine.module
@@ -83,7 +87,8 @@ class Trainer:
 
         seq_len, micro = self.run.model.seq_len, self.plan.micro_batch
         dp_rank, dp_size = self.groups.dp_rank, self.groups.dp_size
-        self.loader = TokenWindowLoader(self.run.data_dir, "train", seq_len, micro, dp_rank, dp_size, self.run.train.seed)
+        self.loader = TokenWindowLoader(self.run.data_dir, "train", seq_len, micro, dp_rank, dp_size, self.run.train.seed,
+                                        grad_accum=self.plan.grad_accum)
         self.val_batches = validation_batches(self.run.data_dir, seq_len, micro, dp_rank, dp_size,
                                               max_batches=self.run.train.eval_batches)
         self.tokens_per_step = self.plan.global_batch * seq_len
@@ -101,7 +106,9 @@ class Trainer:
                                 watch_launcher=prepared.dist_env.source != "single")
 
     def _resume(self, path: Path) -> None:
-        client = checkpoint.load(self.engine, path)
+        client = checkpoint.load(self.engine, self.reshape.target if self.reshape is not None else path)
+        if self.reshape is not None:
+            reshape.unalias_optimizer_steps(self.engine)
         if self.hook is not None:
             self.hook.rebuild()
             # Masters rebuilt from bf16 weights (zero_optimization.load_from_fp32_weights: false) are
@@ -110,7 +117,10 @@ class Trainer:
         self.loader.load_state_dict(client["loader"])
         _set_rng_state(client["rng"])
         self.step, self.tokens_seen = client["step"], client["tokens_seen"]
-        self._say(f"resumed from {path} at step {self.step}")
+        if self.reshape is not None:
+            self._say(reshape.describe(self.reshape, self.reused_conversion, renormalized=self.hook is not None))
+        else:
+            self._say(f"resumed from {path} at step {self.step}")
 
     # ---- helpers ----------------------------------------------------------------------
 

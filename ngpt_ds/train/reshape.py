@@ -1,0 +1,225 @@
+"""Resume at another world size through DeepSpeed's universal checkpoints (README "Resuming at another
+world size").
+
+A ZeRO checkpoint is cut into one optimizer shard per data-parallel rank, so DeepSpeed loads it only at
+the data-parallel size it was saved with. DeepSpeed's `ds_to_universal` rewrites it as one file per
+parameter (fp32 master, Adam's exp_avg and exp_avg_sq, step) that `"checkpoint": {"load_universal": true}`
+re-partitions at any data-parallel size. The trainer does this by itself:
+
+1. `plan` (every rank, before the process group): compare the checkpoint's saved layout (ZeRO stage,
+   data- and tensor-parallel sizes, read by ngpt_ds.deepspeed_files) with this run's. Equal, or only
+   ZeRO 1 <-> 2 at the same sizes (one format), or ZeRO 0 (whole optimizer state in one file): nothing
+   to do. A data-parallel change within ZeRO 1/2 or within ZeRO 3: a `Reshape`. Anything DeepSpeed
+   cannot convert is refused here, before any compute, naming both setups.
+2. `convert` (collective, after the run lock): rank 0 runs the converter once into
+   `checkpoints/step_N-universal/` (temporary name, manifest, rename: atomic and verified like every
+   checkpoint, ngpt_ds.train.checkpoint); the other ranks wait in short polls, so a long conversion
+   never meets the collective timeout. An intact folder converted from the same checkpoint is reused.
+3. The engine is built with load_universal, loads the folder, and the hypersphere hook rebuilds and
+   renormalizes its view of the masters.
+
+The converter runs in a child process (`python -m ngpt_ds.train.reshape SOURCE OUTPUT`): it reads every
+file under ngpt_ds.safe_load's guard, keeps its memory out of the trainer, and a crash in it is one
+reported failure rather than a dead rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ngpt_ds import deepspeed_files, safe_load
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import checkpoint
+
+POLL_S = 0.5
+"""How often the waiting ranks and rank 0 agree on whether the conversion is finished."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    zero_stage: int
+    data_parallel: int
+    tensor_parallel: int
+
+    def describe(self) -> str:
+        return (f"ZeRO stage {self.zero_stage}, data-parallel size {self.data_parallel}, "
+                f"tensor-parallel size {self.tensor_parallel}")
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """A checkpoint to convert into `target` and load at another data-parallel size."""
+
+    source: Path
+    saved: Layout
+    current: Layout
+    target: Path
+
+    @property
+    def step(self) -> int:
+        return checkpoint.step_of(self.source.name)
+
+
+def _family(stage: int) -> str:
+    return {0: "ZeRO 0", 3: "ZeRO 3"}.get(stage, "ZeRO 1/2")
+
+
+def _refuse(source: Path, saved: Layout, current: Layout, reason: str) -> NgptConfigError:
+    return NgptConfigError(f"cannot resume {source.name} (saved at {saved.describe()}) at {current.describe()}: "
+                           f"{reason}")
+
+
+def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
+    """What resuming `source` at `current` needs: None (DeepSpeed loads it as it is) or a Reshape.
+    Raises NgptConfigError for what DeepSpeed cannot convert."""
+    found = deepspeed_files.saved_layout(source)
+    saved = Layout(found.zero_stage, found.data_parallel, found.tensor_parallel)
+    if _family(saved.zero_stage) != _family(current.zero_stage):
+        raise _refuse(source, saved, current, (
+            f"DeepSpeed loads a {_family(saved.zero_stage)} checkpoint only into {_family(saved.zero_stage)}, and "
+            "its universal checkpoints convert between data-parallel sizes within ZeRO 1/2 or within ZeRO 3, not "
+            f"between the two. Resume with a {_family(saved.zero_stage)} DeepSpeed config (any data-parallel size "
+            "there), or start a new run with --resume none and another --out"))
+    if saved.tensor_parallel != current.tensor_parallel or (
+            saved.tensor_parallel > 1 and saved.data_parallel != current.data_parallel):
+        raise _refuse(source, saved, current, (
+            "a tensor-parallel checkpoint resumes only at the same tensor-parallel and data-parallel sizes. "
+            "DeepSpeed's universal converter merges tensor-parallel slices by Megatron name patterns, and the "
+            "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to it, so a merged checkpoint "
+            f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel} on "
+            f"{saved.tensor_parallel * saved.data_parallel} rank(s)"))
+    if saved.data_parallel == current.data_parallel or saved.zero_stage == 0:
+        return None  # ZeRO 1 <-> 2 share one format; ZeRO 0 keeps the whole optimizer state in one file
+    target = out_dir / checkpoint.CHECKPOINTS / checkpoint.universal_name(source.name)
+    return Reshape(source=source, saved=saved, current=current, target=target)
+
+
+def current_layout(ds_config: dict, world_size: int, tensor_parallel: int, other_parallel: int = 1) -> Layout:
+    """This run's layout: data parallelism is what the world size leaves after model parallelism."""
+    return Layout(deepspeed_files.zero_stage_of(ds_config), world_size // (tensor_parallel * other_parallel),
+                  tensor_parallel)
+
+
+def describe(reshape: Reshape, reused: bool, renormalized: bool) -> str:
+    """The one line the trainer prints."""
+    how = ("reused the universal checkpoint {t} converted from it earlier" if reused
+           else "converted it once into the universal checkpoint {t}").format(t=reshape.target)
+    sphere = " and renormalized the sphere matrices" if renormalized else ""
+    return (f"resuming step {reshape.step} saved at data-parallel size {reshape.saved.data_parallel} on "
+            f"data-parallel size {reshape.current.data_parallel} (ZeRO {reshape.current.zero_stage}): {how}, "
+            f"loaded it{sphere}")
+
+
+def unalias_optimizer_steps(engine) -> int:
+    """Give each optimizer state its own `step` tensor; returns how many were shared.
+
+    DeepSpeed 0.19.8's ZeRO-3 universal load stores one `step` tensor object in the state of every
+    sub-group (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3). torch's AdamW increments
+    `step` in place once per sub-group update, so with the matrices and the vectors in two groups the
+    count ran 2 per optimizer step: the next Adam bias correction was wrong and the loss after the
+    first resumed step differed by 1.4e-4 (tests/test_resume_world_size.py, ZeRO 3 2 -> 1 ranks)."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    seen, shared = set(), 0
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if not torch.is_tensor(step):
+            continue
+        if id(step) in seen:
+            state["step"] = step.clone()
+            shared += 1
+        else:
+            seen.add(id(step))
+    return shared
+
+
+# ---- conversion -----------------------------------------------------------------------------------
+
+
+def _wait_for(proc: subprocess.Popen | None, device: torch.device) -> None:
+    """Every rank polls until rank 0's child process has exited: short collectives only."""
+    while True:
+        running = torch.tensor([float(proc is not None and proc.poll() is None)], device=device)
+        dist.all_reduce(running, op=dist.ReduceOp.MAX)
+        if running.item() == 0:
+            return
+        time.sleep(POLL_S)
+
+
+def _start_converter(source: Path, output: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log, "w", encoding="utf-8") as f:
+        return subprocess.Popen([sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(output)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def convert(reshape: Reshape, device: torch.device) -> bool:
+    """Collective: make `reshape.target` (rank 0 converts, or reuses an intact earlier conversion).
+    Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
+    conversion fails; nothing is then left under the step_N-universal name."""
+    rank = dist.get_rank()
+    problem, proc, reused = None, None, False
+    work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
+    if rank == 0:
+        reused = checkpoint.is_converted_from(reshape.target, reshape.source)
+        if not reused:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+    flag = torch.tensor([float(reused)], device=device)
+    dist.broadcast(flag, src=0)
+    reused = bool(flag.item())
+    _wait_for(proc, device)
+    if rank == 0 and proc is not None:
+        if proc.returncode != 0:
+            problem = (f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
+                       f"{_tail(work / 'convert.log')}. Resume at {reshape.saved.describe()} instead")
+        else:
+            try:
+                checkpoint.finish_universal(work / "converted", reshape.target, reshape.source)
+            except OSError as err:
+                problem = f"writing {reshape.target}: {err}"
+        shutil.rmtree(work, ignore_errors=True)
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    if problems[0] is not None:
+        raise NgptConfigError(problems[0])
+    return reused
+
+
+def _convert_main(argv: list[str]) -> None:
+    """The child process: DeepSpeed's converter with every load through the restricted unpickler.
+    One worker each: the pools would have to inherit the guard, and the extraction is I/O bound."""
+    parser = argparse.ArgumentParser(description="Convert a trainer checkpoint to DeepSpeed's universal format.")
+    parser.add_argument("source")
+    parser.add_argument("output")
+    cli = parser.parse_args(argv)
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(input_folder=cli.source, output_folder=cli.output, num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+    with safe_load.deepspeed_loads_are_safe():
+        ds_to_universal.main(args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    _convert_main(sys.argv[1:])

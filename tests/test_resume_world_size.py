@@ -1,0 +1,145 @@
+"""Resume at another world size (fault: a checkpoint resumed only at the data-parallel size and ZeRO
+stage it was saved with: "DeepSpeed could not load the checkpoint ... Start a new run").
+
+The trainer converts the checkpoint once into DeepSpeed's universal format (checkpoints/step_N-universal),
+loads it at the new size, and continues with the same global batch: the next losses equal those of the
+uninterrupted run at the original size (fp32, 1e-4) and the fp32 masters stay on the sphere. What
+DeepSpeed cannot convert (ZeRO-1/2 <-> ZeRO-3, a tensor-parallel checkpoint) is refused before any
+compute with one message naming both setups.
+"""
+
+import json
+import sys
+
+from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
+
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {"max_steps": 9, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
+         "checkpoint_interval": 3, "keep_checkpoints": 5, "peak_tflops": 1.0}
+GLOBAL_BATCH = 4
+
+
+def train_args(config, ds, data, out, *extra):
+    return [REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", data, "--out", out,
+            "--no-progress", *extra]
+
+
+def ds_for(tmp_path, stage, ranks):
+    """The same global batch (4 windows per optimizer step) at 1 or 2 ranks."""
+    micro = 2
+    return write_ds_config(tmp_path / f"z{stage}_dp{ranks}.json", stage=stage, bf16=False, micro=micro,
+                           accum=GLOBAL_BATCH // (micro * ranks))
+
+
+def losses(out):
+    return {m["step"]: m["train/loss"] for m in read_metrics(out)}
+
+
+def assert_continues(resumed, reference, steps):
+    got, want = losses(resumed), losses(reference)
+    for step in steps:
+        assert abs(got[step] - want[step]) < 1e-4, (step, got[step], want[step])
+    deviations = [m["ngpt/max_norm_deviation"] for m in read_metrics(resumed)]
+    assert deviations and max(deviations) < 1e-5
+
+
+def converted_line(proc):
+    return [line for line in proc.stdout.splitlines() if "universal checkpoint" in line]
+
+
+def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dataset):
+    config = write_yaml(tmp_path / "run.yaml", MODEL, TRAIN)
+    two, one, back = tmp_path / "two", tmp_path / "one", tmp_path / "back"
+    torchrun(*train_args(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
+
+    # 2 ranks -> 1 rank: converted once into the resuming run's checkpoints, verified like any checkpoint.
+    proc = torchrun(*train_args(config, ds_for(tmp_path, 2, 1), tiny_dataset, one, "--resume",
+                                two / "checkpoints" / "step_00000003"), nproc=1)
+    universal = one / "checkpoints" / "step_00000003-universal"
+    assert converted_line(proc) == [
+        f"resuming step 3 saved at data-parallel size 2 on data-parallel size 1 (ZeRO 2): converted it once into "
+        f"the universal checkpoint {universal}, loaded it and renormalized the sphere matrices"]
+    assert_continues(one, two, steps=(4, 5, 6, 7, 8, 9))
+    # Never taken for a normal checkpoint (auto-resume and export see only step_N folders), and removed by
+    # retention with its step once the run has newer checkpoints of its own.
+    from ngpt_ds.train.checkpoint import complete_checkpoints
+    assert [p.name for p in complete_checkpoints(one / "checkpoints")] == ["step_00000006", "step_00000009"]
+    assert not universal.exists() and not list((one / "checkpoints").glob("*tmp*"))
+
+    # 1 rank -> 2 ranks, from the 1-rank run's step 6: the 1-rank run is the uninterrupted reference.
+    proc = torchrun(*train_args(config, ds_for(tmp_path, 2, 2), tiny_dataset, back, "--resume",
+                                one / "checkpoints" / "step_00000006"), nproc=2)
+    assert len(converted_line(proc)) == 1 and "data-parallel size 1 on data-parallel size 2" in proc.stdout
+    assert_continues(back, one, steps=(7, 8, 9))
+
+    # ZeRO-2 -> ZeRO-3 cannot be converted by DeepSpeed: refused before any compute, both setups named.
+    refused = run([sys.executable, *train_args(config, ds_for(tmp_path, 3, 1), tiny_dataset, tmp_path / "z3",
+                                               "--resume", two / "checkpoints" / "step_00000003")], check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        "error: cannot resume step_00000003 (saved at ZeRO stage 2, data-parallel size 2, tensor-parallel "
+        "size 1) at ZeRO stage 3, data-parallel size 1, tensor-parallel size 1: DeepSpeed loads a ZeRO 1/2 checkpoint "
+        "only into ZeRO 1/2")
+    assert "Traceback" not in refused.stderr and "step " not in refused.stdout
+
+
+def test_zero3_resumes_from_2_ranks_on_1(tmp_path, tiny_dataset):
+    config = write_yaml(tmp_path / "run.yaml", MODEL, {**TRAIN, "max_steps": 6})
+    two, one = tmp_path / "two", tmp_path / "one"
+    torchrun(*train_args(config, ds_for(tmp_path, 3, 2), tiny_dataset, two), nproc=2)
+    proc = torchrun(*train_args(config, ds_for(tmp_path, 3, 1), tiny_dataset, one, "--resume",
+                                two / "checkpoints" / "step_00000003"), nproc=1)
+    assert len(converted_line(proc)) == 1 and "(ZeRO 3)" in proc.stdout
+    assert_continues(one, two, steps=(4, 5, 6))
+
+
+def test_tensor_parallel_checkpoint_at_another_layout_is_refused(tmp_path, tiny_dataset):
+    tp2 = write_yaml(tmp_path / "tp2.yaml", MODEL, {**TRAIN, "max_steps": 1, "tensor_parallel_size": 2})
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=2, accum=1)
+    torchrun(*train_args(tp2, ds, tiny_dataset, tmp_path / "tp"), nproc=2)
+    # TP2 x DP1 -> TP1 x DP2: the same 2 ranks, another split.
+    tp1 = write_yaml(tmp_path / "tp1.yaml", MODEL, {**TRAIN, "max_steps": 2})
+    ds2 = write_ds_config(tmp_path / "z2_dp2.json", stage=2, bf16=False, micro=1, accum=1)
+    refused = torchrun(*train_args(tp1, ds2, tiny_dataset, tmp_path / "tp", "--resume", "auto"), nproc=2,
+                       check=False)
+    assert refused.returncode != 0
+    assert ("error: cannot resume step_00000001 (saved at ZeRO stage 2, data-parallel size 1, tensor-parallel "
+            "size 2) at ZeRO stage 2, data-parallel size 2, tensor-parallel size 1: a tensor-parallel checkpoint "
+            "resumes only at the same tensor-parallel and data-parallel sizes") in refused.stderr
+    assert "train.tensor_parallel_size 2 on 2 rank(s)" in refused.stderr
+    # No traceback from the trainer (torchrun adds its own report of the ranks' exit codes).
+    assert not [line for line in refused.stderr.splitlines() if line.strip().startswith("File ") and "ngpt_ds" in line]
+    assert "step " not in refused.stdout  # refused before any compute
+
+
+def test_a_conversion_is_sealed_reused_only_for_its_source_and_follows_its_step(tmp_path):
+    """The step_N-universal folder: manifest-verified, tied to the exact checkpoint it came from,
+    never a step_N checkpoint, moved aside by lineage with its step."""
+    from ngpt_ds.train import checkpoint as ck
+
+    checkpoints = tmp_path / "checkpoints"
+    source = checkpoints / "step_00000003"
+    source.mkdir(parents=True)
+    (source / "config.yaml").write_text("model: {}\n")
+    (source / "mp_rank_00_model_states.pt").write_bytes(b"source")
+    (source / "COMPLETE").write_text(json.dumps(ck.build_manifest(source, 3)))
+    target = checkpoints / ck.universal_name(source.name)
+    converted = checkpoints / "work" / "converted"
+    (converted / "zero" / "w").mkdir(parents=True)
+    (converted / "zero" / "w" / "fp32.pt").write_bytes(b"weights")
+    ck.finish_universal(converted, target, source)
+
+    assert ck.verify(target) is None and ck.is_converted_from(target, source)
+    assert json.loads((target / "COMPLETE").read_text())["converted_from"]["name"] == "step_00000003"
+    assert ck.complete_checkpoints(checkpoints) == [source] and ck.universal_dirs(checkpoints) == [target]
+    assert ck.resolve_resume(tmp_path, str(target)) == source  # a conversion resumes through its step
+    (target / "zero" / "w" / "fp32.pt").write_bytes(b"weightz")  # damaged: converted again
+    assert not ck.is_converted_from(target, source)
+    (target / "zero" / "w" / "fp32.pt").write_bytes(b"weights")
+    assert ck.is_converted_from(target, source)
+    (source / "COMPLETE").write_text(json.dumps({**ck.build_manifest(source, 3), "step": 3, "files": {}}))
+    assert not ck.is_converted_from(target, source)  # another checkpoint under the same name
+
+    # Resuming from step 2 moves step 3's conversion aside with step 3.
+    moved = ck.start_lineage(tmp_path, checkpoints / "step_00000002")
+    assert "step_00000003, step_00000003-universal" in moved and ck.universal_dirs(checkpoints) == []
