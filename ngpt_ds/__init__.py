@@ -42,8 +42,7 @@ def _register_with_transformers() -> None:
     except Exception as err:  # an unsupported transformers: ngpt_ds itself still works
         import warnings
 
-        warnings.warn(f"ngpt_ds models are not registered with transformers: {type(err).__name__}: {err}",
-                      stacklevel=2)
+        warnings.warn(f"ngpt_ds models are not registered with transformers: {type(err).__name__}: {err}", stacklevel=2)
 
 
 import sys as _sys  # noqa: E402

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, cpu_env, run
-from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 PROMPT = "The class statement"
 NEW_TOKENS = 12  # past the 32-token context of the tiny model only with a long prompt; here 3 + 12 tokens
@@ -30,37 +30,54 @@ def hf_exported(trained) -> Path:  # noqa: F811
 
 
 def _hf_greedy(model, prompt_ids: list[int], **kwargs) -> list[int]:
-    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None,
-                         **kwargs)
-    return out[0, len(prompt_ids):].tolist()
+    out = model.generate(
+        torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, **kwargs
+    )
+    return out[0, len(prompt_ids) :].tolist()
 
 
 def test_folder_layout_config_and_generation_config(hf_exported, trained):  # noqa: F811
     names = sorted(p.name for p in hf_exported.iterdir())
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "configuration_ngpt.py", "modeling_ngpt.py", "README.md"} <= set(names)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "configuration_ngpt.py",
+        "modeling_ngpt.py",
+        "README.md",
+    } <= set(names)
     assert not [n for n in names if n.startswith(".")]
     config = json.loads((hf_exported / "config.json").read_text())
     assert config["model_type"] == "ngpt" and config["architectures"] == ["NGPTForCausalLM"]
-    assert config["auto_map"] == {"AutoConfig": "configuration_ngpt.NGPTConfig",
-                                  "AutoModelForCausalLM": "modeling_ngpt.NGPTForCausalLM"}
-    assert (config["n_layer"], config["n_embd"], config["n_head"], config["seq_len"], config["vocab_size"]) == \
-        (2, 32, 2, 32, 512)
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_ngpt.NGPTConfig",
+        "AutoModelForCausalLM": "modeling_ngpt.NGPTForCausalLM",
+    }
+    assert (config["n_layer"], config["n_embd"], config["n_head"], config["seq_len"], config["vocab_size"]) == (
+        2,
+        32,
+        2,
+        32,
+        512,
+    )
     assert config["ngpt_ds_export"]["training"]["step"] == 6 and config["eos_token_id"] == 2
     generation = json.loads((hf_exported / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 2 and generation["pad_token_id"] == 2
     # The copied code imports nothing of ngpt_ds (only relative imports), and the README explains trusting it.
     for path in hf_exported.glob("*.py"):
-        assert "ngpt_ds." not in "".join(line for line in path.read_text().splitlines(True)
-                                         if line.lstrip().startswith(("from ", "import "))), path.name
+        assert "ngpt_ds." not in "".join(
+            line for line in path.read_text().splitlines(True) if line.lstrip().startswith(("from ", "import "))
+        ), path.name
     readme = (hf_exported / "README.md").read_text()
     assert "trust_remote_code=True" in readme and "with your user's rights" in readme
 
 
 def test_auto_model_with_ngpt_ds_imported_gives_the_live_logits_bit_for_bit(hf_exported, exported, trained):  # noqa: F811
-    import ngpt_ds  # noqa: F401  (registers model_type "ngpt" with the Auto classes)
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    import ngpt_ds  # noqa: F401  (registers model_type "ngpt" with the Auto classes)
     from ngpt_ds.hf import NGPTConfig, NGPTForCausalLM
     from ngpt_ds.infer import load_export
 
@@ -101,8 +118,7 @@ torch.save({{"logits": logits, "greedy": greedy.tolist(), "module": type(model).
 """
 
 
-def test_trust_remote_code_without_ngpt_ds_gives_the_same_logits_and_tokens(hf_exported, exported, trained,  # noqa: F811
-                                                                           tmp_path):
+def test_trust_remote_code_without_ngpt_ds_gives_the_same_logits_and_tokens(hf_exported, exported, trained, tmp_path):  # noqa: F811
     from ngpt_ds.infer import generate, load_export
 
     script = tmp_path / "remote.py"
@@ -119,15 +135,29 @@ def test_trust_remote_code_without_ngpt_ds_gives_the_same_logits_and_tokens(hf_e
 
 
 def test_greedy_generate_equals_launch_generate_token_for_token(hf_exported, exported):  # noqa: F811
-    import ngpt_ds  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import ngpt_ds  # noqa: F401
     from ngpt_ds.infer import generate, load_export
 
     loaded = load_export(exported)
     reference = generate(loaded.model, loaded.tokenizer, PROMPT, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
-    proc = run([sys.executable, REPO / "launch/generate.py", exported, "--prompt", PROMPT, "--greedy",
-                "--max-new-tokens", NEW_TOKENS, "--ignore-eos", "--no-echo", "--device", "cpu"])
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/generate.py",
+            exported,
+            "--prompt",
+            PROMPT,
+            "--greedy",
+            "--max-new-tokens",
+            NEW_TOKENS,
+            "--ignore-eos",
+            "--no-echo",
+            "--device",
+            "cpu",
+        ]
+    )
     assert proc.stdout == reference.text + "\n"  # the command line prints what generate() returns
     assert f"[{NEW_TOKENS} tokens" in proc.stderr
 
@@ -140,7 +170,7 @@ def test_greedy_generate_equals_launch_generate_token_for_token(hf_exported, exp
     new_ids = _hf_greedy(model, prompt_ids)
     assert new_ids == reference.new_ids
     assert seen == [len(prompt_ids)] + [1] * (NEW_TOKENS - 1)  # the KV cache is used
-    assert tokenizer.decode(prompt_ids + new_ids)[len(PROMPT):] == reference.text
+    assert tokenizer.decode(prompt_ids + new_ids)[len(PROMPT) :] == reference.text
     assert len(set(new_ids)) > 1  # not one token repeated
     # Without the cache: every step reruns the whole sequence, the same tokens.
     assert _hf_greedy(model, prompt_ids, use_cache=False) == reference.new_ids
@@ -150,24 +180,28 @@ def _recording(hidden_states, seen: list):
     def wrapped(token_ids, cache=None):
         seen.append(token_ids.shape[1])
         return hidden_states(token_ids, cache)
+
     return wrapped
 
 
 def test_sampling_with_the_cache_matches_sampling_without_it(hf_exported):
-    import ngpt_ds  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
 
     model = AutoModelForCausalLM.from_pretrained(hf_exported)
     prompt = torch.tensor([[5, 77, 300, 12]])
     runs = {}
     for use_cache in (True, False):
         torch.manual_seed(3)
-        runs[use_cache] = model.generate(prompt, max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50,
-                                         eos_token_id=None, use_cache=use_cache)[0, 4:].tolist()
+        runs[use_cache] = model.generate(
+            prompt, max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50, eos_token_id=None, use_cache=use_cache
+        )[0, 4:].tolist()
     assert len(runs[True]) == 20 and runs[True] == runs[False]
     torch.manual_seed(4)
-    other = model.generate(prompt, max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50,
-                           eos_token_id=None)[0, 4:].tolist()
+    other = model.generate(prompt, max_new_tokens=20, do_sample=True, temperature=1.5, top_k=50, eos_token_id=None)[
+        0, 4:
+    ].tolist()
     assert other != runs[True]  # sampled, not greedy: another seed gives other tokens
 
 
@@ -189,9 +223,9 @@ def test_auto_tokenizer_round_trips_like_sentencepiece(hf_exported, trained):  #
 
 
 def test_gpt_baseline_pair_loads_through_the_auto_classes(tmp_path, trained):  # noqa: F811
-    import ngpt_ds  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import ngpt_ds  # noqa: F401
     from ngpt_ds.data.tokenizer import Tokenizer
     from ngpt_ds.hf import GPTBaselineForCausalLM
     from ngpt_ds.hf.export import write_hf_export
@@ -202,7 +236,9 @@ def test_gpt_baseline_pair_loads_through_the_auto_classes(tmp_path, trained):  #
     config = ModelConfig(arch="gpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
     model = build_model(config).eval()
     tok = Tokenizer.load(trained["data"] / "tokenizer.model")
-    loaded = LoadedModel(model=model, config=config, tokenizer=tok, tokenizer_sha256="-", source=tmp_path, kind="export")
+    loaded = LoadedModel(
+        model=model, config=config, tokenizer=tok, tokenizer_sha256="-", source=tmp_path, kind="export"
+    )
     folder = tmp_path / "gpt_hf"
     folder.mkdir()
     write_hf_export(loaded, folder, name="gpt_hf")
@@ -218,8 +254,9 @@ def test_gpt_baseline_pair_loads_through_the_auto_classes(tmp_path, trained):  #
 
 
 def test_loss_follows_the_transformers_label_convention(hf_exported):
-    import ngpt_ds  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
 
     model = AutoModelForCausalLM.from_pretrained(hf_exported)
     tokens = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(2))
@@ -235,8 +272,9 @@ def test_loss_follows_the_transformers_label_convention(hf_exported):
 
 
 def test_padding_is_refused_with_a_clear_error(hf_exported):
-    import ngpt_ds  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
 
     model = AutoModelForCausalLM.from_pretrained(hf_exported)
     with pytest.raises(ValueError, match="no padding mask"):

@@ -4,14 +4,13 @@ the same scores, request for request, as ngpt_ds's adapter (`ngpt-lm-eval --mode
 
 import json
 import shutil
-import sys
 
 import pytest
-
-from conftest import cpu_env, run
 from test_hf_export import hf_exported  # noqa: F401  (session fixture)
 from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 from test_infer_lm_eval import MC_DOCS, TASKS, TEXTS, lm_eval_samples  # noqa: F401  (the adapter's run)
+
+from conftest import cpu_env, run
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[eval]")
 
@@ -26,16 +25,37 @@ def hf_lm_eval(hf_exported, tmp_path_factory):  # noqa: F811
     (tasks / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
     (tasks / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     for name in HF_TASKS:
-        (tasks / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ntest_split: test\n"
-                                            + TASKS[name].format(mc=tasks / "mc.jsonl", text=tasks / "text.jsonl"))
+        (tasks / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ntest_split: test\n"
+            + TASKS[name].format(mc=tasks / "mc.jsonl", text=tasks / "text.jsonl")
+        )
     out = tmp / "results"
-    env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp / "hf_cache",
-                  HF_MODULES_CACHE=tmp / "modules")
+    env = cpu_env(
+        HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp / "hf_cache", HF_MODULES_CACHE=tmp / "modules"
+    )
     lm_eval = shutil.which("lm_eval") or pytest.fail("lm-eval's `lm_eval` command is not on PATH")
-    proc = run([lm_eval, "--model", "hf", "--model_args",
-                f"pretrained={hf_exported},trust_remote_code=True,dtype=float32", "--tasks", ",".join(HF_TASKS),
-                "--include_path", tasks, "--device", "cpu", "--batch_size", "2", "--log_samples",
-                "--output_path", out], env=env, cwd=tmp)
+    proc = run(
+        [
+            lm_eval,
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={hf_exported},trust_remote_code=True,dtype=float32",
+            "--tasks",
+            ",".join(HF_TASKS),
+            "--include_path",
+            tasks,
+            "--device",
+            "cpu",
+            "--batch_size",
+            "2",
+            "--log_samples",
+            "--output_path",
+            out,
+        ],
+        env=env,
+        cwd=tmp,
+    )
     assert "ngpt_test_mc" in proc.stdout and "acc" in proc.stdout
     samples = {}
     for name in HF_TASKS:
@@ -62,4 +82,5 @@ def test_lm_eval_hf_model_scores_like_the_ngpt_ds_adapter(hf_lm_eval, lm_eval_sa
     mc, rolling = "ngpt_test_mc", "ngpt_test_rolling"
     assert hf_results["results"][mc]["acc,none"] == adapter_results["results"][mc]["acc,none"]
     assert hf_results["results"][rolling]["word_perplexity,none"] == pytest.approx(
-        adapter_results["results"][rolling]["word_perplexity,none"], rel=1e-4)
+        adapter_results["results"][rolling]["word_perplexity,none"], rel=1e-4
+    )

@@ -13,8 +13,15 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from ngpt_ds.hf.configuration_ngpt import CONFIGS, GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.modeling_ngpt import MODELS, GPTBaselineForCausalLM, NGPTForCausalLM
 
-__all__ = ["CONFIGS", "GPTBaselineConfig", "GPTBaselineForCausalLM", "MODELS", "NGPTConfig", "NGPTForCausalLM",
-           "register"]
+__all__ = [
+    "CONFIGS",
+    "GPTBaselineConfig",
+    "GPTBaselineForCausalLM",
+    "MODELS",
+    "NGPTConfig",
+    "NGPTForCausalLM",
+    "register",
+]
 
 
 def register() -> None:

@@ -15,8 +15,12 @@ from transformers import PretrainedConfig
 from ngpt_ds.model.config import ModelConfig
 
 # transformers' generic names for the fields generation and the KV cache look up.
-_ATTRIBUTE_MAP = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head",
-                  "max_position_embeddings": "seq_len"}
+_ATTRIBUTE_MAP = {
+    "num_hidden_layers": "n_layer",
+    "hidden_size": "n_embd",
+    "num_attention_heads": "n_head",
+    "max_position_embeddings": "seq_len",
+}
 
 
 class _NgptDsConfig(PretrainedConfig):
@@ -28,8 +32,11 @@ class _NgptDsConfig(PretrainedConfig):
     def __init__(self, **kwargs):
         kwargs.pop("arch", None)
         defaults = ModelConfig()
-        values = {f.name: kwargs.pop(f.name, getattr(defaults, f.name))
-                  for f in dataclasses.fields(ModelConfig) if f.name != "arch"}
+        values = {
+            f.name: kwargs.pop(f.name, getattr(defaults, f.name))
+            for f in dataclasses.fields(ModelConfig)
+            if f.name != "arch"
+        }
         use_cache = kwargs.pop("use_cache", True)
         kwargs.setdefault("tie_word_embeddings", False)  # input and output embeddings are separate matrices
         super().__init__(**kwargs)
@@ -43,7 +50,7 @@ class _NgptDsConfig(PretrainedConfig):
         return ModelConfig(arch=self.arch, **values).validate(f"{type(self).__name__}")
 
     @classmethod
-    def from_model_config(cls, config: ModelConfig, **kwargs) -> "_NgptDsConfig":
+    def from_model_config(cls, config: ModelConfig, **kwargs) -> _NgptDsConfig:
         values = {k: v for k, v in config.to_dict().items() if k != "arch"}
         return cls(**values, **kwargs)
 

@@ -107,11 +107,22 @@ def write_hf_export(loaded, folder: Path, *, name: str) -> dict[str, torch.Tenso
     model_class = MODELS[arch]
     eos = tok.eos_id if tok.eos_id >= 0 else None
     config = config_class.from_model_config(
-        loaded.config, eos_token_id=eos, pad_token_id=eos,
-        auto_map={"AutoConfig": f"configuration_ngpt.{config_class.__name__}",
-                  "AutoModelForCausalLM": f"modeling_ngpt.{model_class.__name__}"},
-        **{HF_MARKER: {"format_version": 1, "tokenizer_sha256": loaded.tokenizer_sha256,
-                       "ngpt_ds_version": ngpt_ds.__version__, "training": loaded.info}})
+        loaded.config,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        auto_map={
+            "AutoConfig": f"configuration_ngpt.{config_class.__name__}",
+            "AutoModelForCausalLM": f"modeling_ngpt.{model_class.__name__}",
+        },
+        **{
+            HF_MARKER: {
+                "format_version": 1,
+                "tokenizer_sha256": loaded.tokenizer_sha256,
+                "ngpt_ds_version": ngpt_ds.__version__,
+                "training": loaded.info,
+            }
+        },
+    )
     model = model_class(config)
     model.model.load_state_dict(loaded.model.state_dict())
     model.generation_config.eos_token_id = eos
@@ -120,13 +131,25 @@ def write_hf_export(loaded, folder: Path, *, name: str) -> dict[str, torch.Tenso
     hf_tokenizer.save_pretrained(folder)
     code_files = write_code(folder)
     m = loaded.config
-    (folder / "README.md").write_text(README.format(
-        name=name, article="An" if m.is_ngpt else "A", arch_name="nGPT (normalized Transformer)" if m.is_ngpt
-        else "GPT (baseline)", checkpoint=loaded.info.get("checkpoint", loaded.source),
-        step=loaded.info.get("step", "?"), n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, seq_len=m.seq_len,
-        vocab_size=m.vocab_size, folder=name, model_type=config_class.model_type,
-        code_files=", ".join(f"`{n}`" for n in code_files if n not in CODE_ENTRY_NAMES),
-        version=ngpt_ds.__version__), encoding="utf-8")
+    (folder / "README.md").write_text(
+        README.format(
+            name=name,
+            article="An" if m.is_ngpt else "A",
+            arch_name="nGPT (normalized Transformer)" if m.is_ngpt else "GPT (baseline)",
+            checkpoint=loaded.info.get("checkpoint", loaded.source),
+            step=loaded.info.get("step", "?"),
+            n_layer=m.n_layer,
+            n_embd=m.n_embd,
+            n_head=m.n_head,
+            seq_len=m.seq_len,
+            vocab_size=m.vocab_size,
+            folder=name,
+            model_type=config_class.model_type,
+            code_files=", ".join(f"`{n}`" for n in code_files if n not in CODE_ENTRY_NAMES),
+            version=ngpt_ds.__version__,
+        ),
+        encoding="utf-8",
+    )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -140,8 +163,10 @@ def verify_hf_export(folder: Path, state: dict[str, torch.Tensor], arch: str) ->
         raise NgptConfigError(f"export to {folder}: the weights read back name other tensors than were written")
     for key, tensor in reloaded.items():
         if not torch.equal(tensor, state[key]):
-            raise NgptConfigError(f"export to {folder}: {key} reads back different from what was written "
-                                  "(disk full or a failing file system?)")
+            raise NgptConfigError(
+                f"export to {folder}: {key} reads back different from what was written "
+                "(disk full or a failing file system?)"
+            )
 
 
 def is_hf_export(config: dict) -> bool:

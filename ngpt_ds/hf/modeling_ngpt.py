@@ -63,9 +63,16 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                cache: Cache | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         """input_ids [B, T] -> logits [B, T, V] (the last `logits_to_keep` positions when > 0).
 
         With a `cache` (transformers' name; `past_key_values` before 5.x renamed it), input_ids are the
@@ -75,8 +82,10 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
         if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError(f"{type(self).__name__} has no padding mask: pass sequences of equal length "
-                             "(batch size 1, or no padding) so that attention_mask is all ones")
+            raise ValueError(
+                f"{type(self).__name__} has no padding mask: pass sequences of equal length "
+                "(batch size 1, or no padding) so that attention_mask is all ones"
+            )
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:

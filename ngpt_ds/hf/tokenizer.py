@@ -40,32 +40,51 @@ def build_hf_tokenizer(model_path: str | Path):
     path = Path(model_path)
     proto = _proto(path)
     norm, trainer = proto.normalizer_spec, proto.trainer_spec
-    if (norm.name != "identity" or not norm.add_dummy_prefix or norm.remove_extra_whitespaces
-            or trainer.treat_whitespace_as_suffix or not trainer.byte_fallback):
+    if (
+        norm.name != "identity"
+        or not norm.add_dummy_prefix
+        or norm.remove_extra_whitespaces
+        or trainer.treat_whitespace_as_suffix
+        or not trainer.byte_fallback
+    ):
         raise NgptConfigError(
             f"tokenizer {path}: only sentencepiece models trained as ngpt_ds trains them (identity normalization, "
-            "a dummy prefix, whitespace kept, byte fallback) convert exactly to a transformers tokenizer")
+            "a dummy prefix, whitespace kept, byte fallback) convert exactly to a transformers tokenizer"
+        )
     pieces = [p.piece for p in proto.pieces]
     if trainer.model_type == 2:  # BPE
         extracted = SentencePieceExtractor(str(path)).extract(models.BPE)
-        model = models.BPE(vocab=extracted["vocab"], merges=extracted["merges"], unk_token=pieces[trainer.unk_id],
-                           fuse_unk=True, byte_fallback=True)
+        model = models.BPE(
+            vocab=extracted["vocab"],
+            merges=extracted["merges"],
+            unk_token=pieces[trainer.unk_id],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
     elif trainer.model_type == 1:  # unigram
         model = models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=trainer.unk_id, byte_fallback=True)
     else:
-        raise NgptConfigError(f"tokenizer {path}: sentencepiece model type {trainer.model_type} is neither BPE nor "
-                              "unigram; ngpt_ds trains only those")
+        raise NgptConfigError(
+            f"tokenizer {path}: sentencepiece model type {trainer.model_type} is neither BPE nor "
+            "unigram; ngpt_ds trains only those"
+        )
     backend = Tokenizer(model)
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     specials = {"unk_token": pieces[trainer.unk_id]}
     if trainer.eos_id >= 0:
         specials["eos_token"] = pieces[trainer.eos_id]
     if trainer.pad_id >= 0:
         specials["pad_token"] = pieces[trainer.pad_id]
-    return PreTrainedTokenizerFast(tokenizer_object=backend, split_special_tokens=True,
-                                   clean_up_tokenization_spaces=False, model_max_length=10**9, **specials)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        split_special_tokens=True,
+        clean_up_tokenization_spaces=False,
+        model_max_length=10**9,
+        **specials,
+    )
 
 
 def check_same_tokens(hf_tokenizer, sp_tokenizer, texts) -> None:
@@ -73,5 +92,7 @@ def check_same_tokens(hf_tokenizer, sp_tokenizer, texts) -> None:
     for text in texts:
         ids, hf_ids = sp_tokenizer.encode(text), hf_tokenizer.encode(text, add_special_tokens=False)
         if ids != hf_ids or sp_tokenizer.decode(ids) != hf_tokenizer.decode(hf_ids):
-            raise NgptConfigError(f"tokenizer {sp_tokenizer.path}: the transformers conversion tokenizes "
-                                  f"{text[:40]!r} differently ({hf_ids[:8]} vs {ids[:8]})")
+            raise NgptConfigError(
+                f"tokenizer {sp_tokenizer.path}: the transformers conversion tokenizes "
+                f"{text[:40]!r} differently ({hf_ids[:8]} vs {ids[:8]})"
+            )
