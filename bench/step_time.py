@@ -53,7 +53,7 @@ def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
                     train=TrainConfig(lr=1e-3).resolve(arch), deepspeed=ds, deepspeed_source=ds_path,
                     data_dir="", out_dir="")
     engine = start_engine(run)
-    if arch == "ngpt":
+    if run.model.is_ngpt:
         HypersphereHook(engine).normalize_now()
     forward = torch.compile(engine.module) if compiled else engine
     tokens = torch.randint(0, shape["vocab_size"], (batch, shape["seq_len"] + 1)).to(engine.device)

@@ -5,90 +5,13 @@
 Prints a table with one row per context length (1x, 2x, 4x the training seq_len by default):
 the paper's length-extrapolation test. At 1x with the default windows, the loss is the
 trainer's eval loss on the same windows.
+
+The command line lives in ngpt_ds.cli.evaluate (installed as `ngpt-evaluate`).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
 
-EPILOG = """\
-MODEL is an exported folder, a checkpoint directory or a training run directory.
-
-examples:
-  python launch/evaluate.py runs/ngpt_tiny
-  python launch/evaluate.py exports/ngpt_tiny --data DATASET_DIR --multiples 1,2,4,8 --windows 256
-  python launch/evaluate.py exports/ngpt_tiny --data DATASET_DIR --contexts 256,1024 --json results.json
-"""
-
-
-def _numbers(kind):
-    def parse(text: str):
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    return parse
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Validation loss / perplexity at several context lengths.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("model", metavar="MODEL", help="exported folder, checkpoint directory or training run directory")
-    parser.add_argument("--data", metavar="DIR",
-                        help="a dataset prepared by launch/prepare_data.py with the model's tokenizer (default: the "
-                             "training run's data_dir, as recorded with the model)")
-    parser.add_argument("--split", default="validation", help="dataset split to evaluate (default: validation)")
-    lengths = parser.add_mutually_exclusive_group()
-    lengths.add_argument("--multiples", type=_numbers(float), metavar="M1,M2,...",
-                         help="context lengths as multiples of the training seq_len (default: 1,2,4)")
-    lengths.add_argument("--contexts", type=_numbers(int), metavar="T1,T2,...",
-                         help="context lengths in tokens, instead of --multiples")
-    parser.add_argument("--windows", type=int, metavar="N",
-                        help="windows per context length, spread evenly over the split (default: as many as the "
-                             "trainer's evaluation used, when recorded with the model; else 64). Fewer when the "
-                             "split has fewer")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass (default: 8)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="precision of the forward pass (default: float32)")
-    parser.add_argument("--tokenizer", metavar="FILE",
-                        help="sentencepiece .model when the model's own cannot be found (checked against it)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.infer import evaluate, format_table, load
-
-    try:
-        loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
-        data = args.data or loaded.info.get("data_dir")
-        if not data:
-            raise NgptConfigError(f"{args.model} records no dataset; pass --data DIR")
-        print(f"evaluating {loaded.describe()} on {data} ({args.split})", file=sys.stderr)
-        results = evaluate(loaded, data, multiples=args.multiples, contexts=args.contexts, windows=args.windows,
-                           batch_size=args.batch_size, split=args.split)
-    except NgptConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"model": str(loaded.source), "data": str(data), "split": args.split,
-                       "results": [r.to_dict() for r in results]}, f, indent=2)
-            f.write("\n")
-    return 0
-
+from ngpt_ds.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

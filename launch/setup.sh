@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install ngpt_ds and everything it needs into the active Python environment.
 #
-#   bash launch/setup.sh          torch (the CPU wheel when no torch is installed), DeepSpeed, this package
+#   bash launch/setup.sh          torch (when none is installed), DeepSpeed, this package
 #   bash launch/setup.sh --cluster  also what multi-node launches need: OpenMPI + mpi4py, pdsh and
 #                                   openssh (system packages, needs root or sudo); the Dockerfile uses it
 #   bash launch/setup.sh --test     --cluster, plus Slurm + munge and the test tools
 #
-# On a GPU machine install the CUDA build of torch first; this script keeps an installed torch.
+# torch: an installed torch is kept. Otherwise torch 2.13.0 is installed from your pip index, which
+# decides the build: from PyPI on Linux x86_64 that is the CUDA build (several GB of nvidia-* wheels;
+# it also runs on a CPU-only machine). For the much smaller CPU-only build set
+#   NGPT_DS_TORCH_INDEX_URL=<PyTorch's CPU wheel index, listed on PyTorch's "Get Started" page>
+# and it is passed to pip as --index-url for torch alone. The last line says which build is installed.
 # DS_BUILD_* variables (e.g. DS_BUILD_FUSED_ADAM=1) prebuild those DeepSpeed ops at install time
 # (pip then builds without isolation, against the installed torch).
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.10, in a venv, conda env or pyenv.
@@ -59,8 +63,14 @@ if [ "$WITH_TESTS" = 1 ]; then
 fi
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-  say "installing torch 2.13.0 (CPU build; on GPU machines install the CUDA build of torch first)"
-  "$PYTHON" -m pip install -q torch==2.13.0
+  if [ -n "${NGPT_DS_TORCH_INDEX_URL:-}" ]; then
+    say "installing torch 2.13.0 from NGPT_DS_TORCH_INDEX_URL"
+    "$PYTHON" -m pip install -q --index-url "$NGPT_DS_TORCH_INDEX_URL" torch==2.13.0
+  else
+    say "installing torch 2.13.0, the build your pip index serves (PyPI on Linux: the CUDA build, several GB;"
+    say "  for the CPU-only build set NGPT_DS_TORCH_INDEX_URL to PyTorch's CPU wheel index)"
+    "$PYTHON" -m pip install -q torch==2.13.0
+  fi
 fi
 extras=""
 [ "$WITH_CLUSTER" = 1 ] && extras="[mpi]"
@@ -75,4 +85,4 @@ fi
 DEEPSPEED_VERSION=0.19.8
 say "installing ngpt_ds$extras, deepspeed==$DEEPSPEED_VERSION and the other dependencies"
 "$PYTHON" -m pip install -q ${pip_flags[@]+"${pip_flags[@]}"} -e ".$extras" "deepspeed==$DEEPSPEED_VERSION"
-say "done: $("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__}, deepspeed {deepspeed.__version__}")' 2>/dev/null)"
+say "done: $("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__} ({build}), deepspeed {deepspeed.__version__}")' 2>/dev/null)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up everything the tests need (system packages and Python packages), then run them.
+# Set up everything the tests need (system packages and Python packages), lint, then run them.
 #   bash tests/run.sh [pytest args...]
 #
 # With no arguments (the whole suite, as CI runs it) the tests that depend on DeepSpeed's
@@ -13,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 bash launch/setup.sh --test
+
+# Lint first (rules in pyproject.toml); a finding fails the run before the slow tests start.
+"$PYTHON" -m ruff check .
 
 if [ $# -gt 0 ] || [ "${NGPT_DS_MIN_DEEPSPEED_TESTS:-1}" = 0 ]; then
   exec "$PYTHON" -m pytest -q tests "$@"

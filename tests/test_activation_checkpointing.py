@@ -8,10 +8,11 @@ exactly, for nGPT and the GPT baseline, and a 2-rank ZeRO-2 run must give the sa
 import pytest
 import torch
 
-from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import ModelConfig, build_model
 from ngpt_ds.train.config import TrainConfig
+
+from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
 
 
 def gradients(arch: str, every: int) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -67,12 +68,14 @@ def test_two_rank_zero2_run_with_block_checkpointing_gives_the_same_losses(tmp_p
     train = {"max_steps": 4, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 1,
              "checkpoint_interval": 0, "peak_tflops": 1.0}
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    losses = {}
+    losses, deviations = {}, {}
     for mode in ("none", "blocks"):
         config = write_yaml(tmp_path / f"{mode}.yaml", model, {**train, "activation_checkpointing": mode})
         out = tmp_path / mode
         torchrun(REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", tiny_dataset,
                  "--out", out, "--no-progress", nproc=2)
         losses[mode] = [r["train/loss"] for r in read_metrics(out)]
+        deviations[mode] = [r["ngpt/max_norm_deviation"] for r in read_metrics(out)]
     assert len(losses["none"]) == 4
     assert losses["blocks"] == losses["none"]  # exact: same gradients, same hook, same updates
+    assert deviations["blocks"] == deviations["none"] and max(deviations["blocks"]) < 1e-5  # masters on the sphere

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_infer_export import MODEL, TRAIN, exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, cpu_env, run, write_ds_config, write_yaml
-from test_infer_export import MODEL, TRAIN, exported, trained  # noqa: F401  (session fixtures)
 
 # Rows: (id, script, arguments, exit status, message fragment). {name} in an argument is a path from the
 # `ctx` fixture; {out} is a fresh path per row that must still not exist afterwards.

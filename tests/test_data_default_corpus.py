@@ -12,10 +12,10 @@ import subprocess
 import threading
 import zipfile
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
-from pydoc_data.topics import topics
 
 from ngpt_ds.data import default_corpus as dc
 from ngpt_ds.data.shards import load_dataset_meta

@@ -7,10 +7,10 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
-from pydoc_data.topics import topics
 
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import datasets
 import numpy as np
 import pytest
-from pydoc_data.topics import topics
 
 from ngpt_ds.data import prepare as prepare_mod
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset

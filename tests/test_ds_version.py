@@ -12,10 +12,11 @@ from importlib import metadata
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from conftest import REPO, cpu_env, run, write_ds_config, write_yaml
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import ds_compat
 from ngpt_ds.train.ds_compat import ALLOW_UNTESTED_ENV, LOWEST, SUPPORTED, TESTED, check_deepspeed_version
+
+from conftest import REPO, cpu_env, run, write_ds_config, write_yaml
 
 FIX = "pip install 'deepspeed>=0.19.3,<0.20' (launch/setup.sh installs deepspeed==0.19.8)"
 

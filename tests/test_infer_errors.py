@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, run
-from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 
 def copy_checkpoint(trained, dest, *, complete=True):  # noqa: F811

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch.nn.functional as F
+from test_infer_export import MICRO, RANKS, TRAIN, exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, run
-from test_infer_export import MICRO, RANKS, TRAIN, exported, trained  # noqa: F401  (session fixtures)
 
 
 def test_loss_at_training_context_equals_the_trainers_eval_loss(trained, exported):  # noqa: F811

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
+from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, run
-from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 
 def tiny_model(arch: str, seed: int = 0):
@@ -18,7 +18,7 @@ def tiny_model(arch: str, seed: int = 0):
     model = build_model(ModelConfig(arch=arch, vocab_size=97, n_layer=2, n_embd=32, n_head=2, seq_len=16))
     if arch == "ngpt":  # move the scalars off their init so every term matters
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for p in model.parameters():
                 if p.dim() == 1:
                     p.mul_(1 + 0.5 * torch.rand_like(p))
     return model.eval()

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, cpu_env, run
-from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[eval]")
 

@@ -117,7 +117,7 @@ def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how,
     for step, loss in after:
         if step in before:
             assert loss == before[step], step
-    assert re.search(r"step +%d/%d" % (STEPS, STEPS), proc.stdout)
+    assert re.search(rf"step +{STEPS}/{STEPS}", proc.stdout)
     assert os.path.isfile(out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE")
 
 

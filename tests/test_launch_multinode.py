@@ -15,9 +15,9 @@ import shutil
 import sys
 
 import pytest
+from system.harness import local_sshd, sshd_available
 
 from conftest import REPO, cpu_env, free_port, read_metrics, require_system, run, write_ds_config, write_yaml
-from system.harness import local_sshd, sshd_available
 
 STEPS = 20
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}

@@ -12,9 +12,9 @@ import re
 import time
 
 import pytest
+from system.harness import FAKE_NODES, slurm_available, slurm_cluster
 
 from conftest import REPO, cpu_env, read_metrics, require_system, write_ds_config, write_yaml
-from system.harness import FAKE_NODES, slurm_available, slurm_cluster
 
 STEPS = 100
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
@@ -56,7 +56,7 @@ def assert_finished(out, log_text):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == STEPS, summary
     assert (out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE").is_file()
-    assert f"| 2 rank(s)," in log_text  # one rank on each fake node
+    assert "| 2 rank(s)," in log_text  # one rank on each fake node
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.model import (GPT, ModelConfig, build_model, count_parameters, load_model_config, preset_names,
-                           sphere_matrices, training_flops_per_token)
+from ngpt_ds.model import (
+    GPT,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    load_model_config,
+    preset_names,
+    sphere_matrices,
+    training_flops_per_token,
+)
 
 
 def test_every_problem_is_reported_at_once():
@@ -84,7 +92,9 @@ def test_gpt_baseline_structure_and_init():
     assert model.blocks[0].attn.softmax_scale == pytest.approx(1 / math.sqrt(32))
     assert not hasattr(model.blocks[0].attn, "s_qk")
     assert model.head.weight is not model.embed.weight       # untied
-    std = lambda t: t.detach().std().item()
+    def std(t):
+        return t.detach().std().item()
+
     assert std(model.embed.weight) == pytest.approx(0.02, rel=0.05)
     assert std(model.blocks[0].attn.qkv.weight) == pytest.approx(0.02, rel=0.05)
     assert std(model.blocks[0].mlp.down.weight) == pytest.approx(0.02 / math.sqrt(6), rel=0.05)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ngpt_ds.model import ModelConfig, NGPT, build_model, l2_normalize, normalize_matrices_, sphere_matrices
+from ngpt_ds.model import NGPT, ModelConfig, build_model, l2_normalize, normalize_matrices_, sphere_matrices
 from ngpt_ds.model.layers import RotaryEmbedding
 
 # Written from docs/ngpt_notes.md's table, independently of the code: parameter name suffix -> normalized dim.
@@ -39,7 +39,7 @@ def assert_unit_norms(model):
         if name.endswith(".weight"):
             norms = param.detach().float().norm(dim=expected_dim(name))
             torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0,
-                                       msg=lambda m: f"{name}: {m}")
+                                       msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_declared_matrices_are_exactly_the_documented_table():
@@ -209,7 +209,9 @@ def test_rope_is_relative_and_norm_preserving():
         cos, sin = rope.tables(1, x.device, x.dtype, offset=pos)
         return RotaryEmbedding.rotate(x.view(1, 1, 1, 64), cos, sin).view(64)
 
-    score = lambda m, n: torch.dot(at(q, m), at(k, n)).item()
+    def score(m, n):
+        return torch.dot(at(q, m), at(k, n)).item()
+
     assert score(10, 5) == pytest.approx(score(30, 25), abs=1e-4)
     assert score(1000, 990) == pytest.approx(score(10, 0), abs=1e-3)
     assert score(10, 5) != pytest.approx(score(10, 6), abs=1e-2)
@@ -243,10 +245,13 @@ def _naive_rotate(x, pos, base):
 
 def naive_ngpt_logits(weights, config, tokens):
     """Paper eqs. 10-11, 15-16, 20-21, 24 token by token, in float64."""
-    d, H, V = config.n_embd, config.n_head, config.vocab_size
+    d, H = config.n_embd, config.n_head
     dh, hidden = d // H, 4 * d
     w = {name: t.double() for name, t in weights.items()}
-    eff = lambda name, init, scale: w[name] * (init / scale)
+
+    def eff(name, init, scale):
+        return w[name] * (init / scale)
+
     sd = 1 / math.sqrt(d)
     T = len(tokens)
     # h = E_in[x] as the paper writes it: the rows are unit norm, so this is the value of ngpt_ds's

@@ -9,9 +9,9 @@ import shutil
 import sys
 
 import pytest
+from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 from conftest import REPO, run
-from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
 
 def snapshot(folder):

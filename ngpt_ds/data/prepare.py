@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import ngpt_ds
+from ngpt_ds import log
 from ngpt_ds.data.encode import encode_in_order
 from ngpt_ds.data.shards import (
     DTYPES,
@@ -38,6 +38,8 @@ from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.overwrite import check_replaceable
+
+_log = log.get(__name__)
 
 DEFAULT_VOCAB_SIZE = 8192
 # Documents per task sent to a worker: large enough to amortize pickling, small enough
@@ -147,7 +149,7 @@ def is_validation_doc(index: int, fraction: Fraction) -> bool:
 
 def _say(cfg: PrepareConfig, msg: str) -> None:
     if cfg.progress:
-        print(msg, file=sys.stderr, flush=True)
+        _log.info(msg)
 
 
 def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Fraction) -> tuple[Tokenizer, str]:

@@ -26,7 +26,7 @@ class Tokenizer:
         self.path = path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise NgptConfigError(f"tokenizer {path} not found; pass an existing sentencepiece .model file")

@@ -134,10 +134,10 @@ def _verify(folder: Path, state: dict[str, torch.Tensor]) -> None:
 def _readme(loaded: LoadedModel, deviation: float, out: Path) -> str:
     m = loaded.config
     sphere_line = (f"- nGPT: every embedding and projection is unit norm along its declared dim (largest deviation "
-                   f"{deviation:.1e}, checked at export).\n" if m.arch == "ngpt" else "")
+                   f"{deviation:.1e}, checked at export).\n" if m.is_ngpt else "")
     return README_TEMPLATE.format(
-        name=out.name, article="An" if m.arch == "ngpt" else "A",
-        arch_name="nGPT (normalized Transformer)" if m.arch == "ngpt" else "GPT (baseline)",
+        name=out.name, article="An" if m.is_ngpt else "A",
+        arch_name="nGPT (normalized Transformer)" if m.is_ngpt else "GPT (baseline)",
         checkpoint=loaded.info.get("checkpoint", loaded.source), step=loaded.info.get("step", "?"),
         n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, seq_len=m.seq_len, vocab_size=m.vocab_size,
         sphere_line=sphere_line, folder=out)

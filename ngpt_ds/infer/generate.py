@@ -38,7 +38,7 @@ class Sampling:
     top_p: float | None = None
     """Keep the smallest set of most likely tokens whose probability sum reaches p (None or 1: all)."""
 
-    def validate(self) -> "Sampling":
+    def validate(self) -> Sampling:
         p = Problems("sampling options")
         p.check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0 (0: greedy)")
         p.check(self.top_k is None or self.top_k >= 0, "top_k", self.top_k, "must be >= 0 (0: off)")

@@ -57,7 +57,7 @@ class NgptLM(TemplateLM):
                  max_batch_size: int | str | None = None, loaded: LoadedModel | None = None, **unused):
         super().__init__()
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
-            warnings.warn(f"device {device} requested but no CUDA GPU is available: running on the CPU")
+            warnings.warn(f"device {device} requested but no CUDA GPU is available: running on the CPU", stacklevel=2)
             device = "cpu"
         if loaded is None:
             if not path:

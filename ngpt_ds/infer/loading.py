@@ -23,7 +23,6 @@ nGPT's sphere matrices are unit norm along their declared dims.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,14 @@ from typing import Any
 import torch
 import yaml
 
-from ngpt_ds import deepspeed_files
+from ngpt_ds import deepspeed_files, log
 from ngpt_ds.data.shards import load_dataset_meta, sha256_file
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
 from ngpt_ds.train import checkpoint as ckpt_layout
+
+_log = log.get(__name__)
 
 EXPORT_FORMAT = "ngpt_ds-export"
 EXPORT_VERSION = 1
@@ -121,7 +122,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
             if problem is not None:
                 raise NgptConfigError(f"{path} is damaged: {problem}. Use another checkpoint")
             if ckpt_layout.is_legacy(path):
-                print(ckpt_layout.legacy_warning(path), file=sys.stderr)
+                _log.warning(ckpt_layout.legacy_warning(path))
             return path
         others = [d.name for d in ckpt_layout.complete_checkpoints(path.parent)]
         hint = f"; complete checkpoints next to it: {', '.join(others)}" if others else ""
@@ -130,7 +131,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for folder in (path, path / ckpt_layout.CHECKPOINTS):
         steps = ckpt_layout.step_dirs(folder)
         if ckpt_layout.complete_checkpoints(folder):
-            return ckpt_layout.newest_intact(folder, warn=lambda line: print(line, file=sys.stderr))
+            return ckpt_layout.newest_intact(folder, warn=_log.warning)
         if steps:
             raise NgptConfigError(f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
                                   f"lack the {COMPLETE} marker (interrupted saves)")

@@ -92,7 +92,7 @@ class ModelConfig:
     def resolved_scale(self, value: float | None) -> float:
         return 1.0 / math.sqrt(self.n_embd) if value is None else float(value)
 
-    def validate(self, source: str = "model config") -> "ModelConfig":
+    def validate(self, source: str = "model config") -> ModelConfig:
         """Check every field; raise one NgptConfigError listing all problems."""
         p = Problems(source)
         p.check(self.arch in ARCHS, "model.arch", self.arch, f"must be one of {', '.join(ARCHS)}")
@@ -123,7 +123,7 @@ class ModelConfig:
         return self
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "model config") -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "model config") -> ModelConfig:
         """Build from a mapping (a YAML `model:` section); unknown keys are errors."""
         if not isinstance(values, dict):
             raise NgptConfigError(f"{source}: the model section must be a mapping, got {type(values).__name__}")

@@ -16,7 +16,8 @@ from ngpt_ds.model.layers import DeclaredMatrix
 
 @dataclass(frozen=True)
 class SphereMatrix:
-    """A weight that nGPT keeps at unit norm along `norm_dim` (spec §1.3)."""
+    """A weight that nGPT keeps at unit norm along `norm_dim`, the side of length d_model (paper §2.6;
+    the table of matrices and dims is in docs/ngpt_notes.md)."""
 
     name: str
     param: nn.Parameter

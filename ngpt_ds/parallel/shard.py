@@ -18,8 +18,13 @@ from torch import nn
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.parallel.groups import ParallelGroups, check_tensor_parallel
-from ngpt_ds.parallel.layers import (ColumnParallelProjection, RowParallelProjection, VocabParallelEmbedding,
-                                     mark_sharded, vocab_parallel_cross_entropy)
+from ngpt_ds.parallel.layers import (
+    ColumnParallelProjection,
+    RowParallelProjection,
+    VocabParallelEmbedding,
+    mark_sharded,
+    vocab_parallel_cross_entropy,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ def parallelize(model: CausalLM, groups: ParallelGroups) -> CausalLM:
                           vocab_size=config.vocab_size, mlp_width=config.mlp_width)
     plan = tensor_parallel_plan(model)
     tp, rank, group = groups.tp_size, groups.tp_rank, groups.tp_group
-    shard = lambda name: _shard(model.get_parameter(name), plan[name], tp, rank)
+
+    def shard(name: str) -> torch.Tensor:
+        return _shard(model.get_parameter(name), plan[name], tp, rank)
 
     for i, block in enumerate(model.blocks):
         p = f"blocks.{i}."

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
-from ngpt_ds import distributed
+from ngpt_ds import distributed, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
@@ -26,6 +25,8 @@ from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
 from ngpt_ds.train.optim import build_optimizer, build_schedule
+
+_log = log.get(__name__)
 
 
 @dataclass(kw_only=True)
@@ -106,7 +107,7 @@ def prepare(options: TrainOptions) -> Prepared:
 
 
 def _warn_on_rank0(rank: int):
-    return (lambda line: print(line, file=sys.stderr, flush=True)) if rank == 0 else (lambda line: None)
+    return _log.warning if rank == 0 else (lambda line: None)
 
 
 def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
@@ -115,7 +116,7 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     import deepspeed.ops
 
     # Nothing in training uses DeepSpeed's shared-memory CPU collective; skipping it saves
-    # a 30-45 s g++ build on every fresh machine (shared recipes §1).
+    # a 30-45 s g++ build (of the deepspeed_shm_comm op) on every fresh CPU machine.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     distributed.export(dist_env)

@@ -71,16 +71,19 @@ class TrainConfig:
             return mode["every_k"]
         return {"none": 0, "blocks": 1}[mode]
 
-    def resolve(self, arch: str) -> "TrainConfig":
-        """Fill the architecture-dependent defaults (spec §2.1)."""
+    def resolve(self, model: ModelConfig | str) -> TrainConfig:
+        """Fill the architecture-dependent defaults: nGPT trains without weight decay or warm-up
+        (paper, section 3 and appendix A.5); the GPT baseline with decay 0.1 and a warm-up of
+        a tenth of the steps (at most 2000). `model`: the model config, or its arch name."""
+        ngpt = (ModelConfig(arch=model) if isinstance(model, str) else model).is_ngpt
         if self.weight_decay is None:
-            self.weight_decay = 0.0 if arch == "ngpt" else 0.1
+            self.weight_decay = 0.0 if ngpt else 0.1
         if self.warmup_steps is None:
-            self.warmup_steps = 0 if arch == "ngpt" else min(2000, self.max_steps // 10)
+            self.warmup_steps = 0 if ngpt else min(2000, self.max_steps // 10)
         self.betas = tuple(self.betas)
         return self
 
-    def validate(self, source: str = "train config") -> "TrainConfig":
+    def validate(self, source: str = "train config") -> TrainConfig:
         p = Problems(source)
         for name in ("max_steps", "log_interval", "eval_batches", "keep_checkpoints", "dist_timeout_s",
                      "tensor_parallel_size"):
@@ -114,7 +117,7 @@ class TrainConfig:
         return self
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "train config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "train config") -> TrainConfig:
         if not isinstance(values, dict):
             raise NgptConfigError(f"{source}: the train section must be a mapping")
         p = Problems(source)
@@ -177,6 +180,6 @@ def load_model_and_train(name_or_path: str, arch: str | None = None,
                               f"Use --config {arch}_tiny (or another {arch} preset), or drop --model")
     train_values = dict(data.get("train") or {})
     train_values.update(train_overrides or {})
-    train = TrainConfig.from_dict(train_values, source=f"train config ({path})").resolve(model.arch)
+    train = TrainConfig.from_dict(train_values, source=f"train config ({path})").resolve(model)
     train.validate(source=f"train config ({path})")
     return model, train, path

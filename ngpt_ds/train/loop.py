@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ngpt_ds import log
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
@@ -25,6 +26,8 @@ from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.stopping import StopRequest
+
+_log = log.get(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,7 +84,7 @@ class Trainer:
         check_engine_agrees(self.ds_settings, self.run.deepspeed, self.plan)
         self.model = self.engine.module
         self.device = self.engine.device
-        self.hook = HypersphereHook(self.engine) if self.run.model.arch == "ngpt" else None
+        self.hook = HypersphereHook(self.engine) if self.run.model.is_ngpt else None
         if self.hook is not None:
             self.hook.normalize_now()
 
@@ -125,8 +128,8 @@ class Trainer:
     # ---- helpers ----------------------------------------------------------------------
 
     def _say(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message)
+        """A line of what the trainer does: rank 0's, or every rank's with --log-all-ranks (ngpt_ds.log)."""
+        _log.info(message)
 
     def _mean_over_ranks(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -276,12 +279,11 @@ class Trainer:
         if not self.is_main:
             return
         m, counts = self.run.model, count_parameters(self.model)
-        name = "nGPT" if m.arch == "ngpt" else "GPT"
-        tqdm.write(f"training {name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
+        _log.info(f"training {m.display_name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
                    f"vocab {m.vocab_size}, {counts.total / 1e6:.2f}M parameters | {self.world} rank(s), "
                    f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
                    f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})")
-        tqdm.write(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
+        _log.info(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
 
     def _finish(self, status, train_loss, val_loss, start_time, last_checkpoint) -> Summary:
         summary = Summary(status=status, step=self.step, max_steps=self.run.train.max_steps, tokens=self.tokens_seen,
@@ -298,9 +300,9 @@ def train(options: TrainOptions) -> Summary:
     prepared = prepare(options)
     if prepared.resume_from is not None and checkpoint.step_of(prepared.resume_from.name) >= prepared.run.train.max_steps:
         if prepared.dist_env.rank == 0:
-            print(f"{prepared.run.out_dir} is already trained to step {checkpoint.step_of(prepared.resume_from.name)}/"
-                  f"{prepared.run.train.max_steps}: nothing to do. Pass --max-steps N to train further, or --out DIR "
-                  "for a new run.")
+            _log.info(f"{prepared.run.out_dir} is already trained to step {checkpoint.step_of(prepared.resume_from.name)}/"
+                      f"{prepared.run.train.max_steps}: nothing to do. Pass --max-steps N to train further, or --out "
+                      "DIR for a new run.")
         return Summary("already-finished", checkpoint.step_of(prepared.resume_from.name), prepared.run.train.max_steps,
                        0, float("nan"), float("nan"), 0.0, str(prepared.resume_from), prepared.run.out_dir)
     init_process_group(prepared.dist_env, prepared.run.train.dist_timeout_s)
@@ -310,14 +312,14 @@ def train(options: TrainOptions) -> Summary:
         lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
         if dist.get_rank() == 0:
             if lock.note:
-                tqdm.write(lock.note)
+                _log.info(lock.note)
             moved = checkpoint.start_lineage(out_dir, prepared.resume_from)
             if moved:
-                tqdm.write(moved)
+                _log.info(moved)
             (out_dir / "config.yaml").write_text(prepared.run.to_yaml(), encoding="utf-8")
             if options.progress:
-                tqdm.write("effective config (also in " + str(out_dir / "config.yaml") + "):\n"
-                           + prepared.run.to_yaml())
+                _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n"
+                          + prepared.run.to_yaml())
         return Trainer(prepared, options).fit()
     finally:
         if lock is not None:

@@ -1,4 +1,5 @@
-"""Optimizer parameter groups and the learning-rate schedule (spec §2)."""
+"""Optimizer parameter groups and the learning-rate schedule (paper §3 and appendix A.5; the
+official code's choices where the paper is silent; docs/ngpt_notes.md, "optimizer")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from ngpt_ds.model.layers import DeclaredMatrix
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: weight matrices (decayed by `weight_decay`) and everything else
-    (nGPT's scaling vectors, GPT's norm weights), never decayed (spec §2.1, §5 item 1)."""
+    (nGPT's scaling vectors, GPT's norm weights), never decayed, as in the official code: the
+    scaling vectors are neither renormalized nor decayed (docs/ngpt_notes.md)."""
     matrix_ids = {id(m.weight) for m in model.modules() if isinstance(m, DeclaredMatrix)}
     matrices = [p for p in model.parameters() if id(p) in matrix_ids]
     vectors = [p for p in model.parameters() if id(p) not in matrix_ids]

@@ -156,7 +156,7 @@ def part_offload(data, work):
         calls = []
         originals = {fn: getattr(dist, fn) for fn in COLLECTIVES if hasattr(dist, fn)}
 
-        def wrap(fn, real):
+        def wrap(fn, real, calls=calls):
             def recorded(*args, **kwargs):
                 caller = sys._getframe(1).f_code.co_filename
                 if caller.startswith(PROJECT):

@@ -1,0 +1,71 @@
+"""The command lines of ngpt_ds: the only package code that parses argv.
+
+Each entry point is a module here with a `main(argv=None) -> int`; `launch/*.py` are thin scripts
+that call them (so `deepspeed launch/train.py` keeps working from a checkout), and setup.py
+installs them as console scripts (`ngpt-train`, `ngpt-prepare`, `ngpt-generate`,
+`ngpt-evaluate`, `ngpt-export`) for a pip-installed user.
+
+`run` is the startup every entry point shares: DeepSpeed's accelerator defaults to the CPU
+when there is no CUDA GPU (else DeepSpeed guesses and warns), logging is set up from the
+common options (`add_logging_arguments`, ngpt_ds.log), and bad user input (NgptConfigError)
+becomes one `error: ...` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+EXIT_BAD_INPUT = 2
+
+
+def default_accelerator() -> None:
+    """DS_ACCELERATOR=cpu unless a CUDA GPU is present or the user chose one. Call it before
+    deepspeed is imported: DeepSpeed picks its accelerator once, at import."""
+    if "DS_ACCELERATOR" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log-level and --log-all-ranks (see ngpt_ds.log)."""
+    from ngpt_ds import log
+
+    group = parser.add_argument_group("logging")
+    group.add_argument("--log-level", default="INFO", type=str.upper, choices=log.LEVELS,
+                       help="messages at this level and above (default: INFO)")
+    group.add_argument("--log-all-ranks", action="store_true",
+                       help="every rank logs, each line prefixed with [rank N] (default: rank 0 only; other ranks "
+                            "report errors)")
+
+
+def run(body: Callable[[], int], args: argparse.Namespace | None = None, *,
+        errors: dict[type[BaseException], int] | None = None, accelerator: bool = True,
+        info_stream: str = "stderr") -> int:
+    """Run an entry point's body with the shared startup; returns its exit status.
+
+    args: the parsed options (their --log-level / --log-all-ranks, when the parser has them).
+    errors: further exception types to report as `error: ...` with their exit status (checked in
+    order, after NgptConfigError -> 2).
+    accelerator: set DeepSpeed's accelerator default (entry points that never import torch skip it).
+    info_stream: where INFO log lines go: stderr when stdout carries the command's result."""
+    if accelerator:
+        default_accelerator()
+    from ngpt_ds import log
+    from ngpt_ds.errors import NgptConfigError
+
+    if args is not None and hasattr(args, "log_level"):
+        log.setup(args.log_level, all_ranks=args.log_all_ranks, info_stream=info_stream)
+    else:
+        log.setup(info_stream=info_stream)
+    codes: dict[type[BaseException], int] = {NgptConfigError: EXIT_BAD_INPUT, **(errors or {})}
+    try:
+        return body()
+    except tuple(codes) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return next(code for kind, code in codes.items() if isinstance(err, kind))

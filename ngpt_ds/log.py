@@ -1,0 +1,95 @@
+"""Rank-aware logging for ngpt_ds: one readable stream from a multi-rank run.
+
+Every module logs through `get(__name__)` (loggers under "ngpt_ds"); `setup` decides what shows:
+
+- by default only rank 0 logs (at --log-level, INFO unless set); the other ranks report
+  errors only, so N ranks do not print every line N times;
+- with all_ranks (--log-all-ranks) every rank logs at the level, each line prefixed with
+  `[rank N]` so the ranks' lines can be told apart.
+
+Rank 0's lines carry no prefix, so a single-process run reads as before. Warnings and errors go
+to stderr; INFO lines go to stdout for the trainer (what it is doing, as it has always printed
+it) and to stderr for the commands whose stdout is their result (a dataset path, generated
+text, a table): `setup(info_stream=...)`. Lines go through tqdm.write, so a progress bar on screen is never torn (the trainer's
+progress line itself is a tqdm bar, not a log record). The rank is looked up for every record
+(the process group's rank once it exists, else RANK, which every supported launcher sets and
+ngpt_ds.distributed exports), so logging can be set up before the rank is known.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+ROOT = "ngpt_ds"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def rank() -> int:
+    """This process's global rank: the process group's, else $RANK, else 0. (torch is not imported
+    for this: a command that never loads it, like ngpt-prepare, stays quick to start.)"""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+class _RankFilter(logging.Filter):
+    """Rank 0 only (other ranks: errors), or every rank with a [rank N] prefix."""
+
+    def __init__(self, all_ranks: bool) -> None:
+        super().__init__()
+        self.all_ranks = all_ranks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        r = rank()
+        if not self.all_ranks and r != 0 and record.levelno < logging.ERROR:
+            return False
+        record.rank_prefix = f"[rank {r}] " if self.all_ranks else ""
+        return True
+
+
+class _TqdmHandler(logging.Handler):
+    """INFO and below to `info_stream`, warnings and errors to stderr, through tqdm.write so that a
+    progress bar on screen stays intact. The streams are looked up per record (pytest's capture
+    and redirections replace them)."""
+
+    def __init__(self, info_stream: str) -> None:
+        super().__init__()
+        self.info_stream = info_stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            stream = sys.stderr if record.levelno >= logging.WARNING else getattr(sys, self.info_stream)
+            tqdm.write(self.format(record), file=stream)
+            stream.flush()
+        except Exception:  # logging must never break the program
+            self.handleError(record)
+
+
+def setup(level: str | int = "INFO", *, all_ranks: bool = False, info_stream: str = "stdout") -> None:
+    """Configure the "ngpt_ds" loggers for this process (a second call replaces the first).
+    info_stream: "stdout" or "stderr", where INFO and DEBUG lines go."""
+    logger = logging.getLogger(ROOT)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = _TqdmHandler(info_stream)
+    handler.addFilter(_RankFilter(all_ranks))
+    handler.setFormatter(logging.Formatter("%(rank_prefix)s%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.getLevelName(level.upper()) if isinstance(level, str) else level)
+
+
+def get(name: str) -> logging.Logger:
+    """The logger for a module (`get(__name__)`). Used before any `setup` (ngpt_ds called as a library,
+    the tests' in-process runs), it sets up the default first: rank 0 at INFO."""
+    if not logging.getLogger(ROOT).handlers:
+        setup()
+    return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
