@@ -23,8 +23,17 @@ from pathlib import Path
 import torch
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.infer.loading import (CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE,
-                                   LoadedModel, load_checkpoint, load_export, resolve_checkpoint)
+from ngpt_ds.infer.loading import (
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    LoadedModel,
+    load_checkpoint,
+    load_export,
+    resolve_checkpoint,
+)
 from ngpt_ds.model import max_norm_deviation, sphere_matrices
 from ngpt_ds.overwrite import check_not_source, check_replaceable
 

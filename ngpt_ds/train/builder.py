@@ -19,8 +19,7 @@ from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
-from ngpt_ds.train import ds_compat
-from ngpt_ds.train import preflight, reshape
+from ngpt_ds.train import ds_compat, preflight, reshape
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
@@ -134,8 +133,11 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
     and wrap them in a DeepSpeed engine (ZeRO over the data-parallel group). `load_universal`: the
     engine will load a universal checkpoint (a resume at another data-parallel size)."""
     import deepspeed
-    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
 
     train = run.train
     torch.manual_seed(train.seed)  # every rank builds the same full model, then keeps its shards
