@@ -13,6 +13,7 @@ import pytest
 from ngpt_ds.data.parts import merge_parts, prepare_part
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
 from ngpt_ds.data.shards import load_dataset_meta
+from ngpt_ds.errors import NgptConfigError
 
 from conftest import REPO, cpu_env, run
 
@@ -124,3 +125,16 @@ def test_part_without_tokenizer_and_bad_index_are_refused(tmp_path):
     proc = prepare_cli("--input", corpus, "--out", tmp_path / "o", "--tokenizer", corpus, "--num-shards", 2,
                        "--shard-index", 2)
     assert proc.returncode == 2 and "--shard-index 2: must be in 0..1" in proc.stderr
+
+
+def test_a_finished_part_is_redone_only_with_overwrite(tmp_path, tiny_dataset):
+    corpus = write_corpus(tmp_path)
+    cfg = config(corpus, tmp_path / "parts", tiny_dataset / "tokenizer.model")
+    first = prepare_part(cfg, 2, 0, 40)
+    before = (first / "part.json").read_text()
+    with pytest.raises(NgptConfigError, match=r"part 0 of 2 is already in .*pass --overwrite"):
+        prepare_part(cfg, 2, 0, 40)
+    cfg.overwrite = True
+    assert prepare_part(cfg, 2, 0, 40) == first
+    assert (first / "part.json").read_text() == before
+    assert [p.name for p in (tmp_path / "parts").iterdir()] == [first.name]  # no staging left behind
