@@ -290,3 +290,24 @@ def test_import_ngpt_ds_does_not_import_transformers():
     """)
     proc = run([sys.executable, "-c", code])
     assert proc.stdout.strip() == "ngpt_ds.hf.configuration_ngpt"
+
+
+def test_overwrite_replaces_an_hf_export_and_nothing_else(trained, tmp_path):  # noqa: F811
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import export_model
+
+    out = tmp_path / "hf"
+    export_model(trained["checkpoint"], out, format="hf")
+    first = (out / "model.safetensors").read_bytes()
+    with pytest.raises(NgptConfigError, match="already exists"):
+        export_model(trained["checkpoint"], out, format="hf")
+    export_model(trained["checkpoint"], out, format="hf", overwrite=True)  # recognized as an export
+    assert (out / "model.safetensors").read_bytes() == first
+    other = tmp_path / "not_an_export"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(NgptConfigError):
+        export_model(trained["checkpoint"], other, format="hf", overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+    with pytest.raises(NgptConfigError, match="not one of ngpt_ds, hf"):
+        export_model(trained["checkpoint"], tmp_path / "x", format="onnx")
