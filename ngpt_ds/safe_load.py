@@ -29,6 +29,12 @@ file with `torch.serialization.get_unsafe_globals_in_checkpoint`; the lowest sup
   - `deepspeed.utils.tensor_fragment.fragment_address`: ZeRO 1/2's `param_slice_mappings`
     (a dataclass of two ints).
 
+- `step_N-universal/` (DeepSpeed's universal conversion, made to resume at another data-parallel
+  size, ngpt_ds.train.reshape; its converter reads the files above under this guard): copies of
+  the model-states files, `zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt` (tensors only) and
+  `zero/optimizer_state.pt` (`LossScaler`, `ZeroStageEnum`): nothing beyond the list above
+  (ZeRO 2 and 3, fp32).
+
 These classes hold only numbers, booleans and dtypes. Unpickling creates the three plain classes
 without running their `__init__` and sets their attributes, and looks the enum member up by value;
 no other code runs.
