@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 import ngpt_ds
+from ngpt_ds import log
 from ngpt_ds.data.encode import encode_in_order
 from ngpt_ds.data.prepare import _BATCH_CHARS, _BATCH_DOCS, PrepareConfig, _say, is_validation_doc, local_input_paths
 from ngpt_ds.data.shards import (
@@ -51,6 +52,8 @@ from ngpt_ds.data.sources import CorpusSpec, open_corpus
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.overwrite import check_not_source
+
+_log = log.get(__name__)
 
 PART_FILE = "part.json"
 PART_FORMAT = "ngpt_ds-token-part"
@@ -93,6 +96,8 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
     dataclasses.replace(cfg, out=cfg.out / f".{uuid.uuid4().hex}", overwrite=False).validate()
     check_not_source(cfg.out, [(p, "the input") for p in local_input_paths(cfg.inputs)]
                      + [(cfg.tokenizer, "the --tokenizer file")])
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise NgptConfigError(f"--out {cfg.out} is a file; the parts go into a folder (shared by every node)")
     if (cfg.out / META_FILE).is_file() and not cfg.overwrite:
         raise NgptConfigError(f"--out {cfg.out} already holds a merged dataset ({META_FILE}); choose another --out, "
                               "or pass --overwrite to replace it at the merge")
@@ -310,8 +315,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     if progress:
-        _say(dataclasses.replace(PrepareConfig(inputs=(), out=out), progress=True),
-             f"merged {num_parts} parts\n{meta.summary()}")
+        _log.info(f"merged {num_parts} parts\n{meta.summary()}")
     return out
 
 
