@@ -4,7 +4,7 @@
 #   bash launch/setup.sh          torch (when none is installed), DeepSpeed, this package
 #   bash launch/setup.sh --cluster  also what multi-node launches need: OpenMPI + mpi4py, pdsh and
 #                                   openssh (system packages, needs root or sudo); the Dockerfile uses it
-#   bash launch/setup.sh --test     --cluster, plus Slurm + munge and the test tools
+#   bash launch/setup.sh --test     --cluster, plus Slurm + munge, headless Chromium and the test tools
 #
 # torch: an installed torch is kept. Otherwise torch 2.13.0 is installed from your pip index, which
 # decides the build: from PyPI on Linux x86_64 that is the CUDA build (several GB of nvidia-* wheels;
@@ -59,7 +59,7 @@ if [ "$WITH_CLUSTER" = 1 ]; then
   apt_install openmpi-bin libopenmpi-dev pdsh openssh-client openssh-server
 fi
 if [ "$WITH_TESTS" = 1 ]; then
-  apt_install slurm-wlm munge
+  apt_install slurm-wlm munge chromium  # chromium: headless, for tests/test_tensorboard_browser.py
 fi
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
