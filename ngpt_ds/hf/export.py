@@ -42,7 +42,7 @@ document, there is no BOS).
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("{folder}", trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained("{folder}")
+    tokenizer = AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)  # it reads config.json
     ids = tokenizer("In the beginning", return_tensors="pt").input_ids
     print(tokenizer.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))
 

@@ -50,7 +50,6 @@ class CacheBinding(KVCache):
 class _NgptDsPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _supports_cache_class = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -75,7 +74,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
     ) -> CausalLMOutputWithPast:
         """input_ids [B, T] -> logits [B, T, V] (the last `logits_to_keep` positions when > 0).
 
-        With a `cache` (transformers' name; `past_key_values` before 5.x renamed it), input_ids are the
+        With a `cache` (transformers' name; `past_key_values` is its older one, also taken), input_ids are the
         positions after the cached ones. `labels` are the input ids (shifted here, -100 ignored), as
         everywhere in transformers. Position ids are the cache's length onwards (no padding).
         """
