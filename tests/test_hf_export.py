@@ -290,6 +290,28 @@ def test_import_ngpt_ds_does_not_import_transformers():
     """)
     proc = run([sys.executable, "-c", code])
     assert proc.stdout.strip() == "ngpt_ds.hf.configuration_ngpt"
+    # transformers imported first: `import ngpt_ds` registers right away.
+    code = textwrap.dedent("""\
+        from transformers import AutoModelForCausalLM
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+        import ngpt_ds
+        from ngpt_ds.hf import GPTBaselineConfig, NGPTConfig
+        print(MODEL_FOR_CAUSAL_LM_MAPPING[NGPTConfig].__name__, MODEL_FOR_CAUSAL_LM_MAPPING[GPTBaselineConfig].__name__)
+    """)
+    proc = run([sys.executable, "-c", code])
+    assert proc.stdout.split() == ["NGPTForCausalLM", "GPTBaselineForCausalLM"]
+
+
+def test_transformers_is_pinned_to_the_tested_range():
+    import re
+
+    import transformers
+    from packaging.specifiers import SpecifierSet
+
+    setup = (REPO / "setup.py").read_text()
+    (pin,) = set(re.findall(r'"transformers([<>=!,.0-9]+)"', setup))
+    assert transformers.__version__ in SpecifierSet(pin)  # the tests run on a release the pin allows
+    assert f'"hf": ["transformers{pin}"]' in setup
 
 
 def test_overwrite_replaces_an_hf_export_and_nothing_else(trained, tmp_path):  # noqa: F811
