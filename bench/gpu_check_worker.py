@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
 
+from ngpt_ds.cli import default_accelerator  # noqa: E402
+
 GPU = torch.cuda.is_available()
-if not GPU:
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+default_accelerator()
 
 
 def write_result(path: str, status: str, details: str) -> None:

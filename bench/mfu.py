@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,10 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+    from ngpt_ds.cli import default_accelerator
+
+    default_accelerator()
     from ngpt_ds import distributed
     from ngpt_ds.model import training_flops_per_token
     from ngpt_ds.train.builder import init_process_group, start_engine

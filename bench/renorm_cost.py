@@ -49,8 +49,9 @@ def main() -> int:
     import torch
     import torch.distributed as dist
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from ngpt_ds.cli import default_accelerator
+
+    default_accelerator()
     from ngpt_ds import distributed
     from ngpt_ds.train.builder import init_process_group, start_engine
     from ngpt_ds.train.config import RunConfig, load_model_and_train

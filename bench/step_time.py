@@ -24,8 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from ngpt_ds.cli import default_accelerator  # noqa: E402
+
+default_accelerator()
 
 from ngpt_ds import distributed  # noqa: E402
 from ngpt_ds.model import ModelConfig  # noqa: E402
