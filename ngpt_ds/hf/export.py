@@ -30,6 +30,7 @@ HF_MARKER = "ngpt_ds_export"
 """The config.json key that carries ngpt_ds's provenance (and marks the folder as an ngpt_ds export)."""
 PACKAGE_ROOT = Path(ngpt_ds.__file__).parent
 CODE_ENTRY = ("hf/configuration_ngpt.py", "hf/modeling_ngpt.py")
+CODE_ENTRY_NAMES = tuple(Path(p).name for p in CODE_ENTRY)
 _IMPORT = re.compile(r"^(\s*)from ngpt_ds\.((?:\w+\.)*)(\w+) import ", re.MULTILINE)
 
 README = """\
@@ -153,9 +154,6 @@ def write_hf_export(loaded, folder: Path, *, name: str) -> dict[str, torch.Tenso
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-CODE_ENTRY_NAMES = tuple(Path(p).name for p in CODE_ENTRY)
-
-
 def verify_hf_export(folder: Path, state: dict[str, torch.Tensor], arch: str) -> None:
     """Read the folder back with transformers; the weights must be bit-identical to what was written."""
     reloaded = MODELS[arch].from_pretrained(folder).state_dict()
@@ -167,8 +165,3 @@ def verify_hf_export(folder: Path, state: dict[str, torch.Tensor], arch: str) ->
                 f"export to {folder}: {key} reads back different from what was written "
                 "(disk full or a failing file system?)"
             )
-
-
-def is_hf_export(config: dict) -> bool:
-    """Whether a parsed config.json is an ngpt_ds `--format hf` export (any version)."""
-    return isinstance(config, dict) and isinstance(config.get(HF_MARKER), dict)
