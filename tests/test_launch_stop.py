@@ -92,16 +92,29 @@ def trainers(out) -> list[psutil.Process]:
     return found
 
 
-def wait_until_gone(out) -> None:
+def wait_until_gone(out, known: list[psutil.Process]) -> None:
+    """Until every trainer process of the run has ended, by pid: an exiting process loses its
+    command line (its memory is unmapped) before it closes its sockets, so the command line alone
+    would let the port check below race with the exit of an orphaned rank."""
+    seen = {*known, *trainers(out)}
     deadline = time.monotonic() + HANG_GUARD_S
-    while trainers(out):
+    while True:
+        seen |= set(trainers(out))
+        left = [p for p in seen if running(p)]
+        if not left:
+            return
         if time.monotonic() > deadline:
-            left = trainers(out)
             for proc in left:
                 proc.kill()
-            pytest.fail(f"trainer processes still running {HANG_GUARD_S} s after the stop: "
-                        f"{[p.pid for p in left]}")
+            pytest.fail(f"trainer processes still running {HANG_GUARD_S} s after the stop: {[p.pid for p in left]}")
         time.sleep(0.1)
+
+
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def rendezvous_port() -> int:
@@ -111,6 +124,14 @@ def rendezvous_port() -> int:
         port = random.randrange(10000, 20000)
         if port_is_free(port):
             return port
+
+
+def sockets_on(port: int) -> str:
+    """What holds a port, for the failure message."""
+    if not shutil.which("ss"):
+        return f"port {port} in use"
+    lines = subprocess.run(["ss", "-tanp"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    return "\n".join(line for line in lines if f":{port} " in line)
 
 
 def port_is_free(port: int) -> bool:
@@ -183,6 +204,7 @@ def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target
     try:
         wait_for_steps(out, start, proc, log)
         signum = getattr(signal, sig.split("-")[0])
+        known = trainers(out)
         if target == "pid":
             os.kill(proc.pid, signum)
         elif target == "group":
@@ -196,8 +218,8 @@ def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target
                 rank.send_signal(signum)
         rc = proc.wait(timeout=HANG_GUARD_S)
         if how == "entrypoint":  # it leaves only when all it started has ended, as PID 1 must
-            assert trainers(out) == [], "the entrypoint exited while its ranks still ran"
-        wait_until_gone(out)
+            assert not [p for p in known if running(p)], "the entrypoint exited while its ranks still ran"
+        wait_until_gone(out, known)
     finally:
         for left in trainers(out):
             left.kill()
@@ -209,7 +231,7 @@ def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target
     # The launchers may print their own tracebacks (torchrun's SignalException, the deepspeed
     # runner's KeyboardInterrupt); a rank never does.
     assert not re.search(r'File "[^"]*(launch/train\.py|ngpt_ds/)', text), text[-4000:]
-    assert port_is_free(port)
+    assert port_is_free(port), sockets_on(port)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped", (summary, text[-4000:])
@@ -247,9 +269,10 @@ def test_launcher_killed_during_the_startup_still_stops_its_ranks(configs, tiny_
         while not ranks_importing_torch(proc):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(0.01)
+        known = trainers(out)
         children_named(proc, "deepspeed.launcher.launch")[0].kill()
         assert proc.wait(timeout=HANG_GUARD_S) == 0  # the runner reports its child's -9 as success
-        wait_until_gone(out)
+        wait_until_gone(out, known)
     finally:
         for left in trainers(out):
             left.kill()
@@ -263,7 +286,7 @@ def test_launcher_killed_during_the_startup_still_stops_its_ranks(configs, tiny_
     assert re.search(rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
                      r"|another rank was asked to stop)\)", text), text[-4000:]
     assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")
-    assert port_is_free(port)
+    assert port_is_free(port), sockets_on(port)
 
 
 def assert_complete(checkpoint: Path) -> None:
@@ -307,7 +330,7 @@ def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(configs, tin
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing written, nothing lost
     if start:
         assert_complete(out / "checkpoints" / f"step_{start:08d}")
-    assert port_is_free(port)
+    assert port_is_free(port), sockets_on(port)
 
 
 def test_zz_last_stop_resumes_to_the_end(configs, tiny_dataset, reference, tmp_path):
@@ -405,3 +428,14 @@ def test_single_host_deepspeed_hostfile_binds_the_rendezvous_to_loopback(tmp_pat
                               env=env, capture_output=True, text=True, timeout=60)
         words = proc.stdout.split()
         assert proc.returncode == 0 and words[words.index("--master_addr") + 1] == master, proc.stdout + proc.stderr
+
+
+def test_the_docker_image_runs_its_command_under_the_tested_entrypoint():
+    """`docker stop` signals PID 1: that must be launch/entrypoint.py (tested above as the parent of
+    the default command), with the README's main command as the default CMD."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))
+    workdir = re.findall(r"^WORKDIR (\S+)$", text, re.M)[-1]
+    assert entrypoint == ["python3", f"{workdir}/launch/entrypoint.py"]
+    cmd = json.loads(re.findall(r"^CMD (.+)$", text, re.M)[-1])
+    assert cmd[0] == "deepspeed"  # the runner whose ranks outlive it: the case the entrypoint waits for
