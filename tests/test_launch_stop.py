@@ -119,9 +119,11 @@ def running(proc: psutil.Process) -> bool:
 
 def rendezvous_port() -> int:
     """A free port below the ephemeral range (32768 and up on Linux), so that after the job no
-    other process on this busy machine gets it by chance and the check below means something."""
+    other process on this busy machine gets it by chance and the check below means something. Drawn
+    from the OS's randomness: a test session seeding `random` would otherwise give two concurrent
+    sessions the same ports."""
     while True:
-        port = random.randrange(10000, 20000)
+        port = random.SystemRandom().randrange(10000, 20000)  # not the seedable generator: tests seed it
         if port_is_free(port):
             return port
 
