@@ -51,7 +51,9 @@ def start_ranks(configs, data, out, logs):
 
 
 def complete_checkpoints(out):
-    return sorted(int(p.parent.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*/COMPLETE"))
+    # Only step_N: a save in progress has COMPLETE in its step_N.tmp-save folder just before the rename.
+    return sorted(int(p.parent.name[5:]) for p in (out / "checkpoints").glob("step_*/COMPLETE")
+                  if p.parent.name[5:].isdigit())
 
 
 def logged_steps(out):
