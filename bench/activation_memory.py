@@ -71,8 +71,14 @@ def main() -> int:
     from ngpt_ds.model import ModelConfig, build_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    config = ModelConfig(arch=args.arch, vocab_size=args.vocab, n_layer=args.layers, n_embd=args.embd,
-                         n_head=args.heads, seq_len=args.seq_len).validate()
+    config = ModelConfig(
+        arch=args.arch,
+        vocab_size=args.vocab,
+        n_layer=args.layers,
+        n_embd=args.embd,
+        n_head=args.heads,
+        seq_len=args.seq_len,
+    ).validate()
     tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     models, optimizers = {}, {}
@@ -93,8 +99,12 @@ def main() -> int:
         loss.backward()
         peak = _status_kib("VmHWM") - before
         optimizer.step()
-        return {"step_s": time.perf_counter() - start, "held_mib": held / 1024, "peak_mib": peak / 1024,
-                "loss": loss.item()}
+        return {
+            "step_s": time.perf_counter() - start,
+            "held_mib": held / 1024,
+            "peak_mib": peak / 1024,
+            "loss": loss.item(),
+        }
 
     for mode in MODES:  # warm-up: optimizer state and gradient buffers are allocated here
         step(mode)
@@ -104,33 +114,44 @@ def main() -> int:
             samples[mode].append(step(mode))
     results = []
     for mode in MODES:
-        row = {"mode": mode, **{key: statistics.median(s[key] for s in samples[mode])
-                                for key in ("step_s", "held_mib", "peak_mib")}}
+        row = {
+            "mode": mode,
+            **{key: statistics.median(s[key] for s in samples[mode]) for key in ("step_s", "held_mib", "peak_mib")},
+        }
         results.append(row)
     base = results[0]
     for row in results:
         row["step_ratio"] = row["step_s"] / base["step_s"]
     # The same weights and data in every mode, and the same gradients: the losses agree exactly.
-    same_losses = all(s["loss"] == samples["none"][i]["loss"]
-                      for mode in MODES for i, s in enumerate(samples[mode]))
-    setting = (f"{args.arch}, {args.layers} layers, d {args.embd}, {args.heads} heads, context {args.seq_len}, "
-               f"batch {args.batch}, vocab {args.vocab}, fp32, {args.rounds} rounds (median)")
-    lines = ["| train.activation_checkpointing | held after forward (MiB) | peak in fwd+bwd (MiB) | "
-             "step (s) | step vs none |", "|---|---|---|---|---|"]
+    same_losses = all(s["loss"] == samples["none"][i]["loss"] for mode in MODES for i, s in enumerate(samples[mode]))
+    setting = (
+        f"{args.arch}, {args.layers} layers, d {args.embd}, {args.heads} heads, context {args.seq_len}, "
+        f"batch {args.batch}, vocab {args.vocab}, fp32, {args.rounds} rounds (median)"
+    )
+    lines = [
+        "| train.activation_checkpointing | held after forward (MiB) | peak in fwd+bwd (MiB) | "
+        "step (s) | step vs none |",
+        "|---|---|---|---|---|",
+    ]
     for row in results:
-        lines.append(f"| {row['mode']} | {row['held_mib']:.1f} | {row['peak_mib']:.1f} | {row['step_s']:.3f} | "
-                     f"{row['step_ratio']:.2f}x |")
+        lines.append(
+            f"| {row['mode']} | {row['held_mib']:.1f} | {row['peak_mib']:.1f} | {row['step_s']:.3f} | "
+            f"{row['step_ratio']:.2f}x |"
+        )
     table = "\n".join(lines)
     print(f"Setting: {setting}\n{table}\nlosses identical in every mode: {same_losses}")
     if args.json:
-        args.json.write_text(json.dumps({"setting": setting, "results": results, "same_losses": same_losses},
-                                        indent=2))
+        args.json.write_text(json.dumps({"setting": setting, "results": results, "same_losses": same_losses}, indent=2))
     if args.docs:
         sys.path.insert(0, str(REPO / "bench"))
         from report import command_line, machine, update_section
-        update_section("activation_memory", f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
-                       f"Setting: {setting}; memory is process RSS (allocator returns blocks >= 128 KiB).\n\n"
-                       f"{table}\n\nLosses identical in every mode: {same_losses}.")
+
+        update_section(
+            "activation_memory",
+            f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
+            f"Setting: {setting}; memory is process RSS (allocator returns blocks >= 128 KiB).\n\n"
+            f"{table}\n\nLosses identical in every mode: {same_losses}.",
+        )
     return 0
 
 

@@ -34,11 +34,13 @@ default_accelerator()
 
 def write_result(path: str, status: str, details: str) -> None:
     import torch.distributed as dist
+
     if not dist.is_initialized() or dist.get_rank() == 0:
         Path(path).write_text(f"{status} {details}\n")
 
 
 # ---- hook: the hypersphere hook's collectives under the engine's backend -------------------------
+
 
 class CollectiveLog:
     """Records the device of every tensor that project code (ngpt_ds.*) passes to torch.distributed."""
@@ -47,6 +49,7 @@ class CollectiveLog:
 
     def __init__(self):
         import torch.distributed as dist
+
         self.devices: list[str] = []
         for name in self.NAMES:
             original = getattr(dist, name)
@@ -59,6 +62,7 @@ class CollectiveLog:
                 tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
                 self.devices += [t.device.type for t in tensors]
             return original(*args, **kwargs)
+
         return call
 
 
@@ -80,14 +84,28 @@ def hook_check(args) -> None:
     ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = 4, 1
     ds.pop("train_batch_size", None)
     from deepspeed.accelerator import get_accelerator
-    check_ds_config(ds, world_size=env.world_size, tensor_parallel=1, source=args.ds,
-                    fp16_supported=bool(get_accelerator().is_fp16_supported()),
-                    bf16_supported=bool(get_accelerator().is_bf16_supported()))
-    size = dict(n_layer=2, n_embd=256, n_head=4, seq_len=256) if GPU else dict(n_layer=2, n_embd=32, n_head=2,
-                                                                                 seq_len=32)
+
+    check_ds_config(
+        ds,
+        world_size=env.world_size,
+        tensor_parallel=1,
+        source=args.ds,
+        fp16_supported=bool(get_accelerator().is_fp16_supported()),
+        bf16_supported=bool(get_accelerator().is_bf16_supported()),
+    )
+    size = (
+        dict(n_layer=2, n_embd=256, n_head=4, seq_len=256) if GPU else dict(n_layer=2, n_embd=32, n_head=2, seq_len=32)
+    )
     model_cfg = ModelConfig(arch="ngpt", vocab_size=1021, **size).validate()  # odd vocabulary: rows straddle
-    run = RunConfig(config_source="gpu_check", model=model_cfg, train=TrainConfig(max_steps=args.steps, lr=1e-2)
-                    .resolve("ngpt").validate(), deepspeed=ds, deepspeed_source=args.ds, data_dir="", out_dir="")
+    run = RunConfig(
+        config_source="gpu_check",
+        model=model_cfg,
+        train=TrainConfig(max_steps=args.steps, lr=1e-2).resolve("ngpt").validate(),
+        deepspeed=ds,
+        deepspeed_source=args.ds,
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run)
     hook = HypersphereHook(engine)
     forced = ""
@@ -117,9 +135,18 @@ def hook_check(args) -> None:
     consolidated = float("nan")
     if env.rank == 0:  # DeepSpeed's own consolidation of the ZeRO shards (what export uses)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="check")
-        consolidated = torch.stack([(torch.linalg.vector_norm(state[m.name].float(), dim=m.norm_dim) - 1).abs().max()
-                                    for m in sphere_matrices(build_model(model_cfg))]).max().item()
+        consolidated = (
+            torch.stack(
+                [
+                    (torch.linalg.vector_norm(state[m.name].float(), dim=m.norm_dim) - 1).abs().max()
+                    for m in sphere_matrices(build_model(model_cfg))
+                ]
+            )
+            .max()
+            .item()
+        )
     dist.barrier()
     masters = {str(piece.values.device.type) for unit in hook.units for piece in unit.pieces}
     devices = sorted(set(log.devices))
@@ -138,17 +165,22 @@ def hook_check(args) -> None:
     if env.rank == 0 and not consolidated <= 1e-5:
         problems.append(f"consolidated fp32 masters off the sphere by {consolidated:.2e}")
     n_matrices = len(sphere_matrices(engine.module))
-    details = (f"{args.ds} ZeRO {zero_stage_of(ds)} {precision_of(ds)}, {env.world_size} rank(s) on {backend}, "
-               f"{type(engine.optimizer).__name__}, masters on {sorted(masters)}, project collectives on "
-               f"{devices or 'none'} ({len(log.devices)} tensors), {hook.all_reduces} hook all-reduces{forced}, "
-               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, max norm deviation {max(deviations):.1e} (hook), "
-               f"{consolidated:.1e} (consolidated, {n_matrices} matrices)")
-    write_result(args.result, "FAIL" if problems else "PASS", ("; ".join(problems) + " | " if problems else "") + details)
+    details = (
+        f"{args.ds} ZeRO {zero_stage_of(ds)} {precision_of(ds)}, {env.world_size} rank(s) on {backend}, "
+        f"{type(engine.optimizer).__name__}, masters on {sorted(masters)}, project collectives on "
+        f"{devices or 'none'} ({len(log.devices)} tensors), {hook.all_reduces} hook all-reduces{forced}, "
+        f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, max norm deviation {max(deviations):.1e} (hook), "
+        f"{consolidated:.1e} (consolidated, {n_matrices} matrices)"
+    )
+    write_result(
+        args.result, "FAIL" if problems else "PASS", ("; ".join(problems) + " | " if problems else "") + details
+    )
     dist.barrier()
     dist.destroy_process_group()
 
 
 # ---- sphere: an exported (consolidated) model --------------------------------------------------
+
 
 def sphere_check(args) -> None:
     from ngpt_ds.infer import load
@@ -158,11 +190,13 @@ def sphere_check(args) -> None:
     deviation = max_norm_deviation(loaded.model)
     n = len(sphere_matrices(loaded.model))
     status = "PASS" if n and deviation <= 1e-5 else "FAIL"
-    write_result(args.result, status, f"{args.model}: {n} sphere matrices, fp32 max | ||w|| - 1 | = {deviation:.2e}"
-                 " (limit 1e-5)")
+    write_result(
+        args.result, status, f"{args.model}: {n} sphere matrices, fp32 max | ||w|| - 1 | = {deviation:.2e} (limit 1e-5)"
+    )
 
 
 # ---- throughput: tokens/s and MFU of the 0.5B layer shape at a short depth ------------------------
+
 
 def cuda_matmul_peak(dtype: torch.dtype, size: int = 8192, iters: int = 30) -> float:
     a = torch.randn(size, size, dtype=dtype, device="cuda")
@@ -174,7 +208,7 @@ def cuda_matmul_peak(dtype: torch.dtype, size: int = 8192, iters: int = 30) -> f
     for _ in range(iters):
         a @ b
     torch.cuda.synchronize()
-    return 2 * size ** 3 * iters / (time.perf_counter() - start)
+    return 2 * size**3 * iters / (time.perf_counter() - start)
 
 
 def throughput_check(args) -> None:
@@ -198,8 +232,15 @@ def throughput_check(args) -> None:
     ds.pop("train_batch_size", None)
     check_ds_config(ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True)
     model_cfg = ModelConfig(arch="ngpt", **shape).validate()
-    run = RunConfig(config_source="gpu_check", model=model_cfg, train=TrainConfig(lr=1e-3).resolve("ngpt"),
-                    deepspeed=ds, deepspeed_source=args.ds, data_dir="", out_dir="")
+    run = RunConfig(
+        config_source="gpu_check",
+        model=model_cfg,
+        train=TrainConfig(lr=1e-3).resolve("ngpt"),
+        deepspeed=ds,
+        deepspeed_source=args.ds,
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run)
     HypersphereHook(engine).normalize_now()
     tokens = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.seq_len + 1)).to(engine.device)
@@ -224,22 +265,29 @@ def throughput_check(args) -> None:
     tokens_per_s = batch * model_cfg.seq_len * args.steps / seconds
     achieved = training_flops_per_token(model_cfg) * tokens_per_s
     sheet, source = peak_flops_per_device(None, torch.bfloat16)
-    details = (f"{shape_name} (n_layer {shape['n_layer']}, d {shape['n_embd']}, seq {shape['seq_len']}, "
-               f"vocab {shape['vocab_size']}), micro-batch {batch}, {args.ds}: {tokens_per_s:,.0f} tokens/s, "
-               f"{achieved / 1e12:.1f} TFLOP/s, MFU {100 * achieved / sheet:.1f}% of {sheet / 1e12:.0f} TFLOP/s "
-               f"({source})")
+    details = (
+        f"{shape_name} (n_layer {shape['n_layer']}, d {shape['n_embd']}, seq {shape['seq_len']}, "
+        f"vocab {shape['vocab_size']}), micro-batch {batch}, {args.ds}: {tokens_per_s:,.0f} tokens/s, "
+        f"{achieved / 1e12:.1f} TFLOP/s, MFU {100 * achieved / sheet:.1f}% of {sheet / 1e12:.0f} TFLOP/s "
+        f"({source})"
+    )
     if GPU:
         measured = cuda_matmul_peak(torch.bfloat16)
         details += f", {100 * achieved / measured:.1f}% of a measured bf16 matmul ({measured / 1e12:.0f} TFLOP/s)"
     ok = math.isfinite(tokens_per_s) and tokens_per_s > 0 and math.isfinite(loss.item())
     write_result(args.result, "PASS" if ok else "FAIL", details)
     if args.json:
-        Path(args.json).write_text(json.dumps({"tokens_per_s": tokens_per_s, "achieved_flops": achieved,
-                                               "peak_flops": sheet, "peak_source": source}) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {"tokens_per_s": tokens_per_s, "achieved_flops": achieved, "peak_flops": sheet, "peak_source": source}
+            )
+            + "\n"
+        )
     dist.destroy_process_group()
 
 
 # ---- flash: which SDPA kernel the model's attention runs ------------------------------------------
+
 
 def flash_check(args) -> None:
     """Profile one forward and backward of the 0.5B layer shape in bf16; PASS if a CUDA flash SDPA op ran.
@@ -269,12 +317,16 @@ def flash_check(args) -> None:
     names = {e.key for e in prof.key_averages()}
     sdpa = sorted(n for n in names if n.startswith("aten::") and ("scaled_dot_product" in n or "attention" in n))
     if not GPU:
-        write_result(args.result, "SKIPPED", f"no CUDA device (flash attention is a CUDA kernel); on CPU SDPA ran {sdpa}")
+        write_result(
+            args.result, "SKIPPED", f"no CUDA device (flash attention is a CUDA kernel); on CPU SDPA ran {sdpa}"
+        )
         return
     flash = sorted(n for n in names if "flash" in n.lower() and "for_cpu" not in n)
-    write_result(args.result, "PASS" if flash else "FAIL",
-                 f"bf16 0.5b-short forward+backward: flash ops/kernels {[n[:60] for n in flash[:3]] or 'none'}; "
-                 f"SDPA ops {sdpa}")
+    write_result(
+        args.result,
+        "PASS" if flash else "FAIL",
+        f"bf16 0.5b-short forward+backward: flash ops/kernels {[n[:60] for n in flash[:3]] or 'none'}; SDPA ops {sdpa}",
+    )
 
 
 def main() -> int:

@@ -44,12 +44,22 @@ def main() -> int:
     model_cfg, train_cfg, _ = load_model_and_train(args.config)
     model_cfg.vocab_size = model_cfg.vocab_size or 4096
     ds = load_ds_config(args.ds)
-    plan = check_ds_config(ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False,
-                           bf16_supported=True)
+    plan = check_ds_config(
+        ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True
+    )
     env = distributed.discover({})
     init_process_group(env, timeout_s=300)
-    engine = start_engine(RunConfig(config_source=args.config, model=model_cfg, train=train_cfg, deepspeed=ds,
-                                    deepspeed_source=args.ds, data_dir="", out_dir=""))
+    engine = start_engine(
+        RunConfig(
+            config_source=args.config,
+            model=model_cfg,
+            train=train_cfg,
+            deepspeed=ds,
+            deepspeed_source=args.ds,
+            data_dir="",
+            out_dir="",
+        )
+    )
     if model_cfg.is_ngpt:
         HypersphereHook(engine).normalize_now()
     dtype = torch.bfloat16 if precision_of(ds) == "bf16" else torch.float32
@@ -66,24 +76,38 @@ def main() -> int:
     peaks.append(measure_matmul_flops(dtype, seconds=1.0))
     tokens_per_s = plan.micro_batch * model_cfg.seq_len * len(seconds) / sum(seconds)
     achieved = training_flops_per_token(model_cfg) * tokens_per_s
-    result = {"config": args.config, "arch": model_cfg.arch, "dtype": str(dtype).replace("torch.", ""),
-              "threads": torch.get_num_threads(), "tokens_per_s": tokens_per_s,
-              "flops_per_token": training_flops_per_token(model_cfg), "achieved_tflops": achieved / 1e12,
-              "peak_tflops": max(peaks) / 1e12, "mfu": achieved / max(peaks)}
-    print(f"MFU {args.config} ({result['dtype']}, {result['threads']} threads): {tokens_per_s:.0f} tokens/s x "
-          f"{result['flops_per_token'] / 1e6:.1f} MFLOP/token = {result['achieved_tflops'] * 1e3:.1f} GFLOP/s; "
-          f"matmul peak {result['peak_tflops'] * 1e3:.1f} GFLOP/s; MFU {100 * result['mfu']:.1f}%")
+    result = {
+        "config": args.config,
+        "arch": model_cfg.arch,
+        "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": training_flops_per_token(model_cfg),
+        "achieved_tflops": achieved / 1e12,
+        "peak_tflops": max(peaks) / 1e12,
+        "mfu": achieved / max(peaks),
+    }
+    print(
+        f"MFU {args.config} ({result['dtype']}, {result['threads']} threads): {tokens_per_s:.0f} tokens/s x "
+        f"{result['flops_per_token'] / 1e6:.1f} MFLOP/token = {result['achieved_tflops'] * 1e3:.1f} GFLOP/s; "
+        f"matmul peak {result['peak_tflops'] * 1e3:.1f} GFLOP/s; MFU {100 * result['mfu']:.1f}%"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.docs:
         from report import command_line, machine, update_section
-        update_section("mfu", f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
-                       f"| model | dtype | threads | tokens/s | MFLOP/token | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
-                       f"|---|---|---|---|---|---|---|---|\n"
-                       f"| {args.config} | {result['dtype']} | {result['threads']} | {tokens_per_s:.0f} | "
-                       f"{result['flops_per_token'] / 1e6:.1f} | {result['achieved_tflops'] * 1e3:.1f} | "
-                       f"{result['peak_tflops'] * 1e3:.1f} | **{100 * result['mfu']:.1f}%** |")
+
+        update_section(
+            "mfu",
+            f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
+            f"| model | dtype | threads | tokens/s | MFLOP/token | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
+            f"|---|---|---|---|---|---|---|---|\n"
+            f"| {args.config} | {result['dtype']} | {result['threads']} | {tokens_per_s:.0f} | "
+            f"{result['flops_per_token'] / 1e6:.1f} | {result['achieved_tflops'] * 1e3:.1f} | "
+            f"{result['peak_tflops'] * 1e3:.1f} | **{100 * result['mfu']:.1f}%** |",
+        )
     import torch.distributed as dist
+
     dist.destroy_process_group()
     return 0
 

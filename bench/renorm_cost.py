@@ -63,11 +63,19 @@ def main() -> int:
     if model_cfg.vocab_size is None:
         model_cfg.vocab_size = 4096
     ds = load_ds_config(args.ds)
-    plan = check_ds_config(ds, world_size=env.world_size, tensor_parallel=1, source=args.ds,
-                           fp16_supported=False, bf16_supported=True)
+    plan = check_ds_config(
+        ds, world_size=env.world_size, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True
+    )
     init_process_group(env, timeout_s=300)
-    run = RunConfig(config_source=args.config, model=model_cfg, train=train_cfg, deepspeed=ds,
-                    deepspeed_source=args.ds, data_dir="", out_dir="")
+    run = RunConfig(
+        config_source=args.config,
+        model=model_cfg,
+        train=train_cfg,
+        deepspeed=ds,
+        deepspeed_source=args.ds,
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run)
     hook = HypersphereHook(engine)
     hook.normalize_now()
@@ -110,30 +118,41 @@ def main() -> int:
         step_ms = 1e3 * totals[0].item() / (len(step_seconds) * env.world_size)
         hook_ms = 1e3 * totals[1].item() / (len(hook_seconds) * env.world_size)
         result = {
-            "config": args.config, "deepspeed": os.path.basename(args.ds), "ranks": env.world_size,
-            "device": str(engine.device), "steps": len(step_seconds), "step_ms": step_ms, "hook_ms": hook_ms,
+            "config": args.config,
+            "deepspeed": os.path.basename(args.ds),
+            "ranks": env.world_size,
+            "device": str(engine.device),
+            "steps": len(step_seconds),
+            "step_ms": step_ms,
+            "hook_ms": hook_ms,
             "hook_share_of_step": hook_ms / step_ms,
             "all_reduces_per_step": (hook.all_reduces - all_reduces_before) / (args.steps + 3),
             "hook_buffer_bytes": 4 * buffer_floats,
             "sphere_master_bytes_on_rank0": 4 * master_floats,
             "max_norm_deviation_after": deviation,
         }
-        print(f"renorm hook, {args.config}, {result['deepspeed']}, {env.world_size} ranks on {engine.device}: "
-              f"step {step_ms:.1f} ms, hook {hook_ms:.2f} ms = {100 * result['hook_share_of_step']:.2f}% of the step "
-              f"(goal < 3%); extra memory: a {result['hook_buffer_bytes'] / 1024:.1f} KiB buffer next to rank 0's "
-              f"{result['sphere_master_bytes_on_rank0'] / 2 ** 20:.1f} MiB of fp32 master matrices; "
-              f"max | ||w|| - 1 | = {deviation:.1e}")
+        print(
+            f"renorm hook, {args.config}, {result['deepspeed']}, {env.world_size} ranks on {engine.device}: "
+            f"step {step_ms:.1f} ms, hook {hook_ms:.2f} ms = {100 * result['hook_share_of_step']:.2f}% of the step "
+            f"(goal < 3%); extra memory: a {result['hook_buffer_bytes'] / 1024:.1f} KiB buffer next to rank 0's "
+            f"{result['sphere_master_bytes_on_rank0'] / 2**20:.1f} MiB of fp32 master matrices; "
+            f"max | ||w|| - 1 | = {deviation:.1e}"
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         if args.docs:
             from report import command_line, machine, update_section
-            update_section("renorm_cost", f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
-                           "| config | ranks | step ms | hook ms | hook share | all-reduces/step | hook buffer | "
-                           "rank 0's fp32 sphere matrices |\n|---|---|---|---|---|---|---|---|\n"
-                           f"| {args.config}, {result['deepspeed']} | {env.world_size} | {step_ms:.1f} | {hook_ms:.2f} | "
-                           f"**{100 * result['hook_share_of_step']:.2f}%** | {result['all_reduces_per_step']:.0f} | "
-                           f"{result['hook_buffer_bytes'] / 1024:.1f} KiB | "
-                           f"{result['sphere_master_bytes_on_rank0'] / 2 ** 20:.1f} MiB |")
+
+            update_section(
+                "renorm_cost",
+                f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
+                "| config | ranks | step ms | hook ms | hook share | all-reduces/step | hook buffer | "
+                "rank 0's fp32 sphere matrices |\n|---|---|---|---|---|---|---|---|\n"
+                f"| {args.config}, {result['deepspeed']} | {env.world_size} | {step_ms:.1f} | {hook_ms:.2f} | "
+                f"**{100 * result['hook_share_of_step']:.2f}%** | {result['all_reduces_per_step']:.0f} | "
+                f"{result['hook_buffer_bytes'] / 1024:.1f} KiB | "
+                f"{result['sphere_master_bytes_on_rank0'] / 2**20:.1f} MiB |",
+            )
     dist.barrier()
     dist.destroy_process_group()
     return 0

@@ -19,16 +19,25 @@ def machine() -> str:
     if torch.cuda.is_available():
         device = f"{torch.cuda.device_count()}x {torch.cuda.get_device_name()}"
     else:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor() or "CPU")
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or "CPU",
+        )
         device = f"{cpu}, {os.cpu_count()} cores, no GPU"
-    return (f"{device}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
-            f"Python {platform.python_version()}; measured {datetime.date.today().isoformat()}")
+    return (
+        f"{device}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
+        f"Python {platform.python_version()}; measured {datetime.date.today().isoformat()}"
+    )
 
 
 def command_line() -> str:
     """The command that ran, with the script path relative to the repository."""
     import sys
+
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script.name
     return " ".join(["python", str(shown), *sys.argv[1:]])
@@ -40,7 +49,7 @@ def update_section(name: str, body: str) -> None:
     text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
     block = f"{start}\n{body.strip()}\n{end}"
     if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text, encoding="utf-8")

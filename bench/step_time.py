@@ -50,9 +50,15 @@ def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
     ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
     ds.pop("train_batch_size", None)
     check_ds_config(ds, world_size=1, tensor_parallel=1, source=ds_path, fp16_supported=False, bf16_supported=True)
-    run = RunConfig(config_source="bench", model=ModelConfig(arch=arch, **shape).validate(),
-                    train=TrainConfig(lr=1e-3).resolve(arch), deepspeed=ds, deepspeed_source=ds_path,
-                    data_dir="", out_dir="")
+    run = RunConfig(
+        config_source="bench",
+        model=ModelConfig(arch=arch, **shape).validate(),
+        train=TrainConfig(lr=1e-3).resolve(arch),
+        deepspeed=ds,
+        deepspeed_source=ds_path,
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run)
     if run.model.is_ngpt:
         HypersphereHook(engine).normalize_now()
@@ -67,6 +73,7 @@ def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
         if engine.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
+
     return step
 
 
@@ -81,8 +88,17 @@ def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: b
         for arch, step in steps.items():
             times[arch].append(step())
     ngpt, gpt = statistics.median(times["ngpt"]), statistics.median(times["gpt"])
-    return {"shape": shape_name, **shape, "batch": batch, "deepspeed": os.path.basename(ds_path),
-            "compiled": compiled, "rounds": rounds, "ngpt_ms": 1e3 * ngpt, "gpt_ms": 1e3 * gpt, "ratio": ngpt / gpt}
+    return {
+        "shape": shape_name,
+        **shape,
+        "batch": batch,
+        "deepspeed": os.path.basename(ds_path),
+        "compiled": compiled,
+        "rounds": rounds,
+        "ngpt_ms": 1e3 * ngpt,
+        "gpt_ms": 1e3 * gpt,
+        "ratio": ngpt / gpt,
+    }
 
 
 def main() -> int:
@@ -90,8 +106,11 @@ def main() -> int:
     parser.add_argument("--shapes", default="tiny,0.5b-short", help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--rounds", type=int, default=10, help="timed A/B rounds per shape")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (and compilation)")
-    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"),
-                        help="DeepSpeed JSON for precision and ZeRO stage (its micro-batch is replaced per shape)")
+    parser.add_argument(
+        "--ds",
+        default=str(REPO / "ds_configs/zero2.json"),
+        help="DeepSpeed JSON for precision and ZeRO stage (its micro-batch is replaced per shape)",
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
@@ -106,17 +125,27 @@ def main() -> int:
             mode = "compiled" if compiled else "eager"
             print(f"{name:<12} {mode:<9} {r['ngpt_ms']:>9.1f} {r['gpt_ms']:>9.1f} {r['ratio']:>9.2f}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2)
-                                   + "\n")
+        Path(args.json).write_text(
+            json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2) + "\n"
+        )
     if args.docs:
         from report import command_line, machine, update_section
-        rows = ["| shape | batch x context | mode | nGPT ms/step | GPT ms/step | nGPT / GPT |", "|---|---|---|---|---|---|"]
-        rows += [f"| {r['shape']} (L {r['n_layer']}, d {r['n_embd']}) | {r['batch']} x {r['seq_len']} | "
-                 f"{'compiled' if r['compiled'] else 'eager'} | {r['ngpt_ms']:.0f} | {r['gpt_ms']:.0f} | "
-                 f"**{r['ratio']:.2f}** |" for r in results]
-        update_section("step_time", f"Command: `{command_line()}`  \nMachine: {machine()}, "
-                       f"{torch.get_num_threads()} threads; medians of {args.rounds} interleaved rounds.\n\n"
-                       + "\n".join(rows))
+
+        rows = [
+            "| shape | batch x context | mode | nGPT ms/step | GPT ms/step | nGPT / GPT |",
+            "|---|---|---|---|---|---|",
+        ]
+        rows += [
+            f"| {r['shape']} (L {r['n_layer']}, d {r['n_embd']}) | {r['batch']} x {r['seq_len']} | "
+            f"{'compiled' if r['compiled'] else 'eager'} | {r['ngpt_ms']:.0f} | {r['gpt_ms']:.0f} | "
+            f"**{r['ratio']:.2f}** |"
+            for r in results
+        ]
+        update_section(
+            "step_time",
+            f"Command: `{command_line()}`  \nMachine: {machine()}, "
+            f"{torch.get_num_threads()} threads; medians of {args.rounds} interleaved rounds.\n\n" + "\n".join(rows),
+        )
     return 0
 
 

@@ -61,8 +61,10 @@ def _descendants(pid: int) -> list[int]:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[1].strip() if argv else "usage: entrypoint.py COMMAND [ARGS...]",
-              file=sys.stderr if not argv else sys.stdout)
+        print(
+            __doc__.split("\n\n")[1].strip() if argv else "usage: entrypoint.py COMMAND [ARGS...]",
+            file=sys.stderr if not argv else sys.stdout,
+        )
         return 2 if not argv else 0
     _become_subreaper()
     children: list[subprocess.Popen] = []
@@ -99,6 +101,7 @@ def main(argv: list[str]) -> int:
             status = os.waitstatus_to_exitcode(wait_status)
             child.returncode = status
     return 128 - status if status is not None and status < 0 else (status or 0)
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -222,8 +222,9 @@ def read_weights(
     world = int(states.get("dp_world_size") or 1)
     if tp_size > 1:
         if zero_stage == 0:
-            shards = [module_weights(read(f), f) for f in
-                      (model_states_file(checkpoint, 0, mp) for mp in range(tp_size))]
+            shards = [
+                module_weights(read(f), f) for f in (model_states_file(checkpoint, 0, mp) for mp in range(tp_size))
+            ]
         else:
             shards = [consolidate_zero_rank(checkpoint, mp) for mp in range(tp_size)]
         weights = merge_tensor_parallel(shards)

@@ -53,16 +53,19 @@ def expand_nodelist(nodelist: str) -> list[str]:
 def _first_slurm_host(env: dict[str, str]) -> str:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.split()
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.split()
         if out:
             return out[0]
     except (OSError, subprocess.SubprocessError):
         pass
     hosts = expand_nodelist(nodelist)
     if not hosts:
-        raise NgptConfigError("Slurm job without SLURM_JOB_NODELIST: cannot tell the master host. "
-                              "Start the job with sbatch/srun, or set MASTER_ADDR")
+        raise NgptConfigError(
+            "Slurm job without SLURM_JOB_NODELIST: cannot tell the master host. "
+            "Start the job with sbatch/srun, or set MASTER_ADDR"
+        )
     return hosts[0]
 
 
@@ -99,9 +102,11 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     if "RANK" in env or "WORLD_SIZE" in env:
         missing = [v for v in TORCH_VARS if v not in env and v != "LOCAL_RANK"]
         if missing:
-            raise NgptConfigError(f"inconsistent launch environment: {', '.join(present)} set but "
-                                  f"{', '.join(missing)} missing. Start with torchrun or deepspeed, or set all of "
-                                  f"{', '.join(TORCH_VARS)}")
+            raise NgptConfigError(
+                f"inconsistent launch environment: {', '.join(present)} set but "
+                f"{', '.join(missing)} missing. Start with torchrun or deepspeed, or set all of "
+                f"{', '.join(TORCH_VARS)}"
+            )
         rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
         local_rank = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
         local_world = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
@@ -118,19 +123,21 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         source = "slurm"
     elif "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env or "PMIX_RANK" in env:
         rank_var = next(v for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK") if v in env)
-        size_var = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE",
-                    "PMI_RANK": "PMI_SIZE"}[rank_var]
+        size_var = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE", "PMI_RANK": "PMI_SIZE"}[
+            rank_var
+        ]
         if size_var not in env and "OMPI_COMM_WORLD_SIZE" not in env:
             raise NgptConfigError(f"MPI launch with {rank_var} but no {size_var}: cannot tell the world size")
         rank = _int(env, rank_var)
         world = _int(env, size_var if size_var in env else "OMPI_COMM_WORLD_SIZE")
         local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK") if "OMPI_COMM_WORLD_LOCAL_RANK" in env else 0
-        local_world = (_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") if "OMPI_COMM_WORLD_LOCAL_SIZE" in env else world)
+        local_world = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") if "OMPI_COMM_WORLD_LOCAL_SIZE" in env else world
         addr, port = _mpi_master(env, rank, single_host=local_world == world)
         source = "mpi"
     else:
-        return DistEnv(0, 1, 0, 1, LOOPBACK, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK),
-                       "single")
+        return DistEnv(
+            0, 1, 0, 1, LOOPBACK, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK), "single"
+        )
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
     return DistEnv(rank, world, local_rank, local_world, addr, port, source)
@@ -143,9 +150,11 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
     try:
         from mpi4py import MPI
     except ImportError:
-        raise NgptConfigError("started by mpirun, but mpi4py is not installed: pip install mpi4py "
-                              "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
-                              "and MASTER_PORT") from None
+        raise NgptConfigError(
+            "started by mpirun, but mpi4py is not installed: pip install mpi4py "
+            "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
+            "and MASTER_PORT"
+        ) from None
     comm = MPI.COMM_WORLD
     mine = rendezvous_address(single_host) if rank == 0 else None
     addr, port = comm.bcast(mine, root=0)
@@ -180,8 +189,13 @@ def _routable_address() -> str:
 
 def export(dist_env: DistEnv) -> None:
     """Set the torch.distributed env:// variables for this process."""
-    os.environ.update({
-        "RANK": str(dist_env.rank), "WORLD_SIZE": str(dist_env.world_size),
-        "LOCAL_RANK": str(dist_env.local_rank), "LOCAL_WORLD_SIZE": str(dist_env.local_world_size),
-        "MASTER_ADDR": dist_env.master_addr, "MASTER_PORT": str(dist_env.master_port),
-    })
+    os.environ.update(
+        {
+            "RANK": str(dist_env.rank),
+            "WORLD_SIZE": str(dist_env.world_size),
+            "LOCAL_RANK": str(dist_env.local_rank),
+            "LOCAL_WORLD_SIZE": str(dist_env.local_world_size),
+            "MASTER_ADDR": dist_env.master_addr,
+            "MASTER_PORT": str(dist_env.master_port),
+        }
+    )

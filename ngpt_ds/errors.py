@@ -35,8 +35,9 @@ class Problems:
         if not ok:
             self.add(field, value, fix)
 
-    def unknown_fields(self, section: str, values: dict, known: Iterable[str],
-                       extra_hint: Callable[[str], str] = lambda key: "") -> None:
+    def unknown_fields(
+        self, section: str, values: dict, known: Iterable[str], extra_hint: Callable[[str], str] = lambda key: ""
+    ) -> None:
         """Report every key of a config section that is not a field, with the closest field name."""
         known = sorted(known)
         for key in sorted(set(values) - set(known)):
@@ -78,8 +79,11 @@ def _has_type(value: object, expected) -> bool:
     if expected is float:  # an int is a fine float
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if origin is tuple:
-        return (isinstance(value, (list, tuple)) and len(value) == len(args)
-                and all(_has_type(v, a) for v, a in zip(value, args)))
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(args)
+            and all(_has_type(v, a) for v, a in zip(value, args))
+        )
     return isinstance(value, expected) if isinstance(expected, type) else True
 
 
@@ -96,7 +100,10 @@ def _describe(expected) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is tuple:
-        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ')}s, e.g. [0.9, 0.95]" \
-            if len(set(args)) == 1 else f"a list of {len(args)} values"
+        return (
+            f"a list of {len(args)} {_describe(args[0]).removeprefix('a ')}s, e.g. [0.9, 0.95]"
+            if len(set(args)) == 1
+            else f"a list of {len(args)} values"
+        )
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     return names.get(expected, getattr(expected, "__name__", str(expected)))

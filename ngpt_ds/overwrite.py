@@ -32,15 +32,26 @@ def check_not_source(out: str | Path, sources: Iterable[tuple[str | Path, str]],
     for source, what in sources:
         src = _real(source)
         if _inside(src, target):
-            raise NgptConfigError(f"{option} {out} is {what} or contains it ({source}); replacing it would delete "
-                                  f"the input. Choose a folder outside {source}")
+            raise NgptConfigError(
+                f"{option} {out} is {what} or contains it ({source}); replacing it would delete "
+                f"the input. Choose a folder outside {source}"
+            )
         if _inside(target, src):
-            raise NgptConfigError(f"{option} {out} is inside {what} ({source}); writing there would change the "
-                                  f"input. Choose a folder outside {source}")
+            raise NgptConfigError(
+                f"{option} {out} is inside {what} ({source}); writing there would change the "
+                f"input. Choose a folder outside {source}"
+            )
 
 
-def check_replaceable(out: str | Path, *, kind: str, marker: str, holds_kind: Callable[[Path], bool],
-                      sources: Iterable[tuple[str | Path, str]] = (), option: str = "--out") -> None:
+def check_replaceable(
+    out: str | Path,
+    *,
+    kind: str,
+    marker: str,
+    holds_kind: Callable[[Path], bool],
+    sources: Iterable[tuple[str | Path, str]] = (),
+    option: str = "--out",
+) -> None:
     """Raise NgptConfigError unless `out` may be replaced by a new `kind` (an existing one of that kind,
     an empty folder, or nothing), and is none of the `sources`.
 
@@ -53,9 +64,13 @@ def check_replaceable(out: str | Path, *, kind: str, marker: str, holds_kind: Ca
         return
     if out.is_symlink() or not out.is_dir():
         what = "a symbolic link" if out.is_symlink() else "a file"
-        raise NgptConfigError(f"{option} {out} is {what}, not a folder holding {kind}; --overwrite replaces only "
-                              "such a folder. Choose another path")
+        raise NgptConfigError(
+            f"{option} {out} is {what}, not a folder holding {kind}; --overwrite replaces only "
+            "such a folder. Choose another path"
+        )
     if any(out.iterdir()) and not holds_kind(out):
         bare = kind.split(" ", 1)[1] if kind.startswith(("a ", "an ")) else kind
-        raise NgptConfigError(f"{option} {out} holds no {bare} (no {marker}); --overwrite replaces only a folder "
-                              "this command wrote. Choose another path, or empty that folder yourself")
+        raise NgptConfigError(
+            f"{option} {out} holds no {bare} (no {marker}); --overwrite replaces only a folder "
+            "this command wrote. Choose another path, or empty that folder yourself"
+        )

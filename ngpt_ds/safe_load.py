@@ -107,8 +107,11 @@ def _refused_type(f: Any, err: Exception) -> str:
             if unsafe:
                 return ", ".join(unsafe)
     # No global: another construct torch refuses; keep torch's own reason, without its advice to allow it.
-    reasons = [p.strip() for p in str(err).split("\n\n") if p.strip()
-               and not p.strip().startswith(("Weights only load failed", "Check the documentation"))]
+    reasons = [
+        p.strip()
+        for p in str(err).split("\n\n")
+        if p.strip() and not p.strip().startswith(("Weights only load failed", "Check the documentation"))
+    ]
     return reasons[0].split(" Please use ")[0].replace("\n", " ") if reasons else "an object torch refuses"
 
 
@@ -116,13 +119,16 @@ def refusal(f: Any, err: Exception) -> UnsafeCheckpointError:
     needed = _refused_type(f, err)
     why = "this file was not written by the ngpt_ds trainer, or it was altered. Do not use it"
     if needed.startswith("numpy."):  # the one type an older trainer saved itself: its RNG state
-        why = ("the ngpt_ds trainer saved numpy's RNG state as an array before loading was restricted, so this "
-               "may be such an older checkpoint; it cannot be loaded safely. Start a new run, or use it with the "
-               "older ngpt_ds only if you trust where it came from")
+        why = (
+            "the ngpt_ds trainer saved numpy's RNG state as an array before loading was restricted, so this "
+            "may be such an older checkpoint; it cannot be loaded safely. Start a new run, or use it with the "
+            "older ngpt_ds only if you trust where it came from"
+        )
     return UnsafeCheckpointError(
         f"{_describe_file(f)} was refused: loading it needs {needed}, which is not a tensor, plain "
         f"data or one of the DeepSpeed {TESTED_DEEPSPEED} types ngpt_ds allows (ngpt_ds/safe_load.py). Checkpoints "
-        f"are data and loading never runs code from them: {why}")
+        f"are data and loading never runs code from them: {why}"
+    )
 
 
 def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickle_load_args: Any) -> Any:

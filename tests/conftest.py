@@ -20,26 +20,39 @@ def free_port() -> int:
 def cpu_env(**extra) -> dict:
     """Environment for child processes: CPU DeepSpeed, one thread per rank, the repo importable."""
     env = dict(os.environ)
-    env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-                "PYTHONUNBUFFERED": "1"})
+    env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def run(cmd, *, timeout=600, cwd=REPO, env=None, check=True) -> subprocess.CompletedProcess:
     """Run a command; on failure show its output (the test fails with the real error)."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env or cpu_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
-                    f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
 def torchrun(script, *args, nproc=2, **kwargs) -> subprocess.CompletedProcess:
     """A real multi-process job on gloo: `torchrun --nproc_per_node N script args`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc,
-           "--master_addr", "127.0.0.1", "--master_port", free_port(), script, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        nproc,
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        free_port(),
+        script,
+        *args,
+    ]
     return run(cmd, **kwargs)
 
 
@@ -62,24 +75,35 @@ def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_dataset")
     corpus = root / "corpus.jsonl"
     import json
+
     with corpus.open("w") as f:
         for text in pydoc_data.topics.topics.values():
             f.write(json.dumps({"text": text}) + "\n")
-    return prepare_dataset(PrepareConfig(inputs=(str(corpus),), out=root / "data", vocab_size=512,
-                                         val_fraction=0.1, workers=1, progress=False))
+    return prepare_dataset(
+        PrepareConfig(
+            inputs=(str(corpus),), out=root / "data", vocab_size=512, val_fraction=0.1, workers=1, progress=False
+        )
+    )
 
 
 def write_ds_config(path: Path, *, stage: int, bf16: bool, micro: int, accum: int, **extra) -> Path:
     import json
-    config = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
-              "gradient_clipping": 1.0, "bf16": {"enabled": bf16}, "zero_optimization": {"stage": stage},
-              **extra}
+
+    config = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {"stage": stage},
+        **extra,
+    }
     path.write_text(json.dumps(config))
     return path
 
 
 def write_yaml(path: Path, model: dict, train: dict) -> Path:
     import yaml
+
     path.write_text(yaml.safe_dump({"model": model, "train": train}))
     return path
 
@@ -87,5 +111,6 @@ def write_yaml(path: Path, model: dict, train: dict) -> Path:
 def read_metrics(out_dir: Path, key: str = "train/loss") -> list[dict]:
     """The run's metrics.jsonl records that hold `key` (training log lines by default; "eval/loss": evaluations)."""
     import json
+
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if key in r]

@@ -16,6 +16,7 @@ bash launch/setup.sh --test
 
 # Lint first (rules in pyproject.toml); a finding fails the run before the slow tests start.
 "$PYTHON" -m ruff check .
+"$PYTHON" -m ruff format --check .
 
 if [ $# -gt 0 ] || [ "${NGPT_DS_MIN_DEEPSPEED_TESTS:-1}" = 0 ]; then
   exec "$PYTHON" -m pytest -q tests "$@"

@@ -33,72 +33,171 @@ ROWS = [
     # ---- data preparation ----
     ("prepare-missing-input", PREPARE, ["--input", "{tmp}/nope.jsonl", "--out", "{out}"], 2, "no such file"),
     ("prepare-input-without-out", PREPARE, ["--input", "{corpus}"], 2, "--out DIR is required with --input"),
-    ("prepare-option-without-input", PREPARE, ["--text-field", "body", "--out", "{out}"], 2,
-     "--text-field: only used with --input"),
-    ("prepare-val-fraction-out-of-range", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--val-fraction", "0.9"],
-     2, "--val-fraction = 0.9: must be in [0, 0.5]"),
-    ("prepare-vocab-too-small", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--vocab-size", "10"], 2,
-     "is too small"),
-    ("prepare-tokenizer-missing", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--tokenizer", "{tmp}/no.model"],
-     2, "--tokenizer = "),
-    ("prepare-unknown-text-field", PREPARE, ["--input", "{corpus}", "--out", "{out}", "--text-field", "body"], 2,
-     "body"),
+    (
+        "prepare-option-without-input",
+        PREPARE,
+        ["--text-field", "body", "--out", "{out}"],
+        2,
+        "--text-field: only used with --input",
+    ),
+    (
+        "prepare-val-fraction-out-of-range",
+        PREPARE,
+        ["--input", "{corpus}", "--out", "{out}", "--val-fraction", "0.9"],
+        2,
+        "--val-fraction = 0.9: must be in [0, 0.5]",
+    ),
+    (
+        "prepare-vocab-too-small",
+        PREPARE,
+        ["--input", "{corpus}", "--out", "{out}", "--vocab-size", "10"],
+        2,
+        "is too small",
+    ),
+    (
+        "prepare-tokenizer-missing",
+        PREPARE,
+        ["--input", "{corpus}", "--out", "{out}", "--tokenizer", "{tmp}/no.model"],
+        2,
+        "--tokenizer = ",
+    ),
+    (
+        "prepare-unknown-text-field",
+        PREPARE,
+        ["--input", "{corpus}", "--out", "{out}", "--text-field", "body"],
+        2,
+        "body",
+    ),
     # ---- training: the DeepSpeed JSON ----
     ("train-json-missing", TRAIN_PY, train_args(ds="{tmp}/nope.json"), 2, "does not exist. The shipped ones"),
     ("train-json-malformed", TRAIN_PY, train_args(ds="{json_malformed}"), 2, "not valid JSON at line 2"),
-    ("train-json-unknown-top-level-key", TRAIN_PY, train_args(ds="{json_unknown_key}"), 2,
-     "gradient_clip = 1.0: unknown key: DeepSpeed does not read it and would silently ignore it; did you mean "
-     "'gradient_clipping'?"),
-    ("train-json-unknown-zero-key", TRAIN_PY, train_args(ds="{json_unknown_zero_key}"), 2,
-     "zero_optimization.overlap_com = True: unknown field; did you mean 'overlap_comm'?"),
-    ("train-json-bf16-enabled-string", TRAIN_PY, train_args(ds="{json_bf16_string}"), 2,
-     "bf16.enabled = 'false': must be true or false (a JSON boolean, without quotes)"),
-    ("train-json-bf16-not-an-object", TRAIN_PY, train_args(ds="{json_bf16_bool}"), 2,
-     "bf16 = True: must be a JSON object"),
-    ("train-json-removed-block", TRAIN_PY, train_args(ds="{json_removed}"), 2,
-     "elasticity = '{...}': DeepSpeed no longer supports it"),
+    (
+        "train-json-unknown-top-level-key",
+        TRAIN_PY,
+        train_args(ds="{json_unknown_key}"),
+        2,
+        "gradient_clip = 1.0: unknown key: DeepSpeed does not read it and would silently ignore it; did you mean "
+        "'gradient_clipping'?",
+    ),
+    (
+        "train-json-unknown-zero-key",
+        TRAIN_PY,
+        train_args(ds="{json_unknown_zero_key}"),
+        2,
+        "zero_optimization.overlap_com = True: unknown field; did you mean 'overlap_comm'?",
+    ),
+    (
+        "train-json-bf16-enabled-string",
+        TRAIN_PY,
+        train_args(ds="{json_bf16_string}"),
+        2,
+        "bf16.enabled = 'false': must be true or false (a JSON boolean, without quotes)",
+    ),
+    (
+        "train-json-bf16-not-an-object",
+        TRAIN_PY,
+        train_args(ds="{json_bf16_bool}"),
+        2,
+        "bf16 = True: must be a JSON object",
+    ),
+    (
+        "train-json-removed-block",
+        TRAIN_PY,
+        train_args(ds="{json_removed}"),
+        2,
+        "elasticity = '{...}': DeepSpeed no longer supports it",
+    ),
     ("train-json-optimizer-block", TRAIN_PY, train_args(ds="{json_optimizer}"), 2, "optimizer = '{...}': remove it"),
     ("train-json-batch-product", TRAIN_PY, train_args(ds="{json_batch}"), 2, "train_batch_size = 7, but"),
     ("train-json-negative-clipping", TRAIN_PY, train_args(ds="{json_clip}"), 2, "gradient_clipping = -1.0: must be"),
     ("train-json-fp16-on-cpu", TRAIN_PY, train_args(ds="{json_fp16}"), 2, "this device does not support fp16"),
     # ---- training: the YAML ----
     ("train-yaml-lr-not-a-number", TRAIN_PY, train_args(config="{yaml_lr}"), 2, "train.lr = 'fast': must be a number"),
-    ("train-yaml-betas-scalar", TRAIN_PY, train_args(config="{yaml_betas}"), 2,
-     "train.betas = 0.9: must be a list of 2 numbers"),
-    ("train-yaml-model-field-type", TRAIN_PY, train_args(config="{yaml_model_type}"), 2,
-     "model.rope_base = 'fast': must be a number"),
-    ("train-yaml-engine-field", TRAIN_PY, train_args(config="{yaml_engine_field}"), 2,
-     "belong in the DeepSpeed JSON"),
+    (
+        "train-yaml-betas-scalar",
+        TRAIN_PY,
+        train_args(config="{yaml_betas}"),
+        2,
+        "train.betas = 0.9: must be a list of 2 numbers",
+    ),
+    (
+        "train-yaml-model-field-type",
+        TRAIN_PY,
+        train_args(config="{yaml_model_type}"),
+        2,
+        "model.rope_base = 'fast': must be a number",
+    ),
+    ("train-yaml-engine-field", TRAIN_PY, train_args(config="{yaml_engine_field}"), 2, "belong in the DeepSpeed JSON"),
     ("train-yaml-malformed", TRAIN_PY, train_args(config="{yaml_malformed}"), 2, "not valid YAML"),
     ("train-unknown-preset", TRAIN_PY, train_args(config="ngpt_huge"), 2, "unknown preset 'ngpt_huge'"),
     ("train-vocab-differs-from-data", TRAIN_PY, train_args(config="{yaml_vocab}"), 2, "vocab"),
     # ---- training: data and output ----
     ("train-data-missing", TRAIN_PY, train_args(data="{tmp}/no_data"), 2, "no_data"),
-    ("train-out-not-writable", TRAIN_PY, train_args(out="/sys/ngpt_ds_bad_inputs_out"), 2,
-     "--out /sys/ngpt_ds_bad_inputs_out is not writable"),
+    (
+        "train-out-not-writable",
+        TRAIN_PY,
+        train_args(out="/sys/ngpt_ds_bad_inputs_out"),
+        2,
+        "--out /sys/ngpt_ds_bad_inputs_out is not writable",
+    ),
     ("train-out-is-a-file", TRAIN_PY, train_args(out="{a_file}/run"), 2, "is a file, not a folder"),
     # ---- resume ----
     ("resume-path-missing", TRAIN_PY, train_args("--resume", "{tmp}/no_run"), 2, "does not exist"),
-    ("resume-vocab-512-checkpoint-on-vocab-400-data", TRAIN_PY,
-     train_args("--resume", "{checkpoint}", data="{data400}"), 2, "model.vocab_size = 512 in the checkpoint, 400 now"),
-    ("resume-data-from-another-tokenizer", TRAIN_PY, train_args("--resume", "{checkpoint}", data="{data_other}"), 2,
-     "was tokenized with another tokenizer"),
-    ("resume-other-model-shape", TRAIN_PY, train_args("--resume", "{checkpoint}", config="{yaml_deeper}"), 2,
-     "model.n_layer = 2 in the checkpoint, 3 now"),
+    (
+        "resume-vocab-512-checkpoint-on-vocab-400-data",
+        TRAIN_PY,
+        train_args("--resume", "{checkpoint}", data="{data400}"),
+        2,
+        "model.vocab_size = 512 in the checkpoint, 400 now",
+    ),
+    (
+        "resume-data-from-another-tokenizer",
+        TRAIN_PY,
+        train_args("--resume", "{checkpoint}", data="{data_other}"),
+        2,
+        "was tokenized with another tokenizer",
+    ),
+    (
+        "resume-other-model-shape",
+        TRAIN_PY,
+        train_args("--resume", "{checkpoint}", config="{yaml_deeper}"),
+        2,
+        "model.n_layer = 2 in the checkpoint, 3 now",
+    ),
     # ---- export ----
     ("export-missing-checkpoint", EXPORT, ["{tmp}/no_run", "--out", "{out}"], 2, "does not exist"),
     ("export-partial-checkpoint", EXPORT, ["{partial}", "--out", "{out}"], 2, "partial checkpoint"),
-    ("export-tokenizer-of-another-vocab", EXPORT, ["{checkpoint}", "--out", "{out}", "--tokenizer", "{tok400}"], 2,
-     "has a vocabulary of 400 pieces"),
+    (
+        "export-tokenizer-of-another-vocab",
+        EXPORT,
+        ["{checkpoint}", "--out", "{out}", "--tokenizer", "{tok400}"],
+        2,
+        "has a vocabulary of 400 pieces",
+    ),
     # ---- generation ----
     ("generate-missing-model", GENERATE, ["{tmp}/no_model", "--prompt", "x"], 2, "does not exist"),
     ("generate-top-p-out-of-range", GENERATE, ["{export}", "--prompt", "x", "--top-p", "1.5"], 2, "top_p = 1.5"),
-    ("generate-prompt-file-missing", GENERATE, ["{export}", "--prompt-file", "{tmp}/no_prompt.txt"], 2,
-     "--prompt-file"),
-    ("generate-tokenizer-same-size-other-pieces", GENERATE, ["{export}", "--prompt", "x", "--tokenizer", "{tok_other}"],
-     2, "is not the one"),
-    ("generate-export-tokenizer-outside-folder", GENERATE, ["{export_escape}", "--prompt", "x"], 2,
-     "must name a file inside the export folder"),
+    (
+        "generate-prompt-file-missing",
+        GENERATE,
+        ["{export}", "--prompt-file", "{tmp}/no_prompt.txt"],
+        2,
+        "--prompt-file",
+    ),
+    (
+        "generate-tokenizer-same-size-other-pieces",
+        GENERATE,
+        ["{export}", "--prompt", "x", "--tokenizer", "{tok_other}"],
+        2,
+        "is not the one",
+    ),
+    (
+        "generate-export-tokenizer-outside-folder",
+        GENERATE,
+        ["{export_escape}", "--prompt", "x"],
+        2,
+        "must name a file inside the export folder",
+    ),
     # ---- evaluation ----
     ("evaluate-missing-model", EVALUATE, ["{tmp}/no_model"], 2, "does not exist"),
     ("evaluate-data-from-another-tokenizer", EVALUATE, ["{export}", "--data", "{data_other}"], 2, "tokenizer"),
@@ -109,8 +208,9 @@ ROWS = [
 def _prepare(corpus: Path, out: Path, vocab: int) -> Path:
     from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
 
-    return prepare_dataset(PrepareConfig(inputs=(str(corpus),), out=out, vocab_size=vocab, val_fraction=0.1,
-                                         workers=1, progress=False))
+    return prepare_dataset(
+        PrepareConfig(inputs=(str(corpus),), out=out, vocab_size=vocab, val_fraction=0.1, workers=1, progress=False)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +225,24 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
     data400 = _prepare(corpus, tmp / "data400", 400)
     data_other = _prepare(corpus, tmp / "data_other", 512)  # 512 pieces, but not the run's tokenizer
 
-    good = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-            "bf16": {"enabled": False}, "zero_optimization": {"stage": 0}}
-    paths = {"tmp": tmp, "corpus": corpus, "data": trained["data"], "data400": data400, "data_other": data_other,
-             "checkpoint": trained["checkpoint"], "export": exported,
-             "tok400": data400 / "tokenizer.model", "tok_other": data_other / "tokenizer.model"}
+    good = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": False},
+        "zero_optimization": {"stage": 0},
+    }
+    paths = {
+        "tmp": tmp,
+        "corpus": corpus,
+        "data": trained["data"],
+        "data400": data400,
+        "data_other": data_other,
+        "checkpoint": trained["checkpoint"],
+        "export": exported,
+        "tok400": data400 / "tokenizer.model",
+        "tok_other": data_other / "tokenizer.model",
+    }
     paths["yaml"] = write_yaml(tmp / "tiny.yaml", MODEL, TRAIN)
     paths["ds"] = write_ds_config(tmp / "ds.json", stage=0, bf16=False, micro=4, accum=1)
     jsons = {
@@ -205,14 +318,30 @@ def test_a_json_without_gradient_clipping_is_reported_as_deepspeeds_default(tmp_
 
     ds = {"train_micro_batch_size_per_gpu": 4, "bf16": {"enabled": False}, "zero_optimization": {"stage": 0}}
     assert GRADIENT_CLIPPING_DEFAULT == 1.0 and gradient_clipping_of(ds) == 1.0
-    check_ds_config(dict(ds), world_size=1, tensor_parallel=1, source="x.json", fp16_supported=False,
-                    bf16_supported=True)
+    check_ds_config(
+        dict(ds), world_size=1, tensor_parallel=1, source="x.json", fp16_supported=False, bf16_supported=True
+    )
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     config = write_yaml(tmp_path / "c.yaml", MODEL, {**TRAIN, "max_steps": 1, "log_interval": 1})
-    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config",
-                tmp_path / "ds.json", "--data", tiny_dataset, "--out", tmp_path / "run", "--no-progress"])
-    assert ("DeepSpeed engine (read back): ZeRO stage 0, fp32, micro-batch 4 x accumulation 1 -> global batch 4, "
-            "gradient clipping 1.0 (DeepSpeed's default: the JSON does not set it)") in proc.stdout
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            tmp_path / "ds.json",
+            "--data",
+            tiny_dataset,
+            "--out",
+            tmp_path / "run",
+            "--no-progress",
+        ]
+    )
+    assert (
+        "DeepSpeed engine (read back): ZeRO stage 0, fp32, micro-batch 4 x accumulation 1 -> global batch 4, "
+        "gradient clipping 1.0 (DeepSpeed's default: the JSON does not set it)"
+    ) in proc.stdout
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["tokenizer_sha256"] and len(saved["tokenizer_sha256"]) == 64
 
@@ -223,19 +352,39 @@ def test_engine_that_reads_the_json_differently_stops_the_run():
     from ngpt_ds.train.ds_config import BatchPlan, check_engine_agrees, engine_settings
 
     class Engine:  # the getters deepspeed's engine exposes, answering what DeepSpeed parsed
-        def zero_optimization_stage(self): return 2
-        def bfloat16_enabled(self): return True
-        def fp16_enabled(self): return False
-        def train_micro_batch_size_per_gpu(self): return 4
-        def gradient_accumulation_steps(self): return 1
-        def train_batch_size(self): return 8
-        def gradient_clipping(self): return 1.0
+        def zero_optimization_stage(self):
+            return 2
+
+        def bfloat16_enabled(self):
+            return True
+
+        def fp16_enabled(self):
+            return False
+
+        def train_micro_batch_size_per_gpu(self):
+            return 4
+
+        def gradient_accumulation_steps(self):
+            return 1
+
+        def train_batch_size(self):
+            return 8
+
+        def gradient_clipping(self):
+            return 1.0
 
     plan = BatchPlan(micro_batch=4, grad_accum=1, data_parallel=2)
     agreeing = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}
     check_engine_agrees(engine_settings(Engine()), agreeing, plan)
-    disagreeing = {"bfloat16": {"enabled": False}, "bf16": {"enabled": False}, "zero_optimization": {"stage": 2},
-                   "gradient_clipping": 0.5}
-    with pytest.raises(NgptConfigError, match=r"precision: DeepSpeed uses 'bf16', the trainer assumed 'fp32'; "
-                                              r"gradient_clipping: DeepSpeed uses 1.0, the trainer assumed 0.5"):
+    disagreeing = {
+        "bfloat16": {"enabled": False},
+        "bf16": {"enabled": False},
+        "zero_optimization": {"stage": 2},
+        "gradient_clipping": 0.5,
+    }
+    with pytest.raises(
+        NgptConfigError,
+        match=r"precision: DeepSpeed uses 'bf16', the trainer assumed 'fp32'; "
+        r"gradient_clipping: DeepSpeed uses 1.0, the trainer assumed 0.5",
+    ):
         check_engine_agrees(engine_settings(Engine()), disagreeing, plan)

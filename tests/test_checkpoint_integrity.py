@@ -48,6 +48,7 @@ def test_kill_during_a_save_never_leaves_complete_next_to_partial_files_nor_late
     assert (step4 / MODEL_FILE).read_bytes() == b"A" * 1000
     assert (step4 / OPTIM_FILE).read_bytes() == b"A" * 3000
     from ngpt_ds.train.checkpoint import verify
+
     assert verify(step4) is None
     assert (checkpoints / "latest").read_text() == "step_00000004"
 
@@ -72,15 +73,17 @@ def test_manifest_lists_every_file_and_verify_names_the_bad_one(tmp_path):
     manifest = build_manifest(folder, 2)
     assert manifest["files"] == {
         "a.pt": {"size": 100, "blake2b": hashlib.blake2b(b"x" * 100, digest_size=16).hexdigest()},
-        "sub/b.pt": {"size": 10, "blake2b": hashlib.blake2b(b"y" * 10, digest_size=16).hexdigest()}}
+        "sub/b.pt": {"size": 10, "blake2b": hashlib.blake2b(b"y" * 10, digest_size=16).hexdigest()},
+    }
     (folder / COMPLETE).write_text(json.dumps(manifest))
     assert verify(folder) is None
 
     (folder / "a.pt").write_bytes(b"x" * 60)
     assert verify(folder) == f"{folder / 'a.pt'} has 60 bytes, the COMPLETE manifest says 100 (truncated or rewritten)"
     (folder / "a.pt").write_bytes(b"x" * 99 + b"z")  # same size, other content
-    assert verify(folder) == (f"{folder / 'a.pt'} does not match its blake2b-128 digest in the COMPLETE manifest "
-                              "(corrupted)")
+    assert verify(folder) == (
+        f"{folder / 'a.pt'} does not match its blake2b-128 digest in the COMPLETE manifest (corrupted)"
+    )
     (folder / "a.pt").write_bytes(b"x" * 100)
     (folder / "payload.pt").write_bytes(b"!")
     assert verify(folder) == f"{folder / 'payload.pt'} is not in the COMPLETE manifest (added after the save)"
@@ -93,26 +96,47 @@ def test_manifest_lists_every_file_and_verify_names_the_bad_one(tmp_path):
 
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 40, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 2, "keep_checkpoints": 3, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": 40,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 2,
+    "keep_checkpoints": 3,
+    "peak_tflops": 1.0,
+}
 
 
 def complete_steps(out):
     # Only step_N: a save in progress has COMPLETE in its step_N.tmp-save folder just before the rename.
-    return sorted(int(p.parent.name[5:]) for p in (out / "checkpoints").glob("step_*/COMPLETE")
-                  if p.parent.name[5:].isdigit())
+    return sorted(
+        int(p.parent.name[5:]) for p in (out / "checkpoints").glob("step_*/COMPLETE") if p.parent.name[5:].isdigit()
+    )
 
 
 def test_damaged_checkpoint_after_a_kill_is_skipped_by_auto_and_refused_by_name(tmp_path, tiny_dataset):
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    args = [sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds,
-            "--data", tiny_dataset, "--out", out, "--no-progress"]
+    args = [
+        sys.executable,
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--data",
+        tiny_dataset,
+        "--out",
+        out,
+        "--no-progress",
+    ]
     # A single-process trainer (no launcher in between), SIGKILLed once it has checkpoints 2 and 4.
     with open(tmp_path / "first.log", "w") as log:
-        trainer = subprocess.Popen([str(a) for a in args], env=cpu_env(), stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=REPO)
+        trainer = subprocess.Popen(
+            [str(a) for a in args], env=cpu_env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
         deadline = time.monotonic() + 300
         while len(complete_steps(out)) < 2:
             assert trainer.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -131,15 +155,20 @@ def test_damaged_checkpoint_after_a_kill_is_skipped_by_auto_and_refused_by_name(
     explicit = run([*args, "--resume", newest], check=False)
     assert explicit.returncode == 2, explicit.stderr[-3000:]
     assert "Traceback" not in explicit.stderr
-    assert explicit.stderr.startswith(f"error: --resume {newest}: the checkpoint is damaged: {damaged} has "
-                                      f"{size // 2} bytes, the COMPLETE manifest says {size}"), explicit.stderr
+    assert explicit.stderr.startswith(
+        f"error: --resume {newest}: the checkpoint is damaged: {damaged} has "
+        f"{size // 2} bytes, the COMPLETE manifest says {size}"
+    ), explicit.stderr
 
     auto = run([*args, "--max-steps", steps[-1] + 2])
     warnings = [line for line in auto.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: skipping checkpoint {newest.name}: {damaged} has {size // 2} bytes, the COMPLETE "
-                        f"manifest says {size} (truncated or rewritten). Using the one before it"]
-    assert (f"took over the stale lock of host={socket.gethostname()} pid={trainer.pid} (no longer running"
-            in auto.stdout)
+    assert warnings == [
+        f"warning: skipping checkpoint {newest.name}: {damaged} has {size // 2} bytes, the COMPLETE "
+        f"manifest says {size} (truncated or rewritten). Using the one before it"
+    ]
+    assert (
+        f"took over the stale lock of host={socket.gethostname()} pid={trainer.pid} (no longer running" in auto.stdout
+    )
     assert f"resumed from {previous} at step {steps[-2]}" in auto.stdout
     # The damaged checkpoint is kept aside with the rest of the abandoned lineage, not deleted.
     (abandoned,) = (out / "checkpoints").glob("abandoned-*")

@@ -12,13 +12,32 @@ import pytest
 from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 10, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 2, "keep_checkpoints": 5, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": 10,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 2,
+    "keep_checkpoints": 5,
+    "peak_tflops": 1.0,
+}
 
 
 def train_args(config, ds, data, out, *extra):
-    return [REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", data, "--out", out,
-            "--no-progress", *extra]
+    return [
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def step_names(folder):
@@ -45,12 +64,15 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
 
     # Resume from step 2 with keep 2, up to step 8 (fewer steps than the abandoned lineage reached).
     keep2 = write_yaml(tmp_path / "keep2.yaml", MODEL, {**TRAIN, "keep_checkpoints": 2})
-    second = torchrun(*train_args(keep2, ds, tiny_dataset, out, "--resume", checkpoints / "step_00000002",
-                                  "--max-steps", "8"), nproc=1)
+    second = torchrun(
+        *train_args(keep2, ds, tiny_dataset, out, "--resume", checkpoints / "step_00000002", "--max-steps", "8"),
+        nproc=1,
+    )
     (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
     assert [line for line in second.stdout.splitlines() if "abandoned-" in line] == [
         f"resuming from step 2: moved the 4 newer checkpoint folder(s) of the earlier lineage (step_00000004, "
-        f"step_00000006, step_00000008, step_00000010) to {abandoned} (kept, not deleted)"]
+        f"step_00000006, step_00000008, step_00000010) to {abandoned} (kept, not deleted)"
+    ]
     assert step_names(abandoned) == [f"step_{s:08d}" for s in (4, 6, 8, 10)]
     for name in step_names(abandoned):  # moved whole: still complete, verified, loadable
         assert json.loads((abandoned / name / "COMPLETE").read_text())["step"] == int(name[5:])

@@ -14,8 +14,16 @@ import pytest
 from conftest import REPO, cpu_env, free_port, require_system, run, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 4, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 2, "keep_checkpoints": 3, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": 4,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 2,
+    "keep_checkpoints": 3,
+    "peak_tflops": 1.0,
+}
 PAGE = 4096
 
 
@@ -27,8 +35,11 @@ def mount_tmpfs(tmp_path):
     def mount(size: int, read_only: bool = False):
         point = tmp_path / f"fs{len(mounted)}"
         point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs",
-                               str(point)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
         require_system(proc.returncode == 0, f"mounting a small tmpfs needs root: {proc.stderr.strip()}")
         mounted.append(point)
         return point
@@ -41,8 +52,22 @@ def mount_tmpfs(tmp_path):
 def train(tmp_path, data, out):
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    return run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data",
-                data, "--out", out, "--no-progress"], check=False)
+    return run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--no-progress",
+        ],
+        check=False,
+    )
 
 
 def checkpoint_folders(out):
@@ -59,18 +84,22 @@ def test_too_little_space_for_the_next_checkpoint_stops_with_74_before_writing(t
     step2 = out / "checkpoints" / "step_00000002"
     size = sum(e["size"] for e in json.loads((step2 / "COMPLETE").read_text())["files"].values())
     (message,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert message.startswith(f"error: checkpoint of step 4 not saved: not enough free space for the checkpoint of "
-                              f"step 4: it needs about {size / 2 ** 20:.1f} MiB (the size of step_00000002), ")
+    assert message.startswith(
+        f"error: checkpoint of step 4 not saved: not enough free space for the checkpoint of "
+        f"step 4: it needs about {size / 2**20:.1f} MiB (the size of step_00000002), "
+    )
     assert message.endswith(f"are free on the filesystem of {out / 'checkpoints'}. Nothing was written")
     # Nothing of step 4 exists; step 2 is whole and what latest names.
     assert checkpoint_folders(out) == ["latest", "step_00000002", "zero_to_fp32.py", "zero_to_torch.py"]
     from ngpt_ds.train.checkpoint import verify
+
     assert verify(step2) is None
     assert (out / "checkpoints" / "latest").read_text() == "step_00000002"
 
 
 def test_disk_full_while_writing_a_checkpoint_stops_both_ranks_with_74_and_leaves_no_step_folder(
-        tmp_path, tiny_dataset, mount_tmpfs):
+    tmp_path, tiny_dataset, mount_tmpfs
+):
     from ngpt_ds.model import build_model
     from ngpt_ds.model.config import ModelConfig
     from ngpt_ds.train.checkpoint import BYTES_PER_PARAMETER_ESTIMATE
@@ -83,12 +112,31 @@ def test_disk_full_while_writing_a_checkpoint_stops_both_ranks_with_74_and_leave
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, {**TRAIN, "dist_timeout_s": 60})
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     port = free_port()
-    ranks = [subprocess.Popen(  # two ranks, each writing its own optimizer shard
-        [sys.executable, str(REPO / "launch/train.py"), "--config", str(config), "--deepspeed_config", str(ds),
-         "--data", str(tiny_dataset), "--out", str(out), "--no-progress"],
-        env=cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=port),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) for rank in range(2)]
+    ranks = [
+        subprocess.Popen(  # two ranks, each writing its own optimizer shard
+            [
+                sys.executable,
+                str(REPO / "launch/train.py"),
+                "--config",
+                str(config),
+                "--deepspeed_config",
+                str(ds),
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            env=cpu_env(
+                RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for rank in range(2)
+    ]
     results = [proc.communicate(timeout=300) for proc in ranks]
     messages = []
     for rank, (proc, (_, stderr)) in enumerate(zip(ranks, results)):

@@ -35,7 +35,12 @@ def test_console_script_help_runs_outside_the_checkout(name, tmp_path):
 def test_launch_scripts_are_thin_entry_points():
     """launch/*.py only call the package's command lines (argv is parsed in ngpt_ds/cli)."""
     repo = Path(__file__).resolve().parents[1]
-    for name, module in (("train", "train"), ("prepare_data", "prepare"), ("generate", "generate"),
-                         ("evaluate", "evaluate"), ("export", "export")):
+    for name, module in (
+        ("train", "train"),
+        ("prepare_data", "prepare"),
+        ("generate", "generate"),
+        ("evaluate", "evaluate"),
+        ("export", "export"),
+    ):
         text = (repo / "launch" / f"{name}.py").read_text(encoding="utf-8")
         assert f"from ngpt_ds.cli.{module} import main" in text and "argparse" not in text, name

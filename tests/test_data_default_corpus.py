@@ -49,10 +49,14 @@ def expected_documents() -> list[str]:
 
 def make_sqlite(path: Path) -> Path:
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE books (id INTEGER PRIMARY KEY, sort_order INTEGER, canonical_name TEXT, "
-                "common_name TEXT, slug TEXT, testament TEXT)")
-    con.execute("CREATE TABLE verses (id INTEGER PRIMARY KEY, book_id INTEGER, chapter_id INTEGER, "
-                "chapter_number INTEGER, verse_number INTEGER, text TEXT)")
+    con.execute(
+        "CREATE TABLE books (id INTEGER PRIMARY KEY, sort_order INTEGER, canonical_name TEXT, "
+        "common_name TEXT, slug TEXT, testament TEXT)"
+    )
+    con.execute(
+        "CREATE TABLE verses (id INTEGER PRIMARY KEY, book_id INTEGER, chapter_id INTEGER, "
+        "chapter_number INTEGER, verse_number INTEGER, text TEXT)"
+    )
     con.executemany("INSERT INTO books VALUES (?, ?, ?, ?, ?, 'old')", [(i, i, n, n, n.lower()) for i, n in BOOKS])
     # Inserted out of order: the reader must order by verse id, not by insertion.
     rows = verses()
@@ -136,8 +140,9 @@ def test_corpus_file_argument_and_concurrent_callers_prepare_once(stand_in, tmp_
 
 
 def test_cli_without_input_prepares_the_default_corpus(stand_in, tmp_path, monkeypatch, capsys, no_download):
-    spec = importlib.util.spec_from_file_location("prepare_data_cli",
-                                                  Path(__file__).parents[1] / "launch" / "prepare_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "prepare_data_cli", Path(__file__).parents[1] / "launch" / "prepare_data.py"
+    )
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     monkeypatch.setenv(dc.CORPUS_FILE_ENV, str(stand_in["sqlite"]))

@@ -16,7 +16,9 @@ from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 
-_spec = importlib.util.spec_from_file_location("prepare_data_cli", Path(__file__).parents[1] / "launch" / "prepare_data.py")
+_spec = importlib.util.spec_from_file_location(
+    "prepare_data_cli", Path(__file__).parents[1] / "launch" / "prepare_data.py"
+)
 _cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cli)
 cli_main = _cli.main
@@ -52,8 +54,11 @@ def expect_error(tmp_path: Path, inputs, *needles: str, **kw) -> str:
 def good(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("good")
     corpus = write_jsonl(root / "c.jsonl", [{"text": d} for d in DOCS])
-    return prepare_dataset(PrepareConfig(inputs=(str(corpus),), out=root / "ds", vocab_size=512, workers=1,
-                                         progress=False, val_fraction=0.25))
+    return prepare_dataset(
+        PrepareConfig(
+            inputs=(str(corpus),), out=root / "ds", vocab_size=512, workers=1, progress=False, val_fraction=0.25
+        )
+    )
 
 
 def copy_of(good: Path, tmp_path: Path) -> Path:
@@ -106,8 +111,9 @@ def test_unknown_split_of_a_saved_dataset(tmp_path):
 def test_vocab_too_large_for_the_corpus(tmp_path):
     (tmp_path / "in").mkdir()
     f = write_jsonl(tmp_path / "in" / "c.jsonl", [{"text": d} for d in DOCS[:2]])
-    msg = expect_error(tmp_path, [f], "--vocab-size 60000 is too large for this corpus", "lower --vocab-size to <=",
-                       vocab_size=60000)
+    msg = expect_error(
+        tmp_path, [f], "--vocab-size 60000 is too large for this corpus", "lower --vocab-size to <=", vocab_size=60000
+    )
     limit = int(msg.split("<= ")[1].split(",")[0])
     assert 300 < limit < 60000
 
@@ -121,18 +127,27 @@ def test_vocab_too_small_for_byte_fallback(tmp_path):
 def test_vocab_too_large_for_the_dtype(tmp_path, good):
     (tmp_path / "in").mkdir()
     f = write_jsonl(tmp_path / "in" / "c.jsonl", [{"text": "x"}])
-    expect_error(tmp_path, [f], "--vocab-size = 70000", "too large for --dtype uint16", vocab_size=70000, dtype="uint16")
+    expect_error(
+        tmp_path, [f], "--vocab-size = 70000", "too large for --dtype uint16", vocab_size=70000, dtype="uint16"
+    )
 
 
 def test_tokenizer_vocab_differs_from_vocab_size_option(tmp_path, good):
     (tmp_path / "in").mkdir()
     f = write_jsonl(tmp_path / "in" / "c.jsonl", [{"text": d} for d in DOCS])
-    expect_error(tmp_path, [f], "has vocab 512 but --vocab-size is 1024", "drop --vocab-size",
-                 tokenizer=good / "tokenizer.model", vocab_size=1024)
+    expect_error(
+        tmp_path,
+        [f],
+        "has vocab 512 but --vocab-size is 1024",
+        "drop --vocab-size",
+        tokenizer=good / "tokenizer.model",
+        vocab_size=1024,
+    )
     expect_error(tmp_path, [f], "--tokenizer", "file not found", tokenizer=tmp_path / "none.model")
     (tmp_path / "junk.model").write_bytes(b"junk")
-    expect_error(tmp_path, [f], "junk.model is not a sentencepiece model", tokenizer=tmp_path / "junk.model",
-                 vocab_size=None)
+    expect_error(
+        tmp_path, [f], "junk.model is not a sentencepiece model", tokenizer=tmp_path / "junk.model", vocab_size=None
+    )
 
 
 def test_tokenizer_vocab_differs_from_model_config(good):
@@ -152,16 +167,26 @@ def test_tokenizer_vocab_differs_from_model_config(good):
 def test_bad_options_are_listed_together(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    msg = expect_error(tmp_path, ["whatever.jsonl"], "3 problems", "--val-fraction = 0.9", "--shard-tokens = 0",
-                       "--out", "exists and is not empty; pass --overwrite", val_fraction=0.9, shard_tokens=0)
+    msg = expect_error(
+        tmp_path,
+        ["whatever.jsonl"],
+        "3 problems",
+        "--val-fraction = 0.9",
+        "--shard-tokens = 0",
+        "--out",
+        "exists and is not empty; pass --overwrite",
+        val_fraction=0.9,
+        shard_tokens=0,
+    )
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine" and "whatever" not in msg
 
 
 def test_too_few_documents_for_the_validation_fraction(tmp_path):
     (tmp_path / "in").mkdir()
     f = write_jsonl(tmp_path / "in" / "c.jsonl", [{"text": d} for d in DOCS[:3]])
-    expect_error(tmp_path, [f], "only 3 documents", "--val-fraction 0.25 (that needs >= 4 documents)",
-                 "--val-fraction 0")
+    expect_error(
+        tmp_path, [f], "only 3 documents", "--val-fraction 0.25 (that needs >= 4 documents)", "--val-fraction 0"
+    )
 
 
 # ---- prepared dataset on disk ----------------------------------------------------------------

@@ -43,9 +43,20 @@ def write_synthetic(root: Path, train=TRAIN_SHARDS, val=VAL_SHARDS) -> Path:
             pos += n
         splits[name] = SplitMeta(documents=len(sizes), tokens=sum(sizes), shards=tuple(shards))
     write_meta(
-        DatasetMeta(data_dir=root, format_version=FORMAT_VERSION, vocab_size=65536, dtype="uint16", eos_id=2,
-                    tokenizer_path=TOKENIZER_FILE, tokenizer_sha256=sha256_file(root / TOKENIZER_FILE),
-                    tokenizer_origin="synthetic", splits=splits, val_fraction=0.1, source="synthetic", license=""),
+        DatasetMeta(
+            data_dir=root,
+            format_version=FORMAT_VERSION,
+            vocab_size=65536,
+            dtype="uint16",
+            eos_id=2,
+            tokenizer_path=TOKENIZER_FILE,
+            tokenizer_sha256=sha256_file(root / TOKENIZER_FILE),
+            tokenizer_origin="synthetic",
+            splits=splits,
+            val_fraction=0.1,
+            source="synthetic",
+            license="",
+        ),
         root,
     )
     return root
@@ -196,12 +207,12 @@ def test_each_optimizer_step_sees_the_same_windows_at_any_data_parallel_size_acr
     at an epoch's end 1 rank x 2 accumulation steps trained on windows that 2 ranks x 1 step skipped
     (24 windows, 14 per step: the 2-rank job skips 10, the 1-rank job took 21 into its second step).
     The README's resume rule: step k trains on slots [k*S, (k+1)*S) of the epoch, S the global batch."""
-    for per_step, layouts in ((14, [(2, 7, 1), (1, 7, 2)]),
-                              (18, [(2, 9, 1), (1, 9, 2), (1, 6, 3), (2, 3, 3)])):
+    for per_step, layouts in ((14, [(2, 7, 1), (1, 7, 2)]), (18, [(2, 9, 1), (1, 9, 2), (1, 6, 3), (2, 3, 3)])):
         seen = []
         for size, mbs, accum in layouts:  # (data-parallel size, micro batch, accumulation steps)
             ranks = [TokenWindowLoader(data, "train", T, mbs, r, size, 7, grad_accum=accum) for r in range(size)]
-            seen.append([sorted(w for _ in range(accum) for ld in ranks for w in firsts(ld.next_batch()))
-                         for _ in range(4)])  # 4 epochs of one step each
+            seen.append(
+                [sorted(w for _ in range(accum) for ld in ranks for w in firsts(ld.next_batch())) for _ in range(4)]
+            )  # 4 epochs of one step each
         assert all(s == seen[0] for s in seen[1:]), per_step
         assert all(len(step) == per_step for step in seen[0])

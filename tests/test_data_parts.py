@@ -35,13 +35,26 @@ def write_corpus(folder, name="corpus.jsonl"):
 def tokens(data_dir):
     """split -> (all tokens in shard order, documents)."""
     meta = load_dataset_meta(data_dir)
-    return {name: (np.concatenate([np.fromfile(meta.shard_path(s), dtype=meta.np_dtype) for s in split.shards]),
-                   split.documents) for name, split in meta.splits.items()}
+    return {
+        name: (
+            np.concatenate([np.fromfile(meta.shard_path(s), dtype=meta.np_dtype) for s in split.shards]),
+            split.documents,
+        )
+        for name, split in meta.splits.items()
+    }
 
 
 def config(corpus, out, tokenizer, **extra):
-    return PrepareConfig(inputs=(str(corpus),), out=out, tokenizer=tokenizer, val_fraction=0.1, workers=1,
-                         progress=False, shard_tokens=3000, **extra)
+    return PrepareConfig(
+        inputs=(str(corpus),),
+        out=out,
+        tokenizer=tokenizer,
+        val_fraction=0.1,
+        workers=1,
+        progress=False,
+        shard_tokens=3000,
+        **extra,
+    )
 
 
 def assert_same_tokens(merged, reference):
@@ -54,8 +67,7 @@ def assert_same_tokens(merged, reference):
 
 
 @pytest.mark.parametrize("num_parts, block_docs", [(2, 37), (3, 40)])
-def test_merged_parts_equal_a_single_process_preparation_token_for_token(tmp_path, tiny_dataset, num_parts,
-                                                                         block_docs):
+def test_merged_parts_equal_a_single_process_preparation_token_for_token(tmp_path, tiny_dataset, num_parts, block_docs):
     corpus = write_corpus(tmp_path)
     tokenizer = tiny_dataset / "tokenizer.model"
     reference = prepare_dataset(config(corpus, tmp_path / "single", tokenizer))
@@ -89,15 +101,34 @@ def test_a_local_dataset_read_streaming_splits_into_parts_too(tmp_path, tiny_dat
 
 
 def prepare_cli(*args, check=False):
-    return run([sys.executable, REPO / "launch/prepare_data.py", "--no-progress", "--workers", 1, *args],
-               env=cpu_env(), check=check, timeout=300)
+    return run(
+        [sys.executable, REPO / "launch/prepare_data.py", "--no-progress", "--workers", 1, *args],
+        env=cpu_env(),
+        check=check,
+        timeout=300,
+    )
 
 
 def test_merge_with_a_missing_part_exits_2_naming_it(tmp_path, tiny_dataset):
     corpus = write_corpus(tmp_path)
     out = tmp_path / "parts"
-    prepare_cli("--input", corpus, "--tokenizer", tiny_dataset / "tokenizer.model", "--val-fraction", 0.1,
-                "--out", out, "--num-shards", 3, "--shard-index", 1, "--shard-block-docs", 40, check=True)
+    prepare_cli(
+        "--input",
+        corpus,
+        "--tokenizer",
+        tiny_dataset / "tokenizer.model",
+        "--val-fraction",
+        0.1,
+        "--out",
+        out,
+        "--num-shards",
+        3,
+        "--shard-index",
+        1,
+        "--shard-block-docs",
+        40,
+        check=True,
+    )
     proc = prepare_cli("--merge", "--num-shards", 3, "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert "error: --merge: 2 of 3 parts missing" in proc.stderr and "part(s) 0, 2" in proc.stderr
@@ -107,8 +138,19 @@ def test_merge_with_a_missing_part_exits_2_naming_it(tmp_path, tiny_dataset):
 
 def test_merge_of_parts_from_different_tokenizers_exits_2(tmp_path, tiny_dataset):
     corpus = write_corpus(tmp_path)
-    other = prepare_dataset(PrepareConfig(inputs=(str(corpus),), out=tmp_path / "other", vocab_size=400,
-                                          val_fraction=0.1, workers=1, progress=False)) / "tokenizer.model"
+    other = (
+        prepare_dataset(
+            PrepareConfig(
+                inputs=(str(corpus),),
+                out=tmp_path / "other",
+                vocab_size=400,
+                val_fraction=0.1,
+                workers=1,
+                progress=False,
+            )
+        )
+        / "tokenizer.model"
+    )
     out = tmp_path / "parts"
     prepare_part(config(corpus, out, tiny_dataset / "tokenizer.model"), 2, 0, 40)
     prepare_part(config(corpus, out, other), 2, 1, 40)
@@ -122,8 +164,9 @@ def test_part_without_tokenizer_and_bad_index_are_refused(tmp_path):
     corpus = write_corpus(tmp_path)
     proc = prepare_cli("--input", corpus, "--out", tmp_path / "o", "--num-shards", 2, "--shard-index", 0)
     assert proc.returncode == 2 and "--num-shards needs --tokenizer" in proc.stderr
-    proc = prepare_cli("--input", corpus, "--out", tmp_path / "o", "--tokenizer", corpus, "--num-shards", 2,
-                       "--shard-index", 2)
+    proc = prepare_cli(
+        "--input", corpus, "--out", tmp_path / "o", "--tokenizer", corpus, "--num-shards", 2, "--shard-index", 2
+    )
     assert proc.returncode == 2 and "--shard-index 2: must be in 0..1" in proc.stderr
 
 

@@ -103,8 +103,16 @@ def test_parallel_workers_and_repeat_runs_give_identical_bytes(jsonl_corpus, pre
 
 def test_small_shards_roll_over_and_existing_tokenizer_is_reused(jsonl_corpus, prepared, tmp_path):
     first = load_dataset_meta(prepared)
-    out = prepare_dataset(cfg([jsonl_corpus], tmp_path / "small", vocab_size=None, shard_tokens=10_000,
-                              tokenizer=first.tokenizer_file, dtype="uint32"))
+    out = prepare_dataset(
+        cfg(
+            [jsonl_corpus],
+            tmp_path / "small",
+            vocab_size=None,
+            shard_tokens=10_000,
+            tokenizer=first.tokenizer_file,
+            dtype="uint32",
+        )
+    )
     meta = load_dataset_meta(out)
     assert meta.tokenizer_sha256 == first.tokenizer_sha256 and meta.vocab_size == VOCAB
     assert meta.tokenizer_origin == "loaded from tokenizer.model"
@@ -139,7 +147,11 @@ def test_parquet_glob_saved_dataset_and_dataset_dir_read_the_same_documents(tmp_
     (tmp_path / "repo").mkdir()
     write_jsonl(tmp_path / "repo" / "data.jsonl", docs, field="body")
     expected = [d for i, d in enumerate(docs) if i not in (9, 19)]
-    for name, inp in (("pq", tmp_path / "pq" / "*.parquet"), ("saved", tmp_path / "saved"), ("repo", tmp_path / "repo")):
+    for name, inp in (
+        ("pq", tmp_path / "pq" / "*.parquet"),
+        ("saved", tmp_path / "saved"),
+        ("repo", tmp_path / "repo"),
+    ):
         out = prepare_dataset(cfg([inp], tmp_path / f"out-{name}", tokenizer=tok, vocab_size=None, text_field="body"))
         assert decode_docs(load_dataset_meta(out), "train") == expected, name
     assert "saved dataset" in load_dataset_meta(tmp_path / "out-saved").source
@@ -147,8 +159,9 @@ def test_parquet_glob_saved_dataset_and_dataset_dir_read_the_same_documents(tmp_
 
 def test_val_fraction_zero_writes_train_only(jsonl_corpus, prepared, tmp_path):
     tok = load_dataset_meta(prepared).tokenizer_file
-    meta = load_dataset_meta(prepare_dataset(cfg([jsonl_corpus], tmp_path / "ds", tokenizer=tok, vocab_size=None,
-                                                 val_fraction=0.0)))
+    meta = load_dataset_meta(
+        prepare_dataset(cfg([jsonl_corpus], tmp_path / "ds", tokenizer=tok, vocab_size=None, val_fraction=0.0))
+    )
     assert list(meta.splits) == ["train"] and meta.splits["train"].documents == 40
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["meta.json", "tokenizer.model", "train_000000.bin"]
 

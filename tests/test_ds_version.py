@@ -35,16 +35,19 @@ def test_releases_outside_the_range_are_refused_with_the_fix(version, monkeypatc
     assert str(err.value) == (
         f"DeepSpeed {version} is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the hypersphere hook "
         f"reads DeepSpeed internals that differ between releases. Fix: {FIX}, or set "
-        f"NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway")
+        f"NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway"
+    )
 
 
 def test_the_override_turns_the_error_into_a_warning(monkeypatch):
     monkeypatch.setenv(ALLOW_UNTESTED_ENV, "1")
     said = []
     assert check_deepspeed_version("0.20.1", warn=said.append) == "0.20.1"
-    assert said == ["warning: DeepSpeed 0.20.1 is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the "
-                    "hypersphere hook reads DeepSpeed internals that differ between releases; running anyway "
-                    "because NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1"]
+    assert said == [
+        "warning: DeepSpeed 0.20.1 is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the "
+        "hypersphere hook reads DeepSpeed internals that differ between releases; running anyway "
+        "because NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1"
+    ]
 
 
 def test_a_missing_deepspeed_is_named(monkeypatch):
@@ -52,8 +55,10 @@ def test_a_missing_deepspeed_is_named(monkeypatch):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(ds_compat.metadata, "version", not_installed)
-    with pytest.raises(NgptConfigError, match=re.escape(f"DeepSpeed is not installed; ngpt_ds supports "
-                                                        f"deepspeed>=0.19.3,<0.20. Fix: {FIX}")):
+    with pytest.raises(
+        NgptConfigError,
+        match=re.escape(f"DeepSpeed is not installed; ngpt_ds supports deepspeed>=0.19.3,<0.20. Fix: {FIX}"),
+    ):
         check_deepspeed_version()
 
 
@@ -74,18 +79,38 @@ def test_an_old_deepspeed_stops_the_trainer_before_any_process_group(tmp_path, t
     (fake / "sitecustomize.py").write_text(
         "import importlib.metadata as m\n"
         "_version = m.version\n"
-        "m.version = lambda name: '0.16.0' if name == 'deepspeed' else _version(name)\n")
-    config = write_yaml(tmp_path / "tiny.yaml", {"arch": "ngpt", "n_layer": 1, "n_embd": 16, "n_head": 1,
-                                                 "seq_len": 16}, {"max_steps": 1, "eval_interval": 0})
+        "m.version = lambda name: '0.16.0' if name == 'deepspeed' else _version(name)\n"
+    )
+    config = write_yaml(
+        tmp_path / "tiny.yaml",
+        {"arch": "ngpt", "n_layer": 1, "n_embd": 16, "n_head": 1, "seq_len": 16},
+        {"max_steps": 1, "eval_interval": 0},
+    )
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=2, accum=1)
     out = tmp_path / "out"
     env = cpu_env(PYTHONPATH=f"{fake}:{REPO}")
-    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds,
-                "--data", tiny_dataset, "--out", out, "--no-progress"], env=env, check=False)
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            tiny_dataset,
+            "--out",
+            out,
+            "--no-progress",
+        ],
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: DeepSpeed 0.16.0 is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the hypersphere "
         f"hook reads DeepSpeed internals that differ between releases. Fix: {FIX}, or set "
-        f"NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway")
+        f"NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway"
+    )
     assert "Traceback" not in proc.stderr
     assert not out.exists()

@@ -10,8 +10,9 @@ from conftest import REPO, cpu_env, run
 def test_without_a_gpu_it_says_so_and_exits_3():
     proc = run(["bash", REPO / "bench/gpu_check.sh"], env=cpu_env(CUDA_VISIBLE_DEVICES=""), check=False)
     assert proc.returncode == 3
-    assert proc.stderr.splitlines()[0] == ("gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False): "
-                                           "nothing was checked.")
+    assert proc.stderr.splitlines()[0] == (
+        "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False): nothing was checked."
+    )
     assert proc.stdout == ""
 
 

@@ -27,9 +27,9 @@ def test_master_unit_norm_and_working_copy_equal_after_init_and_every_step(resul
     checks = [record["after_init"]] + record["steps"]
     assert len(checks) == STEPS + 1
     for i, c in enumerate(checks):
-        assert c["max_deviation"] < 1e-5, (i, c)          # gathered fp32 master, DeepSpeed's accessor
+        assert c["max_deviation"] < 1e-5, (i, c)  # gathered fp32 master, DeepSpeed's accessor
         assert c["hook_max_deviation"] < 1e-5, (i, c)
-        assert c["working_equals_master"], (i, c)          # bit16/fp32 working copy == cast(master)
+        assert c["working_equals_master"], (i, c)  # bit16/fp32 working copy == cast(master)
         assert c["ranks_agree"], (i, c)
     assert record["scalars_untouched_by_hook"]
 
@@ -41,11 +41,11 @@ def test_rows_straddle_partitions_and_one_collective_per_step(results, case):
     if stage == 0:
         assert record["all_reduces_per_step"] == [0] * STEPS  # replicated: nothing to reduce
         return
-    assert record["all_reduces_per_step"] == [1] * STEPS       # one batched all-reduce for all matrices
+    assert record["all_reduces_per_step"] == [1] * STEPS  # one batched all-reduce for all matrices
     if stage == 3:  # every parameter is cut in two: rows (odd vocab) and columns straddle
         assert record["straddling_rows"] > 0 and record["straddling_cols"] > 0
     elif record["mlp_hidden"] == 37:
-        assert record["straddling_rows"] == 2                   # the row cut in two, one piece per rank
+        assert record["straddling_rows"] == 2  # the row cut in two, one piece per rank
     else:
         assert record["straddling_cols"] == 2
 

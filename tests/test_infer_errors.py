@@ -93,8 +93,9 @@ def test_tokenizer_that_does_not_match_the_model(trained, exported, other_tokeni
             load(source, tokenizer=bigger)
         with pytest.raises(NgptConfigError, match=r"is not the one .* was trained with .* both have 512 pieces"):
             load(source, tokenizer=same_size)
-    proc = run([sys.executable, REPO / "launch/generate.py", exported, "--prompt", "x", "--tokenizer", same_size],
-               check=False)
+    proc = run(
+        [sys.executable, REPO / "launch/generate.py", exported, "--prompt", "x", "--tokenizer", same_size], check=False
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: tokenizer ")
     # The export's own tokenizer file replaced by another one: caught by the recorded hash.
     swapped = exported.parent / "export_swapped_tokenizer"
@@ -126,7 +127,9 @@ def test_corrupt_export_is_refused(exported, tmp_path):  # noqa: F811
     def scale_one_column(w):
         w["blocks.1.attn.out.weight"][:, 3] *= 1.01  # a column of W_o: its declared unit-norm dim is 0
 
-    with pytest.raises(NgptConfigError, match=r"not unit norm along its declared dim \(largest \| \|\|w\|\| - 1 \| = 0.01"):
+    with pytest.raises(
+        NgptConfigError, match=r"not unit norm along its declared dim \(largest \| \|\|w\|\| - 1 \| = 0.01"
+    ):
         load(variant("not_unit", scale_one_column))
     with pytest.raises(NgptConfigError, match="the weights do not match the model config .*missing head.weight"):
         load(variant("missing", lambda w: w.pop("head.weight")))

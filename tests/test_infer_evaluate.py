@@ -71,6 +71,7 @@ def test_dataset_with_another_tokenizer_is_refused(trained, exported, tmp_path):
     tok = other / meta["tokenizer"]["path"]
     tok.write_bytes(tok.read_bytes() + b"\0")  # another tokenizer file (hash recorded to match it)
     from ngpt_ds.data.shards import sha256_file
+
     meta["tokenizer"]["sha256"] = sha256_file(tok)
     (other / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(NgptConfigError, match="not with this model's tokenizer"):

@@ -17,8 +17,15 @@ import torch
 from conftest import REPO, run, torchrun, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 6, "lr": 1e-2, "log_interval": 3, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 0, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": 6,
+    "lr": 1e-2,
+    "log_interval": 3,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 0,
+    "peak_tflops": 1.0,
+}
 MICRO, RANKS = 4, 2
 PROBE = {"seed": 7, "batch": 3}  # the fixed tokens the worker feeds the live model
 
@@ -75,8 +82,12 @@ def test_export_folder_layout_and_unit_norm(trained, exported):
     from ngpt_ds.data.shards import load_dataset_meta, sha256_file
     from ngpt_ds.model import ModelConfig, build_model, sphere_matrices
 
-    assert sorted(p.name for p in exported.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                         "tokenizer.model"]
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+    ]
     config = json.loads((exported / "config.json").read_text())
     assert config["format"] == "ngpt_ds-export" and config["format_version"] == 1
     assert config["model"]["vocab_size"] == 512 and config["model"]["n_embd"] == 32
@@ -137,6 +148,7 @@ def test_export_cli_round_trip(trained, tmp_path):
     # --overwrite replaces it; the weights are the checkpoint's, bit for bit.
     run([sys.executable, REPO / "launch/export.py", trained["out"], "--out", out, "--overwrite"])
     from ngpt_ds.infer import load, load_export
+
     exported, reference = load_export(out).model.state_dict(), load(trained["checkpoint"]).model.state_dict()
     assert all(torch.equal(exported[k], reference[k]) for k in reference)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
@@ -188,16 +200,29 @@ def test_other_checkpoint_layouts_load_and_export(layout, tmp_path, tiny_dataset
     config = write_yaml(tmp_path / "c.yaml", MODEL, train)
     ds = write_ds_config(tmp_path / "ds.json", stage=1 if tp else 0, bf16=not tp, micro=MICRO, accum=1)
     out = tmp_path / "run"
-    torchrun(REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", tiny_dataset,
-             "--out", out, "--no-progress", nproc=2 if tp else 1)
+    torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--data",
+        tiny_dataset,
+        "--out",
+        out,
+        "--no-progress",
+        nproc=2 if tp else 1,
+    )
     loaded = load(out)
     assert max_norm_deviation(loaded.model) < 1e-5
     layout = deepspeed_files.saved_layout(loaded.source)
     assert (layout.zero_stage, layout.data_parallel, layout.tensor_parallel) == ((1, 1, 2) if tp else (0, 1, 1))
     if tp:
         assert loaded.info["tensor_parallel"] == 2 and "tensor-parallel x2, fp32 master" in loaded.info["weights"]
-        assert sorted(p.name for p in loaded.source.glob("mp_rank_*")) == ["mp_rank_00_model_states.pt",
-                                                                            "mp_rank_01_model_states.pt"]
+        assert sorted(p.name for p in loaded.source.glob("mp_rank_*")) == [
+            "mp_rank_00_model_states.pt",
+            "mp_rank_01_model_states.pt",
+        ]
         (one_x,) = evaluate(loaded, tiny_dataset, multiples=[1])  # the trainer evaluated the sharded model
         assert one_x.loss == pytest.approx(json.loads((out / "summary.json").read_text())["val_loss"], abs=2e-6)
     else:

@@ -43,7 +43,8 @@ def test_cached_logits_equal_full_forward_for_any_chunking(arch):
     k = torch.randn(1, 2, 8, 16)
     v = torch.randn(1, 2, 8, 16)
     right = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=torch.ones(3, 8, dtype=torch.bool).tril(diagonal=5), scale=attn.softmax_scale)
+        q, k, v, attn_mask=torch.ones(3, 8, dtype=torch.bool).tril(diagonal=5), scale=attn.softmax_scale
+    )
     top_left = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.softmax_scale)
     assert (right - top_left).abs().max() > 1e-2
 
@@ -68,19 +69,35 @@ def test_trained_model_greedy_cache_and_seeded_sampling(exported):  # noqa: F811
     loaded = load(exported)
     prompt = "The class statement"
     a = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens=24, sampling=GREEDY, stop_at_eos=False)
-    b = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens=24, sampling=GREEDY, stop_at_eos=False,
-                 use_cache=False)
+    b = generate(
+        loaded.model, loaded.tokenizer, prompt, max_new_tokens=24, sampling=GREEDY, stop_at_eos=False, use_cache=False
+    )
     assert a.new_ids == b.new_ids and len(a.new_ids) == 24
     assert a.text == loaded.tokenizer.decode(a.new_ids) or a.text.strip() == loaded.tokenizer.decode(a.new_ids).strip()
 
     sampling = Sampling(temperature=1.0, top_k=50, top_p=0.95)
-    runs = [generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens=24, sampling=sampling, seed=s,
-                     stop_at_eos=False).new_ids for s in (11, 11, 12)]
+    runs = [
+        generate(
+            loaded.model, loaded.tokenizer, prompt, max_new_tokens=24, sampling=sampling, seed=s, stop_at_eos=False
+        ).new_ids
+        for s in (11, 11, 12)
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
     # The cache changes nothing for sampling either.
-    assert runs[0] == generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens=24, sampling=sampling,
-                               seed=11, stop_at_eos=False, use_cache=False).new_ids
+    assert (
+        runs[0]
+        == generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompt,
+            max_new_tokens=24,
+            sampling=sampling,
+            seed=11,
+            stop_at_eos=False,
+            use_cache=False,
+        ).new_ids
+    )
 
 
 def test_top_k_and_top_p_keep_only_the_allowed_tokens():
@@ -102,8 +119,20 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens():
 
 
 def test_generate_cli_streams_and_is_reproducible(exported):  # noqa: F811
-    cmd = [sys.executable, REPO / "launch/generate.py", exported, "--prompt", "The class statement",
-           "--max-new-tokens", "30", "--seed", "5", "--top-k", "40", "--ignore-eos"]
+    cmd = [
+        sys.executable,
+        REPO / "launch/generate.py",
+        exported,
+        "--prompt",
+        "The class statement",
+        "--max-new-tokens",
+        "30",
+        "--seed",
+        "5",
+        "--top-k",
+        "40",
+        "--ignore-eos",
+    ]
     first, second = run(cmd), run(cmd)
     assert first.stdout == second.stdout
     assert first.stdout.startswith("The class statement") and len(first.stdout) > len("The class statement") + 5
@@ -118,8 +147,10 @@ def test_prompt_longer_than_the_context_is_a_clear_error(exported):  # noqa: F81
     proc = run(base, check=False)
     assert proc.returncode == 2
     assert "\nerror: the prompt is " in proc.stderr and proc.stdout == ""  # nothing echoed
-    assert "longer than the maximum context of 32 tokens (--max-context; the model was trained at seq_len 32)" \
+    assert (
+        "longer than the maximum context of 32 tokens (--max-context; the model was trained at seq_len 32)"
         in proc.stderr
+    )
     # Raising --max-context allows it (nGPT extrapolation), with a warning.
     proc = run(base + ["--max-context", "1000", "--greedy"])
     assert "past the 32 tokens the model was trained at" in proc.stderr

@@ -20,8 +20,10 @@ MC_DOCS = [
     {"context": "A function definition", "choices": ["is executed", "purple"], "label": 1},
     {"context": "The import statement", "choices": ["loads a module", "sings", "x y z"], "label": 2},
 ]
-TEXTS = ["Built-in functions are always available.",
-         "The for statement is used to iterate over the elements of a sequence. " * 6]  # > 32 tokens: 3+ windows
+TEXTS = [
+    "Built-in functions are always available.",
+    "The for statement is used to iterate over the elements of a sequence. " * 6,
+]  # > 32 tokens: 3+ windows
 TASKS = {
     "ngpt_test_mc": """\
 dataset_kwargs: {{data_files: {{test: {mc}}}}}
@@ -58,14 +60,33 @@ def lm_eval_samples(exported, tmp_path_factory):  # noqa: F811
     (tasks / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
     (tasks / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     for name, body in TASKS.items():
-        yaml = (f"task: {name}\ndataset_path: json\ntest_split: test\n"
-                + body.format(mc=tasks / "mc.jsonl", text=tasks / "text.jsonl"))
+        yaml = f"task: {name}\ndataset_path: json\ntest_split: test\n" + body.format(
+            mc=tasks / "mc.jsonl", text=tasks / "text.jsonl"
+        )
         (tasks / f"{name}.yaml").write_text(yaml)
     out = tmp / "results"
     env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp / "hf_cache")
-    proc = run([sys.executable, "-m", "ngpt_ds.infer.lm_eval_cli", "--model", "ngpt_ds",
-                "--model_args", f"path={exported}", "--tasks", ",".join(TASKS), "--include_path", tasks,
-                "--batch_size", "2", "--log_samples", "--output_path", out], env=env)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "ngpt_ds.infer.lm_eval_cli",
+            "--model",
+            "ngpt_ds",
+            "--model_args",
+            f"path={exported}",
+            "--tasks",
+            ",".join(TASKS),
+            "--include_path",
+            tasks,
+            "--batch_size",
+            "2",
+            "--log_samples",
+            "--output_path",
+            out,
+        ],
+        env=env,
+    )
     assert "ngpt_test_mc" in proc.stdout and "acc" in proc.stdout  # lm-eval's results table
     samples = {}
     for name in TASKS:
@@ -97,12 +118,12 @@ def test_multiple_choice_loglikelihoods_match_the_model(exported, lm_eval_sample
         for (resp,), choice in zip(row["resps"], doc["choices"]):
             context, continuation = doc["context"], " " + choice  # lm-eval's default target delimiter
             whole, ctx = tok.encode(context + continuation), tok.encode(context)
-            assert whole[:len(ctx)] == ctx
-            logprobs = direct_logprobs(loaded.model, whole)[len(ctx) - 1:]
+            assert whole[: len(ctx)] == ctx
+            logprobs = direct_logprobs(loaded.model, whole)[len(ctx) - 1 :]
             assert float(resp[0]) == pytest.approx(logprobs.sum().item(), abs=1e-4)
             with torch.no_grad():
                 logits, _ = loaded.model(torch.tensor([whole]))
-            greedy = bool((logits[0, len(ctx) - 1:-1].argmax(-1) == torch.tensor(whole[len(ctx):])).all())
+            greedy = bool((logits[0, len(ctx) - 1 : -1].argmax(-1) == torch.tensor(whole[len(ctx) :])).all())
             assert (resp[1] == "True") == greedy
             scores.append(logprobs.sum().item())
         correct += int(max(range(len(scores)), key=scores.__getitem__) == doc["label"])
@@ -123,8 +144,8 @@ def test_rolling_loglikelihood_matches_the_model_window_by_window(exported, lm_e
         total = 0.0
         for start in range(0, len(seq) - 1, L):
             end = min(start + L, len(seq) - 1)  # predicts seq[start + 1 : end + 1]
-            window = seq[max(0, end - L):end + 1]
-            total += direct_logprobs(loaded.model, window)[-(end - start):].sum().item()
+            window = seq[max(0, end - L) : end + 1]
+            total += direct_logprobs(loaded.model, window)[-(end - start) :].sum().item()
         assert float(row["resps"][0][0]) == pytest.approx(total, abs=1e-3)
     assert len(loaded.tokenizer.encode(TEXTS[1])) > 2 * L  # the long text really spans several windows
 
@@ -145,7 +166,7 @@ def test_generate_until_matches_naive_greedy_decoding(exported, lm_eval_samples)
             if new[-1] == tok.eos_id:
                 new.pop()
                 break
-        text = tok.decode(ids[-8:] + new)[len(tok.decode(ids[-8:])):]
+        text = tok.decode(ids[-8:] + new)[len(tok.decode(ids[-8:])) :]
         assert row["resps"][0][0] == text.split("s")[0]
 
 

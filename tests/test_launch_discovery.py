@@ -22,18 +22,31 @@ def test_collective_timeout_reaches_groups_created_later_without_one():
 
 def test_mpi_master_address_is_routable_when_the_host_name_maps_to_loopback(monkeypatch):
     monkeypatch.setattr(distributed.socket, "gethostbyname", lambda name: "127.0.1.1")
-    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
-        a, 0, stdout="10.1.2.3 fd00::2 \n", stderr=""))
+    monkeypatch.setattr(
+        distributed.subprocess,
+        "run",
+        lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="10.1.2.3 fd00::2 \n", stderr=""),
+    )
     assert distributed._routable_address() == "10.1.2.3"
     monkeypatch.setattr(distributed.socket, "gethostbyname", lambda name: "10.9.9.9")
     assert distributed._routable_address() == "10.9.9.9"
 
 
 def test_slurm_port_matches_the_sbatch_scripts():
-    env = distributed.discover({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0",
-                                "SLURM_JOB_NODELIST": "ngptds[1-2]", "SLURM_JOB_ID": "45678"})
+    env = distributed.discover(
+        {
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "2",
+            "SLURM_STEP_ID": "0",
+            "SLURM_JOB_NODELIST": "ngptds[1-2]",
+            "SLURM_JOB_ID": "45678",
+        }
+    )
     assert env.master_port == 20000 + 45678 % 20000
     from conftest import REPO
+
     for script in ("train.sbatch", "train_deepspeed.sbatch"):
-        assert 'MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"' in (
-            REPO / "launch/slurm" / script).read_text()
+        assert (
+            'MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"'
+            in (REPO / "launch/slurm" / script).read_text()
+        )

@@ -26,8 +26,13 @@ def test_hadolint_finds_nothing():
     proc = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # It does catch errors: a misspelled instruction fails.
-    bad = subprocess.run([hadolint, "--no-color", "--failure-threshold", "error", "-"], input=DOCKERFILE.replace(
-        "WORKDIR", "WROKDIR", 1), capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "error", "-"],
+        input=DOCKERFILE.replace("WORKDIR", "WROKDIR", 1),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0
 
 
@@ -48,7 +53,9 @@ def test_install_step_is_the_readme_command_on_the_setup_script_ci_runs():
     assert "bash launch/setup.sh --test" in (REPO / "tests/run.sh").read_text()
     setup = (REPO / "launch/setup.sh").read_text()
     assert '[ "${1:-}" = "--test" ] && WITH_TESTS=1 && WITH_CLUSTER=1' in setup
-    cluster_apt = re.search(r'if \[ "\$WITH_CLUSTER" = 1 \]; then\n(?:\s*#.*\n)*\s*apt_install ([^\n]+)', setup).group(1)
+    cluster_apt = re.search(r'if \[ "\$WITH_CLUSTER" = 1 \]; then\n(?:\s*#.*\n)*\s*apt_install ([^\n]+)', setup).group(
+        1
+    )
     assert {"openmpi-bin", "libopenmpi-dev", "pdsh", "openssh-client", "openssh-server"} <= set(cluster_apt.split())
     # DS_BUILD_* prebuilds ops only when pip builds against the installed torch.
     assert re.findall(r"DS_BUILD_\w+=1", install) and "--no-build-isolation" in setup
@@ -69,7 +76,14 @@ def test_default_command_volumes_and_context():
         assert (REPO / path).exists() and path.split("/")[0] not in ignored, path
 
 
-@pytest.mark.parametrize("script", ["launch/slurm/train.sbatch", "launch/slurm/train_deepspeed.sbatch",
-                                    "launch/multinode.sh", "tests/system/slurm_cluster.sh"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "launch/slurm/train.sbatch",
+        "launch/slurm/train_deepspeed.sbatch",
+        "launch/multinode.sh",
+        "tests/system/slurm_cluster.sh",
+    ],
+)
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", REPO / script], capture_output=True).returncode == 0

@@ -23,37 +23,67 @@ from conftest import REPO, cpu_env, free_port, read_metrics, torchrun, write_ds_
 STEPS = 60
 TIMEOUT_S = 10
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": STEPS, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 10, "keep_checkpoints": 2, "peak_tflops": 1.0, "dist_timeout_s": TIMEOUT_S}
+TRAIN = {
+    "max_steps": STEPS,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 10,
+    "keep_checkpoints": 2,
+    "peak_tflops": 1.0,
+    "dist_timeout_s": TIMEOUT_S,
+}
 
 
 @pytest.fixture
 def configs(tmp_path):
-    return {"yaml": write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN),
-            "ds": write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)}
+    return {
+        "yaml": write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN),
+        "ds": write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1),
+    }
 
 
 def train_args(configs, data, out):
-    return [REPO / "launch/train.py", "--config", configs["yaml"], "--deepspeed_config", configs["ds"],
-            "--data", data, "--out", out, "--no-progress"]
+    return [
+        REPO / "launch/train.py",
+        "--config",
+        configs["yaml"],
+        "--deepspeed_config",
+        configs["ds"],
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-progress",
+    ]
 
 
 def start_ranks(configs, data, out, logs):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=port)
+        env = cpu_env(
+            RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+        )
         log = open(logs / f"rank{rank}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, *map(str, train_args(configs, data, out))], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *map(str, train_args(configs, data, out))],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        )
     return procs
 
 
 def complete_checkpoints(out):
     # Only step_N: a save in progress has COMPLETE in its step_N.tmp-save folder just before the rename.
-    return sorted(int(p.parent.name[5:]) for p in (out / "checkpoints").glob("step_*/COMPLETE")
-                  if p.parent.name[5:].isdigit())
+    return sorted(
+        int(p.parent.name[5:]) for p in (out / "checkpoints").glob("step_*/COMPLETE") if p.parent.name[5:].isdigit()
+    )
 
 
 def logged_steps(out):
@@ -93,8 +123,9 @@ def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how,
             # A hang guard, not a speed check: without the timeout this waits for torch's default 30 min.
             survivor_rc = procs[0].wait(timeout=TIMEOUT_S + 120)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"rank 0 still running {TIMEOUT_S + 120} s after rank 1 got {how} "
-                        f"(train.dist_timeout_s = {TIMEOUT_S})")
+            pytest.fail(
+                f"rank 0 still running {TIMEOUT_S + 120} s after rank 1 got {how} (train.dist_timeout_s = {TIMEOUT_S})"
+            )
     finally:
         stop_all(procs)
     survivor_log = (tmp_path / "rank0.log").read_text()

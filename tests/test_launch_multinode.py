@@ -21,20 +21,40 @@ from conftest import REPO, cpu_env, free_port, read_metrics, require_system, run
 
 STEPS = 20
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": STEPS, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 0, "keep_checkpoints": 2, "peak_tflops": 1.0, "dist_timeout_s": 30}
+TRAIN = {
+    "max_steps": STEPS,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 0,
+    "keep_checkpoints": 2,
+    "peak_tflops": 1.0,
+    "dist_timeout_s": 30,
+}
 
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multinode_configs")
-    return {"yaml": write_yaml(tmp / "tiny.yaml", MODEL, TRAIN),
-            "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1)}
+    return {
+        "yaml": write_yaml(tmp / "tiny.yaml", MODEL, TRAIN),
+        "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1),
+    }
 
 
 def train_args(configs, data, out):
-    return ["--config", configs["yaml"], "--deepspeed_config", configs["ds"], "--data", data, "--out", out,
-            "--no-progress"]
+    return [
+        "--config",
+        configs["yaml"],
+        "--deepspeed_config",
+        configs["ds"],
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-progress",
+    ]
 
 
 def assert_trained_on_two_ranks(out, stdout):
@@ -49,15 +69,33 @@ def assert_trained_on_two_ranks(out, stdout):
 
 
 def test_mpirun_two_ranks_through_mpi4py_discovery(configs, tiny_dataset, tmp_path):
-    require_system(shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None,
-                   "OpenMPI or mpi4py not installed: bash launch/setup.sh --test")
+    require_system(
+        shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None,
+        "OpenMPI or mpi4py not installed: bash launch/setup.sh --test",
+    )
     out = tmp_path / "mpi"
     env = cpu_env()
     for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
         env.pop(var, None)  # everything must come from mpirun and mpi4py
-    proc = run(["mpirun", "--allow-run-as-root", "-np", 2, "-x", "OMP_NUM_THREADS", "-x", "PYTHONPATH",
-                "-x", "DS_ACCELERATOR", sys.executable, REPO / "launch/train.py", *train_args(configs, tiny_dataset, out)],
-               env=env, timeout=300)
+    proc = run(
+        [
+            "mpirun",
+            "--allow-run-as-root",
+            "-np",
+            2,
+            "-x",
+            "OMP_NUM_THREADS",
+            "-x",
+            "PYTHONPATH",
+            "-x",
+            "DS_ACCELERATOR",
+            sys.executable,
+            REPO / "launch/train.py",
+            *train_args(configs, tiny_dataset, out),
+        ],
+        env=env,
+        timeout=300,
+    )
     assert_trained_on_two_ranks(out, proc.stdout)
 
 
@@ -69,10 +107,13 @@ def test_deepspeed_launcher_with_localhost_hostfile_runs_without_ssh(configs, ti
     # An ssh that fails loudly: a single-host hostfile must not use it.
     (tmp_path / "nossh").mkdir()
     for tool in ("ssh", "pdsh"):
-        (tmp_path / "nossh" / tool).write_text("#!/bin/sh\necho \"$0 must not be called\" >&2\nexit 97\n")
+        (tmp_path / "nossh" / tool).write_text('#!/bin/sh\necho "$0 must not be called" >&2\nexit 97\n')
         (tmp_path / "nossh" / tool).chmod(0o755)
-    proc = run(["bash", REPO / "launch/multinode.sh", "deepspeed", hostfile, *train_args(configs, tiny_dataset, out)],
-               env=env, timeout=300)
+    proc = run(
+        ["bash", REPO / "launch/multinode.sh", "deepspeed", hostfile, *train_args(configs, tiny_dataset, out)],
+        env=env,
+        timeout=300,
+    )
     assert_trained_on_two_ranks(out, proc.stdout + proc.stderr)
     assert "must not be called" not in proc.stderr
 
@@ -84,11 +125,17 @@ def test_deepspeed_launcher_over_pdsh_and_ssh_on_two_hosts(configs, tiny_dataset
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")  # two names, two "nodes"
     out = tmp_path / "ds_pdsh"
     with local_sshd(tmp_path / "sshd") as ssh_options:
-        env = cpu_env(MASTER_PORT=free_port(), PDSH_SSH_ARGS_APPEND=ssh_options,
-                      # DeepSpeed's own reachability probe runs plain `ssh HOST` without our key.
-                      DEEPSPEED_ARGS="--no_ssh_check")
-        proc = run(["bash", REPO / "launch/multinode.sh", "deepspeed", hostfile,
-                    *train_args(configs, tiny_dataset, out)], env=env, timeout=300)
+        env = cpu_env(
+            MASTER_PORT=free_port(),
+            PDSH_SSH_ARGS_APPEND=ssh_options,
+            # DeepSpeed's own reachability probe runs plain `ssh HOST` without our key.
+            DEEPSPEED_ARGS="--no_ssh_check",
+        )
+        proc = run(
+            ["bash", REPO / "launch/multinode.sh", "deepspeed", hostfile, *train_args(configs, tiny_dataset, out)],
+            env=env,
+            timeout=300,
+        )
         sessions = (tmp_path / "sshd" / "sshd.log").read_text().count("Accepted publickey for root")
     text = proc.stdout + proc.stderr
     assert "cmd = pdsh -S -f 1024 -w localhost,127.0.0.1" in text
@@ -107,7 +154,7 @@ def test_multinode_mpi_builds_mpirun_from_the_hostfile(tmp_path):
     proc = run(["bash", REPO / "launch/multinode.sh", "mpi", hostfile, "--out", "/shared/run"], env=env)
     words = proc.stdout.split()
     assert words[:6] == ["mpirun", "--hostfile", str(hostfile), "-np", "8", "--bind-to"]
-    assert ["-x", "NCCL_DEBUG"] == words[words.index("NCCL_DEBUG") - 1:words.index("NCCL_DEBUG") + 1]
+    assert ["-x", "NCCL_DEBUG"] == words[words.index("NCCL_DEBUG") - 1 : words.index("NCCL_DEBUG") + 1]
     assert words[-3:] == [str(REPO / "launch/train.py"), "--out", "/shared/run"]
     assert "MASTER_ADDR" not in words  # rank 0's address comes through mpi4py
     assert "btl_tcp_if_include" in words

@@ -18,8 +18,17 @@ from conftest import REPO, cpu_env, read_metrics, require_system, write_ds_confi
 
 STEPS = 100
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": STEPS, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 0, "keep_checkpoints": 5, "peak_tflops": 1.0, "dist_timeout_s": 30}
+TRAIN = {
+    "max_steps": STEPS,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 0,
+    "keep_checkpoints": 5,
+    "peak_tflops": 1.0,
+    "dist_timeout_s": 30,
+}
 NODES = ["--nodes", 2, "--ntasks-per-node", 1, "--gpus-per-node", 0]
 JOB_TIMEOUT = 300
 
@@ -35,15 +44,28 @@ def slurm():
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slurm_configs")
-    return {"yaml": write_yaml(tmp / "tiny.yaml", MODEL, TRAIN),
-            "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1)}
+    return {
+        "yaml": write_yaml(tmp / "tiny.yaml", MODEL, TRAIN),
+        "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1),
+    }
 
 
 def submit(slurm, script, out, configs, data):
     log = out.parent / f"{out.name}.log"
-    job = slurm.submit(REPO / "launch/slurm" / script, "--config", configs["yaml"], "--deepspeed_config",
-                       configs["ds"], "--data", data, "--out", out,
-                       sbatch_args=[*NODES, f"--output={log}"], env=cpu_env(), cwd=REPO)
+    job = slurm.submit(
+        REPO / "launch/slurm" / script,
+        "--config",
+        configs["yaml"],
+        "--deepspeed_config",
+        configs["ds"],
+        "--data",
+        data,
+        "--out",
+        out,
+        sbatch_args=[*NODES, f"--output={log}"],
+        env=cpu_env(),
+        cwd=REPO,
+    )
     return job, log
 
 
@@ -79,8 +101,9 @@ def test_sbatch_trains_on_two_nodes_logs_losses_and_checkpoints(uninterrupted):
     assert losses[-1][1] < losses[0][1] - 1.0  # it learns
 
 
-def test_signalled_job_checkpoints_requeues_and_resumes_from_that_step(slurm, configs, tiny_dataset, uninterrupted,
-                                                                       tmp_path_factory):
+def test_signalled_job_checkpoints_requeues_and_resumes_from_that_step(
+    slurm, configs, tiny_dataset, uninterrupted, tmp_path_factory
+):
     out = tmp_path_factory.mktemp("slurm_runs") / "preempted"
     job, log = submit(slurm, "train.sbatch", out, configs, tiny_dataset)
     # Wait for the first logged step, then do what --signal=USR1@T does before a time limit.
@@ -112,8 +135,9 @@ def test_signalled_job_checkpoints_requeues_and_resumes_from_that_step(slurm, co
     assert [loss for _, loss in losses] == [loss for _, loss in reference]
 
 
-def test_deepspeed_slurm_launcher_variant_trains_on_two_nodes(slurm, configs, tiny_dataset, uninterrupted,
-                                                              tmp_path_factory):
+def test_deepspeed_slurm_launcher_variant_trains_on_two_nodes(
+    slurm, configs, tiny_dataset, uninterrupted, tmp_path_factory
+):
     out = tmp_path_factory.mktemp("slurm_runs") / "deepspeed_launcher"
     job, log = submit(slurm, "train_deepspeed.sbatch", out, configs, tiny_dataset)
     info = slurm.wait(job, JOB_TIMEOUT)
@@ -126,8 +150,14 @@ def test_deepspeed_slurm_launcher_variant_trains_on_two_nodes(slurm, configs, ti
 
 def test_sbatch_without_out_fails_with_a_message(slurm, tmp_path):
     log = tmp_path / "no_out.log"
-    job = slurm.submit(REPO / "launch/slurm/train.sbatch", "--deepspeed_config", "ds_configs/zero2.json",
-                       sbatch_args=[*NODES, f"--output={log}"], env=cpu_env(), cwd=REPO)
+    job = slurm.submit(
+        REPO / "launch/slurm/train.sbatch",
+        "--deepspeed_config",
+        "ds_configs/zero2.json",
+        sbatch_args=[*NODES, f"--output={log}"],
+        env=cpu_env(),
+        cwd=REPO,
+    )
     info = slurm.wait(job, 60)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", info
     assert "error: pass --out DIR" in log.read_text()

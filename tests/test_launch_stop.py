@@ -34,8 +34,17 @@ from conftest import REPO, cpu_env, read_metrics, require_system, torchrun, writ
 
 STEPS = 200
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": STEPS, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 0, "keep_checkpoints": 2, "peak_tflops": 1.0, "dist_timeout_s": 60}
+TRAIN = {
+    "max_steps": STEPS,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 0,
+    "keep_checkpoints": 2,
+    "peak_tflops": 1.0,
+    "dist_timeout_s": 60,
+}
 GRACE_S = 20  # train.stop_grace_s: below both launchers' 30 s SIGKILL
 HANG_GUARD_S = 240  # a hang guard only: a job that never stops fails here instead of blocking the suite
 STOP_EXIT_UNSAVED = 75  # launch/train.py: stopped, but the grace was too short to save (README)
@@ -47,14 +56,26 @@ CHAIN = {"dir": None, "step": 0}
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stop_configs")
-    return {"yaml": write_yaml(tmp / "tiny.yaml", MODEL, {**TRAIN, "stop_grace_s": GRACE_S}),
-            "no_grace": write_yaml(tmp / "no_grace.yaml", MODEL, {**TRAIN, "stop_grace_s": 0}),
-            "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1)}
+    return {
+        "yaml": write_yaml(tmp / "tiny.yaml", MODEL, {**TRAIN, "stop_grace_s": GRACE_S}),
+        "no_grace": write_yaml(tmp / "no_grace.yaml", MODEL, {**TRAIN, "stop_grace_s": 0}),
+        "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1),
+    }
 
 
 def train_args(configs, data, out, yaml="yaml"):
-    return ["launch/train.py", "--config", configs[yaml], "--deepspeed_config", configs["ds"], "--data", data,
-            "--out", out, "--no-progress"]
+    return [
+        "launch/train.py",
+        "--config",
+        configs[yaml],
+        "--deepspeed_config",
+        configs["ds"],
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-progress",
+    ]
 
 
 def start_from_chain(out: Path) -> int:
@@ -160,14 +181,27 @@ def wait_for_steps(out, after: int, launcher: subprocess.Popen, log: Path) -> No
 def launch(how: str, configs, data, out, port: int, log: Path) -> subprocess.Popen:
     args = [str(a) for a in train_args(configs, data, out)]
     deepspeed_cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", str(port), *args]
-    cmd = {"deepspeed": deepspeed_cmd,
-           "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_addr", "127.0.0.1", "--master_port", str(port), *args],
-           # The image's ENTRYPOINT, run here as the parent of its default command (README "Docker").
-           "entrypoint": [sys.executable, "launch/entrypoint.py", *deepspeed_cmd]}[how]
+    cmd = {
+        "deepspeed": deepspeed_cmd,
+        "torchrun": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            *args,
+        ],
+        # The image's ENTRYPOINT, run here as the parent of its default command (README "Docker").
+        "entrypoint": [sys.executable, "launch/entrypoint.py", *deepspeed_cmd],
+    }[how]
     # Its own session: "group" signals the launcher's process group, never pytest's.
-    return subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=cpu_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def children_named(proc: subprocess.Popen, marker: str) -> list[psutil.Process]:
@@ -197,8 +231,9 @@ PATHS = [
 
 
 @pytest.mark.parametrize("how,target,sig,expected_rc", PATHS, ids=["-".join(p[:3]) for p in PATHS])
-def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target, sig, expected_rc, configs,
-                                                                    tiny_dataset, reference, tmp_path):
+def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(
+    how, target, sig, expected_rc, configs, tiny_dataset, reference, tmp_path
+):
     out = tmp_path / "run"
     start = start_from_chain(out)
     port, log = rendezvous_port(), tmp_path / "job.log"
@@ -247,7 +282,9 @@ def test_stop_path_saves_a_complete_checkpoint_and_the_rerun_resumes(how, target
         assert f"resumed from {out / 'checkpoints' / f'step_{start:08d}'} at step {start}" in text, text[-4000:]
     logged = losses(out)
     assert sorted(logged) == list(range(1, stop_step + 1))
-    assert [logged[s] for s in range(start + 1, stop_step + 1)] == [reference[s] for s in range(start + 1, stop_step + 1)]
+    assert [logged[s] for s in range(start + 1, stop_step + 1)] == [
+        reference[s] for s in range(start + 1, stop_step + 1)
+    ]
     CHAIN.update(dir=out, step=stop_step)
 
 
@@ -255,7 +292,9 @@ def ranks_importing_torch(proc: subprocess.Popen) -> bool:
     """Both ranks have loaded torch's library: launch/train.py notes its parent just before that, so
     from here on (imports, process group, engine, about 5 s) a dead parent must be noticed."""
     try:
-        ranks = [p for p in children_named(proc, "launch/train.py") if "deepspeed.launcher" not in " ".join(p.cmdline())]
+        ranks = [
+            p for p in children_named(proc, "launch/train.py") if "deepspeed.launcher" not in " ".join(p.cmdline())
+        ]
         return len(ranks) == 2 and all(any("libtorch" in m.path for m in rank.memory_maps()) for rank in ranks)
     except psutil.Error:
         return False
@@ -285,8 +324,11 @@ def test_launcher_killed_during_the_startup_still_stops_its_ranks(configs, tiny_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["step"] < STEPS, (summary, text[-4000:])
     # Rank 0 prints the reason: its own watch's, or that of the rank that noticed first.
-    assert re.search(rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
-                     r"|another rank was asked to stop)\)", text), text[-4000:]
+    assert re.search(
+        rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
+        r"|another rank was asked to stop)\)",
+        text,
+    ), text[-4000:]
     assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")
     assert port_is_free(port), sockets_on(port)
 
@@ -308,11 +350,18 @@ def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(configs, tin
     before = sorted(p.name for p in (out / "checkpoints").iterdir()) if start else []
     port, procs = rendezvous_port(), []
     for rank in range(2):  # plain processes, so each rank's own exit status is seen
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, *map(str, train_args(configs, tiny_dataset, out, "no_grace"))],
-                                      cwd=REPO, env=env, stdout=open(tmp_path / f"rank{rank}.log", "w"),
-                                      stderr=subprocess.STDOUT))
+        env = cpu_env(
+            RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *map(str, train_args(configs, tiny_dataset, out, "no_grace"))],
+                cwd=REPO,
+                env=env,
+                stdout=open(tmp_path / f"rank{rank}.log", "w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
     try:
         wait_for_steps(out, start, procs[0], tmp_path / "rank0.log")
         for proc in procs:
@@ -363,9 +412,13 @@ def test_scancel_signal_int_checkpoints_requeues_and_resumes(slurm, configs, tin
     """`scancel --signal=INT` reaches every task through slurmstepd. One node with two tasks, so the
     rendezvous is bound to 127.0.0.1."""
     out, log = tmp_path / "run", tmp_path / "job.log"
-    job = slurm.submit(REPO / "launch/slurm/train.sbatch", *train_args(configs, tiny_dataset, out)[1:],
-                       sbatch_args=["--nodes", 1, "--ntasks-per-node", 2, "--gpus-per-node", 0, f"--output={log}"],
-                       env=cpu_env(), cwd=REPO)
+    job = slurm.submit(
+        REPO / "launch/slurm/train.sbatch",
+        *train_args(configs, tiny_dataset, out)[1:],
+        sbatch_args=["--nodes", 1, "--ntasks-per-node", 2, "--gpus-per-node", 0, f"--output={log}"],
+        env=cpu_env(),
+        cwd=REPO,
+    )
     deadline = time.monotonic() + HANG_GUARD_S
     while max(losses(out), default=0) < 3:
         assert time.monotonic() < deadline, f"job {job} never logged a step: {slurm.job(job)}"
@@ -390,9 +443,16 @@ def test_scancel_signal_int_checkpoints_requeues_and_resumes(slurm, configs, tin
 def test_single_node_slurm_job_binds_the_rendezvous_to_loopback():
     from ngpt_ds.distributed import discover
 
-    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
-           "SLURM_JOB_ID": "7", "SLURM_TASKS_PER_NODE": "2", "SLURM_JOB_NUM_NODES": "1",
-           "SLURM_JOB_NODELIST": "gpu01"}
+    env = {
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "7",
+        "SLURM_TASKS_PER_NODE": "2",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "gpu01",
+    }
     dist_env = discover(env)
     assert (dist_env.master_addr, dist_env.master_port) == ("127.0.0.1", 20007)
     two_nodes = discover({**env, "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]"})
@@ -426,8 +486,13 @@ def test_single_host_deepspeed_hostfile_binds_the_rendezvous_to_loopback(tmp_pat
     env = cpu_env(DRY_RUN=1)
     env.pop("MASTER_ADDR", None)
     for hostfile, master in (("one", "127.0.0.1"), ("two", "gpu-a")):
-        proc = subprocess.run(["bash", REPO / "launch/multinode.sh", "deepspeed", tmp_path / hostfile, "--out", "x"],
-                              env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["bash", REPO / "launch/multinode.sh", "deepspeed", tmp_path / hostfile, "--out", "x"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         words = proc.stdout.split()
         assert proc.returncode == 0 and words[words.index("--master_addr") + 1] == master, proc.stdout + proc.stderr
 

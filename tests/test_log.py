@@ -28,8 +28,10 @@ def test_rank0_logs_at_the_level_and_other_ranks_only_errors():
     assert emit(0) == (["an info line"], ["a warning line", "an error line"])
     assert emit(1) == ([], ["an error line"])
     assert emit(0, level="WARNING") == ([], ["a warning line", "an error line"])
-    assert emit(0, level="DEBUG", info_stream="stderr") == ([], ["a debug line", "an info line", "a warning line",
-                                                                 "an error line"])
+    assert emit(0, level="DEBUG", info_stream="stderr") == (
+        [],
+        ["a debug line", "an info line", "a warning line", "an error line"],
+    )
 
 
 @pytest.mark.parametrize("rank", [0, 3])
@@ -41,7 +43,9 @@ def test_all_ranks_prefix_every_line_with_the_rank(rank):
 
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
     """ngpt_ds.cli.run, shared by every command: NgptConfigError -> `error: ...`, exit 2, no traceback."""
-    proc = run([sys.executable, "-m", "ngpt_ds.cli.generate", str(tmp_path / "missing"), "--prompt", "x",
-                "--device", "cpu"], check=False)
+    proc = run(
+        [sys.executable, "-m", "ngpt_ds.cli.generate", str(tmp_path / "missing"), "--prompt", "x", "--device", "cpu"],
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -19,7 +19,7 @@ def test_readme_main_command_end_to_end(tmp_path):
     out = tmp_path / "runs" / "ngpt_tiny"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == summary["max_steps"] == 300
-    assert summary["val_loss"] < 4.6, summary          # ln(4096) = 8.3 at the start
+    assert summary["val_loss"] < 4.6, summary  # ln(4096) = 8.3 at the start
     assert (out / "checkpoints" / "step_00000300" / "COMPLETE").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert "Done: step 300/300" in proc.stdout

@@ -19,8 +19,8 @@ import torch
 from ngpt_ds.model import ModelConfig, build_model
 from ngpt_ds.model.blocks import KVCache
 
-U = 2.0 ** -8  # bf16 unit roundoff
-UNIT_ROUNDOFF = {torch.bfloat16: U, torch.float16: 2.0 ** -11}
+U = 2.0**-8  # bf16 unit roundoff
+UNIT_ROUNDOFF = {torch.bfloat16: U, torch.float16: 2.0**-11}
 
 
 def tiny_config(arch: str) -> ModelConfig:
@@ -87,10 +87,9 @@ def test_cached_decoding_under_bf16_autocast_matches_fp32(arch):
             h = model.hidden_states(tokens[:, :8], cache)
             steps.append(model.logits(h[:, -1]))
             for t in range(8, 12):
-                h = model.hidden_states(tokens[:, t:t + 1], cache)
+                h = model.hidden_states(tokens[:, t : t + 1], cache)
                 steps.append(model.logits(h[:, -1]))
     assert cache.length == 12
     for i, logits in enumerate(steps):
         assert logits.dtype == torch.bfloat16
         assert relative(logits, full32[:, 7 + i]) < 2 * U, i
-

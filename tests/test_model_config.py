@@ -20,12 +20,19 @@ from ngpt_ds.model import (
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(NgptConfigError) as err:
-        ModelConfig.from_dict({"n_embd": 100, "n_head": 3, "n_layer": 0, "seq_len": -5, "arch": "bert",
-                               "s_z_scale": 0.0}, source="my.yaml")
+        ModelConfig.from_dict(
+            {"n_embd": 100, "n_head": 3, "n_layer": 0, "seq_len": -5, "arch": "bert", "s_z_scale": 0.0},
+            source="my.yaml",
+        )
     text = str(err.value)
     assert text.startswith("my.yaml: 5 problems")
-    for needle in ("model.arch = 'bert'", "model.n_layer = 0", "model.seq_len = -5",
-                   "model.n_embd = 100: must be divisible by n_head = 3", "model.s_z_scale = 0.0"):
+    for needle in (
+        "model.arch = 'bert'",
+        "model.n_layer = 0",
+        "model.seq_len = -5",
+        "model.n_embd = 100: must be divisible by n_head = 3",
+        "model.s_z_scale = 0.0",
+    ):
         assert needle in text, needle
 
 
@@ -60,8 +67,9 @@ def test_presets_exist_for_both_archs():
             assert load_model_config(f"{arch}_{size}").arch == arch
 
 
-@pytest.mark.parametrize("preset, paper_millions", [
-    ("gpt_0.5b", 468.2), ("ngpt_0.5b", 468.4), ("gpt_1b", 1025.7), ("ngpt_1b", 1026.1)])
+@pytest.mark.parametrize(
+    "preset, paper_millions", [("gpt_0.5b", 468.2), ("ngpt_0.5b", 468.4), ("gpt_1b", 1025.7), ("ngpt_1b", 1026.1)]
+)
 def test_paper_sizes_match_table_2(preset, paper_millions):
     config = load_model_config(preset, {"vocab_size": 32000})  # LLaMA-2 tokenizer, as the paper
     with torch.device("meta"):
@@ -88,10 +96,11 @@ def test_gpt_baseline_structure_and_init():
     config = ModelConfig(arch="gpt", vocab_size=500, n_layer=3, n_embd=128, n_head=4, seq_len=16).validate()
     model = build_model(config)
     assert isinstance(model, GPT)
-    assert sphere_matrices(model) == []                      # never renormalized
+    assert sphere_matrices(model) == []  # never renormalized
     assert model.blocks[0].attn.softmax_scale == pytest.approx(1 / math.sqrt(32))
     assert not hasattr(model.blocks[0].attn, "s_qk")
-    assert model.head.weight is not model.embed.weight       # untied
+    assert model.head.weight is not model.embed.weight  # untied
+
     def std(t):
         return t.detach().std().item()
 

@@ -64,7 +64,7 @@ def official_structure_forward(p: dict, config: ModelConfig, tokens: torch.Tenso
     cos, sin = _rope_tables(T, dh, config.rope_base)
 
     def rope(x):  # x [B, T, H, dh]; pairs (i, i + dh/2)
-        x1, x2 = x[..., :dh // 2], x[..., dh // 2:]
+        x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -72,7 +72,7 @@ def official_structure_forward(p: dict, config: ModelConfig, tokens: torch.Tenso
     for layer in range(L):
         b = f"blocks.{layer}."
         W = p[b + "attn.qkv.weight"]
-        q, k, v = (h @ W[i * d:(i + 1) * d].T for i in range(3))  # the raw h goes to q, k, v
+        q, k, v = (h @ W[i * d : (i + 1) * d].T for i in range(3))  # the raw h goes to q, k, v
         q, k, v = (t.reshape(B, T, H, dh) for t in (q, k, v))
         s_qk = (p[b + "attn.s_qk.param"] * (S_QK_INIT / sd)).view(H, dh)
         q, k = s_qk * _norm(rope(q)), s_qk * _norm(rope(k))  # s_qk on each (eqs. 15-16)

@@ -11,15 +11,21 @@ from ngpt_ds.model.layers import RotaryEmbedding
 
 # Written from docs/ngpt_notes.md's table, independently of the code: parameter name suffix -> normalized dim.
 EXPECTED_NORM_DIMS = {
-    "embed.weight": 1,            # E_in [V, d]: rows
-    "head.weight": 1,             # E_out [V, d]: rows
-    "attn.qkv.weight": 1,         # [W_q; W_k; W_v] [3d, d]: rows over the d_model input
-    "attn.out.weight": 0,         # W_o [d, d]: columns over the d_model output
-    "mlp.up_gate.weight": 1,      # [W_u; W_v] [2*4d, d]: rows
-    "mlp.down.weight": 0,         # W_2 [d, 4d]: columns
+    "embed.weight": 1,  # E_in [V, d]: rows
+    "head.weight": 1,  # E_out [V, d]: rows
+    "attn.qkv.weight": 1,  # [W_q; W_k; W_v] [3d, d]: rows over the d_model input
+    "attn.out.weight": 0,  # W_o [d, d]: columns over the d_model output
+    "mlp.up_gate.weight": 1,  # [W_u; W_v] [2*4d, d]: rows
+    "mlp.down.weight": 0,  # W_2 [d, 4d]: columns
 }
-SCALAR_SUFFIXES = ("attn_alpha.param", "mlp_alpha.param", "attn.s_qk.param", "mlp.s_u.param",
-                   "mlp.s_v.param", "s_z.param")
+SCALAR_SUFFIXES = (
+    "attn_alpha.param",
+    "mlp_alpha.param",
+    "attn.s_qk.param",
+    "mlp.s_u.param",
+    "mlp.s_v.param",
+    "s_z.param",
+)
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -38,8 +44,9 @@ def assert_unit_norms(model):
     for name, param in model.named_parameters():
         if name.endswith(".weight"):
             norms = param.detach().float().norm(dim=expected_dim(name))
-            torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0,
-                                       msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                norms, torch.ones_like(norms), atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
 
 def test_declared_matrices_are_exactly_the_documented_table():
@@ -103,7 +110,7 @@ def test_queries_and_keys_are_unit_per_head_and_attention_logits_bounded():
     attn = model.blocks[0].attn
     h = l2_normalize(torch.randn(2, 16, 32))
     cos, sin = model.rotary.tables(16, h.device, h.dtype)
-    q, k, _ = attn.project_qkv(h, cos, sin)          # s_qk = 1 at init
+    q, k, _ = attn.project_qkv(h, cos, sin)  # s_qk = 1 at init
     for x in (q, k):
         torch.testing.assert_close(x.norm(dim=-1), torch.ones(2, 16, 4), atol=1e-5, rtol=0)
     scores = torch.einsum("bthd,bshd->bhts", q, k) * attn.softmax_scale
@@ -134,14 +141,17 @@ def test_output_logits_bounded_by_s_z():
     assert (logits.abs() / bound).max() > 0.3  # the bound is not vacuous
 
 
-@pytest.mark.parametrize("module_path, stored, effective", [
-    ("blocks.0.attn_alpha", 1 / math.sqrt(32), 0.05),
-    ("blocks.0.mlp_alpha", 1 / math.sqrt(32), 0.05),
-    ("blocks.0.attn.s_qk", 1 / math.sqrt(32), 1.0),
-    ("blocks.0.mlp.s_u", 1.0, 1.0),
-    ("blocks.0.mlp.s_v", 1.0, 1.0),
-    ("s_z", 1 / math.sqrt(32), 1.0),
-])
+@pytest.mark.parametrize(
+    "module_path, stored, effective",
+    [
+        ("blocks.0.attn_alpha", 1 / math.sqrt(32), 0.05),
+        ("blocks.0.mlp_alpha", 1 / math.sqrt(32), 0.05),
+        ("blocks.0.attn.s_qk", 1 / math.sqrt(32), 1.0),
+        ("blocks.0.mlp.s_u", 1.0, 1.0),
+        ("blocks.0.mlp.s_v", 1.0, 1.0),
+        ("s_z", 1 / math.sqrt(32), 1.0),
+    ],
+)
 def test_scalar_stored_and_effective_values(module_path, stored, effective):
     model = NGPT(tiny_config())
     module = model.get_submodule(module_path)
@@ -149,8 +159,7 @@ def test_scalar_stored_and_effective_values(module_path, stored, effective):
     torch.testing.assert_close(module().detach(), torch.full_like(module.param, effective), atol=1e-7, rtol=0)
     # d(effective)/d(stored) = init / scale: the paper's effective learning-rate trick.
     module().sum().backward()
-    torch.testing.assert_close(module.param.grad, torch.full_like(module.param, effective / stored),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(module.param.grad, torch.full_like(module.param, effective / stored), atol=1e-5, rtol=0)
 
 
 def test_v_gets_sqrt_d_and_alpha_takes_absolute_value():
@@ -187,8 +196,9 @@ def test_block_identities():
         block.attn_alpha.param.fill_(block.attn_alpha.scale / block.attn_alpha.init)  # effective 1
         block.mlp_alpha.param.fill_(block.mlp_alpha.scale / block.mlp_alpha.init)
     h_attn = block.attn(h, cos, sin)
-    torch.testing.assert_close(block.attention_update(h, cos, sin), h_attn / h_attn.norm(dim=-1, keepdim=True),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        block.attention_update(h, cos, sin), h_attn / h_attn.norm(dim=-1, keepdim=True), atol=1e-6, rtol=0
+    )
     h_mlp = block.mlp(h)
     torch.testing.assert_close(block.mlp_update(h), h_mlp / h_mlp.norm(dim=-1, keepdim=True), atol=1e-6, rtol=0)
     # The MLP update is invariant to a global rescale of u (PAPER §2.4.2).
@@ -227,6 +237,7 @@ def test_rope_is_relative_and_norm_preserving():
 
 # ---- parity with a naive restatement of the paper's equations (no code shared with the package)
 
+
 def _naive_norm(x):
     return x / torch.sqrt((x * x).sum())
 
@@ -260,7 +271,7 @@ def naive_ngpt_logits(weights, config, tokens):
     for layer in range(config.n_layer):
         p = f"blocks.{layer}."
         W = w[p + "attn.qkv.weight"]
-        Wq, Wk, Wv, Wo = W[:d], W[d:2 * d], W[2 * d:], w[p + "attn.out.weight"]
+        Wq, Wk, Wv, Wo = W[:d], W[d : 2 * d], W[2 * d :], w[p + "attn.out.weight"]
         s_qk = eff(p + "attn.s_qk.param", 1.0, sd)
         alpha_a = eff(p + "attn_alpha.param", 0.05, sd).abs()
         alpha_m = eff(p + "mlp_alpha.param", 0.05, sd).abs()
@@ -316,6 +327,7 @@ def test_forward_matches_naive_paper_equations():
 
 
 # ---- both models learn
+
 
 @pytest.mark.parametrize("arch, lr", [("ngpt", 2e-2), ("gpt", 3e-3)])
 def test_model_fits_a_repeated_batch(arch, lr):

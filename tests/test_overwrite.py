@@ -81,13 +81,33 @@ def test_export_overwrite_replaces_an_existing_export(run_copy, exported, tmp_pa
     (previous / "stale.txt").write_text("from an older export\n")
     proc = export_cli(run_copy, previous)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in previous.iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                          "tokenizer.model"]
+    assert sorted(p.name for p in previous.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.model",
+    ]
 
 
 def prepare_cli(corpus, out, *extra):
-    return run([sys.executable, REPO / "launch/prepare_data.py", "--input", corpus, "--out", out, "--overwrite",
-                "--vocab-size", 400, "--workers", 1, "--no-progress", *extra], check=False)
+    return run(
+        [
+            sys.executable,
+            REPO / "launch/prepare_data.py",
+            "--input",
+            corpus,
+            "--out",
+            out,
+            "--overwrite",
+            "--vocab-size",
+            400,
+            "--workers",
+            1,
+            "--no-progress",
+            *extra,
+        ],
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -95,6 +115,7 @@ def corpus(tmp_path):
     path = tmp_path / "corpus" / "docs.jsonl"
     path.parent.mkdir()
     import pydoc_data.topics
+
     with path.open("w") as f:
         for text in list(pydoc_data.topics.topics.values())[:60]:
             f.write(json.dumps({"text": text}) + "\n")

@@ -35,9 +35,13 @@ def case_id(case):
 
 
 def ds_json(stage, precision, offload):
-    config = {"train_micro_batch_size_per_gpu": 4, "gradient_clipping": 1.0,
-              "bf16": {"enabled": precision.startswith("bf16")}, "fp16": {"enabled": precision == "fp16"},
-              "zero_optimization": {"stage": stage}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": precision.startswith("bf16")},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_optimization": {"stage": stage},
+    }
     if precision == "bf16_fp32_accum":
         config["data_types"] = {"grad_accum_dtype": "fp32"}
     if offload:
@@ -48,8 +52,9 @@ def ds_json(stage, precision, offload):
 def refusal(case):
     """The trainer's startup check on a device that supports fp16 and bf16: None, or its message."""
     try:
-        check_ds_config(ds_json(*case), world_size=1, tensor_parallel=1, source="ds.json",
-                        fp16_supported=True, bf16_supported=True)
+        check_ds_config(
+            ds_json(*case), world_size=1, tensor_parallel=1, source="ds.json", fp16_supported=True, bf16_supported=True
+        )
     except NgptConfigError as err:
         return str(err)
     return None
@@ -92,4 +97,9 @@ def test_fp16_at_zero0_is_refused_at_startup_and_other_stages_are_not():
 
 def test_the_cases_cover_every_optimizer_wrapper_the_hook_knows(measured):
     assert {r["optimizer"] for r in measured.values()} == {
-        "AdamW", "FP16_UnfusedOptimizer", "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3", "BF16_Optimizer"}
+        "AdamW",
+        "FP16_UnfusedOptimizer",
+        "DeepSpeedZeroOptimizer",
+        "DeepSpeedZeroOptimizer_Stage3",
+        "BF16_Optimizer",
+    }

@@ -25,11 +25,25 @@ def test_array_of_two_parts_then_merge_equals_single_process(tmp_path, tiny_data
     logs = tmp_path / "logs"
     logs.mkdir()
     with slurm_cluster() as slurm:
-        job = slurm.submit(REPO / "launch/slurm/prepare.sbatch", "--input", corpus, "--tokenizer", tokenizer,
-                           "--out", out, "--val-fraction", 0.1, "--shard-tokens", 3000, "--shard-block-docs", 40,
-                           "--no-progress",
-                           sbatch_args=["--array=0-1", f"--output={logs}/part-%a.out"],
-                           env=cpu_env(MERGE_OUTPUT=logs / "merge.out"), cwd=REPO)
+        job = slurm.submit(
+            REPO / "launch/slurm/prepare.sbatch",
+            "--input",
+            corpus,
+            "--tokenizer",
+            tokenizer,
+            "--out",
+            out,
+            "--val-fraction",
+            0.1,
+            "--shard-tokens",
+            3000,
+            "--shard-block-docs",
+            40,
+            "--no-progress",
+            sbatch_args=["--array=0-1", f"--output={logs}/part-%a.out"],
+            env=cpu_env(MERGE_OUTPUT=logs / "merge.out"),
+            cwd=REPO,
+        )
         deadline = time.monotonic() + JOB_TIMEOUT
         merge = None
         while merge is None and time.monotonic() < deadline:

@@ -14,21 +14,45 @@ import sys
 from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 9, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 3, "keep_checkpoints": 5, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": 9,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 3,
+    "keep_checkpoints": 5,
+    "peak_tflops": 1.0,
+}
 GLOBAL_BATCH = 4
 
 
 def train_args(config, ds, data, out, *extra):
-    return [REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", data, "--out", out,
-            "--no-progress", *extra]
+    return [
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def ds_for(tmp_path, stage, ranks):
     """The same global batch (4 windows per optimizer step) at 1 or 2 ranks."""
     micro = 2
-    return write_ds_config(tmp_path / f"z{stage}_dp{ranks}.json", stage=stage, bf16=False, micro=micro,
-                           accum=GLOBAL_BATCH // (micro * ranks))
+    return write_ds_config(
+        tmp_path / f"z{stage}_dp{ranks}.json",
+        stage=stage,
+        bf16=False,
+        micro=micro,
+        accum=GLOBAL_BATCH // (micro * ranks),
+    )
 
 
 def losses(out):
@@ -53,33 +77,56 @@ def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dat
     torchrun(*train_args(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
 
     # 2 ranks -> 1 rank: converted once into the resuming run's checkpoints, verified like any checkpoint.
-    proc = torchrun(*train_args(config, ds_for(tmp_path, 2, 1), tiny_dataset, one, "--resume",
-                                two / "checkpoints" / "step_00000003"), nproc=1)
+    proc = torchrun(
+        *train_args(
+            config, ds_for(tmp_path, 2, 1), tiny_dataset, one, "--resume", two / "checkpoints" / "step_00000003"
+        ),
+        nproc=1,
+    )
     universal = one / "checkpoints" / "step_00000003-universal"
     assert converted_line(proc) == [
         f"resuming step 3 saved at data-parallel size 2 on data-parallel size 1 (ZeRO 2): converted it once into "
-        f"the universal checkpoint {universal}, loaded it and renormalized the sphere matrices"]
+        f"the universal checkpoint {universal}, loaded it and renormalized the sphere matrices"
+    ]
     assert_continues(one, two, steps=(4, 5, 6, 7, 8, 9))
     # Never taken for a normal checkpoint (auto-resume and export see only step_N folders), and removed by
     # retention with its step once the run has newer checkpoints of its own.
     from ngpt_ds.train.checkpoint import complete_checkpoints
+
     assert [p.name for p in complete_checkpoints(one / "checkpoints")] == ["step_00000006", "step_00000009"]
     assert not universal.exists() and not list((one / "checkpoints").glob("*tmp*"))
 
     # 1 rank -> 2 ranks, from the 1-rank run's step 6: the 1-rank run is the uninterrupted reference.
-    proc = torchrun(*train_args(config, ds_for(tmp_path, 2, 2), tiny_dataset, back, "--resume",
-                                one / "checkpoints" / "step_00000006"), nproc=2)
+    proc = torchrun(
+        *train_args(
+            config, ds_for(tmp_path, 2, 2), tiny_dataset, back, "--resume", one / "checkpoints" / "step_00000006"
+        ),
+        nproc=2,
+    )
     assert len(converted_line(proc)) == 1 and "data-parallel size 1 on data-parallel size 2" in proc.stdout
     assert_continues(back, one, steps=(7, 8, 9))
 
     # ZeRO-2 -> ZeRO-3 cannot be converted by DeepSpeed: refused before any compute, both setups named.
-    refused = run([sys.executable, *train_args(config, ds_for(tmp_path, 3, 1), tiny_dataset, tmp_path / "z3",
-                                               "--resume", two / "checkpoints" / "step_00000003")], check=False)
+    refused = run(
+        [
+            sys.executable,
+            *train_args(
+                config,
+                ds_for(tmp_path, 3, 1),
+                tiny_dataset,
+                tmp_path / "z3",
+                "--resume",
+                two / "checkpoints" / "step_00000003",
+            ),
+        ],
+        check=False,
+    )
     assert refused.returncode == 2
     assert refused.stderr.startswith(
         "error: cannot resume step_00000003 (saved at ZeRO stage 2, data-parallel size 2, tensor-parallel "
         "size 1) at ZeRO stage 3, data-parallel size 1, tensor-parallel size 1: DeepSpeed loads a ZeRO 1/2 checkpoint "
-        "only into ZeRO 1/2")
+        "only into ZeRO 1/2"
+    )
     assert "Traceback" not in refused.stderr and "step " not in refused.stdout
 
 
@@ -87,8 +134,12 @@ def test_zero3_resumes_from_2_ranks_on_1(tmp_path, tiny_dataset):
     config = write_yaml(tmp_path / "run.yaml", MODEL, {**TRAIN, "max_steps": 6})
     two, one = tmp_path / "two", tmp_path / "one"
     torchrun(*train_args(config, ds_for(tmp_path, 3, 2), tiny_dataset, two), nproc=2)
-    proc = torchrun(*train_args(config, ds_for(tmp_path, 3, 1), tiny_dataset, one, "--resume",
-                                two / "checkpoints" / "step_00000003"), nproc=1)
+    proc = torchrun(
+        *train_args(
+            config, ds_for(tmp_path, 3, 1), tiny_dataset, one, "--resume", two / "checkpoints" / "step_00000003"
+        ),
+        nproc=1,
+    )
     assert len(converted_line(proc)) == 1 and "(ZeRO 3)" in proc.stdout
     assert_continues(one, two, steps=(4, 5, 6))
 
@@ -100,12 +151,13 @@ def test_tensor_parallel_checkpoint_at_another_layout_is_refused(tmp_path, tiny_
     # TP2 x DP1 -> TP1 x DP2: the same 2 ranks, another split.
     tp1 = write_yaml(tmp_path / "tp1.yaml", MODEL, {**TRAIN, "max_steps": 2})
     ds2 = write_ds_config(tmp_path / "z2_dp2.json", stage=2, bf16=False, micro=1, accum=1)
-    refused = torchrun(*train_args(tp1, ds2, tiny_dataset, tmp_path / "tp", "--resume", "auto"), nproc=2,
-                       check=False)
+    refused = torchrun(*train_args(tp1, ds2, tiny_dataset, tmp_path / "tp", "--resume", "auto"), nproc=2, check=False)
     assert refused.returncode != 0
-    assert ("error: cannot resume step_00000001 (saved at ZeRO stage 2, data-parallel size 1, tensor-parallel "
-            "size 2) at ZeRO stage 2, data-parallel size 2, tensor-parallel size 1: a tensor-parallel checkpoint "
-            "resumes only at the same tensor-parallel and data-parallel sizes") in refused.stderr
+    assert (
+        "error: cannot resume step_00000001 (saved at ZeRO stage 2, data-parallel size 1, tensor-parallel "
+        "size 2) at ZeRO stage 2, data-parallel size 2, tensor-parallel size 1: a tensor-parallel checkpoint "
+        "resumes only at the same tensor-parallel and data-parallel sizes"
+    ) in refused.stderr
     assert "train.tensor_parallel_size 2 on 2 rank(s)" in refused.stderr
     # No traceback from the trainer (torchrun adds its own report of the ranks' exit codes).
     assert not [line for line in refused.stderr.splitlines() if line.strip().startswith("File ") and "ngpt_ds" in line]

@@ -24,8 +24,15 @@ import torch
 from conftest import REPO, cpu_env, free_port, run, torchrun, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 2, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-         "checkpoint_interval": 0, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": 2,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 0,
+    "eval_batches": 2,
+    "checkpoint_interval": 0,
+    "peak_tflops": 1.0,
+}
 STEP_DIR = "step_00000002"
 REFUSED_TYPE = f"{os.system.__module__}.system"  # how pickle names os.system: posix.system on Linux
 
@@ -46,6 +53,7 @@ def _set(keys):
         for key in keys[:-1]:
             target = target[key]
         target[keys[-1]] = payload
+
     return plant
 
 
@@ -67,8 +75,19 @@ def runs(tmp_path_factory, tiny_dataset) -> dict:
     for name, stage, bf16 in (("z2", 2, False), ("z3", 3, True)):
         ds = write_ds_config(tmp / f"{name}.json", stage=stage, bf16=bf16, micro=4, accum=1)
         out = tmp / name
-        torchrun(REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", tiny_dataset,
-                 "--out", out, "--no-progress", nproc=2)
+        torchrun(
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            tiny_dataset,
+            "--out",
+            out,
+            "--no-progress",
+            nproc=2,
+        )
         found[name] = {"out": out, "config": config, "ds": ds, "data": tiny_dataset}
     return found
 
@@ -113,8 +132,10 @@ def assert_refused(proc, target: Path, marker: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_file_kind_is_refused_by_generate(runs, kind, tmp_path):
     run_dir, target, marker = poisoned_run(runs, kind, tmp_path)
-    proc = run([sys.executable, REPO / "launch/generate.py", run_dir, "--prompt", "The", "--max-new-tokens", "2",
-                "--greedy"], check=False)
+    proc = run(
+        [sys.executable, REPO / "launch/generate.py", run_dir, "--prompt", "The", "--max-new-tokens", "2", "--greedy"],
+        check=False,
+    )
     assert_refused(proc, target, marker)
 
 
@@ -140,12 +161,29 @@ def test_lm_eval_command_refuses_a_poisoned_checkpoint(runs, tmp_path):
     (tasks / "ngpt_safe_rolling.yaml").write_text(
         f"task: ngpt_safe_rolling\ndataset_path: json\ntest_split: test\n"
         f"dataset_kwargs: {{data_files: {{test: {tasks / 'text.jsonl'}}}}}\n"
-        "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
-        "metric_list: [{metric: word_perplexity}]\n")
+        'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list: [{metric: word_perplexity}]\n"
+    )
     env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp_path / "hf_cache")
-    proc = run([sys.executable, "-m", "ngpt_ds.infer.lm_eval_cli", "--model", "ngpt_ds",
-                "--model_args", f"path={run_dir}", "--tasks", "ngpt_safe_rolling", "--include_path", tasks,
-                "--device", "cpu"], env=env, check=False)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "ngpt_ds.infer.lm_eval_cli",
+            "--model",
+            "ngpt_ds",
+            "--model_args",
+            f"path={run_dir}",
+            "--tasks",
+            "ngpt_safe_rolling",
+            "--include_path",
+            tasks,
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        check=False,
+    )
     assert_refused(proc, target, marker)
 
 
@@ -155,10 +193,35 @@ def test_resume_refuses_a_poisoned_checkpoint_on_every_rank(runs, tmp_path):
     collective. Through DeepSpeed's launcher, which exits with its ranks' status."""
     run_dir, target, marker = poisoned_run(runs, "optim_states", tmp_path)
     name = KINDS["optim_states"][0]
-    proc = run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-                "--master_port", free_port(), REPO / "launch/train.py", "--config", runs[name]["config"],
-                "--deepspeed_config", runs[name]["ds"], "--data", runs[name]["data"], "--out", run_dir,
-                "--resume", "auto", "--max-steps", "3", "--no-progress"], check=False, timeout=300)
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            free_port(),
+            REPO / "launch/train.py",
+            "--config",
+            runs[name]["config"],
+            "--deepspeed_config",
+            runs[name]["ds"],
+            "--data",
+            runs[name]["data"],
+            "--out",
+            run_dir,
+            "--resume",
+            "auto",
+            "--max-steps",
+            "3",
+            "--no-progress",
+        ],
+        check=False,
+        timeout=300,
+    )
     assert_refused(proc, target, marker)
     refusals = [line for line in proc.stderr.splitlines() if line.startswith("error: ") and str(target) in line]
     assert len(refusals) == 2, proc.stderr[-4000:]  # both ranks refused: neither waits for the other
@@ -179,16 +242,30 @@ def test_guard_forces_the_restricted_loader_on_deepspeed_and_allows_its_types(tm
     torch.save({"module": {"w": torch.ones(2)}, "note": Payload(marker)}, tmp_path / "bad.pt")
     original = torch.load
     with safe_load.deepspeed_loads_are_safe():
-        with pytest.raises(safe_load.UnsafeCheckpointError, match=re.escape(f"{tmp_path / 'bad.pt'} was refused: "
-                                                                        f"loading it needs {REFUSED_TYPE},")):
+        with pytest.raises(
+            safe_load.UnsafeCheckpointError,
+            match=re.escape(f"{tmp_path / 'bad.pt'} was refused: loading it needs {REFUSED_TYPE},"),
+        ):
             torch.load(tmp_path / "bad.pt", map_location="cpu", weights_only=False)
     assert torch.load is original and torch.serialization.load is original
     assert not marker.exists()
 
-    dynamic = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=500, min_scale=1.0, delayed_shift=2,
-                                consecutive_hysteresis=True, raise_error_at_min_scale=False, dtype=torch.float16)
-    states = {"loss_scaler": LossScaler(1), "dynamic": dynamic, "zero_stage": ZeroStageEnum.gradients,
-              "param_slice_mappings": [{"w": fragment_address(numel=4, start=8)}], "w": torch.arange(3.0)}
+    dynamic = DynamicLossScaler(
+        init_scale=2.0**16,
+        scale_window=500,
+        min_scale=1.0,
+        delayed_shift=2,
+        consecutive_hysteresis=True,
+        raise_error_at_min_scale=False,
+        dtype=torch.float16,
+    )
+    states = {
+        "loss_scaler": LossScaler(1),
+        "dynamic": dynamic,
+        "zero_stage": ZeroStageEnum.gradients,
+        "param_slice_mappings": [{"w": fragment_address(numel=4, start=8)}],
+        "w": torch.arange(3.0),
+    }
     torch.save(states, tmp_path / "good.pt")
     with safe_load.deepspeed_loads_are_safe():
         back = torch.load(tmp_path / "good.pt", weights_only=False)
@@ -208,6 +285,9 @@ def test_an_older_trainers_numpy_rng_state_is_refused_with_a_hint(tmp_path):
     from ngpt_ds import safe_load
 
     torch.save({"rng": {"numpy": np.random.get_state()}}, tmp_path / "old.pt")
-    with pytest.raises(safe_load.UnsafeCheckpointError, match=r"old\.pt was refused: loading it needs numpy\..*"
-                       r"may be such an older checkpoint; it cannot be loaded safely"):
+    with pytest.raises(
+        safe_load.UnsafeCheckpointError,
+        match=r"old\.pt was refused: loading it needs numpy\..*"
+        r"may be such an older checkpoint; it cannot be loaded safely",
+    ):
         safe_load.load(tmp_path / "old.pt")

@@ -74,8 +74,8 @@ def test_resume_from_bf16_weights_renormalizes_the_masters_before_the_first_step
 
 def test_a_nan_master_row_stops_the_trainer_naming_step_and_matrix(results):
     for r in part(results, "nan"):
-        assert r["raised"] is not None, r   # the loss stayed finite: only the sphere check sees it
-        assert r["step"] == 2                # stopped in step 3, the first step after the NaN appeared
+        assert r["raised"] is not None, r  # the loss stayed finite: only the sphere check sees it
+        assert r["step"] == 2  # stopped in step 3, the first step after the NaN appeared
         assert "step 3" in r["raised"] and "embed.weight" in r["raised"] and "nan" in r["raised"]
 
 
@@ -101,13 +101,15 @@ def test_tensor_parallel_deviation_is_the_maximum_over_the_whole_job(results):
 def test_nvme_offload_is_refused_at_startup(block):
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, block: {"device": "nvme"}}}
     with pytest.raises(NgptConfigError) as err:
-        check_ds_config(config, world_size=1, tensor_parallel=1, source="z3_nvme.json", fp16_supported=False,
-                        bf16_supported=True)
+        check_ds_config(
+            config, world_size=1, tensor_parallel=1, source="z3_nvme.json", fp16_supported=False, bf16_supported=True
+        )
     text = str(err.value)
     assert "z3_nvme.json" in text and f"zero_optimization.{block}.device = 'nvme'" in text and '"cpu"' in text
     cpu = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3, block: {"device": "cpu"}}}
-    check_ds_config(cpu, world_size=1, tensor_parallel=1, source="z3_cpu.json", fp16_supported=False,
-                    bf16_supported=True)
+    check_ds_config(
+        cpu, world_size=1, tensor_parallel=1, source="z3_cpu.json", fp16_supported=False, bf16_supported=True
+    )
 
 
 def test_normalize_matrices_keeps_a_zero_row_zero():
@@ -115,6 +117,7 @@ def test_normalize_matrices_keeps_a_zero_row_zero():
     import torch
 
     from ngpt_ds.model import ModelConfig, build_model, normalize_matrices_
+
     model = build_model(ModelConfig(arch="ngpt", vocab_size=64, n_layer=1, n_embd=32, n_head=2, seq_len=16))
     with torch.no_grad():
         model.embed.weight[5].zero_()

@@ -32,14 +32,14 @@ def test_tp2_reproduces_tp1_logits_loss_gradients_and_weights(exact, arch):
     assert r["grad_max_diff"] < 1e-6
     assert r["weights_max_diff_after_5_steps"] < 1e-5
     shapes = r["local_shard_shapes"]
-    assert shapes["blocks.0.attn.qkv.weight"] == [48, 32]     # [3d/tp, d]: 2 of 4 heads
-    assert shapes["blocks.0.attn.out.weight"] == [32, 16]     # [d, d/tp]
+    assert shapes["blocks.0.attn.qkv.weight"] == [48, 32]  # [3d/tp, d]: 2 of 4 heads
+    assert shapes["blocks.0.attn.out.weight"] == [32, 16]  # [d, d/tp]
     assert shapes["blocks.0.mlp.up_gate.weight"] == [128, 32]  # [2h/tp, d]
-    assert shapes["blocks.0.mlp.down.weight"] == [32, 64]     # [d, h/tp]
+    assert shapes["blocks.0.mlp.down.weight"] == [32, 64]  # [d, h/tp]
     if arch == "ngpt":
         assert shapes["blocks.0.attn.s_qk.param"] == [16] and shapes["blocks.0.mlp.s_u.param"] == [64]
-        assert shapes["blocks.0.attn_alpha.param"] == [32]    # acts on the full hidden state: replicated
-        assert r["shard_norm_deviation"] < 1e-5                # renormalized shard by shard, no communication
+        assert shapes["blocks.0.attn_alpha.param"] == [32]  # acts on the full hidden state: replicated
+        assert r["shard_norm_deviation"] < 1e-5  # renormalized shard by shard, no communication
 
 
 def test_hook_communicates_only_over_data_parallel_groups(tmp_path):
@@ -47,39 +47,75 @@ def test_hook_communicates_only_over_data_parallel_groups(tmp_path):
     torchrun(REPO / "tests/workers/tp_worker.py", out, "hook", nproc=4)
     ranks = json.loads(out.read_text())["ranks"]
     for r in ranks:
-        assert r["tp_ranks"] in ([0, 1], [2, 3])               # tensor-parallel ranks are adjacent
+        assert r["tp_ranks"] in ([0, 1], [2, 3])  # tensor-parallel ranks are adjacent
         assert len(r["calls_per_step"]) == 4
         for calls in r["calls_per_step"]:
-            assert calls == [r["dp_ranks"]]                    # one all-reduce, over the data-parallel group
+            assert calls == [r["dp_ranks"]]  # one all-reduce, over the data-parallel group
             assert not set(calls[0]) & (set(r["tp_ranks"]) - {ranks.index(r)})
         assert max(r["deviations"]) < 1e-5
 
 
 def test_tp2_dp2_zero2_trainer_reproduces_single_process(tmp_path, tiny_dataset):
     model = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-    train = {"max_steps": 10, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
-             "checkpoint_interval": 5, "peak_tflops": 1.0}
+    train = {
+        "max_steps": 10,
+        "lr": 1e-2,
+        "log_interval": 1,
+        "eval_interval": 0,
+        "eval_batches": 2,
+        "checkpoint_interval": 5,
+        "peak_tflops": 1.0,
+    }
     single = write_yaml(tmp_path / "single.yaml", model, train)
     parallel = write_yaml(tmp_path / "tp.yaml", model, {**train, "tensor_parallel_size": 2})
     ds1 = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=4, accum=2)
     ds4 = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     common = ["--data", tiny_dataset, "--no-progress"]
-    torchrun(REPO / "launch/train.py", "--config", single, "--deepspeed_config", ds1, "--out", tmp_path / "a",
-             *common, nproc=1)
-    torchrun(REPO / "launch/train.py", "--config", parallel, "--deepspeed_config", ds4, "--out", tmp_path / "b",
-             *common, nproc=4)
+    torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        single,
+        "--deepspeed_config",
+        ds1,
+        "--out",
+        tmp_path / "a",
+        *common,
+        nproc=1,
+    )
+    torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        parallel,
+        "--deepspeed_config",
+        ds4,
+        "--out",
+        tmp_path / "b",
+        *common,
+        nproc=4,
+    )
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [m["step"] for m in b] == list(range(1, 11))
     assert [m["train/loss"] for m in b] == pytest.approx([m["train/loss"] for m in a], abs=2e-5)
-    assert max(m["ngpt/max_norm_deviation"] for m in b) < 1e-5   # every declared matrix, every step
+    assert max(m["ngpt/max_norm_deviation"] for m in b) < 1e-5  # every declared matrix, every step
     assert [m["ngpt/s_z_mean"] for m in b] == pytest.approx([m["ngpt/s_z_mean"] for m in a], abs=1e-5)
     # A tensor-parallel checkpoint (one model file per tensor rank) resumes exactly.
     step5 = tmp_path / "b" / "checkpoints" / "step_00000005"
     assert sorted(p.name for p in step5.glob("mp_rank_*_model_states.pt")) == [
-        "mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"]
+        "mp_rank_00_model_states.pt",
+        "mp_rank_01_model_states.pt",
+    ]
     shutil.copytree(step5, tmp_path / "c" / "checkpoints" / "step_00000005")
-    torchrun(REPO / "launch/train.py", "--config", parallel, "--deepspeed_config", ds4, "--out", tmp_path / "c",
-             *common, nproc=4)
+    torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        parallel,
+        "--deepspeed_config",
+        ds4,
+        "--out",
+        tmp_path / "c",
+        *common,
+        nproc=4,
+    )
     c = read_metrics(tmp_path / "c")
     assert [m["step"] for m in c] == list(range(6, 11))
     assert [m["train/loss"] for m in c] == [m["train/loss"] for m in b[5:]]
@@ -105,10 +141,26 @@ def test_bad_tensor_parallel_layouts_fail_fast(tmp_path, tiny_dataset):
     text = str(err.value)
     assert "world size 6 is not divisible" in text and "model.n_head = 6" in text and "model.vocab_size = 50" in text
     assert "mlp_hidden" not in text  # 96 divides by 4
-    config = write_yaml(tmp_path / "tp3.yaml", {"arch": "ngpt", "n_layer": 1, "n_embd": 32, "n_head": 2,
-                                                "seq_len": 32}, {"max_steps": 2, "tensor_parallel_size": 3})
-    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config",
-                REPO / "ds_configs/zero2.json", "--data", tiny_dataset, "--out", tmp_path / "out"], check=False)
+    config = write_yaml(
+        tmp_path / "tp3.yaml",
+        {"arch": "ngpt", "n_layer": 1, "n_embd": 32, "n_head": 2, "seq_len": 32},
+        {"max_steps": 2, "tensor_parallel_size": 3},
+    )
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            REPO / "ds_configs/zero2.json",
+            "--data",
+            tiny_dataset,
+            "--out",
+            tmp_path / "out",
+        ],
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "tensor_parallel_size" in proc.stderr
     assert not (tmp_path / "out").exists()

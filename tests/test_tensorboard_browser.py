@@ -24,10 +24,22 @@ import pytest
 from conftest import REPO, free_port, require_system, run, torchrun, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": 8, "lr": 1e-2, "log_interval": 1, "eval_interval": 4, "eval_batches": 1,
-         "checkpoint_interval": 0, "peak_tflops": 1.0}
-HEALTH_TAGS = {"ngpt/max_norm_deviation", "ngpt/s_z_mean", "ngpt/alpha_attn/layer_00", "ngpt/alpha_mlp/layer_01",
-               "ngpt/s_qk/layer_01"}
+TRAIN = {
+    "max_steps": 8,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 4,
+    "eval_batches": 1,
+    "checkpoint_interval": 0,
+    "peak_tflops": 1.0,
+}
+HEALTH_TAGS = {
+    "ngpt/max_norm_deviation",
+    "ngpt/s_z_mean",
+    "ngpt/alpha_attn/layer_00",
+    "ngpt/alpha_mlp/layer_01",
+    "ngpt/s_qk/layer_01",
+}
 
 
 def chromium() -> str | None:
@@ -36,9 +48,22 @@ def chromium() -> str | None:
 
 def browser(*args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", *args], timeout=300)
+        return run(
+            [
+                chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            timeout=300,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +74,36 @@ def dashboard(tmp_path_factory, tiny_dataset):
     config = write_yaml(tmp / "tiny.yaml", MODEL, TRAIN)
     ds = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=4, accum=1)
     out = tmp / "run"
-    torchrun(REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds, "--data", tiny_dataset,
-             "--out", out, "--no-progress", nproc=1)
+    torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--data",
+        tiny_dataset,
+        "--out",
+        out,
+        "--no-progress",
+        nproc=1,
+    )
     port = free_port()
     # Started in the run's folder with a relative --logdir, so the page names the folder, not a path.
-    server = subprocess.Popen([Path(sysconfig.get_path("scripts")) / "tensorboard", "--logdir", "tensorboard",
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            Path(sysconfig.get_path("scripts")) / "tensorboard",
+            "--logdir",
+            "tensorboard",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=out,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):  # until it answers (it loads the event files first); bounded, not timed
@@ -89,8 +137,12 @@ def test_the_scalars_page_renders(dashboard, tmp_path):
     from matplotlib.image import imread
 
     shot = tmp_path / "tensorboard_scalars.png"
-    browser("--window-size=1400,900", "--virtual-time-budget=20000", f"--screenshot={shot}",
-            f"{dashboard}/?fastChart=false#scalars&tagFilter=ngpt%2F")  # the nGPT health charts
+    browser(
+        "--window-size=1400,900",
+        "--virtual-time-budget=20000",
+        f"--screenshot={shot}",
+        f"{dashboard}/?fastChart=false#scalars&tagFilter=ngpt%2F",
+    )  # the nGPT health charts
     image = imread(shot)
     assert image.shape[:2] == (900, 1400)
     assert image[..., :3].std() > 0.05  # not a blank page

@@ -15,8 +15,9 @@ from conftest import REPO
 
 
 def check(config, world=1, tp=1, fp16=False, bf16=True):
-    return check_ds_config(config, world_size=world, tensor_parallel=tp, source="x.json", fp16_supported=fp16,
-                           bf16_supported=bf16)
+    return check_ds_config(
+        config, world_size=world, tensor_parallel=tp, source="x.json", fp16_supported=fp16, bf16_supported=bf16
+    )
 
 
 def test_shipped_ds_configs_are_valid_for_one_and_two_ranks():
@@ -29,10 +30,16 @@ def test_shipped_ds_configs_are_valid_for_one_and_two_ranks():
 
 
 def test_batch_product_is_checked_with_the_numbers():
-    with pytest.raises(NgptConfigError, match=r"train_batch_size = 32, but .* = 4 x 2 x 2 = 16 \(world size 4 / "
-                                               r"tensor-parallel 2 = 2 data-parallel ranks\)"):
-        check({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 32},
-              world=4, tp=2)
+    with pytest.raises(
+        NgptConfigError,
+        match=r"train_batch_size = 32, but .* = 4 x 2 x 2 = 16 \(world size 4 / "
+        r"tensor-parallel 2 = 2 data-parallel ranks\)",
+    ):
+        check(
+            {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "train_batch_size": 32},
+            world=4,
+            tp=2,
+        )
     config = {"train_micro_batch_size_per_gpu": 4, "train_batch_size": 32}
     assert check(config, world=2).grad_accum == 4  # derived like DeepSpeed does
     with pytest.raises(NgptConfigError, match=r"not a multiple of .* = 4 x 3 = 12"):
@@ -40,8 +47,12 @@ def test_batch_product_is_checked_with_the_numbers():
 
 
 def test_precision_and_forbidden_blocks_are_collected_into_one_error():
-    config = {"train_micro_batch_size_per_gpu": 4, "fp16": {"enabled": True}, "optimizer": {"type": "Adam"},
-              "zero_optimization": {"stage": 4}}
+    config = {
+        "train_micro_batch_size_per_gpu": 4,
+        "fp16": {"enabled": True},
+        "optimizer": {"type": "Adam"},
+        "zero_optimization": {"stage": 4},
+    }
     with pytest.raises(NgptConfigError) as err:
         check(config)
     text = str(err.value)
@@ -74,7 +85,9 @@ def test_train_section_defaults_by_arch_and_errors(tmp_path):
         load_model_and_train("ngpt_tiny", arch="gpt")
     path = tmp_path / "x.yaml"
     path.write_text("model: {n_layer: 2}\ntrain: {micro_batch_size: 4, lr: -1, max_steps: 0}\n")
-    with pytest.raises(NgptConfigError, match=r"train.micro_batch_size = 4: unknown field.*belong in the DeepSpeed JSON"):
+    with pytest.raises(
+        NgptConfigError, match=r"train.micro_batch_size = 4: unknown field.*belong in the DeepSpeed JSON"
+    ):
         load_model_and_train(str(path))
     path.write_text("model: {n_layer: 2}\ntrain: {lr: -1, max_steps: 0}\n")
     with pytest.raises(NgptConfigError) as err:
@@ -117,16 +130,28 @@ def test_launch_environment_discovery():
     assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (1, 2, 1, "10.0.0.1", "torch")
     with pytest.raises(NgptConfigError, match=r"RANK set but WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing"):
         distributed.discover({"RANK": "0"})
-    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
-             "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_ID": "1234"}
+    slurm = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_TASKS_PER_NODE": "2(x2)",
+        "SLURM_JOB_ID": "1234",
+    }
     env = distributed.discover(slurm)
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.source) == (3, 4, 1, 2, "slurm")
     assert env.master_addr == "gpu07" and env.master_port == 21234
     # The batch step of an sbatch script (no SLURM_STEP_ID) is not a rank of the job.
     batch_step = {k: v for k, v in slurm.items() if k != "SLURM_STEP_ID"}
     assert distributed.discover(batch_step).source == "single"
-    mpi = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
+    mpi = {
+        "OMPI_COMM_WORLD_RANK": "1",
+        "OMPI_COMM_WORLD_SIZE": "2",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29555",
+    }
     env = distributed.discover(mpi)
     assert (env.rank, env.world_size, env.master_port, env.source) == (1, 2, 29555, "mpi")
     assert distributed.discover({}).source == "single"

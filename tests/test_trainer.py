@@ -16,13 +16,32 @@ from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_y
 
 STEPS = 20
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {"max_steps": STEPS, "lr": 1e-2, "log_interval": 1, "eval_interval": 10, "eval_batches": 2,
-         "checkpoint_interval": 10, "keep_checkpoints": 3, "peak_tflops": 1.0}
+TRAIN = {
+    "max_steps": STEPS,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 10,
+    "eval_batches": 2,
+    "checkpoint_interval": 10,
+    "keep_checkpoints": 3,
+    "peak_tflops": 1.0,
+}
 
 
 def train_cmd(config, ds_config, data, out, *extra):
-    return [REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds_config, "--data", data,
-            "--out", out, "--no-progress", *extra]
+    return [
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds_config,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +75,8 @@ def test_zero_stages_on_two_ranks_reproduce_single_process_stage0(runs, stage):
     reference, sharded = losses(runs["z0_ws1"]), losses(runs[f"z{stage}_ws2"])
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert [sharded[s] for s in range(1, STEPS + 1)] == pytest.approx(
-        [reference[s] for s in range(1, STEPS + 1)], abs=2e-5)
+        [reference[s] for s in range(1, STEPS + 1)], abs=2e-5
+    )
     assert reference[STEPS] < reference[1] - 0.2  # it learns
     summary = json.loads((runs[f"z{stage}_ws2"] / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == STEPS
@@ -86,17 +106,30 @@ def test_tensorboard_holds_every_scalar(runs):
     events = EventAccumulator(str(runs["z2_ws2"] / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    expected = {"train/loss", "eval/loss", "train/lr", "train/grad_norm", "throughput/tokens_per_s",
-                "throughput/step_time_s", "throughput/mfu", "memory/rss_gib", "ngpt/s_z_mean",
-                "ngpt/max_norm_deviation"}
+    expected = {
+        "train/loss",
+        "eval/loss",
+        "train/lr",
+        "train/grad_norm",
+        "throughput/tokens_per_s",
+        "throughput/step_time_s",
+        "throughput/mfu",
+        "memory/rss_gib",
+        "ngpt/s_z_mean",
+        "ngpt/max_norm_deviation",
+    }
     for layer in range(MODEL["n_layer"]):
-        expected |= {f"ngpt/alpha_attn/layer_{layer:02d}", f"ngpt/alpha_mlp/layer_{layer:02d}",
-                     f"ngpt/s_qk/layer_{layer:02d}"}
+        expected |= {
+            f"ngpt/alpha_attn/layer_{layer:02d}",
+            f"ngpt/alpha_mlp/layer_{layer:02d}",
+            f"ngpt/s_qk/layer_{layer:02d}",
+        }
     assert expected <= tags, expected - tags
     loss_events = events.Scalars("train/loss")
     assert [e.step for e in loss_events] == list(range(1, STEPS + 1))
-    assert [e.value for e in loss_events] == pytest.approx([losses(runs["z2_ws2"])[s] for s in range(1, STEPS + 1)],
-                                                           rel=1e-6)
+    assert [e.value for e in loss_events] == pytest.approx(
+        [losses(runs["z2_ws2"])[s] for s in range(1, STEPS + 1)], rel=1e-6
+    )
     assert max(e.value for e in events.Scalars("ngpt/max_norm_deviation")) < 1e-5
     assert [e.step for e in events.Scalars("eval/loss")] == [10, 20]
     # No warmup, cosine to 0 (PAPER Table 3): lr after step 1 is already below the peak, ends at 0.
@@ -108,8 +141,11 @@ def test_tensorboard_holds_every_scalar(runs):
 
 
 def test_gpt_baseline_trains_through_the_same_trainer(tmp_path, tiny_dataset):
-    config = write_yaml(tmp_path / "gpt.yaml", {**MODEL, "arch": "gpt"},
-                        {**TRAIN, "max_steps": 15, "lr": 3e-3, "checkpoint_interval": 0, "eval_interval": 0})
+    config = write_yaml(
+        tmp_path / "gpt.yaml",
+        {**MODEL, "arch": "gpt"},
+        {**TRAIN, "max_steps": 15, "lr": 3e-3, "checkpoint_interval": 0, "eval_interval": 0},
+    )
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=True, micro=4, accum=1)
     torchrun(*train_cmd(config, ds, tiny_dataset, tmp_path / "out"), nproc=1)
     metrics = read_metrics(tmp_path / "out")
@@ -124,8 +160,10 @@ def test_batch_size_mismatch_stops_before_any_compute(tmp_path, tiny_dataset):
     ds = write_ds_config(tmp_path / "bad.json", stage=2, bf16=False, micro=4, accum=2, train_batch_size=16)
     proc = torchrun(*train_cmd(config, ds, tiny_dataset, tmp_path / "out"), nproc=1, check=False)
     assert proc.returncode != 0
-    assert ("train_batch_size = 16, but train_micro_batch_size_per_gpu x gradient_accumulation_steps x "
-            "data-parallel size = 4 x 2 x 1 = 8") in proc.stderr
+    assert (
+        "train_batch_size = 16, but train_micro_batch_size_per_gpu x gradient_accumulation_steps x "
+        "data-parallel size = 4 x 2 x 1 = 8"
+    ) in proc.stderr
     assert proc.stderr.startswith("error: DeepSpeed config")
     assert f'File "{REPO}' not in proc.stderr  # no traceback through our code (torchrun adds its own)
     assert not (tmp_path / "out").exists()
@@ -133,24 +171,76 @@ def test_batch_size_mismatch_stops_before_any_compute(tmp_path, tiny_dataset):
 
 def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, tiny_dataset, tmp_path):
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
-    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", REPO / "ds_configs/zero0.json",
-                "--data", tiny_dataset, "--out", runs["z0_ws1"], "--resume", "none"], check=False)
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            REPO / "ds_configs/zero0.json",
+            "--data",
+            tiny_dataset,
+            "--out",
+            runs["z0_ws1"],
+            "--resume",
+            "none",
+        ],
+        check=False,
+    )
     assert proc.returncode == 2
     assert "already holds checkpoints (newest: step_00000020)" in proc.stderr
     # --resume auto on a finished run does nothing and says so.
-    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", runs["z0_ws1"].parent / "z0.json",
-                "--data", tiny_dataset, "--out", runs["z0_ws1"], "--no-progress"], check=False)
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            runs["z0_ws1"].parent / "z0.json",
+            "--data",
+            tiny_dataset,
+            "--out",
+            runs["z0_ws1"],
+            "--no-progress",
+        ],
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already trained to step 20/20: nothing to do" in proc.stdout + proc.stderr
 
 
 def test_nan_loss_stops_with_the_step_and_saves_nothing_after_it(tmp_path, tiny_dataset):
-    config = write_yaml(tmp_path / "nan.yaml", {**MODEL, "arch": "gpt"},
-                        {"max_steps": 6, "lr": 1e30, "warmup_steps": 0, "checkpoint_interval": 3,
-                         "eval_interval": 0, "log_interval": 1})
+    config = write_yaml(
+        tmp_path / "nan.yaml",
+        {**MODEL, "arch": "gpt"},
+        {
+            "max_steps": 6,
+            "lr": 1e30,
+            "warmup_steps": 0,
+            "checkpoint_interval": 3,
+            "eval_interval": 0,
+            "log_interval": 1,
+        },
+    )
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
-    proc = run([sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds,
-                "--data", tiny_dataset, "--out", tmp_path / "out", "--no-progress"], check=False)
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            tiny_dataset,
+            "--out",
+            tmp_path / "out",
+            "--no-progress",
+        ],
+        check=False,
+    )
     assert proc.returncode == 2
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: the training loss became nan at step ")

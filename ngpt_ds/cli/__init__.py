@@ -37,16 +37,28 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     from ngpt_ds import log
 
     group = parser.add_argument_group("logging")
-    group.add_argument("--log-level", default="INFO", type=str.upper, choices=log.LEVELS,
-                       help="messages at this level and above (default: INFO)")
-    group.add_argument("--log-all-ranks", action="store_true",
-                       help="every rank logs, each line prefixed with [rank N] (default: rank 0 only; other ranks "
-                            "report errors)")
+    group.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=log.LEVELS,
+        help="messages at this level and above (default: INFO)",
+    )
+    group.add_argument(
+        "--log-all-ranks",
+        action="store_true",
+        help="every rank logs, each line prefixed with [rank N] (default: rank 0 only; other ranks report errors)",
+    )
 
 
-def run(body: Callable[[], int], args: argparse.Namespace | None = None, *,
-        errors: dict[type[BaseException], int] | None = None, accelerator: bool = True,
-        info_stream: str = "stderr") -> int:
+def run(
+    body: Callable[[], int],
+    args: argparse.Namespace | None = None,
+    *,
+    errors: dict[type[BaseException], int] | None = None,
+    accelerator: bool = True,
+    info_stream: str = "stderr",
+) -> int:
     """Run an entry point's body with the shared startup; returns its exit status.
 
     args: the parsed options (their --log-level / --log-all-ranks, when the parser has them).

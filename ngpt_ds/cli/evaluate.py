@@ -30,33 +30,58 @@ def _numbers(kind):
             return [kind(x) for x in text.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
     return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Validation loss / perplexity at several context lengths.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("model", metavar="MODEL", help="exported folder, checkpoint directory or training run directory")
-    parser.add_argument("--data", metavar="DIR",
-                        help="a dataset prepared by launch/prepare_data.py with the model's tokenizer (default: the "
-                             "training run's data_dir, as recorded with the model)")
+    parser = argparse.ArgumentParser(
+        description="Validation loss / perplexity at several context lengths.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="exported folder, checkpoint directory or training run directory"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a dataset prepared by launch/prepare_data.py with the model's tokenizer (default: the "
+        "training run's data_dir, as recorded with the model)",
+    )
     parser.add_argument("--split", default="validation", help="dataset split to evaluate (default: validation)")
     lengths = parser.add_mutually_exclusive_group()
-    lengths.add_argument("--multiples", type=_numbers(float), metavar="M1,M2,...",
-                         help="context lengths as multiples of the training seq_len (default: 1,2,4)")
-    lengths.add_argument("--contexts", type=_numbers(int), metavar="T1,T2,...",
-                         help="context lengths in tokens, instead of --multiples")
-    parser.add_argument("--windows", type=int, metavar="N",
-                        help="windows per context length, spread evenly over the split (default: as many as the "
-                             "trainer's evaluation used, when recorded with the model; else 64). Fewer when the "
-                             "split has fewer")
+    lengths.add_argument(
+        "--multiples",
+        type=_numbers(float),
+        metavar="M1,M2,...",
+        help="context lengths as multiples of the training seq_len (default: 1,2,4)",
+    )
+    lengths.add_argument(
+        "--contexts", type=_numbers(int), metavar="T1,T2,...", help="context lengths in tokens, instead of --multiples"
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        metavar="N",
+        help="windows per context length, spread evenly over the split (default: as many as the "
+        "trainer's evaluation used, when recorded with the model; else 64). Fewer when the "
+        "split has fewer",
+    )
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass (default: 8)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="precision of the forward pass (default: float32)")
-    parser.add_argument("--tokenizer", metavar="FILE",
-                        help="sentencepiece .model when the model's own cannot be found (checked against it)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="precision of the forward pass (default: float32)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="sentencepiece .model when the model's own cannot be found (checked against it)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
     add_logging_arguments(parser)
     return parser.parse_args(argv)
@@ -76,13 +101,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not data:
         raise NgptConfigError(f"{args.model} records no dataset; pass --data DIR")
     print(f"evaluating {loaded.describe()} on {data} ({args.split})", file=sys.stderr)
-    results = evaluate(loaded, data, multiples=args.multiples, contexts=args.contexts, windows=args.windows,
-                       batch_size=args.batch_size, split=args.split)
+    results = evaluate(
+        loaded,
+        data,
+        multiples=args.multiples,
+        contexts=args.contexts,
+        windows=args.windows,
+        batch_size=args.batch_size,
+        split=args.split,
+    )
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"model": str(loaded.source), "data": str(data), "split": args.split,
-                       "results": [r.to_dict() for r in results]}, f, indent=2)
+            json.dump(
+                {
+                    "model": str(loaded.source),
+                    "data": str(data),
+                    "split": args.split,
+                    "results": [r.to_dict() for r in results],
+                },
+                f,
+                indent=2,
+            )
             f.write("\n")
     return 0
 

@@ -24,19 +24,32 @@ examples:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Consolidate a DeepSpeed checkpoint into safetensors + config + "
-                                                 "tokenizer.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description="Consolidate a DeepSpeed checkpoint into safetensors + config + tokenizer.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory or training run directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out if it holds an earlier export (never the checkpoint or a folder around it)")
-    parser.add_argument("--tokenizer", metavar="FILE",
-                        help="the sentencepiece .model of the training data, when the run's data_dir is not on this "
-                             "machine (checked against the model's vocabulary)")
-    parser.add_argument("--format", choices=("ngpt_ds", "hf"), default="ngpt_ds",
-                        help="ngpt_ds: the folder above; hf: Hugging Face transformers' layout (config.json with "
-                             "auto_map, model.safetensors, tokenizer.json, the modeling code; needs transformers)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it holds an earlier export (never the checkpoint or a folder around it)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="the sentencepiece .model of the training data, when the run's data_dir is not on this "
+        "machine (checked against the model's vocabulary)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("ngpt_ds", "hf"),
+        default="ngpt_ds",
+        help="ngpt_ds: the folder above; hf: Hugging Face transformers' layout (config.json with "
+        "auto_map, model.safetensors, tokenizer.json, the modeling code; needs transformers)",
+    )
     add_logging_arguments(parser)
     return parser.parse_args(argv)
 
@@ -49,17 +62,21 @@ def main(argv=None) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ngpt_ds.infer import export_model, load_export
 
-    out = export_model(args.checkpoint, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer,
-                       format=args.format)
+    out = export_model(
+        args.checkpoint, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer, format=args.format
+    )
     if args.format == "hf":
-        print(f"exported {out} for Hugging Face transformers (AutoModelForCausalLM.from_pretrained, "
-              "trust_remote_code=True without ngpt_ds; see its README.md)")
+        print(
+            f"exported {out} for Hugging Face transformers (AutoModelForCausalLM.from_pretrained, "
+            "trust_remote_code=True without ngpt_ds; see its README.md)"
+        )
         return 0
     loaded = load_export(out, device="cpu")
     print(f"exported {loaded.describe()}")
     print(f"  from: {loaded.info.get('checkpoint')} ({loaded.info.get('weights')})")
     if loaded.config.is_ngpt:
         from ngpt_ds.model import max_norm_deviation
+
         print(f"  sphere: every declared matrix unit norm (largest deviation {max_norm_deviation(loaded.model):.1e})")
     return 0
 

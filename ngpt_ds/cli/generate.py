@@ -26,38 +26,71 @@ examples:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Generate text with a trained nGPT or GPT (KV-cached sampling).",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("model", metavar="MODEL", help="exported folder, checkpoint directory or training run directory")
+    parser = argparse.ArgumentParser(
+        description="Generate text with a trained nGPT or GPT (KV-cached sampling).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "model", metavar="MODEL", help="exported folder, checkpoint directory or training run directory"
+    )
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the text to continue")
     prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt from this UTF-8 file ('-': stdin)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
-                        help="tokens to generate at most (default: 200)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="softmax temperature; 0 means greedy (default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="sample only from the K most likely tokens (default: off)")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P",
-                        help="nucleus sampling: the smallest set of tokens with probability >= P (default: off)")
-    parser.add_argument("--greedy", action="store_true", help="always take the most likely token (same as --temperature 0)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed: the same seed, model, prompt and options give the same text on the same "
-                             "device (default: random)")
-    parser.add_argument("--max-context", type=int, default=None, metavar="N",
-                        help="longest prompt accepted, in tokens (default: the model's training seq_len); raise it "
-                             "to try the model beyond its training length. Generation itself may run past seq_len "
-                             "(with a warning)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate at most (default: 200)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default: 0.8)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sample only from the K most likely tokens (default: off)"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        metavar="P",
+        help="nucleus sampling: the smallest set of tokens with probability >= P (default: off)",
+    )
+    parser.add_argument(
+        "--greedy", action="store_true", help="always take the most likely token (same as --temperature 0)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed: the same seed, model, prompt and options give the same text on the same "
+        "device (default: random)",
+    )
+    parser.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        metavar="N",
+        help="longest prompt accepted, in tokens (default: the model's training seq_len); raise it "
+        "to try the model beyond its training length. Generation itself may run past seq_len "
+        "(with a warning)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU if there is one; default)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="precision of the forward pass (default: float32)")
-    parser.add_argument("--tokenizer", metavar="FILE",
-                        help="sentencepiece .model to use when the model's own cannot be found (checked against "
-                             "the model's vocabulary and recorded hash)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="recompute the whole sequence for every token instead of using the KV cache (slow; "
-                             "for checking)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="precision of the forward pass (default: float32)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="sentencepiece .model to use when the model's own cannot be found (checked against "
+        "the model's vocabulary and recorded hash)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole sequence for every token instead of using the KV cache (slow; for checking)",
+    )
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating after an end-of-text token")
     parser.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     add_logging_arguments(parser)
@@ -85,21 +118,31 @@ def _generate(args: argparse.Namespace) -> int:
                 prompt = f.read()
         except OSError as err:
             raise NgptConfigError(f"--prompt-file {args.prompt_file}: {err.strerror}") from None
-    sampling = Sampling(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
-                        top_p=args.top_p).validate()
+    sampling = Sampling(
+        temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p
+    ).validate()
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     print(f"loaded {loaded.describe()} on {loaded.device}", file=sys.stderr)
     seq_len = loaded.config.seq_len
     check_prompt_length(len(loaded.tokenizer.encode(prompt)), args.max_context or seq_len, seq_len)
     if not args.no_echo:
         print(prompt, end="", flush=True)
-    result = generate(loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.max_new_tokens,
-                      sampling=sampling, seed=args.seed, max_context=args.max_context,
-                      use_cache=not args.no_cache, stop_at_eos=not args.ignore_eos,
-                      on_text=lambda piece: print(piece, end="", flush=True))
+    result = generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        sampling=sampling,
+        seed=args.seed,
+        max_context=args.max_context,
+        use_cache=not args.no_cache,
+        stop_at_eos=not args.ignore_eos,
+        on_text=lambda piece: print(piece, end="", flush=True),
+    )
     print(flush=True)
-    print(f"[{len(result.new_ids)} tokens{', stopped at end of text' if result.stopped_at_eos else ''}]",
-          file=sys.stderr)
+    print(
+        f"[{len(result.new_ids)} tokens{', stopped at end of text' if result.stopped_at_eos else ''}]", file=sys.stderr
+    )
     return 0
 
 

@@ -16,8 +16,18 @@ from ngpt_ds.cli import add_logging_arguments, run
 from ngpt_ds.errors import NgptConfigError
 
 # Options that only make sense with --input; checked so they are never silently ignored.
-_INPUT_ONLY = ("text_field", "config", "split", "text_sample_by", "tokenizer", "tokenizer_type",
-               "tokenizer_sample_chars", "val_fraction", "shard_tokens", "dtype")
+_INPUT_ONLY = (
+    "text_field",
+    "config",
+    "split",
+    "text_sample_by",
+    "tokenizer",
+    "tokenizer_type",
+    "tokenizer_sample_chars",
+    "val_fraction",
+    "shard_tokens",
+    "dtype",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,55 +41,128 @@ def build_parser() -> argparse.ArgumentParser:
         "prints one line 'error: ...' and exits with status 2; nothing half-written is left behind.",
     )
     src = p.add_argument_group("corpus")
-    src.add_argument("--input", nargs="+", metavar="PATH_GLOB_OR_DATASET",
-                     help="local .txt/.json/.jsonl/.parquet/.csv files or globs (quote globs; may be compressed), "
-                     "a directory written by Dataset.save_to_disk, a dataset directory, or a hub dataset name "
-                     "(needs network). Omit to prepare the default corpus.")
-    src.add_argument("--text-field", default=None, metavar="NAME", help="column holding the document text (default: text)")
-    src.add_argument("--config", default=None, metavar="NAME", help="hub dataset config name, e.g. 'wikitext-103-raw-v1'")
-    src.add_argument("--split", default=None, metavar="NAME",
-                     help="split to read from a hub dataset or a saved DatasetDict (default: train)")
-    src.add_argument("--text-sample-by", choices=("paragraph", "line", "document"), default=None,
-                     help="text files: one document per blank-line separated paragraph, per line, or per "
-                     "whole file (default: paragraph)")
+    src.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH_GLOB_OR_DATASET",
+        help="local .txt/.json/.jsonl/.parquet/.csv files or globs (quote globs; may be compressed), "
+        "a directory written by Dataset.save_to_disk, a dataset directory, or a hub dataset name "
+        "(needs network). Omit to prepare the default corpus.",
+    )
+    src.add_argument(
+        "--text-field", default=None, metavar="NAME", help="column holding the document text (default: text)"
+    )
+    src.add_argument(
+        "--config", default=None, metavar="NAME", help="hub dataset config name, e.g. 'wikitext-103-raw-v1'"
+    )
+    src.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="split to read from a hub dataset or a saved DatasetDict (default: train)",
+    )
+    src.add_argument(
+        "--text-sample-by",
+        choices=("paragraph", "line", "document"),
+        default=None,
+        help="text files: one document per blank-line separated paragraph, per line, or per "
+        "whole file (default: paragraph)",
+    )
     tok = p.add_argument_group("tokenizer")
-    tok.add_argument("--vocab-size", type=int, default=None, metavar="N",
-                     help="vocab of the tokenizer to train (default: 8192 with --input, 4096 for the default "
-                     "corpus); with --tokenizer, must equal its vocab if given")
-    tok.add_argument("--tokenizer", type=Path, default=None, metavar="FILE.model",
-                     help="use this sentencepiece model instead of training one (copied into --out)")
-    tok.add_argument("--tokenizer-type", choices=("bpe", "unigram"), default=None,
-                     help="sentencepiece model type to train (default: bpe; byte fallback is always on)")
-    tok.add_argument("--tokenizer-sample-chars", type=int, default=None, metavar="N",
-                     help="train the tokenizer on at most the first N characters of train documents "
-                     "(default: 20,000,000)")
+    tok.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="vocab of the tokenizer to train (default: 8192 with --input, 4096 for the default "
+        "corpus); with --tokenizer, must equal its vocab if given",
+    )
+    tok.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="FILE.model",
+        help="use this sentencepiece model instead of training one (copied into --out)",
+    )
+    tok.add_argument(
+        "--tokenizer-type",
+        choices=("bpe", "unigram"),
+        default=None,
+        help="sentencepiece model type to train (default: bpe; byte fallback is always on)",
+    )
+    tok.add_argument(
+        "--tokenizer-sample-chars",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train the tokenizer on at most the first N characters of train documents (default: 20,000,000)",
+    )
     out = p.add_argument_group("output")
-    out.add_argument("--out", type=Path, default=None, metavar="DIR",
-                     help="dataset directory to create (required with --input; default corpus: the cache)")
-    out.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                     help="fraction of documents held out as the validation split, spread evenly; 0 for none "
-                     "(default: 0.02; default corpus: 0.05)")
-    out.add_argument("--shard-tokens", type=int, default=None, metavar="N", help="tokens per shard file at most (default: 1e8)")
-    out.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default=None,
-                     help="token dtype in the shards; auto = uint16 when vocab <= 65536, else uint32 (default: auto)")
-    out.add_argument("--overwrite", action="store_true",
-                     help="replace an existing --out that holds a prepared dataset (meta.json), only once the new "
-                     "one is complete; a folder holding or inside an --input is never replaced")
+    out.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="dataset directory to create (required with --input; default corpus: the cache)",
+    )
+    out.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction of documents held out as the validation split, spread evenly; 0 for none "
+        "(default: 0.02; default corpus: 0.05)",
+    )
+    out.add_argument(
+        "--shard-tokens", type=int, default=None, metavar="N", help="tokens per shard file at most (default: 1e8)"
+    )
+    out.add_argument(
+        "--dtype",
+        choices=("auto", "uint16", "uint32"),
+        default=None,
+        help="token dtype in the shards; auto = uint16 when vocab <= 65536, else uint32 (default: auto)",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that holds a prepared dataset (meta.json), only once the new "
+        "one is complete; a folder holding or inside an --input is never replaced",
+    )
     nodes = p.add_argument_group("across nodes (launch/slurm/prepare.sbatch runs one part per task)")
-    nodes.add_argument("--num-shards", type=int, default=None, metavar="N",
-                       help="split the documents into N disjoint parts (needs --tokenizer); with --merge: how "
-                       "many parts to merge")
-    nodes.add_argument("--shard-index", type=int, default=None, metavar="K",
-                       help="tokenize part K (0..N-1) into --out/part-K-of-N/")
-    nodes.add_argument("--merge", action="store_true",
-                       help="merge the N parts in --out into one dataset (one meta.json); equal token for token "
-                       "to a single-process preparation")
-    nodes.add_argument("--shard-block-docs", type=int, default=None, metavar="D",
-                       help="documents per block; blocks go to the parts in turn (default: 65536)")
+    nodes.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split the documents into N disjoint parts (needs --tokenizer); with --merge: how many parts to merge",
+    )
+    nodes.add_argument(
+        "--shard-index", type=int, default=None, metavar="K", help="tokenize part K (0..N-1) into --out/part-K-of-N/"
+    )
+    nodes.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge the N parts in --out into one dataset (one meta.json); equal token for token "
+        "to a single-process preparation",
+    )
+    nodes.add_argument(
+        "--shard-block-docs",
+        type=int,
+        default=None,
+        metavar="D",
+        help="documents per block; blocks go to the parts in turn (default: 65536)",
+    )
     run = p.add_argument_group("run")
-    run.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer processes; 0 = one per CPU core (max 16)")
-    run.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                     help="cache root for the default corpus (default: $NGPT_DS_CACHE or ~/.cache/ngpt_ds)")
+    run.add_argument(
+        "--workers", type=int, default=0, metavar="N", help="tokenizer processes; 0 = one per CPU core (max 16)"
+    )
+    run.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache root for the default corpus (default: $NGPT_DS_CACHE or ~/.cache/ngpt_ds)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
     return p
 
@@ -100,8 +183,9 @@ def _prepare(args: argparse.Namespace) -> Path:
         vocab = args.vocab_size or default_corpus.DEFAULT_VOCAB_SIZE
         if args.out is None:
             return default_corpus.ensure_default_dataset(args.cache_dir, vocab, progress)
-        return default_corpus.prepare_default_dataset(args.out, vocab, progress, cache_dir=args.cache_dir,
-                                                      workers=args.workers, overwrite=args.overwrite)
+        return default_corpus.prepare_default_dataset(
+            args.out, vocab, progress, cache_dir=args.cache_dir, workers=args.workers, overwrite=args.overwrite
+        )
     return prepare_dataset(_input_config(args, progress))
 
 
@@ -110,12 +194,26 @@ def _input_config(args: argparse.Namespace, progress: bool):
 
     if args.out is None:
         raise NgptConfigError("--out DIR is required with --input: the dataset directory to create")
-    cfg = PrepareConfig(inputs=tuple(args.input), out=args.out, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
-                        workers=args.workers, overwrite=args.overwrite, progress=progress)
-    for name, attr in (("text_field", "text_field"), ("hub_config", "config"), ("split", "split"),
-                       ("text_sample_by", "text_sample_by"), ("tokenizer_type", "tokenizer_type"),
-                       ("tokenizer_sample_chars", "tokenizer_sample_chars"), ("val_fraction", "val_fraction"),
-                       ("shard_tokens", "shard_tokens"), ("dtype", "dtype")):
+    cfg = PrepareConfig(
+        inputs=tuple(args.input),
+        out=args.out,
+        vocab_size=args.vocab_size,
+        tokenizer=args.tokenizer,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=progress,
+    )
+    for name, attr in (
+        ("text_field", "text_field"),
+        ("hub_config", "config"),
+        ("split", "split"),
+        ("text_sample_by", "text_sample_by"),
+        ("tokenizer_type", "tokenizer_type"),
+        ("tokenizer_sample_chars", "tokenizer_sample_chars"),
+        ("val_fraction", "val_fraction"),
+        ("shard_tokens", "shard_tokens"),
+        ("dtype", "dtype"),
+    ):
         if getattr(args, attr) is not None:
             setattr(cfg, name, getattr(args, attr))
     return cfg
@@ -128,18 +226,26 @@ def _prepare_across_nodes(args: argparse.Namespace, progress: bool) -> Path:
     if args.num_shards is None:
         raise NgptConfigError("--shard-index and --merge need --num-shards N (the number of parts)")
     if args.merge:
-        given = [f"--{k.replace('_', '-')}" for k in (*_INPUT_ONLY, "input", "shard_index", "shard_block_docs")
-                 if getattr(args, k) is not None]
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k in (*_INPUT_ONLY, "input", "shard_index", "shard_block_docs")
+            if getattr(args, k) is not None
+        ]
         if given:
             raise NgptConfigError(f"{', '.join(given)}: not used by --merge, which reads the parts in --out; drop them")
         if args.out is None:
             raise NgptConfigError("--merge needs --out DIR: the folder holding the parts")
         return parts.merge_parts(args.out, args.num_shards, overwrite=args.overwrite, progress=progress)
     if args.input is None or args.shard_index is None:
-        raise NgptConfigError("--num-shards N needs --input CORPUS, --tokenizer FILE.model and --shard-index K "
-                              "(or --merge)")
-    return parts.prepare_part(_input_config(args, progress), args.num_shards, args.shard_index,
-                              args.shard_block_docs or parts.DEFAULT_BLOCK_DOCS)
+        raise NgptConfigError(
+            "--num-shards N needs --input CORPUS, --tokenizer FILE.model and --shard-index K (or --merge)"
+        )
+    return parts.prepare_part(
+        _input_config(args, progress),
+        args.num_shards,
+        args.shard_index,
+        args.shard_block_docs or parts.DEFAULT_BLOCK_DOCS,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,26 +36,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     from ngpt_ds.model.config import preset_names
 
-    parser = argparse.ArgumentParser(description="Train nGPT or its GPT baseline with DeepSpeed.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--config", metavar="PRESET_OR_YAML",
-                        help=f"model + training preset ({', '.join(preset_names())}) or a YAML file "
-                             "with model: and train: sections (default: <model>_tiny)")
-    parser.add_argument("--model", choices=("ngpt", "gpt"),
-                        help="architecture; without --config picks the <model>_tiny preset (default: ngpt)")
-    parser.add_argument("--data", metavar="DIR",
-                        help="a dataset prepared by launch/prepare_data.py (default: the default corpus, "
-                             "prepared on first use)")
+    parser = argparse.ArgumentParser(
+        description="Train nGPT or its GPT baseline with DeepSpeed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PRESET_OR_YAML",
+        help=f"model + training preset ({', '.join(preset_names())}) or a YAML file "
+        "with model: and train: sections (default: <model>_tiny)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("ngpt", "gpt"),
+        help="architecture; without --config picks the <model>_tiny preset (default: ngpt)",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a dataset prepared by launch/prepare_data.py (default: the default corpus, prepared on first use)",
+    )
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides train.max_steps)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="checkpoints, TensorBoard logs and the resolved config (default: runs/<preset>)")
-    parser.add_argument("--resume", default="auto", metavar="{auto,none,PATH}",
-                        help="auto: continue from the newest complete checkpoint in --out (default); "
-                             "none: start fresh; PATH: a checkpoint directory or run directory")
-    parser.add_argument("--max-time", type=float, metavar="SECONDS",
-                        help="save a checkpoint and stop cleanly after this much wall time (e.g. before a "
-                             "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
-                             "checkpoint, within train.stop_grace_s (YAML, default 25 s)")
+    parser.add_argument(
+        "--out", metavar="DIR", help="checkpoints, TensorBoard logs and the resolved config (default: runs/<preset>)"
+    )
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        metavar="{auto,none,PATH}",
+        help="auto: continue from the newest complete checkpoint in --out (default); "
+        "none: start fresh; PATH: a checkpoint directory or run directory",
+    )
+    parser.add_argument(
+        "--max-time",
+        type=float,
+        metavar="SECONDS",
+        help="save a checkpoint and stop cleanly after this much wall time (e.g. before a "
+        "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
+        "checkpoint, within train.stop_grace_s (YAML, default 25 s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     add_logging_arguments(parser)
@@ -76,36 +97,50 @@ def main(argv: list[str] | None = None) -> int:
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
     from ngpt_ds.train.loop import TrainingDiverged
 
-    return run(lambda: _train(args), args, info_stream="stdout",
-               errors={TrainingDiverged: 2,
-                       CheckpointWriteError: WRITE_FAILED_EXIT_CODE})  # disk full, read-only: earlier checkpoints intact
+    return run(
+        lambda: _train(args),
+        args,
+        info_stream="stdout",
+        errors={TrainingDiverged: 2, CheckpointWriteError: WRITE_FAILED_EXIT_CODE},
+    )  # disk full, read-only: earlier checkpoints intact
 
 
 def _train(args: argparse.Namespace) -> int:
     from ngpt_ds.train.builder import TrainOptions
     from ngpt_ds.train.loop import train
 
-    options = TrainOptions(deepspeed_config=args.deepspeed_config, config=args.config, model=args.model,
-                           data=args.data, max_steps=args.max_steps, out=args.out, resume=args.resume,
-                           max_time_s=args.max_time, progress=not args.no_progress)
+    options = TrainOptions(
+        deepspeed_config=args.deepspeed_config,
+        config=args.config,
+        model=args.model,
+        data=args.data,
+        max_steps=args.max_steps,
+        out=args.out,
+        resume=args.resume,
+        max_time_s=args.max_time,
+        progress=not args.no_progress,
+    )
     summary = train(options)
     if summary.status in ("finished", "stopped") and int(os.environ.get("RANK", "0")) == 0:
         minutes, seconds = divmod(summary.seconds, 60)
-        print(f"\n{'Done' if summary.status == 'finished' else 'Stopped'}: step {summary.step}/{summary.max_steps}, "
-              f"{summary.tokens / 1e6:.2f}M tokens in {int(minutes)}m{seconds:04.1f}s | train loss "
-              f"{summary.train_loss:.3f} | validation loss {summary.val_loss:.3f} "
-              f"(perplexity {_perplexity(summary.val_loss)}) | checkpoint {summary.checkpoint} | "
-              f"dashboard: tensorboard --logdir {summary.out_dir}/tensorboard")
+        print(
+            f"\n{'Done' if summary.status == 'finished' else 'Stopped'}: step {summary.step}/{summary.max_steps}, "
+            f"{summary.tokens / 1e6:.2f}M tokens in {int(minutes)}m{seconds:04.1f}s | train loss "
+            f"{summary.train_loss:.3f} | validation loss {summary.val_loss:.3f} "
+            f"(perplexity {_perplexity(summary.val_loss)}) | checkpoint {summary.checkpoint} | "
+            f"dashboard: tensorboard --logdir {summary.out_dir}/tensorboard"
+        )
     if summary.status == "stopped-unsaved":  # no time left in train.stop_grace_s; the previous checkpoint stays
         from ngpt_ds.train.stopping import STOPPED_UNSAVED_EXIT_CODE
+
         return STOPPED_UNSAVED_EXIT_CODE
     return 0
 
 
 def _perplexity(loss: float) -> str:
     import math
-    return f"{math.exp(loss):.1f}" if math.isfinite(loss) and loss < 50 else "n/a"
 
+    return f"{math.exp(loss):.1f}" if math.isfinite(loss) and loss < 50 else "n/a"
 
 
 if __name__ == "__main__":  # python -m ngpt_ds.cli.train

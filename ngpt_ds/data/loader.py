@@ -86,7 +86,9 @@ class TokenWindowLoader:
         self.global_batch = dp_size * micro_batch_size
         step_batch = self.global_batch * grad_accum  # windows per optimizer step
         if self.windows_per_epoch < step_batch:
-            raise _too_few(self.data_dir, split, seq_len, self.windows_per_epoch, dp_size, micro_batch_size * grad_accum)
+            raise _too_few(
+                self.data_dir, split, seq_len, self.windows_per_epoch, dp_size, micro_batch_size * grad_accum
+            )
         self.batches_per_epoch = (self.windows_per_epoch // step_batch) * grad_accum
         self.epoch = 0
         self._batch = 0  # next global batch within the epoch
@@ -128,16 +130,33 @@ class TokenWindowLoader:
         data-parallel size, micro batch or accumulation): the position is in windows over all ranks,
         and must be a whole number of this loader's micro-batches over all ranks."""
         p = Problems("data loader state (from the checkpoint)")
-        p.check(state.get("version") == _STATE_VERSION, "version", state.get("version"),
-                f"this ngpt_ds reads version {_STATE_VERSION}; start the data order afresh")
-        for key, mine in (("seed", self.seed), ("seq_len", self.seq_len), ("windows_per_epoch", self.windows_per_epoch)):
-            p.check(state.get(key) == mine, key, state.get(key),
-                    f"this run has {key} = {mine}; resume with the same {key} and dataset {self.data_dir}")
+        p.check(
+            state.get("version") == _STATE_VERSION,
+            "version",
+            state.get("version"),
+            f"this ngpt_ds reads version {_STATE_VERSION}; start the data order afresh",
+        )
+        for key, mine in (
+            ("seed", self.seed),
+            ("seq_len", self.seq_len),
+            ("windows_per_epoch", self.windows_per_epoch),
+        ):
+            p.check(
+                state.get(key) == mine,
+                key,
+                state.get(key),
+                f"this run has {key} = {mine}; resume with the same {key} and dataset {self.data_dir}",
+            )
         consumed = int(state.get("windows_consumed", -1))
-        p.check(0 <= consumed and consumed % self.global_batch == 0 and consumed // self.global_batch < self.batches_per_epoch,
-                "windows_consumed", consumed,
-                f"must be a whole number of global batches ({self.global_batch}) within one epoch; "
-                "resume with the checkpoint's dp_size * micro_batch_size")
+        p.check(
+            0 <= consumed
+            and consumed % self.global_batch == 0
+            and consumed // self.global_batch < self.batches_per_epoch,
+            "windows_consumed",
+            consumed,
+            f"must be a whole number of global batches ({self.global_batch}) within one epoch; "
+            "resume with the checkpoint's dp_size * micro_batch_size",
+        )
         p.check(int(state.get("epoch", -1)) >= 0, "epoch", state.get("epoch"), "must be >= 0")
         p.raise_if_any()
         self.epoch = int(state["epoch"])

@@ -61,8 +61,17 @@ DEFAULT_BLOCK_DOCS = 65536
 """Documents per block. Large enough that each block's shard files are few; small enough that every
 part gets work on a corpus of a few million documents."""
 # Settings every part must share for the merge to equal one preparation.
-_SHARED = ("num_parts", "block_docs", "documents", "tokenizer_sha256", "vocab_size", "dtype", "eos_id",
-           "val_fraction", "source")
+_SHARED = (
+    "num_parts",
+    "block_docs",
+    "documents",
+    "tokenizer_sha256",
+    "vocab_size",
+    "dtype",
+    "eos_id",
+    "val_fraction",
+    "source",
+)
 
 
 def part_dir(out: Path, index: int, num_parts: int) -> Path:
@@ -82,9 +91,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int) -> None:
     if cfg.tokenizer is None:
-        raise NgptConfigError("--num-shards needs --tokenizer FILE.model: every part must tokenize with the same "
-                              "model. Train one first (prepare a sample of the corpus on one node and use its "
-                              "tokenizer.model)")
+        raise NgptConfigError(
+            "--num-shards needs --tokenizer FILE.model: every part must tokenize with the same "
+            "model. Train one first (prepare a sample of the corpus on one node and use its "
+            "tokenizer.model)"
+        )
     if not (isinstance(num_parts, int) and num_parts >= 1):
         raise NgptConfigError(f"--num-shards {num_parts}: must be a positive integer")
     if not (isinstance(part_index, int) and 0 <= part_index < num_parts):
@@ -94,24 +105,36 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
     # The shared option checks of one preparation, against a folder that does not exist (the part's
     # own folder is checked below: parts share --out).
     dataclasses.replace(cfg, out=cfg.out / f".{uuid.uuid4().hex}", overwrite=False).validate()
-    check_not_source(cfg.out, [(p, "the input") for p in local_input_paths(cfg.inputs)]
-                     + [(cfg.tokenizer, "the --tokenizer file")])
+    check_not_source(
+        cfg.out, [(p, "the input") for p in local_input_paths(cfg.inputs)] + [(cfg.tokenizer, "the --tokenizer file")]
+    )
     if cfg.out.exists() and not cfg.out.is_dir():
         raise NgptConfigError(f"--out {cfg.out} is a file; the parts go into a folder (shared by every node)")
     if (cfg.out / META_FILE).is_file() and not cfg.overwrite:
-        raise NgptConfigError(f"--out {cfg.out} already holds a merged dataset ({META_FILE}); choose another --out, "
-                              "or pass --overwrite to replace it at the merge")
+        raise NgptConfigError(
+            f"--out {cfg.out} already holds a merged dataset ({META_FILE}); choose another --out, "
+            "or pass --overwrite to replace it at the merge"
+        )
     done = part_dir(cfg.out, part_index, num_parts)
     if done.exists() and not cfg.overwrite:
-        raise NgptConfigError(f"part {part_index} of {num_parts} is already in {done}; pass --overwrite to prepare "
-                              "it again, or run the merge (--merge)")
+        raise NgptConfigError(
+            f"part {part_index} of {num_parts} is already in {done}; pass --overwrite to prepare "
+            "it again, or run the merge (--merge)"
+        )
 
 
 def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int = DEFAULT_BLOCK_DOCS) -> Path:
     """Tokenize part `part_index` of `num_parts` of `cfg.inputs` into `cfg.out/part-K-of-N/`; return that folder."""
     _check_part_options(cfg, num_parts, part_index, block_docs)
-    corpus = open_corpus(CorpusSpec(inputs=tuple(cfg.inputs), text_field=cfg.text_field, hub_config=cfg.hub_config,
-                                    split=cfg.split, text_sample_by=cfg.text_sample_by))
+    corpus = open_corpus(
+        CorpusSpec(
+            inputs=tuple(cfg.inputs),
+            text_field=cfg.text_field,
+            hub_config=cfg.hub_config,
+            split=cfg.split,
+            text_sample_by=cfg.text_sample_by,
+        )
+    )
     _say(cfg, f"reading {cfg.source_description or corpus.description}: part {part_index} of {num_parts}")
     fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)
     workers = cfg.workers or min(os.cpu_count() or 1, 16)
@@ -122,15 +145,18 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
     try:
         tok = Tokenizer.load(cfg.tokenizer)
         if cfg.vocab_size is not None and cfg.vocab_size != tok.vocab_size:
-            raise NgptConfigError(f"--tokenizer {cfg.tokenizer} has vocab {tok.vocab_size} but --vocab-size is "
-                                  f"{cfg.vocab_size}; drop --vocab-size or pass a tokenizer of that size")
+            raise NgptConfigError(
+                f"--tokenizer {cfg.tokenizer} has vocab {tok.vocab_size} but --vocab-size is "
+                f"{cfg.vocab_size}; drop --vocab-size or pass a tokenizer of that size"
+            )
         if tok.eos_id < 0:
             raise NgptConfigError(f"--tokenizer {cfg.tokenizer}: the model has no EOS piece; train it with eos_id >= 0")
         shutil.copyfile(cfg.tokenizer, staging / TOKENIZER_FILE)
         dtype = dtype_for_vocab(tok.vocab_size) if cfg.dtype == "auto" else cfg.dtype
         if tok.vocab_size > dtype_max_vocab(dtype):
-            raise NgptConfigError(f"tokenizer vocab {tok.vocab_size} is too large for --dtype {dtype}; "
-                                  "use --dtype auto or uint32")
+            raise NgptConfigError(
+                f"tokenizer vocab {tok.vocab_size} is too large for --dtype {dtype}; use --dtype auto or uint32"
+            )
         counted = {"documents": 0}
 
         def tasks():
@@ -166,25 +192,39 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
                 if block != current:
                     close_block()
                     current = block
-                    writers = {name: ShardWriter(directory=staging, split=f"b{block:06d}_{name}", dtype=dtype,
-                                                 shard_tokens=cfg.shard_tokens) for name in ("train", "validation")}
+                    writers = {
+                        name: ShardWriter(
+                            directory=staging, split=f"b{block:06d}_{name}", dtype=dtype, shard_tokens=cfg.shard_tokens
+                        )
+                        for name in ("train", "validation")
+                    }
                 ends = np.cumsum(lengths)
                 starts = ends - lengths
                 # One write per run of consecutive documents of one split.
                 run_starts = np.flatnonzero(np.r_[True, flags[1:] != flags[:-1]])
                 run_ends = np.r_[run_starts[1:], len(flags)]
                 for a, b in zip(run_starts, run_ends):
-                    writers["validation" if flags[a] else "train"].write(ids[starts[a]:ends[b - 1]],
-                                                                         documents=int(b - a))
+                    writers["validation" if flags[a] else "train"].write(
+                        ids[starts[a] : ends[b - 1]], documents=int(b - a)
+                    )
                 bar.update(len(flags))
             close_block()
         info = {
-            "format": PART_FORMAT, "num_parts": num_parts, "part_index": part_index, "block_docs": block_docs,
-            "documents": counted["documents"], "tokenizer_sha256": sha256_file(staging / TOKENIZER_FILE),
-            "tokenizer_origin": f"loaded from {cfg.tokenizer.name}", "vocab_size": tok.vocab_size, "dtype": dtype,
-            "eos_id": tok.eos_id, "val_fraction": cfg.val_fraction,
-            "source": cfg.source_description or corpus.description, "license": cfg.license,
-            "created_by": f"ngpt_ds {ngpt_ds.__version__}", "blocks": blocks,
+            "format": PART_FORMAT,
+            "num_parts": num_parts,
+            "part_index": part_index,
+            "block_docs": block_docs,
+            "documents": counted["documents"],
+            "tokenizer_sha256": sha256_file(staging / TOKENIZER_FILE),
+            "tokenizer_origin": f"loaded from {cfg.tokenizer.name}",
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype,
+            "eos_id": tok.eos_id,
+            "val_fraction": cfg.val_fraction,
+            "source": cfg.source_description or corpus.description,
+            "license": cfg.license,
+            "created_by": f"ngpt_ds {ngpt_ds.__version__}",
+            "blocks": blocks,
         }
         _write_json(staging / PART_FILE, info)
         if final.exists():  # --overwrite (checked above): replace the earlier attempt whole
@@ -197,14 +237,19 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    _say(cfg, f"part {part_index} of {num_parts}: {len(blocks)} block(s) of {counted['documents']:,} documents "
-              f"-> {final}")
+    _say(
+        cfg,
+        f"part {part_index} of {num_parts}: {len(blocks)} block(s) of {counted['documents']:,} documents -> {final}",
+    )
     return final
 
 
 def _split_json(split: SplitMeta) -> dict[str, Any]:
-    return {"documents": split.documents, "tokens": split.tokens,
-            "shards": [{"file": s.file, "tokens": s.tokens} for s in split.shards]}
+    return {
+        "documents": split.documents,
+        "tokens": split.tokens,
+        "shards": [{"file": s.file, "tokens": s.tokens} for s in split.shards],
+    }
 
 
 def _read_part(folder: Path) -> dict[str, Any]:
@@ -212,8 +257,9 @@ def _read_part(folder: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NgptConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again "
-                              "with --overwrite") from None
+        raise NgptConfigError(
+            f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
+        ) from None
     if not isinstance(info, dict) or info.get("format") != PART_FORMAT:
         raise NgptConfigError(f"{path}: not a part written by ngpt_ds; prepare that part again with --overwrite")
     return info
@@ -235,30 +281,38 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
         raise NgptConfigError(
             f"--merge: {len(missing)} of {num_parts} parts missing in {out}: part(s) {shown} (no "
             f"{part_dir(out, missing[0], num_parts).name}/{PART_FILE}); run launch/prepare_data.py with "
-            f"--num-shards {num_parts} --shard-index K for each, then merge again")
+            f"--num-shards {num_parts} --shard-index K for each, then merge again"
+        )
     if (out / META_FILE).is_file() and not overwrite:
-        raise NgptConfigError(f"--out {out} already holds a merged dataset ({META_FILE}); pass --overwrite to "
-                              "replace it with this merge")
+        raise NgptConfigError(
+            f"--out {out} already holds a merged dataset ({META_FILE}); pass --overwrite to replace it with this merge"
+        )
     parts = [_read_part(part_dir(out, k, num_parts)) for k in range(num_parts)]
     first = parts[0]
     for k, info in enumerate(parts):
         if info.get("part_index") != k:
-            raise NgptConfigError(f"{part_dir(out, k, num_parts)}/{PART_FILE}: says part_index "
-                                  f"{info.get('part_index')!r}, expected {k}; prepare that part again")
+            raise NgptConfigError(
+                f"{part_dir(out, k, num_parts)}/{PART_FILE}: says part_index "
+                f"{info.get('part_index')!r}, expected {k}; prepare that part again"
+            )
         if info.get("tokenizer_sha256") != first.get("tokenizer_sha256"):
             raise NgptConfigError(
                 f"--merge: the parts were tokenized with different tokenizers: part 0 with sha256 "
                 f"{first.get('tokenizer_sha256')}, part {k} with {info.get('tokenizer_sha256')}; prepare every "
-                f"part with the same --tokenizer FILE (part {k} again, with --overwrite)")
+                f"part with the same --tokenizer FILE (part {k} again, with --overwrite)"
+            )
         for key in _SHARED:
             if info.get(key) != first.get(key):
                 raise NgptConfigError(
                     f"--merge: part {k} has {key} = {info.get(key)!r} but part 0 has {first.get(key)!r}; every "
-                    "part needs the same --input, options and --num-shards (prepare it again with --overwrite)")
+                    "part needs the same --input, options and --num-shards (prepare it again with --overwrite)"
+                )
         tok_file = part_dir(out, k, num_parts) / TOKENIZER_FILE
         if not tok_file.is_file() or sha256_file(tok_file) != info["tokenizer_sha256"]:
-            raise NgptConfigError(f"{tok_file}: missing or not the tokenizer its {PART_FILE} names; prepare part "
-                                  f"{k} again with --overwrite")
+            raise NgptConfigError(
+                f"{tok_file}: missing or not the tokenizer its {PART_FILE} names; prepare part "
+                f"{k} again with --overwrite"
+            )
     block_docs, documents = first["block_docs"], first["documents"]
     n_blocks = -(-documents // block_docs)
     by_block: dict[int, tuple[int, dict[str, Any]]] = {}
@@ -266,8 +320,10 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
         expected = list(range(k, n_blocks, num_parts))
         got = [b["block"] for b in info["blocks"]]
         if got != expected:
-            raise NgptConfigError(f"{part_dir(out, k, num_parts)}/{PART_FILE}: holds blocks {got[:10]}, expected "
-                                  f"{expected[:10]} for {documents} documents; prepare part {k} again")
+            raise NgptConfigError(
+                f"{part_dir(out, k, num_parts)}/{PART_FILE}: holds blocks {got[:10]}, expected "
+                f"{expected[:10]} for {documents} documents; prepare part {k} again"
+            )
         by_block.update({b["block"]: (k, b) for b in info["blocks"]})
 
     dtype = first["dtype"]
@@ -286,8 +342,10 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
                 for shard in split["shards"]:
                     src = part_dir(out, k, num_parts) / shard["file"]
                     if not src.is_file() or src.stat().st_size != shard["tokens"] * itemsize:
-                        raise NgptConfigError(f"{src}: missing or not {shard['tokens']} tokens as {PART_FILE} says; "
-                                              f"prepare part {k} again with --overwrite")
+                        raise NgptConfigError(
+                            f"{src}: missing or not {shard['tokens']} tokens as {PART_FILE} says; "
+                            f"prepare part {k} again with --overwrite"
+                        )
                     dest = f"{name}_{len(shards):06d}.bin"
                     _link_or_copy(src, staging / dest)
                     shards.append(ShardMeta(file=dest, tokens=shard["tokens"]))
@@ -297,15 +355,25 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
             if fraction > 0:
                 raise NgptConfigError(
                     f"{first['source']}: only {splits['train'].documents} documents, too few to hold out "
-                    f"--val-fraction {first['val_fraction']}; pass --val-fraction 0 or give more documents")
+                    f"--val-fraction {first['val_fraction']}; pass --val-fraction 0 or give more documents"
+                )
             del splits["validation"]
         shutil.copyfile(part_dir(out, 0, num_parts) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
         meta = DatasetMeta(
-            data_dir=out, format_version=FORMAT_VERSION, vocab_size=first["vocab_size"], dtype=dtype,
-            eos_id=first["eos_id"], tokenizer_path=TOKENIZER_FILE, tokenizer_sha256=first["tokenizer_sha256"],
-            tokenizer_origin=first["tokenizer_origin"], splits=splits, val_fraction=first["val_fraction"],
-            source=first["source"], license=first.get("license", ""),
-            created_by=f"{first['created_by']}, {num_parts} parts merged")
+            data_dir=out,
+            format_version=FORMAT_VERSION,
+            vocab_size=first["vocab_size"],
+            dtype=dtype,
+            eos_id=first["eos_id"],
+            tokenizer_path=TOKENIZER_FILE,
+            tokenizer_sha256=first["tokenizer_sha256"],
+            tokenizer_origin=first["tokenizer_origin"],
+            splits=splits,
+            val_fraction=first["val_fraction"],
+            source=first["source"],
+            license=first.get("license", ""),
+            created_by=f"{first['created_by']}, {num_parts} parts merged",
+        )
         write_meta(meta, staging)
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)  # the parts go with it, once the dataset is complete

@@ -95,20 +95,35 @@ class PrepareConfig:
         p.check(0 <= self.val_fraction <= 0.5, "--val-fraction", self.val_fraction, "must be in [0, 0.5]")
         p.check(self.shard_tokens >= 1, "--shard-tokens", self.shard_tokens, "must be a positive integer")
         p.check(self.workers >= 0, "--workers", self.workers, "must be >= 0 (0 = one per CPU core)")
-        p.check(self.tokenizer_sample_chars >= 1, "--tokenizer-sample-chars", self.tokenizer_sample_chars,
-                "must be a positive integer")
-        p.check(self.tokenizer_type in MODEL_TYPES, "--tokenizer-type", self.tokenizer_type,
-                f"use one of {', '.join(MODEL_TYPES)}")
-        p.check(self.text_sample_by in TEXT_SAMPLE_BY, "--text-sample-by", self.text_sample_by,
-                f"use one of {', '.join(TEXT_SAMPLE_BY)}")
-        p.check(self.dtype == "auto" or self.dtype in DTYPES, "--dtype", self.dtype,
-                f"use auto, {' or '.join(DTYPES)}")
+        p.check(
+            self.tokenizer_sample_chars >= 1,
+            "--tokenizer-sample-chars",
+            self.tokenizer_sample_chars,
+            "must be a positive integer",
+        )
+        p.check(
+            self.tokenizer_type in MODEL_TYPES,
+            "--tokenizer-type",
+            self.tokenizer_type,
+            f"use one of {', '.join(MODEL_TYPES)}",
+        )
+        p.check(
+            self.text_sample_by in TEXT_SAMPLE_BY,
+            "--text-sample-by",
+            self.text_sample_by,
+            f"use one of {', '.join(TEXT_SAMPLE_BY)}",
+        )
+        p.check(self.dtype == "auto" or self.dtype in DTYPES, "--dtype", self.dtype, f"use auto, {' or '.join(DTYPES)}")
         if self.vocab_size is not None:
             p.check(self.vocab_size >= 1, "--vocab-size", self.vocab_size, "must be a positive integer")
             if self.dtype in DTYPES and self.vocab_size >= 1:
-                p.check(self.vocab_size <= dtype_max_vocab(self.dtype), "--vocab-size", self.vocab_size,
-                        f"too large for --dtype {self.dtype} (ids up to {dtype_max_vocab(self.dtype) - 1}); "
-                        "use --dtype auto or a smaller vocab")
+                p.check(
+                    self.vocab_size <= dtype_max_vocab(self.dtype),
+                    "--vocab-size",
+                    self.vocab_size,
+                    f"too large for --dtype {self.dtype} (ids up to {dtype_max_vocab(self.dtype) - 1}); "
+                    "use --dtype auto or a smaller vocab",
+                )
         if self.tokenizer is not None:
             if not self.tokenizer.is_file():
                 p.add("--tokenizer", str(self.tokenizer), "file not found; pass an existing sentencepiece .model")
@@ -124,8 +139,13 @@ class PrepareConfig:
             sources = [(path, "the input") for path in local_input_paths(self.inputs)]
             if self.tokenizer is not None:
                 sources.append((self.tokenizer, "the --tokenizer file"))
-            check_replaceable(self.out, kind="a prepared dataset", marker=META_FILE, sources=sources,
-                              holds_kind=lambda folder: (folder / META_FILE).is_file())
+            check_replaceable(
+                self.out,
+                kind="a prepared dataset",
+                marker=META_FILE,
+                sources=sources,
+                holds_kind=lambda folder: (folder / META_FILE).is_file(),
+            )
 
 
 def local_input_paths(inputs: tuple[str, ...]) -> list[Path]:
@@ -167,12 +187,21 @@ def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Frac
     else:
         vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
         train_docs = (t for i, t in enumerate(corpus.texts()) if not is_validation_doc(i, fraction))
-        _say(cfg, f"training a sentencepiece {cfg.tokenizer_type} tokenizer, vocab {vocab}, "
-                  f"on up to {cfg.tokenizer_sample_chars:,} characters")
-        tok = train_tokenizer(training_lines(train_docs, cfg.tokenizer_sample_chars), dest,
-                              vocab_size=vocab, model_type=cfg.tokenizer_type)
-        origin = (f"trained: sentencepiece {cfg.tokenizer_type}, vocab {vocab}, byte fallback, identity "
-                  f"normalization, on up to {cfg.tokenizer_sample_chars:,} characters of train documents")
+        _say(
+            cfg,
+            f"training a sentencepiece {cfg.tokenizer_type} tokenizer, vocab {vocab}, "
+            f"on up to {cfg.tokenizer_sample_chars:,} characters",
+        )
+        tok = train_tokenizer(
+            training_lines(train_docs, cfg.tokenizer_sample_chars),
+            dest,
+            vocab_size=vocab,
+            model_type=cfg.tokenizer_type,
+        )
+        origin = (
+            f"trained: sentencepiece {cfg.tokenizer_type}, vocab {vocab}, byte fallback, identity "
+            f"normalization, on up to {cfg.tokenizer_sample_chars:,} characters of train documents"
+        )
     if tok.eos_id < 0:
         raise NgptConfigError(f"--tokenizer {cfg.tokenizer}: the model has no EOS piece; train it with eos_id >= 0")
     return tok, origin
@@ -193,8 +222,9 @@ def _batches(texts: Iterator[str], fraction: Fraction) -> Iterator[tuple[np.ndar
         yield np.array(flags, dtype=bool), docs
 
 
-def _write_shards(cfg: PrepareConfig, corpus: Corpus, tok: Tokenizer, staging: Path, dtype: str,
-                  fraction: Fraction, workers: int) -> dict[str, ShardWriter]:
+def _write_shards(
+    cfg: PrepareConfig, corpus: Corpus, tok: Tokenizer, staging: Path, dtype: str, fraction: Fraction, workers: int
+) -> dict[str, ShardWriter]:
     writers = {
         name: ShardWriter(directory=staging, split=name, dtype=dtype, shard_tokens=cfg.shard_tokens)
         for name in ("train", "validation")
@@ -241,8 +271,15 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     """
     cfg.validate()
     started = time.perf_counter()
-    corpus = open_corpus(CorpusSpec(inputs=tuple(cfg.inputs), text_field=cfg.text_field, hub_config=cfg.hub_config,
-                                    split=cfg.split, text_sample_by=cfg.text_sample_by))
+    corpus = open_corpus(
+        CorpusSpec(
+            inputs=tuple(cfg.inputs),
+            text_field=cfg.text_field,
+            hub_config=cfg.hub_config,
+            split=cfg.split,
+            text_sample_by=cfg.text_sample_by,
+        )
+    )
     _say(cfg, f"reading {cfg.source_description or corpus.description}")
     workers = cfg.workers or min(os.cpu_count() or 1, 16)
     fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)

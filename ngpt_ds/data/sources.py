@@ -236,8 +236,12 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
             raise NgptConfigError(
                 f"--input {path}: saved dataset has splits {', '.join(ds)}, not {spec.split!r}; pass --split"
             )
-        corpus = Corpus(spec, "saved", {"path": str(path)},
-                        f"saved dataset {spec.inputs[0]} split {spec.split!r}, text field {spec.text_field!r}")
+        corpus = Corpus(
+            spec,
+            "saved",
+            {"path": str(path)},
+            f"saved dataset {spec.inputs[0]} split {spec.split!r}, text field {spec.text_field!r}",
+        )
         corpus.check_readable()
         return corpus
     return _open_hub(spec, str(path), local=True)
@@ -249,6 +253,8 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
         load_args["name"] = spec.hub_config
     what = "dataset dir" if local else "hub dataset"
     config = f" config {spec.hub_config!r}" if spec.hub_config else ""
-    corpus = Corpus(spec, "hub", load_args, f"{what} {name}{config} split {spec.split!r}, text field {spec.text_field!r}")
+    corpus = Corpus(
+        spec, "hub", load_args, f"{what} {name}{config} split {spec.split!r}, text field {spec.text_field!r}"
+    )
     corpus.check_readable()
     return corpus

@@ -38,8 +38,9 @@ class WindowIndex:
     def _map(self, i: int) -> np.memmap:
         if self._maps[i] is None:
             shard = self._shards[i]
-            self._maps[i] = np.memmap(self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r",
-                                      shape=(shard.tokens,))
+            self._maps[i] = np.memmap(
+                self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r", shape=(shard.tokens,)
+            )
         return self._maps[i]
 
     def read(self, window_ids: np.ndarray) -> np.ndarray:

@@ -14,6 +14,19 @@ from ngpt_ds.infer.export import export_model
 from ngpt_ds.infer.generate import GREEDY, Generation, Sampling, generate, generate_ids
 from ngpt_ds.infer.loading import LoadedModel, load, load_checkpoint, load_export, resolve_checkpoint
 
-__all__ = ["GREEDY", "ContextResult", "Generation", "LoadedModel", "Sampling", "evaluate", "export_model",
-           "format_table", "generate", "generate_ids", "load", "load_checkpoint", "load_export",
-           "resolve_checkpoint"]
+__all__ = [
+    "GREEDY",
+    "ContextResult",
+    "Generation",
+    "LoadedModel",
+    "Sampling",
+    "evaluate",
+    "export_model",
+    "format_table",
+    "generate",
+    "generate_ids",
+    "load",
+    "load_checkpoint",
+    "load_export",
+    "resolve_checkpoint",
+]

@@ -54,8 +54,9 @@ def trainer_eval_windows(info: dict[str, Any], available: int) -> int | None:
 
 
 @torch.no_grad()
-def window_loss(loaded: LoadedModel, data_dir: str | Path, context: int, windows: int, batch_size: int,
-                split: str = "validation") -> ContextResult:
+def window_loss(
+    loaded: LoadedModel, data_dir: str | Path, context: int, windows: int, batch_size: int, split: str = "validation"
+) -> ContextResult:
     """Mean next-token cross-entropy over `windows` evenly spread windows of `context` tokens."""
     model, device = loaded.model, loaded.device
     batches = validation_batches(data_dir, context, 1, 0, 1, max_batches=windows, split=split)
@@ -79,13 +80,26 @@ def window_loss(loaded: LoadedModel, data_dir: str | Path, context: int, windows
         s, c = run(pending)
         total, count = total + s, count + c
     loss = total / count
-    return ContextResult(context=context, multiple=context / loaded.config.seq_len, windows=n, tokens=count,
-                         loss=loss, perplexity=math.exp(min(loss, 700)))
+    return ContextResult(
+        context=context,
+        multiple=context / loaded.config.seq_len,
+        windows=n,
+        tokens=count,
+        loss=loss,
+        perplexity=math.exp(min(loss, 700)),
+    )
 
 
-def evaluate(loaded: LoadedModel, data_dir: str | Path, *, multiples: list[float] | None = None,
-             contexts: list[int] | None = None, windows: int | None = None, batch_size: int = 8,
-             split: str = "validation") -> list[ContextResult]:
+def evaluate(
+    loaded: LoadedModel,
+    data_dir: str | Path,
+    *,
+    multiples: list[float] | None = None,
+    contexts: list[int] | None = None,
+    windows: int | None = None,
+    batch_size: int = 8,
+    split: str = "validation",
+) -> list[ContextResult]:
     """Loss and perplexity at each context length (explicit `contexts`, or `multiples` of seq_len,
     default 1x 2x 4x). `windows` per length (default: the trainer's eval windows when the model's
     provenance records them, else 64), fewer where the split has fewer."""
@@ -95,7 +109,8 @@ def evaluate(loaded: LoadedModel, data_dir: str | Path, *, multiples: list[float
             f"dataset {data_dir} was tokenized with {meta.tokenizer_file} (vocab {meta.vocab_size}, sha256 "
             f"{meta.tokenizer_sha256[:12]}…), not with this model's tokenizer (vocab {loaded.config.vocab_size}, "
             f"sha256 {loaded.tokenizer_sha256[:12]}…); prepare the data with --tokenizer set to the model's "
-            "tokenizer.model")
+            "tokenizer.model"
+        )
     if batch_size < 1:
         raise NgptConfigError(f"batch_size = {batch_size}: must be >= 1")
     if windows is not None and windows < 1:
@@ -112,8 +127,10 @@ def evaluate(loaded: LoadedModel, data_dir: str | Path, *, multiples: list[float
     for context in contexts:
         available = WindowIndex(meta, split, context).num_windows
         if available == 0:
-            raise NgptConfigError(f"dataset {data_dir} split {split!r} has no window of {context + 1} tokens; "
-                                  "use shorter contexts or more validation data")
+            raise NgptConfigError(
+                f"dataset {data_dir} split {split!r} has no window of {context + 1} tokens; "
+                "use shorter contexts or more validation data"
+            )
         wanted = windows
         if wanted is None:
             wanted = trainer_eval_windows(loaded.info, WindowIndex(meta, split, seq_len).num_windows) or 64
@@ -124,6 +141,7 @@ def evaluate(loaded: LoadedModel, data_dir: str | Path, *, multiples: list[float
 def format_table(results: list[ContextResult]) -> str:
     lines = [f"{'context':>8} {'x train':>8} {'windows':>8} {'tokens':>10} {'loss':>9} {'perplexity':>11}"]
     for r in results:
-        lines.append(f"{r.context:>8} {r.multiple:>7.2f}x {r.windows:>8} {r.tokens:>10} {r.loss:>9.4f} "
-                     f"{r.perplexity:>11.2f}")
+        lines.append(
+            f"{r.context:>8} {r.multiple:>7.2f}x {r.windows:>8} {r.tokens:>10} {r.loss:>9.4f} {r.perplexity:>11.2f}"
+        )
     return "\n".join(lines)

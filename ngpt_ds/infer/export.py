@@ -61,11 +61,17 @@ def _config_json(loaded: LoadedModel, deviation: float) -> dict:
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "model": loaded.config.to_dict(),
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": loaded.tokenizer_sha256,
-                      "vocab_size": loaded.tokenizer.vocab_size, "eos_id": loaded.tokenizer.eos_id},
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "sha256": loaded.tokenizer_sha256,
+            "vocab_size": loaded.tokenizer.vocab_size,
+            "eos_id": loaded.tokenizer.eos_id,
+        },
         "weights": {"file": WEIGHTS_FILE, "dtype": "float32"},
-        "sphere": {"max_norm_deviation": deviation,
-                   "matrices": {m.name: m.norm_dim for m in sphere_matrices(loaded.model)}},
+        "sphere": {
+            "max_norm_deviation": deviation,
+            "matrices": {m.name: m.norm_dim for m in sphere_matrices(loaded.model)},
+        },
         "training": loaded.info,
     }
 
@@ -74,8 +80,14 @@ FORMATS = ("ngpt_ds", "hf")
 """ngpt_ds: the layout above. hf: transformers' standard layout (ngpt_ds.hf.export)."""
 
 
-def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False,
-                 tokenizer: str | Path | None = None, format: str = "ngpt_ds") -> Path:
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    tokenizer: str | Path | None = None,
+    format: str = "ngpt_ds",
+) -> Path:
     """Consolidate `checkpoint` (a step_N directory or a run directory: its newest complete checkpoint)
     into the folder `out`, in `format` (FORMATS). Returns `out`."""
     out = Path(out)
@@ -84,8 +96,13 @@ def export_model(checkpoint: str | Path, out: str | Path, *, overwrite: bool = F
     if out.exists() and not overwrite:
         raise NgptConfigError(f"{out} already exists; choose another folder or pass --overwrite")
     source = resolve_checkpoint(checkpoint)
-    check_replaceable(out, kind="an exported model", marker=f"{CONFIG_FILE} with format {EXPORT_FORMAT!r}",
-                      holds_kind=_is_export_folder, sources=[(source, "the checkpoint being exported")])
+    check_replaceable(
+        out,
+        kind="an exported model",
+        marker=f"{CONFIG_FILE} with format {EXPORT_FORMAT!r}",
+        holds_kind=_is_export_folder,
+        sources=[(source, "the checkpoint being exported")],
+    )
     loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
     check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])
     deviation = max_norm_deviation(loaded.model)
@@ -127,8 +144,9 @@ def _is_export_folder(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     # `--format hf` exports carry their marker under another key (ngpt_ds.hf.export.HF_MARKER).
-    return isinstance(config, dict) and (config.get("format") == EXPORT_FORMAT
-                                         or isinstance(config.get("ngpt_ds_export"), dict))
+    return isinstance(config, dict) and (
+        config.get("format") == EXPORT_FORMAT or isinstance(config.get("ngpt_ds_export"), dict)
+    )
 
 
 def _verify(folder: Path, state: dict[str, torch.Tensor]) -> None:
@@ -136,17 +154,31 @@ def _verify(folder: Path, state: dict[str, torch.Tensor]) -> None:
     reloaded = load_export(folder, device="cpu")
     for name, tensor in reloaded.model.state_dict().items():
         if not torch.equal(tensor, state[name]):
-            raise NgptConfigError(f"export to {folder}: {name} reads back different from what was written "
-                                  "(disk full or a failing file system?)")
+            raise NgptConfigError(
+                f"export to {folder}: {name} reads back different from what was written "
+                "(disk full or a failing file system?)"
+            )
 
 
 def _readme(loaded: LoadedModel, deviation: float, out: Path) -> str:
     m = loaded.config
-    sphere_line = (f"- nGPT: every embedding and projection is unit norm along its declared dim (largest deviation "
-                   f"{deviation:.1e}, checked at export).\n" if m.is_ngpt else "")
+    sphere_line = (
+        f"- nGPT: every embedding and projection is unit norm along its declared dim (largest deviation "
+        f"{deviation:.1e}, checked at export).\n"
+        if m.is_ngpt
+        else ""
+    )
     return README_TEMPLATE.format(
-        name=out.name, article="An" if m.is_ngpt else "A",
+        name=out.name,
+        article="An" if m.is_ngpt else "A",
         arch_name="nGPT (normalized Transformer)" if m.is_ngpt else "GPT (baseline)",
-        checkpoint=loaded.info.get("checkpoint", loaded.source), step=loaded.info.get("step", "?"),
-        n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, seq_len=m.seq_len, vocab_size=m.vocab_size,
-        sphere_line=sphere_line, folder=out)
+        checkpoint=loaded.info.get("checkpoint", loaded.source),
+        step=loaded.info.get("step", "?"),
+        n_layer=m.n_layer,
+        n_embd=m.n_embd,
+        n_head=m.n_head,
+        seq_len=m.seq_len,
+        vocab_size=m.vocab_size,
+        sphere_line=sphere_line,
+        folder=out,
+    )

@@ -62,7 +62,8 @@ def check_prompt_length(prompt_tokens: int, max_context: int, seq_len: int) -> N
         raise NgptConfigError(
             f"the prompt is {prompt_tokens} tokens, longer than the maximum context of {max_context} tokens "
             f"(--max-context; the model was trained at seq_len {seq_len}). Shorten the prompt, or raise "
-            "--max-context to try the model beyond its training length")
+            "--max-context to try the model beyond its training length"
+        )
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -96,9 +97,16 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 @torch.no_grad()
-def generate_ids(model: CausalLM, prompt: torch.Tensor | Sequence[int], max_new_tokens: int,
-                 sampling: Sampling = GREEDY, *, seed: int | None = None, use_cache: bool = True,
-                 stop_ids: Sequence[int] = ()) -> Iterator[torch.Tensor]:
+def generate_ids(
+    model: CausalLM,
+    prompt: torch.Tensor | Sequence[int],
+    max_new_tokens: int,
+    sampling: Sampling = GREEDY,
+    *,
+    seed: int | None = None,
+    use_cache: bool = True,
+    stop_ids: Sequence[int] = (),
+) -> Iterator[torch.Tensor]:
     """Yield the next token ids, [B] per step, for a prompt [B, T] (or one list of ids).
 
     Stops after max_new_tokens, or when every sequence has produced a token in stop_ids (that
@@ -119,8 +127,12 @@ def generate_ids(model: CausalLM, prompt: torch.Tensor | Sequence[int], max_new_
     feed, total = ids, ids.shape[1]
     for step in range(max_new_tokens):
         if total > seq_len and (step == 0 or total == seq_len + 1):
-            warnings.warn(f"the sequence is {total} tokens, past the {seq_len} tokens the model was trained at; "
-                          "nGPT is claimed to extrapolate, but quality may drop", BeyondTrainingContext, stacklevel=2)
+            warnings.warn(
+                f"the sequence is {total} tokens, past the {seq_len} tokens the model was trained at; "
+                "nGPT is claimed to extrapolate, but quality may drop",
+                BeyondTrainingContext,
+                stacklevel=2,
+            )
         h = model.hidden_states(feed, cache) if use_cache else model.hidden_states(ids)
         token = sample_next(model.logits(h[:, -1]), sampling, generator)
         yield token
@@ -144,7 +156,7 @@ class TextStream:
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
-        self._context = list(prompt_ids)[-self.CONTEXT:]
+        self._context = list(prompt_ids)[-self.CONTEXT :]
         self._pending: list[int] = []
         self.text = ""
 
@@ -155,8 +167,8 @@ class TextStream:
         after = self.tokenizer.decode(self._context + self._pending)
         if after.endswith("\ufffd") and len(self._pending) < 4:
             return ""
-        piece = after[len(before):] if after.startswith(before) else self.tokenizer.decode(self._pending)
-        self._context = (self._context + self._pending)[-self.CONTEXT:]
+        piece = after[len(before) :] if after.startswith(before) else self.tokenizer.decode(self._pending)
+        self._context = (self._context + self._pending)[-self.CONTEXT :]
         self._pending = []
         self.text += piece
         return piece
@@ -178,9 +190,19 @@ class Generation:
     stopped_at_eos: bool
 
 
-def generate(model: CausalLM, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 100,
-             sampling: Sampling = GREEDY, seed: int | None = None, max_context: int | None = None,
-             use_cache: bool = True, stop_at_eos: bool = True, on_text=None) -> Generation:
+def generate(
+    model: CausalLM,
+    tokenizer: Tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 100,
+    sampling: Sampling = GREEDY,
+    seed: int | None = None,
+    max_context: int | None = None,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    on_text=None,
+) -> Generation:
     """Sample a continuation of `prompt`. `on_text(piece)` receives the text as it is produced."""
     prompt_ids = tokenizer.encode(prompt)
     seq_len = model.config.seq_len
@@ -192,8 +214,9 @@ def generate(model: CausalLM, tokenizer: Tokenizer, prompt: str, *, max_new_toke
     stream = TextStream(tokenizer, prompt_ids)
     new_ids: list[int] = []
     stopped = False
-    for token in generate_ids(model, prompt_ids, max_new_tokens, sampling, seed=seed, use_cache=use_cache,
-                              stop_ids=stop_ids):
+    for token in generate_ids(
+        model, prompt_ids, max_new_tokens, sampling, seed=seed, use_cache=use_cache, stop_ids=stop_ids
+    ):
         token_id = int(token[0])
         new_ids.append(token_id)
         if token_id in stop_ids:

@@ -52,9 +52,18 @@ class NgptLM(TemplateLM):
     """nGPT / GPT from ngpt_ds behind lm-eval's LM interface (loglikelihood, rolling loglikelihood,
     generate_until). Single process; batches of requests are right-padded."""
 
-    def __init__(self, path: str | None = None, device: str | None = "auto", dtype: str = "float32",
-                 batch_size: int | str = 16, max_length: int | str | None = None, tokenizer: str | None = None,
-                 max_batch_size: int | str | None = None, loaded: LoadedModel | None = None, **unused):
+    def __init__(
+        self,
+        path: str | None = None,
+        device: str | None = "auto",
+        dtype: str = "float32",
+        batch_size: int | str = 16,
+        max_length: int | str | None = None,
+        tokenizer: str | None = None,
+        max_batch_size: int | str | None = None,
+        loaded: LoadedModel | None = None,
+        **unused,
+    ):
         super().__init__()
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             warnings.warn(f"device {device} requested but no CUDA GPU is available: running on the CPU", stacklevel=2)
@@ -69,8 +78,9 @@ class NgptLM(TemplateLM):
         self._batch_size = max(1, _int_arg(batch_size, "batch_size", 16))
         self._max_length = _int_arg(max_length, "max_length", loaded.config.seq_len)
         if self.tokenizer.eos_id < 0:
-            raise NgptConfigError(f"tokenizer {self.tokenizer.path} has no EOS piece; lm-eval needs one to "
-                                  "condition the first token")
+            raise NgptConfigError(
+                f"tokenizer {self.tokenizer.path} has no EOS piece; lm-eval needs one to condition the first token"
+            )
 
     # ---- what lm-eval asks of a model ---------------------------------------------------------
 
@@ -113,27 +123,29 @@ class NgptLM(TemplateLM):
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             rows, spans = [], []
             for i in chunk:
                 context, continuation = pairs[i]
                 if not continuation:
                     raise NgptConfigError("lm-eval asked for the loglikelihood of an empty continuation")
                 if len(continuation) > self.max_length:
-                    raise NgptConfigError(f"a continuation of {len(continuation)} tokens does not fit the maximum "
-                                          f"length {self.max_length}; raise max_length in --model_args")
-                whole = (context + continuation)[-(self.max_length + 1):]
+                    raise NgptConfigError(
+                        f"a continuation of {len(continuation)} tokens does not fit the maximum "
+                        f"length {self.max_length}; raise max_length in --model_args"
+                    )
+                whole = (context + continuation)[-(self.max_length + 1) :]
                 rows.append(whole[:-1])
                 spans.append((len(whole) - 1 - len(continuation), continuation))
             width = max(len(r) for r in rows)
             inputs = torch.zeros(len(rows), width, dtype=torch.long)
             for r, row in enumerate(rows):
-                inputs[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+                inputs[r, : len(row)] = torch.tensor(row, dtype=torch.long)
             logits, _ = self.model(inputs.to(self.device))
             logprobs = F.log_softmax(logits.float(), dim=-1)
             for r, i in enumerate(chunk):
                 first, continuation = spans[r]
-                positions = logprobs[r, first:first + len(continuation)]
+                positions = logprobs[r, first : first + len(continuation)]
                 target = torch.tensor(continuation, dtype=torch.long, device=positions.device)
                 score = positions.gather(-1, target[:, None]).sum().item()
                 greedy = bool((positions.argmax(dim=-1) == target).all())
@@ -153,9 +165,15 @@ class NgptLM(TemplateLM):
         results = []
         for request in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling"):
             (text,) = request.args
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
             total = sum(score for score, _ in self._score([(list(a), list(b)) for a, b in windows]))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
             results.append(total)
@@ -173,13 +191,17 @@ class NgptLM(TemplateLM):
             # Greedy unless the task asks for sampling (do_sample: true), as with Hugging Face models.
             temperature = float(kwargs.pop("temperature", 1.0))
             do_sample = bool(kwargs.pop("do_sample", False)) and temperature > 0
-            sampling = Sampling(temperature=temperature if do_sample else 0.0, top_k=kwargs.pop("top_k", None),
-                                top_p=kwargs.pop("top_p", None))
-            context_ids = self.tok_encode(context)[-max(1, self.max_length - max_gen):] or [self.eot_token_id]
+            sampling = Sampling(
+                temperature=temperature if do_sample else 0.0,
+                top_k=kwargs.pop("top_k", None),
+                top_p=kwargs.pop("top_p", None),
+            )
+            context_ids = self.tok_encode(context)[-max(1, self.max_length - max_gen) :] or [self.eot_token_id]
             new_ids: list[int] = []
             text = ""
-            for token in generate_ids(self.model, context_ids, max_gen, sampling, seed=kwargs.pop("seed", 1234),
-                                      stop_ids=[self.eot_token_id]):
+            for token in generate_ids(
+                self.model, context_ids, max_gen, sampling, seed=kwargs.pop("seed", 1234), stop_ids=[self.eot_token_id]
+            ):
                 token_id = int(token[0])
                 if token_id == self.eot_token_id:
                     break
@@ -198,5 +220,4 @@ class NgptLM(TemplateLM):
         tail = context_ids[-8:]
         before = self.tok_decode(tail)
         after = self.tok_decode(tail + new_ids)
-        return after[len(before):] if after.startswith(before) else self.tok_decode(new_ids)
-
+        return after[len(before) :] if after.startswith(before) else self.tok_decode(new_ids)

@@ -50,8 +50,14 @@ COMPLETE = ckpt_layout.COMPLETE  # the trainer's marker and manifest, written la
 #: (to ~1e-7); a bf16 copy of unit vectors is off by up to ~2^-9 per element.
 NORM_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -76,8 +82,10 @@ class LoadedModel:
     def describe(self) -> str:
         m = self.config
         step = f", step {self.info['step']}" if "step" in self.info else ""
-        return (f"{m.display_name} {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, "
-                f"context {m.seq_len}, vocab {m.vocab_size} ({self.kind} {self.source}{step})")
+        return (
+            f"{m.display_name} {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, "
+            f"context {m.seq_len}, vocab {m.vocab_size} ({self.kind} {self.source}{step})"
+        )
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -114,8 +122,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     warning (as the trainer's --resume auto does). The layout is the trainer's (ngpt_ds.train.checkpoint)."""
     path = Path(path)
     if not path.exists():
-        raise NgptConfigError(f"{path} does not exist. Give an exported model folder, a checkpoint directory "
-                              "(<out>/checkpoints/step_N) or a training run's --out directory")
+        raise NgptConfigError(
+            f"{path} does not exist. Give an exported model folder, a checkpoint directory "
+            "(<out>/checkpoints/step_N) or a training run's --out directory"
+        )
     if ckpt_layout.is_step_dir(path):
         if (path / COMPLETE).is_file():
             problem = ckpt_layout.verify(path)
@@ -126,25 +136,33 @@ def resolve_checkpoint(path: str | Path) -> Path:
             return path
         others = [d.name for d in ckpt_layout.complete_checkpoints(path.parent)]
         hint = f"; complete checkpoints next to it: {', '.join(others)}" if others else ""
-        raise NgptConfigError(f"{path} is a partial checkpoint: it has no {COMPLETE} marker (the save was "
-                              f"interrupted or is still running){hint}")
+        raise NgptConfigError(
+            f"{path} is a partial checkpoint: it has no {COMPLETE} marker (the save was "
+            f"interrupted or is still running){hint}"
+        )
     for folder in (path, path / ckpt_layout.CHECKPOINTS):
         steps = ckpt_layout.step_dirs(folder)
         if ckpt_layout.complete_checkpoints(folder):
             return ckpt_layout.newest_intact(folder, warn=_log.warning)
         if steps:
-            raise NgptConfigError(f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
-                                  f"lack the {COMPLETE} marker (interrupted saves)")
-    raise NgptConfigError(f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
-                          "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)")
+            raise NgptConfigError(
+                f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
+                f"lack the {COMPLETE} marker (interrupted saves)"
+            )
+    raise NgptConfigError(
+        f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
+        "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
+    )
 
 
 def read_run_config(checkpoint: Path) -> dict[str, Any]:
     """The resolved run config the trainer saved next to the DeepSpeed files."""
     config_path = checkpoint / "config.yaml"
     if not config_path.is_file():
-        raise NgptConfigError(f"{config_path} not found: {checkpoint} was not written by the ngpt_ds trainer "
-                              "(it saves config.yaml with every checkpoint)")
+        raise NgptConfigError(
+            f"{config_path} not found: {checkpoint} was not written by the ngpt_ds trainer "
+            "(it saves config.yaml with every checkpoint)"
+        )
     try:
         run = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -158,8 +176,9 @@ def _zero_stage(run: dict[str, Any]) -> int:
     return deepspeed_files.zero_stage_of(run.get("deepspeed"))
 
 
-def read_checkpoint_weights(checkpoint: Path, run: dict[str, Any], full_model: CausalLM
-                            ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint_weights(
+    checkpoint: Path, run: dict[str, Any], full_model: CausalLM
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, provenance) of a complete trainer checkpoint; the DeepSpeed files are read by
     ngpt_ds.deepspeed_files."""
     from ngpt_ds.parallel import merge_tensor_parallel
@@ -168,8 +187,9 @@ def read_checkpoint_weights(checkpoint: Path, run: dict[str, Any], full_model: C
     stage = _zero_stage(run)
     names = {id(p): n for n, p in full_model.named_parameters()}
     group_names = [[names[id(p)] for p in g["params"]] for g in parameter_groups(full_model, 0.0)]
-    saved = deepspeed_files.read_weights(checkpoint, stage, group_names,
-                                         lambda shards: merge_tensor_parallel(shards, full_model))
+    saved = deepspeed_files.read_weights(
+        checkpoint, stage, group_names, lambda shards: merge_tensor_parallel(shards, full_model)
+    )
     weights, world, tp_size = saved.weights, saved.data_parallel, saved.tensor_parallel
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in weights.values()})
     deepspeed = run.get("deepspeed") or {}
@@ -182,9 +202,11 @@ def read_checkpoint_weights(checkpoint: Path, run: dict[str, Any], full_model: C
         "tensor_parallel": tp_size,
         "weights": f"{saved.source}, {'/'.join(dtypes)}",
         "data_dir": run.get("data_dir"),
-        "eval": {"batches": (run.get("train") or {}).get("eval_batches"),
-                 "micro_batch": deepspeed.get("train_micro_batch_size_per_gpu"),
-                 "data_parallel": world},
+        "eval": {
+            "batches": (run.get("train") or {}).get("eval_batches"),
+            "micro_batch": deepspeed.get("train_micro_batch_size_per_gpu"),
+            "data_parallel": world,
+        },
     }
     return weights, info
 
@@ -196,19 +218,24 @@ def check_tokenizer(tokenizer: Tokenizer, vocab_size: int, expected_sha256: str 
     """Raise unless the tokenizer fits the model: same vocabulary size, and the recorded file hash
     when one is known. Returns the tokenizer file's sha256."""
     if tokenizer.vocab_size != vocab_size:
-        raise NgptConfigError(f"tokenizer {tokenizer.path} has a vocabulary of {tokenizer.vocab_size} pieces, but "
-                              f"{what} was trained with vocab_size {vocab_size}: it is not this model's tokenizer. "
-                              "Use the tokenizer.model of the dataset the model was trained on")
+        raise NgptConfigError(
+            f"tokenizer {tokenizer.path} has a vocabulary of {tokenizer.vocab_size} pieces, but "
+            f"{what} was trained with vocab_size {vocab_size}: it is not this model's tokenizer. "
+            "Use the tokenizer.model of the dataset the model was trained on"
+        )
     digest = sha256_file(tokenizer.path)
     if expected_sha256 and digest != expected_sha256:
-        raise NgptConfigError(f"tokenizer {tokenizer.path} (sha256 {digest[:12]}…) is not the one {what} was trained "
-                              f"with (sha256 {expected_sha256[:12]}…), although both have {vocab_size} pieces; "
-                              "token ids would mean different text. Use the model's own tokenizer.model")
+        raise NgptConfigError(
+            f"tokenizer {tokenizer.path} (sha256 {digest[:12]}…) is not the one {what} was trained "
+            f"with (sha256 {expected_sha256[:12]}…), although both have {vocab_size} pieces; "
+            "token ids would mean different text. Use the model's own tokenizer.model"
+        )
     return digest
 
 
-def _checkpoint_tokenizer(run: dict[str, Any], checkpoint: Path, override: str | Path | None
-                          ) -> tuple[Tokenizer, str | None]:
+def _checkpoint_tokenizer(
+    run: dict[str, Any], checkpoint: Path, override: str | Path | None
+) -> tuple[Tokenizer, str | None]:
     """The run's dataset tokenizer (and its recorded sha256), or the override checked against it."""
     data_dir = run.get("data_dir")
     expected = None
@@ -223,10 +250,15 @@ def _checkpoint_tokenizer(run: dict[str, Any], checkpoint: Path, override: str |
             meta_error = err
     if override is not None:
         return Tokenizer.load(override), expected
-    reason = f"its dataset {data_dir} (data_dir in {checkpoint / 'config.yaml'}) cannot be read: {meta_error}" \
-        if data_dir else f"{checkpoint / 'config.yaml'} records no data_dir"
-    raise NgptConfigError(f"no tokenizer for {checkpoint}: {reason}. Pass the tokenizer.model the training data "
-                          "was prepared with (--tokenizer FILE)")
+    reason = (
+        f"its dataset {data_dir} (data_dir in {checkpoint / 'config.yaml'}) cannot be read: {meta_error}"
+        if data_dir
+        else f"{checkpoint / 'config.yaml'} records no data_dir"
+    )
+    raise NgptConfigError(
+        f"no tokenizer for {checkpoint}: {reason}. Pass the tokenizer.model the training data "
+        "was prepared with (--tokenizer FILE)"
+    )
 
 
 # ---- the model --------------------------------------------------------------------------------
@@ -242,8 +274,10 @@ def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str
     wrong = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
     bad = sorted(n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
     if bad:
-        raise NgptConfigError(f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt "
-                              "(or training diverged before this checkpoint)")
+        raise NgptConfigError(
+            f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt "
+            "(or training diverged before this checkpoint)"
+        )
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -252,8 +286,10 @@ def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str
             parts.append(f"unexpected {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
         if wrong:
             parts.append("shape mismatch " + ", ".join(f"{n} {got[n]} vs config {expected[n]}" for n in wrong[:8]))
-        raise NgptConfigError(f"{source}: the weights do not match the model config ({'; '.join(parts)}); "
-                              "the files are damaged or from another model")
+        raise NgptConfigError(
+            f"{source}: the weights do not match the model config ({'; '.join(parts)}); "
+            "the files are damaged or from another model"
+        )
 
 
 def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = torch.float32) -> float:
@@ -261,17 +297,22 @@ def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = t
     deviation = max_norm_deviation(model)
     tolerance = NORM_TOLERANCE.get(weights_dtype, 1e-2)
     if model.config.is_ngpt and not deviation <= tolerance:  # also catches NaN
-        raise NgptConfigError(f"{source}: an nGPT weight matrix is not unit norm along its declared dim "
-                              f"(largest | ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt "
-                              "or were not trained with the hypersphere hook")
+        raise NgptConfigError(
+            f"{source}: an nGPT weight matrix is not unit norm along its declared dim "
+            f"(largest | ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt "
+            "or were not trained with the hypersphere hook"
+        )
     return deviation
 
 
 def _finish(model: CausalLM, weights: dict[str, torch.Tensor], source: str, device, dtype) -> CausalLM:
     """Load checked weights into `model` (built from their config), check the sphere, move and cast it."""
     check_weights(model, weights, source)
-    weights_dtype = min((t.dtype for t in weights.values() if t.is_floating_point()),
-                        key=lambda d: torch.finfo(d).bits, default=torch.float32)
+    weights_dtype = min(
+        (t.dtype for t in weights.values() if t.is_floating_point()),
+        key=lambda d: torch.finfo(d).bits,
+        default=torch.float32,
+    )
     model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     check_unit_norm(model, source, weights_dtype)
     return model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval().requires_grad_(False)
@@ -284,8 +325,7 @@ def _model_config(values: Any, source: str) -> ModelConfig:
     return config
 
 
-def load_checkpoint(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None
-                    ) -> LoadedModel:
+def load_checkpoint(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None) -> LoadedModel:
     """A trainer checkpoint (any ZeRO stage, any world size) -> LoadedModel. No DeepSpeed engine starts."""
     checkpoint = resolve_checkpoint(path)
     run = read_run_config(checkpoint)
@@ -295,8 +335,15 @@ def load_checkpoint(path: str | Path, *, device=None, dtype=None, tokenizer: str
     model = build_model(config)
     weights, info = read_checkpoint_weights(checkpoint, run, model)
     model = _finish(model, weights, str(checkpoint), device, dtype)
-    return LoadedModel(model=model, config=config, tokenizer=tok, tokenizer_sha256=digest, source=checkpoint,
-                       kind="checkpoint", info=info)
+    return LoadedModel(
+        model=model,
+        config=config,
+        tokenizer=tok,
+        tokenizer_sha256=digest,
+        source=checkpoint,
+        kind="checkpoint",
+        info=info,
+    )
 
 
 def read_export_config(folder: Path) -> dict[str, Any]:
@@ -306,11 +353,15 @@ def read_export_config(folder: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise NgptConfigError(f"{path} cannot be read ({err}); export the checkpoint again") from None
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise NgptConfigError(f"{path}: format = {config.get('format') if isinstance(config, dict) else None!r}, "
-                              f"expected {EXPORT_FORMAT!r}: not a folder written by launch/export.py")
+        raise NgptConfigError(
+            f"{path}: format = {config.get('format') if isinstance(config, dict) else None!r}, "
+            f"expected {EXPORT_FORMAT!r}: not a folder written by launch/export.py"
+        )
     if config.get("format_version") != EXPORT_VERSION:
-        raise NgptConfigError(f"{path}: format_version {config.get('format_version')!r} is not supported by this "
-                              f"ngpt_ds (it reads version {EXPORT_VERSION}); export the checkpoint again")
+        raise NgptConfigError(
+            f"{path}: format_version {config.get('format_version')!r} is not supported by this "
+            f"ngpt_ds (it reads version {EXPORT_VERSION}); export the checkpoint again"
+        )
     return config
 
 
@@ -321,8 +372,10 @@ def _export_tokenizer_file(folder: Path, tok_meta: dict[str, Any]) -> Path:
     path = folder / str(name)
     root = folder.resolve()
     if not isinstance(name, str) or Path(name).is_absolute() or root not in path.resolve().parents:
-        raise NgptConfigError(f"{folder / CONFIG_FILE}: tokenizer.file = {name!r} must name a file inside the export "
-                              f"folder (normally {TOKENIZER_FILE!r}); export the checkpoint again")
+        raise NgptConfigError(
+            f"{folder / CONFIG_FILE}: tokenizer.file = {name!r} must name a file inside the export "
+            f"folder (normally {TOKENIZER_FILE!r}); export the checkpoint again"
+        )
     return path
 
 
@@ -342,8 +395,15 @@ def load_export(path: str | Path, *, device=None, dtype=None, tokenizer: str | P
     except (OSError, SafetensorError) as err:
         raise NgptConfigError(f"{folder / WEIGHTS_FILE} cannot be read ({err}); export the checkpoint again") from None
     model = _finish(build_model(config), weights, str(folder), device, dtype)
-    return LoadedModel(model=model, config=config, tokenizer=tok, tokenizer_sha256=digest, source=folder,
-                       kind="export", info=dict(meta.get("training") or {}))
+    return LoadedModel(
+        model=model,
+        config=config,
+        tokenizer=tok,
+        tokenizer_sha256=digest,
+        source=folder,
+        kind="export",
+        info=dict(meta.get("training") or {}),
+    )
 
 
 def load(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None) -> LoadedModel:

@@ -10,7 +10,23 @@ from ngpt_ds.model.ngpt import NGPT
 from ngpt_ds.model.sphere import SphereMatrix, max_norm_deviation, normalize_matrices_, sphere_matrices
 
 __all__ = [
-    "CausalLM", "DeclaredMatrix", "GPT", "MatrixLayout", "ModelConfig", "NGPT", "Projection", "ScaleVector",
-    "SphereMatrix", "TokenEmbedding", "build_model", "count_parameters", "l2_normalize", "load_model_config",
-    "max_norm_deviation", "normalize_matrices_", "preset_names", "sphere_matrices", "training_flops_per_token",
+    "CausalLM",
+    "DeclaredMatrix",
+    "GPT",
+    "MatrixLayout",
+    "ModelConfig",
+    "NGPT",
+    "Projection",
+    "ScaleVector",
+    "SphereMatrix",
+    "TokenEmbedding",
+    "build_model",
+    "count_parameters",
+    "l2_normalize",
+    "load_model_config",
+    "max_norm_deviation",
+    "normalize_matrices_",
+    "preset_names",
+    "sphere_matrices",
+    "training_flops_per_token",
 ]

@@ -130,11 +130,11 @@ class LayerKVCache:
             grown_k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
             grown_v = v.new_empty(*v.shape[:2], capacity, v.shape[3])
             if self._k is not None:
-                grown_k[:, :, :self.length] = self._k[:, :, :self.length]
-                grown_v[:, :, :self.length] = self._v[:, :, :self.length]
+                grown_k[:, :, : self.length] = self._k[:, :, : self.length]
+                grown_v[:, :, : self.length] = self._v[:, :, : self.length]
             self._k, self._v = grown_k, grown_v
-        self._k[:, :, self.length:end] = k
-        self._v[:, :, self.length:end] = v
+        self._k[:, :, self.length : end] = k
+        self._v[:, :, self.length : end] = v
         self.length = end
         return self._k[:, :, :end], self._v[:, :, :end]
 
@@ -163,8 +163,9 @@ class KVCache:
         if not self.layers:
             self.layers = [LayerKVCache() for _ in attentions]
         if len(self.layers) != len(attentions):
-            raise ValueError(f"this KVCache was filled by a model with {len(self.layers)} attention layers, "
-                             f"not {len(attentions)}")
+            raise ValueError(
+                f"this KVCache was filled by a model with {len(self.layers)} attention layers, not {len(attentions)}"
+            )
         for attention, layer in zip(attentions, self.layers):
             attention.kv_cache = layer
         try:

@@ -98,25 +98,41 @@ class ModelConfig:
         p.check(self.arch in ARCHS, "model.arch", self.arch, f"must be one of {', '.join(ARCHS)}")
         for name in ("n_layer", "n_embd", "n_head", "seq_len"):
             value = getattr(self, name)
-            p.check(isinstance(value, int) and value > 0, f"model.{name}", value,
-                    "must be a positive integer")
-        p.check(self.vocab_size is None or (isinstance(self.vocab_size, int) and self.vocab_size > 0),
-                "model.vocab_size", self.vocab_size,
-                "must be a positive integer, or null to take it from the dataset's tokenizer")
-        p.check(self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and self.mlp_hidden > 0),
-                "model.mlp_hidden", self.mlp_hidden, "must be a positive integer or null (4 * n_embd)")
+            p.check(isinstance(value, int) and value > 0, f"model.{name}", value, "must be a positive integer")
+        p.check(
+            self.vocab_size is None or (isinstance(self.vocab_size, int) and self.vocab_size > 0),
+            "model.vocab_size",
+            self.vocab_size,
+            "must be a positive integer, or null to take it from the dataset's tokenizer",
+        )
+        p.check(
+            self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and self.mlp_hidden > 0),
+            "model.mlp_hidden",
+            self.mlp_hidden,
+            "must be a positive integer or null (4 * n_embd)",
+        )
         if isinstance(self.n_embd, int) and isinstance(self.n_head, int) and self.n_head > 0 and self.n_embd > 0:
             if self.n_embd % self.n_head:
-                p.add("model.n_embd", self.n_embd,
-                      f"must be divisible by n_head = {self.n_head} (head_dim = n_embd / n_head)")
+                p.add(
+                    "model.n_embd",
+                    self.n_embd,
+                    f"must be divisible by n_head = {self.n_head} (head_dim = n_embd / n_head)",
+                )
             elif self.head_dim % 2:
-                p.add("model.n_head", self.n_head,
-                      f"gives head_dim = {self.head_dim}, which is odd; RoPE needs an even head_dim")
+                p.add(
+                    "model.n_head",
+                    self.n_head,
+                    f"gives head_dim = {self.head_dim}, which is odd; RoPE needs an even head_dim",
+                )
         p.check(self.rope_base > 1, "model.rope_base", self.rope_base, "must be > 1 (paper: 10000)")
         for name in ("alpha_attn_scale", "alpha_mlp_scale", "s_qk_scale", "s_uv_scale", "s_z_scale"):
             value = getattr(self, name)
-            p.check(value is None or value > 0, f"model.{name}", value,
-                    "must be > 0 (the stored value is divided by it) or null for 1/sqrt(n_embd)")
+            p.check(
+                value is None or value > 0,
+                f"model.{name}",
+                value,
+                "must be > 0 (the stored value is divided by it) or null for 1/sqrt(n_embd)",
+            )
         p.check(self.init_std > 0, "model.init_std", self.init_std, "must be > 0")
         p.check(self.norm_eps > 0, "model.norm_eps", self.norm_eps, "must be > 0")
         p.raise_if_any()
@@ -149,13 +165,16 @@ def resolve_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise NgptConfigError(f"config file {path} does not exist. Give a YAML file or one of the "
-                                  f"presets: {', '.join(preset_names())}")
+            raise NgptConfigError(
+                f"config file {path} does not exist. Give a YAML file or one of the "
+                f"presets: {', '.join(preset_names())}"
+            )
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
-        raise NgptConfigError(f"unknown preset {name_or_path!r}. Presets: {', '.join(preset_names())}; "
-                              "or give the path of a YAML file")
+        raise NgptConfigError(
+            f"unknown preset {name_or_path!r}. Presets: {', '.join(preset_names())}; or give the path of a YAML file"
+        )
     return preset
 
 
@@ -170,8 +189,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
             if key in seen:
-                raise NgptConfigError(f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); "
-                                      "keep one")
+                raise NgptConfigError(
+                    f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"
+                )
             seen.add(key)
         return loader.construct_mapping(node, deep)
 
@@ -193,5 +213,3 @@ def load_model_config(name_or_path: str, overrides: dict[str, Any] | None = None
     section = dict(load_yaml(path).get("model") or {})
     section.update(overrides or {})
     return ModelConfig.from_dict(section, source=f"model config ({path})")
-
-

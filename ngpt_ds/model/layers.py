@@ -91,8 +91,7 @@ class Projection(DeclaredMatrix):
     unit norm along out_features = d_model.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, style: str, on_sphere: bool,
-                 init_std: float):
+    def __init__(self, in_features: int, out_features: int, *, style: str, on_sphere: bool, init_std: float):
         super().__init__()
         if style not in ("column", "row"):
             raise ValueError(f"Projection style must be 'column' or 'row', got {style!r}")
@@ -108,8 +107,7 @@ class Projection(DeclaredMatrix):
         return scaled_linear(x, self.weight, row_scale)
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, style={self.style}, "
-                f"on_sphere={self.on_sphere}")
+        return f"in={self.in_features}, out={self.out_features}, style={self.style}, on_sphere={self.on_sphere}"
 
 
 def scaled_linear(x: torch.Tensor, weight: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:
@@ -178,8 +176,9 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim, self.base = head_dim, float(base)
 
-    def tables(self, seq_len: int, device: torch.device, dtype: torch.dtype,
-               offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(
+        self, seq_len: int, device: torch.device, dtype: torch.dtype, offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for positions offset..offset+seq_len-1, each [seq_len, 1, head_dim/2]."""
         half = self.head_dim // 2
         inv_freq = self.base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)

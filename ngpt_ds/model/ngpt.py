@@ -44,10 +44,12 @@ class NormalizedBlock(nn.Module):
         out_std = std / math.sqrt(2 * config.n_layer)
         self.attn = CausalSelfAttention(config, on_sphere=True, qkv_std=std, out_std=out_std)
         self.mlp = SwiGLU(config, on_sphere=True, up_std=std, down_std=out_std)
-        self.attn_alpha = ScaleVector(d, init=config.alpha_attn_init,
-                                      scale=config.resolved_scale(config.alpha_attn_scale), absolute=True)
-        self.mlp_alpha = ScaleVector(d, init=config.alpha_mlp_init,
-                                     scale=config.resolved_scale(config.alpha_mlp_scale), absolute=True)
+        self.attn_alpha = ScaleVector(
+            d, init=config.alpha_attn_init, scale=config.resolved_scale(config.alpha_attn_scale), absolute=True
+        )
+        self.mlp_alpha = ScaleVector(
+            d, init=config.alpha_mlp_init, scale=config.resolved_scale(config.alpha_mlp_scale), absolute=True
+        )
 
     def attention_update(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Eq. 10: h <- Norm(h + alpha_A (h_A - h)), h_A = Norm(ATTN(h)). h: [B, T, d], unit rows."""

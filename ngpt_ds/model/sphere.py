@@ -26,9 +26,11 @@ class SphereMatrix:
 
 def sphere_matrices(model: nn.Module) -> list[SphereMatrix]:
     """Every declared matrix with on_sphere=True, in module order (empty for the GPT baseline)."""
-    return [SphereMatrix(f"{name}.weight" if name else "weight", module.weight, module.layout.norm_dim)
-            for name, module in model.named_modules()
-            if isinstance(module, DeclaredMatrix) and module.on_sphere]
+    return [
+        SphereMatrix(f"{name}.weight" if name else "weight", module.weight, module.layout.norm_dim)
+        for name, module in model.named_modules()
+        if isinstance(module, DeclaredMatrix) and module.on_sphere
+    ]
 
 
 @torch.no_grad()

@@ -70,22 +70,35 @@ class ParallelGroups:
         return 0
 
 
-def check_tensor_parallel(tp_size: int, world_size: int, *, n_head: int, vocab_size: int, mlp_width: int,
-                          source: str = "train.tensor_parallel_size") -> None:
+def check_tensor_parallel(
+    tp_size: int,
+    world_size: int,
+    *,
+    n_head: int,
+    vocab_size: int,
+    mlp_width: int,
+    source: str = "train.tensor_parallel_size",
+) -> None:
     """Every size a tensor-parallel split cuts must divide evenly; report all that do not."""
     problems = []
     if tp_size < 1:
         problems.append(f"{source} = {tp_size}: must be a positive integer")
     else:
         if world_size % tp_size:
-            problems.append(f"world size {world_size} is not divisible by {source} = {tp_size}: start a multiple "
-                            f"of {tp_size} processes")
-        for name, value, what in (("model.n_head", n_head, "heads are never split"),
-                                  ("model.vocab_size", vocab_size, "the embeddings and output head split the vocabulary"),
-                                  ("model.mlp_hidden (SwiGLU width)", mlp_width, "the MLP splits its channels")):
+            problems.append(
+                f"world size {world_size} is not divisible by {source} = {tp_size}: start a multiple "
+                f"of {tp_size} processes"
+            )
+        for name, value, what in (
+            ("model.n_head", n_head, "heads are never split"),
+            ("model.vocab_size", vocab_size, "the embeddings and output head split the vocabulary"),
+            ("model.mlp_hidden (SwiGLU width)", mlp_width, "the MLP splits its channels"),
+        ):
             if value % tp_size:
-                problems.append(f"{name} = {value} is not divisible by {source} = {tp_size} ({what}); choose "
-                                f"a tensor-parallel size that divides it")
+                problems.append(
+                    f"{name} = {value} is not divisible by {source} = {tp_size} ({what}); choose "
+                    f"a tensor-parallel size that divides it"
+                )
     if problems:
         raise NgptConfigError("tensor parallelism: " + "; ".join(problems))
 
@@ -108,5 +121,13 @@ def create_groups(tp_size: int) -> ParallelGroups:
         group = dist.new_group(ranks)
         if rank in ranks:
             dp_group, dp_ranks = group, ranks
-    return ParallelGroups(tp_size=tp_size, dp_size=dp_size, tp_rank=rank % tp_size, dp_rank=rank // tp_size,
-                          tp_group=tp_group, dp_group=dp_group, tp_ranks=tp_ranks, dp_ranks=dp_ranks)
+    return ParallelGroups(
+        tp_size=tp_size,
+        dp_size=dp_size,
+        tp_rank=rank % tp_size,
+        dp_rank=rank // tp_size,
+        tp_group=tp_group,
+        dp_group=dp_group,
+        tp_ranks=tp_ranks,
+        dp_ranks=dp_ranks,
+    )

@@ -132,11 +132,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return grad * grad_loss.unsqueeze(-1), None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, vocab_start: int,
-                                 group) -> torch.Tensor:
+def vocab_parallel_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, *, vocab_start: int, group
+) -> torch.Tensor:
     """Mean cross-entropy over targets != -1; logits [B, T, V/tp] (this rank's vocabulary slice)."""
     flat_targets = targets.flatten()
     valid = flat_targets != -1
-    per_token = _VocabParallelCrossEntropy.apply(logits.float().flatten(0, 1), flat_targets.clamp(min=0),
-                                                 vocab_start, group)
+    per_token = _VocabParallelCrossEntropy.apply(
+        logits.float().flatten(0, 1), flat_targets.clamp(min=0), vocab_start, group
+    )
     return (per_token * valid).sum() / valid.sum()

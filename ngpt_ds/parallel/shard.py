@@ -37,8 +37,9 @@ class ShardRule:
     def indices(self, size: int, tp_size: int, tp_rank: int) -> torch.Tensor:
         """Indices along `dim` that rank tp_rank holds, of a full size `size`."""
         block, part = size // self.blocks, size // self.blocks // tp_size
-        return torch.cat([torch.arange(b * block + tp_rank * part, b * block + (tp_rank + 1) * part)
-                          for b in range(self.blocks)])
+        return torch.cat(
+            [torch.arange(b * block + tp_rank * part, b * block + (tp_rank + 1) * part) for b in range(self.blocks)]
+        )
 
 
 def tensor_parallel_plan(model: CausalLM) -> dict[str, ShardRule]:
@@ -72,8 +73,13 @@ def parallelize(model: CausalLM, groups: ParallelGroups) -> CausalLM:
     if groups.tp_size == 1:
         return model
     config: ModelConfig = model.config
-    check_tensor_parallel(groups.tp_size, groups.tp_size * groups.dp_size, n_head=config.n_head,
-                          vocab_size=config.vocab_size, mlp_width=config.mlp_width)
+    check_tensor_parallel(
+        groups.tp_size,
+        groups.tp_size * groups.dp_size,
+        n_head=config.n_head,
+        vocab_size=config.vocab_size,
+        mlp_width=config.mlp_width,
+    )
     plan = tensor_parallel_plan(model)
     tp, rank, group = groups.tp_size, groups.tp_rank, groups.tp_group
 

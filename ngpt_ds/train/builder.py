@@ -68,40 +68,61 @@ def prepare(options: TrainOptions) -> Prepared:
 
     ds_config = load_ds_config(options.deepspeed_config)
     from deepspeed.accelerator import get_accelerator
+
     accelerator = get_accelerator()
-    plan = check_ds_config(ds_config, world_size=dist_env.world_size,
-                           tensor_parallel=train_cfg.tensor_parallel_size, source=options.deepspeed_config,
-                           fp16_supported=bool(accelerator.is_fp16_supported()),
-                           bf16_supported=bool(accelerator.is_bf16_supported()))
-    ds_config.setdefault("steps_per_print", 10 ** 9)  # ngpt_ds logs; keep DeepSpeed's own step log quiet
+    plan = check_ds_config(
+        ds_config,
+        world_size=dist_env.world_size,
+        tensor_parallel=train_cfg.tensor_parallel_size,
+        source=options.deepspeed_config,
+        fp16_supported=bool(accelerator.is_fp16_supported()),
+        bf16_supported=bool(accelerator.is_bf16_supported()),
+    )
+    ds_config.setdefault("steps_per_print", 10**9)  # ngpt_ds logs; keep DeepSpeed's own step log quiet
 
     if options.data:
         data_dir = Path(options.data)
     else:
-        data_dir = ensure_default_dataset(vocab_size=model_cfg.vocab_size or 4096,
-                                          progress=options.progress and dist_env.rank == 0)
+        data_dir = ensure_default_dataset(
+            vocab_size=model_cfg.vocab_size or 4096, progress=options.progress and dist_env.rank == 0
+        )
     meta = load_dataset_meta(data_dir)
     if model_cfg.vocab_size is None:
         model_cfg.vocab_size = meta.vocab_size
     else:
         check_vocab_matches(meta, model_cfg.vocab_size, data_dir)
     model_cfg.validate(f"model config ({config_path})")
-    check_tensor_parallel(train_cfg.tensor_parallel_size, dist_env.world_size, n_head=model_cfg.n_head,
-                          vocab_size=model_cfg.vocab_size, mlp_width=model_cfg.mlp_width)
+    check_tensor_parallel(
+        train_cfg.tensor_parallel_size,
+        dist_env.world_size,
+        n_head=model_cfg.n_head,
+        vocab_size=model_cfg.vocab_size,
+        mlp_width=model_cfg.mlp_width,
+    )
 
     out_dir = Path(options.out or Path("runs") / config_path.stem)
     preflight.check_writable(out_dir)
-    resume_from = resolve_resume(out_dir, options.resume,  # verified; a damaged one is skipped or refused
-                                 warn=_warn_on_rank0(dist_env.rank))
+    resume_from = resolve_resume(
+        out_dir,
+        options.resume,  # verified; a damaged one is skipped or refused
+        warn=_warn_on_rank0(dist_env.rank),
+    )
     if resume_from is not None:
         preflight.check_resume_fits(resume_from, model_cfg, meta)  # same model config and tokenizer
     # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
     # cannot convert is refused here, before the process group.
     layout = reshape.current_layout(ds_config, dist_env.world_size, train_cfg.tensor_parallel_size)
     resize = reshape.plan(resume_from, layout, out_dir) if resume_from is not None else None
-    run = RunConfig(config_source=str(config_path), model=model_cfg, train=train_cfg, deepspeed=ds_config,
-                    deepspeed_source=options.deepspeed_config, data_dir=str(data_dir), out_dir=str(out_dir),
-                    tokenizer_sha256=meta.tokenizer_sha256)
+    run = RunConfig(
+        config_source=str(config_path),
+        model=model_cfg,
+        train=train_cfg,
+        deepspeed=ds_config,
+        deepspeed_source=options.deepspeed_config,
+        data_dir=str(data_dir),
+        out_dir=str(out_dir),
+        tokenizer_sha256=meta.tokenizer_sha256,
+    )
     return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from, reshape=resize)
 
 
@@ -146,18 +167,22 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
     tensor_parallel = groups is not None and groups.tp_size > 1
     if tensor_parallel:
         parallelize(model, groups)
-    optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps,
-                                weight_decay=train.weight_decay)
-    schedule = build_schedule(optimizer, max_steps=train.max_steps, warmup_steps=train.warmup_steps,
-                              min_lr_ratio=train.min_lr / train.lr)
+    optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
+    schedule = build_schedule(
+        optimizer, max_steps=train.max_steps, warmup_steps=train.warmup_steps, min_lr_ratio=train.min_lr / train.lr
+    )
     # Saved into every checkpoint, so DeepSpeed's ds_to_universal converts it as it is (README
     # "Resuming at another world size"); a model attribute, as the client_state key is reserved.
     setattr(model, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
     ds_config = run.deepspeed
     if load_universal:
         ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=ds_config, mpu=groups if tensor_parallel else None)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=ds_config,
+        mpu=groups if tensor_parallel else None,
+    )
     ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
     return engine
-

@@ -67,12 +67,12 @@ def tag_for(step: int) -> str:
 
 
 def step_of(tag: str) -> int:
-    return int(tag[len(TAG_PREFIX):])
+    return int(tag[len(TAG_PREFIX) :])
 
 
 def is_step_dir(path: Path) -> bool:
     """A step_N folder (complete or not); temporary and abandoned folders never match."""
-    return path.name.startswith(TAG_PREFIX) and path.name[len(TAG_PREFIX):].isdigit() and path.is_dir()
+    return path.name.startswith(TAG_PREFIX) and path.name[len(TAG_PREFIX) :].isdigit() and path.is_dir()
 
 
 def step_dirs(checkpoint_dir: Path) -> list[Path]:
@@ -92,7 +92,7 @@ def universal_source(path: Path) -> Path | None:
     if not name.endswith(UNIVERSAL_SUFFIX):
         return None
     source = path.with_name(name[: -len(UNIVERSAL_SUFFIX)])
-    return source if source.name.startswith(TAG_PREFIX) and source.name[len(TAG_PREFIX):].isdigit() else None
+    return source if source.name.startswith(TAG_PREFIX) and source.name[len(TAG_PREFIX) :].isdigit() else None
 
 
 def universal_dirs(checkpoint_dir: Path) -> list[Path]:
@@ -120,7 +120,11 @@ def _digest(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name not in (COMPLETE, COMPLETE + ".tmp"))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in (COMPLETE, COMPLETE + ".tmp")
+    )
 
 
 def _digests(folder: Path, names: list[str]) -> list[str]:
@@ -131,10 +135,11 @@ def _digests(folder: Path, names: list[str]) -> list[str]:
 
 def build_manifest(folder: Path, step: int) -> dict[str, Any]:
     names = _files(folder)
-    files = {name: {"size": (folder / name).stat().st_size, "blake2b": digest}
-             for name, digest in zip(names, _digests(folder, names))}
-    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "hash": HASH_NAME,
-            "files": files}
+    files = {
+        name: {"size": (folder / name).stat().st_size, "blake2b": digest}
+        for name, digest in zip(names, _digests(folder, names))
+    }
+    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "hash": HASH_NAME, "files": files}
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -192,8 +197,9 @@ def is_legacy(path: Path) -> bool:
 
 
 def legacy_warning(path: Path) -> str:
-    return (f"warning: {path} has no manifest in its {COMPLETE} marker (written by an older ngpt_ds); "
-            "loading it unverified")
+    return (
+        f"warning: {path} has no manifest in its {COMPLETE} marker (written by an older ngpt_ds); loading it unverified"
+    )
 
 
 # ---- choosing what to resume from -----------------------------------------------------------------
@@ -211,8 +217,10 @@ def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> 
             return path
         warn(f"warning: skipping checkpoint {path.name}: {problem}. Using the one before it")
     if candidates:
-        raise NgptConfigError(f"every checkpoint in {checkpoint_dir} is damaged (see the warnings above). "
-                              "Start a new run with --resume none and another --out")
+        raise NgptConfigError(
+            f"every checkpoint in {checkpoint_dir} is damaged (see the warnings above). "
+            "Start a new run with --resume none and another --out"
+        )
     return None
 
 
@@ -227,9 +235,11 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     if resume == "none":
         existing = complete_checkpoints(checkpoint_dir)
         if existing:
-            raise NgptConfigError(f"--resume none, but {checkpoint_dir} already holds checkpoints (newest: "
-                                  f"{existing[-1].name}). Choose another --out, or delete {checkpoint_dir} "
-                                  "to start over")
+            raise NgptConfigError(
+                f"--resume none, but {checkpoint_dir} already holds checkpoints (newest: "
+                f"{existing[-1].name}). Choose another --out, or delete {checkpoint_dir} "
+                "to start over"
+            )
         return None
     if resume == "auto":
         return newest_intact(checkpoint_dir, warn)
@@ -237,9 +247,11 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     source = universal_source(path)
     if source is not None:  # a conversion is derived data: resume its step_N, which reuses it if needed
         if not (source / COMPLETE).is_file():
-            raise NgptConfigError(f"--resume {resume}: a {UNIVERSAL_SUFFIX} folder is resumed through the checkpoint "
-                                  f"it was converted from, and {source} holds no complete checkpoint. Give a step_N "
-                                  "checkpoint directory")
+            raise NgptConfigError(
+                f"--resume {resume}: a {UNIVERSAL_SUFFIX} folder is resumed through the checkpoint "
+                f"it was converted from, and {source} holds no complete checkpoint. Give a step_N "
+                "checkpoint directory"
+            )
         path = source
     if (path / COMPLETE).is_file():
         chosen = path
@@ -249,12 +261,16 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
         chosen = complete_checkpoints(path / CHECKPOINTS)[-1]
     else:
         reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
-        raise NgptConfigError(f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
-                              "a run's --out directory, 'auto' or 'none'")
+        raise NgptConfigError(
+            f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
+            "a run's --out directory, 'auto' or 'none'"
+        )
     problem = verify(chosen)
     if problem is not None:
-        raise NgptConfigError(f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another "
-                              "checkpoint, or use --resume auto to take the newest intact one")
+        raise NgptConfigError(
+            f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another "
+            "checkpoint, or use --resume auto to take the newest intact one"
+        )
     if is_legacy(chosen):
         warn(legacy_warning(chosen))
     return chosen
@@ -288,8 +304,10 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     _fsync_dir(checkpoint_dir)
     point_latest(checkpoint_dir)
     names = ", ".join(d.name for d in newer)
-    return (f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
-            f"({names}) to {abandoned} (kept, not deleted)")
+    return (
+        f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
+        f"({names}) to {abandoned} (kept, not deleted)"
+    )
 
 
 # ---- saving ---------------------------------------------------------------------------------------
@@ -328,14 +346,15 @@ def _describe(err: BaseException, folder: Path) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return text
-    full = ": no space left on device" if free < 2 ** 20 else ""
+    full = ": no space left on device" if free < 2**20 else ""
     return f"{text}; {_gib(free)} free on the filesystem{full}"
 
 
 def _is_write_failure(err: BaseException) -> bool:
     """An OSError, or torch's zip writer reporting a failed write."""
-    return isinstance(err, OSError) or (isinstance(err, RuntimeError)
-                                        and any(marker in str(err) for marker in TORCH_WRITE_FAILURES))
+    return isinstance(err, OSError) or (
+        isinstance(err, RuntimeError) and any(marker in str(err) for marker in TORCH_WRITE_FAILURES)
+    )
 
 
 def _estimate_bytes(engine) -> int:
@@ -344,7 +363,7 @@ def _estimate_bytes(engine) -> int:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2 ** 30:.3f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+    return f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _before_save(engine, checkpoint_dir: Path, step: int) -> str | None:
@@ -356,14 +375,19 @@ def _before_save(engine, checkpoint_dir: Path, step: int) -> str | None:
                 shutil.rmtree(leftover)
         complete = complete_checkpoints(checkpoint_dir)
         previous = checkpoint_bytes(complete[-1]) if complete else None
-        need, basis = ((previous, f"the size of {complete[-1].name}") if previous is not None
-                       else (_estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"))
+        need, basis = (
+            (previous, f"the size of {complete[-1].name}")
+            if previous is not None
+            else (_estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter")
+        )
         free = shutil.disk_usage(checkpoint_dir).free
     except OSError as err:
         return f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: " + _describe(err, checkpoint_dir)
     if free < need:
-        return (f"not enough free space for the checkpoint of step {step}: it needs about {_gib(need)} ({basis}), "
-                f"{_gib(free)} are free on the filesystem of {checkpoint_dir}. Nothing was written")
+        return (
+            f"not enough free space for the checkpoint of step {step}: it needs about {_gib(need)} ({basis}), "
+            f"{_gib(free)} are free on the filesystem of {checkpoint_dir}. Nothing was written"
+        )
     return None
 
 
@@ -512,9 +536,12 @@ def load(engine, path: Path) -> dict[str, Any]:
     reads go through the same restricted unpickler (ngpt_ds.safe_load)."""
     check_files_on_all_ranks(path, engine.device)
     with safe_load.deepspeed_loads_are_safe():
-        load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name,
-                                                         load_optimizer_states=True, load_lr_scheduler_states=True)
+        load_path, client_state = engine.load_checkpoint(
+            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
     if load_path is None:
-        raise NgptConfigError(f"DeepSpeed could not load the checkpoint in {path}; it may be from another "
-                              "ZeRO stage or world size. Start a new run with --resume none and another --out")
+        raise NgptConfigError(
+            f"DeepSpeed could not load the checkpoint in {path}; it may be from another "
+            "ZeRO stage or world size. Start a new run with --resume none and another --out"
+        )
     return client_state

@@ -20,8 +20,7 @@ def communication_device(engine) -> torch.device:
     return torch.device(engine.device)
 
 
-def all_reduce_on(tensor: torch.Tensor, device: torch.device | str, group=None,
-                  op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce_on(tensor: torch.Tensor, device: torch.device | str, group=None, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """All-reduce `tensor` in place over `group`, with the collective on `device`.
 
     A tensor already on `device` is reduced directly; any other is copied there, reduced,

@@ -85,34 +85,72 @@ class TrainConfig:
 
     def validate(self, source: str = "train config") -> TrainConfig:
         p = Problems(source)
-        for name in ("max_steps", "log_interval", "eval_batches", "keep_checkpoints", "dist_timeout_s",
-                     "tensor_parallel_size"):
+        for name in (
+            "max_steps",
+            "log_interval",
+            "eval_batches",
+            "keep_checkpoints",
+            "dist_timeout_s",
+            "tensor_parallel_size",
+        ):
             value = getattr(self, name)
             p.check(isinstance(value, int) and value > 0, f"train.{name}", value, "must be a positive integer")
         for name in ("eval_interval", "checkpoint_interval", "warmup_steps"):
             value = getattr(self, name)
-            p.check(value is None or (isinstance(value, int) and value >= 0), f"train.{name}", value,
-                    "must be an integer >= 0")
+            p.check(
+                value is None or (isinstance(value, int) and value >= 0),
+                f"train.{name}",
+                value,
+                "must be an integer >= 0",
+            )
         p.check(self.lr > 0, "train.lr", self.lr, "must be > 0")
         p.check(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr = {self.lr}]")
-        p.check(self.weight_decay is None or self.weight_decay >= 0, "train.weight_decay", self.weight_decay,
-                "must be >= 0")
-        p.check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", self.betas,
-                "must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+        p.check(
+            self.weight_decay is None or self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0"
+        )
+        p.check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            self.betas,
+            "must be two numbers in [0, 1), e.g. [0.9, 0.95]",
+        )
         p.check(self.eps > 0, "train.eps", self.eps, "must be > 0")
-        p.check(isinstance(self.stop_grace_s, (int, float)) and not isinstance(self.stop_grace_s, bool)
-                and 0 <= self.stop_grace_s < float("inf"), "train.stop_grace_s", self.stop_grace_s,
-                "must be a number of seconds >= 0, below the launcher's kill timeout (30 s for deepspeed and torchrun)")
+        p.check(
+            isinstance(self.stop_grace_s, (int, float))
+            and not isinstance(self.stop_grace_s, bool)
+            and 0 <= self.stop_grace_s < float("inf"),
+            "train.stop_grace_s",
+            self.stop_grace_s,
+            "must be a number of seconds >= 0, below the launcher's kill timeout (30 s for deepspeed and torchrun)",
+        )
         mode = self.activation_checkpointing
-        p.check(mode in ("none", "blocks") if isinstance(mode, str) else (
-            isinstance(mode, dict) and set(mode) == {"every_k"} and isinstance(mode["every_k"], int)
-            and not isinstance(mode["every_k"], bool) and mode["every_k"] >= 1),
-            "train.activation_checkpointing", mode, "must be none, blocks, or {every_k: K} with an integer K >= 1")
-        p.check(self.peak_tflops is None or self.peak_tflops > 0, "train.peak_tflops", self.peak_tflops,
-                "must be > 0 or null")
+        p.check(
+            mode in ("none", "blocks")
+            if isinstance(mode, str)
+            else (
+                isinstance(mode, dict)
+                and set(mode) == {"every_k"}
+                and isinstance(mode["every_k"], int)
+                and not isinstance(mode["every_k"], bool)
+                and mode["every_k"] >= 1
+            ),
+            "train.activation_checkpointing",
+            mode,
+            "must be none, blocks, or {every_k: K} with an integer K >= 1",
+        )
+        p.check(
+            self.peak_tflops is None or self.peak_tflops > 0,
+            "train.peak_tflops",
+            self.peak_tflops,
+            "must be > 0 or null",
+        )
         if isinstance(self.warmup_steps, int) and isinstance(self.max_steps, int):
-            p.check(self.warmup_steps <= self.max_steps, "train.warmup_steps", self.warmup_steps,
-                    f"must not exceed max_steps = {self.max_steps}")
+            p.check(
+                self.warmup_steps <= self.max_steps,
+                "train.warmup_steps",
+                self.warmup_steps,
+                f"must not exceed max_steps = {self.max_steps}",
+            )
         p.raise_if_any()
         return self
 
@@ -121,9 +159,16 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise NgptConfigError(f"{source}: the train section must be a mapping")
         p = Problems(source)
-        p.unknown_fields("train", values, [f.name for f in fields(cls)], lambda key: (
-            " Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
-            if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum")) else ""))
+        p.unknown_fields(
+            "train",
+            values,
+            [f.name for f in fields(cls)],
+            lambda key: (
+                " Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
+                if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum"))
+                else ""
+            ),
+        )
         p.raise_if_any()
         config = cls(**values)
         p.wrong_types("train", config)  # before resolve/validate compare or convert them
@@ -161,8 +206,9 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def load_model_and_train(name_or_path: str, arch: str | None = None,
-                         train_overrides: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig, Path]:
+def load_model_and_train(
+    name_or_path: str, arch: str | None = None, train_overrides: dict[str, Any] | None = None
+) -> tuple[ModelConfig, TrainConfig, Path]:
     """Read a preset or YAML file into validated model and train configs.
 
     `arch` (the --model option) must agree with the file's model.arch: a preset's
@@ -172,12 +218,15 @@ def load_model_and_train(name_or_path: str, arch: str | None = None,
     data = load_yaml(path)
     unknown = sorted(set(data) - {"model", "train"})
     if unknown:
-        raise NgptConfigError(f"{path}: unknown top-level section(s) {', '.join(unknown)}; "
-                              "expected 'model:' and 'train:'")
+        raise NgptConfigError(
+            f"{path}: unknown top-level section(s) {', '.join(unknown)}; expected 'model:' and 'train:'"
+        )
     model = ModelConfig.from_dict(dict(data.get("model") or {}), source=f"model config ({path})")
     if arch is not None and arch != model.arch:
-        raise NgptConfigError(f"--model {arch} conflicts with {path} (model.arch: {model.arch}). "
-                              f"Use --config {arch}_tiny (or another {arch} preset), or drop --model")
+        raise NgptConfigError(
+            f"--model {arch} conflicts with {path} (model.arch: {model.arch}). "
+            f"Use --config {arch}_tiny (or another {arch} preset), or drop --model"
+        )
     train_values = dict(data.get("train") or {})
     train_values.update(train_overrides or {})
     train = TrainConfig.from_dict(train_values, source=f"train config ({path})").resolve(model)

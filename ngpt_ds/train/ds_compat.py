@@ -45,16 +45,19 @@ def check_deepspeed_version(installed: str | None = None, *, warn=print) -> str:
         try:
             installed = metadata.version("deepspeed")
         except metadata.PackageNotFoundError:
-            raise NgptConfigError(f"DeepSpeed is not installed; ngpt_ds supports deepspeed{SUPPORTED}. "
-                                  f"Fix: {_FIX}") from None
+            raise NgptConfigError(
+                f"DeepSpeed is not installed; ngpt_ds supports deepspeed{SUPPORTED}. Fix: {_FIX}"
+            ) from None
     try:
         ok = SpecifierSet(SUPPORTED).contains(Version(installed), prereleases=True)
     except InvalidVersion:
         ok = False
     if ok:
         return installed
-    message = (f"DeepSpeed {installed} is installed, but ngpt_ds supports deepspeed{SUPPORTED}: the "
-               f"hypersphere hook reads DeepSpeed internals that differ between releases")
+    message = (
+        f"DeepSpeed {installed} is installed, but ngpt_ds supports deepspeed{SUPPORTED}: the "
+        f"hypersphere hook reads DeepSpeed internals that differ between releases"
+    )
     if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
         warn(f"warning: {message}; running anyway because {ALLOW_UNTESTED_ENV}=1")
         return installed

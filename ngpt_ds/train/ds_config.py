@@ -37,8 +37,10 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     """Parse a DeepSpeed JSON file; duplicate keys and syntax errors are reported with their line."""
     path = Path(path)
     if not path.is_file():
-        raise NgptConfigError(f"DeepSpeed config {path} does not exist. The shipped ones are in ds_configs/ "
-                              "(zero0.json ... zero3.json, zero2_offload.json)")
+        raise NgptConfigError(
+            f"DeepSpeed config {path} does not exist. The shipped ones are in ds_configs/ "
+            "(zero0.json ... zero3.json, zero2_offload.json)"
+        )
 
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]
@@ -84,8 +86,15 @@ def gradient_clipping_of(config: dict[str, Any]) -> float:
     return config.get(GRADIENT_CLIPPING, GRADIENT_CLIPPING_DEFAULT)
 
 
-def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel: int, source: str,
-                    fp16_supported: bool, bf16_supported: bool) -> BatchPlan:
+def check_ds_config(
+    config: dict[str, Any],
+    *,
+    world_size: int,
+    tensor_parallel: int,
+    source: str,
+    fp16_supported: bool,
+    bf16_supported: bool,
+) -> BatchPlan:
     """Validate the JSON for this world; fill in the batch field DeepSpeed can derive. Returns the plan.
 
     train_batch_size = train_micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel size,
@@ -96,61 +105,92 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
     ds_schema.check_switches(config, "", p)
     for block in ("optimizer", "scheduler"):
         if block in config:
-            p.add(block, "{...}", "remove it: the optimizer and LR schedule are set in the YAML train section "
-                                  "(lr, min_lr, warmup_steps, weight_decay, betas)")
+            p.add(
+                block,
+                "{...}",
+                "remove it: the optimizer and LR schedule are set in the YAML train section "
+                "(lr, min_lr, warmup_steps, weight_decay, betas)",
+            )
     stage = _block(config, "zero_optimization").get("stage", 0)
     p.check(stage in (0, 1, 2, 3), "zero_optimization.stage", stage, "must be 0, 1, 2 or 3")
     precision = precision_of(config)
     if precision == "bf16" and _block(config, "fp16").get("enabled") is True:
         p.add("fp16.enabled", True, "bf16 and fp16 are both enabled; enable one")
     if precision == "fp16" and not fp16_supported:
-        p.add("fp16.enabled", True, "this device does not support fp16 training (CPUs without AVX512-FP16/AMX); "
-                                    "use bf16 (\"bf16\": {\"enabled\": true}) or fp32 (disable both)")
+        p.add(
+            "fp16.enabled",
+            True,
+            "this device does not support fp16 training (CPUs without AVX512-FP16/AMX); "
+            'use bf16 ("bf16": {"enabled": true}) or fp32 (disable both)',
+        )
     if precision == "fp16" and stage == 0:
         # DeepSpeed's engine.backward scales the loss only for ZeRO optimizers, while its ZeRO-0 fp16
         # optimizer (FP16_UnfusedOptimizer) still divides the gradients by the loss scale: every update
         # shrinks (0.17x at the first step of tests/test_precision.py), unseen because the hook keeps
         # the weights on the sphere.
-        p.add("fp16.enabled", True, "fp16 at ZeRO stage 0 gives wrong updates in DeepSpeed (the loss scale is "
-                                    "divided out but never applied); set zero_optimization.stage to 1, 2 or 3, "
-                                    "or use bf16 (\"bf16\": {\"enabled\": true})")
+        p.add(
+            "fp16.enabled",
+            True,
+            "fp16 at ZeRO stage 0 gives wrong updates in DeepSpeed (the loss scale is "
+            "divided out but never applied); set zero_optimization.stage to 1, 2 or 3, "
+            'or use bf16 ("bf16": {"enabled": true})',
+        )
     if precision == "bf16" and not bf16_supported:
-        p.add("bf16.enabled", True, "this device does not support bf16; use fp32 (\"bf16\": {\"enabled\": false})")
+        p.add("bf16.enabled", True, 'this device does not support bf16; use fp32 ("bf16": {"enabled": false})')
     clip = gradient_clipping_of(config)
-    p.check(isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0, "gradient_clipping", clip,
-            "must be a number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)")
+    p.check(
+        isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0,
+        "gradient_clipping",
+        clip,
+        "must be a number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)",
+    )
     for block in ("offload_optimizer", "offload_param"):
         device = _block(_block(config, "zero_optimization"), block).get("device")
         # NVMe offload swaps the fp32 masters in and out of memory: the hypersphere hook would
         # renormalize copies that are then swapped away.
-        p.check(device != "nvme", f"zero_optimization.{block}.device", device,
-                "NVMe offload is not supported (nGPT's renormalization works on the fp32 master weights "
-                "in memory); use \"cpu\" or remove the block")
+        p.check(
+            device != "nvme",
+            f"zero_optimization.{block}.device",
+            device,
+            "NVMe offload is not supported (nGPT's renormalization works on the fp32 master weights "
+            'in memory); use "cpu" or remove the block',
+        )
 
     dp = world_size // tensor_parallel if tensor_parallel and world_size % tensor_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps")
     total = config.get("train_batch_size")
-    for name, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", accum),
-                        ("train_batch_size", total)):
-        p.check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0), name, value,
-                "must be a positive integer")
+    for name, value in (
+        ("train_micro_batch_size_per_gpu", micro),
+        ("gradient_accumulation_steps", accum),
+        ("train_batch_size", total),
+    ):
+        p.check(
+            value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
+            name,
+            value,
+            "must be a positive integer",
+        )
     flagged = {item.split(" = ")[0].split(".")[0] for item in p.items}
     ds_schema.check_blocks(config, p, skip=flagged | {"optimizer", "scheduler"})
     p.raise_if_any()
     if dp is None:
-        raise NgptConfigError(f"world size {world_size} is not divisible by tensor_parallel_size {tensor_parallel}; "
-                              "start a multiple of it processes")
+        raise NgptConfigError(
+            f"world size {world_size} is not divisible by tensor_parallel_size {tensor_parallel}; "
+            "start a multiple of it processes"
+        )
     if micro is None:
-        raise NgptConfigError(f"DeepSpeed config {source}: set train_micro_batch_size_per_gpu (sequences per "
-                              "rank per forward pass)")
+        raise NgptConfigError(
+            f"DeepSpeed config {source}: set train_micro_batch_size_per_gpu (sequences per rank per forward pass)"
+        )
     if accum is None and total is None:
         accum = 1
     elif accum is None:
         if total % (micro * dp):
             raise NgptConfigError(
                 f"DeepSpeed config {source}: train_batch_size = {total} is not a multiple of "
-                f"train_micro_batch_size_per_gpu x data-parallel size = {micro} x {dp} = {micro * dp}")
+                f"train_micro_batch_size_per_gpu x data-parallel size = {micro} x {dp} = {micro * dp}"
+            )
         accum = total // (micro * dp)
     plan = BatchPlan(micro_batch=micro, grad_accum=accum, data_parallel=dp)
     if total is not None and total != plan.global_batch:
@@ -158,7 +198,8 @@ def check_ds_config(config: dict[str, Any], *, world_size: int, tensor_parallel:
             f"DeepSpeed config {source}: train_batch_size = {total}, but train_micro_batch_size_per_gpu x "
             f"gradient_accumulation_steps x data-parallel size = {micro} x {accum} x {dp} = {plan.global_batch} "
             f"(world size {world_size} / tensor-parallel {tensor_parallel} = {dp} data-parallel ranks). "
-            f"Set train_batch_size to {plan.global_batch}, or remove it and let it follow the world size")
+            f"Set train_batch_size to {plan.global_batch}, or remove it and let it follow the world size"
+        )
     config["train_micro_batch_size_per_gpu"] = micro
     config["gradient_accumulation_steps"] = accum
     config["train_batch_size"] = plan.global_batch
@@ -180,9 +221,11 @@ class EngineSettings:
         from deepspeed.runtime.constants import GRADIENT_CLIPPING
 
         default = "" if GRADIENT_CLIPPING in config else " (DeepSpeed's default: the JSON does not set it)"
-        return (f"ZeRO stage {self.zero_stage}, {self.precision}, micro-batch {self.micro_batch} x accumulation "
-                f"{self.grad_accum} -> global batch {self.global_batch}, gradient clipping "
-                f"{self.gradient_clipping!r}{default}")
+        return (
+            f"ZeRO stage {self.zero_stage}, {self.precision}, micro-batch {self.micro_batch} x accumulation "
+            f"{self.grad_accum} -> global batch {self.global_batch}, gradient clipping "
+            f"{self.gradient_clipping!r}{default}"
+        )
 
 
 def engine_settings(engine) -> EngineSettings:
@@ -200,11 +243,22 @@ def engine_settings(engine) -> EngineSettings:
 def check_engine_agrees(settings: EngineSettings, config: dict[str, Any], plan: BatchPlan) -> None:
     """The trainer plans (batches, precision, logs, MFU) from its reading of the JSON; stop if DeepSpeed
     read it differently, naming each value both ways."""
-    assumed = EngineSettings(zero_stage=zero_stage_of(config), precision=precision_of(config),
-                             micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-                             global_batch=plan.global_batch, gradient_clipping=float(gradient_clipping_of(config)))
-    differ = [f"{name}: DeepSpeed uses {getattr(settings, name)!r}, the trainer assumed {getattr(assumed, name)!r}"
-              for name in EngineSettings.__dataclass_fields__ if getattr(settings, name) != getattr(assumed, name)]
+    assumed = EngineSettings(
+        zero_stage=zero_stage_of(config),
+        precision=precision_of(config),
+        micro_batch=plan.micro_batch,
+        grad_accum=plan.grad_accum,
+        global_batch=plan.global_batch,
+        gradient_clipping=float(gradient_clipping_of(config)),
+    )
+    differ = [
+        f"{name}: DeepSpeed uses {getattr(settings, name)!r}, the trainer assumed {getattr(assumed, name)!r}"
+        for name in EngineSettings.__dataclass_fields__
+        if getattr(settings, name) != getattr(assumed, name)
+    ]
     if differ:
-        raise NgptConfigError("the DeepSpeed engine reads the JSON differently from the trainer (" + "; ".join(differ)
-                              + "). Please report this with your DeepSpeed JSON and DeepSpeed version")
+        raise NgptConfigError(
+            "the DeepSpeed engine reads the JSON differently from the trainer ("
+            + "; ".join(differ)
+            + "). Please report this with your DeepSpeed JSON and DeepSpeed version"
+        )

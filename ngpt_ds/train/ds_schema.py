@@ -116,13 +116,19 @@ def check_keys(config: dict[str, Any], p: Problems) -> None:
     removed = removed_keys()
     for key in sorted(set(config) - known):
         if key in removed:
-            p.add(key, "{...}" if isinstance(config[key], dict) else config[key],
-                  f"DeepSpeed no longer supports it: {removed[key].split(' See ')[0]}")
+            p.add(
+                key,
+                "{...}" if isinstance(config[key], dict) else config[key],
+                f"DeepSpeed no longer supports it: {removed[key].split(' See ')[0]}",
+            )
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        p.add(key, "{...}" if isinstance(config[key], dict) else config[key],
-              f"unknown key: DeepSpeed does not read it and would silently ignore it{hint}")
+        p.add(
+            key,
+            "{...}" if isinstance(config[key], dict) else config[key],
+            f"unknown key: DeepSpeed does not read it and would silently ignore it{hint}",
+        )
 
 
 def check_blocks(config: dict[str, Any], p: Problems, skip: set[str] = frozenset()) -> None:
@@ -147,7 +153,7 @@ def check_blocks(config: dict[str, Any], p: Problems, skip: set[str] = frozenset
                     p.add(field, item.get("input"), f"DeepSpeed rejects it: {item['msg']}")
         except Exception as err:  # DeepSpeed's own checks raise assorted types (asserts, TypeError on a non-mapping)
             if isinstance(err, TypeError) and not isinstance(config[key], dict) and "mapping" in str(err):
-                p.add(key, config[key], "must be a JSON object, e.g. {\"enabled\": true} or {\"stage\": 2}")
+                p.add(key, config[key], 'must be a JSON object, e.g. {"enabled": true} or {"stage": 2}')
             else:
                 p.add(key, config[key], f"DeepSpeed rejects it: {type(err).__name__}: {err}")
 

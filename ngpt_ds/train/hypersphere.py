@@ -75,8 +75,8 @@ class MasterPiece:
         head_len = 0 if first_col == 0 else min(cols - first_col, n)
         k = (n - head_len) // cols
         head = self.values[:head_len]
-        body = self.values[head_len:head_len + k * cols].view(k, cols)
-        tail = self.values[head_len + k * cols:]
+        body = self.values[head_len : head_len + k * cols].view(k, cols)
+        tail = self.values[head_len + k * cols :]
         body_row = first_row + (1 if head_len else 0)
         return head, body, tail, first_row, first_col, body_row
 
@@ -88,16 +88,16 @@ class MasterPiece:
             if head.numel():
                 sums[s + first_row] += head.dot(head)
             if body.numel():
-                sums[s + body_row:s + body_row + body.shape[0]] += torch.linalg.vector_norm(body, dim=1).square()
+                sums[s + body_row : s + body_row + body.shape[0]] += torch.linalg.vector_norm(body, dim=1).square()
             if tail.numel():
                 sums[s + body_row + body.shape[0]] += tail.dot(tail)
         else:  # columns
             if head.numel():
-                sums[s + first_col:s + first_col + head.numel()] += head.square()
+                sums[s + first_col : s + first_col + head.numel()] += head.square()
             if body.numel():
-                sums[s:s + self.cols] += torch.linalg.vector_norm(body, dim=0).square()
+                sums[s : s + self.cols] += torch.linalg.vector_norm(body, dim=0).square()
             if tail.numel():
-                sums[s:s + tail.numel()] += tail.square()
+                sums[s : s + tail.numel()] += tail.square()
 
     def scale(self, inv_norms: torch.Tensor) -> None:
         """Multiply every entry by 1 / ||its norm vector||."""
@@ -107,16 +107,16 @@ class MasterPiece:
             if head.numel():
                 head.mul_(inv_norms[s + first_row])
             if body.numel():
-                body.mul_(inv_norms[s + body_row:s + body_row + body.shape[0]].unsqueeze(1))
+                body.mul_(inv_norms[s + body_row : s + body_row + body.shape[0]].unsqueeze(1))
             if tail.numel():
                 tail.mul_(inv_norms[s + body_row + body.shape[0]])
         else:
             if head.numel():
-                head.mul_(inv_norms[s + first_col:s + first_col + head.numel()])
+                head.mul_(inv_norms[s + first_col : s + first_col + head.numel()])
             if body.numel():
-                body.mul_(inv_norms[s:s + self.cols])
+                body.mul_(inv_norms[s : s + self.cols])
             if tail.numel():
-                tail.mul_(inv_norms[s:s + tail.numel()])
+                tail.mul_(inv_norms[s : s + tail.numel()])
 
 
 @dataclass
@@ -163,8 +163,7 @@ def _slot_layout(matrices: list[SphereMatrix]) -> tuple[dict[int, int], int]:
 
 
 def _spans(matrices: list[SphereMatrix], slots: dict[int, int]) -> list[tuple[str, int, int]]:
-    return [(m.name, slots[id(m.param)], slots[id(m.param)] + _full_shape(m.param)[1 - m.norm_dim])
-            for m in matrices]
+    return [(m.name, slots[id(m.param)], slots[id(m.param)] + _full_shape(m.param)[1 - m.norm_dim]) for m in matrices]
 
 
 def _reduction_group(group):
@@ -220,34 +219,51 @@ class HypersphereHook:
         elif isinstance(opt, DeepSpeedZeroOptimizer_Stage3):
             self._locate_zero3(opt)
         elif isinstance(opt, DeepSpeedZeroOptimizer):
-            self._locate_flat_partitions(opt, opt.bit16_groups, opt.single_partition_of_fp32_groups,
-                                         opt.real_dp_process_group)
+            self._locate_flat_partitions(
+                opt, opt.bit16_groups, opt.single_partition_of_fp32_groups, opt.real_dp_process_group
+            )
         elif isinstance(opt, BF16_Optimizer):
-            self._locate_flat_partitions(opt, opt.bf16_groups, opt.fp32_groups_flat_partition,
-                                         opt.real_dp_process_group)
+            self._locate_flat_partitions(
+                opt, opt.bf16_groups, opt.fp32_groups_flat_partition, opt.real_dp_process_group
+            )
         elif isinstance(opt, FP16_UnfusedOptimizer):
-            masters = {id(lp): hp for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups)
-                       for lp, hp in zip(lp_group, hp_group)}
+            masters = {
+                id(lp): hp
+                for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups)
+                for lp, hp in zip(lp_group, hp_group)
+            }
             self._locate_whole(masters)
 
             def refresh():
                 for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
                     for lp, hp in zip(lp_group, hp_group):
                         lp.data.copy_(hp.data)
+
             self._refresh_working_copy = refresh
         elif isinstance(opt, torch.optim.Optimizer):
             self._locate_whole({id(m.param): m.param for m in self.matrices})
         else:
-            raise NotImplementedError(f"nGPT renormalization does not know DeepSpeed optimizer "
-                                      f"{type(opt).__name__}; use ZeRO stage 0-3 with a torch optimizer")
+            raise NotImplementedError(
+                f"nGPT renormalization does not know DeepSpeed optimizer "
+                f"{type(opt).__name__}; use ZeRO stage 0-3 with a torch optimizer"
+            )
 
     def _locate_whole(self, masters: dict[int, torch.Tensor]) -> None:
         """Every rank holds every matrix whole: no communication."""
         slots, total = _slot_layout(self.matrices)
         pieces = [_piece(m, masters[id(m.param)].data.view(-1), 0, slots[id(m.param)]) for m in self.matrices]
         device = pieces[0].values.device
-        self.units = [StepUnit({id(t) for t in masters.values()}, total, pieces, None, device, self.comm_device,
-                               _spans(self.matrices, slots))]
+        self.units = [
+            StepUnit(
+                {id(t) for t in masters.values()},
+                total,
+                pieces,
+                None,
+                device,
+                self.comm_device,
+                _spans(self.matrices, slots),
+            )
+        ]
 
     def _locate_flat_partitions(self, opt, lp_groups, hp_partitions, dp_groups) -> None:
         """ZeRO 1/2 and BF16_Optimizer: group i's master is one flat fp32 partition per rank."""
@@ -262,10 +278,20 @@ class HypersphereHook:
             for m in matrices:
                 mapping = getattr(m.param, "_hp_mapping", None)
                 if mapping is not None:  # None: this rank owns no part of the matrix
-                    pieces.append(_piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start,
-                                         slots[id(m.param)]))
-            self.units.append(StepUnit({id(hp_partition)}, total, pieces, _reduction_group(dp_groups[i]),
-                                       hp_partition.device, self.comm_device, _spans(matrices, slots)))
+                    pieces.append(
+                        _piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start, slots[id(m.param)])
+                    )
+            self.units.append(
+                StepUnit(
+                    {id(hp_partition)},
+                    total,
+                    pieces,
+                    _reduction_group(dp_groups[i]),
+                    hp_partition.device,
+                    self.comm_device,
+                    _spans(matrices, slots),
+                )
+            )
         self._refresh_working_copy = opt.update_lp_params
 
     def _locate_zero3(self, opt) -> None:
@@ -288,14 +314,16 @@ class HypersphereHook:
                 if valid:
                     pieces.append(_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
             group = _reduction_group(opt._get_param_partition_group(matrices[0].param))
-            self.units.append(StepUnit({id(flat)}, total, pieces, group, flat.device, self.comm_device,
-                                       _spans(matrices, slots)))
+            self.units.append(
+                StepUnit({id(flat)}, total, pieces, group, flat.device, self.comm_device, _spans(matrices, slots))
+            )
 
         def refresh():
             for g in range(len(opt.fp16_groups)):
                 opt._reassign_or_swap_out_partitioned_parameters(g)
             if opt.persistent_parameters:
                 opt.persistent_parameters[0].all_gather(opt.persistent_parameters)
+
         self._refresh_working_copy = refresh
 
     # ---- renormalization ----------------------------------------------------------------
@@ -351,13 +379,15 @@ class HypersphereHook:
 
     def missed_error(self, step: int) -> RenormalizationMissed:
         import deepspeed
+
         return RenormalizationMissed(
             f"the nGPT renormalization hook did not run in optimizer step {step}: DeepSpeed {deepspeed.__version__} "
             f"updated the weights through {type(self.engine.optimizer).__name__} around "
             f"{type(self.engine.basic_optimizer).__name__} without calling that torch optimizer's step hooks "
             "(or stepped master weights the hook does not know), so the sphere matrices left the hypersphere. "
             "This DeepSpeed version or optimizer setup is not supported by ngpt_ds.train.hypersphere: install "
-            "the DeepSpeed version setup.py pins, and use ZeRO stage 0-3 without NVMe offload")
+            "the DeepSpeed version setup.py pins, and use ZeRO stage 0-3 without NVMe offload"
+        )
 
     @torch.no_grad()
     def deviations(self) -> dict[str, float]:
@@ -379,7 +409,7 @@ class HypersphereHook:
         stats = torch.cat([worst, has_nan])
         if dist.is_initialized() and dist.get_world_size() > 1:
             all_reduce_on(stats, self.comm_device, op=dist.ReduceOp.MAX)
-        worst, has_nan = stats[:len(names)], stats[len(names):]
+        worst, has_nan = stats[: len(names)], stats[len(names) :]
         return {name: float("nan") if has_nan[i] else worst[i].item() for i, name in enumerate(names)}
 
     def max_deviation(self) -> float:

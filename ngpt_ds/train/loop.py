@@ -60,8 +60,10 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
-                            "pos": int(numpy_state["state"]["pos"])}
+    numpy_state["state"] = {
+        "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+        "pos": int(numpy_state["state"]["pos"]),
+    }
     np.random.set_state(numpy_state)
     random.setstate(state["python"])
 
@@ -78,7 +80,10 @@ class Trainer:
         self.reshape, self.reused_conversion = prepared.reshape, False
         if self.reshape is not None:  # saved at another data-parallel size: its universal form, made once
             from deepspeed.accelerator import get_accelerator
-            self.reused_conversion = reshape.convert(self.reshape, torch.device(get_accelerator().current_device_name()))
+
+            self.reused_conversion = reshape.convert(
+                self.reshape, torch.device(get_accelerator().current_device_name())
+            )
         self.engine = start_engine(self.run, self.groups, load_universal=self.reshape is not None)
         self.ds_settings = engine_settings(self.engine)  # what DeepSpeed really uses, defaults included
         check_engine_agrees(self.ds_settings, self.run.deepspeed, self.plan)
@@ -90,10 +95,19 @@ class Trainer:
 
         seq_len, micro = self.run.model.seq_len, self.plan.micro_batch
         dp_rank, dp_size = self.groups.dp_rank, self.groups.dp_size
-        self.loader = TokenWindowLoader(self.run.data_dir, "train", seq_len, micro, dp_rank, dp_size, self.run.train.seed,
-                                        grad_accum=self.plan.grad_accum)
-        self.val_batches = validation_batches(self.run.data_dir, seq_len, micro, dp_rank, dp_size,
-                                              max_batches=self.run.train.eval_batches)
+        self.loader = TokenWindowLoader(
+            self.run.data_dir,
+            "train",
+            seq_len,
+            micro,
+            dp_rank,
+            dp_size,
+            self.run.train.seed,
+            grad_accum=self.plan.grad_accum,
+        )
+        self.val_batches = validation_batches(
+            self.run.data_dir, seq_len, micro, dp_rank, dp_size, max_batches=self.run.train.eval_batches
+        )
         self.tokens_per_step = self.plan.global_batch * seq_len
         self.step, self.tokens_seen = 0, 0
         if prepared.resume_from is not None:
@@ -105,8 +119,9 @@ class Trainer:
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
         self.resumed_from = prepared.resume_from
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
-        self.stop = StopRequest(options.max_time_s, grace_s=self.run.train.stop_grace_s,
-                                watch_launcher=prepared.dist_env.source != "single")
+        self.stop = StopRequest(
+            options.max_time_s, grace_s=self.run.train.stop_grace_s, watch_launcher=prepared.dist_env.source != "single"
+        )
 
     def _resume(self, path: Path) -> None:
         client = checkpoint.load(self.engine, self.reshape.target if self.reshape is not None else path)
@@ -147,10 +162,21 @@ class Trainer:
         return self._mean_over_ranks([total / len(self.val_batches)])[0]
 
     def save(self) -> Path:
-        client_state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(),
-                        "rng": _rng_state(), "config": self.run.to_dict()}
-        return checkpoint.save(self.engine, self.out_dir, self.step, client_state,
-                               keep=self.run.train.keep_checkpoints, config_yaml=self.run.to_yaml())
+        client_state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "loader": self.loader.state_dict(),
+            "rng": _rng_state(),
+            "config": self.run.to_dict(),
+        }
+        return checkpoint.save(
+            self.engine,
+            self.out_dir,
+            self.step,
+            client_state,
+            keep=self.run.train.keep_checkpoints,
+            config_yaml=self.run.to_yaml(),
+        )
 
     def train_step(self) -> tuple[float, bool, bool]:
         """One optimizer step over grad_accum micro-batches.
@@ -168,10 +194,14 @@ class Trainer:
             loss_sum += loss.detach().float()
         hook, zero = self.hook, torch.zeros((), device=self.device)
         missed = hook is not None and hook.missed_step(renormalized_before, self.engine.was_step_applied())
-        flags = torch.stack([loss_sum / self.plan.grad_accum,
-                             torch.tensor(float(self.stop.requested()), device=self.device),
-                             hook.take_nonfinite(self.device) if hook is not None else zero,
-                             torch.tensor(float(missed), device=self.device)]).double()
+        flags = torch.stack(
+            [
+                loss_sum / self.plan.grad_accum,
+                torch.tensor(float(self.stop.requested()), device=self.device),
+                hook.take_nonfinite(self.device) if hook is not None else zero,
+                torch.tensor(float(missed), device=self.device),
+            ]
+        ).double()
         # One collective: the mean loss, whether any rank must stop, whether any rank saw a NaN/inf
         # norm, whether any rank stepped without renormalizing.
         all_reduce_on(flags, self.device)
@@ -185,8 +215,14 @@ class Trainer:
         train, max_steps = self.run.train, self.run.train.max_steps
         start_time = time.perf_counter()
         self._print_header()
-        bar = tqdm(total=max_steps, initial=self.step, disable=None if self.show_progress else True, unit="step",
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(
+            total=max_steps,
+            initial=self.step,
+            disable=None if self.show_progress else True,
+            unit="step",
+            dynamic_ncols=True,
+            desc="train",
+        )
         interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
         train_loss = val_loss = float("nan")
         status, last_checkpoint = "finished", None
@@ -195,13 +231,17 @@ class Trainer:
             loss, stop, sphere_broken = self.train_step()
             interval_seconds += time.perf_counter() - step_start  # steps only: not evaluation, not saving
             if not math.isfinite(loss):
-                precision_hint = (", try fp32 (\"bf16\": {\"enabled\": false}) to rule out precision"
-                                  if precision_of(self.run.deepspeed) != "fp32" else "")
+                precision_hint = (
+                    ', try fp32 ("bf16": {"enabled": false}) to rule out precision'
+                    if precision_of(self.run.deepspeed) != "fp32"
+                    else ""
+                )
                 raise TrainingDiverged(
                     f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
                     f"Hints: lower train.lr (now {train.lr:g}){precision_hint}, check the data. "
                     f"Checkpoints up to step {self.step} are intact in {self.out_dir / 'checkpoints'} "
-                    "(--resume auto continues from the newest)")
+                    "(--resume auto continues from the newest)"
+                )
             if sphere_broken:
                 self._sphere_diverged(self.step + 1)
             self.step += 1
@@ -218,21 +258,27 @@ class Trainer:
             if (train.eval_interval and self.step % train.eval_interval == 0) or last:
                 val_loss = self.evaluate()
                 self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
-                self._say(f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})")
+                self._say(
+                    f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})"
+                )
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
                 status = "stopped-unsaved"
-                self._say(f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}) "
-                          f"without a checkpoint: {self.stop.unsaved_message()}. The newest complete checkpoint "
-                          f"({last_checkpoint or self.resumed_from or 'none yet'}) is intact; run the same command "
-                          "again to resume from it.")
+                self._say(
+                    f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}) "
+                    f"without a checkpoint: {self.stop.unsaved_message()}. The newest complete checkpoint "
+                    f"({last_checkpoint or self.resumed_from or 'none yet'}) is intact; run the same command "
+                    "again to resume from it."
+                )
                 break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
                 with self.stop.saving():  # timed: the estimate for a stop's save within its grace
                     last_checkpoint = self.save()
             if stop:
                 status = "stopped"
-                self._say(f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}); "
-                          f"checkpoint saved in {last_checkpoint}. Run the same command again to resume.")
+                self._say(
+                    f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}); "
+                    f"checkpoint saved in {last_checkpoint}. Run the same command again to resume."
+                )
                 break
         self.stop.close()
         bar.close()
@@ -248,7 +294,8 @@ class Trainer:
             f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
             f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. Checkpoints up to "
             f"step {step - 1} are intact in {self.out_dir / 'checkpoints'} "
-            "(--resume auto continues from the newest)")
+            "(--resume auto continues from the newest)"
+        )
 
     def _log(self, loss: float, step_time: float) -> None:
         tokens_per_s = self.tokens_per_step / step_time
@@ -269,26 +316,39 @@ class Trainer:
             self._sphere_diverged(self.step)
         self.metrics.log(self.step, scalars)
         if self.is_main:
-            health = (f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}"
-                      if "ngpt/max_norm_deviation" in scalars else "")
-            self._say(f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
-                      f"{tokens_per_s / 1e3:.1f}k tok/s | {step_time * 1e3:.0f} ms/step | "
-                      f"MFU {scalars['throughput/mfu']:.1%}{health}")
+            health = (
+                f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}" if "ngpt/max_norm_deviation" in scalars else ""
+            )
+            self._say(
+                f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
+                f"{tokens_per_s / 1e3:.1f}k tok/s | {step_time * 1e3:.0f} ms/step | "
+                f"MFU {scalars['throughput/mfu']:.1%}{health}"
+            )
 
     def _print_header(self) -> None:
         if not self.is_main:
             return
         m, counts = self.run.model, count_parameters(self.model)
-        _log.info(f"training {m.display_name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
-                   f"vocab {m.vocab_size}, {counts.total / 1e6:.2f}M parameters | {self.world} rank(s), "
-                   f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
-                   f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})")
+        _log.info(
+            f"training {m.display_name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
+            f"vocab {m.vocab_size}, {counts.total / 1e6:.2f}M parameters | {self.world} rank(s), "
+            f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
+            f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})"
+        )
         _log.info(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
 
     def _finish(self, status, train_loss, val_loss, start_time, last_checkpoint) -> Summary:
-        summary = Summary(status=status, step=self.step, max_steps=self.run.train.max_steps, tokens=self.tokens_seen,
-                          train_loss=train_loss, val_loss=val_loss, seconds=time.perf_counter() - start_time,
-                          checkpoint=str(last_checkpoint) if last_checkpoint else None, out_dir=str(self.out_dir))
+        summary = Summary(
+            status=status,
+            step=self.step,
+            max_steps=self.run.train.max_steps,
+            tokens=self.tokens_seen,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            seconds=time.perf_counter() - start_time,
+            checkpoint=str(last_checkpoint) if last_checkpoint else None,
+            out_dir=str(self.out_dir),
+        )
         self.metrics.close()
         if self.is_main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
@@ -298,13 +358,27 @@ class Trainer:
 def train(options: TrainOptions) -> Summary:
     """Validate everything, start the process group, train, and tear down."""
     prepared = prepare(options)
-    if prepared.resume_from is not None and checkpoint.step_of(prepared.resume_from.name) >= prepared.run.train.max_steps:
+    if (
+        prepared.resume_from is not None
+        and checkpoint.step_of(prepared.resume_from.name) >= prepared.run.train.max_steps
+    ):
         if prepared.dist_env.rank == 0:
-            _log.info(f"{prepared.run.out_dir} is already trained to step {checkpoint.step_of(prepared.resume_from.name)}/"
-                      f"{prepared.run.train.max_steps}: nothing to do. Pass --max-steps N to train further, or --out "
-                      "DIR for a new run.")
-        return Summary("already-finished", checkpoint.step_of(prepared.resume_from.name), prepared.run.train.max_steps,
-                       0, float("nan"), float("nan"), 0.0, str(prepared.resume_from), prepared.run.out_dir)
+            _log.info(
+                f"{prepared.run.out_dir} is already trained to step {checkpoint.step_of(prepared.resume_from.name)}/"
+                f"{prepared.run.train.max_steps}: nothing to do. Pass --max-steps N to train further, or --out "
+                "DIR for a new run."
+            )
+        return Summary(
+            "already-finished",
+            checkpoint.step_of(prepared.resume_from.name),
+            prepared.run.train.max_steps,
+            0,
+            float("nan"),
+            float("nan"),
+            0.0,
+            str(prepared.resume_from),
+            prepared.run.out_dir,
+        )
     init_process_group(prepared.dist_env, prepared.run.train.dist_timeout_s)
     lock = None
     try:
@@ -318,8 +392,7 @@ def train(options: TrainOptions) -> Summary:
                 _log.info(moved)
             (out_dir / "config.yaml").write_text(prepared.run.to_yaml(), encoding="utf-8")
             if options.progress:
-                _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n"
-                          + prepared.run.to_yaml())
+                _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
         return Trainer(prepared, options).fit()
     finally:
         if lock is not None:

@@ -30,6 +30,7 @@ class MetricsLogger:
         self.jsonl = out_dir / "metrics.jsonl"
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
+
             truncate_jsonl(self.jsonl, resume_step)
             self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
 
@@ -86,15 +87,18 @@ def measure_matmul_flops(dtype: torch.dtype, size: int = 1024, seconds: float = 
     while time.perf_counter() - start < seconds:
         torch.mm(a, b)
         n += 1
-    return 2 * size ** 3 * n / (time.perf_counter() - start)
+    return 2 * size**3 * n / (time.perf_counter() - start)
 
 
 def memory_metrics() -> dict[str, float]:
-    gib = 1024 ** 3
+    gib = 1024**3
     if torch.cuda.is_available():
-        return {"memory/max_allocated_gib": torch.cuda.max_memory_allocated() / gib,
-                "memory/reserved_gib": torch.cuda.memory_reserved() / gib}
+        return {
+            "memory/max_allocated_gib": torch.cuda.max_memory_allocated() / gib,
+            "memory/reserved_gib": torch.cuda.memory_reserved() / gib,
+        }
     import psutil
+
     return {"memory/rss_gib": psutil.Process(os.getpid()).memory_info().rss / gib}
 
 

@@ -24,8 +24,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float,
-                    weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+) -> torch.optim.AdamW:
     """AdamW as the official code (betas (0.9, 0.95), eps 1e-8); nGPT sets weight_decay 0 (= Adam).
 
     The fused kernel is used where torch has one for the device (CPU and CUDA)."""
@@ -46,9 +47,11 @@ def lr_factor(step: int, *, max_steps: int, warmup_steps: int, min_lr_ratio: flo
     return min_lr_ratio + coeff * (1.0 - min_lr_ratio)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_steps: int,
-                   min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_steps: int, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR that DeepSpeed steps once per optimizer step (and saves in checkpoints)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, max_steps=max_steps, warmup_steps=warmup_steps,
-                                          min_lr_ratio=min_lr_ratio))
+        optimizer,
+        lambda step: lr_factor(step, max_steps=max_steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio),
+    )

@@ -36,8 +36,10 @@ def check_writable(out_dir: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         where = "it" if existing == Path(out_dir) else f"{existing}, where it would be created"
-        raise NgptConfigError(f"--out {out_dir} is not writable (cannot create a file in {where}: "
-                              f"{err.strerror}); choose a writable --out") from None
+        raise NgptConfigError(
+            f"--out {out_dir} is not writable (cannot create a file in {where}: "
+            f"{err.strerror}); choose a writable --out"
+        ) from None
 
 
 def saved_run_config(checkpoint: Path) -> dict[str, Any]:
@@ -46,11 +48,15 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise NgptConfigError(f"--resume {checkpoint}: its config.yaml cannot be read ({err}); the checkpoint was "
-                              "not written by the ngpt_ds trainer or is damaged") from None
+        raise NgptConfigError(
+            f"--resume {checkpoint}: its config.yaml cannot be read ({err}); the checkpoint was "
+            "not written by the ngpt_ds trainer or is damaged"
+        ) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        raise NgptConfigError(f"--resume {checkpoint}: {path} holds no 'model:' section; the checkpoint was not "
-                              "written by the ngpt_ds trainer")
+        raise NgptConfigError(
+            f"--resume {checkpoint}: {path} holds no 'model:' section; the checkpoint was not "
+            "written by the ngpt_ds trainer"
+        )
     return saved
 
 
@@ -58,16 +64,18 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
     """Raise NgptConfigError naming every model field that differs from the checkpoint's, or the
     tokenizer when the data was prepared with another one."""
     saved = saved_run_config(checkpoint)
-    fix = (f"Resume with the checkpoint's config and data (data_dir {saved.get('data_dir')}), or start a new run "
-           "with another --out (or --resume none)")
+    fix = (
+        f"Resume with the checkpoint's config and data (data_dir {saved.get('data_dir')}), or start a new run "
+        "with another --out (or --resume none)"
+    )
     current = model.to_dict()
     differ = [name for name, value in current.items() if saved["model"].get(name, value) != value]
     if differ:
         parts = [f"model.{name} = {saved['model'][name]!r} in the checkpoint, {current[name]!r} now" for name in differ]
-        why = (f" (vocab_size comes from the tokenizer of --data {data.data_dir})"
-               if "vocab_size" in differ else "")
-        raise NgptConfigError(f"--resume {checkpoint}: the checkpoint does not fit this run: {'; '.join(parts)}{why}. "
-                              f"{fix}")
+        why = f" (vocab_size comes from the tokenizer of --data {data.data_dir})" if "vocab_size" in differ else ""
+        raise NgptConfigError(
+            f"--resume {checkpoint}: the checkpoint does not fit this run: {'; '.join(parts)}{why}. {fix}"
+        )
     recorded = saved.get("tokenizer_sha256") or _tokenizer_of(saved.get("data_dir"))
     if recorded and recorded != data.tokenizer_sha256:
         raise NgptConfigError(
@@ -75,7 +83,8 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
             f"{data.tokenizer_sha256[:12]}…) than the checkpoint's training data (sha256 {recorded[:12]}…), "
             f"although both have {data.vocab_size} pieces: the same token ids would mean different text. Prepare "
             "the data with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a "
-            "new run with another --out (or --resume none)")
+            "new run with another --out (or --resume none)"
+        )
 
 
 def _tokenizer_of(data_dir: str | None) -> str | None:

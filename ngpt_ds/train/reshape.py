@@ -52,8 +52,10 @@ class Layout:
     tensor_parallel: int
 
     def describe(self) -> str:
-        return (f"ZeRO stage {self.zero_stage}, data-parallel size {self.data_parallel}, "
-                f"tensor-parallel size {self.tensor_parallel}")
+        return (
+            f"ZeRO stage {self.zero_stage}, data-parallel size {self.data_parallel}, "
+            f"tensor-parallel size {self.tensor_parallel}"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,9 @@ def _family(stage: int) -> str:
 
 
 def _refuse(source: Path, saved: Layout, current: Layout, reason: str) -> NgptConfigError:
-    return NgptConfigError(f"cannot resume {source.name} (saved at {saved.describe()}) at {current.describe()}: "
-                           f"{reason}")
+    return NgptConfigError(
+        f"cannot resume {source.name} (saved at {saved.describe()}) at {current.describe()}: {reason}"
+    )
 
 
 def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
@@ -85,19 +88,32 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     found = deepspeed_files.saved_layout(source)
     saved = Layout(found.zero_stage, found.data_parallel, found.tensor_parallel)
     if _family(saved.zero_stage) != _family(current.zero_stage):
-        raise _refuse(source, saved, current, (
-            f"DeepSpeed loads a {_family(saved.zero_stage)} checkpoint only into {_family(saved.zero_stage)}, and "
-            "its universal checkpoints convert between data-parallel sizes within ZeRO 1/2 or within ZeRO 3, not "
-            f"between the two. Resume with a {_family(saved.zero_stage)} DeepSpeed config (any data-parallel size "
-            "there), or start a new run with --resume none and another --out"))
+        raise _refuse(
+            source,
+            saved,
+            current,
+            (
+                f"DeepSpeed loads a {_family(saved.zero_stage)} checkpoint only into {_family(saved.zero_stage)}, and "
+                "its universal checkpoints convert between data-parallel sizes within ZeRO 1/2 or within ZeRO 3, not "
+                f"between the two. Resume with a {_family(saved.zero_stage)} DeepSpeed config (any data-parallel size "
+                "there), or start a new run with --resume none and another --out"
+            ),
+        )
     if saved.tensor_parallel != current.tensor_parallel or (
-            saved.tensor_parallel > 1 and saved.data_parallel != current.data_parallel):
-        raise _refuse(source, saved, current, (
-            "a tensor-parallel checkpoint resumes only at the same tensor-parallel and data-parallel sizes. "
-            "DeepSpeed's universal converter merges tensor-parallel slices by Megatron name patterns, and the "
-            "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to it, so a merged checkpoint "
-            f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel} on "
-            f"{saved.tensor_parallel * saved.data_parallel} rank(s)"))
+        saved.tensor_parallel > 1 and saved.data_parallel != current.data_parallel
+    ):
+        raise _refuse(
+            source,
+            saved,
+            current,
+            (
+                "a tensor-parallel checkpoint resumes only at the same tensor-parallel and data-parallel sizes. "
+                "DeepSpeed's universal converter merges tensor-parallel slices by Megatron name patterns, and the "
+                "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to it, so a merged checkpoint "
+                f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel} on "
+                f"{saved.tensor_parallel * saved.data_parallel} rank(s)"
+            ),
+        )
     if saved.data_parallel == current.data_parallel or saved.zero_stage == 0:
         return None  # ZeRO 1 <-> 2 share one format; ZeRO 0 keeps the whole optimizer state in one file
     target = out_dir / checkpoint.CHECKPOINTS / checkpoint.universal_name(source.name)
@@ -106,18 +122,24 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
 
 def current_layout(ds_config: dict, world_size: int, tensor_parallel: int, other_parallel: int = 1) -> Layout:
     """This run's layout: data parallelism is what the world size leaves after model parallelism."""
-    return Layout(deepspeed_files.zero_stage_of(ds_config), world_size // (tensor_parallel * other_parallel),
-                  tensor_parallel)
+    return Layout(
+        deepspeed_files.zero_stage_of(ds_config), world_size // (tensor_parallel * other_parallel), tensor_parallel
+    )
 
 
 def describe(reshape: Reshape, reused: bool, renormalized: bool) -> str:
     """The one line the trainer prints."""
-    how = ("reused the universal checkpoint {t} converted from it earlier" if reused
-           else "converted it once into the universal checkpoint {t}").format(t=reshape.target)
+    how = (
+        "reused the universal checkpoint {t} converted from it earlier"
+        if reused
+        else "converted it once into the universal checkpoint {t}"
+    ).format(t=reshape.target)
     sphere = " and renormalized the sphere matrices" if renormalized else ""
-    return (f"resuming step {reshape.step} saved at data-parallel size {reshape.saved.data_parallel} on "
-            f"data-parallel size {reshape.current.data_parallel} (ZeRO {reshape.current.zero_stage}): {how}, "
-            f"loaded it{sphere}")
+    return (
+        f"resuming step {reshape.step} saved at data-parallel size {reshape.saved.data_parallel} on "
+        f"data-parallel size {reshape.current.data_parallel} (ZeRO {reshape.current.zero_stage}): {how}, "
+        f"loaded it{sphere}"
+    )
 
 
 def unalias_optimizer_steps(engine) -> int:
@@ -160,8 +182,13 @@ def _start_converter(source: Path, output: Path, log: Path) -> subprocess.Popen:
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log, "w", encoding="utf-8") as f:
-        return subprocess.Popen([sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(output)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(output)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def _tail(log: Path, lines: int = 8) -> str:
@@ -190,8 +217,10 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     _wait_for(proc, device)
     if rank == 0 and proc is not None:
         if proc.returncode != 0:
-            problem = (f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
-                       f"{_tail(work / 'convert.log')}. Resume at {reshape.saved.describe()} instead")
+            problem = (
+                f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
+                f"{_tail(work / 'convert.log')}. Resume at {reshape.saved.describe()} instead"
+            )
         else:
             try:
                 checkpoint.finish_universal(work / "converted", reshape.target, reshape.source)
@@ -214,8 +243,15 @@ def _convert_main(argv: list[str]) -> None:
     cli = parser.parse_args(argv)
     from deepspeed.checkpoint import ds_to_universal
 
-    args = argparse.Namespace(input_folder=cli.source, output_folder=cli.output, num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+    args = argparse.Namespace(
+        input_folder=cli.source,
+        output_folder=cli.output,
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
     with safe_load.deepspeed_loads_are_safe():
         ds_to_universal.main(args)
 

@@ -67,31 +67,38 @@ def acquire(out_dir: Path) -> RunLock:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise NgptConfigError(f"--out {out_dir} is not writable ({os.strerror(err.errno)}): the trainer writes "
-                              "its checkpoints, logs and config there. Choose a writable --out") from None
+        raise NgptConfigError(
+            f"--out {out_dir} is not writable ({os.strerror(err.errno)}): the trainer writes "
+            "its checkpoints, logs and config there. Choose a writable --out"
+        ) from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not written its name yet"
         os.close(fd)
-        raise NgptConfigError(f"--out {out_dir} is in use by another trainer ({holder}; lock file {path}). Wait for "
-                              "it to finish or stop it, or choose another --out") from None
+        raise NgptConfigError(
+            f"--out {out_dir} is in use by another trainer ({holder}; lock file {path}). Wait for "
+            "it to finish or stop it, or choose another --out"
+        ) from None
     previous = _parse(os.pread(fd, 4096, 0).decode(errors="replace"))
     note = None
     if "pid" in previous:
         same_host = previous.get("host") == socket.gethostname()
         dead = same_host and previous["pid"].isdigit() and not _alive(int(previous["pid"]))
         state = "no longer running" if dead else "its lock was released"
-        note = (f"took over the stale lock of host={previous.get('host', '?')} pid={previous['pid']} ({state}; "
-                "it ended without releasing it)")
+        note = (
+            f"took over the stale lock of host={previous.get('host', '?')} pid={previous['pid']} ({state}; "
+            "it ended without releasing it)"
+        )
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (_holder() + "\n").encode(), 0)
         os.fsync(fd)
     except OSError as err:
         os.close(fd)
-        raise NgptConfigError(f"--out {out_dir} is not writable ({os.strerror(err.errno)}). Choose a writable "
-                              "--out") from None
+        raise NgptConfigError(
+            f"--out {out_dir} is not writable ({os.strerror(err.errno)}). Choose a writable --out"
+        ) from None
     return RunLock(fd, path, note)
 
 

@@ -105,8 +105,10 @@ class StopRequest:
 
     def unsaved_message(self) -> str:
         took = f", the last save took {self.last_save_s:.1f} s" if self.last_save_s is not None else ""
-        return (f"no time left to save (train.stop_grace_s = {self.grace_s:g}, {max(self.time_left or 0.0, 0.0):.1f} s "
-                f"of it left{took})")
+        return (
+            f"no time left to save (train.stop_grace_s = {self.grace_s:g}, {max(self.time_left or 0.0, 0.0):.1f} s "
+            f"of it left{took})"
+        )
 
     @contextlib.contextmanager
     def saving(self):
@@ -183,10 +185,17 @@ def _describe(proc: psutil.Process) -> str:
     except psutil.Error:
         cmdline = []
     words = " ".join(cmdline)
-    name = ("DeepSpeed's launch.py" if "deepspeed.launcher.launch" in words
-            else "the deepspeed runner" if "deepspeed" in words
-            else "torchrun" if "torch.distributed.run" in words or "torchrun" in words
-            else os.path.basename(cmdline[0]) if cmdline else "the parent process")
+    name = (
+        "DeepSpeed's launch.py"
+        if "deepspeed.launcher.launch" in words
+        else "the deepspeed runner"
+        if "deepspeed" in words
+        else "torchrun"
+        if "torch.distributed.run" in words or "torchrun" in words
+        else os.path.basename(cmdline[0])
+        if cmdline
+        else "the parent process"
+    )
     return f"its launcher {name} (pid {proc.pid})"
 
 

@@ -37,15 +37,22 @@ class SlurmCluster:
         self.env = {"SLURM_CONF": f"{SLURM_DIR}/slurm.conf"}
 
     def _run(self, *cmd: str, env: dict | None = None, timeout: float = 30) -> str:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
-                              env={**(env or os.environ), **self.env})
+        proc = subprocess.run(
+            list(cmd), capture_output=True, text=True, timeout=timeout, env={**(env or os.environ), **self.env}
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
         return proc.stdout
 
     def submit(self, script: Path, *args, sbatch_args=(), env: dict, cwd: Path) -> str:
-        proc = subprocess.run(["sbatch", "--parsable", *map(str, sbatch_args), str(script), *map(str, args)],
-                              capture_output=True, text=True, timeout=30, cwd=cwd, env={**env, **self.env})
+        proc = subprocess.run(
+            ["sbatch", "--parsable", *map(str, sbatch_args), str(script), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=cwd,
+            env={**env, **self.env},
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch failed: {proc.stderr}")
         return proc.stdout.strip().split(";")[0]
@@ -72,8 +79,12 @@ class SlurmCluster:
             if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"):
                 return info
             restart = info.get("Restarts")
-            if (release_requeued and state == "PENDING" and info.get("Reason") == "BeginTime"
-                    and restart not in released_restarts):
+            if (
+                release_requeued
+                and state == "PENDING"
+                and info.get("Reason") == "BeginTime"
+                and restart not in released_restarts
+            ):
                 self._run("scontrol", "update", f"JobId={job_id}", "StartTime=now+5")
                 released_restarts.add(restart)
             time.sleep(0.5)
@@ -143,14 +154,18 @@ def local_sshd(workdir: Path):
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {workdir / 'host_key'}\n"
         f"AuthorizedKeysFile {workdir / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {workdir / 'sshd.pid'}\n")
+        f"PidFile {workdir / 'sshd.pid'}\n"
+    )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     log = open(workdir / "sshd.log", "w")
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(workdir / "sshd_config")],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(workdir / "sshd_config")], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
-        options = (f"-p {port} -i {workdir / 'client_key'} -o StrictHostKeyChecking=no "
-                   "-o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR")
+        options = (
+            f"-p {port} -i {workdir / 'client_key'} -o StrictHostKeyChecking=no "
+            "-o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+        )
         deadline = time.monotonic() + 20
         while True:
             check = subprocess.run(["ssh", *options.split(), "127.0.0.1", "true"], capture_output=True, timeout=20)

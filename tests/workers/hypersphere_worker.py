@@ -69,6 +69,7 @@ def sphere_guards(engine, hook):
     """A zero norm vector must stay zero through renormalization (not become NaN), and a NaN in a
     master must be reported by max_deviation (not read as 0.0)."""
     from ngpt_ds.model import sphere_matrices
+
     matrices = sphere_matrices(engine.module)
     straddling = straddling_rows(matrices)
     zeroed = straddling + [(i, 0) for i in range(len(matrices))]  # and vector 0 of every matrix
@@ -99,13 +100,20 @@ def sphere_guards(engine, hook):
     value[0, 0] = float("nan")
     set_master(engine, m.param, value)
     nan_deviation = hook.max_deviation()
-    return {"zeroed": len(zeroed), "straddling_zeroed": len(straddling),
-            "zero_rows_stay_zero": zero_rows_stay_zero, "others_unit": others_unit, "finite": finite,
-            "deviation_with_zero_rows": deviation_with_zero_rows, "nan_deviation": repr(nan_deviation)}
+    return {
+        "zeroed": len(zeroed),
+        "straddling_zeroed": len(straddling),
+        "zero_rows_stay_zero": zero_rows_stay_zero,
+        "others_unit": others_unit,
+        "finite": finite,
+        "deviation_with_zero_rows": deviation_with_zero_rows,
+        "nan_deviation": repr(nan_deviation),
+    }
 
 
 def gather_working(param):
     import deepspeed
+
     if hasattr(param, "ds_id"):
         with deepspeed.zero.GatheredParameters([param]):
             return param.detach().clone()
@@ -120,6 +128,7 @@ def same_on_all_ranks(t: torch.Tensor) -> bool:
 
 def check(engine, hook):
     from ngpt_ds.model import sphere_matrices
+
     deviation, working_equals_master, ranks_agree = 0.0, True, True
     for m in sphere_matrices(engine.module):
         master = gather_master(engine, m.param)
@@ -127,8 +136,12 @@ def check(engine, hook):
         deviation = max(deviation, (master.norm(dim=m.norm_dim) - 1).abs().max().item())
         working_equals_master &= torch.equal(working, master.to(working.dtype))
         ranks_agree &= same_on_all_ranks(working.float()) and same_on_all_ranks(master)
-    return {"max_deviation": deviation, "working_equals_master": bool(working_equals_master),
-            "ranks_agree": bool(ranks_agree), "hook_max_deviation": hook.max_deviation()}
+    return {
+        "max_deviation": deviation,
+        "working_equals_master": bool(working_equals_master),
+        "ranks_agree": bool(ranks_agree),
+        "hook_max_deviation": hook.max_deviation(),
+    }
 
 
 def straddles(hook):
@@ -154,26 +167,45 @@ def run_case(stage, precision, mlp_hidden, steps, results):
     # Odd layers, odd MLP width and an odd vocabulary: ZeRO cuts fall inside norm vectors. With 2
     # ranks, ZeRO 1/2 cut the flat group once: mlp_hidden 37 puts the cut inside a row of a
     # row-normalized matrix, 31 inside a row of W_o (normalized along columns).
-    model = ModelConfig(arch="ngpt", vocab_size=53, n_layer=3, n_embd=24, n_head=2, seq_len=16,
-                        mlp_hidden=mlp_hidden)
+    model = ModelConfig(arch="ngpt", vocab_size=53, n_layer=3, n_embd=24, n_head=2, seq_len=16, mlp_hidden=mlp_hidden)
     train = TrainConfig(max_steps=steps, lr=2e-2).resolve("ngpt")
-    ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-          "bf16": {"enabled": precision == "bf16"}, "zero_optimization": {"stage": stage},
-          "steps_per_print": 10 ** 9}
+    ds = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": precision == "bf16"},
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 10**9,
+    }
     if stage == 3:
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = 100  # most params partitioned
-    run = RunConfig(config_source="test", model=model.validate(), train=train.validate(), deepspeed=ds,
-                    deepspeed_source="test", data_dir="", out_dir="")
+    run = RunConfig(
+        config_source="test",
+        model=model.validate(),
+        train=train.validate(),
+        deepspeed=ds,
+        deepspeed_source="test",
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run)
     hook = HypersphereHook(engine)
     scalar_names = [n for n, _ in engine.module.named_parameters() if n.endswith(".param")]
     scalars_before = {n: gather_master(engine, engine.module.get_parameter(n)) for n in scalar_names}
     hook.normalize_now()
-    scalars_untouched = all(torch.equal(gather_master(engine, engine.module.get_parameter(n)), v)
-                            for n, v in scalars_before.items())
-    record = {"stage": stage, "precision": precision, "mlp_hidden": mlp_hidden, "scalars_untouched_by_hook": scalars_untouched,
-              "after_init": check(engine, hook), "steps": [], "all_reduces_per_step": [],
-              "optimizer": type(engine.optimizer).__name__}
+    scalars_untouched = all(
+        torch.equal(gather_master(engine, engine.module.get_parameter(n)), v) for n, v in scalars_before.items()
+    )
+    record = {
+        "stage": stage,
+        "precision": precision,
+        "mlp_hidden": mlp_hidden,
+        "scalars_untouched_by_hook": scalars_untouched,
+        "after_init": check(engine, hook),
+        "steps": [],
+        "all_reduces_per_step": [],
+        "optimizer": type(engine.optimizer).__name__,
+    }
     rows, cols = straddles(hook)
     totals = torch.tensor([rows, cols])
     dist.all_reduce(totals)

@@ -41,16 +41,29 @@ def first_step(stage: int, precision: str, offload: bool, lr: float) -> dict:
 
     model = ModelConfig(arch="ngpt", vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, seq_len=SEQ)
     train = TrainConfig(max_steps=10, lr=lr).resolve("ngpt")
-    ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-          "bf16": {"enabled": precision.startswith("bf16")}, "fp16": {"enabled": precision == "fp16"},
-          "zero_optimization": {"stage": stage}, "steps_per_print": 10 ** 9}
+    ds = {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": precision.startswith("bf16")},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 10**9,
+    }
     if precision == "bf16_fp32_accum":  # ZeRO 1: DeepSpeed's BF16_Optimizer instead of the ZeRO optimizer
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     if offload:  # as ds_configs/zero2_offload.json: the torch optimizer steps on the CPU copy
         ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         ds["zero_force_ds_cpu_optimizer"] = False
-    run = RunConfig(config_source="test", model=model.validate(), train=train.validate(), deepspeed=ds,
-                    deepspeed_source="test", data_dir="", out_dir="")
+    run = RunConfig(
+        config_source="test",
+        model=model.validate(),
+        train=train.validate(),
+        deepspeed=ds,
+        deepspeed_source="test",
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run)
     hook = HypersphereHook(engine)
     hook.normalize_now()
@@ -63,9 +76,15 @@ def first_step(stage: int, precision: str, offload: bool, lr: float) -> dict:
     after = [gather_master(engine, p) for p in params]
     delta = torch.cat([(a - b).abs().flatten() for a, b in zip(after, before)])
     hook.remove()
-    return {"stage": stage, "precision": precision, "offload": offload, "optimizer": type(engine.optimizer).__name__,
-            "loss": loss.item(), "skipped": bool(getattr(engine, "skipped_steps", 0)),
-            "mean_update_over_lr": delta.mean().item() / lr}
+    return {
+        "stage": stage,
+        "precision": precision,
+        "offload": offload,
+        "optimizer": type(engine.optimizer).__name__,
+        "loss": loss.item(),
+        "skipped": bool(getattr(engine, "skipped_steps", 0)),
+        "mean_update_over_lr": delta.mean().item() / lr,
+    }
 
 
 def main():
@@ -75,8 +94,10 @@ def main():
 
     allow_fp16_on_cpu()
     init_process_group(distributed.discover(), timeout_s=300)
-    results = [first_step(int(stage), precision, offload == "offload", lr)
-               for stage, precision, offload in (c.split(":") for c in cases.split(","))]
+    results = [
+        first_step(int(stage), precision, offload == "offload", lr)
+        for stage, precision, offload in (c.split(":") for c in cases.split(","))
+    ]
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(results, f, indent=1)

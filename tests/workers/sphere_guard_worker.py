@@ -34,14 +34,33 @@ MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
 
 def write_configs(work: Path, name: str, ds: dict, train: dict) -> tuple[Path, Path]:
     import yaml
+
     work.mkdir(parents=True, exist_ok=True)
     yaml_path, ds_path = work / f"{name}.yaml", work / f"{name}.json"
     if dist.get_rank() == 0:
-        yaml_path.write_text(yaml.safe_dump({"model": MODEL, "train": {
-            "max_steps": 3, "lr": 1e-2, "log_interval": 1, "eval_interval": 2, "eval_batches": 2,
-            "checkpoint_interval": 0, "peak_tflops": 1.0, "dist_timeout_s": 120, **train}}))
-        ds_path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-                                       "gradient_clipping": 1.0, **ds}))
+        yaml_path.write_text(
+            yaml.safe_dump(
+                {
+                    "model": MODEL,
+                    "train": {
+                        "max_steps": 3,
+                        "lr": 1e-2,
+                        "log_interval": 1,
+                        "eval_interval": 2,
+                        "eval_batches": 2,
+                        "checkpoint_interval": 0,
+                        "peak_tflops": 1.0,
+                        "dist_timeout_s": 120,
+                        **train,
+                    },
+                }
+            )
+        )
+        ds_path.write_text(
+            json.dumps(
+                {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, **ds}
+            )
+        )
     dist.barrier()
     return yaml_path, ds_path
 
@@ -51,8 +70,9 @@ def make_trainer(data: str, work: Path, name: str, ds: dict, train: dict | None 
     from ngpt_ds.train.loop import Trainer
 
     yaml_path, ds_path = write_configs(work, name, ds, train or {})
-    options = TrainOptions(deepspeed_config=str(ds_path), config=str(yaml_path), data=data, out=str(work / name),
-                           progress=False)
+    options = TrainOptions(
+        deepspeed_config=str(ds_path), config=str(yaml_path), data=data, out=str(work / name), progress=False
+    )
     return Trainer(prepare(options), options)
 
 
@@ -61,6 +81,7 @@ def gathered_deviation(engine) -> float:
     from deepspeed.utils import safe_get_full_fp32_param
 
     from ngpt_ds.model import sphere_matrices
+
     worst = 0.0
     for m in sphere_matrices(engine.module):
         master = safe_get_full_fp32_param(m.param)
@@ -69,6 +90,7 @@ def gathered_deviation(engine) -> float:
 
 
 # ---- parts ----------------------------------------------------------------------------------
+
 
 def part_refusing(data, work):
     """The hook's reduction (StepUnit.norm_sums) of a CPU master against a group whose backend is
@@ -119,8 +141,9 @@ def part_refusing(data, work):
         on_cpu = unit(cpu_only)
         on_cpu.comm_device = torch.device("cpu")
         sums = on_cpu.norm_sums()
-        expected = sum((torch.arange(1.0, 13.0, dtype=torch.float64).view(3, 4) + r).square().sum(dim=1)
-                       for r in range(2))
+        expected = sum(
+            (torch.arange(1.0, 13.0, dtype=torch.float64).view(3, 4) + r).square().sum(dim=1) for r in range(2)
+        )
         out["cpu_sums_relative_error"] = ((sums.double() - expected) / expected).abs().max().item()
         out["cpu_devices"] = list(seen)
     finally:
@@ -128,8 +151,21 @@ def part_refusing(data, work):
     return out
 
 
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce", "reduce_scatter",
-               "reduce_scatter_tensor", "all_to_all_single", "all_to_all", "gather", "scatter", "send", "recv")
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "broadcast",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all_single",
+    "all_to_all",
+    "gather",
+    "scatter",
+    "send",
+    "recv",
+)
 
 
 def _tensors(value):
@@ -145,11 +181,21 @@ def part_offload(data, work):
     project code calls during ZeRO-2-offload and ZeRO-3-offload trainer runs (3 steps, a log line
     every step, evaluations at steps 2 and 3)."""
     configs = {
-        "zero2_offload": {"bf16": {"enabled": True}, "zero_optimization": {
-            "stage": 2, "offload_optimizer": {"device": "cpu"}}, "zero_force_ds_cpu_optimizer": False},
-        "zero3_offload": {"bf16": {"enabled": True}, "zero_optimization": {
-            "stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"},
-            "stage3_param_persistence_threshold": 0}, "zero_force_ds_cpu_optimizer": False},
+        "zero2_offload": {
+            "bf16": {"enabled": True},
+            "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+            "zero_force_ds_cpu_optimizer": False,
+        },
+        "zero3_offload": {
+            "bf16": {"enabled": True},
+            "zero_optimization": {
+                "stage": 3,
+                "offload_optimizer": {"device": "cpu"},
+                "offload_param": {"device": "cpu"},
+                "stage3_param_persistence_threshold": 0,
+            },
+            "zero_force_ds_cpu_optimizer": False,
+        },
     }
     out = {}
     for name, ds in configs.items():
@@ -161,9 +207,15 @@ def part_offload(data, work):
                 caller = sys._getframe(1).f_code.co_filename
                 if caller.startswith(PROJECT):
                     tensors = list(_tensors(list(args) + list(kwargs.values())))
-                    calls.append({"caller": os.path.relpath(caller, REPO), "fn": fn,
-                                  "devices": sorted({str(t.device) for t in tensors})})
+                    calls.append(
+                        {
+                            "caller": os.path.relpath(caller, REPO),
+                            "fn": fn,
+                            "devices": sorted({str(t.device) for t in tensors}),
+                        }
+                    )
                 return real(*args, **kwargs)
+
             return recorded
 
         for fn, real in originals.items():
@@ -175,10 +227,14 @@ def part_offload(data, work):
             for fn, real in originals.items():
                 setattr(dist, fn, real)
         masters = {str(unit.device) for unit in trainer.hook.units}
-        out[name] = {"engine_device": str(trainer.engine.device), "master_devices": sorted(masters),
-                     "comm_devices": sorted({str(getattr(u, "comm_device", None)) for u in trainer.hook.units}),
-                     "optimizer": type(trainer.engine.optimizer).__name__, "steps": summary.step,
-                     "calls": calls}
+        out[name] = {
+            "engine_device": str(trainer.engine.device),
+            "master_devices": sorted(masters),
+            "comm_devices": sorted({str(getattr(u, "comm_device", None)) for u in trainer.hook.units}),
+            "optimizer": type(trainer.engine.optimizer).__name__,
+            "steps": summary.step,
+            "calls": calls,
+        }
     return out
 
 
@@ -188,8 +244,11 @@ def part_resume(data, work):
     first.fit()
     after_training = gathered_deviation(first.engine)
     second = make_trainer(data, work, "resume", ds, {"max_steps": 4, "checkpoint_interval": 2})
-    return {"resumed_at": second.step, "deviation_before_save": after_training,
-            "deviation_after_load": gathered_deviation(second.engine)}
+    return {
+        "resumed_at": second.step,
+        "deviation_before_save": after_training,
+        "deviation_after_load": gathered_deviation(second.engine),
+    }
 
 
 def _avoiding(loader, token):
@@ -199,6 +258,7 @@ def _avoiding(loader, token):
     def next_batch():
         inputs, targets = real()
         return inputs.masked_fill(inputs == token, 0), targets.masked_fill(targets == token, 0)
+
     loader.next_batch = next_batch
 
 
@@ -208,8 +268,14 @@ def part_nan(data, work):
     from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
     from ngpt_ds.train.loop import TrainingDiverged
-    trainer = make_trainer(data, work, "nan", {"bf16": {"enabled": False}, "zero_optimization": {"stage": 2}},
-                           {"max_steps": 6, "log_interval": 5, "eval_interval": 0})
+
+    trainer = make_trainer(
+        data,
+        work,
+        "nan",
+        {"bf16": {"enabled": False}, "zero_optimization": {"stage": 2}},
+        {"max_steps": 6, "log_interval": 5, "eval_interval": 0},
+    )
     token = 7
     _avoiding(trainer.loader, token)
     real_step = trainer.train_step
@@ -221,6 +287,7 @@ def part_nan(data, work):
             value[token] = float("nan")
             safe_set_full_fp32_param(embed, value)
         return real_step()
+
     trainer.train_step = train_step
     try:
         summary = trainer.fit()
@@ -232,19 +299,24 @@ def part_nan(data, work):
 def part_not_run(data, work):
     """The hook detached after the first step (as if DeepSpeed stepped a copy of the masters that
     the hook does not know): the trainer must fail at step 2 instead of training off the sphere."""
-    trainer = make_trainer(data, work, "not_run", {"bf16": {"enabled": False}, "zero_optimization": {"stage": 1}},
-                           {"max_steps": 4, "eval_interval": 0})
+    trainer = make_trainer(
+        data,
+        work,
+        "not_run",
+        {"bf16": {"enabled": False}, "zero_optimization": {"stage": 1}},
+        {"max_steps": 4, "eval_interval": 0},
+    )
     real_step = trainer.train_step
 
     def train_step():
         if trainer.step == 1:
             trainer.hook.remove()
         return real_step()
+
     trainer.train_step = train_step
     try:
         summary = trainer.fit()
-        return {"raised": None, "finished_at": summary.step,
-                "deviation_at_end": gathered_deviation(trainer.engine)}
+        return {"raised": None, "finished_at": summary.step, "deviation_at_end": gathered_deviation(trainer.engine)}
     except RuntimeError as err:
         return {"raised": f"{type(err).__name__}: {err}", "step": trainer.step}
 
@@ -254,8 +326,10 @@ def part_tp(data, work):
     every sphere matrix by 2 (every norm vector of it then has norm 2). The deviation
     the hook reports must be 1.0 on every rank, not only where the broken shard is."""
     from ngpt_ds.model import sphere_matrices
-    trainer = make_trainer(data, work, "tp", {"bf16": {"enabled": False}, "zero_optimization": {"stage": 0}},
-                           {"tensor_parallel_size": 2})
+
+    trainer = make_trainer(
+        data, work, "tp", {"bf16": {"enabled": False}, "zero_optimization": {"stage": 0}}, {"tensor_parallel_size": 2}
+    )
     before = trainer.hook.max_deviation()
     if trainer.groups.tp_rank == 1:
         with torch.no_grad():
@@ -265,8 +339,14 @@ def part_tp(data, work):
     return {"tp_rank": trainer.groups.tp_rank, "before": before, "after": after}
 
 
-PARTS = {"refusing": part_refusing, "offload": part_offload, "resume": part_resume, "nan": part_nan,
-         "not_run": part_not_run, "tp": part_tp}
+PARTS = {
+    "refusing": part_refusing,
+    "offload": part_offload,
+    "resume": part_resume,
+    "nan": part_nan,
+    "not_run": part_not_run,
+    "tp": part_tp,
+}
 
 
 def main():

@@ -59,15 +59,21 @@ def exact(result):
         ref_loss.backward()
         tp_loss.backward()
         record = {
-            "logits_max_diff": (torch.cat(gather_tp(tp_logits.detach(), groups), dim=-1) - ref_logits).abs().max().item(),
+            "logits_max_diff": (torch.cat(gather_tp(tp_logits.detach(), groups), dim=-1) - ref_logits)
+            .abs()
+            .max()
+            .item(),
             "loss_diff": abs(tp_loss.item() - ref_loss.item()),
-            "grad_max_diff": max_diff(merged(tp_model, reference, groups, grads=True),
-                                      {n: p.grad for n, p in reference.named_parameters()}),
+            "grad_max_diff": max_diff(
+                merged(tp_model, reference, groups, grads=True), {n: p.grad for n, p in reference.named_parameters()}
+            ),
             "weights_match_before": max_diff(merged(tp_model, reference, groups), dict(reference.named_parameters())),
             "local_shard_shapes": {n: list(p.shape) for n, p in tp_model.named_parameters() if "blocks.0." in n},
         }
-        opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
-                for m in (reference, tp_model)]
+        opts = [
+            torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+            for m in (reference, tp_model)
+        ]
         for step in range(5):
             for m, opt in zip((reference, tp_model), opts):
                 if step:  # step 0 reuses the gradients above
@@ -77,11 +83,13 @@ def exact(result):
                 opt.step()
                 if arch == "ngpt":
                     normalize_matrices_(m)  # tensor-parallel shards: purely local
-        record["weights_max_diff_after_5_steps"] = max_diff(merged(tp_model, reference, groups),
-                                                            {n: p.detach() for n, p in reference.named_parameters()})
+        record["weights_max_diff_after_5_steps"] = max_diff(
+            merged(tp_model, reference, groups), {n: p.detach() for n, p in reference.named_parameters()}
+        )
         if arch == "ngpt":
             record["shard_norm_deviation"] = max(
-                (m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item() for m in sphere_matrices(tp_model))
+                (m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item() for m in sphere_matrices(tp_model)
+            )
         result[arch] = record
 
 
@@ -91,10 +99,23 @@ def hook_mode(result):
     from ngpt_ds.train.hypersphere import HypersphereHook
 
     groups = create_groups(2)
-    ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
-          "bf16": {"enabled": False}, "zero_optimization": {"stage": 2}, "steps_per_print": 10 ** 9}
-    run = RunConfig(config_source="test", model=config("ngpt"), train=TrainConfig(lr=1e-2).resolve("ngpt"),
-                    deepspeed=ds, deepspeed_source="test", data_dir="", out_dir="")
+    ds = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": False},
+        "zero_optimization": {"stage": 2},
+        "steps_per_print": 10**9,
+    }
+    run = RunConfig(
+        config_source="test",
+        model=config("ngpt"),
+        train=TrainConfig(lr=1e-2).resolve("ngpt"),
+        deepspeed=ds,
+        deepspeed_source="test",
+        data_dir="",
+        out_dir="",
+    )
     engine = start_engine(run, groups)
     hook = HypersphereHook(engine)
     calls = []
@@ -125,11 +146,19 @@ def hook_mode(result):
         engine.backward(loss)
         engine.step()
         calls_per_step.append(calls[before:])
-        deviations.append(max((m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item()
-                              for m in sphere_matrices(engine.module)))
+        deviations.append(
+            max((m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item() for m in sphere_matrices(engine.module))
+        )
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, {"calls_per_step": calls_per_step, "deviations": deviations,
-                                      "dp_ranks": groups.dp_ranks, "tp_ranks": groups.tp_ranks})
+    dist.all_gather_object(
+        everyone,
+        {
+            "calls_per_step": calls_per_step,
+            "deviations": deviations,
+            "dp_ranks": groups.dp_ranks,
+            "tp_ranks": groups.tp_ranks,
+        },
+    )
     result["ranks"] = everyone
 
 
