@@ -1,5 +1,15 @@
 """ngpt_ds: a DeepSpeed trainer for nGPT, the Normalized Transformer (arXiv 2410.01131)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
 __version__ = "0.1.0"
 
 
@@ -7,7 +17,9 @@ class _RegisterWhenTransformersIsImported:
     """Registers nGPT and the GPT baseline with transformers' Auto classes (ngpt_ds.hf) right after
     `transformers` is imported, so that `import ngpt_ds` never imports transformers itself (seconds)."""
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
         if fullname != "transformers":
             return None
         import importlib.util
@@ -22,17 +34,17 @@ class _RegisterWhenTransformersIsImported:
 class _RegisteringLoader:
     """transformers' own loader, then the registration."""
 
-    def __init__(self, loader):
+    def __init__(self, loader: Loader) -> None:
         self.loader = loader
 
-    def create_module(self, spec):
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return self.loader.create_module(spec)
 
-    def exec_module(self, module):
+    def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
         _register_with_transformers()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
 
 

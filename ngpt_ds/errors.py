@@ -65,7 +65,7 @@ class Problems:
             raise NgptConfigError(f"{self.subject}: {n} problem{'s' if n > 1 else ''}\n{lines}")
 
 
-def _has_type(value: object, expected) -> bool:
+def _has_type(value: object, expected: typing.Any) -> bool:
     """isinstance for the annotations config dataclasses use: int, float, str, bool, X | None, tuple[X, ...]."""
     origin, args = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
@@ -95,7 +95,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _describe(expected) -> str:
+def _describe(expected: typing.Any) -> str:
     origin, args = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)

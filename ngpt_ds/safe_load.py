@@ -149,7 +149,15 @@ def check(path: str | os.PathLike) -> None:
     load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
 
 
-def _guarded_torch_load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=None, **pickle_load_args):
+def _guarded_torch_load(
+    f: Any,
+    map_location: Any = None,
+    pickle_module: Any = None,
+    *,
+    weights_only: bool | None = None,
+    mmap: bool | None = None,
+    **pickle_load_args: Any,
+) -> Any:
     """What `torch.load` is while `deepspeed_loads_are_safe()` is active: the caller's
     `weights_only` and `pickle_module` are ignored."""
     return load(f, map_location=map_location, mmap=mmap, **pickle_load_args)

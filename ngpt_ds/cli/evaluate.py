@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from ngpt_ds.cli import add_logging_arguments, run
 
@@ -24,8 +26,8 @@ examples:
 """
 
 
-def _numbers(kind):
-    def parse(text: str):
+def _numbers(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
         try:
             return [kind(x) for x in text.split(",") if x.strip()]
         except ValueError:
@@ -34,7 +36,7 @@ def _numbers(kind):
     return parse
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Validation loss / perplexity at several context lengths.",
         epilog=EPILOG,
@@ -87,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return run(lambda: _evaluate(args), args)
 

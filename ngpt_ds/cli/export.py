@@ -23,7 +23,7 @@ examples:
 """
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Consolidate a DeepSpeed checkpoint into safetensors + config + tokenizer.",
         epilog=EPILOG,
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return run(lambda: _export(args), args)
 

@@ -25,7 +25,7 @@ examples:
 """
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Generate text with a trained nGPT or GPT (KV-cached sampling).",
         epilog=EPILOG,
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return run(lambda: _generate(args), args)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import CONFIGS
 from ngpt_ds.hf.modeling_ngpt import MODELS
 from ngpt_ds.hf.tokenizer import PROBE_TEXTS, build_hf_tokenizer, check_same_tokens
+
+if TYPE_CHECKING:
+    from ngpt_ds.infer.loading import LoadedModel
 
 HF_MARKER = "ngpt_ds_export"
 """The config.json key that carries ngpt_ds's provenance (and marks the folder as an ngpt_ds export)."""
@@ -97,7 +101,7 @@ def write_code(folder: Path) -> list[str]:
     return names
 
 
-def write_hf_export(loaded, folder: Path, *, name: str) -> dict[str, torch.Tensor]:
+def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str, torch.Tensor]:
     """Write the transformers layout of `loaded` (an ngpt_ds.infer.LoadedModel) into the empty `folder`.
     Returns the state_dict written (keys as transformers names them), for the read-back check."""
     arch = loaded.config.arch

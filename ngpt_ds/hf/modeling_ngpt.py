@@ -51,7 +51,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
 
-    def __init__(self, config):
+    def __init__(self, config: NGPTConfig | GPTBaselineConfig) -> None:
         super().__init__(config)
         self.model = build_model(config.to_model_config())
         self.post_init()

@@ -15,9 +15,16 @@ spells a control token ("</s>") is tokenized as text, as sentencepiece does.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ngpt_ds.errors import NgptConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+    from ngpt_ds.data.tokenizer import Tokenizer
 
 # What the conversion is checked on at export, besides the caller's own text.
 PROBE_TEXTS = ("Hello world", " two  spaces\n\n\ttab ", "ünïcödé 日本語 😀 </s> <unk> 12.5e-3", "", "\n")
@@ -31,7 +38,7 @@ def _proto(path: Path):
     return proto
 
 
-def build_hf_tokenizer(model_path: str | Path):
+def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
     """A PreTrainedTokenizerFast equivalent to the sentencepiece model at `model_path`."""
     from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
@@ -87,7 +94,7 @@ def build_hf_tokenizer(model_path: str | Path):
     )
 
 
-def check_same_tokens(hf_tokenizer, sp_tokenizer, texts) -> None:
+def check_same_tokens(hf_tokenizer: PreTrainedTokenizerFast, sp_tokenizer: Tokenizer, texts: Iterable[str]) -> None:
     """Raise NgptConfigError unless both tokenizers give the same ids and decoded text for every text."""
     for text in texts:
         ids, hf_ids = sp_tokenizer.encode(text), hf_tokenizer.encode(text, add_special_tokens=False)

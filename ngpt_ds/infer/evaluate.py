@@ -63,7 +63,7 @@ def window_loss(
     total, count, n = 0.0, 0, 0
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def run(group):
+    def run(group: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
         inputs = torch.cat([g[0] for g in group]).to(device)
         targets = torch.cat([g[1] for g in group]).to(device)
         logits, _ = model(inputs)

@@ -12,7 +12,7 @@ warning says when it happens.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -201,7 +201,7 @@ def generate(
     max_context: int | None = None,
     use_cache: bool = True,
     stop_at_eos: bool = True,
-    on_text=None,
+    on_text: Callable[[str], object] | None = None,
 ) -> Generation:
     """Sample a continuation of `prompt`. `on_text(piece)` receives the text as it is produced."""
     prompt_ids = tokenizer.encode(prompt)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import lm_eval.models  # noqa: F401  lm-eval's own models first: get_model() skips them once the registry is not empty
 import torch
@@ -35,10 +36,13 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.infer.generate import Sampling, generate_ids
 from ngpt_ds.infer.loading import LoadedModel, load
 
+if TYPE_CHECKING:
+    from lm_eval.api.instance import Instance
+
 MODEL_NAME = "ngpt_ds"
 
 
-def _int_arg(value, name: str, default: int) -> int:
+def _int_arg(value: object, name: str, default: int) -> int:
     if value is None or value == "" or value == "auto":
         return default
     try:
@@ -152,14 +156,19 @@ class NgptLM(TemplateLM):
                 out[i] = (score, greedy)
         return out  # type: ignore[return-value]
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self,
+        requests: Sequence[tuple[tuple[str, str], Sequence[int], Sequence[int]]],
+        disable_tqdm: bool = False,
+        **kwargs,
+    ) -> list[tuple[float, bool]]:
         results = self._score([(list(ctx), list(cont)) for _, ctx, cont in requests])
         for (key, _, _), result in zip(requests, results):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, result)
         return results
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each text, in disjoint windows of max_length tokens (each window's
         first token conditioned on EOS or on the text before it)."""
         results = []
@@ -179,7 +188,7 @@ class NgptLM(TemplateLM):
             results.append(total)
         return results
 
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, with do_sample/temperature) continuation, cut at the first stop string."""
         results = []
         for request in tqdm(requests, disable=disable_tqdm, desc="generate_until"):

@@ -305,7 +305,13 @@ def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = t
     return deviation
 
 
-def _finish(model: CausalLM, weights: dict[str, torch.Tensor], source: str, device, dtype) -> CausalLM:
+def _finish(
+    model: CausalLM,
+    weights: dict[str, torch.Tensor],
+    source: str,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+) -> CausalLM:
     """Load checked weights into `model` (built from their config), check the sphere, move and cast it."""
     check_weights(model, weights, source)
     weights_dtype = min(
@@ -325,7 +331,13 @@ def _model_config(values: Any, source: str) -> ModelConfig:
     return config
 
 
-def load_checkpoint(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+) -> LoadedModel:
     """A trainer checkpoint (any ZeRO stage, any world size) -> LoadedModel. No DeepSpeed engine starts."""
     checkpoint = resolve_checkpoint(path)
     run = read_run_config(checkpoint)
@@ -379,7 +391,13 @@ def _export_tokenizer_file(folder: Path, tok_meta: dict[str, Any]) -> Path:
     return path
 
 
-def load_export(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None) -> LoadedModel:
+def load_export(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+) -> LoadedModel:
     """An exported folder -> LoadedModel (safetensors weights, config.json, tokenizer.model)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -406,7 +424,13 @@ def load_export(path: str | Path, *, device=None, dtype=None, tokenizer: str | P
     )
 
 
-def load(path: str | Path, *, device=None, dtype=None, tokenizer: str | Path | None = None) -> LoadedModel:
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    tokenizer: str | Path | None = None,
+) -> LoadedModel:
     """An exported folder or a trainer checkpoint / run directory -> LoadedModel in eval mode.
 
     device: 'cpu', 'cuda', 'cuda:1', or 'auto'/None (a GPU when there is one).

@@ -7,6 +7,7 @@ scale sqrt(d_head)) are switched on by `on_sphere`; everything else is one code 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -43,7 +44,9 @@ class CausalSelfAttention(nn.Module):
             self.softmax_scale = 1.0 / math.sqrt(self.head_dim)
         self.kv_cache: LayerKVCache | None = None  # set only while a KVCache is bound (incremental decoding)
 
-    def project_qkv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def project_qkv(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h: [B, T, d] -> q, k, v each [B, T, H, head_dim]; q and k rotated.
 
         nGPT: k = Norm(k) and q = s_qk^2 * Norm(q), per head (see below)."""
@@ -157,7 +160,7 @@ class KVCache:
         return self.layers[0].length if self.layers else 0
 
     @contextmanager
-    def bind(self, model: nn.Module):
+    def bind(self, model: nn.Module) -> Iterator[KVCache]:
         """Attach one LayerKVCache to each attention module of `model` (in module order) for a forward."""
         attentions = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
         if not self.layers:

@@ -26,7 +26,7 @@ class _L2Normalize(torch.autograd.Function):
     the tensor instead of autograd's chain through the norm and the division."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dim: int) -> torch.Tensor:
         accumulate = torch.promote_types(x.dtype, torch.float32)
         inv_norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=accumulate).reciprocal_()
         y = x * inv_norm.to(x.dtype)
@@ -35,7 +35,7 @@ class _L2Normalize(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         y, inv_norm = ctx.saved_tensors
         dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
         return (grad - y * dot.to(grad.dtype)) * inv_norm.to(grad.dtype), None

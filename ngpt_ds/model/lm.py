@@ -68,7 +68,9 @@ class CausalLM(nn.Module):
         every = self.checkpoint_every
         return every > 0 and index % every == 0 and cache is None and torch.is_grad_enabled()
 
-    def forward(self, token_ids: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(
+        self, token_ids: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logits [B, T, V], mean cross-entropy or None). Targets of -1 are ignored.
 
         `cache`: a KVCache for incremental decoding (see `hidden_states`).

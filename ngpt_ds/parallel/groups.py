@@ -26,8 +26,8 @@ class ParallelGroups:
     dp_size: int
     tp_rank: int
     dp_rank: int
-    tp_group: object
-    dp_group: object
+    tp_group: dist.ProcessGroup | None
+    dp_group: dist.ProcessGroup | None
     tp_ranks: list[int]
     dp_ranks: list[int]
 
@@ -38,7 +38,7 @@ class ParallelGroups:
     def get_tensor_model_parallel_world_size(self) -> int:
         return self.tp_size
 
-    def get_tensor_model_parallel_group(self):
+    def get_tensor_model_parallel_group(self) -> dist.ProcessGroup | None:
         return self.tp_group
 
     def get_tensor_model_parallel_src_rank(self) -> int:
@@ -57,7 +57,7 @@ class ParallelGroups:
     def get_data_parallel_world_size(self) -> int:
         return self.dp_size
 
-    def get_data_parallel_group(self):
+    def get_data_parallel_group(self) -> dist.ProcessGroup | None:
         return self.dp_group
 
     def get_data_parallel_group_ranks(self) -> list[int]:

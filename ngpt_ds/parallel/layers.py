@@ -22,12 +22,14 @@ class _CopyToTensorParallel(torch.autograd.Function):
     """Identity forward; all-reduce of the gradient backward (the input feeds every shard)."""
 
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, group: dist.ProcessGroup | None
+    ) -> torch.Tensor:
         ctx.group = group
         return x
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad, None
@@ -37,21 +39,23 @@ class _ReduceFromTensorParallel(torch.autograd.Function):
     """All-reduce forward (sum of the shards' partial outputs); identity backward."""
 
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, group: dist.ProcessGroup | None
+    ) -> torch.Tensor:
         x = x.contiguous().clone()
         dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
-def copy_to_tensor_parallel(x: torch.Tensor, group) -> torch.Tensor:
+def copy_to_tensor_parallel(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     return _CopyToTensorParallel.apply(x, group)
 
 
-def reduce_from_tensor_parallel(x: torch.Tensor, group) -> torch.Tensor:
+def reduce_from_tensor_parallel(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     return _ReduceFromTensorParallel.apply(x, group)
 
 
@@ -65,7 +69,7 @@ def mark_sharded(param: nn.Parameter, dim: int) -> None:
 class ColumnParallelProjection(Projection):
     """y_shard = x W_shard^T with W_shard = this rank's rows [out/tp, in]; y stays sharded."""
 
-    def __init__(self, full: Projection, shard: torch.Tensor, group):
+    def __init__(self, full: Projection, shard: torch.Tensor, group: dist.ProcessGroup | None) -> None:
         super().__init__(full.in_features, shard.shape[0], style="column", on_sphere=full.on_sphere, init_std=0.0)
         self.weight.data.copy_(shard)
         self.group = group
@@ -78,7 +82,7 @@ class ColumnParallelProjection(Projection):
 class RowParallelProjection(Projection):
     """y = sum over ranks of x_shard W_shard^T with W_shard = this rank's columns [out, in/tp]."""
 
-    def __init__(self, full: Projection, shard: torch.Tensor, group):
+    def __init__(self, full: Projection, shard: torch.Tensor, group: dist.ProcessGroup | None) -> None:
         super().__init__(shard.shape[1], full.out_features, style="row", on_sphere=full.on_sphere, init_std=0.0)
         self.weight.data.copy_(shard)
         self.group = group
@@ -91,7 +95,9 @@ class RowParallelProjection(Projection):
 class VocabParallelEmbedding(TokenEmbedding):
     """Rows [vocab_start, vocab_start + V/tp) of the table; other ranks' tokens look up zeros."""
 
-    def __init__(self, full: TokenEmbedding, shard: torch.Tensor, vocab_start: int, group):
+    def __init__(
+        self, full: TokenEmbedding, shard: torch.Tensor, vocab_start: int, group: dist.ProcessGroup | None
+    ) -> None:
         super().__init__(shard.shape[0], shard.shape[1], on_sphere=full.on_sphere, init_std=0.0)
         self.weight.data.copy_(shard)
         self.vocab_start, self.group = vocab_start, group
@@ -108,7 +114,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Per-token -log softmax(z)[target] with z split over the vocabulary across ranks."""
 
     @staticmethod
-    def forward(ctx, logits, targets, vocab_start, group):
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        vocab_start: int,
+        group: dist.ProcessGroup | None,
+    ) -> torch.Tensor:
         # logits [N, V/tp] fp32, targets [N] global ids
         row_max = logits.max(dim=-1).values
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
@@ -124,7 +136,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return sums[0].log() - sums[1]
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None]:
         softmax, local, outside = ctx.saved_tensors
         grad = softmax.clone()
         rows = torch.arange(grad.shape[0], device=grad.device)
@@ -133,7 +147,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 def vocab_parallel_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, *, vocab_start: int, group
+    logits: torch.Tensor, targets: torch.Tensor, *, vocab_start: int, group: dist.ProcessGroup | None
 ) -> torch.Tensor:
     """Mean cross-entropy over targets != -1; logits [B, T, V/tp] (this rank's vocabulary slice)."""
     flat_targets = targets.flatten()

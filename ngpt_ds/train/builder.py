@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
 from ngpt_ds.train.optim import build_optimizer, build_schedule
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 _log = log.get(__name__)
 
@@ -149,7 +153,7 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
         torch.cuda.set_device(dist_env.local_rank)
 
 
-def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_universal: bool = False):
+def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_universal: bool = False) -> DeepSpeedEngine:
     """Build the model (tensor-parallel shards when groups.tp_size > 1), optimizer and schedule,
     and wrap them in a DeepSpeed engine (ZeRO over the data-parallel group). `load_universal`: the
     engine will load a universal checkpoint (a resume at another data-parallel size)."""

@@ -28,13 +28,16 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -357,7 +360,7 @@ def _is_write_failure(err: BaseException) -> bool:
     )
 
 
-def _estimate_bytes(engine) -> int:
+def _estimate_bytes(engine: DeepSpeedEngine) -> int:
     params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     return params * BYTES_PER_PARAMETER_ESTIMATE * max(1, int(getattr(engine, "mp_world_size", 1) or 1))
 
@@ -366,7 +369,7 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def _before_save(engine, checkpoint_dir: Path, step: int) -> str | None:
+def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str | None:
     """Rank 0: remove leftovers of interrupted saves and check the free space. Returns a problem or None."""
     try:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -466,7 +469,9 @@ def _agree(problem: str | None) -> str | None:
     return next(((f"rank {r}: {p}" if dist.get_world_size() > 1 else p) for r, p in enumerate(problems) if p), None)
 
 
-def save(engine, out_dir: Path, step: int, client_state: dict[str, Any], keep: int, config_yaml: str) -> Path:
+def save(
+    engine: DeepSpeedEngine, out_dir: Path, step: int, client_state: dict[str, Any], keep: int, config_yaml: str
+) -> Path:
     """Save on every rank into a temporary tag; rank 0 writes the manifest and renames it into place.
 
     Raises CheckpointWriteError on every rank when the save cannot be completed (too little free space,
@@ -515,7 +520,7 @@ def _refusal(file: Path) -> NgptConfigError | None:
     return None
 
 
-def check_files_on_all_ranks(path: Path, device) -> None:
+def check_files_on_all_ranks(path: Path, device: torch.device | str) -> None:
     """Unpickle every file of the checkpoint under ngpt_ds.safe_load's allow-list before DeepSpeed
     reads any. Each rank checks its share; one all-reduce agrees on the first refused file, and every
     rank raises the same error for it. DeepSpeed reads some files on one rank only (a rank's optimizer
@@ -530,7 +535,7 @@ def check_files_on_all_ranks(path: Path, device) -> None:
         raise _refusal(file) or NgptConfigError(f"{file} changed while the checkpoint was being checked")
 
 
-def load(engine, path: Path) -> dict[str, Any]:
+def load(engine: DeepSpeedEngine, path: Path) -> dict[str, Any]:
     """Load engine, optimizer and scheduler state; returns the client state saved with it.
     Loading never runs code: every file is checked first (all ranks agree), and DeepSpeed's own
     reads go through the same restricted unpickler (ngpt_ds.safe_load)."""

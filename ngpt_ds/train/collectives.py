@@ -11,16 +11,26 @@ current device, `cpu` on a CPU-only machine) and copies the result back.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
-def communication_device(engine) -> torch.device:
+
+def communication_device(engine: DeepSpeedEngine) -> torch.device:
     """The device collectives run on: the engine's (= the accelerator's current) device."""
     return torch.device(engine.device)
 
 
-def all_reduce_on(tensor: torch.Tensor, device: torch.device | str, group=None, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce_on(
+    tensor: torch.Tensor,
+    device: torch.device | str,
+    group: dist.ProcessGroup | None = None,
+    op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM,
+) -> torch.Tensor:
     """All-reduce `tensor` in place over `group`, with the collective on `device`.
 
     A tensor already on `device` is reduced directly; any other is copied there, reduced,

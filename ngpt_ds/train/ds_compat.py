@@ -16,12 +16,17 @@ rank at once with the fix instead of an AttributeError deep in the first step.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from ngpt_ds.errors import NgptConfigError
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 LOWEST = "0.19.3"
 """The lowest supported release: tests/run.sh runs the DeepSpeed-sensitive tests on it too."""
@@ -35,7 +40,7 @@ ALLOW_UNTESTED_ENV = "NGPT_DS_ALLOW_UNTESTED_DEEPSPEED"
 _FIX = f"pip install 'deepspeed{SUPPORTED}' (launch/setup.sh installs deepspeed=={TESTED})"
 
 
-def check_deepspeed_version(installed: str | None = None, *, warn=print) -> str:
+def check_deepspeed_version(installed: str | None = None, *, warn: Callable[[str], object] = print) -> str:
     """Raise NgptConfigError unless the installed DeepSpeed is in SUPPORTED; return its version.
 
     `installed` overrides the package metadata (for tests). Pre-release and local builds of a
@@ -64,7 +69,7 @@ def check_deepspeed_version(installed: str | None = None, *, warn=print) -> str:
     raise NgptConfigError(f"{message}. Fix: {_FIX}, or set {ALLOW_UNTESTED_ENV}=1 to try it anyway")
 
 
-def drop_warmup_optimizer_state(engine) -> None:
+def drop_warmup_optimizer_state(engine: DeepSpeedEngine) -> None:
     """Undo the zero-gradient step DeepSpeed's ZeRO-0 bf16/fp16 optimizer takes at creation.
 
     `FP16_UnfusedOptimizer.__init__` (ZeRO 0 with bf16, or fp16) calls the torch optimizer's

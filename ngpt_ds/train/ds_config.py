@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.train import ds_schema
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
             "(zero0.json ... zero3.json, zero2_offload.json)"
         )
 
-    def no_duplicates(pairs):
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [k for k, _ in pairs]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
@@ -228,7 +231,7 @@ class EngineSettings:
         )
 
 
-def engine_settings(engine) -> EngineSettings:
+def engine_settings(engine: DeepSpeedEngine) -> EngineSettings:
     """Read the effective settings from a DeepSpeed engine (its parsed config, defaults filled in)."""
     return EngineSettings(
         zero_stage=int(engine.zero_optimization_stage()),

@@ -36,15 +36,15 @@ class _RecordingDict(dict):
         super().__init__()
         self.asked: set[str] = set()
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Any) -> Any:
         self.asked.add(key)
         return super().__getitem__(key)
 
-    def get(self, key, default=None):
+    def get(self, key: Any, default: Any = None) -> Any:
         self.asked.add(key)
         return super().get(key, default)
 
-    def __contains__(self, key):
+    def __contains__(self, key: Any) -> bool:
         self.asked.add(key)
         return False
 
@@ -60,7 +60,7 @@ class _RecordingKeys(set):
         super().__init__()
         self.asked = asked
 
-    def __contains__(self, key):
+    def __contains__(self, key: Any) -> bool:
         self.asked.add(key)
         return False
 
@@ -170,7 +170,7 @@ def _model_named(name: str):
     return None
 
 
-def _suggestion(model, loc: list[str]) -> str:
+def _suggestion(model: Any, loc: list[str]) -> str:
     """'; did you mean ...?' from the pydantic model's fields at `loc` (nested models followed)."""
     for part in loc[:-1]:
         field = getattr(model, "model_fields", {}).get(part)

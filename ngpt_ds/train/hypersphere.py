@@ -34,6 +34,7 @@ This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,12 @@ from torch import nn
 
 from ngpt_ds.model.sphere import SphereMatrix, sphere_matrices
 from ngpt_ds.train.collectives import all_reduce_on, communication_device
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
 #: Squared norms are clamped to this before rsqrt, so a zero vector is scaled by a finite
 #: factor and stays zero (rsqrt(0) = inf, and 0 * inf = NaN).
@@ -166,7 +173,7 @@ def _spans(matrices: list[SphereMatrix], slots: dict[int, int]) -> list[tuple[st
     return [(m.name, slots[id(m.param)], slots[id(m.param)] + _full_shape(m.param)[1 - m.norm_dim]) for m in matrices]
 
 
-def _reduction_group(group):
+def _reduction_group(group: dist.ProcessGroup | None) -> dist.ProcessGroup | None:
     """The group to sum partial norms over, or None when it has one rank (nothing is cut)."""
     return group if dist.get_world_size(group=group) > 1 else None
 
@@ -188,7 +195,7 @@ class HypersphereHook:
     comm_device: where collectives run; None: the engine's device.
     """
 
-    def __init__(self, engine, comm_device: torch.device | str | None = None):
+    def __init__(self, engine: DeepSpeedEngine, comm_device: torch.device | str | None = None) -> None:
         self.engine = engine
         self.comm_device = torch.device(comm_device) if comm_device is not None else communication_device(engine)
         self.matrices = sphere_matrices(engine.module)
@@ -265,7 +272,13 @@ class HypersphereHook:
             )
         ]
 
-    def _locate_flat_partitions(self, opt, lp_groups, hp_partitions, dp_groups) -> None:
+    def _locate_flat_partitions(
+        self,
+        opt: DeepSpeedZeroOptimizer | BF16_Optimizer,
+        lp_groups: list[list[nn.Parameter]],
+        hp_partitions: list[torch.Tensor],
+        dp_groups: list[dist.ProcessGroup],
+    ) -> None:
         """ZeRO 1/2 and BF16_Optimizer: group i's master is one flat fp32 partition per rank."""
         self.units = []
         for i, (lp_group, hp_partition) in enumerate(zip(lp_groups, hp_partitions)):
@@ -294,7 +307,7 @@ class HypersphereHook:
             )
         self._refresh_working_copy = opt.update_lp_params
 
-    def _locate_zero3(self, opt) -> None:
+    def _locate_zero3(self, opt: DeepSpeedZeroOptimizer_Stage3) -> None:
         """ZeRO 3: each parameter is cut evenly over the ranks; rank r holds
         flatten(W)[r * P : (r + 1) * P] (the last rank padded) inside sub-group g's flat fp32 tensor."""
         self.units = []
@@ -341,7 +354,7 @@ class HypersphereHook:
         for piece in unit.pieces:
             piece.scale(inv_norms)
 
-    def _after_inner_step(self, optimizer, args, kwargs) -> None:
+    def _after_inner_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for unit in self.units:
             if unit.owner_ids & stepped:

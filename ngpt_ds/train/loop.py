@@ -337,7 +337,9 @@ class Trainer:
         )
         _log.info(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
 
-    def _finish(self, status, train_loss, val_loss, start_time, last_checkpoint) -> Summary:
+    def _finish(
+        self, status: str, train_loss: float, val_loss: float, start_time: float, last_checkpoint: Path | None
+    ) -> Summary:
         summary = Summary(
             status=status,
             step=self.step,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
@@ -112,7 +113,7 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
 
     tensor_parallel = getattr(model, "tensor_parallel", None)
 
-    def mean_effective(scale_vector) -> float:
+    def mean_effective(scale_vector: ScaleVector) -> float:
         value = full_fp32_value(scale_vector.param) * (scale_vector.init / scale_vector.scale)
         mean = (value.abs() if scale_vector.absolute else value).mean()
         if tensor_parallel is not None and getattr(scale_vector.param, "tensor_model_parallel", False):

@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,9 @@ import torch.distributed as dist
 from ngpt_ds import deepspeed_files, safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 POLL_S = 0.5
 """How often the waiting ranks and rank 0 agree on whether the conversion is finished."""
@@ -142,7 +146,7 @@ def describe(reshape: Reshape, reused: bool, renormalized: bool) -> str:
     )
 
 
-def unalias_optimizer_steps(engine) -> int:
+def unalias_optimizer_steps(engine: DeepSpeedEngine) -> int:
     """Give each optimizer state its own `step` tensor; returns how many were shared.
 
     DeepSpeed 0.19.8's ZeRO-3 universal load stores one `step` tensor object in the state of every

@@ -26,12 +26,17 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
 import torch.distributed as dist
 
 from ngpt_ds.train.collectives import all_reduce_on
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import FrameType
 
 STOPPED_UNSAVED_EXIT_CODE = 75
 """launch/train.py's exit status when a stop request came too late in its grace period for a save
@@ -69,7 +74,7 @@ class StopRequest:
         if self.watch is not None:
             self.watch.start()
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._request(f"signal {signal.Signals(signum).name}", urgent=signum in URGENT_SIGNALS)
 
     def _launcher_exited(self, description: str) -> None:
@@ -94,7 +99,7 @@ class StopRequest:
             return _NO_DEADLINE
         return self.urgent_since + self.grace_s - time.monotonic()
 
-    def agree_to_save(self, device) -> bool:
+    def agree_to_save(self, device: torch.device | str) -> bool:
         """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
         on every rank? The estimate is this process's last save; before any, the save is tried (a save
         cut short by the launcher's SIGKILL never replaces the previous checkpoint)."""
@@ -111,7 +116,7 @@ class StopRequest:
         )
 
     @contextlib.contextmanager
-    def saving(self):
+    def saving(self) -> Iterator[None]:
         """Time a save, for the next stop's estimate."""
         start = time.monotonic()
         yield
@@ -149,7 +154,7 @@ class LauncherWatch:
     """A daemon thread that calls `on_exit(description)` once, when a launcher process is gone (or a
     zombie): the parent's death also shows as a new parent pid (the rank was re-parented)."""
 
-    def __init__(self, on_exit, interval_s: float = 0.5):
+    def __init__(self, on_exit: Callable[[str], None], interval_s: float = 0.5) -> None:
         self.on_exit = on_exit
         self.interval_s = interval_s
         self.ppid = original_parent_pid()
