@@ -15,6 +15,7 @@ ZeRO-aware hook and tensor parallelism all read them from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ class _L2Normalize(torch.autograd.Function):
     the tensor instead of autograd's chain through the norm and the division."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dim: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
         accumulate = torch.promote_types(x.dtype, torch.float32)
         inv_norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=accumulate).reciprocal_()
         y = x * inv_norm.to(x.dtype)
@@ -35,7 +36,7 @@ class _L2Normalize(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         y, inv_norm = ctx.saved_tensors
         dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
         return (grad - y * dot.to(grad.dtype)) * inv_norm.to(grad.dtype), None
