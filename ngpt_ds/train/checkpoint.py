@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +33,17 @@ import torch.distributed as dist
 
 from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train.manifest import COMPLETE as COMPLETE
+from ngpt_ds.train.manifest import build_manifest, read_manifest, write_manifest
+from ngpt_ds.train.manifest import checkpoint_bytes as checkpoint_bytes
+from ngpt_ds.train.manifest import is_legacy as is_legacy
+from ngpt_ds.train.manifest import legacy_warning as legacy_warning
+from ngpt_ds.train.manifest import verify as verify
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
 CHECKPOINTS = "checkpoints"
-COMPLETE = "COMPLETE"
 TAG_PREFIX = "step_"
 TEMP_SUFFIX = ".tmp-save"
 """DeepSpeed writes into step_N.tmp-save; never a step_N name, so nothing resumes from a half-written save."""
@@ -50,9 +53,6 @@ ABANDONED_PREFIX = "abandoned-"
 UNIVERSAL_SUFFIX = "-universal"
 """step_N-universal: DeepSpeed's universal form of step_N, made to resume it at another data-parallel size."""
 LATEST = "latest"
-MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
-MANIFEST_VERSION = 1
-HASH_NAME = "blake2b-128"
 BYTES_PER_PARAMETER_ESTIMATE = 16
 """First-save size estimate: weights (4) + fp32 master (4) + two Adam moments (8) bytes per parameter."""
 WRITE_FAILED_EXIT_CODE = 74
@@ -109,100 +109,6 @@ def universal_dirs(checkpoint_dir: Path) -> list[Path]:
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """Complete checkpoint directories (with a COMPLETE marker), oldest first. Not yet verified: see `verify`."""
     return [d for d in step_dirs(checkpoint_dir) if (d / COMPLETE).is_file()]
-
-
-# ---- the manifest ---------------------------------------------------------------------------------
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _files(folder: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(folder))
-        for p in folder.rglob("*")
-        if p.is_file() and p.name not in (COMPLETE, COMPLETE + ".tmp")
-    )
-
-
-def _digests(folder: Path, names: list[str]) -> list[str]:
-    # hashlib releases the GIL on large buffers: the per-rank shard files hash in parallel.
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
-        return list(pool.map(lambda name: _digest(folder / name), names))
-
-
-def build_manifest(folder: Path, step: int) -> dict[str, Any]:
-    names = _files(folder)
-    files = {
-        name: {"size": (folder / name).stat().st_size, "blake2b": digest}
-        for name, digest in zip(names, _digests(folder, names))
-    }
-    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "hash": HASH_NAME, "files": files}
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's manifest, or None for a plain-text marker written before manifests existed."""
-    text = (path / COMPLETE).read_text(encoding="utf-8", errors="replace")
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        return None
-    return manifest
-
-
-def checkpoint_bytes(path: Path) -> int | None:
-    """Total size of a checkpoint's files from its manifest (None without one)."""
-    manifest = read_manifest(path)
-    return None if manifest is None else sum(entry["size"] for entry in manifest["files"].values())
-
-
-def verify(path: Path) -> str | None:
-    """None when every file matches the manifest; else one line naming the first bad file.
-
-    Sizes are compared first (cheap, catches truncation), then the full-content digests. A folder with
-    a plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`.
-    """
-    if not (path / COMPLETE).is_file():
-        return f"{path} has no {COMPLETE} marker (the save was interrupted)"
-    manifest = read_manifest(path)
-    if manifest is None:
-        return None
-    files = manifest.get("files")
-    if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
-        return f"{path / COMPLETE}: unknown manifest version {manifest.get('version')!r}"
-    for name, entry in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{file} is missing (listed in the {COMPLETE} manifest)"
-        size = file.stat().st_size
-        if size != entry["size"]:
-            return f"{file} has {size} bytes, the {COMPLETE} manifest says {entry['size']} (truncated or rewritten)"
-    extra = sorted(set(_files(path)) - set(files))
-    if extra:
-        return f"{path / extra[0]} is not in the {COMPLETE} manifest (added after the save)"
-    names = sorted(files)
-    for name, digest in zip(names, _digests(path, names)):
-        if digest != files[name]["blake2b"]:
-            return f"{path / name} does not match its {HASH_NAME} digest in the {COMPLETE} manifest (corrupted)"
-    return None
-
-
-def is_legacy(path: Path) -> bool:
-    """A checkpoint marked complete by an older ngpt_ds: plain-text COMPLETE, no manifest."""
-    return (path / COMPLETE).is_file() and read_manifest(path) is None
-
-
-def legacy_warning(path: Path) -> str:
-    return (
-        f"warning: {path} has no manifest in its {COMPLETE} marker (written by an older ngpt_ds); loading it unverified"
-    )
 
 
 # ---- choosing what to resume from -----------------------------------------------------------------
@@ -397,14 +303,7 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
 def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_yaml: str, keep: int) -> None:
     """Rank 0: manifest, then rename into place, then `latest`, then retention."""
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    manifest = build_manifest(tmp, step)
-    marker = tmp / (COMPLETE + ".tmp")
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(marker, tmp / COMPLETE)
-    _fsync_dir(tmp)
+    write_manifest(tmp, build_manifest(tmp, step))
     final = checkpoint_dir / tag
     replaced = None
     if final.exists():  # a second save of the same step: move the old one out of the step_N name first
@@ -441,13 +340,7 @@ def finish_universal(converted: Path, target: Path, source: Path) -> None:
     (converted.parent / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; not needed
     manifest = build_manifest(converted, step_of(source.name))
     manifest["converted_from"] = {"name": source.name, "complete_blake2b": _source_digest(source)}
-    marker = converted / (COMPLETE + ".tmp")
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(marker, converted / COMPLETE)
-    _fsync_dir(converted)
+    write_manifest(converted, manifest)
     if target.exists():  # an older or damaged conversion: replaced whole
         shutil.rmtree(target)
     os.rename(converted, target)

@@ -1,0 +1,128 @@
+"""The COMPLETE manifest of a checkpoint folder: every file, its size and a full-content digest.
+
+A checkpoint is complete when its `COMPLETE` file exists; since ngpt_ds 0.1 that file is this JSON
+manifest (relative path, size, blake2b-128 of each file), written last, so a file damaged after the
+save (a truncated copy, a bad disk, a file swapped in) is found before anything reads it. A
+plain-text `COMPLETE` from an older ngpt_ds has nothing to check against (`is_legacy`).
+The folder layout around it is ngpt_ds.train.checkpoint's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+COMPLETE = "COMPLETE"
+MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
+MANIFEST_VERSION = 1
+HASH_NAME = "blake2b-128"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in (COMPLETE, COMPLETE + ".tmp")
+    )
+
+
+def _digests(folder: Path, names: list[str]) -> list[str]:
+    # hashlib releases the GIL on large buffers: the per-rank shard files hash in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        return list(pool.map(lambda name: _digest(folder / name), names))
+
+
+def build_manifest(folder: Path, step: int) -> dict[str, Any]:
+    names = _files(folder)
+    files = {
+        name: {"size": (folder / name).stat().st_size, "blake2b": digest}
+        for name, digest in zip(names, _digests(folder, names))
+    }
+    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "hash": HASH_NAME, "files": files}
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's manifest, or None for a plain-text marker written before manifests existed."""
+    text = (path / COMPLETE).read_text(encoding="utf-8", errors="replace")
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    return manifest
+
+
+def checkpoint_bytes(path: Path) -> int | None:
+    """Total size of a checkpoint's files from its manifest (None without one)."""
+    manifest = read_manifest(path)
+    return None if manifest is None else sum(entry["size"] for entry in manifest["files"].values())
+
+
+def verify(path: Path) -> str | None:
+    """None when every file matches the manifest; else one line naming the first bad file.
+
+    Sizes are compared first (cheap, catches truncation), then the full-content digests. A folder with
+    a plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`.
+    """
+    if not (path / COMPLETE).is_file():
+        return f"{path} has no {COMPLETE} marker (the save was interrupted)"
+    manifest = read_manifest(path)
+    if manifest is None:
+        return None
+    files = manifest.get("files")
+    if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
+        return f"{path / COMPLETE}: unknown manifest version {manifest.get('version')!r}"
+    for name, entry in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing (listed in the {COMPLETE} manifest)"
+        size = file.stat().st_size
+        if size != entry["size"]:
+            return f"{file} has {size} bytes, the {COMPLETE} manifest says {entry['size']} (truncated or rewritten)"
+    extra = sorted(set(_files(path)) - set(files))
+    if extra:
+        return f"{path / extra[0]} is not in the {COMPLETE} manifest (added after the save)"
+    names = sorted(files)
+    for name, digest in zip(names, _digests(path, names)):
+        if digest != files[name]["blake2b"]:
+            return f"{path / name} does not match its {HASH_NAME} digest in the {COMPLETE} manifest (corrupted)"
+    return None
+
+
+def is_legacy(path: Path) -> bool:
+    """A checkpoint marked complete by an older ngpt_ds: plain-text COMPLETE, no manifest."""
+    return (path / COMPLETE).is_file() and read_manifest(path) is None
+
+
+def legacy_warning(path: Path) -> str:
+    return (
+        f"warning: {path} has no manifest in its {COMPLETE} marker (written by an older ngpt_ds); loading it unverified"
+    )
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write `manifest` as folder/COMPLETE atomically (a temporary file, fsync, rename, fsync of the folder)."""
+    marker = folder / (COMPLETE + ".tmp")
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(marker, folder / COMPLETE)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
