@@ -32,6 +32,23 @@ def default_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def add_model_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --tokenizer: how a command that loads a trained model (ngpt_ds.infer.load) runs it."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU if there is one; default)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="precision of the forward pass (default: float32)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="sentencepiece .model to use when the model's own cannot be found (checked against "
+        "the model's vocabulary and recorded hash)",
+    )
+
+
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     """--log-level and --log-all-ranks (see ngpt_ds.log)."""
     from ngpt_ds import log

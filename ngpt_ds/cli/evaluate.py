@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ngpt_ds.cli import add_logging_arguments, run
+from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, run
 
 EPILOG = """\
 MODEL is an exported folder, a checkpoint directory or a training run directory.
@@ -72,18 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "split has fewer",
     )
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass (default: 8)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=("float32", "bfloat16", "float16"),
-        help="precision of the forward pass (default: float32)",
-    )
-    parser.add_argument(
-        "--tokenizer",
-        metavar="FILE",
-        help="sentencepiece .model when the model's own cannot be found (checked against it)",
-    )
+    add_model_loading_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
     add_logging_arguments(parser)
     return parser.parse_args(argv)

@@ -12,7 +12,7 @@ import argparse
 import sys
 import warnings
 
-from ngpt_ds.cli import add_logging_arguments, run
+from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, run
 
 EPILOG = """\
 MODEL is an exported folder (launch/export.py), a checkpoint directory (.../checkpoints/step_N)
@@ -73,19 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "to try the model beyond its training length. Generation itself may run past seq_len "
         "(with a warning)",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU if there is one; default)")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=("float32", "bfloat16", "float16"),
-        help="precision of the forward pass (default: float32)",
-    )
-    parser.add_argument(
-        "--tokenizer",
-        metavar="FILE",
-        help="sentencepiece .model to use when the model's own cannot be found (checked against "
-        "the model's vocabulary and recorded hash)",
-    )
+    add_model_loading_arguments(parser)
     parser.add_argument(
         "--no-cache",
         action="store_true",
