@@ -128,3 +128,107 @@ def test_activation_memory_reports_each_mode(tmp_path):
         row["step_s"] > 0 and row["step_ratio"] == pytest.approx(row["step_s"] / rows["none"]["step_s"])
         for row in rows.values()
     )
+
+
+#: A stand-in for the official nGPT model.py with its interface (GPTConfig, GPT with
+#: transformer.wte / transformer.h[i].{query,key,value,att_c_proj,c_fc,mlp_c_proj} / lm_head,
+#: configure_optimizers, forward(idx, targets) -> (logits, loss)) and its flash-attn import.
+OFFICIAL_STAND_IN = """
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+from flash_attn import flash_attn_func
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 32
+    vocab_size: int = 64
+    n_layer: int = 1
+    n_head: int = 2
+    n_embd: int = 32
+    base_scale: float = 0.02
+    use_nGPT: int = 0
+    dropout: float = 0.0
+    bias: bool = False
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d, self.n_head = config.n_embd, config.n_head
+        for name in ("query", "key", "value", "att_c_proj"):
+            setattr(self, name, nn.Linear(d, d, bias=False, dtype=torch.bfloat16))
+        self.c_fc = nn.Linear(d, 8 * d, bias=False, dtype=torch.bfloat16)
+        self.mlp_c_proj = nn.Linear(4 * d, d, bias=False, dtype=torch.bfloat16)
+
+    def forward(self, h):
+        B, T, C = h.shape
+        q, k, v = (m(h).view(B, T, self.n_head, C // self.n_head) for m in (self.query, self.key, self.value))
+        y = flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=True, window_size=(-1, -1))
+        h = h + self.att_c_proj(y.reshape(B, T, C))
+        u, v = self.c_fc(h).chunk(2, dim=-1)
+        return h + self.mlp_c_proj(u * F.silu(v))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transformer = nn.ModuleDict(
+            dict(wte=nn.Embedding(config.vocab_size, config.n_embd), h=nn.ModuleList(Block(config) for _ in range(config.n_layer)))
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def forward(self, idx, targets=None):
+        x = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(x)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        print("using fused AdamW: False")
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay)
+"""
+
+
+def test_peer_step_loads_the_official_code_with_sdpa_for_flash_attn(tmp_path):
+    (tmp_path / "model.py").write_text(OFFICIAL_STAND_IN)
+    sys.path.insert(0, str(REPO / "bench"))
+    import torch
+    from peer_step import flash_attn_stand_in, load_official, official_normalize_matrices
+
+    official = load_official(str(tmp_path))
+    assert "flash_attn" not in sys.modules  # the stand-in is only seen by the official module
+    # flash-attn's layout [B, T, H, head_dim] and causal mask, against attention written out
+    q, k, v = torch.randn(3, 2, 5, 2, 4, dtype=torch.float64).unbind(0)
+    y = flash_attn_stand_in().flash_attn_func(q, k, v, softmax_scale=0.7, causal=True)
+    scores = torch.einsum("bthd,bshd->bhts", q, k) * 0.7
+    scores = scores.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    expected = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
+    assert torch.allclose(y, expected, atol=1e-12)
+    # train.py's normalize_matrices: rows of the tables and input projections, columns of the outputs
+    model = official.GPT(official.GPTConfig())
+    official_normalize_matrices(model)
+    block = model.transformer.h[0]
+    for weight, dim in ((model.lm_head.weight, 1), (block.c_fc.weight, 1), (block.mlp_c_proj.weight, 0)):
+        norms = weight.float().norm(dim=dim)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-2 if weight.dtype == torch.bfloat16 else 1e-6)
+
+
+def test_peer_step_interleaves_official_and_engine_steps(tmp_path):
+    (tmp_path / "model.py").write_text(OFFICIAL_STAND_IN)
+    out = tmp_path / "peer.json"
+    shape = "n_layer=1,n_embd=32,n_head=2,seq_len=32,vocab_size=64,batch=2"
+    command = [sys.executable, REPO / "bench/peer_step.py", "--shape", shape, "--rounds", 2, "--warmup", 1]
+    run([*command, "--official", tmp_path, "--json", out], timeout=600)
+    r = json.loads(out.read_text())
+    assert list(r["steps"]) == ["official nGPT", "official GPT", "ngpt_ds nGPT", "ngpt_ds GPT"]
+    for s in r["steps"].values():
+        assert s["tokens_per_s"] == pytest.approx(2 * 32 / (s["ms"] / 1e3))
+    assert len(r["ratios"]) == 5
+    assert all(0 < x["min"] <= x["median"] <= x["max"] for x in r["ratios"].values())
+    missing = run([*command, "--official", tmp_path / "absent"], check=False)
+    assert missing.returncode == 2 and "error: --official" in missing.stderr and "Traceback" not in missing.stderr

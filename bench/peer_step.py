@@ -1,0 +1,278 @@
+"""Training-step speed of ngpt_ds against NVIDIA's official nGPT code, side by side in one process.
+
+    python bench/peer_step.py --official PATH [--rounds 10] [--ds ds_configs/zero2.json]
+
+PATH is a checkout of NVIDIA/ngpt (or its model.py). The script reads that model.py as it is;
+nothing of it is copied into this repository. The official code calls flash-attn, which needs
+a GPU, so before the import a stand-in `flash_attn` module is put into sys.modules that
+computes the same attention with torch's scaled_dot_product_attention.
+
+Four steps alternate in each round, so all four see the same machine state:
+
+- official nGPT and official GPT: the official train.py's step (bf16 autocast around the
+  forward, backward, gradient clipping at 1.0, the model's own AdamW from
+  configure_optimizers, zero_grad) and, for nGPT, train.py's normalize_matrices after it;
+- ngpt_ds nGPT and GPT: DeepSpeed engines from the given JSON (bf16, ZeRO 2 by default) as
+  the trainer builds them, nGPT with its hypersphere hook (bench/step_time.py).
+
+It prints ms/step and tokens/s (medians over rounds) and the ratios, each ratio with the
+median, minimum and maximum of its per-round values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from step_time import make_step  # noqa: E402
+
+from ngpt_ds import distributed  # noqa: E402
+from ngpt_ds.train.builder import init_process_group  # noqa: E402
+
+#: The shape of the comparison: 4 layers, d 256, 4 heads, context 256, batch 8, vocabulary 4096.
+SHAPE = dict(n_layer=4, n_embd=256, n_head=4, seq_len=256, vocab_size=4096)
+BATCH = 8
+
+#: (label, side, arch) in the order the steps run inside a round.
+STEPS = (
+    ("official nGPT", "official", "ngpt"),
+    ("official GPT", "official", "gpt"),
+    ("ngpt_ds nGPT", "ngpt_ds", "ngpt"),
+    ("ngpt_ds GPT", "ngpt_ds", "gpt"),
+)
+
+
+def flash_attn_stand_in() -> types.ModuleType:
+    """A `flash_attn` module whose two functions compute flash-attn's result with torch SDPA.
+
+    flash-attn takes q, k, v as [B, T, H, head_dim] (SDPA: [B, H, T, head_dim]) and returns
+    the output in q's layout."""
+
+    def flash_attn_func(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        dropout_p: float = 0.0,
+        softmax_scale: float | None = None,
+        causal: bool = False,
+        window_size: tuple[int, int] = (-1, -1),
+        alibi_slopes: torch.Tensor | None = None,
+        deterministic: bool = False,
+        **_: object,
+    ) -> torch.Tensor:
+        if tuple(window_size) != (-1, -1) or alibi_slopes is not None:
+            raise NotImplementedError("the SDPA stand-in supports neither local windows nor ALiBi")
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            dropout_p=dropout_p,
+            is_causal=causal,
+            scale=softmax_scale,
+        )
+        return y.transpose(1, 2)
+
+    def flash_attn_qkvpacked_func(qkv: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        q, k, v = qkv.unbind(dim=2)  # [B, T, 3, H, head_dim]
+        return flash_attn_func(q, k, v, *args, **kwargs)
+
+    module = types.ModuleType("flash_attn")
+    module.flash_attn_func = flash_attn_func
+    module.flash_attn_qkvpacked_func = flash_attn_qkvpacked_func
+    return module
+
+
+def load_official(path: str) -> types.ModuleType:
+    """Import the official model.py from `path` (a checkout or the file) with flash-attn stood in."""
+    source = Path(path)
+    if source.is_dir():
+        source = source / "model.py"
+    if not source.is_file():
+        raise FileNotFoundError(f"--official {path}: no model.py there; pass a checkout of NVIDIA/ngpt")
+    previous = sys.modules.get("flash_attn")
+    sys.modules["flash_attn"] = flash_attn_stand_in()
+    try:
+        spec = importlib.util.spec_from_file_location("ngpt_official_model", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            # model.py bound the functions at import; drop the stand-in so nothing else sees it
+            del sys.modules["flash_attn"]
+        else:
+            sys.modules["flash_attn"] = previous
+    return module
+
+
+@torch.no_grad()
+def official_normalize_matrices(model: torch.nn.Module) -> None:
+    """The official train.py's normalize_matrices: every matrix's d_model vectors to unit norm, in fp32
+    (embeddings, the head, q/k/v and the MLP input rows; the attention and MLP output columns)."""
+
+    def renorm(weight: torch.Tensor, dim: int) -> None:
+        w = weight.float()
+        weight.copy_((w / w.norm(p=2, dim=dim, keepdim=True)).to(weight.dtype))
+
+    renorm(model.transformer.wte.weight, 1)
+    renorm(model.lm_head.weight, 1)
+    for block in model.transformer.h:
+        for name in ("query", "key", "value", "c_fc"):
+            renorm(getattr(block, name).weight, 1)
+        for name in ("att_c_proj", "mlp_c_proj"):
+            renorm(getattr(block, name).weight, 0)
+
+
+def official_step(official: types.ModuleType, arch: str, shape: dict, batch: int) -> Callable[[], float]:
+    """One training step of the official model as its train.py runs it; returns its seconds."""
+    use_ngpt = int(arch == "ngpt")
+    config = official.GPTConfig(
+        block_size=shape["seq_len"],
+        vocab_size=shape["vocab_size"],
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        n_embd=shape["n_embd"],
+        # train.py: base_scale 1/sqrt(n_embd) for nGPT, 0.02 for GPT; weight decay 0 and 0.1
+        base_scale=1.0 / math.sqrt(shape["n_embd"]) if use_ngpt else 0.02,
+        use_nGPT=use_ngpt,
+        dropout=0.0,
+        bias=False,
+    )
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):  # its parameter counts
+        model = official.GPT(config)
+        optimizer = model.configure_optimizers(0.0 if use_ngpt else 0.1, 1e-3, (0.9, 0.95), "cpu")
+    if use_ngpt:
+        official_normalize_matrices(model)
+    tokens = torch.randint(0, shape["vocab_size"], (batch, shape["seq_len"] + 1))
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as its get_batch makes them
+
+    def step() -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if use_ngpt:
+            official_normalize_matrices(model)
+        return time.perf_counter() - start
+
+    return step
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measure(official: types.ModuleType, shape: dict, batch: int, rounds: int, warmup: int, ds_path: str) -> dict:
+    steps = {
+        label: official_step(official, arch, shape, batch)
+        if side == "official"
+        else make_step(arch, shape, batch, ds_path, compiled=False)
+        for label, side, arch in STEPS
+    }
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {label: [] for label in steps}
+    for _ in range(rounds):
+        for label, step in steps.items():
+            times[label].append(step())
+    tokens = batch * shape["seq_len"]
+
+    def per_round(numerator: str, denominator: str) -> dict:
+        """numerator's tokens/s over denominator's, per round."""
+        return spread([d / n for n, d in zip(times[numerator], times[denominator])])
+
+    return {
+        "shape": shape,
+        "batch": batch,
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+        "steps": {
+            label: {"ms": 1e3 * statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
+            for label, t in times.items()
+        },
+        "ratios": {
+            # speedups: tokens/s of the first over the second
+            "ngpt_ds nGPT / official nGPT": per_round("ngpt_ds nGPT", "official nGPT"),
+            "ngpt_ds nGPT / official GPT": per_round("ngpt_ds nGPT", "official GPT"),
+            "ngpt_ds GPT / official GPT": per_round("ngpt_ds GPT", "official GPT"),
+            # step-time costs of nGPT over GPT: ms of nGPT over ms of GPT
+            "nGPT/GPT ms, ngpt_ds": per_round("ngpt_ds GPT", "ngpt_ds nGPT"),
+            "nGPT/GPT ms, official": per_round("official GPT", "official nGPT"),
+        },
+    }
+
+
+def table(result: dict) -> str:
+    lines = ["| step | ms | tokens/s |", "|---|---|---|"]
+    lines += [f"| {label} | {s['ms']:.1f} | {s['tokens_per_s']:,.0f} |" for label, s in result["steps"].items()]
+    lines += ["", "| ratio | median | min | max |", "|---|---|---|---|"]
+    lines += [
+        f"| {name} | **{r['median']:.2f}** | {r['min']:.2f} | {r['max']:.2f} |" for name, r in result["ratios"].items()
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official", required=True, help="a checkout of NVIDIA/ngpt, or its model.py")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of the four steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument(
+        "--shape",
+        default=",".join(f"{k}={v}" for k, v in {**SHAPE, "batch": BATCH}.items()),
+        help="comma list of key=value (n_layer, n_embd, n_head, seq_len, vocab_size, batch)",
+    )
+    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON of ngpt_ds's side")
+    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
+    args = parser.parse_args()
+    try:
+        shape = {k: int(v) for k, v in (item.split("=") for item in args.shape.split(","))}
+        batch = shape.pop("batch", BATCH)
+        unknown = set(shape) - set(SHAPE)
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        shape = {**SHAPE, **shape}
+        official = load_official(args.official)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    init_process_group(distributed.discover({}), timeout_s=600)
+    result = measure(official, shape, batch, args.rounds, args.warmup, args.ds)
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.docs:
+        from report import command_line, machine, update_section
+
+        update_section(
+            "peer_step",
+            f"Command: `{command_line()}`  \nMachine: {machine()}, {result['threads']} threads; "
+            f"medians of {args.rounds} interleaved rounds; shape {shape}, batch {batch}.\n\n" + table(result),
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
