@@ -9,7 +9,9 @@ checkpoint was cut) goes through this module; every file is unpickled by ngpt_ds
 What is read (checked against deepspeed 0.19.3 and 0.19.8, the range setup.py allows being
 >=0.19.3,<0.20; a newer DeepSpeed that renames a file or a field needs this header revisited):
 
-  mp_rank_XX_model_states.pt            ZeRO 0-2, one per tensor-parallel rank XX
+  mp_rank_XX_model_states.pt            ZeRO 0-2, one per tensor-parallel rank XX (per pipeline
+                                        stage XX with pipeline parallelism; `module` is then None)
+  layer_LL-model_states.pt              pipeline parallelism: the state dict of layer LL
   zero_pp_rank_R_mp_rank_XX_model_states.pt
                                         ZeRO 3, one per data-parallel rank R (R = 0 is read here)
       module                            the module's state dict (whole weights at ZeRO 0 in the
@@ -53,6 +55,9 @@ from ngpt_ds.errors import NgptConfigError
 
 #: The DeepSpeed releases this module was checked against (lowest and newest).
 TESTED_DEEPSPEED = ("0.19.3", "0.19.8")
+
+PIPELINE_LAYER_FILES = "layer_*-model_states.pt"
+"""A pipeline checkpoint's weights: one file per layer of the PipelineModule (written by its stage)."""
 
 _MP_RANK = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
 
@@ -111,6 +116,7 @@ class SavedLayout:
     data_parallel: int
     tensor_parallel: int
     ds_version: str | None
+    pipeline_parallel: int = 1
 
 
 def saved_layout(checkpoint: Path) -> SavedLayout:
@@ -121,11 +127,16 @@ def saved_layout(checkpoint: Path) -> SavedLayout:
     ds_config = states.get("ds_config")
     if stage != 0 and isinstance(ds_config, dict):
         stage = zero_stage_of(ds_config) or stage
+    model_parallel = int(states.get("mp_world_size") or model_parallel_ranks(checkpoint))
+    # A pipeline checkpoint (one file per layer) counts its stages as model-parallel ranks; ngpt_ds never
+    # combines pipeline and tensor parallelism (ngpt_ds.parallel.pipeline).
+    stages = model_parallel if any(checkpoint.glob(PIPELINE_LAYER_FILES)) else 1
     return SavedLayout(
         zero_stage=stage,
         data_parallel=int(states.get("dp_world_size") or 1),
-        tensor_parallel=int(states.get("mp_world_size") or model_parallel_ranks(checkpoint)),
+        tensor_parallel=model_parallel // stages,
         ds_version=states.get("ds_version"),
+        pipeline_parallel=stages,
     )
 
 

@@ -20,10 +20,11 @@ from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
+from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
 from ngpt_ds.train import ds_compat, preflight, reshape
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
-from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
+from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, zero_stage_of
 from ngpt_ds.train.optim import build_optimizer, build_schedule
 
 if TYPE_CHECKING:
@@ -74,10 +75,20 @@ def prepare(options: TrainOptions) -> Prepared:
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
+    check_pipeline(
+        train_cfg.pipeline_parallel_size,
+        world_size=dist_env.world_size,
+        zero_stage=zero_stage_of(ds_config),
+        n_layer=model_cfg.n_layer,
+        deepspeed_source=options.deepspeed_config,
+        tensor_parallel=train_cfg.tensor_parallel_size,
+        sequence_parallel=getattr(train_cfg, "sequence_parallel_size", 1),
+    )
     plan = check_ds_config(
         ds_config,
         world_size=dist_env.world_size,
         tensor_parallel=train_cfg.tensor_parallel_size,
+        pipeline_parallel=train_cfg.pipeline_parallel_size,
         source=options.deepspeed_config,
         fp16_supported=bool(accelerator.is_fp16_supported()),
         bf16_supported=bool(accelerator.is_bf16_supported()),
@@ -115,7 +126,12 @@ def prepare(options: TrainOptions) -> Prepared:
         preflight.check_resume_fits(resume_from, model_cfg, meta)  # same model config and tokenizer
     # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
     # cannot convert is refused here, before the process group.
-    layout = reshape.current_layout(ds_config, dist_env.world_size, train_cfg.tensor_parallel_size)
+    layout = reshape.current_layout(
+        ds_config,
+        dist_env.world_size,
+        train_cfg.tensor_parallel_size,
+        pipeline_parallel=train_cfg.pipeline_parallel_size,
+    )
     resize = reshape.plan(resume_from, layout, out_dir) if resume_from is not None else None
     run = RunConfig(
         config_source=str(config_path),
@@ -171,6 +187,8 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
     tensor_parallel = groups is not None and groups.tp_size > 1
     if tensor_parallel:
         parallelize(model, groups)
+    if train.pipeline_parallel_size > 1:  # this rank's stage only (ngpt_ds.parallel.pipeline)
+        model = build_pipeline(model, train.pipeline_parallel_size)
     optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
     schedule = build_schedule(
         optimizer, max_steps=train.max_steps, warmup_steps=train.warmup_steps, min_lr_ratio=train.min_lr / train.lr

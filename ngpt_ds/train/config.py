@@ -58,6 +58,10 @@ class TrainConfig:
     tensor_parallel_size: int = 1
     """Ranks that split each layer (Megatron-style); must divide the world size, n_head, vocab_size
     and the MLP width. The remaining factor of the world size is data parallelism (ZeRO)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages, each holding consecutive blocks (DeepSpeed's PipelineModule; the first also the
+    embedding, the last the head). Must divide the world size and not exceed n_layer; ZeRO 0 or 1 only;
+    not combined with tensor or sequence parallelism (README "Pipeline parallelism")."""
     activation_checkpointing: str | dict = "none"
     """Recompute block activations in backward instead of storing them: `none`; `blocks` (every
     transformer block keeps only its input); or `{every_k: K}` (blocks 0, K, 2K, ... do). Gradients are
@@ -92,6 +96,7 @@ class TrainConfig:
             "keep_checkpoints",
             "dist_timeout_s",
             "tensor_parallel_size",
+            "pipeline_parallel_size",
         ):
             value = getattr(self, name)
             p.check(isinstance(value, int) and value > 0, f"train.{name}", value, "must be a positive integer")

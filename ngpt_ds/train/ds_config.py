@@ -97,11 +97,12 @@ def check_ds_config(
     source: str,
     fp16_supported: bool,
     bf16_supported: bool,
+    pipeline_parallel: int = 1,
 ) -> BatchPlan:
     """Validate the JSON for this world; fill in the batch field DeepSpeed can derive. Returns the plan.
 
     train_batch_size = train_micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel size,
-    where data-parallel size = world size / tensor-parallel size.
+    where data-parallel size = world size / (tensor-parallel size x pipeline stages).
     """
     p = Problems(f"DeepSpeed config {source}")
     ds_schema.check_keys(config, p)
@@ -159,7 +160,8 @@ def check_ds_config(
             'in memory); use "cpu" or remove the block',
         )
 
-    dp = world_size // tensor_parallel if tensor_parallel and world_size % tensor_parallel == 0 else None
+    model_parallel = tensor_parallel * pipeline_parallel
+    dp = world_size // model_parallel if model_parallel and world_size % model_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps")
     total = config.get("train_batch_size")
@@ -200,7 +202,9 @@ def check_ds_config(
         raise NgptConfigError(
             f"DeepSpeed config {source}: train_batch_size = {total}, but train_micro_batch_size_per_gpu x "
             f"gradient_accumulation_steps x data-parallel size = {micro} x {accum} x {dp} = {plan.global_batch} "
-            f"(world size {world_size} / tensor-parallel {tensor_parallel} = {dp} data-parallel ranks). "
+            f"(world size {world_size} / tensor-parallel {tensor_parallel}"
+            + (f" / pipeline stages {pipeline_parallel}" if pipeline_parallel > 1 else "")
+            + f" = {dp} data-parallel ranks). "
             f"Set train_batch_size to {plan.global_batch}, or remove it and let it follow the world size"
         )
     config["train_micro_batch_size_per_gpu"] = micro

@@ -409,7 +409,9 @@ class HypersphereHook:
 
         Collective (every rank must call it): one all-reduce per unit, one over the world.
         """
-        names = [m.name for m in self.matrices]
+        # A pipeline stage holds only its layers' matrices: the job-wide list (ngpt_ds.parallel.pipeline)
+        # gives the all-reduce below the same length on every rank.
+        names = getattr(self.engine.module, "sphere_matrix_names", None) or [m.name for m in self.matrices]
         index = {name: i for i, name in enumerate(names)}
         worst = torch.zeros(len(names), dtype=torch.float64)
         has_nan = torch.zeros(len(names), dtype=torch.float64)

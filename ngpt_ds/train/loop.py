@@ -18,6 +18,7 @@ from ngpt_ds import log
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
+from ngpt_ds.parallel.pipeline import PipelineSteps
 from ngpt_ds.train import checkpoint, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
@@ -89,12 +90,16 @@ class Trainer:
         check_engine_agrees(self.ds_settings, self.run.deepspeed, self.plan)
         self.model = self.engine.module
         self.device = self.engine.device
+        # Pipeline stages: DeepSpeed's schedule runs each step's micro-batches (ngpt_ds.parallel.pipeline).
+        self.pipeline = PipelineSteps(self.engine) if self.run.train.pipeline_parallel_size > 1 else None
         self.hook = HypersphereHook(self.engine) if self.run.model.is_ngpt else None
         if self.hook is not None:
             self.hook.normalize_now()
 
         seq_len, micro = self.run.model.seq_len, self.plan.micro_batch
         dp_rank, dp_size = self.groups.dp_rank, self.groups.dp_size
+        if self.pipeline is not None:
+            dp_rank, dp_size = self.pipeline.data_parallel()
         self.loader = TokenWindowLoader(
             self.run.data_dir,
             "train",
@@ -153,6 +158,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        if self.pipeline is not None:
+            return self._mean_over_ranks([self.pipeline.evaluate(self.val_batches)])[0]
         self.engine.eval()
         total = 0.0
         for inputs, targets in self.val_batches:
@@ -185,18 +192,22 @@ class Trainer:
         Raises RenormalizationMissed (on every rank) if the step was applied without the hook.
         """
         renormalized_before = self.hook.renormalized_units if self.hook is not None else 0
-        loss_sum = torch.zeros((), device=self.device)
-        for _ in range(self.plan.grad_accum):
-            inputs, targets = self.loader.next_batch()
-            _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
-            self.engine.backward(loss)
-            self.engine.step()
-            loss_sum += loss.detach().float()
+        if self.pipeline is not None:
+            mean_loss = self.pipeline.train_batch(self.loader, self.plan.grad_accum)
+        else:
+            loss_sum = torch.zeros((), device=self.device)
+            for _ in range(self.plan.grad_accum):
+                inputs, targets = self.loader.next_batch()
+                _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
+                self.engine.backward(loss)
+                self.engine.step()
+                loss_sum += loss.detach().float()
+            mean_loss = loss_sum / self.plan.grad_accum
         hook, zero = self.hook, torch.zeros((), device=self.device)
         missed = hook is not None and hook.missed_step(renormalized_before, self.engine.was_step_applied())
         flags = torch.stack(
             [
-                loss_sum / self.plan.grad_accum,
+                mean_loss,
                 torch.tensor(float(self.stop.requested()), device=self.device),
                 hook.take_nonfinite(self.device) if hook is not None else zero,
                 torch.tensor(float(missed), device=self.device),

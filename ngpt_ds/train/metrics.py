@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
+from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
 
@@ -122,10 +124,17 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
         return mean.item()
 
     out = {}
-    for i, block in enumerate(model.blocks):
+    stage = hasattr(model, "sphere_matrix_names")  # one pipeline stage (ngpt_ds.parallel.pipeline)
+    blocks, head = (block_layers(model), head_layer(model)) if stage else (enumerate(model.blocks), model)
+    for i, block in blocks:
         out[f"ngpt/alpha_attn/layer_{i:02d}"] = mean_effective(block.attn_alpha)
         out[f"ngpt/alpha_mlp/layer_{i:02d}"] = mean_effective(block.mlp_alpha)
         out[f"ngpt/s_qk/layer_{i:02d}"] = mean_effective(block.attn.s_qk)
-    out["ngpt/s_z_mean"] = mean_effective(model.s_z)
+    if head is not None:
+        out["ngpt/s_z_mean"] = mean_effective(head.s_z)
+    if stage:  # every stage's values, on every rank
+        parts: list[dict[str, float]] = [{}] * dist.get_world_size()
+        dist.all_gather_object(parts, out)
+        out = {name: value for part in parts for name, value in part.items()}
     out["ngpt/max_norm_deviation"] = hook.max_deviation()
     return out

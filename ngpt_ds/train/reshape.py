@@ -54,11 +54,13 @@ class Layout:
     zero_stage: int
     data_parallel: int
     tensor_parallel: int
+    pipeline_parallel: int = 1
 
     def describe(self) -> str:
         return (
             f"ZeRO stage {self.zero_stage}, data-parallel size {self.data_parallel}, "
             f"tensor-parallel size {self.tensor_parallel}"
+            + (f", {self.pipeline_parallel} pipeline stages" if self.pipeline_parallel > 1 else "")
         )
 
 
@@ -90,7 +92,7 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     """What resuming `source` at `current` needs: None (DeepSpeed loads it as it is) or a Reshape.
     Raises NgptConfigError for what DeepSpeed cannot convert."""
     found = deepspeed_files.saved_layout(source)
-    saved = Layout(found.zero_stage, found.data_parallel, found.tensor_parallel)
+    saved = Layout(found.zero_stage, found.data_parallel, found.tensor_parallel, found.pipeline_parallel)
     if _family(saved.zero_stage) != _family(current.zero_stage):
         raise _refuse(
             source,
@@ -118,16 +120,37 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
                 f"{saved.tensor_parallel * saved.data_parallel} rank(s)"
             ),
         )
+    if saved.pipeline_parallel != current.pipeline_parallel or (
+        saved.pipeline_parallel > 1 and saved.data_parallel != current.data_parallel
+    ):
+        raise _refuse(
+            source,
+            saved,
+            current,
+            (
+                "a checkpoint resumes with pipeline stages only at the pipeline and data-parallel sizes it was "
+                "saved with: its optimizer state is cut by stage, and ngpt_ds does not convert its pipeline "
+                "layout (DeepSpeed's universal conversion of it is untested here). Resume with "
+                "train.pipeline_parallel_size "
+                f"{saved.pipeline_parallel} on {saved.pipeline_parallel * saved.tensor_parallel * saved.data_parallel}"
+                " rank(s)"
+            ),
+        )
     if saved.data_parallel == current.data_parallel or saved.zero_stage == 0:
         return None  # ZeRO 1 <-> 2 share one format; ZeRO 0 keeps the whole optimizer state in one file
     target = out_dir / checkpoint.CHECKPOINTS / checkpoint.universal_name(source.name)
     return Reshape(source=source, saved=saved, current=current, target=target)
 
 
-def current_layout(ds_config: dict, world_size: int, tensor_parallel: int, other_parallel: int = 1) -> Layout:
+def current_layout(
+    ds_config: dict, world_size: int, tensor_parallel: int, other_parallel: int = 1, pipeline_parallel: int = 1
+) -> Layout:
     """This run's layout: data parallelism is what the world size leaves after model parallelism."""
     return Layout(
-        deepspeed_files.zero_stage_of(ds_config), world_size // (tensor_parallel * other_parallel), tensor_parallel
+        deepspeed_files.zero_stage_of(ds_config),
+        world_size // (tensor_parallel * other_parallel * pipeline_parallel),
+        tensor_parallel,
+        pipeline_parallel,
     )
 
 

@@ -1,0 +1,204 @@
+"""Pipeline parallelism: one built CausalLM cut into stages of consecutive layers (README "Pipeline
+parallelism").
+
+DeepSpeed's `PipelineModule` runs a list of layers, each a callable tensor -> tensor, spread over P
+stages. The layers here are thin views of the model the project already builds, so there is no second
+model definition:
+
+  layer 0            EmbeddingLayer  the model's `embed`, run through the model's own `embed_tokens`
+  layers 1 .. L      BlockLayer      block i, with the RoPE tables of the model's `rotary`
+  layer L + 1        HeadLayer       every remaining child (nGPT: head and s_z; GPT: final_norm and
+                                     head), run through the model's own `logits`; its `loss` is the
+                                     model's `cross_entropy` (fp32, targets of -1 ignored)
+
+Every rank builds the whole model under the same seed, so the weights are the ones a run without
+pipelining starts from whatever P is (PP2 = PP1 = no pipeline, bit for bit), then keeps only its
+stage's layers. Blocks are dealt out evenly (`partition_method="type:BlockLayer"`): the embedding joins
+the first stage, the head the last.
+
+DeepSpeed checks: ZeRO 0 and 1 only (its pipeline engine asserts against 2 and 3); tensor and sequence
+parallelism are refused with it here (`check_pipeline`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.model.sphere import sphere_matrices
+
+if TYPE_CHECKING:
+    from deepspeed.pipe import PipelineModule
+
+    from ngpt_ds.model.lm import CausalLM
+
+_TRUNK = ("embed", "blocks", "rotary")
+"""CausalLM children that are not part of the head."""
+
+
+class EmbeddingLayer(nn.Module):
+    """token ids [B, T] -> the first hidden states [B, T, d], by the model's `embed_tokens`."""
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        self.embed = model.embed
+        self._embed_tokens = type(model).embed_tokens  # reads self.embed only
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self._embed_tokens(self, token_ids)
+
+
+class BlockLayer(nn.Module):
+    """One block: h [B, T, d] -> h. RoPE tables are rebuilt per block (they hold no parameters and are
+    cheap), as the stages do not share them; activation checkpointing as CausalLM's `checkpoint_every`."""
+
+    def __init__(self, block: nn.Module, rotary: nn.Module, recompute: bool):
+        super().__init__()
+        self.block = block
+        self._rotary = rotary  # not registered: it has no parameters or buffers
+        self.recompute = recompute
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        cos, sin = self._rotary.tables(h.shape[1], h.device, h.dtype)
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self.block, h, cos, sin, use_reentrant=False)
+        return self.block(h, cos, sin)
+
+
+class HeadLayer(nn.Module):
+    """Final hidden states [B, T, d] -> logits [B, T, V], by the model's `logits`; `loss` is its
+    `cross_entropy`."""
+
+    def __init__(self, model: CausalLM):
+        super().__init__()
+        for name, child in model.named_children():
+            if name not in _TRUNK:
+                self.add_module(name, child)
+        self._logits = type(model).logits
+        self._cross_entropy = type(model).cross_entropy
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self._logits(self, h)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._cross_entropy(self, logits, targets)
+
+
+def pipeline_layers(model: CausalLM) -> list[nn.Module]:
+    """The model as a list of layers, in order: embedding, blocks, head."""
+    every = model.checkpoint_every
+    blocks = [BlockLayer(b, model.rotary, every > 0 and i % every == 0) for i, b in enumerate(model.blocks)]
+    return [EmbeddingLayer(model), *blocks, HeadLayer(model)]
+
+
+def build_pipeline(model: CausalLM, stages: int) -> PipelineModule:
+    """This rank's stage of `model` as a DeepSpeed PipelineModule (torch.distributed must be up).
+
+    `sphere_matrix_names`, set on the module, lists the sphere matrices of every stage (in
+    PipelineModule's naming, `<layer index>.<path>`), so the hypersphere hook's job-wide checks agree
+    on one list on every rank."""
+    from deepspeed.pipe import PipelineModule
+
+    layers = pipeline_layers(model)
+    module = PipelineModule(
+        layers=layers,
+        num_stages=stages,
+        loss_fn=layers[-1].loss,
+        partition_method="type:BlockLayer",
+        activation_checkpoint_interval=0,
+    )
+    module.sphere_matrix_names = [f"{i}.{m.name}" for i, layer in enumerate(layers) for m in sphere_matrices(layer)]
+    # PipelineModule keeps the whole list; drop the other stages' layers so their weights are freed.
+    for i in range(len(layers)):
+        if not module._local_start <= i < module._local_stop:
+            module._layer_specs[i] = None
+    return module
+
+
+def block_layers(module: nn.Module) -> list[tuple[int, nn.Module]]:
+    """(model block index, block) of every block this stage holds."""
+    return [(int(name) - 1, layer.block) for name, layer in module.named_children() if isinstance(layer, BlockLayer)]
+
+
+def head_layer(module: nn.Module) -> HeadLayer | None:
+    """The head, on the last stage; None elsewhere."""
+    return next((layer for layer in module.children() if isinstance(layer, HeadLayer)), None)
+
+
+def check_pipeline(
+    stages: int,
+    *,
+    world_size: int,
+    zero_stage: int,
+    n_layer: int,
+    deepspeed_source: str,
+    tensor_parallel: int = 1,
+    sequence_parallel: int = 1,
+) -> None:
+    """What pipeline parallelism needs, checked before the process group; every problem is reported."""
+    if stages == 1:
+        return
+    source = "train.pipeline_parallel_size"
+    problems: list[str] = []
+    if world_size % stages:
+        problems.append(
+            f"world size {world_size} is not divisible by {source} = {stages}: start a multiple of {stages} processes"
+        )
+    if n_layer < stages:
+        problems.append(f"model.n_layer = {n_layer} is below {source} = {stages}: every stage needs a block")
+    if zero_stage not in (0, 1):
+        problems.append(
+            f"{deepspeed_source} sets zero_optimization.stage {zero_stage}, and DeepSpeed's pipeline engine "
+            "runs with ZeRO stage 0 or 1 only (it stops on 2 and 3: 'ZeRO-2 and ZeRO-3 are incompatible with "
+            'pipeline parallelism\'): set "zero_optimization": {"stage": 1} in that file (as '
+            f"ds_configs/zero1.json does), or set {source} to 1"
+        )
+    if tensor_parallel > 1:
+        problems.append(
+            f"train.tensor_parallel_size = {tensor_parallel} with {source} = {stages} is not supported (the "
+            "tensor-parallel layers are not wired to DeepSpeed's pipeline grid): use one of the two"
+        )
+    if sequence_parallel > 1:
+        problems.append(
+            f"train.sequence_parallel_size = {sequence_parallel} with {source} = {stages} is not supported "
+            "(the pipeline passes whole sequences between stages): use one of the two"
+        )
+    if problems:
+        raise NgptConfigError("pipeline parallelism: " + "; ".join(problems))
+
+
+def describe_stages(module: Any) -> str:
+    """'stage s of P: layers a-b' for the log."""
+    return (
+        f"pipeline stage {module.stage_id} of {module.num_stages}: layers {module._local_start}-"
+        f"{module._local_stop - 1}"
+    )
+
+
+class PipelineSteps:
+    """How the trainer runs a step and an evaluation on a pipeline engine, where DeepSpeed's schedule
+    runs the micro-batches itself (`train_batch`, `eval_batch`) instead of one forward, backward and
+    step per micro-batch."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def data_parallel(self) -> tuple[int, int]:
+        """(rank, size) among the replicas of this stage: what the loader deals data by."""
+        grid = self.engine.grid
+        return grid.get_data_parallel_rank(), grid.get_data_parallel_world_size()
+
+    def train_batch(self, loader: Any, micro_batches: int) -> torch.Tensor:
+        """One optimizer step; the mean loss over its micro-batches and the data-parallel replicas,
+        the same on every rank. Every rank draws the step's micro-batches, so every loader holds the
+        same global position (DeepSpeed reads them on the first and last stage only)."""
+        batches = [loader.next_batch() for _ in range(micro_batches)]
+        return self.engine.train_batch(iter(batches)).detach().float()
+
+    def evaluate(self, batches: list) -> float:
+        """Mean loss over `batches` and the data-parallel replicas, the same on every rank."""
+        return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
