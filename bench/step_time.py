@@ -77,8 +77,13 @@ def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
     return step
 
 
-def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: bool) -> dict:
-    shape, batch = SHAPES[shape_name]
+def interleaved_step_times(
+    shape: dict, batch: int, ds_path: str, rounds: int, warmup: int, compiled: bool
+) -> dict[str, list[float]]:
+    """Seconds of each timed step, {"ngpt": [...], "gpt": [...]}, from alternating steps of both engines.
+
+    Needs a process group (init_process_group). bench/convergence.py takes its step-time ratio from here.
+    """
     steps = {arch: make_step(arch, shape, batch, ds_path, compiled) for arch in ("ngpt", "gpt")}
     for _ in range(warmup):
         for step in steps.values():
@@ -87,6 +92,12 @@ def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: b
     for _ in range(rounds):  # A B A B ...: both see the same machine noise
         for arch, step in steps.items():
             times[arch].append(step())
+    return times
+
+
+def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: bool) -> dict:
+    shape, batch = SHAPES[shape_name]
+    times = interleaved_step_times(shape, batch, ds_path, rounds, warmup, compiled)
     ngpt, gpt = statistics.median(times["ngpt"]), statistics.median(times["gpt"])
     return {
         "shape": shape_name,

@@ -1,6 +1,7 @@
 """Each benchmark runs on a tiny setting and writes well-formed output (no timing is asserted)."""
 
 import json
+import statistics
 import sys
 
 import pytest
@@ -8,43 +9,96 @@ import pytest
 from conftest import REPO, run
 
 
-def test_convergence_writes_table_json_and_plot(tmp_path, tiny_dataset):
+def test_convergence_context_sweep_writes_table_json_and_plot(tmp_path, tiny_dataset):
+    """--context 16,64 at 8 x 32 tokens per micro-batch: batches 16 and 4, equal tokens per step and budget."""
     shape = tmp_path / "shape.yaml"
     shape.write_text("model: {arch: ngpt, n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32}\n")
     out = tmp_path / "conv"
-    run(
-        [
-            sys.executable,
-            REPO / "bench/convergence.py",
-            "--shape",
-            shape,
-            "--steps",
-            8,
-            "--eval-interval",
-            4,
-            "--eval-batches",
-            2,
-            "--lrs-ngpt",
-            "2e-2,4e-2",
-            "--lrs-gpt",
-            "3e-3",
-            "--data",
-            tiny_dataset,
-            "--out",
-            out,
-        ],
-        timeout=900,
-    )
+    args = ["--shape", shape, "--steps", 4, "--eval-interval", 2, "--eval-batches", 2, "--lrs-ngpt", "2e-2"]
+    args += ["--lrs-gpt", "3e-3", "--context", "16,64", "--step-rounds", 3, "--step-warmup", 1]
+    run([sys.executable, REPO / "bench/convergence.py", *args, "--data", tiny_dataset, "--out", out], timeout=900)
     result = json.loads((out / "convergence.json").read_text())
-    assert len(result["runs"]) == 3
-    for r in result["runs"]:
-        assert [t for t, _ in r["eval_curve"]] == [4 * 8 * 32, 8 * 8 * 32]  # evals at steps 4 and 8
-        assert r["final_val_loss"] == pytest.approx(r["eval_curve"][-1][1])
-    summary = result["summary"]
-    assert summary["target_val_loss"] == min(r["final_val_loss"] for r in result["runs"] if r["arch"] == "gpt")
-    assert summary["best_lr"]["ngpt"] in (2e-2, 4e-2)
-    assert "| nGPT |" in (out / "convergence.md").read_text()
+    assert result["settings"]["tokens_per_step"] == 256
+    contexts = result["contexts"]
+    assert [c["summary"]["context"] for c in contexts] == [16, 64]
+    assert [c["summary"]["batch"] for c in contexts] == [16, 4]
+    for context, batch in ((16, 16), (64, 4)):
+        assert json.loads((out / f"ds_ctx{context}.json").read_text())["train_micro_batch_size_per_gpu"] == batch
+    for c in contexts:
+        s, times = c["summary"], c["step_times"]
+        assert sorted((r["arch"], r["context"] * r["batch"]) for r in c["runs"]) == [("gpt", 256), ("ngpt", 256)]
+        for r in c["runs"]:
+            assert [t for t, _ in r["eval_curve"]] == [2 * 256, 4 * 256]  # same token budget at every context
+            assert r["final_val_loss"] == pytest.approx(r["eval_curve"][-1][1])
+        # the step ratio comes from the interleaved steps, not from the runs' own step times
+        assert len(times["ngpt"]) == len(times["gpt"]) == 3
+        ratio = statistics.median(times["ngpt"]) / statistics.median(times["gpt"])
+        assert s["step_time_ratio_ngpt_over_gpt"] == pytest.approx(ratio)
+        per_round = [n / g for n, g in zip(times["ngpt"], times["gpt"])]
+        assert s["step_time_ratio_range"] == pytest.approx([min(per_round), max(per_round)])
+        by_arch = {r["arch"]: r for r in c["runs"]}
+        sequential = by_arch["ngpt"]["mean_step_s"] / by_arch["gpt"]["mean_step_s"]
+        assert s["sequential_step_time_ratio"] == pytest.approx(sequential)
+        if s["token_speedup"] is not None:
+            assert s["wall_time_speedup"] == pytest.approx(s["token_speedup"] / ratio)
+        else:
+            assert s["wall_time_speedup"] is None
+    table = (out / "convergence.md").read_text()
+    assert "| 16 | 16 |" in table and "| 64 | 4 |" in table and table.count("| nGPT | 0.02 **best** |") == 2
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_convergence_speedup_arithmetic():
+    """Synthetic curves: best LR per model, tokens to GPT's final loss, and the wall-time speedup."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from convergence import summarize
+
+    def r(arch, lr, curve):
+        return {"arch": arch, "lr": lr, "context": 256, "batch": 8, "final_val_loss": curve[-1][1]}, curve
+
+    runs = []
+    for arch, lr, curve, step_s in (
+        ("gpt", 1e-3, [(100.0, 6.0), (200.0, 5.0), (300.0, 4.5)], 0.2),
+        ("gpt", 3e-3, [(100.0, 5.5), (200.0, 4.5), (300.0, 4.0)], 0.1),  # best GPT: target 4.0 at 300 tokens
+        ("ngpt", 1e-2, [(100.0, 5.0), (200.0, 4.2), (300.0, 3.8)], 0.4),
+        ("ngpt", 2e-2, [(100.0, 5.0), (200.0, 3.6), (300.0, 3.5)], 0.1),  # best nGPT: reaches 4.0 at ~171.4
+    ):
+        run_, curve = r(arch, lr, curve)
+        runs.append({**run_, "eval_curve": curve, "tokens": 300.0, "mean_step_s": step_s})
+    times = {"ngpt": [1.2, 1.0, 3.0], "gpt": [1.0, 1.0, 1.0]}  # medians 1.2 / 1.0; per round 1.2, 1.0, 3.0
+    s = summarize(runs, times)
+    assert s["best_lr"] == {"gpt": 3e-3, "ngpt": 2e-2} and s["target_val_loss"] == 4.0
+    reach = 100.0 + 100.0 * (5.0 - 4.0) / (5.0 - 3.6)
+    assert s["ngpt_tokens_to_target"] == pytest.approx(reach)
+    assert s["token_speedup"] == pytest.approx(300.0 / reach)  # 1.75x
+    assert s["step_time_ratio_ngpt_over_gpt"] == pytest.approx(1.2)
+    assert s["step_time_ratio_range"] == pytest.approx([1.0, 3.0])
+    assert s["wall_time_speedup"] == pytest.approx(300.0 / reach / 1.2)
+    assert s["sequential_step_time_ratio"] == pytest.approx(1.0)  # 0.1 / 0.1: information only
+    # GPT's losses 5.5, 4.5, 4.0 are reached by nGPT at its first eval (100), at ~164.3 and ~171.4 tokens
+    assert s["speedup_curve"] == pytest.approx(
+        [(100.0, 1.0), (200.0, 200.0 / (100.0 + 100.0 * 0.5 / 1.4)), (300.0, 300.0 / reach)]
+    )
+
+
+def test_convergence_context_batches():
+    sys.path.insert(0, str(REPO / "bench"))
+    from convergence import micro_batches
+
+    assert micro_batches(256, 8, [256, 1024, 64]) == [(256, 8), (1024, 2), (64, 32)]
+    with pytest.raises(ValueError, match="context 300 does not divide the 2048 tokens"):
+        micro_batches(256, 8, [256, 300])
+    with pytest.raises(ValueError, match="context 4096"):
+        micro_batches(256, 8, [4096])
+
+
+def test_convergence_bad_context_is_refused(tmp_path, tiny_dataset):
+    bench = [sys.executable, REPO / "bench/convergence.py", "--data", tiny_dataset, "--out", tmp_path]
+    proc = run([*bench, "--context", "256,300"], check=False, timeout=300)
+    assert proc.returncode == 2 and "error: --context: context 300 does not divide" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run([*bench, "--context", "1k"], check=False, timeout=300)
+    assert proc.returncode == 2 and "expected comma-separated integers" in proc.stderr
 
 
 def test_tokens_to_reach_interpolates():
