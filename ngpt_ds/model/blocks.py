@@ -70,19 +70,32 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, _ = h.shape
         q, k, v = self.project_qkv(h, cos, sin)
+        if self.kv_cache is None:
+            return self.out(self.attend(q, k, v).reshape(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask, causal = None, True
-        if self.kv_cache is not None:
-            past = self.kv_cache.length
-            k, v = self.kv_cache.append(k, v)
-            if past:
-                # is_causal with fewer queries than keys aligns the mask top-left (wrong here):
-                # query i sits at position past + i and sees keys 0..past + i.
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=h.device).tril(diagonal=past)
+        past = self.kv_cache.length
+        k, v = self.kv_cache.append(k, v)
+        if past:
+            # is_causal with fewer queries than keys aligns the mask top-left (wrong here):
+            # query i sits at position past + i and sees keys 0..past + i.
+            causal = False
+            if T > 1:
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=h.device).tril(diagonal=past)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.softmax_scale)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The attention core: causal softmax(q k^T * softmax_scale) v over all T positions given.
+        q, k, v: [B, T, H, head_dim] -> [B, T, H, head_dim].
+
+        Sequence parallelism (ngpt_ds.parallel.sequence) replaces it per instance by an all-to-all
+        around this same function: each rank then holds T / S positions of all heads, the function
+        sees all positions of H / S heads."""
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale
+        )
+        return y.transpose(1, 2)
 
 
 class SwiGLU(nn.Module):

@@ -29,6 +29,10 @@ class CausalLM(nn.Module):
     """Activation checkpointing: while training, blocks 0, k, 2k, ... keep only their input and are run
     again in backward (k = 1: every block; 0: off). Same gradients, bit for bit (README, "Activation
     checkpointing"); the trainer sets it from train.activation_checkpointing."""
+    sequence_chunk: int = 0
+    """Sequence parallelism: the T tokens a forward gets are chunk c of sequences cut into equal
+    chunks, so they sit at positions c*T ... c*T + T - 1 and RoPE rotates them there (0: the
+    sequence starts at the first token). Set by ngpt_ds.parallel.sequence."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -51,7 +55,7 @@ class CausalLM(nn.Module):
         With a KVCache, token_ids are the T positions after the `cache.length` cached ones.
         """
         h = self.embed_tokens(token_ids)
-        offset = 0 if cache is None else cache.length
+        offset = self.sequence_chunk * token_ids.shape[1] if cache is None else cache.length
         cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype, offset)
         with nullcontext() if cache is None else cache.bind(self):
             for index, block in enumerate(self.blocks):

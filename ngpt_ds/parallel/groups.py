@@ -8,10 +8,14 @@ adjacent, so with tp_size <= GPUs per node a tensor-parallel group stays inside 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
+
+if TYPE_CHECKING:
+    from ngpt_ds.parallel.sequence import SequenceParallelGroups
 
 
 @dataclass
@@ -103,8 +107,13 @@ def check_tensor_parallel(
         raise NgptConfigError("tensor parallelism: " + "; ".join(problems))
 
 
-def create_groups(tp_size: int) -> ParallelGroups:
-    """Create all tensor- and data-parallel groups (every rank calls this, in the same order)."""
+def create_groups(tp_size: int, sp_size: int = 1) -> ParallelGroups | SequenceParallelGroups:
+    """Create all tensor- and data-parallel groups (every rank calls this, in the same order).
+    sp_size > 1 (tp_size 1): sequence x data-parallel groups (ngpt_ds.parallel.sequence) instead."""
+    if sp_size > 1:
+        from ngpt_ds.parallel.sequence import create_sequence_groups
+
+        return create_sequence_groups(sp_size)
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % tp_size:
         raise NgptConfigError(f"world size {world} is not divisible by tensor_parallel_size {tp_size}")

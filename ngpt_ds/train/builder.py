@@ -21,6 +21,7 @@ from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
+from ngpt_ds.parallel.sequence import check_sequence_parallel, deepspeed_config_for, parallelize_sequence
 from ngpt_ds.train import ds_compat, preflight, reshape
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
@@ -72,6 +73,14 @@ def prepare(options: TrainOptions) -> Prepared:
     model_cfg, train_cfg, config_path = load_model_and_train(config_name, options.model, overrides)
 
     ds_config = load_ds_config(options.deepspeed_config)
+    check_sequence_parallel(
+        train_cfg.sequence_parallel_size,
+        dist_env.world_size,
+        n_head=model_cfg.n_head,
+        seq_len=model_cfg.seq_len,
+        tensor_parallel=train_cfg.tensor_parallel_size,
+        pipeline_parallel=train_cfg.pipeline_parallel_size,
+    )
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
@@ -89,11 +98,15 @@ def prepare(options: TrainOptions) -> Prepared:
         world_size=dist_env.world_size,
         tensor_parallel=train_cfg.tensor_parallel_size,
         pipeline_parallel=train_cfg.pipeline_parallel_size,
+        sequence_parallel=train_cfg.sequence_parallel_size,
         source=options.deepspeed_config,
         fp16_supported=bool(accelerator.is_fp16_supported()),
         bf16_supported=bool(accelerator.is_bf16_supported()),
     )
     ds_config.setdefault("steps_per_print", 10**9)  # ngpt_ds logs; keep DeepSpeed's own step log quiet
+    note = deepspeed_config_for(ds_config, train_cfg.sequence_parallel_size)  # ZeRO 3: reduce_scatter false
+    if note and dist_env.rank == 0:
+        _log.info(note)
 
     if options.data:
         data_dir = Path(options.data)
@@ -187,6 +200,9 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
     tensor_parallel = groups is not None and groups.tp_size > 1
     if tensor_parallel:
         parallelize(model, groups)
+    sequence_parallel = groups is not None and getattr(groups, "sp_size", 1) > 1
+    if sequence_parallel:  # Ulysses attention, RoPE offset, chunked inputs, full-length loss
+        parallelize_sequence(model, groups)
     if train.pipeline_parallel_size > 1:  # this rank's stage only (ngpt_ds.parallel.pipeline)
         model = build_pipeline(model, train.pipeline_parallel_size)
     optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)
@@ -204,7 +220,7 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
         optimizer=optimizer,
         lr_scheduler=schedule,
         config=ds_config,
-        mpu=groups if tensor_parallel else None,
+        mpu=groups if tensor_parallel or sequence_parallel else None,
     )
     ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
     return engine

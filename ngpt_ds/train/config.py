@@ -62,6 +62,10 @@ class TrainConfig:
     """Pipeline stages, each holding consecutive blocks (DeepSpeed's PipelineModule; the first also the
     embedding, the last the head). Must divide the world size and not exceed n_layer; ZeRO 0 or 1 only;
     not combined with tensor or sequence parallelism (README "Pipeline parallelism")."""
+    sequence_parallel_size: int = 1
+    """Ranks that split each sequence (DeepSpeed-Ulysses): each holds seq_len / S positions, attention
+    all-to-alls the heads. Must divide the world size, n_head and seq_len; not combined with tensor or
+    pipeline parallelism (README "Sequence parallelism (Ulysses)")."""
     activation_checkpointing: str | dict = "none"
     """Recompute block activations in backward instead of storing them: `none`; `blocks` (every
     transformer block keeps only its input); or `{every_k: K}` (blocks 0, K, 2K, ... do). Gradients are
@@ -96,6 +100,7 @@ class TrainConfig:
             "keep_checkpoints",
             "dist_timeout_s",
             "tensor_parallel_size",
+            "sequence_parallel_size",
             "pipeline_parallel_size",
         ):
             value = getattr(self, name)

@@ -98,11 +98,12 @@ def check_ds_config(
     fp16_supported: bool,
     bf16_supported: bool,
     pipeline_parallel: int = 1,
+    sequence_parallel: int = 1,
 ) -> BatchPlan:
     """Validate the JSON for this world; fill in the batch field DeepSpeed can derive. Returns the plan.
 
     train_batch_size = train_micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel size,
-    where data-parallel size = world size / (tensor-parallel size x pipeline stages).
+    where data-parallel size = world size / (tensor-parallel size x pipeline stages x sequence-parallel size).
     """
     p = Problems(f"DeepSpeed config {source}")
     ds_schema.check_keys(config, p)
@@ -160,7 +161,7 @@ def check_ds_config(
             'in memory); use "cpu" or remove the block',
         )
 
-    model_parallel = tensor_parallel * pipeline_parallel
+    model_parallel = tensor_parallel * pipeline_parallel * sequence_parallel  # the ranks of one sample
     dp = world_size // model_parallel if model_parallel and world_size % model_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps")
@@ -204,6 +205,7 @@ def check_ds_config(
             f"gradient_accumulation_steps x data-parallel size = {micro} x {accum} x {dp} = {plan.global_batch} "
             f"(world size {world_size} / tensor-parallel {tensor_parallel}"
             + (f" / pipeline stages {pipeline_parallel}" if pipeline_parallel > 1 else "")
+            + (f" / sequence-parallel {sequence_parallel}" if sequence_parallel > 1 else "")
             + f" = {dp} data-parallel ranks). "
             f"Set train_batch_size to {plan.global_batch}, or remove it and let it follow the world size"
         )

@@ -77,7 +77,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = Path(self.run.out_dir)
         self.show_progress = options.progress and self.is_main
-        self.groups = create_groups(self.run.train.tensor_parallel_size)
+        self.groups = create_groups(self.run.train.tensor_parallel_size, self.run.train.sequence_parallel_size)
         self.reshape, self.reused_conversion = prepared.reshape, False
         if self.reshape is not None:  # saved at another data-parallel size: its universal form, made once
             from deepspeed.accelerator import get_accelerator

@@ -1,0 +1,161 @@
+"""Ulysses sequence parallelism on real gloo ranks: exact parity with the full sequence, the hypersphere
+hook's group, the trainer against a single process (and its resume), and fast failure of bad layouts."""
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.parallel.sequence import SequenceLayout, check_sequence_parallel, deepspeed_config_for
+
+from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
+
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {
+    "max_steps": 10,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 5,
+    "eval_batches": 2,
+    "checkpoint_interval": 5,
+    "peak_tflops": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sp") / "exact.json"
+    torchrun(REPO / "tests/workers/sp_worker.py", out, "exact", nproc=2)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_sp2_reproduces_sp1_logits_loss_and_gradients(exact, arch):
+    r = exact[arch]
+    assert r["chunk_shape"] == [3, 16, 64]  # each rank holds half of the 32 positions
+    assert r["logits_max_diff"] < 1e-6  # chunks at their absolute RoPE positions
+    assert r["loss_diff"] < 1e-6  # every rank returns the full sequence's mean loss
+    assert r["grad_max_diff"] < 1e-6  # summed over the sequence group: the full-sequence gradient
+    assert r["grad_norm"] > 0.1  # the gradients compared are not vanishing
+
+
+def test_hook_reduces_over_all_data_x_sequence_ranks_at_zero3(tmp_path):
+    """ZeRO 3 partitions the masters over the data x sequence ranks (not the data-parallel ranks only);
+    the hook's one all-reduce per step must span them, and the gathered masters stay unit norm."""
+    out = tmp_path / "hook.json"
+    torchrun(REPO / "tests/workers/sp_worker.py", out, "hook", "3", nproc=4)
+    ranks = json.loads(out.read_text())["ranks"]
+    assert [r["sp_ranks"] for r in ranks] == [[0, 1], [0, 1], [2, 3], [2, 3]]  # adjacent sequence ranks
+    for r in ranks:
+        assert r["calls_per_step"] == [[[0, 1, 2, 3]]] * 3
+        assert max(r["deviations"]) < 1e-5
+
+
+def _train(tmp_path, dataset, name, config, ds, nproc, out=None):
+    out = out or tmp_path / name
+    torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--out",
+        out,
+        "--data",
+        dataset,
+        "--no-progress",
+        nproc=nproc,
+    )
+    return out
+
+
+def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp_path, tiny_dataset):
+    # 4 validation batches of 4 on one rank are the 16 windows that 2 data-parallel ranks split into 2 each.
+    single = write_yaml(tmp_path / "single.yaml", MODEL, {**TRAIN, "eval_batches": 4})
+    parallel = write_yaml(tmp_path / "sp.yaml", MODEL, {**TRAIN, "sequence_parallel_size": 2})
+    ds1 = write_ds_config(tmp_path / "z2_1.json", stage=2, bf16=False, micro=4, accum=2)
+    ds4 = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    a = _train(tmp_path, tiny_dataset, "a", single, ds1, 1)
+    b = _train(tmp_path, tiny_dataset, "b", parallel, ds4, 4)
+    ma, mb = read_metrics(a), read_metrics(b)
+    assert [m["step"] for m in mb] == list(range(1, 11))
+    assert [m["train/loss"] for m in mb] == pytest.approx([m["train/loss"] for m in ma], abs=1e-5)
+    assert [m["train/grad_norm"] for m in mb] == pytest.approx([m["train/grad_norm"] for m in ma], rel=1e-4)
+    assert max(m["ngpt/max_norm_deviation"] for m in mb) < 1e-5
+    ea, eb = read_metrics(a, "eval/loss"), read_metrics(b, "eval/loss")
+    assert [m["eval/loss"] for m in eb] == pytest.approx([m["eval/loss"] for m in ea], abs=1e-5)
+    config = (b / "config.yaml").read_text()
+    assert "sequence_parallel_size: 2" in config and "sequence_parallel_size" not in config.split("deepspeed:")[1]
+    # Stop at step 5 and resume with the same layout: the same losses as the uninterrupted run.
+    step5 = b / "checkpoints" / "step_00000005"
+    shutil.copytree(step5, tmp_path / "c" / "checkpoints" / "step_00000005")
+    c = _train(tmp_path, tiny_dataset, "c", parallel, ds4, 4)
+    mc = read_metrics(c)
+    assert [m["step"] for m in mc] == list(range(6, 11))
+    assert [m["train/loss"] for m in mc] == [m["train/loss"] for m in mb[5:]]
+
+
+def test_zero3_gets_reduce_scatter_false_with_a_note():
+    ds = {"zero_optimization": {"stage": 3}}
+    note = deepspeed_config_for(ds, 2)
+    assert ds["zero_optimization"]["reduce_scatter"] is False
+    assert "reduce_scatter to false" in note and "2x too small" in note
+    assert deepspeed_config_for(ds, 2) is None  # already false: nothing to say
+    for untouched, sp in (({"zero_optimization": {"stage": 2}}, 2), ({"zero_optimization": {"stage": 3}}, 1)):
+        assert deepspeed_config_for(untouched, sp) is None and "reduce_scatter" not in untouched["zero_optimization"]
+
+
+def test_layout_puts_the_ranks_of_a_sequence_side_by_side():
+    layout = SequenceLayout(8, 4)
+    assert layout.sequence_groups() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert layout.data_groups() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert layout.coordinates(6) == (1, 2)
+
+
+def test_bad_sequence_parallel_layouts_are_named():
+    with pytest.raises(NgptConfigError) as err:
+        check_sequence_parallel(4, 6, n_head=6, seq_len=30, tensor_parallel=2, pipeline_parallel=2)
+    text = str(err.value)
+    for fragment in (
+        "world size 6 is not divisible by train.sequence_parallel_size = 4",
+        "model.n_head = 6 is not divisible",
+        "model.seq_len = 30 is not divisible",
+        "train.tensor_parallel_size = 2 with train.sequence_parallel_size = 4 is not supported",
+        "train.pipeline_parallel_size = 2 with train.sequence_parallel_size = 4 is not supported",
+    ):
+        assert fragment in text
+    check_sequence_parallel(2, 4, n_head=2, seq_len=32)  # fits: no error
+
+
+@pytest.mark.parametrize(
+    "model, train, fragment",
+    [
+        ({**MODEL, "n_head": 3, "n_embd": 48}, {"sequence_parallel_size": 2}, "model.n_head = 3 is not divisible"),
+        ({**MODEL, "seq_len": 33}, {"sequence_parallel_size": 2}, "model.seq_len = 33 is not divisible"),
+        (MODEL, {"sequence_parallel_size": 2}, "world size 1 is not divisible by train.sequence_parallel_size = 2"),
+        (MODEL, {"sequence_parallel_size": 0}, "train.sequence_parallel_size = 0: must be a positive integer"),
+    ],
+    ids=["heads", "context", "world", "zero"],
+)
+def test_bad_sequence_parallel_size_stops_at_startup(tmp_path, tiny_dataset, model, train, fragment):
+    config = write_yaml(tmp_path / "bad.yaml", model, {"max_steps": 2, **train})
+    proc = run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            config,
+            "--deepspeed_config",
+            REPO / "ds_configs/zero2.json",
+            "--data",
+            tiny_dataset,
+            "--out",
+            tmp_path / "out",
+        ],
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
