@@ -129,6 +129,13 @@ ROWS = [
     ),
     ("train-yaml-engine-field", TRAIN_PY, train_args(config="{yaml_engine_field}"), 2, "belong in the DeepSpeed JSON"),
     ("train-yaml-malformed", TRAIN_PY, train_args(config="{yaml_malformed}"), 2, "not valid YAML"),
+    (
+        "train-pipeline-with-zero2",
+        TRAIN_PY,
+        train_args(config="{yaml_pipeline}", ds="{json_zero2}"),
+        2,
+        "json_zero2.json sets zero_optimization.stage 2, and DeepSpeed's pipeline engine runs with ZeRO stage 0 or 1 only",
+    ),
     ("train-unknown-preset", TRAIN_PY, train_args(config="ngpt_huge"), 2, "unknown preset 'ngpt_huge'"),
     ("train-vocab-differs-from-data", TRAIN_PY, train_args(config="{yaml_vocab}"), 2, "vocab"),
     # ---- training: data and output ----
@@ -255,6 +262,7 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
         "json_batch": {**good, "train_batch_size": 7},
         "json_clip": {**good, "gradient_clipping": -1.0},
         "json_fp16": {**good, "fp16": {"enabled": True}, "zero_optimization": {"stage": 2}},
+        "json_zero2": {**good, "zero_optimization": {"stage": 2}},
     }
     for name, config in jsons.items():
         paths[name] = tmp / f"{name}.json"
@@ -268,6 +276,7 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
         "yaml_engine_field": (MODEL, {**TRAIN, "micro_batch_size": 4}),
         "yaml_vocab": ({**MODEL, "vocab_size": 1000}, TRAIN),
         "yaml_deeper": ({**MODEL, "n_layer": 3}, TRAIN),
+        "yaml_pipeline": (MODEL, {**TRAIN, "pipeline_parallel_size": 2}),
     }
     for name, (model, train) in yamls.items():
         paths[name] = write_yaml(tmp / f"{name}.yaml", model, train)
