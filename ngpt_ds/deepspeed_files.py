@@ -178,6 +178,37 @@ def consolidate_zero_rank(checkpoint: Path, mp_rank: int) -> dict[str, torch.Ten
         return consolidate_zero(view)
 
 
+def _consolidate_stage(checkpoint: Path, stage: int) -> dict[str, torch.Tensor]:
+    """fp32 weights of one pipeline stage's ZeRO shards, as `consolidate_zero_rank`. A pipeline stage's
+    model states hold `module: None` (its weights are in the layer files), which zero_to_fp32 reads for
+    buffer names: the view gets a copy with an empty module (the model has no buffers)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp) / checkpoint.name
+        view.mkdir()
+        for f in checkpoint.glob(f"*zero_pp_rank_*_mp_rank_{stage:02d}_optim_states.pt"):
+            os.symlink(f.resolve(), view / f.name.replace(f"mp_rank_{stage:02d}", "mp_rank_00"))
+        states = read(model_states_file(checkpoint, 1, stage))
+        torch.save({**states, "module": {}}, view / model_states_file(view, 1).name)
+        return consolidate_zero(view)
+
+
+def _pipeline_weights(checkpoint: Path, zero_stage: int, *, stages: int, data_parallel: int) -> SavedWeights:
+    """A pipeline checkpoint's weights under the model's own names: the fp32 masters of every stage's
+    ZeRO 1 shards, or at ZeRO 0 the layer files' module weights (working precision)."""
+    from ngpt_ds.parallel.pipeline import model_parameter_name
+
+    if zero_stage == 0:
+        weights, source = {}, f"pipeline x{stages}, module weights (ZeRO 0)"
+        for path in sorted(checkpoint.glob(PIPELINE_LAYER_FILES)):
+            layer = int(path.name.split("-")[0].removeprefix("layer_"))
+            weights.update({f"{layer}.{name}": t for name, t in read(path).items()})
+    else:
+        weights = {name: t for mp in range(stages) for name, t in _consolidate_stage(checkpoint, mp).items()}
+        source = f"pipeline x{stages}, fp32 master weights consolidated from ZeRO-{zero_stage} shards"
+    weights = {model_parameter_name(name): t for name, t in weights.items()}
+    return SavedWeights(weights=weights, source=source, data_parallel=data_parallel, tensor_parallel=1)
+
+
 def module_weights(states: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     """The `module` state dict of a model-states file (ZeRO 0: whole weights)."""
     weights = states.get("module")
@@ -231,6 +262,8 @@ def read_weights(
     states_file = model_states_file(checkpoint, zero_stage)
     states = read(states_file)
     world = int(states.get("dp_world_size") or 1)
+    if any(checkpoint.glob(PIPELINE_LAYER_FILES)):
+        return _pipeline_weights(checkpoint, zero_stage, stages=tp_size, data_parallel=world)
     if tp_size > 1:
         if zero_stage == 0:
             shards = [

@@ -7,6 +7,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
 
@@ -46,6 +47,14 @@ def test_pp2_reproduces_the_run_without_pipeline_bit_for_bit_and_resumes_exactly
     )
     step3 = tmp_path / "pp2" / "checkpoints" / "step_00000003"
     assert sorted(p.name for p in step3.glob("layer_*")) == [f"layer_0{i}-model_states.pt" for i in range(4)]
+    # A pipeline checkpoint loads into the plain model (generate, export, evaluate) with the same fp32 weights.
+    from ngpt_ds.infer.loading import load
+
+    from_plain, from_pipeline = load(tmp_path / "plain"), load(tmp_path / "pp2")
+    assert from_pipeline.info["weights"].startswith("pipeline x2, fp32 master weights")
+    plain_weights, piped_weights = from_plain.model.state_dict(), from_pipeline.model.state_dict()
+    assert plain_weights.keys() == piped_weights.keys()
+    assert all(torch.equal(plain_weights[name], piped_weights[name]) for name in plain_weights)
     if arch == "gpt":
         return
     # nGPT: every stage's health values reach rank 0's log; the masters of both stages are on the sphere.

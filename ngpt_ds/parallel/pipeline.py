@@ -119,6 +119,16 @@ def build_pipeline(model: CausalLM, stages: int) -> PipelineModule:
     return module
 
 
+def model_parameter_name(name: str) -> str:
+    """A PipelineModule parameter name (`<layer index>.<path in the layer>`) as the model's own:
+    `0.embed.weight` -> `embed.weight`, `2.block.attn.qkv.weight` -> `blocks.1.attn.qkv.weight`,
+    `3.s_z.param` -> `s_z.param`. Checkpoints of a pipeline run load into the plain model with it."""
+    index, path = name.split(".", 1)
+    if path.startswith("block."):
+        return f"blocks.{int(index) - 1}.{path.removeprefix('block.')}"
+    return path
+
+
 def block_layers(module: nn.Module) -> list[tuple[int, nn.Module]]:
     """(model block index, block) of every block this stage holds."""
     return [(int(name) - 1, layer.block) for name, layer in module.named_children() if isinstance(layer, BlockLayer)]
