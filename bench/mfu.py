@@ -1,16 +1,28 @@
 """Model FLOPs utilization of a training step, against this machine's measured matmul peak.
 
     python bench/mfu.py [--config ngpt_tiny] [--ds ds_configs/zero2.json] [--steps 20]
+                        [--compile] [--threads N] [--clock wall|cpu]
 
 Achieved FLOP/s = training FLOPs per token (PaLM convention, ngpt_ds/model/flops.py) x tokens/s
-of real DeepSpeed engine steps. Peak = the best of square-matmul timings in the same process
-and dtype, taken before and after the training steps (so both see the same machine load).
+of real DeepSpeed engine steps (the median step). Peak = the best of square-matmul timings in
+the same process, dtype and threads, taken before and after the training steps (so both see the
+same machine load).
+
+`--compile` also runs the engine's module through torch.compile and alternates eager and
+compiled steps of the same engine, so both modes see the same machine state.
+
+`--clock cpu` times steps and matmuls by this process's CPU time instead of wall time. On a
+shared machine other processes stretch wall time (a loaded 2-core machine made two threads
+wait on each other at every parallel operator); CPU time counts only the work done. It is a
+step time only with one thread (`--threads 1`): with more, CPU time adds up all threads,
+spin-waiting included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,11 +36,21 @@ def main() -> int:
     parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=int, default=20, help="timed steps after 3 warm-up steps")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps, alternating")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
     parser.add_argument("--json", help="write the result here too")
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+        return 2
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     from ngpt_ds.cli import default_accelerator
 
@@ -63,35 +85,54 @@ def main() -> int:
     if model_cfg.is_ngpt:
         HypersphereHook(engine).normalize_now()
     dtype = torch.bfloat16 if precision_of(ds) == "bf16" else torch.float32
-    peaks = [measure_matmul_flops(dtype, seconds=1.0)]
+    peaks = [measure_matmul_flops(dtype, seconds=1.0, clock=clock)]
     tokens = torch.randint(0, model_cfg.vocab_size, (plan.micro_batch, model_cfg.seq_len + 1)).to(engine.device)
-    seconds = []
+    forwards = {"eager": engine}
+    if args.compile:
+        forwards["compiled"] = torch.compile(engine.module)
+    seconds = {mode: [] for mode in forwards}
     for step in range(args.steps + 3):
-        start = time.perf_counter()
-        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
-        engine.backward(loss)
-        engine.step()
-        if step >= 3:
-            seconds.append(time.perf_counter() - start)
-    peaks.append(measure_matmul_flops(dtype, seconds=1.0))
-    tokens_per_s = plan.micro_batch * model_cfg.seq_len * len(seconds) / sum(seconds)
-    achieved = training_flops_per_token(model_cfg) * tokens_per_s
+        for mode, forward in forwards.items():
+            start = clock()
+            _, loss = forward(tokens[:, :-1], tokens[:, 1:])
+            engine.backward(loss)
+            engine.step()
+            if step >= 3:
+                seconds[mode].append(clock() - start)
+    peaks.append(measure_matmul_flops(dtype, seconds=1.0, clock=clock))
+    flops_per_token = training_flops_per_token(model_cfg)
+
+    def mode_result(times: list[float]) -> dict:
+        tokens_per_s = plan.micro_batch * model_cfg.seq_len / statistics.median(times)
+        achieved = flops_per_token * tokens_per_s
+        return {"tokens_per_s": tokens_per_s, "achieved_tflops": achieved / 1e12, "mfu": achieved / max(peaks)}
+
     result = {
         "config": args.config,
         "arch": model_cfg.arch,
         "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": training_flops_per_token(model_cfg),
-        "achieved_tflops": achieved / 1e12,
+        "clock": args.clock,
+        "flops_per_token": flops_per_token,
         "peak_tflops": max(peaks) / 1e12,
-        "mfu": achieved / max(peaks),
+        **mode_result(seconds["eager"]),
     }
-    print(
-        f"MFU {args.config} ({result['dtype']}, {result['threads']} threads): {tokens_per_s:.0f} tokens/s x "
-        f"{result['flops_per_token'] / 1e6:.1f} MFLOP/token = {result['achieved_tflops'] * 1e3:.1f} GFLOP/s; "
-        f"matmul peak {result['peak_tflops'] * 1e3:.1f} GFLOP/s; MFU {100 * result['mfu']:.1f}%"
-    )
+    if args.compile:
+        result["compiled"] = mode_result(seconds["compiled"])
+    rows = []
+    for mode in forwards:
+        r = result if mode == "eager" else result["compiled"]
+        print(
+            f"MFU {args.config} {mode} ({result['dtype']}, {result['threads']} threads, {args.clock} clock): "
+            f"{r['tokens_per_s']:.0f} tokens/s x {flops_per_token / 1e6:.1f} MFLOP/token = "
+            f"{r['achieved_tflops'] * 1e3:.1f} GFLOP/s; matmul peak {result['peak_tflops'] * 1e3:.1f} GFLOP/s; "
+            f"MFU {100 * r['mfu']:.1f}%"
+        )
+        rows.append(
+            f"| {args.config} | {mode} | {result['dtype']} | {result['threads']} | {args.clock} | "
+            f"{r['tokens_per_s']:.0f} | {flops_per_token / 1e6:.1f} | {r['achieved_tflops'] * 1e3:.1f} | "
+            f"{result['peak_tflops'] * 1e3:.1f} | **{100 * r['mfu']:.1f}%** |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.docs:
@@ -99,12 +140,10 @@ def main() -> int:
 
         update_section(
             "mfu",
-            f"Command: `{command_line()}`  \nMachine: {machine()}\n\n"
-            f"| model | dtype | threads | tokens/s | MFLOP/token | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
-            f"|---|---|---|---|---|---|---|---|\n"
-            f"| {args.config} | {result['dtype']} | {result['threads']} | {tokens_per_s:.0f} | "
-            f"{result['flops_per_token'] / 1e6:.1f} | {result['achieved_tflops'] * 1e3:.1f} | "
-            f"{result['peak_tflops'] * 1e3:.1f} | **{100 * result['mfu']:.1f}%** |",
+            f"Command: `{command_line()}`  \nMachine: {machine()}; medians of {args.steps} steps\n\n"
+            "| model | mode | dtype | threads | clock | tokens/s | MFLOP/token | achieved GFLOP/s | "
+            "matmul peak GFLOP/s | MFU |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows),
         )
     import torch.distributed as dist
 

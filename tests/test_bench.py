@@ -286,3 +286,18 @@ def test_peer_step_interleaves_official_and_engine_steps(tmp_path):
     assert all(0 < x["min"] <= x["median"] <= x["max"] for x in r["ratios"].values())
     missing = run([*command, "--official", tmp_path / "absent"], check=False)
     assert missing.returncode == 2 and "error: --official" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_mfu_on_the_process_clock_needs_one_thread(tmp_path):
+    """--clock cpu: steps and the matmul peak timed by this process's CPU time, which other
+    processes on the machine do not stretch; with two threads CPU time is no step time, so refused."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {arch: gpt, n_layer: 1, n_embd: 32, n_head: 2, seq_len: 32, vocab_size: 64}\n")
+    out = tmp_path / "mfu.json"
+    command = [sys.executable, REPO / "bench/mfu.py", "--config", config, "--steps", 3, "--clock", "cpu"]
+    run([*command, "--threads", 1, "--json", out], timeout=600)
+    r = json.loads(out.read_text())
+    assert r["clock"] == "cpu" and r["threads"] == 1
+    assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"]) and 0 < r["mfu"] < 1
+    refused = run([*command, "--threads", 2], check=False)
+    assert refused.returncode == 2 and "error: --clock cpu needs --threads 1" in refused.stderr

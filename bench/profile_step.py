@@ -1,0 +1,104 @@
+"""Where the time of one training step goes: torch.profiler over DeepSpeed engine steps.
+
+    python bench/profile_step.py [--config ngpt_tiny] [--ds ds_configs/zero2.json] [--steps 3] [--top 15]
+
+The engine is built as bench/mfu.py builds it (nGPT with its hypersphere hook). After
+warm-up steps, `--steps` steps run under torch.profiler; the table lists the operators
+with the most self CPU time (time inside the operator itself, not its children), summed
+over those steps, and the share of each in the profiled total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
+    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps after 3 warm-up steps")
+    parser.add_argument("--top", type=int, default=15, help="operators listed")
+    parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from ngpt_ds.cli import default_accelerator
+
+    default_accelerator()
+    from ngpt_ds import distributed
+    from ngpt_ds.train.builder import init_process_group, start_engine
+    from ngpt_ds.train.config import RunConfig, load_model_and_train
+    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
+    from ngpt_ds.train.hypersphere import HypersphereHook
+
+    model_cfg, train_cfg, _ = load_model_and_train(args.config)
+    model_cfg.vocab_size = model_cfg.vocab_size or 4096
+    ds = load_ds_config(args.ds)
+    plan = check_ds_config(
+        ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True
+    )
+    init_process_group(distributed.discover({}), timeout_s=300)
+    run = RunConfig(
+        config_source=args.config,
+        model=model_cfg,
+        train=train_cfg,
+        deepspeed=ds,
+        deepspeed_source=args.ds,
+        data_dir="",
+        out_dir="",
+    )
+    engine = start_engine(run)
+    if model_cfg.is_ngpt:
+        HypersphereHook(engine).normalize_now()
+    tokens = torch.randint(0, model_cfg.vocab_size, (plan.micro_batch, model_cfg.seq_len + 1)).to(engine.device)
+
+    def step() -> None:
+        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
+        engine.backward(loss)
+        engine.step()
+
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [
+        "| operator | calls per step | self ms per step | share |",
+        "|---|---|---|---|",
+    ]
+    for e in events[: args.top]:
+        rows.append(
+            f"| `{e.key}` | {e.count / args.steps:g} | {e.self_cpu_time_total / 1e3 / args.steps:.1f} | "
+            f"{100 * e.self_cpu_time_total / total:.1f}% |"
+        )
+    rows.append(f"| all operators | | {total / 1e3 / args.steps:.1f} | 100% |")
+    table = "\n".join(rows)
+    print(table)
+    if args.docs:
+        from report import command_line, machine, update_section
+
+        update_section(
+            "profile_step",
+            f"Command: `{command_line()}`  \nMachine: {machine()}, {torch.get_num_threads()} threads; "
+            f"{args.config}, micro-batch {plan.micro_batch} x {model_cfg.seq_len}, self CPU time over "
+            f"{args.steps} profiled steps.\n\n" + table,
+        )
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
