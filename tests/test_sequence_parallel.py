@@ -159,3 +159,69 @@ def test_bad_sequence_parallel_size_stops_at_startup(tmp_path, tiny_dataset, mod
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and fragment in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _dry_run(tmp_path, dataset, *args):
+    return run(
+        [
+            sys.executable,
+            REPO / "launch/train.py",
+            "--config",
+            "ngpt_0.5b_8k",
+            "--deepspeed_config",
+            REPO / "ds_configs/zero2.json",
+            "--data",
+            dataset,
+            "--out",
+            tmp_path / "out",
+            "--dry-run",
+            *args,
+        ],
+        check=False,
+    )
+
+
+def test_dry_run_validates_the_8k_preset_for_8_ranks_without_training(tmp_path, tiny_dataset):
+    proc = _dry_run(tmp_path, tiny_dataset, "8")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for fragment in (
+        "context 8192",
+        "parallel: tensor 1 x pipeline 1 x sequence 4 x data 2 = 8 rank(s)",
+        "sequence-parallel groups (adjacent; one sample each): [0, 1, 2, 3] [4, 5, 6, 7]",
+        "data-parallel groups (one chunk position each): [0, 4] [1, 5] [2, 6] [3, 7]",
+        "ZeRO 2 partitions over 8 rank(s) (data x sequence)",
+        "micro 8 x accumulation 1 x data-parallel 2 = 16 sequences = 131072 tokens per optimizer step",
+        "each rank holds 2048 positions of each sequence, attention sees all 8192 positions of 4 heads",
+        "optimizer state",
+        "activations kept for the backward",
+    ):
+        assert fragment in out, fragment
+    assert not (tmp_path / "out").exists()
+    # 6 ranks do not split into sequence groups of 4: the same refusal as a real start.
+    proc = _dry_run(tmp_path, tiny_dataset, "6")
+    assert proc.returncode == 2
+    assert "world size 6 is not divisible by train.sequence_parallel_size = 4" in proc.stderr
+
+
+def test_memory_estimate_partitions_and_splits_the_sequence():
+    from ngpt_ds.model import ModelConfig, build_model
+    from ngpt_ds.train.memory_plan import estimate_memory
+
+    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=64).validate()
+    n = sum(p.numel() for p in build_model(config).parameters())
+    full = estimate_memory(config, micro_batch=1, precision="bf16", zero_stage=0, zero_ranks=1)
+    assert (full.parameters, full.weights, full.gradients, full.optimizer) == (n, 2 * n, 2 * n, 12 * n)
+    zero2 = estimate_memory(config, micro_batch=1, precision="bf16", zero_stage=2, zero_ranks=4)
+    assert (zero2.weights, zero2.gradients, zero2.optimizer) == (2 * n, 2 * n // 4, 12 * n // 4)
+    # Kept activations are per position (the attention core counted as a fused kernel keeps it), but for
+    # the RoPE tables (shared by the sequences): SP2 halves one sequence's, less half the tables.
+    rope = 2 * 64 * (16 // 2) * 2  # cos and sin [64 positions, head_dim 16 / 2] in bf16
+    sp2 = estimate_memory(config, micro_batch=2, precision="bf16", zero_stage=0, zero_ranks=1, sequence_parallel=2)
+    assert sp2.activations == full.activations - rope // 2
+    half = estimate_memory(config, micro_batch=1, precision="bf16", zero_stage=0, zero_ranks=1, sequence_parallel=2)
+    assert 0.5 * full.activations < half.activations < 0.6 * full.activations  # + per-sequence vectors (s_qk, ...)
+    # Checkpointing every block keeps only each block's input [1, 64, 32] in bf16.
+    ckpt = estimate_memory(config, micro_batch=1, precision="bf16", zero_stage=0, zero_ranks=1, checkpoint_every=1)
+    assert ckpt.recompute > 0 and ckpt.activations + ckpt.recompute < full.activations
+    assert full.activations - ckpt.activations > 2 * ckpt.recompute * 0.9 - 2 * 64 * 32 * 2  # both blocks' dropped

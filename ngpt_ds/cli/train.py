@@ -78,6 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "checkpoint, within train.stop_grace_s (YAML, default 25 s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument(
+        "--dry-run",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="RANKS",
+        help="run every startup check for RANKS ranks (default: the launched ones), print the process groups, "
+        "batch and a memory estimate per rank, and exit without training or writing anything",
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     add_logging_arguments(parser)
     deepspeed.add_config_arguments(parser)
@@ -109,6 +119,11 @@ def _train(args: argparse.Namespace) -> int:
     from ngpt_ds.train.builder import TrainOptions
     from ngpt_ds.train.loop import train
 
+    if args.dry_run is not None and args.dry_run < 0:
+        from ngpt_ds.errors import NgptConfigError
+
+        raise NgptConfigError(f"--dry-run {args.dry_run}: the number of ranks must be positive")
+
     options = TrainOptions(
         deepspeed_config=args.deepspeed_config,
         config=args.config,
@@ -119,7 +134,13 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_time_s=args.max_time,
         progress=not args.no_progress,
+        world_size=args.dry_run or None,
     )
+    if args.dry_run is not None:
+        from ngpt_ds.train.dry_run import dry_run
+
+        print(dry_run(options))
+        return 0
     summary = train(options)
     if summary.status in ("finished", "stopped") and int(os.environ.get("RANK", "0")) == 0:
         minutes, seconds = divmod(summary.seconds, 60)

@@ -6,6 +6,7 @@ bad config stops every rank at once with the same message instead of a hang.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class TrainOptions:
     max_time_s: float | None = None
     progress: bool = True
     train_overrides: dict | None = None
+    world_size: int | None = None
+    """Plan for this many ranks instead of the launched ones (the dry run, ngpt_ds.train.dry_run)."""
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Prepared:
 def prepare(options: TrainOptions) -> Prepared:
     """Resolve and validate configs, data and resume point. Raises NgptConfigError on bad input."""
     dist_env = distributed.discover()
+    if options.world_size is not None:
+        dist_env = dataclasses.replace(dist_env, world_size=options.world_size)
     ds_compat.check_deepspeed_version()  # before any DeepSpeed internals are touched
     overrides = dict(options.train_overrides or {})
     if options.max_steps is not None:

@@ -1,0 +1,174 @@
+"""Memory per rank of a planned run, estimated without allocating it (the dry run prints it).
+
+- Parameters: counted exactly on a model built on torch's `meta` device (shapes, no storage).
+- Weights, gradients and optimizer state follow DeepSpeed's ZeRO partitioning: the working copy in
+  the run's precision (bf16: 2 bytes), the gradients in the same dtype, and the optimizer state as the
+  fp32 master (4 bytes, none in fp32 where the parameter is the master) plus Adam's two moments
+  (8 bytes). Stage 1 partitions the optimizer state over the ZeRO ranks (all data x sequence ranks),
+  stage 2 the gradients too, stage 3 the weights too; ZeRO-Offload moves the optimizer state to the
+  CPU. Tensor and pipeline parallelism divide all three by their size (the model is cut).
+- Activations: what autograd keeps for the backward, measured by one forward on `meta` tensors of this
+  rank's shape (micro-batch x seq_len / S positions) through the real model, counted by
+  torch.autograd.graph.saved_tensors_hooks (parameters and repeats not counted). The attention core
+  is counted as a fused kernel keeps it (q, k, v, output and the fp32 log-sum-exp: flash attention's
+  residue, not the T x T matrix). Activation checkpointing keeps a checkpointed block's input only;
+  its activations come back one block at a time in the backward.
+
+Not included: DeepSpeed's communication buckets, the CUDA context, allocator fragmentation and the
+transient buffers of the backward. Leave 20-30 % headroom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ngpt_ds.model import ModelConfig, build_model
+from ngpt_ds.model.blocks import CausalSelfAttention
+
+_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    parameters: int
+    """Parameters of the whole model."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    """Bytes this rank keeps for the backward of one micro-batch (checkpointed blocks: their inputs)."""
+    recompute: int
+    """Bytes of the largest checkpointed block's activations, rebuilt during the backward (0: none)."""
+    optimizer_on_cpu: bool
+
+    @property
+    def device_total(self) -> int:
+        optimizer = 0 if self.optimizer_on_cpu else self.optimizer
+        return self.weights + self.gradients + optimizer + self.activations + self.recompute
+
+    def describe(self) -> list[str]:
+        gib = 2.0**30
+        where = " (on the CPU: ZeRO-Offload)" if self.optimizer_on_cpu else ""
+        return [
+            f"parameters: {self.parameters / 1e6:.1f}M",
+            f"weights {self.weights / gib:.2f} GiB | gradients {self.gradients / gib:.2f} GiB | optimizer state "
+            f"{self.optimizer / gib:.2f} GiB{where}",
+            f"activations kept for the backward {self.activations / gib:.2f} GiB"
+            + (f" + {self.recompute / gib:.2f} GiB recomputed per checkpointed block" if self.recompute else ""),
+            f"total on the device ~{self.device_total / gib:.2f} GiB per rank (estimate; leave 20-30 % headroom)",
+        ]
+
+
+class _FusedAttentionResidue(torch.autograd.Function):
+    """Stands in for a fused attention kernel: keeps what flash attention keeps for its backward."""
+
+    @staticmethod
+    def forward(ctx: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return grad, grad, grad
+
+
+def _count_activations(model: nn.Module, tokens: torch.Tensor) -> tuple[int, list[int], list[int]]:
+    """(bytes kept outside blocks, bytes kept per block, bytes of each block's input) of one forward."""
+    params = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    keep: list[torch.Tensor] = []  # ids stay unique while the tensors live
+    current: list[int | None] = [None]
+    outside, per_block, inputs = [0], [0] * len(model.blocks), [0] * len(model.blocks)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if id(base) not in params and id(base) not in seen:
+            seen.add(id(base))
+            keep.append(base)
+            size = base.numel() * base.element_size()
+            if current[0] is None:
+                outside[0] += size
+            else:
+                per_block[current[0]] += size
+        return t
+
+    handles = []
+    for index, block in enumerate(model.blocks):
+
+        def enter(module: nn.Module, args: tuple, index: int = index) -> None:
+            current[0] = index
+            inputs[index] = args[0].numel() * args[0].element_size()
+
+        def leave(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            current[0] = None
+
+        handles += [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(tokens, tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outside[0], per_block, inputs
+
+
+def estimate_memory(
+    config: ModelConfig,
+    *,
+    micro_batch: int,
+    precision: str,
+    zero_stage: int,
+    zero_ranks: int,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    sequence_parallel: int = 1,
+    checkpoint_every: int = 0,
+    optimizer_on_cpu: bool = False,
+) -> MemoryEstimate:
+    """Per-rank memory of training `config` (module docstring: what is counted and how)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    with torch.device("meta"):
+        model = build_model(config).to(dtype)
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            module.attend = _FusedAttentionResidue.apply
+    n = sum(p.numel() for p in model.parameters())
+    cut = tensor_parallel * pipeline_parallel
+    width = _BYTES[precision]
+    weights = n * width // cut
+    gradients = n * width // cut
+    optimizer = n * ((0 if precision == "fp32" else 4) + 8) // cut
+    if zero_stage >= 1:
+        optimizer //= zero_ranks
+    if zero_stage >= 2:
+        gradients //= zero_ranks
+    if zero_stage >= 3:
+        weights //= zero_ranks
+
+    positions = config.seq_len // sequence_parallel
+    tokens = torch.zeros(micro_batch, positions, dtype=torch.long, device="meta")
+    outside, per_block, inputs = _count_activations(model, tokens)
+    kept, recompute = outside, 0
+    for index, size in enumerate(per_block):
+        if checkpoint_every and index % checkpoint_every == 0:
+            kept += inputs[index]
+            recompute = max(recompute, size)
+        else:
+            kept += size
+    # Tensor parallelism splits the blocks' activations over heads and channels (roughly), pipeline
+    # stages hold their share of the blocks (the first and last stage also the embedding and head).
+    activations = kept // tensor_parallel // pipeline_parallel
+    return MemoryEstimate(
+        parameters=n,
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        activations=activations,
+        recompute=recompute // tensor_parallel,
+        optimizer_on_cpu=optimizer_on_cpu,
+    )
