@@ -16,7 +16,9 @@ Four steps alternate in each round, so all four see the same machine state:
   the trainer builds them, nGPT with its hypersphere hook (bench/step_time.py).
 
 It prints ms/step and tokens/s (medians over rounds) and the ratios, each ratio with the
-median, minimum and maximum of its per-round values.
+median, minimum and maximum of its per-round values. `--threads 1 --clock cpu` times the
+steps by this process's CPU time, which other processes on a shared machine do not stretch
+(bench/mfu.py explains why that needs one thread).
 """
 
 from __future__ import annotations
@@ -139,7 +141,9 @@ def official_normalize_matrices(model: torch.nn.Module) -> None:
             renorm(getattr(block, name).weight, 0)
 
 
-def official_step(official: types.ModuleType, arch: str, shape: dict, batch: int) -> Callable[[], float]:
+def official_step(
+    official: types.ModuleType, arch: str, shape: dict, batch: int, clock: Callable[[], float]
+) -> Callable[[], float]:
     """One training step of the official model as its train.py runs it; returns its seconds."""
     use_ngpt = int(arch == "ngpt")
     config = official.GPTConfig(
@@ -164,7 +168,7 @@ def official_step(official: types.ModuleType, arch: str, shape: dict, batch: int
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as its get_batch makes them
 
     def step() -> float:
-        start = time.perf_counter()
+        start = clock()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, loss = model(x, y)
         loss.backward()
@@ -173,7 +177,7 @@ def official_step(official: types.ModuleType, arch: str, shape: dict, batch: int
         optimizer.zero_grad(set_to_none=True)
         if use_ngpt:
             official_normalize_matrices(model)
-        return time.perf_counter() - start
+        return clock() - start
 
     return step
 
@@ -182,11 +186,14 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure(official: types.ModuleType, shape: dict, batch: int, rounds: int, warmup: int, ds_path: str) -> dict:
+def measure(
+    official: types.ModuleType, shape: dict, batch: int, rounds: int, warmup: int, ds_path: str, clock: str
+) -> dict:
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     steps = {
-        label: official_step(official, arch, shape, batch)
+        label: official_step(official, arch, shape, batch, timer)
         if side == "official"
-        else make_step(arch, shape, batch, ds_path, compiled=False)
+        else make_step(arch, shape, batch, ds_path, compiled=False, clock=timer)
         for label, side, arch in STEPS
     }
     for _ in range(warmup):
@@ -207,6 +214,7 @@ def measure(official: types.ModuleType, shape: dict, batch: int, rounds: int, wa
         "batch": batch,
         "rounds": rounds,
         "threads": torch.get_num_threads(),
+        "clock": clock,
         "steps": {
             label: {"ms": 1e3 * statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
             for label, t in times.items()
@@ -244,9 +252,16 @@ def main() -> int:
         help="comma list of key=value (n_layer, n_embd, n_head, seq_len, vocab_size, batch)",
     )
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON of ngpt_ds's side")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         shape = {k: int(v) for k, v in (item.split("=") for item in args.shape.split(","))}
         batch = shape.pop("batch", BATCH)
@@ -259,7 +274,7 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     init_process_group(distributed.discover({}), timeout_s=600)
-    result = measure(official, shape, batch, args.rounds, args.warmup, args.ds)
+    result = measure(official, shape, batch, args.rounds, args.warmup, args.ds, args.clock)
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -268,7 +283,7 @@ def main() -> int:
 
         update_section(
             "peer_step",
-            f"Command: `{command_line()}`  \nMachine: {machine()}, {result['threads']} threads; "
+            f"Command: `{command_line()}`  \nMachine: {machine()}, {result['threads']} threads, {args.clock} clock; "
             f"medians of {args.rounds} interleaved rounds; shape {shape}, batch {batch}.\n\n" + table(result),
         )
     return 0

@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,8 +45,11 @@ SHAPES = {
 }
 
 
-def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
-    """A function running one training step of a fresh engine; returns its seconds."""
+def make_step(
+    arch: str, shape: dict, batch: int, ds_path: str, compiled: bool, clock: Callable[[], float] = time.perf_counter
+):
+    """A function running one training step of a fresh engine; returns its seconds by `clock`
+    (wall time, or time.process_time: CPU time, for one thread; bench/mfu.py explains why)."""
     ds = load_ds_config(ds_path)
     ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
     ds.pop("train_batch_size", None)
@@ -66,25 +70,31 @@ def make_step(arch: str, shape: dict, batch: int, ds_path: str, compiled: bool):
     tokens = torch.randint(0, shape["vocab_size"], (batch, shape["seq_len"] + 1)).to(engine.device)
 
     def step() -> float:
-        start = time.perf_counter()
+        start = clock()
         _, loss = forward(tokens[:, :-1], tokens[:, 1:])
         engine.backward(loss)
         engine.step()
         if engine.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return clock() - start
 
     return step
 
 
 def interleaved_step_times(
-    shape: dict, batch: int, ds_path: str, rounds: int, warmup: int, compiled: bool
+    shape: dict,
+    batch: int,
+    ds_path: str,
+    rounds: int,
+    warmup: int,
+    compiled: bool,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds of each timed step, {"ngpt": [...], "gpt": [...]}, from alternating steps of both engines.
 
     Needs a process group (init_process_group). bench/convergence.py takes its step-time ratio from here.
     """
-    steps = {arch: make_step(arch, shape, batch, ds_path, compiled) for arch in ("ngpt", "gpt")}
+    steps = {arch: make_step(arch, shape, batch, ds_path, compiled, clock) for arch in ("ngpt", "gpt")}
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -95,10 +105,12 @@ def interleaved_step_times(
     return times
 
 
-def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: bool) -> dict:
+def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: bool, clock: str = "wall") -> dict:
     shape, batch = SHAPES[shape_name]
-    times = interleaved_step_times(shape, batch, ds_path, rounds, warmup, compiled)
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    times = interleaved_step_times(shape, batch, ds_path, rounds, warmup, compiled, timer)
     ngpt, gpt = statistics.median(times["ngpt"]), statistics.median(times["gpt"])
+    per_round = [n / g for n, g in zip(times["ngpt"], times["gpt"])]
     return {
         "shape": shape_name,
         **shape,
@@ -109,6 +121,9 @@ def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: b
         "ngpt_ms": 1e3 * ngpt,
         "gpt_ms": 1e3 * gpt,
         "ratio": ngpt / gpt,
+        "clock": clock,
+        "round_ratio_min": min(per_round),
+        "round_ratio_max": max(per_round),
     }
 
 
@@ -123,18 +138,29 @@ def main() -> int:
         help="DeepSpeed JSON for precision and ZeRO stage (its micro-batch is replaced per shape)",
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     init_process_group(distributed.discover({}), timeout_s=600)
     results = []
-    print(f"{'shape':<12} {'mode':<9} {'nGPT ms':>9} {'GPT ms':>9} {'nGPT/GPT':>9}")
+    print(f"{'shape':<12} {'mode':<9} {'nGPT ms':>9} {'GPT ms':>9} {'nGPT/GPT':>9} {'rounds min-max':>15}")
     for name in args.shapes.split(","):
         for compiled in (False, True) if args.compile else (False,):
-            r = measure(name, args.rounds, args.warmup, args.ds, compiled)
+            r = measure(name, args.rounds, args.warmup, args.ds, compiled, args.clock)
             results.append(r)
             mode = "compiled" if compiled else "eager"
-            print(f"{name:<12} {mode:<9} {r['ngpt_ms']:>9.1f} {r['gpt_ms']:>9.1f} {r['ratio']:>9.2f}", flush=True)
+            print(
+                f"{name:<12} {mode:<9} {r['ngpt_ms']:>9.1f} {r['gpt_ms']:>9.1f} {r['ratio']:>9.2f} "
+                f"{r['round_ratio_min']:>7.2f}-{r['round_ratio_max']:.2f}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(
             json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2) + "\n"
@@ -143,19 +169,20 @@ def main() -> int:
         from report import command_line, machine, update_section
 
         rows = [
-            "| shape | batch x context | mode | nGPT ms/step | GPT ms/step | nGPT / GPT |",
-            "|---|---|---|---|---|---|",
+            "| shape | batch x context | mode | nGPT ms/step | GPT ms/step | nGPT / GPT | per round, min-max |",
+            "|---|---|---|---|---|---|---|",
         ]
         rows += [
             f"| {r['shape']} (L {r['n_layer']}, d {r['n_embd']}) | {r['batch']} x {r['seq_len']} | "
             f"{'compiled' if r['compiled'] else 'eager'} | {r['ngpt_ms']:.0f} | {r['gpt_ms']:.0f} | "
-            f"**{r['ratio']:.2f}** |"
+            f"**{r['ratio']:.2f}** | {r['round_ratio_min']:.2f}-{r['round_ratio_max']:.2f} |"
             for r in results
         ]
         update_section(
             "step_time",
             f"Command: `{command_line()}`  \nMachine: {machine()}, "
-            f"{torch.get_num_threads()} threads; medians of {args.rounds} interleaved rounds.\n\n" + "\n".join(rows),
+            f"{torch.get_num_threads()} threads, {args.clock} clock; medians of {args.rounds} interleaved rounds.\n\n"
+            + "\n".join(rows),
         )
     return 0
 
