@@ -228,4 +228,9 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
         mpu=groups if tensor_parallel or sequence_parallel else None,
     )
     ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
+    if train.compile:
+        # nn.Module.compile in place (not torch.compile's wrapper): parameter names, hence the
+        # checkpoints' state-dict keys, stay the eager model's; the hypersphere hook runs after
+        # engine.step, outside the compiled graphs.
+        engine.compile()
     return engine

@@ -70,6 +70,10 @@ class TrainConfig:
     """Recompute block activations in backward instead of storing them: `none`; `blocks` (every
     transformer block keeps only its input); or `{every_k: K}` (blocks 0, K, 2K, ... do). Gradients are
     bit-identical to `none`; it costs one more forward of the checkpointed blocks (README)."""
+    compile: bool = False
+    """Compile the model with torch.compile through DeepSpeed's `engine.compile()` (in place: the
+    state-dict keys and checkpoints stay those of the eager model). The first steps and the first
+    evaluation wait for the compilation (README "Compile")."""
 
     @property
     def checkpoint_every(self) -> int:

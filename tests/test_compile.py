@@ -1,0 +1,100 @@
+"""train.compile: true compiles the model in the trainer (DeepSpeed's engine.compile) without changing
+what it computes: the losses follow the eager run's at ZeRO 0 and ZeRO 2 (fp32), the hypersphere hook
+keeps every matrix on the sphere, the checkpoints hold the eager model's state-dict keys, and a run
+resumed from a compiled run's checkpoint continues it bit for bit.
+
+Three compiled runs of one tiny shape: the first compiles (tens of seconds on a CPU), the others reuse
+Inductor's on-disk cache.
+"""
+
+import shutil
+
+import pytest
+import torch
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train.config import TrainConfig
+
+from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
+
+STEPS = 10
+MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+TRAIN = {
+    "max_steps": STEPS,
+    "lr": 1e-2,
+    "log_interval": 1,
+    "eval_interval": 5,
+    "eval_batches": 2,
+    "checkpoint_interval": 5,
+    "keep_checkpoints": 3,
+    "peak_tflops": 1.0,
+}
+
+
+def train(config, ds, data, out, nproc):
+    args = ["--config", config, "--deepspeed_config", ds, "--data", data, "--out", out, "--no-progress"]
+    torchrun(REPO / "launch/train.py", *args, nproc=nproc)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dataset):
+    """name -> output dir: eager and compiled at ZeRO 0 (1 rank) and ZeRO 2 (2 ranks), and a resume."""
+    tmp = tmp_path_factory.mktemp("compile")
+    eager = write_yaml(tmp / "eager.yaml", MODEL, TRAIN)
+    compiled = write_yaml(tmp / "compiled.yaml", MODEL, {**TRAIN, "compile": True})
+    z0 = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=4, accum=2)
+    z2 = write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    outs = {
+        "eager_z0": train(eager, z0, tiny_dataset, tmp / "eager_z0", 1),
+        "compiled_z0": train(compiled, z0, tiny_dataset, tmp / "compiled_z0", 1),
+        "eager_z2": train(eager, z2, tiny_dataset, tmp / "eager_z2", 2),
+        "compiled_z2": train(compiled, z2, tiny_dataset, tmp / "compiled_z2", 2),
+    }
+    # Stopped at step 5: a copy of the compiled run's step-5 checkpoint, resumed with compile on.
+    resumed = tmp / "compiled_z0_resumed"
+    step5 = outs["compiled_z0"] / "checkpoints" / "step_00000005"
+    shutil.copytree(step5, resumed / "checkpoints" / step5.name)
+    outs["resumed_z0"] = train(compiled, z0, tiny_dataset, resumed, 1)
+    return outs
+
+
+def values(out, key="train/loss"):
+    return {m["step"]: m[key] for m in read_metrics(out, key)}
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_compiled_losses_follow_eager(runs, stage):
+    eager, compiled = values(runs[f"eager_z{stage}"]), values(runs[f"compiled_z{stage}"])
+    assert sorted(compiled) == list(range(1, STEPS + 1))
+    assert [compiled[s] for s in range(1, STEPS + 1)] == pytest.approx([eager[s] for s in eager], abs=1e-5, rel=0)
+    assert eager[STEPS] < eager[1] - 0.05  # it learns
+    eager_eval, compiled_eval = (values(runs[f"{m}_z{stage}"], "eval/loss") for m in ("eager", "compiled"))
+    assert sorted(compiled_eval) == [5, 10]
+    assert [compiled_eval[s] for s in (5, 10)] == pytest.approx([eager_eval[s] for s in (5, 10)], abs=1e-5, rel=0)
+    # the hypersphere hook runs on the compiled model's parameters after every step
+    assert max(values(runs[f"compiled_z{stage}"], "ngpt/max_norm_deviation").values()) < 1e-5
+
+
+def test_compiled_run_resumes_bit_for_bit(runs):
+    uninterrupted, resumed = values(runs["compiled_z0"]), values(runs["resumed_z0"])
+    assert sorted(resumed) == list(range(6, STEPS + 1))
+    assert [resumed[s] for s in resumed] == [uninterrupted[s] for s in resumed]  # exact, not approx
+    assert values(runs["resumed_z0"], "eval/loss")[10] == values(runs["compiled_z0"], "eval/loss")[10]
+
+
+def test_compiled_checkpoints_hold_the_eager_state_dict_keys(runs):
+    def keys(out):
+        path = out / "checkpoints" / "step_00000010" / "mp_rank_00_model_states.pt"
+        return sorted(torch.load(path, map_location="cpu", weights_only=False)["module"])
+
+    compiled = keys(runs["compiled_z0"])
+    assert compiled == keys(runs["eager_z0"])
+    assert "embed.weight" in compiled and not any("_orig_mod" in k for k in compiled)
+
+
+def test_compile_must_be_a_boolean():
+    with pytest.raises(NgptConfigError, match="train.compile"):
+        TrainConfig.from_dict({"compile": "yes"}, "run.yaml")
+    assert TrainConfig.from_dict({"compile": True}).compile is True
+    assert TrainConfig().compile is False
