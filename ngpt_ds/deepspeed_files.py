@@ -126,7 +126,9 @@ def saved_layout(checkpoint: Path) -> SavedLayout:
     states = read(model_states_file(checkpoint, stage))
     ds_config = states.get("ds_config")
     if stage != 0 and isinstance(ds_config, dict):
-        stage = zero_stage_of(ds_config) or stage
+        # The config decides: at ZeRO 0 DeepSpeed's BF16_Optimizer (bf16 pipeline stages) writes
+        # optimizer shards too, which the file names alone would read as ZeRO 1.
+        stage = zero_stage_of(ds_config)
     model_parallel = int(states.get("mp_world_size") or model_parallel_ranks(checkpoint))
     # A pipeline checkpoint (one file per layer) counts its stages as model-parallel ranks; ngpt_ds never
     # combines pipeline and tensor parallelism (ngpt_ds.parallel.pipeline).

@@ -121,3 +121,30 @@ def test_pp2_dp2_zero1_matches_single_process_and_renormalizes_once_per_step(tmp
             assert step["renormalized"] == r["units"] == 1
             assert step["all_reduces"] == [replicas]
             assert step["stage_deviation"] < 1e-5, (rank, step)
+
+
+def test_every_unsupported_pipeline_layout_is_named_at_once():
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.parallel.pipeline import check_pipeline
+
+    with pytest.raises(NgptConfigError) as err:
+        check_pipeline(
+            2,
+            world_size=3,
+            zero_stage=0,
+            n_layer=1,
+            deepspeed_source="z0.json",
+            tensor_parallel=2,
+            sequence_parallel=2,
+            precision="bf16",
+        )
+    message = str(err.value)
+    assert "world size 3 is not divisible by train.pipeline_parallel_size = 2" in message
+    assert "model.n_layer = 1 is below train.pipeline_parallel_size = 2" in message
+    assert "z0.json sets zero_optimization.stage 0 with bf16: DeepSpeed cannot resume" in message
+    assert "train.tensor_parallel_size = 2 with train.pipeline_parallel_size = 2 is not supported" in message
+    assert "train.sequence_parallel_size = 2 with train.pipeline_parallel_size = 2 is not supported" in message
+    with pytest.raises(NgptConfigError, match="z3.json sets zero_optimization.stage 3"):
+        check_pipeline(2, world_size=2, zero_stage=3, n_layer=2, deepspeed_source="z3.json")
+    check_pipeline(2, world_size=4, zero_stage=1, n_layer=2, deepspeed_source="z1.json", precision="bf16")
+    check_pipeline(2, world_size=2, zero_stage=0, n_layer=2, deepspeed_source="z0.json")

@@ -148,6 +148,7 @@ def check_pipeline(
     deepspeed_source: str,
     tensor_parallel: int = 1,
     sequence_parallel: int = 1,
+    precision: str = "fp32",
 ) -> None:
     """What pipeline parallelism needs, checked before the process group; every problem is reported."""
     if stages == 1:
@@ -167,6 +168,13 @@ def check_pipeline(
             'pipeline parallelism\'): set "zero_optimization": {"stage": 1} in that file (as '
             f"ds_configs/zero1.json does), or set {source} to 1"
         )
+    if zero_stage == 0 and precision != "fp32":
+        # The pipeline engine then steps through DeepSpeed's BF16_Optimizer, whose checkpoints DeepSpeed
+        # 0.19.8 cannot load at ZeRO 0 (bf16_optimizer._load_legacy_checkpoint: KeyError 0).
+        problems.append(
+            f"{deepspeed_source} sets zero_optimization.stage 0 with {precision}: DeepSpeed cannot resume "
+            'the checkpoints of such a pipeline. Set "zero_optimization": {"stage": 1} in that file'
+        )
     if tensor_parallel > 1:
         problems.append(
             f"train.tensor_parallel_size = {tensor_parallel} with {source} = {stages} is not supported (the "
@@ -179,14 +187,6 @@ def check_pipeline(
         )
     if problems:
         raise NgptConfigError("pipeline parallelism: " + "; ".join(problems))
-
-
-def describe_stages(module: Any) -> str:
-    """'stage s of P: layers a-b' for the log."""
-    return (
-        f"pipeline stage {module.stage_id} of {module.num_stages}: layers {module._local_start}-"
-        f"{module._local_stop - 1}"
-    )
 
 
 class PipelineSteps:

@@ -26,7 +26,7 @@ from ngpt_ds.parallel.sequence import check_sequence_parallel, deepspeed_config_
 from ngpt_ds.train import ds_compat, preflight, reshape
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
-from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, zero_stage_of
+from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, precision_of, zero_stage_of
 from ngpt_ds.train.optim import build_optimizer, build_schedule
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def prepare(options: TrainOptions) -> Prepared:
         deepspeed_source=options.deepspeed_config,
         tensor_parallel=train_cfg.tensor_parallel_size,
         sequence_parallel=getattr(train_cfg, "sequence_parallel_size", 1),
+        precision=precision_of(ds_config),
     )
     plan = check_ds_config(
         ds_config,

@@ -60,8 +60,8 @@ class TrainConfig:
     and the MLP width. The remaining factor of the world size is data parallelism (ZeRO)."""
     pipeline_parallel_size: int = 1
     """Pipeline stages, each holding consecutive blocks (DeepSpeed's PipelineModule; the first also the
-    embedding, the last the head). Must divide the world size and not exceed n_layer; ZeRO 0 or 1 only;
-    not combined with tensor or sequence parallelism (README "Pipeline parallelism")."""
+    embedding, the last the head). Must divide the world size and not exceed n_layer; ZeRO 1 (or ZeRO 0
+    in fp32); not combined with tensor or sequence parallelism (README "Pipeline parallelism")."""
     sequence_parallel_size: int = 1
     """Ranks that split each sequence (DeepSpeed-Ulysses): each holds seq_len / S positions, attention
     all-to-alls the heads. Must divide the world size, n_head and seq_len; not combined with tensor or
