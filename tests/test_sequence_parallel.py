@@ -71,20 +71,31 @@ def _train(tmp_path, dataset, name, config, ds, nproc, out=None):
     return out
 
 
-def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp_path, tiny_dataset):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_dataset):
+    """The 1-rank reference: global batch 8 (micro 4 x accumulation 2), fp32, ZeRO 2."""
+    tmp = tmp_path_factory.mktemp("sp_single")
     # 4 validation batches of 4 on one rank are the 16 windows that 2 data-parallel ranks split into 2 each.
-    single = write_yaml(tmp_path / "single.yaml", MODEL, {**TRAIN, "eval_batches": 4})
-    parallel = write_yaml(tmp_path / "sp.yaml", MODEL, {**TRAIN, "sequence_parallel_size": 2})
-    ds1 = write_ds_config(tmp_path / "z2_1.json", stage=2, bf16=False, micro=4, accum=2)
-    ds4 = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    a = _train(tmp_path, tiny_dataset, "a", single, ds1, 1)
-    b = _train(tmp_path, tiny_dataset, "b", parallel, ds4, 4)
-    ma, mb = read_metrics(a), read_metrics(b)
+    config = write_yaml(tmp / "single.yaml", MODEL, {**TRAIN, "eval_batches": 4})
+    ds = write_ds_config(tmp / "z2_1.json", stage=2, bf16=False, micro=4, accum=2)
+    return _train(tmp, tiny_dataset, "a", config, ds, 1)
+
+
+def _assert_same_training(ma, mb):
     assert [m["step"] for m in mb] == list(range(1, 11))
     assert [m["train/loss"] for m in mb] == pytest.approx([m["train/loss"] for m in ma], abs=1e-5)
+    # Adam hides a uniform gradient scale in the losses; the gradient norm shows it.
     assert [m["train/grad_norm"] for m in mb] == pytest.approx([m["train/grad_norm"] for m in ma], rel=1e-4)
     assert max(m["ngpt/max_norm_deviation"] for m in mb) < 1e-5
-    ea, eb = read_metrics(a, "eval/loss"), read_metrics(b, "eval/loss")
+
+
+def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp_path, tiny_dataset, single):
+    parallel = write_yaml(tmp_path / "sp.yaml", MODEL, {**TRAIN, "sequence_parallel_size": 2})
+    ds4 = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    b = _train(tmp_path, tiny_dataset, "b", parallel, ds4, 4)
+    ma, mb = read_metrics(single), read_metrics(b)
+    _assert_same_training(ma, mb)
+    ea, eb = read_metrics(single, "eval/loss"), read_metrics(b, "eval/loss")
     assert [m["eval/loss"] for m in eb] == pytest.approx([m["eval/loss"] for m in ea], abs=1e-5)
     config = (b / "config.yaml").read_text()
     assert "sequence_parallel_size: 2" in config and "sequence_parallel_size" not in config.split("deepspeed:")[1]
@@ -95,6 +106,16 @@ def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp
     mc = read_metrics(c)
     assert [m["step"] for m in mc] == list(range(6, 11))
     assert [m["train/loss"] for m in mc] == [m["train/loss"] for m in mb[5:]]
+
+
+def test_sp2_zero3_trainer_sets_reduce_scatter_false_and_reproduces_single_process(tmp_path, tiny_dataset, single):
+    """With DeepSpeed's ZeRO-3 reduce-scatter the gradients come out 1/S too small (grad norm halved)."""
+    parallel = write_yaml(tmp_path / "sp.yaml", MODEL, {**TRAIN, "sequence_parallel_size": 2})
+    ds = write_ds_config(tmp_path / "z3.json", stage=3, bf16=False, micro=4, accum=2)
+    d = _train(tmp_path, tiny_dataset, "d", parallel, ds, 2)
+    _assert_same_training(read_metrics(single), read_metrics(d))
+    saved = (d / "config.yaml").read_text().split("deepspeed:")[1]
+    assert "reduce_scatter: false" in saved
 
 
 def test_zero3_gets_reduce_scatter_false_with_a_note():
