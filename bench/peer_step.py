@@ -29,6 +29,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -262,6 +263,7 @@ def main() -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     try:
         shape = {k: int(v) for k, v in (item.split("=") for item in args.shape.split(","))}
         batch = shape.pop("batch", BATCH)

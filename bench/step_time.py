@@ -148,6 +148,7 @@ def main() -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     init_process_group(distributed.discover({}), timeout_s=600)
     results = []
     print(f"{'shape':<12} {'mode':<9} {'nGPT ms':>9} {'GPT ms':>9} {'nGPT/GPT':>9} {'rounds min-max':>15}")

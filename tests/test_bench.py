@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from conftest import REPO, cpu_env, run
 
 
 def test_convergence_context_sweep_writes_table_json_and_plot(tmp_path, tiny_dataset):
@@ -295,7 +295,9 @@ def test_mfu_on_the_process_clock_needs_one_thread(tmp_path):
     config.write_text("model: {arch: gpt, n_layer: 1, n_embd: 32, n_head: 2, seq_len: 32, vocab_size: 64}\n")
     out = tmp_path / "mfu.json"
     command = [sys.executable, REPO / "bench/mfu.py", "--config", config, "--steps", 3, "--clock", "cpu"]
-    run([*command, "--threads", 1, "--json", out], timeout=600)
+    env = cpu_env()
+    del env["OMP_NUM_THREADS"]  # --threads alone sets the threads (the trainer's start otherwise picks all cores)
+    run([*command, "--threads", 1, "--json", out], timeout=600, env=env)
     r = json.loads(out.read_text())
     assert r["clock"] == "cpu" and r["threads"] == 1
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"]) and 0 < r["mfu"] < 1
