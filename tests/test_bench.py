@@ -303,3 +303,30 @@ def test_mfu_on_the_process_clock_needs_one_thread(tmp_path):
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"]) and 0 < r["mfu"] < 1
     refused = run([*command, "--threads", 2], check=False)
     assert refused.returncode == 2 and "error: --clock cpu needs --threads 1" in refused.stderr
+
+
+def test_compile_cost_arithmetic():
+    """Synthetic rounds: startup extra = non-steady wall time beyond the eager run's; break-even = extra / saving."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from compile_cost import summarize
+
+    def r(wall, first, step):
+        return {"wall_s": wall, "first_step_s": first, "step_s": step}
+
+    rounds = [
+        {"eager": r(100.0, 1.0, 0.5), "cold": r(200.0, 60.0, 0.4), "warm": r(130.0, 20.0, 0.45)},
+        {"eager": r(110.0, 1.0, 0.6), "cold": r(220.0, 70.0, 0.5), "warm": r(140.0, 22.0, 0.55)},
+    ]
+    s = summarize(rounds, steps=60)
+    # round 1: eager 100 - 60 x 0.5 = 70 s not in steady steps; cold 200 - 24 = 176; warm 130 - 27 = 103
+    # round 2: eager 110 - 36 = 74; cold 220 - 30 = 190; warm 140 - 33 = 107
+    assert s["cold"]["startup_extra_range"] == pytest.approx([106.0, 116.0])
+    assert s["cold"]["startup_extra_s"] == pytest.approx(111.0)
+    assert s["cold"]["break_even_steps"] == pytest.approx(111.0 / 0.1)
+    assert s["cold"]["step_ratio_range"] == pytest.approx([0.8, 0.5 / 0.6])
+    assert s["warm"]["startup_extra_s"] == pytest.approx(33.0)
+    assert s["warm"]["break_even_steps"] == pytest.approx(33.0 / 0.05)
+    assert s["warm"]["step_ms"] == pytest.approx(500.0) and s["warm"]["first_step_s"] == pytest.approx(21.0)
+    assert s["eager"]["startup_extra_s"] == 0.0 and s["eager"]["break_even_steps"] is None
+    slower = [{**x, "warm": r(140.0, 20.0, 0.7)} for x in rounds]  # compiled steps slower: never pays
+    assert summarize(slower, steps=60)["warm"]["break_even_steps"] is None

@@ -1,0 +1,153 @@
+"""What `train.compile: true` costs and gains in the trainer: eager and compiled runs of launch/train.py, interleaved.
+
+    python bench/compile_cost.py [--config ngpt_tiny] [--steps 60] [--rounds 2] [--ds ds_configs/zero2.json]
+
+Each round runs the same short training three times, one after the other: eager; compiled with an
+empty Inductor cache (`cold`: what the first run on a machine pays); compiled again with the cache
+the cold run filled (`warm`: what every later run of the same shape pays). The rounds repeat that
+order so all three modes see the machine's load alike. Per run it reads the step times the trainer
+logs (metrics.jsonl) and times the whole process:
+
+- step: the median step after the first two (compiled: the compiled graphs' speed);
+- first step: includes the compilation of the training graph;
+- startup extra: (process wall - steps x median step) minus the eager run's of the same round, so
+  compilation of the training and evaluation graphs and everything else that is not a steady step;
+- break-even: startup extra / (eager step - compiled step), the steps after which compile has paid.
+
+A train.compile preset default should be on only where the steady step wins and the runs it is used
+for are longer than the break-even.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODES = ("eager", "cold", "warm")
+
+
+def run_once(args, mode: str, config: dict, data_dir: str, work: Path, cache: Path) -> dict:
+    """One training process; returns its step times and wall time."""
+    run_dir = work / f"{mode}_{time.monotonic_ns()}"
+    run_dir.mkdir(parents=True)
+    yaml_path = run_dir / "config.yaml"
+    train = {**config.get("train", {}), "compile": mode != "eager", "log_interval": 1}
+    train.update(eval_interval=0, checkpoint_interval=0, keep_checkpoints=1)
+    yaml_path.write_text(yaml.safe_dump({**config, "train": train}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, str(REPO / "launch/train.py"), "--config", str(yaml_path), "--deepspeed_config", args.ds]
+    cmd += ["--data", data_dir, "--max-steps", str(args.steps), "--out", str(run_dir / "out"), "--resume", "none"]
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{mode} run failed ({proc.returncode}): {' '.join(cmd)}")
+    records = [json.loads(line) for line in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["throughput/step_time_s"] for r in records if "throughput/step_time_s" in r]
+    return {"mode": mode, "wall_s": wall, "first_step_s": steps[0], "step_s": statistics.median(steps[2:])}
+
+
+def summarize(rounds: list[dict[str, dict]], steps: int) -> dict:
+    """Per mode: medians over rounds (and the range) of step, first step and startup extra; break-even."""
+    out = {}
+    for mode in MODES:
+        step = [r[mode]["step_s"] for r in rounds]
+        ratio = [r[mode]["step_s"] / r["eager"]["step_s"] for r in rounds]
+        extra = [
+            (r[mode]["wall_s"] - steps * r[mode]["step_s"]) - (r["eager"]["wall_s"] - steps * r["eager"]["step_s"])
+            for r in rounds
+        ]
+        saved = statistics.median(r["eager"]["step_s"] - r[mode]["step_s"] for r in rounds)
+        out[mode] = {
+            "step_ms": 1e3 * statistics.median(step),
+            "step_ratio": statistics.median(ratio),
+            "step_ratio_range": [min(ratio), max(ratio)],
+            "first_step_s": statistics.median(r[mode]["first_step_s"] for r in rounds),
+            "wall_s": statistics.median(r[mode]["wall_s"] for r in rounds),
+            "startup_extra_s": statistics.median(extra),
+            "startup_extra_range": [min(extra), max(extra)],
+            "break_even_steps": statistics.median(extra) / saved if mode != "eager" and saved > 0 else None,
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
+    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of eager, cold, warm")
+    parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
+    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.steps < 4 or args.rounds < 1:
+        parser.error("--steps must be >= 4 and --rounds >= 1")
+    from ngpt_ds.data.default_corpus import ensure_default_dataset
+    from ngpt_ds.model.config import load_yaml, resolve_config_path
+
+    config = load_yaml(resolve_config_path(args.config))
+    data_dir = args.data or str(ensure_default_dataset())
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="compile_cost_") as tmp:
+        work = Path(tmp)
+        for i in range(args.rounds):
+            warm_cache = work / f"cache_{i}"  # filled by this round's cold run
+            rounds.append(
+                {
+                    "eager": run_once(args, "eager", config, data_dir, work, work / f"unused_{i}"),
+                    "cold": run_once(args, "cold", config, data_dir, work, warm_cache),
+                    "warm": run_once(args, "warm", config, data_dir, work, warm_cache),
+                }
+            )
+            print(f"round {i + 1}: " + ", ".join(f"{m} {json.dumps(r)}" for m, r in rounds[-1].items()), flush=True)
+    result = summarize(rounds, args.steps)
+    header = (
+        "| mode | step ms (median) | step vs eager (range) | first step s | startup extra s (range) | "
+        "break-even steps | process wall s |"
+    )
+    rows = [header, "|---|---|---|---|---|---|---|"]
+    for mode, r in result.items():
+        lo, hi = r["step_ratio_range"]
+        elo, ehi = r["startup_extra_range"]
+        even = f"{r['break_even_steps']:.0f}" if r["break_even_steps"] is not None else "never"
+        rows.append(
+            f"| {mode} | {r['step_ms']:.0f} | {r['step_ratio']:.3f} ({lo:.3f}-{hi:.3f}) | {r['first_step_s']:.1f} | "
+            + (f"{r['startup_extra_s']:.1f} ({elo:.1f}-{ehi:.1f}) | {even} |" if mode != "eager" else "0 | - |")
+            + f" {r['wall_s']:.0f} |"
+        )
+    table = "\n".join(rows)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"config": args.config, "steps": args.steps, "summary": result, "rounds": rounds}, indent=2)
+            + "\n"
+        )
+    if args.docs:
+        sys.path.insert(0, str(REPO / "bench"))
+        from report import command_line, machine, update_section
+
+        update_section(
+            "compile",
+            f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
+            f"Setting: {args.config}, {os.path.basename(args.ds)}, {args.steps} steps per run, 1 process; medians "
+            f"of {args.rounds} rounds of eager, cold, warm.\n\n{table}",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
