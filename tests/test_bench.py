@@ -330,3 +330,17 @@ def test_compile_cost_arithmetic():
     assert s["eager"]["startup_extra_s"] == 0.0 and s["eager"]["break_even_steps"] is None
     slower = [{**x, "warm": r(140.0, 20.0, 0.7)} for x in rounds]  # compiled steps slower: never pays
     assert summarize(slower, steps=60)["warm"]["break_even_steps"] is None
+
+
+def test_parallel_modes_reports_each_mode_with_the_same_losses(tmp_path, tiny_dataset):
+    out = tmp_path / "modes.json"
+    run(
+        [sys.executable, REPO / "bench/parallel_modes.py", "--modes", "plain,pp2", "--steps", 3]
+        + ["--data", tiny_dataset, "--json", out],
+        timeout=600,
+    )
+    plain, pp2 = json.loads(out.read_text())
+    assert (plain["mode"], plain["ranks"], pp2["mode"], pp2["ranks"]) == ("plain", 1, "pp2", 2)
+    assert len(plain["losses"]) == len(pp2["losses"]) == 3
+    assert pp2["losses"] == pytest.approx(plain["losses"], abs=1e-6)  # 2 pipeline stages, same training
+    assert plain["step_s"] > 0 and pp2["peak_rss_mib"] > 0
