@@ -22,12 +22,15 @@ parallelism are refused with it here (`check_pipeline`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ngpt_ds import log
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.sphere import sphere_matrices
 
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from deepspeed.pipe import PipelineModule
 
     from ngpt_ds.model.lm import CausalLM
+
+_log = log.get(__name__)
 
 _TRUNK = ("embed", "blocks", "rotary")
 """CausalLM children that are not part of the head."""
@@ -104,14 +109,20 @@ def build_pipeline(model: CausalLM, stages: int) -> PipelineModule:
     from deepspeed.pipe import PipelineModule
 
     layers = pipeline_layers(model)
-    module = PipelineModule(
-        layers=layers,
-        num_stages=stages,
-        loss_fn=layers[-1].loss,
-        partition_method="type:BlockLayer",
-        activation_checkpoint_interval=0,
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the partition; logged below instead
+        module = PipelineModule(
+            layers=layers,
+            num_stages=stages,
+            loss_fn=layers[-1].loss,
+            partition_method="type:BlockLayer",
+            activation_checkpoint_interval=0,
+        )
     module.sphere_matrix_names = [f"{i}.{m.name}" for i, layer in enumerate(layers) for m in sphere_matrices(layer)]
+    module.model_parameter_count = sum(p.numel() for p in model.parameters())
+    _log.info(
+        f"pipeline: {stages} stages holding layers (0 = embedding, {len(layers) - 1} = head) "
+        + ", ".join(f"{module.parts[s]}-{module.parts[s + 1] - 1}" for s in range(stages))
+    )
     # PipelineModule keeps the whole list; drop the other stages' layers so their weights are freed.
     for i in range(len(layers)):
         if not module._local_start <= i < module._local_stop:

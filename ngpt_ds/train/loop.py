@@ -340,9 +340,10 @@ class Trainer:
         if not self.is_main:
             return
         m, counts = self.run.model, count_parameters(self.model)
+        total = getattr(self.model, "model_parameter_count", counts.total)  # a pipeline stage holds a part
         _log.info(
             f"training {m.display_name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
-            f"vocab {m.vocab_size}, {counts.total / 1e6:.2f}M parameters | {self.world} rank(s), "
+            f"vocab {m.vocab_size}, {total / 1e6:.2f}M parameters | {self.world} rank(s), "
             f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
             f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})"
         )
