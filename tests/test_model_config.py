@@ -68,7 +68,8 @@ def test_presets_exist_for_both_archs():
 
 
 @pytest.mark.parametrize(
-    "preset, paper_millions", [("gpt_0.5b", 468.2), ("ngpt_0.5b", 468.4), ("gpt_1b", 1025.7), ("ngpt_1b", 1026.1)]
+    "preset, paper_millions",
+    [("gpt_0.5b", 468.2), ("ngpt_0.5b", 468.4), ("ngpt_0.5b_8k", 468.4), ("gpt_1b", 1025.7), ("ngpt_1b", 1026.1)],
 )
 def test_paper_sizes_match_table_2(preset, paper_millions):
     config = load_model_config(preset, {"vocab_size": 32000})  # LLaMA-2 tokenizer, as the paper
