@@ -13,7 +13,9 @@ Four steps alternate in each round, so all four see the same machine state:
   forward, backward, gradient clipping at 1.0, the model's own AdamW from
   configure_optimizers, zero_grad) and, for nGPT, train.py's normalize_matrices after it;
 - ngpt_ds nGPT and GPT: DeepSpeed engines from the given JSON (bf16, ZeRO 2 by default) as
-  the trainer builds them, nGPT with its hypersphere hook (bench/step_time.py).
+  the trainer builds them, nGPT with its hypersphere hook (bench/step_time.py);
+- with `--compile`, also ngpt_ds nGPT and GPT with the engine's module through torch.compile
+  (the official train.py's default is compile = False, so the official side stays eager).
 
 It prints ms/step and tokens/s (medians over rounds) and the ratios, each ratio with the
 median, minimum and maximum of its per-round values. `--threads 1 --clock cpu` times the
@@ -188,7 +190,14 @@ def spread(values: list[float]) -> dict:
 
 
 def measure(
-    official: types.ModuleType, shape: dict, batch: int, rounds: int, warmup: int, ds_path: str, clock: str
+    official: types.ModuleType,
+    shape: dict,
+    batch: int,
+    rounds: int,
+    warmup: int,
+    ds_path: str,
+    clock: str,
+    compiled: bool = False,
 ) -> dict:
     timer = time.process_time if clock == "cpu" else time.perf_counter
     steps = {
@@ -197,6 +206,9 @@ def measure(
         else make_step(arch, shape, batch, ds_path, compiled=False, clock=timer)
         for label, side, arch in STEPS
     }
+    if compiled:
+        for arch, name in (("ngpt", "nGPT"), ("gpt", "GPT")):
+            steps[f"ngpt_ds {name} compiled"] = make_step(arch, shape, batch, ds_path, compiled=True, clock=timer)
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -210,6 +222,19 @@ def measure(
         """numerator's tokens/s over denominator's, per round."""
         return spread([d / n for n, d in zip(times[numerator], times[denominator])])
 
+    ratios = {
+        # speedups: tokens/s of the first over the second
+        "ngpt_ds nGPT / official nGPT": per_round("ngpt_ds nGPT", "official nGPT"),
+        "ngpt_ds nGPT / official GPT": per_round("ngpt_ds nGPT", "official GPT"),
+        "ngpt_ds GPT / official GPT": per_round("ngpt_ds GPT", "official GPT"),
+        # step-time costs of nGPT over GPT: ms of nGPT over ms of GPT
+        "nGPT/GPT ms, ngpt_ds": per_round("ngpt_ds GPT", "ngpt_ds nGPT"),
+        "nGPT/GPT ms, official": per_round("official GPT", "official nGPT"),
+    }
+    if compiled:
+        ratios["ngpt_ds nGPT compiled / official nGPT"] = per_round("ngpt_ds nGPT compiled", "official nGPT")
+        ratios["ngpt_ds nGPT compiled / official GPT"] = per_round("ngpt_ds nGPT compiled", "official GPT")
+        ratios["nGPT/GPT ms, ngpt_ds compiled"] = per_round("ngpt_ds GPT compiled", "ngpt_ds nGPT compiled")
     return {
         "shape": shape,
         "batch": batch,
@@ -220,15 +245,7 @@ def measure(
             label: {"ms": 1e3 * statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
             for label, t in times.items()
         },
-        "ratios": {
-            # speedups: tokens/s of the first over the second
-            "ngpt_ds nGPT / official nGPT": per_round("ngpt_ds nGPT", "official nGPT"),
-            "ngpt_ds nGPT / official GPT": per_round("ngpt_ds nGPT", "official GPT"),
-            "ngpt_ds GPT / official GPT": per_round("ngpt_ds GPT", "official GPT"),
-            # step-time costs of nGPT over GPT: ms of nGPT over ms of GPT
-            "nGPT/GPT ms, ngpt_ds": per_round("ngpt_ds GPT", "ngpt_ds nGPT"),
-            "nGPT/GPT ms, official": per_round("official GPT", "official nGPT"),
-        },
+        "ratios": ratios,
     }
 
 
@@ -253,6 +270,7 @@ def main() -> int:
         help="comma list of key=value (n_layer, n_embd, n_head, seq_len, vocab_size, batch)",
     )
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON of ngpt_ds's side")
+    parser.add_argument("--compile", action="store_true", help="also time ngpt_ds's models through torch.compile")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
     parser.add_argument("--json", help="write the results here too")
@@ -276,7 +294,7 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     init_process_group(distributed.discover({}), timeout_s=600)
-    result = measure(official, shape, batch, args.rounds, args.warmup, args.ds, args.clock)
+    result = measure(official, shape, batch, args.rounds, args.warmup, args.ds, args.clock, args.compile)
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -285,7 +303,8 @@ def main() -> int:
 
         update_section(
             "peer_step",
-            f"Command: `{command_line()}`  \nMachine: {machine()}, {result['threads']} threads, {args.clock} clock; "
+            # the checkout's place on this machine says nothing to a reader
+            f"Command: `{command_line().replace(args.official, 'NGPT_CHECKOUT')}`  \nMachine: {machine()}, {result['threads']} threads, {args.clock} clock; "
             f"medians of {args.rounds} interleaved rounds; shape {shape}, batch {batch}.\n\n" + table(result),
         )
     return 0

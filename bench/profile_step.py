@@ -1,16 +1,20 @@
 """Where the time of one training step goes: torch.profiler over DeepSpeed engine steps.
 
     python bench/profile_step.py [--config ngpt_tiny] [--ds ds_configs/zero2.json] [--steps 3] [--top 15]
+                                 [--threads N]
 
 The engine is built as bench/mfu.py builds it (nGPT with its hypersphere hook). After
 warm-up steps, `--steps` steps run under torch.profiler; the table lists the operators
 with the most self CPU time (time inside the operator itself, not its children), summed
-over those steps, and the share of each in the profiled total.
+over those steps, and the share of each in the profiled total. The profiler times by the
+wall clock: on a loaded machine prefer `--threads 1`, where an operator's time is its own work
+stretched by the load, not waits for a descheduled second thread (bench/mfu.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,10 +28,15 @@ def main() -> int:
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps after 3 warm-up steps")
     parser.add_argument("--top", type=int, default=15, help="operators listed")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     from torch.profiler import ProfilerActivity, profile
 
     from ngpt_ds.cli import default_accelerator
