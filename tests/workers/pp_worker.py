@@ -3,13 +3,13 @@
 Per optimizer step it records how often DeepSpeed called the hook's post-step function, how many
 step units the hook renormalized, and the ranks of every all-reduce the hook made; after each step,
 this stage's largest | ||w|| - 1 | over its fp32 master matrices (complete over the stage's
-data-parallel group). Writes <out_dir>/rank<R>.json; the rest of argv goes to the trainer.
+data-parallel group). Writes <out_dir>/rank<R>.json after every step; the rest of argv goes to the
+trainer.
 
 Usage: torchrun --nproc_per_node N pp_worker.py OUT_DIR [launch/train.py arguments]
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -52,6 +52,8 @@ def watched_train_step(self):
     record["matrices"] = [m.name for m in self.hook.matrices]
     record["units"] = len(self.hook.units)
     record["param_groups"] = len(self.engine.basic_optimizer.param_groups)
+    # Written at every step: the trainer's main ends its process without returning (os._exit).
+    (out_dir / f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
     return result
 
 
@@ -62,7 +64,4 @@ loop.Trainer.train_step = watched_train_step
 if __name__ == "__main__":
     from ngpt_ds.cli.train import main
 
-    rank = int(os.environ["RANK"])
-    code = main(sys.argv[2:])
-    (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
-    sys.exit(code)
+    sys.exit(main(sys.argv[2:]))
