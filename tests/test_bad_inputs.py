@@ -136,6 +136,13 @@ ROWS = [
         2,
         "json_zero2.json sets zero_optimization.stage 2, and DeepSpeed's pipeline engine runs with ZeRO stage 0 or 1 only",
     ),
+    (
+        "train-sequence-parallel-heads",
+        TRAIN_PY,
+        train_args(config="{yaml_sequence_parallel}"),
+        2,
+        "model.n_head = 3 is not divisible by train.sequence_parallel_size = 2",
+    ),
     ("train-unknown-preset", TRAIN_PY, train_args(config="ngpt_huge"), 2, "unknown preset 'ngpt_huge'"),
     ("train-vocab-differs-from-data", TRAIN_PY, train_args(config="{yaml_vocab}"), 2, "vocab"),
     # ---- training: data and output ----
@@ -276,6 +283,7 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
         "yaml_engine_field": (MODEL, {**TRAIN, "micro_batch_size": 4}),
         "yaml_vocab": ({**MODEL, "vocab_size": 1000}, TRAIN),
         "yaml_deeper": ({**MODEL, "n_layer": 3}, TRAIN),
+        "yaml_sequence_parallel": ({**MODEL, "n_head": 3, "n_embd": 48}, {**TRAIN, "sequence_parallel_size": 2}),
         "yaml_pipeline": (MODEL, {**TRAIN, "pipeline_parallel_size": 2}),
     }
     for name, (model, train) in yamls.items():
