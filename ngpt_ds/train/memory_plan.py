@@ -15,7 +15,9 @@
   its activations come back one block at a time in the backward.
 
 Not included: DeepSpeed's communication buckets, the CUDA context, allocator fragmentation and the
-transient buffers of the backward. Leave 20-30 % headroom.
+transient buffers of the backward. Leave 20-30 % headroom: at context 1024 on a CPU (nGPT, 8 layers,
+d 64, batch 4, fp32) the activations came to 285 MiB estimated against 347 MiB of RSS measured by
+bench/sequence_parallel.py.
 """
 
 from __future__ import annotations
