@@ -10,16 +10,21 @@ environment as one clear error before any process group is created.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
 from ngpt_ds.errors import NgptConfigError
 
 TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+_joined_process_group = False
+"""Set by `export`, right before this process joins a process group: see `exit_process`."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,10 @@ def _routable_address() -> str:
 
 
 def export(dist_env: DistEnv) -> None:
-    """Set the torch.distributed env:// variables for this process."""
+    """Set the torch.distributed env:// variables for this process, which is about to join a
+    process group (so `exit_process` ends it without interpreter teardown)."""
+    global _joined_process_group
+    _joined_process_group = True
     os.environ.update(
         {
             "RANK": str(dist_env.rank),
@@ -199,3 +207,26 @@ def export(dist_env: DistEnv) -> None:
             "MASTER_PORT": str(dist_env.master_port),
         }
     )
+
+
+def exit_process(code: int) -> int:
+    """End a process that joined a process group with exit status `code`, skipping Python's
+    interpreter teardown; a process that never joined one gets `code` back to exit normally.
+
+    Why: gloo's worker threads can still be releasing the tensors of the last collective when the
+    interpreter finalizes (DeepSpeed keeps its process groups alive past destroy_process_group, in
+    module globals). Such a thread then needs the GIL, Python ends it with pthread_exit, and the
+    unwind aborts the process: "terminate called without an active exception", SIGABRT, exit -6,
+    after a run that finished and saved everything (seen on about 1 in 40 4-rank runs; upstream:
+    pytorch/pytorch#190489). Everything a run writes is closed before this point (checkpoints are
+    sealed, metrics and TensorBoard closed), so only the standard streams and logging need a flush.
+    """
+    if not _joined_process_group:
+        return code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            pass
+    os._exit(code)

@@ -104,15 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     default_accelerator()  # before parse_args, which imports deepspeed
     args = parse_args(argv)
 
+    from ngpt_ds.distributed import exit_process
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
     from ngpt_ds.train.loop import TrainingDiverged
 
-    return run(
+    code = run(
         lambda: _train(args),
         args,
         info_stream="stdout",
         errors={TrainingDiverged: 2, CheckpointWriteError: WRITE_FAILED_EXIT_CODE},
     )  # disk full, read-only: earlier checkpoints intact
+    # A rank ends here, without interpreter teardown, which can abort after a finished run
+    # (ngpt_ds.distributed.exit_process says why).
+    return exit_process(code)
 
 
 def _train(args: argparse.Namespace) -> int:
