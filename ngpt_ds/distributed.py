@@ -209,9 +209,11 @@ def export(dist_env: DistEnv) -> None:
     )
 
 
-def exit_process(code: int) -> int:
+def exit_process(code: int, *, joined: bool | None = None) -> int:
     """End a process that joined a process group with exit status `code`, skipping Python's
     interpreter teardown; a process that never joined one gets `code` back to exit normally.
+    `joined`: whether it did (default: whether `export` ran; scripts that start torch.distributed
+    themselves pass True).
 
     Why: gloo's worker threads can still be releasing the tensors of the last collective when the
     interpreter finalizes (DeepSpeed keeps its process groups alive past destroy_process_group, in
@@ -221,7 +223,7 @@ def exit_process(code: int) -> int:
     pytorch/pytorch#190489). Everything a run writes is closed before this point (checkpoints are
     sealed, metrics and TensorBoard closed), so only the standard streams and logging need a flush.
     """
-    if not _joined_process_group:
+    if not (_joined_process_group if joined is None else joined):
         return code
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
