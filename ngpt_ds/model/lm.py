@@ -5,13 +5,13 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.layers import Projection, RotaryEmbedding, TokenEmbedding
+from ngpt_ds.model.loss import cross_entropy
 
 
 class CausalLM(nn.Module):
@@ -88,6 +88,5 @@ class CausalLM(nn.Module):
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean token cross-entropy in fp32 (or wider: float64 logits stay float64), ignoring targets
         of -1. Tensor parallelism replaces it with a vocabulary-parallel version (logits hold one
-        vocabulary slice per rank)."""
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        vocabulary slice per rank). F.cross_entropy's function with a cheaper backward (ngpt_ds/model/loss.py)."""
+        return cross_entropy(logits.flatten(0, 1), targets.flatten())

@@ -1,0 +1,52 @@
+"""The training loss (ngpt_ds/model/loss.py) computes F.cross_entropy's function: value and gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ngpt_ds.model import ModelConfig, build_model
+from ngpt_ds.model.loss import cross_entropy
+
+
+def reference(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, ignore_index=-1)
+
+
+def value_and_grad(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.detach().requires_grad_()
+    loss = loss_fn(logits, targets)
+    (3.0 * loss).backward()  # an upstream gradient other than 1
+    return loss.detach(), logits.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_cross_entropy_matches_torch_with_ignored_targets(dtype):
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(37, 101, dtype=torch.float64)).to(dtype)
+    targets = torch.randint(0, 101, (37,))
+    targets[::5] = -1
+    loss, grad = value_and_grad(cross_entropy, logits, targets)
+    want_loss, want_grad = value_and_grad(reference, logits, targets)
+    assert loss.dtype == want_loss.dtype == torch.promote_types(dtype, torch.float32)
+    assert grad.dtype == want_grad.dtype == dtype
+    tight = {torch.float64: 1e-13, torch.float32: 1e-6, torch.bfloat16: 1e-6}[dtype]
+    assert torch.allclose(loss, want_loss, rtol=tight, atol=0)
+    # bf16 gradients are rounded from fp32 ones that may differ in the last fp32 bit: one bf16 step at most
+    grad_tol = {torch.float64: 1e-15, torch.float32: 1e-8, torch.bfloat16: 2**-8 * want_grad.abs().max().item()}[dtype]
+    assert torch.allclose(grad.double(), want_grad.double(), rtol=0, atol=grad_tol)
+    assert grad[::5].abs().max() == 0  # ignored rows
+
+
+def test_cross_entropy_of_only_ignored_targets_is_nan_as_in_torch():
+    logits = torch.randn(4, 7)
+    targets = torch.full((4,), -1)
+    assert torch.isnan(cross_entropy(logits, targets)) and torch.isnan(reference(logits, targets))
+
+
+def test_the_model_loss_is_this_cross_entropy():
+    config = ModelConfig(arch="ngpt", n_layer=1, n_embd=32, n_head=2, seq_len=16, vocab_size=64).validate()
+    model = build_model(config).double()
+    tokens = torch.randint(0, 64, (2, 17))
+    logits, loss = model(tokens[:, :-1], tokens[:, 1:])
+    assert torch.allclose(loss, reference(logits.flatten(0, 1), tokens[:, 1:].flatten()), rtol=1e-14)
+    assert loss.grad_fn.name().endswith("_CrossEntropyBackward")
