@@ -145,3 +145,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    from ngpt_ds.distributed import exit_process
+
+    exit_process(0, joined=True)  # without interpreter teardown while gloo threads may run
