@@ -64,19 +64,21 @@ def summarize(rounds: list[dict[str, dict]], steps: int) -> dict:
     """Per mode: medians over rounds (and the range) of step, first step and startup extra; break-even."""
     out = {}
     for mode in MODES:
-        step = [r[mode]["step_s"] for r in rounds]
-        ratio = [r[mode]["step_s"] / r["eager"]["step_s"] for r in rounds]
+        had = [r for r in rounds if mode in r]  # cold runs may be in the first rounds only (--cold-rounds)
+        step = [r[mode]["step_s"] for r in had]
+        ratio = [r[mode]["step_s"] / r["eager"]["step_s"] for r in had]
         extra = [
             (r[mode]["wall_s"] - steps * r[mode]["step_s"]) - (r["eager"]["wall_s"] - steps * r["eager"]["step_s"])
-            for r in rounds
+            for r in had
         ]
-        saved = statistics.median(r["eager"]["step_s"] - r[mode]["step_s"] for r in rounds)
+        saved = statistics.median(r["eager"]["step_s"] - r[mode]["step_s"] for r in had)
         out[mode] = {
             "step_ms": 1e3 * statistics.median(step),
             "step_ratio": statistics.median(ratio),
             "step_ratio_range": [min(ratio), max(ratio)],
-            "first_step_s": statistics.median(r[mode]["first_step_s"] for r in rounds),
-            "wall_s": statistics.median(r[mode]["wall_s"] for r in rounds),
+            "runs": len(had),
+            "first_step_s": statistics.median(r[mode]["first_step_s"] for r in had),
+            "wall_s": statistics.median(r[mode]["wall_s"] for r in had),
             "startup_extra_s": statistics.median(extra),
             "startup_extra_range": [min(extra), max(extra)],
             "break_even_steps": statistics.median(extra) / saved if mode != "eager" and saved > 0 else None,
@@ -90,12 +92,23 @@ def main(argv=None) -> int:
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=int, default=60, help="training steps per run")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of eager, cold, warm")
+    parser.add_argument(
+        "--cold-rounds", type=int, help="rounds that include the cold run (default: all; later ones: eager, warm)"
+    )
     parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
+    parser.add_argument("--from-json", help="no runs: rebuild the table (and --docs) from an earlier --json file")
     args = parser.parse_args(argv)
-    if args.steps < 4 or args.rounds < 1:
-        parser.error("--steps must be >= 4 and --rounds >= 1")
+    if args.steps < 4 or args.rounds < 1 or (args.cold_rounds is not None and not 1 <= args.cold_rounds):
+        parser.error("--steps must be >= 4, --rounds >= 1 and --cold-rounds >= 1")
+    sys.path.insert(0, str(REPO / "bench"))
+    from report import command_line
+
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        report(args, saved, summarize(saved["rounds"], saved["steps"]))
+        return 0
     from ngpt_ds.data.default_corpus import ensure_default_dataset
     from ngpt_ds.model.config import load_yaml, resolve_config_path
 
@@ -105,16 +118,30 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="compile_cost_") as tmp:
         work = Path(tmp)
         for i in range(args.rounds):
-            warm_cache = work / f"cache_{i}"  # filled by this round's cold run
-            rounds.append(
-                {
-                    "eager": run_once(args, "eager", config, data_dir, work, work / f"unused_{i}"),
-                    "cold": run_once(args, "cold", config, data_dir, work, warm_cache),
-                    "warm": run_once(args, "warm", config, data_dir, work, warm_cache),
-                }
-            )
+            cold = args.cold_rounds is None or i < args.cold_rounds
+            warm_cache = work / f"cache_{i}" if cold else work / "cache_0"  # filled by a cold run
+            rounds.append({"eager": run_once(args, "eager", config, data_dir, work, work / f"unused_{i}")})
+            if cold:
+                rounds[-1]["cold"] = run_once(args, "cold", config, data_dir, work, warm_cache)
+            rounds[-1]["warm"] = run_once(args, "warm", config, data_dir, work, warm_cache)
             print(f"round {i + 1}: " + ", ".join(f"{m} {json.dumps(r)}" for m, r in rounds[-1].items()), flush=True)
+    saved = {
+        "command": command_line(),
+        "config": args.config,
+        "deepspeed": os.path.basename(args.ds),
+        "steps": args.steps,
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "rounds": rounds,
+    }
     result = summarize(rounds, args.steps)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**saved, "summary": result}, indent=2) + "\n")
+    report(args, saved, result)
+    return 0
+
+
+def report(args, saved: dict, result: dict) -> None:
+    """Print the table; with --docs also write it into docs/benchmarks.md."""
     header = (
         "| mode | step ms (median) | step vs eager (range) | first step s | startup extra s (range) | "
         "break-even steps | process wall s |"
@@ -131,22 +158,17 @@ def main(argv=None) -> int:
         )
     table = "\n".join(rows)
     print(table)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"config": args.config, "steps": args.steps, "summary": result, "rounds": rounds}, indent=2)
-            + "\n"
-        )
     if args.docs:
-        sys.path.insert(0, str(REPO / "bench"))
         from report import command_line, machine, update_section
 
+        rebuilt = f" (table written by `{command_line()}`)" if args.from_json else ""
         update_section(
             "compile",
-            f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
-            f"Setting: {args.config}, {os.path.basename(args.ds)}, {args.steps} steps per run, 1 process; medians "
-            f"of {args.rounds} rounds of eager, cold, warm.\n\n{table}",
+            f"Command: `{saved['command']}`{rebuilt}  \nMachine: {machine()}  \n"
+            f"Setting: {saved['config']}, {saved['deepspeed']}, {saved['steps']} steps per run, 1 process, "
+            f"{saved['threads']} thread(s); medians of {len(saved['rounds'])} rounds of eager, cold, warm "
+            f"(cold in {result['cold']['runs']} of them).\n\n{table}",
         )
-    return 0
 
 
 if __name__ == "__main__":
