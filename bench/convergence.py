@@ -328,6 +328,8 @@ def measure_step_times(args, shape: dict, batch: int) -> dict[str, list[float]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+
     from ngpt_ds.data.default_corpus import ensure_default_dataset
     from ngpt_ds.data.shards import load_dataset_meta
     from ngpt_ds.model.config import load_model_config
@@ -374,6 +376,7 @@ def main(argv=None) -> int:
         "data": os.path.basename(data_dir.rstrip("/")),
         "tokens_per_step": plan[0][0] * plan[0][1] * args.ranks,
         "step_rounds": args.step_rounds,
+        "step_threads": torch.get_num_threads(),
         "shape_desc": f"{shape['n_layer']} layers, d {shape['n_embd']}, {ctx_desc}, {args.steps} steps",
         **{k: v for k, v in shape.items() if k != "seq_len"},
     }
@@ -390,7 +393,8 @@ def main(argv=None) -> int:
             f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
             f"Setting: {meta['shape_desc']} per run, {meta['tokens_per_step']} tokens per step, "
             f"{meta['deepspeed']} (bf16 working copy with fp32 master weights for both models), "
-            f"{args.ranks} rank(s), data {meta['data']}; step ratio from {args.step_rounds} interleaved rounds.\n\n"
+            f"{args.ranks} rank(s), data {meta['data']}; step ratio from {args.step_rounds} interleaved rounds "
+            f"at {meta['step_threads']} thread(s).\n\n"
             f"{(out / 'convergence.md').read_text()}\n"
             f"![validation loss and token speedup vs tokens]({image})",
         )
