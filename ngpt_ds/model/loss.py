@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -42,5 +43,10 @@ class _CrossEntropy(torch.autograd.Function):
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits [N, V] (any float dtype; computed in fp32 or wider) against
     targets [N], ignoring targets of -1: the value of F.cross_entropy(logits.float(), targets,
-    ignore_index=-1), NaN when every target is ignored, as there."""
+    ignore_index=-1), NaN when every target is ignored, as there.
+
+    Under torch.compile it is F.cross_entropy itself: Inductor fuses that one's passes, and
+    measured faster there than with this backward (docs/benchmarks.md, "MFU")."""
+    if torch.compiler.is_compiling():
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets, ignore_index=-1)
     return _CrossEntropy.apply(logits, targets)
