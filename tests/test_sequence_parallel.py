@@ -90,10 +90,18 @@ def _assert_same_training(ma, mb):
     assert max(m["ngpt/max_norm_deviation"] for m in mb) < 1e-5
 
 
-def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp_path, tiny_dataset, single):
-    parallel = write_yaml(tmp_path / "sp.yaml", MODEL, {**TRAIN, "sequence_parallel_size": 2})
-    ds4 = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    b = _train(tmp_path, tiny_dataset, "b", parallel, ds4, 4)
+@pytest.fixture(scope="module")
+def sp2_dp2(tmp_path_factory, tiny_dataset):
+    """SP2 x DP2 on 4 ranks, ZeRO 2, fp32: global batch 8 (micro 4 x 2 data-parallel ranks), checkpoints
+    at steps 5 and 10. Returns (its config, its DeepSpeed config, its output folder)."""
+    tmp = tmp_path_factory.mktemp("sp2_dp2")
+    parallel = write_yaml(tmp / "sp.yaml", MODEL, {**TRAIN, "sequence_parallel_size": 2})
+    ds4 = write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    return parallel, ds4, _train(tmp, tiny_dataset, "b", parallel, ds4, 4)
+
+
+def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp_path, tiny_dataset, single, sp2_dp2):
+    parallel, ds4, b = sp2_dp2
     ma, mb = read_metrics(single), read_metrics(b)
     _assert_same_training(ma, mb)
     ea, eb = read_metrics(single, "eval/loss"), read_metrics(b, "eval/loss")
@@ -107,6 +115,49 @@ def test_sp2_dp2_zero2_trainer_reproduces_single_process_and_resumes_exactly(tmp
     mc = read_metrics(c)
     assert [m["step"] for m in mc] == list(range(6, 11))
     assert [m["train/loss"] for m in mc] == [m["train/loss"] for m in mb[5:]]
+
+
+def test_sp2_dp2_checkpoint_resumes_at_sp2_dp1_through_the_universal_conversion(tmp_path, tiny_dataset, sp2_dp2):
+    """Fault: a sequence-parallel checkpoint could not resume on another number of ranks. The mpu
+    answered DeepSpeed's tensor-parallel size query with S, so every checkpoint recorded S tensor-parallel
+    ranks and ds_to_universal refused it ("model-state file count 1 does not match ... tp_degree=2").
+    ZeRO cuts the optimizer state over the data x sequence ranks (4 here, 2 after): the trainer converts."""
+    from ngpt_ds.train import reshape
+
+    parallel, _, b = sp2_dp2
+    step5 = b / "checkpoints" / "step_00000005"
+    # The count compared is ZeRO's partition count, not the data-parallel size: SP1 x DP4 on 4 ranks
+    # loads the checkpoint as it is; SP2 x DP1 on 2 ranks converts it.
+    z2 = {"zero_optimization": {"stage": 2}}
+    assert reshape.plan(step5, reshape.current_layout(z2, 4, 1, sequence_parallel=1), tmp_path) is None
+    assert reshape.plan(step5, reshape.current_layout(z2, 2, 1, sequence_parallel=2), tmp_path) is not None
+
+    ds2 = write_ds_config(tmp_path / "z2_dp1.json", stage=2, bf16=False, micro=4, accum=2)  # global batch 8
+    proc = torchrun(
+        REPO / "launch/train.py",
+        "--config",
+        parallel,
+        "--deepspeed_config",
+        ds2,
+        "--out",
+        tmp_path / "e",
+        "--data",
+        tiny_dataset,
+        "--no-progress",
+        "--resume",
+        step5,
+        nproc=2,
+    )
+    universal = tmp_path / "e" / "checkpoints" / "step_00000005-universal"
+    assert [line for line in proc.stdout.splitlines() if "universal checkpoint" in line] == [
+        "resuming step 5 saved at data-parallel size 2 x sequence-parallel size 2 on data-parallel size 1 x "
+        f"sequence-parallel size 2 (ZeRO 2): converted it once into the universal checkpoint {universal}, loaded "
+        "it and renormalized the sphere matrices"
+    ]
+    got, want = read_metrics(tmp_path / "e"), read_metrics(b)[5:]
+    assert [m["step"] for m in got] == list(range(6, 11))
+    assert [m["train/loss"] for m in got] == pytest.approx([m["train/loss"] for m in want], abs=1e-4)
+    assert max(m["ngpt/max_norm_deviation"] for m in got) < 1e-5
 
 
 def test_sp2_zero3_trainer_sets_reduce_scatter_false_and_reproduces_single_process(tmp_path, tiny_dataset, single):

@@ -168,6 +168,14 @@ class SequenceParallelGroups:
     get_model_parallel_world_size = get_sequence_parallel_world_size
     get_model_parallel_group = get_sequence_parallel_group
 
+    def get_tensor_model_parallel_world_size(self) -> int:
+        """1: the weights are whole on every rank. Without it DeepSpeed 0.19.8 records the alias above, S,
+        as the tensor-parallel size in every checkpoint's `parallel_dims` (its universal converter then
+        expects S model-state files and refuses the checkpoint), and its universal load, which calls this
+        method by name, fails. No `get_tensor_model_parallel_rank`: the gradient clipping above relies on
+        the rank alias."""
+        return 1
+
     # No get_data_parallel_* methods, as parallel_state_sp: with one, ZeRO 3 (parameter_offload.py) would
     # partition the parameters over the data-parallel ranks only, not over all data x sequence ranks.
 

@@ -150,6 +150,7 @@ def prepare(options: TrainOptions) -> Prepared:
         dist_env.world_size,
         train_cfg.tensor_parallel_size,
         pipeline_parallel=train_cfg.pipeline_parallel_size,
+        sequence_parallel=train_cfg.sequence_parallel_size,
     )
     resize = reshape.plan(resume_from, layout, out_dir) if resume_from is not None else None
     run = RunConfig(

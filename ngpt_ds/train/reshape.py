@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from ngpt_ds import deepspeed_files, safe_load
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint
+from ngpt_ds.train import checkpoint, preflight
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -51,16 +51,27 @@ POLL_S = 0.5
 
 @dataclass(frozen=True)
 class Layout:
+    """`data_parallel` is the number of ranks ZeRO cuts the optimizer state over, the count compared: with
+    sequence parallelism the data x sequence ranks (DeepSpeed records it as `dp_world_size`).
+    `sequence_parallel` only names the split in messages: a checkpoint does not depend on it."""
+
     zero_stage: int
     data_parallel: int
     tensor_parallel: int
     pipeline_parallel: int = 1
+    sequence_parallel: int = 1
+
+    def ranks(self) -> str:
+        if self.sequence_parallel > 1:
+            return (
+                f"data-parallel size {self.data_parallel // self.sequence_parallel} x sequence-parallel size "
+                f"{self.sequence_parallel}"
+            )
+        return f"data-parallel size {self.data_parallel}"
 
     def describe(self) -> str:
-        return (
-            f"ZeRO stage {self.zero_stage}, data-parallel size {self.data_parallel}, "
-            f"tensor-parallel size {self.tensor_parallel}"
-            + (f", {self.pipeline_parallel} pipeline stages" if self.pipeline_parallel > 1 else "")
+        return f"ZeRO stage {self.zero_stage}, {self.ranks()}, tensor-parallel size {self.tensor_parallel}" + (
+            f", {self.pipeline_parallel} pipeline stages" if self.pipeline_parallel > 1 else ""
         )
 
 
@@ -92,7 +103,13 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     """What resuming `source` at `current` needs: None (DeepSpeed loads it as it is) or a Reshape.
     Raises NgptConfigError for what DeepSpeed cannot convert."""
     found = deepspeed_files.saved_layout(source)
-    saved = Layout(found.zero_stage, found.data_parallel, found.tensor_parallel, found.pipeline_parallel)
+    saved = Layout(
+        found.zero_stage,
+        found.data_parallel,
+        found.tensor_parallel,
+        found.pipeline_parallel,
+        _saved_sequence_parallel(source),
+    )
     if _family(saved.zero_stage) != _family(current.zero_stage):
         raise _refuse(
             source,
@@ -142,15 +159,31 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     return Reshape(source=source, saved=saved, current=current, target=target)
 
 
+def _saved_sequence_parallel(source: Path) -> int:
+    """The sequence-parallel size the checkpoint's run used (its config.yaml), for messages only."""
+    try:
+        size = preflight.saved_run_config(source).get("train", {}).get("sequence_parallel_size", 1)
+    except (NgptConfigError, AttributeError):
+        return 1
+    return size if isinstance(size, int) and size > 0 else 1
+
+
 def current_layout(
-    ds_config: dict, world_size: int, tensor_parallel: int, other_parallel: int = 1, pipeline_parallel: int = 1
+    ds_config: dict,
+    world_size: int,
+    tensor_parallel: int,
+    other_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    sequence_parallel: int = 1,
 ) -> Layout:
-    """This run's layout: data parallelism is what the world size leaves after model parallelism."""
+    """This run's layout: data parallelism is what the world size leaves after model parallelism.
+    Sequence parallelism is not divided out: ZeRO partitions over the data x sequence ranks."""
     return Layout(
         deepspeed_files.zero_stage_of(ds_config),
         world_size // (tensor_parallel * other_parallel * pipeline_parallel),
         tensor_parallel,
         pipeline_parallel,
+        sequence_parallel,
     )
 
 
@@ -163,8 +196,8 @@ def describe(reshape: Reshape, reused: bool, renormalized: bool) -> str:
     ).format(t=reshape.target)
     sphere = " and renormalized the sphere matrices" if renormalized else ""
     return (
-        f"resuming step {reshape.step} saved at data-parallel size {reshape.saved.data_parallel} on "
-        f"data-parallel size {reshape.current.data_parallel} (ZeRO {reshape.current.zero_stage}): {how}, "
+        f"resuming step {reshape.step} saved at {reshape.saved.ranks()} on "
+        f"{reshape.current.ranks()} (ZeRO {reshape.current.zero_stage}): {how}, "
         f"loaded it{sphere}"
     )
 
