@@ -7,7 +7,8 @@ nothing of it is copied into this repository. The official code calls flash-attn
 a GPU, so before the import a stand-in `flash_attn` module is put into sys.modules that
 computes the same attention with torch's scaled_dot_product_attention.
 
-Four steps alternate in each round, so all four see the same machine state:
+Four steps alternate in each round, so all four see the same machine state (each round starts
+one step later than the one before, so no step always runs after the same neighbour):
 
 - official nGPT and official GPT: the official train.py's step (bf16 autocast around the
   forward, backward, gradient clipping at 1.0, the model's own AdamW from
@@ -213,9 +214,12 @@ def measure(
         for step in steps.values():
             step()
     times = {label: [] for label in steps}
-    for _ in range(rounds):
-        for label, step in steps.items():
-            times[label].append(step())
+    labels = list(steps)
+    for round_index in range(rounds):
+        # each round starts one step later, so no step always follows the same neighbour
+        start = round_index % len(labels)
+        for label in labels[start:] + labels[:start]:
+            times[label].append(steps[label]())
     tokens = batch * shape["seq_len"]
 
     def per_round(numerator: str, denominator: str) -> dict:
