@@ -81,7 +81,8 @@ def summarize(rounds: list[dict[str, dict]], steps: int) -> dict:
             "wall_s": statistics.median(r[mode]["wall_s"] for r in had),
             "startup_extra_s": statistics.median(extra),
             "startup_extra_range": [min(extra), max(extra)],
-            "break_even_steps": statistics.median(extra) / saved if mode != "eager" and saved > 0 else None,
+            # a compiled run that also starts no slower than eager has paid from its first step: 0
+            "break_even_steps": max(0.0, statistics.median(extra)) / saved if mode != "eager" and saved > 0 else None,
         }
     return out
 

@@ -330,6 +330,8 @@ def test_compile_cost_arithmetic():
     assert s["eager"]["startup_extra_s"] == 0.0 and s["eager"]["break_even_steps"] is None
     slower = [{**x, "warm": r(140.0, 20.0, 0.7)} for x in rounds]  # compiled steps slower: never pays
     assert summarize(slower, steps=60)["warm"]["break_even_steps"] is None
+    quick = [{**x, "warm": r(80.0, 20.0, 0.45)} for x in rounds]  # starts no slower than eager: pays at once
+    assert summarize(quick, steps=60)["warm"]["break_even_steps"] == 0.0
 
 
 def test_parallel_modes_reports_each_mode_with_the_same_losses(tmp_path, tiny_dataset):
