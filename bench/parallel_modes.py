@@ -1,9 +1,9 @@
 """Step time and peak memory of each parallel mode against the plain 1-rank run, through the real trainer.
 
-    python bench/parallel_modes.py [--modes plain,pp2] [--steps 12] [--data DIR] [--json FILE] [--docs]
+    python bench/parallel_modes.py [--modes plain,pp2,sp2] [--steps 12] [--data DIR] [--json FILE] [--docs]
 
 Every mode trains the same tiny nGPT on the same global batch (8 sequences per step: 2 per micro-batch
-x 4 micro-batches, one data-parallel replica) with `launch/train.py` under torchrun, one thread per
+x 4 micro-batches, one data-parallel replica: the 2 ranks of sp2 share each sequence) with `launch/train.py` under torchrun, one thread per
 rank. Per mode it reports the median `throughput/step_time_s` of metrics.jsonl after the first two
 steps, and the peak RSS of the largest process (a rank; read back with getrusage once the job ends,
 each mode measured in its own child process). Without --data it prepares a small dataset from
@@ -45,6 +45,11 @@ class Mode:
 MODES = {
     "plain": Mode(1, describe="1 rank, no model parallelism"),
     "pp2": Mode(2, {"pipeline_parallel_size": 2}, describe="2 pipeline stages (train.pipeline_parallel_size: 2)"),
+    "sp2": Mode(
+        2,
+        {"sequence_parallel_size": 2},
+        describe=f"2 ranks share each sequence, {MODEL['seq_len'] // 2} positions each (train.sequence_parallel_size: 2)",
+    ),
 }
 
 
