@@ -10,8 +10,8 @@ Inductor's on-disk cache.
 import shutil
 
 import pytest
-import torch
 
+from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.config import TrainConfig
 
@@ -86,7 +86,7 @@ def test_compiled_run_resumes_bit_for_bit(runs):
 def test_compiled_checkpoints_hold_the_eager_state_dict_keys(runs):
     def keys(out):
         path = out / "checkpoints" / "step_00000010" / "mp_rank_00_model_states.pt"
-        return sorted(torch.load(path, map_location="cpu", weights_only=False)["module"])
+        return sorted(safe_load.load(path)["module"])
 
     compiled = keys(runs["compiled_z0"])
     assert compiled == keys(runs["eager_z0"])
