@@ -2,8 +2,8 @@
 
 F.cross_entropy over a bf16 model's logits costs four passes over the [tokens, vocabulary]
 tensor in the backward alone (zero-filled gradient, scatter, log-softmax backward, cast back
-to bf16); at the default preset's 4k vocabulary that was about a sixth of a CPU training step
-(docs/benchmarks.md, "Where the time goes"). This computes the same function, with the
+to bf16); at the default preset's 4k vocabulary the loss was about a tenth of a CPU training
+step (docs/benchmarks.md, "Where the time goes"). This computes the same function, with the
 gradient in the closed form softmax(z) - onehot(target), scaled by 1/(number of counted
 targets), in place on the saved log-probabilities.
 """
