@@ -6,7 +6,9 @@ One process builds a DeepSpeed engine for each model of each shape, as the train
 (nGPT with its hypersphere hook), and alternates their training steps (forward, backward,
 engine.step), so both see the same machine state; the reported ratio is
 median(nGPT) / median(GPT). The paper reports nGPT 1.6-1.8x slower per step with
-unfused normalizations (PAPER A.4). `--compile` adds torch.compile'd models.
+unfused normalizations (PAPER A.4). `--compile` adds torch.compile'd models. On a shared
+machine, `--threads 1 --clock cpu` times the steps by this process's CPU time (bench/mfu.py
+explains why); the per-round ratios' minimum and maximum show the spread.
 """
 
 from __future__ import annotations
