@@ -225,6 +225,9 @@ def exit_process(code: int, *, joined: bool | None = None) -> int:
     """
     if not (_joined_process_group if joined is None else joined):
         return code
+    mpi = sys.modules.get("mpi4py.MPI")  # imported when mpirun started the job (rank discovery)
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()  # mpi4py's own atexit call is skipped, and mpirun fails a rank that exits without it
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
