@@ -402,4 +402,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ngpt_ds.distributed import exit_process
+
+    sys.exit(exit_process(main()))  # no interpreter teardown after a process group (see there)

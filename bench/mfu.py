@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,6 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
 
 
 def main() -> int:
@@ -38,20 +40,15 @@ def main() -> int:
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=int, default=20, help="timed steps after 3 warm-up steps")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps, alternating")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
+    add_timing_arguments(parser)
     parser.add_argument("--json", help="write the result here too")
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args()
-    if args.clock == "cpu" and args.threads != 1:
-        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+    if not apply_timing_arguments(args):
         return 2
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     from ngpt_ds.cli import default_accelerator
@@ -154,4 +151,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ngpt_ds.distributed import exit_process
+
+    sys.exit(exit_process(main()))  # no interpreter teardown after a process group (see there)

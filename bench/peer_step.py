@@ -32,7 +32,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
 from step_time import make_step  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
@@ -275,17 +275,12 @@ def main() -> int:
     )
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON of ngpt_ds's side")
     parser.add_argument("--compile", action="store_true", help="also time ngpt_ds's models through torch.compile")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
+    add_timing_arguments(parser)
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
-    if args.clock == "cpu" and args.threads != 1:
-        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+    if not apply_timing_arguments(args):
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     try:
         shape = {k: int(v) for k, v in (item.split("=") for item in args.shape.split(","))}
         batch = shape.pop("batch", BATCH)
@@ -315,4 +310,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ngpt_ds.distributed import exit_process
+
+    sys.exit(exit_process(main()))  # no interpreter teardown after a process group (see there)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +55,27 @@ def update_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text, encoding="utf-8")
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads and --clock, for scripts that time training steps."""
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (needs --threads 1; other processes do not stretch it)",
+    )
+
+
+def apply_timing_arguments(args: argparse.Namespace) -> bool:
+    """Set the thread count of --threads; False, after an error line, when --clock cpu lacks --threads 1."""
+    if args.clock == "cpu" and args.threads != 1:
+        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+        return False
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
+    return True

@@ -26,10 +26,13 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ngpt_ds.cli import default_accelerator  # noqa: E402
 
 default_accelerator()
+
+from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
 from ngpt_ds.model import ModelConfig  # noqa: E402
@@ -140,17 +143,12 @@ def main() -> int:
         help="DeepSpeed JSON for precision and ZeRO stage (its micro-batch is replaced per shape)",
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
+    add_timing_arguments(parser)
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
-    if args.clock == "cpu" and args.threads != 1:
-        print("error: --clock cpu needs --threads 1 (CPU time sums all threads)", file=sys.stderr)
+    if not apply_timing_arguments(args):
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     init_process_group(distributed.discover({}), timeout_s=600)
     results = []
     print(f"{'shape':<12} {'mode':<9} {'nGPT ms':>9} {'GPT ms':>9} {'nGPT/GPT':>9} {'rounds min-max':>15}")
@@ -191,4 +189,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ngpt_ds.distributed import exit_process
+
+    sys.exit(exit_process(main()))  # no interpreter teardown after a process group (see there)
