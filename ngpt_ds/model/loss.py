@@ -22,7 +22,12 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         accumulate = torch.promote_types(logits.dtype, torch.float32)
-        log_probs = torch.log_softmax(logits.to(accumulate), dim=-1)
+        # One fresh fp32 copy, normalized in place: a second [tokens, vocabulary] fp32 buffer cost
+        # more than its pass (at 2048 x 4096, 32 MiB, glibc maps each such buffer afresh and it is
+        # page-faulted in; docs/benchmarks.md, "MFU"). copy=True keeps the caller's fp32 or fp64
+        # logits intact.
+        log_probs = logits.to(accumulate, copy=True)
+        torch.log_softmax(log_probs, dim=-1, out=log_probs)
         counted = targets != -1
         index = targets.clamp_min(0).unsqueeze(1)
         n = counted.sum()
