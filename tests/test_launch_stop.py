@@ -323,10 +323,12 @@ def test_launcher_killed_during_the_startup_still_stops_its_ranks(configs, tiny_
     text = log.read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["step"] < STEPS, (summary, text[-4000:])
-    # Rank 0 prints the reason: its own watch's, or that of the rank that noticed first.
+    # Rank 0 prints the reason: its own watch's, or that of the rank that noticed first. A launcher
+    # killed before the watch starts is already gone when the watch looks (a loaded machine makes the
+    # startup slow): it is then named by its pid alone.
     assert re.search(
         rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
-        r"|another rank was asked to stop)\)",
+        r"|the parent process \(pid \d+\) exited|another rank was asked to stop)\)",
         text,
     ), text[-4000:]
     assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")
