@@ -189,6 +189,7 @@ class RotaryEmbedding(nn.Module):
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, H, head_dim]; cos, sin: [T, 1, head_dim/2] -> rotated x, same shape."""
+        """x: [B, T, ..., head_dim]; cos, sin: [T, 1, head_dim/2], or with one more 1 per extra dim of x
+        (e.g. [T, 1, 1, head_dim/2] for q and k stacked as [B, T, 2, H, head_dim]) -> rotated x, same shape."""
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

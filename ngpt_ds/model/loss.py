@@ -1,11 +1,15 @@
-"""The training loss: mean token cross-entropy, computed in fp32 (or wider) with a hand-written backward.
+"""The training loss: mean token cross-entropy, computed in fp32 (or wider) with a hand-written backward,
+a block of rows at a time.
 
-F.cross_entropy over a bf16 model's logits costs four passes over the [tokens, vocabulary]
-tensor in the backward alone (zero-filled gradient, scatter, log-softmax backward, cast back
-to bf16); at the default preset's 4k vocabulary the loss was about a tenth of a CPU training
-step (docs/benchmarks.md, "Where the time goes"). This computes the same function, with the
-gradient in the closed form softmax(z) - onehot(target), scaled by 1/(number of counted
-targets), in place on the saved log-probabilities.
+F.cross_entropy over a bf16 model's logits makes a full fp32 copy of the [tokens, vocabulary]
+tensor, keeps its log-softmax for the backward and then costs four more passes over it there
+(zero-filled gradient, scatter, log-softmax backward, cast back to bf16); at the default preset's
+4k vocabulary the loss was about a tenth of a CPU training step (docs/benchmarks.md, "Where the time
+goes"). This computes the same function over blocks of rows, each small enough to stay in cache:
+the forward keeps only the target log-probabilities, the backward recomputes each block's softmax
+and writes the closed-form gradient softmax(z) - onehot(target), scaled by 1/(number of counted
+targets), straight into the gradient. No fp32 copy of the whole logits is ever made or kept: at a
+32k vocabulary and 2048 tokens that is 250 MiB less held between forward and backward.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+#: Elements of one fp32 block (4 MiB): measured fastest on CPU among 2^18, 2^20 and 2^22, at 4k and
+#: 32k vocabularies (docs/benchmarks.md, "MFU").
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _row_blocks(rows: int, vocabulary: int) -> list[slice]:
+    step = max(1, BLOCK_ELEMENTS // max(1, vocabulary))
+    return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
+
 
 class _CrossEntropy(torch.autograd.Function):
     """loss = mean over targets != -1 of -log_softmax(z)[target]; dz = (softmax(z) - onehot) * g / n."""
@@ -22,27 +35,42 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         accumulate = torch.promote_types(logits.dtype, torch.float32)
-        # One fresh fp32 copy, normalized in place: a second [tokens, vocabulary] fp32 buffer cost
-        # more than its pass (at 2048 x 4096, 32 MiB, glibc maps each such buffer afresh and it is
-        # page-faulted in; docs/benchmarks.md, "MFU"). copy=True keeps the caller's fp32 or fp64
-        # logits intact.
-        log_probs = logits.to(accumulate, copy=True)
-        torch.log_softmax(log_probs, dim=-1, out=log_probs)
         counted = targets != -1
         index = targets.clamp_min(0).unsqueeze(1)
         n = counted.sum()
-        loss = -log_probs.gather(1, index).squeeze(1).masked_fill(~counted, 0).sum() / n
-        ctx.save_for_backward(log_probs, index, counted, n)
-        ctx.logits_dtype = logits.dtype
+        blocks = _row_blocks(*logits.shape)
+        target_log_probs = torch.empty(logits.shape[0], dtype=accumulate, device=logits.device)
+        # One block buffer, reused: the cast and the log-softmax both run in place on it.
+        buffer = torch.empty(blocks[0].stop if blocks else 0, logits.shape[1], dtype=accumulate, device=logits.device)
+        for rows in blocks:
+            block = buffer[: rows.stop - rows.start]
+            block.copy_(logits[rows])
+            torch.log_softmax(block, dim=-1, out=block)
+            target_log_probs[rows] = block.gather(1, index[rows]).squeeze(1)
+        loss = -target_log_probs.masked_fill_(~counted, 0).sum() / n
+        ctx.save_for_backward(logits, index, counted, n)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        log_probs, index, counted, n = ctx.saved_tensors
-        dz = log_probs.exp_()  # softmax, in place: the log-probabilities are not needed again
-        dz.scatter_add_(1, index, torch.full(index.shape, -1.0, dtype=dz.dtype, device=dz.device))
-        dz.mul_((counted.to(dz.dtype) * (grad / n)).unsqueeze(1))  # ignored rows get 0
-        return dz.to(ctx.logits_dtype), None
+        logits, index, counted, n = ctx.saved_tensors
+        accumulate = torch.promote_types(logits.dtype, torch.float32)
+        row_scale = (counted.to(accumulate) * (grad / n)).unsqueeze(1)  # ignored rows get 0
+        blocks = _row_blocks(*logits.shape)
+        dz = torch.empty_like(logits)
+        height = blocks[0].stop if blocks else 0
+        buffer = torch.empty(height, logits.shape[1], dtype=accumulate, device=logits.device)
+        minus_one = torch.full((height, 1), -1.0, dtype=accumulate, device=logits.device)
+        for rows in blocks:
+            block = buffer[: rows.stop - rows.start]
+            block.copy_(logits[rows])
+            torch.softmax(block, dim=-1, out=block)
+            block.scatter_add_(1, index[rows], minus_one[: rows.stop - rows.start])
+            if dz.dtype == accumulate:
+                torch.mul(block, row_scale[rows], out=dz[rows])
+            else:
+                dz[rows].copy_(block.mul_(row_scale[rows]))
+        return dz, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

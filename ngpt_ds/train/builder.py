@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ngpt_ds import distributed, log
+from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
@@ -181,9 +181,11 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     distributed.export(dist_env)
     distributed.set_collective_timeout(timedelta(seconds=timeout_s))  # also DeepSpeed's own groups
-    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
+    if not torch.cuda.is_available():
+        if "OMP_NUM_THREADS" not in os.environ:
+            # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
+        _log.debug("host allocator: %s", hostmem.keep_freed_memory())
     deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     if torch.cuda.is_available():
         torch.cuda.set_device(dist_env.local_rank)
