@@ -51,38 +51,15 @@ def main() -> int:
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    from ngpt_ds.cli import default_accelerator
+    from engines import preset_engine
 
-    default_accelerator()
     from ngpt_ds import distributed
     from ngpt_ds.model import training_flops_per_token
-    from ngpt_ds.train.builder import init_process_group, start_engine
-    from ngpt_ds.train.config import RunConfig, load_model_and_train
-    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config, precision_of
-    from ngpt_ds.train.hypersphere import HypersphereHook
+    from ngpt_ds.train.ds_config import precision_of
     from ngpt_ds.train.metrics import measure_matmul_flops
 
-    model_cfg, train_cfg, _ = load_model_and_train(args.config)
-    model_cfg.vocab_size = model_cfg.vocab_size or 4096
-    ds = load_ds_config(args.ds)
-    plan = check_ds_config(
-        ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True
-    )
-    env = distributed.discover({})
-    init_process_group(env, timeout_s=300)
-    engine = start_engine(
-        RunConfig(
-            config_source=args.config,
-            model=model_cfg,
-            train=train_cfg,
-            deepspeed=ds,
-            deepspeed_source=args.ds,
-            data_dir="",
-            out_dir="",
-        )
-    )
-    if model_cfg.is_ngpt:
-        HypersphereHook(engine).normalize_now()
+    bench = preset_engine(args.config, args.ds, distributed.discover({}))
+    engine, model_cfg, ds, plan = bench.engine, bench.model, bench.ds, bench.plan
     dtype = torch.bfloat16 if precision_of(ds) == "bf16" else torch.float32
     peaks = [measure_matmul_flops(dtype, seconds=1.0, clock=clock)]
     tokens = torch.randint(0, model_cfg.vocab_size, (plan.micro_batch, model_cfg.seq_len + 1)).to(engine.device)

@@ -3,7 +3,7 @@
     python bench/profile_step.py [--config ngpt_tiny] [--ds ds_configs/zero2.json] [--steps 3] [--top 15]
                                  [--threads N]
 
-The engine is built as bench/mfu.py builds it (nGPT with its hypersphere hook). After
+The engine is built as the trainer builds it (bench/engines.py; nGPT with its hypersphere hook). After
 warm-up steps, `--steps` steps run under torch.profiler; the table lists the operators
 with the most self CPU time (time inside the operator itself, not its children), summed
 over those steps, and the share of each in the profiled total. The profiler times by the
@@ -37,36 +37,13 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
+    from engines import preset_engine
     from torch.profiler import ProfilerActivity, profile
 
-    from ngpt_ds.cli import default_accelerator
-
-    default_accelerator()
     from ngpt_ds import distributed
-    from ngpt_ds.train.builder import init_process_group, start_engine
-    from ngpt_ds.train.config import RunConfig, load_model_and_train
-    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
-    from ngpt_ds.train.hypersphere import HypersphereHook
 
-    model_cfg, train_cfg, _ = load_model_and_train(args.config)
-    model_cfg.vocab_size = model_cfg.vocab_size or 4096
-    ds = load_ds_config(args.ds)
-    plan = check_ds_config(
-        ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True
-    )
-    init_process_group(distributed.discover({}), timeout_s=300)
-    run = RunConfig(
-        config_source=args.config,
-        model=model_cfg,
-        train=train_cfg,
-        deepspeed=ds,
-        deepspeed_source=args.ds,
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run)
-    if model_cfg.is_ngpt:
-        HypersphereHook(engine).normalize_now()
+    bench = preset_engine(args.config, args.ds, distributed.discover({}))
+    engine, model_cfg, plan = bench.engine, bench.model, bench.plan
     tokens = torch.randint(0, model_cfg.vocab_size, (plan.micro_batch, model_cfg.seq_len + 1)).to(engine.device)
 
     def step() -> None:

@@ -48,37 +48,13 @@ def main() -> int:
         return relaunch(args)
     import torch
     import torch.distributed as dist
+    from engines import preset_engine
 
-    from ngpt_ds.cli import default_accelerator
-
-    default_accelerator()
     from ngpt_ds import distributed
-    from ngpt_ds.train.builder import init_process_group, start_engine
-    from ngpt_ds.train.config import RunConfig, load_model_and_train
-    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
-    from ngpt_ds.train.hypersphere import HypersphereHook
 
     env = distributed.discover()
-    model_cfg, train_cfg, _ = load_model_and_train(args.config)
-    if model_cfg.vocab_size is None:
-        model_cfg.vocab_size = 4096
-    ds = load_ds_config(args.ds)
-    plan = check_ds_config(
-        ds, world_size=env.world_size, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True
-    )
-    init_process_group(env, timeout_s=300)
-    run = RunConfig(
-        config_source=args.config,
-        model=model_cfg,
-        train=train_cfg,
-        deepspeed=ds,
-        deepspeed_source=args.ds,
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run)
-    hook = HypersphereHook(engine)
-    hook.normalize_now()
+    bench = preset_engine(args.config, args.ds, env, sphere_hook=True)
+    engine, model_cfg, plan, hook = bench.engine, bench.model, bench.plan, bench.hook
 
     hook_seconds = []
     inner = hook._after_inner_step
