@@ -26,23 +26,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-MMAP_THRESHOLD = "131072"
+sys.path.insert(0, str(REPO / "bench"))
+
+import rss_step  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", choices=("ngpt", "gpt"), default="ngpt")
-    p.add_argument("--seq-len", type=int, default=1024, help="context length (default 1024)")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--embd", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
+    rss_step.add_shape_arguments(p)
     p.add_argument("--sp", type=int, default=2, help="sequence-parallel size of the second job (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="measured steps per job, after one warm-up step")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -51,66 +46,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def worker(args: argparse.Namespace) -> None:
     """One rank of a job: train `rounds` + 1 steps, rank 0 writes every rank's samples to args.worker."""
     import torch
     import torch.distributed as dist
 
     from ngpt_ds import distributed
-    from ngpt_ds.model import ModelConfig, build_model
+    from ngpt_ds.model import build_model
     from ngpt_ds.parallel.sequence import create_sequence_groups, parallelize_sequence
     from ngpt_ds.train.builder import init_process_group
 
     init_process_group(distributed.discover(), timeout_s=600)
     sp = dist.get_world_size()
-    config = ModelConfig(
-        arch=args.arch,
-        vocab_size=args.vocab,
-        n_layer=args.layers,
-        n_embd=args.embd,
-        n_head=args.heads,
-        seq_len=args.seq_len,
-    ).validate()
     torch.manual_seed(1234)
-    model = build_model(config)
+    model = build_model(rss_step.model_config(args))
     groups = create_sequence_groups(sp) if sp > 1 else None
     if groups is not None:
         parallelize_sequence(model, groups)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    inputs, targets = rss_step.fixed_batch(args)
+
+    def sum_gradients() -> None:  # what DeepSpeed's reduction does: sum the chunks' gradients
+        flat = torch.cat([p.grad.flatten() for p in model.parameters()])
+        dist.all_reduce(flat, group=groups.sp_group)
+        offset = 0
+        for p in model.parameters():
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
 
     def step() -> dict:
-        optimizer.zero_grad(set_to_none=False)  # gradient buffers stay allocated: not activation memory
-        before = _status_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        start = time.perf_counter()
-        _, loss = model(inputs, targets)
-        held = _status_kib("VmRSS") - before
-        loss.backward()
-        peak = _status_kib("VmHWM") - before
-        if groups is not None:  # what DeepSpeed's reduction does: sum the chunks' gradients
-            flat = torch.cat([p.grad.flatten() for p in model.parameters()])
-            dist.all_reduce(flat, group=groups.sp_group)
-            offset = 0
-            for p in model.parameters():
-                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
-        optimizer.step()
-        return {
-            "step_s": time.perf_counter() - start,
-            "held_mib": held / 1024,
-            "peak_mib": peak / 1024,
-            "loss": loss.item(),
-        }
+        return rss_step.measured_step(model, optimizer, inputs, targets, sum_gradients if groups is not None else None)
 
     step()  # warm-up: optimizer state and gradient buffers are allocated here
     samples = [step() for _ in range(args.rounds)]
@@ -133,7 +98,7 @@ def run_job(args: argparse.Namespace, ranks: int, out: Path) -> dict:
         "DS_ACCELERATOR": "cpu",
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO),
-        "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD,
+        "MALLOC_MMAP_THRESHOLD_": rss_step.MMAP_THRESHOLD,
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr"]
     cmd += ["127.0.0.1", "--master_port", str(port), __file__, "--worker", str(out)]
@@ -159,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = run_job(args, 1, Path(tmp) / "plain.json")
         split = run_job(args, args.sp, Path(tmp) / "sp.json")
     loss_diff = max(abs(a - b) for a, b in zip(plain["losses"], split["losses"]))
-    setting = (
-        f"{args.arch}, {args.layers} layers, d {args.embd}, {args.heads} heads, context {args.seq_len}, "
-        f"batch {args.batch}, vocab {args.vocab}, fp32, {args.rounds} rounds (median, worst rank)"
-    )
+    setting = rss_step.setting(args, "median, worst rank")
     lines = [
         "| run | ranks | positions per rank | held after forward (MiB) | peak in fwd+bwd (MiB) | step (s) | "
         "step vs plain |",
@@ -178,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"setting": setting, "plain": plain, "sp": split}, indent=2))
     if args.docs:
-        sys.path.insert(0, str(REPO / "bench"))
         from report import command_line, machine, update_section
 
         update_section(
@@ -190,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "the all-to-alls here, on a shared machine whose times are rough; on GPUs the all-to-alls cost "
             "bandwidth instead.\n\n"
             f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
-            f"Setting: {setting}; memory is process RSS (allocator returns blocks >= 128 KiB).\n\n"
+            f"Setting: {setting}; {rss_step.RSS_NOTE}.\n\n"
             f"{table}\n\nLargest loss difference, sequence-parallel vs plain: {loss_diff:.1e}.",
         )
     return 0
