@@ -346,4 +346,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ngpt_ds.distributed import exit_process
+
+    sys.exit(exit_process(main()))  # no interpreter teardown after a process group (see there)
