@@ -9,7 +9,6 @@ every rank, whether ranks agree bit for bit, and whether the scalars were left a
 Rank 0 writes one JSON file of results.
 """
 
-import json
 import os
 import sys
 
@@ -17,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from common import ds_config, run_worker, start_test_engine  # noqa: E402
 
 
 def gather_master(engine, param):
@@ -158,10 +159,9 @@ def straddles(hook):
     return rows, cols
 
 
-def run_case(stage, precision, mlp_hidden, steps, results):
+def run_case(stage, precision, mlp_hidden, steps):
     from ngpt_ds.model import ModelConfig
-    from ngpt_ds.train.builder import start_engine
-    from ngpt_ds.train.config import RunConfig, TrainConfig
+    from ngpt_ds.train.config import TrainConfig
     from ngpt_ds.train.hypersphere import HypersphereHook
 
     # Odd layers, odd MLP width and an odd vocabulary: ZeRO cuts fall inside norm vectors. With 2
@@ -169,26 +169,10 @@ def run_case(stage, precision, mlp_hidden, steps, results):
     # row-normalized matrix, 31 inside a row of W_o (normalized along columns).
     model = ModelConfig(arch="ngpt", vocab_size=53, n_layer=3, n_embd=24, n_head=2, seq_len=16, mlp_hidden=mlp_hidden)
     train = TrainConfig(max_steps=steps, lr=2e-2).resolve("ngpt")
-    ds = {
-        "train_micro_batch_size_per_gpu": 2,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
-        "bf16": {"enabled": precision == "bf16"},
-        "zero_optimization": {"stage": stage},
-        "steps_per_print": 10**9,
-    }
+    ds = ds_config(stage, bf16=precision == "bf16")
     if stage == 3:
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = 100  # most params partitioned
-    run = RunConfig(
-        config_source="test",
-        model=model.validate(),
-        train=train.validate(),
-        deepspeed=ds,
-        deepspeed_source="test",
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run)
+    engine = start_test_engine(model, train, ds)
     hook = HypersphereHook(engine)
     scalar_names = [n for n, _ in engine.module.named_parameters() if n.endswith(".param")]
     scalars_before = {n: gather_master(engine, engine.module.get_parameter(n)) for n in scalar_names}
@@ -225,29 +209,18 @@ def run_case(stage, precision, mlp_hidden, steps, results):
     record["losses"] = losses
     record["guards"] = sphere_guards(engine, hook)
     hook.remove()
-    results.append(record)
+    return record
 
 
 def main():
     out_path = sys.argv[1]
     cases = [c.split(":") for c in sys.argv[2].split(",")]  # stage:precision:mlp_hidden
     steps = int(sys.argv[3])
-    from ngpt_ds import distributed
-    from ngpt_ds.train.builder import init_process_group
-
-    init_process_group(distributed.discover(), timeout_s=300)  # as the trainer does: gloo on CPU
-    results = []
-    for stage, precision, mlp_hidden in cases:
-        run_case(int(stage), precision, int(mlp_hidden), steps, results)
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as f:
-            json.dump(results, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    run_worker(
+        out_path,
+        lambda: [run_case(int(stage), precision, int(mlp_hidden), steps) for stage, precision, mlp_hidden in cases],
+    )
 
 
 if __name__ == "__main__":
     main()
-    from ngpt_ds.distributed import exit_process
-
-    exit_process(0, joined=True)  # without interpreter teardown while gloo threads may run

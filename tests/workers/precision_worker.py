@@ -13,15 +13,14 @@ path (FP16_UnfusedOptimizer at ZeRO 0, the ZeRO optimizers' loss scaler at 1-3) 
 with CPU fp16 arithmetic. Rank 0 writes one JSON file of results.
 """
 
-import json
 import os
 import sys
 
 import torch
-import torch.distributed as dist
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from common import ds_config, run_worker, start_test_engine  # noqa: E402
 from hypersphere_worker import gather_master  # noqa: E402  (the same fp32-master accessor)
 
 VOCAB, SEQ = 64, 16
@@ -35,36 +34,19 @@ def allow_fp16_on_cpu() -> None:
 
 def first_step(stage: int, precision: str, offload: bool, lr: float) -> dict:
     from ngpt_ds.model import ModelConfig
-    from ngpt_ds.train.builder import start_engine
-    from ngpt_ds.train.config import RunConfig, TrainConfig
+    from ngpt_ds.train.config import TrainConfig
     from ngpt_ds.train.hypersphere import HypersphereHook
 
     model = ModelConfig(arch="ngpt", vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=2, seq_len=SEQ)
     train = TrainConfig(max_steps=10, lr=lr).resolve("ngpt")
-    ds = {
-        "train_micro_batch_size_per_gpu": 4,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
-        "bf16": {"enabled": precision.startswith("bf16")},
-        "fp16": {"enabled": precision == "fp16"},
-        "zero_optimization": {"stage": stage},
-        "steps_per_print": 10**9,
-    }
+    ds = ds_config(stage, micro_batch=4, bf16=precision.startswith("bf16"))
+    ds["fp16"] = {"enabled": precision == "fp16"}
     if precision == "bf16_fp32_accum":  # ZeRO 1: DeepSpeed's BF16_Optimizer instead of the ZeRO optimizer
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     if offload:  # as ds_configs/zero2_offload.json: the torch optimizer steps on the CPU copy
         ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         ds["zero_force_ds_cpu_optimizer"] = False
-    run = RunConfig(
-        config_source="test",
-        model=model.validate(),
-        train=train.validate(),
-        deepspeed=ds,
-        deepspeed_source="test",
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run)
+    engine = start_test_engine(model, train, ds)
     hook = HypersphereHook(engine)
     hook.normalize_now()
     params = list(engine.module.parameters())
@@ -89,23 +71,15 @@ def first_step(stage: int, precision: str, offload: bool, lr: float) -> dict:
 
 def main():
     out_path, cases, lr = sys.argv[1], sys.argv[2], float(sys.argv[3])  # cases: stage:precision:offload,...
-    from ngpt_ds import distributed
-    from ngpt_ds.train.builder import init_process_group
-
     allow_fp16_on_cpu()
-    init_process_group(distributed.discover(), timeout_s=300)
-    results = [
-        first_step(int(stage), precision, offload == "offload", lr)
-        for stage, precision, offload in (c.split(":") for c in cases.split(","))
-    ]
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as f:
-            json.dump(results, f, indent=1)
-    dist.destroy_process_group()
+    run_worker(
+        out_path,
+        lambda: [
+            first_step(int(stage), precision, offload == "offload", lr)
+            for stage, precision, offload in (c.split(":") for c in cases.split(","))
+        ],
+    )
 
 
 if __name__ == "__main__":
     main()
-    from ngpt_ds.distributed import exit_process
-
-    exit_process(0, joined=True)  # without interpreter teardown while gloo threads may run

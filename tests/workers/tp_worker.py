@@ -9,8 +9,6 @@ with the hypersphere hook while counting every all-reduce issued inside the hook
 ranks of its group; checks unit norms of every declared shard after each step.
 """
 
-import copy
-import json
 import os
 import sys
 
@@ -19,7 +17,9 @@ import torch.distributed as dist
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from ngpt_ds.model import ModelConfig, build_model, normalize_matrices_, sphere_matrices  # noqa: E402
+from common import ds_config, run_worker, start_test_engine, steps_with_hook_all_reduces, twins  # noqa: E402
+
+from ngpt_ds.model import ModelConfig, normalize_matrices_, sphere_matrices  # noqa: E402
 from ngpt_ds.parallel import create_groups, merge_tensor_parallel, parallelize  # noqa: E402
 
 
@@ -46,24 +46,18 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[n] - b[n]).abs().max().item() for n in b)
 
 
-def exact(result):
+def exact():
     groups = create_groups(2)
+    result = {}
     for arch in ("ngpt", "gpt"):
-        torch.manual_seed(0)
-        reference = build_model(config(arch))
-        tp_model = parallelize(copy.deepcopy(reference), groups)
-        tokens = torch.randint(0, 64, (3, 17), generator=torch.Generator().manual_seed(1))
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        ref_logits, ref_loss = reference(inputs, targets)
-        tp_logits, tp_loss = tp_model(inputs, targets)
-        ref_loss.backward()
-        tp_loss.backward()
+        run = twins(config(arch), parallelize, groups)
+        reference, tp_model, inputs, targets = run.reference, run.parallel, run.inputs, run.targets
         record = {
-            "logits_max_diff": (torch.cat(gather_tp(tp_logits.detach(), groups), dim=-1) - ref_logits)
+            "logits_max_diff": (torch.cat(gather_tp(run.logits.detach(), groups), dim=-1) - run.ref_logits)
             .abs()
             .max()
             .item(),
-            "loss_diff": abs(tp_loss.item() - ref_loss.item()),
+            "loss_diff": abs(run.loss.item() - run.ref_loss.item()),
             "grad_max_diff": max_diff(
                 merged(tp_model, reference, groups, grads=True), {n: p.grad for n, p in reference.named_parameters()}
             ),
@@ -91,94 +85,33 @@ def exact(result):
                 (m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item() for m in sphere_matrices(tp_model)
             )
         result[arch] = record
+    return result
 
 
-def hook_mode(result):
-    from ngpt_ds.train.builder import start_engine
-    from ngpt_ds.train.config import RunConfig, TrainConfig
+def hook_mode():
+    from ngpt_ds.train.config import TrainConfig
     from ngpt_ds.train.hypersphere import HypersphereHook
 
     groups = create_groups(2)
-    ds = {
-        "train_micro_batch_size_per_gpu": 2,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
-        "bf16": {"enabled": False},
-        "zero_optimization": {"stage": 2},
-        "steps_per_print": 10**9,
-    }
-    run = RunConfig(
-        config_source="test",
-        model=config("ngpt"),
-        train=TrainConfig(lr=1e-2).resolve("ngpt"),
-        deepspeed=ds,
-        deepspeed_source="test",
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run, groups)
+    engine = start_test_engine(config("ngpt"), TrainConfig(lr=1e-2).resolve("ngpt"), ds_config(2), groups)
     hook = HypersphereHook(engine)
-    calls = []
-    real_all_reduce = dist.all_reduce
 
-    def counting_all_reduce(tensor, *args, group=None, **kwargs):
-        calls.append(dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size())))
-        return real_all_reduce(tensor, *args, group=group, **kwargs)
-
-    inner = hook._after_inner_step
-
-    def counted_hook(*a, **k):
-        dist.all_reduce = counting_all_reduce
-        try:
-            inner(*a, **k)
-        finally:
-            dist.all_reduce = real_all_reduce
-
-    hook._handle.remove()
-    hook._handle = engine.basic_optimizer.register_step_post_hook(counted_hook)
-    hook.normalize_now()
-    gen = torch.Generator().manual_seed(10 + groups.dp_rank)  # tensor-parallel ranks share a batch
-    deviations, calls_per_step = [], []
-    for _ in range(4):
-        tokens = torch.randint(0, 64, (2, 17), generator=gen)
-        before = len(calls)
-        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
-        engine.backward(loss)
-        engine.step()
-        calls_per_step.append(calls[before:])
-        deviations.append(
-            max((m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item() for m in sphere_matrices(engine.module))
+    def deviation():
+        return max(
+            (m.param.detach().norm(dim=m.norm_dim) - 1).abs().max().item() for m in sphere_matrices(engine.module)
         )
+
+    # seeded by dp_rank: tensor-parallel ranks share a batch
+    mine = steps_with_hook_all_reduces(engine, hook, 4, 16, 10 + groups.dp_rank, deviation)
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(
-        everyone,
-        {
-            "calls_per_step": calls_per_step,
-            "deviations": deviations,
-            "dp_ranks": groups.dp_ranks,
-            "tp_ranks": groups.tp_ranks,
-        },
-    )
-    result["ranks"] = everyone
+    dist.all_gather_object(everyone, {**mine, "dp_ranks": groups.dp_ranks, "tp_ranks": groups.tp_ranks})
+    return {"ranks": everyone}
 
 
 def main():
     out_path, mode = sys.argv[1], sys.argv[2]
-    from ngpt_ds import distributed
-    from ngpt_ds.train.builder import init_process_group
-
-    init_process_group(distributed.discover(), timeout_s=300)  # as the trainer does: gloo on CPU
-    result = {}
-    {"exact": exact, "hook": hook_mode}[mode](result)
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as f:
-            json.dump(result, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    run_worker(out_path, {"exact": exact, "hook": hook_mode}[mode])
 
 
 if __name__ == "__main__":
     main()
-    from ngpt_ds.distributed import exit_process
-
-    exit_process(0, joined=True)  # without interpreter teardown while gloo threads may run
