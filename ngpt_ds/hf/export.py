@@ -135,19 +135,10 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
     model.save_pretrained(folder)
     hf_tokenizer.save_pretrained(folder)
     code_files = write_code(folder)
-    m = loaded.config
     (folder / "README.md").write_text(
         README.format(
             name=name,
-            article="An" if m.is_ngpt else "A",
-            arch_name="nGPT (normalized Transformer)" if m.is_ngpt else "GPT (baseline)",
-            checkpoint=loaded.info.get("checkpoint", loaded.source),
-            step=loaded.info.get("step", "?"),
-            n_layer=m.n_layer,
-            n_embd=m.n_embd,
-            n_head=m.n_head,
-            seq_len=m.seq_len,
-            vocab_size=m.vocab_size,
+            **loaded.card_fields(),
             folder=name,
             model_type=config_class.model_type,
             code_files=", ".join(f"`{n}`" for n in code_files if n not in CODE_ENTRY_NAMES),

@@ -168,17 +168,4 @@ def _readme(loaded: LoadedModel, deviation: float, out: Path) -> str:
         if m.is_ngpt
         else ""
     )
-    return README_TEMPLATE.format(
-        name=out.name,
-        article="An" if m.is_ngpt else "A",
-        arch_name="nGPT (normalized Transformer)" if m.is_ngpt else "GPT (baseline)",
-        checkpoint=loaded.info.get("checkpoint", loaded.source),
-        step=loaded.info.get("step", "?"),
-        n_layer=m.n_layer,
-        n_embd=m.n_embd,
-        n_head=m.n_head,
-        seq_len=m.seq_len,
-        vocab_size=m.vocab_size,
-        sphere_line=sphere_line,
-        folder=out,
-    )
+    return README_TEMPLATE.format(name=out.name, **loaded.card_fields(), sphere_line=sphere_line, folder=out)

@@ -87,6 +87,22 @@ class LoadedModel:
             f"context {m.seq_len}, vocab {m.vocab_size} ({self.kind} {self.source}{step})"
         )
 
+    def card_fields(self) -> dict[str, Any]:
+        """What an export's README.md says of the model (the fields both README templates fill,
+        ngpt_ds.infer.export and ngpt_ds.hf.export): architecture, shape and the checkpoint it came from."""
+        m = self.config
+        return {
+            "article": "An" if m.is_ngpt else "A",
+            "arch_name": "nGPT (normalized Transformer)" if m.is_ngpt else "GPT (baseline)",
+            "checkpoint": self.info.get("checkpoint", self.source),
+            "step": self.info.get("step", "?"),
+            "n_layer": m.n_layer,
+            "n_embd": m.n_embd,
+            "n_head": m.n_head,
+            "seq_len": m.seq_len,
+            "vocab_size": m.vocab_size,
+        }
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' / None -> cuda when available, else cpu."""
