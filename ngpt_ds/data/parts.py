@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import uuid
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,19 @@ from tqdm import tqdm
 import ngpt_ds
 from ngpt_ds import log
 from ngpt_ds.data.encode import encode_in_order
-from ngpt_ds.data.prepare import _BATCH_CHARS, _BATCH_DOCS, PrepareConfig, _say, is_validation_doc, local_input_paths
+from ngpt_ds.data.prepare import (
+    _BATCH_CHARS,
+    _BATCH_DOCS,
+    PrepareConfig,
+    _say,
+    held_out_fraction,
+    is_validation_doc,
+    local_input_paths,
+    open_inputs,
+    shard_dtype,
+    staging_dir,
+    swap_in,
+)
 from ngpt_ds.data.shards import (
     DTYPES,
     FORMAT_VERSION,
@@ -43,12 +54,9 @@ from ngpt_ds.data.shards import (
     ShardMeta,
     ShardWriter,
     SplitMeta,
-    dtype_for_vocab,
-    dtype_max_vocab,
     sha256_file,
     write_meta,
 )
-from ngpt_ds.data.sources import CorpusSpec, open_corpus
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.overwrite import check_not_source
@@ -126,22 +134,11 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
 def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int = DEFAULT_BLOCK_DOCS) -> Path:
     """Tokenize part `part_index` of `num_parts` of `cfg.inputs` into `cfg.out/part-K-of-N/`; return that folder."""
     _check_part_options(cfg, num_parts, part_index, block_docs)
-    corpus = open_corpus(
-        CorpusSpec(
-            inputs=tuple(cfg.inputs),
-            text_field=cfg.text_field,
-            hub_config=cfg.hub_config,
-            split=cfg.split,
-            text_sample_by=cfg.text_sample_by,
-        )
-    )
+    corpus = open_inputs(cfg)
     _say(cfg, f"reading {cfg.source_description or corpus.description}: part {part_index} of {num_parts}")
-    fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)
-    workers = cfg.workers or min(os.cpu_count() or 1, 16)
+    fraction, workers = held_out_fraction(cfg.val_fraction), cfg.worker_count
     final = part_dir(cfg.out, part_index, num_parts)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = staging_dir(final)
     try:
         tok = Tokenizer.load(cfg.tokenizer)
         if cfg.vocab_size is not None and cfg.vocab_size != tok.vocab_size:
@@ -152,11 +149,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
         if tok.eos_id < 0:
             raise NgptConfigError(f"--tokenizer {cfg.tokenizer}: the model has no EOS piece; train it with eos_id >= 0")
         shutil.copyfile(cfg.tokenizer, staging / TOKENIZER_FILE)
-        dtype = dtype_for_vocab(tok.vocab_size) if cfg.dtype == "auto" else cfg.dtype
-        if tok.vocab_size > dtype_max_vocab(dtype):
-            raise NgptConfigError(
-                f"tokenizer vocab {tok.vocab_size} is too large for --dtype {dtype}; use --dtype auto or uint32"
-            )
+        dtype = shard_dtype(cfg, tok.vocab_size)
         counted = {"documents": 0}
 
         def tasks():
@@ -227,13 +220,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             "blocks": blocks,
         }
         _write_json(staging / PART_FILE, info)
-        if final.exists():  # --overwrite (checked above): replace the earlier attempt whole
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        swap_in(staging, final)  # an earlier attempt (--overwrite, checked above) is replaced whole
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -328,8 +315,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
 
     dtype = first["dtype"]
     itemsize = DTYPES[dtype].itemsize
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = staging_dir(out)
     try:
         splits: dict[str, SplitMeta] = {}
         for name in ("train", "validation"):
@@ -350,7 +336,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
                     _link_or_copy(src, staging / dest)
                     shards.append(ShardMeta(file=dest, tokens=shard["tokens"]))
             splits[name] = SplitMeta(documents=docs, tokens=sum(s.tokens for s in shards), shards=tuple(shards))
-        fraction = Fraction(first["val_fraction"]).limit_denominator(1_000_000)
+        fraction = held_out_fraction(first["val_fraction"])
         if splits["validation"].documents == 0:
             if fraction > 0:
                 raise NgptConfigError(
@@ -375,10 +361,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
             created_by=f"{first['created_by']}, {num_parts} parts merged",
         )
         write_meta(meta, staging)
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)  # the parts go with it, once the dataset is complete
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(staging, out)  # the parts go with the old folder, once the dataset is complete
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -90,6 +90,11 @@ class PrepareConfig:
     license: str = ""
     """License and attribution of the corpus, recorded in meta.json."""
 
+    @property
+    def worker_count(self) -> int:
+        """`workers` with 0 resolved: one per CPU core, at most 16."""
+        return self.workers or min(os.cpu_count() or 1, 16)
+
     def validate(self) -> None:
         p = Problems("prepare_data options")
         p.check(0 <= self.val_fraction <= 0.5, "--val-fraction", self.val_fraction, "must be in [0, 0.5]")
@@ -156,6 +161,55 @@ def local_input_paths(inputs: tuple[str, ...]) -> list[Path]:
         matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
         found.extend(Path(m) for m in matches if os.path.lexists(m))
     return found
+
+
+def open_inputs(cfg: PrepareConfig) -> Corpus:
+    """The corpus that the input options of `cfg` name."""
+    return open_corpus(
+        CorpusSpec(
+            inputs=tuple(cfg.inputs),
+            text_field=cfg.text_field,
+            hub_config=cfg.hub_config,
+            split=cfg.split,
+            text_sample_by=cfg.text_sample_by,
+        )
+    )
+
+
+def held_out_fraction(val_fraction: float) -> Fraction:
+    """--val-fraction as the exact fraction `is_validation_doc` holds out."""
+    return Fraction(val_fraction).limit_denominator(1_000_000)
+
+
+def shard_dtype(cfg: PrepareConfig, vocab_size: int) -> str:
+    """The token dtype of the shards (--dtype, auto: the smallest that holds `vocab_size` ids)."""
+    dtype = dtype_for_vocab(vocab_size) if cfg.dtype == "auto" else cfg.dtype
+    if vocab_size > dtype_max_vocab(dtype):
+        raise NgptConfigError(
+            f"tokenizer vocab {vocab_size} is too large for --dtype {dtype} (ids up to "
+            f"{dtype_max_vocab(dtype) - 1}); use --dtype auto or uint32"
+        )
+    return dtype
+
+
+def staging_dir(final: Path) -> Path:
+    """A new empty hidden folder beside `final` (`.<name>.partial-<id>`), to be renamed into it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def swap_in(staging: Path, final: Path) -> None:
+    """Rename the complete `staging` to `final`; an existing `final` is renamed aside first and
+    deleted after, so `final` is always either the old folder or the new one."""
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_validation_doc(index: int, fraction: Fraction) -> bool:
@@ -251,15 +305,9 @@ def _publish(staging: Path, out: Path, overwrite: bool) -> None:
     """Move the complete staging dir to `out` with renames (atomic on one filesystem)."""
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
-    if out.exists():
-        if not overwrite:
-            raise NgptConfigError(f"--out {out} appeared while preparing; pass --overwrite or choose another path")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+    if out.exists() and not overwrite:
+        raise NgptConfigError(f"--out {out} appeared while preparing; pass --overwrite or choose another path")
+    swap_in(staging, out)
 
 
 def prepare_dataset(cfg: PrepareConfig) -> Path:
@@ -271,31 +319,15 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     """
     cfg.validate()
     started = time.perf_counter()
-    corpus = open_corpus(
-        CorpusSpec(
-            inputs=tuple(cfg.inputs),
-            text_field=cfg.text_field,
-            hub_config=cfg.hub_config,
-            split=cfg.split,
-            text_sample_by=cfg.text_sample_by,
-        )
-    )
+    corpus = open_inputs(cfg)
     _say(cfg, f"reading {cfg.source_description or corpus.description}")
-    workers = cfg.workers or min(os.cpu_count() or 1, 16)
-    fraction = Fraction(cfg.val_fraction).limit_denominator(1_000_000)
+    fraction = held_out_fraction(cfg.val_fraction)
     out = cfg.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = staging_dir(out)
     try:
         tok, origin = _tokenizer(cfg, corpus, staging, fraction)
-        dtype = dtype_for_vocab(tok.vocab_size) if cfg.dtype == "auto" else cfg.dtype
-        if tok.vocab_size > dtype_max_vocab(dtype):
-            raise NgptConfigError(
-                f"tokenizer vocab {tok.vocab_size} is too large for --dtype {dtype} (ids up to "
-                f"{dtype_max_vocab(dtype) - 1}); use --dtype auto or uint32"
-            )
-        writers = _write_shards(cfg, corpus, tok, staging, dtype, fraction, workers)
+        dtype = shard_dtype(cfg, tok.vocab_size)
+        writers = _write_shards(cfg, corpus, tok, staging, dtype, fraction, cfg.worker_count)
         splits = {name: w.close() for name, w in writers.items()}
         if splits["validation"].documents == 0:
             if fraction > 0:
