@@ -34,6 +34,9 @@ class ParallelGroups:
     dp_group: dist.ProcessGroup | None
     tp_ranks: list[int]
     dp_ranks: list[int]
+    sp_size: int = 1
+    """Always 1: these groups never split sequences. Present, as SequenceParallelGroups carries
+    tp_size 1, so that the trainer reads both kinds alike."""
 
     # ---- DeepSpeed / Megatron mpu protocol ------------------------------------------------
     def get_tensor_model_parallel_rank(self) -> int:

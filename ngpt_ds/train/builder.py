@@ -96,7 +96,7 @@ def prepare(options: TrainOptions) -> Prepared:
         n_layer=model_cfg.n_layer,
         deepspeed_source=options.deepspeed_config,
         tensor_parallel=train_cfg.tensor_parallel_size,
-        sequence_parallel=getattr(train_cfg, "sequence_parallel_size", 1),
+        sequence_parallel=train_cfg.sequence_parallel_size,
         precision=precision_of(ds_config),
     )
     plan = check_ds_config(
@@ -209,7 +209,7 @@ def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_univ
     tensor_parallel = groups is not None and groups.tp_size > 1
     if tensor_parallel:
         parallelize(model, groups)
-    sequence_parallel = groups is not None and getattr(groups, "sp_size", 1) > 1
+    sequence_parallel = groups is not None and groups.sp_size > 1
     if sequence_parallel:  # Ulysses attention, RoPE offset, chunked inputs, full-length loss
         parallelize_sequence(model, groups)
     if train.pipeline_parallel_size > 1:  # this rank's stage only (ngpt_ds.parallel.pipeline)
