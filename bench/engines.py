@@ -1,8 +1,10 @@
-"""A bare DeepSpeed engine from a preset (or YAML) and a DeepSpeed JSON, built as the trainer builds it.
+"""Bare DeepSpeed engines, built as the trainer builds them, for the scripts that time engine steps.
 
-bench/mfu.py, bench/profile_step.py and bench/renorm_cost.py time engine steps on random tokens:
-no data, no run folder, no checkpoints. They share this one construction so that they measure the
-same engine (model seed, optimizer, schedule, ZeRO settings) that `ngpt_ds train` would run.
+bench/mfu.py, bench/profile_step.py and bench/renorm_cost.py (from a preset or YAML and a DeepSpeed
+JSON: preset_engine), bench/step_time.py and bench/gpu_check_worker.py (at a model shape and
+micro-batch: shape_engine) run steps on random tokens: no data, no run folder, no checkpoints.
+They share this construction so that they measure the engine (model seed, optimizer, schedule,
+ZeRO settings) that `ngpt_ds train` would run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 
     from ngpt_ds.distributed import DistEnv
     from ngpt_ds.model import ModelConfig
+    from ngpt_ds.train.config import TrainConfig
     from ngpt_ds.train.ds_config import BatchPlan
     from ngpt_ds.train.hypersphere import HypersphereHook
 
@@ -35,29 +38,22 @@ class BenchEngine:
     """the hypersphere hook, its matrices already on the sphere; None without one"""
 
 
-def preset_engine(config: str, ds_path: str, env: DistEnv, sphere_hook: bool | None = None) -> BenchEngine:
-    """Check the configs, start the process group of `env`, build the engine.
-
-    sphere_hook: attach and apply the hypersphere hook; None: for nGPT only, as the trainer does.
-    The caller destroys the process group and ends through ngpt_ds.distributed.exit_process.
-    """
-    from ngpt_ds.cli import default_accelerator
-
-    default_accelerator()  # before deepspeed is imported
-    from ngpt_ds.train.builder import init_process_group, start_engine
-    from ngpt_ds.train.config import RunConfig, load_model_and_train
-    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
+def _start(
+    source: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    ds: dict[str, Any],
+    ds_path: str,
+    plan: BatchPlan,
+    sphere_hook: bool | None,
+) -> BenchEngine:
+    """start_engine of a run without data or a run folder; the hook as BenchEngine.hook says."""
+    from ngpt_ds.train.builder import start_engine
+    from ngpt_ds.train.config import RunConfig
     from ngpt_ds.train.hypersphere import HypersphereHook
 
-    model_cfg, train_cfg, _ = load_model_and_train(config)
-    model_cfg.vocab_size = model_cfg.vocab_size or DEFAULT_VOCAB
-    ds = load_ds_config(ds_path)
-    plan = check_ds_config(
-        ds, world_size=env.world_size, tensor_parallel=1, source=ds_path, fp16_supported=False, bf16_supported=True
-    )
-    init_process_group(env, timeout_s=300)
     run = RunConfig(
-        config_source=config,
+        config_source=source,
         model=model_cfg,
         train=train_cfg,
         deepspeed=ds,
@@ -71,3 +67,51 @@ def preset_engine(config: str, ds_path: str, env: DistEnv, sphere_hook: bool | N
         hook = HypersphereHook(engine)
         hook.normalize_now()
     return BenchEngine(engine=engine, model=model_cfg, ds=ds, plan=plan, hook=hook)
+
+
+def _check(ds: dict[str, Any], ds_path: str, world_size: int) -> BatchPlan:
+    from ngpt_ds.train.ds_config import check_ds_config
+
+    return check_ds_config(
+        ds, world_size=world_size, tensor_parallel=1, source=ds_path, fp16_supported=False, bf16_supported=True
+    )
+
+
+def preset_engine(config: str, ds_path: str, env: DistEnv, sphere_hook: bool | None = None) -> BenchEngine:
+    """Check the configs, start the process group of `env`, build the engine.
+
+    sphere_hook: attach and apply the hypersphere hook; None: for nGPT only, as the trainer does.
+    The caller destroys the process group and ends through ngpt_ds.distributed.exit_process.
+    """
+    from ngpt_ds.cli import default_accelerator
+
+    default_accelerator()  # before deepspeed is imported
+    from ngpt_ds.train.builder import init_process_group
+    from ngpt_ds.train.config import load_model_and_train
+    from ngpt_ds.train.ds_config import load_ds_config
+
+    model_cfg, train_cfg, _ = load_model_and_train(config)
+    model_cfg.vocab_size = model_cfg.vocab_size or DEFAULT_VOCAB
+    ds = load_ds_config(ds_path)
+    plan = _check(ds, ds_path, env.world_size)
+    init_process_group(env, timeout_s=300)
+    return _start(config, model_cfg, train_cfg, ds, ds_path, plan, sphere_hook)
+
+
+def shape_engine(arch: str, shape: dict[str, int], batch: int, ds_path: str, source: str = "bench") -> BenchEngine:
+    """One rank's engine of `arch` at `shape` (ModelConfig fields) and micro-batch `batch`, lr 1e-3 and
+    the architecture's training defaults; precision and ZeRO stage from the DeepSpeed JSON, whose
+    batch sizes are replaced. Needs a process group (init_process_group)."""
+    from ngpt_ds.cli import default_accelerator
+
+    default_accelerator()  # before deepspeed is imported
+    from ngpt_ds.model import ModelConfig
+    from ngpt_ds.train.config import TrainConfig
+    from ngpt_ds.train.ds_config import load_ds_config
+
+    ds = load_ds_config(ds_path)
+    ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
+    ds.pop("train_batch_size", None)
+    plan = _check(ds, ds_path, 1)
+    model_cfg = ModelConfig(arch=arch, **shape).validate()
+    return _start(source, model_cfg, TrainConfig(lr=1e-3).resolve(arch), ds, ds_path, plan, None)

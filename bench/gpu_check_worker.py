@@ -213,36 +213,20 @@ def cuda_matmul_peak(dtype: torch.dtype, size: int = 8192, iters: int = 30) -> f
 
 def throughput_check(args) -> None:
     import torch.distributed as dist
+    from engines import shape_engine
     from step_time import SHAPES
 
     from ngpt_ds import distributed
-    from ngpt_ds.model import ModelConfig, training_flops_per_token
-    from ngpt_ds.train.builder import init_process_group, start_engine
-    from ngpt_ds.train.config import RunConfig, TrainConfig
-    from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
-    from ngpt_ds.train.hypersphere import HypersphereHook
+    from ngpt_ds.model import training_flops_per_token
+    from ngpt_ds.train.builder import init_process_group
     from ngpt_ds.train.metrics import peak_flops_per_device
 
     shape_name = "0.5b-short" if GPU else "micro"
     shape, batch = SHAPES[shape_name]
     batch = args.micro_batch or (8 if GPU else batch)
     init_process_group(distributed.discover({}), timeout_s=120)
-    ds = load_ds_config(args.ds)
-    ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
-    ds.pop("train_batch_size", None)
-    check_ds_config(ds, world_size=1, tensor_parallel=1, source=args.ds, fp16_supported=False, bf16_supported=True)
-    model_cfg = ModelConfig(arch="ngpt", **shape).validate()
-    run = RunConfig(
-        config_source="gpu_check",
-        model=model_cfg,
-        train=TrainConfig(lr=1e-3).resolve("ngpt"),
-        deepspeed=ds,
-        deepspeed_source=args.ds,
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run)
-    HypersphereHook(engine).normalize_now()
+    bench = shape_engine("ngpt", shape, batch, args.ds, source="gpu_check")
+    engine, model_cfg = bench.engine, bench.model
     tokens = torch.randint(0, model_cfg.vocab_size, (batch, model_cfg.seq_len + 1)).to(engine.device)
 
     def step():

@@ -32,14 +32,11 @@ from ngpt_ds.cli import default_accelerator  # noqa: E402
 
 default_accelerator()
 
+from engines import shape_engine  # noqa: E402
 from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
-from ngpt_ds.model import ModelConfig  # noqa: E402
-from ngpt_ds.train.builder import init_process_group, start_engine  # noqa: E402
-from ngpt_ds.train.config import RunConfig, TrainConfig  # noqa: E402
-from ngpt_ds.train.ds_config import check_ds_config, load_ds_config  # noqa: E402
-from ngpt_ds.train.hypersphere import HypersphereHook  # noqa: E402
+from ngpt_ds.train.builder import init_process_group  # noqa: E402
 
 #: name -> (model shape, micro-batch). "0.5b-short": the paper's 0.5B layer shape (d 1024, 16 heads,
 #: 4d MLP, 1k context, 32k vocabulary) at 2 layers so a CPU can run it.
@@ -55,22 +52,7 @@ def make_step(
 ):
     """A function running one training step of a fresh engine; returns its seconds by `clock`
     (wall time, or time.process_time: CPU time, for one thread; bench/mfu.py explains why)."""
-    ds = load_ds_config(ds_path)
-    ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
-    ds.pop("train_batch_size", None)
-    check_ds_config(ds, world_size=1, tensor_parallel=1, source=ds_path, fp16_supported=False, bf16_supported=True)
-    run = RunConfig(
-        config_source="bench",
-        model=ModelConfig(arch=arch, **shape).validate(),
-        train=TrainConfig(lr=1e-3).resolve(arch),
-        deepspeed=ds,
-        deepspeed_source=ds_path,
-        data_dir="",
-        out_dir="",
-    )
-    engine = start_engine(run)
-    if run.model.is_ngpt:
-        HypersphereHook(engine).normalize_now()
+    engine = shape_engine(arch, shape, batch, ds_path).engine
     forward = torch.compile(engine.module) if compiled else engine
     tokens = torch.randint(0, shape["vocab_size"], (batch, shape["seq_len"] + 1)).to(engine.device)
 
