@@ -27,6 +27,8 @@ import torch.distributed as dist
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from common import run_worker  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = str(REPO / "ngpt_ds")
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
@@ -351,27 +353,21 @@ PARTS = {
 
 def main():
     out_path, data, work, parts = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")
-    from ngpt_ds import distributed
-    from ngpt_ds.train.builder import init_process_group
 
-    init_process_group(distributed.discover(), timeout_s=120)
-    results = {}
-    for part in parts:
-        try:
-            mine = PARTS[part](data, work)
-        except Exception:  # noqa: BLE001 - recorded for the test to show
-            mine = {"error": traceback.format_exc()[-3000:]}
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-        results[part] = everyone
-    if dist.get_rank() == 0:
-        Path(out_path).write_text(json.dumps(results, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
+    def run_parts():
+        results = {}
+        for part in parts:
+            try:
+                mine = PARTS[part](data, work)
+            except Exception:  # noqa: BLE001 - recorded for the test to show
+                mine = {"error": traceback.format_exc()[-3000:]}
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, mine)
+            results[part] = everyone
+        return results
+
+    run_worker(out_path, run_parts, timeout_s=120)
 
 
 if __name__ == "__main__":
     main()
-    from ngpt_ds.distributed import exit_process
-
-    exit_process(0, joined=True)  # without interpreter teardown while gloo threads may run
