@@ -1,9 +1,15 @@
-"""Unit checks of the launch-environment pieces the cluster launches rely on (no processes)."""
+"""Unit checks of the launch-environment pieces the cluster launches rely on (no training processes):
+the collective timeout, and the rendezvous address and port each launch path picks."""
 
+import socket
 import subprocess
 from datetime import timedelta
 
+import pytest
+
 from ngpt_ds import distributed
+
+from conftest import REPO, cpu_env
 
 
 def test_collective_timeout_reaches_groups_created_later_without_one():
@@ -43,10 +49,63 @@ def test_slurm_port_matches_the_sbatch_scripts():
         }
     )
     assert env.master_port == 20000 + 45678 % 20000
-    from conftest import REPO
-
     for script in ("train.sbatch", "train_deepspeed.sbatch"):
         assert (
             'MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"'
             in (REPO / "launch/slurm" / script).read_text()
         )
+
+
+def test_single_node_slurm_job_binds_the_rendezvous_to_loopback():
+    env = {
+        "SLURM_PROCID": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "7",
+        "SLURM_TASKS_PER_NODE": "2",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "gpu01",
+    }
+    dist_env = distributed.discover(env)
+    assert (dist_env.master_addr, dist_env.master_port) == ("127.0.0.1", 20007)
+    two_nodes = distributed.discover(
+        {**env, "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[01-02]"}
+    )
+    assert two_nodes.master_addr == "gpu01"
+
+
+@pytest.mark.parametrize("single_host", [True, False])
+def test_free_port_probe_binds_the_address_the_rendezvous_uses(single_host, monkeypatch):
+    """mpirun without MASTER_ADDR: rank 0 picks the address and a port. The port must be free on
+    that address, not on another one."""
+    routable = "10.11.12.13"
+    monkeypatch.setattr(distributed, "_routable_address", lambda: routable)
+    probed = []
+    real_bind = socket.socket.bind
+
+    def recording_bind(sock, address):
+        probed.append(address[0])
+        return real_bind(sock, ("127.0.0.1", 0))  # the test machine does not own 10.11.12.13
+
+    monkeypatch.setattr(socket.socket, "bind", recording_bind)
+    addr, port = distributed.rendezvous_address(single_host=single_host)
+    assert addr == ("127.0.0.1" if single_host else routable)
+    assert probed == [addr] and port > 0
+
+
+def test_single_host_deepspeed_hostfile_binds_the_rendezvous_to_loopback(tmp_path):
+    (tmp_path / "one").write_text("gpu-a slots=2\n")
+    (tmp_path / "two").write_text("gpu-a slots=2\ngpu-b slots=2\n")
+    env = cpu_env(DRY_RUN=1)
+    env.pop("MASTER_ADDR", None)
+    for hostfile, master in (("one", "127.0.0.1"), ("two", "gpu-a")):
+        proc = subprocess.run(
+            ["bash", REPO / "launch/multinode.sh", "deepspeed", tmp_path / hostfile, "--out", "x"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        words = proc.stdout.split()
+        assert proc.returncode == 0 and words[words.index("--master_addr") + 1] == master, proc.stdout + proc.stderr

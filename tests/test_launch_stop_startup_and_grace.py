@@ -1,0 +1,124 @@
+"""A stop at the edges of a run (README "Stopping a run"): the launcher dies while its ranks still
+start, and a stop with no grace time to save in.
+
+Real 2-rank jobs (tiny nGPT, CPU, gloo), checked like the stop paths of test_launch_stop_paths.py
+(its helpers are in conftest.py): the exit status, what the checkpoints folder holds afterwards, the
+log's stop line, and that the rendezvous port is free again. The too-short grace starts from the
+checkpoint the last stop path left when that file ran first (the suite's order), so it shows that
+checkpoint kept as it was; run alone it starts from scratch.
+"""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from conftest import (
+    HANG_GUARD_S,
+    REPO,
+    STOP_STEPS,
+    assert_complete,
+    children_named,
+    cpu_env,
+    kill_leftovers,
+    launch_stoppable,
+    port_released,
+    rendezvous_port,
+    sockets_on,
+    start_from_chain,
+    stop_train_args,
+    trainer_processes,
+    wait_for_steps,
+    wait_until_gone,
+)
+
+STOP_EXIT_UNSAVED = 75  # launch/train.py: stopped, but the grace was too short to save (README)
+
+
+def ranks_importing_torch(proc: subprocess.Popen) -> bool:
+    """Both ranks have loaded torch's library: launch/train.py notes its parent just before that, so
+    from here on (imports, process group, engine, about 5 s) a dead parent must be noticed."""
+    try:
+        ranks = [
+            p for p in children_named(proc, "launch/train.py") if "deepspeed.launcher" not in " ".join(p.cmdline())
+        ]
+        return len(ranks) == 2 and all(any("libtorch" in m.path for m in rank.memory_maps()) for rank in ranks)
+    except psutil.Error:
+        return False
+
+
+def test_launcher_killed_during_the_startup_still_stops_its_ranks(stop_configs, tiny_dataset, tmp_path):
+    """DeepSpeed's launch.py is SIGKILLed while its ranks still import torch and build the engine:
+    they were started by it, so they stop at their first step, with a checkpoint, and leave."""
+    out, log, port = tmp_path / "run", tmp_path / "job.log", rendezvous_port()
+    proc = launch_stoppable("deepspeed", stop_configs, tiny_dataset, out, port, log)
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ranks_importing_torch(proc):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.01)
+        known = trainer_processes(out)
+        children_named(proc, "deepspeed.launcher.launch")[0].kill()
+        assert proc.wait(timeout=HANG_GUARD_S) == 0  # the runner reports its child's -9 as success
+        wait_until_gone(out, known)
+    finally:
+        kill_leftovers(out, proc)
+    text = log.read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["step"] < STOP_STEPS, (summary, text[-4000:])
+    # Rank 0 prints the reason: its own watch's, or that of the rank that noticed first. A launcher
+    # killed before the watch starts is already gone when the watch looks (a loaded machine makes the
+    # startup slow): it is then named by its pid alone.
+    assert re.search(
+        rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
+        r"|the parent process \(pid \d+\) exited|another rank was asked to stop)\)",
+        text,
+    ), text[-4000:]
+    assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")
+    assert port_released(port), sockets_on(port)
+
+
+def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(stop_configs, tiny_dataset, tmp_path):
+    """train.stop_grace_s 0: a SIGTERM is obeyed at once, without a save. The previous complete
+    checkpoint is left as it was, and the exit status says no checkpoint was written."""
+    out = tmp_path / "run"
+    start = start_from_chain(out)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir()) if start else []
+    port, procs = rendezvous_port(), []
+    for rank in range(2):  # plain processes, so each rank's own exit status is seen
+        env = cpu_env(
+            RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *map(str, stop_train_args(stop_configs, tiny_dataset, out, "no_grace"))],
+                cwd=REPO,
+                env=env,
+                stdout=open(tmp_path / f"rank{rank}.log", "w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+    try:
+        wait_for_steps(out, start, procs[0], tmp_path / "rank0.log")
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=HANG_GUARD_S) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = (tmp_path / "rank0.log").read_text()
+    assert codes == [STOP_EXIT_UNSAVED, STOP_EXIT_UNSAVED], text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert re.search(r"no time left to save \(train\.stop_grace_s = 0", text), text[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped-unsaved"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing written, nothing lost
+    if start:
+        assert_complete(out / "checkpoints" / f"step_{start:08d}")
+    assert port_released(port), sockets_on(port)
