@@ -72,6 +72,18 @@ def require_system(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="module")
+def slurm():
+    """A real local Slurm cluster (tests/system/slurm_cluster.sh: munged, slurmctld and two slurmd as two
+    fake nodes on this machine) for the tests of one module."""
+    from system.harness import slurm_available, slurm_cluster
+
+    ok, reason = slurm_available()
+    require_system(ok, reason)
+    with slurm_cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A small prepared dataset (vocab 512) from CPython's pydoc topics text: no download."""
@@ -123,21 +135,77 @@ def read_metrics(out_dir: Path, key: str = "train/loss") -> list[dict]:
     return [r for r in records if key in r]
 
 
+def tiny_ngpt() -> dict:
+    """The `model:` section of the end-to-end runs: nGPT, 2 blocks of width 32 and 2 heads, 32 tokens
+    of context (a fresh dict: a test may change its copy)."""
+    return {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
+
+
+def tiny_train(max_steps: int, **fields) -> dict:
+    """The `train:` section of the end-to-end runs: lr 1e-2, a loss record every step, no evaluation and
+    no periodic checkpoint (2 batches when a test turns evaluation on), and `fields` on top."""
+    return {
+        "max_steps": max_steps,
+        "lr": 1e-2,
+        "log_interval": 1,
+        "eval_interval": 0,
+        "eval_batches": 2,
+        "checkpoint_interval": 0,
+        "peak_tflops": 1.0,
+        **fields,
+    }
+
+
+def write_run_configs(folder: Path, model: dict, train: dict) -> dict:
+    """The two files of a launch test's run, in `folder`: {"yaml": model and train, "ds": ZeRO 2, fp32,
+    micro-batch 4, no accumulation}."""
+    return {
+        "yaml": write_yaml(folder / "tiny.yaml", model, train),
+        "ds": write_ds_config(folder / "z2.json", stage=2, bf16=False, micro=4, accum=1),
+    }
+
+
+def train_flags(config, ds_config, data, out, *extra) -> list:
+    """launch/train.py's options for one run, without the progress bar; `extra` after them."""
+    return ["--config", config, "--deepspeed_config", ds_config, "--data", data, "--out", out, "--no-progress", *extra]
+
+
+def train_cmd(config, ds_config, data, out, *extra) -> list:
+    """launch/train.py (its full path) and train_flags: what `python`, torchrun or a launcher runs."""
+    return [REPO / "launch/train.py", *train_flags(config, ds_config, data, out, *extra)]
+
+
+def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | None = None) -> list[subprocess.Popen]:
+    """`python args` once per rank, as plain processes with torch's env:// variables on this host: the
+    way a launcher that does not tear a job down by itself starts them (srun without
+    --kill-on-bad-exit, a container orchestrator), so that each rank's own exit status is seen.
+    Each rank's output goes to `logs`/rank<N>.log, or without `logs` is captured as text."""
+    port = free_port() if port is None else port
+    ranks = []
+    for rank in range(nproc):
+        env = cpu_env(
+            RANK=rank,
+            WORLD_SIZE=nproc,
+            LOCAL_RANK=rank,
+            LOCAL_WORLD_SIZE=nproc,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        cmd = [sys.executable, *map(str, args)]
+        if logs is None:
+            ranks.append(
+                subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        else:
+            with open(logs / f"rank{rank}.log", "w") as log:
+                ranks.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    return ranks
+
+
 # ---- stopping a job: tests/test_launch_stop_paths.py and tests/test_launch_stop_startup_and_grace.py ----
 
 STOP_STEPS = 200
-STOP_MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-STOP_TRAIN = {
-    "max_steps": STOP_STEPS,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 0,
-    "keep_checkpoints": 2,
-    "peak_tflops": 1.0,
-    "dist_timeout_s": 60,
-}
+STOP_TRAIN = tiny_train(STOP_STEPS, keep_checkpoints=2, dist_timeout_s=60)
 STOP_GRACE_S = 20  # train.stop_grace_s: below both launchers' 30 s SIGKILL
 HANG_GUARD_S = 240  # a hang guard only: a job that never stops fails here instead of blocking the suite
 
@@ -149,26 +217,14 @@ STOP_CHAIN = {"dir": None, "step": 0}
 def stop_configs(tmp_path_factory) -> dict:
     """The stop tests' YAML (with a grace to save in, and without: "no_grace") and ZeRO-2 fp32 config."""
     tmp = tmp_path_factory.mktemp("stop_configs")
-    return {
-        "yaml": write_yaml(tmp / "tiny.yaml", STOP_MODEL, {**STOP_TRAIN, "stop_grace_s": STOP_GRACE_S}),
-        "no_grace": write_yaml(tmp / "no_grace.yaml", STOP_MODEL, {**STOP_TRAIN, "stop_grace_s": 0}),
-        "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1),
-    }
+    configs = write_run_configs(tmp, tiny_ngpt(), {**STOP_TRAIN, "stop_grace_s": STOP_GRACE_S})
+    configs["no_grace"] = write_yaml(tmp / "no_grace.yaml", tiny_ngpt(), {**STOP_TRAIN, "stop_grace_s": 0})
+    return configs
 
 
 def stop_train_args(configs, data, out, yaml="yaml") -> list:
-    return [
-        "launch/train.py",
-        "--config",
-        configs[yaml],
-        "--deepspeed_config",
-        configs["ds"],
-        "--data",
-        data,
-        "--out",
-        out,
-        "--no-progress",
-    ]
+    """launch/train.py, relative to the repository (the launchers start it there), and its options."""
+    return ["launch/train.py", *train_flags(configs[yaml], configs["ds"], data, out)]
 
 
 def start_from_chain(out: Path) -> int:

@@ -12,7 +12,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import ModelConfig, build_model
 from ngpt_ds.train.config import TrainConfig
 
-from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
+from conftest import read_metrics, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
 
 def gradients(arch: str, every: int) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -64,34 +64,13 @@ def test_bad_config_values_are_named(value):
 
 
 def test_two_rank_zero2_run_with_block_checkpointing_gives_the_same_losses(tmp_path, tiny_dataset):
-    model = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-    train = {
-        "max_steps": 4,
-        "lr": 1e-2,
-        "log_interval": 1,
-        "eval_interval": 0,
-        "eval_batches": 1,
-        "checkpoint_interval": 0,
-        "peak_tflops": 1.0,
-    }
+    model, train = tiny_ngpt(), tiny_train(4, eval_batches=1)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     losses, deviations = {}, {}
     for mode in ("none", "blocks"):
         config = write_yaml(tmp_path / f"{mode}.yaml", model, {**train, "activation_checkpointing": mode})
         out = tmp_path / mode
-        torchrun(
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            tiny_dataset,
-            "--out",
-            out,
-            "--no-progress",
-            nproc=2,
-        )
+        torchrun(*train_cmd(config, ds, tiny_dataset, out), nproc=2)
         losses[mode] = [r["train/loss"] for r in read_metrics(out)]
         deviations[mode] = [r["ngpt/max_norm_deviation"] for r in read_metrics(out)]
     assert len(losses["none"]) == 4

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, cpu_env, free_port, run, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, free_port, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 WORKER = REPO / "tests" / "workers" / "checkpoint_save_worker.py"
 MODEL_FILE, OPTIM_FILE = "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -95,17 +95,8 @@ def test_manifest_lists_every_file_and_verify_names_the_bad_one(tmp_path):
     assert verify(folder) is None and is_legacy(folder)
 
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 40,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 2,
-    "keep_checkpoints": 3,
-    "peak_tflops": 1.0,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(40, checkpoint_interval=2, keep_checkpoints=3)
 
 
 def complete_steps(out):
@@ -119,19 +110,7 @@ def test_damaged_checkpoint_after_a_kill_is_skipped_by_auto_and_refused_by_name(
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    args = [
-        sys.executable,
-        REPO / "launch/train.py",
-        "--config",
-        config,
-        "--deepspeed_config",
-        ds,
-        "--data",
-        tiny_dataset,
-        "--out",
-        out,
-        "--no-progress",
-    ]
+    args = [sys.executable, *train_cmd(config, ds, tiny_dataset, out)]
     # A single-process trainer (no launcher in between), SIGKILLed once it has checkpoints 2 and 4.
     with open(tmp_path / "first.log", "w") as log:
         trainer = subprocess.Popen(

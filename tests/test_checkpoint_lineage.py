@@ -9,35 +9,10 @@ import json
 
 import pytest
 
-from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
+from conftest import read_metrics, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 10,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 2,
-    "keep_checkpoints": 5,
-    "peak_tflops": 1.0,
-}
-
-
-def train_args(config, ds, data, out, *extra):
-    return [
-        REPO / "launch/train.py",
-        "--config",
-        config,
-        "--deepspeed_config",
-        ds,
-        "--data",
-        data,
-        "--out",
-        out,
-        "--no-progress",
-        *extra,
-    ]
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(10, checkpoint_interval=2, keep_checkpoints=5)
 
 
 def step_names(folder):
@@ -55,7 +30,7 @@ def tensorboard_steps(out, tag="train/loss"):
 def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_step_once(tmp_path, tiny_dataset):
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    torchrun(*train_args(write_yaml(tmp_path / "keep5.yaml", MODEL, TRAIN), ds, tiny_dataset, out), nproc=1)
+    torchrun(*train_cmd(write_yaml(tmp_path / "keep5.yaml", MODEL, TRAIN), ds, tiny_dataset, out), nproc=1)
     checkpoints = out / "checkpoints"
     assert step_names(checkpoints) == [f"step_{s:08d}" for s in (2, 4, 6, 8, 10)]
     assert (checkpoints / "latest").read_text() == "step_00000010"
@@ -65,7 +40,7 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
     # Resume from step 2 with keep 2, up to step 8 (fewer steps than the abandoned lineage reached).
     keep2 = write_yaml(tmp_path / "keep2.yaml", MODEL, {**TRAIN, "keep_checkpoints": 2})
     second = torchrun(
-        *train_args(keep2, ds, tiny_dataset, out, "--resume", checkpoints / "step_00000002", "--max-steps", "8"),
+        *train_cmd(keep2, ds, tiny_dataset, out, "--resume", checkpoints / "step_00000002", "--max-steps", "8"),
         nproc=1,
     )
     (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]

@@ -11,19 +11,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, cpu_env, free_port, require_system, run, write_ds_config, write_yaml
+from conftest import require_system, run, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 4,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 2,
-    "keep_checkpoints": 3,
-    "peak_tflops": 1.0,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(4, checkpoint_interval=2, keep_checkpoints=3)
 PAGE = 4096
 
 
@@ -52,22 +43,7 @@ def mount_tmpfs(tmp_path):
 def train(tmp_path, data, out):
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    return run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            data,
-            "--out",
-            out,
-            "--no-progress",
-        ],
-        check=False,
-    )
+    return run([sys.executable, *train_cmd(config, ds, data, out)], check=False)
 
 
 def checkpoint_folders(out):
@@ -111,32 +87,7 @@ def test_disk_full_while_writing_a_checkpoint_stops_both_ranks_with_74_and_leave
     out = mount_tmpfs((estimate // PAGE + 13) * PAGE) / "run"  # + the run's logs and lock (~4 pages)
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, {**TRAIN, "dist_timeout_s": 60})
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    port = free_port()
-    ranks = [
-        subprocess.Popen(  # two ranks, each writing its own optimizer shard
-            [
-                sys.executable,
-                str(REPO / "launch/train.py"),
-                "--config",
-                str(config),
-                "--deepspeed_config",
-                str(ds),
-                "--data",
-                str(tiny_dataset),
-                "--out",
-                str(out),
-                "--no-progress",
-            ],
-            env=cpu_env(
-                RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        for rank in range(2)
-    ]
+    ranks = start_ranks(train_cmd(config, ds, tiny_dataset, out))  # two ranks, each writing its own optimizer shard
     results = [proc.communicate(timeout=300) for proc in ranks]
     messages = []
     for rank, (proc, (_, stderr)) in enumerate(zip(ranks, results)):

@@ -16,7 +16,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import ds_compat
 from ngpt_ds.train.ds_compat import ALLOW_UNTESTED_ENV, LOWEST, SUPPORTED, TESTED, check_deepspeed_version
 
-from conftest import REPO, cpu_env, run, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, run, train_cmd, write_ds_config, write_yaml
 
 FIX = "pip install 'deepspeed>=0.19.3,<0.20' (launch/setup.sh installs deepspeed==0.19.8)"
 
@@ -89,23 +89,7 @@ def test_an_old_deepspeed_stops_the_trainer_before_any_process_group(tmp_path, t
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=2, accum=1)
     out = tmp_path / "out"
     env = cpu_env(PYTHONPATH=f"{fake}:{REPO}")
-    proc = run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            tiny_dataset,
-            "--out",
-            out,
-            "--no-progress",
-        ],
-        env=env,
-        check=False,
-    )
+    proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, out)], env=env, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: DeepSpeed 0.16.0 is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the hypersphere "

@@ -14,18 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run, torchrun, write_ds_config, write_yaml
+from conftest import REPO, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 6,
-    "lr": 1e-2,
-    "log_interval": 3,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 0,
-    "peak_tflops": 1.0,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(6, log_interval=3)
 MICRO, RANKS = 4, 2
 PROBE = {"seed": 7, "batch": 3}  # the fixed tokens the worker feeds the live model
 
@@ -200,19 +192,7 @@ def test_other_checkpoint_layouts_load_and_export(layout, tmp_path, tiny_dataset
     config = write_yaml(tmp_path / "c.yaml", MODEL, train)
     ds = write_ds_config(tmp_path / "ds.json", stage=1 if tp else 0, bf16=not tp, micro=MICRO, accum=1)
     out = tmp_path / "run"
-    torchrun(
-        REPO / "launch/train.py",
-        "--config",
-        config,
-        "--deepspeed_config",
-        ds,
-        "--data",
-        tiny_dataset,
-        "--out",
-        out,
-        "--no-progress",
-        nproc=2 if tp else 1,
-    )
+    torchrun(*train_cmd(config, ds, tiny_dataset, out), nproc=2 if tp else 1)
     loaded = load(out)
     assert max_norm_deviation(loaded.model) < 1e-5
     layout = deepspeed_files.saved_layout(loaded.source)

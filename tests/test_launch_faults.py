@@ -13,70 +13,25 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, cpu_env, free_port, read_metrics, torchrun, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, start_ranks, tiny_ngpt, tiny_train, torchrun, train_cmd, write_run_configs
 
 STEPS = 60
 TIMEOUT_S = 10
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": STEPS,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 10,
-    "keep_checkpoints": 2,
-    "peak_tflops": 1.0,
-    "dist_timeout_s": TIMEOUT_S,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(STEPS, checkpoint_interval=10, keep_checkpoints=2, dist_timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture
 def configs(tmp_path):
-    return {
-        "yaml": write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN),
-        "ds": write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1),
-    }
+    return write_run_configs(tmp_path, MODEL, TRAIN)
 
 
 def train_args(configs, data, out):
-    return [
-        REPO / "launch/train.py",
-        "--config",
-        configs["yaml"],
-        "--deepspeed_config",
-        configs["ds"],
-        "--data",
-        data,
-        "--out",
-        out,
-        "--no-progress",
-    ]
-
-
-def start_ranks(configs, data, out, logs):
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = cpu_env(
-            RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
-        )
-        log = open(logs / f"rank{rank}.log", "w")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, *map(str, train_args(configs, data, out))],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        )
-    return procs
+    return train_cmd(configs["yaml"], configs["ds"], data, out)
 
 
 def complete_checkpoints(out):
@@ -115,7 +70,7 @@ def stop_all(procs):
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how, configs, tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    procs = start_ranks(configs, tiny_dataset, out, tmp_path)
+    procs = start_ranks(train_args(configs, tiny_dataset, out), logs=tmp_path)
     try:
         wait_for_progress(procs, out, tmp_path)
         procs[1].send_signal(getattr(signal, how))

@@ -17,44 +17,31 @@ import sys
 import pytest
 from system.harness import local_sshd, sshd_available
 
-from conftest import REPO, cpu_env, free_port, read_metrics, require_system, run, write_ds_config, write_yaml
+from conftest import (
+    REPO,
+    cpu_env,
+    free_port,
+    read_metrics,
+    require_system,
+    run,
+    tiny_ngpt,
+    tiny_train,
+    train_flags,
+    write_run_configs,
+)
 
 STEPS = 20
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": STEPS,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 0,
-    "keep_checkpoints": 2,
-    "peak_tflops": 1.0,
-    "dist_timeout_s": 30,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(STEPS, keep_checkpoints=2, dist_timeout_s=30)
 
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multinode_configs")
-    return {
-        "yaml": write_yaml(tmp / "tiny.yaml", MODEL, TRAIN),
-        "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1),
-    }
+    return write_run_configs(tmp_path_factory.mktemp("multinode_configs"), MODEL, TRAIN)
 
 
 def train_args(configs, data, out):
-    return [
-        "--config",
-        configs["yaml"],
-        "--deepspeed_config",
-        configs["ds"],
-        "--data",
-        data,
-        "--out",
-        out,
-        "--no-progress",
-    ]
+    return train_flags(configs["yaml"], configs["ds"], data, out)
 
 
 def assert_trained_on_two_ranks(out, stdout):

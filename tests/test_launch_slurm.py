@@ -12,42 +12,20 @@ import re
 import time
 
 import pytest
-from system.harness import FAKE_NODES, slurm_available, slurm_cluster
+from system.harness import FAKE_NODES
 
-from conftest import REPO, cpu_env, read_metrics, require_system, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, read_metrics, tiny_ngpt, tiny_train, write_run_configs
 
 STEPS = 100
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": STEPS,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 0,
-    "keep_checkpoints": 5,
-    "peak_tflops": 1.0,
-    "dist_timeout_s": 30,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(STEPS, keep_checkpoints=5, dist_timeout_s=30)
 NODES = ["--nodes", 2, "--ntasks-per-node", 1, "--gpus-per-node", 0]
 JOB_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def slurm():
-    ok, reason = slurm_available()
-    require_system(ok, reason)
-    with slurm_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
 def configs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("slurm_configs")
-    return {
-        "yaml": write_yaml(tmp / "tiny.yaml", MODEL, TRAIN),
-        "ds": write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1),
-    }
+    return write_run_configs(tmp_path_factory.mktemp("slurm_configs"), MODEL, TRAIN)
 
 
 def submit(slurm, script, out, configs, data):

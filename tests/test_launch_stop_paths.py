@@ -38,7 +38,6 @@ from conftest import (
     losses_by_step,
     port_released,
     rendezvous_port,
-    require_system,
     sockets_on,
     start_from_chain,
     still_running,
@@ -148,16 +147,6 @@ def test_zz_last_stop_resumes_to_the_end(stop_configs, tiny_dataset, reference, 
 
 
 # ---- Slurm: scancel --signal ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    from system.harness import slurm_available, slurm_cluster
-
-    ok, reason = slurm_available()
-    require_system(ok, reason)
-    with slurm_cluster() as cluster:
-        yield cluster
 
 
 def test_scancel_signal_int_checkpoints_requeues_and_resumes(slurm, stop_configs, tiny_dataset, reference, tmp_path):

@@ -12,24 +12,22 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
 
 from conftest import (
     HANG_GUARD_S,
-    REPO,
     STOP_STEPS,
     assert_complete,
     children_named,
-    cpu_env,
     kill_leftovers,
     launch_stoppable,
     port_released,
     rendezvous_port,
     sockets_on,
     start_from_chain,
+    start_ranks,
     stop_train_args,
     trainer_processes,
     wait_for_steps,
@@ -88,20 +86,8 @@ def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(stop_configs
     out = tmp_path / "run"
     start = start_from_chain(out)
     before = sorted(p.name for p in (out / "checkpoints").iterdir()) if start else []
-    port, procs = rendezvous_port(), []
-    for rank in range(2):  # plain processes, so each rank's own exit status is seen
-        env = cpu_env(
-            RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, *map(str, stop_train_args(stop_configs, tiny_dataset, out, "no_grace"))],
-                cwd=REPO,
-                env=env,
-                stdout=open(tmp_path / f"rank{rank}.log", "w"),
-                stderr=subprocess.STDOUT,
-            )
-        )
+    port = rendezvous_port()  # plain processes: each rank's own exit status is seen
+    procs = start_ranks(stop_train_args(stop_configs, tiny_dataset, out, "no_grace"), port=port, logs=tmp_path)
     try:
         wait_for_steps(out, start, procs[0], tmp_path / "rank0.log")
         for proc in procs:

@@ -11,36 +11,11 @@ compute with one message naming both setups.
 import json
 import sys
 
-from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
+from conftest import read_metrics, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 9,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 3,
-    "keep_checkpoints": 5,
-    "peak_tflops": 1.0,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(9, checkpoint_interval=3, keep_checkpoints=5)
 GLOBAL_BATCH = 4
-
-
-def train_args(config, ds, data, out, *extra):
-    return [
-        REPO / "launch/train.py",
-        "--config",
-        config,
-        "--deepspeed_config",
-        ds,
-        "--data",
-        data,
-        "--out",
-        out,
-        "--no-progress",
-        *extra,
-    ]
 
 
 def ds_for(tmp_path, stage, ranks):
@@ -74,11 +49,11 @@ def converted_line(proc):
 def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dataset):
     config = write_yaml(tmp_path / "run.yaml", MODEL, TRAIN)
     two, one, back = tmp_path / "two", tmp_path / "one", tmp_path / "back"
-    torchrun(*train_args(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
+    torchrun(*train_cmd(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
 
     # 2 ranks -> 1 rank: converted once into the resuming run's checkpoints, verified like any checkpoint.
     proc = torchrun(
-        *train_args(
+        *train_cmd(
             config, ds_for(tmp_path, 2, 1), tiny_dataset, one, "--resume", two / "checkpoints" / "step_00000003"
         ),
         nproc=1,
@@ -98,7 +73,7 @@ def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dat
 
     # 1 rank -> 2 ranks, from the 1-rank run's step 6: the 1-rank run is the uninterrupted reference.
     proc = torchrun(
-        *train_args(
+        *train_cmd(
             config, ds_for(tmp_path, 2, 2), tiny_dataset, back, "--resume", one / "checkpoints" / "step_00000006"
         ),
         nproc=2,
@@ -110,7 +85,7 @@ def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dat
     refused = run(
         [
             sys.executable,
-            *train_args(
+            *train_cmd(
                 config,
                 ds_for(tmp_path, 3, 1),
                 tiny_dataset,
@@ -133,9 +108,9 @@ def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dat
 def test_zero3_resumes_from_2_ranks_on_1(tmp_path, tiny_dataset):
     config = write_yaml(tmp_path / "run.yaml", MODEL, {**TRAIN, "max_steps": 6})
     two, one = tmp_path / "two", tmp_path / "one"
-    torchrun(*train_args(config, ds_for(tmp_path, 3, 2), tiny_dataset, two), nproc=2)
+    torchrun(*train_cmd(config, ds_for(tmp_path, 3, 2), tiny_dataset, two), nproc=2)
     proc = torchrun(
-        *train_args(
+        *train_cmd(
             config, ds_for(tmp_path, 3, 1), tiny_dataset, one, "--resume", two / "checkpoints" / "step_00000003"
         ),
         nproc=1,
@@ -147,11 +122,11 @@ def test_zero3_resumes_from_2_ranks_on_1(tmp_path, tiny_dataset):
 def test_tensor_parallel_checkpoint_at_another_layout_is_refused(tmp_path, tiny_dataset):
     tp2 = write_yaml(tmp_path / "tp2.yaml", MODEL, {**TRAIN, "max_steps": 1, "tensor_parallel_size": 2})
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=2, accum=1)
-    torchrun(*train_args(tp2, ds, tiny_dataset, tmp_path / "tp"), nproc=2)
+    torchrun(*train_cmd(tp2, ds, tiny_dataset, tmp_path / "tp"), nproc=2)
     # TP2 x DP1 -> TP1 x DP2: the same 2 ranks, another split.
     tp1 = write_yaml(tmp_path / "tp1.yaml", MODEL, {**TRAIN, "max_steps": 2})
     ds2 = write_ds_config(tmp_path / "z2_dp2.json", stage=2, bf16=False, micro=1, accum=1)
-    refused = torchrun(*train_args(tp1, ds2, tiny_dataset, tmp_path / "tp", "--resume", "auto"), nproc=2, check=False)
+    refused = torchrun(*train_cmd(tp1, ds2, tiny_dataset, tmp_path / "tp", "--resume", "auto"), nproc=2, check=False)
     assert refused.returncode != 0
     assert (
         "error: cannot resume step_00000001 (saved at ZeRO stage 2, data-parallel size 1, tensor-parallel "

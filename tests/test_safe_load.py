@@ -21,18 +21,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cpu_env, free_port, run, torchrun, write_ds_config, write_yaml
+from conftest import (
+    REPO,
+    cpu_env,
+    free_port,
+    run,
+    tiny_ngpt,
+    tiny_train,
+    torchrun,
+    train_cmd,
+    write_ds_config,
+    write_yaml,
+)
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 2,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 0,
-    "eval_batches": 2,
-    "checkpoint_interval": 0,
-    "peak_tflops": 1.0,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(2)
 STEP_DIR = "step_00000002"
 REFUSED_TYPE = f"{os.system.__module__}.system"  # how pickle names os.system: posix.system on Linux
 
@@ -75,19 +78,7 @@ def runs(tmp_path_factory, tiny_dataset) -> dict:
     for name, stage, bf16 in (("z2", 2, False), ("z3", 3, True)):
         ds = write_ds_config(tmp / f"{name}.json", stage=stage, bf16=bf16, micro=4, accum=1)
         out = tmp / name
-        torchrun(
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            tiny_dataset,
-            "--out",
-            out,
-            "--no-progress",
-            nproc=2,
-        )
+        torchrun(*train_cmd(config, ds, tiny_dataset, out), nproc=2)
         found[name] = {"out": out, "config": config, "ds": ds, "data": tiny_dataset}
     return found
 
@@ -204,20 +195,16 @@ def test_resume_refuses_a_poisoned_checkpoint_on_every_rank(runs, tmp_path):
             "127.0.0.1",
             "--master_port",
             free_port(),
-            REPO / "launch/train.py",
-            "--config",
-            runs[name]["config"],
-            "--deepspeed_config",
-            runs[name]["ds"],
-            "--data",
-            runs[name]["data"],
-            "--out",
-            run_dir,
-            "--resume",
-            "auto",
-            "--max-steps",
-            "3",
-            "--no-progress",
+            *train_cmd(
+                runs[name]["config"],
+                runs[name]["ds"],
+                runs[name]["data"],
+                run_dir,
+                "--resume",
+                "auto",
+                "--max-steps",
+                "3",
+            ),
         ],
         check=False,
         timeout=300,

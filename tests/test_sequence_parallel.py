@@ -11,7 +11,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.parallel.sequence import SequenceLayout, check_sequence_parallel, deepspeed_config_for
 from ngpt_ds.train.config import TrainConfig
 
-from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, run, torchrun, train_cmd, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
 TRAIN = {
@@ -215,18 +215,7 @@ def test_bad_sequence_parallel_layouts_are_named():
 def test_bad_sequence_parallel_size_stops_at_startup(tmp_path, tiny_dataset, model, train, fragment):
     config = write_yaml(tmp_path / "bad.yaml", model, {"max_steps": 2, **train})
     proc = run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            REPO / "ds_configs/zero2.json",
-            "--data",
-            tiny_dataset,
-            "--out",
-            tmp_path / "out",
-        ],
+        [sys.executable, *train_cmd(config, REPO / "ds_configs/zero2.json", tiny_dataset, tmp_path / "out")],
         check=False,
     )
     assert proc.returncode == 2, proc.stderr

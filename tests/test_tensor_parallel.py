@@ -13,7 +13,7 @@ from ngpt_ds.model import ModelConfig, build_model
 from ngpt_ds.parallel import check_tensor_parallel, merge_tensor_parallel, tensor_parallel_plan
 from ngpt_ds.parallel.shard import _shard
 
-from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, run, torchrun, train_cmd, write_ds_config, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +147,7 @@ def test_bad_tensor_parallel_layouts_fail_fast(tmp_path, tiny_dataset):
         {"max_steps": 2, "tensor_parallel_size": 3},
     )
     proc = run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            REPO / "ds_configs/zero2.json",
-            "--data",
-            tiny_dataset,
-            "--out",
-            tmp_path / "out",
-        ],
+        [sys.executable, *train_cmd(config, REPO / "ds_configs/zero2.json", tiny_dataset, tmp_path / "out")],
         check=False,
     )
     assert proc.returncode == 2

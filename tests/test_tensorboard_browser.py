@@ -21,18 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, require_system, run, torchrun, write_ds_config, write_yaml
+from conftest import (
+    free_port,
+    require_system,
+    run,
+    tiny_ngpt,
+    tiny_train,
+    torchrun,
+    train_cmd,
+    write_ds_config,
+    write_yaml,
+)
 
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": 8,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 4,
-    "eval_batches": 1,
-    "checkpoint_interval": 0,
-    "peak_tflops": 1.0,
-}
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(8, eval_interval=4, eval_batches=1)
 HEALTH_TAGS = {
     "ngpt/max_norm_deviation",
     "ngpt/s_z_mean",
@@ -74,19 +76,7 @@ def dashboard(tmp_path_factory, tiny_dataset):
     config = write_yaml(tmp / "tiny.yaml", MODEL, TRAIN)
     ds = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=4, accum=1)
     out = tmp / "run"
-    torchrun(
-        REPO / "launch/train.py",
-        "--config",
-        config,
-        "--deepspeed_config",
-        ds,
-        "--data",
-        tiny_dataset,
-        "--out",
-        out,
-        "--no-progress",
-        nproc=1,
-    )
+    torchrun(*train_cmd(config, ds, tiny_dataset, out), nproc=1)
     port = free_port()
     # Started in the run's folder with a relative --logdir, so the page names the folder, not a path.
     server = subprocess.Popen(

@@ -12,36 +12,11 @@ import sys
 
 import pytest
 
-from conftest import REPO, read_metrics, run, torchrun, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
 STEPS = 20
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": STEPS,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 10,
-    "eval_batches": 2,
-    "checkpoint_interval": 10,
-    "keep_checkpoints": 3,
-    "peak_tflops": 1.0,
-}
-
-
-def train_cmd(config, ds_config, data, out, *extra):
-    return [
-        REPO / "launch/train.py",
-        "--config",
-        config,
-        "--deepspeed_config",
-        ds_config,
-        "--data",
-        data,
-        "--out",
-        out,
-        "--no-progress",
-        *extra,
-    ]
+MODEL = tiny_ngpt()
+TRAIN = tiny_train(STEPS, eval_interval=10, checkpoint_interval=10, keep_checkpoints=3)
 
 
 @pytest.fixture(scope="module")
@@ -174,17 +149,7 @@ def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, tiny_dataset
     proc = run(
         [
             sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            REPO / "ds_configs/zero0.json",
-            "--data",
-            tiny_dataset,
-            "--out",
-            runs["z0_ws1"],
-            "--resume",
-            "none",
+            *train_cmd(config, REPO / "ds_configs/zero0.json", tiny_dataset, runs["z0_ws1"], "--resume", "none"),
         ],
         check=False,
     )
@@ -192,19 +157,7 @@ def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, tiny_dataset
     assert "already holds checkpoints (newest: step_00000020)" in proc.stderr
     # --resume auto on a finished run does nothing and says so.
     proc = run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            runs["z0_ws1"].parent / "z0.json",
-            "--data",
-            tiny_dataset,
-            "--out",
-            runs["z0_ws1"],
-            "--no-progress",
-        ],
+        [sys.executable, *train_cmd(config, runs["z0_ws1"].parent / "z0.json", tiny_dataset, runs["z0_ws1"])],
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -225,22 +178,7 @@ def test_nan_loss_stops_with_the_step_and_saves_nothing_after_it(tmp_path, tiny_
         },
     )
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
-    proc = run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            config,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            tiny_dataset,
-            "--out",
-            tmp_path / "out",
-            "--no-progress",
-        ],
-        check=False,
-    )
+    proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, tmp_path / "out")], check=False)
     assert proc.returncode == 2
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: the training loss became nan at step ")
