@@ -64,4 +64,6 @@ def keep_freed_memory(env: Mapping[str, str] = os.environ) -> str:
     # Setting the mmap threshold also stops glibc from adjusting it (and the trim threshold) itself.
     if not (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
         return "left as it is (glibc refused the thresholds)"
-    return f"freed buffers below {MMAP_THRESHOLD_BYTES >> 20} MiB kept for reuse ({OPT_OUT_VARIABLE}=system turns it off)"
+    return (
+        f"freed buffers below {MMAP_THRESHOLD_BYTES >> 20} MiB kept for reuse ({OPT_OUT_VARIABLE}=system turns it off)"
+    )
