@@ -6,6 +6,7 @@ of checkpoints across their two files."""
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -364,8 +365,21 @@ def launch_stoppable(how: str, configs, data, out, port: int, log: Path) -> subp
     }[how]
     # Its own session: "group" signals the launcher's process group, never pytest's.
     return subprocess.Popen(
-        cmd, cwd=REPO, env=cpu_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+        cmd,
+        cwd=REPO,
+        env=cpu_env(),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """Undo an inherited 'ignore SIGINT'. A shell without job control starts background jobs with SIGINT
+    ignored (`nohup pytest ... &` in a script), and Python then installs no KeyboardInterrupt handler:
+    the launcher would ignore the SIGINT these tests send and train to the end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def children_named(proc: subprocess.Popen, marker: str) -> list[psutil.Process]:
