@@ -235,6 +235,23 @@ def test_rope_is_relative_and_norm_preserving():
     torch.testing.assert_close(sin[5:6], sin5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_rope_over_the_whole_head_equals_the_per_half_rotation_bit_for_bit(dtype):
+    """rotate computes x * [cos, cos] + [x2, x1] * [-sin, sin]: the products and sums of the per-half
+    form (x1 cos - x2 sin, x2 cos + x1 sin), so the same values to the last bit in every dtype."""
+    torch.manual_seed(7)
+    rope = RotaryEmbedding(head_dim=48, base=10000.0)
+    x = torch.randn(2, 40, 2, 3, 48, dtype=dtype)
+    cos, sin = rope.tables(40, x.device, dtype, offset=9)
+    assert cos.shape == sin.shape == (40, 1, 48)
+    half_cos, half_sin = cos[..., :24].unsqueeze(1), sin[..., 24:].unsqueeze(1)
+    torch.testing.assert_close(cos[..., 24:], cos[..., :24], rtol=0, atol=0)
+    torch.testing.assert_close(sin[..., :24], -half_sin.squeeze(1), rtol=0, atol=0)
+    x1, x2 = x.chunk(2, dim=-1)
+    per_half = torch.cat((x1 * half_cos - x2 * half_sin, x2 * half_cos + x1 * half_sin), dim=-1)
+    assert torch.equal(RotaryEmbedding.rotate(x, cos.unsqueeze(1), sin.unsqueeze(1)), per_half)
+
+
 # ---- parity with a naive restatement of the paper's equations (no code shared with the package)
 
 

@@ -278,7 +278,7 @@ def test_memory_estimate_partitions_and_splits_the_sequence():
     assert (zero2.weights, zero2.gradients, zero2.optimizer) == (2 * n, 2 * n // 4, 12 * n // 4)
     # Kept activations are per position (the attention core counted as a fused kernel keeps it), but for
     # the RoPE tables (shared by the sequences): SP2 halves one sequence's, less half the tables.
-    rope = 2 * 64 * (16 // 2) * 2  # cos and sin [64 positions, head_dim 16 / 2] in bf16
+    rope = 2 * 64 * 16 * 2  # cos and signed sin [64 positions, head_dim 16] in bf16
     sp2 = estimate_memory(config, micro_batch=2, precision="bf16", zero_stage=0, zero_ranks=1, sequence_parallel=2)
     assert sp2.activations == full.activations - rope // 2
     half = estimate_memory(config, micro_batch=1, precision="bf16", zero_stage=0, zero_ranks=1, sequence_parallel=2)

@@ -51,18 +51,21 @@ class CausalSelfAttention(nn.Module):
 
         nGPT: k = Norm(k) and q = s_qk^2 * Norm(q), per head (see below)."""
         B, T, _ = h.shape
-        qkv = self.qkv(h).view(B, T, 3, -1, self.head_dim)
+        # split and unbind rather than indexing: their backward writes each gradient once (a cat or a
+        # stack), where an index's backward zero-fills a tensor of the full size for each part.
+        qk, v = self.qkv(h).view(B, T, 3, -1, self.head_dim).split((2, 1), dim=2)
         # q and k go through RoPE (and nGPT's Norm) as one [B, T, 2, H, head_dim] tensor: the same
         # elementwise values as two calls, in half the operator calls (docs/benchmarks.md, "MFU").
-        qk = RotaryEmbedding.rotate(qkv[:, :, :2], cos.unsqueeze(1), sin.unsqueeze(1))
-        v = qkv[:, :, 2]
+        qk = RotaryEmbedding.rotate(qk, cos.unsqueeze(1), sin.unsqueeze(1))
+        v = v.squeeze(2)
         if not self.on_sphere:
-            return qk[:, :, 0], qk[:, :, 1], v
-        qk = l2_normalize(qk)
+            q, k = qk.unbind(2)
+            return q, k, v
+        q, k = l2_normalize(qk).unbind(2)
         # (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k): one multiply
         # instead of two, the same logits and gradients (and it is what GQA needs).
         s_qk = self.s_qk().view(-1, self.head_dim)  # [H, head_dim]
-        return qk[:, :, 0] * s_qk.square().to(qk.dtype), qk[:, :, 1], v
+        return q * s_qk.square().to(q.dtype), k, v
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """h: [B, T, d] -> attention output h_A before any normalization, [B, T, d].

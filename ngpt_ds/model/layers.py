@@ -180,16 +180,25 @@ class RotaryEmbedding(nn.Module):
     def tables(
         self, seq_len: int, device: torch.device, dtype: torch.dtype, offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for positions offset..offset+seq_len-1, each [seq_len, 1, head_dim/2]."""
+        """cos and signed sin for positions offset..offset+seq_len-1, each [seq_len, 1, head_dim]:
+        [cos θ, cos θ] and [-sin θ, sin θ] over the two halves of a head, θ_i = position * base^(-2i/head_dim)."""
         half = self.head_dim // 2
         inv_freq = self.base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
         positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
-        angles = torch.outer(positions, inv_freq).unsqueeze(1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        angles = torch.outer(positions, inv_freq)
+        cos, sin = angles.cos(), angles.sin()
+        return torch.cat((cos, cos), dim=-1).unsqueeze(1).to(dtype), torch.cat((-sin, sin), dim=-1).unsqueeze(1).to(
+            dtype
+        )
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, ..., head_dim]; cos, sin: [T, 1, head_dim/2], or with one more 1 per extra dim of x
-        (e.g. [T, 1, 1, head_dim/2] for q and k stacked as [B, T, 2, H, head_dim]) -> rotated x, same shape."""
+        """x: [B, T, ..., head_dim]; cos, sin from `tables`: [T, 1, head_dim], or with one more 1 per extra
+        dim of x (e.g. [T, 1, 1, head_dim] for q and k stacked as [B, T, 2, H, head_dim]) -> rotated x.
+
+        Pair (x_i, x_{i+h}), h = head_dim/2, becomes (x_i cos - x_{i+h} sin, x_{i+h} cos + x_i sin). It is
+        computed as x * cos + swap_halves(x) * sin: the same products and sums, bit for bit, in operations
+        over the whole head_dim instead of per half, which bf16 CPU kernels run faster when head_dim/2 is
+        not a multiple of their vector width (docs/benchmarks.md, "MFU")."""
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return x * cos + torch.cat((x2, x1), dim=-1) * sin
