@@ -90,7 +90,8 @@ def preset_engine(config: str, ds_path: str, env: DistEnv, sphere_hook: bool | N
     from ngpt_ds.train.config import load_model_and_train
     from ngpt_ds.train.ds_config import load_ds_config
 
-    model_cfg, train_cfg, _ = load_model_and_train(config)
+    # The scripts time eager steps, and compile themselves where they offer --compile.
+    model_cfg, train_cfg, _ = load_model_and_train(config, train_overrides={"compile": False})
     model_cfg.vocab_size = model_cfg.vocab_size or DEFAULT_VOCAB
     ds = load_ds_config(ds_path)
     plan = _check(ds, ds_path, env.world_size)

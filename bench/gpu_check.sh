@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_check.sh [--dry-run] [--workdir DIR]
 #
-# Runs in under 8 minutes on one GPU (GPU_CHECK_BUDGET_S, default 450 s: a check that would not
+# Runs in under 9 minutes on one GPU (GPU_CHECK_BUDGET_S, default 510 s: a check that would not
 # fit in what is left is SKIPPED). One rank per GPU: world size 1 on a one-GPU machine, where the
 # hook's all-reduce is routed through the world group so that its NCCL path still runs (the line
 # says so, or says that it could not). Checks, one summary line each (PASS / FAIL / SKIPPED):
@@ -16,6 +16,8 @@
 #   export_on_sphere         launch/export.py of that run: the consolidated fp32 masters on the sphere
 #   throughput_0.5b_short    tokens/s and MFU of the 0.5B layer shape at 2 layers (bench/step_time.py)
 #   flash_sdpa               the attention of that shape runs a flash SDPA kernel (torch profiler)
+#   trainer_compile_zero2    trainer_zero2's run with --compile (as the long-run presets): finished,
+#                            losses beside the eager run's
 # Logs and results stay under --workdir (default: a new temporary folder, printed at the end).
 #
 # Exit status: 0 every check PASS (in --dry-run: PASS or SKIPPED), 1 a check FAILed or was
@@ -31,13 +33,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --workdir) WORKDIR="${2:?--workdir needs a folder}"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
-BUDGET_S="${GPU_CHECK_BUDGET_S:-450}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-510}"
 START=$SECONDS
 NGPU=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null)
 NGPU="${NGPU:-0}"
@@ -142,6 +144,20 @@ fi
 check throughput_0.5b_short 120 "$PYTHON" bench/gpu_check_worker.py throughput --steps "$((STEPS / 2))" \
   --json "$WORKDIR/throughput.json" --result "$WORKDIR/throughput_0.5b_short.result"
 check flash_sdpa 90 "$PYTHON" bench/gpu_check_worker.py flash --result "$WORKDIR/flash_sdpa.result"
+
+# The long-run presets compile (README "Compile"): the trainer's run again through torch.compile
+# (Inductor; Triton kernels on a GPU), its logged losses beside the eager run's. Last: the check most
+# likely to run out of time.
+if [ -s "$WORKDIR/runs/zero2/metrics.jsonl" ]; then
+  # shellcheck disable=SC2016  # $1 ... $4 expand in the inner shell
+  check trainer_compile_zero2 150 bash -c '"$1" -m torch.distributed.run --nproc_per_node "$3" --master_addr 127.0.0.1 \
+    --master_port "$4" launch/train.py --config "$2/trainer.yaml" --compile --deepspeed_config ds_configs/zero2.json \
+    --data "$2/data" --out "$2/runs/compile" --no-progress &&
+    "$1" bench/gpu_check_worker.py compare --runs "$2/runs/zero2" "$2/runs/compile" \
+      --result "$2/trainer_compile_zero2.result"' _ "$PYTHON" "$WORKDIR" "$RANKS" "$(free_port)"
+else
+  record trainer_compile_zero2 SKIPPED "trainer_zero2 did not finish"
+fi
 
 echo
 echo "gpu_check summary ($((SECONDS - START)) s; logs in $WORKDIR):"

@@ -313,9 +313,34 @@ def flash_check(args) -> None:
     )
 
 
+#: compiled and eager bf16 runs round differently; beyond this relative loss difference they trained differently
+COMPILE_LOSS_REL_TOL = 0.02
+
+
+def compare_check(args: argparse.Namespace) -> None:
+    """The trainer's eager run and its --compile twin: the same logged steps, losses within 2%."""
+    eager, compiled = ({r["step"]: r["train/loss"] for r in _metrics(Path(run))} for run in args.runs)
+    if not eager or sorted(compiled) != sorted(eager):
+        write_result(args.result, "FAIL", f"logged steps differ: eager {sorted(eager)}, compiled {sorted(compiled)}")
+        return
+    worst = max(eager, key=lambda step: abs(compiled[step] - eager[step]) / abs(eager[step]))
+    rel = abs(compiled[worst] - eager[worst]) / abs(eager[worst])
+    write_result(
+        args.result,
+        "PASS" if rel <= COMPILE_LOSS_REL_TOL else "FAIL",
+        f"{len(eager)} logged steps; largest difference at step {worst}: compiled {compiled[worst]:.4f}, "
+        f"eager {eager[worst]:.4f} ({rel:.2%}; at most {COMPILE_LOSS_REL_TOL:.0%})",
+    )
+
+
+def _metrics(run: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if "train/loss" in r]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("check", choices=["hook", "sphere", "throughput", "flash"])
+    parser.add_argument("check", choices=["hook", "sphere", "throughput", "flash", "compare"])
     parser.add_argument("--result", required=True, help="file for the one-line result")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=int, default=10)
@@ -323,9 +348,12 @@ def main() -> int:
     parser.add_argument("--model", help="sphere: an exported folder")
     parser.add_argument("--workdir", default=".", help="hook: where to write its checkpoint")
     parser.add_argument("--json", help="throughput: also write the numbers here")
+    parser.add_argument("--runs", nargs=2, metavar=("EAGER", "COMPILED"), help="compare: two trainer --out folders")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    {"hook": hook_check, "sphere": sphere_check, "throughput": throughput_check, "flash": flash_check}[args.check](args)
+    checks = {"hook": hook_check, "sphere": sphere_check, "throughput": throughput_check, "flash": flash_check}
+    checks["compare"] = compare_check
+    checks[args.check](args)
     return 0
 
 

@@ -8,14 +8,16 @@ Inductor's on-disk cache.
 """
 
 import shutil
+import sys
 
 import pytest
 
 from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train.config import TrainConfig
+from ngpt_ds.model.config import preset_names
+from ngpt_ds.train.config import TrainConfig, load_model_and_train
 
-from conftest import REPO, read_metrics, torchrun, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, read_metrics, run, torchrun, write_ds_config, write_yaml
 
 STEPS = 10
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
@@ -98,3 +100,60 @@ def test_compile_must_be_a_boolean():
         TrainConfig.from_dict({"compile": "yes"}, "run.yaml")
     assert TrainConfig.from_dict({"compile": True}).compile is True
     assert TrainConfig().compile is False
+
+
+def test_the_long_run_presets_compile_and_the_tiny_ones_do_not():
+    """Compiling costs minutes once and saves time at every step: it pays in the 100k-step presets, not in
+    the few-minute default run (README "Compile")."""
+    compiled = {name: load_model_and_train(name)[1].compile for name in preset_names()}
+    assert compiled == {name: not name.endswith("_tiny") for name in compiled}
+    assert {"ngpt_tiny", "gpt_tiny", "ngpt_0.5b", "ngpt_1b"} <= set(compiled)
+
+
+MISSING_CXX = "ngpt-ds-no-such-c++"
+
+
+def test_compile_without_a_cxx_compiler_stops_at_startup_with_the_fix(tmp_path, tiny_dataset):
+    """The fault: train.compile on a CPU machine without a C++ compiler started the run, created --out and
+    failed at the first step inside Inductor (InvalidCxxCompiler, a long traceback). Now the startup
+    checks name the missing compiler and the two ways out, before any process group or output."""
+    config = write_yaml(tmp_path / "compiled.yaml", MODEL, {**TRAIN, "compile": True})
+    ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=4, accum=1)
+    out = tmp_path / "out"
+    cmd = [sys.executable, REPO / "launch/train.py", "--config", config, "--deepspeed_config", ds]
+    cmd += ["--data", tiny_dataset, "--out", out, "--no-progress"]
+    proc = run(cmd, env=cpu_env(CXX=MISSING_CXX), check=False, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    for fragment in ("train.compile: true", repr(MISSING_CXX), "--no-compile", "train.compile: false"):
+        assert fragment in proc.stderr, f"{fragment!r} not in:\n{proc.stderr[-3000:]}"
+    assert not out.exists()
+
+
+def test_no_compile_overrides_the_yaml(tmp_path, tiny_dataset, monkeypatch):
+    """--no-compile (TrainOptions.compile_model=False) turns a compiling preset or YAML off, so a
+    machine without the toolchain can still run it; --compile turns it on."""
+    from ngpt_ds.train.builder import TrainOptions, prepare
+
+    monkeypatch.setenv("CXX", MISSING_CXX)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    config = write_yaml(tmp_path / "compiled.yaml", MODEL, {**TRAIN, "compile": True})
+    ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=4, accum=1)
+
+    def options(compile_model):
+        return TrainOptions(
+            deepspeed_config=str(ds),
+            config=str(config),
+            data=str(tiny_dataset),
+            out=str(tmp_path / "out"),
+            compile_model=compile_model,
+        )
+
+    assert prepare(options(False)).run.train.compile is False
+    with pytest.raises(NgptConfigError, match="C\\+\\+ compiler"):
+        prepare(options(None))
+    with pytest.raises(NgptConfigError, match="C\\+\\+ compiler"):
+        prepare(options(True))
+    monkeypatch.setenv("CXX", sys.executable)  # the check asks only that the compiler exists
+    assert prepare(options(None)).run.train.compile is True

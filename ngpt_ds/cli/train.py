@@ -77,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
         "checkpoint, within train.stop_grace_s (YAML, default 25 s)",
     )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the model with torch.compile (overrides train.compile; on in the long-run presets, "
+        'off in the tiny ones). The first step waits minutes for the compilation (README "Compile")',
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument(
         "--dry-run",
@@ -134,6 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         model=args.model,
         data=args.data,
         max_steps=args.max_steps,
+        compile_model=args.compile,
         out=args.out,
         resume=args.resume,
         max_time_s=args.max_time,

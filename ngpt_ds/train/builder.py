@@ -22,7 +22,12 @@ from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
-from ngpt_ds.parallel.sequence import check_sequence_parallel, deepspeed_config_for, parallelize_sequence
+from ngpt_ds.parallel.sequence import (
+    SequenceParallelGroups,
+    check_sequence_parallel,
+    deepspeed_config_for,
+    parallelize_sequence,
+)
 from ngpt_ds.train import ds_compat, preflight, reshape
 from ngpt_ds.train.checkpoint import resolve_resume
 from ngpt_ds.train.config import RunConfig, load_model_and_train
@@ -44,6 +49,8 @@ class TrainOptions:
     model: str | None = None
     data: str | None = None
     max_steps: int | None = None
+    compile_model: bool | None = None
+    """--compile / --no-compile: overrides train.compile (None: the YAML's)."""
     out: str | None = None
     resume: str = "auto"
     max_time_s: float | None = None
@@ -74,6 +81,8 @@ def prepare(options: TrainOptions) -> Prepared:
     overrides = dict(options.train_overrides or {})
     if options.max_steps is not None:
         overrides["max_steps"] = options.max_steps
+    if options.compile_model is not None:
+        overrides["compile"] = options.compile_model
     config_name = options.config or f"{options.model or 'ngpt'}_tiny"
     model_cfg, train_cfg, config_path = load_model_and_train(config_name, options.model, overrides)
 
@@ -109,10 +118,17 @@ def prepare(options: TrainOptions) -> Prepared:
         fp16_supported=bool(accelerator.is_fp16_supported()),
         bf16_supported=bool(accelerator.is_bf16_supported()),
     )
+    if options.world_size is None:  # a dry run plans for other machines, whose toolchain this one cannot see
+        preflight.check_compile_toolchain(train_cfg.compile, on_cpu=accelerator.device_name() == "cpu")
     ds_config.setdefault("steps_per_print", 10**9)  # ngpt_ds logs; keep DeepSpeed's own step log quiet
     note = deepspeed_config_for(ds_config, train_cfg.sequence_parallel_size)  # ZeRO 3: reduce_scatter false
     if note and dist_env.rank == 0:
         _log.info(note)
+    if train_cfg.compile and zero_stage_of(ds_config) == 3 and dist_env.rank == 0:
+        _log.info(
+            "train.compile under ZeRO 3: DeepSpeed's parameter gathering makes torch.compile recompile and "
+            "run parts of the model eagerly, so expect little gain; --no-compile skips the compile time"
+        )
 
     if options.data:
         data_dir = Path(options.data)
@@ -191,7 +207,9 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
         torch.cuda.set_device(dist_env.local_rank)
 
 
-def start_engine(run: RunConfig, groups: ParallelGroups | None = None, load_universal: bool = False) -> DeepSpeedEngine:
+def start_engine(
+    run: RunConfig, groups: ParallelGroups | SequenceParallelGroups | None = None, load_universal: bool = False
+) -> DeepSpeedEngine:
     """Build the model (tensor-parallel shards when groups.tp_size > 1), optimizer and schedule,
     and wrap them in a DeepSpeed engine (ZeRO over the data-parallel group). `load_universal`: the
     engine will load a universal checkpoint (a resume at another data-parallel size)."""

@@ -7,11 +7,15 @@
   after --out was created), and data from the same tokenizer (one with the same vocabulary
   size but other pieces would train on token ids that mean different text). The checkpoint's
   config.yaml records both (`model`, `tokenizer_sha256`).
+- `train.compile: true` needs Inductor's code generator: a C++ compiler on CPU, Triton on a GPU.
+  Without it the first step failed inside Inductor (InvalidCxxCompiler), after the run had started.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,27 @@ def check_writable(out_dir: Path) -> None:
             f"--out {out_dir} is not writable (cannot create a file in {where}: "
             f"{err.strerror}); choose a writable --out"
         ) from None
+
+
+def check_compile_toolchain(compile_model: bool, on_cpu: bool) -> None:
+    """train.compile: Inductor compiles C++ on CPU (the compiler in $CXX, else g++, as Inductor picks it)
+    and Triton kernels on GPUs."""
+    if not compile_model:
+        return
+    fix = 'or turn compiling off: --no-compile, or train.compile: false in the YAML (README "Compile")'
+    if on_cpu:
+        compiler = os.environ.get("CXX") or "g++"
+        if shutil.which(compiler) is None:
+            raise NgptConfigError(
+                f"train.compile: true compiles the model with torch.compile, whose CPU code generator needs "
+                f"a C++ compiler, and {compiler!r} (the $CXX variable, else g++) is not on PATH; install "
+                f"one (e.g. apt-get install g++) {fix}"
+            )
+    elif importlib.util.find_spec("triton") is None:
+        raise NgptConfigError(
+            "train.compile: true compiles the model with torch.compile, whose GPU code generator needs "
+            f"Triton, and the 'triton' package is not installed; install the one your torch build names {fix}"
+        )
 
 
 def saved_run_config(checkpoint: Path) -> dict[str, Any]:
