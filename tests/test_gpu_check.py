@@ -1,6 +1,6 @@
 """bench/gpu_check.sh is not run in CI (it needs a GPU); here only its contract without one.
 
-`bash bench/gpu_check.sh --dry-run` runs its checks on CPU at toy sizes (about a minute) and
+`bash bench/gpu_check.sh --dry-run` runs its checks on CPU at toy sizes (under two minutes) and
 is the way to test the script itself; it is left out of the suite to keep CI short.
 """
 
