@@ -359,3 +359,46 @@ def test_profile_step_lists_the_top_operators(tmp_path):
     shares = [float(row.rsplit("|", 2)[1].strip().rstrip("%")) for row in rows]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
     assert "| all operators |" in proc.stdout
+
+
+def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
+    """A 10 MiB synthetic checkpoint with 3 optimizer shards: the bytes verified are the files' sizes, in the
+    2 : 12 split of bf16 ZeRO-1/2; the rates and the preset projection follow from the measured seconds."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import argparse
+
+    from checkpoint_verify import docs_section
+
+    from ngpt_ds.model import build_model, load_model_config
+
+    out = tmp_path / "cv.json"
+    command = [sys.executable, REPO / "bench/checkpoint_verify.py", "--size-gib", 10 / 1024, "--ranks", 3]
+    command += ["--rounds", 2, "--cold", "--presets", "ngpt_tiny", "--world", "2,8", "--vocab", 64]
+    run([*command, "--dir", tmp_path, "--json", out])
+    r = json.loads(out.read_text())
+    files = r["files"]
+    shards = [f"bf16_zero_pp_rank_{i}_mp_rank_00_optim_states.pt" for i in range(3)]
+    assert sorted(files) == sorted([*shards, "mp_rank_00_model_states.pt", "config.yaml"])
+    assert r["bytes_hashed"] == sum(files.values()) == 10 * 2**20 + 2048
+    assert files[shards[0]] == files[shards[1]] == files[shards[2]] == (10 * 2**20 * 12 // 14) // 3
+    assert files["mp_rank_00_model_states.pt"] == 10 * 2**20 - 3 * files[shards[0]]
+    assert list(tmp_path.iterdir()) == [out]  # the temporary checkpoint is gone
+    for timing in (r["verify_warm"], r["verify_cold"]):
+        assert len(timing["seconds"]) == 2 and timing["min_s"] <= timing["median_s"] <= timing["max_s"]
+        assert timing["gbps"] == pytest.approx(r["bytes_hashed"] / timing["median_s"] / 1e9)
+    assert r["verify_threads"] == 5
+    assert r["manifest_gbps"] == pytest.approx(r["bytes_hashed"] / r["manifest_s"] / 1e9)
+    assert r["one_thread_gbps"] == pytest.approx(r["bytes_hashed"] / r["one_thread_s"] / 1e9)
+    (preset,) = r["presets"]
+    n = sum(p.numel() for p in build_model(load_model_config("ngpt_tiny", {"vocab_size": 64})).parameters())
+    assert (preset["preset"], preset["parameters"], preset["checkpoint_bytes"]) == ("ngpt_tiny", n, 14 * n)
+    for world, row in zip((2, 8), preset["worlds"]):
+        assert (row["world"], row["hashed_per_rank"], row["hashed_all_ranks"]) == (world, 14 * n, world * 14 * n)
+        assert row["loaded_per_rank"] == 2 * n + 12 * n // world
+        assert row["verify_s_per_rank"] == pytest.approx(14 * n / 1e9 / r["verify_warm"]["gbps"])
+    args = argparse.Namespace(ranks=3, rounds=2, vocab=64)
+    table = docs_section(args, r, (0.5, 0.7))
+    assert f"| ngpt_tiny | {n / 1e6:.0f}M | {14 * n / 1e9:.1f} GB | 8 | " in table
+    assert f"{row['hashed_over_loaded']:.1f}x" in table and "load average 0.50 before, 0.70 after" in table
+    refused = run([*command[:2], "--presets", "no_such_preset", "--size-gib", 1 / 1024], check=False)
+    assert refused.returncode == 2 and "error: --presets" in refused.stderr and "Traceback" not in refused.stderr
