@@ -21,6 +21,10 @@ Adam's two moments). It times:
   like tmpfs, stay warm: compare the rates);
 - one-thread blake2b of the same files (hashlib.file_digest), to show what verify's threads gain.
 
+The rounds interleave verify, one-thread blake2b and the cold verify, so all see the same machine
+load. Each is timed by wall clock and by this process's CPU time (all threads): on a shared machine
+other jobs stretch wall time, while GB per CPU-second is the hashing's cost in cores.
+
 Then, for each preset (parameters counted on torch's `meta` device, vocabulary `--vocab`, default
 the paper's 32000) and each world size in `--world`, it reports the checkpoint's size, the bytes
 every rank hashes (all of it) against the bytes a rank loads (model states + its 1/N optimizer
@@ -101,60 +105,78 @@ def one_thread_digests(folder: Path, names: list[str]) -> dict[str, str]:
     return out
 
 
-def timed(fn, *args):
-    start = time.perf_counter()
+def timed(fn, *args) -> tuple[float, float, object]:
+    """(wall seconds, this process's CPU seconds over all its threads, fn's value)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     value = fn(*args)
-    return time.perf_counter() - start, value
+    return time.perf_counter() - wall, time.process_time() - cpu, value
 
 
-def spread(seconds: list[float]) -> dict:
-    return {"seconds": seconds, "median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds)}
+def summary(walls: list[float], cpus: list[float], size: int) -> dict:
+    """Median and min-max of the rounds; GB/s by wall time, and GB per CPU-second (what the hashing
+    costs in cores, which other processes on a shared machine do not stretch)."""
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return {
+        "seconds": walls,
+        "cpu_seconds": cpus,
+        "median_s": wall,
+        "min_s": min(walls),
+        "max_s": max(walls),
+        "median_cpu_s": cpu,
+        "gbps": size / wall / GB,
+        "gb_per_cpu_s": size / cpu / GB,
+    }
 
 
 def measure(size_gib: float, ranks: int, rounds: int, cold: bool, parent: str | None) -> dict:
+    """Build the checkpoint, seal it, then `rounds` rounds of: verify (warm), one-thread blake2b of the
+    same files, and with `cold` verify after evicting the files, interleaved so that all see the same load."""
     with tempfile.TemporaryDirectory(prefix="ckpt-verify-", dir=parent) as tmp:
         folder = Path(tmp) / "step_00000001"
         folder.mkdir()
         files = layout(int(size_gib * GIB), ranks)
-        write_s, _ = timed(write_files, folder, files)
+        write_s, _, _ = timed(write_files, folder, files)
 
         def seal() -> dict:
             built = manifest.build_manifest(folder, step=1)
             manifest.write_manifest(folder, built)
             return built
 
-        manifest_s, built = timed(seal)
+        manifest_s, manifest_cpu_s, built = timed(seal)
         names = sorted(built["files"])
         hashed = sum(entry["size"] for entry in built["files"].values())
-        warm = []
+        expected = {name: built["files"][name]["blake2b"] for name in names}
+        times = {mode: ([], []) for mode in ("verify_warm", "one_thread", "verify_cold")}
+
+        def record(mode: str, wall: float, cpu: float) -> None:
+            times[mode][0].append(wall)
+            times[mode][1].append(cpu)
+
         for _ in range(rounds):
-            seconds, problem = timed(manifest.verify, folder)
+            wall, cpu, problem = timed(manifest.verify, folder)
             if problem is not None:
                 raise RuntimeError(problem)
-            warm.append(seconds)
-        single_s, digests = timed(one_thread_digests, folder, names)
-        if digests != {name: built["files"][name]["blake2b"] for name in names}:
-            raise RuntimeError("one-thread digests differ from the manifest's")
+            record("verify_warm", wall, cpu)
+            wall, cpu, digests = timed(one_thread_digests, folder, names)
+            if digests != expected:
+                raise RuntimeError("one-thread digests differ from the manifest's")
+            record("one_thread", wall, cpu)
+            if cold:
+                evict(folder, names)
+                wall, cpu, problem = timed(manifest.verify, folder)
+                if problem is not None:
+                    raise RuntimeError(problem)
+                record("verify_cold", wall, cpu)
         result = {
             "files": {name: built["files"][name]["size"] for name in names},
             "bytes_hashed": hashed,
             "verify_threads": max(1, min(8, len(names))),
             "write_s": write_s,
-            "manifest_s": manifest_s,
-            "manifest_gbps": hashed / manifest_s / GB,
-            "verify_warm": {**spread(warm), "gbps": hashed / statistics.median(warm) / GB},
-            "one_thread_s": single_s,
-            "one_thread_gbps": hashed / single_s / GB,
+            "manifest": summary([manifest_s], [manifest_cpu_s], hashed),
         }
-        if cold:
-            seconds = []
-            for _ in range(rounds):
-                evict(folder, names)
-                s, problem = timed(manifest.verify, folder)
-                if problem is not None:
-                    raise RuntimeError(problem)
-                seconds.append(s)
-            result["verify_cold"] = {**spread(seconds), "gbps": hashed / statistics.median(seconds) / GB}
+        for mode, (walls, cpus) in times.items():
+            if walls:
+                result[mode] = summary(walls, cpus, hashed)
         return result
 
 
@@ -169,8 +191,9 @@ def preset_parameters(preset: str, vocab: int) -> int:
     return count_parameters(model).total
 
 
-def project(preset: str, parameters: int, worlds: list[int], gbps: float) -> dict:
-    """Bytes each rank hashes against the bytes it loads, and the seconds at `gbps`, per world size."""
+def project(preset: str, parameters: int, worlds: list[int], gbps: float, gb_per_cpu_s: float) -> dict:
+    """Bytes each rank hashes against the bytes it loads per world size, and what verifying costs each
+    rank: seconds at the measured rate `gbps`, and CPU-seconds at `gb_per_cpu_s`."""
     model_states = MODEL_STATES_BYTES * parameters
     optimizer = OPTIMIZER_BYTES * parameters
     checkpoint = model_states + optimizer
@@ -185,6 +208,7 @@ def project(preset: str, parameters: int, worlds: list[int], gbps: float) -> dic
                 "hashed_over_loaded": checkpoint / loaded,
                 "hashed_all_ranks": checkpoint * world,
                 "verify_s_per_rank": checkpoint / GB / gbps,
+                "cpu_s_all_ranks": world * checkpoint / GB / gb_per_cpu_s,
             }
         )
     return {
@@ -193,6 +217,7 @@ def project(preset: str, parameters: int, worlds: list[int], gbps: float) -> dic
         "checkpoint_bytes": checkpoint,
         "model_states_bytes": model_states,
         "optimizer_bytes": optimizer,
+        "cpu_s_per_rank": checkpoint / GB / gb_per_cpu_s,
         "worlds": rows,
     }
 
@@ -207,6 +232,15 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def timing_row(what: str, t: dict) -> str:
+    rounds = len(t["seconds"])
+    span = f" ({t['min_s']:.2f}-{t['max_s']:.2f})" if rounds > 1 else ""
+    return (
+        f"| {what} | {rounds} | {t['median_s']:.2f}{span} | **{t['gbps']:.2f}** | {t['median_cpu_s']:.2f} | "
+        f"{t['gb_per_cpu_s']:.2f} |"
+    )
+
+
 def docs_section(args: argparse.Namespace, r: dict, load: tuple[float, float]) -> str:
     from report import command_line, machine
 
@@ -217,32 +251,31 @@ def docs_section(args: argparse.Namespace, r: dict, load: tuple[float, float]) -
         f"after (other jobs shared the {os.cpu_count()} cores)",
         "",
         f"A synthetic bf16 ZeRO-1/2 checkpoint of {size / GIB:.2f} GiB ({len(r['files'])} files: model states, "
-        f"{args.ranks} optimizer shards, config.yaml), random bytes, freshly written, so the page cache is warm: "
-        "these are hashing costs; a cold read from a local disk or a shared file system adds its read time.",
+        f"{args.ranks} optimizer shards, config.yaml) of random bytes, freshly written. Rounds interleave the "
+        "modes so that all see the same machine load. Wall time is stretched by the other jobs; CPU time "
+        "(this process, all threads) is what the hashing costs in cores.",
         "",
-        "| what | seconds | GB/s |",
-        "|---|---|---|",
-        f"| save: build + write the manifest (once, rank 0) | {r['manifest_s']:.2f} | {r['manifest_gbps']:.2f} |",
-        f"| resume: `manifest.verify()`, {r['verify_threads']} threads, warm, median of {args.rounds} "
-        f"(min-max) | {warm['median_s']:.2f} ({warm['min_s']:.2f}-{warm['max_s']:.2f}) | **{warm['gbps']:.2f}** |",
-        f"| blake2b, one thread, same files, warm | {r['one_thread_s']:.2f} | {r['one_thread_gbps']:.2f} |",
+        "| what | rounds | wall s, median (min-max) | GB/s (wall) | CPU s | GB per CPU-second |",
+        "|---|---|---|---|---|---|",
+        timing_row("save: build + write the manifest (once, on rank 0)", r["manifest"]),
+        timing_row(f"resume: `manifest.verify()`, {r['verify_threads']} threads, warm page cache", warm),
+        timing_row("blake2b, one thread, same files, warm page cache", r["one_thread"]),
     ]
     if "verify_cold" in r:
-        cold = r["verify_cold"]
         lines.append(
-            f"| resume: `manifest.verify()` after posix_fadvise(DONTNEED) of each file, median (min-max) | "
-            f"{cold['median_s']:.2f} ({cold['min_s']:.2f}-{cold['max_s']:.2f}) | {cold['gbps']:.2f} |"
+            timing_row("resume: `manifest.verify()` after posix_fadvise(DONTNEED) of each file", r["verify_cold"])
         )
     lines += [
         "",
         f"At the presets (vocabulary {args.vocab}; bf16 + ZeRO-2: {MODEL_STATES_BYTES} bytes per parameter of "
         f"model states, {OPTIMIZER_BYTES} of optimizer state cut into N shards; pickling overhead not counted). "
         "Every rank hashes the whole checkpoint; DeepSpeed's load reads the model states and the rank's own "
-        f"shard. Seconds at the warm rate measured above ({warm['gbps']:.2f} GB/s per process):",
+        f"shard. Verify time per rank at the warm wall rate above ({warm['gbps']:.2f} GB/s); CPU-seconds at "
+        f"{warm['gb_per_cpu_s']:.2f} GB per CPU-second:",
         "",
         "| preset | parameters | checkpoint | N ranks | each rank hashes | each rank loads | hashed / loaded | "
-        "all ranks hash | verify per rank |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "all ranks hash | verify per rank | CPU-seconds, all ranks |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in r["presets"]:
         for w in p["worlds"]:
@@ -250,7 +283,7 @@ def docs_section(args: argparse.Namespace, r: dict, load: tuple[float, float]) -
                 f"| {p['preset']} | {p['parameters'] / 1e6:.0f}M | {p['checkpoint_bytes'] / GB:.1f} GB | {w['world']} | "
                 f"{w['hashed_per_rank'] / GB:.1f} GB | {w['loaded_per_rank'] / GB:.2f} GB | "
                 f"{w['hashed_over_loaded']:.1f}x | {w['hashed_all_ranks'] / GB:.0f} GB | "
-                f"{w['verify_s_per_rank']:.0f} s |"
+                f"{w['verify_s_per_rank']:.0f} s | {w['cpu_s_all_ranks']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -285,32 +318,35 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     r = measure(args.size_gib, args.ranks, args.rounds, args.cold, args.dir)
     load_after = os.getloadavg()[0]
-    gbps = r["verify_warm"]["gbps"]
-    r["presets"] = [project(name, n, args.world, gbps) for name, n in parameters.items()]
+    warm = r["verify_warm"]
+    r["presets"] = [project(name, n, args.world, warm["gbps"], warm["gb_per_cpu_s"]) for name, n in parameters.items()]
     r["load_average"] = [load_before, load_after]
     r["settings"] = {"size_gib": args.size_gib, "ranks": args.ranks, "rounds": args.rounds, "vocab": args.vocab}
 
-    warm = r["verify_warm"]
     print(
         f"checkpoint {r['bytes_hashed'] / GIB:.2f} GiB in {len(r['files'])} files; load average "
         f"{load_before:.2f} -> {load_after:.2f}"
     )
-    print(f"save: manifest {r['manifest_s']:.2f} s ({r['manifest_gbps']:.2f} GB/s)")
-    print(
-        f"verify (warm, {r['verify_threads']} threads): median {warm['median_s']:.2f} s "
-        f"(min-max {warm['min_s']:.2f}-{warm['max_s']:.2f}), {warm['gbps']:.2f} GB/s"
-    )
-    print(f"blake2b one thread: {r['one_thread_s']:.2f} s, {r['one_thread_gbps']:.2f} GB/s")
-    if "verify_cold" in r:
-        cold = r["verify_cold"]
-        print(f"verify (after DONTNEED): median {cold['median_s']:.2f} s, {cold['gbps']:.2f} GB/s")
+    for key, what in (
+        ("manifest", "save: manifest"),
+        ("verify_warm", f"verify, warm, {r['verify_threads']} threads"),
+        ("one_thread", "blake2b, one thread"),
+        ("verify_cold", "verify after DONTNEED"),
+    ):
+        if key in r:
+            t = r[key]
+            print(
+                f"{what}: median {t['median_s']:.2f} s (min-max {t['min_s']:.2f}-{t['max_s']:.2f}), "
+                f"{t['gbps']:.2f} GB/s; {t['median_cpu_s']:.2f} CPU s, {t['gb_per_cpu_s']:.2f} GB per CPU-second"
+            )
     for p in r["presets"]:
         for w in p["worlds"]:
             print(
                 f"{p['preset']} ({p['parameters'] / 1e6:.0f}M params, {p['checkpoint_bytes'] / GB:.1f} GB) at "
                 f"{w['world']} ranks: each rank hashes {w['hashed_per_rank'] / GB:.1f} GB, loads "
                 f"{w['loaded_per_rank'] / GB:.2f} GB ({w['hashed_over_loaded']:.1f}x); all ranks hash "
-                f"{w['hashed_all_ranks'] / GB:.0f} GB; verify {w['verify_s_per_rank']:.0f} s per rank"
+                f"{w['hashed_all_ranks'] / GB:.0f} GB; verify {w['verify_s_per_rank']:.0f} s per rank, "
+                f"{w['cpu_s_all_ranks']:.0f} CPU-seconds in all"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")

@@ -383,19 +383,22 @@ def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
     assert files[shards[0]] == files[shards[1]] == files[shards[2]] == (10 * 2**20 * 12 // 14) // 3
     assert files["mp_rank_00_model_states.pt"] == 10 * 2**20 - 3 * files[shards[0]]
     assert list(tmp_path.iterdir()) == [out]  # the temporary checkpoint is gone
-    for timing in (r["verify_warm"], r["verify_cold"]):
-        assert len(timing["seconds"]) == 2 and timing["min_s"] <= timing["median_s"] <= timing["max_s"]
-        assert timing["gbps"] == pytest.approx(r["bytes_hashed"] / timing["median_s"] / 1e9)
+    for mode, rounds in (("manifest", 1), ("verify_warm", 2), ("one_thread", 2), ("verify_cold", 2)):
+        t = r[mode]
+        assert len(t["seconds"]) == len(t["cpu_seconds"]) == rounds and t["min_s"] <= t["median_s"] <= t["max_s"]
+        assert t["gbps"] == pytest.approx(r["bytes_hashed"] / t["median_s"] / 1e9)
+        assert t["gb_per_cpu_s"] == pytest.approx(r["bytes_hashed"] / t["median_cpu_s"] / 1e9)
     assert r["verify_threads"] == 5
-    assert r["manifest_gbps"] == pytest.approx(r["bytes_hashed"] / r["manifest_s"] / 1e9)
-    assert r["one_thread_gbps"] == pytest.approx(r["bytes_hashed"] / r["one_thread_s"] / 1e9)
     (preset,) = r["presets"]
     n = sum(p.numel() for p in build_model(load_model_config("ngpt_tiny", {"vocab_size": 64})).parameters())
     assert (preset["preset"], preset["parameters"], preset["checkpoint_bytes"]) == ("ngpt_tiny", n, 14 * n)
+    cpu_s = 14 * n / 1e9 / r["verify_warm"]["gb_per_cpu_s"]
+    assert preset["cpu_s_per_rank"] == pytest.approx(cpu_s)
     for world, row in zip((2, 8), preset["worlds"]):
         assert (row["world"], row["hashed_per_rank"], row["hashed_all_ranks"]) == (world, 14 * n, world * 14 * n)
         assert row["loaded_per_rank"] == 2 * n + 12 * n // world
         assert row["verify_s_per_rank"] == pytest.approx(14 * n / 1e9 / r["verify_warm"]["gbps"])
+        assert row["cpu_s_all_ranks"] == pytest.approx(world * cpu_s)
     args = argparse.Namespace(ranks=3, rounds=2, vocab=64)
     table = docs_section(args, r, (0.5, 0.7))
     assert f"| ngpt_tiny | {n / 1e6:.0f}M | {14 * n / 1e9:.1f} GB | 8 | " in table
