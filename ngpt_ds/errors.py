@@ -8,6 +8,9 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 
 class NgptConfigError(ValueError):
     """Bad user input (a config field, a file, a data set). The message names it and the fix.
@@ -45,7 +48,7 @@ class Problems:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             self.add(f"{section}.{key}", values[key], f"unknown field{hint}{extra_hint(key)}")
 
-    def wrong_types(self, section: str, obj: object) -> None:
+    def wrong_types(self, section: str, obj: DataclassInstance) -> None:
         """Report every dataclass field of `obj` whose value is not of its annotated type (YAML `lr: fast`,
         `betas: 0.9`), so that range checks afterwards compare numbers with numbers."""
         hints = typing.get_type_hints(type(obj))

@@ -134,6 +134,7 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
 def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int = DEFAULT_BLOCK_DOCS) -> Path:
     """Tokenize part `part_index` of `num_parts` of `cfg.inputs` into `cfg.out/part-K-of-N/`; return that folder."""
     _check_part_options(cfg, num_parts, part_index, block_docs)
+    assert cfg.tokenizer is not None  # _check_part_options rejects a missing --tokenizer
     corpus = open_inputs(cfg)
     _say(cfg, f"reading {cfg.source_description or corpus.description}: part {part_index} of {num_parts}")
     fraction, workers = held_out_fraction(cfg.val_fraction), cfg.worker_count

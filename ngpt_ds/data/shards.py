@@ -29,7 +29,7 @@ TOKENIZER_FILE = "tokenizer.model"
 FORMAT_NAME = "ngpt_ds-token-shards"
 FORMAT_VERSION = 1
 # Explicit little-endian so shards are portable between hosts.
-DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 SPLITS = ("train", "validation")
 
 _PREPARE_HINT = "prepare it with `python launch/prepare_data.py --input CORPUS --out DIR`"
@@ -302,6 +302,7 @@ class ShardWriter:
         while tokens.size:
             if self._file is None:
                 self._open()
+            assert self._file is not None  # _open() just set it
             room = self.shard_tokens - self._count
             chunk, tokens = tokens[:room], tokens[room:]
             self._file.write(chunk.tobytes())

@@ -209,7 +209,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
             f"--input file {unknown[0]!r}: unknown format; use files ending in "
             f"{', '.join(sorted(_FORMATS))} (optionally compressed with {', '.join(_COMPRESSION)})"
         )
-    kinds = sorted(set(formats.values()))
+    kinds = sorted({fmt for fmt in formats.values() if fmt is not None})  # all known: checked above
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
     builder = kinds[0]

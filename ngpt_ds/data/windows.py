@@ -36,12 +36,13 @@ class WindowIndex:
         self._maps: list[np.memmap | None] = [None] * len(self._shards)
 
     def _map(self, i: int) -> np.memmap:
-        if self._maps[i] is None:
+        mapped = self._maps[i]
+        if mapped is None:
             shard = self._shards[i]
-            self._maps[i] = np.memmap(
+            mapped = self._maps[i] = np.memmap(
                 self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r", shape=(shard.tokens,)
             )
-        return self._maps[i]
+        return mapped
 
     def read(self, window_ids: np.ndarray) -> np.ndarray:
         """Tokens of the given windows: [len(window_ids), seq_len + 1] int64."""
