@@ -136,7 +136,8 @@ def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickl
     with UnsafeCheckpointError. Other failures (a truncated or missing file) propagate as torch raises them."""
     pickle_load_args.pop("pickle_module", None)
     pickle_load_args.pop("weights_only", None)
-    with torch.serialization.safe_globals(allowed_types()):
+    # torch hints a list of callables, which a list[type] does not match (list is invariant); it only reads it.
+    with torch.serialization.safe_globals(allowed_types()):  # type: ignore[arg-type]
         try:
             return _TORCH_LOAD(f, map_location=map_location, weights_only=True, mmap=mmap, **pickle_load_args)
         except pickle.UnpicklingError as err:

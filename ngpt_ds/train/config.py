@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -92,7 +92,8 @@ class TrainConfig:
             self.weight_decay = 0.0 if ngpt else 0.1
         if self.warmup_steps is None:
             self.warmup_steps = 0 if ngpt else min(2000, self.max_steps // 10)
-        self.betas = tuple(self.betas)
+        # YAML gives a list of any length; validate() checks that there are two.
+        self.betas = cast("tuple[float, float]", tuple(self.betas))
         return self
 
     def validate(self, source: str = "train config") -> TrainConfig:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import functools
 import typing
+from collections.abc import Set
 from typing import Any
 
 from ngpt_ds.errors import Problems
@@ -32,7 +33,7 @@ READ_OUTSIDE_THE_PARSER = ("sequence_parallel_size", "vocabulary_size")
 class _RecordingDict(dict):
     """An empty mapping that remembers every key the parser looks up (get, [], in, keys())."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.asked: set[str] = set()
 
@@ -131,7 +132,7 @@ def check_keys(config: dict[str, Any], p: Problems) -> None:
         )
 
 
-def check_blocks(config: dict[str, Any], p: Problems, skip: set[str] = frozenset()) -> None:
+def check_blocks(config: dict[str, Any], p: Problems, skip: Set[str] = frozenset()) -> None:
     """Parse each known block alone, as DeepSpeed will; report its errors under the block's name."""
     import pydantic
 

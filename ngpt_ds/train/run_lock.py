@@ -67,6 +67,7 @@ def acquire(out_dir: Path) -> RunLock:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
+        assert err.errno is not None  # a failed system call sets errno
         raise NgptConfigError(
             f"--out {out_dir} is not writable ({os.strerror(err.errno)}): the trainer writes "
             "its checkpoints, logs and config there. Choose a writable --out"
@@ -96,6 +97,7 @@ def acquire(out_dir: Path) -> RunLock:
         os.fsync(fd)
     except OSError as err:
         os.close(fd)
+        assert err.errno is not None  # a failed system call sets errno
         raise NgptConfigError(
             f"--out {out_dir} is not writable ({os.strerror(err.errno)}). Choose a writable --out"
         ) from None
