@@ -89,7 +89,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        binding = CacheBinding(cache, self.config.n_layer) if use_cache else None
+        # use_cache implies a cache here (a DynamicCache when none was passed).
+        binding = CacheBinding(cache, self.config.n_layer) if use_cache and cache is not None else None
         h = self.model.hidden_states(input_ids, binding)
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ngpt_ds.errors import NgptConfigError
 
@@ -33,7 +33,7 @@ PROBE_TEXTS = ("Hello world", " two  spaces\n\n\ttab ", "ünïcödé 日本語 �
 def _proto(path: Path):
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated, no stub
     proto.ParseFromString(path.read_bytes())
     return proto
 
@@ -60,8 +60,9 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
         )
     pieces = [p.piece for p in proto.pieces]
     if trainer.model_type == 2:  # BPE
-        extracted = SentencePieceExtractor(str(path)).extract(models.BPE)
-        model = models.BPE(
+        # transformers hints extract() as returning a tuple; it returns a dict (vocab, merges, ...).
+        extracted: dict[str, Any] = SentencePieceExtractor(str(path)).extract(models.BPE)  # type: ignore[assignment]
+        model: models.Model = models.BPE(
             vocab=extracted["vocab"],
             merges=extracted["merges"],
             unk_token=pieces[trainer.unk_id],

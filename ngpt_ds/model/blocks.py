@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ class CausalSelfAttention(nn.Module):
             self.softmax_scale = math.sqrt(self.head_dim)
         else:
             self.softmax_scale = 1.0 / math.sqrt(self.head_dim)
-        self.kv_cache: LayerKVCache | None = None  # set only while a KVCache is bound (incremental decoding)
+        self.kv_cache: LayerCache | None = None  # set only while a KVCache is bound (incremental decoding)
 
     def project_qkv(
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -132,13 +133,23 @@ class SwiGLU(nn.Module):
         return self.down(u * F.silu(v))
 
 
+class LayerCache(Protocol):
+    """What attention reads and appends of one layer's cache: a LayerKVCache, or a view into another
+    library's cache (ngpt_ds.hf keeps them in a transformers Cache)."""
+
+    @property
+    def length(self) -> int: ...
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class LayerKVCache:
     """Keys and values of one attention layer for the positions decoded so far, [B, H, T, head_dim].
 
     Storage grows by doubling, so appending one position costs O(1) amortized copies.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.length = 0
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
@@ -151,9 +162,11 @@ class LayerKVCache:
             grown_k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
             grown_v = v.new_empty(*v.shape[:2], capacity, v.shape[3])
             if self._k is not None:
+                assert self._v is not None  # set together with _k
                 grown_k[:, :, : self.length] = self._k[:, :, : self.length]
                 grown_v[:, :, : self.length] = self._v[:, :, : self.length]
             self._k, self._v = grown_k, grown_v
+        assert self._v is not None  # set together with _k
         self._k[:, :, self.length : end] = k
         self._v[:, :, self.length : end] = v
         self.length = end
@@ -169,8 +182,8 @@ class KVCache:
     mid-forward, start a new cache.
     """
 
-    def __init__(self):
-        self.layers: list[LayerKVCache] = []
+    def __init__(self) -> None:
+        self.layers: list[LayerCache] = []
 
     @property
     def length(self) -> int:

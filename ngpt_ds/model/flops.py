@@ -40,6 +40,7 @@ def training_flops_per_token(config: ModelConfig) -> int:
     and left out, as MFU conventions do, so nGPT and GPT of equal shape get equal FLOPs.
     """
     d, L = config.n_embd, config.n_layer
+    assert config.vocab_size is not None, "vocab_size must be resolved (from the dataset) first"
     per_layer = 4 * d * d + 3 * d * config.mlp_width
     n_matmul = L * per_layer + config.vocab_size * d
     return 6 * n_matmul + 12 * L * d * config.seq_len

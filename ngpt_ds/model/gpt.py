@@ -42,6 +42,7 @@ class GPT(CausalLM):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         d, V = config.n_embd, config.vocab_size
+        assert V is not None  # CausalLM.__init__ rejects an unresolved vocab_size
         self.embed = TokenEmbedding(V, d, on_sphere=False, init_std=config.init_std)
         self.blocks = nn.ModuleList(PreNormBlock(config) for _ in range(config.n_layer))
         self.final_norm = nn.RMSNorm(d, eps=config.norm_eps)

@@ -73,6 +73,7 @@ class NGPT(CausalLM):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         d, V = config.n_embd, config.vocab_size
+        assert V is not None  # CausalLM.__init__ rejects an unresolved vocab_size
         std = 1.0 / math.sqrt(d)
         self.embed = TokenEmbedding(V, d, on_sphere=True, init_std=std)
         self.blocks = nn.ModuleList(NormalizedBlock(config) for _ in range(config.n_layer))
