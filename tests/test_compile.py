@@ -153,6 +153,10 @@ def test_no_compile_overrides_the_yaml(tmp_path, tiny_dataset, monkeypatch):
     assert prepare(options(False)).run.train.compile is False
     with pytest.raises(NgptConfigError, match="C\\+\\+ compiler"):
         prepare(options(None))
+    # A dry run plans for the machines that will run it: this one's toolchain is not theirs.
+    planned = options(None)
+    planned.world_size = 2
+    assert prepare(planned).run.train.compile is True
     with pytest.raises(NgptConfigError, match="C\\+\\+ compiler"):
         prepare(options(True))
     monkeypatch.setenv("CXX", sys.executable)  # the check asks only that the compiler exists

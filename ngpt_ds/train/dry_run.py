@@ -68,6 +68,12 @@ def plan_report(prepared: Prepared) -> str:
         + (", reduce_scatter false" if stage == 3 and sp > 1 else "")
         + (", optimizer offloaded to the CPU" if offload else "")
         + f"; activation checkpointing {t.activation_checkpointing}"
+        + (
+            "; compile on (the first step waits for it; each machine's C++ compiler or Triton is checked "
+            "when the run starts there)"
+            if t.compile
+            else "; compile off"
+        )
     )
     # The loader refuses a split with fewer windows than one optimizer step, as the trainer's would.
     loader = TokenWindowLoader(run.data_dir, "train", m.seq_len, plan.micro_batch, 0, dp, t.seed, plan.grad_accum)
