@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,18 +48,18 @@ def check_writable(out_dir: Path) -> None:
 
 
 def check_compile_toolchain(compile_model: bool, on_cpu: bool) -> None:
-    """train.compile: Inductor compiles C++ on CPU (the compiler in $CXX, else g++, as Inductor picks it)
-    and Triton kernels on GPUs."""
+    """train.compile: Inductor compiles C++ on CPU (the compiler in $CXX, else g++, or clang++ on macOS:
+    the one Inductor picks) and Triton kernels on GPUs."""
     if not compile_model:
         return
     fix = 'or turn compiling off: --no-compile, or train.compile: false in the YAML (README "Compile")'
     if on_cpu:
-        compiler = os.environ.get("CXX") or "g++"
+        compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
         if shutil.which(compiler) is None:
             raise NgptConfigError(
                 f"train.compile: true compiles the model with torch.compile, whose CPU code generator needs "
-                f"a C++ compiler, and {compiler!r} (the $CXX variable, else g++) is not on PATH; install "
-                f"one (e.g. apt-get install g++) {fix}"
+                f"a C++ compiler, and {compiler!r} (the $CXX variable, else the platform's default) is not on "
+                f"PATH; install one (e.g. apt-get install g++) {fix}"
             )
     elif importlib.util.find_spec("triton") is None:
         raise NgptConfigError(
