@@ -10,9 +10,10 @@ request; this does the same for host memory by raising glibc's mmap and trim thr
 large buffers come from and go back to the heap.
 
 The cost: memory freed inside the process is not handed back to the operating system, so the
-resident size stays at the step's peak instead of falling between steps. Only CPU training
-processes set it (`ngpt_ds.train.builder.init_process_group`); on a GPU machine host memory
-is not on the step's path, and a checkpoint save's host buffers should go back to the system.
+resident size stays at the step's peak instead of falling between steps. CPU training processes
+set it (`ngpt_ds.train.builder.init_process_group`), and so do `generate` and `evaluate` on the
+CPU (`ngpt_ds.cli.keep_freed_memory_on_cpu`); on a GPU machine host memory is not on the step's
+path, and a checkpoint save's host buffers should go back to the system.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, run
+from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
 
 EPILOG = """\
 MODEL is an exported folder, a checkpoint directory or a training run directory.
@@ -87,6 +87,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import evaluate, format_table, load
 
+    keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     data = args.data or loaded.info.get("data_dir")
     if not data:

@@ -12,7 +12,7 @@ import argparse
 import sys
 import warnings
 
-from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, run
+from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
 
 EPILOG = """\
 MODEL is an exported folder (launch/export.py), a checkpoint directory (.../checkpoints/step_N)
@@ -109,6 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = Sampling(
         temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p
     ).validate()
+    keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     print(f"loaded {loaded.describe()} on {loaded.device}", file=sys.stderr)
     seq_len = loaded.config.seq_len
