@@ -159,7 +159,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for folder in (path, path / ckpt_layout.CHECKPOINTS):
         steps = ckpt_layout.step_dirs(folder)
         if ckpt_layout.complete_checkpoints(folder):
-            return ckpt_layout.newest_intact(folder, warn=_log.warning)
+            newest = ckpt_layout.newest_intact(folder, warn=_log.warning)
+            assert newest is not None  # None only without complete checkpoints (all damaged: it raises)
+            return newest
         if steps:
             raise NgptConfigError(
                 f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
@@ -358,6 +360,7 @@ def load_checkpoint(
     checkpoint = resolve_checkpoint(path)
     run = read_run_config(checkpoint)
     config = _model_config(run["model"], f"model config ({checkpoint / 'config.yaml'})")
+    assert config.vocab_size is not None  # _model_config refuses a config without it
     tok, expected_sha = _checkpoint_tokenizer(run, checkpoint, tokenizer)
     digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
     model = build_model(config)
@@ -421,6 +424,7 @@ def load_export(
     folder = Path(path)
     meta = read_export_config(folder)
     config = _model_config(meta.get("model"), f"model config ({folder / CONFIG_FILE})")
+    assert config.vocab_size is not None  # _model_config refuses a config without it
     tok_meta = meta.get("tokenizer") or {}
     tok = Tokenizer.load(tokenizer if tokenizer is not None else _export_tokenizer_file(folder, tok_meta))
     digest = check_tokenizer(tok, config.vocab_size, tok_meta.get("sha256"), f"the model in {folder}")

@@ -60,8 +60,8 @@ def reduce_from_tensor_parallel(x: torch.Tensor, group: dist.ProcessGroup | None
 def mark_sharded(param: nn.Parameter, dim: int) -> None:
     """DeepSpeed counts gradient norms of sharded params on every tensor-parallel rank
     (replicated ones on tensor rank 0 only)."""
-    param.tensor_model_parallel = True
-    param.partition_dim = dim
+    param.tensor_model_parallel = True  # type: ignore[attr-defined]  # DeepSpeed's attributes, unknown to torch's stubs
+    param.partition_dim = dim  # type: ignore[attr-defined]
 
 
 class ColumnParallelProjection(Projection):
@@ -86,8 +86,9 @@ class RowParallelProjection(Projection):
         self.group = group
         mark_sharded(self.weight, self.layout.split_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reduce_from_tensor_parallel(F.linear(x, self.weight), self.group)
+    def forward(self, x: torch.Tensor, row_scale: torch.Tensor | None = None) -> torch.Tensor:
+        # row_scale scales whole output rows, so it applies to each rank's partial sum alike.
+        return reduce_from_tensor_parallel(scaled_linear(x, self.weight, row_scale), self.group)
 
 
 class VocabParallelEmbedding(TokenEmbedding):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,6 +38,8 @@ from ngpt_ds.model.sphere import sphere_matrices
 if TYPE_CHECKING:
     from deepspeed.pipe import PipelineModule
 
+    from ngpt_ds.data.loader import ValidationBatches
+    from ngpt_ds.model.layers import RotaryEmbedding
     from ngpt_ds.model.lm import CausalLM
 
 _log = log.get(__name__)
@@ -51,7 +54,8 @@ class EmbeddingLayer(nn.Module):
     def __init__(self, model: CausalLM):
         super().__init__()
         self.embed = model.embed
-        self._embed_tokens = type(model).embed_tokens  # reads self.embed only
+        # CausalLM's method, called on this layer (it reads self.embed only): typed loosely for that.
+        self._embed_tokens: Callable[..., torch.Tensor] = type(model).embed_tokens
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self._embed_tokens(self, token_ids)
@@ -61,7 +65,7 @@ class BlockLayer(nn.Module):
     """One block: h [B, T, d] -> h. RoPE tables are rebuilt per block (they hold no parameters and are
     cheap), as the stages do not share them; activation checkpointing as CausalLM's `checkpoint_every`."""
 
-    def __init__(self, block: nn.Module, rotary: nn.Module, recompute: bool):
+    def __init__(self, block: nn.Module, rotary: RotaryEmbedding, recompute: bool):
         super().__init__()
         self.block = block
         self._rotary = rotary  # not registered: it has no parameters or buffers
@@ -83,8 +87,9 @@ class HeadLayer(nn.Module):
         for name, child in model.named_children():
             if name not in _TRUNK:
                 self.add_module(name, child)
-        self._logits = type(model).logits
-        self._cross_entropy = type(model).cross_entropy
+        # CausalLM's methods, called on this layer (which holds the children they read): typed loosely for that.
+        self._logits: Callable[..., torch.Tensor] = type(model).logits
+        self._cross_entropy: Callable[..., torch.Tensor] = type(model).cross_entropy
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self._logits(self, h)
@@ -220,6 +225,6 @@ class PipelineSteps:
         batches = [loader.next_batch() for _ in range(micro_batches)]
         return self.engine.train_batch(iter(batches)).detach().float()
 
-    def evaluate(self, batches: list) -> float:
+    def evaluate(self, batches: ValidationBatches) -> float:
         """Mean loss over `batches` and the data-parallel replicas, the same on every rank."""
         return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))

@@ -20,7 +20,7 @@ over the data-parallel ranks only, and the ranks of one sequence drift apart sil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -197,6 +197,7 @@ def create_sequence_groups(sp_size: int) -> SequenceParallelGroups:
         if rank in ranks:
             dp_group, dp_ranks = group, ranks
     dp_rank, sp_rank = layout.coordinates(rank)
+    assert sp_group is not None  # the sequence groups cover every rank
     return SequenceParallelGroups(
         sp_size=sp_size,
         dp_size=layout.dp_size,
@@ -272,15 +273,18 @@ def parallelize_sequence(model: torch.nn.Module, groups: SequenceParallelGroups)
         return model
     if getattr(model, "sequence_parallel", None) is not None:
         raise ValueError("this model is already sequence-parallel")
+    # Instance attributes that replace methods (attend, cross_entropy) or mark the model; nn.Module's
+    # typed __setattr__ (tensors and modules) describes none of them.
+    patched: Any = model
     for module in model.modules():
         if isinstance(module, CausalSelfAttention):
-            module.attend = UlyssesAttention(module.attend, groups.sp_group)
-    model.sequence_chunk = groups.sp_rank
+            cast(Any, module).attend = UlyssesAttention(module.attend, groups.sp_group)
+    patched.sequence_chunk = groups.sp_rank
 
     def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return sequence_parallel_cross_entropy(logits, targets, group=groups.sp_group)
 
-    model.cross_entropy = cross_entropy
+    patched.cross_entropy = cross_entropy
 
     def take_chunk(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if kwargs.get("cache") is not None:
@@ -290,5 +294,5 @@ def parallelize_sequence(model: torch.nn.Module, groups: SequenceParallelGroups)
         return args, kwargs
 
     model.register_forward_pre_hook(take_chunk, with_kwargs=True)
-    model.sequence_parallel = groups
+    patched.sequence_parallel = groups
     return model

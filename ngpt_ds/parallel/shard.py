@@ -9,8 +9,10 @@ heads, up_gate rows [u_k; v_k] for rank k's channels.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -25,6 +27,10 @@ from ngpt_ds.parallel.layers import (
     mark_sharded,
     vocab_parallel_cross_entropy,
 )
+
+if TYPE_CHECKING:
+    from ngpt_ds.model.gpt import PreNormBlock
+    from ngpt_ds.model.ngpt import NormalizedBlock
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,17 @@ class ShardRule:
         )
 
 
+def _blocks(model: CausalLM) -> Iterable[NormalizedBlock | PreNormBlock]:
+    """model.blocks, typed as what it holds (an nn.ModuleList yields plain Modules to a type checker)."""
+    return cast("Iterable[NormalizedBlock | PreNormBlock]", model.blocks)
+
+
 def tensor_parallel_plan(model: CausalLM) -> dict[str, ShardRule]:
     """Parameter name -> how it is split. Parameters not listed are replicated on every rank."""
     plan = {"embed.weight": ShardRule(0, 1), "head.weight": ShardRule(0, 1)}
     if hasattr(model, "s_z"):
         plan["s_z.param"] = ShardRule(0, 1)
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(_blocks(model)):
         p = f"blocks.{i}."
         plan[p + "attn.qkv.weight"] = ShardRule(block.attn.qkv.layout.split_dim, 3)
         plan[p + "attn.out.weight"] = ShardRule(block.attn.out.layout.split_dim, 1)
@@ -73,6 +84,7 @@ def parallelize(model: CausalLM, groups: ParallelGroups) -> CausalLM:
     if groups.tp_size == 1:
         return model
     config: ModelConfig = model.config
+    assert config.vocab_size is not None  # CausalLM.__init__ rejects an unresolved vocab_size
     check_tensor_parallel(
         groups.tp_size,
         groups.tp_size * groups.dp_size,
@@ -86,7 +98,7 @@ def parallelize(model: CausalLM, groups: ParallelGroups) -> CausalLM:
     def shard(name: str) -> torch.Tensor:
         return _shard(model.get_parameter(name), plan[name], tp, rank)
 
-    for i, block in enumerate(model.blocks):
+    for i, block in enumerate(_blocks(model)):
         p = f"blocks.{i}."
         attn, mlp = block.attn, block.mlp
         attn.qkv = ColumnParallelProjection(attn.qkv, shard(p + "attn.qkv.weight"), group)
@@ -102,8 +114,11 @@ def parallelize(model: CausalLM, groups: ParallelGroups) -> CausalLM:
     model.head = ColumnParallelProjection(model.head, shard("head.weight"), group)
     if "s_z.param" in plan:
         _replace_vector(model, "s_z.param", shard("s_z.param"))
-    model.cross_entropy = partial(vocab_parallel_cross_entropy, vocab_start=vocab_start, group=group)
-    model.tensor_parallel = groups
+    # Instance attributes: one replaces a method, one marks the model; nn.Module's typed __setattr__
+    # (tensors and modules) does not describe either.
+    patched: Any = model
+    patched.cross_entropy = partial(vocab_parallel_cross_entropy, vocab_start=vocab_start, group=group)
+    patched.tensor_parallel = groups
     return model
 
 

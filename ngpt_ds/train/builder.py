@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -221,15 +221,17 @@ def start_engine(
     )
 
     train = run.train
+    # load_model_and_train resolved these architecture defaults (TrainConfig.resolve).
+    assert train.weight_decay is not None and train.warmup_steps is not None
     torch.manual_seed(train.seed)  # every rank builds the same full model, then keeps its shards
     model = build_model(run.model)
     model.checkpoint_every = train.checkpoint_every  # activation checkpointing; parameters unchanged
     tensor_parallel = groups is not None and groups.tp_size > 1
     if tensor_parallel:
-        parallelize(model, groups)
+        parallelize(model, cast(ParallelGroups, groups))  # tp_size > 1: only ParallelGroups have that
     sequence_parallel = groups is not None and groups.sp_size > 1
     if sequence_parallel:  # Ulysses attention, RoPE offset, chunked inputs, full-length loss
-        parallelize_sequence(model, groups)
+        parallelize_sequence(model, cast(SequenceParallelGroups, groups))  # sp_size > 1: only those have that
     if train.pipeline_parallel_size > 1:  # this rank's stage only (ngpt_ds.parallel.pipeline)
         model = build_pipeline(model, train.pipeline_parallel_size)
     optimizer = build_optimizer(model, lr=train.lr, betas=train.betas, eps=train.eps, weight_decay=train.weight_decay)

@@ -98,12 +98,19 @@ def universal_source(path: Path) -> Path | None:
     return source if source.name.startswith(TAG_PREFIX) and source.name[len(TAG_PREFIX) :].isdigit() else None
 
 
+def _universal_step(universal_dir: Path) -> int:
+    """The step of the checkpoint a `universal_dirs` entry was converted from."""
+    source = universal_source(universal_dir)
+    assert source is not None  # universal_dirs lists only folders that name their source
+    return step_of(source.name)
+
+
 def universal_dirs(checkpoint_dir: Path) -> list[Path]:
     """Every step_N-universal folder (complete or not), oldest first."""
     if not checkpoint_dir.is_dir():
         return []
     found = [d for d in checkpoint_dir.iterdir() if d.is_dir() and universal_source(d) is not None]
-    return sorted(found, key=lambda d: step_of(universal_source(d).name))
+    return sorted(found, key=_universal_step)
 
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -198,7 +205,7 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     checkpoint_dir = out_dir / CHECKPOINTS
     k = step_of(resume_from.name) if resume_from is not None else 0
     newer = [d for d in step_dirs(checkpoint_dir) if step_of(d.name) > k]
-    newer += [d for d in universal_dirs(checkpoint_dir) if step_of(universal_source(d).name) > k]
+    newer += [d for d in universal_dirs(checkpoint_dir) if _universal_step(d) > k]
     if not newer:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -320,7 +327,7 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_ya
         shutil.rmtree(old, ignore_errors=True)
     oldest_kept = step_of(complete_checkpoints(checkpoint_dir)[0].name)
     for converted in universal_dirs(checkpoint_dir):  # derived from a step retention has now passed
-        if step_of(universal_source(converted).name) < oldest_kept:
+        if _universal_step(converted) < oldest_kept:
             shutil.rmtree(converted, ignore_errors=True)
     for partial in step_dirs(checkpoint_dir):  # interrupted saves of older ngpt_ds versions
         if not (partial / COMPLETE).exists() and step_of(partial.name) < step:

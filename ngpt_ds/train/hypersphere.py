@@ -137,7 +137,7 @@ class StepUnit:
     """ids of the flat fp32 tensors the torch optimizer steps for this unit."""
     n_slots: int
     pieces: list[MasterPiece]
-    group: object | None
+    group: dist.ProcessGroup | None
     """process group to all-reduce over (data-parallel), or None when every rank holds whole matrices.
     Tensor-parallel shards never need one: a split never cuts the normalized dim."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -325,7 +325,7 @@ class HypersphereHook:
                 p = m.param
                 _, offset, partition_numel = opt.grad_position[opt.get_param_id(p)]
                 start = opt._get_param_partition_rank(p) * partition_numel
-                valid = max(0, min(partition_numel, p.ds_numel - start))
+                valid = max(0, min(partition_numel, p.ds_numel - start))  # type: ignore[attr-defined]  # ZeRO-3 sets it
                 if valid:
                     pieces.append(_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
             group = _reduction_group(opt._get_param_partition_group(matrices[0].param))

@@ -217,6 +217,7 @@ class Trainer:
         # norm, whether any rank stepped without renormalizing.
         all_reduce_on(flags, self.device)
         if flags[3].item() > 0:
+            assert hook is not None  # nGPT runs have a hook on every rank, GPT runs on none
             raise hook.missed_error(self.step + 1)
         return flags[0].item() / self.world, flags[1].item() > 0, flags[2].item() > 0
 
@@ -298,6 +299,7 @@ class Trainer:
     def _sphere_diverged(self, step: int) -> None:
         """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
         rank calls it (the non-finite flag and the deviations are agreed over the job)."""
+        assert self.hook is not None  # only an nGPT run's hook finds non-finite norms
         broken = {name: d for name, d in self.hook.deviations().items() if not math.isfinite(d)}
         names = ", ".join(f"{name} ({d})" for name, d in broken.items()) or "(gone again when re-read)"
         raise TrainingDiverged(
@@ -399,6 +401,7 @@ def train(options: TrainOptions) -> Summary:
         out_dir = Path(prepared.run.out_dir)
         lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
         if dist.get_rank() == 0:
+            assert lock is not None  # rank 0 holds it: lock_run raised otherwise
             if lock.note:
                 _log.info(lock.note)
             moved = checkpoint.start_lineage(out_dir, prepared.resume_from)

@@ -8,12 +8,14 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
 
 from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
+from ngpt_ds.model.ngpt import NormalizedBlock
 from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
@@ -132,12 +134,13 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
     out = {}
     stage = hasattr(model, "sphere_matrix_names")  # one pipeline stage (ngpt_ds.parallel.pipeline)
     blocks, head = (block_layers(model), head_layer(model)) if stage else (enumerate(model.blocks), model)
-    for i, block in blocks:
+    for i, module in blocks:
+        block = cast(NormalizedBlock, module)  # the hook has matrices: an nGPT model
         out[f"ngpt/alpha_attn/layer_{i:02d}"] = mean_effective(block.attn_alpha)
         out[f"ngpt/alpha_mlp/layer_{i:02d}"] = mean_effective(block.mlp_alpha)
         out[f"ngpt/s_qk/layer_{i:02d}"] = mean_effective(block.attn.s_qk)
     if head is not None:
-        out["ngpt/s_z_mean"] = mean_effective(head.s_z)
+        out["ngpt/s_z_mean"] = mean_effective(cast(ScaleVector, head.s_z))
     if stage:  # every stage's values, on every rank
         parts: list[dict[str, float]] = [{}] * dist.get_world_size()
         dist.all_gather_object(parts, out)
