@@ -1,4 +1,4 @@
-"""Install ngpt_ds. Build-system and tool settings (ruff) are in pyproject.toml.
+"""Install ngpt_ds. Build-system and tool settings (ruff, mypy) are in pyproject.toml.
 
 torch: from PyPI on Linux, `pip install torch` is the multi-GB CUDA build; for the CPU-only
 build install torch first from PyTorch's CPU wheel index (launch/setup.sh: NGPT_DS_TORCH_INDEX_URL)."""
@@ -39,6 +39,7 @@ setup(
             "matplotlib>=3.7",
             "lm-eval>=0.4.13,<0.5",
             "ruff>=0.17,<0.18",  # the lint rules (pyproject.toml) were written against 0.17
+            "mypy>=2.4,<2.5",  # the package type-checks clean with 2.4 (pyproject.toml [tool.mypy])
             "transformers>=5.24,<5.25",
             "accelerate>=1.0",
         ],  # accelerate: lm-eval's `hf` model imports it

@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 bash launch/setup.sh --test
 
-# Lint first (rules in pyproject.toml); a finding fails the run before the slow tests start.
+# Lint and type-check first (settings in pyproject.toml); a finding fails the run before the slow tests start.
 "$PYTHON" -m ruff check .
 "$PYTHON" -m ruff format --check .
+"$PYTHON" -m mypy
 
 if [ $# -gt 0 ] || [ "${NGPT_DS_MIN_DEEPSPEED_TESTS:-1}" = 0 ]; then
   exec "$PYTHON" -m pytest -q tests "$@"
