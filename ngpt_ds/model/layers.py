@@ -187,9 +187,9 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
         angles = torch.outer(positions, inv_freq)
         cos, sin = angles.cos(), angles.sin()
-        return torch.cat((cos, cos), dim=-1).unsqueeze(1).to(dtype), torch.cat((-sin, sin), dim=-1).unsqueeze(1).to(
-            dtype
-        )
+        full_cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)
+        signed_sin = torch.cat((-sin, sin), dim=-1).unsqueeze(1)
+        return full_cos.to(dtype), signed_sin.to(dtype)
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -67,9 +67,8 @@ def acquire(out_dir: Path) -> RunLock:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        assert err.errno is not None  # a failed system call sets errno
         raise NgptConfigError(
-            f"--out {out_dir} is not writable ({os.strerror(err.errno)}): the trainer writes "
+            f"--out {out_dir} is not writable ({err.strerror or err}): the trainer writes "
             "its checkpoints, logs and config there. Choose a writable --out"
         ) from None
     try:
@@ -97,9 +96,8 @@ def acquire(out_dir: Path) -> RunLock:
         os.fsync(fd)
     except OSError as err:
         os.close(fd)
-        assert err.errno is not None  # a failed system call sets errno
         raise NgptConfigError(
-            f"--out {out_dir} is not writable ({os.strerror(err.errno)}). Choose a writable --out"
+            f"--out {out_dir} is not writable ({err.strerror or err}). Choose a writable --out"
         ) from None
     return RunLock(fd, path, note)
 
