@@ -361,6 +361,25 @@ def test_profile_step_lists_the_top_operators(tmp_path):
     assert "| all operators |" in proc.stdout
 
 
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_qk_path_times_both_forms_which_compute_the_same(tmp_path, arch):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"model: {{arch: {arch}, n_layer: 1, n_embd: 48, n_head: 2, seq_len: 16, vocab_size: 64}}\n")
+    out = tmp_path / "qk.json"
+    run([sys.executable, REPO / "bench/qk_path.py", "--config", config, "--batch", 2, "--rounds", 3, "--reps", 2,
+         "--json", out])  # fmt: skip
+    result = json.loads(out.read_text())
+    # the previous form (per-half RoPE, indexing) and project_qkv give the same q, k, v and input gradient
+    assert result["same_values"] is True
+    assert result["input_grad_max_diff"] <= 1e-2 * result["input_grad_max_abs"]
+    assert result["shape"] == {"batch": 2, "seq_len": 16, "n_head": 2, "head_dim": 24}
+    rounds = result["ms_per_round"]
+    assert [len(rounds["previous"]), len(rounds["current"])] == [3, 3]
+    ratios = sorted(c / p for c, p in zip(rounds["current"], rounds["previous"]))
+    assert result["current_over_previous"] == pytest.approx(ratios[1], rel=1e-9)
+    assert (result["ratio_min"], result["ratio_max"]) == pytest.approx((ratios[0], ratios[2]), rel=1e-9)
+
+
 def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
     """A 10 MiB synthetic checkpoint with 3 optimizer shards: the bytes verified are the files' sizes, in the
     2 : 12 split of bf16 ZeRO-1/2; the rates and the preset projection follow from the measured seconds."""
