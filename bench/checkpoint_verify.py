@@ -3,10 +3,12 @@
     python bench/checkpoint_verify.py [--size-gib 1] [--ranks 8] [--rounds 3] [--cold] [--dir DIR]
                                       [--presets ngpt_0.5b,ngpt_1b] [--world 8,64] [--json F] [--docs]
 
-`--resume` verifies the chosen checkpoint on every rank before the process group exists
-(ngpt_ds/train/checkpoint.py: resolve_resume -> manifest.verify): each rank hashes every file
-(blake2b-128, up to 8 threads), while DeepSpeed's load then reads only the model states and the
-rank's own ZeRO optimizer shard. This script builds a synthetic checkpoint folder of `--size-gib`
+`--resume` verifies the chosen checkpoint once the process group has started
+(ngpt_ds/train/checkpoint.py: resolve_resume_on_all_ranks -> manifest.verify(rank, world)): every rank
+checks the listing and sizes, and hashes its share of the files (manifest.digest_share: each file by
+one rank, largest first onto the least-loaded rank; blake2b-128, up to 8 threads). DeepSpeed's load
+then reads the model states and the rank's own ZeRO optimizer shard. Until this change every rank
+hashed every file; the projection shows both. This script builds a synthetic checkpoint folder of `--size-gib`
 laid out as a bf16 ZeRO-1/2 save with `--ranks` data-parallel ranks (mp_rank_00_model_states.pt,
 one bf16_zero_pp_rank_R_mp_rank_00_optim_states.pt per rank, config.yaml; random bytes: the cost of
 blake2b does not depend on content), split 2 : 12 between model states and optimizer shards as
@@ -19,7 +21,9 @@ Adam's two moments). It times:
   system adds its read time on top. `--cold` also times rounds after evicting each file from the
   page cache with posix_fadvise(DONTNEED) (Linux, no root needed; file systems that ignore the hint,
   like tmpfs, stay warm: compare the rates);
-- one-thread blake2b of the same files, to show what verify's threads gain.
+- one-thread blake2b of the same files, to show what verify's threads gain;
+- manifest.verify(rank=r, world=--ranks) for the rank with the largest share: what the slowest rank
+  hashes when `--ranks` ranks resume together.
 
 The rounds interleave verify, one-thread blake2b and the cold verify, so all see the same machine
 load. Each is timed by wall clock and by this process's CPU time (all threads): on a shared machine
@@ -27,8 +31,9 @@ other jobs stretch wall time, while GB per CPU-second is the hashing's cost in c
 
 Then, for each preset (parameters counted on torch's `meta` device, vocabulary `--vocab`, default
 the paper's 32000) and each world size in `--world`, it reports the checkpoint's size, the bytes
-every rank hashes (all of it) against the bytes a rank loads (model states + its 1/N optimizer
-shard), and the seconds of verification at the measured warm rate. GB = 1e9 bytes, GiB = 2^30.
+the most bytes any rank hashes (its digest_share), against all of it before and the bytes a rank loads
+(model states + its 1/N optimizer shard), and the seconds of the slowest rank's verification at the
+measured warm rate. GB = 1e9 bytes, GiB = 2^30.
 """
 
 from __future__ import annotations
@@ -150,7 +155,12 @@ def measure(size_gib: float, ranks: int, rounds: int, cold: bool, parent: str | 
         names = sorted(built["files"])
         hashed = sum(entry["size"] for entry in built["files"].values())
         expected = {name: built["files"][name]["blake2b"] for name in names}
-        times = {mode: ([], []) for mode in ("verify_warm", "one_thread", "verify_cold")}
+        share_sizes = [
+            sum(built["files"][n]["size"] for n in manifest.digest_share(built["files"], rank, ranks))
+            for rank in range(ranks)
+        ]
+        largest = max(range(ranks), key=lambda rank: share_sizes[rank])
+        times = {mode: ([], []) for mode in ("verify_warm", "one_thread", "verify_cold", "verify_share")}
 
         def record(mode: str, wall: float, cpu: float) -> None:
             times[mode][0].append(wall)
@@ -165,6 +175,10 @@ def measure(size_gib: float, ranks: int, rounds: int, cold: bool, parent: str | 
             if digests != expected:
                 raise RuntimeError("one-thread digests differ from the manifest's")
             record("one_thread", wall, cpu)
+            wall, cpu, problem = timed(lambda: manifest.verify(folder, rank=largest, world=ranks))
+            if problem is not None:
+                raise RuntimeError(problem)
+            record("verify_share", wall, cpu)
             if cold:
                 evict(folder, names)
                 wall, cpu, problem = timed(manifest.verify, folder)
@@ -180,7 +194,8 @@ def measure(size_gib: float, ranks: int, rounds: int, cold: bool, parent: str | 
         }
         for mode, (walls, cpus) in times.items():
             if walls:
-                result[mode] = summary(walls, cpus, hashed)
+                result[mode] = summary(walls, cpus, share_sizes[largest] if mode == "verify_share" else hashed)
+        result["largest_share"] = {"rank": largest, "bytes": share_sizes[largest], "ranks": ranks}
         return result
 
 
@@ -196,23 +211,29 @@ def preset_parameters(preset: str, vocab: int) -> int:
 
 
 def project(preset: str, parameters: int, worlds: list[int], gbps: float, gb_per_cpu_s: float) -> dict:
-    """Bytes each rank hashes against the bytes it loads per world size, and what verifying costs each
-    rank: seconds at the measured rate `gbps`, and CPU-seconds at `gb_per_cpu_s`."""
+    """Per world size: the most bytes one rank hashes (its manifest.digest_share of the checkpoint's files),
+    against the whole checkpoint that every rank hashed before, and the bytes a rank loads; seconds for the
+    slowest rank at the measured rate `gbps`, and CPU-seconds over all ranks at `gb_per_cpu_s`."""
     model_states = MODEL_STATES_BYTES * parameters
     optimizer = OPTIMIZER_BYTES * parameters
     checkpoint = model_states + optimizer
     rows = []
     for world in worlds:
+        files = {name: {"size": size} for name, size in layout(checkpoint, world).items()}
+        most = max(sum(files[n]["size"] for n in manifest.digest_share(files, r, world)) for r in range(world))
         loaded = model_states + optimizer // world
         rows.append(
             {
                 "world": world,
-                "hashed_per_rank": checkpoint,
+                "hashed_most_per_rank": most,
+                "hashed_per_rank_before": checkpoint,
                 "loaded_per_rank": loaded,
-                "hashed_over_loaded": checkpoint / loaded,
-                "hashed_all_ranks": checkpoint * world,
-                "verify_s_per_rank": checkpoint / GB / gbps,
-                "cpu_s_all_ranks": world * checkpoint / GB / gb_per_cpu_s,
+                "hashed_all_ranks": checkpoint,
+                "hashed_all_ranks_before": checkpoint * world,
+                "verify_s_slowest_rank": most / GB / gbps,
+                "verify_s_per_rank_before": checkpoint / GB / gbps,
+                "cpu_s_all_ranks": checkpoint / GB / gb_per_cpu_s,
+                "cpu_s_all_ranks_before": world * checkpoint / GB / gb_per_cpu_s,
             }
         )
     return {
@@ -221,7 +242,6 @@ def project(preset: str, parameters: int, worlds: list[int], gbps: float, gb_per
         "checkpoint_bytes": checkpoint,
         "model_states_bytes": model_states,
         "optimizer_bytes": optimizer,
-        "cpu_s_per_rank": checkpoint / GB / gb_per_cpu_s,
         "worlds": rows,
     }
 
@@ -269,25 +289,33 @@ def docs_section(args: argparse.Namespace, r: dict, load: tuple[float, float]) -
         lines.append(
             timing_row("resume: `manifest.verify()` after posix_fadvise(DONTNEED) of each file", r["verify_cold"])
         )
+    share = r["largest_share"]
     lines += [
+        timing_row(
+            f"resume at {share['ranks']} ranks: the largest share, `manifest.verify(rank={share['rank']}, "
+            f"world={share['ranks']})` ({share['bytes'] / GIB:.2f} GiB)",
+            r["verify_share"],
+        ),
         "",
         f"At the presets (vocabulary {args.vocab}; bf16 + ZeRO-2: {MODEL_STATES_BYTES} bytes per parameter of "
         f"model states, {OPTIMIZER_BYTES} of optimizer state cut into N shards; pickling overhead not counted). "
-        "Every rank hashes the whole checkpoint; DeepSpeed's load reads the model states and the rank's own "
-        f"shard. Verify time per rank at the warm wall rate above ({warm['gbps']:.2f} GB/s); CPU-seconds at "
+        "Each file is hashed by one rank, largest first onto the rank with the fewest bytes so far. Before, "
+        "every rank hashed the whole checkpoint. DeepSpeed's load reads the model states and the rank's own "
+        f"shard. Seconds at the warm wall rate above ({warm['gbps']:.2f} GB/s); CPU-seconds at "
         f"{warm['gb_per_cpu_s']:.2f} GB per CPU-second:",
         "",
-        "| preset | parameters | checkpoint | N ranks | each rank hashes | each rank loads | hashed / loaded | "
-        "all ranks hash | verify per rank | CPU-seconds, all ranks |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| preset | parameters | checkpoint | N ranks | most one rank hashes (before) | each rank loads | "
+        "all ranks hash (before) | slowest rank's verify (before) | CPU-seconds, all ranks (before) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in r["presets"]:
         for w in p["worlds"]:
             lines.append(
                 f"| {p['preset']} | {p['parameters'] / 1e6:.0f}M | {p['checkpoint_bytes'] / GB:.1f} GB | {w['world']} | "
-                f"{w['hashed_per_rank'] / GB:.1f} GB | {w['loaded_per_rank'] / GB:.2f} GB | "
-                f"{w['hashed_over_loaded']:.1f}x | {w['hashed_all_ranks'] / GB:.0f} GB | "
-                f"{w['verify_s_per_rank']:.0f} s | {w['cpu_s_all_ranks']:.0f} |"
+                f"{w['hashed_most_per_rank'] / GB:.2f} GB ({w['hashed_per_rank_before'] / GB:.1f} GB) | "
+                f"{w['loaded_per_rank'] / GB:.2f} GB | {w['hashed_all_ranks'] / GB:.1f} GB "
+                f"({w['hashed_all_ranks_before'] / GB:.0f} GB) | {w['verify_s_slowest_rank']:.1f} s "
+                f"({w['verify_s_per_rank_before']:.0f} s) | {w['cpu_s_all_ranks']:.0f} ({w['cpu_s_all_ranks_before']:.0f}) |"
             )
     return "\n".join(lines)
 
@@ -336,6 +364,7 @@ def main() -> int:
         ("verify_warm", f"verify, warm, {r['verify_threads']} threads"),
         ("one_thread", "blake2b, one thread"),
         ("verify_cold", "verify after DONTNEED"),
+        ("verify_share", f"verify of the largest share at {r['largest_share']['ranks']} ranks"),
     ):
         if key in r:
             t = r[key]
@@ -347,10 +376,11 @@ def main() -> int:
         for w in p["worlds"]:
             print(
                 f"{p['preset']} ({p['parameters'] / 1e6:.0f}M params, {p['checkpoint_bytes'] / GB:.1f} GB) at "
-                f"{w['world']} ranks: each rank hashes {w['hashed_per_rank'] / GB:.1f} GB, loads "
-                f"{w['loaded_per_rank'] / GB:.2f} GB ({w['hashed_over_loaded']:.1f}x); all ranks hash "
-                f"{w['hashed_all_ranks'] / GB:.0f} GB; verify {w['verify_s_per_rank']:.0f} s per rank, "
-                f"{w['cpu_s_all_ranks']:.0f} CPU-seconds in all"
+                f"{w['world']} ranks: one rank hashes at most {w['hashed_most_per_rank'] / GB:.2f} GB (every rank "
+                f"{w['hashed_per_rank_before'] / GB:.1f} GB before), loads {w['loaded_per_rank'] / GB:.2f} GB; all "
+                f"ranks hash {w['hashed_all_ranks'] / GB:.1f} GB ({w['hashed_all_ranks_before'] / GB:.1f} GB before); "
+                f"slowest rank {w['verify_s_slowest_rank']:.1f} s ({w['verify_s_per_rank_before']:.1f} s before), "
+                f"{w['cpu_s_all_ranks']:.0f} CPU-seconds in all ({w['cpu_s_all_ranks_before']:.0f} before)"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")

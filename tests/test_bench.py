@@ -386,9 +386,10 @@ def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     import argparse
 
-    from checkpoint_verify import docs_section
+    from checkpoint_verify import docs_section, layout
 
     from ngpt_ds.model import build_model, load_model_config
+    from ngpt_ds.train import manifest
 
     out = tmp_path / "cv.json"
     command = [sys.executable, REPO / "bench/checkpoint_verify.py", "--size-gib", 10 / 1024, "--ranks", 3]
@@ -408,19 +409,40 @@ def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
         assert t["gbps"] == pytest.approx(r["bytes_hashed"] / t["median_s"] / 1e9)
         assert t["gb_per_cpu_s"] == pytest.approx(r["bytes_hashed"] / t["median_cpu_s"] / 1e9)
     assert r["verify_threads"] == 5
+    # The rank with the most bytes under digest_share at 3 ranks, and its verify timed on that share alone.
+    share = r["largest_share"]
+    shares = [manifest.digest_share({n: {"size": b} for n, b in files.items()}, rank, 3) for rank in range(3)]
+    loads = [sum(files[n] for n in part) for part in shares]
+    assert (share["rank"], share["bytes"], share["ranks"]) == (loads.index(max(loads)), max(loads), 3)
+    assert sum(loads) == r["bytes_hashed"] and len(r["verify_share"]["seconds"]) == 2
+    assert r["verify_share"]["gbps"] == pytest.approx(share["bytes"] / r["verify_share"]["median_s"] / 1e9)
     (preset,) = r["presets"]
     n = sum(p.numel() for p in build_model(load_model_config("ngpt_tiny", {"vocab_size": 64})).parameters())
     assert (preset["preset"], preset["parameters"], preset["checkpoint_bytes"]) == ("ngpt_tiny", n, 14 * n)
     cpu_s = 14 * n / 1e9 / r["verify_warm"]["gb_per_cpu_s"]
-    assert preset["cpu_s_per_rank"] == pytest.approx(cpu_s)
     for world, row in zip((2, 8), preset["worlds"]):
-        assert (row["world"], row["hashed_per_rank"], row["hashed_all_ranks"]) == (world, 14 * n, world * 14 * n)
+        projected = layout(14 * n, world)
+        most = max(
+            sum(
+                projected[f] for f in manifest.digest_share({f: {"size": b} for f, b in projected.items()}, rank, world)
+            )
+            for rank in range(world)
+        )
+        assert row["world"] == world and row["hashed_most_per_rank"] == most
+        assert 14 * n / world <= most <= 14 * n / world + max(projected.values())  # the greedy split's bound
+        assert (row["hashed_per_rank_before"], row["hashed_all_ranks"]) == (14 * n, 14 * n)
+        assert row["hashed_all_ranks_before"] == world * 14 * n
         assert row["loaded_per_rank"] == 2 * n + 12 * n // world
-        assert row["verify_s_per_rank"] == pytest.approx(14 * n / 1e9 / r["verify_warm"]["gbps"])
-        assert row["cpu_s_all_ranks"] == pytest.approx(world * cpu_s)
+        assert row["verify_s_slowest_rank"] == pytest.approx(
+            row["hashed_most_per_rank"] / 1e9 / r["verify_warm"]["gbps"]
+        )
+        assert row["verify_s_per_rank_before"] == pytest.approx(14 * n / 1e9 / r["verify_warm"]["gbps"])
+        assert row["cpu_s_all_ranks"] == pytest.approx(cpu_s)
+        assert row["cpu_s_all_ranks_before"] == pytest.approx(world * cpu_s)
     args = argparse.Namespace(ranks=3, rounds=2, vocab=64)
     table = docs_section(args, r, (0.5, 0.7))
     assert f"| ngpt_tiny | {n / 1e6:.0f}M | {14 * n / 1e9:.1f} GB | 8 | " in table
-    assert f"{row['hashed_over_loaded']:.1f}x" in table and "load average 0.50 before, 0.70 after" in table
+    assert f"| {row['hashed_most_per_rank'] / 1e9:.2f} GB ({14 * n / 1e9:.1f} GB) |" in table
+    assert "load average 0.50 before, 0.70 after" in table
     refused = run([*command[:2], "--presets", "no_such_preset", "--size-gib", 1 / 1024], check=False)
     assert refused.returncode == 2 and "error: --presets" in refused.stderr and "Traceback" not in refused.stderr

@@ -1,7 +1,9 @@
 """Everything before the first step: options -> validated run config -> process group -> engine.
 
 Every check that can fail on user input runs before the process group exists, so a
-bad config stops every rank at once with the same message instead of a hang.
+bad config stops every rank at once with the same message instead of a hang. One part runs
+just after it starts: choosing the checkpoint to resume (`choose_resume`), whose digests the
+ranks share out and agree on (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
-from ngpt_ds.data.shards import check_vocab_matches, load_dataset_meta
+from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
@@ -29,7 +31,7 @@ from ngpt_ds.parallel.sequence import (
     parallelize_sequence,
 )
 from ngpt_ds.train import ds_compat, preflight, reshape
-from ngpt_ds.train.checkpoint import resolve_resume
+from ngpt_ds.train.checkpoint import resolve_resume, resolve_resume_on_all_ranks
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, precision_of, zero_stage_of
 from ngpt_ds.train.optim import build_optimizer, build_schedule
@@ -67,13 +69,17 @@ class Prepared:
     run: RunConfig
     plan: BatchPlan
     dist_env: distributed.DistEnv
-    resume_from: Path | None
+    data: DatasetMeta
+    resume_from: Path | None = None
+    """The verified checkpoint to load (set by `choose_resume`)."""
     reshape: reshape.Reshape | None = None
     """Set when resume_from was saved at another data-parallel size: load its universal conversion."""
 
 
-def prepare(options: TrainOptions) -> Prepared:
-    """Resolve and validate configs, data and resume point. Raises NgptConfigError on bad input."""
+def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
+    """Resolve and validate configs, data and (with `resume`) the resume point, each rank on its own.
+    Raises NgptConfigError on bad input. The trainer passes resume=False and calls `choose_resume`
+    once the process group has started, to verify the checkpoint once in all instead of once per rank."""
     dist_env = distributed.discover()
     if options.world_size is not None:
         dist_env = dataclasses.replace(dist_env, world_size=options.world_size)
@@ -152,23 +158,6 @@ def prepare(options: TrainOptions) -> Prepared:
 
     out_dir = Path(options.out or Path("runs") / config_path.stem)
     preflight.check_writable(out_dir)
-    resume_from = resolve_resume(
-        out_dir,
-        options.resume,  # verified; a damaged one is skipped or refused
-        warn=_warn_on_rank0(dist_env.rank),
-    )
-    if resume_from is not None:
-        preflight.check_resume_fits(resume_from, model_cfg, meta)  # same model config and tokenizer
-    # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
-    # cannot convert is refused here, before the process group.
-    layout = reshape.current_layout(
-        ds_config,
-        dist_env.world_size,
-        train_cfg.tensor_parallel_size,
-        pipeline_parallel=train_cfg.pipeline_parallel_size,
-        sequence_parallel=train_cfg.sequence_parallel_size,
-    )
-    resize = reshape.plan(resume_from, layout, out_dir) if resume_from is not None else None
     run = RunConfig(
         config_source=str(config_path),
         model=model_cfg,
@@ -179,7 +168,38 @@ def prepare(options: TrainOptions) -> Prepared:
         out_dir=str(out_dir),
         tokenizer_sha256=meta.tokenizer_sha256,
     )
-    return Prepared(run=run, plan=plan, dist_env=dist_env, resume_from=resume_from, reshape=resize)
+    prepared = Prepared(run=run, plan=plan, dist_env=dist_env, data=meta)
+    return choose_resume(prepared, options.resume, collective=False) if resume else prepared
+
+
+def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepared:
+    """--resume -> `prepared` with the verified checkpoint that fits this run (model config, tokenizer,
+    parallel layout), or unchanged to start fresh. A damaged checkpoint is skipped (auto) or refused.
+
+    collective: every rank calls this after the process group starts; each checkpoint file is hashed by
+    one rank and all ranks get the same answer (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks).
+    Otherwise this rank reads every file itself.
+    """
+    run, out_dir = prepared.run, Path(prepared.run.out_dir)
+    warn = _warn_on_rank0(prepared.dist_env.rank)
+    if collective:
+        resume_from = resolve_resume_on_all_ranks(out_dir, resume, warn)
+    else:
+        resume_from = resolve_resume(out_dir, resume, warn)
+    if resume_from is None:
+        return prepared
+    preflight.check_resume_fits(resume_from, run.model, prepared.data)  # same model config and tokenizer
+    # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
+    # cannot convert is refused here, before any engine starts.
+    layout = reshape.current_layout(
+        run.deepspeed,
+        prepared.dist_env.world_size,
+        run.train.tensor_parallel_size,
+        pipeline_parallel=run.train.pipeline_parallel_size,
+        sequence_parallel=run.train.sequence_parallel_size,
+    )
+    resize = reshape.plan(resume_from, layout, out_dir)
+    return dataclasses.replace(prepared, resume_from=resume_from, reshape=resize)
 
 
 def _warn_on_rank0(rank: int):

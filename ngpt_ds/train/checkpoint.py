@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import torch.distributed as dist
 from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.manifest import COMPLETE as COMPLETE
-from ngpt_ds.train.manifest import build_manifest, read_manifest, write_manifest
+from ngpt_ds.train.manifest import build_manifest, marker_digest, read_manifest, write_manifest
 from ngpt_ds.train.manifest import checkpoint_bytes as checkpoint_bytes
 from ngpt_ds.train.manifest import is_legacy as is_legacy
 from ngpt_ds.train.manifest import legacy_warning as legacy_warning
@@ -121,7 +120,11 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
 # ---- choosing what to resume from -----------------------------------------------------------------
 
 
-def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+Verify = Callable[[Path], str | None]
+"""A checkpoint folder -> None when intact, else one line naming the bad file (`verify`, `verify_on_all_ranks`)."""
+
+
+def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print, verify: Verify = verify) -> Path | None:
     """The newest complete checkpoint that passes `verify`; each damaged newer one is skipped with one
     warning naming its bad file. None when there is no complete checkpoint; an error when all are damaged."""
     candidates = complete_checkpoints(checkpoint_dir)
@@ -140,13 +143,9 @@ def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> 
     return None
 
 
-def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = print) -> Path | None:
-    """--resume auto|none|PATH -> the verified checkpoint directory to load, or None to start fresh.
-
-    Runs on every rank before the process group starts, and reads only files, so all ranks choose the
-    same checkpoint. auto skips a damaged checkpoint with one warning and takes the one before it; an
-    explicit PATH to a damaged checkpoint is an error naming the bad file.
-    """
+def _named_checkpoint(out_dir: Path, resume: str) -> Path | None:
+    """--resume auto|none|PATH -> the complete checkpoint PATH names (None for auto and none), from
+    the folder listing alone; raises NgptConfigError when PATH (or none) cannot be followed."""
     checkpoint_dir = out_dir / CHECKPOINTS
     if resume == "none":
         existing = complete_checkpoints(checkpoint_dir)
@@ -158,7 +157,7 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
             )
         return None
     if resume == "auto":
-        return newest_intact(checkpoint_dir, warn)
+        return None
     path = Path(resume)
     source = universal_source(path)
     if source is not None:  # a conversion is derived data: resume its step_N, which reuses it if needed
@@ -170,17 +169,33 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
             )
         path = source
     if (path / COMPLETE).is_file():
-        chosen = path
-    elif path.is_dir() and complete_checkpoints(path):
-        chosen = complete_checkpoints(path)[-1]
-    elif path.is_dir() and complete_checkpoints(path / CHECKPOINTS):
-        chosen = complete_checkpoints(path / CHECKPOINTS)[-1]
-    else:
-        reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
-        raise NgptConfigError(
-            f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
-            "a run's --out directory, 'auto' or 'none'"
-        )
+        return path
+    if path.is_dir() and complete_checkpoints(path):
+        return complete_checkpoints(path)[-1]
+    if path.is_dir() and complete_checkpoints(path / CHECKPOINTS):
+        return complete_checkpoints(path / CHECKPOINTS)[-1]
+    reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
+    raise NgptConfigError(
+        f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
+        "a run's --out directory, 'auto' or 'none'"
+    )
+
+
+def resolve_resume(
+    out_dir: Path, resume: str, warn: Callable[[str], None] = print, verify: Verify = verify
+) -> Path | None:
+    """--resume auto|none|PATH -> the verified checkpoint directory to load, or None to start fresh.
+
+    auto skips a damaged checkpoint with one warning and takes the one before it; an explicit PATH to a
+    damaged checkpoint is an error naming the bad file. With the default `verify` it reads only files
+    (the dry run, a single process); the trainer passes `verify_on_all_ranks` through
+    `resolve_resume_on_all_ranks`.
+    """
+    if resume == "auto":
+        return newest_intact(out_dir / CHECKPOINTS, warn, verify)
+    chosen = _named_checkpoint(out_dir, resume)
+    if chosen is None:
+        return None
     problem = verify(chosen)
     if problem is not None:
         raise NgptConfigError(
@@ -190,6 +205,61 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     if is_legacy(chosen):
         warn(legacy_warning(chosen))
     return chosen
+
+
+def verify_on_all_ranks(path: Path) -> str | None:
+    """Collective `verify`: every rank checks the listing and sizes, hashes its share of the files
+    (manifest.digest_share: each file by one rank, about 1/world of the bytes each), and one
+    all_gather gives every rank the same answer. Every rank must call it for the same folder."""
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, verify(path, rank=dist.get_rank(), world=dist.get_world_size()))
+    return next((p for p in problems if p is not None), None)
+
+
+def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, str | None]], str | None]:
+    """The checkpoints `resolve_resume` may read on this rank, each with its COMPLETE file's digest, or
+    the error it would raise before reading any."""
+    try:
+        named = _named_checkpoint(out_dir, resume)
+    except NgptConfigError as err:
+        return [], str(err)
+    folders = [named] if named is not None else complete_checkpoints(out_dir / CHECKPOINTS)
+    return [(str(p), marker_digest(p)) for p in folders], None
+
+
+def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str], None] = print) -> Path | None:
+    """Collective `resolve_resume`, after the process group starts; the same answer, or the same error,
+    on every rank.
+
+    First the ranks compare what they see: the candidate checkpoints and their COMPLETE manifests. An
+    --out on storage that not every node shares (a node-local disk) shows up here as a clear error,
+    before any rank loads a checkpoint the others do not have. Then each candidate is verified with
+    `verify_on_all_ranks`: each file is read once in all, not once per rank. As every rank then sees the
+    same verdicts, all take the same path through `resolve_resume` and make the same collective calls.
+    """
+    world = dist.get_world_size()
+    seen: list[Any] = [None] * world
+    dist.all_gather_object(seen, _what_this_rank_sees(out_dir, resume))
+    differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
+    if differs is not None:
+        raise NgptConfigError(
+            f"ranks 0 and {differs} see different checkpoints under --out {out_dir} (rank 0: "
+            f"{_describe_seen(seen[0])}; rank {differs}: {_describe_seen(seen[differs])}). Every rank must see "
+            "the same files: put --out on storage that every node shares (not a node-local disk)"
+        )
+    if seen[0][1] is not None:
+        raise NgptConfigError(seen[0][1])
+    return resolve_resume(out_dir, resume, warn, verify_on_all_ranks)
+
+
+def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str:
+    folders, error = seen
+    if error is not None:
+        return f"error: {error}"
+    if not folders:
+        return "no complete checkpoint"
+    names = ", ".join(f"{Path(p).name} (manifest {d[:8] if d else 'unreadable'})" for p, d in folders[-3:])
+    return ("..., " if len(folders) > 3 else "") + names
 
 
 # ---- lineage --------------------------------------------------------------------------------------
@@ -334,19 +404,13 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_ya
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def _source_digest(source: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update((source / COMPLETE).read_bytes())
-    return h.hexdigest()
-
-
 def finish_universal(converted: Path, target: Path, source: Path) -> None:
     """Rank 0: seal a converted folder like a save (the source's config.yaml, a manifest naming the
     source's manifest, rename into place). `converted` lies in the same checkpoints folder."""
     shutil.copy2(source / "config.yaml", converted / "config.yaml")
     (converted.parent / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; not needed
     manifest = build_manifest(converted, step_of(source.name))
-    manifest["converted_from"] = {"name": source.name, "complete_blake2b": _source_digest(source)}
+    manifest["converted_from"] = {"name": source.name, "complete_blake2b": marker_digest(source)}
     write_manifest(converted, manifest)
     if target.exists():  # an older or damaged conversion: replaced whole
         shutil.rmtree(target)
@@ -359,7 +423,12 @@ def is_converted_from(target: Path, source: Path) -> bool:
     if not (target / COMPLETE).is_file() or verify(target) is not None:
         return False
     origin = (read_manifest(target) or {}).get("converted_from") or {}
-    return origin.get("name") == source.name and origin.get("complete_blake2b") == _source_digest(source)
+    source_digest = marker_digest(source)
+    return (
+        source_digest is not None
+        and origin.get("name") == source.name
+        and origin.get("complete_blake2b") == source_digest
+    )
 
 
 def _agree(problem: str | None) -> str | None:

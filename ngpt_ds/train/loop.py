@@ -20,7 +20,7 @@ from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
 from ngpt_ds.train import checkpoint, reshape
-from ngpt_ds.train.builder import Prepared, TrainOptions, init_process_group, prepare, start_engine
+from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_process_group, prepare, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
@@ -373,31 +373,30 @@ class Trainer:
 
 def train(options: TrainOptions) -> Summary:
     """Validate everything, start the process group, train, and tear down."""
-    prepared = prepare(options)
-    if (
-        prepared.resume_from is not None
-        and checkpoint.step_of(prepared.resume_from.name) >= prepared.run.train.max_steps
-    ):
-        if prepared.dist_env.rank == 0:
-            _log.info(
-                f"{prepared.run.out_dir} is already trained to step {checkpoint.step_of(prepared.resume_from.name)}/"
-                f"{prepared.run.train.max_steps}: nothing to do. Pass --max-steps N to train further, or --out "
-                "DIR for a new run."
-            )
-        return Summary(
-            "already-finished",
-            checkpoint.step_of(prepared.resume_from.name),
-            prepared.run.train.max_steps,
-            0,
-            float("nan"),
-            float("nan"),
-            0.0,
-            str(prepared.resume_from),
-            prepared.run.out_dir,
-        )
+    prepared = prepare(options, resume=False)
     init_process_group(prepared.dist_env, prepared.run.train.dist_timeout_s)
     lock = None
     try:
+        # Verified by all ranks together: each checkpoint file is read once in all.
+        prepared = choose_resume(prepared, options.resume, collective=True)
+        resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
+        if resumed_step >= prepared.run.train.max_steps:
+            if dist.get_rank() == 0:
+                _log.info(
+                    f"{prepared.run.out_dir} is already trained to step {resumed_step}/{prepared.run.train.max_steps}"
+                    ": nothing to do. Pass --max-steps N to train further, or --out DIR for a new run."
+                )
+            return Summary(
+                "already-finished",
+                resumed_step,
+                prepared.run.train.max_steps,
+                0,
+                float("nan"),
+                float("nan"),
+                0.0,
+                str(prepared.resume_from),
+                prepared.run.out_dir,
+            )
         out_dir = Path(prepared.run.out_dir)
         lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
         if dist.get_rank() == 0:

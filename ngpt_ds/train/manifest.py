@@ -10,6 +10,7 @@ The folder layout around it is ngpt_ds.train.checkpoint's.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -66,17 +67,53 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def checkpoint_bytes(path: Path) -> int | None:
-    """Total size of a checkpoint's files from its manifest (None without one)."""
+    """Total size of a checkpoint's files from its manifest (None without one, or with a malformed one)."""
     manifest = read_manifest(path)
-    return None if manifest is None else sum(entry["size"] for entry in manifest["files"].values())
+    files = None if manifest is None else manifest.get("files")
+    if not isinstance(files, dict) or not all(_is_entry(name, entry) for name, entry in files.items()):
+        return None
+    return sum(entry["size"] for entry in files.values())
 
 
-def verify(path: Path) -> str | None:
+def marker_digest(path: Path) -> str | None:
+    """blake2b-128 of the checkpoint's COMPLETE file (None when it cannot be read): two folders with the
+    same marker digest hold the same manifest, hence the same checkpoint once verified."""
+    try:
+        return hashlib.blake2b((path / COMPLETE).read_bytes(), digest_size=16).hexdigest()
+    except OSError:
+        return None
+
+
+def digest_share(files: dict[str, Any], rank: int, world: int) -> list[str]:
+    """The files whose digests rank `rank` of `world` computes: each file goes to exactly one rank, largest
+    first onto the rank with the fewest bytes so far, so every rank's share of the bytes is about 1/world.
+    Deterministic: the same manifest gives every rank the same split."""
+    ranks = [(0, r) for r in range(world)]  # (bytes so far, rank): a heap, least loaded first
+    mine = []
+    for name in sorted(files, key=lambda n: (-files[n]["size"], n)):
+        load, owner = heapq.heappop(ranks)
+        heapq.heappush(ranks, (load + files[name]["size"], owner))
+        if owner == rank:
+            mine.append(name)
+    return sorted(mine)
+
+
+def verify(path: Path, *, rank: int = 0, world: int = 1) -> str | None:
     """None when every file matches the manifest; else one line naming the first bad file.
 
-    Sizes are compared first (cheap, catches truncation), then the full-content digests. A folder with
-    a plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`.
+    Sizes are compared first (cheap, catches truncation), then the full-content digests. With `world`
+    > 1 the listing and sizes are checked whole and only this rank's `digest_share` is hashed; the
+    caller combines the ranks' answers (ngpt_ds.train.checkpoint.verify_on_all_ranks). A folder with a
+    plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`. A
+    file that cannot be read is an answer too (not an exception), so every rank always has one.
     """
+    try:
+        return _check(path, rank, world)
+    except OSError as err:
+        return f"{err.filename or path} could not be read ({err.strerror or type(err).__name__})"
+
+
+def _check(path: Path, rank: int, world: int) -> str | None:
     if not (path / COMPLETE).is_file():
         return f"{path} has no {COMPLETE} marker (the save was interrupted)"
     manifest = read_manifest(path)
@@ -85,6 +122,9 @@ def verify(path: Path) -> str | None:
     files = manifest.get("files")
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
         return f"{path / COMPLETE}: unknown manifest version {manifest.get('version')!r}"
+    malformed = next((name for name, entry in files.items() if not _is_entry(name, entry)), None)
+    if malformed is not None:  # hand-edited or crafted: nothing outside the folder is ever read
+        return f"{path / COMPLETE}: malformed manifest entry {malformed!r}"
     for name, entry in files.items():
         file = path / name
         if not file.is_file():
@@ -95,11 +135,25 @@ def verify(path: Path) -> str | None:
     extra = sorted(set(_files(path)) - set(files))
     if extra:
         return f"{path / extra[0]} is not in the {COMPLETE} manifest (added after the save)"
-    names = sorted(files)
+    names = digest_share(files, rank, world)
     for name, digest in zip(names, _digests(path, names)):
         if digest != files[name]["blake2b"]:
             return f"{path / name} does not match its {HASH_NAME} digest in the {COMPLETE} manifest (corrupted)"
     return None
+
+
+def _is_entry(name: str, entry: Any) -> bool:
+    """A relative path inside the folder, with an int size and a digest."""
+    parts = Path(name).parts
+    return (
+        bool(parts)
+        and not Path(name).is_absolute()
+        and ".." not in parts
+        and isinstance(entry, dict)
+        and type(entry.get("size")) is int
+        and entry["size"] >= 0
+        and isinstance(entry.get("blake2b"), str)
+    )
 
 
 def is_legacy(path: Path) -> bool:

@@ -6,8 +6,9 @@ the data-parallel size it was saved with. DeepSpeed's `ds_to_universal` rewrites
 parameter (fp32 master, Adam's exp_avg and exp_avg_sq, step) that `"checkpoint": {"load_universal": true}`
 re-partitions at any data-parallel size. The trainer does this by itself:
 
-1. `plan` (every rank, before the process group): compare the checkpoint's saved layout (ZeRO stage,
-   data- and tensor-parallel sizes, read by ngpt_ds.deepspeed_files) with this run's. Equal, or only
+1. `plan` (every rank, once the ranks have agreed on the checkpoint, before any engine): compare the
+   checkpoint's saved layout (ZeRO stage, data- and tensor-parallel sizes, read by
+   ngpt_ds.deepspeed_files) with this run's. Equal, or only
    ZeRO 1 <-> 2 at the same sizes (one format), or ZeRO 0 (whole optimizer state in one file): nothing
    to do. A data-parallel change within ZeRO 1/2 or within ZeRO 3: a `Reshape`. Anything DeepSpeed
    cannot convert is refused here, before any compute, naming both setups.

@@ -1,0 +1,179 @@
+"""Ranks verify a checkpoint together before resuming (faults: every rank hashed every file of the
+checkpoint, so 64 ranks read a 14 GB checkpoint 64 times; an --out on a node-local disk let one node
+resume while another started fresh; an unreadable file or a crafted manifest entry ended resume in a
+traceback, or read a file outside the checkpoint folder, and a malformed one crashed the next save).
+"""
+
+import errno
+import json
+
+import pytest
+
+from ngpt_ds.train import manifest
+from ngpt_ds.train.checkpoint import COMPLETE, resolve_resume
+from ngpt_ds.train.manifest import build_manifest, digest_share, verify, write_manifest
+
+from conftest import REPO, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
+
+WORKER = REPO / "tests" / "workers" / "verify_worker.py"
+SIZES = {  # the files of a 2-rank ZeRO 2 checkpoint, scaled down
+    "mp_rank_00_model_states.pt": 6000,
+    "zero_pp_rank_0_mp_rank_00_optim_states.pt": 4000,
+    "zero_pp_rank_1_mp_rank_00_optim_states.pt": 4000,
+    "config.yaml": 100,
+}
+
+
+def fake_checkpoint(folder, step, seed=0):
+    folder.mkdir(parents=True)
+    for i, (name, size) in enumerate(SIZES.items()):
+        (folder / name).write_bytes(bytes((seed + i + k) % 251 for k in range(size)))
+    write_manifest(folder, build_manifest(folder, step))
+    return folder
+
+
+def flip_a_byte(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the digest can tell
+    file.write_bytes(bytes(data))
+
+
+def files_of(folder):
+    return json.loads((folder / COMPLETE).read_text())["files"]
+
+
+def choose_on_two_ranks(tmp_path, run_dir, resume, *extra):
+    out_json = tmp_path / "ranks.json"
+    torchrun(WORKER, out_json, run_dir, resume, *extra)
+    return json.loads(out_json.read_text())
+
+
+def test_digest_share_gives_each_file_to_exactly_one_rank_and_balances_the_bytes():
+    sizes = [7_000, 5_000, 5_000, 3_000, 900, 800, 100, 40, 40, 0]
+    files = {f"f{i}.pt": {"size": s, "blake2b": ""} for i, s in enumerate(sizes)}
+    for world in (1, 2, 3, 4, 16):
+        shares = [digest_share(files, rank, world) for rank in range(world)]
+        assert sorted(name for share in shares for name in share) == sorted(files)
+        loads = [sum(files[n]["size"] for n in share) for share in shares]
+        # Largest first onto the least-loaded rank: no rank exceeds the mean by more than one file.
+        assert max(loads) <= sum(sizes) / world + max(sizes)
+        assert shares == [digest_share(dict(reversed(files.items())), rank, world) for rank in range(world)]
+    assert [sum(files[n]["size"] for n in digest_share(files, r, 2)) for r in range(2)] == [10_940, 10_940]
+
+
+def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_share(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    older = fake_checkpoint(checkpoints / "step_00000004", 4, seed=1)
+    newest = fake_checkpoint(checkpoints / "step_00000008", 8, seed=2)
+    damaged = newest / digest_share(files_of(newest), 1, 2)[0]
+    flip_a_byte(damaged)
+    problem = f"{damaged} does not match its blake2b-128 digest in the COMPLETE manifest (corrupted)"
+    # The old code's answer on each rank: the same choice, after hashing every file itself.
+    assert resolve_resume(tmp_path / "run", "auto", warn=lambda line: None) == older
+
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", "auto")
+    for r in ranks:
+        assert r["error"] is None and r["chosen"] == str(older)
+        assert r["warnings"] == [f"warning: skipping checkpoint step_00000008: {problem}. Using the one before it"]
+    for folder in (newest, older):  # each file hashed once, by the rank digest_share names
+        for rank in (0, 1):
+            hashed = sorted(p for p in ranks[rank]["hashed"] if p.startswith(str(folder) + "/"))
+            assert hashed == sorted(str(folder / n) for n in digest_share(files_of(folder), rank, 2))
+    assert str(damaged) not in ranks[0]["hashed"]
+    assert len(ranks[0]["hashed"]) + len(ranks[1]["hashed"]) == 2 * len(SIZES)
+
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", str(newest))  # named: refused on both ranks
+    expected = (
+        f"--resume {newest}: the checkpoint is damaged: {problem}. Resume from another checkpoint, or use "
+        "--resume auto to take the newest intact one"
+    )
+    assert [r["error"] for r in ranks] == [expected, expected]
+
+
+def test_ranks_that_see_different_checkpoints_stop_together_before_reading_any(tmp_path):
+    # Rank 0's --out holds checkpoints; rank 1's, on another node's local disk, holds none.
+    fake_checkpoint(tmp_path / "run" / "rank0" / "checkpoints" / "step_00000004", 4)
+    (tmp_path / "run" / "rank1").mkdir()
+    # Old code: each rank chose alone, so rank 0 resumed step 4 while rank 1 started fresh.
+    assert resolve_resume(tmp_path / "run" / "rank0", "auto").name == "step_00000004"
+    assert resolve_resume(tmp_path / "run" / "rank1", "auto") is None
+
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", "auto", "--own-run-dir")
+    marker = manifest.marker_digest(tmp_path / "run" / "rank0" / "checkpoints" / "step_00000004")
+    for rank, r in enumerate(ranks):
+        assert r["chosen"] is None and r["hashed"] == []
+        assert r["error"] == (
+            f"ranks 0 and 1 see different checkpoints under --out {tmp_path / 'run' / f'rank{rank}'} "
+            f"(rank 0: step_00000004 (manifest {marker[:8]}); rank 1: no complete checkpoint). Every rank must "
+            "see the same files: put --out on storage that every node shares (not a node-local disk)"
+        )
+
+
+def test_an_unreadable_file_is_a_verdict_not_a_traceback(tmp_path, monkeypatch):
+    folder = fake_checkpoint(tmp_path / "step_00000004", 4)
+    unreadable = folder / "config.yaml"
+    digest = manifest._digest
+
+    def failing_digest(path):
+        if path == unreadable:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return digest(path)
+
+    monkeypatch.setattr(manifest, "_digest", failing_digest)
+    # Old code: the OSError left verify(), and resume, with a traceback.
+    assert verify(folder) == f"{unreadable} could not be read (Input/output error)"
+    assert verify(folder, rank=1, world=2) is None  # rank 1's share holds only the other files
+    assert verify(folder, rank=0, world=2) == f"{unreadable} could not be read (Input/output error)"
+
+
+@pytest.mark.parametrize(
+    "name, entry",
+    [
+        ("../outside.pt", "matching"),  # old code: hashed the file beside the folder, and passed
+        ("/etc/hostname", "matching"),
+        ("config.yaml", 100),  # old code: TypeError
+        ("config.yaml", {"size": "100", "blake2b": "0"}),
+    ],
+)
+def test_a_crafted_manifest_entry_is_refused_and_nothing_outside_the_folder_is_read(tmp_path, name, entry):
+    folder = fake_checkpoint(tmp_path / "step_00000004", 4)
+    assert manifest.checkpoint_bytes(folder) == sum(SIZES.values())
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"o" * 10)
+    found = build_manifest(folder, 4)
+    if entry == "matching":
+        target = folder / name
+        entry = {"size": target.stat().st_size, "blake2b": manifest._digest(target)}
+    found["files"][name] = entry
+    write_manifest(folder, found)
+    assert verify(folder) == f"{folder / COMPLETE}: malformed manifest entry {name!r}"
+    # The next save's free-space estimate falls back to bytes per parameter (old code: a TypeError on
+    # rank 0 before the save, while the other ranks waited for it).
+    assert manifest.checkpoint_bytes(folder) is None
+
+
+MODEL = tiny_ngpt()
+
+
+def test_a_two_rank_run_resumes_past_damage_that_only_rank_1_hashes(tmp_path, tiny_dataset):
+    config = write_yaml(tmp_path / "tiny.yaml", MODEL, tiny_train(4, checkpoint_interval=2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    out = tmp_path / "run"
+    torchrun(*train_cmd(config, ds, tiny_dataset, out))
+    checkpoints = out / "checkpoints"
+    newest, older = checkpoints / "step_00000004", checkpoints / "step_00000002"
+    damaged = newest / digest_share(files_of(newest), 1, 2)[0]
+    flip_a_byte(damaged)
+
+    resumed = torchrun(*train_cmd(config, ds, tiny_dataset, out, "--max-steps", 6))
+    warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: skipping checkpoint step_00000004: {damaged} does not match its blake2b-128 digest in the "
+        "COMPLETE manifest (corrupted). Using the one before it"
+    ]
+    assert f"resumed from {older} at step 2" in resumed.stdout
+    assert (checkpoints / "latest").read_text() == "step_00000006"
+
+    # Already trained to step 6: both ranks agree there is nothing to do, and exit 0.
+    again = torchrun(*train_cmd(config, ds, tiny_dataset, out, "--max-steps", 6))
+    assert "already trained to step 6/6: nothing to do" in again.stdout + again.stderr

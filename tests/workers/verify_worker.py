@@ -1,0 +1,50 @@
+"""Two ranks choose a checkpoint to resume together (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks),
+recording which files each rank hashed. Every rank's answer goes into the JSON written by rank 0.
+
+    torchrun --nproc_per_node 2 verify_worker.py OUT_JSON RUN_DIR RESUME [--own-run-dir]
+
+--own-run-dir: rank r looks in RUN_DIR/rank<r> instead (an --out that is not shared storage).
+"""
+
+import argparse
+import sys
+
+import torch.distributed as dist
+from common import run_worker
+
+
+def choose(run_dir: str, resume: str, own_run_dir: bool) -> list[dict]:
+    from pathlib import Path
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.train import checkpoint, manifest
+
+    hashed: list[str] = []
+    digest = manifest._digest
+
+    def recording_digest(path: Path) -> str:
+        hashed.append(str(path))
+        return digest(path)
+
+    manifest._digest = recording_digest
+    out = Path(run_dir) / f"rank{dist.get_rank()}" if own_run_dir else Path(run_dir)
+    warnings: list[str] = []
+    mine = {"rank": dist.get_rank(), "warnings": warnings, "hashed": hashed, "chosen": None, "error": None}
+    try:
+        chosen = checkpoint.resolve_resume_on_all_ranks(out, resume, warn=warnings.append)
+        mine["chosen"] = str(chosen) if chosen is not None else None
+    except NgptConfigError as err:
+        mine["error"] = str(err)
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_json")
+    parser.add_argument("run_dir")
+    parser.add_argument("resume")
+    parser.add_argument("--own-run-dir", action="store_true")
+    args = parser.parse_args(sys.argv[1:])
+    run_worker(args.out_json, lambda: choose(args.run_dir, args.resume, args.own_run_dir), timeout_s=120)
