@@ -109,6 +109,22 @@ def test_ranks_that_see_different_checkpoints_stop_together_before_reading_any(t
         )
 
 
+def test_a_rank_that_cannot_list_the_checkpoints_stops_every_rank_instead_of_leaving_them_waiting(tmp_path):
+    # Before: rank 1 ended with a PermissionError traceback, and rank 0, waiting in the collective, with
+    # gloo's "Connection closed by peer" traceback that does not name the cause.
+    fake_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000004", 4)
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", "auto", "--unlistable-on-rank-1")
+    marker = manifest.marker_digest(tmp_path / "run" / "checkpoints" / "step_00000004")
+    expected = (
+        f"ranks 0 and 1 see different checkpoints under --out {tmp_path / 'run'} (rank 0: step_00000004 "
+        f"(manifest {marker[:8]}); rank 1: error: --resume auto: cannot list {tmp_path / 'run' / 'checkpoints'} "
+        "(Permission denied)). Every rank must see the same files: put --out on storage that every node shares "
+        "(not a node-local disk)"
+    )
+    assert [r["error"] for r in ranks] == [expected, expected]
+    assert [r["hashed"] for r in ranks] == [[], []]
+
+
 def test_an_unreadable_file_is_a_verdict_not_a_traceback(tmp_path, monkeypatch):
     folder = fake_checkpoint(tmp_path / "step_00000004", 4)
     unreadable = folder / "config.yaml"

@@ -221,9 +221,11 @@ def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, st
     the error it would raise before reading any."""
     try:
         named = _named_checkpoint(out_dir, resume)
+        folders = [named] if named is not None else complete_checkpoints(out_dir / CHECKPOINTS)
     except NgptConfigError as err:
         return [], str(err)
-    folders = [named] if named is not None else complete_checkpoints(out_dir / CHECKPOINTS)
+    except OSError as err:  # an answer, not an exception: the other ranks are waiting for it
+        return [], f"--resume {resume}: cannot list {err.filename or out_dir} ({err.strerror or err})"
     return [(str(p), marker_digest(p)) for p in folders], None
 
 

@@ -1,19 +1,22 @@
 """Two ranks choose a checkpoint to resume together (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks),
 recording which files each rank hashed. Every rank's answer goes into the JSON written by rank 0.
 
-    torchrun --nproc_per_node 2 verify_worker.py OUT_JSON RUN_DIR RESUME [--own-run-dir]
+    torchrun --nproc_per_node 2 verify_worker.py OUT_JSON RUN_DIR RESUME [--own-run-dir] [--unlistable-on-rank-1]
 
 --own-run-dir: rank r looks in RUN_DIR/rank<r> instead (an --out that is not shared storage).
+--unlistable-on-rank-1: listing the checkpoints folder fails on rank 1 (EACCES, as on a node whose
+mount denies it; root ignores file modes, so the listing is made to fail).
 """
 
 import argparse
+import errno
 import sys
 
 import torch.distributed as dist
 from common import run_worker
 
 
-def choose(run_dir: str, resume: str, own_run_dir: bool) -> list[dict]:
+def choose(run_dir: str, resume: str, own_run_dir: bool, unlistable_on_rank_1: bool) -> list[dict]:
     from pathlib import Path
 
     from ngpt_ds.errors import NgptConfigError
@@ -27,6 +30,12 @@ def choose(run_dir: str, resume: str, own_run_dir: bool) -> list[dict]:
         return digest(path)
 
     manifest._digest = recording_digest
+    if unlistable_on_rank_1 and dist.get_rank() == 1:
+
+        def denied(checkpoint_dir: Path) -> list[Path]:
+            raise PermissionError(errno.EACCES, "Permission denied", str(checkpoint_dir))
+
+        checkpoint.complete_checkpoints = denied
     out = Path(run_dir) / f"rank{dist.get_rank()}" if own_run_dir else Path(run_dir)
     warnings: list[str] = []
     mine = {"rank": dist.get_rank(), "warnings": warnings, "hashed": hashed, "chosen": None, "error": None}
@@ -46,5 +55,10 @@ if __name__ == "__main__":
     parser.add_argument("run_dir")
     parser.add_argument("resume")
     parser.add_argument("--own-run-dir", action="store_true")
+    parser.add_argument("--unlistable-on-rank-1", action="store_true")
     args = parser.parse_args(sys.argv[1:])
-    run_worker(args.out_json, lambda: choose(args.run_dir, args.resume, args.own_run_dir), timeout_s=120)
+    run_worker(
+        args.out_json,
+        lambda: choose(args.run_dir, args.resume, args.own_run_dir, args.unlistable_on_rank_1),
+        timeout_s=60,
+    )
