@@ -70,6 +70,7 @@ class Prepared:
     plan: BatchPlan
     dist_env: distributed.DistEnv
     data: DatasetMeta
+    """The dataset's meta.json (vocabulary, tokenizer hash): what a checkpoint to resume must fit."""
     resume_from: Path | None = None
     """The verified checkpoint to load (set by `choose_resume`)."""
     reshape: reshape.Reshape | None = None
