@@ -90,6 +90,30 @@ def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_sha
     assert [r["error"] for r in ranks] == [expected, expected]
 
 
+def test_two_ranks_verify_an_earlier_universal_conversion_together_before_reusing_it(tmp_path):
+    # Before: rank 0 alone hashed the whole conversion (about 12 bytes per parameter) while the others waited.
+    from ngpt_ds.train.checkpoint import finish_universal, universal_name
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    source = fake_checkpoint(checkpoints / "step_00000004", 4)
+    converted = checkpoints / "work" / "converted"
+    for i, name in enumerate(("embed", "lm_head", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn")):
+        (converted / "zero" / name).mkdir(parents=True)
+        for j, state in enumerate(("fp32.pt", "exp_avg.pt", "exp_avg_sq.pt")):
+            (converted / "zero" / name / state).write_bytes(bytes([i, j]) * (100 * (i + 1)))
+    target = checkpoints / universal_name(source.name)
+    finish_universal(converted, target, source)
+    files = files_of(target)
+
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", "auto", "--universal", target, source)
+    assert [r["chosen"] for r in ranks] == [True, True]
+    for rank in (0, 1):
+        assert sorted(ranks[rank]["hashed"]) == sorted(str(target / n) for n in digest_share(files, rank, 2))
+    flip_a_byte(target / digest_share(files, 1, 2)[0])  # damaged in rank 1's share: converted again
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", "auto", "--universal", target, source)
+    assert [r["chosen"] for r in ranks] == [False, False]
+
+
 def test_ranks_that_see_different_checkpoints_stop_together_before_reading_any(tmp_path):
     # Rank 0's --out holds checkpoints; rank 1's, on another node's local disk, holds none.
     fake_checkpoint(tmp_path / "run" / "rank0" / "checkpoints" / "step_00000004", 4)

@@ -420,9 +420,10 @@ def finish_universal(converted: Path, target: Path, source: Path) -> None:
     _fsync_dir(target.parent)
 
 
-def is_converted_from(target: Path, source: Path) -> bool:
-    """An intact step_N-universal folder converted from exactly this `source` checkpoint."""
-    if not (target / COMPLETE).is_file() or verify(target) is not None:
+def is_converted_from(target: Path, source: Path, verify: Verify = verify) -> bool:
+    """An intact step_N-universal folder converted from exactly this `source` checkpoint. With
+    `verify_on_all_ranks` every rank calls it, and each file is hashed by one rank."""
+    if verify(target) is not None:  # also when there is no COMPLETE (not converted yet)
         return False
     origin = (read_manifest(target) or {}).get("converted_from") or {}
     source_digest = marker_digest(source)

@@ -264,14 +264,15 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
     conversion fails; nothing is then left under the step_N-universal name."""
     rank = dist.get_rank()
-    problem, proc, reused = None, None, False
+    problem, proc = None, None
     work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
-    if rank == 0:
-        reused = checkpoint.is_converted_from(reshape.target, reshape.source)
-        if not reused:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+    # An earlier conversion (fp32 masters and both Adam moments: about 12 bytes per parameter) is
+    # verified by all ranks together, each file by one of them.
+    reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=checkpoint.verify_on_all_ranks)
+    if rank == 0 and not reused:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
     flag = torch.tensor([float(reused)], device=device)
     dist.broadcast(flag, src=0)
     reused = bool(flag.item())

@@ -2,8 +2,11 @@
 recording which files each rank hashed. Every rank's answer goes into the JSON written by rank 0.
 
     torchrun --nproc_per_node 2 verify_worker.py OUT_JSON RUN_DIR RESUME [--own-run-dir] [--unlistable-on-rank-1]
+                                                         [--universal TARGET SOURCE]
 
 --own-run-dir: rank r looks in RUN_DIR/rank<r> instead (an --out that is not shared storage).
+--universal TARGET SOURCE: instead, ask whether TARGET is an intact conversion of SOURCE
+(checkpoint.is_converted_from, verified by both ranks together); "chosen" is the answer.
 --unlistable-on-rank-1: listing the checkpoints folder fails on rank 1 (EACCES, as on a node whose
 mount denies it; root ignores file modes, so the listing is made to fail).
 """
@@ -16,7 +19,9 @@ import torch.distributed as dist
 from common import run_worker
 
 
-def choose(run_dir: str, resume: str, own_run_dir: bool, unlistable_on_rank_1: bool) -> list[dict]:
+def choose(
+    run_dir: str, resume: str, own_run_dir: bool, unlistable_on_rank_1: bool, universal: list[str] | None
+) -> list[dict]:
     from pathlib import Path
 
     from ngpt_ds.errors import NgptConfigError
@@ -40,8 +45,12 @@ def choose(run_dir: str, resume: str, own_run_dir: bool, unlistable_on_rank_1: b
     warnings: list[str] = []
     mine = {"rank": dist.get_rank(), "warnings": warnings, "hashed": hashed, "chosen": None, "error": None}
     try:
-        chosen = checkpoint.resolve_resume_on_all_ranks(out, resume, warn=warnings.append)
-        mine["chosen"] = str(chosen) if chosen is not None else None
+        if universal:
+            target, source = (Path(p) for p in universal)
+            mine["chosen"] = checkpoint.is_converted_from(target, source, verify=checkpoint.verify_on_all_ranks)
+        else:
+            chosen = checkpoint.resolve_resume_on_all_ranks(out, resume, warn=warnings.append)
+            mine["chosen"] = str(chosen) if chosen is not None else None
     except NgptConfigError as err:
         mine["error"] = str(err)
     everyone: list = [None] * dist.get_world_size()
@@ -56,9 +65,10 @@ if __name__ == "__main__":
     parser.add_argument("resume")
     parser.add_argument("--own-run-dir", action="store_true")
     parser.add_argument("--unlistable-on-rank-1", action="store_true")
+    parser.add_argument("--universal", nargs=2, metavar=("TARGET", "SOURCE"))
     args = parser.parse_args(sys.argv[1:])
     run_worker(
         args.out_json,
-        lambda: choose(args.run_dir, args.resume, args.own_run_dir, args.unlistable_on_rank_1),
+        lambda: choose(args.run_dir, args.resume, args.own_run_dir, args.unlistable_on_rank_1, args.universal),
         timeout_s=60,
     )
