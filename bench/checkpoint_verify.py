@@ -15,7 +15,8 @@ blake2b does not depend on content), split 2 : 12 between model states and optim
 bf16 + ZeRO counts bytes per parameter (ngpt_ds/train/memory_plan.py: bf16 weights, fp32 master +
 Adam's two moments). It times:
 
-- the save's extra cost: manifest.build_manifest + write_manifest on the freshly written folder;
+- the save's extra cost: manifest.build_manifest + write_manifest on the freshly written folder (one
+  process hashing every file, as a 1-rank save does; with more ranks each hashes its digest_share);
 - manifest.verify() on it, `--rounds` times (median, min-max), with a warm page cache: the files
   were just written, so this is the hashing cost alone. Reading from a cold cache or a shared file
   system adds its read time on top. `--cold` also times rounds after evicting each file from the
@@ -155,10 +156,8 @@ def measure(size_gib: float, ranks: int, rounds: int, cold: bool, parent: str | 
         names = sorted(built["files"])
         hashed = sum(entry["size"] for entry in built["files"].values())
         expected = {name: built["files"][name]["blake2b"] for name in names}
-        share_sizes = [
-            sum(built["files"][n]["size"] for n in manifest.digest_share(built["files"], rank, ranks))
-            for rank in range(ranks)
-        ]
+        sizes = {name: entry["size"] for name, entry in built["files"].items()}
+        share_sizes = [sum(sizes[n] for n in manifest.digest_share(sizes, rank, ranks)) for rank in range(ranks)]
         largest = max(range(ranks), key=lambda rank: share_sizes[rank])
         times = {mode: ([], []) for mode in ("verify_warm", "one_thread", "verify_cold", "verify_share")}
 
@@ -219,8 +218,8 @@ def project(preset: str, parameters: int, worlds: list[int], gbps: float, gb_per
     checkpoint = model_states + optimizer
     rows = []
     for world in worlds:
-        files = {name: {"size": size} for name, size in layout(checkpoint, world).items()}
-        most = max(sum(files[n]["size"] for n in manifest.digest_share(files, r, world)) for r in range(world))
+        files = layout(checkpoint, world)
+        most = max(sum(files[n] for n in manifest.digest_share(files, r, world)) for r in range(world))
         loaded = model_states + optimizer // world
         rows.append(
             {
@@ -281,7 +280,7 @@ def docs_section(args: argparse.Namespace, r: dict, load: tuple[float, float]) -
         "",
         "| what | rounds | wall s, median (min-max) | GB/s (wall) | CPU s | GB per CPU-second |",
         "|---|---|---|---|---|---|",
-        timing_row("save: build + write the manifest (once, on rank 0)", r["manifest"]),
+        timing_row("save: build + write the manifest (one process, all files)", r["manifest"]),
         timing_row(f"resume: `manifest.verify()`, {r['verify_threads']} threads, warm page cache", warm),
         timing_row("blake2b, one thread, same files, warm page cache", r["one_thread"]),
     ]

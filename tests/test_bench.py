@@ -411,7 +411,7 @@ def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
     assert r["verify_threads"] == 5
     # The rank with the most bytes under digest_share at 3 ranks, and its verify timed on that share alone.
     share = r["largest_share"]
-    shares = [manifest.digest_share({n: {"size": b} for n, b in files.items()}, rank, 3) for rank in range(3)]
+    shares = [manifest.digest_share(files, rank, 3) for rank in range(3)]
     loads = [sum(files[n] for n in part) for part in shares]
     assert (share["rank"], share["bytes"], share["ranks"]) == (loads.index(max(loads)), max(loads), 3)
     assert sum(loads) == r["bytes_hashed"] and len(r["verify_share"]["seconds"]) == 2
@@ -422,12 +422,7 @@ def test_checkpoint_verify_hashes_every_file_and_projects_the_presets(tmp_path):
     cpu_s = 14 * n / 1e9 / r["verify_warm"]["gb_per_cpu_s"]
     for world, row in zip((2, 8), preset["worlds"]):
         projected = layout(14 * n, world)
-        most = max(
-            sum(
-                projected[f] for f in manifest.digest_share({f: {"size": b} for f, b in projected.items()}, rank, world)
-            )
-            for rank in range(world)
-        )
+        most = max(sum(projected[f] for f in manifest.digest_share(projected, rank, world)) for rank in range(world))
         assert row["world"] == world and row["hashed_most_per_rank"] == most
         assert 14 * n / world <= most <= 14 * n / world + max(projected.values())  # the greedy split's bound
         assert (row["hashed_per_rank_before"], row["hashed_all_ranks"]) == (14 * n, 14 * n)

@@ -1,7 +1,9 @@
-"""Ranks verify a checkpoint together before resuming (faults: every rank hashed every file of the
-checkpoint, so 64 ranks read a 14 GB checkpoint 64 times; an --out on a node-local disk let one node
-resume while another started fresh; an unreadable file or a crafted manifest entry ended resume in a
-traceback, or read a file outside the checkpoint folder, and a malformed one crashed the next save).
+"""Ranks hash a checkpoint together, when saving and before resuming (faults: every rank hashed every
+file of the checkpoint on resume, so 64 ranks read a 14 GB checkpoint 64 times, and rank 0 alone hashed
+each new one while the others waited; an --out on a node-local disk let one node resume while another
+started fresh; a rank that could not list the folder left the others with a gloo error; an unreadable
+file or a crafted manifest entry ended resume in a traceback, or read a file outside the checkpoint
+folder, and a malformed one crashed the next save).
 """
 
 import errno
@@ -16,6 +18,7 @@ from ngpt_ds.train.manifest import build_manifest, digest_share, verify, write_m
 from conftest import REPO, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
 WORKER = REPO / "tests" / "workers" / "verify_worker.py"
+SAVE_WORKER = REPO / "tests" / "workers" / "checkpoint_save_worker.py"
 SIZES = {  # the files of a 2-rank ZeRO 2 checkpoint, scaled down
     "mp_rank_00_model_states.pt": 6000,
     "zero_pp_rank_0_mp_rank_00_optim_states.pt": 4000,
@@ -39,7 +42,8 @@ def flip_a_byte(file):
 
 
 def files_of(folder):
-    return json.loads((folder / COMPLETE).read_text())["files"]
+    """The manifest's files: relative path -> size."""
+    return {name: entry["size"] for name, entry in json.loads((folder / COMPLETE).read_text())["files"].items()}
 
 
 def choose_on_two_ranks(tmp_path, run_dir, resume, *extra):
@@ -50,15 +54,62 @@ def choose_on_two_ranks(tmp_path, run_dir, resume, *extra):
 
 def test_digest_share_gives_each_file_to_exactly_one_rank_and_balances_the_bytes():
     sizes = [7_000, 5_000, 5_000, 3_000, 900, 800, 100, 40, 40, 0]
-    files = {f"f{i}.pt": {"size": s, "blake2b": ""} for i, s in enumerate(sizes)}
+    files = {f"f{i}.pt": size for i, size in enumerate(sizes)}
     for world in (1, 2, 3, 4, 16):
         shares = [digest_share(files, rank, world) for rank in range(world)]
         assert sorted(name for share in shares for name in share) == sorted(files)
-        loads = [sum(files[n]["size"] for n in share) for share in shares]
+        loads = [sum(files[n] for n in share) for share in shares]
         # Largest first onto the least-loaded rank: no rank exceeds the mean by more than one file.
         assert max(loads) <= sum(sizes) / world + max(sizes)
         assert shares == [digest_share(dict(reversed(files.items())), rank, world) for rank in range(world)]
-    assert [sum(files[n]["size"] for n in digest_share(files, r, 2)) for r in range(2)] == [10_940, 10_940]
+    assert [sum(files[n] for n in digest_share(files, r, 2)) for r in range(2)] == [10_940, 10_940]
+
+
+def test_two_ranks_hash_a_new_checkpoint_together_each_file_once(tmp_path):
+    # Before: rank 0 alone hashed every file of each new checkpoint (14.4 GB per save for ngpt_1b) while
+    # the other ranks waited in the next collective.
+    out = tmp_path / "run"
+    torchrun(SAVE_WORKER, out, 4, "A", 0, "--record", tmp_path / "hashed")
+    step = out / "checkpoints" / "step_00000004"
+    assert verify(step) is None and (out / "checkpoints" / "latest").read_text() == "step_00000004"
+    files = files_of(step)
+    assert files == {
+        "config.yaml": len("model: {}\n"),
+        "mp_rank_00_model_states.pt": 1000,
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt": 3000,
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt": 3000,
+    }
+    for rank in (0, 1):
+        hashed = json.loads((tmp_path / f"hashed.rank{rank}").read_text())
+        assert sorted(hashed) == digest_share(files, rank, 2) and hashed
+    digests = json.loads((step / COMPLETE).read_text())["files"]
+    for name in files:
+        assert digests[name]["blake2b"] == manifest._digest(step / name)
+
+
+def test_a_read_error_while_hashing_a_new_checkpoint_stops_the_save_on_every_rank(tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun(SAVE_WORKER, out, 4, "A", 0, "--unreadable-on-rank-1")
+    tmp = out / "checkpoints" / "step_00000004.tmp-save"
+    unreadable = (
+        tmp
+        / digest_share(
+            {
+                "mp_rank_00_model_states.pt": 1000,
+                "zero_pp_rank_0_mp_rank_00_optim_states.pt": 3000,
+                "zero_pp_rank_1_mp_rank_00_optim_states.pt": 3000,
+                "config.yaml": 10,
+            },
+            1,
+            2,
+        )[0]
+    )
+    message = f"checkpoint of step 4 not saved: rank 1: hashing {tmp}: Input/output error ({unreadable})"
+    assert sorted(line for line in proc.stdout.splitlines() if " got: " in line) == [
+        f"rank 0 got: {message}",
+        f"rank 1 got: {message}",
+    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == []  # nothing under step_4, no leftovers
 
 
 def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_share(tmp_path):

@@ -10,11 +10,11 @@ Layout of a run folder's checkpoints (the one place that defines it; inference u
                                                (ngpt_ds.train.reshape); never a step_N name, so never resumed
                                                or exported as one; removed with its step by retention
 
-A save is atomic: DeepSpeed writes under the temporary tag, rank 0 hashes every file into the
-`COMPLETE` manifest (relative path, size, blake2b digest of the full content) and renames the folder
-into place. A kill at any moment leaves either the previous complete checkpoints or the new one.
-Before loading, the manifest is checked again, so a file damaged later (a truncated copy, a bad
-disk) is found before DeepSpeed reads it.
+A save is atomic: DeepSpeed writes under the temporary tag, the ranks hash its files (each file by one
+rank), rank 0 writes the `COMPLETE` manifest (relative path, size, blake2b digest of the full content)
+and renames the folder into place. A kill at any moment leaves either the previous complete
+checkpoints or the new one. Before loading, the manifest is checked again, so a file damaged later
+(a truncated copy, a bad disk) is found before DeepSpeed reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ import torch.distributed as dist
 from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.manifest import COMPLETE as COMPLETE
-from ngpt_ds.train.manifest import build_manifest, marker_digest, read_manifest, write_manifest
+from ngpt_ds.train.manifest import (
+    build_manifest,
+    digest_share,
+    digests,
+    file_sizes,
+    manifest_of,
+    marker_digest,
+    read_manifest,
+    write_manifest,
+)
 from ngpt_ds.train.manifest import checkpoint_bytes as checkpoint_bytes
 from ngpt_ds.train.manifest import is_legacy as is_legacy
 from ngpt_ds.train.manifest import legacy_warning as legacy_warning
@@ -379,10 +388,40 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
     return None
 
 
-def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, step: int, config_yaml: str, keep: int) -> None:
-    """Rank 0: manifest, then rename into place, then `latest`, then retention."""
-    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    write_manifest(tmp, build_manifest(tmp, step))
+def _hash_on_all_ranks(tmp: Path, step: int, config_yaml: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Collective, once every rank's files are written: rank 0 adds config.yaml and lists the folder,
+    every rank hashes its manifest.digest_share of the files (each file by one rank, about 1/world of
+    the bytes), and the digests are gathered. Returns (the manifest, None), or (None, the first
+    problem: the same on every rank)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    listing: list[Any] = [None]
+    if rank == 0:
+        try:
+            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            listing[0] = file_sizes(tmp)
+        except OSError as err:
+            listing[0] = f"finishing {tmp}: {_describe(err, tmp.parent)}"
+    dist.broadcast_object_list(listing, src=0)
+    if isinstance(listing[0], str):
+        return None, listing[0]
+    sizes: dict[str, int] = listing[0]
+    try:
+        answer: tuple[dict[str, str], str | None] = (digests(tmp, digest_share(sizes, rank, world)), None)
+    except OSError as err:
+        answer = ({}, f"hashing {tmp}: {_describe(err, tmp.parent)}")
+    answers: list[Any] = [None] * world
+    dist.all_gather_object(answers, answer)
+    problem = next(((f"rank {r}: {p}" if world > 1 else p) for r, (_, p) in enumerate(answers) if p), None)
+    if problem is not None:
+        return None, problem
+    gathered = {name: digest for part, _ in answers for name, digest in part.items()}
+    return manifest_of(step, sizes, gathered), None
+
+
+def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, Any], keep: int) -> None:
+    """Rank 0: the manifest, then rename into place, then `latest`, then retention."""
+    step = manifest["step"]
+    write_manifest(tmp, manifest)
     final = checkpoint_dir / tag
     replaced = None
     if final.exists():  # a second save of the same step: move the old one out of the step_N name first
@@ -444,7 +483,8 @@ def _agree(problem: str | None) -> str | None:
 def save(
     engine: DeepSpeedEngine, out_dir: Path, step: int, client_state: dict[str, Any], keep: int, config_yaml: str
 ) -> Path:
-    """Save on every rank into a temporary tag; rank 0 writes the manifest and renames it into place.
+    """Save on every rank into a temporary tag; the ranks hash its files together (each file by one
+    rank), and rank 0 writes the manifest and renames the folder into place.
 
     Raises CheckpointWriteError on every rank when the save cannot be completed (too little free space,
     checked first; a write error on any rank); no step_N folder is then created or changed.
@@ -468,10 +508,14 @@ def save(
         # DeepSpeed's collectives all precede its writes; the others wait in its closing barrier.
         dist.barrier()
     problem = _agree(problem)
-    if problem is None:  # the same on every rank: all take this second collective, or none
+    manifest = None
+    if problem is None:  # the same on every rank: all take these collectives, or none
+        manifest, problem = _hash_on_all_ranks(tmp, step, config_yaml)
+    if problem is None:
         if rank == 0:
+            assert manifest is not None  # _hash_on_all_ranks returns one with no problem
             try:
-                _finish_save(checkpoint_dir, tmp, tag, step, config_yaml, keep)
+                _finish_save(checkpoint_dir, tmp, tag, manifest, keep)
             except OSError as err:
                 problem = f"finishing {checkpoint_dir / tag}: {_describe(err, checkpoint_dir)}"
         problem = _agree(problem)

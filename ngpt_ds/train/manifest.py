@@ -45,13 +45,26 @@ def _digests(folder: Path, names: list[str]) -> list[str]:
         return list(pool.map(lambda name: _digest(folder / name), names))
 
 
-def build_manifest(folder: Path, step: int) -> dict[str, Any]:
-    names = _files(folder)
-    files = {
-        name: {"size": (folder / name).stat().st_size, "blake2b": digest}
-        for name, digest in zip(names, _digests(folder, names))
-    }
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` but the marker: relative path -> size in bytes."""
+    return {name: (folder / name).stat().st_size for name in _files(folder)}
+
+
+def digests(folder: Path, names: list[str]) -> dict[str, str]:
+    """Relative path -> blake2b-128 of the file's content, for `names` (raises OSError)."""
+    return dict(zip(names, _digests(folder, names)))
+
+
+def manifest_of(step: int, sizes: dict[str, int], file_digests: dict[str, str]) -> dict[str, Any]:
+    """The manifest of a folder whose files have these sizes and digests (the same keys)."""
+    files = {name: {"size": sizes[name], "blake2b": file_digests[name]} for name in sorted(sizes)}
     return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "hash": HASH_NAME, "files": files}
+
+
+def build_manifest(folder: Path, step: int) -> dict[str, Any]:
+    """The manifest of `folder`, every file hashed by this process."""
+    sizes = file_sizes(folder)
+    return manifest_of(step, sizes, digests(folder, sorted(sizes)))
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -84,15 +97,15 @@ def marker_digest(path: Path) -> str | None:
         return None
 
 
-def digest_share(files: dict[str, Any], rank: int, world: int) -> list[str]:
-    """The files whose digests rank `rank` of `world` computes: each file goes to exactly one rank, largest
-    first onto the rank with the fewest bytes so far, so every rank's share of the bytes is about 1/world.
-    Deterministic: the same manifest gives every rank the same split."""
+def digest_share(sizes: dict[str, int], rank: int, world: int) -> list[str]:
+    """The files (relative path -> size) whose digests rank `rank` of `world` computes: each file goes to
+    exactly one rank, largest first onto the rank with the fewest bytes so far, so no rank holds more
+    than 1/world of the bytes plus one file. Deterministic: the same sizes give every rank the same split."""
     ranks = [(0, r) for r in range(world)]  # (bytes so far, rank): a heap, least loaded first
     mine = []
-    for name in sorted(files, key=lambda n: (-files[n]["size"], n)):
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
         load, owner = heapq.heappop(ranks)
-        heapq.heappush(ranks, (load + files[name]["size"], owner))
+        heapq.heappush(ranks, (load + sizes[name], owner))
         if owner == rank:
             mine.append(name)
     return sorted(mine)
@@ -135,7 +148,7 @@ def _check(path: Path, rank: int, world: int) -> str | None:
     extra = sorted(set(_files(path)) - set(files))
     if extra:
         return f"{path / extra[0]} is not in the {COMPLETE} manifest (added after the save)"
-    names = digest_share(files, rank, world)
+    names = digest_share({name: entry["size"] for name, entry in files.items()}, rank, world)
     for name, digest in zip(names, _digests(path, names)):
         if digest != files[name]["blake2b"]:
             return f"{path / name} does not match its {HASH_NAME} digest in the {COMPLETE} manifest (corrupted)"

@@ -7,9 +7,18 @@ test can tell which save a file came from. --hang mid: stop halfway through the 
 --hang end: stop after everything, `latest` included, before save_checkpoint returns.
 
     python checkpoint_save_worker.py OUT STEP PAYLOAD_BYTE PORT [--hang mid|end]
+    torchrun --nproc_per_node 2 checkpoint_save_worker.py OUT STEP PAYLOAD_BYTE 0 [--record FILE]
+
+Under torchrun (PORT unused) rank 0 writes the model file and each rank its own optimizer file, as
+DeepSpeed's ZeRO 1/2 does. --record FILE: each rank writes the files it hashed to FILE.rank<R>.
+--unreadable-on-rank-1: reading any file for its digest fails on rank 1 (EIO); each rank prints the
+CheckpointWriteError it gets.
 """
 
 import argparse
+import errno
+import json
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +32,7 @@ class StandInEngine:
     def __init__(self, payload: bytes, hang: str | None):
         self.module = torch.nn.Linear(4, 4)
         self.payload, self.hang = payload, hang
+        self.rank = dist.get_rank()
 
     def _wait_for_kill(self, where: str) -> None:
         print(f"hanging {where}", flush=True)
@@ -31,17 +41,19 @@ class StandInEngine:
     def save_checkpoint(self, save_dir, tag, client_state=None, save_latest=True):
         folder = Path(save_dir) / tag
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "mp_rank_00_model_states.pt").write_bytes(self.payload * 1000)
-        with open(folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "wb") as f:
+        if self.rank == 0:
+            (folder / "mp_rank_00_model_states.pt").write_bytes(self.payload * 1000)
+        with open(folder / f"zero_pp_rank_{self.rank}_mp_rank_00_optim_states.pt", "wb") as f:
             f.write(self.payload * 1500)
             if self.hang == "mid":
                 f.flush()
                 self._wait_for_kill("mid")
             f.write(self.payload * 1500)
-        if save_latest:
+        if save_latest and self.rank == 0:
             (Path(save_dir) / "latest").write_text(tag)
         if self.hang == "end":
             self._wait_for_kill("end")
+        dist.barrier()  # DeepSpeed's save ends in one: every rank's files are written after it
         return True
 
 
@@ -52,11 +64,40 @@ def main() -> None:
     parser.add_argument("payload")
     parser.add_argument("port", type=int)
     parser.add_argument("--hang", choices=("mid", "end"))
+    parser.add_argument("--record", type=Path)
+    parser.add_argument("--unreadable-on-rank-1", action="store_true")
     args = parser.parse_args()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=0, world_size=1)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun: env:// rendezvous
+        dist.init_process_group("gloo")
+    else:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=0, world_size=1)
+    hashed: list[str] = []
+    if args.record is not None:
+        from ngpt_ds.train import manifest
+
+        digest = manifest._digest
+
+        def recording_digest(path: Path) -> str:
+            hashed.append(Path(path).name)
+            return digest(path)
+
+        manifest._digest = recording_digest
+    if args.unreadable_on_rank_1 and dist.get_rank() == 1:
+        from ngpt_ds.train import manifest
+
+        def failing_digest(path: Path) -> str:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+
+        manifest._digest = failing_digest
     engine = StandInEngine(args.payload.encode(), args.hang)
-    path = checkpoint.save(engine, args.out, args.step, {}, keep=5, config_yaml="model: {}\n")
-    print(f"saved {path}", flush=True)
+    try:
+        path = checkpoint.save(engine, args.out, args.step, {}, keep=5, config_yaml="model: {}\n")
+    except checkpoint.CheckpointWriteError as err:
+        print(f"rank {dist.get_rank()} got: {err}", flush=True)
+    else:
+        print(f"saved {path}", flush=True)
+    if args.record is not None:
+        Path(f"{args.record}.rank{dist.get_rank()}").write_text(json.dumps(hashed))
     dist.destroy_process_group()
 
 
