@@ -8,9 +8,8 @@ re-partitions at any data-parallel size. The trainer does this by itself:
 
 1. `plan` (every rank, once the ranks have agreed on the checkpoint, before any engine): compare the
    checkpoint's saved layout (ZeRO stage, data- and tensor-parallel sizes, read by
-   ngpt_ds.deepspeed_files) with this run's. Equal, or only
-   ZeRO 1 <-> 2 at the same sizes (one format), or ZeRO 0 (whole optimizer state in one file): nothing
-   to do. A data-parallel change within ZeRO 1/2 or within ZeRO 3: a `Reshape`. Anything DeepSpeed
+   ngpt_ds.deepspeed_files) with this run's. Equal, or only ZeRO 1 <-> 2 at the same sizes (one
+   format), or ZeRO 0 (whole optimizer state in one file): nothing to do. A data-parallel change within ZeRO 1/2 or within ZeRO 3: a `Reshape`. Anything DeepSpeed
    cannot convert is refused here, before any compute, naming both setups.
 2. `convert` (collective, after the run lock): rank 0 runs the converter once into
    `checkpoints/step_N-universal/` (temporary name, manifest, rename: atomic and verified like every
