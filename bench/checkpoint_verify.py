@@ -4,7 +4,7 @@
                                       [--presets ngpt_0.5b,ngpt_1b] [--world 8,64] [--json F] [--docs]
 
 `--resume` verifies the chosen checkpoint once the process group has started
-(ngpt_ds/train/checkpoint.py: resolve_resume_on_all_ranks -> manifest.verify(rank, world)): every rank
+(ngpt_ds/train/resume.py: resolve_resume_on_all_ranks -> manifest.verify(rank, world)): every rank
 checks the listing and sizes, and hashes its share of the files (manifest.digest_share: each file by
 one rank, largest first onto the least-loaded rank; blake2b-128, up to 8 threads). DeepSpeed's load
 then reads the model states and the rank's own ZeRO optimizer shard. Until this change every rank

@@ -66,7 +66,7 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
 
     # --resume auto and export's resolution pick the new lineage's newest.
     from ngpt_ds.infer import resolve_checkpoint
-    from ngpt_ds.train.checkpoint import resolve_resume
+    from ngpt_ds.train.resume import resolve_resume
 
     assert resolve_checkpoint(out) == checkpoints / "step_00000008"
     assert resolve_resume(out, "auto") == checkpoints / "step_00000008"

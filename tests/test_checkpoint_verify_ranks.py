@@ -12,8 +12,9 @@ import json
 import pytest
 
 from ngpt_ds.train import manifest
-from ngpt_ds.train.checkpoint import COMPLETE, resolve_resume
+from ngpt_ds.train.checkpoint import COMPLETE
 from ngpt_ds.train.manifest import build_manifest, digest_share, verify, write_manifest
+from ngpt_ds.train.resume import resolve_resume
 
 from conftest import REPO, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 

@@ -143,6 +143,7 @@ def test_a_conversion_is_sealed_reused_only_for_its_source_and_follows_its_step(
     """The step_N-universal folder: manifest-verified, tied to the exact checkpoint it came from,
     never a step_N checkpoint, moved aside by lineage with its step."""
     from ngpt_ds.train import checkpoint as ck
+    from ngpt_ds.train.resume import resolve_resume
 
     checkpoints = tmp_path / "checkpoints"
     source = checkpoints / "step_00000003"
@@ -159,7 +160,7 @@ def test_a_conversion_is_sealed_reused_only_for_its_source_and_follows_its_step(
     assert ck.verify(target) is None and ck.is_converted_from(target, source)
     assert json.loads((target / "COMPLETE").read_text())["converted_from"]["name"] == "step_00000003"
     assert ck.complete_checkpoints(checkpoints) == [source] and ck.universal_dirs(checkpoints) == [target]
-    assert ck.resolve_resume(tmp_path, str(target)) == source  # a conversion resumes through its step
+    assert resolve_resume(tmp_path, str(target)) == source  # a conversion resumes through its step
     (target / "zero" / "w" / "fp32.pt").write_bytes(b"weightz")  # damaged: converted again
     assert not ck.is_converted_from(target, source)
     (target / "zero" / "w" / "fp32.pt").write_bytes(b"weights")

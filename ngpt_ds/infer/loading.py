@@ -36,6 +36,7 @@ from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
 from ngpt_ds.train import checkpoint as ckpt_layout
+from ngpt_ds.train.resume import newest_intact
 
 _log = log.get(__name__)
 
@@ -159,7 +160,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for folder in (path, path / ckpt_layout.CHECKPOINTS):
         steps = ckpt_layout.step_dirs(folder)
         if ckpt_layout.complete_checkpoints(folder):
-            newest = ckpt_layout.newest_intact(folder, warn=_log.warning)
+            newest = newest_intact(folder, warn=_log.warning)
             assert newest is not None  # None only without complete checkpoints (all damaged: it raises)
             return newest
         if steps:

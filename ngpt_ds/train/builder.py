@@ -3,7 +3,7 @@
 Every check that can fail on user input runs before the process group exists, so a
 bad config stops every rank at once with the same message instead of a hang. One part runs
 just after it starts: choosing the checkpoint to resume (`choose_resume`), whose digests the
-ranks share out and agree on (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks).
+ranks share out and agree on (ngpt_ds.train.resume.resolve_resume_on_all_ranks).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from ngpt_ds.parallel.sequence import (
     parallelize_sequence,
 )
 from ngpt_ds.train import ds_compat, preflight, reshape
-from ngpt_ds.train.checkpoint import resolve_resume, resolve_resume_on_all_ranks
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, precision_of, zero_stage_of
 from ngpt_ds.train.optim import build_optimizer, build_schedule
+from ngpt_ds.train.resume import resolve_resume, resolve_resume_on_all_ranks
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -178,7 +178,7 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
     parallel layout), or unchanged to start fresh. A damaged checkpoint is skipped (auto) or refused.
 
     collective: every rank calls this after the process group starts; each checkpoint file is hashed by
-    one rank and all ranks get the same answer (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks).
+    one rank and all ranks get the same answer (ngpt_ds.train.resume.resolve_resume_on_all_ranks).
     Otherwise this rank reads every file itself.
     """
     run, out_dir = prepared.run, Path(prepared.run.out_dir)

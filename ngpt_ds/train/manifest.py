@@ -116,7 +116,7 @@ def verify(path: Path, *, rank: int = 0, world: int = 1) -> str | None:
 
     Sizes are compared first (cheap, catches truncation), then the full-content digests. With `world`
     > 1 the listing and sizes are checked whole and only this rank's `digest_share` is hashed; the
-    caller combines the ranks' answers (ngpt_ds.train.checkpoint.verify_on_all_ranks). A folder with a
+    caller combines the ranks' answers (ngpt_ds.train.resume.verify_on_all_ranks). A folder with a
     plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`. A
     file that cannot be read is an answer too (not an exception), so every rank always has one.
     """

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from ngpt_ds import deepspeed_files, safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, preflight
+from ngpt_ds.train.resume import verify_on_all_ranks
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -267,7 +268,7 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
     # An earlier conversion (fp32 masters and both Adam moments: about 12 bytes per parameter) is
     # verified by all ranks together, each file by one of them.
-    reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=checkpoint.verify_on_all_ranks)
+    reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=verify_on_all_ranks)
     if rank == 0 and not reused:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)

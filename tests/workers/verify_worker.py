@@ -1,4 +1,4 @@
-"""Two ranks choose a checkpoint to resume together (ngpt_ds.train.checkpoint.resolve_resume_on_all_ranks),
+"""Two ranks choose a checkpoint to resume together (ngpt_ds.train.resume.resolve_resume_on_all_ranks),
 recording which files each rank hashed. Every rank's answer goes into the JSON written by rank 0.
 
     torchrun --nproc_per_node 2 verify_worker.py OUT_JSON RUN_DIR RESUME [--own-run-dir] [--unlistable-on-rank-1]
@@ -26,6 +26,7 @@ def choose(
 
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.train import checkpoint, manifest
+    from ngpt_ds.train import resume as resume_module
 
     hashed: list[str] = []
     digest = manifest._digest
@@ -47,9 +48,9 @@ def choose(
     try:
         if universal:
             target, source = (Path(p) for p in universal)
-            mine["chosen"] = checkpoint.is_converted_from(target, source, verify=checkpoint.verify_on_all_ranks)
+            mine["chosen"] = checkpoint.is_converted_from(target, source, verify=resume_module.verify_on_all_ranks)
         else:
-            chosen = checkpoint.resolve_resume_on_all_ranks(out, resume, warn=warnings.append)
+            chosen = resume_module.resolve_resume_on_all_ranks(out, resume, warn=warnings.append)
             mine["chosen"] = str(chosen) if chosen is not None else None
     except NgptConfigError as err:
         mine["error"] = str(err)

@@ -1,0 +1,162 @@
+"""Which checkpoint a run resumes from: --resume auto|none|PATH -> a verified checkpoint folder.
+
+`resolve_resume` reads every file in this one process (the dry run; export, generate and evaluate
+use `newest_intact`). The trainer calls `resolve_resume_on_all_ranks` once the process group has
+started: the ranks first compare what they see, then verify each candidate together, each file hashed
+by one rank (ngpt_ds.train.manifest.digest_share), and all get the same answer or the same error. The
+folder layout is ngpt_ds.train.checkpoint's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import checkpoint
+from ngpt_ds.train.checkpoint import Verify
+
+
+def newest_intact(
+    checkpoint_dir: Path, warn: Callable[[str], None] = print, verify: Verify = checkpoint.verify
+) -> Path | None:
+    """The newest complete checkpoint that passes `verify`; each damaged newer one is skipped with one
+    warning naming its bad file. None when there is no complete checkpoint; an error when all are damaged."""
+    candidates = checkpoint.complete_checkpoints(checkpoint_dir)
+    for path in reversed(candidates):
+        problem = verify(path)
+        if problem is None:
+            if checkpoint.is_legacy(path):
+                warn(checkpoint.legacy_warning(path))
+            return path
+        warn(f"warning: skipping checkpoint {path.name}: {problem}. Using the one before it")
+    if candidates:
+        raise NgptConfigError(
+            f"every checkpoint in {checkpoint_dir} is damaged (see the warnings above). "
+            "Start a new run with --resume none and another --out"
+        )
+    return None
+
+
+def _named_checkpoint(out_dir: Path, resume: str) -> Path | None:
+    """--resume auto|none|PATH -> the complete checkpoint PATH names (None for auto and none), from
+    the folder listing alone; raises NgptConfigError when PATH (or none) cannot be followed."""
+    checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
+    if resume == "none":
+        existing = checkpoint.complete_checkpoints(checkpoint_dir)
+        if existing:
+            raise NgptConfigError(
+                f"--resume none, but {checkpoint_dir} already holds checkpoints (newest: "
+                f"{existing[-1].name}). Choose another --out, or delete {checkpoint_dir} "
+                "to start over"
+            )
+        return None
+    if resume == "auto":
+        return None
+    path = Path(resume)
+    source = checkpoint.universal_source(path)
+    if source is not None:  # a conversion is derived data: resume its step_N, which reuses it if needed
+        if not (source / checkpoint.COMPLETE).is_file():
+            raise NgptConfigError(
+                f"--resume {resume}: a {checkpoint.UNIVERSAL_SUFFIX} folder is resumed through the checkpoint "
+                f"it was converted from, and {source} holds no complete checkpoint. Give a step_N "
+                "checkpoint directory"
+            )
+        path = source
+    if (path / checkpoint.COMPLETE).is_file():
+        return path
+    if path.is_dir() and checkpoint.complete_checkpoints(path):
+        return checkpoint.complete_checkpoints(path)[-1]
+    if path.is_dir() and checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS):
+        return checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS)[-1]
+    reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
+    raise NgptConfigError(
+        f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
+        "a run's --out directory, 'auto' or 'none'"
+    )
+
+
+def resolve_resume(
+    out_dir: Path, resume: str, warn: Callable[[str], None] = print, verify: Verify = checkpoint.verify
+) -> Path | None:
+    """--resume auto|none|PATH -> the verified checkpoint directory to load, or None to start fresh.
+
+    auto skips a damaged checkpoint with one warning and takes the one before it; an explicit PATH to a
+    damaged checkpoint is an error naming the bad file. With the default `verify` it reads only files
+    (the dry run, a single process); the trainer passes `verify_on_all_ranks` through
+    `resolve_resume_on_all_ranks`.
+    """
+    if resume == "auto":
+        return newest_intact(out_dir / checkpoint.CHECKPOINTS, warn, verify)
+    chosen = _named_checkpoint(out_dir, resume)
+    if chosen is None:
+        return None
+    problem = verify(chosen)
+    if problem is not None:
+        raise NgptConfigError(
+            f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another "
+            "checkpoint, or use --resume auto to take the newest intact one"
+        )
+    if checkpoint.is_legacy(chosen):
+        warn(checkpoint.legacy_warning(chosen))
+    return chosen
+
+
+def verify_on_all_ranks(path: Path) -> str | None:
+    """Collective `verify`: every rank checks the listing and sizes, hashes its share of the files
+    (manifest.digest_share: each file by one rank, about 1/world of the bytes each), and one
+    all_gather gives every rank the same answer. Every rank must call it for the same folder."""
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, checkpoint.verify(path, rank=dist.get_rank(), world=dist.get_world_size()))
+    return next((p for p in problems if p is not None), None)
+
+
+def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, str | None]], str | None]:
+    """The checkpoints `resolve_resume` may read on this rank, each with its COMPLETE file's digest, or
+    the error it would raise before reading any."""
+    try:
+        named = _named_checkpoint(out_dir, resume)
+        folders = [named] if named is not None else checkpoint.complete_checkpoints(out_dir / checkpoint.CHECKPOINTS)
+    except NgptConfigError as err:
+        return [], str(err)
+    except OSError as err:  # an answer, not an exception: the other ranks are waiting for it
+        return [], f"--resume {resume}: cannot list {err.filename or out_dir} ({err.strerror or err})"
+    return [(str(p), checkpoint.marker_digest(p)) for p in folders], None
+
+
+def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str], None] = print) -> Path | None:
+    """Collective `resolve_resume`, after the process group starts; the same answer, or the same error,
+    on every rank.
+
+    First the ranks compare what they see: the candidate checkpoints and their COMPLETE manifests. An
+    --out on storage that not every node shares (a node-local disk) shows up here as a clear error,
+    before any rank loads a checkpoint the others do not have. Then each candidate is verified with
+    `verify_on_all_ranks`: each file is read once in all, not once per rank. As every rank then sees the
+    same verdicts, all take the same path through `resolve_resume` and make the same collective calls.
+    """
+    world = dist.get_world_size()
+    seen: list[Any] = [None] * world
+    dist.all_gather_object(seen, _what_this_rank_sees(out_dir, resume))
+    differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
+    if differs is not None:
+        raise NgptConfigError(
+            f"ranks 0 and {differs} see different checkpoints under --out {out_dir} (rank 0: "
+            f"{_describe_seen(seen[0])}; rank {differs}: {_describe_seen(seen[differs])}). Every rank must see "
+            "the same files: put --out on storage that every node shares (not a node-local disk)"
+        )
+    if seen[0][1] is not None:
+        raise NgptConfigError(seen[0][1])
+    return resolve_resume(out_dir, resume, warn, verify_on_all_ranks)
+
+
+def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str:
+    folders, error = seen
+    if error is not None:
+        return f"error: {error}"
+    if not folders:
+        return "no complete checkpoint"
+    names = ", ".join(f"{Path(p).name} (manifest {d[:8] if d else 'unreadable'})" for p, d in folders[-3:])
+    return ("..., " if len(folders) > 3 else "") + names
