@@ -185,6 +185,20 @@ def test_ranks_that_see_different_checkpoints_stop_together_before_reading_any(t
         )
 
 
+def test_a_checkpoint_appearing_while_the_ranks_choose_does_not_split_them(tmp_path):
+    # Rank 1 lists one more folder after the ranks have compared what they see. Choosing from a new
+    # listing (as the first version of this code did) made rank 1 verify it alone, one collective more
+    # than rank 0: the verdicts paired with the wrong folders, and rank 1 chose the damaged step 8 while
+    # rank 0 chose step 4.
+    checkpoints = tmp_path / "run" / "checkpoints"
+    older = fake_checkpoint(checkpoints / "step_00000004", 4, seed=1)
+    fake_checkpoint(checkpoints / "step_00000008", 8, seed=2)
+    flip_a_byte(checkpoints / "step_00000008" / "config.yaml")
+    ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", "auto", "--late-checkpoint-on-rank-1")
+    assert [(r["chosen"], r["error"]) for r in ranks] == [(str(older), None), (str(older), None)]
+    assert ranks[0]["warnings"] == ranks[1]["warnings"] and len(ranks[0]["warnings"]) == 1
+
+
 def test_a_rank_that_cannot_list_the_checkpoints_stops_every_rank_instead_of_leaving_them_waiting(tmp_path):
     # Before: rank 1 ended with a PermissionError traceback, and rank 0, waiting in the collective, with
     # gloo's "Connection closed by peer" traceback that does not name the cause.

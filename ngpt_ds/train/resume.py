@@ -20,12 +20,16 @@ from ngpt_ds.train import checkpoint
 from ngpt_ds.train.checkpoint import Verify
 
 
-def newest_intact(
-    checkpoint_dir: Path, warn: Callable[[str], None] = print, verify: Verify = checkpoint.verify
+def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
+    """The newest complete checkpoint that passes `verify` (this process reads every file); each damaged
+    newer one is skipped with one warning naming its bad file. None when there is no complete checkpoint;
+    an error when all are damaged."""
+    return _newest_passing(checkpoint.complete_checkpoints(checkpoint_dir), checkpoint_dir, warn, checkpoint.verify)
+
+
+def _newest_passing(
+    candidates: list[Path], checkpoint_dir: Path, warn: Callable[[str], None], verify: Verify
 ) -> Path | None:
-    """The newest complete checkpoint that passes `verify`; each damaged newer one is skipped with one
-    warning naming its bad file. None when there is no complete checkpoint; an error when all are damaged."""
-    candidates = checkpoint.complete_checkpoints(checkpoint_dir)
     for path in reversed(candidates):
         problem = verify(path)
         if problem is None:
@@ -79,21 +83,20 @@ def _named_checkpoint(out_dir: Path, resume: str) -> Path | None:
     )
 
 
-def resolve_resume(
-    out_dir: Path, resume: str, warn: Callable[[str], None] = print, verify: Verify = checkpoint.verify
-) -> Path | None:
+def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = print) -> Path | None:
     """--resume auto|none|PATH -> the verified checkpoint directory to load, or None to start fresh.
 
     auto skips a damaged checkpoint with one warning and takes the one before it; an explicit PATH to a
-    damaged checkpoint is an error naming the bad file. With the default `verify` it reads only files
-    (the dry run, a single process); the trainer passes `verify_on_all_ranks` through
-    `resolve_resume_on_all_ranks`.
+    damaged checkpoint is an error naming the bad file. This process reads every file (the dry run);
+    the trainer's ranks use `resolve_resume_on_all_ranks` instead.
     """
     if resume == "auto":
-        return newest_intact(out_dir / checkpoint.CHECKPOINTS, warn, verify)
+        return newest_intact(out_dir / checkpoint.CHECKPOINTS, warn)
     chosen = _named_checkpoint(out_dir, resume)
-    if chosen is None:
-        return None
+    return None if chosen is None else _intact_or_refused(chosen, resume, warn, checkpoint.verify)
+
+
+def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], verify: Verify) -> Path:
     problem = verify(chosen)
     if problem is not None:
         raise NgptConfigError(
@@ -135,7 +138,7 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
     --out on storage that not every node shares (a node-local disk) shows up here as a clear error,
     before any rank loads a checkpoint the others do not have. Then each candidate is verified with
     `verify_on_all_ranks`: each file is read once in all, not once per rank. As every rank then sees the
-    same verdicts, all take the same path through `resolve_resume` and make the same collective calls.
+    same verdicts, all take the same path and make the same collective calls.
     """
     world = dist.get_world_size()
     seen: list[Any] = [None] * world
@@ -147,9 +150,14 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
             f"{_describe_seen(seen[0])}; rank {differs}: {_describe_seen(seen[differs])}). Every rank must see "
             "the same files: put --out on storage that every node shares (not a node-local disk)"
         )
-    if seen[0][1] is not None:
-        raise NgptConfigError(seen[0][1])
-    return resolve_resume(out_dir, resume, warn, verify_on_all_ranks)
+    folders, error = seen[0]
+    if error is not None:
+        raise NgptConfigError(error)
+    # From the agreed list, not a new listing: a folder appearing meanwhile cannot split the ranks.
+    candidates = [Path(folder) for folder, _ in folders]
+    if resume == "auto":
+        return _newest_passing(candidates, out_dir / checkpoint.CHECKPOINTS, warn, verify_on_all_ranks)
+    return _intact_or_refused(candidates[0], resume, warn, verify_on_all_ranks) if candidates else None
 
 
 def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str:

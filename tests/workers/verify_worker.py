@@ -2,11 +2,13 @@
 recording which files each rank hashed. Every rank's answer goes into the JSON written by rank 0.
 
     torchrun --nproc_per_node 2 verify_worker.py OUT_JSON RUN_DIR RESUME [--own-run-dir] [--unlistable-on-rank-1]
-                                                         [--universal TARGET SOURCE]
+                                                         [--universal TARGET SOURCE] [--late-checkpoint-on-rank-1]
 
 --own-run-dir: rank r looks in RUN_DIR/rank<r> instead (an --out that is not shared storage).
 --universal TARGET SOURCE: instead, ask whether TARGET is an intact conversion of SOURCE
 (checkpoint.is_converted_from, verified by both ranks together); "chosen" is the answer.
+--late-checkpoint-on-rank-1: from its second listing on, rank 1 sees one more checkpoint folder (a
+save landing while the ranks choose).
 --unlistable-on-rank-1: listing the checkpoints folder fails on rank 1 (EACCES, as on a node whose
 mount denies it; root ignores file modes, so the listing is made to fail).
 """
@@ -20,7 +22,12 @@ from common import run_worker
 
 
 def choose(
-    run_dir: str, resume: str, own_run_dir: bool, unlistable_on_rank_1: bool, universal: list[str] | None
+    run_dir: str,
+    resume: str,
+    own_run_dir: bool,
+    unlistable_on_rank_1: bool,
+    universal: list[str] | None,
+    late_checkpoint_on_rank_1: bool = False,
 ) -> list[dict]:
     from pathlib import Path
 
@@ -42,6 +49,16 @@ def choose(
             raise PermissionError(errno.EACCES, "Permission denied", str(checkpoint_dir))
 
         checkpoint.complete_checkpoints = denied
+    if late_checkpoint_on_rank_1 and dist.get_rank() == 1:
+        listed = checkpoint.complete_checkpoints
+        calls = []
+
+        def with_a_late_one(checkpoint_dir: Path) -> list[Path]:
+            calls.append(checkpoint_dir)
+            late = [checkpoint_dir / "step_99999999"] if len(calls) > 1 else []
+            return listed(checkpoint_dir) + late
+
+        checkpoint.complete_checkpoints = with_a_late_one
     out = Path(run_dir) / f"rank{dist.get_rank()}" if own_run_dir else Path(run_dir)
     warnings: list[str] = []
     mine = {"rank": dist.get_rank(), "warnings": warnings, "hashed": hashed, "chosen": None, "error": None}
@@ -67,9 +84,17 @@ if __name__ == "__main__":
     parser.add_argument("--own-run-dir", action="store_true")
     parser.add_argument("--unlistable-on-rank-1", action="store_true")
     parser.add_argument("--universal", nargs=2, metavar=("TARGET", "SOURCE"))
+    parser.add_argument("--late-checkpoint-on-rank-1", action="store_true")
     args = parser.parse_args(sys.argv[1:])
     run_worker(
         args.out_json,
-        lambda: choose(args.run_dir, args.resume, args.own_run_dir, args.unlistable_on_rank_1, args.universal),
+        lambda: choose(
+            args.run_dir,
+            args.resume,
+            args.own_run_dir,
+            args.unlistable_on_rank_1,
+            args.universal,
+            args.late_checkpoint_on_rank_1,
+        ),
         timeout_s=60,
     )
