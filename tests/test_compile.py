@@ -95,6 +95,40 @@ def test_compiled_checkpoints_hold_the_eager_state_dict_keys(runs):
     assert "embed.weight" in compiled and not any("_orig_mod" in k for k in compiled)
 
 
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_compiled_kernels_read_the_rope_tables_instead_of_computing_cos_and_sin(arch):
+    """The fault: Inductor inlined RoPE's small cos/sin tables into every kernel that read them, so cos
+    and sin ran once per element of q and k in every layer, forward and backward: about a tenth of a
+    compiled ngpt_tiny step (docs/benchmarks.md, "MFU"). The tables are now one opaque operator, called
+    once per forward; the generated code holds no cos or sin, and loss and gradients equal eager's."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from ngpt_ds.model.config import ModelConfig
+    from ngpt_ds.model.factory import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, vocab_size=64, n_layer=2, n_embd=32, n_head=2, seq_len=16))
+    tokens = torch.randint(0, 64, (2, 17))
+
+    def loss_and_grads(module):
+        model.zero_grad(set_to_none=True)
+        _, loss = module(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    (compiled_loss, compiled_grads), code = run_and_get_code(loss_and_grads, torch.compile(model))
+    source = "\n".join(code)
+    assert len(code) == 2  # the forward and the backward graph
+    transcendental = [line.strip() for line in source.splitlines() if ".cos()" in line or ".sin()" in line]
+    assert transcendental == []
+    calls = [line for line in source.splitlines() if "= torch.ops.ngpt_ds.rope_tables.default(" in line]
+    assert len(calls) == 1, calls  # in the forward; the backward reads the saved tables
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(compiled_grads, eager_grads, rtol=0, atol=1e-6)
+
+
 def test_compile_must_be_a_boolean():
     with pytest.raises(NgptConfigError, match="train.compile"):
         TrainConfig.from_dict({"compile": "yes"}, "run.yaml")

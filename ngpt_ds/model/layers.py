@@ -164,6 +164,36 @@ class ScaleVector(nn.Module):
         return f"size={self.param.numel()}, init={self.init:g}, scale={self.scale:g}, abs={self.absolute}"
 
 
+@torch.library.custom_op("ngpt_ds::rope_tables", mutates_args=())
+def _rope_tables(
+    seq_len: int, offset: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`RotaryEmbedding.tables`, as an operator that torch.compile treats as one opaque call.
+
+    Left to itself, Inductor inlines these small pointwise tables into every kernel that reads them:
+    cos and sin were then evaluated once per element of q and k in each layer, and again in the
+    backward that recomputes them, which cost about a tenth of a compiled `ngpt_tiny` step
+    (docs/benchmarks.md, "MFU"). As an operator, they are computed once per forward."""
+    half = head_dim // 2
+    inv_freq = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
+    positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)
+    cos, sin = angles.cos(), angles.sin()
+    full_cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)
+    signed_sin = torch.cat((-sin, sin), dim=-1).unsqueeze(1)
+    return full_cos.to(dtype), signed_sin.to(dtype)
+
+
+@_rope_tables.register_fake
+def _rope_tables_shapes(
+    seq_len: int, offset: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.empty(seq_len, 1, head_dim, device=device, dtype=dtype),
+        torch.empty(seq_len, 1, head_dim, device=device, dtype=dtype),
+    )
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., RoFormer) in the rotate-half layout.
 
@@ -182,14 +212,7 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for positions offset..offset+seq_len-1, each [seq_len, 1, head_dim]:
         [cos θ, cos θ] and [-sin θ, sin θ] over the two halves of a head, θ_i = position * base^(-2i/head_dim)."""
-        half = self.head_dim // 2
-        inv_freq = self.base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
-        positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
-        angles = torch.outer(positions, inv_freq)
-        cos, sin = angles.cos(), angles.sin()
-        full_cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)
-        signed_sin = torch.cat((-sin, sin), dim=-1).unsqueeze(1)
-        return full_cos.to(dtype), signed_sin.to(dtype)
+        return _rope_tables(seq_len, offset, self.head_dim, self.base, device, dtype)
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
