@@ -12,7 +12,7 @@ import json
 import pytest
 
 from ngpt_ds.train import manifest
-from ngpt_ds.train.checkpoint import COMPLETE
+from ngpt_ds.train.checkpoint import COMPLETE, is_converted_from, universal_name
 from ngpt_ds.train.manifest import build_manifest, digest_share, verify, write_manifest
 from ngpt_ds.train.resume import resolve_resume
 
@@ -82,7 +82,10 @@ def test_two_ranks_hash_a_new_checkpoint_together_each_file_once(tmp_path):
     }
     for rank in (0, 1):
         hashed = json.loads((tmp_path / f"hashed.rank{rank}").read_text())
-        assert sorted(hashed) == digest_share(files, rank, 2) and hashed
+        assert sorted(hashed) == [
+            str(tmp_path / "run" / "checkpoints" / "step_00000004.tmp-save" / n) for n in digest_share(files, rank, 2)
+        ]
+        assert hashed
     digests = json.loads((step / COMPLETE).read_text())["files"]
     for name in files:
         assert digests[name]["blake2b"] == manifest._digest(step / name)
@@ -111,6 +114,76 @@ def test_a_read_error_while_hashing_a_new_checkpoint_stops_the_save_on_every_ran
         f"rank 1 got: {message}",
     ]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == []  # nothing under step_4, no leftovers
+
+
+def fake_conversion(checkpoints):
+    """A step-4 checkpoint and what DeepSpeed's ds_to_universal leaves for it in a work folder."""
+    source = fake_checkpoint(checkpoints / "step_00000004", 4)
+    converted = checkpoints / "work" / "converted"
+    for i, name in enumerate(("embed", "lm_head", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn")):
+        (converted / "zero" / name).mkdir(parents=True)
+        for j, state in enumerate(("fp32.pt", "exp_avg.pt", "exp_avg_sq.pt")):
+            (converted / "zero" / name / state).write_bytes(bytes([i, j]) * (100 * (i + 1)))
+    (converted.parent / "latest_universal").write_text("converted")
+    return source, converted, checkpoints / universal_name(source.name)
+
+
+def test_two_ranks_hash_a_finished_universal_conversion_together_each_file_once(tmp_path):
+    # Before: rank 0 alone hashed the converted files (about 12 bytes per parameter) while the others waited.
+    source, converted, target = fake_conversion(tmp_path / "run" / "checkpoints")
+    originals = {p.relative_to(converted).as_posix(): p.read_bytes() for p in converted.rglob("*.pt")}
+    proc = torchrun(
+        SAVE_WORKER,
+        tmp_path / "unused",
+        0,
+        "A",
+        0,
+        "--record",
+        tmp_path / "hashed",
+        "--finish-universal",
+        converted,
+        target,
+        source,
+    )
+    assert sorted(line for line in proc.stdout.splitlines() if " got: " in line) == [
+        "rank 0 got: placed",
+        "rank 1 got: placed",
+    ]
+    assert verify(target) is None and is_converted_from(target, source)
+    assert not converted.exists() and not (converted.parent / "latest_universal").exists()
+    assert (target / "config.yaml").read_bytes() == (source / "config.yaml").read_bytes()
+    files = files_of(target)
+    assert sorted(files) == sorted([*originals, "config.yaml"])
+    for name, data in originals.items():
+        assert (target / name).read_bytes() == data
+    for rank in (0, 1):
+        hashed = json.loads((tmp_path / f"hashed.rank{rank}").read_text())
+        assert hashed and sorted(hashed) == sorted(str(converted / n) for n in digest_share(files, rank, 2))
+
+
+def test_a_read_error_while_hashing_a_conversion_stops_every_rank_and_places_nothing(tmp_path):
+    source, converted, target = fake_conversion(tmp_path / "run" / "checkpoints")
+    sizes = {p.relative_to(converted).as_posix(): p.stat().st_size for p in converted.rglob("*.pt")}
+    sizes["config.yaml"] = (source / "config.yaml").stat().st_size
+    proc = torchrun(
+        SAVE_WORKER,
+        tmp_path / "unused",
+        0,
+        "A",
+        0,
+        "--unreadable-on-rank-1",
+        "--finish-universal",
+        converted,
+        target,
+        source,
+    )
+    unreadable = converted / digest_share(sizes, 1, 2)[0]
+    message = f"rank 1: hashing {converted}: Input/output error ({unreadable})"
+    assert sorted(line for line in proc.stdout.splitlines() if " got: " in line) == [
+        f"rank 0 got: {message}",
+        f"rank 1 got: {message}",
+    ]
+    assert not target.exists()
 
 
 def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_share(tmp_path):

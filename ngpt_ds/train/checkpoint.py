@@ -247,27 +247,27 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
     return None
 
 
-def _hash_on_all_ranks(tmp: Path, step: int, config_yaml: str) -> tuple[dict[str, Any] | None, str | None]:
-    """Collective, once every rank's files are written: rank 0 adds config.yaml and lists the folder,
-    every rank hashes its manifest.digest_share of the files (each file by one rank, about 1/world of
-    the bytes), and the digests are gathered. Returns (the manifest, None), or (None, the first
-    problem: the same on every rank)."""
+def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tuple[dict[str, Any] | None, str | None]:
+    """Collective, once every rank's files are written: rank 0 runs `seal` (it adds config.yaml) and lists
+    the folder, every rank hashes its manifest.digest_share of the files (each file by one rank, about
+    1/world of the bytes), and the digests are gathered. Returns (the manifest, None), or (None, the
+    first problem: the same on every rank)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     listing: list[Any] = [None]
     if rank == 0:
         try:
-            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-            listing[0] = file_sizes(tmp)
+            seal()
+            listing[0] = file_sizes(folder)
         except OSError as err:
-            listing[0] = f"finishing {tmp}: {_describe(err, tmp.parent)}"
+            listing[0] = f"finishing {folder}: {_describe(err, folder.parent)}"
     dist.broadcast_object_list(listing, src=0)
     if isinstance(listing[0], str):
         return None, listing[0]
     sizes: dict[str, int] = listing[0]
     try:
-        answer: tuple[dict[str, str], str | None] = (digests(tmp, digest_share(sizes, rank, world)), None)
+        answer: tuple[dict[str, str], str | None] = (digests(folder, digest_share(sizes, rank, world)), None)
     except OSError as err:
-        answer = ({}, f"hashing {tmp}: {_describe(err, tmp.parent)}")
+        answer = ({}, f"hashing {folder}: {_describe(err, folder.parent)}")
     answers: list[Any] = [None] * world
     dist.all_gather_object(answers, answer)
     problem = next(((f"rank {r}: {p}" if world > 1 else p) for r, (_, p) in enumerate(answers) if p), None)
@@ -275,6 +275,10 @@ def _hash_on_all_ranks(tmp: Path, step: int, config_yaml: str) -> tuple[dict[str
         return None, problem
     gathered = {name: digest for part, _ in answers for name, digest in part.items()}
     return manifest_of(step, sizes, gathered), None
+
+
+def _write_config(folder: Path, config_yaml: str) -> None:
+    (folder / "config.yaml").write_text(config_yaml, encoding="utf-8")
 
 
 def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, Any], keep: int) -> None:
@@ -304,18 +308,41 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def finish_universal(converted: Path, target: Path, source: Path) -> None:
-    """Rank 0: seal a converted folder like a save (the source's config.yaml, a manifest naming the
-    source's manifest, rename into place). `converted` lies in the same checkpoints folder."""
+def _seal_universal(converted: Path, source: Path) -> None:
     shutil.copy2(source / "config.yaml", converted / "config.yaml")
     (converted.parent / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; not needed
-    manifest = build_manifest(converted, step_of(source.name))
+
+
+def _place_universal(converted: Path, target: Path, source: Path, manifest: dict[str, Any]) -> None:
     manifest["converted_from"] = {"name": source.name, "complete_blake2b": marker_digest(source)}
     write_manifest(converted, manifest)
     if target.exists():  # an older or damaged conversion: replaced whole
         shutil.rmtree(target)
     os.rename(converted, target)
     _fsync_dir(target.parent)
+
+
+def finish_universal(converted: Path, target: Path, source: Path) -> None:
+    """One process: seal a converted folder like a save (the source's config.yaml, a manifest naming the
+    source's manifest, rename into place). `converted` lies in the same checkpoints folder."""
+    _seal_universal(converted, source)
+    _place_universal(converted, target, source, build_manifest(converted, step_of(source.name)))
+
+
+def finish_universal_on_all_ranks(converted: Path, target: Path, source: Path) -> str | None:
+    """Collective `finish_universal`: the ranks hash the converted files together (each file by one
+    rank, as a save), then rank 0 writes the manifest and renames. Returns the first problem, the same
+    on every rank, or None; on a problem nothing is placed at `target`."""
+    manifest, problem = _hash_on_all_ranks(converted, step_of(source.name), lambda: _seal_universal(converted, source))
+    if problem is not None:
+        return problem
+    if dist.get_rank() == 0:
+        assert manifest is not None  # _hash_on_all_ranks returns one with no problem
+        try:
+            _place_universal(converted, target, source, manifest)
+        except OSError as err:
+            problem = f"writing {target}: {_describe(err, target.parent)}"
+    return _agree(problem)
 
 
 def is_converted_from(target: Path, source: Path, verify: Verify = verify) -> bool:
@@ -369,7 +396,7 @@ def save(
     problem = _agree(problem)
     manifest = None
     if problem is None:  # the same on every rank: all take these collectives, or none
-        manifest, problem = _hash_on_all_ranks(tmp, step, config_yaml)
+        manifest, problem = _hash_on_all_ranks(tmp, step, lambda: _write_config(tmp, config_yaml))
     if problem is None:
         if rank == 0:
             assert manifest is not None  # _hash_on_all_ranks returns one with no problem

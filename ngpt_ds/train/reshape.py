@@ -264,7 +264,7 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
     conversion fails; nothing is then left under the step_N-universal name."""
     rank = dist.get_rank()
-    problem, proc = None, None
+    proc = None
     work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
     # An earlier conversion (fp32 masters and both Adam moments: about 12 bytes per parameter) is
     # verified by all ranks together, each file by one of them.
@@ -277,22 +277,22 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     dist.broadcast(flag, src=0)
     reused = bool(flag.item())
     _wait_for(proc, device)
-    if rank == 0 and proc is not None:
-        if proc.returncode != 0:
-            problem = (
-                f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
-                f"{_tail(work / 'convert.log')}. Resume at {reshape.saved.describe()} instead"
-            )
-        else:
-            try:
-                checkpoint.finish_universal(work / "converted", reshape.target, reshape.source)
-            except OSError as err:
-                problem = f"writing {reshape.target}: {err}"
-        shutil.rmtree(work, ignore_errors=True)
+    problem = None
+    if rank == 0 and proc is not None and proc.returncode != 0:
+        problem = (
+            f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
+            f"{_tail(work / 'convert.log')}. Resume at {reshape.saved.describe()} instead"
+        )
     problems: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(problems, problem)
-    if problems[0] is not None:
-        raise NgptConfigError(problems[0])
+    problem = problems[0]
+    if problem is None and not reused:
+        # The converted files (about 12 bytes per parameter) are hashed by all ranks, each file by one.
+        problem = checkpoint.finish_universal_on_all_ranks(work / "converted", reshape.target, reshape.source)
+    if rank == 0 and proc is not None:
+        shutil.rmtree(work, ignore_errors=True)
+    if problem is not None:
+        raise NgptConfigError(problem)
     return reused
 
 

@@ -10,15 +10,18 @@ test can tell which save a file came from. --hang mid: stop halfway through the 
     torchrun --nproc_per_node 2 checkpoint_save_worker.py OUT STEP PAYLOAD_BYTE 0 [--record FILE]
 
 Under torchrun (PORT unused) rank 0 writes the model file and each rank its own optimizer file, as
-DeepSpeed's ZeRO 1/2 does. --record FILE: each rank writes the files it hashed to FILE.rank<R>.
+DeepSpeed's ZeRO 1/2 does. --record FILE: each rank writes the paths of the files it hashed to FILE.rank<R>.
 --unreadable-on-rank-1: reading any file for its digest fails on rank 1 (EIO); each rank prints the
-CheckpointWriteError it gets.
+CheckpointWriteError it gets. --finish-universal CONVERTED TARGET SOURCE: instead of a save, seal a
+finished conversion with checkpoint.finish_universal_on_all_ranks; each rank prints the problem it
+gets, or "placed".
 """
 
 import argparse
 import errno
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +60,12 @@ class StandInEngine:
         return True
 
 
+def report(line: str) -> None:
+    """One write per line: print's separate newline write could interleave with the other rank's line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -66,6 +75,7 @@ def main() -> None:
     parser.add_argument("--hang", choices=("mid", "end"))
     parser.add_argument("--record", type=Path)
     parser.add_argument("--unreadable-on-rank-1", action="store_true")
+    parser.add_argument("--finish-universal", nargs=3, type=Path, metavar=("CONVERTED", "TARGET", "SOURCE"))
     args = parser.parse_args()
     if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun: env:// rendezvous
         dist.init_process_group("gloo")
@@ -78,7 +88,7 @@ def main() -> None:
         digest = manifest._digest
 
         def recording_digest(path: Path) -> str:
-            hashed.append(Path(path).name)
+            hashed.append(str(path))
             return digest(path)
 
         manifest._digest = recording_digest
@@ -90,15 +100,23 @@ def main() -> None:
 
         manifest._digest = failing_digest
     engine = StandInEngine(args.payload.encode(), args.hang)
-    try:
-        path = checkpoint.save(engine, args.out, args.step, {}, keep=5, config_yaml="model: {}\n")
-    except checkpoint.CheckpointWriteError as err:
-        print(f"rank {dist.get_rank()} got: {err}", flush=True)
+    if args.finish_universal is not None:
+        problem = checkpoint.finish_universal_on_all_ranks(*args.finish_universal)
+        report(f"rank {dist.get_rank()} got: {problem or 'placed'}")
     else:
-        print(f"saved {path}", flush=True)
+        save(engine, args)
     if args.record is not None:
         Path(f"{args.record}.rank{dist.get_rank()}").write_text(json.dumps(hashed))
     dist.destroy_process_group()
+
+
+def save(engine: StandInEngine, args: argparse.Namespace) -> None:
+    try:
+        path = checkpoint.save(engine, args.out, args.step, {}, keep=5, config_yaml="model: {}\n")
+    except checkpoint.CheckpointWriteError as err:
+        report(f"rank {dist.get_rank()} got: {err}")
+    else:
+        print(f"saved {path}", flush=True)
 
 
 if __name__ == "__main__":
