@@ -123,7 +123,7 @@ def test_compiled_kernels_read_the_rope_tables_instead_of_computing_cos_and_sin(
     assert len(code) == 2  # the forward and the backward graph
     transcendental = [line.strip() for line in source.splitlines() if ".cos()" in line or ".sin()" in line]
     assert transcendental == []
-    calls = [line for line in source.splitlines() if "= torch.ops.ngpt_ds.rope_tables.default(" in line]
+    calls = [line for line in source.splitlines() if "= torch.ops.ngpt_ds_model_layers.rope_tables.default(" in line]
     assert len(calls) == 1, calls  # in the forward; the backward reads the saved tables
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=0, atol=1e-6)
     torch.testing.assert_close(compiled_grads, eager_grads, rtol=0, atol=1e-6)

@@ -2,6 +2,7 @@
 a naive restatement of the paper's equations."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,6 +251,34 @@ def test_rope_over_the_whole_head_equals_the_per_half_rotation_bit_for_bit(dtype
     x1, x2 = x.chunk(2, dim=-1)
     per_half = torch.cat((x1 * half_cos - x2 * half_sin, x2 * half_cos + x1 * half_sin), dim=-1)
     assert torch.equal(RotaryEmbedding.rotate(x, cos.unsqueeze(1), sin.unsqueeze(1)), per_half)
+
+
+def test_a_copy_of_the_model_code_keeps_its_own_rope_operator(tmp_path, monkeypatch):
+    """An HF export carries a copy of layers.py, which transformers imports under another module name
+    (trust_remote_code). The fault: with one global operator name, importing a copy from another
+    version replaced the installed code's RoPE tables too (checked with this test's altered copy: the
+    installed tables' cos became 2.0). Each copy now registers an operator named after its module."""
+    import importlib.util
+    import sys
+
+    from ngpt_ds.model import layers
+
+    source = Path(layers.__file__).read_text(encoding="utf-8")
+    altered = source.replace("cos, sin = angles.cos(), angles.sin()", "cos, sin = 2 * angles.cos(), angles.sin()")
+    assert altered != source
+    (tmp_path / "layers.py").write_text(altered, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("exported_copy.layers", tmp_path / "layers.py")
+    copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "exported_copy.layers", copy)
+    spec.loader.exec_module(copy)
+
+    def cos_at_position_0(module):
+        cos, _ = module.RotaryEmbedding(8, 10000.0).tables(3, torch.device("cpu"), torch.float32)
+        return cos[0, 0, 0].item()
+
+    assert cos_at_position_0(copy) == 2.0
+    assert cos_at_position_0(layers) == 1.0
+    assert copy._ROPE_TABLES_OP == "exported_copy_layers::rope_tables" != layers._ROPE_TABLES_OP
 
 
 # ---- parity with a naive restatement of the paper's equations (no code shared with the package)

@@ -14,6 +14,7 @@ ZeRO-aware hook and tensor parallelism all read them from here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +165,12 @@ class ScaleVector(nn.Module):
         return f"size={self.param.numel()}, init={self.init:g}, scale={self.scale:g}, abs={self.absolute}"
 
 
-@torch.library.custom_op("ngpt_ds::rope_tables", mutates_args=())
+# Named after this module (ngpt_ds_model_layers::rope_tables): the copy of this file in an HF export
+# (ngpt_ds.hf.export) registers its own, so two versions of the code in one process never share one.
+_ROPE_TABLES_OP = re.sub(r"\W", "_", __name__) + "::rope_tables"
+
+
+@torch.library.custom_op(_ROPE_TABLES_OP, mutates_args=())
 def _rope_tables(
     seq_len: int, offset: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
