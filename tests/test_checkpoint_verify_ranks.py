@@ -8,9 +8,12 @@ folder, and a malformed one crashed the next save).
 
 import errno
 import json
+import os
+import re
 
 import pytest
 
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import manifest
 from ngpt_ds.train.checkpoint import COMPLETE, is_converted_from, universal_name
 from ngpt_ds.train.manifest import build_manifest, digest_share, verify, write_manifest
@@ -329,6 +332,50 @@ def test_a_crafted_manifest_entry_is_refused_and_nothing_outside_the_folder_is_r
     # The next save's free-space estimate falls back to bytes per parameter (old code: a TypeError on
     # rank 0 before the save, while the other ranks waited for it).
     assert manifest.checkpoint_bytes(folder) is None
+
+
+def plant(folder, kind):
+    """Put an entry that is not a regular file into `folder`, under a name DeepSpeed opens; returns it."""
+    path = folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    path.unlink()
+    if kind == "named pipe":
+        os.mkfifo(path)
+    elif kind == "link to a device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.symlink_to(folder / "nothing-here")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "link to a device", "link to nothing"])
+@pytest.mark.parametrize("marker", ["manifest", "legacy"])
+def test_a_checkpoint_holding_a_pipe_or_a_device_is_refused_before_anything_opens_it(tmp_path, kind, marker):
+    """The fault: a named pipe in a shared checkpoint (tar keeps them) under a file name DeepSpeed opens.
+    The old verify passed: its listing skipped what is not a regular file, and a plain-text (legacy)
+    COMPLETE is not checked at all. The allow-list check then opened the pipe and blocked for good
+    (reproduced: safe_load.check still waiting after 5 s); with 2 ranks the other rank would wait in
+    its all-reduce until the process group timed out. A link to /dev/zero would be read without end."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    older = fake_checkpoint(checkpoints / "step_00000004", 4)
+    newest = fake_checkpoint(checkpoints / "step_00000008", 8)
+    planted = plant(newest, kind)
+    if marker == "manifest":  # a manifest true to every regular file: the old listing left the entry out
+        write_manifest(newest, build_manifest(newest, 8))
+    else:
+        (newest / COMPLETE).write_text("step 8\n")  # what an older ngpt_ds wrote: nothing to check against
+    described = {
+        "named pipe": f"{planted} is a named pipe, not a regular file",
+        "link to a device": f"{planted} is a device, not a regular file",
+        "link to nothing": f"{planted} is a link to nothing",
+    }[kind]
+    problem = f"{described}; a checkpoint holds only folders and regular files"
+    assert verify(newest) == problem
+    assert verify(newest, rank=1, world=2) == problem  # every rank checks the listing whole
+    warnings = []
+    assert resolve_resume(tmp_path / "run", "auto", warn=warnings.append) == older
+    assert warnings == [f"warning: skipping checkpoint step_00000008: {problem}. Using the one before it"]
+    with pytest.raises(NgptConfigError, match=re.escape(f"the checkpoint is damaged: {problem}")):
+        resolve_resume(tmp_path / "run", str(newest))
 
 
 MODEL = tiny_ngpt()

@@ -13,6 +13,7 @@ import hashlib
 import heapq
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,22 @@ def _files(folder: Path) -> list[str]:
         for p in folder.rglob("*")
         if p.is_file() and p.name not in (COMPLETE, COMPLETE + ".tmp")
     )
+
+
+def _not_a_regular_file(folder: Path) -> str | None:
+    """The first entry under `folder` that is neither a folder nor a regular file (links followed),
+    described; None if there is none. Readers open checkpoint files by name, and opening a named pipe
+    blocks until something writes to it: one such entry in a shared checkpoint would hang a resume."""
+    for p in sorted(folder.rglob("*")):
+        if p.is_dir() or p.is_file():
+            continue
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            return f"{p} is a link to nothing"
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return f"{p} is {kind}, not a regular file"
+    return None
 
 
 def _digests(folder: Path, names: list[str]) -> list[str]:
@@ -117,8 +134,10 @@ def verify(path: Path, *, rank: int = 0, world: int = 1) -> str | None:
     Sizes are compared first (cheap, catches truncation), then the full-content digests. With `world`
     > 1 the listing and sizes are checked whole and only this rank's `digest_share` is hashed; the
     caller combines the ranks' answers (ngpt_ds.train.resume.verify_on_all_ranks). A folder with a
-    plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`. A
-    file that cannot be read is an answer too (not an exception), so every rank always has one.
+    plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`. Any
+    checkpoint holding something that is not a folder or a regular file (a named pipe, a device, a
+    link to nothing) fails. A file that cannot be read is an answer too (not an exception), so every
+    rank always has one.
     """
     try:
         return _check(path, rank, world)
@@ -129,6 +148,9 @@ def verify(path: Path, *, rank: int = 0, world: int = 1) -> str | None:
 def _check(path: Path, rank: int, world: int) -> str | None:
     if not (path / COMPLETE).is_file():
         return f"{path} has no {COMPLETE} marker (the save was interrupted)"
+    irregular = _not_a_regular_file(path)  # before the legacy return: it holds for every checkpoint
+    if irregular is not None:
+        return f"{irregular}; a checkpoint holds only folders and regular files"
     manifest = read_manifest(path)
     if manifest is None:
         return None
