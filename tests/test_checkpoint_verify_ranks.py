@@ -189,6 +189,50 @@ def test_a_read_error_while_hashing_a_conversion_stops_every_rank_and_places_not
     assert not target.exists()
 
 
+CONVERT_WORKER = REPO / "tests" / "workers" / "convert_worker.py"
+
+
+def convert_on_two_ranks(tmp_path, source, target, stand_in):
+    out_json = tmp_path / "ranks.json"
+    torchrun(CONVERT_WORKER, out_json, source, target, stand_in, timeout=180)
+    return json.loads(out_json.read_text())
+
+
+def test_two_ranks_convert_seal_and_then_reuse_a_conversion(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    source = fake_checkpoint(checkpoints / "step_00000004", 4)
+    target = checkpoints / universal_name(source.name)
+    ranks = convert_on_two_ranks(tmp_path, source, target, "converts")
+    assert [(r["reused"], r["error"]) for r in ranks] == [(False, None), (False, None)]
+    assert verify(target) is None and is_converted_from(target, source)
+    assert sorted(files_of(target)) == ["config.yaml", "zero/x/fp32.pt", "zero/y/fp32.pt", "zero/z/fp32.pt"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [source.name, target.name]  # no work folder left
+    ranks = convert_on_two_ranks(tmp_path, source, target, "exits-3")  # not started again: reused
+    assert [(r["reused"], r["error"]) for r in ranks] == [(True, None), (True, None)]
+
+
+def test_a_converter_that_fails_or_cannot_start_stops_every_rank_with_one_message(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    source = fake_checkpoint(checkpoints / "step_00000004", 4)
+    target = checkpoints / universal_name(source.name)
+    ranks = convert_on_two_ranks(tmp_path, source, target, "exits-3")
+    expected = (
+        f"DeepSpeed's ds_to_universal could not convert {source} (exit 3): stand-in converter: no such layout. "
+        "Resume at 2 data-parallel ranks instead"
+    )
+    assert [r["error"] for r in ranks] == [expected, expected]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [source.name]
+
+    # The fault: rank 0 could not make its work folder (here a file is in the way) and raised alone,
+    # while rank 1 waited in the broadcast after it (old code: FileExistsError on rank 0 only).
+    work = checkpoints / (target.name + ".tmp-save")
+    work.write_text("in the way")
+    ranks = convert_on_two_ranks(tmp_path, source, target, "converts")
+    expected = f"could not start DeepSpeed's ds_to_universal in {work}: [Errno 17] File exists: '{work}'"
+    assert [r["error"] for r in ranks] == [expected, expected]
+    assert not target.exists()
+
+
 def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_share(tmp_path):
     checkpoints = tmp_path / "run" / "checkpoints"
     older = fake_checkpoint(checkpoints / "step_00000004", 4, seed=1)

@@ -257,7 +257,9 @@ def test_a_copy_of_the_model_code_keeps_its_own_rope_operator(tmp_path, monkeypa
     """An HF export carries a copy of layers.py, which transformers imports under another module name
     (trust_remote_code). The fault: with one global operator name, importing a copy from another
     version replaced the installed code's RoPE tables too (checked with this test's altered copy: the
-    installed tables' cos became 2.0). Each copy now registers an operator named after its module."""
+    installed tables' cos became 2.0). Each copy now registers an operator named after its module, in
+    ASCII: transformers keeps a local folder's accented name in the module name, which torch could not
+    register (UnicodeDecodeError while importing the copy)."""
     import importlib.util
     import sys
 
@@ -267,9 +269,9 @@ def test_a_copy_of_the_model_code_keeps_its_own_rope_operator(tmp_path, monkeypa
     altered = source.replace("cos, sin = angles.cos(), angles.sin()", "cos, sin = 2 * angles.cos(), angles.sin()")
     assert altered != source
     (tmp_path / "layers.py").write_text(altered, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("exported_copy.layers", tmp_path / "layers.py")
+    spec = importlib.util.spec_from_file_location("modèle_exporté.layers", tmp_path / "layers.py")
     copy = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "exported_copy.layers", copy)
+    monkeypatch.setitem(sys.modules, "modèle_exporté.layers", copy)
     spec.loader.exec_module(copy)
 
     def cos_at_position_0(module):
@@ -278,7 +280,7 @@ def test_a_copy_of_the_model_code_keeps_its_own_rope_operator(tmp_path, monkeypa
 
     assert cos_at_position_0(copy) == 2.0
     assert cos_at_position_0(layers) == 1.0
-    assert copy._ROPE_TABLES_OP == "exported_copy_layers::rope_tables" != layers._ROPE_TABLES_OP
+    assert copy._ROPE_TABLES_OP == "mod_le_export__layers::rope_tables" != layers._ROPE_TABLES_OP
 
 
 # ---- parity with a naive restatement of the paper's equations (no code shared with the package)

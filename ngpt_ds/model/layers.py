@@ -167,7 +167,9 @@ class ScaleVector(nn.Module):
 
 # Named after this module (ngpt_ds_model_layers::rope_tables): the copy of this file in an HF export
 # (ngpt_ds.hf.export) registers its own, so two versions of the code in one process never share one.
-_ROPE_TABLES_OP = re.sub(r"\W", "_", __name__) + "::rope_tables"
+# ASCII only: transformers keeps a local folder's name, accents included, in the module name, and
+# torch could not register an operator named with them.
+_ROPE_TABLES_OP = re.sub(r"[^0-9A-Za-z_]", "_", __name__) + "::rope_tables"
 
 
 @torch.library.custom_op(_ROPE_TABLES_OP, mutates_args=())

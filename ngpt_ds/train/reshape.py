@@ -264,20 +264,22 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
     conversion fails; nothing is then left under the step_N-universal name."""
     rank = dist.get_rank()
-    proc = None
+    proc, problem = None, None
     work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
     # An earlier conversion (fp32 masters and both Adam moments: about 12 bytes per parameter) is
     # verified by all ranks together, each file by one of them.
     reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=verify_on_all_ranks)
     if rank == 0 and not reused:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+        try:  # a failure here is reported through the gather below, so no rank is left waiting
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+        except OSError as err:
+            problem = f"could not start DeepSpeed's ds_to_universal in {work}: {err}"
     flag = torch.tensor([float(reused)], device=device)
     dist.broadcast(flag, src=0)
     reused = bool(flag.item())
     _wait_for(proc, device)
-    problem = None
     if rank == 0 and proc is not None and proc.returncode != 0:
         problem = (
             f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
