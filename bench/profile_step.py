@@ -1,7 +1,7 @@
 """Where the time of one training step goes: torch.profiler over DeepSpeed engine steps.
 
     python bench/profile_step.py [--config ngpt_tiny] [--ds ds_configs/zero2.json] [--steps 3] [--top 15]
-                                 [--threads N]
+                                 [--threads N] [--compile]
 
 The engine is built as the trainer builds it (bench/engines.py; nGPT with its hypersphere hook). After
 warm-up steps, `--steps` steps run under torch.profiler; the table lists the operators
@@ -9,6 +9,12 @@ with the most self CPU time (time inside the operator itself, not its children),
 over those steps, and the share of each in the profiled total. The profiler times by the
 wall clock: on a loaded machine prefer `--threads 1`, where an operator's time is its own work
 stretched by the load, not waits for a descheduled second thread (bench/mfu.py).
+
+`--compile` profiles the engine's module through torch.compile (as bench/mfu.py does) with
+Inductor's kernel profiling on, so each fused C++ kernel is its own row, named after the operators
+it fused (`graph_0_cpp_fused_..._cos_...`). That is how RoPE's cos and sin were found recomputed in
+every kernel that read them (docs/benchmarks.md, "MFU"). CPU only: on a GPU, Inductor's kernels run
+asynchronously and this table shows their launches.
 """
 
 from __future__ import annotations
@@ -29,10 +35,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="profiled steps after 3 warm-up steps")
     parser.add_argument("--top", type=int, default=15, help="operators listed")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="profile torch.compile'd steps, kernel by kernel")
     parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()
 
     import torch
+
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # one profiler row per fused C++ kernel
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,8 +58,10 @@ def main() -> int:
     engine, model_cfg, plan = bench.engine, bench.model, bench.plan
     tokens = torch.randint(0, model_cfg.vocab_size, (plan.micro_batch, model_cfg.seq_len + 1)).to(engine.device)
 
+    forward = torch.compile(engine.module) if args.compile else engine
+
     def step() -> None:
-        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
+        _, loss = forward(tokens[:, :-1], tokens[:, 1:])
         engine.backward(loss)
         engine.step()
 
@@ -75,10 +89,10 @@ def main() -> int:
         from report import command_line, machine, update_section
 
         update_section(
-            "profile_step",
+            "profile_step_compiled" if args.compile else "profile_step",
             f"Command: `{command_line()}`  \nMachine: {machine()}, {torch.get_num_threads()} threads; "
-            f"{args.config}, micro-batch {plan.micro_batch} x {model_cfg.seq_len}, self CPU time over "
-            f"{args.steps} profiled steps.\n\n" + table,
+            f"{args.config}{', compiled' if args.compile else ''}, micro-batch {plan.micro_batch} x "
+            f"{model_cfg.seq_len}, self CPU time over {args.steps} profiled steps.\n\n" + table,
         )
     import torch.distributed as dist
 

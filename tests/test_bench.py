@@ -361,6 +361,20 @@ def test_profile_step_lists_the_top_operators(tmp_path):
     assert "| all operators |" in proc.stdout
 
 
+def test_profile_step_compiled_lists_inductor_kernels_by_name(tmp_path):
+    """--compile: each fused C++ kernel is a row named after what it fused, and no kernel computes RoPE's
+    cos (the table is one operator, ngpt_ds/model/layers.py)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {arch: ngpt, n_layer: 1, n_embd: 32, n_head: 2, seq_len: 32, vocab_size: 64}\n")
+    cmd = [sys.executable, REPO / "bench/profile_step.py", "--config", config, "--steps", 1, "--top", 500, "--compile"]
+    proc = run(cmd)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
+    kernels = [row for row in rows if row.startswith("| `graph_0_cpp_fused_")]
+    assert kernels and any("silu" in row for row in kernels) and any("_log_softmax" in row for row in kernels)
+    assert not any("_cos_" in row for row in kernels)
+    assert any("rope_tables" in row for row in rows) and any("`aten::mm`" in row for row in rows)
+
+
 @pytest.mark.parametrize("arch", ["ngpt", "gpt"])
 def test_qk_path_times_both_forms_which_compute_the_same(tmp_path, arch):
     config = tmp_path / "tiny.yaml"
