@@ -264,16 +264,9 @@ def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_sha
 
 def test_two_ranks_verify_an_earlier_universal_conversion_together_before_reusing_it(tmp_path):
     # Before: rank 0 alone hashed the whole conversion (about 12 bytes per parameter) while the others waited.
-    from ngpt_ds.train.checkpoint import finish_universal, universal_name
+    from ngpt_ds.train.checkpoint import finish_universal
 
-    checkpoints = tmp_path / "run" / "checkpoints"
-    source = fake_checkpoint(checkpoints / "step_00000004", 4)
-    converted = checkpoints / "work" / "converted"
-    for i, name in enumerate(("embed", "lm_head", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn")):
-        (converted / "zero" / name).mkdir(parents=True)
-        for j, state in enumerate(("fp32.pt", "exp_avg.pt", "exp_avg_sq.pt")):
-            (converted / "zero" / name / state).write_bytes(bytes([i, j]) * (100 * (i + 1)))
-    target = checkpoints / universal_name(source.name)
+    source, converted, target = fake_conversion(tmp_path / "run" / "checkpoints")
     finish_universal(converted, target, source)
     files = files_of(target)
 

@@ -34,6 +34,13 @@ def run_worker(out_path: str, work: Callable[[], object], timeout_s: int = 300) 
     distributed.exit_process(0, joined=True)
 
 
+def every_rank(mine: object) -> list:
+    """Every rank's `mine`, in rank order: what a worker returns so rank 0 writes all the answers."""
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
+
+
 def ds_config(stage: int, micro_batch: int = 2, bf16: bool = False) -> dict:
     """A DeepSpeed JSON for one small step: no accumulation, clipping 1.0, no periodic prints."""
     return {

@@ -12,7 +12,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-from common import run_worker
+from common import every_rank, run_worker
 
 STAND_INS = {
     "converts": (
@@ -47,9 +47,7 @@ def convert(source: str, target: str, stand_in: str) -> list[dict]:
         mine["reused"] = reshape.convert(plan, torch.device("cpu"))
     except NgptConfigError as err:
         mine["error"] = str(err)
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    return everyone
+    return every_rank(mine)
 
 
 if __name__ == "__main__":

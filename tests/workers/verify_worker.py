@@ -18,7 +18,7 @@ import errno
 import sys
 
 import torch.distributed as dist
-from common import run_worker
+from common import every_rank, run_worker
 
 
 def choose(
@@ -71,9 +71,7 @@ def choose(
             mine["chosen"] = str(chosen) if chosen is not None else None
     except NgptConfigError as err:
         mine["error"] = str(err)
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    return everyone
+    return every_rank(mine)
 
 
 if __name__ == "__main__":
