@@ -264,7 +264,7 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
     conversion fails; nothing is then left under the step_N-universal name."""
     rank = dist.get_rank()
-    proc, problem = None, None
+    problem, proc = None, None
     work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
     # An earlier conversion (fp32 masters and both Adam moments: about 12 bytes per parameter) is
     # verified by all ranks together, each file by one of them.
@@ -291,7 +291,7 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     if problem is None and not reused:
         # The converted files (about 12 bytes per parameter) are hashed by all ranks, each file by one.
         problem = checkpoint.finish_universal_on_all_ranks(work / "converted", reshape.target, reshape.source)
-    if rank == 0 and proc is not None:
+    if rank == 0 and not reused:
         shutil.rmtree(work, ignore_errors=True)
     if problem is not None:
         raise NgptConfigError(problem)
