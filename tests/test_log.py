@@ -49,3 +49,24 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_error_line_is_one_write_so_ranks_sharing_a_pipe_do_not_merge_lines(tmp_path):
+    """The launchers start ranks with `python -u`: unbuffered, print's text and its newline were two
+    writes to the pipe every rank shares, and two ranks' refusals came out as one line ("...Do not
+    use iterror: ..."; seen in a 2-rank test of a poisoned checkpoint). Traced here as write calls on
+    an unbuffered stderr: 2 before, 1 now."""
+    snippet = (
+        "import sys\n"
+        "from ngpt_ds.cli import run\n"
+        "from ngpt_ds.errors import NgptConfigError\n"
+        "writes = []\n"
+        "real = sys.stderr.write\n"
+        "sys.stderr.write = lambda text: writes.append(text) or real(text)\n"
+        "def body():\n"
+        "    raise NgptConfigError('the checkpoint was refused')\n"
+        "status = run(body, accelerator=False)\n"
+        "sys.stdout.write(repr((status, [w for w in writes if 'refused' in w or w == '\\\\n'])))\n"
+    )
+    proc = run([sys.executable, "-u", "-c", snippet], check=False)
+    assert proc.stdout == repr((2, ["error: the checkpoint was refused\n"])), proc.stderr

@@ -80,6 +80,14 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def print_error(err: BaseException | str) -> None:
+    """`error: ...` on stderr in one write. The launchers start ranks with `python -u`, where print's
+    text and its newline are two writes to the pipe all ranks share: two ranks' lines then merged
+    into one ("...Do not use iterror: ..."), in a log and in a test that counted them."""
+    sys.stderr.write(f"error: {err}\n")
+    sys.stderr.flush()
+
+
 def run(
     body: Callable[[], int],
     args: argparse.Namespace | None = None,
@@ -108,5 +116,5 @@ def run(
     try:
         return body()
     except tuple(codes) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         return next(code for kind, code in codes.items() if isinstance(err, kind))

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     import ngpt_ds.infer.lm_eval_adapter  # noqa: F401  registers "ngpt_ds"
+    from ngpt_ds.cli import print_error
     from ngpt_ds.errors import NgptConfigError
 
     if argv is not None:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli_evaluate()
     except NgptConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         sys.exit(2)
 
 
