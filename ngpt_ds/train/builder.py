@@ -273,6 +273,7 @@ def start_engine(
         mpu=groups if tensor_parallel or sequence_parallel else None,
     )
     ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
+    ds_compat.count_tensor_parallel_gradients(engine)  # ZeRO 0 bf16: shards missing from the clipping norm
     if train.compile:
         # nn.Module.compile in place (not torch.compile's wrapper): parameter names, hence the
         # checkpoints' state-dict keys, stay the eager model's; the hypersphere hook runs after

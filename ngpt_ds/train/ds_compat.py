@@ -1,4 +1,4 @@
-"""The DeepSpeed releases ngpt_ds is tested with, checked at startup, and a fault of them undone.
+"""The DeepSpeed releases ngpt_ds is tested with, checked at startup, and faults of them undone.
 
 The hypersphere hook (ngpt_ds/train/hypersphere.py) reads DeepSpeed's private optimizer
 attributes, which change between minor releases: 0.16.0-0.19.2 have no
@@ -85,3 +85,35 @@ def drop_warmup_optimizer_state(engine: DeepSpeedEngine) -> None:
 
     if isinstance(engine.optimizer, FP16_UnfusedOptimizer):
         engine.optimizer.optimizer.state.clear()
+
+
+def count_tensor_parallel_gradients(engine: DeepSpeedEngine) -> None:
+    """Make ZeRO 0's bf16 optimizer count every tensor-parallel shard in the gradient norm.
+
+    DeepSpeed's clipping norm (`runtime.utils.get_weight_norm`) counts a tensor on tensor-parallel
+    ranks above 0 only if it carries `tensor_model_parallel` (ngpt_ds.parallel.layers.mark_sharded),
+    so that replicated weights are counted once. `FP16_UnfusedOptimizer.step` (ZeRO 0 with bf16)
+    passes it the parameters' *gradients*, which never carry the mark: on tensor-parallel ranks above
+    0 every shard was left out. With tensor parallel 2 the norm came out 0.154 instead of 0.223
+    (tests/test_audit_parallel_tp.py), so `gradient_clipping` clipped less than asked and
+    train/grad_norm was wrong. ZeRO 1-3 count the parameters and are right. Before each step, the
+    gradients of the sharded parameters are given their parameter's mark (a bf16 gradient reaches
+    the norm as the same tensor: `grad.to(param.dtype)` returns it unchanged).
+    """
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    optimizer = engine.optimizer
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+        return
+    sharded = [p for group in optimizer.fp16_groups for p in group if getattr(p, "tensor_model_parallel", False)]
+    if not sharded:
+        return
+    step = optimizer.step
+
+    def step_counting_shards(*args, **kwargs):
+        for param in sharded:
+            if param.grad is not None:
+                param.grad.tensor_model_parallel = True
+        return step(*args, **kwargs)
+
+    optimizer.step = step_counting_shards
