@@ -206,6 +206,12 @@ def _describe(err: BaseException, folder: Path) -> str:
     return f"{text}; {_gib(free)} free on the filesystem{full}"
 
 
+def _describe_any(err: Exception, folder: Path) -> str:
+    """A write failure as `_describe` gives it; anything else (a bug, a RecursionError on a crafted
+    folder) by its type and text, so that it can travel to every rank as a problem."""
+    return _describe(err, folder) if _is_write_failure(err) else f"{type(err).__name__}: {err}"
+
+
 def _is_write_failure(err: BaseException) -> bool:
     """An OSError, or torch's zip writer reporting a failed write."""
     return isinstance(err, OSError) or (
@@ -223,9 +229,11 @@ def _gib(n: float) -> str:
 
 
 def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str | None:
-    """Rank 0: remove leftovers of interrupted saves and check the free space. Returns a problem or None."""
+    """Rank 0: put back a checkpoint an interrupted save moved aside, remove the leftovers of interrupted
+    saves and check the free space. Returns a problem or None."""
     try:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        restore_moved_aside(checkpoint_dir)  # before the loop below removes what is left under .tmp-replaced
         for leftover in checkpoint_dir.iterdir():
             if leftover.name.startswith(TAG_PREFIX) and leftover.name.endswith((TEMP_SUFFIX, REPLACED_SUFFIX)):
                 shutil.rmtree(leftover)
@@ -258,16 +266,16 @@ def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tup
         try:
             seal()
             listing[0] = file_sizes(folder)
-        except OSError as err:
-            listing[0] = f"finishing {folder}: {_describe(err, folder.parent)}"
+        except Exception as err:  # any error: rank 0 alone raising would leave the others in the broadcast
+            listing[0] = f"finishing {folder}: {_describe_any(err, folder.parent)}"
     dist.broadcast_object_list(listing, src=0)
     if isinstance(listing[0], str):
         return None, listing[0]
     sizes: dict[str, int] = listing[0]
     try:
         answer: tuple[dict[str, str], str | None] = (digests(folder, digest_share(sizes, rank, world)), None)
-    except OSError as err:
-        answer = ({}, f"hashing {folder}: {_describe(err, folder.parent)}")
+    except Exception as err:  # an answer on every rank, so that no rank leaves the all_gather
+        answer = ({}, f"hashing {folder}: {_describe_any(err, folder.parent)}")
     answers: list[Any] = [None] * world
     dist.all_gather_object(answers, answer)
     problem = next(((f"rank {r}: {p}" if world > 1 else p) for r, (_, p) in enumerate(answers) if p), None)
@@ -308,6 +316,36 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
             shutil.rmtree(partial, ignore_errors=True)
 
 
+def restore_moved_aside(checkpoint_dir: Path) -> list[str]:
+    """Rank 0 (or one process): put each complete step_N.tmp-replaced back under its step_N name when
+    nothing holds that name. `_finish_save` moves the old step_N aside just before renaming the new one
+    into place; a kill between the two renames left the step under neither name: --resume auto then
+    did not see it and the next save deleted it. Returns one line per folder put back."""
+    restored = []
+    for aside in sorted(checkpoint_dir.iterdir()) if checkpoint_dir.is_dir() else []:
+        if not aside.name.endswith(REPLACED_SUFFIX):
+            continue
+        final = aside.with_name(aside.name[: -len(REPLACED_SUFFIX)])
+        named_a_step = final.name.startswith(TAG_PREFIX) and final.name[len(TAG_PREFIX) :].isdigit()
+        if (
+            not named_a_step
+            or aside.is_symlink()
+            or final.exists()
+            or final.is_symlink()
+            or not (aside / COMPLETE).is_file()
+        ):
+            continue
+        os.rename(aside, final)
+        restored.append(
+            f"put {final.name} back in place: a second save of step {step_of(final.name)} was interrupted "
+            f"after moving it aside to {aside.name}"
+        )
+    if restored:
+        _fsync_dir(checkpoint_dir)
+        point_latest(checkpoint_dir)
+    return restored
+
+
 def _seal_universal(converted: Path, source: Path) -> None:
     shutil.copy2(source / "config.yaml", converted / "config.yaml")
     (converted.parent / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; not needed
@@ -340,8 +378,8 @@ def finish_universal_on_all_ranks(converted: Path, target: Path, source: Path) -
         assert manifest is not None  # _hash_on_all_ranks returns one with no problem
         try:
             _place_universal(converted, target, source, manifest)
-        except OSError as err:
-            problem = f"writing {target}: {_describe(err, target.parent)}"
+        except Exception as err:  # any error reaches every rank through _agree
+            problem = f"writing {target}: {_describe_any(err, target.parent)}"
     return _agree(problem)
 
 
@@ -380,7 +418,13 @@ def save(
     tmp_tag = tag + TEMP_SUFFIX
     tmp = checkpoint_dir / tmp_tag
     rank = dist.get_rank()
-    problem = _agree(_before_save(engine, checkpoint_dir, step) if rank == 0 else None)
+    problem = None
+    if rank == 0:
+        try:
+            problem = _before_save(engine, checkpoint_dir, step)
+        except Exception as err:  # any error reaches every rank through _agree
+            problem = f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {type(err).__name__}: {err}"
+    problem = _agree(problem)
     if problem is not None:
         raise CheckpointWriteError(f"checkpoint of step {step} not saved: {problem}")
 
@@ -402,8 +446,8 @@ def save(
             assert manifest is not None  # _hash_on_all_ranks returns one with no problem
             try:
                 _finish_save(checkpoint_dir, tmp, tag, manifest, keep)
-            except OSError as err:
-                problem = f"finishing {checkpoint_dir / tag}: {_describe(err, checkpoint_dir)}"
+            except Exception as err:  # any error reaches every rank through _agree
+                problem = f"finishing {checkpoint_dir / tag}: {_describe_any(err, checkpoint_dir)}"
         problem = _agree(problem)
     if problem is not None:
         if rank == 0:

@@ -2,8 +2,9 @@
 
 A checkpoint is complete when its `COMPLETE` file exists; since ngpt_ds 0.1 that file is this JSON
 manifest (relative path, size, blake2b-128 of each file), written last, so a file damaged after the
-save (a truncated copy, a bad disk, a file swapped in) is found before anything reads it. A
-plain-text `COMPLETE` from an older ngpt_ds has nothing to check against (`is_legacy`).
+save (a truncated copy, a bad disk, a file swapped in) is found before anything reads it. The
+`step N` line an older ngpt_ds wrote there has nothing to check against (`is_legacy`); any other text
+is a damaged marker.
 The folder layout around it is ngpt_ds.train.checkpoint's.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import heapq
 import json
 import os
+import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,13 @@ COMPLETE = "COMPLETE"
 MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
 MANIFEST_VERSION = 1
 HASH_NAME = "blake2b-128"
+LEGACY_MARKER = re.compile(r"step \d+\n?")
+"""The whole COMPLETE file an older ngpt_ds wrote (`step N`, a newline). Any other text that is not a
+manifest is a damaged or crafted marker, never a legacy one: it would skip every check."""
+
+
+class MalformedManifest(ValueError):
+    """A COMPLETE file that is neither a manifest nor a legacy marker (truncated, overwritten, crafted)."""
 
 
 def _digest(path: Path) -> str:
@@ -85,20 +94,28 @@ def build_manifest(folder: Path, step: int) -> dict[str, Any]:
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's manifest, or None for a plain-text marker written before manifests existed."""
+    """The checkpoint's manifest, or None for the `step N` marker written before manifests existed.
+    Raises MalformedManifest for any other text (OSError when it cannot be read)."""
     text = (path / COMPLETE).read_text(encoding="utf-8", errors="replace")
+    if LEGACY_MARKER.fullmatch(text):
+        return None
     try:
         manifest = json.loads(text)
-    except json.JSONDecodeError:
-        return None
+    except (ValueError, RecursionError):  # not JSON; a number too long for int(); nesting too deep
+        manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        return None
+        raise MalformedManifest(
+            f"{path / COMPLETE} is damaged: it is neither a checkpoint manifest nor the 'step N' line of an older ngpt_ds"
+        )
     return manifest
 
 
 def checkpoint_bytes(path: Path) -> int | None:
     """Total size of a checkpoint's files from its manifest (None without one, or with a malformed one)."""
-    manifest = read_manifest(path)
+    try:
+        manifest = read_manifest(path)
+    except MalformedManifest:
+        return None
     files = None if manifest is None else manifest.get("files")
     if not isinstance(files, dict) or not all(_is_entry(name, entry) for name, entry in files.items()):
         return None
@@ -134,10 +151,10 @@ def verify(path: Path, *, rank: int = 0, world: int = 1) -> str | None:
     Sizes are compared first (cheap, catches truncation), then the full-content digests. With `world`
     > 1 the listing and sizes are checked whole and only this rank's `digest_share` is hashed; the
     caller combines the ranks' answers (ngpt_ds.train.resume.verify_on_all_ranks). A folder with a
-    plain-text COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`. Any
-    checkpoint holding something that is not a folder or a regular file (a named pipe, a device, a
-    link to nothing) fails. A file that cannot be read is an answer too (not an exception), so every
-    rank always has one.
+    `step N` COMPLETE (older ngpt_ds) has nothing to check against and passes: see `is_legacy`; other
+    text that is not a manifest (truncated, crafted) fails. Any checkpoint holding something that is
+    not a folder or a regular file (a named pipe, a device, a link to nothing) fails. A file that
+    cannot be read is an answer too (not an exception), so every rank always has one.
     """
     try:
         return _check(path, rank, world)
@@ -151,7 +168,10 @@ def _check(path: Path, rank: int, world: int) -> str | None:
     irregular = _not_a_regular_file(path)  # before the legacy return: it holds for every checkpoint
     if irregular is not None:
         return f"{irregular}; a checkpoint holds only folders and regular files"
-    manifest = read_manifest(path)
+    try:
+        manifest = read_manifest(path)
+    except MalformedManifest as err:
+        return str(err)
     if manifest is None:
         return None
     files = manifest.get("files")
@@ -192,8 +212,11 @@ def _is_entry(name: str, entry: Any) -> bool:
 
 
 def is_legacy(path: Path) -> bool:
-    """A checkpoint marked complete by an older ngpt_ds: plain-text COMPLETE, no manifest."""
-    return (path / COMPLETE).is_file() and read_manifest(path) is None
+    """A checkpoint marked complete by an older ngpt_ds: a `step N` COMPLETE, no manifest."""
+    try:
+        return (path / COMPLETE).is_file() and read_manifest(path) is None
+    except MalformedManifest:
+        return False
 
 
 def legacy_warning(path: Path) -> str:

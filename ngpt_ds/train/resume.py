@@ -141,6 +141,7 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
     same verdicts, all take the same path and make the same collective calls.
     """
     world = dist.get_world_size()
+    _restore_moved_aside(out_dir / checkpoint.CHECKPOINTS, warn)
     seen: list[Any] = [None] * world
     dist.all_gather_object(seen, _what_this_rank_sees(out_dir, resume))
     differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
@@ -158,6 +159,24 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
     if resume == "auto":
         return _newest_passing(candidates, out_dir / checkpoint.CHECKPOINTS, warn, verify_on_all_ranks)
     return _intact_or_refused(candidates[0], resume, warn, verify_on_all_ranks) if candidates else None
+
+
+def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> None:
+    """Collective: rank 0 puts back a step_N that a killed second save of step N left moved aside
+    (checkpoint.restore_moved_aside), before any rank lists the checkpoints; every rank then gets the
+    same lines to print, or the same error."""
+    box: list[Any] = [([], None)]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (checkpoint.restore_moved_aside(checkpoint_dir), None)
+        except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast
+            box[0] = ([], f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})")
+    dist.broadcast_object_list(box, src=0)
+    restored, error = box[0]
+    if error is not None:
+        raise NgptConfigError(error + ". Rename step_N.tmp-replaced to step_N yourself, then rerun")
+    for line in restored:
+        warn(f"warning: {line}")
 
 
 def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str:

@@ -1,0 +1,103 @@
+"""Audit of checkpoint saving and resume (faults: a kill -9 between the two renames of a second save
+of the same step left step_N under neither name, so --resume auto started over from step 0 and the
+next save deleted both copies; rank 0 raising anything but an OSError while sealing a save left the
+other ranks waiting in a collective; a COMPLETE marker that was truncated, or crafted to be deeply
+nested or to hold a huge number, was taken for an older ngpt_ds's marker and loaded unverified, or
+crashed --resume auto with a traceback instead of being skipped).
+"""
+
+import json
+
+from ngpt_ds.train import manifest
+from ngpt_ds.train.checkpoint import COMPLETE
+
+from conftest import REPO, torchrun
+
+WORKER = REPO / "tests" / "workers" / "audit_checkpoint_worker.py"
+MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+def lines(proc, word):
+    return sorted(line for line in proc.stdout.splitlines() if f" {word}: " in line)
+
+
+def test_a_kill_between_the_renames_of_a_second_save_of_a_step_loses_no_checkpoint(tmp_path):
+    """Fault: a second save of step_N moved the complete step_N aside (step_N.tmp-replaced) before
+    renaming the new one into place; SIGKILL in between left no step_N, --resume auto found nothing
+    (a fresh start from step 0) and the next save deleted both leftovers, the only copies of step N."""
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    torchrun(WORKER, out, "save", 4, "A", nproc=1)
+    first = (checkpoints / "step_00000004" / MODEL_FILE).read_bytes()
+    proc = torchrun(WORKER, out, "save-killed-swapping", 4, "B", nproc=1, check=False)
+    assert proc.returncode != 0 and not lines(proc, "saved")
+    chosen = torchrun(WORKER, out, "resume", 0, "-")
+    assert lines(chosen, "chose") == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
+    step4 = checkpoints / "step_00000004"
+    assert (step4 / MODEL_FILE).read_bytes() == first == b"A" * 1000  # the checkpoint that was in place
+    assert manifest.verify(step4) is None
+    assert (checkpoints / "latest").read_text() == "step_00000004"
+    saved = torchrun(WORKER, out, "save", 6, "C", nproc=1)
+    assert lines(saved, "saved") == ["rank 0 saved: step_00000006"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000004", "step_00000006"]
+    assert (step4 / MODEL_FILE).read_bytes() == b"A" * 1000 and manifest.verify(step4) is None
+
+
+def test_rank_0_failing_to_seal_with_a_non_os_error_stops_every_rank_with_one_message(tmp_path):
+    """Fault: `_hash_on_all_ranks` caught only OSError around rank 0's seal and listing; anything else
+    (here a RecursionError) raised on rank 0 alone while rank 1 waited in the broadcast (it got gloo's
+    'Connection closed by peer' instead of the reason)."""
+    out = tmp_path / "run"
+    proc = torchrun(WORKER, out, "save-seal-fails", 4, "A", check=False)
+    tmp = out / "checkpoints" / "step_00000004.tmp-save"
+    message = f"checkpoint of step 4 not saved: finishing {tmp}: RecursionError: maximum recursion depth exceeded"
+    assert lines(proc, "got") == [f"rank 0 got: {message}", f"rank 1 got: {message}"], proc.stderr[-3000:]
+    assert proc.returncode == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == []  # nothing under step_4, no leftovers
+
+
+def two_checkpoints(run):
+    """step 2 and step 4, each a few files with a real manifest."""
+    for step in (2, 4):
+        folder = run / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / MODEL_FILE).write_bytes(bytes([step]) * 1000)
+        (folder / "config.yaml").write_text("model: {}\n")
+        manifest.write_manifest(folder, manifest.build_manifest(folder, step))
+    return run / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000004"
+
+
+def crafted(good_text):
+    entry = json.loads(good_text)
+    huge = json.dumps(entry).replace('"size": 1000', '"size": ' + "1" * 5000)
+    return {
+        "truncated": good_text[: len(good_text) // 2],  # a copy cut short: not JSON any more
+        "nested": "[" * 200_000,  # json.loads recurses once per bracket
+        "huge-number": huge,  # more digits than Python converts to an int
+        "other-json": json.dumps({"step": 4}),  # JSON, but not a manifest nor the old 'step N' line
+    }
+
+
+def test_a_damaged_or_crafted_complete_marker_is_skipped_by_auto_not_loaded_unverified_nor_a_traceback(tmp_path):
+    """Fault: any COMPLETE text that was not a JSON manifest counted as an older ngpt_ds's marker, so a
+    truncated manifest let the checkpoint be loaded with no file checked; a deeply nested one raised
+    RecursionError and one with a 5000-digit size ValueError out of --resume auto (not skipped)."""
+    from ngpt_ds.train.resume import resolve_resume
+
+    older, newer = two_checkpoints(tmp_path / "run")
+    (newer / MODEL_FILE).write_bytes(b"\0" * 1000)  # damaged, which the manifest would tell
+    good = (newer / COMPLETE).read_text()
+    for kind, text in crafted(good).items():
+        (newer / COMPLETE).write_text(text)
+        assert manifest.is_legacy(newer) is False, kind
+        assert manifest.checkpoint_bytes(newer) is None, kind
+        problem = manifest.verify(newer)
+        assert problem == (
+            f"{newer / COMPLETE} is damaged: it is neither a checkpoint manifest nor the 'step N' line of an "
+            "older ngpt_ds"
+        ), (kind, problem)
+        warnings = []
+        assert resolve_resume(tmp_path / "run", "auto", warnings.append) == older, kind
+        assert warnings == [f"warning: skipping checkpoint {newer.name}: {problem}. Using the one before it"], kind
+    (newer / COMPLETE).write_text("step 4\n")  # what an older ngpt_ds wrote: still accepted, as legacy
+    assert manifest.is_legacy(newer) and manifest.verify(newer) is None
