@@ -1,9 +1,9 @@
 """Worker for tests/test_audit_parallel_tp.py: 2 ranks under torchrun, gloo, tensor parallel 2.
 
-usage: audit_parallel_tp_worker.py OUT.json CASE[,CASE...]   (CASE: stage:precision)
+usage: audit_parallel_tp_worker.py OUT.json CASE[,CASE...]   (CASE: stage:precision[:sp])
 
-For each case it builds the trainer's engine of a small nGPT with tensor parallel 2 (DeepSpeed
-gets the groups as its mpu), gradient accumulation 2 and a clipping threshold every step exceeds,
+For each case it builds the trainer's engine of a small nGPT with tensor parallel 2 (sequence
+parallel 2 for a case ending in :sp; DeepSpeed gets the groups as its mpu), gradient accumulation 2 and a clipping threshold every step exceeds,
 and beside it, on every rank, the same full model stepped by plain torch: the same AdamW groups
 and schedule, the mean loss of the same micro-batches, torch's clip_grad_norm_ and the model's
 own renormalization. After every step it records DeepSpeed's global gradient norm against the
@@ -25,7 +25,7 @@ from hypersphere_worker import gather_master, gather_working  # noqa: E402
 VOCAB, SEQ, ACCUM, CLIP, STEPS = 64, 16, 2, 0.05, 4
 
 
-def run_case(stage: int, precision: str) -> dict:
+def run_case(stage: int, precision: str, layout: str = "tp") -> dict:
     from ngpt_ds.model import ModelConfig, build_model, normalize_matrices_, sphere_matrices
     from ngpt_ds.parallel import create_groups, merge_tensor_parallel
     from ngpt_ds.train.config import TrainConfig
@@ -37,7 +37,11 @@ def run_case(stage: int, precision: str) -> dict:
     ds = ds_config(stage, bf16=precision == "bf16")
     ds["gradient_accumulation_steps"] = ACCUM
     ds["gradient_clipping"] = CLIP
-    groups = create_groups(2)
+    if layout == "sp":  # as the trainer's prepare: ZeRO 3 gets reduce_scatter false
+        from ngpt_ds.parallel.sequence import deepspeed_config_for
+
+        deepspeed_config_for(ds, 2)
+    groups = create_groups(2) if layout == "tp" else create_groups(1, sp_size=2)
     engine = start_test_engine(model_cfg, train, ds, groups)
     hook = HypersphereHook(engine)
     hook.normalize_now()
@@ -52,6 +56,8 @@ def run_case(stage: int, precision: str) -> dict:
 
     def merged_masters():
         mine = {n: gather_master(engine, p) for n, p in engine.module.named_parameters()}
+        if layout == "sp":  # whole weights on every rank
+            return mine
         per_rank: list[dict] = [{} for _ in range(groups.tp_size)]
         for name in sorted(mine):
             parts = [torch.empty_like(mine[name]) for _ in range(groups.tp_size)]
@@ -61,7 +67,11 @@ def run_case(stage: int, precision: str) -> dict:
         return merge_tensor_parallel(per_rank, reference)
 
     generator = torch.Generator().manual_seed(5)  # the same batches on both ranks (one replica)
-    record: dict = {"case": f"{stage}:{precision}", "optimizer": type(engine.optimizer).__name__, "steps": []}
+    record: dict = {
+        "case": f"{stage}:{precision}" + (":sp" if layout == "sp" else ""),
+        "optimizer": type(engine.optimizer).__name__,
+        "steps": [],
+    }
     for _ in range(STEPS):
         batches = [torch.randint(0, VOCAB, (2, SEQ + 1), generator=generator) for _ in range(ACCUM)]
         for tokens in batches:
@@ -101,7 +111,7 @@ def run_case(stage: int, precision: str) -> dict:
 
 def main():
     out_path, cases = sys.argv[1], sys.argv[2]
-    run_worker(out_path, lambda: [run_case(int(s), p) for s, p in (c.split(":") for c in cases.split(","))])
+    run_worker(out_path, lambda: [run_case(int(c[0]), *c[1:]) for c in (c.split(":") for c in cases.split(","))])
 
 
 if __name__ == "__main__":
