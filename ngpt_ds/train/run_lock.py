@@ -6,6 +6,10 @@ releases when its process dies, whatever killed it. The file itself names the ho
 (`host=... pid=...`) for the message a second trainer prints; a clean exit empties it, so a file
 that still names a holder while the lock is free was left by a process that died: it is taken over
 with a message.
+
+`acquire` is also the trainer's first write into --out, so it first refuses an --out the run would
+damage (`check_out_folder`): a checkpoint folder, or a folder of someone else's files under the names
+the trainer replaces (config.yaml, summary.json) or truncates (metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -16,10 +20,72 @@ import socket
 from pathlib import Path
 
 import torch.distributed as dist
+import yaml
 
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train.manifest import COMPLETE
 
 LOCK_FILE = "train.lock"
+RUN_CONFIG = "config.yaml"
+"""The run's effective config, rewritten at every start (ngpt_ds.train.loop)."""
+RUN_FILES = ("metrics.jsonl", "summary.json")
+"""What else a run replaces (summary.json) or truncates to the step it resumes from (metrics.jsonl:
+everything, on a fresh start) in its --out (ngpt_ds.train.metrics, ngpt_ds.train.loop)."""
+_RUN_CONFIG_KEYS = {"config_source", "model", "train", "deepspeed", "out_dir"}
+"""The sections of every RunConfig.to_yaml, since the first ngpt_ds."""
+
+
+def _written_by_trainer(config: Path) -> bool:
+    """A config.yaml that is a run's effective config (RunConfig.to_yaml), not a user's model/train file."""
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, yaml.YAMLError, RecursionError):
+        return False
+    return isinstance(data, dict) and _RUN_CONFIG_KEYS <= set(data)
+
+
+def _checkpoint_holding(folder: Path) -> Path | None:
+    """`folder` or the folder above it that is a checkpoint (a COMPLETE marker next to DeepSpeed's
+    model states, or a step_N name), else None."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / COMPLETE).is_file() and (
+            candidate.name.startswith("step_") or any(candidate.glob("*model_states.pt"))
+        ):
+            return candidate
+    return None
+
+
+def check_out_folder(out_dir: Path) -> None:
+    """Raise NgptConfigError for an --out the run would damage: inside a checkpoint (its config.yaml
+    rewritten and new files added, it would fail its manifest), a user's config.yaml, or a folder that
+    is not a run folder (no train.lock, run config.yaml or checkpoint) holding a file under a name a
+    run replaces or truncates."""
+    real = out_dir.expanduser().resolve()
+    checkpoint = _checkpoint_holding(real)
+    if checkpoint is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} is inside the checkpoint {checkpoint}: a run there would rewrite its config.yaml "
+            "and add files, and the checkpoint would then fail its manifest. --out is the run folder: pass "
+            f"the run's own folder (or a new one) as --out, and --resume {checkpoint} to resume from it"
+        )
+    if not real.is_dir():
+        return
+    config = real / RUN_CONFIG
+    ours = _written_by_trainer(config)
+    if config.exists() and not ours:
+        raise NgptConfigError(
+            f"--out {out_dir} holds a {RUN_CONFIG} the trainer did not write ({config} is not a run's "
+            f"effective config); a run writes its effective config there and would replace that file. "
+            f"Choose another --out (a config kept next to its runs: --out {out_dir}/<run name>)"
+        )
+    if ours or (real / LOCK_FILE).exists() or any((real / "checkpoints").glob(f"step_*/{COMPLETE}")):
+        return  # a run folder (or a copy of its checkpoints): the trainer's own files
+    theirs = [name for name in RUN_FILES if (real / name).exists() or (real / name).is_symlink()]
+    if theirs:
+        raise NgptConfigError(
+            f"--out {out_dir} is not a run folder (no {LOCK_FILE}, no run {RUN_CONFIG}) but holds "
+            f"{', '.join(theirs)}, which a run would replace or truncate. Choose another --out"
+        )
 
 
 def _holder() -> str:
@@ -60,8 +126,10 @@ class RunLock:
 
 
 def acquire(out_dir: Path) -> RunLock:
-    """Create --out if needed and lock it. NgptConfigError when another process holds it or --out is not
-    writable (read-only filesystem, permissions)."""
+    """Create --out if needed and lock it. NgptConfigError when another process holds it, --out is not
+    writable (read-only filesystem, permissions), or a run there would damage what it holds
+    (`check_out_folder`)."""
+    check_out_folder(out_dir)
     path = out_dir / LOCK_FILE
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,79 @@
+"""--out pointed at the wrong folder (faults: `--config exp/config.yaml --out exp` replaced the user's
+config with the run's effective config, which the same command then refused to read; an --out inside a
+checkpoint rewrote that checkpoint's config.yaml and added files, so the checkpoint failed its
+manifest; a fresh run in a folder holding someone's metrics.jsonl truncated it to nothing).
+"""
+
+import sys
+
+import pytest
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import manifest, run_lock
+from ngpt_ds.train.config import RunConfig
+
+from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+
+
+def test_a_config_kept_in_the_out_folder_is_not_replaced_by_the_run(tmp_path, tiny_dataset):
+    """Fault: with --config exp/config.yaml --out exp the trainer overwrote exp/config.yaml (comments
+    and all) with its effective config; rerunning the same command then failed: 'unknown top-level
+    section(s) config_source, ...'."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    config = write_yaml(exp / "config.yaml", tiny_ngpt(), tiny_train(2))
+    original = "# lr sweep, run 3\n" + config.read_text()
+    config.write_text(original)
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, exp)], check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"error: --out {exp} holds a config.yaml the trainer did not write" in proc.stderr
+    assert config.read_text() == original
+    assert sorted(p.name for p in exp.iterdir()) == ["config.yaml"]  # nothing written, not even the lock
+
+
+def fake_step(folder):
+    folder.mkdir(parents=True)
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"w" * 100)
+    (folder / "config.yaml").write_text("model: {}\n")
+    manifest.write_manifest(folder, manifest.build_manifest(folder, 4))
+    return folder
+
+
+def test_an_out_inside_a_checkpoint_is_refused_before_anything_is_written(tmp_path):
+    """Fault: --out runs/a/checkpoints/step_N (the checkpoint given where --resume was meant) started a
+    fresh run inside it: its config.yaml was rewritten and train.lock, metrics.jsonl, ... added, and
+    step_N then failed verification ('config.yaml has 1277 bytes, the COMPLETE manifest says 1251')."""
+    step = fake_step(tmp_path / "run" / "checkpoints" / "step_00000004")
+    before = sorted(p.name for p in step.iterdir())
+    for out in (step, step / "new"):
+        with pytest.raises(NgptConfigError) as refused:
+            run_lock.acquire(out)
+        assert str(refused.value).startswith(f"--out {out} is inside the checkpoint {step}: "), str(refused.value)
+        assert f"--resume {step} to resume from it" in str(refused.value)
+    assert sorted(p.name for p in step.iterdir()) == before and manifest.verify(step) is None
+
+
+def test_a_folder_of_someone_elses_metrics_is_refused_and_run_folders_are_not(tmp_path):
+    """Fault: a fresh run truncates --out/metrics.jsonl to the records of steps <= 0 (all of them, for
+    anyone else's file) and replaces summary.json, whatever folder --out names."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "metrics.jsonl").write_text('{"epoch": 1, "acc": 0.5}\n')
+    with pytest.raises(NgptConfigError, match=r"is not a run folder \(no train.lock, no run config.yaml\) but "):
+        run_lock.acquire(home)
+    assert (home / "metrics.jsonl").read_text() == '{"epoch": 1, "acc": 0.5}\n'
+    assert sorted(p.name for p in home.iterdir()) == ["metrics.jsonl"]
+
+    # What the trainer itself leaves is accepted: a run folder, a copy of a run's checkpoints, a new folder.
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    run_config = RunConfig.__annotations__  # the sections of every run's effective config
+    assert run_lock._RUN_CONFIG_KEYS <= set(run_config)
+    (earlier / "config.yaml").write_text("".join(f"{key}: x\n" for key in sorted(run_lock._RUN_CONFIG_KEYS)))
+    (earlier / "metrics.jsonl").write_text('{"step": 1}\n')
+    copied = tmp_path / "copied"
+    fake_step(copied / "checkpoints" / "step_00000004")
+    (copied / "metrics.jsonl").write_text('{"step": 1}\n')
+    for out in (earlier, copied, tmp_path / "new", tmp_path / "new" / "deeper"):
+        run_lock.acquire(out).release()
