@@ -198,9 +198,9 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
 def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = True) -> DatasetMeta:
     """Read and validate `<data_dir>/meta.json` against the files beside it.
 
-    Checks: format and version known; dtype known and wide enough for the vocab; every shard
-    exists, is a whole number of tokens, and holds exactly the token count the metadata says;
-    the tokenizer file exists and (unless verify_tokenizer_hash=False) matches its recorded hash.
+    Checks: format and version known; dtype known and wide enough for the vocab; every shard is
+    a file name in data_dir listed in one split only, exists, is a whole number of tokens, and
+    holds exactly the token count the metadata says; the tokenizer file is in data_dir, exists and (unless verify_tokenizer_hash=False) matches its recorded hash.
     Raises NgptConfigError listing every problem found.
     """
     data_dir = Path(data_dir)
@@ -233,6 +233,8 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
     )
     p.check("train" in meta.splits, "meta.json splits", sorted(meta.splits), f"needs a 'train' split; {redo}")
     itemsize = meta.np_dtype.itemsize
+    inside = f"must be a file name inside {data_dir}; {redo}"
+    listed_in: dict[str, str] = {}  # shard file -> the split that lists it first
     for name, split in meta.splits.items():
         p.check(
             split.tokens == sum(s.tokens for s in split.shards),
@@ -241,6 +243,20 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
             f"disagrees with the sum of its shards' counts; {redo}",
         )
         for shard in split.shards:
+            # ngpt_ds writes plain names (<split>_NNNNNN.bin), each once: a shard listed in two splits
+            # would make the validation loss one of training data, and a path would read outside the folder.
+            if not _plain_name(shard.file):
+                p.add(f"meta.json splits.{name} shard", shard.file, inside)
+                continue
+            if shard.file in listed_in:
+                p.add(
+                    f"meta.json splits.{name} shard",
+                    shard.file,
+                    f"also listed in split {listed_in[shard.file]!r}; each shard belongs to one split "
+                    f"(validation must not overlap training); {redo}",
+                )
+                continue
+            listed_in[shard.file] = name
             path = meta.shard_path(shard)
             if not path.is_file():
                 p.add(f"shard {shard.file}", "missing", f"the file listed in meta.json is not in {data_dir}; {redo}")
@@ -259,7 +275,9 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
                     f"meta.json says {shard.tokens} tokens: the file is truncated or was replaced; {redo}",
                 )
     tok = meta.tokenizer_file
-    if not tok.is_file():
+    if not _plain_name(meta.tokenizer_path):
+        p.add("meta.json tokenizer.path", meta.tokenizer_path, inside)
+    elif not tok.is_file():
         p.add("tokenizer", meta.tokenizer_path, f"file not found in {data_dir}; {redo}")
     elif verify_tokenizer_hash and sha256_file(tok) != meta.tokenizer_sha256:
         p.add(
@@ -269,6 +287,11 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
         )
     p.raise_if_any()
     return meta
+
+
+def _plain_name(file: str) -> bool:
+    """A file name, not a path: no folder part, not absolute, not '.' or '..'."""
+    return file not in ("", ".", "..") and "/" not in file and "\\" not in file
 
 
 def check_vocab_matches(meta: DatasetMeta, model_vocab_size: int, data_dir: str | Path | None = None) -> None:

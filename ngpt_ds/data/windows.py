@@ -13,7 +13,8 @@ class WindowIndex:
 
     Consecutive windows share one token, so every token but a shard's first is a target
     exactly once per epoch. Windows never cross shard boundaries (at most seq_len tokens
-    per shard go unused). Shards are opened read-only with np.memmap, lazily.
+    per shard go unused). Shards are opened read-only with np.memmap, lazily. Every id read
+    is checked to be < the dataset's vocab_size.
     """
 
     def __init__(self, meta: DatasetMeta, split: str, seq_len: int):
@@ -52,4 +53,21 @@ class WindowIndex:
         for row, (w, s) in enumerate(zip(window_ids, shard_of)):
             start = int(w - self._first[s]) * self.seq_len
             out[row] = self._map(int(s))[start : start + self.seq_len + 1]
+        if out.size and int(out.max()) >= self.meta.vocab_size:
+            self._out_of_vocab(out, window_ids, shard_of)
         return out
+
+    def _out_of_vocab(self, out: np.ndarray, window_ids: np.ndarray, shard_of: np.ndarray) -> None:
+        """Stop on a token id the model has no row for. Passed on, it raised an IndexError deep in the
+        embedding (a device-side assert on a GPU), and under tensor parallelism, where each rank masks the
+        ids outside its vocabulary slice, it became a zero embedding and a zero target logit: silently
+        wrong training. One max() per batch; meta.json's checks see sizes, not values."""
+        row, col = (int(i) for i in np.argwhere(out >= self.meta.vocab_size)[0])
+        shard = self._shards[int(shard_of[row])]
+        position = int(window_ids[row] - self._first[shard_of[row]]) * self.seq_len + col
+        raise NgptConfigError(
+            f"dataset {self.meta.data_dir}: shard {shard.file} holds token id {int(out[row, col])} at token "
+            f"{position}, but the vocabulary has {self.meta.vocab_size} ids (meta.json vocab_size): the shard is "
+            f"corrupt or was not written with this dataset's tokenizer; delete {self.meta.data_dir} and "
+            "prepare it again"
+        )

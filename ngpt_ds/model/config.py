@@ -179,7 +179,8 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Parse a YAML config file into a mapping; duplicate keys and syntax errors are named."""
+    """Parse a YAML config file into a mapping; duplicate keys, keys that YAML reads as values (`on:`,
+    `1:`) and syntax errors are named."""
 
     class StrictLoader(yaml.SafeLoader):
         pass
@@ -188,6 +189,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
         seen = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):  # YAML 1.1: `on:`, `no:` are booleans, `1:` a number, `~:` null
+                raise NgptConfigError(
+                    f"{path}: key {key!r} (line {key_node.start_mark.line + 1}) is not a name: YAML reads "
+                    "on/off/yes/no/true/false, numbers and ~/null unquoted as values; quote the key, or "
+                    "correct it to a field name"
+                )
             if key in seen:
                 raise NgptConfigError(
                     f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"

@@ -1,0 +1,175 @@
+"""Bad data and config files that passed the startup checks: each must give one clear error naming the
+file and the fix, never a traceback or a silently wrong run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
+from ngpt_ds.data.shards import load_dataset_meta
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train.config import load_model_and_train
+
+from conftest import REPO, cpu_env, run, start_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+
+SEED = 1234
+SEQ = 32  # tiny_ngpt's context
+MICRO = 4
+
+
+def copy_of(dataset: Path, tmp_path: Path, name: str = "data") -> Path:
+    return Path(shutil.copytree(dataset, tmp_path / name))
+
+
+def poison_first_batch(data: Path, offset: int, value: int) -> int:
+    """Write `value` into token `offset` of the first window the seeded loader reads (step 1, rank 0);
+    returns that token's position in train_000000.bin."""
+    meta = load_dataset_meta(data)
+    windows = (meta.splits["train"].shards[0].tokens - 1) // SEQ
+    first = int(np.random.default_rng([SEED, 0]).permutation(windows)[0])
+    position = first * SEQ + offset
+    shard = np.memmap(data / "train_000000.bin", dtype="<u2", mode="r+")
+    shard[position] = value
+    shard.flush()
+    del shard
+    return position
+
+
+def test_a_token_id_beyond_the_vocabulary_is_named_by_the_loader(tiny_dataset, tmp_path):
+    """Fault: a shard holding a token id >= vocab_size (bit rot, a hand-made or other-tokenizer shard of
+    the right size passes every meta.json check) reached the model: an IndexError traceback deep inside
+    F.embedding on one rank (the others: gloo's 'Connection closed by peer'), a device-side assert on
+    a GPU. Now the read names the shard, the position and the id."""
+    data = copy_of(tiny_dataset, tmp_path)
+    position = poison_first_batch(data, 5, 600)
+    loader = TokenWindowLoader(data, "train", SEQ, MICRO, 0, 1, SEED)
+    with pytest.raises(NgptConfigError) as err:
+        loader.next_batch()
+    assert str(err.value) == (
+        f"dataset {data}: shard train_000000.bin holds token id 600 at token {position}, but the "
+        "vocabulary has 512 ids (meta.json vocab_size): the shard is corrupt or was not written with "
+        f"this dataset's tokenizer; delete {data} and prepare it again"
+    )
+    # The validation windows are read by the same code.
+    val = np.memmap(data / "validation_000000.bin", dtype="<u2", mode="r+")
+    val[0] = 65535
+    val.flush()
+    del val
+    with pytest.raises(NgptConfigError, match="shard validation_000000.bin holds token id 65535 at token 0, "):
+        next(iter(validation_batches(data, SEQ, MICRO, 0, 1)))
+
+
+def test_a_token_id_beyond_the_vocabulary_stops_both_tensor_parallel_ranks(tiny_dataset, tmp_path):
+    """Fault: with tensor_parallel_size 2, a token id >= vocab_size lies outside every rank's slice of the
+    vocab-parallel embedding and loss, so it was looked up as a zero vector with a zero target logit: the
+    GPT baseline trained on it silently to 'Done', exit status 0 (nGPT: 'the training loss became nan',
+    hinting at the learning rate). Now both ranks (which read the same batch) stop, naming the shard."""
+    data = copy_of(tiny_dataset, tmp_path)
+    position = poison_first_batch(data, 5, 600)
+    gpt = {**tiny_ngpt(), "arch": "gpt"}
+    yaml = write_yaml(tmp_path / "tp2.yaml", gpt, tiny_train(3, seed=SEED, tensor_parallel_size=2))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    args = [REPO / "launch/train.py", "--config", yaml, "--deepspeed_config", ds, "--data", data]
+    ranks = start_ranks([*args, "--out", tmp_path / "out", "--no-progress"])
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    for rank, (stdout, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 2, stdout + stderr
+        assert "Traceback" not in stdout + stderr and "step      1/3" not in stdout, stdout + stderr
+        assert f"error: dataset {data}: shard train_000000.bin holds token id 600 at token {position}," in stderr
+
+
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        ("model: {n_layer: 2}\ntrain: {max_steps: 3}\non: true\n", "True", 3),
+        ("model:\n  n_layer: 2\n  1: 4\n  foo: 3\n", "1", 3),
+        ("model: {n_layer: 2}\ntrain:\n  max_steps: 3\n  no: 1\n", "False", 4),
+        ("model: {n_layer: 2, null: 3}\n", "None", 1),
+    ],
+    ids=["top-level-on", "model-number", "train-no", "model-null"],
+)
+def test_a_yaml_key_that_is_not_a_name_is_named_with_its_line(tmp_path, text, key, line):
+    """Fault: a YAML key that YAML 1.1 reads as a boolean, number or null (`on:`, `no:`, `1:`, `~:`)
+    stopped the run with a TypeError traceback from sorting or joining the unknown keys."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert str(err.value) == (
+        f"{path}: key {key} (line {line}) is not a name: YAML reads on/off/yes/no/true/false, numbers and "
+        "~/null unquoted as values; quote the key, or correct it to a field name"
+    )
+
+
+def test_a_yaml_key_that_is_not_a_name_gives_one_line_from_the_command(tiny_dataset, tmp_path):
+    """Fault: the same through launch/train.py --dry-run: a TypeError traceback, exit status 1."""
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text(
+        "model: {arch: ngpt, n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32}\ntrain: {max_steps: 3}\non: 1\n"
+    )
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "o", "--dry-run"]
+    proc = run([sys.executable, REPO / "launch/train.py", *argv], env=cpu_env(), check=False, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"error: {yaml}: key True (line 3) is not a name: YAML reads on/off/yes/no/true/false, numbers and "
+        "~/null unquoted as values; quote the key, or correct it to a field name\n"
+    )
+
+
+def _doctor_meta(data: Path, edit) -> None:
+    raw = json.loads((data / "meta.json").read_text())
+    edit(raw)
+    (data / "meta.json").write_text(json.dumps(raw))
+
+
+def test_meta_json_may_not_list_one_shard_in_both_splits_or_a_file_outside_the_folder(tiny_dataset, tmp_path):
+    """Fault: meta.json was trusted to name shard files: a validation split listing the train shard
+    (validation = training data, a loss that looks like generalization) and shard names leading out of
+    the dataset folder ('../x.bin', an absolute path), or a tokenizer path out of it, were read without a word."""
+    data = copy_of(tiny_dataset, tmp_path)
+    train_shard = {"file": "train_000000.bin", "tokens": load_dataset_meta(data).splits["train"].tokens}
+
+    def validation_is_train(raw):
+        raw["splits"]["validation"] = {"documents": 1, "tokens": train_shard["tokens"], "shards": [train_shard]}
+
+    _doctor_meta(data, validation_is_train)
+    with pytest.raises(NgptConfigError) as err:
+        load_dataset_meta(data)
+    assert str(err.value) == (
+        f"dataset {data}: 1 problem\n  - meta.json splits.validation shard = 'train_000000.bin': also listed "
+        f"in split 'train'; each shard belongs to one split (validation must not overlap training); delete "
+        f"{data} and prepare it again"
+    )
+
+    outside = copy_of(tiny_dataset, tmp_path, "outside")
+    shutil.copyfile(outside / "validation_000000.bin", tmp_path / "elsewhere.bin")
+
+    def leave_the_folder(raw):
+        raw["splits"]["validation"]["shards"][0]["file"] = "../elsewhere.bin"
+        raw["splits"]["train"]["shards"][0]["file"] = str(outside / "train_000000.bin")
+
+    _doctor_meta(outside, leave_the_folder)
+    with pytest.raises(NgptConfigError) as err:
+        load_dataset_meta(outside)
+    fix = f"must be a file name inside {outside}; delete {outside} and prepare it again"
+    assert str(err.value) == (
+        f"dataset {outside}: 2 problems\n"
+        f"  - meta.json splits.train shard = '{outside / 'train_000000.bin'}': {fix}\n"
+        f"  - meta.json splits.validation shard = '../elsewhere.bin': {fix}"
+    )
+
+    tokenizer_outside = copy_of(tiny_dataset, tmp_path, "tokenizer_outside")
+    _doctor_meta(tokenizer_outside, lambda raw: raw["tokenizer"].update(path="../data/tokenizer.model"))
+    with pytest.raises(NgptConfigError) as err:
+        load_dataset_meta(tokenizer_outside)
+    assert str(err.value) == (
+        f"dataset {tokenizer_outside}: 1 problem\n  - meta.json tokenizer.path = '../data/tokenizer.model': must be "
+        f"a file name inside {tokenizer_outside}; delete {tokenizer_outside} and prepare it again"
+    )
