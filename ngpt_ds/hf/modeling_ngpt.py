@@ -8,21 +8,38 @@ as ngpt_ds.model.blocks.KVCache, so incremental decoding runs the same code eith
 Inputs with padding (an attention_mask holding zeros) are refused: the model has no padding mask
 or per-sequence positions. Batches of equal-length sequences, and right-padded ones when only the
 logits of real positions are used (as lm-eval's loglikelihood does, which passes no mask), are fine.
+`generate` never guesses a mask from the pad id: that id is `</s>`, a real token of the training data.
+
+`from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's: every tensor present
+(transformers would leave a missing one as uninitialized memory: `_init_weights` does nothing), none
+unknown, all finite, nGPT's sphere matrices unit norm.
 
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any, cast
+
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
+from ngpt_ds.model.sphere import max_norm_deviation
+
+#: Largest allowed | ||row|| - 1 | of a sphere matrix by the dtype it is loaded in: the tolerances of
+#: ngpt_ds.infer.loading.NORM_TOLERANCE (fp32 weights are renormalized to ~1e-7 every step; a bf16
+#: copy of a unit vector is off by up to ~2^-9 per element). That module cannot be imported here: this
+#: file is copied into exports, which carry only ngpt_ds.model and ngpt_ds.errors.
+NORM_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 class _LayerView:
@@ -58,6 +75,58 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing: ngpt_ds.model initializes (and, for nGPT, normalizes) its own weights."""
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]  # transformers' parameters, passed on unchanged
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> Any:
+        """transformers' from_pretrained, then the checks of ngpt_ds.infer.loading (see the module docstring)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        # With output_loading_info, transformers returns (model, info), though it hints the model alone.
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, info = loaded
+        model._check_loaded(pretrained_model_name_or_path, info)
+        return (model, info) if want_info else model
+
+    def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
+        weights = Path(str(name_or_path)) / "model.safetensors"
+        source = str(weights) if weights.is_file() else f"{name_or_path} (its model.safetensors)"
+        parts = []
+        for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys"))):
+            if keys:
+                names = sorted(keys)
+                parts.append(f"{what} {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+        if parts:
+            raise NgptConfigError(
+                f"{source}: the weights do not match config.json ({'; '.join(parts)}); "
+                "the file is damaged or from another model. Export the checkpoint again"
+            )
+        params = [(n, p) for n, p in self.named_parameters() if p.device.type != "meta"]
+        bad = [n for n, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NgptConfigError(
+                f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt. "
+                "Export the checkpoint again"
+            )
+        if self.config.arch == "ngpt" and len(params) == len(list(self.parameters())):
+            dtype = next(self.parameters()).dtype
+            deviation, tolerance = max_norm_deviation(self.model), NORM_TOLERANCE.get(dtype, 1e-2)
+            if not deviation <= tolerance:
+                raise NgptConfigError(
+                    f"{source}: an nGPT weight matrix is not unit norm along its declared dim (largest "
+                    f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt"
+                )
+
+    def _prepare_attention_mask_for_generation(
+        self, inputs_tensor: torch.Tensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any]
+    ) -> torch.LongTensor:
+        """All ones: transformers would mark every pad id as padding, and the pad id is `</s>`, which a
+        prompt may hold as text (the training data separates documents with it). It does so only when
+        generate runs without EOS (eos_token_id=None), when the pad id no longer equals the EOS id.
+        A mask the caller passes is used as given (and padding in it refused by forward)."""
+        return cast(
+            torch.LongTensor, torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
+        )
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed

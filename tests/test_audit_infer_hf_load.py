@@ -1,0 +1,117 @@
+"""Loading a `--format hf` export through transformers: a damaged or crafted model.safetensors is refused
+with an error naming the file and the tensor, as ngpt_ds's own loader (ngpt_ds.infer.loading) refuses one;
+`generate` works on prompts holding `</s>` also when the caller turns EOS stopping off."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
+
+
+@pytest.fixture(scope="module")
+def hf_pair(tmp_path_factory, tiny_dataset) -> dict:
+    """A random tiny nGPT written by write_hf_export, with its state_dict (keys as in the export)."""
+    from ngpt_ds.data.tokenizer import Tokenizer
+    from ngpt_ds.hf.export import write_hf_export
+    from ngpt_ds.infer import LoadedModel
+    from ngpt_ds.model import ModelConfig, build_model
+
+    root = tmp_path_factory.mktemp("audit_hf_load")
+    torch.manual_seed(0)
+    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+    model = build_model(config).eval()
+    tok = Tokenizer.load(tiny_dataset / "tokenizer.model")
+    folder = root / "hf"
+    folder.mkdir()
+    loaded = LoadedModel(model=model, config=config, tokenizer=tok, tokenizer_sha256="-", source=root, kind="export")
+    state = write_hf_export(loaded, folder, name="hf")
+    return {"folder": folder, "state": state, "model": model}
+
+
+def _damaged(hf_pair: dict, tmp_path: Path, change) -> Path:
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(hf_pair["folder"], folder)
+    state = {k: v.clone() for k, v in hf_pair["state"].items()}
+    change(state)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def _scaled(state: dict) -> None:
+    state["model.embed.weight"] *= 3
+
+
+def _nan(state: dict) -> None:
+    state["model.head.weight"][0, 0] = float("nan")
+
+
+def _extra(state: dict) -> None:
+    state["model.stranger"] = torch.zeros(3)
+
+
+DAMAGES = {
+    "missing": (lambda s: s.pop("model.blocks.0.attn.qkv.weight"), "missing model.blocks.0.attn.qkv.weight"),
+    "not_unit_norm": (_scaled, "not unit norm"),
+    "nan": (_nan, "model.head.weight hold NaN"),
+    "unexpected": (_extra, "unexpected model.stranger"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_hf_weights_are_refused_naming_the_file(hf_pair, tmp_path, damage):
+    """Fault: AutoModelForCausalLM.from_pretrained loaded an export whose model.safetensors lacks a tensor
+    (the model's _init_weights leaves it as uninitialized memory: NaN logits), holds NaN, is off the
+    sphere, or holds a stranger's tensor, with at most a log table; ngpt_ds's own loader refuses each."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401  (registers model_type "ngpt")
+    from ngpt_ds.errors import NgptConfigError
+
+    change, message = DAMAGES[damage]
+    folder = _damaged(hf_pair, tmp_path, change)
+    with pytest.raises(NgptConfigError, match=message) as err:
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert str(folder / "model.safetensors") in str(err.value)
+
+
+def test_intact_hf_weights_load_in_fp32_and_bf16(hf_pair):
+    """The checks refuse nothing sound: fp32 logits bit for bit, bf16 (rounded unit vectors) accepted."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+
+    tokens = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    model, info = AutoModelForCausalLM.from_pretrained(hf_pair["folder"], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, hf_pair["model"](tokens)[0])
+    bf16 = AutoModelForCausalLM.from_pretrained(hf_pair["folder"], dtype=torch.bfloat16)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+
+
+def test_generate_without_eos_on_a_prompt_holding_eos(hf_pair):
+    """Fault: generate(ids, eos_token_id=None) on a prompt holding `</s>` (the document separator the model
+    was trained on, also the pad id) made transformers infer an attention mask with a 0 at each `</s>`,
+    which the model refused ("has no padding mask"), though nothing was padded."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.infer import GREEDY, generate_ids
+
+    model = AutoModelForCausalLM.from_pretrained(hf_pair["folder"])
+    eos = json.loads((hf_pair["folder"] / "config.json").read_text())["eos_token_id"]
+    assert eos == 2
+    for prompt in ([[eos]], [[5, eos, 6, 7], [9, 8, eos, 1]]):
+        ids = torch.tensor(prompt)
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None)[:, ids.shape[1] :]
+        expected = torch.stack(list(generate_ids(hf_pair["model"], ids, 8, GREEDY)), dim=1)
+        assert torch.equal(out, expected)
+    # Padding the caller declares is still refused.
+    with pytest.raises(ValueError, match="no padding mask"):
+        model.generate(torch.tensor([[eos, 5, 6]]), attention_mask=torch.tensor([[0, 1, 1]]), max_new_tokens=2)
