@@ -283,20 +283,11 @@ def _checkpoint_tokenizer(
 # ---- the model --------------------------------------------------------------------------------
 
 
-def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Names and shapes of `weights` must be exactly those of `model` (built from the saved config),
-    and every value finite."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in weights.items()}
+def check_shapes(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], source: str) -> None:
+    """Names and shapes of the weights (`got`) must be exactly those the model config gives (`expected`)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
-    bad = sorted(n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
-    if bad:
-        raise NgptConfigError(
-            f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt "
-            "(or training diverged before this checkpoint)"
-        )
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -309,6 +300,28 @@ def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str
             f"{source}: the weights do not match the model config ({'; '.join(parts)}); "
             "the files are damaged or from another model"
         )
+
+
+def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Names and shapes of `weights` must be exactly those of `model` (built from the saved config),
+    and every value finite."""
+    bad = sorted(n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise NgptConfigError(
+            f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt "
+            "(or training diverged before this checkpoint)"
+        )
+    check_shapes(
+        {name: tuple(t.shape) for name, t in model.state_dict().items()},
+        {name: tuple(t.shape) for name, t in weights.items()},
+        source,
+    )
+
+
+def config_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes of the model `config` describes, without allocating it (meta tensors)."""
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
 
 
 def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = torch.float32) -> float:
@@ -419,7 +432,7 @@ def load_export(
     tokenizer: str | Path | None = None,
 ) -> LoadedModel:
     """An exported folder -> LoadedModel (safetensors weights, config.json, tokenizer.model)."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     folder = Path(path)
@@ -429,10 +442,16 @@ def load_export(
     tok_meta = meta.get("tokenizer") or {}
     tok = Tokenizer.load(tokenizer if tokenizer is not None else _export_tokenizer_file(folder, tok_meta))
     digest = check_tokenizer(tok, config.vocab_size, tok_meta.get("sha256"), f"the model in {folder}")
+    weights_file = folder / WEIGHTS_FILE
     try:
-        weights = load_file(str(folder / WEIGHTS_FILE))
+        # The file's header against config.json before the model is built: a config.json describing a
+        # larger model than the file holds must not allocate that model first.
+        with safe_open(str(weights_file), "pt") as f:
+            header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+        check_shapes(config_shapes(config), header, str(weights_file))
+        weights = load_file(str(weights_file))
     except (OSError, SafetensorError) as err:
-        raise NgptConfigError(f"{folder / WEIGHTS_FILE} cannot be read ({err}); export the checkpoint again") from None
+        raise NgptConfigError(f"{weights_file} cannot be read ({err}); export the checkpoint again") from None
     model = _finish(build_model(config), weights, str(folder), device, dtype)
     return LoadedModel(
         model=model,

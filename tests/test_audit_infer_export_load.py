@@ -1,0 +1,71 @@
+"""Loading an ngpt_ds export whose config.json was edited to describe a far larger model than its
+model.safetensors holds: refused from the file's header, before the model is built."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory, tiny_dataset) -> Path:
+    """A random tiny nGPT in the export layout (ngpt_ds.infer.export), without a training run."""
+    from safetensors.torch import save_file
+
+    from ngpt_ds.data.shards import sha256_file
+    from ngpt_ds.data.tokenizer import Tokenizer
+    from ngpt_ds.infer import LoadedModel
+    from ngpt_ds.infer.export import _config_json
+    from ngpt_ds.model import ModelConfig, build_model, max_norm_deviation
+
+    folder = tmp_path_factory.mktemp("audit_export_load") / "export"
+    folder.mkdir()
+    torch.manual_seed(0)
+    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+    model = build_model(config).eval()
+    tok = Tokenizer.load(tiny_dataset / "tokenizer.model")
+    loaded = LoadedModel(
+        model=model, config=config, tokenizer=tok, tokenizer_sha256=sha256_file(tok.path), source=folder, kind="export"
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    shutil.copyfile(tok.path, folder / "tokenizer.model")
+    (folder / "config.json").write_text(json.dumps(_config_json(loaded, max_norm_deviation(model))))
+    return folder
+
+
+def test_config_describing_a_huge_model_is_refused_before_building_it(small_export, tmp_path, monkeypatch):
+    """Fault: load_export built the model config.json describes before looking at model.safetensors, so a
+    config.json edited to a 48-layer, 8192-wide model (150 GB of fp32) allocated it first: a traceback from
+    the CPU allocator (or the OOM killer) instead of an error naming the file (2 GB allocations, 46 s,
+    before failing under an 8 GB memory limit)."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load, loading
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(small_export, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"].update(n_layer=48, n_embd=8192, n_head=64)
+    (folder / "config.json").write_text(json.dumps(config))
+
+    real_build = loading.build_model
+    built = []
+
+    def build_model(model_config):
+        # A model of this config may be described (on the meta device), never allocated.
+        on_meta = torch.empty(0).device.type == "meta"
+        built.append((model_config.n_embd, on_meta))
+        if model_config.n_embd == 8192 and not on_meta:
+            raise AssertionError("load_export allocated the 150 GB model config.json describes")
+        return real_build(model_config)
+
+    monkeypatch.setattr(loading, "build_model", build_model)
+    with pytest.raises(NgptConfigError) as err:
+        load(folder, device="cpu")
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'model.safetensors'}: the weights do not match the model config")
+    assert "missing blocks.10.attn.out.weight" in message  # 48 layers described, 2 in the file
+    assert "shape mismatch blocks.0.attn.out.weight (32, 32) vs config (8192, 8192)" in message
+    assert built == [(8192, True)]
+    assert len(load(small_export, device="cpu").model.blocks) == 2  # the intact export still loads
