@@ -135,8 +135,10 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
             raise NgptConfigError(f"MPI launch with {rank_var} but no {size_var}: cannot tell the world size")
         rank = _int(env, rank_var)
         world = _int(env, size_var if size_var in env else "OMPI_COMM_WORLD_SIZE")
-        local_rank = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK") if "OMPI_COMM_WORLD_LOCAL_RANK" in env else 0
-        local_world = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") if "OMPI_COMM_WORLD_LOCAL_SIZE" in env else world
+        # This node's ranks, as each MPI names them. Without them every rank would drive GPU 0 (NCCL
+        # stops: "Duplicate GPU detected") and a multi-node job would listen on the loopback.
+        local_rank = _first_int(env, _MPI_LOCAL_RANK, default=0)
+        local_world = _first_int(env, _MPI_LOCAL_SIZE, default=world)
         addr, port = _mpi_master(env, rank, single_host=local_world == world)
         source = "mpi"
     else:
@@ -146,6 +148,18 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
     return DistEnv(rank, world, local_rank, local_world, addr, port, source)
+
+
+_MPI_LOCAL_RANK = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
+"""A rank's index on its node: Open MPI, MPICH and Intel MPI (Hydra), MVAPICH."""
+_MPI_LOCAL_SIZE = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE")
+"""The number of ranks on a rank's node, in the same order."""
+
+
+def _first_int(env: dict[str, str], names: tuple[str, ...], default: int) -> int:
+    """The first of `names` that `env` sets, as an integer; `default` if none is set."""
+    name = next((n for n in names if n in env), None)
+    return default if name is None else _int(env, name)
 
 
 def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str, int]:
