@@ -3,15 +3,19 @@ of the same step left step_N under neither name, so --resume auto started over f
 next save deleted both copies; rank 0 raising anything but an OSError while sealing a save left the
 other ranks waiting in a collective; a COMPLETE marker that was truncated, or crafted to be deeply
 nested or to hold a huge number, was taken for an older ngpt_ds's marker and loaded unverified, or
-crashed --resume auto with a traceback instead of being skipped).
+crashed --resume auto with a traceback instead of being skipped; weights that do not fit the
+checkpoint's model config ended --resume in a traceback).
 """
 
 import json
+import sys
+
+import torch
 
 from ngpt_ds.train import manifest
 from ngpt_ds.train.checkpoint import COMPLETE
 
-from conftest import REPO, torchrun
+from conftest import REPO, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
 WORKER = REPO / "tests" / "workers" / "audit_checkpoint_worker.py"
 MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -101,3 +105,25 @@ def test_a_damaged_or_crafted_complete_marker_is_skipped_by_auto_not_loaded_unve
         assert warnings == [f"warning: skipping checkpoint {newer.name}: {problem}. Using the one before it"], kind
     (newer / COMPLETE).write_text("step 4\n")  # what an older ngpt_ds wrote: still accepted, as legacy
     assert manifest.is_legacy(newer) and manifest.verify(newer) is None
+
+
+def test_weights_that_do_not_fit_the_checkpoints_model_config_are_an_error_not_a_traceback(tmp_path, tiny_dataset):
+    """Fault: a checkpoint whose weights do not have the shapes its config.yaml describes (altered, and
+    its manifest rewritten to match) ended --resume in torch's load_state_dict traceback."""
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2, checkpoint_interval=2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    out = tmp_path / "run"
+    run([sys.executable, *train_cmd(config, ds, tiny_dataset, out)])
+    step2 = out / "checkpoints" / "step_00000002"
+    states = torch.load(step2 / MODEL_FILE, weights_only=False)
+    states["module"]["embed.weight"] = torch.zeros(513, 32)  # one row more than vocab_size 512
+    torch.save(states, step2 / MODEL_FILE)
+    manifest.write_manifest(step2, manifest.build_manifest(step2, 2))
+    proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, out, "--max-steps", "4")], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {step2}: its weights do not fit the model its config.yaml describes (size mismatch for "
+        "embed.weight: copying a param with shape torch.Size([513, 32]) from checkpoint, the shape in current "
+        "model is torch.Size([512, 32]).); the checkpoint was altered, or its config.yaml comes from another "
+        "run. Resume from another checkpoint, or start a new run with --resume none and another --out"
+    ]

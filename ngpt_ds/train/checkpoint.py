@@ -481,15 +481,31 @@ def check_files_on_all_ranks(path: Path, device: torch.device | str) -> None:
         raise _refusal(file) or NgptConfigError(f"{file} changed while the checkpoint was being checked")
 
 
+STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
+"""How torch's Module.load_state_dict begins its error for missing, unexpected or mis-shaped weights."""
+
+
 def load(engine: DeepSpeedEngine, path: Path) -> dict[str, Any]:
     """Load engine, optimizer and scheduler state; returns the client state saved with it.
     Loading never runs code: every file is checked first (all ranks agree), and DeepSpeed's own
     reads go through the same restricted unpickler (ngpt_ds.safe_load)."""
     check_files_on_all_ranks(path, engine.device)
     with safe_load.deepspeed_loads_are_safe():
-        load_path, client_state = engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        try:
+            load_path, client_state = engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        except RuntimeError as err:
+            if STATE_DICT_MISMATCH not in str(err):
+                raise
+            # The weights are read from the model-states file every rank reads (ZeRO 0-2), before any
+            # collective: every rank raises this together.
+            detail = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+            raise NgptConfigError(
+                f"{path}: its weights do not fit the model its config.yaml describes ({detail}); the "
+                "checkpoint was altered, or its config.yaml comes from another run. Resume from another "
+                "checkpoint, or start a new run with --resume none and another --out"
+            ) from None
     if load_path is None:
         raise NgptConfigError(
             f"DeepSpeed could not load the checkpoint in {path}; it may be from another "
