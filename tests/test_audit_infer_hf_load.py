@@ -115,3 +115,21 @@ def test_generate_without_eos_on_a_prompt_holding_eos(hf_pair):
     # Padding the caller declares is still refused.
     with pytest.raises(ValueError, match="no padding mask"):
         model.generate(torch.tensor([[eos, 5, 6]]), attention_mask=torch.tensor([[0, 1, 1]]), max_new_tokens=2)
+
+
+def test_a_cache_passed_with_use_cache_false_is_used(hf_pair):
+    """Fault: model(ids, past_key_values=cache, use_cache=False) ignored the cache and scored ids as if they
+    began the sequence (logits off by 0.037 on this model); transformers' own models use a cache they are
+    given whatever use_cache says."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+
+    model = AutoModelForCausalLM.from_pretrained(hf_pair["folder"])
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model(ids[:, :8], use_cache=True).cache
+        rest = model(ids[:, 8:], past_key_values=cache, use_cache=False)
+    assert rest.cache is None and cache.get_seq_length() == 12
+    torch.testing.assert_close(rest.logits, full[:, 8:], rtol=0, atol=1e-6)

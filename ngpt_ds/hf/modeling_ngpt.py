@@ -158,8 +158,9 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        # use_cache implies a cache here (a DynamicCache when none was passed).
-        binding = CacheBinding(cache, self.config.n_layer) if use_cache and cache is not None else None
+        # A cache passed in holds the positions before input_ids: it is used also with use_cache=False, as
+        # transformers' own models use it (use_cache only says whether to create and return one).
+        binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
         h = self.model.hidden_states(input_ids, binding)
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
