@@ -195,6 +195,12 @@ def _zero_stage(run: dict[str, Any]) -> int:
     return deepspeed_files.zero_stage_of(run.get("deepspeed"))
 
 
+def _sequence_parallel(run: dict[str, Any]) -> int:
+    """train.sequence_parallel_size of the saved run config (1 when absent)."""
+    size = (run.get("train") or {}).get("sequence_parallel_size", 1)
+    return size if isinstance(size, int) and size > 0 else 1
+
+
 def read_checkpoint_weights(
     checkpoint: Path, run: dict[str, Any], full_model: CausalLM
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -209,7 +215,11 @@ def read_checkpoint_weights(
     saved = deepspeed_files.read_weights(
         checkpoint, stage, group_names, lambda shards: merge_tensor_parallel(shards, full_model)
     )
-    weights, world, tp_size = saved.weights, saved.data_parallel, saved.tensor_parallel
+    weights, tp_size = saved.weights, saved.tensor_parallel
+    # DeepSpeed records the data x sequence ranks as its data-parallel size (ngpt_ds.train.reshape.Layout);
+    # the trainer's loader and evaluation cut the data over the data-parallel ranks alone.
+    sp_size = _sequence_parallel(run)
+    world, dp = saved.data_parallel, max(1, saved.data_parallel // sp_size)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in weights.values()})
     deepspeed = run.get("deepspeed") or {}
     info = {
@@ -217,14 +227,14 @@ def read_checkpoint_weights(
         "step": ckpt_layout.step_of(checkpoint.name),
         "zero_stage": stage,
         "world_size": world * tp_size,
-        "data_parallel": world,
+        "data_parallel": dp,
         "tensor_parallel": tp_size,
         "weights": f"{saved.source}, {'/'.join(dtypes)}",
         "data_dir": run.get("data_dir"),
         "eval": {
             "batches": (run.get("train") or {}).get("eval_batches"),
             "micro_batch": deepspeed.get("train_micro_batch_size_per_gpu"),
-            "data_parallel": world,
+            "data_parallel": dp,
         },
     }
     return weights, info
