@@ -127,3 +127,31 @@ def test_weights_that_do_not_fit_the_checkpoints_model_config_are_an_error_not_a
         "model is torch.Size([512, 32]).); the checkpoint was altered, or its config.yaml comes from another "
         "run. Resume from another checkpoint, or start a new run with --resume none and another --out"
     ]
+
+
+def test_resuming_from_another_folders_checkpoint_moves_every_checkpoint_of_out_aside(tmp_path):
+    """Fault: --resume other/checkpoints/step_2 --out run moved aside only run's steps after 2, so
+    run's own step_2 (another lineage: another seed) stayed as if it were the resumed run's and
+    retention deleted it (reproduced: keep 2, saves at 6 and 8 left run/checkpoints with step_6 and
+    step_8 only)."""
+    from ngpt_ds.train.checkpoint import start_lineage, tag_for
+
+    other_2, _ = two_checkpoints(tmp_path / "other")
+    mine = two_checkpoints(tmp_path / "run")
+    digests = [(p / COMPLETE).read_bytes() for p in mine]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    line = start_lineage(tmp_path / "run", other_2)
+    (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
+    assert line == (
+        f"resuming from {other_2}, outside {checkpoints}: moved its 2 checkpoint folder(s) of another lineage "
+        f"(step_00000002, step_00000004) to {abandoned} (kept, not deleted)"
+    )
+    assert sorted(p.name for p in checkpoints.iterdir()) == [abandoned.name]
+    assert [(abandoned / tag_for(s) / COMPLETE).read_bytes() for s in (2, 4)] == digests
+    assert all(manifest.verify(abandoned / tag_for(s)) is None for s in (2, 4))
+    # Within the folder, as before: only the steps after the one resumed move.
+    again = two_checkpoints(tmp_path / "again")
+    assert "moved the 1 newer checkpoint folder(s)" in start_lineage(tmp_path / "again", again[0])
+    assert [p.name for p in (tmp_path / "again" / "checkpoints").iterdir() if p.name.startswith("step_")] == [
+        "step_00000002"
+    ]

@@ -140,12 +140,16 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
 
     Resuming from step k moves every step_N folder with N > k (complete or not) into
     checkpoints/abandoned-<UTC time>/, so that retention, --resume auto and export see only the
-    lineage being trained. Nothing is deleted. Returns the line to print, or None when nothing moved.
+    lineage being trained. Resuming from a checkpoint outside this folder's checkpoints (another run,
+    an abandoned lineage) moves every step_N folder: none of them is an ancestor of the run, and
+    retention would delete the older ones. Nothing is deleted. Returns the line to print, or None when
+    nothing moved.
     """
     checkpoint_dir = out_dir / CHECKPOINTS
     k = step_of(resume_from.name) if resume_from is not None else 0
-    newer = [d for d in step_dirs(checkpoint_dir) if step_of(d.name) > k]
-    newer += [d for d in universal_dirs(checkpoint_dir) if _universal_step(d) > k]
+    elsewhere = resume_from is not None and resume_from.resolve().parent != checkpoint_dir.resolve()
+    newer = [d for d in step_dirs(checkpoint_dir) if elsewhere or step_of(d.name) > k]
+    newer += [d for d in universal_dirs(checkpoint_dir) if elsewhere or _universal_step(d) > k]
     if not newer:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -160,6 +164,11 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     _fsync_dir(checkpoint_dir)
     point_latest(checkpoint_dir)
     names = ", ".join(d.name for d in newer)
+    if elsewhere:
+        return (
+            f"resuming from {resume_from}, outside {checkpoint_dir}: moved its {len(newer)} checkpoint folder(s) "
+            f"of another lineage ({names}) to {abandoned} (kept, not deleted)"
+        )
     return (
         f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
         f"({names}) to {abandoned} (kept, not deleted)"
