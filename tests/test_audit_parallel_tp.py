@@ -42,3 +42,16 @@ def test_tp2_masters_stay_on_the_sphere_and_working_copy_is_their_cast(results, 
         assert step["working_equals_master"]
         if ":fp32" in case:  # clipped AdamW + renormalization, as plain torch does it
             assert step["max_diff"] < 5e-5, step
+
+
+def test_sp2_with_bf16_optimizer_steps_and_counts_the_gradient_norm_once(tmp_path):
+    """Fault: sequence parallel 2 with ZeRO 1, bf16 and data_types.grad_accum_dtype fp32 (DeepSpeed's
+    BF16_Optimizer) stopped at the first step on sequence rank 1 ("stack expects a non-empty TensorList":
+    its list of gradients to count was empty) while rank 0 waited in the norm's all-reduce."""
+    out = tmp_path / "results.json"
+    torchrun(REPO / "tests/workers/audit_parallel_tp_worker.py", out, "1:bf16_fp32_accum:sp")
+    (record,) = json.loads(out.read_text())
+    assert record["optimizer"] == "BF16_Optimizer"
+    for step in record["steps"]:  # summed over the sequence ranks once, not twice: as plain torch, to bf16 rounding
+        assert step["ds_grad_norm"] == pytest.approx(step["ref_grad_norm"], rel=4e-3), step
+        assert step["deviation"] < 5e-7 and step["working_equals_master"]

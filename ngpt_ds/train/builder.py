@@ -274,6 +274,7 @@ def start_engine(
     )
     ds_compat.drop_warmup_optimizer_state(engine)  # ZeRO 0 bf16: the first update would be 0.73x
     ds_compat.count_tensor_parallel_gradients(engine)  # ZeRO 0 bf16: shards missing from the clipping norm
+    ds_compat.count_sequence_parallel_gradients(engine)  # BF16_Optimizer: an empty norm list on sequence ranks > 0
     if train.compile:
         # nn.Module.compile in place (not torch.compile's wrapper): parameter names, hence the
         # checkpoints' state-dict keys, stay the eager model's; the hypersphere hook runs after

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -117,3 +118,32 @@ def count_tensor_parallel_gradients(engine: DeepSpeedEngine) -> None:
         return step(*args, **kwargs)
 
     optimizer.step = step_counting_shards
+
+
+def count_sequence_parallel_gradients(engine: DeepSpeedEngine) -> None:
+    """Let DeepSpeed's BF16_Optimizer (ZeRO 1, bf16, data_types.grad_accum_dtype fp32) step under sequence
+    parallelism.
+
+    Its gradient norm counts each gradient on one rank of the model-parallel group only: for the
+    sequence-parallel mpu (ngpt_ds.parallel.sequence) that is sequence rank 0, where every rank of a
+    sequence holds the same reduced gradients, and the squares are then summed over the sequence group.
+    On the other sequence ranks the list of gradients to count is empty, and
+    `runtime.utils.get_global_norm_of_tensors` stops there at the first step (torch.stack of an empty
+    list: "stack expects a non-empty TensorList"), leaving rank 0 in the all-reduce. One zero added to
+    their empty list adds nothing to the sum and lets the collective run.
+    """
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    optimizer = engine.optimizer
+    mpu = getattr(optimizer, "mpu", None)
+    if not isinstance(optimizer, BF16_Optimizer) or not hasattr(mpu, "get_sequence_parallel_world_size"):
+        return
+    grads_for_norm = optimizer.get_grads_for_norm
+
+    def grads_for_norm_never_empty(for_clipping: bool = False):
+        found = grads_for_norm(for_clipping=for_clipping)
+        if not for_clipping and not found[0]:
+            found[0].append(torch.zeros(1, device=optimizer.fp32_groups_flat_partition[0].device))
+        return found
+
+    optimizer.get_grads_for_norm = grads_for_norm_never_empty

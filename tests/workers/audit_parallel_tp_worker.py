@@ -34,7 +34,9 @@ def run_case(stage: int, precision: str, layout: str = "tp") -> dict:
 
     model_cfg = ModelConfig(arch="ngpt", vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=4, seq_len=SEQ).validate()
     train = TrainConfig(max_steps=20, lr=2e-2).resolve("ngpt")
-    ds = ds_config(stage, bf16=precision == "bf16")
+    ds = ds_config(stage, bf16=precision.startswith("bf16"))
+    if precision == "bf16_fp32_accum":  # ZeRO 1: DeepSpeed's BF16_Optimizer
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     ds["gradient_accumulation_steps"] = ACCUM
     ds["gradient_clipping"] = CLIP
     if layout == "sp":  # as the trainer's prepare: ZeRO 3 gets reduce_scatter false
