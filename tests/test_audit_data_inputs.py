@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.config import load_model_and_train
 
-from conftest import REPO, cpu_env, run, start_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, free_port, run, start_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
 SEED = 1234
 SEQ = 32  # tiny_ngpt's context
@@ -173,3 +174,63 @@ def test_meta_json_may_not_list_one_shard_in_both_splits_or_a_file_outside_the_f
         f"dataset {tokenizer_outside}: 1 problem\n  - meta.json tokenizer.path = '../data/tokenizer.model': must be "
         f"a file name inside {tokenizer_outside}; delete {tokenizer_outside} and prepare it again"
     )
+
+
+def _summary(data: Path) -> str:
+    meta = load_dataset_meta(data)
+    splits = ", ".join(f"{name} {s.tokens:,} tokens in {len(s.shards)} shard(s)" for name, s in meta.splits.items())
+    return f"{splits}, tokenizer sha256 {meta.tokenizer_sha256[:12]}"
+
+
+def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path):
+    """Fault: --data on node-local disks whose copies differ (one node's stale, made from less text with
+    the same tokenizer) passed each rank's own checks; the ranks numbered their windows differently and
+    trained 3 steps to 'Done', exit status 0, on data no permutation describes. Now every rank compares
+    meta.json with the others' and all stop with the same message naming what each read."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    corpus = (tiny_dataset.parent / "corpus.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "stale.jsonl").write_text("".join(corpus[: len(corpus) * 2 // 3]))
+    stale = prepare_dataset(
+        PrepareConfig(
+            inputs=(str(tmp_path / "stale.jsonl"),),
+            out=tmp_path / "stale",
+            tokenizer=tiny_dataset / "tokenizer.model",
+            val_fraction=0.1,
+            workers=1,
+            progress=False,
+        )
+    )
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    port, ranks = free_port(), []
+    for rank, data in enumerate((tiny_dataset, stale)):
+        node = tmp_path / f"node{rank}"  # each rank's working folder: its own "data" (a node-local copy)
+        node.mkdir()
+        (node / "data").symlink_to(data)
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        argv = [
+            "--config",
+            yaml,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            "data",
+            "--out",
+            tmp_path / "out",
+            "--no-progress",
+        ]
+        cmd = [sys.executable, REPO / "launch/train.py", *argv]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    expected = (
+        f"error: ranks 0 and 1 read different datasets at --data data (rank 0: {_summary(tiny_dataset)}; rank 1: "
+        f"{_summary(stale)}). Every rank must read the same prepared dataset: copy one folder to every node, or put "
+        "it on storage that every node shares\n"
+    )
+    for rank, (stdout, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 2, stdout + stderr
+        assert stderr.endswith(expected) and "Traceback" not in stderr and "step " not in stdout, stdout + stderr

@@ -12,17 +12,21 @@ set each epoch), S = G * grad_accum = the global batch.
 So optimizer step k trains on slots [k*S, (k+1)*S) of the epoch's permutation whatever the split of
 S into data-parallel ranks, micro-batches and accumulation steps: a run resumed at another
 data-parallel size with the same global batch sees exactly the windows the original run would have.
+All of this needs every rank to read the same dataset: under a started process group the training
+loader compares meta.json across the ranks first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from ngpt_ds.data.shards import load_dataset_meta
+from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
 from ngpt_ds.data.windows import WindowIndex
 from ngpt_ds.errors import NgptConfigError, Problems
 
@@ -53,6 +57,46 @@ def _too_few(data_dir: Path, split: str, seq_len: int, windows: int, dp_size: in
     )
 
 
+def _describe(meta: DatasetMeta) -> str:
+    splits = ", ".join(
+        f"{name} {split.tokens:,} tokens in {len(split.shards)} shard(s)" for name, split in meta.splits.items()
+    )
+    return f"{splits}, tokenizer sha256 {meta.tokenizer_sha256[:12]}"
+
+
+def _same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
+    """The dataset's meta.json, the same on every rank of a started process group (collective there).
+
+    Ranks take disjoint windows of one permutation, so this holds only when every rank reads the same
+    dataset. A --data folder on node-local disks that differ (one node's copy stale, prepared from
+    another corpus with the same tokenizer) passed every rank's own checks and trained silently on
+    windows the ranks numbered differently. Every rank compares its meta.json with the others' and all
+    stop with the same message; a rank that cannot read it answers with its error instead of raising
+    alone while the others wait."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return load_dataset_meta(data_dir)
+    meta: DatasetMeta | None = None
+    try:
+        meta = load_dataset_meta(data_dir)
+        seen: tuple[Any, str] = (meta.to_json(), _describe(meta))
+    except NgptConfigError as err:
+        seen = (None, str(err))
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, seen)
+    failed = next((r for r, (raw, _) in enumerate(everyone) if raw is None), None)
+    if failed is not None:
+        raise NgptConfigError(f"rank {failed}: {everyone[failed][1]}")
+    differs = next((r for r in range(1, len(everyone)) if everyone[r][0] != everyone[0][0]), None)
+    if differs is not None:
+        raise NgptConfigError(
+            f"ranks 0 and {differs} read different datasets at --data {data_dir} (rank 0: {everyone[0][1]}; rank "
+            f"{differs}: {everyone[differs][1]}). Every rank must read the same prepared dataset: copy one folder "
+            "to every node, or put it on storage that every node shares"
+        )
+    assert meta is not None
+    return meta
+
+
 class TokenWindowLoader:
     """Endless, seeded, resumable stream of training batches for one data-parallel rank.
 
@@ -74,7 +118,7 @@ class TokenWindowLoader:
     ):
         _check_layout("TokenWindowLoader", seq_len, micro_batch_size, dp_rank, dp_size)
         self.data_dir = Path(data_dir)
-        self.meta = load_dataset_meta(self.data_dir)
+        self.meta = _same_dataset_on_every_rank(self.data_dir)
         self.split = split
         self.seq_len = seq_len
         self.micro_batch_size = micro_batch_size
