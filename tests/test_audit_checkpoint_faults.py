@@ -155,3 +155,24 @@ def test_resuming_from_another_folders_checkpoint_moves_every_checkpoint_of_out_
     assert [p.name for p in (tmp_path / "again" / "checkpoints").iterdir() if p.name.startswith("step_")] == [
         "step_00000002"
     ]
+
+
+def test_a_link_to_a_folder_inside_a_checkpoint_fails_verification(tmp_path):
+    """Fault: a link to a folder added to a checkpoint after its save passed verify (the listing does
+    not enter linked folders, so 'not in the manifest' missed its files), and the .pt files under it
+    escaped check_files_on_all_ranks' unpickling check, though DeepSpeed reads a universal
+    checkpoint's zero/<param>/*.pt by path, through the link."""
+    older, newer = two_checkpoints(tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere" / "embed.weight"
+    elsewhere.mkdir(parents=True)
+    torch.save({"param": torch.zeros(2)}, elsewhere / "fp32.pt")
+    (newer / "zero").symlink_to(elsewhere.parent, target_is_directory=True)
+    problem = f"{newer / 'zero'} is a link to a folder; a checkpoint holds only folders and regular files"
+    assert manifest.verify(newer) == problem
+    (newer / COMPLETE).write_text("step 4\n")  # an older ngpt_ds's marker: the listing is checked all the same
+    assert manifest.verify(newer) == problem
+    from ngpt_ds.train.resume import resolve_resume
+
+    warnings = []
+    assert resolve_resume(tmp_path / "run", "auto", warnings.append) == older
+    assert warnings == [f"warning: skipping checkpoint {newer.name}: {problem}. Using the one before it"]

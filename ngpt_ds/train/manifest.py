@@ -50,10 +50,14 @@ def _files(folder: Path) -> list[str]:
 
 
 def _not_a_regular_file(folder: Path) -> str | None:
-    """The first entry under `folder` that is neither a folder nor a regular file (links followed),
-    described; None if there is none. Readers open checkpoint files by name, and opening a named pipe
-    blocks until something writes to it: one such entry in a shared checkpoint would hang a resume."""
+    """The first entry under `folder` that is neither a folder nor a regular file (links to files
+    followed), described; None if there is none. Readers open checkpoint files by name, and opening a
+    named pipe blocks until something writes to it: one such entry in a shared checkpoint would hang a
+    resume. A link to a folder is refused too: the listing does not enter it, so the files DeepSpeed
+    reads through it (a universal checkpoint's zero/) would escape the manifest and the unpickling check."""
     for p in sorted(folder.rglob("*")):
+        if p.is_dir() and p.is_symlink():
+            return f"{p} is a link to a folder"
         if p.is_dir() or p.is_file():
             continue
         try:
