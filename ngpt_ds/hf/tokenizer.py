@@ -3,9 +3,10 @@ for `PreTrainedTokenizerFast`), giving the same ids and the same decoded text.
 
 ngpt_ds trains its sentencepiece model (ngpt_ds/data/tokenizer.py) with identity normalization,
 whitespace kept as is, a dummy-prefix space and byte fallback. The `tokenizers` pipeline below
-is that: prepend "▁", replace " " with "▁", the sentencepiece pieces and merges (BPE) or scores
-(unigram) with byte fallback; decoding undoes it and drops the dummy-prefix space. A model
-trained with other normalization settings is refused rather than converted approximately.
+is that: prepend "▁", replace " " with "▁", the sentencepiece pieces and merges (BPE) with byte
+fallback; decoding undoes it and drops the dummy-prefix space. A model trained with other
+normalization settings is refused rather than converted approximately, and so is a unigram model:
+tokenizers' Unigram breaks ties between equally scored segmentations otherwise than sentencepiece.
 
 Special tokens: `</s>` is the end of a document (training separates documents with it) and
 `<unk>` the unknown piece. ngpt_ds never feeds `<s>`, so the tokenizer names no BOS, and lm-eval
@@ -70,7 +71,13 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
             byte_fallback=True,
         )
     elif trainer.model_type == 1:  # unigram
-        model = models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=trainer.unk_id, byte_fallback=True)
+        raise NgptConfigError(
+            f"tokenizer {path}: a unigram sentencepiece model does not convert exactly to a transformers "
+            "tokenizer: where two segmentations score the same ('*' + '***********' and '***********' + '*'), "
+            "tokenizers' Unigram picks another than sentencepiece, so the model would be fed ids it was not "
+            "trained on. Export with --format ngpt_ds (ngpt-generate, ngpt-lm-eval read it), or prepare the "
+            "data with --tokenizer-type bpe"
+        )
     else:
         raise NgptConfigError(
             f"tokenizer {path}: sentencepiece model type {trainer.model_type} is neither BPE nor "
