@@ -1,6 +1,6 @@
-"""Tensor parallel 2 (and sequence parallel 2, cases ending in :sp) through the trainer's DeepSpeed
-engine, against the same model stepped by plain torch: gradient norm and clipping, masters, the
-sphere, at ZeRO 0, 1 and 3 (2 real gloo ranks)."""
+"""Tensor parallel 2 (and sequence parallel 2, cases with :sp) through the trainer's DeepSpeed engine,
+against the same model stepped by plain torch: gradient norm and clipping, masters, the sphere, at
+ZeRO 0-3, fp32, bf16 and fp16, ZeRO-Offload (2 real gloo ranks; the cases: stage:precision[:tp|sp[:offload]])."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, torchrun
 
-CASES = ["0:fp32", "1:fp32", "3:fp32", "0:bf16", "1:bf16", "3:bf16", "0:bf16:sp", "3:fp32:sp"]
+CASES = ["0:fp32", "1:fp32", "3:fp32", "0:bf16", "1:bf16", "3:bf16", "2:fp16:tp:offload", "0:bf16:sp", "3:fp32:sp"]
 
 
 @pytest.fixture(scope="module")

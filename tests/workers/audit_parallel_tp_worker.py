@@ -1,10 +1,11 @@
 """Worker for tests/test_audit_parallel_tp.py: 2 ranks under torchrun, gloo, tensor parallel 2.
 
-usage: audit_parallel_tp_worker.py OUT.json CASE[,CASE...]   (CASE: stage:precision[:sp])
+usage: audit_parallel_tp_worker.py OUT.json CASE[,CASE...]   (CASE: stage:precision[:tp|sp[:offload]])
 
 For each case it builds the trainer's engine of a small nGPT with tensor parallel 2 (sequence
-parallel 2 for a case ending in :sp; DeepSpeed gets the groups as its mpu), gradient accumulation 2 and a clipping threshold every step exceeds,
-and beside it, on every rank, the same full model stepped by plain torch: the same AdamW groups
+parallel 2 for :sp; DeepSpeed gets the groups as its mpu; precision fp32, bf16, fp16 or
+bf16_fp32_accum, DeepSpeed's BF16_Optimizer; :offload puts the masters on the CPU), gradient
+accumulation 2 and a clipping threshold every step exceeds, and beside it, on every rank, the same full model stepped by plain torch: the same AdamW groups
 and schedule, the mean loss of the same micro-batches, torch's clip_grad_norm_ and the model's
 own renormalization. After every step it records DeepSpeed's global gradient norm against the
 reference's, the largest difference of the merged fp32 masters from the reference's weights, the
@@ -25,7 +26,7 @@ from hypersphere_worker import gather_master, gather_working  # noqa: E402
 VOCAB, SEQ, ACCUM, CLIP, STEPS = 64, 16, 2, 0.05, 4
 
 
-def run_case(stage: int, precision: str, layout: str = "tp") -> dict:
+def run_case(stage: int, precision: str, layout: str = "tp", offload: str = "") -> dict:
     from ngpt_ds.model import ModelConfig, build_model, normalize_matrices_, sphere_matrices
     from ngpt_ds.parallel import create_groups, merge_tensor_parallel
     from ngpt_ds.train.config import TrainConfig
@@ -37,6 +38,10 @@ def run_case(stage: int, precision: str, layout: str = "tp") -> dict:
     ds = ds_config(stage, bf16=precision.startswith("bf16"))
     if precision == "bf16_fp32_accum":  # ZeRO 1: DeepSpeed's BF16_Optimizer
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    ds["fp16"] = {"enabled": precision == "fp16", "initial_scale_power": 8}
+    if offload:
+        ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        ds["zero_force_ds_cpu_optimizer"] = False
     ds["gradient_accumulation_steps"] = ACCUM
     ds["gradient_clipping"] = CLIP
     if layout == "sp":  # as the trainer's prepare: ZeRO 3 gets reduce_scatter false
@@ -70,7 +75,9 @@ def run_case(stage: int, precision: str, layout: str = "tp") -> dict:
 
     generator = torch.Generator().manual_seed(5)  # the same batches on both ranks (one replica)
     record: dict = {
-        "case": f"{stage}:{precision}" + (":sp" if layout == "sp" else ""),
+        "case": ":".join(
+            [str(stage), precision] + ([layout, offload] if offload else [layout] if layout != "tp" else [])
+        ),
         "optimizer": type(engine.optimizer).__name__,
         "steps": [],
     }
@@ -113,6 +120,9 @@ def run_case(stage: int, precision: str, layout: str = "tp") -> dict:
 
 def main():
     out_path, cases = sys.argv[1], sys.argv[2]
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+    CPU_Accelerator.is_fp16_supported = lambda self: True  # as tests/workers/precision_worker.py
     run_worker(out_path, lambda: [run_case(int(c[0]), *c[1:]) for c in (c.split(":") for c in cases.split(","))])
 
 
