@@ -234,3 +234,20 @@ def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path
     for rank, (stdout, stderr) in zip(ranks, outputs):
         assert rank.returncode == 2, stdout + stderr
         assert stderr.endswith(expected) and "Traceback" not in stderr and "step " not in stdout, stdout + stderr
+
+
+@pytest.mark.parametrize("stage", [2.0, True])
+def test_a_zero_stage_that_is_not_an_integer_is_refused_at_startup(tiny_dataset, tmp_path, stage):
+    """Fault: "stage": 2.0 (and true) passed the check `stage in (0, 1, 2, 3)` by comparing equal to 2
+    (1). The dry run then planned ZeRO 0 for 2.0 ('ZeRO True' for true), and the run stopped only after
+    the engine had started, with 'the DeepSpeed engine reads the JSON differently ... Please report this';
+    true trained silently as ZeRO 1."""
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=stage, bf16=False, micro=MICRO, accum=1)
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "o", "--dry-run"]
+    proc = run([sys.executable, REPO / "launch/train.py", *argv], env=cpu_env(), check=False, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"error: DeepSpeed config {ds}: 1 problem\n"
+        f"  - zero_optimization.stage = {stage!r}: must be 0, 1, 2 or 3 (an integer, e.g. 2)\n"
+    )

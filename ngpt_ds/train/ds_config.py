@@ -117,7 +117,14 @@ def check_ds_config(
                 "(lr, min_lr, warmup_steps, weight_decay, betas)",
             )
     stage = _block(config, "zero_optimization").get("stage", 0)
-    p.check(stage in (0, 1, 2, 3), "zero_optimization.stage", stage, "must be 0, 1, 2 or 3")
+    # An integer: 2.0 and true compare equal to 2 and 1, and DeepSpeed runs them as those stages, while the
+    # trainer's plan (zero_stage_of) read 2.0 as stage 0 and stopped only after the engine had started.
+    p.check(
+        isinstance(stage, int) and not isinstance(stage, bool) and stage in (0, 1, 2, 3),
+        "zero_optimization.stage",
+        stage,
+        "must be 0, 1, 2 or 3 (an integer, e.g. 2)",
+    )
     precision = precision_of(config)
     if precision == "bf16" and _block(config, "fp16").get("enabled") is True:
         p.add("fp16.enabled", True, "bf16 and fp16 are both enabled; enable one")
