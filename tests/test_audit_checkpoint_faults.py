@@ -176,3 +176,23 @@ def test_a_link_to_a_folder_inside_a_checkpoint_fails_verification(tmp_path):
     warnings = []
     assert resolve_resume(tmp_path / "run", "auto", warnings.append) == older
     assert warnings == [f"warning: skipping checkpoint {newer.name}: {problem}. Using the one before it"]
+
+
+def test_a_checkpoint_copied_under_another_steps_name_is_not_resumed_as_that_step(tmp_path):
+    """Fault: step_2 copied as step_8 passed verification, so --resume auto took it as step 8: the run
+    said 'already trained to step 8/6: nothing to do' (reproduced with the trainer) while its weights
+    and state were step 2's; with a larger --max-steps it trained on from step 2 under step 8's lineage."""
+    import shutil
+
+    from ngpt_ds.train.resume import resolve_resume
+
+    older, newer = two_checkpoints(tmp_path / "run")
+    copied = shutil.copytree(older, older.with_name("step_00000008"))
+    problem = (
+        f"{copied} holds the checkpoint of step 2 (its {COMPLETE} manifest) under the name of step 8: renamed, "
+        "or copied under another step's name"
+    )
+    assert manifest.verify(copied) == problem
+    warnings = []
+    assert resolve_resume(tmp_path / "run", "auto", warnings.append) == newer
+    assert warnings == [f"warning: skipping checkpoint {copied.name}: {problem}. Using the one before it"]
