@@ -68,12 +68,25 @@ def test_a_folder_of_someone_elses_metrics_is_refused_and_run_folders_are_not(tm
     # What the trainer itself leaves is accepted: a run folder, a copy of a run's checkpoints, a new folder.
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    run_config = RunConfig.__annotations__  # the sections of every run's effective config
-    assert run_lock._RUN_CONFIG_KEYS <= set(run_config)
-    (earlier / "config.yaml").write_text("".join(f"{key}: x\n" for key in sorted(run_lock._RUN_CONFIG_KEYS)))
+    assert next(iter(RunConfig.__annotations__)) == run_lock.RUN_CONFIG_FIRST_KEY  # to_yaml's first line
+    (earlier / "config.yaml").write_text("config_source: a.yaml\nmodel: {}\ntrain: {}\nout_dir: earlier\n")
     (earlier / "metrics.jsonl").write_text('{"step": 1}\n')
     copied = tmp_path / "copied"
     fake_step(copied / "checkpoints" / "step_00000004")
     (copied / "metrics.jsonl").write_text('{"step": 1}\n')
     for out in (earlier, copied, tmp_path / "new", tmp_path / "new" / "deeper"):
         run_lock.acquire(out).release()
+
+
+def test_a_run_folder_whose_config_was_cut_short_still_resumes_but_a_users_config_there_is_refused(tmp_path):
+    """The run's own config.yaml, emptied by a kill while it was rewritten, does not lock the run out;
+    a user's model/train config put into a run folder is still refused."""
+    out = tmp_path / "run"
+    run_lock.acquire(out).release()  # leaves train.lock: a run folder
+    (out / "config.yaml").write_text("")
+    run_lock.acquire(out).release()
+    (out / "config.yaml").write_text("config_source: x\nmodel:\n  n_la")  # cut mid-way: not YAML any more
+    run_lock.acquire(out).release()
+    (out / "config.yaml").write_text("model: {}\ntrain: {}\n")
+    with pytest.raises(NgptConfigError, match=r"holds a config.yaml the trainer did not write"):
+        run_lock.acquire(out)

@@ -31,17 +31,19 @@ RUN_CONFIG = "config.yaml"
 RUN_FILES = ("metrics.jsonl", "summary.json")
 """What else a run replaces (summary.json) or truncates to the step it resumes from (metrics.jsonl:
 everything, on a fresh start) in its --out (ngpt_ds.train.metrics, ngpt_ds.train.loop)."""
-_RUN_CONFIG_KEYS = {"config_source", "model", "train", "deepspeed", "out_dir"}
-"""The sections of every RunConfig.to_yaml, since the first ngpt_ds."""
+RUN_CONFIG_FIRST_KEY = "config_source"
+"""The first line of every RunConfig.to_yaml since the first ngpt_ds (a user's config has only model:
+and train:), so a copy cut short by a kill past that line is still recognised as the run's."""
 
 
-def _written_by_trainer(config: Path) -> bool:
-    """A config.yaml that is a run's effective config (RunConfig.to_yaml), not a user's model/train file."""
+def _config_sections(config: Path) -> set[str] | None:
+    """The top-level keys of a YAML mapping in `config`; None when it holds none (missing, empty,
+    cut short by a kill while it was written, not YAML)."""
     try:
         data = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
     except (OSError, yaml.YAMLError, RecursionError):
-        return False
-    return isinstance(data, dict) and _RUN_CONFIG_KEYS <= set(data)
+        return None
+    return {str(key) for key in data} if isinstance(data, dict) else None
 
 
 def _checkpoint_holding(folder: Path) -> Path | None:
@@ -71,14 +73,17 @@ def check_out_folder(out_dir: Path) -> None:
     if not real.is_dir():
         return
     config = real / RUN_CONFIG
-    ours = _written_by_trainer(config)
-    if config.exists() and not ours:
+    sections = _config_sections(config)
+    ours = sections is not None and RUN_CONFIG_FIRST_KEY in sections  # RunConfig.to_yaml, not model/train
+    run_folder = ours or (real / LOCK_FILE).exists() or any((real / "checkpoints").glob(f"step_*/{COMPLETE}"))
+    # In a run folder, a config.yaml that holds no mapping is the run's own, cut short by a kill.
+    if config.exists() and not ours and (sections is not None or not run_folder):
         raise NgptConfigError(
             f"--out {out_dir} holds a {RUN_CONFIG} the trainer did not write ({config} is not a run's "
             f"effective config); a run writes its effective config there and would replace that file. "
             f"Choose another --out (a config kept next to its runs: --out {out_dir}/<run name>)"
         )
-    if ours or (real / LOCK_FILE).exists() or any((real / "checkpoints").glob(f"step_*/{COMPLETE}")):
+    if run_folder:
         return  # a run folder (or a copy of its checkpoints): the trainer's own files
     theirs = [name for name in RUN_FILES if (real / name).exists() or (real / name).is_symlink()]
     if theirs:
