@@ -251,3 +251,24 @@ def test_a_zero_stage_that_is_not_an_integer_is_refused_at_startup(tiny_dataset,
         f"error: DeepSpeed config {ds}: 1 problem\n"
         f"  - zero_optimization.stage = {stage!r}: must be 0, 1, 2 or 3 (an integer, e.g. 2)\n"
     )
+
+
+def test_a_sequence_parallel_size_in_the_json_must_be_the_yamls(tiny_dataset, tmp_path):
+    """Fault: "sequence_parallel_size": 2 in the DeepSpeed JSON (where DeepSpeed's Ulysses documentation
+    puts it) with the YAML's train.sequence_parallel_size left at 1 passed every startup check, dry run
+    included; DeepSpeed then divided the world by it in its own batch check: 'AssertionError: Check batch
+    related parameters ... 8 != 4 * 1 * 1.0', a traceback on every rank after the process group started."""
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1, sequence_parallel_size=2)
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "o", "--dry-run"]
+    proc = run([sys.executable, REPO / "launch/train.py", *argv, "2"], env=cpu_env(), check=False, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"error: DeepSpeed config {ds}: 1 problem\n"
+        "  - sequence_parallel_size = 2: sequence parallelism is set in the YAML: train.sequence_parallel_size "
+        "(now 1); remove the key from the JSON, or set the same value in the YAML\n"
+    )
+    # The same value in both is what the trainer does.
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3, sequence_parallel_size=2))
+    proc = run([sys.executable, REPO / "launch/train.py", *argv, "2"], env=cpu_env(), check=False, timeout=300)
+    assert proc.returncode == 0 and "parallel: tensor 1 x pipeline 1 x sequence 2 x data 1 = 2 rank(s)" in proc.stdout

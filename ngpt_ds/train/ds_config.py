@@ -168,6 +168,17 @@ def check_ds_config(
             'in memory); use "cpu" or remove the block',
         )
 
+    # DeepSpeed reads this key itself (outside its parser) and divides the world by it in its batch check,
+    # while the trainer's groups follow the YAML: a JSON that disagrees failed that check in an assertion
+    # traceback on every rank, after the process group had started.
+    json_sp = config.get("sequence_parallel_size", sequence_parallel)
+    p.check(
+        json_sp == sequence_parallel and isinstance(json_sp, int) and not isinstance(json_sp, bool),
+        "sequence_parallel_size",
+        json_sp,
+        f"sequence parallelism is set in the YAML: train.sequence_parallel_size (now {sequence_parallel}); "
+        "remove the key from the JSON, or set the same value in the YAML",
+    )
     model_parallel = tensor_parallel * pipeline_parallel * sequence_parallel  # the ranks of one sample
     dp = world_size // model_parallel if model_parallel and world_size % model_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")
