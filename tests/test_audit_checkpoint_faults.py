@@ -8,12 +8,14 @@ checkpoint's model config ended --resume in a traceback).
 """
 
 import json
+import shutil
 import sys
 
 import torch
 
 from ngpt_ds.train import manifest
-from ngpt_ds.train.checkpoint import COMPLETE
+from ngpt_ds.train.checkpoint import COMPLETE, start_lineage, tag_for
+from ngpt_ds.train.resume import resolve_resume
 
 from conftest import REPO, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
@@ -86,8 +88,6 @@ def test_a_damaged_or_crafted_complete_marker_is_skipped_by_auto_not_loaded_unve
     """Fault: any COMPLETE text that was not a JSON manifest counted as an older ngpt_ds's marker, so a
     truncated manifest let the checkpoint be loaded with no file checked; a deeply nested one raised
     RecursionError and one with a 5000-digit size ValueError out of --resume auto (not skipped)."""
-    from ngpt_ds.train.resume import resolve_resume
-
     older, newer = two_checkpoints(tmp_path / "run")
     (newer / MODEL_FILE).write_bytes(b"\0" * 1000)  # damaged, which the manifest would tell
     good = (newer / COMPLETE).read_text()
@@ -134,8 +134,6 @@ def test_resuming_from_another_folders_checkpoint_moves_every_checkpoint_of_out_
     run's own step_2 (another lineage: another seed) stayed as if it were the resumed run's and
     retention deleted it (reproduced: keep 2, saves at 6 and 8 left run/checkpoints with step_6 and
     step_8 only)."""
-    from ngpt_ds.train.checkpoint import start_lineage, tag_for
-
     other_2, _ = two_checkpoints(tmp_path / "other")
     mine = two_checkpoints(tmp_path / "run")
     digests = [(p / COMPLETE).read_bytes() for p in mine]
@@ -171,8 +169,6 @@ def test_a_link_to_a_folder_inside_a_checkpoint_fails_verification(tmp_path):
     assert manifest.verify(newer) == problem
     (newer / COMPLETE).write_text("step 4\n")  # an older ngpt_ds's marker: the listing is checked all the same
     assert manifest.verify(newer) == problem
-    from ngpt_ds.train.resume import resolve_resume
-
     warnings = []
     assert resolve_resume(tmp_path / "run", "auto", warnings.append) == older
     assert warnings == [f"warning: skipping checkpoint {newer.name}: {problem}. Using the one before it"]
@@ -182,10 +178,6 @@ def test_a_checkpoint_copied_under_another_steps_name_is_not_resumed_as_that_ste
     """Fault: step_2 copied as step_8 passed verification, so --resume auto took it as step 8: the run
     said 'already trained to step 8/6: nothing to do' (reproduced with the trainer) while its weights
     and state were step 2's; with a larger --max-steps it trained on from step 2 under step 8's lineage."""
-    import shutil
-
-    from ngpt_ds.train.resume import resolve_resume
-
     older, newer = two_checkpoints(tmp_path / "run")
     copied = shutil.copytree(older, older.with_name("step_00000008"))
     problem = (
