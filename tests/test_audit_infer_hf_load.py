@@ -133,3 +133,22 @@ def test_a_cache_passed_with_use_cache_false_is_used(hf_pair):
         rest = model(ids[:, 8:], past_key_values=cache, use_cache=False)
     assert rest.cache is None and cache.get_seq_length() == 12
     torch.testing.assert_close(rest.logits, full[:, 8:], rtol=0, atol=1e-6)
+
+
+def test_an_invalid_config_json_is_named(hf_pair, tmp_path):
+    """Fault: a config.json whose fields do not make a model (n_head 3 with n_embd 32) was reported as
+    "NGPTConfig: 1 problem", naming neither the folder nor the file."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    folder = tmp_path / "bad_config"
+    shutil.copytree(hf_pair["folder"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["n_head"] = 3
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert str(err.value).startswith(f"NGPTConfig ({folder}/config.json): 1 problem")
+    assert "model.n_embd = 32: must be divisible by n_head = 3" in str(err.value)

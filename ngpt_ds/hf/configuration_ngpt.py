@@ -45,9 +45,12 @@ class _NgptDsConfig(PretrainedConfig):
         self.use_cache = use_cache
 
     def to_model_config(self) -> ModelConfig:
-        """The ngpt_ds ModelConfig these fields describe, validated."""
+        """The ngpt_ds ModelConfig these fields describe, validated; errors name the config.json read."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "arch"}
-        return ModelConfig(arch=self.arch, **values).validate(f"{type(self).__name__}")
+        source = type(self).__name__
+        if self.name_or_path:  # set by from_pretrained: the folder (or Hub id) config.json came from
+            source = f"{source} ({self.name_or_path}/config.json)"
+        return ModelConfig(arch=self.arch, **values).validate(source)
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs) -> _NgptDsConfig:
