@@ -272,3 +272,17 @@ def test_a_sequence_parallel_size_in_the_json_must_be_the_yamls(tiny_dataset, tm
     yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3, sequence_parallel_size=2))
     proc = run([sys.executable, REPO / "launch/train.py", *argv, "2"], env=cpu_env(), check=False, timeout=300)
     assert proc.returncode == 0 and "parallel: tensor 1 x pipeline 1 x sequence 2 x data 1 = 2 rank(s)" in proc.stdout
+
+
+@pytest.mark.parametrize("seed", [-1, 10**23])
+def test_a_seed_out_of_range_is_refused_at_startup(tmp_path, seed):
+    """Fault: train.seed -1 passed every startup check (dry run included) and the run stopped at its first
+    batch with 'ValueError: expected non-negative integer' from the data order's default_rng; 10**23 stopped
+    in torch.manual_seed as the engine started ('Overflow when unpacking long long'): tracebacks after the
+    process group started and --out was made."""
+    path = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3, seed=seed))
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert str(err.value) == (
+        f"train config ({path}): 1 problem\n  - train.seed = {seed!r}: must be an integer in [0, 2**64 - 1]"
+    )

@@ -118,6 +118,14 @@ class TrainConfig:
                 value,
                 "must be an integer >= 0",
             )
+        # torch.manual_seed takes [0, 2**64) (larger: 'Overflow when unpacking long long' as the engine
+        # started) and the data order's np.random.default_rng no negative seed (a ValueError at step 1).
+        p.check(
+            isinstance(self.seed, int) and 0 <= self.seed < 2**64,
+            "train.seed",
+            self.seed,
+            "must be an integer in [0, 2**64 - 1]",
+        )
         p.check(self.lr > 0, "train.lr", self.lr, "must be > 0")
         p.check(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr = {self.lr}]")
         p.check(
