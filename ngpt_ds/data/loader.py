@@ -64,7 +64,7 @@ def _describe(meta: DatasetMeta) -> str:
     return f"{splits}, tokenizer sha256 {meta.tokenizer_sha256[:12]}"
 
 
-def _same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
+def same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
     """The dataset's meta.json, the same on every rank of a started process group (collective there).
 
     Ranks take disjoint windows of one permutation, so this holds only when every rank reads the same
@@ -72,7 +72,7 @@ def _same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
     another corpus with the same tokenizer) passed every rank's own checks and trained silently on
     windows the ranks numbered differently. Every rank compares its meta.json with the others' and all
     stop with the same message; a rank that cannot read it answers with its error instead of raising
-    alone while the others wait."""
+    alone while the others wait. Every rank must call it, with the same --data."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return load_dataset_meta(data_dir)
     meta: DatasetMeta | None = None
@@ -118,7 +118,7 @@ class TokenWindowLoader:
     ):
         _check_layout("TokenWindowLoader", seq_len, micro_batch_size, dp_rank, dp_size)
         self.data_dir = Path(data_dir)
-        self.meta = _same_dataset_on_every_rank(self.data_dir)
+        self.meta = same_dataset_on_every_rank(self.data_dir)
         self.split = split
         self.seq_len = seq_len
         self.micro_batch_size = micro_batch_size
