@@ -42,6 +42,10 @@ def test_partial_checkpoint_is_refused_and_skipped(trained, tmp_path):  # noqa: 
     # A complete older checkpoint next to it is what a run directory resolves to, and the error names it.
     older = partial.parent / "step_00000003"
     shutil.copytree(trained["checkpoint"], older)
+    # Its manifest names step 3, as the trainer's save of step 3 would (a folder under another step's name
+    # than its manifest's is damaged: ngpt_ds.train.manifest).
+    manifest = json.loads((older / "COMPLETE").read_text())
+    (older / "COMPLETE").write_text(json.dumps({**manifest, "step": 3}))
     assert resolve_checkpoint(tmp_path / "run") == older
     with pytest.raises(NgptConfigError, match="complete checkpoints next to it: step_00000003"):
         resolve_checkpoint(partial)
