@@ -8,14 +8,17 @@ checkpoint's model config ended --resume in a traceback).
 """
 
 import json
+import re
 import shutil
 import sys
 
+import pytest
 import torch
 
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import manifest
 from ngpt_ds.train.checkpoint import COMPLETE, start_lineage, tag_for
-from ngpt_ds.train.resume import resolve_resume
+from ngpt_ds.train.resume import newest_intact, resolve_resume
 
 from conftest import REPO, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
@@ -175,7 +178,7 @@ def test_a_link_to_a_folder_inside_a_checkpoint_fails_verification(tmp_path):
 
 
 def test_a_checkpoint_copied_under_another_steps_name_is_not_resumed_as_that_step(tmp_path):
-    """Fault: step_2 copied as step_8 passed verification, so --resume auto took it as step 8: the run
+    """Fault: step_2 copied as step_8 was accepted, so --resume auto took it as step 8: the run
     said 'already trained to step 8/6: nothing to do' (reproduced with the trainer) while its weights
     and state were step 2's; with a larger --max-steps it trained on from step 2 under step 8's lineage."""
     older, newer = two_checkpoints(tmp_path / "run")
@@ -184,7 +187,10 @@ def test_a_checkpoint_copied_under_another_steps_name_is_not_resumed_as_that_ste
         f"{copied} holds the checkpoint of step 2 (its {COMPLETE} manifest) under the name of step 8: renamed, "
         "or copied under another step's name"
     )
-    assert manifest.verify(copied) == problem
     warnings = []
     assert resolve_resume(tmp_path / "run", "auto", warnings.append) == newer
     assert warnings == [f"warning: skipping checkpoint {copied.name}: {problem}. Using the one before it"]
+    with pytest.raises(NgptConfigError, match=re.escape(f"--resume {copied}: the checkpoint is damaged: {problem}")):
+        resolve_resume(tmp_path / "run", str(copied))
+    # Its weights are intact: reading them (export, generate: newest_intact) does not depend on the name.
+    assert manifest.verify(copied) is None and newest_intact(tmp_path / "run" / "checkpoints") == copied

@@ -181,14 +181,6 @@ def _check(path: Path, rank: int, world: int) -> str | None:
     files = manifest.get("files")
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
         return f"{path / COMPLETE}: unknown manifest version {manifest.get('version')!r}"
-    named = path.name[len("step_") :] if path.name.startswith("step_") else ""
-    if named.isdigit() and manifest.get("step") != int(named):
-        # The trainer takes the step from the name (which is newest, lineage, retention) and from the
-        # saved state (where training goes on): a folder copied under another step's name splits the two.
-        return (
-            f"{path} holds the checkpoint of step {manifest.get('step')!r} (its {COMPLETE} manifest) under the "
-            f"name of step {int(named)}: renamed, or copied under another step's name"
-        )
     malformed = next((name for name, entry in files.items() if not _is_entry(name, entry)), None)
     if malformed is not None:  # hand-edited or crafted: nothing outside the folder is ever read
         return f"{path / COMPLETE}: malformed manifest entry {malformed!r}"

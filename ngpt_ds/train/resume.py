@@ -18,6 +18,7 @@ import torch.distributed as dist
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.checkpoint import Verify
+from ngpt_ds.train.manifest import read_manifest
 
 
 def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
@@ -90,10 +91,38 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     damaged checkpoint is an error naming the bad file. This process reads every file (the dry run);
     the trainer's ranks use `resolve_resume_on_all_ranks` instead.
     """
+    verify = _resumable(checkpoint.verify)
     if resume == "auto":
-        return newest_intact(out_dir / checkpoint.CHECKPOINTS, warn)
+        checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
+        return _newest_passing(checkpoint.complete_checkpoints(checkpoint_dir), checkpoint_dir, warn, verify)
     chosen = _named_checkpoint(out_dir, resume)
-    return None if chosen is None else _intact_or_refused(chosen, resume, warn, checkpoint.verify)
+    return None if chosen is None else _intact_or_refused(chosen, resume, warn, verify)
+
+
+def _resumable(verify: Verify) -> Verify:
+    """`verify`, and for training also: a step_N folder holds the checkpoint of step N. The trainer takes
+    the step from the name (which checkpoint is newest, the lineage, retention) and from the saved state
+    (where training goes on): a checkpoint copied or renamed under another step's name splits the two
+    (step_2 copied as step_8 was resumed as 'already trained to step 8' with step 2's weights). Reading
+    its weights (export, generate) does not depend on the name."""
+
+    def check(path: Path) -> str | None:
+        problem = verify(path)  # first, always: with verify_on_all_ranks every rank takes this collective
+        named = path.name[len(checkpoint.TAG_PREFIX) :]
+        if problem is not None or not path.name.startswith(checkpoint.TAG_PREFIX) or not named.isdigit():
+            return problem
+        try:  # verified just now: a manifest, or an older ngpt_ds's 'step N' line
+            saved = (read_manifest(path) or {}).get("step")
+        except (OSError, ValueError):  # replaced since: the next resume's verify names it
+            saved = None
+        if isinstance(saved, int) and saved != int(named):
+            return (
+                f"{path} holds the checkpoint of step {saved} (its {checkpoint.COMPLETE} manifest) under the "
+                f"name of step {int(named)}: renamed, or copied under another step's name"
+            )
+        return None
+
+    return check
 
 
 def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], verify: Verify) -> Path:
@@ -156,9 +185,10 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
         raise NgptConfigError(error)
     # From the agreed list, not a new listing: a folder appearing meanwhile cannot split the ranks.
     candidates = [Path(folder) for folder, _ in folders]
+    verify = _resumable(verify_on_all_ranks)  # every rank reads the same agreed COMPLETE: the same answer
     if resume == "auto":
-        return _newest_passing(candidates, out_dir / checkpoint.CHECKPOINTS, warn, verify_on_all_ranks)
-    return _intact_or_refused(candidates[0], resume, warn, verify_on_all_ranks) if candidates else None
+        return _newest_passing(candidates, out_dir / checkpoint.CHECKPOINTS, warn, verify)
+    return _intact_or_refused(candidates[0], resume, warn, verify) if candidates else None
 
 
 def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> None:
