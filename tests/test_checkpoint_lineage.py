@@ -70,3 +70,38 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
 
     assert resolve_checkpoint(out) == checkpoints / "step_00000008"
     assert resolve_resume(out, "auto") == checkpoints / "step_00000008"
+
+
+def test_a_kill_while_the_run_files_are_rewritten_leaves_the_old_ones_whole(tmp_path, monkeypatch):
+    """Fault: the trainer rewrote <out>/config.yaml and summary.json in place (Path.write_text). A kill
+    in the middle of that write left the file cut short: a resumed run's config.yaml truncated, or a
+    summary.json that launch/slurm/train.sbatch reads to decide whether to requeue. `replace_file`
+    writes a sibling and renames it over the file, so the old one stays whole until the new one is."""
+    from pathlib import Path
+
+    from ngpt_ds.train.loop import replace_file
+
+    real_write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt  # stands in for the kill
+
+    old, new = "status: the old run, all of it\n" * 4, "status: the new run\n" * 8
+    in_place, replaced = tmp_path / "in_place.yaml", tmp_path / "config.yaml"
+    in_place.write_text(old, encoding="utf-8")
+    replaced.write_text(old, encoding="utf-8")
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        in_place.write_text(new, encoding="utf-8")  # the old way: the file is cut short
+    with pytest.raises(KeyboardInterrupt):
+        replace_file(replaced, new)
+    monkeypatch.undo()
+    assert in_place.read_text(encoding="utf-8") == new[: len(new) // 2]
+    assert replaced.read_text(encoding="utf-8") == old
+    replace_file(replaced, new)
+    assert replaced.read_text(encoding="utf-8") == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.yaml",
+        "in_place.yaml",
+    ]  # the cut-short sibling renamed over

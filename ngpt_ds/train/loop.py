@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -48,6 +49,15 @@ class Summary:
     seconds: float
     checkpoint: str | None
     out_dir: str
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to a sibling file, then rename it over `path`: a kill mid-write leaves the old
+    file whole (a resumed run's config.yaml; summary.json, which launch/slurm/train.sbatch reads to
+    decide whether to requeue), never a file cut short."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -367,7 +377,7 @@ class Trainer:
         )
         self.metrics.close()
         if self.is_main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+            replace_file(self.out_dir / "summary.json", json.dumps(summary.__dict__, indent=2) + "\n")
         return summary
 
 
@@ -406,7 +416,7 @@ def train(options: TrainOptions) -> Summary:
             moved = checkpoint.start_lineage(out_dir, prepared.resume_from)
             if moved:
                 _log.info(moved)
-            (out_dir / "config.yaml").write_text(prepared.run.to_yaml(), encoding="utf-8")
+            replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
             if options.progress:
                 _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
         return Trainer(prepared, options).fit()
