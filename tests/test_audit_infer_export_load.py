@@ -1,5 +1,5 @@
-"""Loading an ngpt_ds export whose config.json was edited to describe a far larger model than its
-model.safetensors holds: refused from the file's header, before the model is built."""
+"""Loading an ngpt_ds export (or a trainer checkpoint) whose config was edited to describe a far larger
+model than its weights hold: refused from the weights' shapes, before the model is built."""
 
 import json
 import shutil
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_infer_export import trained  # noqa: F401  (session fixture)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,20 @@ def small_export(tmp_path_factory, tiny_dataset) -> Path:
     return folder
 
 
+def _only_on_meta(build_model, built: list | None = None):
+    """build_model that refuses to allocate the 8192-wide model: it may be described on the meta device only."""
+
+    def guarded(model_config):
+        on_meta = torch.empty(0).device.type == "meta"
+        if built is not None:
+            built.append((model_config.n_embd, on_meta))
+        if model_config.n_embd == 8192 and not on_meta:
+            raise AssertionError("the loader allocated the 150 GB model the config describes")
+        return build_model(model_config)
+
+    return guarded
+
+
 def test_config_describing_a_huge_model_is_refused_before_building_it(small_export, tmp_path, monkeypatch):
     """Fault: load_export built the model config.json describes before looking at model.safetensors, so a
     config.json edited to a 48-layer, 8192-wide model (150 GB of fp32) allocated it first: a traceback from
@@ -49,18 +64,8 @@ def test_config_describing_a_huge_model_is_refused_before_building_it(small_expo
     config["model"].update(n_layer=48, n_embd=8192, n_head=64)
     (folder / "config.json").write_text(json.dumps(config))
 
-    real_build = loading.build_model
     built = []
-
-    def build_model(model_config):
-        # A model of this config may be described (on the meta device), never allocated.
-        on_meta = torch.empty(0).device.type == "meta"
-        built.append((model_config.n_embd, on_meta))
-        if model_config.n_embd == 8192 and not on_meta:
-            raise AssertionError("load_export allocated the 150 GB model config.json describes")
-        return real_build(model_config)
-
-    monkeypatch.setattr(loading, "build_model", build_model)
+    monkeypatch.setattr(loading, "build_model", _only_on_meta(loading.build_model, built))
     with pytest.raises(NgptConfigError) as err:
         load(folder, device="cpu")
     message = str(err.value)
@@ -69,3 +74,29 @@ def test_config_describing_a_huge_model_is_refused_before_building_it(small_expo
     assert "shape mismatch blocks.0.attn.out.weight (32, 32) vs config (8192, 8192)" in message
     assert built == [(8192, True)]
     assert len(load(small_export, device="cpu").model.blocks) == 2  # the intact export still loads
+
+
+def test_checkpoint_config_describing_a_huge_model_is_refused_before_building_it(trained, tmp_path, monkeypatch):  # noqa: F811
+    """Fault: load_checkpoint built the model its config.yaml describes before reading the DeepSpeed files,
+    so a checkpoint whose config.yaml (and manifest) say 48 layers of width 8192 allocated 150 GB first,
+    instead of reporting that the saved weights are another model's."""
+    import yaml
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load, loading
+    from ngpt_ds.train.manifest import build_manifest, write_manifest
+
+    checkpoint = tmp_path / "run" / "checkpoints" / trained["checkpoint"].name
+    shutil.copytree(trained["checkpoint"], checkpoint)
+    run = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    run["model"].update(n_layer=48, n_embd=8192, n_head=64)
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(run))
+    write_manifest(checkpoint, build_manifest(checkpoint, 6))
+
+    monkeypatch.setattr(loading, "build_model", _only_on_meta(loading.build_model))
+    with pytest.raises(NgptConfigError) as err:
+        load(checkpoint, device="cpu")
+    message = str(err.value)
+    assert message.startswith(f"{checkpoint}: the weights do not match the model config")
+    assert "shape mismatch blocks.0.attn.out.weight (32, 32) vs config (8192, 8192)" in message
+    assert len(load(trained["checkpoint"], device="cpu").model.blocks) == 2  # the intact one still loads

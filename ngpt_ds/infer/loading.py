@@ -312,20 +312,16 @@ def check_shapes(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int,
         )
 
 
-def check_weights(model: CausalLM, weights: dict[str, torch.Tensor], source: str) -> None:
-    """Names and shapes of `weights` must be exactly those of `model` (built from the saved config),
-    and every value finite."""
+def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, torch.Tensor], source: str) -> None:
+    """Names and shapes of `weights` must be exactly the `expected` ones (config_shapes of the saved
+    config), and every value finite."""
     bad = sorted(n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
     if bad:
         raise NgptConfigError(
             f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt "
             "(or training diverged before this checkpoint)"
         )
-    check_shapes(
-        {name: tuple(t.shape) for name, t in model.state_dict().items()},
-        {name: tuple(t.shape) for name, t in weights.items()},
-        source,
-    )
+    check_shapes(expected, {name: tuple(t.shape) for name, t in weights.items()}, source)
 
 
 def config_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -348,14 +344,16 @@ def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = t
 
 
 def _finish(
-    model: CausalLM,
+    config: ModelConfig,
     weights: dict[str, torch.Tensor],
     source: str,
     device: str | torch.device | None,
     dtype: str | torch.dtype | None,
 ) -> CausalLM:
-    """Load checked weights into `model` (built from their config), check the sphere, move and cast it."""
-    check_weights(model, weights, source)
+    """Check the weights against `config`, then build its model (only then: a config describing a far
+    larger model than the files hold must not allocate it), load them, check the sphere, move and cast it."""
+    check_weights(config_shapes(config), weights, source)
+    model = build_model(config)
     weights_dtype = min(
         (t.dtype for t in weights.values() if t.is_floating_point()),
         key=lambda d: torch.finfo(d).bits,
@@ -387,9 +385,10 @@ def load_checkpoint(
     assert config.vocab_size is not None  # _model_config refuses a config without it
     tok, expected_sha = _checkpoint_tokenizer(run, checkpoint, tokenizer)
     digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
-    model = build_model(config)
-    weights, info = read_checkpoint_weights(checkpoint, run, model)
-    model = _finish(model, weights, str(checkpoint), device, dtype)
+    with torch.device("meta"):
+        layout = build_model(config)  # names, shapes and tensor-parallel plan to read by; nothing allocated
+    weights, info = read_checkpoint_weights(checkpoint, run, layout)
+    model = _finish(config, weights, str(checkpoint), device, dtype)
     return LoadedModel(
         model=model,
         config=config,
@@ -462,7 +461,7 @@ def load_export(
         weights = load_file(str(weights_file))
     except (OSError, SafetensorError) as err:
         raise NgptConfigError(f"{weights_file} cannot be read ({err}); export the checkpoint again") from None
-    model = _finish(build_model(config), weights, str(folder), device, dtype)
+    model = _finish(config, weights, str(folder), device, dtype)
     return LoadedModel(
         model=model,
         config=config,
