@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -60,6 +61,10 @@ class Problems:
                 if isinstance(value, str) and _has_type(1.0, expected) and _is_number(value):
                     hint = f" (YAML reads {value} as text; write it with a dot, e.g. {float(value)!r})"
                 self.add(f"{section}.{f.name}", value, f"must be {_describe(expected)}{hint}")
+            elif isinstance(value, float) and not math.isfinite(value):
+                # YAML's .inf, .nan and 1.0e+999 are floats, and `> 0` passes inf: rope_base: .inf rotated one
+                # pair of each head and left the others unrotated, training without complaint.
+                self.add(f"{section}.{f.name}", value, "must be a finite number")
 
     def raise_if_any(self) -> None:
         if self.items:

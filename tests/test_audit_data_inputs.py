@@ -286,3 +286,23 @@ def test_a_seed_out_of_range_is_refused_at_startup(tmp_path, seed):
     assert str(err.value) == (
         f"train config ({path}): 1 problem\n  - train.seed = {seed!r}: must be an integer in [0, 2**64 - 1]"
     )
+
+
+@pytest.mark.parametrize(
+    "section, field, value",
+    [("model", "rope_base", float("inf")), ("model", "alpha_attn_init", float("nan")), ("train", "lr", float("inf"))],
+)
+def test_a_float_that_is_not_finite_is_refused(tmp_path, section, field, value):
+    """Fault: YAML's .inf and .nan (and 1.0e+999) are floats and passed the range checks (`> 1`, `> 0`) or
+    had none: rope_base .inf trained 3 steps to 'Done' with only the first pair of each head rotated
+    (cos = 1, sin = 0 for the others: no positions); alpha_attn_init .nan started the run to stop at step 1
+    with 'the training loss became nan ... lower train.lr', lr .inf with 'the fp32 master weights of sphere
+    matrix embed.weight (nan), ...'."""
+    model, train = tiny_ngpt(), tiny_train(3)
+    (model if section == "model" else train)[field] = value
+    path = write_yaml(tmp_path / "run.yaml", model, train)
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert str(err.value) == (
+        f"{section} config ({path}): 1 problem\n  - {section}.{field} = {value!r}: must be a finite number"
+    )
