@@ -306,3 +306,26 @@ def test_a_float_that_is_not_finite_is_refused(tmp_path, section, field, value):
     assert str(err.value) == (
         f"{section} config ({path}): 1 problem\n  - {section}.{field} = {value!r}: must be a finite number"
     )
+
+
+def test_a_validation_fraction_too_small_to_hold_out_a_document_is_refused(tiny_dataset, tmp_path):
+    """Fault: --val-fraction 1e-7 (one document in ten million, for a web-scale corpus) was rounded to 0 by
+    the exact fraction that picks the held-out documents, and the dataset was written without a validation
+    split, silently; training then refuses it. Now the option is refused before anything is read."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    config = PrepareConfig(
+        inputs=(str(tiny_dataset.parent / "corpus.jsonl"),),
+        out=tmp_path / "ds",
+        tokenizer=tiny_dataset / "tokenizer.model",
+        val_fraction=1e-7,
+        workers=1,
+        progress=False,
+    )
+    with pytest.raises(NgptConfigError) as err:
+        prepare_dataset(config)
+    assert str(err.value) == (
+        "prepare_data options: 1 problem\n  - --val-fraction = 1e-07: is below 1e-6, the smallest fraction held "
+        "out (one document in a million); pass at least 1e-6"
+    )
+    assert not any(tmp_path.iterdir())

@@ -98,6 +98,14 @@ class PrepareConfig:
     def validate(self) -> None:
         p = Problems("prepare_data options")
         p.check(0 <= self.val_fraction <= 0.5, "--val-fraction", self.val_fraction, "must be in [0, 0.5]")
+        # held_out_fraction keeps denominators up to 10**6: a smaller fraction became 0 and the dataset was
+        # written without a validation split, which training refuses.
+        p.check(
+            not (0 < self.val_fraction <= 0.5) or held_out_fraction(self.val_fraction) > 0,
+            "--val-fraction",
+            self.val_fraction,
+            "is below 1e-6, the smallest fraction held out (one document in a million); pass at least 1e-6",
+        )
         p.check(self.shard_tokens >= 1, "--shard-tokens", self.shard_tokens, "must be a positive integer")
         p.check(self.workers >= 0, "--workers", self.workers, "must be >= 0 (0 = one per CPU core)")
         p.check(
