@@ -15,7 +15,8 @@ From Python: `import ngpt_ds.infer.lm_eval_adapter` and then
 model_args: path (required), dtype (float32), max_length (the trained seq_len: longer inputs
 keep their last max_length tokens), tokenizer (a .model to use instead of the model's own;
 checked against it). The device and batch size come from lm_eval's --device (its default
-cuda:0 falls back to the CPU when there is no GPU) and --batch_size (default here: 16).
+cuda:0 falls back to the CPU when there is no GPU) and --batch_size (default here, and for
+lm-eval's `auto` and `auto:N`: 16).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ MODEL_NAME = "ngpt_ds"
 
 
 def _int_arg(value: object, name: str, default: int) -> int:
-    if value is None or value == "" or value == "auto":
+    # lm-eval's batch size may be "auto" or "auto:N" (its automatic size, recomputed N times): the default here.
+    if value is None or value == "" or str(value).split(":")[0] == "auto":
         return default
     try:
-        return int(str(value).split(":")[0])  # lm-eval allows "auto:N"
+        return int(str(value))
     except ValueError:
         raise NgptConfigError(f"model_args {name} = {value!r}: must be an integer") from None
 
