@@ -114,7 +114,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             if not deviation <= tolerance:
                 raise NgptConfigError(
                     f"{source}: an nGPT weight matrix is not unit norm along its declared dim (largest "
-                    f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt"
+                    f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt, or were changed "
+                    "without renormalizing them (nGPT's training renormalizes after every step: ngpt_ds.train.hypersphere)"
                 )
 
     def _prepare_attention_mask_for_generation(
