@@ -329,3 +329,33 @@ def test_a_validation_fraction_too_small_to_hold_out_a_document_is_refused(tiny_
         "out (one document in a million); pass at least 1e-6"
     )
     assert not any(tmp_path.iterdir())
+
+
+def test_a_resume_on_other_data_names_the_checkpoints_dataset_not_this_one(tiny_dataset, tmp_path):
+    """Fault: resuming a checkpoint with --data pointing at another dataset (same tokenizer, other text) was
+    refused with 'resume with the same windows_per_epoch and dataset <the --data just given>': the fix named
+    the wrong dataset."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    corpus = (tiny_dataset.parent / "corpus.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "less.jsonl").write_text("".join(corpus[: len(corpus) // 2]))
+    other = prepare_dataset(
+        PrepareConfig(
+            inputs=(str(tmp_path / "less.jsonl"),),
+            out=tmp_path / "other",
+            tokenizer=tiny_dataset / "tokenizer.model",
+            val_fraction=0.0,
+            workers=1,
+            progress=False,
+        )
+    )
+    state = TokenWindowLoader(tiny_dataset, "train", SEQ, MICRO, 0, 1, SEED).state_dict()
+    resumed = TokenWindowLoader(other, "train", SEQ, MICRO, 0, 1, SEED)
+    with pytest.raises(NgptConfigError) as err:
+        resumed.load_state_dict(state)
+    assert str(err.value) == (
+        "data loader state (from the checkpoint): 1 problem\n"
+        f"  - windows_per_epoch = {state['windows_per_epoch']}: --data {other} has {resumed.windows_per_epoch} train "
+        f"windows of {SEQ + 1} tokens, so the checkpoint was trained on other data; resume with its dataset "
+        "(data_dir in the checkpoint's config.yaml), or start a new run with another --out"
+    )

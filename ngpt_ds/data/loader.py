@@ -180,17 +180,19 @@ class TokenWindowLoader:
             state.get("version"),
             f"this ngpt_ds reads version {_STATE_VERSION}; start the data order afresh",
         )
-        for key, mine in (
-            ("seed", self.seed),
-            ("seq_len", self.seq_len),
-            ("windows_per_epoch", self.windows_per_epoch),
-        ):
+        for key, mine in (("seed", self.seed), ("seq_len", self.seq_len)):
             p.check(
-                state.get(key) == mine,
-                key,
-                state.get(key),
-                f"this run has {key} = {mine}; resume with the same {key} and dataset {self.data_dir}",
+                state.get(key) == mine, key, state.get(key), f"this run has {key} = {mine}; resume with the same {key}"
             )
+        # Not "resume with dataset <this run's>": that is the one that differs.
+        p.check(
+            state.get("windows_per_epoch") == self.windows_per_epoch,
+            "windows_per_epoch",
+            state.get("windows_per_epoch"),
+            f"--data {self.data_dir} has {self.windows_per_epoch} {self.split} windows of {self.seq_len + 1} tokens, "
+            "so the checkpoint was trained on other data; resume with its dataset (data_dir in the checkpoint's "
+            "config.yaml), or start a new run with another --out",
+        )
         consumed = int(state.get("windows_consumed", -1))
         p.check(
             0 <= consumed
