@@ -141,13 +141,20 @@ def test_resuming_from_another_folders_checkpoint_moves_every_checkpoint_of_out_
     mine = two_checkpoints(tmp_path / "run")
     digests = [(p / COMPLETE).read_bytes() for p in mine]
     checkpoints = tmp_path / "run" / "checkpoints"
+    # The run folder's logs are that other lineage's too: they go with its checkpoints, whole.
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 4, "train/loss": 5.0}\n')
+    (tmp_path / "run" / "tensorboard").mkdir()
+    (tmp_path / "run" / "tensorboard" / "events.out.tfevents.1").write_bytes(b"run's own events")
     line = start_lineage(tmp_path / "run", other_2)
     (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
     assert line == (
         f"resuming from {other_2}, outside {checkpoints}: moved its 2 checkpoint folder(s) of another lineage "
-        f"(step_00000002, step_00000004) to {abandoned} (kept, not deleted)"
+        f"(step_00000002, step_00000004), and its metrics.jsonl and tensorboard/, to {abandoned} (kept, not deleted)"
     )
     assert sorted(p.name for p in checkpoints.iterdir()) == [abandoned.name]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
+    assert (abandoned / "metrics.jsonl").read_text() == '{"step": 4, "train/loss": 5.0}\n'
+    assert (abandoned / "tensorboard" / "events.out.tfevents.1").read_bytes() == b"run's own events"
     assert [(abandoned / tag_for(s) / COMPLETE).read_bytes() for s in (2, 4)] == digests
     assert all(manifest.verify(abandoned / tag_for(s)) is None for s in (2, 4))
     # Within the folder, as before: only the steps after the one resumed move.

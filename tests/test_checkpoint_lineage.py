@@ -46,9 +46,14 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
     (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
     assert [line for line in second.stdout.splitlines() if "abandoned-" in line] == [
         f"resuming from step 2: moved the 4 newer checkpoint folder(s) of the earlier lineage (step_00000004, "
-        f"step_00000006, step_00000008, step_00000010) to {abandoned} (kept, not deleted)"
+        f"step_00000006, step_00000008, step_00000010) to {abandoned} (kept, not deleted), with a copy of its "
+        "metrics.jsonl and tensorboard/"
     ]
     assert step_names(abandoned) == [f"step_{s:08d}" for s in (4, 6, 8, 10)]
+    # The abandoned lineage's logs stay readable beside its checkpoints: steps 3-10 of the first run, which
+    # the run folder's metrics.jsonl and TensorBoard drop (before, they were gone from metrics.jsonl).
+    assert {m["step"]: m["train/loss"] for m in read_metrics(abandoned)} == first
+    assert [s for s, _ in tensorboard_steps(abandoned)] == list(range(1, 11))
     for name in step_names(abandoned):  # moved whole: still complete, verified, loadable
         assert json.loads((abandoned / name / "COMPLETE").read_text())["step"] == int(name[5:])
     # Retention kept the newest 2 of the new lineage and touched nothing abandoned.

@@ -143,7 +143,8 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     checkpoints/abandoned-<UTC time>/, so that retention, --resume auto and export see only the
     lineage being trained. Resuming from a checkpoint outside this folder's checkpoints (another run,
     an abandoned lineage) moves every step_N folder: none of them is an ancestor of the run, and
-    retention would delete the older ones. Nothing is deleted. Returns the line to print, or None when
+    retention would delete the older ones. The earlier lineage's metrics.jsonl and tensorboard/ go
+    with them (`_keep_lineage_logs`). Nothing is deleted. Returns the line to print, or None when
     nothing moved.
     """
     checkpoint_dir = out_dir / CHECKPOINTS
@@ -165,15 +166,37 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     _fsync_dir(checkpoint_dir)
     point_latest(checkpoint_dir)
     names = ", ".join(d.name for d in newer)
+    logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
     if elsewhere:
         return (
             f"resuming from {resume_from}, outside {checkpoint_dir}: moved its {len(newer)} checkpoint folder(s) "
-            f"of another lineage ({names}) to {abandoned} (kept, not deleted)"
+            f"of another lineage ({names}){f', and its {logs},' if logs else ''} to {abandoned} (kept, not deleted)"
         )
     return (
         f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
-        f"({names}) to {abandoned} (kept, not deleted)"
+        f"({names}) to {abandoned} (kept, not deleted){f', with a copy of its {logs}' if logs else ''}"
     )
+
+
+def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[str]:
+    """Keep the abandoned lineage's metrics.jsonl and TensorBoard logs beside its checkpoints: the run
+    drops their records after the step it resumes from (ngpt_ds.train.metrics), and those are the
+    steps an operator rolling back from a divergence wants to look at. `move`: none of the run
+    folder's logs belong to the new lineage (a checkpoint from elsewhere), so they go whole; else a
+    copy, and the run keeps its records up to the resumed step. Returns the names kept."""
+    kept = []
+    for name in ("metrics.jsonl", "tensorboard"):
+        source = out_dir / name
+        if not source.exists() or source.is_symlink():
+            continue
+        if move:
+            os.rename(source, abandoned / name)
+        elif source.is_dir():
+            shutil.copytree(source, abandoned / name)
+        else:
+            shutil.copy2(source, abandoned / name)
+        kept.append(name + ("/" if (abandoned / name).is_dir() else ""))
+    return kept
 
 
 # ---- saving ---------------------------------------------------------------------------------------
