@@ -20,8 +20,12 @@ from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
 
-#: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity).
+#: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity); fp16 has
+#: the same (V100: fp16 only).
 KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+#: Their fp32 peaks (vendor data sheets; SXM parts), what an fp32 run's matmuls get: torch runs fp32
+#: matmuls without TF32 unless told to (then set train.peak_tflops).
+KNOWN_FP32_PEAK_TFLOPS = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L40S": 91.6, "A10": 31.2, "V100": 15.7}
 
 
 class MetricsLogger:
@@ -72,14 +76,16 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:
-    """(peak FLOP/s of one device, how it was obtained)."""
+    """(peak FLOP/s of one device in the run's `dtype`, how it was obtained)."""
     if configured_tflops is not None:
         return configured_tflops * 1e12, "train.peak_tflops"
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        for key, tflops in KNOWN_PEAK_TFLOPS.items():
+        fp32 = dtype == torch.float32
+        table = KNOWN_FP32_PEAK_TFLOPS if fp32 else KNOWN_PEAK_TFLOPS
+        for key, tflops in table.items():  # A100 before A10: the first key in the name
             if key in name:
-                return tflops * 1e12, f"data sheet ({name})"
+                return tflops * 1e12, f"data sheet, {'fp32' if fp32 else 'bf16/fp16'} ({name})"
         return float("nan"), f"unknown GPU {name}: set train.peak_tflops"
     return measure_matmul_flops(dtype), "measured dense matmul on this CPU"
 

@@ -1,0 +1,45 @@
+"""Training metrics on a GPU, with the GPU imitated on a CPU (torch.cuda's answers patched)."""
+
+import pytest
+import torch
+
+from ngpt_ds.train import metrics
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """torch.cuda reports one GPU of the given name; nothing else of CUDA is used by the code tested."""
+
+    def named(name: str) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+    return named
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "tflops"),
+    [
+        ("NVIDIA A100-SXM4-80GB", torch.float32, 19.5),
+        ("NVIDIA H100 80GB HBM3", torch.float32, 67.0),
+        ("NVIDIA H200", torch.float32, 67.0),
+        ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
+        ("NVIDIA H100 80GB HBM3", torch.float16, 989.0),
+    ],
+)
+def test_the_gpu_peak_for_mfu_is_the_one_of_the_run_precision(gpu, name, dtype, tflops):
+    """Fault: on a GPU the MFU peak came from a table of bf16 tensor-core peaks whatever the run's
+    precision, so an fp32 run (torch's default runs fp32 matmuls without TF32) had its MFU divided by
+    16 on an A100 (312 instead of 19.5 TFLOP/s) and by 15 on an H100; a CPU run measures its own dtype."""
+    gpu(name)
+    flops, source = metrics.peak_flops_per_device(None, dtype)
+    assert flops == tflops * 1e12
+    assert source == f"data sheet, {'fp32' if dtype == torch.float32 else 'bf16/fp16'} ({name})"
+
+
+def test_an_unknown_gpu_asks_for_the_peak(gpu):
+    gpu("NVIDIA Imaginary X1")
+    flops, source = metrics.peak_flops_per_device(None, torch.float32)
+    assert flops != flops  # nan
+    assert source == "unknown GPU NVIDIA Imaginary X1: set train.peak_tflops"
+    assert metrics.peak_flops_per_device(123.0, torch.float32) == (123e12, "train.peak_tflops")
