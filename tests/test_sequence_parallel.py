@@ -223,6 +223,22 @@ def test_bad_sequence_parallel_size_stops_at_startup(tmp_path, tiny_dataset, mod
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="module")
+def long_dataset(tmp_path_factory, tiny_dataset):
+    """tiny_dataset's corpus twice, half held out: a batch of 16 windows of 8193 tokens in each split."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("long_dataset")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(2 * (tiny_dataset.parent / "corpus.jsonl").read_text())
+    tokenizer = tiny_dataset / "tokenizer.model"
+    return prepare_dataset(
+        PrepareConfig(
+            inputs=(str(corpus),), out=root / "data", tokenizer=tokenizer, val_fraction=0.5, workers=1, progress=False
+        )
+    )
+
+
 def _dry_run(tmp_path, dataset, *args):
     return run(
         [
@@ -243,8 +259,8 @@ def _dry_run(tmp_path, dataset, *args):
     )
 
 
-def test_dry_run_validates_the_8k_preset_for_8_ranks_without_training(tmp_path, tiny_dataset):
-    proc = _dry_run(tmp_path, tiny_dataset, "8")
+def test_dry_run_validates_the_8k_preset_for_8_ranks_without_training(tmp_path, long_dataset):
+    proc = _dry_run(tmp_path, long_dataset, "8")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for fragment in (
@@ -262,7 +278,7 @@ def test_dry_run_validates_the_8k_preset_for_8_ranks_without_training(tmp_path, 
         assert fragment in out, fragment
     assert not (tmp_path / "out").exists()
     # 6 ranks do not split into sequence groups of 4: the same refusal as a real start.
-    proc = _dry_run(tmp_path, tiny_dataset, "6")
+    proc = _dry_run(tmp_path, long_dataset, "6")
     assert proc.returncode == 2
     assert "world size 6 is not divisible by train.sequence_parallel_size = 4" in proc.stderr
 

@@ -20,6 +20,7 @@ import torch
 
 from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
+from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
@@ -156,6 +157,13 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         vocab_size=model_cfg.vocab_size,
         mlp_width=model_cfg.mlp_width,
     )
+
+    # The trainer's loaders refuse data without a validation split, or with fewer windows at this context
+    # than one optimizer step (train) or one batch (validation); they start after the engine, so ask here.
+    TokenWindowLoader(
+        data_dir, "train", model_cfg.seq_len, plan.micro_batch, 0, plan.data_parallel, train_cfg.seed, plan.grad_accum
+    )
+    validation_batches(data_dir, model_cfg.seq_len, plan.micro_batch, 0, plan.data_parallel)
 
     out_dir = Path(options.out or Path("runs") / config_path.stem)
     preflight.check_writable(out_dir)

@@ -1,0 +1,182 @@
+"""Data checks before the engine: a dry run that passes must not be followed by a run that stops on the
+same data after its process group and engine have started, and ranks must agree on the data before the
+engine is built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ngpt_ds.data.shards import load_dataset_meta
+
+from conftest import REPO, cpu_env, free_port, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+
+MICRO = 4
+
+
+def _train(tmp_path: Path, data: Path, model: dict, *extra: str) -> object:
+    yaml = write_yaml(tmp_path / "run.yaml", model, tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", data, "--out", tmp_path / "out", *extra]
+    return run([sys.executable, REPO / "launch/train.py", *argv], env=cpu_env(), check=False, timeout=300)
+
+
+def test_the_dry_run_checks_the_validation_split_as_the_run_does(tiny_dataset, tmp_path):
+    """Fault: the dry run said 'every startup check passed' for data without a validation split
+    (--val-fraction 0) and for a context whose validation split has fewer windows than one batch, while
+    the run itself stopped on them only after the process group and engine had started and --out held
+    config.yaml and train.lock."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    no_val = prepare_dataset(
+        PrepareConfig(
+            inputs=(str(tiny_dataset.parent / "corpus.jsonl"),),
+            out=tmp_path / "no_val",
+            vocab_size=512,
+            val_fraction=0.0,
+            workers=1,
+            progress=False,
+        )
+    )
+    proc = _train(tmp_path, no_val, tiny_ngpt(), "--dry-run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"error: dataset {no_val} has no 'validation' split (it has train); re-prepare it with "
+        "--val-fraction > 0 to get a validation split\n"
+    )
+    long_context = {**tiny_ngpt(), "seq_len": 2048}
+    val_tokens = load_dataset_meta(tiny_dataset).splits["validation"].tokens
+    proc = _train(tmp_path, tiny_dataset, long_context, "--dry-run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"error: dataset {tiny_dataset} split 'validation' has {(val_tokens - 1) // 2048} windows of seq_len+1 = "
+        "2049 tokens, fewer than one global batch of dp_size * micro_batch_size = 1 * 4 = 4; use a smaller "
+        "seq_len, micro batch or data-parallel size, or prepare more data\n"
+    )
+    assert not (tmp_path / "out").exists()
+    # The run itself stops on it before its process group, engine and --out.
+    proc = _train(tmp_path, no_val, tiny_ngpt(), "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stderr.endswith(
+        f"error: dataset {no_val} has no 'validation' split (it has train); re-prepare it "
+        "with --val-fraction > 0 to get a validation split\n"
+    )
+    assert "training nGPT" not in proc.stdout and not (tmp_path / "out").exists()
+
+
+def test_ranks_whose_data_differ_in_vocabulary_stop_before_the_engine(tiny_dataset, tmp_path):
+    """Fault: node-local --data copies made with tokenizers of 512 and 400 pieces (model vocab_size taken
+    from the data) gave the two ranks models of different shapes: DeepSpeed's first broadcast ended in
+    gloo's 'Received data size doesn't match expected size' (rank 1 aborted, rank 0 a traceback). Now the
+    ranks compare meta.json right after the process group starts and stop with one message."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    other = prepare_dataset(
+        PrepareConfig(
+            inputs=(str(tiny_dataset.parent / "corpus.jsonl"),),
+            out=tmp_path / "vocab400",
+            vocab_size=400,
+            val_fraction=0.1,
+            workers=1,
+            progress=False,
+        )
+    )
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    port, ranks = free_port(), []
+    for rank, data in enumerate((tiny_dataset, other)):
+        node = tmp_path / f"node{rank}"  # each rank's working folder: its own "data" (a node-local copy)
+        node.mkdir()
+        (node / "data").symlink_to(data)
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        argv = [
+            "--config",
+            yaml,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            "data",
+            "--out",
+            tmp_path / "out",
+            "--no-progress",
+        ]
+        cmd = [sys.executable, REPO / "launch/train.py", *argv]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    for rank, (stdout, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 2, stdout + stderr
+        assert "error: ranks 0 and 1 read different datasets at --data data (rank 0: train " in stderr, stderr
+        assert "Traceback" not in stderr and "training nGPT" not in stdout, stdout + stderr
+
+
+def test_a_check_that_fails_on_one_rank_stops_every_rank(tiny_dataset, tmp_path):
+    """Fault: a startup check that failed on one rank only (its node lacks the --data folder) ended that
+    rank alone; the other waited for it in the rendezvous for train.dist_timeout_s (600 s by default;
+    launch/slurm/train.sbatch runs srun --kill-on-bad-exit=0) and then failed with 'DistStoreError: Timed
+    out after 11 seconds waiting for clients. 1/2 clients joined.' (here 10 s). Now the failing rank joins
+    the process group and every rank stops with its message."""
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3, dist_timeout_s=10))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    port, ranks = free_port(), []
+    for rank in range(2):
+        node = tmp_path / f"node{rank}"  # each rank's working folder: node 1 has no "data"
+        node.mkdir()
+        if rank == 0:
+            (node / "data").symlink_to(tiny_dataset)
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        argv = [
+            "--config",
+            yaml,
+            "--deepspeed_config",
+            ds,
+            "--data",
+            "data",
+            "--out",
+            tmp_path / "out",
+            "--no-progress",
+        ]
+        cmd = [sys.executable, REPO / "launch/train.py", *argv]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    for rank, (stdout, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 2, stdout + stderr
+        assert stderr.endswith(
+            "error: rank 1: data dir data does not exist; prepare it with `python launch/prepare_data.py --input "
+            "CORPUS --out DIR`\n"
+        ), stderr
+        assert "Traceback" not in stderr and not (tmp_path / "out").exists(), stdout + stderr
+
+
+def test_ranks_whose_configs_differ_stop_before_the_engine(tiny_dataset, tmp_path):
+    """Fault: a --config that differs between nodes (a node-local copy, another install's preset) gave the
+    ranks models of different shapes: DeepSpeed's first broadcast aborted in gloo ('Received data size
+    doesn't match expected size'), one rank killed by SIGABRT. Now the ranks compare their effective configs
+    right after the process group starts and stop with one message naming the fields."""
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    port, ranks = free_port(), []
+    for rank, n_layer in enumerate((2, 3)):
+        node = tmp_path / f"node{rank}"  # each rank's working folder: its own "run.yaml"
+        node.mkdir()
+        write_yaml(node / "run.yaml", {**tiny_ngpt(), "n_layer": n_layer}, tiny_train(3))
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        argv = ["--config", "run.yaml", "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "out"]
+        cmd = [sys.executable, REPO / "launch/train.py", *argv, "--no-progress"]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    for rank, (stdout, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 2, stdout + stderr
+        assert stderr.endswith(
+            "error: ranks 0 and 1 resolved different run configs: model.n_layer = 2 on rank 0, 3 on rank 1. Every "
+            "rank must read the same --config and --deepspeed_config files with the same ngpt_ds\n"
+        ), stderr
+        assert "Traceback" not in stderr and "training nGPT" not in stdout, stdout + stderr
