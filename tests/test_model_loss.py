@@ -52,6 +52,19 @@ def test_the_model_loss_is_this_cross_entropy():
     assert loss.grad_fn.name().endswith("_CrossEntropyBackward")
 
 
+def test_the_loss_takes_few_large_blocks_on_an_accelerator():
+    """The CPU's cache-sized blocks (4 MiB) on a GPU were 512 blocks of a few kernel launches each per
+    micro-batch of 16k tokens at a 32k vocabulary, each block shorter than its launches. Blocks are
+    256 MiB there (8 blocks), still an eighth of the fp32 copy of the whole logits the loss never makes."""
+    from ngpt_ds.model.loss import _row_blocks
+
+    rows, vocabulary = 16 * 1024, 32 * 1024
+    assert len(_row_blocks(rows, vocabulary)) == len(_row_blocks(rows, vocabulary, "cpu")) == 512
+    blocks = _row_blocks(rows, vocabulary, "cuda")
+    assert len(blocks) == 8 and {b.stop - b.start for b in blocks} == {2048}
+    assert blocks[-1].stop == rows and 2048 * vocabulary * 4 == 256 * 2**20
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_cross_entropy_over_many_row_blocks_matches_torch(dtype, monkeypatch):
     """Blocks of 5 rows over 37 (the last one 2 rows): the value and gradient of one block."""

@@ -19,13 +19,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-#: Elements of one fp32 block (4 MiB): measured fastest on CPU among 2^18, 2^20 and 2^22, at 4k and
-#: 32k vocabularies (docs/benchmarks.md, "MFU").
+#: Elements of one fp32 block on a CPU (4 MiB): measured fastest there among 2^18, 2^20 and 2^22, at
+#: 4k and 32k vocabularies (docs/benchmarks.md, "MFU").
 BLOCK_ELEMENTS = 1 << 20
+#: On an accelerator (256 MiB): each block costs a few kernel launches, and a block of 2^20 elements
+#: is a few microseconds of memory traffic on a GPU, less than its launches; at 2^26 a 32k vocabulary
+#: and 16k tokens per micro-batch is 8 blocks instead of 512, while the 2 GiB fp32 copy of the whole
+#: logits is still never made. Not measured on a GPU (none was available).
+ACCELERATOR_BLOCK_ELEMENTS = 1 << 26
 
 
-def _row_blocks(rows: int, vocabulary: int) -> list[slice]:
-    step = max(1, BLOCK_ELEMENTS // max(1, vocabulary))
+def _row_blocks(rows: int, vocabulary: int, device_type: str = "cpu") -> list[slice]:
+    elements = BLOCK_ELEMENTS if device_type == "cpu" else ACCELERATOR_BLOCK_ELEMENTS
+    step = max(1, elements // max(1, vocabulary))
     return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
@@ -38,7 +44,7 @@ class _CrossEntropy(torch.autograd.Function):
         counted = targets != -1
         index = targets.clamp_min(0).unsqueeze(1)
         n = counted.sum()
-        blocks = _row_blocks(*logits.shape)
+        blocks = _row_blocks(*logits.shape, logits.device.type)
         target_log_probs = torch.empty(logits.shape[0], dtype=accumulate, device=logits.device)
         # One block buffer, reused: the cast and the log-softmax both run in place on it.
         buffer = torch.empty(blocks[0].stop if blocks else 0, logits.shape[1], dtype=accumulate, device=logits.device)
@@ -56,7 +62,7 @@ class _CrossEntropy(torch.autograd.Function):
         logits, index, counted, n = ctx.saved_tensors
         accumulate = torch.promote_types(logits.dtype, torch.float32)
         row_scale = (counted.to(accumulate) * (grad / n)).unsqueeze(1)  # ignored rows get 0
-        blocks = _row_blocks(*logits.shape)
+        blocks = _row_blocks(*logits.shape, logits.device.type)
         dz = torch.empty_like(logits)
         height = blocks[0].stop if blocks else 0
         buffer = torch.empty(height, logits.shape[1], dtype=accumulate, device=logits.device)
