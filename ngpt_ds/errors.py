@@ -13,6 +13,14 @@ if typing.TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 
+#: Beyond their own errors, json.loads and yaml.safe_load raise these on a damaged or crafted file:
+#: ValueError for a number of more than 4300 digits (Python's int conversion limit; JSONDecodeError
+#: and UnicodeDecodeError are ValueErrors too) and RecursionError for nesting thousands deep. Every
+#: reader of a file a user may have been given (checkpoint config.yaml, dataset meta.json, export
+#: config.json, part.json) catches them and names the file.
+UNPARSABLE = (ValueError, RecursionError)
+
+
 class NgptConfigError(ValueError):
     """Bad user input (a config field, a file, a data set). The message names it and the fix.
 

@@ -58,7 +58,7 @@ from ngpt_ds.data.shards import (
     write_meta,
 )
 from ngpt_ds.data.tokenizer import Tokenizer
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.overwrite import check_not_source
 
 _log = log.get(__name__)
@@ -244,7 +244,7 @@ def _read_part(folder: Path) -> dict[str, Any]:
     path = folder / PART_FILE
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, *UNPARSABLE) as e:
         raise NgptConfigError(
             f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
         ) from None

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -214,8 +214,10 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
         )
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NgptConfigError(f"{meta_path} is not valid JSON ({e}); delete {data_dir} and prepare it again") from None
+    except UNPARSABLE as e:
+        raise NgptConfigError(
+            f"{meta_path} is not valid JSON ({type(e).__name__}: {e}); delete {data_dir} and prepare it again"
+        ) from None
     if not isinstance(raw, dict):
         raise NgptConfigError(f"{meta_path} is not a JSON object; delete {data_dir} and prepare it again")
     meta = _parse_meta(raw, data_dir, meta_path)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.infer.loading import (
     CONFIG_FILE,
     EXPORT_FORMAT,
@@ -141,7 +141,7 @@ def _is_export_folder(folder: Path) -> bool:
     """Whether `folder` holds an export: a config.json carrying the export format marker (any version)."""
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *UNPARSABLE):
         return False
     # `--format hf` exports carry their marker under another key (ngpt_ds.hf.export.HF_MARKER).
     return isinstance(config, dict) and (

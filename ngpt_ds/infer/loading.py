@@ -33,7 +33,7 @@ import yaml
 from ngpt_ds import deepspeed_files, log
 from ngpt_ds.data.shards import load_dataset_meta, sha256_file
 from ngpt_ds.data.tokenizer import Tokenizer
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
 from ngpt_ds.train import checkpoint as ckpt_layout
 from ngpt_ds.train.resume import newest_intact
@@ -184,7 +184,7 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
         )
     try:
         run = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, *UNPARSABLE) as err:
         raise NgptConfigError(f"{config_path}: not valid YAML ({err})") from None
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
         raise NgptConfigError(f"{config_path}: expected the trainer's resolved config with a 'model:' section")
@@ -404,8 +404,10 @@ def read_export_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise NgptConfigError(f"{path} cannot be read ({err}); export the checkpoint again") from None
+    except (OSError, *UNPARSABLE) as err:
+        raise NgptConfigError(
+            f"{path} cannot be read ({type(err).__name__}: {err}); export the checkpoint again"
+        ) from None
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise NgptConfigError(
             f"{path}: format = {config.get('format') if isinstance(config, dict) else None!r}, "

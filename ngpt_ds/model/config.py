@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 
 PRESET_DIR = Path(__file__).with_name("presets")
 ARCHS = ("ngpt", "gpt")
@@ -205,8 +205,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
+    except NgptConfigError:
+        raise
     except yaml.YAMLError as err:
         raise NgptConfigError(f"{path}: not valid YAML: {err}") from None
+    except UNPARSABLE as err:
+        raise NgptConfigError(f"{path}: cannot be read as YAML ({type(err).__name__}: {err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -44,7 +44,7 @@ class _CrossEntropy(torch.autograd.Function):
         counted = targets != -1
         index = targets.clamp_min(0).unsqueeze(1)
         n = counted.sum()
-        blocks = _row_blocks(*logits.shape, logits.device.type)
+        blocks = _row_blocks(logits.shape[0], logits.shape[1], logits.device.type)
         target_log_probs = torch.empty(logits.shape[0], dtype=accumulate, device=logits.device)
         # One block buffer, reused: the cast and the log-softmax both run in place on it.
         buffer = torch.empty(blocks[0].stop if blocks else 0, logits.shape[1], dtype=accumulate, device=logits.device)
@@ -62,7 +62,7 @@ class _CrossEntropy(torch.autograd.Function):
         logits, index, counted, n = ctx.saved_tensors
         accumulate = torch.promote_types(logits.dtype, torch.float32)
         row_scale = (counted.to(accumulate) * (grad / n)).unsqueeze(1)  # ignored rows get 0
-        blocks = _row_blocks(*logits.shape, logits.device.type)
+        blocks = _row_blocks(logits.shape[0], logits.shape[1], logits.device.type)
         dz = torch.empty_like(logits)
         height = blocks[0].stop if blocks else 0
         buffer = torch.empty(height, logits.shape[1], dtype=accumulate, device=logits.device)

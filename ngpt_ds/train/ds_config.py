@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 from ngpt_ds.train import ds_schema
 
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as err:
         raise NgptConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except NgptConfigError:
+        raise
+    except UNPARSABLE as err:
+        raise NgptConfigError(f"{path}: cannot be read as JSON ({type(err).__name__}: {err})") from None
     if not isinstance(config, dict):
         raise NgptConfigError(f"{path}: expected a JSON object")
     return config

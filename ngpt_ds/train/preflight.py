@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import ModelConfig
 
 
@@ -73,7 +73,7 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
     path = checkpoint / "config.yaml"
     try:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, *UNPARSABLE) as err:
         raise NgptConfigError(
             f"--resume {checkpoint}: its config.yaml cannot be read ({err}); the checkpoint was "
             "not written by the ngpt_ds trainer or is damaged"

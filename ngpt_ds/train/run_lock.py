@@ -22,7 +22,7 @@ from pathlib import Path
 import torch.distributed as dist
 import yaml
 
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.train.manifest import COMPLETE
 
 LOCK_FILE = "train.lock"
@@ -41,7 +41,7 @@ def _config_sections(config: Path) -> set[str] | None:
     cut short by a kill while it was written, not YAML)."""
     try:
         data = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, yaml.YAMLError, RecursionError):
+    except (OSError, yaml.YAMLError, *UNPARSABLE):
         return None
     return {str(key) for key in data} if isinstance(data, dict) else None
 
