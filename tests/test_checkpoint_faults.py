@@ -22,7 +22,7 @@ from ngpt_ds.train.resume import newest_intact, resolve_resume
 
 from conftest import REPO, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
-WORKER = REPO / "tests" / "workers" / "audit_checkpoint_worker.py"
+WORKER = REPO / "tests" / "workers" / "checkpoint_fault_worker.py"
 MODEL_FILE = "mp_rank_00_model_states.pt"
 
 

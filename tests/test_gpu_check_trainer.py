@@ -1,6 +1,6 @@
 """bench/gpu_check.sh on its GPU path, with the GPUs imitated on a CPU.
 
-tests/workers/audit_gpu_check_python.py stands in for the script's PYTHON: it reports N CUDA GPUs,
+tests/workers/gpu_check_stand_in.py stands in for the script's PYTHON: it reports N CUDA GPUs,
 so the script takes the path a GPU machine takes (N ranks, the GPU-size trainer config), and it
 runs, for each trainer launch, the checks every rank makes before its first step that need no GPU
 (startup checks for N ranks, each rank's training loader and validation batches). What only a GPU
@@ -17,7 +17,7 @@ from conftest import REPO, cpu_env, run
 
 def gpu_path(tmp_path, gpus: int):
     shim = tmp_path / "python"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO}/tests/workers/audit_gpu_check_python.py" "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO}/tests/workers/gpu_check_stand_in.py" "$@"\n')
     shim.chmod(0o755)
     work, calls = tmp_path / "work", tmp_path / "calls.jsonl"
     env = cpu_env(PYTHON=shim, FAKE_GPUS=gpus, FAKE_GPU_CALLS=calls)

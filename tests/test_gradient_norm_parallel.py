@@ -14,8 +14,8 @@ CASES = ["0:fp32", "1:fp32", "3:fp32", "0:bf16", "1:bf16", "3:bf16", "2:fp16:tp:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("audit_tp") / "results.json"
-    torchrun(REPO / "tests/workers/audit_parallel_tp_worker.py", out, ",".join(CASES))
+    out = tmp_path_factory.mktemp("parallel_norm") / "results.json"
+    torchrun(REPO / "tests/workers/parallel_norm_worker.py", out, ",".join(CASES))
     return {r["case"]: r for r in json.loads(out.read_text())}
 
 
@@ -49,7 +49,7 @@ def test_sp2_with_bf16_optimizer_steps_and_counts_the_gradient_norm_once(tmp_pat
     BF16_Optimizer) stopped at the first step on sequence rank 1 ("stack expects a non-empty TensorList":
     its list of gradients to count was empty) while rank 0 waited in the norm's all-reduce."""
     out = tmp_path / "results.json"
-    torchrun(REPO / "tests/workers/audit_parallel_tp_worker.py", out, "1:bf16_fp32_accum:sp")
+    torchrun(REPO / "tests/workers/parallel_norm_worker.py", out, "1:bf16_fp32_accum:sp")
     (record,) = json.loads(out.read_text())
     assert record["optimizer"] == "BF16_Optimizer"
     for step in record["steps"]:  # summed over the sequence ranks once, not twice: as plain torch, to bf16 rounding

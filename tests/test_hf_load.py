@@ -20,7 +20,7 @@ def hf_pair(tmp_path_factory, tiny_dataset) -> dict:
     from ngpt_ds.infer import LoadedModel
     from ngpt_ds.model import ModelConfig, build_model
 
-    root = tmp_path_factory.mktemp("audit_hf_load")
+    root = tmp_path_factory.mktemp("hf_load")
     torch.manual_seed(0)
     config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
     model = build_model(config).eval()

@@ -1,6 +1,6 @@
 """The hypersphere hook with what tests/test_hypersphere.py leaves out, on 2 real gloo ranks: gradient
 accumulation 2, a clipping threshold every step exceeds, DeepSpeed's BF16_Optimizer, fp16, ZeRO-Offload,
-and a resume from a checkpoint, with rows straddling the ZeRO cut (tests/workers/audit_parallel_sphere_worker.py)."""
+and a resume from a checkpoint, with rows straddling the ZeRO cut (tests/workers/sphere_ranks_worker.py)."""
 
 import json
 
@@ -19,8 +19,8 @@ OPTIMIZERS = {
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    work = tmp_path_factory.mktemp("audit_sphere")
-    torchrun(REPO / "tests/workers/audit_parallel_sphere_worker.py", work / "results.json", work, ",".join(CASES))
+    work = tmp_path_factory.mktemp("sphere_ranks")
+    torchrun(REPO / "tests/workers/sphere_ranks_worker.py", work / "results.json", work, ",".join(CASES))
     return {r["case"]: r for r in json.loads((work / "results.json").read_text())}
 
 

@@ -21,7 +21,7 @@ def small_export(tmp_path_factory, tiny_dataset) -> Path:
     from ngpt_ds.infer.export import _config_json
     from ngpt_ds.model import ModelConfig, build_model, max_norm_deviation
 
-    folder = tmp_path_factory.mktemp("audit_export_load") / "export"
+    folder = tmp_path_factory.mktemp("export_load") / "export"
     folder.mkdir()
     torch.manual_seed(0)
     config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)

@@ -96,7 +96,7 @@ def count_tensor_parallel_gradients(engine: DeepSpeedEngine) -> None:
     so that replicated weights are counted once. `FP16_UnfusedOptimizer.step` (ZeRO 0 with bf16)
     passes it the parameters' *gradients*, which never carry the mark: on tensor-parallel ranks above
     0 every shard was left out. With tensor parallel 2 the norm came out 0.154 instead of 0.223
-    (tests/test_audit_parallel_tp.py), so `gradient_clipping` clipped less than asked and
+    (tests/test_gradient_norm_parallel.py), so `gradient_clipping` clipped less than asked and
     train/grad_norm was wrong. ZeRO 1-3 count the parameters and are right. Before each step, the
     gradients of the sharded parameters are given their parameter's mark (a bf16 gradient reaches
     the norm as the same tensor: `grad.to(param.dtype)` returns it unchanged).

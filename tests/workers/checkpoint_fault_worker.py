@@ -1,7 +1,7 @@
-"""Worker for tests/test_audit_checkpoint_faults.py: saves and resume choices through
+"""Worker for tests/test_checkpoint_faults.py: saves and resume choices through
 ngpt_ds.train.checkpoint and ngpt_ds.train.resume with the stand-in engine of checkpoint_save_worker.py.
 
-    torchrun --nproc_per_node N audit_checkpoint_worker.py OUT ACTION STEP PAYLOAD_BYTE
+    torchrun --nproc_per_node N checkpoint_fault_worker.py OUT ACTION STEP PAYLOAD_BYTE
 
 ACTION:
   save                  one save of STEP; each rank prints what it got

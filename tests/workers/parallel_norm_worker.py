@@ -1,6 +1,6 @@
-"""Worker for tests/test_audit_parallel_tp.py: 2 ranks under torchrun, gloo, tensor parallel 2.
+"""Worker for tests/test_gradient_norm_parallel.py: 2 ranks under torchrun, gloo, tensor parallel 2.
 
-usage: audit_parallel_tp_worker.py OUT.json CASE[,CASE...]   (CASE: stage:precision[:tp|sp[:offload]])
+usage: parallel_norm_worker.py OUT.json CASE[,CASE...]   (CASE: stage:precision[:tp|sp[:offload]])
 
 For each case it builds the trainer's engine of a small nGPT with tensor parallel 2 (sequence
 parallel 2 for :sp; DeepSpeed gets the groups as its mpu; precision fp32, bf16, fp16 or

@@ -1,6 +1,6 @@
-"""Worker for tests/test_audit_parallel_sphere.py: 2 ranks under torchrun, gloo.
+"""Worker for tests/test_hypersphere_ranks.py: 2 ranks under torchrun, gloo.
 
-usage: audit_parallel_sphere_worker.py OUT.json WORK_DIR CASE[,CASE...]
+usage: sphere_ranks_worker.py OUT.json WORK_DIR CASE[,CASE...]
 
 A case is stage:precision:offload (precision fp32, bf16, fp16 or bf16_fp32_accum, the last being
 DeepSpeed's BF16_Optimizer). For each it builds the trainer's engine of a small nGPT whose rows
