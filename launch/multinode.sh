@@ -15,7 +15,7 @@
 # deepspeed: `deepspeed --hostfile HOSTFILE --master_addr FIRST_HOST ... launch/train.py ...`.
 #   DeepSpeed runs `pdsh -w HOSTS` (ssh) to start its per-node launcher, which starts one rank per
 #   slot with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set. Needs passwordless ssh from this node to
-#   every node (SSH_PORT for a non-standard port; PDSH_SSH_ARGS_APPEND for more ssh options) and
+#   every node (each is tried first; an unreachable one is named and nothing starts) (SSH_PORT for a non-standard port; PDSH_SSH_ARGS_APPEND for more ssh options) and
 #   pdsh here. The remote shell gets only the variables DeepSpeed exports (PYTHON*, NCCL*, ...);
 #   put others, one NAME=VALUE a line, in ./.deepspeed_env or ~/.deepspeed_env.
 #   A hostfile with a single host runs locally: no pdsh, no ssh.
@@ -60,6 +60,21 @@ case "$mode" in
     cmd=(deepspeed --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}")
     [ -n "${SSH_PORT:-}" ] && cmd+=(--ssh_port "$SSH_PORT")
     [ ${#hosts[@]} = 1 ] && cmd+=(--no_ssh_check)   # one host: DeepSpeed starts it locally, no ssh
+    if [ ${#hosts[@]} -gt 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+      # Every host over ssh as pdsh will reach it, before anything starts: DeepSpeed checks the first
+      # only, and the ranks started elsewhere would wait train.dist_timeout_s (600 s by default) for
+      # an unreachable host's ranks, then fail with a traceback that does not name it.
+      # shellcheck disable=SC2206  # PDSH_SSH_ARGS_APPEND is a word list, as pdsh reads it
+      probe=(ssh ${SSH_PORT:+-p "$SSH_PORT"} ${PDSH_SSH_ARGS_APPEND:-} -o BatchMode=yes -o ConnectTimeout=15)
+      pids=()
+      for host in "${hosts[@]}"; do "${probe[@]}" "$host" true </dev/null >/dev/null 2>&1 & pids+=($!); done
+      unreachable=()
+      for i in "${!hosts[@]}"; do wait "${pids[$i]}" || unreachable+=("${hosts[$i]}"); done
+      if [ ${#unreachable[@]} -gt 0 ]; then
+        echo "error: $hostfile: not reachable over passwordless ssh (${probe[*]} HOST true): ${unreachable[*]}" >&2
+        exit 2
+      fi
+    fi
     # shellcheck disable=SC2206  # DEEPSPEED_ARGS is a word list
     cmd+=(${DEEPSPEED_ARGS:-} "$root/launch/train.py" "$@")
     run "${cmd[@]}"
