@@ -15,8 +15,9 @@
 # deepspeed: `deepspeed --hostfile HOSTFILE --master_addr FIRST_HOST ... launch/train.py ...`.
 #   DeepSpeed runs `pdsh -w HOSTS` (ssh) to start its per-node launcher, which starts one rank per
 #   slot with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set. Needs passwordless ssh from this node to
-#   every node (each is tried first; an unreachable one is named and nothing starts) (SSH_PORT for a non-standard port; PDSH_SSH_ARGS_APPEND for more ssh options) and
-#   pdsh here. The remote shell gets only the variables DeepSpeed exports (PYTHON*, NCCL*, ...);
+#   every node, each tried first (an unreachable one is named and nothing starts); SSH_PORT for a
+#   non-standard port, PDSH_SSH_ARGS_APPEND for more ssh options; and pdsh here. The remote shell
+#   gets only the variables DeepSpeed exports (PYTHON*, NCCL*, ...);
 #   put others, one NAME=VALUE a line, in ./.deepspeed_env or ~/.deepspeed_env.
 #   A hostfile with a single host runs locally: no pdsh, no ssh.
 # mpi: `mpirun --hostfile HOSTFILE -np TOTAL_SLOTS python launch/train.py ...`. Each rank reads
