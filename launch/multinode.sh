@@ -26,7 +26,7 @@
 #   starts remote ranks over ssh too; MPI_ARGS adds mpirun flags (e.g. "--mca btl_tcp_if_include eth0").
 #
 # Environment: MASTER_ADDR (default: the first host; 127.0.0.1 for a single host), MASTER_PORT
-# (default 29500), SSH_PORT, PYTHON (default python3), DEEPSPEED_ARGS / MPI_ARGS (extra launcher
+# (default 29500; deepspeed mode refuses one in use), SSH_PORT, PYTHON (default python3), DEEPSPEED_ARGS / MPI_ARGS (extra launcher
 # flags), DRY_RUN=1 (print the command instead of running it).
 set -euo pipefail
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -58,6 +58,14 @@ case "$mode" in
   deepspeed)
     master="${MASTER_ADDR:-${hosts[0]}}"
     [ ${#hosts[@]} = 1 ] && master="${MASTER_ADDR:-127.0.0.1}"   # one host: the rendezvous stays on it
+    # A port some other process already listens on (another job's rendezvous): rank 0 could not
+    # listen, and the other nodes' ranks would join that rendezvous and wait as long as it runs.
+    if [ "${DRY_RUN:-0}" != 1 ] &&
+       timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$master" "${MASTER_PORT:-29500}" 2>/dev/null; then
+      echo "error: rendezvous port ${MASTER_PORT:-29500} on $master is in use by another process;" \
+           "set MASTER_PORT to a free port" >&2
+      exit 2
+    fi
     cmd=(deepspeed --hostfile "$hostfile" --master_addr "$master" --master_port "${MASTER_PORT:-29500}")
     [ -n "${SSH_PORT:-}" ] && cmd+=(--ssh_port "$SSH_PORT")
     [ ${#hosts[@]} = 1 ] && cmd+=(--no_ssh_check)   # one host: DeepSpeed starts it locally, no ssh
