@@ -26,8 +26,8 @@
 #   starts remote ranks over ssh too; MPI_ARGS adds mpirun flags (e.g. "--mca btl_tcp_if_include eth0").
 #
 # Environment: MASTER_ADDR (default: the first host; 127.0.0.1 for a single host), MASTER_PORT
-# (default 29500; deepspeed mode refuses one in use), SSH_PORT, PYTHON (default python3), DEEPSPEED_ARGS / MPI_ARGS (extra launcher
-# flags), DRY_RUN=1 (print the command instead of running it).
+# (default 29500; deepspeed mode refuses one in use), SSH_PORT, PYTHON (default python3),
+# DEEPSPEED_ARGS / MPI_ARGS (extra launcher flags), DRY_RUN=1 (print the command instead of running it).
 set -euo pipefail
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 2 ] || usage
