@@ -1,4 +1,4 @@
-"""Audit of checkpoint saving and resume (faults: a kill -9 between the two renames of a second save
+"""Checkpoint saving and resume (faults: a kill -9 between the two renames of a second save
 of the same step left step_N under neither name, so --resume auto started over from step 0 and the
 next save deleted both copies; rank 0 raising anything but an OSError while sealing a save left the
 other ranks waiting in a collective; a COMPLETE marker that was truncated, or crafted to be deeply
@@ -50,6 +50,42 @@ def test_a_kill_between_the_renames_of_a_second_save_of_a_step_loses_no_checkpoi
     assert lines(saved, "saved") == ["rank 0 saved: step_00000006"]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000004", "step_00000006"]
     assert (step4 / MODEL_FILE).read_bytes() == b"A" * 1000 and manifest.verify(step4) is None
+
+
+def test_a_step_moved_aside_is_not_put_back_while_another_trainer_holds_the_folder(tmp_path):
+    """Fault: the repair above ran before the run lock was taken, so a second trainer started on a folder
+    another one holds renamed step_N.tmp-replaced back and rewrote `latest` there (the holder may be
+    between the two renames of its own save) before lock_run refused it. It now repairs only a folder no
+    other process holds."""
+    import subprocess
+
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    torchrun(WORKER, out, "save", 4, "A", nproc=1)
+    torchrun(WORKER, out, "save-killed-swapping", 4, "B", nproc=1, check=False)
+    before = sorted(p.name for p in checkpoints.iterdir())
+    assert "step_00000004.tmp-replaced" in before and "step_00000004" not in before
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.lockf(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(out / "train.lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        chosen = torchrun(WORKER, out, "resume", 0, "-")
+        assert lines(chosen, "chose") == ["rank 0 chose: None", "rank 1 chose: None"]
+        assert sorted(p.name for p in checkpoints.iterdir()) == before  # nothing renamed under the holder
+    finally:
+        holder.communicate(input="", timeout=30)  # the holder exits: its lock is released
+    chosen = torchrun(WORKER, out, "resume", 0, "-")
+    assert lines(chosen, "chose") == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
 
 
 def test_rank_0_failing_to_seal_with_a_non_os_error_stops_every_rank_with_one_message(tmp_path):

@@ -227,7 +227,8 @@ def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path
         )
     outputs = [rank.communicate(timeout=240) for rank in ranks]
     expected = (
-        f"error: ranks 0 and 1 read different datasets at --data data (rank 0: {_summary(tiny_dataset)}; rank 1: "
+        f"error: ranks 0 and 1 read different datasets at --data data (they differ in shards; rank 0: "
+        f"{_summary(tiny_dataset)}; rank 1: "
         f"{_summary(stale)}). Every rank must read the same prepared dataset: copy one folder to every node, or put "
         "it on storage that every node shares\n"
     )

@@ -109,7 +109,10 @@ def test_ranks_whose_data_differ_in_vocabulary_stop_before_the_engine(tiny_datas
     outputs = [rank.communicate(timeout=240) for rank in ranks]
     for rank, (stdout, stderr) in zip(ranks, outputs):
         assert rank.returncode == 2, stdout + stderr
-        assert "error: ranks 0 and 1 read different datasets at --data data (rank 0: train " in stderr, stderr
+        assert (
+            "error: ranks 0 and 1 read different datasets at --data data (they differ in vocab_size, tokenizer "
+            "sha256, shards; rank 0: train "
+        ) in stderr, stderr
         assert "Traceback" not in stderr and "training nGPT" not in stdout, stdout + stderr
 
 
@@ -180,3 +183,34 @@ def test_ranks_whose_configs_differ_stop_before_the_engine(tiny_dataset, tmp_pat
             "rank must read the same --config and --deepspeed_config files with the same ngpt_ds\n"
         ), stderr
         assert "Traceback" not in stderr and "training nGPT" not in stdout, stdout + stderr
+
+
+def test_node_local_copies_of_the_same_json_and_data_are_accepted(tiny_dataset, tmp_path):
+    """Fault (in the first version of the two checks above): each node's own copy of the same DeepSpeed
+    JSON (another --deepspeed_config path) and of the same dataset prepared from its own copy of the
+    corpus (meta.json's free-text `source` names other input files) were refused as different configs and
+    datasets. Only what decides the model, the schedule and the tokens in each window is compared."""
+    import json
+    import shutil
+
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(2))
+    port, ranks = free_port(), []
+    for rank in range(2):
+        node = tmp_path / f"node{rank}"
+        shutil.copytree(tiny_dataset, node / "data")
+        meta_path = node / "data" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["source"] = f"corpus.jsonl as copied to node {rank}"
+        meta_path.write_text(json.dumps(meta))
+        ds = write_ds_config(node / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
+        cmd = [sys.executable, REPO / "launch/train.py", *argv, "--no-progress"]
+        ranks.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    for rank, (stdout, stderr) in zip(ranks, outputs):
+        assert rank.returncode == 0, stdout + stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "finished"

@@ -78,8 +78,8 @@ def same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
     meta: DatasetMeta | None = None
     try:
         meta = load_dataset_meta(data_dir)
-        seen: tuple[Any, str] = (meta.to_json(), _describe(meta))
-    except NgptConfigError as err:
+        seen: tuple[Any, str] = (_what_training_reads(meta), _describe(meta))
+    except (NgptConfigError, OSError) as err:  # an answer, not an exception: the others wait in the gather
         seen = (None, str(err))
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, seen)
@@ -88,13 +88,29 @@ def same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
         raise NgptConfigError(f"rank {failed}: {everyone[failed][1]}")
     differs = next((r for r in range(1, len(everyone)) if everyone[r][0] != everyone[0][0]), None)
     if differs is not None:
+        first, other = everyone[0][0], everyone[differs][0]
+        fields = ", ".join(key for key in first if first[key] != other[key])
         raise NgptConfigError(
-            f"ranks 0 and {differs} read different datasets at --data {data_dir} (rank 0: {everyone[0][1]}; rank "
-            f"{differs}: {everyone[differs][1]}). Every rank must read the same prepared dataset: copy one folder "
-            "to every node, or put it on storage that every node shares"
+            f"ranks 0 and {differs} read different datasets at --data {data_dir} (they differ in {fields}; rank 0: "
+            f"{everyone[0][1]}; rank {differs}: {everyone[differs][1]}). Every rank must read the same prepared "
+            "dataset: copy one folder to every node, or put it on storage that every node shares"
         )
     assert meta is not None
     return meta
+
+
+def _what_training_reads(meta: DatasetMeta) -> dict[str, Any]:
+    """The parts of meta.json that decide which tokens a window holds. Not the free-text fields (source,
+    which names the input files; tokenizer origin; license; created_by): copies prepared on each node
+    from its own copy of one corpus are the same data with other paths in them."""
+    return {
+        "format_version": meta.format_version,
+        "vocab_size": meta.vocab_size,
+        "dtype": meta.dtype,
+        "eos_id": meta.eos_id,
+        "tokenizer sha256": meta.tokenizer_sha256,
+        "shards": {name: [(shard.file, shard.tokens) for shard in split.shards] for name, split in meta.splits.items()},
+    }
 
 
 class TokenWindowLoader:

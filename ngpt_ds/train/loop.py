@@ -394,7 +394,7 @@ def _prepare_or_problem(options: TrainOptions) -> tuple[Prepared | None, str | N
     try:
         prepared = prepare(options, resume=False)
         return prepared, None, prepared.dist_env, prepared.run.train.dist_timeout_s
-    except NgptConfigError as err:
+    except (NgptConfigError, OSError) as err:
         dist_env = distributed.discover()
         if dist_env.world_size == 1:
             raise
@@ -422,9 +422,11 @@ def _same_config_on_every_rank(run_config: RunConfig) -> None:
     """Collective: the effective run config (model, train, DeepSpeed JSON, --data, --out) must be the same on
     every rank. A --config or preset that differs between nodes (a node-local copy, another install of
     ngpt_ds) built models of different shapes, and DeepSpeed's first broadcast aborted in gloo."""
-    # Not the paths that may differ with identical contents: a preset's file in each node's install, the
-    # default dataset in each node's cache (same_dataset_on_every_rank compares the data itself).
-    mine = {k: v for k, v in run_config.to_dict().items() if k not in ("config_source", "data_dir")}
+    # Not the paths that may differ with identical contents: a preset's file in each node's install, each
+    # node's copy of the DeepSpeed JSON, the default dataset in each node's cache (same_dataset_on_every_rank
+    # compares the data itself).
+    not_compared = ("config_source", "deepspeed_source", "data_dir")  # the parsed DeepSpeed JSON is compared
+    mine = {k: v for k, v in run_config.to_dict().items() if k not in not_compared}
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     for rank in range(1, len(everyone)):
@@ -477,16 +479,21 @@ def train(options: TrainOptions) -> Summary:
             )
         out_dir = Path(prepared.run.out_dir)
         lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
+        problem = None
         if dist.get_rank() == 0:
             assert lock is not None  # rank 0 holds it: lock_run raised otherwise
             if lock.note:
                 _log.info(lock.note)
-            moved = checkpoint.start_lineage(out_dir, prepared.resume_from)
-            if moved:
-                _log.info(moved)
-            replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
-            if options.progress:
+            try:
+                moved = checkpoint.start_lineage(out_dir, prepared.resume_from)
+                if moved:
+                    _log.info(moved)
+                replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
+            except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
+                problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
+            if options.progress and problem is None:
                 _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
+        _stop_all_if_any_failed(problem)
         return Trainer(prepared, options).fit()
     finally:
         if lock is not None:

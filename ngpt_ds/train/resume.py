@@ -16,7 +16,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint
+from ngpt_ds.train import checkpoint, run_lock
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.manifest import read_manifest
 
@@ -198,7 +198,10 @@ def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> N
     box: list[Any] = [([], None)]
     if dist.get_rank() == 0:
         try:
-            box[0] = (checkpoint.restore_moved_aside(checkpoint_dir), None)
+            # Not in a folder a running trainer holds: it may be between the two renames of its own save.
+            # lock_run refuses this run there right after.
+            with run_lock.unless_in_use(checkpoint_dir.parent) as ours:
+                box[0] = (checkpoint.restore_moved_aside(checkpoint_dir) if ours else [], None)
         except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast
             box[0] = ([], f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})")
     dist.broadcast_object_list(box, src=0)

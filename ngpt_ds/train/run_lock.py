@@ -14,9 +14,11 @@ the trainer replaces (config.yaml, summary.json) or truncates (metrics.jsonl).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch.distributed as dist
@@ -173,6 +175,32 @@ def acquire(out_dir: Path) -> RunLock:
             f"--out {out_dir} is not writable ({err.strerror or err}). Choose a writable --out"
         ) from None
     return RunLock(fd, path, note)
+
+
+@contextlib.contextmanager
+def unless_in_use(out_dir: Path) -> Iterator[bool]:
+    """Hold --out's lock for the duration of the block if no other process holds it, without creating or
+    writing anything: yields True then (also when the folder has no lock file, so no trainer holds it),
+    False when another process holds it or the lock file cannot be opened. For repairs before `lock_run`
+    (resume.py puts back a checkpoint an interrupted save moved aside), which must not touch a folder a
+    running trainer owns. Not while this process holds the lock: closing the file drops fcntl locks."""
+    try:
+        fd = os.open(out_dir / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        yield True
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def lock_run(out_dir: Path) -> RunLock | None:
