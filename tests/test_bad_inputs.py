@@ -129,6 +129,15 @@ ROWS = [
     ),
     ("train-yaml-engine-field", TRAIN_PY, train_args(config="{yaml_engine_field}"), 2, "belong in the DeepSpeed JSON"),
     ("train-yaml-malformed", TRAIN_PY, train_args(config="{yaml_malformed}"), 2, "not valid YAML"),
+    # --max-time nan never passed its deadline (ignored), and a negative time was taken as 0.
+    (
+        "train-max-time-nan",
+        TRAIN_PY,
+        train_args("--max-time", "nan"),
+        2,
+        "'nan': must be a finite number of seconds >= 0",
+    ),
+    ("train-max-time-negative", TRAIN_PY, train_args("--max-time", "-60"), 2, "'-60': must be a finite number"),
     (
         "train-pipeline-with-zero2",
         TRAIN_PY,

@@ -14,6 +14,7 @@ environment, ngpt_ds.distributed).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from ngpt_ds.cli import add_logging_arguments, default_accelerator, run
@@ -29,6 +30,18 @@ Batch sizes, precision (bf16/fp32), ZeRO stage and gradient clipping live in the
 JSON; model shape and optimization in the YAML preset (ngpt_ds/model/presets/).
 TensorBoard: tensorboard --logdir runs
 """
+
+
+def _seconds(text: str) -> float:
+    """--max-time: a finite number of seconds >= 0 (0 stops after the first step). `nan` never compared
+    past the deadline, so the run ignored it, and a negative time was taken as 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds >= 0")
+    return seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-time",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="save a checkpoint and stop cleanly after this much wall time (e.g. before a "
         "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
