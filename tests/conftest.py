@@ -33,6 +33,27 @@ def cpu_env(**extra) -> dict:
     return env
 
 
+def train_on_two_nodes(tmp_path: Path, setup, *argv, timeout: int = 240) -> list[tuple[int, str, str]]:
+    """launch/train.py as ranks 0 and 1 of one job, each in a working folder of its own, tmp_path/node<rank>,
+    which stands in for a node: relative paths in `argv` are node-local files there. `setup(rank, node)`
+    fills the folder first; an item of `argv` may be a function of the folder (a per-node path). Returns
+    each rank's (exit status, stdout, stderr)."""
+    port, procs = free_port(), []
+    for rank in range(2):
+        node = tmp_path / f"node{rank}"
+        node.mkdir(exist_ok=True)
+        setup(rank, node)
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1")
+        env["MASTER_PORT"] = str(port)
+        args = [str(a(node) if callable(a) else a) for a in argv]
+        cmd = [sys.executable, str(REPO / "launch/train.py"), *args, "--no-progress"]
+        procs.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [proc.communicate(timeout=timeout) for proc in procs]
+    return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+
+
 def run(cmd, *, timeout=600, cwd=REPO, env=None, check=True) -> subprocess.CompletedProcess:
     """Run a command; on failure show its output (the test fails with the real error)."""
     proc = subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,17 @@ from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.config import load_model_and_train
 
-from conftest import REPO, cpu_env, free_port, run, start_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import (
+    REPO,
+    cpu_env,
+    run,
+    start_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_on_two_nodes,
+    write_ds_config,
+    write_yaml,
+)
 
 SEED = 1234
 SEQ = 32  # tiny_ngpt's context
@@ -203,37 +212,21 @@ def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path
     )
     yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    port, ranks = free_port(), []
-    for rank, data in enumerate((tiny_dataset, stale)):
-        node = tmp_path / f"node{rank}"  # each rank's working folder: its own "data" (a node-local copy)
-        node.mkdir()
-        (node / "data").symlink_to(data)
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        argv = [
-            "--config",
-            yaml,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            "data",
-            "--out",
-            tmp_path / "out",
-            "--no-progress",
-        ]
-        cmd = [sys.executable, REPO / "launch/train.py", *argv]
-        ranks.append(
-            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outputs = [rank.communicate(timeout=240) for rank in ranks]
+    data = (tiny_dataset, stale)  # each node's own "data"
+
+    def setup(rank, node):
+        (node / "data").symlink_to(data[rank])
+
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
+    outputs = train_on_two_nodes(tmp_path, setup, *argv)
     expected = (
         f"error: ranks 0 and 1 read different datasets at --data data (they differ in shards; rank 0: "
         f"{_summary(tiny_dataset)}; rank 1: "
         f"{_summary(stale)}). Every rank must read the same prepared dataset: copy one folder to every node, or put "
         "it on storage that every node shares\n"
     )
-    for rank, (stdout, stderr) in zip(ranks, outputs):
-        assert rank.returncode == 2, stdout + stderr
+    for code, stdout, stderr in outputs:
+        assert code == 2, stdout + stderr
         assert stderr.endswith(expected) and "Traceback" not in stderr and "step " not in stdout, stdout + stderr
 
 

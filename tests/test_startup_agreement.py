@@ -4,13 +4,12 @@ engine is built."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 from ngpt_ds.data.shards import load_dataset_meta
 
-from conftest import REPO, cpu_env, free_port, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, train_on_two_nodes, write_ds_config, write_yaml
 
 MICRO = 4
 
@@ -84,31 +83,14 @@ def test_ranks_whose_data_differ_in_vocabulary_stop_before_the_engine(tiny_datas
     )
     yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    port, ranks = free_port(), []
-    for rank, data in enumerate((tiny_dataset, other)):
-        node = tmp_path / f"node{rank}"  # each rank's working folder: its own "data" (a node-local copy)
-        node.mkdir()
-        (node / "data").symlink_to(data)
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        argv = [
-            "--config",
-            yaml,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            "data",
-            "--out",
-            tmp_path / "out",
-            "--no-progress",
-        ]
-        cmd = [sys.executable, REPO / "launch/train.py", *argv]
-        ranks.append(
-            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outputs = [rank.communicate(timeout=240) for rank in ranks]
-    for rank, (stdout, stderr) in zip(ranks, outputs):
-        assert rank.returncode == 2, stdout + stderr
+    data = (tiny_dataset, other)  # each node's own "data"
+
+    def setup(rank, node):
+        (node / "data").symlink_to(data[rank])
+
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
+    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+        assert code == 2, stdout + stderr
         assert (
             "error: ranks 0 and 1 read different datasets at --data data (they differ in vocab_size, tokenizer "
             "sha256, shards; rank 0: train "
@@ -124,32 +106,14 @@ def test_a_check_that_fails_on_one_rank_stops_every_rank(tiny_dataset, tmp_path)
     the process group and every rank stops with its message."""
     yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3, dist_timeout_s=10))
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    port, ranks = free_port(), []
-    for rank in range(2):
-        node = tmp_path / f"node{rank}"  # each rank's working folder: node 1 has no "data"
-        node.mkdir()
+
+    def setup(rank, node):  # node 1 has no "data"
         if rank == 0:
             (node / "data").symlink_to(tiny_dataset)
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        argv = [
-            "--config",
-            yaml,
-            "--deepspeed_config",
-            ds,
-            "--data",
-            "data",
-            "--out",
-            tmp_path / "out",
-            "--no-progress",
-        ]
-        cmd = [sys.executable, REPO / "launch/train.py", *argv]
-        ranks.append(
-            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outputs = [rank.communicate(timeout=240) for rank in ranks]
-    for rank, (stdout, stderr) in zip(ranks, outputs):
-        assert rank.returncode == 2, stdout + stderr
+
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
+    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+        assert code == 2, stdout + stderr
         assert stderr.endswith(
             "error: rank 1: data dir data does not exist; prepare it with `python launch/prepare_data.py --input "
             "CORPUS --out DIR`\n"
@@ -163,21 +127,13 @@ def test_ranks_whose_configs_differ_stop_before_the_engine(tiny_dataset, tmp_pat
     doesn't match expected size'), one rank killed by SIGABRT. Now the ranks compare their effective configs
     right after the process group starts and stop with one message naming the fields."""
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    port, ranks = free_port(), []
-    for rank, n_layer in enumerate((2, 3)):
-        node = tmp_path / f"node{rank}"  # each rank's working folder: its own "run.yaml"
-        node.mkdir()
-        write_yaml(node / "run.yaml", {**tiny_ngpt(), "n_layer": n_layer}, tiny_train(3))
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        argv = ["--config", "run.yaml", "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "out"]
-        cmd = [sys.executable, REPO / "launch/train.py", *argv, "--no-progress"]
-        ranks.append(
-            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outputs = [rank.communicate(timeout=240) for rank in ranks]
-    for rank, (stdout, stderr) in zip(ranks, outputs):
-        assert rank.returncode == 2, stdout + stderr
+
+    def setup(rank, node):  # each node's own "run.yaml"
+        write_yaml(node / "run.yaml", {**tiny_ngpt(), "n_layer": (2, 3)[rank]}, tiny_train(3))
+
+    argv = ["--config", "run.yaml", "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "out"]
+    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+        assert code == 2, stdout + stderr
         assert stderr.endswith(
             "error: ranks 0 and 1 resolved different run configs: model.n_layer = 2 on rank 0, 3 on rank 1. Every "
             "rank must read the same --config and --deepspeed_config files with the same ngpt_ds\n"
@@ -194,23 +150,19 @@ def test_node_local_copies_of_the_same_json_and_data_are_accepted(tiny_dataset, 
     import shutil
 
     yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(2))
-    port, ranks = free_port(), []
-    for rank in range(2):
-        node = tmp_path / f"node{rank}"
+
+    def setup(rank, node):
         shutil.copytree(tiny_dataset, node / "data")
         meta_path = node / "data" / "meta.json"
         meta = json.loads(meta_path.read_text())
         meta["source"] = f"corpus.jsonl as copied to node {rank}"
         meta_path.write_text(json.dumps(meta))
-        ds = write_ds_config(node / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2)
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
-        cmd = [sys.executable, REPO / "launch/train.py", *argv, "--no-progress"]
-        ranks.append(
-            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outputs = [rank.communicate(timeout=240) for rank in ranks]
-    for rank, (stdout, stderr) in zip(ranks, outputs):
-        assert rank.returncode == 0, stdout + stderr
+        write_ds_config(node / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+
+    def node_json(node):  # each node's own copy, by its absolute path
+        return node / "ds.json"
+
+    argv = ["--config", yaml, "--deepspeed_config", node_json, "--data", "data", "--out", tmp_path / "out"]
+    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+        assert code == 0, stdout + stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "finished"

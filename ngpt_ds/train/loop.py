@@ -9,24 +9,20 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ngpt_ds import distributed, log
+from ngpt_ds import log
 from ngpt_ds.data.loader import TokenWindowLoader, same_dataset_on_every_rank, validation_batches
-from ngpt_ds.distributed import DistEnv
-from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import checkpoint, reshape
-from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_process_group, prepare, start_engine
+from ngpt_ds.train import agreement, checkpoint, reshape
+from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_process_group, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
-from ngpt_ds.train.config import RunConfig, TrainConfig
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
@@ -385,78 +381,19 @@ class Trainer:
         return summary
 
 
-def _prepare_or_problem(options: TrainOptions) -> tuple[Prepared | None, str | None, DistEnv, int]:
-    """`prepare` on this rank: (prepared, None, its launch environment, collective timeout), or, when a check
-    fails on one of several ranks, (None, the message, ...) so that the rank can still join the process group
-    and tell the others. Raised alone, the others waited for it in the rendezvous for train.dist_timeout_s and
-    then failed with a DistStoreError traceback (a --data that one node lacks; launch/slurm/train.sbatch runs
-    srun --kill-on-bad-exit=0, so nothing ends them sooner)."""
-    try:
-        prepared = prepare(options, resume=False)
-        return prepared, None, prepared.dist_env, prepared.run.train.dist_timeout_s
-    except (NgptConfigError, OSError) as err:
-        dist_env = distributed.discover()
-        if dist_env.world_size == 1:
-            raise
-        return None, str(err), dist_env, TrainConfig().dist_timeout_s
-
-
-def _stop_all_if_any_failed(problem: str | None) -> None:
-    """Collective: every rank raises the same NgptConfigError if `prepare` failed on any rank."""
-    problems: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(problems, problem)
-    failed = [rank for rank, p in enumerate(problems) if p is not None]
-    if failed:
-        first = problems[failed[0]]
-        same = len(failed) == len(problems) and all(p == first for p in problems)
-        raise NgptConfigError(first if same else f"rank {failed[0]}: {first}")
-
-
-def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(values, dict):
-        return {prefix: values}
-    return {k: v for key, item in values.items() for k, v in _flat(item, f"{prefix}{key}.").items()} or {prefix: {}}
-
-
-def _same_config_on_every_rank(run_config: RunConfig) -> None:
-    """Collective: the effective run config (model, train, DeepSpeed JSON, --data, --out) must be the same on
-    every rank. A --config or preset that differs between nodes (a node-local copy, another install of
-    ngpt_ds) built models of different shapes, and DeepSpeed's first broadcast aborted in gloo."""
-    # Not the paths that may differ with identical contents: a preset's file in each node's install, each
-    # node's copy of the DeepSpeed JSON, the default dataset in each node's cache (same_dataset_on_every_rank
-    # compares the data itself).
-    not_compared = ("config_source", "deepspeed_source", "data_dir")  # the parsed DeepSpeed JSON is compared
-    mine = {k: v for k, v in run_config.to_dict().items() if k not in not_compared}
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    for rank in range(1, len(everyone)):
-        if everyone[rank] != everyone[0]:
-            first, other = _flat(everyone[0]), _flat(everyone[rank])
-            differ = [
-                f"{key.rstrip('.')} = {first.get(key)!r} on rank 0, {other.get(key)!r} on rank {rank}"
-                for key in sorted(set(first) | set(other))
-                if first.get(key) != other.get(key)
-            ]
-            raise NgptConfigError(
-                f"ranks 0 and {rank} resolved different run configs: {'; '.join(differ[:5])}"
-                + (f" (and {len(differ) - 5} more)" if len(differ) > 5 else "")
-                + ". Every rank must read the same --config and --deepspeed_config files with the same ngpt_ds"
-            )
-
-
 def train(options: TrainOptions) -> Summary:
     """Validate everything, start the process group, train, and tear down."""
-    prepared_here, problem, dist_env, timeout_s = _prepare_or_problem(options)
+    prepared_here, problem, dist_env, timeout_s = agreement.prepare_or_problem(options)
     init_process_group(dist_env, timeout_s)
     lock = None
     try:
-        _stop_all_if_any_failed(problem)
-        assert prepared_here is not None  # this rank's prepare failed: _stop_all_if_any_failed raised
+        agreement.stop_all_if_any_failed(problem)
+        assert prepared_here is not None  # this rank's prepare failed: stop_all_if_any_failed raised
         prepared = prepared_here
         # Before the engine: ranks whose --data differ (node-local copies) would build models of different
         # vocabularies (DeepSpeed's first broadcast aborted in gloo) or number the windows differently.
         same_dataset_on_every_rank(Path(prepared.run.data_dir))  # first: its vocabulary is also in the config
-        _same_config_on_every_rank(prepared.run)
+        agreement.same_config_on_every_rank(prepared.run)
         # Verified by all ranks together: each checkpoint file is read once in all.
         prepared = choose_resume(prepared, options.resume, collective=True)
         resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
@@ -493,7 +430,7 @@ def train(options: TrainOptions) -> Summary:
                 problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
             if options.progress and problem is None:
                 _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
-        _stop_all_if_any_failed(problem)
+        agreement.stop_all_if_any_failed(problem)
         return Trainer(prepared, options).fit()
     finally:
         if lock is not None:
