@@ -1,4 +1,4 @@
-"""Checkpoints: the on-disk layout, atomic saves with a verified manifest, lineage, retention, auto-resume.
+"""Checkpoints: the on-disk layout, atomic saves with a verified manifest, retention, auto-resume.
 
 Layout of a run folder's checkpoints (the one place that defines it; inference uses it too):
 
@@ -6,6 +6,7 @@ Layout of a run folder's checkpoints (the one place that defines it; inference u
     <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
     <out>/checkpoints/latest                   DeepSpeed's pointer: always the newest complete tag
     <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted
+                                               (ngpt_ds.train.lineage)
     <out>/checkpoints/step_00000200-universal/ step_00000200 converted for another data-parallel size
                                                (ngpt_ds.train.reshape); never a step_N name, so never resumed
                                                or exported as one; removed with its step by retention
@@ -20,7 +21,6 @@ checkpoints or the new one. Before loading, the manifest is checked again, so a 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import shutil
 from collections.abc import Callable
@@ -107,7 +107,7 @@ def universal_source(path: Path) -> Path | None:
     return source if source.name.startswith(TAG_PREFIX) and source.name[len(TAG_PREFIX) :].isdigit() else None
 
 
-def _universal_step(universal_dir: Path) -> int:
+def universal_step(universal_dir: Path) -> int:
     """The step of the checkpoint a `universal_dirs` entry was converted from."""
     source = universal_source(universal_dir)
     assert source is not None  # universal_dirs lists only folders that name their source
@@ -119,7 +119,7 @@ def universal_dirs(checkpoint_dir: Path) -> list[Path]:
     if not checkpoint_dir.is_dir():
         return []
     found = [d for d in checkpoint_dir.iterdir() if d.is_dir() and universal_source(d) is not None]
-    return sorted(found, key=_universal_step)
+    return sorted(found, key=universal_step)
 
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -131,72 +131,6 @@ Verify = Callable[[Path], str | None]
 """A checkpoint folder -> None when intact, else one line naming the bad file: `verify` (this process
 reads every file) or ngpt_ds.train.resume.verify_on_all_ranks (each file read by one rank). Choosing the
 checkpoint to resume from is ngpt_ds.train.resume's job."""
-
-
-# ---- lineage --------------------------------------------------------------------------------------
-
-
-def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
-    """Rank 0, under the run lock, before anything is saved: one lineage per run folder.
-
-    Resuming from step k moves every step_N folder with N > k (complete or not) into
-    checkpoints/abandoned-<UTC time>/, so that retention, --resume auto and export see only the
-    lineage being trained. Resuming from a checkpoint outside this folder's checkpoints (another run,
-    an abandoned lineage) moves every step_N folder: none of them is an ancestor of the run, and
-    retention would delete the older ones. The earlier lineage's metrics.jsonl and tensorboard/ go
-    with them (`_keep_lineage_logs`). Nothing is deleted. Returns the line to print, or None when
-    nothing moved.
-    """
-    checkpoint_dir = out_dir / CHECKPOINTS
-    k = step_of(resume_from.name) if resume_from is not None else 0
-    elsewhere = resume_from is not None and resume_from.resolve().parent != checkpoint_dir.resolve()
-    newer = [d for d in step_dirs(checkpoint_dir) if elsewhere or step_of(d.name) > k]
-    newer += [d for d in universal_dirs(checkpoint_dir) if elsewhere or _universal_step(d) > k]
-    if not newer:
-        return None
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    abandoned = checkpoint_dir / f"{ABANDONED_PREFIX}{stamp}"
-    n = 1
-    while abandoned.exists():
-        n += 1
-        abandoned = checkpoint_dir / f"{ABANDONED_PREFIX}{stamp}-{n}"
-    abandoned.mkdir()
-    for folder in newer:
-        os.rename(folder, abandoned / folder.name)
-    _fsync_dir(checkpoint_dir)
-    point_latest(checkpoint_dir)
-    names = ", ".join(d.name for d in newer)
-    logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
-    if elsewhere:
-        return (
-            f"resuming from {resume_from}, outside {checkpoint_dir}: moved its {len(newer)} checkpoint folder(s) "
-            f"of another lineage ({names}){f', and its {logs},' if logs else ''} to {abandoned} (kept, not deleted)"
-        )
-    return (
-        f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
-        f"({names}) to {abandoned} (kept, not deleted){f', with a copy of its {logs}' if logs else ''}"
-    )
-
-
-def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[str]:
-    """Keep the abandoned lineage's metrics.jsonl and TensorBoard logs beside its checkpoints: the run
-    drops their records after the step it resumes from (ngpt_ds.train.metrics), and those are the
-    steps an operator rolling back from a divergence wants to look at. `move`: none of the run
-    folder's logs belong to the new lineage (a checkpoint from elsewhere), so they go whole; else a
-    copy, and the run keeps its records up to the resumed step. Returns the names kept."""
-    kept = []
-    for name in ("metrics.jsonl", "tensorboard"):
-        source = out_dir / name
-        if not source.exists() or source.is_symlink():
-            continue
-        if move:
-            os.rename(source, abandoned / name)
-        elif source.is_dir():
-            shutil.copytree(source, abandoned / name)
-        else:
-            shutil.copy2(source, abandoned / name)
-        kept.append(name + ("/" if (abandoned / name).is_dir() else ""))
-    return kept
 
 
 # ---- saving ---------------------------------------------------------------------------------------
@@ -214,7 +148,7 @@ def point_latest(checkpoint_dir: Path) -> None:
     os.replace(tmp, latest)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -332,7 +266,7 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
         replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)
         os.rename(final, replaced)
     os.rename(tmp, final)
-    _fsync_dir(checkpoint_dir)
+    fsync_dir(checkpoint_dir)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag.
@@ -342,7 +276,7 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
         shutil.rmtree(old, ignore_errors=True)
     oldest_kept = step_of(complete_checkpoints(checkpoint_dir)[0].name)
     for converted in universal_dirs(checkpoint_dir):  # derived from a step retention has now passed
-        if _universal_step(converted) < oldest_kept:
+        if universal_step(converted) < oldest_kept:
             shutil.rmtree(converted, ignore_errors=True)
     for partial in step_dirs(checkpoint_dir):  # interrupted saves of older ngpt_ds versions
         if not (partial / COMPLETE).exists() and step_of(partial.name) < step:
@@ -374,7 +308,7 @@ def restore_moved_aside(checkpoint_dir: Path) -> list[str]:
             f"after moving it aside to {aside.name}"
         )
     if restored:
-        _fsync_dir(checkpoint_dir)
+        fsync_dir(checkpoint_dir)
         point_latest(checkpoint_dir)
     return restored
 
@@ -390,7 +324,7 @@ def _place_universal(converted: Path, target: Path, source: Path, manifest: dict
     if target.exists():  # an older or damaged conversion: replaced whole
         shutil.rmtree(target)
     os.rename(converted, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def finish_universal(converted: Path, target: Path, source: Path) -> None:

@@ -20,7 +20,7 @@ from ngpt_ds.data.loader import TokenWindowLoader, same_dataset_on_every_rank, v
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, reshape
+from ngpt_ds.train import agreement, checkpoint, lineage, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_process_group, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
@@ -422,7 +422,7 @@ def train(options: TrainOptions) -> Summary:
             if lock.note:
                 _log.info(lock.note)
             try:
-                moved = checkpoint.start_lineage(out_dir, prepared.resume_from)
+                moved = lineage.start_lineage(out_dir, prepared.resume_from)
                 if moved:
                     _log.info(moved)
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
