@@ -17,7 +17,8 @@ import torch
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import manifest
-from ngpt_ds.train.checkpoint import COMPLETE, start_lineage, tag_for
+from ngpt_ds.train.checkpoint import COMPLETE, tag_for
+from ngpt_ds.train.lineage import start_lineage
 from ngpt_ds.train.resume import newest_intact, resolve_resume
 
 from conftest import REPO, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml

@@ -143,6 +143,7 @@ def test_a_conversion_is_sealed_reused_only_for_its_source_and_follows_its_step(
     """The step_N-universal folder: manifest-verified, tied to the exact checkpoint it came from,
     never a step_N checkpoint, moved aside by lineage with its step."""
     from ngpt_ds.train import checkpoint as ck
+    from ngpt_ds.train import lineage
     from ngpt_ds.train.resume import resolve_resume
 
     checkpoints = tmp_path / "checkpoints"
@@ -169,5 +170,5 @@ def test_a_conversion_is_sealed_reused_only_for_its_source_and_follows_its_step(
     assert not ck.is_converted_from(target, source)  # another checkpoint under the same name
 
     # Resuming from step 2 moves step 3's conversion aside with step 3.
-    moved = ck.start_lineage(tmp_path, checkpoints / "step_00000002")
+    moved = lineage.start_lineage(tmp_path, checkpoints / "step_00000002")
     assert "step_00000003, step_00000003-universal" in moved and ck.universal_dirs(checkpoints) == []
