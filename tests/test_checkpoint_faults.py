@@ -3,7 +3,8 @@ of the same step left step_N under neither name, so --resume auto started over f
 next save deleted both copies; rank 0 raising anything but an OSError while sealing a save left the
 other ranks waiting in a collective; a COMPLETE marker that was truncated, or crafted to be deeply
 nested or to hold a huge number, was taken for an older ngpt_ds's marker and loaded unverified, or
-crashed --resume auto with a traceback instead of being skipped; weights that do not fit the
+crashed --resume auto with a traceback instead of being skipped; the dry run planned the resume from
+an older step than the run, which puts a step moved aside back first; weights that do not fit the
 checkpoint's model config ended --resume in a traceback).
 """
 
@@ -86,6 +87,38 @@ def test_a_step_moved_aside_is_not_put_back_while_another_trainer_holds_the_fold
     finally:
         holder.communicate(input="", timeout=30)  # the holder exits: its lock is released
     chosen = torchrun(WORKER, out, "resume", 0, "-")
+    assert lines(chosen, "chose") == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
+
+
+def test_the_dry_run_plans_the_resume_from_a_step_moved_aside_as_the_run_does(tmp_path):
+    """Fault: the dry run (read-only, `resolve_resume`) did not see a step that a killed second save
+    left moved aside: with --resume auto it planned the resume from the step before (step 2 here, where
+    the run resumes from step 4), and it refused --resume step_N as missing. The real run puts the step
+    back and resumes from it. It now plans the same resume, renaming nothing."""
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    torchrun(WORKER, out, "save", 2, "A", nproc=1)
+    torchrun(WORKER, out, "save", 4, "B", nproc=1)
+    torchrun(WORKER, out, "save-killed-swapping", 4, "C", nproc=1, check=False)
+    before = sorted(p.name for p in checkpoints.iterdir())
+    assert "step_00000004.tmp-replaced" in before and "step_00000004" not in before
+    notes: list[str] = []
+    aside = checkpoints / "step_00000004.tmp-replaced"
+    assert resolve_resume(out, "auto", notes.append) == aside
+    assert resolve_resume(out, str(checkpoints / "step_00000004"), notes.append) == aside
+    assert resolve_resume(out, str(checkpoints / "step_00000002"), notes.append) == checkpoints / "step_00000002"
+    assert (
+        notes
+        == [
+            "note: the run will first put step_00000004 back in place from step_00000004.tmp-replaced (a second "
+            "save of step 4 was interrupted after moving it aside)"
+        ]
+        * 3
+    )
+    with pytest.raises(NgptConfigError, match="holds a checkpoint moved aside"):
+        resolve_resume(out, "none", notes.append)
+    assert sorted(p.name for p in checkpoints.iterdir()) == before  # read-only
+    chosen = torchrun(WORKER, out, "resume", 0, "-")  # the run: the same checkpoint, put back
     assert lines(chosen, "chose") == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
 
 

@@ -283,25 +283,33 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def restore_moved_aside(checkpoint_dir: Path) -> list[str]:
-    """Rank 0 (or one process): put each complete step_N.tmp-replaced back under its step_N name when
-    nothing holds that name. `_finish_save` moves the old step_N aside just before renaming the new one
-    into place; a kill between the two renames left the step under neither name: --resume auto then
-    did not see it and the next save deleted it. Returns one line per folder put back."""
-    restored = []
+def moved_aside(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
+    """(step_N.tmp-replaced, step_N) for each complete step a killed second save left moved aside and
+    whose name nothing holds: what `restore_moved_aside` puts back. Reads only the folder listing."""
+    found = []
     for aside in sorted(checkpoint_dir.iterdir()) if checkpoint_dir.is_dir() else []:
         if not aside.name.endswith(REPLACED_SUFFIX):
             continue
         final = aside.with_name(aside.name[: -len(REPLACED_SUFFIX)])
         named_a_step = final.name.startswith(TAG_PREFIX) and final.name[len(TAG_PREFIX) :].isdigit()
         if (
-            not named_a_step
-            or aside.is_symlink()
-            or final.exists()
-            or final.is_symlink()
-            or not (aside / COMPLETE).is_file()
+            named_a_step
+            and not aside.is_symlink()
+            and not final.exists()
+            and not final.is_symlink()
+            and (aside / COMPLETE).is_file()
         ):
-            continue
+            found.append((aside, final))
+    return found
+
+
+def restore_moved_aside(checkpoint_dir: Path) -> list[str]:
+    """Rank 0 (or one process): put each complete step_N.tmp-replaced back under its step_N name when
+    nothing holds that name. `_finish_save` moves the old step_N aside just before renaming the new one
+    into place; a kill between the two renames left the step under neither name: --resume auto then
+    did not see it and the next save deleted it. Returns one line per folder put back."""
+    restored = []
+    for aside, final in moved_aside(checkpoint_dir):
         os.rename(aside, final)
         restored.append(
             f"put {final.name} back in place: a second save of step {step_of(final.name)} was interrupted "

@@ -89,13 +89,30 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
 
     auto skips a damaged checkpoint with one warning and takes the one before it; an explicit PATH to a
     damaged checkpoint is an error naming the bad file. This process reads every file (the dry run);
-    the trainer's ranks use `resolve_resume_on_all_ranks` instead.
+    the trainer's ranks use `resolve_resume_on_all_ranks` instead. A step that a killed second save
+    left moved aside counts as in place, since the trainer puts it back before choosing
+    (`_restore_moved_aside`); being read-only, this returns it under its moved-aside name.
     """
     verify = _resumable(checkpoint.verify)
+    checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
+    aside = {final: moved for moved, final in checkpoint.moved_aside(checkpoint_dir)}
+    for final, moved in aside.items():
+        warn(
+            f"note: the run will first put {final.name} back in place from {moved.name} (a second save of "
+            f"step {checkpoint.step_of(final.name)} was interrupted after moving it aside)"
+        )
     if resume == "auto":
-        checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
-        return _newest_passing(checkpoint.complete_checkpoints(checkpoint_dir), checkpoint_dir, warn, verify)
-    chosen = _named_checkpoint(out_dir, resume)
+        in_place = sorted(
+            [*checkpoint.complete_checkpoints(checkpoint_dir), *aside], key=lambda p: checkpoint.step_of(p.name)
+        )
+        return _newest_passing([aside.get(p, p) for p in in_place], checkpoint_dir, warn, verify)
+    if aside and resume == "none":
+        raise NgptConfigError(
+            f"--resume none, but {checkpoint_dir} holds a checkpoint moved aside ({next(iter(aside.values())).name}). "
+            f"Choose another --out, or delete {checkpoint_dir} to start over"
+        )
+    named = next((moved for final, moved in aside.items() if Path(resume).absolute() == final.absolute()), None)
+    chosen = named if named is not None else _named_checkpoint(out_dir, resume)
     return None if chosen is None else _intact_or_refused(chosen, resume, warn, verify)
 
 
