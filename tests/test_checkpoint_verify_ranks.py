@@ -312,6 +312,36 @@ def test_a_checkpoint_appearing_while_the_ranks_choose_does_not_split_them(tmp_p
     assert ranks[0]["warnings"] == ranks[1]["warnings"] and len(ranks[0]["warnings"]) == 1
 
 
+def test_a_rank_whose_shared_storage_lists_a_new_checkpoint_late_waits_for_it_instead_of_stopping_every_rank(
+    tmp_path,
+):
+    """Fault: one listing decided. A network file system may list a folder renamed on another node late
+    (NFS caches directory attributes for up to a minute): a step saved by the job before, or put back by
+    rank 0 just now, was missing on rank 1 for a moment, and every rank stopped with 'ranks see different
+    checkpoints'. The ranks now list again after short pauses while they disagree."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    fake_checkpoint(checkpoints / "step_00000004", 4, seed=1)
+    newest = fake_checkpoint(checkpoints / "step_00000008", 8, seed=2)
+    ranks = choose_on_two_ranks(
+        tmp_path, tmp_path / "run", "auto", "--listing-lags-on-rank-1", "--settle-pauses", "0.1,0.1"
+    )
+    assert [(r["chosen"], r["error"]) for r in ranks] == [(str(newest), None), (str(newest), None)]
+    assert (
+        ranks[0]["warnings"]
+        == ranks[1]["warnings"]
+        == [
+            f"warning: ranks 0 and 1 see different checkpoints under --out {tmp_path / 'run'}; listing again for up "
+            "to 0.2 s, in case shared storage lists new files late"
+        ]
+    )
+    # One pause is not enough for this lag: the same error as before, after listing twice.
+    ranks = choose_on_two_ranks(
+        tmp_path, tmp_path / "run", "auto", "--listing-lags-on-rank-1", "--settle-pauses", "0.1"
+    )
+    assert [r["chosen"] for r in ranks] == [None, None]
+    assert all(r["error"].startswith("ranks 0 and 1 see different checkpoints") for r in ranks)
+
+
 def test_a_rank_that_cannot_list_the_checkpoints_stops_every_rank_instead_of_leaving_them_waiting(tmp_path):
     # Before: rank 1 ended with a PermissionError traceback, and rank 0, waiting in the collective, with
     # gloo's "Connection closed by peer" traceback that does not name the cause.

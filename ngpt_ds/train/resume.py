@@ -9,6 +9,7 @@ folder layout is ngpt_ds.train.checkpoint's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, run_lock
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.manifest import read_manifest
+
+LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
+"""Ranks that see different checkpoints list again after each of these pauses (30 s in all) before that
+is an error: a network file system may list a folder renamed on another node late (NFS caches directory
+attributes for up to acdirmax, 60 s by default), as after a save or a step put back by rank 0."""
 
 
 def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> Path | None:
@@ -186,11 +192,8 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
     `verify_on_all_ranks`: each file is read once in all, not once per rank. As every rank then sees the
     same verdicts, all take the same path and make the same collective calls.
     """
-    world = dist.get_world_size()
     _restore_moved_aside(out_dir / checkpoint.CHECKPOINTS, warn)
-    seen: list[Any] = [None] * world
-    dist.all_gather_object(seen, _what_this_rank_sees(out_dir, resume))
-    differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
+    seen, differs = _what_the_ranks_see(out_dir, resume, warn)
     if differs is not None:
         raise NgptConfigError(
             f"ranks 0 and {differs} see different checkpoints under --out {out_dir} (rank 0: "
@@ -206,6 +209,27 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
     if resume == "auto":
         return _newest_passing(candidates, out_dir / checkpoint.CHECKPOINTS, warn, verify)
     return _intact_or_refused(candidates[0], resume, warn, verify) if candidates else None
+
+
+def _what_the_ranks_see(out_dir: Path, resume: str, warn: Callable[[str], None]) -> tuple[list[Any], int | None]:
+    """Collective: every rank's `_what_this_rank_sees`, and the first rank that sees otherwise than rank 0
+    (None when all agree). While some rank differs, the ranks list again after each pause of
+    LISTING_SETTLE_PAUSES_S; all take the same decisions, since all compare the same gathered lists."""
+    world = dist.get_world_size()
+    seen: list[Any] = [None] * world
+    differs = None
+    for attempt, pause in enumerate((*LISTING_SETTLE_PAUSES_S, None)):
+        dist.all_gather_object(seen, _what_this_rank_sees(out_dir, resume))
+        differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
+        if differs is None or pause is None:
+            break
+        if attempt == 0:
+            warn(
+                f"warning: ranks 0 and {differs} see different checkpoints under --out {out_dir}; listing again "
+                f"for up to {sum(LISTING_SETTLE_PAUSES_S):g} s, in case shared storage lists new files late"
+            )
+        time.sleep(pause)
+    return seen, differs
 
 
 def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> None:

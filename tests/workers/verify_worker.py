@@ -9,6 +9,10 @@ recording which files each rank hashed. Every rank's answer goes into the JSON w
 (checkpoint.is_converted_from, verified by both ranks together); "chosen" is the answer.
 --late-checkpoint-on-rank-1: from its second listing on, rank 1 sees one more checkpoint folder (a
 save landing while the ranks choose).
+--listing-lags-on-rank-1: rank 1's first two listings miss the newest checkpoint folder (a network file
+system listing a folder renamed on another node late).
+--settle-pauses S,...: the pauses between listings while the ranks disagree (resume.LISTING_SETTLE_PAUSES_S;
+short by default here, so that disagreeing ranks stop in a second).
 --unlistable-on-rank-1: listing the checkpoints folder fails on rank 1 (EACCES, as on a node whose
 mount denies it; root ignores file modes, so the listing is made to fail).
 """
@@ -28,6 +32,8 @@ def choose(
     unlistable_on_rank_1: bool,
     universal: list[str] | None,
     late_checkpoint_on_rank_1: bool = False,
+    listing_lags_on_rank_1: bool = False,
+    settle_pauses: tuple[float, ...] = (0.1,),
 ) -> list[dict]:
     from pathlib import Path
 
@@ -43,6 +49,16 @@ def choose(
         return digest(path)
 
     manifest._digest = recording_digest
+    resume_module.LISTING_SETTLE_PAUSES_S = settle_pauses
+    if listing_lags_on_rank_1 and dist.get_rank() == 1:
+        listed_now = checkpoint.complete_checkpoints
+        listings = []
+
+        def lagging(checkpoint_dir: Path) -> list[Path]:
+            listings.append(checkpoint_dir)
+            return listed_now(checkpoint_dir)[: -1 if len(listings) <= 2 else None]
+
+        checkpoint.complete_checkpoints = lagging
     if unlistable_on_rank_1 and dist.get_rank() == 1:
 
         def denied(checkpoint_dir: Path) -> list[Path]:
@@ -83,6 +99,8 @@ if __name__ == "__main__":
     parser.add_argument("--unlistable-on-rank-1", action="store_true")
     parser.add_argument("--universal", nargs=2, metavar=("TARGET", "SOURCE"))
     parser.add_argument("--late-checkpoint-on-rank-1", action="store_true")
+    parser.add_argument("--listing-lags-on-rank-1", action="store_true")
+    parser.add_argument("--settle-pauses", type=lambda text: tuple(float(x) for x in text.split(",")), default=(0.1,))
     args = parser.parse_args(sys.argv[1:])
     run_worker(
         args.out_json,
@@ -93,6 +111,8 @@ if __name__ == "__main__":
             args.unlistable_on_rank_1,
             args.universal,
             args.late_checkpoint_on_rank_1,
+            args.listing_lags_on_rank_1,
+            args.settle_pauses,
         ),
         timeout_s=60,
     )
