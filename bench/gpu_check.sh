@@ -18,13 +18,15 @@
 #   flash_sdpa               the attention of that shape runs a flash SDPA kernel (torch profiler)
 #   trainer_compile_zero2    trainer_zero2's run with --compile (as the long-run presets): finished,
 #                            losses beside the eager run's
-# Logs and results stay under --workdir (default: a new temporary folder, printed at the end).
+# Logs and results stay under --workdir (default: a new temporary folder, printed at the end); a
+# --workdir must be new or empty (exit 2 otherwise): the checks replace data/, runs/ and export/ in it.
 #
 # Exit status: 0 every check PASS (in --dry-run: PASS or SKIPPED), 1 a check FAILed or was
 # SKIPPED, 3 no CUDA GPU is visible (nothing was checked), 2 bad usage.
 # --dry-run runs the same checks on CPU and gloo at toy sizes (GPU-only parts SKIPPED): it tests the
 # script's plumbing on a machine without a GPU, not the GPU path.
 set -uo pipefail
+CALLER_DIR=$PWD  # a relative --workdir is the caller's, not the repository's (the line below moves there)
 cd "$(dirname "$0")/.." || exit 2
 PYTHON="${PYTHON:-python3}"
 DRY=0
@@ -32,12 +34,27 @@ WORKDIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
-    --workdir) WORKDIR="${2:?--workdir needs a folder}"; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --workdir)
+      [ -n "${2:-}" ] || { echo "error: --workdir needs a folder (see --help)" >&2; exit 2; }
+      WORKDIR=$2; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+case "$WORKDIR" in
+  "" | /*) ;;
+  *) WORKDIR="$CALLER_DIR/$WORKDIR" ;;
+esac
+# A folder that holds anything is refused: prepare_data and export run with --overwrite there (an
+# earlier check's dataset, or anyone's, would be replaced), and the trainer checks would resume an
+# earlier check's runs/, already at max_steps: "nothing to do", exit 0, PASS without a step trained.
+if [ -n "$WORKDIR" ] && { [ -e "$WORKDIR" ] && [ ! -d "$WORKDIR" ] || [ -n "$(ls -A "$WORKDIR" 2>/dev/null)" ]; }; then
+  echo "error: --workdir $WORKDIR is not a new or empty folder; the checks replace data/, runs/ and export/" \
+    "in it and would resume an earlier check's runs. Pass a new folder (or none: a temporary one)" >&2
+  exit 2
+fi
 
 BUDGET_S="${GPU_CHECK_BUDGET_S:-510}"
 START=$SECONDS
