@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,6 +104,29 @@ def write_ds_config(src: str, micro: int, path: Path) -> str:
     return str(path)
 
 
+def run_key(config: Path, ds_path: str, data_dir: str, ranks: int) -> dict:
+    """What decides a run's numbers: its YAML (shape, arch, LR, steps, evaluation), the DeepSpeed JSON's
+    contents, the dataset (folder and meta.json) and the rank count."""
+    from ngpt_ds.train.ds_config import load_ds_config
+
+    data = Path(data_dir).resolve()
+    meta = data / "meta.json"
+    return {
+        "config": config.read_text(),
+        "deepspeed": load_ds_config(ds_path),
+        "data": str(data),
+        "data_meta": meta.read_text() if meta.is_file() else None,
+        "ranks": ranks,
+    }
+
+
+def _read_key(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def run_one(args, arch: str, lr: float, shape: dict, batch: int, ds_path: str, data_dir: str, run_dir: Path) -> dict:
     train = {
         "max_steps": args.steps,
@@ -139,11 +163,16 @@ def run_one(args, arch: str, lr: float, shape: dict, batch: int, ds_path: str, d
         "none",
         "--no-progress",
     ]
-    if (run_dir / "out" / "summary.json").exists():  # finished earlier: reuse (delete the dir to rerun)
+    key = run_key(config, ds_path, data_dir, args.ranks)
+    key_file = run_dir / "out" / "bench_run_key.json"
+    # A run finished earlier is reused only if it trained what this one would (delete the dir to rerun
+    # anyway): its folder is named by arch, LR and context alone, so another --steps, --shape, --ds,
+    # --data, --ranks or --eval-interval in the same --out would otherwise report the old run's numbers.
+    if (run_dir / "out" / "summary.json").exists() and _read_key(key_file) == key:
         summary = json.loads((run_dir / "out" / "summary.json").read_text())
     else:
         if (run_dir / "out").exists():
-            subprocess.run(["rm", "-rf", str(run_dir / "out")], check=True)
+            shutil.rmtree(run_dir / "out")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         if args.ranks > 1 and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.ranks))
@@ -155,6 +184,7 @@ def run_one(args, arch: str, lr: float, shape: dict, batch: int, ds_path: str, d
         summary = json.loads((run_dir / "out" / "summary.json").read_text())
         summary["wall_s"] = time.perf_counter() - start
         (run_dir / "out" / "summary.json").write_text(json.dumps(summary, indent=2))
+        key_file.write_text(json.dumps(key, indent=2) + "\n")  # last: a run cut short has none
     metrics = [json.loads(line) for line in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()]
     tokens_per_step = summary["tokens"] / summary["step"]
     evals = [(m["step"] * tokens_per_step, m["eval/loss"]) for m in metrics if "eval/loss" in m]

@@ -46,15 +46,31 @@ def command_line() -> str:
 
 
 def update_section(name: str, body: str) -> None:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` (appended if absent)."""
+    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` (appended if absent).
+
+    Markers that are not one pair, start before end, leave the file as it is (SystemExit naming them):
+    the text between a stray pair would be duplicated or deleted. The file is written to a sibling and
+    renamed over the old one, so a full disk or a kill mid-write leaves the old file whole."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
     block = f"{start}\n{body.strip()}\n{end}"
-    if start in text and end in text:
+    counts = (text.count(start), text.count(end))
+    if counts == (1, 1) and text.index(start) < text.index(end):
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
+    elif counts == (0, 0):
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text, encoding="utf-8")
+    else:
+        raise SystemExit(
+            f"error: {DOC} has {counts[0]} '{start}' and {counts[1]} '{end}' markers"
+            f"{' (end before start)' if counts == (1, 1) else ''}; expected one of each, start first. "
+            f"Fix them by hand; nothing was written. The section:\n{block}"
+        )
+    tmp = DOC.with_name(DOC.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, DOC)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:

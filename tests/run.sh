@@ -52,9 +52,17 @@ if [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" != "$stamp" ] \
     echo "error: $venv exists and is not a venv; set NGPT_DS_MIN_VENV to another path" >&2
     exit 2
   fi
+  # Only a venv this script built (its .ngpt_ds_stamp is written first) is deleted and rebuilt: an
+  # NGPT_DS_MIN_VENV naming one's own venv (the active one) would be deleted with its packages.
+  if [ -n "${NGPT_DS_MIN_VENV:-}" ] && [ -e "$venv" ] && [ ! -f "$venv/.ngpt_ds_stamp" ]; then
+    echo "error: NGPT_DS_MIN_VENV=$venv is a venv tests/run.sh did not build (no .ngpt_ds_stamp); it" \
+      "would be deleted and rebuilt. Set NGPT_DS_MIN_VENV to a new path" >&2
+    exit 2
+  fi
   rm -rf "$venv"
   mkdir -p "$(dirname "$venv")"
   "$PYTHON" -m venv "$venv"
+  echo "building" > "$venv/.ngpt_ds_stamp"  # ours from now on: a build cut short is rebuilt next time
   "$venv/bin/python" -m pip install -q "torch==$torch_version"
   "$venv/bin/python" -m pip install -q "deepspeed==$lowest" "pytest>=8" "${requirements[@]}"
   echo "$stamp" > "$venv/.ngpt_ds_stamp"

@@ -1,0 +1,187 @@
+"""bench/*.py as an operator runs them again: reused results, the docs file, a wrong --official."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def fake_trainer(calls: list):
+    """Stands in for subprocess.run in bench/convergence.py: a 'run' of N steps writes the summary.json
+    and metrics.jsonl the trainer would, with 1000 tokens per step and a validation loss of 10 - N."""
+    real_run = subprocess.run
+
+    def run(cmd, **kwargs):
+        if cmd[0] == "rm":
+            return real_run(cmd, **kwargs)
+        import yaml
+
+        calls.append(cmd)
+        steps = yaml.safe_load(open(cmd[cmd.index("--config") + 1]))["train"]["max_steps"]
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        summary = {"status": "finished", "step": steps, "tokens": 1000 * steps, "val_loss": 10.0 - steps}
+        (out / "summary.json").write_text(json.dumps({**summary, "seconds": 1.0}))
+        records = [{"step": s, "throughput/step_time_s": 0.5, "eval/loss": 10.0 - s} for s in range(1, steps + 1)]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def test_convergence_reruns_a_run_trained_with_other_settings(tmp_path, monkeypatch):
+    """Fault: bench/convergence.py reused any finished run in --out/runs/<arch>_lr<LR> (named by arch, LR and
+    context alone): run again with another --steps (or --shape, --ds, --data, --ranks) in the same --out,
+    it reported, and wrote into docs/benchmarks.md under the new settings, the earlier run's losses and
+    tokens."""
+    import convergence
+
+    calls: list = []
+    monkeypatch.setattr(convergence.subprocess, "run", fake_trainer(calls))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text('{"vocab_size": 512}\n')
+    shape = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32, "vocab_size": 512}
+    ds = str(REPO / "ds_configs/zero2.json")
+
+    def one(steps: int, ranks: int = 1) -> dict:
+        args = argparse.Namespace(steps=steps, gpt_warmup=None, eval_interval=1, eval_batches=1, ranks=ranks)
+        return convergence.run_one(args, "ngpt", 3e-3, shape, 4, ds, str(data), tmp_path / "runs" / "ngpt_lr0.003")
+
+    first = one(2)
+    assert (first["tokens"], first["final_val_loss"], len(calls)) == (2000, 8.0, 1)
+    again = one(2)  # the same settings: reused, not trained again
+    assert (again["tokens"], again["final_val_loss"], len(calls)) == (2000, 8.0, 1)
+    longer = one(3)
+    assert (longer["tokens"], longer["final_val_loss"], len(calls)) == (3000, 7.0, 2)
+    assert longer["eval_curve"] == [(1000.0, 9.0), (2000.0, 8.0), (3000.0, 7.0)]
+    one(3, ranks=2)  # another rank count: trained again
+    assert len(calls) == 3
+    (tmp_path / "runs" / "ngpt_lr0.003" / "out" / "bench_run_key.json").unlink()  # a run cut short: no key
+    one(3, ranks=2)
+    assert len(calls) == 4
+
+
+STAND_IN_PYTHON = """#!{python}
+# tests/run.sh's and launch/setup.sh's PYTHON: answers their questions, installs and tests nothing.
+import os, sys
+args = sys.argv[1:]
+if args == ["-"]:
+    code = sys.stdin.read()
+    sys.exit(1 if "EXTERNALLY-MANAGED" in code else 0)  # not externally managed; no requirements
+if args[:1] == ["-c"]:
+    print("0.16.0" if "LOWEST" in args[1] else "2.13.0" if "__version__.split" in args[1] else "stand-in")
+    sys.exit(0)
+if args[:2] == ["-m", "venv"]:
+    os.makedirs(os.path.join(args[2], "bin"))
+    open(os.path.join(args[2], "pyvenv.cfg"), "w").close()
+    os.symlink(__file__, os.path.join(args[2], "bin", "python"))
+sys.exit(0)  # -m pip / ruff / mypy / pytest
+"""
+
+
+def run_sh(tmp_path, **env):
+    """bash tests/run.sh with a stand-in PYTHON (and dpkg, g++): only its venv logic runs for real."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(STAND_IN_PYTHON.format(python=sys.executable))
+    for tool in ("dpkg", "g++"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    full_env = {"PATH": path, "HOME": str(tmp_path), "PYTHON": str(bin_dir / "python"), **env}
+    return subprocess.run(["bash", REPO / "tests/run.sh"], env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_run_sh_does_not_delete_a_venv_it_did_not_build(tmp_path):
+    """Fault: tests/run.sh deleted whatever venv NGPT_DS_MIN_VENV named when it lacked run.sh's stamp
+    (`rm -rf`, then a new venv there): pointed at one's own venv, e.g. NGPT_DS_MIN_VENV=$VIRTUAL_ENV, that
+    venv was gone with all its packages."""
+    own = tmp_path / "own-venv"
+    (own / "lib").mkdir(parents=True)
+    (own / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (own / "lib" / "my-package").write_text("mine\n")
+    proc = run_sh(tmp_path, NGPT_DS_MIN_VENV=str(own))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: NGPT_DS_MIN_VENV={own} is a venv tests/run.sh did not build (no .ngpt_ds_stamp); it "
+        "would be deleted and rebuilt. Set NGPT_DS_MIN_VENV to a new path"
+    )
+    assert (own / "lib" / "my-package").read_text() == "mine\n"
+
+
+def test_run_sh_rebuilds_its_own_venv_cut_short(tmp_path):
+    """A venv run.sh began to build and was stopped in (Ctrl-C in pip: the stamp says 'building') is
+    rebuilt, at NGPT_DS_MIN_VENV as at the default path; the finished one is reused."""
+    for env in ({"NGPT_DS_MIN_VENV": str(tmp_path / "mine")}, {}):
+        venv = tmp_path / "mine" if env else tmp_path / ".cache/ngpt_ds/venv-deepspeed-0.16.0-torch-2.13.0"
+        venv.mkdir(parents=True)
+        (venv / "pyvenv.cfg").write_text("")
+        (venv / ".ngpt_ds_stamp").write_text("building\n")
+        (venv / "half-installed").write_text("")
+        proc = run_sh(tmp_path / ("a" if env else "b"), HOME=str(tmp_path), **env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"[tests] building {venv} (deepspeed==0.16.0, torch==2.13.0)" in proc.stdout
+        assert (venv / ".ngpt_ds_stamp").read_text() == "deepspeed==0.16.0 torch==2.13.0 \n"
+        assert not (venv / "half-installed").exists()
+
+
+DOC_TEXT = "# Benchmarks\n\nintro " + "x" * 3000 + "\n<!-- mfu:start -->\nold\n<!-- mfu:end -->\ntail\n"
+
+
+def update_docs_with_a_size_limit(doc, limit: int) -> subprocess.CompletedProcess:
+    """bench/report.update_section on `doc` in a child whose files may not grow past `limit` bytes (RLIMIT_FSIZE,
+    SIGXFSZ ignored: a write past it fails with EFBIG, as a full disk fails one with ENOSPC)."""
+    code = (
+        "import resource, signal, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import report; "
+        "report.DOC = Path(sys.argv[2]); signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY)); "
+        "report.update_section('mfu', 'new numbers')"
+    )
+    args = [sys.executable, "-c", code, str(REPO / "bench"), str(doc), str(limit)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+def test_docs_file_stays_whole_when_the_disk_is_full(tmp_path):
+    """Fault: bench/report.update_section (every bench script's --docs) rewrote docs/benchmarks.md in place:
+    a write that failed for a full disk left it cut where the disk filled (here at 2048 bytes of 3066: the
+    section and everything after it gone)."""
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(DOC_TEXT)
+    proc = update_docs_with_a_size_limit(doc, 2048)
+    assert "OSError: [Errno 27] File too large" in proc.stderr
+    assert doc.read_text() == DOC_TEXT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.md"]
+    assert update_docs_with_a_size_limit(doc, 1 << 20).returncode == 0
+    assert doc.read_text() == DOC_TEXT.replace("\nold\n", "\nnew numbers\n")
+
+
+def test_docs_markers_out_of_order_are_refused(tmp_path, monkeypatch):
+    """Fault: with a section's end marker before its start marker (a hand edit), update_section kept the
+    text from the end marker on after the new section: everything between the two markers twice."""
+    import report
+
+    doc = tmp_path / "benchmarks.md"
+    text = "# B\n<!-- mfu:end -->\nmiddle\n<!-- mfu:start -->\nold\n"
+    doc.write_text(text)
+    monkeypatch.setattr(report, "DOC", doc)
+    try:
+        report.update_section("mfu", "new")
+        raise AssertionError(f"no error; the file is now {doc.read_text()!r}")
+    except SystemExit as stop:
+        assert str(stop) == (
+            f"error: {doc} has 1 '<!-- mfu:start -->' and 1 '<!-- mfu:end -->' markers (end before start); "
+            "expected one of each, start first. Fix them by hand; nothing was written. The section:\n"
+            "<!-- mfu:start -->\nnew\n<!-- mfu:end -->"
+        )
+    assert doc.read_text() == text
+    doc.write_text("# B\n")  # no section yet: appended
+    report.update_section("mfu", "new")
+    assert doc.read_text() == "# B\n\n<!-- mfu:start -->\nnew\n<!-- mfu:end -->\n"
