@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
-from ngpt_ds.data.windows import WindowIndex
+from ngpt_ds.data.windows import DeferredFaults, WindowIndex
 from ngpt_ds.errors import NgptConfigError, Problems
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -118,7 +118,8 @@ class TokenWindowLoader:
 
     next_batch() -> (inputs [micro_batch_size, seq_len], targets [micro_batch_size, seq_len]),
     int64 token ids. Iterating yields the same stream. `epoch` is the epoch the next batch
-    comes from; `windows_per_epoch` counts the split's windows (all ranks together).
+    comes from; `windows_per_epoch` counts the split's windows (all ranks together). A token id beyond
+    the vocabulary raises, or with `faults` is recorded there (ngpt_ds.data.windows.WindowIndex).
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class TokenWindowLoader:
         dp_size: int,
         seed: int,
         grad_accum: int = 1,
+        faults: DeferredFaults | None = None,
     ):
         _check_layout("TokenWindowLoader", seq_len, micro_batch_size, dp_rank, dp_size)
         self.data_dir = Path(data_dir)
@@ -141,7 +143,7 @@ class TokenWindowLoader:
         self.dp_rank = dp_rank
         self.dp_size = dp_size
         self.seed = seed
-        self._index = WindowIndex(self.meta, split, seq_len)
+        self._index = WindowIndex(self.meta, split, seq_len, faults)
         self.windows_per_epoch = self._index.num_windows
         self.global_batch = dp_size * micro_batch_size
         step_batch = self.global_batch * grad_accum  # windows per optimizer step
@@ -252,8 +254,10 @@ def validation_batches(
     dp_size: int,
     max_batches: int | None = None,
     split: str = "validation",
+    faults: DeferredFaults | None = None,
 ) -> ValidationBatches:
-    """The same validation windows on every call: at most max_batches batches per rank.
+    """The same validation windows on every call: at most max_batches batches per rank. A token id beyond
+    the vocabulary raises, or with `faults` is recorded there (ngpt_ds.data.windows.WindowIndex).
 
     Every rank gets the same number of batches (so collective ops stay matched).
     """
@@ -261,7 +265,7 @@ def validation_batches(
     if max_batches is not None and max_batches < 1:
         raise NgptConfigError(f"validation max_batches = {max_batches}: must be >= 1 or None (all)")
     data_dir = Path(data_dir)
-    index = WindowIndex(load_dataset_meta(data_dir), split, seq_len)
+    index = WindowIndex(load_dataset_meta(data_dir), split, seq_len, faults)
     per_batch = dp_size * micro_batch_size
     if index.num_windows < per_batch:
         raise _too_few(data_dir, split, seq_len, index.num_windows, dp_size, micro_batch_size)

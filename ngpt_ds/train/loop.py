@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ngpt_ds import log
 from ngpt_ds.data.loader import TokenWindowLoader, same_dataset_on_every_rank, validation_batches
+from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
@@ -110,6 +111,8 @@ class Trainer:
         dp_rank, dp_size = self.groups.dp_rank, self.groups.dp_size
         if self.pipeline is not None:
             dp_rank, dp_size = self.pipeline.data_parallel()
+        # A bad token id read by some ranks only: flagged in the step's all-reduce, then every rank stops.
+        self.data_faults = DeferredFaults() if self.world > 1 else None
         self.loader = TokenWindowLoader(
             self.run.data_dir,
             "train",
@@ -119,9 +122,16 @@ class Trainer:
             dp_size,
             self.run.train.seed,
             grad_accum=self.plan.grad_accum,
+            faults=self.data_faults,
         )
         self.val_batches = validation_batches(
-            self.run.data_dir, seq_len, micro, dp_rank, dp_size, max_batches=self.run.train.eval_batches
+            self.run.data_dir,
+            seq_len,
+            micro,
+            dp_rank,
+            dp_size,
+            max_batches=self.run.train.eval_batches,
+            faults=self.data_faults,
         )
         self.tokens_per_step = self.plan.global_batch * seq_len
         self.step, self.tokens_seen = 0, 0
@@ -166,17 +176,38 @@ class Trainer:
         all_reduce_on(t, self.device)
         return (t / self.world).tolist()
 
+    def _read_bad_data(self) -> float:
+        return float(self.data_faults is not None and self.data_faults.first is not None)
+
+    def _stop_on_bad_data(self, where: str, step: int) -> None:
+        """Collective, on every rank once an all-reduce found a rank that read a token id beyond the
+        vocabulary (ngpt_ds.data.windows.DeferredFaults): every rank raises that rank's NgptConfigError.
+        Before the step's checkpoint: the batch went through the model as id 0 and is never saved."""
+        first = self.data_faults.first if self.data_faults is not None else None
+        note = (
+            f" ({where} at step {step}; nothing was saved after step {step - 1}: the checkpoints in "
+            f"{self.out_dir / 'checkpoints'} are intact, and --resume auto continues from the newest once the "
+            "dataset is fixed)"
+        )
+        agreement.stop_all_if_any_failed(None if first is None else first + note)
+        raise AssertionError("a rank flagged a bad token id but none recorded one")
+
     @torch.no_grad()
     def evaluate(self) -> float:
         if self.pipeline is not None:
-            return self._mean_over_ranks([self.pipeline.evaluate(self.val_batches)])[0]
-        self.engine.eval()
-        total = 0.0
-        for inputs, targets in self.val_batches:
-            _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
-            total += loss.float().item()
-        self.engine.train()
-        return self._mean_over_ranks([total / len(self.val_batches)])[0]
+            loss = self.pipeline.evaluate(self.val_batches)
+        else:
+            self.engine.eval()
+            total = 0.0
+            for inputs, targets in self.val_batches:
+                _, batch_loss = self.engine(inputs.to(self.device), targets.to(self.device))
+                total += batch_loss.float().item()
+            self.engine.train()
+            loss = total / len(self.val_batches)
+        mean_loss, bad_data = self._mean_over_ranks([loss, self._read_bad_data()])
+        if bad_data > 0:
+            self._stop_on_bad_data("read in the evaluation", self.step)
+        return mean_loss
 
     def save(self) -> Path:
         client_state = {
@@ -200,6 +231,7 @@ class Trainer:
 
         Returns (mean loss over ranks, stop agreed, a sphere matrix norm became NaN/inf on some rank).
         Raises RenormalizationMissed (on every rank) if the step was applied without the hook.
+        Raises NgptConfigError (on every rank) if a rank read a token id beyond the vocabulary.
         """
         renormalized_before = self.hook.renormalized_units if self.hook is not None else 0
         if self.pipeline is not None:
@@ -221,11 +253,14 @@ class Trainer:
                 torch.tensor(float(self.stop.requested()), device=self.device),
                 hook.take_nonfinite(self.device) if hook is not None else zero,
                 torch.tensor(float(missed), device=self.device),
+                torch.tensor(self._read_bad_data(), device=self.device),
             ]
         ).double()
         # One collective: the mean loss, whether any rank must stop, whether any rank saw a NaN/inf
-        # norm, whether any rank stepped without renormalizing.
+        # norm, whether any rank stepped without renormalizing, whether any rank read a bad token id.
         all_reduce_on(flags, self.device)
+        if flags[4].item() > 0:  # first: the others may follow from it
+            self._stop_on_bad_data("read", self.step + 1)
         if flags[3].item() > 0:
             assert hook is not None  # nGPT runs have a hook on every rank, GPT runs on none
             raise hook.missed_error(self.step + 1)
