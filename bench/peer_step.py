@@ -118,12 +118,22 @@ def load_official(path: str) -> types.ModuleType:
         spec = importlib.util.spec_from_file_location("ngpt_official_model", source)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+    except Exception as error:  # its own imports, its syntax: any failure of someone else's file
+        raise ValueError(f"--official {path}: importing {source} failed ({type(error).__name__}: {error})") from None
     finally:
         if previous is None:
             # model.py bound the functions at import; drop the stand-in so nothing else sees it
             del sys.modules["flash_attn"]
         else:
             sys.modules["flash_attn"] = previous
+    # Another GPT's model.py (nanoGPT's has GPT and GPTConfig too) fails only in the first step, after the
+    # engines are built: check for the nGPT fields official_step passes.
+    fields = getattr(getattr(module, "GPTConfig", None), "__dataclass_fields__", {})
+    if not hasattr(module, "GPT") or not {"use_nGPT", "base_scale"} <= set(fields):
+        raise ValueError(
+            f"--official {path}: {source} is not NVIDIA/ngpt's model.py (no GPT, or a GPTConfig without "
+            "use_nGPT and base_scale); pass a checkout of NVIDIA/ngpt"
+        )
     return module
 
 

@@ -185,3 +185,33 @@ def test_docs_markers_out_of_order_are_refused(tmp_path, monkeypatch):
     doc.write_text("# B\n")  # no section yet: appended
     report.update_section("mfu", "new")
     assert doc.read_text() == "# B\n\n<!-- mfu:start -->\nnew\n<!-- mfu:end -->\n"
+
+
+def test_peer_step_refuses_another_gpts_model_py(tmp_path):
+    """Fault: bench/peer_step.py --official pointing at another GPT's checkout (nanoGPT's model.py has a GPT
+    and a GPTConfig too) imported it, built the DeepSpeed engines, then died in the first step with
+    "TypeError: GPTConfig.__init__() got an unexpected keyword argument 'base_scale'"; a model.py whose
+    own imports failed gave that traceback."""
+    from peer_step import load_official
+
+    (tmp_path / "model.py").write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass GPTConfig:\n    n_layer: int = 12\n    bias: bool = True\n"
+        "\n\nclass GPT:\n    pass\n"
+    )
+    try:
+        load_official(str(tmp_path))
+        raise AssertionError("nanoGPT's model.py was taken for NVIDIA/ngpt's")
+    except ValueError as error:
+        assert str(error) == (
+            f"--official {tmp_path}: {tmp_path / 'model.py'} is not NVIDIA/ngpt's model.py (no GPT, or a "
+            "GPTConfig without use_nGPT and base_scale); pass a checkout of NVIDIA/ngpt"
+        )
+    (tmp_path / "model.py").write_text("import apex\n")
+    try:
+        load_official(str(tmp_path / "model.py"))
+        raise AssertionError("no error")
+    except ValueError as error:
+        assert str(error) == (
+            f"--official {tmp_path / 'model.py'}: importing {tmp_path / 'model.py'} failed "
+            "(ModuleNotFoundError: No module named 'apex')"
+        )
