@@ -3,6 +3,7 @@
     ngpt-prepare                                              # default corpus, into the cache
     ngpt-prepare --input 'data/*.jsonl' --out data/mycorpus
     ngpt-prepare --input Skylion007/openwebtext --out data/owt --vocab-size 32768
+    ngpt-prepare --verify data/owt                            # read every shard block, report damaged ones
 
 The logic lives in ngpt_ds.data; this module only parses arguments.
 """
@@ -10,6 +11,7 @@ The logic lives in ngpt_ds.data; this module only parses arguments.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ngpt_ds.cli import add_logging_arguments, run
@@ -152,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D",
         help="documents per block; blocks go to the parts in turn (default: 65536)",
     )
+    check = p.add_argument_group("check a prepared dataset (alone, without the options above)")
+    check.add_argument(
+        "--verify",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read every block of every shard of the prepared dataset DIR and compare it with the sha256 in its "
+        "meta.json; lists every damaged block and exits 2 if there is one (training checks a sample at startup)",
+    )
+    check.add_argument(
+        "--add-hashes",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the shard hashes in the meta.json of DIR, a dataset prepared by an older ngpt_ds; they "
+        "describe the shards as they are now, so run it on a copy you trust",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--workers", type=int, default=0, metavar="N", help="tokenizer processes; 0 = one per CPU core (max 16)"
@@ -172,6 +191,8 @@ def _prepare(args: argparse.Namespace) -> Path:
     from ngpt_ds.data.prepare import prepare_dataset
 
     progress = not args.no_progress
+    if args.verify is not None or args.add_hashes is not None:
+        return _check(args, progress)
     if args.merge or args.num_shards is not None or args.shard_index is not None:
         return _prepare_across_nodes(args, progress)
     if args.shard_block_docs is not None:
@@ -187,6 +208,40 @@ def _prepare(args: argparse.Namespace) -> Path:
             args.out, vocab, progress, cache_dir=args.cache_dir, workers=args.workers, overwrite=args.overwrite
         )
     return prepare_dataset(_input_config(args, progress))
+
+
+def _check(args: argparse.Namespace, progress: bool) -> Path:
+    """--verify DIR or --add-hashes DIR."""
+    from ngpt_ds.data import shards
+
+    other = [
+        f"--{k.replace('_', '-')}"
+        for k in (*_INPUT_ONLY, "input", "out", "vocab_size", "num_shards", "shard_index", "shard_block_docs")
+        if getattr(args, k) is not None
+    ] + [flag for flag, on in (("--merge", args.merge), ("--overwrite", args.overwrite)) if on]
+    if args.verify is not None and args.add_hashes is not None:
+        other.append("--add-hashes")
+    if other:
+        raise NgptConfigError(f"{', '.join(other)}: not used with --verify or --add-hashes (one at a time); drop them")
+    if args.add_hashes is not None:
+        meta = shards.add_hashes(args.add_hashes)
+        blocks = sum(len(s.sha256_blocks or ()) for split in meta.splits.values() for s in split.shards)
+        if progress:
+            print(f"recorded the sha256 of {blocks} block(s) in {meta.data_dir / shards.META_FILE}", file=sys.stderr)
+        return meta.data_dir
+    meta = shards.load_dataset_meta(args.verify, verify_contents=False)
+    if meta.hash_block_bytes is None:
+        raise NgptConfigError(
+            f"dataset {meta.data_dir}: its meta.json records no shard hashes (prepared by an older ngpt_ds), so "
+            f"there is nothing to verify against; add them with `ngpt-prepare --add-hashes {meta.data_dir}` on a "
+            "copy you trust, or prepare it again"
+        )
+    bad = shards.verify_shards(meta.data_dir, meta, mode="full", progress=progress)
+    if bad:
+        raise shards.shard_error(meta.data_dir, bad, "full")
+    if progress:
+        print(f"{meta.data_dir}: every shard block matches meta.json", file=sys.stderr)
+    return meta.data_dir
 
 
 def _input_config(args: argparse.Namespace, progress: bool):

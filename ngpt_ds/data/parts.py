@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import ngpt_ds
 from ngpt_ds import log
+from ngpt_ds.data import shard_hashes
 from ngpt_ds.data.encode import encode_in_order
 from ngpt_ds.data.prepare import (
     _BATCH_CHARS,
@@ -54,7 +55,10 @@ from ngpt_ds.data.shards import (
     ShardMeta,
     ShardWriter,
     SplitMeta,
+    hash_problems,
+    parse_shard,
     sha256_file,
+    shard_json,
     write_meta,
 )
 from ngpt_ds.data.tokenizer import Tokenizer
@@ -218,6 +222,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             "source": cfg.source_description or corpus.description,
             "license": cfg.license,
             "created_by": f"ngpt_ds {ngpt_ds.__version__}",
+            "hash_block_bytes": shard_hashes.BLOCK_BYTES,  # the ShardWriters' default
             "blocks": blocks,
         }
         _write_json(staging / PART_FILE, info)
@@ -236,7 +241,7 @@ def _split_json(split: SplitMeta) -> dict[str, Any]:
     return {
         "documents": split.documents,
         "tokens": split.tokens,
-        "shards": [{"file": s.file, "tokens": s.tokens} for s in split.shards],
+        "shards": [shard_json(s) for s in split.shards],
     }
 
 
@@ -316,26 +321,17 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
 
     dtype = first["dtype"]
     itemsize = DTYPES[dtype].itemsize
+    sources = _part_shards(out, num_parts, parts, by_block, n_blocks, itemsize)
     staging = staging_dir(out)
     try:
         splits: dict[str, SplitMeta] = {}
         for name in ("train", "validation"):
             shards: list[ShardMeta] = []
-            docs = 0
-            for b in range(n_blocks):
-                k, block = by_block[b]
-                split = block["splits"].get(name, {"documents": 0, "shards": []})
-                docs += split["documents"]
-                for shard in split["shards"]:
-                    src = part_dir(out, k, num_parts) / shard["file"]
-                    if not src.is_file() or src.stat().st_size != shard["tokens"] * itemsize:
-                        raise NgptConfigError(
-                            f"{src}: missing or not {shard['tokens']} tokens as {PART_FILE} says; "
-                            f"prepare part {k} again with --overwrite"
-                        )
-                    dest = f"{name}_{len(shards):06d}.bin"
-                    _link_or_copy(src, staging / dest)
-                    shards.append(ShardMeta(file=dest, tokens=shard["tokens"]))
+            for src, shard in sources[name][1]:
+                dest = f"{name}_{len(shards):06d}.bin"
+                _link_or_copy(src, staging / dest)
+                shards.append(dataclasses.replace(shard, file=dest))
+            docs = sources[name][0]
             splits[name] = SplitMeta(documents=docs, tokens=sum(s.tokens for s in shards), shards=tuple(shards))
         fraction = held_out_fraction(first["val_fraction"])
         if splits["validation"].documents == 0:
@@ -360,6 +356,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
             source=first["source"],
             license=first.get("license", ""),
             created_by=f"{first['created_by']}, {num_parts} parts merged",
+            hash_block_bytes=sources["block_bytes"],
         )
         write_meta(meta, staging)
         swap_in(staging, out)  # the parts go with the old folder, once the dataset is complete
@@ -369,6 +366,60 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
     if progress:
         _log.info(f"merged {num_parts} parts\n{meta.summary()}")
     return out
+
+
+def _part_shards(
+    out: Path, num_parts: int, parts: list[dict[str, Any]], by_block: dict, n_blocks: int, itemsize: int
+) -> dict[str, Any]:
+    """split -> (documents, [(source file, shard with its block hashes)]) in block order, and "block_bytes".
+
+    Each shard must be a plain file name in its part's folder, not a link: the merge links or copies what
+    part.json names into the dataset, and a crafted part.json naming `/home/me/secret` or `../../x` put
+    that file into the dataset as a shard. Hashes recorded by the part are carried over once well formed;
+    a part written before ngpt_ds recorded them is hashed here."""
+    found: dict[str, Any] = {"block_bytes": shard_hashes.BLOCK_BYTES}
+    recorded = {info.get("hash_block_bytes") for info in parts}
+    carried = len(recorded) == 1 and None not in recorded
+    if carried:
+        found["block_bytes"] = recorded.pop()
+    for name in ("train", "validation"):
+        docs, listed = 0, []
+        for b in range(n_blocks):
+            k, block = by_block[b]
+            folder = part_dir(out, k, num_parts)
+            where = f"{folder / PART_FILE} block {b} {name}"
+            try:
+                split = block["splits"].get(name, {"documents": 0, "shards": []})
+                docs += int(split["documents"])
+                shards = [parse_shard(raw) for raw in split["shards"]]
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise NgptConfigError(
+                    f"{where}: malformed ({type(e).__name__}: {e}); prepare part {k} again with --overwrite"
+                ) from None
+            for shard in shards:
+                src = folder / shard.file
+                if shard.file in ("", ".", "..") or "/" in shard.file or "\\" in shard.file or src.is_symlink():
+                    raise NgptConfigError(
+                        f"{where}: shard {shard.file!r} must be a file name inside {folder}, not a path or a link; "
+                        f"the {PART_FILE} is damaged or was edited: prepare part {k} again with --overwrite"
+                    )
+                if not src.is_file() or src.stat().st_size != shard.tokens * itemsize:
+                    raise NgptConfigError(
+                        f"{src}: missing or not {shard.tokens} tokens as {PART_FILE} says; "
+                        f"prepare part {k} again with --overwrite"
+                    )
+                if carried:
+                    fix = f"the {PART_FILE} is damaged or was edited: prepare part {k} again with --overwrite"
+                    bad = hash_problems([(f"{where} shard {shard.file!r}", shard)], found["block_bytes"], itemsize, fix)
+                    if bad:
+                        raise NgptConfigError(bad[0])
+                else:
+                    shard = dataclasses.replace(
+                        shard, sha256_blocks=shard_hashes.block_hashes(src, found["block_bytes"])
+                    )
+                listed.append((src, shard))
+        found[name] = (docs, listed)
+    return found
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import ngpt_ds
 from ngpt_ds import log
+from ngpt_ds.data import shard_hashes
 from ngpt_ds.data.encode import encode_in_order
 from ngpt_ds.data.shards import (
     DTYPES,
@@ -361,6 +362,7 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
             source=cfg.source_description or corpus.description,
             license=cfg.license,
             created_by=f"ngpt_ds {ngpt_ds.__version__}",
+            hash_block_bytes=shard_hashes.BLOCK_BYTES,  # the ShardWriters' default
         )
         write_meta(meta, staging)
         _publish(staging, out, cfg.overwrite)

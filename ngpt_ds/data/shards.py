@@ -2,7 +2,8 @@
 
 A prepared dataset is one directory:
 
-    meta.json                 format version, tokenizer, vocab, dtype, splits, source, license
+    meta.json                 format version, tokenizer, vocab, dtype, splits, source, license,
+                              per shard the sha256 of each block of its file (ngpt_ds.data.shard_hashes)
     tokenizer.model           the sentencepiece model the shards were made with
     train_000000.bin ...      flat token ids of the train split, little-endian uint16/uint32
     validation_000000.bin ... same for the held-out documents (absent when val_fraction is 0)
@@ -13,6 +14,7 @@ N * itemsize bytes, so a reader can `np.memmap` it with no header.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +24,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from ngpt_ds import log
+from ngpt_ds.data import shard_hashes
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
+
+_log = log.get(__name__)
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -58,6 +64,9 @@ class ShardMeta:
     """File name inside the dataset dir."""
     tokens: int
     """Token count; the file is tokens * itemsize bytes."""
+    sha256_blocks: tuple[str, ...] | None = None
+    """sha256 (hex) of each DatasetMeta.hash_block_bytes block of the file; None in datasets prepared
+    before ngpt_ds recorded them."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -95,6 +104,8 @@ class DatasetMeta:
     license: str
     """License and attribution of the corpus text ('' when unknown)."""
     created_by: str = ""
+    hash_block_bytes: int | None = None
+    """Block size of the shards' sha256_blocks; None when the shards carry no hashes."""
 
     @property
     def tokenizer_file(self) -> Path:
@@ -123,7 +134,7 @@ class DatasetMeta:
                 name: {
                     "documents": s.documents,
                     "tokens": s.tokens,
-                    "shards": [{"file": sh.file, "tokens": sh.tokens} for sh in s.shards],
+                    "shards": [shard_json(sh) for sh in s.shards],
                 }
                 for name, s in self.splits.items()
             },
@@ -131,7 +142,7 @@ class DatasetMeta:
             "source": self.source,
             "license": self.license,
             "created_by": self.created_by,
-        }
+        } | ({} if self.hash_block_bytes is None else {"hash_block_bytes": self.hash_block_bytes})
 
     def summary(self) -> str:
         """A few lines for the console."""
@@ -142,6 +153,54 @@ class DatasetMeta:
         if self.license:
             lines.append(f"  license: {self.license}")
         return "\n".join(lines)
+
+
+def shard_json(shard: ShardMeta) -> dict[str, Any]:
+    """One shard's entry in meta.json (and in a part's part.json)."""
+    entry: dict[str, Any] = {"file": shard.file, "tokens": shard.tokens}
+    if shard.sha256_blocks is not None:
+        entry["sha256_blocks"] = list(shard.sha256_blocks)
+    return entry
+
+
+def parse_shard(raw: dict[str, Any]) -> ShardMeta:
+    """A shard entry of meta.json or part.json; its hashes are checked by `hash_problems`. Raises
+    TypeError/KeyError/ValueError on a malformed entry (the callers name the file)."""
+    hashes = raw.get("sha256_blocks")
+    if hashes is not None and not isinstance(hashes, list):
+        raise TypeError(f"sha256_blocks of shard {raw.get('file')!r} must be a list, not {type(hashes).__name__}")
+    return ShardMeta(
+        file=str(raw["file"]), tokens=int(raw["tokens"]), sha256_blocks=None if hashes is None else tuple(hashes)
+    )
+
+
+def hash_problems(shards: list[tuple[str, ShardMeta]], block_bytes: object, itemsize: int, fix: str) -> list[str]:
+    """What is wrong with the recorded hashes of `shards` ((where, shard) pairs) under `block_bytes`:
+    all shards carry them or none, block_bytes is a positive integer, and each shard has one 64-digit
+    lowercase hex sha256 per block of its size. A crafted value gives one line, not a traceback."""
+    have = [where for where, s in shards if s.sha256_blocks is not None]
+    if not have:
+        return [] if block_bytes is None else [f"hash_block_bytes = {block_bytes!r}: no shard has sha256_blocks; {fix}"]
+    if len(have) != len(shards):
+        lacking = next(where for where, s in shards if s.sha256_blocks is None)
+        return [f"{lacking} has no sha256_blocks while other shards have them; {fix}"]
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
+        return [f"hash_block_bytes = {block_bytes!r}: must be a positive integer (bytes per hashed block); {fix}"]
+    found = []
+    for where, shard in shards:
+        assert shard.sha256_blocks is not None
+        want = shard_hashes.block_count(shard.tokens * itemsize, block_bytes)
+        if len(shard.sha256_blocks) != want:
+            found.append(
+                f"{where} sha256_blocks: {len(shard.sha256_blocks)} hashes, but {shard.tokens} tokens in blocks of "
+                f"{block_bytes} bytes make {want}; {fix}"
+            )
+            continue
+        for i, h in enumerate(shard.sha256_blocks):
+            if not (isinstance(h, str) and shard_hashes.HEX_SHA256.fullmatch(h)):
+                found.append(f"{where} sha256_blocks[{i}] = {h!r}: must be a sha256 as 64 lowercase hex digits; {fix}")
+                break
+    return found
 
 
 def write_meta(meta: DatasetMeta, directory: Path) -> None:
@@ -172,7 +231,7 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
             name: SplitMeta(
                 documents=int(s["documents"]),
                 tokens=int(s["tokens"]),
-                shards=tuple(ShardMeta(file=str(sh["file"]), tokens=int(sh["tokens"])) for sh in s["shards"]),
+                shards=tuple(parse_shard(sh) for sh in s["shards"]),
             )
             for name, s in raw["splits"].items()
         }
@@ -190,18 +249,23 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
             source=str(raw.get("source", "")),
             license=str(raw.get("license", "")),
             created_by=str(raw.get("created_by", "")),
+            hash_block_bytes=raw.get("hash_block_bytes"),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise NgptConfigError(f"{meta_path}: missing or malformed field ({type(e).__name__}: {e}); {fix}") from None
 
 
-def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = True) -> DatasetMeta:
+def load_dataset_meta(
+    data_dir: str | Path, *, verify_tokenizer_hash: bool = True, verify_contents: bool = True
+) -> DatasetMeta:
     """Read and validate `<data_dir>/meta.json` against the files beside it.
 
     Checks: format and version known; dtype known and wide enough for the vocab; every shard is
     a file name in data_dir listed in one split only, exists, is a whole number of tokens, and
-    holds exactly the token count the metadata says; the tokenizer file is in data_dir, exists and (unless verify_tokenizer_hash=False) matches its recorded hash.
-    Raises NgptConfigError listing every problem found.
+    holds exactly the token count the metadata says; the recorded block hashes are well formed; the
+    tokenizer file is in data_dir, exists and (unless verify_tokenizer_hash=False) matches its recorded
+    hash; and (unless verify_contents=False) a sample of shard blocks matches its recorded sha256
+    (`check_shard_contents`). Raises NgptConfigError listing every problem found.
     """
     data_dir = Path(data_dir)
     meta_path = data_dir / META_FILE
@@ -237,6 +301,7 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
     itemsize = meta.np_dtype.itemsize
     inside = f"must be a file name inside {data_dir}; {redo}"
     listed_in: dict[str, str] = {}  # shard file -> the split that lists it first
+    hashed: list[tuple[str, ShardMeta]] = []  # the shards whose recorded hashes are checked below
     for name, split in meta.splits.items():
         p.check(
             split.tokens == sum(s.tokens for s in split.shards),
@@ -259,6 +324,7 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
                 )
                 continue
             listed_in[shard.file] = name
+            hashed.append((f"meta.json splits.{name} shard {shard.file!r}", shard))
             path = meta.shard_path(shard)
             if not path.is_file():
                 p.add(f"shard {shard.file}", "missing", f"the file listed in meta.json is not in {data_dir}; {redo}")
@@ -276,6 +342,9 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
                     f"{size // itemsize} tokens",
                     f"meta.json says {shard.tokens} tokens: the file is truncated or was replaced; {redo}",
                 )
+    hash_fix = f"meta.json is damaged or was edited: copy the dataset again, or {redo}"
+    if len(hashed) == sum(len(split.shards) for split in meta.splits.values()):  # else named above already
+        p.items.extend(hash_problems(hashed, meta.hash_block_bytes, itemsize, hash_fix))
     tok = meta.tokenizer_file
     if not _plain_name(meta.tokenizer_path):
         p.add("meta.json tokenizer.path", meta.tokenizer_path, inside)
@@ -288,7 +357,112 @@ def load_dataset_meta(data_dir: str | Path, *, verify_tokenizer_hash: bool = Tru
             f"its sha256 differs from meta.json: the shards were made with another tokenizer; {redo}",
         )
     p.raise_if_any()
+    if verify_contents:
+        check_shard_contents(meta)
     return meta
+
+
+_checked: set[tuple] = set()
+"""Datasets whose sampled check passed in this process, keyed by where and what their files are: the
+trainer opens its dataset several times at startup and reads the sample once."""
+
+
+def check_shard_contents(meta: DatasetMeta) -> None:
+    """The sampled content check of a dataset being opened: the sampled blocks (ngpt_ds.data.shard_hashes)
+    must match their recorded sha256. Up to SAMPLE_ALL_BELOW bytes every rank reads them all (under a
+    second); beyond, the ranks of a node split them, each node reading its own copy. A dataset without
+    hashes logs one warning and passes."""
+    from ngpt_ds import distributed
+
+    if meta.hash_block_bytes is None:
+        key: tuple = ("unhashed", str(meta.data_dir.resolve()))
+        if key not in _checked:
+            _checked.add(key)
+            _log.warning(
+                f"dataset {meta.data_dir}: its meta.json records no shard hashes (prepared by an older ngpt_ds), so "
+                f"damaged shard contents go unnoticed; add them with `ngpt-prepare --add-hashes {meta.data_dir}` "
+                "(on a copy you trust), or prepare it again"
+            )
+        return
+    try:
+        env = distributed.discover()
+        rank, ranks = env.local_rank, env.local_world_size
+    except NgptConfigError:  # the launcher's own check reports that environment
+        rank, ranks = 0, 1
+    total = sum(s.tokens for split in meta.splits.values() for s in split.shards) * meta.np_dtype.itemsize
+    if not 0 <= rank < ranks or total <= shard_hashes.SAMPLE_ALL_BELOW:
+        rank, ranks = 0, 1
+    stats = []
+    for name in (META_FILE, *(s.file for split in meta.splits.values() for s in split.shards)):
+        st = (meta.data_dir / name).stat()
+        stats.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    key = (str(meta.data_dir.resolve()), rank, ranks, tuple(stats))
+    if key in _checked:
+        return
+    problems = verify_shards(meta.data_dir, meta, rank, ranks, "sample")
+    if problems:
+        raise shard_error(meta.data_dir, problems, "sampled")
+    _checked.add(key)
+
+
+def verify_shards(
+    data_dir: Path, meta: DatasetMeta, rank: int = 0, world_size: int = 1, mode: str = "sample", progress: bool = False
+) -> list[str]:
+    """Check rank `rank` of `world_size`'s share of the shard blocks that `mode` reads ('sample': the bounded
+    sample of ngpt_ds.data.shard_hashes; 'full': every block) against meta.json's hashes; one line for each
+    bad block, naming the shard file and its byte range. `meta` must carry hashes (hash_block_bytes)."""
+    assert meta.hash_block_bytes is not None and mode in shard_hashes.MODES
+    from tqdm import tqdm
+
+    itemsize = meta.np_dtype.itemsize
+    shards = [
+        (s.file, s.tokens * itemsize, s.sha256_blocks or ()) for split in meta.splits.values() for s in split.shards
+    ]
+    blocks = shard_hashes.blocks_to_check(shards, meta.hash_block_bytes, mode, rank, world_size)
+    total = sum(b.byte_range(meta.hash_block_bytes)[1] - b.byte_range(meta.hash_block_bytes)[0] for b in blocks)
+    with tqdm(total=total, desc="verifying", unit="B", unit_scale=True, disable=not progress) as bar:
+        bad = shard_hashes.bad_blocks(Path(data_dir), blocks, meta.hash_block_bytes, bar.update)
+    found = []
+    for block, what in bad:
+        start, end = block.byte_range(meta.hash_block_bytes)
+        of = shard_hashes.block_count(block.size, meta.hash_block_bytes)
+        found.append(f"{block.file} bytes [{start}, {end}) (block {block.index} of {of}): {what}")
+    return found
+
+
+def shard_error(data_dir: Path, problems: list[str], how: str) -> NgptConfigError:
+    """The error for damaged shards: every bad block, then the fix."""
+    lines = "\n".join(f"  - {line}" for line in problems)
+    return NgptConfigError(
+        f"dataset {data_dir}: {len(problems)} block(s) of its shards differ from the sha256 that meta.json records "
+        f"({how} check): the files are damaged (zero-filled, truncated and re-extended, an interrupted copy, or "
+        f"changed)\n{lines}\ncopy the dataset again from a good copy (`ngpt-prepare --verify DIR` checks every "
+        f"block), or delete {data_dir} and prepare it again"
+    )
+
+
+def add_hashes(data_dir: str | Path, block_bytes: int = shard_hashes.BLOCK_BYTES) -> DatasetMeta:
+    """Record the block hashes of a dataset prepared without them (`ngpt-prepare --add-hashes DIR`): they
+    describe the shards as they are now, so run it on a copy you trust. Rewrites meta.json in place."""
+    meta = load_dataset_meta(data_dir, verify_contents=False)
+    if meta.hash_block_bytes is not None:
+        raise NgptConfigError(
+            f"dataset {meta.data_dir} already records shard hashes; check them with `ngpt-prepare --verify "
+            f"{meta.data_dir}` (they are not replaced: a damaged shard would then pass)"
+        )
+    splits = {
+        name: dataclasses.replace(
+            split,
+            shards=tuple(
+                dataclasses.replace(s, sha256_blocks=shard_hashes.block_hashes(meta.shard_path(s), block_bytes))
+                for s in split.shards
+            ),
+        )
+        for name, split in meta.splits.items()
+    }
+    hashed = dataclasses.replace(meta, splits=splits, hash_block_bytes=block_bytes)
+    write_meta(hashed, meta.data_dir)
+    return hashed
 
 
 def _plain_name(file: str) -> bool:
@@ -315,6 +489,8 @@ class ShardWriter:
     split: str
     dtype: str
     shard_tokens: int
+    hash_block_bytes: int = shard_hashes.BLOCK_BYTES
+    """Each closed shard's file is read back and hashed in blocks of this many bytes (sha256_blocks)."""
     documents: int = 0
     shards: list[ShardMeta] = field(default_factory=list)
     _file: IO[bytes] | None = None
@@ -352,4 +528,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        self.shards[-1] = ShardMeta(file=self.shards[-1].file, tokens=self._count)
+        name = self.shards[-1].file
+        # Read back once written: the hashes then vouch for what the filesystem returns, not for the buffer.
+        hashes = shard_hashes.block_hashes(self.directory / name, self.hash_block_bytes)
+        self.shards[-1] = ShardMeta(file=name, tokens=self._count, sha256_blocks=hashes)
