@@ -301,3 +301,28 @@ def test_a_zero_filled_shard_on_one_node_stops_both_ranks_before_training(tiny_d
         assert "step      1/" not in out
         assert err.startswith("error: rank 1: dataset data: 1 block(s) of its shards differ"), err
         assert bad in err.splitlines()
+
+
+def test_above_the_full_check_size_the_ranks_of_a_node_split_the_sample(tiny_dataset, tmp_path, monkeypatch):
+    """Opening a dataset above SAMPLE_ALL_BELOW reads the sample (each shard's last block and one picked by
+    its name) split between the node's ranks (LOCAL_RANK of LOCAL_WORLD_SIZE): here train blocks (picked, 7)
+    and validation block 0 go to local ranks 0, 1, 0, so a flipped byte in train block 7 stops local rank 1."""
+    from ngpt_ds.data import shards
+
+    data = small_blocks(copy_of(tiny_dataset, tmp_path))
+    flip(data / "train_000000.bin", 7 * BLOCK + 9)
+    monkeypatch.setattr(shard_hashes, "SAMPLE_ALL_BELOW", 0)
+    monkeypatch.setattr(shards, "_checked", set())
+    env = {"RANK": 0, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500}
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    load_dataset_meta(data)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(NgptConfigError) as err:
+        load_dataset_meta(data)
+    assert "\n  - train_000000.bin bytes [458752, 511408) (block 7 of 8): sha256 differs from meta.json\n" in str(
+        err.value
+    )
+    assert "(sampled check)" in str(err.value)
