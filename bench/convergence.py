@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from report import count  # noqa: E402
+
 DEFAULT_LRS = {"ngpt": "3e-3,6e-3,1.2e-2,2.4e-2", "gpt": "1e-3,3e-3,6e-3,1.2e-2"}
 SHAPE_KEYS = ("n_layer", "n_embd", "n_head", "seq_len", "mlp_hidden", "vocab_size", "rope_base")
 
@@ -53,22 +55,24 @@ def parse_args(argv=None):
         default="ngpt_tiny",
         help="preset whose model shape both models use (arch is set per run); default ngpt_tiny",
     )
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (same for both models)")
+    parser.add_argument("--steps", type=count(1), default=300, help="optimizer steps per run (same for both models)")
     parser.add_argument("--lrs-ngpt", default=DEFAULT_LRS["ngpt"], help="comma-separated nGPT learning rates")
     parser.add_argument("--lrs-gpt", default=DEFAULT_LRS["gpt"], help="comma-separated GPT learning rates")
-    parser.add_argument("--gpt-warmup", type=int, default=None, help="GPT warmup steps (default: steps // 10)")
-    parser.add_argument("--eval-interval", type=int, default=25, help="evaluate every N steps")
-    parser.add_argument("--eval-batches", type=int, default=8, help="validation micro-batches per rank")
+    parser.add_argument("--gpt-warmup", type=count(0), default=None, help="GPT warmup steps (default: steps // 10)")
+    parser.add_argument("--eval-interval", type=count(1), default=25, help="evaluate every N steps")
+    parser.add_argument("--eval-batches", type=count(1), default=8, help="validation micro-batches per rank")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (batch, precision)")
     parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
-    parser.add_argument("--ranks", type=int, default=1, help="ranks per run (torchrun)")
+    parser.add_argument("--ranks", type=count(1), default=1, help="ranks per run (torchrun)")
     parser.add_argument(
         "--context",
         help="comma-separated contexts, e.g. 256,1024 (default: the shape's). Each gets micro-batch = "
         "JSON micro-batch x shape context / context, so tokens per step and the token budget stay equal",
     )
-    parser.add_argument("--step-rounds", type=int, default=10, help="interleaved nGPT/GPT step pairs timed per context")
-    parser.add_argument("--step-warmup", type=int, default=2, help="untimed step pairs before those")
+    parser.add_argument(
+        "--step-rounds", type=count(1), default=10, help="interleaved nGPT/GPT step pairs timed per context"
+    )
+    parser.add_argument("--step-warmup", type=count(0), default=2, help="untimed step pairs before those")
     parser.add_argument("--out", default=str(REPO / "bench/results/convergence"), help="output directory")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args(argv)

@@ -31,14 +31,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
+from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps after 3 warm-up steps")
+    parser.add_argument("--steps", type=count(1), default=20, help="timed steps after 3 warm-up steps")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps, alternating")
     add_timing_arguments(parser)
     parser.add_argument("--json", help="write the result here too")

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
+from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
 from step_time import make_step  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
@@ -276,8 +276,8 @@ def table(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", required=True, help="a checkout of NVIDIA/ngpt, or its model.py")
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of the four steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--rounds", type=count(1), default=10, help="timed rounds of the four steps")
+    parser.add_argument("--warmup", type=count(0), default=2, help="untimed rounds first")
     parser.add_argument(
         "--shape",
         default=",".join(f"{k}={v}" for k, v in {**SHAPE, "batch": BATCH}.items()),

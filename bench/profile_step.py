@@ -27,14 +27,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from report import count  # noqa: E402  (bench/, the script's folder, is on sys.path)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
-    parser.add_argument("--steps", type=int, default=3, help="profiled steps after 3 warm-up steps")
-    parser.add_argument("--top", type=int, default=15, help="operators listed")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--steps", type=count(1), default=3, help="profiled steps after 3 warm-up steps")
+    parser.add_argument("--top", type=count(1), default=15, help="operators listed")
+    parser.add_argument("--threads", type=count(1), help="torch threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="profile torch.compile'd steps, kernel by kernel")
     parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()

@@ -22,13 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from report import count  # noqa: E402  (bench/, the script's folder, is on sys.path)
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="ngpt_tiny", help="nGPT preset or YAML (default ngpt_tiny)")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (default zero2)")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps")
-    parser.add_argument("--ranks", type=int, default=2, help="ranks (default 2)")
+    parser.add_argument("--steps", type=count(1), default=30, help="timed steps after 3 warm-up steps")
+    parser.add_argument("--ranks", type=count(1), default=2, help="ranks (default 2)")
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     return parser.parse_args()

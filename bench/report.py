@@ -73,9 +73,26 @@ def update_section(name: str, body: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def count(minimum: int):
+    """argparse type: an integer >= minimum. Rounds, steps and warm-ups of 0 or fewer otherwise passed,
+    and the script failed in its summary (a median of nothing), after all its runs."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in some messages
+    return parse
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
     """--threads and --clock, for scripts that time training steps."""
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=count(1), help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),

@@ -33,13 +33,14 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rss_step  # noqa: E402
+from report import count  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     rss_step.add_shape_arguments(p)
-    p.add_argument("--sp", type=int, default=2, help="sequence-parallel size of the second job (default 2)")
-    p.add_argument("--rounds", type=int, default=3, help="measured steps per job, after one warm-up step")
+    p.add_argument("--sp", type=count(1), default=2, help="sequence-parallel size of the second job (default 2)")
+    p.add_argument("--rounds", type=count(1), default=3, help="measured steps per job, after one warm-up step")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one rank

@@ -33,7 +33,7 @@ from ngpt_ds.cli import default_accelerator  # noqa: E402
 default_accelerator()
 
 from engines import shape_engine  # noqa: E402
-from report import add_timing_arguments, apply_timing_arguments  # noqa: E402
+from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
 from ngpt_ds.train.builder import init_process_group  # noqa: E402
@@ -117,8 +117,8 @@ def measure(shape_name: str, rounds: int, warmup: int, ds_path: str, compiled: b
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="tiny,0.5b-short", help=f"comma list of {', '.join(SHAPES)}")
-    parser.add_argument("--rounds", type=int, default=10, help="timed A/B rounds per shape")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (and compilation)")
+    parser.add_argument("--rounds", type=count(1), default=10, help="timed A/B rounds per shape")
+    parser.add_argument("--warmup", type=count(0), default=2, help="untimed rounds first (and compilation)")
     parser.add_argument(
         "--ds",
         default=str(REPO / "ds_configs/zero2.json"),

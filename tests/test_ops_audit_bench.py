@@ -215,3 +215,53 @@ def test_peer_step_refuses_another_gpts_model_py(tmp_path):
             f"--official {tmp_path / 'model.py'}: importing {tmp_path / 'model.py'} failed "
             "(ModuleNotFoundError: No module named 'apex')"
         )
+
+
+COUNTS = [
+    ("convergence", "--step-rounds", "0", 1),  # the worst: a median of nothing after every training run
+    ("convergence", "--steps", "0", 1),
+    ("convergence", "--step-warmup", "-1", 0),
+    ("mfu", "--steps", "0", 1),
+    ("peer_step", "--rounds", "0", 1),
+    ("step_time", "--rounds", "0", 1),
+    ("step_time", "--warmup", "-2", 0),
+    ("renorm_cost", "--steps", "0", 1),
+    ("activation_memory", "--rounds", "0", 1),
+    ("sequence_parallel", "--rounds", "0", 1),
+    ("profile_step", "--steps", "0", 1),
+]
+
+
+def test_bench_counts_below_their_minimum_are_bad_usage(monkeypatch, capsys):
+    """Fault: bench scripts took --rounds 0, --steps 0, --step-rounds 0 (to skip the step timing, say) and
+    failed in their summary with "statistics.StatisticsError: no median for empty data" (min() of an empty
+    list in peer_step) after their engines were built; bench/convergence.py --step-rounds 0 after every
+    training run of its sweep. Now argparse refuses them, exit 2, naming the option."""
+    import importlib
+
+    class Parsed(Exception):
+        """Raised right after a parse that passed: the script's main goes no further (no engines, no runs)."""
+
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, *args, **kwargs):
+        real_parse(self, *args, **kwargs)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    for module, option, value, minimum in COUNTS:
+        script = importlib.import_module(module)
+        argv = [f"{module}.py", option, value] + (["--official", "unused"] if module == "peer_step" else [])
+        monkeypatch.setattr(sys, "argv", argv)
+        try:
+            script.main()
+            raise AssertionError(f"{module}: main returned")
+        except Parsed:
+            raise AssertionError(f"{module} {option} {value}: accepted") from None
+        except SystemExit as stop:
+            assert stop.code == 2, (module, option, stop.code)
+        assert (
+            capsys.readouterr()
+            .err.splitlines()[-1]
+            .endswith(f"error: argument {option}: expected an integer >= {minimum}, got {value}")
+        ), (module, option)
