@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rss_step  # noqa: E402
-from report import count  # noqa: E402
+from report import count, json_file  # noqa: E402
 
 MODES = {"none": 0, "blocks": 1, "every_k: 2": 2}
 
@@ -39,7 +39,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     rss_step.add_shape_arguments(p)
     p.add_argument("--rounds", type=count(1), default=3, help="measured steps per mode, after one warm-up step")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--json", type=json_file, default=None, help="also write the results here")
     p.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     return p.parse_args()
 

@@ -53,6 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from report import json_file  # noqa: E402
+
 from ngpt_ds.train import manifest  # noqa: E402
 
 #: Bytes per parameter of a bf16 ZeRO-1/2 checkpoint (as ngpt_ds/train/memory_plan.py counts them):
@@ -329,7 +331,7 @@ def main() -> int:
     parser.add_argument("--presets", default="ngpt_0.5b,ngpt_1b", help="comma list of presets to project to")
     parser.add_argument("--world", type=positive_ints, default=[8, 64], help="comma list of rank counts (8,64)")
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary of the presets (default 32000)")
-    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--json", type=json_file, help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
     if args.size_gib <= 0 or args.ranks < 1 or args.rounds < 1:

@@ -35,6 +35,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from report import json_file  # noqa: E402  (bench/, the script's folder, is on sys.path)
+
 MODES = ("eager", "cold", "warm")
 
 
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         "--cold-rounds", type=int, help="rounds that include the cold run (default: all; later ones: eager, warm)"
     )
     parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
-    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--json", type=json_file, help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     parser.add_argument("--from-json", help="no runs: rebuild the table (and --docs) from an earlier --json file")
     args = parser.parse_args(argv)

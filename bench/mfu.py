@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
+from report import add_timing_arguments, apply_timing_arguments, count, json_file  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--steps", type=count(1), default=20, help="timed steps after 3 warm-up steps")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps, alternating")
     add_timing_arguments(parser)
-    parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--json", type=json_file, help="write the result here too")
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):

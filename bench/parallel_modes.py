@@ -30,6 +30,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from report import json_file  # noqa: E402
+
 MODEL = {"arch": "ngpt", "n_layer": 4, "n_embd": 64, "n_head": 4, "seq_len": 128}
 MICRO, ACCUM = 2, 4
 
@@ -58,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     p.add_argument("--steps", type=int, default=12, help="optimizer steps per mode (>= 3)")
     p.add_argument("--data", help="a prepared dataset (default: one made from pydoc topics)")
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--json", type=json_file, help="also write the results to this file")
     p.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: run one mode, print its JSON
     p.add_argument("--work", help=argparse.SUPPRESS)

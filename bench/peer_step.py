@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
+from report import add_timing_arguments, apply_timing_arguments, count, json_file  # noqa: E402
 from step_time import make_step  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
@@ -286,7 +286,7 @@ def main() -> int:
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON of ngpt_ds's side")
     parser.add_argument("--compile", action="store_true", help="also time ngpt_ds's models through torch.compile")
     add_timing_arguments(parser)
-    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--json", type=json_file, help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
+from report import json_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ngpt_ds.model.blocks import CausalSelfAttention  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing both forms")
     parser.add_argument("--reps", type=int, default=40, help="forward+backward passes per form and round")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--json", type=json_file, help="also write the numbers here")
     parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()
     if min(args.batch, args.rounds, args.reps) < 1:

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from report import count  # noqa: E402  (bench/, the script's folder, is on sys.path)
+from report import count, json_file  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 
 def parse_args():
@@ -31,7 +31,7 @@ def parse_args():
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (default zero2)")
     parser.add_argument("--steps", type=count(1), default=30, help="timed steps after 3 warm-up steps")
     parser.add_argument("--ranks", type=count(1), default=2, help="ranks (default 2)")
-    parser.add_argument("--json", help="also write the result as JSON here")
+    parser.add_argument("--json", type=json_file, help="also write the result as JSON here")
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     return parser.parse_args()
 

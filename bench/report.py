@@ -90,6 +90,17 @@ def count(minimum: int):
     return parse
 
 
+def json_file(text: str) -> Path:
+    """argparse type for --json: a file in an existing folder. A missing folder failed the write after the
+    whole benchmark, with a traceback, and --docs (written after --json) was not written either."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {path.parent} does not exist (create it first)")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it")
+    return path
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
     """--threads and --clock, for scripts that time training steps."""
     parser.add_argument("--threads", type=count(1), help="torch threads (default: torch's choice)")

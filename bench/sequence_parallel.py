@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import rss_step  # noqa: E402
-from report import count  # noqa: E402
+from report import count, json_file  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rss_step.add_shape_arguments(p)
     p.add_argument("--sp", type=count(1), default=2, help="sequence-parallel size of the second job (default 2)")
     p.add_argument("--rounds", type=count(1), default=3, help="measured steps per job, after one warm-up step")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--json", type=json_file, default=None, help="also write the results here")
     p.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)  # internal: one rank
     return p.parse_args(argv)

@@ -33,7 +33,7 @@ from ngpt_ds.cli import default_accelerator  # noqa: E402
 default_accelerator()
 
 from engines import shape_engine  # noqa: E402
-from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
+from report import add_timing_arguments, apply_timing_arguments, count, json_file  # noqa: E402
 
 from ngpt_ds import distributed  # noqa: E402
 from ngpt_ds.train.builder import init_process_group  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> int:
     )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     add_timing_arguments(parser)
-    parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--json", type=json_file, help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):

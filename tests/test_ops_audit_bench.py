@@ -232,15 +232,13 @@ COUNTS = [
 ]
 
 
-def test_bench_counts_below_their_minimum_are_bad_usage(monkeypatch, capsys):
-    """Fault: bench scripts took --rounds 0, --steps 0, --step-rounds 0 (to skip the step timing, say) and
-    failed in their summary with "statistics.StatisticsError: no median for empty data" (min() of an empty
-    list in peer_step) after their engines were built; bench/convergence.py --step-rounds 0 after every
-    training run of its sweep. Now argparse refuses them, exit 2, naming the option."""
-    import importlib
+class Parsed(Exception):
+    """Raised right after a parse that passed: the script's main goes no further (no engines, no runs)."""
 
-    class Parsed(Exception):
-        """Raised right after a parse that passed: the script's main goes no further (no engines, no runs)."""
+
+def usage_error(monkeypatch, capsys, module: str, *argv: str) -> str:
+    """The last line bench/<module>.py's argument parser prints for `argv`, which it must refuse (exit 2)."""
+    import importlib
 
     real_parse = argparse.ArgumentParser.parse_args
 
@@ -249,19 +247,49 @@ def test_bench_counts_below_their_minimum_are_bad_usage(monkeypatch, capsys):
         raise Parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    script = importlib.import_module(module)
+    extra = ["--official", "unused"] if module == "peer_step" else []
+    monkeypatch.setattr(sys, "argv", [f"{module}.py", *argv, *extra])
+    try:
+        script.main()
+        raise AssertionError(f"{module}: main returned")
+    except Parsed:
+        raise AssertionError(f"{module} {argv}: accepted") from None
+    except SystemExit as stop:
+        assert stop.code == 2, (module, argv, stop.code)
+    return capsys.readouterr().err.splitlines()[-1]
+
+
+def test_bench_counts_below_their_minimum_are_bad_usage(monkeypatch, capsys):
+    """Fault: bench scripts took --rounds 0, --steps 0, --step-rounds 0 (to skip the step timing, say) and
+    failed in their summary with "statistics.StatisticsError: no median for empty data" (min() of an empty
+    list in peer_step) after their engines were built; bench/convergence.py --step-rounds 0 after every
+    training run of its sweep. Now argparse refuses them, exit 2, naming the option."""
     for module, option, value, minimum in COUNTS:
-        script = importlib.import_module(module)
-        argv = [f"{module}.py", option, value] + (["--official", "unused"] if module == "peer_step" else [])
-        monkeypatch.setattr(sys, "argv", argv)
-        try:
-            script.main()
-            raise AssertionError(f"{module}: main returned")
-        except Parsed:
-            raise AssertionError(f"{module} {option} {value}: accepted") from None
-        except SystemExit as stop:
-            assert stop.code == 2, (module, option, stop.code)
-        assert (
-            capsys.readouterr()
-            .err.splitlines()[-1]
-            .endswith(f"error: argument {option}: expected an integer >= {minimum}, got {value}")
-        ), (module, option)
+        line = usage_error(monkeypatch, capsys, module, option, value)
+        assert line.endswith(f"error: argument {option}: expected an integer >= {minimum}, got {value}"), line
+
+
+JSON_SCRIPTS = (
+    "activation_memory",
+    "checkpoint_verify",
+    "compile_cost",
+    "mfu",
+    "parallel_modes",
+    "peer_step",
+    "qk_path",
+    "renorm_cost",
+    "sequence_parallel",
+    "step_time",
+)
+
+
+def test_bench_json_into_a_missing_folder_is_bad_usage(tmp_path, monkeypatch, capsys):
+    """Fault: --json results/x.json with no results/ folder was found out after the whole benchmark:
+    FileNotFoundError traceback at the write, and --docs (written after --json) was not written."""
+    for module in JSON_SCRIPTS:
+        target = tmp_path / "missing" / "x.json"
+        line = usage_error(monkeypatch, capsys, module, "--json", str(target))
+        assert line.endswith(
+            f"error: argument --json: {target}: folder {target.parent} does not exist (create it first)"
+        ), line
