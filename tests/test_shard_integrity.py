@@ -326,3 +326,34 @@ def test_above_the_full_check_size_the_ranks_of_a_node_split_the_sample(tiny_dat
         err.value
     )
     assert "(sampled check)" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("blocks", 5, "blocks = 5: must be a list of {block: number, splits: ...}"),
+        ("documents", "many", "documents = 'many': must be an integer >= 0"),
+        ("block_docs", 0, "block_docs = 0: must be a positive integer"),
+        ("hash_block_bytes", [1], "hash_block_bytes = [1]: must be a positive integer"),
+    ],
+)
+def test_a_crafted_part_json_field_is_named_not_a_traceback(tiny_dataset, tmp_path, field, value, problem):
+    """Fault: merge_parts computed with part.json's numbers as found: `blocks: 5`, `documents: "many"` and
+    `block_docs: 0` stopped `--merge` with a TypeError or ZeroDivisionError traceback (exit 1)."""
+    from test_data_parts import config, write_corpus
+
+    from ngpt_ds.data.parts import prepare_part
+
+    corpus, out = write_corpus(tmp_path / "c"), tmp_path / "parts"
+    for k in range(2):
+        prepare_part(config(corpus, out, tiny_dataset / "tokenizer.model"), 2, k, 40)
+    for k in range(2):  # in every part: parts that disagree are refused by comparison
+        info = json.loads((out / f"part-0000{k}-of-00002" / "part.json").read_text())
+        info[field] = value
+        (out / f"part-0000{k}-of-00002" / "part.json").write_text(json.dumps(info))
+    path = out / "part-00000-of-00002" / "part.json"
+    proc = prepare_cli("--merge", "--num-shards", "2", "--out", out, "--no-progress")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        f"error: {path}: {problem}; prepare that part again with --overwrite\n",
+    )

@@ -255,7 +255,36 @@ def _read_part(folder: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(info, dict) or info.get("format") != PART_FORMAT:
         raise NgptConfigError(f"{path}: not a part written by ngpt_ds; prepare that part again with --overwrite")
+    # The fields the merge computes with: a crafted or damaged value stopped it with a TypeError or
+    # ZeroDivisionError traceback.
+    wrong = [
+        f"{key} = {info.get(key)!r}: {must}"
+        for key, ok, must in (
+            ("block_docs", _count(info.get("block_docs"), 1), "must be a positive integer"),
+            ("documents", _count(info.get("documents"), 0), "must be an integer >= 0"),
+            ("dtype", info.get("dtype") in DTYPES, f"must be one of {sorted(DTYPES)}"),
+            ("tokenizer_sha256", isinstance(info.get("tokenizer_sha256"), str), "must be a sha256"),
+            (
+                "hash_block_bytes",
+                info.get("hash_block_bytes") is None or _count(info.get("hash_block_bytes"), 1),
+                "must be a positive integer",
+            ),
+            (
+                "blocks",
+                isinstance(info.get("blocks"), list)
+                and all(isinstance(b, dict) and _count(b.get("block"), 0) for b in info["blocks"]),
+                "must be a list of {block: number, splits: ...}",
+            ),
+        )
+        if not ok
+    ]
+    if wrong:
+        raise NgptConfigError(f"{path}: {'; '.join(wrong)}; prepare that part again with --overwrite")
     return info
+
+
+def _count(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress: bool = True) -> Path:
@@ -378,10 +407,10 @@ def _part_shards(
     that file into the dataset as a shard. Hashes recorded by the part are carried over once well formed;
     a part written before ngpt_ds recorded them is hashed here."""
     found: dict[str, Any] = {"block_bytes": shard_hashes.BLOCK_BYTES}
-    recorded = {info.get("hash_block_bytes") for info in parts}
-    carried = len(recorded) == 1 and None not in recorded
+    recorded = [info.get("hash_block_bytes") for info in parts]
+    carried = recorded[0] is not None and all(r == recorded[0] for r in recorded)
     if carried:
-        found["block_bytes"] = recorded.pop()
+        found["block_bytes"] = recorded[0]
     for name in ("train", "validation"):
         docs, listed = 0, []
         for b in range(n_blocks):
