@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 ROOT = "ngpt_ds"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -63,14 +64,29 @@ class _TqdmHandler(logging.Handler):
         self.info_stream = info_stream
 
     def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else getattr(sys, self.info_stream)
         try:
             from tqdm import tqdm
 
-            stream = sys.stderr if record.levelno >= logging.WARNING else getattr(sys, self.info_stream)
             tqdm.write(self.format(record), file=stream)
             stream.flush()
+        except BrokenPipeError:
+            _discard_from_now_on(stream)
         except Exception:  # logging must never break the program
             self.handleError(record)
+
+
+def _discard_from_now_on(stream: TextIO) -> None:
+    """The reader of `stream` is gone (`| head`, `| grep -m1`, a tee that was killed): the run goes on,
+    and what is written there from now on is discarded (the stream's descriptor now points at
+    /dev/null, as Python's documentation of SIGPIPE advises). Before, every later line printed a
+    '--- Logging error ---' traceback on stderr, and the command's last print() failed a finished run."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO, pytest's capture): nothing to do
+        pass
 
 
 def setup(level: str | int = "INFO", *, all_ranks: bool = False, info_stream: str = "stdout") -> None:
