@@ -22,7 +22,7 @@
 # --workdir must be new or empty (exit 2 otherwise): the checks replace data/, runs/ and export/ in it.
 #
 # Exit status: 0 every check PASS (in --dry-run: PASS or SKIPPED), 1 a check FAILed or was
-# SKIPPED, 3 no CUDA GPU is visible (nothing was checked), 2 bad usage.
+# SKIPPED, 3 no CUDA GPU is visible (nothing was checked), 2 bad usage or a PYTHON without torch.
 # --dry-run runs the same checks on CPU and gloo at toy sizes (GPU-only parts SKIPPED): it tests the
 # script's plumbing on a machine without a GPU, not the GPU path.
 set -uo pipefail
@@ -58,7 +58,12 @@ fi
 
 BUDGET_S="${GPU_CHECK_BUDGET_S:-510}"
 START=$SECONDS
-NGPU=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null)
+if ! NGPU=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null); then
+  # Not "no GPU": a shell without the environment launch/setup.sh installed into has no torch at all.
+  echo "gpu_check: $PYTHON cannot import torch ($("$PYTHON" -c 'import torch' 2>&1 | tail -n 1)): nothing was checked." >&2
+  echo "gpu_check: activate the environment launch/setup.sh installed into, or set PYTHON to its python." >&2
+  exit 2
+fi
 NGPU="${NGPU:-0}"
 if [ "$DRY" = 0 ] && [ "$NGPU" = 0 ]; then
   echo "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False): nothing was checked." >&2

@@ -60,3 +60,19 @@ def test_workdir_without_a_folder_is_bad_usage():
     proc = run(["bash", REPO / "bench/gpu_check.sh", "--workdir"], check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --workdir needs a folder (see --help)"
+
+
+def test_a_python_without_torch_is_named_not_taken_for_no_gpu(tmp_path):
+    """Fault: run where PYTHON has no torch (the venv launch/setup.sh installed into not activated, on the
+    GPU machine), the script said "no CUDA GPU is visible (torch.cuda.is_available() is False)", exit 3:
+    the GPU was never asked about."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    python.chmod(0o755)
+    proc = run(["bash", REPO / "bench/gpu_check.sh"], env=cpu_env(PYTHON=python), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"gpu_check: {python} cannot import torch (ModuleNotFoundError: No module named 'torch'): nothing was checked.",
+        "gpu_check: activate the environment launch/setup.sh installed into, or set PYTHON to its python.",
+    ]
+    assert proc.stdout == ""
