@@ -19,6 +19,16 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 WITH_TESTS=0
 WITH_CLUSTER=0
+if [ $# -gt 1 ]; then
+  echo "error: one option at most (--test includes --cluster); got: $*" >&2
+  exit 2
+fi
+case "${1:-}" in
+  "" | --cluster | --test) ;;
+  *)  # a typo (--tests, --clusters) installed without what it asked for, and said nothing
+    echo "error: unknown option $1; use none, --cluster or --test (see the top of $0)" >&2
+    exit 2 ;;
+esac
 [ "${1:-}" = "--test" ] && WITH_TESTS=1 && WITH_CLUSTER=1
 [ "${1:-}" = "--cluster" ] && WITH_CLUSTER=1
 

@@ -86,7 +86,7 @@ sys.exit(0)  # -m pip / ruff / mypy / pytest
 """
 
 
-def run_sh(tmp_path, **env):
+def run_sh(tmp_path, *argv, script="tests/run.sh", **env):
     """bash tests/run.sh with a stand-in PYTHON (and dpkg, g++): only its venv logic runs for real."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
@@ -97,7 +97,7 @@ def run_sh(tmp_path, **env):
         tool.chmod(0o755)
     path = f"{bin_dir}:{os.environ['PATH']}"
     full_env = {"PATH": path, "HOME": str(tmp_path), "PYTHON": str(bin_dir / "python"), **env}
-    return subprocess.run(["bash", REPO / "tests/run.sh"], env=full_env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", REPO / script, *argv], env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def test_run_sh_does_not_delete_a_venv_it_did_not_build(tmp_path):
@@ -293,3 +293,17 @@ def test_bench_json_into_a_missing_folder_is_bad_usage(tmp_path, monkeypatch, ca
         assert line.endswith(
             f"error: argument --json: {target}: folder {target.parent} does not exist (create it first)"
         ), line
+
+
+def test_setup_sh_refuses_an_option_it_does_not_know(tmp_path):
+    """Fault: launch/setup.sh looked at $1 for --test and --cluster only: a typo (--tests, --clusters, as in
+    an image's RUN line) installed without OpenMPI, mpi4py and the test tools, exit 0, nothing said; a
+    second option was ignored."""
+    for argv, message in (
+        (("--clusters",), "error: unknown option --clusters; use none, --cluster or --test (see the top of "),
+        (("--cluster", "--test"), "error: one option at most (--test includes --cluster); got: --cluster --test"),
+    ):
+        proc = run_sh(tmp_path / argv[-1], *argv, script="launch/setup.sh")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(message), proc.stderr
+        assert proc.stdout == ""
