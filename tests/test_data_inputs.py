@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
-from ngpt_ds.data.shards import load_dataset_meta
+from ngpt_ds.data.shards import add_hashes, load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.config import load_model_and_train
 
@@ -48,7 +48,20 @@ def poison_first_batch(data: Path, offset: int, value: int) -> int:
     shard[position] = value
     shard.flush()
     del shard
+    record_hashes_anew(data)
     return position
+
+
+def record_hashes_anew(data: Path) -> None:
+    """The shard hashes refuse a poisoned shard when the dataset is opened (tests/test_shard_integrity.py);
+    record them anew, so that what is tested is the read's own id check (damage after the startup check)."""
+    raw = json.loads((data / "meta.json").read_text())
+    raw.pop("hash_block_bytes")
+    for split in raw["splits"].values():
+        for shard in split["shards"]:
+            shard.pop("sha256_blocks")
+    (data / "meta.json").write_text(json.dumps(raw))
+    add_hashes(data)
 
 
 def test_a_token_id_beyond_the_vocabulary_is_named_by_the_loader(tiny_dataset, tmp_path):
@@ -71,6 +84,7 @@ def test_a_token_id_beyond_the_vocabulary_is_named_by_the_loader(tiny_dataset, t
     val[0] = 65535
     val.flush()
     del val
+    record_hashes_anew(data)
     with pytest.raises(NgptConfigError, match="shard validation_000000.bin holds token id 65535 at token 0, "):
         next(iter(validation_batches(data, SEQ, MICRO, 0, 1)))
 
