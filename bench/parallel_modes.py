@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(proc.stderr, file=sys.stderr)
                 return proc.returncode
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        # the model takes the dataset's vocabulary (MODEL names none): --data's, or 512 of the pydoc set
+        vocab = json.loads((Path(data) / "meta.json").read_text())["vocab_size"]
     text = table(results)
     print(text)
     if args.json:
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
         setting = (
             f"nGPT {MODEL['n_layer']} layers, d {MODEL['n_embd']}, {MODEL['n_head']} heads, context "
-            f"{MODEL['seq_len']}, vocab 512, fp32, ZeRO 1, global batch {MICRO} x {ACCUM} sequences, "
+            f"{MODEL['seq_len']}, vocab {vocab}, fp32, ZeRO 1, global batch {MICRO} x {ACCUM} sequences, "
             f"{args.steps} steps (median step time after the first two)"
         )
         update_section(

@@ -307,3 +307,27 @@ def test_setup_sh_refuses_an_option_it_does_not_know(tmp_path):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.startswith(message), proc.stderr
         assert proc.stdout == ""
+
+
+def test_parallel_modes_docs_name_the_vocabulary_of_the_data(tmp_path, monkeypatch):
+    """Fault: bench/parallel_modes.py --data DIR --docs wrote "vocab 512" into docs/benchmarks.md whatever DIR's
+    vocabulary (512 is only that of the dataset it makes without --data); the model takes the dataset's."""
+    import parallel_modes
+    import report
+
+    def fake_child(cmd, **kwargs):
+        mode = cmd[cmd.index("--measure") + 1]
+        row = {"mode": mode, "ranks": 1, "step_s": 0.1, "peak_rss_mib": 100.0, "losses": [5.0]}
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(row) + "\n", "")
+
+    sections = {}
+    monkeypatch.setattr(parallel_modes.subprocess, "run", fake_child)
+    monkeypatch.setattr(report, "update_section", lambda name, body: sections.update({name: body}))
+    monkeypatch.setattr(report, "machine", lambda: "a machine")
+    (tmp_path / "meta.json").write_text('{"vocab_size": 32000}\n')
+    assert parallel_modes.main(["--modes", "plain", "--data", str(tmp_path), "--docs"]) == 0
+    setting = sections["parallel_modes"].split("Setting: ")[1].split("\n")[0]
+    assert setting == (
+        "nGPT 4 layers, d 64, 4 heads, context 128, vocab 32000, fp32, ZeRO 1, global batch 2 x 4 sequences, "
+        "12 steps (median step time after the first two)."
+    )
