@@ -18,7 +18,7 @@ setup(
         "torch>=2.4",
         # The releases the tests pass on (ngpt_ds/train/ds_compat.py SUPPORTED, checked at startup);
         # launch/setup.sh installs the one the hook's DeepSpeed internals were read against.
-        "deepspeed>=0.19.3,<0.20",
+        "deepspeed>=0.19.6,<0.20",
         "packaging>=20",
         "datasets>=2.19",
         "sentencepiece>=0.2",

@@ -6,8 +6,8 @@ them without starting DeepSpeed (inference, export, a resume that needs to know 
 checkpoint was cut) goes through this module; every file is unpickled by ngpt_ds.safe_load
 (tensors, plain data and an allow-list only, DeepSpeed's own reads in `zero_to_fp32` included).
 
-What is read (checked against deepspeed 0.19.3 and 0.19.8, the range setup.py allows being
->=0.19.3,<0.20; a newer DeepSpeed that renames a file or a field needs this header revisited):
+What is read (checked against deepspeed 0.19.3 and 0.19.8; the range setup.py allows is
+>=0.19.6,<0.20; a newer DeepSpeed that renames a file or a field needs this header revisited):
 
   mp_rank_XX_model_states.pt            ZeRO 0-2, one per tensor-parallel rank XX (per pipeline
                                         stage XX with pipeline parallelism; `module` is then None)

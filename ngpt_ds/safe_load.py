@@ -10,8 +10,9 @@ nothing from it runs.
 
 The files and what they need beyond torch's defaults (DeepSpeed 0.19.8, found by saving real
 checkpoints at ZeRO 0/1/2/3 in fp32 and bf16, and tensor-parallel ZeRO 1/2, and listing each
-file with `torch.serialization.get_unsafe_globals_in_checkpoint`; the lowest supported release,
-0.19.3, saves the same types at ZeRO 2 fp32 and ZeRO 3 bf16):
+file with `torch.serialization.get_unsafe_globals_in_checkpoint`; 0.19.3 saves the same types at
+ZeRO 2 fp32 and ZeRO 3 bf16, and the resume test loads a ZeRO 2 fp32 checkpoint through this guard
+on 0.19.6, the lowest supported release):
 
 - `mp_rank_XX_model_states.pt` (ZeRO 0-2; one per tensor-parallel rank): module weights,
   DeepSpeed's bookkeeping (param_shapes, ds_config, ...) and, at ZeRO 0, the optimizer state;

@@ -4,7 +4,8 @@
 #
 # With no arguments (the whole suite, as CI runs it) the tests that depend on DeepSpeed's
 # internals (the hypersphere hook and its guards, checkpoint resume, the precision x ZeRO step
-# sizes) then run a second time on the lowest DeepSpeed release setup.py allows
+# sizes, the gradient norm against plain torch's) then run a second time on the lowest DeepSpeed
+# release setup.py allows
 # (ngpt_ds/train/ds_compat.py: LOWEST), in a venv of its own with the same torch, built once and reused:
 #   NGPT_DS_MIN_VENV    where it lives (default: $NGPT_DS_CACHE/venv-deepspeed-<LOWEST>-torch-<torch>,
 #                       NGPT_DS_CACHE defaulting to ~/.cache/ngpt_ds)
@@ -30,6 +31,7 @@ status=0
 # main environment's DeepSpeed) with the main environment's torch version and this package's other
 # requirements. The package itself comes from this checkout (PYTHONPATH), so one venv serves every clone.
 MIN_TESTS=(tests/test_hypersphere.py tests/test_sphere_guards.py tests/test_precision.py
+           tests/test_gradient_norm_parallel.py
            "tests/test_trainer.py::test_resumed_run_reproduces_the_uninterrupted_losses_exactly")
 lowest=$("$PYTHON" -c 'from ngpt_ds.train.ds_compat import LOWEST; print(LOWEST)')
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')

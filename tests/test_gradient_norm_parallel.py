@@ -1,11 +1,18 @@
 """Tensor parallel 2 (and sequence parallel 2, cases with :sp) through the trainer's DeepSpeed engine,
 against the same model stepped by plain torch: gradient norm and clipping, masters, the sphere, at
-ZeRO 0-3, fp32, bf16 and fp16, ZeRO-Offload (2 real gloo ranks; the cases: stage:precision[:tp|sp[:offload]])."""
+ZeRO 0-3, fp32, bf16 and fp16, ZeRO-Offload (2 real gloo ranks; the cases: stage:precision[:tp|sp[:offload]]).
+
+tests/run.sh runs this file on the lowest DeepSpeed release setup.py allows too: 0.19.3-0.19.5 divide
+the gradients by gradient_accumulation_steps twice at ZeRO 0-2 (ngpt_ds/train/ds_compat.py), and the
+accumulation of 2 here makes every norm at ZeRO 0-2 half plain torch's there."""
 
 import json
 import math
 
 import pytest
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train.ds_compat import ALLOW_UNTESTED_ENV, check_deepspeed_version
 
 from conftest import REPO, torchrun
 
@@ -55,3 +62,20 @@ def test_sp2_with_bf16_optimizer_steps_and_counts_the_gradient_norm_once(tmp_pat
     for step in record["steps"]:  # summed over the sequence ranks once, not twice: as plain torch, to bf16 rounding
         assert step["ds_grad_norm"] == pytest.approx(step["ref_grad_norm"], rel=4e-3), step
         assert step["deviation"] < 5e-7 and step["working_equals_master"]
+
+
+@pytest.mark.parametrize("version", ["0.19.3", "0.19.5"])
+def test_releases_that_divide_gradients_twice_are_refused_naming_the_fault(version, monkeypatch):
+    """Fault: setup.py allowed DeepSpeed 0.19.3-0.19.5, which divide every gradient by
+    gradient_accumulation_steps twice at ZeRO 0-2 (with 2 accumulation steps the gradient norm came
+    out 0.111 against plain torch's 0.223, with or without tensor parallelism), so clipping acted as
+    if its threshold were doubled; the trainer started on them without a word."""
+    monkeypatch.delenv(ALLOW_UNTESTED_ENV, raising=False)
+    with pytest.raises(NgptConfigError) as err:
+        check_deepspeed_version(version)
+    assert str(err.value) == (
+        f"DeepSpeed {version} is installed, but ngpt_ds supports deepspeed>=0.19.6,<0.20: DeepSpeed "
+        "0.19.3-0.19.5 divide the gradients by gradient_accumulation_steps twice at ZeRO 0-2, so the "
+        "gradient norm and clipping are wrong. Fix: pip install 'deepspeed>=0.19.6,<0.20' (launch/setup.sh "
+        "installs deepspeed==0.19.8), or set NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway"
+    )

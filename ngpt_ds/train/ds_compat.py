@@ -4,21 +4,27 @@ The hypersphere hook (ngpt_ds/train/hypersphere.py) reads DeepSpeed's private op
 attributes, which change between minor releases: 0.16.0-0.19.2 have no
 `DeepSpeedZeroOptimizer_Stage3._get_param_partition_rank` (it came with 0.19.3), so ZeRO 3
 failed there with an AttributeError after the process group was up; 0.16.0 and 0.19.2 were
-run to confirm it. The range below is the one CI runs: the hypersphere, sphere-guard, resume
-and precision tests pass on its lowest release and on TESTED (tests/run.sh runs them on both).
-The upper bound stops before the next minor release, whose internals nobody has checked yet.
+run to confirm it. 0.19.3-0.19.5 divide every gradient by gradient_accumulation_steps twice at
+ZeRO 0-2: their engine divides the gradient arriving at each tensor the forward returns, and the
+model returns the logits and the loss computed from them, so the loss's gradient is divided at
+both (a forward returning the loss alone came out right; ZeRO 3 was right). With 2 accumulation
+steps the gradient reaching the optimizer and the reported gradient norm were half the true ones
+(0.111 against plain torch's 0.223, with or without tensor or sequence parallelism), so clipping
+acted as if its threshold were multiplied by the accumulation steps. 0.19.6 divides the loss once
+in `engine.backward` and skips the per-output division inside it; 0.19.3, 0.19.5, 0.19.6 and
+0.19.7 were run to find the release. The range below is the one CI runs: the hypersphere,
+sphere-guard, resume, precision and gradient-norm tests pass on its lowest release and on TESTED
+(tests/run.sh runs them on both). The upper bound stops before the next minor release, whose
+internals nobody has checked yet.
 
-The faults undone here read, of DeepSpeed's private API (the same in 0.19.3 and 0.19.8):
+The faults undone here read, of DeepSpeed's private API (the same in 0.19.6 and 0.19.8):
 `FP16_UnfusedOptimizer.optimizer`, `.fp16_groups` and `.step` (ZeRO 0 with bf16 or fp16), and
 `BF16_Optimizer.get_grads_for_norm(for_clipping=)`, `.mpu` and `.fp32_groups_flat_partition`
-(ZeRO 1 with bf16 and fp32 gradient accumulation). Their test, tests/test_gradient_norm_parallel.py,
-passes on TESTED only: on LOWEST, DeepSpeed itself reports half the gradient norm under tensor or
-sequence parallelism at ZeRO 0-2 (0.111 against plain torch's 0.223; ZeRO 3 agrees), so its
-clipping acts as if the threshold were doubled there. Use TESTED with tensor or sequence parallelism.
+(ZeRO 1 with bf16 and fp32 gradient accumulation). Their test is tests/test_gradient_norm_parallel.py.
 
 `check_deepspeed_version` reads the installed version from the package metadata, without
 importing DeepSpeed, and runs before any process group exists, so a wrong version stops every
-rank at once with the fix instead of an AttributeError deep in the first step.
+rank at once with the fix instead of an AttributeError deep in the first step, or wrong clipping.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from ngpt_ds.errors import NgptConfigError
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
-LOWEST = "0.19.3"
+LOWEST = "0.19.6"
 """The lowest supported release: tests/run.sh runs the DeepSpeed-sensitive tests on it too."""
 SUPPORTED = f">={LOWEST},<0.20"
 """DeepSpeed releases the tests pass on (setup.py's requirement is this string)."""
@@ -45,6 +51,9 @@ TESTED = "0.19.8"
 """The release launch/setup.sh installs, and the one the DeepSpeed internals were read against."""
 ALLOW_UNTESTED_ENV = "NGPT_DS_ALLOW_UNTESTED_DEEPSPEED"
 """Set to 1 to run on a release outside SUPPORTED anyway (a warning instead of an error)."""
+
+_SCALES_GRADIENTS_TWICE = SpecifierSet(">=0.19.3,<0.19.6")
+"""Releases that divide the gradients by gradient_accumulation_steps twice (see the module docstring)."""
 
 _FIX = f"pip install 'deepspeed{SUPPORTED}' (launch/setup.sh installs deepspeed=={TESTED})"
 
@@ -63,15 +72,19 @@ def check_deepspeed_version(installed: str | None = None, *, warn: Callable[[str
                 f"DeepSpeed is not installed; ngpt_ds supports deepspeed{SUPPORTED}. Fix: {_FIX}"
             ) from None
     try:
-        ok = SpecifierSet(SUPPORTED).contains(Version(installed), prereleases=True)
+        version: Version | None = Version(installed)
     except InvalidVersion:
-        ok = False
-    if ok:
+        version = None
+    if version is not None and SpecifierSet(SUPPORTED).contains(version, prereleases=True):
         return installed
-    message = (
-        f"DeepSpeed {installed} is installed, but ngpt_ds supports deepspeed{SUPPORTED}: the "
-        f"hypersphere hook reads DeepSpeed internals that differ between releases"
-    )
+    if version is not None and _SCALES_GRADIENTS_TWICE.contains(version, prereleases=True):
+        why = (
+            "DeepSpeed 0.19.3-0.19.5 divide the gradients by gradient_accumulation_steps twice at ZeRO 0-2, "
+            "so the gradient norm and clipping are wrong"
+        )
+    else:
+        why = "the hypersphere hook reads DeepSpeed internals that differ between releases"
+    message = f"DeepSpeed {installed} is installed, but ngpt_ds supports deepspeed{SUPPORTED}: {why}"
     if os.environ.get(ALLOW_UNTESTED_ENV) == "1":
         warn(f"warning: {message}; running anyway because {ALLOW_UNTESTED_ENV}=1")
         return installed
