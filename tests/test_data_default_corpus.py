@@ -7,6 +7,7 @@ download is exercised by the README's main command.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sqlite3
 import subprocess
 import threading
@@ -109,6 +110,19 @@ def test_ensure_default_dataset_from_the_env_hook_then_reuses_it(stand_in, tmp_p
     monkeypatch.setattr(dc, "prepare_default_dataset", lambda *a, **k: pytest.fail("prepared twice"))
     assert dc.ensure_default_dataset(vocab_size=VOCAB, progress=False) == out
     assert sorted(p.name for p in (tmp_path / "cache" / "datasets").iterdir()) == [out.name]
+    # A cache prepared by an ngpt_ds that recorded no shard hashes gets them, instead of a warning on every
+    # run of the main command (and is not prepared again).
+    hashes = {s.file: s.sha256_blocks for split in meta.splits.values() for s in split.shards}
+    raw = json.loads((out / "meta.json").read_text())
+    del raw["hash_block_bytes"]
+    for split in raw["splits"].values():
+        for shard in split["shards"]:
+            del shard["sha256_blocks"]
+    (out / "meta.json").write_text(json.dumps(raw))
+    assert load_dataset_meta(out, verify_contents=False).hash_block_bytes is None
+    assert dc.ensure_default_dataset(vocab_size=VOCAB, progress=False) == out
+    again = load_dataset_meta(out)
+    assert {s.file: s.sha256_blocks for split in again.splits.values() for s in split.shards} == hashes
 
 
 def test_corpus_file_argument_and_concurrent_callers_prepare_once(stand_in, tmp_path, monkeypatch, no_download):

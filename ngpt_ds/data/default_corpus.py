@@ -34,7 +34,7 @@ from filelock import FileLock
 
 from ngpt_ds import log
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
-from ngpt_ds.data.shards import FORMAT_VERSION, META_FILE, load_dataset_meta, sha256_file
+from ngpt_ds.data.shards import FORMAT_VERSION, META_FILE, add_hashes, load_dataset_meta, sha256_file
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -209,12 +209,16 @@ def ensure_default_dataset(
     dataset appears by one rename, so no caller ever sees a half-written directory.
     """
     out = default_dataset_dir(cache_dir, vocab_size)
-    if (out / META_FILE).is_file():
+    if _prepared_with_hashes(out):
         return load_dataset_meta(out).data_dir
     lock_dir = cache_root(cache_dir) / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"{out.name}.lock")):
-        if (out / META_FILE).is_file():  # another process finished while we waited
+        if (out / META_FILE).is_file():  # another process finished while we waited, or an older cache
+            if not _prepared_with_hashes(out):
+                # Prepared by an ngpt_ds that recorded no shard hashes: this cache's own files, hashed as they
+                # are, rather than a warning on every run of the main command.
+                add_hashes(out)
             return load_dataset_meta(out).data_dir
         # Holding the lock, anything at `out` without meta.json is debris of this cache: remove it
         # (--overwrite itself replaces only a folder holding a dataset).
@@ -224,3 +228,7 @@ def ensure_default_dataset(
             out.unlink()
         prepare_default_dataset(out, vocab_size, progress, corpus_file, cache_dir)
     return out
+
+
+def _prepared_with_hashes(out: Path) -> bool:
+    return (out / META_FILE).is_file() and load_dataset_meta(out, verify_contents=False).hash_block_bytes is not None
