@@ -6,7 +6,7 @@ them without starting DeepSpeed (inference, export, a resume that needs to know 
 checkpoint was cut) goes through this module; every file is unpickled by ngpt_ds.safe_load
 (tensors, plain data and an allow-list only, DeepSpeed's own reads in `zero_to_fp32` included).
 
-What is read (checked against deepspeed 0.19.3 and 0.19.8; the range setup.py allows is
+What is read (checked against deepspeed 0.19.3, 0.19.6 and 0.19.8; the range setup.py allows is
 >=0.19.6,<0.20; a newer DeepSpeed that renames a file or a field needs this header revisited):
 
   mp_rank_XX_model_states.pt            ZeRO 0-2, one per tensor-parallel rank XX (per pipeline
@@ -52,9 +52,6 @@ import torch
 
 from ngpt_ds import safe_load
 from ngpt_ds.errors import NgptConfigError
-
-#: The DeepSpeed releases this module was checked against (lowest and newest).
-TESTED_DEEPSPEED = ("0.19.3", "0.19.8")
 
 PIPELINE_LAYER_FILES = "layer_*-model_states.pt"
 """A pipeline checkpoint's weights: one file per layer of the PipelineModule (written by its stage)."""

@@ -18,10 +18,10 @@ from ngpt_ds.train.ds_compat import ALLOW_UNTESTED_ENV, LOWEST, SUPPORTED, TESTE
 
 from conftest import REPO, cpu_env, run, train_cmd, write_ds_config, write_yaml
 
-FIX = "pip install 'deepspeed>=0.19.3,<0.20' (launch/setup.sh installs deepspeed==0.19.8)"
+FIX = "pip install 'deepspeed>=0.19.6,<0.20' (launch/setup.sh installs deepspeed==0.19.8)"
 
 
-@pytest.mark.parametrize("version", ["0.19.3", "0.19.8", "0.19.8+cu124", "0.19.9.dev0", "0.19.10"])
+@pytest.mark.parametrize("version", ["0.19.6", "0.19.8", "0.19.8+cu124", "0.19.9.dev0", "0.19.10"])
 def test_releases_in_the_tested_range_pass(version, monkeypatch):
     monkeypatch.delenv(ALLOW_UNTESTED_ENV, raising=False)
     assert check_deepspeed_version(version) == version
@@ -33,7 +33,7 @@ def test_releases_outside_the_range_are_refused_with_the_fix(version, monkeypatc
     with pytest.raises(NgptConfigError) as err:
         check_deepspeed_version(version)
     assert str(err.value) == (
-        f"DeepSpeed {version} is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the hypersphere hook "
+        f"DeepSpeed {version} is installed, but ngpt_ds supports deepspeed>=0.19.6,<0.20: the hypersphere hook "
         f"reads DeepSpeed internals that differ between releases. Fix: {FIX}, or set "
         f"NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway"
     )
@@ -44,7 +44,7 @@ def test_the_override_turns_the_error_into_a_warning(monkeypatch):
     said = []
     assert check_deepspeed_version("0.20.1", warn=said.append) == "0.20.1"
     assert said == [
-        "warning: DeepSpeed 0.20.1 is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the "
+        "warning: DeepSpeed 0.20.1 is installed, but ngpt_ds supports deepspeed>=0.19.6,<0.20: the "
         "hypersphere hook reads DeepSpeed internals that differ between releases; running anyway "
         "because NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1"
     ]
@@ -57,7 +57,7 @@ def test_a_missing_deepspeed_is_named(monkeypatch):
     monkeypatch.setattr(ds_compat.metadata, "version", not_installed)
     with pytest.raises(
         NgptConfigError,
-        match=re.escape(f"DeepSpeed is not installed; ngpt_ds supports deepspeed>=0.19.3,<0.20. Fix: {FIX}"),
+        match=re.escape(f"DeepSpeed is not installed; ngpt_ds supports deepspeed>=0.19.6,<0.20. Fix: {FIX}"),
     ):
         check_deepspeed_version()
 
@@ -92,7 +92,7 @@ def test_an_old_deepspeed_stops_the_trainer_before_any_process_group(tmp_path, t
     proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, out)], env=env, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: DeepSpeed 0.16.0 is installed, but ngpt_ds supports deepspeed>=0.19.3,<0.20: the hypersphere "
+        f"error: DeepSpeed 0.16.0 is installed, but ngpt_ds supports deepspeed>=0.19.6,<0.20: the hypersphere "
         f"hook reads DeepSpeed internals that differ between releases. Fix: {FIX}, or set "
         f"NGPT_DS_ALLOW_UNTESTED_DEEPSPEED=1 to try it anyway"
     )
