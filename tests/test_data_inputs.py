@@ -234,7 +234,7 @@ def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path
     argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
     outputs = train_on_two_nodes(tmp_path, setup, *argv)
     expected = (
-        f"error: ranks 0 and 1 read different datasets at --data data (they differ in shards; rank 0: "
+        f"error: ranks 0 and 1 read different datasets at --data data (they differ in shards, shard contents; rank 0: "
         f"{_summary(tiny_dataset)}; rank 1: "
         f"{_summary(stale)}). Every rank must read the same prepared dataset: copy one folder to every node, or put "
         "it on storage that every node shares\n"
@@ -242,6 +242,32 @@ def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path
     for code, stdout, stderr in outputs:
         assert code == 2, stdout + stderr
         assert stderr.endswith(expected) and "Traceback" not in stderr and "step " not in stdout, stdout + stderr
+
+
+def test_ranks_whose_copies_hold_other_tokens_of_the_same_sizes_stop_together(tiny_dataset, tmp_path):
+    """Fault: node-local --data copies with the same tokenizer and shard sizes but other tokens (prepared
+    with another seed or document order, or edited and rehashed) agreed on everything the ranks compared,
+    and trained to 'Done' on windows that are not one permutation of one dataset. The ranks now compare the
+    shard hashes that meta.json records too."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    shard = np.memmap(other / "train_000000.bin", dtype=np.uint16, mode="r+")
+    shard[100] = (int(shard[100]) + 1) % 512  # another valid id
+    shard.flush()
+    del shard
+    record_hashes_anew(other)
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
+    data = (tiny_dataset, other)  # each node's own "data"
+
+    def setup(rank, node):
+        (node / "data").symlink_to(data[rank])
+
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
+    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+        assert code == 2, stdout + stderr
+        assert "error: ranks 0 and 1 read different datasets at --data data (they differ in shard contents; " in stderr
+        assert "Traceback" not in stderr and "step " not in stdout, stdout + stderr
 
 
 @pytest.mark.parametrize("stage", [2.0, True])

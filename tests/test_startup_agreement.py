@@ -93,7 +93,7 @@ def test_ranks_whose_data_differ_in_vocabulary_stop_before_the_engine(tiny_datas
         assert code == 2, stdout + stderr
         assert (
             "error: ranks 0 and 1 read different datasets at --data data (they differ in vocab_size, tokenizer "
-            "sha256, shards; rank 0: train "
+            "sha256, shards, shard contents; rank 0: train "
         ) in stderr, stderr
         assert "Traceback" not in stderr and "training nGPT" not in stdout, stdout + stderr
 

@@ -18,6 +18,8 @@ loader compares meta.json across the ranks first.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,7 +125,17 @@ def _what_training_reads(meta: DatasetMeta) -> dict[str, Any]:
         "eos_id": meta.eos_id,
         "tokenizer sha256": meta.tokenizer_sha256,
         "shards": {name: [(shard.file, shard.tokens) for shard in split.shards] for name, split in meta.splits.items()},
+        "shard contents": _contents_digest(meta),
     }
+
+
+def _contents_digest(meta: DatasetMeta) -> str | None:
+    """One sha256 over the block hashes meta.json records (None when it records none): copies of the same
+    sizes and tokenizer that hold other tokens (prepared with another seed, or edited) differ here."""
+    if meta.hash_block_bytes is None:
+        return None
+    blocks = [[shard.sha256_blocks for shard in split.shards] for _, split in sorted(meta.splits.items())]
+    return hashlib.sha256(json.dumps([meta.hash_block_bytes, blocks]).encode()).hexdigest()
 
 
 class TokenWindowLoader:
