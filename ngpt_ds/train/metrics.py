@@ -13,6 +13,7 @@ from typing import cast
 import torch
 import torch.distributed as dist
 
+from ngpt_ds.errors import UNPARSABLE
 from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.model.ngpt import NormalizedBlock
@@ -63,12 +64,15 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    # Bytes a crash or a bad disk left (NUL padding, garbage) are lines to drop, not a UnicodeDecodeError or a
+    # RecursionError that stops the resume.
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
         try:
-            step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
+            record = json.loads(line)
+        except UNPARSABLE:
             continue  # a line cut short by a crash
-        if step <= last_step:
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and step <= last_step:
             kept.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
