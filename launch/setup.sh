@@ -42,7 +42,8 @@ sys.exit(0 if managed and sys.prefix == sys.base_prefix and os.environ.get("PIP_
 PY
 then
   echo "error: $PYTHON is the system's externally managed Python; pip may not install into it." >&2
-  echo "fix: python3 -m venv .venv && . .venv/bin/activate, then run this script again." >&2
+  echo "fix: python3 -m venv .venv && . .venv/bin/activate, then run this script again" >&2
+  echo "     (Debian/Ubuntu: sudo apt install python3-venv first, if python3 -m venv says ensurepip is missing)." >&2
   exit 2
 fi
 
