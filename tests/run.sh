@@ -47,6 +47,13 @@ PY
 )
 stamp="deepspeed==$lowest torch==$torch_version ${requirements[*]}"
 started=$SECONDS
+# Another tests/run.sh (another clone) may build or use the same venv: build under an exclusive lock,
+# test under a shared one, so that no run deletes the venv another is building or testing with.
+mkdir -p "$(dirname "$venv")"
+if command -v flock > /dev/null; then
+  exec 9> "$venv.lock"
+  flock 9
+fi
 if [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" != "$stamp" ] \
     || ! "$venv/bin/python" -c 'import deepspeed, torch' 2>/dev/null; then
   echo "[tests] building $venv (deepspeed==$lowest, torch==$torch_version)"
@@ -62,13 +69,13 @@ if [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" != "$stamp" ] \
     exit 2
   fi
   rm -rf "$venv"
-  mkdir -p "$(dirname "$venv")"
   "$PYTHON" -m venv "$venv"
   echo "building" > "$venv/.ngpt_ds_stamp"  # ours from now on: a build cut short is rebuilt next time
   "$venv/bin/python" -m pip install -q "torch==$torch_version"
   "$venv/bin/python" -m pip install -q "deepspeed==$lowest" "pytest>=8" "${requirements[@]}"
   echo "$stamp" > "$venv/.ngpt_ds_stamp"
 fi
+command -v flock > /dev/null && flock -s 9
 echo "[tests] DeepSpeed-sensitive tests on the lowest supported release, deepspeed $lowest ($venv)"
 min_status=0
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" -m pytest -q "${MIN_TESTS[@]}" || min_status=$?

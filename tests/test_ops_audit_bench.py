@@ -86,8 +86,8 @@ sys.exit(0)  # -m pip / ruff / mypy / pytest
 """
 
 
-def run_sh(tmp_path, *argv, script="tests/run.sh", **env):
-    """bash tests/run.sh with a stand-in PYTHON (and dpkg, g++): only its venv logic runs for real."""
+def stand_in_env(tmp_path, **env) -> dict[str, str]:
+    """The environment of a run.sh or setup.sh with a stand-in PYTHON (and dpkg, g++) in tmp_path/bin."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").write_text(STAND_IN_PYTHON.format(python=sys.executable))
@@ -96,7 +96,12 @@ def run_sh(tmp_path, *argv, script="tests/run.sh", **env):
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     path = f"{bin_dir}:{os.environ['PATH']}"
-    full_env = {"PATH": path, "HOME": str(tmp_path), "PYTHON": str(bin_dir / "python"), **env}
+    return {"PATH": path, "HOME": str(tmp_path), "PYTHON": str(bin_dir / "python"), **env}
+
+
+def run_sh(tmp_path, *argv, script="tests/run.sh", **env):
+    """bash tests/run.sh with a stand-in PYTHON (and dpkg, g++): only its venv logic runs for real."""
+    full_env = stand_in_env(tmp_path, **env)
     return subprocess.run(["bash", REPO / script, *argv], env=full_env, capture_output=True, text=True, timeout=60)
 
 
@@ -131,6 +136,48 @@ def test_run_sh_rebuilds_its_own_venv_cut_short(tmp_path):
         assert f"[tests] building {venv} (deepspeed==0.16.0, torch==2.13.0)" in proc.stdout
         assert (venv / ".ngpt_ds_stamp").read_text() == "deepspeed==0.16.0 torch==2.13.0 \n"
         assert not (venv / "half-installed").exists()
+
+
+def _children_named(pid: int, name: str) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            comm, ppid = fields[0].split("(", 1)[1], int(fields[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and comm == name:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_run_sh_waits_for_another_run_using_the_same_venv(tmp_path):
+    """Fault: two tests/run.sh (two clones on one machine) shared the cached lowest-DeepSpeed venv with no
+    lock: one deleted and rebuilt it (a stamp it did not expect, a build cut short) while the other was
+    building it or running its tests in it. run.sh now takes a lock beside the venv: exclusive to build,
+    shared to test."""
+    import fcntl
+    import time
+
+    venv = tmp_path / ".cache/ngpt_ds/venv-deepspeed-0.16.0-torch-2.13.0"
+    venv.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("")
+    (venv / ".ngpt_ds_stamp").write_text("building\n")  # another run's build, in progress
+    (venv / "half-installed").write_text("")
+    with open(str(venv) + ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the other run holds it
+        env = stand_in_env(tmp_path)
+        proc = subprocess.Popen(["bash", REPO / "tests/run.sh"], env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            while proc.poll() is None and not _children_named(proc.pid, "flock"):
+                time.sleep(0.05)
+            assert proc.poll() is None, "run.sh finished without waiting for the lock: " + proc.stdout.read()
+            assert (venv / "half-installed").exists()  # untouched while the other run holds the lock
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert f"[tests] building {venv}" in out and not (venv / "half-installed").exists()
 
 
 DOC_TEXT = "# Benchmarks\n\nintro " + "x" * 3000 + "\n<!-- mfu:start -->\nold\n<!-- mfu:end -->\ntail\n"
