@@ -2,7 +2,8 @@
 # OpenMPI + mpi4py, pdsh and openssh for DeepSpeed's launcher, this package, a non-root user.
 #
 #   docker build -t ngpt_ds .
-#   docker run --gpus all --ipc=host -v "$PWD/runs:/opt/ngpt_ds/runs" -v "$PWD/data:/data" ngpt_ds
+#   mkdir -p runs data
+#   docker run --gpus all --ipc=host --user "$(id -u):$(id -g)" -v "$PWD/runs:/opt/ngpt_ds/runs" -v "$PWD/data:/data" ngpt_ds
 #
 # Volumes: /data (datasets; the default corpus is cached in /data/cache) and /opt/ngpt_ds/runs
 # (each run's checkpoints/, tensorboard/ and metrics). The default command is the README's main
@@ -30,11 +31,15 @@ RUN DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_UTI
     && python -c "import deepspeed, ngpt_ds, mpi4py" \
     && ds_report
 
-# Runs as user ngpt (uid/gid 10001); `docker run --user "$(id -u):$(id -g)"` writes the volumes as you.
+# Runs as user ngpt (uid/gid 10001) by default. Bind-mounted host folders belong to the host user, whom
+# uid 10001 cannot write as: `docker run --user "$(id -u):$(id -g)"` runs as that user, who has no entry
+# in /etc/passwd here, so HOME is set and writable for any uid (pip, HF and torch caches live under it).
 RUN groupadd --gid 10001 ngpt \
     && useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash ngpt \
+    && chmod 1777 /home/ngpt \
     && mkdir -p /data/cache /opt/ngpt_ds/runs \
     && chown -R 10001:10001 /data /opt/ngpt_ds/runs
+ENV HOME=/home/ngpt
 USER 10001:10001
 VOLUME ["/data", "/opt/ngpt_ds/runs"]
 

@@ -76,6 +76,17 @@ def test_default_command_volumes_and_context():
         assert (REPO / path).exists() and path.split("/")[0] not in ignored, path
 
 
+def test_the_documented_run_writes_bind_mounted_folders_as_the_host_user():
+    """Fault: the README's `docker run -v "$PWD/runs:..." -v "$PWD/data:/data" ngpt_ds` ran as uid 10001
+    against host folders it cannot write (the user's own, or made by Docker as root when missing), so the
+    main command failed at its first write. The documented command now creates them and runs as the host
+    user, and the image gives any uid a writable HOME. (Reasoned from Docker's rules; no daemon here.)"""
+    run_line = next(line.strip() for line in README.splitlines() if line.strip().startswith("docker run --gpus"))
+    assert '--user "$(id -u):$(id -g)"' in run_line and "mkdir -p runs data" in README
+    assert f"#   {run_line}" in DOCKERFILE  # the header shows the same command
+    assert re.search(r"chmod 1777 /home/ngpt", DOCKERFILE) and "ENV HOME=/home/ngpt" in DOCKERFILE
+
+
 @pytest.mark.parametrize(
     "script",
     [
