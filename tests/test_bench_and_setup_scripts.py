@@ -1,4 +1,5 @@
-"""bench/*.py as an operator runs them again: reused results, the docs file, a wrong --official."""
+"""bench/*.py and the setup scripts as an operator runs them again: reused results, the docs file, a wrong
+--official, tests/run.sh's cached venv, setup.sh's options."""
 
 import argparse
 import json
