@@ -212,12 +212,23 @@ def ensure_default_dataset(
     if _prepared_with_hashes(out):
         return load_dataset_meta(out).data_dir
     lock_dir = cache_root(cache_dir) / "locks"
+    if (out / META_FILE).is_file():
+        # Prepared by an ngpt_ds that recorded no shard hashes: this cache's own files, hashed as they are,
+        # rather than a warning on every run of the main command. A cache this process cannot write (a
+        # read-only mount, another user's folder) is used as it is, with that warning, as before: the lock
+        # or the write raised OSError there and stopped the run.
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(lock_dir / f"{out.name}.lock")):
+                if not _prepared_with_hashes(out):
+                    add_hashes(out)
+        except OSError:
+            pass
+        return load_dataset_meta(out).data_dir
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"{out.name}.lock")):
-        if (out / META_FILE).is_file():  # another process finished while we waited, or an older cache
-            if not _prepared_with_hashes(out):
-                # Prepared by an ngpt_ds that recorded no shard hashes: this cache's own files, hashed as they
-                # are, rather than a warning on every run of the main command.
+        if (out / META_FILE).is_file():  # another process finished while we waited
+            if not _prepared_with_hashes(out):  # by an ngpt_ds that recorded no shard hashes
                 add_hashes(out)
             return load_dataset_meta(out).data_dir
         # Holding the lock, anything at `out` without meta.json is debris of this cache: remove it
