@@ -118,6 +118,13 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
             f"Choose another --out, or delete {checkpoint_dir} to start over"
         )
     named = next((moved for final, moved in aside.items() if Path(resume).absolute() == final.absolute()), None)
+    if aside and named is None and Path(resume).resolve() in (out_dir.resolve(), checkpoint_dir.resolve()):
+        # --resume naming this run's folder (or its checkpoints/) takes the newest step there, which the
+        # run counts after putting the steps back: not the step before one moved aside.
+        newest = max(
+            [*checkpoint.complete_checkpoints(checkpoint_dir), *aside], key=lambda p: checkpoint.step_of(p.name)
+        )
+        named = aside.get(newest, newest)
     chosen = named if named is not None else _named_checkpoint(out_dir, resume)
     return None if chosen is None else _intact_or_refused(chosen, resume, warn, verify)
 
