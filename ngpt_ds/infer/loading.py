@@ -271,7 +271,7 @@ def _checkpoint_tokenizer(
     meta_error = None
     if data_dir:
         try:
-            meta = load_dataset_meta(data_dir)
+            meta = load_dataset_meta(data_dir, verify_contents=False)  # its tokenizer only: no shard is read
             expected = meta.tokenizer_sha256
             if override is None:
                 return Tokenizer.load(meta.tokenizer_file), expected

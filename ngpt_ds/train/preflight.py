@@ -118,6 +118,6 @@ def _tokenizer_of(data_dir: str | None) -> str | None:
     if not data_dir:
         return None
     try:
-        return load_dataset_meta(data_dir, verify_tokenizer_hash=False).tokenizer_sha256
+        return load_dataset_meta(data_dir, verify_tokenizer_hash=False, verify_contents=False).tokenizer_sha256
     except NgptConfigError:
         return None
