@@ -110,6 +110,23 @@ ROWS = [
     ("train-json-optimizer-block", TRAIN_PY, train_args(ds="{json_optimizer}"), 2, "optimizer = '{...}': remove it"),
     ("train-json-batch-product", TRAIN_PY, train_args(ds="{json_batch}"), 2, "train_batch_size = 7, but"),
     ("train-json-negative-clipping", TRAIN_PY, train_args(ds="{json_clip}"), 2, "gradient_clipping = -1.0: must be"),
+    # A run started with either switch trained and saved, and stopped in a DeepSpeed AssertionError traceback
+    # at its first resume (load_universal: every rank; use_node_local_storage: a tensor- or pipeline-parallel
+    # checkpoint without mp_rank_01).
+    (
+        "train-json-load-universal",
+        TRAIN_PY,
+        train_args(ds="{json_load_universal}"),
+        2,
+        "checkpoint.load_universal = True: remove it: the trainer converts checkpoints",
+    ),
+    (
+        "train-json-node-local-checkpoints",
+        TRAIN_PY,
+        train_args(ds="{json_node_local}"),
+        2,
+        "checkpoint.use_node_local_storage = True: remove it: the trainer saves to --out, which every node must share",
+    ),
     ("train-json-fp16-on-cpu", TRAIN_PY, train_args(ds="{json_fp16}"), 2, "this device does not support fp16"),
     # ---- training: the YAML ----
     ("train-yaml-lr-not-a-number", TRAIN_PY, train_args(config="{yaml_lr}"), 2, "train.lr = 'fast': must be a number"),
@@ -279,6 +296,8 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
         "json_clip": {**good, "gradient_clipping": -1.0},
         "json_fp16": {**good, "fp16": {"enabled": True}, "zero_optimization": {"stage": 2}},
         "json_zero2": {**good, "zero_optimization": {"stage": 2}},
+        "json_load_universal": {**good, "checkpoint": {"load_universal": True}},
+        "json_node_local": {**good, "checkpoint": {"use_node_local_storage": True}},
     }
     for name, config in jsons.items():
         paths[name] = tmp / f"{name}.json"

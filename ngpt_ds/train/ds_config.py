@@ -183,6 +183,21 @@ def check_ds_config(
         f"sequence parallelism is set in the YAML: train.sequence_parallel_size (now {sequence_parallel}); "
         "remove the key from the JSON, or set the same value in the YAML",
     )
+    # Two checkpoint switches that break the trainer's checkpoints, refused at every start (a fresh run with
+    # them trains and saves, and fails only when it first resumes):
+    # - load_universal: DeepSpeed then reads every step_N checkpoint as a universal one, and the restart
+    #   stopped in its loader on every rank ("zero/optimizer_state.pt ... is missing"). The trainer sets it
+    #   itself for a checkpoint it has converted (README "Resuming at another world size").
+    # - use_node_local_storage: only each node's local rank 0 writes model states, so a tensor- or
+    #   pipeline-parallel checkpoint lacked mp_rank_01_... and its resume stopped in an AssertionError; the
+    #   trainer's checkpoints live on storage every node shares.
+    checkpoint_block = config.get("checkpoint")
+    for switch, why in (
+        ("load_universal", "the trainer converts checkpoints to the universal format and loads them so by itself"),
+        ("use_node_local_storage", "the trainer saves to --out, which every node must share"),
+    ):
+        value = checkpoint_block.get(switch) if isinstance(checkpoint_block, dict) else None
+        p.check(not value, f"checkpoint.{switch}", value, f'remove it: {why} (README "Checkpoints")')
     model_parallel = tensor_parallel * pipeline_parallel * sequence_parallel  # the ranks of one sample
     dp = world_size // model_parallel if model_parallel and world_size % model_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")

@@ -178,23 +178,7 @@ def current_layout(
     sequence_parallel: int = 1,
 ) -> Layout:
     """This run's layout: data parallelism is what the world size leaves after model parallelism.
-    Sequence parallelism is not divided out: ZeRO partitions over the data x sequence ranks.
-
-    Called on every resume, before any process group: it refuses a DeepSpeed JSON that sets
-    `checkpoint.load_universal` itself. The trainer sets that switch only for a checkpoint it has
-    converted (`plan`, `convert`); set in the JSON, DeepSpeed read every ordinary step_N checkpoint as a
-    universal one, and a restart of the same run stopped in its loader on every rank (an AssertionError
-    traceback: `zero/optimizer_state.pt ... is missing`)."""
-    block = ds_config.get("checkpoint")
-    load_universal = block.get("load_universal") if isinstance(block, dict) else None
-    if load_universal:
-        raise NgptConfigError(
-            f"the DeepSpeed config sets checkpoint.load_universal = {load_universal!r}, and resuming with it makes "
-            "DeepSpeed read the trainer's step_N checkpoints as universal ones, which they are not. The trainer "
-            "converts a checkpoint to DeepSpeed's universal format and loads it so by itself when the data-parallel "
-            'size changes (README "Resuming at another world size"): remove checkpoint.load_universal from the '
-            "DeepSpeed config"
-        )
+    Sequence parallelism is not divided out: ZeRO partitions over the data x sequence ranks."""
     return Layout(
         deepspeed_files.zero_stage_of(ds_config),
         world_size // (tensor_parallel * other_parallel * pipeline_parallel),
