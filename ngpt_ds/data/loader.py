@@ -101,10 +101,10 @@ def same_dataset_on_every_rank(data_dir: Path) -> DatasetMeta:
     failed = next((r for r, (raw, _) in enumerate(everyone) if raw is None), None)
     if failed is not None:
         raise NgptConfigError(f"rank {failed}: {everyone[failed][1]}")
-    differs = next((r for r in range(1, len(everyone)) if everyone[r][0] != everyone[0][0]), None)
+    differs = next((r for r in range(1, len(everyone)) if _differing(everyone[0][0], everyone[r][0])), None)
     if differs is not None:
         first, other = everyone[0][0], everyone[differs][0]
-        fields = ", ".join(key for key in first if first[key] != other[key])
+        fields = ", ".join(_differing(first, other))
         raise NgptConfigError(
             f"ranks 0 and {differs} read different datasets at --data {data_dir} (they differ in {fields}; rank 0: "
             f"{everyone[0][1]}; rank {differs}: {everyone[differs][1]}). Every rank must read the same prepared "
@@ -127,6 +127,18 @@ def _what_training_reads(meta: DatasetMeta) -> dict[str, Any]:
         "shards": {name: [(shard.file, shard.tokens) for shard in split.shards] for name, split in meta.splits.items()},
         "shard contents": _contents_digest(meta),
     }
+
+
+def _differing(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The fields of `_what_training_reads` in which two ranks' datasets differ. The shard contents only
+    where both copies record hashes: a copy prepared before ngpt_ds recorded them (it loads with a warning)
+    beside one that has them, by `--add-hashes` or prepared anew, holds no evidence of other tokens, and
+    stopped the job as 'different datasets'."""
+    return [
+        key
+        for key in mine
+        if mine[key] != theirs[key] and not (key == "shard contents" and None in (mine[key], theirs[key]))
+    ]
 
 
 def _contents_digest(meta: DatasetMeta) -> str | None:
