@@ -1,9 +1,14 @@
-"""Training metrics on a GPU, with the GPU imitated on a CPU (torch.cuda's answers patched)."""
+"""Training metrics: the peak MFU divides by, on a GPU imitated on a CPU (torch.cuda's answers patched), and
+one that is too low."""
+
+import sys
 
 import pytest
 import torch
 
 from ngpt_ds.train import metrics
+
+from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
 
 @pytest.fixture
@@ -43,3 +48,21 @@ def test_an_unknown_gpu_asks_for_the_peak(gpu):
     assert flops != flops  # nan
     assert source == "unknown GPU NVIDIA Imaginary X1: set train.peak_tflops"
     assert metrics.peak_flops_per_device(123.0, torch.float32) == (123e12, "train.peak_tflops")
+
+
+def test_an_mfu_above_100_percent_is_called_out_once_with_the_fix(tmp_path, tiny_dataset):
+    """Fault: a CPU's matmul peak measured at startup while other jobs loaded the machine was a fraction of
+    the idle one, and the progress lines and TensorBoard showed MFU 120-150% with no word of why (the main
+    command on the loaded 2-core test machine). A peak that is too low is now named once, with the fix."""
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3, peak_tflops=1e-9))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1)
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "out"]
+    proc = run([sys.executable, REPO / "launch/train.py", *argv, "--no-progress"], env=cpu_env(), timeout=300)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    warned = [line for line in lines if "MFU above 100%" in line]
+    assert warned == [
+        "warning: MFU above 100%: the peak it divides by (0.00 TFLOP/s per device, train.peak_tflops) is too low, so "
+        "this run's MFU figures are not meaningful. Set train.peak_tflops to the device's dense peak (on a CPU, "
+        "measure it on an idle machine)"
+    ]
+    assert sum(line.startswith("step ") and "MFU" in line for line in lines) == 3

@@ -142,6 +142,7 @@ class Trainer:
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
+        self.said_mfu_above_peak = False
         self.resumed_from = prepared.resume_from
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
         self.stop = StopRequest(
@@ -374,6 +375,13 @@ class Trainer:
             self._sphere_diverged(self.step)
         self.metrics.log(self.step, scalars)
         if self.is_main:
+            if scalars["throughput/mfu"] > 1.0 and not self.said_mfu_above_peak:
+                self.said_mfu_above_peak = True  # a CPU's peak measured while the machine was busy
+                _log.warning(
+                    f"warning: MFU above 100%: the peak it divides by ({self.peak_flops / 1e12:.2f} TFLOP/s per device, "
+                    f"{self.peak_source}) is too low, so this run's MFU figures are not meaningful. Set "
+                    "train.peak_tflops to the device's dense peak (on a CPU, measure it on an idle machine)"
+                )
             health = (
                 f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}" if "ngpt/max_norm_deviation" in scalars else ""
             )
