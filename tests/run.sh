@@ -25,7 +25,7 @@ if [ $# -gt 0 ] || [ "${NGPT_DS_MIN_DEEPSPEED_TESTS:-1}" = 0 ]; then
 fi
 
 status=0
-"$PYTHON" -m pytest -q tests || status=$?
+"$PYTHON" -m pytest -q --durations=25 tests || status=$?  # the slowest tests, to keep CI in its budget
 
 # The lowest supported DeepSpeed: a plain venv (not --system-site-packages, which would share the
 # main environment's DeepSpeed) with the main environment's torch version and this package's other
