@@ -114,7 +114,10 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
             )
         rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
         local_rank = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
-        local_world = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
+        # DeepSpeed's launcher sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE: without it, every node of a
+        # multi-node `deepspeed` job counted the whole job's ranks as its own.
+        local_size = next((v for v in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE") if v in env), None)
+        local_world = _int(env, local_size) if local_size is not None else world
         source, addr, port = "torch", env["MASTER_ADDR"], _int(env, "MASTER_PORT")
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID") is not None:
         rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
