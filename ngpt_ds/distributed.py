@@ -122,8 +122,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID") is not None:
         rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
         local_rank = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
-        per_node = env.get("SLURM_TASKS_PER_NODE", str(world)).split("(")[0].split(",")[0]
-        local_world = int(per_node) if per_node.isdigit() else world
+        local_world = _slurm_tasks_on_this_node(env, world)
         nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
         addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
         # One port per job, so two jobs sharing a node do not collide.
@@ -151,6 +150,21 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
     return DistEnv(rank, world, local_rank, local_world, addr, port, source)
+
+
+def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:
+    """This node's task count from Slurm's compressed list ("8(x2),4": 8 on nodes 0 and 1, 4 on node 2),
+    indexed by SLURM_NODEID. Reading the first entry gave node 2 of that job 8, so its 4 ranks split
+    node-local work (threads, the startup shard check's sample) as if it had 8. `world` if unreadable."""
+    spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or str(world)
+    counts: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if match is None:
+            return world
+        counts += [int(match[1])] * int(match[2] or 1)
+    node = env.get("SLURM_NODEID", "0")
+    return counts[int(node)] if node.isdigit() and int(node) < len(counts) else counts[0]
 
 
 _MPI_LOCAL_RANK = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")

@@ -75,6 +75,27 @@ def test_single_node_slurm_job_binds_the_rendezvous_to_loopback():
     assert two_nodes.master_addr == "gpu01"
 
 
+def test_a_slurm_node_with_fewer_tasks_counts_its_own():
+    """Fault: the local world size was the first entry of SLURM_TASKS_PER_NODE, so on "8(x2),4" the third
+    node's 4 ranks took 8: its threads, and the startup shard check's sample (split between a node's ranks),
+    left shares 4-7 unread there."""
+    env = {
+        "SLURM_PROCID": "17",
+        "SLURM_NTASKS": "20",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "7",
+        "SLURM_TASKS_PER_NODE": "8(x2),4",
+        "SLURM_JOB_NUM_NODES": "3",
+        "SLURM_JOB_NODELIST": "gpu[01-03]",
+    }
+    sizes = [distributed.discover({**env, "SLURM_NODEID": str(node)}).local_world_size for node in range(3)]
+    assert sizes == [8, 8, 4]
+    step = {**env, "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "2,6,4"}  # a step's own layout
+    assert distributed.discover(step).local_world_size == 6
+    assert distributed.discover({**env, "SLURM_TASKS_PER_NODE": "odd"}).local_world_size == 20
+
+
 @pytest.mark.parametrize("single_host", [True, False])
 def test_free_port_probe_binds_the_address_the_rendezvous_uses(single_host, monkeypatch):
     """mpirun without MASTER_ADDR: rank 0 picks the address and a port. The port must be free on
