@@ -33,13 +33,14 @@ RUN DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_UTI
 
 # Runs as user ngpt (uid/gid 10001) by default. Bind-mounted host folders belong to the host user, whom
 # uid 10001 cannot write as: `docker run --user "$(id -u):$(id -g)"` runs as that user, who has no entry
-# in /etc/passwd here, so HOME is set and writable for any uid (pip, HF and torch caches live under it).
+# in /etc/passwd here, so HOME is a folder any uid can write (pip, HF, Triton and torch caches live under
+# it); ngpt's own home keeps its modes, which ssh's StrictModes checks.
 RUN groupadd --gid 10001 ngpt \
     && useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash ngpt \
-    && chmod 1777 /home/ngpt \
+    && mkdir -p -m 1777 /home/any-user \
     && mkdir -p /data/cache /opt/ngpt_ds/runs \
     && chown -R 10001:10001 /data /opt/ngpt_ds/runs
-ENV HOME=/home/ngpt
+ENV HOME=/home/any-user
 USER 10001:10001
 VOLUME ["/data", "/opt/ngpt_ds/runs"]
 
