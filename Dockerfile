@@ -37,7 +37,7 @@ RUN DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_FUSED_LAMB=1 DS_BUILD_UTI
 # it); ngpt's own home keeps its modes, which ssh's StrictModes checks.
 RUN groupadd --gid 10001 ngpt \
     && useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash ngpt \
-    && mkdir -p -m 1777 /home/any-user \
+    && mkdir -m 1777 /home/any-user \
     && mkdir -p /data/cache /opt/ngpt_ds/runs \
     && chown -R 10001:10001 /data /opt/ngpt_ds/runs
 ENV HOME=/home/any-user

@@ -84,7 +84,7 @@ def test_the_documented_run_writes_bind_mounted_folders_as_the_host_user():
     run_line = next(line.strip() for line in README.splitlines() if line.strip().startswith("docker run --gpus"))
     assert '--user "$(id -u):$(id -g)"' in run_line and "mkdir -p runs data" in README
     assert f"#   {run_line}" in DOCKERFILE  # the header shows the same command
-    assert "mkdir -p -m 1777 /home/any-user" in DOCKERFILE and "ENV HOME=/home/any-user" in DOCKERFILE
+    assert "mkdir -m 1777 /home/any-user" in DOCKERFILE and "ENV HOME=/home/any-user" in DOCKERFILE
     assert "chmod" not in DOCKERFILE  # ngpt's own home keeps its modes (ssh's StrictModes)
 
 
