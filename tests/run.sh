@@ -47,15 +47,22 @@ PY
 )
 stamp="deepspeed==$lowest torch==$torch_version ${requirements[*]}"
 started=$SECONDS
-# Another tests/run.sh (another clone) may build or use the same venv: build under an exclusive lock,
-# test under a shared one, so that no run deletes the venv another is building or testing with.
+# Another tests/run.sh (another clone) may build or use the same venv: use it under a shared lock, and
+# build under an exclusive one, so that no run deletes the venv another is building or testing with.
 mkdir -p "$(dirname "$venv")"
+locking=0
 if command -v flock > /dev/null; then
   exec 9> "$venv.lock"
-  flock 9
+  locking=1
+  flock -s 9
 fi
-if [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" != "$stamp" ] \
-    || ! "$venv/bin/python" -c 'import deepspeed, torch' 2>/dev/null; then
+venv_ready() {
+  [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" = "$stamp" ] && "$venv/bin/python" -c 'import deepspeed, torch' 2>/dev/null
+}
+if ! venv_ready && [ "$locking" = 1 ]; then
+  flock 9  # exclusive (after the others' uses end); another run may have built it meanwhile
+fi
+if ! venv_ready; then
   echo "[tests] building $venv (deepspeed==$lowest, torch==$torch_version)"
   if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
     echo "error: $venv exists and is not a venv; set NGPT_DS_MIN_VENV to another path" >&2
@@ -75,7 +82,7 @@ if [ "$(cat "$venv/.ngpt_ds_stamp" 2>/dev/null)" != "$stamp" ] \
   "$venv/bin/python" -m pip install -q "deepspeed==$lowest" "pytest>=8" "${requirements[@]}"
   echo "$stamp" > "$venv/.ngpt_ds_stamp"
 fi
-command -v flock > /dev/null && flock -s 9
+[ "$locking" = 1 ] && flock -s 9
 echo "[tests] DeepSpeed-sensitive tests on the lowest supported release, deepspeed $lowest ($venv)"
 min_status=0
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" -m pytest -q "${MIN_TESTS[@]}" || min_status=$?

@@ -181,6 +181,24 @@ def test_run_sh_waits_for_another_run_using_the_same_venv(tmp_path):
     assert f"[tests] building {venv}" in out and not (venv / "half-installed").exists()
 
 
+def test_run_sh_uses_a_ready_venv_while_another_run_tests_with_it(tmp_path):
+    """Two runs on one machine share a built venv: the second uses it while the first holds its shared lock
+    (running its tests), instead of waiting for that whole pass."""
+    import fcntl
+
+    venv = tmp_path / ".cache/ngpt_ds/venv-deepspeed-0.16.0-torch-2.13.0"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("")
+    (venv / ".ngpt_ds_stamp").write_text("deepspeed==0.16.0 torch==2.13.0 \n")
+    env = stand_in_env(tmp_path)
+    os.symlink(Path(env["PYTHON"]), venv / "bin" / "python")
+    with open(str(venv) + ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # the other run, testing
+        proc = subprocess.run(["bash", REPO / "tests/run.sh"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "building" not in proc.stdout and "[tests] DeepSpeed-sensitive tests on the lowest" in proc.stdout
+
+
 DOC_TEXT = "# Benchmarks\n\nintro " + "x" * 3000 + "\n<!-- mfu:start -->\nold\n<!-- mfu:end -->\ntail\n"
 
 
