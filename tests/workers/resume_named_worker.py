@@ -1,7 +1,7 @@
-"""Worker for tests/test_review_dry_run_resume_named.py: the checkpoint the trainer's ranks choose for
+"""Worker for tests/test_dry_run_resume_named.py: the checkpoint the trainer's ranks choose for
 `--resume RESUME` (ngpt_ds.train.resume.resolve_resume_on_all_ranks).
 
-    torchrun --nproc_per_node N review_resume_named_worker.py OUT RESUME
+    torchrun --nproc_per_node N resume_named_worker.py OUT RESUME
 """
 
 import sys

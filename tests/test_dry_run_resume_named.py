@@ -12,7 +12,7 @@ from ngpt_ds.train.resume import resolve_resume
 from conftest import REPO, torchrun
 
 SAVER = REPO / "tests" / "workers" / "checkpoint_fault_worker.py"
-CHOOSER = REPO / "tests" / "workers" / "review_resume_named_worker.py"
+CHOOSER = REPO / "tests" / "workers" / "resume_named_worker.py"
 
 
 @pytest.mark.parametrize("folder", ["run", "checkpoints"])
