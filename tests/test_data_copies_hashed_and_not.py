@@ -9,7 +9,7 @@ record them, and the job trains as it did before the hashes.
 import json
 import shutil
 
-from ngpt_ds.data.shards import add_hashes
+from ngpt_ds.data.shard_check import add_hashes
 
 from conftest import tiny_ngpt, tiny_train, train_on_two_nodes, write_ds_config, write_yaml
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
-from ngpt_ds.data.shards import add_hashes, load_dataset_meta
+from ngpt_ds.data.shard_check import add_hashes
+from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.config import load_model_and_train
 

@@ -7,7 +7,7 @@ sample (shares 8-15) was read by no rank, and a damaged block there trained sile
 """
 
 from ngpt_ds import distributed
-from ngpt_ds.data import shards
+from ngpt_ds.data import shard_check, shards
 
 
 def launcher_env(rank: int) -> dict[str, str]:
@@ -31,13 +31,15 @@ def test_the_deepspeed_launchers_local_size_is_the_nodes_rank_count():
 
 def test_under_the_deepspeed_launcher_a_nodes_ranks_split_the_whole_sample(tiny_dataset, monkeypatch):
     meta = shards.load_dataset_meta(tiny_dataset)
-    monkeypatch.setattr(shards.shard_hashes, "SAMPLE_ALL_BELOW", 0)  # the sampled check, as above 1 GiB
+    monkeypatch.setattr(shard_check.shard_hashes, "SAMPLE_ALL_BELOW", 0)  # the sampled check, as above 1 GiB
     shares = []
-    monkeypatch.setattr(shards, "verify_shards", lambda d, m, rank, ranks, mode: shares.append((rank, ranks)) or [])
+    monkeypatch.setattr(
+        shard_check, "verify_shards", lambda d, m, rank, ranks, mode: shares.append((rank, ranks)) or []
+    )
     for rank in range(8, 16):  # the second node
-        monkeypatch.setattr(shards, "_checked", set())
+        monkeypatch.setattr(shard_check, "_checked", set())
         for key, value in launcher_env(rank).items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-        shards.check_shard_contents(meta)
+        shard_check.check_shard_contents(meta)
     assert shares == [(r, 8) for r in range(8)]

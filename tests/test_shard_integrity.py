@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from ngpt_ds.data import shard_hashes
-from ngpt_ds.data.shards import add_hashes, load_dataset_meta, verify_shards
+from ngpt_ds.data.shard_check import add_hashes, verify_shards
+from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 
 from conftest import REPO, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
@@ -307,12 +308,12 @@ def test_above_the_full_check_size_the_ranks_of_a_node_split_the_sample(tiny_dat
     """Opening a dataset above SAMPLE_ALL_BELOW reads the sample (each shard's last block and one picked by
     its name) split between the node's ranks (LOCAL_RANK of LOCAL_WORLD_SIZE): here train blocks (picked, 7)
     and validation block 0 go to local ranks 0, 1, 0, so a flipped byte in train block 7 stops local rank 1."""
-    from ngpt_ds.data import shards
+    from ngpt_ds.data import shard_check
 
     data = small_blocks(copy_of(tiny_dataset, tmp_path))
     flip(data / "train_000000.bin", 7 * BLOCK + 9)
     monkeypatch.setattr(shard_hashes, "SAMPLE_ALL_BELOW", 0)
-    monkeypatch.setattr(shards, "_checked", set())
+    monkeypatch.setattr(shard_check, "_checked", set())
     env = {"RANK": 0, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500}
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))

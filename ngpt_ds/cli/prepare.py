@@ -212,7 +212,7 @@ def _prepare(args: argparse.Namespace) -> Path:
 
 def _check(args: argparse.Namespace, progress: bool) -> Path:
     """--verify DIR or --add-hashes DIR."""
-    from ngpt_ds.data import shards
+    from ngpt_ds.data import shard_check, shards
 
     other = [
         f"--{k.replace('_', '-')}"
@@ -224,7 +224,7 @@ def _check(args: argparse.Namespace, progress: bool) -> Path:
     if other:
         raise NgptConfigError(f"{', '.join(other)}: not used with --verify or --add-hashes (one at a time); drop them")
     if args.add_hashes is not None:
-        meta = shards.add_hashes(args.add_hashes)
+        meta = shard_check.add_hashes(args.add_hashes)
         blocks = sum(len(s.sha256_blocks or ()) for split in meta.splits.values() for s in split.shards)
         if progress:
             print(f"recorded the sha256 of {blocks} block(s) in {meta.data_dir / shards.META_FILE}", file=sys.stderr)
@@ -236,9 +236,9 @@ def _check(args: argparse.Namespace, progress: bool) -> Path:
             f"there is nothing to verify against; add them with `ngpt-prepare --add-hashes {meta.data_dir}` on a "
             "copy you trust, or prepare it again"
         )
-    bad = shards.verify_shards(meta.data_dir, meta, mode="full", progress=progress)
+    bad = shard_check.verify_shards(meta.data_dir, meta, mode="full", progress=progress)
     if bad:
-        raise shards.shard_error(meta.data_dir, bad, "full")
+        raise shard_check.shard_error(meta.data_dir, bad, "full")
     if progress:
         print(f"{meta.data_dir}: every shard block matches meta.json", file=sys.stderr)
     return meta.data_dir

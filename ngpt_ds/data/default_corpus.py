@@ -34,7 +34,8 @@ from filelock import FileLock
 
 from ngpt_ds import log
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
-from ngpt_ds.data.shards import FORMAT_VERSION, META_FILE, add_hashes, load_dataset_meta, sha256_file
+from ngpt_ds.data.shard_check import add_hashes
+from ngpt_ds.data.shards import FORMAT_VERSION, META_FILE, load_dataset_meta, sha256_file
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
