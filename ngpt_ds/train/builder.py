@@ -198,6 +198,7 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
     if resume_from is None:
         return prepared
     preflight.check_resume_fits(resume_from, run.model, prepared.data)  # same model config and tokenizer
+    preflight.check_resume_precision(resume_from, run.deepspeed, run.deepspeed_source)  # fp32, bf16, fp16
     # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
     # cannot convert is refused here, before any engine starts.
     layout = reshape.current_layout(

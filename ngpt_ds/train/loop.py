@@ -21,12 +21,13 @@ from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, lineage, reshape
+from ngpt_ds.train import agreement, checkpoint, lineage, preflight, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_process_group, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
+from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.stopping import StopRequest
 
@@ -165,6 +166,10 @@ class Trainer:
             self._say(reshape.describe(self.reshape, self.reused_conversion, renormalized=self.hook is not None))
         else:
             self._say(f"resumed from {path} at step {self.step}")
+        # This run's optimizer settings and schedule, not the checkpoint's; a line for each change.
+        saved_train = preflight.saved_run_config(path).get("train") or {}
+        for line in apply_on_resume(self.engine.lr_scheduler, self.run.train, saved_train, self.step + 1):
+            self._say(line)
 
     # ---- helpers ----------------------------------------------------------------------
 

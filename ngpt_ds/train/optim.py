@@ -4,11 +4,15 @@ official code's choices where the paper is silent; docs/ngpt_notes.md, "optimize
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ngpt_ds.model.layers import DeclaredMatrix
+
+if TYPE_CHECKING:
+    from ngpt_ds.train.config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -55,3 +59,85 @@ def build_schedule(
         optimizer,
         lambda step: lr_factor(step, max_steps=max_steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio),
     )
+
+
+def apply_on_resume(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, train: TrainConfig, saved_train: dict[str, Any], next_step: int
+) -> list[str]:
+    """After a checkpoint is loaded: this run's optimizer settings and LR schedule, not the checkpoint's.
+
+    torch's Optimizer.load_state_dict takes lr, betas, eps and weight_decay from the checkpoint, and
+    LambdaLR.load_state_dict its base LRs: a resume with another train.lr, betas, eps or weight_decay
+    trained on with the old values while config.yaml recorded the new ones, and the first step after
+    the resume used the LR the checkpoint's schedule had set (0 after extending a finished cosine). The
+    schedule is recomputed over this run's settings at the same step (not restarted), so a changed
+    max_steps, warmup_steps, lr or min_lr moves the LR at once. `saved_train`: the `train:` section of
+    the checkpoint's config.yaml. Returns the lines to print, one per kind of change (none: nothing is
+    touched, so an unchanged resume stays bit for bit)."""
+    assert train.weight_decay is not None and train.warmup_steps is not None  # TrainConfig.resolve
+    groups = scheduler.optimizer.param_groups
+    matrices = next((g for g in groups if g.get("name") == "matrices"), groups[0])
+    optimizer_changes = [
+        (name, before, after)
+        for name, before, after in (
+            ("betas", list(matrices["betas"]), list(train.betas)),
+            ("eps", matrices["eps"], train.eps),
+            ("weight_decay", matrices["weight_decay"], train.weight_decay),
+        )
+        if before != after
+    ]
+    old_lr = scheduler.base_lrs[0]
+    schedule = {
+        "lr": train.lr,
+        "min_lr": train.min_lr,
+        "max_steps": train.max_steps,
+        "warmup_steps": train.warmup_steps,
+    }
+    old = {"lr": old_lr, **{k: saved_train.get(k, v) for k, v in schedule.items() if k != "lr"}}
+    schedule_changes = [(k, old[k], schedule[k]) for k in schedule if old[k] != schedule[k]]
+    if not optimizer_changes and not schedule_changes:
+        return []
+    factor = lr_factor(
+        scheduler.last_epoch,
+        max_steps=train.max_steps,
+        warmup_steps=train.warmup_steps,
+        min_lr_ratio=train.min_lr / train.lr,
+    )
+    lr_before = groups[0]["lr"]
+    for group in groups:
+        group["betas"], group["eps"] = tuple(train.betas), train.eps
+        if group.get("name") == "matrices":  # the vectors are never decayed (parameter_groups)
+            group["weight_decay"] = train.weight_decay
+        group["initial_lr"] = train.lr
+        group["lr"] = train.lr * factor
+    scheduler.base_lrs = [train.lr] * len(groups)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr (the logged LR) reports
+    lines = []
+    if optimizer_changes:
+        lines.append(
+            f"changed since the checkpoint: {_changes(optimizer_changes)}; the optimizer uses this run's values from "
+            f"step {next_step} on (Adam's moments are kept)"
+        )
+    if schedule_changes:
+        warmup = f"linear warmup over {train.warmup_steps} steps, then " if train.warmup_steps else ""
+        hint = ""
+        followed = all(old[k] != schedule[k] for k in ("max_steps", "warmup_steps")) and all(
+            warmup == min(2000, steps // 10)
+            for steps, warmup in ((old["max_steps"], old["warmup_steps"]), (train.max_steps, train.warmup_steps))
+        )
+        if followed:  # TrainConfig.resolve: the GPT default; an nGPT default of 0 never moves
+            hint = (
+                f". The warmup moved with max_steps (GPT's default warmup_steps is min(2000, max_steps // 10)): "
+                f"set train.warmup_steps: {old['warmup_steps']} to keep the old one"
+            )
+        lines.append(
+            f"changed since the checkpoint: {_changes(schedule_changes)}; the LR schedule ({warmup}cosine from "
+            f"lr {train.lr:g} to min_lr {train.min_lr:g} at step {train.max_steps}) is recomputed at the same step, "
+            f"not restarted: step {next_step} trains at LR {train.lr * factor:.4g}, where the checkpoint's schedule "
+            f"had {lr_before:.4g}{hint}"
+        )
+    return lines
+
+
+def _changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"train.{name} {before} -> {after}" for name, before, after in changes)

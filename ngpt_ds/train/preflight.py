@@ -7,6 +7,10 @@
   after --out was created), and data from the same tokenizer (one with the same vocabulary
   size but other pieces would train on token ids that mean different text). The checkpoint's
   config.yaml records both (`model`, `tokenizer_sha256`).
+- A checkpoint resumes only at the precision it was trained in (the `deepspeed:` section of its
+  config.yaml): DeepSpeed names and lays out its optimizer state per precision, so fp32 <-> bf16
+  failed inside its load with a FileNotFoundError, KeyError 'param_groups' or 'dynamic_loss_scale'
+  traceback, after the engine had started.
 - `train.compile: true` needs Inductor's code generator: a C++ compiler on CPU, Triton on a GPU.
   Without it the first step failed inside Inductor (InvalidCxxCompiler), after the run had started.
 """
@@ -26,6 +30,7 @@ import yaml
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import ModelConfig
+from ngpt_ds.train.ds_config import precision_of
 
 
 def check_writable(out_dir: Path) -> None:
@@ -110,6 +115,22 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
             f"although both have {data.vocab_size} pieces: the same token ids would mean different text. Prepare "
             "the data with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a "
             "new run with another --out (or --resume none)"
+        )
+
+
+def check_resume_precision(checkpoint: Path, ds_config: dict[str, Any], ds_source: str) -> None:
+    """Raise NgptConfigError when this run's precision (fp32, bf16, fp16) is not the checkpoint's."""
+    saved = saved_run_config(checkpoint).get("deepspeed")
+    if not isinstance(saved, dict):  # not recorded: DeepSpeed's load is the check
+        return
+    before, now = precision_of(saved), precision_of(ds_config)
+    if before != now:
+        raise NgptConfigError(
+            f"--resume {checkpoint}: the checkpoint was trained in {before} (the deepspeed section of its "
+            f"config.yaml) and --deepspeed_config {ds_source} trains in {now}: DeepSpeed keeps the optimizer state "
+            f"in another form for each precision and cannot load one into the other. Resume in {before} "
+            f"(the bf16 / fp16 'enabled' switches in {ds_source}), or start a new run with another --out "
+            "(or --resume none)"
         )
 
 

@@ -1,0 +1,121 @@
+"""Settings changed between a run and its resume (same --out), as over a week-long run.
+
+Faults:
+- the optimizer settings of the checkpoint won over the YAML: a resume with another train.lr, betas,
+  eps or weight_decay trained on with the old values (torch's Optimizer.load_state_dict and LambdaLR's
+  load_state_dict restore them), while config.yaml recorded the new ones; and the first step after
+  a resume trained at the LR of the checkpoint's schedule (0 after extending a finished cosine run),
+  all without a word;
+- a precision (fp32 <-> bf16) other than the checkpoint's failed inside DeepSpeed's load with a
+  KeyError / FileNotFoundError traceback (exit 1), after the engine had started.
+
+One rank, ZeRO 0, fp32: the whole optimizer state lies in one file, so the LR each step really used is
+read back from the parameters and Adam's moments.
+"""
+
+import math
+import shutil
+import sys
+
+import pytest
+import torch
+
+from ngpt_ds.train.optim import lr_factor
+
+from conftest import read_metrics, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
+
+MODEL = tiny_ngpt()
+LR = 1e-2
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_dataset):
+    """A finished 6-step run (cosine to 0 at step 6, lr 1e-2) with its checkpoint of step 6."""
+    tmp = tmp_path_factory.mktemp("resume_changes")
+    out = tmp / "run"
+    ds = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=4, accum=1)
+    torchrun(*train_cmd(write_yaml(tmp / "six.yaml", MODEL, tiny_train(6, lr=LR)), ds, tiny_dataset, out), nproc=1)
+    return out, ds
+
+
+def copy_of(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished[0] / "checkpoints", out / "checkpoints")
+    return out
+
+
+def states(checkpoint):
+    return torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+
+
+def lr_used(before, after):
+    """The LR of the Adam step from checkpoint `before` to `after`, from the never-decayed, never-renormalized
+    vectors (s_qk, s_u, s_v, the alphas, s_z): p' = p - lr * m_hat / (sqrt(v_hat) + eps)."""
+    old, new = states(before), states(after)
+    group = next(g for g in new["optimizer"]["param_groups"] if g["name"] == "vectors")
+    (beta1, beta2), eps = group["betas"], group["eps"]
+    # parameter_groups: the vectors are the parameters that are not matrix weights, in the model's order.
+    names = [name for name in new["module"] if not name.endswith(".weight")]
+    assert len(names) == len(group["params"])
+    estimates = []
+    for name, index in zip(names, group["params"]):
+        state = new["optimizer"]["state"][index]
+        t = float(state["step"])
+        update = (state["exp_avg"] / (1 - beta1**t)) / ((state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)) + eps)
+        moved = old["module"][name] - new["module"][name]
+        big = update.abs() > 0.1
+        estimates.append(moved[big] / update[big])
+    return torch.cat(estimates).median().item()
+
+
+def test_a_resume_with_changed_lr_schedule_and_adam_settings_trains_with_them_and_says_so(
+    finished, tmp_path, tiny_dataset
+):
+    """Fault: the checkpoint's lr, betas, eps and weight_decay won over the YAML's, silently, and step 7
+    trained at the finished schedule's LR 0."""
+    out = copy_of(finished, tmp_path)
+    changed = tiny_train(
+        8, lr=5e-3, betas=[0.5, 0.6], eps=1e-6, weight_decay=0.5, checkpoint_interval=1, keep_checkpoints=3
+    )
+    proc = torchrun(
+        *train_cmd(write_yaml(tmp_path / "eight.yaml", MODEL, changed), finished[1], tiny_dataset, out), nproc=1
+    )
+    expected = [5e-3 * lr_factor(k, max_steps=8, warmup_steps=0, min_lr_ratio=0.0) for k in (6, 7, 8)]
+    checkpoints = out / "checkpoints"
+    step = {s: checkpoints / f"step_{s:08d}" for s in (7, 8)}
+    step[6] = finished[0] / "checkpoints" / "step_00000006"
+    # The LR each step used, read back from its update: 7.32e-4 and 1.90e-4 (old code: 0, then 3.81e-4).
+    assert lr_used(step[6], step[7]) == pytest.approx(expected[0], rel=1e-3)
+    assert lr_used(step[7], step[8]) == pytest.approx(expected[1], rel=1e-3)
+    assert [m["train/lr"] for m in read_metrics(out)] == pytest.approx(expected[1:], abs=1e-12)
+    groups = {g["name"]: g for g in states(step[8])["optimizer"]["param_groups"]}
+    for group in groups.values():
+        assert (tuple(group["betas"]), group["eps"], group["initial_lr"]) == ((0.5, 0.6), 1e-6, 5e-3)
+    assert (groups["matrices"]["weight_decay"], groups["vectors"]["weight_decay"]) == (0.5, 0.0)
+    said = proc.stdout + proc.stderr
+    assert (
+        "changed since the checkpoint: train.betas [0.9, 0.95] -> [0.5, 0.6], train.eps 1e-08 -> 1e-06, "
+        "train.weight_decay 0.0 -> 0.5; the optimizer uses this run's values from step 7 on" in said
+    )
+    assert (
+        "changed since the checkpoint: train.lr 0.01 -> 0.005, train.max_steps 6 -> 8; the LR schedule (cosine "
+        "from lr 0.005 to min_lr 0 at step 8) is recomputed at the same step, not restarted: step 7 trains at LR "
+        f"{expected[0]:.4g}, where the checkpoint's schedule had 0" in said
+    )
+
+
+def test_a_resume_in_another_precision_is_refused_before_the_engine_starts(finished, tmp_path, tiny_dataset):
+    """Fault: fp32 -> bf16 failed inside DeepSpeed's checkpoint load with a KeyError traceback (exit 1)."""
+    out = copy_of(finished, tmp_path)
+    bf16 = write_ds_config(tmp_path / "z0_bf16.json", stage=0, bf16=True, micro=4, accum=1)
+    config = write_yaml(tmp_path / "ten.yaml", MODEL, tiny_train(10, lr=LR))
+    # A plain process (one rank): torchrun would add its own traceback for any failed child.
+    proc = run([sys.executable, *train_cmd(config, bf16, tiny_dataset, out)], check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in said, said[-3000:]
+    assert (
+        f"the checkpoint was trained in fp32 (the deepspeed section of its config.yaml) and --deepspeed_config "
+        f"{bf16} trains in bf16" in said
+    )
+    assert "DeepSpeed engine" not in said  # refused before the engine started
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")) == ["step_00000006"]
