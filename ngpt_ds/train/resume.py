@@ -241,15 +241,19 @@ def _what_the_ranks_see(out_dir: Path, resume: str, warn: Callable[[str], None])
 
 def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> None:
     """Collective: rank 0 puts back a step_N that a killed second save of step N left moved aside
-    (checkpoint.restore_moved_aside), before any rank lists the checkpoints; every rank then gets the
-    same lines to print, or the same error."""
+    (checkpoint.restore_moved_aside) and points a `latest` that a killed save left behind at the newest
+    complete step (checkpoint.repair_latest), before any rank lists the checkpoints; every rank then gets
+    the same lines to print, or the same error."""
     box: list[Any] = [([], None)]
     if dist.get_rank() == 0:
         try:
             # Not in a folder a running trainer holds: it may be between the two renames of its own save.
             # lock_run refuses this run there right after.
             with run_lock.unless_in_use(checkpoint_dir.parent) as ours:
-                box[0] = (checkpoint.restore_moved_aside(checkpoint_dir) if ours else [], None)
+                if ours:
+                    repaired = checkpoint.restore_moved_aside(checkpoint_dir)
+                    latest = checkpoint.repair_latest(checkpoint_dir)  # after: a step put back may be the newest
+                    box[0] = (repaired + ([latest] if latest else []), None)
         except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast
             box[0] = ([], f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})")
     dist.broadcast_object_list(box, src=0)
