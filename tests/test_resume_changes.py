@@ -6,6 +6,8 @@ Faults:
   load_state_dict restore them), while config.yaml recorded the new ones; and the first step after
   a resume trained at the LR of the checkpoint's schedule (0 after extending a finished cosine run),
   all without a word;
+- a resume on another dataset with as many training windows (the same corpus prepared in another
+  document order) trained on silently: the saved data position pointed into other windows;
 - a precision (fp32 <-> bf16) other than the checkpoint's failed inside DeepSpeed's load with a
   KeyError / FileNotFoundError traceback (exit 1), after the engine had started.
 
@@ -119,3 +121,43 @@ def test_a_resume_in_another_precision_is_refused_before_the_engine_starts(finis
     )
     assert "DeepSpeed engine" not in said  # refused before the engine started
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")) == ["step_00000006"]
+
+
+def test_a_resume_on_other_training_data_is_refused_and_on_a_copy_of_its_own_goes_on(finished, tmp_path, tiny_dataset):
+    """Fault: the same corpus prepared in another document order (as many windows, the same tokenizer)
+    resumed without a word, re-reading windows the run had seen and skipping others."""
+    import json
+    import pydoc_data.topics
+
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    corpus = tmp_path / "reversed.jsonl"
+    texts = reversed(list(pydoc_data.topics.topics.values()))
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    reordered = prepare_dataset(
+        PrepareConfig(
+            inputs=(str(corpus),),
+            out=tmp_path / "reordered",
+            tokenizer=tiny_dataset / "tokenizer.model",
+            val_fraction=0.1,
+            workers=1,
+            progress=False,
+        )
+    )
+    meta = [json.loads((d / "meta.json").read_text())["splits"]["train"] for d in (tiny_dataset, reordered)]
+    assert meta[0]["tokens"] == meta[1]["tokens"] == 255704  # as many windows: the loader's check passes
+    out = copy_of(finished, tmp_path)
+    config = write_yaml(tmp_path / "ten.yaml", MODEL, tiny_train(10, lr=LR))
+    proc = run([sys.executable, *train_cmd(config, finished[1], reordered, out)], check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in said, said[-3000:]
+    assert (
+        f"error: --resume {out / 'checkpoints' / 'step_00000006'}: --data {reordered} holds other training data "
+        f"than the checkpoint was trained on (data_dir {tiny_dataset})" in said
+    )
+    assert not (out / "metrics.jsonl").exists()  # nothing trained
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, copy)  # moved or copied: the same data
+    run([sys.executable, *train_cmd(config, finished[1], copy, out)])
+    assert [m["step"] for m in read_metrics(out)] == [7, 8, 9, 10]

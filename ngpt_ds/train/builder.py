@@ -176,6 +176,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         data_dir=str(data_dir),
         out_dir=str(out_dir),
         tokenizer_sha256=meta.tokenizer_sha256,
+        train_data_sha256=preflight.train_data_fingerprint(meta),
     )
     prepared = Prepared(run=run, plan=plan, dist_env=dist_env, data=meta)
     return choose_resume(prepared, options.resume, collective=False) if resume else prepared

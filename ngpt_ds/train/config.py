@@ -212,6 +212,9 @@ class RunConfig:
     out_dir: str
     tokenizer_sha256: str | None = None
     """sha256 of the dataset's tokenizer.model: a resume on data from another tokenizer is refused."""
+    train_data_sha256: str | None = None
+    """Fingerprint of the training split (ngpt_ds.train.preflight.train_data_fingerprint): a resume on
+    other training data is refused."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +225,7 @@ class RunConfig:
             "deepspeed": self.deepspeed,
             "data_dir": self.data_dir,
             "tokenizer_sha256": self.tokenizer_sha256,
+            "train_data_sha256": self.train_data_sha256,
             "out_dir": self.out_dir,
         }
 

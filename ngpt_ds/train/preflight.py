@@ -7,6 +7,10 @@
   after --out was created), and data from the same tokenizer (one with the same vocabulary
   size but other pieces would train on token ids that mean different text). The checkpoint's
   config.yaml records both (`model`, `tokenizer_sha256`).
+- A checkpoint resumes only on the training data it was trained on (config.yaml's
+  `train_data_sha256`): on another dataset with as many windows (the same corpus prepared in another
+  document order, say) the saved data position pointed into other windows, re-reading text the run
+  had seen and skipping text it had not, without a word.
 - A checkpoint resumes only at the precision it was trained in (the `deepspeed:` section of its
   config.yaml): DeepSpeed names and lays out its optimizer state per precision, so fp32 <-> bf16
   failed inside its load with a FileNotFoundError, KeyError 'param_groups' or 'dynamic_loss_scale'
@@ -17,7 +21,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -92,8 +98,9 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
 
 
 def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -> None:
-    """Raise NgptConfigError naming every model field that differs from the checkpoint's, or the
-    tokenizer when the data was prepared with another one."""
+    """Raise NgptConfigError naming every model field that differs from the checkpoint's, the
+    tokenizer when the data was prepared with another one, or the data when its train split is not
+    the one the checkpoint was trained on."""
     saved = saved_run_config(checkpoint)
     fix = (
         f"Resume with the checkpoint's config and data (data_dir {saved.get('data_dir')}), or start a new run "
@@ -116,6 +123,27 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
             "the data with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a "
             "new run with another --out (or --resume none)"
         )
+    trained_on = saved.get("train_data_sha256")  # absent in checkpoints written before it was recorded
+    if trained_on and trained_on != train_data_fingerprint(data):
+        raise NgptConfigError(
+            f"--resume {checkpoint}: --data {data.data_dir} holds other training data than the checkpoint was "
+            f"trained on (data_dir {saved.get('data_dir')}): the shards, token counts or block hashes of its train "
+            "split differ from those recorded in the checkpoint's config.yaml (train_data_sha256), so the saved "
+            "data position would point into other windows, re-reading text the run has seen and skipping text it "
+            "has not. Resume with the checkpoint's dataset (a copy elsewhere is fine), or start a new run with "
+            "another --out (or --resume none)"
+        )
+
+
+def train_data_fingerprint(data: DatasetMeta) -> str:
+    """sha256 of what the data order reads: the train split's shard files, token counts and block hashes
+    (meta.json), and dtype and EOS id. Reading no shard, it costs nothing at any size; a dataset moved or
+    copied elsewhere keeps it. Shards prepared before ngpt_ds recorded block hashes are pinned by their
+    names and token counts only."""
+    split = data.splits["train"]
+    shards = [[s.file, s.tokens, list(s.sha256_blocks or ())] for s in split.shards]
+    record = {"dtype": data.dtype, "eos_id": data.eos_id, "hash_block_bytes": data.hash_block_bytes, "shards": shards}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def check_resume_precision(checkpoint: Path, ds_config: dict[str, Any], ds_source: str) -> None:
