@@ -8,6 +8,8 @@ Faults:
   all without a word;
 - a resume on another dataset with as many training windows (the same corpus prepared in another
   document order) trained on silently: the saved data position pointed into other windows;
+- another train.seed was refused only by the loader, after the engine had started and loaded the
+  checkpoint, with <out>/config.yaml already rewritten to the refused seed;
 - a precision (fp32 <-> bf16) other than the checkpoint's failed inside DeepSpeed's load with a
   KeyError / FileNotFoundError traceback (exit 1), after the engine had started.
 
@@ -161,3 +163,21 @@ def test_a_resume_on_other_training_data_is_refused_and_on_a_copy_of_its_own_goe
     shutil.copytree(tiny_dataset, copy)  # moved or copied: the same data
     run([sys.executable, *train_cmd(config, finished[1], copy, out)])
     assert [m["step"] for m in read_metrics(out)] == [7, 8, 9, 10]
+
+
+def test_another_seed_is_refused_before_the_engine_starts_and_leaves_the_run_folder_as_it_was(
+    finished, tmp_path, tiny_dataset
+):
+    """Fault: the loader refused another seed only after the engine had started and the checkpoint was
+    loaded; by then <out>/config.yaml said seed 7 while every checkpoint was trained with 1234."""
+    out = copy_of(finished, tmp_path)
+    shutil.copy(finished[0] / "config.yaml", out / "config.yaml")
+    config = write_yaml(tmp_path / "seed7.yaml", MODEL, tiny_train(10, lr=LR, seed=7))
+    proc = run([sys.executable, *train_cmd(config, finished[1], tiny_dataset, out)], check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in said, said[-3000:]
+    assert "DeepSpeed engine" not in said
+    assert (out / "config.yaml").read_bytes() == (finished[0] / "config.yaml").read_bytes()
+    assert (
+        f"error: --resume {out / 'checkpoints' / 'step_00000006'}: train.seed = 1234 in the checkpoint, 7 now" in said
+    )

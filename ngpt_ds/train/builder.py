@@ -200,6 +200,7 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
         return prepared
     preflight.check_resume_fits(resume_from, run.model, prepared.data)  # same model config and tokenizer
     preflight.check_resume_precision(resume_from, run.deepspeed, run.deepspeed_source)  # fp32, bf16, fp16
+    preflight.check_resume_seed(resume_from, run.train.seed)  # the data order
     # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
     # cannot convert is refused here, before any engine starts.
     layout = reshape.current_layout(

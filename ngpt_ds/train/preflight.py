@@ -11,6 +11,9 @@
   `train_data_sha256`): on another dataset with as many windows (the same corpus prepared in another
   document order, say) the saved data position pointed into other windows, re-reading text the run
   had seen and skipping text it had not, without a word.
+- A checkpoint resumes only with the seed it was trained with, which orders the data: the loader
+  refused another one only once the engine had started and the checkpoint was loaded, after
+  `<out>/config.yaml` had been rewritten with the refused seed.
 - A checkpoint resumes only at the precision it was trained in (the `deepspeed:` section of its
   config.yaml): DeepSpeed names and lays out its optimizer state per precision, so fp32 <-> bf16
   failed inside its load with a FileNotFoundError, KeyError 'param_groups' or 'dynamic_loss_scale'
@@ -144,6 +147,18 @@ def train_data_fingerprint(data: DatasetMeta) -> str:
     shards = [[s.file, s.tokens, list(s.sha256_blocks or ())] for s in split.shards]
     record = {"dtype": data.dtype, "eos_id": data.eos_id, "hash_block_bytes": data.hash_block_bytes, "shards": shards}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def check_resume_seed(checkpoint: Path, seed: int) -> None:
+    """Raise NgptConfigError when train.seed is not the checkpoint's (its config.yaml)."""
+    saved = (saved_run_config(checkpoint).get("train") or {}).get("seed")
+    if isinstance(saved, int) and saved != seed:
+        raise NgptConfigError(
+            f"--resume {checkpoint}: train.seed = {saved} in the checkpoint, {seed} now: the seed orders the "
+            "training data and the checkpoint's data position counts windows in its order, so another seed would "
+            f"re-read windows the run has seen and skip others. Resume with train.seed: {saved}, or start a new "
+            "run with another --out (or --resume none)"
+        )
 
 
 def check_resume_precision(checkpoint: Path, ds_config: dict[str, Any], ds_source: str) -> None:
