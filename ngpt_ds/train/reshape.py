@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 POLL_S = 0.5
 """How often the waiting ranks and rank 0 agree on whether the conversion is finished."""
+CONVERTER_PARENT_VARIABLE = "NGPT_DS_CONVERTER_PARENT"
+"""The pid of the rank that started the converter: the child ends when that rank is gone. Set in the
+main thread: Linux's parent-death signal follows the thread that started the child."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,7 @@ def _start_converter(source: Path, output: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[CONVERTER_PARENT_VARIABLE] = str(os.getpid())
     with open(log, "w", encoding="utf-8") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(output)],
@@ -298,6 +302,21 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     return reused
 
 
+def _end_with_parent() -> None:
+    """The child process: die with the rank that started it. A rank SIGKILLed, or killed by a SIGTERM
+    before its stop handlers exist, left the converter writing on into the .tmp-save folder that the
+    rerun removes and makes anew: the rerun failed ("File exists") or hashed what two converters wrote.
+    Linux's parent-death signal; then the parent is checked, in case it died before the call."""
+    parent = os.environ.get(CONVERTER_PARENT_VARIABLE, "")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if parent.isdigit() and os.getppid() != int(parent):
+        sys.exit(f"the rank that started this conversion (pid {parent}) is gone")
+
+
 def _convert_main(argv: list[str]) -> None:
     """The child process: DeepSpeed's converter with every load through the restricted unpickler.
     One worker each: the pools would have to inherit the guard, and the extraction is I/O bound."""
@@ -321,5 +340,6 @@ def _convert_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _end_with_parent()
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     _convert_main(sys.argv[1:])
