@@ -181,3 +181,31 @@ def test_another_seed_is_refused_before_the_engine_starts_and_leaves_the_run_fol
     assert (
         f"error: --resume {out / 'checkpoints' / 'step_00000006'}: train.seed = 1234 in the checkpoint, 7 now" in said
     )
+
+
+def test_the_data_fingerprint_ignores_the_folder_and_is_absent_without_block_hashes(tmp_path, tiny_dataset):
+    """Not a fault of the old code: guards the check above. `--add-hashes` on a dataset prepared before
+    block hashes, between a run and its resume, must not refuse the resume (no fingerprint either side)."""
+    import dataclasses
+
+    import yaml
+
+    from ngpt_ds.data.shards import load_dataset_meta
+    from ngpt_ds.model import ModelConfig
+    from ngpt_ds.train.preflight import check_resume_fits, train_data_fingerprint
+
+    meta = load_dataset_meta(tiny_dataset)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, copy)
+    assert train_data_fingerprint(load_dataset_meta(copy)) == train_data_fingerprint(meta) is not None
+    train = meta.splits["train"]
+    bare = dataclasses.replace(train, shards=tuple(dataclasses.replace(s, sha256_blocks=None) for s in train.shards))
+    unhashed = dataclasses.replace(meta, splits={**meta.splits, "train": bare}, hash_block_bytes=None)
+    assert train_data_fingerprint(unhashed) is None
+    model = ModelConfig(**{**MODEL, "vocab_size": meta.vocab_size})
+    step = tmp_path / "step_00000006"
+    step.mkdir()
+    for recorded, data in ((train_data_fingerprint(meta), unhashed), (None, meta)):
+        saved = {"model": model.to_dict(), "tokenizer_sha256": meta.tokenizer_sha256, "train_data_sha256": recorded}
+        (step / "config.yaml").write_text(yaml.safe_dump(saved))
+        check_resume_fits(step, model, data)  # no error

@@ -176,7 +176,6 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         data_dir=str(data_dir),
         out_dir=str(out_dir),
         tokenizer_sha256=meta.tokenizer_sha256,
-        train_data_sha256=preflight.train_data_fingerprint(meta),
     )
     prepared = Prepared(run=run, plan=plan, dist_env=dist_env, data=meta)
     return choose_resume(prepared, options.resume, collective=False) if resume else prepared
@@ -191,6 +190,10 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
     Otherwise this rank reads every file itself.
     """
     run, out_dir = prepared.run, Path(prepared.run.out_dir)
+    # Recorded in config.yaml for the next resume. Set after the ranks compared their configs: node-local
+    # copies of one dataset, one with block hashes and one without, differ here and are the same data
+    # (ngpt_ds.data.loader.same_dataset_on_every_rank compares the data itself).
+    run.train_data_sha256 = preflight.train_data_fingerprint(prepared.data)
     warn = _warn_on_rank0(prepared.dist_env.rank)
     if collective:
         resume_from = resolve_resume_on_all_ranks(out_dir, resume, warn)

@@ -213,8 +213,8 @@ class RunConfig:
     tokenizer_sha256: str | None = None
     """sha256 of the dataset's tokenizer.model: a resume on data from another tokenizer is refused."""
     train_data_sha256: str | None = None
-    """Fingerprint of the training split (ngpt_ds.train.preflight.train_data_fingerprint): a resume on
-    other training data is refused."""
+    """Fingerprint of the training split's shards and block hashes (ngpt_ds.train.preflight.
+    train_data_fingerprint; None without block hashes): a resume on other training data is refused."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -126,8 +126,9 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
             "the data with the checkpoint's tokenizer (launch/prepare_data.py --tokenizer FILE.model), or start a "
             "new run with another --out (or --resume none)"
         )
-    trained_on = saved.get("train_data_sha256")  # absent in checkpoints written before it was recorded
-    if trained_on and trained_on != train_data_fingerprint(data):
+    # Absent in checkpoints written before it was recorded; None without block hashes (either side).
+    trained_on, now = saved.get("train_data_sha256"), train_data_fingerprint(data)
+    if trained_on and now and trained_on != now:
         raise NgptConfigError(
             f"--resume {checkpoint}: --data {data.data_dir} holds other training data than the checkpoint was "
             f"trained on (data_dir {saved.get('data_dir')}): the shards, token counts or block hashes of its train "
@@ -138,14 +139,21 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
         )
 
 
-def train_data_fingerprint(data: DatasetMeta) -> str:
+def train_data_fingerprint(data: DatasetMeta) -> str | None:
     """sha256 of what the data order reads: the train split's shard files, token counts and block hashes
     (meta.json), and dtype and EOS id. Reading no shard, it costs nothing at any size; a dataset moved or
-    copied elsewhere keeps it. Shards prepared before ngpt_ds recorded block hashes are pinned by their
-    names and token counts only."""
-    split = data.splits["train"]
-    shards = [[s.file, s.tokens, list(s.sha256_blocks or ())] for s in split.shards]
-    record = {"dtype": data.dtype, "eos_id": data.eos_id, "hash_block_bytes": data.hash_block_bytes, "shards": shards}
+    copied elsewhere keeps it. None when a train shard carries no block hashes (a dataset prepared before
+    ngpt_ds recorded them): `--add-hashes` on it between a run and its resume must not refuse the resume,
+    and the loader's window count is the check there."""
+    shards = data.splits["train"].shards
+    if any(s.sha256_blocks is None for s in shards):
+        return None
+    record = {
+        "dtype": data.dtype,
+        "eos_id": data.eos_id,
+        "hash_block_bytes": data.hash_block_bytes,
+        "shards": [[s.file, s.tokens, list(s.sha256_blocks or ())] for s in shards],
+    }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
