@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,36 +28,13 @@ from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, pe
 from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.stopping import StopRequest
+from ngpt_ds.train.summary import SUMMARY_FILE, Summary, mend_finished_summary, replace_file
 
 _log = log.get(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss, or the norm of a sphere matrix, became NaN or inf."""
-
-
-@dataclass
-class Summary:
-    status: str
-    """'finished', 'stopped' (signal, launcher gone or --max-time; checkpoint saved), 'stopped-unsaved'
-    (an urgent stop came too late in train.stop_grace_s to save) or 'already-finished' (nothing to do)."""
-    step: int
-    max_steps: int
-    tokens: int
-    train_loss: float
-    val_loss: float
-    seconds: float
-    checkpoint: str | None
-    out_dir: str
-
-
-def replace_file(path: Path, text: str) -> None:
-    """Write `text` to a sibling file, then rename it over `path`: a kill mid-write leaves the old
-    file whole (a resumed run's config.yaml; summary.json, which launch/slurm/train.sbatch reads to
-    decide whether to requeue), never a file cut short."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict:
@@ -425,7 +400,7 @@ class Trainer:
         )
         self.metrics.close()
         if self.is_main:
-            replace_file(self.out_dir / "summary.json", json.dumps(summary.__dict__, indent=2) + "\n")
+            replace_file(self.out_dir / SUMMARY_FILE, json.dumps(summary.__dict__, indent=2) + "\n")
         return summary
 
 
@@ -451,6 +426,7 @@ def train(options: TrainOptions) -> Summary:
                     f"{prepared.run.out_dir} is already trained to step {resumed_step}/{prepared.run.train.max_steps}"
                     ": nothing to do. Pass --max-steps N to train further, or --out DIR for a new run."
                 )
+                mend_finished_summary(Path(prepared.run.out_dir), resumed_step, prepared.run.train.max_steps)
             return Summary(
                 "already-finished",
                 resumed_step,
