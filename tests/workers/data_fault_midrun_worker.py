@@ -22,6 +22,9 @@ fit = loop.Trainer.fit
 
 
 def damaged_then_fit(self: loop.Trainer) -> loop.Summary:
+    # Every rank past its startup checks first: the ranks share the folder, and a rank still starting would
+    # find the damage in its sampled shard check (the startup fault, which other tests cover).
+    dist.barrier()
     if dist.get_rank() == rank:
         tokens = np.memmap(shard, dtype="<u2", mode="r+")
         tokens[position] = value
