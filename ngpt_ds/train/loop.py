@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ngpt_ds import log
 from ngpt_ds.data.loader import TokenWindowLoader, same_dataset_on_every_rank, validation_batches
 from ngpt_ds.data.windows import DeferredFaults
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
@@ -417,8 +418,14 @@ def train(options: TrainOptions) -> Summary:
         # vocabularies (DeepSpeed's first broadcast aborted in gloo) or number the windows differently.
         same_dataset_on_every_rank(Path(prepared.run.data_dir))  # first: its vocabulary is also in the config
         agreement.same_config_on_every_rank(prepared.run)
-        # Verified by all ranks together: each checkpoint file is read once in all.
-        prepared = choose_resume(prepared, options.resume, collective=True)
+        # Verified by all ranks together: each checkpoint file is read once in all. The checks after that
+        # read each rank's own files (node-local data may record block hashes on one node only), so one
+        # rank's refusal reaches all, none left waiting in the engine's first collective.
+        try:
+            prepared, problem = choose_resume(prepared, options.resume, collective=True), None
+        except NgptConfigError as err:
+            problem = str(err)
+        agreement.stop_all_if_any_failed(problem)
         resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
         if resumed_step >= prepared.run.train.max_steps:
             if dist.get_rank() == 0:
