@@ -76,7 +76,8 @@ def apply_on_resume(
     touched, so an unchanged resume stays bit for bit)."""
     assert train.weight_decay is not None and train.warmup_steps is not None  # TrainConfig.resolve
     groups = scheduler.optimizer.param_groups
-    matrices = next((g for g in groups if g.get("name") == "matrices"), groups[0])
+    _restore_vectors_group(groups)
+    matrices = groups[0]  # parameter_groups: the matrices first, then the vectors (when any)
     optimizer_changes = [
         (name, before, after)
         for name, before, after in (
@@ -106,7 +107,7 @@ def apply_on_resume(
     lr_before = groups[0]["lr"]
     for group in groups:
         group["betas"], group["eps"] = tuple(train.betas), train.eps
-        if group.get("name") == "matrices":  # the vectors are never decayed (parameter_groups)
+        if group is matrices:  # the vectors are never decayed (parameter_groups)
             group["weight_decay"] = train.weight_decay
         group["initial_lr"] = train.lr
         group["lr"] = train.lr * factor
@@ -137,6 +138,16 @@ def apply_on_resume(
             f"had {lr_before:.4g}{hint}"
         )
     return lines
+
+
+def _restore_vectors_group(groups: list[dict[str, Any]]) -> None:
+    """The second group's own name and weight_decay 0 (parameter_groups). DeepSpeed's ZeRO-3 universal load
+    (a resume at another data-parallel size) copies the first group's settings into every group, name and
+    weight_decay included, so GPT's norm weights (nGPT's scaling vectors, when train.weight_decay > 0)
+    were decayed from then on. A no-op after any other load: the checkpoint holds these values already."""
+    if len(groups) == 2:
+        groups[0]["name"], groups[1]["name"] = "matrices", "vectors"
+        groups[1]["weight_decay"] = 0.0
 
 
 def _changes(changes: list[tuple[str, Any, Any]]) -> str:
