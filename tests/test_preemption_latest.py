@@ -55,3 +55,15 @@ def test_a_rerun_with_nothing_to_train_writes_the_finished_summary_a_kill_left_o
     before = (out / "summary.json").stat().st_mtime_ns
     run([sys.executable, *train_cmd(yaml, ds, tiny_dataset, out)])  # a finished summary is left as it is
     assert (out / "summary.json").stat().st_mtime_ns == before
+
+
+def test_a_finished_summary_that_cannot_be_written_is_a_warning_not_a_traceback_on_rank_0(tmp_path, capfd):
+    """Fault (review): mending summary.json raised OSError on rank 0 only (an --out it cannot write), which
+    ended that rank in a traceback while the others returned 'already-finished'."""
+    from ngpt_ds.train.summary import mend_finished_summary
+
+    (tmp_path / "summary.json").mkdir()  # cannot be replaced by a file
+    mend_finished_summary(tmp_path, 4, 4)
+    out, err = capfd.readouterr()
+    assert f"warning: could not write the finished summary to {tmp_path / 'summary.json'}" in out + err
+    assert (tmp_path / "summary.json").is_dir()

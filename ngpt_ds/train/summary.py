@@ -8,10 +8,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
 from ngpt_ds.train import checkpoint, run_lock
 
 SUMMARY_FILE = "summary.json"
+_log = log.get(__name__)
 
 
 @dataclass
@@ -65,9 +67,12 @@ def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
         str(out_dir / checkpoint.CHECKPOINTS / checkpoint.tag_for(step)),
         str(out_dir),
     )
-    with run_lock.unless_in_use(out_dir) as ours:
-        if ours:
-            replace_file(path, json.dumps(asdict(summary), indent=2) + "\n")
+    try:
+        with run_lock.unless_in_use(out_dir) as ours:
+            if ours:
+                replace_file(path, json.dumps(asdict(summary), indent=2) + "\n")
+    except OSError as err:  # the run is finished either way; this rank alone would end in a traceback
+        _log.warning(f"warning: could not write the finished summary to {path} ({err})")
 
 
 def _records_of_step(metrics: Path, step: int) -> dict[str, float]:
