@@ -142,6 +142,20 @@ def write_ds_config(path: Path, *, stage: int, bf16: bool, micro: int, accum: in
     return path
 
 
+def without_shard_hashes(data: Path) -> Path:
+    """The prepared dataset `data` as an ngpt_ds before shard hashes wrote it: its meta.json without
+    hash_block_bytes and the shards' sha256_blocks (rewritten in place)."""
+    import json
+
+    raw = json.loads((data / "meta.json").read_text())
+    raw.pop("hash_block_bytes", None)
+    for split in raw["splits"].values():
+        for shard in split["shards"]:
+            shard.pop("sha256_blocks", None)
+    (data / "meta.json").write_text(json.dumps(raw))
+    return data
+
+
 def write_yaml(path: Path, model: dict, train: dict) -> Path:
     import yaml
 

@@ -8,23 +8,15 @@ them. And a resume on other data than the checkpoint's, which only the rank whos
 tell, stopped that rank alone while the others waited for train.dist_timeout_s.
 """
 
-import json
 import shutil
 
 from ngpt_ds.data.shard_check import add_hashes
 
-from conftest import tiny_ngpt, tiny_train, train_on_two_nodes, write_ds_config, write_yaml
+from conftest import tiny_ngpt, tiny_train, train_on_two_nodes, without_shard_hashes, write_ds_config, write_yaml
 
 
 def test_a_copy_with_shard_hashes_beside_one_without_trains(tiny_dataset, tmp_path):
-    legacy = tmp_path / "legacy"
-    shutil.copytree(tiny_dataset, legacy)
-    raw = json.loads((legacy / "meta.json").read_text())
-    raw.pop("hash_block_bytes")
-    for split in raw["splits"].values():
-        for shard in split["shards"]:
-            shard.pop("sha256_blocks")
-    (legacy / "meta.json").write_text(json.dumps(raw))
+    legacy = without_shard_hashes(shutil.copytree(tiny_dataset, tmp_path / "legacy"))
     hashed = tmp_path / "hashed"
     shutil.copytree(legacy, hashed)
     add_hashes(hashed)
@@ -40,16 +32,6 @@ def test_a_copy_with_shard_hashes_beside_one_without_trains(tiny_dataset, tmp_pa
         assert code == 0, stdout + stderr
         assert "different datasets" not in stderr
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("step_*")) == ["step_00000002"]
-
-
-def _without_hashes(data):
-    raw = json.loads((data / "meta.json").read_text())
-    raw.pop("hash_block_bytes")
-    for split in raw["splits"].values():
-        for shard in split["shards"]:
-            shard.pop("sha256_blocks")
-    (data / "meta.json").write_text(json.dumps(raw))
-    return data
 
 
 def test_a_resume_on_other_data_that_only_rank_0_can_tell_stops_every_rank(tiny_dataset, tmp_path):
@@ -83,9 +65,9 @@ def test_a_resume_on_other_data_that_only_rank_0_can_tell_stops_every_rank(tiny_
     shard[100] = (int(shard[100]) + 1) % 512
     shard.flush()
     del shard
-    _without_hashes(other)
+    without_shard_hashes(other)
     add_hashes(other)
-    unhashed = _without_hashes(shutil.copytree(other, tmp_path / "unhashed"))
+    unhashed = without_shard_hashes(shutil.copytree(other, tmp_path / "unhashed"))
     data = (other, unhashed)  # each node's own "data": the same tokens, hashes recorded on node 0 only
 
     def setup(rank, node):

@@ -7,7 +7,6 @@ download is exercised by the README's main command.
 from __future__ import annotations
 
 import importlib.util
-import json
 import sqlite3
 import subprocess
 import threading
@@ -22,6 +21,8 @@ from ngpt_ds.data import default_corpus as dc
 from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import NgptConfigError
+
+from conftest import without_shard_hashes
 
 VOCAB = 384
 BOOKS = [(1, "Genesis"), (2, "1 Samuel")]
@@ -113,12 +114,7 @@ def test_ensure_default_dataset_from_the_env_hook_then_reuses_it(stand_in, tmp_p
     # A cache prepared by an ngpt_ds that recorded no shard hashes gets them, instead of a warning on every
     # run of the main command (and is not prepared again).
     hashes = {s.file: s.sha256_blocks for split in meta.splits.values() for s in split.shards}
-    raw = json.loads((out / "meta.json").read_text())
-    del raw["hash_block_bytes"]
-    for split in raw["splits"].values():
-        for shard in split["shards"]:
-            del shard["sha256_blocks"]
-    (out / "meta.json").write_text(json.dumps(raw))
+    without_shard_hashes(out)
     assert load_dataset_meta(out, verify_contents=False).hash_block_bytes is None
     assert dc.ensure_default_dataset(vocab_size=VOCAB, progress=False) == out
     again = load_dataset_meta(out)

@@ -6,11 +6,12 @@ again, with the one warning of a dataset without hashes, and nothing in the cach
 """
 
 import errno
-import json
 import shutil
 
 from ngpt_ds.data import default_corpus as dc
 from ngpt_ds.data.shards import load_dataset_meta
+
+from conftest import without_shard_hashes
 
 
 def test_an_unhashed_default_cache_that_cannot_be_written_is_used_as_it_is(tiny_dataset, tmp_path, monkeypatch):
@@ -18,12 +19,7 @@ def test_an_unhashed_default_cache_that_cannot_be_written_is_used_as_it_is(tiny_
     out = dc.default_dataset_dir(cache, 512)
     shutil.copytree(tiny_dataset, out)
     (cache / "locks").mkdir()  # made by the older ngpt_ds that prepared the cache
-    raw = json.loads((out / "meta.json").read_text())
-    del raw["hash_block_bytes"]
-    for split in raw["splits"].values():
-        for shard in split["shards"]:
-            del shard["sha256_blocks"]
-    (out / "meta.json").write_text(json.dumps(raw))
+    without_shard_hashes(out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     class ReadOnlyLock:  # what filelock raises opening its lock file on a read-only mount

@@ -25,6 +25,7 @@ from conftest import (
     tiny_ngpt,
     tiny_train,
     train_on_two_nodes,
+    without_shard_hashes,
     write_ds_config,
     write_yaml,
 )
@@ -56,13 +57,7 @@ def poison_first_batch(data: Path, offset: int, value: int) -> int:
 def record_hashes_anew(data: Path) -> None:
     """The shard hashes refuse a poisoned shard when the dataset is opened (tests/test_shard_integrity.py);
     record them anew, so that what is tested is the read's own id check (damage after the startup check)."""
-    raw = json.loads((data / "meta.json").read_text())
-    raw.pop("hash_block_bytes")
-    for split in raw["splits"].values():
-        for shard in split["shards"]:
-            shard.pop("sha256_blocks")
-    (data / "meta.json").write_text(json.dumps(raw))
-    add_hashes(data)
+    add_hashes(without_shard_hashes(data))
 
 
 def test_a_token_id_beyond_the_vocabulary_is_named_by_the_loader(tiny_dataset, tmp_path):

@@ -21,7 +21,7 @@ from ngpt_ds.data.shard_check import add_hashes, verify_shards
 from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.errors import NgptConfigError
 
-from conftest import REPO, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, run, tiny_ngpt, tiny_train, without_shard_hashes, write_ds_config, write_yaml
 
 BLOCK = 65536  # small blocks, so that the tiny dataset's train shard (511408 bytes) has 8
 
@@ -32,20 +32,9 @@ def copy_of(tiny_dataset: Path, tmp_path: Path) -> Path:
     return data
 
 
-def legacy(data: Path) -> Path:
-    """The dataset as an older ngpt_ds wrote it: meta.json without hashes."""
-    raw = json.loads((data / "meta.json").read_text())
-    raw.pop("hash_block_bytes", None)
-    for split in raw["splits"].values():
-        for shard in split["shards"]:
-            shard.pop("sha256_blocks", None)
-    (data / "meta.json").write_text(json.dumps(raw))
-    return data
-
-
 def small_blocks(data: Path) -> Path:
     """Re-record the hashes in BLOCK-byte blocks."""
-    add_hashes(legacy(data), BLOCK)
+    add_hashes(without_shard_hashes(data), BLOCK)
     return data
 
 
@@ -115,7 +104,7 @@ def test_the_sampled_check_of_a_large_dataset_reads_two_blocks_per_shard_split_b
 
 def test_a_dataset_without_hashes_still_trains_and_says_it_is_unverified(tiny_dataset, tmp_path):
     """Datasets prepared before the hashes load and train, with one warning naming --add-hashes."""
-    data = legacy(copy_of(tiny_dataset, tmp_path))
+    data = without_shard_hashes(copy_of(tiny_dataset, tmp_path))
     yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(1))
     ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1)
     argv = ["--config", yaml, "--deepspeed_config", ds, "--data", data, "--out", tmp_path / "o", "--no-progress"]
@@ -220,7 +209,7 @@ def test_verify_reports_every_bad_block_and_exits_2(tiny_dataset, tmp_path):
 
 def test_add_hashes_records_them_for_a_legacy_dataset(tiny_dataset, tmp_path):
     """`ngpt-prepare --add-hashes DIR` makes an older dataset checkable; a second call refuses to replace them."""
-    data = legacy(copy_of(tiny_dataset, tmp_path))
+    data = without_shard_hashes(copy_of(tiny_dataset, tmp_path))
     assert prepare_cli("--add-hashes", data, "--no-progress").returncode == 0
     meta = load_dataset_meta(data)
     assert meta.hash_block_bytes == shard_hashes.BLOCK_BYTES

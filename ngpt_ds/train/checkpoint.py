@@ -148,30 +148,6 @@ def point_latest(checkpoint_dir: Path) -> None:
     os.replace(tmp, latest)
 
 
-def repair_latest(checkpoint_dir: Path) -> str | None:
-    """Rank 0 (or one process), in a folder no trainer holds: point `latest` at the newest complete
-    checkpoint when a kill between a save's rename into place and `point_latest` left it on the step
-    before. After the last step's save the rerun has nothing to train and saves nothing, so without this
-    `latest` (which DeepSpeed's zero_to_fp32.py reads) named the older step for good. Returns the line to
-    print, or None when `latest` was right, is missing, or cannot be replaced."""
-    complete = complete_checkpoints(checkpoint_dir)
-    if not complete:
-        return None
-    latest = checkpoint_dir / LATEST
-    try:
-        named = latest.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None  # none (a folder of copied steps; DeepSpeed's tools then fail loudly), or not a file
-    newest = complete[-1].name
-    if named == newest:
-        return None
-    try:
-        point_latest(checkpoint_dir)
-    except OSError:
-        return None
-    return f"checkpoints/{LATEST} named {named[:80]}: a save was killed before updating it; it names {newest} now"
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

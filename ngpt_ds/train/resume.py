@@ -242,7 +242,7 @@ def _what_the_ranks_see(out_dir: Path, resume: str, warn: Callable[[str], None])
 def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> None:
     """Collective: rank 0 puts back a step_N that a killed second save of step N left moved aside
     (checkpoint.restore_moved_aside) and points a `latest` that a killed save left behind at the newest
-    complete step (checkpoint.repair_latest), before any rank lists the checkpoints; every rank then gets
+    complete step (`_repair_latest`), before any rank lists the checkpoints; every rank then gets
     the same lines to print, or the same error."""
     box: list[Any] = [([], None)]
     if dist.get_rank() == 0:
@@ -252,7 +252,7 @@ def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> N
             with run_lock.unless_in_use(checkpoint_dir.parent) as ours:
                 if ours:
                     repaired = checkpoint.restore_moved_aside(checkpoint_dir)
-                    latest = checkpoint.repair_latest(checkpoint_dir)  # after: a step put back may be the newest
+                    latest = _repair_latest(checkpoint_dir)  # after: a step put back may be the newest
                     box[0] = (repaired + ([latest] if latest else []), None)
         except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast
             box[0] = ([], f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})")
@@ -262,6 +262,30 @@ def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> N
         raise NgptConfigError(error + ". Rename step_N.tmp-replaced to step_N yourself, then rerun")
     for line in restored:
         warn(f"warning: {line}")
+
+
+def _repair_latest(checkpoint_dir: Path) -> str | None:
+    """Rank 0 (or one process), in a folder no trainer holds: point `latest` at the newest complete
+    checkpoint when a kill between a save's rename into place and `point_latest` left it on the step
+    before. After the last step's save the rerun has nothing to train and saves nothing, so without this
+    `latest` (which DeepSpeed's zero_to_fp32.py reads) named the older step for good. Returns the line to
+    print, or None when `latest` was right, is missing, or cannot be replaced."""
+    complete = checkpoint.complete_checkpoints(checkpoint_dir)
+    if not complete:
+        return None
+    latest = checkpoint_dir / checkpoint.LATEST
+    try:
+        named = latest.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None  # none (a folder of copied steps; DeepSpeed's tools then fail loudly), or not a file
+    newest = complete[-1].name
+    if named == newest:
+        return None
+    try:
+        checkpoint.point_latest(checkpoint_dir)
+    except OSError:
+        return None
+    return f"checkpoints/{checkpoint.LATEST} named {named[:80]}: a save was killed before updating it; it names {newest} now"
 
 
 def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str:
