@@ -197,6 +197,45 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
     return addr, int(env["MASTER_PORT"]) if "MASTER_PORT" in env else port
 
 
+class RendezvousError(RuntimeError):
+    """The ranks of a job did not all meet to start the process group (`rendezvous_failure` says why)."""
+
+
+def rendezvous_failure(err: Exception, dist_env: DistEnv, timeout_s: int) -> RendezvousError:
+    """One message, naming the address, the wait and what to check, for torch's rendezvous errors.
+
+    Without it a rank whose peer crashed or was never started (a node that failed its start, an import
+    error on one host) waited train.dist_timeout_s and then died in a traceback of some 20 frames ending
+    in "DistStoreError: Timed out after 601 seconds waiting for clients. 1/2 clients joined" (rank 0),
+    or "DistNetworkError: The client socket has timed out ... while trying to connect to" (the others).
+    """
+    text = str(err)
+    where = f"{dist_env.master_addr}:{dist_env.master_port}"
+    if "EADDRINUSE" in text or "address already in use" in text:
+        return RendezvousError(
+            f"rank {dist_env.rank} cannot listen for the job's rendezvous on {where}: another process on this "
+            "host holds that port (another job?). Set MASTER_PORT to a free port, or stop the other job"
+        )
+    joined = re.search(r"(\d+)/(\d+) clients joined", text)
+    if joined:
+        missing = dist_env.world_size - int(joined[1])
+        return RendezvousError(
+            f"rank {dist_env.rank} waited {timeout_s} s (train.dist_timeout_s) on {where} for the job's other "
+            f"ranks, and {missing} of {dist_env.world_size} never arrived: they crashed or were not started "
+            "(read their logs), or cannot reach this address (MASTER_ADDR, a firewall). Fix that and start "
+            "the job again; it resumes from its newest checkpoint"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if dist_env.rank != 0:
+        return RendezvousError(
+            f"rank {dist_env.rank} could not reach rank 0's rendezvous on {where} within {timeout_s} s "
+            "(train.dist_timeout_s): rank 0 crashed or was not started (read its log), or MASTER_ADDR / "
+            "MASTER_PORT is wrong or unreachable from this host. Fix that and start the job again; it "
+            f"resumes from its newest checkpoint. ({first_line})"
+        )
+    return RendezvousError(f"rank 0: the job's rendezvous on {where} failed: {first_line}")
+
+
 def set_collective_timeout(timeout: timedelta) -> None:
     """Give every process group this collective timeout, including the groups DeepSpeed creates
     later with new_group() and no timeout (ZeRO's data-parallel group): torch gives those its own

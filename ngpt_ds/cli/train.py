@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     default_accelerator()  # before parse_args, which imports deepspeed
     args = parse_args(argv)
 
-    from ngpt_ds.distributed import exit_process
+    from ngpt_ds.distributed import RendezvousError, exit_process
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
     from ngpt_ds.train.loop import TrainingDiverged
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _train(args),
         args,
         info_stream="stdout",
-        errors={TrainingDiverged: 2, CheckpointWriteError: WRITE_FAILED_EXIT_CODE},
-    )  # disk full, read-only: earlier checkpoints intact
+        errors={TrainingDiverged: 2, CheckpointWriteError: WRITE_FAILED_EXIT_CODE, RendezvousError: 1},
+    )  # disk full, read-only: earlier checkpoints intact; a rank that never joined: exit 1, one line
     # A rank ends here, without interpreter teardown, which can abort after a finished run
     # (ngpt_ds.distributed.exit_process says why).
     return exit_process(code)

@@ -237,7 +237,10 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
             # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
         _log.debug("host allocator: %s", hostmem.keep_freed_memory())
-    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+    try:
+        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+    except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not torch's frames
+        raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
     if torch.cuda.is_available():
         torch.cuda.set_device(dist_env.local_rank)
 
