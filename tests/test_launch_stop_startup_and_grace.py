@@ -12,15 +12,18 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
 
 from conftest import (
     HANG_GUARD_S,
+    REPO,
     STOP_STEPS,
     assert_complete,
     children_named,
+    cpu_env,
     kill_leftovers,
     launch_stoppable,
     port_released,
@@ -78,6 +81,40 @@ def test_launcher_killed_during_the_startup_still_stops_its_ranks(stop_configs, 
     ), text[-4000:]
     assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")
     assert port_released(port), sockets_on(port)
+
+
+def test_slurm_time_limit_warning_during_the_startup_stops_with_a_checkpoint(stop_configs, tiny_dataset, tmp_path):
+    """Fault: SIGUSR1 (Slurm's warning before the time limit, train.sbatch's --signal=USR1@180) reaching a
+    rank while it still imported torch or started the engine killed it ("User defined signal 1", exit -10),
+    and the batch script, seeing a failed step, did not requeue. It is now kept from the rank's first line
+    and obeyed at the first step boundary: a checkpoint, summary.json "stopped", exit 0."""
+    out, log = tmp_path / "run", tmp_path / "rank0.log"
+    with open(log, "w") as sink:  # one process, as `python launch/train.py` (no launcher)
+        proc = subprocess.Popen(
+            [sys.executable, *map(str, stop_train_args(stop_configs, tiny_dataset, out))],
+            env=cpu_env(),
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not any("libtorch" in m.path for m in psutil.Process(proc.pid).memory_maps()):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.01)
+        assert not (out / "metrics.jsonl").exists()  # still starting: nothing trained yet
+        proc.send_signal(signal.SIGUSR1)
+        code = proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["status"], summary["step"]) == ("stopped", 1), summary
+    assert "stopping at step 1 (signal SIGUSR1, received during the startup)" in text, text[-4000:]
+    assert_complete(out / "checkpoints" / "step_00000001")
 
 
 def listing(folder):

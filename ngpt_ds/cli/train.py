@@ -18,6 +18,7 @@ import math
 import os
 
 from ngpt_ds.cli import add_logging_arguments, default_accelerator, run
+from ngpt_ds.train import early_signals
 
 EPILOG = """\
 examples:
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # Whoever started this rank (torchrun, DeepSpeed's launch.py, ...), noted before the slow startup:
     # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
     os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
+    early_signals.record()  # Slurm's SIGUSR1 warning during the startup: a stop, not the rank's death
     default_accelerator()  # before parse_args, which imports deepspeed
     args = parse_args(argv)
 

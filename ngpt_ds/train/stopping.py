@@ -32,6 +32,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from ngpt_ds.train import early_signals
 from ngpt_ds.train.collectives import all_reduce_on
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ STOPPED_UNSAVED_EXIT_CODE = 75
 (sysexits' EX_TEMPFAIL: rerun to resume). The newest complete checkpoint is untouched."""
 
 URGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-WARNING_SIGNALS = (signal.SIGUSR1,)
+WARNING_SIGNALS = early_signals.WARNING_SIGNALS
 _NO_DEADLINE = 1e18
 PARENT_PID_VARIABLE = "NGPT_DS_PARENT_PID"
 """'PARENT:PID', set by launch/train.py as it starts: the parent that started process PID, so that a
@@ -70,6 +71,8 @@ class StopRequest:
             if signal.getsignal(sig) is signal.SIG_IGN and sig in (signal.SIGINT, signal.SIGHUP):
                 continue  # nohup, or a background job of a non-interactive shell: stay as the user chose
             signal.signal(sig, self._on_signal)
+        for signum in early_signals.take():  # kept during the startup (ngpt_ds/train/early_signals.py)
+            self._request(f"signal {signal.Signals(signum).name}, received during the startup", urgent=False)
         self.watch = LauncherWatch(self._launcher_exited) if watch_launcher else None
         if self.watch is not None:
             self.watch.start()
