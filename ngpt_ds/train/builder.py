@@ -232,7 +232,13 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     distributed.export(dist_env)
     distributed.set_collective_timeout(timedelta(seconds=timeout_s))  # also DeepSpeed's own groups
-    if not torch.cuda.is_available():
+    from deepspeed.accelerator import get_accelerator
+
+    # The accelerator the run trains on, not torch.cuda.is_available(): DS_ACCELERATOR=cpu on a machine with
+    # GPUs trains on CPU ranks, and set_device(LOCAL_RANK) there stopped every rank past the GPU count.
+    accelerator = get_accelerator()
+    on_cpu = accelerator.device_name() == "cpu"
+    if on_cpu:
         if "OMP_NUM_THREADS" not in os.environ:
             # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
@@ -241,8 +247,8 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
         deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not torch's frames
         raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
-    if torch.cuda.is_available():
-        torch.cuda.set_device(dist_env.local_rank)
+    if not on_cpu:  # before any collective: NCCL's object collectives and barrier use the current device
+        accelerator.set_device(dist_env.local_rank)
 
 
 def start_engine(
