@@ -25,7 +25,14 @@ from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_pr
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
-from ngpt_ds.train.metrics import MetricsLogger, memory_metrics, ngpt_health, peak_flops_per_device
+from ngpt_ds.train.metrics import (
+    MetricsLogger,
+    memory_metrics,
+    ngpt_health,
+    peak_flops_per_device,
+    stop_all_if_unwritten,
+    write_failure,
+)
 from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.stopping import StopRequest
@@ -116,6 +123,7 @@ class Trainer:
             self._resume(prepared.resume_from)
 
         self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main, resume_step=self.step)
+        self.metrics.stop_if_unwritten(self.device)  # metrics.jsonl cut back to the resumed step, or not
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
@@ -291,15 +299,19 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             last = self.step == max_steps
-            if self.step % train.log_interval == 0 or last or stop:
+            logged = self.step % train.log_interval == 0 or last or stop
+            if logged:
                 self._log(interval_loss / interval_steps, interval_seconds / interval_steps)
                 interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
-            if (train.eval_interval and self.step % train.eval_interval == 0) or last:
+            evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
+            if evaluated:
                 val_loss = self.evaluate()
                 self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
                 self._say(
                     f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})"
                 )
+            if logged or evaluated:  # before the save: no checkpoint of a step metrics.jsonl lacks
+                self.metrics.stop_if_unwritten(self.device)
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
                 status = "stopped-unsaved"
                 self._say(
@@ -399,9 +411,22 @@ class Trainer:
             checkpoint=str(last_checkpoint) if last_checkpoint else None,
             out_dir=str(self.out_dir),
         )
-        self.metrics.close()
+        problem, path = None, self.out_dir / SUMMARY_FILE
         if self.is_main:
-            replace_file(self.out_dir / SUMMARY_FILE, json.dumps(summary.__dict__, indent=2) + "\n")
+            try:
+                self.metrics.close()
+                replace_file(path, json.dumps(summary.__dict__, indent=2) + "\n")
+            except OSError as err:  # the last save can fill the disk: its free-space check allows that
+                file, reason = write_failure(err, path)
+                problem = f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason})"
+        newest = f"; the newest is {last_checkpoint}" if last_checkpoint is not None else ""
+        stop_all_if_unwritten(  # collective: rank 0's error reaches every rank
+            problem,
+            self.device,
+            f"The checkpoints in {self.out_dir / 'checkpoints'} are intact{newest}. Free space on the filesystem "
+            f"of {self.out_dir} and run the same command again: it resumes from the newest checkpoint, or, with "
+            "nothing left to train, writes the finished summary",
+        )
         return summary
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.model.ngpt import NormalizedBlock
 from ngpt_ds.parallel.pipeline import block_layers, head_layer
+from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
+from ngpt_ds.train.summary import replace_file
 
 #: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity); fp16 has
 #: the same (V100: fp16 only).
@@ -29,34 +32,106 @@ KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0,
 KNOWN_FP32_PEAK_TFLOPS = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L40S": 91.6, "A10": 31.2, "V100": 15.7}
 
 
+class RecordWriteError(CheckpointWriteError):
+    """The run's records (metrics.jsonl, the TensorBoard events, summary.json) could not be written: disk
+    full, an I/O error. Rank 0 alone writes them; every rank raises this together
+    (`stop_all_if_unwritten`), and launch/train.py exits 74 as for a checkpoint that cannot be written."""
+
+
+def stop_all_if_unwritten(problem: str | None, device: torch.device | str, advice: str) -> None:
+    """Collective, on every rank at the same point: raise RecordWriteError(`problem` and `advice`) on
+    every rank when rank 0 (the only rank that writes the records) has a problem. One all-reduce of a
+    flag; rank 0's message travels only then. An error on rank 0 alone left the other ranks in their
+    next collective (gloo: 'Connection closed by peer'; NCCL: until train.dist_timeout_s)."""
+    failed = torch.tensor([float(problem is not None)], device=device)
+    all_reduce_on(failed, device)
+    if failed.item() == 0:
+        return
+    message: list[str | None] = [problem]
+    dist.broadcast_object_list(message, src=0)
+    raise RecordWriteError(f"{message[0]}. {advice}")
+
+
+def write_failure(err: OSError, path: Path | str) -> tuple[str, str]:
+    """(the file the error names, else `path`; the reason, as 'No space left on device')."""
+    return str(err.filename or path), os.strerror(err.errno) if err.errno is not None else str(err)
+
+
 class MetricsLogger:
     """Scalars to TensorBoard (<out>/tensorboard) and to <out>/metrics.jsonl on rank 0; a no-op elsewhere.
 
     A run that resumes from step k replays the steps after k: the records past k are dropped from
     metrics.jsonl and TensorBoard is told to purge them (`purge_step`), so each step appears once.
+
+    A write that fails is kept in `problem`, not raised: rank 0 alone writes, and an error there alone
+    left the other ranks in their next collective. `stop_if_unwritten` tells every rank, and the run
+    stops rather than train steps it cannot record: no checkpoint is saved of a step metrics.jsonl lacks.
     """
 
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
         self.writer = None
+        self.out_dir = out_dir
         self.jsonl = out_dir / "metrics.jsonl"
+        self.problem: str | None = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            truncate_jsonl(self.jsonl, resume_step)
-            self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+            _quiet_tensorboard_writer_thread()
+            try:
+                truncate_jsonl(self.jsonl, resume_step)
+                self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+            except OSError as err:
+                self.problem = self._failed(resume_step, err, "of the steps up to")
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
-        if self.writer is None:
+        if self.writer is None or self.problem is not None:
             return
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
-        self.writer.flush()
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        try:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()  # raises what TensorBoard's writer thread met
+            with open(self.jsonl, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+        except OSError as err:
+            self.problem = self._failed(step, err, "of step")
+
+    def _failed(self, step: int, err: OSError, what: str) -> str:
+        file, reason = write_failure(err, f"{self.jsonl} or {self.out_dir / 'tensorboard'}")
+        return f"the metrics {what} {step} could not be written to {file} ({reason})"
+
+    def stop_if_unwritten(self, device: torch.device | str) -> None:
+        """Collective, on every rank at the same points: every rank raises RecordWriteError when rank 0
+        could not write its metrics."""
+        stop_all_if_unwritten(
+            self.problem,
+            device,
+            f"Nothing was saved after the last checkpoint; the checkpoints in {self.out_dir / 'checkpoints'} are "
+            f"intact. Free space on the filesystem of {self.out_dir} and run the same command again: it resumes "
+            "from the newest checkpoint and logs the steps after it again",
+        )
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+_previous_excepthook = None
+
+
+def _quiet_tensorboard_writer_thread() -> None:
+    """TensorBoard writes its events in a thread of its own; a write error there (disk full) printed a
+    traceback ('Exception in thread ...'), then reached the next flush, where `MetricsLogger.log`
+    reports it with the run's other ranks. Only that thread's OSError is kept quiet."""
+    global _previous_excepthook
+    if _previous_excepthook is not None:
+        return
+    previous = _previous_excepthook = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard.")):
+            previous(args)
+
+    threading.excepthook = hook
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
@@ -74,9 +149,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
         step = record.get("step") if isinstance(record, dict) else None
         if isinstance(step, int) and not isinstance(step, bool) and step <= last_step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    replace_file(path, "".join(kept))
 
 
 def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,8 +37,13 @@ def replace_file(path: Path, text: str) -> None:
     file whole (a resumed run's config.yaml; summary.json, which launch/slurm/train.sbatch reads to
     decide whether to requeue), never a file cut short."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # disk full: no empty or partial sibling left beside the run's files
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:

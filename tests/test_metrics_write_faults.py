@@ -1,0 +1,87 @@
+"""A disk that fills up (or fails) under the run's logs: metrics.jsonl and tensorboard/ are written by
+rank 0 alone, so a write error there must reach every rank as one message, as a checkpoint's does."""
+
+import subprocess
+
+import pytest
+
+from conftest import require_system, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+
+PAGE = 4096
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A fresh tmpfs of `pages` pages (unmounted after the test): a disk that fills up for real."""
+    mounted = []
+
+    def mount(pages: int):
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={pages * PAGE}", "tmpfs", str(point)], capture_output=True, text=True
+        )
+        require_system(proc.returncode == 0, f"mounting a small tmpfs needs root: {proc.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_disk_full_under_the_metrics_stops_every_rank_with_74_and_one_message(tmp_path, tiny_dataset, small_tmpfs):
+    """Fault: a write of metrics.jsonl or of the TensorBoard events that failed (disk full) raised an
+    OSError on rank 0 alone: a traceback naming no fix, exit 1, and the other rank died on 'Connection
+    closed by peer' in its next all-reduce (with NCCL it waits there until train.dist_timeout_s)."""
+    out = small_tmpfs(6) / "run"  # 24 KiB: config.yaml, then the logs fill it within a few steps
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(400, dist_timeout_s=60))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    ranks = start_ranks(train_cmd(config, ds, tiny_dataset, out))
+    results = [proc.communicate(timeout=300) for proc in ranks]
+    messages = []
+    for rank, (proc, (_, stderr)) in enumerate(zip(ranks, results)):
+        assert proc.returncode == 74, (rank, stderr[-3000:])
+        assert "Traceback" not in stderr, (rank, stderr[-3000:])
+        (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        messages.append(message)
+    assert messages[0] == messages[1], messages  # rank 0's failure, word for word on rank 1
+    message = messages[0]
+    assert message.startswith("error: the metrics of step "), message
+    assert f"could not be written to {out}/" in message, message
+    assert "No space left on device" in message, message
+    assert message.endswith(
+        f"Nothing was saved after the last checkpoint; the checkpoints in {out / 'checkpoints'} are intact. "
+        f"Free space on the filesystem of {out} and run the same command again: it resumes from the newest "
+        "checkpoint and logs the steps after it again"
+    ), message
+    step = int(message[len("error: the metrics of step ") :].split(" ", 1)[0])
+    assert 1 <= step < 400
+    assert not (out / "summary.json").exists()  # train.sbatch does not requeue a job that cannot log
+
+
+def test_summary_that_cannot_be_written_stops_every_rank_with_74_and_one_message(tmp_path, tiny_dataset):
+    """Fault: the last save may fill the disk (its free-space check compares with the previous checkpoint's
+    size), and then summary.json, written by rank 0 alone after it, failed with an OSError traceback and
+    exit 1 on rank 0 while rank 1 exited 0, and its empty summary.json.tmp stayed behind. (Reproduced
+    on a tmpfs one page short; here a folder in the temporary file's place fails the write the same way,
+    whatever the sizes of this DeepSpeed's files.)"""
+    out = tmp_path / "run"
+    (out / "summary.json.tmp").mkdir(parents=True)
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2, dist_timeout_s=60))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    ranks = start_ranks(train_cmd(config, ds, tiny_dataset, out))
+    results = [proc.communicate(timeout=300) for proc in ranks]
+    for rank, (proc, (_, stderr)) in enumerate(zip(ranks, results)):
+        assert proc.returncode == 74, (rank, stderr[-3000:])
+        assert "Traceback" not in stderr, (rank, stderr[-3000:])
+        (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert message == (
+            f"error: the run ended at step 2 (finished), but {out / 'summary.json.tmp'} could not be written "
+            f"(Is a directory). The checkpoints in {out / 'checkpoints'} are intact; the newest is "
+            f"{out / 'checkpoints' / 'step_00000002'}. Free space on the filesystem of {out} and run the same "
+            "command again: it resumes from the newest checkpoint, or, with nothing left to train, writes the "
+            "finished summary"
+        ), (rank, message)
+    assert not (out / "summary.json").exists()
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000002"
