@@ -265,27 +265,36 @@ def check_tokenizer(tokenizer: Tokenizer, vocab_size: int, expected_sha256: str 
 def _checkpoint_tokenizer(
     run: dict[str, Any], checkpoint: Path, override: str | Path | None
 ) -> tuple[Tokenizer, str | None]:
-    """The run's dataset tokenizer (and its recorded sha256), or the override checked against it."""
+    """The run's dataset tokenizer, or the override, and the sha256 it must have: the one config.yaml
+    records (the trainer's `tokenizer_sha256`), else, from a trainer that did not record it, the dataset's.
+
+    data_dir is a path on the machine that trained: on another machine it may be missing, or name
+    another dataset, or the same folder prepared again with another tokenizer of the same size. Only
+    the recorded hash tells the model's tokenizer from those."""
     data_dir = run.get("data_dir")
-    expected = None
-    meta_error = None
+    recorded = run.get("tokenizer_sha256")
+    expected = recorded if isinstance(recorded, str) and recorded else None
+    problem = f"{checkpoint / 'config.yaml'} records no data_dir"
     if data_dir:
         try:
             meta = load_dataset_meta(data_dir, verify_contents=False)  # its tokenizer only: no shard is read
-            expected = meta.tokenizer_sha256
-            if override is None:
-                return Tokenizer.load(meta.tokenizer_file), expected
         except NgptConfigError as err:
-            meta_error = err
+            problem = f"its dataset {data_dir} (data_dir in {checkpoint / 'config.yaml'}) cannot be read: {err}"
+        else:
+            if expected is not None and meta.tokenizer_sha256 != expected:
+                problem = (
+                    f"the tokenizer of its dataset {data_dir} (sha256 {meta.tokenizer_sha256[:12]}…) is not the "
+                    f"one the model was trained with (sha256 {expected[:12]}…, tokenizer_sha256 in "
+                    f"{checkpoint / 'config.yaml'}): that folder was prepared again, or names another dataset here"
+                )
+            else:
+                expected = expected or meta.tokenizer_sha256
+                if override is None:
+                    return Tokenizer.load(meta.tokenizer_file), expected
     if override is not None:
         return Tokenizer.load(override), expected
-    reason = (
-        f"its dataset {data_dir} (data_dir in {checkpoint / 'config.yaml'}) cannot be read: {meta_error}"
-        if data_dir
-        else f"{checkpoint / 'config.yaml'} records no data_dir"
-    )
     raise NgptConfigError(
-        f"no tokenizer for {checkpoint}: {reason}. Pass the tokenizer.model the training data "
+        f"no tokenizer for {checkpoint}: {problem}. Pass the tokenizer.model the training data "
         "was prepared with (--tokenizer FILE)"
     )
 
