@@ -107,6 +107,23 @@ def test_a_resume_with_changed_lr_schedule_and_adam_settings_trains_with_them_an
         f"{expected[0]:.4g}, where the checkpoint's schedule had 0" in said
     )
 
+    assert "changed since the checkpoint: global batch" not in said  # the same batch: no such line
+
+
+def test_a_resume_with_another_global_batch_says_so(finished, tmp_path, tiny_dataset):
+    """Fault: a resume with another global batch (micro-batch 4 -> 2 on one rank) continued exactly but said
+    nothing, though every later step takes half the tokens while the LR schedule still counts steps."""
+    out = copy_of(finished, tmp_path)
+    ds = write_ds_config(tmp_path / "z0_micro2.json", stage=0, bf16=False, micro=2, accum=1)
+    config = write_yaml(tmp_path / "seven.yaml", MODEL, tiny_train(7, lr=LR))
+    proc = torchrun(*train_cmd(config, ds, tiny_dataset, out), nproc=1)
+    said = proc.stdout + proc.stderr
+    assert (
+        "changed since the checkpoint: global batch 4 -> 2 sequences per step (micro-batch x accumulation x "
+        "data-parallel ranks: 4 x 1 x 1 -> 2 x 1 x 1), so 128 -> 64 tokens per step from here on" in said
+    ), said[-3000:]
+    assert [m["step"] for m in read_metrics(out)] == [7]
+
 
 def test_a_resume_in_another_precision_is_refused_before_the_engine_starts(finished, tmp_path, tiny_dataset):
     """Fault: fp32 -> bf16 failed inside DeepSpeed's checkpoint load with a KeyError traceback (exit 1)."""

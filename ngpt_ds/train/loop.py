@@ -34,6 +34,7 @@ from ngpt_ds.train.metrics import (
     write_failure,
 )
 from ngpt_ds.train.optim import apply_on_resume
+from ngpt_ds.train.resume import describe_batch_change
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.stopping import StopRequest
 from ngpt_ds.train.summary import SUMMARY_FILE, Summary, mend_finished_summary, replace_file
@@ -151,9 +152,12 @@ class Trainer:
         else:
             self._say(f"resumed from {path} at step {self.step}")
         # This run's optimizer settings and schedule, not the checkpoint's; a line for each change.
-        saved_train = preflight.saved_run_config(path).get("train") or {}
-        for line in apply_on_resume(self.engine.lr_scheduler, self.run.train, saved_train, self.step + 1):
+        saved = preflight.saved_run_config(path)
+        for line in apply_on_resume(self.engine.lr_scheduler, self.run.train, saved.get("train") or {}, self.step + 1):
             self._say(line)
+        batch_line = describe_batch_change(saved.get("deepspeed") or {}, self.plan, self.run.model.seq_len)
+        if batch_line is not None:
+            self._say(batch_line)
 
     # ---- helpers ----------------------------------------------------------------------
 

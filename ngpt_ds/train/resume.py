@@ -19,6 +19,7 @@ import torch.distributed as dist
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, run_lock
 from ngpt_ds.train.checkpoint import Verify
+from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.manifest import read_manifest
 
 LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
@@ -296,3 +297,29 @@ def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str
         return "no complete checkpoint"
     names = ", ".join(f"{Path(p).name} (manifest {d[:8] if d else 'unreadable'})" for p, d in folders[-3:])
     return ("..., " if len(folders) > 3 else "") + names
+
+
+def describe_batch_change(saved_deepspeed: dict[str, Any], plan: BatchPlan, seq_len: int) -> str | None:
+    """The line announcing a resume with another global batch, or None when it is the same (or the
+    checkpoint's config.yaml does not record it).
+
+    The continuation itself is exact (the loader resumes at the next unseen window, whatever the split of
+    the batch), but every later step then takes another number of tokens while the LR schedule still counts
+    steps: a run's token budget changed without a word. `saved_deepspeed`: the `deepspeed:` section of the
+    checkpoint's config.yaml."""
+    try:
+        micro = int(saved_deepspeed["train_micro_batch_size_per_gpu"])
+        accum = int(saved_deepspeed.get("gradient_accumulation_steps", 1))
+        before = int(saved_deepspeed["train_batch_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if before == plan.global_batch or micro <= 0 or accum <= 0:
+        return None
+    ranks_before = before // (micro * accum)
+    return (
+        f"changed since the checkpoint: global batch {before} -> {plan.global_batch} sequences per step "
+        f"(micro-batch x accumulation x data-parallel ranks: {micro} x {accum} x {ranks_before} -> "
+        f"{plan.micro_batch} x {plan.grad_accum} x {plan.data_parallel}), so {before * seq_len} -> "
+        f"{plan.global_batch * seq_len} tokens per step from here on. The data continues at the next unseen "
+        "window; the LR schedule still counts steps (train.max_steps), so the run's token budget changes with it"
+    )
