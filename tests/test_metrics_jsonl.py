@@ -25,3 +25,29 @@ def test_resume_drops_damaged_lines_of_metrics_jsonl_instead_of_stopping(tmp_pat
     truncate_jsonl(path, 3)
     assert path.read_text(encoding="utf-8") == "".join(good[:3])
     assert not (path.parent / "metrics.jsonl.tmp").exists()
+
+
+def test_resume_keeps_the_records_it_drops_beside_metrics_jsonl(tmp_path, capsys):
+    """Fault: the records after the resumed step (what a run killed, stopped without a checkpoint or
+    diverged after its newest checkpoint had logged) were deleted from metrics.jsonl without a copy or a
+    word, unless a newer checkpoint folder was moved aside with them: a run SIGKILLed at step 11 with
+    checkpoints at 4 and 8, resumed with --max-steps 12, lost its records of steps 9-11 for good."""
+    from ngpt_ds.train.metrics import MetricsLogger
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": step, "train/loss": 6.0 - step / 10}) + "\n" for step in range(1, 12)]
+    lines.insert(8, json.dumps({"step": 8, "eval/loss": 6.5}) + "\n")  # an evaluation record of step 8
+    path.write_text("".join(lines) + '{"step": 12, "train/lo')  # and a line cut short by the kill
+    MetricsLogger(tmp_path, enabled=True, resume_step=8).close()
+    assert path.read_text() == "".join(lines[:9])
+    replaced = tmp_path / "metrics.replaced.jsonl"
+    assert replaced.read_text() == "".join(lines[9:])  # steps 9-11, as they were
+    assert capsys.readouterr().out == (
+        f"metrics.jsonl: moved the 3 record(s) of steps 9-11, after the resumed step 8, to {replaced}: this run "
+        "trains those steps again (TensorBoard shows the new ones)\n"
+    )
+    # A second resume further back appends; nothing is moved when nothing lies after the step.
+    MetricsLogger(tmp_path, enabled=True, resume_step=7).close()
+    MetricsLogger(tmp_path, enabled=True, resume_step=7).close()
+    assert path.read_text() == "".join(lines[:7])
+    assert replaced.read_text() == "".join(lines[9:] + lines[7:9])

@@ -14,6 +14,7 @@ from typing import cast
 import torch
 import torch.distributed as dist
 
+from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
 from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
@@ -23,6 +24,8 @@ from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
 from ngpt_ds.train.summary import replace_file
+
+_log = log.get(__name__)
 
 #: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity); fp16 has
 #: the same (V100: fp16 only).
@@ -78,7 +81,13 @@ class MetricsLogger:
 
             _quiet_tensorboard_writer_thread()
             try:
-                truncate_jsonl(self.jsonl, resume_step)
+                replaced = truncate_jsonl(self.jsonl, resume_step)
+                if replaced:
+                    _log.info(
+                        f"{self.jsonl.name}: moved the {len(replaced)} record(s) of steps {min(replaced)}-"
+                        f"{max(replaced)}, after the resumed step {resume_step}, to {out_dir / REPLACED_JSONL}: "
+                        "this run trains those steps again (TensorBoard shows the new ones)"
+                    )
                 self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
             except OSError as err:
                 self.problem = self._failed(resume_step, err, "of the steps up to")
@@ -134,11 +143,18 @@ def _quiet_tensorboard_writer_thread() -> None:
     threading.excepthook = hook
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the records of steps <= last_step (atomically: a copy renamed over the file)."""
+REPLACED_JSONL = "metrics.replaced.jsonl"
+"""Beside metrics.jsonl: the records a resume dropped from it, as they were, oldest resume first."""
+
+
+def truncate_jsonl(path: Path, last_step: int) -> list[int]:
+    """Keep the records of steps <= last_step (atomically: a copy renamed over the file). The records of
+    later steps are appended to REPLACED_JSONL first: they are what a run that was killed, stopped
+    without a checkpoint or diverged after its newest checkpoint logged, and the resume trains those
+    steps again, maybe otherwise (another lr). Returns the steps of the records moved there."""
     if not path.is_file():
-        return
-    kept = []
+        return []
+    kept, dropped, steps = [], [], []
     # Bytes a crash or a bad disk left (NUL padding, garbage) are lines to drop, not a UnicodeDecodeError or a
     # RecursionError that stops the resume.
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
@@ -147,9 +163,18 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
         except UNPARSABLE:
             continue  # a line cut short by a crash
         step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(step, int) and not isinstance(step, bool) and step <= last_step:
-            kept.append(line if line.endswith("\n") else line + "\n")
+        if isinstance(step, int) and not isinstance(step, bool):
+            whole = line if line.endswith("\n") else line + "\n"
+            (kept if step <= last_step else dropped).append(whole)
+            if step > last_step:
+                steps.append(step)
+    if dropped:  # before the cut: a kill in between leaves them twice, never nowhere
+        with open(path.with_name(REPLACED_JSONL), "a", encoding="utf-8") as f:
+            f.write("".join(dropped))
+            f.flush()
+            os.fsync(f.fileno())
     replace_file(path, "".join(kept))
+    return steps
 
 
 def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:
