@@ -154,7 +154,9 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
     steps again, maybe otherwise (another lr). Returns the steps of the records moved there."""
     if not path.is_file():
         return []
-    kept, dropped, steps = [], [], []
+    kept: list[str] = []
+    dropped: list[str] = []
+    steps: list[int] = []
     # Bytes a crash or a bad disk left (NUL padding, garbage) are lines to drop, not a UnicodeDecodeError or a
     # RecursionError that stops the resume.
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
