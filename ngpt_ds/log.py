@@ -72,15 +72,33 @@ class _TqdmHandler(logging.Handler):
             stream.flush()
         except BrokenPipeError:
             _discard_from_now_on(stream)
+        except OSError as err:  # a redirection to a full disk (Slurm's output file), an I/O error
+            _discard_from_now_on(stream)
+            if stream is not sys.stderr:
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                _say_on_stderr(
+                    f"warning: the log lines to {self.info_stream} cannot be written ({reason}) and are discarded "
+                    "from now on; the run goes on, and metrics.jsonl and TensorBoard keep its records"
+                )
         except Exception:  # logging must never break the program
             self.handleError(record)
 
 
+def _say_on_stderr(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr on the same full disk, or closed: nothing more to do
+        pass
+
+
 def _discard_from_now_on(stream: TextIO) -> None:
-    """The reader of `stream` is gone (`| head`, `| grep -m1`, a tee that was killed): the run goes on,
-    and what is written there from now on is discarded (the stream's descriptor now points at
-    /dev/null, as Python's documentation of SIGPIPE advises). Before, every later line printed a
-    '--- Logging error ---' traceback on stderr, and the command's last print() failed a finished run."""
+    """The reader of `stream` is gone (`| head`, `| grep -m1`, a tee that was killed), or the file it is
+    redirected to cannot be written (a full disk under Slurm's output file): the run goes on, and what
+    is written there from now on is discarded (the stream's descriptor now points at /dev/null, as
+    Python's documentation of SIGPIPE advises). Before, every later line printed a '--- Logging error
+    ---' traceback on stderr, and the command's last print() failed a finished run (exit 1: a stopped
+    run was not requeued)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, stream.fileno())
