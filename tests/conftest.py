@@ -211,6 +211,50 @@ def train_cmd(config, ds_config, data, out, *extra) -> list:
     return [REPO / "launch/train.py", *train_flags(config, ds_config, data, out, *extra)]
 
 
+def train_run(config, ds_config, data, out, *extra, nproc: int = 1, **kwargs) -> subprocess.CompletedProcess:
+    """One run of launch/train.py to its end: plain `python` for one rank (torchrun's launcher would
+    import torch once more, about 2 s of CPU per run), torchrun for more."""
+    cmd = train_cmd(config, ds_config, data, out, *extra)
+    if nproc == 1:
+        return run([sys.executable, *cmd], **kwargs)
+    return torchrun(*cmd, nproc=nproc, **kwargs)
+
+
+REFERENCE_STEPS = 20
+REFERENCE_TRAIN = tiny_train(REFERENCE_STEPS, eval_interval=10, checkpoint_interval=10, keep_checkpoints=3)
+
+
+class ReferenceRuns:
+    """The end-to-end runs that several test modules compare against, each trained once per session when
+    a test first asks for it: tiny_ngpt() with REFERENCE_TRAIN on tiny_dataset, fp32.
+      "z0_ws1": 1 rank, ZeRO 0, micro-batch 4 x 2 accumulation;
+      "z2_ws2": 2 ranks, ZeRO 2, micro-batch 4 (the same global batch of 8).
+    Tests only read them: one that trains on from a checkpoint copies it first."""
+
+    DS = {"z0_ws1": (0, 2, 1), "z2_ws2": (2, 1, 2)}  # name -> ZeRO stage, accumulation, ranks
+
+    def __init__(self, root: Path, data: Path):
+        self.root, self.data = root, data
+        self.config = write_yaml(root / "tiny.yaml", tiny_ngpt(), REFERENCE_TRAIN)
+        self.ds = {
+            name: write_ds_config(root / f"z{stage}.json", stage=stage, bf16=False, micro=4, accum=accum)
+            for name, (stage, accum, _) in self.DS.items()
+        }
+        self._done: dict[str, Path] = {}
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self._done:
+            out = self.root / name
+            train_run(self.config, self.ds[name], self.data, out, nproc=self.DS[name][2])
+            self._done[name] = out
+        return self._done[name]
+
+
+@pytest.fixture(scope="session")
+def reference_runs(tmp_path_factory, tiny_dataset) -> ReferenceRuns:
+    return ReferenceRuns(tmp_path_factory.mktemp("reference_runs"), tiny_dataset)
+
+
 def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | None = None) -> list[subprocess.Popen]:
     """`python args` once per rank, as plain processes with torch's env:// variables on this host: the
     way a launcher that does not tear a job down by itself starts them (srun without

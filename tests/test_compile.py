@@ -3,8 +3,9 @@ what it computes: the losses follow the eager run's at ZeRO 0 and ZeRO 2 (fp32),
 keeps every matrix on the sphere, the checkpoints hold the eager model's state-dict keys, and a run
 resumed from a compiled run's checkpoint continues it bit for bit.
 
-Three compiled runs of one tiny shape: the first compiles (tens of seconds on a CPU), the others reuse
-Inductor's on-disk cache.
+Three compiled runs of conftest's reference shape and schedule, compared with its eager reference runs
+(shared with test_trainer): the first compiles (tens of seconds on a CPU), the others reuse Inductor's
+on-disk cache.
 """
 
 import re
@@ -18,47 +19,40 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.config import preset_names
 from ngpt_ds.train.config import TrainConfig, load_model_and_train
 
-from conftest import REPO, cpu_env, read_metrics, run, torchrun, write_ds_config, write_yaml
+from conftest import (
+    REFERENCE_STEPS,
+    REFERENCE_TRAIN,
+    REPO,
+    cpu_env,
+    read_metrics,
+    run,
+    tiny_ngpt,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
 
-STEPS = 10
-MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-TRAIN = {
-    "max_steps": STEPS,
-    "lr": 1e-2,
-    "log_interval": 1,
-    "eval_interval": 5,
-    "eval_batches": 2,
-    "checkpoint_interval": 5,
-    "keep_checkpoints": 3,
-    "peak_tflops": 1.0,
-}
-
-
-def train(config, ds, data, out, nproc):
-    args = ["--config", config, "--deepspeed_config", ds, "--data", data, "--out", out, "--no-progress"]
-    torchrun(REPO / "launch/train.py", *args, nproc=nproc)
-    return out
+STEPS = REFERENCE_STEPS  # evaluations and checkpoints at STEPS / 2 and STEPS
+MODEL = tiny_ngpt()
+TRAIN = REFERENCE_TRAIN
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_dataset):
+def runs(tmp_path_factory, reference_runs):
     """name -> output dir: eager and compiled at ZeRO 0 (1 rank) and ZeRO 2 (2 ranks), and a resume."""
     tmp = tmp_path_factory.mktemp("compile")
-    eager = write_yaml(tmp / "eager.yaml", MODEL, TRAIN)
     compiled = write_yaml(tmp / "compiled.yaml", MODEL, {**TRAIN, "compile": True})
-    z0 = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=4, accum=2)
-    z2 = write_ds_config(tmp / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    outs = {
-        "eager_z0": train(eager, z0, tiny_dataset, tmp / "eager_z0", 1),
-        "compiled_z0": train(compiled, z0, tiny_dataset, tmp / "compiled_z0", 1),
-        "eager_z2": train(eager, z2, tiny_dataset, tmp / "eager_z2", 2),
-        "compiled_z2": train(compiled, z2, tiny_dataset, tmp / "compiled_z2", 2),
-    }
-    # Stopped at step 5: a copy of the compiled run's step-5 checkpoint, resumed with compile on.
+    data, z0, z2 = reference_runs.data, reference_runs.ds["z0_ws1"], reference_runs.ds["z2_ws2"]
+    outs = {"eager_z0": reference_runs["z0_ws1"], "eager_z2": reference_runs["z2_ws2"]}
+    for name, ds, nproc in (("compiled_z0", z0, 1), ("compiled_z2", z2, 2)):
+        train_run(compiled, ds, data, tmp / name, nproc=nproc)
+        outs[name] = tmp / name
+    # Stopped half-way: a copy of the compiled run's checkpoint there, resumed with compile on.
     resumed = tmp / "compiled_z0_resumed"
-    step5 = outs["compiled_z0"] / "checkpoints" / "step_00000005"
-    shutil.copytree(step5, resumed / "checkpoints" / step5.name)
-    outs["resumed_z0"] = train(compiled, z0, tiny_dataset, resumed, 1)
+    half = outs["compiled_z0"] / "checkpoints" / f"step_{STEPS // 2:08d}"
+    shutil.copytree(half, resumed / "checkpoints" / half.name)
+    train_run(compiled, z0, data, resumed)
+    outs["resumed_z0"] = resumed
     return outs
 
 
@@ -73,22 +67,23 @@ def test_compiled_losses_follow_eager(runs, stage):
     assert [compiled[s] for s in range(1, STEPS + 1)] == pytest.approx([eager[s] for s in eager], abs=1e-5, rel=0)
     assert eager[STEPS] < eager[1] - 0.05  # it learns
     eager_eval, compiled_eval = (values(runs[f"{m}_z{stage}"], "eval/loss") for m in ("eager", "compiled"))
-    assert sorted(compiled_eval) == [5, 10]
-    assert [compiled_eval[s] for s in (5, 10)] == pytest.approx([eager_eval[s] for s in (5, 10)], abs=1e-5, rel=0)
+    evals = [STEPS // 2, STEPS]
+    assert sorted(compiled_eval) == evals
+    assert [compiled_eval[s] for s in evals] == pytest.approx([eager_eval[s] for s in evals], abs=1e-5, rel=0)
     # the hypersphere hook runs on the compiled model's parameters after every step
     assert max(values(runs[f"compiled_z{stage}"], "ngpt/max_norm_deviation").values()) < 1e-5
 
 
 def test_compiled_run_resumes_bit_for_bit(runs):
     uninterrupted, resumed = values(runs["compiled_z0"]), values(runs["resumed_z0"])
-    assert sorted(resumed) == list(range(6, STEPS + 1))
+    assert sorted(resumed) == list(range(STEPS // 2 + 1, STEPS + 1))
     assert [resumed[s] for s in resumed] == [uninterrupted[s] for s in resumed]  # exact, not approx
-    assert values(runs["resumed_z0"], "eval/loss")[10] == values(runs["compiled_z0"], "eval/loss")[10]
+    assert values(runs["resumed_z0"], "eval/loss")[STEPS] == values(runs["compiled_z0"], "eval/loss")[STEPS]
 
 
 def test_compiled_checkpoints_hold_the_eager_state_dict_keys(runs):
     def keys(out):
-        path = out / "checkpoints" / "step_00000010" / "mp_rank_00_model_states.pt"
+        path = out / "checkpoints" / f"step_{STEPS:08d}" / "mp_rank_00_model_states.pt"
         return sorted(safe_load.load(path)["module"])
 
     compiled = keys(runs["compiled_z0"])

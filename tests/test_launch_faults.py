@@ -17,7 +17,17 @@ import time
 
 import pytest
 
-from conftest import REPO, read_metrics, start_ranks, tiny_ngpt, tiny_train, torchrun, train_cmd, write_run_configs
+from conftest import (
+    REPO,
+    read_metrics,
+    start_ranks,
+    tiny_ngpt,
+    tiny_train,
+    torchrun,
+    train_cmd,
+    train_run,
+    write_run_configs,
+)
 
 STEPS = 60
 TIMEOUT_S = 10
@@ -112,13 +122,13 @@ def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how,
 def test_max_time_checkpoints_stops_with_status_stopped_and_the_rerun_resumes(configs, tiny_dataset, tmp_path):
     out = tmp_path / "run"
     # --max-time 0: the deadline has passed by the end of step 1. (Ranks agreeing on a stop is
-    # covered by the Slurm preemption test; one rank keeps this one cheap.)
-    first = torchrun(*train_args(configs, tiny_dataset, out), "--max-time", "0", nproc=1, timeout=300)
+    # covered by the Slurm preemption test; one rank, started by plain python, keeps this one cheap.)
+    first = train_run(configs["yaml"], configs["ds"], tiny_dataset, out, "--max-time", "0", timeout=300)
     assert "stopping at step 1 (--max-time reached)" in first.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["status"], summary["step"], summary["max_steps"]) == ("stopped", 1, STEPS)  # what the sbatch reads
     assert complete_checkpoints(out) == [1]
-    second = torchrun(*train_args(configs, tiny_dataset, out), nproc=1, timeout=300)
+    second = train_run(configs["yaml"], configs["ds"], tiny_dataset, out, timeout=300)
     assert f"resumed from {out / 'checkpoints' / 'step_00000001'} at step 1" in second.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["status"], summary["step"]) == ("finished", STEPS)
@@ -130,6 +140,12 @@ def test_a_rank_with_collectives_in_flight_exits_cleanly():
     when a gloo worker thread released a collective's tensors during interpreter teardown. With a plain
     sys.exit, this worker aborted in 3 of 4 runs; launch/train.py's exit_process ends the process first."""
     for _ in range(3):
-        proc = torchrun(REPO / "tests/workers/exit_worker.py", "exit_process", nproc=2, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "terminate called" not in proc.stderr
+        # Plain processes, not torchrun: each rank's own exit status, without a launcher's torch import.
+        ranks = start_ranks([REPO / "tests/workers/exit_worker.py", "exit_process"])
+        try:
+            for proc in ranks:
+                _, stderr = proc.communicate(timeout=300)
+                assert proc.returncode == 0, stderr[-3000:]
+                assert "terminate called" not in stderr
+        finally:
+            stop_all(ranks)

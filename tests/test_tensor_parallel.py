@@ -13,7 +13,21 @@ from ngpt_ds.model import ModelConfig, build_model
 from ngpt_ds.parallel import check_tensor_parallel, merge_tensor_parallel, tensor_parallel_plan
 from ngpt_ds.parallel.shard import _shard
 
-from conftest import REPO, read_metrics, run, torchrun, train_cmd, write_ds_config, write_yaml
+from conftest import (
+    REFERENCE_STEPS,
+    REFERENCE_TRAIN,
+    REPO,
+    read_metrics,
+    run,
+    tiny_ngpt,
+    torchrun,
+    train_cmd,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
+
+STEPS = REFERENCE_STEPS  # checkpoints at STEPS / 2 and STEPS
 
 
 @pytest.fixture(scope="module")
@@ -55,70 +69,28 @@ def test_hook_communicates_only_over_data_parallel_groups(tmp_path):
         assert max(r["deviations"]) < 1e-5
 
 
-def test_tp2_dp2_zero2_trainer_reproduces_single_process(tmp_path, tiny_dataset):
-    model = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-    train = {
-        "max_steps": 10,
-        "lr": 1e-2,
-        "log_interval": 1,
-        "eval_interval": 0,
-        "eval_batches": 2,
-        "checkpoint_interval": 5,
-        "peak_tflops": 1.0,
-    }
-    single = write_yaml(tmp_path / "single.yaml", model, train)
-    parallel = write_yaml(tmp_path / "tp.yaml", model, {**train, "tensor_parallel_size": 2})
-    ds1 = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=4, accum=2)
+def test_tp2_dp2_zero2_trainer_reproduces_single_process(tmp_path, reference_runs):
+    """Tensor parallel 2 x data parallel 2 at ZeRO 2 against conftest's single-process ZeRO-0 reference run
+    (same model, schedule and global batch of 8)."""
+    parallel = write_yaml(tmp_path / "tp.yaml", tiny_ngpt(), {**REFERENCE_TRAIN, "tensor_parallel_size": 2})
     ds4 = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    common = ["--data", tiny_dataset, "--no-progress"]
-    torchrun(
-        REPO / "launch/train.py",
-        "--config",
-        single,
-        "--deepspeed_config",
-        ds1,
-        "--out",
-        tmp_path / "a",
-        *common,
-        nproc=1,
-    )
-    torchrun(
-        REPO / "launch/train.py",
-        "--config",
-        parallel,
-        "--deepspeed_config",
-        ds4,
-        "--out",
-        tmp_path / "b",
-        *common,
-        nproc=4,
-    )
-    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
-    assert [m["step"] for m in b] == list(range(1, 11))
+    train_run(parallel, ds4, reference_runs.data, tmp_path / "b", nproc=4)
+    a, b = read_metrics(reference_runs["z0_ws1"]), read_metrics(tmp_path / "b")
+    assert [m["step"] for m in b] == list(range(1, STEPS + 1))
     assert [m["train/loss"] for m in b] == pytest.approx([m["train/loss"] for m in a], abs=2e-5)
     assert max(m["ngpt/max_norm_deviation"] for m in b) < 1e-5  # every declared matrix, every step
     assert [m["ngpt/s_z_mean"] for m in b] == pytest.approx([m["ngpt/s_z_mean"] for m in a], abs=1e-5)
     # A tensor-parallel checkpoint (one model file per tensor rank) resumes exactly.
-    step5 = tmp_path / "b" / "checkpoints" / "step_00000005"
-    assert sorted(p.name for p in step5.glob("mp_rank_*_model_states.pt")) == [
+    half = tmp_path / "b" / "checkpoints" / f"step_{STEPS // 2:08d}"
+    assert sorted(p.name for p in half.glob("mp_rank_*_model_states.pt")) == [
         "mp_rank_00_model_states.pt",
         "mp_rank_01_model_states.pt",
     ]
-    shutil.copytree(step5, tmp_path / "c" / "checkpoints" / "step_00000005")
-    torchrun(
-        REPO / "launch/train.py",
-        "--config",
-        parallel,
-        "--deepspeed_config",
-        ds4,
-        "--out",
-        tmp_path / "c",
-        *common,
-        nproc=4,
-    )
+    shutil.copytree(half, tmp_path / "c" / "checkpoints" / half.name)
+    train_run(parallel, ds4, reference_runs.data, tmp_path / "c", nproc=4)
     c = read_metrics(tmp_path / "c")
-    assert [m["step"] for m in c] == list(range(6, 11))
-    assert [m["train/loss"] for m in c] == [m["train/loss"] for m in b[5:]]
+    assert [m["step"] for m in c] == list(range(STEPS // 2 + 1, STEPS + 1))
+    assert [m["train/loss"] for m in c] == [m["train/loss"] for m in b[STEPS // 2 :]]
 
 
 def test_shard_then_merge_round_trip():

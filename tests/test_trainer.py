@@ -1,8 +1,9 @@
 """The DeepSpeed trainer end to end through launch/train.py, on real gloo ranks.
 
-One set of short runs (module fixture) serves several tests: ZeRO 1/2/3 on 2 ranks
-reproduce the single-process stage-0 trajectory, a copy of a mid-run checkpoint
-resumes to the same losses, and the TensorBoard events hold every scalar.
+One set of short runs serves several tests: ZeRO 1/2/3 on 2 ranks reproduce the single-process
+stage-0 trajectory, a copy of a mid-run checkpoint resumes to the same losses, and the TensorBoard
+events hold every scalar. The stage-0 and ZeRO-2 runs are conftest's reference runs, which
+test_compile and test_tensor_parallel compare against too (trained once per session).
 """
 
 import json
@@ -12,31 +13,39 @@ import sys
 
 import pytest
 
-from conftest import REPO, read_metrics, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
+from conftest import (
+    REFERENCE_STEPS,
+    REFERENCE_TRAIN,
+    REPO,
+    read_metrics,
+    run,
+    tiny_ngpt,
+    torchrun,
+    train_cmd,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
 
-STEPS = 20
+STEPS = REFERENCE_STEPS
 MODEL = tiny_ngpt()
-TRAIN = tiny_train(STEPS, eval_interval=10, checkpoint_interval=10, keep_checkpoints=3)
+TRAIN = REFERENCE_TRAIN
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_dataset):
+def runs(tmp_path_factory, reference_runs):
     """name -> output dir of each finished run."""
     tmp = tmp_path_factory.mktemp("trainer")
-    config = write_yaml(tmp / "tiny.yaml", MODEL, TRAIN)
-    outs = {}
     # Single process, ZeRO 0: the reference. Micro-batch 4 x 2 accumulation = the 2-rank global batch.
-    ds0 = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=4, accum=2)
-    outs["z0_ws1"] = tmp / "z0_ws1"
-    torchrun(*train_cmd(config, ds0, tiny_dataset, outs["z0_ws1"]), nproc=1)
-    for stage in (1, 2, 3):
+    outs = {name: reference_runs[name] for name in ("z0_ws1", "z2_ws2")}
+    for stage in (1, 3):
         ds = write_ds_config(tmp / f"z{stage}.json", stage=stage, bf16=False, micro=4, accum=1)
         outs[f"z{stage}_ws2"] = tmp / f"z{stage}_ws2"
-        torchrun(*train_cmd(config, ds, tiny_dataset, outs[f"z{stage}_ws2"]), nproc=2)
+        train_run(reference_runs.config, ds, reference_runs.data, outs[f"z{stage}_ws2"], nproc=2)
     # Resume: a copy of z2's step-10 checkpoint, continued in a new directory.
     resumed = tmp / "z2_resumed"
     shutil.copytree(outs["z2_ws2"] / "checkpoints" / "step_00000010", resumed / "checkpoints" / "step_00000010")
-    torchrun(*train_cmd(config, tmp / "z2.json", tiny_dataset, resumed), nproc=2)
+    train_run(reference_runs.config, reference_runs.ds["z2_ws2"], reference_runs.data, resumed, nproc=2)
     outs["z2_resumed"] = resumed
     return outs
 
@@ -122,7 +131,7 @@ def test_gpt_baseline_trains_through_the_same_trainer(tmp_path, tiny_dataset):
         {**TRAIN, "max_steps": 15, "lr": 3e-3, "checkpoint_interval": 0, "eval_interval": 0},
     )
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=True, micro=4, accum=1)
-    torchrun(*train_cmd(config, ds, tiny_dataset, tmp_path / "out"), nproc=1)
+    train_run(config, ds, tiny_dataset, tmp_path / "out")
     metrics = read_metrics(tmp_path / "out")
     assert metrics[-1]["train/loss"] < metrics[0]["train/loss"] - 0.25
     assert not any(k.startswith("ngpt/") for k in metrics[-1])
@@ -144,7 +153,7 @@ def test_batch_size_mismatch_stops_before_any_compute(tmp_path, tiny_dataset):
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, tiny_dataset, tmp_path):
+def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, reference_runs, tiny_dataset, tmp_path):
     config = write_yaml(tmp_path / "tiny.yaml", MODEL, TRAIN)
     proc = run(
         [
@@ -157,7 +166,7 @@ def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, tiny_dataset
     assert "already holds checkpoints (newest: step_00000020)" in proc.stderr
     # --resume auto on a finished run does nothing and says so.
     proc = run(
-        [sys.executable, *train_cmd(config, runs["z0_ws1"].parent / "z0.json", tiny_dataset, runs["z0_ws1"])],
+        [sys.executable, *train_cmd(config, reference_runs.ds["z0_ws1"], tiny_dataset, runs["z0_ws1"])],
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
