@@ -46,9 +46,10 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
     (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
     assert [line for line in second.stdout.splitlines() if "abandoned-" in line] == [
         f"resuming from step 2: moved the 4 newer checkpoint folder(s) of the earlier lineage (step_00000004, "
-        f"step_00000006, step_00000008, step_00000010) to {abandoned} (kept, not deleted), with a copy of its "
-        "metrics.jsonl and tensorboard/"
+        f"step_00000006, step_00000008, step_00000010) and its summary.json to {abandoned} (kept, not deleted), "
+        "with a copy of its metrics.jsonl and tensorboard/"
     ]
+    assert json.loads((abandoned / "summary.json").read_text())["step"] == 10
     assert step_names(abandoned) == [f"step_{s:08d}" for s in (4, 6, 8, 10)]
     # The abandoned lineage's logs stay readable beside its checkpoints: steps 3-10 of the first run, which
     # the run folder's metrics.jsonl and TensorBoard drop (before, they were gone from metrics.jsonl).
@@ -110,3 +111,28 @@ def test_a_kill_while_the_run_files_are_rewritten_leaves_the_old_ones_whole(tmp_
         "config.yaml",
         "in_place.yaml",
     ]  # the cut-short sibling renamed over
+
+
+def test_the_summary_of_the_abandoned_lineage_goes_with_it(tmp_path):
+    """Fault: resuming from an older step left summary.json as the earlier lineage wrote it ('finished',
+    step 10, checkpoint step_00000010): until the resumed run wrote its own, and for good when that run
+    was killed first, the run folder said it had finished at a step whose checkpoint had been moved aside."""
+    from ngpt_ds.train.lineage import start_lineage
+
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    for step in (6, 8, 10):
+        (checkpoints / f"step_{step:08d}").mkdir(parents=True)
+        (checkpoints / f"step_{step:08d}" / "COMPLETE").write_text(f"step {step}\n")
+    summary = json.dumps({"status": "finished", "step": 10, "checkpoint": str(checkpoints / "step_00000010")})
+    (out / "summary.json").write_text(summary)
+    line = start_lineage(out, checkpoints / "step_00000006")
+    (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
+    assert line == (
+        f"resuming from step 6: moved the 2 newer checkpoint folder(s) of the earlier lineage (step_00000008, "
+        f"step_00000010) and its summary.json to {abandoned} (kept, not deleted)"
+    )
+    assert not (out / "summary.json").exists()
+    assert (abandoned / "summary.json").read_text() == summary
+    assert step_names(abandoned) == ["step_00000008", "step_00000010"]
+    assert step_names(checkpoints) == ["step_00000006"]

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ngpt_ds.train import checkpoint
+from ngpt_ds.train.summary import SUMMARY_FILE
 
 
 def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
@@ -45,15 +46,29 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     checkpoint.point_latest(checkpoint_dir)
     names = ", ".join(d.name for d in newer)
     logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
+    summary = _move_summary(out_dir, abandoned)
     if elsewhere:
+        logs = " and ".join(filter(None, (logs, summary)))
         return (
             f"resuming from {resume_from}, outside {checkpoint_dir}: moved its {len(newer)} checkpoint folder(s) "
             f"of another lineage ({names}){f', and its {logs},' if logs else ''} to {abandoned} (kept, not deleted)"
         )
     return (
         f"resuming from step {k}: moved the {len(newer)} newer checkpoint folder(s) of the earlier lineage "
-        f"({names}) to {abandoned} (kept, not deleted){f', with a copy of its {logs}' if logs else ''}"
+        f"({names}){f' and its {summary}' if summary else ''} to {abandoned} (kept, not deleted)"
+        f"{f', with a copy of its {logs}' if logs else ''}"
     )
+
+
+def _move_summary(out_dir: Path, abandoned: Path) -> str | None:
+    """summary.json describes how the earlier lineage ended (its step, its checkpoint, now in `abandoned`):
+    it goes with it. Left in place, it said 'finished' at a step no checkpoint of the run holds until the
+    resumed run wrote its own, and for good if that run was killed first. Returns its name, or None."""
+    source = out_dir / SUMMARY_FILE
+    if not source.is_file() or source.is_symlink():
+        return None
+    os.rename(source, abandoned / SUMMARY_FILE)
+    return SUMMARY_FILE
 
 
 def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[str]:
