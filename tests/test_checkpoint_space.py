@@ -108,3 +108,17 @@ def test_read_only_out_is_a_clear_error_at_startup(tmp_path, tiny_dataset, mount
     assert proc.stderr.startswith(f"error: --out {out} is not writable ("), proc.stderr
     assert "Read-only file system" in proc.stderr.splitlines()[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_latest_that_cannot_be_written_leaves_no_latest_tmp(tmp_path, mount_tmpfs):
+    """Fault: when the disk filled up (a save can fill it: its check compares with the previous
+    checkpoint's size), point_latest left an empty checkpoints/latest.tmp beside the checkpoints, for good
+    (seen after a 2-step run on a tmpfs one page short, with no latest at all)."""
+    from ngpt_ds.train.checkpoint import point_latest
+
+    checkpoints = mount_tmpfs(PAGE) / "checkpoints"
+    (checkpoints / "step_00000002").mkdir(parents=True)
+    (checkpoints / "step_00000002" / "COMPLETE").write_text("step 2\n")  # the one page
+    with pytest.raises(OSError, match="No space left on device"):
+        point_latest(checkpoints)
+    assert checkpoint_folders(checkpoints.parent) == ["step_00000002"]

@@ -144,8 +144,13 @@ def point_latest(checkpoint_dir: Path) -> None:
         latest.unlink(missing_ok=True)
         return
     tmp = checkpoint_dir / (LATEST + ".tmp")
-    tmp.write_text(complete[-1].name, encoding="utf-8")
-    os.replace(tmp, latest)
+    try:
+        tmp.write_text(complete[-1].name, encoding="utf-8")
+        os.replace(tmp, latest)
+    except OSError:  # disk full (a save can fill it): no empty latest.tmp left beside the checkpoints
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_dir(path: Path) -> None:
