@@ -6,7 +6,8 @@ in `zero_to_fp32`, goes through torch's restricted unpickler (`torch.load(weight
 which rebuilds only tensors, plain Python data (dict, list, tuple, set, str, bytes, numbers, bool,
 None), OrderedDict, torch.Size / dtype / device, and the classes on the allow-list below. A file
 that needs anything else is refused with one `UnsafeCheckpointError` naming the file and the type;
-nothing from it runs.
+nothing from it runs. Nor may a file describe more data than it holds: every tensor loaded must
+store each of its elements (`_check_tensors`), so a few bytes cannot make a reader allocate terabytes.
 
 The files and what they need beyond torch's defaults (DeepSpeed 0.19.8, found by saving real
 checkpoints at ZeRO 0/1/2/3 in fp32 and bf16, and tensor-parallel ZeRO 1/2, and listing each
@@ -140,9 +141,53 @@ def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickl
     # torch hints a list of callables, which a list[type] does not match (list is invariant); it only reads it.
     with torch.serialization.safe_globals(allowed_types()):  # type: ignore[arg-type]
         try:
-            return _TORCH_LOAD(f, map_location=map_location, weights_only=True, mmap=mmap, **pickle_load_args)
+            loaded = _TORCH_LOAD(f, map_location=map_location, weights_only=True, mmap=mmap, **pickle_load_args)
         except pickle.UnpicklingError as err:
             raise refusal(f, err) from None
+    _check_tensors(f, loaded)
+    return loaded
+
+
+def _check_tensors(f: Any, loaded: Any) -> None:
+    """Refuse a tensor with more elements than the file stores for it.
+
+    The pickle gives each tensor its shape and strides; a stride of 0 repeats one stored element along
+    that dim, so a few bytes can describe a tensor of 10^11 elements, which the first whole-tensor
+    operation of a reader (DeepSpeed's zero_to_fp32 concatenating the optimizer shards, the finiteness
+    check of ngpt_ds.infer) allocates: a file of a few hundred kB exhausts the memory before any error.
+    torch.save of a model's or optimizer's tensors never writes such a view (each holds its elements in
+    a storage of its own or of a flat buffer), nor a sparse or other non-strided tensor."""
+    todo, seen = [loaded], set()
+    while todo:  # iterative: a crafted pickle may nest deeper than the recursion limit
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if obj.layout != torch.strided:
+                raise _crafted(f, f"a {obj.layout} tensor of shape {tuple(obj.shape)}")
+            stored = obj.untyped_storage().nbytes()
+            if obj.numel() * obj.element_size() > stored:
+                raise _crafted(
+                    f,
+                    f"a tensor of shape {tuple(obj.shape)} and strides {obj.stride()} ({obj.numel()} elements) "
+                    f"whose data in the file is {stored} bytes",
+                )
+        elif isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):  # the allow-list's classes
+            todo.extend(vars(obj).values())
+
+
+def _crafted(f: Any, what: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{_describe_file(f)} was refused: it holds {what}, which torch.save of a model's or optimizer's "
+        "tensors never writes and which would take far more memory than the file. This file was not "
+        "written by the ngpt_ds trainer, or it was altered. Do not use it"
+    )
 
 
 def check(path: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -278,3 +279,76 @@ def test_an_older_trainers_numpy_rng_state_is_refused_with_a_hint(tmp_path):
         r"may be such an older checkpoint; it cannot be loaded safely",
     ):
         safe_load.load(tmp_path / "old.pt")
+
+
+def expanded(numel: int) -> torch.Tensor:
+    """One stored float viewed as `numel` elements (stride 0): a few bytes in a file."""
+    return torch.zeros(1).as_strided((numel,), (0,))
+
+
+def test_a_tensor_larger_than_its_stored_data_is_refused(tmp_path):
+    """Fault: a pickle sets each tensor's shape and strides, so a stride-0 view of one stored element
+    describes a tensor of 10^12 elements in a few bytes; it loaded, and the reader's first whole-tensor
+    operation allocated it (see the next test). Refused at load, wherever it sits (nested, in an
+    allow-listed object); views of a flat buffer and empty tensors, as DeepSpeed saves them, load."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    from ngpt_ds import safe_load
+
+    scaler = LossScaler(1)
+    scaler.note = [{"deep": expanded(10**12)}]
+    for name, states in {
+        "module.pt": {"module": {"w": torch.ones(4), "extra": expanded(10**12)}},
+        "scaler.pt": {"optimizer": {"loss_scaler": scaler}},
+        "matrix.pt": {"w": torch.zeros(1).as_strided((10**6, 10**6), (0, 0))},
+        "sparse.pt": {
+            "w": torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long), [], (10**12,), check_invariants=True)
+        },
+    }.items():
+        torch.save(states, tmp_path / name)
+        with pytest.raises(
+            safe_load.UnsafeCheckpointError, match=re.escape(f"{tmp_path / name} was refused: it holds")
+        ):
+            safe_load.load(tmp_path / name)
+    flat = torch.arange(12.0)
+    torch.save(
+        {"views": [flat[:4].view(2, 2), flat[4:]], "empty": torch.empty(0, 5), "step": torch.tensor(3)},
+        tmp_path / "ok.pt",
+    )
+    back = safe_load.load(tmp_path / "ok.pt", mmap=True)
+    assert torch.equal(back["views"][1], torch.arange(4.0, 12.0)) and back["step"].item() == 3
+
+
+def test_an_expanded_tensor_in_a_checkpoint_is_refused_before_it_is_allocated(runs, tmp_path):
+    """Fault: the fp32 partitions in a ZeRO-2 run's optimizer states replaced by stride-0 views of 10^11
+    elements (the files stay ~270 kB): DeepSpeed's zero_to_fp32 concatenated them, allocating 8 bytes per
+    element (a 10^8-element view took 2 GB; at sizes that fit, memory runs out before any message).
+    Here the command runs with 8 GiB of address space, so the old code failed the allocation instead."""
+    name = "z2"
+    source = runs[name]["out"] / "checkpoints" / STEP_DIR
+    checkpoint = tmp_path / "run" / "checkpoints" / STEP_DIR
+    shutil.copytree(source, checkpoint)
+    targets = sorted(checkpoint.glob("zero_pp_rank_*_optim_states.pt"))
+    for target in targets:
+        states = torch.load(target, map_location="cpu", weights_only=False)
+        states["optimizer_state_dict"]["single_partition_of_fp32_groups"][0] = expanded(10**11)
+        torch.save(states, target)
+    remark(checkpoint)
+
+    def limit_memory():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, REPO / "launch/generate.py", tmp_path / "run", "--prompt", "The", "--max-new-tokens", "2"],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_memory,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    refused = [f"error: {t} was refused: it holds a tensor of shape (100000000000,) and strides (0,)" for t in targets]
+    assert errors and errors[0].startswith(tuple(refused)), proc.stderr[-4000:]
