@@ -7,7 +7,9 @@ An entry script with `--overwrite` (launch/export.py, launch/prepare_data.py) ca
   the corpus being tokenized): replacing it would delete the input;
 - is a file, or a non-empty folder that does not hold the same kind of artifact (an export's
   config.json with its format marker, a dataset's meta.json): a typo in --out must not delete
-  someone's folder.
+  someone's folder;
+- also holds a training run (its train.lock or checkpoints/): a trainer once started with that
+  folder as --out would lose its checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ngpt_ds.errors import NgptConfigError
+
+RUN_MARKERS = ("train.lock", "checkpoints")
+"""What a training run leaves in its --out (ngpt_ds.train.run_lock.LOCK_FILE, ngpt_ds.train.checkpoint.CHECKPOINTS)."""
 
 
 def _real(path: str | Path) -> Path:
@@ -67,6 +72,14 @@ def check_replaceable(
         raise NgptConfigError(
             f"{option} {out} is {what}, not a folder holding {kind}; --overwrite replaces only "
             "such a folder. Choose another path"
+        )
+    # A training run's files beside the artifact (ngpt_ds.train.run_lock names them): replacing the folder
+    # deleted the run's checkpoints with it.
+    run = [name for name in RUN_MARKERS if (out / name).exists()]
+    if run:
+        raise NgptConfigError(
+            f"{option} {out} also holds a training run ({', '.join(run)}); --overwrite would delete it with "
+            f"the folder. Move the run out of {out} first, or choose another path"
         )
     if any(out.iterdir()) and not holds_kind(out):
         bare = kind.split(" ", 1)[1] if kind.startswith(("a ", "an ")) else kind

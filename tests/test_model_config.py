@@ -128,3 +128,52 @@ def test_ngpt_and_gpt_share_layers_not_copies():
     assert type(ngpt.blocks[0].attn) is type(gpt.blocks[0].attn)
     assert type(ngpt.blocks[0].mlp) is type(gpt.blocks[0].mlp)
     assert type(ngpt.rotary) is type(gpt.rotary)
+
+
+def test_yaml_merge_keys_are_read_as_yaml_does_and_their_keys_may_be_overridden(tmp_path):
+    """Fault: a YAML merge key (`<<: *defaults`, valid YAML that every reader merges) was refused as 'not valid
+    YAML: could not determine a constructor for the tag merge', because the duplicate-key check constructed
+    the `<<` key itself."""
+    path = tmp_path / "merged.yaml"
+    path.write_text(
+        "model: &shape {arch: ngpt, n_layer: 2, n_embd: 32, n_head: 2, seq_len: 32}\n"
+        "train:\n  <<: [{max_steps: 7, lr: 0.01}, {max_steps: 9, seed: 5}]\n  lr: 0.02\n"
+    )
+    from ngpt_ds.train.config import load_model_and_train
+
+    model, train, _ = load_model_and_train(str(path))
+    assert (model.n_layer, model.n_embd, train.max_steps, train.lr, train.seed) == (2, 32, 7, 0.02, 5)
+    path.write_text("model: {n_embd: 64}\ntrain:\n  <<: {lr: 0.01}\n  lr: 0.02\n  lr: 0.03\n")
+    with pytest.raises(NgptConfigError, match=r"key 'lr' appears twice \(line 5\)"):
+        load_model_and_train(str(path))
+    path.write_text("model: {n_embd: 64}\ntrain:\n  <<: {on: 1}\n")
+    with pytest.raises(NgptConfigError, match=r"key True \(line 3\) is not a name"):
+        load_model_and_train(str(path))
+
+
+def test_an_empty_config_file_and_sections_that_are_no_mapping_are_named(tmp_path):
+    """Faults: an empty --config file (or one of comments only) trained every field's default model
+    without a word; `model: 5` or `train: [1, 2]` stopped in a TypeError traceback (dict() of it)."""
+    from ngpt_ds.train.config import load_model_and_train
+
+    path = tmp_path / "c.yaml"
+    for text in ("", "# lr sweep\n"):
+        path.write_text(text)
+        with pytest.raises(
+            NgptConfigError, match=rf"^{path}: holds no settings \(the file is empty or only comments\)"
+        ):
+            load_model_and_train(str(path))
+    for text, message in (
+        ("model: 5\n", "the model: section must be a mapping of field: value lines, got int 5"),
+        (
+            "model: {n_embd: 64}\ntrain: [1, 2]\n",
+            "the train: section must be a mapping of field: value lines, got list [1, 2]",
+        ),
+    ):
+        path.write_text(text)
+        with pytest.raises(NgptConfigError) as err:
+            load_model_and_train(str(path))
+        assert str(err.value) == f"{path}: {message}"
+    path.write_text("model: [n_embd, 64]\n")
+    with pytest.raises(NgptConfigError, match=r"the model: section must be a mapping"):
+        load_model_config(str(path))  # generate and evaluate read the model section alone

@@ -4,6 +4,7 @@ checkpoint rewrote that checkpoint's config.yaml and added files, so the checkpo
 manifest; a fresh run in a folder holding someone's metrics.jsonl truncated it to nothing).
 """
 
+import shutil
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import manifest, run_lock
 from ngpt_ds.train.config import RunConfig
 
-from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import run, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 
 def test_a_config_kept_in_the_out_folder_is_not_replaced_by_the_run(tmp_path, tiny_dataset):
@@ -90,3 +91,66 @@ def test_a_run_folder_whose_config_was_cut_short_still_resumes_but_a_users_confi
     (out / "config.yaml").write_text("model: {}\ntrain: {}\n")
     with pytest.raises(NgptConfigError, match=r"holds a config.yaml the trainer did not write"):
         run_lock.acquire(out)
+
+
+def test_an_out_in_another_runs_checkpoints_folder_is_refused(tmp_path):
+    """Fault: --out runs/a/checkpoints (where --out runs/a or --resume was meant), or a folder below it, trained
+    a new run from scratch among run a's checkpoints: its config.yaml, train.lock, metrics.jsonl, tensorboard/
+    and checkpoints/ went into runs/a/checkpoints, and with them whenever they were copied or deleted."""
+    run = tmp_path / "a"
+    run_lock.acquire(run).release()
+    fake_step(run / "checkpoints" / "step_00000004")
+    checkpoints = run / "checkpoints"
+    before = sorted(p.name for p in checkpoints.iterdir())
+    for out, verb in ((checkpoints, "is"), (checkpoints / "b", "is inside"), (checkpoints / "b" / "c", "is inside")):
+        with pytest.raises(NgptConfigError) as refused:
+            run_lock.acquire(out)
+        assert str(refused.value) == (
+            f"--out {out} {verb} {checkpoints}, the checkpoints folder of the run {run}: a run there would start "
+            f"from scratch among that run's checkpoints. --out is the run folder: pass --out {run} to continue "
+            f"that run, --resume {checkpoints}/step_N to start from one of its checkpoints, or a new folder "
+            "outside it"
+        )
+    assert sorted(p.name for p in checkpoints.iterdir()) == before
+    # A folder named checkpoints that holds runs is no run's checkpoints folder.
+    run_lock.acquire(tmp_path / "checkpoints" / "ngpt").release()
+
+
+def test_an_out_in_the_dataset_is_refused_on_every_rank_before_anything_is_written(tmp_path, tiny_dataset):
+    """Fault: --out set to the --data folder (or a folder in it) trained into the dataset, and the next
+    `prepare_data.py --out <dataset> --overwrite` deleted the run's checkpoints with the old dataset."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    before = sorted(p.name for p in data.iterdir())
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    for out, verb in ((data, "is"), (data / "run", "is inside")):
+        ranks = start_ranks(train_cmd(config, ds, data, out))
+        for rank, proc in enumerate(ranks):
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 2, (rank, stderr[-3000:])
+            assert (
+                f"error: --out {out} {verb} the prepared dataset {data} (meta.json, tokenizer.model): the run's "
+                "checkpoints and logs there would be deleted with the dataset when it is prepared again with "
+                f"--overwrite. Choose an --out outside {data}"
+            ) in stderr.splitlines(), (rank, stderr[-3000:])
+            assert "Traceback" not in stderr
+        assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_the_dry_run_refuses_the_out_folders_the_run_refuses(tmp_path, tiny_dataset):
+    """Fault: `--dry-run` printed 'every startup check passed ... a new run in <out>' for an --out the run
+    then refused (a user's config.yaml there, here the dataset folder): the dry run never checked --out."""
+    from ngpt_ds.train.builder import TrainOptions
+    from ngpt_ds.train.dry_run import dry_run
+
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    options = TrainOptions(
+        deepspeed_config=str(ds), config=str(config), data=str(tiny_dataset), out=str(tiny_dataset), world_size=2
+    )
+    with pytest.raises(NgptConfigError, match=rf"^--out {tiny_dataset} is the prepared dataset {tiny_dataset} "):
+        dry_run(options)
+    options.out = str(tmp_path / "run")
+    assert dry_run(options).endswith(f"resume: none; a new run in {tmp_path / 'run'}")
+    assert not (tmp_path / "run").exists()

@@ -161,3 +161,21 @@ def test_export_config_cannot_point_the_tokenizer_outside_its_folder(exported, t
         (folder / "config.json").write_text(json.dumps(config))
         with pytest.raises(NgptConfigError, match="tokenizer.file .* must name a file inside the export folder"):
             load(folder)
+
+
+def test_prepare_overwrite_of_a_dataset_a_run_was_started_in_is_refused(corpus, tmp_path):
+    """Fault: a run trained with --out set to its --data folder, and the next `prepare_data.py --out <that
+    folder> --overwrite` replaced the folder whole, deleting the run's checkpoints with it."""
+    out = tmp_path / "ds"
+    assert prepare_cli(corpus, out).returncode == 0
+    (out / "train.lock").write_text("")
+    fake_step = out / "checkpoints" / "step_00000002"
+    fake_step.mkdir(parents=True)
+    (fake_step / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+    before = snapshot(out)
+    assert_refused(
+        prepare_cli(corpus, out),
+        f"--out {out} also holds a training run (train.lock, checkpoints); --overwrite would delete it with the "
+        f"folder. Move the run out of {out} first, or choose another path",
+    )
+    assert snapshot(out) == before

@@ -162,3 +162,57 @@ def test_launch_environment_discovery():
 def test_slurm_nodelist_expansion():
     assert distributed.expand_nodelist("gpu[01-03,7],login1") == ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
     assert distributed.expand_nodelist("node1,node2") == ["node1", "node2"]
+
+
+def test_a_collective_timeout_beyond_what_timedelta_holds_is_named(tmp_path):
+    """Fault: train.dist_timeout_s: 100000000000000 (meant as 'never') stopped every rank at startup in an
+    OverflowError traceback from timedelta ('days=1157407407; must have magnitude <= 999999999')."""
+    path = tmp_path / "x.yaml"
+    path.write_text("model: {n_layer: 2}\ntrain: {dist_timeout_s: 100000000000000}\n")
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert "train.dist_timeout_s = 100000000000000: must be at most 1000000000 seconds" in str(err.value)
+    path.write_text("model: {n_layer: 2}\ntrain: {dist_timeout_s: 1000000000}\n")
+    assert load_model_and_train(str(path))[1].dist_timeout_s == 10**9
+
+
+def test_zero_optimization_given_as_a_switch_is_refused_before_the_engine():
+    """Fault: `"zero_optimization": true` passed the startup checks (the trainer read it as stage 0), DeepSpeed
+    ran it as its deprecated form of stage 1, and the run stopped only after the engine had started:
+    'the DeepSpeed engine reads the JSON differently from the trainer (zero_stage: DeepSpeed uses 1, the
+    trainer assumed 0)'."""
+    for switch in (True, False):
+        with pytest.raises(NgptConfigError) as err:
+            check({"train_micro_batch_size_per_gpu": 4, "zero_optimization": switch})
+        assert str(err.value) == (
+            f"DeepSpeed config x.json: 1 problem\n  - zero_optimization = {switch}: must be a JSON object with the "
+            'stage, e.g. {"stage": 2} (DeepSpeed reads true as stage 1, a deprecated form)'
+        )
+
+
+def test_tensor_and_pipeline_sizes_in_the_json_that_contradict_the_yaml_are_refused():
+    """Faults: `"pipeline": {"stages": 2}` with train.pipeline_parallel_size 1 trained on one stage without a
+    word; `"tensor_parallel": {"autotp_size": 2}` turned on DeepSpeed's AutoTP over the trainer's own
+    split and stopped in an AssertionError traceback inside deepspeed.initialize."""
+    base = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 1}}
+    with pytest.raises(NgptConfigError) as err:
+        check({**base, "pipeline": {"stages": 2}, "tensor_parallel": {"autotp_size": 2}}, world=2)
+    assert str(err.value) == (
+        "DeepSpeed config x.json: 2 problems\n"
+        "  - tensor_parallel.autotp_size = 2: tensor parallelism is set in the YAML: train.tensor_parallel_size "
+        "(now 1), and the trainer splits the layers itself; remove the key from the JSON\n"
+        "  - pipeline.stages = 2: pipeline stages are set in the YAML: train.pipeline_parallel_size (now 1); "
+        "remove the key from the JSON, or set the same value in the YAML"
+    )
+    for agreeing in ({"pipeline": {"stages": "auto"}}, {"tensor_parallel": {"autotp_size": 0}}):
+        assert check({**base, **agreeing}, world=2).data_parallel == 2
+    plan = check_ds_config(
+        {**base, "pipeline": {"stages": 2}},
+        world_size=2,
+        tensor_parallel=1,
+        pipeline_parallel=2,
+        source="x.json",
+        fp16_supported=False,
+        bf16_supported=True,
+    )
+    assert plan.data_parallel == 1

@@ -14,6 +14,8 @@ from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 
 PRESET_DIR = Path(__file__).with_name("presets")
 ARCHS = ("ngpt", "gpt")
+MERGE_TAG = "tag:yaml.org,2002:merge"
+"""The tag of a YAML merge key (`<<: *defaults`)."""
 
 
 @dataclass(kw_only=True)
@@ -180,26 +182,38 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML config file into a mapping; duplicate keys, keys that YAML reads as values (`on:`,
-    `1:`) and syntax errors are named."""
+    `1:`), syntax errors and a file without settings (empty, or only comments) are named. Merge keys
+    (`<<: *defaults`) work as in any YAML reader: the keys written next to them override the merged ones."""
 
     class StrictLoader(yaml.SafeLoader):
         pass
 
+    def check_key(loader: yaml.SafeLoader, key_node: yaml.Node) -> str:
+        key = loader.construct_object(key_node)
+        if not isinstance(key, str):  # YAML 1.1: `on:`, `no:` are booleans, `1:` a number, `~:` null
+            raise NgptConfigError(
+                f"{path}: key {key!r} (line {key_node.start_mark.line + 1}) is not a name: YAML reads "
+                "on/off/yes/no/true/false, numbers and ~/null unquoted as values; quote the key, or "
+                "correct it to a field name"
+            )
+        return key
+
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Duplicates among the keys written in this mapping, not the merged ones, which they may override.
+        # A merge key's own tag has no constructor: checking it as a key refused valid YAML.
         seen = set()
         for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if not isinstance(key, str):  # YAML 1.1: `on:`, `no:` are booleans, `1:` a number, `~:` null
-                raise NgptConfigError(
-                    f"{path}: key {key!r} (line {key_node.start_mark.line + 1}) is not a name: YAML reads "
-                    "on/off/yes/no/true/false, numbers and ~/null unquoted as values; quote the key, or "
-                    "correct it to a field name"
-                )
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = check_key(loader, key_node)
             if key in seen:
                 raise NgptConfigError(
                     f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"
                 )
             seen.add(key)
+        loader.flatten_mapping(node)  # merged keys first, so that the ones written here win
+        for key_node, _ in node.value:
+            check_key(loader, key_node)
         return loader.construct_mapping(node, deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
@@ -211,16 +225,32 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise NgptConfigError(f"{path}: not valid YAML: {err}") from None
     except UNPARSABLE as err:
         raise NgptConfigError(f"{path}: cannot be read as YAML ({type(err).__name__}: {err})") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file trained the defaults of every field, whatever the file was meant to hold
+        raise NgptConfigError(
+            f"{path}: holds no settings (the file is empty or only comments); give it 'model:' and 'train:' "
+            f"sections, or use a preset: {', '.join(preset_names())}"
+        )
     if not isinstance(data, dict):
         raise NgptConfigError(f"{path}: expected a mapping with 'model:' (and 'train:') sections")
     return data
 
 
+def section(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """The `name:` section of a config file's mapping (an empty one when absent or left empty)."""
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):  # dict() of it raised a TypeError traceback, or made a mapping of a list
+        raise NgptConfigError(
+            f"{path}: the {name}: section must be a mapping of field: value lines, got "
+            f"{type(value).__name__} {repr(value)[:200]}"
+        )
+    return dict(value)
+
+
 def load_model_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
     """The `model:` section of a preset or YAML file, with optional field overrides."""
     path = resolve_config_path(name_or_path)
-    section = dict(load_yaml(path).get("model") or {})
-    section.update(overrides or {})
-    return ModelConfig.from_dict(section, source=f"model config ({path})")
+    values = section(load_yaml(path), "model", path)
+    values.update(overrides or {})
+    return ModelConfig.from_dict(values, source=f"model config ({path})")

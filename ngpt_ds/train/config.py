@@ -10,7 +10,10 @@ from typing import Any, cast
 import yaml
 
 from ngpt_ds.errors import NgptConfigError, Problems
-from ngpt_ds.model.config import ModelConfig, load_yaml, resolve_config_path
+from ngpt_ds.model.config import ModelConfig, load_yaml, resolve_config_path, section
+
+MAX_DIST_TIMEOUT_S = 10**9
+"""The largest train.dist_timeout_s: far beyond any job, well within what timedelta and torch represent."""
 
 
 @dataclass(kw_only=True)
@@ -118,6 +121,14 @@ class TrainConfig:
                 value,
                 "must be an integer >= 0",
             )
+        # Python's timedelta, which the process group's timeout is, stops below 10**14 s: a larger value (meant as
+        # "never") stopped every rank at startup in an OverflowError traceback.
+        p.check(
+            not isinstance(self.dist_timeout_s, int) or self.dist_timeout_s <= MAX_DIST_TIMEOUT_S,
+            "train.dist_timeout_s",
+            self.dist_timeout_s,
+            f"must be at most {MAX_DIST_TIMEOUT_S} seconds (about 31 years)",
+        )
         # torch.manual_seed takes [0, 2**64) (larger: 'Overflow when unpacking long long' as the engine
         # started) and the data order's np.random.default_rng no negative seed (a ValueError at step 1).
         p.check(
@@ -248,13 +259,13 @@ def load_model_and_train(
         raise NgptConfigError(
             f"{path}: unknown top-level section(s) {', '.join(unknown)}; expected 'model:' and 'train:'"
         )
-    model = ModelConfig.from_dict(dict(data.get("model") or {}), source=f"model config ({path})")
+    model = ModelConfig.from_dict(section(data, "model", path), source=f"model config ({path})")
     if arch is not None and arch != model.arch:
         raise NgptConfigError(
             f"--model {arch} conflicts with {path} (model.arch: {model.arch}). "
             f"Use --config {arch}_tiny (or another {arch} preset), or drop --model"
         )
-    train_values = dict(data.get("train") or {})
+    train_values = section(data, "train", path)
     train_values.update(train_overrides or {})
     train = TrainConfig.from_dict(train_values, source=f"train config ({path})").resolve(model)
     train.validate(source=f"train config ({path})")

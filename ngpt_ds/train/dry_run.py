@@ -9,11 +9,14 @@ GPU cluster (ngpt_0.5b_8k) is checked on a laptop in seconds.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ngpt_ds.data.loader import TokenWindowLoader
 from ngpt_ds.parallel.sequence import SequenceLayout
 from ngpt_ds.train.builder import Prepared, TrainOptions, prepare
 from ngpt_ds.train.ds_config import gradient_clipping_of, precision_of, zero_stage_of
 from ngpt_ds.train.memory_plan import estimate_memory
+from ngpt_ds.train.run_lock import check_out_folder
 
 _SHOWN_GROUPS = 4
 
@@ -104,4 +107,8 @@ def plan_report(prepared: Prepared) -> str:
 def dry_run(options: TrainOptions) -> str:
     """Check everything a run would check at startup for options.world_size ranks (None: the launched
     ones) and return the plan. Raises NgptConfigError on bad input, as training would."""
-    return plan_report(prepare(options))
+    prepared = prepare(options)
+    # What the run refuses once the lock is taken: a dry run that passed it said "every startup check passed"
+    # about an --out the run then refused (a dataset folder, another run's checkpoints/, a user's config.yaml).
+    check_out_folder(Path(prepared.run.out_dir))
+    return plan_report(prepared)

@@ -120,6 +120,15 @@ def check_ds_config(
                 "remove it: the optimizer and LR schedule are set in the YAML train section "
                 "(lr, min_lr, warmup_steps, weight_decay, betas)",
             )
+    # DeepSpeed still reads the deprecated `"zero_optimization": true` as stage 1, while the trainer planned
+    # stage 0 from it: the run stopped only once the engine had started (check_engine_agrees).
+    zero = config.get("zero_optimization")
+    p.check(
+        zero is None or isinstance(zero, dict),
+        "zero_optimization",
+        zero,
+        'must be a JSON object with the stage, e.g. {"stage": 2} (DeepSpeed reads true as stage 1, a deprecated form)',
+    )
     stage = _block(config, "zero_optimization").get("stage", 0)
     # An integer: 2.0 and true compare equal to 2 and 1, and DeepSpeed runs them as those stages, while the
     # trainer's plan (zero_stage_of) read 2.0 as stage 0 and stopped only after the engine had started.
@@ -182,6 +191,25 @@ def check_ds_config(
         json_sp,
         f"sequence parallelism is set in the YAML: train.sequence_parallel_size (now {sequence_parallel}); "
         "remove the key from the JSON, or set the same value in the YAML",
+    )
+    # The layers are split by the YAML's sizes; the JSON's own, where they differ, were ignored without a word
+    # (pipeline.stages: a run meant for 2 stages trained on 1) or split the model again (DeepSpeed's AutoTP,
+    # tensor_parallel.autotp_size > 1: an AssertionError traceback inside deepspeed.initialize).
+    autotp = _block(config, "tensor_parallel").get("autotp_size", 0)
+    p.check(
+        autotp in (0, 1) and not isinstance(autotp, bool),
+        "tensor_parallel.autotp_size",
+        autotp,
+        f"tensor parallelism is set in the YAML: train.tensor_parallel_size (now {tensor_parallel}), and the "
+        "trainer splits the layers itself; remove the key from the JSON",
+    )
+    stages = _block(config, "pipeline").get("stages", "auto")
+    p.check(
+        stages == "auto" or (stages == pipeline_parallel and isinstance(stages, int) and not isinstance(stages, bool)),
+        "pipeline.stages",
+        stages,
+        f"pipeline stages are set in the YAML: train.pipeline_parallel_size (now {pipeline_parallel}); remove the "
+        "key from the JSON, or set the same value in the YAML",
     )
     # Two checkpoint switches that break the trainer's checkpoints, refused at every start (a fresh run with
     # them trains and saves, and fails only when it first resumes):

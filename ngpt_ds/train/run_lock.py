@@ -8,8 +8,9 @@ that still names a holder while the lock is free was left by a process that died
 with a message.
 
 `acquire` is also the trainer's first write into --out, so it first refuses an --out the run would
-damage (`check_out_folder`): a checkpoint folder, or a folder of someone else's files under the names
-the trainer replaces (config.yaml, summary.json) or truncates (metrics.jsonl).
+damage or lose its work in (`check_out_folder`): a checkpoint folder, another run's checkpoints/, a prepared
+dataset, or a folder of someone else's files under the names the trainer replaces (config.yaml,
+summary.json) or truncates (metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from pathlib import Path
 import torch.distributed as dist
 import yaml
 
+from ngpt_ds.data.shards import META_FILE as DATASET_META
+from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.manifest import COMPLETE
 
 LOCK_FILE = "train.lock"
@@ -59,11 +63,33 @@ def _checkpoint_holding(folder: Path) -> Path | None:
     return None
 
 
+def _checkpoints_folder_holding(folder: Path) -> Path | None:
+    """`folder` or the folder above it that is a run's checkpoints/ (named so, in a run folder or holding
+    a complete step_N or DeepSpeed's `latest`), else None."""
+    for candidate in (folder, *folder.parents):
+        if candidate.name == CHECKPOINTS and (
+            (candidate.parent / LOCK_FILE).exists()
+            or (candidate / "latest").is_file()
+            or any(candidate.glob(f"step_*/{COMPLETE}"))
+        ):
+            return candidate
+    return None
+
+
+def _dataset_holding(folder: Path) -> Path | None:
+    """`folder` or the folder above it that is a prepared dataset (launch/prepare_data.py writes its
+    meta.json and tokenizer.model), else None."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / DATASET_META).is_file() and (candidate / DATASET_TOKENIZER).is_file():
+            return candidate
+    return None
+
+
 def check_out_folder(out_dir: Path) -> None:
     """Raise NgptConfigError for an --out the run would damage: inside a checkpoint (its config.yaml
-    rewritten and new files added, it would fail its manifest), a user's config.yaml, or a folder that
-    is not a run folder (no train.lock, run config.yaml or checkpoint) holding a file under a name a
-    run replaces or truncates."""
+    rewritten and new files added, it would fail its manifest), inside another run's checkpoints/ or a
+    prepared dataset, a user's config.yaml, or a folder that is not a run folder (no train.lock, run
+    config.yaml or checkpoint) holding a file under a name a run replaces or truncates."""
     real = out_dir.expanduser().resolve()
     checkpoint = _checkpoint_holding(real)
     if checkpoint is not None:
@@ -71,6 +97,26 @@ def check_out_folder(out_dir: Path) -> None:
             f"--out {out_dir} is inside the checkpoint {checkpoint}: a run there would rewrite its config.yaml "
             "and add files, and the checkpoint would then fail its manifest. --out is the run folder: pass "
             f"the run's own folder (or a new one) as --out, and --resume {checkpoint} to resume from it"
+        )
+    # A run started in another run's checkpoints/ trained from scratch among that run's checkpoints (where
+    # `--resume` or the run folder was meant), and went with them when they were copied or deleted.
+    checkpoints = _checkpoints_folder_holding(real)
+    if checkpoints is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} {'is' if checkpoints == real else 'is inside'} {checkpoints}, the checkpoints folder "
+            f"of the run {checkpoints.parent}: "
+            f"a run there would start from scratch among that run's checkpoints. --out is the run folder: pass "
+            f"--out {checkpoints.parent} to continue that run, --resume {checkpoints}/step_N to start from one of "
+            "its checkpoints, or a new folder outside it"
+        )
+    # In a dataset folder, the run's checkpoints and logs were deleted with the dataset by the next
+    # `launch/prepare_data.py --out <it> --overwrite`.
+    dataset = _dataset_holding(real)
+    if dataset is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} {'is' if dataset == real else 'is inside'} the prepared dataset {dataset} "
+            f"({DATASET_META}, {DATASET_TOKENIZER}): the run's checkpoints and logs there would be deleted with "
+            f"the dataset when it is prepared again with --overwrite. Choose an --out outside {dataset}"
         )
     if not real.is_dir():
         return
