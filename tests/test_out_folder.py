@@ -154,3 +154,21 @@ def test_the_dry_run_refuses_the_out_folders_the_run_refuses(tmp_path, tiny_data
     options.out = str(tmp_path / "run")
     assert dry_run(options).endswith(f"resume: none; a new run in {tmp_path / 'run'}")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_out_through_a_link_to_nothing_is_named_as_such(tmp_path):
+    """Fault: --out a symbolic link whose target does not exist (a moved or unmounted run folder) was refused
+    as '--out ... is not writable (File exists)', which names neither the link nor the fix."""
+    from ngpt_ds.train import preflight
+
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted")
+    for out in (tmp_path / "runs", tmp_path / "runs" / "a"):
+        with pytest.raises(NgptConfigError) as refused:
+            preflight.check_writable(out)
+        assert str(refused.value) == (
+            f"--out {out}: {tmp_path / 'runs'} is a symbolic link to {tmp_path / 'unmounted'}, which does not "
+            "exist; create that folder, or choose another --out"
+        )
+    (tmp_path / "unmounted").mkdir()
+    preflight.check_writable(tmp_path / "runs" / "a")
+    assert not (tmp_path / "unmounted" / "a").exists()

@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides train.max_steps)")
     parser.add_argument(
-        "--out", metavar="DIR", help="checkpoints, TensorBoard logs and the resolved config (default: runs/<preset>)"
+        "--out",
+        metavar="DIR",
+        help="checkpoints, TensorBoard logs and the resolved config (default: runs/<name of the preset or YAML file>)",
     )
     parser.add_argument(
         "--resume",

@@ -45,6 +45,14 @@ from ngpt_ds.train.ds_config import precision_of
 def check_writable(out_dir: Path) -> None:
     """--out, or the nearest folder above it that exists, must accept a new file."""
     existing = Path(out_dir)
+    # A link to nothing on the way does not exist, so the walk passed above it, and creating --out later
+    # failed with 'not writable (File exists)'.
+    for link in (existing, *existing.parents):
+        if link.is_symlink() and not link.exists():
+            raise NgptConfigError(
+                f"--out {out_dir}: {link} is a symbolic link to {os.readlink(link)}, which does not exist; create "
+                "that folder, or choose another --out"
+            )
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
