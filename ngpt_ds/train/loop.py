@@ -130,6 +130,7 @@ class Trainer:
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
         self.said_mfu_above_peak = False
         self.resumed_from = prepared.resume_from
+        self.newest_checkpoint: Path | None = prepared.resume_from
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
         self.stop = StopRequest(
             options.max_time_s, grace_s=self.run.train.stop_grace_s, watch_launcher=prepared.dist_env.source != "single"
@@ -290,8 +291,7 @@ class Trainer:
                 raise TrainingDiverged(
                     f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
                     f"Hints: lower train.lr (now {train.lr:g}){precision_hint}, check the data. "
-                    f"Checkpoints up to step {self.step} are intact in {self.out_dir / 'checkpoints'} "
-                    "(--resume auto continues from the newest)"
+                    + self._checkpoints_left(self.step)
                 )
             if sphere_broken:
                 self._sphere_diverged(self.step + 1)
@@ -327,7 +327,7 @@ class Trainer:
                 break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
                 with self.stop.saving():  # timed: the estimate for a stop's save within its grace
-                    last_checkpoint = self.save()
+                    last_checkpoint = self.newest_checkpoint = self.save()
             if stop:
                 status = "stopped"
                 self._say(
@@ -348,9 +348,22 @@ class Trainer:
         raise TrainingDiverged(
             f"the fp32 master weights of sphere matrix {names} became non-finite (a norm is nan or inf) at step "
             f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
-            f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. Checkpoints up to "
-            f"step {step - 1} are intact in {self.out_dir / 'checkpoints'} "
-            "(--resume auto continues from the newest)"
+            f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. "
+            + self._checkpoints_left(step - 1)
+        )
+
+    def _checkpoints_left(self, step: int) -> str:
+        """What a divergence leaves to resume from. With no checkpoint yet (a fresh run before its first
+        save), the rerun starts from step 0: saying 'Checkpoints up to step N are intact' then sent the
+        operator looking for a folder that did not exist."""
+        if self.newest_checkpoint is None:
+            return (
+                f"No checkpoint was saved yet (train.checkpoint_interval {self.run.train.checkpoint_interval}): "
+                "running the same command again starts from step 0"
+            )
+        return (
+            f"Checkpoints up to step {step} are intact in {self.out_dir / 'checkpoints'} "
+            f"(--resume auto continues from the newest, {self.newest_checkpoint.name})"
         )
 
     def _log(self, loss: float, step_time: float) -> None:
