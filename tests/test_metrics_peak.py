@@ -11,13 +11,27 @@ from ngpt_ds.train import metrics
 from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
 
+class _Accelerator:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def device_name(self, device_index=None) -> str:
+        return self.name
+
+
 @pytest.fixture
 def gpu(monkeypatch):
-    """torch.cuda reports one GPU of the given name; nothing else of CUDA is used by the code tested."""
+    """torch.cuda reports one GPU of the given name, and DeepSpeed's accelerator is `accelerator` ("cuda": the
+    run trains on it; "cpu": DS_ACCELERATOR=cpu on that machine). Nothing else of CUDA is used by the code
+    tested."""
+    import deepspeed.accelerator
 
-    def named(name: str) -> None:
+    def named(name: str, accelerator: str = "cuda") -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 0)
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+        monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: _Accelerator(accelerator))
 
     return named
 
@@ -48,6 +62,19 @@ def test_an_unknown_gpu_asks_for_the_peak(gpu):
     assert flops != flops  # nan
     assert source == "unknown GPU NVIDIA Imaginary X1: set train.peak_tflops"
     assert metrics.peak_flops_per_device(123.0, torch.float32) == (123e12, "train.peak_tflops")
+
+
+def test_cpu_training_on_a_gpu_machine_measures_the_cpu(gpu):
+    """Fault: with DS_ACCELERATOR=cpu on a machine with a GPU (the ranks train on the CPU), MFU was divided by
+    the GPU's data-sheet peak (989 TFLOP/s for bf16 on an H100) and the memory metrics were the idle GPU's."""
+    gpu("NVIDIA H100 80GB HBM3", accelerator="cpu")
+    flops, source = metrics.peak_flops_per_device(None, torch.bfloat16)
+    assert source == "measured dense matmul on this CPU"
+    assert 0 < flops < 50e12  # this CPU's bf16 matmul, far below any data-sheet GPU peak
+    assert set(metrics.memory_metrics()) == {"memory/rss_gib"}
+    gpu("NVIDIA H100 80GB HBM3", accelerator="cuda")
+    assert metrics.peak_flops_per_device(None, torch.bfloat16)[0] == 989e12
+    assert set(metrics.memory_metrics()) == {"memory/max_allocated_gib", "memory/reserved_gib"}
 
 
 def test_an_mfu_above_100_percent_is_called_out_once_with_the_fix(tmp_path, tiny_dataset):

@@ -183,7 +183,7 @@ def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -
     """(peak FLOP/s of one device in the run's `dtype`, how it was obtained)."""
     if configured_tflops is not None:
         return configured_tflops * 1e12, "train.peak_tflops"
-    if torch.cuda.is_available():
+    if _trains_on_cuda():
         name = torch.cuda.get_device_name()
         fp32 = dtype == torch.float32
         table = KNOWN_FP32_PEAK_TFLOPS if fp32 else KNOWN_PEAK_TFLOPS
@@ -211,9 +211,18 @@ def measure_matmul_flops(
     return 2 * size**3 * n / (clock() - start)
 
 
+def _trains_on_cuda() -> bool:
+    """Whether the run trains on a CUDA GPU: DeepSpeed's accelerator says, not torch.cuda.is_available(). With
+    DS_ACCELERATOR=cpu on a machine with GPUs the ranks train on the CPU, and MFU was divided by the GPU's data
+    sheet peak (0.0x% on an H100) and the memory metrics read the unused GPU's (0 GiB)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cuda" and torch.cuda.is_available()
+
+
 def memory_metrics() -> dict[str, float]:
     gib = 1024**3
-    if torch.cuda.is_available():
+    if _trains_on_cuda():
         return {
             "memory/max_allocated_gib": torch.cuda.max_memory_allocated() / gib,
             "memory/reserved_gib": torch.cuda.memory_reserved() / gib,
