@@ -216,3 +216,22 @@ def test_tensor_and_pipeline_sizes_in_the_json_that_contradict_the_yaml_are_refu
         bf16_supported=True,
     )
     assert plan.data_parallel == 1
+
+
+def test_deepspeeds_activation_checkpointing_block_is_refused_for_the_yamls():
+    """Fault: an `"activation_checkpointing": {"partition_activations": true, "cpu_checkpointing": true}` block
+    (common in DeepSpeed configs) trained without a word and without either: the model checkpoints with
+    torch.utils.checkpoint as train.activation_checkpointing says, never through deepspeed.checkpointing."""
+    with pytest.raises(NgptConfigError) as err:
+        check(
+            {
+                "train_micro_batch_size_per_gpu": 4,
+                "activation_checkpointing": {"partition_activations": True, "cpu_checkpointing": True},
+            }
+        )
+    assert str(err.value) == (
+        "DeepSpeed config x.json: 1 problem\n  - activation_checkpointing = '{...}': remove it: activation "
+        "checkpointing is set in the YAML train section (train.activation_checkpointing: none, blocks or "
+        "{every_k: K}); DeepSpeed's block applies only to models that call deepspeed.checkpointing, which ngpt_ds "
+        "does not"
+    )

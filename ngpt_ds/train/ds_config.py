@@ -120,6 +120,17 @@ def check_ds_config(
                 "remove it: the optimizer and LR schedule are set in the YAML train section "
                 "(lr, min_lr, warmup_steps, weight_decay, betas)",
             )
+    # DeepSpeed's block configures deepspeed.checkpointing, which the model never calls (it checkpoints with
+    # torch.utils.checkpoint, as train.activation_checkpointing says): partition_activations, cpu_checkpointing
+    # and the rest were ignored without a word, and the memory they promise never saved.
+    if "activation_checkpointing" in config:
+        p.add(
+            "activation_checkpointing",
+            "{...}",
+            "remove it: activation checkpointing is set in the YAML train section (train.activation_checkpointing: "
+            "none, blocks or {every_k: K}); DeepSpeed's block applies only to models that call "
+            "deepspeed.checkpointing, which ngpt_ds does not",
+        )
     # DeepSpeed still reads the deprecated `"zero_optimization": true` as stage 1, while the trainer planned
     # stage 0 from it: the run stopped only once the engine had started (check_engine_agrees).
     zero = config.get("zero_optimization")
@@ -243,7 +254,7 @@ def check_ds_config(
             "must be a positive integer",
         )
     flagged = {item.split(" = ")[0].split(".")[0] for item in p.items}
-    ds_schema.check_blocks(config, p, skip=flagged | {"optimizer", "scheduler"})
+    ds_schema.check_blocks(config, p, skip=flagged | {"optimizer", "scheduler", "activation_checkpointing"})
     p.raise_if_any()
     if dp is None:
         raise NgptConfigError(
