@@ -123,14 +123,15 @@ class Trainer:
         if prepared.resume_from is not None:
             self._resume(prepared.resume_from)
 
+        self.newest_checkpoint: Path | None = prepared.resume_from
         self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main, resume_step=self.step)
-        self.metrics.stop_if_unwritten(self.device)  # metrics.jsonl cut back to the resumed step, or not
+        # metrics.jsonl cut back to the resumed step, or not
+        self.metrics.stop_if_unwritten(self.device, self._checkpoints_left(self.step))
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
         self.said_mfu_above_peak = False
         self.resumed_from = prepared.resume_from
-        self.newest_checkpoint: Path | None = prepared.resume_from
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
         self.stop = StopRequest(
             options.max_time_s, grace_s=self.run.train.stop_grace_s, watch_launcher=prepared.dist_env.source != "single"
@@ -315,7 +316,7 @@ class Trainer:
                     f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})"
                 )
             if logged or evaluated:  # before the save: no checkpoint of a step metrics.jsonl lacks
-                self.metrics.stop_if_unwritten(self.device)
+                self.metrics.stop_if_unwritten(self.device, self._checkpoints_left(self.step - 1))
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
                 status = "stopped-unsaved"
                 self._say(
@@ -436,14 +437,7 @@ class Trainer:
             except OSError as err:  # the last save can fill the disk: its free-space check allows that
                 file, reason = write_failure(err, path)
                 problem = f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason})"
-        newest = f"; the newest is {last_checkpoint}" if last_checkpoint is not None else ""
-        stop_all_if_unwritten(  # collective: rank 0's error reaches every rank
-            problem,
-            self.device,
-            f"The checkpoints in {self.out_dir / 'checkpoints'} are intact{newest}. Free space on the filesystem "
-            f"of {self.out_dir} and run the same command again: it resumes from the newest checkpoint, or, with "
-            "nothing left to train, writes the finished summary",
-        )
+        stop_all_if_unwritten(problem, self.device, self._checkpoints_left(self.step))  # reaches every rank
         return summary
 
 

@@ -41,18 +41,19 @@ class RecordWriteError(CheckpointWriteError):
     (`stop_all_if_unwritten`), and launch/train.py exits 74 as for a checkpoint that cannot be written."""
 
 
-def stop_all_if_unwritten(problem: str | None, device: torch.device | str, advice: str) -> None:
-    """Collective, on every rank at the same point: raise RecordWriteError(`problem` and `advice`) on
-    every rank when rank 0 (the only rank that writes the records) has a problem. One all-reduce of a
-    flag; rank 0's message travels only then. An error on rank 0 alone left the other ranks in their
-    next collective (gloo: 'Connection closed by peer'; NCCL: until train.dist_timeout_s)."""
+def stop_all_if_unwritten(problem: str | None, device: torch.device | str, checkpoints_left: str) -> None:
+    """Collective, on every rank at the same point: raise RecordWriteError on every rank when rank 0 (the
+    only rank that writes the records) has a problem: `problem`, `checkpoints_left` (what a rerun starts
+    from), and the fix. One all-reduce of a flag; rank 0's message travels only then. An error on rank 0
+    alone left the other ranks in their next collective (gloo: 'Connection closed by peer'; NCCL: until
+    train.dist_timeout_s)."""
     failed = torch.tensor([float(problem is not None)], device=device)
     all_reduce_on(failed, device)
     if failed.item() == 0:
         return
     message: list[str | None] = [problem]
     dist.broadcast_object_list(message, src=0)
-    raise RecordWriteError(f"{message[0]}. {advice}")
+    raise RecordWriteError(f"{message[0]}. Free space on its filesystem (or fix the disk). {checkpoints_left}")
 
 
 def write_failure(err: OSError, path: Path | str) -> tuple[str, str]:
@@ -108,16 +109,10 @@ class MetricsLogger:
         file, reason = write_failure(err, f"{self.jsonl} or {self.out_dir / 'tensorboard'}")
         return f"the metrics {what} {step} could not be written to {file} ({reason})"
 
-    def stop_if_unwritten(self, device: torch.device | str) -> None:
+    def stop_if_unwritten(self, device: torch.device | str, checkpoints_left: str) -> None:
         """Collective, on every rank at the same points: every rank raises RecordWriteError when rank 0
-        could not write its metrics."""
-        stop_all_if_unwritten(
-            self.problem,
-            device,
-            f"Nothing was saved after the last checkpoint; the checkpoints in {self.out_dir / 'checkpoints'} are "
-            f"intact. Free space on the filesystem of {self.out_dir} and run the same command again: it resumes "
-            "from the newest checkpoint and logs the steps after it again",
-        )
+        could not write its metrics (`stop_all_if_unwritten`)."""
+        stop_all_if_unwritten(self.problem, device, checkpoints_left)
 
     def close(self) -> None:
         if self.writer is not None:
