@@ -172,3 +172,19 @@ def test_an_out_through_a_link_to_nothing_is_named_as_such(tmp_path):
     (tmp_path / "unmounted").mkdir()
     preflight.check_writable(tmp_path / "runs" / "a")
     assert not (tmp_path / "unmounted" / "a").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--data", "--config", "--resume"])
+def test_an_empty_path_option_is_refused_not_taken_as_left_out(option, capsys):
+    """Fault: `--out "$RUN_DIR"` with the variable unset gave --out '', which the trainer took as no --out: the
+    run went into runs/<preset>, resuming and extending whatever run was there; an empty --data trained on
+    the default corpus, an empty --config the ngpt_tiny preset."""
+    from ngpt_ds.cli.train import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--deepspeed_config", "z2.json", option, ""])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith(
+        f": error: argument {option}: empty (an unset shell variable?); give a value, or leave the option out"
+    ), last

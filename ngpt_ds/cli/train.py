@@ -45,6 +45,15 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _given(text: str) -> str:
+    """--config, --data, --out, --resume: not empty. An empty value (`--out "$RUN_DIR"` with the variable
+    unset) was taken as the option left out: the run trained the default preset on the default corpus,
+    or resumed and extended whatever run was in runs/<preset>."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty (an unset shell variable?); give a value, or leave the option out")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import deepspeed
 
@@ -59,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--config",
         metavar="PRESET_OR_YAML",
+        type=_given,
         help=f"model + training preset ({', '.join(preset_names())}) or a YAML file "
         "with model: and train: sections (default: <model>_tiny)",
     )
@@ -70,17 +80,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data",
         metavar="DIR",
+        type=_given,
         help="a dataset prepared by launch/prepare_data.py (default: the default corpus, prepared on first use)",
     )
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides train.max_steps)")
     parser.add_argument(
         "--out",
         metavar="DIR",
+        type=_given,
         help="checkpoints, TensorBoard logs and the resolved config (default: runs/<name of the preset or YAML file>)",
     )
     parser.add_argument(
         "--resume",
         default="auto",
+        type=_given,
         metavar="{auto,none,PATH}",
         help="auto: continue from the newest complete checkpoint in --out (default); "
         "none: start fresh; PATH: a checkpoint directory or run directory",
