@@ -42,6 +42,7 @@ import contextlib
 import io
 import os
 import re
+import reprlib
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,10 +73,17 @@ def model_parallel_ranks(checkpoint: Path) -> int:
     return max(1, len(ranks))
 
 
-def zero_stage_of(ds_config: dict[str, Any] | None) -> int:
-    """zero_optimization.stage of a DeepSpeed config dict (0 when absent)."""
+def zero_stage_of(ds_config: dict[str, Any] | None, source: str = "the saved DeepSpeed config") -> int:
+    """zero_optimization.stage of a DeepSpeed config dict (0 when absent). Anything but 0-3 is an
+    NgptConfigError naming `source` (the trainer checks the stage before it saves a config)."""
     zero = (ds_config or {}).get("zero_optimization") or {}
-    return int(zero.get("stage", 0)) if isinstance(zero, dict) else 0
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
+    if isinstance(stage, bool) or not isinstance(stage, (int, float)) or stage not in (0, 1, 2, 3):
+        raise NgptConfigError(
+            f"{source}: zero_optimization.stage = {reprlib.repr(stage)[:80]} is not a ZeRO stage (0, 1, 2 or 3); "
+            "the file was not written by the ngpt_ds trainer or was altered"
+        )
+    return int(stage)
 
 
 def saved_zero_stage(checkpoint: Path) -> int:
@@ -125,7 +133,7 @@ def saved_layout(checkpoint: Path) -> SavedLayout:
     if stage != 0 and isinstance(ds_config, dict):
         # The config decides: at ZeRO 0 DeepSpeed's BF16_Optimizer (bf16 pipeline stages) writes
         # optimizer shards too, which the file names alone would read as ZeRO 1.
-        stage = zero_stage_of(ds_config)
+        stage = zero_stage_of(ds_config, f"{model_states_file(checkpoint, stage)} (ds_config)")
     model_parallel = int(states.get("mp_world_size") or model_parallel_ranks(checkpoint))
     # A pipeline checkpoint (one file per layer) counts its stages as model-parallel ranks; ngpt_ds never
     # combines pipeline and tensor parallelism (ngpt_ds.parallel.pipeline).

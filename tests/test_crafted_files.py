@@ -96,3 +96,51 @@ def test_the_folder_probes_read_a_crafted_file_as_not_theirs(payload, tmp_path):
     (tmp_path / "config.yaml").write_text(PAYLOADS["yaml"][payload], encoding="utf-8")
     assert _is_export_folder(tmp_path) is False
     assert _config_sections(tmp_path / "config.yaml") is None
+
+
+def _aliases(levels: int) -> str:
+    """YAML anchors nesting 9**levels items in `levels` lines: `*a<levels>` names the whole tree."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+CHECKPOINT_FIELDS = {
+    "data_dir a list": ("data_dir: [1, 2]", r"data_dir = \[1, 2\] must be a folder path"),
+    "data_dir aliases": ("data_dir: *a7", r"data_dir = \[\[\[\[\[\[.* must be a folder path"),
+    "model field aliases": (
+        "model: {vocab_size: 512, n_layer: *a7}",
+        r"model\.n_layer = \[\[\[\[\[\[.* must be a number",
+    ),
+    "stage a list": ("deepspeed: {zero_optimization: {stage: [x]}}", r"zero_optimization\.stage = \['x'\] is not"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_FIELDS))
+def test_a_crafted_checkpoint_config_field_is_an_error_naming_it(case, tmp_path, tiny_dataset):
+    """Fault: config.yaml fields the loaders read besides the model (data_dir, the DeepSpeed stage) were
+    used as they came: a list stopped generate, evaluate and export with a TypeError traceback. And a value
+    the error message shows was shown whole: YAML aliases nest 9^7 items in 8 lines (9^9 in 10 made a
+    message of gigabytes, minutes before it printed). The message names the file and shows the value abridged."""
+    from ngpt_ds.infer import load
+
+    field, expected = CHECKPOINT_FIELDS[case]
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000002"
+    checkpoint.mkdir(parents=True)
+    base = {"model": "model: {vocab_size: 512}", "data_dir": f"data_dir: {tiny_dataset}", "deepspeed": ""}
+    base[field.split(":")[0]] = field
+    (checkpoint / "config.yaml").write_text(_aliases(7) + "\n".join(base.values()) + "\n", encoding="utf-8")
+    (checkpoint / "COMPLETE").write_text("step 2\n", encoding="utf-8")  # an older trainer's marker: no manifest
+    with pytest.raises(NgptConfigError, match=expected) as caught:
+        load(checkpoint, device="cpu")
+    assert str(checkpoint / "config.yaml") in str(caught.value) and len(str(caught.value)) < 1000
+
+
+def test_an_export_recording_no_evaluation_batches_is_evaluated_with_the_default_windows():
+    """Fault: evaluate divided by the micro-batch an export's config.json records (training.eval), so an
+    altered one holding 0 stopped `ngpt-evaluate` with ZeroDivisionError; it now counts as not recorded."""
+    from ngpt_ds.infer.evaluate import trainer_eval_windows
+
+    for micro in (0, -4, "inf", None):
+        assert trainer_eval_windows({"eval": {"batches": 2, "micro_batch": micro, "data_parallel": 1}}, 100) is None
+    assert trainer_eval_windows({"eval": {"batches": 2, "micro_batch": 4, "data_parallel": 2}}, 100) == 16

@@ -47,7 +47,9 @@ def trainer_eval_windows(info: dict[str, Any], available: int) -> int | None:
     ev = info.get("eval") or {}
     try:
         batches, micro, dp = int(ev["batches"]), int(ev["micro_batch"]), int(ev["data_parallel"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    if min(batches, micro, dp) < 1:  # not what a trainer records (an altered export's config.json)
         return None
     per_batch = micro * dp
     return min(batches, available // per_batch) * per_batch

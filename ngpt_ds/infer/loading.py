@@ -23,6 +23,7 @@ nGPT's sphere matrices are unit norm along their declared dims.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,24 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
         raise NgptConfigError(f"{config_path}: not valid YAML ({err})") from None
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
         raise NgptConfigError(f"{config_path}: expected the trainer's resolved config with a 'model:' section")
+    # The fields read here besides `model` (validated by ModelConfig) have the types the trainer writes; a
+    # crafted or hand-edited file is named, not a TypeError deep in a reader.
+    for name, kinds, what in (
+        ("data_dir", (str, type(None)), "a folder path"),
+        ("tokenizer_sha256", (str, type(None)), "a sha256 hex digest"),
+        ("train", (dict, type(None)), "a mapping"),
+        ("deepspeed", (dict, type(None)), "a mapping"),
+    ):
+        if not isinstance(run.get(name), kinds):
+            raise NgptConfigError(
+                f"{config_path}: {name} = {reprlib.repr(run.get(name))[:80]} must be {what}; the file was not "
+                "written by the ngpt_ds trainer or was altered"
+            )
     return run
 
 
-def _zero_stage(run: dict[str, Any]) -> int:
-    return deepspeed_files.zero_stage_of(run.get("deepspeed"))
+def _zero_stage(run: dict[str, Any], checkpoint: Path) -> int:
+    return deepspeed_files.zero_stage_of(run.get("deepspeed"), f"{checkpoint / 'config.yaml'} (deepspeed section)")
 
 
 def _sequence_parallel(run: dict[str, Any]) -> int:
@@ -209,7 +223,7 @@ def read_checkpoint_weights(
     from ngpt_ds.parallel import merge_tensor_parallel
     from ngpt_ds.train.optim import parameter_groups
 
-    stage = _zero_stage(run)
+    stage = _zero_stage(run, checkpoint)
     names = {id(p): n for n, p in full_model.named_parameters()}
     group_names = [[names[id(p)] for p in g["params"]] for g in parameter_groups(full_model, 0.0)]
     saved = deepspeed_files.read_weights(
@@ -374,7 +388,18 @@ def _finish(
 
 
 def _model_config(values: Any, source: str) -> ModelConfig:
-    config = ModelConfig.from_dict(dict(values or {}), source=source)
+    # Every model field is a number, a string or null. A list or mapping is refused here, shown abridged:
+    # YAML aliases let a few lines nest 10^9 items, which ModelConfig's message would print whole.
+    if not isinstance(values, dict):
+        raise NgptConfigError(f"{source}: model = {reprlib.repr(values)[:80]} must be a mapping of the model's fields")
+    nested = {k: v for k, v in values.items() if isinstance(v, (list, tuple, dict, set))}
+    if nested:
+        name, value = next(iter(nested.items()))
+        raise NgptConfigError(
+            f"{source}: model.{name} = {reprlib.repr(value)[:80]} must be a number or a string; the file was "
+            "not written by the ngpt_ds trainer or was altered"
+        )
+    config = ModelConfig.from_dict(dict(values), source=source)
     if config.vocab_size is None:
         raise NgptConfigError(f"{source}: model.vocab_size is not set; the file was not written by the trainer")
     return config
