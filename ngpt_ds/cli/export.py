@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tokenizer",
         metavar="FILE",
         help="the sentencepiece .model of the training data, when the run's data_dir is not on this "
-        "machine (checked against the model's vocabulary)",
+        "machine (checked against the model's vocabulary and the tokenizer hash the checkpoint records)",
     )
     parser.add_argument(
         "--format",
