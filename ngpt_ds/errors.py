@@ -67,7 +67,11 @@ class Problems:
             if expected is not None and not _has_type(value, expected):
                 hint = ""
                 if isinstance(value, str) and _has_type(1.0, expected) and _is_number(value):
-                    hint = f" (YAML reads {value} as text; write it with a dot, e.g. {float(value)!r})"
+                    hint = (
+                        f" (YAML reads {value} as text; write it with a dot, e.g. {float(value)!r})"
+                        if _unquoted_yaml_text(value)
+                        else " (a quoted number is text in YAML: remove the quotes)"
+                    )
                 self.add(f"{section}.{f.name}", value, f"must be {_describe(expected)}{hint}")
             elif isinstance(value, float) and not math.isfinite(value):
                 # YAML's .inf, .nan and 1.0e+999 are floats, and `> 0` passes inf: rope_base: .inf rotated one
@@ -101,6 +105,17 @@ def _has_type(value: object, expected: typing.Any) -> bool:
             and all(_has_type(v, a) for v, a in zip(value, args))
         )
     return isinstance(value, expected) if isinstance(expected, type) else True
+
+
+def _unquoted_yaml_text(text: str) -> bool:
+    """Whether YAML reads `text`, written without quotes, as text (1e-3: YAML 1.1's floats need a dot); if
+    not, the value was quoted ('0.01'), and the advice to add a dot would be wrong."""
+    import yaml
+
+    try:
+        return isinstance(yaml.safe_load(text), str)
+    except yaml.YAMLError:
+        return True
 
 
 def _is_number(text: str) -> bool:

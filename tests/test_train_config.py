@@ -95,6 +95,19 @@ def test_train_section_defaults_by_arch_and_errors(tmp_path):
     assert "train.max_steps = 0" in str(err.value) and "train.lr = -1" in str(err.value)
 
 
+def test_a_number_written_as_text_gets_the_hint_that_fits_how_it_was_written(tmp_path):
+    """Fault: a quoted `lr: '0.01'` got "YAML reads 0.01 as text; write it with a dot, e.g. 0.01", advice that
+    changes nothing; only an unquoted 1e-3 (YAML 1.1 floats need a dot) is fixed by a dot."""
+    path = tmp_path / "x.yaml"
+    path.write_text("model: {n_layer: 2}\ntrain: {lr: '0.01', min_lr: 1e-5}\n")
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert "train.lr = '0.01': must be a number (a quoted number is text in YAML: remove the quotes)" in str(err.value)
+    assert "train.min_lr = '1e-5': must be a number (YAML reads 1e-5 as text; write it with a dot, e.g. 1e-05)" in str(
+        err.value
+    )
+
+
 def official_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
     """The official code's get_lr (nanoGPT's), restated for the comparison."""
     if it < warmup_iters:
