@@ -4,6 +4,7 @@ rolling loglikelihood and generate_until. Every value lm-eval records is recompu
 model directly."""
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -51,10 +52,16 @@ metric_list: [{{metric: exact_match}}]
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lm_eval_samples(exported, tmp_path_factory):  # noqa: F811
-    """Run `python -m ngpt_ds.infer.lm_eval_cli --model ngpt_ds ...` on the three local tasks; task -> samples."""
-    tmp = tmp_path_factory.mktemp("lm_eval")
+    """Run `python -m ngpt_ds.infer.lm_eval_cli --model ngpt_ds ...` on the three local tasks; (task -> samples,
+    results). Cached on disk for the session: test_hf_lm_eval imports this fixture, and pytest keeps one copy
+    of a fixture per importing module, so the run (about 20 s) was made twice."""
+    tmp = tmp_path_factory.getbasetemp() / "lm_eval_adapter"
+    if (tmp / "DONE").is_file():
+        return _read_lm_eval_output(tmp / "results")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     tasks = tmp / "tasks"
     tasks.mkdir()
     (tasks / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in MC_DOCS))
@@ -88,6 +95,11 @@ def lm_eval_samples(exported, tmp_path_factory):  # noqa: F811
         env=env,
     )
     assert "ngpt_test_mc" in proc.stdout and "acc" in proc.stdout  # lm-eval's results table
+    (tmp / "DONE").write_text("ok")
+    return _read_lm_eval_output(out)
+
+
+def _read_lm_eval_output(out):
     samples = {}
     for name in TASKS:
         (path,) = out.glob(f"*/samples_{name}_*.jsonl")
