@@ -144,3 +144,27 @@ def test_an_export_recording_no_evaluation_batches_is_evaluated_with_the_default
     for micro in (0, -4, "inf", None):
         assert trainer_eval_windows({"eval": {"batches": 2, "micro_batch": micro, "data_parallel": 1}}, 100) is None
     assert trainer_eval_windows({"eval": {"batches": 2, "micro_batch": 4, "data_parallel": 2}}, 100) == 16
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ({"training": [1, 2]}, r"training = \[1, 2\] must be a mapping"),
+        ({"training": {"data_dir": [1]}}, r"training\.data_dir = \[1\] must be a folder path"),
+        ({"tokenizer": [3]}, r"tokenizer = \[3\] must be a mapping"),
+        ({"tokenizer": {"sha256": 5}}, r"tokenizer\.sha256 = 5 must be a sha256"),
+    ],
+)
+def test_a_crafted_export_config_section_is_an_error_naming_it(section, expected, tmp_path):
+    """Fault: an export's config.json sections besides the model were used as they came: a `training` list
+    stopped generate and evaluate with a TypeError traceback (dict() of it), a `training.data_dir` list
+    stopped evaluate with one, and a `tokenizer` list with an AttributeError."""
+    import json
+
+    from ngpt_ds.infer.loading import EXPORT_FORMAT, EXPORT_VERSION, read_export_config
+
+    config = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "model": {"vocab_size": 512}, **section}
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(NgptConfigError, match=expected) as caught:
+        read_export_config(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)

@@ -452,6 +452,22 @@ def read_export_config(folder: Path) -> dict[str, Any]:
             f"{path}: format_version {config.get('format_version')!r} is not supported by this "
             f"ngpt_ds (it reads version {EXPORT_VERSION}); export the checkpoint again"
         )
+    # The sections read besides `model` (validated by ModelConfig), as the export writes them.
+    for section, key, what in (
+        ("tokenizer", "sha256", "a sha256 hex digest"),
+        ("training", "data_dir", "a folder path"),
+    ):
+        found = config.get(section)
+        bad = None
+        if not isinstance(found, (dict, type(None))):
+            bad = (section, found, "a mapping")
+        elif not isinstance(value := (found or {}).get(key), (str, type(None))):
+            bad = (f"{section}.{key}", value, what)
+        if bad is not None:
+            raise NgptConfigError(
+                f"{path}: {bad[0]} = {reprlib.repr(bad[1])[:80]} must be {bad[2]}; the file was not written by "
+                "launch/export.py or was altered. Export the checkpoint again"
+            )
     return config
 
 
