@@ -47,3 +47,52 @@ def test_cpu_ranks_on_a_one_gpu_machine_start_and_split_the_cores():
             "cpu_count": os.cpu_count(),
             "gathered": [0, 1],
         }
+
+
+BOUND_TO_ONE_GPU = """
+import deepspeed.accelerator
+
+from ngpt_ds import distributed
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train.builder import init_process_group
+
+
+class OneVisibleGpu:  # what DeepSpeed's CUDA accelerator answers in a task bound to one GPU
+    def device_name(self, index=None):
+        return "cuda"
+
+    def device_count(self):
+        return 1
+
+    def set_device(self, index):
+        raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
+
+
+import deepspeed.ops
+
+deepspeed.ops.__compatible_ops__  # probed with the real accelerator: the op builders ask it
+deepspeed.accelerator.get_accelerator = OneVisibleGpu
+try:
+    init_process_group(distributed.discover(), timeout_s=3)
+except NgptConfigError as err:
+    print("refused:", err)
+"""
+
+
+def test_a_rank_that_sees_fewer_gpus_than_its_local_rank_is_named_before_the_rendezvous():
+    """Fault: under per-task GPU binding (srun --gpus-per-task=1, --gpu-bind) each rank sees one GPU, and every
+    local rank but 0 died inside init_process_group with a traceback ("device_id cuda:3 is out of range") while
+    the others waited for it. Now the rank says what it needs and how to start the job, before the rendezvous
+    (imitated: DeepSpeed's accelerator answers "cuda" with one device; local rank 3 of 4)."""
+    env = cpu_env(RANK=3, WORLD_SIZE=4, LOCAL_RANK=3, LOCAL_WORLD_SIZE=4, MASTER_ADDR="127.0.0.1")
+    env.update(MASTER_PORT=str(free_port()), CUDA_VISIBLE_DEVICES="5")
+    proc = subprocess.run(
+        [sys.executable, "-c", BOUND_TO_ONE_GPU], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == (
+        "refused: node-local rank 3 drives cuda:3, but this process sees 1 device(s) (CUDA_VISIBLE_DEVICES=5). "
+        "Every rank must see all of its node's GPUs, with at most one rank per GPU: under Slurm ask for "
+        "--gpus-per-node (not --gpus-per-task or --gpu-bind); with torchrun or deepspeed start at most one process "
+        "per GPU (--nproc_per_node / --num_gpus)"
+    ), proc.stdout + proc.stderr[-2000:]

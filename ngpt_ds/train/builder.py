@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -22,6 +22,7 @@ from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
@@ -243,12 +244,31 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
             # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
         _log.debug("host allocator: %s", hostmem.keep_freed_memory())
+    else:
+        _check_device_for_local_rank(accelerator, dist_env.local_rank)
     try:
         deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not torch's frames
         raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
     if not on_cpu:  # before any collective: NCCL's object collectives and barrier use the current device
         accelerator.set_device(dist_env.local_rank)
+
+
+def _check_device_for_local_rank(accelerator: Any, local_rank: int) -> None:
+    """Each rank drives the device of its node-local rank (DeepSpeed's engine reads LOCAL_RANK too), so each
+    must see all of its node's devices. Under per-task GPU binding (srun --gpus-per-task=1, --gpu-bind) a rank
+    sees one device, and every local rank but 0 died inside init_process_group with a traceback ("device_id
+    cuda:3 is out of range") while the others waited for it."""
+    count = accelerator.device_count()
+    if local_rank >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise NgptConfigError(
+            f"node-local rank {local_rank} drives {accelerator.device_name()}:{local_rank}, but this process sees "
+            f"{count} device(s)" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "") + ". "
+            "Every rank must see all of its node's GPUs, with at most one rank per GPU: under Slurm ask for "
+            "--gpus-per-node (not --gpus-per-task or --gpu-bind); with torchrun or deepspeed start at most one "
+            "process per GPU (--nproc_per_node / --num_gpus)"
+        )
 
 
 def start_engine(
