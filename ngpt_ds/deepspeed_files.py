@@ -103,13 +103,36 @@ def read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NgptConfigError(f"{path} is missing: the checkpoint {path.parent} is incomplete or damaged")
     try:
-        return safe_load.load(path, map_location="cpu", mmap=True)
+        states = safe_load.load(path, map_location="cpu", mmap=True)
     except safe_load.UnsafeCheckpointError:
         raise
     except Exception as err:  # a truncated or foreign file: torch raises many types
         raise NgptConfigError(
             f"{path} could not be read ({type(err).__name__}: {err}); the checkpoint is damaged"
         ) from None
+    if not isinstance(states, dict):
+        raise NgptConfigError(f"{path} holds a {type(states).__name__}, not the mapping DeepSpeed saves: {_ALTERED}")
+    return states
+
+
+_ALTERED = "the checkpoint is damaged, or was not written by the ngpt_ds trainer"
+
+
+def _size(states: dict[str, Any], key: str, path: Path) -> int | None:
+    """A parallel size DeepSpeed records (dp_world_size, mp_world_size): a positive int, or None when absent."""
+    value = states.get(key)
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NgptConfigError(f"{path}: {key} = {reprlib.repr(value)[:80]} is not a rank count: {_ALTERED}")
+    return value
+
+
+def _tensors(weights: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A state dict read from `path`: names to tensors, nothing else."""
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise NgptConfigError(f"{path} holds module weights that are not all tensors: {_ALTERED}")
+    return weights
 
 
 @dataclass
@@ -128,19 +151,20 @@ def saved_layout(checkpoint: Path) -> SavedLayout:
     """The layout recorded in model-parallel rank 0's model states (one small file is read; the
     module weights in it are memory-mapped, not copied)."""
     stage = saved_zero_stage(checkpoint)
-    states = read(model_states_file(checkpoint, stage))
+    path = model_states_file(checkpoint, stage)
+    states = read(path)
     ds_config = states.get("ds_config")
     if stage != 0 and isinstance(ds_config, dict):
         # The config decides: at ZeRO 0 DeepSpeed's BF16_Optimizer (bf16 pipeline stages) writes
         # optimizer shards too, which the file names alone would read as ZeRO 1.
-        stage = zero_stage_of(ds_config, f"{model_states_file(checkpoint, stage)} (ds_config)")
-    model_parallel = int(states.get("mp_world_size") or model_parallel_ranks(checkpoint))
+        stage = zero_stage_of(ds_config, f"{path} (ds_config)")
+    model_parallel = _size(states, "mp_world_size", path) or model_parallel_ranks(checkpoint)
     # A pipeline checkpoint (one file per layer) counts its stages as model-parallel ranks; ngpt_ds never
     # combines pipeline and tensor parallelism (ngpt_ds.parallel.pipeline).
     stages = model_parallel if any(checkpoint.glob(PIPELINE_LAYER_FILES)) else 1
     return SavedLayout(
         zero_stage=stage,
-        data_parallel=int(states.get("dp_world_size") or 1),
+        data_parallel=_size(states, "dp_world_size", path) or 1,
         tensor_parallel=model_parallel // stages,
         ds_version=states.get("ds_version"),
         pipeline_parallel=stages,
@@ -208,7 +232,7 @@ def _pipeline_weights(checkpoint: Path, zero_stage: int, *, stages: int, data_pa
         weights, source = {}, f"pipeline x{stages}, module weights (ZeRO 0)"
         for path in sorted(checkpoint.glob(PIPELINE_LAYER_FILES)):
             layer = int(path.name.split("-")[0].removeprefix("layer_"))
-            weights.update({f"{layer}.{name}": t for name, t in read(path).items()})
+            weights.update({f"{layer}.{name}": t for name, t in _tensors(read(path), path).items()})
     else:
         weights = {name: t for mp in range(stages) for name, t in _consolidate_stage(checkpoint, mp).items()}
         source = f"pipeline x{stages}, fp32 master weights consolidated from ZeRO-{zero_stage} shards"
@@ -221,7 +245,7 @@ def module_weights(states: dict[str, Any], path: Path) -> dict[str, torch.Tensor
     weights = states.get("module")
     if not isinstance(weights, dict):
         raise NgptConfigError(f"{path} holds no module weights: the checkpoint is damaged")
-    return weights
+    return _tensors(weights, path)
 
 
 def zero0_master_weights(
@@ -231,7 +255,8 @@ def zero0_master_weights(
     weights (optimizer `fp32_groups`), named by `group_names` (the parameter names of each group the
     optimizer was given, in order). None when they are absent or do not map one to one onto the
     module weights (each must cast to them exactly, as the trainer keeps working copy = cast(master))."""
-    groups = (states.get("optimizer") or {}).get("fp32_groups")
+    optimizer = states.get("optimizer")
+    groups = optimizer.get("fp32_groups") if isinstance(optimizer, dict) else None
     module = states.get("module") or {}
     if not groups or not isinstance(groups, list):
         return None
@@ -240,7 +265,12 @@ def zero0_master_weights(
     master = {n: t for names, tensors in zip(group_names, groups) for n, t in zip(names, tensors)}
     for n, t in master.items():
         working = module.get(n)
-        if working is None or tuple(t.shape) != tuple(working.shape) or not torch.equal(t.to(working.dtype), working):
+        if (
+            not isinstance(t, torch.Tensor)
+            or working is None
+            or tuple(t.shape) != tuple(working.shape)
+            or not torch.equal(t.to(working.dtype), working)
+        ):
             return None
     return master
 
@@ -268,7 +298,7 @@ def read_weights(
     tp_size = model_parallel_ranks(checkpoint)
     states_file = model_states_file(checkpoint, zero_stage)
     states = read(states_file)
-    world = int(states.get("dp_world_size") or 1)
+    world = _size(states, "dp_world_size", states_file) or 1
     if any(checkpoint.glob(PIPELINE_LAYER_FILES)):
         return _pipeline_weights(checkpoint, zero_stage, stages=tp_size, data_parallel=world)
     if tp_size > 1:

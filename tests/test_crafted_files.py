@@ -168,3 +168,29 @@ def test_a_crafted_export_config_section_is_an_error_naming_it(section, expected
     with pytest.raises(NgptConfigError, match=expected) as caught:
         read_export_config(tmp_path)
     assert str(tmp_path / "config.json") in str(caught.value)
+
+
+STATES = {
+    "not a mapping": ([1, 2], "holds a list, not the mapping DeepSpeed saves"),
+    "a module weight that is a number": (
+        {"module": {"embed.weight": 5}},
+        "holds module weights that are not all tensors",
+    ),
+    "a rank count that is a list": ({"module": {}, "dp_world_size": [2]}, r"dp_world_size = \[2\] is not a rank count"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATES))
+def test_a_crafted_model_states_file_is_an_error_naming_it(case, tmp_path):
+    """Fault: the DeepSpeed model states were used as they unpickled: a file holding a list, a weight that
+    is a number, or a rank count that is a list stopped generate, evaluate and export with an AttributeError
+    or TypeError traceback."""
+    import torch
+
+    from ngpt_ds import deepspeed_files
+
+    states, expected = STATES[case]
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save(states, path)
+    with pytest.raises(NgptConfigError, match=f"{path}:? {expected}"):
+        deepspeed_files.read_weights(tmp_path, 0, [], lambda shards: shards[0])
