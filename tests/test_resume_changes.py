@@ -125,6 +125,30 @@ def test_a_resume_with_another_global_batch_says_so(finished, tmp_path, tiny_dat
     assert [m["step"] for m in read_metrics(out)] == [7]
 
 
+def test_a_checkpoint_recording_an_infinite_batch_resumes_without_a_batch_line(finished, tmp_path, tiny_dataset):
+    """Fault: the line announcing another global batch read the checkpoint's config.yaml with int(), and a
+    crafted or hand-edited config.yaml (manifest sealed again) whose deepspeed section records
+    train_micro_batch_size_per_gpu: .inf stopped the resume after the engine had started and loaded the
+    checkpoint, with an OverflowError traceback on every rank (exit 1). That record is not the trainer's: no
+    line about it, the resume goes on."""
+    import yaml
+
+    from ngpt_ds.train import manifest
+
+    out = copy_of(finished, tmp_path)
+    step6 = out / "checkpoints" / "step_00000006"
+    saved = yaml.safe_load((step6 / "config.yaml").read_text())
+    saved["deepspeed"]["train_micro_batch_size_per_gpu"] = math.inf
+    (step6 / "config.yaml").write_text(yaml.safe_dump(saved))
+    manifest.write_manifest(step6, manifest.build_manifest(step6, 6))
+    config = write_yaml(tmp_path / "seven.yaml", MODEL, tiny_train(7, lr=LR))
+    proc = run([sys.executable, *train_cmd(config, finished[1], tiny_dataset, out)], check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0, said[-3000:]
+    assert "changed since the checkpoint: global batch" not in said
+    assert [m["step"] for m in read_metrics(out)] == [7]
+
+
 def test_a_resume_in_another_precision_is_refused_before_the_engine_starts(finished, tmp_path, tiny_dataset):
     """Fault: fp32 -> bf16 failed inside DeepSpeed's checkpoint load with a KeyError traceback (exit 1)."""
     out = copy_of(finished, tmp_path)

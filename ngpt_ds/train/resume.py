@@ -311,9 +311,9 @@ def describe_batch_change(saved_deepspeed: dict[str, Any], plan: BatchPlan, seq_
         micro = int(saved_deepspeed["train_micro_batch_size_per_gpu"])
         accum = int(saved_deepspeed.get("gradient_accumulation_steps", 1))
         before = int(saved_deepspeed["train_batch_size"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: .inf, which no trainer records
         return None
-    if before == plan.global_batch or micro <= 0 or accum <= 0:
+    if before == plan.global_batch or min(micro, accum, before) <= 0:
         return None
     ranks_before = before // (micro * accum)
     return (
