@@ -177,3 +177,42 @@ def test_an_empty_config_file_and_sections_that_are_no_mapping_are_named(tmp_pat
     path.write_text("model: [n_embd, 64]\n")
     with pytest.raises(NgptConfigError, match=r"the model: section must be a mapping"):
         load_model_config(str(path))  # generate and evaluate read the model section alone
+
+
+def test_a_section_that_is_a_list_nested_by_yaml_aliases_is_named_abridged(tmp_path):
+    """Fault: a section that is no mapping was shown as repr(value)[:200], which builds the whole repr before
+    cutting it: YAML aliases nest 9^9 items in a 459-byte file (`model: [&a1 [x, ...], *a1, ...]`), and the
+    startup (or the dry run, generate, evaluate) spent minutes and gigabytes before its one-line error. The
+    value is now abridged as it is built (ngpt_ds.errors.abridged): only its first items are visited."""
+    from ngpt_ds.model.config import section
+
+    visited = []
+
+    class Item:
+        def __repr__(self) -> str:
+            visited.append(self)
+            return "item"
+
+    with pytest.raises(NgptConfigError) as err:
+        section({"model": [Item() for _ in range(10_000)]}, "model", tmp_path / "c.yaml")
+    assert len(visited) == 8  # errors._ABRIDGED.maxlist (old code: all 10000)
+    assert str(err.value) == (
+        f"{tmp_path / 'c.yaml'}: the model: section must be a mapping of field: value lines, got list "
+        "[item, item, item, item, item, item, item, item, ...]"
+    )
+    # The same through the YAML reader: three levels of aliases, 729 items.
+    path = tmp_path / "aliases.yaml"
+    nested = "[x, x, x, x, x, x, x, x, x]"
+    for level in (1, 2):
+        nested = f"[&a{level} {nested}, " + ", ".join([f"*a{level}"] * 8) + "]"
+    path.write_text(f"model: {nested}\n")
+    with pytest.raises(NgptConfigError) as err:
+        load_model_config(str(path))
+    assert str(err.value) == (
+        f"{path}: the model: section must be a mapping of field: value lines, got list "
+        "[[[...], [...], [...], [...], [...], [...], [...], [...], ...], [[...], [...], [...], [...], [...], [...], "
+        "[...], [...], ...], [[...], [...], [...], [...], [...], [...], [...], [...], ...], [[...], [...], [...], "
+        "[...], [...], [...], [...], [...], ...], [[...], [...], [...], [...], [...], [...], [...], [...], ...], "
+        "[[...], [...], [...], [...], [...], [...], [...], [...], ...], [[...], [...], [...], [...], [...], [...], "
+        "[...], [...], ...], [[...], [...], [...], [...], [...], [...], [...], [...], ...], ...]"
+    )

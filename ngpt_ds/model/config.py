@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems, abridged
 
 PRESET_DIR = Path(__file__).with_name("presets")
 ARCHS = ("ngpt", "gpt")
@@ -241,9 +241,11 @@ def section(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):  # dict() of it raised a TypeError traceback, or made a mapping of a list
+        # Abridged as it is built: YAML aliases nest 9^9 items in a few hundred bytes, and repr() of them whole
+        # (then cut) took minutes and gigabytes.
         raise NgptConfigError(
             f"{path}: the {name}: section must be a mapping of field: value lines, got "
-            f"{type(value).__name__} {repr(value)[:200]}"
+            f"{type(value).__name__} {abridged(value)}"
         )
     return dict(value)
 
