@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -19,6 +20,17 @@ if typing.TYPE_CHECKING:
 #: reader of a file a user may have been given (checkpoint config.yaml, dataset meta.json, export
 #: config.json, part.json) catches them and names the file.
 UNPARSABLE = (ValueError, RecursionError)
+
+_ABRIDGED = reprlib.Repr()
+_ABRIDGED.maxstring = _ABRIDGED.maxother = 300
+_ABRIDGED.maxlevel = 2
+_ABRIDGED.maxlist = _ABRIDGED.maxtuple = _ABRIDGED.maxdict = _ABRIDGED.maxset = 8
+
+
+def abridged(value: object) -> str:
+    """repr(value) for a message, bounded: a list nested by YAML aliases (9^9 items in 10 lines) is shown by its
+    first levels and items instead of being expanded whole (minutes and gigabytes); paths and numbers as repr."""
+    return _ABRIDGED.repr(value)
 
 
 class NgptConfigError(ValueError):
@@ -41,7 +53,7 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, field: str, value: object, fix: str) -> None:
-        self.items.append(f"{field} = {value!r}: {fix}")
+        self.items.append(f"{field} = {abridged(value)}: {fix}")
 
     def check(self, ok: bool, field: str, value: object, fix: str) -> None:
         if not ok:

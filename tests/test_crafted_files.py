@@ -194,3 +194,32 @@ def test_a_crafted_model_states_file_is_an_error_naming_it(case, tmp_path):
     torch.save(states, path)
     with pytest.raises(NgptConfigError, match=f"{path}:? {expected}"):
         deepspeed_files.read_weights(tmp_path, 0, [], lambda shards: shards[0])
+
+
+def test_a_checkpoint_config_of_nested_aliases_is_refused_by_the_resume_at_once(tmp_path):
+    """Fault: the trainer's resume read a checkpoint's config.yaml whose data_dir nests 9^9 items through YAML
+    aliases (10 lines) in a blink, as shared references; then each message that showed data_dir or a model
+    field that differs expanded it (9^8: 46 s and 4.1 GB; 9^9 exhausted memory). Refused when read now, and a
+    config value shown in any startup message is abridged."""
+    from ngpt_ds.errors import Problems
+    from ngpt_ds.train.preflight import saved_run_config
+
+    checkpoint = tmp_path / "step_00000002"
+    checkpoint.mkdir()
+    (checkpoint / "config.yaml").write_text(_aliases(9) + "model: {vocab_size: 512}\ndata_dir: *a9\n")
+    with pytest.raises(NgptConfigError, match=r"expands to more than 100000 values \(YAML aliases") as caught:
+        saved_run_config(checkpoint)
+    assert str(checkpoint / "config.yaml") in str(caught.value)
+    import yaml
+
+    problems = Problems("train config (x.yaml)")
+    problems.add("train.lr", yaml.safe_load(_aliases(9) + "b: *a9\n")["b"], "must be a number")
+    problems.add("train.out", "/a/path/" + "d" * 200, "must be writable")
+    with pytest.raises(NgptConfigError) as caught:
+        problems.raise_if_any()
+    message = str(caught.value)
+    assert (
+        len(message) < 1000
+        and "train.lr = [[[...], [...], [...], [...], [...], [...], [...], [...], ...], [[" in message
+    )
+    assert f"train.out = '/a/path/{'d' * 200}': must be writable" in message  # short enough to stay whole

@@ -105,7 +105,34 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
             f"--resume {checkpoint}: {path} holds no 'model:' section; the checkpoint was not "
             "written by the ngpt_ds trainer"
         )
+    if not _expands_to_at_most(saved, _SAVED_CONFIG_NODES):
+        # YAML aliases nest 9^9 items in 10 lines, read in a blink as shared references; but each message that
+        # showed a field (a data_dir, a model field that differs) expanded it: minutes and gigabytes per resume.
+        raise NgptConfigError(
+            f"--resume {checkpoint}: {path} expands to more than {_SAVED_CONFIG_NODES} values (YAML aliases "
+            "nested into each other); the trainer writes a few hundred, so the file was crafted or damaged"
+        )
     return saved
+
+
+_SAVED_CONFIG_NODES = 100_000
+
+
+def _expands_to_at_most(value: Any, limit: int) -> bool:
+    """Whether `value`, with every shared (aliased) list or mapping counted at each place it appears, holds at
+    most `limit` keys, items and values. Stops counting at the limit."""
+    pending, seen = [value], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > limit:
+            return False
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return True
 
 
 def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -> None:
