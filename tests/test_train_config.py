@@ -8,7 +8,7 @@ from ngpt_ds import distributed
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import ModelConfig, build_model
 from ngpt_ds.train.config import TrainConfig, load_model_and_train
-from ngpt_ds.train.ds_config import check_ds_config, load_ds_config
+from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
 from ngpt_ds.train.optim import lr_factor, parameter_groups
 
 from conftest import REPO
@@ -194,13 +194,25 @@ def test_zero_optimization_given_as_a_switch_is_refused_before_the_engine():
     ran it as its deprecated form of stage 1, and the run stopped only after the engine had started:
     'the DeepSpeed engine reads the JSON differently from the trainer (zero_stage: DeepSpeed uses 1, the
     trainer assumed 0)'."""
-    for switch in (True, False):
-        with pytest.raises(NgptConfigError) as err:
-            check({"train_micro_batch_size_per_gpu": 4, "zero_optimization": switch})
-        assert str(err.value) == (
-            f"DeepSpeed config x.json: 1 problem\n  - zero_optimization = {switch}: must be a JSON object with the "
-            'stage, e.g. {"stage": 2} (DeepSpeed reads true as stage 1, a deprecated form)'
-        )
+    with pytest.raises(NgptConfigError) as err:
+        check({"train_micro_batch_size_per_gpu": 4, "zero_optimization": True})
+    assert str(err.value) == (
+        "DeepSpeed config x.json: 1 problem\n  - zero_optimization = True: must be a JSON object with the "
+        'stage, e.g. {"stage": 2} (DeepSpeed reads true as stage 1, a deprecated form)'
+    )
+
+
+def test_zero_optimization_false_is_stage_0_as_before():
+    """Fault: the refusal of `"zero_optimization": true` refused `false` too, which DeepSpeed and the trainer
+    both read as stage 0: a run trained with it (exit 0, 'ZeRO stage 0' read back from the engine) stopped
+    with exit 2 at its next start, a Slurm requeue included, though nothing was read differently."""
+    from deepspeed.runtime.zero.config import get_zero_config
+
+    from ngpt_ds.train.ds_config import zero_stage_of
+
+    config = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": False}
+    assert check(dict(config)) == BatchPlan(micro_batch=4, grad_accum=1, data_parallel=1)
+    assert zero_stage_of(config) == 0 == get_zero_config(config).stage  # the trainer's plan and DeepSpeed's
 
 
 def test_tensor_and_pipeline_sizes_in_the_json_that_contradict_the_yaml_are_refused():

@@ -132,10 +132,11 @@ def check_ds_config(
             "deepspeed.checkpointing, which ngpt_ds does not",
         )
     # DeepSpeed still reads the deprecated `"zero_optimization": true` as stage 1, while the trainer planned
-    # stage 0 from it: the run stopped only once the engine had started (check_engine_agrees).
+    # stage 0 from it: the run stopped only once the engine had started (check_engine_agrees). `false` is
+    # stage 0 to both, and runs trained with it resume.
     zero = config.get("zero_optimization")
     p.check(
-        zero is None or isinstance(zero, dict),
+        zero is None or zero is False or isinstance(zero, dict),
         "zero_optimization",
         zero,
         'must be a JSON object with the stage, e.g. {"stage": 2} (DeepSpeed reads true as stage 1, a deprecated form)',
