@@ -237,7 +237,9 @@ def _pipeline_weights(checkpoint: Path, zero_stage: int, *, stages: int, data_pa
         weights = {name: t for mp in range(stages) for name, t in _consolidate_stage(checkpoint, mp).items()}
         source = f"pipeline x{stages}, fp32 master weights consolidated from ZeRO-{zero_stage} shards"
     weights = {model_parameter_name(name): t for name, t in weights.items()}
-    return SavedWeights(weights=weights, source=source, data_parallel=data_parallel, tensor_parallel=1)
+    return SavedWeights(
+        weights=weights, source=source, data_parallel=data_parallel, tensor_parallel=1, pipeline_parallel=stages
+    )
 
 
 def module_weights(states: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
@@ -284,6 +286,7 @@ class SavedWeights:
     """e.g. 'fp32 master weights consolidated from ZeRO-2 shards of 2 rank(s)'."""
     data_parallel: int
     tensor_parallel: int
+    pipeline_parallel: int = 1
 
 
 def read_weights(

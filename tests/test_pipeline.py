@@ -51,6 +51,8 @@ def test_pp2_reproduces_the_run_without_pipeline_bit_for_bit_and_resumes_exactly
 
     from_plain, from_pipeline = load(tmp_path / "plain"), load(tmp_path / "pp2")
     assert from_pipeline.info["weights"].startswith("pipeline x2, fp32 master weights")
+    # The provenance an export records: 2 ranks (the stages), not the 1 the data-parallel size alone gave.
+    assert (from_pipeline.info["world_size"], from_plain.info["world_size"]) == (2, 1)
     plain_weights, piped_weights = from_plain.model.state_dict(), from_pipeline.model.state_dict()
     assert plain_weights.keys() == piped_weights.keys()
     # Bit for bit where no gradient was clipped (nGPT here); GPT's norm, above the clip of 1.0, scales the

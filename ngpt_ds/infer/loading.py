@@ -240,7 +240,7 @@ def read_checkpoint_weights(
         "checkpoint": str(checkpoint),
         "step": ckpt_layout.step_of(checkpoint.name),
         "zero_stage": stage,
-        "world_size": world * tp_size,
+        "world_size": world * tp_size * saved.pipeline_parallel,  # a pipeline's stages are ranks too
         "data_parallel": dp,
         "tensor_parallel": tp_size,
         "weights": f"{saved.source}, {'/'.join(dtypes)}",
