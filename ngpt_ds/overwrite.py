@@ -8,12 +8,13 @@ An entry script with `--overwrite` (launch/export.py, launch/prepare_data.py) ca
 - is a file, or a non-empty folder that does not hold the same kind of artifact (an export's
   config.json with its format marker, a dataset's meta.json): a typo in --out must not delete
   someone's folder;
-- also holds a training run (its train.lock or checkpoints/): a trainer once started with that
-  folder as --out would lose its checkpoints.
+- also holds a training run (its train.lock or checkpoints/), at its top or in a folder below it: a
+  trainer once started with that folder, or one inside it, as --out would lose its checkpoints.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -21,6 +22,18 @@ from ngpt_ds.errors import NgptConfigError
 
 RUN_MARKERS = ("train.lock", "checkpoints")
 """What a training run leaves in its --out (ngpt_ds.train.run_lock.LOCK_FILE, ngpt_ds.train.checkpoint.CHECKPOINTS)."""
+
+
+def _run_markers_in(folder: Path) -> list[str]:
+    """The RUN_MARKERS in `folder` or any folder below it, as paths relative to it (its top first). The walk
+    does not follow links, as the folder's removal does not, nor enter a run's checkpoints/."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        here = Path(root).relative_to(folder)
+        found += [(here / name).as_posix() for name in RUN_MARKERS if name in dirs or name in files]
+        dirs[:] = [d for d in dirs if d not in RUN_MARKERS]
+    return found
 
 
 def _real(path: str | Path) -> Path:
@@ -73,12 +86,13 @@ def check_replaceable(
             f"{option} {out} is {what}, not a folder holding {kind}; --overwrite replaces only "
             "such a folder. Choose another path"
         )
-    # A training run's files beside the artifact (ngpt_ds.train.run_lock names them): replacing the folder
-    # deleted the run's checkpoints with it.
-    run = [name for name in RUN_MARKERS if (out / name).exists()]
+    # A training run's files beside the artifact or in a folder below it (ngpt_ds.train.run_lock names them):
+    # replacing the folder deleted the run's checkpoints with it.
+    run = _run_markers_in(out)
     if run:
+        shown = ", ".join(run[:4]) + (", ..." if len(run) > 4 else "")
         raise NgptConfigError(
-            f"{option} {out} also holds a training run ({', '.join(run)}); --overwrite would delete it with "
+            f"{option} {out} also holds a training run ({shown}); --overwrite would delete it with "
             f"the folder. Move the run out of {out} first, or choose another path"
         )
     if any(out.iterdir()) and not holds_kind(out):

@@ -179,3 +179,24 @@ def test_prepare_overwrite_of_a_dataset_a_run_was_started_in_is_refused(corpus, 
         f"folder. Move the run out of {out} first, or choose another path",
     )
     assert snapshot(out) == before
+
+
+def test_prepare_overwrite_of_a_dataset_holding_a_run_in_a_subfolder_is_refused(corpus, tmp_path):
+    """Fault: --overwrite refused a dataset folder holding a run's train.lock or checkpoints/ only at its top:
+    a run started below its --data folder (`--out <data>/runs/r1`, as runs were before the startup refused
+    it, or a run folder moved there) was deleted, checkpoints and all, by the next `prepare_data.py --out
+    <data> --overwrite`, exit 0."""
+    out = tmp_path / "ds"
+    assert prepare_cli(corpus, out).returncode == 0
+    run = out / "runs" / "r1"
+    fake_step = run / "checkpoints" / "step_00000002"
+    fake_step.mkdir(parents=True)
+    (fake_step / "mp_rank_00_model_states.pt").write_bytes(b"weights")
+    (run / "train.lock").write_text("")
+    before = snapshot(out)
+    assert_refused(
+        prepare_cli(corpus, out),
+        f"--out {out} also holds a training run (runs/r1/train.lock, runs/r1/checkpoints); --overwrite would "
+        f"delete it with the folder. Move the run out of {out} first, or choose another path",
+    )
+    assert snapshot(out) == before
