@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import REPO, cpu_env, free_port, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 WORKER = REPO / "tests" / "workers" / "checkpoint_save_worker.py"
@@ -155,3 +157,28 @@ def test_damaged_checkpoint_after_a_kill_is_skipped_by_auto_and_refused_by_name(
     assert complete_steps(out)[-1] == steps[-1] + 2
     assert (out / "checkpoints" / "latest").read_text() == f"step_{steps[-1] + 2:08d}"
     assert (out / "train.lock").read_text() == ""  # released at the end
+
+
+def test_a_checkpoint_of_a_newer_ngpt_ds_stops_the_resume_instead_of_being_skipped(tmp_path):
+    """Fault: a checkpoint whose manifest a newer ngpt_ds wrote (another install on some node, a downgrade)
+    was "damaged: unknown manifest version" to --resume auto, which skipped it with a warning and trained on
+    from the step before (moving the newer one aside). Now the resume stops and says why."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.train.manifest import MANIFEST_FORMAT, MANIFEST_VERSION
+    from ngpt_ds.train.resume import resolve_resume
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    older, newer = checkpoints / "step_00000002", checkpoints / "step_00000004"
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+    (older / "COMPLETE").write_text("step 2\n")  # an older ngpt_ds's marker: loads unverified
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION + 1, "step": 4, "files": {}}
+    (newer / "COMPLETE").write_text(json.dumps(manifest))
+    with pytest.raises(NgptConfigError) as caught:
+        resolve_resume(tmp_path / "run", "auto", warn=lambda line: None)
+    assert str(caught.value) == (
+        f"{newer} was written by a newer ngpt_ds (checkpoint manifest version {MANIFEST_VERSION + 1}; this ngpt_ds "
+        f"reads version {MANIFEST_VERSION}). Run the ngpt_ds that wrote it on every node, or pass --resume with an "
+        "older checkpoint to go back to it on purpose"
+    )
+    assert resolve_resume(tmp_path / "run", str(older), warn=lambda line: None) == older  # on purpose: allowed

@@ -114,6 +114,17 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def newer_format(path: Path) -> int | None:
+    """The manifest version of a checkpoint that a newer ngpt_ds wrote (above MANIFEST_VERSION), else None."""
+    try:
+        manifest = read_manifest(path)
+    except (MalformedManifest, OSError):
+        return None
+    version = None if manifest is None else manifest.get("version")
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION
+    return version if newer else None
+
+
 def checkpoint_bytes(path: Path) -> int | None:
     """Total size of a checkpoint's files from its manifest (None without one, or with a malformed one)."""
     try:
@@ -179,6 +190,11 @@ def _check(path: Path, rank: int, world: int) -> str | None:
     if manifest is None:
         return None
     files = manifest.get("files")
+    if newer_format(path) is not None:
+        return (
+            f"{path / COMPLETE}: written by a newer ngpt_ds (checkpoint manifest version {manifest.get('version')}; "
+            f"this one reads version {MANIFEST_VERSION})"
+        )
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
         return f"{path / COMPLETE}: unknown manifest version {manifest.get('version')!r}"
     malformed = next((name for name, entry in files.items() if not _is_entry(name, entry)), None)

@@ -17,7 +17,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint, run_lock
+from ngpt_ds.train import checkpoint, manifest, run_lock
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.manifest import read_manifest
@@ -44,6 +44,15 @@ def _newest_passing(
             if checkpoint.is_legacy(path):
                 warn(checkpoint.legacy_warning(path))
             return path
+        newer = manifest.newer_format(path)
+        if newer is not None:
+            # Not damaged, and skipping it would train on from an older step (and move this one aside): an
+            # older ngpt_ds on some node of the cluster, or a downgrade.
+            raise NgptConfigError(
+                f"{path} was written by a newer ngpt_ds (checkpoint manifest version {newer}; this ngpt_ds reads "
+                f"version {manifest.MANIFEST_VERSION}). Run the ngpt_ds that wrote it on every node, or pass --resume "
+                "with an older checkpoint to go back to it on purpose"
+            )
         warn(f"warning: skipping checkpoint {path.name}: {problem}. Using the one before it")
     if candidates:
         raise NgptConfigError(
