@@ -62,6 +62,16 @@ def test_precision_and_forbidden_blocks_are_collected_into_one_error():
     assert "fp16.enabled = True: this device does not support fp16" in text
 
 
+@pytest.mark.parametrize("factor", [0, -1.0, "2", True, float("inf")])
+def test_a_gradient_predivide_factor_that_is_no_positive_number_is_refused(factor):
+    """Fault: "prescale_gradients": true with "gradient_predivide_factor": 0 passed the startup checks and
+    stopped every rank in DeepSpeed's own AssertionError traceback once the engine started."""
+    config = {"train_micro_batch_size_per_gpu": 2, "prescale_gradients": True, "gradient_predivide_factor": factor}
+    with pytest.raises(NgptConfigError, match=r"gradient_predivide_factor = .*: must be a number > 0"):
+        check(config)
+    check({**config, "gradient_predivide_factor": 2.0})  # a real factor is DeepSpeed's business
+
+
 def test_malformed_and_duplicate_json_are_named(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"train_micro_batch_size_per_gpu": 4,\n "bf16": {"enabled": tru}}')

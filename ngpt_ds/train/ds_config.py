@@ -14,6 +14,7 @@ A value the JSON leaves out is DeepSpeed's default (`gradient_clipping`: 1.0), a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,6 +182,14 @@ def check_ds_config(
         clip,
         "must be a number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)",
     )
+    if "gradient_predivide_factor" in config:  # DeepSpeed divides the gradients by it: 0 stopped in an assertion
+        factor = config["gradient_predivide_factor"]
+        p.check(
+            isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor) and factor > 0,
+            "gradient_predivide_factor",
+            factor,
+            "must be a number > 0 (1.0, DeepSpeed's default, divides nothing before the all-reduce)",
+        )
     for block in ("offload_optimizer", "offload_param"):
         device = _block(_block(config, "zero_optimization"), block).get("device")
         # NVMe offload swaps the fp32 masters in and out of memory: the hypersphere hook would
