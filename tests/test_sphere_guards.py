@@ -16,7 +16,7 @@ from ngpt_ds.train.ds_config import check_ds_config
 
 from conftest import REPO, torchrun
 
-PARTS = "refusing,offload,resume,nan,not_run,tp"
+PARTS = "refusing,offload,resume,nan,overflow,not_run,tp"
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,14 @@ def test_a_nan_master_row_stops_the_trainer_naming_step_and_matrix(results):
         assert r["raised"] is not None, r  # the loss stayed finite: only the sphere check sees it
         assert r["step"] == 2  # stopped in step 3, the first step after the NaN appeared
         assert "step 3" in r["raised"] and "embed.weight" in r["raised"] and "nan" in r["raised"]
+
+
+def test_a_master_row_whose_norm_overflows_is_named_with_its_matrix(results):
+    """Fault: a row of 1e20s (finite; its squared norm overflows fp32) was flagged by the hook, but its row was
+    renormalized to zeros, finite when re-read, so the message named no matrix: "(gone again when re-read)"."""
+    for r in part(results, "overflow"):
+        assert r["raised"] is not None and r["step"] == 2, r
+        assert "sphere matrix embed.weight (norm off by 1) became non-finite" in r["raised"], r["raised"]
 
 
 def test_an_applied_step_without_renormalization_fails_loudly(results):

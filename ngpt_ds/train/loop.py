@@ -344,10 +344,15 @@ class Trainer:
         """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
         rank calls it (the non-finite flag and the deviations are agreed over the job)."""
         assert self.hook is not None  # only an nGPT run's hook finds non-finite norms
-        broken = {name: d for name, d in self.hook.deviations().items() if not math.isfinite(d)}
-        names = ", ".join(f"{name} ({d})" for name, d in broken.items()) or "(gone again when re-read)"
+        deviations = self.hook.deviations()
+        broken = {name: d for name, d in deviations.items() if not math.isfinite(d)}
+        # A squared norm that overflowed to inf (rows of ~1e19 and more) renormalizes its row to zeros: finite
+        # when re-read, but off the sphere by 1. Named as such, not as "(gone again when re-read)".
+        broken = broken or {name: d for name, d in deviations.items() if d > 1e-3}
+        names = ", ".join(f"{name} ({'norm off by ' if math.isfinite(d) else ''}{d:.3g})" for name, d in broken.items())
         raise TrainingDiverged(
-            f"the fp32 master weights of sphere matrix {names} became non-finite (a norm is nan or inf) at step "
+            f"the fp32 master weights of sphere matrix {names or '(none when re-read)'} became non-finite (a norm "
+            f"is nan or inf, or overflowed to inf and left the row at zero) at step "
             f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
             f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. "
             + self._checkpoints_left(step - 1)

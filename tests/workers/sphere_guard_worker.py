@@ -12,6 +12,7 @@ broken part does not hide the others):
             false: the gathered fp32 masters right after the load, before any step
   nan       a NaN master row of a token no batch contains (the loss stays finite): the trainer
             must stop, naming the step and the matrix
+  overflow  the same with a row of 1e20s, whose squared norm overflows: the matrix is named too
   not_run   the renormalization hook detached from the optimizer: the trainer must fail
   tp        tensor parallel 2: one rank's shards off the sphere; max_deviation on every rank
 """
@@ -267,6 +268,16 @@ def _avoiding(loader, token):
 def part_nan(data, work):
     """At ZeRO 2, make the fp32 master of one input-embedding row NaN after step 2, for a token no
     batch contains: its gradient is zero, so the loss stays finite and the row stays NaN."""
+    return _poisoned_row(data, work, "nan", float("nan"))
+
+
+def part_overflow(data, work):
+    """As part_nan, with the row's values 1e20 instead: finite, but their squares overflow fp32, so the
+    renormalization sees an infinite squared norm and leaves the row at zeros (off the sphere by 1)."""
+    return _poisoned_row(data, work, "overflow", 1e20)
+
+
+def _poisoned_row(data, work, name, value):
     from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
     from ngpt_ds.train.loop import TrainingDiverged
@@ -274,7 +285,7 @@ def part_nan(data, work):
     trainer = make_trainer(
         data,
         work,
-        "nan",
+        name,
         {"bf16": {"enabled": False}, "zero_optimization": {"stage": 2}},
         {"max_steps": 6, "log_interval": 5, "eval_interval": 0},
     )
@@ -285,9 +296,9 @@ def part_nan(data, work):
 
     def train_step():
         if trainer.step == 2:
-            value = safe_get_full_fp32_param(embed).clone()
-            value[token] = float("nan")
-            safe_set_full_fp32_param(embed, value)
+            master = safe_get_full_fp32_param(embed).clone()
+            master[token] = value
+            safe_set_full_fp32_param(embed, master)
         return real_step()
 
     trainer.train_step = train_step
@@ -346,6 +357,7 @@ PARTS = {
     "offload": part_offload,
     "resume": part_resume,
     "nan": part_nan,
+    "overflow": part_overflow,
     "not_run": part_not_run,
     "tp": part_tp,
 }
