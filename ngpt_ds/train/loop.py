@@ -367,6 +367,14 @@ class Trainer:
                 f"No checkpoint was saved yet (train.checkpoint_interval {self.run.train.checkpoint_interval}): "
                 "running the same command again starts from step 0"
             )
+        checkpoints = self.out_dir / "checkpoints"
+        if self.newest_checkpoint.resolve().parent != checkpoints.resolve():
+            # Resumed from another folder's checkpoint (--resume PATH), nothing saved here yet: --resume auto in
+            # this --out would start from step 0.
+            return (
+                f"No checkpoint was saved in {checkpoints} yet: running the same command again starts from "
+                f"{self.newest_checkpoint} again (its --resume)"
+            )
         return (
             f"Checkpoints up to step {step} are intact in {self.out_dir / 'checkpoints'} "
             f"(--resume auto continues from the newest, {self.newest_checkpoint.name})"
