@@ -1,6 +1,7 @@
 """Model config validation, presets, parameter counts, FLOPs formula, and the GPT baseline's structure."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from ngpt_ds.model import (
     sphere_matrices,
     training_flops_per_token,
 )
+
+from conftest import REPO, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
 
 def test_every_problem_is_reported_at_once():
@@ -216,3 +219,32 @@ def test_a_section_that_is_a_list_nested_by_yaml_aliases_is_named_abridged(tmp_p
         "[[...], [...], [...], [...], [...], [...], [...], [...], ...], [[...], [...], [...], [...], [...], [...], "
         "[...], [...], ...], [[...], [...], [...], [...], [...], [...], [...], [...], ...], ...]"
     )
+
+
+def test_a_model_whose_training_state_cannot_fit_the_node_is_refused_at_startup(tmp_path, tiny_dataset):
+    """Fault: a typo such as n_embd 1048576 started the run, which ended in "DefaultCPUAllocator: can't allocate
+    memory: you tried to allocate 13194139533312 bytes" in a traceback inside the model's construction (and
+    n_layer 1000000 spent minutes building blocks first). Its training state alone, at 16 bytes a parameter,
+    cannot fit any node: refused before anything is built, naming the sizes."""
+    from ngpt_ds.train.config import load_model_and_train
+    from ngpt_ds.train.memory_plan import check_state_fits
+
+    config = write_yaml(tmp_path / "huge.yaml", {**tiny_ngpt(), "n_embd": 1048576}, tiny_train(2))
+    ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=4, accum=1)
+    argv = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "out"]
+    proc = run([sys.executable, REPO / "launch/train.py", *argv, "--no-progress"], check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (
+        f"error: model config ({config}): n_layer 2, n_embd 1048576, mlp width 4194304 and vocabulary 512 make at "
+        "least 35,184.9B parameters; training them takes 16 bytes each" in proc.stderr
+    ), proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+    # The shipped 1B preset fits a 24 GiB machine alone (its state: about 15 GiB), and any preset a job of 8 ranks.
+    model, _, path = load_model_and_train("ngpt_1b")
+    model.vocab_size = 32000
+    check_state_fits(model, world_size=1, local_world_size=1, node_bytes=24 * 2**30, source=str(path))
+    with pytest.raises(
+        NgptConfigError, match=r"at least 15 GiB on this node's 1 rank\(s\) of 1, but the node has 8 GiB"
+    ):
+        check_state_fits(model, world_size=1, local_world_size=1, node_bytes=8 * 2**30, source=str(path))

@@ -32,7 +32,7 @@ from ngpt_ds.parallel.sequence import (
     deepspeed_config_for,
     parallelize_sequence,
 )
-from ngpt_ds.train import ds_compat, preflight, reshape
+from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, precision_of, zero_stage_of
 from ngpt_ds.train.optim import build_optimizer, build_schedule
@@ -151,6 +151,14 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     else:
         check_vocab_matches(meta, model_cfg.vocab_size, data_dir)
     model_cfg.validate(f"model config ({config_path})")
+    if options.world_size is None:  # a dry run plans for other machines, whose memory this one cannot see
+        memory_plan.check_state_fits(
+            model_cfg,
+            world_size=dist_env.world_size,
+            local_world_size=dist_env.local_world_size,
+            node_bytes=_node_memory_bytes(accelerator),
+            source=str(config_path),
+        )
     check_tensor_parallel(
         train_cfg.tensor_parallel_size,
         dist_env.world_size,
@@ -180,6 +188,16 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     )
     prepared = Prepared(run=run, plan=plan, dist_env=dist_env, data=meta)
     return choose_resume(prepared, options.resume, collective=False) if resume else prepared
+
+
+def _node_memory_bytes(accelerator: Any) -> int:
+    """This node's memory in all: RAM, and on GPUs the memory of every device the node's ranks can see."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    if accelerator.device_name() != "cpu":
+        total += sum(int(accelerator.total_memory(i)) for i in range(accelerator.device_count()))
+    return total
 
 
 def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepared:

@@ -176,3 +176,39 @@ def estimate_memory(
         recompute=recompute // tensor_parallel,
         optimizer_on_cpu=optimizer_on_cpu,
     )
+
+
+STATE_BYTES_PER_PARAMETER = 16
+"""Training state per parameter at the least, in every precision: fp32 weights, gradients and Adam's two moments
+(4 + 4 + 8), or bf16 weights and gradients, the fp32 master and the moments (2 + 2 + 4 + 8)."""
+
+
+def parameters_at_least(config: ModelConfig) -> int:
+    """A lower bound on the model's parameters from its shape alone, with no model built: every block's matrices
+    (4 d^2 for q, k, v, o and 3 d x mlp_width for SwiGLU) and one vocabulary matrix."""
+    d = config.n_embd
+    return config.n_layer * (4 * d * d + 3 * d * config.mlp_width) + (config.vocab_size or 0) * d
+
+
+def check_state_fits(
+    config: ModelConfig, *, world_size: int, local_world_size: int, node_bytes: int, source: str
+) -> None:
+    """Raise NgptConfigError when the model's training state alone, split as finely as ZeRO 3, tensor and pipeline
+    parallelism can split it over the job, exceeds all the memory of this node (RAM and device memory): a typo
+    such as n_embd 1048576 otherwise ended in "can't allocate 13194139533312 bytes" inside the model's
+    construction, and n_layer 1000000 spent minutes building blocks first. A lower bound: activations, buffers
+    and the uneven splits come on top, so a run that passes may still not fit (the dry run estimates it)."""
+    from ngpt_ds.errors import NgptConfigError
+
+    parameters = parameters_at_least(config)
+    on_this_node = STATE_BYTES_PER_PARAMETER * parameters * local_world_size / max(world_size, 1)
+    if on_this_node > node_bytes:
+        gib = 2.0**30
+        raise NgptConfigError(
+            f"model config ({source}): n_layer {config.n_layer}, n_embd {config.n_embd}, mlp width {config.mlp_width} "
+            f"and vocabulary {config.vocab_size} make at least {parameters / 1e9:,.1f}B parameters; training them "
+            f"takes {STATE_BYTES_PER_PARAMETER} bytes each (weights, gradients, fp32 master, Adam's moments), at "
+            f"least {on_this_node / gib:,.0f} GiB on this node's {local_world_size} rank(s) of {world_size}, but "
+            f"the node has {node_bytes / gib:,.0f} GiB of memory in all. Check the model's sizes, or spread the "
+            "run over more nodes (ZeRO 3)"
+        )
