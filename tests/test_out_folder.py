@@ -138,6 +138,19 @@ def test_an_out_in_the_dataset_is_refused_on_every_rank_before_anything_is_writt
         assert sorted(p.name for p in data.iterdir()) == before
 
 
+def test_a_run_already_in_a_dataset_folder_still_resumes_and_a_new_one_is_refused(tmp_path, tiny_dataset):
+    """Fault (in the refusal above, when it was new): a run started inside a dataset before that refusal
+    existed could not resume, so its requeue chain stopped with exit 2. prepare_data.py --overwrite and --merge
+    now refuse a dataset that holds a run, so only a new run is refused there."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    old_run = data / "runs" / "r1"
+    fake_step(old_run / "checkpoints" / "step_00000004")
+    run_lock.check_out_folder(old_run)  # resumes as before
+    with pytest.raises(NgptConfigError, match=rf"^--out {data / 'runs' / 'r2'} is inside the prepared dataset {data} "):
+        run_lock.check_out_folder(data / "runs" / "r2")
+
+
 def test_the_dry_run_refuses_the_out_folders_the_run_refuses(tmp_path, tiny_dataset):
     """Fault: `--dry-run` printed 'every startup check passed ... a new run in <out>' for an --out the run
     then refused (a user's config.yaml there, here the dataset folder): the dry run never checked --out."""

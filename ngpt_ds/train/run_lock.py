@@ -85,6 +85,14 @@ def _dataset_holding(folder: Path) -> Path | None:
     return None
 
 
+def _is_run_folder(folder: Path) -> bool:
+    """A run's folder (or a copy of its checkpoints): the trainer's effective config.yaml, its lock file, or
+    a complete checkpoint."""
+    sections = _config_sections(folder / RUN_CONFIG)
+    ours = sections is not None and RUN_CONFIG_FIRST_KEY in sections
+    return ours or (folder / LOCK_FILE).exists() or any((folder / "checkpoints").glob(f"step_*/{COMPLETE}"))
+
+
 def check_out_folder(out_dir: Path) -> None:
     """Raise NgptConfigError for an --out the run would damage: inside a checkpoint (its config.yaml
     rewritten and new files added, it would fail its manifest), inside another run's checkpoints/ or a
@@ -110,9 +118,10 @@ def check_out_folder(out_dir: Path) -> None:
             "its checkpoints, or a new folder outside it"
         )
     # In a dataset folder, the run's checkpoints and logs were deleted with the dataset by the next
-    # `launch/prepare_data.py --out <it> --overwrite`.
+    # `launch/prepare_data.py --out <it> --overwrite`. A run already there goes on (its requeues, its
+    # resumes): --overwrite and --merge now refuse a dataset holding a run (ngpt_ds.overwrite).
     dataset = _dataset_holding(real)
-    if dataset is not None:
+    if dataset is not None and not _is_run_folder(real):
         raise NgptConfigError(
             f"--out {out_dir} {'is' if dataset == real else 'is inside'} the prepared dataset {dataset} "
             f"({DATASET_META}, {DATASET_TOKENIZER}): the run's checkpoints and logs there would be deleted with "
@@ -123,7 +132,7 @@ def check_out_folder(out_dir: Path) -> None:
     config = real / RUN_CONFIG
     sections = _config_sections(config)
     ours = sections is not None and RUN_CONFIG_FIRST_KEY in sections  # RunConfig.to_yaml, not model/train
-    run_folder = ours or (real / LOCK_FILE).exists() or any((real / "checkpoints").glob(f"step_*/{COMPLETE}"))
+    run_folder = _is_run_folder(real)
     # In a run folder, a config.yaml that holds no mapping is the run's own, cut short by a kill.
     if config.exists() and not ours and (sections is not None or not run_folder):
         raise NgptConfigError(
