@@ -55,23 +55,26 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-def _first_slurm_host(env: dict[str, str]) -> str:
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+def _scontrol(*args: str) -> str:
+    """scontrol's output, '' when it cannot be run or fails."""
     try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.split()
-        if out:
-            return out[0]
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        pass
-    hosts = expand_nodelist(nodelist)
+        return ""
+
+
+def _first_slurm_host(env: dict[str, str]) -> str:
+    """The first node's NodeAddr, where Slurm itself reaches it. Its NodeName, what the node list holds,
+    need not resolve (slurm.conf NodeAddr=): every rank retried it until train.dist_timeout_s."""
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    hosts = _scontrol("show", "hostnames", nodelist).split() or expand_nodelist(nodelist)
     if not hosts:
         raise NgptConfigError(
             "Slurm job without SLURM_JOB_NODELIST: cannot tell the master host. "
             "Start the job with sbatch/srun, or set MASTER_ADDR"
         )
-    return hosts[0]
+    node_addr = re.search(r"(?:^|\s)NodeAddr=(\S+)", _scontrol("-o", "show", "node", hosts[0]))
+    return node_addr[1] if node_addr else hosts[0]
 
 
 LOOPBACK = "127.0.0.1"

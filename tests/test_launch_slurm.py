@@ -12,7 +12,6 @@ import re
 import time
 
 import pytest
-from system.harness import FAKE_NODES
 
 from conftest import REPO, cpu_env, read_metrics, tiny_ngpt, tiny_train, write_run_configs
 
@@ -73,7 +72,8 @@ def test_sbatch_trains_on_two_nodes_logs_losses_and_checkpoints(uninterrupted):
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text[-3000:])
     assert info["NumNodes"] == "2" and info["Restarts"] == "0"
     assert_finished(out, text)
-    assert f"master {FAKE_NODES[0]}:{20000 + int(job) % 20000}" in text  # first host of the node list
+    # The first node's NodeAddr (127.0.0.1 for every node of tests/system/slurm_cluster.sh), not its NodeName.
+    assert f"master 127.0.0.1:{20000 + int(job) % 20000}" in text
     losses = train_losses(out)
     assert [s for s, _ in losses] == list(range(1, STEPS + 1))
     assert losses[-1][1] < losses[0][1] - 1.0  # it learns
