@@ -36,6 +36,19 @@ def _run_markers_in(folder: Path) -> list[str]:
     return found
 
 
+def check_holds_no_run(folder: Path, option: str, command: str) -> None:
+    """Raise NgptConfigError when `folder`, which `command` replaces whole, holds a training run's files beside
+    its artifact or in a folder below it (ngpt_ds.train.run_lock names them): replacing the folder deleted the
+    run's checkpoints with it."""
+    run = _run_markers_in(folder)
+    if run:
+        shown = ", ".join(run[:4]) + (", ..." if len(run) > 4 else "")
+        raise NgptConfigError(
+            f"{option} {folder} also holds a training run ({shown}); {command} would delete it with "
+            f"the folder. Move the run out of {folder} first, or choose another path"
+        )
+
+
 def _real(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
@@ -86,15 +99,7 @@ def check_replaceable(
             f"{option} {out} is {what}, not a folder holding {kind}; --overwrite replaces only "
             "such a folder. Choose another path"
         )
-    # A training run's files beside the artifact or in a folder below it (ngpt_ds.train.run_lock names them):
-    # replacing the folder deleted the run's checkpoints with it.
-    run = _run_markers_in(out)
-    if run:
-        shown = ", ".join(run[:4]) + (", ..." if len(run) > 4 else "")
-        raise NgptConfigError(
-            f"{option} {out} also holds a training run ({shown}); --overwrite would delete it with "
-            f"the folder. Move the run out of {out} first, or choose another path"
-        )
+    check_holds_no_run(out, option, "--overwrite")
     if any(out.iterdir()) and not holds_kind(out):
         bare = kind.split(" ", 1)[1] if kind.startswith(("a ", "an ")) else kind
         raise NgptConfigError(

@@ -181,3 +181,24 @@ def test_a_finished_part_is_redone_only_with_overwrite(tmp_path, tiny_dataset):
     assert prepare_part(cfg, 2, 0, 40) == first
     assert (first / "part.json").read_text() == before
     assert [p.name for p in (tmp_path / "parts").iterdir()] == [first.name]  # no staging left behind
+
+
+def test_a_merge_over_a_dataset_holding_a_run_is_refused(tmp_path, tiny_dataset):
+    """Fault: `prepare_data.py --merge --overwrite` replaced the dataset folder whole, deleting a training run
+    inside it (P/run1/train.lock, checkpoints/), exit 0; --overwrite of a plain preparation refused that."""
+    corpus = write_corpus(tmp_path)
+    out = tmp_path / "parts"
+    for k in range(2):
+        prepare_part(config(corpus, out, tiny_dataset / "tokenizer.model"), 2, k, 40)
+    merge_parts(out, 2, progress=False)
+    (out / "run1" / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (out / "run1" / "train.lock").write_text("host=x pid=1\n")
+    for k in range(2):
+        prepare_part(config(corpus, out, tiny_dataset / "tokenizer.model", overwrite=True), 2, k, 40)
+    with pytest.raises(NgptConfigError) as refused:
+        merge_parts(out, 2, overwrite=True, progress=False)
+    assert str(refused.value) == (
+        f"--out {out} also holds a training run (run1/train.lock, run1/checkpoints); the merge would delete it "
+        f"with the folder. Move the run out of {out} first, or choose another path"
+    )
+    assert (out / "run1" / "train.lock").is_file() and (out / "meta.json").is_file()

@@ -63,7 +63,7 @@ from ngpt_ds.data.shards import (
 )
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
-from ngpt_ds.overwrite import check_not_source
+from ngpt_ds.overwrite import check_holds_no_run, check_not_source
 
 _log = log.get(__name__)
 
@@ -309,6 +309,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
         raise NgptConfigError(
             f"--out {out} already holds a merged dataset ({META_FILE}); pass --overwrite to replace it with this merge"
         )
+    check_holds_no_run(out, "--out", "the merge")  # the merged dataset replaces the folder whole (swap_in)
     parts = [_read_part(part_dir(out, k, num_parts)) for k in range(num_parts)]
     first = parts[0]
     for k, info in enumerate(parts):
