@@ -270,3 +270,12 @@ def test_deepspeeds_activation_checkpointing_block_is_refused_for_the_yamls():
         "{every_k: K}); DeepSpeed's block applies only to models that call deepspeed.checkpointing, which ngpt_ds "
         "does not"
     )
+
+
+def test_a_deepspeed_activation_checkpointing_block_that_turns_everything_off_is_accepted():
+    """Fault (in the refusal above, when it was new): the all-off block DeepSpeed's example configs carry asks
+    for nothing, but was refused too, and so were the resumes of runs started with it (exit 2)."""
+    off = {"partition_activations": False, "cpu_checkpointing": False, "number_checkpoints": None, "profile": False}
+    assert check({"train_micro_batch_size_per_gpu": 4, "activation_checkpointing": off}).micro_batch == 4
+    with pytest.raises(NgptConfigError, match=r"activation_checkpointing = '\{\.\.\.\}': remove it"):
+        check({"train_micro_batch_size_per_gpu": 4, "activation_checkpointing": {**off, "number_checkpoints": 4}})
