@@ -125,8 +125,10 @@ def check_ds_config(
     # torch.utils.checkpoint, as train.activation_checkpointing says): partition_activations, cpu_checkpointing
     # and the rest were ignored without a word, and the memory they promise never saved. A block that turns
     # everything off (DeepSpeed's example configs carry one) asks for nothing, and runs started with it resume.
-    block = config.get("activation_checkpointing")
-    if "activation_checkpointing" in config and not (isinstance(block, dict) and not any(block.values())):
+    checkpointing = config.get("activation_checkpointing")
+    if "activation_checkpointing" in config and not (
+        isinstance(checkpointing, dict) and not any(checkpointing.values())
+    ):
         p.add(
             "activation_checkpointing",
             "{...}",
