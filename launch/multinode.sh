@@ -28,6 +28,8 @@
 # Environment: MASTER_ADDR (default: the first host; 127.0.0.1 for a single host), MASTER_PORT
 # (default 29500; deepspeed mode refuses one in use), SSH_PORT, PYTHON (default python3),
 # DEEPSPEED_ARGS / MPI_ARGS (extra launcher flags), DRY_RUN=1 (print the command instead of running it).
+# DeepSpeed's --include / --exclude / --num_nodes in DEEPSPEED_ARGS narrow the hostfile: the master is the
+# first host left, and only the hosts left are probed over ssh (exclude a broken node that way).
 set -euo pipefail
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -54,8 +56,42 @@ run() {
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else exec "$@"; fi
 }
 
+# Whether host $1 is named in DeepSpeed's NODE_SPEC[@NODE_SPEC...] list $2 (NODE_SPEC = NAME[:SLOT,...]);
+# with $3 = whole, only a NAME without slots counts (an --exclude of some slots leaves the host in).
+named_in() {
+  local spec specs
+  IFS=@ read -ra specs <<<"$2"
+  for spec in "${specs[@]}"; do
+    [ "${spec%%:*}" = "$1" ] || continue
+    [ "${3:-}" = whole ] && [ "$spec" != "$1" ] && continue
+    return 0
+  done
+  return 1
+}
+
 case "$mode" in
   deepspeed)
+    # The hosts DeepSpeed starts ranks on, in hostfile order: DEEPSPEED_ARGS may narrow the hostfile
+    # (--include, --exclude, --num_nodes). Rank 0, so the rendezvous, is on the first of them, and an
+    # excluded host (a broken node) must be neither the master nor probed over ssh.
+    include="" exclude="" num_nodes="" prev=""
+    # shellcheck disable=SC2086  # DEEPSPEED_ARGS is a word list
+    for arg in ${DEEPSPEED_ARGS:-}; do
+      case "$prev" in -i|--include) include="$arg" ;; -e|--exclude) exclude="$arg" ;; --num_nodes) num_nodes="$arg" ;; esac
+      case "$arg" in --include=*) include="${arg#*=}" ;; --exclude=*) exclude="${arg#*=}" ;; --num_nodes=*) num_nodes="${arg#*=}" ;; esac
+      prev="$arg"
+    done
+    active=()
+    for host in "${hosts[@]}"; do
+      if [ -n "$include" ]; then named_in "$host" "$include" || continue; fi
+      if [ -n "$exclude" ]; then named_in "$host" "$exclude" whole && continue; fi
+      active+=("$host")
+    done
+    if [[ "$num_nodes" =~ ^[0-9]+$ ]] && [ "$num_nodes" -gt 0 ] && [ "$num_nodes" -lt ${#active[@]} ]; then
+      active=("${active[@]:0:$num_nodes}")
+    fi
+    [ ${#active[@]} -gt 0 ] || { echo "error: $hostfile: DEEPSPEED_ARGS ($DEEPSPEED_ARGS) leave no host" >&2; exit 2; }
+    hosts=("${active[@]}")
     master="${MASTER_ADDR:-${hosts[0]}}"
     [ ${#hosts[@]} = 1 ] && master="${MASTER_ADDR:-127.0.0.1}"   # one host: the rendezvous stays on it
     # A port some other process already listens on (another job's rendezvous): rank 0 could not
