@@ -115,10 +115,7 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
         loaded.config,
         eos_token_id=eos,
         pad_token_id=eos,
-        auto_map={
-            "AutoConfig": f"configuration_ngpt.{config_class.__name__}",
-            "AutoModelForCausalLM": f"modeling_ngpt.{model_class.__name__}",
-        },
+        auto_map=model_class.auto_map(),
         **{
             HF_MARKER: {
                 "format_version": 1,

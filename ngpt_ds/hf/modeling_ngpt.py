@@ -19,6 +19,7 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -87,6 +88,28 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         model, info = loaded
         model._check_loaded(pretrained_model_name_or_path, info)
         return (model, info) if want_info else model
+
+    @classmethod
+    def auto_map(cls) -> dict[str, str]:
+        """config.json's `auto_map`: where trust_remote_code finds the classes (the files of the folder)."""
+        config_class = cast(type, cls.config_class)
+        return {
+            "AutoConfig": f"configuration_ngpt.{config_class.__name__}",
+            "AutoModelForCausalLM": f"modeling_ngpt.{cls.__name__}",
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]  # transformers' parameters, passed on unchanged
+        """transformers' save_pretrained; as ngpt_ds's installed code, also `auto_map` in config.json and the
+        modeling files it names (ngpt_ds.hf.export.write_code), so the folder loads with trust_remote_code
+        without ngpt_ds, as an export does. transformers copies only the file of a class it loaded with
+        trust_remote_code (an export's copy of this file, whose imports are relative: nothing to add then)."""
+        installed = __name__ == "ngpt_ds.hf.modeling_ngpt"
+        if installed and not getattr(self.config, "auto_map", None):
+            self.config.auto_map = self.auto_map()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if installed and kwargs.get("is_main_process", True):
+            # By name: an import statement would make the export copy ngpt_ds.hf.export (and all it imports) too.
+            importlib.import_module("ngpt_ds.hf.export").write_code(Path(save_directory))
 
     def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
         weights = Path(str(name_or_path)) / "model.safetensors"
