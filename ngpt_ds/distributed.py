@@ -104,7 +104,8 @@ def _int(env: dict[str, str], name: str) -> int:
 
 
 def discover(env: dict[str, str] | None = None) -> DistEnv:
-    """Read the launcher's environment. Precedence: torch variables, Slurm, MPI, single process."""
+    """Read the launcher's environment. Precedence: torch variables, Slurm (unless mpirun started this rank
+    inside a Slurm job), MPI, single process."""
     env = dict(os.environ if env is None else env)
     present = [v for v in TORCH_VARS if v in env]
     if "RANK" in env or "WORLD_SIZE" in env:
@@ -122,7 +123,12 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         local_size = next((v for v in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE") if v in env), None)
         local_world = _int(env, local_size) if local_size is not None else world
         source, addr, port = "torch", env["MASTER_ADDR"], _int(env, "MASTER_PORT")
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID") is not None:
+    elif (
+        "SLURM_PROCID" in env
+        and "SLURM_NTASKS" in env
+        and env.get("SLURM_STEP_ID") is not None
+        and not _mpirun_inside_slurm(env)
+    ):
         rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
         local_rank = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         local_world = _slurm_tasks_on_this_node(env, world)
@@ -131,11 +137,8 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         # One port per job, so two jobs sharing a node do not collide.
         port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
         source = "slurm"
-    elif "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env or "PMIX_RANK" in env:
-        rank_var = next(v for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK") if v in env)
-        size_var = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE", "PMI_RANK": "PMI_SIZE"}[
-            rank_var
-        ]
+    elif (rank_var := _mpi_rank_var(env)) is not None:
+        size_var = _MPI_SIZE[rank_var]
         if size_var not in env and "OMPI_COMM_WORLD_SIZE" not in env:
             raise NgptConfigError(f"MPI launch with {rank_var} but no {size_var}: cannot tell the world size")
         rank = _int(env, rank_var)
@@ -153,6 +156,26 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
     return DistEnv(rank, world, local_rank, local_world, addr, port, source)
+
+
+_MPI_SIZE = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE", "PMI_RANK": "PMI_SIZE"}
+"""Each MPI's rank variable (Open MPI, PMIx, PMI: MPICH, Intel MPI, srun --mpi=pmi2) and its world size."""
+
+
+def _mpi_rank_var(env: dict[str, str]) -> str | None:
+    return next((v for v in _MPI_SIZE if v in env), None)
+
+
+def _mpirun_inside_slurm(env: dict[str, str]) -> bool:
+    """Whether mpirun (or mpiexec) started this rank inside a Slurm job. Open MPI starts its per-node
+    daemons with srun, and the ranks inherit that step's SLURM_PROCID / SLURM_NTASKS, which count the
+    daemons (one a node), not the ranks: read as the job's, every rank of one node was rank 0 of 1.
+    Under srun's own MPI plugins (--mpi=pmix, pmi2) the MPI and the Slurm variables agree."""
+    rank_var = _mpi_rank_var(env)
+    if rank_var is None:
+        return False
+    size = env.get(_MPI_SIZE[rank_var], env.get("OMPI_COMM_WORLD_SIZE"))
+    return env[rank_var].strip() != env["SLURM_PROCID"].strip() or (size or "").strip() != env["SLURM_NTASKS"].strip()
 
 
 def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:
