@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import evaluate, format_table, load
 
+    if args.json:  # before the evaluation, which may take long: a wrong folder would lose its results
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or os.path.isdir(args.json):
+            raise NgptConfigError(
+                f"--json {args.json}: {'is a folder' if os.path.isdir(args.json) else 'no folder ' + folder}"
+            )
     keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     data = args.data or loaded.info.get("data_dir")
@@ -104,18 +111,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(format_table(results))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {
-                    "model": str(loaded.source),
-                    "data": str(data),
-                    "split": args.split,
-                    "results": [r.to_dict() for r in results],
-                },
-                f,
-                indent=2,
-            )
-            f.write("\n")
+        record = {
+            "model": str(loaded.source),
+            "data": str(data),
+            "split": args.split,
+            "results": [r.to_dict() for r in results],
+        }
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                f.write(json.dumps(record, indent=2) + "\n")
+        except OSError as err:
+            raise NgptConfigError(f"--json {args.json}: {err.strerror} (the table above holds the results)") from None
     return 0
 
 

@@ -9,10 +9,12 @@ messages go to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
 from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
+from ngpt_ds.errors import NgptConfigError
 
 EPILOG = """\
 MODEL is an exported folder (launch/export.py), a checkpoint directory (.../checkpoints/step_N)
@@ -92,20 +94,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"\nwarning: {message}\n"
-    from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import Sampling, generate, load
     from ngpt_ds.infer.generate import check_prompt_length
 
     if args.prompt is not None:
-        prompt = args.prompt
+        # argv holds undecodable bytes as lone surrogates (PEP 383): the original bytes, checked below.
+        raw, source = os.fsencode(args.prompt), "--prompt"
     elif args.prompt_file == "-":
-        prompt = sys.stdin.read()
+        raw, source = sys.stdin.buffer.read(), "--prompt-file - (stdin)"
     else:
         try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
+            with open(args.prompt_file, "rb") as f:
+                raw = f.read()
         except OSError as err:
             raise NgptConfigError(f"--prompt-file {args.prompt_file}: {err.strerror}") from None
+        source = f"--prompt-file {args.prompt_file}"
+    prompt = _utf8(raw, source)
+    if args.prompt is None:  # as a file read in text mode did: universal newlines
+        prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
     sampling = Sampling(
         temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p
     ).validate()
@@ -133,6 +139,17 @@ def _generate(args: argparse.Namespace) -> int:
         f"[{len(result.new_ids)} tokens{', stopped at end of text' if result.stopped_at_eos else ''}]", file=sys.stderr
     )
     return 0
+
+
+def _utf8(raw: bytes, source: str) -> str:
+    """The prompt's bytes as text; the tokenizer takes only valid UTF-8 (other bytes crashed it)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NgptConfigError(
+            f"{source}: not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x}); convert it first, "
+            "e.g. iconv -f latin1 -t utf-8"
+        ) from None
 
 
 if __name__ == "__main__":  # python -m ngpt_ds.cli.generate

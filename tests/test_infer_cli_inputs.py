@@ -1,0 +1,63 @@
+"""launch/generate.py and launch/evaluate.py refuse what they cannot use with `error: ...` and exit
+status 2, before loading the model: a prompt that is not UTF-8 (from --prompt, a file or stdin), an
+--json file in a folder that does not exist."""
+
+import io
+import os
+
+import pytest
+from test_infer_export_load import small_export  # noqa: F401  (module fixture)
+
+
+@pytest.mark.parametrize("source", ["argv", "file", "stdin"])
+def test_a_prompt_that_is_not_utf8_is_a_clear_error(small_export, tmp_path, monkeypatch, capsys, source):  # noqa: F811
+    """Fault: a Latin-1 prompt crashed generate.py with a traceback (exit 1): UnicodeDecodeError from
+    --prompt-file, and from --prompt or stdin (bytes Python keeps as lone surrogates) sentencepiece's
+    'RuntimeError: Unable to cast Python instance of type <class 'str'> to C++ type'."""
+    from ngpt_ds.cli.generate import main
+
+    raw = b"caf\xe9 au lait"
+    args = [str(small_export), "--max-new-tokens", "2", "--greedy"]
+    if source == "argv":
+        args += ["--prompt", os.fsdecode(raw)]  # how Python decodes such a command-line argument
+        where = "--prompt"
+    elif source == "file":
+        (tmp_path / "prompt.txt").write_bytes(raw)
+        args += ["--prompt-file", str(tmp_path / "prompt.txt")]
+        where = f"--prompt-file {tmp_path / 'prompt.txt'}"
+    else:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+        args += ["--prompt-file", "-"]
+        where = "--prompt-file - (stdin)"
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"error: {where}: not UTF-8 text (byte 3 is 0xe9)" in err
+    assert "loaded" not in err  # refused before the model was loaded
+
+
+def test_a_utf8_prompt_file_with_crlf_reads_as_before(small_export, tmp_path, capsys):  # noqa: F811
+    """The prompt file is read as text mode read it: UTF-8, \\r\\n as \\n."""
+    from ngpt_ds.cli.generate import main
+
+    (tmp_path / "prompt.txt").write_bytes("café\r\nau lait".encode())
+    assert (
+        main([str(small_export), "--prompt-file", str(tmp_path / "prompt.txt"), "--max-new-tokens", "2", "--greedy"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert out.startswith("café\nau lait") and "[2 tokens" in err
+
+
+def test_evaluate_json_in_a_missing_folder_is_refused_before_evaluating(small_export, tiny_dataset, tmp_path, capsys):  # noqa: F811
+    """Fault: evaluate.py --json DIR/x.json with DIR missing ran the whole evaluation, then stopped with a
+    FileNotFoundError traceback (exit 1), the JSON not written."""
+    from ngpt_ds.cli.evaluate import main
+
+    target = tmp_path / "missing" / "ppl.json"
+    base = [str(small_export), "--data", str(tiny_dataset), "--multiples", "1", "--windows", "2"]
+    assert main([*base, "--json", str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"error: --json {target}: no folder {tmp_path / 'missing'}" in err
+    assert main([*base, "--json", str(tmp_path)]) == 2
+    assert f"error: --json {tmp_path}: is a folder" in capsys.readouterr().err
