@@ -64,8 +64,9 @@ def _scontrol(*args: str) -> str:
 
 
 def _first_slurm_host(env: dict[str, str]) -> str:
-    """The first node's NodeAddr, where Slurm itself reaches it. Its NodeName, what the node list holds,
-    need not resolve (slurm.conf NodeAddr=): every rank retried it until train.dist_timeout_s."""
+    """The first node's name, or its NodeAddr, where Slurm itself reaches it, when the name does not resolve
+    (slurm.conf NodeAddr=): every rank retried such a name until train.dist_timeout_s. Asked of slurmctld
+    only then, not by every rank of every job."""
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
     hosts = _scontrol("show", "hostnames", nodelist).split() or expand_nodelist(nodelist)
     if not hosts:
@@ -73,8 +74,12 @@ def _first_slurm_host(env: dict[str, str]) -> str:
             "Slurm job without SLURM_JOB_NODELIST: cannot tell the master host. "
             "Start the job with sbatch/srun, or set MASTER_ADDR"
         )
-    node_addr = re.search(r"(?:^|\s)NodeAddr=(\S+)", _scontrol("-o", "show", "node", hosts[0]))
-    return node_addr[1] if node_addr else hosts[0]
+    try:
+        socket.getaddrinfo(hosts[0], None)
+        return hosts[0]
+    except (OSError, UnicodeError):
+        node_addr = re.search(r"(?:^|\s)NodeAddr=(\S+)", _scontrol("-o", "show", "node", hosts[0]))
+        return node_addr[1] if node_addr else hosts[0]
 
 
 LOOPBACK = "127.0.0.1"

@@ -107,3 +107,19 @@ def test_srun_discovery_rendezvous_is_the_first_nodes_node_addr(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"slurm {NODE_ADDR} {20000 + 4711}\n"
+
+
+def test_srun_discovery_keeps_a_node_name_that_resolves_without_asking_slurmctld(monkeypatch):
+    """Every rank of a plain `srun` job discovers the address: slurmctld is asked only for a name that
+    does not resolve."""
+    from ngpt_ds import distributed
+
+    calls = []
+
+    def scontrol(*args):
+        calls.append(args)
+        return "localhost\n" if args[:2] == ("show", "hostnames") else "NodeName=localhost NodeAddr=10.9.9.9"
+
+    monkeypatch.setattr(distributed, "_scontrol", scontrol)
+    assert distributed._first_slurm_host({"SLURM_JOB_NODELIST": "localhost"}) == "localhost"
+    assert calls == [("show", "hostnames", "localhost")]
