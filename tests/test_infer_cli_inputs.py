@@ -61,3 +61,25 @@ def test_evaluate_json_in_a_missing_folder_is_refused_before_evaluating(small_ex
     assert out == "" and f"error: --json {target}: no folder {tmp_path / 'missing'}" in err
     assert main([*base, "--json", str(tmp_path)]) == 2
     assert f"error: --json {tmp_path}: is a folder" in capsys.readouterr().err
+
+
+def test_negative_max_new_tokens_is_refused_before_the_prompt_is_echoed(small_export, capsys):  # noqa: F811
+    """Fault: generate.py --max-new-tokens -1 printed the prompt to stdout, then the error (exit 2): a script
+    reading stdout got the prompt as if it were a (0-token) result."""
+    from ngpt_ds.cli.generate import main
+
+    assert main([str(small_export), "--prompt", "The class", "--max-new-tokens", "-1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "error: --max-new-tokens -1: must be >= 0" in err and "loaded" not in err
+
+
+@pytest.mark.parametrize("option", ["--contexts", "--multiples"])
+def test_an_empty_list_of_context_lengths_is_refused(small_export, tiny_dataset, capsys, option):  # noqa: F811
+    """Fault: evaluate.py --contexts '' (an unset shell variable) printed an empty table and exited 0."""
+    from ngpt_ds.cli.evaluate import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(small_export), "--data", str(tiny_dataset), option, " , "])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == ""
+    assert f"argument {option}: expected at least one number, got ' , '" in err

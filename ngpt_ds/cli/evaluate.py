@@ -30,9 +30,12 @@ examples:
 def _numbers(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     def parse(text: str) -> list[Any]:
         try:
-            return [kind(x) for x in text.split(",") if x.strip()]
+            numbers = [kind(x) for x in text.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not numbers:  # an empty list printed an empty table and exited 0
+            raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+        return numbers
 
     return parse
 

@@ -115,6 +115,8 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = Sampling(
         temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p
     ).validate()
+    if args.max_new_tokens < 0:  # before the prompt is echoed (generate checks it only after)
+        raise NgptConfigError(f"--max-new-tokens {args.max_new_tokens}: must be >= 0")
     keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     print(f"loaded {loaded.describe()} on {loaded.device}", file=sys.stderr)
