@@ -172,15 +172,18 @@ def _mpi_rank_var(env: dict[str, str]) -> str | None:
 
 
 def _mpirun_inside_slurm(env: dict[str, str]) -> bool:
-    """Whether mpirun (or mpiexec) started this rank inside a Slurm job. Open MPI starts its per-node
-    daemons with srun, and the ranks inherit that step's SLURM_PROCID / SLURM_NTASKS, which count the
-    daemons (one a node), not the ranks: read as the job's, every rank of one node was rank 0 of 1.
-    Under srun's own MPI plugins (--mpi=pmix, pmi2) the MPI and the Slurm variables agree."""
+    """Whether mpirun (or mpiexec) started this rank inside a Slurm job. Open MPI and MPICH's Hydra start
+    their per-node daemons with srun, and the ranks inherit that step's SLURM_PROCID / SLURM_NTASKS, which
+    count the daemons (one a node), not the ranks: read as the job's, every rank of one node was rank 0
+    of 1. OMPI_COMM_WORLD_* come from Open MPI's launcher only; srun's own MPI plugins (--mpi=pmix,
+    pmi2) set PMIX_* / PMI_* equal to Slurm's. The same answer on every rank of a job, which must agree
+    on how to meet: the world size, not the rank, is compared."""
     rank_var = _mpi_rank_var(env)
     if rank_var is None:
         return False
-    size = env.get(_MPI_SIZE[rank_var], env.get("OMPI_COMM_WORLD_SIZE"))
-    return env[rank_var].strip() != env["SLURM_PROCID"].strip() or (size or "").strip() != env["SLURM_NTASKS"].strip()
+    if rank_var == "OMPI_COMM_WORLD_RANK":
+        return True
+    return env.get(_MPI_SIZE[rank_var], "").strip() != env["SLURM_NTASKS"].strip()
 
 
 def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:

@@ -45,6 +45,22 @@ def test_mpirun_ranks_inside_a_slurm_job_are_open_mpis():
     assert distributed.discover(one_node) == distributed.DistEnv(3, 4, 3, 4, "10.0.0.1", 29500, "mpi")
 
 
+def test_every_rank_of_mpirun_inside_slurm_takes_the_same_way():
+    """One rank a node on 3 nodes, ranks 1 and 2 mapped against the node order: rank 0's SLURM_PROCID and
+    SLURM_NTASKS look right, yet it must meet its peers as they do, through MPI, or each side waits."""
+    step = {**MPIRUN_IN_SLURM, "OMPI_COMM_WORLD_SIZE": "3", "SLURM_NTASKS": "3", "SLURM_STEP_TASKS_PER_NODE": "1(x3)"}
+    step.update(OMPI_COMM_WORLD_LOCAL_RANK="0", OMPI_COMM_WORLD_LOCAL_SIZE="1", SLURM_JOB_NUM_NODES="3")
+    found = [
+        distributed.discover({**step, "OMPI_COMM_WORLD_RANK": str(rank), "SLURM_PROCID": str(node)})
+        for rank, node in ((0, 0), (1, 2), (2, 1))
+    ]
+    assert found == [distributed.DistEnv(r, 3, 0, 1, "10.0.0.1", 29500, "mpi") for r in range(3)]
+    # MPICH's / Intel MPI's mpiexec (Hydra) in a Slurm job: PMI_* for 4 ranks, the proxies' step of 2.
+    hydra = {k: v for k, v in MPIRUN_IN_SLURM.items() if not k.startswith("OMPI_")}
+    hydra.update(PMI_RANK="3", PMI_SIZE="4", MPI_LOCALRANKID="1", MPI_LOCALNRANKS="2")
+    assert distributed.discover(hydra) == distributed.DistEnv(3, 4, 1, 2, "10.0.0.1", 29500, "mpi")
+
+
 def test_srun_with_an_mpi_plugin_stays_a_slurm_launch():
     """srun --mpi=pmix sets PMIX_RANK / PMIX_SIZE equal to SLURM_PROCID / SLURM_NTASKS: Slurm's discovery."""
     env = {k: v for k, v in MPIRUN_IN_SLURM.items() if not k.startswith("OMPI_")}
