@@ -69,9 +69,12 @@ def check_prompt_length(prompt_tokens: int, max_context: int, seq_len: int) -> N
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] -> next token ids [B] (int64)."""
     logits = logits.float()
-    if sampling.greedy:
+    # A temperature that is 0 in float32 (below ~1e-45) divides by zero: its limit, greedy.
+    if sampling.greedy or torch.tensor(sampling.temperature, dtype=torch.float32).item() == 0:
         return logits.argmax(dim=-1)
-    logits = logits / sampling.temperature
+    # Shifted so that the largest logit is 0: a tiny temperature then gives 0 and -inf, never inf
+    # (whose softmax is NaN: 'probability tensor contains either inf, nan or element < 0').
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / sampling.temperature
     if sampling.top_k:
         k = min(sampling.top_k, logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[:, -1:]
