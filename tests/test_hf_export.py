@@ -13,6 +13,8 @@ import pytest
 import torch
 from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
+from ngpt_ds.errors import NgptConfigError
+
 from conftest import REPO, cpu_env, run
 
 PROMPT = "The class statement"
@@ -333,3 +335,18 @@ def test_overwrite_replaces_an_hf_export_and_nothing_else(trained, tmp_path):  #
     assert (other / "notes.txt").read_text() == "keep me"
     with pytest.raises(NgptConfigError, match="not one of ngpt_ds, hf"):
         export_model(trained["checkpoint"], tmp_path / "x", format="onnx")
+
+
+def test_an_export_given_where_the_other_is_expected_is_named_as_such(hf_exported, exported, tmp_path):  # noqa: F811
+    """Faults: generate/evaluate on a `--format hf` export said 'format = None ... not a folder written by
+    launch/export.py', though export.py wrote it; export.py given an export said it was 'neither an exported
+    model (config.json + model.safetensors) nor ...', though it is one."""
+    from ngpt_ds.infer import export_model, load
+
+    with pytest.raises(NgptConfigError) as caught:
+        load(hf_exported, device="cpu")
+    assert str(caught.value).startswith(f"{hf_exported} is a transformers export (export.py --format hf): load it ")
+    with pytest.raises(NgptConfigError) as caught:
+        export_model(exported, tmp_path / "again")
+    assert str(caught.value).startswith(f"{exported} is an exported model, and export.py reads a checkpoint ")
+    assert not (tmp_path / "again").exists()

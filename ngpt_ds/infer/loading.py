@@ -126,6 +126,10 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
+HF_MODEL_TYPES = ("ngpt", "ngpt_gpt_baseline")
+"""The model_type of a transformers export (ngpt_ds.hf.configuration_ngpt), for the message that names one."""
+
+
 def is_export(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / WEIGHTS_FILE).exists()
 
@@ -169,6 +173,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
                 f"lack the {COMPLETE} marker (interrupted saves)"
             )
+    if is_export(path):  # load() takes exports; export.py, which reads checkpoints, came here with one
+        raise NgptConfigError(
+            f"{path} is an exported model, and export.py reads a checkpoint (step_N with COMPLETE) or a training "
+            f"run's folder: export from the checkpoint it was made from (its {CONFIG_FILE} names it under "
+            "training.checkpoint)"
+        )
     raise NgptConfigError(
         f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
         "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
@@ -442,6 +452,12 @@ def read_export_config(folder: Path) -> dict[str, Any]:
         raise NgptConfigError(
             f"{path} cannot be read ({type(err).__name__}: {err}); export the checkpoint again"
         ) from None
+    if isinstance(config, dict) and "format" not in config and config.get("model_type") in HF_MODEL_TYPES:
+        raise NgptConfigError(
+            f"{folder} is a transformers export (export.py --format hf): load it with transformers "
+            "(AutoModelForCausalLM.from_pretrained, README 'Using a trained model') or lm-eval's hf model; for "
+            "generate.py, evaluate.py and the ngpt_ds lm-eval model, export the checkpoint with --format ngpt_ds"
+        )
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise NgptConfigError(
             f"{path}: format = {config.get('format') if isinstance(config, dict) else None!r}, "
