@@ -25,6 +25,7 @@ def test_dry_run_job_on_a_stopped_runs_out_is_not_requeued_by_its_stale_summary(
     configs = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(1000))
     out = tmp_path / "run"
     out.mkdir()
+    (out / "train.lock").touch()  # the earlier job's run folder: the trainer refuses a summary.json elsewhere
     # What the trainer wrote when an earlier job of this --out stopped at step 220 (its own writer).
     stale = Summary("stopped", 220, 1000, 28160, 3.9, float("nan"), 3.0, None, str(out))
     replace_file(out / "summary.json", json.dumps(dataclasses.asdict(stale), indent=2) + "\n")
