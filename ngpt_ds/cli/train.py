@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from ngpt_ds.train.builder import TrainOptions
-    from ngpt_ds.train.loop import train
+    from ngpt_ds.train.job import train
 
     if args.dry_run is not None and args.dry_run < 0:
         from ngpt_ds.errors import NgptConfigError

@@ -1,4 +1,5 @@
-"""The training loop: steps, evaluation, logging, checkpoints, cooperative shutdown."""
+"""The training loop: steps, evaluation, logging, checkpoints, cooperative shutdown (ngpt_ds.train.job
+starts it)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ngpt_ds import log
-from ngpt_ds.data.loader import TokenWindowLoader, same_dataset_on_every_rank, validation_batches
+from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.windows import DeferredFaults
-from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, lineage, preflight, reshape
-from ngpt_ds.train.builder import Prepared, TrainOptions, choose_resume, init_process_group, start_engine
+from ngpt_ds.train import agreement, checkpoint, preflight, reshape
+from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
@@ -35,9 +35,8 @@ from ngpt_ds.train.metrics import (
 )
 from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.resume import describe_batch_change
-from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.stopping import StopRequest
-from ngpt_ds.train.summary import SUMMARY_FILE, Summary, mend_finished_summary, replace_file
+from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file
 
 _log = log.get(__name__)
 
@@ -452,68 +451,3 @@ class Trainer:
                 problem = f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason})"
         stop_all_if_unwritten(problem, self.device, self._checkpoints_left(self.step))  # reaches every rank
         return summary
-
-
-def train(options: TrainOptions) -> Summary:
-    """Validate everything, start the process group, train, and tear down."""
-    prepared_here, problem, dist_env, timeout_s = agreement.prepare_or_problem(options)
-    init_process_group(dist_env, timeout_s)
-    lock = None
-    try:
-        agreement.stop_all_if_any_failed(problem)
-        assert prepared_here is not None  # this rank's prepare failed: stop_all_if_any_failed raised
-        prepared = prepared_here
-        # Before the engine: ranks whose --data differ (node-local copies) would build models of different
-        # vocabularies (DeepSpeed's first broadcast aborted in gloo) or number the windows differently.
-        same_dataset_on_every_rank(Path(prepared.run.data_dir))  # first: its vocabulary is also in the config
-        agreement.same_config_on_every_rank(prepared.run)
-        # Verified by all ranks together: each checkpoint file is read once in all. The checks after that
-        # read each rank's own files (node-local data may record block hashes on one node only), so one
-        # rank's refusal reaches all, none left waiting in the engine's first collective.
-        try:
-            prepared, problem = choose_resume(prepared, options.resume, collective=True), None
-        except NgptConfigError as err:
-            problem = str(err)
-        agreement.stop_all_if_any_failed(problem)
-        resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
-        if resumed_step >= prepared.run.train.max_steps:
-            if dist.get_rank() == 0:
-                _log.info(
-                    f"{prepared.run.out_dir} is already trained to step {resumed_step}/{prepared.run.train.max_steps}"
-                    ": nothing to do. Pass --max-steps N to train further, or --out DIR for a new run."
-                )
-                mend_finished_summary(Path(prepared.run.out_dir), resumed_step, prepared.run.train.max_steps)
-            return Summary(
-                "already-finished",
-                resumed_step,
-                prepared.run.train.max_steps,
-                0,
-                float("nan"),
-                float("nan"),
-                0.0,
-                str(prepared.resume_from),
-                prepared.run.out_dir,
-            )
-        out_dir = Path(prepared.run.out_dir)
-        lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
-        problem = None
-        if dist.get_rank() == 0:
-            assert lock is not None  # rank 0 holds it: lock_run raised otherwise
-            if lock.note:
-                _log.info(lock.note)
-            try:
-                moved = lineage.start_lineage(out_dir, prepared.resume_from)
-                if moved:
-                    _log.info(moved)
-                replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
-            except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
-                problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
-            if options.progress and problem is None:
-                _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
-        agreement.stop_all_if_any_failed(problem)
-        return Trainer(prepared, options).fit()
-    finally:
-        if lock is not None:
-            lock.release()
-        if dist.is_initialized():
-            dist.destroy_process_group()

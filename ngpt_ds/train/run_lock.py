@@ -33,7 +33,7 @@ from ngpt_ds.train.manifest import COMPLETE
 
 LOCK_FILE = "train.lock"
 RUN_CONFIG = "config.yaml"
-"""The run's effective config, rewritten at every start (ngpt_ds.train.loop)."""
+"""The run's effective config, rewritten at every start (ngpt_ds.train.job)."""
 RUN_FILES = ("metrics.jsonl", "summary.json")
 """What else a run replaces (summary.json) or truncates to the step it resumes from (metrics.jsonl:
 everything, on a fresh start) in its --out (ngpt_ds.train.metrics, ngpt_ds.train.loop)."""
