@@ -32,8 +32,10 @@ def test_resume_keeps_the_records_it_drops_beside_metrics_jsonl(tmp_path, capsys
     diverged after its newest checkpoint had logged) were deleted from metrics.jsonl without a copy or a
     word, unless a newer checkpoint folder was moved aside with them: a run SIGKILLed at step 11 with
     checkpoints at 4 and 8, resumed with --max-steps 12, lost its records of steps 9-11 for good."""
+    from ngpt_ds import log
     from ngpt_ds.train.metrics import MetricsLogger
 
+    log.setup()  # the trainer's logging (INFO on stdout): an earlier in-process command may have sent it elsewhere
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": step, "train/loss": 6.0 - step / 10}) + "\n" for step in range(1, 12)]
     lines.insert(8, json.dumps({"step": 8, "eval/loss": 6.5}) + "\n")  # an evaluation record of step 8
