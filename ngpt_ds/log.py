@@ -10,8 +10,9 @@ Every module logs through `get(__name__)` (loggers under "ngpt_ds"); `setup` dec
 Rank 0's lines carry no prefix, so a single-process run reads as before. Warnings and errors go
 to stderr; INFO lines go to stdout for the trainer (what it is doing, as it has always printed
 it) and to stderr for the commands whose stdout is their result (a dataset path, generated
-text, a table): `setup(info_stream=...)`. Lines go through tqdm.write, so a progress bar on screen is never torn (the trainer's
-progress line itself is a tqdm bar, not a log record). The rank is looked up for every record
+text, a table): `setup(info_stream=...)`. Lines are written in tqdm's external write mode, so a progress bar on
+screen is never torn (the trainer's progress line itself is a tqdm bar, not a log record), and whole (`write`: a
+slow reader of a non-blocking pipe is waited for). The rank is looked up for every record
 (the process group's rank once it exists, else RANK, which every supported launcher sets and
 ngpt_ds.distributed exports), so logging can be set up before the rank is known.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 ROOT = "ngpt_ds"
@@ -68,8 +71,8 @@ class _TqdmHandler(logging.Handler):
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=stream)
-            stream.flush()
+            with tqdm.external_write_mode(file=stream):  # tqdm.write's bar clearing, with a write that is whole
+                write(stream, self.format(record) + "\n")
         except BrokenPipeError:
             _discard_from_now_on(stream)
         except OSError as err:  # a redirection to a full disk (Slurm's output file), an I/O error
@@ -82,6 +85,49 @@ class _TqdmHandler(logging.Handler):
                 )
         except Exception:  # logging must never break the program
             self.handleError(record)
+
+
+def write(stream: TextIO, text: str) -> None:
+    """Write `text` to `stream` whole and flush it, waiting while the reader of a non-blocking pipe is slow.
+
+    A descriptor set O_NONBLOCK (by whoever shares it: ssh, which pdsh and DeepSpeed's multinode runner use,
+    sets it on the stdout and stderr it is given) refuses a write while the pipe is full (EAGAIN). Buffered,
+    Python raised BlockingIOError, taken as a dead stream: the log went to /dev/null for good after ~64 KiB.
+    Unbuffered (`python -u`, as the launchers start ranks), the text layer ignored the refusal and lines were
+    lost without a word, or cut. Here the bytes go to the binary layer, and a refusal waits until the pipe
+    can take more, as a blocking write would. Errors other than EAGAIN (a reader gone, a full disk) raise."""
+    try:
+        fd, raw = stream.fileno(), stream.buffer  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture: no descriptor to wait on
+        stream.write(text)
+        stream.flush()
+        return
+    _until_done(fd, stream.flush)  # text still held by the stream (a print() before)
+    data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while data:
+        try:
+            written = raw.write(data)  # a raw FileIO (unbuffered) returns None when the pipe is full
+        except BlockingIOError as err:  # a BufferedWriter: what it took is in characters_written
+            written = err.characters_written
+        if not written:
+            _wait_writable(fd)
+        data = data[written or 0 :]
+    _until_done(fd, raw.flush)
+
+
+def _until_done(fd: int, flush: Callable[[], object]) -> None:
+    """flush(), again after each wait while a non-blocking descriptor is full (a BufferedWriter keeps what
+    it could not write)."""
+    while True:
+        try:
+            flush()
+            return
+        except BlockingIOError:
+            _wait_writable(fd)
+
+
+def _wait_writable(fd: int) -> None:
+    select.select([], [fd], [])  # a reader gone also reads as writable: the write then raises BrokenPipeError
 
 
 def _say_on_stderr(line: str) -> None:
