@@ -32,6 +32,7 @@ _FORMATS = {
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 TEXT_SAMPLE_BY = ("paragraph", "line", "document")
 _READ_BATCH = 256
+_BOM = "\ufeff"
 
 
 def file_format(path: str) -> str | None:
@@ -117,6 +118,9 @@ class Corpus:
 
     def _texts(self) -> Iterator[str]:
         field = self.spec.text_field
+        # The text builder keeps a file's UTF-8 byte order mark (Windows editors write one) as the first
+        # character of its first document, where the tokenizer learned it as text; json/csv drop it.
+        strip_bom = self._load_args.get("path") == "text"
         # datasets lets a bare StopIteration escape for empty json files (while loading or
         # iterating); it means "no rows", and must not reach a generator frame (PEP 479).
         try:
@@ -131,6 +135,8 @@ class Corpus:
             if field not in batch:
                 raise self._unknown_field(sorted(batch))
             for text in batch[field]:
+                if strip_bom and isinstance(text, str) and text.startswith(_BOM):
+                    text = text[1:]
                 if text is None or text == "":
                     continue
                 if not isinstance(text, str):
@@ -161,7 +167,9 @@ class Corpus:
 
 def _resolve_files(inputs: Sequence[str]) -> list[str]:
     files: list[str] = []
+    named: dict[str, str] = {}  # real path -> the --input that named it first
     for spec in inputs:
+        before = len(files)
         pattern = os.path.expanduser(spec)
         if any(c in pattern for c in "*?["):
             matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
@@ -177,6 +185,17 @@ def _resolve_files(inputs: Sequence[str]) -> list[str]:
             raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
         else:
             files.append(pattern)
+        for path in files[before:]:
+            # A file read twice doubles its documents, and a document held out for validation in one
+            # copy lands in training in the other (the split follows the document's index).
+            real = os.path.realpath(path)
+            if real in named:
+                raise NgptConfigError(
+                    f"--input {spec!r} names {path} again (already given by --input {named[real]!r}): its "
+                    "documents would be read twice and validation documents would reappear in training; "
+                    "give each file once"
+                )
+            named[real] = spec
     return files
 
 

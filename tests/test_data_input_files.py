@@ -1,0 +1,96 @@
+"""Local input files as operators have them: one named twice, a UTF-8 byte order mark."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+from ngpt_ds.data.sources import CorpusSpec, open_corpus
+from ngpt_ds.data.tokenizer import Tokenizer
+from ngpt_ds.errors import NgptConfigError
+
+TEXT = "first paragraph of the file\nstill the first\n\nsecond paragraph\n"
+
+
+def _texts(*inputs: str, **kw) -> list[str]:
+    return list(open_corpus(CorpusSpec(inputs=inputs, **kw)).texts())
+
+
+@pytest.mark.parametrize("how", ["same name", "glob and name", "two globs", "link"])
+def test_a_file_given_twice_is_refused_before_anything_is_written(tmp_path, how):
+    """Read twice, a file's documents were doubled silently and each document held out for validation in one
+    copy was trained on in the other (the split follows the document's index): 4 documents in, 8 read."""
+    data = tmp_path / "data"
+    data.mkdir()
+    a = data / "a.txt"
+    a.write_text(TEXT, encoding="utf-8")
+    (data / "b.txt").write_text("other file\n", encoding="utf-8")
+    os.symlink(a, data / "link.txt")
+    inputs = {
+        "same name": (str(a), str(a)),
+        "glob and name": (str(a), str(data / "[ab].txt")),
+        "two globs": (str(data / "a*"), str(data / "*.txt")),
+        "link": (str(a), str(data / "link.txt")),
+    }[how]
+    again = {"same name": a, "glob and name": a, "two globs": a, "link": data / "link.txt"}[how]
+    with pytest.raises(NgptConfigError) as e:
+        _texts(*inputs)
+    assert str(e.value) == (
+        f"--input {inputs[1]!r} names {again} again (already given by --input {inputs[0]!r}): its documents "
+        "would be read twice and validation documents would reappear in training; give each file once"
+    )
+    out = tmp_path / "out"
+    with pytest.raises(NgptConfigError, match="names .* again"):
+        prepare_dataset(PrepareConfig(inputs=inputs, out=out, vocab_size=300, workers=1, progress=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no out, no staging folder
+
+
+def test_distinct_files_are_all_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "b.txt").write_text("other file\n", encoding="utf-8")
+    assert _texts(str(tmp_path / "a.txt"), str(tmp_path / "b.txt")) == [
+        "first paragraph of the file\nstill the first",
+        "second paragraph\n",
+        "other file\n",
+    ]
+
+
+@pytest.mark.parametrize("sample_by", ["paragraph", "line", "document"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_text_files_byte_order_mark_is_not_text(tmp_path, sample_by, compressed):
+    """A UTF-8 BOM (Notepad writes one) began the first document of the file as U+FEFF, which the tokenizer
+    then learned and the model trained on; the json and csv readers drop it. CRLF line ends read as LF."""
+    raw = b"\xef\xbb\xbf" + TEXT.replace("\n", "\r\n").encode()
+    path = tmp_path / ("bom.txt.gz" if compressed else "bom.txt")
+    path.write_bytes(gzip.compress(raw) if compressed else raw)
+    texts = _texts(str(path), text_sample_by=sample_by)
+    plain = tmp_path / "plain.txt"
+    plain.write_text(TEXT, encoding="utf-8")
+    assert texts == _texts(str(plain), text_sample_by=sample_by)
+    assert texts[0].startswith("first paragraph of the file")
+    assert not any("\ufeff" in t for t in texts)
+
+
+def test_a_byte_order_mark_inside_a_document_is_kept(tmp_path):
+    """Only a document's leading U+FEFF is a file's mark; one inside the text is the writer's."""
+    path = tmp_path / "mid.txt"
+    path.write_text("a\ufeffb\n", encoding="utf-8")
+    assert _texts(str(path)) == ["a\ufeffb\n"]
+
+
+def test_the_prepared_shards_hold_no_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.txt"
+    body = "".join(f"paragraph {i} about the byte order mark\n\n" for i in range(60))
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    out = prepare_dataset(
+        PrepareConfig(inputs=(str(path),), out=tmp_path / "ds", vocab_size=300, workers=1, progress=False)
+    )
+    tok = Tokenizer.load(Path(out) / "tokenizer.model")
+    ids = np.fromfile(Path(out) / "train_000000.bin", dtype="<u2")
+    first = ids[: int(np.flatnonzero(ids == tok.eos_id)[0])]
+    assert tok.decode(first) == "paragraph 0 about the byte order mark"
