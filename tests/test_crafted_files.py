@@ -29,7 +29,7 @@ def _resume_config(folder: Path) -> object:
 
 
 def _inference_config(folder: Path) -> object:
-    from ngpt_ds.infer.loading import read_run_config
+    from ngpt_ds.infer.run_checkpoint import read_run_config
 
     return read_run_config(folder)
 

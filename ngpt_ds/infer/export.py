@@ -23,17 +23,9 @@ from pathlib import Path
 import torch
 
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
-from ngpt_ds.infer.loading import (
-    CONFIG_FILE,
-    EXPORT_FORMAT,
-    EXPORT_VERSION,
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
-    LoadedModel,
-    load_checkpoint,
-    load_export,
-    resolve_checkpoint,
-)
+from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
+from ngpt_ds.infer.loading import LoadedModel, load_checkpoint, load_export
+from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
 from ngpt_ds.model import max_norm_deviation, sphere_matrices
 from ngpt_ds.overwrite import check_not_source, check_replaceable
 

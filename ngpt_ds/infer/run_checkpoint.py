@@ -1,0 +1,154 @@
+"""Find and read a checkpoint the trainer wrote (`<out>/checkpoints/step_N/`), without DeepSpeed's engine.
+
+The folder layout and its COMPLETE manifest are the trainer's (ngpt_ds.train.checkpoint; a damaged
+newest checkpoint is skipped as `--resume auto` skips it); the run config is the `config.yaml` the
+trainer saves with every checkpoint; the DeepSpeed files (any ZeRO stage, tensor-parallel ranks
+merged) are read by ngpt_ds.deepspeed_files, the one module that knows their layout.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ngpt_ds import deepspeed_files, log
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.infer.export_layout import CONFIG_FILE, WEIGHTS_FILE, is_export
+from ngpt_ds.model import CausalLM
+from ngpt_ds.train import checkpoint as ckpt_layout
+from ngpt_ds.train.resume import newest_intact
+
+_log = log.get(__name__)
+
+COMPLETE = ckpt_layout.COMPLETE  # the trainer's marker and manifest, written last
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint (step_N with COMPLETE), a run's checkpoints/ folder or a run directory -> the
+    newest complete checkpoint directory, verified against its manifest. A partial or damaged
+    checkpoint given by name is a clear error; in a folder, a damaged newest one is skipped with a
+    warning (as the trainer's --resume auto does). The layout is the trainer's (ngpt_ds.train.checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise NgptConfigError(
+            f"{path} does not exist. Give an exported model folder, a checkpoint directory "
+            "(<out>/checkpoints/step_N) or a training run's --out directory"
+        )
+    if ckpt_layout.is_step_dir(path):
+        if (path / COMPLETE).is_file():
+            problem = ckpt_layout.verify(path)
+            if problem is not None:
+                raise NgptConfigError(f"{path} is damaged: {problem}. Use another checkpoint")
+            if ckpt_layout.is_legacy(path):
+                _log.warning(ckpt_layout.legacy_warning(path))
+            return path
+        others = [d.name for d in ckpt_layout.complete_checkpoints(path.parent)]
+        hint = f"; complete checkpoints next to it: {', '.join(others)}" if others else ""
+        raise NgptConfigError(
+            f"{path} is a partial checkpoint: it has no {COMPLETE} marker (the save was "
+            f"interrupted or is still running){hint}"
+        )
+    for folder in (path, path / ckpt_layout.CHECKPOINTS):
+        steps = ckpt_layout.step_dirs(folder)
+        if ckpt_layout.complete_checkpoints(folder):
+            newest = newest_intact(folder, warn=_log.warning)
+            assert newest is not None  # None only without complete checkpoints (all damaged: it raises)
+            return newest
+        if steps:
+            raise NgptConfigError(
+                f"{folder} holds no complete checkpoint: {', '.join(d.name for d in steps)} "
+                f"lack the {COMPLETE} marker (interrupted saves)"
+            )
+    if is_export(path):  # load() takes exports; export.py, which reads checkpoints, came here with one
+        raise NgptConfigError(
+            f"{path} is an exported model, and export.py reads a checkpoint (step_N with COMPLETE) or a training "
+            f"run's folder: export from the checkpoint it was made from (its {CONFIG_FILE} names it under "
+            "training.checkpoint)"
+        )
+    raise NgptConfigError(
+        f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
+        "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
+    )
+
+
+def read_run_config(checkpoint: Path) -> dict[str, Any]:
+    """The resolved run config the trainer saved next to the DeepSpeed files."""
+    config_path = checkpoint / "config.yaml"
+    if not config_path.is_file():
+        raise NgptConfigError(
+            f"{config_path} not found: {checkpoint} was not written by the ngpt_ds trainer "
+            "(it saves config.yaml with every checkpoint)"
+        )
+    try:
+        run = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, *UNPARSABLE) as err:
+        raise NgptConfigError(f"{config_path}: not valid YAML ({err})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
+        raise NgptConfigError(f"{config_path}: expected the trainer's resolved config with a 'model:' section")
+    # The fields read here besides `model` (validated by ModelConfig) have the types the trainer writes; a
+    # crafted or hand-edited file is named, not a TypeError deep in a reader.
+    for name, kinds, what in (
+        ("data_dir", (str, type(None)), "a folder path"),
+        ("tokenizer_sha256", (str, type(None)), "a sha256 hex digest"),
+        ("train", (dict, type(None)), "a mapping"),
+        ("deepspeed", (dict, type(None)), "a mapping"),
+    ):
+        if not isinstance(run.get(name), kinds):
+            raise NgptConfigError(
+                f"{config_path}: {name} = {reprlib.repr(run.get(name))[:80]} must be {what}; the file was not "
+                "written by the ngpt_ds trainer or was altered"
+            )
+    return run
+
+
+def _zero_stage(run: dict[str, Any], checkpoint: Path) -> int:
+    return deepspeed_files.zero_stage_of(run.get("deepspeed"), f"{checkpoint / 'config.yaml'} (deepspeed section)")
+
+
+def _sequence_parallel(run: dict[str, Any]) -> int:
+    """train.sequence_parallel_size of the saved run config (1 when absent)."""
+    size = (run.get("train") or {}).get("sequence_parallel_size", 1)
+    return size if isinstance(size, int) and size > 0 else 1
+
+
+def read_checkpoint_weights(
+    checkpoint: Path, run: dict[str, Any], full_model: CausalLM
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, provenance) of a complete trainer checkpoint; the DeepSpeed files are read by
+    ngpt_ds.deepspeed_files."""
+    from ngpt_ds.parallel import merge_tensor_parallel
+    from ngpt_ds.train.optim import parameter_groups
+
+    stage = _zero_stage(run, checkpoint)
+    names = {id(p): n for n, p in full_model.named_parameters()}
+    group_names = [[names[id(p)] for p in g["params"]] for g in parameter_groups(full_model, 0.0)]
+    saved = deepspeed_files.read_weights(
+        checkpoint, stage, group_names, lambda shards: merge_tensor_parallel(shards, full_model)
+    )
+    weights, tp_size = saved.weights, saved.tensor_parallel
+    # DeepSpeed records the data x sequence ranks as its data-parallel size (ngpt_ds.train.reshape.Layout);
+    # the trainer's loader and evaluation cut the data over the data-parallel ranks alone.
+    sp_size = _sequence_parallel(run)
+    world, dp = saved.data_parallel, max(1, saved.data_parallel // sp_size)
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in weights.values()})
+    deepspeed = run.get("deepspeed") or {}
+    info = {
+        "checkpoint": str(checkpoint),
+        "step": ckpt_layout.step_of(checkpoint.name),
+        "zero_stage": stage,
+        "world_size": world * tp_size * saved.pipeline_parallel,  # a pipeline's stages are ranks too
+        "data_parallel": dp,
+        "tensor_parallel": tp_size,
+        "weights": f"{saved.source}, {'/'.join(dtypes)}",
+        "data_dir": run.get("data_dir"),
+        "eval": {
+            "batches": (run.get("train") or {}).get("eval_batches"),
+            "micro_batch": deepspeed.get("train_micro_batch_size_per_gpu"),
+            "data_parallel": dp,
+        },
+    }
+    return weights, info
