@@ -94,6 +94,29 @@ def require_system(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(bytes, read_only=False) -> a fresh tmpfs of that size (root), unmounted after the test:
+    a disk that fills up, or refuses writes, for real."""
+    mounted = []
+
+    def mount(size: int, read_only: bool = False):
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
+        require_system(proc.returncode == 0, f"mounting a small tmpfs needs root: {proc.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
 @pytest.fixture(scope="module")
 def slurm():
     """A real local Slurm cluster (tests/system/slurm_cluster.sh: munged, slurmctld and two slurmd as two

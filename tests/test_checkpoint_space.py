@@ -6,38 +6,15 @@ written, 2 for an --out that is not writable at startup), and no step_N folder t
 """
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from conftest import require_system, run, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import run, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 MODEL = tiny_ngpt()
 TRAIN = tiny_train(4, checkpoint_interval=2, keep_checkpoints=3)
 PAGE = 4096
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path):
-    """mount_tmpfs(bytes, read_only=False) -> a fresh tmpfs of that size, unmounted after the test."""
-    mounted = []
-
-    def mount(size: int, read_only: bool = False):
-        point = tmp_path / f"fs{len(mounted)}"
-        point.mkdir()
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(point)],
-            capture_output=True,
-            text=True,
-        )
-        require_system(proc.returncode == 0, f"mounting a small tmpfs needs root: {proc.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
 
 
 def train(tmp_path, data, out):

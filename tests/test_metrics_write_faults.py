@@ -1,40 +1,16 @@
 """A disk that fills up (or fails) under the run's logs: metrics.jsonl and tensorboard/ are written by
 rank 0 alone, so a write error there must reach every rank as one message, as a checkpoint's does."""
 
-import subprocess
-
-import pytest
-
-from conftest import require_system, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 PAGE = 4096
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A fresh tmpfs of `pages` pages (unmounted after the test): a disk that fills up for real."""
-    mounted = []
-
-    def mount(pages: int):
-        point = tmp_path / f"fs{len(mounted)}"
-        point.mkdir()
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={pages * PAGE}", "tmpfs", str(point)], capture_output=True, text=True
-        )
-        require_system(proc.returncode == 0, f"mounting a small tmpfs needs root: {proc.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
-
-
-def test_disk_full_under_the_metrics_stops_every_rank_with_74_and_one_message(tmp_path, tiny_dataset, small_tmpfs):
+def test_disk_full_under_the_metrics_stops_every_rank_with_74_and_one_message(tmp_path, tiny_dataset, mount_tmpfs):
     """Fault: a write of metrics.jsonl or of the TensorBoard events that failed (disk full) raised an
     OSError on rank 0 alone: a traceback naming no fix, exit 1, and the other rank died on 'Connection
     closed by peer' in its next all-reduce (with NCCL it waits there until train.dist_timeout_s)."""
-    out = small_tmpfs(6) / "run"  # 24 KiB: config.yaml, then the logs fill it within a few steps
+    out = mount_tmpfs(6 * PAGE) / "run"  # 24 KiB: config.yaml, then the logs fill it within a few steps
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(400, dist_timeout_s=60))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     ranks = start_ranks(train_cmd(config, ds, tiny_dataset, out))
