@@ -152,3 +152,31 @@ def test_an_invalid_config_json_is_named(hf_pair, tmp_path):
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value).startswith(f"NGPTConfig ({folder}/config.json): 1 problem")
     assert "model.n_embd = 32: must be divisible by n_head = 3" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("rope_base", "abc", "model.rope_base = 'abc': must be a number"),
+        ("alpha_attn_init", float("nan"), "model.alpha_attn_init = nan: must be a finite number"),
+        ("s_qk_scale", 1e-300, "model.s_qk_scale = 1e-300: is below float32's smallest normal number"),
+    ],
+)
+def test_a_config_json_field_of_a_wrong_type_or_out_of_float32_range_is_named(hf_pair, tmp_path, field, value, message):
+    """Fault: config.json reaches ModelConfig.validate() without from_dict's type checks: "rope_base": "abc" was a
+    TypeError traceback ('>' not supported between 'str' and 'int'), "alpha_attn_init": NaN and "s_qk_scale":
+    1e-300 (stored as 0 in float32, times init / scale = inf) loaded a model whose logits were all NaN."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    folder = tmp_path / "crafted_config"
+    shutil.copytree(hf_pair["folder"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))  # NaN is written as json.dumps writes it
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert str(err.value).startswith(f"NGPTConfig ({folder}/config.json): 1 problem")
+    assert message in str(err.value)

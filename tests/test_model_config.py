@@ -44,6 +44,31 @@ def test_odd_head_dim_is_rejected_for_rope():
         ModelConfig(n_embd=20, n_head=4).validate()
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"s_qk_scale": 1e-300}, "model.s_qk_scale = 1e-300: is below float32's smallest normal number"),
+        ({"s_z_scale": 1e300}, "model.s_z_scale = 1e+300: is beyond float32's range"),
+        ({"rope_base": 1e300}, "model.rope_base = 1e+300: is beyond float32's range"),
+        ({"s_z_init": 1e30, "s_z_scale": 1e-10}, "model.s_z_init = 1e+30: divided by s_z_scale = 1e-10"),
+        ({"alpha_mlp_init": float("nan")}, "model.alpha_mlp_init = nan: must be a finite number"),
+        ({"n_layer": "4"}, "model.n_layer = '4': must be an integer"),
+    ],
+)
+def test_constants_beyond_float32_and_wrong_types_are_named_by_validate(overrides, message):
+    """Fault: validate() (what build_model and an HF config.json call) checked neither types nor float32 range:
+    s_qk_scale 1e-300 and s_z_init 1e30 / s_z_scale 1e-10 built models with NaN logits, s_z_scale 1e300 a
+    RuntimeError traceback ('value cannot be converted to type float without overflow'), rope_base 1e300 left
+    all but one pair of each head unrotated, NaN inits went through, n_layer '4' was a TypeError traceback."""
+    config = ModelConfig(arch="ngpt", vocab_size=61, n_layer=1, n_embd=32, n_head=4, seq_len=16)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    with pytest.raises(NgptConfigError) as err:
+        build_model(config)
+    assert str(err.value).startswith("model config: 1 problem")
+    assert message in str(err.value)
+
+
 def test_unknown_yaml_key_is_named_with_a_suggestion(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  n_layers: 4\n  n_embd: 64\n")

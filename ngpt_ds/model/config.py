@@ -16,6 +16,18 @@ PRESET_DIR = Path(__file__).with_name("presets")
 ARCHS = ("ngpt", "gpt")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 """The tag of a YAML merge key (`<<: *defaults`)."""
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+"""float32's largest and smallest normal numbers: the model's parameters and constants are float32."""
+SCALINGS = (
+    ("alpha_attn_init", "alpha_attn_scale"),
+    ("alpha_mlp_init", "alpha_mlp_scale"),
+    ("s_qk_init", "s_qk_scale"),
+    ("s_u_init", "s_uv_scale"),
+    ("s_v_init", "s_uv_scale"),
+    ("s_z_init", "s_z_scale"),
+)
+"""(init, scale) of each nGPT scaling vector: stored value `scale`, forward multiplier `init / scale`."""
 
 
 @dataclass(kw_only=True)
@@ -97,6 +109,10 @@ class ModelConfig:
     def validate(self, source: str = "model config") -> ModelConfig:
         """Check every field; raise one NgptConfigError listing all problems."""
         p = Problems(source)
+        # Also here, not only in from_dict: an HF export's config.json reaches the model through this alone, and
+        # its "rope_base": "abc" was a TypeError traceback below, its "alpha_attn_init": NaN a model of NaNs.
+        p.wrong_types("model", self)
+        p.raise_if_any()  # the range checks below compare numbers with numbers
         p.check(self.arch in ARCHS, "model.arch", self.arch, f"must be one of {', '.join(ARCHS)}")
         for name in ("n_layer", "n_embd", "n_head", "seq_len"):
             value = getattr(self, name)
@@ -137,8 +153,42 @@ class ModelConfig:
             )
         p.check(self.init_std > 0, "model.init_std", self.init_std, "must be > 0")
         p.check(self.norm_eps > 0, "model.norm_eps", self.norm_eps, "must be > 0")
+        self._check_float32_range(p)
         p.raise_if_any()
         return self
+
+    def _check_float32_range(self, p: Problems) -> None:
+        """Constants the model turns into float32 must stay finite and non-zero there: s_qk_scale 1e-300 was
+        stored as 0 and multiplied by init / scale = inf (NaN logits), s_z_scale 1e300 overflowed building
+        the model, rope_base 1e300 left all but one pair of each head unrotated."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+                p.add(
+                    f"model.{f.name}",
+                    value,
+                    f"is beyond float32's range ({FLOAT32_MAX:.3g}); the model computes in float32",
+                )
+        too_small = set()  # s_uv_scale serves two vectors: named once
+        for init_name, scale_name in SCALINGS:
+            init, scale = getattr(self, init_name), self.resolved_scale(getattr(self, scale_name))
+            if not 0 < scale <= FLOAT32_MAX or abs(init) > FLOAT32_MAX or scale_name in too_small:
+                continue  # reported above
+            if scale < FLOAT32_TINY:
+                too_small.add(scale_name)
+                p.add(
+                    f"model.{scale_name}",
+                    scale,
+                    f"is below float32's smallest normal number ({FLOAT32_TINY:.3g}): the stored vector starts at "
+                    "this value and would be 0",
+                )
+            elif abs(init / scale) > FLOAT32_MAX:
+                p.add(
+                    f"model.{init_name}",
+                    init,
+                    f"divided by {scale_name} = {scale:g} (the forward multiplier init / scale) is beyond float32's "
+                    f"range ({FLOAT32_MAX:.3g}); bring the two closer",
+                )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "model config") -> ModelConfig:
@@ -149,10 +199,7 @@ class ModelConfig:
         p = Problems(source)
         p.unknown_fields("model", values, known, lambda key: f" Known fields: {', '.join(sorted(known))}")
         p.raise_if_any()
-        config = cls(**values)
-        p.wrong_types("model", config)  # before validate() compares them
-        p.raise_if_any()
-        return config.validate(source)
+        return cls(**values).validate(source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
