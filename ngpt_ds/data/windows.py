@@ -30,7 +30,10 @@ class WindowIndex:
 
     Consecutive windows share one token, so every token but a shard's first is a target
     exactly once per epoch. Windows never cross shard boundaries (at most seq_len tokens
-    per shard go unused). Shards are opened read-only with np.memmap, lazily. Every id read
+    per shard go unused). Every shard that holds a window is mapped read-only (np.memmap) here, when the
+    index is made: mapped on first read, a shard replaced meanwhile (`prepare_data.py --overwrite` of the
+    folder while a run trains on it) was read from the new file under the old metadata, silently other
+    tokens or a ValueError mid-run; a mapping keeps the file it was made from. Every id read
     is checked to be < the dataset's vocab_size: a bad id raises, or with `faults` is recorded there and
     read as id 0, a valid one, so that the batch can go through the step's collectives with the other
     ranks' before every rank stops (its loss and update are never saved).
@@ -54,15 +57,15 @@ class WindowIndex:
         counts = [max(0, (s.tokens - 1) // seq_len) for s in self._shards]
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_windows = int(self._first[-1])
-        self._maps: list[np.memmap | None] = [None] * len(self._shards)
+        # Mappings hold no file descriptor; shards too short for a window (never read) are not mapped.
+        self._maps: list[np.memmap | None] = [
+            np.memmap(meta.shard_path(shard), dtype=meta.np_dtype, mode="r", shape=(shard.tokens,)) if count else None
+            for shard, count in zip(self._shards, counts)
+        ]
 
     def _map(self, i: int) -> np.memmap:
         mapped = self._maps[i]
-        if mapped is None:
-            shard = self._shards[i]
-            mapped = self._maps[i] = np.memmap(
-                self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r", shape=(shard.tokens,)
-            )
+        assert mapped is not None, "a shard without windows is never read"
         return mapped
 
     def read(self, window_ids: np.ndarray) -> np.ndarray:
