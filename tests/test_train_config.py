@@ -1,6 +1,9 @@
 """Startup validation (DeepSpeed JSON, train section, launch environment), optimizer groups, LR schedule."""
 
+import json
 import math
+import re
+import sys
 
 import pytest
 
@@ -11,7 +14,7 @@ from ngpt_ds.train.config import TrainConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
 from ngpt_ds.train.optim import lr_factor, parameter_groups
 
-from conftest import REPO
+from conftest import REPO, read_metrics, run, tiny_ngpt, tiny_train, train_cmd, write_yaml
 
 
 def check(config, world=1, tp=1, fp16=False, bf16=True):
@@ -279,3 +282,57 @@ def test_a_deepspeed_activation_checkpointing_block_that_turns_everything_off_is
     assert check({"train_micro_batch_size_per_gpu": 4, "activation_checkpointing": off}).micro_batch == 4
     with pytest.raises(NgptConfigError, match=r"activation_checkpointing = '\{\.\.\.\}': remove it"):
         check({"train_micro_batch_size_per_gpu": 4, "activation_checkpointing": {**off, "number_checkpoints": 4}})
+
+
+def test_offload_without_zero_force_ds_cpu_optimizer_trains_and_true_is_refused(tmp_path, tiny_dataset):
+    """Fault: ZeRO-Offload without "zero_force_ds_cpu_optimizer": false (DeepSpeed's default is true) passed the
+    startup checks, then deepspeed.initialize refused the trainer's own AdamW with a ZeRORuntimeException
+    traceback on every rank, exit 1, after the process group had started. Left out, it is now set to false;
+    true is refused in one line."""
+    offload = {
+        "train_micro_batch_size_per_gpu": 4,
+        "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
+    }
+    with pytest.raises(NgptConfigError, match=r"1 problem\n  - zero_force_ds_cpu_optimizer = True: must be false"):
+        check({**offload, "zero_force_ds_cpu_optimizer": True})
+    filled = dict(offload)
+    check(filled)
+    assert filled["zero_force_ds_cpu_optimizer"] is False
+    plain = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}}
+    check(plain)
+    assert "zero_force_ds_cpu_optimizer" not in plain  # no offload: the JSON as written
+    # The trainer trains with it (it was the traceback above, exit 1) and records the value it used.
+    ds = tmp_path / "offload.json"
+    ds.write_text(json.dumps(offload))
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2))
+    out = tmp_path / "out"
+    run([sys.executable, *train_cmd(config, ds, tiny_dataset, out)])
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]
+    assert "zero_force_ds_cpu_optimizer: false" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "zero, field",
+    [
+        ({"stage": 0, "offload_optimizer": {"device": "cpu"}}, "zero_optimization.offload_optimizer.device = 'cpu'"),
+        ({"stage": 2, "offload_param": {"device": "cpu"}}, "zero_optimization.offload_param.device = 'cpu'"),
+    ],
+)
+def test_offload_at_a_stage_where_deepspeed_ignores_it_is_refused(zero, field):
+    """Fault: DeepSpeed offloads the optimizer at stages 1-3 and the parameters at stage 3 only; below that the
+    block was accepted and ignored without a word (the engine read back 'ZeRO stage 0, fp32' and trained with
+    everything in accelerator memory)."""
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": zero, "zero_force_ds_cpu_optimizer": False}
+    with pytest.raises(NgptConfigError, match=re.escape(field) + r": DeepSpeed offloads .* ignores the block at stage"):
+        check(config)
+    check({**config, "zero_optimization": {**zero, "stage": 3}})
+
+
+def test_deepspeeds_torch_autocast_is_refused_for_the_bf16_block():
+    """Fault: "torch_autocast": {"enabled": true} ran the forward in bf16 over fp32 weights while the trainer's
+    startup line ('DeepSpeed engine (read back): ZeRO stage 2, fp32'), config.yaml and MFU peak said fp32 (the
+    loss of the first step differed from fp32's: 6.2458 vs 6.2457 on the tiny run)."""
+    config = {"train_micro_batch_size_per_gpu": 2, "torch_autocast": {"enabled": True, "dtype": "bfloat16"}}
+    with pytest.raises(NgptConfigError, match=r"torch_autocast.enabled = True: the trainer sets precision by the bf16"):
+        check(config)
+    check({**config, "torch_autocast": {"enabled": False}})

@@ -205,6 +205,18 @@ def check_ds_config(
             "NVMe offload is not supported (nGPT's renormalization works on the fp32 master weights "
             'in memory); use "cpu" or remove the block',
         )
+    _check_offload(config, stage, p)
+    # DeepSpeed's torch_autocast runs the forward in bf16/fp16 over fp32 weights, unseen by the trainer: its
+    # startup line, config.yaml and the MFU peak said fp32 (engine.bfloat16_enabled() is False), and a resume
+    # that toggled it passed the precision check. The bf16 / fp16 blocks are the trainer's precision switch.
+    autocast = _block(config, "torch_autocast").get("enabled")
+    p.check(
+        autocast is not True,
+        "torch_autocast.enabled",
+        autocast,
+        'the trainer sets precision by the bf16 and fp16 blocks only; remove the torch_autocast block and use "bf16": '
+        '{"enabled": true} (README "Configs")',
+    )
 
     # DeepSpeed reads this key itself (outside its parser) and divides the world by it in its batch check,
     # while the trainer's groups follow the YAML: a JSON that disagrees failed that check in an assertion
@@ -361,3 +373,41 @@ def check_engine_agrees(settings: EngineSettings, config: dict[str, Any], plan: 
             + "; ".join(differ)
             + "). Please report this with your DeepSpeed JSON and DeepSpeed version"
         )
+
+
+def _check_offload(config: dict[str, Any], stage: Any, p: Problems) -> None:
+    """ZeRO-Offload to the CPU where DeepSpeed does it, with the trainer's optimizer.
+
+    - The trainer brings its own torch AdamW, and DeepSpeed refuses a client optimizer under
+      offload_optimizer unless `"zero_force_ds_cpu_optimizer": false` (its default is true): a JSON
+      without that key stopped inside deepspeed.initialize with a ZeRORuntimeException traceback on
+      every rank (exit 1), after the process group had started. Left out, it is set to false here
+      (as the batch fields are filled in); true is refused.
+    - DeepSpeed offloads the optimizer at stages 1-3 and the parameters at stage 3 only; below that it
+      ignored the block without a word, and the run held everything in accelerator memory."""
+    zero = _block(config, "zero_optimization")
+    optimizer_device = _block(zero, "offload_optimizer").get("device")
+    param_device = _block(zero, "offload_param").get("device")
+    if optimizer_device == "cpu":
+        force = config.setdefault("zero_force_ds_cpu_optimizer", False)  # left out: DeepSpeed reads true
+        p.check(
+            force is False,
+            "zero_force_ds_cpu_optimizer",
+            force,
+            "must be false (or left out) with zero_optimization.offload_optimizer: the trainer steps its own AdamW "
+            "on the CPU copy, as the optimizer is set in the YAML train section, and DeepSpeed refuses it otherwise",
+        )
+    p.check(
+        optimizer_device in (None, "none") or stage != 0,
+        "zero_optimization.offload_optimizer.device",
+        optimizer_device,
+        "DeepSpeed offloads the optimizer at ZeRO stages 1-3 and ignores the block at stage 0; set "
+        "zero_optimization.stage to 1, 2 or 3, or remove the block",
+    )
+    p.check(
+        param_device in (None, "none") or stage == 3,
+        "zero_optimization.offload_param.device",
+        param_device,
+        f"DeepSpeed offloads the parameters at ZeRO stage 3 only and ignores the block at stage {stage}; set "
+        "zero_optimization.stage to 3, or remove the block",
+    )
