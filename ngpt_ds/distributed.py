@@ -10,6 +10,7 @@ environment as one clear error before any process group is created.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -89,7 +90,8 @@ LOOPBACK = "127.0.0.1"
 def _free_port(addr: str = LOOPBACK) -> int:
     """A port free on `addr`, the address the rendezvous will listen on (a port free on the loopback
     can be taken on another interface)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.getaddrinfo(addr, None, type=socket.SOCK_STREAM)[0][0]  # an IPv6 address needs AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((addr, 0))
         return s.getsockname()[1]
 
@@ -244,7 +246,8 @@ def rendezvous_failure(err: Exception, dist_env: DistEnv, timeout_s: int) -> Ren
     or "DistNetworkError: The client socket has timed out ... while trying to connect to" (the others).
     """
     text = str(err)
-    where = f"{dist_env.master_addr}:{dist_env.master_port}"
+    host = dist_env.master_addr
+    where = f"[{host}]:{dist_env.master_port}" if ":" in host else f"{host}:{dist_env.master_port}"  # IPv6: [::1]:29500
     if "EADDRINUSE" in text or "address already in use" in text:
         return RendezvousError(
             f"rank {dist_env.rank} cannot listen for the job's rendezvous on {where}: another process on this "
@@ -283,17 +286,30 @@ def set_collective_timeout(timeout: timedelta) -> None:
 
 
 def _routable_address() -> str:
-    """This host's address as other nodes see it. Debian-style /etc/hosts maps the host name to
-    127.0.1.1, useless to other nodes: then take the first address `hostname -I` lists (what
-    DeepSpeed's own MPI discovery uses)."""
-    addr = socket.gethostbyname(socket.gethostname())
-    if not addr.startswith("127."):
-        return addr
+    """This host's address as other nodes see it: what its name resolves to, IPv4 before IPv6 (as
+    `gethostbyname` answered before IPv6-only hosts were handled), loopback and link-local addresses
+    skipped. Debian-style /etc/hosts maps the host name to 127.0.1.1, useless to other nodes: then take
+    the first address `hostname -I` lists (what DeepSpeed's own MPI discovery uses). On a host whose
+    name resolves only to IPv6 `gethostbyname` raised "Address family for hostname not supported"."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        infos = []
+    resolved = [str(info[4][0]) for info in sorted(infos, key=lambda info: info[0] != socket.AF_INET)]
+    for addr in resolved:
+        ip = ipaddress.ip_address(addr.split("%")[0])
+        if not (ip.is_loopback or ip.is_link_local):
+            return addr
     try:
         listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()
     except (OSError, subprocess.SubprocessError):
         listed = []
-    return listed[0] if listed else addr
+    if listed or resolved:
+        return (listed or resolved)[0]
+    raise NgptConfigError(
+        f"cannot tell this host's network address (its name {socket.gethostname()!r} does not resolve and "
+        "`hostname -I` lists none): set MASTER_ADDR to an address of this host the other nodes reach"
+    )
 
 
 def export(dist_env: DistEnv) -> None:

@@ -27,14 +27,15 @@ def test_collective_timeout_reaches_groups_created_later_without_one():
 
 
 def test_mpi_master_address_is_routable_when_the_host_name_maps_to_loopback(monkeypatch):
-    monkeypatch.setattr(distributed.socket, "gethostbyname", lambda name: "127.0.1.1")
+    # Host "names" that are address literals resolve, for real, to themselves only.
+    monkeypatch.setattr(distributed.socket, "gethostname", lambda: "127.0.1.1")
     monkeypatch.setattr(
         distributed.subprocess,
         "run",
         lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="10.1.2.3 fd00::2 \n", stderr=""),
     )
     assert distributed._routable_address() == "10.1.2.3"
-    monkeypatch.setattr(distributed.socket, "gethostbyname", lambda name: "10.9.9.9")
+    monkeypatch.setattr(distributed.socket, "gethostname", lambda: "10.9.9.9")
     assert distributed._routable_address() == "10.9.9.9"
 
 
