@@ -3,7 +3,26 @@
 torch: from PyPI on Linux, `pip install torch` is the multi-GB CUDA build; for the CPU-only
 build install torch first from PyTorch's CPU wheel index (launch/setup.sh: NGPT_DS_TORCH_INDEX_URL)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithDeepSpeedConfigs(build_py):
+    """Puts ds_configs/*.json into the built package as ngpt_ds/ds_configs/: a pip-installed user has no
+    checkout, and `ngpt-train --deepspeed_config ds_configs/zero2.json` (README) finds them there. An
+    editable install reads them from the checkout, so it gets no copies."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib, "ngpt_ds", "ds_configs")
+        self.mkpath(str(target))
+        for config in sorted(Path(__file__).resolve().with_name("ds_configs").glob("*.json")):
+            self.copy_file(str(config), str(target / config.name))
+
 
 setup(
     name="ngpt_ds",
@@ -13,7 +32,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ngpt_ds", "ngpt_ds.*"]),
-    package_data={"ngpt_ds": ["model/presets/*.yaml"]},
+    # py.typed: the package is type-checked (pyproject.toml [tool.mypy]), so its hints are for users too (PEP 561).
+    package_data={"ngpt_ds": ["model/presets/*.yaml", "py.typed"]},
+    cmdclass={"build_py": BuildPyWithDeepSpeedConfigs},
     install_requires=[
         "torch>=2.4",
         # The releases the tests pass on (ngpt_ds/train/ds_compat.py SUPPORTED, checked at startup);
@@ -28,6 +49,10 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.24",
         "psutil>=5.9",  # the trainer watches its launcher (ngpt_ds/train/stopping.py); DeepSpeed needs it too
+        # Imported directly (the default corpus's lock; ds_schema.py reads DeepSpeed's pydantic errors), so
+        # declared here rather than left to torch and DeepSpeed, which need them too.
+        "filelock>=3.0",
+        "pydantic>=2.0",
     ],
     extras_require={
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
@@ -47,7 +72,7 @@ setup(
         "eval": ["lm-eval>=0.4.13,<0.5"],
         # Hugging Face transformers (ngpt_ds/hf: AutoModelForCausalLM, `export --format hf`). The range the
         # tests pass on: 5.x renames and reshapes what the wrapper uses (the `cache` argument, dataclass configs).
-        "hf": ["transformers>=5.24,<5.25"],
+        "hf": ["transformers>=5.24,<5.25", "tokenizers"],  # tokenizers: ngpt_ds/hf/tokenizer.py builds with it
     },
     entry_points={
         # lm-eval 0.4.x only knows models in its own registry: this is lm_eval's CLI with `ngpt_ds` registered.
