@@ -336,3 +336,41 @@ def test_deepspeeds_torch_autocast_is_refused_for_the_bf16_block():
     with pytest.raises(NgptConfigError, match=r"torch_autocast.enabled = True: the trainer sets precision by the bf16"):
         check(config)
     check({**config, "torch_autocast": {"enabled": False}})
+
+
+@pytest.mark.parametrize(
+    "block, fields, line",
+    [
+        (
+            "data_types",
+            {"grad_acum_dtype": "fp32"},
+            "data_types.grad_acum_dtype = 'fp32': unknown field: DeepSpeed does not read it and would ignore it; "
+            "did you mean 'grad_accum_dtype'?",
+        ),
+        (
+            "checkpoint",
+            {"tag_validation": "Warn", "use_node_local_storag": False},
+            "checkpoint.use_node_local_storag = False: unknown field: DeepSpeed does not read it and would ignore it; "
+            "did you mean 'use_node_local_storage'?",
+        ),
+        (
+            "flops_profiler",
+            {"enabled": False, "profile_stp": 3},
+            "flops_profiler.profile_stp = 3: unknown field: DeepSpeed does not read it and would ignore it; "
+            "did you mean 'profile_step'?",
+        ),
+    ],
+)
+def test_a_misspelt_field_of_a_block_deepspeed_reads_field_by_field_is_named(block, fields, line):
+    """Fault: blocks that DeepSpeed reads with dict lookups rather than a pydantic model (data_types, checkpoint,
+    flops_profiler, torch_autocast, ...) ignored a misspelt field without a word: "data_types":
+    {"grad_acum_dtype": "fp32"} at ZeRO 1 with bf16 passed the startup checks and ran DeepSpeed's ZeRO optimizer
+    instead of the BF16_Optimizer with fp32 gradient accumulation that the JSON asks for."""
+    config = {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}
+    with pytest.raises(NgptConfigError) as err:
+        check({**config, block: fields})
+    assert str(err.value) == f"DeepSpeed config x.json: 1 problem\n  - {line}"
+    spelt = {
+        k.replace("acum", "accum").replace("storag", "storage").replace("stp", "step"): v for k, v in fields.items()
+    }
+    check({**config, block: spelt})  # the fields DeepSpeed reads pass

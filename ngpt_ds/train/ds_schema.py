@@ -14,6 +14,10 @@ It reads these DeepSpeed internals (tested with DeepSpeed 0.19.x):
   its own explanation;
 - `deepspeed.runtime.config_utils.DeepSpeedConfigModel`: the pydantic models, for suggestions.
 
+A block that the parser reads field by field (data_types, checkpoint, torch_autocast, ...) rather than
+through a pydantic model is parsed once more as a mapping that records the fields looked up: a field of
+the user's that was never looked up is reported (`_check_read_fields`).
+
 `sequence_parallel_size` and `vocabulary_size` are read by DeepSpeedConfig outside the parser.
 """
 
@@ -141,6 +145,7 @@ def check_blocks(config: dict[str, Any], p: Problems, skip: Set[str] = frozenset
     for key in sorted(set(config) & known - set(skip) - set(READ_OUTSIDE_THE_PARSER)):
         try:
             parse({key: config[key]})
+            _check_read_fields(parse, key, config[key], p)
         except pydantic.ValidationError as err:
             model = _model_named(err.title)
             for item in err.errors():
@@ -157,6 +162,68 @@ def check_blocks(config: dict[str, Any], p: Problems, skip: Set[str] = frozenset
                 p.add(key, config[key], 'must be a JSON object, e.g. {"enabled": true} or {"stage": 2}')
             else:
                 p.add(key, config[key], f"DeepSpeed rejects it: {type(err).__name__}: {err}")
+
+
+class _AskedDict(dict):
+    """A block of the user's JSON that records which of its fields the parser looks up, and whether it
+    was walked whole (iterated, copied: then each field may have been read, and none is reported)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+        self.walked = False
+
+    def __getitem__(self, key: Any) -> Any:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+    def __iter__(self):
+        self.walked = True
+        return super().__iter__()
+
+    def keys(self):
+        self.walked = True
+        return super().keys()
+
+    def items(self):
+        self.walked = True
+        return super().items()
+
+    def values(self):
+        self.walked = True
+        return super().values()
+
+    def copy(self):
+        self.walked = True
+        return dict(self)
+
+
+def _check_read_fields(parse: Any, key: str, value: Any, p: Problems) -> None:
+    """Fields of a block that DeepSpeed reads field by field (data_types, checkpoint, torch_autocast, ...)
+    rather than through a pydantic model: a misspelt one was ignored without a word, e.g.
+    `"data_types": {"grad_acum_dtype": "fp32"}` ran bf16 ZeRO 1 without fp32 gradient accumulation. Blocks parsed by a
+    pydantic model (their unknown fields are its `extra_forbidden` errors) or walked whole are skipped."""
+    if not isinstance(value, dict):
+        return
+    block = _AskedDict(value)
+    try:
+        parse({key: block})
+    except Exception:  # the plain parse passed; a parser that refuses the recording copy says nothing
+        return
+    if block.walked or not block.asked:
+        return
+    for field in sorted(set(value) - block.asked, key=str):
+        close = difflib.get_close_matches(str(field), sorted(block.asked), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"it reads {', '.join(sorted(block.asked))}"
+        p.add(f"{key}.{field}", value[field], f"unknown field: DeepSpeed does not read it and would ignore it; {hint}")
 
 
 def _model_named(name: str):
