@@ -73,7 +73,13 @@ if [ "$WITH_TESTS" = 1 ]; then
   apt_install slurm-wlm munge chromium  # chromium: headless, for tests/test_tensorboard_browser.py
 fi
 
-if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+# An installed torch older than setup.py's torch>=2.4 is not kept: pip would replace it while installing
+# ngpt_ds below, from the default index (the multi-GB CUDA build), whatever NGPT_DS_TORCH_INDEX_URL says.
+torch_version="$("$PYTHON" -c "import torch; print(torch.__version__)" 2>/dev/null || true)"
+if [ -n "$torch_version" ] && "$PYTHON" -c "import re, sys; m = re.match(r'(\d+)\.(\d+)', sys.argv[1]); sys.exit(0 if m and (int(m[1]), int(m[2])) >= (2, 4) else 1)" "$torch_version"; then
+  say "keeping the installed torch $torch_version"
+else
+  if [ -n "$torch_version" ]; then say "the installed torch $torch_version is older than 2.4, the lowest ngpt_ds supports"; fi
   if [ -n "${NGPT_DS_TORCH_INDEX_URL:-}" ]; then
     say "installing torch 2.13.0 from NGPT_DS_TORCH_INDEX_URL"
     "$PYTHON" -m pip install -q --index-url "$NGPT_DS_TORCH_INDEX_URL" torch==2.13.0
@@ -96,4 +102,11 @@ fi
 DEEPSPEED_VERSION=0.19.8
 say "installing ngpt_ds$extras, deepspeed==$DEEPSPEED_VERSION and the other dependencies"
 "$PYTHON" -m pip install -q ${pip_flags[@]+"${pip_flags[@]}"} -e ".$extras" "deepspeed==$DEEPSPEED_VERSION"
-say "done: $("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__} ({build}), deepspeed {deepspeed.__version__}")' 2>/dev/null)"
+# The last line says what is installed, or why it does not import (then the exit status is 1, not 0).
+import_errors="$(mktemp)"
+trap 'rm -f "$import_errors"' EXIT
+if ! installed="$("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"; print(f"ngpt_ds {ngpt_ds.__version__}, torch {torch.__version__} ({build}), deepspeed {deepspeed.__version__}")' 2>"$import_errors")"; then
+  echo "error: installed, but torch, deepspeed and ngpt_ds do not import with $PYTHON: $(tail -n 1 "$import_errors")" >&2
+  exit 1
+fi
+say "done: $installed"

@@ -397,3 +397,55 @@ def test_parallel_modes_docs_name_the_vocabulary_of_the_data(tmp_path, monkeypat
         "nGPT 4 layers, d 64, 4 heads, context 128, vocab 32000, fp32, ZeRO 1, global batch 2 x 4 sequences, "
         "12 steps (median step time after the first two)."
     )
+
+
+def setup_sh_with_fakes(tmp_path, torch_version: str, deepspeed_source: str, **env):
+    """launch/setup.sh with a PYTHON that records its pip commands (installing nothing) and imports a fake
+    torch (`torch_version`, CPU-only) and a fake deepspeed (`deepspeed_source`) before the real packages."""
+    fakes = tmp_path / "fakes"
+    (fakes / "torch").mkdir(parents=True)
+    (fakes / "torch" / "__init__.py").write_text(f"__version__ = {torch_version!r}\nclass version:\n    cuda = None\n")
+    (fakes / "deepspeed").mkdir()
+    (fakes / "deepspeed" / "__init__.py").write_text(deepspeed_source)
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/bash\n"
+        f'if [ "$1 $2" = "-m pip" ]; then echo "$*" >> {tmp_path}/pip.log; exit 0; fi\n'
+        f'PYTHONPATH={fakes}:{REPO} exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    full_env = stand_in_env(tmp_path, PYTHON=str(python), NGPT_DS_TORCH_INDEX_URL="https://torch.example/cpu", **env)
+    proc = subprocess.run(["bash", REPO / "launch/setup.sh"], env=full_env, capture_output=True, text=True, timeout=60)
+    pip_log = tmp_path / "pip.log"
+    return proc, pip_log.read_text().splitlines() if pip_log.exists() else []
+
+
+def test_setup_sh_replaces_a_torch_older_than_setup_py_allows_from_the_chosen_index(tmp_path):
+    """Fault: setup.sh kept any installed torch, so with torch 2.1 it installed no torch, and pip then
+    replaced 2.1 with setup.py's torch>=2.4 from the default index (the multi-GB CUDA build), ignoring
+    NGPT_DS_TORCH_INDEX_URL; nothing said that torch was being replaced. Now a torch below 2.4 is named and
+    replaced by 2.13.0 from NGPT_DS_TORCH_INDEX_URL, and a kept torch is named."""
+    proc, pip = setup_sh_with_fakes(tmp_path / "old", "2.1.0+cpu", "__version__ = '0.19.8'\n")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[setup] the installed torch 2.1.0+cpu is older than 2.4, the lowest ngpt_ds supports\n" in proc.stdout
+    assert pip[0] == "-m pip install -q --index-url https://torch.example/cpu torch==2.13.0"
+    assert len(pip) == 2 and pip[1].startswith("-m pip install -q -e . deepspeed==0.19.8")
+
+    proc, pip = setup_sh_with_fakes(tmp_path / "new", "2.4.1", "__version__ = '0.19.8'\n")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[setup] keeping the installed torch 2.4.1\n" in proc.stdout
+    assert len(pip) == 1 and "torch==" not in pip[0]
+    assert proc.stdout.splitlines()[-1] == "[setup] done: ngpt_ds 0.1.0, torch 2.4.1 (CPU-only build), deepspeed 0.19.8"
+
+
+def test_setup_sh_fails_when_what_it_installed_does_not_import(tmp_path):
+    """Fault: setup.sh's last line ran the import check inside `say "done: $(...)"`, whose failure `set -e`
+    does not see: with a deepspeed that does not import it printed "[setup] done: " with nothing after it
+    and exited 0, so an image build or CI went on with a broken install."""
+    proc, _ = setup_sh_with_fakes(tmp_path, "2.13.0", "raise ImportError('deepspeed cannot find libcudart')\n")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "done:" not in proc.stdout
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: installed, but torch, deepspeed and ngpt_ds do not import with {tmp_path}/python: "
+        "ImportError: deepspeed cannot find libcudart"
+    )
