@@ -99,3 +99,15 @@ def test_the_documented_run_writes_bind_mounted_folders_as_the_host_user():
 )
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", REPO / script], capture_output=True).returncode == 0
+
+
+def test_the_build_context_leaves_out_what_the_readme_commands_write():
+    """Fault: .dockerignore left out runs/, data/ and out/ but not exports/, where the README's
+    `launch/export.py runs/ngpt_tiny --out exports/ngpt_tiny` writes model folders (fp32: 4 bytes a
+    parameter, 2 GB for ngpt_0.5b), nor the mypy and ruff caches that tests/run.sh leaves: `docker build`
+    sent them as context and `COPY . .` put them into the image."""
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    written = set(re.findall(r"--out ([A-Za-z_][\w.-]*)/", README))  # relative output folders in the README
+    assert {"runs", "exports", "data"} <= written
+    assert written <= ignored, sorted(written - ignored)
+    assert {".mypy_cache", ".ruff_cache", ".pytest_cache"} <= ignored
