@@ -43,8 +43,6 @@ from ngpt_ds.data.prepare import (
     local_input_paths,
     open_inputs,
     shard_dtype,
-    staging_dir,
-    swap_in,
 )
 from ngpt_ds.data.shards import (
     DTYPES,
@@ -61,6 +59,7 @@ from ngpt_ds.data.shards import (
     shard_json,
     write_meta,
 )
+from ngpt_ds.data.staging import remove_staging, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.overwrite import check_holds_no_run, check_not_source
@@ -228,8 +227,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
         _write_json(staging / PART_FILE, info)
         swap_in(staging, final)  # an earlier attempt (--overwrite, checked above) is replaced whole
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     _say(
         cfg,
         f"part {part_index} of {num_parts}: {len(blocks)} block(s) of {counted['documents']:,} documents -> {final}",
@@ -391,8 +389,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
         write_meta(meta, staging)
         swap_in(staging, out)  # the parts go with the old folder, once the dataset is complete
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     if progress:
         _log.info(f"merged {num_parts} parts\n{meta.summary()}")
     return out

@@ -10,7 +10,6 @@ import glob
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +35,7 @@ from ngpt_ds.data.shards import (
     write_meta,
 )
 from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
+from ngpt_ds.data.staging import remove_staging, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.overwrite import check_replaceable
@@ -201,26 +201,6 @@ def shard_dtype(cfg: PrepareConfig, vocab_size: int) -> str:
     return dtype
 
 
-def staging_dir(final: Path) -> Path:
-    """A new empty hidden folder beside `final` (`.<name>.partial-<id>`), to be renamed into it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    return staging
-
-
-def swap_in(staging: Path, final: Path) -> None:
-    """Rename the complete `staging` to `final`; an existing `final` is renamed aside first and
-    deleted after, so `final` is always either the old folder or the new one."""
-    if not final.exists():
-        os.replace(staging, final)
-        return
-    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(final, old)
-    os.replace(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def is_validation_doc(index: int, fraction: Fraction) -> bool:
     """Hold out documents evenly: doc i is held out when floor((i+1)f) > floor(i f).
 
@@ -367,7 +347,6 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
         write_meta(meta, staging)
         _publish(staging, out, cfg.overwrite)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     _say(cfg, f"prepared in {time.perf_counter() - started:.1f} s\n{meta.summary()}")
     return out
