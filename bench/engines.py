@@ -116,3 +116,11 @@ def shape_engine(arch: str, shape: dict[str, int], batch: int, ds_path: str, sou
     plan = _check(ds, ds_path, 1)
     model_cfg = ModelConfig(arch=arch, **shape).validate()
     return _start(source, model_cfg, TrainConfig(lr=1e-3).resolve(arch), ds, ds_path, plan, None)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from report import module_main
+
+    sys.exit(module_main(__doc__))

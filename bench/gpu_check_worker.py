@@ -1,6 +1,6 @@
 """The Python half of bench/gpu_check.sh: one check per call, one result line in --result.
 
-    torchrun --nproc_per_node N bench/gpu_check_worker.py hook --ds ds_configs/zero2.json --result FILE
+    torchrun --nproc_per_node N bench/gpu_check_worker.py hook --ds ds_configs/zero2.json --workdir DIR --result FILE
     python bench/gpu_check_worker.py sphere --model exports/x --result FILE
     python bench/gpu_check_worker.py throughput --result FILE
     python bench/gpu_check_worker.py flash --result FILE
@@ -340,17 +340,34 @@ def _metrics(run: Path) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("check", choices=["hook", "sphere", "throughput", "flash", "compare"])
+    parser.add_argument(
+        "check",
+        choices=["hook", "sphere", "throughput", "flash", "compare"],
+        help="hook: the hypersphere hook's collectives and masters under --ds; sphere: an export's matrices on "
+        "the sphere; throughput: tokens/s and MFU of the 0.5B layer shape; flash: which SDPA kernel attention "
+        "runs; compare: an eager and a compiled trainer run's losses",
+    )
     parser.add_argument("--result", required=True, help="file for the one-line result")
-    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--micro-batch", type=int, default=None)
-    parser.add_argument("--model", help="sphere: an exported folder")
-    parser.add_argument("--workdir", default=".", help="hook: where to write its checkpoint")
+    parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="hook, throughput: DeepSpeed JSON")
+    parser.add_argument("--steps", type=int, default=10, help="hook, throughput: training steps (default 10)")
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="throughput: sequences per step (default: 8 on a GPU, 2 on the CPU)",
+    )
+    parser.add_argument("--model", help="sphere (required): an exported folder")
+    # No default: the checkpoint went into the working directory, the repository's root when run as above.
+    parser.add_argument("--workdir", help="hook (required): a folder for its checkpoint")
     parser.add_argument("--json", help="throughput: also write the numbers here")
-    parser.add_argument("--runs", nargs=2, metavar=("EAGER", "COMPILED"), help="compare: two trainer --out folders")
+    parser.add_argument(
+        "--runs", nargs=2, metavar=("EAGER", "COMPILED"), help="compare (required): two trainer --out folders"
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    needs = {"hook": ("workdir", "--workdir DIR"), "sphere": ("model", "--model DIR"), "compare": ("runs", "--runs")}
+    if args.check in needs and getattr(args, needs[args.check][0]) is None:
+        parser.error(f"{args.check} needs {needs[args.check][1]}")
     checks = {"hook": hook_check, "sphere": sphere_check, "throughput": throughput_check, "flash": flash_check}
     checks["compare"] = compare_check
     checks[args.check](args)

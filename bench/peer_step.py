@@ -273,6 +273,26 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_shape(text: str) -> dict[str, int]:
+    """--shape's key=value list over SHAPE's keys and batch, as positive integers. A malformed item was
+    reported without the option's name ('error: not enough values to unpack (expected 2, got 1)')."""
+    shape = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in (*SHAPE, "batch"):
+            raise ValueError(
+                f"--shape {text!r}: {item!r} is not key=value with a key of {', '.join([*SHAPE, 'batch'])}"
+            )
+        try:
+            shape[key] = int(value)
+        except ValueError:
+            raise ValueError(f"--shape {text!r}: {key}={value!r} is not an integer") from None
+        if shape[key] < 1:
+            raise ValueError(f"--shape {text!r}: {key} must be at least 1, got {shape[key]}")
+    return {**SHAPE, **shape}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", required=True, help="a checkout of NVIDIA/ngpt, or its model.py")
@@ -292,12 +312,8 @@ def main() -> int:
     if not apply_timing_arguments(args):
         return 2
     try:
-        shape = {k: int(v) for k, v in (item.split("=") for item in args.shape.split(","))}
+        shape = parse_shape(args.shape)
         batch = shape.pop("batch", BATCH)
-        unknown = set(shape) - set(SHAPE)
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}")
-        shape = {**SHAPE, **shape}
         official = load_official(args.official)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

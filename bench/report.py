@@ -123,3 +123,18 @@ def apply_timing_arguments(args: argparse.Namespace) -> bool:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # init_process_group keeps a set OMP_NUM_THREADS
     return True
+
+
+def module_main(doc: str | None) -> int:
+    """What `python bench/<module>.py [--help]` does for the modules the benchmark scripts import (report,
+    engines, rss_step): says so and names them. They have no command line; they used to exit 0 in silence."""
+    text = f"{(doc or '').strip()}\n\nThis file is a module the benchmark scripts import, not a command: run those (bench/*.py --help)."
+    if sys.argv[1:] in ([], ["-h"], ["--help"]):
+        print(text)
+        return 0
+    print(f"{text}\nerror: no options here (got: {' '.join(sys.argv[1:])})", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(module_main(__doc__))

@@ -25,13 +25,13 @@ RSS_NOTE = "memory is process RSS (allocator returns blocks >= 128 KiB)"
 
 def add_shape_arguments(p: argparse.ArgumentParser) -> None:
     """The model and batch: --arch, --seq-len, --layers, --embd, --heads, --batch, --vocab."""
-    p.add_argument("--arch", choices=("ngpt", "gpt"), default="ngpt")
+    p.add_argument("--arch", choices=("ngpt", "gpt"), default="ngpt", help="model (default ngpt)")
     p.add_argument("--seq-len", type=int, default=1024, help="context length (default 1024)")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--embd", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=8, help="transformer blocks (default 8)")
+    p.add_argument("--embd", type=int, default=64, help="model width d (default 64)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
+    p.add_argument("--vocab", type=int, default=4096, help="vocabulary size (default 4096)")
 
 
 def model_config(args: argparse.Namespace):
@@ -92,3 +92,11 @@ def measured_step(model, optimizer, inputs, targets, after_backward: Callable[[]
         "peak_mib": peak / 1024,
         "loss": loss.item(),
     }
+
+
+if __name__ == "__main__":
+    import sys
+
+    from report import module_main
+
+    sys.exit(module_main(__doc__))
