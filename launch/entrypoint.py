@@ -10,8 +10,12 @@ DeepSpeed's runner has no handler for local runs and dies of SIGTERM at once (ti
 it), while its ranks are still saving. This process instead:
 
 - starts the command in a process group of its own;
-- passes SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 on to every process it started (torchrun
-  puts its ranks in sessions of their own, so a group signal alone would miss them);
+- passes SIGTERM, SIGINT and SIGHUP on to every process it started (torchrun puts its ranks in
+  sessions of their own, so a group signal alone would miss them);
+- passes SIGUSR1 and SIGUSR2, requests to checkpoint and stop (README "Stopping a run"), only to the
+  processes that handle them: the ranks. DeepSpeed's runner and launch.py do not, and would die of
+  them, ending the command with 138 while the ranks stop cleanly. When no process handles one yet (a
+  rank still starting), it is delivered as soon as one does;
 - is a child subreaper (prctl PR_SET_CHILD_SUBREAPER; PID 1 is one anyway), so ranks orphaned by a
   runner that died are re-parented to it, and it waits for all of them;
 - exits with the command's status: its exit code, or 128 + N when signal N ended it (143 after
@@ -27,9 +31,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+REQUESTS = (signal.SIGUSR1, signal.SIGUSR2)  # for the processes that handle them only
 PR_SET_CHILD_SUBREAPER = 36
+RETRY_S = 0.2
 
 
 def _become_subreaper() -> None:
@@ -59,6 +67,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _handles(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    return False
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -74,12 +94,28 @@ def main(argv: list[str]) -> int:
         if not children:  # before the command started: pass it on right after
             early.append(signum)
             return
+        if signum in REQUESTS and not send(signum):
+            threading.Thread(target=send_when_handled, args=(signum,), daemon=True).start()
+        elif signum not in REQUESTS:
+            send(signum)
+
+    def send(signum: int) -> bool:
+        """Signal the command and everything below it (for a request, those that handle it); whether any was."""
         running = [children[0].pid] if children[0].returncode is None else []  # a reaped pid may be reused
+        sent = False
         for pid in {*running, *_descendants(os.getpid())}:
+            if signum in REQUESTS and not _handles(pid, signum):
+                continue
             try:
                 os.kill(pid, signum)
+                sent = True
             except ProcessLookupError:
                 pass
+        return sent
+
+    def send_when_handled(signum: int) -> None:
+        while (children[0].returncode is None or _descendants(os.getpid())) and not send(signum):
+            time.sleep(RETRY_S)
 
     for sig in FORWARDED:
         signal.signal(sig, forward)

@@ -1,10 +1,15 @@
 """The Dockerfile, checked without a Docker engine: hadolint finds nothing, and its install step
-is the README's command, built on the same launch/setup.sh that CI runs (tests/run.sh)."""
+is the README's command, built on the same launch/setup.sh that CI runs (tests/run.sh). And the image's
+entrypoint, launch/entrypoint.py, over a real process tree: which signals reach which process."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,3 +116,63 @@ def test_the_build_context_leaves_out_what_the_readme_commands_write():
     assert {"runs", "exports", "data"} <= written
     assert written <= ignored, sorted(written - ignored)
     assert {".mypy_cache", ".ruff_cache", ".pytest_cache"} <= ignored
+
+
+FAKE_RUNNER = """import subprocess, sys
+# Like DeepSpeed's runner in a local run: no signal handler, its rank in a session of its own.
+rank = subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]], start_new_session=True)
+sys.exit(rank.wait())
+"""
+FAKE_RANK = """import pathlib, signal, sys, time
+state = pathlib.Path(sys.argv[1])
+state.write_text("starting")
+time.sleep({startup_s})  # imports: no handler yet
+stop = []
+for sig in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(sig, lambda s, f: stop.append(s))
+state.write_text("training")
+while not stop:
+    time.sleep(0.02)
+time.sleep(0.5)  # the save
+state.write_text(f"saved after {{signal.Signals(stop[0]).name}}")
+"""
+
+
+def entrypoint_over_a_fake_runner(tmp_path, signum, *, when: str, startup_s: float = 0.0):
+    """launch/entrypoint.py over a runner whose rank handles SIGUSR1 and SIGTERM after `startup_s`; `signum`
+    goes to the entrypoint once the rank's state file says `when`. Returns (exit status, the rank's state)."""
+    (tmp_path / "runner.py").write_text(FAKE_RUNNER)
+    (tmp_path / "rank.py").write_text(FAKE_RANK.format(startup_s=startup_s))
+    state = tmp_path / "state"
+    cmd = [sys.executable, REPO / "launch/entrypoint.py", sys.executable, "runner.py", "rank.py", state]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not (state.exists() and state.read_text() == when) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signum)
+        return proc.wait(timeout=30), state.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_entrypoint_passes_usr1_to_the_ranks_not_to_a_runner_that_would_die_of_it(tmp_path):
+    """Fault: the entrypoint passed SIGUSR1 (a request to checkpoint and stop) to every process, DeepSpeed's
+    runner and launch.py included, which have no handler and die of it: the rank saved and exited 0, but
+    the command, and so the container, ended with 138. Now SIGUSR1 and SIGUSR2 go only to processes that
+    handle them, and the command exits 0."""
+    assert entrypoint_over_a_fake_runner(tmp_path, signal.SIGUSR1, when="training") == (0, "saved after SIGUSR1")
+
+
+def test_entrypoint_keeps_a_usr1_until_a_rank_handles_it(tmp_path):
+    """A SIGUSR1 while the rank is still importing (no handler yet) is delivered once it has one: the rank
+    neither dies of it nor misses it. (Before: the runner and the rank died of it, 138, nothing saved.)"""
+    status = entrypoint_over_a_fake_runner(tmp_path, signal.SIGUSR1, when="starting", startup_s=1.0)
+    assert status == (0, "saved after SIGUSR1")
+
+
+def test_entrypoint_still_passes_sigterm_to_every_process(tmp_path):
+    """docker stop: SIGTERM still reaches the runner, which dies of it (143), and the rank, which saves;
+    the entrypoint waits for the rank's save before it exits."""
+    assert entrypoint_over_a_fake_runner(tmp_path, signal.SIGTERM, when="training") == (143, "saved after SIGTERM")
