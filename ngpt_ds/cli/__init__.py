@@ -8,17 +8,50 @@ installs them as console scripts (`ngpt-train`, `ngpt-prepare`, `ngpt-generate`,
 `run` is the startup every entry point shares: DeepSpeed's accelerator defaults to the CPU
 when there is no CUDA GPU (else DeepSpeed guesses and warns), logging is set up from the
 common options (`add_logging_arguments`, ngpt_ds.log), and bad user input (NgptConfigError)
-becomes one `error: ...` line and exit status 2, never a traceback.
+becomes one `error: ...` line and exit status 2, never a traceback. `Parser` does the same for a
+usage error (ngpt-train's), naming the closest option to a mistyped one.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Sequence
 
 EXIT_BAD_INPUT = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line on stderr, exit 2, and a mistyped option answered with the
+    closest real one. argparse printed its whole usage block (6 lines for ngpt-train) above a last line
+    that named the unknown option and no more: `--deepspeed-config` (dashes, as every other option of
+    ngpt-train is spelled) got no hint that DeepSpeed's own option is `--deepspeed_config`."""
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unrecognized(extras))
+        return parsed
+
+    def _unrecognized(self, extras: list[str]) -> str:
+        flags = [word.split("=", 1)[0] for word in extras if word.startswith("-")]
+        if not flags:
+            return f"unexpected argument {extras[0]!r}: this command takes options only (e.g. --config ngpt_tiny)"
+        known = [o for a in self._actions if a.help is not argparse.SUPPRESS for o in a.option_strings]
+        named = []
+        for flag in flags:
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            named.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
+        return f"unrecognized option{'s' if len(named) > 1 else ''} {', '.join(named)}"
+
+    def error(self, message: str) -> typing.NoReturn:
+        sys.stderr.write(f"error: {message}; --help lists the options\n")
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def default_accelerator() -> None:

@@ -17,7 +17,7 @@ import argparse
 import math
 import os
 
-from ngpt_ds.cli import add_logging_arguments, default_accelerator, run
+from ngpt_ds.cli import Parser, add_logging_arguments, default_accelerator, run
 from ngpt_ds.train import early_signals
 
 EPILOG = """\
@@ -45,6 +45,18 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _steps(text: str) -> int:
+    """--max-steps: a whole number >= 1. A negative one reached the YAML check, which also blamed the preset's
+    warmup_steps ("train.warmup_steps = 0: must not exceed max_steps = -5"), a field the user never set."""
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return steps
+
+
 def _given(text: str) -> str:
     """--config, --data, --out, --resume: not empty. An empty value (`--out "$RUN_DIR"` with the variable
     unset) was taken as the option left out: the run trained the default preset on the default corpus,
@@ -55,11 +67,9 @@ def _given(text: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    import deepspeed
-
     from ngpt_ds.model.config import preset_names
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Train nGPT or its GPT baseline with DeepSpeed.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,7 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_given,
         help="a dataset prepared by launch/prepare_data.py (default: the default corpus, prepared on first use)",
     )
-    parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (overrides train.max_steps)")
+    parser.add_argument(
+        "--max-steps",
+        type=_steps,
+        metavar="N",
+        help="train to this optimizer step, counted from the start of the run (overrides train.max_steps; "
+        "the tiny presets: 300); with --resume, N above the checkpoint's step trains further",
+    )
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -126,7 +142,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     add_logging_arguments(parser)
-    deepspeed.add_config_arguments(parser)
+    # DeepSpeed's own spelling (deepspeed.add_config_arguments), described here: its help ("DeepSpeed json
+    # configuration file.") did not say the option is required or where the shipped files are, and it listed
+    # --deepspeed and the deprecated --deepscale/--deepscale_config, which ngpt_ds never reads.
+    group = parser.add_argument_group("DeepSpeed")
+    group.add_argument(
+        "--deepspeed_config",
+        metavar="JSON",
+        type=_given,
+        help="required: the DeepSpeed JSON (batch sizes, bf16/fp32, ZeRO stage, gradient clipping); shipped in "
+        "ds_configs/: zero0.json ... zero3.json, zero2_offload.json",
+    )
+    group.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)  # DeepSpeed's examples pass it
     args = parser.parse_args(argv)
     if not args.deepspeed_config:
         parser.error("--deepspeed_config is required, e.g. --deepspeed_config ds_configs/zero2.json")
@@ -138,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
     os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
     early_signals.record()  # Slurm's SIGUSR1 warning during the startup: a stop, not the rank's death
-    default_accelerator()  # before parse_args, which imports deepspeed
+    default_accelerator()  # before anything imports deepspeed, which picks its accelerator at import
     args = parse_args(argv)
 
     from ngpt_ds.distributed import RendezvousError, exit_process
