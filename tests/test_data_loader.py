@@ -202,6 +202,29 @@ def test_too_few_windows_for_one_global_batch(data):
         loader(data, rank=2, size=2)
 
 
+def test_too_few_windows_because_the_shards_are_shorter_than_a_window(tmp_path):
+    """--shard-tokens below seq_len + 1 (an operator's slip) left every shard without a window: the error said
+    '0 windows ... prepare more data', which never helps. It now names the shards as the cause and the fix."""
+    data = write_synthetic(tmp_path / "d", train=(T,) * 30, val=(T,) * 10)
+    with pytest.raises(NgptConfigError) as e:
+        TokenWindowLoader(data, "train", T, 2, 0, 1, seed=0)
+    assert str(e.value).endswith(
+        "or prepare more data. Its 240 tokens would make 29 windows, but they lie in 30 shard(s) of at most 8 "
+        "tokens and a window never crosses a shard: prepare it again with --shard-tokens well above 9 "
+        "(default 100000000)"
+    )
+    with pytest.raises(
+        NgptConfigError, match=r"has 0 windows .* Its 80 tokens would make 9 windows, but they lie in 10"
+    ):
+        validation_batches(data, T, micro_batch_size=2, dp_rank=0, dp_size=2)
+
+
+def test_too_few_windows_in_too_few_tokens_does_not_blame_the_shards(data):
+    with pytest.raises(NgptConfigError) as e:
+        TokenWindowLoader(data, "train", T, 7, 0, 4, seed=0)
+    assert str(e.value).endswith("or prepare more data")  # 201 tokens make 25 windows at most, not 28
+
+
 def test_validation_batches_are_fixed_spread_and_disjoint(data):
     starts = window_starts(VAL_SHARDS, base=30_000)  # 11 windows
     first = validation_batches(data, T, micro_batch_size=2, dp_rank=0, dp_size=2)

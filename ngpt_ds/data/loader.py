@@ -64,12 +64,23 @@ def _to_batch(windows: np.ndarray) -> Batch:
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
-def _too_few(data_dir: Path, split: str, seq_len: int, windows: int, dp_size: int, mbs: int) -> NgptConfigError:
-    return NgptConfigError(
+def _too_few(data_dir: Path, index: WindowIndex, dp_size: int, mbs: int) -> NgptConfigError:
+    split, seq_len, windows = index.split, index.seq_len, index.num_windows
+    message = (
         f"dataset {data_dir} split {split!r} has {windows} windows of seq_len+1 = {seq_len + 1} tokens, fewer than "
         f"one global batch of dp_size * micro_batch_size = {dp_size} * {mbs} = {dp_size * mbs}; use a smaller "
         "seq_len, micro batch or data-parallel size, or prepare more data"
     )
+    shards = index.meta.splits[split].shards
+    tokens = sum(s.tokens for s in shards)
+    if (tokens - 1) // seq_len >= dp_size * mbs:
+        # The tokens are there, cut into shards too short (--shard-tokens): "prepare more data" never helps.
+        message += (
+            f". Its {tokens} tokens would make {(tokens - 1) // seq_len} windows, but they lie in {len(shards)} "
+            f"shard(s) of at most {max(s.tokens for s in shards)} tokens and a window never crosses a shard: "
+            f"prepare it again with --shard-tokens well above {seq_len + 1} (default 100000000)"
+        )
+    return NgptConfigError(message)
 
 
 def _describe(meta: DatasetMeta) -> str:
@@ -185,9 +196,7 @@ class TokenWindowLoader:
         self.global_batch = dp_size * micro_batch_size
         step_batch = self.global_batch * grad_accum  # windows per optimizer step
         if self.windows_per_epoch < step_batch:
-            raise _too_few(
-                self.data_dir, split, seq_len, self.windows_per_epoch, dp_size, micro_batch_size * grad_accum
-            )
+            raise _too_few(self.data_dir, self._index, dp_size, micro_batch_size * grad_accum)
         self.batches_per_epoch = (self.windows_per_epoch // step_batch) * grad_accum
         self.epoch = 0
         self._batch = 0  # next global batch within the epoch
@@ -304,7 +313,7 @@ def validation_batches(
     index = WindowIndex(load_dataset_meta(data_dir), split, seq_len, faults)
     per_batch = dp_size * micro_batch_size
     if index.num_windows < per_batch:
-        raise _too_few(data_dir, split, seq_len, index.num_windows, dp_size, micro_batch_size)
+        raise _too_few(data_dir, index, dp_size, micro_batch_size)
     n_batches = index.num_windows // per_batch
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
