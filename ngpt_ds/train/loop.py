@@ -27,6 +27,7 @@ from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precis
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import (
     MetricsLogger,
+    grad_norm_deepspeed_leaves_out,
     memory_metrics,
     ngpt_health,
     peak_flops_per_device,
@@ -130,6 +131,7 @@ class Trainer:
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
         self.said_mfu_above_peak = False
+        self.own_grad_norm: torch.Tensor | None = None  # ZeRO 0 fp32: DeepSpeed keeps none (train_step)
         self.resumed_from = prepared.resume_from
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
         self.stop = StopRequest(
@@ -237,6 +239,8 @@ class Trainer:
                 inputs, targets = self.loader.next_batch()
                 _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
                 self.engine.backward(loss)
+                if self.engine.is_gradient_accumulation_boundary():  # reduced over ranks, not yet clipped
+                    self.own_grad_norm = grad_norm_deepspeed_leaves_out(self.engine, self.model)
                 self.engine.step()
                 loss_sum += loss.detach().float()
             mean_loss = loss_sum / self.plan.grad_accum
@@ -279,6 +283,9 @@ class Trainer:
         train_loss = val_loss = float("nan")
         status, last_checkpoint = "finished", None
         while self.step < max_steps:
+            # The LR this step applies: DeepSpeed steps the schedule after the optimizer, so get_lr() after the
+            # step was the next step's (step 1 of a warmup logged lr/warmup, having trained at 0).
+            step_lr = self.engine.get_lr()[0]
             step_start = time.perf_counter()
             loss, stop, sphere_broken = self.train_step()
             interval_seconds += time.perf_counter() - step_start  # steps only: not evaluation, not saving
@@ -305,7 +312,7 @@ class Trainer:
             last = self.step == max_steps
             logged = self.step % train.log_interval == 0 or last or stop
             if logged:
-                self._log(interval_loss / interval_steps, interval_seconds / interval_steps)
+                self._log(interval_loss / interval_steps, interval_seconds / interval_steps, step_lr)
                 interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
@@ -379,17 +386,19 @@ class Trainer:
             f"(--resume auto continues from the newest, {self.newest_checkpoint.name})"
         )
 
-    def _log(self, loss: float, step_time: float) -> None:
+    def _log(self, loss: float, step_time: float, lr: float) -> None:
         tokens_per_s = self.tokens_per_step / step_time
         scalars = {
             "train/loss": loss,
-            "train/lr": self.engine.get_lr()[0],
+            "train/lr": lr,
             "throughput/tokens_per_s": tokens_per_s,
             "throughput/step_time_s": step_time,
             "throughput/mfu": self.flops_per_token * tokens_per_s / (self.peak_flops * self.world),
             "train/tokens": float(self.tokens_seen),
         }
         grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None and self.own_grad_norm is not None:
+            grad_norm = self.own_grad_norm.item()
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
         scalars.update(memory_metrics())

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -225,6 +225,30 @@ def memory_metrics() -> dict[str, float]:
     import psutil
 
     return {"memory/rss_gib": psutil.Process(os.getpid()).memory_info().rss / gib}
+
+
+def grad_norm_deepspeed_leaves_out(engine: Any, model: torch.nn.Module) -> torch.Tensor | None:
+    """The global gradient norm before clipping, for an engine that keeps none: ZeRO 0 in fp32, where
+    DeepSpeed's clipping discards the norm it computes and get_global_grad_norm() stays None (every other
+    engine sets it), so train/grad_norm was missing from every fp32 ZeRO 0 run. Called between the
+    boundary micro-batch's backward (gradients averaged over the data-parallel ranks, summed over the
+    micro-batches) and engine.step() (clipping, then zeroing). Tensor-parallel shards are summed over
+    their group, replicated parameters counted once. None where DeepSpeed keeps the norm itself.
+    Collective over the tensor-parallel group: every rank calls it at every step."""
+    if engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return None
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    sharded = [p.grad for p in model.parameters() if p.grad is not None and getattr(p, "tensor_model_parallel", False)]
+    total = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+    tensor_parallel = getattr(model, "tensor_parallel", None)
+    if tensor_parallel is not None and tensor_parallel.tp_size > 1:
+        shards = torch.stack([g.detach().float().pow(2).sum() for g in sharded]).sum() if sharded else total * 0
+        replicated = total - shards
+        all_reduce_on(shards, shards.device, group=tensor_parallel.tp_group)
+        total = replicated + shards
+    return total.sqrt()
 
 
 def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, float]:
