@@ -22,7 +22,7 @@ def test_readme_main_command_end_to_end(tmp_path):
     assert summary["val_loss"] < 4.6, summary  # ln(4096) = 8.3 at the start
     assert (out / "checkpoints" / "step_00000300" / "COMPLETE").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert "Done: step 300/300" in proc.stdout
+    assert "Done: nGPT (ngpt_tiny.yaml) to step 300/300" in proc.stdout
     # Running it again resumes, finds nothing to do, and says so.
     again = run(command.split(), cwd=tmp_path, env=env, timeout=600)
     assert "already trained to step 300/300: nothing to do" in again.stdout

@@ -212,25 +212,20 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     summary = train(options)
     if summary.status in ("finished", "stopped") and int(os.environ.get("RANK", "0")) == 0:
-        minutes, seconds = divmod(summary.seconds, 60)
-        print(
-            f"\n{'Done' if summary.status == 'finished' else 'Stopped'}: step {summary.step}/{summary.max_steps}, "
-            f"{summary.tokens / 1e6:.2f}M tokens in {int(minutes)}m{seconds:04.1f}s | train loss "
-            f"{summary.train_loss:.3f} | validation loss {summary.val_loss:.3f} "
-            f"(perplexity {_perplexity(summary.val_loss)}) | checkpoint {summary.checkpoint} | "
-            f"dashboard: tensorboard --logdir {summary.out_dir}/tensorboard"
-        )
+        import sys
+
+        from ngpt_ds import log
+        from ngpt_ds.train.summary import describe
+
+        try:  # whole, as the log lines are (a slow reader of a non-blocking pipe is waited for)
+            log.write(sys.stdout, "\n" + describe(summary) + "\n")
+        except OSError:  # stdout gone or on a full disk: the run is done, summary.json and metrics.jsonl say so
+            pass
     if summary.status == "stopped-unsaved":  # no time left in train.stop_grace_s; the previous checkpoint stays
         from ngpt_ds.train.stopping import STOPPED_UNSAVED_EXIT_CODE
 
         return STOPPED_UNSAVED_EXIT_CODE
     return 0
-
-
-def _perplexity(loss: float) -> str:
-    import math
-
-    return f"{math.exp(loss):.1f}" if math.isfinite(loss) and loss < 50 else "n/a"
 
 
 if __name__ == "__main__":  # python -m ngpt_ds.cli.train

@@ -1,4 +1,5 @@
-"""summary.json: the run's last word, which launch/slurm/train.sbatch reads to decide whether to requeue."""
+"""summary.json: the run's last word, which launch/slurm/train.sbatch reads to decide whether to requeue; and
+`describe`, the lines the trainer prints about it at the end."""
 
 from __future__ import annotations
 
@@ -95,3 +96,78 @@ def _records_of_step(metrics: Path, step: int) -> dict[str, float]:
         if isinstance(record, dict) and record.get("step") == step:
             found.update({k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return found
+
+
+def describe(summary: Summary) -> str:
+    """The lines rank 0 prints at the end of a finished or stopped run, for someone who has just run the
+    README's main command: what was trained, how the logged losses moved (metrics.jsonl's records, the
+    numbers TensorBoard shows), where the checkpoint, metrics and dashboard are, and the commands to run next."""
+    out = Path(summary.out_dir)
+    done = summary.status == "finished"
+    minutes, seconds = divmod(summary.seconds, 60)
+    lines = [
+        f"{'Done' if done else 'Stopped'}: {_what_was_trained(out)} to step {summary.step}/{summary.max_steps}, "
+        f"{summary.tokens / 1e6:.2f}M tokens in all (this session: {int(minutes)}m{seconds:04.1f}s)"
+    ]
+    for key, name in (("train/loss", "train loss"), ("eval/loss", "validation loss")):
+        ends = _first_and_last(out / "metrics.jsonl", key, summary.step)
+        if ends:
+            (first_step, first), (last_step, last) = ends
+            moved = f"{first:.3f} at step {first_step}" + (
+                f" -> {last:.3f} at step {last_step}" if last_step != first_step else ""
+            )
+            lines.append(
+                f"  {name + ':':17}{moved}" + (f" (perplexity {_perplexity(last)})" if key == "eval/loss" else "")
+            )
+    lines += [
+        f"  {'checkpoint:':17}{summary.checkpoint}",
+        f"  {'metrics:':17}{out / 'metrics.jsonl'}",
+        f"  {'dashboard:':17}tensorboard --logdir {out / 'tensorboard'}",
+        "next:" if done else "next: run the same command again to resume from the checkpoint, or",
+        f'  python launch/generate.py {out} --prompt "And God said"',
+        f"  python launch/evaluate.py {out}",
+    ]
+    if done:
+        lines.append(
+            f"  the same command with --max-steps {2 * summary.max_steps} trains further from step {summary.step}"
+        )
+    return "\n".join(lines)
+
+
+def _what_was_trained(out: Path) -> str:
+    """'nGPT (ngpt_tiny.yaml)' from the run's effective config.yaml; 'the model' when it cannot be read."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        arch, source = config["model"]["arch"], Path(config["config_source"]).name
+    except (OSError, yaml.YAMLError, TypeError, KeyError, *UNPARSABLE):
+        return "the model"
+    return f"{ {'ngpt': 'nGPT', 'gpt': 'GPT'}.get(arch, str(arch)) } ({source})"
+
+
+def _first_and_last(metrics: Path, key: str, step: int) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    """The first and the last record of `key` up to `step` in metrics.jsonl (a step logged twice, by a run
+    stopped after it without a checkpoint and by its resume: the later record)."""
+    values: dict[int, float] = {}
+    try:
+        lines = metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except UNPARSABLE:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values[record["step"]] = float(value)
+    if not values:
+        return None
+    first, last = min(values), max(values)
+    return (first, values[first]), (last, values[last])
+
+
+def _perplexity(loss: float) -> str:
+    return f"{math.exp(loss):.1f}" if loss < 50 else "n/a"
