@@ -374,3 +374,17 @@ def test_a_misspelt_field_of_a_block_deepspeed_reads_field_by_field_is_named(blo
         k.replace("acum", "accum").replace("storag", "storage").replace("stp", "step"): v for k, v in fields.items()
     }
     check({**config, block: spelt})  # the fields DeepSpeed reads pass
+
+
+@pytest.mark.parametrize("key", ["dtype", "precision", "mixed_precision"])
+def test_a_precision_field_in_the_train_section_points_to_the_json(key):
+    """Fault: `train: {dtype: bf16}` (or precision, mixed_precision) was refused as 'train.dtype = 'bf16':
+    unknown field' alone, as if the trainer had no precision switch; batch, clipping and bf16 keys already
+    pointed to the DeepSpeed JSON."""
+    with pytest.raises(NgptConfigError) as err:
+        TrainConfig.from_dict({key: "bf16"})
+    assert str(err.value) == (
+        f"train config: 1 problem\n  - train.{key} = 'bf16': unknown field. Batch sizes, precision (the JSON's "
+        '"bf16": {"enabled": true} or "fp16"), ZeRO stage and gradient clipping belong in the DeepSpeed JSON '
+        "(--deepspeed_config)"
+    )

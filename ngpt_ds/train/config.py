@@ -198,8 +198,12 @@ class TrainConfig:
             values,
             [f.name for f in fields(cls)],
             lambda key: (
-                " Batch sizes, precision and ZeRO stage belong in the DeepSpeed JSON."
-                if any(w in key for w in ("batch", "bf16", "fp16", "zero", "clip", "accum"))
+                '. Batch sizes, precision (the JSON\'s "bf16": {"enabled": true} or "fp16"), ZeRO stage and gradient '
+                "clipping belong in the DeepSpeed JSON (--deepspeed_config)"
+                # train.dtype / precision / mixed_precision said only 'unknown field', as if precision had no switch
+                if any(
+                    w in key.lower() for w in ("batch", "bf16", "fp16", "zero", "clip", "accum", "dtype", "precision")
+                )
                 else ""
             ),
         )
