@@ -52,10 +52,17 @@ apt_install() {  # apt_install PKG...: install the Debian packages that are miss
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
   if ! command -v apt-get >/dev/null; then
     echo "error: missing system packages ${missing[*]} and no apt-get; install them with your package manager" >&2
     exit 2
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then  # was: "sudo: command not found", exit 127
+      echo "error: missing system packages ${missing[*]}, and neither root nor sudo to install them;" \
+        "as root: apt-get install ${missing[*]}, then run this again" >&2
+      exit 2
+    fi
+    sudo="sudo"
   fi
   say "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -449,3 +449,28 @@ def test_setup_sh_fails_when_what_it_installed_does_not_import(tmp_path):
         f"error: installed, but torch, deepspeed and ngpt_ds do not import with {tmp_path}/python: "
         "ImportError: deepspeed cannot find libcudart"
     )
+
+
+def test_setup_sh_without_root_or_sudo_names_the_missing_packages(tmp_path):
+    """Fault: `setup.sh --cluster` as a user without sudo, with OpenMPI missing, printed
+    "[setup] apt-get install ..." and then died of "sudo: command not found", exit 127. Now one line names
+    the packages and how to install them, exit 2, before pip installs anything."""
+    env = stand_in_env(tmp_path)
+    bin_dir = tmp_path / "bin"
+    (bin_dir / "dpkg").write_text("#!/bin/sh\nexit 1\n")  # nothing installed
+    (bin_dir / "id").write_text('#!/bin/sh\n[ "$1" = -u ] && echo 1000\n')  # not root
+    (bin_dir / "id").chmod(0o755)
+    path = ":".join(p for p in env["PATH"].split(":") if not (Path(p) / "sudo").exists())
+    proc = subprocess.run(
+        ["bash", REPO / "launch/setup.sh", "--cluster"],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    missing = "openmpi-bin libopenmpi-dev pdsh openssh-client openssh-server"
+    assert proc.stderr == (
+        f"error: missing system packages {missing}, and neither root nor sudo to install them; "
+        f"as root: apt-get install {missing}, then run this again\n"
+    )
