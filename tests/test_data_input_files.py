@@ -94,3 +94,35 @@ def test_the_prepared_shards_hold_no_byte_order_mark(tmp_path):
     ids = np.fromfile(Path(out) / "train_000000.bin", dtype="<u2")
     first = ids[: int(np.flatnonzero(ids == tok.eos_id)[0])]
     assert tok.decode(first) == "paragraph 0 about the byte order mark"
+
+
+def test_split_given_with_local_files_is_refused(tmp_path):
+    """load_dataset puts local files in one split named 'train': `--split validation` was ignored and every
+    document of the files was prepared (200 of 200), with no word."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(f'{{"text": "doc {i}"}}\n' for i in range(200)), encoding="utf-8")
+    with pytest.raises(NgptConfigError) as e:
+        _texts(str(path), split="validation")
+    assert str(e.value) == (
+        "--split 'validation': local files have no splits, each is read whole; pass the files of that split as "
+        "--input and drop --split"
+    )
+    assert len(_texts(str(path), split="train")) == 200  # the default names the one split there is
+
+
+def test_split_given_with_a_saved_dataset_of_one_split_is_refused(tmp_path):
+    """A folder of Dataset.save_to_disk (not a DatasetDict) was read whole whatever --split said, and the
+    source recorded in meta.json said "split 'validation'"."""
+    import datasets
+
+    datasets.Dataset.from_dict({"text": [f"doc {i}" for i in range(50)]}).save_to_disk(str(tmp_path / "sv"))
+    with pytest.raises(NgptConfigError) as e:
+        _texts(str(tmp_path / "sv"), split="validation")
+    assert str(e.value) == (
+        f"--split 'validation': --input {tmp_path / 'sv'} is a saved Dataset, not a DatasetDict of splits; it is "
+        "read whole: drop --split"
+    )
+    assert len(_texts(str(tmp_path / "sv"))) == 50
+    named = datasets.Dataset.from_dict({"text": ["a", "b"]}, split=datasets.NamedSplit("validation"))
+    named.save_to_disk(str(tmp_path / "val"))
+    assert _texts(str(tmp_path / "val"), split="validation") == ["a", "b"]  # its own split's name is fine

@@ -221,6 +221,11 @@ def open_corpus(spec: CorpusSpec) -> Corpus:
 
 def _open_files(spec: CorpusSpec) -> Corpus:
     files = _resolve_files(spec.inputs)
+    if spec.split != "train":  # load_dataset puts local files in one split, "train": --split was ignored
+        raise NgptConfigError(
+            f"--split {spec.split!r}: local files have no splits, each is read whole; pass the files of that "
+            "split as --input and drop --split"
+        )
     formats = {f: file_format(f) for f in files}
     unknown = [f for f, fmt in formats.items() if fmt is None]
     if unknown:
@@ -254,6 +259,14 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
         if isinstance(ds, datasets.DatasetDict) and spec.split not in ds:
             raise NgptConfigError(
                 f"--input {path}: saved dataset has splits {', '.join(ds)}, not {spec.split!r}; pass --split"
+            )
+        # A saved Dataset (not a DatasetDict) is one split, read whole whatever --split said.
+        own = None if isinstance(ds, datasets.DatasetDict) or ds.split is None else str(ds.split)
+        if not isinstance(ds, datasets.DatasetDict) and spec.split not in ("train", own):
+            raise NgptConfigError(
+                f"--split {spec.split!r}: --input {path} is a saved Dataset"
+                + (f" of split {own!r}" if own else "")
+                + ", not a DatasetDict of splits; it is read whole: drop --split"
             )
         corpus = Corpus(
             spec,
