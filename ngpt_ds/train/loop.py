@@ -244,8 +244,15 @@ class Trainer:
                 self.engine.step()
                 loss_sum += loss.detach().float()
             mean_loss = loss_sum / self.plan.grad_accum
+        applied = self.engine.was_step_applied()
+        if not applied and self.engine.lr_scheduler is not None:
+            # fp16: DeepSpeed skips an overflowing step, and with it the schedule's step, so the LR lagged the
+            # trainer's step by one per overflow for the rest of the run (and a resume, which recomputes it at
+            # the step, did not reproduce an uninterrupted run). The LR follows the step count, as in the paper's
+            # code, skipped steps included.
+            self.engine.lr_scheduler.step()
         hook, zero = self.hook, torch.zeros((), device=self.device)
-        missed = hook is not None and hook.missed_step(renormalized_before, self.engine.was_step_applied())
+        missed = hook is not None and hook.missed_step(renormalized_before, applied)
         flags = torch.stack(
             [
                 mean_loss,
@@ -306,13 +313,15 @@ class Trainer:
             self.tokens_seen += self.tokens_per_step
             interval_steps += 1
             interval_loss += loss
-            train_loss = loss
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             last = self.step == max_steps
             logged = self.step % train.log_interval == 0 or last or stop
             if logged:
-                self._log(interval_loss / interval_steps, interval_seconds / interval_steps, step_lr)
+                # summary.json's train_loss is the last record's: the interval's mean, as the dashboards show
+                # (the last step's own loss was a number no record held: 6.153 where metrics.jsonl had 6.164).
+                train_loss = interval_loss / interval_steps
+                self._log(train_loss, interval_seconds / interval_steps, step_lr)
                 interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
