@@ -57,6 +57,7 @@ from ngpt_ds.data.shards import (
     parse_shard,
     sha256_file,
     shard_json,
+    whole,
     write_meta,
 )
 from ngpt_ds.data.staging import remove_staging, staging_dir, swap_in
@@ -417,7 +418,7 @@ def _part_shards(
             where = f"{folder / PART_FILE} block {b} {name}"
             try:
                 split = block["splits"].get(name, {"documents": 0, "shards": []})
-                docs += int(split["documents"])
+                docs += whole(split["documents"], "documents")
                 shards = [parse_shard(raw) for raw in split["shards"]]
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise NgptConfigError(

@@ -159,6 +159,14 @@ def shard_json(shard: ShardMeta) -> dict[str, Any]:
     return entry
 
 
+def whole(value: object, name: str) -> int:
+    """A count or id read from meta.json/part.json: a JSON integer. int() turned 1e400 into an OverflowError
+    traceback, and took 12.5, "12" or true for 12, 12 and 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} = {value!r} is not an integer")
+    return value
+
+
 def parse_shard(raw: dict[str, Any]) -> ShardMeta:
     """A shard entry of meta.json or part.json; its hashes are checked by `hash_problems`. Raises
     TypeError/KeyError/ValueError on a malformed entry (the callers name the file)."""
@@ -166,7 +174,9 @@ def parse_shard(raw: dict[str, Any]) -> ShardMeta:
     if hashes is not None and not isinstance(hashes, list):
         raise TypeError(f"sha256_blocks of shard {raw.get('file')!r} must be a list, not {type(hashes).__name__}")
     return ShardMeta(
-        file=str(raw["file"]), tokens=int(raw["tokens"]), sha256_blocks=None if hashes is None else tuple(hashes)
+        file=str(raw["file"]),
+        tokens=whole(raw["tokens"], "tokens"),
+        sha256_blocks=None if hashes is None else tuple(hashes),
     )
 
 
@@ -225,8 +235,8 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
         tok = raw["tokenizer"]
         splits = {
             name: SplitMeta(
-                documents=int(s["documents"]),
-                tokens=int(s["tokens"]),
+                documents=whole(s["documents"], "documents"),
+                tokens=whole(s["tokens"], "tokens"),
                 shards=tuple(parse_shard(sh) for sh in s["shards"]),
             )
             for name, s in raw["splits"].items()
@@ -234,9 +244,9 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
         return DatasetMeta(
             data_dir=data_dir,
             format_version=int(version),
-            vocab_size=int(raw["vocab_size"]),
+            vocab_size=whole(raw["vocab_size"], "vocab_size"),
             dtype=str(raw["dtype"]),
-            eos_id=int(raw["eos_id"]),
+            eos_id=whole(raw["eos_id"], "eos_id"),
             tokenizer_path=str(tok["path"]),
             tokenizer_sha256=str(tok["sha256"]),
             tokenizer_origin=str(tok.get("origin", "")),
