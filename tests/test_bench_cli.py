@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from conftest import REPO, cpu_env, run
 
 WORKER = REPO / "bench/gpu_check_worker.py"
 
@@ -59,3 +59,30 @@ def test_bench_modules_say_they_are_no_command(tmp_path, module):
     wrong = run([sys.executable, REPO / "bench" / f"{module}.py", "--steps", "3"], cwd=tmp_path, check=False)
     assert wrong.returncode == 2 and "error: no options here (got: --steps 3)" in wrong.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_a_check_cut_short_by_the_budget_is_skipped_not_failed(tmp_path):
+    """A check started with less of GPU_CHECK_BUDGET_S left than its own limit got that remainder as its limit;
+    running out of it was 'FAIL timed out after 23 s' (the compile check of a --dry-run on a loaded machine),
+    and --dry-run exited 1 though nothing had failed. It is SKIPPED now, naming the budget; a check that
+    times out within its own limit still FAILs. PYTHON is a stand-in whose data preparation never ends; the
+    21 s budget is the least with which the script starts a check (it skips below 20 s)."""
+    shim = tmp_path / "python"
+    shim.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  -c) echo 0; exit 0 ;;\n"  # no GPU: the --dry-run path
+        "  launch/prepare_data.py) exec sleep 120 ;;\n"
+        "esac\n"
+        '[ "$1" = - ] && [ $# = 1 ] && { cat >/dev/null; echo "INFO     machine   stand-in"; exit 0; }\n'
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    shim.chmod(0o755)
+    env = cpu_env(PYTHON=shim, GPU_CHECK_BUDGET_S=21)
+    cmd = ["bash", REPO / "bench/gpu_check.sh", "--dry-run", "--workdir", tmp_path / "work"]
+    proc = run(cmd, env=env, check=False, timeout=120)
+    summary = (tmp_path / "work/summary.txt").read_text().splitlines()
+    prepare = next(line for line in summary if " prepare_data " in line)
+    assert prepare.split()[0] == "SKIPPED" and "time budget spent after" in prepare and "GPU_CHECK_BUDGET_S" in prepare
+    assert not any(line.startswith("FAIL") for line in summary), summary
+    assert proc.returncode == 0, proc.stdout + proc.stderr
