@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             "`bench/sequence_parallel.py` runs the same training steps as 1 rank and as "
             f"{args.sp} sequence-parallel ranks, and reports each rank's activation memory (process RSS) and "
             "step time. Each rank holds 1/S of every sequence, so its activations shrink S-fold. The step "
-            "time compares S processes (one thread each) with one: below 1x the ranks' parallel work outweighs "
-            "the all-to-alls here, on a shared machine whose times are rough; on GPUs the all-to-alls cost "
-            "bandwidth instead.\n\n"
+            "time compares S processes (one thread each) with one, as two jobs run one after the other, not "
+            "interleaved rounds: a change of load between them moves the ratio. Below 1x the ranks' parallel "
+            "work outweighs the all-to-alls here, on a shared machine whose times are rough; on GPUs the "
+            "all-to-alls cost bandwidth instead.\n\n"
             f"Command: `{command_line()}`  \nMachine: {machine()}  \n"
             f"Setting: {setting}; {rss_step.RSS_NOTE}.\n\n"
             f"{table}\n\nLargest loss difference, sequence-parallel vs plain: {loss_diff:.1e}.",
