@@ -18,8 +18,8 @@ def write_run(out, records):
         f.write("{cut short\n")  # a line a kill left half written is skipped
 
 
-def summary_of(out, status="finished", step=300, checkpoint="step_00000300"):
-    return Summary(status, step, 300, 614400, 3.05, 3.5, 312.34, str(out / "checkpoints" / checkpoint), str(out))
+def summary_of(out, status="finished", step=300, checkpoint="step_00000300", tokens=614400):
+    return Summary(status, step, 300, tokens, 3.05, 3.5, 312.34, str(out / "checkpoints" / checkpoint), str(out))
 
 
 def test_the_final_summary_names_the_run_the_losses_from_metrics_jsonl_and_what_to_run_next(tmp_path):
@@ -56,9 +56,9 @@ def test_the_final_summary_names_the_run_the_losses_from_metrics_jsonl_and_what_
 def test_a_stopped_run_says_how_to_resume_and_survives_missing_records(tmp_path):
     out = tmp_path / "run"
     out.mkdir()  # no config.yaml, no metrics.jsonl: the lines that need them are left out
-    assert describe(summary_of(out, "stopped", 120, "step_00000120")).splitlines() == [
-        "Stopped: the model to step 120/300, 0.61M tokens in all (this session: 5m12.3s)",
-        f"  checkpoint:      {out}/checkpoints/step_00000120",
+    assert describe(summary_of(out, "stopped", 2, "step_00000002", tokens=4096)).splitlines() == [
+        "Stopped: the model to step 2/300, 4.1k tokens in all (this session: 5m12.3s)",  # was 0.00M
+        f"  checkpoint:      {out}/checkpoints/step_00000002",
         f"  metrics:         {out}/metrics.jsonl",
         f"  dashboard:       tensorboard --logdir {out}/tensorboard",
         "next: run the same command again to resume from the checkpoint, or",

@@ -107,7 +107,7 @@ def describe(summary: Summary) -> str:
     minutes, seconds = divmod(summary.seconds, 60)
     lines = [
         f"{'Done' if done else 'Stopped'}: {_what_was_trained(out)} to step {summary.step}/{summary.max_steps}, "
-        f"{summary.tokens / 1e6:.2f}M tokens in all (this session: {int(minutes)}m{seconds:04.1f}s)"
+        f"{_tokens(summary.tokens)} tokens in all (this session: {int(minutes)}m{seconds:04.1f}s)"
     ]
     for key, name in (("train/loss", "train loss"), ("eval/loss", "validation loss")):
         ends = _first_and_last(out / "metrics.jsonl", key, summary.step)
@@ -167,6 +167,11 @@ def _first_and_last(metrics: Path, key: str, step: int) -> tuple[tuple[int, floa
         return None
     first, last = min(values), max(values)
     return (first, values[first]), (last, values[last])
+
+
+def _tokens(count: int) -> str:
+    """4096 -> '4.1k' (a short run printed '0.00M'), 614400 -> '0.61M'."""
+    return f"{count / 1e6:.2f}M" if count >= 100_000 else f"{count / 1e3:.1f}k"
 
 
 def _perplexity(loss: float) -> str:
