@@ -180,3 +180,19 @@ def test_a_config_json_field_of_a_wrong_type_or_out_of_float32_range_is_named(hf
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value).startswith(f"NGPTConfig ({folder}/config.json): 1 problem")
     assert message in str(err.value)
+
+
+def test_transformers_names_of_the_fields_build_the_model_they_name():
+    """Fault: NGPTConfig(hidden_size=64, num_attention_heads=2, ...) gave n_embd 256, n_head 4 (the defaults),
+    without a word: PretrainedConfig set the fields through attribute_map, then the defaults overwrote them."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
+
+    for cls in (NGPTConfig, GPTBaselineConfig):
+        config = cls(hidden_size=64, num_attention_heads=2, num_hidden_layers=3, max_position_embeddings=128)
+        model_config = config.to_model_config()
+        assert (model_config.n_embd, model_config.n_head, model_config.n_layer, model_config.seq_len) == (64, 2, 3, 128)
+        assert config.hidden_size == 64
+    with pytest.raises(NgptConfigError, match=r"^NGPTConfig: hidden_size = 64 and n_embd = 32 disagree"):
+        NGPTConfig(hidden_size=64, n_embd=32)
+    assert NGPTConfig(hidden_size=64, n_embd=64).n_embd == 64

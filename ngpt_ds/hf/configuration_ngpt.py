@@ -12,6 +12,7 @@ import dataclasses
 
 from transformers import PretrainedConfig
 
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.config import ModelConfig
 
 # transformers' generic names for the fields generation and the KV cache look up.
@@ -31,6 +32,17 @@ class _NgptDsConfig(PretrainedConfig):
 
     def __init__(self, **kwargs):
         kwargs.pop("arch", None)
+        # transformers' names (hidden_size=64) are taken as the fields they stand for: PretrainedConfig sets them
+        # through attribute_map, and the defaults below then overwrote them (a 256-wide model, without a word).
+        for alias, name in _ATTRIBUTE_MAP.items():
+            if alias in kwargs:
+                value = kwargs.pop(alias)
+                if name in kwargs and kwargs[name] != value:
+                    raise NgptConfigError(
+                        f"{type(self).__name__}: {alias} = {value!r} and {name} = {kwargs[name]!r} disagree "
+                        f"({alias} is transformers' name for {name}); give one of them"
+                    )
+                kwargs[name] = value
         defaults = ModelConfig()
         values = {
             f.name: kwargs.pop(f.name, getattr(defaults, f.name))
