@@ -46,12 +46,11 @@ def _norm(x):
 
 
 def _rope_tables(T, head_dim, base):
-    """cos/sin of position * base^(-2i/head_dim). The angles are formed in float32 as the model
-    forms its tables, so that the comparison isolates everything else."""
+    """cos/sin of position * base^(-2i/head_dim), with the angles in float64 (as the model forms them)."""
     half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, dtype=torch.float32) / half)
-    angles = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
-    return angles.cos().double()[:, None], angles.sin().double()[:, None]  # [T, 1, half]
+    inv_freq = base ** (-2.0 * torch.arange(half, dtype=torch.float64) / head_dim)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq
+    return angles.cos()[:, None], angles.sin()[:, None]  # [T, 1, half]
 
 
 def official_structure_forward(p: dict, config: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:

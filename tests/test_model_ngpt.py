@@ -236,6 +236,31 @@ def test_rope_is_relative_and_norm_preserving():
     torch.testing.assert_close(sin[5:6], sin5)
 
 
+def test_rope_tables_at_long_context_are_float32_roundings_of_the_exact_angles():
+    """Fault: the angles position * base^(-2i/dh) were formed in float32, so at the 8k preset's positions cos
+    and sin were off by up to 3.0e-4 (1.2e-3 at 32k), and the score q.k of unit q, k at positions (8191, 8190)
+    differed from the same pair at (1, 0) by 6.8e-6, at (32767, 32000) from (767, 0) by 1.5e-5 (now <= 1.5e-8,
+    fp32 arithmetic). Reference: float64 angles, independent of the code."""
+    T, dh, base = 32768, 64, 10000.0
+    rope = RotaryEmbedding(head_dim=dh, base=base)
+    cos, sin = rope.tables(T, torch.device("cpu"), torch.float32)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * base ** (
+        -2.0 * torch.arange(dh // 2, dtype=torch.float64) / dh
+    )
+    assert (cos[:, 0, : dh // 2].double() - angles.cos()).abs().max() < 6e-8  # half a float32 ulp of 1
+    assert (sin[:, 0, dh // 2 :].double() - angles.sin()).abs().max() < 6e-8
+    torch.manual_seed(12)
+    q, k = l2_normalize(torch.randn(2, dh)).unbind(0)
+
+    def score(m, n):
+        qm = RotaryEmbedding.rotate(q.view(1, 1, dh), cos[m : m + 1], sin[m : m + 1])
+        kn = RotaryEmbedding.rotate(k.view(1, 1, dh), cos[n : n + 1], sin[n : n + 1])
+        return torch.dot(qm.view(dh), kn.view(dh)).item()
+
+    for m, n in ((8191, 8000), (32767, 32000), (8191, 8190)):
+        assert score(m, n) == pytest.approx(score(m - n, 0), abs=1e-6), (m, n)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 def test_rope_over_the_whole_head_equals_the_per_half_rotation_bit_for_bit(dtype):
     """rotate computes x * [cos, cos] + [x2, x1] * [-sin, sin]: the products and sums of the per-half

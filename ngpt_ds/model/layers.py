@@ -183,13 +183,17 @@ def _rope_tables(
     backward that recomputes them, which cost about a tenth of a compiled `ngpt_tiny` step
     (docs/benchmarks.md, "MFU"). As an operator, they are computed once per forward."""
     half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
-    positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
+    # Angles in float64, then cos and sin rounded once to `dtype`: formed in float32, position * inv_freq was off
+    # by up to 3e-4 rad at position 8191 (the 8k preset; 1.2e-3 at 32k, where nGPT is evaluated past its
+    # training length), so q.k depended on the absolute positions, not only on m - n. MPS has no float64.
+    where = torch.device("cpu") if device.type == "mps" else device
+    inv_freq = base ** (-torch.arange(half, device=where, dtype=torch.float64) / half)
+    positions = torch.arange(offset, offset + seq_len, device=where, dtype=torch.float64)
     angles = torch.outer(positions, inv_freq)
     cos, sin = angles.cos(), angles.sin()
     full_cos = torch.cat((cos, cos), dim=-1).unsqueeze(1)
     signed_sin = torch.cat((-sin, sin), dim=-1).unsqueeze(1)
-    return full_cos.to(dtype), signed_sin.to(dtype)
+    return full_cos.to(device=device, dtype=dtype), signed_sin.to(device=device, dtype=dtype)
 
 
 @_rope_tables.register_fake
@@ -207,9 +211,8 @@ class RotaryEmbedding(nn.Module):
 
     A correct RoPE, unlike the official nGPT code's (NVIDIA/ngpt issue #10; docs/ngpt_notes.md): rotating q at
     position m and k at position n makes q.k depend only on m - n, and preserves
-    norms. Tables are built in fp32 on every call (they are tiny), so they never
-    lose precision when the model runs in bf16.
-    """
+    norms. Tables are built on every call (they are tiny), from float64 angles, and rounded once to the
+    activations' dtype (fp32 under bf16 autocast, whose residual stream stays fp32)."""
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
