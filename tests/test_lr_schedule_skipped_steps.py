@@ -1,0 +1,45 @@
+"""The LR schedule follows the trainer's step count when fp16 skips steps.
+
+Fault: DeepSpeed skips an fp16 step whose gradients overflow, and with it the LR scheduler's step,
+while the trainer's step counter (its logs, checkpoints and max_steps) moves on. The LR then lagged by
+one step per overflow for the rest of the run: with a loss scale of 2^40 every one of 6 steps was
+skipped and the LR stayed at the warmup's 0 (train/lr 0 at steps 1-6); the cosine never reached min_lr,
+and a resume, which recomputes the schedule at its step, did not reproduce the run it continued.
+
+fp16 on this CPU: the trainer refuses fp16 on CPUs without AVX512-FP16/AMX, so the run declares
+it supported (as tests/workers/precision_worker.py does) and DeepSpeed's fp16 path runs on CPU.
+"""
+
+import sys
+
+import pytest
+
+from ngpt_ds.train.optim import lr_factor
+
+from conftest import read_metrics, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+
+STEPS, WARMUP, LR = 6, 2, 1e-2
+
+FP16_ON_CPU = """
+import sys
+from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+CPU_Accelerator.is_fp16_supported = lambda self: True
+from ngpt_ds.cli.train import main
+sys.argv = ["train.py", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def test_steps_skipped_for_fp16_overflow_still_advance_the_lr_schedule(tmp_path, tiny_dataset):
+    # 2^40: every step's scaled gradients overflow fp16 (the scale halves per step, from far too high).
+    fp16 = {"enabled": True, "initial_scale_power": 40, "loss_scale_window": 1000, "hysteresis": 1}
+    ds = write_ds_config(tmp_path / "fp16.json", stage=2, bf16=False, micro=4, accum=1, fp16=fp16)
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(STEPS, lr=LR, warmup_steps=WARMUP))
+    script = tmp_path / "train_fp16_on_cpu.py"
+    script.write_text(FP16_ON_CPU)
+    out = tmp_path / "out"
+    run([sys.executable, script, *train_cmd(config, ds, tiny_dataset, out)[1:]])
+    logged = [(r["step"], r["train/lr"]) for r in read_metrics(out)]
+    expected = [(s, LR * lr_factor(s - 1, max_steps=STEPS, warmup_steps=WARMUP, min_lr_ratio=0.0)) for s in range(1, 7)]
+    assert [s for s, _ in logged] == [s for s, _ in expected]
+    assert [lr for _, lr in logged] == pytest.approx([lr for _, lr in expected], rel=1e-6, abs=1e-12)
