@@ -15,17 +15,29 @@ __version__ = "0.1.0"
 
 class _RegisterWhenTransformersIsImported:
     """Registers nGPT and the GPT baseline with transformers' Auto classes (ngpt_ds.hf) right after
-    `transformers` is imported, so that `import ngpt_ds` never imports transformers itself (seconds)."""
+    `transformers` is imported, so that `import ngpt_ds` never imports transformers itself (seconds).
+
+    It stays in sys.meta_path until transformers has been executed: a probe such as
+    `importlib.util.find_spec("transformers")` (lm_eval's and accelerate's "is it installed?") finds the
+    spec without importing it, and the import that follows must still be the one that registers."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._finding = threading.local()  # find_spec below asks the other finders, not itself again
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname != "transformers":
+        if fullname != "transformers" or getattr(self._finding, "active", False):
             return None
         import importlib.util
 
-        _sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._finding.active = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding.active = False
         if spec is not None and spec.loader is not None:
             spec.loader = cast("Loader", _RegisteringLoader(spec.loader))  # a Loader by duck typing
         return spec
@@ -42,6 +54,7 @@ class _RegisteringLoader:
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
+        _sys.meta_path[:] = [f for f in _sys.meta_path if not isinstance(f, _RegisterWhenTransformersIsImported)]
         _register_with_transformers()
 
     def __getattr__(self, name: str) -> Any:
