@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 
 from ngpt_ds.data.shards import DatasetMeta
@@ -33,7 +35,7 @@ class WindowIndex:
     per shard go unused). Every shard that holds a window is mapped read-only (np.memmap) here, when the
     index is made: mapped on first read, a shard replaced meanwhile (`prepare_data.py --overwrite` of the
     folder while a run trains on it) was read from the new file under the old metadata, silently other
-    tokens or a ValueError mid-run; a mapping keeps the file it was made from. Every id read
+    tokens or an error mid-run; a mapping keeps the file it was made from. Every id read
     is checked to be < the dataset's vocab_size: a bad id raises, or with `faults` is recorded there and
     read as id 0, a valid one, so that the batch can go through the step's collectives with the other
     ranks' before every rank stops (its loss and update are never saved).
@@ -57,11 +59,28 @@ class WindowIndex:
         counts = [max(0, (s.tokens - 1) // seq_len) for s in self._shards]
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_windows = int(self._first[-1])
-        # Mappings hold no file descriptor; shards too short for a window (never read) are not mapped.
-        self._maps: list[np.memmap | None] = [
-            np.memmap(meta.shard_path(shard), dtype=meta.np_dtype, mode="r", shape=(shard.tokens,)) if count else None
-            for shard, count in zip(self._shards, counts)
-        ]
+        # Shards too short for a window (never read) are not mapped.
+        self._maps: list[np.memmap | None] = [self._open(i) if count else None for i, count in enumerate(counts)]
+
+    def _open(self, i: int) -> np.memmap:
+        """Map shard i. Each mapping holds a file descriptor (Python's mmap keeps a duplicate) and counts
+        against vm.max_map_count: mapped on first read, shard ~1000 of a large dataset stopped a run hours
+        in with an OSError traceback ('Too many open files' under `ulimit -n 1024`); now it is one line at
+        startup, naming the limit."""
+        shard = self._shards[i]
+        try:
+            return np.memmap(self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r", shape=(shard.tokens,))
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+            limit = "`ulimit -n` (open files)" if e.errno != errno.ENOMEM else "vm.max_map_count (memory mappings)"
+            with_windows = sum(1 for s in self._shards if (s.tokens - 1) // self.seq_len > 0)
+            raise NgptConfigError(
+                f"dataset {self.meta.data_dir} split {self.split!r}: mapping shard {shard.file} failed "
+                f"({e.strerror}) after {i} of the {with_windows} shards that hold windows: every shard is held "
+                f"open while the run reads it, so this process needs more than {with_windows} of {limit}; "
+                f"raise that limit, or prepare the dataset with fewer, larger shards (--shard-tokens)"
+            ) from None
 
     def _map(self, i: int) -> np.memmap:
         mapped = self._maps[i]

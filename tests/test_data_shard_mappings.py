@@ -1,0 +1,95 @@
+"""Every shard a split reads is held mapped (and so open) for the whole run: a dataset with more of them than
+the process may hold open stops at startup with one line naming the limit, not hours in with a traceback."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ngpt_ds.data.shards import sha256_file
+
+REPO = Path(__file__).parents[1]
+SHARDS, OPEN_FILES = 400, 300
+
+READ = """
+import sys
+from ngpt_ds.data.loader import TokenWindowLoader
+from ngpt_ds.errors import NgptConfigError
+try:
+    loader = TokenWindowLoader(sys.argv[1], "train", 2, 4, 0, 1, seed=0)
+    for _ in range(2000):
+        loader.next_batch()
+except NgptConfigError as e:
+    print("error:", e)
+    sys.exit(2)
+print("read")
+"""
+
+
+def _many_shards(root: Path, n: int) -> Path:
+    """n shards of 3 tokens (one window each at seq_len 2), no block hashes (they are not what is tested)."""
+    root.mkdir()
+    (root / "tokenizer.model").write_bytes(b"not read here")
+    tokens = np.arange(3, dtype="<u2").tobytes()
+    shards = []
+    for k in range(n):
+        (root / f"train_{k:06d}.bin").write_bytes(tokens)
+        shards.append({"file": f"train_{k:06d}.bin", "tokens": 3})
+    meta = {
+        "format": "ngpt_ds-token-shards",
+        "format_version": 1,
+        "vocab_size": 10,
+        "dtype": "uint16",
+        "eos_id": 2,
+        "tokenizer": {"path": "tokenizer.model", "sha256": sha256_file(root / "tokenizer.model")},
+        "splits": {"train": {"documents": n, "tokens": 3 * n, "shards": shards}},
+    }
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def test_more_shards_than_open_files_stop_at_startup_with_one_line(tmp_path):
+    """Mapped on first read, shard ~290 of 400 under `ulimit -n 300` stopped the reader mid-run with
+    'OSError: [Errno 24] Too many open files' (a traceback, after as many steps as it took to touch them)."""
+    data = _many_shards(tmp_path / "ds", SHARDS)
+    proc = subprocess.run(
+        [sys.executable, "-c", READ, str(data)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=_limit_open_files,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    line = proc.stdout.strip()
+    assert line.startswith(f"error: dataset {data} split 'train': mapping shard train_")
+    assert line.endswith(
+        f"failed (Too many open files) after {int(line.split(' after ')[1].split()[0])} of the {SHARDS} shards that "
+        f"hold windows: every shard is held open while the run reads it, so this process needs more than {SHARDS} "
+        "of `ulimit -n` (open files); raise that limit, or prepare the dataset with fewer, larger shards "
+        "(--shard-tokens)"
+    )
+    assert 200 < int(line.split(" after ")[1].split()[0]) < OPEN_FILES
+
+
+def test_as_many_shards_as_the_limit_allows_are_read(tmp_path):
+    data = _many_shards(tmp_path / "ds", OPEN_FILES // 2)
+    proc = subprocess.run(
+        [sys.executable, "-c", READ, str(data)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=_limit_open_files,
+        timeout=300,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "read"), proc.stderr[-2000:]
