@@ -286,7 +286,11 @@ class Trainer:
             dynamic_ncols=True,
             desc="train",
         )
-        interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
+        interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
+        # This session's first step (torch.compile's minutes, allocator and kernel warm-up) is kept out of the
+        # throughput of the steps logged with it: a compiled run's first record showed a 10-step mean of one
+        # compile and nine steps. Alone in its record (log_interval 1), it is reported as it is.
+        first_step_s: float | None = None
         train_loss = val_loss = float("nan")
         status, last_checkpoint = "finished", None
         while self.step < max_steps:
@@ -295,7 +299,11 @@ class Trainer:
             step_lr = self.engine.get_lr()[0]
             step_start = time.perf_counter()
             loss, stop, sphere_broken = self.train_step()
-            interval_seconds += time.perf_counter() - step_start  # steps only: not evaluation, not saving
+            step_seconds = time.perf_counter() - step_start  # steps only: not evaluation, not saving
+            if first_step_s is None:
+                first_step_s = step_seconds
+            else:
+                interval_seconds, timed_steps = interval_seconds + step_seconds, timed_steps + 1
             if not math.isfinite(loss):
                 precision_hint = (
                     ', try fp32 ("bf16": {"enabled": false}) to rule out precision'
@@ -321,8 +329,10 @@ class Trainer:
                 # summary.json's train_loss is the last record's: the interval's mean, as the dashboards show
                 # (the last step's own loss was a number no record held: 6.153 where metrics.jsonl had 6.164).
                 train_loss = interval_loss / interval_steps
-                self._log(train_loss, interval_seconds / interval_steps, step_lr)
-                interval_seconds, interval_steps, interval_loss = 0.0, 0, 0.0
+                step_time = interval_seconds / timed_steps if timed_steps else first_step_s
+                assert step_time is not None  # set at the first step
+                self._log(train_loss, step_time, step_lr)
+                interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
                 val_loss = self.evaluate()
