@@ -32,6 +32,9 @@
 # first host left, and only the hosts left are probed over ssh (exclude a broken node that way).
 set -euo pipefail
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+case "${1:-}" in  # the whole header (modes, hostfile format, environment), on stdout, exit 0
+  -h | --help) sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+esac
 [ $# -ge 2 ] || usage
 mode="$1"
 hostfile="$2"

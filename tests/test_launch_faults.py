@@ -149,3 +149,16 @@ def test_a_rank_with_collectives_in_flight_exits_cleanly():
                 assert "terminate called" not in stderr
         finally:
             stop_all(ranks)
+
+
+def test_multinode_help_prints_the_whole_header_and_exits_0():
+    """Fault: `launch/multinode.sh --help` printed the five usage lines to stderr and exited 2, as for a
+    missing argument; the hostfile format and the environment variables were only in the file."""
+    proc = subprocess.run(["bash", REPO / "launch/multinode.sh", "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Multi-node training without Slurm")
+    for line in ("gpu-node-1 slots=8", "Environment: MASTER_ADDR", "DRY_RUN=1", "--include / --exclude"):
+        assert line in proc.stdout
+    assert "set -euo" not in proc.stdout and "\n#" not in proc.stdout
+    missing = subprocess.run(["bash", REPO / "launch/multinode.sh"], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "launch/multinode.sh mpi       HOSTFILE" in missing.stderr
