@@ -72,7 +72,9 @@ setup(
         "eval": ["lm-eval>=0.4.13,<0.5"],
         # Hugging Face transformers (ngpt_ds/hf: AutoModelForCausalLM, `export --format hf`). The range the
         # tests pass on: 5.x renames and reshapes what the wrapper uses (the `cache` argument, dataclass configs).
-        "hf": ["transformers>=5.24,<5.25", "tokenizers"],  # tokenizers: ngpt_ds/hf/tokenizer.py builds with it
+        # tokenizers and protobuf: ngpt_ds/hf/tokenizer.py builds tokenizer.json with the first and reads the
+        # sentencepiece model through sentencepiece_model_pb2, which needs the second.
+        "hf": ["transformers>=5.24,<5.25", "tokenizers", "protobuf"],
     },
     entry_points={
         # lm-eval 0.4.x only knows models in its own registry: this is lm_eval's CLI with `ngpt_ds` registered.
