@@ -87,6 +87,17 @@ def test_duplicate_yaml_key_and_missing_file_are_named(tmp_path):
         load_model_config("ngpt_huge")
 
 
+def test_a_misspelt_preset_gets_the_closest_name_and_a_folder_is_named_as_one(tmp_path):
+    """Faults: `--config ngpt_tnyi` listed the presets without saying which was meant; `--config runs/`
+    (a folder) said "config file runs does not exist"."""
+    with pytest.raises(NgptConfigError, match=r"unknown preset 'ngpt_tnyi' \(did you mean 'ngpt_tiny'\?\)"):
+        load_model_config("ngpt_tnyi")
+    with pytest.raises(NgptConfigError, match=r"unknown preset 'zzz'\. Presets"):
+        load_model_config("zzz")  # nothing close: no guess
+    with pytest.raises(NgptConfigError, match=rf"config {tmp_path} is a folder, not a YAML file"):
+        load_model_config(str(tmp_path))
+
+
 def test_presets_exist_for_both_archs():
     names = set(preset_names())
     for size in ("tiny", "0.5b", "1b"):

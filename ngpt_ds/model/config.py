@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -212,6 +213,11 @@ def preset_names() -> list[str]:
 def resolve_config_path(name_or_path: str) -> Path:
     """A preset name (e.g. 'ngpt_tiny') or a YAML file path -> an existing path."""
     path = Path(name_or_path)
+    if path.is_dir():
+        raise NgptConfigError(
+            f"config {path} is a folder, not a YAML file: give a file such as {path / 'model.yaml'} or one of the "
+            f"presets: {', '.join(preset_names())}"
+        )
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise NgptConfigError(
@@ -221,8 +227,11 @@ def resolve_config_path(name_or_path: str) -> Path:
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
+        close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise NgptConfigError(
-            f"unknown preset {name_or_path!r}. Presets: {', '.join(preset_names())}; or give the path of a YAML file"
+            f"unknown preset {name_or_path!r}{hint}. Presets: {', '.join(preset_names())}; or give the path of a "
+            "YAML file"
         )
     return preset
 
