@@ -103,6 +103,11 @@ pip_flags=()
 if env | grep -q '^DS_BUILD_'; then
   say "prebuilding DeepSpeed ops: $(env | grep '^DS_BUILD_' | tr '\n' ' ')"
   pip_flags+=(--no-build-isolation)
+  # Without build isolation pip builds with this environment's setuptools and wheel, which a venv has too
+  # old for an editable install (Python 3.11's: setuptools 65, no wheel: "invalid command 'bdist_wheel'")
+  # or not at all (3.12's).
+  say "installing setuptools>=64 and wheel for the builds without isolation"
+  "$PYTHON" -m pip install -q "setuptools>=64" wheel
 fi
 # DeepSpeed: the release the hypersphere hook's internals were read against (setup.py allows the
 # tested range, ngpt_ds/train/ds_compat.py checks it at startup).

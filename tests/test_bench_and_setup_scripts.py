@@ -474,3 +474,15 @@ def test_setup_sh_without_root_or_sudo_names_the_missing_packages(tmp_path):
         f"error: missing system packages {missing}, and neither root nor sudo to install them; "
         f"as root: apt-get install {missing}, then run this again\n"
     )
+
+
+def test_setup_sh_with_ds_build_brings_the_build_tools_it_builds_without_isolation(tmp_path):
+    """Fault: with DS_BUILD_* set, setup.sh installed with --no-build-isolation, so pip built ngpt_ds with
+    the environment's own setuptools: in a Python 3.11 venv (setuptools 65, no wheel) the editable install
+    failed with "invalid command 'bdist_wheel'" (3.12's venvs have no setuptools at all). It now installs
+    setuptools>=64 and wheel first."""
+    proc, pip = setup_sh_with_fakes(tmp_path, "2.13.0", "__version__ = '0.19.8'\n", DS_BUILD_FUSED_ADAM="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert pip[0] == "-m pip install -q setuptools>=64 wheel"
+    assert pip[1].startswith("-m pip install -q --no-build-isolation -e . deepspeed==0.19.8")
+    assert "[setup] installing setuptools>=64 and wheel for the builds without isolation\n" in proc.stdout
