@@ -116,10 +116,11 @@ def test_tensorboard_holds_every_scalar(runs):
     )
     assert max(e.value for e in events.Scalars("ngpt/max_norm_deviation")) < 1e-5
     assert [e.step for e in events.Scalars("eval/loss")] == [10, 20]
-    # No warmup, cosine to 0 (PAPER Table 3): lr after step 1 is already below the peak, ends at 0.
+    # No warmup, cosine to 0 (PAPER Table 3); train/lr is the LR each step applied: the peak at step 1, and at
+    # the last step the cosine one step before its 0.
     lrs = [e.value for e in events.Scalars("train/lr")]
-    assert lrs[0] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi / STEPS)), rel=1e-5)
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[0] == pytest.approx(1e-2, rel=1e-6)
+    assert lrs[-1] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * (STEPS - 1) / STEPS)), rel=1e-5)
     alpha = events.Scalars("ngpt/alpha_attn/layer_00")
     assert 0.0 < alpha[-1].value < 1.0 and alpha[-1].value != pytest.approx(0.05, abs=1e-6)
 
