@@ -388,3 +388,18 @@ def test_a_precision_field_in_the_train_section_points_to_the_json(key):
         '"bf16": {"enabled": true} or "fp16"), ZeRO stage and gradient clipping belong in the DeepSpeed JSON '
         "(--deepspeed_config)"
     )
+
+
+def test_the_shipped_deepspeed_configs_are_found_from_any_folder(tmp_path, monkeypatch):
+    """Fault: `--deepspeed_config ds_configs/zero2.json` (the README's command) resolved against the working
+    directory only: a pip-installed ngpt_ds (no checkout) stopped with "DeepSpeed config ds_configs/zero2.json
+    does not exist", exit 2, from every folder. The shipped copy is used when the folder has none; a file of that
+    name in the folder still wins, and a name that is not shipped is still an error."""
+    monkeypatch.chdir(tmp_path)
+    shipped = load_ds_config("ds_configs/zero2.json")
+    assert shipped == json.loads((REPO / "ds_configs/zero2.json").read_text())
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs/zero2.json").write_text('{"train_micro_batch_size_per_gpu": 3}')
+    assert load_ds_config("ds_configs/zero2.json") == {"train_micro_batch_size_per_gpu": 3}
+    with pytest.raises(NgptConfigError, match=r"DeepSpeed config ds_configs/zero9.json does not exist"):
+        load_ds_config("ds_configs/zero9.json")

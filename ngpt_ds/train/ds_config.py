@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 from ngpt_ds.train import ds_schema
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
+
+_log = log.get(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class BatchPlan:
 
 def load_ds_config(path: str | Path) -> dict[str, Any]:
     """Parse a DeepSpeed JSON file; duplicate keys and syntax errors are reported with their line."""
-    path = Path(path)
+    path = _shipped_config(Path(path))
     if not path.is_file():
         raise NgptConfigError(
             f"DeepSpeed config {path} does not exist. The shipped ones are in ds_configs/ "
@@ -64,6 +67,21 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise NgptConfigError(f"{path}: expected a JSON object")
     return config
+
+
+def _shipped_config(path: Path) -> Path:
+    """`ds_configs/NAME` not found from the working directory -> the copy shipped with ngpt_ds: a pip-installed
+    package carries them as ngpt_ds/ds_configs/ (setup.py), a checkout beside the package. The README's
+    `--deepspeed_config ds_configs/zero2.json` then works from any folder (it stopped with "does not exist"
+    for every pip user without a checkout)."""
+    if path.is_file() or path.is_absolute() or len(path.parts) != 2 or path.parts[0] != "ds_configs":
+        return path
+    package = Path(__file__).resolve().parents[1]
+    for shipped in (package / path, package.parent / path):
+        if shipped.is_file():
+            _log.info(f"DeepSpeed config {path}: not in {Path.cwd()}, using the one shipped with ngpt_ds ({shipped})")
+            return shipped
+    return path
 
 
 def _block(config: dict[str, Any], name: str) -> dict[str, Any]:
