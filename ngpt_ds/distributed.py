@@ -223,7 +223,7 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
         from mpi4py import MPI
     except ImportError:
         raise NgptConfigError(
-            "started by mpirun, but mpi4py is not installed: pip install mpi4py "
+            "started by mpirun, but mpi4py is not installed: pip install 'ngpt_ds[mpi]' (or mpi4py) "
             "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
             "and MASTER_PORT"
         ) from None

@@ -150,3 +150,19 @@ def _describe(expected: typing.Any) -> str:
         )
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     return names.get(expected, getattr(expected, "__name__", str(expected)))
+
+
+def require_extra(module: str, extra: str, purpose: str) -> None:
+    """Raise NgptConfigError naming the pip extra to install when `module` is not importable: without it a
+    command that needs an optional dependency ended in a ModuleNotFoundError traceback (exit 1)."""
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
+        missing = True
+    if missing:
+        raise NgptConfigError(
+            f"{purpose} needs {module}, which is not installed: pip install 'ngpt_ds[{extra}]' "
+            f"(from a checkout: pip install -e '.[{extra}]')"
+        )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, load_checkpoint, load_export
 from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
@@ -85,6 +85,8 @@ def export_model(
     out = Path(out)
     if format not in FORMATS:
         raise NgptConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+    if format == "hf":
+        require_extra("transformers", "hf", "--format hf")
     if out.exists() and not overwrite:
         raise NgptConfigError(f"{out} already exists; choose another folder or pass --overwrite")
     source = resolve_checkpoint(checkpoint)

@@ -16,11 +16,17 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     """lm-eval's command line; bad input to the ngpt_ds model (a missing path, a refused checkpoint
     file) prints `error: ...` and exits 2, as the other entry scripts do."""
+    from ngpt_ds.cli import print_error
+    from ngpt_ds.errors import NgptConfigError, require_extra
+
+    try:
+        require_extra("lm_eval", "eval", "ngpt-lm-eval")
+    except NgptConfigError as err:
+        print_error(err)
+        sys.exit(2)
     from lm_eval.__main__ import cli_evaluate
 
     import ngpt_ds.infer.lm_eval_adapter  # noqa: F401  registers "ngpt_ds"
-    from ngpt_ds.cli import print_error
-    from ngpt_ds.errors import NgptConfigError
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
