@@ -6,7 +6,7 @@
 #                                   openssh (system packages, needs root or sudo); the Dockerfile uses it
 #   bash launch/setup.sh --test     --cluster, plus Slurm + munge, headless Chromium and the test tools
 #
-# torch: an installed torch is kept. Otherwise torch 2.13.0 is installed from your pip index, which
+# torch: an installed torch (2.4 or later, setup.py's range) is kept. Otherwise torch 2.13.0 is installed from your pip index, which
 # decides the build: from PyPI on Linux x86_64 that is the CUDA build (several GB of nvidia-* wheels;
 # it also runs on a CPU-only machine). For the much smaller CPU-only build set
 #   NGPT_DS_TORCH_INDEX_URL=<PyTorch's CPU wheel index, listed on PyTorch's "Get Started" page>
@@ -25,8 +25,11 @@ if [ $# -gt 1 ]; then
 fi
 case "${1:-}" in
   "" | --cluster | --test) ;;
+  -h | --help)  # the header above, without its comment marks
+    sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0 ;;
   *)  # a typo (--tests, --clusters) installed without what it asked for, and said nothing
-    echo "error: unknown option $1; use none, --cluster or --test (see the top of $0)" >&2
+    echo "error: unknown option $1; use none, --cluster or --test (--help explains them)" >&2
     exit 2 ;;
 esac
 [ "${1:-}" = "--test" ] && WITH_TESTS=1 && WITH_CLUSTER=1

@@ -366,13 +366,24 @@ def test_setup_sh_refuses_an_option_it_does_not_know(tmp_path):
     an image's RUN line) installed without OpenMPI, mpi4py and the test tools, exit 0, nothing said; a
     second option was ignored."""
     for argv, message in (
-        (("--clusters",), "error: unknown option --clusters; use none, --cluster or --test (see the top of "),
+        (("--clusters",), "error: unknown option --clusters; use none, --cluster or --test (--help explains them)"),
         (("--cluster", "--test"), "error: one option at most (--test includes --cluster); got: --cluster --test"),
     ):
         proc = run_sh(tmp_path / argv[-1], *argv, script="launch/setup.sh")
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.startswith(message), proc.stderr
         assert proc.stdout == ""
+
+
+def test_setup_sh_help_prints_its_header_and_installs_nothing(tmp_path):
+    """Fault: `bash launch/setup.sh --help` was "error: unknown option --help", exit 2: the options, the torch
+    build it installs and NGPT_DS_TORCH_INDEX_URL were explained only at the top of the file."""
+    proc = run_sh(tmp_path / "help", "--help", script="launch/setup.sh")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Install ngpt_ds and everything it needs")
+    for line in ("bash launch/setup.sh --test", "NGPT_DS_TORCH_INDEX_URL", "DS_BUILD_"):
+        assert line in proc.stdout
+    assert "[setup]" not in proc.stdout and "set -euo" not in proc.stdout
 
 
 def test_parallel_modes_docs_name_the_vocabulary_of_the_data(tmp_path, monkeypatch):
