@@ -7,7 +7,9 @@ which rebuilds only tensors, plain Python data (dict, list, tuple, set, str, byt
 None), OrderedDict, torch.Size / dtype / device, and the classes on the allow-list below. A file
 that needs anything else is refused with one `UnsafeCheckpointError` naming the file and the type;
 nothing from it runs. Nor may a file describe more data than it holds: every tensor loaded must
-store each of its elements (`_check_tensors`), so a few bytes cannot make a reader allocate terabytes.
+store each of its elements, and all the tensors together, each counted as often as the file names it, may
+describe at most four times the data the file stores (`_check_tensors`), and no record of it may be compressed
+(`_check_stored`), so a few bytes cannot make a reader allocate terabytes.
 
 The files and what they need beyond torch's defaults (DeepSpeed 0.19.8, found by saving real
 checkpoints at ZeRO 0/1/2/3 in fp32 and bf16, and tensor-parallel ZeRO 1/2, and listing each
@@ -138,6 +140,7 @@ def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickl
     with UnsafeCheckpointError. Other failures (a truncated or missing file) propagate as torch raises them."""
     pickle_load_args.pop("pickle_module", None)
     pickle_load_args.pop("weights_only", None)
+    _check_stored(f)
     # torch hints a list of callables, which a list[type] does not match (list is invariant); it only reads it.
     with torch.serialization.safe_globals(allowed_types()):  # type: ignore[arg-type]
         try:
@@ -148,30 +151,50 @@ def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickl
     return loaded
 
 
+SHARED_SLACK_BYTES = 1 << 20
+"""What the tensors of a file may describe beyond `SHARED_FACTOR` times its stored data (a few tiny tensors
+that repeat a small storage: scalars, tied embeddings of a toy model)."""
+SHARED_FACTOR = 4
+"""How many times over a file's tensors may describe its stored data in all: views of a flat buffer describe
+it once, a flat buffer saved beside its views or a weight tied between two names twice; 4 leaves room for
+layouts a newer DeepSpeed may save, and bounds what a reader allocates to a few times the file."""
+
+
 def _check_tensors(f: Any, loaded: Any) -> None:
-    """Refuse a tensor with more elements than the file stores for it.
+    """Refuse a tensor with more elements than the file stores for it, and tensors that describe far more
+    data in all than the file stores.
 
     The pickle gives each tensor its shape and strides; a stride of 0 repeats one stored element along
     that dim, so a few bytes can describe a tensor of 10^11 elements, which the first whole-tensor
     operation of a reader (DeepSpeed's zero_to_fp32 concatenating the optimizer shards, the finiteness
     check of ngpt_ds.infer) allocates: a file of a few hundred kB exhausts the memory before any error.
     torch.save of a model's or optimizer's tensors never writes such a view (each holds its elements in
-    a storage of its own or of a flat buffer), nor a sparse or other non-strided tensor."""
+    a storage of its own or of a flat buffer), nor a sparse or other non-strided tensor.
+
+    The same holds for one tensor named many times: the pickle memoizes it, so a list of 10^5 references to
+    one 128 kB partition costs a few bytes each, and zero_to_fp32 concatenates every element (26 GB from a
+    600 kB optimizer-states file). Each reference from a container counts (a container is walked once)."""
     todo, seen = [loaded], set()
+    stored: dict[tuple[int, int], int] = {}  # distinct storages: (address, size) -> size
+    described = 0
     while todo:  # iterative: a crafted pickle may nest deeper than the recursion limit
         obj = todo.pop()
+        if isinstance(obj, torch.Tensor):
+            if obj.layout == torch.strided:
+                described += obj.numel() * obj.element_size()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, torch.Tensor):
             if obj.layout != torch.strided:
                 raise _crafted(f, f"a {obj.layout} tensor of shape {tuple(obj.shape)}")
-            stored = obj.untyped_storage().nbytes()
-            if obj.numel() * obj.element_size() > stored:
+            storage = obj.untyped_storage()
+            stored[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+            if obj.numel() * obj.element_size() > storage.nbytes():
                 raise _crafted(
                     f,
                     f"a tensor of shape {tuple(obj.shape)} and strides {obj.stride()} ({obj.numel()} elements) "
-                    f"whose data in the file is {stored} bytes",
+                    f"whose data in the file is {storage.nbytes()} bytes",
                 )
         elif isinstance(obj, dict):
             todo.extend(obj.keys())
@@ -180,6 +203,31 @@ def _check_tensors(f: Any, loaded: Any) -> None:
             todo.extend(obj)
         elif hasattr(obj, "__dict__") and not isinstance(obj, type):  # the allow-list's classes
             todo.extend(vars(obj).values())
+    total = sum(stored.values())
+    if described > SHARED_FACTOR * total + SHARED_SLACK_BYTES:
+        raise _crafted(
+            f,
+            f"tensors describing {described} bytes in all (the same data named many times) over {total} bytes of data",
+        )
+
+
+def _check_stored(f: Any) -> None:
+    """Refuse a zip-format file with a compressed member.
+
+    torch.save stores every record uncompressed (so that a storage can be memory-mapped), but torch's reader
+    also inflates a deflated one, into a buffer of the size the zip's directory claims: a 1 MB file whose
+    data/0 inflates to 1 GiB loaded as a 1 GiB tensor (deflate packs zeros about 1000:1), read that way by
+    DeepSpeed's zero_to_fp32 and ds_to_universal, which do not memory-map. Only a named file is looked at."""
+    if not isinstance(f, (str, os.PathLike)) or not zipfile.is_zipfile(f):
+        return
+    with zipfile.ZipFile(f) as archive:
+        packed = [m for m in archive.infolist() if m.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        largest = max(packed, key=lambda m: m.file_size)
+        raise _crafted(
+            f,
+            f"a compressed record {largest.filename} ({largest.compress_size} bytes that inflate to {largest.file_size})",
+        )
 
 
 def _crafted(f: Any, what: str) -> UnsafeCheckpointError:

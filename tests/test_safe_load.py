@@ -352,3 +352,127 @@ def test_an_expanded_tensor_in_a_checkpoint_is_refused_before_it_is_allocated(ru
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     refused = [f"error: {t} was refused: it holds a tensor of shape (100000000000,) and strides (0,)" for t in targets]
     assert errors and errors[0].startswith(tuple(refused)), proc.stderr[-4000:]
+
+
+def test_one_tensor_named_many_times_is_refused(tmp_path):
+    """Fault: the pickle memoizes a tensor, so a list naming one 4 kB tensor 10^5 times costs a few bytes a
+    name; it loaded, and a reader that materialises each element (torch.cat in zero_to_fp32) allocated
+    10^5 times the data. All the names together may describe at most SHARED_FACTOR times the stored data
+    (plus 1 MiB); a weight tied between two names, and views that split one flat buffer, load."""
+    from ngpt_ds import safe_load
+
+    part = torch.zeros(1024)
+    torch.save({"groups": [part] * 10**5}, tmp_path / "many.pt")
+    with pytest.raises(safe_load.UnsafeCheckpointError) as err:
+        safe_load.load(tmp_path / "many.pt")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'many.pt'} was refused: it holds tensors describing 409600000 bytes in all (the same data "
+        "named many times) over 4096 bytes of data"
+    )
+    big = torch.arange(2.0**20)  # 4 MiB: beyond the slack, so the factor decides
+    torch.save({"a": big, "b": big, "views": list(big.split(1024)), "flat": big}, tmp_path / "tied.pt")
+    back = safe_load.load(tmp_path / "tied.pt", mmap=True)
+    assert back["a"] is back["b"] and torch.equal(back["views"][3], torch.arange(3072.0, 4096.0))
+    torch.save({"names": [big] * (safe_load.SHARED_FACTOR + 1)}, tmp_path / "five.pt")
+    with pytest.raises(safe_load.UnsafeCheckpointError, match="tensors describing 20971520 bytes in all"):
+        safe_load.load(tmp_path / "five.pt")
+
+
+def test_a_partition_named_many_times_in_a_checkpoint_is_refused_before_it_is_allocated(runs, tmp_path):
+    """Fault: each rank's fp32 partition list in a ZeRO-2 run's optimizer states replaced by one 128 kB
+    partition named 10^5 times (the files grow to ~600 kB): DeepSpeed's zero_to_fp32 concatenated every
+    element, 26 GB. Under the 8 GiB of address space here the old code reached 7.9 GB resident and ended with
+    'DeepSpeed could not consolidate ... can't allocate memory'; without a limit the system runs out."""
+    source = runs["z2"]["out"] / "checkpoints" / STEP_DIR
+    checkpoint = tmp_path / "run" / "checkpoints" / STEP_DIR
+    shutil.copytree(source, checkpoint)
+    targets = sorted(checkpoint.glob("zero_pp_rank_*_optim_states.pt"))
+    for target in targets:
+        states = torch.load(target, map_location="cpu", weights_only=False)
+        groups = states["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+        states["optimizer_state_dict"]["single_partition_of_fp32_groups"] = [groups[0]] * 10**5
+        torch.save(states, target)
+    remark(checkpoint)
+
+    def limit_memory():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, REPO / "launch/generate.py", tmp_path / "run", "--prompt", "The", "--max-new-tokens", "2"],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_memory,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    refused = [f"error: {t} was refused: it holds tensors describing 13107" for t in targets]
+    assert errors and errors[0].startswith(tuple(refused)), proc.stderr[-4000:]
+
+
+def _deflate(path: Path) -> None:
+    """Rewrite a torch zip with every record deflated (torch.save stores them uncompressed)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        records = [(info.filename, src.read(info.filename)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name, data in records:
+            dst.writestr(name, data)
+
+
+def test_a_compressed_record_is_refused_before_it_is_inflated(tmp_path):
+    """Fault: torch's reader inflates a deflated record into a buffer of the size the zip claims: a 262 kB
+    file loaded as a 256 MiB tensor (zeros pack ~1000:1), as DeepSpeed's readers that do not memory-map
+    load it (ds_to_universal, zero_to_fp32's model states). The memory-mapped check failed on it only by
+    chance ('Trying to resize storage that is not resizable')."""
+    from ngpt_ds import safe_load
+
+    path = tmp_path / "bomb.pt"
+    torch.save({"w": torch.zeros(2**26)}, path)
+    _deflate(path)
+    assert path.stat().st_size < 300_000
+    for mmap in (False, True):
+        with pytest.raises(safe_load.UnsafeCheckpointError) as err:
+            safe_load.load(path, mmap=mmap)
+        message = str(err.value)
+        assert message.startswith(f"{path} was refused: it holds a compressed record bomb/data/0 ("), message
+        assert message.endswith(
+            " bytes that inflate to 268435456), which torch.save of a model's or optimizer's tensors never writes "
+            "and which would take far more memory than the file. This file was not written by the ngpt_ds trainer, "
+            "or it was altered. Do not use it"
+        ), message
+
+
+def test_the_universal_converter_refuses_a_compressed_optimizer_shard(runs, tmp_path):
+    """Fault: a resume at another data-parallel size runs DeepSpeed's ds_to_universal on the checkpoint before
+    anything else reads it, and it loads the optimizer shards without memory-mapping: each rank's shard
+    replaced by a deflated 1 GiB partition (~1.2 MB files) was inflated whole. The converter child
+    (`python -m ngpt_ds.train.reshape SOURCE OUTPUT`, what the trainer starts) now exits naming the file."""
+    import zipfile
+
+    source = tmp_path / "checkpoints" / STEP_DIR
+    shutil.copytree(runs["z2"]["out"] / "checkpoints" / STEP_DIR, source)
+    targets = sorted(source.glob("zero_pp_rank_*_optim_states.pt"))
+    for target in targets:
+        states = torch.load(target, map_location="cpu", weights_only=False)
+        states["optimizer_state_dict"]["single_partition_of_fp32_groups"][0] = torch.zeros(2**28)
+        torch.save(states, target)
+        _deflate(target)
+        assert target.stat().st_size < 2_000_000 and zipfile.is_zipfile(target)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ngpt_ds.train.reshape", source, tmp_path / "converted"],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(
+        rf"{re.escape(str(source))}/zero_pp_rank_\d_mp_rank_00_optim_states\.pt was refused: it holds a compressed "
+        r"record zero_pp_rank_\d_mp_rank_00_optim_states/data/\d+ \(\d+ bytes that inflate to 1073741824\)",
+        proc.stderr,
+    ), proc.stderr[-4000:]
