@@ -31,12 +31,40 @@ if TYPE_CHECKING:
 PROBE_TEXTS = ("Hello world", " two  spaces\n\n\ttab ", "ünïcödé 日本語 😀 </s> <unk> 12.5e-3", "", "\n")
 
 
+_UNKNOWN, _CONTROL = 2, 3
+"""sentencepiece's ModelProto.SentencePiece.Type of the unknown piece and of control pieces (</s>, <pad>)."""
+
+
 def _proto(path: Path):
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated, no stub
-    proto.ParseFromString(path.read_bytes())
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except DecodeError as err:
+        raise NgptConfigError(f"tokenizer {path} is not a sentencepiece model ({err}); {_ALTERED}") from None
     return proto
+
+
+_ALTERED = "the file was altered or not written by sentencepiece's trainer"
+
+
+def _special_piece(path: Path, proto: Any, field: str, optional: bool) -> str | None:
+    """The piece trainer_spec.`field` (unk_id, eos_id, pad_id) names; None for an absent optional one (-1).
+    sentencepiece finds these pieces by their type and name, not by these ids, so it loads a model whose ids
+    are wrong; indexing with them raised IndexError, or with -1 took the last piece as the unknown token."""
+    index, pieces = getattr(proto.trainer_spec, field), proto.pieces
+    if optional and index == -1:
+        return None
+    expected = _CONTROL if optional else _UNKNOWN
+    if not 0 <= index < len(pieces) or pieces[index].type != expected:
+        kind = "a control piece" if optional else "the unknown piece"
+        raise NgptConfigError(
+            f"tokenizer {path}: trainer_spec.{field} = {index} is not the id of {kind} "
+            f"(the model has {len(pieces)} pieces); {_ALTERED}"
+        )
+    return str(pieces[index].piece)
 
 
 def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
@@ -59,14 +87,16 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
             f"tokenizer {path}: only sentencepiece models trained as ngpt_ds trains them (identity normalization, "
             "a dummy prefix, whitespace kept, byte fallback) convert exactly to a transformers tokenizer"
         )
-    pieces = [p.piece for p in proto.pieces]
+    unk = _special_piece(path, proto, "unk_id", optional=False)
+    eos = _special_piece(path, proto, "eos_id", optional=True)
+    pad = _special_piece(path, proto, "pad_id", optional=True)
     if trainer.model_type == 2:  # BPE
         # transformers hints extract() as returning a tuple; it returns a dict (vocab, merges, ...).
         extracted: dict[str, Any] = SentencePieceExtractor(str(path)).extract(models.BPE)  # type: ignore[assignment]
         model: models.Model = models.BPE(
             vocab=extracted["vocab"],
             merges=extracted["merges"],
-            unk_token=pieces[trainer.unk_id],
+            unk_token=unk,
             fuse_unk=True,
             byte_fallback=True,
         )
@@ -88,11 +118,11 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
     backend.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    specials = {"unk_token": pieces[trainer.unk_id]}
-    if trainer.eos_id >= 0:
-        specials["eos_token"] = pieces[trainer.eos_id]
-    if trainer.pad_id >= 0:
-        specials["pad_token"] = pieces[trainer.pad_id]
+    specials = {"unk_token": unk}
+    if eos is not None:
+        specials["eos_token"] = eos
+    if pad is not None:
+        specials["pad_token"] = pad
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         split_special_tokens=True,
