@@ -150,4 +150,7 @@ def test_grace_too_short_keeps_the_previous_checkpoint_and_exits_75(stop_configs
     assert listing(out / "checkpoints") == before  # nothing written, nothing lost
     if start:
         assert_complete(out / "checkpoints" / f"step_{start:08d}")
+        assert f"The newest complete checkpoint ({out / 'checkpoints' / f'step_{start:08d}'}) is intact" in text
+    else:  # run alone: none yet (it said "The newest complete checkpoint (none yet) is intact; ... resume from it")
+        assert "No checkpoint was saved yet: running the same command again starts from step 0." in text, text[-4000:]
     assert port_released(port), sockets_on(port)

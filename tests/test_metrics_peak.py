@@ -1,6 +1,7 @@
 """Training metrics: the peak MFU divides by, on a GPU imitated on a CPU (torch.cuda's answers patched), and
 one that is too low."""
 
+import re
 import sys
 
 import pytest
@@ -88,8 +89,18 @@ def test_an_mfu_above_100_percent_is_called_out_once_with_the_fix(tmp_path, tiny
     lines = (proc.stdout + proc.stderr).splitlines()
     warned = [line for line in lines if "MFU above 100%" in line]
     assert warned == [
-        "warning: MFU above 100%: the peak it divides by (0.00 TFLOP/s per device, train.peak_tflops) is too low, so "
+        "warning: MFU above 100%: the peak it divides by (1 kFLOP/s per device, train.peak_tflops) is too low, so "
         "this run's MFU figures are not meaningful. Set train.peak_tflops to the device's dense peak (on a CPU, "
         "measure it on an idle machine)"
     ]
     assert sum(line.startswith("step ") and "MFU" in line for line in lines) == 3
+    # Fault: a fixed TFLOP/s scale printed this peak as "0.00 TFLOP/s", and the step lines had no time left.
+    steps = [line for line in lines if line.startswith("step ") and "MFU" in line]
+    assert re.search(r"\| eta \d+s$", steps[0]) and steps[-1].endswith("| eta 0s"), steps
+
+
+def test_rates_and_durations_keep_their_digits_at_every_scale():
+    """Fault: "0.0k tok/s" for 27 tokens/s (a loaded CPU) and "0.00 TFLOP/s" for a measured peak of 23 GFLOP/s."""
+    assert [metrics.format_rate(v, "tok/s") for v in (27, 4123, 5.2e6)] == ["27 tok/s", "4.12k tok/s", "5.2M tok/s"]
+    assert [metrics.format_rate(v, "FLOP/s") for v in (2.3e10, 989e12)] == ["23 GFLOP/s", "989 TFLOP/s"]
+    assert [metrics.format_duration(s) for s in (0, 4.4, 185, 7650)] == ["0s", "4s", "3m05s", "2h07m"]

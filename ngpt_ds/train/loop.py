@@ -27,6 +27,8 @@ from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precis
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import (
     MetricsLogger,
+    format_duration,
+    format_rate,
     grad_norm_deepspeed_leaves_out,
     memory_metrics,
     ngpt_health,
@@ -346,9 +348,13 @@ class Trainer:
                 status = "stopped-unsaved"
                 self._say(
                     f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}) "
-                    f"without a checkpoint: {self.stop.unsaved_message()}. The newest complete checkpoint "
-                    f"({last_checkpoint or self.resumed_from or 'none yet'}) is intact; run the same command "
-                    "again to resume from it."
+                    f"without a checkpoint: {self.stop.unsaved_message()}. "
+                    + (
+                        f"The newest complete checkpoint ({last_checkpoint or self.resumed_from}) is intact; run the "
+                        "same command again to resume from it."
+                        if last_checkpoint or self.resumed_from
+                        else "No checkpoint was saved yet: running the same command again starts from step 0."
+                    )
                 )
                 break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
@@ -429,7 +435,7 @@ class Trainer:
             if scalars["throughput/mfu"] > 1.0 and not self.said_mfu_above_peak:
                 self.said_mfu_above_peak = True  # a CPU's peak measured while the machine was busy
                 _log.warning(
-                    f"warning: MFU above 100%: the peak it divides by ({self.peak_flops / 1e12:.2f} TFLOP/s per device, "
+                    f"warning: MFU above 100%: the peak it divides by ({format_rate(self.peak_flops, 'FLOP/s')} per device, "
                     f"{self.peak_source}) is too low, so this run's MFU figures are not meaningful. Set "
                     "train.peak_tflops to the device's dense peak (on a CPU, measure it on an idle machine)"
                 )
@@ -438,8 +444,9 @@ class Trainer:
             )
             self._say(
                 f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
-                f"{tokens_per_s / 1e3:.1f}k tok/s | {step_time * 1e3:.0f} ms/step | "
-                f"MFU {scalars['throughput/mfu']:.1%}{health}"
+                f"{format_rate(tokens_per_s, 'tok/s')} | {step_time * 1e3:.0f} ms/step | "
+                f"MFU {scalars['throughput/mfu']:.1%}{health} | "
+                f"eta {format_duration(step_time * (self.run.train.max_steps - self.step))}"
             )
 
     def _print_header(self) -> None:
@@ -451,7 +458,7 @@ class Trainer:
             f"training {m.display_name}: {m.n_layer} layers, d {m.n_embd}, {m.n_head} heads, context {m.seq_len}, "
             f"vocab {m.vocab_size}, {total / 1e6:.2f}M parameters | {self.world} rank(s), "
             f"global batch {self.plan.global_batch} x {m.seq_len} = {self.tokens_per_step} tokens/step | "
-            f"peak {self.peak_flops / 1e12:.2f} TFLOP/s per device ({self.peak_source})"
+            f"peak {format_rate(self.peak_flops, 'FLOP/s')} per device ({self.peak_source})"
         )
         _log.info(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
 

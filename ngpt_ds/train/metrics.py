@@ -285,3 +285,26 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
         out = {name: value for part in parts for name, value in part.items()}
     out["ngpt/max_norm_deviation"] = hook.max_deviation()
     return out
+
+
+def format_rate(value: float, unit: str) -> str:
+    """A rate in its own scale with 3 significant digits: 27 tok/s, 4.1k tok/s, 989 TFLOP/s. One fixed scale
+    hid small values ("0.0k tok/s" for 27, "0.00 TFLOP/s" for a busy CPU's measured peak)."""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            number = f"{value / scale:.3g}"
+            return (
+                f"{number} {prefix}{unit}" if unit[0].isupper() else f"{number}{prefix} {unit}"
+            )  # 23 GFLOP/s, 4.1k tok/s
+    return f"{value:.3g} {unit}"
+
+
+def format_duration(seconds: float) -> str:
+    """4s, 3m05s, 2h07m: the time left at the current step rate, for logs read where no progress bar shows
+    (a pipe, `| tee`, Slurm's output file)."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
