@@ -65,3 +65,34 @@ def test_a_stopped_run_says_how_to_resume_and_survives_missing_records(tmp_path)
         f'  python launch/generate.py {out} --prompt "And God said"',
         f"  python launch/evaluate.py {out}",
     ]
+
+
+def test_the_commands_to_run_next_are_the_ones_the_user_has(tmp_path, monkeypatch):
+    """Fault: every run ended with `python launch/generate.py RUN` and `python launch/evaluate.py RUN`, also for a
+    pip user who trained with `deepspeed $(which ngpt-train) ...` and has no launch/ folder ("can't open file
+    'launch/generate.py'"). The commands now follow the script the rank runs: a checkout's launch/train.py its
+    siblings, as typed; the console script ngpt-train the console scripts ngpt-generate and ngpt-evaluate."""
+    from ngpt_ds.cli.train import next_command
+
+    from conftest import REPO
+
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def next_lines(script):
+        return describe(summary_of(out), next_command(script)).splitlines()[-3:-1]
+
+    assert next_lines(str(tmp_path / "venv" / "bin" / "ngpt-train")) == [
+        f'  ngpt-generate {out} --prompt "And God said"',
+        f"  ngpt-evaluate {out}",
+    ]
+    assert next_lines(str(REPO / "ngpt_ds" / "cli" / "train.py"))[1] == f"  ngpt-evaluate {out}"  # python -m
+    assert next_lines(str(REPO / "launch" / "train.py")) == [
+        f'  python {REPO}/launch/generate.py {out} --prompt "And God said"',
+        f"  python {REPO}/launch/evaluate.py {out}",
+    ]
+    monkeypatch.chdir(REPO)
+    assert next_lines("launch/train.py") == [
+        f'  python launch/generate.py {out} --prompt "And God said"',
+        f"  python launch/evaluate.py {out}",
+    ]

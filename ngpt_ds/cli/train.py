@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 from ngpt_ds.cli import Parser, add_logging_arguments, default_accelerator, run
 from ngpt_ds.train import early_signals
@@ -218,7 +220,7 @@ def _train(args: argparse.Namespace) -> int:
         from ngpt_ds.train.summary import describe
 
         try:  # whole, as the log lines are (a slow reader of a non-blocking pipe is waited for)
-            log.write(sys.stdout, "\n" + describe(summary) + "\n")
+            log.write(sys.stdout, "\n" + describe(summary, next_command(sys.argv[0])) + "\n")
         except OSError:  # stdout gone or on a full disk: the run is done, summary.json and metrics.jsonl say so
             pass
     if summary.status == "stopped-unsaved":  # no time left in train.stop_grace_s; the previous checkpoint stays
@@ -226,6 +228,17 @@ def _train(args: argparse.Namespace) -> int:
 
         return STOPPED_UNSAVED_EXIT_CODE
     return 0
+
+
+def next_command(script: str) -> Callable[[str], str]:
+    """How the end of a run spells the commands to run next, from the script this rank runs (sys.argv[0]):
+    `launch/train.py` has its siblings (`python launch/generate.py`); ngpt-train, a pip install's console
+    script, has no launch/ folder beside it, only ngpt-generate and ngpt-evaluate (setup.py), and a pip user
+    told to run `python launch/generate.py` got "can't open file"."""
+    path = Path(script)
+    if path.parent.name == "launch" and path.with_name("generate.py").is_file():
+        return lambda name: f"python {path.with_name(name + '.py')}"
+    return lambda name: f"ngpt-{name}"
 
 
 if __name__ == "__main__":  # python -m ngpt_ds.cli.train

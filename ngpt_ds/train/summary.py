@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,10 +99,12 @@ def _records_of_step(metrics: Path, step: int) -> dict[str, float]:
     return found
 
 
-def describe(summary: Summary) -> str:
+def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"python launch/{name}.py") -> str:
     """The lines rank 0 prints at the end of a finished or stopped run, for someone who has just run the
     README's main command: what was trained, how the logged losses moved (metrics.jsonl's records, the
-    numbers TensorBoard shows), where the checkpoint, metrics and dashboard are, and the commands to run next."""
+    numbers TensorBoard shows), where the checkpoint, metrics and dashboard are, and the commands to run next.
+    `command("generate")` spells a next command as the user can run it: the checkout's launch/ script, or
+    for a pip-installed ngpt-train the console script (ngpt_ds.cli.train decides)."""
     out = Path(summary.out_dir)
     done = summary.status == "finished"
     minutes, seconds = divmod(summary.seconds, 60)
@@ -124,8 +127,8 @@ def describe(summary: Summary) -> str:
         f"  {'metrics:':17}{out / 'metrics.jsonl'}",
         f"  {'dashboard:':17}tensorboard --logdir {out / 'tensorboard'}",
         "next:" if done else "next: run the same command again to resume from the checkpoint, or",
-        f'  python launch/generate.py {out} --prompt "And God said"',
-        f"  python launch/evaluate.py {out}",
+        f'  {command("generate")} {out} --prompt "And God said"',
+        f"  {command('evaluate')} {out}",
     ]
     if done:
         lines.append(
