@@ -54,10 +54,34 @@ def _many_shards(root: Path, n: int) -> Path:
 
 
 def _limit_open_files() -> None:
+    """`ulimit -n 300`: the soft limit, which the process may raise itself up to the hard one."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
-def test_more_shards_than_open_files_stop_at_startup_with_one_line(tmp_path):
+def _limit_open_files_hard() -> None:
+    """`ulimit -Hn 300`: no process may hold more."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+def test_more_shards_than_the_soft_limit_raise_it_toward_the_hard_limit(tmp_path):
+    """Fault: 400 shards under a soft `ulimit -n 300` stopped at startup ('... needs more than 400 of `ulimit -n`'),
+    though the hard limit let the process raise its own soft one, as a merged dataset of 10^8 documents (thousands
+    of shards) needs under the usual soft limit of 1024."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard > SHARDS + 400, "the test needs a hard limit above its shards"
+    data = _many_shards(tmp_path / "ds", SHARDS)
+    proc = subprocess.run(
+        [sys.executable, "-c", READ, str(data)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=_limit_open_files,
+        timeout=300,
+    )
+    assert (proc.returncode, proc.stdout.strip()) == (0, "read"), proc.stderr[-2000:] + proc.stdout[-2000:]
+
+
+def test_more_shards_than_the_hard_limit_stop_at_startup_with_one_line(tmp_path):
     """Mapped on first read, shard ~290 of 400 under `ulimit -n 300` stopped the reader mid-run with
     'OSError: [Errno 24] Too many open files' (a traceback, after as many steps as it took to touch them)."""
     data = _many_shards(tmp_path / "ds", SHARDS)
@@ -66,7 +90,7 @@ def test_more_shards_than_open_files_stop_at_startup_with_one_line(tmp_path):
         capture_output=True,
         text=True,
         cwd=REPO,
-        preexec_fn=_limit_open_files,
+        preexec_fn=_limit_open_files_hard,
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import numpy as np
 
@@ -25,6 +26,30 @@ class DeferredFaults:
     def record(self, message: str) -> None:
         if self.first is None:
             self.first = message
+
+
+def _allow_open_files(shards: int) -> None:
+    """Raise this process's soft limit of open files, up to its hard limit, to hold `shards` more mappings.
+
+    Every mapped shard holds a file descriptor for the whole run, and a merged dataset has one shard per
+    block of documents in each split (thousands for 10^8 documents): under the usual soft limit of 1024 it
+    stopped at startup, though the hard limit (the most a process may raise itself to, often 2^19 or more)
+    allowed it, as it allows a `ulimit -n` before the command. Past the hard limit `_open` names it."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        held = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        held = 64
+    wanted = held + shards + 256  # headroom for what torch, DeepSpeed and the logs open later
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 class WindowIndex:
@@ -60,6 +85,7 @@ class WindowIndex:
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_windows = int(self._first[-1])
         # Shards too short for a window (never read) are not mapped.
+        _allow_open_files(sum(1 for count in counts if count))
         self._maps: list[np.memmap | None] = [self._open(i) if count else None for i, count in enumerate(counts)]
 
     def _open(self, i: int) -> np.memmap:
