@@ -104,3 +104,18 @@ def test_rates_and_durations_keep_their_digits_at_every_scale():
     assert [metrics.format_rate(v, "tok/s") for v in (27, 4123, 5.2e6)] == ["27 tok/s", "4.12k tok/s", "5.2M tok/s"]
     assert [metrics.format_rate(v, "FLOP/s") for v in (2.3e10, 989e12)] == ["23 GFLOP/s", "989 TFLOP/s"]
     assert [metrics.format_duration(s) for s in (0, 4.4, 185, 7650)] == ["0s", "4s", "3m05s", "2h07m"]
+
+
+def test_a_rate_that_rounds_up_to_the_next_scale_or_passes_the_largest_is_not_in_exponent_notation():
+    """Fault: the scale was chosen before '.3g' rounded, and the largest scale had no bound: 999,700 tok/s
+    printed "1e+03k tok/s" and a B200's train.peak_tflops 2250 "2.25e+03 TFLOP/s" in the startup line."""
+    assert [metrics.format_rate(v, "tok/s") for v in (999.7, 999_700, 999_400)] == [
+        "1k tok/s",
+        "1M tok/s",
+        "999k tok/s",
+    ]
+    assert [metrics.format_rate(v, "FLOP/s") for v in (2250e12, 999.7e9, 1e18)] == [
+        "2250 TFLOP/s",
+        "1 TFLOP/s",
+        "1000000 TFLOP/s",
+    ]

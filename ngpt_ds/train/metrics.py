@@ -289,14 +289,20 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
 
 def format_rate(value: float, unit: str) -> str:
     """A rate in its own scale with 3 significant digits: 27 tok/s, 4.1k tok/s, 989 TFLOP/s. One fixed scale
-    hid small values ("0.0k tok/s" for 27, "0.00 TFLOP/s" for a busy CPU's measured peak)."""
-    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            number = f"{value / scale:.3g}"
+    hid small values ("0.0k tok/s" for 27, "0.00 TFLOP/s" for a busy CPU's measured peak). The scale is chosen
+    after rounding, and the largest prints whole numbers: '.3g' wrote 999,700 tok/s as "1e+03k tok/s" and a
+    B200's train.peak_tflops 2250 as "2.25e+03 TFLOP/s"."""
+    prefixes = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0))
+    for prefix, scale in prefixes:
+        scaled = value / scale
+        if abs(float(f"{scaled:.3g}")) >= 1 or not prefix:
+            number = f"{scaled:.0f}" if abs(scaled) >= 999.5 else f"{scaled:.3g}"
+            if not prefix:
+                return f"{number} {unit}"
             return (
                 f"{number} {prefix}{unit}" if unit[0].isupper() else f"{number}{prefix} {unit}"
             )  # 23 GFLOP/s, 4.1k tok/s
-    return f"{value:.3g} {unit}"
+    raise AssertionError("unreachable: the last scale takes every value")
 
 
 def format_duration(seconds: float) -> str:
