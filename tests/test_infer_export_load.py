@@ -2,12 +2,17 @@
 model than its weights hold: refused from the weights' shapes, before the model is built."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from test_infer_export import trained  # noqa: F401  (session fixture)
+
+from conftest import REPO, cpu_env
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +105,18 @@ def test_checkpoint_config_describing_a_huge_model_is_refused_before_building_it
     assert message.startswith(f"{checkpoint}: the weights do not match the model config")
     assert "shape mismatch blocks.0.attn.out.weight (32, 32) vs config (8192, 8192)" in message
     assert len(load(trained["checkpoint"], device="cpu").model.blocks) == 2  # the intact one still loads
+
+
+def test_a_named_pipe_for_the_weights_is_refused_not_waited_on(small_export, tmp_path):
+    """Fault (crafted-file audit): an export whose model.safetensors is a named pipe made `generate.py EXPORT`
+    wait forever in safe_open (killed after 90 s). Now one line, exit 2."""
+    folder = tmp_path / "export"
+    shutil.copytree(small_export, folder)
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    proc = subprocess.run(
+        [sys.executable, REPO / "launch/generate.py", folder, "--prompt", "The", "--max-new-tokens", "2"],
+        capture_output=True, text=True, env=cpu_env(), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{folder / 'model.safetensors'} is not a regular file; export the checkpoint again" in proc.stderr

@@ -382,6 +382,8 @@ def load_export(
     tok = Tokenizer.load(tokenizer if tokenizer is not None else _export_tokenizer_file(folder, tok_meta))
     digest = check_tokenizer(tok, config.vocab_size, tok_meta.get("sha256"), f"the model in {folder}")
     weights_file = folder / WEIGHTS_FILE
+    if not weights_file.is_file():  # a named pipe there made safe_open wait forever
+        raise NgptConfigError(f"{weights_file} is not a regular file; export the checkpoint again")
     try:
         # The file's header against config.json before the model is built: a config.json describing a
         # larger model than the file holds must not allocate that model first.

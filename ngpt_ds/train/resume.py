@@ -284,10 +284,14 @@ def _repair_latest(checkpoint_dir: Path) -> str | None:
     if not complete:
         return None
     latest = checkpoint_dir / checkpoint.LATEST
+    if not latest.is_file():  # none (a folder of copied steps; DeepSpeed's tools then fail loudly), or a FIFO
+        return None  # or a folder, whose read would block or fail
     try:
-        named = latest.read_text(encoding="utf-8", errors="replace").strip()
+        with latest.open("rb") as f:
+            raw = f.read(LATEST_MAX_BYTES + 1)  # a step name; a crafted 1 GB file was read whole (2.3 GB resident)
     except OSError:
-        return None  # none (a folder of copied steps; DeepSpeed's tools then fail loudly), or not a file
+        return None
+    named = raw[:LATEST_MAX_BYTES].decode("utf-8", errors="replace").strip()
     newest = complete[-1].name
     if named == newest:
         return None
@@ -295,7 +299,14 @@ def _repair_latest(checkpoint_dir: Path) -> str | None:
         checkpoint.point_latest(checkpoint_dir)
     except OSError:
         return None
-    return f"checkpoints/{checkpoint.LATEST} named {named[:80]}: a save was killed before updating it; it names {newest} now"
+    shown = named[:80] if named[:80].isprintable() else repr(named[:80])  # no raw control bytes to the terminal
+    if len(raw) > LATEST_MAX_BYTES:
+        shown = f"more than {LATEST_MAX_BYTES} bytes"
+    return f"checkpoints/{checkpoint.LATEST} named {shown}: a save was killed before updating it; it names {newest} now"
+
+
+LATEST_MAX_BYTES = 4096
+"""More than any step folder's name: DeepSpeed's `latest` holds one tag."""
 
 
 def _describe_seen(seen: tuple[list[tuple[str, str | None]], str | None]) -> str:
