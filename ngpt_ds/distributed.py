@@ -228,8 +228,20 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
             "and MASTER_PORT"
         ) from None
     comm = MPI.COMM_WORLD
-    mine = rendezvous_address(single_host) if rank == 0 else None
-    addr, port = comm.bcast(mine, root=0)
+    mine: tuple[str, int] | str | None = None
+    if rank == 0:
+        try:
+            mine = rendezvous_address(single_host)
+        except (NgptConfigError, OSError) as err:  # no address of its own, or no port to probe on it
+            mine = str(err)
+            if not isinstance(err, NgptConfigError):
+                mine = f"cannot probe a port on this host's address ({err}): set MASTER_ADDR and MASTER_PORT"
+    agreed = comm.bcast(mine, root=0)
+    if isinstance(agreed, str):
+        # Every rank stops with rank 0's reason: raised on rank 0 alone, the others waited in this bcast for
+        # good, and rank 0 with them, in the MPI_Finalize of its exit (Open MPI's waits for every rank).
+        raise NgptConfigError(agreed if rank == 0 else f"rank 0 cannot choose the job's rendezvous address: {agreed}")
+    addr, port = agreed
     return addr, int(env["MASTER_PORT"]) if "MASTER_PORT" in env else port
 
 

@@ -6,14 +6,19 @@ the port probe bound an AF_INET socket, which refuses any IPv6 address with the 
 "names" here are address literals, which resolve (for real, no resolver mocked) to themselves only.
 """
 
+import importlib.util
+import os
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from ngpt_ds import distributed
 
-from conftest import require_system
+from conftest import cpu_env, require_system
 
 
 def test_a_host_name_that_resolves_only_to_ipv6_is_the_rendezvous_address(monkeypatch):
@@ -58,3 +63,62 @@ def _binds(addr: str) -> bool:
     except OSError:
         return False
     return True
+
+
+NO_ADDRESS_RANK = """
+# A rank of a 2-host mpirun job (1 rank a host) on a host whose name resolves nowhere and that
+# `hostname -I` lists no address for: rank 0 cannot choose the rendezvous address.
+import os, socket, subprocess, sys
+os.environ["OMPI_COMM_WORLD_LOCAL_SIZE"] = "1"
+def no_address(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+socket.getaddrinfo = no_address
+real_run = subprocess.run
+def run(cmd, **kwargs):
+    if list(cmd[:2]) == ["hostname", "-I"]:
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    return real_run(cmd, **kwargs)
+subprocess.run = run
+from ngpt_ds import distributed
+from ngpt_ds.errors import NgptConfigError
+try:
+    distributed.discover()
+except NgptConfigError as err:  # one file a rank: mpirun interleaves the ranks' output
+    with open(f"{sys.argv[1]}/rank{os.environ['OMPI_COMM_WORLD_RANK']}", "w") as out:
+        out.write(f"error: {err}")
+    sys.exit(2)
+"""
+
+
+def test_every_mpirun_rank_stops_when_rank_0_cannot_choose_the_address(tmp_path):
+    """Fault: rank 0's new 'cannot tell this host's network address ... set MASTER_ADDR' error (and any
+    error of its port probe) was raised on rank 0 alone, before the bcast that gives the other ranks the
+    address: they waited there for good, and rank 0 with them in its exit's MPI_Finalize. A real 2-rank
+    mpirun job hung (killed after 60 s); now every rank stops with rank 0's reason, exit 2."""
+    require_system(
+        shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None,
+        "OpenMPI or mpi4py not installed: bash launch/setup.sh --test",
+    )
+    script = tmp_path / "rank.py"
+    script.write_text(NO_ADDRESS_RANK)
+    env = {k: v for k, v in cpu_env().items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, script, tmp_path]
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the job hung: {output[-2000:]}")
+    assert proc.returncode == 2, output
+    reason = "cannot tell this host's network address (its name"
+    assert (tmp_path / "rank0").read_text().startswith(f"error: {reason}"), output
+    said = (tmp_path / "rank1").read_text()
+    assert said.startswith(f"error: rank 0 cannot choose the job's rendezvous address: {reason}"), output
