@@ -284,3 +284,17 @@ def test_a_model_whose_training_state_cannot_fit_the_node_is_refused_at_startup(
         NgptConfigError, match=r"at least 15 GiB on this node's 1 rank\(s\) of 1, but the node has 8 GiB"
     ):
         check_state_fits(model, world_size=1, local_world_size=1, node_bytes=8 * 2**30, source=str(path))
+
+
+@pytest.mark.parametrize(
+    "field", ["alpha_attn_init", "alpha_mlp_init", "s_qk_init", "s_u_init", "s_v_init", "s_z_init"]
+)
+def test_a_zero_init_of_a_scaling_vector_is_refused_for_ngpt(field):
+    """Fault (model audit): `s_qk_init: 0` was accepted; the forward multiplies the stored vector by init / scale,
+    so the vector's effective value is 0 at every step and its gradient is 0: it never learns (for s_z, every
+    logit is 0 for the whole run). The GPT baseline has no scaling vectors: its copy of the field is unused."""
+    shape = {"vocab_size": 64, "n_layer": 1, "n_embd": 32, "n_head": 2, "seq_len": 16}
+    with pytest.raises(NgptConfigError, match=rf"model\.{field} = 0\.0: must not be 0: .* never learns"):
+        ModelConfig(arch="ngpt", **shape, **{field: 0.0}).validate()
+    ModelConfig(arch="gpt", **shape, **{field: 0.0}).validate()
+

@@ -152,6 +152,15 @@ class ModelConfig:
                 value,
                 "must be > 0 (the stored value is divided by it) or null for 1/sqrt(n_embd)",
             )
+        if self.is_ngpt:
+            for init_name in dict.fromkeys(init for init, _ in SCALINGS):
+                p.check(
+                    getattr(self, init_name) != 0,
+                    f"model.{init_name}",
+                    getattr(self, init_name),
+                    "must not be 0: the forward multiplies the stored vector by init / scale, so a zero init is a "
+                    "vector that stays 0 (its gradient is 0) and never learns (paper: alpha 0.05, s 1)",
+                )
         p.check(self.init_std > 0, "model.init_std", self.init_std, "must be > 0")
         p.check(self.norm_eps > 0, "model.norm_eps", self.norm_eps, "must be > 0")
         self._check_float32_range(p)
