@@ -17,6 +17,7 @@ from ngpt_ds.model import (
     sphere_matrices,
     training_flops_per_token,
 )
+from ngpt_ds.model.config import PRESET_DIR, resolve_config_path
 
 from conftest import REPO, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
@@ -298,3 +299,15 @@ def test_a_zero_init_of_a_scaling_vector_is_refused_for_ngpt(field):
         ModelConfig(arch="ngpt", **shape, **{field: 0.0}).validate()
     ModelConfig(arch="gpt", **shape, **{field: 0.0}).validate()
 
+
+def test_a_preset_name_is_the_preset_where_a_folder_of_that_name_is_in_the_working_folder(tmp_path, monkeypatch):
+    """Fault: `--config ngpt_tiny` from a folder that holds a folder `ngpt_tiny` (an --out or an export named after
+    the preset) was refused: 'config ngpt_tiny is a folder, not a YAML file: give a file such as
+    ngpt_tiny/model.yaml or one of the presets: ..., ngpt_tiny, ...' (before fcdedf8: 'config file ngpt_tiny does
+    not exist'). A folder is never a config: a bare preset name is the preset; a path to a folder is still refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ngpt_tiny").mkdir()
+    assert resolve_config_path("ngpt_tiny") == PRESET_DIR / "ngpt_tiny.yaml"
+    assert load_model_config("ngpt_tiny") == load_model_config(str(PRESET_DIR / "ngpt_tiny.yaml"))
+    with pytest.raises(NgptConfigError, match=r"config ngpt_tiny is a folder, not a YAML file"):
+        resolve_config_path("./ngpt_tiny/")

@@ -222,7 +222,12 @@ def preset_names() -> list[str]:
 def resolve_config_path(name_or_path: str) -> Path:
     """A preset name (e.g. 'ngpt_tiny') or a YAML file path -> an existing path."""
     path = Path(name_or_path)
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
     if path.is_dir():
+        if "/" not in name_or_path and preset.is_file():
+            # A folder is never a config, so a bare preset name means the preset even where the working folder
+            # holds a folder of that name (an --out or an export named after the preset): it was refused.
+            return preset
         raise NgptConfigError(
             f"config {path} is a folder, not a YAML file: give a file such as {path / 'model.yaml'} or one of the "
             f"presets: {', '.join(preset_names())}"
@@ -234,7 +239,6 @@ def resolve_config_path(name_or_path: str) -> Path:
                 f"presets: {', '.join(preset_names())}"
             )
         return path
-    preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
         close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
