@@ -4,6 +4,7 @@ the process may hold open stops at startup with one line naming the limit, not h
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -31,15 +32,16 @@ print("read")
 """
 
 
-def _many_shards(root: Path, n: int) -> Path:
-    """n shards of 3 tokens (one window each at seq_len 2), no block hashes (they are not what is tested)."""
+def _many_shards(root: Path, n: int, length: int = 3) -> Path:
+    """n shards of `length` tokens (3: one window each at seq_len 2), no block hashes (they are not what is
+    tested)."""
     root.mkdir()
     (root / "tokenizer.model").write_bytes(b"not read here")
-    tokens = np.arange(3, dtype="<u2").tobytes()
+    tokens = (np.arange(length, dtype="<u2") % 10).tobytes()
     shards = []
     for k in range(n):
         (root / f"train_{k:06d}.bin").write_bytes(tokens)
-        shards.append({"file": f"train_{k:06d}.bin", "tokens": 3})
+        shards.append({"file": f"train_{k:06d}.bin", "tokens": length})
     meta = {
         "format": "ngpt_ds-token-shards",
         "format_version": 1,
@@ -47,7 +49,7 @@ def _many_shards(root: Path, n: int) -> Path:
         "dtype": "uint16",
         "eos_id": 2,
         "tokenizer": {"path": "tokenizer.model", "sha256": sha256_file(root / "tokenizer.model")},
-        "splits": {"train": {"documents": n, "tokens": 3 * n, "shards": shards}},
+        "splits": {"train": {"documents": n, "tokens": length * n, "shards": shards}},
     }
     (root / "meta.json").write_text(json.dumps(meta))
     return root
@@ -117,3 +119,29 @@ def test_as_many_shards_as_the_limit_allows_are_read(tmp_path):
         timeout=300,
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, "read"), proc.stderr[-2000:]
+
+
+def test_tokens_left_in_shard_tails_are_announced(tmp_path):
+    """Fault (data audit): a window never crosses a shard, so shards barely longer than the context left a large
+    share of the data unread with no word (--shard-tokens 1500 at context 1024: a third). 10 shards of 5 tokens at
+    context 3: one window (4 tokens) each, 10 of 50 tokens unread."""
+    from ngpt_ds.data.shards import load_dataset_meta
+    from ngpt_ds.data.windows import WindowIndex
+
+    meta = load_dataset_meta(_many_shards(tmp_path / "ds", 10, length=5), verify_contents=False)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("ngpt_ds.data.windows")
+    logger.addHandler(handler)
+    try:
+        assert WindowIndex(meta, "train", 3).num_windows == 10
+        assert WindowIndex(meta, "train", 2).num_windows == 20  # 2 windows of 3 tokens each: all 5 read
+    finally:
+        logger.removeHandler(handler)
+    warned = [r.getMessage() for r in records]
+    assert warned == [
+        f"warning: dataset {meta.data_dir} split 'train': 20% of its 50 tokens are never read at context 3, since a "
+        "window never crosses a shard and its 10 shards hold 5 tokens on average; prepare it again with "
+        "--shard-tokens well above 3 to use them"
+    ]
