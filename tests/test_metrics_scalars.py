@@ -5,6 +5,7 @@ param_groups (a recorder around Trainer.train_step, written to the test's folder
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.factory import build_model
 
-from conftest import tiny_ngpt, tiny_train, torchrun, write_ds_config, write_yaml
+from conftest import run, tiny_ngpt, tiny_train, torchrun, write_ds_config, write_yaml
 
 RECORDER = """
 import sys
@@ -125,3 +126,43 @@ def test_grad_norm_is_logged_at_zero_stage_0_fp32_before_clipping(recorded):
         assert "train/grad_norm" in logged[number], f"step {number} logged no train/grad_norm"
         assert logged[number]["train/grad_norm"] == pytest.approx(norm, rel=1e-5)
     assert max(norms) > 1.0  # at least one step was clipped: the logged norm is the one before
+
+
+COUNTER = """
+import json
+import sys
+from ngpt_ds.train import loop
+
+computed, norm_of = [], loop.grad_norm_deepspeed_leaves_out
+
+
+def counted(engine, model):
+    computed.append(int(engine.global_steps) + 1)  # the step this norm belongs to
+    with open(sys.argv[1], "w") as f:
+        json.dump(computed, f)
+    return norm_of(engine, model)
+
+
+loop.grad_norm_deepspeed_leaves_out = counted
+from ngpt_ds.cli.train import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_the_zero_stage_0_fp32_grad_norm_is_computed_only_for_logged_steps(tmp_path, tiny_dataset):
+    """Fault (performance): the grad norm DeepSpeed's ZeRO 0 fp32 engine leaves out was computed at every step,
+    a pass over every gradient (a square and a sum per parameter, plus a tensor-parallel all-reduce), though
+    only the steps of train.log_interval show it: 6 computations for a 6-step run logged at steps 3 and 6.
+    Now only for a logged step; its record still holds the norm."""
+    counter = tmp_path / "counter.py"
+    counter.write_text(COUNTER)
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(6, log_interval=3))
+    ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=2, accum=1)
+    out = tmp_path / "run"
+    args = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    run([sys.executable, counter, tmp_path / "computed.json", *args])
+    assert json.loads((tmp_path / "computed.json").read_text()) == [3, 6]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    norms = {r["step"]: r.get("train/grad_norm") for r in records if "train/loss" in r}
+    assert sorted(norms) == [3, 6] and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in norms.values())

@@ -134,6 +134,7 @@ class Trainer:
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
         self.said_mfu_above_peak = False
         self.own_grad_norm: torch.Tensor | None = None  # ZeRO 0 fp32: DeepSpeed keeps none (train_step)
+        self.grad_norm_wanted = True  # whether the next step's record will show it (fit sets it per step)
         self.resumed_from = prepared.resume_from
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
         self.stop = StopRequest(
@@ -242,7 +243,9 @@ class Trainer:
                 _, loss = self.engine(inputs.to(self.device), targets.to(self.device))
                 self.engine.backward(loss)
                 if self.engine.is_gradient_accumulation_boundary():  # reduced over ranks, not yet clipped
-                    self.own_grad_norm = grad_norm_deepspeed_leaves_out(self.engine, self.model)
+                    # A pass over every gradient (and a tensor-parallel all-reduce): only for a step that is logged.
+                    wanted = self.grad_norm_wanted
+                    self.own_grad_norm = grad_norm_deepspeed_leaves_out(self.engine, self.model) if wanted else None
                 self.engine.step()
                 loss_sum += loss.detach().float()
             mean_loss = loss_sum / self.plan.grad_accum
@@ -299,6 +302,9 @@ class Trainer:
             # The LR this step applies: DeepSpeed steps the schedule after the optimizer, so get_lr() after the
             # step was the next step's (step 1 of a warmup logged lr/warmup, having trained at 0).
             step_lr = self.engine.get_lr()[0]
+            # The same on every rank (the norm is collective over tensor-parallel ranks); a stop between log
+            # intervals logs its step without the ZeRO 0 fp32 grad norm.
+            self.grad_norm_wanted = (self.step + 1) % train.log_interval == 0 or self.step + 1 == max_steps
             step_start = time.perf_counter()
             loss, stop, sphere_broken = self.train_step()
             step_seconds = time.perf_counter() - step_start  # steps only: not evaluation, not saving
