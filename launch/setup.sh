@@ -124,4 +124,5 @@ if ! installed="$("$PYTHON" -c 'import torch, deepspeed, ngpt_ds; build = f"CUDA
   echo "error: installed, but torch, deepspeed and ngpt_ds do not import with $PYTHON: $(tail -n 1 "$import_errors")" >&2
   exit 1
 fi
-say "done: $installed"
+# Its last line: DeepSpeed's import prints a warning on stdout first ("Setting accelerator to CPU ...").
+say "done: ${installed##*$'\n'}"

@@ -449,6 +449,15 @@ def test_setup_sh_replaces_a_torch_older_than_setup_py_allows_from_the_chosen_in
     assert proc.stdout.splitlines()[-1] == "[setup] done: ngpt_ds 0.1.0, torch 2.4.1 (CPU-only build), deepspeed 0.19.8"
 
 
+def test_setup_sh_last_line_is_the_installed_versions_when_deepspeed_warns_on_import(tmp_path):
+    """Fault: DeepSpeed's import prints "[WARNING] ... Setting accelerator to CPU ..." on stdout, and setup.sh's
+    last line held it: "[setup] done: [2026-12-01 16:50:47,189] [WARNING] ...", the versions on a line after."""
+    noisy = "print('[2026-12-01 16:50:47,189] [WARNING] Setting accelerator to CPU.')\n__version__ = '0.19.8'\n"
+    proc, _ = setup_sh_with_fakes(tmp_path / "noisy", "2.4.1", noisy)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[setup] done: ngpt_ds 0.1.0, torch 2.4.1 (CPU-only build), deepspeed 0.19.8"
+
+
 def test_setup_sh_fails_when_what_it_installed_does_not_import(tmp_path):
     """Fault: setup.sh's last line ran the import check inside `say "done: $(...)"`, whose failure `set -e`
     does not see: with a deepspeed that does not import it printed "[setup] done: " with nothing after it
