@@ -145,3 +145,26 @@ def test_tokens_left_in_shard_tails_are_announced(tmp_path):
         "window never crosses a shard and its 10 shards hold 5 tokens on average; prepare it again with "
         "--shard-tokens well above 3 to use them"
     ]
+
+
+def test_unread_shard_tails_are_named_once_per_split_and_context(tmp_path):
+    """Fault: the trainer indexes each split twice (its startup check, then the loader), so a training run printed
+    each split's 'never read' warning twice (seen: train and validation, 4 lines for 2 warnings). Named once per
+    dataset, split and context."""
+    from ngpt_ds.data.shards import load_dataset_meta
+    from ngpt_ds.data.windows import WindowIndex
+
+    meta = load_dataset_meta(_many_shards(tmp_path / "ds", 10, length=5), verify_contents=False)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("ngpt_ds.data.windows")
+    logger.addHandler(handler)
+    try:
+        for _ in range(2):
+            assert WindowIndex(meta, "train", 3).num_windows == 10
+        assert WindowIndex(meta, "train", 4).num_windows == 10  # 5 tokens: one window of 5, none unread
+        assert WindowIndex(meta, "train", 3).num_windows == 10
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage().split(":")[1] for r in records] == [f" dataset {meta.data_dir} split 'train'"]

@@ -15,6 +15,9 @@ _log = log.get(__name__)
 
 UNREAD_WARNING = 0.10
 """The share of a split's tokens left in shard tails (shorter than a window) above which a reader is told."""
+_told_unread: set[tuple[str, str, int]] = set()
+"""(dataset, split, context) whose unread tails this process has named: the trainer indexes each split twice
+(the startup check, then the loader), and said it twice."""
 
 
 class DeferredFaults:
@@ -101,7 +104,9 @@ class WindowIndex:
         per-block shards) a third of the data went unused without a word."""
         total = sum(s.tokens for s in self._shards)
         unread = total - sum(count * self.seq_len + 1 for count in counts if count)
-        if total and unread > UNREAD_WARNING * total and self.num_windows:
+        told = (str(self.meta.data_dir), self.split, self.seq_len)
+        if total and unread > UNREAD_WARNING * total and self.num_windows and told not in _told_unread:
+            _told_unread.add(told)
             _log.warning(
                 f"warning: dataset {self.meta.data_dir} split {self.split!r}: {unread / total:.0%} of its {total} "
                 f"tokens are never read at context {self.seq_len}, since a window never crosses a shard and its "
