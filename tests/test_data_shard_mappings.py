@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ngpt_ds.data.shards import sha256_file
 
@@ -168,3 +169,36 @@ def test_unread_shard_tails_are_named_once_per_split_and_context(tmp_path):
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage().split(":")[1] for r in records] == [f" dataset {meta.data_dir} split 'train'"]
+
+
+def test_the_mapping_error_counts_the_shards_mapped_not_the_short_ones_before(tmp_path, monkeypatch):
+    """Fault: 'after {i} of the N shards that hold windows' counted every shard before the failing one, the short
+    ones that are never mapped included: 2 short shards then 2 that hold windows, the second refused, read
+    'after 3 of the 2 shards that hold windows'. It is 'after 1 of the 2' now."""
+    import errno
+
+    from ngpt_ds.data.shards import load_dataset_meta
+    from ngpt_ds.data.windows import WindowIndex
+    from ngpt_ds.errors import NgptConfigError
+
+    root = _many_shards(tmp_path / "ds", 4, length=3)
+    meta = json.loads((root / "meta.json").read_text())
+    for short in meta["splits"]["train"]["shards"][:2]:  # 1 token: no window at seq_len 2
+        (root / short["file"]).write_bytes(np.zeros(1, dtype="<u2").tobytes())
+        short["tokens"] = 1
+    meta["splits"]["train"]["tokens"] = 8
+    (root / "meta.json").write_text(json.dumps(meta))
+    real = np.memmap
+
+    def refused_at_the_last(filename, *args, **kwargs):
+        if str(filename).endswith("train_000003.bin"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(filename, *args, **kwargs)
+
+    monkeypatch.setattr(np, "memmap", refused_at_the_last)
+    with pytest.raises(
+        NgptConfigError,
+        match=r"mapping shard train_000003\.bin failed \(Too many open files\) "
+        r"after 1 of the 2 shards that hold windows",
+    ):
+        WindowIndex(load_dataset_meta(root, verify_contents=False), "train", 2)

@@ -127,9 +127,10 @@ class WindowIndex:
                 raise
             limit = "`ulimit -n` (open files)" if e.errno != errno.ENOMEM else "vm.max_map_count (memory mappings)"
             with_windows = sum(1 for s in self._shards if (s.tokens - 1) // self.seq_len > 0)
+            mapped = sum(1 for s in self._shards[:i] if (s.tokens - 1) // self.seq_len > 0)  # short ones are not
             raise NgptConfigError(
                 f"dataset {self.meta.data_dir} split {self.split!r}: mapping shard {shard.file} failed "
-                f"({e.strerror}) after {i} of the {with_windows} shards that hold windows: every shard is held "
+                f"({e.strerror}) after {mapped} of the {with_windows} shards that hold windows: every shard is held "
                 f"open while the run reads it, so this process needs more than {with_windows} of {limit}; "
                 f"raise that limit, or prepare the dataset with fewer, larger shards (--shard-tokens)"
             ) from None
