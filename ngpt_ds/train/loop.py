@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -254,8 +255,11 @@ class Trainer:
             # fp16: DeepSpeed skips an overflowing step, and with it the schedule's step, so the LR lagged the
             # trainer's step by one per overflow for the rest of the run (and a resume, which recomputes it at
             # the step, did not reproduce an uninterrupted run). The LR follows the step count, as in the paper's
-            # code, skipped steps included.
-            self.engine.lr_scheduler.step()
+            # code, skipped steps included. torch warns when the first step is skipped ("call them in the opposite
+            # order"), advice that does not apply: the order is DeepSpeed's, and this step is on purpose.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+                self.engine.lr_scheduler.step()
         hook, zero = self.hook, torch.zeros((), device=self.device)
         missed = hook is not None and hook.missed_step(renormalized_before, applied)
         flags = torch.stack(
