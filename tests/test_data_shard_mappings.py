@@ -144,7 +144,8 @@ def test_tokens_left_in_shard_tails_are_announced(tmp_path):
     assert warned == [
         f"warning: dataset {meta.data_dir} split 'train': 20% of its 50 tokens are never read at context 3, since a "
         "window never crosses a shard and its 10 shards hold 5 tokens on average; prepare it again with "
-        "--shard-tokens well above 3 to use them"
+        "--shard-tokens well above 3 (a dataset merged from parts: more documents per block, --shard-block-docs) to "
+        "use them"
     ]
 
 

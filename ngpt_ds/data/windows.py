@@ -111,7 +111,8 @@ class WindowIndex:
                 f"warning: dataset {self.meta.data_dir} split {self.split!r}: {unread / total:.0%} of its {total} "
                 f"tokens are never read at context {self.seq_len}, since a window never crosses a shard and its "
                 f"{len(self._shards)} shards hold {total // len(self._shards)} tokens on average; prepare it again "
-                f"with --shard-tokens well above {self.seq_len} to use them"
+                f"with --shard-tokens well above {self.seq_len} (a dataset merged from parts: more documents per "
+                "block, --shard-block-docs) to use them"
             )
 
     def _open(self, i: int) -> np.memmap:
