@@ -403,3 +403,29 @@ def test_the_shipped_deepspeed_configs_are_found_from_any_folder(tmp_path, monke
     assert load_ds_config("ds_configs/zero2.json") == {"train_micro_batch_size_per_gpu": 3}
     with pytest.raises(NgptConfigError, match=r"DeepSpeed config ds_configs/zero9.json does not exist"):
         load_ds_config("ds_configs/zero9.json")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_unless_asked(monkeypatch):
+    """Fault: on a CPU without AVX512/AMX (an AVX2 EPYC here) torch runs bf16 matmuls in a reference gemm: the
+    README's main command (ds_configs/zero2.json enables bf16 for GPUs) took 10.7 s a step, 55 minutes for its
+    300 steps, instead of 0.6 s in fp32. Such a CPU now trains in fp32 with one warning; NGPT_DS_CPU_BF16=1 keeps
+    bf16, and a CPU with native bf16 or an fp32 JSON is left as written."""
+    from ngpt_ds.train.ds_config import fall_back_from_slow_cpu_bf16, precision_of
+
+    monkeypatch.delenv("NGPT_DS_CPU_BF16", raising=False)
+    config = json.loads((REPO / "ds_configs/zero2.json").read_text())
+    assert precision_of(config) == "bf16"
+    said = fall_back_from_slow_cpu_bf16(config, "ds_configs/zero2.json", native=False)
+    assert precision_of(config) == "fp32" and config["bf16"] == {"enabled": False}
+    assert said is not None and said.startswith(
+        "DeepSpeed config ds_configs/zero2.json enables bf16, but this CPU has no native bf16 matmul (AVX512 or AMX)"
+    )
+    for native, env in ((True, None), (False, "1")):
+        if env:
+            monkeypatch.setenv("NGPT_DS_CPU_BF16", env)
+        kept = json.loads((REPO / "ds_configs/zero2.json").read_text())
+        assert fall_back_from_slow_cpu_bf16(kept, "z2.json", native=native) is None and precision_of(kept) == "bf16"
+    fp32 = {"bf16": {"enabled": False}}
+    assert fall_back_from_slow_cpu_bf16(fp32, "fp32.json", native=False) is None and fp32 == {
+        "bf16": {"enabled": False}
+    }

@@ -34,7 +34,14 @@ from ngpt_ds.parallel.sequence import (
 )
 from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape
 from ngpt_ds.train.config import RunConfig, load_model_and_train
-from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config, precision_of, zero_stage_of
+from ngpt_ds.train.ds_config import (
+    BatchPlan,
+    check_ds_config,
+    fall_back_from_slow_cpu_bf16,
+    load_ds_config,
+    precision_of,
+    zero_stage_of,
+)
 from ngpt_ds.train.optim import build_optimizer, build_schedule
 from ngpt_ds.train.resume import resolve_resume, resolve_resume_on_all_ranks
 
@@ -107,6 +114,10 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        slower = fall_back_from_slow_cpu_bf16(ds_config, options.deepspeed_config)
+        if slower and dist_env.rank == 0:
+            _log.warning(f"warning: {slower}")
     check_pipeline(
         train_cfg.pipeline_parallel_size,
         world_size=dist_env.world_size,
