@@ -26,11 +26,9 @@ def free_port() -> int:
 
 
 def cpu_env(**extra) -> dict:
-    """Environment for child processes: CPU DeepSpeed, one thread per rank, the repo importable, and the precision
-    the test's JSON names on any CPU (NGPT_DS_CPU_BF16=1: a CPU without native bf16 would otherwise train in fp32)."""
-    env = dict(os.environ)
-    env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
-    env["NGPT_DS_CPU_BF16"] = "1"
+    """Child processes: CPU DeepSpeed, one thread per rank, the repo importable, the JSON's precision on any CPU."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env["NGPT_DS_CPU_BF16"] = "1"  # a CPU without native bf16 would otherwise train in fp32 (README "fp32 switch")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -66,6 +66,13 @@ def _limit_open_files_hard() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
 
 
+def _read(data: Path, limit) -> subprocess.CompletedProcess:
+    """READ over `data` in a child process whose open-files limits `limit` sets."""
+    return subprocess.run(
+        [sys.executable, "-c", READ, str(data)], capture_output=True, text=True, cwd=REPO, preexec_fn=limit, timeout=300
+    )
+
+
 def test_more_shards_than_the_soft_limit_raise_it_toward_the_hard_limit(tmp_path):
     """Fault: 400 shards under a soft `ulimit -n 300` stopped at startup ('... needs more than 400 of `ulimit -n`'),
     though the hard limit let the process raise its own soft one, as a merged dataset of 10^8 documents (thousands
@@ -73,14 +80,7 @@ def test_more_shards_than_the_soft_limit_raise_it_toward_the_hard_limit(tmp_path
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert hard == resource.RLIM_INFINITY or hard > SHARDS + 400, "the test needs a hard limit above its shards"
     data = _many_shards(tmp_path / "ds", SHARDS)
-    proc = subprocess.run(
-        [sys.executable, "-c", READ, str(data)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        preexec_fn=_limit_open_files,
-        timeout=300,
-    )
+    proc = _read(data, _limit_open_files)
     assert (proc.returncode, proc.stdout.strip()) == (0, "read"), proc.stderr[-2000:] + proc.stdout[-2000:]
 
 
@@ -88,14 +88,7 @@ def test_more_shards_than_the_hard_limit_stop_at_startup_with_one_line(tmp_path)
     """Mapped on first read, shard ~290 of 400 under `ulimit -n 300` stopped the reader mid-run with
     'OSError: [Errno 24] Too many open files' (a traceback, after as many steps as it took to touch them)."""
     data = _many_shards(tmp_path / "ds", SHARDS)
-    proc = subprocess.run(
-        [sys.executable, "-c", READ, str(data)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        preexec_fn=_limit_open_files_hard,
-        timeout=300,
-    )
+    proc = _read(data, _limit_open_files_hard)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     line = proc.stdout.strip()
@@ -111,14 +104,7 @@ def test_more_shards_than_the_hard_limit_stop_at_startup_with_one_line(tmp_path)
 
 def test_as_many_shards_as_the_limit_allows_are_read(tmp_path):
     data = _many_shards(tmp_path / "ds", OPEN_FILES // 2)
-    proc = subprocess.run(
-        [sys.executable, "-c", READ, str(data)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        preexec_fn=_limit_open_files,
-        timeout=300,
-    )
+    proc = _read(data, _limit_open_files)
     assert (proc.returncode, proc.stdout.strip()) == (0, "read"), proc.stderr[-2000:]
 
 

@@ -34,11 +34,11 @@ from ngpt_ds.errors import Problems
 READ_OUTSIDE_THE_PARSER = ("sequence_parallel_size", "vocabulary_size")
 
 
-class _RecordingDict(dict):
-    """An empty mapping that remembers every key the parser looks up (get, [], in, keys())."""
+class _LookupRecorder(dict):
+    """A mapping that remembers every key looked up by [] or get()."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        super().__init__(values or {})
         self.asked: set[str] = set()
 
     def __getitem__(self, key: Any) -> Any:
@@ -48,6 +48,10 @@ class _RecordingDict(dict):
     def get(self, key: Any, default: Any = None) -> Any:
         self.asked.add(key)
         return super().get(key, default)
+
+
+class _RecordingDict(_LookupRecorder):
+    """An empty mapping that remembers every key the parser looks up (get, [], in, keys())."""
 
     def __contains__(self, key: Any) -> bool:
         self.asked.add(key)
@@ -164,22 +168,13 @@ def check_blocks(config: dict[str, Any], p: Problems, skip: Set[str] = frozenset
                 p.add(key, config[key], f"DeepSpeed rejects it: {type(err).__name__}: {err}")
 
 
-class _AskedDict(dict):
+class _AskedDict(_LookupRecorder):
     """A block of the user's JSON that records which of its fields the parser looks up, and whether it
     was walked whole (iterated, copied: then each field may have been read, and none is reported)."""
 
     def __init__(self, values: dict[str, Any]) -> None:
         super().__init__(values)
-        self.asked: set[str] = set()
         self.walked = False
-
-    def __getitem__(self, key: Any) -> Any:
-        self.asked.add(key)
-        return super().__getitem__(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        self.asked.add(key)
-        return super().get(key, default)
 
     def __contains__(self, key: Any) -> bool:
         self.asked.add(key)
