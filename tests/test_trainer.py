@@ -136,8 +136,11 @@ def test_gpt_baseline_trains_through_the_same_trainer(tmp_path, tiny_dataset):
     metrics = read_metrics(tmp_path / "out")
     assert metrics[-1]["train/loss"] < metrics[0]["train/loss"] - 0.25
     assert not any(k.startswith("ngpt/") for k in metrics[-1])
-    # GPT warms up linearly from 0 (default warmup: max_steps // 10 = 1 step here).
-    assert metrics[0]["train/lr"] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * 0 / 14)), rel=1e-5)
+    # GPT warms up linearly from 0 (default warmup: max_steps // 10 = 1 step here): step 1 trains at LR 0,
+    # then a cosine from the peak over the 14 steps left. train/lr is the LR each step applied.
+    applied = [0.0] + [3e-3 * 0.5 * (1 + math.cos(math.pi * i / 14)) for i in range(14)]
+    assert [m["step"] for m in metrics] == list(range(1, 16))
+    assert [m["train/lr"] for m in metrics] == pytest.approx(applied, rel=1e-5, abs=1e-12)
 
 
 def test_batch_size_mismatch_stops_before_any_compute(tmp_path, tiny_dataset):

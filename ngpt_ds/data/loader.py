@@ -191,10 +191,10 @@ class TokenWindowLoader:
         self.dp_rank = dp_rank
         self.dp_size = dp_size
         self.seed = seed
-        self._index = WindowIndex(self.meta, split, seq_len, faults)
-        self.windows_per_epoch = self._index.num_windows
         self.global_batch = dp_size * micro_batch_size
         step_batch = self.global_batch * grad_accum  # windows per optimizer step
+        self._index = WindowIndex(self.meta, split, seq_len, faults, needed_windows=step_batch)
+        self.windows_per_epoch = self._index.num_windows
         if self.windows_per_epoch < step_batch:
             raise _too_few(self.data_dir, self._index, dp_size, micro_batch_size * grad_accum)
         self.batches_per_epoch = (self.windows_per_epoch // step_batch) * grad_accum
@@ -310,8 +310,8 @@ def validation_batches(
     if max_batches is not None and max_batches < 1:
         raise NgptConfigError(f"validation max_batches = {max_batches}: must be >= 1 or None (all)")
     data_dir = Path(data_dir)
-    index = WindowIndex(load_dataset_meta(data_dir), split, seq_len, faults)
     per_batch = dp_size * micro_batch_size
+    index = WindowIndex(load_dataset_meta(data_dir), split, seq_len, faults, needed_windows=per_batch)
     if index.num_windows < per_batch:
         raise _too_few(data_dir, index, dp_size, micro_batch_size)
     n_batches = index.num_windows // per_batch

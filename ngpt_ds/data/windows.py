@@ -72,10 +72,19 @@ class WindowIndex:
     tokens or an error mid-run; a mapping keeps the file it was made from. Every id read
     is checked to be < the dataset's vocab_size: a bad id raises, or with `faults` is recorded there and
     read as id 0, a valid one, so that the batch can go through the step's collectives with the other
-    ranks' before every rank stops (its loss and update are never saved).
+    ranks' before every rank stops (its loss and update are never saved). `needed_windows` is the fewest
+    windows the caller can use: below it the caller refuses the split, and the unread-tails warning, which
+    came first and pushed that refusal off a user's last line, is left out.
     """
 
-    def __init__(self, meta: DatasetMeta, split: str, seq_len: int, faults: DeferredFaults | None = None):
+    def __init__(
+        self,
+        meta: DatasetMeta,
+        split: str,
+        seq_len: int,
+        faults: DeferredFaults | None = None,
+        needed_windows: int = 1,
+    ):
         if split not in meta.splits:
             raise NgptConfigError(
                 f"dataset {meta.data_dir} has no {split!r} split (it has {', '.join(meta.splits)}); "
@@ -93,7 +102,8 @@ class WindowIndex:
         counts = [max(0, (s.tokens - 1) // seq_len) for s in self._shards]
         self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_windows = int(self._first[-1])
-        self._warn_unread_tails(counts)
+        if self.num_windows >= needed_windows:  # else the caller refuses the split, and that line stands alone
+            self._warn_unread_tails(counts)
         # Shards too short for a window (never read) are not mapped.
         _allow_open_files(sum(1 for count in counts if count))
         self._maps: list[np.memmap | None] = [self._open(i) if count else None for i, count in enumerate(counts)]
@@ -105,7 +115,7 @@ class WindowIndex:
         total = sum(s.tokens for s in self._shards)
         unread = total - sum(count * self.seq_len + 1 for count in counts if count)
         told = (str(self.meta.data_dir), self.split, self.seq_len)
-        if total and unread > UNREAD_WARNING * total and self.num_windows and told not in _told_unread:
+        if total and unread > UNREAD_WARNING * total and told not in _told_unread:
             _told_unread.add(told)
             _log.warning(
                 f"warning: dataset {self.meta.data_dir} split {self.split!r}: {unread / total:.0%} of its {total} "
