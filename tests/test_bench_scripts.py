@@ -1,0 +1,254 @@
+"""bench/*.py as an operator runs them again: reused results, the docs file, a wrong --official, counts and
+--json paths argparse refuses."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def fake_trainer(calls: list):
+    """Stands in for subprocess.run in bench/convergence.py: a 'run' of N steps writes the summary.json
+    and metrics.jsonl the trainer would, with 1000 tokens per step and a validation loss of 10 - N."""
+    real_run = subprocess.run
+
+    def run(cmd, **kwargs):
+        if cmd[0] == "rm":
+            return real_run(cmd, **kwargs)
+        import yaml
+
+        calls.append(cmd)
+        steps = yaml.safe_load(open(cmd[cmd.index("--config") + 1]))["train"]["max_steps"]
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        summary = {"status": "finished", "step": steps, "tokens": 1000 * steps, "val_loss": 10.0 - steps}
+        (out / "summary.json").write_text(json.dumps({**summary, "seconds": 1.0}))
+        records = [{"step": s, "throughput/step_time_s": 0.5, "eval/loss": 10.0 - s} for s in range(1, steps + 1)]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def test_convergence_reruns_a_run_trained_with_other_settings(tmp_path, monkeypatch):
+    """Fault: bench/convergence.py reused any finished run in --out/runs/<arch>_lr<LR> (named by arch, LR and
+    context alone): run again with another --steps (or --shape, --ds, --data, --ranks) in the same --out,
+    it reported, and wrote into docs/benchmarks.md under the new settings, the earlier run's losses and
+    tokens."""
+    import convergence
+
+    calls: list = []
+    monkeypatch.setattr(convergence.subprocess, "run", fake_trainer(calls))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.json").write_text('{"vocab_size": 512}\n')
+    shape = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32, "vocab_size": 512}
+    ds = str(REPO / "ds_configs/zero2.json")
+
+    def one(steps: int, ranks: int = 1) -> dict:
+        args = argparse.Namespace(steps=steps, gpt_warmup=None, eval_interval=1, eval_batches=1, ranks=ranks)
+        return convergence.run_one(args, "ngpt", 3e-3, shape, 4, ds, str(data), tmp_path / "runs" / "ngpt_lr0.003")
+
+    first = one(2)
+    assert (first["tokens"], first["final_val_loss"], len(calls)) == (2000, 8.0, 1)
+    again = one(2)  # the same settings: reused, not trained again
+    assert (again["tokens"], again["final_val_loss"], len(calls)) == (2000, 8.0, 1)
+    longer = one(3)
+    assert (longer["tokens"], longer["final_val_loss"], len(calls)) == (3000, 7.0, 2)
+    assert longer["eval_curve"] == [(1000.0, 9.0), (2000.0, 8.0), (3000.0, 7.0)]
+    one(3, ranks=2)  # another rank count: trained again
+    assert len(calls) == 3
+    (tmp_path / "runs" / "ngpt_lr0.003" / "out" / "bench_run_key.json").unlink()  # a run cut short: no key
+    one(3, ranks=2)
+    assert len(calls) == 4
+
+
+DOC_TEXT = "# Benchmarks\n\nintro " + "x" * 3000 + "\n<!-- mfu:start -->\nold\n<!-- mfu:end -->\ntail\n"
+
+
+def update_docs_with_a_size_limit(doc, limit: int) -> subprocess.CompletedProcess:
+    """bench/report.update_section on `doc` in a child whose files may not grow past `limit` bytes (RLIMIT_FSIZE,
+    SIGXFSZ ignored: a write past it fails with EFBIG, as a full disk fails one with ENOSPC)."""
+    code = (
+        "import resource, signal, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import report; "
+        "report.DOC = Path(sys.argv[2]); signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY)); "
+        "report.update_section('mfu', 'new numbers')"
+    )
+    args = [sys.executable, "-c", code, str(REPO / "bench"), str(doc), str(limit)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60)
+
+
+def test_docs_file_stays_whole_when_the_disk_is_full(tmp_path):
+    """Fault: bench/report.update_section (every bench script's --docs) rewrote docs/benchmarks.md in place:
+    a write that failed for a full disk left it cut where the disk filled (here at 2048 bytes of 3066: the
+    section and everything after it gone)."""
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(DOC_TEXT)
+    proc = update_docs_with_a_size_limit(doc, 2048)
+    assert "OSError: [Errno 27] File too large" in proc.stderr
+    assert doc.read_text() == DOC_TEXT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.md"]
+    assert update_docs_with_a_size_limit(doc, 1 << 20).returncode == 0
+    assert doc.read_text() == DOC_TEXT.replace("\nold\n", "\nnew numbers\n")
+
+
+def test_docs_markers_out_of_order_are_refused(tmp_path, monkeypatch):
+    """Fault: with a section's end marker before its start marker (a hand edit), update_section kept the
+    text from the end marker on after the new section: everything between the two markers twice."""
+    import report
+
+    doc = tmp_path / "benchmarks.md"
+    text = "# B\n<!-- mfu:end -->\nmiddle\n<!-- mfu:start -->\nold\n"
+    doc.write_text(text)
+    monkeypatch.setattr(report, "DOC", doc)
+    try:
+        report.update_section("mfu", "new")
+        raise AssertionError(f"no error; the file is now {doc.read_text()!r}")
+    except SystemExit as stop:
+        assert str(stop) == (
+            f"error: {doc} has 1 '<!-- mfu:start -->' and 1 '<!-- mfu:end -->' markers (end before start); "
+            "expected one of each, start first. Fix them by hand; nothing was written. The section:\n"
+            "<!-- mfu:start -->\nnew\n<!-- mfu:end -->"
+        )
+    assert doc.read_text() == text
+    doc.write_text("# B\n")  # no section yet: appended
+    report.update_section("mfu", "new")
+    assert doc.read_text() == "# B\n\n<!-- mfu:start -->\nnew\n<!-- mfu:end -->\n"
+
+
+def test_peer_step_refuses_another_gpts_model_py(tmp_path):
+    """Fault: bench/peer_step.py --official pointing at another GPT's checkout (nanoGPT's model.py has a GPT
+    and a GPTConfig too) imported it, built the DeepSpeed engines, then died in the first step with
+    "TypeError: GPTConfig.__init__() got an unexpected keyword argument 'base_scale'"; a model.py whose
+    own imports failed gave that traceback."""
+    from peer_step import load_official
+
+    (tmp_path / "model.py").write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass\nclass GPTConfig:\n    n_layer: int = 12\n    bias: bool = True\n"
+        "\n\nclass GPT:\n    pass\n"
+    )
+    try:
+        load_official(str(tmp_path))
+        raise AssertionError("nanoGPT's model.py was taken for NVIDIA/ngpt's")
+    except ValueError as error:
+        assert str(error) == (
+            f"--official {tmp_path}: {tmp_path / 'model.py'} is not NVIDIA/ngpt's model.py (no GPT, or a "
+            "GPTConfig without use_nGPT and base_scale); pass a checkout of NVIDIA/ngpt"
+        )
+    (tmp_path / "model.py").write_text("import apex\n")
+    try:
+        load_official(str(tmp_path / "model.py"))
+        raise AssertionError("no error")
+    except ValueError as error:
+        assert str(error) == (
+            f"--official {tmp_path / 'model.py'}: importing {tmp_path / 'model.py'} failed "
+            "(ModuleNotFoundError: No module named 'apex')"
+        )
+
+
+COUNTS = [
+    ("convergence", "--step-rounds", "0", 1),  # the worst: a median of nothing after every training run
+    ("convergence", "--steps", "0", 1),
+    ("convergence", "--step-warmup", "-1", 0),
+    ("mfu", "--steps", "0", 1),
+    ("peer_step", "--rounds", "0", 1),
+    ("step_time", "--rounds", "0", 1),
+    ("step_time", "--warmup", "-2", 0),
+    ("renorm_cost", "--steps", "0", 1),
+    ("activation_memory", "--rounds", "0", 1),
+    ("sequence_parallel", "--rounds", "0", 1),
+    ("profile_step", "--steps", "0", 1),
+]
+
+
+class Parsed(Exception):
+    """Raised right after a parse that passed: the script's main goes no further (no engines, no runs)."""
+
+
+def usage_error(monkeypatch, capsys, module: str, *argv: str) -> str:
+    """The last line bench/<module>.py's argument parser prints for `argv`, which it must refuse (exit 2)."""
+    import importlib
+
+    real_parse = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, *args, **kwargs):
+        real_parse(self, *args, **kwargs)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    script = importlib.import_module(module)
+    extra = ["--official", "unused"] if module == "peer_step" else []
+    monkeypatch.setattr(sys, "argv", [f"{module}.py", *argv, *extra])
+    try:
+        script.main()
+        raise AssertionError(f"{module}: main returned")
+    except Parsed:
+        raise AssertionError(f"{module} {argv}: accepted") from None
+    except SystemExit as stop:
+        assert stop.code == 2, (module, argv, stop.code)
+    return capsys.readouterr().err.splitlines()[-1]
+
+
+def test_bench_counts_below_their_minimum_are_bad_usage(monkeypatch, capsys):
+    """Fault: bench scripts took --rounds 0, --steps 0, --step-rounds 0 (to skip the step timing, say) and
+    failed in their summary with "statistics.StatisticsError: no median for empty data" (min() of an empty
+    list in peer_step) after their engines were built; bench/convergence.py --step-rounds 0 after every
+    training run of its sweep. Now argparse refuses them, exit 2, naming the option."""
+    for module, option, value, minimum in COUNTS:
+        line = usage_error(monkeypatch, capsys, module, option, value)
+        assert line.endswith(f"error: argument {option}: expected an integer >= {minimum}, got {value}"), line
+
+
+JSON_SCRIPTS = (
+    "activation_memory",
+    "checkpoint_verify",
+    "compile_cost",
+    "mfu",
+    "parallel_modes",
+    "peer_step",
+    "qk_path",
+    "renorm_cost",
+    "sequence_parallel",
+    "step_time",
+)
+
+
+def test_bench_json_into_a_missing_folder_is_bad_usage(tmp_path, monkeypatch, capsys):
+    """Fault: --json results/x.json with no results/ folder was found out after the whole benchmark:
+    FileNotFoundError traceback at the write, and --docs (written after --json) was not written."""
+    for module in JSON_SCRIPTS:
+        target = tmp_path / "missing" / "x.json"
+        line = usage_error(monkeypatch, capsys, module, "--json", str(target))
+        assert line.endswith(
+            f"error: argument --json: {target}: folder {target.parent} does not exist (create it first)"
+        ), line
+
+
+def test_parallel_modes_docs_name_the_vocabulary_of_the_data(tmp_path, monkeypatch):
+    """Fault: bench/parallel_modes.py --data DIR --docs wrote "vocab 512" into docs/benchmarks.md whatever DIR's
+    vocabulary (512 is only that of the dataset it makes without --data); the model takes the dataset's."""
+    import parallel_modes
+    import report
+
+    def fake_child(cmd, **kwargs):
+        mode = cmd[cmd.index("--measure") + 1]
+        row = {"mode": mode, "ranks": 1, "step_s": 0.1, "peak_rss_mib": 100.0, "losses": [5.0]}
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(row) + "\n", "")
+
+    sections = {}
+    monkeypatch.setattr(parallel_modes.subprocess, "run", fake_child)
+    monkeypatch.setattr(report, "update_section", lambda name, body: sections.update({name: body}))
+    monkeypatch.setattr(report, "machine", lambda: "a machine")
+    (tmp_path / "meta.json").write_text('{"vocab_size": 32000}\n')
+    assert parallel_modes.main(["--modes", "plain", "--data", str(tmp_path), "--docs"]) == 0
+    setting = sections["parallel_modes"].split("Setting: ")[1].split("\n")[0]
+    assert setting == (
+        "nGPT 4 layers, d 64, 4 heads, context 128, vocab 32000, fp32, ZeRO 1, global batch 2 x 4 sequences, "
+        "12 steps (median step time after the first two)."
+    )
