@@ -4,9 +4,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from shell_stand_ins import run_sh, stand_in_env
-
 from conftest import REPO
+from shell_stand_ins import run_sh, stand_in_env
 
 
 def test_run_sh_does_not_delete_a_venv_it_did_not_build(tmp_path):

@@ -4,9 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shell_stand_ins import run_sh, stand_in_env
-
 from conftest import REPO
+from shell_stand_ins import run_sh, stand_in_env
 
 
 def test_setup_sh_refuses_an_option_it_does_not_know(tmp_path):
