@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ngpt_ds.data import shard_hashes
+from ngpt_ds.data import shard_hashes, staging
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 
 META_FILE = "meta.json"
@@ -276,6 +276,9 @@ def load_dataset_meta(
     data_dir = Path(data_dir)
     meta_path = data_dir / META_FILE
     if not data_dir.is_dir():
+        # An --overwrite killed between its two renames left the old dataset set aside under another name.
+        if not os.path.lexists(data_dir) and (aside := staging.missing_hint(data_dir)):
+            raise NgptConfigError(f"dataset {data_dir} does not exist, {aside}")
         raise NgptConfigError(f"data dir {data_dir} does not exist; {_PREPARE_HINT}")
     if not meta_path.is_file():
         raise NgptConfigError(

@@ -6,17 +6,29 @@ folder behind, hidden, with every shard it had written, and each rerun left anot
 killed twice held 1 TB of disk no one could see. A folder whose lock nobody holds is abandoned; the next
 preparation of the same folder removes it. One still locked belongs to a preparation under way (two may
 write one folder; the second stops at publishing) and is left alone.
+
+Replacing an existing folder (`swap_in`, --overwrite) exchanges the two names in one renameat2(RENAME_EXCHANGE)
+call on Linux, so the folder's name always holds a complete dataset. Where that call is missing (another OS, a
+filesystem that answers EINVAL) it takes two renames, the old folder first set aside as `.<name>.old-<id>`: a
+kill between them left no folder under the name and the old dataset hidden. The next preparation of that
+folder puts such a copy back before it writes anything (`restore_set_aside`), and the loader names it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import fcntl
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ngpt_ds import log
+from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
 
@@ -63,8 +75,10 @@ def remove_abandoned(final: Path) -> list[Path]:
 
 def staging_dir(final: Path) -> Path:
     """A new empty hidden folder beside `final` (`.<name>.partial-<id>`), locked by this process, to be
-    renamed into it by `swap_in`. Abandoned ones of `final` are removed first."""
+    renamed into it by `swap_in`. Abandoned ones of `final` are removed first, and a copy of `final` a killed
+    replacement set aside is put back or, where `final` exists, deleted (`restore_set_aside`)."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    restore_set_aside(final)
     remove_abandoned(final)
     staging = final.parent / f"{_name(final)}{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -95,14 +109,128 @@ def remove_staging(staging: Path) -> None:
         os.close(fd)
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the names of `a` and `b` in one step (renameat2 RENAME_EXCHANGE); False where this OS, libc or
+    filesystem cannot (the caller then takes two renames), OSError for any other failure."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@contextlib.contextmanager
+def _swap_lock(parent: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the folder holding the dataset while names in it are swapped or put back,
+    so `restore_set_aside` never sees the name empty between a live swap's two renames. Without flock (some
+    network filesystems) it holds nothing: at worst that swap then fails on a name put back meanwhile."""
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    """The `.<name>.<kind>-<id>` folders beside `final` (kind "old": an old copy a replacement moved out of
+    the name; "new": a complete replacement renamed out of its staging name by a swap that was killed)."""
+    pattern = re.compile(re.escape(f".{final.name}.{kind}-") + "[0-9a-f]{8}")
+    if not final.parent.is_dir():
+        return []
+    return sorted(p for p in final.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def set_aside(final: Path) -> list[Path]:
+    """The old copies of `final` that replacements moved aside (`.<name>.old-<id>`)."""
+    return _leftovers(final, "old")
+
+
+def missing_hint(final: Path) -> str:
+    """For an error saying `final` does not exist: what a killed --overwrite set aside there, or ''."""
+    copies = set_aside(final)
+    if len(copies) == 1:
+        return f"but {copies[0].name} is the copy a killed --overwrite set aside: mv it back (mv {copies[0]} {final})"
+    if copies:
+        return (
+            f"but {', '.join(c.name for c in copies)} are copies killed replacements set aside: mv the one to keep back"
+        )
+    return ""
+
+
+def restore_set_aside(final: Path) -> list[Path]:
+    """Before a preparation of `final` writes anything: when `final` is missing and one set-aside copy of it
+    exists (a replacement killed between its two renames), rename that copy back, and say so; when `final`
+    exists, delete the set-aside copies (a replacement killed while deleting the old folder). Returns the
+    copies deleted. Raises NgptConfigError where several copies and no `final` leave which to keep unclear."""
+    with _swap_lock(final.parent):  # held by every live swap: what is found here was left by dead ones
+        copies, unused = set_aside(final), _leftovers(final, "new")
+        if copies and not final.exists() and not final.is_symlink():
+            if len(copies) > 1:
+                raise NgptConfigError(f"--out {final} does not exist, {missing_hint(final)}, or delete them")
+            os.rename(copies[0], final)
+            _log.warning(
+                f"put {final} back: {copies[0].name} was its dataset, set aside by an --overwrite killed before "
+                "the new one took its name"
+            )
+            copies = []
+    for old in copies + unused:  # past the lock: no swap ever uses these names again
+        shutil.rmtree(old, ignore_errors=True)
+        _log.warning(f"removed {old}: a copy of {final} left by an interrupted --overwrite")
+    return copies + unused
+
+
 def swap_in(staging: Path, final: Path) -> None:
-    """Rename the complete `staging` to `final`; an existing `final` is renamed aside first and
-    deleted after, so `final` is always either the old folder or the new one."""
-    _release(staging)
+    """Rename the complete `staging` to `final`; an existing `final` is exchanged with it in one step (or,
+    where the OS cannot, renamed aside first) and deleted after: `final` always names a complete folder,
+    and whatever a kill leaves under another name, `restore_set_aside` puts back or removes."""
     if not final.exists():
+        _release(staging)
         os.replace(staging, final)
         return
-    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(final, old)
-    os.replace(staging, final)
+    with _swap_lock(final.parent):
+        tag = uuid.uuid4().hex[:8]
+        new, old = final.parent / f".{final.name}.new-{tag}", final.parent / f".{final.name}.old-{tag}"
+        os.replace(staging, new)  # still holding its lock file: a kill now leaves a name the next run removes
+        fd = _held.pop(staging, None)
+        (new / OWNER_FILE).unlink(missing_ok=True)  # not part of the dataset
+        if fd is not None:
+            os.close(fd)
+        try:
+            if exchange(new, final):
+                os.replace(new, old)
+            else:
+                os.replace(final, old)
+                os.replace(new, final)
+        except OSError:
+            if not os.path.lexists(final) and old.is_dir():
+                os.replace(old, final)
+            shutil.rmtree(new, ignore_errors=True)
+            raise
     shutil.rmtree(old, ignore_errors=True)
