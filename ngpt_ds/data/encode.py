@@ -2,6 +2,26 @@
 
 Kept free of heavy imports: each spawned worker imports only this module, numpy and
 sentencepiece.
+
+A document longer than MAX_DOC_CHARS is encoded in chunks: sentencepiece holds about 226 bytes per
+token while it encodes, so one 2 GB single-line document needed about 100 GB in one worker. Cuts
+are chosen where they provably change no id for the tokenizers `ngpt_ds.data.tokenizer` trains
+(BPE, identity normalization, whitespace kept, a dummy "▁" prefix, no piece with "▁" after its first
+character, none holding a newline), checked per model by `cut_rules`:
+
+- at a space, which is dropped: the next chunk's dummy prefix stands for it. No piece spans the "▁"
+  that starts a word (BPE merges two symbols only into a piece, and no piece has "▁" inside it), so
+  the pieces on either side are those of the whole document; inside a run of spaces each space is a
+  one-"▁" word of its own, so any space of the run will do;
+- at a newline, kept at the start of the next chunk: no piece holds a newline, so nothing merges
+  across it, and the next chunk's dummy prefix encodes to the ids of a lone "▁", which are dropped.
+
+A unigram model decodes with float32 sums over the whole text, so the whole document's ids already
+depend on where a word stands (near-ties flip thousands of tokens in); its chunks may differ from it
+there. A model trained otherwise (a --tokenizer that collapses spaces, normalizes, or has pieces across
+"▁" or newlines) is cut at spaces only, kept in the next chunk where it has no dummy prefix, and its
+ids at a cut are not proven equal. A chunk with no space or newline in MAX_DOC_CHARS characters is
+cut hard: there the ids may differ (the second part gets a "▁" prefix the document does not have).
 """
 
 from __future__ import annotations
@@ -10,6 +30,7 @@ import itertools
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -17,34 +38,145 @@ import sentencepiece as spm
 
 Tag = TypeVar("Tag")
 
+MAX_DOC_CHARS = 1 << 20
+"""Documents longer than this many characters are encoded in chunks of at most this many."""
+
 _sp: spm.SentencePieceProcessor | None = None
+_rules: CutRules | None = None
+
+
+@dataclass(frozen=True)
+class CutRules:
+    """How a model's long documents are cut (module docstring)."""
+
+    drop_space: bool
+    """A cut space is dropped (the model adds a dummy "▁" prefix), else kept at the next chunk's start."""
+    newline_lead: list[int] | None
+    """The ids of the dummy prefix to drop from a chunk that starts with a newline; None: no newline cuts."""
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a serialized protobuf message: varints as ints, length-delimited as bytes."""
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            byte = buf[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while pos < len(buf):
+        key = varint()
+        wire = key & 7
+        if wire == 0:
+            yield key >> 3, varint()
+        elif wire == 2:
+            size = varint()
+            yield key >> 3, buf[pos : pos + size]
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            return
+
+
+def cut_rules(sp: spm.SentencePieceProcessor) -> CutRules:
+    """Read the model's normalizer and pieces (sentencepiece_model.proto field numbers) for `CutRules`."""
+    top = dict(_fields(sp.serialized_model_proto()))
+    norm, trainer = ({} if not isinstance(m := top.get(n), bytes) else dict(_fields(m)) for n in (3, 2))
+    dummy = bool(norm.get(3, 1))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    exact = (
+        norm.get(1) == b"identity"
+        and not norm.get(2)  # no precompiled character map
+        and not norm.get(4, 1)  # remove_extra_whitespaces off
+        and bool(norm.get(5, 1))  # spaces become "▁"
+        and not trainer.get(24, 0)  # treat_whitespace_as_suffix off
+        and dummy
+        and not any("▁" in p[1:] or ("\n" in p and p != "\n") for p in pieces)
+    )
+    lead = sp.encode(" ")  # two lone "▁": the dummy prefix and the space
+    half = len(lead) // 2
+    ok = exact and len(lead) % 2 == 0 and lead[:half] == lead[half:] and sp.encode("\n")[:half] == lead[:half]
+    return CutRules(drop_space=dummy, newline_lead=lead[:half] if ok else None)
 
 
 def _init_worker(model_path: str) -> None:
-    global _sp
+    global _sp, _rules
     _sp = spm.SentencePieceProcessor(model_file=model_path)
+    _rules = cut_rules(_sp)
 
 
-def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Encode documents, each followed by EOS.
+def chunks(text: str, max_chars: int, rules: CutRules) -> Iterator[tuple[str, str]]:
+    """(chunk, cut) pieces of `text` of at most max_chars characters (module docstring); cut: how the chunk
+    was cut from the one before ("" for the first, "space", "newline" or "hard"). After a "space" cut with
+    rules.drop_space the space is in neither chunk; after a "newline" cut the chunk starts with it."""
+    start, end, cut = 0, len(text), ""
+    while end - start > max_chars:
+        # A cut at p needs text before it in this chunk and text after it: an empty chunk encodes to no ids
+        # at all, not to the dummy prefix the whole document has there.
+        stop = min(start + max_chars + 1, end - 1)
+        space = text.rfind(" ", start + 1, stop)
+        newline = text.rfind("\n", start + 1, stop) if rules.newline_lead is not None else -1
+        if newline > space:
+            yield text[start:newline], cut
+            start, cut = newline, "newline"
+        elif space > 0:
+            yield text[start:space], cut
+            start, cut = (space + 1 if rules.drop_space else space), "space"
+        else:  # no whitespace at all
+            yield text[start : start + max_chars], cut
+            start, cut = start + max_chars, "hard"
+    yield text[start:], cut
+
+
+def _encode_long(text: str, max_chars: int) -> np.ndarray:
+    """The ids of one long document, encoded chunk by chunk into one array (no EOS)."""
+    assert _sp is not None and _rules is not None, "_init_worker was not called"
+    lead = len(_rules.newline_lead or ())
+    parts = []
+    for chunk, cut in chunks(text, max_chars, _rules):
+        ids = _sp.encode(chunk)
+        parts.append(np.array(ids[lead:] if cut == "newline" else ids, dtype=np.uint32))
+    return np.concatenate(parts)
+
+
+def encode_documents(texts: list[str], max_chars: int = MAX_DOC_CHARS) -> tuple[np.ndarray, np.ndarray]:
+    """Encode documents, each followed by EOS; one longer than max_chars in chunks (module docstring).
 
     Returns (ids [sum(lengths)] uint32, lengths [len(texts)] int64), EOS counted in lengths.
     """
     assert _sp is not None, "_init_worker was not called"
-    eos = _sp.eos_id()
-    # num_threads=1: parallelism comes from the processes; threads here would oversubscribe.
-    docs = _sp.encode(texts, num_threads=1)
-    lengths = np.fromiter((len(d) + 1 for d in docs), dtype=np.int64, count=len(docs))
-    ids = np.fromiter(
-        itertools.chain.from_iterable(itertools.chain(d, (eos,)) for d in docs),
-        dtype=np.uint32,
-        count=int(lengths.sum()),
-    )
-    return ids, lengths
+    eos = np.array([_sp.eos_id()], dtype=np.uint32)
+    parts: list[np.ndarray] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    i = 0
+    while i < len(texts):
+        j = i
+        while j < len(texts) and len(texts[j]) <= max_chars:
+            j += 1
+        if j > i:  # a run of ordinary documents: one call
+            # num_threads=1: parallelism comes from the processes; threads here would oversubscribe.
+            docs = _sp.encode(texts[i:j], num_threads=1)
+            lengths[i:j] = [len(d) + 1 for d in docs]
+            count = int(lengths[i:j].sum())
+            chained = itertools.chain.from_iterable(itertools.chain(d, eos) for d in docs)
+            parts.append(np.fromiter(chained, dtype=np.uint32, count=count))
+        if j < len(texts):
+            ids = _encode_long(texts[j], max_chars)
+            lengths[j] = ids.size + 1
+            parts += [ids, eos]
+        i = j + 1
+    return (np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)), lengths
 
 
 def encode_in_order(
-    batches: Iterable[tuple[Tag, list[str]]], model_path: str, workers: int
+    batches: Iterable[tuple[Tag, list[str]]], model_path: str, workers: int, max_chars: int = MAX_DOC_CHARS
 ) -> Iterator[tuple[Tag, np.ndarray, np.ndarray]]:
     """Yield (tag, ids, lengths) for each (tag, texts) batch, in input order.
 
@@ -54,13 +186,13 @@ def encode_in_order(
     if workers == 1:
         _init_worker(model_path)
         for tag, texts in batches:
-            yield (tag, *encode_documents(texts))
+            yield (tag, *encode_documents(texts, max_chars))
         return
     # spawn, not fork: the parent holds threads (pyarrow, tokenizers) that fork would copy mid-lock.
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(model_path,)) as pool:
         pending: deque = deque()
         for tag, texts in batches:
-            pending.append((tag, pool.apply_async(encode_documents, (texts,))))
+            pending.append((tag, pool.apply_async(encode_documents, (texts, max_chars))))
             if len(pending) >= 2 * workers:
                 t, res = pending.popleft()
                 yield (t, *res.get())
