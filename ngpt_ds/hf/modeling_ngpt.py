@@ -5,10 +5,12 @@ The KV cache is transformers' own `Cache` (a DynamicCache by default, created by
 here); ngpt_ds's attention reaches it through the same per-layer interface (`length`, `append`)
 as ngpt_ds.model.blocks.KVCache, so incremental decoding runs the same code either way.
 
-Inputs with padding (an attention_mask holding zeros) are refused: the model has no padding mask
-or per-sequence positions. Batches of equal-length sequences, and right-padded ones when only the
-logits of real positions are used (as lm-eval's loglikelihood does, which passes no mask), are fine.
-`generate` never guesses a mask from the pad id: that id is `</s>`, a real token of the training data.
+Padded batches work as in transformers' Llama: `attention_mask` (1 = token, 0 = padding, on either
+side) keeps every query off the padding keys, and `position_ids` (by default the mask's cumulative sum
+minus 1, as `generate` computes them) place each sequence's first real token at RoPE position 0, so a
+left-padded prompt gets the logits and greedy tokens it gets alone. Without padding, the model runs its
+training path unchanged. `generate` never guesses a mask from the pad id: that id is `</s>`, a real
+token of the training data; pass the tokenizer's attention_mask with a padded batch.
 
 `from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's: every tensor present
 (transformers would leave a missing one as uninitialized memory: `_init_weights` does nothing), none
@@ -147,7 +149,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         """All ones: transformers would mark every pad id as padding, and the pad id is `</s>`, which a
         prompt may hold as text (the training data separates documents with it). It does so only when
         generate runs without EOS (eos_token_id=None), when the pad id no longer equals the EOS id.
-        A mask the caller passes is used as given (and padding in it refused by forward)."""
+        A mask the caller passes is used as given (the tokenizer's, for a padded batch)."""
         return cast(
             torch.LongTensor, torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
         )
@@ -159,6 +161,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -168,16 +171,13 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         """input_ids [B, T] -> logits [B, T, V] (the last `logits_to_keep` positions when > 0).
 
         With a `cache` (transformers' name; `past_key_values` is its older one, also taken), input_ids are the
-        positions after the cached ones. `labels` are the input ids (shifted here, -100 ignored), as
-        everywhere in transformers. Position ids are the cache's length onwards (no padding).
+        positions after the cached ones. `attention_mask` [B, cached + T]: 1 for tokens, 0 for padding (either
+        side). `position_ids` [B, T] or [1, T]: RoPE positions; by default attention_mask.cumsum(-1) - 1 (at
+        least 0) when a mask is given, else the cache's length onwards. `labels` are the input ids (shifted
+        here, -100 ignored), as everywhere in transformers.
         """
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError(
-                f"{type(self).__name__} has no padding mask: pass sequences of equal length "
-                "(batch size 1, or no padding) so that attention_mask is all ones"
-            )
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
@@ -185,7 +185,12 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         # A cache passed in holds the positions before input_ids: it is used also with use_cache=False, as
         # transformers' own models use it (use_cache only says whether to create and return one).
         binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
-        h = self.model.hidden_states(input_ids, binding)
+        past = 0 if cache is None else cache.get_seq_length()
+        key_mask, positions = _padding(input_ids, attention_mask, position_ids, past)
+        if key_mask is None and positions is None:
+            h = self.model.hidden_states(input_ids, binding)  # no padding: the training path, unchanged
+        else:
+            h = self.model.hidden_states(input_ids, binding, positions=positions, key_mask=key_mask)
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
@@ -193,6 +198,46 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             targets = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
             loss = self.model.cross_entropy(logits[:, :-1], targets)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+
+def _padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, past: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Checks attention_mask and position_ids against input_ids [B, T] after `past` cached positions, and
+    returns them as ngpt_ds's key_mask [B, past + T] (bool) and positions [B, T], each None when it says
+    nothing new (a mask of all ones; positions past, past + 1, ...): then the model runs its usual path."""
+    B, T = input_ids.shape
+    key_mask = None
+    if attention_mask is not None:
+        if attention_mask.shape != (B, past + T):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; it must be 2D, [batch, cached + new "
+                f"positions] = {[B, past + T]} (1 for tokens, 0 for padding) for input_ids {[B, T]} after {past} cached"
+            )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError(
+                "attention_mask must hold only 0 (padding) and 1 (token); an additive mask (0 and -inf) is not taken"
+            )
+        key_mask = attention_mask.bool()
+    if position_ids is not None:
+        if position_ids.ndim != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != T:
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}; it must be [batch, new positions] = "
+                f"{[B, T]} (or [1, {T}]) for input_ids {[B, T]}"
+            )
+        if position_ids.is_floating_point() or position_ids.dtype == torch.bool or bool((position_ids < 0).any()):
+            raise ValueError("position_ids must be integers >= 0")
+        positions = position_ids.long().expand(B, T)
+    elif key_mask is not None:
+        # As transformers' generate computes them (GenerationMixin._prepare_position_ids_for_generation): each
+        # sequence's first token at 0 whatever padding precedes it; padding positions are never attended to.
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+    else:
+        return None, None
+    if key_mask is not None and bool(key_mask.all()):
+        key_mask = None
+    default = torch.arange(past, past + T, device=positions.device)
+    return key_mask, None if bool((positions == default).all()) else positions
 
 
 class NGPTForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):

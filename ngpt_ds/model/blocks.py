@@ -57,7 +57,7 @@ class CausalSelfAttention(nn.Module):
         qk, v = self.qkv(h).view(B, T, 3, -1, self.head_dim).split((2, 1), dim=2)
         # q and k go through RoPE (and nGPT's Norm) as one [B, T, 2, H, head_dim] tensor: the same
         # elementwise values as two calls, in half the operator calls (docs/benchmarks.md, "MFU").
-        qk = RotaryEmbedding.rotate(qk, cos.unsqueeze(1), sin.unsqueeze(1))
+        qk = RotaryEmbedding.rotate(qk, cos.unsqueeze(-2), sin.unsqueeze(-2))
         v = v.squeeze(2)
         if not self.on_sphere:
             q, k = qk.unbind(2)
@@ -68,21 +68,25 @@ class CausalSelfAttention(nn.Module):
         s_qk = self.s_qk().view(-1, self.head_dim)  # [H, head_dim]
         return q * s_qk.square().to(q.dtype), k, v
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """h: [B, T, d] -> attention output h_A before any normalization, [B, T, d].
 
         With a KV cache bound (`KVCache.bind`), h holds the T positions after the cached ones;
-        cos/sin must be the tables of those positions.
+        cos/sin must be the tables of those positions. `mask` (from `attention_mask`, for padded
+        batches): [B, 1, T, cached + T] booleans, True where a query may attend; it replaces the causal mask.
         """
         B, T, _ = h.shape
         q, k, v = self.project_qkv(h, cos, sin)
-        if self.kv_cache is None:
+        if self.kv_cache is None and mask is None:
             return self.out(self.attend(q, k, v).reshape(B, T, -1))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        mask, causal = None, True
-        past = self.kv_cache.length
-        k, v = self.kv_cache.append(k, v)
-        if past:
+        causal = mask is None
+        past = 0 if self.kv_cache is None else self.kv_cache.length
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.append(k, v)
+        if past and mask is None:
             # is_causal with fewer queries than keys aligns the mask top-left (wrong here):
             # query i sits at position past + i and sees keys 0..past + i.
             causal = False
@@ -102,6 +106,22 @@ class CausalSelfAttention(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale
         )
         return y.transpose(1, 2)
+
+
+def attention_mask(key_mask: torch.Tensor, queries: int) -> torch.Tensor:
+    """The boolean SDPA mask of a padded batch: key_mask [B, S] (True = a real token; the S = cached + queries
+    positions, the queries last) -> [B, 1, queries, S], True where query i (at column S - queries + i) may
+    attend to key j: j is a real token no later than it (causal and padding combined, as transformers' Llama).
+
+    Each query may also attend to itself: a padding position left of a sequence's first token has no real
+    key at or before it, and SDPA gives such an all-False row NaN in some kernels, zeros in others (torch's
+    CPU kernel), which nGPT's Norm(ATTN(h)) turns into NaN (0 / 0). No real token attends to that position,
+    yet a NaN there would reach them all: the next layer's SDPA multiplies its value by a weight of 0."""
+    columns = key_mask.shape[1]
+    keys = torch.arange(columns, device=key_mask.device)
+    query_columns = keys[columns - queries :, None]  # [queries, 1]
+    causal = keys <= query_columns  # [queries, S]
+    return ((causal & key_mask[:, None, :].bool()) | (keys == query_columns)).unsqueeze(1)
 
 
 class SwiGLU(nn.Module):

@@ -26,14 +26,18 @@ class PreNormBlock(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.n_embd, eps=config.norm_eps)
         self.mlp = SwiGLU(config, on_sphere=False, up_std=std, down_std=out_std)
 
-    def attention_update(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return h + self.attn(self.attn_norm(h), cos, sin)
+    def attention_update(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return h + self.attn(self.attn_norm(h), cos, sin, mask)
 
     def mlp_update(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.mlp(self.mlp_norm(h))
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return self.mlp_update(self.attention_update(h, cos, sin))
+    def forward(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.mlp_update(self.attention_update(h, cos, sin, mask))
 
 
 class GPT(CausalLM):

@@ -225,10 +225,18 @@ class RotaryEmbedding(nn.Module):
         [cos θ, cos θ] and [-sin θ, sin θ] over the two halves of a head, θ_i = position * base^(-2i/head_dim)."""
         return _rope_tables(seq_len, offset, self.head_dim, self.base, device, dtype)
 
+    def tables_at(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin at per-sequence positions (integers >= 0) [B, T], each [B, T, 1, head_dim]: rows
+        of `tables` for positions 0..max, so a position gets the same numbers, bit for bit, as in `tables`
+        (used for padded batches, whose sequences start at different columns)."""
+        cos, sin = self.tables(int(positions.max()) + 1, positions.device, dtype)
+        return cos[positions], sin[positions]
+
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [B, T, ..., head_dim]; cos, sin from `tables`: [T, 1, head_dim], or with one more 1 per extra
-        dim of x (e.g. [T, 1, 1, head_dim] for q and k stacked as [B, T, 2, H, head_dim]) -> rotated x.
+        dim of x (e.g. [T, 1, 1, head_dim] for q and k stacked as [B, T, 2, H, head_dim]); from `tables_at`
+        the same with a leading B ([B, T, 1, 1, head_dim]) -> rotated x.
 
         Pair (x_i, x_{i+h}), h = head_dim/2, becomes (x_i cos - x_{i+h} sin, x_{i+h} cos + x_i sin). It is
         computed as x * cos + swap_halves(x) * sin: the same products and sums, bit for bit, in operations

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ngpt_ds.model.blocks import KVCache
+from ngpt_ds.model.blocks import KVCache, attention_mask
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.layers import Projection, RotaryEmbedding, TokenEmbedding
 from ngpt_ds.model.loss import cross_entropy
@@ -18,7 +18,7 @@ class CausalLM(nn.Module):
     """A decoder-only language model: token_ids [B, T] -> logits [B, T, V].
 
     Subclasses build `embed`, `blocks`, `head` and define `logits(h)`; each block has
-    `forward(h, cos, sin) -> h`.
+    `forward(h, cos, sin, mask=None) -> h`.
     """
 
     config: ModelConfig
@@ -49,22 +49,51 @@ class CausalLM(nn.Module):
         """token_ids [B, T] -> the first hidden states [B, T, d]: the embedding lookup."""
         return self.embed(token_ids)
 
-    def hidden_states(self, token_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        token_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """token_ids [B, T] -> final hidden states [B, T, d].
 
         With a KVCache, token_ids are the T positions after the `cache.length` cached ones.
+        For padded batches (inference): `positions` [B, T], each token's RoPE position (default: its
+        column, after the cached ones); `key_mask` [B, cache.length + T], True (or 1) for real tokens, 0 for
+        padding, which no query attends to. Without either, the training path runs (SDPA's is_causal).
         """
         h = self.embed_tokens(token_ids)
-        offset = self.sequence_chunk * token_ids.shape[1] if cache is None else cache.length
-        cos, sin = self.rotary.tables(token_ids.shape[1], h.device, h.dtype, offset)
+        B, T = token_ids.shape
+        past = 0 if cache is None else cache.length
+        mask = None
+        if positions is None and key_mask is None:
+            offset = self.sequence_chunk * T if cache is None else past
+            cos, sin = self.rotary.tables(T, h.device, h.dtype, offset)
+        else:
+            if positions is None:
+                positions = torch.arange(past, past + T, device=h.device).expand(B, T)
+            integer = not positions.is_floating_point() and positions.dtype != torch.bool
+            if positions.shape != (B, T) or not integer or bool((positions < 0).any()):
+                raise ValueError(f"positions must be integers >= 0 of shape {(B, T)}, one per token")
+            cos, sin = self.rotary.tables_at(positions.long(), h.dtype)
+            if key_mask is not None:
+                if key_mask.shape != (B, past + T):
+                    raise ValueError(
+                        f"key_mask must have shape {(B, past + T)} (the {past} cached positions and the {T} "
+                        f"new ones), not {tuple(key_mask.shape)}"
+                    )
+                mask = attention_mask(key_mask, T)
         with nullcontext() if cache is None else cache.bind(self):
             for index, block in enumerate(self.blocks):
+                # The mask goes to a block only when there is one: the blocks' training signature is unchanged.
+                args = (h, cos, sin) if mask is None else (h, cos, sin, mask)
                 if self._recompute(index, cache):
                     # Non-reentrant: parameter gradients arrive even though no input requires grad,
                     # and the RNG state is replayed, so the recomputation is exact.
-                    h = checkpoint(block, h, cos, sin, use_reentrant=False)
+                    h = checkpoint(block, *args, use_reentrant=False)
                 else:
-                    h = block(h, cos, sin)
+                    h = block(*args)
         return h
 
     def _recompute(self, index: int, cache: KVCache | None) -> bool:

@@ -51,16 +51,21 @@ class NormalizedBlock(nn.Module):
             d, init=config.alpha_mlp_init, scale=config.resolved_scale(config.alpha_mlp_scale), absolute=True
         )
 
-    def attention_update(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Eq. 10: h <- Norm(h + alpha_A (h_A - h)), h_A = Norm(ATTN(h)). h: [B, T, d], unit rows."""
-        return sphere_step(h, l2_normalize(self.attn(h, cos, sin)), self.attn_alpha())
+    def attention_update(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Eq. 10: h <- Norm(h + alpha_A (h_A - h)), h_A = Norm(ATTN(h)). h: [B, T, d], unit rows.
+        `mask`: a padded batch's attention mask (CausalSelfAttention.forward)."""
+        return sphere_step(h, l2_normalize(self.attn(h, cos, sin, mask)), self.attn_alpha())
 
     def mlp_update(self, h: torch.Tensor) -> torch.Tensor:
         """Eq. 11: h <- Norm(h + alpha_M (h_M - h)), h_M = Norm(MLP(h))."""
         return sphere_step(h, l2_normalize(self.mlp(h)), self.mlp_alpha())
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return self.mlp_update(self.attention_update(h, cos, sin))
+    def forward(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.mlp_update(self.attention_update(h, cos, sin, mask))
 
 
 class NGPT(CausalLM):
