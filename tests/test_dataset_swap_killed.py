@@ -118,8 +118,7 @@ def test_without_rename_exchange_the_set_aside_copy_is_named_and_put_back(old_da
     assert staging.restore_set_aside(final) == [final.parent / new]  # what the next preparation does first
     assert "alpha.jsonl" in _source(final) and _hidden(final.parent) == []
     assert capsys.readouterr().err.splitlines() == [
-        f"put {final} back: {aside} was its dataset, set aside by an --overwrite killed before the new one took "
-        "its name",
+        f"put {final} back: {aside} held it, set aside by an --overwrite killed before the new one took its name",
         f"removed {final.parent / new}: a copy of {final} left by an interrupted --overwrite",
     ]
 
@@ -135,6 +134,18 @@ def test_a_killed_overwrite_is_put_back_by_the_next_preparation_itself(old_datas
     assert not final.exists()
     _prepare(beta, final, tokenizer=tok, overwrite=True)
     assert "beta.jsonl" in _source(final) and _hidden(final.parent) == []
+
+
+def test_a_rerun_without_overwrite_after_a_killed_swap_is_refused_before_tokenizing(old_dataset):
+    """The rerun without --overwrite passed the checks (no `ds`), tokenized the whole corpus, then failed to
+    publish: "--out ds appeared while preparing", the old copy put back meanwhile by the staging step. The copy
+    is now put back before the checks, which refuse at once as for any existing dataset."""
+    final, tok, beta = old_dataset
+    assert _overwrite_in_child(final, tok, beta, "no-exchange") == -signal.SIGKILL
+    with pytest.raises(NgptConfigError) as e:
+        _prepare(beta, final, tokenizer=tok)
+    assert "appeared while preparing" not in str(e.value) and "--overwrite" in str(e.value), str(e.value)
+    assert "alpha.jsonl" in _source(final) and _hidden(final.parent) == []
 
 
 def test_a_replaced_dataset_left_by_a_kill_during_its_deletion_is_removed(old_dataset):

@@ -146,6 +146,24 @@ def test_export_cli_round_trip(trained, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_an_export_set_aside_by_a_killed_overwrite_is_put_back_first(trained, exported, tmp_path):
+    """Fault: export --overwrite renamed the old export aside, then the new one in; a kill between the two
+    left no `out` and the old export hidden as `.NAME.XXXX.old`, never cleaned. The swap is now one
+    exchange, and an export's first act puts back what a killed one set aside: here `out` is missing and its
+    old export waits as `.out.old-0123abcd` (the name the fallback's kill leaves), so a plain export (no
+    --overwrite) is refused as for any existing export, and no hidden folder is left either way."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import export_model, load_export
+
+    out = tmp_path / "out"
+    shutil.copytree(exported, tmp_path / ".out.old-0123abcd")
+    with pytest.raises(NgptConfigError, match="already exists; choose another folder or pass --overwrite"):
+        export_model(trained["out"], out)
+    assert load_export(out).config == load_export(exported).config
+    export_model(trained["out"], out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 # ---- the torchrun worker ---------------------------------------------------------------------
 
 

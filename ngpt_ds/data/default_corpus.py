@@ -36,6 +36,7 @@ from ngpt_ds import log
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
 from ngpt_ds.data.shard_check import add_hashes
 from ngpt_ds.data.shards import FORMAT_VERSION, META_FILE, load_dataset_meta, sha256_file
+from ngpt_ds.data.staging import restore_set_aside
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -228,6 +229,7 @@ def ensure_default_dataset(
         return load_dataset_meta(out).data_dir
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"{out.name}.lock")):
+        restore_set_aside(out)  # a preparation killed mid-swap (the cache's --overwrite-like replacement)
         if (out / META_FILE).is_file():  # another process finished while we waited
             if not _prepared_with_hashes(out):  # by an ngpt_ds that recorded no shard hashes
                 add_hashes(out)

@@ -60,7 +60,7 @@ from ngpt_ds.data.shards import (
     whole,
     write_meta,
 )
-from ngpt_ds.data.staging import remove_staging, staging_dir, swap_in
+from ngpt_ds.data.staging import remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.overwrite import check_holds_no_run, check_not_source
@@ -128,6 +128,7 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
             "or pass --overwrite to replace it at the merge"
         )
     done = part_dir(cfg.out, part_index, num_parts)
+    restore_set_aside(done)  # this part's --overwrite killed mid-swap
     if done.exists() and not cfg.overwrite:
         raise NgptConfigError(
             f"part {part_index} of {num_parts} is already in {done}; pass --overwrite to prepare "
@@ -137,6 +138,7 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
 
 def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int = DEFAULT_BLOCK_DOCS) -> Path:
     """Tokenize part `part_index` of `num_parts` of `cfg.inputs` into `cfg.out/part-K-of-N/`; return that folder."""
+    restore_set_aside(cfg.out)  # a merge killed mid-swap: the checks below read the folder put back
     _check_part_options(cfg, num_parts, part_index, block_docs)
     assert cfg.tokenizer is not None  # _check_part_options rejects a missing --tokenizer
     corpus = open_inputs(cfg)
@@ -294,6 +296,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
     or an `out` that already holds a dataset (without overwrite).
     """
     out = Path(out)
+    restore_set_aside(out)  # a merge killed mid-swap: its parts are in the folder put back
     if not (isinstance(num_parts, int) and num_parts >= 1):
         raise NgptConfigError(f"--num-shards {num_parts}: must be a positive integer (the number of parts to merge)")
     missing = [k for k in range(num_parts) if not (part_dir(out, k, num_parts) / PART_FILE).is_file()]

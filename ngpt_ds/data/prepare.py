@@ -35,7 +35,7 @@ from ngpt_ds.data.shards import (
     write_meta,
 )
 from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
-from ngpt_ds.data.staging import remove_staging, staging_dir, swap_in
+from ngpt_ds.data.staging import remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.overwrite import check_replaceable
@@ -306,6 +306,9 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     empty corpus, an unknown text field, a vocab too large for the corpus or dtype, or a tokenizer
     whose vocab contradicts --vocab-size.
     """
+    # First, so that the checks see the folder a killed --overwrite left under another name put back: a
+    # rerun without --overwrite then says --out exists, rather than tokenizing everything and failing to publish.
+    restore_set_aside(cfg.out)
     cfg.validate()
     started = time.perf_counter()
     corpus = open_inputs(cfg)

@@ -196,7 +196,7 @@ def restore_set_aside(final: Path) -> list[Path]:
                 raise NgptConfigError(f"--out {final} does not exist, {missing_hint(final)}, or delete them")
             os.rename(copies[0], final)
             _log.warning(
-                f"put {final} back: {copies[0].name} was its dataset, set aside by an --overwrite killed before "
+                f"put {final} back: {copies[0].name} held it, set aside by an --overwrite killed before "
                 "the new one took its name"
             )
             copies = []

@@ -15,13 +15,13 @@ and the measured deviation is recorded.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from ngpt_ds.data.staging import restore_set_aside, swap_in
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, load_checkpoint, load_export
@@ -87,6 +87,7 @@ def export_model(
         raise NgptConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
     if format == "hf":
         require_extra("transformers", "hf", "--format hf")
+    restore_set_aside(out)  # an earlier --overwrite killed mid-swap: its export is put back first
     if out.exists() and not overwrite:
         raise NgptConfigError(f"{out} already exists; choose another folder or pass --overwrite")
     source = resolve_checkpoint(checkpoint)
@@ -118,13 +119,9 @@ def export_model(
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
             _verify(tmp, state)
-        if out.exists():  # checked above: an earlier export (or an empty folder), never the source
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        # An earlier export at `out` (checked above: never the source) is exchanged in one step, so a kill
+        # never leaves `out` missing with the old export hidden under a temporary name.
+        swap_in(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
