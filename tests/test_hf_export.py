@@ -273,14 +273,26 @@ def test_loss_follows_the_transformers_label_convention(hf_exported):
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_padding_is_refused_with_a_clear_error(hf_exported):
-    from transformers import AutoModelForCausalLM
+def test_the_exported_tokenizer_pads_prompts_on_the_left_for_generate(hf_exported):
+    """Fault: the exported tokenizer named no pad token, so tokenizer(prompts, padding=True) raised "Asking to
+    pad but the tokenizer does not have a padding token", and padded on the right, where generate() would
+    append after the padding. It pads with </s> (the generation config's pad id) on the left: each prompt's
+    greedy continuation in a batch equals its own (the model's padding support: tests/test_hf_padding.py)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import ngpt_ds  # noqa: F401
 
-    model = AutoModelForCausalLM.from_pretrained(hf_exported)
-    with pytest.raises(ValueError, match="no padding mask"):
-        model(torch.tensor([[1, 5, 6]]), attention_mask=torch.tensor([[0, 1, 1]]))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(hf_exported), AutoTokenizer.from_pretrained(hf_exported)
+    prompts = ["the model", "a longer prompt than the first one"]
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    assert tokenizer.pad_token_id == model.generation_config.pad_token_id == tokenizer.eos_token_id
+    shortest = int(batch["attention_mask"].sum(-1).min())
+    assert batch["attention_mask"][0].tolist()[-shortest:] == [1] * shortest  # real tokens at the right end
+    together = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    for row, prompt in enumerate(prompts):
+        alone = tokenizer(prompt, return_tensors="pt")
+        own = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1] :]
+        assert together[row].tolist() == own[0].tolist(), prompt
 
 
 def test_import_ngpt_ds_does_not_import_transformers():

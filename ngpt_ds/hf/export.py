@@ -68,8 +68,9 @@ that runs.
 
 ## Limits
 
-No padding mask: batches must hold sequences of equal length (generate one prompt at a time, or
-equal-length prompts). The KV cache is transformers' DynamicCache.
+Padded batches work: `tokenizer(prompts, padding=True, return_tensors="pt")` pads on the left with `</s>`,
+and `attention_mask` keeps attention off the padding and sets the positions, so each prompt gets what it
+gets alone. The KV cache is transformers' DynamicCache.
 """
 
 

@@ -121,10 +121,15 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
     specials = {"unk_token": unk}
     if eos is not None:
         specials["eos_token"] = eos
-    if pad is not None:
-        specials["pad_token"] = pad
+    # The pad piece, else `</s>` as the exported generation_config pads with: without one,
+    # tokenizer(prompts, padding=True) raised "Asking to pad but the tokenizer does not have a padding token".
+    # Padding goes on the left, where generate() appends after the last real token of every prompt.
+    filler = pad if pad is not None else eos
+    if filler is not None:
+        specials["pad_token"] = filler
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
+        padding_side="left",
         split_special_tokens=True,
         clean_up_tokenization_spaces=False,
         model_max_length=10**9,
