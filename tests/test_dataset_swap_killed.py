@@ -112,7 +112,7 @@ def test_without_rename_exchange_the_set_aside_copy_is_named_and_put_back(old_da
         f"dataset {final} does not exist, but {aside} is the copy a killed --overwrite set aside: "
         f"mv it back (mv {final.parent / aside} {final})"
     )
-    new = ".ds.new-" + aside[-8:]  # the complete new dataset, renamed out of its staging name
+    new = ".ds.new-" + aside[-32:]  # the complete new dataset, renamed out of its staging name
     assert _hidden(final.parent) == [new, aside]
     capsys.readouterr()
     assert staging.restore_set_aside(final) == [final.parent / new]  # what the next preparation does first
@@ -168,8 +168,8 @@ def _folder(path: Path, text: str) -> Path:
 
 def test_several_set_aside_copies_and_no_dataset_are_refused_not_guessed(tmp_path):
     final = tmp_path / "ds"
-    a = _folder(tmp_path / ".ds.old-0000aaaa", "a")
-    b = _folder(tmp_path / ".ds.old-0000bbbb", "b")
+    a = _folder(tmp_path / (".ds.old-" + "a" * 32), "a")
+    b = _folder(tmp_path / (".ds.old-" + "b" * 32), "b")
     with pytest.raises(NgptConfigError) as e:
         staging.staging_dir(final)
     assert str(e.value) == (
@@ -178,6 +178,37 @@ def test_several_set_aside_copies_and_no_dataset_are_refused_not_guessed(tmp_pat
     )
     assert not final.exists() and a.is_dir() and b.is_dir()
     assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def test_a_persons_dated_backups_beside_the_dataset_are_never_taken_for_copies_a_swap_left(tmp_path):
+    """Fault: a swap's leftovers were recognized by their name alone, `.ds.old-` or `.ds.new-` and 8 hex
+    digits, which a dated backup also has: `.ds.old-20261201` was deleted by the next preparation of `ds`
+    ("removed ...: a copy of ds left by an interrupted --overwrite"), and with no `ds` renamed to `ds`. The
+    tags are now 32 hex digits (a whole uuid4), a name no person gives a backup."""
+    final = tmp_path / "ds"
+    old, new = _folder(tmp_path / ".ds.old-20261201", "backup"), _folder(tmp_path / ".ds.new-20261202", "next")
+    assert staging.restore_set_aside(final) == [] and not final.exists()
+    _folder(final, "dataset")
+    assert staging.restore_set_aside(final) == []
+    assert [(p / "meta.json").read_text() for p in (old, new, final)] == ["backup", "next", "dataset"]
+    assert staging.missing_hint(final) == ""  # the loader's "but .ds.old-... is the copy ... set aside"
+
+
+def test_a_dataset_missing_from_a_folder_one_cannot_list_is_the_usual_one_line_error(tmp_path, monkeypatch):
+    """Fault: looking for a set-aside copy, the loader listed the missing dataset's folder; where that folder
+    may be entered but not listed (mode 0711, as many home folders; faked here, as root reads any folder)
+    `--data ~alice/ds` ended in a PermissionError traceback instead of "does not exist; prepare it"."""
+    real = Path.iterdir
+
+    def unlistable(self):
+        if self == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", unlistable)
+    with pytest.raises(NgptConfigError, match=r"^data dir \S+ does not exist; ") as e:
+        load_dataset_meta(tmp_path / "ds")
+    assert str(tmp_path / "ds") in str(e.value)
 
 
 def test_swap_in_falls_back_to_two_renames_where_exchange_answers_einval(tmp_path, monkeypatch):

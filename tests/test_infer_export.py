@@ -8,6 +8,8 @@ that torchrun worker (see the bottom). The other test_infer_* files reuse the ru
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -150,17 +152,79 @@ def test_an_export_set_aside_by_a_killed_overwrite_is_put_back_first(trained, ex
     """Fault: export --overwrite renamed the old export aside, then the new one in; a kill between the two
     left no `out` and the old export hidden as `.NAME.XXXX.old`, never cleaned. The swap is now one
     exchange, and an export's first act puts back what a killed one set aside: here `out` is missing and its
-    old export waits as `.out.old-0123abcd` (the name the fallback's kill leaves), so a plain export (no
+    old export waits as `.out.old-` and 32 hex digits (the name the fallback's kill leaves), so a plain export (no
     --overwrite) is refused as for any existing export, and no hidden folder is left either way."""
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import export_model, load_export
 
     out = tmp_path / "out"
-    shutil.copytree(exported, tmp_path / ".out.old-0123abcd")
+    shutil.copytree(exported, tmp_path / (".out.old-" + "0123abcd" * 4))
     with pytest.raises(NgptConfigError, match="already exists; choose another folder or pass --overwrite"):
         export_model(trained["out"], out)
     assert load_export(out).config == load_export(exported).config
     export_model(trained["out"], out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+_KILLED_EXPORT = """
+import os, signal, sys
+import ngpt_ds.infer.export as export
+export._verify = lambda folder, state: os.kill(os.getpid(), signal.SIGKILL)  # killed with the weights written
+export.export_model(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_an_export_killed_mid_write_leaves_no_hidden_copy_after_the_next(trained, tmp_path):
+    """Fault: export wrote into a tempfile.mkdtemp folder `.out.XXXXXXXX` beside `out`; a kill (SIGKILL, a
+    job's time limit) left it, with the full weights, and no later export removed it: one hidden copy per
+    kill. It now writes into a locked staging folder, which the next export of `out` removes."""
+    from ngpt_ds.infer import export_model
+
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(trained["out"]), str(out)], cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".out.") and (tmp_path / left[0] / "model.safetensors").is_file()
+    export_model(trained["out"], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_export_folder_has_the_umasks_mode_not_0700(trained, tmp_path):
+    """Fault: the export folder was a renamed tempfile.mkdtemp folder, mode 0700 whatever the umask: an
+    export written to a shared folder was unreadable by the group (drwx------). It now has 0777 & ~umask."""
+    from ngpt_ds.infer import export_model
+
+    old = os.umask(0o022)
+    try:
+        out = export_model(trained["out"], tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o755)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.model"]
+
+
+def test_an_export_that_appears_while_exporting_is_not_replaced_without_overwrite(trained, exported, tmp_path):
+    """Fault: `out` was checked only before the export; one written there meanwhile (a second export of
+    the same --out) was silently replaced without --overwrite. Now, as ngpt-prepare's "appeared while
+    preparing", the export stops with one line and the one that appeared is kept."""
+    import ngpt_ds.infer.export as export
+    from ngpt_ds.errors import NgptConfigError
+
+    out, verify = tmp_path / "out", export._verify
+
+    def verify_then_another_export_lands(folder, state):
+        verify(folder, state)
+        shutil.copytree(exported, out)
+        (out / "other").write_text("the other export")
+
+    export._verify = verify_then_another_export_lands
+    try:
+        with pytest.raises(NgptConfigError) as e:
+            export.export_model(trained["out"], out)
+    finally:
+        export._verify = verify
+    assert str(e.value) == f"{out} appeared while exporting; choose another folder or pass --overwrite"
+    assert (out / "other").read_text() == "the other export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

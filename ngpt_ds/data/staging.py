@@ -158,13 +158,20 @@ def _swap_lock(parent: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+# A whole uuid4: names are deleted (or renamed to the dataset) on their pattern alone, and 8 hex digits also
+# match a person's dated backup, `.ds.old-20261201`, which the next preparation of `ds` then deleted.
+_TAG_CHARS = 32
+
+
 def _leftovers(final: Path, kind: str) -> list[Path]:
     """The `.<name>.<kind>-<id>` folders beside `final` (kind "old": an old copy a replacement moved out of
     the name; "new": a complete replacement renamed out of its staging name by a swap that was killed)."""
-    pattern = re.compile(re.escape(f".{final.name}.{kind}-") + "[0-9a-f]{8}")
-    if not final.parent.is_dir():
-        return []
-    return sorted(p for p in final.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+    pattern = re.compile(re.escape(f".{final.name}.{kind}-") + f"[0-9a-f]{{{_TAG_CHARS}}}")
+    try:
+        names = list(final.parent.iterdir())
+    except OSError:  # no folder, or one that may be entered but not listed (mode 0711, as many home folders)
+        return []  # nothing to find: the caller's own message (e.g. "does not exist; prepare it") stands
+    return sorted(p for p in names if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
 
 
 def set_aside(final: Path) -> list[Path]:
@@ -215,7 +222,7 @@ def swap_in(staging: Path, final: Path) -> None:
         os.replace(staging, final)
         return
     with _swap_lock(final.parent):
-        tag = uuid.uuid4().hex[:8]
+        tag = uuid.uuid4().hex  # _TAG_CHARS: never a name a person gives a backup
         new, old = final.parent / f".{final.name}.new-{tag}", final.parent / f".{final.name}.old-{tag}"
         os.replace(staging, new)  # still holding its lock file: a kill now leaves a name the next run removes
         fd = _held.pop(staging, None)

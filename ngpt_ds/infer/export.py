@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ngpt_ds.data.staging import restore_set_aside, swap_in
+from ngpt_ds.data.staging import remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, load_checkpoint, load_export
@@ -105,8 +104,10 @@ def export_model(
 
     from safetensors.torch import save_file
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # A locked staging folder (as a dataset's): one a killed export left is removed by the next export of
+    # `out` (a temporary folder was never cleaned: a full copy of the weights per kill), and it is made
+    # with the umask's mode, where a temporary folder's 0700 became the export's, unreadable by the group.
+    tmp = staging_dir(out)
     try:
         if format == "hf":
             from ngpt_ds.hf.export import verify_hf_export, write_hf_export
@@ -119,12 +120,13 @@ def export_model(
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
             _verify(tmp, state)
+        if out.exists() and not overwrite:  # another export of `out` finished meanwhile: not ours to replace
+            raise NgptConfigError(f"{out} appeared while exporting; choose another folder or pass --overwrite")
         # An earlier export at `out` (checked above: never the source) is exchanged in one step, so a kill
         # never leaves `out` missing with the old export hidden under a temporary name.
         swap_in(tmp, out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_staging(tmp)  # after swap_in, nothing is left to remove
     return out
 
 
