@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -209,6 +210,24 @@ def test_a_dataset_missing_from_a_folder_one_cannot_list_is_the_usual_one_line_e
     with pytest.raises(NgptConfigError, match=r"^data dir \S+ does not exist; ") as e:
         load_dataset_meta(tmp_path / "ds")
     assert str(tmp_path / "ds") in str(e.value)
+
+
+def test_a_copy_another_node_put_back_first_is_not_a_traceback(tmp_path, monkeypatch):
+    """Fault: where flock does not reach other nodes, two preparations (the parts of one dataset, started
+    together) both found `ds` missing and one set-aside copy; the second's rename of the copy, gone by then,
+    ended in FileNotFoundError, a traceback. Now it finds `ds` put back and goes on."""
+    final = tmp_path / "ds"
+    copy = _folder(tmp_path / (".ds.old-" + "c" * 32), "old")
+    real = os.rename
+
+    def the_other_node_renames_first(src, dst):
+        if Path(src) == copy and not final.exists():
+            real(copy, final)  # the other node, just before this one
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", the_other_node_renames_first)
+    assert staging.restore_set_aside(final) == []
+    assert (final / "meta.json").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
 def test_swap_in_falls_back_to_two_renames_where_exchange_answers_einval(tmp_path, monkeypatch):

@@ -201,12 +201,20 @@ def restore_set_aside(final: Path) -> list[Path]:
         if copies and not final.exists() and not final.is_symlink():
             if len(copies) > 1:
                 raise NgptConfigError(f"--out {final} does not exist, {missing_hint(final)}, or delete them")
-            os.rename(copies[0], final)
-            _log.warning(
-                f"put {final} back: {copies[0].name} held it, set aside by an --overwrite killed before "
-                "the new one took its name"
-            )
-            copies = []
+            try:
+                os.rename(copies[0], final)
+            except OSError:
+                # Another process put it back (or published `final`) first: where flock does not reach other
+                # nodes (some network filesystems), the parts of one dataset start together on several.
+                if not os.path.lexists(final):
+                    raise
+                copies = set_aside(final)  # what is left is deleted, as beside any existing `final`
+            else:
+                _log.warning(
+                    f"put {final} back: {copies[0].name} held it, set aside by an --overwrite killed before "
+                    "the new one took its name"
+                )
+                copies = []
     for old in copies + unused:  # past the lock: no swap ever uses these names again
         shutil.rmtree(old, ignore_errors=True)
         _log.warning(f"removed {old}: a copy of {final} left by an interrupted --overwrite")
