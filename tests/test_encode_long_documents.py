@@ -115,6 +115,26 @@ def test_cut_rules_of_models_trained_otherwise(models, tmp_path):
         assert encode.cut_rules(spm.SentencePieceProcessor(model_file=str(path))) == rules, extra
 
 
+def test_a_model_whose_newline_is_unknown_gets_no_newline_cuts(tmp_path):
+    """Fault: a --tokenizer without byte fallback, identity-normalized and keeping spaces, passed the newline
+    check though "\n" is <unk> there, and sentencepiece merges adjacent unknowns into one <unk>: cut between
+    two newlines, "x \n\n\n\n y" gave [.., 0, 0, ..] where the whole document gives [.., 0, ..]. Such a
+    model is now cut at spaces only, where a known "▁" keeps unknowns apart: the ids are the whole's."""
+    lines = [line for line in TEXT.splitlines() if line.strip()]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(tmp_path / "nobf"), vocab_size=600, byte_fallback=False,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2, num_threads=1,
+    )  # fmt: skip
+    encode._init_worker(str(tmp_path / "nobf.model"))
+    sp, text = encode._sp, "x \n\n\n\n y"
+    assert sp is not None and sp.unk_id() in sp.encode("\n")
+    assert encode._rules == encode.CutRules(drop_space=True, newline_lead=None)
+    for max_chars in range(4, len(text)):
+        assert {cut for _, cut in encode.chunks(text, max_chars, encode._rules)} == {"", "space"}
+        ids, lengths = encode.encode_documents([text], max_chars)
+        assert ids.tolist() == [*sp.encode(text), sp.eos_id()], max_chars
+
+
 def test_workers_receive_the_bound(models):
     batches = [(k, ["a short one", TEXT[k * 3000 :]]) for k in range(3)]
     one = list(encode.encode_in_order(batches, str(models["bpe"]), 1, max_chars=211))

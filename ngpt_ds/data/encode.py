@@ -15,6 +15,8 @@ character, none holding a newline), checked per model by `cut_rules`:
   one-"▁" word of its own, so any space of the run will do;
 - at a newline, kept at the start of the next chunk: no piece holds a newline, so nothing merges
   across it, and the next chunk's dummy prefix encodes to the ids of a lone "▁", which are dropped.
+  The newline must not be <unk> (a model without byte fallback): sentencepiece merges a run of
+  unknown characters into one <unk>, across a cut too.
 
 A unigram model decodes with float32 sums over the whole text, so the whole document's ids already
 depend on where a word stands (near-ties flip thousands of tokens in); its chunks may differ from it
@@ -102,7 +104,10 @@ def cut_rules(sp: spm.SentencePieceProcessor) -> CutRules:
     )
     lead = sp.encode(" ")  # two lone "▁": the dummy prefix and the space
     half = len(lead) // 2
-    ok = exact and len(lead) % 2 == 0 and lead[:half] == lead[half:] and sp.encode("\n")[:half] == lead[:half]
+    newline = sp.encode("\n")
+    # A newline that is <unk> (no byte fallback) merges with unknown neighbours into one <unk>: no newline cuts.
+    ok = exact and len(lead) % 2 == 0 and lead[:half] == lead[half:] and newline[:half] == lead[:half]
+    ok = ok and sp.unk_id() not in newline
     return CutRules(drop_space=dummy, newline_lead=lead[:half] if ok else None)
 
 
