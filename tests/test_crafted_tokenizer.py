@@ -51,7 +51,8 @@ def test_a_tokenizer_that_is_not_a_protobuf_is_named(tmp_path):
 
 def test_the_trained_tokenizer_converts_with_its_own_special_pieces(tiny_dataset):
     hf = build_hf_tokenizer(tiny_dataset / "tokenizer.model")
-    assert (hf.unk_token, hf.eos_token, hf.pad_token) == ("<unk>", "</s>", None)
+    # No pad piece of its own: it pads with </s>, on the left, as the exported generation config does.
+    assert (hf.unk_token, hf.eos_token, hf.pad_token, hf.padding_side) == ("<unk>", "</s>", "</s>", "left")
     assert hf.encode("Hello world", add_special_tokens=False) == Tokenizer.load(
         tiny_dataset / "tokenizer.model"
     ).encode("Hello world")
