@@ -112,9 +112,14 @@ def test_generate_without_eos_on_a_prompt_holding_eos(hf_pair):
         out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None)[:, ids.shape[1] :]
         expected = torch.stack(list(generate_ids(hf_pair["model"], ids, 8, GREEDY)), dim=1)
         assert torch.equal(out, expected)
-    # Padding the caller declares is still refused.
-    with pytest.raises(ValueError, match="no padding mask"):
-        model.generate(torch.tensor([[eos, 5, 6]]), attention_mask=torch.tensor([[0, 1, 1]]), max_new_tokens=2)
+    # Padding the caller declares is honoured (it was refused): the left pad is left out, as if the prompt
+    # were [5, 6] alone.
+    padded = torch.tensor([[eos, 5, 6]])
+    out = model.generate(
+        padded, attention_mask=torch.tensor([[0, 1, 1]]), max_new_tokens=4, do_sample=False, eos_token_id=None
+    )
+    alone = torch.stack(list(generate_ids(hf_pair["model"], torch.tensor([[5, 6]]), 4, GREEDY)), dim=1)
+    assert torch.equal(out[:, padded.shape[1] :], alone)
 
 
 def test_a_cache_passed_with_use_cache_false_is_used(hf_pair):
