@@ -1,8 +1,10 @@
 """Bad input, one table: every row is a command a user could type, the exit status it must give and a
 fragment of its one-line message. No row may print a Python traceback or create its --out.
 
-Rows run as plain single-process commands (`python launch/x.py ...`); nearly all stop at startup in a
-few seconds. Rows that need a checkpoint or an export share test_infer_export's tiny trained run.
+Rows run as single-process commands, `python launch/x.py ...`, each forked from a process that has
+imported torch and DeepSpeed (tests/forked_cli.py); one row per script also runs in a fresh interpreter.
+Nearly all stop at startup within a second. Rows that need a checkpoint or an export share
+test_infer_export's tiny trained run.
 """
 
 import json
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from test_infer_export import MODEL, TRAIN, exported, trained  # noqa: F401  (session fixtures)
 
-from conftest import REPO, cpu_env, run, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, run, run_launch, write_ds_config, write_yaml
 
 # Rows: (id, script, arguments, exit status, message fragment). {name} in an argument is a path from the
 # `ctx` fixture; {out} is a fresh path per row that must still not exist afterwards.
@@ -335,17 +337,34 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
     return {k: str(v) for k, v in paths.items()}
 
 
-@pytest.mark.parametrize("script, args, code, fragment", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
-def test_bad_input_gives_one_clear_message(ctx, request, script, args, code, fragment):
-    out = Path(ctx["tmp"]) / request.node.callspec.id / "out"
-    argv = [arg.format(out=out, **ctx) for arg in args]
-    proc = run([sys.executable, REPO / "launch" / script, *argv], env=cpu_env(), check=False, timeout=300)
+def check_row(proc, out: Path, code: int, fragment: str) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == code, f"exit {proc.returncode}, expected {code}:\n{output[-3000:]}"
     assert "Traceback" not in output, output[-3000:]
     assert fragment in proc.stderr, f"{fragment!r} not in:\n{proc.stderr[-3000:]}"
     assert "error: " in proc.stderr or "usage: " in proc.stderr
     assert not out.exists(), f"{out} was created"
+
+
+@pytest.mark.parametrize("script, args, code, fragment", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
+def test_bad_input_gives_one_clear_message(ctx, request, script, args, code, fragment):
+    """Each row in a process of its own, forked from one that imported torch and DeepSpeed already."""
+    out = Path(ctx["tmp"]) / request.node.callspec.id / "out"
+    argv = [arg.format(out=out, **ctx) for arg in args]
+    check_row(run_launch(script, *argv, check=False, timeout=300), out, code, fragment)
+
+
+FIRST_ROW_OF_EACH_SCRIPT = {row[1]: row for row in reversed(ROWS)}
+
+
+@pytest.mark.parametrize("script", sorted(FIRST_ROW_OF_EACH_SCRIPT))
+def test_each_entry_script_gives_its_first_rows_message_from_a_fresh_interpreter(ctx, script):
+    """The table's runs are forked; here each script's first row runs as a user types it: `python launch/x.py`."""
+    row_id, _, args, code, fragment = FIRST_ROW_OF_EACH_SCRIPT[script]
+    out = Path(ctx["tmp"]) / f"fresh-{row_id}" / "out"
+    argv = [arg.format(out=out, **ctx) for arg in args]
+    proc = run([sys.executable, REPO / "launch" / script, *argv], env=cpu_env(), check=False, timeout=300)
+    check_row(proc, out, code, fragment)
 
 
 def test_the_table_covers_every_entry_point_with_at_least_30_rows():
