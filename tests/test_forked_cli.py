@@ -3,7 +3,6 @@ environment, output, exit status, traceback and atexit handlers; a timeout kills
 
 import subprocess
 import sys
-import time
 
 import pytest
 from forked_cli import run_forked, run_forked_ranks
@@ -50,21 +49,17 @@ def test_a_forked_script_gives_what_a_fresh_interpreter_gives(tmp_path, first):
 def test_a_forked_script_past_its_timeout_is_killed(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT)
-    started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
         run_forked(script, ["sleep"], env=cpu_env(), cwd=tmp_path, timeout=2)
-    assert time.monotonic() - started < 30
     after = run_forked(script, ["5"], env=cpu_env(), cwd=tmp_path, timeout=60)  # the server still serves
     assert after.returncode == 5
 
 
 def test_once_a_rank_fails_its_peer_gets_the_grace_then_is_killed(tmp_path):
     """As torchrun tears a job down: a rank left waiting for a dead peer must not hang the test."""
-    started = time.monotonic()
     failing = tmp_path / "failing.py"
     failing.write_text("import os, sys, time\nif os.environ['RANK'] == '0': sys.exit(3)\ntime.sleep(60)\n")
     ranks = run_forked_ranks(
         failing, [], [cpu_env(RANK=r) for r in range(2)], cwd=tmp_path, timeout=120, failed_grace_s=2
     )
-    assert [rank.returncode for rank in ranks] == [3, -9]
-    assert time.monotonic() - started < 40
+    assert [rank.returncode for rank in ranks] == [3, -9]  # the peer would have slept 60 s and exited 0
