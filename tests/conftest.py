@@ -108,16 +108,15 @@ def run_launch(script: str, *argv, timeout=600, cwd=REPO, env=None, check=True) 
     return proc
 
 
-def torchrun(script, *args, nproc=2, launcher=False, **kwargs) -> subprocess.CompletedProcess:
+def torchrun(script, *args, nproc=2, **kwargs) -> subprocess.CompletedProcess:
     """A real multi-process job on gloo, as `torchrun --nproc_per_node N script args` runs it.
 
     A job that must succeed (`check`, run()'s default) runs its ranks as children forked from a process
     that has imported torch and DeepSpeed once (tests/forked_cli.py), with the variables torchrun gives
     them: about 11 s of CPU less per 2-rank job, half of a tiny run's. Its stdout and stderr are the
     ranks' in rank order, its status 0 or, when a rank failed, 1 (torchrun's). A job that may fail
-    (check=False) or whose test is about the launcher (`launcher=True`) runs under torchrun itself,
-    whose teardown, exit status and output the test reads."""
-    if kwargs.get("check", True) and not launcher:
+    (check=False) runs under torchrun itself, whose teardown, exit status and output the test reads."""
+    if kwargs.get("check", True):
         from forked_cli import run_forked_ranks
 
         cwd = Path(kwargs.get("cwd", REPO))
