@@ -1,19 +1,13 @@
 """Shared test helpers: real multi-process launches, and skips that CI turns into failures.
 
-Below the general helpers, those of the stop tests (tests/test_launch_stop_*.py), which share one chain
-of checkpoints across their two files."""
+The stop tests' configs are at the end; their other helpers are in tests/stop_helpers.py."""
 
 import os
-import random
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,15 +368,11 @@ def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | N
     return ranks
 
 
-# ---- stopping a job: tests/test_launch_stop_paths.py and tests/test_launch_stop_startup_and_grace.py ----
+# ---- stopping a job: the configs tests/test_launch_stop_*.py share (their helpers: tests/stop_helpers.py) ----
 
 STOP_STEPS = 200
 STOP_TRAIN = tiny_train(STOP_STEPS, keep_checkpoints=2, dist_timeout_s=60)
 STOP_GRACE_S = 20  # train.stop_grace_s: below both launchers' 30 s SIGKILL
-HANG_GUARD_S = 240  # a hang guard only: a job that never stops fails here instead of blocking the suite
-
-STOP_CHAIN = {"dir": None, "step": 0}
-"""The run folder and step of the last stop that left a verified checkpoint (the stop tests' chain)."""
 
 
 @pytest.fixture(scope="module")
@@ -394,175 +384,11 @@ def stop_configs(tmp_path_factory) -> dict:
     return configs
 
 
-def stop_train_args(configs, data, out, yaml="yaml") -> list:
-    """launch/train.py, relative to the repository (the launchers start it there), and its options."""
-    return ["launch/train.py", *train_flags(configs[yaml], configs["ds"], data, out)]
-
-
-def start_from_chain(out: Path) -> int:
-    """Copy the run folder of the last stop into `out` (not its lock); the step to resume from, or 0."""
-    if STOP_CHAIN["dir"] is None:
-        return 0
-    shutil.copytree(STOP_CHAIN["dir"], out, ignore=shutil.ignore_patterns("train.lock"))
-    return STOP_CHAIN["step"]
-
-
-def losses_by_step(out) -> dict[int, float]:
-    """step -> train loss of the run folder (a replayed step keeps its last value)."""
-    if not (out / "metrics.jsonl").exists():
-        return {}
-    return {m["step"]: m["train/loss"] for m in read_metrics(out)}
-
-
-def trainer_processes(out) -> list[psutil.Process]:
-    """The live trainer ranks (and launchers) of one run folder, found by its unique --out."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info["cmdline"] or []
-        if str(out) in cmdline and "launch/train.py" in " ".join(cmdline) and proc.info["status"] != "zombie":
-            found.append(proc)
-    return found
-
-
-def wait_until_gone(out, known: list[psutil.Process]) -> None:
-    """Until every trainer process of the run has ended, by pid: an exiting process loses its
-    command line (its memory is unmapped) before it closes its sockets, so the command line alone
-    would let the port check below race with the exit of an orphaned rank."""
-    seen = {*known, *trainer_processes(out)}
-    deadline = time.monotonic() + HANG_GUARD_S
-    while True:
-        seen |= set(trainer_processes(out))
-        left = [p for p in seen if still_running(p)]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            for proc in left:
-                proc.kill()
-            pytest.fail(f"trainer processes still running {HANG_GUARD_S} s after the stop: {[p.pid for p in left]}")
-        time.sleep(0.1)
-
-
-def still_running(proc: psutil.Process) -> bool:
-    """Whether the process runs (a zombie has ended)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def kill_leftovers(out, launcher: subprocess.Popen) -> None:
-    """After a stop test, pass or fail: kill what is left of the run, so that nothing outlives the test."""
-    for left in trainer_processes(out):
-        left.kill()
-    if launcher.poll() is None:
-        launcher.kill()
-        launcher.wait()
-
-
-def rendezvous_port() -> int:
-    """A free port below the ephemeral range (32768 and up on Linux), so that after the job no
-    other process on this busy machine gets it by chance and the check below means something. Drawn
-    from the OS's randomness: a test session seeding `random` would otherwise give two concurrent
-    sessions the same ports."""
-    while True:
-        port = random.SystemRandom().randrange(10000, 20000)  # not the seedable generator: tests seed it
-        if port_is_free(port):
-            return port
-
-
-def sockets_on(port: int) -> str:
-    """What holds a port, for the failure message."""
-    if not shutil.which("ss"):
-        return f"port {port} in use"
-    lines = subprocess.run(["ss", "-tanp"], capture_output=True, text=True, timeout=30).stdout.splitlines()
-    return "\n".join(line for line in lines if f":{port} " in line)
-
-
-def port_released(port: int, within_s: float = 10.0) -> bool:
-    """Whether the port becomes free within a few seconds of the last trainer process's exit. A rank
-    that ended with os._exit (launch/train.py's exit_process) shows as a zombie as soon as its main
-    thread is gone, while its other threads may still hold the store's socket for some milliseconds."""
-    deadline = time.monotonic() + within_s
-    while not port_is_free(port):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def port_is_free(port: int) -> bool:
-    """What the next job's rendezvous store needs: a listening socket on the port (SO_REUSEADDR, as
-    torch's store sets it, so closed connections in TIME_WAIT do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            s.listen()
-        except OSError:
-            return False
-    return True
-
-
-def wait_for_steps(out, after: int, launcher: subprocess.Popen, log: Path) -> None:
-    """Until the run has logged 3 steps past `after` (the launcher still running)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while max(losses_by_step(out), default=0) < after + 3:
-        assert launcher.poll() is None, log.read_text()[-4000:]
-        assert time.monotonic() < deadline, f"no step past {after + 3} logged: " + log.read_text()[-4000:]
-        time.sleep(0.05)
-
-
-def launch_stoppable(how: str, configs, data, out, port: int, log: Path) -> subprocess.Popen:
-    """Start a 2-rank job under `how` (deepspeed, torchrun, or the Docker entrypoint over deepspeed)
-    in a session of its own, its output in `log`."""
-    args = [str(a) for a in stop_train_args(configs, data, out)]
-    deepspeed_cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", str(port), *args]
-    cmd = {
-        "deepspeed": deepspeed_cmd,
-        "torchrun": [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            *args,
-        ],
-        # The image's ENTRYPOINT, run here as the parent of its default command (README "Docker").
-        "entrypoint": [sys.executable, "launch/entrypoint.py", *deepspeed_cmd],
-    }[how]
-    # Its own session: "group" signals the launcher's process group, never pytest's.
-    return subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=cpu_env(),
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_sigint_as_in_a_terminal,
-    )
-
-
-def _sigint_as_in_a_terminal() -> None:
-    """Undo an inherited 'ignore SIGINT'. A shell without job control starts background jobs with SIGINT
-    ignored (`nohup pytest ... &` in a script), and Python then installs no KeyboardInterrupt handler:
-    the launcher would ignore the SIGINT these tests send and train to the end."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def children_named(proc: subprocess.Popen, marker: str) -> list[psutil.Process]:
-    """The descendants of a launcher whose command line holds `marker`."""
-    return [c for c in psutil.Process(proc.pid).children(recursive=True) if marker in " ".join(c.cmdline())]
-
-
 def assert_complete(checkpoint: Path) -> None:
     """The checkpoint folder is whole: COMPLETE written, its manifest verified, no temporary folder left."""
-    from ngpt_ds.train import checkpoint as ckpt
+    from ngpt_ds.train.manifest import verify  # the manifest in COMPLETE (README "Checkpoints")
 
     assert (checkpoint / "COMPLETE").is_file(), sorted(p.name for p in checkpoint.parent.iterdir())
-    if hasattr(ckpt, "verify"):  # the manifest in COMPLETE (README "Checkpoints")
-        assert ckpt.verify(checkpoint) is None, ckpt.verify(checkpoint)
+    problem = verify(checkpoint)
+    assert problem is None, problem
     assert not [p for p in checkpoint.parent.iterdir() if "tmp" in p.name]

@@ -24,15 +24,10 @@ import signal
 import time
 
 import pytest
-
-from conftest import (
+from stop_helpers import (
     HANG_GUARD_S,
-    REPO,
     STOP_CHAIN,
-    STOP_STEPS,
-    assert_complete,
     children_named,
-    cpu_env,
     kill_leftovers,
     launch_stoppable,
     losses_by_step,
@@ -42,10 +37,17 @@ from conftest import (
     start_from_chain,
     still_running,
     stop_train_args,
-    torchrun,
     trainer_processes,
     wait_for_steps,
     wait_until_gone,
+)
+
+from conftest import (
+    REPO,
+    STOP_STEPS,
+    assert_complete,
+    cpu_env,
+    torchrun,
 )
 
 

@@ -16,25 +16,27 @@ import sys
 import time
 
 import psutil
-
-from conftest import (
+from stop_helpers import (
     HANG_GUARD_S,
-    REPO,
-    STOP_STEPS,
-    assert_complete,
     children_named,
-    cpu_env,
     kill_leftovers,
     launch_stoppable,
     port_released,
     rendezvous_port,
     sockets_on,
     start_from_chain,
-    start_ranks,
     stop_train_args,
     trainer_processes,
     wait_for_steps,
     wait_until_gone,
+)
+
+from conftest import (
+    REPO,
+    STOP_STEPS,
+    assert_complete,
+    cpu_env,
+    start_ranks,
 )
 
 STOP_EXIT_UNSAVED = 75  # launch/train.py: stopped, but the grace was too short to save (README)

@@ -13,11 +13,13 @@ import sys
 import time
 
 import psutil
+from stop_helpers import (
+    HANG_GUARD_S,
+)
 
 from ngpt_ds.train import checkpoint
 
 from conftest import (
-    HANG_GUARD_S,
     read_metrics,
     run,
     start_ranks,
