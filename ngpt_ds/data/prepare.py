@@ -6,6 +6,7 @@ renamed to `out` only when complete, meta.json last; an interrupted run leaves n
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -292,11 +293,12 @@ def _write_shards(
 
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:
     """Move the complete staging dir to `out` with renames (atomic on one filesystem)."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    with contextlib.suppress(OSError):  # filled (or removed) by another job meanwhile: judged below
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
     if out.exists() and not overwrite:
         raise NgptConfigError(f"--out {out} appeared while preparing; pass --overwrite or choose another path")
-    swap_in(staging, out)
+    swap_in(staging, out, overwrite=overwrite)  # one that appears from here on is refused there, never replaced
 
 
 def prepare_dataset(cfg: PrepareConfig) -> Path:

@@ -12,6 +12,11 @@ call on Linux, so the folder's name always holds a complete dataset. Where that 
 filesystem that answers EINVAL) it takes two renames, the old folder first set aside as `.<name>.old-<id>`: a
 kill between them left no folder under the name and the old dataset hidden. The next preparation of that
 folder puts such a copy back before it writes anything (`restore_set_aside`), and the loader names it.
+
+A new folder takes its name with renameat2(RENAME_NOREPLACE), which never replaces anything: two jobs writing
+one new folder at once (on one node or several, where flock may not reach), the second to finish stops with an
+NgptConfigError and the first's folder stays as it is. os.replace there gave the second a raw OSError, or,
+where the name held an empty folder, replaced it without a word.
 """
 
 from __future__ import annotations
@@ -110,7 +115,7 @@ def remove_staging(staging: Path) -> None:
 
 
 _AT_FDCWD = -100
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
 _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
@@ -127,17 +132,34 @@ def _load_renameat2() -> Callable[..., int] | None:
 _renameat2 = _load_renameat2()
 
 
-def exchange(a: Path, b: Path) -> bool:
-    """Swap the names of `a` and `b` in one step (renameat2 RENAME_EXCHANGE); False where this OS, libc or
-    filesystem cannot (the caller then takes two renames), OSError for any other failure."""
+def _rename_with(a: Path, b: Path, flags: int) -> bool:
+    """renameat2(a, b, flags): False where this OS, libc or filesystem lacks the call or the flag, OSError for
+    any other failure."""
     if _renameat2 is None:
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err in _UNSUPPORTED:
         return False
     raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the names of `a` and `b` in one step (renameat2 RENAME_EXCHANGE); False where this OS, libc or
+    filesystem cannot (the caller then takes two renames), OSError for any other failure."""
+    return _rename_with(a, b, _RENAME_EXCHANGE)
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`, a name that must be free: FileExistsError (or ENOTEMPTY) where anything holds it,
+    an empty folder included (renameat2 RENAME_NOREPLACE). Where that call is missing, a check, then os.rename,
+    which still refuses a folder that is not empty; an empty one made between the two is replaced."""
+    if _rename_with(src, dst, _RENAME_NOREPLACE):
+        return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(src), None, str(dst))
+    os.rename(src, dst)
 
 
 @contextlib.contextmanager
@@ -221,13 +243,25 @@ def restore_set_aside(final: Path) -> list[Path]:
     return copies + unused
 
 
-def swap_in(staging: Path, final: Path) -> None:
-    """Rename the complete `staging` to `final`; an existing `final` is exchanged with it in one step (or,
-    where the OS cannot, renamed aside first) and deleted after: `final` always names a complete folder,
-    and whatever a kill leaves under another name, `restore_set_aside` puts back or removes."""
-    if not final.exists():
+def swap_in(staging: Path, final: Path, *, overwrite: bool = True) -> None:
+    """Rename the complete `staging` to `final`; an existing `final` (with `overwrite`: the caller checked that
+    it may be replaced) is exchanged with it in one step (or, where the OS cannot, renamed aside first) and
+    deleted after: `final` always names a complete folder, and whatever a kill leaves under another name,
+    `restore_set_aside` puts back or removes. A `final` another job made while this one was writing (found here
+    without `overwrite`, or taking the name during the rename) is never replaced: NgptConfigError, and the
+    caller removes `staging`, as after any error."""
+    if not (overwrite and final.exists()):
         _release(staging)
-        os.replace(staging, final)
+        try:
+            rename_noreplace(staging, final)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not os.path.lexists(final):
+                raise
+            raise NgptConfigError(
+                f"{final} appeared while this job was writing it (another job with the same --out finished "
+                "first, or made the folder); it is left as it is and this job's output removed: run again with "
+                "--overwrite to replace it, or choose another --out"
+            ) from None
         return
     with _swap_lock(final.parent):
         tag = uuid.uuid4().hex  # _TAG_CHARS: never a name a person gives a backup
