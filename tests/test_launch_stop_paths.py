@@ -13,8 +13,8 @@ previous stop path left (copied into its own folder), so it is at the same time 
 previous path, and it must log exactly the losses of one uninterrupted run (CPU, fp32) for every
 step it trains. The last test resumes the last stop to the end. A path whose test runs alone starts
 from scratch, and `test_zz_last_stop_resumes_to_the_end` resumes it. The chain and the helpers are
-in conftest.py: test_launch_stop_startup_and_grace.py, which runs after this file, starts its
-too-short-grace stop from the chain's last checkpoint too.
+in tests/stop_helpers.py, the configs in conftest.py: test_launch_stop_startup_and_grace.py, which
+runs after this file, starts its too-short-grace stop from the chain's last checkpoint too.
 """
 
 import json

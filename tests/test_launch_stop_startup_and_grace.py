@@ -2,7 +2,7 @@
 start, and a stop with no grace time to save in.
 
 Real 2-rank jobs (tiny nGPT, CPU, gloo), checked like the stop paths of test_launch_stop_paths.py
-(its helpers are in conftest.py): the exit status, what the checkpoints folder holds afterwards, the
+(their helpers are in tests/stop_helpers.py): the exit status, what the checkpoints folder holds afterwards, the
 log's stop line, and that the rendezvous port is free again. The too-short grace starts from the
 checkpoint the last stop path left when that file ran first (the suite's order), so it shows that
 checkpoint kept as it was; run alone it starts from scratch.
