@@ -21,6 +21,11 @@ The faults undone here read, of DeepSpeed's private API (the same in 0.19.6 and 
 `FP16_UnfusedOptimizer.optimizer`, `.fp16_groups` and `.step` (ZeRO 0 with bf16 or fp16), and
 `BF16_Optimizer.get_grads_for_norm(for_clipping=)`, `.mpu` and `.fp32_groups_flat_partition`
 (ZeRO 1 with bf16 and fp32 gradient accumulation). Their test is tests/test_gradient_norm_parallel.py.
+`clip_pipeline_fp32_gradients` reads `PipelineEngine._take_model_step` (one call per `train_batch`, from
+`_exec_optimizer_step`), `.clip_fp32_gradients()`, `.gradient_clipping()`, `.grid`
+(`get_model_parallel_group`, the tensor-parallel rank) and the parameters' `ds_pipe_replicated` (pipeline
+runs at ZeRO 0 in fp32; the same in 0.19.6 and 0.19.8, read in both); its test is
+tests/test_pipeline_grad_norm.py.
 
 `check_deepspeed_version` reads the installed version from the package metadata, without
 importing DeepSpeed, and runs before any process group exists, so a wrong version stops every
@@ -32,7 +37,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from packaging.specifiers import SpecifierSet
@@ -168,3 +173,50 @@ def count_sequence_parallel_gradients(engine: DeepSpeedEngine) -> None:
         return found
 
     optimizer.get_grads_for_norm = grads_for_norm_never_empty
+
+
+def clip_pipeline_fp32_gradients(engine: Any, wanted: Callable[[], bool]) -> Callable[[], torch.Tensor | None] | None:
+    """Clip a pipeline's fp32 gradients by the norm over every stage, and keep that norm for train/grad_norm.
+
+    DeepSpeed's PipelineEngine at ZeRO 0 in fp32 clips in `clip_fp32_gradients` (runtime.utils.clip_grad_norm_
+    with the pipeline grid as mpu), which has two faults. It discards the norm (get_global_grad_norm() stays
+    None), so such runs logged no train/grad_norm. And it counts a gradient only on the ranks of model-parallel
+    rank 0 or when its parameter is marked tensor-parallel; the grid's model-parallel group is the whole
+    pipeline, whose rank is the stage, so only stage 0's gradients were counted and every stage was clipped by
+    stage 0's norm: with two stages of a tiny GPT whose global norm was 1.22 against a clip of 1.0, stage 0's
+    part was 0.88 and nothing was clipped (tests/test_pipeline_grad_norm.py).
+
+    Here, each optimizer step measures ngpt_ds.train.metrics.pipeline_grad_norm (DeepSpeed's own definition
+    for its bf16 pipelines: every stage once, a tied parameter once) after the gradients are reduced and before
+    the step, and `clip_fp32_gradients` clips by it with DeepSpeed's formula (clip / (norm + 1e-6), at most 1).
+    With gradient_clipping 0 the norm is a pass over every gradient and an all-reduce only the log needs: it is
+    measured when `wanted()` (the same on every rank) says the step is logged. Returns what gives the last
+    step's norm (None when it was not measured); None for every other engine, which keeps a norm itself.
+    """
+    from deepspeed.runtime.pipe.engine import PipelineEngine
+
+    from ngpt_ds.train import metrics  # here, not at the top: metrics imports the trainer's modules
+
+    if not isinstance(engine, PipelineEngine):
+        return None
+    if engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return None
+    last: list[torch.Tensor | None] = [None]
+    take_model_step = engine._take_model_step
+
+    def take_model_step_measured(*args, **kwargs):
+        measure = engine.gradient_clipping() > 0.0 or wanted()
+        last[0] = metrics.pipeline_grad_norm(engine) if measure else None
+        return take_model_step(*args, **kwargs)
+
+    def clip_by_every_stage() -> None:
+        norm = last[0]
+        assert norm is not None, "DeepSpeed clips only with gradient_clipping > 0, when the step measured it"
+        coefficient = torch.clamp(engine.gradient_clipping() / (norm + 1e-6), max=1.0)
+        for param in engine.module.parameters():
+            if param.grad is not None:
+                param.grad.mul_(coefficient.to(param.grad.device))
+
+    engine._take_model_step = take_model_step_measured
+    engine.clip_fp32_gradients = clip_by_every_stage
+    return lambda: last[0]

@@ -21,7 +21,7 @@ from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, preflight, reshape
+from ngpt_ds.train import agreement, checkpoint, ds_compat, preflight, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
@@ -91,6 +91,8 @@ class Trainer:
         self.device = self.engine.device
         # Pipeline stages: DeepSpeed's schedule runs each step's micro-batches (ngpt_ds.parallel.pipeline).
         self.pipeline = PipelineSteps(self.engine) if self.run.train.pipeline_parallel_size > 1 else None
+        # ZeRO 0 fp32 pipeline: clipped by, and logging, the norm over every stage (None for other engines).
+        self.pipeline_grad_norm = ds_compat.clip_pipeline_fp32_gradients(self.engine, lambda: self.grad_norm_wanted)
         self.hook = HypersphereHook(self.engine) if self.run.model.is_ngpt else None
         if self.hook is not None:
             self.hook.normalize_now()
@@ -237,6 +239,8 @@ class Trainer:
         renormalized_before = self.hook.renormalized_units if self.hook is not None else 0
         if self.pipeline is not None:
             mean_loss = self.pipeline.train_batch(self.loader, self.plan.grad_accum)
+            if self.pipeline_grad_norm is not None:  # measured inside DeepSpeed's step, before clipping
+                self.own_grad_norm = self.pipeline_grad_norm()
         else:
             loss_sum = torch.zeros((), device=self.device)
             for _ in range(self.plan.grad_accum):

@@ -1,0 +1,81 @@
+"""The real trainer (ngpt_ds.cli.train) on the ranks of a pipeline, with every optimizer step recorded.
+
+Per step, on every rank: the stage's weights the step started from (under the plain model's names), the
+micro-batches its loader gave, the gradient_clipping in effect, the sum of squares of the stage's gradients
+that reached the torch optimizer (after clipping), and the steps at which the trainer computed the pipeline
+gradient norm (ngpt_ds.train.metrics.pipeline_grad_norm, counted where it exists). Before step
+CLIP_OFF_FROM the engine's gradient_clipping is set to 0, so one job runs steps with clipping and steps
+without. Rank 0 writes every rank's records to OUT_PATH (torch.save) at the end of fit.
+
+Usage: torchrun --nproc_per_node N pp_grad_norm_worker.py OUT_PATH CLIP_OFF_FROM [launch/train.py arguments]
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from ngpt_ds.parallel.pipeline import model_parameter_name
+from ngpt_ds.train import loop, metrics
+
+out_path, clip_off_from = sys.argv[1], int(sys.argv[2])
+records: list[dict] = []
+computed: list[int] = []
+train_step, fit = loop.Trainer.train_step, loop.Trainer.fit
+
+if hasattr(metrics, "pipeline_grad_norm"):
+    norm_of = metrics.pipeline_grad_norm
+
+    def counted(engine):
+        computed.append(int(engine.global_steps) + 1)  # the step this norm belongs to
+        return norm_of(engine)
+
+    metrics.pipeline_grad_norm = counted
+
+
+def recorded_train_step(self):
+    number = self.step + 1
+    if number == clip_off_from:
+        self.engine._config.gradient_clipping = 0.0  # what engine.gradient_clipping() returns
+    record = {
+        "clipping": self.engine.gradient_clipping(),
+        "weights": {model_parameter_name(k): v.detach().float().clone() for k, v in self.model.state_dict().items()},
+        "batches": [],
+        "clipped_squares": None,
+    }
+    next_batch = self.loader.next_batch
+
+    def next_batch_recorded():
+        batch = next_batch()
+        record["batches"].append([t.clone() for t in batch])
+        return batch
+
+    def before_optimizer_step(optimizer, args, kwargs):
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        record["clipped_squares"] = sum(g.double().pow(2).sum().item() for g in grads)
+
+    hook = self.engine.basic_optimizer.register_step_pre_hook(before_optimizer_step)
+    self.loader.next_batch = next_batch_recorded
+    try:
+        return train_step(self)
+    finally:
+        del self.loader.next_batch
+        hook.remove()
+        records.append(record)
+
+
+def recorded_fit(self):
+    summary = fit(self)
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, {"stage": self.engine.stage_id, "records": records, "computed": computed})
+    if dist.get_rank() == 0:
+        torch.save({"ranks": every, "model": self.run.model.to_dict()}, out_path)
+    return summary
+
+
+loop.Trainer.train_step, loop.Trainer.fit = recorded_train_step, recorded_fit
+
+if __name__ == "__main__":
+    from ngpt_ds.cli.train import main
+
+    sys.exit(main(sys.argv[3:]))
