@@ -7,6 +7,7 @@ that torchrun worker (see the bottom). The other test_infer_* files reuse the ru
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,6 +225,26 @@ def test_an_export_that_appears_while_exporting_is_not_replaced_without_overwrit
     finally:
         export._verify = verify
     assert str(e.value) == f"{out} appeared while exporting; choose another folder or pass --overwrite"
+    assert (out / "other").read_text() == "the other export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_export_that_lands_after_the_last_check_is_not_exchanged_away(trained, exported, tmp_path, monkeypatch):
+    """Fault: between that check and the swap, a second export of the same --out that finished first was
+    exchanged away (swap_in replaced any folder it found) without --overwrite. Now swap_in is told not to."""
+    import ngpt_ds.infer.export as export
+    from ngpt_ds.errors import NgptConfigError
+
+    out, swap_in = tmp_path / "out", export.swap_in
+
+    def another_export_lands_then_swap(folder, final, **kw):
+        shutil.copytree(exported, out)
+        (out / "other").write_text("the other export")
+        swap_in(folder, final, **kw)
+
+    monkeypatch.setattr(export, "swap_in", another_export_lands_then_swap)
+    with pytest.raises(NgptConfigError, match=f"^{re.escape(str(out))} appeared while this job was writing it"):
+        export.export_model(trained["out"], out)
     assert (out / "other").read_text() == "the other export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -141,3 +141,28 @@ def test_without_renameat2_a_taken_name_is_still_refused_and_a_free_one_taken(tm
     assert str(e.value) == _refused(second)
     assert _files(second) == {"meta.json": "other job"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ds2"]
+
+
+def test_a_part_another_job_writes_after_the_parts_own_check_is_kept(tmp_path, monkeypatch, tiny_dataset):
+    """Two jobs preparing the same part of a sharded dataset without --overwrite: the part's check passed for
+    both, and the second to finish exchanged the first's part away."""
+    from ngpt_ds.data import parts
+
+    corpus = _corpus(tmp_path / "corpus.jsonl", 60)
+    out = tmp_path / "parts"
+    real = parts.swap_in
+
+    def the_other_job_writes_the_part_first(folder: Path, final: Path, **kw) -> None:
+        _other_job_publishes(final, {"part.json": "other job"})
+        real(folder, final, **kw)
+
+    monkeypatch.setattr(parts, "swap_in", the_other_job_writes_the_part_first)
+    cfg = PrepareConfig(
+        inputs=(str(corpus),), out=out, tokenizer=tiny_dataset / "tokenizer.model", workers=1, progress=False
+    )
+    with pytest.raises(NgptConfigError) as e:
+        parts.prepare_part(cfg, 2, 0, 40)
+    final = parts.part_dir(out, 0, 2)
+    assert str(e.value) == _refused(final)
+    assert _files(final) == {"part.json": "other job"}
+    assert [p.name for p in out.iterdir()] == [final.name]

@@ -228,7 +228,9 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             "blocks": blocks,
         }
         _write_json(staging / PART_FILE, info)
-        swap_in(staging, final)  # an earlier attempt (--overwrite, checked above) is replaced whole
+        # An earlier attempt (--overwrite, checked above) is replaced whole; without --overwrite, a part another
+        # job wrote meanwhile is kept and this one refused.
+        swap_in(staging, final, overwrite=cfg.overwrite)
     finally:
         remove_staging(staging)
     _say(

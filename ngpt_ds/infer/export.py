@@ -124,7 +124,7 @@ def export_model(
             raise NgptConfigError(f"{out} appeared while exporting; choose another folder or pass --overwrite")
         # An earlier export at `out` (checked above: never the source) is exchanged in one step, so a kill
         # never leaves `out` missing with the old export hidden under a temporary name.
-        swap_in(tmp, out)
+        swap_in(tmp, out, overwrite=overwrite)  # and refused if another export takes `out` from here on
     finally:
         remove_staging(tmp)  # after swap_in, nothing is left to remove
     return out
