@@ -38,7 +38,7 @@ status=0
 # main environment's DeepSpeed) with the main environment's torch version and this package's other
 # requirements. The package itself comes from this checkout (PYTHONPATH), so one venv serves every clone.
 MIN_TESTS=(tests/test_hypersphere.py tests/test_sphere_guards.py tests/test_precision.py
-           tests/test_gradient_norm_parallel.py
+           tests/test_gradient_norm_parallel.py tests/test_pipeline_grad_norm.py
            "tests/test_trainer.py::test_resumed_run_reproduces_the_uninterrupted_losses_exactly")
 lowest=$("$PYTHON" -c 'from ngpt_ds.train.ds_compat import LOWEST; print(LOWEST)')
 torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')
