@@ -4,11 +4,13 @@ bench/mfu.py, bench/profile_step.py and bench/renorm_cost.py (from a preset or Y
 JSON: preset_engine), bench/step_time.py and bench/gpu_check_worker.py (at a model shape and
 micro-batch: shape_engine) run steps on random tokens: no data, no run folder, no checkpoints.
 They share this construction so that they measure the engine (model seed, optimizer, schedule,
-ZeRO settings) that `ngpt_ds train` would run.
+ZeRO settings, precision) that `ngpt_ds train` would run: on a CPU without native bf16 matmuls a
+bf16 JSON times fp32 steps, as the trainer trains there (`load_bench_ds`).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +71,34 @@ def _start(
     return BenchEngine(engine=engine, model=model_cfg, ds=ds, plan=plan, hook=hook)
 
 
+def load_bench_ds(ds_path: str, *, native: bool | None = None) -> dict[str, Any]:
+    """The DeepSpeed JSON at `ds_path` in the precision the trainer would train it in. On a CPU without
+    native bf16 matmuls (`native`: None asks the CPU) a JSON that enables bf16 becomes fp32, with one warning,
+    unless NGPT_DS_CPU_BF16=1, as in the trainer: torch runs bf16 matmuls there in a reference kernel some 35x
+    slower, so every step time and ratio measured that kernel, not the model (bench/step_time.py on an AVX2
+    CPU: 11.8 s a tiny step in bf16 against 1.1 s in fp32, and nGPT/GPT 0.98 against 1.04)."""
+    from ngpt_ds.cli import default_accelerator
+
+    default_accelerator()  # before deepspeed is imported
+    from deepspeed.accelerator import get_accelerator
+
+    from ngpt_ds.train.ds_config import fall_back_from_slow_cpu_bf16, load_ds_config
+
+    ds = load_ds_config(ds_path)
+    on_cpu = get_accelerator().device_name() == "cpu"
+    if on_cpu and fall_back_from_slow_cpu_bf16(ds, ds_path, native=native) and ds_path not in _WARNED:
+        _WARNED.add(ds_path)  # a script builds an engine per model: one warning
+        print(
+            f"warning: {ds_path} enables bf16, but this CPU has no native bf16 matmul (AVX512 or AMX): timing fp32 "
+            "steps, as the trainer trains on it; NGPT_DS_CPU_BF16=1 times bf16",
+            file=sys.stderr,
+        )
+    return ds
+
+
+_WARNED: set[str] = set()
+
+
 def _check(ds: dict[str, Any], ds_path: str, world_size: int) -> BatchPlan:
     from ngpt_ds.train.ds_config import check_ds_config
 
@@ -88,12 +118,11 @@ def preset_engine(config: str, ds_path: str, env: DistEnv, sphere_hook: bool | N
     default_accelerator()  # before deepspeed is imported
     from ngpt_ds.train.builder import init_process_group
     from ngpt_ds.train.config import load_model_and_train
-    from ngpt_ds.train.ds_config import load_ds_config
 
     # The scripts time eager steps, and compile themselves where they offer --compile.
     model_cfg, train_cfg, _ = load_model_and_train(config, train_overrides={"compile": False})
     model_cfg.vocab_size = model_cfg.vocab_size or DEFAULT_VOCAB
-    ds = load_ds_config(ds_path)
+    ds = load_bench_ds(ds_path)
     plan = _check(ds, ds_path, env.world_size)
     init_process_group(env, timeout_s=300)
     return _start(config, model_cfg, train_cfg, ds, ds_path, plan, sphere_hook)
@@ -108,9 +137,8 @@ def shape_engine(arch: str, shape: dict[str, int], batch: int, ds_path: str, sou
     default_accelerator()  # before deepspeed is imported
     from ngpt_ds.model import ModelConfig
     from ngpt_ds.train.config import TrainConfig
-    from ngpt_ds.train.ds_config import load_ds_config
 
-    ds = load_ds_config(ds_path)
+    ds = load_bench_ds(ds_path)
     ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"] = batch, 1
     ds.pop("train_batch_size", None)
     plan = _check(ds, ds_path, 1)
@@ -119,8 +147,6 @@ def shape_engine(arch: str, shape: dict[str, int], batch: int, ds_path: str, sou
 
 
 if __name__ == "__main__":
-    import sys
-
     from report import module_main
 
     sys.exit(module_main(__doc__))

@@ -14,7 +14,10 @@ one step later than the one before, so no step always runs after the same neighb
   forward, backward, gradient clipping at 1.0, the model's own AdamW from
   configure_optimizers, zero_grad) and, for nGPT, train.py's normalize_matrices after it;
 - ngpt_ds nGPT and GPT: DeepSpeed engines from the given JSON (bf16, ZeRO 2 by default) as
-  the trainer builds them, nGPT with its hypersphere hook (bench/step_time.py);
+  the trainer builds them, nGPT with its hypersphere hook (bench/step_time.py). A bf16 JSON
+  stays bf16 on a CPU without native bf16 matmuls, where the trainer trains and the other
+  scripts time fp32 (bench/engines.py): the official code keeps its blocks' weights in bf16,
+  so both sides then run torch's reference bf16 kernel, and the script says so;
 - with `--compile`, also ngpt_ds nGPT and GPT with the engine's module through torch.compile
   (the official train.py's default is compile = False, so the official side stays eager).
 
@@ -32,6 +35,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -210,7 +214,12 @@ def measure(
     clock: str,
     compiled: bool = False,
 ) -> dict:
+    from engines import load_bench_ds
+
+    from ngpt_ds.train.ds_config import precision_of
+
     timer = time.process_time if clock == "cpu" else time.perf_counter
+    precision = precision_of(load_bench_ds(ds_path))  # of ngpt_ds's engines (the official side: bf16)
     steps = {
         label: official_step(official, arch, shape, batch, timer)
         if side == "official"
@@ -255,6 +264,7 @@ def measure(
         "rounds": rounds,
         "threads": torch.get_num_threads(),
         "clock": clock,
+        "precision": precision,
         "steps": {
             label: {"ms": 1e3 * statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
             for label, t in times.items()
@@ -318,6 +328,17 @@ def main() -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # The official side trains in bf16 whatever the CPU: ngpt_ds's side keeps the JSON's bf16 too, or the
+    # ratios would set its fp32 kernels against torch's reference bf16 one (bench/engines.py).
+    os.environ["NGPT_DS_CPU_BF16"] = "1"
+    from ngpt_ds.train.ds_config import cpu_has_native_bf16
+
+    if not torch.cuda.is_available() and not cpu_has_native_bf16():
+        print(
+            "warning: this CPU has no native bf16 matmul (AVX512 or AMX): both sides run torch's reference bf16 "
+            "kernel, some 35x slower than fp32, so the ratios measure that kernel more than the models",
+            file=sys.stderr,
+        )
     init_process_group(distributed.discover({}), timeout_s=600)
     result = measure(official, shape, batch, args.rounds, args.warmup, args.ds, args.clock, args.compile)
     print(table(result))

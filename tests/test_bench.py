@@ -279,8 +279,11 @@ def test_peer_step_interleaves_official_and_engine_steps(tmp_path):
     out = tmp_path / "peer.json"
     shape = "n_layer=1,n_embd=32,n_head=2,seq_len=32,vocab_size=64,batch=2"
     command = [sys.executable, REPO / "bench/peer_step.py", "--shape", shape, "--rounds", 2, "--warmup", 1]
-    run([*command, "--official", tmp_path, "--json", out], timeout=600)
+    env = cpu_env()
+    del env["NGPT_DS_CPU_BF16"]  # as a user's shell: the official side's bf16 is kept on ngpt_ds's side anyway
+    run([*command, "--official", tmp_path, "--json", out], timeout=600, env=env)
     r = json.loads(out.read_text())
+    assert r["precision"] == "bf16"
     assert list(r["steps"]) == ["official nGPT", "official GPT", "ngpt_ds nGPT", "ngpt_ds GPT"]
     for s in r["steps"].values():
         assert s["tokens_per_s"] == pytest.approx(2 * 32 / (s["ms"] / 1e3))
@@ -292,19 +295,49 @@ def test_peer_step_interleaves_official_and_engine_steps(tmp_path):
 
 def test_mfu_on_the_process_clock_needs_one_thread(tmp_path):
     """--clock cpu: steps and the matmul peak timed by this process's CPU time, which other
-    processes on the machine do not stretch; with two threads CPU time is no step time, so refused."""
+    processes on the machine do not stretch; with two threads CPU time is no step time, so refused.
+    Without NGPT_DS_CPU_BF16, the default bf16 JSON is timed in the precision the trainer trains it in."""
+    from ngpt_ds.train.ds_config import cpu_has_native_bf16
+
     config = tmp_path / "tiny.yaml"
     config.write_text("model: {arch: gpt, n_layer: 1, n_embd: 32, n_head: 2, seq_len: 32, vocab_size: 64}\n")
     out = tmp_path / "mfu.json"
     command = [sys.executable, REPO / "bench/mfu.py", "--config", config, "--steps", 3, "--clock", "cpu"]
     env = cpu_env()
     del env["OMP_NUM_THREADS"]  # --threads alone sets the threads (the trainer's start otherwise picks all cores)
-    run([*command, "--threads", 1, "--json", out], timeout=600, env=env)
+    del env["NGPT_DS_CPU_BF16"]  # as a user's shell
+    proc = run([*command, "--threads", 1, "--json", out], timeout=600, env=env)
     r = json.loads(out.read_text())
     assert r["clock"] == "cpu" and r["threads"] == 1
+    assert r["dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert ("this CPU has no native bf16 matmul" in proc.stderr) != cpu_has_native_bf16()
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"]) and r["mfu"] > 0  # no timing bound
     refused = run([*command, "--threads", 2], check=False)
     assert refused.returncode == 2 and "error: --clock cpu needs --threads 1" in refused.stderr
+
+
+def test_bench_engines_time_the_precision_the_trainer_trains_in(monkeypatch, capsys):
+    """Fault: the scripts that time engine steps (bench/engines.py) built them from the DeepSpeed JSON as written,
+    while the trainer trains a bf16 JSON in fp32 on a CPU without native bf16 matmuls. On this AVX2 CPU
+    bench/step_time.py timed torch's reference bf16 kernel (11.8 s a tiny step against 1.1 s in fp32, nGPT/GPT
+    0.98 against 1.04), and bench/convergence.py divided its fp32 training runs by bf16 step times. Now they time
+    what the trainer trains, with one warning; NGPT_DS_CPU_BF16=1 and a CPU with native bf16 keep bf16."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import engines
+
+    from ngpt_ds.train.ds_config import precision_of
+
+    monkeypatch.setattr(engines, "_WARNED", set())
+    monkeypatch.delenv("NGPT_DS_CPU_BF16", raising=False)
+    zero2 = str(REPO / "ds_configs/zero2.json")
+    assert [precision_of(engines.load_bench_ds(zero2, native=False)) for _ in range(2)] == ["fp32", "fp32"]
+    warned = capsys.readouterr().err
+    assert warned.count("warning:") == 1, warned
+    assert warned.startswith(f"warning: {zero2} enables bf16, but this CPU has no native bf16 matmul (AVX512 or AMX)")
+    assert precision_of(engines.load_bench_ds(zero2, native=True)) == "bf16"
+    monkeypatch.setenv("NGPT_DS_CPU_BF16", "1")
+    assert precision_of(engines.load_bench_ds(zero2, native=False)) == "bf16"
+    assert capsys.readouterr().err == ""
 
 
 def test_compile_cost_arithmetic():
