@@ -119,3 +119,21 @@ def test_a_rate_that_rounds_up_to_the_next_scale_or_passes_the_largest_is_not_in
         "1 TFLOP/s",
         "1000000 TFLOP/s",
     ]
+
+
+def test_the_console_line_of_a_logged_step():
+    """The line a newcomer reads at every logged step (Trainer._log): nGPT adds the sphere's deviation."""
+    scalars = {
+        "train/lr": 1.17e-2,
+        "throughput/tokens_per_s": 1830.0,
+        "throughput/step_time_s": 1.121,
+        "throughput/mfu": 0.764,
+    }
+    assert metrics.progress_line(270, 300, 3.99851, scalars) == (
+        "step    270/300 | loss 3.9985 | lr 1.17e-02 | 1.83k tok/s | 1121 ms/step | MFU 76.4% | eta 34s"
+    )
+    ngpt = {**scalars, "ngpt/max_norm_deviation": 2.4e-7}
+    assert metrics.progress_line(30, 300, 5.46343, ngpt) == (
+        "step     30/300 | loss 5.4634 | lr 1.17e-02 | 1.83k tok/s | 1121 ms/step | MFU 76.4% | norm dev 2.4e-07 | "
+        "eta 5m03s"
+    )

@@ -28,12 +28,12 @@ from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precis
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import (
     MetricsLogger,
-    format_duration,
     format_rate,
     grad_norm_deepspeed_leaves_out,
     memory_metrics,
     ngpt_health,
     peak_flops_per_device,
+    progress_line,
     stop_all_if_unwritten,
     write_failure,
 )
@@ -453,15 +453,7 @@ class Trainer:
                     f"{self.peak_source}) is too low, so this run's MFU figures are not meaningful. Set "
                     "train.peak_tflops to the device's dense peak (on a CPU, measure it on an idle machine)"
                 )
-            health = (
-                f" | norm dev {scalars['ngpt/max_norm_deviation']:.1e}" if "ngpt/max_norm_deviation" in scalars else ""
-            )
-            self._say(
-                f"step {self.step:>6}/{self.run.train.max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
-                f"{format_rate(tokens_per_s, 'tok/s')} | {step_time * 1e3:.0f} ms/step | "
-                f"MFU {scalars['throughput/mfu']:.1%}{health} | "
-                f"eta {format_duration(step_time * (self.run.train.max_steps - self.step))}"
-            )
+            self._say(progress_line(self.step, self.run.train.max_steps, loss, scalars))
 
     def _print_header(self) -> None:
         if not self.is_main:

@@ -340,3 +340,16 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_line(step: int, max_steps: int, loss: float, scalars: dict[str, float]) -> str:
+    """The console line of a logged step, from its `scalars` (Trainer._log): loss, LR, throughput, MFU, the
+    largest deviation of a matrix from the sphere (nGPT only) and the time left at this step time."""
+    step_time = scalars["throughput/step_time_s"]
+    deviation = scalars.get("ngpt/max_norm_deviation")
+    return (
+        f"step {step:>6}/{max_steps} | loss {loss:.4f} | lr {scalars['train/lr']:.2e} | "
+        f"{format_rate(scalars['throughput/tokens_per_s'], 'tok/s')} | {step_time * 1e3:.0f} ms/step | "
+        f"MFU {scalars['throughput/mfu']:.1%}{'' if deviation is None else f' | norm dev {deviation:.1e}'} | "
+        f"eta {format_duration(step_time * (max_steps - step))}"
+    )
