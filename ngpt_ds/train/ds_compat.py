@@ -23,7 +23,8 @@ The faults undone here read, of DeepSpeed's private API (the same in 0.19.6 and 
 (ZeRO 1 with bf16 and fp32 gradient accumulation). Their test is tests/test_gradient_norm_parallel.py.
 `clip_pipeline_fp32_gradients` reads `PipelineEngine._take_model_step` (one call per `train_batch`, from
 `_exec_optimizer_step`), `.clip_fp32_gradients()`, `.gradient_clipping()`, `.grid`
-(`get_model_parallel_group`, the tensor-parallel rank) and the parameters' `ds_pipe_replicated` (pipeline
+(`get_model_parallel_group`, the tensor-parallel rank through `utils.bwc.bwc_tensor_model_parallel_rank`),
+`runtime.utils.is_model_parallel_parameter` and the parameters' `ds_pipe_replicated` (pipeline
 runs at ZeRO 0 in fp32; the same in 0.19.6 and 0.19.8, read in both); its test is
 tests/test_pipeline_grad_norm.py.
 
@@ -186,7 +187,7 @@ def clip_pipeline_fp32_gradients(engine: Any, wanted: Callable[[], bool]) -> Cal
     stage 0's norm: with two stages of a tiny GPT whose global norm was 1.22 against a clip of 1.0, stage 0's
     part was 0.88 and nothing was clipped (tests/test_pipeline_grad_norm.py).
 
-    Here, each optimizer step measures ngpt_ds.train.metrics.pipeline_grad_norm (DeepSpeed's own definition
+    Here, each optimizer step measures `pipeline_grad_norm` (DeepSpeed's own definition
     for its bf16 pipelines: every stage once, a tied parameter once) after the gradients are reduced and before
     the step, and `clip_fp32_gradients` clips by it with DeepSpeed's formula (clip / (norm + 1e-6), at most 1).
     With gradient_clipping 0 the norm is a pass over every gradient and an all-reduce only the log needs: it is
@@ -194,8 +195,6 @@ def clip_pipeline_fp32_gradients(engine: Any, wanted: Callable[[], bool]) -> Cal
     step's norm (None when it was not measured); None for every other engine, which keeps a norm itself.
     """
     from deepspeed.runtime.pipe.engine import PipelineEngine
-
-    from ngpt_ds.train import metrics  # here, not at the top: metrics imports the trainer's modules
 
     if not isinstance(engine, PipelineEngine):
         return None
@@ -206,7 +205,7 @@ def clip_pipeline_fp32_gradients(engine: Any, wanted: Callable[[], bool]) -> Cal
 
     def take_model_step_measured(*args, **kwargs):
         measure = engine.gradient_clipping() > 0.0 or wanted()
-        last[0] = metrics.pipeline_grad_norm(engine) if measure else None
+        last[0] = pipeline_grad_norm(engine) if measure else None
         return take_model_step(*args, **kwargs)
 
     def clip_by_every_stage() -> None:
@@ -220,3 +219,31 @@ def clip_pipeline_fp32_gradients(engine: Any, wanted: Callable[[], bool]) -> Cal
     engine._take_model_step = take_model_step_measured
     engine.clip_fp32_gradients = clip_by_every_stage
     return lambda: last[0]
+
+
+def pipeline_grad_norm(engine: Any) -> torch.Tensor:
+    """The global gradient norm of a DeepSpeed PipelineEngine's reduced gradients, as DeepSpeed defines it for
+    its bf16 pipelines (BF16_Optimizer.get_grads_for_norm, runtime.utils.get_global_norm_of_tensors): this
+    stage's gradients, a tied parameter counted on its first stage only (the others carry
+    `ds_pipe_replicated`), a replicated one on tensor-parallel rank 0 only, and the squares summed over the
+    grid's model-parallel group (every stage and tensor-parallel rank of this data-parallel replica). The
+    gradients are already averaged over the data-parallel replicas, so every replica gets the same norm.
+    Collective over that group: every rank of it calls it at the same step (clip_pipeline_fp32_gradients)."""
+    from deepspeed.runtime.utils import is_model_parallel_parameter
+    from deepspeed.utils.bwc import bwc_tensor_model_parallel_rank
+
+    from ngpt_ds.train.collectives import all_reduce_on
+
+    grid, device = engine.grid, engine.device
+    first_tensor_rank = bwc_tensor_model_parallel_rank(mpu=grid) == 0
+    counted = [
+        p.grad
+        for p in engine.module.parameters()
+        if p.grad is not None
+        and not getattr(p, "ds_pipe_replicated", False)
+        and (first_tensor_rank or is_model_parallel_parameter(p))
+    ]
+    squares = [g.detach().float().pow(2).sum().to(device) for g in counted]
+    total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
+    all_reduce_on(total, device, group=grid.get_model_parallel_group())
+    return total.sqrt()

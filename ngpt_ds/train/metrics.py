@@ -251,32 +251,6 @@ def grad_norm_deepspeed_leaves_out(engine: Any, model: torch.nn.Module) -> torch
     return total.sqrt()
 
 
-def pipeline_grad_norm(engine: Any) -> torch.Tensor:
-    """The global gradient norm of a DeepSpeed PipelineEngine's reduced gradients, as DeepSpeed defines it for
-    its bf16 pipelines (BF16_Optimizer.get_grads_for_norm, runtime.utils.get_global_norm_of_tensors): this
-    stage's gradients, a tied parameter counted on its first stage only (the others carry
-    `ds_pipe_replicated`), a replicated one on tensor-parallel rank 0 only, and the squares summed over the
-    grid's model-parallel group (every stage and tensor-parallel rank of this data-parallel replica). The
-    gradients are already averaged over the data-parallel replicas, so every replica gets the same norm.
-    Collective over that group: every rank of it calls it at the same step (ngpt_ds.train.ds_compat)."""
-    from deepspeed.runtime.utils import is_model_parallel_parameter
-    from deepspeed.utils.bwc import bwc_tensor_model_parallel_rank
-
-    grid, device = engine.grid, engine.device
-    first_tensor_rank = bwc_tensor_model_parallel_rank(mpu=grid) == 0
-    counted = [
-        p.grad
-        for p in engine.module.parameters()
-        if p.grad is not None
-        and not getattr(p, "ds_pipe_replicated", False)
-        and (first_tensor_rank or is_model_parallel_parameter(p))
-    ]
-    squares = [g.detach().float().pow(2).sum().to(device) for g in counted]
-    total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
-    all_reduce_on(total, device, group=grid.get_model_parallel_group())
-    return total.sqrt()
-
-
 def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, float]:
     """Per-layer mean |alpha_A|, |alpha_M|, mean s_qk; mean s_z; the largest | ||w|| - 1 | after the hook.
 

@@ -3,7 +3,7 @@
 Per step, on every rank: the stage's weights the step started from (under the plain model's names), the
 micro-batches its loader gave, the gradient_clipping in effect, the sum of squares of the stage's gradients
 that reached the torch optimizer (after clipping), and the steps at which the trainer computed the pipeline
-gradient norm (ngpt_ds.train.metrics.pipeline_grad_norm, counted where it exists). Before step
+gradient norm (ngpt_ds.train.ds_compat.pipeline_grad_norm, counted where it exists). Before step
 CLIP_OFF_FROM the engine's gradient_clipping is set to 0, so one job runs steps with clipping and steps
 without. Rank 0 writes every rank's records to OUT_PATH (torch.save) at the end of fit.
 
@@ -16,21 +16,21 @@ import torch
 import torch.distributed as dist
 
 from ngpt_ds.parallel.pipeline import model_parameter_name
-from ngpt_ds.train import loop, metrics
+from ngpt_ds.train import ds_compat, loop
 
 out_path, clip_off_from = sys.argv[1], int(sys.argv[2])
 records: list[dict] = []
 computed: list[int] = []
 train_step, fit = loop.Trainer.train_step, loop.Trainer.fit
 
-if hasattr(metrics, "pipeline_grad_norm"):
-    norm_of = metrics.pipeline_grad_norm
+if hasattr(ds_compat, "pipeline_grad_norm"):
+    norm_of = ds_compat.pipeline_grad_norm
 
     def counted(engine):
         computed.append(int(engine.global_steps) + 1)  # the step this norm belongs to
         return norm_of(engine)
 
-    metrics.pipeline_grad_norm = counted
+    ds_compat.pipeline_grad_norm = counted
 
 
 def recorded_train_step(self):
