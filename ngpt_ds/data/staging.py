@@ -46,13 +46,17 @@ def _name(final: Path) -> str:
 
 
 def _lock(path: Path, create: bool) -> int | None:
-    """A descriptor holding an exclusive lock on `path`, or None where another process holds it."""
+    """A descriptor holding an exclusive lock on `path`, or None where another process holds it. OSError where
+    the filesystem has no flock (Lustre mounted without it answers ENOSYS), the descriptor closed."""
     fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -87,21 +91,25 @@ def staging_dir(final: Path) -> Path:
     remove_abandoned(final)
     staging = final.parent / f"{_name(final)}{uuid.uuid4().hex[:8]}"
     staging.mkdir()
+    unnamed = staging / (OWNER_FILE + ".new")
     try:
         # Locked before it has its name: a folder whose OWNER_FILE is unlocked is always abandoned.
-        fd = _lock(staging / (OWNER_FILE + ".new"), create=True)
+        fd = _lock(unnamed, create=True)
         if fd is not None:
-            os.rename(staging / (OWNER_FILE + ".new"), staging / OWNER_FILE)
+            os.rename(unnamed, staging / OWNER_FILE)
             _held[staging] = fd
-    except OSError:  # a filesystem without flock: the folder is only never judged abandoned
-        pass
+    except OSError:
+        # A filesystem without flock: the folder is only never judged abandoned. The unlocked file goes, or
+        # it would be published inside the dataset.
+        unnamed.unlink(missing_ok=True)
     return staging
 
 
-def _release(staging: Path) -> None:
+def _release(staging: Path, renamed_to: Path | None = None) -> None:
+    """Delete the lock file of `staging` (now at `renamed_to` if given), which is not part of the dataset, and unlock."""
     fd = _held.pop(staging, None)
     if fd is not None:
-        (staging / OWNER_FILE).unlink(missing_ok=True)  # not part of the dataset
+        ((renamed_to or staging) / OWNER_FILE).unlink(missing_ok=True)
         os.close(fd)
 
 
@@ -267,10 +275,7 @@ def swap_in(staging: Path, final: Path, *, overwrite: bool = True) -> None:
         tag = uuid.uuid4().hex  # _TAG_CHARS: never a name a person gives a backup
         new, old = final.parent / f".{final.name}.new-{tag}", final.parent / f".{final.name}.old-{tag}"
         os.replace(staging, new)  # still holding its lock file: a kill now leaves a name the next run removes
-        fd = _held.pop(staging, None)
-        (new / OWNER_FILE).unlink(missing_ok=True)  # not part of the dataset
-        if fd is not None:
-            os.close(fd)
+        _release(staging, renamed_to=new)
         try:
             if exchange(new, final):
                 os.replace(new, old)

@@ -7,6 +7,11 @@ releases when its process dies, whatever killed it. The file itself names the ho
 that still names a holder while the lock is free was left by a process that died: it is taken over
 with a message.
 
+Some filesystems give no locks at all: NFSv3 without a reachable lock daemon answers ENOLCK, Lustre
+mounted without `flock` ENOSYS. There the trainer had said "--out ... is in use by another trainer" and
+could not run. It now runs with a warning, and refuses only a holder the file names on this host that is
+still running; a second trainer on another node is not detected there.
+
 `acquire` is also the trainer's first write into --out, so it first refuses an --out the run would
 damage or lose its work in (`check_out_folder`): a checkpoint folder, another run's checkpoints/, a prepared
 dataset, or a folder of someone else's files under the names the trainer replaces (config.yaml,
@@ -16,6 +21,7 @@ summary.json) or truncates (metrics.jsonl).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -158,6 +164,27 @@ def _parse(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split() if "=" in part)
 
 
+_HELD = "held by another process"
+
+
+def _try_lock(fd: int) -> str | None:
+    """Lock `fd` without waiting: None once locked, _HELD where another process holds the lock, else the error
+    that says this filesystem gives no locks at all (lockf answers EAGAIN or EACCES for a held lock only)."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return _HELD
+        return f"lockf: {err.strerror or err}"
+    return None
+
+
+def _running_here(holder: dict[str, str]) -> bool:
+    """The lock file names a process on this host, other than this one, that is still running."""
+    pid = holder.get("pid", "")
+    return holder.get("host") == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -201,18 +228,29 @@ def acquire(out_dir: Path) -> RunLock:
             f"--out {out_dir} is not writable ({err.strerror or err}): the trainer writes "
             "its checkpoints, logs and config there. Choose a writable --out"
         ) from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a process that has not written its name yet"
+    failure = _try_lock(fd)
+    text = os.pread(fd, 4096, 0).decode(errors="replace")
+    previous = _parse(text)
+    if failure == _HELD or (failure and _running_here(previous)):
+        holder = text.strip() or "a process that has not written its name yet"
         os.close(fd)
+        if failure != _HELD:
+            holder += (
+                f"; this filesystem gives no locks ({failure}), so the process the file names was looked up: "
+                f"if it is not a trainer, empty {path}"
+            )
         raise NgptConfigError(
             f"--out {out_dir} is in use by another trainer ({holder}; lock file {path}). Wait for "
             "it to finish or stop it, or choose another --out"
         ) from None
-    previous = _parse(os.pread(fd, 4096, 0).decode(errors="replace"))
     note = None
-    if "pid" in previous:
+    if failure:
+        note = (
+            f"warning: the filesystem of --out {out_dir} gives no file locks ({failure}): this run is not "
+            f"locked there, and a second trainer started on this --out from another node would not be refused. "
+            f"Start one trainer per --out"
+        )
+    elif "pid" in previous:
         same_host = previous.get("host") == socket.gethostname()
         dead = same_host and previous["pid"].isdigit() and not _alive(int(previous["pid"]))
         state = "no longer running" if dead else "its lock was released"
@@ -236,7 +274,8 @@ def acquire(out_dir: Path) -> RunLock:
 def unless_in_use(out_dir: Path) -> Iterator[bool]:
     """Hold --out's lock for the duration of the block if no other process holds it, without creating or
     writing anything: yields True then (also when the folder has no lock file, so no trainer holds it),
-    False when another process holds it or the lock file cannot be opened. For repairs before `lock_run`
+    False when another process holds it (on a filesystem without locks: when the file names a running process of
+    this host) or the lock file cannot be opened. For repairs before `lock_run`
     (resume.py puts back a checkpoint an interrupted save moved aside), which must not touch a folder a
     running trainer owns. Not while this process holds the lock: closing the file drops fcntl locks."""
     try:
@@ -248,12 +287,11 @@ def unless_in_use(out_dir: Path) -> Iterator[bool]:
         yield False
         return
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        failure = _try_lock(fd)
+        if failure == _HELD or (failure and _running_here(_parse(os.pread(fd, 4096, 0).decode(errors="replace")))):
             yield False
             return
-        yield True
+        yield True  # locked, or on a filesystem without locks (`acquire`) with no trainer of this host named
     finally:
         os.close(fd)
 
