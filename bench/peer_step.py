@@ -274,7 +274,8 @@ def measure(
 
 
 def table(result: dict) -> str:
-    lines = ["| step | ms | tokens/s |", "|---|---|---|"]
+    lines = [f"ngpt_ds in {result['precision']}, the official code in bf16 autocast", ""]
+    lines += ["| step | ms | tokens/s |", "|---|---|---|"]
     lines += [f"| {label} | {s['ms']:.1f} | {s['tokens_per_s']:,.0f} |" for label, s in result["steps"].items()]
     lines += ["", "| ratio | median | min | max |", "|---|---|---|---|"]
     lines += [
@@ -331,9 +332,18 @@ def main() -> int:
     # The official side trains in bf16 whatever the CPU: ngpt_ds's side keeps the JSON's bf16 too, or the
     # ratios would set its fp32 kernels against torch's reference bf16 one (bench/engines.py).
     os.environ["NGPT_DS_CPU_BF16"] = "1"
-    from ngpt_ds.train.ds_config import cpu_has_native_bf16
+    from engines import load_bench_ds
 
-    if not torch.cuda.is_available() and not cpu_has_native_bf16():
+    from ngpt_ds.train.ds_config import cpu_has_native_bf16, precision_of
+
+    precision = precision_of(load_bench_ds(args.ds))
+    if precision != "bf16":
+        print(
+            f"warning: {args.ds} trains ngpt_ds in {precision} while the official side "
+            "runs bf16 autocast: the ratios compare two precisions, not two implementations",
+            file=sys.stderr,
+        )
+    elif not torch.cuda.is_available() and not cpu_has_native_bf16():
         print(
             "warning: this CPU has no native bf16 matmul (AVX512 or AMX): both sides run torch's reference bf16 "
             "kernel, some 35x slower than fp32, so the ratios measure that kernel more than the models",

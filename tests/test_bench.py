@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, cpu_env, run
+from conftest import REPO, cpu_env, run, write_ds_config
 
 
 def test_convergence_context_sweep_writes_table_json_and_plot(tmp_path, tiny_dataset):
@@ -281,9 +281,10 @@ def test_peer_step_interleaves_official_and_engine_steps(tmp_path):
     command = [sys.executable, REPO / "bench/peer_step.py", "--shape", shape, "--rounds", 2, "--warmup", 1]
     env = cpu_env()
     del env["NGPT_DS_CPU_BF16"]  # as a user's shell: the official side's bf16 is kept on ngpt_ds's side anyway
-    run([*command, "--official", tmp_path, "--json", out], timeout=600, env=env)
+    proc = run([*command, "--official", tmp_path, "--json", out], timeout=600, env=env)
     r = json.loads(out.read_text())
     assert r["precision"] == "bf16"
+    assert proc.stdout.startswith("ngpt_ds in bf16, the official code in bf16 autocast\n")
     assert list(r["steps"]) == ["official nGPT", "official GPT", "ngpt_ds nGPT", "ngpt_ds GPT"]
     for s in r["steps"].values():
         assert s["tokens_per_s"] == pytest.approx(2 * 32 / (s["ms"] / 1e3))
@@ -291,6 +292,15 @@ def test_peer_step_interleaves_official_and_engine_steps(tmp_path):
     assert all(0 < x["min"] <= x["median"] <= x["max"] for x in r["ratios"].values())
     missing = run([*command, "--official", tmp_path / "absent"], check=False)
     assert missing.returncode == 2 and "error: --official" in missing.stderr and "Traceback" not in missing.stderr
+    # Fault: an fp32 JSON was timed against the official bf16 with the warning that both sides ran bf16.
+    fp32 = write_ds_config(tmp_path / "fp32.json", stage=2, bf16=False, micro=2, accum=1)
+    proc = run([*command[:-4], "--rounds", 1, "--warmup", 0, "--official", tmp_path, "--ds", fp32], env=env)
+    assert proc.stdout.startswith("ngpt_ds in fp32, the official code in bf16 autocast\n")
+    assert "both sides run torch's reference bf16 kernel" not in proc.stderr
+    assert (
+        f"warning: {fp32} trains ngpt_ds in fp32 while the official side runs bf16 autocast: the ratios compare "
+        "two precisions, not two implementations"
+    ) in proc.stderr
 
 
 def test_mfu_on_the_process_clock_needs_one_thread(tmp_path):
