@@ -47,8 +47,8 @@ def _wins_after_the_check(monkeypatch, final: Path, files: dict[str, str]) -> No
     """The other job publishes right after swap_in found no `final` (in its last step before the rename)."""
     real = staging._release
 
-    def release_then_the_other_job_publishes(folder: Path) -> None:
-        real(folder)
+    def release_then_the_other_job_publishes(folder: Path, renamed_to: Path | None = None) -> None:
+        real(folder, renamed_to)
         _other_job_publishes(final, files)
 
     monkeypatch.setattr(staging, "_release", release_then_the_other_job_publishes)
@@ -130,7 +130,7 @@ def test_without_renameat2_a_taken_name_is_still_refused_and_a_free_one_taken(tm
     real = os.rename
 
     def the_other_job_publishes_first(src, dst, *args, **kw):  # past the fallback's check, before its rename
-        if Path(src) == folder:
+        if Path(dst) == second:
             monkeypatch.setattr(os, "rename", real)
             _other_job_publishes(second, {"meta.json": "other job"})
         real(src, dst, *args, **kw)

@@ -60,7 +60,7 @@ from ngpt_ds.data.shards import (
     whole,
     write_meta,
 )
-from ngpt_ds.data.staging import remove_staging, restore_set_aside, staging_dir, swap_in
+from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.overwrite import check_holds_no_run, check_not_source
@@ -117,6 +117,7 @@ def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, blo
     # The shared option checks of one preparation, against a folder that does not exist (the part's
     # own folder is checked below: parts share --out).
     dataclasses.replace(cfg, out=cfg.out / f".{uuid.uuid4().hex}", overwrite=False).validate()
+    publish_target(cfg.out)  # the merge renames the dataset into its name: refused now, not after every part
     check_not_source(
         cfg.out, [(p, "the input") for p in local_input_paths(cfg.inputs)] + [(cfg.tokenizer, "the --tokenizer file")]
     )
@@ -297,7 +298,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
     disagree (tokenizer, vocab, dtype, validation fraction, corpus, number of parts or documents),
     or an `out` that already holds a dataset (without overwrite).
     """
-    out = Path(out)
+    out = publish_target(out)
     restore_set_aside(out)  # a merge killed mid-swap: its parts are in the folder put back
     if not (isinstance(num_parts, int) and num_parts >= 1):
         raise NgptConfigError(f"--num-shards {num_parts}: must be a positive integer (the number of parts to merge)")

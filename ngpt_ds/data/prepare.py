@@ -36,7 +36,7 @@ from ngpt_ds.data.shards import (
     write_meta,
 )
 from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
-from ngpt_ds.data.staging import remove_staging, restore_set_aside, staging_dir, swap_in
+from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.overwrite import check_replaceable
@@ -150,6 +150,7 @@ class PrepareConfig:
             elif any(self.out.iterdir()):
                 p.add("--out", str(self.out), "exists and is not empty; pass --overwrite or choose another path")
         p.raise_if_any()
+        publish_target(self.out)  # a link is refused here, before any tokenizing: the rename would replace it
         if self.overwrite:
             sources = [(path, "the input") for path in local_input_paths(self.inputs)]
             if self.tokenizer is not None:
@@ -316,7 +317,7 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     corpus = open_inputs(cfg)
     _say(cfg, f"reading {cfg.source_description or corpus.description}")
     fraction = held_out_fraction(cfg.val_fraction)
-    out = cfg.out
+    out = publish_target(cfg.out)
     staging = staging_dir(out)
     try:
         tok, origin = _tokenizer(cfg, corpus, staging, fraction)

@@ -251,40 +251,57 @@ def restore_set_aside(final: Path) -> list[Path]:
     return copies + unused
 
 
+def publish_target(out: str | Path, option: str = "--out") -> Path:
+    """`out` as a folder to publish into with `swap_in`: absolute, so that `.` and `..` name a folder (a rename
+    into `.` fails with EBUSY, after all the work), and not a symbolic link, which the rename would replace
+    instead of filling the folder it points to. NgptConfigError for a link, before anything is written."""
+    path = Path(os.path.abspath(out))
+    if path.is_symlink():
+        raise NgptConfigError(
+            f"{option} {out} is a symbolic link (to {os.readlink(path)}): the output is written beside it and renamed "
+            "into its name, which would replace the link instead of filling the folder it points to. Pass that "
+            "folder itself, or another path"
+        )
+    return path
+
+
 def swap_in(staging: Path, final: Path, *, overwrite: bool = True) -> None:
     """Rename the complete `staging` to `final`; an existing `final` (with `overwrite`: the caller checked that
     it may be replaced) is exchanged with it in one step (or, where the OS cannot, renamed aside first) and
     deleted after: `final` always names a complete folder, and whatever a kill leaves under another name,
     `restore_set_aside` puts back or removes. A `final` another job made while this one was writing (found here
-    without `overwrite`, or taking the name during the rename) is never replaced: NgptConfigError, and the
-    caller removes `staging`, as after any error."""
-    if not (overwrite and final.exists()):
-        _release(staging)
-        try:
-            rename_noreplace(staging, final)
-        except OSError as e:
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not os.path.lexists(final):
-                raise
-            raise NgptConfigError(
-                f"{final} appeared while this job was writing it (another job with the same --out finished "
-                "first, or made the folder); it is left as it is and this job's output removed: run again with "
-                "--overwrite to replace it, or choose another --out"
-            ) from None
-        return
-    with _swap_lock(final.parent):
+    without `overwrite`, or taking the name during the rename) is never replaced: NgptConfigError, and
+    `staging` is removed, as after any error. A symbolic link or a file at `final` is never replaced either.
+
+    Both paths first rename `staging`, still locked, to `.<name>.new-<id>`: a kill after its lock file is
+    deleted then leaves a name `restore_set_aside` removes, where an unlocked staging folder without a lock file
+    was never judged abandoned, and stayed (a whole dataset's size) for good."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        what = "a symbolic link" if final.is_symlink() else "a file"
+        raise NgptConfigError(f"{final} is {what}, not a folder: it is left as it is and this job's output removed")
+    replacing = overwrite and final.exists()
+    with _swap_lock(final.parent):  # held by every live swap: restore_set_aside takes no `new` for a dead one's
         tag = uuid.uuid4().hex  # _TAG_CHARS: never a name a person gives a backup
         new, old = final.parent / f".{final.name}.new-{tag}", final.parent / f".{final.name}.old-{tag}"
         os.replace(staging, new)  # still holding its lock file: a kill now leaves a name the next run removes
         _release(staging, renamed_to=new)
         try:
-            if exchange(new, final):
+            if not replacing:
+                rename_noreplace(new, final)
+            elif exchange(new, final):
                 os.replace(new, old)
             else:
                 os.replace(final, old)
                 os.replace(new, final)
-        except OSError:
-            if not os.path.lexists(final) and old.is_dir():
+        except OSError as e:
+            if replacing and not os.path.lexists(final) and old.is_dir():
                 os.replace(old, final)
             shutil.rmtree(new, ignore_errors=True)
-            raise
+            if replacing or (e.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not os.path.lexists(final)):
+                raise
+            raise NgptConfigError(
+                f"{final} appeared while this job was writing it (another job with the same --out finished "
+                "first, or made the folder); it is left as it is and this job's output removed: run again "
+                "with --overwrite to replace it, or choose another --out"
+            ) from None
     shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ngpt_ds.data.staging import remove_staging, restore_set_aside, staging_dir, swap_in
+from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, load_checkpoint, load_export
@@ -80,8 +80,8 @@ def export_model(
     format: str = "ngpt_ds",
 ) -> Path:
     """Consolidate `checkpoint` (a step_N directory or a run directory: its newest complete checkpoint)
-    into the folder `out`, in `format` (FORMATS). Returns `out`."""
-    out = Path(out)
+    into the folder `out`, in `format` (FORMATS). Returns `out`, absolute."""
+    out = publish_target(out)
     if format not in FORMATS:
         raise NgptConfigError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
     if format == "hf":
