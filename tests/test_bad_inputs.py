@@ -35,6 +35,7 @@ ROWS = [
     # ---- data preparation ----
     ("prepare-missing-input", PREPARE, ["--input", "{tmp}/nope.jsonl", "--out", "{out}"], 2, "no such file"),
     ("prepare-input-without-out", PREPARE, ["--input", "{corpus}"], 2, "--out DIR is required with --input"),
+    ("prepare-out-is-a-symlink", PREPARE, ["--input", "{corpus}", "--out", "{link_out}"], 2, "is a symbolic link (to"),
     (
         "prepare-option-without-input",
         PREPARE,
@@ -209,6 +210,7 @@ ROWS = [
     # ---- export ----
     ("export-missing-checkpoint", EXPORT, ["{tmp}/no_run", "--out", "{out}"], 2, "does not exist"),
     ("export-partial-checkpoint", EXPORT, ["{partial}", "--out", "{out}"], 2, "partial checkpoint"),
+    ("export-out-is-a-symlink", EXPORT, ["{checkpoint}", "--out", "{link_out}"], 2, "is a symbolic link (to"),
     (
         "export-tokenizer-of-another-vocab",
         EXPORT,
@@ -322,6 +324,9 @@ def ctx(tmp_path_factory, trained, exported):  # noqa: F811
     paths["yaml_malformed"].write_text("model: {n_layer: 2\ntrain: {lr: 0.01}\n")
     paths["a_file"] = tmp / "a_file"
     paths["a_file"].write_text("not a folder\n")
+    (tmp / "empty_folder").mkdir()
+    paths["link_out"] = tmp / "link_out"
+    paths["link_out"].symlink_to(tmp / "empty_folder")
 
     partial = tmp / "partial_run" / "checkpoints" / trained["checkpoint"].name
     shutil.copytree(trained["checkpoint"], partial)
