@@ -54,11 +54,11 @@ def _wins_after_the_check(monkeypatch, final: Path, files: dict[str, str]) -> No
     monkeypatch.setattr(staging, "_release", release_then_the_other_job_publishes)
 
 
-def _refused(final: Path) -> str:
+def _refused(final: Path, overwrite: bool) -> str:
+    again = "run again to replace it" if overwrite else "run again with --overwrite to replace it"
     return (
         f"{final} appeared while this job was writing it (another job with the same --out finished first, or made "
-        "the folder); it is left as it is and this job's output removed: run again with --overwrite to replace it, "
-        "or choose another --out"
+        f"the folder); it is left as it is and this job's output removed: {again}, or choose another --out"
     )
 
 
@@ -71,7 +71,7 @@ def test_a_dataset_another_job_publishes_during_the_rename_is_kept(tmp_path, mon
     _wins_after_the_check(monkeypatch, final, {"meta.json": "other job", "shard.bin": "tokens"})
     with pytest.raises(NgptConfigError) as e:
         _publish_as_callers_do(folder, final, **kw)
-    assert str(e.value) == _refused(final)
+    assert str(e.value) == _refused(final, kw.get("overwrite", True))
     assert _files(final) == {"meta.json": "other job", "shard.bin": "tokens"}
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
@@ -82,7 +82,7 @@ def test_an_empty_folder_made_during_the_rename_is_not_replaced(tmp_path, monkey
     _wins_after_the_check(monkeypatch, final, {})
     with pytest.raises(NgptConfigError) as e:
         _publish_as_callers_do(folder, final)
-    assert str(e.value) == _refused(final)
+    assert str(e.value) == _refused(final, overwrite=True)
     assert final.is_dir() and _files(final) == {}
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
@@ -108,7 +108,7 @@ def test_a_dataset_published_after_prepares_own_check_is_kept(tmp_path, monkeypa
     cfg = PrepareConfig(inputs=(str(corpus),), out=out, workers=1, progress=False, vocab_size=300)
     with pytest.raises(NgptConfigError) as e:
         prepare_dataset(cfg)
-    assert str(e.value) == _refused(out)
+    assert str(e.value) == _refused(out, overwrite=False)
     assert _files(out) == {"meta.json": "other job"}
     assert [p.name for p in out.parent.iterdir()] == ["ds"]
 
@@ -138,7 +138,7 @@ def test_without_renameat2_a_taken_name_is_still_refused_and_a_free_one_taken(tm
     monkeypatch.setattr(os, "rename", the_other_job_publishes_first)
     with pytest.raises(NgptConfigError) as e:
         _publish_as_callers_do(folder, second)
-    assert str(e.value) == _refused(second)
+    assert str(e.value) == _refused(second, overwrite=True)
     assert _files(second) == {"meta.json": "other job"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ds2"]
 
@@ -163,6 +163,6 @@ def test_a_part_another_job_writes_after_the_parts_own_check_is_kept(tmp_path, m
     with pytest.raises(NgptConfigError) as e:
         parts.prepare_part(cfg, 2, 0, 40)
     final = parts.part_dir(out, 0, 2)
-    assert str(e.value) == _refused(final)
+    assert str(e.value) == _refused(final, overwrite=False)
     assert _files(final) == {"part.json": "other job"}
     assert [p.name for p in out.iterdir()] == [final.name]

@@ -299,9 +299,10 @@ def swap_in(staging: Path, final: Path, *, overwrite: bool = True) -> None:
             shutil.rmtree(new, ignore_errors=True)
             if replacing or (e.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not os.path.lexists(final)):
                 raise
+            again = "run again to replace it" if overwrite else "run again with --overwrite to replace it"
             raise NgptConfigError(
                 f"{final} appeared while this job was writing it (another job with the same --out finished "
-                "first, or made the folder); it is left as it is and this job's output removed: run again "
-                "with --overwrite to replace it, or choose another --out"
+                f"first, or made the folder); it is left as it is and this job's output removed: {again}, or "
+                "choose another --out"
             ) from None
     shutil.rmtree(old, ignore_errors=True)
