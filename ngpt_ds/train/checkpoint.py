@@ -44,6 +44,7 @@ from ngpt_ds.train.manifest import (
     write_manifest,
 )
 from ngpt_ds.train.manifest import checkpoint_bytes as checkpoint_bytes
+from ngpt_ds.train.manifest import fsync_dir as fsync_dir
 from ngpt_ds.train.manifest import is_legacy as is_legacy
 from ngpt_ds.train.manifest import legacy_warning as legacy_warning
 from ngpt_ds.train.manifest import verify as verify
@@ -151,14 +152,6 @@ def point_latest(checkpoint_dir: Path) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: What torch.save's zip writer says when the file under it fails (it raises RuntimeError, no errno).

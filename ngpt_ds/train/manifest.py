@@ -10,6 +10,7 @@ The folder layout around it is ngpt_ds.train.checkpoint's.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import json
@@ -253,8 +254,22 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(marker, folder / COMPLETE)
-    fd = os.open(folder, os.O_RDONLY)
+    fsync_dir(folder)
+
+
+_NO_DIRECTORY_FSYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names just created or renamed in `path` durable (fsync of the folder). Some filesystems cannot
+    fsync a folder (CIFS/SMB mounts such as Azure Files, some FUSE ones answer EINVAL): there the renames are as
+    durable as the filesystem makes them, and the save goes on. Every checkpoint save had failed there
+    ("Invalid argument"), so no run could keep a checkpoint."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno not in _NO_DIRECTORY_FSYNC:
+            raise
     finally:
         os.close(fd)
