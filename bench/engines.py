@@ -10,6 +10,7 @@ bf16 JSON times fp32 steps, as the trainer trains there (`load_bench_ds`).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -86,8 +87,9 @@ def load_bench_ds(ds_path: str, *, native: bool | None = None) -> dict[str, Any]
 
     ds = load_ds_config(ds_path)
     on_cpu = get_accelerator().device_name() == "cpu"
-    if on_cpu and fall_back_from_slow_cpu_bf16(ds, ds_path, native=native) and ds_path not in _WARNED:
-        _WARNED.add(ds_path)  # a script builds an engine per model: one warning
+    fell_back = on_cpu and fall_back_from_slow_cpu_bf16(ds, ds_path, native=native)
+    if fell_back and ds_path not in _WARNED and os.environ.get("RANK", "0") == "0":
+        _WARNED.add(ds_path)  # a script builds an engine per model, and a job starts several ranks: one warning
         print(
             f"warning: {ds_path} enables bf16, but this CPU has no native bf16 matmul (AVX512 or AMX): timing fp32 "
             "steps, as the trainer trains on it; NGPT_DS_CPU_BF16=1 times bf16",

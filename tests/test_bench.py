@@ -344,6 +344,10 @@ def test_bench_engines_time_the_precision_the_trainer_trains_in(monkeypatch, cap
     warned = capsys.readouterr().err
     assert warned.count("warning:") == 1, warned
     assert warned.startswith(f"warning: {zero2} enables bf16, but this CPU has no native bf16 matmul (AVX512 or AMX)")
+    monkeypatch.setattr(engines, "_WARNED", set())
+    monkeypatch.setenv("RANK", "1")  # the other ranks of a job fall back without a word
+    assert precision_of(engines.load_bench_ds(zero2, native=False)) == "fp32"
+    assert capsys.readouterr().err == ""
     assert precision_of(engines.load_bench_ds(zero2, native=True)) == "bf16"
     monkeypatch.setenv("NGPT_DS_CPU_BF16", "1")
     assert precision_of(engines.load_bench_ds(zero2, native=False)) == "bf16"
