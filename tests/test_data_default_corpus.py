@@ -189,3 +189,35 @@ def test_failed_download_names_the_fix(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "No matching distribution" in msg and dc.CORPUS_FILE_ENV in msg and "--input" in msg
     assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_the_trainer_names_model_vocab_size_when_the_default_corpus_cannot_give_it(stand_in, tmp_path):
+    """Fault: launch/train.py without --data, with a model.vocab_size the default corpus cannot give, said
+    "--vocab-size 20000 is too large for this corpus ... lower --vocab-size ... (--tokenizer-sample-chars ...)",
+    options of prepare_data.py that train.py does not have."""
+    from conftest import cpu_env, run_launch, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+
+    config = write_yaml(tmp_path / "big_vocab.yaml", tiny_ngpt() | {"vocab_size": 20000}, tiny_train(1))
+    ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=2, accum=1)
+    env = cpu_env(NGPT_DS_CACHE=tmp_path / "cache", **{dc.CORPUS_FILE_ENV: stand_in["sqlite"]})
+    proc = run_launch(
+        "train.py",
+        "--config",
+        config,
+        "--deepspeed_config",
+        ds,
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    bound = int(proc.stderr.split("can have at most ")[1].split(" ")[0])
+    assert 256 < bound < 20000
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: model.vocab_size 20000 ({config}) does not fit the default corpus, whose tokenizer can have at "
+        f"most {bound} pieces: lower it to <= {bound}, or train on a dataset of your own (--data, prepared by "
+        "launch/prepare_data.py)"
+    )
+    assert "Traceback" not in proc.stderr

@@ -195,8 +195,39 @@ def test_too_few_documents_for_the_validation_fraction(tmp_path):
 def test_missing_dir_and_missing_meta(tmp_path):
     with pytest.raises(NgptConfigError, match="does not exist; prepare it with"):
         load_dataset_meta(tmp_path / "none")
-    with pytest.raises(NgptConfigError, match=r"meta.json not found: .* is not a prepared dataset"):
+    with pytest.raises(NgptConfigError) as missing:
         load_dataset_meta(tmp_path)
+    assert str(missing.value) == (
+        f"{tmp_path / 'meta.json'} not found: {tmp_path} is not a prepared dataset; prepare it with "
+        "`python launch/prepare_data.py --input CORPUS --out DIR`"
+    )
+
+
+def test_a_folder_of_parts_or_of_datasets_given_as_a_dataset_is_named_not_to_be_deleted(good, tmp_path):
+    """Fault: any folder without meta.json was "not a prepared dataset (or its preparation was interrupted; delete it
+    and prepare again)": a folder of parts waiting for --merge (days of tokenizing) or the folder above datasets and
+    runs. Publishing is atomic, so no interrupted preparation leaves such a folder."""
+    parts = tmp_path / "parts"
+    for index in range(2):
+        (parts / f"part-{index:05d}-of-00002").mkdir(parents=True)
+        (parts / f"part-{index:05d}-of-00002" / "part.json").write_text("{}")
+    with pytest.raises(NgptConfigError) as refused:
+        load_dataset_meta(parts)
+    assert str(refused.value) == (
+        f"{parts / 'meta.json'} not found: {parts} is not a prepared dataset; it holds 2 part(s) prepared with "
+        f"--num-shards: merge them into one dataset first (python launch/prepare_data.py --merge --num-shards 2 "
+        f"--out {parts})"
+    )
+    above = tmp_path / "above"
+    above.mkdir()
+    shutil.copytree(good, above / "data")
+    (above / "runs").mkdir()
+    with pytest.raises(NgptConfigError) as refused:
+        load_dataset_meta(above)
+    assert str(refused.value) == (
+        f"{above / 'meta.json'} not found: {above} is not a prepared dataset; the prepared dataset(s) in it: "
+        f"{above / 'data'}; pass one of those"
+    )
 
 
 def test_unknown_format_version(good, tmp_path):

@@ -126,3 +126,32 @@ def test_split_given_with_a_saved_dataset_of_one_split_is_refused(tmp_path):
     named = datasets.Dataset.from_dict({"text": ["a", "b"]}, split=datasets.NamedSplit("validation"))
     named.save_to_disk(str(tmp_path / "val"))
     assert _texts(str(tmp_path / "val"), split="validation") == ["a", "b"]  # its own split's name is fine
+
+
+def test_a_file_named_with_glob_characters_is_that_file_alone_or_in_a_glob(tmp_path):
+    """Fault: an --input holding [, ? or * was always a pattern, for ngpt_ds and again for datasets' data_files:
+    `a[b].jsonl` read `ab.jsonl` instead, and `*.jsonl` over both read `ab.jsonl` twice and `a[b].jsonl` never (the
+    duplicate _resolve_files refuses, with a validation document trained on in the other copy), with "(2 files)"."""
+    (tmp_path / "a[b].jsonl").write_text('{"text": "FROM a[b]"}\n', encoding="utf-8")
+    (tmp_path / "ab.jsonl").write_text('{"text": "FROM ab"}\n', encoding="utf-8")
+    assert _texts(str(tmp_path / "a[b].jsonl")) == ["FROM a[b]"]
+    assert sorted(_texts(str(tmp_path / "*.jsonl"))) == ["FROM a[b]", "FROM ab"]
+    (tmp_path / "ab.jsonl").unlink()
+    assert _texts(str(tmp_path / "a[b].jsonl")) == ["FROM a[b]"]  # was "no files match this pattern"
+
+
+def test_a_folder_with_a_state_json_that_datasets_cannot_load_is_an_error_naming_it(tmp_path):
+    """Fault: a folder holding a file named state.json (a common name; datasets' save_to_disk marker) went to
+    datasets.load_from_disk, whose FileNotFoundError reached the user as a traceback."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "hello"}\n', encoding="utf-8")
+    (folder / "state.json").write_text('{"step": 3}', encoding="utf-8")
+    with pytest.raises(NgptConfigError) as refused:
+        open_corpus(CorpusSpec(inputs=(str(folder),)))
+    assert str(refused.value).startswith(
+        f"--input {folder} looks like a folder written by datasets' save_to_disk but could not be loaded "
+        "(FileNotFoundError: "
+    )
+    assert str(refused.value).endswith(f"; repair or re-save it, or pass its files (e.g. {folder}/*.jsonl)")
+    assert _texts(str(folder / "*.jsonl")) == ["hello"]

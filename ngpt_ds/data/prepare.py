@@ -169,7 +169,8 @@ def local_input_paths(inputs: tuple[str, ...]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         pattern = os.path.expanduser(item)
-        matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+        literal = os.path.lexists(pattern) or not glob.has_magic(pattern)  # `wiki[en].jsonl` is that file
+        matches = [pattern] if literal else glob.glob(pattern, recursive=True)
         found.extend(Path(m) for m in matches if os.path.lexists(m))
     return found
 

@@ -37,6 +37,24 @@ SPLITS = ("train", "validation")
 _PREPARE_HINT = "prepare it with `python launch/prepare_data.py --input CORPUS --out DIR`"
 
 
+def _not_a_dataset_hint(folder: Path) -> str:
+    """What a folder without meta.json given as a dataset most likely is. Publishing is atomic, so it is not an
+    interrupted preparation (the hint was to delete it): the parts of a preparation by --num-shards, waiting for
+    their merge (days of tokenizing), or a folder above datasets and runs."""
+    parts = sorted(folder.glob("part-*-of-*/part.json"))
+    if parts:
+        count = parts[0].parent.name.rsplit("-of-", 1)[-1].lstrip("0") or "0"
+        return (
+            f"it holds {len(parts)} part(s) prepared with --num-shards: merge them into one dataset first "
+            f"(python launch/prepare_data.py --merge --num-shards {count} --out {folder})"
+        )
+    inside = sorted(p.parent for p in folder.glob(f"*/{META_FILE}"))
+    if inside:
+        shown = ", ".join(str(p) for p in inside[:3]) + (" ..." if len(inside) > 3 else "")
+        return f"the prepared dataset(s) in it: {shown}; pass one of those"
+    return _PREPARE_HINT
+
+
 def dtype_for_vocab(vocab_size: int) -> str:
     """Smallest shard dtype that holds every id in [0, vocab_size)."""
     return "uint16" if vocab_size <= 2**16 else "uint32"
@@ -282,8 +300,7 @@ def load_dataset_meta(
         raise NgptConfigError(f"data dir {data_dir} does not exist; {_PREPARE_HINT}")
     if not meta_path.is_file():
         raise NgptConfigError(
-            f"{meta_path} not found: {data_dir} is not a prepared dataset (or its preparation was "
-            f"interrupted; delete it and prepare again); {_PREPARE_HINT}"
+            f"{meta_path} not found: {data_dir} is not a prepared dataset; {_not_a_dataset_hint(data_dir)}"
         )
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -54,6 +54,8 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _is_saved_dataset(path: Path) -> bool:
+    """A folder of datasets' save_to_disk, by its markers (datasets' load_dataset refuses a folder holding a
+    `state.json` too: "saved using save_to_disk")."""
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
@@ -171,7 +173,9 @@ def _resolve_files(inputs: Sequence[str]) -> list[str]:
     for spec in inputs:
         before = len(files)
         pattern = os.path.expanduser(spec)
-        if any(c in pattern for c in "*?["):
+        if os.path.isfile(pattern):  # a file named with [, ? or *, as `wiki[en].jsonl`, is that file
+            files.append(pattern)
+        elif glob.has_magic(pattern):
             matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
             if not matched:
                 raise NgptConfigError(f"--input {spec!r}: no files match this pattern; check the path")
@@ -181,10 +185,8 @@ def _resolve_files(inputs: Sequence[str]) -> list[str]:
                 f"--input {spec!r} is a directory; give it as the only --input (a saved or hub-style "
                 "dataset dir) or pass a glob of its files, e.g. DIR/*.jsonl"
             )
-        elif not os.path.isfile(pattern):
-            raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
         else:
-            files.append(pattern)
+            raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
         for path in files[before:]:
             # A file read twice doubles its documents, and a document held out for validation in one
             # copy lands in training in the other (the split follows the document's index).
@@ -237,7 +239,8 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
     builder = kinds[0]
-    load_args: dict[str, Any] = {"path": builder, "data_files": files}
+    # datasets reads each data_files entry as a pattern: `a[b].jsonl` would read `ab.jsonl` instead.
+    load_args: dict[str, Any] = {"path": builder, "data_files": [glob.escape(f) for f in files]}
     if builder == "text":
         load_args["sample_by"] = spec.text_sample_by
     shown = ", ".join(spec.inputs)
@@ -255,7 +258,14 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
     if _is_saved_dataset(path):
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged folder: no traceback
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise NgptConfigError(
+                f"--input {path} looks like a folder written by datasets' save_to_disk but could not be loaded "
+                f"({type(e).__name__}: {first_line}); repair or re-save it, or pass its files (e.g. {path}/*.jsonl)"
+            ) from None
         if isinstance(ds, datasets.DatasetDict) and spec.split not in ds:
             raise NgptConfigError(
                 f"--input {path}: saved dataset has splits {', '.join(ds)}, not {spec.split!r}; pass --split"

@@ -76,6 +76,14 @@ _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a
 _TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
+class VocabSizeError(NgptConfigError):
+    """The corpus cannot give a tokenizer of the asked vocab: at most (too_large) or at least `bound` pieces."""
+
+    def __init__(self, message: str, *, asked: int, bound: int, too_large: bool):
+        super().__init__(message)
+        self.asked, self.bound, self.too_large = asked, bound, too_large
+
+
 def train_tokenizer(
     lines: Iterable[str],
     out_path: Path,
@@ -111,15 +119,21 @@ def train_tokenizer(
     except RuntimeError as e:
         msg = str(e)
         if m := _TOO_HIGH.search(msg):
-            raise NgptConfigError(
+            raise VocabSizeError(
                 f"--vocab-size {m.group(1)} is too large for this corpus: sentencepiece can make at most "
                 f"{m.group(2)} pieces from the training sample; lower --vocab-size to <= {m.group(2)}, "
-                "or give more text (--tokenizer-sample-chars, a larger corpus)"
+                "or give more text (--tokenizer-sample-chars, a larger corpus)",
+                asked=int(m.group(1)),
+                bound=int(m.group(2)),
+                too_large=True,
             ) from None
         if m := _TOO_LOW.search(msg):
-            raise NgptConfigError(
+            raise VocabSizeError(
                 f"--vocab-size {m.group(1)} is too small: this corpus needs {m.group(2)} pieces just for its "
-                f"characters, 256 byte-fallback pieces and unk/bos/eos; raise --vocab-size to >= {m.group(2)}"
+                f"characters, 256 byte-fallback pieces and unk/bos/eos; raise --vocab-size to >= {m.group(2)}",
+                asked=int(m.group(1)),
+                bound=int(m.group(2)),
+                too_large=False,
             ) from None
         raise NgptConfigError(f"sentencepiece training failed: {msg.splitlines()[-1]}") from None
     out_path.write_bytes(model.getvalue())

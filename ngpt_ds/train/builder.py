@@ -22,6 +22,7 @@ from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
+from ngpt_ds.data.tokenizer import VocabSizeError
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import build_model
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
@@ -153,9 +154,17 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     if options.data:
         data_dir = Path(options.data)
     else:
-        data_dir = ensure_default_dataset(
-            vocab_size=model_cfg.vocab_size or 4096, progress=options.progress and dist_env.rank == 0
-        )
+        try:
+            data_dir = ensure_default_dataset(
+                vocab_size=model_cfg.vocab_size or 4096, progress=options.progress and dist_env.rank == 0
+            )
+        except VocabSizeError as err:  # its text names prepare_data.py's --vocab-size, which train.py has not
+            fix = f"lower it to <= {err.bound}" if err.too_large else f"raise it to >= {err.bound}"
+            raise NgptConfigError(
+                f"model.vocab_size {err.asked} ({config_path}) does not fit the default corpus, whose tokenizer can "
+                f"have {'at most' if err.too_large else 'at least'} {err.bound} pieces: {fix}, or train on a "
+                "dataset of your own (--data, prepared by launch/prepare_data.py)"
+            ) from None
     meta = load_dataset_meta(data_dir)
     if model_cfg.vocab_size is None:
         model_cfg.vocab_size = meta.vocab_size
