@@ -172,6 +172,11 @@ class LauncherWatch:
         self._stopped.set()
 
     def gone(self) -> str | None:
+        if self.ppid == 0:
+            # Started by a process outside this PID namespace: the rank is a container's process 1 (a Kubernetes
+            # pod's `command: python launch/train.py`, `docker run --entrypoint python3`). There is no launcher to
+            # watch; the runtime stops the container with a signal, which stops the run as any other.
+            return None
         if not self.watched or os.getppid() != self.ppid:
             return self.watched[0][1] if self.watched else f"the parent process (pid {self.ppid})"
         for proc, description in self.watched:
