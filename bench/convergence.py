@@ -63,7 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-batches", type=count(1), default=8, help="validation micro-batches per rank")
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON (batch, precision)")
     parser.add_argument("--data", help="prepared dataset (default: the default corpus)")
-    parser.add_argument("--ranks", type=count(1), default=1, help="ranks per run (torchrun)")
+    parser.add_argument("--ranks", type=count(1), default=1, help="ranks per run (through torchrun when more than 1)")
     parser.add_argument(
         "--context",
         help="comma-separated contexts, e.g. 256,1024 (default: the shape's). Each gets micro-batch = "
@@ -146,14 +146,13 @@ def run_one(args, arch: str, lr: float, shape: dict, batch: int, ds_path: str, d
     config = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump({"model": {**shape, "arch": arch}, "train": train}))
+    # One rank runs as a plain process (the trainer starts its own one-rank group): torchrun's launcher would be
+    # one more interpreter importing torch per run.
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks)]
+    launcher += ["--master_port", str(29500 + os.getpid() % 1000)]
     cmd = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(args.ranks),
-        "--master_port",
-        str(29500 + os.getpid() % 1000),
+        *(launcher if args.ranks > 1 else []),
         str(REPO / "launch/train.py"),
         "--config",
         str(config),
