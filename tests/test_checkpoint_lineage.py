@@ -6,6 +6,7 @@ The issue's scenario on one rank: checkpoints 2..10, then `--resume .../step_2` 
 """
 
 import json
+import os
 
 import pytest
 
@@ -97,7 +98,12 @@ def test_a_kill_while_the_run_files_are_rewritten_leaves_the_old_ones_whole(tmp_
     in_place, replaced = tmp_path / "in_place.yaml", tmp_path / "config.yaml"
     in_place.write_text(old, encoding="utf-8")
     replaced.write_text(old, encoding="utf-8")
+
+    def killed_before_the_rename(fd):  # replace_file writes its sibling through os.open, then syncs it
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(Path, "write_text", killed_halfway)
+    monkeypatch.setattr(os, "fsync", killed_before_the_rename)
     with pytest.raises(KeyboardInterrupt):
         in_place.write_text(new, encoding="utf-8")  # the old way: the file is cut short
     with pytest.raises(KeyboardInterrupt):

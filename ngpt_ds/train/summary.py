@@ -37,10 +37,21 @@ class Summary:
 def replace_file(path: Path, text: str) -> None:
     """Write `text` to a sibling file, then rename it over `path`: a kill mid-write leaves the old
     file whole (a resumed run's config.yaml; summary.json, which launch/slurm/train.sbatch reads to
-    decide whether to requeue), never a file cut short."""
+    decide whether to requeue), never a file cut short.
+
+    The sibling NAME.tmp is created anew, following no link: a symbolic link planted at
+    config.yaml.tmp or summary.json.tmp in a run folder someone handed over was followed by a plain
+    open, and the trainer overwrote the file it pointed to. What is there (a link, a leftover of a
+    killed write) is removed first; O_EXCL and O_NOFOLLOW refuse anything that appears meanwhile."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # the link itself, never its target
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError:  # disk full: no empty or partial sibling left beside the run's files
         with contextlib.suppress(OSError):
