@@ -187,6 +187,38 @@ def test_a_config_json_field_of_a_wrong_type_or_out_of_float32_range_is_named(hf
     assert message in str(err.value)
 
 
+def test_a_config_json_saying_a_billion_layers_is_refused_before_describing_the_model(hf_pair, tmp_path, monkeypatch):
+    """Fault (review): "n_layer": 1000000000 in an HF export's config.json made from_pretrained describe that model
+    block by block (~20 ms and 40 KB each) until the OOM killer; validate() now bounds n_layer at 1024."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.hf import modeling_ngpt
+
+    folder = tmp_path / "crafted_layers"
+    shutil.copytree(hf_pair["folder"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["n_layer"] = 10**9
+    (folder / "config.json").write_text(json.dumps(config))
+
+    built = []
+    original = modeling_ngpt.build_model
+
+    def guarded(model_config):
+        built.append(model_config.n_layer)
+        if model_config.n_layer > 1024:
+            raise AssertionError(f"from_pretrained described a model of {model_config.n_layer} blocks")
+        return original(model_config)
+
+    monkeypatch.setattr(modeling_ngpt, "build_model", guarded)
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert str(err.value).startswith(f"NGPTConfig ({folder}/config.json): 1 problem")
+    assert "model.n_layer = 1000000000: is above the largest supported, 1024" in str(err.value)
+    assert built == []
+
+
 def test_transformers_names_of_the_fields_build_the_model_they_name():
     """Fault: NGPTConfig(hidden_size=64, num_attention_heads=2, ...) gave n_embd 256, n_head 4 (the defaults),
     without a word: PretrainedConfig set the fields through attribute_map, then the defaults overwrote them."""

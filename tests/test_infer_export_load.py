@@ -57,7 +57,7 @@ def _only_on_meta(build_model, built: list | None = None):
 
 def test_config_describing_a_huge_model_is_refused_before_building_it(small_export, tmp_path, monkeypatch):
     """Fault: load_export built the model config.json describes before looking at model.safetensors, so a
-    config.json edited to a 48-layer, 8192-wide model (150 GB of fp32) allocated it first: a traceback from
+    config.json edited to an 8192-wide model (150 GB of fp32 at 48 layers) allocated it first: a traceback from
     the CPU allocator (or the OOM killer) instead of an error naming the file (2 GB allocations, 46 s,
     before failing under an 8 GB memory limit)."""
     from ngpt_ds.errors import NgptConfigError
@@ -66,7 +66,7 @@ def test_config_describing_a_huge_model_is_refused_before_building_it(small_expo
     folder = tmp_path / "crafted"
     shutil.copytree(small_export, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["model"].update(n_layer=48, n_embd=8192, n_head=64)
+    config["model"].update(n_embd=8192, n_head=64)
     (folder / "config.json").write_text(json.dumps(config))
 
     built = []
@@ -75,10 +75,56 @@ def test_config_describing_a_huge_model_is_refused_before_building_it(small_expo
         load(folder, device="cpu")
     message = str(err.value)
     assert message.startswith(f"{folder / 'model.safetensors'}: the weights do not match the model config")
-    assert "missing blocks.10.attn.out.weight" in message  # 48 layers described, 2 in the file
     assert "shape mismatch blocks.0.attn.out.weight (32, 32) vs config (8192, 8192)" in message
     assert built == [(8192, True)]
     assert len(load(small_export, device="cpu").model.blocks) == 2  # the intact export still loads
+
+
+def _never_built(build_model, built: list):
+    """build_model that records each model described and refuses to describe one of more than 1024 blocks."""
+
+    def guarded(model_config):
+        built.append(model_config.n_layer)
+        if model_config.n_layer > 1024:
+            raise AssertionError(f"the loader described a model of {model_config.n_layer} blocks")
+        return build_model(model_config)
+
+    return guarded
+
+
+@pytest.mark.parametrize(
+    "n_layer, message",
+    [
+        (10**9, "model.n_layer = 1000000000: is above the largest supported, 1024"),
+        (
+            1000,
+            "model.safetensors: the weights hold 2 transformer blocks (blocks.0 to blocks.1), but the model config "
+            "says n_layer 1000; the files are damaged, altered or from another model",
+        ),
+    ],
+)
+def test_config_saying_more_layers_than_the_file_holds_is_refused_before_describing_the_model(
+    small_export, tmp_path, monkeypatch, n_layer, message
+):
+    """Fault (review): load_export described the model config.json gives on the meta device (~20 ms and 40 KB
+    a block) before comparing it with model.safetensors, so "n_layer": 1000000000 grew memory until the OOM
+    killer, and 1000 blocks took 20-80 s before the shapes were compared. Now the bound (1024) refuses the
+    first, and the blocks the file's header names refuse the second, before any model is described."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load, loading
+
+    folder = tmp_path / "crafted"
+    shutil.copytree(small_export, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["n_layer"] = n_layer
+    (folder / "config.json").write_text(json.dumps(config))
+
+    built: list = []
+    monkeypatch.setattr(loading, "build_model", _never_built(loading.build_model, built))
+    with pytest.raises(NgptConfigError) as err:
+        load(folder, device="cpu")
+    assert message in str(err.value)
+    assert built == []
 
 
 def test_checkpoint_config_describing_a_huge_model_is_refused_before_building_it(trained, tmp_path, monkeypatch):  # noqa: F811
@@ -105,6 +151,35 @@ def test_checkpoint_config_describing_a_huge_model_is_refused_before_building_it
     assert message.startswith(f"{checkpoint}: the weights do not match the model config")
     assert "shape mismatch blocks.0.attn.out.weight (32, 32) vs config (8192, 8192)" in message
     assert len(load(trained["checkpoint"], device="cpu").model.blocks) == 2  # the intact one still loads
+
+
+def test_checkpoint_config_saying_a_billion_layers_is_refused_before_describing_the_model(
+    trained,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """Fault (review): a checkpoint whose config.yaml says "n_layer": 1000000000 made load_checkpoint describe
+    that model on the meta device block by block (~20 ms and 40 KB each) until the OOM killer."""
+    import yaml
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load, loading
+    from ngpt_ds.train.manifest import build_manifest, write_manifest
+
+    checkpoint = tmp_path / "run" / "checkpoints" / trained["checkpoint"].name
+    shutil.copytree(trained["checkpoint"], checkpoint)
+    run = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    run["model"]["n_layer"] = 10**9
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(run))
+    write_manifest(checkpoint, build_manifest(checkpoint, 6))
+
+    built: list = []
+    monkeypatch.setattr(loading, "build_model", _never_built(loading.build_model, built))
+    with pytest.raises(NgptConfigError) as err:
+        load(checkpoint, device="cpu")
+    assert str(err.value).startswith(f"model config ({checkpoint / 'config.yaml'}): 1 problem")
+    assert "model.n_layer = 1000000000: is above the largest supported, 1024" in str(err.value)
+    assert built == []
 
 
 def test_a_named_pipe_for_the_weights_is_refused_not_waited_on(small_export, tmp_path):

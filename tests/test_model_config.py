@@ -40,6 +40,23 @@ def test_every_problem_is_reported_at_once():
         assert needle in text, needle
 
 
+def test_more_layers_than_the_largest_supported_are_refused_by_validate():
+    """Fault (review): n_layer had no upper bound, and every loader (export, checkpoint, transformers) describes
+    the model on the meta device block by block before reading a weight, ~20 ms and 40 KB a block, so a
+    config saying "n_layer": 1000000000 grew memory until the OOM killer. 1024 blocks still validate."""
+    from ngpt_ds.model.config import MAX_N_LAYER
+
+    assert MAX_N_LAYER == 1024
+    assert ModelConfig(n_layer=1024, n_embd=32, n_head=2).validate().n_layer == 1024
+    for n_layer in (1025, 10**9):
+        with pytest.raises(NgptConfigError) as err:
+            ModelConfig.from_dict({"n_layer": n_layer, "n_embd": 32, "n_head": 2}, source="my.yaml")
+        assert str(err.value) == (
+            f"my.yaml: 1 problem\n  - model.n_layer = {n_layer}: is above the largest supported, 1024 (8 times the "
+            "deepest published models); a file saying more was altered or was not written by ngpt_ds"
+        )
+
+
 def test_odd_head_dim_is_rejected_for_rope():
     with pytest.raises(NgptConfigError, match=r"head_dim = 5, which is odd"):
         ModelConfig(n_embd=20, n_head=4).validate()

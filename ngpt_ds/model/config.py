@@ -20,6 +20,11 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38
 """float32's largest and smallest normal numbers: the model's parameters and constants are float32."""
+MAX_N_LAYER = 1024
+"""The most transformer blocks a config may describe: about 8 times the deepest published language models
+(Llama 3 405B: 126 blocks). Every loader describes the model on the meta device block by block before it
+reads a weight (about 20 ms and 40 KB each), so an edited config.json or config.yaml saying 10^9 layers
+grew memory until the OOM killer stopped the process."""
 SCALINGS = (
     ("alpha_attn_init", "alpha_attn_scale"),
     ("alpha_mlp_init", "alpha_mlp_scale"),
@@ -118,6 +123,13 @@ class ModelConfig:
         for name in ("n_layer", "n_embd", "n_head", "seq_len"):
             value = getattr(self, name)
             p.check(isinstance(value, int) and value > 0, f"model.{name}", value, "must be a positive integer")
+        p.check(
+            not isinstance(self.n_layer, int) or self.n_layer <= MAX_N_LAYER,
+            "model.n_layer",
+            self.n_layer,
+            f"is above the largest supported, {MAX_N_LAYER} (8 times the deepest published "
+            "models); a file saying more was altered or was not written by ngpt_ds",
+        )
         p.check(
             self.vocab_size is None or (isinstance(self.vocab_size, int) and self.vocab_size > 0),
             "model.vocab_size",
