@@ -195,3 +195,57 @@ def test_a_named_pipe_for_the_weights_is_refused_not_waited_on(small_export, tmp
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{folder / 'model.safetensors'} is not a regular file; export the checkpoint again" in proc.stderr
+
+
+def _hub_cache_layout(export: Path, root: Path) -> Path:
+    """`export` as the Hugging Face Hub cache stores a download: blobs/<sha256> holding the files, and
+    snapshots/<revision>/<name> relative symbolic links to them. Returns the snapshot folder."""
+    from ngpt_ds.data.shards import sha256_file
+
+    snapshot = root / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (root / "blobs").mkdir()
+    for file in sorted(export.iterdir()):
+        blob = root / "blobs" / sha256_file(file)
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    return snapshot
+
+
+def test_an_export_of_symbolic_links_to_files_outside_its_folder_loads(small_export, tmp_path):
+    """Fault (review): an export whose files are symbolic links (the Hugging Face Hub cache's
+    snapshots/REV/tokenizer.model -> ../../blobs/HASH, DVC, git-annex, `cp -rs`) was refused: the tokenizer's
+    path was resolved and then required inside the folder ("tokenizer.file = 'tokenizer.model' must name a file
+    inside the export folder ...; export the checkpoint again"), which exporting again cannot change."""
+    from ngpt_ds.infer import load
+
+    snapshot = _hub_cache_layout(small_export, tmp_path / "hub")
+    assert (snapshot / "tokenizer.model").is_symlink()
+    assert (snapshot / "tokenizer.model").resolve().parent == tmp_path / "hub" / "blobs"
+    loaded = load(snapshot, device="cpu")
+    intact = load(small_export, device="cpu")
+    assert loaded.tokenizer_sha256 == intact.tokenizer_sha256
+    assert loaded.tokenizer.encode("The model") == intact.tokenizer.encode("The model")
+    for name, tensor in intact.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("name", ["../escaped.model", "sub/tokenizer.model", "/tmp/tokenizer.model", "..", ""])
+def test_a_tokenizer_file_named_with_a_folder_is_refused(small_export, tmp_path, name):
+    """tokenizer.file in config.json must be a plain file name: a path leading out of the folder (or into a
+    sub-folder) is refused by its name, before any file is read."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load
+
+    folder = tmp_path / "export"
+    shutil.copytree(small_export, folder)
+    shutil.copyfile(small_export / "tokenizer.model", tmp_path / "escaped.model")  # the right tokenizer, outside
+    config = json.loads((folder / "config.json").read_text())
+    config["tokenizer"]["file"] = name
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NgptConfigError) as err:
+        load(folder, device="cpu")
+    assert str(err.value) == (
+        f"{folder / 'config.json'}: tokenizer.file = {name!r} must name a file inside the export folder (normally "
+        "'tokenizer.model'): a plain file name, without a folder; export the checkpoint again"
+    )

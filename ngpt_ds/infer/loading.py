@@ -372,17 +372,19 @@ def read_export_config(folder: Path) -> dict[str, Any]:
 
 
 def _export_tokenizer_file(folder: Path, tok_meta: dict[str, Any]) -> Path:
-    """The tokenizer file named in config.json: a file inside the export folder, never a path that
-    leads out of it (an export is one self-contained folder; a shared one must not read elsewhere)."""
+    """The tokenizer file named in config.json: a plain file name in the export folder, never a path that
+    leads out of it (an export is one self-contained folder; a shared one must not read elsewhere).
+
+    The name is checked, not where the file resolves to: an export whose files are symbolic links (the
+    Hugging Face Hub cache's snapshots/REV/tokenizer.model -> ../../blobs/HASH, DVC, git-annex, `cp -rs`)
+    is the folder its owner made, and the sha256 config.json records checks the file's content."""
     name = tok_meta.get("file", TOKENIZER_FILE)
-    path = folder / str(name)
-    root = folder.resolve()
-    if not isinstance(name, str) or Path(name).is_absolute() or root not in path.resolve().parents:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise NgptConfigError(
             f"{folder / CONFIG_FILE}: tokenizer.file = {name!r} must name a file inside the export "
-            f"folder (normally {TOKENIZER_FILE!r}); export the checkpoint again"
+            f"folder (normally {TOKENIZER_FILE!r}): a plain file name, without a folder; export the checkpoint again"
         )
-    return path
+    return folder / name
 
 
 def load_export(
