@@ -50,8 +50,9 @@ def test_the_dry_run_checks_the_validation_split_as_the_run_does(tiny_dataset, t
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert proc.stderr == (
         f"error: dataset {tiny_dataset} split 'validation' has {(val_tokens - 1) // 2048} windows of seq_len+1 = "
-        "2049 tokens, fewer than one global batch of dp_size * micro_batch_size = 1 * 4 = 4; use a smaller "
-        "seq_len, micro batch or data-parallel size, or prepare more data\n"
+        "2049 tokens, fewer than one validation batch of data-parallel size x micro-batch = 1 x 4 = 4 windows; "
+        "prepare the data again with a larger --val-fraction (it was 0.1), or use a smaller seq_len, micro-batch "
+        "or data-parallel size\n"
     )
     assert not (tmp_path / "out").exists()
     # The run itself stops on it before its process group, engine and --out.

@@ -12,6 +12,15 @@ set each epoch), S = G * grad_accum = the global batch.
 So optimizer step k trains on slots [k*S, (k+1)*S) of the epoch's permutation whatever the split of
 S into data-parallel ranks, micro-batches and accumulation steps: a run resumed at another
 data-parallel size with the same global batch sees exactly the windows the original run would have.
+
+The position is the number of slots of the epoch consumed, p, which a resume with another global batch
+S' (another micro-batch, accumulation or data-parallel size) need not divide: its steps take slots
+[p + k*S', p + (k+1)*S') while they fit in the epoch, and the epoch ends at the first step that would not
+(a position with no whole step left starts the next epoch at once). Later epochs start at slot 0 as
+always. So no window is read twice in an epoch, no step mixes two epochs, and a resume at an unchanged
+batch reads the same stream as before (p is then a multiple of S). Checkpoints hold the position
+between steps; ngpt_ds versions that required p to be a whole number of the new micro-batches over
+all ranks wrote the same state.
 All of this needs every rank to read the same dataset: under a started process group the training
 loader compares meta.json across the ranks first.
 """
@@ -64,16 +73,30 @@ def _to_batch(windows: np.ndarray) -> Batch:
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
-def _too_few(data_dir: Path, index: WindowIndex, dp_size: int, mbs: int) -> NgptConfigError:
+def _too_few(data_dir: Path, index: WindowIndex, dp_size: int, mbs: int, grad_accum: int) -> NgptConfigError:
+    """The error for a split with fewer windows than one optimizer step (train: data-parallel size x micro-batch
+    x accumulation) or one batch (validation: data-parallel size x micro-batch; grad_accum 1)."""
     split, seq_len, windows = index.split, index.seq_len, index.num_windows
+    needed = dp_size * mbs * grad_accum
+    if split == "train":
+        what = (
+            f"one optimizer step of data-parallel size x micro-batch x accumulation = {dp_size} x {mbs} x "
+            f"{grad_accum} = {needed} windows"
+        )
+        fix = "use a smaller seq_len, micro-batch, accumulation or data-parallel size, or prepare more data"
+    else:
+        what = f"one {split} batch of data-parallel size x micro-batch = {dp_size} x {mbs} = {needed} windows"
+        fix = (
+            f"prepare the data again with a larger --val-fraction (it was {index.meta.val_fraction:g}), or use a "
+            "smaller seq_len, micro-batch or data-parallel size"
+        )
     message = (
         f"dataset {data_dir} split {split!r} has {windows} windows of seq_len+1 = {seq_len + 1} tokens, fewer than "
-        f"one global batch of dp_size * micro_batch_size = {dp_size} * {mbs} = {dp_size * mbs}; use a smaller "
-        "seq_len, micro batch or data-parallel size, or prepare more data"
+        f"{what}; {fix}"
     )
     shards = index.meta.splits[split].shards
     tokens = sum(s.tokens for s in shards)
-    if (tokens - 1) // seq_len >= dp_size * mbs:
+    if (tokens - 1) // seq_len >= needed:
         # The tokens are there, cut into shards too short (--shard-tokens): "prepare more data" never helps.
         message += (
             f". Its {tokens} tokens would make {(tokens - 1) // seq_len} windows, but they lie in {len(shards)} "
@@ -196,10 +219,15 @@ class TokenWindowLoader:
         self._index = WindowIndex(self.meta, split, seq_len, faults, needed_windows=step_batch)
         self.windows_per_epoch = self._index.num_windows
         if self.windows_per_epoch < step_batch:
-            raise _too_few(self.data_dir, self._index, dp_size, micro_batch_size * grad_accum)
+            raise _too_few(self.data_dir, self._index, dp_size, micro_batch_size, grad_accum)
+        self.grad_accum = grad_accum
+        self.step_batch = step_batch
+        # Micro-batches of an epoch started at slot 0 (every epoch but the first after a resume with another
+        # global batch).
         self.batches_per_epoch = (self.windows_per_epoch // step_batch) * grad_accum
         self.epoch = 0
-        self._batch = 0  # next global batch within the epoch
+        self._consumed = 0  # slots of this epoch's permutation taken, over all ranks
+        self._micro = 0  # micro-batches taken of the current optimizer step
         self._order: tuple[int, np.ndarray] | None = None
 
     def _permutation(self) -> np.ndarray:
@@ -208,12 +236,18 @@ class TokenWindowLoader:
         return self._order[1]
 
     def next_batch(self) -> Batch:
-        start = self._batch * self.global_batch + self.dp_rank * self.micro_batch_size
+        start = self._consumed + self.dp_rank * self.micro_batch_size
         ids = self._permutation()[start : start + self.micro_batch_size]
-        self._batch += 1
-        if self._batch == self.batches_per_epoch:
-            self.epoch, self._batch = self.epoch + 1, 0
+        self._consumed += self.global_batch
+        self._micro += 1
+        if self._micro == self.grad_accum:  # a step's end: the epoch ends when the next step would not fit
+            self._micro = 0
+            self._next_epoch_unless_a_step_fits()
         return _to_batch(self._index.read(ids))
+
+    def _next_epoch_unless_a_step_fits(self) -> None:
+        if self._consumed + self.step_batch > self.windows_per_epoch:
+            self.epoch, self._consumed = self.epoch + 1, 0
 
     def __iter__(self) -> Iterator[Batch]:
         return self
@@ -222,20 +256,26 @@ class TokenWindowLoader:
         return self.next_batch()
 
     def state_dict(self) -> dict[str, int]:
-        """Position of the next batch, the same on every rank; plain ints (JSON-serialisable)."""
+        """Position of the next optimizer step, the same on every rank; plain ints (JSON-serialisable).
+        Taken between optimizer steps (where the trainer saves): a resume starts a whole step."""
+        if self._micro != 0:
+            raise RuntimeError(
+                f"TokenWindowLoader.state_dict() after {self._micro} of the step's {self.grad_accum} micro-batches: "
+                "take it between optimizer steps"
+            )
         return {
             "version": _STATE_VERSION,
             "seed": self.seed,
             "seq_len": self.seq_len,
             "windows_per_epoch": self.windows_per_epoch,
             "epoch": self.epoch,
-            "windows_consumed": self._batch * self.global_batch,
+            "windows_consumed": self._consumed,
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume at the exact next batch. The split of the global batch may change (another
-        data-parallel size, micro batch or accumulation): the position is in windows over all ranks,
-        and must be a whole number of this loader's micro-batches over all ranks."""
+        """Resume at the exact next window. The global batch and its split may change (another
+        data-parallel size, micro-batch or accumulation): the position is in windows over all ranks, and
+        the steps go on from it while they fit in the epoch (the module's docstring)."""
         p = Problems("data loader state (from the checkpoint)")
         p.check(
             state.get("version") == _STATE_VERSION,
@@ -256,20 +296,19 @@ class TokenWindowLoader:
             "so the checkpoint was trained on other data; resume with its dataset (data_dir in the checkpoint's "
             "config.yaml), or start a new run with another --out",
         )
-        consumed = int(state.get("windows_consumed", -1))
+        consumed = state.get("windows_consumed")
         p.check(
-            0 <= consumed
-            and consumed % self.global_batch == 0
-            and consumed // self.global_batch < self.batches_per_epoch,
+            type(consumed) is int and 0 <= consumed < self.windows_per_epoch,
             "windows_consumed",
             consumed,
-            f"must be a whole number of global batches ({self.global_batch}) within one epoch; "
-            "resume with the checkpoint's dp_size * micro_batch_size",
+            f"must be an integer in [0, windows_per_epoch = {self.windows_per_epoch})",
         )
-        p.check(int(state.get("epoch", -1)) >= 0, "epoch", state.get("epoch"), "must be >= 0")
+        epoch = state.get("epoch")
+        p.check(type(epoch) is int and epoch >= 0, "epoch", epoch, "must be an integer >= 0")
         p.raise_if_any()
-        self.epoch = int(state["epoch"])
-        self._batch = consumed // self.global_batch
+        assert isinstance(consumed, int) and isinstance(epoch, int)
+        self.epoch, self._consumed, self._micro = epoch, consumed, 0
+        self._next_epoch_unless_a_step_fits()  # saved past this batch's last whole step of the epoch
 
 
 class ValidationBatches:
@@ -313,7 +352,7 @@ def validation_batches(
     per_batch = dp_size * micro_batch_size
     index = WindowIndex(load_dataset_meta(data_dir), split, seq_len, faults, needed_windows=per_batch)
     if index.num_windows < per_batch:
-        raise _too_few(data_dir, index, dp_size, micro_batch_size)
+        raise _too_few(data_dir, index, dp_size, micro_batch_size, 1)
     n_batches = index.num_windows // per_batch
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
