@@ -41,6 +41,7 @@ from ngpt_ds.train.manifest import (
     manifest_of,
     marker_digest,
     read_manifest,
+    replace_file,
     write_manifest,
 )
 from ngpt_ds.train.manifest import checkpoint_bytes as checkpoint_bytes
@@ -83,9 +84,16 @@ def step_of(tag: str) -> int:
     return int(tag[len(TAG_PREFIX) :])
 
 
+def is_step_name(name: str) -> bool:
+    """step_ and ASCII digits 0-9 only: the names `step_of` reads. str.isdigit also takes other scripts'
+    digits and superscripts ('step_²'), which int() refuses: one such folder made every listing raise."""
+    digits = name[len(TAG_PREFIX) :]
+    return name.startswith(TAG_PREFIX) and digits.isascii() and digits.isdecimal()
+
+
 def is_step_dir(path: Path) -> bool:
     """A step_N folder (complete or not); temporary and abandoned folders never match."""
-    return path.name.startswith(TAG_PREFIX) and path.name[len(TAG_PREFIX) :].isdigit() and path.is_dir()
+    return is_step_name(path.name) and path.is_dir()
 
 
 def step_dirs(checkpoint_dir: Path) -> list[Path]:
@@ -105,7 +113,7 @@ def universal_source(path: Path) -> Path | None:
     if not name.endswith(UNIVERSAL_SUFFIX):
         return None
     source = path.with_name(name[: -len(UNIVERSAL_SUFFIX)])
-    return source if source.name.startswith(TAG_PREFIX) and source.name[len(TAG_PREFIX) :].isdigit() else None
+    return source if is_step_name(source.name) else None
 
 
 def universal_step(universal_dir: Path) -> int:
@@ -144,14 +152,8 @@ def point_latest(checkpoint_dir: Path) -> None:
     if not complete:
         latest.unlink(missing_ok=True)
         return
-    tmp = checkpoint_dir / (LATEST + ".tmp")
-    try:
-        tmp.write_text(complete[-1].name, encoding="utf-8")
-        os.replace(tmp, latest)
-    except OSError:  # disk full (a save can fill it): no empty latest.tmp left beside the checkpoints
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    # latest.tmp created new, never through a link planted there; removed when the write fails (disk full)
+    replace_file(latest, complete[-1].name.encode("utf-8"))
 
 
 #: What torch.save's zip writer says when the file under it fails (it raises RuntimeError, no errno).
@@ -159,9 +161,13 @@ TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "iostream err
 
 
 def _describe(err: BaseException, folder: Path) -> str:
+    """An OSError by its errno's text and file; torch's zip writer's failure with the free space; any other
+    error (an OSError without an errno, such as shutil's) by its type and text."""
     if isinstance(err, OSError) and err.errno is not None:
         where = f" ({err.filename})" if err.filename else ""
         return f"{os.strerror(err.errno)}{where}"
+    if not _is_torch_write_failure(err):
+        return f"{type(err).__name__}: {str(err).strip()}"
     text = f"torch.save failed ({str(err).strip()})"
     try:
         free = shutil.disk_usage(folder).free
@@ -179,9 +185,11 @@ def _describe_any(err: Exception, folder: Path) -> str:
 
 def _is_write_failure(err: BaseException) -> bool:
     """An OSError, or torch's zip writer reporting a failed write."""
-    return isinstance(err, OSError) or (
-        isinstance(err, RuntimeError) and any(marker in str(err) for marker in TORCH_WRITE_FAILURES)
-    )
+    return isinstance(err, OSError) or _is_torch_write_failure(err)
+
+
+def _is_torch_write_failure(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in TORCH_WRITE_FAILURES)
 
 
 def _estimate_bytes(engine: DeepSpeedEngine) -> int:
@@ -201,7 +209,7 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
         restore_moved_aside(checkpoint_dir)  # before the loop below removes what is left under .tmp-replaced
         for leftover in checkpoint_dir.iterdir():
             if leftover.name.startswith(TAG_PREFIX) and leftover.name.endswith((TEMP_SUFFIX, REPLACED_SUFFIX)):
-                shutil.rmtree(leftover)
+                _remove(leftover)
         complete = complete_checkpoints(checkpoint_dir)
         previous = checkpoint_bytes(complete[-1]) if complete else None
         need, basis = (
@@ -218,6 +226,16 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
             f"{_gib(free)} are free on the filesystem of {checkpoint_dir}. Nothing was written"
         )
     return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder with its content, or a file; a link (to a folder, a file, nothing) only itself, never
+    what it points to. A link planted as step_N.tmp-save had made every save fail ('Cannot call rmtree on
+    a symbolic link')."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tuple[dict[str, Any] | None, str | None]:
@@ -289,9 +307,8 @@ def moved_aside(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
         if not aside.name.endswith(REPLACED_SUFFIX):
             continue
         final = aside.with_name(aside.name[: -len(REPLACED_SUFFIX)])
-        named_a_step = final.name.startswith(TAG_PREFIX) and final.name[len(TAG_PREFIX) :].isdigit()
         if (
-            named_a_step
+            is_step_name(final.name)
             and not aside.is_symlink()
             and not final.exists()
             and not final.is_symlink()

@@ -10,6 +10,7 @@ The folder layout around it is ngpt_ds.train.checkpoint's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import heapq
@@ -25,6 +26,13 @@ COMPLETE = "COMPLETE"
 MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
 MANIFEST_VERSION = 1
 HASH_NAME = "blake2b-128"
+MAX_COMPLETE_BYTES = 16 * 2**20
+"""The largest COMPLETE file read (16 MiB). A manifest takes about 90 bytes per file listed plus its path (117
+bytes a file in a universal checkpoint of 16 files, 143 in a ZeRO-2 save of 3): the cap holds over 100,000
+files of 150-byte paths, far above any checkpoint (two files per rank of a ZeRO-3 save, four per parameter of a
+universal one). A larger one is refused unread: COMPLETE is read several times per checkpoint on every rank,
+and a valid manifest padded with spaces to 400 MB was accepted after 18 s and 840 MB of memory (verify,
+checkpoint_bytes, marker_digest and is_legacy of one checkpoint; 0.8 s and 19 MB with the cap)."""
 LEGACY_MARKER = re.compile(r"step \d+\n?")
 """The whole COMPLETE file an older ngpt_ds wrote (`step N`, a newline). Any other text that is not a
 manifest is a damaged or crafted marker, never a legacy one: it would skip every check."""
@@ -100,8 +108,9 @@ def build_manifest(folder: Path, step: int) -> dict[str, Any]:
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The checkpoint's manifest, or None for the `step N` marker written before manifests existed.
-    Raises MalformedManifest for any other text (OSError when it cannot be read)."""
-    text = (path / COMPLETE).read_text(encoding="utf-8", errors="replace")
+    Raises MalformedManifest for any other text, and for a COMPLETE that `read_marker` refuses (OSError when
+    it cannot be read)."""
+    text = read_marker(path).decode("utf-8", errors="replace")
     if LEGACY_MARKER.fullmatch(text):
         return None
     try:
@@ -113,6 +122,50 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
             f"{path / COMPLETE} is damaged: it is neither a checkpoint manifest nor the 'step N' line of an older ngpt_ds"
         )
     return manifest
+
+
+def read_marker(path: Path) -> bytes:
+    """The bytes of the checkpoint's COMPLETE file, read only when it is a regular file (not a link to one) of
+    at most MAX_COMPLETE_BYTES. Raises MalformedManifest naming the file otherwise (OSError when it cannot be
+    read). The trainer writes COMPLETE as a regular file of a few KiB; a link could make every rank read any
+    file of the machine, a named pipe would block, a huge one would fill the memory of every rank."""
+    marker = path / COMPLETE
+    kind = _kind(os.lstat(marker).st_mode)
+    if kind is not None:
+        raise _refused(marker, f"is {kind}")
+    try:  # O_NONBLOCK: a named pipe put there since the lstat opens without waiting, and fstat refuses it
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        if err.errno == errno.ELOOP and marker.is_symlink():  # replaced by a link since the lstat
+            raise _refused(marker, "is a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        kind = _kind(st.st_mode)
+        if kind is not None:
+            raise _refused(marker, f"is {kind}")
+        data = f.read(MAX_COMPLETE_BYTES + 1) if st.st_size <= MAX_COMPLETE_BYTES else b""
+    if st.st_size > MAX_COMPLETE_BYTES or len(data) > MAX_COMPLETE_BYTES:  # grown since the fstat: read no more
+        raise _refused(marker, f"holds {max(st.st_size, len(data))} bytes")
+    return data
+
+
+def _refused(marker: Path, what: str) -> MalformedManifest:
+    return MalformedManifest(
+        f"{marker} {what}; a {COMPLETE} marker is a regular file of at most {MAX_COMPLETE_BYTES // 2**20} MiB, "
+        "so it was not read (the checkpoint was altered, or copied as links)"
+    )
+
+
+def _kind(mode: int) -> str | None:
+    """None for a regular file; else what it is, for a message."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def newer_format(path: Path) -> int | None:
@@ -139,11 +192,12 @@ def checkpoint_bytes(path: Path) -> int | None:
 
 
 def marker_digest(path: Path) -> str | None:
-    """blake2b-128 of the checkpoint's COMPLETE file (None when it cannot be read): two folders with the
-    same marker digest hold the same manifest, hence the same checkpoint once verified."""
+    """blake2b-128 of the checkpoint's COMPLETE file (None when it cannot be read or `read_marker` refuses
+    it): two folders with the same marker digest hold the same manifest, hence the same checkpoint once
+    verified."""
     try:
-        return hashlib.blake2b((path / COMPLETE).read_bytes(), digest_size=16).hexdigest()
-    except OSError:
+        return hashlib.blake2b(read_marker(path), digest_size=16).hexdigest()
+    except (OSError, MalformedManifest):
         return None
 
 
@@ -247,14 +301,32 @@ def legacy_warning(path: Path) -> str:
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` as folder/COMPLETE atomically (a temporary file, fsync, rename, fsync of the folder)."""
-    marker = folder / (COMPLETE + ".tmp")
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(marker, folder / COMPLETE)
+    """Write `manifest` as folder/COMPLETE atomically (`replace_file`, then fsync of the folder)."""
+    replace_file(folder / COMPLETE, json.dumps(manifest, indent=1).encode("utf-8"))
     fsync_dir(folder)
+
+
+def replace_file(target: Path, data: bytes) -> None:
+    """Replace `target` with a file holding `data`, atomically: written as `target`.tmp, fsynced, renamed over
+    `target`. The temporary file is created new, never through a link: whatever holds its name first (a link
+    planted in a run folder someone received, a leftover of a killed write) is removed, not followed, and
+    O_EXCL | O_NOFOLLOW refuse anything that takes the name again before the open. `latest.tmp` written
+    through a planted link had overwritten the file it pointed to (any file, for a trainer run as root).
+    The temporary file is removed when the write fails (disk full)."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a link itself, never what it points to
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 _NO_DIRECTORY_FSYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)
