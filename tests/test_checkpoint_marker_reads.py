@@ -22,7 +22,7 @@ LIMIT = 16 * 2**20
 """manifest.MAX_COMPLETE_BYTES"""
 REFUSED = (
     f"; a COMPLETE marker is a regular file of at most {LIMIT // 2**20} MiB, so it was not read "
-    "(the checkpoint was altered, or copied as links)"
+    "(the checkpoint was altered)"
 )
 
 
@@ -79,18 +79,19 @@ def test_a_huge_complete_is_refused_from_its_size_without_reading_it(tmp_path):
     assert peak < 2**20
 
 
-def test_a_complete_that_is_a_link_to_a_valid_manifest_is_refused_naming_it(tmp_path):
+def test_a_complete_that_is_a_link_to_a_valid_manifest_is_read_as_every_file_of_a_checkpoint_copied_as_links(
+    tmp_path,
+):
+    """Stores that keep files as links (git-annex, DVC, `cp -rs`) hold COMPLETE as a link too: it is followed,
+    as the checkpoint's other files are."""
     real = _checkpoint(tmp_path / "real")
     folder = tmp_path / "step_00000002"
     folder.mkdir()
-    (folder / "mp_rank_00_model_states.pt").write_bytes(b"A" * 100)
+    (folder / "mp_rank_00_model_states.pt").symlink_to(real / "mp_rank_00_model_states.pt")
     (folder / manifest.COMPLETE).symlink_to(real / manifest.COMPLETE)
-    expected = f"{folder / manifest.COMPLETE} is a symbolic link{REFUSED}"
-    assert manifest.verify(folder) == expected
-    with pytest.raises(manifest.MalformedManifest) as refused:
-        manifest.read_manifest(folder)
-    assert str(refused.value) == expected
-    assert manifest.marker_digest(folder) is None and manifest.checkpoint_bytes(folder) is None
+    assert manifest.verify(folder) is None
+    assert manifest.read_manifest(folder) == manifest.read_manifest(real)
+    assert manifest.marker_digest(folder) == manifest.marker_digest(real) is not None
 
 
 def test_a_complete_that_is_a_link_to_a_huge_file_is_not_read(tmp_path):
@@ -102,7 +103,7 @@ def test_a_complete_that_is_a_link_to_a_huge_file_is_not_read(tmp_path):
     (folder / manifest.COMPLETE).symlink_to(huge)
     answers = []
     peak = _peak_bytes(lambda: answers.extend([manifest.marker_digest(folder), manifest.verify(folder)]))
-    assert answers == [None, f"{folder / manifest.COMPLETE} is a symbolic link{REFUSED}"]
+    assert answers == [None, f"{folder / manifest.COMPLETE} holds {400 * 2**20} bytes{REFUSED}"]
     assert peak < 2**20
 
 

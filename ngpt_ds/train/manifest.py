@@ -125,20 +125,17 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def read_marker(path: Path) -> bytes:
-    """The bytes of the checkpoint's COMPLETE file, read only when it is a regular file (not a link to one) of
-    at most MAX_COMPLETE_BYTES. Raises MalformedManifest naming the file otherwise (OSError when it cannot be
-    read). The trainer writes COMPLETE as a regular file of a few KiB; a link could make every rank read any
-    file of the machine, a named pipe would block, a huge one would fill the memory of every rank."""
+    """The bytes of the checkpoint's COMPLETE file, read only when it is (or links to) a regular file of at most
+    MAX_COMPLETE_BYTES. Raises MalformedManifest naming the file otherwise (OSError when it cannot be read). The
+    trainer writes COMPLETE as a regular file of a few KiB; a named pipe would block every rank, a device could
+    act on being opened, a huge file would fill the memory of every rank. A link is followed, as for every other
+    file of a checkpoint: stores that keep files as links (git-annex, DVC, `cp -rs`) hold checkpoints so."""
     marker = path / COMPLETE
-    kind = _kind(os.lstat(marker).st_mode)
+    kind = _kind(os.stat(marker).st_mode)
     if kind is not None:
         raise _refused(marker, f"is {kind}")
-    try:  # O_NONBLOCK: a named pipe put there since the lstat opens without waiting, and fstat refuses it
-        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        if err.errno == errno.ELOOP and marker.is_symlink():  # replaced by a link since the lstat
-            raise _refused(marker, "is a symbolic link") from None
-        raise
+    # O_NONBLOCK: a named pipe put there since the stat opens without waiting, and fstat refuses it
+    fd = os.open(marker, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         kind = _kind(st.st_mode)
@@ -153,7 +150,7 @@ def read_marker(path: Path) -> bytes:
 def _refused(marker: Path, what: str) -> MalformedManifest:
     return MalformedManifest(
         f"{marker} {what}; a {COMPLETE} marker is a regular file of at most {MAX_COMPLETE_BYTES // 2**20} MiB, "
-        "so it was not read (the checkpoint was altered, or copied as links)"
+        "so it was not read (the checkpoint was altered)"
     )
 
 
