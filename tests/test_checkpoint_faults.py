@@ -222,7 +222,9 @@ def test_resuming_from_another_folders_checkpoint_moves_every_checkpoint_of_out_
         f"(step_00000002, step_00000004), and its metrics.jsonl and tensorboard/, to {abandoned} (kept, not deleted)"
     )
     assert sorted(p.name for p in checkpoints.iterdir()) == [abandoned.name]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
+    # lineage.json: the new lineage grows from other_2 (tests/test_resume_same_command.py).
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "lineage.json"]
+    assert json.loads((tmp_path / "run" / "lineage.json").read_text())["resumed_from"] == str(other_2)
     assert (abandoned / "metrics.jsonl").read_text() == '{"step": 4, "train/loss": 5.0}\n'
     assert (abandoned / "tensorboard" / "events.out.tfevents.1").read_bytes() == b"run's own events"
     assert [(abandoned / tag_for(s) / COMPLETE).read_bytes() for s in (2, 4)] == digests

@@ -114,7 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_given,
         metavar="{auto,none,PATH}",
         help="auto: continue from the newest complete checkpoint in --out (default); "
-        "none: start fresh; PATH: a checkpoint directory or run directory",
+        "none: start fresh; PATH: a checkpoint directory or run directory. The same command run again "
+        "continues the lineage PATH started in --out (its newest checkpoint), not PATH again",
+    )
+    parser.add_argument(
+        "--restart-lineage",
+        action="store_true",
+        help="with --resume PATH: start over from PATH even if it already started this --out's lineage "
+        "(the checkpoints trained since are moved to checkpoints/abandoned-*, not deleted)",
     )
     parser.add_argument(
         "--max-time",
@@ -157,6 +164,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     group.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)  # DeepSpeed's examples pass it
     args = parser.parse_args(argv)
+    if args.restart_lineage and args.resume in ("auto", "none"):
+        parser.error(
+            f"--restart-lineage goes with --resume PATH (the checkpoint to start over from), not --resume {args.resume}"
+        )
     if not args.deepspeed_config:
         parser.error("--deepspeed_config is required, e.g. --deepspeed_config ds_configs/zero2.json")
     return args
@@ -202,7 +213,7 @@ def _train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         compile_model=args.compile,
         out=args.out,
-        resume=args.resume,
+        resume=_same_command_resume(args),
         max_time_s=args.max_time,
         progress=not args.no_progress,
         world_size=args.dry_run or None,
@@ -228,6 +239,38 @@ def _train(args: argparse.Namespace) -> int:
 
         return STOPPED_UNSAVED_EXIT_CODE
     return 0
+
+
+def _same_command_resume(args: argparse.Namespace) -> str:
+    """--resume PATH in a rerun of the command whose PATH started --out's current lineage: 'auto', the newest
+    checkpoint of that lineage, with one line saying so (ngpt_ds.train.lineage.same_command_resume); else
+    --resume as given. Each rank decides from the same files; the ranks then check that they agree
+    (ngpt_ds.train.resume.resolve_resume_on_all_ranks)."""
+    if args.resume in ("auto", "none") or args.restart_lineage:
+        return args.resume
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.model.config import resolve_config_path
+    from ngpt_ds.train import lineage
+    from ngpt_ds.train.resume import _named_checkpoint
+
+    try:
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / resolve_config_path(args.config or f"{args.model or 'ngpt'}_tiny").stem
+        )
+    except NgptConfigError:  # the trainer names the problem
+        return args.resume
+    try:
+        named = _named_checkpoint(out, args.resume)
+    except (NgptConfigError, OSError):  # gone (retention deletes the step a lineage grew from), or unreadable
+        named = None
+    resume, line = lineage.same_command_resume(out, args.resume, named, restart=False)
+    if line is not None and int(os.environ.get("RANK", "0")) == 0:
+        from ngpt_ds import log
+
+        log.get(__name__).info(line)
+    return resume
 
 
 def next_command(script: str) -> Callable[[str], str]:

@@ -1,18 +1,35 @@
 """Lineage: one line of checkpoints per run folder. Resuming from an older step (or from another run's
 checkpoint) moves the checkpoints that are not ancestors of the run aside, with the logs that describe
 them, so that retention, --resume auto and export see only the lineage being trained. Nothing is deleted.
+The checkpoint a lineage grew from is recorded in <out>/lineage.json, so that the same command run again
+(--resume PATH, requeued by Slurm) continues that lineage instead of starting it over (`same_command_resume`).
 The folder layout is ngpt_ds.train.checkpoint's.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 from pathlib import Path
 
 from ngpt_ds.train import checkpoint
-from ngpt_ds.train.summary import SUMMARY_FILE
+from ngpt_ds.train.summary import SUMMARY_FILE, replace_file
+
+LINEAGE_FILE = "lineage.json"
+"""In the run folder: where its current lineage was resumed from (`record_origin`)."""
+RESTART_OPTION = "--restart-lineage"
+"""The trainer's option that starts over from --resume PATH although PATH already started this run."""
+_RECORD_MAX_BYTES = 65536
+
+
+def in_run_folder(out_dir: Path, path: Path) -> bool:
+    """Whether checkpoint folder `path` is one of `out_dir`'s own step folders. Only the folder holding the
+    entry is resolved: a step folder that is itself a symbolic link (`ln -s /shared/run/checkpoints/step_4
+    runP/checkpoints/`) is an entry of this run's checkpoints/, to resume like any other; resolving `path`
+    itself followed the link and took it for another run's checkpoint, moved aside before it was loaded."""
+    return Path(os.path.abspath(path)).parent.resolve() == (out_dir / checkpoint.CHECKPOINTS).resolve()
 
 
 def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
@@ -23,15 +40,18 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     lineage being trained. Resuming from a checkpoint outside this folder's checkpoints (another run,
     an abandoned lineage) moves every step_N folder: none of them is an ancestor of the run, and
     retention would delete the older ones. The earlier lineage's metrics.jsonl and tensorboard/ go
-    with them (`_keep_lineage_logs`). Nothing is deleted. Returns the line to print, or None when
-    nothing moved.
+    with them (`_keep_lineage_logs`). Nothing is deleted. A new lineage (started fresh, from another run's
+    checkpoint, or from an older step) records its origin in <out>/lineage.json (`record_origin`). Returns
+    the line to print, or None when nothing moved.
     """
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
     k = checkpoint.step_of(resume_from.name) if resume_from is not None else 0
-    elsewhere = resume_from is not None and resume_from.resolve().parent != checkpoint_dir.resolve()
+    elsewhere = resume_from is not None and not in_run_folder(out_dir, resume_from)
     newer = [d for d in checkpoint.step_dirs(checkpoint_dir) if elsewhere or checkpoint.step_of(d.name) > k]
     newer += [d for d in checkpoint.universal_dirs(checkpoint_dir) if elsewhere or checkpoint.universal_step(d) > k]
     if not newer:
+        if resume_from is None or elsewhere:  # a fresh lineage, or one growing from another run's checkpoint
+            record_origin(out_dir, resume_from)
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     abandoned = checkpoint_dir / f"{checkpoint.ABANDONED_PREFIX}{stamp}"
@@ -42,8 +62,12 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     abandoned.mkdir()
     for folder in newer:
         os.rename(folder, abandoned / folder.name)
+    record = out_dir / LINEAGE_FILE
+    if record.is_file() and not record.is_symlink():  # the earlier lineage's origin goes with it
+        os.rename(record, abandoned / LINEAGE_FILE)
     checkpoint.fsync_dir(checkpoint_dir)
     checkpoint.point_latest(checkpoint_dir)
+    record_origin(out_dir, resume_from)
     names = ", ".join(d.name for d in newer)
     logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
     summary = _move_summary(out_dir, abandoned)
@@ -90,3 +114,73 @@ def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[st
             shutil.copy2(source, abandoned / name)
         kept.append(name + ("/" if (abandoned / name).is_dir() else ""))
     return kept
+
+
+def record_origin(out_dir: Path, resume_from: Path | None) -> None:
+    """Rank 0, under the run lock, when a lineage starts: write <out>/lineage.json naming the checkpoint it
+    grows from (its absolute path, step and manifest digest, which identifies it even if moved), or remove
+    the record for a fresh lineage (no checkpoint: an earlier record would describe checkpoints gone)."""
+    path = out_dir / LINEAGE_FILE
+    if resume_from is None:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+        return
+    record = {
+        "resumed_from": os.path.abspath(resume_from),
+        "step": checkpoint.step_of(resume_from.name),
+        "complete_blake2b": checkpoint.marker_digest(resume_from),
+    }
+    replace_file(path, json.dumps(record, indent=1) + "\n")
+
+
+def read_origin(out_dir: Path) -> dict | None:
+    """<out>/lineage.json, or None when it is absent, unreadable or not a record `record_origin` wrote."""
+    path = out_dir / LINEAGE_FILE
+    try:
+        if not path.is_file():  # not a FIFO, whose read would block
+            return None
+        with path.open("rb") as f:
+            record = json.loads(f.read(_RECORD_MAX_BYTES + 1)[:_RECORD_MAX_BYTES])
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("resumed_from"), str):
+        return None
+    if not isinstance(record.get("step"), int) or not isinstance(record.get("complete_blake2b"), (str, type(None))):
+        return None
+    return record
+
+
+def same_command_resume(out_dir: Path, resume: str, named: Path | None, *, restart: bool) -> tuple[str, str | None]:
+    """--resume PATH run again: (the --resume to use, the line to print or None).
+
+    `named`: the checkpoint PATH names (None when PATH cannot be followed, as when retention deleted the
+    step the lineage grew from). When PATH started this run's current lineage (the same manifest digest as
+    <out>/lineage.json records; or, PATH gone, the same path) and --out holds complete checkpoints of that
+    lineage, newer than PATH, the run continues from the newest ("auto"): running the same command again,
+    as the trainer's stop message, its summary and the Slurm scripts' requeue do, trains on, where it
+    restarted from PATH and moved everything the earlier sessions trained aside. `restart`
+    (--restart-lineage) starts over from PATH. --resume auto and none, and a PATH that did not start the
+    current lineage, are unchanged.
+    """
+    if resume in ("auto", "none") or restart:
+        return resume, None
+    record = read_origin(out_dir)
+    if record is None:
+        return resume, None
+    if named is not None:
+        digest = checkpoint.marker_digest(named)
+        if digest is None or digest != record["complete_blake2b"]:
+            return resume, None
+    elif os.path.abspath(resume) != record["resumed_from"]:
+        return resume, None
+    newer = [
+        p
+        for p in checkpoint.complete_checkpoints(out_dir / checkpoint.CHECKPOINTS)
+        if checkpoint.step_of(p.name) > record["step"]
+    ]
+    if not newer:  # nothing saved since: the earlier session stopped before its first checkpoint
+        return resume, None
+    return "auto", (
+        f"--resume {resume} already started this run ({out_dir / LINEAGE_FILE}); continuing from its newest "
+        f"checkpoint, {newer[-1].name}. Pass --resume {resume} {RESTART_OPTION} to start over from it"
+    )

@@ -21,7 +21,7 @@ from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, ds_compat, preflight, reshape
+from ngpt_ds.train import agreement, checkpoint, ds_compat, lineage, preflight, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
@@ -413,7 +413,7 @@ class Trainer:
                 "running the same command again starts from step 0"
             )
         checkpoints = self.out_dir / "checkpoints"
-        if self.newest_checkpoint.resolve().parent != checkpoints.resolve():
+        if not lineage.in_run_folder(self.out_dir, self.newest_checkpoint):  # a linked step_N is the run's
             # Resumed from another folder's checkpoint (--resume PATH), nothing saved here yet: --resume auto in
             # this --out would start from step 0.
             return (
