@@ -200,7 +200,7 @@ def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:
             return world
         counts += [int(match[1])] * int(match[2] or 1)
     node = env.get("SLURM_NODEID", "0")
-    return counts[int(node)] if node.isdigit() and int(node) < len(counts) else counts[0]
+    return counts[int(node)] if node.isascii() and node.isdigit() and int(node) < len(counts) else counts[0]
 
 
 _MPI_LOCAL_RANK = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")

@@ -313,7 +313,7 @@ def _end_with_parent() -> None:
         import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if parent.isdigit() and os.getppid() != int(parent):
+    if parent.isascii() and parent.isdigit() and os.getppid() != int(parent):
         sys.exit(f"the rank that started this conversion (pid {parent}) is gone")
 
 

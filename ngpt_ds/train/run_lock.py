@@ -182,7 +182,14 @@ def _try_lock(fd: int) -> str | None:
 def _running_here(holder: dict[str, str]) -> bool:
     """The lock file names a process on this host, other than this one, that is still running."""
     pid = holder.get("pid", "")
-    return holder.get("host") == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))
+    return (
+        holder.get("host") == socket.gethostname() and _is_number(pid) and int(pid) != os.getpid() and _alive(int(pid))
+    )
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit also takes other scripts' digits (a `pid=²` in the file), which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _alive(pid: int) -> bool:
@@ -222,8 +229,13 @@ def acquire(out_dir: Path) -> RunLock:
     path = out_dir / LOCK_FILE
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as err:
+        if err.errno == errno.ELOOP:  # a link planted in a run folder someone handed over: never written through
+            raise NgptConfigError(
+                f"--out {out_dir}: {LOCK_FILE} is a symbolic link (to {os.readlink(path)}); the trainer writes its "
+                f"name into {LOCK_FILE} and would write through the link. Remove the link, then run again"
+            ) from None
         raise NgptConfigError(
             f"--out {out_dir} is not writable ({err.strerror or err}): the trainer writes "
             "its checkpoints, logs and config there. Choose a writable --out"
@@ -252,7 +264,7 @@ def acquire(out_dir: Path) -> RunLock:
         )
     elif "pid" in previous:
         same_host = previous.get("host") == socket.gethostname()
-        dead = same_host and previous["pid"].isdigit() and not _alive(int(previous["pid"]))
+        dead = same_host and _is_number(previous["pid"]) and not _alive(int(previous["pid"]))
         state = "no longer running" if dead else "its lock was released"
         note = (
             f"took over the stale lock of host={previous.get('host', '?')} pid={previous['pid']} ({state}; "
@@ -279,7 +291,7 @@ def unless_in_use(out_dir: Path) -> Iterator[bool]:
     (resume.py puts back a checkpoint an interrupted save moved aside), which must not touch a folder a
     running trainer owns. Not while this process holds the lock: closing the file drops fcntl locks."""
     try:
-        fd = os.open(out_dir / LOCK_FILE, os.O_RDWR)
+        fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         yield True
         return

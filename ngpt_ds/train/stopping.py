@@ -134,7 +134,7 @@ class StopRequest:
 
 def original_parent_pid() -> int:
     parent, _, pid = os.environ.get(PARENT_PID_VARIABLE, "").partition(":")
-    return int(parent) if pid == str(os.getpid()) and parent.isdigit() else os.getppid()
+    return int(parent) if pid == str(os.getpid()) and parent.isascii() and parent.isdigit() else os.getppid()
 
 
 def launcher_processes(ppid: int) -> list[psutil.Process]:
