@@ -97,29 +97,44 @@ def export_model(
         holds_kind=_is_export_folder,
         sources=[(source, "the checkpoint being exported")],
     )
-    loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
-    check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])
-    deviation = max_norm_deviation(loaded.model)
-    state = {name: t.detach().contiguous().clone() for name, t in loaded.model.state_dict().items()}
-
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     # A locked staging folder (as a dataset's): one a killed export left is removed by the next export of
     # `out` (a temporary folder was never cleaned: a full copy of the weights per kill), and it is made
     # with the umask's mode, where a temporary folder's 0700 became the export's, unreadable by the group.
-    tmp = staging_dir(out)
+    # Made before the checkpoint is read: a read-only or missing destination is named at once, not after
+    # minutes of consolidating the weights.
     try:
-        if format == "hf":
-            from ngpt_ds.hf.export import verify_hf_export, write_hf_export
+        tmp = staging_dir(out)
+    except OSError as err:
+        raise NgptConfigError(
+            f"cannot export to {out}: its folder {out.parent} cannot be written ({_reason(err)}); choose another --out"
+        ) from None
+    try:
+        loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
+        check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])
+        deviation = max_norm_deviation(loaded.model)
+        state = {name: t.detach().contiguous().clone() for name, t in loaded.model.state_dict().items()}
+        try:
+            if format == "hf":
+                from ngpt_ds.hf.export import verify_hf_export, write_hf_export
 
-            verify_hf_export(tmp, write_hf_export(loaded, tmp, name=out.name), loaded.config.arch)
-        else:
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
-            shutil.copyfile(loaded.tokenizer.path, tmp / TOKENIZER_FILE)
-            config = _config_json(loaded, deviation)
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-            (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
-            _verify(tmp, state)
+                verify_hf_export(tmp, write_hf_export(loaded, tmp, name=out.name), loaded.config.arch)
+            else:
+                save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
+                shutil.copyfile(loaded.tokenizer.path, tmp / TOKENIZER_FILE)
+                config = _config_json(loaded, deviation)
+                (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+                (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")
+                _verify(tmp, state)
+        except (OSError, SafetensorError) as err:
+            # A full disk (ENOSPC, from safetensors as its own error) or a filesystem turned read-only: named
+            # with the folder, where it was a traceback after all the loading work.
+            raise NgptConfigError(
+                f"cannot export to {out}: writing in {out.parent} failed ({_reason(err)}); nothing was exported. "
+                "Free space there or choose another --out"
+            ) from None
         if out.exists() and not overwrite:  # another export of `out` finished meanwhile: not ours to replace
             raise NgptConfigError(f"{out} appeared while exporting; choose another folder or pass --overwrite")
         # An earlier export at `out` (checked above: never the source) is exchanged in one step, so a kill
@@ -128,6 +143,13 @@ def export_model(
     finally:
         remove_staging(tmp)  # after swap_in, nothing is left to remove
     return out
+
+
+def _reason(err: BaseException) -> str:
+    """An OSError's reason without its repeated path ('No space left on device'), else the error's text."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
 
 
 def _is_export_folder(folder: Path) -> bool:
