@@ -256,8 +256,8 @@ def test_two_ranks_each_hash_their_share_and_agree_to_skip_damage_in_rank_1s_sha
 
     ranks = choose_on_two_ranks(tmp_path, tmp_path / "run", str(newest))  # named: refused on both ranks
     expected = (
-        f"--resume {newest}: the checkpoint is damaged: {problem}. Resume from another checkpoint, or use "
-        "--resume auto to take the newest intact one"
+        f"--resume {newest}: the checkpoint is damaged: {problem}. Resume from another checkpoint (use "
+        "--resume auto to take the newest intact one)"
     )
     assert [r["error"] for r in ranks] == [expected, expected]
 

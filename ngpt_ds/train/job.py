@@ -42,12 +42,20 @@ def train(options: TrainOptions) -> Summary:
         agreement.stop_all_if_any_failed(problem)
         resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
         if resumed_step >= prepared.run.train.max_steps:
-            if dist.get_rank() == 0:
+            assert prepared.resume_from is not None  # resumed_step is -1 without one
+            own = checkpoint.complete_checkpoints(Path(prepared.run.out_dir) / checkpoint.CHECKPOINTS)
+            if dist.get_rank() == 0 and own and own[-1].resolve() == prepared.resume_from.resolve():
                 _log.info(
                     f"{prepared.run.out_dir} is already trained to step {resumed_step}/{prepared.run.train.max_steps}"
                     ": nothing to do. Pass --max-steps N to train further, or --out DIR for a new run."
                 )
                 mend_finished_summary(Path(prepared.run.out_dir), resumed_step, prepared.run.train.max_steps)
+            elif dist.get_rank() == 0:  # an older step, or another run's: --out's own summary is not this one's
+                _log.info(
+                    f"--resume names {prepared.resume_from} (step {resumed_step}) and --max-steps is "
+                    f"{prepared.run.train.max_steps}: nothing to train. Pass --max-steps N above {resumed_step} to "
+                    "train on from it"
+                )
             return Summary(
                 "already-finished",
                 resumed_step,

@@ -283,6 +283,16 @@ def _is_entry(name: str, entry: Any) -> bool:
     )
 
 
+def marked_step(path: Path) -> int | None:
+    """The step the checkpoint's COMPLETE records: its manifest's, or the number of an older ngpt_ds's `step N`
+    line; None where neither says. Raises as `read_manifest`."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return int(read_marker(path).decode("ascii", errors="replace").split()[1])  # the legacy line's N
+    step = manifest.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def is_legacy(path: Path) -> bool:
     """A checkpoint marked complete by an older ngpt_ds: a `step N` COMPLETE, no manifest."""
     try:

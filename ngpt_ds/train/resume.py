@@ -20,7 +20,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, manifest, run_lock
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.ds_config import BatchPlan
-from ngpt_ds.train.manifest import read_manifest
+from ngpt_ds.train.manifest import marked_step
 
 LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
 """Ranks that see different checkpoints list again after each of these pauses (30 s in all) before that
@@ -88,6 +88,16 @@ def _named_checkpoint(out_dir: Path, resume: str) -> Path | None:
             )
         path = source
     if (path / checkpoint.COMPLETE).is_file():
+        if not checkpoint.is_step_name(path.name):  # the trainer takes the step from the name
+            try:
+                step = marked_step(path)
+            except (OSError, ValueError):
+                step = None
+            name = checkpoint.tag_for(step) if step is not None else f"{checkpoint.TAG_PREFIX}N (N its step)"
+            raise NgptConfigError(
+                f"--resume {resume}: the trainer reads a checkpoint's step from its folder's name, "
+                f"{checkpoint.TAG_PREFIX}N, and {path.name} is none; rename it (or copy it) as {name}"
+            )
         return path
     if path.is_dir() and checkpoint.complete_checkpoints(path):
         return checkpoint.complete_checkpoints(path)[-1]
@@ -136,7 +146,7 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
         )
         named = aside.get(newest, newest)
     chosen = named if named is not None else _named_checkpoint(out_dir, resume)
-    return None if chosen is None else _intact_or_refused(chosen, resume, warn, verify)
+    return None if chosen is None else _intact_or_refused(chosen, resume, warn, verify, out_dir)
 
 
 def _resumable(verify: Verify) -> Verify:
@@ -148,29 +158,33 @@ def _resumable(verify: Verify) -> Verify:
 
     def check(path: Path) -> str | None:
         problem = verify(path)  # first, always: with verify_on_all_ranks every rank takes this collective
-        named = path.name[len(checkpoint.TAG_PREFIX) :]
-        if problem is not None or not path.name.startswith(checkpoint.TAG_PREFIX) or not named.isdigit():
+        if problem is not None or not checkpoint.is_step_name(path.name):
             return problem
+        named = checkpoint.step_of(path.name)
         try:  # verified just now: a manifest, or an older ngpt_ds's 'step N' line
-            saved = (read_manifest(path) or {}).get("step")
+            saved = marked_step(path)
         except (OSError, ValueError):  # replaced since: the next resume's verify names it
             saved = None
-        if isinstance(saved, int) and saved != int(named):
+        if saved is not None and saved != named:
             return (
-                f"{path} holds the checkpoint of step {saved} (its {checkpoint.COMPLETE} manifest) under the "
-                f"name of step {int(named)}: renamed, or copied under another step's name"
+                f"{path} holds the checkpoint of step {saved} (its {checkpoint.COMPLETE} marker) under the "
+                f"name of step {named}: renamed, or copied under another step's name"
             )
         return None
 
     return check
 
 
-def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], verify: Verify) -> Path:
+def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], verify: Verify, out_dir: Path) -> Path:
     problem = verify(chosen)
     if problem is not None:
+        if chosen.parent.resolve() == (out_dir / checkpoint.CHECKPOINTS).resolve():
+            other = "use --resume auto to take the newest intact one"
+        else:  # auto looks in --out, not where this one lies: it would start from step 0
+            before = [c for c in checkpoint.complete_checkpoints(chosen.parent) if c.name < chosen.name]
+            other = f"the one before it there: --resume {before[-1]}" if before else "none is older there"
         raise NgptConfigError(
-            f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another "
-            "checkpoint, or use --resume auto to take the newest intact one"
+            f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another checkpoint ({other})"
         )
     if checkpoint.is_legacy(chosen):
         warn(checkpoint.legacy_warning(chosen))
@@ -225,7 +239,7 @@ def resolve_resume_on_all_ranks(out_dir: Path, resume: str, warn: Callable[[str]
     verify = _resumable(verify_on_all_ranks)  # every rank reads the same agreed COMPLETE: the same answer
     if resume == "auto":
         return _newest_passing(candidates, out_dir / checkpoint.CHECKPOINTS, warn, verify)
-    return _intact_or_refused(candidates[0], resume, warn, verify) if candidates else None
+    return _intact_or_refused(candidates[0], resume, warn, verify, out_dir) if candidates else None
 
 
 def _what_the_ranks_see(out_dir: Path, resume: str, warn: Callable[[str], None]) -> tuple[list[Any], int | None]:
