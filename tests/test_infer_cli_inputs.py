@@ -83,3 +83,57 @@ def test_an_empty_list_of_context_lengths_is_refused(small_export, tiny_dataset,
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and out == ""
     assert f"argument {option}: expected at least one number, got ' , '" in err
+
+
+@pytest.mark.parametrize(
+    "option, value, shown, need",
+    [
+        ("--multiples", "inf", "inf", "> 0"),
+        ("--multiples", "nan", "nan", "> 0"),
+        ("--multiples", "1e308", "1e+308", "> 0"),
+        ("--multiples", "1,-2", "-2.0", "> 0"),
+        ("--contexts", "64,0", "0", ">= 1"),
+        ("--contexts", str(2**63), str(2**63), ">= 1"),
+    ],
+)
+def test_context_lengths_that_are_no_number_of_tokens_are_refused_before_loading(
+    small_export,  # noqa: F811
+    tiny_dataset,
+    capsys,
+    monkeypatch,
+    option,
+    value,
+    shown,
+    need,
+):
+    """Fault (review): evaluate.py --multiples inf or 1e308 loaded the model, then stopped with an OverflowError
+    traceback (round(inf)), nan with a ValueError one; --contexts 0 was refused only after loading."""
+    import ngpt_ds.infer
+    from ngpt_ds.cli.evaluate import main
+
+    monkeypatch.setattr(ngpt_ds.infer, "load", lambda *a, **kw: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main([str(small_export), "--data", str(tiny_dataset), option, value])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == ""
+    assert (
+        f"argument {option}: {shown} in {value!r}: each must be a finite number {need} and below 2^63 (a context is "
+        "a number of tokens)"
+    ) in err
+
+
+def test_a_multiple_whose_context_is_no_number_of_tokens_is_named_by_evaluate(small_export, tiny_dataset):  # noqa: F811
+    """evaluate() itself (the API under the CLI): nan passed its `m <= 0` check and 1e18 x seq_len 32 (>= 2^63)
+    was round() of a float no window index holds; both are named."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import evaluate, load
+
+    loaded = load(small_export, device="cpu")
+    with pytest.raises(NgptConfigError, match=r"^context multiples \[nan\]: must be finite numbers > 0$"):
+        evaluate(loaded, tiny_dataset, multiples=[float("nan")])
+    with pytest.raises(NgptConfigError) as err:
+        evaluate(loaded, tiny_dataset, multiples=[1, 1e18])
+    assert str(err.value) == (
+        "context multiple 1e+18 times seq_len 32 is not below 2^63, no number of tokens; use multiples that the "
+        "split's length allows (1, 2, 4 by default)"
+    )

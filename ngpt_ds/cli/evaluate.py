@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -27,7 +28,13 @@ examples:
 """
 
 
-def _numbers(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+MAX_TOKENS = 2**63
+"""A context length is a count of tokens, an int64 in the evaluation's indexing."""
+
+
+def _numbers(kind: Callable[[str], Any], least: float) -> Callable[[str], list[Any]]:
+    """A parser of comma-separated numbers, each finite and at least `least` (> 0 where least is 0)."""
+
     def parse(text: str) -> list[Any]:
         try:
             numbers = [kind(x) for x in text.split(",") if x.strip()]
@@ -35,6 +42,15 @@ def _numbers(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
         if not numbers:  # an empty list printed an empty table and exited 0
             raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+        # Before the model is loaded: inf and 1e308 (times seq_len) were an OverflowError traceback, nan a
+        # ValueError one, after loading it. A context is a number of tokens, below 2^63 whatever seq_len is.
+        bad = [x for x in numbers if not (math.isfinite(x) and x >= least and x > 0 and x < MAX_TOKENS)]
+        if bad:
+            need = f">= {least}" if least > 0 else "> 0"
+            raise argparse.ArgumentTypeError(
+                f"{bad[0]} in {text!r}: each must be a finite number {need} and below 2^63 (a context is a number "
+                "of tokens)"
+            )
         return numbers
 
     return parse
@@ -60,12 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     lengths = parser.add_mutually_exclusive_group()
     lengths.add_argument(
         "--multiples",
-        type=_numbers(float),
+        type=_numbers(float, 0),
         metavar="M1,M2,...",
         help="context lengths as multiples of the training seq_len (default: 1,2,4)",
     )
     lengths.add_argument(
-        "--contexts", type=_numbers(int), metavar="T1,T2,...", help="context lengths in tokens, instead of --multiples"
+        "--contexts",
+        type=_numbers(int, 1),
+        metavar="T1,T2,...",
+        help="context lengths in tokens, instead of --multiples",
     )
     parser.add_argument(
         "--windows",

@@ -120,8 +120,14 @@ def evaluate(
     seq_len = loaded.config.seq_len
     if contexts is None:
         multiples = multiples or [1, 2, 4]
-        if any(m <= 0 for m in multiples):
-            raise NgptConfigError(f"context multiples {multiples}: must be > 0")
+        if not all(math.isfinite(m) and m > 0 for m in multiples):  # nan passed `<= 0`, and inf too
+            raise NgptConfigError(f"context multiples {multiples}: must be finite numbers > 0")
+        too_long = [m for m in multiples if not m * seq_len < 2**63]
+        if too_long:  # 1e308 x seq_len was round(inf): an OverflowError traceback
+            raise NgptConfigError(
+                f"context multiple {too_long[0]:g} times seq_len {seq_len} is not below 2^63, no number of tokens; "
+                "use multiples that the split's length allows (1, 2, 4 by default)"
+            )
         contexts = [max(1, round(m * seq_len)) for m in multiples]
     if any(c < 1 for c in contexts):
         raise NgptConfigError(f"context lengths {contexts}: must be >= 1")
