@@ -313,9 +313,10 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     fsync_dir(folder)
 
 
-def replace_file(target: Path, data: bytes) -> None:
-    """Replace `target` with a file holding `data`, atomically: written as `target`.tmp, fsynced, renamed over
-    `target`. The temporary file is created new, never through a link: whatever holds its name first (a link
+def replace_file(target: Path, data: bytes | str) -> None:
+    """Replace `target` with a file holding `data` (text as UTF-8), atomically: written as `target`.tmp, fsynced,
+    renamed over `target`, so a kill mid-write leaves the old file whole (a run's config.yaml, summary.json, which
+    launch/slurm/train.sbatch reads to decide whether to requeue; `latest`; COMPLETE), never one cut short. The temporary file is created new, never through a link: whatever holds its name first (a link
     planted in a run folder someone received, a leftover of a killed write) is removed, not followed, and
     O_EXCL | O_NOFOLLOW refuse anything that takes the name again before the open. `latest.tmp` written
     through a planted link had overwritten the file it pointed to (any file, for a trainer run as root).
@@ -326,7 +327,7 @@ def replace_file(target: Path, data: bytes) -> None:
     fd = os.open(tmp, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
 from ngpt_ds.train import checkpoint, run_lock
+from ngpt_ds.train.manifest import replace_file as replace_file  # where run files are written from
 
 SUMMARY_FILE = "summary.json"
 _log = log.get(__name__)
@@ -32,31 +31,6 @@ class Summary:
     seconds: float
     checkpoint: str | None
     out_dir: str
-
-
-def replace_file(path: Path, text: str) -> None:
-    """Write `text` to a sibling file, then rename it over `path`: a kill mid-write leaves the old
-    file whole (a resumed run's config.yaml; summary.json, which launch/slurm/train.sbatch reads to
-    decide whether to requeue), never a file cut short.
-
-    The sibling NAME.tmp is created anew, following no link: a symbolic link planted at
-    config.yaml.tmp or summary.json.tmp in a run folder someone handed over was followed by a plain
-    open, and the trainer overwrote the file it pointed to. What is there (a link, a leftover of a
-    killed write) is removed first; O_EXCL and O_NOFOLLOW refuse anything that appears meanwhile."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()  # the link itself, never its target
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:  # disk full: no empty or partial sibling left beside the run's files
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
