@@ -137,3 +137,55 @@ def test_a_multiple_whose_context_is_no_number_of_tokens_is_named_by_evaluate(sm
         "context multiple 1e+18 times seq_len 32 is not below 2^63, no number of tokens; use multiples that the "
         "split's length allows (1, 2, 4 by default)"
     )
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--seed", str(2**64), f"--seed {2**64}: must be an integer from -2^63 to 2^64 - 1 (torch's seed range)"),
+        ("--seed", str(-(2**63) - 1), f"--seed {-(2**63) - 1}: must be an integer from -2^63 to 2^64 - 1"),
+        ("--max-context", "0", "--max-context 0: must be >= 1 (the longest prompt accepted, in tokens)"),
+        ("--max-context", "-5", "--max-context -5: must be >= 1"),
+    ],
+)
+def test_a_seed_or_max_context_out_of_range_is_refused_before_loading(
+    small_export,  # noqa: F811
+    capsys,
+    monkeypatch,
+    option,
+    value,
+    message,
+):
+    """Fault (review): generate.py --seed 99999999999999999999999 loaded the model and echoed the prompt, then
+    stopped with torch's traceback (ValueError: Overflow when unpacking long long); --max-context 0 silently
+    meant the model's seq_len (`args.max_context or seq_len`)."""
+    import ngpt_ds.infer
+    from ngpt_ds.cli.generate import main
+
+    monkeypatch.setattr(ngpt_ds.infer, "load", lambda *a, **kw: pytest.fail("the model was loaded"))
+    assert main([str(small_export), "--prompt", "The class", "--max-new-tokens", "2", option, value]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"error: {message}" in err
+
+
+def test_the_ends_of_torchs_seed_range_generate(small_export, capsys):  # noqa: F811
+    """-2^63 and 2^64 - 1 are seeds torch takes: they sample, and the same seed gives the same text."""
+    from ngpt_ds.cli.generate import main
+
+    texts = []
+    for seed in (-(2**63), 2**64 - 1, 2**64 - 1):
+        assert main([str(small_export), "--prompt", "The class", "--max-new-tokens", "4", "--seed", str(seed)]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[1] == texts[2] and all(t.startswith("The class") for t in texts)
+
+
+def test_generate_refuses_a_seed_or_max_context_out_of_range(small_export):  # noqa: F811
+    """generate() itself: max_context=0 meant seq_len, and a seed beyond torch's range was its ValueError."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import Sampling, generate, load
+
+    loaded = load(small_export, device="cpu")
+    with pytest.raises(NgptConfigError, match=r"^max_context 0: must be >= 1"):
+        generate(loaded.model, loaded.tokenizer, "The class", max_new_tokens=2, max_context=0)
+    with pytest.raises(NgptConfigError, match=r"^seed 18446744073709551616: must be an integer from -2\^63"):
+        generate(loaded.model, loaded.tokenizer, "The", max_new_tokens=2, sampling=Sampling(temperature=1), seed=2**64)

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(args: argparse.Namespace) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"\nwarning: {message}\n"
     from ngpt_ds.infer import Sampling, generate, load
-    from ngpt_ds.infer.generate import check_prompt_length
+    from ngpt_ds.infer.generate import check_max_context, check_prompt_length, check_seed
 
     if args.prompt is not None:
         # argv holds undecodable bytes as lone surrogates (PEP 383): the original bytes, checked below.
@@ -117,11 +117,14 @@ def _generate(args: argparse.Namespace) -> int:
     ).validate()
     if args.max_new_tokens < 0:  # before the prompt is echoed (generate checks it only after)
         raise NgptConfigError(f"--max-new-tokens {args.max_new_tokens}: must be >= 0")
+    check_seed(args.seed, "--seed")  # before loading: torch refused 2^64 only when sampling began
+    check_max_context(args.max_context, "--max-context")
     keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     print(f"loaded {loaded.describe()} on {loaded.device}", file=sys.stderr)
     seq_len = loaded.config.seq_len
-    check_prompt_length(len(loaded.tokenizer.encode(prompt)), args.max_context or seq_len, seq_len)
+    max_context = seq_len if args.max_context is None else args.max_context
+    check_prompt_length(len(loaded.tokenizer.encode(prompt)), max_context, seq_len)
     if not args.no_echo:
         print(prompt, end="", flush=True)
     result = generate(

@@ -90,7 +90,28 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds torch.Generator.manual_seed accepts (an int64 or a uint64)."""
+
+
+def check_seed(seed: int | None, name: str = "seed") -> None:
+    """A seed torch can take, or None (random); NgptConfigError otherwise (torch's was an OverflowError-like
+    ValueError traceback, 'Overflow when unpacking long long', after the model had loaded)."""
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise NgptConfigError(f"{name} {seed}: must be an integer from -2^63 to 2^64 - 1 (torch's seed range)")
+
+
+def check_max_context(max_context: int | None, name: str = "max_context") -> None:
+    """None (the model's seq_len) or a positive number of tokens: 0 silently meant seq_len."""
+    if max_context is not None and max_context < 1:
+        raise NgptConfigError(
+            f"{name} {max_context}: must be >= 1 (the longest prompt accepted, in tokens); leave it out for the "
+            "model's training seq_len"
+        )
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
@@ -207,9 +228,11 @@ def generate(
     on_text: Callable[[str], object] | None = None,
 ) -> Generation:
     """Sample a continuation of `prompt`. `on_text(piece)` receives the text as it is produced."""
+    check_seed(seed)
+    check_max_context(max_context)
     prompt_ids = tokenizer.encode(prompt)
     seq_len = model.config.seq_len
-    check_prompt_length(len(prompt_ids), max_context or seq_len, seq_len)
+    check_prompt_length(len(prompt_ids), seq_len if max_context is None else max_context, seq_len)
     if max_new_tokens < 0:
         raise NgptConfigError(f"max_new_tokens = {max_new_tokens}: must be >= 0")
     eos = tokenizer.eos_id
