@@ -249,3 +249,65 @@ def test_a_tokenizer_file_named_with_a_folder_is_refused(small_export, tmp_path,
         f"{folder / 'config.json'}: tokenizer.file = {name!r} must name a file inside the export folder (normally "
         "'tokenizer.model'): a plain file name, without a folder; export the checkpoint again"
     )
+
+
+@pytest.mark.parametrize(
+    "dtype, shown",
+    [
+        (torch.float8_e4m3fn, "F8_E4M3"),
+        (torch.float8_e5m2, "F8_E5M2"),
+        (torch.int8, "I8"),
+        (torch.bool, "BOOL"),
+        (torch.complex64, "C64"),
+    ],
+)
+def test_a_weight_of_a_dtype_that_is_no_float_is_refused_naming_it(small_export, tmp_path, dtype, shown):
+    """Fault (review): an export's weights' dtype was never checked: a float8 tensor ended in a traceback
+    (NotImplementedError: "isfinite" not implemented for 'Float8_e4m3fn'), and int8, bool or complex64 ones
+    were cast to float32 and loaded without a word (complex dropping its imaginary part)."""
+    from safetensors.torch import load_file, save_file
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load
+
+    folder = tmp_path / "export"
+    shutil.copytree(small_export, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["blocks.1.mlp.down.weight"] = weights["blocks.1.mlp.down.weight"].to(dtype)
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(NgptConfigError) as err:
+        load(folder, device="cpu")
+    assert str(err.value) == (
+        f"{folder / 'model.safetensors'}: blocks.1.mlp.down.weight ({shown}): weights must be float32, float64, "
+        "bfloat16 or float16; the files are damaged, altered or from another program"
+    )
+
+
+def test_check_weights_refuses_a_weight_that_is_no_float_naming_it():
+    """The same check on the weights a checkpoint gives (check_weights, under every loader)."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer.loading import check_weights
+
+    weights = {"a.weight": torch.zeros(2, 2), "b.weight": torch.zeros(2, dtype=torch.int8)}
+    with pytest.raises(NgptConfigError) as err:
+        check_weights({"a.weight": (2, 2), "b.weight": (2,)}, weights, "step_00000004")
+    assert str(err.value) == (
+        "step_00000004: b.weight (int8): weights must be float32, float64, bfloat16 or float16; the files are "
+        "damaged, altered or from another program"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_weights_in_float16_bfloat16_or_float64_still_load(small_export, tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    from ngpt_ds.infer import load
+
+    folder = tmp_path / "export"
+    shutil.copytree(small_export, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["blocks.1.mlp.down.weight"] = weights["blocks.1.mlp.down.weight"].to(dtype)
+    save_file(weights, str(folder / "model.safetensors"))
+    loaded = load(folder, device="cpu")
+    expected = weights["blocks.1.mlp.down.weight"].float()
+    assert torch.equal(loaded.model.state_dict()["blocks.1.mlp.down.weight"], expected)

@@ -209,9 +209,33 @@ def check_shapes(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int,
         )
 
 
+WEIGHT_DTYPES = tuple(NORM_TOLERANCE)
+"""The dtypes a saved weight may have: float32, float64, bfloat16, float16 (read as float32)."""
+
+
+def check_dtypes(dtypes: dict[str, Any], source: str) -> None:
+    """Every weight must be float32, float64, bfloat16 or float16 (`dtypes`: name -> torch dtype, or the
+    safetensors header's name of one): float8 ended in a traceback (isfinite is not implemented for it), and
+    int8, bool or complex weights were cast to float32 and loaded without a word (complex dropping its
+    imaginary part)."""
+    header_names = {"F32": torch.float32, "F64": torch.float64, "BF16": torch.bfloat16, "F16": torch.float16}
+    bad = sorted(
+        (name, dtype)
+        for name, dtype in dtypes.items()
+        if (header_names.get(dtype) if isinstance(dtype, str) else dtype) not in WEIGHT_DTYPES
+    )
+    if bad:
+        shown = ", ".join(f"{name} ({str(dtype).removeprefix('torch.')})" for name, dtype in bad[:8])
+        raise NgptConfigError(
+            f"{source}: {shown}{' …' if len(bad) > 8 else ''}: weights must be float32, float64, bfloat16 or "
+            "float16; the files are damaged, altered or from another program"
+        )
+
+
 def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, torch.Tensor], source: str) -> None:
     """Names and shapes of `weights` must be exactly the `expected` ones (config_shapes of the saved
-    config), and every value finite."""
+    config), every one of a float dtype (check_dtypes), and every value finite."""
+    check_dtypes({name: t.dtype for name, t in weights.items()}, source)
     bad = sorted(n for n, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
     if bad:
         raise NgptConfigError(
@@ -413,6 +437,7 @@ def load_export(
         # larger model than the file holds must not allocate that model first.
         with safe_open(str(weights_file), "pt") as f:
             header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+            check_dtypes({name: f.get_slice(name).get_dtype() for name in header}, str(weights_file))
         check_layer_count(config, header, str(weights_file))
         check_shapes(config_shapes(config), header, str(weights_file))
         weights = load_file(str(weights_file))
