@@ -31,7 +31,7 @@ from test_data_loader import TRAIN_SHARDS, T, window_starts, write_synthetic
 from ngpt_ds.data.loader import TokenWindowLoader, epoch_order, validation_batches
 from ngpt_ds.errors import NgptConfigError
 
-from conftest import read_metrics, tiny_ngpt, tiny_train, train_run, write_ds_config, write_yaml
+from conftest import read_metrics, run_launch, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 SEED = 7
 
@@ -159,7 +159,26 @@ def test_too_few_validation_windows_advises_a_larger_validation_fraction(data):
 
 # ---- the trainer ---------------------------------------------------------------------------------------------
 
-MICRO, ACCUM = 180, 15  # after the resume: 2700 windows per step (the validation split holds 187 windows)
+MICRO, ACCUM = 20, 10  # after the resume: 200 windows per step, of the 595 of `small_dataset`'s epoch
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    """A sixth of tiny_dataset's documents (595 training windows of 32 tokens, 64 validation ones, vocab 512):
+    an epoch end within three steps of 200 windows, at a tenth of tiny_dataset's compute."""
+    import json
+    import pydoc_data.topics
+
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("small_dataset")
+    texts = list(pydoc_data.topics.topics.values())
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[: len(texts) // 6]))
+    config = PrepareConfig(
+        inputs=(str(root / "corpus.jsonl"),), out=root / "data", vocab_size=512, val_fraction=0.1, workers=1
+    )
+    config.progress = False
+    return prepare_dataset(config)
 
 
 def loader_state(checkpoint: Path) -> tuple[int, int]:
@@ -171,17 +190,18 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
 
 
-def test_a_trainer_resumed_at_another_micro_batch_and_accumulation_continues_exactly(tmp_path, tiny_dataset):
-    """One step at micro-batch 2 (slot 2 of the 7990 windows), then micro-batch 180 x accumulation 15: the old
-    trainer refused it (exit 2) after its engine had started and <out>/config.yaml said micro-batch 180. Now
-    steps 2 and 3 take slots [2, 2702) and [2702, 5402); a third step would end at 8102, so step 4 takes slots
-    [0, 2700) of epoch 1. Resumed once to step 4 or twice (to step 3, at that epoch's start, then 4), the
+def test_a_trainer_resumed_at_another_micro_batch_and_accumulation_continues_exactly(tmp_path, small_dataset):
+    """One step at micro-batch 2 (slot 2 of the 595 windows), then micro-batch 20 x accumulation 10: the old
+    trainer refused it (exit 2) after its engine had started and <out>/config.yaml said micro-batch 20. Now
+    steps 2 and 3 take slots [2, 202) and [202, 402); a third step would end at 602, so step 4 takes slots
+    [0, 200) of epoch 1. Resumed once to step 4 or twice (to step 3, at that epoch's start, then 4), the
     losses and weights are bit for bit the same."""
     model = tiny_ngpt()
     small = write_ds_config(tmp_path / "micro2.json", stage=0, bf16=False, micro=2, accum=1)
-    large = write_ds_config(tmp_path / "micro180.json", stage=0, bf16=False, micro=MICRO, accum=ACCUM)
+    large = write_ds_config(tmp_path / "micro20.json", stage=0, bf16=False, micro=MICRO, accum=ACCUM)
     first = tmp_path / "first"
-    train_run(write_yaml(tmp_path / "one.yaml", model, tiny_train(1, min_lr=1e-2)), small, tiny_dataset, first)
+    one = write_yaml(tmp_path / "one.yaml", model, tiny_train(1, min_lr=1e-2))
+    run_launch("train.py", *train_flags(one, small, small_dataset, first))
     step1 = first / "checkpoints" / "step_00000001"
     assert loader_state(step1) == (0, 2)
 
@@ -191,16 +211,16 @@ def test_a_trainer_resumed_at_another_micro_batch_and_accumulation_continues_exa
         for steps in max_steps:
             train = tiny_train(steps, min_lr=1e-2, checkpoint_interval=1, keep_checkpoints=5)  # the LR of any max_steps
             config = write_yaml(tmp_path / f"{name}{steps}.yaml", model, train)
-            proc = train_run(config, large, tiny_dataset, out)
+            proc = run_launch("train.py", *train_flags(config, large, small_dataset, out))
             said = proc.stdout + proc.stderr
-            changed = "changed since the checkpoint: global batch 2 -> 2700 sequences per step"
+            changed = "changed since the checkpoint: global batch 2 -> 200 sequences per step"
             assert (changed in said) == (steps == max_steps[0]), said[-3000:]
         return out
 
     once, twice = resumed("once", 4), resumed("twice", 3, 4)
     checkpoints = once / "checkpoints"
-    assert [loader_state(checkpoints / f"step_{s:08d}") for s in (2, 3, 4)] == [(0, 2702), (1, 0), (1, 2700)]
-    assert loader_state(twice / "checkpoints" / "step_00000004") == (1, 2700)
+    assert [loader_state(checkpoints / f"step_{s:08d}") for s in (2, 3, 4)] == [(0, 202), (1, 0), (1, 200)]
+    assert loader_state(twice / "checkpoints" / "step_00000004") == (1, 200)
     losses = {out: [(m["step"], m["train/loss"]) for m in read_metrics(out)] for out in (once, twice)}
     assert [s for s, _ in losses[once]] == [1, 2, 3, 4]
     assert losses[once] == losses[twice]
