@@ -362,3 +362,38 @@ def test_an_export_given_where_the_other_is_expected_is_named_as_such(hf_exporte
         export_model(exported, tmp_path / "again")
     assert str(caught.value).startswith(f"{exported} is an exported model, and export.py reads a checkpoint ")
     assert not (tmp_path / "again").exists()
+
+
+_WRITE_CODE = """
+import sys
+from pathlib import Path
+from ngpt_ds.hf.export import write_code
+print(",".join(write_code(Path(sys.argv[1]))))
+"""
+
+
+def test_the_modeling_code_is_copied_as_utf8_under_an_ascii_locale(tmp_path):
+    """Fault (review): write_code read the package's code files with the locale's encoding, so under an ASCII
+    locale (LC_ALL=C without Python's UTF-8 mode) the export stopped with a UnicodeDecodeError: modeling_ngpt.py,
+    model/layers.py and others hold non-ASCII characters (12 bytes in layers.py)."""
+    import os
+    import subprocess
+
+    from ngpt_ds.hf.export import PACKAGE_ROOT, _code_closure
+
+    env = {**cpu_env(), "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRITE_CODE, str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = proc.stdout.strip().split(",")
+    assert "modeling_ngpt.py" in names and "layers.py" in names
+    layers = next(rel for rel in _code_closure() if rel.name == "layers.py")
+    source = (PACKAGE_ROOT / layers).read_text(encoding="utf-8")
+    assert any(ord(c) > 127 for c in source)  # the file this test needs to hold non-ASCII text
+    copied = (tmp_path / "layers.py").read_text(encoding="utf-8")
+    assert [line for line in copied.splitlines() if "import" not in line] == [
+        line for line in source.splitlines() if "import" not in line
+    ]
+    assert os.listdir(tmp_path) and len(os.listdir(tmp_path)) == len(names)

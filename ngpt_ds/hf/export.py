@@ -97,7 +97,9 @@ def write_code(folder: Path) -> list[str]:
     if len(set(names)) != len(names):
         raise AssertionError(f"the exported modeling files must have distinct names: {names}")
     for rel in files:
-        text = _IMPORT.sub(lambda m: f"{m.group(1)}from .{m.group(3)} import ", (PACKAGE_ROOT / rel).read_text())
+        text = _IMPORT.sub(
+            lambda m: f"{m.group(1)}from .{m.group(3)} import ", (PACKAGE_ROOT / rel).read_text(encoding="utf-8")
+        )
         (folder / rel.name).write_text(text, encoding="utf-8")
     return names
 
