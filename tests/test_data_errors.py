@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 from pydoc_data.topics import topics
 
-import numpy as np
 import pytest
 
 from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
@@ -269,13 +268,16 @@ def test_tokenizer_replaced_after_preparation(good, tmp_path):
         load_dataset_meta(d)
 
 
-def test_loader_shards_are_read_only_memmaps(good):
+def test_loader_shards_are_open_read_only(good):
+    import fcntl
+    import os
+
     from ngpt_ds.data.loader import TokenWindowLoader
 
     ld = TokenWindowLoader(good, "train", 16, 2, 0, 1, seed=0)
     ld.next_batch()
-    mm = ld._index._maps[[m is not None for m in ld._index._maps].index(True)]
-    assert isinstance(mm, np.memmap) and mm.mode == "r" and not mm.flags.writeable
+    fds = [fd for fd in ld._index._fds if fd is not None]
+    assert fds and all(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY for fd in fds)
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -70,15 +70,14 @@ def test_a_dataset_replaced_while_a_run_reads_it_is_not_read(tmp_path, replaceme
     assert all(np.array_equal(a, b) for a, b in zip(val_got, val_want))
 
 
-def test_a_shard_too_short_for_a_window_is_not_mapped(tmp_path):
-    """Only shards that hold a window are mapped; a crafted empty shard (0 tokens) cannot be mapped at all."""
+def test_a_shard_too_short_for_a_window_is_not_opened(tmp_path):
+    """Only shards that hold a window are held open."""
     data = _prepare(_corpus(tmp_path / "a.jsonl", "alpha", 200), tmp_path / "data")
     meta = json.loads((data / "meta.json").read_text())
     shards = meta["splits"]["train"]["shards"]
     seq = shards[-1]["tokens"]  # the last shard holds seq tokens, one short of a window
     assert seq < 1500
     loader = TokenWindowLoader(data, "train", seq, 1, 0, 1, seed=0)
-    maps = loader._index._maps
-    assert [m is not None for m in maps] == [True] * (len(shards) - 1) + [False]
-    assert sum(m is not None for m in maps) >= 1
-    assert all(m.mode == "r" and not m.flags.writeable for m in maps if m is not None)
+    fds = loader._index._fds
+    assert [fd is not None for fd in fds] == [True] * (len(shards) - 1) + [False]
+    assert sum(fd is not None for fd in fds) >= 1

@@ -1,4 +1,4 @@
-"""Every shard a split reads is held mapped (and so open) for the whole run: a dataset with more of them than
+"""Every shard a split reads is held open for the whole run: a dataset with more of them than
 the process may hold open stops at startup with one line naming the limit, not hours in with a traceback."""
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_more_shards_than_the_hard_limit_stop_at_startup_with_one_line(tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     line = proc.stdout.strip()
-    assert line.startswith(f"error: dataset {data} split 'train': mapping shard train_")
+    assert line.startswith(f"error: dataset {data} split 'train': opening shard train_")
     assert line.endswith(
         f"failed (Too many open files) after {int(line.split(' after ')[1].split()[0])} of the {SHARDS} shards that "
         f"hold windows: every shard is held open while the run reads it, so this process needs more than {SHARDS} "
@@ -164,6 +164,7 @@ def test_the_mapping_error_counts_the_shards_mapped_not_the_short_ones_before(tm
     'after 3 of the 2 shards that hold windows'. It is 'after 1 of the 2' now."""
     import errno
 
+    from ngpt_ds.data import windows
     from ngpt_ds.data.shards import load_dataset_meta
     from ngpt_ds.data.windows import WindowIndex
     from ngpt_ds.errors import NgptConfigError
@@ -175,17 +176,17 @@ def test_the_mapping_error_counts_the_shards_mapped_not_the_short_ones_before(tm
         short["tokens"] = 1
     meta["splits"]["train"]["tokens"] = 8
     (root / "meta.json").write_text(json.dumps(meta))
-    real = np.memmap
+    real = windows._open_read_only
 
-    def refused_at_the_last(filename, *args, **kwargs):
-        if str(filename).endswith("train_000003.bin"):
+    def refused_at_the_last(path):
+        if str(path).endswith("train_000003.bin"):
             raise OSError(errno.EMFILE, "Too many open files")
-        return real(filename, *args, **kwargs)
+        return real(path)
 
-    monkeypatch.setattr(np, "memmap", refused_at_the_last)
+    monkeypatch.setattr(windows, "_open_read_only", refused_at_the_last)
     with pytest.raises(
         NgptConfigError,
-        match=r"mapping shard train_000003\.bin failed \(Too many open files\) "
+        match=r"opening shard train_000003\.bin failed \(Too many open files\) "
         r"after 1 of the 2 shards that hold windows",
     ):
         WindowIndex(load_dataset_meta(root, verify_contents=False), "train", 2)

@@ -7,7 +7,7 @@ Modules, one job each:
   shards         on-disk format: `meta.json` + `<split>_NNNNNN.bin`; `load_dataset_meta` validates it
   prepare        `prepare_dataset`: the whole preparation, written atomically
   default_corpus the King James Bible default corpus, fetched once with pip and cached
-  windows        map window numbers to token slices of memory-mapped shards
+  windows        map window numbers to token slices of shards held open (read with pread)
   loader         `TokenWindowLoader` (seeded, resumable, data-parallel) and `validation_batches`
 
 Nothing heavy is imported here: worker processes import `encode` through this package.

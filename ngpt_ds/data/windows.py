@@ -1,9 +1,10 @@
-"""Number the training windows of one split and read them from memory-mapped shards."""
+"""Number the training windows of one split and read them from shards held open."""
 
 from __future__ import annotations
 
 import errno
 import os
+import weakref
 
 import numpy as np
 
@@ -38,10 +39,10 @@ class DeferredFaults:
 
 
 def _allow_open_files(shards: int) -> None:
-    """Raise this process's soft limit of open files, up to its hard limit, to hold `shards` more mappings.
+    """Raise this process's soft limit of open files, up to its hard limit, to hold `shards` more open.
 
-    Every mapped shard holds a file descriptor for the whole run, and a merged dataset has one shard per
-    block of documents in each split (thousands for 10^8 documents): under the usual soft limit of 1024 it
+    Every shard that holds a window is held open (one file descriptor) for the whole run, and a merged dataset
+    has one shard per block of documents in each split (thousands for 10^8 documents): under the usual soft limit of 1024 it
     stopped at startup, though the hard limit (the most a process may raise itself to, often 2^19 or more)
     allowed it, as it allows a `ulimit -n` before the command. Past the hard limit `_open` names it."""
     try:
@@ -61,15 +62,59 @@ def _allow_open_files(shards: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def _open_read_only(path: os.PathLike[str] | str) -> int:
+    """A read-only descriptor of `path` (not inherited by child processes)."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+
+def _size_and_mtime(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
+
+
+def _close_all(fds: list[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+    fds.clear()
+
+
+def _read_at(fd: int, into: memoryview, offset: int) -> int:
+    """Read len(into) bytes of fd at `offset` into `into`, without moving the file position; the bytes read,
+    fewer only at the end of the file."""
+    done = 0
+    while done < len(into):  # one read but at the end of the file (or a signal's interruption)
+        if _PREADV:
+            got = os.preadv(fd, [into[done:]], offset + done)
+        else:
+            chunk = os.pread(fd, len(into) - done, offset + done)
+            got = len(chunk)
+            into[done : done + got] = chunk
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+_PREADV = hasattr(os, "preadv")
+"""os.preadv reads into the batch's buffer (Linux, the BSDs); os.pread returns new bytes (macOS before 11)."""
+
+
 class WindowIndex:
     """Windows of seq_len + 1 tokens, stride seq_len, inside each shard of one split.
 
     Consecutive windows share one token, so every token but a shard's first is a target
     exactly once per epoch. Windows never cross shard boundaries (at most seq_len tokens
-    per shard go unused). Every shard that holds a window is mapped read-only (np.memmap) here, when the
-    index is made: mapped on first read, a shard replaced meanwhile (`prepare_data.py --overwrite` of the
-    folder while a run trains on it) was read from the new file under the old metadata, silently other
-    tokens or an error mid-run; a mapping keeps the file it was made from. Every id read
+    per shard go unused). Every shard that holds a window is opened read-only here, when the index is made,
+    and held open: opened (then mapped) on first read, a shard replaced meanwhile (`prepare_data.py
+    --overwrite` of the folder while a run trains on it, which renames new files into place) was read from
+    the new file under the old metadata, silently other tokens or an error mid-run; an open descriptor keeps
+    the file it was opened on. Windows are read with os.pread(v), not through np.memmap: a shard truncated in
+    place (`cp fresh/train_000000.bin data/`, `rsync --inplace`) killed every rank that touched a mapped page
+    past its new end with SIGBUS (exit status -7, no word of which file), where a read comes back short; and
+    a shard rewritten in place at its size was read silently (other tokens), where fstat now tells its
+    modification time changed (`_check_unchanged`, once per read, on the shards it read). Either is an error
+    naming the shard (`_rewritten`). Every id read
     is checked to be < the dataset's vocab_size: a bad id raises, or with `faults` is recorded there and
     read as id 0, a valid one, so that the batch can go through the step's collectives with the other
     ranks' before every rank stops (its loss and update are never saved). `needed_windows` is the fewest
@@ -104,9 +149,24 @@ class WindowIndex:
         self.num_windows = int(self._first[-1])
         if self.num_windows >= needed_windows:  # else the caller refuses the split, and that line stands alone
             self._warn_unread_tails(counts)
-        # Shards too short for a window (never read) are not mapped.
+        self._itemsize = int(self.meta.np_dtype.itemsize)
+        self._window_bytes = (seq_len + 1) * self._itemsize
+        # Shards too short for a window (never read) are not opened. (size, st_mtime_ns) of each when opened.
         _allow_open_files(sum(1 for count in counts if count))
-        self._maps: list[np.memmap | None] = [self._open(i) if count else None for i, count in enumerate(counts)]
+        self._fds: list[int | None] = []
+        self._opened: list[tuple[int, int] | None] = []
+        self._closer = weakref.finalize(self, _close_all, self._fds)  # the descriptors go with the index
+        for i, count in enumerate(counts):
+            if not count:
+                self._fds.append(None)
+                self._opened.append(None)
+                continue
+            fd = self._open(i)
+            self._fds.append(fd)
+            size, mtime_ns = _size_and_mtime(fd)
+            self._opened.append((size, mtime_ns))
+            if size < self._shards[i].tokens * self._itemsize:  # cut short since meta.json's sizes were checked
+                raise self._rewritten(i, size)
 
     def _warn_unread_tails(self, counts: list[int]) -> None:
         """A window never crosses a shard, so each shard's last tokens short of a window are never read: with
@@ -125,40 +185,76 @@ class WindowIndex:
                 "block, --shard-block-docs) to use them"
             )
 
-    def _open(self, i: int) -> np.memmap:
-        """Map shard i. Each mapping holds a file descriptor (Python's mmap keeps a duplicate) and counts
-        against vm.max_map_count: mapped on first read, shard ~1000 of a large dataset stopped a run hours
-        in with an OSError traceback ('Too many open files' under `ulimit -n 1024`); now it is one line at
-        startup, naming the limit."""
+    def _open(self, i: int) -> int:
+        """Open shard i read-only; its descriptor. Each one held counts against `ulimit -n`: opened on first
+        read, shard ~1000 of a large dataset stopped a run hours in with an OSError traceback ('Too many open
+        files' under `ulimit -n 1024`); now it is one line at startup, naming the limit."""
         shard = self._shards[i]
         try:
-            return np.memmap(self.meta.shard_path(shard), dtype=self.meta.np_dtype, mode="r", shape=(shard.tokens,))
+            return _open_read_only(self.meta.shard_path(shard))
         except OSError as e:
-            if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
-            limit = "`ulimit -n` (open files)" if e.errno != errno.ENOMEM else "vm.max_map_count (memory mappings)"
             with_windows = sum(1 for s in self._shards if (s.tokens - 1) // self.seq_len > 0)
-            mapped = sum(1 for s in self._shards[:i] if (s.tokens - 1) // self.seq_len > 0)  # short ones are not
+            opened = sum(1 for s in self._shards[:i] if (s.tokens - 1) // self.seq_len > 0)  # short ones are not
             raise NgptConfigError(
-                f"dataset {self.meta.data_dir} split {self.split!r}: mapping shard {shard.file} failed "
-                f"({e.strerror}) after {mapped} of the {with_windows} shards that hold windows: every shard is held "
-                f"open while the run reads it, so this process needs more than {with_windows} of {limit}; "
-                f"raise that limit, or prepare the dataset with fewer, larger shards (--shard-tokens)"
+                f"dataset {self.meta.data_dir} split {self.split!r}: opening shard {shard.file} failed "
+                f"({e.strerror}) after {opened} of the {with_windows} shards that hold windows: every shard is held "
+                f"open while the run reads it, so this process needs more than {with_windows} of `ulimit -n` "
+                "(open files); raise that limit, or prepare the dataset with fewer, larger shards (--shard-tokens)"
             ) from None
 
-    def _map(self, i: int) -> np.memmap:
-        mapped = self._maps[i]
-        assert mapped is not None, "a shard without windows is never read"
-        return mapped
+    def _fd(self, i: int) -> int:
+        fd = self._fds[i]
+        assert fd is not None, "a shard without windows is never read"
+        return fd
+
+    def _rewritten(self, i: int, size: int | None) -> NgptConfigError:
+        """The error for shard i found shorter than meta.json says (`size` bytes), or with `size` None changed
+        since it was opened (its modification time)."""
+        shard = self._shards[i]
+        expected = shard.tokens * self._itemsize
+        seen = (
+            "its modification time changed since the run opened it"
+            if size is None
+            else f"it holds {size} of its {expected} bytes now"
+        )
+        return NgptConfigError(
+            f"dataset {self.meta.data_dir}: shard {shard.file} was truncated or rewritten in place while the run "
+            f"read it ({seen}): replace dataset files by renaming a complete copy into place, never by copying "
+            "over them"
+        )
+
+    def _check_unchanged(self, shards: set[int]) -> int | None:
+        """The first of `shards` whose size or modification time differs from when it was opened, if any: one
+        fstat each, after their windows were read, so that a rewrite that changed what was read is seen."""
+        for s in sorted(shards):
+            if _size_and_mtime(self._fd(s)) != self._opened[s]:
+                return s
+        return None
 
     def read(self, window_ids: np.ndarray) -> np.ndarray:
         """Tokens of the given windows: [len(window_ids), seq_len + 1] int64."""
         window_ids = np.asarray(window_ids, dtype=np.int64)
         shard_of = np.searchsorted(self._first, window_ids, side="right") - 1
-        out = np.empty((len(window_ids), self.seq_len + 1), dtype=np.int64)
-        for row, (w, s) in enumerate(zip(window_ids, shard_of)):
-            start = int(w - self._first[s]) * self.seq_len
-            out[row] = self._map(int(s))[start : start + self.seq_len + 1]
+        offsets = ((window_ids - self._first[shard_of]) * (self.seq_len * self._itemsize)).tolist()
+        shards = shard_of.tolist()
+        tokens = np.empty((len(window_ids), self.seq_len + 1), dtype=self.meta.np_dtype)
+        raw, size = tokens.data.cast("B"), self._window_bytes
+        short: tuple[int, int] | None = None  # (shard, its size) of the first window read short
+        for row, (s, offset) in enumerate(zip(shards, offsets)):
+            into = raw[row * size : (row + 1) * size]
+            got = _read_at(self._fd(s), into, offset)
+            if got < size:  # past the end of the shard: the rest of the row is id 0, a valid one
+                into[got:] = bytes(size - got)
+                short = short or (s, os.fstat(self._fd(s)).st_size)
+        changed = short[0] if short else self._check_unchanged(set(shards))
+        if changed is not None:
+            error = self._rewritten(changed, short[1] if short else None)
+            if self.faults is None:
+                raise error
+            self.faults.record(str(error))
+        out = tokens.astype(np.int64)
         if out.size and int(out.max()) >= self.meta.vocab_size:
             error = self._out_of_vocab(out, window_ids, shard_of)
             if self.faults is None:

@@ -5,9 +5,11 @@ cannot see because it happens later.
 Usage (each rank a plain process with torch's env:// variables):
     data_fault_midrun_worker.py RANK SHARD POSITION VALUE -- <launch/train.py options>
 Rank RANK writes token id VALUE at token POSITION of SHARD (a uint16 .bin file) once its trainer is built,
-just before training starts; the other ranks change nothing.
+just before training starts, and sets the file's modification time back (damage, not a rewrite in place);
+the other ranks change nothing.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -26,10 +28,15 @@ def damaged_then_fit(self: loop.Trainer) -> loop.Summary:
     # find the damage in its sampled shard check (the startup fault, which other tests cover).
     dist.barrier()
     if dist.get_rank() == rank:
+        before = os.stat(shard)
         tokens = np.memmap(shard, dtype="<u2", mode="r+")
         tokens[position] = value
         tokens.flush()
         del tokens
+        # Damage, not a rewrite: the shard's modification time stays (a rewrite in place stops the run with
+        # its own message, tests/test_data_shard_rewritten_in_place.py).
+        os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    dist.barrier()  # no rank reads before the modification time is back
     return fit(self)
 
 
