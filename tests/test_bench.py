@@ -326,34 +326,6 @@ def test_mfu_on_the_process_clock_needs_one_thread(tmp_path):
     assert refused.returncode == 2 and "error: --clock cpu needs --threads 1" in refused.stderr
 
 
-def test_bench_engines_time_the_precision_the_trainer_trains_in(monkeypatch, capsys):
-    """Fault: the scripts that time engine steps (bench/engines.py) built them from the DeepSpeed JSON as written,
-    while the trainer trains a bf16 JSON in fp32 on a CPU without native bf16 matmuls. On this AVX2 CPU
-    bench/step_time.py timed torch's reference bf16 kernel (11.8 s a tiny step against 1.1 s in fp32, nGPT/GPT
-    0.98 against 1.04), and bench/convergence.py divided its fp32 training runs by bf16 step times. Now they time
-    what the trainer trains, with one warning; NGPT_DS_CPU_BF16=1 and a CPU with native bf16 keep bf16."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import engines
-
-    from ngpt_ds.train.ds_config import precision_of
-
-    monkeypatch.setattr(engines, "_WARNED", set())
-    monkeypatch.delenv("NGPT_DS_CPU_BF16", raising=False)
-    zero2 = str(REPO / "ds_configs/zero2.json")
-    assert [precision_of(engines.load_bench_ds(zero2, native=False)) for _ in range(2)] == ["fp32", "fp32"]
-    warned = capsys.readouterr().err
-    assert warned.count("warning:") == 1, warned
-    assert warned.startswith(f"warning: {zero2} enables bf16, but this CPU has no native bf16 matmul (AVX512 or AMX)")
-    monkeypatch.setattr(engines, "_WARNED", set())
-    monkeypatch.setenv("RANK", "1")  # the other ranks of a job fall back without a word
-    assert precision_of(engines.load_bench_ds(zero2, native=False)) == "fp32"
-    assert capsys.readouterr().err == ""
-    assert precision_of(engines.load_bench_ds(zero2, native=True)) == "bf16"
-    monkeypatch.setenv("NGPT_DS_CPU_BF16", "1")
-    assert precision_of(engines.load_bench_ds(zero2, native=False)) == "bf16"
-    assert capsys.readouterr().err == ""
-
-
 def test_compile_cost_arithmetic():
     """Synthetic rounds: startup extra = non-steady wall time beyond the eager run's; break-even = extra / saving."""
     sys.path.insert(0, str(REPO / "bench"))

@@ -162,7 +162,8 @@ TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "iostream err
 
 def _describe(err: BaseException, folder: Path) -> str:
     """An OSError by its errno's text and file; torch's zip writer's failure with the free space; any other
-    error (an OSError without an errno, such as shutil's) by its type and text."""
+    error (an OSError without an errno, such as shutil's; a bug; a RecursionError on a crafted folder) by its
+    type and text, so that it can travel to every rank as a problem."""
     if isinstance(err, OSError) and err.errno is not None:
         where = f" ({err.filename})" if err.filename else ""
         return f"{os.strerror(err.errno)}{where}"
@@ -175,12 +176,6 @@ def _describe(err: BaseException, folder: Path) -> str:
         return text
     full = ": no space left on device" if free < 2**20 else ""
     return f"{text}; {_gib(free)} free on the filesystem{full}"
-
-
-def _describe_any(err: Exception, folder: Path) -> str:
-    """A write failure as `_describe` gives it; anything else (a bug, a RecursionError on a crafted
-    folder) by its type and text, so that it can travel to every rank as a problem."""
-    return _describe(err, folder) if _is_write_failure(err) else f"{type(err).__name__}: {err}"
 
 
 def _is_write_failure(err: BaseException) -> bool:
@@ -250,7 +245,7 @@ def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tup
             seal()
             listing[0] = file_sizes(folder)
         except Exception as err:  # any error: rank 0 alone raising would leave the others in the broadcast
-            listing[0] = f"finishing {folder}: {_describe_any(err, folder.parent)}"
+            listing[0] = f"finishing {folder}: {_describe(err, folder.parent)}"
     dist.broadcast_object_list(listing, src=0)
     if isinstance(listing[0], str):
         return None, listing[0]
@@ -258,7 +253,7 @@ def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tup
     try:
         answer: tuple[dict[str, str], str | None] = (digests(folder, digest_share(sizes, rank, world)), None)
     except Exception as err:  # an answer on every rank, so that no rank leaves the all_gather
-        answer = ({}, f"hashing {folder}: {_describe_any(err, folder.parent)}")
+        answer = ({}, f"hashing {folder}: {_describe(err, folder.parent)}")
     answers: list[Any] = [None] * world
     dist.all_gather_object(answers, answer)
     problem = next(((f"rank {r}: {p}" if world > 1 else p) for r, (_, p) in enumerate(answers) if p), None)
@@ -369,7 +364,7 @@ def finish_universal_on_all_ranks(converted: Path, target: Path, source: Path) -
         try:
             _place_universal(converted, target, source, manifest)
         except Exception as err:  # any error reaches every rank through _agree
-            problem = f"writing {target}: {_describe_any(err, target.parent)}"
+            problem = f"writing {target}: {_describe(err, target.parent)}"
     return _agree(problem)
 
 
@@ -437,7 +432,7 @@ def save(
             try:
                 _finish_save(checkpoint_dir, tmp, tag, manifest, keep)
             except Exception as err:  # any error reaches every rank through _agree
-                problem = f"finishing {checkpoint_dir / tag}: {_describe_any(err, checkpoint_dir)}"
+                problem = f"finishing {checkpoint_dir / tag}: {_describe(err, checkpoint_dir)}"
         problem = _agree(problem)
     if problem is not None:
         if rank == 0:
