@@ -263,7 +263,7 @@ def test_a_checkpoint_copied_under_another_steps_name_is_not_resumed_as_that_ste
     older, newer = two_checkpoints(tmp_path / "run")
     copied = shutil.copytree(older, older.with_name("step_00000008"))
     problem = (
-        f"{copied} holds the checkpoint of step 2 (its {COMPLETE} manifest) under the name of step 8: renamed, "
+        f"{copied} holds the checkpoint of step 2 (its {COMPLETE} marker) under the name of step 8: renamed, "
         "or copied under another step's name"
     )
     warnings = []
