@@ -251,18 +251,15 @@ def _same_command_resume(args: argparse.Namespace) -> str:
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.model.config import resolve_config_path
     from ngpt_ds.train import lineage
-    from ngpt_ds.train.resume import _named_checkpoint
+    from ngpt_ds.train.builder import config_name, run_folder
+    from ngpt_ds.train.resume import named_checkpoint
 
-    try:
-        out = (
-            Path(args.out)
-            if args.out
-            else Path("runs") / resolve_config_path(args.config or f"{args.model or 'ngpt'}_tiny").stem
-        )
+    try:  # the trainer's own rule (ngpt_ds.train.builder.prepare)
+        out = run_folder(args.out, resolve_config_path(config_name(args.config, args.model)))
     except NgptConfigError:  # the trainer names the problem
         return args.resume
     try:
-        named = _named_checkpoint(out, args.resume)
+        named = named_checkpoint(out, args.resume)
     except (NgptConfigError, OSError):  # gone (retention deletes the step a lineage grew from), or unreadable
         named = None
     resume, line = lineage.same_command_resume(out, args.resume, named, restart=False)

@@ -100,8 +100,9 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         overrides["max_steps"] = options.max_steps
     if options.compile_model is not None:
         overrides["compile"] = options.compile_model
-    config_name = options.config or f"{options.model or 'ngpt'}_tiny"
-    model_cfg, train_cfg, config_path = load_model_and_train(config_name, options.model, overrides)
+    model_cfg, train_cfg, config_path = load_model_and_train(
+        config_name(options.config, options.model), options.model, overrides
+    )
 
     ds_config = load_ds_config(options.deepspeed_config)
     check_sequence_parallel(
@@ -194,7 +195,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     )
     validation_batches(data_dir, model_cfg.seq_len, plan.micro_batch, 0, plan.data_parallel)
 
-    out_dir = Path(options.out or Path("runs") / config_path.stem)
+    out_dir = run_folder(options.out, config_path)
     preflight.check_writable(out_dir)
     run = RunConfig(
         config_source=str(config_path),
@@ -218,6 +219,16 @@ def _node_memory_bytes(accelerator: Any) -> int:
     if accelerator.device_name() != "cpu":
         total += sum(int(accelerator.total_memory(i)) for i in range(accelerator.device_count()))
     return total
+
+
+def config_name(config: str | None, model: str | None) -> str:
+    """--config, or the tiny preset of --model (nGPT by default) when it is not given."""
+    return config or f"{model or 'ngpt'}_tiny"
+
+
+def run_folder(out: str | None, config_path: Path) -> Path:
+    """--out, or runs/<the config's name> when it is not given."""
+    return Path(out) if out else Path("runs") / config_path.stem
 
 
 def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepared:

@@ -62,7 +62,7 @@ def _newest_passing(
     return None
 
 
-def _named_checkpoint(out_dir: Path, resume: str) -> Path | None:
+def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
     """--resume auto|none|PATH -> the complete checkpoint PATH names (None for auto and none), from
     the folder listing alone; raises NgptConfigError when PATH (or none) cannot be followed."""
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
@@ -145,7 +145,7 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
             [*checkpoint.complete_checkpoints(checkpoint_dir), *aside], key=lambda p: checkpoint.step_of(p.name)
         )
         named = aside.get(newest, newest)
-    chosen = named if named is not None else _named_checkpoint(out_dir, resume)
+    chosen = named if named is not None else named_checkpoint(out_dir, resume)
     return None if chosen is None else _intact_or_refused(chosen, resume, warn, verify, out_dir)
 
 
@@ -204,7 +204,7 @@ def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, st
     """The checkpoints `resolve_resume` may read on this rank, each with its COMPLETE file's digest, or
     the error it would raise before reading any."""
     try:
-        named = _named_checkpoint(out_dir, resume)
+        named = named_checkpoint(out_dir, resume)
         folders = [named] if named is not None else checkpoint.complete_checkpoints(out_dir / checkpoint.CHECKPOINTS)
     except NgptConfigError as err:
         return [], str(err)
