@@ -255,6 +255,22 @@ def check_ds_config(
             "NVMe offload is not supported (nGPT's renormalization works on the fp32 master weights "
             'in memory); use "cpu" or remove the block',
         )
+    # DeepSpeed keeps bf16/fp16 masters (and bf16 Adam moments) on request, at stages 1-3 without a word: each
+    # renormalization then rounds back to 16 bits, and the Adam updates under half a bf16 step (the whole tail
+    # of the cosine schedule) are lost. The run said "bf16" and its export carried 16-bit values as fp32.
+    for block, key in (
+        ("bf16", "bf16_master_weights_and_grads"),
+        ("bf16", "bf16_optimizer_states"),
+        ("fp16", "fp16_master_weights_and_grads"),
+    ):
+        value = _block(config, block).get(key)
+        p.check(
+            value is None or value is False,
+            f"{block}.{key}",
+            value,
+            "16-bit master weights are not supported: nGPT renormalizes the fp32 masters after every step "
+            '(README "Configs"); remove the key',
+        )
     _check_offload(config, stage, p)
     # DeepSpeed's torch_autocast runs the forward in bf16/fp16 over fp32 weights, unseen by the trainer: its
     # startup line, config.yaml and the MFU peak said fp32 (engine.bfloat16_enabled() is False), and a resume
@@ -447,6 +463,29 @@ def _check_offload(config: dict[str, Any], stage: Any, p: Problems) -> None:
             "must be false (or left out) with zero_optimization.offload_optimizer: the trainer steps its own AdamW "
             "on the CPU copy, as the optimizer is set in the YAML train section, and DeepSpeed refuses it otherwise",
         )
+    # A partial offload (ratio < 1), SuperOffload and ZenFlow step DeepSpeed's own optimizers only: with the
+    # trainer's AdamW they stopped inside deepspeed.initialize in an assertion or TypeError on every rank.
+    offload = _block(zero, "offload_optimizer")
+    ratio = offload.get("ratio", 1.0)
+    p.check(
+        ratio == 1 and not isinstance(ratio, bool),
+        "zero_optimization.offload_optimizer.ratio",
+        ratio,
+        "a partial offload needs DeepSpeed's CPU Adam; the trainer steps its own AdamW: set it to 1.0 or remove it",
+    )
+    super_offload = offload.get("super_offload")
+    p.check(
+        super_offload is None or super_offload is False,
+        "zero_optimization.offload_optimizer.super_offload",
+        super_offload,
+        "SuperOffload steps DeepSpeed's own CPU Adam; the trainer steps its own AdamW: remove it",
+    )
+    p.check(
+        zero.get("zenflow") is None,
+        "zero_optimization.zenflow",
+        zero.get("zenflow"),
+        "ZenFlow steps DeepSpeed's own optimizer; the trainer steps its own AdamW: remove the block",
+    )
     p.check(
         optimizer_device in (None, "none") or stage != 0,
         "zero_optimization.offload_optimizer.device",

@@ -223,6 +223,7 @@ class HypersphereHook:
         from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
         opt = self.engine.optimizer
+        self._whole_masters: dict[int, torch.Tensor] = {}
         if not self.matrices:
             self.units = []
         elif isinstance(opt, DeepSpeedZeroOptimizer_Stage3):
@@ -242,6 +243,7 @@ class HypersphereHook:
                 for lp, hp in zip(lp_group, hp_group)
             }
             self._locate_whole(masters)
+            self._whole_masters = masters
 
             def refresh():
                 for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
@@ -255,6 +257,13 @@ class HypersphereHook:
             raise NotImplementedError(
                 f"nGPT renormalization does not know DeepSpeed optimizer "
                 f"{type(opt).__name__}; use ZeRO stage 0-3 with a torch optimizer"
+            )
+        not_fp32 = sorted({str(piece.values.dtype) for unit in self.units for piece in unit.pieces} - {"torch.float32"})
+        if not_fp32:  # the config check refuses DeepSpeed's 16-bit masters; this is what a new route would reach
+            raise NotImplementedError(
+                f"nGPT renormalization needs fp32 master weights; {type(opt).__name__} keeps them in "
+                f"{', '.join(not_fp32)} (remove bf16_master_weights_and_grads / fp16_master_weights_and_grads "
+                "from the DeepSpeed JSON)"
             )
 
     def _locate_whole(self, masters: dict[int, torch.Tensor]) -> None:
@@ -340,6 +349,17 @@ class HypersphereHook:
                 opt.persistent_parameters[0].all_gather(opt.persistent_parameters)
 
         self._refresh_working_copy = refresh
+
+    def fp32_value(self, param: nn.Parameter) -> torch.Tensor:
+        """Any parameter's full fp32 master value on every rank (gathers under ZeRO; small tensors only). At
+        ZeRO 0 with bf16/fp16 the parameter is the 16-bit working copy: its master is in `fp32_groups`."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        master = self._whole_masters.get(id(param))
+        if master is not None:
+            return master.detach().float()
+        value = safe_get_full_fp32_param(param) if (hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")) else None
+        return (value if value is not None else param.detach()).float()
 
     # ---- renormalization ----------------------------------------------------------------
 
@@ -438,11 +458,3 @@ class HypersphereHook:
         if any(v != v for v in values):
             return float("nan")
         return max(values, default=0.0)
-
-
-def full_fp32_value(param: nn.Parameter) -> torch.Tensor:
-    """A parameter's full fp32 master value on every rank (gathers under ZeRO; small tensors only)."""
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    value = safe_get_full_fp32_param(param) if (hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")) else None
-    return (value if value is not None else param.detach()).float()

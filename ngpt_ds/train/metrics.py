@@ -22,7 +22,7 @@ from ngpt_ds.model.ngpt import NormalizedBlock
 from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
-from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
+from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.summary import replace_file
 
 _log = log.get(__name__)
@@ -262,7 +262,7 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
     tensor_parallel = getattr(model, "tensor_parallel", None)
 
     def mean_effective(scale_vector: ScaleVector) -> float:
-        value = full_fp32_value(scale_vector.param) * (scale_vector.init / scale_vector.scale)
+        value = hook.fp32_value(scale_vector.param) * (scale_vector.init / scale_vector.scale)
         mean = (value.abs() if scale_vector.absolute else value).mean()
         if tensor_parallel is not None and getattr(scale_vector.param, "tensor_model_parallel", False):
             all_reduce_on(mean, hook.comm_device, group=tensor_parallel.tp_group)  # equal shards: mean of the means

@@ -51,7 +51,7 @@ def exact(_stage):
 
 def hook_mode(stage):
     from ngpt_ds.train.config import TrainConfig
-    from ngpt_ds.train.hypersphere import HypersphereHook, full_fp32_value
+    from ngpt_ds.train.hypersphere import HypersphereHook
 
     groups = create_sequence_groups(2)
     ds = ds_config(stage)
@@ -63,7 +63,7 @@ def hook_mode(stage):
 
     def deviation():
         return max(
-            (full_fp32_value(m.param).norm(dim=m.norm_dim) - 1).abs().max().item()
+            (hook.fp32_value(m.param).norm(dim=m.norm_dim) - 1).abs().max().item()
             for m in sphere_matrices(engine.module)
         )
 

@@ -352,7 +352,31 @@ def part_tp(data, work):
     return {"tp_rank": trainer.groups.tp_rank, "before": before, "after": after}
 
 
+def part_health(data, work):
+    """ZeRO 0 with bf16 (FP16_UnfusedOptimizer): the parameter is the bf16 working copy and its fp32 master
+    lives in the optimizer's fp32_groups. The logged s_qk mean must be the master's, not the bf16 copy's."""
+    from ngpt_ds.train.metrics import ngpt_health
+
+    trainer = make_trainer(data, work, "health", {"bf16": {"enabled": True}, "zero_optimization": {"stage": 0}})
+    trainer.fit()
+    opt = trainer.engine.optimizer
+    masters = {id(lp): hp for lps, hps in zip(opt.fp16_groups, opt.fp32_groups) for lp, hp in zip(lps, hps)}
+    s_qk = trainer.model.blocks[0].attn.s_qk
+
+    def mean(value):
+        value = value.float() * (s_qk.init / s_qk.scale)
+        return (value.abs() if s_qk.absolute else value).mean().item()
+
+    return {
+        "optimizer": type(opt).__name__,
+        "logged": ngpt_health(trainer.model, trainer.hook)["ngpt/s_qk/layer_00"],
+        "from_master": mean(masters[id(s_qk.param)]),
+        "from_working_copy": mean(s_qk.param.detach()),
+    }
+
+
 PARTS = {
+    "health": part_health,
     "refusing": part_refusing,
     "offload": part_offload,
     "resume": part_resume,
