@@ -3,8 +3,8 @@
 - Parameters: counted exactly on a model built on torch's `meta` device (shapes, no storage).
 - Weights, gradients and optimizer state follow DeepSpeed's ZeRO partitioning: the working copy in
   the run's precision (bf16: 2 bytes), the gradients in the same dtype, and the optimizer state as the
-  fp32 master (4 bytes, none in fp32 where the parameter is the master) plus Adam's two moments
-  (8 bytes). Stage 1 partitions the optimizer state over the ZeRO ranks (all data x sequence ranks),
+  fp32 master (4 bytes; none in fp32 at ZeRO 0, where the parameter is the master, while ZeRO 1-3 keep
+  a copy of it in fp32 too) plus Adam's two moments (8 bytes). Stage 1 partitions the optimizer state over the ZeRO ranks (all data x sequence ranks),
   stage 2 the gradients too, stage 3 the weights too; ZeRO-Offload moves the optimizer state to the
   CPU. Tensor and pipeline parallelism divide all three by their size (the model is cut).
 - Activations: what autograd keeps for the backward, measured by one forward on `meta` tensors of this
@@ -146,7 +146,7 @@ def estimate_memory(
     width = _BYTES[precision]
     weights = n * width // cut
     gradients = n * width // cut
-    optimizer = n * ((0 if precision == "fp32" else 4) + 8) // cut
+    optimizer = n * ((0 if precision == "fp32" and zero_stage == 0 else 4) + 8) // cut
     if zero_stage >= 1:
         optimizer //= zero_ranks
     if zero_stage >= 2:
