@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from ngpt_ds.train import checkpoint
@@ -104,16 +105,28 @@ def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[st
     kept = []
     for name in ("metrics.jsonl", "tensorboard"):
         source = out_dir / name
-        if not source.exists() or source.is_symlink():
+        if source.is_symlink() or not (source.is_dir() or source.is_file()):  # absent, or no file of the run's
             continue
         if move:
             os.rename(source, abandoned / name)
         elif source.is_dir():
-            shutil.copytree(source, abandoned / name)
+            shutil.copytree(source, abandoned / name, symlinks=True, ignore=_not_copied)
         else:
             shutil.copy2(source, abandoned / name)
         kept.append(name + ("/" if (abandoned / name).is_dir() else ""))
     return kept
+
+
+def _not_copied(folder: str, names: list[str]) -> list[str]:
+    """What the copy of tensorboard/ leaves out: anything but folders, regular files and links (copied as
+    links, never followed). Followed, a link to /dev/zero in a run folder someone handed over filled the disk
+    at the rollback, and one to a file outside the folder copied it into the run; a named pipe blocked it."""
+    left_out = []
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            left_out.append(name)
+    return left_out
 
 
 def record_origin(out_dir: Path, resume_from: Path | None) -> None:
