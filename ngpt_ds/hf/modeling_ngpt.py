@@ -22,6 +22,7 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +30,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import modeling_utils as hf_modeling_utils
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -104,14 +106,53 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         """transformers' save_pretrained; as ngpt_ds's installed code, also `auto_map` in config.json and the
         modeling files it names (ngpt_ds.hf.export.write_code), so the folder loads with trust_remote_code
         without ngpt_ds, as an export does. transformers copies only the file of a class it loaded with
-        trust_remote_code (an export's copy of this file, whose imports are relative: nothing to add then)."""
+        trust_remote_code (an export's copy of this file, whose imports are relative: nothing to add then).
+
+        With push_to_hub=True the folder is uploaded after the modeling files are written, as transformers
+        uploads it (the files saved, by their timestamps): transformers' own save_pretrained uploads before
+        returning, which left the modeling files out of the Hub repository its auto_map points at."""
         installed = __name__ == "ngpt_ds.hf.modeling_ngpt"
         if installed and not getattr(self.config, "auto_map", None):
             self.config.auto_map = self.auto_map()
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if installed and kwargs.get("is_main_process", True):
+        named = inspect.signature(PreTrainedModel.save_pretrained).bind(self, save_directory, *args, **kwargs).arguments
+        named.pop("self")
+        extra = named.pop("kwargs", {})
+        push = named.pop("push_to_hub", False)
+        upload = bool(push) and self.should_save_on_this_rank(named.get("is_main_process", True))
+        hub = {k: extra.pop(k) for k in ("commit_message", "repo_id", "create_pr") if k in extra}
+        if upload:  # the other keyword arguments go to create_repo, as in transformers
+            repo_id, timestamps = self._hub_repo(save_directory, hub.get("repo_id"), named.get("token"), extra)
+        super().save_pretrained(**named, **({} if upload else extra))
+        if installed and named.get("is_main_process", True):
             # By name: an import statement would make the export copy ngpt_ds.hf.export (and all it imports) too.
             importlib.import_module("ngpt_ds.hf.export").write_code(Path(save_directory))
+        if upload:
+            token = named.get("token")
+            # transformers' steps after saving (PreTrainedModel.save_pretrained with push_to_hub=True).
+            card = hf_modeling_utils.create_and_tag_model_card(repo_id, self.model_tags, token=token)
+            card.save(os.path.join(save_directory, "README.md"))
+            self._upload_modified_files(
+                save_directory,
+                repo_id,
+                timestamps,
+                commit_message=hub.get("commit_message"),
+                token=token,
+                create_pr=hub.get("create_pr", False),
+            )
+
+    def _hub_repo(
+        self, save_directory: str | os.PathLike, repo_id: str | None, token: Any, create_kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, float]]:
+        """transformers' steps before saving with push_to_hub=True: create the Hub repository (the folder's name
+        unless repo_id is given; the other keyword arguments go to create_repo) and note the folder's files'
+        timestamps (the files saved after are the ones uploaded)."""
+        os.makedirs(save_directory, exist_ok=True)
+        if repo_id is None:
+            repo_id = os.fspath(save_directory).split(os.path.sep)[-1]
+        if token is not None:
+            create_kwargs = {**create_kwargs, "token": token}
+        created = hf_modeling_utils.hf_api().create_repo(repo_id, exist_ok=True, **create_kwargs)
+        return created.repo_id, self._get_files_timestamps(save_directory)
 
     def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
         weights = Path(str(name_or_path)) / "model.safetensors"

@@ -1,0 +1,74 @@
+"""Using the transformers models the ways transformers offers: save_pretrained(push_to_hub=True) uploads the
+folder that loads (modeling code included), the KV cache is a DynamicCache or refused, and the HF Trainer's
+gradient accumulation scales the loss as transformers documents. No network: the Hub API is stubbed."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
+
+
+def _model(arch: str, seed: int = 0):
+    """A random tiny model of the installed ngpt_ds classes (no export needed)."""
+    from ngpt_ds.hf.configuration_ngpt import CONFIGS
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model import ModelConfig
+
+    torch.manual_seed(seed)
+    config = ModelConfig(arch=arch, vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+    return MODELS[arch](CONFIGS[arch].from_model_config(config)).eval()
+
+
+class _FakeHub:
+    """transformers' shared HfApi, recording what would be sent: create_repo's arguments, and each commit's
+    files (path in the repository -> bytes, read when the commit is made)."""
+
+    def __init__(self):
+        self.repos: list[tuple[str, dict]] = []
+        self.commits: list[dict] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repos.append((repo_id, kwargs))
+        return type("RepoUrl", (), {"repo_id": f"someone/{repo_id}"})()
+
+    def create_commit(self, *, repo_id, operations, **kwargs):
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        self.commits.append({"repo_id": repo_id, "files": files, **kwargs})
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test's Hub stub has no {name}: the code under test called it")
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_modeling_code(tmp_path, monkeypatch):
+    """Fault: save_pretrained(dir, push_to_hub=True) uploaded config.json (whose auto_map names
+    configuration_ngpt.py and modeling_ngpt.py), the weights and the model card, but none of the modeling
+    files: transformers' save_pretrained uploads before it returns, and the override wrote them after. The
+    Hub repository did not load without ngpt_ds. Now every file of the folder is in the one commit."""
+    import transformers.modeling_utils
+    import transformers.utils.hub
+    from huggingface_hub import ModelCard
+
+    from ngpt_ds.hf.export import write_code
+
+    hub = _FakeHub()
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", hub)
+    card = lambda repo_id, tags=None, token=None: ModelCard("---\nlibrary_name: transformers\n---\ncard\n")  # noqa: E731
+    monkeypatch.setattr(transformers.modeling_utils, "create_and_tag_model_card", card)
+    folder = tmp_path / "tiny-ngpt"
+    _model("ngpt").save_pretrained(folder, push_to_hub=True, commit_message="first", private=True, token="t0k")
+
+    assert hub.repos == [("tiny-ngpt", {"exist_ok": True, "private": True, "token": "t0k"})]
+    (commit,) = hub.commits
+    assert (commit["repo_id"], commit["commit_message"], commit["token"]) == ("someone/tiny-ngpt", "first", "t0k")
+    (tmp_path / "code").mkdir()
+    code = write_code(tmp_path / "code")  # the modeling files an export carries
+    assert {"configuration_ngpt.py", "modeling_ngpt.py", "lm.py"} <= set(code)
+    assert sorted(commit["files"]) == sorted(os.listdir(folder))
+    assert sorted(commit["files"]) == sorted(
+        [*code, "README.md", "config.json", "generation_config.json", "model.safetensors"]
+    )
+    for name, data in commit["files"].items():
+        assert data == (folder / name).read_bytes(), name
