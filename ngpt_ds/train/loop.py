@@ -488,7 +488,9 @@ class Trainer:
                 self.metrics.close()
                 replace_file(path, json.dumps(summary.__dict__, indent=2) + "\n")
             except OSError as err:  # the last save can fill the disk: its free-space check allows that
-                file, reason = write_failure(err, path)
-                problem = f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason})"
+                file, reason, fix = write_failure(err, path)
+                problem = (
+                    f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason}). {fix}"
+                )
         stop_all_if_unwritten(problem, self.device, self._checkpoints_left(self.step))  # reaches every rank
         return summary

@@ -3,6 +3,7 @@ train/ eval/ throughput/ memory/ ngpt/; plus the measurements behind them."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -43,8 +44,8 @@ class RecordWriteError(CheckpointWriteError):
 
 def stop_all_if_unwritten(problem: str | None, device: torch.device | str, checkpoints_left: str) -> None:
     """Collective, on every rank at the same point: raise RecordWriteError on every rank when rank 0 (the
-    only rank that writes the records) has a problem: `problem`, `checkpoints_left` (what a rerun starts
-    from), and the fix. One all-reduce of a flag; rank 0's message travels only then. An error on rank 0
+    only rank that writes the records) has a problem: `problem` (with its fix, `write_failure`), then
+    `checkpoints_left` (what a rerun starts from). One all-reduce of a flag; rank 0's message travels only then. An error on rank 0
     alone left the other ranks in their next collective (gloo: 'Connection closed by peer'; NCCL: until
     train.dist_timeout_s)."""
     failed = torch.tensor([float(problem is not None)], device=device)
@@ -53,12 +54,27 @@ def stop_all_if_unwritten(problem: str | None, device: torch.device | str, check
         return
     message: list[str | None] = [problem]
     dist.broadcast_object_list(message, src=0)
-    raise RecordWriteError(f"{message[0]}. Free space on its filesystem (or fix the disk). {checkpoints_left}")
+    raise RecordWriteError(f"{message[0]}. {checkpoints_left}")
 
 
-def write_failure(err: OSError, path: Path | str) -> tuple[str, str]:
-    """(the file the error names, else `path`; the reason, as 'No space left on device')."""
-    return str(err.filename or path), os.strerror(err.errno) if err.errno is not None else str(err)
+def write_failure(err: OSError, path: Path | str) -> tuple[str, str, str]:
+    """(the file the error names, else `path`; the reason, as 'No space left on device'; the fix for that
+    reason, as 'Free space on its filesystem (or fix the disk)'). TensorBoard names its events file in bytes,
+    decoded here: the message read b'/runs/x/tensorboard/events...'. Every failure was told to free space,
+    a read-only mount or a permission error too."""
+    file = os.fsdecode(err.filename) if err.filename else str(path)
+    reason = err.strerror or (os.strerror(err.errno) if err.errno is not None else str(err))
+    return file, reason, _WRITE_FIXES.get(err.errno or 0, _OTHER_WRITE_FIX)
+
+
+_WRITE_FIXES = {
+    errno.ENOSPC: "Free space on its filesystem (or fix the disk)",
+    errno.EDQUOT: "Free space within your disk quota there (or have the quota raised)",
+    errno.EROFS: "Its filesystem is mounted read-only: remount it read-write (or fix the disk)",
+    errno.EACCES: "Fix its permissions or ownership, or its folder's: the user the run goes as must be able to write it",
+}
+_WRITE_FIXES[errno.EPERM] = _WRITE_FIXES[errno.EACCES]
+_OTHER_WRITE_FIX = "Check its filesystem and the disk, and what holds that name"
 
 
 class MetricsLogger:
@@ -106,8 +122,8 @@ class MetricsLogger:
             self.problem = self._failed(step, err, "of step")
 
     def _failed(self, step: int, err: OSError, what: str) -> str:
-        file, reason = write_failure(err, f"{self.jsonl} or {self.out_dir / 'tensorboard'}")
-        return f"the metrics {what} {step} could not be written to {file} ({reason})"
+        file, reason, fix = write_failure(err, f"{self.jsonl} or {self.out_dir / 'tensorboard'}")
+        return f"the metrics {what} {step} could not be written to {file} ({reason}). {fix}"
 
     def stop_if_unwritten(self, device: torch.device | str, checkpoints_left: str) -> None:
         """Collective, on every rank at the same points: every rank raises RecordWriteError when rank 0
