@@ -3,7 +3,6 @@ starts it)."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -40,7 +39,7 @@ from ngpt_ds.train.metrics import (
 from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.resume import describe_batch_change
 from ngpt_ds.train.stopping import StopRequest
-from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file
+from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file, summary_json
 
 _log = log.get(__name__)
 
@@ -486,7 +485,7 @@ class Trainer:
         if self.is_main:
             try:
                 self.metrics.close()
-                replace_file(path, json.dumps(summary.__dict__, indent=2) + "\n")
+                replace_file(path, summary_json(summary))
             except OSError as err:  # the last save can fill the disk: its free-space check allows that
                 file, reason, fix = write_failure(err, path)
                 problem = (

@@ -24,7 +24,7 @@ from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook
-from ngpt_ds.train.summary import replace_file
+from ngpt_ds.train.summary import json_safe, replace_file
 
 _log = log.get(__name__)
 
@@ -79,6 +79,7 @@ _OTHER_WRITE_FIX = "Check its filesystem and the disk, and what holds that name"
 
 class MetricsLogger:
     """Scalars to TensorBoard (<out>/tensorboard) and to <out>/metrics.jsonl on rank 0; a no-op elsewhere.
+    A NaN or infinite value is null in metrics.jsonl (`json_safe`); TensorBoard keeps it.
 
     A run that resumes from step k replays the steps after k: the records past k are dropped from
     metrics.jsonl and TensorBoard is told to purge them (`purge_step`), so each step appears once.
@@ -117,7 +118,7 @@ class MetricsLogger:
                 self.writer.add_scalar(name, value, step)
             self.writer.flush()  # raises what TensorBoard's writer thread met
             with open(self.jsonl, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **scalars}) + "\n")
+                f.write(json.dumps({"step": step, **json_safe(scalars)}) + "\n")
         except OSError as err:
             self.problem = self._failed(step, err, "of step")
 

@@ -33,13 +33,27 @@ class Summary:
     out_dir: str
 
 
+def json_safe(record: dict) -> dict:
+    """`record` with null (None) for each float that is NaN or infinite: JSON has no such numbers, and
+    json.dumps wrote NaN, which strict readers (jq, JavaScript's JSON.parse, most languages' parsers) refuse
+    (MFU on a GPU not in the peak table; the seconds of a mended summary). TensorBoard keeps NaN."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in record.items()
+    }
+
+
+def summary_json(summary: Summary) -> str:
+    """summary.json's text: `summary`, non-finite numbers as null (`json_safe`)."""
+    return json.dumps(json_safe(asdict(summary)), indent=2) + "\n"
+
+
 def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
     """Rank 0 of a rerun with nothing left to train: summary.json must say the run finished at `step`.
 
     A kill after the last checkpoint was in place and before summary.json was written (retention deletes
     old checkpoints in between) left the summary of an earlier stop, or none, and the rerun wrote nothing:
     summary.json said 'stopped' at an old step for good. The losses and tokens come from metrics.jsonl's
-    records of that step (NaN when absent); the seconds trained are not known. Not in a folder another
+    records of that step (null when absent); the seconds trained are not known (null). Not in a folder another
     trainer holds."""
     path = out_dir / SUMMARY_FILE
     try:
@@ -63,7 +77,7 @@ def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
     try:
         with run_lock.unless_in_use(out_dir) as ours:
             if ours:
-                replace_file(path, json.dumps(asdict(summary), indent=2) + "\n")
+                replace_file(path, summary_json(summary))
     except OSError as err:  # the run is finished either way; this rank alone would end in a traceback
         _log.warning(f"warning: could not write the finished summary to {path} ({err})")
 
