@@ -72,3 +72,69 @@ def test_save_pretrained_with_push_to_hub_uploads_the_modeling_code(tmp_path, mo
     )
     for name, data in commit["files"].items():
         assert data == (folder / name).read_bytes(), name
+
+
+def _static_cache(model):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=32)
+
+
+def _sliding_cache(model):
+    from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
+
+    return Cache(layers=[DynamicSlidingWindowLayer(sliding_window=4) for _ in range(model.config.n_layer)])
+
+
+CACHES = {
+    "static": (_static_cache, "StaticCache"),
+    "sliding": (_sliding_cache, r"Cache \(with DynamicSlidingWindowLayer layers\)"),
+}
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+@pytest.mark.parametrize("kind", sorted(CACHES))
+def test_a_cache_that_is_not_dynamic_is_refused_naming_it(arch, kind):
+    """Fault: a StaticCache (or a sliding-window one) passed as past_key_values gave wrong logits on every
+    decode step without an error (the decode step's logits off the full pass's by up to 0.006 for nGPT and
+    0.046 for the GPT with the static cache, 0.048 with a window of 4: the static layer returns its whole
+    buffer, empty slots included, and the sliding one drops keys). Now it is refused before running, naming
+    the cache class."""
+    make, name = CACHES[kind]
+    model = _model(arch)
+    ids = torch.tensor([[5, 77, 300, 12, 9, 401, 17]])
+    with torch.no_grad(), pytest.raises(ValueError, match=rf"{name}.*only DynamicCache \(the default\) is supported"):
+        model(ids[:, :6], past_key_values=make(model))
+        model(ids[:, 6:], past_key_values=make(model))  # not reached on the fixed code
+
+
+@pytest.mark.parametrize("implementation", ["static", "sliding_window"])
+def test_generate_with_a_static_cache_implementation_names_the_cache(implementation):
+    """Fault: generate(cache_implementation="static") stopped on 'attention_mask has shape (1, 1, 6, 15); it
+    must be 2D', blaming the 4D mask transformers builds for a static cache, not the cache."""
+    model = _model("ngpt")
+    with pytest.raises(ValueError, match=r"a StaticCache .*only DynamicCache \(the default\) is supported"):
+        model.generate(torch.tensor([[5, 77, 300, 12, 9, 401]]), max_new_tokens=4, cache_implementation=implementation)
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_dynamic_cache_beam_search_and_assisted_decoding_still_work(arch):
+    """The DynamicCache and what generate does with it (beam search reorders it, prompt lookup and assisted
+    decoding crop it) give the tokens and logits they give without a cache."""
+    from transformers import DynamicCache
+
+    model = _model(arch)
+    ids = torch.tensor([[5, 77, 300, 12, 9, 401, 5, 77, 300, 12]])
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, :6], past_key_values=cache).logits]
+        steps += [model(ids[:, i : i + 1], past_key_values=cache).logits for i in range(6, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+    greedy = dict(max_new_tokens=12, do_sample=False, eos_token_id=None)
+    for kwargs in ({"num_beams": 3}, {"num_beams": 1}):
+        with_cache = model.generate(ids, **greedy, **kwargs)
+        assert torch.equal(with_cache, model.generate(ids, **greedy, **kwargs, use_cache=False)), kwargs
+    reference = model.generate(ids, **greedy)
+    assert torch.equal(model.generate(ids, **greedy, prompt_lookup_num_tokens=3), reference)
+    assert torch.equal(model.generate(ids, **greedy, assistant_model=_model(arch)), reference)

@@ -1,9 +1,10 @@
 """transformers models for nGPT and the GPT baseline: a PreTrainedModel around ngpt_ds's own
 CausalLM (`self.model`, built by ngpt_ds.model.build_model), so there is one copy of the model.
 
-The KV cache is transformers' own `Cache` (a DynamicCache by default, created by `generate` or
-here); ngpt_ds's attention reaches it through the same per-layer interface (`length`, `append`)
-as ngpt_ds.model.blocks.KVCache, so incremental decoding runs the same code either way.
+The KV cache is transformers' own DynamicCache (created by `generate` or here; other kinds, static,
+sliding-window or quantized, are refused: _check_cache); ngpt_ds's attention reaches it through the same
+per-layer interface (`length`, `append`) as ngpt_ds.model.blocks.KVCache, so incremental decoding runs the
+same code either way.
 
 Padded batches work as in transformers' Llama: `attention_mask` (1 = token, 0 = padding, on either
 side) keeps every query off the padding keys, and `position_ids` (by default the mask's cumulative sum
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ngpt_ds.errors import NgptConfigError
@@ -223,6 +224,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        if cache is not None:
+            _check_cache(cache)
         # A cache passed in holds the positions before input_ids: it is used also with use_cache=False, as
         # transformers' own models use it (use_cache only says whether to create and return one).
         binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
@@ -239,6 +242,30 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             targets = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
             loss = self.model.cross_entropy(logits[:, :-1], targets)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+
+def _check_cache(cache: Any) -> None:
+    """The cache must keep every position's keys and values as given (a DynamicCache of DynamicLayers):
+    ngpt_ds's attention appends each step's keys and values and attends to all the layer returns. A static
+    cache returns its whole preallocated buffer (empty slots included: wrong logits on every decode step,
+    without an error) and a sliding-window or quantized one drops or alters keys, so they are refused
+    before anything runs. (generate with cache_implementation="static" ended in a misleading message about
+    the 4D attention_mask it builds for static caches.)"""
+    if isinstance(cache, Cache):
+        kinds = {type(layer) for layer in cache.layers}
+        if cache.layer_class_to_replicate is not None:
+            kinds.add(cache.layer_class_to_replicate)
+        if kinds <= {DynamicLayer}:
+            return
+        layers = ", ".join(sorted(k.__name__ for k in kinds - {DynamicLayer}))
+        what = f"{type(cache).__name__} (with {layers} layers)"
+    else:
+        what = type(cache).__name__
+    raise ValueError(
+        f"a {what} cannot be the KV cache of this model: only DynamicCache (the default) is supported, whose "
+        "layers keep every position's keys and values. Pass no cache (generate creates a DynamicCache) or a "
+        "DynamicCache(), and no cache_implementation"
+    )
 
 
 def _padding(
