@@ -172,3 +172,57 @@ def test_a_conversion_is_sealed_reused_only_for_its_source_and_follows_its_step(
     # Resuming from step 2 moves step 3's conversion aside with step 3.
     moved = lineage.start_lineage(tmp_path, checkpoints / "step_00000002")
     assert "step_00000003, step_00000003-universal" in moved and ck.universal_dirs(checkpoints) == []
+
+
+def _pipeline_checkpoint(folder):
+    """The files deepspeed_files.saved_layout reads of a checkpoint of 2 pipeline stages x data-parallel 2, ZeRO 1
+    (the names, and rank 0's model states with the sizes)."""
+    import torch
+
+    folder.mkdir(parents=True)
+    states = {"ds_config": {"zero_optimization": {"stage": 1}}, "mp_world_size": 2, "dp_world_size": 2}
+    torch.save(states, folder / "mp_rank_00_model_states.pt")
+    (folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
+    (folder / "layer_00-model_00-model_states.pt").write_bytes(b"")
+    return folder
+
+
+def test_a_pipeline_checkpoint_at_another_zero_stage_is_told_its_whole_layout(tmp_path):
+    """The ZeRO-stage refusal came first and advised 'a ZeRO 1/2 DeepSpeed config (any data-parallel size there)':
+    following it was refused again for the pipeline, and ZeRO 2 runs no pipeline at all."""
+    import pytest
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.train.reshape import Layout, plan
+
+    source = _pipeline_checkpoint(tmp_path / "checkpoints" / "step_00000004")
+    with pytest.raises(NgptConfigError) as one_rank:
+        plan(source, Layout(zero_stage=3, data_parallel=1, tensor_parallel=1), tmp_path)
+    assert "any data-parallel size" not in str(one_rank.value)
+    assert str(one_rank.value).endswith("Resume with train.pipeline_parallel_size 2 on 4 rank(s), at ZeRO stage 1")
+    with pytest.raises(NgptConfigError) as same_ranks:
+        plan(source, Layout(zero_stage=3, data_parallel=2, tensor_parallel=1, pipeline_parallel=2), tmp_path)
+    assert "any data-parallel size" not in str(same_ranks.value)
+    assert "Resume at ZeRO stage 1 (the same layout otherwise), or start a new run" in str(same_ranks.value)
+
+
+def test_a_conversion_that_cannot_fit_is_refused_naming_the_space_it_needs(tmp_path, tiny_dataset, mount_tmpfs):
+    """Resuming at another data-parallel size on a filesystem too full for DeepSpeed's converter ended in its
+    'basic_ios::clear: iostream error', advising to resume at the old ranks: never the free space."""
+    config = write_yaml(tmp_path / "run.yaml", MODEL, {**TRAIN, "max_steps": 3})
+    two = tmp_path / "two"
+    torchrun(*train_cmd(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
+    source = two / "checkpoints" / "step_00000003"
+    small = mount_tmpfs(768 * 1024)
+    refused = torchrun(
+        *train_cmd(config, ds_for(tmp_path, 2, 1), tiny_dataset, small / "one", "--resume", source, "--max-steps", "6"),
+        nproc=1,
+        check=False,
+    )
+    assert refused.returncode != 0 and "(exitcode: 2)" in refused.stderr, refused.stderr[-2000:]
+    assert "error: not enough free space to convert step_00000003 for data-parallel size 1: DeepSpeed's " in (
+        refused.stderr
+    )
+    assert f"are free on the filesystem of {small / 'one' / 'checkpoints'}. " in refused.stderr
+    assert "Free space there and rerun, or resume at ZeRO stage 2, data-parallel size 2" in refused.stderr
+    assert "step " not in refused.stdout  # before any compute

@@ -114,18 +114,10 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
         found.pipeline_parallel,
         _saved_sequence_parallel(source),
     )
-    if _family(saved.zero_stage) != _family(current.zero_stage):
-        raise _refuse(
-            source,
-            saved,
-            current,
-            (
-                f"DeepSpeed loads a {_family(saved.zero_stage)} checkpoint only into {_family(saved.zero_stage)}, and "
-                "its universal checkpoints convert between data-parallel sizes within ZeRO 1/2 or within ZeRO 3, not "
-                f"between the two. Resume with a {_family(saved.zero_stage)} DeepSpeed config (any data-parallel size "
-                "there), or start a new run with --resume none and another --out"
-            ),
-        )
+    # A tensor- or pipeline-parallel checkpoint resumes only at its own layout, so its advice names all of it
+    # (checked before the ZeRO stages: "any data-parallel size" was wrong for it, and so was "ZeRO 1/2", as a
+    # pipeline runs at ZeRO 0 or 1 only).
+    stage = "" if saved.zero_stage == current.zero_stage else f", at ZeRO stage {saved.zero_stage}"
     if saved.tensor_parallel != current.tensor_parallel or (
         saved.tensor_parallel > 1 and saved.data_parallel != current.data_parallel
     ):
@@ -138,7 +130,7 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
                 "DeepSpeed's universal converter merges tensor-parallel slices by Megatron name patterns, and the "
                 "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to it, so a merged checkpoint "
                 f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel} on "
-                f"{saved.tensor_parallel * saved.data_parallel} rank(s)"
+                f"{saved.tensor_parallel * saved.data_parallel} rank(s){stage}"
             ),
         )
     if saved.pipeline_parallel != current.pipeline_parallel or (
@@ -154,7 +146,24 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
                 "layout (DeepSpeed's universal conversion of it is untested here). Resume with "
                 "train.pipeline_parallel_size "
                 f"{saved.pipeline_parallel} on {saved.pipeline_parallel * saved.tensor_parallel * saved.data_parallel}"
-                " rank(s)"
+                f" rank(s){stage}"
+            ),
+        )
+    if _family(saved.zero_stage) != _family(current.zero_stage):
+        exact = saved.tensor_parallel > 1 or saved.pipeline_parallel > 1
+        where = (
+            f"at ZeRO stage {saved.zero_stage} (the same layout otherwise)"
+            if exact
+            else f"with a {_family(saved.zero_stage)} DeepSpeed config (any data-parallel size there)"
+        )
+        raise _refuse(
+            source,
+            saved,
+            current,
+            (
+                f"DeepSpeed loads a {_family(saved.zero_stage)} checkpoint only into {_family(saved.zero_stage)}, and "
+                "its universal checkpoints convert between data-parallel sizes within ZeRO 1/2 or within ZeRO 3, not "
+                f"from one to the other. Resume {where}, or start a new run with --resume none and another --out"
             ),
         )
     if saved.data_parallel == current.data_parallel or saved.zero_stage == 0:
@@ -263,6 +272,46 @@ def _tail(log: Path, lines: int = 8) -> str:
         return "(no log)"
 
 
+CONVERSION_SPACE_FACTOR = 2
+"""ds_to_universal writes every parameter's slices, then the merged files, then deletes the slices: at its peak
+about twice the checkpoint's optimizer state, which the checkpoint's size bounds from above."""
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _free_space(folder: Path) -> str:
+    """The free space where the conversion wrote, for its failure message: a full disk ended in DeepSpeed's
+    'basic_ios::clear: iostream error', and the advice sent the operator back to ranks they no longer had."""
+    free = _free_bytes(folder)
+    return (
+        ""
+        if free is None
+        else f"{_mib(free)} are free on the filesystem of {folder} (if it is full, free space there and rerun). "
+    )
+
+
+def _space_problem(reshape: Reshape, work: Path) -> str | None:
+    """Rank 0, before the converter starts: a conversion that cannot fit is refused, naming the space it needs."""
+    size, free = checkpoint.checkpoint_bytes(reshape.source), _free_bytes(work.parent)
+    if size is None or free is None or free >= CONVERSION_SPACE_FACTOR * size:
+        return None
+    return (
+        f"not enough free space to convert {reshape.source.name} for {reshape.current.ranks()}: DeepSpeed's "
+        f"ds_to_universal needs about {_mib(CONVERSION_SPACE_FACTOR * size)} (twice the checkpoint's "
+        f"{_mib(size)}), and {_mib(free)} are free on the filesystem of {work.parent}. Free space there and rerun, or resume "
+        f"at {reshape.saved.describe()}"
+    )
+
+
 def convert(reshape: Reshape, device: torch.device) -> bool:
     """Collective: make `reshape.target` (rank 0 converts, or reuses an intact earlier conversion).
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
@@ -277,7 +326,9 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
         try:  # a failure here is reported through the gather below, so no rank is left waiting
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+            problem = _space_problem(reshape, work)
+            if problem is None:
+                proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
         except OSError as err:
             problem = f"could not start DeepSpeed's ds_to_universal in {work}: {err}"
     flag = torch.tensor([float(reused)], device=device)
@@ -287,7 +338,7 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     if rank == 0 and proc is not None and proc.returncode != 0:
         problem = (
             f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
-            f"{_tail(work / 'convert.log')}. Resume at {reshape.saved.describe()} instead"
+            f"{_tail(work / 'convert.log')}. {_free_space(work.parent)}Resume at {reshape.saved.describe()} instead"
         )
     problems: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(problems, problem)
