@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from ngpt_ds import deepspeed_files, log
+from ngpt_ds import deepspeed_files, log, yaml_safe
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.infer.export_layout import CONFIG_FILE, WEIGHTS_FILE, is_export
 from ngpt_ds.model import CausalLM
@@ -84,8 +83,8 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
             "(it saves config.yaml with every checkpoint)"
         )
     try:
-        run = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, *UNPARSABLE) as err:
+        run = yaml_safe.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml_safe.YAMLError, *UNPARSABLE) as err:
         raise NgptConfigError(f"{config_path}: not valid YAML ({err})") from None
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
         raise NgptConfigError(f"{config_path}: expected the trainer's resolved config with a 'model:' section")

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ngpt_ds import yaml_safe
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems, abridged
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -266,9 +267,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
     `1:`), syntax errors and a file without settings (empty, or only comments) are named. Merge keys
     (`<<: *defaults`) work as in any YAML reader: the keys written next to them override the merged ones."""
 
-    class StrictLoader(yaml.SafeLoader):
-        pass
-
     def check_key(loader: yaml.SafeLoader, key_node: yaml.Node) -> str:
         key = loader.construct_object(key_node)
         if not isinstance(key, str):  # YAML 1.1: `on:`, `no:` are booleans, `1:` a number, `~:` null
@@ -279,20 +277,26 @@ def load_yaml(path: Path) -> dict[str, Any]:
             )
         return key
 
+    class StrictLoader(yaml_safe.Loader):  # merge keys bounded: a 600-byte file held 9^9 entries
+        def flatten_mapping(self, node: yaml.MappingNode) -> None:
+            # Duplicates among the keys written in a mapping, not the merged ones, which they may override;
+            # checked here, before its first merge keeps one entry per key (a mapping merged into another is
+            # flattened before it is built). A merge key's own tag has no constructor: checking it as a key
+            # refused valid YAML.
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == MERGE_TAG:
+                    continue
+                key = check_key(self, key_node)
+                if key in seen:
+                    raise NgptConfigError(
+                        f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"
+                    )
+                seen.add(key)
+            super().flatten_mapping(node)  # merged keys first, so that the ones written here win
+
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        # Duplicates among the keys written in this mapping, not the merged ones, which they may override.
-        # A merge key's own tag has no constructor: checking it as a key refused valid YAML.
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == MERGE_TAG:
-                continue
-            key = check_key(loader, key_node)
-            if key in seen:
-                raise NgptConfigError(
-                    f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"
-                )
-            seen.add(key)
-        loader.flatten_mapping(node)  # merged keys first, so that the ones written here win
+        loader.flatten_mapping(node)
         for key_node, _ in node.value:
             check_key(loader, key_node)
         return loader.construct_mapping(node, deep)

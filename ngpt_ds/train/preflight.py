@@ -34,8 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ngpt_ds import yaml_safe
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import ModelConfig
@@ -94,8 +93,8 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
     """The resolved run config the trainer saved with the checkpoint (config.yaml)."""
     path = checkpoint / "config.yaml"
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, *UNPARSABLE) as err:
+        saved = yaml_safe.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml_safe.YAMLError, *UNPARSABLE) as err:
         raise NgptConfigError(
             f"--resume {checkpoint}: its config.yaml cannot be read ({err}); the checkpoint was "
             "not written by the ngpt_ds trainer or is damaged"

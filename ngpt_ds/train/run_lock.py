@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch.distributed as dist
-import yaml
 
+from ngpt_ds import yaml_safe
 from ngpt_ds.data.shards import META_FILE as DATASET_META
 from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
@@ -52,8 +52,8 @@ def _config_sections(config: Path) -> set[str] | None:
     """The top-level keys of a YAML mapping in `config`; None when it holds none (missing, empty,
     cut short by a kill while it was written, not YAML)."""
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, yaml.YAMLError, *UNPARSABLE):
+        data = yaml_safe.safe_load(config.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, yaml_safe.YAMLError, *UNPARSABLE):
         return None
     return {str(key) for key in data} if isinstance(data, dict) else None
 
