@@ -138,3 +138,64 @@ def test_dynamic_cache_beam_search_and_assisted_decoding_still_work(arch):
     reference = model.generate(ids, **greedy)
     assert torch.equal(model.generate(ids, **greedy, prompt_lookup_num_tokens=3), reference)
     assert torch.equal(model.generate(ids, **greedy, assistant_model=_model(arch)), reference)
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_trainer_with_gradient_accumulation_backpropagates_the_whole_batch_loss(arch, tmp_path):
+    """Fault: forward takes **kwargs, so transformers' Trainer counts on the model to divide the loss by
+    num_items_in_batch (and does not divide it by the accumulation steps); the model ignored it, so each
+    micro-batch backpropagated its whole mean loss: N times too large with N accumulation steps (6.234
+    instead of 1.558 for the GPT with 4). Now the loss is the sum over the micro-batch's targets divided by
+    num_items_in_batch, as in transformers' causal LMs: with equal micro-batches the model's loss / 4, and
+    with unequal ones (ignored labels) the micro-steps' losses and gradients add up to the whole batch's."""
+    from transformers import Trainer, TrainingArguments
+
+    model = _model(arch)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = Trainer(model=model, args=args)
+    assert trainer.model_accepts_loss_kwargs
+    trainer.current_gradient_accumulation_steps = 4
+    ids = torch.randint(3, 512, (8, 16), generator=torch.Generator().manual_seed(0))
+
+    def num_items_of(labels: torch.Tensor) -> torch.Tensor:
+        return (labels[:, 1:] != -100).sum()
+
+    def steps(labels: torch.Tensor) -> tuple[list[float], list[float]]:
+        """The Trainer's 4 micro-steps (the loss each backpropagates), and the model's loss on each."""
+        batches = [{"input_ids": ids[i : i + 2], "labels": labels[i : i + 2]} for i in range(0, 8, 2)]
+        num_items = trainer._get_num_items_in_batch(batches, torch.device("cpu"))  # as Trainer.train counts
+        assert int(num_items) == int(num_items_of(labels))
+        with torch.no_grad():
+            plain = [float(model(**batch).loss) for batch in batches]
+        return [float(trainer.training_step(model, batch, num_items)) for batch in batches], plain
+
+    model.zero_grad()
+    backpropagated, plain = steps(ids.clone())
+    assert backpropagated == pytest.approx([loss / 4 for loss in plain], rel=1e-6)
+
+    labels = ids.clone()
+    labels[0, 9:] = -100  # micro-batches of 23, 30, 26 and 30 targets
+    labels[5, 3:7] = -100
+    model.zero_grad()
+    backpropagated, _ = steps(labels)
+    accumulated = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    whole = model(input_ids=ids, labels=labels).loss
+    whole.backward()
+    assert sum(backpropagated) == pytest.approx(float(whole.detach()), rel=1e-6)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(accumulated[name], param.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+    model.zero_grad()
+    none_counted = model(
+        input_ids=ids[:2], labels=torch.full_like(ids[:2], -100), num_items_in_batch=num_items_of(labels)
+    )
+    none_counted.loss.backward()
+    assert float(none_counted.loss.detach()) == 0.0  # not the mean's 0/0
+    assert all(not bool(p.grad.any()) for p in model.parameters())

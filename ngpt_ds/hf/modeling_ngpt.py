@@ -73,6 +73,10 @@ class CacheBinding(KVCache):
 class _NgptDsPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
+    #: forward takes `num_items_in_batch` (transformers' Trainer passes it with gradient accumulation, and then
+    #: does not divide the loss by the accumulation steps itself): the loss is then the sum over this batch's
+    #: targets divided by it, as transformers' own causal LMs compute it (loss_utils.fixed_cross_entropy).
+    accepts_loss_kwargs = True
 
     def __init__(self, config: NGPTConfig | GPTBaselineConfig) -> None:
         super().__init__(config)
@@ -216,7 +220,9 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         positions after the cached ones. `attention_mask` [B, cached + T]: 1 for tokens, 0 for padding (either
         side). `position_ids` [B, T] or [1, T]: RoPE positions; by default attention_mask.cumsum(-1) - 1 (at
         least 0) when a mask is given, else the cache's length onwards. `labels` are the input ids (shifted
-        here, -100 ignored), as everywhere in transformers.
+        here, -100 ignored), as everywhere in transformers; the loss is their mean cross-entropy, or with
+        `num_items_in_batch` (the Trainer's count of the targets in all the micro-batches of one optimizer step)
+        their sum divided by it, so that the accumulated gradient is the whole batch's.
         """
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
@@ -241,6 +247,11 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         if labels is not None:
             targets = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
             loss = self.model.cross_entropy(logits[:, :-1], targets)
+            num_items = kwargs.get("num_items_in_batch")
+            if num_items is not None:
+                counted = int((targets != -1).sum())
+                # The mean times its count is the sum; none counted: 0 (the mean is 0/0), with a zero gradient.
+                loss = (loss * counted if counted else logits.sum() * 0.0) / num_items
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
 
