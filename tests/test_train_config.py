@@ -429,3 +429,55 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_unless_asked(monkeypat
     assert fall_back_from_slow_cpu_bf16(fp32, "fp32.json", native=False) is None and fp32 == {
         "bf16": {"enabled": False}
     }
+
+
+DTYPES = "must be one of DeepSpeed's dtype names (torch.float16, fp16, float16, half, torch.float32, fp32, "
+
+
+@pytest.mark.parametrize(
+    "patch, line",
+    [
+        ({"steps_per_print": 0}, "steps_per_print = 0: must be a positive integer (DeepSpeed prints"),
+        ({"steps_per_print": "10"}, "steps_per_print = '10': must be a positive integer (DeepSpeed prints"),
+        ({"steps_per_print": 1e9}, "steps_per_print = 1000000000.0: must be a positive integer (DeepSpeed prints"),
+        (
+            {"prescale_gradients": True},
+            "prescale_gradients = True: DeepSpeed does not support it at ZeRO stage 2 with reduce_scatter (its "
+            'default): set "zero_optimization": {"reduce_scatter": false}, or remove prescale_gradients',
+        ),
+        (
+            {"prescale_gradients": True, "zero_optimization": {"stage": 3, "reduce_scatter": True}},
+            "prescale_gradients = True: DeepSpeed does not support it at ZeRO stage 3 with reduce_scatter",
+        ),
+        ({"data_types": {"grad_accum_dtype": "FP32"}}, f"data_types.grad_accum_dtype = 'FP32': {DTYPES}"),
+        ({"data_types": {"grad_accum_dtype": "fp33"}}, f"data_types.grad_accum_dtype = 'fp33': {DTYPES}"),
+        ({"data_types": {"grad_accum_dtype": 32}}, f"data_types.grad_accum_dtype = 32: {DTYPES}"),
+        ({"gradient_clipping": float("inf")}, "gradient_clipping = inf: must be a finite number >= 0"),
+        ({"gradient_clipping": 10**400}, "gradient_clipping = 1000"),
+    ],
+)
+def test_deepspeed_values_its_engine_fails_on_are_refused_at_startup(patch, line):
+    """Fault: these passed check_ds_config and --dry-run, then stopped every rank after the engine had started:
+    steps_per_print 0 or "10" at the first step (ZeroDivisionError, TypeError); prescale_gradients at ZeRO 2/3
+    with reduce_scatter in deepspeed.initialize (AssertionError); grad_accum_dtype "FP32", "fp33" or 32 there too
+    (ValueError: not a valid DtypeEnum). gradient_clipping Infinity (JSON's 1e400) clipped nothing."""
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2}, **patch}
+    with pytest.raises(NgptConfigError) as err:
+        check(config)
+    assert str(err.value).startswith(f"DeepSpeed config x.json: 1 problem\n  - {line}"), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"steps_per_print": 10},
+        {"steps_per_print": None},
+        {"prescale_gradients": True, "zero_optimization": {"stage": 1}},
+        {"prescale_gradients": True, "zero_optimization": {"stage": 2, "reduce_scatter": False}},
+        {"data_types": {"grad_accum_dtype": "fp32"}},
+        {"data_types": {"grad_accum_dtype": "float"}},
+        {"gradient_clipping": 0},
+    ],
+)
+def test_deepspeed_values_its_engine_runs_pass(patch):
+    check({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2}, **patch})

@@ -144,6 +144,13 @@ def gradient_clipping_of(config: dict[str, Any]) -> float:
     return config.get(GRADIENT_CLIPPING, GRADIENT_CLIPPING_DEFAULT)
 
 
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is finite as a float (an integer of 400 digits is not: the engine reads it as one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) < 2.0**1023 if isinstance(value, int) else math.isfinite(value)
+
+
 def check_ds_config(
     config: dict[str, Any],
     *,
@@ -230,12 +237,13 @@ def check_ds_config(
     if precision == "bf16" and not bf16_supported:
         p.add("bf16.enabled", True, 'this device does not support bf16; use fp32 ("bf16": {"enabled": false})')
     clip = gradient_clipping_of(config)
-    p.check(
-        isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0,
+    p.check(  # Infinity (or 1e400, which JSON reads as it) clipped nothing while the run said it clipped
+        _finite_number(clip) and clip >= 0,
         "gradient_clipping",
         clip,
-        "must be a number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)",
+        "must be a finite number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)",
     )
+    ds_schema.check_values(config, stage, sequence_parallel, p)
     if "gradient_predivide_factor" in config:  # DeepSpeed divides the gradients by it: 0 stopped in an assertion
         factor = config["gradient_predivide_factor"]
         p.check(

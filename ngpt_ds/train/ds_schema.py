@@ -246,3 +246,55 @@ def _suggestion(model: Any, loc: list[str]) -> str:
     names = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
     close = difflib.get_close_matches(loc[-1], sorted(names), n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; {model.__name__} accepts: {', '.join(sorted(names))}"
+
+
+def dtype_names() -> tuple[str, ...]:
+    """The names DeepSpeed's DtypeEnum takes (`data_types.grad_accum_dtype`): case as written, no others."""
+    from deepspeed.runtime.config import DtypeEnum
+
+    return tuple(name for member in DtypeEnum for name in member._all_values if isinstance(name, str))
+
+
+def check_values(config: dict[str, Any], stage: Any, sequence_parallel: int, p: Problems) -> None:
+    """Values DeepSpeed's parser accepts and its engine then fails on, after the process group has started:
+
+    - `steps_per_print`: the engine prints when `step % steps_per_print == 0`: 0 stopped the first step in
+      ZeroDivisionError, "10" in TypeError;
+    - `prescale_gradients` at ZeRO 2/3 with `reduce_scatter` (DeepSpeed's default) stopped
+      deepspeed.initialize in an AssertionError (the trainer turns reduce_scatter off itself at ZeRO 3 with
+      sequence parallelism, ngpt_ds.parallel.sequence.deepspeed_config_for);
+    - `data_types.grad_accum_dtype` (and param_dtype, buffer_dtype) are looked up in DeepSpeed's DtypeEnum as
+      the engine starts: "FP32", "fp33" and 32 stopped it in ValueError ('not a valid DtypeEnum')."""
+    steps = config.get("steps_per_print")
+    p.check(
+        steps is None or (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0),
+        "steps_per_print",
+        steps,
+        "must be a positive integer (DeepSpeed prints its own step line every this many steps; ngpt_ds logs "
+        "by train.log_interval), or remove it",
+    )
+    zero = config.get("zero_optimization")
+    reduce_scatter = zero.get("reduce_scatter", True) if isinstance(zero, dict) else True
+    forced_off = stage == 3 and sequence_parallel > 1
+    p.check(
+        config.get("prescale_gradients") is not True
+        or not isinstance(stage, int)
+        or stage < 2
+        or reduce_scatter is False
+        or forced_off,
+        "prescale_gradients",
+        config.get("prescale_gradients"),
+        f"DeepSpeed does not support it at ZeRO stage {stage} with reduce_scatter (its default): set "
+        '"zero_optimization": {"reduce_scatter": false}, or remove prescale_gradients',
+    )
+    data_types = config.get("data_types")
+    if isinstance(data_types, dict):
+        names = dtype_names()
+        for field in ("grad_accum_dtype", "param_dtype", "buffer_dtype"):
+            value = data_types.get(field)
+            p.check(
+                value is None or (isinstance(value, str) and value in names),
+                f"data_types.{field}",
+                value,
+                f'must be one of DeepSpeed\'s dtype names ({", ".join(names)}), as written: e.g. "fp32"',
+            )
