@@ -481,3 +481,34 @@ def test_deepspeed_values_its_engine_fails_on_are_refused_at_startup(patch, line
 )
 def test_deepspeed_values_its_engine_runs_pass(patch):
     check({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2}, **patch})
+
+
+@pytest.mark.parametrize(
+    "zero, line",
+    [
+        (
+            {"stage": 0, "cpu_offload": True},
+            "zero_optimization.cpu_offload = True: DeepSpeed's old spelling, which the trainer does not check: write "
+            '"offload_optimizer": {"device": "cpu"} in zero_optimization instead',
+        ),
+        (
+            {"stage": 2, "cpu_offload": True},
+            "zero_optimization.cpu_offload = True: DeepSpeed's old spelling, which the trainer does not check: write "
+            '"offload_optimizer": {"device": "cpu"} in zero_optimization instead',
+        ),
+        (
+            {"stage": 2, "cpu_offload_param": True},
+            "zero_optimization.cpu_offload_param = True: DeepSpeed's old spelling, which the trainer does not check: "
+            'write "offload_param": {"device": "cpu"} in zero_optimization instead',
+        ),
+    ],
+)
+def test_deepspeeds_old_offload_spellings_are_refused_naming_the_new_ones(zero, line):
+    """Fault: DeepSpeed 0.19 still maps zero_optimization.cpu_offload and cpu_offload_param onto offload_optimizer
+    and offload_param, past the trainer's offload checks: cpu_offload at ZeRO 0 stopped deepspeed.initialize in a
+    ZeRORuntimeException (client optimizer under ZeRO-Offload), cpu_offload_param at ZeRO 2 was ignored."""
+    with pytest.raises(NgptConfigError) as err:
+        check({"train_micro_batch_size_per_gpu": 2, "zero_optimization": zero})
+    assert str(err.value) == f"DeepSpeed config x.json: 1 problem\n  - {line}"
+    old = next(key for key in zero if key != "stage")
+    check({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {**zero, old: False}})  # false asks for nothing

@@ -460,6 +460,19 @@ def _check_offload(config: dict[str, Any], stage: Any, p: Problems) -> None:
     - DeepSpeed offloads the optimizer at stages 1-3 and the parameters at stage 3 only; below that it
       ignored the block without a word, and the run held everything in accelerator memory."""
     zero = _block(config, "zero_optimization")
+    # DeepSpeed still maps its old spellings onto the blocks, past every check below: cpu_offload at ZeRO 0
+    # stopped deepspeed.initialize in a ZeRORuntimeException, cpu_offload_param at ZeRO 2 was ignored.
+    for old, new in (
+        ("cpu_offload", '"offload_optimizer": {"device": "cpu"}'),
+        ("cpu_offload_param", '"offload_param": {"device": "cpu"}'),
+        ("cpu_offload_use_pin_memory", '"pin_memory": true in the offload_optimizer or offload_param block'),
+    ):
+        p.check(
+            zero.get(old) in (None, False),
+            f"zero_optimization.{old}",
+            zero.get(old),
+            f"DeepSpeed's old spelling, which the trainer does not check: write {new} in zero_optimization instead",
+        )
     optimizer_device = _block(zero, "offload_optimizer").get("device")
     param_device = _block(zero, "offload_param").get("device")
     if optimizer_device == "cpu":
