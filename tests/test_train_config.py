@@ -512,3 +512,29 @@ def test_deepspeeds_old_offload_spellings_are_refused_naming_the_new_ones(zero, 
     assert str(err.value) == f"DeepSpeed config x.json: 1 problem\n  - {line}"
     old = next(key for key in zero if key != "stage")
     check({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {**zero, old: False}})  # false asks for nothing
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"tensorboard": {"enabled": True}},
+        {"tensorboard": {"enabled": True, "output_path": "/nonexistent/x"}},
+        {"csv_monitor": {"enabled": True, "output_path": "/proc/x/"}},
+        {"wandb": {"enabled": True}},
+        {"comms_logger": {"enabled": True}},
+    ],
+)
+def test_deepspeeds_monitors_are_refused_for_the_trainers_own_logs(block):
+    """Fault: DeepSpeed's monitor blocks passed the startup checks; without an output_path they wrote
+    DeepSpeedJobName/ into the working directory, outside --out, and csv_monitor at "/proc/x/" or wandb (not
+    installed) stopped deepspeed.initialize (FileNotFoundError, ModuleNotFoundError) after the process group had
+    started. The trainer logs TensorBoard and metrics.jsonl in --out itself."""
+    (name,) = block
+    with pytest.raises(NgptConfigError) as err:
+        check({"train_micro_batch_size_per_gpu": 2, **block})
+    assert str(err.value) == (
+        f"DeepSpeed config x.json: 1 problem\n  - {name}.enabled = True: DeepSpeed's monitors are not supported: the "
+        "trainer writes TensorBoard events to <out>/tensorboard and the same scalars to <out>/metrics.jsonl itself "
+        '(README "Training"); remove the block'
+    )
+    check({"train_micro_batch_size_per_gpu": 2, name: {**block[name], "enabled": False}})  # off: asks for nothing

@@ -244,6 +244,7 @@ def check_ds_config(
         "must be a finite number >= 0 (0 turns clipping off; left out, DeepSpeed clips at 1.0)",
     )
     ds_schema.check_values(config, stage, sequence_parallel, p)
+    ds_schema.check_monitors(config, p)
     if "gradient_predivide_factor" in config:  # DeepSpeed divides the gradients by it: 0 stopped in an assertion
         factor = config["gradient_predivide_factor"]
         p.check(

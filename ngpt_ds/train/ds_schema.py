@@ -298,3 +298,23 @@ def check_values(config: dict[str, Any], stage: Any, sequence_parallel: int, p: 
                 value,
                 f'must be one of DeepSpeed\'s dtype names ({", ".join(names)}), as written: e.g. "fp32"',
             )
+
+
+MONITORS = ("tensorboard", "csv_monitor", "wandb", "comet", "comms_logger")
+"""DeepSpeed's monitor blocks (deepspeed.monitor.config.get_monitor_config) and its communication logger."""
+
+
+def check_monitors(config: dict[str, Any], p: Problems) -> None:
+    """DeepSpeed's monitors are refused when enabled: without an output_path they wrote DeepSpeedJobName/ into the
+    working directory, outside --out; a bad output_path (csv_monitor "/proc/x/") or wandb not installed stopped
+    deepspeed.initialize on every rank. The trainer writes its own TensorBoard events to <out>/tensorboard and the
+    same scalars to <out>/metrics.jsonl (README "Training")."""
+    for name in MONITORS:
+        block = config.get(name)
+        if isinstance(block, dict) and block.get("enabled") is True:
+            p.add(
+                f"{name}.enabled",
+                True,
+                "DeepSpeed's monitors are not supported: the trainer writes TensorBoard events to <out>/tensorboard "
+                'and the same scalars to <out>/metrics.jsonl itself (README "Training"); remove the block',
+            )
