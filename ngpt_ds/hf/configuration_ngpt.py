@@ -12,7 +12,7 @@ import dataclasses
 
 from transformers import PretrainedConfig
 
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.model.config import ModelConfig
 
 # transformers' generic names for the fields generation and the KV cache look up.
@@ -39,8 +39,8 @@ class _NgptDsConfig(PretrainedConfig):
                 value = kwargs.pop(alias)
                 if name in kwargs and kwargs[name] != value:
                     raise NgptConfigError(
-                        f"{type(self).__name__}: {alias} = {value!r} and {name} = {kwargs[name]!r} disagree "
-                        f"({alias} is transformers' name for {name}); give one of them"
+                        f"{_source(type(self).__name__, kwargs.get('name_or_path'))}: {alias} = {value!r} and "
+                        f"{name} = {kwargs[name]!r} disagree ({alias} is transformers' name for {name}); give one of them"
                     )
                 kwargs[name] = value
         defaults = ModelConfig()
@@ -59,15 +59,30 @@ class _NgptDsConfig(PretrainedConfig):
     def to_model_config(self) -> ModelConfig:
         """The ngpt_ds ModelConfig these fields describe, validated; errors name the config.json read."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "arch"}
-        source = type(self).__name__
-        if self.name_or_path:  # set by from_pretrained: the folder (or Hub id) config.json came from
-            source = f"{source} ({self.name_or_path}/config.json)"
+        source = _source(type(self).__name__, self.name_or_path)
+        # ModelConfig takes null for "the dataset's tokenizer decides" (a training config); a model has its size.
+        vocab = values["vocab_size"]
+        p = Problems(source)
+        p.check(
+            isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0,
+            "model.vocab_size",
+            vocab,
+            "must be a positive integer, the number of token ids the model's embedding holds "
+            "(a model's config.json gives it; only a training config may leave it to the dataset)",
+        )
+        p.raise_if_any()
         return ModelConfig(arch=self.arch, **values).validate(source)
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs) -> _NgptDsConfig:
         values = {k: v for k, v in config.to_dict().items() if k != "arch"}
         return cls(**values, **kwargs)
+
+
+def _source(class_name: str, name_or_path: str | None) -> str:
+    """How errors name a config: its class, and the config.json read when it came from one (name_or_path, the
+    folder or Hub id, is set by from_pretrained and passed to __init__ by from_dict)."""
+    return f"{class_name} ({name_or_path}/config.json)" if name_or_path else class_name
 
 
 class NGPTConfig(_NgptDsConfig):
