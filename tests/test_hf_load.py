@@ -226,7 +226,9 @@ def test_transformers_names_of_the_fields_build_the_model_they_name():
     from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 
     for cls in (NGPTConfig, GPTBaselineConfig):
-        config = cls(hidden_size=64, num_attention_heads=2, num_hidden_layers=3, max_position_embeddings=128)
+        config = cls(
+            hidden_size=64, num_attention_heads=2, num_hidden_layers=3, max_position_embeddings=128, vocab_size=512
+        )
         model_config = config.to_model_config()
         assert (model_config.n_embd, model_config.n_head, model_config.n_layer, model_config.seq_len) == (64, 2, 3, 128)
         assert config.hidden_size == 64
