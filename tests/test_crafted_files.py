@@ -223,3 +223,61 @@ def test_a_checkpoint_config_of_nested_aliases_is_refused_by_the_resume_at_once(
         and "train.lr = [[[...], [...], [...], [...], [...], [...], [...], [...], ...], [[" in message
     )
     assert f"train.out = '/a/path/{'d' * 200}': must be writable" in message  # short enough to stay whole
+
+
+UNREADABLE = {
+    "model YAML (--config)": (_model_yaml, "run.yaml", "config {}"),
+    "DeepSpeed JSON (--deepspeed_config)": (_deepspeed_json, "ds.json", "DeepSpeed config {}"),
+    "checkpoint config.yaml, export and generate": (_inference_config, "config.yaml", "{}"),
+}
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (
+            OSError(5, "Input/output error"),
+            "Input/output error; check the file and the disk that holds it, or give another file",
+        ),
+        (
+            PermissionError(13, "Permission denied"),
+            "Permission denied; give the user running the trainer read access to it",
+        ),
+    ],
+)
+@pytest.mark.parametrize("reader", list(UNREADABLE))
+def test_a_config_file_that_cannot_be_read_is_an_error_naming_it(reader, error, reason, tmp_path, monkeypatch):
+    """Fault: a config file that exists but cannot be read (no read permission, EIO: --config a link to
+    /proc/self/mem) stopped the trainer with a PermissionError or OSError traceback."""
+    read, name, prefix = UNREADABLE[reader]
+    (tmp_path / name).write_text("model: {}\n")
+    original = Path.read_text
+
+    def fail(path, *args, **kwargs):
+        if path.name == name:
+            raise error
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", fail)
+    with pytest.raises(NgptConfigError) as caught:
+        read(tmp_path)
+    assert str(caught.value) == prefix.format(f"{tmp_path / name} cannot be read: {reason}")
+
+
+def test_a_config_linked_to_a_file_the_kernel_refuses_to_read_is_named(tmp_path):
+    """The reviewer's reproduction: --config and --deepspeed_config a link to /proc/self/mem (EIO on read)."""
+    from ngpt_ds.model.config import load_yaml
+    from ngpt_ds.train.ds_config import load_ds_config
+
+    for name, read, prefix in (("c.yaml", load_yaml, "config"), ("ds.json", load_ds_config, "DeepSpeed config")):
+        (tmp_path / name).symlink_to("/proc/self/mem")
+        with pytest.raises(NgptConfigError, match=rf"^{prefix} {tmp_path / name} cannot be read: Input/output error"):
+            read(tmp_path / name)
+
+
+def test_a_deepspeed_config_that_is_a_folder_is_named_a_folder(tmp_path):
+    """Fault: --deepspeed_config naming a folder said it 'does not exist'."""
+    from ngpt_ds.train.ds_config import load_ds_config
+
+    with pytest.raises(NgptConfigError, match=rf"^DeepSpeed config {tmp_path} is a folder, not a JSON file: "):
+        load_ds_config(tmp_path)

@@ -18,6 +18,7 @@ from ngpt_ds import deepspeed_files, log, yaml_safe
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.infer.export_layout import CONFIG_FILE, WEIGHTS_FILE, is_export
 from ngpt_ds.model import CausalLM
+from ngpt_ds.model.config import unreadable
 from ngpt_ds.train import checkpoint as ckpt_layout
 from ngpt_ds.train.resume import newest_intact
 
@@ -84,6 +85,8 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
         )
     try:
         run = yaml_safe.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise NgptConfigError(unreadable(config_path, err)) from None
     except (yaml_safe.YAMLError, *UNPARSABLE) as err:
         raise NgptConfigError(f"{config_path}: not valid YAML ({err})") from None
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):

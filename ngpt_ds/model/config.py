@@ -262,6 +262,17 @@ def resolve_config_path(name_or_path: str) -> Path:
     return preset
 
 
+def unreadable(path: Path, err: OSError) -> str:
+    """The message for a config file that exists but cannot be read: its name, the system's reason, the fix."""
+    reason = err.strerror or type(err).__name__
+    fix = (
+        "give the user running the trainer read access to it"
+        if isinstance(err, PermissionError)
+        else "check the file and the disk that holds it, or give another file"
+    )
+    return f"{path} cannot be read: {reason}; {fix}"
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML config file into a mapping; duplicate keys, keys that YAML reads as values (`on:`,
     `1:`), syntax errors and a file without settings (empty, or only comments) are named. Merge keys
@@ -303,7 +314,13 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:  # a file that exists but cannot be read (permissions, EIO) was a traceback
+        raise NgptConfigError(f"config {unreadable(path, err)}") from None
+    except UNPARSABLE as err:
+        raise NgptConfigError(f"{path}: cannot be read as YAML ({type(err).__name__}: {err})") from None
+    try:
+        data = yaml.load(text, Loader=StrictLoader)
     except NgptConfigError:
         raise
     except yaml.YAMLError as err:

@@ -24,6 +24,7 @@ import torch
 
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
+from ngpt_ds.model.config import unreadable
 from ngpt_ds.train import ds_schema
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class BatchPlan:
 def load_ds_config(path: str | Path) -> dict[str, Any]:
     """Parse a DeepSpeed JSON file; duplicate keys and syntax errors are reported with their line."""
     path = _shipped_config(Path(path))
+    if path.is_dir():
+        raise NgptConfigError(
+            f"DeepSpeed config {path} is a folder, not a JSON file: give a file such as ds_configs/zero2.json "
+            "(the shipped ones: zero0.json ... zero3.json, zero2_offload.json)"
+        )
     if not path.is_file():
         raise NgptConfigError(
             f"DeepSpeed config {path} does not exist. The shipped ones are in ds_configs/ "
@@ -61,6 +67,8 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
 
     try:
         config = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+    except OSError as err:  # a file that exists but cannot be read (permissions, EIO) was a traceback
+        raise NgptConfigError(f"DeepSpeed config {unreadable(path, err)}") from None
     except json.JSONDecodeError as err:
         raise NgptConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     except NgptConfigError:
