@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from ngpt_ds.train import checkpoint
+from ngpt_ds.train.manifest import read_capped
 from ngpt_ds.train.summary import SUMMARY_FILE, replace_file
 
 LINEAGE_FILE = "lineage.json"
@@ -149,12 +150,9 @@ def record_origin(out_dir: Path, resume_from: Path | None) -> None:
 def read_origin(out_dir: Path) -> dict | None:
     """<out>/lineage.json, or None when it is absent, unreadable or not a record `record_origin` wrote."""
     path = out_dir / LINEAGE_FILE
-    try:
-        if not path.is_file():  # not a FIFO, whose read would block
-            return None
-        with path.open("rb") as f:
-            record = json.loads(f.read(_RECORD_MAX_BYTES + 1)[:_RECORD_MAX_BYTES])
-    except (OSError, ValueError):
+    try:  # not a named pipe, whose read would block, nor a link to /dev/zero (manifest.read_capped)
+        record = json.loads(read_capped(path, _RECORD_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):  # RefusedFile is a ValueError
         return None
     if not isinstance(record, dict) or not isinstance(record.get("resumed_from"), str):
         return None

@@ -18,9 +18,10 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 COMPLETE = "COMPLETE"
 MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
@@ -131,19 +132,48 @@ def read_marker(path: Path) -> bytes:
     act on being opened, a huge file would fill the memory of every rank. A link is followed, as for every other
     file of a checkpoint: stores that keep files as links (git-annex, DVC, `cp -rs`) hold checkpoints so."""
     marker = path / COMPLETE
-    kind = _kind(os.stat(marker).st_mode)
+    try:
+        return read_capped(marker, MAX_COMPLETE_BYTES)
+    except RefusedFile as err:
+        raise _refused(marker, err.what) from None
+
+
+class RefusedFile(ValueError):
+    """A file `open_regular` or `read_capped` did not read: not (a link to) a regular file, or too large."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path} {what}")
+        self.path, self.what = path, what
+
+
+@contextlib.contextmanager
+def open_regular(path: Path) -> Iterator[BinaryIO]:
+    """`path` open for reading in binary, when it is or links to a regular file (a link is followed: a run or a
+    checkpoint kept as links, by git-annex, DVC or `cp -rs`, is read as it is). Raises RefusedFile for anything
+    else (a named pipe, whose read would block for good; a device, which could act on being opened, or a link to
+    /dev/zero, which never ends; a folder), and OSError when it cannot be opened (FileNotFoundError for a link to
+    nothing). Checked before the open and again on the open file: a named pipe put there in between opens without
+    waiting (O_NONBLOCK) and is refused then."""
+    kind = _kind(os.stat(path).st_mode)
     if kind is not None:
-        raise _refused(marker, f"is {kind}")
-    # O_NONBLOCK: a named pipe put there since the stat opens without waiting, and fstat refuses it
-    fd = os.open(marker, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        raise RefusedFile(path, f"is {kind}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        kind = _kind(st.st_mode)
+        kind = _kind(os.fstat(f.fileno()).st_mode)
         if kind is not None:
-            raise _refused(marker, f"is {kind}")
-        data = f.read(MAX_COMPLETE_BYTES + 1) if st.st_size <= MAX_COMPLETE_BYTES else b""
-    if st.st_size > MAX_COMPLETE_BYTES or len(data) > MAX_COMPLETE_BYTES:  # grown since the fstat: read no more
-        raise _refused(marker, f"holds {max(st.st_size, len(data))} bytes")
+            raise RefusedFile(path, f"is {kind}")
+        yield f
+
+
+def read_capped(path: Path, cap: int) -> bytes:
+    """The bytes of `path`, a regular file or a link to one (`open_regular`) of at most `cap` bytes. Raises
+    RefusedFile otherwise, a larger file unread (or read no further than `cap` + 1 bytes when it grew since its
+    size was taken); OSError when it cannot be read."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(cap + 1) if size <= cap else b""
+    if size > cap or len(data) > cap:
+        raise RefusedFile(path, f"holds {max(size, len(data))} bytes")
     return data
 
 

@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 
 from ngpt_ds import log
-from ngpt_ds.errors import UNPARSABLE
 from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.model.ngpt import NormalizedBlock
@@ -24,7 +23,8 @@ from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook
-from ngpt_ds.train.summary import json_safe, replace_file
+from ngpt_ds.train.manifest import RefusedFile
+from ngpt_ds.train.summary import json_safe, read_records, replace_file
 
 _log = log.get(__name__)
 
@@ -169,19 +169,18 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
     kept: list[str] = []
     dropped: list[str] = []
     steps: list[int] = []
-    # Bytes a crash or a bad disk left (NUL padding, garbage) are lines to drop, not a UnicodeDecodeError or a
-    # RecursionError that stops the resume.
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-        except UNPARSABLE:
-            continue  # a line cut short by a crash
-        step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(step, int) and not isinstance(step, bool):
-            whole = line if line.endswith("\n") else line + "\n"
-            (kept if step <= last_step else dropped).append(whole)
-            if step > last_step:
-                steps.append(step)
+    # Read a line at a time (read_records): bytes a crash or a bad disk left (NUL padding, garbage, a line of
+    # gigabytes) are lines to drop, not a UnicodeDecodeError, a RecursionError or the memory of rank 0.
+    try:
+        for line, record in read_records(path):
+            step = record.get("step")
+            if isinstance(step, int) and not isinstance(step, bool):
+                whole = line if line.endswith("\n") else line + "\n"
+                (kept if step <= last_step else dropped).append(whole)
+                if step > last_step:
+                    steps.append(step)
+    except RefusedFile:
+        return []  # no longer a regular file since is_file(): left as it is
     if dropped:  # before the cut: a kill in between leaves them twice, never nowhere
         with open(path.with_name(REPLACED_JSONL), "a", encoding="utf-8") as f:
             f.write("".join(dropped))

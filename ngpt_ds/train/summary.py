@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
 from ngpt_ds.train import checkpoint, run_lock
+from ngpt_ds.train.manifest import RefusedFile, open_regular, read_capped
 from ngpt_ds.train.manifest import replace_file as replace_file  # where run files are written from
 
 SUMMARY_FILE = "summary.json"
+MAX_SUMMARY_BYTES = 64 * 1024
+"""The largest summary.json read: the trainer writes about 400 bytes."""
+MAX_RECORD_BYTES = 2**20
+"""The longest metrics.jsonl line read (1 MiB); a longer one is skipped unread. A record takes about 40 bytes per
+scalar: 3 nGPT scalars per layer make 12 KiB for 100 layers."""
+MAX_CONFIG_BYTES = 2**20
+"""The largest config.yaml `describe` reads (the trainer writes a few KiB)."""
 _log = log.get(__name__)
 
 
@@ -56,11 +64,8 @@ def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
     records of that step (null when absent); the seconds trained are not known (null). Not in a folder another
     trainer holds."""
     path = out_dir / SUMMARY_FILE
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, *UNPARSABLE):
-        old = None
-    if isinstance(old, dict) and old.get("status") == "finished" and old.get("step") == step:
+    old = read_summary(out_dir)
+    if old is not None and old.get("status") == "finished" and old.get("step") == step:
         return
     records = _records_of_step(out_dir / "metrics.jsonl", step)
     summary = Summary(
@@ -84,18 +89,50 @@ def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
 
 def _records_of_step(metrics: Path, step: int) -> dict[str, float]:
     found: dict[str, float] = {}
-    try:
-        lines = metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except UNPARSABLE:
-            continue
-        if isinstance(record, dict) and record.get("step") == step:
+    for _, record in records_if_readable(metrics):
+        if record.get("step") == step:
             found.update({k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return found
+
+
+def read_summary(out_dir: Path) -> dict | None:
+    """<out>/summary.json as a dict; None when it is absent, unreadable, not JSON, or not (a link to) a regular
+    file of at most MAX_SUMMARY_BYTES (`manifest.read_capped`): a named pipe there hung rank 0 for good, a
+    link to /dev/zero filled its memory."""
+    try:
+        summary = json.loads(read_capped(out_dir / SUMMARY_FILE, MAX_SUMMARY_BYTES).decode("utf-8"))
+    except (OSError, RefusedFile, UnicodeDecodeError, *UNPARSABLE):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """Each record of metrics.jsonl, read a line at a time: (the line as text, the record). Lines that are not a
+    JSON object (cut short by a crash, bytes a bad disk left) are skipped, and so is a line longer than
+    MAX_RECORD_BYTES, unread; no more than one line is held. The file is opened by `manifest.open_regular`,
+    which raises RefusedFile for anything but a regular file (a named pipe, a device, a link to /dev/zero),
+    OSError when it cannot be opened."""
+    with open_regular(path) as f:
+        while line := f.readline(MAX_RECORD_BYTES + 1):
+            if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+                while (rest := f.readline(MAX_RECORD_BYTES + 1)) and not rest.endswith(b"\n"):
+                    pass  # the rest of an absurdly long line
+                continue
+            text = line.decode("utf-8", errors="replace")
+            try:
+                record = json.loads(text)
+            except UNPARSABLE:
+                continue
+            if isinstance(record, dict):
+                yield text, record
+
+
+def records_if_readable(path: Path) -> Iterator[tuple[str, dict]]:
+    """`read_records`, or none when the file cannot be read or is refused."""
+    try:
+        yield from read_records(path)
+    except (OSError, RefusedFile):
+        return
 
 
 def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"python launch/{name}.py") -> str:
@@ -141,9 +178,9 @@ def _what_was_trained(out: Path) -> str:
     import yaml
 
     try:
-        config = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+        config = yaml.safe_load(read_capped(out / "config.yaml", MAX_CONFIG_BYTES).decode("utf-8"))
         arch, source = config["model"]["arch"], Path(config["config_source"]).name
-    except (OSError, yaml.YAMLError, TypeError, KeyError, *UNPARSABLE):
+    except (OSError, RefusedFile, yaml.YAMLError, TypeError, KeyError, *UNPARSABLE):
         return "the model"
     return f"{ {'ngpt': 'nGPT', 'gpt': 'GPT'}.get(arch, str(arch)) } ({source})"
 
@@ -152,16 +189,8 @@ def _first_and_last(metrics: Path, key: str, step: int) -> tuple[tuple[int, floa
     """The first and the last record of `key` up to `step` in metrics.jsonl (a step logged twice, by a run
     stopped after it without a checkpoint and by its resume: the later record)."""
     values: dict[int, float] = {}
-    try:
-        lines = metrics.read_bytes().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except UNPARSABLE:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+    for _, record in records_if_readable(metrics):
+        if isinstance(record.get("step"), int) and record["step"] <= step:
             value = record.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 values[record["step"]] = float(value)
