@@ -71,6 +71,12 @@ def test_odd_head_dim_is_rejected_for_rope():
         ({"s_z_init": 1e30, "s_z_scale": 1e-10}, "model.s_z_init = 1e+30: divided by s_z_scale = 1e-10"),
         ({"alpha_mlp_init": float("nan")}, "model.alpha_mlp_init = nan: must be a finite number"),
         ({"n_layer": "4"}, "model.n_layer = '4': must be an integer"),
+        # Whole numbers in float fields (review: rope_base 10**39 trained, 10**400 stopped build_model after the
+        # process group existed; n_embd 2 * 10**400 was an OverflowError in validate).
+        ({"rope_base": 10**39}, f"model.rope_base = {10**39}: is beyond float32's range"),
+        ({"rope_base": 10**400}, "model.rope_base = 100000000000000000...0000000000000000000: is beyond float32's"),
+        ({"s_z_scale": 10**400}, "model.s_z_scale = 100000000000000000...0000000000000000000: is beyond float32's"),
+        ({"n_embd": 2 * 10**400}, "model.n_embd = 200000000000000000...0000000000000000000: is above the largest"),
     ],
 )
 def test_constants_beyond_float32_and_wrong_types_are_named_by_validate(overrides, message):
@@ -328,3 +334,26 @@ def test_a_preset_name_is_the_preset_where_a_folder_of_that_name_is_in_the_worki
     assert load_model_config("ngpt_tiny") == load_model_config(str(PRESET_DIR / "ngpt_tiny.yaml"))
     with pytest.raises(NgptConfigError, match=r"config ngpt_tiny is a folder, not a YAML file"):
         resolve_config_path("./ngpt_tiny/")
+
+
+@pytest.mark.parametrize(
+    "field, largest, why",
+    [
+        ("n_embd", 2**20, "64 times the widest published language models (Llama 3 405B: 16384)"),
+        ("n_head", 2**19, "half the largest n_embd: head_dim = n_embd / n_head is even"),
+        ("mlp_hidden", 2**22, "4 times the largest n_embd, its default"),
+        ("seq_len", 2**24, "16M tokens of context"),
+        ("vocab_size", 2**32, "what the dataset's uint32 token ids hold"),
+    ],
+)
+def test_sizes_above_the_largest_supported_are_refused_by_validate(field, largest, why):
+    """Fault (review): the size fields had no upper bound: n_embd 2 * 10**400 stopped validate in an OverflowError
+    (1/sqrt(n_embd)), and any width, context or vocabulary reached the loaders, which build the model from it."""
+    with pytest.raises(NgptConfigError) as err:
+        ModelConfig.from_dict({"n_embd": 32, "n_head": 2, field: largest + 1}, source="my.yaml")
+    assert str(err.value) == (
+        f"my.yaml: 1 problem\n  - model.{field} = {largest + 1}: is above the largest supported, {largest} ({why}); "
+        "a file saying more was altered or was not written by ngpt_ds"
+    )
+    widest = {"n_embd": 2**20, "n_head": 2**19}  # the largest of each: head_dim 2
+    assert ModelConfig(**{**widest, field: largest}).validate()

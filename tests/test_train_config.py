@@ -538,3 +538,25 @@ def test_deepspeeds_monitors_are_refused_for_the_trainers_own_logs(block):
         '(README "Training"); remove the block'
     )
     check({"train_micro_batch_size_per_gpu": 2, name: {**block[name], "enabled": False}})  # off: asks for nothing
+
+
+@pytest.mark.parametrize(
+    "field, value, line",
+    [
+        ("lr", 10**400, "train.lr = 100000000000000000...0000000000000000000: is beyond float32's range (3.4e+38)"),
+        ("lr", 10**39, f"train.lr = {10**39}: is beyond float32's range (3.4e+38), in which the trainer computes"),
+        ("eps", 10**400, "train.eps = 100000000000000000...0000000000000000000: is beyond float32's range"),
+        (
+            "stop_grace_s",
+            10**400,
+            "train.stop_grace_s = 100000000000000000...0000000000000000000: must be a number of seconds >= 0",
+        ),
+    ],
+)
+def test_whole_numbers_beyond_range_in_float_train_fields_are_refused(field, value, line):
+    """Fault (review): float fields take whole numbers, which no range check bounded: lr and stop_grace_s
+    10**400 passed validate and stopped the run in an OverflowError once it used them."""
+    with pytest.raises(NgptConfigError) as err:
+        TrainConfig.from_dict({field: value}, source="my.yaml").resolve("ngpt").validate("my.yaml")
+    assert str(err.value).startswith(f"my.yaml: 1 problem\n  - {line}"), str(err.value)
+    TrainConfig.from_dict({field: 1}, source="my.yaml").resolve("ngpt").validate("my.yaml")

@@ -26,6 +26,16 @@ MAX_N_LAYER = 1024
 (Llama 3 405B: 126 blocks). Every loader describes the model on the meta device block by block before it
 reads a weight (about 20 ms and 40 KB each), so an edited config.json or config.yaml saying 10^9 layers
 grew memory until the OOM killer stopped the process."""
+MAX_SIZES = {
+    "n_embd": (2**20, "64 times the widest published language models (Llama 3 405B: 16384)"),
+    "n_head": (2**19, "half the largest n_embd: head_dim = n_embd / n_head is even"),
+    "mlp_hidden": (2**22, "4 times the largest n_embd, its default"),
+    "seq_len": (2**24, "16M tokens of context"),
+    "vocab_size": (2**32, "what the dataset's uint32 token ids hold"),
+}
+"""The largest value of each size field besides n_layer: far beyond any model, while a width or context of
+10^400 (a whole number, which the float range check let through) stopped validate in an OverflowError and a
+vocab_size of 10^12 asked the loaders for an embedding of terabytes."""
 SCALINGS = (
     ("alpha_attn_init", "alpha_attn_scale"),
     ("alpha_mlp_init", "alpha_mlp_scale"),
@@ -131,6 +141,15 @@ class ModelConfig:
             f"is above the largest supported, {MAX_N_LAYER} (8 times the deepest published "
             "models); a file saying more was altered or was not written by ngpt_ds",
         )
+        for name, (largest, why) in MAX_SIZES.items():
+            value = getattr(self, name)
+            p.check(
+                not isinstance(value, int) or value <= largest,
+                f"model.{name}",
+                value,
+                f"is above the largest supported, {largest} ({why}); a file saying more was altered or was not "
+                "written by ngpt_ds",
+            )
         p.check(
             self.vocab_size is None or (isinstance(self.vocab_size, int) and self.vocab_size > 0),
             "model.vocab_size",
@@ -143,7 +162,9 @@ class ModelConfig:
             self.mlp_hidden,
             "must be a positive integer or null (4 * n_embd)",
         )
-        if isinstance(self.n_embd, int) and isinstance(self.n_head, int) and self.n_head > 0 and self.n_embd > 0:
+        if all(
+            isinstance(getattr(self, n), int) and 0 < getattr(self, n) <= MAX_SIZES[n][0] for n in ("n_embd", "n_head")
+        ):
             if self.n_embd % self.n_head:
                 p.add(
                     "model.n_embd",
@@ -185,18 +206,25 @@ class ModelConfig:
         stored as 0 and multiplied by init / scale = inf (NaN logits), s_z_scale 1e300 overflowed building
         the model, rope_base 1e300 left all but one pair of each head unrotated."""
         for f in fields(self):
+            if "float" not in str(f.type):
+                continue  # the size fields have their own bounds (MAX_SIZES, MAX_N_LAYER)
             value = getattr(self, f.name)
-            if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            # Whole numbers too (a float field takes an int: rope_base 10**39 trained with inf, 10**400 stopped
+            # build_model), compared as they are: float() of 10**400 is an OverflowError.
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > FLOAT32_MAX:
                 p.add(
                     f"model.{f.name}",
                     value,
                     f"is beyond float32's range ({FLOAT32_MAX:.3g}); the model computes in float32",
                 )
+        if not isinstance(self.n_embd, int) or not 0 < self.n_embd <= MAX_SIZES["n_embd"][0]:
+            return  # 1/sqrt(n_embd) below is the default of each scale; the width is reported above
         too_small = set()  # s_uv_scale serves two vectors: named once
         for init_name, scale_name in SCALINGS:
-            init, scale = getattr(self, init_name), self.resolved_scale(getattr(self, scale_name))
-            if not 0 < scale <= FLOAT32_MAX or abs(init) > FLOAT32_MAX or scale_name in too_small:
+            init, scale = getattr(self, init_name), getattr(self, scale_name)
+            if scale is not None and not 0 < scale <= FLOAT32_MAX or abs(init) > FLOAT32_MAX or scale_name in too_small:
                 continue  # reported above
+            scale = self.resolved_scale(scale)
             if scale < FLOAT32_TINY:
                 too_small.add(scale_name)
                 p.add(

@@ -10,7 +10,7 @@ from typing import Any, cast
 import yaml
 
 from ngpt_ds.errors import NgptConfigError, Problems
-from ngpt_ds.model.config import ModelConfig, load_yaml, resolve_config_path, section
+from ngpt_ds.model.config import FLOAT32_MAX, ModelConfig, load_yaml, resolve_config_path, section
 
 MAX_DIST_TIMEOUT_S = 10**9
 """The largest train.dist_timeout_s: far beyond any job, well within what timedelta and torch represent."""
@@ -152,11 +152,25 @@ class TrainConfig:
         p.check(
             isinstance(self.stop_grace_s, (int, float))
             and not isinstance(self.stop_grace_s, bool)
-            and 0 <= self.stop_grace_s < float("inf"),
+            and 0 <= self.stop_grace_s <= MAX_DIST_TIMEOUT_S,
             "train.stop_grace_s",
             self.stop_grace_s,
             "must be a number of seconds >= 0, below the launcher's kill timeout (30 s for deepspeed and torchrun)",
         )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # A float field takes a whole number, which the checks above let through at any size: lr or
+            # stop_grace_s 10**400 passed them and stopped the run in an OverflowError once it used them.
+            p.check(
+                "float" not in str(f.type)
+                or f.name == "stop_grace_s"  # below, in seconds
+                or not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or abs(value) <= FLOAT32_MAX,
+                f"train.{f.name}",
+                value,
+                f"is beyond float32's range ({FLOAT32_MAX:.3g}), in which the trainer computes",
+            )
         mode = self.activation_checkpointing
         p.check(
             mode in ("none", "blocks")
