@@ -168,13 +168,19 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         and env.get("SLURM_STEP_ID") is not None
         and not _mpirun_inside_slurm(env)
     ):
-        rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
+        rank, world = _int(env, "SLURM_PROCID"), _int(env, _slurm_size_var(env))
         local_rank = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
-        local_world = _slurm_tasks_on_this_node(env, world)
+        local_world = min(_slurm_tasks_on_this_node(env, world), world)
         nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
-        addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
-        # One port per job, so two jobs sharing a node do not collide.
-        port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
+        if world == 1:  # a one-task step (salloc's interactive step, srun -n1): nobody to meet, as plain python
+            addr = env.get("MASTER_ADDR") or LOOPBACK
+            port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK)
+        else:
+            addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
+            # One port per job, so two jobs sharing a node do not collide.
+            port = (
+                _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
+            )
         source = "slurm"
     elif (rank_var := _mpi_rank_var(env)) is not None:
         size_var = _MPI_SIZE[rank_var]
@@ -217,7 +223,15 @@ def _mpirun_inside_slurm(env: dict[str, str]) -> bool:
         return False
     if rank_var == "OMPI_COMM_WORLD_RANK":
         return True
-    return env.get(_MPI_SIZE[rank_var], "").strip() != env["SLURM_NTASKS"].strip()
+    return env.get(_MPI_SIZE[rank_var], "").strip() != env[_slurm_size_var(env)].strip()
+
+
+def _slurm_size_var(env: dict[str, str]) -> str:
+    """The variable holding this step's task count. SLURM_NTASKS is the allocation's in salloc's interactive
+    step (LaunchParameters=use_interactive_step: SLURM_NTASKS=4, SLURM_STEP_NUM_TASKS=1), where a plain
+    `python launch/train.py` read world size 4, and rank 0 waited train.dist_timeout_s for ranks that
+    were never started. srun sets both to the step's count."""
+    return "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS", "").strip() else "SLURM_NTASKS"
 
 
 def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:

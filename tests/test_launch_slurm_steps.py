@@ -1,0 +1,68 @@
+"""Rank discovery inside a Slurm allocation with more than the one srun step of an sbatch script
+(ngpt_ds/distributed.py; no Slurm needed: the environments are those Slurm gave, as captured on
+tests/system/slurm_cluster.sh).
+
+- salloc with LaunchParameters=use_interactive_step puts the shell in an interactive step of one task,
+  whose environment still carries the allocation's SLURM_NTASKS;
+- two srun steps of one allocation (srun --overlap, or two in the background) run side by side;
+- the port a job derives must not be one the kernel may hand out for outgoing connections.
+"""
+
+from ngpt_ds import distributed
+
+# What a shell of `salloc -N2 -n4` with LaunchParameters=use_interactive_step sees (Slurm 23.11).
+INTERACTIVE_STEP = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_LOCALID": "0",
+    "SLURM_NNODES": "2",
+    "SLURM_NODEID": "0",
+    "SLURM_NTASKS": "4",
+    "SLURM_TASKS_PER_NODE": "2(x2)",
+    "SLURM_JOB_NODELIST": "ngptds[1-2]",
+    "SLURM_PROCID": "0",
+    "SLURM_STEP_ID": "4294967290",
+    "SLURM_STEP_NUM_NODES": "1",
+    "SLURM_STEP_NUM_TASKS": "1",
+}
+
+# Rank 1 of `srun -n2` on one node of a two-node allocation.
+STEP = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_JOB_NODELIST": "ngptds[1-2]",
+    "SLURM_NTASKS": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_STEP_NUM_NODES": "1",
+    "SLURM_STEP_TASKS_PER_NODE": "2",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "0",
+}
+
+
+def test_salloc_interactive_step_runs_as_one_process(monkeypatch):
+    """Fault: a plain `python launch/train.py` in salloc's interactive step read the allocation's
+    SLURM_NTASKS=4 as its world size, and rank 0 waited train.dist_timeout_s for 3 ranks never started."""
+    monkeypatch.setattr(distributed, "_free_port", lambda addr=distributed.LOOPBACK: 45678)
+    env = distributed.discover(INTERACTIVE_STEP)
+    assert env == distributed.DistEnv(0, 1, 0, 1, "127.0.0.1", 45678, "slurm")
+
+
+def test_srun_inside_the_allocation_still_counts_the_steps_tasks():
+    env = distributed.discover({**STEP, "SLURM_STEP_ID": "0"})
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (1, 2, 1, 2)
+    assert env.master_addr == "127.0.0.1"
+    # An older Slurm without SLURM_STEP_NUM_TASKS: SLURM_NTASKS, the step's own there.
+    older = {k: v for k, v in STEP.items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert distributed.discover({**older, "SLURM_STEP_ID": "0"}).world_size == 2
+
+
+def test_one_task_step_takes_a_free_port(monkeypatch):
+    """A one-task step (srun -n1) meets nobody: it takes a free port, as a plain `python` run does, not one
+    derived from the job that another step of the allocation may hold."""
+    monkeypatch.setattr(distributed, "_free_port", lambda addr=distributed.LOOPBACK: 45679)
+    one = {**STEP, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    env = distributed.discover({**one, "SLURM_STEP_ID": "3"})
+    assert (env.world_size, env.master_addr, env.master_port) == (1, "127.0.0.1", 45679)
+    assert distributed.discover({**one, "SLURM_STEP_ID": "3", "MASTER_PORT": "29999"}).master_port == 29999
