@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from ngpt_ds import distributed, hostmem, log
+from ngpt_ds import distributed, hostmem, log, yaml_safe
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
 from ngpt_ds.data.tokenizer import VocabSizeError
-from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import build_model
+from ngpt_ds.model.config import PRESET_DIR
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
 from ngpt_ds.parallel.sequence import (
@@ -34,6 +35,7 @@ from ngpt_ds.parallel.sequence import (
     parallelize_sequence,
 )
 from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape
+from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import (
     BatchPlan,
@@ -196,6 +198,8 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     validation_batches(data_dir, model_cfg.seq_len, plan.micro_batch, 0, plan.data_parallel)
 
     out_dir = run_folder(options.out, config_path)
+    if options.out is None:
+        check_default_folder_is_this_configs(out_dir, config_path)
     preflight.check_writable(out_dir)
     run = RunConfig(
         config_source=str(config_path),
@@ -229,6 +233,46 @@ def config_name(config: str | None, model: str | None) -> str:
 def run_folder(out: str | None, config_path: Path) -> Path:
     """--out, or runs/<the config's name> when it is not given."""
     return Path(out) if out else Path("runs") / config_path.stem
+
+
+def check_default_folder_is_this_configs(out_dir: Path, config_path: Path) -> None:
+    """With --out left out, the run folder runs/<the config's name> is named after the file, not the path:
+    exp1/model.yaml and then exp2/model.yaml both went to runs/model, and the second resumed the first's
+    checkpoint (its changed fields listed as edits). Refused when the folder's run was trained from another file
+    (its config.yaml's config_source, relative to the working folder as runs/ is; else its newest checkpoint's)."""
+    saved = _recorded_config_source(out_dir)
+    if saved is None or _same_config_file(Path(saved), config_path):
+        return
+    raise NgptConfigError(
+        f"--config {config_path} trains in {out_dir} when --out is left out (runs/<the config file's name>), and "
+        f"the run there was trained from another file, {saved}: two configs of the same name share that folder, "
+        f"and this one would resume that run. Pass --out runs/<a name of its own> to start a new run, or "
+        f"--out {out_dir} to continue that run with this config"
+    )
+
+
+def _recorded_config_source(out_dir: Path) -> str | None:
+    """The config file a run folder's run was trained from, as its config.yaml records it; None if it records none."""
+    checkpoints = sorted((out_dir / CHECKPOINTS).glob("step_*/config.yaml"), reverse=True)
+    for path in (out_dir / "config.yaml", *checkpoints):
+        try:
+            data = yaml_safe.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml_safe.YAMLError, *UNPARSABLE):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("config_source"), str):
+            return data["config_source"]
+    return None
+
+
+def _same_config_file(saved: Path, config_path: Path) -> bool:
+    """A preset is the same preset wherever ngpt_ds is installed (its path is that of the package's copy);
+    any other file is the same file."""
+    try:
+        if config_path.resolve().parent == PRESET_DIR.resolve():
+            return saved.name == config_path.name and saved.parent.name == PRESET_DIR.name
+        return saved.resolve() == config_path.resolve()
+    except (OSError, RuntimeError):  # a path that cannot be resolved (a loop of links): compare as written
+        return saved == config_path
 
 
 def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepared:
