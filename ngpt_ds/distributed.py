@@ -177,10 +177,8 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
             port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK)
         else:
             addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
-            # One port per job, so two jobs sharing a node do not collide.
-            port = (
-                _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
-            )
+            # One port per job step, so two jobs, or two steps of one job, sharing a node do not collide.
+            port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else slurm_port(env)
         source = "slurm"
     elif (rank_var := _mpi_rank_var(env)) is not None:
         size_var = _MPI_SIZE[rank_var]
@@ -232,6 +230,24 @@ def _slurm_size_var(env: dict[str, str]) -> str:
     `python launch/train.py` read world size 4, and rank 0 waited train.dist_timeout_s for ranks that
     were never started. srun sets both to the step's count."""
     return "SLURM_STEP_NUM_TASKS" if env.get("SLURM_STEP_NUM_TASKS", "").strip() else "SLURM_NTASKS"
+
+
+SLURM_PORT_BASE, SLURM_PORT_SPAN, SLURM_PORT_STEP_STRIDE = 20000, 12000, 5003
+"""A Slurm job's derived rendezvous port: 20000 + (job id + 5003 x step id) % 12000, so 20000-31999,
+below Linux's ephemeral ports (32768-60999: the old span, 20000-39999, could meet a port the kernel had
+given some outgoing connection). launch/slurm/*.sbatch export 20000 + job id % 12000 (the step id
+counts as 0 there): keep them equal (tests/test_launch_discovery.py checks)."""
+
+
+def slurm_port(env: dict[str, str]) -> int:
+    """The rendezvous port of a Slurm step without MASTER_PORT. The step id is mixed in: two srun steps of
+    one allocation (srun --overlap, or two in the background) derived the same port from the job id alone,
+    and the second one's rank 0 could not listen, or its ranks joined the first step's rendezvous."""
+    job = env.get("SLURM_JOB_ID", "0").strip()
+    step = env.get("SLURM_STEP_ID", "0").strip()
+    job_id = int(job) if job.isascii() and job.isdigit() else 0
+    step_id = int(step) if step.isascii() and step.isdigit() else 0
+    return SLURM_PORT_BASE + (job_id + SLURM_PORT_STEP_STRIDE * step_id) % SLURM_PORT_SPAN
 
 
 def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:

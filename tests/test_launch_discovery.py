@@ -1,6 +1,7 @@
 """Unit checks of the launch-environment pieces the cluster launches rely on (no training processes):
 the collective timeout, and the rendezvous address and port each launch path picks."""
 
+import re
 import socket
 import subprocess
 from datetime import timedelta
@@ -39,22 +40,33 @@ def test_mpi_master_address_is_routable_when_the_host_name_maps_to_loopback(monk
     assert distributed._routable_address() == "10.9.9.9"
 
 
-def test_slurm_port_matches_the_sbatch_scripts():
+@pytest.mark.parametrize("job", [7, 4711, 11999, 12000, 19999, 45678])
+def test_slurm_port_matches_the_sbatch_scripts(job):
+    """The scripts export the port their tasks meet on; a task started without them (srun in salloc)
+    derives it itself: step 0 of a job must get the same one. The scripts' own arithmetic is run."""
     env = distributed.discover(
         {
             "SLURM_PROCID": "0",
             "SLURM_NTASKS": "2",
             "SLURM_STEP_ID": "0",
             "SLURM_JOB_NODELIST": "ngptds[1-2]",
-            "SLURM_JOB_ID": "45678",
+            "SLURM_JOB_ID": str(job),
         }
     )
-    assert env.master_port == 20000 + 45678 % 20000
+    assert env.master_port == 20000 + job % 12000
     for script in ("train.sbatch", "train_deepspeed.sbatch"):
-        assert (
-            'MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"'
-            in (REPO / "launch/slurm" / script).read_text()
+        text = (REPO / "launch/slurm" / script).read_text()
+        line = re.search(r"^export MASTER_PORT=.*$", text, re.MULTILINE)
+        assert line is not None, script
+        shell = subprocess.run(
+            ["bash", "-c", f"{line[0]}; echo $MASTER_PORT"],
+            env={"SLURM_JOB_ID": str(job), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
         )
+        assert int(shell.stdout) == env.master_port, (script, line[0])
+        assert text.count("20000 + job id % 12000") >= 2, script  # the messages name the same rule
 
 
 def test_single_node_slurm_job_binds_the_rendezvous_to_loopback():

@@ -8,6 +8,8 @@ tests/system/slurm_cluster.sh).
 - the port a job derives must not be one the kernel may hand out for outgoing connections.
 """
 
+import pytest
+
 from ngpt_ds import distributed
 
 # What a shell of `salloc -N2 -n4` with LaunchParameters=use_interactive_step sees (Slurm 23.11).
@@ -58,6 +60,19 @@ def test_srun_inside_the_allocation_still_counts_the_steps_tasks():
     assert distributed.discover({**older, "SLURM_STEP_ID": "0"}).world_size == 2
 
 
+def test_two_steps_of_one_job_derive_different_ports():
+    """Fault: the port came from the job id alone, so the second of two `srun --overlap -n2` steps in one
+    allocation listened on the first one's port: EADDRINUSE on its rank 0, or its rank 1 joined the first
+    step's rendezvous."""
+    ports = [distributed.discover({**STEP, "SLURM_STEP_ID": str(step)}).master_port for step in range(4)]
+    assert len(set(ports)) == 4, ports
+    assert ports[0] == 20000 + 4242  # step 0: what launch/slurm/*.sbatch export for job 4242
+    assert ports[1] == 20000 + (4242 + 5003) % 12000
+    # Every rank of one step agrees.
+    rank0 = distributed.discover({**STEP, "SLURM_STEP_ID": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"})
+    assert rank0.master_port == ports[1]
+
+
 def test_one_task_step_takes_a_free_port(monkeypatch):
     """A one-task step (srun -n1) meets nobody: it takes a free port, as a plain `python` run does, not one
     derived from the job that another step of the allocation may hold."""
@@ -66,3 +81,12 @@ def test_one_task_step_takes_a_free_port(monkeypatch):
     env = distributed.discover({**one, "SLURM_STEP_ID": "3"})
     assert (env.world_size, env.master_addr, env.master_port) == (1, "127.0.0.1", 45679)
     assert distributed.discover({**one, "SLURM_STEP_ID": "3", "MASTER_PORT": "29999"}).master_port == 29999
+
+
+@pytest.mark.parametrize("job", [0, 1, 11999, 12000, 12767, 19999, 39999, 4294967295])
+def test_derived_ports_stay_below_linux_ephemeral_ports(job):
+    """Fault: 20000 + job id % 20000 reached 39999, into Linux's ephemeral range (32768-60999 by default),
+    where the kernel may already have given the port to an outgoing connection of the node."""
+    for step in (0, 1, 7, 4294967290):
+        port = distributed.discover({**STEP, "SLURM_JOB_ID": str(job), "SLURM_STEP_ID": str(step)}).master_port
+        assert 20000 <= port < 32000, (job, step, port)
