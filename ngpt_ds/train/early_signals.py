@@ -1,14 +1,14 @@
-"""SIGUSR1 during a rank's startup: kept for the stop request, instead of killing the rank.
+"""SIGUSR1 and SIGUSR2 during a rank's startup: kept for the stop request, instead of killing the rank.
 
-Slurm's warning before a time limit (`--signal=USR1@180` in launch/slurm/train.sbatch) and
-`scancel --signal=USR1` ask for a stop and requeue (README "Stopping a run"). The handler that obeys
-them exists only once training starts (`ngpt_ds.train.stopping.StopRequest`); before it, SIGUSR1's
-default action ended the rank ("User defined signal 1", exit -10) during the imports, the engine's
-start or a universal conversion, and the batch script, seeing a failed step, did not requeue: the
-chain of a week-long job stopped there. `record` keeps such a signal from a rank's first line on,
-and `StopRequest` takes it over, so the run stops at its first step boundary with a checkpoint.
+Slurm's warning before a time limit (`--signal=USR1@180` in launch/slurm/train.sbatch; many sites use
+`--signal=USR2@T`) and `scancel --signal=USR1|USR2` ask for a stop and requeue (README "Stopping a run").
+The handler that obeys them exists only once training starts (`ngpt_ds.train.stopping.StopRequest`);
+before it, the signal's default action ended the rank ("User defined signal 1", exit -10) during the
+imports, the engine's start or a universal conversion, and the batch script, seeing a failed step, did
+not requeue: the chain of a week-long job stopped there. `record` keeps such a signal from a rank's first
+line on, and `StopRequest` takes it over, so the run stops at its first step boundary with a checkpoint.
 
-Only the warning signal: SIGTERM, SIGINT and SIGHUP during the startup still end the rank at once,
+Only the warning signals: SIGTERM, SIGINT and SIGHUP during the startup still end the rank at once,
 as their senders (and a user pressing Ctrl-C) expect; nothing trained is lost then.
 Dependency-free on purpose: it runs before torch is imported.
 """
@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from types import FrameType
 
-WARNING_SIGNALS = (signal.SIGUSR1,)
+WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+"""Requests to checkpoint and stop that come ahead of time (no grace period). SIGUSR2 was documented as one
+(launch/entrypoint.py passes it on to the ranks) but no rank handled it: its default action killed the
+rank, without a checkpoint."""
 
 _received: list[int] = []
 

@@ -8,8 +8,8 @@ all-reduce, in `ngpt_ds.train.loop`), save a checkpoint and exit (README "Stoppi
   ignored under nohup). Each sender kills the process some seconds later (DeepSpeed's launch.py and
   torchrun: 30 s; Slurm: KillWait; Docker: its stop timeout), so these are *urgent*: the save must
   end within `train.stop_grace_s` of the signal.
-- SIGUSR1 (Slurm's warning before a time limit, `--signal=USR1@180`) and `--max-time`: they come
-  ahead of time, so no grace applies.
+- SIGUSR1 and SIGUSR2 (Slurm's warning before a time limit, `--signal=USR1@180` or USR2@T) and
+  `--max-time`: they come ahead of time, so no grace applies.
 - The launcher exited: the process that started this rank (torchrun, DeepSpeed's launch.py,
   slurmstepd, mpirun) and, under DeepSpeed's launch.py, the `deepspeed` runner above it. DeepSpeed's
   runner has no signal handler for local runs: SIGTERM to its pid alone kills it and leaves its
