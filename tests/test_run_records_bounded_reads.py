@@ -64,13 +64,13 @@ def test_links_to_dev_zero_are_not_read(tmp_path):
     """(The old code read each of them until memory ran out: not run on it.)"""
     for name in ("summary.json", "metrics.jsonl", "config.yaml"):
         (tmp_path / name).symlink_to("/dev/zero")
-    assert truncate_jsonl(tmp_path / "metrics.jsonl", 2) == []
     lines = describe(Summary("finished", 2, 2, 256, 3.0, 3.5, 1.0, None, str(tmp_path))).splitlines()
     assert lines[0] == "Done: the model to step 2/2, 0.3k tokens in all (this session: 0m01.0s)"
     assert not any("loss" in line for line in lines)
     mend_finished_summary(tmp_path, 2, 2)  # the summary it cannot read is replaced, not followed
     assert _summary(tmp_path)["status"] == "finished"
-    assert os.readlink(tmp_path / "metrics.jsonl") == "/dev/zero"
+    assert truncate_jsonl(tmp_path / "metrics.jsonl", 2) == []  # replaced by an empty file (no_follow tests)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b"" and not (tmp_path / "metrics.jsonl").is_symlink()
 
 
 def test_a_huge_summary_json_is_replaced_unread(tmp_path):

@@ -154,12 +154,12 @@ def open_regular(path: Path) -> Iterator[BinaryIO]:
     /dev/zero, which never ends; a folder), and OSError when it cannot be opened (FileNotFoundError for a link to
     nothing). Checked before the open and again on the open file: a named pipe put there in between opens without
     waiting (O_NONBLOCK) and is refused then."""
-    kind = _kind(os.stat(path).st_mode)
+    kind = file_kind(os.stat(path).st_mode)
     if kind is not None:
         raise RefusedFile(path, f"is {kind}")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:
-        kind = _kind(os.fstat(f.fileno()).st_mode)
+        kind = file_kind(os.fstat(f.fileno()).st_mode)
         if kind is not None:
             raise RefusedFile(path, f"is {kind}")
         yield f
@@ -184,7 +184,7 @@ def _refused(marker: Path, what: str) -> MalformedManifest:
     )
 
 
-def _kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
     """None for a regular file; else what it is, for a message."""
     if stat.S_ISREG(mode):
         return None

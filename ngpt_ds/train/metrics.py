@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +24,8 @@ from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook
-from ngpt_ds.train.manifest import RefusedFile
-from ngpt_ds.train.summary import json_safe, read_records, replace_file
+from ngpt_ds.train.manifest import RefusedFile, file_kind
+from ngpt_ds.train.summary import json_safe, read_records, records_if_readable, replace_file
 
 _log = log.get(__name__)
 
@@ -117,8 +118,7 @@ class MetricsLogger:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, step)
             self.writer.flush()  # raises what TensorBoard's writer thread met
-            with open(self.jsonl, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **json_safe(scalars)}) + "\n")
+            _append(self.jsonl, json.dumps({"step": step, **json_safe(scalars)}) + "\n")
         except OSError as err:
             self.problem = self._failed(step, err, "of step")
 
@@ -163,31 +163,84 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
     """Keep the records of steps <= last_step (atomically: a copy renamed over the file). The records of
     later steps are appended to REPLACED_JSONL first: they are what a run that was killed, stopped
     without a checkpoint or diverged after its newest checkpoint logged, and the resume trains those
-    steps again, maybe otherwise (another lr). Returns the steps of the records moved there."""
-    if not path.is_file():
+    steps again, maybe otherwise (another lr). Returns the steps of the records moved there.
+
+    Both files are written as regular files of the run folder, never through a link (`replace_file`,
+    `_append`): a link at either name (a run folder copied as links, `cp -rs`; or one planted in a folder
+    someone handed over) is replaced by a regular file holding the records read through it, and whatever it
+    names is left as it was. A named pipe or a device there is replaced unread. metrics.jsonl's link had been
+    appended through by every log line, and a link to nothing had the file it names created."""
+    if not os.path.lexists(path):
         return []
     kept: list[str] = []
     dropped: list[str] = []
     steps: list[int] = []
+    irregular = _irregular(path)
     # Read a line at a time (read_records): bytes a crash or a bad disk left (NUL padding, garbage, a line of
     # gigabytes) are lines to drop, not a UnicodeDecodeError, a RecursionError or the memory of rank 0.
     try:
-        for line, record in read_records(path):
+        for line, record in records_if_readable(path) if irregular else read_records(path):
             step = record.get("step")
             if isinstance(step, int) and not isinstance(step, bool):
                 whole = line if line.endswith("\n") else line + "\n"
                 (kept if step <= last_step else dropped).append(whole)
                 if step > last_step:
                     steps.append(step)
-    except RefusedFile:
-        return []  # no longer a regular file since is_file(): left as it is
+    except RefusedFile:  # swapped for something else since the lstat
+        raise OSError(errno.EINVAL, _NOT_REGULAR, str(path)) from None
     if dropped:  # before the cut: a kill in between leaves them twice, never nowhere
-        with open(path.with_name(REPLACED_JSONL), "a", encoding="utf-8") as f:
-            f.write("".join(dropped))
-            f.flush()
-            os.fsync(f.fileno())
+        replaced = path.with_name(REPLACED_JSONL)
+        if _irregular(replaced):
+            earlier = "".join(line for line, _ in records_if_readable(replaced))
+            replace_file(replaced, earlier + "".join(dropped))
+        else:
+            _append(replaced, "".join(dropped), sync=True)
     replace_file(path, "".join(kept))
+    if irregular:
+        held = (
+            f"the {len(kept)} record(s) up to step {last_step} read through it (what it names is left as it was)"
+            if irregular.startswith("a symbolic link")
+            else "nothing (it was not read)"
+        )
+        _log.warning(f"warning: {path} was {irregular}, not a regular file: replaced by a regular file holding {held}")
     return steps
+
+
+def _irregular(path: Path) -> str | None:
+    """What holds `path` when it is not a regular file ('a symbolic link to X', 'a named pipe'); None for a
+    regular file or nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return f"a symbolic link to {os.readlink(path)}"
+    return file_kind(mode)
+
+
+_NOT_REGULAR = "not a regular file: a symbolic link, a named pipe or a device holds its name"
+
+
+def _append(path: Path, text: str, sync: bool = False) -> None:
+    """Append `text` to the regular file `path`, created if absent, never through a link: O_NOFOLLOW refuses a
+    link at the name, O_NONBLOCK a named pipe without a reader (ENXIO: a plain open waited for one for good), and
+    fstat anything else that is no regular file. Raises OSError naming `path` (`_NOT_REGULAR`) for those."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENXIO):
+            raise OSError(err.errno, _NOT_REGULAR, str(path)) from None
+        raise
+    with os.fdopen(fd, "ab") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, _NOT_REGULAR, str(path))
+        f.write(text.encode("utf-8"))
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
 
 
 def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:
