@@ -47,7 +47,9 @@ hosts=()
 total=0
 while read -r host rest; do
   case "$host" in ''|'#'*) continue ;; esac
-  slots="$(sed -n 's/.*slots=\([0-9][0-9]*\).*/\1/p' <<<"$rest")"
+  # The word slots=N, not the N of max_slots=N (Open MPI's hostfiles have both: 'node slots=8 max_slots=16').
+  slots=""
+  [[ " $rest" =~ [[:space:]]slots=([0-9]+) ]] && slots="${BASH_REMATCH[1]}"
   [ -n "$slots" ] || { echo "error: $hostfile: '$host' has no slots=N" >&2; exit 2; }
   hosts+=("$host")
   total=$((total + slots))
