@@ -72,3 +72,65 @@ def test_a_config_json_whose_hidden_size_and_n_embd_disagree_is_named(saved, tmp
         f"GPTBaselineConfig ({folder}/config.json): hidden_size = 64 and n_embd = 32 disagree (hidden_size is "
         "transformers' name for n_embd); give one of them"
     )
+
+
+def _with_tensor(saved: dict[str, Path], tmp_path: Path, arch: str, name: str, dtype: torch.dtype) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / f"{arch}_{str(dtype).removeprefix('torch.')}"
+    shutil.copytree(saved[arch], folder)
+    state = load_file(folder / "model.safetensors")
+    state[name] = state[name].to(dtype)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+WEIGHTS_OF_A_DTYPE = {
+    "gpt-int8": ("gpt", "model.final_norm.weight", torch.int8, "I8"),
+    "gpt-bool": ("gpt", "model.final_norm.weight", torch.bool, "BOOL"),
+    "gpt-complex64": ("gpt", "model.blocks.0.attn.qkv.weight", torch.complex64, "C64"),
+    "gpt-float8": ("gpt", "model.final_norm.weight", torch.float8_e4m3fn, "F8_E4M3"),
+    "ngpt-float8": ("ngpt", "model.blocks.1.mlp.down.weight", torch.float8_e4m3fn, "F8_E4M3"),
+    "ngpt-complex64": ("ngpt", "model.blocks.1.mlp.down.weight", torch.complex64, "C64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS_OF_A_DTYPE))
+def test_weights_of_a_dtype_that_is_no_float_are_refused_naming_the_tensor(saved, tmp_path, case):
+    """Fault: from_pretrained cast every tensor of model.safetensors to the model's dtype: a GPT's int8, bool,
+    float8 or complex64 weight loaded without a word (complex without its imaginary part), an nGPT's was
+    refused as 'not unit norm' or loaded (complex64). ngpt_ds's own loader refuses them naming the tensor and
+    its dtype (ngpt_ds.infer.loading.check_dtypes); from_pretrained now runs that check on the file's header."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    arch, name, dtype, header_name = WEIGHTS_OF_A_DTYPE[case]
+    folder = _with_tensor(saved, tmp_path, arch, name, dtype)
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert str(err.value) == (
+        f"{folder}/model.safetensors: {name} ({header_name}): weights must be float32, float64, bfloat16 or "
+        "float16; the files are damaged, altered or from another program"
+    )
+
+
+def test_a_state_dict_of_int8_weights_is_refused_and_float16_ones_load(saved):
+    """The same check on a state_dict passed to from_pretrained; a float16 weight in a GPT loads as before."""
+    from safetensors.torch import load_file
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig
+    from ngpt_ds.hf.modeling_ngpt import GPTBaselineForCausalLM
+
+    config = GPTBaselineConfig.from_pretrained(saved["gpt"])
+    state = load_file(saved["gpt"] / "model.safetensors")
+    state["model.final_norm.weight"] = state["model.final_norm.weight"].half()
+    model = GPTBaselineForCausalLM.from_pretrained(None, config=config, state_dict=state)
+    assert torch.equal(model.model.final_norm.weight, state["model.final_norm.weight"].float())
+    state["model.final_norm.weight"] = state["model.final_norm.weight"].to(torch.int8)
+    with pytest.raises(
+        NgptConfigError, match=r"^the state_dict given to from_pretrained: model.final_norm.weight \(int8\)"
+    ):
+        GPTBaselineForCausalLM.from_pretrained(None, config=config, state_dict=state)

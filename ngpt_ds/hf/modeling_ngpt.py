@@ -15,7 +15,9 @@ token of the training data; pass the tokenizer's attention_mask with a padded ba
 
 `from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's: every tensor present
 (transformers would leave a missing one as uninitialized memory: `_init_weights` does nothing), none
-unknown, all finite, nGPT's sphere matrices unit norm.
+unknown, all finite, nGPT's sphere matrices unit norm, and, in the installed copy of this file, every one
+of a float dtype (ngpt_ds.infer.loading.check_dtypes, imported by name: an export's copy runs without
+ngpt_ds.infer, and does without that check).
 
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
@@ -97,6 +100,27 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         model, info = loaded
         model._check_loaded(pretrained_model_name_or_path, info)
         return (model, info) if want_info else model
+
+    @staticmethod
+    def _load_pretrained_model(  # type: ignore[override]  # transformers' parameters, passed on unchanged
+        model: PreTrainedModel, state_dict: dict | None, checkpoint_files: list[str] | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """transformers' loading of the weights into `model`, after the weights' dtypes are checked as
+        ngpt_ds.infer.loading checks an export's (check_dtypes): transformers casts every tensor to the model's
+        dtype, so int8, bool or complex weights loaded (complex without its imaginary part; a GPT's any of
+        them without a word) and float8 ones ended in an unrelated message. The safetensors headers are read,
+        not the tensors; a state_dict passed to from_pretrained is checked as given."""
+        if __name__ == "ngpt_ds.hf.modeling_ngpt":  # an export's copy runs without ngpt_ds.infer (see the docstring)
+            check_dtypes = importlib.import_module("ngpt_ds.infer.loading").check_dtypes
+            if state_dict is not None:
+                check_dtypes(
+                    {name: t.dtype for name, t in state_dict.items()}, "the state_dict given to from_pretrained"
+                )
+            for file in checkpoint_files or []:
+                if str(file).endswith(".safetensors"):
+                    with safe_open(str(file), "pt") as f:
+                        check_dtypes({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file))  # noqa: SIM118
+        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
 
     @classmethod
     def auto_map(cls) -> dict[str, str]:
