@@ -36,6 +36,7 @@ PACKAGE_ROOT = Path(ngpt_ds.__file__).parent
 CODE_ENTRY = ("hf/configuration_ngpt.py", "hf/modeling_ngpt.py")
 CODE_ENTRY_NAMES = tuple(Path(p).name for p in CODE_ENTRY)
 _IMPORT = re.compile(r"^(\s*)from ngpt_ds\.((?:\w+\.)*)(\w+) import ", re.MULTILINE)
+_IMPORT_PACKAGE = re.compile(r"^([ \t]*)from ngpt_ds import (\w+(?:, \w+)*)[ \t]*$", re.MULTILINE)
 
 README = """\
 # {name}
@@ -85,13 +86,30 @@ def _code_closure() -> list[Path]:
         for node in ast.walk(ast.parse((PACKAGE_ROOT / rel).read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ngpt_ds."):
                 todo.append(node.module.removeprefix("ngpt_ds.").replace(".", "/") + ".py")
+            elif isinstance(node, ast.ImportFrom) and node.module == "ngpt_ds":  # from ngpt_ds import yaml_safe
+                for alias in node.names:
+                    if alias.asname or not (PACKAGE_ROOT / f"{alias.name}.py").is_file():
+                        raise AssertionError(f"ngpt_ds/{rel}: the export rewrites `from ngpt_ds import module` only")
+                    todo.append(f"{alias.name}.py")
             elif isinstance(node, ast.Import) and any(a.name.startswith("ngpt_ds") for a in node.names):
                 raise AssertionError(f"ngpt_ds/{rel}: use `from ngpt_ds.x import y`; the export rewrites only those")
     return [Path(rel) for rel in sorted(seen)]
 
 
+def _package_import(match: re.Match) -> str:
+    """`from ngpt_ds import m` as `from . import m`, after a `from .m import` line: transformers copies into
+    its modules cache only the files a module imports in that form (dynamic_module_utils.get_relative_imports),
+    so `from . import m` alone failed there ('cannot import name m')."""
+    indent, names = match.group(1), match.group(2).split(", ")
+    seen = "".join(
+        f"{indent}from .{n} import __name__ as _{n}_module  # noqa: F401  (for transformers)\n" for n in names
+    )
+    return f"{seen}{indent}from . import {match.group(2)}"
+
+
 def write_code(folder: Path) -> list[str]:
-    """Copy the modeling code into `folder`, flat, with `from ngpt_ds.a.b import` made `from .b import`."""
+    """Copy the modeling code into `folder`, flat, with `from ngpt_ds.a.b import` made `from .b import` (and
+    `from ngpt_ds import m` `from . import m`)."""
     files = _code_closure()
     names = [p.name for p in files]
     if len(set(names)) != len(names):
@@ -100,6 +118,9 @@ def write_code(folder: Path) -> list[str]:
         text = _IMPORT.sub(
             lambda m: f"{m.group(1)}from .{m.group(3)} import ", (PACKAGE_ROOT / rel).read_text(encoding="utf-8")
         )
+        text = _IMPORT_PACKAGE.sub(_package_import, text)
+        if re.search(r"^\s*(from|import) ngpt_ds\b", text, re.MULTILINE):
+            raise AssertionError(f"ngpt_ds/{rel}: an import of ngpt_ds the export cannot make relative")
         (folder / rel.name).write_text(text, encoding="utf-8")
     return names
 
