@@ -24,10 +24,18 @@
 #   OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK, and rank 0's address and a free port reach the others
 #   through mpi4py (ngpt_ds/distributed.py), unless MASTER_ADDR/MASTER_PORT are set. OpenMPI
 #   starts remote ranks over ssh too; MPI_ARGS adds mpirun flags (e.g. "--mca btl_tcp_if_include eth0").
+#   Stopping: on SIGTERM or Ctrl-C, Open MPI 4.1's mpirun sends its ranks SIGCONT, waits
+#   odls_base_sigkill_timeout, sends SIGTERM, waits that long again, then SIGKILLs them. Its default, 1 s,
+#   cut the ranks' stop save short; this script passes train.stop_grace_s + 5 s (STOP_GRACE_S, else the
+#   --config YAML file's, else 25 s). So the ranks get SIGTERM that long after mpirun did, and mpirun reads
+#   none of their output meanwhile (a rank that writes more than a pipe holds, 64 KiB, waits). SIGUSR1 or
+#   SIGUSR2 to mpirun reach the ranks at once: a stop with a checkpoint, no wait (`kill -USR1 MPIRUN_PID`).
 #
 # Environment: MASTER_ADDR (default: the first host; 127.0.0.1 for a single host), MASTER_PORT
 # (default 29500; deepspeed mode refuses one in use), SSH_PORT, PYTHON (default python3),
-# DEEPSPEED_ARGS / MPI_ARGS (extra launcher flags), DRY_RUN=1 (print the command instead of running it).
+# DEEPSPEED_ARGS / MPI_ARGS (extra launcher flags), STOP_GRACE_S (mpi: the train.stop_grace_s that sizes
+# mpirun's wait before SIGKILL; default: the --config YAML file's), DRY_RUN=1 (print the command instead
+# of running it).
 # DeepSpeed's --include / --exclude / --num_nodes in DEEPSPEED_ARGS narrow the hostfile: the master is the
 # first host left, and only the hosts left are probed over ssh (exclude a broken node that way).
 set -euo pipefail
@@ -59,6 +67,24 @@ done < "$hostfile"
 PYTHON="${PYTHON:-python3}"
 run() {
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else exec "$@"; fi
+}
+
+# Seconds mpirun waits after passing a stop on before it SIGKILLs the ranks: STOP_GRACE_S (default: the
+# train.stop_grace_s line of the --config YAML file among the arguments, else the YAML default, 25), + 5.
+sigkill_timeout() {
+  local grace="${STOP_GRACE_S:-}" config="" prev="" arg
+  for arg in "$@"; do
+    case "$arg" in --config=*) config="${arg#--config=}" ;; esac
+    [ "$prev" = --config ] && config="$arg"
+    prev="$arg"
+  done
+  if [ -z "$grace" ] && [ -f "$config" ]; then
+    grace="$(sed -n 's/^ *stop_grace_s: *\([0-9][0-9.]*\).*/\1/p' "$config" | head -n 1)"
+  fi
+  [[ "$grace" =~ ^[0-9]+(\.[0-9]*)?$ ]] || grace=25
+  local whole="${grace%%.*}"
+  [[ "$grace" == *.*[1-9]* ]] && whole=$((whole + 1))   # round a fraction up
+  echo $((10#$whole + 5))
 }
 
 # Whether host $1 is named in DeepSpeed's NODE_SPEC[@NODE_SPEC...] list $2 (NODE_SPEC = NAME[:SLOT,...]);
@@ -132,6 +158,11 @@ case "$mode" in
   mpi)
     cmd=(mpirun --hostfile "$hostfile" -np "$total" --bind-to none)
     [ "$(id -u)" = 0 ] && cmd+=(--allow-run-as-root)
+    # A stop (SIGTERM or Ctrl-C to mpirun) is passed on to the ranks, which save within train.stop_grace_s;
+    # Open MPI 4.1 SIGKILLs them odls_base_sigkill_timeout (default 1 s) later, in the middle of the save.
+    if [[ " ${MPI_ARGS:-} " != *odls_base_sigkill_timeout* ]] && [ -z "${OMPI_MCA_odls_base_sigkill_timeout:-}" ]; then
+      cmd+=(--mca odls_base_sigkill_timeout "$(sigkill_timeout "$@")")
+    fi
     [ -n "${SSH_PORT:-}" ] && cmd+=(--mca plm_rsh_args "-p $SSH_PORT")
     # Pass the environment the ranks need (mpirun forwards nothing by default to remote nodes).
     for var in PATH PYTHONPATH LD_LIBRARY_PATH VIRTUAL_ENV DS_ACCELERATOR OMP_NUM_THREADS NGPT_DS_CACHE \
