@@ -134,3 +134,30 @@ def test_a_state_dict_of_int8_weights_is_refused_and_float16_ones_load(saved):
         NgptConfigError, match=r"^the state_dict given to from_pretrained: model.final_norm.weight \(int8\)"
     ):
         GPTBaselineForCausalLM.from_pretrained(None, config=config, state_dict=state)
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_ignore_mismatched_sizes_does_not_load_uninitialized_tensors(saved, tmp_path, arch):
+    """Fault: from_pretrained(..., ignore_mismatched_sizes=True) of a folder whose config.json says another
+    vocab_size than its weights left the embedding and head uninitialized (this model's _init_weights does
+    nothing): the check read transformers' missing and unexpected keys but not its mismatched ones, so the
+    load went on to 'hold NaN or infinite values; the weights are corrupt' or, when the memory happened to be
+    finite, loaded. Now the mismatched tensors are named with both shapes."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    folder = _with_config(saved, tmp_path, arch, vocab_size=600)
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder, ignore_mismatched_sizes=True)
+    shapes = {"model.embed.weight": "[512, 32]", "model.head.weight": "[512, 32]", "model.s_z.param": "[512]"}
+    names = sorted(shapes) if arch == "ngpt" else ["model.embed.weight", "model.head.weight"]  # the GPT has no s_z
+    listed = ", ".join(
+        f"{n} ({shapes[n]} in the file, {shapes[n].replace('512', '600')} by config.json)" for n in names
+    )
+    assert str(err.value) == (
+        f"{folder}/model.safetensors: the weights do not match config.json (mismatched {listed}); the file is "
+        "damaged or from another model (ignore_mismatched_sizes=True cannot load it: this model leaves a tensor "
+        "the file does not fill uninitialized). Export the checkpoint again"
+    )

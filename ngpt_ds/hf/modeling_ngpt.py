@@ -187,14 +187,29 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         weights = Path(str(name_or_path)) / "model.safetensors"
         source = str(weights) if weights.is_file() else f"{name_or_path} (its model.safetensors)"
         parts = []
-        for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys"))):
-            if keys:
-                names = sorted(keys)
+        # transformers' mismatched_keys (filled with ignore_mismatched_sizes=True; without it transformers raises
+        # itself) hold (name, shape in the file, shape by config.json): those tensors were left uninitialized.
+        mismatched = [
+            f"{name} ({list(saved)} in the file, {list(wanted)} by config.json)"
+            for name, saved, wanted in sorted(info.get("mismatched_keys") or (), key=lambda k: k[0])
+        ]
+        for what, names in (
+            ("missing", sorted(info.get("missing_keys") or ())),
+            ("mismatched", mismatched),
+            ("unexpected", sorted(info.get("unexpected_keys") or ())),
+        ):
+            if names:
                 parts.append(f"{what} {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
         if parts:
+            ignored = (
+                " (ignore_mismatched_sizes=True cannot load it: this model leaves a tensor the file does not fill "
+                "uninitialized)"
+                if mismatched
+                else ""
+            )
             raise NgptConfigError(
                 f"{source}: the weights do not match config.json ({'; '.join(parts)}); "
-                "the file is damaged or from another model. Export the checkpoint again"
+                f"the file is damaged or from another model{ignored}. Export the checkpoint again"
             )
         params = [(n, p) for n, p in self.named_parameters() if p.device.type != "meta"]
         bad = [n for n, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all())]
