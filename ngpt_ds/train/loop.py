@@ -138,6 +138,8 @@ class Trainer:
         self.own_grad_norm: torch.Tensor | None = None  # ZeRO 0 fp32: DeepSpeed keeps none (train_step)
         self.grad_norm_wanted = True  # whether the next step's record will show it (fit sets it per step)
         self.resumed_from = prepared.resume_from
+        # For the summary of a divergence (`_diverged`): when this session started, its last validation loss.
+        self.session_start, self.last_val_loss = time.perf_counter(), float("nan")  # fit sets both again
         # Signals, --max-time, and the launcher's exit (only when a launcher started this rank).
         self.stop = StopRequest(
             options.max_time_s, grace_s=self.run.train.stop_grace_s, watch_launcher=prepared.dist_env.source != "single"
@@ -305,6 +307,7 @@ class Trainer:
         first_step_s: float | None = None
         train_loss = val_loss = float("nan")
         status, last_checkpoint = "finished", None
+        self.session_start, self.last_val_loss = start_time, val_loss
         while self.step < max_steps:
             # The LR this step applies: DeepSpeed steps the schedule after the optimizer, so get_lr() after the
             # step was the next step's (step 1 of a warmup logged lr/warmup, having trained at 0).
@@ -325,13 +328,15 @@ class Trainer:
                     if precision_of(self.run.deepspeed) != "fp32"
                     else ""
                 )
-                raise TrainingDiverged(
+                raise self._diverged(
                     f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
                     f"Hints: lower train.lr (now {train.lr:g}){precision_hint}, check the data. "
-                    + self._checkpoints_left(self.step)
+                    + self._checkpoints_left(self.step),
+                    self.step + 1,
+                    loss,
                 )
             if sphere_broken:
-                self._sphere_diverged(self.step + 1)
+                self._sphere_diverged(self.step + 1, loss)
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             interval_steps += 1
@@ -350,7 +355,7 @@ class Trainer:
                 interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
-                val_loss = self.evaluate()
+                val_loss = self.last_val_loss = self.evaluate()
                 self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
                 self._say(
                     f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})"
@@ -384,7 +389,7 @@ class Trainer:
         bar.close()
         return self._finish(status, train_loss, val_loss, start_time, last_checkpoint)
 
-    def _sphere_diverged(self, step: int) -> None:
+    def _sphere_diverged(self, step: int, train_loss: float) -> None:
         """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
         rank calls it (the non-finite flag and the deviations are agreed over the job)."""
         assert self.hook is not None  # only an nGPT run's hook finds non-finite norms
@@ -394,13 +399,41 @@ class Trainer:
         # when re-read, but off the sphere by 1. Named as such, not as "(gone again when re-read)".
         broken = broken or {name: d for name, d in deviations.items() if d > 1e-3}
         names = ", ".join(f"{name} ({'norm off by ' if math.isfinite(d) else ''}{d:.3g})" for name, d in broken.items())
-        raise TrainingDiverged(
+        raise self._diverged(
             f"the fp32 master weights of sphere matrix {names or '(none when re-read)'} became non-finite (a norm "
             f"is nan or inf, or overflowed to inf and left the row at zero) at step "
             f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
             f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. "
-            + self._checkpoints_left(step - 1)
+            + self._checkpoints_left(step - 1),
+            step,
+            train_loss,
         )
+
+    def _diverged(self, message: str, step: int, train_loss: float) -> TrainingDiverged:
+        """The TrainingDiverged to raise on every rank, after rank 0 wrote summary.json saying "diverged" at
+        `step` (its `checkpoint`: the newest complete one, what a rerun resumes from; None before any). It had
+        been left as the previous session wrote it: "finished" at the old step and max_steps, after a
+        --max-steps rerun diverged. A summary that cannot be written is a warning: the run stops with exit 2
+        either way, and every rank raises."""
+        if self.is_main:
+            summary = Summary(
+                status="diverged",
+                step=step,
+                max_steps=self.run.train.max_steps,
+                tokens=self.tokens_seen,
+                train_loss=train_loss,
+                val_loss=self.last_val_loss,
+                seconds=time.perf_counter() - self.session_start,
+                checkpoint=str(self.newest_checkpoint) if self.newest_checkpoint else None,
+                out_dir=str(self.out_dir),
+            )
+            path = self.out_dir / SUMMARY_FILE
+            try:
+                replace_file(path, summary_json(summary))
+            except OSError as err:
+                file, reason, fix = write_failure(err, path)
+                _log.warning(f"warning: the run diverged, but {file} could not be written to say so ({reason}). {fix}")
+        return TrainingDiverged(message)
 
     def _checkpoints_left(self, step: int) -> str:
         """What a divergence leaves to resume from. With no checkpoint yet (a fresh run before its first
@@ -442,7 +475,7 @@ class Trainer:
         scalars.update(memory_metrics())
         scalars.update(ngpt_health(self.model, self.hook))  # collective: every rank calls it
         if not math.isfinite(scalars.get("ngpt/max_norm_deviation", 0.0)):  # the same value on every rank
-            self._sphere_diverged(self.step)
+            self._sphere_diverged(self.step, loss)
         self.metrics.log(self.step, scalars)
         if self.is_main:
             if scalars["throughput/mfu"] > 1.0 and not self.said_mfu_above_peak:

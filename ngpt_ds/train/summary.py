@@ -30,7 +30,9 @@ _log = log.get(__name__)
 class Summary:
     status: str
     """'finished', 'stopped' (signal, launcher gone or --max-time; checkpoint saved), 'stopped-unsaved'
-    (an urgent stop came too late in train.stop_grace_s to save) or 'already-finished' (nothing to do)."""
+    (an urgent stop came too late in train.stop_grace_s to save), 'diverged' (the loss or a sphere matrix became
+    NaN/inf at `step`, exit 2; `checkpoint` is the newest complete one, what a rerun resumes from, or None) or
+    'already-finished' (nothing to do; returned, not written)."""
     step: int
     max_steps: int
     tokens: int
