@@ -102,6 +102,12 @@ def removed_keys() -> dict[str, str]:
     return dict(getattr(ds_config_module, "_REMOVED_TOP_LEVEL_CONFIG_KEYS", {}))
 
 
+def block(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A sub-block of the JSON, or {} when absent or not an object (reported by check_blocks)."""
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def check_switches(value: Any, path: str, p: Problems) -> None:
     """Every `enabled` must be a JSON boolean, and no value may be the string "true"/"false":
     DeepSpeed's pydantic models coerce "false" to False, while a truth test reads it as true."""
