@@ -122,11 +122,11 @@ def _has_type(value: object, expected: typing.Any) -> bool:
 def _unquoted_yaml_text(text: str) -> bool:
     """Whether YAML reads `text`, written without quotes, as text (1e-3: YAML 1.1's floats need a dot); if
     not, the value was quoted ('0.01'), and the advice to add a dot would be wrong."""
-    import yaml
+    from ngpt_ds import yaml_safe
 
     try:
-        return isinstance(yaml.safe_load(text), str)
-    except yaml.YAMLError:
+        return isinstance(yaml_safe.safe_load(text), str)
+    except yaml_safe.YAMLError:
         return True
 
 

@@ -12,11 +12,11 @@ import time
 import pytest
 import yaml
 
-from ngpt_ds import yaml_safe
+from ngpt_ds import errors, yaml_safe
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.infer.run_checkpoint import read_run_config
 from ngpt_ds.model.config import load_yaml
-from ngpt_ds.train import preflight, run_lock
+from ngpt_ds.train import preflight, run_lock, summary
 
 
 def merge_bomb(depth: int = 9, fan: int = 9) -> str:
@@ -49,6 +49,8 @@ def at_most(seconds: int):
         pytest.param(lambda folder: preflight.saved_run_config(folder)["model"], id="preflight.saved_run_config"),
         pytest.param(lambda folder: read_run_config(folder)["model"], id="run_checkpoint.read_run_config"),
         pytest.param(lambda folder: run_lock._config_sections(folder / "config.yaml"), id="run_lock (--out)"),
+        pytest.param(lambda folder: summary._what_was_trained(folder), id="summary (end of a run)"),
+        pytest.param(lambda folder: errors._unquoted_yaml_text(merge_bomb()), id="errors (a value's advice)"),
     ],
 )
 def test_a_merge_key_bomb_is_read_at_once_by_every_yaml_reader(tmp_path, reader):
@@ -59,7 +61,12 @@ def test_a_merge_key_bomb_is_read_at_once_by_every_yaml_reader(tmp_path, reader)
     with at_most(10):
         got = reader(tmp_path)
     assert time.monotonic() - start < 1.0
-    assert got == ({f"a{i}" for i in range(10)} | {"model"} if isinstance(got, set) else {"x": 1, "arch": "ngpt"})
+    expected = {
+        set: {f"a{i}" for i in range(10)} | {"model"},
+        str: "the model",  # the file names no config_source
+        bool: False,  # a mapping, not text
+    }.get(type(got), {"x": 1, "arch": "ngpt"})
+    assert got == expected
 
 
 MERGES = [

@@ -177,12 +177,12 @@ def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"py
 
 def _what_was_trained(out: Path) -> str:
     """'nGPT (ngpt_tiny.yaml)' from the run's effective config.yaml; 'the model' when it cannot be read."""
-    import yaml
+    from ngpt_ds import yaml_safe
 
     try:
-        config = yaml.safe_load(read_capped(out / "config.yaml", MAX_CONFIG_BYTES).decode("utf-8"))
+        config = yaml_safe.safe_load(read_capped(out / "config.yaml", MAX_CONFIG_BYTES).decode("utf-8"))
         arch, source = config["model"]["arch"], Path(config["config_source"]).name
-    except (OSError, RefusedFile, yaml.YAMLError, TypeError, KeyError, *UNPARSABLE):
+    except (OSError, RefusedFile, yaml_safe.YAMLError, TypeError, KeyError, *UNPARSABLE):
         return "the model"
     return f"{ {'ngpt': 'nGPT', 'gpt': 'GPT'}.get(arch, str(arch)) } ({source})"
 
