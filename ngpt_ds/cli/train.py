@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     # Whoever started this rank (torchrun, DeepSpeed's launch.py, ...), noted before the slow startup:
     # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
     os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
-    early_signals.record()  # Slurm's SIGUSR1 warning during the startup: a stop, not the rank's death
+    early_signals.record()  # Slurm's SIGUSR1 or SIGUSR2 warning during the startup: a stop, not the rank's death
     default_accelerator()  # before anything imports deepspeed, which picks its accelerator at import
     args = parse_args(argv)
 
