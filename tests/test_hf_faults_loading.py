@@ -161,3 +161,28 @@ def test_ignore_mismatched_sizes_does_not_load_uninitialized_tensors(saved, tmp_
         "damaged or from another model (ignore_mismatched_sizes=True cannot load it: this model leaves a tensor "
         "the file does not fill uninitialized). Export the checkpoint again"
     )
+
+
+def test_an_ngpt_saved_in_float16_loads_in_float32(saved, tmp_path):
+    """Fault: the unit-norm check allowed for the dtype loaded, not the one stored: an nGPT saved in float16
+    and loaded with dtype=torch.float32 was refused as 'not unit norm' (| ||w|| - 1 | = 0.000243 > 0.0001),
+    the float16 rounding of its rows; ngpt_ds's own loader allows for the stored dtype (2e-3). A float16 file
+    off the sphere by more than that is still refused."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    half = tmp_path / "half"
+    AutoModelForCausalLM.from_pretrained(saved["ngpt"]).half().save_pretrained(half)
+    model = AutoModelForCausalLM.from_pretrained(half, dtype=torch.float32)
+    stored = load_file(half / "model.safetensors")
+    assert next(model.parameters()).dtype == torch.float32
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, stored[name].float()), name
+
+    stored["model.blocks.0.attn.qkv.weight"] *= 1.01  # off the sphere by ~0.01, beyond float16's 2e-3
+    save_file(stored, str(half / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(NgptConfigError, match=r"not unit norm .*\| = 0\.0102 > 0\.002\)"):
+        AutoModelForCausalLM.from_pretrained(half, dtype=torch.float32)
