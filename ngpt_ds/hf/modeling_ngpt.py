@@ -15,9 +15,8 @@ token of the training data; pass the tokenizer's attention_mask with a padded ba
 
 `from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's: every tensor present
 (transformers would leave a missing one as uninitialized memory: `_init_weights` does nothing), none
-unknown, all finite, nGPT's sphere matrices unit norm, and, in the installed copy of this file, every one
-of a float dtype (ngpt_ds.infer.loading.check_dtypes, imported by name: an export's copy runs without
-ngpt_ds.infer, and does without that check).
+unknown, all finite, nGPT's sphere matrices unit norm, and every one of a float dtype
+(ngpt_ds.model.saved_weights, which an export carries too).
 
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
 """
@@ -42,15 +41,8 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
+from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes
 from ngpt_ds.model.sphere import max_norm_deviation
-
-#: Largest allowed | ||row|| - 1 | of a sphere matrix by the dtype it is loaded in: the tolerances of
-#: ngpt_ds.infer.loading.NORM_TOLERANCE (fp32 weights are renormalized to ~1e-7 every step; a bf16
-#: copy of a unit vector is off by up to ~2^-9 per element). That module cannot be imported here: this
-#: file is copied into exports, which carry only ngpt_ds.model and ngpt_ds.errors.
-NORM_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-#: safetensors' names of those dtypes (a header's `dtype`).
-_HEADER_DTYPES = {"F32": torch.float32, "F64": torch.float64, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 class _LayerView:
@@ -108,7 +100,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         model: PreTrainedModel, state_dict: dict | None, checkpoint_files: list[str] | None, *args: Any, **kwargs: Any
     ) -> Any:
         """transformers' loading of the weights into `model`, after the weights' dtypes are checked as
-        ngpt_ds.infer.loading checks an export's (check_dtypes): transformers casts every tensor to the model's
+        ngpt_ds.infer.loading checks an export's (saved_weights.check_dtypes): transformers casts every tensor to the model's
         dtype, so int8, bool or complex weights loaded (complex without its imaginary part; a GPT's any of
         them without a word) and float8 ones ended in an unrelated message. The safetensors headers are read,
         not the tensors; a state_dict passed to from_pretrained is checked as given."""
@@ -119,12 +111,10 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             if str(file).endswith(".safetensors"):
                 with safe_open(str(file), "pt") as f:
                     found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118
-        if __name__ == "ngpt_ds.hf.modeling_ngpt":  # an export's copy runs without ngpt_ds.infer (see the docstring)
-            check_dtypes = importlib.import_module("ngpt_ds.infer.loading").check_dtypes
-            for dtypes, source in found:
-                check_dtypes(dtypes, source)
+        for dtypes, source in found:
+            check_dtypes(dtypes, source)
         # The unit-norm check allows for the coarsest dtype the weights were stored in (_check_loaded).
-        stored = {_HEADER_DTYPES.get(d, d) if isinstance(d, str) else d for dtypes, _ in found for d in dtypes.values()}
+        stored = {HEADER_DTYPES.get(d, d) if isinstance(d, str) else d for dtypes, _ in found for d in dtypes.values()}
         setattr(model, "_ngpt_ds_stored_dtypes", {d for d in stored if d in NORM_TOLERANCE})  # noqa: B010
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
 

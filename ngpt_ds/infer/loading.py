@@ -45,10 +45,7 @@ from ngpt_ds.infer.export_layout import (
 )
 from ngpt_ds.infer.run_checkpoint import read_checkpoint_weights, read_run_config, resolve_checkpoint
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
-
-#: Largest allowed | ||row|| - 1 | of a sphere matrix: fp32 weights are renormalized after every step
-#: (to ~1e-7); a bf16 copy of unit vectors is off by up to ~2^-9 per element.
-NORM_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+from ngpt_ds.model.saved_weights import NORM_TOLERANCE, check_dtypes
 
 DTYPES = {
     "float32": torch.float32,
@@ -206,29 +203,6 @@ def check_shapes(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int,
         raise NgptConfigError(
             f"{source}: the weights do not match the model config ({'; '.join(parts)}); "
             "the files are damaged or from another model"
-        )
-
-
-WEIGHT_DTYPES = tuple(NORM_TOLERANCE)
-"""The dtypes a saved weight may have: float32, float64, bfloat16, float16 (read as float32)."""
-
-
-def check_dtypes(dtypes: dict[str, Any], source: str) -> None:
-    """Every weight must be float32, float64, bfloat16 or float16 (`dtypes`: name -> torch dtype, or the
-    safetensors header's name of one): float8 ended in a traceback (isfinite is not implemented for it), and
-    int8, bool or complex weights were cast to float32 and loaded without a word (complex dropping its
-    imaginary part)."""
-    header_names = {"F32": torch.float32, "F64": torch.float64, "BF16": torch.bfloat16, "F16": torch.float16}
-    bad = sorted(
-        (name, dtype)
-        for name, dtype in dtypes.items()
-        if (header_names.get(dtype) if isinstance(dtype, str) else dtype) not in WEIGHT_DTYPES
-    )
-    if bad:
-        shown = ", ".join(f"{name} ({str(dtype).removeprefix('torch.')})" for name, dtype in bad[:8])
-        raise NgptConfigError(
-            f"{source}: {shown}{' …' if len(bad) > 8 else ''}: weights must be float32, float64, bfloat16 or "
-            "float16; the files are damaged, altered or from another program"
         )
 
 
