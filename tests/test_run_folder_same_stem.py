@@ -66,3 +66,28 @@ def test_a_preset_keeps_its_default_folder_wherever_ngpt_ds_was_installed(tmp_pa
     (tmp_path / "ngpt_tiny.yaml").write_text((tmp_path / "exp1" / "model.yaml").read_text())
     with pytest.raises(NgptConfigError, match=r"^--config ngpt_tiny.yaml trains in runs/ngpt_tiny when --out is "):
         prepare(options("ngpt_tiny.yaml"), resume=False)
+
+
+def test_a_named_pipe_at_the_run_folders_config_yaml_is_not_waited_on(tmp_path):
+    """The check reads the folder's config.yaml before anything else of a run folder someone may have handed over:
+    a named pipe there blocked the rank for good (a plain read waits for a writer)."""
+    import os
+    import signal
+
+    from ngpt_ds.train.builder import check_default_folder_is_this_configs
+
+    folder = tmp_path / "runs" / "model"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "config.yaml")
+    (tmp_path / "model.yaml").write_text("model: {}\n")
+
+    def stop(*_):  # pytest.fail: not an OSError, which the reader catches
+        pytest.fail("still waiting on the named pipe after 5 s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(5)
+    try:
+        check_default_folder_is_this_configs(folder, tmp_path / "model.yaml")  # no run recorded: nothing to refuse
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -45,8 +45,10 @@ from ngpt_ds.train.ds_config import (
     precision_of,
     zero_stage_of,
 )
+from ngpt_ds.train.manifest import RefusedFile, read_capped
 from ngpt_ds.train.optim import build_optimizer, build_schedule
 from ngpt_ds.train.resume import resolve_resume, resolve_resume_on_all_ranks
+from ngpt_ds.train.summary import MAX_CONFIG_BYTES
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -255,9 +257,9 @@ def _recorded_config_source(out_dir: Path) -> str | None:
     """The config file a run folder's run was trained from, as its config.yaml records it; None if it records none."""
     checkpoints = sorted((out_dir / CHECKPOINTS).glob("step_*/config.yaml"), reverse=True)
     for path in (out_dir / "config.yaml", *checkpoints):
-        try:
-            data = yaml_safe.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml_safe.YAMLError, *UNPARSABLE):
+        try:  # a regular file of at most 1 MiB (read_capped): not a named pipe, which would block this rank
+            data = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
+        except (OSError, RefusedFile, yaml_safe.YAMLError, UnicodeDecodeError, *UNPARSABLE):
             continue
         if isinstance(data, dict) and isinstance(data.get("config_source"), str):
             return data["config_source"]
