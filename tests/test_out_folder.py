@@ -201,3 +201,15 @@ def test_an_empty_path_option_is_refused_not_taken_as_left_out(option, capsys):
         f"error: argument {option}: empty (an unset shell variable?); give a value, or leave the option out; "
         "--help lists the options\n"
     )
+
+
+def test_a_tilde_in_out_is_the_home_folder_the_out_checks_look_at(tmp_path, monkeypatch):
+    """Fault: `--out=~/runs/x` (no shell expands a ~ after '=') trained in a folder named '~' in the working folder,
+    while run_lock's --out checks expanded it and looked at $HOME/runs/x."""
+    from pathlib import Path
+
+    from ngpt_ds.train.builder import run_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert run_folder("~/runs/x", Path("c.yaml")) == tmp_path / "runs" / "x"
+    assert run_folder(None, Path("exp/c.yaml")) == Path("runs/c")

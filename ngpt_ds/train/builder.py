@@ -233,8 +233,10 @@ def config_name(config: str | None, model: str | None) -> str:
 
 
 def run_folder(out: str | None, config_path: Path) -> Path:
-    """--out, or runs/<the config's name> when it is not given."""
-    return Path(out) if out else Path("runs") / config_path.stem
+    """--out, or runs/<the config's name> when it is not given. A leading ~ is the home folder: the shell
+    leaves `--out=~/runs/x` as written, and the run went into a folder named '~' in the working folder (which
+    `rm -rf ~` then deletes the home folder in place of), while the --out checks (run_lock) looked at the home's."""
+    return Path(out).expanduser() if out else Path("runs") / config_path.stem
 
 
 def check_default_folder_is_this_configs(out_dir: Path, config_path: Path) -> None:
