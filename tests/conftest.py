@@ -257,6 +257,18 @@ def read_metrics(out_dir: Path, key: str = "train/loss") -> list[dict]:
     return [r for r in records if key in r]
 
 
+def peak_python_bytes(work) -> int:
+    """The most memory Python objects held while `work()` ran (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def tiny_ngpt() -> dict:
     """The `model:` section of the end-to-end runs: nGPT, 2 blocks of width 32 and 2 heads, 32 tokens
     of context (a fresh dict: a test may change its copy)."""

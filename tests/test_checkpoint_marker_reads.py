@@ -10,13 +10,14 @@ in a universal checkpoint of 16), so the cap holds over 100,000 files of 150-byt
 
 import os
 import threading
-import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from ngpt_ds.train import checkpoint, manifest
 from ngpt_ds.train.resume import newest_intact
+
+from conftest import peak_python_bytes
 
 LIMIT = 16 * 2**20
 """manifest.MAX_COMPLETE_BYTES"""
@@ -58,23 +59,13 @@ def test_a_manifest_of_the_cap_is_read_and_one_byte_more_is_refused_unread(tmp_p
     assert manifest.MAX_COMPLETE_BYTES == LIMIT
 
 
-def _peak_bytes(work) -> int:
-    """The most memory Python objects held while `work()` ran."""
-    tracemalloc.start()
-    try:
-        work()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_a_huge_complete_is_refused_from_its_size_without_reading_it(tmp_path):
     """A 400 MB COMPLETE (sparse: nothing on the disk): the old code read it whole, three times per verify."""
     folder = _checkpoint(tmp_path / "step_00000002")
     marker = folder / manifest.COMPLETE
     os.truncate(marker, 400 * 2**20)
     answers = []
-    peak = _peak_bytes(lambda: answers.extend([manifest.verify(folder), manifest.marker_digest(folder)]))
+    peak = peak_python_bytes(lambda: answers.extend([manifest.verify(folder), manifest.marker_digest(folder)]))
     assert answers == [f"{marker} holds {400 * 2**20} bytes{REFUSED}", None]
     assert peak < 2**20
 
@@ -102,7 +93,7 @@ def test_a_complete_that_is_a_link_to_a_huge_file_is_not_read(tmp_path):
     (folder / manifest.COMPLETE).unlink()
     (folder / manifest.COMPLETE).symlink_to(huge)
     answers = []
-    peak = _peak_bytes(lambda: answers.extend([manifest.marker_digest(folder), manifest.verify(folder)]))
+    peak = peak_python_bytes(lambda: answers.extend([manifest.marker_digest(folder), manifest.verify(folder)]))
     assert answers == [None, f"{folder / manifest.COMPLETE} holds {400 * 2**20} bytes{REFUSED}"]
     assert peak < 2**20
 

@@ -10,6 +10,8 @@ import pytest
 from ngpt_ds import distributed
 from ngpt_ds.errors import NgptConfigError
 
+from conftest import require_system
+
 # What `scontrol show hostnames` (Slurm 23.11) prints for each list.
 EXPANSIONS = {
     "rack[0-1]_blade[0-1]": ["rack0_blade0", "rack0_blade1", "rack1_blade0", "rack1_blade1"],
@@ -31,8 +33,9 @@ def test_nodelist_with_several_bracket_groups_expands_as_scontrol_does(nodelist)
 
 
 def test_the_expansions_are_scontrols(tmp_path):
-    if shutil.which("scontrol") is None:
-        pytest.skip("scontrol not installed (the expansions above were taken from it)")
+    require_system(
+        shutil.which("scontrol") is not None, "scontrol not installed (the expansions above were taken from it)"
+    )
     conf = tmp_path / "slurm.conf"
     conf.write_text("ClusterName=x\nSlurmctldHost=localhost\nNodeName=n1 CPUs=1 State=UNKNOWN\n")
     for nodelist, hosts in EXPANSIONS.items():

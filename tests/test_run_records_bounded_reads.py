@@ -6,10 +6,11 @@ memory until the OOM killer came, and a file of gigabytes (one long line) was he
 import json
 import os
 import threading
-import tracemalloc
 
 from ngpt_ds.train.metrics import truncate_jsonl
 from ngpt_ds.train.summary import Summary, describe, mend_finished_summary
+
+from conftest import peak_python_bytes
 
 HUGE = 256 * 2**20  # sparse: takes no disk
 
@@ -24,16 +25,6 @@ def _summary(out):
     path = out / "summary.json"
     assert path.is_file() and not path.is_symlink()
     return json.loads(path.read_text())
-
-
-def _peak_bytes(work):
-    """The most memory Python held while `work` ran."""
-    tracemalloc.start()
-    try:
-        work()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_a_named_pipe_at_summary_json_does_not_block_the_rerun_that_mends_it(tmp_path):
@@ -78,7 +69,7 @@ def test_a_huge_summary_json_is_replaced_unread(tmp_path):
     with open(tmp_path / "summary.json", "wb") as f:  # 256 MiB: a summary, then NULs
         f.write(json.dumps({"status": "finished", "step": 2}).encode())
         f.truncate(HUGE)
-    peak = _peak_bytes(lambda: mend_finished_summary(tmp_path, 2, 2))
+    peak = peak_python_bytes(lambda: mend_finished_summary(tmp_path, 2, 2))
     assert _summary(tmp_path)["train_loss"] == 3.0  # not JSON, so not the finished summary it would keep
     assert peak < 2**20, peak  # the old code held all 256 MiB, then a str of them
 
@@ -90,12 +81,12 @@ def test_a_huge_line_in_metrics_jsonl_is_skipped_a_line_at_a_time(tmp_path):
         f.seek(0, os.SEEK_END)
         f.write(b"\n" + json.dumps({"step": 3, "train/loss": 2.0}).encode() + b"\n")
     lines = []
-    peak = _peak_bytes(
+    peak = peak_python_bytes(
         lambda: lines.extend(describe(Summary("finished", 3, 3, 384, 2.0, 3.5, 1.0, None, str(tmp_path))).splitlines())
     )
     assert lines[1] == "  train loss:      4.000 at step 1 -> 2.000 at step 3"
     assert peak < 8 * 2**20, peak  # at most a line of 1 MiB read at a time; the old code held 256 MiB twice
-    peak = _peak_bytes(lambda: truncate_jsonl(tmp_path / "metrics.jsonl", 2))
+    peak = peak_python_bytes(lambda: truncate_jsonl(tmp_path / "metrics.jsonl", 2))
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(
         json.dumps({"step": s, "train/loss": 5.0 - s, "train/tokens": 128.0 * s}) + "\n" for s in (1, 2)
     )
