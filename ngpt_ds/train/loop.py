@@ -416,16 +416,8 @@ class Trainer:
         --max-steps rerun diverged. A summary that cannot be written is a warning: the run stops with exit 2
         either way, and every rank raises."""
         if self.is_main:
-            summary = Summary(
-                status="diverged",
-                step=step,
-                max_steps=self.run.train.max_steps,
-                tokens=self.tokens_seen,
-                train_loss=train_loss,
-                val_loss=self.last_val_loss,
-                seconds=time.perf_counter() - self.session_start,
-                checkpoint=str(self.newest_checkpoint) if self.newest_checkpoint else None,
-                out_dir=str(self.out_dir),
+            summary = self._summary(
+                "diverged", step, train_loss, self.last_val_loss, self.session_start, self.newest_checkpoint
             )
             path = self.out_dir / SUMMARY_FILE
             try:
@@ -500,20 +492,26 @@ class Trainer:
         )
         _log.info(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
 
-    def _finish(
-        self, status: str, train_loss: float, val_loss: float, start_time: float, last_checkpoint: Path | None
+    def _summary(
+        self, status: str, step: int, train_loss: float, val_loss: float, since: float, checkpoint: Path | None
     ) -> Summary:
-        summary = Summary(
+        """summary.json's record of this run at `step`; `since`: the perf_counter time its seconds count from."""
+        return Summary(
             status=status,
-            step=self.step,
+            step=step,
             max_steps=self.run.train.max_steps,
             tokens=self.tokens_seen,
             train_loss=train_loss,
             val_loss=val_loss,
-            seconds=time.perf_counter() - start_time,
-            checkpoint=str(last_checkpoint) if last_checkpoint else None,
+            seconds=time.perf_counter() - since,
+            checkpoint=str(checkpoint) if checkpoint else None,
             out_dir=str(self.out_dir),
         )
+
+    def _finish(
+        self, status: str, train_loss: float, val_loss: float, start_time: float, last_checkpoint: Path | None
+    ) -> Summary:
+        summary = self._summary(status, self.step, train_loss, val_loss, start_time, last_checkpoint)
         problem, path = None, self.out_dir / SUMMARY_FILE
         if self.is_main:
             try:
