@@ -1,4 +1,4 @@
-"""Helpers of the stop tests (tests/test_launch_stop_paths.py, tests/test_launch_stop_startup_and_grace.py):
+"""Helpers of the stop tests (tests/test_launch_stop_*.py):
 start a 2-rank job under a launcher, wait for its steps, stop it, and check that nothing of it is left
 running or holding its port. The two files share one chain of checkpoints (STOP_CHAIN)."""
 
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -138,6 +139,33 @@ def wait_for_steps(out, after: int, launcher: subprocess.Popen, log: Path) -> No
         assert launcher.poll() is None, log.read_text()[-4000:]
         assert time.monotonic() < deadline, f"no step past {after + 3} logged: " + log.read_text()[-4000:]
         time.sleep(0.05)
+
+
+def signal_one_trainer(
+    configs, data, out, log: Path, ready: Callable[[subprocess.Popen], bool], sig: signal.Signals
+) -> int:
+    """Start one trainer process, as `python launch/train.py` with no launcher (its output in `log`), send
+    it `sig` once `ready(process)` holds, and return its exit status. A trainer that ends before `ready()`, or takes
+    longer than HANG_GUARD_S to get there or to stop, fails the test; it is killed either way."""
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, *map(str, stop_train_args(configs, data, out))],
+            env=cpu_env(),
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ready(proc):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        return proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def launch_stoppable(how: str, configs, data, out, port: int, log: Path) -> subprocess.Popen:

@@ -12,7 +12,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
@@ -23,6 +22,7 @@ from stop_helpers import (
     launch_stoppable,
     port_released,
     rendezvous_port,
+    signal_one_trainer,
     sockets_on,
     start_from_chain,
     stop_train_args,
@@ -32,10 +32,8 @@ from stop_helpers import (
 )
 
 from conftest import (
-    REPO,
     STOP_STEPS,
     assert_complete,
-    cpu_env,
     start_ranks,
 )
 
@@ -91,26 +89,14 @@ def test_slurm_time_limit_warning_during_the_startup_stops_with_a_checkpoint(sto
     and the batch script, seeing a failed step, did not requeue. It is now kept from the rank's first line
     and obeyed at the first step boundary: a checkpoint, summary.json "stopped", exit 0."""
     out, log = tmp_path / "run", tmp_path / "rank0.log"
-    with open(log, "w") as sink:  # one process, as `python launch/train.py` (no launcher)
-        proc = subprocess.Popen(
-            [sys.executable, *map(str, stop_train_args(stop_configs, tiny_dataset, out))],
-            env=cpu_env(),
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not any("libtorch" in m.path for m in psutil.Process(proc.pid).memory_maps()):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.01)
+
+    def importing_torch(proc) -> bool:
+        if not any("libtorch" in m.path for m in psutil.Process(proc.pid).memory_maps()):
+            return False
         assert not (out / "metrics.jsonl").exists()  # still starting: nothing trained yet
-        proc.send_signal(signal.SIGUSR1)
-        code = proc.wait(timeout=HANG_GUARD_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        return True
+
+    code = signal_one_trainer(stop_configs, tiny_dataset, out, log, importing_torch, signal.SIGUSR1)
     text = log.read_text()
     assert code == 0, text[-4000:]
     summary = json.loads((out / "summary.json").read_text())

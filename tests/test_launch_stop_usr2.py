@@ -7,9 +7,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
-from stop_helpers import HANG_GUARD_S, stop_train_args
+from stop_helpers import signal_one_trainer
 
 from conftest import REPO, assert_complete, cpu_env
 
@@ -30,26 +29,12 @@ def test_usr2_during_the_startup_is_kept_for_the_stop():
 
 def test_usr2_during_training_stops_with_a_checkpoint(stop_configs, tiny_dataset, tmp_path):
     out, log = tmp_path / "run", tmp_path / "rank0.log"
-    with open(log, "w") as sink:  # one process, as `python launch/train.py` (no launcher)
-        proc = subprocess.Popen(
-            [sys.executable, *map(str, stop_train_args(stop_configs, tiny_dataset, out))],
-            env=cpu_env(),
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        metrics = out / "metrics.jsonl"
-        while not (metrics.exists() and '"train/loss"' in metrics.read_text()):  # training: a step is logged
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGUSR2)
-        code = proc.wait(timeout=HANG_GUARD_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    metrics = out / "metrics.jsonl"
+
+    def training(_proc) -> bool:  # a step is logged
+        return metrics.exists() and '"train/loss"' in metrics.read_text()
+
+    code = signal_one_trainer(stop_configs, tiny_dataset, out, log, training, signal.SIGUSR2)
     text = log.read_text()
     assert code == 0, (code, text[-4000:])
     summary = json.loads((out / "summary.json").read_text())
