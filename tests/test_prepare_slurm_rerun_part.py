@@ -26,7 +26,9 @@ echo 99
 """
 
 
-def run_task(tmp_path, task: int, array: tuple[int, int, int], *args: str) -> tuple[subprocess.CompletedProcess, str]:
+def run_task(
+    tmp_path, task: int, array: tuple[int, int, int], *args: str, restarts: int = 0
+) -> tuple[subprocess.CompletedProcess, str]:
     folder = tmp_path / "bin"
     folder.mkdir(exist_ok=True)
     for name, text in (("python", FAKE_PYTHON), ("sbatch", FAKE_SBATCH)):
@@ -44,6 +46,8 @@ def run_task(tmp_path, task: int, array: tuple[int, int, int], *args: str) -> tu
         SLURM_ARRAY_TASK_MAX=str(high),
         SLURM_ARRAY_TASK_COUNT=str(count),
     )
+    if restarts:  # Slurm sets it in a requeued job only
+        env["SLURM_RESTART_COUNT"] = str(restarts)
     proc = subprocess.run(
         ["bash", str(REPO / "launch/slurm/prepare.sbatch"), "--tokenizer", "tok.model", "--out", "/shared/d", *args],
         cwd=REPO,
@@ -94,3 +98,13 @@ def test_whole_array_still_numbers_its_parts_and_submits_the_merge(tmp_path):
         "error: the array must be 0..N-1 without gaps (got 2..3, 2 tasks); to re-run parts of an earlier "
         "array, add --num-shards N\n"
     )
+
+
+def test_requeued_task_zero_submits_no_second_merge(tmp_path):
+    """Fault: task 0, requeued (preemption, a node failure), submitted the merge job again; the two merged
+    into --out at the same time once the array was done. The first run's merge job still waits for the
+    whole array, so the restarted task only tokenizes its part."""
+    proc, calls = run_task(tmp_path, 0, (0, 3, 4), restarts=1)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == f"{FAKE} --num-shards 4 --shard-index 0\n"  # no sbatch
+    assert "task 0 restarted (1): the merge job its first run submitted still waits for array job 500" in proc.stdout
