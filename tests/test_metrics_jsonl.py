@@ -2,6 +2,8 @@
 left in the file is dropped instead of stopping the resume."""
 
 import json
+import os
+import stat
 
 from ngpt_ds.train.metrics import truncate_jsonl
 
@@ -53,3 +55,54 @@ def test_resume_keeps_the_records_it_drops_beside_metrics_jsonl(tmp_path, capsys
     MetricsLogger(tmp_path, enabled=True, resume_step=7).close()
     assert path.read_text() == "".join(lines[:7])
     assert replaced.read_text() == "".join(lines[9:] + lines[7:9])
+
+
+def _records(steps) -> str:
+    return "".join(json.dumps({"step": step, "train/loss": 6.0 - step / 10}) + "\n" for step in steps)
+
+
+def test_resume_at_the_last_logged_step_keeps_metrics_jsonl_in_place(tmp_path):
+    """Fault: every resume replaced metrics.jsonl by a copy, a new file even when it kept every line (a
+    resume at the last logged step, the usual case after a stop): a `tail -f metrics.jsonl` watching the run
+    went on reading the old, deleted file and never showed the resumed steps."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(_records(range(1, 6)))
+    before = os.stat(path).st_ino
+    assert truncate_jsonl(path, 5) == []
+    assert (os.stat(path).st_ino, path.read_text()) == (before, _records(range(1, 6)))
+
+
+def test_resume_that_drops_records_keeps_the_files_permissions(tmp_path):
+    """Fault: the copy that replaces metrics.jsonl when a resume drops records got the umask's permissions:
+    a run folder shared by a group (mode 0664) lost its group write bit at each resume."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(_records(range(1, 9)))
+    path.chmod(0o664)
+    old_umask = os.umask(0o022)
+    try:
+        assert truncate_jsonl(path, 5) == [6, 7, 8]
+    finally:
+        os.umask(old_umask)
+    assert path.read_text() == _records(range(1, 6))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o664
+
+
+def test_resume_of_a_hard_linked_copy_leaves_the_original_metrics_jsonl_alone(tmp_path):
+    """A run folder copied with `cp -al` shares metrics.jsonl's inode with the original. A resume of the copy
+    must give it a file of its own even when it keeps every line, or its appends would reach the original.
+    The same for metrics.replaced.jsonl, which the resume appends the dropped records to (that one was
+    appended through the shared inode before)."""
+    path, original = tmp_path / "metrics.jsonl", tmp_path / "original.jsonl"
+    path.write_text(_records(range(1, 6)))
+    os.link(path, original)
+    assert truncate_jsonl(path, 5) == []
+    with open(path, "a") as f:  # the resumed run's next record
+        f.write(_records([6]))
+    assert original.read_text() == _records(range(1, 6))
+
+    replaced, original_replaced = tmp_path / "metrics.replaced.jsonl", tmp_path / "original.replaced.jsonl"
+    replaced.write_text(_records([9]))
+    os.link(replaced, original_replaced)
+    assert truncate_jsonl(path, 4) == [5, 6]
+    assert replaced.read_text() == _records([9, 5, 6])
+    assert original_replaced.read_text() == _records([9])

@@ -190,12 +190,20 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
         raise OSError(errno.EINVAL, _NOT_REGULAR, str(path)) from None
     if dropped:  # before the cut: a kill in between leaves them twice, never nowhere
         replaced = path.with_name(REPLACED_JSONL)
-        if _irregular(replaced):
+        if _irregular(replaced) or _hard_linked(replaced):  # a link's target, an original of `cp -al`: unchanged
             earlier = "".join(line for line, _ in records_if_readable(replaced))
             replace_file(replaced, earlier + "".join(dropped))
         else:
             _append(replaced, "".join(dropped), sync=True)
-    replace_file(path, "".join(kept))
+    text = "".join(kept)
+    if irregular:
+        replace_file(path, text)
+    elif dropped or len(text.encode("utf-8")) != os.stat(path).st_size or _hard_linked(path):
+        # A copy, with the file's permission bits (a group's write bit on a shared run folder), not the umask's.
+        # A file with other hard links (a run folder copied with `cp -al`) is copied too: the appends of this
+        # run must not reach the other folder's file.
+        replace_file(path, text, mode=stat.S_IMODE(os.stat(path).st_mode))
+    # else: every line is kept as it is, in the same file, which a `tail -f` of it goes on following.
     if irregular:
         held = (
             f"the {len(kept)} record(s) up to step {last_step} read through it (what it names is left as it was)"
@@ -204,6 +212,14 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
         )
         _log.warning(f"warning: {path} was {irregular}, not a regular file: replaced by a regular file holding {held}")
     return steps
+
+
+def _hard_linked(path: Path) -> bool:
+    """Whether the regular file `path` has other names (a run folder copied with `cp -al`)."""
+    try:
+        return os.lstat(path).st_nlink > 1
+    except FileNotFoundError:
+        return False
 
 
 def _irregular(path: Path) -> str | None:
