@@ -11,12 +11,13 @@ an errno was described as a torch.save failure.
 
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
 from ngpt_ds.train import checkpoint, manifest
 
-from conftest import REPO, torchrun
+from conftest import REPO, tiny_ngpt, tiny_train, torchrun, train_run, write_run_configs
 
 WORKER = REPO / "tests" / "workers" / "checkpoint_fault_worker.py"
 PRECIOUS = "precious\n"
@@ -151,6 +152,39 @@ def test_a_save_goes_through_planted_links_without_writing_through_them(tmp_path
     assert not latest.is_symlink() and latest.read_text() == "step_00000006"
     assert manifest.verify(checkpoints / "step_00000006") is None
     assert (checkpoints / "step_00000006" / "mp_rank_00_model_states.pt").read_bytes() == b"B" * 1000
+
+
+def test_recovery_script_links_are_removed_before_a_save(tmp_path):
+    """Fault (safety review, session 17): DeepSpeed copies zero_to_fp32.py and zero_to_torch.py into
+    checkpoints/ at each save with shutil.copyfile, which writes through a link at the destination, then makes
+    the file executable. A link planted in a run folder someone handed over (to ~/.bashrc) had that file
+    replaced by DeepSpeed's script, mode +x; a hard link (a folder copied with `cp -al`) wrote into the other
+    folder's file. Whatever holds those names is removed before the save; what it names is left alone."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    _complete_step(checkpoints, 2)
+    victim, other_run = _victim(tmp_path), tmp_path / "other_run_zero_to_torch.py"
+    other_run.write_text(PRECIOUS)
+    (checkpoints / "zero_to_fp32.py").symlink_to(victim)
+    os.link(other_run, checkpoints / "zero_to_torch.py")
+    assert checkpoint._before_save(_Engine(), checkpoints, 3) is None  # type: ignore[arg-type]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_00000002"]
+    assert victim.read_text() == PRECIOUS and other_run.read_text() == PRECIOUS
+
+
+def test_a_real_save_leaves_the_target_of_a_planted_recovery_script_link_alone(tmp_path, tiny_dataset):
+    """The same through a real DeepSpeed engine's save (launch/train.py, one rank): the link's target keeps
+    its content and mode, and checkpoints/ gets DeepSpeed's script as a regular file of its own."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    victim = _victim(tmp_path)
+    victim.chmod(0o644)
+    (checkpoints / "zero_to_fp32.py").symlink_to(victim)
+    configs = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2))
+    train_run(configs["yaml"], configs["ds"], tiny_dataset, tmp_path / "run")
+    assert victim.read_text() == PRECIOUS and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    script = checkpoints / "zero_to_fp32.py"
+    assert not script.is_symlink() and script.read_text().startswith("#!/usr/bin/env python")
+    assert manifest.verify(checkpoints / "step_00000002") is None
 
 
 if __name__ == "__main__":

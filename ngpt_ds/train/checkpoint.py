@@ -5,6 +5,8 @@ Layout of a run folder's checkpoints (the one place that defines it; inference u
     <out>/checkpoints/step_00000200/           DeepSpeed's files + config.yaml + COMPLETE (the manifest)
     <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
     <out>/checkpoints/latest                   DeepSpeed's pointer: always the newest complete tag
+    <out>/checkpoints/zero_to_fp32.py          DeepSpeed's recovery scripts, which each save writes again
+    <out>/checkpoints/zero_to_torch.py         (deepspeed 0.19: engine._copy_recovery_script, on global rank 0)
     <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted
                                                (ngpt_ds.train.lineage)
     <out>/checkpoints/step_00000200-universal/ step_00000200 converted for another data-parallel size
@@ -58,6 +60,9 @@ TAG_PREFIX = "step_"
 TEMP_SUFFIX = ".tmp-save"
 """DeepSpeed writes into step_N.tmp-save; never a step_N name, so nothing resumes from a half-written save."""
 REPLACED_SUFFIX = ".tmp-replaced"
+RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
+"""Copied into checkpoints/ by DeepSpeed at each save with shutil.copyfile, which follows a link at the
+destination, and then made executable."""
 """An existing step_N moved aside for a second save of the same step; removed once the new one is in place,
 put back when a kill left no step_N (`restore_moved_aside`)."""
 ABANDONED_PREFIX = "abandoned-"
@@ -204,6 +209,11 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
         restore_moved_aside(checkpoint_dir)  # before the loop below removes what is left under .tmp-replaced
         for leftover in checkpoint_dir.iterdir():
             if leftover.name.startswith(TAG_PREFIX) and leftover.name.endswith((TEMP_SUFFIX, REPLACED_SUFFIX)):
+                _remove(leftover)
+            elif leftover.name in RECOVERY_SCRIPTS:
+                # DeepSpeed writes them again: through a link planted in a run folder someone handed over it
+                # overwrote the file the link names (~/.bashrc; any file for a trainer run as root) and made it
+                # executable; into a hard link (a folder copied with `cp -al`), the other folder's file.
                 _remove(leftover)
         complete = complete_checkpoints(checkpoint_dir)
         previous = checkpoint_bytes(complete[-1]) if complete else None
