@@ -7,6 +7,8 @@ import stat
 
 from ngpt_ds.train.metrics import truncate_jsonl
 
+from conftest import peak_python_bytes
+
 
 def test_resume_drops_damaged_lines_of_metrics_jsonl_instead_of_stopping(tmp_path):
     """Fault: truncate_jsonl read the file as UTF-8 text and compared each record's step unchecked. Bytes
@@ -106,3 +108,26 @@ def test_resume_of_a_hard_linked_copy_leaves_the_original_metrics_jsonl_alone(tm
     assert truncate_jsonl(path, 4) == [5, 6]
     assert replaced.read_text() == _records([9, 5, 6])
     assert original_replaced.read_text() == _records([9])
+
+
+def test_resume_of_a_long_run_holds_one_line_of_metrics_jsonl_not_the_file(tmp_path):
+    """Fault (week-long-run review, session 17): every resume held the kept lines of metrics.jsonl three times
+    over on rank 0 (a list, its join, its encoding) while the other ranks waited: gigabytes for a long run
+    logging every step. It is read and copied a line at a time now, whether it keeps every line or drops some,
+    and with a torn last line (a crash mid-write), which is dropped."""
+    path = tmp_path / "metrics.jsonl"
+    record = {f"layer_{i}/alpha_attn": 0.05 for i in range(60)}  # a wide record, as a deep model logs
+    with open(path, "w") as f:
+        for step in range(1, 4001):
+            f.write(json.dumps({"step": step, "train/loss": 3.0, **record}) + "\n")
+        f.write('{"step": 4001, "tr')
+    size = path.stat().st_size
+    assert size > 6 * 2**20
+    assert peak_python_bytes(lambda: truncate_jsonl(path, 4000)) < 2**20  # whole but for the torn line: rewritten
+    assert path.stat().st_size == size - len('{"step": 4001, "tr')
+    assert peak_python_bytes(lambda: truncate_jsonl(path, 4000)) < 2**20  # whole: left as it is
+    assert peak_python_bytes(lambda: truncate_jsonl(path, 3000)) < 2**20  # 1000 records dropped
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3000 and json.loads(lines[-1])["step"] == 3000
+    moved = (tmp_path / "metrics.replaced.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in moved] == list(range(3001, 4001))

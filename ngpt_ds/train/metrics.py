@@ -3,15 +3,19 @@ train/ eval/ throughput/ memory/ ngpt/; plus the measurements behind them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 import torch
 import torch.distributed as dist
@@ -24,8 +28,8 @@ from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook
-from ngpt_ds.train.manifest import RefusedFile, file_kind
-from ngpt_ds.train.summary import json_safe, read_records, records_if_readable, replace_file
+from ngpt_ds.train.manifest import RefusedFile, file_kind, open_regular
+from ngpt_ds.train.summary import json_safe, lines_of, records_if_readable, replace_file
 
 _log = log.get(__name__)
 
@@ -160,10 +164,17 @@ REPLACED_JSONL = "metrics.replaced.jsonl"
 
 
 def truncate_jsonl(path: Path, last_step: int) -> list[int]:
-    """Keep the records of steps <= last_step (atomically: a copy renamed over the file). The records of
-    later steps are appended to REPLACED_JSONL first: they are what a run that was killed, stopped
-    without a checkpoint or diverged after its newest checkpoint logged, and the resume trains those
-    steps again, maybe otherwise (another lr). Returns the steps of the records moved there.
+    """Keep the records of steps <= last_step. The records of later steps are appended to REPLACED_JSONL
+    first: they are what a run that was killed, stopped without a checkpoint or diverged after its newest
+    checkpoint logged, and the resume trains those steps again, maybe otherwise (another lr). Returns the
+    steps of the records moved there.
+
+    The file is read a line at a time and rewritten (atomically: a copy renamed over it, with its permission
+    bits) only when something goes: later records, or bytes a crash or a bad disk left (NUL padding, garbage,
+    a line cut short or of gigabytes), which are dropped instead of stopping the resume. Memory holds one line:
+    the kept lines had been held three times over, gigabytes at each resume of a long run. A file kept whole
+    stays in place, so a `tail -f` of it goes on following the run, unless it has other hard links (a run
+    folder copied with `cp -al`), whose appends would reach the other folder's file.
 
     Both files are written as regular files of the run folder, never through a link (`replace_file`,
     `_append`): a link at either name (a run folder copied as links, `cp -rs`; or one planted in a folder
@@ -172,46 +183,86 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
     appended through by every log line, and a link to nothing had the file it names created."""
     if not os.path.lexists(path):
         return []
-    kept: list[str] = []
-    dropped: list[str] = []
-    steps: list[int] = []
     irregular = _irregular(path)
-    # Read a line at a time (read_records): bytes a crash or a bad disk left (NUL padding, garbage, a line of
-    # gigabytes) are lines to drop, not a UnicodeDecodeError, a RecursionError or the memory of rank 0.
-    try:
-        for line, record in records_if_readable(path) if irregular else read_records(path):
-            step = record.get("step")
-            if isinstance(step, int) and not isinstance(step, bool):
-                whole = line if line.endswith("\n") else line + "\n"
-                (kept if step <= last_step else dropped).append(whole)
-                if step > last_step:
-                    steps.append(step)
-    except RefusedFile:  # swapped for something else since the lstat
-        raise OSError(errno.EINVAL, _NOT_REGULAR, str(path)) from None
-    if dropped:  # before the cut: a kill in between leaves them twice, never nowhere
-        replaced = path.with_name(REPLACED_JSONL)
-        if _irregular(replaced) or _hard_linked(replaced):  # a link's target, an original of `cp -al`: unchanged
-            earlier = "".join(line for line, _ in records_if_readable(replaced))
-            replace_file(replaced, earlier + "".join(dropped))
-        else:
-            _append(replaced, "".join(dropped), sync=True)
-    text = "".join(kept)
-    if irregular:
-        replace_file(path, text)
-    elif dropped or len(text.encode("utf-8")) != os.stat(path).st_size or _hard_linked(path):
-        # A copy, with the file's permission bits (a group's write bit on a shared run folder), not the umask's.
-        # A file with other hard links (a run folder copied with `cp -al`) is copied too: the appends of this
-        # run must not reach the other folder's file.
-        replace_file(path, text, mode=stat.S_IMODE(os.stat(path).st_mode))
-    # else: every line is kept as it is, in the same file, which a `tail -f` of it goes on following.
+    steps: list[int] = []
+    kept_records = 0
+    with (
+        tempfile.TemporaryFile(dir=path.parent) as kept,
+        tempfile.TemporaryFile(dir=path.parent) as dropped,
+        contextlib.ExitStack() as stack,
+    ):
+        try:
+            source = stack.enter_context(open_regular(path))
+        except (OSError, RefusedFile):
+            if not irregular:  # swapped for something else since the lstat, or unreadable
+                raise OSError(errno.EINVAL, _NOT_REGULAR, str(path)) from None
+            source = io.BytesIO()  # a named pipe, a device or a link to nothing: replaced unread
+        # Until the first change, the lines kept are counted, not copied: `whole` bytes of the file as they are.
+        whole: int | None = None if irregular or _hard_linked(path) else 0
+        for line, record in lines_of(source):
+            step = record.get("step") if record is not None else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                step = None  # not a record
+            if whole is not None and step is not None and step <= last_step and source.tell() - whole == len(line):
+                if line.endswith(b"\n"):
+                    whole += len(line)
+                    kept_records += 1
+                    continue
+            if whole is not None:  # the first change: the lines before it are kept as they are
+                _copy_range(source, whole, kept)
+                whole = None
+            if step is None:
+                continue  # dropped
+            line = line if line.endswith(b"\n") else line + b"\n"
+            if step > last_step:
+                dropped.write(line)
+                steps.append(step)
+            else:
+                kept.write(line)
+                kept_records += 1
+        if whole is not None:
+            return []  # every line kept as it is, in the same file
+        if steps:  # before the cut: a kill in between leaves them twice, never nowhere
+            _keep_dropped(path.with_name(REPLACED_JSONL), dropped)
+        kept.seek(0)
+        mode = None if irregular else stat.S_IMODE(os.fstat(source.fileno()).st_mode)
+        replace_file(path, kept, mode=mode)
     if irregular:
         held = (
-            f"the {len(kept)} record(s) up to step {last_step} read through it (what it names is left as it was)"
+            f"the {kept_records} record(s) up to step {last_step} read through it (what it names is left as it was)"
             if irregular.startswith("a symbolic link")
             else "nothing (it was not read)"
         )
         _log.warning(f"warning: {path} was {irregular}, not a regular file: replaced by a regular file holding {held}")
     return steps
+
+
+def _copy_range(source: BinaryIO, length: int, target: BinaryIO) -> None:
+    """Copy the first `length` bytes of `source` to `target` in pieces of 256 KiB, leaving `source`'s position
+    as it was."""
+    done = 0
+    while done < length:
+        piece = os.pread(source.fileno(), min(2**18, length - done), done)
+        if not piece:
+            raise OSError(errno.EIO, "metrics.jsonl became shorter while it was read", getattr(source, "name", None))
+        target.write(piece)
+        done += len(piece)
+
+
+def _keep_dropped(replaced: Path, dropped: BinaryIO) -> None:
+    """Append the records in `dropped` to metrics.replaced.jsonl, or, when that name holds a link (to whatever
+    it names, left as it was) or a file with other hard links (the original folder's, of a `cp -al` copy),
+    replace it by a regular file of its own holding the records read through it, then those."""
+    dropped.seek(0)
+    if _irregular(replaced) or _hard_linked(replaced):
+        with tempfile.TemporaryFile(dir=replaced.parent) as both:
+            for line, _ in records_if_readable(replaced):
+                both.write(line.encode("utf-8"))
+            shutil.copyfileobj(dropped, both)
+            both.seek(0)
+            replace_file(replaced, both)
+    else:
+        _append(replaced, dropped, sync=True)
 
 
 def _hard_linked(path: Path) -> bool:
@@ -239,7 +290,7 @@ def _irregular(path: Path) -> str | None:
 _NOT_REGULAR = "not a regular file: a symbolic link, a named pipe or a device holds its name"
 
 
-def _append(path: Path, text: str, sync: bool = False) -> None:
+def _append(path: Path, text: str | BinaryIO, sync: bool = False) -> None:
     """Append `text` to the regular file `path`, created if absent, never through a link: O_NOFOLLOW refuses a
     link at the name, O_NONBLOCK a named pipe without a reader (ENXIO: a plain open waited for one for good), and
     fstat anything else that is no regular file. Raises OSError naming `path` (`_NOT_REGULAR`) for those."""
@@ -253,7 +304,10 @@ def _append(path: Path, text: str, sync: bool = False) -> None:
     with os.fdopen(fd, "ab") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise OSError(errno.EINVAL, _NOT_REGULAR, str(path))
-        f.write(text.encode("utf-8"))
+        if isinstance(text, str):
+            f.write(text.encode("utf-8"))
+        else:  # an open binary file, copied from where it stands
+            shutil.copyfileobj(text, f)
         f.flush()
         if sync:
             os.fsync(f.fileno())

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
@@ -115,18 +116,26 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
     which raises RefusedFile for anything but a regular file (a named pipe, a device, a link to /dev/zero),
     OSError when it cannot be opened."""
     with open_regular(path) as f:
-        while line := f.readline(MAX_RECORD_BYTES + 1):
-            if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
-                while (rest := f.readline(MAX_RECORD_BYTES + 1)) and not rest.endswith(b"\n"):
-                    pass  # the rest of an absurdly long line
-                continue
-            text = line.decode("utf-8", errors="replace")
-            try:
-                record = json.loads(text)
-            except UNPARSABLE:
-                continue
-            if isinstance(record, dict):
-                yield text, record
+        for line, record in lines_of(f):
+            if record is not None:
+                yield line.decode("utf-8", errors="replace"), record
+
+
+def lines_of(f: BinaryIO) -> Iterator[tuple[bytes, dict | None]]:
+    """Each line of the open JSON-lines file `f` from where it stands: (its bytes, with the newline when it has
+    one; its record, or None for a line that is no JSON object). A line longer than MAX_RECORD_BYTES is
+    (b"", None), unread: no more than one line of at most MAX_RECORD_BYTES is held."""
+    while line := f.readline(MAX_RECORD_BYTES + 1):
+        if len(line) > MAX_RECORD_BYTES and not line.endswith(b"\n"):
+            while (rest := f.readline(MAX_RECORD_BYTES + 1)) and not rest.endswith(b"\n"):
+                pass  # the rest of an absurdly long line
+            yield b"", None
+            continue
+        try:
+            record = json.loads(line.decode("utf-8", errors="replace"))
+        except UNPARSABLE:
+            record = None
+        yield line, record if isinstance(record, dict) else None
 
 
 def records_if_readable(path: Path) -> Iterator[tuple[str, dict]]:
