@@ -4,6 +4,7 @@ run folder (a script, a dashboard, a requeue) saw a finished run, not the diverg
 
 import json
 import sys
+import time
 
 from conftest import run, tiny_ngpt, train_cmd, write_ds_config, write_yaml
 
@@ -29,7 +30,9 @@ def test_a_run_that_diverges_writes_a_diverged_summary_and_exits_2(tmp_path, tin
     earlier = {"status": "finished", "step": 2, "max_steps": 2, "tokens": 256, "train_loss": 6.0, "val_loss": 6.1}
     (out / "summary.json").write_text(json.dumps({**earlier, "seconds": 1.0, "checkpoint": None, "out_dir": str(out)}))
 
+    started = time.monotonic()
     proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, out)], check=False)
+    whole_process = time.monotonic() - started
 
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
@@ -48,4 +51,4 @@ def test_a_run_that_diverges_writes_a_diverged_summary_and_exits_2(tmp_path, tin
         "checkpoint": None,  # none saved: the rerun starts from step 0
         "out_dir": str(out),
     }
-    assert 0 < seconds < 300
+    assert 0 < seconds < whole_process  # a time within the process's life; no wall-clock bound
