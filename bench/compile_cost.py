@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import children  # noqa: E402
 from report import json_file  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 MODES = ("eager", "cold", "warm")
@@ -52,7 +52,7 @@ def run_once(args, mode: str, config: dict, data_dir: str, work: Path, cache: Pa
     cmd = [sys.executable, str(REPO / "launch/train.py"), "--config", str(yaml_path), "--deepspeed_config", args.ds]
     cmd += ["--data", data_dir, "--max-steps", str(args.steps), "--out", str(run_dir / "out"), "--resume", "none"]
     start = time.perf_counter()
-    proc = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True)
+    proc = children.run([*cmd, "--no-progress"], env=env)  # stopped with this script
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
@@ -128,8 +128,11 @@ def main(argv=None) -> int:
                 rounds[-1]["cold"] = run_once(args, "cold", config, data_dir, work, warm_cache)
             rounds[-1]["warm"] = run_once(args, "warm", config, data_dir, work, warm_cache)
             print(f"round {i + 1}: " + ", ".join(f"{m} {json.dumps(r)}" for m, r in rounds[-1].items()), flush=True)
+    from report import machine
+
     saved = {
         "command": command_line(),
+        "machine": machine(),  # with the date: --from-json rebuilds the table later, maybe elsewhere
         "config": args.config,
         "deepspeed": os.path.basename(args.ds),
         "steps": args.steps,
@@ -165,9 +168,14 @@ def report(args, saved: dict, result: dict) -> None:
         from report import command_line, machine, update_section
 
         rebuilt = f" (table written by `{command_line()}`)" if args.from_json else ""
+        # The machine and date of the runs, saved with them: a --from-json rebuild stamped its own (a
+        # laptop's CPU and today's date on a table measured elsewhere, weeks before).
+        measured_on = saved.get("machine") or (
+            "machine/date not recorded (a --json written before they were saved)" if args.from_json else machine()
+        )
         update_section(
             "compile",
-            f"Command: `{saved['command']}`{rebuilt}  \nMachine: {machine()}  \n"
+            f"Command: `{saved['command']}`{rebuilt}  \nMachine: {measured_on}  \n"
             f"Setting: {saved['config']}, {saved['deepspeed']}, {saved['steps']} steps per run, 1 process, "
             f"{saved['threads']} thread(s); medians of {len(saved['rounds'])} rounds of eager, cold, warm "
             f"(cold in {result['cold']['runs']} of them).\n\n{table}",

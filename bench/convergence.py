@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import children  # noqa: E402
 from report import count  # noqa: E402
 
 DEFAULT_LRS = {"ngpt": "3e-3,6e-3,1.2e-2,2.4e-2", "gpt": "1e-3,3e-3,6e-3,1.2e-2"}
@@ -174,13 +173,12 @@ def run_one(args, arch: str, lr: float, shape: dict, batch: int, ds_path: str, d
     if (run_dir / "out" / "summary.json").exists() and _read_key(key_file) == key:
         summary = json.loads((run_dir / "out" / "summary.json").read_text())
     else:
-        if (run_dir / "out").exists():
-            shutil.rmtree(run_dir / "out")
+        children.remove_run_folder(run_dir / "out")  # refused while a trainer (a killed bench's) holds it
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         if args.ranks > 1 and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.ranks))
         start = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = children.run(cmd, env=env)  # stopped with this script
         if proc.returncode:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
             raise SystemExit(f"run {arch} lr {lr:g} failed ({proc.returncode}); command: {' '.join(cmd)}")

@@ -101,6 +101,23 @@ def load_bench_ds(ds_path: str, *, native: bool | None = None) -> dict[str, Any]
 _WARNED: set[str] = set()
 
 
+def refuse_gpu(script: str, why: str) -> bool:
+    """True, after an error line, where DeepSpeed would put this script's engines on a GPU (CUDA present and
+    DS_ACCELERATOR not cpu): the script measures on the CPU only (`why`), and on a GPU machine it mixed a GPU
+    side with a CPU side. DS_ACCELERATOR=cpu runs it on this machine's CPU."""
+    import torch
+
+    accelerator = os.environ.get("DS_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator == "cpu":
+        return False
+    print(
+        f"error: {script} measures on the CPU only ({why}), and DeepSpeed would put its engines on "
+        f"{accelerator} here. Run it as DS_ACCELERATOR=cpu python {script} ... to measure this machine's CPU",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _check(ds: dict[str, Any], ds_path: str, world_size: int) -> BatchPlan:
     from ngpt_ds.train.ds_config import check_ds_config
 

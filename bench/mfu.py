@@ -11,6 +11,9 @@ same machine load).
 `--compile` also runs the engine's module through torch.compile and alternates eager and
 compiled steps of the same engine, so both modes see the same machine state.
 
+CPU only: the peak is a CPU matmul and the steps are timed without a CUDA synchronize. On a machine
+with a GPU the script stops with an error unless run as DS_ACCELERATOR=cpu (which times the CPU).
+
 `--clock cpu` times steps and matmuls by this process's CPU time instead of wall time. On a
 shared machine other processes stretch wall time (a loaded 2-core machine made two threads
 wait on each other at every parallel operator); CPU time counts only the work done. It is a
@@ -45,6 +48,13 @@ def main() -> int:
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):
+        return 2
+    from engines import refuse_gpu
+
+    if refuse_gpu(
+        "bench/mfu.py",
+        "its peak is a CPU matmul and its step times have no CUDA synchronize: a GPU's MFU would be nonsense",
+    ):
         return 2
 
     import torch

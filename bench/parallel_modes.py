@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import children  # noqa: E402
 from report import json_file  # noqa: E402
 
 MODEL = {"arch": "ngpt", "n_layer": 4, "n_embd": 64, "n_head": 4, "seq_len": 128}
@@ -107,7 +107,7 @@ def measure(name: str, steps: int, data: str, work: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(mode.ranks)]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "launch/train.py")]
     cmd += ["--config", str(config), "--deepspeed_config", str(ds), "--data", data, "--out", str(out)]
-    proc = subprocess.run(cmd + ["--no-progress", "--resume", "none"], env=env, capture_output=True, text=True)
+    proc = children.run(cmd + ["--no-progress", "--resume", "none"], env=env)  # stopped with this script
     if proc.returncode != 0:
         raise SystemExit(f"error: mode {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -131,17 +131,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def loss_difference(result: dict, base: dict) -> float:
+    """The largest |loss - plain's loss| over the steps both logged (every step: log_interval 1)."""
+    if len(result["losses"]) != len(base["losses"]):
+        raise SystemExit(f"error: {result['mode']} logged {len(result['losses'])} losses, plain {len(base['losses'])}")
+    return max((abs(a - b) for a, b in zip(result["losses"], base["losses"])), default=0.0)
+
+
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r["mode"] == "plain"), results[0])
     lines = [
-        "| mode | ranks | step (s) | step vs plain | peak RSS per rank (MiB) | RSS vs plain | final loss |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | ranks | step (s) | step vs plain | peak RSS per rank (MiB) | RSS vs plain | final loss | "
+        f"largest loss difference from {base['mode']} (every step) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['mode']}: {MODES[r['mode']].describe} | {r['ranks']} | {r['step_s']:.4f} | "
             f"{r['step_s'] / base['step_s']:.2f}x | {r['peak_rss_mib']:.0f} | "
-            f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x | {r['losses'][-1]:.6f} |"
+            f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x | {r['losses'][-1]:.6f} | "
+            f"{loss_difference(r, base):.1e} |"
         )
     return "\n".join(lines)
 
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for name in args.modes.split(","):
             child = [sys.executable, __file__, "--measure", name, "--steps", str(args.steps)]
-            proc = subprocess.run(child + ["--data", data, "--work", tmp], capture_output=True, text=True)
+            proc = children.run(child + ["--data", data, "--work", tmp])  # stopped with this script
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
                 return proc.returncode

@@ -25,6 +25,11 @@ It prints ms/step and tokens/s (medians over rounds) and the ratios, each ratio 
 median, minimum and maximum of its per-round values. `--threads 1 --clock cpu` times the
 steps by this process's CPU time, which other processes on a shared machine do not stretch
 (bench/mfu.py explains why that needs one thread).
+
+CPU only: the official side runs on the CPU. On a machine with a GPU ngpt_ds's engines would run
+there, so the script stops with an error unless run as DS_ACCELERATOR=cpu (which times the CPU).
+PATH must be a model.py (or a folder holding one) whose text names GPTConfig, use_nGPT and
+base_scale: importing a file runs it, so nothing else is imported.
 """
 
 from __future__ import annotations
@@ -116,6 +121,19 @@ def load_official(path: str) -> types.ModuleType:
         source = source / "model.py"
     if not source.is_file():
         raise FileNotFoundError(f"--official {path}: no model.py there; pass a checkout of NVIDIA/ngpt")
+    # Importing a file runs it: only a model.py whose text names NVIDIA/ngpt's config is imported (a train.py
+    # passed by mistake trained, and any .py ran its top level, before the refusal below).
+    not_ngpt = ValueError(
+        f"--official {path}: {source} is not NVIDIA/ngpt's model.py (no GPT, or a GPTConfig without "
+        "use_nGPT and base_scale); pass a checkout of NVIDIA/ngpt"
+    )
+    if source.name != "model.py":
+        raise ValueError(
+            f"--official {path}: {source} is not a model.py (not imported); pass a checkout of NVIDIA/ngpt"
+        )
+    text = source.read_text(encoding="utf-8", errors="replace")
+    if not all(name in text for name in ("GPTConfig", "use_nGPT", "base_scale")):
+        raise not_ngpt
     previous = sys.modules.get("flash_attn")
     sys.modules["flash_attn"] = flash_attn_stand_in()
     try:
@@ -134,10 +152,7 @@ def load_official(path: str) -> types.ModuleType:
     # engines are built: check for the nGPT fields official_step passes.
     fields = getattr(getattr(module, "GPTConfig", None), "__dataclass_fields__", {})
     if not hasattr(module, "GPT") or not {"use_nGPT", "base_scale"} <= set(fields):
-        raise ValueError(
-            f"--official {path}: {source} is not NVIDIA/ngpt's model.py (no GPT, or a GPTConfig without "
-            "use_nGPT and base_scale); pass a checkout of NVIDIA/ngpt"
-        )
+        raise not_ngpt
     return module
 
 
@@ -321,6 +336,14 @@ def main() -> int:
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):
+        return 2
+    from engines import refuse_gpu
+
+    if refuse_gpu(
+        "bench/peer_step.py",
+        "the official side runs on the CPU in bf16 autocast; on a GPU ngpt_ds's engines would run there and the "
+        "ratios would set a GPU against a CPU",
+    ):
         return 2
     try:
         shape = parse_shape(args.shape)

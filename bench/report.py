@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,28 +51,40 @@ def update_section(name: str, body: str) -> None:
     """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` (appended if absent).
 
     Markers that are not one pair, start before end, leave the file as it is (SystemExit naming them):
-    the text between a stray pair would be duplicated or deleted. The file is written to a sibling and
-    renamed over the old one, so a full disk or a kill mid-write leaves the old file whole."""
+    the text between a stray pair would be duplicated or deleted. The file is written to a temporary file
+    of its own beside it and renamed over the old one, so a full disk or a kill mid-write leaves the old
+    file whole. The read, edit and rename hold an exclusive flock on the folder: two scripts writing their
+    sections at once (two benchmarks run side by side) shared one temporary name (one renamed the other's
+    file away: FileNotFoundError), and the later rename dropped the section the earlier one had written."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    block = f"{start}\n{body.strip()}\n{end}"
-    counts = (text.count(start), text.count(end))
-    if counts == (1, 1) and text.index(start) < text.index(end):
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    elif counts == (0, 0):
-        text = text.rstrip() + "\n\n" + block + "\n"
-    else:
-        raise SystemExit(
-            f"error: {DOC} has {counts[0]} '{start}' and {counts[1]} '{end}' markers"
-            f"{' (end before start)' if counts == (1, 1) else ''}; expected one of each, start first. "
-            f"Fix them by hand; nothing was written. The section:\n{block}"
-        )
-    tmp = DOC.with_name(DOC.name + ".tmp")
+    folder = os.open(DOC.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, DOC)
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+        block = f"{start}\n{body.strip()}\n{end}"
+        counts = (text.count(start), text.count(end))
+        if counts == (1, 1) and text.index(start) < text.index(end):
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+        elif counts == (0, 0):
+            text = text.rstrip() + "\n\n" + block + "\n"
+        else:
+            raise SystemExit(
+                f"error: {DOC} has {counts[0]} '{start}' and {counts[1]} '{end}' markers"
+                f"{' (end before start)' if counts == (1, 1) else ''}; expected one of each, start first. "
+                f"Fix them by hand; nothing was written. The section:\n{block}"
+            )
+        fd, tmp = tempfile.mkstemp(dir=DOC.parent, prefix=f".{DOC.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, DOC.stat().st_mode & 0o7777 if DOC.exists() else 0o666 & ~umask)  # mkstemp's is 0600
+            os.replace(tmp, DOC)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(folder)  # drops the flock
 
 
 def count(minimum: int):
@@ -127,7 +141,7 @@ def apply_timing_arguments(args: argparse.Namespace) -> bool:
 
 def module_main(doc: str | None) -> int:
     """What `python bench/<module>.py [--help]` does for the modules the benchmark scripts import (report,
-    engines, rss_step): says so and names them. They have no command line; they used to exit 0 in silence."""
+    engines, rss_step, children): says so and names them. They have no command line; they used to exit 0 in silence."""
     text = f"{(doc or '').strip()}\n\nThis file is a module the benchmark scripts import, not a command: run those (bench/*.py --help)."
     if sys.argv[1:] in ([], ["-h"], ["--help"]):
         print(text)

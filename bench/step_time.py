@@ -86,9 +86,13 @@ def interleaved_step_times(
         for step in steps.values():
             step()
     times = {arch: [] for arch in steps}
-    for _ in range(rounds):  # A B A B ...: both see the same machine noise
-        for arch, step in steps.items():
-            times[arch].append(step())
+    archs = list(steps)
+    for round_index in range(rounds):
+        # A B, B A, A B ...: both see the same machine noise, and neither always runs first in a round (right
+        # after the other's step and its freed memory), as in bench/peer_step.py
+        start = round_index % len(archs)
+        for arch in archs[start:] + archs[:start]:
+            times[arch].append(steps[arch]())
     return times
 
 

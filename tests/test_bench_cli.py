@@ -51,7 +51,7 @@ def test_peer_step_shape_errors_name_the_option(tmp_path, shape, message):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"error: {message}"
 
 
-@pytest.mark.parametrize("module", ["engines", "report", "rss_step"])
+@pytest.mark.parametrize("module", ["engines", "report", "rss_step", "children"])
 def test_bench_modules_say_they_are_no_command(tmp_path, module):
     """`python bench/engines.py --help` (and report, rss_step) printed nothing and exited 0, as if it had run."""
     proc = run([sys.executable, REPO / "bench" / f"{module}.py", "--help"], cwd=tmp_path)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -43,7 +45,7 @@ def test_convergence_reruns_a_run_trained_with_other_settings(tmp_path, monkeypa
     import convergence
 
     calls: list = []
-    monkeypatch.setattr(convergence.subprocess, "run", fake_trainer(calls))
+    monkeypatch.setattr(convergence.children, "run", fake_trainer(calls))
     data = tmp_path / "data"
     data.mkdir()
     (data / "meta.json").write_text('{"vocab_size": 512}\n')
@@ -141,7 +143,7 @@ def test_peer_step_refuses_another_gpts_model_py(tmp_path):
             f"--official {tmp_path}: {tmp_path / 'model.py'} is not NVIDIA/ngpt's model.py (no GPT, or a "
             "GPTConfig without use_nGPT and base_scale); pass a checkout of NVIDIA/ngpt"
         )
-    (tmp_path / "model.py").write_text("import apex\n")
+    (tmp_path / "model.py").write_text("import apex\n\n# GPTConfig(use_nGPT=1, base_scale=0.03)\n")
     try:
         load_official(str(tmp_path / "model.py"))
         raise AssertionError("no error")
@@ -150,6 +152,55 @@ def test_peer_step_refuses_another_gpts_model_py(tmp_path):
             f"--official {tmp_path / 'model.py'}: importing {tmp_path / 'model.py'} failed "
             "(ModuleNotFoundError: No module named 'apex')"
         )
+
+
+def test_peer_step_runs_no_file_but_an_ngpt_model_py(tmp_path):
+    """Fault: bench/peer_step.py --official imported whatever .py it was given, running its top level (a
+    train.py trained), and only then refused it. A file not named model.py, or a model.py whose text does not
+    name GPTConfig, use_nGPT and base_scale, is now refused unread by Python."""
+    from peer_step import load_official
+
+    marker = tmp_path / "ran"
+    body = f"open({str(marker)!r}, 'w').write('top level ran')\n"
+    (tmp_path / "train.py").write_text(body + "# GPTConfig use_nGPT base_scale\n")
+    with pytest.raises(ValueError) as refused:
+        load_official(str(tmp_path / "train.py"))
+    assert str(refused.value) == (
+        f"--official {tmp_path / 'train.py'}: {tmp_path / 'train.py'} is not a model.py (not imported); "
+        "pass a checkout of NVIDIA/ngpt"
+    )
+    (tmp_path / "model.py").write_text(body + "class GPTConfig:\n    pass\n")  # another GPT's (no use_nGPT)
+    with pytest.raises(ValueError, match="is not NVIDIA/ngpt's model.py"):
+        load_official(str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("script", ["mfu", "peer_step"])
+def test_cpu_only_benchmarks_refuse_a_gpu_machine(script, tmp_path, monkeypatch, capsys):
+    """Fault: on a GPU machine bench/peer_step.py timed ngpt_ds's engines on the GPU against the official model
+    on the CPU, and bench/mfu.py divided GPU step times (unsynchronized) by a CPU matmul peak. Both measure
+    on the CPU only: with CUDA present and DS_ACCELERATOR not cpu they stop before building anything."""
+    import importlib
+
+    import engines
+    import torch
+
+    module = importlib.import_module(script)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+
+    def no_engine(*a, **k):
+        raise AssertionError("an engine was built on a GPU machine")
+
+    monkeypatch.setattr(engines, "preset_engine", no_engine)
+    monkeypatch.setattr(engines, "shape_engine", no_engine)
+    monkeypatch.setattr(
+        sys, "argv", [f"{script}.py", "--official", str(tmp_path)] if script == "peer_step" else [f"{script}.py"]
+    )
+    assert module.main() == 2
+    err = capsys.readouterr().err
+    assert f"error: bench/{script}.py measures on the CPU only (" in err
+    assert f"DeepSpeed would put its engines on cuda here. Run it as DS_ACCELERATOR=cpu python bench/{script}.py" in err
 
 
 COUNTS = [
@@ -242,7 +293,7 @@ def test_parallel_modes_docs_name_the_vocabulary_of_the_data(tmp_path, monkeypat
         return subprocess.CompletedProcess(cmd, 0, json.dumps(row) + "\n", "")
 
     sections = {}
-    monkeypatch.setattr(parallel_modes.subprocess, "run", fake_child)
+    monkeypatch.setattr(parallel_modes.children, "run", fake_child)
     monkeypatch.setattr(report, "update_section", lambda name, body: sections.update({name: body}))
     monkeypatch.setattr(report, "machine", lambda: "a machine")
     (tmp_path / "meta.json").write_text('{"vocab_size": 32000}\n')
@@ -279,3 +330,100 @@ def test_bench_engines_time_the_precision_the_trainer_trains_in(monkeypatch, cap
     monkeypatch.setenv("NGPT_DS_CPU_BF16", "1")
     assert precision_of(engines.load_bench_ds(zero2, native=False)) == "bf16"
     assert capsys.readouterr().err == ""
+
+
+def test_docs_written_by_two_scripts_at_once_keep_both_sections(tmp_path):
+    """Fault: bench/report.update_section wrote every docs update through one temporary name,
+    benchmarks.md.tmp, unlocked: two scripts writing their sections at once renamed each other's file away
+    (FileNotFoundError) or wrote back a copy read before the other's update (its section lost). Two processes
+    update two sections 150 times each: no error, and the file ends with both sections' last text."""
+    doc = tmp_path / "docs" / "benchmarks.md"
+    doc.parent.mkdir()
+    doc.write_text("# Benchmarks\n")
+    doc.chmod(0o664)
+    writer = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import report\n"
+        "report.DOC = Path(sys.argv[2]); name = sys.argv[3]; errors = []\n"
+        "for i in range(150):\n"
+        "    try:\n"
+        "        report.update_section(name, f'{name} run {i}\\n' + 'x' * 50000)\n"
+        "    except Exception as error:\n"
+        "        errors.append(repr(error))\n"
+        "print(len(errors), errors[:1])\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", writer, str(REPO / "bench"), str(doc), name], stdout=subprocess.PIPE, text=True
+        )
+        for name in ("mfu", "step_time")
+    ]
+    outputs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert outputs == ["0 []", "0 []"]
+    text = doc.read_text()
+    for name in ("mfu", "step_time"):
+        assert text.count(f"<!-- {name}:start -->\n{name} run 149\n") == 1
+    assert sorted(p.name for p in doc.parent.iterdir()) == ["benchmarks.md"]  # no temporary file left
+    assert doc.stat().st_mode & 0o777 == 0o664  # the file's mode kept (a mkstemp file is 0600)
+
+
+def test_compile_cost_from_json_keeps_the_machine_and_date_it_was_measured_on(tmp_path, monkeypatch):
+    """Fault: bench/compile_cost.py --from-json --docs stamped the table with the machine it was rebuilt on and
+    today's date. The --json now keeps machine() (the date in it) from the runs; an older one without it says
+    so instead of inventing either."""
+    import compile_cost
+    import report
+
+    def r(wall, first, step):
+        return {"wall_s": wall, "first_step_s": first, "step_s": step}
+
+    saved = {
+        "command": "python bench/compile_cost.py --json x.json",
+        "machine": "a GPU box; torch 9, deepspeed 9, Python 3.99; measured 2020-01-02",
+        "config": "ngpt_tiny",
+        "deepspeed": "zero2.json",
+        "steps": 30,
+        "threads": "1",
+        "rounds": [{"eager": r(100.0, 1.0, 0.5), "cold": r(200.0, 60.0, 0.4), "warm": r(130.0, 20.0, 0.45)}],
+    }
+    sections: dict = {}
+    monkeypatch.setattr(report, "update_section", lambda name, body: sections.update({name: body}))
+    monkeypatch.setattr(report, "machine", lambda: "THIS machine; measured today")
+    saved_file = tmp_path / "cc.json"
+    saved_file.write_text(json.dumps(saved))
+    assert compile_cost.main(["--from-json", str(saved_file), "--docs"]) == 0
+    assert "\nMachine: a GPU box; torch 9, deepspeed 9, Python 3.99; measured 2020-01-02  \n" in sections["compile"]
+    del saved["machine"]
+    saved_file.write_text(json.dumps(saved))
+    assert compile_cost.main(["--from-json", str(saved_file), "--docs"]) == 0
+    assert "\nMachine: machine/date not recorded (a --json written before they were saved)  \n" in sections["compile"]
+    assert "THIS machine" not in sections["compile"]
+
+
+def test_parallel_modes_table_shows_the_largest_loss_difference_of_every_step():
+    """docs/benchmarks.md said sp2's losses were 'within 9.5e-7' of plain's, a figure no script printed: the
+    table now has the largest difference over all logged steps, not only the final loss."""
+    import parallel_modes
+
+    def row(mode, losses):
+        return {"mode": mode, "ranks": 2, "step_s": 0.1, "peak_rss_mib": 400.0, "losses": losses}
+
+    text = parallel_modes.table([row("plain", [6.5, 6.25, 6.0]), row("sp2", [6.5, 6.2500095, 6.0])])
+    assert text.splitlines()[0].endswith("| largest loss difference from plain (every step) |")
+    assert text.splitlines()[2].endswith("| 6.000000 | 0.0e+00 |")
+    assert text.splitlines()[3].endswith("| 6.000000 | 9.5e-06 |")
+
+
+def test_step_time_alternates_which_model_steps_first_in_a_round(monkeypatch):
+    """Fault: bench/step_time.interleaved_step_times ran nGPT's step before GPT's in every round, so GPT's
+    always followed nGPT's (its freed memory, its cache state); bench/peer_step.py rotates the order."""
+    import step_time
+
+    order: list[str] = []
+
+    def fake_make_step(arch, *args, **kwargs):
+        return lambda: order.append(arch) or 0.1
+
+    monkeypatch.setattr(step_time, "make_step", fake_make_step)
+    times = step_time.interleaved_step_times({}, 1, "ds.json", rounds=4, warmup=0, compiled=False)
+    assert order == ["ngpt", "gpt", "gpt", "ngpt", "ngpt", "gpt", "gpt", "ngpt"]
+    assert times == {"ngpt": [0.1] * 4, "gpt": [0.1] * 4}
