@@ -180,12 +180,25 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+ZERO_TO_FP32_FILES = ("*_model_states.pt", "*_optim_states.pt")
+"""What DeepSpeed's zero_to_fp32 reads in a checkpoint folder: every file these name, not only rank 0's."""
+
+
+def check_zero_to_fp32_files(checkpoint: Path) -> None:
+    """The zip layout of every file zero_to_fp32 will read (safe_load.check_layout: the zip's directory only),
+    before it reads any: a crafted file among them (an extra zz_model_states.pt, a rank's optimizer states)
+    is refused up front, naming it, not after the others were loaded. Each load under the guard checks again."""
+    for path in sorted({p for pattern in ZERO_TO_FP32_FILES for p in checkpoint.glob(pattern)}):
+        safe_load.check_layout(path)
+
+
 def consolidate_zero(checkpoint: Path) -> dict[str, torch.Tensor]:
     """fp32 weights from the ZeRO 1/2/3 shards of model-parallel rank 0, by DeepSpeed's
     zero_to_fp32 (CPU, no process group)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
+        check_zero_to_fp32_files(checkpoint)
         with _quiet(), safe_load.deepspeed_loads_are_safe():
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
     except safe_load.UnsafeCheckpointError:

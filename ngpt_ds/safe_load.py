@@ -8,8 +8,9 @@ None), OrderedDict, torch.Size / dtype / device, and the classes on the allow-li
 that needs anything else is refused with one `UnsafeCheckpointError` naming the file and the type;
 nothing from it runs. Nor may a file describe more data than it holds: every tensor loaded must
 store each of its elements, and all the tensors together, each counted as often as the file names it, may
-describe at most four times the data the file stores (`_check_tensors`), and no record of it may be compressed
-(`_check_stored`), so a few bytes cannot make a reader allocate terabytes.
+describe at most four times the data the file stores (`_check_tensors`), and its zip records must be laid out as
+torch.save writes them, uncompressed and each in bytes of its own (`check_layout`, before torch reads any tensor
+data), so a few bytes cannot make a reader allocate terabytes.
 
 The files and what they need beyond torch's defaults (DeepSpeed 0.19.8, found by saving real
 checkpoints at ZeRO 0/1/2/3 in fp32 and bf16, and tensor-parallel ZeRO 1/2, and listing each
@@ -60,6 +61,7 @@ import contextlib
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,10 +139,12 @@ def refusal(f: Any, err: Exception) -> UnsafeCheckpointError:
 
 def load(f: Any, map_location: Any = "cpu", *, mmap: bool | None = None, **pickle_load_args: Any) -> Any:
     """`torch.load` restricted to tensors, plain data and the allow-list; anything else is refused
-    with UnsafeCheckpointError. Other failures (a truncated or missing file) propagate as torch raises them."""
+    with UnsafeCheckpointError, as is a zip not laid out as torch.save writes one (`check_layout`: a zip cut
+    short included, its directory unreadable). Other failures (a missing file, a damaged pickle) propagate as
+    torch raises them."""
     pickle_load_args.pop("pickle_module", None)
     pickle_load_args.pop("weights_only", None)
-    _check_stored(f)
+    check_layout(f)
     # torch hints a list of callables, which a list[type] does not match (list is invariant); it only reads it.
     with torch.serialization.safe_globals(allowed_types()):  # type: ignore[arg-type]
         try:
@@ -211,30 +215,103 @@ def _check_tensors(f: Any, loaded: Any) -> None:
         )
 
 
-def _check_stored(f: Any) -> None:
-    """Refuse a zip-format file with a compressed member.
+def check_layout(f: Any) -> None:
+    """Refuse a zip-format file that is not laid out as torch.save writes one: a compressed record, records whose
+    data overlap, or records that declare more data in all than the file holds. Runs before torch reads a byte
+    of tensor data, on every load (memory-mapped or not).
 
     torch.save stores every record uncompressed (so that a storage can be memory-mapped), but torch's reader
     also inflates a deflated one, into a buffer of the size the zip's directory claims: a 1 MB file whose
     data/0 inflates to 1 GiB loaded as a 1 GiB tensor (deflate packs zeros about 1000:1), read that way by
-    DeepSpeed's zero_to_fp32 and ds_to_universal, which do not memory-map. Only a named file is looked at."""
-    if not isinstance(f, (str, os.PathLike)) or not zipfile.is_zipfile(f):
-        return
-    with zipfile.ZipFile(f) as archive:
-        packed = [m for m in archive.infolist() if m.compress_type != zipfile.ZIP_STORED]
+    DeepSpeed's zero_to_fp32 and ds_to_universal, which do not memory-map.
+
+    torch.save also writes each record once, one after the other. A zip's central directory may instead
+    point thousands of entries (data/0 ... data/N-1) at one stored record: a reader that does not memory-map
+    reads each entry into its own buffer, so a 1.5 MB file became 2.4 GB in memory, and each storage looks
+    genuine to `_check_tensors`. So the records' spans (local header, name, extra field, data) must be
+    disjoint and lie before the central directory. A named file, or an open seekable one, is looked at."""
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, "rb") as stream:
+            if stream.read(4) == _ZIP_MAGIC:
+                _check_zip_layout(f, stream)
+    elif all(hasattr(f, a) for a in ("read", "seek", "tell")) and getattr(f, "seekable", lambda: True)():
+        start = f.tell()
+        try:
+            if f.read(4) == _ZIP_MAGIC:
+                _check_zip_layout(f, f)
+        finally:
+            f.seek(start)
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+"""How a zip's first record begins: what torch reads to decide that a file is a zip archive (else the legacy format)."""
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+"""A zip local file header (30 bytes): its signature, then the lengths of the name and the extra field."""
+
+
+def _check_zip_layout(f: Any, stream: Any) -> None:
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            records = archive.infolist()
+            central_directory = archive.start_dir
+        # Where the end record says the directory is: torch's reader (miniz) reads it there, while Python's
+        # zipfile looks right before the end record (it allows bytes prepended to an archive). Two places, two
+        # directories: one would be checked and the other loaded.
+        declared_directory = zipfile._EndRecData(stream)[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+    except (zipfile.BadZipFile, ValueError, EOFError) as err:  # torch's reader would find no archive either
+        raise _crafted(f, f"a zip directory that cannot be read ({err}; cut short or damaged?)", costly=False) from None
+    if central_directory != declared_directory:
+        raise _crafted(
+            f,
+            f"a zip directory at byte {central_directory} where its end record says byte {declared_directory}",
+            costly=False,
+        )
+    packed = [m for m in records if m.compress_type != zipfile.ZIP_STORED]
     if packed:
         largest = max(packed, key=lambda m: m.file_size)
         raise _crafted(
             f,
             f"a compressed record {largest.filename} ({largest.compress_size} bytes that inflate to {largest.file_size})",
         )
+    size = stream.seek(0, os.SEEK_END)
+    declared = sum(max(m.file_size, m.compress_size) for m in records)
+    if declared > size:
+        raise _crafted(
+            f,
+            f"{len(records)} zip records that declare {declared} bytes of data in all, more than the file's "
+            f"{size} bytes (records that share their data)",
+        )
+    end, previous = 0, None
+    for m in sorted(records, key=lambda m: m.header_offset):
+        header = b""
+        if m.header_offset >= 0:
+            stream.seek(m.header_offset)
+            header = stream.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or _LOCAL_HEADER.unpack(header)[0] != _ZIP_MAGIC:
+            raise _crafted(
+                f,
+                f"a zip record {m.filename} whose directory entry points at no record (byte {m.header_offset})",
+                costly=False,
+            )
+        _, name_length, extra_length = _LOCAL_HEADER.unpack(header)
+        if m.header_offset < end:
+            raise _crafted(
+                f,
+                f"zip records {previous} and {m.filename} that share bytes {m.header_offset}-{end} of the file "
+                "(each is read into memory separately)",
+            )
+        end = m.header_offset + _LOCAL_HEADER.size + name_length + extra_length + max(m.file_size, m.compress_size)
+        previous = m.filename
+        if end > central_directory:
+            raise _crafted(f, f"a zip record {m.filename} whose data (to byte {end}) runs into the zip's directory")
 
 
-def _crafted(f: Any, what: str) -> UnsafeCheckpointError:
+def _crafted(f: Any, what: str, *, costly: bool = True) -> UnsafeCheckpointError:
+    cost = " and which would take far more memory than the file" if costly else ""
     return UnsafeCheckpointError(
         f"{_describe_file(f)} was refused: it holds {what}, which torch.save of a model's or optimizer's "
-        "tensors never writes and which would take far more memory than the file. This file was not "
-        "written by the ngpt_ds trainer, or it was altered. Do not use it"
+        f"tensors never writes{cost}. This file was not written by the ngpt_ds trainer, or it was altered. "
+        "Do not use it"
     )
 
 
