@@ -4,6 +4,14 @@ Layout of a run folder's checkpoints (the one place that defines it; inference u
 
     <out>/checkpoints/step_00000200/           DeepSpeed's files + config.yaml + COMPLETE (the manifest)
     <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
+    <out>/checkpoints/step_00000200.tmp-replaced/
+                                               step_00000200 moved aside by a second save of step 200: put
+                                               back if a kill left no step_00000200, else removed
+    <out>/checkpoints/step_00000100.tmp-delete/
+                                               a folder being deleted (retention, a replaced step, ...):
+                                               renamed first, so no step_N name ever holds half of one;
+                                               never resumed, listed or exported; what cannot be removed
+                                               is tried again at each save, with a warning naming the file
     <out>/checkpoints/latest                   DeepSpeed's pointer: always the newest complete tag
     <out>/checkpoints/zero_to_fp32.py          DeepSpeed's recovery scripts, which each save writes again
     <out>/checkpoints/zero_to_torch.py         (deepspeed 0.19: engine._copy_recovery_script, on global rank 0)
@@ -18,13 +26,22 @@ rank), rank 0 writes the `COMPLETE` manifest (relative path, size, blake2b diges
 and renames the folder into place. A kill at any moment leaves either the previous complete
 checkpoints or the new one. Before loading, the manifest is checked again, so a file damaged later
 (a truncated copy, a bad disk) is found before DeepSpeed reads it.
+
+A delete is atomic too: a checkpoint leaves its step_N name in one rename (to step_N.tmp-delete) before any
+of its files is removed. A kill, or a file that cannot be removed (NFS's .nfsXXXX files of a process still
+holding one, another user's files, an immutable file), leaves a folder no reader takes for a checkpoint; the
+next save removes the rest, with one warning naming the file and the reason. A leftover that cannot be
+removed fails a save only when it holds a name that save writes (its own step_N.tmp-save, step_N.tmp-replaced)
+and cannot be renamed either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from ngpt_ds import safe_load
+from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.manifest import COMPLETE as COMPLETE
 from ngpt_ds.train.manifest import (
@@ -55,16 +72,24 @@ from ngpt_ds.train.manifest import verify as verify
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
+_log = log.get(__name__)
+
 CHECKPOINTS = "checkpoints"
 TAG_PREFIX = "step_"
 TEMP_SUFFIX = ".tmp-save"
 """DeepSpeed writes into step_N.tmp-save; never a step_N name, so nothing resumes from a half-written save."""
 REPLACED_SUFFIX = ".tmp-replaced"
+"""An existing step_N moved aside for a second save of the same step; removed once the new one is in place,
+put back when a kill left no step_N (`restore_moved_aside`)."""
+DELETE_SUFFIX = ".tmp-delete"
+"""A folder being deleted (an old step_N, a step_N-universal, a moved-aside step_N) is first renamed to
+<name>.tmp-delete (<name>.<k>.tmp-delete when that is taken), then removed: a delete cut short (a kill, a
+file that cannot be removed) never leaves part of a checkpoint, COMPLETE manifest and all, under its name."""
+LEFTOVER_SUFFIXES = (TEMP_SUFFIX, REPLACED_SUFFIX, DELETE_SUFFIX)
+"""step_* names ending so are never resumed, listed or exported; each save removes them (`_before_save`)."""
 RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 """Copied into checkpoints/ by DeepSpeed at each save with shutil.copyfile, which follows a link at the
 destination, and then made executable."""
-"""An existing step_N moved aside for a second save of the same step; removed once the new one is in place,
-put back when a kill left no step_N (`restore_moved_aside`)."""
 ABANDONED_PREFIX = "abandoned-"
 UNIVERSAL_SUFFIX = "-universal"
 """step_N-universal: DeepSpeed's universal form of step_N, made to resume it at another data-parallel size."""
@@ -203,18 +228,34 @@ def _gib(n: float) -> str:
 
 def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str | None:
     """Rank 0: put back a checkpoint an interrupted save moved aside, remove the leftovers of interrupted
-    saves and check the free space. Returns a problem or None."""
+    saves and deletes and check the free space. Returns a problem or None.
+
+    A leftover fails the save only when it holds a name this save writes (its step's .tmp-save and
+    .tmp-replaced) and that name cannot be freed (a folder is renamed to .tmp-delete, then removed); any
+    other is removed best-effort, with one warning naming what could not be removed and why. One
+    undeletable leftover of another step (.nfsXXXX files on NFS that a rank of a killed job still holds,
+    another user's files, an immutable file) had failed every later save, after a whole checkpoint
+    interval of training each time. DeepSpeed's recovery scripts are removed only for a save that goes on."""
+    tag = tag_for(step)
+    own = (tag + TEMP_SUFFIX, tag + REPLACED_SUFFIX)
     try:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         restore_moved_aside(checkpoint_dir)  # before the loop below removes what is left under .tmp-replaced
-        for leftover in checkpoint_dir.iterdir():
-            if leftover.name.startswith(TAG_PREFIX) and leftover.name.endswith((TEMP_SUFFIX, REPLACED_SUFFIX)):
-                _remove(leftover)
-            elif leftover.name in RECOVERY_SCRIPTS:
-                # DeepSpeed writes them again: through a link planted in a run folder someone handed over it
-                # overwrote the file the link names (~/.bashrc; any file for a trainer run as root) and made it
-                # executable; into a hard link (a folder copied with `cp -al`), the other folder's file.
-                _remove(leftover)
+        for leftover in sorted(checkpoint_dir.iterdir()):
+            if not is_leftover_name(leftover.name):
+                continue
+            held = _discard(leftover)
+            if held is not None and leftover.name in own:
+                return (
+                    f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {leftover}, left by an "
+                    f"interrupted save of this step, holds a name this save writes and could not be removed: "
+                    f"{held}. Remove it, then rerun"
+                )
+            if held is not None:
+                _log.warning(
+                    f"warning: could not remove {leftover}, left by an interrupted save or delete: {held}. The "
+                    "next save tries again"
+                )
         complete = complete_checkpoints(checkpoint_dir)
         previous = checkpoint_bytes(complete[-1]) if complete else None
         need, basis = (
@@ -223,14 +264,29 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
             else (_estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter")
         )
         free = shutil.disk_usage(checkpoint_dir).free
+        if free < need:
+            stuck = [p.name for p in sorted(checkpoint_dir.iterdir()) if is_leftover_name(p.name)]
+            left = f"; {', '.join(stuck)} could not be removed (see the warnings)" if stuck else ""
+            return (
+                f"not enough free space for the checkpoint of step {step}: it needs about {_gib(need)} ({basis}), "
+                f"{_gib(free)} are free on the filesystem of {checkpoint_dir}{left}. Nothing was written"
+            )
+        for script in RECOVERY_SCRIPTS:  # only for a save that goes on: a refused one leaves them
+            # DeepSpeed writes them again: through a link planted in a run folder someone handed over it
+            # overwrote the file the link names (~/.bashrc; any file for a trainer run as root) and made it
+            # executable; into a hard link (a folder copied with `cp -al`), the other folder's file. So one
+            # that cannot be removed fails the save.
+            if (checkpoint_dir / script).exists() or (checkpoint_dir / script).is_symlink():
+                _remove(checkpoint_dir / script)
     except OSError as err:
         return f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: " + _describe(err, checkpoint_dir)
-    if free < need:
-        return (
-            f"not enough free space for the checkpoint of step {step}: it needs about {_gib(need)} ({basis}), "
-            f"{_gib(free)} are free on the filesystem of {checkpoint_dir}. Nothing was written"
-        )
     return None
+
+
+def is_leftover_name(name: str) -> bool:
+    """step_N.tmp-save, step_N.tmp-replaced, step_N.tmp-delete and step_N-universal.tmp-save (reshape's work
+    folder) and the like: what an interrupted save, conversion or delete leaves; never a checkpoint."""
+    return name.startswith(TAG_PREFIX) and name.endswith(LEFTOVER_SUFFIXES)
 
 
 def _remove(path: Path) -> None:
@@ -241,6 +297,84 @@ def _remove(path: Path) -> None:
         path.unlink()
     else:
         shutil.rmtree(path)
+
+
+def _remove_all(folder: Path) -> list[tuple[str, BaseException]]:
+    """Remove a folder with its content (not a link), going on past what cannot be removed. Returns
+    (the full path, the error) for each entry left, the deepest first ([] when all is gone). shutil.rmtree's
+    own error names only an entry's basename."""
+    failed: list[tuple[str, BaseException]] = []
+
+    def keep(path: str | os.PathLike[str], err: BaseException) -> None:
+        if not isinstance(err, FileNotFoundError):  # gone already: what was wanted
+            failed.append((str(path), err))
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(folder, onexc=lambda _function, path, err: keep(path, err))
+    else:
+        shutil.rmtree(folder, onerror=lambda _function, path, info: keep(path, info[1]))
+    return failed
+
+
+def _what_failed(failed: list[tuple[str, BaseException]]) -> str:
+    """'<the first error> (<its full path>)', and how many more entries could not be removed. The folders
+    left non-empty by those (ENOTEMPTY) are not counted."""
+    causes = [(p, e) for p, e in failed if not (isinstance(e, OSError) and e.errno == errno.ENOTEMPTY)] or failed
+    path, err = causes[0]
+    reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else f"{type(err).__name__}: {err}"
+    more = f", and {len(causes) - 1} more" if len(causes) > 1 else ""
+    return f"{reason} ({path}){more}"
+
+
+def _deletion_name(path: Path) -> Path:
+    """<name>.tmp-delete, or <name>.<k>.tmp-delete (k = 1, 2, ...) when a delete that could not finish holds it."""
+    for k in range(1000):
+        doomed = path.with_name(f"{path.name}{f'.{k}' if k else ''}{DELETE_SUFFIX}")
+        if not doomed.exists() and not doomed.is_symlink():
+            return doomed
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(doomed))
+
+
+def _discard(path: Path) -> str | None:
+    """Rank 0: delete a folder of checkpoints/ (a checkpoint, a leftover) or a file or link there, so that no
+    reader ever sees part of it under its name: a folder is first renamed to `_deletion_name` (one atomic
+    step), then removed best-effort. Returns None when `path`'s name is free, whatever of the content could not
+    be removed (a warning names it: the next save tries again); else why the name is still held (nothing of
+    a folder was removed then).
+
+    shutil.rmtree(old, ignore_errors=True) had deleted in place, without a word: a delete cut short (a kill,
+    an undeletable file) left step_N with its COMPLETE manifest but not all of its files, which --resume auto
+    and the listings still took for a checkpoint, and retention kept what derived from it."""
+    if path.is_symlink() or not path.is_dir():
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            return _describe(err, path.parent)
+        return None
+    doomed = path
+    if not path.name.endswith(DELETE_SUFFIX):
+        try:
+            doomed = _deletion_name(path)
+            os.rename(path, doomed)
+        except OSError as err:
+            return f"renaming it to be deleted failed: {_describe(err, path.parent)}"
+        try:
+            fsync_dir(path.parent)  # the new name on disk before any file goes
+        except OSError as err:
+            _log.warning(
+                f"warning: {path} was renamed to {doomed.name} to be deleted, but the folder could not be "
+                f"synced ({_describe(err, path.parent)}); the next save removes it"
+            )
+            return None
+    failed = _remove_all(doomed)
+    if failed:
+        _log.warning(
+            f"warning: could not remove all of {doomed}"
+            + (f" (was {path.name})" if doomed != path else "")
+            + f": {_what_failed(failed)}. Its files take space on the filesystem until removed; the next save "
+            "tries again"
+        )
+    return None
 
 
 def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tuple[dict[str, Any] | None, str | None]:
@@ -288,20 +422,41 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
         os.rename(final, replaced)
     os.rename(tmp, final)
     fsync_dir(checkpoint_dir)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-    # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag.
+    # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag, or an
+    # old folder in place (a warning says which and why; the next save tries again).
+    if replaced is not None:  # renamed away first: half of it left as step_N.tmp-replaced would be put back
+        _discard_or_warn(replaced)
     with contextlib.suppress(OSError):
         point_latest(checkpoint_dir)
-    for old in complete_checkpoints(checkpoint_dir)[:-keep]:  # only step_N folders: the current lineage
-        shutil.rmtree(old, ignore_errors=True)
-    oldest_kept = step_of(complete_checkpoints(checkpoint_dir)[0].name)
+    try:
+        retention(checkpoint_dir, step, keep)
+    except OSError as err:  # listing the folder: the save is complete, only older folders stay
+        _log.warning(f"warning: retention in {checkpoint_dir} stopped: {_describe(err, checkpoint_dir)}")
+
+
+def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
+    """Rank 0, once step `step` is in place: delete all but the `keep` newest complete checkpoints (step_N
+    folders only: the current lineage), the step_N-universal conversions of steps older than every one kept,
+    and the step_N folders without a manifest older than `step` (interrupted saves of older ngpt_ds versions).
+    Each goes through `_discard`: a delete that fails or is cut short leaves no step_N holding part of a
+    checkpoint, and says why in a warning. A checkpoint that cannot even be renamed stays whole, and counts as
+    kept."""
+    for old in complete_checkpoints(checkpoint_dir)[:-keep]:
+        _discard_or_warn(old)
+    kept = complete_checkpoints(checkpoint_dir)
+    oldest_kept = step_of(kept[0].name) if kept else step
     for converted in universal_dirs(checkpoint_dir):  # derived from a step retention has now passed
         if universal_step(converted) < oldest_kept:
-            shutil.rmtree(converted, ignore_errors=True)
-    for partial in step_dirs(checkpoint_dir):  # interrupted saves of older ngpt_ds versions
+            _discard_or_warn(converted)
+    for partial in step_dirs(checkpoint_dir):
         if not (partial / COMPLETE).exists() and step_of(partial.name) < step:
-            shutil.rmtree(partial, ignore_errors=True)
+            _discard_or_warn(partial)
+
+
+def _discard_or_warn(path: Path) -> None:
+    held = _discard(path)
+    if held is not None:
+        _log.warning(f"warning: could not delete {path}: {held}. It stays whole; the next save tries again")
 
 
 def moved_aside(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
