@@ -38,6 +38,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 REQUESTS = (signal.SIGUSR1, signal.SIGUSR2)  # for the processes that handle them only
 PR_SET_CHILD_SUBREAPER = 36
 RETRY_S = 0.2
+USAGE = "usage: entrypoint.py COMMAND [ARGS...]"
 
 
 def _become_subreaper() -> None:
@@ -80,12 +81,12 @@ def _handles(pid: int, signum: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            __doc__.split("\n\n")[1].strip() if argv else "usage: entrypoint.py COMMAND [ARGS...]",
-            file=sys.stderr if not argv else sys.stdout,
-        )
-        return 2 if not argv else 0
+    if not argv:
+        print(f"error: no command to run; {USAGE} (--help says what it does)", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):  # what it does, not only the example line (all --help printed)
+        print(f"{USAGE}\n\n{__doc__.strip()}")
+        return 0
     _become_subreaper()
     children: list[subprocess.Popen] = []
     early: list[int] = []

@@ -12,7 +12,13 @@ The command line lives in ngpt_ds.cli.train (installed as `ngpt-train`).
 
 import sys
 
-from ngpt_ds.cli.train import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:  # Ctrl-C during the imports (torch, DeepSpeed: seconds) or the startup before ngpt_ds.cli.run
+        from ngpt_ds.cli.train import main
+
+        code = main()
+    except KeyboardInterrupt:
+        from ngpt_ds.cli import interrupted
+
+        code = interrupted()
+    sys.exit(code)

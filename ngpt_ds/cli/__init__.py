@@ -8,7 +8,8 @@ installs them as console scripts (`ngpt-train`, `ngpt-prepare`, `ngpt-generate`,
 `run` is the startup every entry point shares: DeepSpeed's accelerator defaults to the CPU
 when there is no CUDA GPU (else DeepSpeed guesses and warns), logging is set up from the
 common options (`add_logging_arguments`, ngpt_ds.log), and bad user input (NgptConfigError)
-becomes one `error: ...` line and exit status 2, never a traceback. `Parser` does the same for a
+becomes one `error: ...` line and exit status 2, never a traceback; Ctrl-C one `interrupted` line
+and exit status 130. `Parser` does the same for a
 usage error (ngpt-train's), naming the closest option to a mistyped one.
 """
 
@@ -151,3 +152,22 @@ def run(
     except tuple(codes) as err:
         print_error(err)
         return next(code for kind, code in codes.items() if isinstance(err, kind))
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops with a checkpoint on its own)
+        return interrupted()
+
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a command that Ctrl-C ended."""
+
+
+def interrupted() -> int:
+    """Ctrl-C: one line on stderr instead of a traceback (20 frames from generate's streaming, up to 61 lines
+    from a trainer's startup); the exit status a shell gives a command that SIGINT ended. What the body had
+    written stays (generate's text so far on stdout; a trainer's startup writes only config.yaml and the lock,
+    which a `finally` has released by now)."""
+    try:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr gone with the terminal
+        pass
+    return EXIT_INTERRUPTED

@@ -140,7 +140,17 @@ class PrepareConfig:
                     "use --dtype auto or a smaller vocab",
                 )
         if self.tokenizer is not None:
-            if not self.tokenizer.is_file():
+            if self.tokenizer.is_dir():  # a prepared dataset's folder, most likely: it was "file not found"
+                held = self.tokenizer / "tokenizer.model"
+                p.add(
+                    "--tokenizer",
+                    str(self.tokenizer),
+                    f"is a folder, not a sentencepiece .model file; pass its tokenizer.model ({held})"
+                    if held.is_file()
+                    else "is a folder, not a sentencepiece .model file; pass the .model file itself "
+                    "(a prepared dataset's tokenizer.model)",
+                )
+            elif not self.tokenizer.is_file():
                 p.add("--tokenizer", str(self.tokenizer), "file not found; pass an existing sentencepiece .model")
             elif self.tokenizer.suffix != ".model":
                 p.add("--tokenizer", str(self.tokenizer), "expected a sentencepiece .model file")

@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 SPLITS = ("train", "validation")
 
-_PREPARE_HINT = "prepare it with `python launch/prepare_data.py --input CORPUS --out DIR`"
+PREPARE_HINT = "prepare it with `python launch/prepare_data.py --input CORPUS --out DIR`"
 
 
 def _not_a_dataset_hint(folder: Path) -> str:
@@ -52,7 +52,7 @@ def _not_a_dataset_hint(folder: Path) -> str:
     if inside:
         shown = ", ".join(str(p) for p in inside[:3]) + (" ..." if len(inside) > 3 else "")
         return f"the prepared dataset(s) in it: {shown}; pass one of those"
-    return _PREPARE_HINT
+    return PREPARE_HINT
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -239,7 +239,7 @@ def write_meta(meta: DatasetMeta, directory: Path) -> None:
 
 
 def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> DatasetMeta:
-    fix = f"the file is damaged or was not written by ngpt_ds; {_PREPARE_HINT}"
+    fix = f"the file is damaged or was not written by ngpt_ds; {PREPARE_HINT}"
     if raw.get("format") != FORMAT_NAME:
         raise NgptConfigError(f"{meta_path}: format = {raw.get('format')!r}, expected {FORMAT_NAME!r}; {fix}")
     version = raw.get("format_version")
@@ -297,7 +297,12 @@ def load_dataset_meta(
         # An --overwrite killed between its two renames left the old dataset set aside under another name.
         if not os.path.lexists(data_dir) and (aside := staging.missing_hint(data_dir)):
             raise NgptConfigError(f"dataset {data_dir} does not exist, {aside}")
-        raise NgptConfigError(f"data dir {data_dir} does not exist; {_PREPARE_HINT}")
+        if os.path.lexists(data_dir):  # a file (meta.json itself, a corpus text) was "does not exist; prepare it"
+            inside = (
+                f": pass {data_dir.parent}" if data_dir.name == META_FILE else ": pass the folder that holds meta.json"
+            )
+            raise NgptConfigError(f"data dir {data_dir} is a file, not a dataset folder{inside}")
+        raise NgptConfigError(f"data dir {data_dir} does not exist; {PREPARE_HINT}")
     if not meta_path.is_file():
         raise NgptConfigError(
             f"{meta_path} not found: {data_dir} is not a prepared dataset; {_not_a_dataset_hint(data_dir)}"

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ngpt_ds.data.shards import load_dataset_meta, sha256_file
+from ngpt_ds.data.shards import PREPARE_HINT, load_dataset_meta, sha256_file
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.infer.export_layout import (
@@ -164,7 +164,11 @@ def _checkpoint_tokenizer(
         try:
             meta = load_dataset_meta(data_dir, verify_contents=False)  # its tokenizer only: no shard is read
         except NgptConfigError as err:
-            problem = f"its dataset {data_dir} (data_dir in {checkpoint / 'config.yaml'}) cannot be read: {err}"
+            # Without the dataset's own fix: preparing it again trains another tokenizer, which the hash check
+            # refuses; the message ends with the fix that works (--tokenizer).
+            reason = str(err).replace(f"; {PREPARE_HINT}", "")
+            reason = reason.replace(f"; delete {Path(data_dir)} and prepare it again", "")
+            problem = f"its dataset {data_dir} (data_dir in {checkpoint / 'config.yaml'}) cannot be read: {reason}"
         else:
             if expected is not None and meta.tokenizer_sha256 != expected:
                 problem = (

@@ -102,9 +102,15 @@ def check_tensor_parallel(
             ("model.mlp_hidden (SwiGLU width)", mlp_width, "the MLP splits its channels"),
         ):
             if value % tp_size:
+                # The vocabulary is the dataset's tokenizer's: a new one is the other way out.
+                retokenize = (
+                    f", or prepare the data again (launch/prepare_data.py) with a --vocab-size divisible by {tp_size}"
+                    if name == "model.vocab_size"
+                    else ""
+                )
                 problems.append(
                     f"{name} = {value} is not divisible by {source} = {tp_size} ({what}); choose "
-                    f"a tensor-parallel size that divides it"
+                    f"a tensor-parallel size that divides it{retokenize}"
                 )
     if problems:
         raise NgptConfigError("tensor parallelism: " + "; ".join(problems))

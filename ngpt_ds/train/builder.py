@@ -8,6 +8,7 @@ ranks share out and agree on (ngpt_ds.train.resume.resolve_resume_on_all_ranks).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -120,10 +121,21 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
-    if accelerator.device_name() == "cpu":
+    # A dry run for RANKS plans for the machines that will train (GPUs, say, planned from a login node): this
+    # CPU's precision (the bf16 -> fp32 fallback, no fp16) is not theirs. It switched the plan to fp32 (26 GiB
+    # a rank instead of 14 for ngpt_0.5b at ZeRO 2), passed a pipeline at ZeRO 0 in bf16 that the job refuses,
+    # and refused fp16, which GPU ranks train in. Such a run gets a note about this machine instead.
+    elsewhere = options.world_size is not None
+    on_cpu = accelerator.device_name() == "cpu"
+    fp16_supported = bool(accelerator.is_fp16_supported())
+    if on_cpu and not elsewhere:
         slower = fall_back_from_slow_cpu_bf16(ds_config, options.deepspeed_config)
         if slower and dist_env.rank == 0:
             _log.warning(f"warning: {slower}")
+    elif on_cpu and dist_env.rank == 0:
+        here = _here_note(ds_config, options.deepspeed_config, fp16_supported=fp16_supported)
+        if here:
+            _log.warning(f"note: {here}")
     check_pipeline(
         train_cfg.pipeline_parallel_size,
         world_size=dist_env.world_size,
@@ -141,7 +153,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         pipeline_parallel=train_cfg.pipeline_parallel_size,
         sequence_parallel=train_cfg.sequence_parallel_size,
         source=options.deepspeed_config,
-        fp16_supported=bool(accelerator.is_fp16_supported()),
+        fp16_supported=fp16_supported or elsewhere,
         bf16_supported=bool(accelerator.is_bf16_supported()),
     )
     if options.world_size is None:  # a dry run plans for other machines, whose toolchain this one cannot see
@@ -215,6 +227,23 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     )
     prepared = Prepared(run=run, plan=plan, dist_env=dist_env, data=meta)
     return choose_resume(prepared, options.resume, collective=False) if resume else prepared
+
+
+def _here_note(ds_config: dict[str, Any], source: str, *, fp16_supported: bool) -> str | None:
+    """For a dry run for other machines, planned on a CPU: what a run on this machine itself would do
+    differently (train in fp32 instead of bf16, refuse fp16), or None."""
+    if precision_of(ds_config) == "fp16" and not fp16_supported:
+        return (
+            f"DeepSpeed config {source} enables fp16, which this CPU does not support: this plan is for the "
+            "ranks' machines (GPUs), and a run on this machine itself would be refused"
+        )
+    if fall_back_from_slow_cpu_bf16(copy.deepcopy(ds_config), source) is not None:
+        return (
+            f"DeepSpeed config {source} enables bf16, planned as bf16 for the ranks' machines; this CPU has no "
+            "native bf16 matmul (AVX512 or AMX), so a run on this machine itself would train in fp32 "
+            "(NGPT_DS_CPU_BF16=1 keeps bf16)"
+        )
+    return None
 
 
 def _node_memory_bytes(accelerator: Any) -> int:

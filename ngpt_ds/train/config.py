@@ -262,6 +262,24 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+DEEPSPEED_KEYS = frozenset(
+    {
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "zero_optimization",
+        "bf16",
+        "fp16",
+        "gradient_clipping",
+        "optimizer",
+        "scheduler",
+        "steps_per_print",
+        "wall_clock_breakdown",
+    }
+)
+"""Top-level keys of a DeepSpeed JSON: a file given to --config that has them and no model/train is one."""
+
+
 def load_model_and_train(
     name_or_path: str, arch: str | None = None, train_overrides: dict[str, Any] | None = None
 ) -> tuple[ModelConfig, TrainConfig, Path]:
@@ -273,6 +291,13 @@ def load_model_and_train(
     path = resolve_config_path(name_or_path)
     data = load_yaml(path)
     unknown = sorted(set(data) - {"model", "train"})
+    deepspeed_keys = sorted(set(unknown) & DEEPSPEED_KEYS)
+    if deepspeed_keys and not {"model", "train"} & set(data):  # a DeepSpeed JSON given to --config
+        raise NgptConfigError(
+            f"{path} is a DeepSpeed config (it sets {', '.join(deepspeed_keys)}), not a model/train config: pass "
+            f"it with --deepspeed_config {path}, and give --config a preset such as ngpt_tiny or a YAML file "
+            "with 'model:' and 'train:' sections"
+        )
     if unknown:
         raise NgptConfigError(
             f"{path}: unknown top-level section(s) {', '.join(unknown)}; expected 'model:' and 'train:'"

@@ -70,7 +70,9 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     except OSError as err:  # a file that exists but cannot be read (permissions, EIO) was a traceback
         raise NgptConfigError(f"DeepSpeed config {unreadable(path, err)}") from None
     except json.JSONDecodeError as err:
-        raise NgptConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        raise NgptConfigError(
+            f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}{_other_kind(path)}"
+        ) from None
     except NgptConfigError:
         raise
     except UNPARSABLE as err:
@@ -78,6 +80,23 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise NgptConfigError(f"{path}: expected a JSON object")
     return config
+
+
+def _other_kind(path: Path) -> str:
+    """The message's end that sends a file which is not JSON but reads as a model/train YAML to --config (given
+    to --deepspeed_config, it was only "not valid JSON at line 1, column 1"); "" for any other file."""
+    from ngpt_ds import yaml_safe
+
+    try:
+        data = yaml_safe.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - any file that is not such a YAML keeps the JSON message alone
+        return ""
+    if not isinstance(data, dict) or not {"model", "train"} & set(data):
+        return ""
+    return (
+        f". It is a model/train YAML config, not a DeepSpeed JSON: pass it with --config {path}, and give "
+        "--deepspeed_config a DeepSpeed JSON such as ds_configs/zero2.json"
+    )
 
 
 def cpu_has_native_bf16() -> bool:
@@ -97,6 +116,8 @@ def fall_back_from_slow_cpu_bf16(config: dict[str, Any], source: str, *, native:
     the line to print, or None when nothing changed. Call it for CPU runs only."""
     if precision_of(config) != "bf16" or os.environ.get("NGPT_DS_CPU_BF16") == "1":
         return None
+    if _block(config, "fp16").get("enabled") is True:  # both on: check_ds_config names that conflict; switching
+        return None  # bf16 off first made it refuse fp16 and ask for the bf16 the file already set
     if cpu_has_native_bf16() if native is None else native:
         return None
     for name in ("bf16", "bfloat16"):
