@@ -386,8 +386,11 @@ def _convert_main(argv: list[str]) -> None:
         strict=True,
         inject_missing_state=False,
     )
-    with safe_load.deepspeed_loads_are_safe():
-        ds_to_universal.main(args)
+    try:
+        with safe_load.deepspeed_loads_are_safe():
+            ds_to_universal.main(args)
+    except safe_load.UnsafeCheckpointError as err:  # one line for the rank's message, not the frames above it
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":
