@@ -89,24 +89,19 @@ def remove_run_folder(out: Path) -> None:
 
     if not out.exists():
         return
-    path = out / run_lock.LOCK_FILE
-    fd = -1
-    if path.is_file() and not path.is_symlink():
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-        failure = run_lock._try_lock(fd)
-        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if failure == run_lock._HELD or (failure and run_lock._running_here(run_lock._parse(text))):
-            os.close(fd)
+    with run_lock.unless_in_use(out) as free:
+        if not free:
+            path = out / run_lock.LOCK_FILE
+            try:
+                holder = path.read_text(errors="replace").strip()[:200]
+            except OSError:
+                holder = ""
             raise SystemExit(
                 f"error: not removing {out} to run it again: it is in use by another trainer "
-                f"({text or 'a process that has not written its name yet'}; lock file {path}). "
+                f"({holder or 'a process that has not written its name yet'}; lock file {path}). "
                 "Stop that trainer (a bench run killed earlier may have left it running) or use another --out"
             )
-    try:
         shutil.rmtree(out)
-    finally:
-        if fd >= 0:
-            os.close(fd)
 
 
 if __name__ == "__main__":
