@@ -76,15 +76,32 @@ class CorpusSpec:
 
 
 class Corpus:
-    """A resolved, readable corpus. `texts()` starts a fresh stream each call."""
+    """A resolved, readable corpus. `texts()` starts a fresh stream each call.
 
-    def __init__(self, spec: CorpusSpec, kind: str, load_args: dict[str, Any], description: str):
+    Local files (kind "files") are read one file at a time, in order: datasets reading them as one stream
+    took the columns of the first file for all, so files whose other fields differ (a `url` in some, an `id`
+    a number in one and a string in another) stopped the reading with "Couldn't cast" where the second kind
+    began, though only the text field is read; and an error could not say which file it came from."""
+
+    def __init__(
+        self,
+        spec: CorpusSpec,
+        kind: str,
+        load_args: dict[str, Any],
+        description: str,
+        *,
+        files: Sequence[str] = (),
+        text_builder: bool = False,
+    ):
         self.spec = spec
         self.kind = kind
         self._load_args = load_args
         self.description = description
+        self._files = tuple(files)
+        self._text_builder = text_builder  # datasets' text builder: its files' byte order marks are dropped
+        self._reading: str | None = None  # the local file being read, named by errors
 
-    def _dataset(self) -> Any:
+    def _dataset(self, data_files: list[str] | None = None) -> Any:
         import datasets
 
         if self.kind == "saved":
@@ -94,23 +111,26 @@ class Corpus:
             return ds
         # Local files land in one split named "train" whatever --split says.
         split = "train" if self.kind == "files" else self.spec.split
-        return datasets.load_dataset(**self._load_args, split=split, streaming=True)
+        args = self._load_args if data_files is None else self._load_args | {"data_files": data_files}
+        return datasets.load_dataset(**args, split=split, streaming=True)
 
     def texts(self) -> Iterator[str]:
         """Non-empty document strings, in corpus order."""
+        self._reading = None
         try:
             yield from self._texts()
         except NgptConfigError:
             raise
         except (ConnectionError, FileNotFoundError, ValueError, OSError) as e:
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            what = "it" if self._reading is None else self._reading
             raise NgptConfigError(
-                f"{self.description}: could not read it ({type(e).__name__}: {first_line}); {self._read_hint()}"
+                f"{self.description}: could not read {what} ({type(e).__name__}: {first_line}); {self._read_hint()}"
             ) from None
 
     def _read_hint(self) -> str:
         if self.kind == "files":
-            return "fix or remove the file, or check that its extension matches its contents"
+            return "fix or remove that file, or check that its extension matches its contents"
         if self.kind == "hub":
             return (
                 "check the name, --config and --split; for a hub name, check that this machine can reach "
@@ -119,14 +139,25 @@ class Corpus:
         return "check the saved dataset directory and --split"
 
     def _texts(self) -> Iterator[str]:
+        if self.kind != "files":
+            yield from self._rows(None)
+            return
+        for file in self._files:
+            self._reading = file
+            # datasets reads each data_files entry as a pattern: `a[b].jsonl` would read `ab.jsonl` instead.
+            yield from self._rows([glob.escape(file)])
+        self._reading = None
+
+    def _rows(self, data_files: list[str] | None) -> Iterator[str]:
+        """The documents of the corpus, or of `data_files` alone."""
         field = self.spec.text_field
         # The text builder keeps a file's UTF-8 byte order mark (Windows editors write one) as the first
         # character of its first document, where the tokenizer learned it as text; json/csv drop it.
-        strip_bom = self._load_args.get("path") == "text"
+        strip_bom = self._text_builder
         # datasets lets a bare StopIteration escape for empty json files (while loading or
         # iterating); it means "no rows", and must not reach a generator frame (PEP 479).
         try:
-            batches = iter(self._dataset().iter(batch_size=_READ_BATCH))
+            batches = iter(self._dataset(data_files).iter(batch_size=_READ_BATCH))
         except StopIteration:
             return
         while True:
@@ -149,9 +180,10 @@ class Corpus:
                 yield text
 
     def _unknown_field(self, fields: list[str]) -> NgptConfigError:
+        where, fix = ("", "") if self._reading is None else (f" in {self._reading}", ", or leave that file out")
         return NgptConfigError(
-            f"{self.description}: no text field {self.spec.text_field!r}; its fields are "
-            f"{', '.join(fields) or '(none)'}; pass --text-field with one of them"
+            f"{self.description}: no text field {self.spec.text_field!r}{where}; its fields are "
+            f"{', '.join(fields) or '(none)'}; pass --text-field with one of them{fix}"
         )
 
     def check_readable(self) -> None:
@@ -239,8 +271,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
     builder = kinds[0]
-    # datasets reads each data_files entry as a pattern: `a[b].jsonl` would read `ab.jsonl` instead.
-    load_args: dict[str, Any] = {"path": builder, "data_files": [glob.escape(f) for f in files]}
+    load_args: dict[str, Any] = {"path": builder}  # data_files: one file at a time (Corpus)
     if builder == "text":
         load_args["sample_by"] = spec.text_sample_by
     shown = ", ".join(spec.inputs)
@@ -249,7 +280,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
         description += f", one document per {spec.text_sample_by}"
     else:
         description += f", text field {spec.text_field!r}"
-    corpus = Corpus(spec, "files", load_args, description)
+    corpus = Corpus(spec, "files", load_args, description, files=files, text_builder=builder == "text")
     corpus.check_readable()
     return corpus
 
@@ -289,14 +320,32 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
     return _open_hub(spec, str(path), local=True)
 
 
+def _builder_of(folder: Path, spec: CorpusSpec) -> str | None:
+    """The name of the datasets builder that reads a local dataset folder ("text", "json", ...), or None where
+    datasets cannot tell (the read then names the problem)."""
+    import datasets
+
+    try:
+        return str(datasets.load_dataset_builder(str(folder), name=spec.hub_config).name)
+    except Exception:  # any failure of datasets' inspection: the read that follows reports it with its hint
+        return None
+
+
 def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
     load_args: dict[str, Any] = {"path": name}
     if spec.hub_config:
         load_args["name"] = spec.hub_config
     what = "dataset dir" if local else "hub dataset"
     config = f" config {spec.hub_config!r}" if spec.hub_config else ""
-    corpus = Corpus(
-        spec, "hub", load_args, f"{what} {name}{config} split {spec.split!r}, text field {spec.text_field!r}"
-    )
+    description = f"{what} {name}{config} split {spec.split!r}"
+    # A folder of text files: datasets' text builder splits them by line unless told, where the same files by a
+    # glob are split as --text-sample-by says (paragraph by default).
+    text = local and _builder_of(Path(name), spec) == "text"
+    if text:
+        load_args["sample_by"] = spec.text_sample_by
+        description += f", one document per {spec.text_sample_by}"
+    else:
+        description += f", text field {spec.text_field!r}"
+    corpus = Corpus(spec, "hub", load_args, description, text_builder=text)
     corpus.check_readable()
     return corpus
