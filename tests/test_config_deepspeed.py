@@ -1,18 +1,14 @@
-"""Startup validation (DeepSpeed JSON, train section, launch environment), optimizer groups, LR schedule."""
+"""The DeepSpeed JSON at startup: reading, the batch product, precision, and the blocks and values refused
+before any engine starts (ngpt_ds.train.ds_config, ds_schema, ds_masters)."""
 
 import json
-import math
 import re
 import sys
 
 import pytest
 
-from ngpt_ds import distributed
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.model import ModelConfig, build_model
-from ngpt_ds.train.config import TrainConfig, load_model_and_train
 from ngpt_ds.train.ds_config import BatchPlan, check_ds_config, load_ds_config
-from ngpt_ds.train.optim import lr_factor, parameter_groups
 
 from conftest import REPO, read_metrics, run, tiny_ngpt, tiny_train, train_cmd, write_yaml
 
@@ -86,120 +82,6 @@ def test_malformed_and_duplicate_json_are_named(tmp_path):
         load_ds_config(dup)
     with pytest.raises(NgptConfigError, match=r"does not exist. The shipped ones are in ds_configs/"):
         load_ds_config(tmp_path / "nope.json")
-
-
-def test_train_section_defaults_by_arch_and_errors(tmp_path):
-    _, ngpt_train, _ = load_model_and_train("ngpt_tiny")
-    assert (ngpt_train.weight_decay, ngpt_train.warmup_steps) == (0.0, 0)
-    _, gpt_train, _ = load_model_and_train("gpt_tiny")
-    assert gpt_train.weight_decay == 0.1 and gpt_train.warmup_steps > 0
-    assert TrainConfig(max_steps=500).resolve("gpt").warmup_steps == 50
-    with pytest.raises(NgptConfigError, match=r"--model gpt conflicts with .*ngpt_tiny.yaml"):
-        load_model_and_train("ngpt_tiny", arch="gpt")
-    path = tmp_path / "x.yaml"
-    path.write_text("model: {n_layer: 2}\ntrain: {micro_batch_size: 4, lr: -1, max_steps: 0}\n")
-    with pytest.raises(
-        NgptConfigError, match=r"train.micro_batch_size = 4: unknown field.*belong in the DeepSpeed JSON"
-    ):
-        load_model_and_train(str(path))
-    path.write_text("model: {n_layer: 2}\ntrain: {lr: -1, max_steps: 0}\n")
-    with pytest.raises(NgptConfigError) as err:
-        load_model_and_train(str(path))
-    assert "train.max_steps = 0" in str(err.value) and "train.lr = -1" in str(err.value)
-
-
-def test_a_number_written_as_text_gets_the_hint_that_fits_how_it_was_written(tmp_path):
-    """Fault: a quoted `lr: '0.01'` got "YAML reads 0.01 as text; write it with a dot, e.g. 0.01", advice that
-    changes nothing; only an unquoted 1e-3 (YAML 1.1 floats need a dot) is fixed by a dot."""
-    path = tmp_path / "x.yaml"
-    path.write_text("model: {n_layer: 2}\ntrain: {lr: '0.01', min_lr: 1e-5}\n")
-    with pytest.raises(NgptConfigError) as err:
-        load_model_and_train(str(path))
-    assert "train.lr = '0.01': must be a number (a quoted number is text in YAML: remove the quotes)" in str(err.value)
-    assert "train.min_lr = '1e-5': must be a number (YAML reads 1e-5 as text; write it with a dot, e.g. 1e-05)" in str(
-        err.value
-    )
-
-
-def official_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    """The official code's get_lr (nanoGPT's), restated for the comparison."""
-    if it < warmup_iters:
-        return learning_rate * it / warmup_iters
-    if it > lr_decay_iters:
-        return min_lr
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return min_lr + coeff * (learning_rate - min_lr)
-
-
-@pytest.mark.parametrize("warmup, min_lr", [(0, 0.0), (100, 0.0), (100, 3e-4)])
-def test_lr_schedule_equals_the_official_get_lr(warmup, min_lr):
-    lr, max_steps = 3e-3, 1000
-    for step in range(0, max_steps + 1, 7):
-        ours = lr * lr_factor(step, max_steps=max_steps, warmup_steps=warmup, min_lr_ratio=min_lr / lr)
-        assert ours == pytest.approx(official_get_lr(step, lr, warmup, max_steps, min_lr), rel=1e-12, abs=1e-15)
-
-
-def test_weight_decay_only_on_matrices_and_never_for_ngpt_scalars():
-    for arch in ("ngpt", "gpt"):
-        model = build_model(ModelConfig(arch=arch, vocab_size=50, n_layer=2, n_embd=32, n_head=2, seq_len=8))
-        groups = parameter_groups(model, weight_decay=0.1)
-        decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-        for name, param in model.named_parameters():
-            assert (id(param) in decayed) == (param.dim() == 2), name
-        assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-
-
-def test_launch_environment_discovery():
-    torch_env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
-    env = distributed.discover(torch_env)
-    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (1, 2, 1, "10.0.0.1", "torch")
-    with pytest.raises(NgptConfigError, match=r"RANK set but WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing"):
-        distributed.discover({"RANK": "0"})
-    slurm = {
-        "SLURM_PROCID": "3",
-        "SLURM_NTASKS": "4",
-        "SLURM_LOCALID": "1",
-        "SLURM_STEP_ID": "0",
-        "SLURM_JOB_NODELIST": "gpu[07-08]",
-        "SLURM_TASKS_PER_NODE": "2(x2)",
-        "SLURM_JOB_ID": "1234",
-    }
-    env = distributed.discover(slurm)
-    assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.source) == (3, 4, 1, 2, "slurm")
-    assert env.master_addr == "gpu07" and env.master_port == 21234
-    # The batch step of an sbatch script (no SLURM_STEP_ID) is not a rank of the job.
-    batch_step = {k: v for k, v in slurm.items() if k != "SLURM_STEP_ID"}
-    assert distributed.discover(batch_step).source == "single"
-    mpi = {
-        "OMPI_COMM_WORLD_RANK": "1",
-        "OMPI_COMM_WORLD_SIZE": "2",
-        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29555",
-    }
-    env = distributed.discover(mpi)
-    assert (env.rank, env.world_size, env.master_port, env.source) == (1, 2, 29555, "mpi")
-    assert distributed.discover({}).source == "single"
-    with pytest.raises(NgptConfigError, match=r"rank 5 is outside world size 2"):
-        distributed.discover({**torch_env, "RANK": "5"})
-
-
-def test_slurm_nodelist_expansion():
-    assert distributed.expand_nodelist("gpu[01-03,7],login1") == ["gpu01", "gpu02", "gpu03", "gpu7", "login1"]
-    assert distributed.expand_nodelist("node1,node2") == ["node1", "node2"]
-
-
-def test_a_collective_timeout_beyond_what_timedelta_holds_is_named(tmp_path):
-    """Fault: train.dist_timeout_s: 100000000000000 (meant as 'never') stopped every rank at startup in an
-    OverflowError traceback from timedelta ('days=1157407407; must have magnitude <= 999999999')."""
-    path = tmp_path / "x.yaml"
-    path.write_text("model: {n_layer: 2}\ntrain: {dist_timeout_s: 100000000000000}\n")
-    with pytest.raises(NgptConfigError) as err:
-        load_model_and_train(str(path))
-    assert "train.dist_timeout_s = 100000000000000: must be at most 1000000000 seconds" in str(err.value)
-    path.write_text("model: {n_layer: 2}\ntrain: {dist_timeout_s: 1000000000}\n")
-    assert load_model_and_train(str(path))[1].dist_timeout_s == 10**9
 
 
 def test_zero_optimization_given_as_a_switch_is_refused_before_the_engine():
@@ -376,20 +258,6 @@ def test_a_misspelt_field_of_a_block_deepspeed_reads_field_by_field_is_named(blo
     check({**config, block: spelt})  # the fields DeepSpeed reads pass
 
 
-@pytest.mark.parametrize("key", ["dtype", "precision", "mixed_precision"])
-def test_a_precision_field_in_the_train_section_points_to_the_json(key):
-    """Fault: `train: {dtype: bf16}` (or precision, mixed_precision) was refused as 'train.dtype = 'bf16':
-    unknown field' alone, as if the trainer had no precision switch; batch, clipping and bf16 keys already
-    pointed to the DeepSpeed JSON."""
-    with pytest.raises(NgptConfigError) as err:
-        TrainConfig.from_dict({key: "bf16"})
-    assert str(err.value) == (
-        f"train config: 1 problem\n  - train.{key} = 'bf16': unknown field. Batch sizes, precision (the JSON's "
-        '"bf16": {"enabled": true} or "fp16"), ZeRO stage and gradient clipping belong in the DeepSpeed JSON '
-        "(--deepspeed_config)"
-    )
-
-
 def test_the_shipped_deepspeed_configs_are_found_from_any_folder(tmp_path, monkeypatch):
     """Fault: `--deepspeed_config ds_configs/zero2.json` (the README's command) resolved against the working
     directory only: a pip-installed ngpt_ds (no checkout) stopped with "DeepSpeed config ds_configs/zero2.json
@@ -538,25 +406,3 @@ def test_deepspeeds_monitors_are_refused_for_the_trainers_own_logs(block):
         '(README "Training"); remove the block'
     )
     check({"train_micro_batch_size_per_gpu": 2, name: {**block[name], "enabled": False}})  # off: asks for nothing
-
-
-@pytest.mark.parametrize(
-    "field, value, line",
-    [
-        ("lr", 10**400, "train.lr = 100000000000000000...0000000000000000000: is beyond float32's range (3.4e+38)"),
-        ("lr", 10**39, f"train.lr = {10**39}: is beyond float32's range (3.4e+38), in which the trainer computes"),
-        ("eps", 10**400, "train.eps = 100000000000000000...0000000000000000000: is beyond float32's range"),
-        (
-            "stop_grace_s",
-            10**400,
-            "train.stop_grace_s = 100000000000000000...0000000000000000000: must be a number of seconds >= 0",
-        ),
-    ],
-)
-def test_whole_numbers_beyond_range_in_float_train_fields_are_refused(field, value, line):
-    """Fault (review): float fields take whole numbers, which no range check bounded: lr and stop_grace_s
-    10**400 passed validate and stopped the run in an OverflowError once it used them."""
-    with pytest.raises(NgptConfigError) as err:
-        TrainConfig.from_dict({field: value}, source="my.yaml").resolve("ngpt").validate("my.yaml")
-    assert str(err.value).startswith(f"my.yaml: 1 problem\n  - {line}"), str(err.value)
-    TrainConfig.from_dict({field: 1}, source="my.yaml").resolve("ngpt").validate("my.yaml")
