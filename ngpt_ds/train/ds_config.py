@@ -219,6 +219,7 @@ def check_ds_config(
             "none, blocks or {every_k: K}); DeepSpeed's block applies only to models that call "
             "deepspeed.checkpointing, which ngpt_ds does not",
         )
+    _check_loop_settings(config, p)
     # DeepSpeed still reads the deprecated `"zero_optimization": true` as stage 1, while the trainer planned
     # stage 0 from it: the run stopped only once the engine had started (check_engine_agrees). `false` is
     # stage 0 to both, and runs trained with it resume.
@@ -389,6 +390,56 @@ def check_ds_config(
     config["gradient_accumulation_steps"] = accum
     config["train_batch_size"] = plan.global_batch
     return plan
+
+
+def _enables_anything(value: Any) -> bool:
+    """Whether a block sets any `enabled` inside it to true."""
+    if isinstance(value, dict):
+        return any((key == "enabled" and item is True) or _enables_anything(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_enables_anything(item) for item in value)
+    return False
+
+
+def _check_loop_settings(config: dict[str, Any], p: Problems) -> None:
+    """Settings DeepSpeed accepts and runs that change what the trainer's loop does without a word.
+
+    - `managed_gradient_accumulation` other than true: the loop calls engine.step() after every micro-batch and
+      leaves the accumulation boundary to DeepSpeed's count; unmanaged, every call stepped the optimizer and the LR
+      schedule (accumulation 2: each step of the log two updates of half the batch, the schedule at 0 by mid-run).
+      DeepSpeed reads null as unmanaged too.
+    - `gradient_allreduce_op` "sum": the loss is a mean over the global batch, and a sum multiplies the gradient by
+      the data-parallel size, so gradient_clipping and the logged gradient norm changed with the number of ranks
+      (2 ranks: twice the norm of the same batch on 1).
+    - `data_efficiency` turning anything on: its curriculum data sampling works through DeepSpeed's own data
+      loader and random-LTD on layers converted by DeepSpeed, neither of which the trainer uses: a seqlen
+      curriculum trained the same losses as none, and random_ltd stopped every rank in a KeyError traceback."""
+    if "managed_gradient_accumulation" in config:
+        managed = config["managed_gradient_accumulation"]
+        p.check(
+            managed is True,
+            "managed_gradient_accumulation",
+            managed,
+            "remove it: the trainer leaves the accumulation boundary to DeepSpeed's count of "
+            "gradient_accumulation_steps (true, DeepSpeed's default); otherwise every micro-batch steps the "
+            "optimizer and the LR schedule",
+        )
+    op = config.get("gradient_allreduce_op")
+    p.check(
+        not (isinstance(op, str) and op.lower() == "sum"),
+        "gradient_allreduce_op",
+        op,
+        "remove it: the trainer's gradient is that of the mean loss over the global batch ('mean', DeepSpeed's "
+        "default); a sum multiplies it by the data-parallel size, which changes gradient clipping and the logged "
+        "norm with the number of ranks",
+    )
+    p.check(
+        not _enables_anything(config.get("data_efficiency")),
+        "data_efficiency",
+        "{...}",
+        "remove it: DeepSpeed's curriculum data sampling applies only to its own data loader and random-LTD only "
+        "to layers it has converted, neither of which ngpt_ds uses (the trainer reads its token windows itself)",
+    )
 
 
 @dataclass(frozen=True)
