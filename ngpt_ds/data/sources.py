@@ -30,6 +30,16 @@ _FORMATS = {
     ".csv": "csv",
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+# Compression suffix -> the name fsspec (which datasets reads files through) registers its decompressor under,
+# and the package that provides it (None: Python's own modules). fsspec registers zstd and lz4 only where their
+# packages import.
+_DECOMPRESSORS = {
+    ".gz": ("gzip", None),
+    ".bz2": ("bz2", None),
+    ".xz": ("xz", None),
+    ".zst": ("zstd", "zstandard"),
+    ".lz4": ("lz4", "lz4"),
+}
 TEXT_SAMPLE_BY = ("paragraph", "line", "document")
 _READ_BATCH = 256
 _BOM = "\ufeff"
@@ -267,6 +277,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
             f"--input file {unknown[0]!r}: unknown format; use files ending in "
             f"{', '.join(sorted(_FORMATS))} (optionally compressed with {', '.join(_COMPRESSION)})"
         )
+    _check_decompressors(files)
     kinds = sorted({fmt for fmt in formats.values() if fmt is not None})  # all known: checked above
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
@@ -283,6 +294,28 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     corpus = Corpus(spec, "files", load_args, description, files=files, text_builder=builder == "text")
     corpus.check_readable()
     return corpus
+
+
+def _check_decompressors(files: list[str]) -> None:
+    """Refuse, before anything is read, a compressed file this Python cannot decompress: without the zstandard
+    package a `.jsonl.zst` corpus (the README's example) stopped at its first read with "Compression type zstd not
+    supported; fix or remove the file", though the files were sound."""
+    import fsspec
+
+    have = set(fsspec.available_compressions())
+    for file in files:
+        name, package = _DECOMPRESSORS.get(os.path.splitext(file.lower())[1], (None, None))
+        if name is None or name in have:
+            continue
+        fix = (
+            f"install the {package} package (pip install {package}) on every node that reads the corpus"
+            if package
+            else "this Python was built without its module for it; use one that has it"
+        )
+        raise NgptConfigError(
+            f"--input file {file!r} is {name}-compressed, and this Python cannot decompress it: {fix}, or "
+            "decompress the files"
+        )
 
 
 def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
