@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
-from ngpt_ds.train import checkpoint, manifest
+from ngpt_ds.train import checkpoint, fs_errors, manifest
 from ngpt_ds.train.resume import newest_intact
 
 from conftest import require_system
@@ -103,7 +103,7 @@ def _held(leftover: Path) -> Path:
 
 
 def _not_removed(folder: Path, was: str | None, code: int, stuck: list[str]) -> set[str]:
-    """The warning lines _discard may print for `folder` (named `was` before its rename) when the entries
+    """The warning lines checkpoint_delete.discard may print for `folder` (named `was` before its rename) when the entries
     `stuck` (relative paths, in any order: rmtree meets them in the folder's listing order) stay."""
     renamed = f" (was {was})" if was else ""
     more = f", and {len(stuck) - 1} more" if len(stuck) > 1 else ""
@@ -173,7 +173,7 @@ def test_a_free_space_refusal_names_the_leftovers_that_could_not_be_removed(tmp_
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=100))
     problem = checkpoint._before_save(_Engine(), checkpoints, 40)  # type: ignore[arg-type]
     assert problem == (
-        f"not enough free space for the checkpoint of step 40: it needs about {checkpoint._gib(size)} (the size of "
+        f"not enough free space for the checkpoint of step 40: it needs about {fs_errors.gib(size)} (the size of "
         f"step_00000020), 0.0 MiB are free on the filesystem of {checkpoints}; step_00000025.tmp-save.tmp-delete "
         "could not be removed (see the warnings). Nothing was written"
     )

@@ -15,7 +15,7 @@ import stat
 import sys
 from pathlib import Path
 
-from ngpt_ds.train import checkpoint, manifest
+from ngpt_ds.train import checkpoint, fs_errors, manifest
 
 from conftest import REPO, tiny_ngpt, tiny_train, torchrun, train_run, write_run_configs
 
@@ -121,15 +121,15 @@ def test_leftover_links_named_like_interrupted_saves_are_removed_not_followed(tm
 
 def test_an_os_error_without_an_errno_is_described_by_its_type_not_as_a_torch_save_failure(tmp_path):
     link_error = OSError("Cannot call rmtree on a symbolic link")
-    assert checkpoint._describe(link_error, tmp_path) == "OSError: Cannot call rmtree on a symbolic link"
+    assert fs_errors.describe(link_error, tmp_path) == "OSError: Cannot call rmtree on a symbolic link"
     copy_error = shutil.Error("Destination path 'x' already exists")
-    assert checkpoint._describe(copy_error, tmp_path) == "Error: Destination path 'x' already exists"
+    assert fs_errors.describe(copy_error, tmp_path) == "Error: Destination path 'x' already exists"
     torch_error = RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
-    described = checkpoint._describe(torch_error, tmp_path)
+    described = fs_errors.describe(torch_error, tmp_path)
     assert described.startswith("torch.save failed ([enforce fail at inline_container.cc:603] . unexpected pos 64")
     assert " free on the filesystem" in described
     no_space = OSError(28, "No space left on device", "/x/y")
-    assert checkpoint._describe(no_space, tmp_path) == f"{os.strerror(28)} (/x/y)"
+    assert fs_errors.describe(no_space, tmp_path) == f"{os.strerror(28)} (/x/y)"
 
 
 def test_a_save_goes_through_planted_links_without_writing_through_them(tmp_path):
