@@ -2,6 +2,7 @@
 start a 2-rank job under a launcher, wait for its steps, stop it, and check that nothing of it is left
 running or holding its port. The two files share one chain of checkpoints (STOP_CHAIN)."""
 
+import contextlib
 import random
 import shutil
 import signal
@@ -141,24 +142,27 @@ def wait_for_steps(out, after: int, launcher: subprocess.Popen, log: Path) -> No
         time.sleep(0.05)
 
 
-def signal_one_trainer(
-    configs, data, out, log: Path, ready: Callable[[subprocess.Popen], bool], sig: signal.Signals
+def signal_when(
+    cmd: list, ready: Callable[[subprocess.Popen], bool], sig: signal.Signals, stdout: Path, stderr: Path | None = None
 ) -> int:
-    """Start one trainer process, as `python launch/train.py` with no launcher (its output in `log`), send
-    it `sig` once `ready(process)` holds, and return its exit status. A trainer that ends before `ready()`, or takes
-    longer than HANG_GUARD_S to get there or to stop, fails the test; it is killed either way."""
-    with open(log, "w") as sink:
+    """Start `cmd` (its output in `stdout`, its errors in `stderr` or with the output), send it `sig` once
+    `ready(process)` holds, and return its exit status. A process that ends before `ready()`, or takes longer
+    than HANG_GUARD_S to get there or to stop, fails the test; it is killed either way. SIGINT is not
+    inherited as ignored, as in a terminal (`_sigint_as_in_a_terminal`)."""
+    with open(stdout, "w") as out, open(stderr, "w") if stderr is not None else contextlib.nullcontext() as err:
         proc = subprocess.Popen(
-            [sys.executable, *map(str, stop_train_args(configs, data, out))],
+            [str(c) for c in cmd],
             env=cpu_env(),
             cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=err or subprocess.STDOUT,
+            preexec_fn=_sigint_as_in_a_terminal,
         )
+    errors = stderr or stdout
     try:
         deadline = time.monotonic() + HANG_GUARD_S
         while not ready(proc):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            assert proc.poll() is None and time.monotonic() < deadline, errors.read_text()[-4000:]
             time.sleep(0.01)
         proc.send_signal(sig)
         return proc.wait(timeout=HANG_GUARD_S)
@@ -166,6 +170,13 @@ def signal_one_trainer(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def signal_one_trainer(
+    configs, data, out, log: Path, ready: Callable[[subprocess.Popen], bool], sig: signal.Signals
+) -> int:
+    """`signal_when` for one trainer process, as `python launch/train.py` with no launcher (its output in `log`)."""
+    return signal_when([sys.executable, *stop_train_args(configs, data, out)], ready, sig, log)
 
 
 def launch_stoppable(how: str, configs, data, out, port: int, log: Path) -> subprocess.Popen:

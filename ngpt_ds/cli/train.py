@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ngpt_ds.cli import Parser, add_logging_arguments, default_accelerator, run
+from ngpt_ds.cli import Parser, add_logging_arguments, default_accelerator, interrupted, run
 from ngpt_ds.train import early_signals
 
 EPILOG = """\
@@ -174,6 +174,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before ngpt_ds.cli.run catches it: while torch and DeepSpeed are imported
+        return interrupted()
+
+
+def _main(argv: list[str] | None) -> int:
     # Whoever started this rank (torchrun, DeepSpeed's launch.py, ...), noted before the slow startup:
     # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
     os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
