@@ -90,3 +90,29 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path):
         f"{tmp_path / 'b.txt'} (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9 in position 3"
     )
     assert str(err.value).endswith("; fix or remove that file, or check that its extension matches its contents")
+
+
+def test_a_prepared_dataset_given_as_the_corpus_is_named(tiny_dataset):
+    """A prepared dataset's folder given as --input (to prepare it again with another vocab) stopped with
+    'could not read it (DataFilesNotFoundError: No (supported) data files found in ...); check the name,
+    --config and --split; for a hub name, check that this machine can reach the hub'."""
+    with pytest.raises(NgptConfigError) as err:
+        open_corpus(CorpusSpec(inputs=(str(tiny_dataset),)))
+    assert str(err.value) == (
+        f"--input {tiny_dataset} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; "
+        "pass the corpus it was prepared from (its meta.json names it under 'source')"
+    )
+
+
+def test_a_corpus_folder_holding_a_prepared_dataset_is_named(tiny_dataset):
+    """A corpus folder that holds a dataset prepared from it (`--input corpus --out corpus/ds`, then prepared
+    again with another vocab) was 'No (supported) data files found in corpus', its corpus.jsonl right there: the
+    shards' names (train_000000.bin) made datasets look for splits."""
+    folder = tiny_dataset.parent
+    assert (folder / "corpus.jsonl").is_file()
+    with pytest.raises(NgptConfigError) as err:
+        open_corpus(CorpusSpec(inputs=(str(folder),)))
+    assert str(err.value) == (
+        f"--input {folder} holds {tiny_dataset}, a dataset prepared by ngpt_ds, and a folder is read whole; pass "
+        f"the corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
 from ngpt_ds.errors import NgptConfigError
 
 _FORMATS = {
@@ -318,7 +319,34 @@ def _check_decompressors(files: list[str]) -> None:
         )
 
 
+def _is_prepared(folder: Path) -> bool:
+    """A dataset written by ngpt_ds: its meta.json opens with the format name (shards.write_meta)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            return f'"{FORMAT_NAME}"'.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def _refuse_prepared(folder: Path) -> None:
+    """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
+    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it."""
+    if _is_prepared(folder):
+        raise NgptConfigError(
+            f"--input {folder} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
+            "corpus it was prepared from (its meta.json names it under 'source')"
+        )
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
+        if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
+            raise NgptConfigError(
+                f"--input {folder} holds {top}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
+                f"corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
+            )
+
+
 def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
+    _refuse_prepared(path)
     if _is_saved_dataset(path):
         import datasets
 
