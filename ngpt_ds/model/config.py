@@ -301,9 +301,31 @@ def unreadable(path: Path, err: OSError) -> str:
     return f"{path} cannot be read: {reason}; {fix}"
 
 
+INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+def yaml11_number_problem(text: str, value: int | float) -> str | None:
+    """What is wrong with a number written as `text` as YAML 1.1 (PyYAML) reads it, where a reader of the file sees another number:
+    a leading zero makes it octal (`max_steps: 010000` trained 4096 steps, `seed: 0123` seeded 83) and colons
+    make it base 60 (`max_steps: 1:30` trained 90). None for any other number, and for a leading zero that
+    changes nothing (`0007`)."""
+    digits = text.replace("_", "").lstrip("+-")
+    if ":" in digits:
+        return f"is read by YAML as the base-60 number {value!r}; write the number itself, e.g. {value!r}"
+    if isinstance(value, int) and len(digits) > 1 and digits[0] == "0" and digits[1] not in "xXbB":
+        decimal = int(digits, 10)
+        if decimal != abs(value):
+            return (
+                f"is read by YAML as the octal number {value}, not {'-' if value < 0 else ''}{decimal}: write "
+                f"it without the leading zero (or {value}, if the octal number was meant)"
+            )
+    return None
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML config file into a mapping; duplicate keys, keys that YAML reads as values (`on:`,
-    `1:`), syntax errors and a file without settings (empty, or only comments) are named. Merge keys
+    `1:`), numbers that YAML 1.1 reads as others (`010`: 8, `1:30`: 90; yaml11_number_problem), syntax errors
+    and a file without settings (empty, or only comments) are named. Merge keys
     (`<<: *defaults`) work as in any YAML reader: the keys written next to them override the merged ones."""
 
     def check_key(loader: yaml.SafeLoader, key_node: yaml.Node) -> str:
@@ -316,6 +338,14 @@ def load_yaml(path: Path) -> dict[str, Any]:
             )
         return key
 
+    def check_number(loader: yaml.SafeLoader, name: str, node: yaml.Node) -> None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (INT_TAG, FLOAT_TAG):
+            return
+        value = (loader.construct_yaml_int if node.tag == INT_TAG else loader.construct_yaml_float)(node)
+        problem = yaml11_number_problem(str(node.value), value)
+        if problem:
+            raise NgptConfigError(f"{path}: {name} = {node.value} (line {node.start_mark.line + 1}) {problem}")
+
     class StrictLoader(yaml_safe.Loader):  # merge keys bounded: a 600-byte file held 9^9 entries
         def flatten_mapping(self, node: yaml.MappingNode) -> None:
             # Duplicates among the keys written in a mapping, not the merged ones, which they may override;
@@ -323,7 +353,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
             # flattened before it is built). A merge key's own tag has no constructor: checking it as a key
             # refused valid YAML.
             seen = set()
-            for key_node, _ in node.value:
+            for key_node, value_node in node.value:
                 if key_node.tag == MERGE_TAG:
                     continue
                 key = check_key(self, key_node)
@@ -332,6 +362,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
                         f"{path}: key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one"
                     )
                 seen.add(key)
+                # The value, and the items of a list value (betas: [0.9, 0.95]); one level only: aliased lists
+                # nest 9^9 items in a few lines, and each mapping among them is checked here in its own turn.
+                items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for index, item in enumerate(items):
+                    check_number(self, key if item is value_node else f"{key}[{index}]", item)
             super().flatten_mapping(node)  # merged keys first, so that the ones written here win
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
