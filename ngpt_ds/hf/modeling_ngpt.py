@@ -103,7 +103,9 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         ngpt_ds.infer.loading checks an export's (saved_weights.check_dtypes): transformers casts every tensor to the model's
         dtype, so int8, bool or complex weights loaded (complex without its imaginary part; a GPT's any of
         them without a word) and float8 ones ended in an unrelated message. The safetensors headers are read,
-        not the tensors; a state_dict passed to from_pretrained is checked as given."""
+        not the tensors; a pickled weights file (pytorch_model.bin, which transformers still loads when a folder
+        has no safetensors) is read as transformers reads it, on the meta device (no tensor data); a state_dict
+        passed to from_pretrained is checked as given."""
         found: list[tuple[dict[str, Any], str]] = []  # (name -> dtype or its safetensors header name, source)
         if state_dict is not None:
             found.append(({name: t.dtype for name, t in state_dict.items()}, "the state_dict given to from_pretrained"))
@@ -111,11 +113,16 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             if str(file).endswith(".safetensors"):
                 with safe_open(str(file), "pt") as f:
                     found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118
+            else:  # a .bin: its int8 weights loaded without a word, its float16 nGPT was refused as off the sphere
+                saved = hf_modeling_utils.load_state_dict(str(file), map_location="meta")
+                found.append(({name: t.dtype for name, t in saved.items()}, str(file)))
         for dtypes, source in found:
             check_dtypes(dtypes, source)
         # The unit-norm check allows for the coarsest dtype the weights were stored in (_check_loaded).
         stored = {HEADER_DTYPES.get(d, d) if isinstance(d, str) else d for dtypes, _ in found for d in dtypes.values()}
         setattr(model, "_ngpt_ds_stored_dtypes", {d for d in stored if d in NORM_TOLERANCE})  # noqa: B010
+        # The files read, for _check_loaded's messages (a folder without model.safetensors was named by it).
+        setattr(model, "_ngpt_ds_weight_files", [str(f) for f in checkpoint_files or []])  # noqa: B010
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
 
     @classmethod
@@ -181,7 +188,13 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
 
     def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
         weights = Path(str(name_or_path)) / "model.safetensors"
-        source = str(weights) if weights.is_file() else f"{name_or_path} (its model.safetensors)"
+        files = getattr(self, "_ngpt_ds_weight_files", [])
+        if weights.is_file():
+            source = str(weights)
+        elif len(files) == 1 and not files[0].endswith(".safetensors"):  # a folder of pytorch_model.bin
+            source = files[0]
+        else:
+            source = f"{name_or_path} (its model.safetensors)"
         parts = []
         # transformers' mismatched_keys (filled with ignore_mismatched_sizes=True; without it transformers raises
         # itself) hold (name, shape in the file, shape by config.json): those tensors were left uninitialized.

@@ -1,0 +1,118 @@
+"""from_pretrained of a folder whose weights are a pickled pytorch_model.bin instead of model.safetensors
+(transformers still loads one, with torch.load's weights_only): the same checks as for safetensors."""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run
+
+pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, Path]:
+    """A random tiny model of each family, written by save_pretrained (config.json, model.safetensors)."""
+    from ngpt_ds.hf.configuration_ngpt import CONFIGS
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model import ModelConfig
+
+    root = tmp_path_factory.mktemp("hf_bin_weights")
+    folders = {}
+    for arch in ("ngpt", "gpt"):
+        torch.manual_seed(0)
+        config = ModelConfig(arch=arch, vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+        MODELS[arch](CONFIGS[arch].from_model_config(config)).save_pretrained(root / arch)
+        folders[arch] = root / arch
+    return folders
+
+
+def _as_bin(saved: dict[str, Path], tmp_path: Path, arch: str, change) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A copy of the saved folder whose weights (changed by `change`) are in pytorch_model.bin alone."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / f"{arch}_bin"
+    shutil.copytree(saved[arch], folder)
+    state = change(load_file(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder, state
+
+
+def _int8_norm(state: dict) -> dict:
+    return {**state, "model.final_norm.weight": state["model.final_norm.weight"].to(torch.int8)}
+
+
+def test_a_bin_of_int8_weights_is_refused_naming_the_file_and_the_tensor(saved, tmp_path):
+    """Fault: the dtype check read only safetensors headers, so a GPT folder whose weights are a
+    pytorch_model.bin with an int8 tensor loaded without a word (the tensor cast to float: its fractions lost),
+    as the check was made to refuse in a model.safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    folder, _ = _as_bin(saved, tmp_path, "gpt", _int8_norm)
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder)
+    assert str(err.value) == (
+        f"{folder}/pytorch_model.bin: model.final_norm.weight (int8): weights must be float32, float64, bfloat16 "
+        "or float16; the files are damaged, altered or from another program"
+    )
+
+
+def test_an_ngpt_bin_saved_in_float16_loads_in_float32_and_one_off_the_sphere_is_named(saved, tmp_path):
+    """Fault: the unit-norm tolerance allowed for the stored dtype only when read from safetensors headers: an
+    nGPT whose pytorch_model.bin holds float16 weights was refused as 'not unit norm (0.000243 > 0.0001)', and
+    the message named '<folder> (its model.safetensors)', a file the folder does not have."""
+    from transformers import AutoModelForCausalLM
+
+    import ngpt_ds  # noqa: F401
+    from ngpt_ds.errors import NgptConfigError
+
+    folder, state = _as_bin(saved, tmp_path, "ngpt", lambda s: {k: v.half() for k, v in s.items()})
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert next(model.parameters()).dtype == torch.float32
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name].float()), name
+
+    state["model.blocks.0.attn.qkv.weight"] *= 1.01  # off the sphere by ~0.01, beyond float16's 2e-3
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(NgptConfigError) as err:
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert str(err.value).startswith(
+        f"{folder}/pytorch_model.bin: an nGPT weight matrix is not unit norm along its declared dim (largest "
+        "| ||w|| - 1 | = 0.0102 > 0.002)"
+    )
+
+
+# from_pretrained with trust_remote_code in a process where ngpt_ds cannot be imported: the folder's own copy
+# of the modeling code runs (as in tests/test_hf_faults_loading.py); prints the error it raises.
+WITHOUT_NGPT_DS = """\
+import sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
+            raise ModuleNotFoundError("No module named " + repr(name))
+sys.meta_path.insert(0, NotInstalled())
+from transformers import AutoModelForCausalLM
+try:
+    AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+except Exception as err:
+    print(type(err).__name__, err)
+"""
+
+
+def test_an_export_without_ngpt_ds_refuses_a_bin_of_int8_weights(saved, tmp_path):
+    """The same fault in the copy of the modeling code a folder carries (trust_remote_code, no ngpt_ds)."""
+    folder, _ = _as_bin(saved, tmp_path, "gpt", _int8_norm)
+    assert (folder / "saved_weights.py").is_file()
+    proc = run([sys.executable, "-c", WITHOUT_NGPT_DS, folder], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert proc.stdout.strip().endswith(
+        f"{folder}/pytorch_model.bin: model.final_norm.weight (int8): weights must be float32, float64, bfloat16 "
+        "or float16; the files are damaged, altered or from another program"
+    ), (proc.stdout, proc.stderr[-2000:])
