@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -368,6 +370,59 @@ def _end_with_parent() -> None:
         sys.exit(f"the rank that started this conversion (pid {parent}) is gone")
 
 
+PARAMETER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+"""A parameter name as torch writes one for the model: dotted identifiers and indices, never a '/', '..' or ''."""
+
+
+def _names(value: object) -> set[str]:
+    """The keys of a dict, or of each dict in a list (DeepSpeed keeps one per parameter group)."""
+    groups = value if isinstance(value, (list, tuple)) else [value]
+    return {key for group in groups if isinstance(group, dict) for key in group}
+
+
+def check_parameter_names(source: Path) -> None:
+    """The child process, before DeepSpeed's converter: ds_to_universal makes a folder of each parameter name
+    it reads (the optimizer shards' param_slice_mappings; the model states' param_shapes, frozen_param_shapes
+    and module), joined to its output folder. A crafted name ('/home/someone/x', '../../x') wrote files
+    outside it; names of the shards that the model states do not list sealed a conversion without those
+    parameters' Adam moments, and DeepSpeed's load of it stopped on an AssertionError. Raises
+    UnsafeCheckpointError for either. Each file is memory-mapped, as in the resume's check of it."""
+    sharded: set[str] = set()
+    listed: set[str] = set()
+    for path in sorted(source.glob("*_states.pt")):
+        states = safe_load.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+        if not isinstance(states, dict):
+            continue  # DeepSpeed's own read of it fails with its message
+        found: set[str] = set()
+        if path.name.endswith("_optim_states.pt"):
+            optimizer = states.get("optimizer_state_dict")
+            found = _names(optimizer.get("param_slice_mappings")) if isinstance(optimizer, dict) else set()
+            sharded |= found
+        else:
+            found = _names(states.get("param_shapes")) | _names(states.get("frozen_param_shapes"))
+            listed |= _names(states.get("param_shapes"))
+            found |= _names(states.get("module"))
+        bad = sorted(repr(n) for n in found if not isinstance(n, str) or not PARAMETER_NAME.fullmatch(n))
+        if bad:
+            raise safe_load.UnsafeCheckpointError(
+                f"{path} was refused: it names parameter(s) {', '.join(bad[:3])}, which are not parameter names "
+                "(dotted letters, digits and _; DeepSpeed's converter makes a folder of each name, so these would "
+                "write outside the conversion's folder). This file was not written by the ngpt_ds trainer, or it "
+                "was altered. Do not use it"
+            )
+    if sharded and sharded != listed:
+        extra, missing = sorted(sharded - listed), sorted(listed - sharded)
+        which = (
+            f"the optimizer shards hold parameter(s) {', '.join(map(repr, extra[:3]))} that its model states do not list"
+            if extra
+            else f"its model states list parameter(s) {', '.join(map(repr, missing[:3]))} that no optimizer shard holds"
+        )
+        raise safe_load.UnsafeCheckpointError(
+            f"{source} was refused: {which}, so a conversion would leave the optimizer state of some parameters "
+            "out. The checkpoint is incomplete or was altered. Do not use it"
+        )
+
+
 def _convert_main(argv: list[str]) -> None:
     """The child process: DeepSpeed's converter with every load through the restricted unpickler.
     One worker each: the pools would have to inherit the guard, and the extraction is I/O bound."""
@@ -387,6 +442,7 @@ def _convert_main(argv: list[str]) -> None:
         inject_missing_state=False,
     )
     try:
+        check_parameter_names(Path(cli.source))
         with safe_load.deepspeed_loads_are_safe():
             ds_to_universal.main(args)
     except safe_load.UnsafeCheckpointError as err:  # one line for the rank's message, not the frames above it
