@@ -31,9 +31,12 @@ def check_masters_and_offload(config: dict[str, Any], stage: Any, p: Problems) -
     # DeepSpeed keeps bf16/fp16 masters (and bf16 Adam moments) on request, at stages 1-3 without a word: each
     # renormalization then rounds back to 16 bits, and the Adam updates under half a bf16 step (the whole tail
     # of the cosine schedule) are lost. The run said "bf16" and its export carried 16-bit values as fp32.
+    # DeepSpeed reads the bf16 settings from "bfloat16", its old name for the block, when "bf16" is absent or null:
+    # masters asked for there were accepted here and reached DeepSpeed.
+    bf16 = "bf16" if config.get("bf16") is not None else "bfloat16"
     for block, key in (
-        ("bf16", "bf16_master_weights_and_grads"),
-        ("bf16", "bf16_optimizer_states"),
+        (bf16, "bf16_master_weights_and_grads"),
+        (bf16, "bf16_optimizer_states"),
         ("fp16", "fp16_master_weights_and_grads"),
     ):
         value = _block(config, block).get(key)
@@ -45,6 +48,26 @@ def check_masters_and_offload(config: dict[str, Any], stage: Any, p: Problems) -
             '(README "Configs"); remove the key',
         )
     _check_offload(config, stage, p)
+    _check_round_robin(config, stage, p)
+
+
+def _check_round_robin(config: dict[str, Any], stage: Any, p: Problems) -> None:
+    """`round_robin_gradients` at ZeRO 1/2: DeepSpeed 0.19 then lays out the flat parameter group in its
+    round-robin order, but links each parameter to its slice of the fp32 master partition (`_hp_mapping`) as if
+    in model order, unless alignment padding was needed. The hypersphere hook, which finds the masters through
+    that link, renormalized slices of other parameters: on 2 ranks the weights were 0.17 off the sphere after 3
+    steps while the logged deviation, read through the same link, said 1.5e-7. The slice map a checkpoint
+    records for the universal form (a resume at another data-parallel size) is built from the same link.
+    DeepSpeed ignores the key at stages 0 and 3."""
+    value = _block(config, "zero_optimization").get("round_robin_gradients")
+    p.check(
+        value in (None, False) or stage not in (1, 2),
+        "zero_optimization.round_robin_gradients",
+        value,
+        "not supported: DeepSpeed links the parameters to the wrong slices of the fp32 master weights when it "
+        "reorders them, and nGPT's renormalization and the universal checkpoint (a resume at another number of "
+        "ranks) work through that link; set it to false or remove it",
+    )
 
 
 def _check_offload(config: dict[str, Any], stage: Any, p: Problems) -> None:

@@ -25,8 +25,9 @@ This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
 (checked against deepspeed 0.19.8):
   no ZeRO, fp32        the torch optimizer holds the model parameters
   no ZeRO, bf16/fp16   FP16_UnfusedOptimizer.fp32_groups[i][j] <-> fp16_groups[i][j]
-  ZeRO 1/2             param._hp_mapping: hp_fragment (fp32 view), lp_fragment_address.start
-  BF16_Optimizer       the same _hp_mapping (ZeRO 1 + bf16 + fp32 gradient accumulation)
+  ZeRO 1/2             param._hp_mapping: hp_fragment (fp32 view), lp_fragment_address.start, checked
+                       against the parameter's place in bit16_groups_flat (see _check_link)
+  BF16_Optimizer       the same _hp_mapping (ZeRO 1 + bf16 + fp32 gradient accumulation), bf16_groups_flat
   ZeRO 3               fp32_partitioned_groups_flat[g].narrow(off, n), grad_position[param id],
                        start = partition rank * partition_numel
 """
@@ -180,6 +181,40 @@ def _reduction_group(group: dist.ProcessGroup | None) -> dist.ProcessGroup | Non
     return group if dist.get_world_size(group=group) > 1 else None
 
 
+def _check_link(
+    opt: object, matrix: SphereMatrix, mapping: object, lp_flat: torch.Tensor, partition_start: int, partition_size: int
+) -> None:
+    """Raise unless DeepSpeed's link of `matrix` to its fp32 master slice (`_hp_mapping`, or None for no slice on
+    this rank) is where the matrix lies in the flat bit16 group, which the fp32 partitions copy element for
+    element. DeepSpeed 0.19 links in model order, and lays the group out in another with ZeRO 1/2's
+    round_robin_gradients: the hook then renormalized other parameters' values, the weights left the sphere
+    (0.17 after 3 steps on 2 ranks) and the deviation it reported, read through the same link, stayed 1.5e-7.
+    The startup check refuses that key (ngpt_ds.train.ds_masters); this catches any other route to it. A
+    parameter that is not a view of the flat group cannot be placed, and is left to the link."""
+    data = matrix.param.data
+    if data.untyped_storage().data_ptr() != lp_flat.untyped_storage().data_ptr():
+        return
+    offset = (data.data_ptr() - lp_flat.data_ptr()) // data.element_size()
+    first = max(offset, partition_start)
+    numel = min(offset + data.numel(), partition_start + partition_size) - first
+    if numel > 0:  # this rank's partition holds flatten(W)[first - offset :][:numel] at first - partition_start
+        expected: tuple[int, int, int] | None = (first - offset, first - partition_start, numel)
+    else:
+        expected = None
+    linked = None
+    if mapping is not None:
+        lp, hp = mapping.lp_fragment_address, mapping.hp_fragment_address  # type: ignore[attr-defined]
+        linked = (lp.start, hp.start, lp.numel)
+    if linked != expected:
+        raise NotImplementedError(
+            f"nGPT renormalization cannot trust {type(opt).__name__}'s link of {matrix.name} to its fp32 master "
+            f"weights: it links elements (start in the matrix, start in this rank's partition, count) {linked}, "
+            f"but the matrix lies at {expected} of the flat parameter group the masters copy. Renormalizing "
+            "through it would rescale other parameters' values. DeepSpeed 0.19 does this under "
+            "zero_optimization.round_robin_gradients: remove it from the DeepSpeed JSON"
+        )
+
+
 def _piece(matrix: SphereMatrix, values: torch.Tensor, start: int, slot: int) -> MasterPiece:
     rows, cols = _full_shape(matrix.param)
     return MasterPiece(values=values, start=start, rows=rows, cols=cols, norm_dim=matrix.norm_dim, slot=slot)
@@ -230,11 +265,15 @@ class HypersphereHook:
             self._locate_zero3(opt)
         elif isinstance(opt, DeepSpeedZeroOptimizer):
             self._locate_flat_partitions(
-                opt, opt.bit16_groups, opt.single_partition_of_fp32_groups, opt.real_dp_process_group
+                opt,
+                opt.bit16_groups,
+                opt.bit16_groups_flat,
+                opt.single_partition_of_fp32_groups,
+                opt.real_dp_process_group,
             )
         elif isinstance(opt, BF16_Optimizer):
             self._locate_flat_partitions(
-                opt, opt.bf16_groups, opt.fp32_groups_flat_partition, opt.real_dp_process_group
+                opt, opt.bf16_groups, opt.bf16_groups_flat, opt.fp32_groups_flat_partition, opt.real_dp_process_group
             )
         elif isinstance(opt, FP16_UnfusedOptimizer):
             masters = {
@@ -287,10 +326,12 @@ class HypersphereHook:
         self,
         opt: DeepSpeedZeroOptimizer | BF16_Optimizer,
         lp_groups: list[list[nn.Parameter]],
+        lp_flats: list[torch.Tensor],
         hp_partitions: list[torch.Tensor],
         dp_groups: list[dist.ProcessGroup],
     ) -> None:
-        """ZeRO 1/2 and BF16_Optimizer: group i's master is one flat fp32 partition per rank."""
+        """ZeRO 1/2 and BF16_Optimizer: group i's master is one flat fp32 partition per rank, laid out as
+        the flat bit16 group `lp_flats[i]` (the model's parameters are views of it)."""
         self.units = []
         for i, (lp_group, hp_partition) in enumerate(zip(lp_groups, hp_partitions)):
             in_group = {id(p) for p in lp_group}
@@ -298,9 +339,11 @@ class HypersphereHook:
             if not matrices:
                 continue
             slots, total = _slot_layout(matrices)
+            partition_start = dist.get_rank(group=dp_groups[i]) * hp_partition.numel()
             pieces = []
             for m in matrices:
                 mapping = getattr(m.param, "_hp_mapping", None)
+                _check_link(opt, m, mapping, lp_flats[i], partition_start, hp_partition.numel())
                 if mapping is not None:  # None: this rank owns no part of the matrix
                     pieces.append(
                         _piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start, slots[id(m.param)])
