@@ -15,6 +15,7 @@ from ngpt_ds.data.loader import TokenWindowLoader
 from ngpt_ds.parallel.sequence import SequenceLayout
 from ngpt_ds.train.builder import Prepared, TrainOptions, prepare
 from ngpt_ds.train.ds_config import gradient_clipping_of, precision_of, zero_stage_of
+from ngpt_ds.train.ds_schema import block
 from ngpt_ds.train.memory_plan import estimate_memory
 from ngpt_ds.train.run_lock import check_out_folder
 
@@ -34,7 +35,9 @@ def plan_report(prepared: Prepared) -> str:
     dp = plan.data_parallel
     zero_ranks = world // (tp * pp)  # ZeRO's group: the data (x sequence) ranks of one model shard
     stage, precision = zero_stage_of(ds), precision_of(ds)
-    offload = (ds.get("zero_optimization") or {}).get("offload_optimizer", {}).get("device") == "cpu"
+    # As ds_masters reads it: DeepSpeed takes `"offload_optimizer": null` for no offload, which stopped the plan in
+    # an AttributeError traceback where the run trained.
+    offload = block(block(ds, "zero_optimization"), "offload_optimizer").get("device") == "cpu"
     lines = [
         f"dry run of {run.config_source} on {world} rank(s): every startup check passed; nothing was trained, "
         "no process group or output folder was created",
