@@ -154,6 +154,8 @@ def _reason(err: BaseException) -> str:
 
 def _is_export_folder(folder: Path) -> bool:
     """Whether `folder` holds an export: a config.json carrying the export format marker (any version)."""
+    if not (folder / CONFIG_FILE).is_file():  # a named pipe there made --overwrite wait forever on reading it
+        return False
     try:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, *UNPARSABLE):

@@ -332,6 +332,8 @@ def load_checkpoint(
 
 def read_export_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
+    if path.exists() and not path.is_file():  # a named pipe there made load_export wait forever on reading it
+        raise NgptConfigError(f"{path} is not a regular file; export the checkpoint again")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, *UNPARSABLE) as err:
