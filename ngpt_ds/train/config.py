@@ -223,6 +223,17 @@ class TrainConfig:
         )
         p.raise_if_any()
         config = cls(**values)
+        mode = config.activation_checkpointing
+        if isinstance(mode, bool) or mode is None:
+            # YAML reads `off` and `no` (the words one writes for "none") as false: the message was "= False: must
+            # be a string or dict", which names neither what was written nor what to write.
+            p.add(
+                "train.activation_checkpointing",
+                mode,
+                "YAML reads off/no/false, on/yes/true and null unquoted as values, not modes: write none, blocks or "
+                "{every_k: K}",
+            )
+            config.activation_checkpointing = "none"  # named above; wrong_types would name it again
         p.wrong_types("train", config)  # before resolve/validate compare or convert them
         p.raise_if_any()
         return config
