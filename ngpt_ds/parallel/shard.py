@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.parallel.groups import ParallelGroups, check_tensor_parallel
@@ -130,17 +131,55 @@ def _replace_vector(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def merge_tensor_parallel(shards: list[dict[str, torch.Tensor]], model: CausalLM) -> dict[str, torch.Tensor]:
     """Full state dict from the tensor-parallel ranks' state dicts (rank order), for a full `model`
-    of the same config (its shapes and plan; its values are not used)."""
+    of the same config (its shapes and plan; its values are not used). Raises NgptConfigError when a
+    rank's weights do not fit that split (a missing parameter, another shape or dtype)."""
     plan = tensor_parallel_plan(model)
     tp = len(shards)
     merged = {}
     for name, full in model.state_dict().items():
         if name not in plan:
-            merged[name] = shards[0][name].clone()
+            merged[name] = _rank_shard(shards, 0, name, None).clone()
             continue
         rule = plan[name]
-        out = torch.empty(full.shape, dtype=shards[0][name].dtype)
-        for rank, state in enumerate(shards):
-            out.index_copy_(rule.dim, rule.indices(full.shape[rule.dim], tp, rank), state[name])
+        size = full.shape[rule.dim]
+        if size % (rule.blocks * tp):
+            raise _unfit(
+                f"the model's {name} has {size} along dim {rule.dim}, which does not split into {tp} tensor-parallel "
+                f"rank(s){f' x {rule.blocks} blocks' if rule.blocks > 1 else ''}"
+            )
+        shape = full.shape[: rule.dim] + (size // tp,) + full.shape[rule.dim + 1 :]
+        first = _rank_shard(shards, 0, name, shape)
+        out = torch.empty(full.shape, dtype=first.dtype)
+        for rank in range(tp):
+            shard = _rank_shard(shards, rank, name, shape)
+            if shard.dtype != first.dtype:
+                raise _unfit(
+                    f"tensor-parallel rank {rank} of {tp} holds {name} in {shard.dtype}, rank 0 in {first.dtype}"
+                )
+            out.index_copy_(rule.dim, rule.indices(size, tp, rank), shard)
         merged[name] = out
     return merged
+
+
+def _rank_shard(
+    shards: list[dict[str, torch.Tensor]], rank: int, name: str, shape: tuple[int, ...] | None
+) -> torch.Tensor:
+    """Rank `rank`'s slice of `name`, checked: an index_copy_ of a slice of another shape raised an IndexError
+    traceback (a missing one a KeyError), and a shorter slice would have left rows of torch.empty in the merge."""
+    shard = shards[rank].get(name)
+    if not isinstance(shard, torch.Tensor):
+        raise _unfit(f"tensor-parallel rank {rank} of {len(shards)} holds no {name}")
+    if shape is not None and tuple(shard.shape) != tuple(shape):
+        raise _unfit(
+            f"tensor-parallel rank {rank} of {len(shards)} holds {name} of shape {list(shard.shape)}, where the "
+            f"model's split over {len(shards)} rank(s) needs {list(shape)}"
+        )
+    return shard
+
+
+def _unfit(problem: str) -> NgptConfigError:
+    return NgptConfigError(
+        f"the tensor-parallel checkpoint's weights do not fit its model config: {problem}. The files (mp_rank_XX, "
+        "one per tensor-parallel rank) are damaged, altered or from another model, or its config.yaml is not the "
+        "one it was trained with; use another checkpoint"
+    )
