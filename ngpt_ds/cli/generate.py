@@ -92,6 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda: _generate(args), args)
 
 
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, as a shell reports a command that wrote into a closed pipe (`yes | head -1`)."""
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout is gone (`ngpt-generate ... | head -1`): stop quietly, as `yes | head -1` does,
+    where a BrokenPipeError traceback ended the command with status 1. stdout is pointed at
+    /dev/null so that Python's flush at exit does not raise it again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (main() called with it replaced)
+        pass
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def _generate(args: argparse.Namespace) -> int:
     warnings.formatwarning = lambda message, *_, **__: f"\nwarning: {message}\n"
     from ngpt_ds.infer import Sampling, generate, load
@@ -125,21 +143,24 @@ def _generate(args: argparse.Namespace) -> int:
     seq_len = loaded.config.seq_len
     max_context = seq_len if args.max_context is None else args.max_context
     check_prompt_length(len(loaded.tokenizer.encode(prompt)), max_context, seq_len)
-    if not args.no_echo:
-        print(prompt, end="", flush=True)
-    result = generate(
-        loaded.model,
-        loaded.tokenizer,
-        prompt,
-        max_new_tokens=args.max_new_tokens,
-        sampling=sampling,
-        seed=args.seed,
-        max_context=args.max_context,
-        use_cache=not args.no_cache,
-        stop_at_eos=not args.ignore_eos,
-        on_text=lambda piece: print(piece, end="", flush=True),
-    )
-    print(flush=True)
+    try:
+        if not args.no_echo:
+            print(prompt, end="", flush=True)
+        result = generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            sampling=sampling,
+            seed=args.seed,
+            max_context=args.max_context,
+            use_cache=not args.no_cache,
+            stop_at_eos=not args.ignore_eos,
+            on_text=lambda piece: print(piece, end="", flush=True),
+        )
+        print(flush=True)
+    except BrokenPipeError:
+        return _stdout_closed()
     print(
         f"[{len(result.new_ids)} tokens{', stopped at end of text' if result.stopped_at_eos else ''}]", file=sys.stderr
     )
