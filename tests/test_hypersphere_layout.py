@@ -67,6 +67,29 @@ def test_sixteen_bit_masters_under_the_old_block_name_bfloat16_are_refused(key):
     assert refusal({"bfloat16": {"enabled": True}, "zero_optimization": {"stage": 2}}) is None
 
 
+@pytest.mark.parametrize(
+    "precision, accumulated", [("fp32", "bf16"), ("bf16", "fp32"), ("bf16", "fp16"), ("bf16", "float32")]
+)
+def test_zero0_gradient_accumulation_in_another_dtype_is_refused_at_startup(precision, accumulated):
+    """Fault: `data_types.grad_accum_dtype` other than the model's precision at ZeRO 0 was accepted, and every rank
+    stopped inside deepspeed.initialize in a NotImplementedError traceback ("unsupported mix of
+    model_dtype=torch.float32 and grad_accum_dtype=torch.bfloat16"): without ZeRO, DeepSpeed has an optimizer
+    holding the fp32 masters only for gradients accumulated in the model's dtype."""
+    config = {"bf16": {"enabled": precision == "bf16"}, "data_types": {"grad_accum_dtype": accumulated}}
+    message = refusal({**config, "zero_optimization": {"stage": 0}})
+    assert message is not None
+    assert (
+        f"data_types.grad_accum_dtype = '{accumulated}': DeepSpeed accumulates gradients only in the model's "
+        f'precision ({precision}) at ZeRO stage 0; set it to "{precision}" or remove it, or set '
+        "zero_optimization.stage to 1, 2 or 3"
+    ) in message
+    assert (
+        refusal({**config, "zero_optimization": {"stage": 1}}) is None
+    )  # ZeRO: DeepSpeedZeroOptimizer, BF16_Optimizer
+    same = {"bf16": {"enabled": precision == "bf16"}, "data_types": {"grad_accum_dtype": precision}}
+    assert refusal({**same, "zero_optimization": {"stage": 0}}) is None
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     from conftest import torchrun

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ngpt_ds.errors import Problems
 from ngpt_ds.train.ds_schema import block as _block
 
@@ -49,6 +51,39 @@ def check_masters_and_offload(config: dict[str, Any], stage: Any, p: Problems) -
         )
     _check_offload(config, stage, p)
     _check_round_robin(config, stage, p)
+    _check_zero0_accumulation(config, bf16, stage, p)
+
+
+def _check_zero0_accumulation(config: dict[str, Any], bf16: str, stage: Any, p: Problems) -> None:
+    """`data_types.grad_accum_dtype` at ZeRO 0: DeepSpeed picks the optimizer that holds the fp32 masters from the
+    model's precision and this dtype, and without ZeRO knows only the pairs where they are equal. Any other
+    (fp32 with bf16, bf16 with fp32, bf16 with fp16) stopped every rank inside deepspeed.initialize, after the
+    process group had started, in a NotImplementedError traceback ("unsupported mix of model_dtype=... and
+    grad_accum_dtype=...")."""
+    from deepspeed.runtime.config import DtypeEnum
+
+    value = _block(config, "data_types").get("grad_accum_dtype")
+    if stage != 0 or value is None:
+        return
+    try:
+        accumulated = DtypeEnum(value).value
+    except (ValueError, TypeError):  # not a dtype name: the schema check names it
+        return
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    model = (
+        "bf16"
+        if _block(config, bf16).get("enabled") is True
+        else "fp16"
+        if _block(config, "fp16").get("enabled") is True
+        else "fp32"
+    )
+    p.check(
+        names.get(accumulated) == model,
+        "data_types.grad_accum_dtype",
+        value,
+        f'DeepSpeed accumulates gradients only in the model\'s precision ({model}) at ZeRO stage 0; set it to "{model}" '
+        "or remove it, or set zero_optimization.stage to 1, 2 or 3",
+    )
 
 
 def _check_round_robin(config: dict[str, Any], stage: Any, p: Problems) -> None:
