@@ -314,6 +314,25 @@ def _space_problem(reshape: Reshape, work: Path) -> str | None:
     )
 
 
+def _remove_leftover(work: Path) -> str | None:
+    """Rank 0, before converting: remove what an earlier conversion left at `work` (a link or a file only
+    itself, never what a link points to). Returns the problem when it cannot. shutil.rmtree(ignore_errors=True)
+    silently left a link, a file, or a folder holding entries this user cannot delete, and every rerun then
+    stopped on a bare '[Errno 17] File exists' from the mkdir that followed."""
+    try:
+        if work.is_symlink() or (work.exists() and not work.is_dir()):
+            work.unlink()
+        elif work.exists():
+            shutil.rmtree(work)
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(work) else ""
+        return (
+            f"cannot remove {work}, left there by an earlier conversion: {err.strerror or err}{where}. Remove it "
+            "and rerun"
+        )
+    return None
+
+
 def convert(reshape: Reshape, device: torch.device) -> bool:
     """Collective: make `reshape.target` (rank 0 converts, or reuses an intact earlier conversion).
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
@@ -326,9 +345,10 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=verify_on_all_ranks)
     if rank == 0 and not reused:
         try:  # a failure here is reported through the gather below, so no rank is left waiting
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            problem = _space_problem(reshape, work)
+            problem = _remove_leftover(work)
+            if problem is None:
+                work.mkdir(parents=True)
+                problem = _space_problem(reshape, work)
             if problem is None:
                 proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
         except OSError as err:
