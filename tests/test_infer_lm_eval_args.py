@@ -1,6 +1,7 @@
 """lm-eval's batch-size spellings reach the ngpt_ds adapter's model_args unchanged; each is understood."""
 
 import pytest
+from test_infer_export_load import small_export  # noqa: F401  (module fixture)
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[eval]")
 
@@ -14,3 +15,20 @@ def test_auto_batch_size_with_a_schedule_is_understood():
     assert [_int_arg(v, "batch_size", 16) for v in ("auto", "auto:4", "8", 8, None, "")] == [16, 16, 8, 8, 16, 16]
     with pytest.raises(NgptConfigError, match="model_args batch_size = 'eight': must be an integer"):
         _int_arg("eight", "batch_size", 16)
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_max_length_below_one_is_refused_naming_it(small_export, value):  # noqa: F811
+    """Fault: `--model_args path=...,max_length=0` (or negative) was taken: loglikelihood_rolling stopped in a bare
+    AssertionError from lm-eval's window code (a traceback, as ngpt-lm-eval reports only NgptConfigError as
+    `error: ...`), and generate_until read 1 token of context without a word."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer.lm_eval_adapter import NgptLM
+
+    with pytest.raises(NgptConfigError) as err:
+        NgptLM(path=str(small_export), device="cpu", max_length=value)
+    assert str(err.value) == (
+        f"model_args max_length = '{value}': must be >= 1, the most tokens the model reads at once (leave it out "
+        "for the trained seq_len, 32)"
+    )
+    assert NgptLM(path=str(small_export), device="cpu", max_length="1").max_length == 1

@@ -83,6 +83,11 @@ class NgptLM(TemplateLM):
         self.tokenizer = loaded.tokenizer
         self._batch_size = max(1, _int_arg(batch_size, "batch_size", 16))
         self._max_length = _int_arg(max_length, "max_length", loaded.config.seq_len)
+        if self._max_length < 1:  # 0 was a bare AssertionError in lm-eval's rolling windows, and 1 token of context
+            raise NgptConfigError(
+                f"model_args max_length = {max_length!r}: must be >= 1, the most tokens the model reads at once "
+                f"(leave it out for the trained seq_len, {loaded.config.seq_len})"
+            )
         if self.tokenizer.eos_id < 0:
             raise NgptConfigError(
                 f"tokenizer {self.tokenizer.path} has no EOS piece; lm-eval needs one to condition the first token"
