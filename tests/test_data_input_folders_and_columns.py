@@ -58,10 +58,28 @@ def test_json_files_whose_other_fields_differ_are_all_read(tmp_path):
     """Files of one corpus with other metadata beside the text (a `url` in some, an `id` that is a number in one
     and a string in another) stopped the preparation with 'could not read it (CastError: Couldn't cast)', when
     the reading came to the second kind of file, hours in on a large corpus; only the text field is used."""
-    _jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}", "id": i} for i in range(3)])
+    # 300 rows: more than one batch of a.jsonl is given before the stream reaches b.jsonl and fails.
+    _jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}", "id": i} for i in range(300)])
     _jsonl(tmp_path / "b.jsonl", [{"text": f"b{i}", "id": i, "url": "https://example.org"} for i in range(3)])
     _jsonl(tmp_path / "c.jsonl", [{"text": f"c{i}", "id": f"c-{i}"} for i in range(3)])
-    assert _texts(tmp_path / "*.jsonl") == [f"{f}{i}" for f in "abc" for i in range(3)]
+    assert _texts(tmp_path / "*.jsonl") == [f"a{i}" for i in range(300)] + [f"{f}{i}" for f in "bc" for i in range(3)]
+
+
+def test_many_files_are_read_by_few_streams(tmp_path, monkeypatch):
+    """Not a fault of the old code (which read all 300 in one stream), a guard on the fix above: a datasets
+    stream of its own for every file cost about 0.1 s each (2000 one-document files: 2 s read together, over
+    300 s one by one)."""
+    import datasets
+
+    for i in range(300):
+        (tmp_path / f"{i:03d}.txt").write_text(f"document {i}\n", encoding="utf-8")
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *a, **kw: calls.append(len(kw["data_files"])) or real(*a, **kw)
+    )
+    assert _texts(tmp_path / "*.txt", text_sample_by="document") == [f"document {i}\n" for i in range(300)]
+    assert calls == [256, 256, 44]  # the check that the corpus is not empty (its first document), then two groups
 
 
 def test_a_file_without_the_text_field_is_named_with_its_fields(tmp_path):
