@@ -89,3 +89,35 @@ def test_deepspeed_settings_that_change_the_trainers_loop_are_refused(patch, lin
 def test_the_values_that_leave_the_loop_as_it_is_pass(patch):
     """DeepSpeed's defaults, written out, and a data_efficiency block that turns everything off, ask for nothing."""
     assert check({**BASE, **patch}).grad_accum == 2
+
+
+@pytest.mark.parametrize(
+    "checkpoint, line",
+    [
+        (
+            {"checkpoint_serialization": False},
+            "checkpoint.checkpoint_serialization = False: remove it (true, DeepSpeed's default): a resume reads "
+            "checkpoints memory-mapped, which torch's legacy format cannot be, and would refuse every checkpoint of "
+            "the run as damaged",
+        ),
+        (
+            {"writer": {"type": "python"}},
+            "checkpoint.writer = '{...}': remove it: the trainer saves checkpoints with torch.save and verifies their "
+            'files itself; DeepSpeed\'s checkpoint writers replace it (README "Checkpoints")',
+        ),
+        (
+            {"writer": {}},
+            "checkpoint.writer = '{...}': remove it: the trainer saves checkpoints with torch.save and verifies their "
+            'files itself; DeepSpeed\'s checkpoint writers replace it (README "Checkpoints")',
+        ),
+    ],
+)
+def test_deepspeed_checkpoint_settings_that_replace_torch_save_are_refused(checkpoint, line):
+    """Faults: "checkpoint": {"checkpoint_serialization": false} trained and saved every checkpoint in torch's legacy
+    format, and the run's first resume refused them all ('could not be read (RuntimeError: mmap can only be used with
+    files saved with `torch.save(_use_new_zipfile_serialization=True)` ...); the checkpoint is damaged', exit 2);
+    a "writer" block ({"type": "python"}) stopped deepspeed.initialize on every rank in KeyError 'CROSS_SIZE'."""
+    with pytest.raises(NgptConfigError) as err:
+        check({**BASE, "checkpoint": {"tag_validation": "Warn", **checkpoint}})
+    assert str(err.value) == f"DeepSpeed config x.json: 1 problem\n  - {line}"
+    check({**BASE, "checkpoint": {"tag_validation": "Warn", "checkpoint_serialization": True, "writer": None}})

@@ -338,6 +338,29 @@ def check_ds_config(
     ):
         value = checkpoint_block.get(switch) if isinstance(checkpoint_block, dict) else None
         p.check(not value, f"checkpoint.{switch}", value, f'remove it: {why} (README "Checkpoints")')
+    # And two that replace torch.save's files, which every resume reads memory-mapped and verifies:
+    # - checkpoint_serialization false: torch's legacy format, which cannot be memory-mapped; the run trained and
+    #   saved, and its resume refused every checkpoint as damaged ("mmap can only be used with files saved with
+    #   `torch.save(_use_new_zipfile_serialization=True)").
+    # - writer (any block, {} included: DeepSpeed tests it against null): DeepSpeed's fast or decoupled writers;
+    #   they stopped deepspeed.initialize in KeyError 'CROSS_SIZE' on every rank started by torchrun or python.
+    checkpoint_settings = checkpoint_block if isinstance(checkpoint_block, dict) else {}
+    serialization = checkpoint_settings.get("checkpoint_serialization", True)
+    p.check(
+        serialization is True,
+        "checkpoint.checkpoint_serialization",
+        serialization,
+        "remove it (true, DeepSpeed's default): a resume reads checkpoints memory-mapped, which torch's legacy "
+        "format cannot be, and would refuse every checkpoint of the run as damaged",
+    )
+    writer = checkpoint_settings.get("writer")
+    p.check(
+        writer is None,
+        "checkpoint.writer",
+        "{...}" if isinstance(writer, dict) else writer,
+        "remove it: the trainer saves checkpoints with torch.save and verifies their files itself; DeepSpeed's "
+        'checkpoint writers replace it (README "Checkpoints")',
+    )
     model_parallel = tensor_parallel * pipeline_parallel * sequence_parallel  # the ranks of one sample
     dp = world_size // model_parallel if model_parallel and world_size % model_parallel == 0 else None
     micro = config.get("train_micro_batch_size_per_gpu")
