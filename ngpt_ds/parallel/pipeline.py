@@ -138,8 +138,16 @@ def build_pipeline(model: CausalLM, stages: int) -> PipelineModule:
 def model_parameter_name(name: str) -> str:
     """A PipelineModule parameter name (`<layer index>.<path in the layer>`) as the model's own:
     `0.embed.weight` -> `embed.weight`, `2.block.attn.qkv.weight` -> `blocks.1.attn.qkv.weight`,
-    `3.s_z.param` -> `s_z.param`. Checkpoints of a pipeline run load into the plain model with it."""
-    index, path = name.split(".", 1)
+    `3.s_z.param` -> `s_z.param`. Checkpoints of a pipeline run load into the plain model with it.
+    Raises NgptConfigError for a name not so formed: a name without a layer index ('x', 'a.block.y', the
+    checkpoint's files altered) stopped generate, evaluate and export with a ValueError traceback."""
+    index, dot, path = name.partition(".")
+    if not (dot and path and index.isascii() and index.isdecimal()) or (path.startswith("block.") and int(index) < 1):
+        raise NgptConfigError(
+            f"the pipeline checkpoint names a parameter {name!r}, where DeepSpeed's PipelineModule writes "
+            "'<layer index>.<path in the layer>' (blocks from layer 1): its files are damaged or were altered; "
+            "use another checkpoint"
+        )
     if path.startswith("block."):
         return f"blocks.{int(index) - 1}.{path.removeprefix('block.')}"
     return path
