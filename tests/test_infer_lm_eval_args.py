@@ -32,3 +32,36 @@ def test_a_max_length_below_one_is_refused_naming_it(small_export, value):  # no
         "for the trained seq_len, 32)"
     )
     assert NgptLM(path=str(small_export), device="cpu", max_length="1").max_length == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            {"path": "EXPORT", "max_lenght": 16},
+            "model_args max_lenght is not an option of the ngpt_ds model, which takes path, dtype, max_length, "
+            "tokenizer (the device and batch size come from --device and --batch_size)",
+        ),
+        (
+            {"pretrained": "EXPORT", "trust_remote_code": True},
+            "model_args pretrained, trust_remote_code are not options of the ngpt_ds model, which takes path, dtype, "
+            "max_length, tokenizer (the device and batch size come from --device and --batch_size); pretrained= is "
+            "lm-eval's hf model's name for it, this model's is path=",
+        ),
+    ],
+)
+def test_a_model_arg_the_model_does_not_take_is_refused_naming_it(small_export, args, message):  # noqa: F811
+    """Fault: NgptLM took any keyword (**unused) and dropped it: `--model_args path=...,max_lenght=16` scored at the
+    trained seq_len without a word, and `pretrained=EXPORT` (the hf model's spelling) was reported as a missing
+    path. lm-eval itself passes only batch_size, max_batch_size and device, which the model names."""
+    from lm_eval.api.registry import get_model
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer.lm_eval_adapter import NgptLM
+
+    given = {k: str(small_export) if v == "EXPORT" else v for k, v in args.items()}
+    with pytest.raises(NgptConfigError) as err:
+        get_model("ngpt_ds").create_from_arg_obj(given, {"batch_size": 2, "max_batch_size": None, "device": "cpu"})
+    assert str(err.value) == message
+    lm = get_model("ngpt_ds").create_from_arg_obj({"path": str(small_export)}, {"batch_size": 2, "device": "cpu"})
+    assert isinstance(lm, NgptLM) and (lm.batch_size, lm.max_length) == (2, 32)

@@ -14,9 +14,9 @@ From Python: `import ngpt_ds.infer.lm_eval_adapter` and then
 
 model_args: path (required), dtype (float32), max_length (the trained seq_len: longer inputs
 keep their last max_length tokens), tokenizer (a .model to use instead of the model's own;
-checked against it). The device and batch size come from lm_eval's --device (its default
-cuda:0 falls back to the CPU when there is no GPU) and --batch_size (default here, and for
-lm-eval's `auto` and `auto:N`: 16).
+checked against it); any other is refused, naming it. The device and batch size come from
+lm_eval's --device (its default cuda:0 falls back to the CPU when there is no GPU) and
+--batch_size (default here, and for lm-eval's `auto` and `auto:N`: 16).
 """
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ def _int_arg(value: object, name: str, default: int) -> int:
         raise NgptConfigError(f"model_args {name} = {value!r}: must be an integer") from None
 
 
+MODEL_ARGS = ("path", "dtype", "max_length", "tokenizer")
+"""What --model_args may set (lm-eval passes batch_size, max_batch_size and device from its own options)."""
+
+
+def _unknown_args(names: list[str]) -> str:
+    """The message for model_args the model does not take (`names`, sorted)."""
+    hint = "; pretrained= is lm-eval's hf model's name for it, this model's is path=" if "pretrained" in names else ""
+    verb = "is not an option" if len(names) == 1 else "are not options"
+    return (
+        f"model_args {', '.join(names)} {verb} of the {MODEL_NAME} model, which takes "
+        f"{', '.join(MODEL_ARGS)} (the device and batch size come from --device and --batch_size){hint}"
+    )
+
+
 @register_model(MODEL_NAME)
 class NgptLM(TemplateLM):
     """nGPT / GPT from ngpt_ds behind lm-eval's LM interface (loglikelihood, rolling loglikelihood,
@@ -71,6 +85,8 @@ class NgptLM(TemplateLM):
         **unused,
     ):
         super().__init__()
+        if unused:  # a misspelled option (max_lenght=64) was dropped without a word: the run used the default
+            raise NgptConfigError(_unknown_args(sorted(unused)))
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
             warnings.warn(f"device {device} requested but no CUDA GPU is available: running on the CPU", stacklevel=2)
             device = "cpu"
