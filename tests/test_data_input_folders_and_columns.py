@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ngpt_ds.data import sources
 from ngpt_ds.data.sources import CorpusSpec, open_corpus
 from ngpt_ds.errors import NgptConfigError
 
@@ -54,15 +55,19 @@ def test_a_folder_of_text_files_loses_its_byte_order_mark(tmp_path):
     assert _texts(folder) == PARAGRAPHS
 
 
-def test_json_files_whose_other_fields_differ_are_all_read(tmp_path):
+def test_json_files_whose_other_fields_differ_are_all_read(tmp_path, monkeypatch):
     """Files of one corpus with other metadata beside the text (a `url` in some, an `id` that is a number in one
     and a string in another) stopped the preparation with 'could not read it (CastError: Couldn't cast)', when
     the reading came to the second kind of file, hours in on a large corpus; only the text field is used."""
     # 300 rows: more than one batch of a.jsonl is given before the stream reaches b.jsonl and fails.
     _jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}", "id": i} for i in range(300)])
     _jsonl(tmp_path / "b.jsonl", [{"text": f"b{i}", "id": i, "url": "https://example.org"} for i in range(3)])
-    _jsonl(tmp_path / "c.jsonl", [{"text": f"c{i}", "id": f"c-{i}"} for i in range(3)])
+    _jsonl(tmp_path / "c.jsonl", [{"text": f"c{i}", "id": f"c-{i}"} for i in range(3)] + [{"id": "no text"}])
+    told: list[str] = []
+    monkeypatch.setattr(sources._log, "warning", told.append)
     assert _texts(tmp_path / "*.jsonl") == [f"a{i}" for i in range(300)] + [f"{f}{i}" for f in "bc" for i in range(3)]
+    # The rows the failed stream read before it stopped are not counted twice.
+    assert [line.split(": ", 1)[1][:30] for line in told] == ["1 of 307 rows have no 'text' v"]
 
 
 def test_many_files_are_read_by_few_streams(tmp_path, monkeypatch):
@@ -134,3 +139,22 @@ def test_a_corpus_folder_holding_a_prepared_dataset_is_named(tiny_dataset):
         f"--input {folder} holds {tiny_dataset}, a dataset prepared by ngpt_ds, and a folder is read whole; pass "
         f"the corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
     )
+
+
+def test_rows_without_the_text_field_are_counted_and_named(tmp_path, capsys):
+    """Rows of a JSONL that hold their text under another field (`content` in every third row here), or a null,
+    were left out without a word: a third of the corpus went missing and the preparation said it was done."""
+    from pydoc_data.topics import topics
+
+    from ngpt_ds.cli.prepare import main
+
+    docs = [topics[k] for k in sorted(topics)[:40]]
+    corpus = _jsonl(tmp_path / "c.jsonl", [{"content" if i % 3 == 0 else "text": d} for i, d in enumerate(docs)])
+    argv = ["--input", str(corpus), "--out", str(tmp_path / "ds"), "--vocab-size", "512", "--workers", "1"]
+    assert main([*argv, "--val-fraction", "0.1"]) == 0
+    line = (
+        f"json files {corpus} (1 file), text field 'text': 14 of 40 rows have no 'text' value (null, or the field "
+        "missing from the row) and were left out; if their text is under another field, pass --text-field or fix "
+        "those rows"
+    )
+    assert capsys.readouterr().err.count(line) == 1  # the whole pass, not the tokenizer's sample of it

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ngpt_ds import log
 from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
 from ngpt_ds.errors import NgptConfigError
+
+_log = log.get(__name__)
 
 _FORMATS = {
     ".txt": "text",
@@ -118,6 +121,8 @@ class Corpus:
         self._files = tuple(files)
         self._text_builder = text_builder  # datasets' text builder: its files' byte order marks are dropped
         self._reading: str | None = None  # the local file being read, named by errors
+        self._rows_read = self._null_rows = 0  # rows of this pass, and those without a text value
+        self._told_null = False  # the count is the same at every whole pass (tokenizer training, tokenizing)
 
     def _dataset(self, data_files: list[str] | None = None) -> Any:
         import datasets
@@ -135,6 +140,7 @@ class Corpus:
     def texts(self) -> Iterator[str]:
         """Non-empty document strings, in corpus order."""
         self._reading = None
+        self._rows_read = self._null_rows = 0
         try:
             yield from self._texts()
         except NgptConfigError:
@@ -145,6 +151,16 @@ class Corpus:
             raise NgptConfigError(
                 f"{self.description}: could not read {what} ({type(e).__name__}: {first_line}); {self._read_hint()}"
             ) from None
+        # Said once a whole pass is read (not after the tokenizer's sample of it): rows whose text is under another
+        # field, or null, were left out without a word, a third of a corpus as easily as none.
+        if self._null_rows and not self._told_null:
+            self._told_null = True
+            field = self.spec.text_field
+            _log.warning(
+                f"{self.description}: {self._null_rows:,} of {self._rows_read:,} rows have no {field!r} value (null, "
+                "or the field missing from the row) and were left out; if their text is under another field, pass "
+                "--text-field or fix those rows"
+            )
 
     def _read_hint(self) -> str:
         if self.kind == "files":
@@ -165,7 +181,7 @@ class Corpus:
 
     def _group(self, files: Sequence[str]) -> Iterator[str]:
         """The documents of `files`: one stream, or file by file where that stream fails (the class docstring)."""
-        given = 0
+        given, counts = 0, (self._rows_read, self._null_rows)
         if len(files) > 1:
             self._reading = None
             try:
@@ -174,7 +190,8 @@ class Corpus:
                     given += 1
                 return
             except (NgptConfigError, *_READ_ERRORS):
-                pass  # read again below, one file at a time, past the `given` documents
+                # Read again below, one file at a time, past the `given` documents; its rows are counted there.
+                self._rows_read, self._null_rows = counts
         for file in files:
             self._reading = file
             for text in self._rows([file]):
@@ -205,10 +222,14 @@ class Corpus:
                 return
             if field not in batch:
                 raise self._unknown_field(sorted(batch))
+            self._rows_read += len(batch[field])
             for text in batch[field]:
+                if text is None:
+                    self._null_rows += 1
+                    continue
                 if strip_bom and isinstance(text, str) and text.startswith(_BOM):
                     text = text[1:]
-                if text is None or text == "":
+                if text == "":
                     continue
                 if not isinstance(text, str):
                     raise NgptConfigError(
