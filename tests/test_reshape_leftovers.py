@@ -1,11 +1,11 @@
 """Fault: a resume at another data-parallel size removed what an earlier conversion left at
 checkpoints/step_N-universal.tmp-save with shutil.rmtree(ignore_errors=True), which silently leaves a link
-(a run folder handed over or copied with links), a file, or a folder it cannot delete. The mkdir after it
+(a run folder handed over or copied with links) or a folder it cannot delete. The mkdir after it
 then failed, and every rerun stopped on "could not start DeepSpeed's ds_to_universal in ...: [Errno 17]
 File exists", which named neither the cause nor the fix.
 
-A link or a file is now removed itself (never what a link points to), and a leftover that cannot be removed
-is named with the reason and the fix.
+A link is now removed itself (never what it points to), and a leftover folder that cannot be removed is
+named with the reason and the fix.
 """
 
 import subprocess
@@ -36,12 +36,15 @@ def test_a_link_left_at_the_conversions_work_folder_is_removed_and_the_resume_co
     assert not work.exists() and not work.is_symlink()
 
 
-def test_a_leftover_file_goes_and_one_that_cannot_be_removed_is_named(tmp_path, mount_tmpfs):
+def test_a_link_to_a_file_goes_alone_and_a_folder_that_cannot_be_removed_is_named(tmp_path, mount_tmpfs):
     from ngpt_ds.train.reshape import _remove_leftover
 
+    kept = tmp_path / "kept.txt"
+    kept.write_text("not the trainer's\n")
     work = tmp_path / "step_00000010-universal.tmp-save"
-    work.write_text("a file, not a folder\n")
-    assert _remove_leftover(work) is None and not work.exists()
+    work.symlink_to(kept)
+    assert _remove_leftover(work) is None and not work.is_symlink()
+    assert kept.read_text() == "not the trainer's\n"
     assert _remove_leftover(work) is None  # nothing there: nothing to do
 
     point = mount_tmpfs(1 << 20)

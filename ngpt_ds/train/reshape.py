@@ -258,12 +258,16 @@ def _start_converter(source: Path, output: Path, log: Path) -> subprocess.Popen:
     env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[CONVERTER_PARENT_VARIABLE] = str(os.getpid())
     with open(log, "w", encoding="utf-8") as f:
+        # `python -m` puts its working folder first on sys.path: run from a folder holding another ngpt_ds (a
+        # checkout of another version, a shared /tmp), the child ran that package's converter, not this one.
+        # It runs in the package's own root instead, with the paths made absolute (--out may be relative).
         return subprocess.Popen(
-            [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(output)],
+            [sys.executable, "-m", "ngpt_ds.train.reshape", os.path.abspath(source), os.path.abspath(output)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
             stdin=subprocess.DEVNULL,
+            cwd=package_root,
         )
 
 
@@ -315,14 +319,15 @@ def _space_problem(reshape: Reshape, work: Path) -> str | None:
 
 
 def _remove_leftover(work: Path) -> str | None:
-    """Rank 0, before converting: remove what an earlier conversion left at `work` (a link or a file only
-    itself, never what a link points to). Returns the problem when it cannot. shutil.rmtree(ignore_errors=True)
-    silently left a link, a file, or a folder holding entries this user cannot delete, and every rerun then
-    stopped on a bare '[Errno 17] File exists' from the mkdir that followed."""
+    """Rank 0, before converting: remove the work folder an earlier conversion left, or a link there (only
+    the link, never what it points to). Returns the problem when it cannot. shutil.rmtree(ignore_errors=True)
+    silently left a link (a run folder handed over, or copied with links) or a folder holding entries this
+    user cannot delete, and every rerun then stopped on a bare '[Errno 17] File exists' from the mkdir that
+    followed. Anything else there (a file) is no conversion's: the mkdir names it, as before."""
     try:
-        if work.is_symlink() or (work.exists() and not work.is_dir()):
+        if work.is_symlink():
             work.unlink()
-        elif work.exists():
+        elif work.is_dir():
             shutil.rmtree(work)
     except OSError as err:
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(work) else ""
