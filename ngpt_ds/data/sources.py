@@ -297,6 +297,12 @@ def open_corpus(spec: CorpusSpec) -> Corpus:
     unknown splits, or an unreachable hub dataset."""
     if not spec.inputs:
         raise NgptConfigError("no --input given; pass files, a glob, a saved dataset dir or a hub dataset name")
+    blank = next((s for s in spec.inputs if not s.strip()), None)
+    if blank is not None:  # datasets looked it up on the hub: an IndexError traceback for ''
+        raise NgptConfigError(
+            f"--input {blank!r}: an empty name (an unset shell variable?); pass files, a glob, a folder or a hub "
+            "dataset name"
+        )
     if spec.text_sample_by not in TEXT_SAMPLE_BY:
         raise NgptConfigError(f"--text-sample-by {spec.text_sample_by!r}: use one of {', '.join(TEXT_SAMPLE_BY)}")
     first = os.path.expanduser(spec.inputs[0])
