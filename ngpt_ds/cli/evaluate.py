@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ngpt_ds.data.staging import missing_hint
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import evaluate, format_table, load
 
@@ -121,6 +123,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = args.data or loaded.info.get("data_dir")
     if not data:
         raise NgptConfigError(f"{args.model} records no dataset; pass --data DIR")
+    if not args.data and not os.path.lexists(data) and not missing_hint(Path(data)):
+        # The training run's data_dir, as given to the trainer: from another folder or machine it is not there,
+        # and the dataset's own message ('prepare it with launch/prepare_data.py') sent the user to tokenize anew.
+        # (A copy a killed --overwrite set aside there is named by the dataset's loader, with its fix.)
+        relative = "" if os.path.isabs(data) else ", a path relative to the folder training ran in"
+        raise NgptConfigError(
+            f"{args.model} records its training data as {data} (the run's data_dir{relative}), which is not a "
+            "folder here; pass --data DIR, a dataset prepared with the model's tokenizer"
+        )
     print(f"evaluating {loaded.describe()} on {data} ({args.split})", file=sys.stderr)
     results = evaluate(
         loaded,
