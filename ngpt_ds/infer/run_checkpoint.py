@@ -8,6 +8,7 @@ merged) are read by ngpt_ds.deepspeed_files, the one module that knows their lay
 
 from __future__ import annotations
 
+import json
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,30 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if is_export(path):  # load() takes exports; export.py, which reads checkpoints, came here with one
         raise NgptConfigError(
             f"{path} is an exported model, and export.py reads a checkpoint (step_N with COMPLETE) or a training "
-            f"run's folder: export from the checkpoint it was made from (its {CONFIG_FILE} names it under "
-            "training.checkpoint)"
+            f"run's folder: export from the checkpoint it was made from ({_recorded_checkpoint(path)})"
         )
     raise NgptConfigError(
         f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
         "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
     )
+
+
+def _recorded_checkpoint(export: Path) -> str:
+    """Where an export's config.json names the checkpoint it was made from, and that checkpoint: an ngpt_ds
+    export under training.checkpoint, a --format hf one under ngpt_ds_export.training.checkpoint (the message
+    named the first for both)."""
+    try:
+        config = json.loads((export / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, *UNPARSABLE):
+        config = None
+    if isinstance(config, dict) and isinstance(config.get("ngpt_ds_export"), dict):
+        key, section = "ngpt_ds_export.training.checkpoint", config["ngpt_ds_export"].get("training")
+    else:
+        key, section = "training.checkpoint", config.get("training") if isinstance(config, dict) else None
+    recorded = section.get("checkpoint") if isinstance(section, dict) else None
+    if isinstance(recorded, str) and recorded:
+        return f"{recorded}, {key} in its {CONFIG_FILE}"
+    return f"its {CONFIG_FILE} names it under {key}"
 
 
 def read_run_config(checkpoint: Path) -> dict[str, Any]:
