@@ -90,6 +90,24 @@ def test_zero0_gradient_accumulation_in_another_dtype_is_refused_at_startup(prec
     assert refusal({**same, "zero_optimization": {"stage": 0}}) is None
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_elastic_checkpoint_is_refused_at_zero_1_and_2(stage):
+    """Fault: `zero_optimization.elastic_checkpoint: true` was accepted. A 2-rank ZeRO-2 run trained and saved,
+    and its resume stopped every rank in a bare AssertionError traceback in DeepSpeed's
+    _load_legacy_checkpoint (`BASE_OPTIMIZER_STATE_STEP in all_state_dict[0]`), and with the key removed in a
+    KeyError 'base_optimizer_state_step': no checkpoint of the run could be resumed."""
+    message = refusal({"zero_optimization": {"stage": stage, "elastic_checkpoint": True}})
+    assert message is not None
+    assert (
+        "zero_optimization.elastic_checkpoint = True: not supported: DeepSpeed cannot resume the checkpoints it "
+        "writes with it for the trainer's AdamW; a resume at another number of ranks needs no setting (the "
+        "universal checkpoint); remove it"
+    ) in message
+    assert refusal({"zero_optimization": {"stage": stage, "elastic_checkpoint": False}}) is None
+    for ignored in (0, 3):  # DeepSpeed ignores it there (at 3 with a warning)
+        assert refusal({"zero_optimization": {"stage": ignored, "elastic_checkpoint": True}}) is None
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     from conftest import torchrun

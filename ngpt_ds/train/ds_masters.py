@@ -52,6 +52,24 @@ def check_masters_and_offload(config: dict[str, Any], stage: Any, p: Problems) -
     _check_offload(config, stage, p)
     _check_round_robin(config, stage, p)
     _check_zero0_accumulation(config, bf16, stage, p)
+    _check_elastic_checkpoint(config, stage, p)
+
+
+def _check_elastic_checkpoint(config: dict[str, Any], stage: Any, p: Problems) -> None:
+    """`elastic_checkpoint` at ZeRO 1/2 saves the fp32 master partitions merged, without the optimizer's step
+    where DeepSpeed 0.19 reads it back for the trainer's torch AdamW: a run trained and saved, and every resume
+    stopped each rank in a bare AssertionError traceback (KeyError 'base_optimizer_state_step' with the key
+    removed), so none of its checkpoints could be resumed. A resume at another number of ranks goes through the
+    universal checkpoint instead (README "Resuming at another world size"). DeepSpeed ignores it at stages 0
+    and 3."""
+    value = _block(config, "zero_optimization").get("elastic_checkpoint")
+    p.check(
+        value in (None, False) or stage not in (1, 2),
+        "zero_optimization.elastic_checkpoint",
+        value,
+        "not supported: DeepSpeed cannot resume the checkpoints it writes with it for the trainer's AdamW; "
+        "a resume at another number of ranks needs no setting (the universal checkpoint); remove it",
+    )
 
 
 def _check_zero0_accumulation(config: dict[str, Any], bf16: str, stage: Any, p: Problems) -> None:
