@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,26 @@ def yaml11_number_problem(text: str, value: int | float) -> str | None:
     return None
 
 
+MAX_CONFIG_FILE_BYTES = 2**20
+"""The largest config file read (a model/train YAML or a DeepSpeed JSON): some 500 times the largest shipped one.
+Read whole, a file given by mistake (a dataset shard, a checkpoint) held several times its size in memory on every
+rank before any message: a 512 MiB file given to --deepspeed_config took 1.8 GB and 16 s to be called invalid."""
+
+
+def read_config_text(path: Path, what: str) -> str:
+    """The text of a config file of at most MAX_CONFIG_FILE_BYTES, read no further than that. Raises NgptConfigError
+    for a larger file, OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_CONFIG_FILE_BYTES + 1)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise NgptConfigError(
+            f"{what} {path} holds {max(size, len(data))} bytes, more than any config file ({MAX_CONFIG_FILE_BYTES} "
+            "at most): it is some other file (a dataset shard, a checkpoint?); give the config file"
+        )
+    return data.decode("utf-8")
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Parse a YAML config file into a mapping; duplicate keys, keys that YAML reads as values (`on:`,
     `1:`), numbers that YAML 1.1 reads as others (`010`: 8, `1:30`: 90; yaml11_number_problem), syntax errors
@@ -377,9 +398,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path, "config")
     except OSError as err:  # a file that exists but cannot be read (permissions, EIO) was a traceback
         raise NgptConfigError(f"config {unreadable(path, err)}") from None
+    except NgptConfigError:
+        raise
     except UNPARSABLE as err:
         raise NgptConfigError(f"{path}: cannot be read as YAML ({type(err).__name__}: {err})") from None
     try:
