@@ -61,3 +61,15 @@ def test_a_deepspeed_json_of_many_keys_is_read_in_linear_time(tmp_path):
     path.write_text(json.dumps({"k0": 0})[:-1] + ', "k1": 1, "k0": 2, "k1": 3}')
     with pytest.raises(NgptConfigError, match=r"many.json: key\(s\) k0, k1 appear twice in one object; keep one"):
         load_ds_config(path)
+
+
+def test_config_files_saved_with_a_byte_order_mark_are_read(tmp_path):
+    """Fault: a DeepSpeed JSON saved as "UTF-8 with BOM" (Windows editors) was refused as "not valid JSON at line 1,
+    column 1: Unexpected UTF-8 BOM (decode using utf-8-sig)", advice for a programmer, while a YAML config saved so
+    was read."""
+    ds = tmp_path / "ds.json"
+    ds.write_bytes(b'\xef\xbb\xbf{"train_micro_batch_size_per_gpu": 2}')
+    assert load_ds_config(ds) == {"train_micro_batch_size_per_gpu": 2}
+    config = tmp_path / "model.yaml"
+    config.write_bytes(b"\xef\xbb\xbfmodel: {n_layer: 2}\n")
+    assert load_model_and_train(str(config))[0].n_layer == 2

@@ -331,7 +331,8 @@ rank before any message: a 512 MiB file given to --deepspeed_config took 1.8 GB 
 
 def read_config_text(path: Path, what: str) -> str:
     """The text of a config file of at most MAX_CONFIG_FILE_BYTES, read no further than that. Raises NgptConfigError
-    for a larger file, OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8."""
+    for a larger file, OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8 (a leading byte-order
+    mark is dropped)."""
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         data = f.read(MAX_CONFIG_FILE_BYTES + 1)
@@ -340,7 +341,9 @@ def read_config_text(path: Path, what: str) -> str:
             f"{what} {path} holds {max(size, len(data))} bytes, more than any config file ({MAX_CONFIG_FILE_BYTES} "
             "at most): it is some other file (a dataset shard, a checkpoint?); give the config file"
         )
-    return data.decode("utf-8")
+    # utf-8-sig: a byte-order mark (Windows editors' "UTF-8 with BOM") is dropped, as YAML drops it; the JSON reader
+    # stopped at it ("Unexpected UTF-8 BOM (decode using utf-8-sig)", advice for a programmer).
+    return data.decode("utf-8-sig")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
