@@ -337,7 +337,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
     builder = kinds[0]
-    load_args: dict[str, Any] = {"path": builder}  # data_files: one file at a time (Corpus)
+    load_args: dict[str, Any] = {"path": builder}  # data_files: given per group of files (Corpus._group)
     if builder == "text":
         load_args["sample_by"] = spec.text_sample_by
     shown = ", ".join(spec.inputs)
