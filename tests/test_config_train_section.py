@@ -86,3 +86,28 @@ def test_whole_numbers_beyond_range_in_float_train_fields_are_refused(field, val
         TrainConfig.from_dict({field: value}, source="my.yaml").resolve("ngpt").validate("my.yaml")
     assert str(err.value).startswith(f"my.yaml: 1 problem\n  - {line}"), str(err.value)
     TrainConfig.from_dict({field: 1}, source="my.yaml").resolve("ngpt").validate("my.yaml")
+
+
+@pytest.mark.parametrize(
+    "train, lines",
+    [
+        ({"lr": -0.001}, ["train.lr = -0.001: must be > 0"]),
+        ({"lr": 0}, ["train.lr = 0: must be > 0"]),
+        (
+            {"lr": -0.001, "min_lr": -1},
+            ["train.lr = -0.001: must be > 0", "train.min_lr = -1: must be in [0, lr = -0.001]"],
+        ),
+        ({"lr": 0.01, "min_lr": 0.02}, ["train.min_lr = 0.02: must be in [0, lr = 0.01]"]),
+    ],
+)
+def test_a_refused_lr_does_not_make_a_sound_min_lr_a_problem_too(tmp_path, train, lines):
+    """Fault: `lr: -0.001` was reported with a second problem, "train.min_lr = 0.0: must be in [0, lr = -0.001]",
+    which names the default min_lr, a sound value, as wrong."""
+    path = tmp_path / "x.yaml"
+    path.write_text(f"model: {{n_layer: 2}}\ntrain: {train}\n".replace("'", ""))
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    n = len(lines)
+    assert str(err.value) == f"train config ({path}): {n} problem{'s' if n > 1 else ''}\n" + "\n".join(
+        f"  - {line}" for line in lines
+    )

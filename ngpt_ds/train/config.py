@@ -138,7 +138,13 @@ class TrainConfig:
             "must be an integer in [0, 2**64 - 1]",
         )
         p.check(self.lr > 0, "train.lr", self.lr, "must be > 0")
-        p.check(0 <= self.min_lr <= self.lr, "train.min_lr", self.min_lr, f"must be in [0, lr = {self.lr}]")
+        # Against an lr that is itself refused, a sound min_lr (0.0) was named as a second problem.
+        p.check(
+            0 <= self.min_lr <= self.lr or (self.lr <= 0 and self.min_lr >= 0),
+            "train.min_lr",
+            self.min_lr,
+            f"must be in [0, lr = {self.lr}]",
+        )
         p.check(
             self.weight_decay is None or self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0"
         )
