@@ -23,7 +23,7 @@ import torch
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
-from ngpt_ds.infer.loading import LoadedModel, load_checkpoint, load_export
+from ngpt_ds.infer.loading import LoadedModel, checkpoint_tokenizer, load_checkpoint, load_export
 from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
 from ngpt_ds.model import max_norm_deviation, sphere_matrices
 from ngpt_ds.overwrite import check_not_source, check_replaceable
@@ -112,6 +112,11 @@ def export_model(
             f"cannot export to {out}: its folder {out.parent} cannot be written ({_reason(err)}); choose another --out"
         ) from None
     try:
+        if format == "hf":
+            from ngpt_ds.hf.tokenizer import build_hf_tokenizer
+
+            # A tokenizer the hf format refuses (unigram) is named now, not after the weights are consolidated.
+            build_hf_tokenizer(checkpoint_tokenizer(source, tokenizer).path)
         loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
         check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])
         deviation = max_norm_deviation(loaded.model)

@@ -301,6 +301,12 @@ def _model_config(values: Any, source: str) -> ModelConfig:
     return config
 
 
+def checkpoint_tokenizer(checkpoint: Path, override: str | Path | None = None) -> Tokenizer:
+    """The tokenizer load_checkpoint would use for the complete `checkpoint` (its run's dataset's, or `override`),
+    without reading any weight: for checks that must not wait for the weights (export --format hf)."""
+    return _checkpoint_tokenizer(read_run_config(checkpoint), checkpoint, override)[0]
+
+
 def load_checkpoint(
     path: str | Path,
     *,
