@@ -40,6 +40,10 @@ class NgptConfigError(ValueError):
     """
 
 
+MAX_LISTED = 50
+"""Problems listed in one error; the rest are counted."""
+
+
 class Problems:
     """Collects problems found while validating one object, then raises them together.
 
@@ -80,7 +84,7 @@ class Problems:
                 hint = ""
                 if isinstance(value, str) and _has_type(1.0, expected) and _is_number(value):
                     hint = (
-                        f" (YAML reads {value} as text; write it with a dot, e.g. {float(value)!r})"
+                        f" (YAML reads {value} as text; write it with a dot, e.g. {_yaml_float(value)})"
                         if _unquoted_yaml_text(value)
                         else " (a quoted number is text in YAML: remove the quotes)"
                     )
@@ -91,10 +95,13 @@ class Problems:
                 self.add(f"{section}.{f.name}", value, "must be a finite number")
 
     def raise_if_any(self) -> None:
+        """One error listing the problems: the first MAX_LISTED, then how many more. A JSON object of 90,000
+        unknown keys had made a 7.6 MB message, printed by every rank."""
         if self.items:
-            lines = "\n".join(f"  - {item}" for item in self.items)
+            lines = "\n".join(f"  - {item}" for item in self.items[:MAX_LISTED])
             n = len(self.items)
-            raise NgptConfigError(f"{self.subject}: {n} problem{'s' if n > 1 else ''}\n{lines}")
+            more = f"\n  ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
+            raise NgptConfigError(f"{self.subject}: {n} problem{'s' if n > 1 else ''}\n{lines}{more}")
 
 
 def _has_type(value: object, expected: typing.Any) -> bool:
@@ -128,6 +135,16 @@ def _unquoted_yaml_text(text: str) -> bool:
         return isinstance(yaml_safe.safe_load(text), str)
     except yaml_safe.YAMLError:
         return True
+
+
+def _yaml_float(text: str) -> str:
+    """`text` (a number YAML 1.1 reads as text) as a float YAML reads as one: its mantissa needs a dot, its
+    exponent a sign ('1e-05' -> '1.0e-05'; repr's '1e-05' is the text the user wrote)."""
+    written = repr(float(text))
+    mantissa, e, exponent = written.partition("e")
+    if e and "." not in mantissa:
+        mantissa += ".0"
+    return mantissa + e + exponent
 
 
 def _is_number(text: str) -> bool:

@@ -152,8 +152,8 @@ _block = ds_schema.block
 
 
 def precision_of(config: dict[str, Any]) -> str:
-    """As DeepSpeed reads it: `bf16` (or its old name `bfloat16` when `bf16` is absent), then `fp16`."""
-    bf16 = _block(config, "bf16") if "bf16" in config else _block(config, "bfloat16")
+    """As DeepSpeed reads it: `bf16` (or its old name `bfloat16` when `bf16` is absent or null), then `fp16`."""
+    bf16 = _block(config, ds_schema.bf16_block_name(config))
     if bf16.get("enabled") is True:
         return "bf16"
     if _block(config, "fp16").get("enabled") is True:

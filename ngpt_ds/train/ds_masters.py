@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ngpt_ds.errors import Problems
+from ngpt_ds.train.ds_schema import bf16_block_name
 from ngpt_ds.train.ds_schema import block as _block
 
 
@@ -35,7 +36,7 @@ def check_masters_and_offload(config: dict[str, Any], stage: Any, p: Problems) -
     # of the cosine schedule) are lost. The run said "bf16" and its export carried 16-bit values as fp32.
     # DeepSpeed reads the bf16 settings from "bfloat16", its old name for the block, when "bf16" is absent or null:
     # masters asked for there were accepted here and reached DeepSpeed.
-    bf16 = "bf16" if config.get("bf16") is not None else "bfloat16"
+    bf16 = bf16_block_name(config)
     for block, key in (
         (bf16, "bf16_master_weights_and_grads"),
         (bf16, "bf16_optimizer_states"),

@@ -108,6 +108,12 @@ def block(config: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def bf16_block_name(config: dict[str, Any]) -> str:
+    """Where DeepSpeed reads the bf16 settings (deepspeed.runtime.precision_config.get_bfloat16_config, 0.19):
+    "bf16", or its old name "bfloat16" when "bf16" is absent or null."""
+    return "bf16" if config.get("bf16") is not None else "bfloat16"
+
+
 def check_switches(value: Any, path: str, p: Problems) -> None:
     """Every `enabled` must be a JSON boolean, and no value may be the string "true"/"false":
     DeepSpeed's pydantic models coerce "false" to False, while a truth test reads it as true."""
