@@ -35,8 +35,9 @@ def test_a_number_written_as_text_gets_the_hint_that_fits_how_it_was_written(tmp
     with pytest.raises(NgptConfigError) as err:
         load_model_and_train(str(path))
     assert "train.lr = '0.01': must be a number (a quoted number is text in YAML: remove the quotes)" in str(err.value)
-    assert "train.min_lr = '1e-5': must be a number (YAML reads 1e-5 as text; write it with a dot, e.g. 1.0e-05)" in str(
-        err.value
+    assert (
+        "train.min_lr = '1e-5': must be a number (YAML reads 1e-5 as text; write it with a dot, e.g. 1.0e-05)"
+        in str(err.value)
     )
 
 
