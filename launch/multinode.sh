@@ -53,7 +53,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 # Hosts and slots, skipping comments and blank lines.
 hosts=()
 total=0
-while read -r host rest; do
+# `|| [ -n "$host" ]`: a last line without a newline (printf, some editors) is a host too; read fails on
+# it, and the loop dropped it: mpirun started too few ranks, and a two-host file ran on the loopback.
+while read -r host rest || [ -n "$host" ]; do
   case "$host" in ''|'#'*) continue ;; esac
   # The word slots=N, not the N of max_slots=N (Open MPI's hostfiles have both: 'node slots=8 max_slots=16').
   slots=""
