@@ -61,6 +61,13 @@ while read -r host rest || [ -n "$host" ]; do
   slots=""
   [[ " $rest" =~ [[:space:]]slots=([0-9]+) ]] && slots="${BASH_REMATCH[1]}"
   [ -n "$slots" ] || { echo "error: $hostfile: '$host' has no slots=N" >&2; exit 2; }
+  # Both launchers refuse a host given twice, DeepSpeed with a ValueError traceback once every host has
+  # been probed over ssh, mpirun with an "internal error"; say it here, before anything is tried.
+  for seen in "${hosts[@]}"; do
+    [ "$seen" != "$host" ] && continue
+    echo "error: $hostfile: '$host' is listed twice; give each host one line with all its ranks (slots=N)" >&2
+    exit 2
+  done
   hosts+=("$host")
   total=$((total + slots))
 done < "$hostfile"

@@ -43,3 +43,16 @@ def test_a_single_line_without_a_newline_is_a_host(tmp_path):
     proc = dry_run(tmp_path, "mpi", "node-a slots=3")
     assert (proc.returncode, proc.stderr) == (0, "")
     assert " -np 3 " in proc.stdout
+
+
+def test_a_host_listed_twice_is_refused_before_anything_starts(tmp_path):
+    """Fault: a host given on two lines passed the script: DeepSpeed's runner stopped in a ValueError traceback
+    ('Hostfile contains multiple entries for node-a') after every host had been probed over ssh, and mpirun
+    in an ORTE 'internal error ... FORCE-TERMINATE'. Now one line names the file and the host, in both modes."""
+    for mode in ("deepspeed", "mpi"):
+        proc = dry_run(tmp_path, mode, "node-a slots=2\nnode-b slots=2\n# spare\nnode-a slots=2\n")
+        assert (proc.returncode, proc.stdout) == (2, ""), mode
+        assert proc.stderr == (
+            f"error: {tmp_path}/hostfile: 'node-a' is listed twice; give each host one line with all its ranks "
+            "(slots=N)\n"
+        )
