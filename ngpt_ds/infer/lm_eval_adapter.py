@@ -67,6 +67,19 @@ def _unknown_args(names: list[str]) -> str:
     )
 
 
+GEN_KWARGS = ("until", "max_gen_toks", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed")
+"""The generation_kwargs generate_until follows (and num_beams: 1); a task's other ones are refused."""
+
+
+def _unknown_gen_kwargs(names: list[str], given: dict) -> str:
+    shown = ", ".join(f"{name} = {given[name]!r}" for name in names)
+    return (
+        f"generation_kwargs {shown}: the {MODEL_NAME} model decodes greedily or by sampling (one beam) and "
+        f"follows only {', '.join(GEN_KWARGS)}; remove {'it' if len(names) == 1 else 'them'} from the task's "
+        "generation_kwargs or --gen_kwargs"
+    )
+
+
 @register_model(MODEL_NAME)
 class NgptLM(TemplateLM):
     """nGPT / GPT from ngpt_ds behind lm-eval's LM interface (loglikelihood, rolling loglikelihood,
@@ -220,6 +233,8 @@ class NgptLM(TemplateLM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_gen = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            if "max_new_tokens" in kwargs:  # transformers' name, which some tasks use: it wins in lm-eval's hf model
+                max_gen = int(kwargs.pop("max_new_tokens"))
             # Greedy unless the task asks for sampling (do_sample: true), as with Hugging Face models.
             temperature = float(kwargs.pop("temperature", 1.0))
             do_sample = bool(kwargs.pop("do_sample", False)) and temperature > 0
@@ -228,11 +243,16 @@ class NgptLM(TemplateLM):
                 top_k=kwargs.pop("top_k", None),
                 top_p=kwargs.pop("top_p", None),
             )
+            seed = kwargs.pop("seed", 1234)
+            if kwargs.get("num_beams", 1) == 1:
+                kwargs.pop("num_beams", None)
+            if kwargs:  # num_beams: 10 decoded greedily and a misspelled option was ignored, without a word
+                raise NgptConfigError(_unknown_gen_kwargs(sorted(kwargs), kwargs))
             context_ids = self.tok_encode(context)[-max(1, self.max_length - max_gen) :] or [self.eot_token_id]
             new_ids: list[int] = []
             text = ""
             for token in generate_ids(
-                self.model, context_ids, max_gen, sampling, seed=kwargs.pop("seed", 1234), stop_ids=[self.eot_token_id]
+                self.model, context_ids, max_gen, sampling, seed=seed, stop_ids=[self.eot_token_id]
             ):
                 token_id = int(token[0])
                 if token_id == self.eot_token_id:
