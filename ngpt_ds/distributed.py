@@ -193,8 +193,15 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         addr, port = _mpi_master(env, rank, single_host=local_world == world)
         source = "mpi"
     else:
-        return DistEnv(
-            0, 1, 0, 1, LOOPBACK, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK), "single"
+        rank, world, local_rank, local_world, source = 0, 1, 0, 1, "single"
+        addr, port = LOOPBACK, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK)
+    # Only MASTER_PORT can give a port out of range (the derived ones are not). torch refused it once the
+    # process group started, a ValueError traceback on every rank ('port must have value from 0 to
+    # 65535'); port 0 lets rank 0 listen on any port, one the other ranks cannot know.
+    if not 0 <= port <= 65535 or (port == 0 and world > 1):
+        raise NgptConfigError(
+            f"environment variable MASTER_PORT={env.get('MASTER_PORT')!r} is not a port rank 0 can listen on for "
+            f"a job of {world} rank(s): set it to a free port from 1 to 65535, or unset it"
         )
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
