@@ -33,10 +33,10 @@ def test_a_recorded_dataset_that_is_not_here_asks_for_data(small_export, tmp_pat
 
 
 def test_a_recorded_dataset_set_aside_by_a_killed_overwrite_keeps_the_loaders_message(
-    small_export,
+    small_export,  # noqa: F811
     tmp_path,
     monkeypatch,
-    capsys,  # noqa: F811
+    capsys,
 ):
     """The check above leaves to the dataset's loader a data_dir that a killed --overwrite set aside: its message
     names the copy and the `mv` that puts it back."""
