@@ -165,6 +165,15 @@ case "$mode" in
     run "${cmd[@]}"
     ;;
   mpi)
+    # torchrun's variables left in this shell (a run started by hand before): the ranks mpirun starts on this
+    # node inherit its environment and read them before Open MPI's (ngpt_ds/distributed.py), each training
+    # as that rank of that world, while the other nodes' ranks wait for them.
+    leftover=()
+    for var in RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE LOCAL_SIZE; do [ -n "${!var+set}" ] && leftover+=("$var"); done
+    if [ ${#leftover[@]} -gt 0 ]; then
+      echo "warning: ignoring ${leftover[*]} from this shell: the ranks come from mpirun" >&2
+      unset "${leftover[@]}"
+    fi
     cmd=(mpirun --hostfile "$hostfile" -np "$total" --bind-to none)
     [ "$(id -u)" = 0 ] && cmd+=(--allow-run-as-root)
     # A stop (SIGTERM or Ctrl-C to mpirun) is passed on to the ranks, which save within train.stop_grace_s;
