@@ -154,10 +154,9 @@ def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"py
     for a pip-installed ngpt-train the console script (ngpt_ds.cli.train decides)."""
     out = Path(summary.out_dir)
     done = summary.status == "finished"
-    minutes, seconds = divmod(summary.seconds, 60)
     lines = [
         f"{'Done' if done else 'Stopped'}: {_what_was_trained(out)} to step {summary.step}/{summary.max_steps}, "
-        f"{_tokens(summary.tokens)} tokens in all (this session: {int(minutes)}m{seconds:04.1f}s)"
+        f"{_tokens(summary.tokens)} tokens in all (this session: {_session_time(summary.seconds)})"
     ]
     loss_ends = _first_and_last(out / "metrics.jsonl", ("train/loss", "eval/loss"), summary.step)
     for key, name in (("train/loss", "train loss"), ("eval/loss", "validation loss")):
@@ -223,8 +222,20 @@ def _first_and_last(
 
 
 def _tokens(count: int) -> str:
-    """4096 -> '4.1k' (a short run printed '0.00M'), 614400 -> '0.61M'."""
-    return f"{count / 1e6:.2f}M" if count >= 100_000 else f"{count / 1e3:.1f}k"
+    """4096 -> '4.1k' (a short run printed '0.00M'), 614400 -> '0.61M', 2.5e9 -> '2.50B', 1.2e12 -> '1.20T' (a long
+    run printed '1200000.00M')."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e5, "M")):
+        if count >= scale:
+            return f"{count / (1e6 if suffix == 'M' else scale):.2f}{suffix}"
+    return f"{count / 1e3:.1f}k"
+
+
+def _session_time(seconds: float) -> str:
+    """312.34 -> '5m12.3s', 7 days -> '168h00m05.0s'. Rounded to a tenth before it is split: 359.97 s printed
+    '5m60.0s', and a week '10080m05.0s'."""
+    hours, tenths = divmod(round(seconds * 10), 36000)
+    minutes, tenths = divmod(tenths, 600)
+    return (f"{hours}h{minutes:02d}m" if hours else f"{minutes}m") + f"{tenths / 10:04.1f}s"
 
 
 def _perplexity(loss: float) -> str:
