@@ -19,7 +19,9 @@
 #   non-standard port, PDSH_SSH_ARGS_APPEND for more ssh options; and pdsh here. The remote shell
 #   gets only the variables DeepSpeed exports (PYTHON*, NCCL*, ...);
 #   put others, one NAME=VALUE a line, in ./.deepspeed_env or ~/.deepspeed_env.
-#   A hostfile with a single host runs locally: no pdsh, no ssh.
+#   A hostfile with a single host runs locally: no pdsh, no ssh. Over several hosts the working folder and
+#   the repository's path must hold no space and the options no shell character ($ ` ' " ~ * ; ...): pdsh
+#   hands each host one unquoted command line (refused before anything starts; mode mpi has no such limit).
 # mpi: `mpirun --hostfile HOSTFILE -np TOTAL_SLOTS python launch/train.py ...`. Each rank reads
 #   OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK, and rank 0's address and a free port reach the others
 #   through mpi4py (ngpt_ds/distributed.py), unless MASTER_ADDR/MASTER_PORT are set. OpenMPI
@@ -132,6 +134,21 @@ case "$mode" in
     fi
     [ ${#active[@]} -gt 0 ] || { echo "error: $hostfile: DEEPSPEED_ARGS ($DEEPSPEED_ARGS) leave no host" >&2; exit 2; }
     hosts=("${active[@]}")
+    if [ ${#hosts[@]} -gt 1 ]; then
+      # Over pdsh, DeepSpeed's runner sends one command line to each host's shell: `cd <working folder>;`, the
+      # script and the options joined by spaces, only an option holding a space put in double quotes. A space
+      # in the folder or the script's path splits them there (`cd /shared/my runs` fails, and the ranks start
+      # in the home directory, where a relative --data or --out points elsewhere); $, `, ~, *, quotes and the
+      # like are expanded or break the line. mpirun passes all of them intact.
+      for word in "$PWD" "$root/launch/train.py" "$@"; do
+        allowed='^[A-Za-z0-9_./=:,@%+-]*$'
+        case "$word" in "$PWD" | "$root/launch/train.py") ;; *) allowed='^[A-Za-z0-9_./=:,@%+ -]*$' ;; esac
+        [[ "$word" =~ $allowed ]] && continue
+        echo "error: deepspeed mode starts other hosts' ranks through a remote shell (pdsh), which would split" \
+             "or expand '$word': use folders without spaces and options without shell characters, or mode mpi" >&2
+        exit 2
+      done
+    fi
     master="${MASTER_ADDR:-${hosts[0]}}"
     [ ${#hosts[@]} = 1 ] && master="${MASTER_ADDR:-127.0.0.1}"   # one host: the rendezvous stays on it
     # A port some other process already listens on (another job's rendezvous): rank 0 could not
