@@ -387,7 +387,9 @@ class Trainer:
                 break
         self.stop.close()
         bar.close()
-        return self._finish(status, train_loss, val_loss, start_time, last_checkpoint)
+        # The newest complete checkpoint, what a rerun resumes from: a resumed session stopped before its first
+        # save ("stopped-unsaved") wrote "checkpoint": null beside its line naming the intact one it resumed from.
+        return self._finish(status, train_loss, val_loss, start_time, self.newest_checkpoint)
 
     def _sphere_diverged(self, step: int, train_loss: float) -> None:
         """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
@@ -509,9 +511,9 @@ class Trainer:
         )
 
     def _finish(
-        self, status: str, train_loss: float, val_loss: float, start_time: float, last_checkpoint: Path | None
+        self, status: str, train_loss: float, val_loss: float, start_time: float, newest_checkpoint: Path | None
     ) -> Summary:
-        summary = self._summary(status, self.step, train_loss, val_loss, start_time, last_checkpoint)
+        summary = self._summary(status, self.step, train_loss, val_loss, start_time, newest_checkpoint)
         problem, path = None, self.out_dir / SUMMARY_FILE
         if self.is_main:
             try:

@@ -32,8 +32,8 @@ class Summary:
     status: str
     """'finished', 'stopped' (signal, launcher gone or --max-time; checkpoint saved), 'stopped-unsaved'
     (an urgent stop came too late in train.stop_grace_s to save), 'diverged' (the loss or a sphere matrix became
-    NaN/inf at `step`, exit 2; `checkpoint` is the newest complete one, what a rerun resumes from, or None) or
-    'already-finished' (nothing to do; returned, not written)."""
+    NaN/inf at `step`, exit 2) or 'already-finished' (nothing to do; returned, not written). A written summary's
+    `checkpoint` is the newest complete one, what a rerun resumes from (None before any)."""
     step: int
     max_steps: int
     tokens: int
