@@ -63,6 +63,13 @@ while read -r host rest || [ -n "$host" ]; do
   slots=""
   [[ " $rest" =~ [[:space:]]slots=([0-9]+) ]] && slots="${BASH_REMATCH[1]}"
   [ -n "$slots" ] || { echo "error: $hostfile: '$host' has no slots=N" >&2; exit 2; }
+  # A host of no ranks, say to leave a node out: DeepSpeed still counts it as a node and this script made it
+  # the rendezvous, where no rank listens (the others waited train.dist_timeout_s); mpirun stops on it.
+  if [ "$((10#$slots))" = 0 ]; then
+    echo "error: $hostfile: '$host' has slots=0: to leave a host out, delete or comment out its line" \
+         "(deepspeed mode: or DEEPSPEED_ARGS=\"--exclude $host\")" >&2
+    exit 2
+  fi
   # Both launchers refuse a host given twice, DeepSpeed with a ValueError traceback once every host has
   # been probed over ssh, mpirun with an "internal error"; say it here, before anything is tried.
   for seen in "${hosts[@]}"; do
@@ -71,7 +78,7 @@ while read -r host rest || [ -n "$host" ]; do
     exit 2
   done
   hosts+=("$host")
-  total=$((total + slots))
+  total=$((total + 10#$slots))   # base 10: bash reads 08 as a bad octal number
 done < "$hostfile"
 [ ${#hosts[@]} -gt 0 ] || { echo "error: $hostfile lists no host" >&2; exit 2; }
 

@@ -56,3 +56,25 @@ def test_a_host_listed_twice_is_refused_before_anything_starts(tmp_path):
             f"error: {tmp_path}/hostfile: 'node-a' is listed twice; give each host one line with all its ranks "
             "(slots=N)\n"
         )
+
+
+def test_slot_counts_with_leading_zeros_are_read_in_base_10(tmp_path):
+    """Fault: bash's arithmetic read slots=010 as octal 8 (mpirun -np 8 where DeepSpeed and Open MPI read 10),
+    and slots=08 as an error ('value too great for base') that ended the reading of the hostfile: this one
+    gave -np 0, not 18."""
+    proc = dry_run(tmp_path, "mpi", "node-a slots=08\nnode-b slots=010\n")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert " -np 18 " in proc.stdout, proc.stdout
+
+
+def test_a_host_of_zero_slots_is_refused_naming_how_to_leave_it_out(tmp_path):
+    """Fault: 'node-a slots=0' (to leave a node out) made node-a the rendezvous address in deepspeed mode, while
+    DeepSpeed starts no rank there: the other hosts' ranks waited train.dist_timeout_s for it. mpirun stopped
+    on it with 'All nodes which are allocated for this job are already filled' or a slot-count error."""
+    for mode in ("deepspeed", "mpi"):
+        proc = dry_run(tmp_path, mode, "node-a slots=0\nnode-b slots=2\n")
+        assert (proc.returncode, proc.stdout) == (2, ""), mode
+        assert proc.stderr == (
+            f"error: {tmp_path}/hostfile: 'node-a' has slots=0: to leave a host out, delete or comment out its "
+            'line (deepspeed mode: or DEEPSPEED_ARGS="--exclude node-a")\n'
+        )
