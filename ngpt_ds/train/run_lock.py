@@ -35,7 +35,7 @@ from ngpt_ds.data.shards import META_FILE as DATASET_META
 from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.train.checkpoint import CHECKPOINTS
-from ngpt_ds.train.manifest import COMPLETE
+from ngpt_ds.train.manifest import COMPLETE, RefusedFile, file_kind, read_capped
 
 LOCK_FILE = "train.lock"
 RUN_CONFIG = "config.yaml"
@@ -48,12 +48,20 @@ RUN_CONFIG_FIRST_KEY = "config_source"
 and train:), so a copy cut short by a kill past that line is still recognised as the run's."""
 
 
+RUN_CONFIG_MAX_BYTES = 2**20
+"""The largest config.yaml read in --out: the trainer writes a few KiB, and config files are read no further
+than 1 MiB (ngpt_ds.train.config)."""
+
+
 def _config_sections(config: Path) -> set[str] | None:
     """The top-level keys of a YAML mapping in `config`; None when it holds none (missing, empty,
-    cut short by a kill while it was written, not YAML)."""
+    cut short by a kill while it was written, not YAML, or not (a link to) a regular file of at most
+    RUN_CONFIG_MAX_BYTES: a named pipe there hung rank 0 at startup for good, without a line, and a link to
+    /dev/zero was read until memory ran out)."""
     try:
-        data = yaml_safe.safe_load(config.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, yaml_safe.YAMLError, *UNPARSABLE):
+        text = read_capped(config, RUN_CONFIG_MAX_BYTES).decode("utf-8", errors="replace")
+        data = yaml_safe.safe_load(text)
+    except (OSError, RefusedFile, yaml_safe.YAMLError, *UNPARSABLE):
         return None
     return {str(key) for key in data} if isinstance(data, dict) else None
 
@@ -202,6 +210,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _not_regular(fd: int) -> str | None:
+    """What the open lock file is when it is no regular file ('a named pipe', 'a device'), else None."""
+    return file_kind(os.fstat(fd).st_mode)
+
+
 class RunLock:
     """The held lock. `release()` empties the file and unlocks (the file stays: unlinking a lock file races)."""
 
@@ -240,6 +253,13 @@ def acquire(out_dir: Path) -> RunLock:
             f"--out {out_dir} is not writable ({err.strerror or err}): the trainer writes "
             "its checkpoints, logs and config there. Choose a writable --out"
         ) from None
+    kind = _not_regular(fd)
+    if kind is not None:  # a named pipe or a device: its read below ended in a traceback ('Illegal seek')
+        os.close(fd)
+        raise NgptConfigError(
+            f"--out {out_dir}: {LOCK_FILE} is {kind}, not a regular file; the trainer locks {LOCK_FILE} and writes "
+            "its name into it. Remove it, then run again"
+        )
     failure = _try_lock(fd)
     text = os.pread(fd, 4096, 0).decode(errors="replace")
     previous = _parse(text)
@@ -299,6 +319,9 @@ def unless_in_use(out_dir: Path) -> Iterator[bool]:
         yield False
         return
     try:
+        if _not_regular(fd) is not None:  # no lock to take there; `acquire` refuses it with the fix
+            yield False
+            return
         failure = _try_lock(fd)
         if failure == _HELD or (failure and _running_here(_parse(os.pread(fd, 4096, 0).decode(errors="replace")))):
             yield False
