@@ -251,14 +251,15 @@ def test_a_config_file_that_cannot_be_read_is_an_error_naming_it(reader, error, 
     /proc/self/mem) stopped the trainer with a PermissionError or OSError traceback."""
     read, name, prefix = UNREADABLE[reader]
     (tmp_path / name).write_text("model: {}\n")
-    original = Path.read_text
+    for method in ("read_text", "open"):  # each reader's way in (read_config_text opens the file)
+        original = getattr(Path, method)
 
-    def fail(path, *args, **kwargs):
-        if path.name == name:
-            raise error
-        return original(path, *args, **kwargs)
+        def fail(path, *args, original=original, **kwargs):
+            if path.name == name:
+                raise error
+            return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", fail)
+        monkeypatch.setattr(Path, method, fail)
     with pytest.raises(NgptConfigError) as caught:
         read(tmp_path)
     assert str(caught.value) == prefix.format(f"{tmp_path / name} cannot be read: {reason}")
