@@ -53,6 +53,7 @@ setup(
         # declared here rather than left to torch and DeepSpeed, which need them too.
         "filelock>=3.0",
         "pydantic>=2.0",
+        "fsspec>=2023.1.0",  # data/sources.py asks it which decompressors this Python has (datasets reads through it)
     ],
     extras_require={
         # mpi4py compiles against a system MPI (Debian: openmpi-bin libopenmpi-dev).
