@@ -2,7 +2,9 @@
 
 The stop tests' configs are at the end; their other helpers are in tests/stop_helpers.py."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -146,6 +148,24 @@ def torchrun(script, *args, nproc=2, **kwargs) -> subprocess.CompletedProcess:
         *args,
     ]
     return run(cmd, **kwargs)
+
+
+@contextlib.contextmanager
+def fails_after(seconds: int, what: str):
+    """Fail the test, instead of hanging the suite, when the block runs longer than `seconds` (a read that waits
+    on a named pipe for good, a reader that takes minutes). pytest.fail, not an OSError such as TimeoutError,
+    which the readers under test may catch and report as a refusal."""
+
+    def expired(*_):
+        pytest.fail(f"{what}: still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def require_system(condition: bool, reason: str) -> None:

@@ -2,7 +2,6 @@
 (ngpt_ds.model.config.read_config_text, ngpt_ds.train.ds_config.load_ds_config)."""
 
 import json
-import signal
 
 import pytest
 
@@ -11,7 +10,7 @@ from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES
 from ngpt_ds.train.config import load_model_and_train
 from ngpt_ds.train.ds_config import load_ds_config
 
-from conftest import peak_python_bytes
+from conftest import fails_after, peak_python_bytes
 
 SIZE = 64 * 2**20
 
@@ -47,16 +46,8 @@ def test_a_deepspeed_json_of_many_keys_is_read_in_linear_time(tmp_path):
     path = tmp_path / "many.json"
     path.write_text("{" + ",".join(f'"k{i}":0' for i in range(90_000)) + "}")
 
-    def too_long(signum, frame):
-        pytest.fail("reading a JSON object of 90,000 keys took more than 20 s")
-
-    previous = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(20)
-    try:
+    with fails_after(20, "reading a JSON object of 90,000 keys"):
         config = load_ds_config(path)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     assert len(config) == 90_000
     path.write_text(json.dumps({"k0": 0})[:-1] + ', "k1": 1, "k0": 2, "k1": 3}')
     with pytest.raises(NgptConfigError, match=r"many.json: key\(s\) k0, k1 appear twice in one object; keep one"):

@@ -2,26 +2,19 @@
 writer that never comes."""
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from ngpt_ds.errors import NgptConfigError
 
+from conftest import fails_after
+
 
 @pytest.fixture
 def deadline():
-    """Fail the test (instead of hanging the suite) when what it calls blocks for 20 s."""
-
-    def expired(signum, frame):
-        pytest.fail("blocked for 20 s: the named pipe was opened for reading")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with fails_after(20, "the named pipe was opened for reading"):
+        yield
 
 
 def _pipe_folder(folder: Path) -> Path:

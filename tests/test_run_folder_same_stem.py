@@ -12,7 +12,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.config import PRESET_DIR
 from ngpt_ds.train.builder import TrainOptions, prepare
 
-from conftest import tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import fails_after, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
 
 def trained_from(folder, source: str) -> None:
@@ -72,7 +72,6 @@ def test_a_named_pipe_at_the_run_folders_config_yaml_is_not_waited_on(tmp_path):
     """The check reads the folder's config.yaml before anything else of a run folder someone may have handed over:
     a named pipe there blocked the rank for good (a plain read waits for a writer)."""
     import os
-    import signal
 
     from ngpt_ds.train.builder import check_default_folder_is_this_configs
 
@@ -81,13 +80,5 @@ def test_a_named_pipe_at_the_run_folders_config_yaml_is_not_waited_on(tmp_path):
     os.mkfifo(folder / "config.yaml")
     (tmp_path / "model.yaml").write_text("model: {}\n")
 
-    def stop(*_):  # pytest.fail: not an OSError, which the reader catches
-        pytest.fail("still waiting on the named pipe after 5 s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(5)
-    try:
+    with fails_after(5, "waiting on the named pipe"):
         check_default_folder_is_this_configs(folder, tmp_path / "model.yaml")  # no run recorded: nothing to refuse
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)

@@ -2,26 +2,19 @@
 (ngpt_ds.train.run_lock)."""
 
 import os
-import signal
 
 import pytest
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import run_lock
 
+from conftest import fails_after
+
 
 @pytest.fixture
 def alarm():
-    """Fail, instead of waiting for good, when the block takes more than 20 s."""
-
-    def expired(signum, frame):
-        pytest.fail("still waiting after 20 s: a named pipe was opened for reading")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with fails_after(20, "a named pipe was opened for reading"):
+        yield
 
 
 def test_a_named_pipe_at_config_yaml_is_refused_not_waited_on(tmp_path, alarm):

@@ -5,8 +5,6 @@ nine deep: under 600 bytes) made PyYAML hold 9^9 entries; yaml.safe_load took 33
 trainer could name the file (--config, a checkpoint's or run folder's config.yaml).
 """
 
-import contextlib
-import signal
 import time
 
 import pytest
@@ -18,6 +16,8 @@ from ngpt_ds.infer.run_checkpoint import read_run_config
 from ngpt_ds.model.config import load_yaml
 from ngpt_ds.train import preflight, run_lock, summary
 
+from conftest import fails_after
+
 
 def merge_bomb(depth: int = 9, fan: int = 9) -> str:
     lines = ["a0: &a0 {x: 1}"]
@@ -26,20 +26,9 @@ def merge_bomb(depth: int = 9, fan: int = 9) -> str:
     return "\n".join([*lines, "model:", f"  <<: *a{depth}", "  arch: ngpt", ""])
 
 
-@contextlib.contextmanager
 def at_most(seconds: int):
     """Stop the block with a test failure after `seconds` (the old readers ran for minutes)."""
-
-    def stop(*_):
-        raise TimeoutError(f"still reading after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    return fails_after(seconds, "reading")
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 from ngpt_ds.model.config import read_config_text, unreadable
 from ngpt_ds.train import ds_masters, ds_schema
+from ngpt_ds.train.ds_schema import precision_of as precision_of
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -149,16 +150,6 @@ def _shipped_config(path: Path) -> Path:
 
 
 _block = ds_schema.block
-
-
-def precision_of(config: dict[str, Any]) -> str:
-    """As DeepSpeed reads it: `bf16` (or its old name `bfloat16` when `bf16` is absent or null), then `fp16`."""
-    bf16 = _block(config, ds_schema.bf16_block_name(config))
-    if bf16.get("enabled") is True:
-        return "bf16"
-    if _block(config, "fp16").get("enabled") is True:
-        return "fp16"
-    return "fp32"
 
 
 def zero_stage_of(config: dict[str, Any]) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ngpt_ds.errors import Problems
-from ngpt_ds.train.ds_schema import bf16_block_name
+from ngpt_ds.train.ds_schema import bf16_block_name, precision_of
 from ngpt_ds.train.ds_schema import block as _block
 
 
@@ -52,7 +52,7 @@ def check_masters_and_offload(config: dict[str, Any], stage: Any, p: Problems) -
         )
     _check_offload(config, stage, p)
     _check_round_robin(config, stage, p)
-    _check_zero0_accumulation(config, bf16, stage, p)
+    _check_zero0_accumulation(config, stage, p)
     _check_elastic_checkpoint(config, stage, p)
 
 
@@ -73,7 +73,7 @@ def _check_elastic_checkpoint(config: dict[str, Any], stage: Any, p: Problems) -
     )
 
 
-def _check_zero0_accumulation(config: dict[str, Any], bf16: str, stage: Any, p: Problems) -> None:
+def _check_zero0_accumulation(config: dict[str, Any], stage: Any, p: Problems) -> None:
     """`data_types.grad_accum_dtype` at ZeRO 0: DeepSpeed picks the optimizer that holds the fp32 masters from the
     model's precision and this dtype, and without ZeRO knows only the pairs where they are equal. Any other
     (fp32 with bf16, bf16 with fp32, bf16 with fp16) stopped every rank inside deepspeed.initialize, after the
@@ -89,13 +89,7 @@ def _check_zero0_accumulation(config: dict[str, Any], bf16: str, stage: Any, p: 
     except (ValueError, TypeError):  # not a dtype name: the schema check names it
         return
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    model = (
-        "bf16"
-        if _block(config, bf16).get("enabled") is True
-        else "fp16"
-        if _block(config, "fp16").get("enabled") is True
-        else "fp32"
-    )
+    model = precision_of(config)
     p.check(
         names.get(accumulated) == model,
         "data_types.grad_accum_dtype",

@@ -114,6 +114,15 @@ def bf16_block_name(config: dict[str, Any]) -> str:
     return "bf16" if config.get("bf16") is not None else "bfloat16"
 
 
+def precision_of(config: dict[str, Any]) -> str:
+    """As DeepSpeed reads it: `bf16` (or its old name `bfloat16` when `bf16` is absent or null), then `fp16`."""
+    if block(config, bf16_block_name(config)).get("enabled") is True:
+        return "bf16"
+    if block(config, "fp16").get("enabled") is True:
+        return "fp16"
+    return "fp32"
+
+
 def check_switches(value: Any, path: str, p: Problems) -> None:
     """Every `enabled` must be a JSON boolean, and no value may be the string "true"/"false":
     DeepSpeed's pydantic models coerce "false" to False, while a truth test reads it as true."""
