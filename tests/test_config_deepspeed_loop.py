@@ -1,5 +1,5 @@
 """DeepSpeed JSON settings that DeepSpeed accepts and runs but that change the trainer's loop without a word:
-refused at startup (ngpt_ds.train.ds_config._check_loop_settings)."""
+refused at startup (ngpt_ds.train.ds_refusals.check_loop_settings)."""
 
 import pytest
 

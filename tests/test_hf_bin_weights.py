@@ -1,15 +1,12 @@
 """from_pretrained of a folder whose weights are a pickled pytorch_model.bin instead of model.safetensors
 (transformers still loads one, with torch.load's weights_only): the same checks as for safetensors."""
 
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import run
+from without_ngpt_ds import load_without_ngpt_ds
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
@@ -90,28 +87,11 @@ def test_an_ngpt_bin_saved_in_float16_loads_in_float32_and_one_off_the_sphere_is
     )
 
 
-# from_pretrained with trust_remote_code in a process where ngpt_ds cannot be imported: the folder's own copy
-# of the modeling code runs (as in tests/test_hf_faults_loading.py); prints the error it raises.
-WITHOUT_NGPT_DS = """\
-import sys
-class NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
-            raise ModuleNotFoundError("No module named " + repr(name))
-sys.meta_path.insert(0, NotInstalled())
-from transformers import AutoModelForCausalLM
-try:
-    AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
-except Exception as err:
-    print(type(err).__name__, err)
-"""
-
-
 def test_an_export_without_ngpt_ds_refuses_a_bin_of_int8_weights(saved, tmp_path):
     """The same fault in the copy of the modeling code a folder carries (trust_remote_code, no ngpt_ds)."""
     folder, _ = _as_bin(saved, tmp_path, "gpt", _int8_norm)
     assert (folder / "saved_weights.py").is_file()
-    proc = run([sys.executable, "-c", WITHOUT_NGPT_DS, folder], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    proc = load_without_ngpt_ds(folder, cwd=tmp_path)
     assert proc.stdout.strip().endswith(
         f"{folder}/pytorch_model.bin: model.final_norm.weight (int8): weights must be float32, float64, bfloat16 "
         "or float16; the files are damaged, altered or from another program"

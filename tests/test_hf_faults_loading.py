@@ -2,15 +2,12 @@
 and what is wrong in it, as ngpt_ds's own loader (ngpt_ds.infer.loading) refuses an export."""
 
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from conftest import run
+from without_ngpt_ds import load_without_ngpt_ds
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
@@ -120,30 +117,13 @@ def test_weights_of_a_dtype_that_is_no_float_are_refused_naming_the_tensor(saved
     )
 
 
-# from_pretrained with trust_remote_code in a process where ngpt_ds cannot be imported: the folder's own copy
-# of the modeling code runs (as in tests/test_hf_save_pretrained.py); prints the error it raises.
-WITHOUT_NGPT_DS = """\
-import sys
-class NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
-            raise ModuleNotFoundError("No module named " + repr(name))
-sys.meta_path.insert(0, NotInstalled())
-from transformers import AutoModelForCausalLM
-try:
-    AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
-except Exception as err:
-    print(type(err).__name__, err)
-"""
-
-
 def test_an_export_without_ngpt_ds_refuses_weights_of_a_dtype_that_is_no_float(saved, tmp_path):
     """Fault: the dtype check ran only in the installed modeling code (it imported ngpt_ds.infer.loading, which an
     export does not carry): a folder loaded with trust_remote_code and no ngpt_ds cast an int8 weight to float
     without a word. The check lives in ngpt_ds.model.saved_weights now, which the folder carries."""
     folder = _with_tensor(saved, tmp_path, "gpt", "model.final_norm.weight", torch.int8)
     assert (folder / "saved_weights.py").is_file()
-    proc = run([sys.executable, "-c", WITHOUT_NGPT_DS, folder], cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    proc = load_without_ngpt_ds(folder, cwd=tmp_path)
     assert proc.stdout.strip().endswith(
         f"{folder}/model.safetensors: model.final_norm.weight (I8): weights must be float32, float64, bfloat16 or "
         "float16; the files are damaged, altered or from another program"

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from ngpt_ds.train.hypersphere import _TINY, MasterPiece
+from ngpt_ds.train.sphere_pieces import TINY_SQUARED_NORM, MasterPiece
 
 SLOT = 2  # the matrix's norm vectors do not start at slot 0 of the unit's buffer
 EXTRA = 3  # and other matrices' slots follow them
@@ -27,7 +27,7 @@ def renormalize_in_pieces(weight: torch.Tensor, norm_dim: int, cuts: list[int]) 
         mine = torch.zeros(n_slots)
         piece.add_squares(mine)
         sums += mine
-    inv = sums.clamp_min(_TINY).rsqrt()
+    inv = sums.clamp_min(TINY_SQUARED_NORM).rsqrt()
     for piece in pieces:
         piece.scale(inv)
     return sums, flat.view(rows, cols)

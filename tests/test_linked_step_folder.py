@@ -4,8 +4,6 @@ itself, took it for another run's checkpoint and moved it aside before it was lo
 with a bare AssertionError, and the rerun trained from step 0 without a word).
 """
 
-from types import SimpleNamespace
-
 from conftest import read_metrics, run_launch, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 
@@ -31,7 +29,7 @@ def test_resuming_a_linked_step_folder_keeps_it_and_trains_on(tmp_path, tiny_dat
 
 
 def test_a_divergence_after_resuming_a_linked_step_names_the_run_folder(tmp_path):
-    from ngpt_ds.train.loop import Trainer
+    from ngpt_ds.train.divergence import checkpoints_left
 
     shared = tmp_path / "shared" / "checkpoints" / "step_00000004"
     shared.mkdir(parents=True)
@@ -39,8 +37,7 @@ def test_a_divergence_after_resuming_a_linked_step_names_the_run_folder(tmp_path
     (out / "checkpoints").mkdir(parents=True)
     linked = out / "checkpoints" / "step_00000004"
     linked.symlink_to(shared)
-    trainer = SimpleNamespace(newest_checkpoint=linked, out_dir=out, run=None)
-    assert Trainer._checkpoints_left(trainer, 4) == (
+    assert checkpoints_left(out, linked, 4, checkpoint_interval=2) == (
         f"Checkpoints up to step 4 are intact in {out / 'checkpoints'} "
         "(--resume auto continues from the newest, step_00000004)"
     )

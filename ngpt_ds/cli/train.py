@@ -190,7 +190,7 @@ def _main(argv: list[str] | None) -> int:
 
     from ngpt_ds.distributed import RendezvousError, exit_process
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
-    from ngpt_ds.train.loop import TrainingDiverged
+    from ngpt_ds.train.divergence import TrainingDiverged
 
     code = run(
         lambda: _train(args),

@@ -34,7 +34,6 @@ This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +42,7 @@ from torch import nn
 
 from ngpt_ds.model.sphere import SphereMatrix, sphere_matrices
 from ngpt_ds.train.collectives import all_reduce_on, communication_device
+from ngpt_ds.train.sphere_pieces import TINY_SQUARED_NORM, MasterPiece, StepUnit
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -50,112 +50,9 @@ if TYPE_CHECKING:
     from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
-#: Squared norms are clamped to this before rsqrt, so a zero vector is scaled by a finite
-#: factor and stays zero (rsqrt(0) = inf, and 0 * inf = NaN).
-_TINY = torch.finfo(torch.float32).tiny
-
 
 class RenormalizationMissed(RuntimeError):
     """DeepSpeed applied an optimizer step without the renormalization hook running."""
-
-
-@dataclass
-class MasterPiece:
-    """This rank's fp32 master values of one sphere matrix W [rows, cols].
-
-    `values` is a 1-D view of W.flatten()[start : start + values.numel()] in the
-    optimizer's master storage. `slot` is where W's norm vectors (its rows if
-    norm_dim == 1, its columns if norm_dim == 0) begin in the group's sum buffer.
-    """
-
-    values: torch.Tensor
-    start: int
-    rows: int
-    cols: int
-    norm_dim: int
-    slot: int
-
-    def _split(self):
-        """(head, body, tail, first_row, first_col, body_row): the piece's partial first row,
-        its whole rows as a [k, cols] view, and its partial last row."""
-        n, cols = self.values.numel(), self.cols
-        first_row, first_col = divmod(self.start, cols)
-        head_len = 0 if first_col == 0 else min(cols - first_col, n)
-        k = (n - head_len) // cols
-        head = self.values[:head_len]
-        body = self.values[head_len : head_len + k * cols].view(k, cols)
-        tail = self.values[head_len + k * cols :]
-        body_row = first_row + (1 if head_len else 0)
-        return head, body, tail, first_row, first_col, body_row
-
-    def add_squares(self, sums: torch.Tensor) -> None:
-        """sums[slot + v] += sum of this piece's squared entries of norm vector v."""
-        head, body, tail, first_row, first_col, body_row = self._split()
-        s = self.slot
-        if self.norm_dim == 1:  # rows
-            if head.numel():
-                sums[s + first_row] += head.dot(head)
-            if body.numel():
-                sums[s + body_row : s + body_row + body.shape[0]] += torch.linalg.vector_norm(body, dim=1).square()
-            if tail.numel():
-                sums[s + body_row + body.shape[0]] += tail.dot(tail)
-        else:  # columns
-            if head.numel():
-                sums[s + first_col : s + first_col + head.numel()] += head.square()
-            if body.numel():
-                # Not vector_norm(body, dim=0): along the strided dim it measured ~10x slower on CPU
-                # (12.5 against 1.2 ms for a 1024 x 4096 fp32 down projection; docs/benchmarks.md).
-                sums[s : s + self.cols] += torch.linalg.vecdot(body, body, dim=0)
-            if tail.numel():
-                sums[s : s + tail.numel()] += tail.square()
-
-    def scale(self, inv_norms: torch.Tensor) -> None:
-        """Multiply every entry by 1 / ||its norm vector||."""
-        head, body, tail, first_row, first_col, body_row = self._split()
-        s = self.slot
-        if self.norm_dim == 1:
-            if head.numel():
-                head.mul_(inv_norms[s + first_row])
-            if body.numel():
-                body.mul_(inv_norms[s + body_row : s + body_row + body.shape[0]].unsqueeze(1))
-            if tail.numel():
-                tail.mul_(inv_norms[s + body_row + body.shape[0]])
-        else:
-            if head.numel():
-                head.mul_(inv_norms[s + first_col : s + first_col + head.numel()])
-            if body.numel():
-                body.mul_(inv_norms[s : s + self.cols])
-            if tail.numel():
-                tail.mul_(inv_norms[s : s + tail.numel()])
-
-
-@dataclass
-class StepUnit:
-    """The sphere matrices updated by one inner optimizer step (a parameter group or a
-    ZeRO-3 sub-group): the same slot layout on every rank, this rank's pieces of them."""
-
-    owner_ids: set[int]
-    """ids of the flat fp32 tensors the torch optimizer steps for this unit."""
-    n_slots: int
-    pieces: list[MasterPiece]
-    group: dist.ProcessGroup | None
-    """process group to all-reduce over (data-parallel), or None when every rank holds whole matrices.
-    Tensor-parallel shards never need one: a split never cuts the normalized dim."""
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    """where the master pieces (and so the sum buffer) live: the CPU under ZeRO-Offload."""
-    comm_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    """where the all-reduce runs: the engine's device (NCCL takes CUDA tensors only)."""
-    spans: list[tuple[str, int, int]] = field(default_factory=list)
-    """(matrix name, first slot, end slot) of every matrix in the unit, for naming a broken one."""
-
-    def norm_sums(self) -> torch.Tensor:
-        """The squared norm of every norm vector of the unit, complete on every rank (on `device`)."""
-        sums = torch.zeros(self.n_slots, dtype=torch.float32, device=self.device)
-        for piece in self.pieces:
-            piece.add_squares(sums)
-        if self.group is not None:
-            all_reduce_on(sums, self.comm_device, group=self.group)
-        return sums
 
 
 def _full_shape(param: nn.Parameter) -> torch.Size:
@@ -413,7 +310,7 @@ class HypersphereHook:
             self.all_reduces += 1
         bad = sums.isfinite().logical_not().any()  # no host sync: read by the trainer with its own collective
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite.logical_or(bad)
-        inv_norms = sums.clamp_min(_TINY).rsqrt_()  # NaN stays NaN (clamp propagates it): it is reported
+        inv_norms = sums.clamp_min(TINY_SQUARED_NORM).rsqrt_()  # NaN stays NaN (clamp propagates it): it is reported
         if keep_within:
             inv_norms = torch.where((sums - 1).abs() <= keep_within, torch.ones_like(inv_norms), inv_norms)
         for piece in unit.pieces:

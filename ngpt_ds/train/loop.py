@@ -20,9 +20,10 @@ from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, ds_compat, lineage, preflight, reshape
+from ngpt_ds.train import agreement, checkpoint, divergence, ds_compat, preflight, reshape
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
+from ngpt_ds.train.divergence import TrainingDiverged
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import (
@@ -42,10 +43,6 @@ from ngpt_ds.train.stopping import StopRequest
 from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file, summary_json
 
 _log = log.get(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, or the norm of a sphere matrix, became NaN or inf."""
 
 
 def _rng_state() -> dict:
@@ -323,14 +320,8 @@ class Trainer:
             else:
                 interval_seconds, timed_steps = interval_seconds + step_seconds, timed_steps + 1
             if not math.isfinite(loss):
-                precision_hint = (
-                    ', try fp32 ("bf16": {"enabled": false}) to rule out precision'
-                    if precision_of(self.run.deepspeed) != "fp32"
-                    else ""
-                )
                 raise self._diverged(
-                    f"the training loss became {loss} at step {self.step + 1}; nothing was saved after it. "
-                    f"Hints: lower train.lr (now {train.lr:g}){precision_hint}, check the data. "
+                    divergence.loss_message(loss, self.step + 1, train.lr, precision_of(self.run.deepspeed))
                     + self._checkpoints_left(self.step),
                     self.step + 1,
                     loss,
@@ -395,17 +386,8 @@ class Trainer:
         """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
         rank calls it (the non-finite flag and the deviations are agreed over the job)."""
         assert self.hook is not None  # only an nGPT run's hook finds non-finite norms
-        deviations = self.hook.deviations()
-        broken = {name: d for name, d in deviations.items() if not math.isfinite(d)}
-        # A squared norm that overflowed to inf (rows of ~1e19 and more) renormalizes its row to zeros: finite
-        # when re-read, but off the sphere by 1. Named as such, not as "(gone again when re-read)".
-        broken = broken or {name: d for name, d in deviations.items() if d > 1e-3}
-        names = ", ".join(f"{name} ({'norm off by ' if math.isfinite(d) else ''}{d:.3g})" for name, d in broken.items())
         raise self._diverged(
-            f"the fp32 master weights of sphere matrix {names or '(none when re-read)'} became non-finite (a norm "
-            f"is nan or inf, or overflowed to inf and left the row at zero) at step "
-            f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
-            f"(now {self.run.train.lr:g}), check the checkpoint or data the run started from. "
+            divergence.sphere_message(self.hook.deviations(), step, self.run.train.lr)
             + self._checkpoints_left(step - 1),
             step,
             train_loss,
@@ -430,25 +412,8 @@ class Trainer:
         return TrainingDiverged(message)
 
     def _checkpoints_left(self, step: int) -> str:
-        """What a divergence leaves to resume from. With no checkpoint yet (a fresh run before its first
-        save), the rerun starts from step 0: saying 'Checkpoints up to step N are intact' then sent the
-        operator looking for a folder that did not exist."""
-        if self.newest_checkpoint is None:
-            return (
-                f"No checkpoint was saved yet (train.checkpoint_interval {self.run.train.checkpoint_interval}): "
-                "running the same command again starts from step 0"
-            )
-        checkpoints = self.out_dir / "checkpoints"
-        if not lineage.in_run_folder(self.out_dir, self.newest_checkpoint):  # a linked step_N is the run's
-            # Resumed from another folder's checkpoint (--resume PATH), nothing saved here yet: --resume auto in
-            # this --out would start from step 0.
-            return (
-                f"No checkpoint was saved in {checkpoints} yet: running the same command again starts from "
-                f"{self.newest_checkpoint} again (its --resume)"
-            )
-        return (
-            f"Checkpoints up to step {step} are intact in {self.out_dir / 'checkpoints'} "
-            f"(--resume auto continues from the newest, {self.newest_checkpoint.name})"
+        return divergence.checkpoints_left(
+            self.out_dir, self.newest_checkpoint, step, self.run.train.checkpoint_interval
         )
 
     def _log(self, loss: float, step_time: float, lr: float) -> None:

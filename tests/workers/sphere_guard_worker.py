@@ -99,7 +99,7 @@ def part_refusing(data, work):
     """The hook's reduction (StepUnit.norm_sums) of a CPU master against a group whose backend is
     bound only to the meta device type: the one non-CPU device type a CPU build of torch has.
     Such a group refuses CPU tensors exactly as NCCL does."""
-    from ngpt_ds.train.hypersphere import MasterPiece, StepUnit
+    from ngpt_ds.train.sphere_pieces import MasterPiece, StepUnit
 
     refusing = dist.new_group(backend="meta:gloo")
     cpu_only = dist.new_group(backend="cpu:gloo")
@@ -280,7 +280,7 @@ def part_overflow(data, work):
 def _poisoned_row(data, work, name, value):
     from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
-    from ngpt_ds.train.loop import TrainingDiverged
+    from ngpt_ds.train.divergence import TrainingDiverged
 
     trainer = make_trainer(
         data,

@@ -1,0 +1,65 @@
+"""What a diverged run says: the exception, and the messages naming what went non-finite and what is left.
+
+The trainer's loop raises `TrainingDiverged` on every rank (exit 2) when the training loss, or the norm of a
+sphere matrix's fp32 master rows, is NaN or inf. The messages below are its text; the loop adds the summary.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ngpt_ds.train import lineage
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, or the norm of a sphere matrix, became NaN or inf."""
+
+
+def loss_message(loss: float, step: int, lr: float, precision: str) -> str:
+    """The training loss at `step` is not finite."""
+    precision_hint = ', try fp32 ("bf16": {"enabled": false}) to rule out precision' if precision != "fp32" else ""
+    return (
+        f"the training loss became {loss} at step {step}; nothing was saved after it. "
+        f"Hints: lower train.lr (now {lr:g}){precision_hint}, check the data. "
+    )
+
+
+def sphere_message(deviations: dict[str, float], step: int, lr: float) -> str:
+    """Some sphere matrix's rows left the sphere at `step`. `deviations`: each matrix's largest
+    |norm - 1| over its rows, as the hypersphere hook re-reads them."""
+    broken = {name: d for name, d in deviations.items() if not math.isfinite(d)}
+    # A squared norm that overflowed to inf (rows of ~1e19 and more) renormalizes its row to zeros: finite
+    # when re-read, but off the sphere by 1. Named as such, not as "(gone again when re-read)".
+    broken = broken or {name: d for name, d in deviations.items() if d > 1e-3}
+    names = ", ".join(f"{name} ({'norm off by ' if math.isfinite(d) else ''}{d:.3g})" for name, d in broken.items())
+    return (
+        f"the fp32 master weights of sphere matrix {names or '(none when re-read)'} became non-finite (a norm "
+        f"is nan or inf, or overflowed to inf and left the row at zero) at step "
+        f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
+        f"(now {lr:g}), check the checkpoint or data the run started from. "
+    )
+
+
+def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, step: int, checkpoint_interval: int) -> str:
+    """What a divergence (or a stop) leaves to resume from, after the newest complete checkpoint.
+
+    With no checkpoint yet (a fresh run before its first save), the rerun starts from step 0: saying
+    'Checkpoints up to step N are intact' then sent the operator looking for a folder that did not exist."""
+    if newest_checkpoint is None:
+        return (
+            f"No checkpoint was saved yet (train.checkpoint_interval {checkpoint_interval}): "
+            "running the same command again starts from step 0"
+        )
+    checkpoints = out_dir / "checkpoints"
+    if not lineage.in_run_folder(out_dir, newest_checkpoint):  # a linked step_N is the run's
+        # Resumed from another folder's checkpoint (--resume PATH), nothing saved here yet: --resume auto in
+        # this --out would start from step 0.
+        return (
+            f"No checkpoint was saved in {checkpoints} yet: running the same command again starts from "
+            f"{newest_checkpoint} again (its --resume)"
+        )
+    return (
+        f"Checkpoints up to step {step} are intact in {checkpoints} "
+        f"(--resume auto continues from the newest, {newest_checkpoint.name})"
+    )
