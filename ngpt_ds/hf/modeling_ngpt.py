@@ -277,6 +277,11 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         """
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
+        if _asked(kwargs, self.config, "output_attentions"):
+            raise ValueError(
+                f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
+                "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
+            )
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
@@ -288,10 +293,15 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
         past = 0 if cache is None else cache.get_seq_length()
         key_mask, positions = _padding(input_ids, attention_mask, position_ids, past)
-        if key_mask is None and positions is None:
-            h = self.model.hidden_states(input_ids, binding)  # no padding: the training path, unchanged
-        else:
-            h = self.model.hidden_states(input_ids, binding, positions=positions, key_mask=key_mask)
+        states = _StatesRecorder(self.model) if _asked(kwargs, self.config, "output_hidden_states") else None
+        try:
+            if key_mask is None and positions is None:
+                h = self.model.hidden_states(input_ids, binding)  # no padding: the training path, unchanged
+            else:
+                h = self.model.hidden_states(input_ids, binding, positions=positions, key_mask=key_mask)
+        finally:
+            if states is not None:
+                states.remove()
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
@@ -303,7 +313,44 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
                 counted = int((targets != -1).sum())
                 # The mean times its count is the sum; none counted: 0 (the mean is 0/0), with a zero gradient.
                 loss = (loss * counted if counted else logits.sum() * 0.0) / num_items
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            hidden_states=None if states is None else states.hidden_states(),
+        )
+
+
+def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
+    """Whether forward was asked for `name` (output_hidden_states, output_attentions): by its keyword, else by
+    the config, as transformers' models read them."""
+    value = kwargs.get(name)
+    return bool(getattr(config, name, False) if value is None else value)
+
+
+class _StatesRecorder:
+    """transformers' `hidden_states` for output_hidden_states=True, recorded by hooks on the blocks for one forward
+    (none otherwise): the input of the first block (the embedding; nGPT's normalized, eq. 1-2 of the paper), then
+    each block's output, the last one after the GPT baseline's final RMSNorm, as transformers' Llama gives it
+    (nGPT has no final norm: its last hidden state is on the sphere). n_layer + 1 tensors [B, T, d]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.states: list[torch.Tensor] = []
+        self.model = model
+        blocks = cast(nn.ModuleList, model.blocks)
+        self.handles = [blocks[0].register_forward_pre_hook(lambda _m, args: self.states.append(args[0]))]
+        self.handles += [b.register_forward_hook(lambda _m, _a, out: self.states.append(out)) for b in blocks]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def hidden_states(self) -> tuple[torch.Tensor, ...]:
+        states = list(self.states)
+        final_norm = getattr(self.model, "final_norm", None)
+        if final_norm is not None:
+            states[-1] = final_norm(states[-1])
+        return tuple(states)
 
 
 def _check_cache(cache: Any) -> None:

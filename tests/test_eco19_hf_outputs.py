@@ -1,0 +1,64 @@
+"""What transformers users ask of a causal LM beyond logits: output_hidden_states (features, probing),
+output_attentions (refused: SDPA computes no weights), and resize_token_embeddings after adding tokens to the
+tokenizer, which must keep nGPT's embeddings and head on the sphere and the old tokens' logits unchanged."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
+
+
+def _model(arch: str, seed: int = 0):
+    """A random tiny model of the installed ngpt_ds classes (no export needed)."""
+    from ngpt_ds.hf.configuration_ngpt import CONFIGS
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model import ModelConfig
+
+    torch.manual_seed(seed)
+    config = ModelConfig(arch=arch, vocab_size=512, n_layer=3, n_embd=32, n_head=2, seq_len=32)
+    return MODELS[arch](CONFIGS[arch].from_model_config(config)).eval()
+
+
+IDS = torch.tensor([[5, 17, 99, 4, 300, 2], [7, 7, 8, 9, 10, 11]])
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+@torch.no_grad()
+def test_output_hidden_states_gives_the_embedding_and_every_blocks_output(arch):
+    """Fault: forward took output_hidden_states=True (in **kwargs) and returned hidden_states=None, in forward and
+    in generate(output_hidden_states=True, return_dict_in_generate=True) alike ((None, None) for two steps): code
+    that reads features or probes layers got nothing, or a TypeError far from the cause. Before: None. Now:
+    n_layer + 1 tensors, as transformers' Llama gives them: the first block's input (the embedding), each block's
+    output, the last after the GPT baseline's final norm (nGPT has none), from which the head gives the logits."""
+    model = _model(arch)
+    inner = model.model
+    out = model(IDS, output_hidden_states=True)
+    states = out.hidden_states
+    assert isinstance(states, tuple) and len(states) == 4
+    cos, sin = inner.rotary.tables(IDS.shape[1], IDS.device, torch.float32, 0)
+    h = inner.embed_tokens(IDS)
+    assert torch.equal(states[0], h)
+    for index, block in enumerate(inner.blocks):
+        h = block(h, cos, sin)
+        want = inner.final_norm(h) if arch == "gpt" and index == 2 else h
+        assert torch.equal(states[index + 1], want), index
+    head = inner.head(states[-1], row_scale=inner.s_z()) if arch == "ngpt" else inner.head(states[-1])
+    assert torch.equal(head, out.logits)
+    assert model(IDS).hidden_states is None  # only when asked: no hooks otherwise
+
+    generated = model.generate(
+        IDS[:1], max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_hidden_states=True
+    )
+    assert [len(step) for step in generated.hidden_states] == [4, 4]
+    assert [tuple(step[0].shape) for step in generated.hidden_states] == [(1, 6, 32), (1, 1, 32)]
+
+
+def test_output_attentions_is_refused_naming_it():
+    """Fault: output_attentions=True returned attentions=None without a word. Now a ValueError that says why."""
+    model = _model("ngpt")
+    with pytest.raises(ValueError) as err:
+        model(IDS, output_attentions=True)
+    assert str(err.value) == (
+        "NGPTForCausalLM cannot return attention weights (output_attentions=True): its attention runs in torch's "
+        "scaled_dot_product_attention, which computes none. Pass output_attentions=False"
+    )
