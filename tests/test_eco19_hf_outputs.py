@@ -62,3 +62,61 @@ def test_output_attentions_is_refused_naming_it():
         "NGPTForCausalLM cannot return attention weights (output_attentions=True): its attention runs in torch's "
         "scaled_dot_product_attention, which computes none. Pass output_attentions=False"
     )
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_resize_token_embeddings_keeps_old_logits_and_the_sphere(arch, tmp_path):
+    """Fault: model.resize_token_embeddings(520), the usual step after tokenizer.add_tokens, stopped in
+    transformers with "TypeError: Old embeddings are of type <class 'ngpt_ds.model.layers.TokenEmbedding'>, which is
+    not an instance of <class 'torch.nn.modules.sparse.Embedding'>", and the head (no get_output_embeddings) and
+    nGPT's per-token logit scale s_z were never resized. Now the embedding, the head and s_z get the new rows
+    (the mean of the old ones, unit norm in nGPT), the old tokens' logits are unchanged, config.vocab_size
+    follows, and save_pretrained/from_pretrained round-trips the model (the sphere check included)."""
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model.sphere import max_norm_deviation
+
+    model = _model(arch)
+    with torch.no_grad():
+        before = model(IDS).logits
+    embed = model.resize_token_embeddings(520)
+    assert embed is model.get_input_embeddings()
+    assert (model.config.vocab_size, model.model.config.vocab_size) == (520, 520)
+    assert tuple(model.model.embed.weight.shape) == tuple(model.model.head.weight.shape) == (520, 32)
+    new_ids = torch.tensor([[5, 17, 519, 4, 300, 513]])
+    with torch.no_grad():
+        after = model(IDS).logits
+        assert torch.equal(after[..., :512], before)
+        assert tuple(model(new_ids).logits.shape) == (1, 6, 520)
+    mean = model.model.head.weight[:512].mean(0)
+    if arch == "ngpt":
+        assert tuple(model.model.s_z.param.shape) == (520,)
+        assert max_norm_deviation(model.model) <= 2e-7
+        assert torch.allclose(model.model.head.weight[515], mean / mean.norm(), atol=1e-7, rtol=0)
+    else:
+        assert torch.equal(model.model.head.weight[515], mean)
+    # All new tokens start alike, so each gets the same logit.
+    assert torch.equal(after[..., 512:], after[..., 512:513].expand(-1, -1, 8))
+
+    model.save_pretrained(tmp_path / "resized")
+    loaded = type(model).from_pretrained(tmp_path / "resized")
+    assert isinstance(loaded, MODELS[arch]) and loaded.config.vocab_size == 520
+    with torch.no_grad():
+        assert torch.equal(loaded(new_ids).logits, model(new_ids).logits)
+
+    model.resize_token_embeddings(None, pad_to_multiple_of=64)
+    assert model.config.vocab_size == 576
+    model.resize_token_embeddings(500, mean_resizing=False)
+    assert tuple(model.model.head.weight.shape) == (500, 32) and model.config.vocab_size == 500
+    if arch == "ngpt":
+        assert tuple(model.model.s_z.param.shape) == (500,) and max_norm_deviation(model.model) <= 2e-7
+    with torch.no_grad():
+        assert torch.equal(model(IDS).logits, before[..., :500])
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_resize_token_embeddings_to_a_size_that_is_no_positive_integer_is_named(value):
+    model = _model("ngpt")
+    with pytest.raises(ValueError) as err:
+        model.resize_token_embeddings(value)
+    assert str(err.value) == f"resize_token_embeddings: new_num_tokens must be a positive integer, not {value!r}"
+    assert model.config.vocab_size == 512

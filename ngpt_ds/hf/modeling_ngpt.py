@@ -23,6 +23,7 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -41,6 +42,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
+from ngpt_ds.model.layers import DeclaredMatrix, Projection
 from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes
 from ngpt_ds.model.sphere import max_norm_deviation
 
@@ -254,6 +256,40 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed
 
+    def resize_token_embeddings(  # type: ignore[override]  # returns ngpt_ds's TokenEmbedding, not nn.Embedding
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Module:
+        """transformers' resize_token_embeddings (new tokens added to a tokenizer) for ngpt_ds's layers: the input
+        embedding, the output head and, in nGPT, the logit scale s_z (eq. 24) get `new_num_tokens` rows (rounded up
+        to `pad_to_multiple_of`); the kept rows are unchanged, so the old tokens' logits are too. New rows are the
+        mean of the old ones (s_z: the mean effective value), as transformers' mean_resizing gives them, or with
+        mean_resizing=False the model's own initialization; in nGPT every new row is then unit norm (section 2.1:
+        the embeddings live on the hypersphere). config.vocab_size follows. (transformers' own refused the model:
+        its embedding is no nn.Embedding.)"""
+        embed = cast(DeclaredMatrix, self.model.embed)
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embed
+        old = embed.weight.shape[0]
+        size = old if new_num_tokens is None else new_num_tokens
+        for name, value in (("new_num_tokens", size), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"resize_token_embeddings: {name} must be a positive integer, not {value!r}")
+        if pad_to_multiple_of is not None:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        if size != old:
+            keep = min(size, old)
+            _resize(embed, size, keep, mean_resizing, self.config)
+            _resize(cast(DeclaredMatrix, self.model.head), size, keep, mean_resizing, self.config)
+            s_z = getattr(self.model, "s_z", None)
+            if s_z is not None:
+                param = s_z.param
+                fill = param[:keep].mean() if mean_resizing else torch.tensor(s_z.scale)
+                new = torch.cat([param.data[:keep], fill.to(param).expand(size - keep)])
+                s_z.param = nn.Parameter(new, requires_grad=param.requires_grad)
+            self.config.vocab_size = size
+            self.model.config = dataclasses.replace(self.model.config, vocab_size=size)
+        return self.model.embed
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -319,6 +355,24 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             cache=cache if use_cache else None,
             hidden_states=None if states is None else states.hidden_states(),
         )
+
+
+def _resize(module: DeclaredMatrix, size: int, keep: int, mean_resizing: bool, config: Any) -> None:
+    """Gives the embedding or head `module` a weight of `size` rows: its first `keep`, then new ones (see
+    resize_token_embeddings), on the sphere when the module is (nGPT)."""
+    weight = module.weight
+    with torch.no_grad():
+        rows = weight.new_empty(size - keep, weight.shape[1], dtype=torch.float32)
+        if mean_resizing:
+            rows.copy_(weight[:keep].float().mean(0).expand_as(rows))
+        else:  # as ngpt_ds.model builds the matrix: nGPT N(0, 1/d) (then normalized), the GPT N(0, init_std)
+            rows.normal_(0.0, weight.shape[1] ** -0.5 if module.on_sphere else config.init_std)
+        if module.on_sphere:
+            rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=torch.finfo(rows.dtype).tiny)
+        resized = torch.cat([weight[:keep], rows.to(weight.dtype)])
+    module.weight = nn.Parameter(resized, requires_grad=weight.requires_grad)
+    if isinstance(module, Projection):  # the head [vocab, d]
+        module.out_features = size
 
 
 def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
