@@ -318,6 +318,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
                 f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
                 "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
             )
+        _check_token_ids(input_ids, labels, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
@@ -373,6 +374,32 @@ def _resize(module: DeclaredMatrix, size: int, keep: int, mean_resizing: bool, c
     module.weight = nn.Parameter(resized, requires_grad=weight.requires_grad)
     if isinstance(module, Projection):  # the head [vocab, d]
         module.out_features = size
+
+
+def _check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab: int) -> None:
+    """Every input id, and every label but -100, must be a row of the embedding (0 .. vocab - 1). An id past it
+    (a tokenizer given tokens by add_tokens, the model not resized) ended in 'IndexError: index out of range in
+    self' on a CPU, and in a device-side assert on a GPU, which leaves the CUDA context unusable; -100 in
+    input_ids (labels passed as inputs) the same."""
+    for name, ids in (("input_ids", input_ids), ("labels", labels)):
+        if ids is None or ids.numel() == 0:
+            continue
+        outside = (ids < 0) | (ids >= vocab)
+        if name == "labels":
+            outside &= ids != -100
+        if bool(outside.any()):
+            value = int(ids[outside].flatten()[0])
+            added = (
+                "; after tokenizer.add_tokens (or add_special_tokens), call model.resize_token_embeddings(len(tokenizer))"
+                if value >= vocab
+                else (
+                    " (-100 marks a label to ignore; it is no input)" if value == -100 and name == "input_ids" else ""
+                )
+            )
+            raise ValueError(
+                f"{name} hold {value}, which is no token id of this model: it has {vocab} (0 to {vocab - 1}, "
+                f"config.vocab_size){'' if name == 'input_ids' else ' and takes -100 for a label to ignore'}{added}"
+            )
 
 
 def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
