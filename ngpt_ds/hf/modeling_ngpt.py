@@ -27,12 +27,14 @@ import dataclasses
 import importlib
 import inspect
 import os
+import weakref
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -44,7 +46,7 @@ from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix, Projection
 from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes
-from ngpt_ds.model.sphere import max_norm_deviation
+from ngpt_ds.model.sphere import max_norm_deviation, sphere_matrices
 
 
 class _LayerView:
@@ -81,6 +83,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         super().__init__(config)
         self.model = build_model(config.to_model_config())
         self.post_init()
+        if config.arch == "ngpt":
+            _keep_on_the_sphere(self)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing: ngpt_ds.model initializes (and, for nGPT, normalizes) its own weights."""
@@ -374,6 +378,39 @@ def _resize(module: DeclaredMatrix, size: int, keep: int, mean_resizing: bool, c
     module.weight = nn.Parameter(resized, requires_grad=weight.requires_grad)
     if isinstance(module, Projection):  # the head [vocab, d]
         module.out_features = size
+
+
+_SPHERE_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+"""The nGPT models of this module alive in the process, whose sphere matrices _renormalize_after_step keeps."""
+
+
+def _keep_on_the_sphere(model: nn.Module) -> None:
+    """Registers `model` for renormalization after every step of any torch optimizer holding its sphere matrices
+    (one process-wide hook, added with the first nGPT model). nGPT's training renormalizes them after every
+    optimizer step (section 2.6 of the paper; ngpt_ds's trainer does it in its own hook); an nGPT fine-tuned with
+    transformers' Trainer or a plain torch loop was not: the matrices drifted off the sphere (0.0111 after three
+    AdamW steps at lr 1e-3), so the model trained was no nGPT, and from_pretrained refused what it saved."""
+    global _STEP_HOOK
+    _SPHERE_MODELS.add(model)
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_renormalize_after_step)
+
+
+_STEP_HOOK: Any = None
+
+
+@torch.no_grad()
+def _renormalize_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """W <- W / ||W|| along its norm dim, in fp32, for each sphere matrix that `optimizer` updates (the others did
+    not move): the renormalization of ngpt_ds.model.sphere.normalize_matrices_, after the step as in training. An
+    optimizer holding none (the GPT baseline's, another model's, DeepSpeed's or FSDP's flat copies) costs a set."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for model in list(_SPHERE_MODELS):
+        for matrix in sphere_matrices(model):
+            if id(matrix.param) in held:
+                w = matrix.param.float()
+                norms = torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True)
+                matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
 
 
 def _check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab: int) -> None:
