@@ -120,3 +120,22 @@ def test_resize_token_embeddings_to_a_size_that_is_no_positive_integer_is_named(
         model.resize_token_embeddings(value)
     assert str(err.value) == f"resize_token_embeddings: new_num_tokens must be a positive integer, not {value!r}"
     assert model.config.vocab_size == 512
+
+
+def test_return_dict_false_gives_a_tuple_as_transformers_models_do():
+    """Fault: forward ignored return_dict=False (and config.return_dict = False) and returned its dict-like output,
+    whose unpacking yields its keys: `loss, logits = model(ids, labels=ids, use_cache=False, return_dict=False)`
+    gave loss == 'loss' and logits == 'logits', strings, without an error. Now the tuple of the fields that are
+    not None, as transformers' can_return_tuple gives it."""
+    model = _model("ngpt")
+    with torch.no_grad():
+        out = model(IDS, labels=IDS, use_cache=False)
+        loss, logits = model(IDS, labels=IDS, use_cache=False, return_dict=False)
+        assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
+        (alone,) = model(IDS, use_cache=False, return_dict=False)
+        assert torch.equal(alone, out.logits)
+        with_cache = model(IDS, return_dict=False)
+        assert isinstance(with_cache, tuple) and len(with_cache) == 2 and torch.equal(with_cache[0], out.logits)
+        model.config.return_dict = False
+        assert isinstance(model(IDS, use_cache=False), tuple)
+        assert model(IDS, use_cache=False, return_dict=True).logits.shape == (2, 6, 512)

@@ -304,7 +304,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple[Any, ...]:
         """input_ids [B, T] -> logits [B, T, V] (the last `logits_to_keep` positions when > 0).
 
         With a `cache` (transformers' name; `past_key_values` is its older one, also taken), input_ids are the
@@ -354,12 +354,19 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
                 counted = int((targets != -1).sum())
                 # The mean times its count is the sum; none counted: 0 (the mean is 0/0), with a zero gradient.
                 loss = (loss * counted if counted else logits.sum() * 0.0) / num_items
-        return CausalLMOutputWithPast(
+        output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=cache if use_cache else None,
             hidden_states=None if states is None else states.hidden_states(),
         )
+        # return_dict=False (or config.return_dict False): a tuple of the fields that are not None, as transformers'
+        # models return it (its can_return_tuple). The output was returned as is, a dict, so `loss, logits =
+        # model(ids, labels=ids, use_cache=False, return_dict=False)` unpacked its keys: the strings 'loss', 'logits'.
+        return_dict = kwargs.get("return_dict")
+        if not (getattr(self.config, "return_dict", True) if return_dict is None else return_dict):
+            return output.to_tuple()
+        return output
 
 
 def _resize(module: DeclaredMatrix, size: int, keep: int, mean_resizing: bool, config: Any) -> None:
