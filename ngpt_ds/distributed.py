@@ -272,9 +272,23 @@ def _slurm_tasks_on_this_node(env: dict[str, str], world: int) -> int:
     return counts[int(node)] if node.isascii() and node.isdigit() and int(node) < len(counts) else counts[0]
 
 
-_MPI_LOCAL_RANK = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK")
-"""A rank's index on its node: Open MPI, MPICH and Intel MPI (Hydra), MVAPICH."""
-_MPI_LOCAL_SIZE = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE")
+_MPI_LOCAL_RANK = (
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "MV2_COMM_WORLD_LOCAL_RANK",
+    "PMI_LOCAL_RANK",
+    "PALS_LOCAL_RANKID",
+)
+"""A rank's index on its node: Open MPI, MPICH and Intel MPI (Hydra), MVAPICH, Cray PMI and PALS (the
+mpiexec of HPE Cray EX systems, which sets PMI_RANK / PMI_SIZE and none of the others: every rank of a
+node drove GPU 0, and a multi-node job counted as one node listened on the loopback)."""
+_MPI_LOCAL_SIZE = (
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
+    "PMI_LOCAL_SIZE",
+    "PALS_LOCAL_SIZE",
+)
 """The number of ranks on a rank's node, in the same order."""
 
 
