@@ -156,6 +156,14 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
                 f"{', '.join(TORCH_VARS)}"
             )
         rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
+        if "LOCAL_RANK" not in env and world > 1:
+            # Every rank drives device LOCAL_RANK (DeepSpeed's engine reads it too): read as 0, every rank of a
+            # node drove cuda:0, and NCCL stopped at the first collective ("Duplicate GPU detected").
+            raise NgptConfigError(
+                f"launch environment RANK={rank} WORLD_SIZE={world} without LOCAL_RANK: cannot tell which "
+                "device of its node this rank drives. Set LOCAL_RANK (the rank's index on its node, 0 to the "
+                "node's rank count - 1) and LOCAL_WORLD_SIZE, or start with torchrun or deepspeed, which set them"
+            )
         local_rank = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
         # DeepSpeed's launcher sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE: without it, every node of a
         # multi-node `deepspeed` job counted the whole job's ranks as its own.
