@@ -139,3 +139,22 @@ def test_return_dict_false_gives_a_tuple_as_transformers_models_do():
         model.config.return_dict = False
         assert isinstance(model(IDS, use_cache=False), tuple)
         assert model(IDS, use_cache=False, return_dict=True).logits.shape == (2, 6, 512)
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "gpt"])
+def test_attn_implementation_sdpa_is_taken_and_reported(arch, tmp_path):
+    """Fault: the attention runs in torch's scaled_dot_product_attention, yet from_pretrained(...,
+    attn_implementation="sdpa") was refused ("... does not support an attention implementation through
+    torch.nn.functional.scaled_dot_product_attention yet. Please request the support ...") and a default load
+    reported config._attn_implementation == "eager". Now "sdpa" is taken and reported, with the same logits;
+    flash_attention_2, which the model does not run, is still refused."""
+    model = _model(arch)
+    model.save_pretrained(tmp_path / "m")
+    cls = type(model)
+    default = cls.from_pretrained(tmp_path / "m")
+    sdpa = cls.from_pretrained(tmp_path / "m", attn_implementation="sdpa")
+    assert (default.config._attn_implementation, sdpa.config._attn_implementation) == ("sdpa", "sdpa")
+    with torch.no_grad():
+        assert torch.equal(sdpa(IDS).logits, default(IDS).logits)
+    with pytest.raises(ValueError, match="does not support Flash Attention 2"):
+        cls.from_pretrained(tmp_path / "m", attn_implementation="flash_attention_2")

@@ -78,6 +78,11 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
     #: does not divide the loss by the accumulation steps itself): the loss is then the sum over this batch's
     #: targets divided by it, as transformers' own causal LMs compute it (loss_utils.fixed_cross_entropy).
     accepts_loss_kwargs = True
+    #: Attention runs in torch's scaled_dot_product_attention (ngpt_ds.model.blocks), whatever is asked: so
+    #: attn_implementation="sdpa" is taken and config._attn_implementation says "sdpa". Without it transformers
+    #: refused "sdpa" as not supported ("... does not support an attention implementation through
+    #: torch.nn.functional.scaled_dot_product_attention yet") and reported "eager" for the SDPA that runs.
+    _supports_sdpa = True
 
     def __init__(self, config: NGPTConfig | GPTBaselineConfig) -> None:
         super().__init__(config)
