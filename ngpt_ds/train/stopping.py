@@ -66,7 +66,10 @@ class StopRequest:
         self.repeated = 0
         """Requests after the first one (signals during the save): counted, never obeyed."""
         self.last_save_s: float | None = None
+        """This rank's last save, in seconds."""
         self.time_left: float | None = None
+        self.save_estimate_s: float | None = None
+        """The job's estimate of a save at the last `agree_to_save`: its slowest rank's last save."""
         for sig in URGENT_SIGNALS + WARNING_SIGNALS:
             if signal.getsignal(sig) is signal.SIG_IGN and sig in (signal.SIGINT, signal.SIGHUP):
                 continue  # nohup, or a background job of a non-interactive shell: stay as the user chose
@@ -104,15 +107,21 @@ class StopRequest:
 
     def agree_to_save(self, device: torch.device | str) -> bool:
         """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
-        on every rank? The estimate is this process's last save; before any, the save is tried (a save
-        cut short by the launcher's SIGKILL never replaces the previous checkpoint)."""
-        left = torch.tensor([min(self.seconds_left(), _NO_DEADLINE)], dtype=torch.float64, device=device)
-        all_reduce_on(left, device, op=dist.ReduceOp.MIN)
-        self.time_left = left.item()
-        return self.time_left > (self.last_save_s or 0.0)
+        on every rank? The estimate is the slowest rank's last save; before any, the save is tried (a save
+        cut short by the launcher's SIGKILL never replaces the previous checkpoint). Both numbers are
+        agreed in one all-reduce (a maximum of -time left and of the save times), so every rank answers
+        the same: with its own last save each, a rank whose save had taken longer than the time left
+        stopped unsaved while the others entered the save's collectives and waited for it there (gloo:
+        'Connection closed by peer'; NCCL: train.dist_timeout_s)."""
+        left = min(self.seconds_left(), _NO_DEADLINE)
+        agreed = torch.tensor([-left, self.last_save_s or 0.0], dtype=torch.float64, device=device)
+        all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)
+        self.time_left, self.save_estimate_s = -agreed[0].item(), agreed[1].item()
+        return self.time_left > self.save_estimate_s
 
     def unsaved_message(self) -> str:
-        took = f", the last save took {self.last_save_s:.1f} s" if self.last_save_s is not None else ""
+        estimate = self.save_estimate_s if self.last_save_s is not None else None
+        took = f", the last save took {estimate:.1f} s" if estimate is not None else ""
         return (
             f"no time left to save (train.stop_grace_s = {self.grace_s:g}, {max(self.time_left or 0.0, 0.0):.1f} s "
             f"of it left{took})"
