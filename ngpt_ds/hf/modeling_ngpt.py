@@ -18,6 +18,13 @@ token of the training data; pass the tokenizer's attention_mask with a padded ba
 unknown, all finite, nGPT's sphere matrices unit norm, and every one of a float dtype
 (ngpt_ds.model.saved_weights, which an export carries too).
 
+Fine-tuning keeps nGPT an nGPT: after every step of a torch optimizer (transformers' Trainer's, or one of
+your own over model.parameters()) the nGPT matrices it updated are renormalized, as nGPT's training does
+(_renormalize_after_step); DeepSpeed's and FSDP's flat copies are not reached. `resize_token_embeddings`
+resizes the embedding, the head and s_z, keeping new rows on the sphere. forward honours
+`output_hidden_states` and `return_dict=False`; `output_attentions=True` is refused (SDPA computes no weights),
+and so are token ids outside the vocabulary.
+
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
 """
 
