@@ -16,6 +16,10 @@ MODEL_TYPES = ("bpe", "unigram")
 # into pieces of at most this many characters (<= 4 bytes each in UTF-8) instead.
 _MAX_LINE_CHARS = 4096
 _MAX_LINE_BYTES = 4 * _MAX_LINE_CHARS
+MAX_MODEL_BYTES = 64 << 20
+"""The largest sentencepiece model file read. Real ones are a few MB (a model of 2 million pieces is 31 MB);
+sentencepiece reads a file whole, and holds about ten times its size once parsed, before it can say the file
+is no model: a 1.5 GB data shard or checkpoint given as the tokenizer held 2 GB for 9 s, then failed."""
 
 
 class Tokenizer:
@@ -32,11 +36,13 @@ class Tokenizer:
             raise NgptConfigError(f"tokenizer {path} not found; pass an existing sentencepiece .model file")
         sp = spm.SentencePieceProcessor()
         try:
-            sp.Load(str(path))
+            sp.LoadFromSerializedProto(read_model_bytes(path))
         except (OSError, RuntimeError) as e:
+            reason = str(e).splitlines()[0]
+            if "ParseFromArray" in reason:  # sentencepiece names its own source line; say what Load(path) says
+                reason = "could not parse ModelProto"
             raise NgptConfigError(
-                f"tokenizer {path} is not a sentencepiece model ({str(e).splitlines()[0]}); "
-                "pass a .model file written by sentencepiece"
+                f"tokenizer {path} is not a sentencepiece model ({reason}); pass a .model file written by sentencepiece"
             ) from None
         return cls(sp, path)
 
@@ -55,6 +61,22 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """The bytes of the sentencepiece model file at `path`, at most MAX_MODEL_BYTES of them: a larger file is
+    an NgptConfigError naming it and its size, before more than that is read (its size on disk is not trusted:
+    the read itself stops)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_MODEL_BYTES + 1)
+    if len(data) > MAX_MODEL_BYTES:
+        size = path.stat().st_size
+        raise NgptConfigError(
+            f"tokenizer {path} is {max(size, len(data)):,} bytes, more than the {MAX_MODEL_BYTES:,} bytes of the "
+            "largest sentencepiece model read (real ones are a few MB): it is not a tokenizer (a data shard or a "
+            "checkpoint given as the tokenizer?); pass the .model file written by sentencepiece"
+        )
+    return data
 
 
 def training_lines(texts: Iterable[str], max_chars: int) -> Iterator[str]:
