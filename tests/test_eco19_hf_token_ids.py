@@ -94,3 +94,44 @@ def test_ids_outside_the_vocabulary_are_named(kwargs, message):
     assert str(err.value) == message
     ok = model(input_ids=torch.tensor([[3, 5, 4]]), labels=torch.tensor([[3, 511, -100]]))
     assert ok.loss is not None and bool(torch.isfinite(ok.loss))
+
+
+@pytest.mark.parametrize(
+    "labels, kwargs, message",
+    [
+        (
+            lambda ids: ids[:, :3],
+            {},
+            "labels has shape (2, 3) and input_ids (2, 4): labels must have the shape of input_ids, one per input "
+            "position (the input ids, shifted inside the model; -100 where no loss)",
+        ),
+        (
+            lambda ids: ids[0],
+            {},
+            "labels has shape (4,) and input_ids (2, 4): labels must have the shape of input_ids, one per input "
+            "position (the input ids, shifted inside the model; -100 where no loss)",
+        ),
+        (
+            lambda ids: ids,
+            {"logits_to_keep": 1},
+            "labels with logits_to_keep=1: the loss needs the logits of every position; pass logits_to_keep=0 "
+            "(the default) with labels",
+        ),
+    ],
+)
+def test_labels_that_do_not_match_the_inputs_are_named(labels, kwargs, message):
+    """Fault: labels of another shape than input_ids stopped in the loss with "The expanded size of the tensor (6)
+    must match the existing size (4) at non-singleton dimension 0" (or "too many indices for tensor of dimension
+    1" for a 1-D row), and labels with logits_to_keep=1 with "The size of tensor a (0) must match the size of
+    tensor b (6)". Now a ValueError naming both shapes, or logits_to_keep."""
+    from ngpt_ds.hf.configuration_ngpt import NGPTConfig
+    from ngpt_ds.hf.modeling_ngpt import NGPTForCausalLM
+    from ngpt_ds.model import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=1, n_embd=32, n_head=2, seq_len=32)
+    model = NGPTForCausalLM(NGPTConfig.from_model_config(config)).eval()
+    ids = torch.tensor([[5, 17, 99, 4], [1, 2, 3, 4]])
+    with pytest.raises(ValueError) as err:
+        model(ids, labels=labels(ids), **kwargs)
+    assert str(err.value) == message

@@ -334,6 +334,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
                 f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
                 "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
             )
+        if labels is not None:
+            _check_labels(input_ids, labels, logits_to_keep)
         _check_token_ids(input_ids, labels, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -430,6 +432,23 @@ def _renormalize_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs:
                 w = matrix.param.float()
                 norms = torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True)
                 matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def _check_labels(input_ids: torch.Tensor, labels: torch.Tensor, logits_to_keep: int) -> None:
+    """labels as transformers' causal LMs take them: one per input position (the input ids, shifted here; -100
+    where no loss), with every position's logits. Other shapes stopped in the loss with "The expanded size of the
+    tensor (6) must match the existing size (4)" or "too many indices for tensor of dimension 1", and
+    logits_to_keep with "The size of tensor a (0) must match the size of tensor b (6)"."""
+    if labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)}: labels must have the "
+            "shape of input_ids, one per input position (the input ids, shifted inside the model; -100 where no loss)"
+        )
+    if logits_to_keep:
+        raise ValueError(
+            f"labels with logits_to_keep={logits_to_keep}: the loss needs the logits of every position; "
+            "pass logits_to_keep=0 (the default) with labels"
+        )
 
 
 def _check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab: int) -> None:
