@@ -196,8 +196,11 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         world = _int(env, size_var if size_var in env else "OMPI_COMM_WORLD_SIZE")
         # This node's ranks, as each MPI names them. Without them every rank would drive GPU 0 (NCCL
         # stops: "Duplicate GPU detected") and a multi-node job would listen on the loopback.
-        local_rank = _first_int(env, _MPI_LOCAL_RANK, default=0)
-        local_world = _first_int(env, _MPI_LOCAL_SIZE, default=world)
+        if world > 1 and not any(name in env for name in _MPI_LOCAL_RANK):
+            local_rank, local_world = _mpi_node_ranks(rank_var)
+        else:
+            local_rank = _first_int(env, _MPI_LOCAL_RANK, default=0)
+            local_world = _first_int(env, _MPI_LOCAL_SIZE, default=world)
         addr, port = _mpi_master(env, rank, single_host=local_world == world)
         source = "mpi"
     else:
@@ -298,6 +301,27 @@ _MPI_LOCAL_SIZE = (
     "PALS_LOCAL_SIZE",
 )
 """The number of ranks on a rank's node, in the same order."""
+
+
+def _mpi_node_ranks(rank_var: str) -> tuple[int, int]:
+    """(this rank's index on its node, the node's rank count), asked of MPI itself (the ranks that share
+    memory with this one, in the order of their ranks): for an MPI launcher that sets none of the node-local
+    variables (Flux's `flux run`, other PMI or PMIx launchers). Read as 0 of the whole job, every rank of a
+    node drove GPU 0 (NCCL: "Duplicate GPU detected"), and a multi-node job listened on the loopback.
+    Collective over the job: every rank of such a launch comes here."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise NgptConfigError(
+            f"started by an MPI launcher that sets {rank_var} but none of {', '.join(_MPI_LOCAL_RANK)}: cannot "
+            "tell which GPU of its node this rank drives. pip install 'ngpt_ds[mpi]' (or mpi4py), so that MPI "
+            "tells, or start with mpirun / mpiexec of Open MPI, MPICH or Intel MPI, srun, or torchrun"
+        ) from None
+    node = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED, key=MPI.COMM_WORLD.Get_rank())
+    try:
+        return int(node.Get_rank()), int(node.Get_size())
+    finally:
+        node.Free()
 
 
 def _first_int(env: dict[str, str], names: tuple[str, ...], default: int) -> int:
