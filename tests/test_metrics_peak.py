@@ -45,6 +45,12 @@ def gpu(monkeypatch):
         ("NVIDIA H200", torch.float32, 67.0),
         ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
         ("NVIDIA H100 80GB HBM3", torch.float16, 989.0),
+        # Fault: every name holding "H100" got the SXM part's 989, so a PCIe card's MFU read 0.76x its value.
+        ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
+        ("NVIDIA H100 PCIe", torch.float32, 51.0),
+        ("NVIDIA H100 NVL", torch.bfloat16, 835.0),
+        ("NVIDIA H200 NVL", torch.bfloat16, 835.0),
+        ("NVIDIA H200 NVL", torch.float32, 60.0),
     ],
 )
 def test_the_gpu_peak_for_mfu_is_the_one_of_the_run_precision(gpu, name, dtype, tflops):

@@ -34,11 +34,32 @@ from ngpt_ds.train.summary import json_safe, lines_of, records_if_readable, repl
 _log = log.get(__name__)
 
 #: Dense bf16 peak TFLOP/s of common accelerators (vendor data sheets, dense, no sparsity); fp16 has
-#: the same (V100: fp16 only).
-KNOWN_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
-#: Their fp32 peaks (vendor data sheets; SXM parts), what an fp32 run's matmuls get: torch runs fp32
-#: matmuls without TF32 unless told to (then set train.peak_tflops).
-KNOWN_FP32_PEAK_TFLOPS = {"H200": 67.0, "H100": 67.0, "A100": 19.5, "L40S": 91.6, "A10": 31.2, "V100": 15.7}
+#: the same (V100: fp16 only). The first key found in the device name wins, so the PCIe and NVL parts
+#: come before the bare names, whose figures are the SXM parts'.
+KNOWN_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200 NVL": 835.0,
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "V100": 125.0,
+}
+#: Their fp32 peaks, what an fp32 run's matmuls get: torch runs fp32 matmuls without TF32 unless told
+#: to (then set train.peak_tflops).
+KNOWN_FP32_PEAK_TFLOPS = {
+    "H100 PCIe": 51.0,
+    "H100 NVL": 60.0,
+    "H200 NVL": 60.0,
+    "H200": 67.0,
+    "H100": 67.0,
+    "A100": 19.5,
+    "L40S": 91.6,
+    "A10": 31.2,
+    "V100": 15.7,
+}
 
 
 class RecordWriteError(CheckpointWriteError):
