@@ -11,6 +11,13 @@ would (dict semantics: the place and key of its first entry, the value of its la
 mapping holds at most as many entries as the file writes distinct keys, at each level. What a file
 means is unchanged: the result equals yaml.safe_load's, order of keys included, for every file
 that safe_load reads in reasonable time.
+
+Distinct keys still add up: a mapping of K keys merged M times (`b: {<<: [*a, *a, ...]}`) copies K * M
+entries before any are dropped (30 kB: 9 s and 691 MB), and a chain of N mappings each merging the one
+before (`m2: &m2 {<<: *m1, k2: 1}`) holds N^2 / 2 (143 kB: 20 s and 817 MB; a 1 MiB config, tens of GB).
+So a mapping is flattened once, however often it is merged, and the entries that merges copy in one
+document are counted: past MAX_MERGED_ENTRIES the file is refused (a ConstructorError naming the line)
+before they are copied.
 """
 
 from __future__ import annotations
@@ -37,11 +44,75 @@ class _Unhashable:
         return isinstance(other, _Unhashable) and other.node is self.node
 
 
+MAX_MERGED_ENTRIES = 100_000
+"""The most entries the merge keys of one document may copy in all. A config's merges copy tens (a block
+of defaults merged into a few sections); the merge bombs above copy millions."""
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_VALUE_TAG = "tag:yaml.org,2002:value"
+
+
 class Loader(yaml.SafeLoader):
-    """yaml.SafeLoader whose merged mappings hold one entry per key (see the module's header)."""
+    """yaml.SafeLoader whose merged mappings hold one entry per key, each flattened once, and whose merges copy
+    at most MAX_MERGED_ENTRIES entries (see the module's header)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._flattened: set[int] = set()  # ids of the mapping nodes flattened (the nodes live for the load)
+        self._merged = 0
+
+    def _merge_source(self, node: yaml.MappingNode, source: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The entries of `source`, a mapping merged into `node`, flattened (once) and counted."""
+        if id(source) not in self._flattened:
+            self.flatten_mapping(source)
+        self._merged += len(source.value)
+        if self._merged > MAX_MERGED_ENTRIES:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"its merge keys (<<) copy more than {MAX_MERGED_ENTRIES:,} entries in all (mappings merged over "
+                "and over, or into each other in a chain): no config needs that many; write the settings out",
+                source.start_mark,
+            )
+        return source.value
 
     def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        super().flatten_mapping(node)
+        # PyYAML's SafeConstructor.flatten_mapping (6.0), with each merged mapping taken by _merge_source.
+        merge: list[tuple[yaml.Node, yaml.Node]] = []
+        index = 0
+        while index < len(node.value):
+            key_node, value_node = node.value[index]
+            if key_node.tag == _MERGE_TAG:
+                del node.value[index]
+                if isinstance(value_node, yaml.MappingNode):
+                    merge.extend(self._merge_source(node, value_node))
+                elif isinstance(value_node, yaml.SequenceNode):
+                    submerge = []
+                    for subnode in value_node.value:
+                        if not isinstance(subnode, yaml.MappingNode):
+                            raise yaml.constructor.ConstructorError(
+                                "while constructing a mapping",
+                                node.start_mark,
+                                f"expected a mapping for merging, but found {subnode.id}",
+                                subnode.start_mark,
+                            )
+                        submerge.append(self._merge_source(node, subnode))
+                    for value in reversed(submerge):
+                        merge.extend(value)
+                else:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"expected a mapping or list of mappings for merging, but found {value_node.id}",
+                        value_node.start_mark,
+                    )
+            elif key_node.tag == _VALUE_TAG:
+                key_node.tag = "tag:yaml.org,2002:str"
+                index += 1
+            else:
+                index += 1
+        if merge:
+            node.value = merge + node.value
         entries: dict[Any, list[yaml.Node]] = {}
         for key_node, value_node in node.value:
             key: Any = _Unhashable(key_node)
@@ -58,6 +129,7 @@ class Loader(yaml.SafeLoader):
             else:
                 entries[key] = [key_node, value_node]
         node.value = [(key_node, value_node) for key_node, value_node in entries.values()]
+        self._flattened.add(id(node))
 
 
 def safe_load(stream: str | bytes) -> Any:
