@@ -51,7 +51,22 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     elsewhere = resume_from is not None and not in_run_folder(out_dir, resume_from)
     newer = [d for d in checkpoint.step_dirs(checkpoint_dir) if elsewhere or checkpoint.step_of(d.name) > k]
     newer += [d for d in checkpoint.universal_dirs(checkpoint_dir) if elsewhere or checkpoint.universal_step(d) > k]
-    if not newer:
+    # From elsewhere, the folder's logs are never the new lineage's, checkpoints of theirs or not: a run killed
+    # before its first save, or whose checkpoints/ was deleted to start over, left metrics.jsonl rows and
+    # TensorBoard events of its steps <= k, which the resumed run kept and appended its own to.
+    # Not when <out>/lineage.json says the same checkpoint started them (the same command run again after a
+    # session stopped before its first save): those are this lineage's, and metrics drops its rows after k.
+    summary_file = out_dir / SUMMARY_FILE
+    stray_logs = (
+        elsewhere
+        and not newer
+        and (
+            any(_run_log(out_dir / name) for name in _LOG_NAMES)
+            or (summary_file.is_file() and not summary_file.is_symlink())
+        )
+        and not _grew_from(out_dir, resume_from)
+    )
+    if not newer and not stray_logs:
         if resume_from is None or elsewhere:  # a fresh lineage, or one growing from another run's checkpoint
             record_origin(out_dir, resume_from)
         return None
@@ -61,7 +76,7 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     while abandoned.exists():
         n += 1
         abandoned = checkpoint_dir / f"{checkpoint.ABANDONED_PREFIX}{stamp}-{n}"
-    abandoned.mkdir()
+    abandoned.mkdir(parents=True)  # checkpoints/ too, when the folder holds only another run's logs
     for folder in newer:
         os.rename(folder, abandoned / folder.name)
     record = out_dir / LINEAGE_FILE
@@ -75,6 +90,11 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     summary = _move_summary(out_dir, abandoned)
     if elsewhere:
         logs = " and ".join(filter(None, (logs, summary)))
+        if not newer:
+            return (
+                f"resuming from {resume_from}, outside {checkpoint_dir}: moved the {logs} of another run, which "
+                f"left no checkpoint in {out_dir}, to {abandoned} (kept, not deleted)"
+            )
         return (
             f"resuming from {resume_from}, outside {checkpoint_dir}: moved its {len(newer)} checkpoint folder(s) "
             f"of another lineage ({names}){f', and its {logs},' if logs else ''} to {abandoned} (kept, not deleted)"
@@ -104,9 +124,9 @@ def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[st
     folder's logs belong to the new lineage (a checkpoint from elsewhere), so they go whole; else a
     copy, and the run keeps its records up to the resumed step. Returns the names kept."""
     kept = []
-    for name in ("metrics.jsonl", "tensorboard"):
+    for name in _LOG_NAMES:
         source = out_dir / name
-        if source.is_symlink() or not (source.is_dir() or source.is_file()):  # absent, or no file of the run's
+        if not _run_log(source):
             continue
         if move:
             os.rename(source, abandoned / name)
@@ -116,6 +136,24 @@ def _keep_lineage_logs(out_dir: Path, abandoned: Path, *, move: bool) -> list[st
             shutil.copy2(source, abandoned / name)
         kept.append(name + ("/" if (abandoned / name).is_dir() else ""))
     return kept
+
+
+def _grew_from(out_dir: Path, resume_from: Path | None) -> bool:
+    """Whether <out>/lineage.json records `resume_from` (its manifest digest) as the origin of the folder's lineage."""
+    record = read_origin(out_dir)
+    if record is None or resume_from is None:
+        return False
+    digest = checkpoint.marker_digest(resume_from)
+    return digest is not None and digest == record["complete_blake2b"]
+
+
+_LOG_NAMES = ("metrics.jsonl", "tensorboard")
+"""The run folder's logs of its lineage's steps (ngpt_ds.train.metrics)."""
+
+
+def _run_log(source: Path) -> bool:
+    """Whether `source` is a log the run wrote: a file or folder, not a link (absent, or no file of the run's)."""
+    return not source.is_symlink() and (source.is_dir() or source.is_file())
 
 
 def _not_copied(folder: str, names: list[str]) -> list[str]:
