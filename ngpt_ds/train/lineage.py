@@ -47,6 +47,7 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     the line to print, or None when nothing moved.
     """
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
+    named = resume_from is not None and _named_by_path(resume_from)
     k = checkpoint.step_of(resume_from.name) if resume_from is not None else 0
     elsewhere = resume_from is not None and not in_run_folder(out_dir, resume_from)
     newer = [d for d in checkpoint.step_dirs(checkpoint_dir) if elsewhere or checkpoint.step_of(d.name) > k]
@@ -69,6 +70,8 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     if not newer and not stray_logs:
         if resume_from is None or elsewhere:  # a fresh lineage, or one growing from another run's checkpoint
             record_origin(out_dir, resume_from)
+        elif named:  # the run's own newest step, named by --resume PATH (not auto)
+            record_continuation(out_dir, resume_from)  # the same command run again continues, not rolls back to it
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     abandoned = checkpoint_dir / f"{checkpoint.ABANDONED_PREFIX}{stamp}"
@@ -177,12 +180,70 @@ def record_origin(out_dir: Path, resume_from: Path | None) -> None:
         if path.is_file() or path.is_symlink():
             path.unlink()
         return
-    record = {
+    replace_file(path, json.dumps(_entry(resume_from), indent=1) + "\n")
+
+
+_named_path: str | None = None
+"""The checkpoint that --resume PATH named in this process (`same_command_resume`, called by the trainer's CLI
+before the run starts): `start_lineage` records it as a continuation point when it is the run's newest step.
+--resume auto resumes the newest step as well, and is not recorded: a later --resume of that step rolls back."""
+
+
+def _named_by_path(resume_from: Path) -> bool:
+    """Whether --resume PATH (not auto) named `resume_from` in this process; forgets it (read once)."""
+    global _named_path
+    named, _named_path = _named_path, None
+    return named is not None and named == os.path.abspath(resume_from)
+
+
+def _entry(resume_from: Path) -> dict:
+    """A checkpoint as lineage.json names it: its absolute path, step and manifest digest."""
+    return {
         "resumed_from": os.path.abspath(resume_from),
         "step": checkpoint.step_of(resume_from.name),
         "complete_blake2b": checkpoint.marker_digest(resume_from),
     }
-    replace_file(path, json.dumps(record, indent=1) + "\n")
+
+
+CONTINUED_KEY = "continued_from"
+"""In lineage.json: the run's own newest checkpoints that a later --resume PATH named (each as `_entry`), so
+that the same command run again continues the lineage too (`same_command_resume`)."""
+_CONTINUED_MAX = 32
+"""The most recent continuation points kept (about 150 bytes each, far below the record's read cap)."""
+
+
+def record_continuation(out_dir: Path, resume_from: Path) -> None:
+    """Rank 0, under the run lock: --resume PATH named the newest checkpoint of the run's own lineage, so
+    nothing moved and the lineage goes on. Record PATH in <out>/lineage.json (also as the origin when there is
+    no record: a lineage started fresh), so that the same command run again (a Slurm requeue, a --max-time
+    session's next) continues from the newest checkpoint; it rolled back to PATH and moved everything trained
+    since into abandoned-*."""
+    entry = _entry(resume_from)
+    record = read_origin(out_dir)
+    if record is None:  # a fresh lineage: its own step stands in for the origin, and is a continuation point
+        replace_file(out_dir / LINEAGE_FILE, json.dumps({**entry, CONTINUED_KEY: [entry]}, indent=1) + "\n")
+        return
+    points = _points(record)
+    if entry in points[1:]:
+        return
+    record[CONTINUED_KEY] = [*points[1:], entry][-_CONTINUED_MAX:]
+    replace_file(out_dir / LINEAGE_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def _is_entry(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("resumed_from"), str)
+        and isinstance(value.get("step"), int)
+        and isinstance(value.get("complete_blake2b"), (str, type(None)))
+    )
+
+
+def _points(record: dict) -> list[dict]:
+    """The checkpoints whose --resume continues the lineage: its origin, then each continuation point."""
+    origin = {key: record[key] for key in ("resumed_from", "step", "complete_blake2b")}
+    continued = record.get(CONTINUED_KEY)
+    return [origin, *(e for e in continued if _is_entry(e))] if isinstance(continued, list) else [origin]
 
 
 def read_origin(out_dir: Path) -> dict | None:
@@ -192,11 +253,7 @@ def read_origin(out_dir: Path) -> dict | None:
         record = json.loads(read_capped(path, _RECORD_MAX_BYTES))
     except (OSError, ValueError, RecursionError):  # RefusedFile is a ValueError
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("resumed_from"), str):
-        return None
-    if not isinstance(record.get("step"), int) or not isinstance(record.get("complete_blake2b"), (str, type(None))):
-        return None
-    return record
+    return record if _is_entry(record) else None
 
 
 def same_command_resume(out_dir: Path, resume: str, named: Path | None, *, restart: bool) -> tuple[str, str | None]:
@@ -211,24 +268,37 @@ def same_command_resume(out_dir: Path, resume: str, named: Path | None, *, resta
     (--restart-lineage) starts over from PATH. --resume auto and none, and a PATH that did not start the
     current lineage, are unchanged.
     """
+    global _named_path
+    _named_path = (
+        os.path.abspath(named) if named is not None and not restart and resume not in ("auto", "none") else None
+    )
     if resume in ("auto", "none") or restart:
         return resume, None
     record = read_origin(out_dir)
     if record is None:
         return resume, None
-    if named is not None:
-        digest = checkpoint.marker_digest(named)
-        if digest is None or digest != record["complete_blake2b"]:
-            return resume, None
-    elif os.path.abspath(resume) != record["resumed_from"]:
+    digest = checkpoint.marker_digest(named) if named is not None else None
+    points = _points(record)  # the origin, then the run's own steps a later --resume named
+    if named is not None:  # the same manifest digest: the same checkpoint, wherever it lies now
+        matches = [i for i, p in enumerate(points) if digest is not None and digest == p["complete_blake2b"]]
+    else:  # gone (retention deletes the step a lineage grew from): the same path
+        matches = [i for i, p in enumerate(points) if os.path.abspath(resume) == p["resumed_from"]]
+    if not matches:
         return resume, None
+    point = points[matches[-1]]  # the latest time PATH was named
     newer = [
         p
         for p in checkpoint.complete_checkpoints(out_dir / checkpoint.CHECKPOINTS)
-        if checkpoint.step_of(p.name) > record["step"]
+        if checkpoint.step_of(p.name) > point["step"]
     ]
     if not newer:  # nothing saved since: the earlier session stopped before its first checkpoint
         return resume, None
+    if matches[-1] > 0:
+        return "auto", (
+            f"--resume {resume} already resumed this run at step {point['step']} ({out_dir / LINEAGE_FILE}); "
+            f"continuing from its newest checkpoint, {newer[-1].name}. Pass --resume {resume} {RESTART_OPTION} "
+            "to go back to it"
+        )
     return "auto", (
         f"--resume {resume} already started this run ({out_dir / LINEAGE_FILE}); continuing from its newest "
         f"checkpoint, {newer[-1].name}. Pass --resume {resume} {RESTART_OPTION} to start over from it"
