@@ -116,5 +116,9 @@ def add_hashes(data_dir: str | Path, block_bytes: int = shard_hashes.BLOCK_BYTES
         for name, split in meta.splits.items()
     }
     hashed = dataclasses.replace(meta, splits=splits, hash_block_bytes=block_bytes)
+    # write_meta writes meta.json.tmp and renames it: a meta.json.tmp already in the folder (one a copied or
+    # shared dataset brings, as a link to a file elsewhere) was opened for writing through the link, so the
+    # file it named, outside the folder, was overwritten with meta.json. Removed first: a link, not its target.
+    (meta.data_dir / (META_FILE + ".tmp")).unlink(missing_ok=True)
     write_meta(hashed, meta.data_dir)
     return hashed
