@@ -20,6 +20,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, manifest, run_lock
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.ds_config import BatchPlan
+from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
 
 LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
@@ -131,6 +132,10 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
         in_place = sorted(
             [*checkpoint.complete_checkpoints(checkpoint_dir), *aside], key=lambda p: checkpoint.step_of(p.name)
         )
+        if not in_place:
+            unsaved = unsaved_lineage(out_dir)
+            if unsaved is not None:
+                raise NgptConfigError(unsaved)
         return _newest_passing([aside.get(p, p) for p in in_place], checkpoint_dir, warn, verify)
     if aside and resume == "none":
         raise NgptConfigError(
@@ -191,6 +196,24 @@ def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], v
     return chosen
 
 
+def unsaved_lineage(out_dir: Path) -> str | None:
+    """The refusal of --resume auto in an --out that holds no complete checkpoint but records, in lineage.json,
+    the checkpoint its lineage grew from (ngpt_ds.train.lineage.record_origin): a `--resume PATH` session that
+    stopped before its first save. auto found nothing there and started from step 0 with new weights, and removed
+    the record: a fine-tune of another run's checkpoint, rerun without its --resume PATH, became a run from
+    scratch without a word. None when there is no such record."""
+    record = read_origin(out_dir)
+    if record is None:
+        return None
+    origin = record["resumed_from"]
+    return (
+        f"--resume auto: {out_dir / checkpoint.CHECKPOINTS} holds no checkpoint yet, but this run's lineage grew "
+        f"from {origin} (step {record['step']}; {out_dir / LINEAGE_FILE}): the session that started it stopped "
+        f"before its first save, and auto would start over from step 0 with new weights. Pass --resume {origin} "
+        f"to continue from it, or --resume none to start a new run from step 0 here"
+    )
+
+
 def verify_on_all_ranks(path: Path) -> str | None:
     """Collective `verify`: every rank checks the listing and sizes, hashes its share of the files
     (manifest.digest_share: each file by one rank, about 1/world of the bytes each), and one
@@ -206,6 +229,9 @@ def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, st
     try:
         named = named_checkpoint(out_dir, resume)
         folders = [named] if named is not None else checkpoint.complete_checkpoints(out_dir / checkpoint.CHECKPOINTS)
+        unsaved = unsaved_lineage(out_dir) if resume == "auto" and not folders else None
+        if unsaved is not None:
+            return [], unsaved
     except NgptConfigError as err:
         return [], str(err)
     except OSError as err:  # an answer, not an exception: the other ranks are waiting for it
