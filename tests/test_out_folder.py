@@ -79,6 +79,25 @@ def test_a_folder_of_someone_elses_metrics_is_refused_and_run_folders_are_not(tm
         run_lock.acquire(out).release()
 
 
+def test_another_trainers_deepspeed_checkpoints_are_refused(tmp_path):
+    """Fault: --out on a DeepSpeed run folder of another trainer (checkpoints/global_step100, latest,
+    zero_to_fp32.py) trained there and exited 0: DeepSpeed's save replaced `latest` (global_step100 ->
+    step_00000002) and its recovery scripts, so that trainer's load_checkpoint and zero_to_fp32.py then read
+    ngpt_ds's checkpoint."""
+    other = tmp_path / "other"
+    (other / "checkpoints" / "global_step100").mkdir(parents=True)
+    (other / "checkpoints" / "latest").write_text("global_step100")
+    (other / "checkpoints" / "zero_to_fp32.py").write_text("# edited by its owner\n")
+    with pytest.raises(NgptConfigError) as err:
+        run_lock.acquire(other)
+    assert str(err.value) == (
+        f"--out {other} is not a run folder (no train.lock, no run config.yaml) but holds checkpoints/latest, "
+        "checkpoints/zero_to_fp32.py, which a run would replace or truncate. Choose another --out"
+    )
+    assert (other / "checkpoints" / "latest").read_text() == "global_step100"
+    assert sorted(p.name for p in other.iterdir()) == ["checkpoints"]
+
+
 def test_a_run_folder_whose_config_was_cut_short_still_resumes_but_a_users_config_there_is_refused(tmp_path):
     """The run's own config.yaml, emptied by a kill while it was rewritten, does not lock the run out;
     a user's model/train config put into a run folder is still refused."""

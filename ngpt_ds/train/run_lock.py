@@ -40,7 +40,15 @@ from ngpt_ds.train.manifest import COMPLETE, RefusedFile, file_kind, read_capped
 LOCK_FILE = "train.lock"
 RUN_CONFIG = "config.yaml"
 """The run's effective config, rewritten at every start (ngpt_ds.train.job)."""
-RUN_FILES = ("metrics.jsonl", "summary.json")
+RUN_FILES = (
+    "metrics.jsonl",
+    "summary.json",
+    # DeepSpeed's save writes these beside the step folders: another trainer's DeepSpeed run folder (its
+    # global_stepN/) had its `latest` tag and recovery scripts replaced by ngpt_ds's, without a word.
+    "checkpoints/latest",
+    "checkpoints/zero_to_fp32.py",
+    "checkpoints/zero_to_torch.py",
+)
 """What else a run replaces (summary.json) or truncates to the step it resumes from (metrics.jsonl:
 everything, on a fresh start) in its --out (ngpt_ds.train.metrics, ngpt_ds.train.loop)."""
 RUN_CONFIG_FIRST_KEY = "config_source"
