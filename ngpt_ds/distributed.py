@@ -216,6 +216,17 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         )
     if not 0 <= rank < world:
         raise NgptConfigError(f"rank {rank} is outside world size {world} ({source} launch environment)")
+    if world > 1 and not 0 <= local_rank < local_world:
+        # Each rank drives device LOCAL_RANK of its node. A negative one (LOCAL_RANK=-1, the 'not distributed'
+        # of many training scripts) made set_device a no-op and DeepSpeed's engine take the current device:
+        # every rank of a node drove cuda:0, and NCCL stopped at the first collective ("Duplicate GPU
+        # detected"); gloo has no such rule, so CPU runs trained.
+        raise NgptConfigError(
+            f"node-local rank {local_rank} of rank {rank} is outside its node's {local_world} rank(s) ({source} "
+            "launch environment): every rank drives the device of its index on its node, 0 to the node's rank "
+            "count - 1. Set LOCAL_RANK and LOCAL_WORLD_SIZE to those (unset LOCAL_RANK=-1 left by another "
+            "script), or start with torchrun or deepspeed, which set them"
+        )
     return DistEnv(rank, world, local_rank, local_world, addr, port, source)
 
 
