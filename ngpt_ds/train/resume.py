@@ -183,10 +183,13 @@ def _resumable(verify: Verify) -> Verify:
 def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], verify: Verify, out_dir: Path) -> Path:
     problem = verify(chosen)
     if problem is not None:
+        before = _older_checkpoints(chosen)
         if chosen.parent.resolve() == (out_dir / checkpoint.CHECKPOINTS).resolve():
-            other = "use --resume auto to take the newest intact one"
+            # Naming an older step is a rollback (after a divergence, say): auto alone took the newest intact
+            # one, the step rolled back from, as the only advice.
+            auto = "--resume auto to take the newest intact one"
+            other = f"the one before it: --resume {before[-1]}, or {auto}" if before else f"use {auto}"
         else:  # auto looks in --out, not where this one lies: it would start from step 0
-            before = [c for c in checkpoint.complete_checkpoints(chosen.parent) if c.name < chosen.name]
             other = f"the one before it there: --resume {before[-1]}" if before else "none is older there"
         raise NgptConfigError(
             f"--resume {resume}: the checkpoint is damaged: {problem}. Resume from another checkpoint ({other})"
@@ -212,6 +215,16 @@ def unsaved_lineage(out_dir: Path) -> str | None:
         f"before its first save, and auto would start over from step 0 with new weights. Pass --resume {origin} "
         f"to continue from it, or --resume none to start a new run from step 0 here"
     )
+
+
+def _older_checkpoints(chosen: Path) -> list[Path]:
+    """The complete checkpoints beside `chosen` (a step_N, or one a killed save left as step_N.tmp-replaced) of
+    earlier steps, oldest first; by step, not by name (step_100000000 sorts before step_99999999)."""
+    name = chosen.name.removesuffix(checkpoint.REPLACED_SUFFIX)
+    if not checkpoint.is_step_name(name):
+        return []
+    step = checkpoint.step_of(name)
+    return [c for c in checkpoint.complete_checkpoints(chosen.parent) if checkpoint.step_of(c.name) < step]
 
 
 def verify_on_all_ranks(path: Path) -> str | None:
