@@ -56,3 +56,16 @@ def test_a_file_that_is_no_model_keeps_its_reason(tmp_path):
         f"tokenizer {path} is not a sentencepiece model (could not parse ModelProto); "
         "pass a .model file written by sentencepiece"
     )
+
+
+def test_the_hf_export_reads_a_tokenizer_no_further_than_the_cap(tmp_path):
+    """The transformers conversion parses the sentencepiece proto itself. Fault: it read the file whole
+    (`path.read_bytes()`), with no bound, where Tokenizer.load now stops at the cap."""
+    pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
+    from ngpt_ds.hf.tokenizer import build_hf_tokenizer
+
+    path = tmp_path / "tokenizer.model"
+    with open(path, "wb") as f:
+        f.truncate(MAX_MODEL_BYTES + 1)
+    with pytest.raises(NgptConfigError, match=r"is 67,108,865 bytes, more than the 67,108,864 bytes"):
+        build_hf_tokenizer(path)

@@ -39,9 +39,11 @@ def _proto(path: Path):
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
+    from ngpt_ds.data.tokenizer import read_model_bytes
+
     proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated, no stub
     try:
-        proto.ParseFromString(path.read_bytes())
+        proto.ParseFromString(read_model_bytes(path))  # bounded: a shard given as the tokenizer is not read whole
     except DecodeError as err:
         raise NgptConfigError(f"tokenizer {path} is not a sentencepiece model ({err}); {_ALTERED}") from None
     return proto
