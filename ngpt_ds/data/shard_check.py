@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from ngpt_ds import log
@@ -105,20 +106,32 @@ def add_hashes(data_dir: str | Path, block_bytes: int = shard_hashes.BLOCK_BYTES
             f"dataset {meta.data_dir} already records shard hashes; check them with `ngpt-prepare --verify "
             f"{meta.data_dir}` (they are not replaced: a damaged shard would then pass)"
         )
-    splits = {
-        name: dataclasses.replace(
-            split,
-            shards=tuple(
-                dataclasses.replace(s, sha256_blocks=shard_hashes.block_hashes(meta.shard_path(s), block_bytes))
-                for s in split.shards
-            ),
-        )
-        for name, split in meta.splits.items()
-    }
-    hashed = dataclasses.replace(meta, splits=splits, hash_block_bytes=block_bytes)
-    # write_meta writes meta.json.tmp and renames it: a meta.json.tmp already in the folder (one a copied or
-    # shared dataset brings, as a link to a file elsewhere) was opened for writing through the link, so the
-    # file it named, outside the folder, was overwritten with meta.json. Removed first: a link, not its target.
-    (meta.data_dir / (META_FILE + ".tmp")).unlink(missing_ok=True)
-    write_meta(hashed, meta.data_dir)
+    # write_meta writes meta.json.tmp and renames it over meta.json. The name is taken here, before the hours of
+    # hashing: a file of our own (a meta.json.tmp already there, a link to a file elsewhere that a copied or
+    # shared dataset brings, is removed: the link, not its target, which write_meta had overwritten), and a
+    # folder that cannot be written (a read-only dataset) is named now, not after every shard was read.
+    tmp = meta.data_dir / (META_FILE + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except OSError as err:
+        raise NgptConfigError(
+            f"dataset {meta.data_dir}: cannot write its meta.json ({type(err).__name__}: {err.strerror or err}); "
+            "--add-hashes rewrites meta.json in place: run it on a writable copy of the dataset"
+        ) from None
+    try:
+        splits = {
+            name: dataclasses.replace(
+                split,
+                shards=tuple(
+                    dataclasses.replace(s, sha256_blocks=shard_hashes.block_hashes(meta.shard_path(s), block_bytes))
+                    for s in split.shards
+                ),
+            )
+            for name, split in meta.splits.items()
+        }
+        hashed = dataclasses.replace(meta, splits=splits, hash_block_bytes=block_bytes)
+        write_meta(hashed, meta.data_dir)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when hashing or the write failed; meta.json is then unchanged
     return hashed
