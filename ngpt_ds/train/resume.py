@@ -183,12 +183,12 @@ def _resumable(verify: Verify) -> Verify:
 def _intact_or_refused(chosen: Path, resume: str, warn: Callable[[str], None], verify: Verify, out_dir: Path) -> Path:
     problem = verify(chosen)
     if problem is not None:
-        before = _older_checkpoints(chosen)
+        before, newer = _older_checkpoints(chosen)
         if chosen.parent.resolve() == (out_dir / checkpoint.CHECKPOINTS).resolve():
-            # Naming an older step is a rollback (after a divergence, say): auto alone took the newest intact
-            # one, the step rolled back from, as the only advice.
+            # Naming a step older than the newest is a rollback (after a divergence, say): auto alone took the
+            # newest intact one, the step rolled back from, as the only advice.
             auto = "--resume auto to take the newest intact one"
-            other = f"the one before it: --resume {before[-1]}, or {auto}" if before else f"use {auto}"
+            other = f"the one before it: --resume {before[-1]}, or {auto}" if before and newer else f"use {auto}"
         else:  # auto looks in --out, not where this one lies: it would start from step 0
             other = f"the one before it there: --resume {before[-1]}" if before else "none is older there"
         raise NgptConfigError(
@@ -217,14 +217,16 @@ def unsaved_lineage(out_dir: Path) -> str | None:
     )
 
 
-def _older_checkpoints(chosen: Path) -> list[Path]:
+def _older_checkpoints(chosen: Path) -> tuple[list[Path], bool]:
     """The complete checkpoints beside `chosen` (a step_N, or one a killed save left as step_N.tmp-replaced) of
-    earlier steps, oldest first; by step, not by name (step_100000000 sorts before step_99999999)."""
+    earlier steps, oldest first, and whether one of a later step is there; by step, not by name
+    (step_100000000 sorts before step_99999999)."""
     name = chosen.name.removesuffix(checkpoint.REPLACED_SUFFIX)
     if not checkpoint.is_step_name(name):
-        return []
+        return [], False
     step = checkpoint.step_of(name)
-    return [c for c in checkpoint.complete_checkpoints(chosen.parent) if checkpoint.step_of(c.name) < step]
+    steps = [(checkpoint.step_of(c.name), c) for c in checkpoint.complete_checkpoints(chosen.parent)]
+    return [c for s, c in steps if s < step], any(s > step for s, _ in steps)
 
 
 def verify_on_all_ranks(path: Path) -> str | None:
