@@ -108,6 +108,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NgptConfigError(f"device {device} requested but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        # CUDA itself says only "invalid device ordinal", from deep inside the first tensor moved there.
+        raise NgptConfigError(
+            f"device {device} requested but this machine has {count} CUDA GPU(s); use --device cuda:0"
+            + (f" to cuda:{count - 1}" if count > 1 else "")
+        )
     return device
 
 
