@@ -9,8 +9,9 @@ re-partitions at any data-parallel size. The trainer does this by itself:
 1. `plan` (every rank, once the ranks have agreed on the checkpoint, before any engine): compare the
    checkpoint's saved layout (ZeRO stage, data- and tensor-parallel sizes, read by
    ngpt_ds.deepspeed_files) with this run's. Equal, or only ZeRO 1 <-> 2 at the same sizes (one
-   format), or ZeRO 0 (whole optimizer state in one file): nothing to do. A data-parallel change within ZeRO 1/2 or within ZeRO 3: a `Reshape`. Anything DeepSpeed
-   cannot convert is refused here, before any compute, naming both setups.
+   format), or ZeRO 0 (whole optimizer state in one file): nothing to do. A data-parallel change within
+   ZeRO 1/2 or within ZeRO 3, or another ZeRO 3 sub_group_size (its optimizer state is saved by sub-group): a
+   `Reshape`. Anything DeepSpeed cannot convert is refused here, before any compute, naming both setups.
 2. `convert` (collective, after the run lock): rank 0 runs the converter once into
    `checkpoints/step_N-universal/` (temporary name, manifest, rename: atomic and verified like every
    checkpoint, ngpt_ds.train.checkpoint); the other ranks wait in short polls, so a long conversion
@@ -26,6 +27,7 @@ reported failure rather than a dead rank.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -66,6 +68,9 @@ class Layout:
     tensor_parallel: int
     pipeline_parallel: int = 1
     sequence_parallel: int = 1
+    sub_group_size: int | None = None
+    """ZeRO 3's zero_optimization.sub_group_size (None: not ZeRO 3, or not a number): it cuts each rank's
+    fp32 partition into the sub-groups its optimizer state is saved by."""
 
     def ranks(self) -> str:
         if self.sequence_parallel > 1:
@@ -83,7 +88,8 @@ class Layout:
 
 @dataclass(frozen=True)
 class Reshape:
-    """A checkpoint to convert into `target` and load at another data-parallel size."""
+    """A checkpoint to convert into `target` and load at another data-parallel size (or, at ZeRO 3, with
+    another sub_group_size)."""
 
     source: Path
     saved: Layout
@@ -115,6 +121,7 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
         found.tensor_parallel,
         found.pipeline_parallel,
         _saved_sequence_parallel(source),
+        _saved_sub_group_size(source, found.zero_stage),
     )
     # A tensor- or pipeline-parallel checkpoint resumes only at its own layout, so its advice names all of it
     # (checked before the ZeRO stages: "any data-parallel size" was wrong for it, and so was "ZeRO 1/2", as a
@@ -168,7 +175,12 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
                 f"from one to the other. Resume {where}, or start a new run with --resume none and another --out"
             ),
         )
-    if saved.data_parallel == current.data_parallel or saved.zero_stage == 0:
+    # ZeRO 3 saves each rank's optimizer state by sub-group (zero_optimization.sub_group_size elements of its
+    # fp32 partition each); DeepSpeed's own load of a checkpoint cut into other sub-groups stopped, after the
+    # engine was built, with torch's "ValueError: loaded state dict contains a parameter group that doesn't
+    # match the size of optimizer's group". The universal checkpoint is kept per parameter: it loads into any.
+    other_sub_groups = saved.zero_stage == 3 and saved.sub_group_size != current.sub_group_size
+    if (saved.data_parallel == current.data_parallel and not other_sub_groups) or saved.zero_stage == 0:
         return None  # ZeRO 1 <-> 2 share one format; ZeRO 0 keeps the whole optimizer state in one file
     target = out_dir / checkpoint.CHECKPOINTS / checkpoint.universal_name(source.name)
     return Reshape(source=source, saved=saved, current=current, target=target)
@@ -183,6 +195,30 @@ def _saved_sequence_parallel(source: Path) -> int:
     return size if isinstance(size, int) and size > 0 else 1
 
 
+SUB_GROUP_SIZE_DEFAULT = 1_000_000_000
+"""DeepSpeed 0.19's zero_optimization.sub_group_size when a config leaves it out."""
+
+
+def sub_group_size_of(ds_config: object, zero_stage: int) -> int | None:
+    """zero_optimization.sub_group_size of a ZeRO 3 config (DeepSpeed's default when left out); None for
+    another stage or a value that is no number (DeepSpeed's own check names it)."""
+    if zero_stage != 3:
+        return None
+    zero = ds_config.get("zero_optimization") if isinstance(ds_config, dict) else None
+    value = (zero if isinstance(zero, dict) else {}).get("sub_group_size", SUB_GROUP_SIZE_DEFAULT)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _saved_sub_group_size(source: Path, zero_stage: int) -> int | None:
+    """The sub_group_size of a ZeRO 3 checkpoint, from the DeepSpeed config saved in its model states."""
+    if zero_stage != 3:
+        return None
+    states = deepspeed_files.read(deepspeed_files.model_states_file(source, zero_stage))
+    return sub_group_size_of(states.get("ds_config"), zero_stage)
+
+
 def current_layout(
     ds_config: dict,
     world_size: int,
@@ -193,12 +229,14 @@ def current_layout(
 ) -> Layout:
     """This run's layout: data parallelism is what the world size leaves after model parallelism.
     Sequence parallelism is not divided out: ZeRO partitions over the data x sequence ranks."""
+    stage = deepspeed_files.zero_stage_of(ds_config)
     return Layout(
-        deepspeed_files.zero_stage_of(ds_config),
+        stage,
         world_size // (tensor_parallel * other_parallel * pipeline_parallel),
         tensor_parallel,
         pipeline_parallel,
         sequence_parallel,
+        sub_group_size_of(ds_config, stage),
     )
 
 
@@ -210,9 +248,15 @@ def describe(reshape: Reshape, reused: bool, renormalized: bool) -> str:
         else "converted it once into the universal checkpoint {t}"
     ).format(t=reshape.target)
     sphere = " and renormalized the sphere matrices" if renormalized else ""
+    saved, current = reshape.saved, reshape.current
+    if saved.data_parallel == current.data_parallel:  # only the ZeRO 3 sub-groups differ (plan)
+        return (
+            f"resuming step {reshape.step} saved with zero_optimization.sub_group_size {saved.sub_group_size} "
+            f"at sub_group_size {current.sub_group_size} ({current.ranks()}, ZeRO 3): {how}, loaded it{sphere}"
+        )
     return (
-        f"resuming step {reshape.step} saved at {reshape.saved.ranks()} on "
-        f"{reshape.current.ranks()} (ZeRO {reshape.current.zero_stage}): {how}, "
+        f"resuming step {reshape.step} saved at {saved.ranks()} on "
+        f"{current.ranks()} (ZeRO {current.zero_stage}): {how}, "
         f"loaded it{sphere}"
     )
 
