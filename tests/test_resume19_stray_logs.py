@@ -67,8 +67,27 @@ def test_the_same_lineage_stopped_before_its_first_save_keeps_its_logs(tmp_path)
     line = start_lineage(run, third)
     (abandoned,) = (run / "checkpoints").iterdir()
     assert line == (
-        f"resuming from {third}, outside {run / 'checkpoints'}: moved the metrics.jsonl of another run, which "
-        f"left no checkpoint in {run}, to {abandoned} (kept, not deleted)"
+        f"resuming from {third}, outside {run / 'checkpoints'}: moved the metrics.jsonl and metrics.replaced.jsonl "
+        f"of another run, which left no checkpoint in {run}, to {abandoned} (kept, not deleted)"
     )
     assert (abandoned / "metrics.jsonl").read_text() == _rows(101, 102)
+    assert (abandoned / "metrics.replaced.jsonl").read_text() == _rows(101, 102)  # truncate_jsonl's, above
     assert json.loads((run / "lineage.json").read_text())["resumed_from"] == str(third)
+
+
+def test_the_rows_an_earlier_lineage_dropped_go_with_its_logs(tmp_path):
+    """Fault: metrics.replaced.jsonl (the rows a resume dropped) stayed in --out when a checkpoint from elsewhere
+    moved the folder's other logs aside, so the new lineage appended the rows it dropped to another lineage's."""
+    other = _checkpoint(tmp_path / "other" / "checkpoints" / "step_00000100", 100)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(_rows(10, 20))
+    (run / "metrics.replaced.jsonl").write_text(_rows(30))
+    line = start_lineage(run, other)
+    (abandoned,) = (run / "checkpoints").iterdir()
+    assert line == (
+        f"resuming from {other}, outside {run / 'checkpoints'}: moved the metrics.jsonl and metrics.replaced.jsonl "
+        f"of another run, which left no checkpoint in {run}, to {abandoned} (kept, not deleted)"
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "lineage.json"]
+    assert (abandoned / "metrics.replaced.jsonl").read_text() == _rows(30)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.manifest import read_capped
+from ngpt_ds.train.metrics import REPLACED_JSONL
 from ngpt_ds.train.summary import SUMMARY_FILE, replace_file
 
 LINEAGE_FILE = "lineage.json"
@@ -150,8 +151,9 @@ def _grew_from(out_dir: Path, resume_from: Path | None) -> bool:
     return digest is not None and digest == record["complete_blake2b"]
 
 
-_LOG_NAMES = ("metrics.jsonl", "tensorboard")
-"""The run folder's logs of its lineage's steps (ngpt_ds.train.metrics)."""
+_LOG_NAMES = ("metrics.jsonl", REPLACED_JSONL, "tensorboard")
+"""The run folder's logs of its lineage's steps (ngpt_ds.train.metrics). The rows a resume dropped go with them:
+left behind, a new lineage from elsewhere appended its own dropped rows to an earlier lineage's."""
 
 
 def _run_log(source: Path) -> bool:
