@@ -74,7 +74,7 @@ def test_a_continuation_point_is_added_to_a_lineage_that_grew_from_another_run(t
     assert "continued_from" not in json.loads((out / "lineage.json").read_text())
     for _ in range(2):  # --resume PATH naming the run's newest (the CLI asks same_command_resume first): recorded once
         assert lineage.same_command_resume(out, str(newest), newest, restart=False) == (str(newest), None)
-        assert lineage.start_lineage(out, newest) is None
+        assert lineage.start_lineage(out, newest, named=True) is None
     record = json.loads((out / "lineage.json").read_text())
     assert record["resumed_from"] == str(origin)  # the lineage still grows from the other run's step 2
     assert [(e["resumed_from"], e["step"]) for e in record["continued_from"]] == [(str(newest), 5)]

@@ -75,7 +75,9 @@ def train(options: TrainOptions) -> Summary:
             if lock.note:
                 _log.info(lock.note)
             try:
-                moved = lineage.start_lineage(out_dir, prepared.resume_from)
+                moved = lineage.start_lineage(
+                    out_dir, prepared.resume_from, named=options.resume not in ("auto", "none")
+                )
                 if moved:
                     _log.info(moved)
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())

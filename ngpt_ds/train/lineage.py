@@ -35,7 +35,7 @@ def in_run_folder(out_dir: Path, path: Path) -> bool:
     return Path(os.path.abspath(path)).parent.resolve() == (out_dir / checkpoint.CHECKPOINTS).resolve()
 
 
-def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
+def start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = False) -> str | None:
     """Rank 0, under the run lock, before anything is saved: one lineage per run folder.
 
     Resuming from step k moves every step_N folder with N > k (complete or not) into
@@ -44,11 +44,12 @@ def start_lineage(out_dir: Path, resume_from: Path | None) -> str | None:
     an abandoned lineage) moves every step_N folder: none of them is an ancestor of the run, and
     retention would delete the older ones. The earlier lineage's metrics.jsonl and tensorboard/ go
     with them (`_keep_lineage_logs`). Nothing is deleted. A new lineage (started fresh, from another run's
-    checkpoint, or from an older step) records its origin in <out>/lineage.json (`record_origin`). Returns
-    the line to print, or None when nothing moved.
+    checkpoint, or from an older step) records its origin in <out>/lineage.json (`record_origin`). `named`:
+    --resume PATH named `resume_from` (not --resume auto, which resumes the newest step too); the run's own
+    newest step so named is recorded as a continuation point (`record_continuation`). Returns the line to
+    print, or None when nothing moved.
     """
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
-    named = resume_from is not None and _named_by_path(resume_from)
     k = checkpoint.step_of(resume_from.name) if resume_from is not None else 0
     elsewhere = resume_from is not None and not in_run_folder(out_dir, resume_from)
     newer = [d for d in checkpoint.step_dirs(checkpoint_dir) if elsewhere or checkpoint.step_of(d.name) > k]
@@ -185,19 +186,6 @@ def record_origin(out_dir: Path, resume_from: Path | None) -> None:
     replace_file(path, json.dumps(_entry(resume_from), indent=1) + "\n")
 
 
-_named_path: str | None = None
-"""The checkpoint that --resume PATH named in this process (`same_command_resume`, called by the trainer's CLI
-before the run starts): `start_lineage` records it as a continuation point when it is the run's newest step.
---resume auto resumes the newest step as well, and is not recorded: a later --resume of that step rolls back."""
-
-
-def _named_by_path(resume_from: Path) -> bool:
-    """Whether --resume PATH (not auto) named `resume_from` in this process; forgets it (read once)."""
-    global _named_path
-    named, _named_path = _named_path, None
-    return named is not None and named == os.path.abspath(resume_from)
-
-
 def _entry(resume_from: Path) -> dict:
     """A checkpoint as lineage.json names it: its absolute path, step and manifest digest."""
     return {
@@ -270,10 +258,6 @@ def same_command_resume(out_dir: Path, resume: str, named: Path | None, *, resta
     (--restart-lineage) starts over from PATH. --resume auto and none, and a PATH that did not start the
     current lineage, are unchanged.
     """
-    global _named_path
-    _named_path = (
-        os.path.abspath(named) if named is not None and not restart and resume not in ("auto", "none") else None
-    )
     if resume in ("auto", "none") or restart:
         return resume, None
     record = read_origin(out_dir)
