@@ -2,7 +2,7 @@
 CausalLM (`self.model`, built by ngpt_ds.model.build_model), so there is one copy of the model.
 
 The KV cache is transformers' own DynamicCache (created by `generate` or here; other kinds, static,
-sliding-window or quantized, are refused: _check_cache); ngpt_ds's attention reaches it through the same
+sliding-window or quantized, are refused: check_cache); ngpt_ds's attention reaches it through the same
 per-layer interface (`length`, `append`) as ngpt_ds.model.blocks.KVCache, so incremental decoding runs the
 same code either way.
 
@@ -44,11 +44,12 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
+from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix, Projection
@@ -335,19 +336,19 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
                 "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
             )
         if labels is not None:
-            _check_labels(input_ids, labels, logits_to_keep)
-        _check_token_ids(input_ids, labels, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
+            check_labels(input_ids, labels, logits_to_keep)
+        check_token_ids(input_ids, labels, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if cache is not None:
-            _check_cache(cache)
+            check_cache(cache)
         # A cache passed in holds the positions before input_ids: it is used also with use_cache=False, as
         # transformers' own models use it (use_cache only says whether to create and return one).
         binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
         past = 0 if cache is None else cache.get_seq_length()
-        key_mask, positions = _padding(input_ids, attention_mask, position_ids, past)
+        key_mask, positions = padding(input_ids, attention_mask, position_ids, past)
         states = _StatesRecorder(self.model) if _asked(kwargs, self.config, "output_hidden_states") else None
         try:
             if key_mask is None and positions is None:
@@ -434,49 +435,6 @@ def _renormalize_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs:
                 matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
 
 
-def _check_labels(input_ids: torch.Tensor, labels: torch.Tensor, logits_to_keep: int) -> None:
-    """labels as transformers' causal LMs take them: one per input position (the input ids, shifted here; -100
-    where no loss), with every position's logits. Other shapes stopped in the loss with "The expanded size of the
-    tensor (6) must match the existing size (4)" or "too many indices for tensor of dimension 1", and
-    logits_to_keep with "The size of tensor a (0) must match the size of tensor b (6)"."""
-    if labels.shape != input_ids.shape:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)}: labels must have the "
-            "shape of input_ids, one per input position (the input ids, shifted inside the model; -100 where no loss)"
-        )
-    if logits_to_keep:
-        raise ValueError(
-            f"labels with logits_to_keep={logits_to_keep}: the loss needs the logits of every position; "
-            "pass logits_to_keep=0 (the default) with labels"
-        )
-
-
-def _check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab: int) -> None:
-    """Every input id, and every label but -100, must be a row of the embedding (0 .. vocab - 1). An id past it
-    (a tokenizer given tokens by add_tokens, the model not resized) ended in 'IndexError: index out of range in
-    self' on a CPU, and in a device-side assert on a GPU, which leaves the CUDA context unusable; -100 in
-    input_ids (labels passed as inputs) the same."""
-    for name, ids in (("input_ids", input_ids), ("labels", labels)):
-        if ids is None or ids.numel() == 0:
-            continue
-        outside = (ids < 0) | (ids >= vocab)
-        if name == "labels":
-            outside &= ids != -100
-        if bool(outside.any()):
-            value = int(ids[outside].flatten()[0])
-            added = (
-                "; after tokenizer.add_tokens (or add_special_tokens), call model.resize_token_embeddings(len(tokenizer))"
-                if value >= vocab
-                else (
-                    " (-100 marks a label to ignore; it is no input)" if value == -100 and name == "input_ids" else ""
-                )
-            )
-            raise ValueError(
-                f"{name} hold {value}, which is no token id of this model: it has {vocab} (0 to {vocab - 1}, "
-                f"config.vocab_size){'' if name == 'input_ids' else ' and takes -100 for a label to ignore'}{added}"
-            )
-
-
 def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
     """Whether forward was asked for `name` (output_hidden_states, output_attentions): by its keyword, else by
     the config, as transformers' models read them."""
@@ -507,70 +465,6 @@ class _StatesRecorder:
         if final_norm is not None:
             states[-1] = final_norm(states[-1])
         return tuple(states)
-
-
-def _check_cache(cache: Any) -> None:
-    """The cache must keep every position's keys and values as given (a DynamicCache of DynamicLayers):
-    ngpt_ds's attention appends each step's keys and values and attends to all the layer returns. A static
-    cache returns its whole preallocated buffer (empty slots included: wrong logits on every decode step,
-    without an error) and a sliding-window or quantized one drops or alters keys, so they are refused
-    before anything runs. (generate with cache_implementation="static" ended in a misleading message about
-    the 4D attention_mask it builds for static caches.)"""
-    if isinstance(cache, Cache):
-        kinds = {type(layer) for layer in cache.layers}
-        if cache.layer_class_to_replicate is not None:
-            kinds.add(cache.layer_class_to_replicate)
-        if kinds <= {DynamicLayer}:
-            return
-        layers = ", ".join(sorted(k.__name__ for k in kinds - {DynamicLayer}))
-        what = f"{type(cache).__name__} (with {layers} layers)"
-    else:
-        what = type(cache).__name__
-    raise ValueError(
-        f"a {what} cannot be the KV cache of this model: only DynamicCache (the default) is supported, whose "
-        "layers keep every position's keys and values. Pass no cache (generate creates a DynamicCache) or a "
-        "DynamicCache(), and no cache_implementation"
-    )
-
-
-def _padding(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, past: int
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Checks attention_mask and position_ids against input_ids [B, T] after `past` cached positions, and
-    returns them as ngpt_ds's key_mask [B, past + T] (bool) and positions [B, T], each None when it says
-    nothing new (a mask of all ones; positions past, past + 1, ...): then the model runs its usual path."""
-    B, T = input_ids.shape
-    key_mask = None
-    if attention_mask is not None:
-        if attention_mask.shape != (B, past + T):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; it must be 2D, [batch, cached + new "
-                f"positions] = {[B, past + T]} (1 for tokens, 0 for padding) for input_ids {[B, T]} after {past} cached"
-            )
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError(
-                "attention_mask must hold only 0 (padding) and 1 (token); an additive mask (0 and -inf) is not taken"
-            )
-        key_mask = attention_mask.bool()
-    if position_ids is not None:
-        if position_ids.ndim != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != T:
-            raise ValueError(
-                f"position_ids has shape {tuple(position_ids.shape)}; it must be [batch, new positions] = "
-                f"{[B, T]} (or [1, {T}]) for input_ids {[B, T]}"
-            )
-        if position_ids.is_floating_point() or position_ids.dtype == torch.bool or bool((position_ids < 0).any()):
-            raise ValueError("position_ids must be integers >= 0")
-        positions = position_ids.long().expand(B, T)
-    elif key_mask is not None:
-        # As transformers' generate computes them (GenerationMixin._prepare_position_ids_for_generation): each
-        # sequence's first token at 0 whatever padding precedes it; padding positions are never attended to.
-        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-    else:
-        return None, None
-    if key_mask is not None and bool(key_mask.all()):
-        key_mask = None
-    default = torch.arange(past, past + T, device=positions.device)
-    return key_mask, None if bool((positions == default).all()) else positions
 
 
 class NGPTForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
