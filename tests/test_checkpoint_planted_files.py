@@ -173,9 +173,12 @@ def test_recovery_script_links_are_removed_before_a_save(tmp_path):
 
 def test_a_real_save_leaves_the_target_of_a_planted_recovery_script_link_alone(tmp_path, tiny_dataset):
     """The same through a real DeepSpeed engine's save (launch/train.py, one rank): the link's target keeps
-    its content and mode, and checkpoints/ gets DeepSpeed's script as a regular file of its own."""
+    its content and mode, and checkpoints/ gets DeepSpeed's script as a regular file of its own. The link is
+    planted in a run folder (its effective config.yaml; a run killed before its first save): in a folder that
+    is no run's, --out is refused before anything runs (tests/test_out_folder.py)."""
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text("config_source: a.yaml\nmodel: {}\ntrain: {}\nout_dir: run\n")
     victim = _victim(tmp_path)
     victim.chmod(0o644)
     (checkpoints / "zero_to_fp32.py").symlink_to(victim)

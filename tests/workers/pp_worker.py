@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ngpt_ds.train import hypersphere, loop
+from ngpt_ds.train import hypersphere, loop, sphere_pieces
 
 out_dir = Path(sys.argv[1])
 record: dict = {"steps": []}
 current = {"calls": 0, "renormalized": 0, "all_reduces": []}
 
 after_inner_step = hypersphere.HypersphereHook._after_inner_step
-all_reduce_on = hypersphere.all_reduce_on
+all_reduce_on = sphere_pieces.all_reduce_on  # the renormalization's one all-reduce (StepUnit.norm_sums)
 train_step = loop.Trainer.train_step
 
 
@@ -58,7 +58,7 @@ def watched_train_step(self):
 
 
 hypersphere.HypersphereHook._after_inner_step = counted_after_inner_step
-hypersphere.all_reduce_on = recorded_all_reduce
+sphere_pieces.all_reduce_on = recorded_all_reduce
 loop.Trainer.train_step = watched_train_step
 
 if __name__ == "__main__":
