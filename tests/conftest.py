@@ -200,6 +200,29 @@ def mount_tmpfs(tmp_path):
         subprocess.run(["umount", str(point)], check=False)
 
 
+@pytest.fixture
+def mpi_rendezvous(monkeypatch) -> list:
+    """An MPI job's rendezvous seen from rank 0 on a multi-node host: mpi4py imitated (COMM_WORLD.bcast records
+    what rank 0 sends), the host's routable address 10.1.2.3 and a free port 29600 there. Returns the list of
+    values broadcast."""
+    import types
+
+    from ngpt_ds import distributed
+
+    sent: list = []
+
+    class World:
+        @staticmethod
+        def bcast(value, root):
+            sent.append(value)
+            return value
+
+    monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=types.SimpleNamespace(COMM_WORLD=World)))
+    monkeypatch.setattr(distributed, "_routable_address", lambda: "10.1.2.3")
+    monkeypatch.setattr(distributed, "_free_port", lambda addr: 29600)  # 10.1.2.3 is not this machine's
+    return sent
+
+
 @pytest.fixture(scope="module")
 def slurm():
     """A real local Slurm cluster (tests/system/slurm_cluster.sh: munged, slurmctld and two slurmd as two

@@ -1,8 +1,5 @@
 """Rank discovery under MPICH and Intel MPI (Hydra's mpiexec): which GPU a rank drives, where rank 0 listens."""
 
-import sys
-import types
-
 from ngpt_ds import distributed
 
 # Rank 9 of 16 on two nodes of 8 GPUs, as Hydra's mpiexec starts it: PMI_* for the job, MPI_LOCAL* for the node.
@@ -17,20 +14,10 @@ def test_mpich_and_intel_mpi_ranks_get_their_node_local_rank():
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.source) == (9, 16, 1, 8, "mpi")
 
 
-def test_mpich_multinode_rendezvous_is_not_the_loopback(monkeypatch):
+def test_mpich_multinode_rendezvous_is_not_the_loopback(mpi_rendezvous):
     """Fault: the same job without MASTER_ADDR counted as one node, so rank 0 chose 127.0.0.1 and the
     other node's ranks could never reach it."""
-    sent = []
-
-    class World:
-        @staticmethod
-        def bcast(value, root):
-            sent.append(value)
-            return value
-
-    monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=types.SimpleNamespace(COMM_WORLD=World)))
-    monkeypatch.setattr(distributed, "_routable_address", lambda: "10.1.2.3")
-    monkeypatch.setattr(distributed, "_free_port", lambda addr: 29600)  # 10.1.2.3 is not this machine's
+    sent = mpi_rendezvous
     env = distributed.discover({**HYDRA, "PMI_RANK": "0", "MPI_LOCALRANKID": "0"})
     assert (env.master_addr, env.master_port) == ("10.1.2.3", 29600) and sent == [("10.1.2.3", 29600)]
     assert (env.rank, env.local_rank, env.local_world_size) == (0, 0, 8)

@@ -6,9 +6,6 @@ cuda:LOCAL_RANK (ngpt_ds.train.builder.init_process_group, DeepSpeed's engine), 
 node may share one.
 """
 
-import sys
-import types
-
 import pytest
 
 from ngpt_ds import distributed
@@ -68,21 +65,11 @@ def test_either_cray_variable_gives_the_local_rank(prefix):
     assert (found.local_rank, found.local_world_size) == (2, 4)
 
 
-def test_cray_pals_multinode_rendezvous_is_not_the_loopback(monkeypatch):
+def test_cray_pals_multinode_rendezvous_is_not_the_loopback(mpi_rendezvous):
     """Fault: the same job without MASTER_ADDR counted as one node (local size = the job's 8), so rank 0
     chose 127.0.0.1 and the second node's ranks waited train.dist_timeout_s for an address they cannot
     reach. Before: ('127.0.0.1', port). Now: this host's routable address."""
-    sent = []
-
-    class World:
-        @staticmethod
-        def bcast(value, root):
-            sent.append(value)
-            return value
-
-    monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=types.SimpleNamespace(COMM_WORLD=World)))
-    monkeypatch.setattr(distributed, "_routable_address", lambda: "10.1.2.3")
-    monkeypatch.setattr(distributed, "_free_port", lambda addr: 29600)  # 10.1.2.3 is not this machine's
+    sent = mpi_rendezvous
     found = distributed.discover(pals_env(0))
     assert (found.master_addr, found.master_port) == ("10.1.2.3", 29600) and sent == [("10.1.2.3", 29600)]
     assert (found.rank, found.local_rank, found.local_world_size, found.source) == (0, 0, 4, "mpi")
