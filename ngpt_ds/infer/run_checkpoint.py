@@ -146,9 +146,14 @@ def read_checkpoint_weights(
     stage = _zero_stage(run, checkpoint)
     names = {id(p): n for n, p in full_model.named_parameters()}
     group_names = [[names[id(p)] for p in g["params"]] for g in parameter_groups(full_model, 0.0)]
-    saved = deepspeed_files.read_weights(
-        checkpoint, stage, group_names, lambda shards: merge_tensor_parallel(shards, full_model)
-    )
+
+    def merge(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        try:
+            return merge_tensor_parallel(shards, full_model)
+        except NgptConfigError as error:  # it knows the weights, not where they came from
+            raise NgptConfigError(f"{checkpoint}: {error}") from None
+
+    saved = deepspeed_files.read_weights(checkpoint, stage, group_names, merge)
     weights, tp_size = saved.weights, saved.tensor_parallel
     # DeepSpeed records the data x sequence ranks as its data-parallel size (ngpt_ds.train.reshape.Layout);
     # the trainer's loader and evaluation cut the data over the data-parallel ranks alone.
