@@ -35,7 +35,7 @@ on 0.19.6, the lowest supported release):
     (a dataclass of two ints).
 
 - `step_N-universal/` (DeepSpeed's universal conversion, made to resume at another data-parallel
-  size, ngpt_ds.train.reshape; its converter reads the files above under this guard): copies of
+  size, ngpt_ds.train.reshape_convert; its converter reads the files above under this guard): copies of
   the model-states files, `zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt` (tensors only) and
   `zero/optimizer_state.pt` (`LossScaler`, `ZeroStageEnum`): nothing beyond the list above
   (ZeRO 2 and 3, fp32).

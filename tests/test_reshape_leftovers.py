@@ -37,7 +37,7 @@ def test_a_link_left_at_the_conversions_work_folder_is_removed_and_the_resume_co
 
 
 def test_a_link_to_a_file_goes_alone_and_a_folder_that_cannot_be_removed_is_named(tmp_path, mount_tmpfs):
-    from ngpt_ds.train.reshape import _remove_leftover
+    from ngpt_ds.train.reshape_convert import _remove_leftover
 
     kept = tmp_path / "kept.txt"
     kept.write_text("not the trainer's\n")

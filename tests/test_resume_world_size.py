@@ -193,7 +193,7 @@ def test_a_pipeline_checkpoint_at_another_zero_stage_is_told_its_whole_layout(tm
     import pytest
 
     from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.train.reshape import Layout, plan
+    from ngpt_ds.train.reshape_plan import Layout, plan
 
     source = _pipeline_checkpoint(tmp_path / "checkpoints" / "step_00000004")
     with pytest.raises(NgptConfigError) as one_rank:

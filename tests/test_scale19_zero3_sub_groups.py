@@ -4,7 +4,7 @@ world size")."""
 import json
 import sys
 
-from ngpt_ds.train import reshape
+from ngpt_ds.train import reshape_plan as reshape
 
 from conftest import read_metrics, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 

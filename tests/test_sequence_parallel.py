@@ -122,7 +122,7 @@ def test_sp2_dp2_checkpoint_resumes_at_sp2_dp1_through_the_universal_conversion(
     answered DeepSpeed's tensor-parallel size query with S, so every checkpoint recorded S tensor-parallel
     ranks and ds_to_universal refused it ("model-state file count 1 does not match ... tp_degree=2").
     ZeRO cuts the optimizer state over the data x sequence ranks (4 here, 2 after): the trainer converts."""
-    from ngpt_ds.train import reshape
+    from ngpt_ds.train import reshape_plan as reshape
 
     parallel, _, b = sp2_dp2
     step5 = b / "checkpoints" / "step_00000005"

@@ -155,7 +155,7 @@ def read_checkpoint_weights(
 
     saved = deepspeed_files.read_weights(checkpoint, stage, group_names, merge)
     weights, tp_size = saved.weights, saved.tensor_parallel
-    # DeepSpeed records the data x sequence ranks as its data-parallel size (ngpt_ds.train.reshape.Layout);
+    # DeepSpeed records the data x sequence ranks as its data-parallel size (ngpt_ds.train.reshape_plan.Layout);
     # the trainer's loader and evaluation cut the data over the data-parallel ranks alone.
     sp_size = _sequence_parallel(run)
     world, dp = saved.data_parallel, max(1, saved.data_parallel // sp_size)

@@ -35,7 +35,7 @@ from ngpt_ds.parallel.sequence import (
     deepspeed_config_for,
     parallelize_sequence,
 )
-from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape
+from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape_plan
 from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.ds_config import (
@@ -88,7 +88,7 @@ class Prepared:
     """The dataset's meta.json (vocabulary, tokenizer hash): what a checkpoint to resume must fit."""
     resume_from: Path | None = None
     """The verified checkpoint to load (set by `choose_resume`)."""
-    reshape: reshape.Reshape | None = None
+    reshape: reshape_plan.Reshape | None = None
     """Set when resume_from was saved at another data-parallel size: load its universal conversion."""
 
 
@@ -331,16 +331,16 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
     preflight.check_resume_fits(resume_from, run.model, prepared.data)  # same model config and tokenizer
     preflight.check_resume_precision(resume_from, run.deepspeed, run.deepspeed_source)  # fp32, bf16, fp16
     preflight.check_resume_seed(resume_from, run.train.seed)  # the data order
-    # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape); what DeepSpeed
+    # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape_convert); what DeepSpeed
     # cannot convert is refused here, before any engine starts.
-    layout = reshape.current_layout(
+    layout = reshape_plan.current_layout(
         run.deepspeed,
         prepared.dist_env.world_size,
         run.train.tensor_parallel_size,
         pipeline_parallel=run.train.pipeline_parallel_size,
         sequence_parallel=run.train.sequence_parallel_size,
     )
-    resize = reshape.plan(resume_from, layout, out_dir)
+    resize = reshape_plan.plan(resume_from, layout, out_dir)
     return dataclasses.replace(prepared, resume_from=resume_from, reshape=resize)
 
 

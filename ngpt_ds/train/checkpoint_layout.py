@@ -17,8 +17,8 @@ that defines it; training, resume, reshape and inference all use it):
     <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted
                                                (ngpt_ds.train.lineage)
     <out>/checkpoints/step_00000200-universal/ step_00000200 converted for another data-parallel size
-                                               (ngpt_ds.train.reshape); never a step_N name, so never resumed
-                                               or exported as one; removed with its step by retention
+                                               (ngpt_ds.train.reshape_convert); never a step_N name, so never
+                                               resumed or exported as one; removed with its step by retention
 
 Saving and loading: ngpt_ds.train.checkpoint; deleting: ngpt_ds.train.checkpoint_delete.
 """

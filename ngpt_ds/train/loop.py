@@ -20,7 +20,7 @@ from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, divergence, ds_compat, preflight, reshape
+from ngpt_ds.train import agreement, checkpoint, divergence, ds_compat, preflight, reshape_convert, reshape_plan
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.divergence import TrainingDiverged
@@ -77,7 +77,7 @@ class Trainer:
         if self.reshape is not None:  # saved at another data-parallel size: its universal form, made once
             from deepspeed.accelerator import get_accelerator
 
-            self.reused_conversion = reshape.convert(
+            self.reused_conversion = reshape_convert.convert(
                 self.reshape, torch.device(get_accelerator().current_device_name())
             )
         self.engine = start_engine(self.run, self.groups, load_universal=self.reshape is not None)
@@ -145,7 +145,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         client = checkpoint.load(self.engine, self.reshape.target if self.reshape is not None else path)
         if self.reshape is not None:
-            reshape.unalias_optimizer_steps(self.engine)
+            reshape_convert.unalias_optimizer_steps(self.engine)
         if self.hook is not None:
             self.hook.rebuild()
             # Masters rebuilt from bf16 weights (zero_optimization.load_from_fp32_weights: false) are
@@ -155,7 +155,7 @@ class Trainer:
         _set_rng_state(client["rng"])
         self.step, self.tokens_seen = client["step"], client["tokens_seen"]
         if self.reshape is not None:
-            self._say(reshape.describe(self.reshape, self.reused_conversion, renormalized=self.hook is not None))
+            self._say(reshape_plan.describe(self.reshape, self.reused_conversion, renormalized=self.hook is not None))
         else:
             self._say(f"resumed from {path} at step {self.step}")
         # This run's optimizer settings and schedule, not the checkpoint's; a line for each change.

@@ -1,4 +1,4 @@
-"""Two ranks make a universal conversion of a small fake checkpoint (ngpt_ds.train.reshape.convert),
+"""Two ranks make a universal conversion of a small fake checkpoint (ngpt_ds.train.reshape_convert.convert),
 with DeepSpeed's converter replaced by a stand-in child process. Every rank's answer goes into the JSON
 written by rank 0.
 
@@ -32,7 +32,7 @@ def convert(source: str, target: str, stand_in: str) -> list[dict]:
     from types import SimpleNamespace
 
     from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.train import reshape
+    from ngpt_ds.train import reshape_convert as reshape
 
     def start_stand_in(source: Path, output: Path, log: Path) -> subprocess.Popen:
         with open(log, "w", encoding="utf-8") as f:

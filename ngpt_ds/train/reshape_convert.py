@@ -1,0 +1,310 @@
+"""Making the universal checkpoint a resume at another world size needs (ngpt_ds.train.reshape_plan decides
+when; README "Resuming at another world size"), and the fix-up after DeepSpeed loads it.
+
+`convert` (collective, after the run lock): rank 0 runs the converter once into
+`checkpoints/step_N-universal/` (temporary name, manifest, rename: atomic and verified like every
+checkpoint, ngpt_ds.train.checkpoint); the other ranks wait in short polls, so a long conversion
+never meets the collective timeout. An intact folder converted from the same checkpoint is reused.
+
+The converter runs in a child process (`python -m ngpt_ds.train.reshape SOURCE OUTPUT`, whose body is
+`run_child` here): it reads every file under ngpt_ds.safe_load's guard, keeps its memory out of the trainer,
+and a crash in it is one reported failure rather than a dead rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+
+from ngpt_ds import safe_load
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import checkpoint
+from ngpt_ds.train.resume import verify_on_all_ranks
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from ngpt_ds.train.reshape_plan import Reshape
+
+CHILD_MODULE = "ngpt_ds.train.reshape"
+"""The converter child's command line: `python -m ngpt_ds.train.reshape SOURCE OUTPUT` (it calls run_child)."""
+POLL_S = 0.5
+"""How often the waiting ranks and rank 0 agree on whether the conversion is finished."""
+CONVERTER_PARENT_VARIABLE = "NGPT_DS_CONVERTER_PARENT"
+"""The pid of the rank that started the converter: the child ends when that rank is gone. Set in the
+main thread: Linux's parent-death signal follows the thread that started the child."""
+
+
+def _wait_for(proc: subprocess.Popen | None, device: torch.device) -> None:
+    """Every rank polls until rank 0's child process has exited: short collectives only."""
+    while True:
+        running = torch.tensor([float(proc is not None and proc.poll() is None)], device=device)
+        dist.all_reduce(running, op=dist.ReduceOp.MAX)
+        if running.item() == 0:
+            return
+        time.sleep(POLL_S)
+
+
+def _start_converter(source: Path, output: Path, log: Path) -> subprocess.Popen:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[CONVERTER_PARENT_VARIABLE] = str(os.getpid())
+    with open(log, "w", encoding="utf-8") as f:
+        # `python -m` puts its working folder first on sys.path: run from a folder holding another ngpt_ds (a
+        # checkout of another version, a shared /tmp), the child ran that package's converter, not this one.
+        # It runs in the package's own root instead, with the paths made absolute (--out may be relative).
+        return subprocess.Popen(
+            [sys.executable, "-m", CHILD_MODULE, os.path.abspath(source), os.path.abspath(output)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            cwd=package_root,
+        )
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+CONVERSION_SPACE_FACTOR = 2
+"""ds_to_universal writes every parameter's slices, then the merged files, then deletes the slices: at its peak
+about twice the checkpoint's optimizer state, which the checkpoint's size bounds from above."""
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _free_space(folder: Path) -> str:
+    """The free space where the conversion wrote, for its failure message: a full disk ended in DeepSpeed's
+    'basic_ios::clear: iostream error', and the advice sent the operator back to ranks they no longer had."""
+    free = _free_bytes(folder)
+    return (
+        ""
+        if free is None
+        else f"{_mib(free)} are free on the filesystem of {folder} (if it is full, free space there and rerun). "
+    )
+
+
+def _space_problem(reshape: Reshape, work: Path) -> str | None:
+    """Rank 0, before the converter starts: a conversion that cannot fit is refused, naming the space it needs."""
+    size, free = checkpoint.checkpoint_bytes(reshape.source), _free_bytes(work.parent)
+    if size is None or free is None or free >= CONVERSION_SPACE_FACTOR * size:
+        return None
+    return (
+        f"not enough free space to convert {reshape.source.name} for {reshape.current.ranks()}: DeepSpeed's "
+        f"ds_to_universal needs about {_mib(CONVERSION_SPACE_FACTOR * size)} (twice the checkpoint's "
+        f"{_mib(size)}), and {_mib(free)} are free on the filesystem of {work.parent}. Free space there and rerun, or resume "
+        f"at {reshape.saved.describe()}"
+    )
+
+
+def _remove_leftover(work: Path) -> str | None:
+    """Rank 0, before converting: remove the work folder an earlier conversion left, or a link there (only
+    the link, never what it points to). Returns the problem when it cannot. shutil.rmtree(ignore_errors=True)
+    silently left a link (a run folder handed over, or copied with links) or a folder holding entries this
+    user cannot delete, and every rerun then stopped on a bare '[Errno 17] File exists' from the mkdir that
+    followed. Anything else there (a file) is no conversion's: the mkdir names it, as before."""
+    try:
+        if work.is_symlink():
+            work.unlink()
+        elif work.is_dir():
+            shutil.rmtree(work)
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(work) else ""
+        return (
+            f"cannot remove {work}, left there by an earlier conversion: {err.strerror or err}{where}. Remove it "
+            "and rerun"
+        )
+    return None
+
+
+def convert(reshape: Reshape, device: torch.device) -> bool:
+    """Collective: make `reshape.target` (rank 0 converts, or reuses an intact earlier conversion).
+    Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
+    conversion fails; nothing is then left under the step_N-universal name."""
+    rank = dist.get_rank()
+    problem, proc = None, None
+    work = reshape.target.with_name(reshape.target.name + checkpoint.TEMP_SUFFIX)
+    # An earlier conversion (fp32 masters and both Adam moments: about 12 bytes per parameter) is
+    # verified by all ranks together, each file by one of them.
+    reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=verify_on_all_ranks)
+    if rank == 0 and not reused:
+        try:  # a failure here is reported through the gather below, so no rank is left waiting
+            problem = _remove_leftover(work)
+            if problem is None:
+                work.mkdir(parents=True)
+                problem = _space_problem(reshape, work)
+            if problem is None:
+                proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+        except OSError as err:
+            problem = f"could not start DeepSpeed's ds_to_universal in {work}: {err}"
+    flag = torch.tensor([float(reused)], device=device)
+    dist.broadcast(flag, src=0)
+    reused = bool(flag.item())
+    _wait_for(proc, device)
+    if rank == 0 and proc is not None and proc.returncode != 0:
+        problem = (
+            f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
+            f"{_tail(work / 'convert.log')}. {_free_space(work.parent)}Resume at {reshape.saved.describe()} instead"
+        )
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    problem = problems[0]
+    if problem is None and not reused:
+        # The converted files (about 12 bytes per parameter) are hashed by all ranks, each file by one.
+        problem = checkpoint.finish_universal_on_all_ranks(work / "converted", reshape.target, reshape.source)
+    if rank == 0 and not reused:
+        shutil.rmtree(work, ignore_errors=True)
+    if problem is not None:
+        raise NgptConfigError(problem)
+    return reused
+
+
+def _end_with_parent() -> None:
+    """The child process: die with the rank that started it. A rank SIGKILLed, or killed by a SIGTERM
+    before its stop handlers exist, left the converter writing on into the .tmp-save folder that the
+    rerun removes and makes anew: the rerun failed ("File exists") or hashed what two converters wrote.
+    Linux's parent-death signal; then the parent is checked, in case it died before the call."""
+    parent = os.environ.get(CONVERTER_PARENT_VARIABLE, "")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if parent.isascii() and parent.isdigit() and os.getppid() != int(parent):
+        sys.exit(f"the rank that started this conversion (pid {parent}) is gone")
+
+
+PARAMETER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+"""A parameter name as torch writes one for the model: dotted identifiers and indices, never a '/', '..' or ''."""
+
+
+def _names(value: object) -> set[str]:
+    """The keys of a dict, or of each dict in a list (DeepSpeed keeps one per parameter group)."""
+    groups = value if isinstance(value, (list, tuple)) else [value]
+    return {key for group in groups if isinstance(group, dict) for key in group}
+
+
+def check_parameter_names(source: Path) -> None:
+    """The child process, before DeepSpeed's converter: ds_to_universal makes a folder of each parameter name
+    it reads (the optimizer shards' param_slice_mappings; the model states' param_shapes, frozen_param_shapes
+    and module), joined to its output folder. A crafted name ('/home/someone/x', '../../x') wrote files
+    outside it; names of the shards that the model states do not list sealed a conversion without those
+    parameters' Adam moments, and DeepSpeed's load of it stopped on an AssertionError. Raises
+    UnsafeCheckpointError for either. Each file is memory-mapped, as in the resume's check of it."""
+    sharded: set[str] = set()
+    listed: set[str] = set()
+    for path in sorted(source.glob("*_states.pt")):
+        states = safe_load.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+        if not isinstance(states, dict):
+            continue  # DeepSpeed's own read of it fails with its message
+        found: set[str] = set()
+        if path.name.endswith("_optim_states.pt"):
+            optimizer = states.get("optimizer_state_dict")
+            found = _names(optimizer.get("param_slice_mappings")) if isinstance(optimizer, dict) else set()
+            sharded |= found
+        else:
+            found = _names(states.get("param_shapes")) | _names(states.get("frozen_param_shapes"))
+            listed |= _names(states.get("param_shapes"))
+            found |= _names(states.get("module"))
+        bad = sorted(repr(n) for n in found if not isinstance(n, str) or not PARAMETER_NAME.fullmatch(n))
+        if bad:
+            raise safe_load.UnsafeCheckpointError(
+                f"{path} was refused: it names parameter(s) {', '.join(bad[:3])}, which are not parameter names "
+                "(dotted letters, digits and _; DeepSpeed's converter makes a folder of each name, so these would "
+                "write outside the conversion's folder). This file was not written by the ngpt_ds trainer, or it "
+                "was altered. Do not use it"
+            )
+    if sharded and sharded != listed:
+        extra, missing = sorted(sharded - listed), sorted(listed - sharded)
+        which = (
+            f"the optimizer shards hold parameter(s) {', '.join(map(repr, extra[:3]))} that its model states do not list"
+            if extra
+            else f"its model states list parameter(s) {', '.join(map(repr, missing[:3]))} that no optimizer shard holds"
+        )
+        raise safe_load.UnsafeCheckpointError(
+            f"{source} was refused: {which}, so a conversion would leave the optimizer state of some parameters "
+            "out. The checkpoint is incomplete or was altered. Do not use it"
+        )
+
+
+def _convert_main(argv: list[str]) -> None:
+    """The child process: DeepSpeed's converter with every load through the restricted unpickler.
+    One worker each: the pools would have to inherit the guard, and the extraction is I/O bound."""
+    parser = argparse.ArgumentParser(description="Convert a trainer checkpoint to DeepSpeed's universal format.")
+    parser.add_argument("source")
+    parser.add_argument("output")
+    cli = parser.parse_args(argv)
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=cli.source,
+        output_folder=cli.output,
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    try:
+        check_parameter_names(Path(cli.source))
+        with safe_load.deepspeed_loads_are_safe():
+            ds_to_universal.main(args)
+    except safe_load.UnsafeCheckpointError as err:  # one line for the rank's message, not the frames above it
+        sys.exit(f"error: {err}")
+
+
+def run_child(argv: list[str]) -> None:
+    """The converter child's whole run (`python -m ngpt_ds.train.reshape SOURCE OUTPUT`)."""
+    _end_with_parent()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    _convert_main(argv)
+
+
+# ---- after the load ----------------------------------------------------------------------------------
+
+
+def unalias_optimizer_steps(engine: DeepSpeedEngine) -> int:
+    """Give each optimizer state its own `step` tensor; returns how many were shared.
+
+    DeepSpeed 0.19.8's ZeRO-3 universal load stores one `step` tensor object in the state of every
+    sub-group (stage3.load_hp_checkpoint_state_from_checkpoint_dir_stage3). torch's AdamW increments
+    `step` in place once per sub-group update, so with the matrices and the vectors in two groups the
+    count ran 2 per optimizer step: the next Adam bias correction was wrong and the loss after the
+    first resumed step differed by 1.4e-4 (tests/test_resume_world_size.py, ZeRO 3 2 -> 1 ranks)."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    seen, shared = set(), 0
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if not torch.is_tensor(step):
+            continue
+        if id(step) in seen:
+            state["step"] = step.clone()
+            shared += 1
+        else:
+            seen.add(id(step))
+    return shared
