@@ -151,7 +151,11 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     # fp32 partition each); DeepSpeed's own load of a checkpoint cut into other sub-groups stopped, after the
     # engine was built, with torch's "ValueError: loaded state dict contains a parameter group that doesn't
     # match the size of optimizer's group". The universal checkpoint is kept per parameter: it loads into any.
+    # Another size that cuts the same sub-groups (one per parameter group when every group is smaller than
+    # both) loads as it is: converting a large checkpoint costs hours and twice its disk.
     other_sub_groups = saved.zero_stage == 3 and saved.sub_group_size != current.sub_group_size
+    if other_sub_groups and saved.data_parallel == current.data_parallel:
+        other_sub_groups = not _same_sub_groups_at(source, saved, current)
     if (saved.data_parallel == current.data_parallel and not other_sub_groups) or saved.zero_stage == 0:
         return None  # ZeRO 1 <-> 2 share one format; ZeRO 0 keeps the whole optimizer state in one file
     target = out_dir / checkpoint.CHECKPOINTS / checkpoint.universal_name(source.name)
@@ -189,6 +193,57 @@ def _saved_sub_group_size(source: Path, zero_stage: int) -> int | None:
         return None
     states = deepspeed_files.read(deepspeed_files.model_states_file(source, zero_stage))
     return sub_group_size_of(states.get("ds_config"), zero_stage)
+
+
+def saved_sub_groups(source: Path, data_parallel: int) -> list[list[int]] | None:
+    """The elements each parameter holds in one rank's partition, per ZeRO 3 sub-group of the checkpoint, in
+    DeepSpeed's order: its param_shapes lists one group per ZeRO 3 sub-group (the optimizer's fp16_groups), and
+    a rank's partition of a parameter is ceil(numel / data_parallel) (padded to a multiple of the ranks).
+    None when the model states hold no such list (DeepSpeed's own load then names the problem)."""
+    states = deepspeed_files.read(deepspeed_files.model_states_file(source, 3))
+    shapes = states.get("param_shapes") if isinstance(states, dict) else None
+    if not isinstance(shapes, list) or not shapes:
+        return None
+    groups = []
+    for group in shapes:
+        if not isinstance(group, dict) or not group:
+            return None
+        numels = []
+        for shape in group.values():
+            try:
+                numel = math.prod(int(d) for d in shape)
+            except (TypeError, ValueError):
+                return None
+            numels.append(-(-numel // data_parallel))
+        groups.append(numels)
+    return groups
+
+
+def same_sub_groups(groups: list[list[int]], saved_size: int, current_size: int) -> bool:
+    """Whether DeepSpeed cuts the parameters into the same sub-groups at current_size as it did at saved_size.
+    `groups`: the partition elements of each parameter of each saved sub-group. DeepSpeed 0.19 (stage3
+    _create_fp16_sub_groups) closes a sub-group once it holds current_size elements or at the end of its
+    parameter group. So each saved sub-group stays whole if no parameter before its last reaches current_size,
+    and it still closes at its end if it reaches current_size there, or if it held less than saved_size (then
+    its parameter group's end closed it). A sub-group that reached saved_size but not current_size may run on
+    into the next: counted as different (the parameter groups' ends are not saved)."""
+    for numels in groups:
+        before_last = 0
+        for numel in numels[:-1]:
+            before_last += numel
+            if before_last >= current_size:
+                return False
+        total = before_last + numels[-1]
+        if saved_size <= total < current_size:
+            return False
+    return True
+
+
+def _same_sub_groups_at(source: Path, saved: Layout, current: Layout) -> bool:
+    if saved.sub_group_size is None or current.sub_group_size is None:
+        return False
+    groups = saved_sub_groups(source, saved.data_parallel)
+    return groups is not None and same_sub_groups(groups, saved.sub_group_size, current.sub_group_size)
 
 
 def current_layout(
