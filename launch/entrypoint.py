@@ -19,7 +19,8 @@ it), while its ranks are still saving. This process instead:
 - is a child subreaper (prctl PR_SET_CHILD_SUBREAPER; PID 1 is one anyway), so ranks orphaned by a
   runner that died are re-parented to it, and it waits for all of them;
 - exits with the command's status: its exit code, or 128 + N when signal N ended it (143 after
-  `docker stop`, whose SIGTERM the deepspeed runner does not handle).
+  `docker stop`, whose SIGTERM the deepspeed runner does not handle); like a shell, 127 when the
+  command is not found and 126 when it is found but cannot be run (not executable, a folder).
 
 Outside a container it does the same, e.g. to make a shell wait for the save after Ctrl-C.
 """
@@ -27,6 +28,7 @@ Outside a container it does the same, e.g. to make a shell wait for the save aft
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import subprocess
@@ -80,6 +82,23 @@ def _handles(pid: int, signum: int) -> bool:
     return False
 
 
+def _advice(command: str, err: OSError) -> str:
+    """What to do about a command that could not be started (after its error, as the shell says it)."""
+    if isinstance(err, FileNotFoundError):
+        if os.sep in command and os.path.isfile(command):  # the file is there: its #! line names a missing program
+            return " (its #! line names an interpreter that is not installed: install it, or run the script with one that is)"
+        return " (not on PATH or no such file: check the name, or give its path)"
+    if os.path.isdir(command):
+        return " (it is a folder: name the program or script inside it)"
+    if isinstance(err, PermissionError):
+        return (
+            f" (not executable: chmod +x {command}, or name its interpreter first: python3 {command}, bash {command})"
+        )
+    if err.errno == errno.ENOEXEC:
+        return f" (not a program, and no #! line: name its interpreter first: python3 {command}, bash {command})"
+    return ""
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(f"error: no command to run; {USAGE} (--help says what it does)", file=sys.stderr)
@@ -123,8 +142,8 @@ def main(argv: list[str]) -> int:
     try:
         children.append(subprocess.Popen(argv, start_new_session=True))
     except OSError as err:
-        print(f"error: cannot run {argv[0]}: {err.strerror}", file=sys.stderr)
-        return 127
+        print(f"error: cannot run {argv[0]}: {err.strerror}{_advice(argv[0], err)}", file=sys.stderr)
+        return 127 if isinstance(err, FileNotFoundError) else 126  # the shell's codes: not found, not runnable
     child = children[0]
     for signum in early:
         forward(signum, None)
