@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -44,16 +45,58 @@ POLL_S = 0.5
 CONVERTER_PARENT_VARIABLE = "NGPT_DS_CONVERTER_PARENT"
 """The pid of the rank that started the converter: the child ends when that rank is gone. Set in the
 main thread: Linux's parent-death signal follows the thread that started the child."""
+CONVERTER_STALL_S = 30 * 60
+"""How long the converter may do no work at all (no CPU time, no byte read or written) before it is stopped as
+hung. Work, not time, bounds it: a large checkpoint converts for hours, but never that long without reading,
+writing or computing. A read on a hung network mount or a deadlock did, and every rank polled on for good."""
+STOP_WAIT_S = 30
+"""How long a stopped converter is given to go (a process blocked in the kernel on a hung mount ends only when
+the call returns): the ranks stop with the message either way."""
 
 
-def _wait_for(proc: subprocess.Popen | None, device: torch.device) -> None:
-    """Every rank polls until rank 0's child process has exited: short collectives only."""
+def _activity(pid: int) -> tuple[float, int] | None:
+    """The child's CPU seconds and the bytes it has read and written so far (None once it is gone)."""
+    try:
+        child = psutil.Process(pid)
+        with child.oneshot():
+            cpu = child.cpu_times()
+            try:
+                io = child.io_counters()  # Linux: read_chars/write_chars count the page cache too
+                moved = getattr(io, "read_chars", io.read_bytes) + getattr(io, "write_chars", io.write_bytes)
+            except (AttributeError, NotImplementedError, psutil.AccessDenied):  # no I/O counters here: CPU only
+                moved = 0
+        return cpu.user + cpu.system, moved
+    except psutil.Error:
+        return None
+
+
+def _wait_for(proc: subprocess.Popen | None, device: torch.device) -> bool:
+    """Every rank polls until rank 0's child process has exited: short collectives only. Rank 0 stops the child
+    once it has done no work for CONVERTER_STALL_S; returns True there when it did."""
+    seen = _activity(proc.pid) if proc is not None else None
+    since, stopped = time.monotonic(), False
     while True:
-        running = torch.tensor([float(proc is not None and proc.poll() is None)], device=device)
+        alive = proc is not None and not stopped and proc.poll() is None
+        if alive and proc is not None:
+            now = _activity(proc.pid)
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since >= CONVERTER_STALL_S:
+                proc.kill()
+                try:
+                    proc.wait(timeout=STOP_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                alive, stopped = False, True
+        running = torch.tensor([float(alive)], device=device)
         dist.all_reduce(running, op=dist.ReduceOp.MAX)
         if running.item() == 0:
-            return
+            return stopped
         time.sleep(POLL_S)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
 
 
 def _start_converter(source: Path, output: Path, log: Path) -> subprocess.Popen:
@@ -165,8 +208,15 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     flag = torch.tensor([float(reused)], device=device)
     dist.broadcast(flag, src=0)
     reused = bool(flag.item())
-    _wait_for(proc, device)
-    if rank == 0 and proc is not None and proc.returncode != 0:
+    stalled = _wait_for(proc, device)
+    if rank == 0 and stalled:
+        problem = (
+            f"DeepSpeed's ds_to_universal, converting {reshape.source}, did no work for {_duration(CONVERTER_STALL_S)} "
+            "(no CPU time, no byte read or written: a hung filesystem or a deadlock), so it was stopped. Its last "
+            f"lines: {_tail(work / 'convert.log')}. Check the filesystems of {reshape.source} and {work.parent}, then "
+            f"rerun to convert again, or resume at {reshape.saved.describe()} instead"
+        )
+    elif rank == 0 and proc is not None and proc.returncode != 0:
         problem = (
             f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
             f"{_tail(work / 'convert.log')}. {_free_space(work.parent)}Resume at {reshape.saved.describe()} instead"
