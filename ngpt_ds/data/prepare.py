@@ -228,6 +228,20 @@ def _say(cfg: PrepareConfig, msg: str) -> None:
         _log.info(msg)
 
 
+def _noting_failure(texts: Iterator[str], failed: list[BaseException]) -> Iterator[str]:
+    """`texts`, noting in `failed` what stopped them. sentencepiece reads its sentences from Python and turns an
+    error raised there into "sentencepiece training failed: .../sources.py(151): texts", the last line of a
+    traceback: the corpus's message (which file could not be read, the text field that is not a string, and the
+    fix) was lost."""
+    try:
+        yield from texts
+    except GeneratorExit:  # closed once the sample is full: no failure (a vocab error may follow)
+        raise
+    except BaseException as err:
+        failed.append(err)
+        raise
+
+
 def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Fraction) -> tuple[Tokenizer, str]:
     """Copy or train the tokenizer into staging; return it and a description of its origin."""
     dest = staging / TOKENIZER_FILE
@@ -248,12 +262,18 @@ def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Frac
             f"training a sentencepiece {cfg.tokenizer_type} tokenizer, vocab {vocab}, "
             f"on up to {cfg.tokenizer_sample_chars:,} characters",
         )
-        tok = train_tokenizer(
-            training_lines(train_docs, cfg.tokenizer_sample_chars),
-            dest,
-            vocab_size=vocab,
-            model_type=cfg.tokenizer_type,
-        )
+        failed: list[BaseException] = []
+        try:
+            tok = train_tokenizer(
+                training_lines(_noting_failure(train_docs, failed), cfg.tokenizer_sample_chars),
+                dest,
+                vocab_size=vocab,
+                model_type=cfg.tokenizer_type,
+            )
+        except NgptConfigError:
+            if failed:  # the corpus's own error, which sentencepiece turned into a line of a traceback
+                raise failed[0] from None
+            raise
         origin = (
             f"trained: sentencepiece {cfg.tokenizer_type}, vocab {vocab}, byte fallback, identity "
             f"normalization, on up to {cfg.tokenizer_sample_chars:,} characters of train documents"
