@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from conftest import read_metrics, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import read_metrics, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
 
-def _zero3(path, sub_group_size=None):
-    ds = write_ds_config(path, stage=3, bf16=False, micro=2, accum=2)
+def _zero3(path, sub_group_size=None, accum=2):
+    ds = write_ds_config(path, stage=3, bf16=False, micro=2, accum=accum)
     if sub_group_size is not None:
         config = json.loads(ds.read_text())
         config["zero_optimization"]["sub_group_size"] = sub_group_size
@@ -70,6 +70,26 @@ def test_the_plan_converts_only_when_the_sub_groups_differ(whole_zero3_run, tmp_
     assert planned(1_000_000_000) is None and planned(100_000_000) is None and planned(sum(largest)) is None
     # The largest group's elements before its last parameter reach the size: DeepSpeed cuts it in two.
     assert planned(sum(largest[:-1])) is not None and planned(1000) is not None
+
+
+def test_on_two_ranks_the_sub_groups_are_cut_from_each_ranks_partition(tmp_path, tiny_dataset):
+    """At 2 data-parallel ranks a rank holds half of each parameter: a sub_group_size of the largest group's
+    half keeps one sub-group per parameter group, and DeepSpeed loads the checkpoint as it is."""
+    from ngpt_ds.train import reshape_plan
+
+    config = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(4, checkpoint_interval=2, keep_checkpoints=5))
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    torchrun(*train_cmd(config, _zero3(tmp_path / "default.json", accum=1), tiny_dataset, whole))
+    step2 = whole / "checkpoints" / "step_00000002"
+    halves = reshape_plan.saved_sub_groups(step2, data_parallel=2)
+    assert halves is not None and len(halves) == 2
+    assert [sum(g) for g in halves] == [sum(g) // 2 for g in reshape_plan.saved_sub_groups(step2, data_parallel=1)]
+    ds = _zero3(tmp_path / "half.json", max(sum(g) for g in halves), accum=1)
+    proc = torchrun(*train_cmd(config, ds, tiny_dataset, resumed, "--resume", step2))
+    assert "universal" not in proc.stdout + proc.stderr
+    assert f"resumed from {step2} at step 2" in proc.stdout
+    want = {m["step"]: m["train/loss"] for m in read_metrics(whole)}
+    assert {m["step"]: m["train/loss"] for m in read_metrics(resumed)} == {step: want[step] for step in (3, 4)}
 
 
 def test_the_sub_group_comparison_follows_deepspeeds_cut():
