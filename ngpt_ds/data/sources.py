@@ -215,11 +215,19 @@ class Corpus:
             batches = iter(self._dataset(data_files).iter(batch_size=_READ_BATCH))
         except StopIteration:
             return
+        except ValueError as e:
+            if self._empty_file(files, e):
+                return
+            raise
         while True:
             try:
                 batch = next(batches)
             except StopIteration:
                 return
+            except ValueError as e:
+                if self._empty_file(files, e):
+                    return
+                raise
             if field not in batch:
                 raise self._unknown_field(sorted(batch))
             self._rows_read += len(batch[field])
@@ -237,6 +245,14 @@ class Corpus:
                         "strings; pass --text-field naming a string column"
                     )
                 yield text
+
+    @staticmethod
+    def _empty_file(files: Sequence[str] | None, err: ValueError) -> bool:
+        """Whether `err` is pandas' "No columns to parse from file" for one csv file that holds nothing (compressed:
+        the uncompressed files of no bytes are left out before any read, _open_files). Such a file has no rows, as an
+        empty json file has none; it stopped the reading with "could not read" where the stream reached it, after
+        the tokenizer was trained or when hours of tokenizing were done."""
+        return files is not None and len(files) == 1 and type(err).__name__ == "EmptyDataError"
 
     def _unknown_field(self, fields: list[str]) -> NgptConfigError:
         where, fix = ("", "") if self._reading is None else (f" in {self._reading}", ", or leave that file out")
@@ -337,6 +353,11 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
     builder = kinds[0]
+    if builder == "csv":  # no bytes, no rows (as for json); kept, pandas stops with "No columns to parse from file"
+        empty = [f for f in files if os.path.getsize(f) == 0]
+        if empty and len(empty) < len(files):  # all empty: read, and refused below as an empty corpus
+            _log.warning(f"--input: {len(empty)} csv file(s) of no bytes hold no documents, e.g. {empty[0]}; skipped")
+            files = [f for f in files if os.path.getsize(f) > 0]
     load_args: dict[str, Any] = {"path": builder}  # data_files: given per group of files (Corpus._group)
     if builder == "text":
         load_args["sample_by"] = spec.text_sample_by
