@@ -34,10 +34,54 @@ class Parser(argparse.ArgumentParser):
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: None = None
     ) -> argparse.Namespace:
-        parsed, extras = self.parse_known_args(args, namespace)
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(argv, namespace)
         if extras:
             self.error(self._unrecognized(extras))
+        repeated = self._repeated(argv)
+        if repeated:
+            self.error(repeated)
         return parsed
+
+    def _repeated(self, argv: list[str]) -> str | None:
+        """An option of one value given twice with different values, or a switch and its --no- form: argparse
+        keeps the last without a word, so a script's `--out runs/a "$@"` with `--out runs/b` in "$@" worked
+        as asked, and `"$@" --out runs/a` silently resumed and extended runs/a instead. The same value given
+        twice is harmless and passes."""
+        single = {
+            flag: action
+            for action in self._actions
+            if action.help is not argparse.SUPPRESS
+            and (
+                isinstance(action, argparse.BooleanOptionalAction)
+                or (isinstance(action, argparse._StoreAction) and action.nargs in (None, "?"))
+            )
+            for flag in action.option_strings
+        }
+        seen: dict[argparse.Action, tuple[str, object]] = {}
+        for index, word in enumerate(argv):
+            if word == "--":  # the rest are values
+                break
+            flag, has_value, inline = word.partition("=")
+            action = single.get(flag)
+            if action is None:
+                continue
+            value: object
+            if isinstance(action, argparse.BooleanOptionalAction):
+                value = not flag.startswith("--no-")
+            elif has_value:
+                value = inline
+            elif index + 1 < len(argv) and (action.nargs is None or not argv[index + 1].startswith("-")):
+                value = argv[index + 1]
+            else:
+                value = action.const
+            if action in seen and seen[action][1] != value:
+                first, before = seen[action]
+                if isinstance(action, argparse.BooleanOptionalAction):
+                    return f"{first} and {flag} both given; give one"
+                return f"{flag} given twice ({before}, then {value}); give it once"
+            seen.setdefault(action, (flag, value))
+        return None
 
     def _unrecognized(self, extras: list[str]) -> str:
         flags = [word.split("=", 1)[0] for word in extras if word.startswith("-")]
