@@ -111,6 +111,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ngpt_ds.data.staging import missing_hint
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.infer import evaluate, format_table, load
+    from ngpt_ds.infer.evaluate import check_recorded_dataset
 
     if args.json:  # before the evaluation, which may take long: a wrong folder would lose its results
         folder = os.path.dirname(os.path.abspath(args.json))
@@ -132,6 +133,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{args.model} records its training data as {data} (the run's data_dir{relative}), which is not a "
             "folder here; pass --data DIR, a dataset prepared with the model's tokenizer"
         )
+    if not args.data:
+        check_recorded_dataset(loaded, data)
     print(f"evaluating {loaded.describe()} on {data} ({args.split})", file=sys.stderr)
     results = evaluate(
         loaded,

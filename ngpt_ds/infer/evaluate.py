@@ -55,6 +55,48 @@ def trainer_eval_windows(info: dict[str, Any], available: int) -> int | None:
     return min(batches, available // per_batch) * per_batch
 
 
+def recorded_train_data(loaded: LoadedModel) -> tuple[str, str] | None:
+    """(train_data_sha256, where it is recorded) of the run that trained `loaded`: its provenance's, else, for a
+    trainer checkpoint, its config.yaml's. None where neither records it (an export of this version, a checkpoint
+    from a trainer that did not record it)."""
+    digest = loaded.info.get("train_data_sha256")
+    if isinstance(digest, str) and digest:
+        return digest, f"train_data_sha256 in {loaded.source}"
+    checkpoint = loaded.info.get("checkpoint")
+    if loaded.kind != "checkpoint" or not isinstance(checkpoint, str):
+        return None
+    from ngpt_ds.infer.run_checkpoint import read_run_config
+
+    digest = read_run_config(Path(checkpoint)).get("train_data_sha256")
+    if isinstance(digest, str) and digest:
+        return digest, f"train_data_sha256 in {Path(checkpoint) / 'config.yaml'}"
+    return None
+
+
+def check_recorded_dataset(loaded: LoadedModel, data_dir: str | Path) -> None:
+    """Refuse the dataset the model records (its run's data_dir, used without --data) where it holds other training
+    data than the run trained on. data_dir is the path given to the trainer, often relative to the folder it ran
+    in: from another folder it named whatever dataset was there under that name, and one prepared with the same
+    tokenizer (launch/prepare_data.py --tokenizer) passed the tokenizer check, so the table was another
+    dataset's, exit 0. The train split's fingerprint (shard files, token counts and block hashes, in meta.json:
+    no shard is read) tells them apart; a copy of the run's dataset elsewhere keeps it."""
+    from ngpt_ds.train.preflight import train_data_fingerprint
+
+    recorded = recorded_train_data(loaded)
+    if recorded is None:
+        return
+    now = train_data_fingerprint(load_dataset_meta(data_dir, verify_contents=False))
+    if now is None or now == recorded[0]:  # None: a dataset prepared before block hashes were recorded
+        return
+    relative = "" if Path(data_dir).is_absolute() else ", a path relative to the folder training ran in"
+    raise NgptConfigError(
+        f"{loaded.source} records its training data as {data_dir} (the run's data_dir{relative}), and the "
+        f"dataset {data_dir} here holds other training data than the model was trained on (its train split's "
+        f"shards, token counts or block hashes differ from {recorded[1]}): its validation split is not the run's. "
+        "Pass --data DIR, the run's dataset (a copy elsewhere is fine), or another dataset on purpose"
+    )
+
+
 @torch.no_grad()
 def window_loss(
     loaded: LoadedModel, data_dir: str | Path, context: int, windows: int, batch_size: int, split: str = "validation"

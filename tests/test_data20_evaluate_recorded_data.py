@@ -1,0 +1,77 @@
+"""evaluate.py without --data reads the dataset its run recorded (data_dir, as given to the trainer, often relative):
+from another folder that name may be another dataset made with the same tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from ngpt_ds.cli.evaluate import main
+from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+from conftest import run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+
+
+@pytest.fixture(scope="module")
+def two_folders(tmp_path_factory, tiny_dataset) -> tuple[Path, Path]:
+    """`here/data`: the tiny dataset, and `here/runs/x` a 2-step run trained in `here` with --data data;
+    `there/data`: other text prepared with the same tokenizer."""
+    root = tmp_path_factory.mktemp("recorded_data")
+    here, there = root / "here", root / "there"
+    shutil.copytree(tiny_dataset, here / "data")
+    import pydoc_data.topics
+
+    there.mkdir()
+    with (there / "corpus.jsonl").open("w") as f:
+        for text in reversed(list(pydoc_data.topics.topics.values())):
+            f.write(json.dumps({"text": text[: len(text) // 2]}) + "\n")
+    prepare_dataset(
+        PrepareConfig(
+            inputs=(str(there / "corpus.jsonl"),),
+            out=there / "data",
+            tokenizer=here / "data" / "tokenizer.model",
+            val_fraction=0.1,
+            workers=1,
+            progress=False,
+        )
+    )
+    config = write_yaml(here / "tiny.yaml", tiny_ngpt(), tiny_train(2))
+    ds = write_ds_config(here / "z0.json", stage=0, bf16=False, micro=4, accum=1)
+    cmd = [sys.executable, Path(__file__).parents[1] / "launch/train.py", "--config", config]
+    run([*cmd, "--deepspeed_config", ds, "--data", "data", "--out", "runs/x", "--no-progress"], cwd=here)
+    return here, there
+
+
+def test_a_relative_data_dir_that_names_another_dataset_here_is_refused(two_folders, monkeypatch, capsys):
+    """Fault: `evaluate.py RUN` from another folder read the run's recorded data_dir `data` there: a dataset
+    prepared with the same tokenizer (--tokenizer, as for the parts of a corpus) passed the tokenizer check and
+    the table was that dataset's, exit 0, as if it were the run's validation loss. Before: exit 0 and a table.
+    Now: refused before the evaluation, naming the recorded path, the record it was checked against and --data."""
+    here, there = two_folders
+    checkpoint = here / "runs" / "x" / "checkpoints" / "step_00000002"
+    monkeypatch.chdir(there)
+    assert main([str(here / "runs" / "x"), "--multiples", "1", "--windows", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1] == (
+        f"error: {checkpoint} records its training data as data (the run's data_dir, a path relative to the folder "
+        "training ran in), and the dataset data here holds other training data than the model was trained on (its "
+        "train split's shards, token counts or block hashes differ from train_data_sha256 in "
+        f"{checkpoint / 'config.yaml'}): its validation split is not the run's. Pass --data DIR, the run's dataset "
+        "(a copy elsewhere is fine), or another dataset on purpose"
+    )
+
+
+def test_the_runs_own_dataset_and_an_explicit_data_are_evaluated(two_folders, monkeypatch, capsys):
+    """The check leaves alone the run's dataset where it was recorded, and another dataset named by --data."""
+    here, there = two_folders
+    monkeypatch.chdir(here)
+    assert main(["runs/x", "--multiples", "1", "--windows", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["32", "1.00x", "2", "64"]
+    monkeypatch.chdir(there)
+    assert main([str(here / "runs" / "x"), "--data", "data", "--multiples", "1", "--windows", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["32", "1.00x", "2", "64"]
