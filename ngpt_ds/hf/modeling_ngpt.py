@@ -22,8 +22,9 @@ Fine-tuning keeps nGPT an nGPT: after every step of a torch optimizer (transform
 your own over model.parameters()) the nGPT matrices it updated are renormalized, as nGPT's training does
 (_renormalize_after_step), a copy's too (copy.deepcopy, pickle); DeepSpeed's and FSDP's flat copies are not
 reached. `resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere.
-forward honours `output_hidden_states` and `return_dict=False`; `output_attentions=True` is refused (SDPA
-computes no weights), and so are token ids outside the vocabulary.
+`device_map="auto"` keeps each block on one device (_no_split_modules). forward honours `output_hidden_states`
+and `return_dict=False`; `output_attentions=True` is refused (SDPA computes no weights), and so are token ids
+outside the vocabulary.
 
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
 """
@@ -481,12 +482,16 @@ class NGPTForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
     """nGPT (arXiv 2410.01131) as a transformers causal LM; `self.model` is ngpt_ds.model.NGPT."""
 
     config_class = NGPTConfig
+    #: device_map="auto" places each block whole on one device. Split, a block's alphas sat on another device than
+    #: its attention output, which eq. 10's update combines with them (the GPT: its norm and its residual add).
+    _no_split_modules = ["NormalizedBlock"]
 
 
 class GPTBaselineForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
     """ngpt_ds's GPT baseline as a transformers causal LM; `self.model` is ngpt_ds.model.GPT."""
 
     config_class = GPTBaselineConfig
+    _no_split_modules = ["PreNormBlock"]  # as NGPTForCausalLM's
 
 
 MODELS = {"ngpt": NGPTForCausalLM, "gpt": GPTBaselineForCausalLM}
