@@ -77,6 +77,10 @@ setup(
         # tokenizers and protobuf: ngpt_ds/hf/tokenizer.py builds tokenizer.json with the first and reads the
         # sentencepiece model through sentencepiece_model_pb2, which needs the second.
         "hf": ["transformers>=5.24,<5.25", "tokenizers", "protobuf"],
+        # Compressed corpus files for ngpt-prepare (ngpt_ds/data/sources.py): .zst and .lz4 are read through fsspec,
+        # which registers their decompressors only where these packages import (.gz, .bz2, .xz need none).
+        "zstd": ["zstandard>=0.19"],
+        "lz4": ["lz4>=4.0"],
     },
     entry_points={
         # lm-eval 0.4.x only knows models in its own registry: this is lm_eval's CLI with `ngpt_ds` registered.
