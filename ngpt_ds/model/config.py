@@ -249,7 +249,7 @@ class ModelConfig:
             raise NgptConfigError(f"{source}: the model section must be a mapping, got {type(values).__name__}")
         known = [f.name for f in fields(cls)]
         p = Problems(source)
-        p.unknown_fields("model", values, known, lambda key: f" Known fields: {', '.join(sorted(known))}")
+        p.unknown_fields("model", values, known, lambda key: f" (known fields: {', '.join(sorted(known))})")
         p.raise_if_any()
         return cls(**values).validate(source)
 

@@ -297,6 +297,25 @@ DEEPSPEED_KEYS = frozenset(
 """Top-level keys of a DeepSpeed JSON: a file given to --config that has them and no model/train is one."""
 
 
+def misplaced_fields(data: dict[str, Any], path: Path) -> None:
+    """Refuse, naming where each belongs, the fields of one section written in the other or at the top level
+    (`lr:` under model:, `seq_len:` under train:, `max_steps:` not indented): they were called unknown, as if
+    misspelled ("model.lr = 0.001: unknown field Known fields: alpha_attn_init, ...", "unknown top-level
+    section(s) max_steps"), with every model field listed and no word of the section that has them."""
+    homes = {"model": {f.name for f in fields(ModelConfig)}, "train": {f.name for f in fields(TrainConfig)}}
+    p = Problems(str(path))
+    for key in sorted(set(data) - set(homes), key=str):
+        home = next((name for name, names in homes.items() if key in names), None)
+        if home is not None:
+            p.add(key, data[key], f"a {home}: field written at the top level; indent it under {home}:")
+    for name, other in (("model", "train"), ("train", "model")):
+        values = data.get(name)
+        if isinstance(values, dict):
+            for key in sorted(set(values) & (homes[other] - homes[name]), key=str):
+                p.add(f"{name}.{key}", values[key], f"a {other}: field, not a {name}: one; move it under {other}:")
+    p.raise_if_any()
+
+
 def load_model_and_train(
     name_or_path: str, arch: str | None = None, train_overrides: dict[str, Any] | None = None
 ) -> tuple[ModelConfig, TrainConfig, Path]:
@@ -315,6 +334,7 @@ def load_model_and_train(
             f"it with --deepspeed_config {path}, and give --config a preset such as ngpt_tiny or a YAML file "
             "with 'model:' and 'train:' sections"
         )
+    misplaced_fields(data, path)
     if unknown:
         raise NgptConfigError(
             f"{path}: unknown top-level section(s) {', '.join(unknown)}; expected 'model:' and 'train:'"
