@@ -17,7 +17,7 @@ import psutil
 from conftest import REPO, cpu_env
 
 DRIVER = """
-import json, os, subprocess, sys
+import json, logging, os, subprocess, sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +37,16 @@ write_manifest(source, build_manifest(source, 4))
 target = source.with_name("step_00000004-universal")
 reshape_convert.CONVERTER_STALL_S = stall_s
 started = []
+said = []  # what the trainer's log got, and whether the converter was still running then
+
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append([record.getMessage(), bool(started) and started[-1].poll() is None])
+
+
+logging.getLogger("ngpt_ds").addHandler(Keep())
+logging.getLogger("ngpt_ds").setLevel(logging.INFO)
 
 
 def start_stand_in(source, output, log):
@@ -51,7 +61,7 @@ try:
     found = {"reused": reshape_convert.convert(plan, torch.device("cpu")), "error": None}
 except NgptConfigError as err:
     found = {"reused": None, "error": str(err)}
-found.update(pid=started[0].pid, exit=started[0].poll(), left=sorted(p.name for p in source.parent.iterdir()))
+found.update(said=said, pid=started[0].pid, exit=started[0].poll(), left=sorted(p.name for p in source.parent.iterdir()))
 print(json.dumps(found))
 dist.destroy_process_group()
 """
@@ -100,3 +110,20 @@ def test_a_slow_converter_that_keeps_working_is_not_stopped(tmp_path):
     found = convert(tmp_path, SLOW, 2)
     assert (found["reused"], found["error"], found["exit"]) == (False, None, 0)
     assert found["left"] == ["step_00000004", "step_00000004-universal"]
+
+
+def test_the_conversion_is_announced_when_it_starts(tmp_path):
+    """Fault: a resume that converted printed nothing until the conversion had ended (the tiny run's first line
+    came after 9 s, at its end), so hours of a large conversion looked like a hung job, which an operator kills,
+    losing the conversion. Now rank 0 says at once what it converts, where its progress is, and what stops it."""
+    found = convert(tmp_path, SLOW, 2)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    log = checkpoints / "step_00000004-universal.tmp-save" / "convert.log"
+    assert found["said"] == [
+        [
+            f"converting {checkpoints / 'step_00000004'} (saved at 2 data-parallel ranks) to DeepSpeed's universal "
+            f"format in {checkpoints / 'step_00000004-universal'} with its ds_to_universal, once: this can take hours "
+            f"for a large checkpoint (its progress: {log}; stopped if it does no work for 2 seconds)",
+            True,
+        ]
+    ]

@@ -28,7 +28,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from ngpt_ds import safe_load
+from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint
 from ngpt_ds.train.resume import verify_on_all_ranks
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
     from ngpt_ds.train.reshape_plan import Reshape
+
+_log = log.get(__name__)
 
 CHILD_MODULE = "ngpt_ds.train.reshape"
 """The converter child's command line: `python -m ngpt_ds.train.reshape SOURCE OUTPUT` (it calls run_child)."""
@@ -203,6 +205,13 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
                 problem = _space_problem(reshape, work)
             if problem is None:
                 proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
+                # Said at once: a conversion of hours printed nothing until it ended, as a hung job would.
+                _log.info(
+                    f"converting {reshape.source} (saved at {reshape.saved.describe()}) to DeepSpeed's universal "
+                    f"format in {reshape.target} with its ds_to_universal, once: this can take hours for a large "
+                    f"checkpoint (its progress: {work / 'convert.log'}; stopped if it does no work for "
+                    f"{_duration(CONVERTER_STALL_S)})"
+                )
         except OSError as err:
             problem = f"could not start DeepSpeed's ds_to_universal in {work}: {err}"
     flag = torch.tensor([float(reused)], device=device)
