@@ -403,14 +403,16 @@ def _is_prepared(folder: Path) -> bool:
         return False
 
 
-def _refuse_prepared(folder: Path) -> None:
+def _refuse_prepared(folder: Path) -> list[str]:
     """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
-    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it."""
+    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
+    Returns the folder's compressed files, one of each compression (for _check_decompressors: one walk)."""
     if _is_prepared(folder):
         raise NgptConfigError(
             f"--input {folder} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
             "corpus it was prepared from (its meta.json names it under 'source')"
         )
+    compressed: dict[str, str] = {}
     for top, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
         if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
@@ -418,10 +420,15 @@ def _refuse_prepared(folder: Path) -> None:
                 f"--input {folder} holds {top}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
                 f"corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
             )
+        for name in sorted(files):
+            suffix = os.path.splitext(name.lower())[1]
+            if suffix in _DECOMPRESSORS and not name.startswith((".", "__")):
+                compressed.setdefault(suffix, os.path.join(top, name))
+    return sorted(compressed.values())
 
 
 def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
-    _refuse_prepared(path)
+    compressed = _refuse_prepared(path)
     if _is_saved_dataset(path):
         import datasets
 
@@ -453,6 +460,9 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
         )
         corpus.check_readable()
         return corpus
+    # A folder of .jsonl.zst files without zstandard was "could not read it (ValueError: Compression type zstd not
+    # supported); check the name, --config and --split; for a hub name, check that this machine can reach the hub".
+    _check_decompressors(compressed)
     return _open_hub(spec, str(path), local=True)
 
 
