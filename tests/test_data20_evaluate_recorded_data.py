@@ -75,3 +75,28 @@ def test_the_runs_own_dataset_and_an_explicit_data_are_evaluated(two_folders, mo
     monkeypatch.chdir(there)
     assert main([str(here / "runs" / "x"), "--data", "data", "--multiples", "1", "--windows", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:4] == ["32", "1.00x", "2", "64"]
+
+
+def test_an_export_records_the_training_data_and_is_checked_like_its_checkpoint(two_folders, monkeypatch, capsys):
+    """Fault: an export's config.json did not carry the run's train_data_sha256, so `evaluate.py EXPORT` from
+    another folder read the other dataset under the recorded name `data` and printed its table, exit 0, where the
+    checkpoint the export came from is refused (above). Now the export records it and is refused the same way."""
+    from ngpt_ds.infer import export_model
+
+    here, there = two_folders
+    monkeypatch.chdir(here)  # the export reads the tokenizer from the run's dataset, `data` here
+    folder = export_model(here / "runs" / "x", there / "export")
+    recorded = json.loads((folder / "config.json").read_text())["training"]["train_data_sha256"]
+    saved = (here / "runs" / "x" / "checkpoints" / "step_00000002" / "config.yaml").read_text()
+    assert f"train_data_sha256: {recorded}" in saved
+    monkeypatch.chdir(there)
+    assert main([str(folder), "--multiples", "1", "--windows", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1] == (
+        f"error: {folder} records its training data as data (the run's data_dir, a path relative to the folder "
+        "training ran in), and the dataset data here holds other training data than the model was trained on (its "
+        f"train split's shards, token counts or block hashes differ from train_data_sha256 in {folder}): its "
+        "validation split is not the run's. Pass --data DIR, the run's dataset (a copy elsewhere is fine), or "
+        "another dataset on purpose"
+    )

@@ -56,20 +56,14 @@ def trainer_eval_windows(info: dict[str, Any], available: int) -> int | None:
 
 
 def recorded_train_data(loaded: LoadedModel) -> tuple[str, str] | None:
-    """(train_data_sha256, where it is recorded) of the run that trained `loaded`: its provenance's, else, for a
-    trainer checkpoint, its config.yaml's. None where neither records it (an export of this version, a checkpoint
-    from a trainer that did not record it)."""
+    """(train_data_sha256, where it is recorded) of the run that trained `loaded`: a trainer checkpoint's
+    config.yaml, or an export's config.json (its provenance). None where it is not recorded (an export or a
+    checkpoint from a version that did not record it)."""
     digest = loaded.info.get("train_data_sha256")
-    if isinstance(digest, str) and digest:
-        return digest, f"train_data_sha256 in {loaded.source}"
     checkpoint = loaded.info.get("checkpoint")
-    if loaded.kind != "checkpoint" or not isinstance(checkpoint, str):
-        return None
-    from ngpt_ds.infer.run_checkpoint import read_run_config
-
-    digest = read_run_config(Path(checkpoint)).get("train_data_sha256")
+    where = Path(checkpoint) / "config.yaml" if loaded.kind == "checkpoint" and isinstance(checkpoint, str) else None
     if isinstance(digest, str) and digest:
-        return digest, f"train_data_sha256 in {Path(checkpoint) / 'config.yaml'}"
+        return digest, f"train_data_sha256 in {where or loaded.source}"
     return None
 
 

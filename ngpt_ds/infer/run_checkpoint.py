@@ -170,6 +170,8 @@ def read_checkpoint_weights(
         "tensor_parallel": tp_size,
         "weights": f"{saved.source}, {'/'.join(dtypes)}",
         "data_dir": run.get("data_dir"),
+        # an export carries it, so evaluate can tell the run's dataset from another under the recorded name
+        "train_data_sha256": run.get("train_data_sha256"),
         "eval": {
             "batches": (run.get("train") or {}).get("eval_batches"),
             "micro_batch": deepspeed.get("train_micro_batch_size_per_gpu"),
