@@ -86,6 +86,12 @@ class Parser(argparse.ArgumentParser):
     def _unrecognized(self, extras: list[str]) -> str:
         flags = [word.split("=", 1)[0] for word in extras if word.startswith("-")]
         if not flags:
+            positionals = [str(a.metavar or a.dest) for a in self._actions if not a.option_strings]
+            if positionals:  # generate's MODEL; `--prompt And God said` left 'God' and 'said' over
+                return (
+                    f"unexpected argument {extras[0]!r}: this command takes one {' '.join(positionals)} and options; "
+                    "quote a value that holds spaces"
+                )
             return f"unexpected argument {extras[0]!r}: this command takes options only (e.g. --config ngpt_tiny)"
         known = [o for a in self._actions if a.help is not argparse.SUPPRESS for o in a.option_strings]
         named = []

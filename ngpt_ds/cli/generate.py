@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
+from ngpt_ds.cli import Parser, add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
 from ngpt_ds.errors import NgptConfigError
 
 EPILOG = """\
@@ -28,7 +28,7 @@ examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Generate text with a trained nGPT or GPT (KV-cached sampling).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate at most (default: 200)"
     )
     parser.add_argument(
-        "--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default: 0.8)"
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"softmax temperature; 0 means greedy (default: {DEFAULT_TEMPERATURE})",
     )
     parser.add_argument(
         "--top-k", type=int, default=None, metavar="K", help="sample only from the K most likely tokens (default: off)"
@@ -84,7 +87,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating after an end-of-text token")
     parser.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     add_logging_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    contradiction = _contradiction(args)
+    if contradiction:
+        parser.error(contradiction)
+    if args.temperature is None:
+        args.temperature = DEFAULT_TEMPERATURE
+    return args
+
+
+DEFAULT_TEMPERATURE = 0.8
+
+
+def _contradiction(args: argparse.Namespace) -> str | None:
+    """Sampling options that contradict each other. Greedy decoding took the most likely token without a word
+    where --temperature 0.7 or --top-p 0.9 asked to sample as well (--greedy won; --top-k and --top-p change
+    no argmax), so a user comparing settings got the same text for each."""
+    if args.greedy and args.temperature not in (None, 0):
+        return f"--greedy and --temperature {args.temperature:g} both given: --greedy is --temperature 0; give one"
+    greedy = "--greedy" if args.greedy else "--temperature 0" if args.temperature == 0 else None
+    samplers = [
+        f"{name} {value:g}"
+        for name, value, off in (("--top-k", args.top_k, 0), ("--top-p", args.top_p, 1))
+        if value is not None and value != off
+    ]
+    if greedy and samplers:
+        return (
+            f"{' and '.join(samplers)} with {greedy}: greedy decoding always takes the most likely token, so "
+            f"{'they' if len(samplers) > 1 else 'it'} would change nothing; drop {greedy} to sample (a temperature "
+            f"above 0), or drop {' and '.join(s.split()[0] for s in samplers)}"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
