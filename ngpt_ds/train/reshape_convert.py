@@ -327,7 +327,9 @@ def _convert_main(argv: list[str]) -> None:
         num_merge_workers=1,
         keep_temp_folder=False,
         strict=True,
-        inject_missing_state=False,
+        # A checkpoint saved before the trainer set universal_checkpoint_info (ngpt_ds.train.builder) gets the same
+        # version entry; without it the converter refused the checkpoint on an assertion.
+        inject_missing_state=True,
     )
     try:
         check_parameter_names(Path(cli.source))
