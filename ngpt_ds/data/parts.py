@@ -63,6 +63,7 @@ from ngpt_ds.data.shards import (
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.files import replace_file
 from ngpt_ds.overwrite import check_holds_no_run, check_not_source
 
 _log = log.get(__name__)
@@ -91,14 +92,9 @@ def part_dir(out: Path, index: int, num_parts: int) -> Path:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Durably, through a temporary name: the file marks its folder complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Durably, through a temporary name created new, never a link's (`replace_file`): the file marks its
+    folder complete."""
+    replace_file(path, json.dumps(data, indent=2) + "\n")
 
 
 def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ngpt_ds.data import shard_hashes, staging
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
+from ngpt_ds.files import replace_file
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -228,14 +229,11 @@ def hash_problems(shards: list[tuple[str, ShardMeta]], block_bytes: object, item
 
 
 def write_meta(meta: DatasetMeta, directory: Path) -> None:
-    """Write meta.json durably (temp file, fsync, rename): it is the completeness marker."""
-    tmp = directory / (META_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta.to_json(), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / META_FILE)
+    """Write meta.json durably (`replace_file`: a new temp file, fsync, rename): it is the completeness marker.
+    meta.json.tmp is created new, never opened through a link: one planted there in a dataset someone shared
+    (`ngpt-prepare --add-hashes` rewrites meta.json in place) had its target overwritten with the metadata, and
+    the link was renamed into place as meta.json."""
+    replace_file(directory / META_FILE, json.dumps(meta.to_json(), indent=2) + "\n")
 
 
 def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> DatasetMeta:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ngpt_ds.train.manifest import COMPLETE, fsync_dir, replace_file
+from ngpt_ds.files import replace_file
+from ngpt_ds.train.manifest import COMPLETE, fsync_dir
 
 CHECKPOINTS = "checkpoints"
 TAG_PREFIX = "step_"

@@ -17,12 +17,13 @@ import heapq
 import json
 import os
 import re
-import shutil
 import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from ngpt_ds.files import replace_file
 
 COMPLETE = "COMPLETE"
 MANIFEST_FORMAT = "ngpt_ds-checkpoint-manifest"
@@ -342,36 +343,6 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Write `manifest` as folder/COMPLETE atomically (`replace_file`, then fsync of the folder)."""
     replace_file(folder / COMPLETE, json.dumps(manifest, indent=1).encode("utf-8"))
     fsync_dir(folder)
-
-
-def replace_file(target: Path, data: bytes | str | BinaryIO, mode: int | None = None) -> None:
-    """Replace `target` with a file holding `data` (text as UTF-8), atomically: written as `target`.tmp, fsynced,
-    renamed over `target`, so a kill mid-write leaves the old file whole (a run's config.yaml, summary.json, which
-    launch/slurm/train.sbatch reads to decide whether to requeue; `latest`; COMPLETE), never one cut short. The temporary file is created new, never through a link: whatever holds its name first (a link
-    planted in a run folder someone received, a leftover of a killed write) is removed, not followed, and
-    O_EXCL | O_NOFOLLOW refuse anything that takes the name again before the open. `latest.tmp` written
-    through a planted link had overwritten the file it pointed to (any file, for a trainer run as root).
-    The temporary file is removed when the write fails (disk full). `data` may be an open binary file, copied
-    from where it stands. `mode`: the file's permission bits (else the umask's)."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a link itself, never what it points to
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)
-            if isinstance(data, (bytes, str)):
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            else:
-                shutil.copyfileobj(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 _NO_DIRECTORY_FSYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)

@@ -12,9 +12,9 @@ from typing import BinaryIO
 
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
+from ngpt_ds.files import replace_file as replace_file  # where run files are written from
 from ngpt_ds.train import checkpoint, run_lock
 from ngpt_ds.train.manifest import RefusedFile, open_regular, read_capped
-from ngpt_ds.train.manifest import replace_file as replace_file  # where run files are written from
 
 SUMMARY_FILE = "summary.json"
 MAX_SUMMARY_BYTES = 64 * 1024
