@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ngpt_ds.cli import add_logging_arguments, run
+from ngpt_ds.cli import Parser, add_logging_arguments, run
 
 EPILOG = """\
 CHECKPOINT is a checkpoint directory (.../checkpoints/step_N, with its COMPLETE marker) or a training
@@ -24,14 +24,14 @@ examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Consolidate a DeepSpeed checkpoint into safetensors + config + tokenizer.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory or training run directory")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (required; must not exist)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--format",
         choices=("ngpt_ds", "hf"),
         default="ngpt_ds",
-        help="ngpt_ds: the folder above; hf: Hugging Face transformers' layout (config.json with "
+        help="ngpt_ds: the folder above (default); hf: Hugging Face transformers' layout (config.json with "
         "auto_map, model.safetensors, tokenizer.json, the modeling code; needs transformers)",
     )
     add_logging_arguments(parser)
