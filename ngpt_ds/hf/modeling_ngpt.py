@@ -20,8 +20,10 @@ unknown, all finite, nGPT's sphere matrices unit norm, and every one of a float 
 
 Fine-tuning keeps nGPT an nGPT: after every step of a torch optimizer (transformers' Trainer's, or one of
 your own over model.parameters()) the nGPT matrices it updated are renormalized, as nGPT's training does
-(_renormalize_after_step), a copy's too (copy.deepcopy, pickle); DeepSpeed's and FSDP's flat copies are not
-reached. `resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere.
+(_renormalize_after_step), a copy's too (copy.deepcopy, pickle). DeepSpeed's and FSDP's flat copies are not
+reached, so training under them is refused (_check_renormalized_here), except under DeepSpeed with ngpt_ds's
+KeepOnTheSphere callback (ngpt_ds.hf.trainer), which renormalizes DeepSpeed's fp32 masters.
+`resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere.
 `device_map="auto"` keeps each block on one device (_no_split_modules). forward honours `output_hidden_states`
 and `return_dict=False`; `output_attentions=True` is refused (SDPA computes no weights), and so are token ids
 outside the vocabulary.
@@ -35,6 +37,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+import sys
 import weakref
 from pathlib import Path
 from typing import Any, cast
@@ -340,6 +343,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         """
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
+        if self.training and self.config.arch == "ngpt" and torch.is_grad_enabled():
+            _check_renormalized_here(self)
         if _asked(kwargs, self.config, "output_attentions"):
             raise ValueError(
                 f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
@@ -444,6 +449,41 @@ def _renormalize_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs:
                 w = matrix.param.float()
                 norms = torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True)
                 matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def _check_renormalized_here(model: _NgptDsPreTrainedModel) -> None:
+    """Refuses to train an nGPT where _renormalize_after_step cannot reach the weights the optimizer updates:
+    DeepSpeed's ZeRO keeps them as flat fp32 partitions (its parameters carry ds_id or _hp_mapping), and so does
+    its bf16/fp16 optimizer at ZeRO 0; FSDP flattens and shards them. The model then left the sphere without a word
+    (ZeRO 1-3 through transformers' Trainer: 0.005 off unit norm after 3 AdamW steps at lr 1e-3). Under DeepSpeed,
+    ngpt_ds's KeepOnTheSphere callback (ngpt_ds.hf.trainer) renormalizes the fp32 masters as ngpt_ds's trainer
+    does, and marks the model. A few attribute reads per training forward."""
+    if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
+        return
+    weight = cast(DeclaredMatrix, model.model.embed).weight
+    state = sys.modules.get("accelerate.state")
+    shared = getattr(getattr(state, "AcceleratorState", None), "_shared_state", None) or {}
+    kind = str(getattr(shared.get("distributed_type"), "value", ""))
+    name = type(model).__name__
+    if (
+        hasattr(weight, "ds_id")
+        or hasattr(weight, "_hp_mapping")
+        or (kind == "DEEPSPEED" and weight.dtype != torch.float32)
+    ):
+        raise NgptConfigError(
+            f"{name} is being trained under DeepSpeed, whose optimizer updates fp32 copies of the weights that the "
+            "renormalization after each optimizer step cannot reach: the nGPT matrices would leave the hypersphere "
+            "(paper section 2.6). With transformers' Trainer add ngpt_ds's callback: "
+            "`from ngpt_ds.hf.trainer import KeepOnTheSphere; trainer.add_callback(KeepOnTheSphere(trainer))` "
+            "(it renormalizes DeepSpeed's fp32 masters after every step), or fine-tune with ngpt_ds's launch/train.py"
+        )
+    if kind == "FSDP" or type(weight).__name__ in ("DTensor", "FlatParameter"):
+        raise NgptConfigError(
+            f"{name} is being trained under FSDP, which shards the weights so that the renormalization after each "
+            "optimizer step cannot reach them: the nGPT matrices would leave the hypersphere (paper section 2.6). "
+            "Fine-tune without FSDP (one device, or DDP), under DeepSpeed with ngpt_ds's KeepOnTheSphere callback "
+            "(ngpt_ds.hf.trainer), or with ngpt_ds's launch/train.py"
+        )
 
 
 def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:

@@ -1,0 +1,106 @@
+"""An nGPT fine-tuned by transformers' Trainer under DeepSpeed stays on the hypersphere (paper section 2.6), or is
+refused: DeepSpeed's optimizer updates fp32 copies that the model's own renormalization after each optimizer step
+cannot reach. ngpt_ds.hf.trainer.KeepOnTheSphere renormalizes those copies as ngpt_ds's trainer does."""
+
+import json
+import sys
+
+import pytest
+
+pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
+
+from conftest import cpu_env, free_port, run  # noqa: E402
+
+WORKER = r"""
+import json, sys
+import deepspeed.ops
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # not used; its JIT build takes 30 s
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.hf.configuration_ngpt import CONFIGS
+from ngpt_ds.hf.modeling_ngpt import MODELS
+from ngpt_ds.model import ModelConfig
+from ngpt_ds.model.sphere import max_norm_deviation
+
+stage, callback, out = int(sys.argv[1]), sys.argv[2] == "callback", sys.argv[3]
+torch.manual_seed(0)
+config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+model = MODELS["ngpt"](CONFIGS["ngpt"].from_model_config(config))
+
+
+class Data(Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        ids = torch.randint(3, 512, (16,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": ids, "labels": ids}
+
+
+ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+      "gradient_clipping": "auto", "zero_optimization": {"stage": stage}}
+args = TrainingArguments(output_dir=out + ".trainer", per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
+                         deepspeed=ds, report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=1)
+trainer = Trainer(model=model, args=args, train_dataset=Data())
+if callback:
+    from ngpt_ds.hf.trainer import KeepOnTheSphere
+
+    trainer.add_callback(KeepOnTheSphere(trainer))
+try:
+    trainer.train()
+except NgptConfigError as e:
+    print(e, file=sys.stderr)
+    raise SystemExit(2)
+if stage == 3:
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        deviation = max_norm_deviation(model.model)
+else:
+    deviation = max_norm_deviation(model.model)
+losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+with open(out, "w") as f:
+    json.dump({"deviation": deviation, "losses": losses}, f)
+torch.distributed.destroy_process_group()
+"""
+
+
+def _train(tmp_path, stage: int, callback: bool):
+    script, out = tmp_path / "worker.py", tmp_path / f"result_{stage}_{callback}.json"
+    script.write_text(WORKER)
+    env = cpu_env(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
+    cmd = [sys.executable, script, str(stage), "callback" if callback else "plain", out]
+    proc = run(cmd, env=env, check=False, timeout=300)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_an_ngpt_trained_under_deepspeed_without_the_callback_is_refused_naming_it(tmp_path, stage):
+    """Fault: transformers' Trainer with a DeepSpeed config (ZeRO 1 or 3) trained an nGPT without renormalizing it:
+    the model's hook saw only DeepSpeed's flat fp32 partitions. Before: 3 AdamW steps at lr 1e-3 ran, reported
+    their losses and left the matrices 0.00503 off unit norm, without a word. Now: its first training forward is
+    refused, naming the callback that renormalizes DeepSpeed's masters (exit 2 here, nothing trained)."""
+    proc, result = _train(tmp_path, stage, callback=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert result is None
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "NGPTForCausalLM is being trained under DeepSpeed, whose optimizer updates fp32 copies of the weights that "
+        "the renormalization after each optimizer step cannot reach: the nGPT matrices would leave the hypersphere "
+        "(paper section 2.6). With transformers' Trainer add ngpt_ds's callback: `from ngpt_ds.hf.trainer import "
+        "KeepOnTheSphere; trainer.add_callback(KeepOnTheSphere(trainer))` (it renormalizes DeepSpeed's fp32 masters "
+        "after every step), or fine-tune with ngpt_ds's launch/train.py"
+    )
+
+
+def test_the_callback_keeps_an_ngpt_trained_under_deepspeed_on_the_sphere(tmp_path):
+    """With KeepOnTheSphere the same 3 steps end on the sphere at ZeRO 0, 1 and 3, with the same losses at each
+    (ZeRO 0 in fp32 needed no help: the torch optimizer holds the model's parameters; they are renormalized once,
+    by the callback's hook, not twice)."""
+    results = {}
+    for stage in (0, 1, 3):
+        proc, results[stage] = _train(tmp_path, stage, callback=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert results[stage]["deviation"] <= 2.5e-7, stage
+    assert [round(loss, 4) for loss in results[0]["losses"]] == [6.2649, 6.2831, 6.2532]
+    assert results[1]["losses"] == results[0]["losses"] == results[3]["losses"]
