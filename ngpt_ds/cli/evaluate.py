@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ngpt_ds.cli import add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
+from ngpt_ds.cli import Parser, add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
 
 EPILOG = """\
 MODEL is an exported folder, a checkpoint directory or a training run directory.
@@ -58,7 +58,7 @@ def _numbers(kind: Callable[[str], Any], least: float) -> Callable[[str], list[A
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Validation loss / perplexity at several context lengths.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
