@@ -104,3 +104,58 @@ def test_the_callback_keeps_an_ngpt_trained_under_deepspeed_on_the_sphere(tmp_pa
         assert results[stage]["deviation"] <= 2.5e-7, stage
     assert [round(loss, 4) for loss in results[0]["losses"]] == [6.2649, 6.2831, 6.2532]
     assert results[1]["losses"] == results[0]["losses"] == results[3]["losses"]
+
+
+def _tiny_ngpt():
+    import torch
+
+    from ngpt_ds.hf.configuration_ngpt import CONFIGS
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=1, n_embd=32, n_head=2, seq_len=32)
+    return MODELS["ngpt"](CONFIGS["ngpt"].from_model_config(config)).train()
+
+
+def test_training_under_fsdp_is_refused_and_evaluation_is_not(monkeypatch):
+    """FSDP (accelerate's, as transformers' Trainer sets it up; imitated here by its process-wide state, since FSDP
+    needs GPUs) shards the weights where the renormalization cannot reach them: a training forward is refused, an
+    evaluation forward (eval mode or no_grad) runs."""
+    import torch
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    from ngpt_ds.errors import NgptConfigError
+
+    model = _tiny_ngpt()
+    ids = torch.randint(3, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setitem(AcceleratorState._shared_state, "distributed_type", DistributedType.FSDP)
+    with pytest.raises(NgptConfigError) as err:
+        model(ids, labels=ids, use_cache=False)
+    assert str(err.value) == (
+        "NGPTForCausalLM is being trained under FSDP, which shards the weights so that the renormalization after "
+        "each optimizer step cannot reach them: the nGPT matrices would leave the hypersphere (paper section 2.6). "
+        "Fine-tune without FSDP (one device, or DDP), under DeepSpeed with ngpt_ds's KeepOnTheSphere callback "
+        "(ngpt_ds.hf.trainer), or with ngpt_ds's launch/train.py"
+    )
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    model.eval()(ids, labels=ids, use_cache=False).loss.backward()
+
+
+def test_deepspeed_in_16_bits_at_zero_0_is_refused_and_in_fp32_is_not(monkeypatch):
+    """At ZeRO 0 DeepSpeed's bf16/fp16 optimizer keeps fp32 copies the model's hook cannot reach (refused); in fp32
+    the torch optimizer holds the model's own parameters, which the hook renormalizes (trained)."""
+    import torch
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    from ngpt_ds.errors import NgptConfigError
+
+    model = _tiny_ngpt()
+    ids = torch.randint(3, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setitem(AcceleratorState._shared_state, "distributed_type", DistributedType.DEEPSPEED)
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    with pytest.raises(NgptConfigError, match=r"^NGPTForCausalLM is being trained under DeepSpeed, whose optimizer"):
+        model.to(torch.bfloat16)(ids, labels=ids, use_cache=False)
