@@ -29,7 +29,7 @@ examples:
   deepspeed --num_gpus 8 launch/train.py --deepspeed_config ds_configs/zero1.json --config ngpt_0.5b --data DIR
   torchrun --nproc_per_node 2 launch/train.py --deepspeed_config ds_configs/zero3.json --max-steps 50
 
-Batch sizes, precision (bf16/fp32), ZeRO stage and gradient clipping live in the DeepSpeed
+Batch sizes, precision (bf16/fp16/fp32), ZeRO stage and gradient clipping live in the DeepSpeed
 JSON; model shape and optimization in the YAML preset (ngpt_ds/model/presets/).
 TensorBoard: tensorboard --logdir runs
 """
@@ -159,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deepspeed_config",
         metavar="JSON",
         type=_given,
-        help="required: the DeepSpeed JSON (batch sizes, bf16/fp32, ZeRO stage, gradient clipping); shipped in "
+        help="required: the DeepSpeed JSON (batch sizes, bf16/fp16/fp32, ZeRO stage, gradient clipping); shipped in "
         "ds_configs/: zero0.json ... zero3.json, zero2_offload.json",
     )
     group.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)  # DeepSpeed's examples pass it

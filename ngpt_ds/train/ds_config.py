@@ -75,7 +75,8 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
         raise NgptConfigError(f"DeepSpeed config {unreadable(path, err)}") from None
     except json.JSONDecodeError as err:
         raise NgptConfigError(
-            f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}{_other_kind(path)}"
+            f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+            f"{_comment_hint(err)}{_other_kind(path)}"
         ) from None
     except NgptConfigError:
         raise
@@ -84,6 +85,14 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise NgptConfigError(f"{path}: expected a JSON object")
     return config
+
+
+def _comment_hint(err: json.JSONDecodeError) -> str:
+    """The message's end for a comment where the parser stopped: configs copied from JSONC/JSON5 examples carry
+    `//`, `/* */` or `#` notes, and "Expecting property name enclosed in double quotes" did not say why."""
+    if not err.doc[err.pos : err.pos + 2].startswith(("//", "/*", "#")):
+        return ""
+    return "; JSON has no comments: delete the comment (DeepSpeed reads plain JSON)"
 
 
 def _other_kind(path: Path) -> str:
@@ -274,7 +283,14 @@ def check_ds_config(
             value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
             name,
             value,
-            "must be a positive integer",
+            "must be a positive integer"
+            + (
+                # Hugging Face Trainer's DeepSpeed configs write "auto" for what the Trainer fills in
+                '; "auto" is for Hugging Face\'s Trainer, which fills it in: write the number, or leave the field '
+                "out where the others determine it"
+                if value == "auto"
+                else ""
+            ),
         )
     flagged = {item.split(" = ")[0].split(".")[0] for item in p.items}
     ds_schema.check_blocks(config, p, skip=flagged | {"optimizer", "scheduler", "activation_checkpointing"})

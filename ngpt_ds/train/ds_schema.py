@@ -184,7 +184,8 @@ def check_blocks(config: dict[str, Any], p: Problems, skip: Set[str] = frozenset
                     p.add(field, item.get("input"), f"DeepSpeed rejects it: {item['msg']}")
         except Exception as err:  # DeepSpeed's own checks raise assorted types (asserts, TypeError on a non-mapping)
             if isinstance(err, TypeError) and not isinstance(config[key], dict) and "mapping" in str(err):
-                p.add(key, config[key], 'must be a JSON object, e.g. {"enabled": true} or {"stage": 2}')
+                example = '{"stage": 2}' if key == "zero_optimization" else '{"enabled": true}'
+                p.add(key, config[key], f"must be a JSON object, e.g. {example}")
             else:
                 p.add(key, config[key], f"DeepSpeed rejects it: {type(err).__name__}: {err}")
 
