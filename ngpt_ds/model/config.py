@@ -276,6 +276,12 @@ def resolve_config_path(name_or_path: str) -> Path:
         )
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
+            if "/" not in name_or_path and (PRESET_DIR / path.with_suffix(".yaml").name).is_file():
+                # the preset's file name, written as the docs' `ngpt_ds/model/presets/ngpt_tiny.yaml` shows it
+                raise NgptConfigError(
+                    f"config file {path} does not exist here; the preset of that name is --config {path.stem} "
+                    "(without .yaml)"
+                )
             raise NgptConfigError(
                 f"config file {path} does not exist. Give a YAML file or one of the "
                 f"presets: {', '.join(preset_names())}"
