@@ -19,6 +19,7 @@ While parts exist, --out holds one folder per finished part (`part-00000-of-0000
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -55,13 +56,12 @@ from ngpt_ds.data.shards import (
     SplitMeta,
     hash_problems,
     parse_shard,
-    sha256_file,
     shard_json,
     whole,
     write_meta,
 )
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
-from ngpt_ds.data.tokenizer import Tokenizer
+from ngpt_ds.data.tokenizer import Tokenizer, read_model_bytes
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.files import replace_file
 from ngpt_ds.overwrite import check_holds_no_run, check_not_source
@@ -95,6 +95,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Durably, through a temporary name created new, never a link's (`replace_file`): the file marks its
     folder complete."""
     replace_file(path, json.dumps(data, indent=2) + "\n")
+
+
+def _tokenizer_bytes(path: Path) -> bytes | None:
+    """The bytes of a part's tokenizer.model, None when it is not a regular file or is larger than any
+    sentencepiece model (read_model_bytes)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_model_bytes(path)
+    except NgptConfigError:
+        return None
 
 
 def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int) -> None:
@@ -152,7 +163,9 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             )
         if tok.eos_id < 0:
             raise NgptConfigError(f"--tokenizer {cfg.tokenizer}: the model has no EOS piece; train it with eos_id >= 0")
-        shutil.copyfile(cfg.tokenizer, staging / TOKENIZER_FILE)
+        # The bytes just loaded and checked, not the file read again: replaced meanwhile, it was another
+        # tokenizer that encoded the part and was hashed, under the vocab_size and eos_id of the one checked.
+        replace_file(staging / TOKENIZER_FILE, tok.model_bytes)
         dtype = shard_dtype(cfg, tok.vocab_size)
         counted = {"documents": 0}
 
@@ -212,7 +225,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             "part_index": part_index,
             "block_docs": block_docs,
             "documents": counted["documents"],
-            "tokenizer_sha256": sha256_file(staging / TOKENIZER_FILE),
+            "tokenizer_sha256": tok.sha256,
             "tokenizer_origin": f"loaded from {cfg.tokenizer.name}",
             "vocab_size": tok.vocab_size,
             "dtype": dtype,
@@ -313,6 +326,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
     check_holds_no_run(out, "--out", "the merge")  # the merged dataset replaces the folder whole (swap_in)
     parts = [_read_part(part_dir(out, k, num_parts)) for k in range(num_parts)]
     first = parts[0]
+    tokenizer_bytes: bytes | None = None
     for k, info in enumerate(parts):
         if info.get("part_index") != k:
             raise NgptConfigError(
@@ -332,7 +346,10 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
                     "part needs the same --input, options and --num-shards (prepare it again with --overwrite)"
                 )
         tok_file = part_dir(out, k, num_parts) / TOKENIZER_FILE
-        if not tok_file.is_file() or sha256_file(tok_file) != info["tokenizer_sha256"]:
+        data = _tokenizer_bytes(tok_file)
+        if k == 0:  # the bytes checked are the bytes copied into the dataset: the file is not read again
+            tokenizer_bytes = data
+        if data is None or hashlib.sha256(data).hexdigest() != info["tokenizer_sha256"]:
             raise NgptConfigError(
                 f"{tok_file}: missing or not the tokenizer its {PART_FILE} names; prepare part "
                 f"{k} again with --overwrite"
@@ -372,7 +389,8 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
                     f"--val-fraction {first['val_fraction']}; pass --val-fraction 0 or give more documents"
                 )
             del splits["validation"]
-        shutil.copyfile(part_dir(out, 0, num_parts) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        assert tokenizer_bytes is not None  # checked against part 0's part.json above
+        replace_file(staging / TOKENIZER_FILE, tokenizer_bytes)
         meta = DatasetMeta(
             data_dir=out,
             format_version=FORMAT_VERSION,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Iterable, Iterator
@@ -25,9 +26,15 @@ is no model: a 1.5 GB data shard or checkpoint given as the tokenizer held 2 GB 
 class Tokenizer:
     """A loaded sentencepiece model. Ids are ints in [0, vocab_size)."""
 
-    def __init__(self, processor: spm.SentencePieceProcessor, path: Path):
+    def __init__(self, processor: spm.SentencePieceProcessor, path: Path, model_bytes: bytes | None = None):
         self._sp = processor
         self.path = path
+        self.model_bytes = processor.serialized_model_proto() if model_bytes is None else model_bytes
+        """The model file's bytes as they were read and parsed: what to copy (into a dataset) or hash."""
+        self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
+        """The sha256 of those bytes, not of the file at `path` now: one hashed after the read is another
+        file's when the file was replaced in between (a dataset prepared again in place, a copy over it),
+        recorded for a tokenizer that was not the one loaded."""
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -36,7 +43,8 @@ class Tokenizer:
             raise NgptConfigError(f"tokenizer {path} not found; pass an existing sentencepiece .model file")
         sp = spm.SentencePieceProcessor()
         try:
-            sp.LoadFromSerializedProto(read_model_bytes(path))
+            data = read_model_bytes(path)
+            sp.LoadFromSerializedProto(data)
         except (OSError, RuntimeError) as e:
             reason = str(e).splitlines()[0]
             if "ParseFromArray" in reason:  # sentencepiece names its own source line; say what Load(path) says
@@ -44,7 +52,7 @@ class Tokenizer:
             raise NgptConfigError(
                 f"tokenizer {path} is not a sentencepiece model ({reason}); pass a .model file written by sentencepiece"
             ) from None
-        return cls(sp, path)
+        return cls(sp, path, data)
 
     @property
     def vocab_size(self) -> int:
