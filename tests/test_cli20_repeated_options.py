@@ -58,3 +58,11 @@ def test_the_same_value_twice_and_the_launchers_local_rank_pass():
     assert (args.out, args.compile, args.local_rank) == ("runs/a", False, 0)
     args = parse_args([*DS, "--max-steps", "7", "--resume", "none"])
     assert (args.max_steps, args.resume, args.out) == (7, "none", None)
+
+
+def test_values_that_mean_the_same_pass():
+    """Fault: the check compared the text, so `--log-level info --log-level INFO` (one level: the option reads
+    it upper-cased) and `--max-steps 10 --max-steps 010` were refused as options given twice with different
+    values. Now each value is read as the option reads it before they are compared."""
+    args = parse_args([*DS, "--log-level", "info", "--max-steps", "10", "--log-level", "INFO", "--max-steps", "010"])
+    assert (args.log_level, args.max_steps) == ("INFO", 10)

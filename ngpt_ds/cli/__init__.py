@@ -75,7 +75,7 @@ class Parser(argparse.ArgumentParser):
                 value = argv[index + 1]
             else:
                 value = action.const
-            if action in seen and seen[action][1] != value:
+            if action in seen and _meaning(action, seen[action][1]) != _meaning(action, value):
                 first, before = seen[action]
                 if isinstance(action, argparse.BooleanOptionalAction):
                     return f"{first} and {flag} both given; give one"
@@ -103,6 +103,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         sys.stderr.write(f"error: {message}; --help lists the options\n")
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _meaning(action: argparse.Action, value: object) -> object:
+    """`value` as the option reads it (its type: `--log-level info` and `INFO` are one level, `--max-steps 10` and
+    `010` one number), so only values that differ in meaning count as a repeated option; the text itself where
+    the type refuses it (argparse then reports that)."""
+    if isinstance(value, str) and callable(action.type):
+        try:
+            return action.type(value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            return value
+    return value
 
 
 def default_accelerator() -> None:
