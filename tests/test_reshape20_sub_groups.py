@@ -9,6 +9,7 @@ continues exactly; a value that does change the sub-groups still converts (tests
 """
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -107,3 +108,27 @@ def test_the_sub_group_comparison_follows_deepspeeds_cut():
     # A prefix reaching the new size cuts earlier.
     assert same_sub_groups([[30, 30, 5]], 65, 31) is False  # 30 + 30 = 60 >= 31: a cut after the second
     assert same_sub_groups([[30, 30, 5]], 65, 61) is True  # 65 >= 61 closes it at its end, as 65 did
+
+
+def test_a_crafted_shape_of_huge_integers_does_not_hold_the_plan(whole_zero3_run, tmp_path):
+    """Crafted model states whose param_shapes hold a shape of 6,000 integers of 2,031 bits each (the largest
+    the restricted unpickler reads, 1.5 MB in all): the product of its dimensions took about a minute on every
+    rank, at a ZeRO-3 resume with another sub_group_size, and grows with the square of the count (40,000: about
+    40 minutes, per shape). Such a shape is no tensor's: the plan converts, as for any unreadable sub-groups."""
+    import torch
+
+    from ngpt_ds.train import reshape_plan
+
+    from conftest import fails_after
+
+    _, whole = whole_zero3_run
+    crafted = tmp_path / "checkpoints" / "step_00000003"
+    shutil.copytree(whole / "checkpoints" / "step_00000003", crafted)
+    (states_file,) = crafted.glob("*model_states.pt")
+    states = torch.load(states_file, weights_only=False)
+    states["param_shapes"][0] = {name: (2**2030,) * 6000 for name in states["param_shapes"][0]}
+    torch.save(states, states_file)
+    ds = {"zero_optimization": {"stage": 3, "sub_group_size": 100_000_000}}
+    with fails_after(20, "the plan of a crafted shape"):
+        assert reshape_plan.saved_sub_groups(crafted, data_parallel=1) is None
+        assert reshape_plan.plan(crafted, reshape_plan.current_layout(ds, 1, 1), tmp_path) is not None

@@ -195,6 +195,10 @@ def _saved_sub_group_size(source: Path, zero_stage: int) -> int | None:
     return sub_group_size_of(states.get("ds_config"), zero_stage)
 
 
+MAX_DIMS, MAX_DIM = 64, 2**63 - 1
+"""What a parameter's saved shape may be: torch's most dimensions per tensor, each at most an int64."""
+
+
 def saved_sub_groups(source: Path, data_parallel: int) -> list[list[int]] | None:
     """The elements each parameter holds in one rank's partition, per ZeRO 3 sub-group of the checkpoint, in
     DeepSpeed's order: its param_shapes lists one group per ZeRO 3 sub-group (the optimizer's fp16_groups), and
@@ -210,11 +214,13 @@ def saved_sub_groups(source: Path, data_parallel: int) -> list[list[int]] | None
             return None
         numels = []
         for shape in group.values():
-            try:
-                numel = math.prod(int(d) for d in shape)
-            except (TypeError, ValueError):
+            # Dimensions as a tensor has them: a crafted shape of many huge integers kept math.prod (every
+            # rank) multiplying for hours.
+            if not isinstance(shape, (tuple, list)) or len(shape) > MAX_DIMS:
                 return None
-            numels.append(-(-numel // data_parallel))
+            if not all(isinstance(d, int) and 0 <= d <= MAX_DIM for d in shape):
+                return None
+            numels.append(-(-math.prod(shape) // data_parallel))
         groups.append(numels)
     return groups
 
