@@ -22,7 +22,9 @@ Fine-tuning keeps nGPT an nGPT: after every step of a torch optimizer (transform
 your own over model.parameters()) the nGPT matrices it updated are renormalized, as nGPT's training does
 (_renormalize_after_step), a copy's too (copy.deepcopy, pickle). DeepSpeed's and FSDP's flat copies are not
 reached, so training under them is refused (_check_renormalized_here), except under DeepSpeed with ngpt_ds's
-KeepOnTheSphere callback (ngpt_ds.hf.trainer), which renormalizes DeepSpeed's fp32 masters.
+KeepOnTheSphere callback (ngpt_ds.hf.trainer), which renormalizes DeepSpeed's fp32 masters. Loaded in bf16 or
+fp16, an nGPT keeps its scaling vectors (alpha, s_qk, s_u, s_v, s_z) in float32, where optimizer steps on them are
+not lost; training one whose scaling vectors were converted to 16 bits is refused (_check_scales_train).
 `resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere.
 `device_map="auto"` keeps each block on one device (_no_split_modules). forward honours `output_hidden_states`
 and `return_dict=False`; `output_attentions=True` is refused (SDPA computes no weights), and so are token ids
@@ -56,7 +58,7 @@ from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
-from ngpt_ds.model.layers import DeclaredMatrix, Projection
+from ngpt_ds.model.layers import DeclaredMatrix, Projection, ScaleVector
 from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes
 from ngpt_ds.model.sphere import max_norm_deviation, sphere_matrices
 
@@ -345,6 +347,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
         if self.training and self.config.arch == "ngpt" and torch.is_grad_enabled():
             _check_renormalized_here(self)
+            _check_scales_train(self)
         if _asked(kwargs, self.config, "output_attentions"):
             raise ValueError(
                 f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
@@ -486,6 +489,25 @@ def _check_renormalized_here(model: _NgptDsPreTrainedModel) -> None:
         )
 
 
+def _check_scales_train(model: _NgptDsPreTrainedModel) -> None:
+    """Refuses to train an nGPT whose scaling vectors are 16-bit (model.to(torch.bfloat16), .half()): stored at
+    their `scale`, they lose every optimizer step smaller than half their spacing there, so they would not train
+    (from_pretrained with a 16-bit dtype keeps them in float32: _keep_in_fp32_modules_strict). DeepSpeed's 16-bit
+    training, which keeps fp32 masters, is let through by _check_renormalized_here's marker first."""
+    if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
+        return
+    s_z = cast(ScaleVector, model.model.s_z).param
+    if s_z.requires_grad and s_z.dtype in (torch.bfloat16, torch.float16):
+        dtype = s_z.dtype
+        raise NgptConfigError(
+            f"{type(model).__name__}'s scaling vectors (alpha, s_qk, s_u, s_v, s_z) are "
+            f"{str(dtype).removeprefix('torch.')}: an optimizer step smaller than half their spacing at their stored "
+            f"values ({torch.finfo(dtype).eps / 2:.2g} at 1.0) is lost, so they would not train. Keep them in float32: "
+            "load with from_pretrained(..., dtype=torch.bfloat16) rather than converting with .to() or .half(), or "
+            "train a float32 model under bf16 autocast (TrainingArguments(bf16=True))"
+        )
+
+
 def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
     """Whether forward was asked for `name` (output_hidden_states, output_attentions): by its keyword, else by
     the config, as transformers' models read them."""
@@ -525,6 +547,12 @@ class NGPTForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
     #: device_map="auto" places each block whole on one device. Split, a block's alphas sat on another device than
     #: its attention output, which eq. 10's update combines with them (the GPT: its norm and its residual add).
     _no_split_modules = ["NormalizedBlock"]
+    #: from_pretrained(dtype=torch.bfloat16 or float16) keeps the scaling vectors (alpha, s_qk, s_u, s_v, s_z;
+    #: ngpt_ds.model.layers.ScaleVector) in float32: stored at their `scale` (1/sqrt(d), or 1 for s_u and s_v), a
+    #: 16-bit copy lost every optimizer step smaller than half its spacing there (0.0039 at 1), so fine-tuning
+    #: froze them all (0 of 1920 values moved in 10 AdamW steps at lr 1e-4). The forward rounds their effective
+    #: values to the activations' dtype, as before.
+    _keep_in_fp32_modules_strict = ["attn_alpha", "mlp_alpha", "s_qk", "s_u", "s_v", "s_z"]
 
 
 class GPTBaselineForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
