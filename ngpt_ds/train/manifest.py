@@ -223,11 +223,39 @@ def checkpoint_bytes(path: Path) -> int | None:
 def marker_digest(path: Path) -> str | None:
     """blake2b-128 of the checkpoint's COMPLETE file (None when it cannot be read or `read_marker` refuses
     it): two folders with the same marker digest hold the same manifest, hence the same checkpoint once
-    verified."""
+    verified. A legacy `step N` marker names no file, so its digest also covers what `_legacy_identity` reads."""
     try:
-        return hashlib.blake2b(read_marker(path), digest_size=16).hexdigest()
-    except (OSError, MalformedManifest):
+        marker = read_marker(path)
+        if LEGACY_MARKER.fullmatch(marker.decode("utf-8", errors="replace")):
+            return _legacy_identity(path, marker)
+        return hashlib.blake2b(marker, digest_size=16).hexdigest()
+    except (OSError, MalformedManifest, RefusedFile):
         return None
+
+
+LEGACY_TAIL_BYTES = 64 << 10
+LEGACY_TAIL_FILES = 64
+
+
+def _legacy_identity(path: Path, marker: bytes) -> str:
+    """The digest of a legacy checkpoint: its marker, every file's name and size, and the last LEGACY_TAIL_BYTES
+    of the first LEGACY_TAIL_FILES files by name. The marker alone ('step 100') was the same for the step_100 of
+    every run, so the ranks' agreement on which checkpoint to resume, the lineage (lineage.json's
+    complete_blake2b: another run's step_100 named by --resume was taken for the one the run grew from, and the
+    run continued its own lineage instead) and the source of a universal conversion could not tell two of them
+    apart. The end of a file torch.save wrote is its zip directory, which holds the CRC-32 of every tensor: the
+    tails tell the weights apart for a few MiB read at most, the same on every rank and wherever the folder lies."""
+    h = hashlib.blake2b(marker, digest_size=16)
+    for i, name in enumerate(_files(path)):
+        file = path / name
+        if i >= LEGACY_TAIL_FILES:
+            h.update(f"\0{name}\0{file.stat().st_size}".encode())
+            continue
+        with open_regular(file) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - LEGACY_TAIL_BYTES))
+            h.update(f"\0{name}\0{size}\0".encode() + f.read(LEGACY_TAIL_BYTES))
+    return h.hexdigest()
 
 
 def digest_share(sizes: dict[str, int], rank: int, world: int) -> list[str]:
