@@ -8,7 +8,8 @@ never meets the collective timeout. An intact folder converted from the same che
 
 The converter runs in a child process (`python -m ngpt_ds.train.reshape SOURCE OUTPUT`, whose body is
 `run_child` here): it reads every file under ngpt_ds.safe_load's guard, keeps its memory out of the trainer,
-and a crash in it is one reported failure rather than a dead rank.
+and a crash in it is one reported failure rather than a dead rank. Rank 0 announces it when it starts, and
+stops it once it does no work at all for CONVERTER_STALL_S, so a hung conversion ends the resume with a message.
 """
 
 from __future__ import annotations
