@@ -48,6 +48,7 @@ from ngpt_ds.data.prepare import (
 from ngpt_ds.data.shards import (
     DTYPES,
     FORMAT_VERSION,
+    MAX_META_BYTES,
     META_FILE,
     TOKENIZER_FILE,
     DatasetMeta,
@@ -258,11 +259,29 @@ def _split_json(split: SplitMeta) -> dict[str, Any]:
     }
 
 
+MAX_PART_BYTES = MAX_META_BYTES
+"""The largest part.json read: a part lists a share of the shards a dataset's meta.json lists. A larger file
+(a 256 MiB one) was read whole and held twice over (512 MiB, as bytes and as text) before it was refused."""
+
+
 def _read_part(folder: Path) -> dict[str, Any]:
     path = folder / PART_FILE
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *UNPARSABLE) as e:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PART_BYTES + 1)
+    except OSError as e:
+        raise NgptConfigError(
+            f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
+        ) from None
+    if len(raw) > MAX_PART_BYTES:
+        raise NgptConfigError(
+            f"{path} is over {MAX_PART_BYTES:,} bytes (a part's {PART_FILE} holds a few MB even at hundreds of "
+            "GB of shards): the file is damaged or was not written by ngpt_ds; prepare that part again with "
+            "--overwrite"
+        )
+    try:
+        info = json.loads(raw.decode("utf-8"))
+    except UNPARSABLE as e:
         raise NgptConfigError(
             f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
         ) from None
