@@ -107,3 +107,37 @@ def test_a_merge_copies_the_tokenizer_it_checked(corpus_and_tokenizers, tmp_path
     assert (out / "tokenizer.model").read_bytes() == made[512]
     meta = load_dataset_meta(out)
     assert (meta.vocab_size, meta.tokenizer_sha256) == (512, sha256(made[512]))
+
+
+def test_a_dataset_keeps_the_tokenizer_it_checked(corpus_and_tokenizers, tmp_path, monkeypatch):
+    """Fault: prepare_dataset checked --tokenizer's vocabulary against --vocab-size, then copied the file again
+    (shutil.copyfile) and hashed the copy. Before, with the file replaced right after the check: the dataset
+    held the vocab-400 tokenizer although --vocab-size 512 had been checked against the other one. Now: the
+    dataset holds, records and encodes with the vocab-512 tokenizer that was checked."""
+    from ngpt_ds.data import prepare
+
+    corpus, made = corpus_and_tokenizers
+    given = tmp_path / "given.model"
+    given.write_bytes(made[512])
+    real_load = Tokenizer.load
+
+    def load_then_replaced(path):
+        tok = real_load(path)
+        if Path(path) == given:
+            replace_with(given, made[400])
+        return tok
+
+    monkeypatch.setattr(prepare.Tokenizer, "load", load_then_replaced)
+    cfg = PrepareConfig(
+        inputs=(str(corpus),),
+        out=tmp_path / "data",
+        tokenizer=given,
+        vocab_size=512,
+        val_fraction=0.1,
+        workers=1,
+        progress=False,
+    )
+    out = prepare_dataset(cfg)
+    assert (out / "tokenizer.model").read_bytes() == made[512]
+    meta = load_dataset_meta(out)
+    assert (meta.vocab_size, meta.tokenizer_sha256) == (512, sha256(made[512]))

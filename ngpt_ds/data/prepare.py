@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,13 +31,13 @@ from ngpt_ds.data.shards import (
     ShardWriter,
     dtype_for_vocab,
     dtype_max_vocab,
-    sha256_file,
     write_meta,
 )
 from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.files import replace_file
 from ngpt_ds.overwrite import check_replaceable
 
 _log = log.get(__name__)
@@ -252,7 +251,8 @@ def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Frac
                 f"--tokenizer {cfg.tokenizer} has vocab {loaded.vocab_size} but --vocab-size is {cfg.vocab_size}; "
                 "drop --vocab-size or pass a tokenizer of that size"
             )
-        shutil.copyfile(cfg.tokenizer, dest)
+        # the bytes checked above, not the file again: one replaced meanwhile was copied under the other's check
+        replace_file(dest, loaded.model_bytes)
         tok, origin = Tokenizer.load(dest), f"loaded from {cfg.tokenizer.name}"
     else:
         vocab = cfg.vocab_size or DEFAULT_VOCAB_SIZE
@@ -372,7 +372,7 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
             dtype=dtype,
             eos_id=tok.eos_id,
             tokenizer_path=TOKENIZER_FILE,
-            tokenizer_sha256=sha256_file(staging / TOKENIZER_FILE),
+            tokenizer_sha256=tok.sha256,
             tokenizer_origin=origin,
             splits=splits,
             val_fraction=cfg.val_fraction,
