@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from transformers import PretrainedConfig
 
-from ngpt_ds.errors import NgptConfigError, Problems
+from ngpt_ds.errors import NgptConfigError, Problems, abridged
 from ngpt_ds.model.config import ModelConfig
 
 # transformers' generic names for the fields generation and the KV cache look up.
@@ -43,6 +44,7 @@ class _NgptDsConfig(PretrainedConfig):
                         f"{name} = {kwargs[name]!r} disagree ({alias} is transformers' name for {name}); give one of them"
                     )
                 kwargs[name] = value
+        _check_dtype(type(self).__name__, kwargs)
         defaults = ModelConfig()
         values = {
             f.name: kwargs.pop(f.name, getattr(defaults, f.name))
@@ -77,6 +79,25 @@ class _NgptDsConfig(PretrainedConfig):
     def from_model_config(cls, config: ModelConfig, **kwargs) -> _NgptDsConfig:
         values = {k: v for k, v in config.to_dict().items() if k != "arch"}
         return cls(**values, **kwargs)
+
+
+#: config.json's `dtype` (or its older name `torch_dtype`): the dtype from_pretrained loads the weights in by default.
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _check_dtype(class_name: str, kwargs: dict) -> None:
+    """`dtype` must name a float dtype: transformers looks any string up as an attribute of torch, so an edited or
+    crafted config.json ended in an unrelated traceback naming no file ('float8_e4m3fn': "couldn't find storage
+    object Float8_e4m3fnStorage"; 'Tensor', '__class__', 'int8': TypeError, IndexError, ValueError)."""
+    for key in ("dtype", "torch_dtype"):
+        value = kwargs.get(key)
+        name = str(value).removeprefix("torch.") if isinstance(value, (str, torch.dtype)) else None
+        if value is not None and name not in _DTYPES:
+            raise NgptConfigError(
+                f"{_source(class_name, kwargs.get('name_or_path'))}: config.json's {key} = {abridged(value)} must "
+                f"be one of {', '.join(_DTYPES)} (the dtype the weights load in by default), or absent; the file was "
+                "edited, damaged or is from another program"
+            )
 
 
 def _source(class_name: str, name_or_path: str | None) -> str:
