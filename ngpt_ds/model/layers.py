@@ -22,6 +22,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: bf16 elements in one AVX512 vector: CPU elementwise kernels run a row whose length is not a multiple of
+#: it partly outside their vector loop.
+_CPU_VECTOR = 32
+
+
+def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x * scale, scale of x's shape with the last dim 1 (one factor per row), the same values bit for bit.
+
+    On the CPU in eager mode, with rows shorter than, or not a multiple of, the vector width (q and k
+    per head, head_dim 48 at ngpt_tiny), the broadcast multiply ran 2.4x slower than one of two
+    full-size tensors; the factor is then expanded to x's shape first (docs/benchmarks.md, "MFU",
+    `bench/row_scale.py`). Under torch.compile, Inductor fuses the broadcast itself."""
+    if (
+        x.device.type == "cpu"
+        and x.shape[-1] % _CPU_VECTOR
+        and scale.shape[-1] == 1
+        and not torch.compiler.is_compiling()
+    ):
+        scale = scale.expand_as(x).contiguous()
+    return x * scale
+
 
 class _L2Normalize(torch.autograd.Function):
     """y = x / ||x|| with a hand-written backward, dx = (g - y (g . y)) / ||x||: two passes over
@@ -31,7 +52,7 @@ class _L2Normalize(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
         accumulate = torch.promote_types(x.dtype, torch.float32)
         inv_norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=accumulate).reciprocal_()
-        y = x * inv_norm.to(x.dtype)
+        y = _scale_rows(x, inv_norm.to(x.dtype))
         ctx.dim = dim
         ctx.save_for_backward(y, inv_norm)
         return y
@@ -40,7 +61,7 @@ class _L2Normalize(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         y, inv_norm = ctx.saved_tensors
         dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
-        return (grad - y * dot.to(grad.dtype)) * inv_norm.to(grad.dtype), None
+        return _scale_rows(grad - _scale_rows(y, dot.to(grad.dtype)), inv_norm.to(grad.dtype)), None
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
