@@ -5,8 +5,8 @@
 
 `l2_normalize` multiplies each row by one factor (1/||x||, and in its backward the row's dot product and
 1/||x|| again). For q and k the rows are one head, head_dim long; at `ngpt_tiny` that is 48, not a multiple
-of the 32 bf16 values of an AVX512 vector, and the broadcast multiply ran 2.4x slower than a multiply of
-two full-size tensors. `_scale_rows` (ngpt_ds/model/layers.py) expands the factor first in that case.
+of the 32 bf16 values of an AVX512 vector, and the broadcast multiply ran slower than a multiply of two
+full-size tensors. `_scale_rows` (ngpt_ds/model/layers.py) expands the factor first in that case.
 
 This times, in one process and alternating within every round, the two forms ("broadcast", the plain
 `x * scale`; "expanded", the current code):
@@ -161,7 +161,7 @@ def main() -> int:
 
         update_section(
             "row_scale",
-            f"Command: `{command_line()}`  \nMachine: {machine()}, {result['threads']} threads; {lines[0]}; medians "
+            f"Command: `{command_line()}`  \nMachine: {machine()}; {lines[0]}; medians "
             f"of {args.reps} passes and {args.steps} steps per form and round, {args.rounds} rounds; load average "
             f"after the run {load[0]:.2f} (1 min), {load[1]:.2f} (5 min).\n\n"
             + "\n".join(rows)

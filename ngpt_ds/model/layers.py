@@ -31,8 +31,8 @@ def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * scale, scale of x's shape with the last dim 1 (one factor per row), the same values bit for bit.
 
     On the CPU in eager mode, with rows shorter than, or not a multiple of, the vector width (q and k
-    per head, head_dim 48 at ngpt_tiny), the broadcast multiply ran 2.4x slower than one of two
-    full-size tensors; the factor is then expanded to x's shape first (docs/benchmarks.md, "MFU",
+    per head, head_dim 48 at ngpt_tiny), the broadcast multiply ran slower than one of two full-size
+    tensors; the factor is then expanded to x's shape first (docs/benchmarks.md, "MFU",
     `bench/row_scale.py`). Under torch.compile, Inductor fuses the broadcast itself."""
     if (
         x.device.type == "cpu"

@@ -1,0 +1,190 @@
+"""The attention core on the CPU (SDPA's flash kernel), timed side by side with the alternatives tried for it.
+
+    python bench/attn_path.py [--batch 8] [--seq-len 256] [--heads 4] [--head-dims 48,64] [--rounds 5]
+                              [--reps 20] [--threads N] [--json F] [--docs]
+
+`CausalSelfAttention.attend` gives SDPA q, k, v as [B, H, T, head_dim] views of [B, T, H, head_dim]
+tensors, in bf16, causal, with nGPT's softmax scale sqrt(head_dim); on the CPU that runs
+`_scaled_dot_product_flash_attention_for_cpu` and its backward. At `ngpt_tiny` (8 x 256 tokens, 4 heads of
+48) the backward is the largest operator after the matmuls (docs/benchmarks.md, "Where the time goes").
+This times forward plus backward, in one process, the forms alternating within every round:
+
+- `current`: the code's form;
+- `fp32`: the same kernel on fp32 copies of q, k, v, the output cast back to bf16 (values differ by rounding);
+- `padded`: head_dim zero-padded to a multiple of 32 (bit-identical: the zero columns add nothing);
+- `contiguous`: q, k, v copied to contiguous [B, H, T, head_dim] first (bit-identical);
+- `hand_backward`: the flash kernel's forward, and a backward written as bf16 matmuls over the full
+  [B, H, T, T] probabilities rebuilt from the kernel's saved logsumexp (values differ by rounding).
+
+It prints each form's median time, its ratio to `current` per round, and the largest difference of its
+output and input gradients from `current`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from report import json_file  # noqa: E402
+
+
+def make_forms(T: int, head_dim: int) -> dict[str, Any]:
+    scale = head_dim**0.5
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def current(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=scale
+        ).transpose(1, 2)
+
+    def fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return current(q.float(), k.float(), v.float()).to(q.dtype)
+
+    def padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        pad = -head_dim % 32
+        if not pad:
+            return current(q, k, v)
+        return current(*(F.pad(x, (0, pad)) for x in (q, k, v)))[..., :head_dim]
+
+    def contiguous(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale).transpose(1, 2)
+
+    class HandBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt, 0.0, True, scale=scale)[
+                :2
+            ]
+            ctx.save_for_backward(qt, kt, vt, out, lse)
+            return out.transpose(1, 2)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            qt, kt, vt, out, lse = ctx.saved_tensors
+            go = grad.transpose(1, 2)
+            p = torch.matmul(qt, kt.transpose(-1, -2)).float().mul_(scale).sub_(lse.unsqueeze(-1)).exp_()
+            p.masked_fill_(~allowed, 0)
+            dv = torch.matmul(p.to(go.dtype).transpose(-1, -2), go)
+            dp = torch.matmul(go, vt.transpose(-1, -2)).float()
+            rowdot = (go.float() * out.float()).sum(-1, keepdim=True)
+            ds = p.mul_(dp.sub_(rowdot)).mul_(scale).to(go.dtype)
+            dq, dk = torch.matmul(ds, kt), torch.matmul(ds.transpose(-1, -2), qt)
+            return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+    return {
+        "current": current,
+        "fp32": fp32,
+        "padded": padded,
+        "contiguous": contiguous,
+        "hand_backward": HandBackward.apply,
+    }
+
+
+def measure(args: argparse.Namespace, head_dim: int) -> dict[str, Any]:
+    B, T, H = args.batch, args.seq_len, args.heads
+    torch.manual_seed(0)
+    q, k, v = ((torch.randn(B, T, H, head_dim) / head_dim**0.5).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    grad = torch.randn(B, T, H, head_dim, dtype=torch.bfloat16)
+    forms = make_forms(T, head_dim)
+
+    def run(form: Any) -> torch.Tensor:
+        for x in (q, k, v):
+            x.grad = None
+        y = form(q, k, v)
+        y.backward(grad)
+        return y
+
+    reference: list[torch.Tensor] = []
+    diffs: dict[str, float] = {}
+    for name, form in forms.items():
+        got = [run(form).detach().float()] + [x.grad.float() for x in (q, k, v)]
+        if not reference:
+            reference = got
+        diffs[name] = max((a - b).abs().max().item() for a, b in zip(got, reference))
+    ms: dict[str, list[float]] = {name: [] for name in forms}
+    for r in range(args.rounds):
+        names = list(forms) if r % 2 == 0 else list(reversed(forms))
+        for name in names:
+            times = []
+            for _ in range(args.reps):
+                start = time.perf_counter()
+                run(forms[name])
+                times.append(time.perf_counter() - start)
+            ms[name].append(statistics.median(times) * 1e3)
+    out: dict[str, Any] = {"head_dim": head_dim, "forms": {}}
+    for name in forms:
+        ratios = [a / b for a, b in zip(ms[name], ms["current"])]
+        out["forms"][name] = {
+            "median_ms": statistics.median(ms[name]),
+            "ms_per_round": ms[name],
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "max_diff": diffs[name],
+        }
+    out["largest_reference_value"] = max(t.abs().max().item() for t in reference)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dims", default="48,64", help="comma-separated head sizes (default 48,64)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every form")
+    parser.add_argument("--reps", type=int, default=20, help="forward+backward passes per form and round")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=json_file, help="also write the numbers here")
+    parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+    head_dims = [int(h) for h in args.head_dims.split(",")]
+    if min(args.batch, args.seq_len, args.heads, args.rounds, args.reps, *head_dims) < 1:
+        parser.error("sizes, --rounds and --reps must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = [measure(args, h) for h in head_dims]
+    load = os.getloadavg()
+    rows = [
+        "| head_dim | form | ms per forward+backward | form / current, median (range) | largest difference from current |",
+        "|---|---|---|---|---|",
+    ]
+    for res in results:
+        for name, f in res["forms"].items():
+            rows.append(
+                f"| {res['head_dim']} | {name} | {f['median_ms']:.2f} | **{f['ratio']:.3f}** "
+                f"({f['ratio_min']:.3f}-{f['ratio_max']:.3f}) | {f['max_diff']:.1e} |"
+            )
+    head = (
+        f"{args.batch} x {args.seq_len} tokens, {args.heads} heads, bf16, causal, {torch.get_num_threads()} threads; "
+        f"medians of {args.reps} passes per form and round, {args.rounds} rounds; load average after the run "
+        f"{load[0]:.2f} (1 min), {load[1]:.2f} (5 min)"
+    )
+    print(head)
+    print("\n".join(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setup": head, "results": results}, indent=2) + "\n")
+    if args.docs:
+        from report import command_line, machine, update_section
+
+        update_section(
+            "attn_path", f"Command: `{command_line()}`  \nMachine: {machine()}; {head}.\n\n" + "\n".join(rows)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
