@@ -1,7 +1,7 @@
 """What a diverged run says: the exception, and the messages naming what went non-finite and what is left.
 
-The trainer's loop raises `TrainingDiverged` on every rank (exit 2) when the training loss, or the norm of a
-sphere matrix's fp32 master rows, is NaN or inf. The messages below are its text; the loop adds the summary.
+The trainer's loop raises `TrainingDiverged` on every rank (exit 2) when the training loss, the validation
+loss, or the norm of a sphere matrix's fp32 master rows, is NaN or inf. The messages below are its text; the loop adds the summary.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ def loss_message(loss: float, step: int, lr: float, precision: str) -> str:
     return (
         f"the training loss became {loss} at step {step}; nothing was saved after it. "
         f"Hints: lower train.lr (now {lr:g}){precision_hint}, check the data. "
+    )
+
+
+def val_loss_message(loss: float, step: int, lr: float) -> str:
+    """The validation loss after `step` is not finite while the training loss was: the weights of that step
+    are not saved (a week-long run trained on from them and saved them as its newest checkpoint)."""
+    return (
+        f"the validation loss became {loss} at step {step} (the training loss was finite); nothing was saved "
+        f"at or after it. Hints: lower train.lr (now {lr:g}), check the validation data. "
     )
 
 

@@ -347,6 +347,13 @@ class Trainer:
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
                 val_loss = self.last_val_loss = self.evaluate()
+                if not math.isfinite(val_loss):  # the same on every rank (a mean over the ranks)
+                    raise self._diverged(
+                        divergence.val_loss_message(val_loss, self.step, train.lr)
+                        + self._checkpoints_left(self.step - 1),
+                        self.step,
+                        train_loss,
+                    )
                 self.metrics.log(self.step, {"eval/loss": val_loss, "eval/perplexity": math.exp(min(val_loss, 50))})
                 self._say(
                     f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})"
