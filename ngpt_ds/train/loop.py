@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -45,15 +46,32 @@ from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file, summary_j
 _log = log.get(__name__)
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
     """Tensors and plain data only: checkpoints load with the restricted unpickler (ngpt_ds.safe_load),
-    which would refuse numpy's arrays, so numpy's MT19937 key is stored as a list of ints."""
+    which would refuse numpy's arrays, so numpy's MT19937 key is stored as a list of ints. On an accelerator
+    (cuda, xpu, ...), its generator for the rank's device too, under "device" with the device type: dropout
+    and sampling on the device draw from it, so a resumed GPU run without it was not exact."""
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"] = {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"])}
-    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    device = torch.device(device)  # DeepSpeed's engine.device may be a string
+    accelerator = _accelerator_module(device)
+    if accelerator is not None:
+        state["device"] = {"type": device.type, "state": accelerator.get_rng_state(device)}
+    return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _accelerator_module(device: torch.device) -> types.ModuleType | None:
+    """torch.cuda (torch.xpu, ...) for a device with its own generator; None on the CPU."""
+    if device.type == "cpu":
+        return None
+    module = getattr(torch, device.type, None)
+    return module if hasattr(module, "get_rng_state") and hasattr(module, "set_rng_state") else None
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    """`state` as _rng_state wrote it. A checkpoint from before the device state was saved, or one written on
+    another device type (a GPU checkpoint resumed on the CPU), leaves the device generator as seeded."""
     torch.set_rng_state(state["torch"])
     numpy_state = dict(state["numpy"])
     numpy_state["state"] = {
@@ -62,6 +80,10 @@ def _set_rng_state(state: dict) -> None:
     }
     np.random.set_state(numpy_state)
     random.setstate(state["python"])
+    device = torch.device(device)
+    saved, accelerator = state.get("device"), _accelerator_module(device)
+    if accelerator is not None and isinstance(saved, dict) and saved.get("type") == device.type:
+        accelerator.set_rng_state(saved["state"], device)
 
 
 class Trainer:
@@ -152,7 +174,7 @@ class Trainer:
             # ~1e-3 off the sphere; vectors already on it to fp32 precision are left bit for bit.
             self.hook.normalize_now(keep_within=4e-6)
         self.loader.load_state_dict(client["loader"])
-        _set_rng_state(client["rng"])
+        _set_rng_state(client["rng"], self.device)
         self.step, self.tokens_seen = client["step"], client["tokens_seen"]
         if self.reshape is not None:
             self._say(reshape_plan.describe(self.reshape, self.reused_conversion, renormalized=self.hook is not None))
@@ -215,7 +237,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "loader": self.loader.state_dict(),
-            "rng": _rng_state(),
+            "rng": _rng_state(self.device),
             "config": self.run.to_dict(),
         }
         return checkpoint.save(
