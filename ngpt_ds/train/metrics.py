@@ -141,7 +141,8 @@ class MetricsLogger:
             return
         try:
             for name, value in scalars.items():
-                self.writer.add_scalar(name, value, step)
+                exact = name in EXACT_SCALARS  # float64 tensor scalars: the same tag in TensorBoard's UI
+                self.writer.add_scalar(name, value, step, new_style=exact, double_precision=exact)
             self.writer.flush()  # raises what TensorBoard's writer thread met
             _append(self.jsonl, json.dumps({"step": step, **json_safe(scalars)}) + "\n")
         except OSError as err:
@@ -160,6 +161,11 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
 
+
+EXACT_SCALARS = frozenset({"train/tokens"})
+"""Counts TensorBoard keeps exact: written as float64 tensors (exact to 2^53), not float32 `simple_value`s,
+which rounded the token count past 2^24 tokens (minutes of a real run): 16777217 read back as 16777216, a
+week's 241920000003 as 241920000000."""
 
 _previous_excepthook = None
 
