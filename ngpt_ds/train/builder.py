@@ -370,31 +370,68 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
             # Ranks sharing a machine split its cores (torchrun does this, the deepspeed launcher does not).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_env.local_world_size))
         _log.debug("host allocator: %s", hostmem.keep_freed_memory())
-    else:
-        _check_device_for_local_rank(accelerator, dist_env.local_rank)
+    problem = None if on_cpu else _device_problem(accelerator, dist_env.local_rank)
+    if problem is not None and dist_env.world_size == 1:
+        raise NgptConfigError(problem)
     try:
         deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not torch's frames
+        if problem is not None:  # the others never came (or already stopped): this rank's own fault comes first
+            raise NgptConfigError(problem) from None
         raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
-    if not on_cpu:  # before any collective: NCCL's object collectives and barrier use the current device
+    if not on_cpu:
+        check_devices_on_all_ranks(dist_env, problem, accelerator.device_name())
+        # before any NCCL collective: NCCL's object collectives and barrier use the current device
         accelerator.set_device(dist_env.local_rank)
 
 
-def _check_device_for_local_rank(accelerator: Any, local_rank: int) -> None:
+def _device_problem(accelerator: Any, local_rank: int) -> str | None:
     """Each rank drives the device of its node-local rank (DeepSpeed's engine reads LOCAL_RANK too), so each
     must see all of its node's devices. Under per-task GPU binding (srun --gpus-per-task=1, --gpu-bind) a rank
     sees one device, and every local rank but 0 died inside init_process_group with a traceback ("device_id
-    cuda:3 is out of range") while the others waited for it."""
+    cuda:3 is out of range") while the others waited for it. Returned, not raised: every rank must learn of it
+    (check_devices_on_all_ranks)."""
     count = accelerator.device_count()
-    if local_rank >= count:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise NgptConfigError(
-            f"node-local rank {local_rank} drives {accelerator.device_name()}:{local_rank}, but this process sees "
-            f"{count} device(s)" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "") + ". "
-            "Every rank must see all of its node's GPUs, with at most one rank per GPU: under Slurm ask for "
-            "--gpus-per-node (not --gpus-per-task or --gpu-bind); with torchrun or deepspeed start at most one "
-            "process per GPU (--nproc_per_node / --num_gpus)"
-        )
+    if local_rank < count:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        f"node-local rank {local_rank} drives {accelerator.device_name()}:{local_rank}, but this process sees "
+        f"{count} device(s)" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "") + ". "
+        "Every rank must see all of its node's GPUs, with at most one rank per GPU: under Slurm ask for "
+        "--gpus-per-node (not --gpus-per-task or --gpu-bind); with torchrun or deepspeed start at most one "
+        "process per GPU (--nproc_per_node / --num_gpus)"
+    )
+
+
+def check_devices_on_all_ranks(dist_env: distributed.DistEnv, problem: str | None, device_name: str) -> None:
+    """Once, at startup, before any device collective: every rank sends (host, LOCAL_RANK, its device problem)
+    over a gloo group (NCCL's own first collective is what hangs or stops with "Duplicate GPU detected" when two
+    ranks share a GPU), and every rank raises the same error when any rank's device is missing or two ranks of
+    one host drive the same device (a hand-set LOCAL_RANK repeated in an srun or mpirun line). Before, only the
+    bad rank raised and the others waited in the first collective until the timeout."""
+    import socket
+
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    mine = (socket.gethostname(), dist_env.local_rank, problem)
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine, group=group)
+    for rank, (host, _local, bad) in enumerate(everyone):
+        if bad is not None:
+            raise NgptConfigError(f"rank {rank} on host {host}: {bad}")
+    first: dict[tuple[str, int], int] = {}
+    for rank, (host, local_rank, _bad) in enumerate(everyone):
+        other = first.setdefault((host, local_rank), rank)
+        if other != rank:
+            raise NgptConfigError(
+                f"ranks {other} and {rank} on host {host} both have node-local rank {local_rank} and would drive "
+                f"the same device {device_name}:{local_rank} (NCCL hangs or stops with 'Duplicate GPU detected'). "
+                "Give each rank of a node its own LOCAL_RANK, 0 to the node's rank count - 1: start with torchrun "
+                "or deepspeed, or under srun/mpirun leave LOCAL_RANK unset so it is read from SLURM_LOCALID / "
+                "OMPI_COMM_WORLD_LOCAL_RANK"
+            )
 
 
 def start_engine(
