@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,7 +308,30 @@ def acquire(out_dir: Path) -> RunLock:
         raise NgptConfigError(
             f"--out {out_dir} is not writable ({err.strerror or err}). Choose a writable --out"
         ) from None
+    problem = _checkpoints_not_writable(out_dir / CHECKPOINTS)
+    if problem is not None:
+        RunLock(fd, path, None).release()
+        raise NgptConfigError(problem)
     return RunLock(fd, path, note)
+
+
+def _checkpoints_not_writable(checkpoints: Path) -> str | None:
+    """Why a new entry cannot be made in an existing `<out>/checkpoints` (made read-only to keep it, immutable, a
+    link to a read-only mount), else None. --out itself was writable, so the run trained a whole
+    checkpoint_interval and then stopped at its first save (exit 74, 'writing .../step_N.tmp-save: Operation not
+    permitted'), its training lost."""
+    if not checkpoints.is_dir():
+        return None  # created by the first save, in the writable --out
+    try:
+        probe = tempfile.mkdtemp(prefix=".ngpt_ds-write-test-", dir=checkpoints)
+        os.rmdir(probe)
+    except OSError as err:
+        return (
+            f"{checkpoints} is not writable ({err.strerror or err}): every checkpoint of the run is saved there, "
+            f"and the first save would fail after train.checkpoint_interval steps. Make it writable (chmod u+w, "
+            f"chattr -i), or run in a new --out with --resume {checkpoints}/step_N"
+        )
+    return None
 
 
 @contextlib.contextmanager

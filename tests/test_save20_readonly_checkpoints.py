@@ -1,0 +1,68 @@
+"""A run folder whose checkpoints/ cannot take a new entry (made read-only or immutable to keep its checkpoints,
+or a link to a read-only mount), while --out itself is writable."""
+
+import os
+import subprocess
+
+import pytest
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import run_lock
+
+from conftest import require_system
+
+
+@pytest.fixture
+def freeze(tmp_path):
+    """freeze(folder): no new entry can be made in `folder` by this process (chattr +i as root, whom permission
+    bits do not stop; else chmod 555). Undone at the end of the test."""
+    frozen = []
+
+    def freeze(folder):
+        if os.geteuid() == 0:
+            done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+            require_system(done.returncode == 0, f"chattr +i needs a filesystem with the flag: {done.stderr.strip()}")
+        else:
+            folder.chmod(0o555)
+        frozen.append(folder)
+        return os.strerror(1 if os.geteuid() == 0 else 13)
+
+    yield freeze
+    for folder in frozen:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_a_checkpoints_folder_that_cannot_take_a_new_checkpoint_is_refused_at_startup(tmp_path, freeze):
+    """Fault: the startup checks probed only --out (preflight, train.lock), so a run whose <out>/checkpoints had been
+    made read-only (or immutable) trained a whole checkpoint_interval and then stopped at its first save, exit 74
+    ('writing .../step_N.tmp-save: Operation not permitted'), the interval's training lost.
+    Before: run_lock.acquire returned the lock. Now: it refuses the run naming checkpoints/ and the fix, and leaves
+    the lock free and train.lock empty."""
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    reason = freeze(checkpoints)
+    with pytest.raises(NgptConfigError) as refused:
+        run_lock.acquire(out).release()
+    assert str(refused.value) == (
+        f"{checkpoints} is not writable ({reason}): every checkpoint of the run is saved there, and the first save "
+        "would fail after train.checkpoint_interval steps. Make it writable (chmod u+w, chattr -i), or run in a "
+        f"new --out with --resume {checkpoints}/step_N"
+    )
+    assert os.listdir(checkpoints) == []  # the probe left nothing
+    assert (out / run_lock.LOCK_FILE).read_text() == ""
+    with run_lock.unless_in_use(out) as ours:
+        assert ours is True  # the refused run holds no lock
+
+
+def test_a_writable_checkpoints_folder_or_none_yet_is_taken(tmp_path):
+    out = tmp_path / "run"
+    lock = run_lock.acquire(out)  # no checkpoints/ yet: the first save creates it in the writable --out
+    assert lock.note is None
+    lock.release()
+    (out / "checkpoints").mkdir()
+    run_lock.acquire(out).release()
+    assert os.listdir(out / "checkpoints") == []
