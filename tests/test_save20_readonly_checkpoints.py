@@ -66,3 +66,29 @@ def test_a_writable_checkpoints_folder_or_none_yet_is_taken(tmp_path):
     (out / "checkpoints").mkdir()
     run_lock.acquire(out).release()
     assert os.listdir(out / "checkpoints") == []
+
+
+def test_a_checkpoints_link_to_nothing_or_a_checkpoints_file_is_refused_at_startup(tmp_path):
+    """Fault: <out>/checkpoints linked to storage that is not there (not mounted on this node, purged), or a file of
+    that name, passed the startup checks; the run trained a whole checkpoint_interval and its first save stopped it
+    with 'cannot prepare .../checkpoints for the checkpoint of step N: File exists (.../checkpoints)' (exit 74).
+    Before: run_lock.acquire returned the lock. Now: it refuses the run naming the link's target, or the file."""
+    out = tmp_path / "run"
+    out.mkdir()
+    target = tmp_path / "scratch" / "ckpts"
+    (out / "checkpoints").symlink_to(target, target_is_directory=True)
+    with pytest.raises(NgptConfigError) as refused:
+        run_lock.acquire(out).release()
+    assert str(refused.value) == (
+        f"{out / 'checkpoints'} is a symbolic link to {target}, which does not exist (storage not mounted on this "
+        "node, or purged): every checkpoint of the run is saved there. Create that folder, or remove the link"
+    )
+    target.mkdir(parents=True)
+    run_lock.acquire(out).release()  # the link's folder is there now
+    (out / "checkpoints").unlink()
+    (out / "checkpoints").write_text("")
+    with pytest.raises(NgptConfigError) as refused:
+        run_lock.acquire(out).release()
+    assert str(refused.value) == (
+        f"{out / 'checkpoints'} is not a folder: every checkpoint of the run is saved there. Move it away"
+    )

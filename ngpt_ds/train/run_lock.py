@@ -316,10 +316,19 @@ def acquire(out_dir: Path) -> RunLock:
 
 
 def _checkpoints_not_writable(checkpoints: Path) -> str | None:
-    """Why a new entry cannot be made in an existing `<out>/checkpoints` (made read-only to keep it, immutable, a
-    link to a read-only mount), else None. --out itself was writable, so the run trained a whole
+    """Why a new entry cannot be made in `<out>/checkpoints` (made read-only to keep it, immutable, a link to a
+    read-only mount or to nothing, a file), else None. --out itself was writable, so the run trained a whole
     checkpoint_interval and then stopped at its first save (exit 74, 'writing .../step_N.tmp-save: Operation not
     permitted'), its training lost."""
+    if checkpoints.is_symlink() and not checkpoints.exists():
+        # the first save's mkdir failed on it with 'cannot prepare ...: File exists', after a checkpoint_interval
+        return (
+            f"{checkpoints} is a symbolic link to {os.readlink(checkpoints)}, which does not exist (storage not "
+            "mounted on this node, or purged): every checkpoint of the run is saved there. Create that folder, or "
+            "remove the link"
+        )
+    if checkpoints.exists() and not checkpoints.is_dir():
+        return f"{checkpoints} is not a folder: every checkpoint of the run is saved there. Move it away"
     if not checkpoints.is_dir():
         return None  # created by the first save, in the writable --out
     try:
