@@ -92,3 +92,26 @@ def test_a_checkpoints_link_to_nothing_or_a_checkpoints_file_is_refused_at_start
     assert str(refused.value) == (
         f"{out / 'checkpoints'} is not a folder: every checkpoint of the run is saved there. Move it away"
     )
+
+
+def test_a_train_lock_copied_from_under_a_running_trainer_is_not_called_a_dead_ones(tmp_path):
+    """Fault: a run folder copied (cp -a, rsync) while its trainer ran carries a train.lock naming that trainer; a run
+    started in the copy took it over with 'took over the stale lock of host=H pid=P (its lock was released; it ended
+    without releasing it)', though P was running. Before: that line. Now: it says the file was copied."""
+    import socket
+
+    out = tmp_path / "copy"
+    out.mkdir()
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        holder = f"host={socket.gethostname()} pid={running.pid}"
+        (out / run_lock.LOCK_FILE).write_text(holder + "\n")
+        lock = run_lock.acquire(out)
+        lock.release()
+    finally:
+        running.kill()
+        running.wait()
+    assert lock.note == (
+        f"took over {out / run_lock.LOCK_FILE}, which names {holder}: that process is still running but holds no "
+        "lock here, so the file was copied from another run folder"
+    )

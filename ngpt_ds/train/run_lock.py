@@ -294,11 +294,19 @@ def acquire(out_dir: Path) -> RunLock:
     elif "pid" in previous:
         same_host = previous.get("host") == socket.gethostname()
         dead = same_host and _is_number(previous["pid"]) and not _alive(int(previous["pid"]))
-        state = "no longer running" if dead else "its lock was released"
-        note = (
-            f"took over the stale lock of host={previous.get('host', '?')} pid={previous['pid']} ({state}; "
-            "it ended without releasing it)"
-        )
+        if same_host and not dead and _running_here(previous):
+            # the lock is free, yet the process it names runs: a train.lock copied with a run folder (cp -a, rsync)
+            # from under a running trainer; it had been said to have ended without releasing its lock
+            note = (
+                f"took over {path}, which names host={previous['host']} pid={previous['pid']}: that process is "
+                "still running but holds no lock here, so the file was copied from another run folder"
+            )
+        else:
+            state = "no longer running" if dead else "its lock was released"
+            note = (
+                f"took over the stale lock of host={previous.get('host', '?')} pid={previous['pid']} ({state}; "
+                "it ended without releasing it)"
+            )
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (_holder() + "\n").encode(), 0)
