@@ -15,7 +15,8 @@ still running; a second trainer on another node is not detected there.
 `acquire` is also the trainer's first write into --out, so it first refuses an --out the run would
 damage or lose its work in (`check_out_folder`): a checkpoint folder, another run's checkpoints/, a prepared
 dataset, or a folder of someone else's files under the names the trainer replaces (config.yaml,
-summary.json) or truncates (metrics.jsonl).
+summary.json) or truncates (metrics.jsonl). Once locked, it refuses a checkpoints/ that cannot take a new
+checkpoint (read-only, immutable, a link to nothing, a file), which had stopped the run at its first save.
 """
 
 from __future__ import annotations
