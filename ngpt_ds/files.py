@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +24,12 @@ def replace_file(target: Path, data: bytes | str | BinaryIO, mode: int | None = 
     (and a dataset's meta.json.tmp) written through a planted link had overwritten the file it pointed to (any
     file, for a process run as root), and the link renamed into place as `latest` or meta.json.
     The temporary file is removed when the write fails (disk full). `data` may be an open binary file, copied
-    from where it stands. `mode`: the file's permission bits (else the umask's)."""
+    from where it stands. `mode`: the file's permission bits; else those of the regular file replaced (a
+    config.yaml made group-readable, or private, stays so), else the umask's. The file had been created with the
+    umask's bits whatever the replaced file's were: a summary.json or COMPLETE a team had made group-readable
+    became unreadable to it at the next write, and a file made private (0600) became world-readable."""
+    if mode is None:
+        mode = _replaced_mode(target)
     tmp = target.with_name(target.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a link itself, never what it points to
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -43,3 +49,13 @@ def replace_file(target: Path, data: bytes | str | BinaryIO, mode: int | None = 
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _replaced_mode(target: Path) -> int | None:
+    """The permission bits (no setuid, setgid or sticky bit) of the regular file at `target`, not followed
+    through a link; None when there is none (a link is replaced by a file of the umask's bits)."""
+    try:
+        found = os.lstat(target)
+    except OSError:
+        return None
+    return stat.S_IMODE(found.st_mode) & 0o777 if stat.S_ISREG(found.st_mode) else None

@@ -14,6 +14,7 @@ checkpoints or the new one. Before loading, the manifest is checked again, so a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -96,6 +97,39 @@ def _estimate_bytes(engine: DeepSpeedEngine) -> int:
     return params * BYTES_PER_PARAMETER_ESTIMATE * max(1, int(getattr(engine, "mp_world_size", 1) or 1))
 
 
+def _need(engine: DeepSpeedEngine, checkpoint_dir: Path) -> tuple[int, str]:
+    """About how many bytes the next checkpoint takes, and on what basis: the size of the newest complete one,
+    else BYTES_PER_PARAMETER_ESTIMATE per parameter."""
+    complete = complete_checkpoints(checkpoint_dir)
+    previous = checkpoint_bytes(complete[-1]) if complete else None
+    if previous is not None:
+        return previous, f"the size of {complete[-1].name}"
+    return _estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""A write refused for space: the filesystem full, the user's quota spent, a file-size limit."""
+
+
+def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: Path) -> str:
+    """For a write that failed for space (DISK_FULL_ERRNOS; torch's zip writer, which gives no errno): what the
+    checkpoint needs and what was free on this rank's filesystem when it failed, naming the folder; else ''.
+    A full disk had read 'No space left on device (<file>)' alone: no figure to free space or size a quota by."""
+    full = isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+    if not full and not (is_write_failure(err) and not isinstance(err, OSError)):
+        return ""
+    try:
+        need, basis = _need(engine, checkpoint_dir)
+        # describe() already gives the free space with torch's failure
+        free = f", {gib(shutil.disk_usage(checkpoint_dir).free)} were free" if full else ""
+    except Exception:  # a figure that cannot be had: the message without it
+        return ""
+    return (
+        f"; the checkpoint needs about {gib(need)} ({basis}){free} on the filesystem of {checkpoint_dir} "
+        "when the write failed. Free space there (or raise the quota), or lower keep_checkpoints, then resume"
+    )
+
+
 def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str | None:
     """Rank 0: put back a checkpoint an interrupted save moved aside, remove the leftovers of interrupted
     saves and deletes and check the free space. Returns a problem or None.
@@ -126,13 +160,7 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
                     f"warning: could not remove {leftover}, left by an interrupted save or delete: {held}. The "
                     "next save tries again"
                 )
-        complete = complete_checkpoints(checkpoint_dir)
-        previous = checkpoint_bytes(complete[-1]) if complete else None
-        need, basis = (
-            (previous, f"the size of {complete[-1].name}")
-            if previous is not None
-            else (_estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter")
-        )
+        need, basis = _need(engine, checkpoint_dir)
         free = shutil.disk_usage(checkpoint_dir).free
         if free < need:
             stuck = [p.name for p in sorted(checkpoint_dir.iterdir()) if is_leftover_name(p.name)]
@@ -187,6 +215,21 @@ def _write_config(folder: Path, config_yaml: str) -> None:
     (folder / "config.yaml").write_text(config_yaml, encoding="utf-8")
 
 
+def _sync_or_warn(folder: Path, placed: Path) -> None:
+    """fsync `folder` once `placed` was renamed into it. The rename is done and visible to every reader: a
+    failing folder sync (EIO from a flaky NFS or FUSE mount) only leaves the new name less durable across a
+    crash of the machine. A warning names the folder and the
+    run goes on: it had stopped the run with exit 74 ('not saved') with the complete checkpoint in place."""
+    try:
+        fsync_dir(folder)
+    except OSError as err:
+        _log.warning(
+            f"warning: {placed} is complete and in place, but {folder} could not be synced "
+            f"({describe(err, folder)}): a crash of the machine before the filesystem writes it may lose the "
+            "new name. Training goes on"
+        )
+
+
 def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, Any], keep: int) -> None:
     """Rank 0: the manifest, then rename into place, then `latest`, then retention."""
     step = manifest["step"]
@@ -197,9 +240,9 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
         replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)
         os.rename(final, replaced)
     os.rename(tmp, final)
-    fsync_dir(checkpoint_dir)
     # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag, or an
     # old folder in place (a warning says which and why; the next save tries again).
+    _sync_or_warn(checkpoint_dir, final)
     if replaced is not None:  # renamed away first: half of it left as step_N.tmp-replaced would be put back
         discard_or_warn(replaced)
     with contextlib.suppress(OSError):
@@ -224,7 +267,7 @@ def _place_universal(converted: Path, target: Path, source: Path, manifest: dict
         if held is not None:
             raise OSError(f"{target} could not be replaced: {held}")
     os.rename(converted, target)
-    fsync_dir(target.parent)
+    _sync_or_warn(target.parent, target)
 
 
 def finish_universal(converted: Path, target: Path, source: Path) -> None:
@@ -301,7 +344,7 @@ def save(
     except Exception as err:
         if not is_write_failure(err):
             raise
-        problem = f"writing {tmp}: {describe(err, checkpoint_dir)}"
+        problem = f"writing {tmp}: {describe(err, checkpoint_dir)}{_space_figures(err, engine, checkpoint_dir)}"
         # DeepSpeed's collectives all precede its writes; the others wait in its closing barrier.
         dist.barrier()
     problem = _agree(problem)
@@ -314,7 +357,10 @@ def save(
             try:
                 _finish_save(checkpoint_dir, tmp, tag, manifest, keep)
             except Exception as err:  # any error reaches every rank through _agree
-                problem = f"finishing {checkpoint_dir / tag}: {describe(err, checkpoint_dir)}"
+                problem = (
+                    f"finishing {checkpoint_dir / tag}: {describe(err, checkpoint_dir)}"
+                    f"{_space_figures(err, engine, checkpoint_dir)}"
+                )
         problem = _agree(problem)
     if problem is not None:
         if rank == 0:

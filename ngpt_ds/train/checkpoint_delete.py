@@ -120,13 +120,22 @@ def discard(path: Path) -> str | None:
     return None
 
 
+_LEFT_ALONE: set[Path] = set()
+"""The step_N folders without a manifest `retention` already warned about in this process (one warning each)."""
+
+
 def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
     """Rank 0, once step `step` is in place: delete all but the `keep` newest complete checkpoints (step_N
-    folders only: the current lineage), the step_N-universal conversions of steps older than every one kept,
-    and the step_N folders without a manifest older than `step` (interrupted saves of older ngpt_ds versions).
+    folders only: the current lineage) and the step_N-universal conversions of steps older than every one kept.
     Each goes through `discard`: a delete that fails or is cut short leaves no step_N holding part of a
     checkpoint, and says why in a warning. A checkpoint that cannot even be renamed stays whole, and counts as
-    kept."""
+    kept.
+
+    A step_N folder without a manifest is never deleted: a save of this ngpt_ds never leaves one (it writes under
+    step_N.tmp-save and renames once COMPLETE is written), so it is a checkpoint being copied in by hand (`cp -a`
+    and `rsync -a` keep the source's old times, so no age tells a copy in progress or stalled from a forgotten
+    folder) or an interrupted save of an older ngpt_ds version. One warning per folder names it. Retention
+    had deleted every such folder of a step older than the one saved: a checkpoint a user was copying in."""
     for old in complete_checkpoints(checkpoint_dir)[:-keep]:
         discard_or_warn(old)
     kept = complete_checkpoints(checkpoint_dir)
@@ -135,8 +144,13 @@ def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
         if universal_step(converted) < oldest_kept:
             discard_or_warn(converted)
     for partial in step_dirs(checkpoint_dir):
-        if not (partial / COMPLETE).exists() and step_of(partial.name) < step:
-            discard_or_warn(partial)
+        if not (partial / COMPLETE).exists() and partial not in _LEFT_ALONE:
+            _LEFT_ALONE.add(partial)
+            _log.warning(
+                f"warning: {partial} has no COMPLETE manifest: it is not a checkpoint of this run (a copy in progress, "
+                "or an interrupted save of an older ngpt_ds) and retention leaves it alone. Remove it yourself once "
+                "you know it is neither"
+            )
 
 
 def discard_or_warn(path: Path) -> None:
