@@ -52,10 +52,11 @@ def replace_file(target: Path, data: bytes | str | BinaryIO, mode: int | None = 
 
 
 def _replaced_mode(target: Path) -> int | None:
-    """The permission bits (no setuid, setgid or sticky bit) of the regular file at `target`, not followed
-    through a link; None when there is none (a link is replaced by a file of the umask's bits)."""
+    """The permission bits of the regular file at `target`, not followed through a link, less the setuid, setgid,
+    sticky and world-write bits (a file planted in a run folder someone handed over must not make the trainer's
+    new file writable by anyone); None when there is none (a link is replaced by a file of the umask's bits)."""
     try:
         found = os.lstat(target)
     except OSError:
         return None
-    return stat.S_IMODE(found.st_mode) & 0o777 if stat.S_ISREG(found.st_mode) else None
+    return stat.S_IMODE(found.st_mode) & 0o775 if stat.S_ISREG(found.st_mode) else None

@@ -172,7 +172,7 @@ def test_replace_file_keeps_the_replaced_files_permission_bits(tmp_path, bits):
     assert stat.S_IMODE(target.stat().st_mode) == bits
 
 
-def test_replace_file_drops_setuid_and_takes_the_umasks_bits_for_a_new_file_or_a_link(tmp_path):
+def test_replace_file_drops_setuid_and_world_write_and_takes_the_umasks_bits_for_a_new_file_or_a_link(tmp_path):
     previous = os.umask(0o027)
     try:
         marked = tmp_path / "marked"
@@ -180,6 +180,11 @@ def test_replace_file_drops_setuid_and_takes_the_umasks_bits_for_a_new_file_or_a
         marked.chmod(0o4755)
         replace_file(marked, "new")
         assert stat.S_IMODE(marked.stat().st_mode) == 0o755
+        open_to_all = tmp_path / "open"
+        open_to_all.write_text("old")
+        open_to_all.chmod(0o666)
+        replace_file(open_to_all, "new")  # readable by all as it was; writable by all no longer
+        assert stat.S_IMODE(open_to_all.stat().st_mode) == 0o664
         fresh = tmp_path / "fresh"
         replace_file(fresh, "new")
         assert stat.S_IMODE(fresh.stat().st_mode) == 0o640
