@@ -198,3 +198,27 @@ def test_replace_file_drops_setuid_and_world_write_and_takes_the_umasks_bits_for
         assert victim.read_text() == "precious" and stat.S_IMODE(victim.stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_retention_never_deletes_the_step_just_saved_for_a_newer_checkpoint_copied_in(tmp_path, capsys):
+    """Fault (attacker review): a complete step_N of a step above the one saved (another run's step_100 copied into
+    checkpoints/ during the run) counted among the `keep` newest, and retention deleted the run's own checkpoints,
+    the one just saved included (keep 1); `latest` named the copied one. It is neither counted nor deleted now, with
+    one warning, and `latest` names the step saved."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    _complete_step(checkpoints, 4)
+    foreign = _complete_step(checkpoints, 100)
+    capsys.readouterr()
+    saved = _finish(checkpoints, 6, keep=1)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000006", "step_00000100"]
+    assert manifest.verify(saved) is None and manifest.verify(foreign) is None
+    assert (checkpoints / "latest").read_text() == "step_00000006"  # the step saved, not the one copied in
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {foreign} is a checkpoint of a step above the one just saved (6): it is not of this run's lineage "
+        "(put there during the run) and retention neither counts nor deletes it. Move it elsewhere, or remove it "
+        "yourself"
+    ]
+    _finish(checkpoints, 8, keep=1)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000008", "step_00000100"]
+    assert (checkpoints / "latest").read_text() == "step_00000008"
+    assert capsys.readouterr().err == ""  # warned once

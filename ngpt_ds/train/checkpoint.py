@@ -246,7 +246,7 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
     if replaced is not None:  # renamed away first: half of it left as step_N.tmp-replaced would be put back
         discard_or_warn(replaced)
     with contextlib.suppress(OSError):
-        point_latest(checkpoint_dir)
+        point_latest(checkpoint_dir, step)
     try:
         retention(checkpoint_dir, step, keep)
     except OSError as err:  # listing the folder: the save is complete, only older folders stay

@@ -121,7 +121,7 @@ def discard(path: Path) -> str | None:
 
 
 _LEFT_ALONE: set[Path] = set()
-"""The step_N folders without a manifest `retention` already warned about in this process (one warning each)."""
+"""The step_N folders `retention` leaves alone and already warned about in this process (one warning each)."""
 
 
 def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
@@ -135,11 +135,25 @@ def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
     step_N.tmp-save and renames once COMPLETE is written), so it is a checkpoint being copied in by hand (`cp -a`
     and `rsync -a` keep the source's old times, so no age tells a copy in progress or stalled from a forgotten
     folder) or an interrupted save of an older ngpt_ds version. One warning per folder names it. Retention
-    had deleted every such folder of a step older than the one saved: a checkpoint a user was copying in."""
-    for old in complete_checkpoints(checkpoint_dir)[:-keep]:
+    had deleted every such folder of a step older than the one saved: a checkpoint a user was copying in.
+
+    Nor is a checkpoint of a step above `step` deleted or counted: the run's lineage holds none (resuming from an
+    older step moves them aside, ngpt_ds.train.lineage), so it was put there from elsewhere during the run. One
+    warning per folder names it. Counted among the `keep` newest, such a folder (another run's step_100 copied in
+    to resume from later) had made retention delete the checkpoint just saved."""
+    own = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
+    for old in own[:-keep]:
         discard_or_warn(old)
-    kept = complete_checkpoints(checkpoint_dir)
+    kept = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
     oldest_kept = step_of(kept[0].name) if kept else step
+    for foreign in complete_checkpoints(checkpoint_dir):
+        if step_of(foreign.name) > step and foreign not in _LEFT_ALONE:
+            _LEFT_ALONE.add(foreign)
+            _log.warning(
+                f"warning: {foreign} is a checkpoint of a step above the one just saved ({step}): it is not of this "
+                "run's lineage (put there during the run) and retention neither counts nor deletes it. Move it "
+                "elsewhere, or remove it yourself"
+            )
     for converted in universal_dirs(checkpoint_dir):  # derived from a step retention has now passed
         if universal_step(converted) < oldest_kept:
             discard_or_warn(converted)

@@ -113,9 +113,10 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return [d for d in step_dirs(checkpoint_dir) if (d / COMPLETE).is_file()]
 
 
-def point_latest(checkpoint_dir: Path) -> None:
-    """DeepSpeed's `latest` file names the newest complete tag, or does not exist."""
-    complete = complete_checkpoints(checkpoint_dir)
+def point_latest(checkpoint_dir: Path, upto: int | None = None) -> None:
+    """DeepSpeed's `latest` file names the newest complete tag (of a step at most `upto`: a save names its own
+    step, not a newer checkpoint put there from elsewhere during the run), or does not exist."""
+    complete = [c for c in complete_checkpoints(checkpoint_dir) if upto is None or step_of(c.name) <= upto]
     latest = checkpoint_dir / LATEST
     if not complete:
         latest.unlink(missing_ok=True)
