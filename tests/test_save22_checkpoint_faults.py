@@ -8,10 +8,13 @@ Faults:
 - Retention deleted a step_N folder without a manifest of a step older than the one saved: a checkpoint a user
   was copying into checkpoints/ (its COMPLETE not copied yet).
 - replace_file wrote the new file with the umask's permission bits, whatever those of the file it replaced.
+- (attacker review) a complete step_N of a step above the one saved, copied in during the run, counted among the
+  kept checkpoints: retention deleted the run's own, the one just saved included, and `latest` named it.
 """
 
 import errno
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -21,8 +24,12 @@ import torch
 import torch.distributed as dist
 
 from ngpt_ds.files import replace_file
+from ngpt_ds.model import build_model
+from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.train import checkpoint, manifest
 from ngpt_ds.train.fs_errors import gib
+
+from conftest import start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 WEIGHTS = "mp_rank_00_model_states.pt"
 
@@ -222,3 +229,38 @@ def test_retention_never_deletes_the_step_just_saved_for_a_newer_checkpoint_copi
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000008", "step_00000100"]
     assert (checkpoints / "latest").read_text() == "step_00000008"
     assert capsys.readouterr().err == ""  # warned once
+
+
+def test_a_real_disk_full_save_on_two_ranks_names_the_figures_and_the_folder(tmp_path, tiny_dataset, mount_tmpfs):
+    """Fault 2 end to end: two gloo ranks fill a small tmpfs while writing their first checkpoint. Every rank stops
+    with exit 74 and the same line, which now gives the size the checkpoint needs (the first save's estimate,
+    16 bytes per parameter), the free space when the write failed, and the folder."""
+    model = tiny_ngpt()
+    params = sum(p.numel() for p in build_model(ModelConfig(**model, vocab_size=512)).parameters())
+    estimate = params * checkpoint.BYTES_PER_PARAMETER_ESTIMATE
+    page = 4096
+    out = mount_tmpfs((estimate // page + 13) * page) / "run"  # passes the check before the save, not the write
+    config = write_yaml(
+        tmp_path / "tiny.yaml", model, tiny_train(4, checkpoint_interval=2, keep_checkpoints=3, dist_timeout_s=60)
+    )
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    ranks = start_ranks(train_cmd(config, ds, tiny_dataset, out))
+    results = [proc.communicate(timeout=300) for proc in ranks]
+    messages = []
+    for rank, (proc, (_, stderr)) in enumerate(zip(ranks, results)):
+        assert proc.returncode == 74, (rank, stderr[-3000:])
+        (message,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        messages.append(message)
+    assert messages[0] == messages[1]
+    figures = re.search(
+        r"; the checkpoint needs about (\S+ \S+) \(16 bytes per parameter\)(?:, (\d+\.\d) MiB were free)? on the "
+        r"filesystem of (\S+) when the write failed\. Free space there \(or raise the quota\), or lower "
+        r"keep_checkpoints, then resume$",
+        messages[0],
+    )
+    assert figures is not None, messages[0]
+    assert figures[1] == gib(estimate) and figures[3] == str(out / "checkpoints"), messages[0]
+    if figures[2] is not None:  # an OSError (ENOSPC): what was left was less than a page
+        assert float(figures[2]) * 2**20 < page, messages[0]
+    else:  # torch's zip writer: its own part of the line gave the free space
+        assert re.search(r"; (\d+\.\d) MiB free on the filesystem: no space left on device;", messages[0]), messages[0]
