@@ -15,7 +15,6 @@ and the measured deviation is recorded.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -128,7 +127,8 @@ def export_model(
                 verify_hf_export(tmp, write_hf_export(loaded, tmp, name=out.name), loaded.config.arch)
             else:
                 save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
-                shutil.copyfile(loaded.tokenizer.path, tmp / TOKENIZER_FILE)
+                # The bytes loaded and checked, which config.json's sha256 is of; not the file at the path now.
+                (tmp / TOKENIZER_FILE).write_bytes(loaded.tokenizer.model_bytes)
                 config = _config_json(loaded, deviation)
                 (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
                 (tmp / "README.md").write_text(_readme(loaded, deviation, out), encoding="utf-8")

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ngpt_ds.data.shards import PREPARE_HINT, load_dataset_meta, sha256_file
+from ngpt_ds.data.shards import PREPARE_HINT, load_dataset_meta
 from ngpt_ds.data.tokenizer import Tokenizer
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.infer.export_layout import (
@@ -136,14 +136,16 @@ HF_MODEL_TYPES = ("ngpt", "ngpt_gpt_baseline")
 
 def check_tokenizer(tokenizer: Tokenizer, vocab_size: int, expected_sha256: str | None, what: str) -> str:
     """Raise unless the tokenizer fits the model: same vocabulary size, and the recorded file hash
-    when one is known. Returns the tokenizer file's sha256."""
+    when one is known. Returns the sha256 of the bytes that were loaded (Tokenizer.sha256), never of the
+    file at its path now: a file replaced after the load was hashed in place of the tokenizer in use, so
+    the wrong tokenizer passed the check and an export recorded another file's hash."""
     if tokenizer.vocab_size != vocab_size:
         raise NgptConfigError(
             f"tokenizer {tokenizer.path} has a vocabulary of {tokenizer.vocab_size} pieces, but "
             f"{what} was trained with vocab_size {vocab_size}: it is not this model's tokenizer. "
             "Use the tokenizer.model of the dataset the model was trained on"
         )
-    digest = sha256_file(tokenizer.path)
+    digest = tokenizer.sha256
     if expected_sha256 and digest != expected_sha256:
         raise NgptConfigError(
             f"tokenizer {tokenizer.path} (sha256 {digest[:12]}…) is not the one {what} was trained "
