@@ -421,7 +421,18 @@ def load_export(
     config = _model_config(meta.get("model"), f"model config ({folder / CONFIG_FILE})")
     assert config.vocab_size is not None  # _model_config refuses a config without it
     tok_meta = meta.get("tokenizer") or {}
-    tok = Tokenizer.load(tokenizer if tokenizer is not None else _export_tokenizer_file(folder, tok_meta))
+    if tokenizer is None:
+        tokenizer = _export_tokenizer_file(folder, tok_meta)
+        if not tokenizer.exists():  # "pass an existing sentencepiece .model file" named no fix for an export
+            link = (
+                f" (a symbolic link to {tokenizer.readlink()}, which does not exist)" if tokenizer.is_symlink() else ""
+            )
+            raise NgptConfigError(
+                f"{tokenizer} is missing{link}: the export {folder} has no tokenizer (an export copied in part). "
+                "Copy the whole export folder again, export the checkpoint again, or pass the model's own "
+                "tokenizer.model with --tokenizer FILE"
+            )
+    tok = Tokenizer.load(tokenizer)
     digest = check_tokenizer(tok, config.vocab_size, tok_meta.get("sha256"), f"the model in {folder}")
     weights_file = folder / WEIGHTS_FILE
     if not weights_file.is_file():  # a named pipe there made safe_open wait forever

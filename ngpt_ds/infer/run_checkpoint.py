@@ -17,7 +17,7 @@ import torch
 
 from ngpt_ds import deepspeed_files, log, yaml_safe
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
-from ngpt_ds.infer.export_layout import CONFIG_FILE, WEIGHTS_FILE, is_export
+from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, is_export
 from ngpt_ds.model import CausalLM
 from ngpt_ds.model.config import unreadable
 from ngpt_ds.train import checkpoint as ckpt_layout
@@ -69,10 +69,42 @@ def resolve_checkpoint(path: str | Path) -> Path:
             f"{path} is an exported model, and export.py reads a checkpoint (step_N with COMPLETE) or a training "
             f"run's folder: export from the checkpoint it was made from ({_recorded_checkpoint(path)})"
         )
+    incomplete = _incomplete_export(path)
+    if incomplete is not None:
+        raise NgptConfigError(incomplete)
     raise NgptConfigError(
         f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
         "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
     )
+
+
+def _incomplete_export(folder: Path) -> str | None:
+    """The message for an export folder missing one of its two files (or holding a link to nothing in its
+    place), naming the file and the fix; None for a folder that is no export. Such a folder was "neither an
+    exported model nor a checkpoint directory ...", which named neither the file nor what to do."""
+    config, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for file in (config, weights):
+        if file.is_symlink() and not file.exists():
+            return (
+                f"{file} is a symbolic link to {file.readlink()}, which does not exist: the export's file it "
+                "leads to was moved or deleted. Copy the whole export folder again, or export the checkpoint again"
+            )
+    if weights.exists() and not config.exists():
+        return (
+            f"{folder} holds {WEIGHTS_FILE} but no {CONFIG_FILE}: an export copied in part. Copy the whole "
+            "export folder again, or export the checkpoint again"
+        )
+    if config.is_file() and not weights.exists():
+        try:
+            marked = json.loads(config.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+        except (OSError, AttributeError, *UNPARSABLE):
+            marked = False
+        if marked:
+            return (
+                f"{weights} is missing: {folder} is an exported model without its weights (an export copied in "
+                "part). Copy the whole export folder again, or export the checkpoint again"
+            )
+    return None
 
 
 def _recorded_checkpoint(export: Path) -> str:
