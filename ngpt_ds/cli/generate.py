@@ -163,6 +163,8 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = _utf8(raw, source)
     if args.prompt is None:  # as a file read in text mode did: universal newlines
         prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
+    if not prompt:  # refused after the model had loaded (minutes for a large checkpoint): `--prompt "$UNSET"`
+        raise NgptConfigError(f"{source} is empty: give the text to continue (at least one token of it)")
     sampling = Sampling(
         temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p
     ).validate()
