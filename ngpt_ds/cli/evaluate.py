@@ -119,6 +119,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise NgptConfigError(
                 f"--json {args.json}: {'is a folder' if os.path.isdir(args.json) else 'no folder ' + folder}"
             )
+    # Before the model is loaded (minutes for a large checkpoint): these were refused only after it.
+    if args.windows is not None and args.windows < 1:
+        raise NgptConfigError(f"--windows {args.windows}: must be >= 1 (windows per context length)")
+    if args.batch_size < 1:
+        raise NgptConfigError(f"--batch-size {args.batch_size}: must be >= 1 (windows per forward pass)")
+    if args.data:
+        _check_dataset(args.data, args.split)
     keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     data = args.data or loaded.info.get("data_dir")
@@ -159,6 +166,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as err:
             raise NgptConfigError(f"--json {args.json}: {err.strerror} (the table above holds the results)") from None
     return 0
+
+
+def _check_dataset(data: str, split: str) -> None:
+    """--data is a prepared dataset with the split --split names (its meta.json only: no shard is read)."""
+    from ngpt_ds.data.shards import load_dataset_meta
+    from ngpt_ds.data.windows import WindowIndex
+
+    meta = load_dataset_meta(data, verify_contents=False)
+    if split not in meta.splits:
+        WindowIndex(meta, split, 1)  # refuses it, naming the splits there and the fix
 
 
 if __name__ == "__main__":  # python -m ngpt_ds.cli.evaluate
