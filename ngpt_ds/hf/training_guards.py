@@ -1,0 +1,106 @@
+"""Training guards of the HF wrapper (modeling_ngpt), kept apart from the model itself: the process-wide hook
+that renormalizes nGPT's sphere matrices after every torch optimizer step (paper section 2.6), and the checks a
+training forward runs to refuse training that hook cannot keep on the sphere (DeepSpeed's or FSDP's flat
+copies without ngpt_ds's KeepOnTheSphere callback) or that would not train (16-bit scaling vectors). The HF
+export copies this file next to modeling_ngpt.py, as it follows the imports."""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.model.layers import DeclaredMatrix, ScaleVector
+from ngpt_ds.model.sphere import sphere_matrices
+
+_SPHERE_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+"""The nGPT models of this module alive in the process, whose sphere matrices _renormalize_after_step keeps."""
+
+
+def _keep_on_the_sphere(model: nn.Module) -> None:
+    """Registers `model` for renormalization after every step of any torch optimizer holding its sphere matrices
+    (one process-wide hook, added with the first nGPT model). nGPT's training renormalizes them after every
+    optimizer step (section 2.6 of the paper; ngpt_ds's trainer does it in its own hook); an nGPT fine-tuned with
+    transformers' Trainer or a plain torch loop was not: the matrices drifted off the sphere (0.0111 after three
+    AdamW steps at lr 1e-3), so the model trained was no nGPT, and from_pretrained refused what it saved."""
+    global _STEP_HOOK
+    _SPHERE_MODELS.add(model)
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_renormalize_after_step)
+
+
+_STEP_HOOK: Any = None
+
+
+@torch.no_grad()
+def _renormalize_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """W <- W / ||W|| along its norm dim, in fp32, for each sphere matrix that `optimizer` updates (the others did
+    not move): the renormalization of ngpt_ds.model.sphere.normalize_matrices_, after the step as in training. An
+    optimizer holding none (the GPT baseline's, another model's, DeepSpeed's or FSDP's flat copies) costs a set."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for model in list(_SPHERE_MODELS):
+        for matrix in sphere_matrices(model):
+            if id(matrix.param) in held:
+                held.discard(id(matrix.param))  # once: a copy.copy of a model shares its parameters
+                w = matrix.param.float()
+                norms = torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True)
+                matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def _check_renormalized_here(model: Any) -> None:
+    """Refuses to train an nGPT where _renormalize_after_step cannot reach the weights the optimizer updates:
+    DeepSpeed's ZeRO keeps them as flat fp32 partitions (its parameters carry ds_id or _hp_mapping), and so does
+    its bf16/fp16 optimizer at ZeRO 0; FSDP flattens and shards them. The model then left the sphere without a word
+    (ZeRO 1-3 through transformers' Trainer: 0.005 off unit norm after 3 AdamW steps at lr 1e-3). Under DeepSpeed,
+    ngpt_ds's KeepOnTheSphere callback (ngpt_ds.hf.trainer) renormalizes the fp32 masters as ngpt_ds's trainer
+    does, and marks the model. A few attribute reads per training forward."""
+    if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
+        return
+    weight = cast(DeclaredMatrix, model.model.embed).weight
+    state = sys.modules.get("accelerate.state")
+    shared = getattr(getattr(state, "AcceleratorState", None), "_shared_state", None) or {}
+    kind = str(getattr(shared.get("distributed_type"), "value", ""))
+    name = type(model).__name__
+    if (
+        hasattr(weight, "ds_id")
+        or hasattr(weight, "_hp_mapping")
+        or (kind == "DEEPSPEED" and weight.dtype != torch.float32)
+    ):
+        raise NgptConfigError(
+            f"{name} is being trained under DeepSpeed, whose optimizer updates fp32 copies of the weights that the "
+            "renormalization after each optimizer step cannot reach: the nGPT matrices would leave the hypersphere "
+            "(paper section 2.6). With transformers' Trainer add ngpt_ds's callback: "
+            "`from ngpt_ds.hf.trainer import KeepOnTheSphere; trainer.add_callback(KeepOnTheSphere(trainer))` "
+            "(it renormalizes DeepSpeed's fp32 masters after every step), or fine-tune with ngpt_ds's launch/train.py"
+        )
+    if kind == "FSDP" or type(weight).__name__ in ("DTensor", "FlatParameter"):
+        raise NgptConfigError(
+            f"{name} is being trained under FSDP, which shards the weights so that the renormalization after each "
+            "optimizer step cannot reach them: the nGPT matrices would leave the hypersphere (paper section 2.6). "
+            "Fine-tune without FSDP (one device, or DDP), under DeepSpeed with ngpt_ds's KeepOnTheSphere callback "
+            "(ngpt_ds.hf.trainer), or with ngpt_ds's launch/train.py"
+        )
+
+
+def _check_scales_train(model: Any) -> None:
+    """Refuses to train an nGPT whose scaling vectors are 16-bit (model.to(torch.bfloat16), .half()): stored at
+    their `scale`, they lose every optimizer step smaller than half their spacing there, so they would not train
+    (from_pretrained with a 16-bit dtype keeps them in float32: _keep_in_fp32_modules_strict). DeepSpeed's 16-bit
+    training, which keeps fp32 masters, is let through by _check_renormalized_here's marker first."""
+    if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
+        return
+    s_z = cast(ScaleVector, model.model.s_z).param
+    if s_z.requires_grad and s_z.dtype in (torch.bfloat16, torch.float16):
+        dtype = s_z.dtype
+        raise NgptConfigError(
+            f"{type(model).__name__}'s scaling vectors (alpha, s_qk, s_u, s_v, s_z) are "
+            f"{str(dtype).removeprefix('torch.')}: an optimizer step smaller than half their spacing at their stored "
+            f"values ({torch.finfo(dtype).eps / 2:.2g} at 1.0) is lost, so they would not train. Keep them in float32: "
+            "load with from_pretrained(..., dtype=torch.bfloat16) rather than converting with .to() or .half(), or "
+            "train a float32 model under bf16 autocast (TrainingArguments(bf16=True))"
+        )
