@@ -7,7 +7,7 @@ it, or one from another device type, loads as before). On the CPU, the accelerat
 import torch
 
 from ngpt_ds import safe_load
-from ngpt_ds.train import loop
+from ngpt_ds.train import rng_state
 
 
 class FakeCuda:
@@ -32,14 +32,14 @@ def test_the_devices_generator_is_saved_and_restored_through_a_checkpoint(tmp_pa
     monkeypatch.setattr(torch.cuda, "set_rng_state", fake.set_rng_state)
     device = torch.device("cuda", 1)
 
-    state = loop._rng_state(device)  # old code: TypeError, and no "device" entry at all
+    state = rng_state.capture(device)  # old code: TypeError, and no "device" entry at all
     assert state["device"]["type"] == "cuda"
     assert torch.equal(state["device"]["state"], torch.arange(16, dtype=torch.uint8))
     torch.save({"rng": state}, tmp_path / "client.pt")
     back = safe_load.load(tmp_path / "client.pt")["rng"]  # the restricted unpickler checkpoints load with
 
     fake.states[1] = torch.zeros(16, dtype=torch.uint8)  # the generator as a fresh session seeds it
-    loop._set_rng_state(back, "cuda:1")  # engine.device may be a string
+    rng_state.restore(back, "cuda:1")  # engine.device may be a string
     assert fake.calls == [("get", device), ("set", device)]
     assert torch.equal(fake.states[1], torch.arange(16, dtype=torch.uint8))
 
@@ -48,12 +48,12 @@ def test_a_checkpoint_without_the_device_state_or_from_the_cpu_still_loads(monke
     fake = FakeCuda()
     monkeypatch.setattr(torch.cuda, "get_rng_state", fake.get_rng_state)
     monkeypatch.setattr(torch.cuda, "set_rng_state", fake.set_rng_state)
-    cpu_state = loop._rng_state(torch.device("cpu"))
+    cpu_state = rng_state.capture(torch.device("cpu"))
     assert sorted(cpu_state) == ["numpy", "python", "torch"]  # nothing for the CPU's device
     expected = torch.rand(3)
-    loop._set_rng_state(cpu_state, torch.device("cuda", 1))  # an older or CPU checkpoint resumed on a GPU
+    rng_state.restore(cpu_state, torch.device("cuda", 1))  # an older or CPU checkpoint resumed on a GPU
     assert torch.equal(torch.rand(3), expected)  # the CPU generators restored as before
     assert fake.calls == []  # the device generator left as seeded
     gpu_state = {**cpu_state, "device": {"type": "xpu", "state": torch.ones(16, dtype=torch.uint8)}}
-    loop._set_rng_state(gpu_state, torch.device("cpu"))  # another device type's: left alone
+    rng_state.restore(gpu_state, torch.device("cpu"))  # another device type's: left alone
     assert fake.calls == []

@@ -4,13 +4,10 @@ starts it)."""
 from __future__ import annotations
 
 import math
-import random
 import time
-import types
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -21,7 +18,16 @@ from ngpt_ds.data.windows import DeferredFaults
 from ngpt_ds.model import count_parameters, training_flops_per_token
 from ngpt_ds.parallel import create_groups
 from ngpt_ds.parallel.pipeline import PipelineSteps
-from ngpt_ds.train import agreement, checkpoint, divergence, ds_compat, preflight, reshape_convert, reshape_plan
+from ngpt_ds.train import (
+    agreement,
+    checkpoint,
+    divergence,
+    ds_compat,
+    preflight,
+    reshape_convert,
+    reshape_plan,
+    rng_state,
+)
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.divergence import TrainingDiverged
@@ -44,46 +50,6 @@ from ngpt_ds.train.stopping import StopRequest
 from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file, summary_json
 
 _log = log.get(__name__)
-
-
-def _rng_state(device: torch.device) -> dict:
-    """Tensors and plain data only: checkpoints load with the restricted unpickler (ngpt_ds.safe_load),
-    which would refuse numpy's arrays, so numpy's MT19937 key is stored as a list of ints. On an accelerator
-    (cuda, xpu, ...), its generator for the rank's device too, under "device" with the device type: dropout
-    and sampling on the device draw from it, so a resumed GPU run without it was not exact."""
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"] = {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"])}
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    device = torch.device(device)  # DeepSpeed's engine.device may be a string
-    accelerator = _accelerator_module(device)
-    if accelerator is not None:
-        state["device"] = {"type": device.type, "state": accelerator.get_rng_state(device)}
-    return state
-
-
-def _accelerator_module(device: torch.device) -> types.ModuleType | None:
-    """torch.cuda (torch.xpu, ...) for a device with its own generator; None on the CPU."""
-    if device.type == "cpu":
-        return None
-    module = getattr(torch, device.type, None)
-    return module if hasattr(module, "get_rng_state") and hasattr(module, "set_rng_state") else None
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    """`state` as _rng_state wrote it. A checkpoint from before the device state was saved, or one written on
-    another device type (a GPU checkpoint resumed on the CPU), leaves the device generator as seeded."""
-    torch.set_rng_state(state["torch"])
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {
-        "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
-        "pos": int(numpy_state["state"]["pos"]),
-    }
-    np.random.set_state(numpy_state)
-    random.setstate(state["python"])
-    device = torch.device(device)
-    saved, accelerator = state.get("device"), _accelerator_module(device)
-    if accelerator is not None and isinstance(saved, dict) and saved.get("type") == device.type:
-        accelerator.set_rng_state(saved["state"], device)
 
 
 class Trainer:
@@ -174,7 +140,7 @@ class Trainer:
             # ~1e-3 off the sphere; vectors already on it to fp32 precision are left bit for bit.
             self.hook.normalize_now(keep_within=4e-6)
         self.loader.load_state_dict(client["loader"])
-        _set_rng_state(client["rng"], self.device)
+        rng_state.restore(client["rng"], self.device)
         self.step, self.tokens_seen = client["step"], client["tokens_seen"]
         if self.reshape is not None:
             self._say(reshape_plan.describe(self.reshape, self.reused_conversion, renormalized=self.hook is not None))
@@ -237,7 +203,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "loader": self.loader.state_dict(),
-            "rng": _rng_state(self.device),
+            "rng": rng_state.capture(self.device),
             "config": self.run.to_dict(),
         }
         return checkpoint.save(
