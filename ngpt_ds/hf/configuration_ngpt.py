@@ -9,6 +9,9 @@ relative), so it must import nothing of ngpt_ds beyond ngpt_ds.model and ngpt_ds
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PretrainedConfig
@@ -76,6 +79,17 @@ class _NgptDsConfig(PretrainedConfig):
         return ModelConfig(arch=self.arch, **values).validate(source)
 
     @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> tuple[dict, dict]:
+        """transformers' get_config_dict, plus the folder (or Hub id) read as `name_or_path`, so that the errors of
+        __init__ (_check_dtype) and to_model_config name the config.json they come from: from_pretrained set it only
+        after __init__, and NGPTConfig.from_pretrained not at all (errors named no file)."""
+        config_dict, rest = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+            read = str(pretrained_model_name_or_path)  # both: a saved `_name_or_path` ("") overwrote `name_or_path`
+            config_dict = {**config_dict, "name_or_path": read, "_name_or_path": read}
+        return config_dict, rest
+
+    @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs) -> _NgptDsConfig:
         values = {k: v for k, v in config.to_dict().items() if k != "arch"}
         return cls(**values, **kwargs)
@@ -103,7 +117,10 @@ def _check_dtype(class_name: str, kwargs: dict) -> None:
 def _source(class_name: str, name_or_path: str | None) -> str:
     """How errors name a config: its class, and the config.json read when it came from one (name_or_path, the
     folder or Hub id, is set by from_pretrained and passed to __init__ by from_dict)."""
-    return f"{class_name} ({name_or_path}/config.json)" if name_or_path else class_name
+    if not name_or_path:
+        return class_name
+    folder = Path(name_or_path)
+    return f"{class_name} ({folder.resolve() if folder.is_dir() else name_or_path}/config.json)"
 
 
 class NGPTConfig(_NgptDsConfig):
