@@ -2,6 +2,7 @@
 transformers looks any string up as an attribute of torch. One that is no float dtype is refused by name."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,10 +50,11 @@ def test_a_config_dtype_that_is_no_float_dtype_is_refused_by_name(saved, tmp_pat
     from ngpt_ds.errors import NgptConfigError
     from ngpt_ds.hf.modeling_ngpt import NGPTForCausalLM
 
+    folder = _with(saved, tmp_path, key, value)
     with pytest.raises(NgptConfigError) as err:
-        NGPTForCausalLM.from_pretrained(_with(saved, tmp_path, key, value))
+        NGPTForCausalLM.from_pretrained(folder)
     assert str(err.value) == (
-        f"NGPTConfig: config.json's {key} = {shown} must be one of float32, bfloat16, float16, float64 (the dtype the "
+        f"NGPTConfig ({Path(folder).resolve() / 'config.json'}): config.json's {key} = {shown} must be one of float32, bfloat16, float16, float64 (the dtype the "
         "weights load in by default), or absent; the file was edited, damaged or is from another program"
     )
 
