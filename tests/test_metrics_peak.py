@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from ngpt_ds.train import metrics
+from ngpt_ds.train import console_format, metrics
 
 from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
@@ -107,20 +107,24 @@ def test_an_mfu_above_100_percent_is_called_out_once_with_the_fix(tmp_path, tiny
 
 def test_rates_and_durations_keep_their_digits_at_every_scale():
     """Fault: "0.0k tok/s" for 27 tokens/s (a loaded CPU) and "0.00 TFLOP/s" for a measured peak of 23 GFLOP/s."""
-    assert [metrics.format_rate(v, "tok/s") for v in (27, 4123, 5.2e6)] == ["27 tok/s", "4.12k tok/s", "5.2M tok/s"]
-    assert [metrics.format_rate(v, "FLOP/s") for v in (2.3e10, 989e12)] == ["23 GFLOP/s", "989 TFLOP/s"]
-    assert [metrics.format_duration(s) for s in (0, 4.4, 185, 7650)] == ["0s", "4s", "3m05s", "2h07m"]
+    assert [console_format.format_rate(v, "tok/s") for v in (27, 4123, 5.2e6)] == [
+        "27 tok/s",
+        "4.12k tok/s",
+        "5.2M tok/s",
+    ]
+    assert [console_format.format_rate(v, "FLOP/s") for v in (2.3e10, 989e12)] == ["23 GFLOP/s", "989 TFLOP/s"]
+    assert [console_format.format_duration(s) for s in (0, 4.4, 185, 7650)] == ["0s", "4s", "3m05s", "2h07m"]
 
 
 def test_a_rate_that_rounds_up_to_the_next_scale_or_passes_the_largest_is_not_in_exponent_notation():
     """Fault: the scale was chosen before '.3g' rounded, and the largest scale had no bound: 999,700 tok/s
     printed "1e+03k tok/s" and a B200's train.peak_tflops 2250 "2.25e+03 TFLOP/s" in the startup line."""
-    assert [metrics.format_rate(v, "tok/s") for v in (999.7, 999_700, 999_400)] == [
+    assert [console_format.format_rate(v, "tok/s") for v in (999.7, 999_700, 999_400)] == [
         "1k tok/s",
         "1M tok/s",
         "999k tok/s",
     ]
-    assert [metrics.format_rate(v, "FLOP/s") for v in (2250e12, 999.7e9, 1e18)] == [
+    assert [console_format.format_rate(v, "FLOP/s") for v in (2250e12, 999.7e9, 1e18)] == [
         "2250 TFLOP/s",
         "1 TFLOP/s",
         "1000000 TFLOP/s",
@@ -135,11 +139,11 @@ def test_the_console_line_of_a_logged_step():
         "throughput/step_time_s": 1.121,
         "throughput/mfu": 0.764,
     }
-    assert metrics.progress_line(270, 300, 3.99851, scalars) == (
+    assert console_format.progress_line(270, 300, 3.99851, scalars) == (
         "step    270/300 | loss 3.9985 | lr 1.17e-02 | 1.83k tok/s | 1121 ms/step | MFU 76.4% | eta 34s"
     )
     ngpt = {**scalars, "ngpt/max_norm_deviation": 2.4e-7}
-    assert metrics.progress_line(30, 300, 5.46343, ngpt) == (
+    assert console_format.progress_line(30, 300, 5.46343, ngpt) == (
         "step     30/300 | loss 5.4634 | lr 1.17e-02 | 1.83k tok/s | 1121 ms/step | MFU 76.4% | norm dev 2.4e-07 | "
         "eta 5m03s"
     )

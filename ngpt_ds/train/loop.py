@@ -30,17 +30,16 @@ from ngpt_ds.train import (
 )
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
+from ngpt_ds.train.console_format import format_rate, progress_line
 from ngpt_ds.train.divergence import TrainingDiverged
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import (
     MetricsLogger,
-    format_rate,
     grad_norm_deepspeed_leaves_out,
     memory_metrics,
     ngpt_health,
     peak_flops_per_device,
-    progress_line,
     stop_all_if_unwritten,
     write_failure,
 )
