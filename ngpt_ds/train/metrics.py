@@ -213,6 +213,7 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
     irregular = _irregular(path)
     steps: list[int] = []
     kept_records = 0
+    stepless: list[int] = []  # the line numbers of records without an integer step (hand-edited: "12", 12.5, null)
     with (
         tempfile.TemporaryFile(dir=path.parent) as kept,
         tempfile.TemporaryFile(dir=path.parent) as dropped,
@@ -226,10 +227,12 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
             source = io.BytesIO()  # a named pipe, a device or a link to nothing: replaced unread
         # Until the first change, the lines kept are counted, not copied: `whole` bytes of the file as they are.
         whole: int | None = None if irregular or _hard_linked(path) else 0
-        for line, record in lines_of(source):
+        for number, (line, record) in enumerate(lines_of(source), start=1):
             step = record.get("step") if record is not None else None
             if isinstance(step, bool) or not isinstance(step, int):
                 step = None  # not a record
+                if record is not None:
+                    stepless.append(number)
             if whole is not None and step is not None and step <= last_step and source.tell() - whole == len(line):
                 if line.endswith(b"\n"):
                     whole += len(line)
@@ -239,6 +242,8 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
                 _copy_range(source, whole, kept)
                 whole = None
             if step is None:
+                if record is not None:  # kept beside it, as a record dropped for its step is
+                    dropped.write(line if line.endswith(b"\n") else line + b"\n")
                 continue  # dropped
             line = line if line.endswith(b"\n") else line + b"\n"
             if step > last_step:
@@ -249,11 +254,13 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
                 kept_records += 1
         if whole is not None:
             return []  # every line kept as it is, in the same file
-        if steps:  # before the cut: a kill in between leaves them twice, never nowhere
+        if steps or stepless:  # before the cut: a kill in between leaves them twice, never nowhere
             _keep_dropped(path.with_name(REPLACED_JSONL), dropped)
         kept.seek(0)
         mode = None if irregular else stat.S_IMODE(os.fstat(source.fileno()).st_mode)
         replace_file(path, kept, mode=mode)
+    if stepless:
+        _log.warning(_stepless_warning(path, stepless, kept_records, last_step))
     if irregular:
         held = (
             f"the {kept_records} record(s) up to step {last_step} read through it (what it names is left as it was)"
@@ -262,6 +269,18 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
         )
         _log.warning(f"warning: {path} was {irregular}, not a regular file: replaced by a regular file holding {held}")
     return steps
+
+
+def _stepless_warning(path: Path, lines: list[int], kept_records: int, last_step: int) -> str:
+    """The warning of a resume that dropped the records of `lines` (1-based) from `path` for their step: not an
+    integer ("12", 12.5, null, or none), as a hand edit leaves. They had gone without a word; a record's step
+    says where it belongs, and one that cannot be read as a step number is no step's."""
+    shown = ", ".join(str(n) for n in lines[:5]) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+    return (
+        f'warning: {path}: {len(lines)} record(s) without an integer "step" (line(s) {shown}) were dropped '
+        f'on resume and moved to {path.with_name(REPLACED_JSONL)}: a record\'s "step" must be a whole number '
+        f'(12, not "12", 12.5 or null). The {kept_records} record(s) up to step {last_step} are kept'
+    )
 
 
 def _copy_range(source: BinaryIO, length: int, target: BinaryIO) -> None:
