@@ -33,19 +33,26 @@ def sphere_matrices(model: nn.Module) -> list[SphereMatrix]:
     ]
 
 
+def _norm_dtype(param: torch.Tensor) -> torch.dtype:
+    """fp32 for 16-bit weights and fp32, float64 for float64 weights: rounding a float64 matrix through fp32
+    left its rows off the sphere by ~1e-8, where float64 keeps them to ~1e-16."""
+    return torch.promote_types(param.dtype, torch.float32)
+
+
 @torch.no_grad()
 def normalize_matrices_(model: nn.Module) -> None:
-    """Renormalize every sphere matrix in place: W <- W / ||W||_norm_dim, computed in fp32.
+    """Renormalize every sphere matrix in place: W <- W / ||W||_norm_dim, computed in fp32 (float64 for
+    float64 weights).
 
     Right for an unsharded model (single process, DDP-style replicas, tensor-parallel
     shards since a split never cuts norm_dim). Under ZeRO use the hook in
     ngpt_ds.train.hypersphere, which works on the fp32 master shards.
     """
     for matrix in sphere_matrices(model):
-        w = matrix.param.float()
+        w = matrix.param.to(_norm_dtype(matrix.param))
         norms = torch.linalg.vector_norm(w, dim=matrix.norm_dim, keepdim=True)
         # A zero vector (a zero-padded vocabulary row) stays zero instead of becoming 0/0 = NaN.
-        matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
+        matrix.param.copy_(w / norms.clamp_min(torch.finfo(w.dtype).tiny))
 
 
 @torch.no_grad()
@@ -53,7 +60,7 @@ def max_norm_deviation(model: nn.Module) -> float:
     """max | ||W||_norm_dim - 1 | over all sphere matrices (0.0 when there are none; NaN if any weight is)."""
     worst = 0.0
     for matrix in sphere_matrices(model):
-        norms = torch.linalg.vector_norm(matrix.param.float(), dim=matrix.norm_dim)
+        norms = torch.linalg.vector_norm(matrix.param.to(_norm_dtype(matrix.param)), dim=matrix.norm_dim)
         deviation = (norms - 1).abs().max().item()
         if deviation != deviation:  # NaN: a max() would silently skip it
             return float("nan")
