@@ -292,6 +292,16 @@ class Trainer:
         train_loss = val_loss = float("nan")
         status, last_checkpoint = "finished", None
         self.session_start, self.last_val_loss = start_time, val_loss
+
+        def log_interval() -> float:  # the record of the steps since the last one; their mean loss
+            nonlocal interval_seconds, interval_steps, interval_loss, timed_steps
+            step_time = interval_seconds / timed_steps if timed_steps else first_step_s
+            assert step_time is not None  # set at the first step
+            mean = interval_loss / interval_steps
+            self._log(mean, step_time, step_lr)
+            interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
+            return mean
+
         while self.step < max_steps:
             # The LR this step applies: DeepSpeed steps the schedule after the optimizer, so get_lr() after the
             # step was the next step's (step 1 of a warmup logged lr/warmup, having trained at 0).
@@ -326,11 +336,7 @@ class Trainer:
             if logged:
                 # summary.json's train_loss is the last record's: the interval's mean, as the dashboards show
                 # (the last step's own loss was a number no record held: 6.153 where metrics.jsonl had 6.164).
-                train_loss = interval_loss / interval_steps
-                step_time = interval_seconds / timed_steps if timed_steps else first_step_s
-                assert step_time is not None  # set at the first step
-                self._log(train_loss, step_time, step_lr)
-                interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
+                train_loss = log_interval()
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
                 val_loss = self.last_val_loss = self.evaluate()
@@ -345,6 +351,10 @@ class Trainer:
                 self._say(
                     f"step {self.step}: validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50)):.1f})"
                 )
+                if not stop and not last and self.stop.agreed(self.device):  # a request during the evaluation
+                    stop = True
+                    if not logged:
+                        train_loss, logged = log_interval(), True
             if logged or evaluated:  # before the save: no checkpoint of a step metrics.jsonl lacks
                 self.metrics.stop_if_unwritten(self.device, self._checkpoints_left(self.step - 1))
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
@@ -363,6 +373,8 @@ class Trainer:
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
                 with self.stop.saving():  # timed: the estimate for a stop's save within its grace
                     last_checkpoint = self.newest_checkpoint = self.save()
+                # A request during the save stops here: this checkpoint is the stop's, not one a step later.
+                stop = stop or (not last and self.stop.agreed(self.device))
             if stop:
                 status = "stopped"
                 self._say(

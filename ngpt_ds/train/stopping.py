@@ -58,7 +58,10 @@ class StopRequest:
     Create it in the main thread (Python delivers signals there)."""
 
     def __init__(self, max_time_s: float | None, grace_s: float = 25.0, watch_launcher: bool = False):
-        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s
+        # --max-time counts from this rank's start, not the trainer's: the startup (imports, the engine, a
+        # checkpoint's load or conversion, minutes at scale) had gone uncounted, and a job given its allocation's
+        # time less a margin ran past the limit by the startup and was killed without a checkpoint.
+        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s - process_age_s()
         self.grace_s = grace_s
         self.reason: str | None = None
         self.urgent_since: float | None = None
@@ -105,6 +108,14 @@ class StopRequest:
             return _NO_DEADLINE
         return self.urgent_since + self.grace_s - time.monotonic()
 
+    def agreed(self, device: torch.device | str) -> bool:
+        """Collective: whether a rank has a stop request now. The loop asks after an evaluation and after a
+        save (minutes at scale): a request during either had waited for the next step's all-reduce, so a
+        SIGTERM's grace went on that step (then a stop unsaved, exit 75, or the sender's kill) and --max-time
+        overran by a step and a second save."""
+        flag = torch.tensor([float(self.requested())], device=device)
+        return all_reduce_on(flag, device).item() > 0
+
     def agree_to_save(self, device: torch.device | str) -> bool:
         """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
         on every rank? The estimate is the slowest rank's last save; before any, the save is tried (a save
@@ -139,6 +150,14 @@ class StopRequest:
         that arrives while it shuts down does not turn a clean stop into a crash."""
         if self.watch is not None:
             self.watch.stop()
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (0 when unknown)."""
+    try:
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except psutil.Error:
+        return 0.0
 
 
 def original_parent_pid() -> int:
