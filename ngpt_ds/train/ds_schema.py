@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 import typing
 from collections.abc import Set
 from typing import Any
@@ -183,11 +184,20 @@ def check_blocks(config: dict[str, Any], p: Problems, skip: Set[str] = frozenset
                 else:
                     p.add(field, item.get("input"), f"DeepSpeed rejects it: {item['msg']}")
         except Exception as err:  # DeepSpeed's own checks raise assorted types (asserts, TypeError on a non-mapping)
-            if isinstance(err, TypeError) and not isinstance(config[key], dict) and "mapping" in str(err):
+            # A block DeepSpeed reads with .get() (flops_profiler, checkpoint, ...) given as true, a number or null
+            # raised AttributeError ("'bool' object has no attribute 'get'"), shown as "DeepSpeed rejects it".
+            if not isinstance(config[key], dict) and _read_as_mapping(err):
                 example = '{"stage": 2}' if key == "zero_optimization" else '{"enabled": true}'
                 p.add(key, config[key], f"must be a JSON object, e.g. {example}")
             else:
                 p.add(key, config[key], f"DeepSpeed rejects it: {type(err).__name__}: {err}")
+
+
+def _read_as_mapping(err: Exception) -> bool:
+    """Whether DeepSpeed's parser failed because a block it reads as a mapping was given as something else."""
+    if isinstance(err, AttributeError):
+        return re.search(r"has no attribute '(get|keys|items)'", str(err)) is not None
+    return isinstance(err, TypeError) and ("mapping" in str(err) or "is not iterable" in str(err))
 
 
 class _AskedDict(_LookupRecorder):
