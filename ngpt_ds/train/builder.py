@@ -223,6 +223,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         deepspeed_source=options.deepspeed_config,
         data_dir=str(data_dir),
         out_dir=str(out_dir),
+        data_dir_absolute=str(data_dir.absolute()),
         tokenizer_sha256=meta.tokenizer_sha256,
     )
     prepared = Prepared(run=run, plan=plan, dist_env=dist_env, data=meta)
@@ -405,19 +406,19 @@ def _device_problem(accelerator: Any, local_rank: int) -> str | None:
 
 
 def check_devices_on_all_ranks(dist_env: distributed.DistEnv, problem: str | None, device_name: str) -> None:
-    """Once, at startup, before any device collective: every rank sends (host, LOCAL_RANK, its device problem)
-    over a gloo group (NCCL's own first collective is what hangs or stops with "Duplicate GPU detected" when two
-    ranks share a GPU), and every rank raises the same error when any rank's device is missing or two ranks of
-    one host drive the same device (a hand-set LOCAL_RANK repeated in an srun or mpirun line). Before, only the
-    bad rank raised and the others waited in the first collective until the timeout."""
+    """Once, at startup, before any device collective: every rank posts (host, LOCAL_RANK, its device problem) in
+    the rendezvous's store (not a gloo group, which needs GLOO_SOCKET_IFNAME on some clusters), and every rank raises
+    the same error when any rank's device is missing or two ranks of one host drive the same device (a LOCAL_RANK
+    repeated in an srun or mpirun line; NCCL hangs or stops with "Duplicate GPU detected"). Before, only the bad
+    rank raised and the others waited in the first collective until the timeout (store.get's, the group's)."""
+    import json
     import socket
 
     import torch.distributed as dist
 
-    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-    mine = (socket.gethostname(), dist_env.local_rank, problem)
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine, group=group)
+    store = dist.distributed_c10d._get_default_store()  # torch's default group's store: no other group needed
+    store.set(f"ngpt_ds/devices/{dist.get_rank()}", json.dumps([socket.gethostname(), dist_env.local_rank, problem]))
+    everyone = [json.loads(store.get(f"ngpt_ds/devices/{rank}")) for rank in range(dist.get_world_size())]
     for rank, (host, _local, bad) in enumerate(everyone):
         if bad is not None:
             raise NgptConfigError(f"rank {rank} on host {host}: {bad}")

@@ -9,11 +9,14 @@ from typing import Any, cast
 
 import yaml
 
+from ngpt_ds import log
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.model.config import FLOAT32_MAX, ModelConfig, load_yaml, resolve_config_path, section
 
 MAX_DIST_TIMEOUT_S = 10**9
 """The largest train.dist_timeout_s: far beyond any job, well within what timedelta and torch represent."""
+
+_log = log.get(__name__)
 
 
 @dataclass(kw_only=True)
@@ -255,7 +258,11 @@ class RunConfig:
     deepspeed: dict[str, Any]
     deepspeed_source: str
     data_dir: str
+    """--data as given (often relative to the folder training ran in)."""
     out_dir: str
+    data_dir_absolute: str | None = None
+    """data_dir made absolute against the folder training ran in: a resume or evaluation from another folder
+    reads the dataset there, not whatever the relative data_dir names in its own folder."""
     tokenizer_sha256: str | None = None
     """sha256 of the dataset's tokenizer.model: a resume on data from another tokenizer is refused."""
     train_data_sha256: str | None = None
@@ -270,6 +277,7 @@ class RunConfig:
             "deepspeed_source": self.deepspeed_source,
             "deepspeed": self.deepspeed,
             "data_dir": self.data_dir,
+            "data_dir_absolute": self.data_dir_absolute,
             "tokenizer_sha256": self.tokenizer_sha256,
             "train_data_sha256": self.train_data_sha256,
             "out_dir": self.out_dir,
@@ -340,6 +348,15 @@ def load_model_and_train(
             f"{path}: unknown top-level section(s) {', '.join(unknown)}; expected 'model:' and 'train:'"
         )
     model = ModelConfig.from_dict(section(data, "model", path), source=f"model config ({path})")
+    if not data.get("model"):
+        # A YAML of train: alone trained ModelConfig's built-in shape without a word: neither the tiny preset
+        # nor what the file's name suggests.
+        _log.warning(
+            f"note: {path} has no model: section (or an empty one): training the built-in model defaults "
+            f"({model.arch}, n_layer {model.n_layer}, n_embd {model.n_embd}, n_head {model.n_head}, seq_len "
+            f"{model.seq_len}), not a preset; add a model: section (the {model.arch}_tiny preset's, "
+            f"ngpt_ds/model/presets/{model.arch}_tiny.yaml, is one to copy) to choose the model"
+        )
     if arch is not None and arch != model.arch:
         raise NgptConfigError(
             f"--model {arch} conflicts with {path} (model.arch: {model.arch}). "

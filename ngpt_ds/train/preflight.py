@@ -140,7 +140,7 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
     the one the checkpoint was trained on."""
     saved = saved_run_config(checkpoint)
     fix = (
-        f"Resume with the checkpoint's config and data (data_dir {saved.get('data_dir')}), or start a new run "
+        f"Resume with the checkpoint's config and data (data_dir {recorded_data_dir(saved)}), or start a new run "
         "with another --out (or --resume none)"
     )
     current = model.to_dict()
@@ -151,7 +151,7 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
         raise NgptConfigError(
             f"--resume {checkpoint}: the checkpoint does not fit this run: {'; '.join(parts)}{why}. {fix}"
         )
-    recorded = saved.get("tokenizer_sha256") or _tokenizer_of(saved.get("data_dir"))
+    recorded = saved.get("tokenizer_sha256") or _tokenizer_of(recorded_data_dir(saved))
     if recorded and recorded != data.tokenizer_sha256:
         raise NgptConfigError(
             f"--resume {checkpoint}: --data {data.data_dir} was tokenized with another tokenizer (sha256 "
@@ -165,7 +165,7 @@ def check_resume_fits(checkpoint: Path, model: ModelConfig, data: DatasetMeta) -
     if trained_on and now and trained_on != now:
         raise NgptConfigError(
             f"--resume {checkpoint}: --data {data.data_dir} holds other training data than the checkpoint was "
-            f"trained on (data_dir {saved.get('data_dir')}): the shards, token counts or block hashes of its train "
+            f"trained on (data_dir {recorded_data_dir(saved)}): the shards, token counts or block hashes of its train "
             "split differ from those recorded in the checkpoint's config.yaml (train_data_sha256), so the saved "
             "data position would point into other windows, re-reading text the run has seen and skipping text it "
             "has not. Resume with the checkpoint's dataset (a copy elsewhere is fine), or start a new run with "
@@ -217,6 +217,13 @@ def check_resume_precision(checkpoint: Path, ds_config: dict[str, Any], ds_sourc
             f"(the bf16 / fp16 'enabled' switches in {ds_source}), or start a new run with another --out "
             "(or --resume none)"
         )
+
+
+def recorded_data_dir(saved: dict[str, Any]) -> str | None:
+    """A saved run config's dataset: data_dir made absolute where training ran (data_dir_absolute), else data_dir
+    as given (checkpoints written before it was recorded), which from another folder may name another dataset."""
+    absolute = saved.get("data_dir_absolute")
+    return absolute if isinstance(absolute, str) and absolute else saved.get("data_dir")
 
 
 def _tokenizer_of(data_dir: str | None) -> str | None:
