@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="F",
-        help="fraction of documents held out as the validation split, spread evenly; 0 for none "
-        "(default: 0.02; default corpus: 0.05)",
+        help="fraction of documents held out as the validation split, spread evenly; 0 for none, which "
+        "launch/train.py refuses (it evaluates on that split) (default: 0.02; default corpus: 0.05)",
     )
     out.add_argument(
         "--shard-tokens", type=int, default=None, metavar="N", help="tokens per shard file at most (default: 1e8)"

@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PRESET_OR_YAML",
         type=_given,
         help=f"model + training preset ({', '.join(preset_names())}) or a YAML file "
-        "with model: and train: sections (default: <model>_tiny)",
+        "with model: and train: sections; a file without model: trains the built-in model defaults, not a "
+        "preset (default: <model>_tiny)",
     )
     parser.add_argument(
         "--model",
