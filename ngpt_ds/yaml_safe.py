@@ -164,3 +164,17 @@ Loader.construct_yaml_int = _construct_yaml_int  # type: ignore[assignment,metho
 def safe_load(stream: str | bytes) -> Any:
     """yaml.safe_load with bounded merge keys (`Loader`)."""
     return yaml.load(stream, Loader=Loader)  # noqa: S506 - Loader is a yaml.SafeLoader
+
+
+def describe(err: yaml.YAMLError) -> str:
+    """A YAML error on one line, by line and column: PyYAML's text spans several lines and names the source as
+    '<unicode string>' (every reader here parses text already read), which says nothing about the file."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return " ".join(str(err).split())
+    problem = err.problem or err.context or "not valid YAML"
+    where = f"line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}: " if err.problem_mark else ""
+    context = ""
+    if err.context and err.problem and err.context_mark is not None:
+        context = f" ({err.context} at line {err.context_mark.line + 1}, column {err.context_mark.column + 1})"
+    tabs = "; YAML indents with spaces, not tabs" if "'\\t'" in problem else ""
+    return where + problem + context + tabs

@@ -95,8 +95,9 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
     try:
         saved = yaml_safe.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml_safe.YAMLError, *UNPARSABLE) as err:
+        why = yaml_safe.describe(err) if isinstance(err, yaml_safe.YAMLError) else err
         raise NgptConfigError(
-            f"--resume {checkpoint}: its config.yaml cannot be read ({err}); the checkpoint was "
+            f"--resume {checkpoint}: its config.yaml cannot be read ({why}); the checkpoint was "
             "not written by the ngpt_ds trainer or is damaged"
         ) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
