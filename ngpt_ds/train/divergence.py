@@ -1,7 +1,7 @@
 """What a diverged run says: the exception, and the messages naming what went non-finite and what is left.
 
 The trainer's loop raises `TrainingDiverged` on every rank (exit 2) when the training loss, the validation
-loss, or the norm of a sphere matrix's fp32 master rows, is NaN or inf. The messages below are its text; the loop adds the summary.
+loss, or the norm of a sphere matrix's fp32 master rows, is NaN or inf, or when a weight about to be saved is. The messages below are its text; the loop adds the summary.
 """
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from ngpt_ds.train import lineage
+from ngpt_ds.train.collectives import all_reduce_on
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,6 +51,31 @@ def sphere_message(deviations: dict[str, float], step: int, lr: float) -> str:
         f"is nan or inf, or overflowed to inf and left the row at zero) at step "
         f"{step}, while the loss may still look fine; nothing was saved after it. Hints: lower train.lr "
         f"(now {lr:g}), check the checkpoint or data the run started from. "
+    )
+
+
+def nonfinite_weights(model: torch.nn.Module, device: torch.device | str) -> list[str]:
+    """Collective, on every rank before a save: the names of the parameters that hold a NaN or inf on some rank
+    (this rank's share of each: a ZeRO 3 partition, a tensor-parallel shard, a pipeline stage's layers), sorted.
+    The loss of a step is computed before its update: an update that overflowed (no clipping, a huge LR, an
+    inf gradient) left NaN weights under a finite loss, the step's checkpoint saved them, and the next step's
+    NaN loss then called that checkpoint intact, so every resume diverged again."""
+    local = [name for name, p in model.named_parameters() if not torch.isfinite(getattr(p, "ds_tensor", p)).all()]
+    flag = torch.tensor([float(bool(local))], device=device)
+    if all_reduce_on(flag, device).item() == 0:
+        return []
+    every: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(every, local)
+    return sorted({name for names in every for name in names})
+
+
+def weights_message(names: list[str], step: int, lr: float) -> str:
+    """Weights (`nonfinite_weights`) became NaN or inf at `step`, whose loss was finite."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"the weights {shown} became NaN or inf in the update of step {step} (its loss, computed before the "
+        f"update, was finite); nothing was saved at or after it. Hints: lower train.lr (now {lr:g}), set "
+        '"gradient_clipping" in the DeepSpeed config, check the data. '
     )
 
 

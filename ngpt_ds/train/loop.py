@@ -153,8 +153,6 @@ class Trainer:
         if batch_line is not None:
             self._say(batch_line)
 
-    # ---- helpers ----------------------------------------------------------------------
-
     def _say(self, message: str) -> None:
         """A line of what the trainer does: rank 0's, or every rank's with --log-all-ranks (ngpt_ds.log)."""
         _log.info(message)
@@ -270,8 +268,6 @@ class Trainer:
             raise hook.missed_error(self.step + 1)
         return flags[0].item() / self.world, flags[1].item() > 0, flags[2].item() > 0
 
-    # ---- the loop -----------------------------------------------------------------------
-
     def fit(self) -> Summary:
         train, max_steps = self.run.train, self.run.train.max_steps
         start_time = time.perf_counter()
@@ -371,6 +367,9 @@ class Trainer:
                 )
                 break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
+                if broken := divergence.nonfinite_weights(self.model, self.device):  # collective
+                    message = divergence.weights_message(broken, self.step, train.lr)
+                    raise self._diverged(message + self._checkpoints_left(self.step - 1), self.step, train_loss)
                 with self.stop.saving():  # timed: the estimate for a stop's save within its grace
                     last_checkpoint = self.newest_checkpoint = self.save()
                 # A request during the save stops here: this checkpoint is the stop's, not one a step later.
