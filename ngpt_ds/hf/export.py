@@ -130,7 +130,8 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
     Returns the state_dict written (keys as transformers names them), for the read-back check."""
     arch = loaded.config.arch
     tok = loaded.tokenizer
-    hf_tokenizer = build_hf_tokenizer(tok.path)
+    # The bytes loaded and checked (against the model's sha256), not the file at the path now.
+    hf_tokenizer = build_hf_tokenizer(tok.path, tok.model_bytes)
     check_same_tokens(hf_tokenizer, tok, PROBE_TEXTS)
     config_class = CONFIGS[arch]
     model_class = MODELS[arch]

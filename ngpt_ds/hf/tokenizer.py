@@ -35,15 +35,13 @@ _UNKNOWN, _CONTROL = 2, 3
 """sentencepiece's ModelProto.SentencePiece.Type of the unknown piece and of control pieces (</s>, <pad>)."""
 
 
-def _proto(path: Path):
+def _proto(path: Path, data: bytes):
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2
 
-    from ngpt_ds.data.tokenizer import read_model_bytes
-
     proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated, no stub
     try:
-        proto.ParseFromString(read_model_bytes(path))  # bounded: a shard given as the tokenizer is not read whole
+        proto.ParseFromString(data)
     except DecodeError as err:
         raise NgptConfigError(f"tokenizer {path} is not a sentencepiece model ({err}); {_ALTERED}") from None
     return proto
@@ -69,14 +67,20 @@ def _special_piece(path: Path, proto: Any, field: str, optional: bool) -> str | 
     return str(pieces[index].piece)
 
 
-def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
-    """A PreTrainedTokenizerFast equivalent to the sentencepiece model at `model_path`."""
+def build_hf_tokenizer(model_path: str | Path, model_bytes: bytes | None = None) -> PreTrainedTokenizerFast:
+    """A PreTrainedTokenizerFast equivalent to the sentencepiece model `model_bytes` (a loaded Tokenizer's
+    model_bytes, named by its `model_path` in messages), else to the file at `model_path`, read once. The file is
+    not read again after: a tokenizer replaced on disk after it was loaded and checked (its sha256 against the
+    model's) was converted in its place (write_hf_export built from the path)."""
     from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    from ngpt_ds.data.tokenizer import read_model_bytes
 
     path = Path(model_path)
-    proto = _proto(path)
+    # Bounded: a data shard or a checkpoint given as the tokenizer is not read whole.
+    data = read_model_bytes(path) if model_bytes is None else model_bytes
+    proto = _proto(path, data)
     norm, trainer = proto.normalizer_spec, proto.trainer_spec
     if (
         norm.name != "identity"
@@ -93,8 +97,7 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
     eos = _special_piece(path, proto, "eos_id", optional=True)
     pad = _special_piece(path, proto, "pad_id", optional=True)
     if trainer.model_type == 2:  # BPE
-        # transformers hints extract() as returning a tuple; it returns a dict (vocab, merges, ...).
-        extracted: dict[str, Any] = SentencePieceExtractor(str(path)).extract(models.BPE)  # type: ignore[assignment]
+        extracted = _extract_bpe(data, models.BPE)
         model: models.Model = models.BPE(
             vocab=extracted["vocab"],
             merges=extracted["merges"],
@@ -137,6 +140,20 @@ def build_hf_tokenizer(model_path: str | Path) -> PreTrainedTokenizerFast:
         model_max_length=10**9,
         **specials,
     )
+
+
+def _extract_bpe(data: bytes, bpe: Any) -> dict[str, Any]:
+    """transformers' SentencePieceExtractor on the model `data`: it reads its model from a file, so the bytes go to
+    one of its own in a private temporary folder (not the file they were loaded from, which may have changed)."""
+    import tempfile
+
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    with tempfile.TemporaryDirectory(prefix="ngpt_ds_tokenizer_") as folder:
+        copy = Path(folder) / "tokenizer.model"
+        copy.write_bytes(data)
+        # transformers hints extract() as returning a tuple; it returns a dict (vocab, merges, ...).
+        return SentencePieceExtractor(str(copy)).extract(bpe)  # type: ignore[return-value]
 
 
 def check_same_tokens(hf_tokenizer: PreTrainedTokenizerFast, sp_tokenizer: Tokenizer, texts: Iterable[str]) -> None:
