@@ -74,6 +74,11 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     except OSError as err:  # a file that exists but cannot be read (permissions, EIO) was a traceback
         raise NgptConfigError(f"DeepSpeed config {unreadable(path, err)}") from None
     except json.JSONDecodeError as err:
+        if not err.doc.strip():  # an empty file (a redirect that failed, a save cut short) was "at line 1, column 1"
+            raise NgptConfigError(
+                f"DeepSpeed config {path} is empty: give it a JSON object of DeepSpeed settings, or pass a shipped "
+                "one, e.g. --deepspeed_config ds_configs/zero2.json"
+            ) from None
         raise NgptConfigError(
             f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
             f"{_comment_hint(err)}{_other_kind(path)}"
