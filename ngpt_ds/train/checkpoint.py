@@ -26,7 +26,15 @@ import torch.distributed as dist
 
 from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train.checkpoint_delete import discard, discard_or_warn, remove, retention
+from ngpt_ds.train.checkpoint_delete import (
+    discard,
+    discard_or_warn,
+    keep_aside,
+    mark_written,
+    remove,
+    retention,
+    written_here,
+)
 from ngpt_ds.train.checkpoint_layout import ABANDONED_PREFIX as ABANDONED_PREFIX
 from ngpt_ds.train.checkpoint_layout import CHECKPOINTS as CHECKPOINTS
 from ngpt_ds.train.checkpoint_layout import COMPLETE as COMPLETE
@@ -130,6 +138,18 @@ def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: 
     )
 
 
+def _foreign_moved_aside(leftover: Path, final: Path) -> bool:
+    """A complete checkpoint folder (not a link) moved out of a step_N name this process did not place: a
+    folder someone put there, which `_finish_save` keeps (a kill can leave it as step_N.tmp-replaced)."""
+    return (
+        leftover.name.endswith(REPLACED_SUFFIX)
+        and not leftover.is_symlink()
+        and leftover.is_dir()
+        and (leftover / COMPLETE).is_file()
+        and not written_here(final)
+    )
+
+
 def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str | None:
     """Rank 0: put back a checkpoint an interrupted save moved aside, remove the leftovers of interrupted
     saves and deletes and check the free space. Returns a problem or None.
@@ -139,7 +159,9 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
     other is removed best-effort, with one warning naming what could not be removed and why. One
     undeletable leftover of another step (.nfsXXXX files on NFS that a rank of a killed job still holds,
     another user's files, an immutable file) had failed every later save, after a whole checkpoint
-    interval of training each time. DeepSpeed's recovery scripts are removed only for a save that goes on."""
+    interval of training each time. DeepSpeed's recovery scripts are removed only for a save that goes on.
+    A complete step_N.tmp-replaced this process did not write (a kill right after `_finish_save` moved a
+    copied-in step_N aside) is never removed: it is kept by checkpoint_delete.keep_aside, with a warning."""
     tag = tag_for(step)
     own = (tag + TEMP_SUFFIX, tag + REPLACED_SUFFIX)
     try:
@@ -147,6 +169,16 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
         restore_moved_aside(checkpoint_dir)  # before the loop below removes what is left under .tmp-replaced
         for leftover in sorted(checkpoint_dir.iterdir()):
             if not is_leftover_name(leftover.name):
+                continue
+            final = leftover.with_name(leftover.name[: -len(REPLACED_SUFFIX)])
+            if _foreign_moved_aside(leftover, final):  # a kill before `_finish_save` kept it: kept now, never deleted
+                keep_aside(leftover, final)  # warns either way
+                if leftover.name in own and (leftover.exists() or leftover.is_symlink()):
+                    return (
+                        f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {leftover} holds a "
+                        "checkpoint this run did not write, and it could not be renamed to be kept (see the "
+                        "warning). Move it elsewhere, then rerun"
+                    )
                 continue
             held = discard(leftover)
             if held is not None and leftover.name in own:
@@ -231,20 +263,30 @@ def _sync_or_warn(folder: Path, placed: Path) -> None:
 
 
 def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, Any], keep: int) -> None:
-    """Rank 0: the manifest, then rename into place, then `latest`, then retention."""
+    """Rank 0: the manifest, then rename into place, then `latest`, then retention.
+
+    A step_N folder already there is moved aside (step_N.tmp-replaced: put back if a kill leaves no step_N)
+    before the new one takes the name. Once the new one is in place, it is deleted only when this process
+    wrote it (checkpoint_delete.written_here: a second save of the same step). Any other is a checkpoint
+    put there during the run under the step being saved (the run's lineage holds no step above the one it
+    resumed from, ngpt_ds.train.lineage): it is kept by checkpoint_delete.keep_aside, with a warning. Such a
+    copy had been deleted."""
     step = manifest["step"]
     write_manifest(tmp, manifest)
     final = checkpoint_dir / tag
     replaced = None
-    if final.exists():  # a second save of the same step: move the old one out of the step_N name first
+    if final.exists() or final.is_symlink():  # a folder there: move it out of the step_N name first
         replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)
         os.rename(final, replaced)
     os.rename(tmp, final)
     # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag, or an
     # old folder in place (a warning says which and why; the next save tries again).
     _sync_or_warn(checkpoint_dir, final)
-    if replaced is not None:  # renamed away first: half of it left as step_N.tmp-replaced would be put back
+    if replaced is not None and written_here(final):  # renamed away first: never put back half of it
         discard_or_warn(replaced)
+    elif replaced is not None:
+        keep_aside(replaced, final)
+    mark_written(final)
     with contextlib.suppress(OSError):
         point_latest(checkpoint_dir, step)
     try:
@@ -267,6 +309,7 @@ def _place_universal(converted: Path, target: Path, source: Path, manifest: dict
         if held is not None:
             raise OSError(f"{target} could not be replaced: {held}")
     os.rename(converted, target)
+    mark_written(target)
     _sync_or_warn(target.parent, target)
 
 

@@ -10,6 +10,7 @@ and cannot be renamed either.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import os
 import shutil
@@ -20,14 +21,16 @@ from ngpt_ds import log
 from ngpt_ds.train.checkpoint_layout import (
     COMPLETE,
     DELETE_SUFFIX,
+    NOT_THIS_RUN_INFIX,
     complete_checkpoints,
     step_dirs,
     step_of,
     universal_dirs,
+    universal_name,
     universal_step,
 )
 from ngpt_ds.train.fs_errors import describe
-from ngpt_ds.train.manifest import fsync_dir
+from ngpt_ds.train.manifest import MalformedManifest, fsync_dir, marker_digest, read_manifest
 
 _log = log.get(__name__)
 
@@ -120,16 +123,104 @@ def discard(path: Path) -> str | None:
     return None
 
 
+_WRITTEN: set[Path] = set()
+"""The step_N and step_N-universal folders this process placed: the only ones a save of the same name deletes."""
+
+
+def mark_written(folder: Path) -> None:
+    """Record that this process placed `folder` (ngpt_ds.train.checkpoint, once it is renamed into place)."""
+    _WRITTEN.add(Path(os.path.abspath(folder)))
+
+
+def written_here(folder: Path) -> bool:
+    """Whether this process placed `folder` (a step_N or step_N-universal of checkpoints/)."""
+    return Path(os.path.abspath(folder)) in _WRITTEN
+
+
+def _kept_name(final: Path) -> Path:
+    """<step_N>.not-this-run-<UTC time> (then .1, .2, ...): a name no listing, resume, retention or leftover
+    removal takes for a checkpoint, so nothing ever deletes it."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for k in range(1000):
+        kept = final.with_name(f"{final.name}{NOT_THIS_RUN_INFIX}{stamp}{f'.{k}' if k else ''}")
+        if not kept.exists() and not kept.is_symlink():
+            return kept
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(kept))
+
+
+def keep_aside(aside: Path, final: Path) -> None:
+    """Rank 0: rename `aside` (step_N.tmp-replaced, holding a folder this run did not write) to `_kept_name`,
+    with a warning naming both; when that fails it stays under `aside`, with a warning (`_before_save` tries
+    again, never deleting it)."""
+    try:
+        kept = _kept_name(final)
+        os.rename(aside, kept)
+    except OSError as err:
+        _log.warning(
+            f"warning: {aside} holds a folder this run did not write (moved out of {final.name}) and could not be "
+            f"renamed to be kept: {describe(err, aside.parent)}. It is not deleted; move it elsewhere yourself"
+        )
+        return
+    _log.warning(
+        f"warning: {final} was there before this run saved step {step_of(final.name)}, and this run did not write "
+        f"it (a copy put there during the run?): it was moved to {kept} and kept; the run's own checkpoint took "
+        f"the name {final.name}. Move {kept.name} elsewhere, or remove it yourself"
+    )
+
+
 _LEFT_ALONE: set[Path] = set()
 """The step_N folders `retention` leaves alone and already warned about in this process (one warning each)."""
 
 
+def _origin_of(twin: Path) -> dict | None:
+    """The converted_from entry of folder `twin`'s manifest (a step_N-universal ngpt_ds sealed), else None: a
+    link, no manifest, a damaged or crafted one (read capped, manifest.read_marker; never raises)."""
+    if twin.is_symlink() or not twin.is_dir():
+        return None
+    try:
+        origin = (read_manifest(twin) or {}).get("converted_from")
+    except (MalformedManifest, OSError):
+        return None
+    return origin if isinstance(origin, dict) else None
+
+
+def converted_from(twin: Path, source: Path) -> bool:
+    """Whether folder `twin` holds a conversion ngpt_ds sealed from exactly checkpoint `source`: its manifest's
+    converted_from names `source` and the digest of its COMPLETE (ngpt_ds.train.checkpoint.finish_universal)."""
+    origin, digest = _origin_of(twin), marker_digest(source)
+    return origin is not None and digest is not None and origin == {"name": source.name, "complete_blake2b": digest}
+
+
+def _converted_from_the_runs_origin(converted: Path) -> bool:
+    """Whether `converted` is the conversion of the checkpoint the run's lineage grew from, as <out>/lineage.json
+    records it (its name and the digest of its COMPLETE): a resume of another run's checkpoint at another world
+    size converts it into this run's checkpoints/, where no step_N twin stands."""
+    from ngpt_ds.train.lineage import read_origin  # lineage imports ngpt_ds.train.checkpoint, which imports this
+
+    record, origin = read_origin(converted.parent.parent), _origin_of(converted)
+    return (
+        record is not None
+        and origin is not None
+        and record["complete_blake2b"] is not None
+        and origin == {"name": Path(record["resumed_from"]).name, "complete_blake2b": record["complete_blake2b"]}
+    )
+
+
 def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
     """Rank 0, once step `step` is in place: delete all but the `keep` newest complete checkpoints (step_N
-    folders only: the current lineage) and the step_N-universal conversions of steps older than every one kept.
+    folders only: the current lineage), and the step_N-universal conversions this run made that it no longer needs.
     Each goes through `discard`: a delete that fails or is cut short leaves no step_N holding part of a
     checkpoint, and says why in a warning. A checkpoint that cannot even be renamed stays whole, and counts as
     kept.
+
+    A step_N-universal is deleted only when it is a conversion ngpt_ds made (its manifest's converted_from) of a
+    checkpoint this retention deletes (before that checkpoint, so a kill never leaves a conversion whose source
+    is gone), or of the checkpoint the run's lineage grew from (<out>/lineage.json; a resume of another run's
+    checkpoint at another world size) once that step is older than every kept checkpoint. Any other, of a step
+    older than every kept checkpoint, is left alone with one warning: converted by hand (DeepSpeed's
+    ds_to_universal: no manifest), converted from another checkpoint or copied in from another run, or a link.
+    A conversion of this very checkpoint copied in counts as the run's: the same files. Retention had deleted
+    every step_N-universal of a step older than every kept checkpoint, whoever made it.
 
     A step_N folder without a manifest is never deleted: a save of this ngpt_ds never leaves one (it writes under
     step_N.tmp-save and renames once COMPLETE is written), so it is a checkpoint being copied in by hand (`cp -a`
@@ -143,6 +234,9 @@ def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
     to resume from later) had made retention delete the checkpoint just saved."""
     own = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
     for old in own[:-keep]:
+        twin = old.with_name(universal_name(old.name))
+        if converted_from(twin, old):
+            discard_or_warn(twin)
         discard_or_warn(old)
     kept = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
     oldest_kept = step_of(kept[0].name) if kept else step
@@ -154,9 +248,18 @@ def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
                 "run's lineage (put there during the run) and retention neither counts nor deletes it. Move it "
                 "elsewhere, or remove it yourself"
             )
-    for converted in universal_dirs(checkpoint_dir):  # derived from a step retention has now passed
-        if universal_step(converted) < oldest_kept:
+    for converted in universal_dirs(checkpoint_dir):  # of a step retention has now passed
+        if universal_step(converted) >= oldest_kept:
+            continue
+        if _converted_from_the_runs_origin(converted):
             discard_or_warn(converted)
+        elif converted not in _LEFT_ALONE:
+            _LEFT_ALONE.add(converted)
+            _log.warning(
+                f"warning: {converted} is not a conversion this run made (its manifest names neither a checkpoint "
+                "retention deleted nor the one the run grew from: converted by hand, or copied in), so retention "
+                "leaves it alone. Remove it yourself once it is not needed"
+            )
     for partial in step_dirs(checkpoint_dir):
         if not (partial / COMPLETE).exists() and partial not in _LEFT_ALONE:
             _LEFT_ALONE.add(partial)

@@ -16,6 +16,10 @@ that defines it; training, resume, reshape and inference all use it):
     <out>/checkpoints/zero_to_torch.py         (deepspeed 0.19: engine._copy_recovery_script, on global rank 0)
     <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted
                                                (ngpt_ds.train.lineage)
+    <out>/checkpoints/step_00000200.not-this-run-<UTC time>/
+                                               a step_00000200 this run did not write (copied in during the
+                                               run), moved out of the name by the run's save of step 200;
+                                               never listed, resumed or deleted
     <out>/checkpoints/step_00000200-universal/ step_00000200 converted for another data-parallel size
                                                (ngpt_ds.train.reshape_convert); never a step_N name, so never
                                                resumed or exported as one; removed with its step by retention
@@ -48,6 +52,9 @@ RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 """Copied into checkpoints/ by DeepSpeed at each save with shutil.copyfile, which follows a link at the
 destination, and then made executable."""
 ABANDONED_PREFIX = "abandoned-"
+NOT_THIS_RUN_INFIX = ".not-this-run-"
+"""step_N.not-this-run-<UTC time>: a step_N folder this run did not write (a copy put there during the run) that
+a save of step N moved out of its name; never listed, resumed or deleted (ngpt_ds.train.checkpoint)."""
 UNIVERSAL_SUFFIX = "-universal"
 """step_N-universal: DeepSpeed's universal form of step_N, made to resume it at another data-parallel size."""
 LATEST = "latest"

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint
+from ngpt_ds.train.fs_errors import TORCH_WRITE_FAILURES, gib
 from ngpt_ds.train.resume import verify_on_all_ranks
 
 if TYPE_CHECKING:
@@ -155,6 +156,30 @@ def _free_space(folder: Path) -> str:
     )
 
 
+SPACE_FAILURES = (*(os.strerror(e) for e in checkpoint.DISK_FULL_ERRNOS), *TORCH_WRITE_FAILURES)
+"""What the converter's log holds when a write failed for space: an errno's text (its traceback's OSError), or
+torch.save's zip writer's failure, which gives no errno."""
+
+
+def _failed_for_space(reshape: Reshape, work: Path) -> str:
+    """Rank 0, the converter having failed: when its log's last lines say a write failed for space, or the free
+    space is below what the conversion needs, the figures as a save gives them (ngpt_ds.train.checkpoint): what
+    the conversion needs, what was free, the folder; else ''. It had read '... are free on the filesystem of
+    <folder>' alone: no figure of what to free or to size a quota by."""
+    size, free = checkpoint.checkpoint_bytes(reshape.source), _free_bytes(work.parent)
+    tail = _tail(work / "convert.log")
+    if size is None or free is None:
+        return ""
+    need = CONVERSION_SPACE_FACTOR * size
+    if free >= need and not any(marker in tail for marker in SPACE_FAILURES):
+        return ""
+    return (
+        f"The conversion needs about {gib(need)} (twice the size of {reshape.source.name}), {gib(free)} were "
+        f"free on the filesystem of {work.parent} when it failed. Free space there (or raise the quota), then "
+        "rerun, or "
+    )
+
+
 def _space_problem(reshape: Reshape, work: Path) -> str | None:
     """Rank 0, before the converter starts: a conversion that cannot fit is refused, naming the space it needs."""
     size, free = checkpoint.checkpoint_bytes(reshape.source), _free_bytes(work.parent)
@@ -227,9 +252,12 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
             f"rerun to convert again, or resume at {reshape.saved.describe()} instead"
         )
     elif rank == 0 and proc is not None and proc.returncode != 0:
+        space = _failed_for_space(reshape, work)
         problem = (
             f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
-            f"{_tail(work / 'convert.log')}. {_free_space(work.parent)}Resume at {reshape.saved.describe()} instead"
+            f"{_tail(work / 'convert.log')}. "
+            + (f"{space}resume at " if space else f"{_free_space(work.parent)}Resume at ")
+            + f"{reshape.saved.describe()} instead"
         )
     problems: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(problems, problem)
