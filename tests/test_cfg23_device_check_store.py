@@ -1,6 +1,6 @@
-"""The GPU startup device check (builder.check_devices_on_all_ranks) exchanges its records through the rendezvous's
-store, not a second process group: on NCCL runs that group was a gloo one, which needs GLOO_SOCKET_IFNAME on
-clusters whose default interface the nodes cannot reach each other on.
+"""The GPU startup device check (ngpt_ds.train.device_check.check_devices_on_all_ranks) exchanges its records
+through the rendezvous's store, not a second process group: on NCCL runs that group was a gloo one, which needs
+GLOO_SOCKET_IFNAME on clusters whose default interface the nodes cannot reach each other on.
 
 Two real ranks on gloo, each told that the backend is "nccl" and refused any new process group, as an NCCL job
 whose gloo group could not start would be."""
@@ -20,7 +20,7 @@ RANK_SCRIPT = textwrap.dedent(
     from datetime import timedelta
     import torch.distributed as dist
     from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.train import builder
+    from ngpt_ds.train import device_check
 
     dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=60))
     dist.get_backend = lambda group=None: "nccl"
@@ -32,7 +32,7 @@ RANK_SCRIPT = textwrap.dedent(
     problem = os.environ.get("PROBLEM") or None
     env = types.SimpleNamespace(local_rank=int(os.environ["LOCAL_RANK"]))
     try:
-        builder.check_devices_on_all_ranks(env, problem, "cuda")
+        device_check.check_devices_on_all_ranks(env, problem, "cuda")
     except NgptConfigError as err:
         print("REFUSED:", err, flush=True)
         sys.exit(2)
