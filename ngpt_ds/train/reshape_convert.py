@@ -9,7 +9,8 @@ never meets the collective timeout. An intact folder converted from the same che
 The converter runs in a child process (`python -m ngpt_ds.train.reshape SOURCE OUTPUT`, whose body is
 `run_child` here): it reads every file under ngpt_ds.safe_load's guard, keeps its memory out of the trainer,
 and a crash in it is one reported failure rather than a dead rank. Rank 0 announces it when it starts, and
-stops it once it does no work at all for CONVERTER_STALL_S, so a hung conversion ends the resume with a message.
+stops it once it does no work at all for CONVERTER_STALL_S, or reads and writes nothing that long while using CPU
+(a loop that never ends), so a hung conversion ends the resume with a message.
 """
 
 from __future__ import annotations
@@ -50,48 +51,66 @@ CONVERTER_PARENT_VARIABLE = "NGPT_DS_CONVERTER_PARENT"
 """The pid of the rank that started the converter: the child ends when that rank is gone. Set in the
 main thread: Linux's parent-death signal follows the thread that started the child."""
 CONVERTER_STALL_S = 30 * 60
-"""How long the converter may do no work at all (no CPU time, no byte read or written) before it is stopped as
-hung. Work, not time, bounds it: a large checkpoint converts for hours, but never that long without reading,
-writing or computing. A read on a hung network mount or a deadlock did, and every rank polled on for good."""
+"""How long the converter may do no work at all (no CPU time, no byte read or written), or read and write no byte
+while using CPU, before it is stopped as hung. Work, not time, bounds it: a large checkpoint converts for hours,
+but never that long without reading or writing a file. A read on a hung network mount or a deadlock did, and
+every rank polled on for good; so did a loop that never ends, counted as work by its CPU time."""
 STOP_WAIT_S = 30
 """How long a stopped converter is given to go (a process blocked in the kernel on a hung mount ends only when
 the call returns): the ranks stop with the message either way."""
 
 
-def _activity(pid: int) -> tuple[float, int] | None:
-    """The child's CPU seconds and the bytes it has read and written so far (None once it is gone)."""
+def _activity(pid: int) -> tuple[float, int | None] | None:
+    """The child's CPU seconds and the bytes it has read and written so far (None when this system gives no I/O
+    counters), or None once it is gone."""
     try:
         child = psutil.Process(pid)
         with child.oneshot():
             cpu = child.cpu_times()
             try:
                 io = child.io_counters()  # Linux: read_chars/write_chars count the page cache too
-                moved = getattr(io, "read_chars", io.read_bytes) + getattr(io, "write_chars", io.write_bytes)
+                moved: int | None = getattr(io, "read_chars", io.read_bytes) + getattr(
+                    io, "write_chars", io.write_bytes
+                )
             except (AttributeError, NotImplementedError, psutil.AccessDenied):  # no I/O counters here: CPU only
-                moved = 0
+                moved = None
         return cpu.user + cpu.system, moved
     except psutil.Error:
         return None
 
 
-def _wait_for(proc: subprocess.Popen | None, device: torch.device) -> bool:
+IDLE, SPINNING = "idle", "spinning"
+"""Why `_wait_for` stopped the converter: no work at all, or CPU time with no byte read or written."""
+
+
+def _wait_for(proc: subprocess.Popen | None, device: torch.device) -> str | None:
     """Every rank polls until rank 0's child process has exited: short collectives only. Rank 0 stops the child
-    once it has done no work for CONVERTER_STALL_S; returns True there when it did."""
+    once it has done no work for CONVERTER_STALL_S (IDLE), or, where the system counts its I/O, once it has read
+    and written no byte for CONVERTER_STALL_S however much CPU it used (SPINNING: a loop that never ends; every
+    stage of ds_to_universal reads or writes a file per parameter, which CPU time alone had kept running for
+    good). Returns why there when it did, else None."""
     seen = _activity(proc.pid) if proc is not None else None
-    since, stopped = time.monotonic(), False
+    since = since_io = time.monotonic()
+    stopped: str | None = None
     while True:
-        alive = proc is not None and not stopped and proc.poll() is None
+        alive = proc is not None and stopped is None and proc.poll() is None
         if alive and proc is not None:
-            now = _activity(proc.pid)
+            now, clock = _activity(proc.pid), time.monotonic()
+            if now is not None and seen is not None and now[1] != seen[1]:
+                since_io = clock
             if now != seen:
-                seen, since = now, time.monotonic()
-            elif time.monotonic() - since >= CONVERTER_STALL_S:
+                seen, since = now, clock
+            if clock - since >= CONVERTER_STALL_S:
+                stopped = IDLE
+            elif now is not None and now[1] is not None and clock - since_io >= CONVERTER_STALL_S:
+                stopped = SPINNING
+            if stopped is not None:
                 proc.kill()
                 try:
                     proc.wait(timeout=STOP_WAIT_S)
                 except subprocess.TimeoutExpired:
                     pass
-                alive, stopped = False, True
+                alive = False
         running = torch.tensor([float(alive)], device=device)
         dist.all_reduce(running, op=dist.ReduceOp.MAX)
         if running.item() == 0:
@@ -244,10 +263,14 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     dist.broadcast(flag, src=0)
     reused = bool(flag.item())
     stalled = _wait_for(proc, device)
-    if rank == 0 and stalled:
+    if rank == 0 and stalled is not None:
+        what = (
+            "did no work for {} (no CPU time, no byte read or written: a hung filesystem or a deadlock)"
+            if stalled == IDLE
+            else "used CPU time but read and wrote no byte for {} (a loop that never ends)"
+        ).format(_duration(CONVERTER_STALL_S))
         problem = (
-            f"DeepSpeed's ds_to_universal, converting {reshape.source}, did no work for {_duration(CONVERTER_STALL_S)} "
-            "(no CPU time, no byte read or written: a hung filesystem or a deadlock), so it was stopped. Its last "
+            f"DeepSpeed's ds_to_universal, converting {reshape.source}, {what}, so it was stopped. Its last "
             f"lines: {_tail(work / 'convert.log')}. Check the filesystems of {reshape.source} and {work.parent}, then "
             f"rerun to convert again, or resume at {reshape.saved.describe()} instead"
         )
