@@ -142,6 +142,28 @@ def check_owned_switches(
         f"pipeline stages are set in the YAML: train.pipeline_parallel_size (now {pipeline_parallel}); remove the "
         "key from the JSON, or set the same value in the YAML",
     )
+    # DeepSpeed's step timers under its PipelineEngine: wall_clock_breakdown, and the flops profiler, which times
+    # the steps with them, stopped the first backward on every rank in "AssertionError: bwd_microstep timer has
+    # already been started" (DeepSpeed 0.19.8), after the engine had started.
+    if pipeline_parallel > 1:
+        why = (
+            f"DeepSpeed's step timers fail under pipeline parallelism (train.pipeline_parallel_size = "
+            f"{pipeline_parallel}: 'bwd_microstep timer has already been started' at the first backward); remove it"
+        )
+        profiler = _block(config, "flops_profiler").get("enabled")
+        p.check(
+            profiler is not True,
+            "flops_profiler.enabled",
+            profiler,
+            f"{why}: the trainer's log lines give MFU, and bench/mfu.py measures FLOPs per token and MFU",
+        )
+        wall_clock = config.get("wall_clock_breakdown")
+        p.check(
+            wall_clock is not True,
+            "wall_clock_breakdown",
+            wall_clock,
+            f"{why}: the trainer's log lines give the step time (ms/step)",
+        )
     # Two checkpoint switches that break the trainer's checkpoints, refused at every start (a fresh run with
     # them trains and saves, and fails only when it first resumes):
     # - load_universal: DeepSpeed then reads every step_N checkpoint as a universal one, and the restart
