@@ -49,11 +49,9 @@ def test_a_chain_of_merges_in_a_config_is_named_by_the_config_reader(tmp_path):
     with fails_after(60, "reading the config"), pytest.raises(NgptConfigError) as err:
         load_yaml(path)
     message = str(err.value)
-    assert message.startswith(f"{path}: not valid YAML: while constructing a mapping\n"), message
-    assert "line 448, column 7:\n    m447: &m447 {<<: *m446, k447: 1}" in message, message
-    assert message.endswith(
-        f'{PROBLEM}\n  in "<unicode string>", line 447, column 7:\n    m446: &m446 {{<<: *m445, k446: 1}}\n          ^'
-    ), message
+    assert message == (
+        f"{path}: not valid YAML: line 447, column 7: {PROBLEM} (while constructing a mapping at line 448, column 7)"
+    )
 
 
 @pytest.mark.parametrize("text", [wide(50, 40), chain(100), wide(3, 2) + "c: {<<: [*a, {k1: 9}], k2: 0}\n"])

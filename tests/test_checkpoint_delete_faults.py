@@ -185,7 +185,8 @@ def test_retention_of_a_checkpoint_with_an_undeletable_file_leaves_no_step_name_
     checkpoints = tmp_path / "run" / "checkpoints"
     _save(checkpoints, 10, keep=2)
     _save(checkpoints, 20, keep=2)
-    _complete_step(checkpoints, 10, name="step_00000010-universal")
+    converted = _step_files(checkpoints / "step_00000010-universal.tmp-save", b"U")
+    checkpoint.finish_universal(converted, checkpoints / "step_00000010-universal", checkpoints / "step_00000010")
     code, stuck = pin(checkpoints / "step_00000010" / manifest.COMPLETE)
     capsys.readouterr()
     _save(checkpoints, 30, keep=2)

@@ -37,6 +37,7 @@ from ngpt_ds.parallel.sequence import (
 )
 from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape_plan
 from ngpt_ds.train.checkpoint import CHECKPOINTS
+from ngpt_ds.train.checkpoint_layout import step_dirs
 from ngpt_ds.train.config import RunConfig, load_model_and_train
 from ngpt_ds.train.device_check import check_devices_on_all_ranks, device_problem
 from ngpt_ds.train.ds_config import (
@@ -288,7 +289,9 @@ def check_default_folder_is_this_configs(out_dir: Path, config_path: Path) -> No
 
 def _recorded_config_source(out_dir: Path) -> str | None:
     """The config file a run folder's run was trained from, as its config.yaml records it; None if it records none."""
-    checkpoints = sorted((out_dir / CHECKPOINTS).glob("step_*/config.yaml"), reverse=True)
+    # step_N folders only, newest first (one cut short by a kill still names its run's config): a
+    # step_N.not-this-run-* copy holds another run's config.yaml, a .tmp-save or .tmp-delete one being written or removed
+    checkpoints = [step / "config.yaml" for step in reversed(step_dirs(out_dir / CHECKPOINTS))]
     for path in (out_dir / "config.yaml", *checkpoints):
         try:  # a regular file of at most 1 MiB (read_capped): not a named pipe, which would block this rank
             data = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
