@@ -78,6 +78,19 @@ def _check_renormalized_here(model: Any) -> None:
             "`from ngpt_ds.hf.trainer import KeepOnTheSphere; trainer.add_callback(KeepOnTheSphere(trainer))` "
             "(it renormalizes DeepSpeed's fp32 masters after every step), or fine-tune with ngpt_ds's launch/train.py"
         )
+    if weight.dtype != torch.float32 and weight.requires_grad and _deepspeed_running():
+        # ZeRO 0 in bf16/fp16 set up by deepspeed.initialize itself (no accelerate state, no mark on the weights):
+        # DeepSpeed's FP16 optimizers keep fp32 masters. Before, only the 16-bit scaling vectors' refusal stopped it,
+        # with advice DeepSpeed cannot follow (it casts the whole model); with the scaling vectors frozen it trained
+        # off the sphere (bf16 weights 0.0070 off unit norm after 3 AdamW steps at lr 1e-3; renormalized: 0.0017).
+        raise NgptConfigError(
+            f"{name} is {str(weight.dtype).removeprefix('torch.')} under DeepSpeed, whose bf16/fp16 optimizer updates "
+            "fp32 copies of the weights that the renormalization after each optimizer step cannot reach: the nGPT "
+            "matrices would leave the hypersphere (paper section 2.6). After deepspeed.initialize, attach ngpt_ds's "
+            "renormalization of those copies: `from ngpt_ds.hf.trainer import keep_on_the_sphere; "
+            "keep_on_the_sphere(engine)` (with transformers' Trainer: the KeepOnTheSphere callback), or fine-tune in "
+            "fp32 or with ngpt_ds's launch/train.py"
+        )
     if kind == "FSDP" or type(weight).__name__ in ("DTensor", "FlatParameter"):
         raise NgptConfigError(
             f"{name} is being trained under FSDP, which shards the weights so that the renormalization after each "
@@ -85,6 +98,13 @@ def _check_renormalized_here(model: Any) -> None:
             "Fine-tune without FSDP (one device, or DDP), under DeepSpeed with ngpt_ds's KeepOnTheSphere callback "
             "(ngpt_ds.hf.trainer), or with ngpt_ds's launch/train.py"
         )
+
+
+def _deepspeed_running() -> bool:
+    """Whether DeepSpeed's communication is set up in this process (deepspeed.initialize does it), looked up without
+    importing DeepSpeed."""
+    comm = sys.modules.get("deepspeed.comm")
+    return bool(comm is not None and comm.is_initialized())
 
 
 def _check_scales_train(model: Any) -> None:
