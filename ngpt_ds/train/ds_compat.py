@@ -247,3 +247,54 @@ def pipeline_grad_norm(engine: Any) -> torch.Tensor:
     total = torch.stack(squares).sum() if squares else torch.zeros((), device=device)
     all_reduce_on(total, device, group=grid.get_model_parallel_group())
     return total.sqrt()
+
+
+GRANULARITY_KEYS = ("stage3_module_granularity_threshold", "module_granularity_threshold")
+"""The ZeRO 3 key (and its field name, which DeepSpeed's config also reads) that makes modules leaves."""
+
+
+def _granularity(module: torch.nn.Module) -> tuple[int, int, int | None]:
+    """(torch leaf modules, parameters, granularity) of `module` as DeepSpeed 0.19's
+    `DeepSpeedZeRoOffload._get_granularity_recursively` counts them; granularity None: never a leaf."""
+    if not any(True for _ in module.parameters()):
+        return 0, 0, None
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    children = list(module.children())
+    if not children:
+        return 1, params, None
+    layers = 0
+    for child in children:
+        child_layers, child_params, _ = _granularity(child)
+        layers += child_layers
+        params += child_params
+    if type(module).__name__ in torch.nn.modules.container.__all__:
+        return layers, params, None
+    layers += 1
+    return layers, params, params // layers if params <= 1e9 else None
+
+
+def check_module_granularity(model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
+    """Refuse a ZeRO 3 `stage3_module_granularity_threshold` that makes the whole model one leaf module.
+
+    DeepSpeed marks, top down, every module whose granularity (parameters / modules in it) is at most the
+    threshold as a ZeRO 3 leaf. A threshold at or above the model's own granularity makes the model itself
+    the leaf, and DeepSpeed 0.19.8 then stops every rank in the first backward ("RuntimeError: output with
+    shape [1] doesn't match the broadcast shape [512, 32]": the embedding's gradient meets its released
+    partition), with or without `stage3_use_all_reduce_for_fetch_params`. Smaller thresholds, which make the
+    blocks or their attention and MLP leaves, train to the same losses. Call it on the model given to
+    `deepspeed.initialize`, before it (every rank builds the same model, so all ranks stop together)."""
+    zero = ds_config.get("zero_optimization")
+    if not isinstance(zero, dict) or zero.get("stage") != 3:
+        return
+    for key in GRANULARITY_KEYS:
+        threshold = zero.get(key)
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold <= 0:
+            continue
+        layers, params, granularity = _granularity(model)
+        if granularity is not None and granularity <= threshold:
+            raise NgptConfigError(
+                f"DeepSpeed config zero_optimization.{key} = {threshold} makes the whole model one ZeRO 3 leaf "
+                f"module (its granularity is {granularity}: {params} parameters / {layers} modules), and DeepSpeed "
+                "stops the first backward with a RuntimeError there; set it below "
+                f"{granularity} (smaller values make the blocks leaves) or remove it"
+            )
