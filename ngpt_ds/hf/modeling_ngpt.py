@@ -55,6 +55,7 @@ from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
 from ngpt_ds.hf.training_guards import (
     _SPHERE_MODELS,  # noqa: F401  # re-exported: ngpt_ds.hf.trainer and tests import it from here
+    _check_gathered,
     _check_renormalized_here,
     _check_scales_train,
     _keep_on_the_sphere,
@@ -185,6 +186,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             self.config.auto_map = self.auto_map()
         named = inspect.signature(PreTrainedModel.save_pretrained).bind(self, save_directory, *args, **kwargs).arguments
         named.pop("self")
+        if named.get("state_dict") is None:  # the Trainer passes the gathered state_dict under ZeRO 3
+            _check_gathered(self)  # ZeRO-3 partitions were saved as empty tensors
         extra = named.pop("kwargs", {})
         push = named.pop("push_to_hub", False)
         upload = bool(push) and self.should_save_on_this_rank(named.get("is_main_process", True))

@@ -1,8 +1,9 @@
 """Training guards of the HF wrapper (modeling_ngpt), kept apart from the model itself: the process-wide hook
 that renormalizes nGPT's sphere matrices after every torch optimizer step (paper section 2.6), and the checks a
 training forward runs to refuse training that hook cannot keep on the sphere (DeepSpeed's or FSDP's flat
-copies without ngpt_ds's KeepOnTheSphere callback) or that would not train (16-bit scaling vectors). The HF
-export copies this file next to modeling_ngpt.py, as it follows the imports."""
+copies without ngpt_ds's KeepOnTheSphere callback) or that would not train (16-bit scaling vectors), and the check
+that save_pretrained does not write DeepSpeed's empty ZeRO-3 partitions as the weights. The HF export copies this
+file next to modeling_ngpt.py, as it follows the imports."""
 
 from __future__ import annotations
 
@@ -123,4 +124,25 @@ def _check_scales_train(model: Any) -> None:
             f"values ({torch.finfo(dtype).eps / 2:.2g} at 1.0) is lost, so they would not train. Keep them in float32: "
             "load with from_pretrained(..., dtype=torch.bfloat16) rather than converting with .to() or .half(), or "
             "train a float32 model under bf16 autocast (TrainingArguments(bf16=True))"
+        )
+
+
+def _check_gathered(model: Any) -> None:
+    """Refuses to save a model whose weights are ZeRO-3 partitions (a model handed back by a DeepSpeed engine at
+    ZeRO 3: each rank holds a flat piece; the parameter itself is an empty tensor with ds_shape its real shape).
+    transformers' save_pretrained wrote those empty tensors as the weights without a word (a 2-rank job: every
+    tensor torch.Size([0])), and the folder failed to load ("size mismatch"), the trained weights lost."""
+    empty = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if hasattr(p, "ds_id") and p.numel() != int(torch.Size(getattr(p, "ds_shape", p.shape)).numel())
+    ]
+    if empty:
+        name, param = empty[0]
+        raise NgptConfigError(
+            f"{type(model).__name__}.save_pretrained: {len(empty)} of its weights ({name} first, "
+            f"{list(getattr(param, 'ds_shape', ()))} holding {param.numel()} values on this rank) are DeepSpeed "
+            "ZeRO-3 partitions, which would be saved as empty tensors. Save on every rank inside `with "
+            "deepspeed.zero.GatheredParameters(list(model.parameters())):` (is_main_process=rank == 0), or with "
+            "transformers' trainer.save_model()"
         )
