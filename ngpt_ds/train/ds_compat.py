@@ -298,3 +298,37 @@ def check_module_granularity(model: torch.nn.Module, ds_config: dict[str, Any]) 
                 "stops the first backward with a RuntimeError there; set it below "
                 f"{granularity} (smaller values make the blocks leaves) or remove it"
             )
+
+
+def predivide_factor_problem(
+    config: dict[str, Any], *, stage: int, averaging_ranks: int, sequence_parallel: int = 1
+) -> str | None:
+    """Why `gradient_predivide_factor` (other than 1) cannot run or gives wrong gradients here, or None.
+
+    At ZeRO 2 and 3 with `reduce_scatter` (DeepSpeed's default; the trainer turns it off at ZeRO 3 under
+    sequence parallelism) DeepSpeed 0.19.8 stops in deepspeed.initialize (AssertionError "gradient_predivide_factor
+    != 1.0 is not yet supported"). Without it, a factor equal to the size of the group the gradients are averaged
+    over (data x sequence ranks) makes DeepSpeed skip its post-scaling and divide wrongly: at ZeRO 3 by the
+    factor and the group (2 CPU ranks, factor 2.0: gradient norm 0.0671 against 0.1342), at ZeRO 2 under
+    sequence parallelism by the whole group instead of its data-parallel part (sequence-parallel size 2, factor
+    2.0: 0.0861 against 0.1722, ZeRO 3 the same). ZeRO 1 and any other factor come out right."""
+    factor = config.get("gradient_predivide_factor")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor == 1:
+        return None
+    zero = config.get("zero_optimization")
+    reduce_scatter = zero.get("reduce_scatter", True) if isinstance(zero, dict) else True
+    if stage == 3 and sequence_parallel > 1:
+        reduce_scatter = False  # parallel.sequence.deepspeed_config_for sets it so
+    if stage in (2, 3) and reduce_scatter is not False:
+        return (
+            f"DeepSpeed does not support it at ZeRO stage {stage} with reduce_scatter (its default) and stops in "
+            'deepspeed.initialize: set "zero_optimization": {"reduce_scatter": false}, or remove it'
+        )
+    if factor == averaging_ranks and (stage == 3 or (stage == 2 and sequence_parallel > 1)):
+        return (
+            f"equal to the {averaging_ranks} ranks the gradients are averaged over, DeepSpeed divides the "
+            f"gradients wrongly at ZeRO {stage} without reduce_scatter"
+            + (f" and train.sequence_parallel_size = {sequence_parallel}" if sequence_parallel > 1 else "")
+            + " (every update too small); use another value, e.g. 1.0 (its default), or remove it"
+        )
+    return None
