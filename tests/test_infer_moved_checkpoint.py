@@ -20,11 +20,12 @@ from ngpt_ds.train import checkpoint as layout
 
 
 def moved_copy(trained, dest, data_dir):  # noqa: F811
-    """A copy of the run's checkpoint whose config.yaml names `data_dir`, with a matching manifest."""
+    """A copy of the run's checkpoint whose config.yaml names `data_dir` (as given and absolute), with a
+    matching manifest."""
     checkpoint = dest / "checkpoints" / trained["checkpoint"].name
     shutil.copytree(trained["checkpoint"], checkpoint)
     run = yaml.safe_load((checkpoint / "config.yaml").read_text())
-    run["data_dir"] = str(data_dir)
+    run["data_dir"] = run["data_dir_absolute"] = str(data_dir)
     (checkpoint / "config.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
     (checkpoint / layout.COMPLETE).write_text(
         json.dumps(layout.build_manifest(checkpoint, layout.step_of(checkpoint.name)))

@@ -115,7 +115,8 @@ def export_model(
             from ngpt_ds.hf.tokenizer import build_hf_tokenizer
 
             # A tokenizer the hf format refuses (unigram) is named now, not after the weights are consolidated.
-            build_hf_tokenizer(checkpoint_tokenizer(source, tokenizer).path)
+            early = checkpoint_tokenizer(source, tokenizer)
+            build_hf_tokenizer(early.path, early.model_bytes)
         loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
         check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])
         deviation = max_norm_deviation(loaded.model)

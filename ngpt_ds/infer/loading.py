@@ -43,7 +43,12 @@ from ngpt_ds.infer.export_layout import (
     WEIGHTS_FILE,
     is_export,
 )
-from ngpt_ds.infer.run_checkpoint import read_checkpoint_weights, read_run_config, resolve_checkpoint
+from ngpt_ds.infer.run_checkpoint import (
+    read_checkpoint_weights,
+    read_run_config,
+    recorded_data_dir,
+    resolve_checkpoint,
+)
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
 from ngpt_ds.model.saved_weights import NORM_TOLERANCE, check_dtypes
 
@@ -164,7 +169,7 @@ def _checkpoint_tokenizer(
     data_dir is a path on the machine that trained: on another machine it may be missing, or name
     another dataset, or the same folder prepared again with another tokenizer of the same size. Only
     the recorded hash tells the model's tokenizer from those."""
-    data_dir = run.get("data_dir")
+    data_dir = recorded_data_dir(run)
     recorded = run.get("tokenizer_sha256")
     expected = recorded if isinstance(recorded, str) and recorded else None
     problem = f"{checkpoint / 'config.yaml'} records no data_dir"

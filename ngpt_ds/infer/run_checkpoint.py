@@ -138,13 +138,14 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
     except OSError as err:
         raise NgptConfigError(unreadable(config_path, err)) from None
     except (yaml_safe.YAMLError, *UNPARSABLE) as err:
-        raise NgptConfigError(f"{config_path}: not valid YAML ({err})") from None
+        raise NgptConfigError(f"{config_path}: not valid YAML: {yaml_safe.describe(err)}") from None
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
         raise NgptConfigError(f"{config_path}: expected the trainer's resolved config with a 'model:' section")
     # The fields read here besides `model` (validated by ModelConfig) have the types the trainer writes; a
     # crafted or hand-edited file is named, not a TypeError deep in a reader.
     for name, kinds, what in (
         ("data_dir", (str, type(None)), "a folder path"),
+        ("data_dir_absolute", (str, type(None)), "a folder path"),
         ("tokenizer_sha256", (str, type(None)), "a sha256 hex digest"),
         ("train", (dict, type(None)), "a mapping"),
         ("deepspeed", (dict, type(None)), "a mapping"),
@@ -201,7 +202,7 @@ def read_checkpoint_weights(
         "data_parallel": dp,
         "tensor_parallel": tp_size,
         "weights": f"{saved.source}, {'/'.join(dtypes)}",
-        "data_dir": run.get("data_dir"),
+        "data_dir": recorded_data_dir(run),
         # an export carries it, so evaluate can tell the run's dataset from another under the recorded name
         "train_data_sha256": run.get("train_data_sha256"),
         "eval": {
@@ -211,3 +212,13 @@ def read_checkpoint_weights(
         },
     }
     return weights, info
+
+
+def recorded_data_dir(run: dict[str, Any]) -> str | None:
+    """The run's dataset folder: `data_dir_absolute` where that folder exists (so a run read from another
+    working folder finds its own dataset), else `data_dir` as given to the trainer (a run from before the
+    absolute path was recorded, or one moved to another machine, where a relative path may name a copy)."""
+    absolute = run.get("data_dir_absolute")
+    if isinstance(absolute, str) and absolute and Path(absolute).is_dir():
+        return absolute
+    return run.get("data_dir")
