@@ -81,6 +81,14 @@ def deepspeed_config_for(ds_config: dict[str, Any], sp_size: int) -> str | None:
     be 1/S too small. Its all-reduce path divides correctly, so `reduce_scatter` is set to false.
     """
     zero = ds_config.get("zero_optimization")
+    if sp_size > 1 and isinstance(zero, dict) and zero.get("stage") == 3 and zero.get("zero_quantized_gradients"):
+        # Its all-to-all reduction runs only with reduce_scatter: deepspeed.initialize stopped every rank in
+        # "AssertionError: when enable all_to_all_reduce, reduce_scatter should also be enabled".
+        raise NgptConfigError(
+            f"{SOURCE} = {sp_size} with ZeRO 3: zero_optimization.zero_quantized_gradients needs reduce_scatter, "
+            "which sequence parallelism turns off (DeepSpeed's ZeRO-3 reduce-scatter would make every update "
+            f"{sp_size}x too small); remove zero_quantized_gradients from the DeepSpeed config"
+        )
     if sp_size == 1 or not isinstance(zero, dict) or zero.get("stage") != 3 or zero.get("reduce_scatter") is False:
         return None
     was = "true" if zero.get("reduce_scatter") is True else "left out (DeepSpeed's default: true)"
