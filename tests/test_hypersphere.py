@@ -27,8 +27,8 @@ def test_master_unit_norm_and_working_copy_equal_after_init_and_every_step(resul
     checks = [record["after_init"]] + record["steps"]
     assert len(checks) == STEPS + 1
     for i, c in enumerate(checks):
-        assert c["max_deviation"] < 1e-5, (i, c)  # gathered fp32 master, DeepSpeed's accessor
-        assert c["hook_max_deviation"] < 1e-5, (i, c)
+        assert c["max_deviation"] < 1e-6, (i, c)  # gathered fp32 master, DeepSpeed's accessor
+        assert c["hook_max_deviation"] < 1e-6, (i, c)
         assert c["working_equals_master"], (i, c)  # bit16/fp32 working copy == cast(master)
         assert c["ranks_agree"], (i, c)
     assert record["scalars_untouched_by_hook"]

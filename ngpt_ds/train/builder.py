@@ -427,6 +427,7 @@ def start_engine(
     ds_config = run.deepspeed
     if load_universal:
         ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
+    ds_compat.check_module_granularity(model, ds_config)  # every rank builds the same model: all stop together
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

@@ -25,7 +25,7 @@ import torch
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 from ngpt_ds.model.config import read_config_text, unreadable
-from ngpt_ds.train import ds_masters, ds_refusals, ds_schema
+from ngpt_ds.train import ds_compat, ds_masters, ds_refusals, ds_schema
 from ngpt_ds.train.ds_schema import precision_of as precision_of
 
 if TYPE_CHECKING:
@@ -266,6 +266,20 @@ def check_ds_config(
             factor,
             "must be a number > 0 (1.0, DeepSpeed's default, divides nothing before the all-reduce)",
         )
+        model_ranks = tensor_parallel * pipeline_parallel * sequence_parallel
+        data_parallel = world_size // model_ranks if world_size % model_ranks == 0 else 0
+        why = (
+            ds_compat.predivide_factor_problem(
+                config,
+                stage=stage,
+                averaging_ranks=data_parallel * sequence_parallel,
+                sequence_parallel=sequence_parallel,
+            )
+            if isinstance(stage, int)
+            else None
+        )
+        if why:
+            p.add("gradient_predivide_factor", factor, why)
     ds_masters.check_masters_and_offload(config, stage, p)
     ds_refusals.check_owned_switches(
         config,
