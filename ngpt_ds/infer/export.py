@@ -21,6 +21,7 @@ import torch
 
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
+from ngpt_ds.infer.export_config import config_record
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, checkpoint_tokenizer, load_checkpoint, load_export
 from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
@@ -127,7 +128,11 @@ def export_model(
 
                 verify_hf_export(tmp, write_hf_export(loaded, tmp, name=out.name), loaded.config.arch)
             else:
-                save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT})
+                save_file(
+                    state,
+                    str(tmp / WEIGHTS_FILE),
+                    metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT, **config_record(loaded.config)},
+                )
                 # The bytes loaded and checked, which config.json's sha256 is of; not the file at the path now.
                 (tmp / TOKENIZER_FILE).write_bytes(loaded.tokenizer.model_bytes)
                 config = _config_json(loaded, deviation)

@@ -22,7 +22,6 @@ nGPT's sphere matrices are unit norm along their declared dims.
 
 from __future__ import annotations
 
-import json
 import re
 import reprlib
 from collections.abc import Iterable
@@ -34,14 +33,30 @@ import torch
 
 from ngpt_ds.data.shards import PREPARE_HINT, load_dataset_meta
 from ngpt_ds.data.tokenizer import Tokenizer
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.errors import NgptConfigError
+
+# Re-exported (`X as X`): read_export_config and these names were defined here before export_config existed.
+from ngpt_ds.infer.export_config import (
+    HF_MODEL_TYPES as HF_MODEL_TYPES,
+)
+from ngpt_ds.infer.export_config import (
+    check_recorded_config,
+    export_tokenizer_file,
+    read_export_config,
+)
 from ngpt_ds.infer.export_layout import (
     CONFIG_FILE,
-    EXPORT_FORMAT,
-    EXPORT_VERSION,
-    TOKENIZER_FILE,
     WEIGHTS_FILE,
     is_export,
+)
+from ngpt_ds.infer.export_layout import (
+    EXPORT_FORMAT as EXPORT_FORMAT,
+)
+from ngpt_ds.infer.export_layout import (
+    EXPORT_VERSION as EXPORT_VERSION,
+)
+from ngpt_ds.infer.export_layout import (
+    TOKENIZER_FILE as TOKENIZER_FILE,
 )
 from ngpt_ds.infer.run_checkpoint import (
     read_checkpoint_weights,
@@ -130,10 +145,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if dtype not in DTYPES:
         raise NgptConfigError(f"dtype {dtype!r}: must be one of float32, bfloat16, float16")
     return DTYPES[dtype]
-
-
-HF_MODEL_TYPES = ("ngpt", "ngpt_gpt_baseline")
-"""The model_type of a transformers export (ngpt_ds.hf.configuration_ngpt), for the message that names one."""
 
 
 # ---- tokenizer --------------------------------------------------------------------------------
@@ -349,67 +360,6 @@ def load_checkpoint(
     )
 
 
-def read_export_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if path.exists() and not path.is_file():  # a named pipe there made load_export wait forever on reading it
-        raise NgptConfigError(f"{path} is not a regular file; export the checkpoint again")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *UNPARSABLE) as err:
-        raise NgptConfigError(
-            f"{path} cannot be read ({type(err).__name__}: {err}); export the checkpoint again"
-        ) from None
-    if isinstance(config, dict) and "format" not in config and config.get("model_type") in HF_MODEL_TYPES:
-        raise NgptConfigError(
-            f"{folder} is a transformers export (export.py --format hf): load it with transformers "
-            "(AutoModelForCausalLM.from_pretrained, README 'Using a trained model') or lm-eval's hf model; for "
-            "generate.py, evaluate.py and the ngpt_ds lm-eval model, export the checkpoint with --format ngpt_ds"
-        )
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise NgptConfigError(
-            f"{path}: format = {config.get('format') if isinstance(config, dict) else None!r}, "
-            f"expected {EXPORT_FORMAT!r}: not a folder written by launch/export.py"
-        )
-    if config.get("format_version") != EXPORT_VERSION:
-        raise NgptConfigError(
-            f"{path}: format_version {config.get('format_version')!r} is not supported by this "
-            f"ngpt_ds (it reads version {EXPORT_VERSION}); export the checkpoint again"
-        )
-    # The sections read besides `model` (validated by ModelConfig), as the export writes them.
-    for section, key, what in (
-        ("tokenizer", "sha256", "a sha256 hex digest"),
-        ("training", "data_dir", "a folder path"),
-    ):
-        found = config.get(section)
-        bad = None
-        if not isinstance(found, (dict, type(None))):
-            bad = (section, found, "a mapping")
-        elif not isinstance(value := (found or {}).get(key), (str, type(None))):
-            bad = (f"{section}.{key}", value, what)
-        if bad is not None:
-            raise NgptConfigError(
-                f"{path}: {bad[0]} = {reprlib.repr(bad[1])[:80]} must be {bad[2]}; the file was not written by "
-                "launch/export.py or was altered. Export the checkpoint again"
-            )
-    return config
-
-
-def _export_tokenizer_file(folder: Path, tok_meta: dict[str, Any]) -> Path:
-    """The tokenizer file named in config.json: a plain file name in the export folder, never a path that
-    leads out of it (an export is one self-contained folder; a shared one must not read elsewhere).
-
-    The name is checked, not where the file resolves to: an export whose files are symbolic links (the
-    Hugging Face Hub cache's snapshots/REV/tokenizer.model -> ../../blobs/HASH, DVC, git-annex, `cp -rs`)
-    is the folder its owner made, and the sha256 config.json records checks the file's content."""
-    name = tok_meta.get("file", TOKENIZER_FILE)
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise NgptConfigError(
-            f"{folder / CONFIG_FILE}: tokenizer.file = {name!r} must name a file inside the export "
-            f"folder (normally {TOKENIZER_FILE!r}): a plain file name, without a folder; export the checkpoint again"
-        )
-    return folder / name
-
-
 def load_export(
     path: str | Path,
     *,
@@ -427,7 +377,7 @@ def load_export(
     assert config.vocab_size is not None  # _model_config refuses a config without it
     tok_meta = meta.get("tokenizer") or {}
     if tokenizer is None:
-        tokenizer = _export_tokenizer_file(folder, tok_meta)
+        tokenizer = export_tokenizer_file(folder, tok_meta)
         if not tokenizer.exists():  # "pass an existing sentencepiece .model file" named no fix for an export
             link = (
                 f" (a symbolic link to {tokenizer.readlink()}, which does not exist)" if tokenizer.is_symlink() else ""
@@ -448,6 +398,7 @@ def load_export(
         with safe_open(str(weights_file), "pt") as f:
             header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
             check_dtypes({name: f.get_slice(name).get_dtype() for name in header}, str(weights_file))
+            check_recorded_config(f.metadata(), config, folder)
         check_layer_count(config, header, str(weights_file))
         check_shapes(config_shapes(config), header, str(weights_file))
         weights = load_file(str(weights_file))
