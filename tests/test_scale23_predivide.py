@@ -61,17 +61,25 @@ def test_factors_that_come_out_right_pass():
         assert predivide_factor_problem(config, stage=stage, averaging_ranks=ranks, sequence_parallel=sp) is None
 
 
-def test_deepspeed_still_halves_the_gradients_at_zero3_with_the_factor_equal_to_the_ranks(tmp_path, tiny_dataset):
-    """The measurement behind the refusal, on 2 gloo ranks: factor 2.0 gives half factor 1.0's gradient norm.
-    If a DeepSpeed release fixes it, this fails and the refusal can go."""
+def test_a_factor_equal_to_the_ranks_at_zero3_is_refused_by_the_trainer(tmp_path, tiny_dataset):
+    """The measurement behind the refusal, on 2 gloo ranks, before it was wired into startup (5b70444): factor 2.0
+    with reduce_scatter off gave half factor 1.0's gradient norm (0.0671 against 0.1342). Now launch/train.py
+    stops both ranks at startup naming the field; factor 1.0 trains."""
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(1))
-    norms = {}
+    results = {}
     for factor in (1.0, 2.0):
         ds = write_ds_config(tmp_path / f"f{factor}.json", stage=3, bf16=False, micro=4, accum=1)
         raw = json.loads(ds.read_text())
         raw["zero_optimization"]["reduce_scatter"] = False
         raw["gradient_predivide_factor"] = factor
         ds.write_text(json.dumps(raw))
-        train_run(config, ds, tiny_dataset, tmp_path / f"out{factor}", nproc=2)
-        norms[factor] = read_metrics(tmp_path / f"out{factor}")[0]["train/grad_norm"]
-    assert norms[2.0] == pytest.approx(norms[1.0] / 2, rel=1e-5)
+        results[factor] = train_run(config, ds, tiny_dataset, tmp_path / f"out{factor}", nproc=2, check=False)
+    assert results[1.0].returncode == 0, results[1.0].stderr[-3000:]
+    assert read_metrics(tmp_path / "out1.0")[0]["train/grad_norm"] > 0
+    refused = results[2.0]
+    assert refused.returncode == 1 and "(exitcode: 2)" in refused.stderr, refused.stderr[-3000:]
+    assert (
+        "  - gradient_predivide_factor = 2.0: equal to the 2 ranks the gradients are averaged over, DeepSpeed divides "
+        "the gradients wrongly at ZeRO 3 without reduce_scatter (every update too small); use another value, e.g. "
+        "1.0 (its default), or remove it"
+    ) in refused.stderr.splitlines(), refused.stderr[-3000:]
