@@ -2,7 +2,9 @@
 
     OUT/
       config.json              NGPTConfig / GPTBaselineConfig: model_type, auto_map, every ModelConfig field
-      model.safetensors        fp32 weights (ngpt_ds's state_dict names under `model.`)
+      model.safetensors        fp32 weights (ngpt_ds's state_dict names under `model.`); its header's __metadata__
+                               records the model config (ngpt_ds_model_config), which from_pretrained checks
+                               config.json against (ngpt_ds.hf.recorded_config)
       generation_config.json   eos = pad = `</s>`
       tokenizer.json, tokenizer_config.json   the sentencepiece model as a transformers tokenizer
       configuration_ngpt.py, modeling_ngpt.py and the ngpt_ds.model files they import, imports made
@@ -15,7 +17,10 @@ The caller (ngpt_ds.infer.export.export_model) writes into a temporary folder an
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,6 +160,12 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos
     model.save_pretrained(folder)
+    # The model config, recorded with the weights: from_pretrained refuses a config.json edited after the export
+    # (ngpt_ds.hf.recorded_config). The record and its key are the native export's.
+    from ngpt_ds.infer.export_config import config_record  # here: ngpt_ds.infer is not imported by save_pretrained
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        add_metadata(weights, config_record(loaded.config))
     hf_tokenizer.save_pretrained(folder)
     code_files = write_code(folder)
     (folder / "README.md").write_text(
@@ -169,6 +180,22 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
         encoding="utf-8",
     )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def add_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Add `entries` to the `__metadata__` of the safetensors file at `path` (transformers' save_pretrained writes
+    {"format": "pt"} and takes no more): the JSON header is written again, padded to 8 bytes with spaces as
+    safetensors pads it, and the tensor data after it is copied byte for byte (offsets count from the data's start)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with path.open("rb") as src:
+        header = json.loads(src.read(int.from_bytes(src.read(8), "little")))
+        header["__metadata__"] = {**header.get("__metadata__", {}), **entries}
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        with tmp.open("wb") as dst:
+            dst.write(len(text).to_bytes(8, "little") + text)
+            shutil.copyfileobj(src, dst, 1 << 24)
+    os.replace(tmp, path)
 
 
 def verify_hf_export(folder: Path, state: dict[str, torch.Tensor], arch: str) -> None:

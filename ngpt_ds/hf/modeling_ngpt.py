@@ -16,7 +16,8 @@ token of the training data; pass the tokenizer's attention_mask with a padded ba
 `from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's: every tensor present
 (transformers would leave a missing one as uninitialized memory: `_init_weights` does nothing), none
 unknown, all finite, nGPT's sphere matrices unit norm, and every one of a float dtype
-(ngpt_ds.model.saved_weights, which an export carries too).
+(ngpt_ds.model.saved_weights, which an export carries too); and config.json against the model config an export
+records in its weights (ngpt_ds.hf.recorded_config).
 
 Fine-tuning keeps nGPT an nGPT: after every step of a torch optimizer (transformers' Trainer's, or one of
 your own over model.parameters()) the nGPT matrices it updated are renormalized, as nGPT's training does
@@ -53,6 +54,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
+from ngpt_ds.hf.recorded_config import check_recorded_config
 from ngpt_ds.hf.training_guards import (
     _SPHERE_MODELS,  # noqa: F401  # re-exported: ngpt_ds.hf.trainer and tests import it from here
     _check_gathered,
@@ -145,17 +147,21 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         has no safetensors) is read as transformers reads it, on the meta device (no tensor data); a state_dict
         passed to from_pretrained is checked as given."""
         found: list[tuple[dict[str, Any], str]] = []  # (name -> dtype or its safetensors header name, source)
+        headers: list[tuple[dict[str, str] | None, str]] = []  # (__metadata__, file): the exported config record
         if state_dict is not None:
             found.append(({name: t.dtype for name, t in state_dict.items()}, "the state_dict given to from_pretrained"))
         for file in checkpoint_files or []:
             if str(file).endswith(".safetensors"):
                 with safe_open(str(file), "pt") as f:
                     found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118
+                    headers.append((f.metadata(), str(file)))
             else:  # a .bin: its int8 weights loaded without a word, its float16 nGPT was refused as off the sphere
                 saved = hf_modeling_utils.load_state_dict(str(file), map_location="meta")
                 found.append(({name: t.dtype for name, t in saved.items()}, str(file)))
         for dtypes, source in found:
             check_dtypes(dtypes, source)
+        for metadata, file in headers:  # an edited config.json that keeps every weight's shape
+            check_recorded_config(metadata, model.config, file)
         # The unit-norm check allows for the coarsest dtype the weights were stored in (_check_loaded).
         stored = {HEADER_DTYPES.get(d, d) if isinstance(d, str) else d for dtypes, _ in found for d in dtypes.values()}
         setattr(model, "_ngpt_ds_stored_dtypes", {d for d in stored if d in NORM_TOLERANCE})  # noqa: B010
