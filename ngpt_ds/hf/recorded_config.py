@@ -9,8 +9,8 @@ from_pretrained compares the config it loaded with it, field by field, before it
 A weights file without the record loads as before, without this check: an export from before the record, or a
 folder written by save_pretrained (a fine-tune's), which writes none.
 
-This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative), so it must
-import nothing of ngpt_ds beyond ngpt_ds.errors.
+This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative), so the only
+part of ngpt_ds it may use is ngpt_ds.errors.
 """
 
 from __future__ import annotations
