@@ -45,3 +45,21 @@ def test_a_named_pipe_for_latest_is_left_alone_not_waited_on(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cpu_env(), cwd=REPO,
                           timeout=60)  # fmt: skip
     assert (proc.returncode, proc.stdout.strip()) == (0, "None"), proc.stderr[-2000:]
+
+
+def test_a_named_pipe_swapped_in_after_the_check_is_not_waited_on(tmp_path, monkeypatch):
+    """Fault: `latest` was checked to be a regular file, then opened with a plain open: a named pipe put in its
+    place between the two (here: the check answers for the file that was there) made the resume wait for a
+    writer for good. The open now refuses it without waiting, and `latest` is left as it is."""
+    from pathlib import Path
+
+    from conftest import fails_after
+
+    folder = _complete_steps(tmp_path / "checkpoints", 2)
+    latest = folder / checkpoint.LATEST
+    os.mkfifo(latest)
+    checked = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: True if self == latest else checked(self))
+    with fails_after(10, "reading a named pipe at latest"):
+        assert resume._repair_latest(folder) is None
+    assert latest.is_fifo()

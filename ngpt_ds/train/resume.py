@@ -341,10 +341,10 @@ def _repair_latest(checkpoint_dir: Path) -> str | None:
     latest = checkpoint_dir / checkpoint.LATEST
     if not latest.is_file():  # none (a folder of copied steps; DeepSpeed's tools then fail loudly), or a FIFO
         return None  # or a folder, whose read would block or fail
-    try:
-        with latest.open("rb") as f:
+    try:  # open_regular: a named pipe put there after the check above opens without waiting, and is refused
+        with manifest.open_regular(latest) as f:
             raw = f.read(LATEST_MAX_BYTES + 1)  # a step name; a crafted 1 GB file was read whole (2.3 GB resident)
-    except OSError:
+    except (OSError, manifest.RefusedFile):
         return None
     named = raw[:LATEST_MAX_BYTES].decode("utf-8", errors="replace").strip()
     newest = complete[-1].name
