@@ -16,40 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from random_export import TOKENS, export_random_ngpt
 from without_ngpt_ds import load_without_ngpt_ds
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
-TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 11]])
-
 
 @pytest.fixture(scope="module")
 def hf_export(tmp_path_factory, tiny_dataset) -> tuple[Path, torch.Tensor]:
-    """A tiny random nGPT exported by export_model(format="hf") itself (its checkpoint reading replaced by the
-    model), and the native model's logits on TOKENS."""
-    import ngpt_ds.infer.export as export
-    from ngpt_ds.data.tokenizer import Tokenizer
-    from ngpt_ds.infer import LoadedModel
-    from ngpt_ds.model import ModelConfig, build_model
-
-    root = tmp_path_factory.mktemp("hf24_record")
-    source = root / "step_1"
-    source.mkdir()
-    torch.manual_seed(0)
-    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
-    model = build_model(config).eval().requires_grad_(False)
-    tok = Tokenizer.load(tiny_dataset / "tokenizer.model")
-    loaded = LoadedModel(
-        model=model, config=config, tokenizer=tok, tokenizer_sha256=tok.sha256, source=source, kind="checkpoint"
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(export, "resolve_checkpoint", lambda checkpoint: source)
-        mp.setattr(export, "checkpoint_tokenizer", lambda *a: tok)
-        mp.setattr(export, "load_checkpoint", lambda *a, **kw: loaded)
-        folder = export.export_model(source, root / "hf", format="hf")
-    with torch.no_grad():
-        logits = model(TOKENS)[0]
-    return folder, logits
+    """A tiny random nGPT exported by export_model(format="hf") itself, and the native model's logits on TOKENS."""
+    return export_random_ngpt(tmp_path_factory.mktemp("hf24_record"), tiny_dataset / "tokenizer.model", "hf")
 
 
 def edited(folder: Path, tmp_path: Path, field: str, value, *, alias: str | None = None) -> Path:

@@ -12,42 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from random_export import TOKENS, export_random_ngpt
 from test_infer_export_load import small_export  # noqa: F401  (module fixture: an export without the record)
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.infer import LoadedModel, load
+from ngpt_ds.infer import load
 
 from conftest import run_launch
-
-TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 11]])
 
 
 @pytest.fixture(scope="module")
 def recorded_export(tmp_path_factory, tiny_dataset) -> tuple[Path, torch.Tensor]:
-    """A tiny random nGPT exported by export_model itself (its checkpoint reading replaced by the model), and
-    the model's logits on TOKENS."""
-    import ngpt_ds.infer.export as export
-    from ngpt_ds.data.shards import sha256_file
-    from ngpt_ds.data.tokenizer import Tokenizer
-    from ngpt_ds.model import ModelConfig, build_model
-
-    root = tmp_path_factory.mktemp("infer23_record")
-    source = root / "step_1"
-    source.mkdir()
-    torch.manual_seed(0)
-    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
-    model = build_model(config).eval().requires_grad_(False)
-    tok = Tokenizer.load(tiny_dataset / "tokenizer.model")
-    loaded = LoadedModel(
-        model=model, config=config, tokenizer=tok, tokenizer_sha256=sha256_file(tok.path), source=source, kind="x"
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(export, "resolve_checkpoint", lambda checkpoint: source)
-        mp.setattr(export, "load_checkpoint", lambda *a, **kw: loaded)
-        folder = export.export_model(source, root / "export")
-    with torch.no_grad():
-        logits = model(TOKENS)[0]
-    return folder, logits
+    """A tiny random nGPT exported by export_model itself, and the model's logits on TOKENS."""
+    return export_random_ngpt(tmp_path_factory.mktemp("infer23_record"), tiny_dataset / "tokenizer.model", "ngpt_ds")
 
 
 def edited(folder: Path, tmp_path: Path, field: str, value) -> Path:
