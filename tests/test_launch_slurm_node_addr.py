@@ -112,7 +112,7 @@ def test_srun_discovery_rendezvous_is_the_first_nodes_node_addr(tmp_path):
 def test_srun_discovery_keeps_a_node_name_that_resolves_without_asking_slurmctld(monkeypatch):
     """Every rank of a plain `srun` job discovers the address: slurmctld is asked only for a name that
     does not resolve."""
-    from ngpt_ds import distributed
+    from ngpt_ds import slurm_nodes as distributed  # _scontrol and _first_slurm_host live there
 
     calls = []
 

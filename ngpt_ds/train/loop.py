@@ -31,7 +31,6 @@ from ngpt_ds.train import (
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.console_format import format_rate, progress_line
-from ngpt_ds.train.divergence import TrainingDiverged
 from ngpt_ds.train.ds_config import check_engine_agrees, engine_settings, precision_of
 from ngpt_ds.train.hypersphere import HypersphereHook
 from ngpt_ds.train.metrics import (
@@ -40,18 +39,18 @@ from ngpt_ds.train.metrics import (
     memory_metrics,
     ngpt_health,
     peak_flops_per_device,
-    stop_all_if_unwritten,
-    write_failure,
 )
 from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.resume import describe_batch_change
+from ngpt_ds.train.run_end import RunEnd
 from ngpt_ds.train.stopping import StopRequest
-from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file, summary_json
+from ngpt_ds.train.summary import Summary
+from ngpt_ds.train.summary import replace_file as replace_file  # tests import it from here
 
 _log = log.get(__name__)
 
 
-class Trainer:
+class Trainer(RunEnd):
     def __init__(self, prepared: Prepared, options: TrainOptions):
         self.run, self.plan = prepared.run, prepared.plan
         self.rank = dist.get_rank()
@@ -387,40 +386,6 @@ class Trainer:
         # save ("stopped-unsaved") wrote "checkpoint": null beside its line naming the intact one it resumed from.
         return self._finish(status, train_loss, val_loss, start_time, self.newest_checkpoint)
 
-    def _sphere_diverged(self, step: int, train_loss: float) -> None:
-        """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
-        rank calls it (the non-finite flag and the deviations are agreed over the job)."""
-        assert self.hook is not None  # only an nGPT run's hook finds non-finite norms
-        raise self._diverged(
-            divergence.sphere_message(self.hook.deviations(), step, self.run.train.lr)
-            + self._checkpoints_left(step - 1),
-            step,
-            train_loss,
-        )
-
-    def _diverged(self, message: str, step: int, train_loss: float) -> TrainingDiverged:
-        """The TrainingDiverged to raise on every rank, after rank 0 wrote summary.json saying "diverged" at
-        `step` (its `checkpoint`: the newest complete one, what a rerun resumes from; None before any). It had
-        been left as the previous session wrote it: "finished" at the old step and max_steps, after a
-        --max-steps rerun diverged. A summary that cannot be written is a warning: the run stops with exit 2
-        either way, and every rank raises."""
-        if self.is_main:
-            summary = self._summary(
-                "diverged", step, train_loss, self.last_val_loss, self.session_start, self.newest_checkpoint
-            )
-            path = self.out_dir / SUMMARY_FILE
-            try:
-                replace_file(path, summary_json(summary))
-            except OSError as err:
-                file, reason, fix = write_failure(err, path)
-                _log.warning(f"warning: the run diverged, but {file} could not be written to say so ({reason}). {fix}")
-        return TrainingDiverged(message)
-
-    def _checkpoints_left(self, step: int) -> str:
-        return divergence.checkpoints_left(
-            self.out_dir, self.newest_checkpoint, step, self.run.train.checkpoint_interval
-        )
-
     def _log(self, loss: float, step_time: float, lr: float) -> None:
         tokens_per_s = self.tokens_per_step / step_time
         scalars = {
@@ -463,36 +428,3 @@ class Trainer:
             f"peak {format_rate(self.peak_flops, 'FLOP/s')} per device ({self.peak_source})"
         )
         _log.info(f"DeepSpeed engine (read back): {self.ds_settings.describe(self.run.deepspeed)}")
-
-    def _summary(
-        self, status: str, step: int, train_loss: float, val_loss: float, since: float, checkpoint: Path | None
-    ) -> Summary:
-        """summary.json's record of this run at `step`; `since`: the perf_counter time its seconds count from."""
-        return Summary(
-            status=status,
-            step=step,
-            max_steps=self.run.train.max_steps,
-            tokens=self.tokens_seen,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            seconds=time.perf_counter() - since,
-            checkpoint=str(checkpoint) if checkpoint else None,
-            out_dir=str(self.out_dir),
-        )
-
-    def _finish(
-        self, status: str, train_loss: float, val_loss: float, start_time: float, newest_checkpoint: Path | None
-    ) -> Summary:
-        summary = self._summary(status, self.step, train_loss, val_loss, start_time, newest_checkpoint)
-        problem, path = None, self.out_dir / SUMMARY_FILE
-        if self.is_main:
-            try:
-                self.metrics.close()
-                replace_file(path, summary_json(summary))
-            except OSError as err:  # the last save can fill the disk: its free-space check allows that
-                file, reason, fix = write_failure(err, path)
-                problem = (
-                    f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason}). {fix}"
-                )
-        stop_all_if_unwritten(problem, self.device, self._checkpoints_left(self.step))  # reaches every rank
-        return summary
