@@ -251,7 +251,7 @@ class Trainer(RunEnd):
         flags = torch.stack(
             [
                 mean_loss,
-                torch.tensor(float(self.stop.requested()), device=self.device),
+                torch.tensor(float(self.stop.step_ended()), device=self.device),  # times the step too
                 hook.take_nonfinite(self.device) if hook is not None else zero,
                 torch.tensor(float(missed), device=self.device),
                 torch.tensor(self._read_bad_data(), device=self.device),
@@ -297,6 +297,7 @@ class Trainer(RunEnd):
             interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
             return mean
 
+        self.stop.steps_begin()
         while self.step < max_steps:
             # The LR this step applies: DeepSpeed steps the schedule after the optimizer, so get_lr() after the
             # step was the next step's (step 1 of a warmup logged lr/warmup, having trained at 0).
@@ -334,7 +335,8 @@ class Trainer(RunEnd):
                 train_loss = log_interval()
             evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
             if evaluated:
-                val_loss = self.last_val_loss = self.evaluate()
+                with self.stop.outside_steps():  # not a step's time (--max-time's margin)
+                    val_loss = self.last_val_loss = self.evaluate()
                 if not math.isfinite(val_loss):  # the same on every rank (a mean over the ranks)
                     raise self._diverged(
                         divergence.val_loss_message(val_loss, self.step, train.lr)
@@ -366,10 +368,11 @@ class Trainer(RunEnd):
                 )
                 break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
-                if broken := divergence.nonfinite_weights(self.model, self.device):  # collective
-                    message = divergence.weights_message(broken, self.step, train.lr)
-                    raise self._diverged(message + self._checkpoints_left(self.step - 1), self.step, train_loss)
-                with self.stop.saving():  # timed: the estimate for a stop's save within its grace
+                # Timed, the weights' check included: the estimate for a stop's save (its grace, --max-time).
+                with self.stop.saving():
+                    if broken := divergence.nonfinite_weights(self.model, self.device):  # collective
+                        message = divergence.weights_message(broken, self.step, train.lr)
+                        raise self._diverged(message + self._checkpoints_left(self.step - 1), self.step, train_loss)
                     last_checkpoint = self.newest_checkpoint = self.save()
                 # A request during the save stops here: this checkpoint is the stop's, not one a step later.
                 stop = stop or (not last and self.stop.agreed(self.device))

@@ -18,6 +18,7 @@ from ngpt_ds.train.summary import SUMMARY_FILE, Summary, replace_file, summary_j
 if TYPE_CHECKING:
     from ngpt_ds.train.config import RunConfig
     from ngpt_ds.train.hypersphere import HypersphereHook
+    from ngpt_ds.train.stopping import StopRequest
 
 _log = log.get(__name__)
 
@@ -36,6 +37,7 @@ class RunEnd:
     newest_checkpoint: Path | None
     session_start: float
     last_val_loss: float
+    stop: StopRequest
 
     def _sphere_diverged(self, step: int, train_loss: float) -> None:
         """Raise TrainingDiverged naming the sphere matrices with a NaN or inf norm. Collective: every
@@ -85,6 +87,7 @@ class RunEnd:
             seconds=time.perf_counter() - since,
             checkpoint=str(checkpoint) if checkpoint else None,
             out_dir=str(self.out_dir),
+            max_time=self.stop.max_time_record(),
         )
 
     def _finish(

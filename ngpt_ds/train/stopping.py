@@ -9,7 +9,9 @@ all-reduce, in `ngpt_ds.train.loop`), save a checkpoint and exit (README "Stoppi
   torchrun: 30 s; Slurm: KillWait; Docker: its stop timeout), so these are *urgent*: the save must
   end within `train.stop_grace_s` of the signal.
 - SIGUSR1 and SIGUSR2 (Slurm's warning before a time limit, `--signal=USR1@180` or USR2@T) and
-  `--max-time`: they come ahead of time, so no grace applies.
+  `--max-time`: they come ahead of time, so no grace applies. --max-time stops early enough for the last step
+  and its save to end before the limit: at the first step boundary where now + the recent step time + the
+  save estimate would pass it (`StopRequest.max_time_margin_s`).
 - The launcher exited: the process that started this rank (torchrun, DeepSpeed's launch.py,
   slurmstepd, mpirun) and, under DeepSpeed's launch.py, the `deepspeed` runner above it. DeepSpeed's
   runner has no signal handler for local runs: SIGTERM to its pid alone kills it and leaves its
@@ -26,7 +28,8 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
@@ -46,6 +49,15 @@ STOPPED_UNSAVED_EXIT_CODE = 75
 URGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WARNING_SIGNALS = early_signals.WARNING_SIGNALS
 _NO_DEADLINE = 1e18
+STEP_TIMES_KEPT = 8
+"""--max-time's step time is the longest of this many recent steps: one slow step (a log interval's records, a
+busy file system) is not taken as the next one's length, and jitter does not eat the margin."""
+FIRST_SAVE_GUESS_S = 60.0
+FIRST_SAVE_GUESS_SHARE = 0.1
+"""Before this session's first save, --max-time's save estimate is FIRST_SAVE_GUESS_S or that share of
+--max-time, whichever is less: a guess on the safe side for a single node (a save of a few GB takes seconds),
+and not most of a short test run. Once a save was timed, the slowest rank's last save replaces it; a periodic
+save (train.checkpoint_interval) well before the limit gives a large model a measured one."""
 PARENT_PID_VARIABLE = "NGPT_DS_PARENT_PID"
 """'PARENT:PID', set by launch/train.py as it starts: the parent that started process PID, so that a
 launcher that dies during the startup (imports, process group, engine) is noticed as well. Only
@@ -61,7 +73,19 @@ class StopRequest:
         # --max-time counts from this rank's start, not the trainer's: the startup (imports, the engine, a
         # checkpoint's load or conversion, minutes at scale) had gone uncounted, and a job given its allocation's
         # time less a margin ran past the limit by the startup and was killed without a checkpoint.
-        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s - process_age_s()
+        age = process_age_s()
+        self.max_time_s = max_time_s
+        self.started_at = time.time() - age
+        """The rank's start (seconds since the epoch): --max-time's limit is started_at + max_time_s."""
+        self.deadline = None if max_time_s is None else time.monotonic() + max_time_s - age
+        self.early_s: float | None = None
+        """How long before the limit --max-time stopped the run (None: it did not stop it early)."""
+        self.saved_at: float | None = None
+        """When this session's last save ended (seconds since the epoch)."""
+        self.job_save_s: float | None = None
+        """The slowest rank's last save, agreed in `agreed` after each save: --max-time's save estimate."""
+        self._boundary: float | None = None
+        self._step_times: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
         self.grace_s = grace_s
         self.reason: str | None = None
         self.urgent_since: float | None = None
@@ -98,9 +122,54 @@ class StopRequest:
             self.urgent_since = time.monotonic()
 
     def requested(self) -> bool:
-        if self.reason is None and self.deadline is not None and time.monotonic() > self.deadline:
-            self.reason = "--max-time reached"
+        """Whether this rank has a stop request. --max-time asks at the step boundary (and after an evaluation or a
+        save) where one more step and its save would end past the limit: it had waited for the limit itself, so
+        the step that started just before it and that step's save ran past it (a job given its allocation's time
+        less a margin was killed mid-save when the margin was shorter than a step and a save)."""
+        if self.reason is None and self.deadline is not None:
+            now = time.monotonic()
+            if now > self.deadline:
+                self.reason = "--max-time reached"
+            elif now + self.max_time_margin_s() > self.deadline:
+                self.early_s = self.deadline - now
+                self.reason = (
+                    f"--max-time: stopping {self.early_s:.1f} s early so that the last step and its save end "
+                    "before the limit"
+                )
         return self.reason is not None
+
+    def max_time_margin_s(self) -> float:
+        """What --max-time keeps free before its limit: the recent step time (the longest of the last
+        STEP_TIMES_KEPT, from one step boundary to the next, evaluations and saves left out) and the save
+        estimate (the slowest rank's last save, this rank's own when it took longer; before any,
+        FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE of --max-time, whichever is less)."""
+        step = max(self._step_times, default=0.0)
+        timed = [s for s in (self.job_save_s, self.last_save_s) if s is not None]
+        if timed:
+            save = max(timed)
+        else:
+            save = min(FIRST_SAVE_GUESS_S, FIRST_SAVE_GUESS_SHARE * (self.max_time_s or 0.0))
+        return step + save
+
+    def steps_begin(self) -> None:
+        """The training loop starts: the first step is timed from here."""
+        self._boundary = time.monotonic()
+
+    def step_ended(self) -> bool:
+        """At each step's end, before its all-reduce: time the step (for --max-time's margin), then `requested`."""
+        now = time.monotonic()
+        if self._boundary is not None:
+            self._step_times.append(now - self._boundary)
+        self._boundary = now
+        return self.requested()
+
+    @contextlib.contextmanager
+    def outside_steps(self) -> Iterator[None]:
+        """An evaluation or a save: kept out of the next step's time."""
+        start = time.monotonic()
+        yield
+        if self._boundary is not None:
+            self._boundary += time.monotonic() - start
 
     def seconds_left(self) -> float:
         """Of this rank's grace period; unbounded without an urgent request."""
@@ -112,9 +181,13 @@ class StopRequest:
         """Collective: whether a rank has a stop request now. The loop asks after an evaluation and after a
         save (minutes at scale): a request during either had waited for the next step's all-reduce, so a
         SIGTERM's grace went on that step (then a stop unsaved, exit 75, or the sender's kill) and --max-time
-        overran by a step and a second save."""
-        flag = torch.tensor([float(self.requested())], device=device)
-        return all_reduce_on(flag, device).item() > 0
+        overran by a step and a second save. The same all-reduce (a maximum) agrees on the slowest rank's last
+        save, --max-time's save estimate on every rank: a save ends when the slowest rank's does."""
+        agreed = torch.tensor([float(self.requested()), self.last_save_s or 0.0], dtype=torch.float64, device=device)
+        all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)  # with it, the slowest rank's last save
+        if self.last_save_s is not None:
+            self.job_save_s = agreed[1].item()
+        return agreed[0].item() > 0
 
     def agree_to_save(self, device: torch.device | str) -> bool:
         """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
@@ -140,10 +213,24 @@ class StopRequest:
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
-        """Time a save, for the next stop's estimate."""
+        """Time a save, for the next stop's estimate; kept out of the step time."""
         start = time.monotonic()
-        yield
+        with self.outside_steps():
+            yield
         self.last_save_s = time.monotonic() - start
+        self.saved_at = time.time()
+
+    def max_time_record(self) -> dict[str, Any] | None:
+        """summary.json's `max_time`: the limit, when this rank started, when its last save ended, and how early
+        --max-time stopped the run (seconds since the epoch; None without --max-time)."""
+        if self.max_time_s is None:
+            return None
+        return {
+            "limit_s": self.max_time_s,
+            "started_at": self.started_at,
+            "checkpoint_saved_at": self.saved_at,
+            "stopped_early_s": self.early_s,
+        }
 
     def close(self) -> None:
         """Stop watching the launcher. The signal handlers stay to the end of the process, so a signal

@@ -42,6 +42,11 @@ class Summary:
     seconds: float
     checkpoint: str | None
     out_dir: str
+    max_time: dict | None = None
+    """With --max-time only (`StopRequest.max_time_record`): limit_s; started_at, the rank's start, and
+    checkpoint_saved_at, when this session's last save ended (seconds since the epoch: the save ends before
+    started_at + limit_s); stopped_early_s, how long before the limit --max-time stopped the run (null when it
+    did not)."""
 
 
 def json_safe(record: dict) -> dict:
@@ -54,8 +59,11 @@ def json_safe(record: dict) -> dict:
 
 
 def summary_json(summary: Summary) -> str:
-    """summary.json's text: `summary`, non-finite numbers as null (`json_safe`)."""
-    return json.dumps(json_safe(asdict(summary)), indent=2) + "\n"
+    """summary.json's text: `summary`, non-finite numbers as null (`json_safe`); no `max_time` without --max-time."""
+    record = asdict(summary)
+    if record["max_time"] is None:
+        del record["max_time"]
+    return json.dumps(json_safe(record), indent=2) + "\n"
 
 
 def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
