@@ -24,7 +24,9 @@ hidden: they are flagged at every step and reported by `deviations()`.
 This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
 (checked against deepspeed 0.19.8):
   no ZeRO, fp32        the torch optimizer holds the model parameters
-  no ZeRO, bf16/fp16   FP16_UnfusedOptimizer.fp32_groups[i][j] <-> fp16_groups[i][j]
+  no ZeRO, bf16/fp16   FP16_UnfusedOptimizer.fp32_groups[i][j] <-> fp16_groups[i][j] (a torch optimizer);
+                       FP16_Optimizer (the JSON's "optimizer" block: DeepSpeed's FusedAdam):
+                       fp32_groups_flat[i] laid out as fp16_groups_flat[i] (see _flat_whole_masters)
   ZeRO 1/2             param._hp_mapping: hp_fragment (fp32 view), lp_fragment_address.start, checked
                        against the parameter's place in bit16_groups_flat (see _check_link)
   BF16_Optimizer       the same _hp_mapping (ZeRO 1 + bf16 + fp32 gradient accumulation), bf16_groups_flat
@@ -112,6 +114,38 @@ def _check_link(
         )
 
 
+def _flat_whole_masters(opt: object) -> tuple[dict[int, torch.Tensor], list[tuple[nn.Parameter, torch.Tensor]]]:
+    """FP16_Optimizer (ZeRO 0 in bf16/fp16 with DeepSpeed's own optimizer, FusedAdam): group i's fp32 master is one
+    flat tensor, fp32_groups_flat[i], laid out as the flat 16-bit group fp16_groups_flat[i] whose views the model's
+    parameters are (concatenated in order, no padding). Returns param id -> its fp32 master view, and the (working
+    copy, master) pairs. Raise if a parameter is not where that layout puts it: renormalizing through the layout
+    would rescale other parameters' values."""
+    masters: dict[int, torch.Tensor] = {}
+    pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+    groups = zip(opt.fp16_groups, opt.fp16_groups_flat, opt.fp32_groups_flat)  # type: ignore[attr-defined]
+    for lp_group, lp_flat, hp_flat in groups:
+        offset = 0
+        for lp in lp_group:
+            data = lp.data
+            placed = (
+                data.untyped_storage().data_ptr() == lp_flat.untyped_storage().data_ptr()
+                and data.data_ptr() == lp_flat.data_ptr() + offset * data.element_size()
+                and data.is_contiguous()
+                and hp_flat.numel() == lp_flat.numel()
+            )
+            if not placed:
+                raise NotImplementedError(
+                    f"nGPT renormalization cannot place a parameter of {type(opt).__name__} in its flat fp32 master "
+                    f"weights (element {offset} of {lp_flat.numel()}): this DeepSpeed version lays them out otherwise. "
+                    "Pass a torch optimizer to deepspeed.initialize instead of the DeepSpeed JSON's optimizer block"
+                )
+            hp = hp_flat.data.narrow(0, offset, data.numel()).view_as(data)
+            masters[id(lp)] = hp
+            pairs.append((lp, hp))
+            offset += data.numel()
+    return masters, pairs
+
+
 def _piece(matrix: SphereMatrix, values: torch.Tensor, start: int, slot: int) -> MasterPiece:
     rows, cols = _full_shape(matrix.param)
     return MasterPiece(values=values, start=start, rows=rows, cols=cols, norm_dim=matrix.norm_dim, slot=slot)
@@ -150,6 +184,7 @@ class HypersphereHook:
     def rebuild(self) -> None:
         """Locate the master pieces of every sphere matrix (after init or a checkpoint load)."""
         from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+        from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
         from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
         from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
         from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
@@ -187,6 +222,16 @@ class HypersphereHook:
                         lp.data.copy_(hp.data)
 
             self._refresh_working_copy = refresh
+        elif isinstance(opt, FP16_Optimizer):
+            masters, pairs = _flat_whole_masters(opt)
+            self._locate_whole(masters, owners={id(flat) for flat in opt.fp32_groups_flat})
+            self._whole_masters = masters
+
+            def refresh_flat():
+                for lp, hp in pairs:
+                    lp.data.copy_(hp)
+
+            self._refresh_working_copy = refresh_flat
         elif isinstance(opt, torch.optim.Optimizer):
             self._locate_whole({id(m.param): m.param for m in self.matrices})
         else:
@@ -202,14 +247,15 @@ class HypersphereHook:
                 "from the DeepSpeed JSON)"
             )
 
-    def _locate_whole(self, masters: dict[int, torch.Tensor]) -> None:
-        """Every rank holds every matrix whole: no communication."""
+    def _locate_whole(self, masters: dict[int, torch.Tensor], owners: set[int] | None = None) -> None:
+        """Every rank holds every matrix whole: no communication. owners: the ids of the tensors the torch
+        optimizer steps (default: the masters themselves)."""
         slots, total = _slot_layout(self.matrices)
         pieces = [_piece(m, masters[id(m.param)].data.view(-1), 0, slots[id(m.param)]) for m in self.matrices]
         device = pieces[0].values.device
         self.units = [
             StepUnit(
-                {id(t) for t in masters.values()},
+                {id(t) for t in masters.values()} if owners is None else owners,
                 total,
                 pieces,
                 None,
