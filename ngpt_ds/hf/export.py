@@ -17,10 +17,7 @@ The caller (ngpt_ds.infer.export.export_model) writes into a temporary folder an
 from __future__ import annotations
 
 import ast
-import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +27,7 @@ import ngpt_ds
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import CONFIGS
 from ngpt_ds.hf.modeling_ngpt import MODELS
+from ngpt_ds.hf.recorded_config import add_metadata  # noqa: F401  # re-exported: tests import it from here
 from ngpt_ds.hf.tokenizer import PROBE_TEXTS, build_hf_tokenizer, check_same_tokens
 
 if TYPE_CHECKING:
@@ -180,22 +178,6 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
         encoding="utf-8",
     )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def add_metadata(path: Path, entries: dict[str, str]) -> None:
-    """Add `entries` to the `__metadata__` of the safetensors file at `path` (transformers' save_pretrained writes
-    {"format": "pt"} and takes no more): the JSON header is written again, padded to 8 bytes with spaces as
-    safetensors pads it, and the tensor data after it is copied byte for byte (offsets count from the data's start)."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    with path.open("rb") as src:
-        header = json.loads(src.read(int.from_bytes(src.read(8), "little")))
-        header["__metadata__"] = {**header.get("__metadata__", {}), **entries}
-        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        text += b" " * (-len(text) % 8)
-        with tmp.open("wb") as dst:
-            dst.write(len(text).to_bytes(8, "little") + text)
-            shutil.copyfileobj(src, dst, 1 << 24)
-    os.replace(tmp, path)
 
 
 def verify_hf_export(folder: Path, state: dict[str, torch.Tensor], arch: str) -> None:

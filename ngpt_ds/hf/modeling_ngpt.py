@@ -54,7 +54,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
-from ngpt_ds.hf.recorded_config import check_recorded_config
+from ngpt_ds.hf.recorded_config import check_recorded_config, record_in_saved_weights, weights_files_state
 from ngpt_ds.hf.training_guards import (
     _SPHERE_MODELS,  # noqa: F401  # re-exported: ngpt_ds.hf.trainer and tests import it from here
     _check_gathered,
@@ -182,7 +182,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         """transformers' save_pretrained; as ngpt_ds's installed code, also `auto_map` in config.json and the
         modeling files it names (ngpt_ds.hf.export.write_code), so the folder loads with trust_remote_code
         without ngpt_ds, as an export does. transformers copies only the file of a class it loaded with
-        trust_remote_code (an export's copy of this file, whose imports are relative: nothing to add then).
+        trust_remote_code (an export's copy of this file, whose imports are relative: nothing to add then). The
+        weights written record the model config, as an export's do (ngpt_ds.hf.recorded_config).
 
         With push_to_hub=True the folder is uploaded after the modeling files are written, as transformers
         uploads it (the files saved, by their timestamps): transformers' own save_pretrained uploads before
@@ -200,7 +201,11 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         hub = {k: extra.pop(k) for k in ("commit_message", "repo_id", "create_pr") if k in extra}
         if upload:  # the other keyword arguments go to create_repo, as in transformers
             repo_id, timestamps = self._hub_repo(save_directory, hub.get("repo_id"), named.get("token"), extra)
+        saving = self.should_save_on_this_rank(named.get("is_main_process", True))
+        before = weights_files_state(save_directory) if saving else {}
         super().save_pretrained(**named, **({} if upload else extra))
+        if saving and not named.get("distributed_checkpoint") and not getattr(self, "_hf_peft_config_loaded", False):
+            record_in_saved_weights(save_directory, before, self.config)  # from_pretrained checks config.json by it
         if installed and named.get("is_main_process", True):
             # By name: an import statement would make the export copy ngpt_ds.hf.export (and all it imports) too.
             importlib.import_module("ngpt_ds.hf.export").write_code(Path(save_directory))

@@ -6,8 +6,11 @@ gave other outputs. So the export (ngpt_ds.hf.export.write_hf_export) also write
 safetensors header's `__metadata__` (RECORD_KEY: the entry and JSON of the native export's record), and
 from_pretrained compares the config it loaded with it, field by field, before it loads the weights.
 
-A weights file without the record loads as before, without this check: an export from before the record, or a
-folder written by save_pretrained (a fine-tune's), which writes none.
+save_pretrained writes the record too (record_in_saved_weights: transformers' save_pretrained writes the
+`__metadata__` {"format": "pt"} and takes no more, so the header is written again after the save): a model loaded,
+fine-tuned and saved again kept no record before, and its folder loaded an edited config.json without a word. A
+weights file without the record loads as before, without this check: an export or a save_pretrained folder from
+before the record.
 
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative), so the only
 part of ngpt_ds it may use is ngpt_ds.errors.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import reprlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +62,49 @@ def check_recorded_config(metadata: dict[str, str] | None, config: Any, weights:
                 "after the export (or from_pretrained was given another value), and these weights give wrong "
                 f"outputs under it. Set {name} back to {was_text} in config.json, or export the checkpoint again"
             )
+
+
+def config_record(config: Any) -> dict[str, str]:
+    """The `__metadata__` entries recording `config` (an NGPTConfig or GPTBaselineConfig): its model config as JSON,
+    the native export's record (ngpt_ds.infer.export_config.config_record) of the same ModelConfig."""
+    return {RECORD_KEY: json.dumps(config.to_model_config().to_dict(), sort_keys=True)}
+
+
+def weights_files_state(folder: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """The safetensors files in `folder` (none if it does not exist) -> (inode, size, mtime in ns): compared after a
+    save, it tells the files the save wrote from those it left alone (another model's, an adapter's)."""
+    try:
+        entries = list(os.scandir(os.fspath(folder)))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    state = {}
+    for entry in entries:
+        if entry.name.endswith(".safetensors") and entry.is_file(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+            state[entry.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def record_in_saved_weights(folder: str | os.PathLike, before: dict[str, tuple[int, int, int]], config: Any) -> None:
+    """Add config_record(`config`) to every safetensors file save_pretrained wrote in `folder` (the files new or
+    changed since weights_files_state(folder) returned `before`)."""
+    entries = config_record(config)
+    for name, signature in sorted(weights_files_state(folder).items()):
+        if before.get(name) != signature:
+            add_metadata(Path(folder) / name, entries)
+
+
+def add_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Add `entries` to the `__metadata__` of the safetensors file at `path` (transformers' save_pretrained writes
+    {"format": "pt"} and takes no more): the JSON header is written again, padded to 8 bytes with spaces as
+    safetensors pads it, and the tensor data after it is copied byte for byte (offsets count from the data's start)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with path.open("rb") as src:
+        header = json.loads(src.read(int.from_bytes(src.read(8), "little")))
+        header["__metadata__"] = {**header.get("__metadata__", {}), **entries}
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-len(text) % 8)
+        with tmp.open("wb") as dst:
+            dst.write(len(text).to_bytes(8, "little") + text)
+            shutil.copyfileobj(src, dst, 1 << 24)
+    os.replace(tmp, path)
