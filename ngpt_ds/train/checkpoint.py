@@ -30,7 +30,9 @@ from ngpt_ds.train.checkpoint_delete import (
     discard,
     discard_or_warn,
     keep_aside,
+    kept_warning,
     mark_written,
+    move_out_kept,
     remove,
     retention,
     written_here,
@@ -139,8 +141,9 @@ def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: 
 
 
 def _foreign_moved_aside(leftover: Path, final: Path) -> bool:
-    """A complete checkpoint folder (not a link) moved out of a step_N name this process did not place: a
-    folder someone put there, which `_finish_save` keeps (a kill can leave it as step_N.tmp-replaced)."""
+    """A complete checkpoint folder (not a link) moved out of a step_N name this process did not place, and left
+    there by a kill: `_finish_save` moves only the run's own step there, but a restarted process cannot tell
+    (nor can it tell the copies an older ngpt_ds moved there), so it is kept, never deleted."""
     return (
         leftover.name.endswith(REPLACED_SUFFIX)
         and not leftover.is_symlink()
@@ -265,27 +268,30 @@ def _sync_or_warn(folder: Path, placed: Path) -> None:
 def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, Any], keep: int) -> None:
     """Rank 0: the manifest, then rename into place, then `latest`, then retention.
 
-    A step_N folder already there is moved aside (step_N.tmp-replaced: put back if a kill leaves no step_N)
-    before the new one takes the name. Once the new one is in place, it is deleted only when this process
-    wrote it (checkpoint_delete.written_here: a second save of the same step). Any other is a checkpoint
-    put there during the run under the step being saved (the run's lineage holds no step above the one it
-    resumed from, ngpt_ds.train.lineage): it is kept by checkpoint_delete.keep_aside, with a warning. Such a
-    copy had been deleted."""
+    A step_N folder this process wrote (checkpoint_delete.written_here: a second save of the same step) is
+    moved aside (step_N.tmp-replaced: put back if a kill leaves no step_N) before the new one takes the name,
+    and deleted once the new one is in place. Any other is a checkpoint put there during the run under the
+    step being saved (the run's lineage holds no step above the one it resumed from, ngpt_ds.train.lineage):
+    it is renamed straight to the name it is kept under (checkpoint_delete.move_out_kept), with a warning.
+    Such a copy had been deleted; then, moved aside as step_N.tmp-replaced, a kill before the next rename had
+    let the next start-up put it back as this run's step N."""
     step = manifest["step"]
     write_manifest(tmp, manifest)
     final = checkpoint_dir / tag
-    replaced = None
-    if final.exists() or final.is_symlink():  # a folder there: move it out of the step_N name first
+    replaced = kept = None
+    if written_here(final) and (final.exists() or final.is_symlink()):  # this process's own: replaced
         replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)
         os.rename(final, replaced)
+    elif final.exists() or final.is_symlink():  # not this run's: straight to the name it is kept under
+        kept = move_out_kept(final)  # never via .tmp-replaced, which a restart puts back as this run's step N
     os.rename(tmp, final)
     # The checkpoint is in place: from here on a failure only leaves `latest` on an older complete tag, or an
     # old folder in place (a warning says which and why; the next save tries again).
     _sync_or_warn(checkpoint_dir, final)
-    if replaced is not None and written_here(final):  # renamed away first: never put back half of it
+    if replaced is not None:  # renamed away first: never put back half of it
         discard_or_warn(replaced)
-    elif replaced is not None:
-        keep_aside(replaced, final)
+    if kept is not None:
+        kept_warning(final, kept)
     mark_written(final)
     with contextlib.suppress(OSError):
         point_latest(checkpoint_dir, step)

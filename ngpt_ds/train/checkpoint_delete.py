@@ -148,10 +148,37 @@ def _kept_name(final: Path) -> Path:
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(kept))
 
 
+def _kept_warning(final: Path, kept: Path) -> str:
+    return (
+        f"warning: {final} was there before this run saved step {step_of(final.name)}, and this run did not write "
+        f"it (a copy put there during the run?): it was moved to {kept} and kept; the run's own checkpoint took "
+        f"the name {final.name}. Move {kept.name} elsewhere, or remove it yourself"
+    )
+
+
+def move_out_kept(final: Path) -> Path:
+    """Rank 0, in a save of `final`'s step: rename a step_N this run did not write straight to `_kept_name`, in
+    one rename, before the run's own checkpoint takes the name (then warn with `kept_warning`). Raises OSError
+    when it cannot be renamed (nothing changed then).
+
+    It had gone through step_N.tmp-replaced, the name under which a second save of the run's own step waits: a
+    kill between that rename and the next left the copy there, and the next start-up put it back under step_N
+    (restore_moved_aside, which cannot tell whose it is), where --resume auto took another run's checkpoint
+    for this run's step N."""
+    kept = _kept_name(final)
+    os.rename(final, kept)
+    return kept
+
+
+def kept_warning(final: Path, kept: Path) -> None:
+    """The warning of `move_out_kept`, once the run's own checkpoint holds the name `final`."""
+    _log.warning(_kept_warning(final, kept))
+
+
 def keep_aside(aside: Path, final: Path) -> None:
-    """Rank 0: rename `aside` (step_N.tmp-replaced, holding a folder this run did not write) to `_kept_name`,
-    with a warning naming both; when that fails it stays under `aside`, with a warning (`_before_save` tries
-    again, never deleting it)."""
+    """Rank 0: rename `aside` (a step_N.tmp-replaced that an older ngpt_ds left holding a folder this run did not
+    write) to `_kept_name`, with a warning naming both; when that fails it stays under `aside`, with a warning
+    (`_before_save` tries again, never deleting it)."""
     try:
         kept = _kept_name(final)
         os.rename(aside, kept)
@@ -161,11 +188,7 @@ def keep_aside(aside: Path, final: Path) -> None:
             f"renamed to be kept: {describe(err, aside.parent)}. It is not deleted; move it elsewhere yourself"
         )
         return
-    _log.warning(
-        f"warning: {final} was there before this run saved step {step_of(final.name)}, and this run did not write "
-        f"it (a copy put there during the run?): it was moved to {kept} and kept; the run's own checkpoint took "
-        f"the name {final.name}. Move {kept.name} elsewhere, or remove it yourself"
-    )
+    _log.warning(_kept_warning(final, kept))
 
 
 _LEFT_ALONE: set[Path] = set()

@@ -4,8 +4,9 @@ that defines it; training, resume, reshape and inference all use it):
     <out>/checkpoints/step_00000200/           DeepSpeed's files + config.yaml + COMPLETE (the manifest)
     <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
     <out>/checkpoints/step_00000200.tmp-replaced/
-                                               step_00000200 moved aside by a second save of step 200: put
-                                               back if a kill left no step_00000200, else removed
+                                               step_00000200 moved aside by a second save of step 200 in the
+                                               process that wrote it: put back if a kill left no
+                                               step_00000200, else removed
     <out>/checkpoints/step_00000100.tmp-delete/
                                                a folder being deleted (retention, a replaced step, ...):
                                                renamed first, so no step_N name ever holds half of one;
@@ -18,7 +19,8 @@ that defines it; training, resume, reshape and inference all use it):
                                                (ngpt_ds.train.lineage)
     <out>/checkpoints/step_00000200.not-this-run-<UTC time>/
                                                a step_00000200 this run did not write (copied in during the
-                                               run), moved out of the name by the run's save of step 200;
+                                               run), renamed straight to this name by the run's save of step
+                                               200 (never via .tmp-replaced, which a restart puts back);
                                                never listed, resumed or deleted
     <out>/checkpoints/step_00000200-universal/ step_00000200 converted for another data-parallel size
                                                (ngpt_ds.train.reshape_convert); never a step_N name, so never
@@ -40,8 +42,9 @@ TAG_PREFIX = "step_"
 TEMP_SUFFIX = ".tmp-save"
 """DeepSpeed writes into step_N.tmp-save; never a step_N name, so nothing resumes from a half-written save."""
 REPLACED_SUFFIX = ".tmp-replaced"
-"""An existing step_N moved aside for a second save of the same step; removed once the new one is in place,
-put back when a kill left no step_N (`restore_moved_aside`)."""
+"""The process's own step_N moved aside for its second save of the same step; removed once the new one is in
+place, put back when a kill left no step_N (`restore_moved_aside`). A step_N the process did not write never
+takes this name (ngpt_ds.train.checkpoint_delete.move_out_kept)."""
 DELETE_SUFFIX = ".tmp-delete"
 """A folder being deleted (an old step_N, a step_N-universal, a moved-aside step_N) is first renamed to
 <name>.tmp-delete (<name>.<k>.tmp-delete when that is taken), then removed: a delete cut short (a kill, a
