@@ -1,9 +1,10 @@
 """KeepOnTheSphere: nGPT's renormalization for transformers' Trainer under DeepSpeed.
 
 Without DeepSpeed the HF nGPT renormalizes itself after every optimizer step (ngpt_ds.hf.modeling_ngpt). Under
-DeepSpeed the optimizer updates fp32 master copies that the model cannot reach, and its forward refuses to train;
-this callback attaches ngpt_ds's own trainer's renormalization of those masters (ngpt_ds.train.hypersphere, ZeRO
-0-3, fp32 and bf16) to the Trainer's DeepSpeed engine:
+DeepSpeed the optimizer updates fp32 master copies that the model cannot reach, and its training is refused (its
+forward, or at ZeRO 1/2 in fp32 its first optimizer step: ngpt_ds.hf.training_guards); this callback attaches
+ngpt_ds's own trainer's renormalization of those masters (ngpt_ds.train.hypersphere, ZeRO 0-3, fp32 and bf16, the
+JSON's own optimizer block too) to the Trainer's DeepSpeed engine:
 
     from ngpt_ds.hf.trainer import KeepOnTheSphere
     trainer = Trainer(model=model, args=TrainingArguments(..., deepspeed="ds.json"), ...)

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.layers import DeclaredMatrix, ScaleVector
@@ -32,7 +32,10 @@ def _keep_on_the_sphere(model: nn.Module) -> None:
     global _STEP_HOOK
     _SPHERE_MODELS.add(model)
     if _STEP_HOOK is None:
-        _STEP_HOOK = register_optimizer_step_post_hook(_renormalize_after_step)
+        _STEP_HOOK = (
+            register_optimizer_step_pre_hook(_refuse_unreached_masters),
+            register_optimizer_step_post_hook(_renormalize_after_step),
+        )
 
 
 _STEP_HOOK: Any = None
@@ -53,13 +56,48 @@ def _renormalize_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs:
                 matrix.param.copy_(w / norms.clamp_min(torch.finfo(torch.float32).tiny))
 
 
+@torch.no_grad()
+def _refuse_unreached_masters(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Refuses, before it updates anything, a step of `optimizer` over DeepSpeed's fp32 masters (ZeRO 1/2, its
+    BF16_Optimizer) of an nGPT that nothing renormalizes: a parameter's live `_hp_mapping` links it to a slice of a
+    flat partition that `optimizer` holds. The training forward cannot tell that case (_check_renormalized_here):
+    DeepSpeed leaves the same mapping on the parameters of a model whose engine is no longer stepping them, and a
+    plain torch fine-tune of that model (after engine.destroy(), which sets the mappings to None, or of the same model
+    object beside the idle engine) was refused as DeepSpeed training. Each rank holds a mapping into its own
+    partition, so every rank refuses alike. A few attribute reads per step."""
+    held: set[int] | None = None
+    for model in list(_SPHERE_MODELS):
+        if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
+            continue  # ngpt_ds.hf.trainer.keep_on_the_sphere renormalizes the masters
+        for param in model.parameters():
+            fragment = getattr(getattr(param, "_hp_mapping", None), "hp_fragment", None)
+            if fragment is None or fragment.numel() == 0:
+                continue
+            if held is None:
+                held = {p.untyped_storage().data_ptr() for group in optimizer.param_groups for p in group["params"]}
+            if fragment.untyped_storage().data_ptr() in held:
+                raise NgptConfigError(_deepspeed_refusal(type(model).__name__))
+
+
+def _deepspeed_refusal(name: str) -> str:
+    return (
+        f"{name} is being trained under DeepSpeed, whose optimizer updates fp32 copies of the weights that the "
+        "renormalization after each optimizer step cannot reach: the nGPT matrices would leave the hypersphere "
+        "(paper section 2.6). With transformers' Trainer add ngpt_ds's callback: "
+        "`from ngpt_ds.hf.trainer import KeepOnTheSphere; trainer.add_callback(KeepOnTheSphere(trainer))` "
+        "(it renormalizes DeepSpeed's fp32 masters after every step), or fine-tune with ngpt_ds's launch/train.py"
+    )
+
+
 def _check_renormalized_here(model: Any) -> None:
     """Refuses to train an nGPT where _renormalize_after_step cannot reach the weights the optimizer updates:
-    DeepSpeed's ZeRO keeps them as flat fp32 partitions (its parameters carry ds_id or _hp_mapping), and so does
-    its bf16/fp16 optimizer at ZeRO 0; FSDP flattens and shards them. The model then left the sphere without a word
-    (ZeRO 1-3 through transformers' Trainer: 0.005 off unit norm after 3 AdamW steps at lr 1e-3). Under DeepSpeed,
-    ngpt_ds's KeepOnTheSphere callback (ngpt_ds.hf.trainer) renormalizes the fp32 masters as ngpt_ds's trainer
-    does, and marks the model. A few attribute reads per training forward."""
+    DeepSpeed's ZeRO 3 keeps them as flat fp32 partitions (its parameters carry ds_id), and so does its bf16/fp16
+    optimizer; FSDP flattens and shards them. The model then left the sphere without a word (ZeRO 1-3 through
+    transformers' Trainer: 0.005 off unit norm after 3 AdamW steps at lr 1e-3). ZeRO 1/2 in fp32 is refused at its
+    first optimizer step instead (_refuse_unreached_masters): its mark on the parameters (_hp_mapping) outlives the
+    engine, so it does not tell a forward of DeepSpeed's training from one of a plain fine-tune afterwards. Under
+    DeepSpeed, ngpt_ds's KeepOnTheSphere callback (ngpt_ds.hf.trainer) renormalizes the fp32 masters as ngpt_ds's
+    trainer does, and marks the model. A few attribute reads per training forward."""
     if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
         return
     weight = cast(DeclaredMatrix, model.model.embed).weight
@@ -67,18 +105,8 @@ def _check_renormalized_here(model: Any) -> None:
     shared = getattr(getattr(state, "AcceleratorState", None), "_shared_state", None) or {}
     kind = str(getattr(shared.get("distributed_type"), "value", ""))
     name = type(model).__name__
-    if (
-        hasattr(weight, "ds_id")
-        or hasattr(weight, "_hp_mapping")
-        or (kind == "DEEPSPEED" and weight.dtype != torch.float32)
-    ):
-        raise NgptConfigError(
-            f"{name} is being trained under DeepSpeed, whose optimizer updates fp32 copies of the weights that the "
-            "renormalization after each optimizer step cannot reach: the nGPT matrices would leave the hypersphere "
-            "(paper section 2.6). With transformers' Trainer add ngpt_ds's callback: "
-            "`from ngpt_ds.hf.trainer import KeepOnTheSphere; trainer.add_callback(KeepOnTheSphere(trainer))` "
-            "(it renormalizes DeepSpeed's fp32 masters after every step), or fine-tune with ngpt_ds's launch/train.py"
-        )
+    if hasattr(weight, "ds_id") or (kind == "DEEPSPEED" and weight.dtype != torch.float32):
+        raise NgptConfigError(_deepspeed_refusal(name))
     if weight.dtype != torch.float32 and weight.requires_grad and _deepspeed_running():
         # ZeRO 0 in bf16/fp16 set up by deepspeed.initialize itself (no accelerate state, no mark on the weights):
         # DeepSpeed's FP16 optimizers keep fp32 masters. Before, only the 16-bit scaling vectors' refusal stopped it,
