@@ -368,11 +368,10 @@ class Trainer(RunEnd):
                 )
                 break
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
-                # Timed, the weights' check included: the estimate for a stop's save (its grace, --max-time).
-                with self.stop.saving():
-                    if broken := divergence.nonfinite_weights(self.model, self.device):  # collective
-                        message = divergence.weights_message(broken, self.step, train.lr)
-                        raise self._diverged(message + self._checkpoints_left(self.step - 1), self.step, train_loss)
+                if broken := divergence.nonfinite_weights(self.model, self.device):  # collective
+                    message = divergence.weights_message(broken, self.step, train.lr)
+                    raise self._diverged(message + self._checkpoints_left(self.step - 1), self.step, train_loss)
+                with self.stop.saving():  # timed: the estimate for a stop's save (its grace, --max-time)
                     last_checkpoint = self.newest_checkpoint = self.save()
                 # A request during the save stops here: this checkpoint is the stop's, not one a step later.
                 stop = stop or (not last and self.stop.agreed(self.device))

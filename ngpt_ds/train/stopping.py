@@ -82,8 +82,11 @@ class StopRequest:
         """How long before the limit --max-time stopped the run (None: it did not stop it early)."""
         self.saved_at: float | None = None
         """When this session's last save ended (seconds since the epoch)."""
+        self.last_stop_path_s: float | None = None
+        """This rank's last save as a stop sees it: from the step's end (its boundary) to the save's end, the step's
+        records and the checks before the save included, evaluations left out."""
         self.job_save_s: float | None = None
-        """The slowest rank's last save, agreed in `agreed` after each save: --max-time's save estimate."""
+        """The slowest rank's last_stop_path_s, agreed in `agreed` after each save: --max-time's save estimate."""
         self._boundary: float | None = None
         self._step_times: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
         self.grace_s = grace_s
@@ -141,10 +144,10 @@ class StopRequest:
     def max_time_margin_s(self) -> float:
         """What --max-time keeps free before its limit: the recent step time (the longest of the last
         STEP_TIMES_KEPT, from one step boundary to the next, evaluations and saves left out) and the save
-        estimate (the slowest rank's last save, this rank's own when it took longer; before any,
-        FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE of --max-time, whichever is less)."""
+        estimate (the slowest rank's last save, timed from its step's end, this rank's own when it took longer;
+        before any, FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE of --max-time, whichever is less)."""
         step = max(self._step_times, default=0.0)
-        timed = [s for s in (self.job_save_s, self.last_save_s) if s is not None]
+        timed = [s for s in (self.job_save_s, self.last_stop_path_s) if s is not None]
         if timed:
             save = max(timed)
         else:
@@ -183,9 +186,10 @@ class StopRequest:
         SIGTERM's grace went on that step (then a stop unsaved, exit 75, or the sender's kill) and --max-time
         overran by a step and a second save. The same all-reduce (a maximum) agrees on the slowest rank's last
         save, --max-time's save estimate on every rank: a save ends when the slowest rank's does."""
-        agreed = torch.tensor([float(self.requested()), self.last_save_s or 0.0], dtype=torch.float64, device=device)
+        path = self.last_stop_path_s
+        agreed = torch.tensor([float(self.requested()), path or 0.0], dtype=torch.float64, device=device)
         all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)  # with it, the slowest rank's last save
-        if self.last_save_s is not None:
+        if path is not None:
             self.job_save_s = agreed[1].item()
         return agreed[0].item() > 0
 
@@ -213,12 +217,14 @@ class StopRequest:
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
-        """Time a save, for the next stop's estimate; kept out of the step time."""
+        """Time a save, for the next stop's estimate (its grace; --max-time's, from the step's end); kept out of the
+        step time."""
         start = time.monotonic()
+        since = start if self._boundary is None else self._boundary  # moved past this step's evaluation
         with self.outside_steps():
             yield
-        self.last_save_s = time.monotonic() - start
-        self.saved_at = time.time()
+        end = time.monotonic()
+        self.last_save_s, self.last_stop_path_s, self.saved_at = end - start, end - since, time.time()
 
     def max_time_record(self) -> dict[str, Any] | None:
         """summary.json's `max_time`: the limit, when this rank started, when its last save ended, and how early
