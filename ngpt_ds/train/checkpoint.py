@@ -27,6 +27,7 @@ import torch.distributed as dist
 from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.checkpoint_delete import (
+    converted_from,
     discard,
     discard_or_warn,
     keep_aside,
@@ -307,16 +308,30 @@ def _seal_universal(converted: Path, source: Path) -> None:
 
 
 def _place_universal(converted: Path, target: Path, source: Path, manifest: dict[str, Any]) -> None:
+    """Seal `converted` and rename it to `target`. A folder already at `target` is deleted only when this process
+    placed it or ngpt_ds converted it from exactly `source` (a damaged conversion of the same checkpoint: the
+    same data, made again); any other (converted by hand with DeepSpeed's ds_to_universal, no manifest; or
+    copied in from another run) is renamed to <name>.not-this-run-<UTC time> and kept, with a warning, as
+    retention keeps it (checkpoint_delete.retention). It had been deleted."""
     manifest["converted_from"] = {"name": source.name, "complete_blake2b": marker_digest(source)}
     write_manifest(converted, manifest)
-    if target.exists() or target.is_symlink():  # an older or damaged conversion: replaced whole
+    kept = None
+    if written_here(target) or converted_from(target, source):  # an older or damaged conversion: replaced whole
         # renamed away first, like every delete: a kill mid-way leaves no half of it under its name
         held = discard(target)
         if held is not None:
             raise OSError(f"{target} could not be replaced: {held}")
+    elif target.exists() or target.is_symlink():
+        kept = move_out_kept(target)  # in one rename: a kill leaves it whole under the name it is kept under
     os.rename(converted, target)
     mark_written(target)
     _sync_or_warn(target.parent, target)
+    if kept is not None:
+        _log.warning(
+            f"warning: {target} was there and is not a conversion ngpt_ds made of {source.name} (converted by hand "
+            f"with DeepSpeed's ds_to_universal, or copied in): it was moved to {kept} and kept; the run's own "
+            f"conversion took the name {target.name}. Move {kept.name} elsewhere, or remove it yourself"
+        )
 
 
 def finish_universal(converted: Path, target: Path, source: Path) -> None:
