@@ -232,6 +232,20 @@ def _remove_leftover(work: Path) -> str | None:
     return None
 
 
+def _interrupted(work: Path, source: Path) -> str | None:
+    """Rank 0, before converting: the warning that an earlier conversion of `source` never finished (its work
+    folder is still there: the run was stopped or killed while converting) and starts over, or None. Nothing of
+    it was ever under the step_N-universal name, so nothing resumed from it; but its removal had gone without a
+    word, and a rerun after a preemption converted for hours again with no sign that this is a restart."""
+    if work.is_symlink() or not work.is_dir():
+        return None
+    return (
+        f"warning: {work} holds an earlier conversion of {source.name} that did not finish (the run was stopped or "
+        "killed while converting); nothing resumes from it. DeepSpeed's ds_to_universal cannot continue a "
+        "conversion: it is removed and the conversion starts again from the beginning"
+    )
+
+
 def convert(reshape: Reshape, device: torch.device) -> bool:
     """Collective: make `reshape.target` (rank 0 converts, or reuses an intact earlier conversion).
     Returns True when an earlier conversion was reused. Raises NgptConfigError on every rank if the
@@ -244,7 +258,10 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=verify_on_all_ranks)
     if rank == 0 and not reused:
         try:  # a failure here is reported through the gather below, so no rank is left waiting
+            interrupted = _interrupted(work, reshape.source)
             problem = _remove_leftover(work)
+            if problem is None and interrupted is not None:
+                _log.warning(interrupted)
             if problem is None:
                 work.mkdir(parents=True)
                 problem = _space_problem(reshape, work)

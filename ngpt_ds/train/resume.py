@@ -89,6 +89,13 @@ def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
             )
         path = source
     if (path / checkpoint.COMPLETE).is_file():
+        origin = _converted_from(path)
+        if origin is not None:
+            raise NgptConfigError(
+                f"--resume {resume}: {path} is a universal conversion of {origin} (its {checkpoint.COMPLETE} says so), "
+                f"not a checkpoint. Resume from {origin} itself: a resume at another data-parallel size converts it "
+                "(or reuses its intact conversion)"
+            )
         if not checkpoint.is_step_name(path.name):  # the trainer takes the step from the name
             try:
                 step = marked_step(path)
@@ -109,6 +116,19 @@ def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
         f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
         "a run's --out directory, 'auto' or 'none'"
     )
+
+
+def _converted_from(path: Path) -> str | None:
+    """The name of the checkpoint a folder's manifest says it was converted from (ngpt_ds's universal conversions,
+    sealed by checkpoint.finish_universal), else None. Such a folder outside its step_N-universal name (the
+    conversion's work folder, where a kill between its seal and its rename leaves it; a copy) had been
+    advised to be renamed as step_N and resumed as a checkpoint, which it is not."""
+    try:
+        origin = (manifest.read_manifest(path) or {}).get("converted_from")
+    except (manifest.MalformedManifest, OSError):
+        return None
+    name = origin.get("name") if isinstance(origin, dict) else None
+    return name if isinstance(name, str) and name.isprintable() and len(name) <= 255 else None
 
 
 def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = print) -> Path | None:
