@@ -359,6 +359,7 @@ def _repair_latest(checkpoint_dir: Path) -> str | None:
     if not complete:
         return None
     latest = checkpoint_dir / checkpoint.LATEST
+    linked = latest.is_symlink()
     if not latest.is_file():  # none (a folder of copied steps; DeepSpeed's tools then fail loudly), or a FIFO
         return None  # or a folder, whose read would block or fail
     try:  # open_regular: a named pipe put there after the check above opens without waiting, and is refused
@@ -374,6 +375,12 @@ def _repair_latest(checkpoint_dir: Path) -> str | None:
         checkpoint.point_latest(checkpoint_dir)
     except OSError:
         return None
+    if linked:  # what the link points to is not shown: a link planted there to another file had printed the start
+        # of that file (/etc/shadow's first line, for a trainer run as root) into the run's log
+        return (
+            f"checkpoints/{checkpoint.LATEST} was a symbolic link to a file not naming {newest}; it is a file naming "
+            f"{newest} now"
+        )
     shown = named[:80] if named[:80].isprintable() else repr(named[:80])  # no raw control bytes to the terminal
     if len(raw) > LATEST_MAX_BYTES:
         shown = f"more than {LATEST_MAX_BYTES} bytes"
