@@ -108,13 +108,18 @@ def _estimate_bytes(engine: DeepSpeedEngine) -> int:
     return params * BYTES_PER_PARAMETER_ESTIMATE * max(1, int(getattr(engine, "mp_world_size", 1) or 1))
 
 
-def _need(engine: DeepSpeedEngine, checkpoint_dir: Path) -> tuple[int, str]:
-    """About how many bytes the next checkpoint takes, and on what basis: the size of the newest complete one,
-    else BYTES_PER_PARAMETER_ESTIMATE per parameter."""
-    complete = complete_checkpoints(checkpoint_dir)
-    previous = checkpoint_bytes(complete[-1]) if complete else None
+def _need(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> tuple[int, str]:
+    """About how many bytes the checkpoint of `step` takes, and on what basis: the size of the newest complete
+    one of the run's lineage (one this process wrote, else one of a step at most `step`), else
+    BYTES_PER_PARAMETER_ESTIMATE per parameter. A checkpoint of a step above `step` was put there during the run
+    (retention neither counts nor deletes it): another, larger model's step_100 copied in, or a manifest crafted
+    to claim 2^60 bytes, had made every save refuse ('not enough free space ... Nothing was written'), stopping
+    the run."""
+    lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
+    own = [c for c in lineage if written_here(c)] or lineage
+    previous = checkpoint_bytes(own[-1]) if own else None
     if previous is not None:
-        return previous, f"the size of {complete[-1].name}"
+        return previous, f"the size of {own[-1].name}"
     return _estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"
 
 
@@ -122,7 +127,7 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """A write refused for space: the filesystem full, the user's quota spent, a file-size limit."""
 
 
-def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: Path) -> str:
+def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str:
     """For a write that failed for space (DISK_FULL_ERRNOS; torch's zip writer, which gives no errno): what the
     checkpoint needs and what was free on this rank's filesystem when it failed, naming the folder; else ''.
     A full disk had read 'No space left on device (<file>)' alone: no figure to free space or size a quota by."""
@@ -130,7 +135,7 @@ def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: 
     if not full and not (is_write_failure(err) and not isinstance(err, OSError)):
         return ""
     try:
-        need, basis = _need(engine, checkpoint_dir)
+        need, basis = _need(engine, checkpoint_dir, step)
         # describe() already gives the free space with torch's failure
         free = f", {gib(shutil.disk_usage(checkpoint_dir).free)} were free" if full else ""
     except Exception:  # a figure that cannot be had: the message without it
@@ -196,7 +201,7 @@ def _before_save(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> st
                     f"warning: could not remove {leftover}, left by an interrupted save or delete: {held}. The "
                     "next save tries again"
                 )
-        need, basis = _need(engine, checkpoint_dir)
+        need, basis = _need(engine, checkpoint_dir, step)
         free = shutil.disk_usage(checkpoint_dir).free
         if free < need:
             stuck = [p.name for p in sorted(checkpoint_dir.iterdir()) if is_leftover_name(p.name)]
@@ -408,7 +413,7 @@ def save(
     except Exception as err:
         if not is_write_failure(err):
             raise
-        problem = f"writing {tmp}: {describe(err, checkpoint_dir)}{_space_figures(err, engine, checkpoint_dir)}"
+        problem = f"writing {tmp}: {describe(err, checkpoint_dir)}{_space_figures(err, engine, checkpoint_dir, step)}"
         # DeepSpeed's collectives all precede its writes; the others wait in its closing barrier.
         dist.barrier()
     problem = _agree(problem)
@@ -423,7 +428,7 @@ def save(
             except Exception as err:  # any error reaches every rank through _agree
                 problem = (
                     f"finishing {checkpoint_dir / tag}: {describe(err, checkpoint_dir)}"
-                    f"{_space_figures(err, engine, checkpoint_dir)}"
+                    f"{_space_figures(err, engine, checkpoint_dir, step)}"
                 )
         problem = _agree(problem)
     if problem is not None:
