@@ -191,6 +191,24 @@ def keep_aside(aside: Path, final: Path) -> None:
     _log.warning(_kept_warning(final, kept))
 
 
+_LINEAGE: dict[Path, set[Path]] = {}
+"""Per checkpoints folder: the step_N folders its lineage held when this process started (`mark_lineage`)."""
+
+
+def mark_lineage(checkpoint_dir: Path, folders: list[Path]) -> None:
+    """Record the step_N folders of `checkpoint_dir` that are the run's lineage at its start (ngpt_ds.train.lineage,
+    after moving every later step aside): with those this process saves, the only ones retention counts and
+    deletes."""
+    _LINEAGE[Path(os.path.abspath(checkpoint_dir))] = {Path(os.path.abspath(f)) for f in folders}
+
+
+def of_the_run(folder: Path) -> bool:
+    """Whether retention may count and delete step_N `folder`: this process wrote it, or the run's lineage held it
+    when this process started. Every folder counts in a process that recorded no lineage (a tool, a test)."""
+    lineage = _LINEAGE.get(Path(os.path.abspath(folder.parent)))
+    return lineage is None or written_here(folder) or Path(os.path.abspath(folder)) in lineage
+
+
 _LEFT_ALONE: set[Path] = set()
 """The step_N folders `retention` leaves alone and already warned about in this process (one warning each)."""
 
@@ -251,25 +269,37 @@ def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
     folder) or an interrupted save of an older ngpt_ds version. One warning per folder names it. Retention
     had deleted every such folder of a step older than the one saved: a checkpoint a user was copying in.
 
+    Nor is a complete step_N the run's lineage did not hold when this process started and that it did not write
+    (`of_the_run`): another run's checkpoint of an earlier step copied in during the run, which retention had
+    counted among the oldest and deleted at the next save. One warning per folder names it.
+
     Nor is a checkpoint of a step above `step` deleted or counted: the run's lineage holds none (resuming from an
     older step moves them aside, ngpt_ds.train.lineage), so it was put there from elsewhere during the run. One
     warning per folder names it. Counted among the `keep` newest, such a folder (another run's step_100 copied in
     to resume from later) had made retention delete the checkpoint just saved."""
-    own = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
+    own = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step and of_the_run(c)]
     for old in own[:-keep]:
         twin = old.with_name(universal_name(old.name))
         if converted_from(twin, old):
             discard_or_warn(twin)
         discard_or_warn(old)
-    kept = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
+    kept = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step and of_the_run(c)]
     oldest_kept = step_of(kept[0].name) if kept else step
     for foreign in complete_checkpoints(checkpoint_dir):
-        if step_of(foreign.name) > step and foreign not in _LEFT_ALONE:
-            _LEFT_ALONE.add(foreign)
+        if foreign in _LEFT_ALONE or (step_of(foreign.name) <= step and of_the_run(foreign)):
+            continue
+        _LEFT_ALONE.add(foreign)
+        if step_of(foreign.name) > step:
             _log.warning(
                 f"warning: {foreign} is a checkpoint of a step above the one just saved ({step}): it is not of this "
                 "run's lineage (put there during the run) and retention neither counts nor deletes it. Move it "
                 "elsewhere, or remove it yourself"
+            )
+        else:
+            _log.warning(
+                f"warning: {foreign} was not in checkpoints/ when this run started, and this run did not write it (put "
+                "there during the run): it is not of the run's lineage, and retention neither counts nor deletes it. "
+                "Move it elsewhere, or remove it yourself"
             )
     for converted in universal_dirs(checkpoint_dir):  # of a step retention has now passed
         if universal_step(converted) >= oldest_kept:

@@ -15,7 +15,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from ngpt_ds.train import checkpoint
+from ngpt_ds.train import checkpoint, checkpoint_delete
 from ngpt_ds.train.manifest import read_capped
 from ngpt_ds.train.metrics import REPLACED_JSONL
 from ngpt_ds.train.summary import SUMMARY_FILE, replace_file
@@ -36,6 +36,16 @@ def in_run_folder(out_dir: Path, path: Path) -> bool:
 
 
 def start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = False) -> str | None:
+    """`_start_lineage`; then the step folders left in checkpoints/ (the lineage: steps at most the one resumed)
+    are recorded in this process as the run's (checkpoint_delete.mark_lineage), the only ones besides those it
+    saves that retention counts and deletes."""
+    moved = _start_lineage(out_dir, resume_from, named=named)
+    checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
+    checkpoint_delete.mark_lineage(checkpoint_dir, checkpoint.step_dirs(checkpoint_dir))
+    return moved
+
+
+def _start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = False) -> str | None:
     """Rank 0, under the run lock, before anything is saved: one lineage per run folder.
 
     Resuming from step k moves every step_N folder with N > k (complete or not) into
