@@ -12,12 +12,13 @@ optimizer over model.parameters() does not.
 """
 
 import json
+import sys
 
 import pytest
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
-from conftest import cpu_env, torchrun  # noqa: E402
+from conftest import cpu_env, free_port, run, torchrun  # noqa: E402
 
 WORKER = r"""
 import json, os, sys
@@ -139,3 +140,72 @@ def test_a_plain_fine_tune_after_deepspeed_trains_and_live_deepspeed_is_still_re
         assert result["destroyed"]["losses"] == result["beside_the_engine"]["losses"]
         assert result["live"] == REFUSAL, rank
         assert result["live_weights_kept"] and result["live_masters_kept"], rank
+
+
+TRAINER_WORKER = r"""
+import json, sys
+import deepspeed.ops
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # not used; its JIT build takes 30 s
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.hf.configuration_ngpt import CONFIGS
+from ngpt_ds.hf.modeling_ngpt import MODELS
+from ngpt_ds.hf.trainer import KeepOnTheSphere
+from ngpt_ds.model import ModelConfig
+from ngpt_ds.model.sphere import max_norm_deviation
+
+out = sys.argv[1]
+torch.manual_seed(0)
+config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+model = MODELS["ngpt"](CONFIGS["ngpt"].from_model_config(config))
+
+
+class Data(Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        ids = torch.randint(3, 512, (16,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": ids, "labels": ids}
+
+
+ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+      "gradient_clipping": "auto", "zero_optimization": {"stage": 2}}
+args = TrainingArguments(output_dir=out + ".trainer", per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
+                         deepspeed=ds, report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=1)
+trainer = Trainer(model=model, args=args, train_dataset=Data())
+trainer.add_callback(KeepOnTheSphere(trainer))
+trainer.train()
+weight = model.model.embed.weight
+start = weight.detach().clone()
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+model.train()
+try:
+    for i in range(3):
+        ids = torch.randint(3, 512, (4, 16), generator=torch.Generator().manual_seed(50 + i))
+        model(ids, labels=ids, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+except NgptConfigError as e:
+    print(e, file=sys.stderr)
+    raise SystemExit(2)
+with open(out, "w") as f:
+    json.dump({"moved": float((weight.detach() - start).abs().max()), "deviation": max_norm_deviation(model.model)}, f)
+"""
+
+
+def test_a_plain_fine_tune_after_the_trainer_with_keep_on_the_sphere_trains(tmp_path):
+    """Fault: after transformers' Trainer trained 3 steps at ZeRO 2 with the KeepOnTheSphere callback (released at
+    the end of training), 3 torch AdamW steps on the same model were refused at the first forward (exit 2). Now they
+    train (the embedding moves 3.4e-3) and end on the sphere within 2.5e-7."""
+    script, out = tmp_path / "worker.py", tmp_path / "result.json"
+    script.write_text(TRAINER_WORKER)
+    env = cpu_env(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
+    proc = run([sys.executable, script, out], env=env, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["moved"] > 1e-3
+    assert result["deviation"] <= 2.5e-7
