@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ngpt_ds.train import checkpoint, manifest
+from ngpt_ds.train.lineage import start_lineage
 
 WEIGHTS = "mp_rank_00_model_states.pt"
 
@@ -64,3 +65,19 @@ def test_a_resumed_process_takes_the_size_of_the_newest_step_at_most_the_one_sav
     big = _files(checkpoints / "step_00000009", b"B" * 9000)
     manifest.write_manifest(big, manifest.build_manifest(big, 9))
     assert checkpoint._need(_Engine(), checkpoints, 5) == (3010, "the size of step_00000004")  # type: ignore[arg-type]
+
+
+def test_a_crafted_checkpoint_of_an_earlier_step_copied_in_does_not_size_the_first_save_of_a_resumed_run(tmp_path):
+    """The same with a step below the one saved: resumed from step 2, the run's first save (of step 4) had taken
+    the size of another run's step_00000003 copied in meanwhile."""
+    out = tmp_path / "run"
+    checkpoints = out / "checkpoints"
+    step2 = _files(checkpoints / "step_00000002", b"R" * 1000)
+    manifest.write_manifest(step2, manifest.build_manifest(step2, 2))
+    assert start_lineage(out, step2) is None
+    crafted = _files(checkpoints / "step_00000003", b"C" * 10)
+    sealed = manifest.build_manifest(crafted, 3)
+    sealed["files"][WEIGHTS]["size"] = 2**60
+    (crafted / manifest.COMPLETE).write_text(json.dumps(sealed))
+    assert checkpoint._before_save(_Engine(), checkpoints, 4) is None  # type: ignore[arg-type]
+    assert checkpoint._need(_Engine(), checkpoints, 4) == (1010, "the size of step_00000002")  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from ngpt_ds.train.checkpoint_delete import (
     kept_warning,
     mark_written,
     move_out_kept,
+    of_the_run,
     remove,
     retention,
     written_here,
@@ -110,12 +111,13 @@ def _estimate_bytes(engine: DeepSpeedEngine) -> int:
 
 def _need(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> tuple[int, str]:
     """About how many bytes the checkpoint of `step` takes, and on what basis: the size of the newest complete
-    one of the run's lineage (one this process wrote, else one of a step at most `step`), else
+    one of the run's lineage (one this process wrote, else one of a step at most `step` that the lineage held when
+    the process started: checkpoint_delete.of_the_run), else
     BYTES_PER_PARAMETER_ESTIMATE per parameter. A checkpoint of a step above `step` was put there during the run
     (retention neither counts nor deletes it): another, larger model's step_100 copied in, or a manifest crafted
     to claim 2^60 bytes, had made every save refuse ('not enough free space ... Nothing was written'), stopping
     the run."""
-    lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step]
+    lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step and of_the_run(c)]
     own = [c for c in lineage if written_here(c)] or lineage
     previous = checkpoint_bytes(own[-1]) if own else None
     if previous is not None:
