@@ -128,8 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-time",
         type=_seconds,
         metavar="SECONDS",
-        help="save a checkpoint and stop cleanly after this much wall time (e.g. before a "
-        "Slurm time limit); rerun to resume. SIGTERM, SIGINT and the launcher's exit also stop with a "
+        help="save a checkpoint and stop cleanly before this much wall time has passed since the rank started "
+        "(early enough for the last step and its save; e.g. a Slurm time limit); rerun to resume. SIGTERM, SIGINT "
+        "and the launcher's exit also stop with a "
         "checkpoint, within train.stop_grace_s (YAML, default 25 s)",
     )
     parser.add_argument(
