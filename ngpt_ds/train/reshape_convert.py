@@ -19,6 +19,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -180,7 +181,19 @@ SPACE_FAILURES = (*(os.strerror(e) for e in checkpoint.DISK_FULL_ERRNOS), *TORCH
 torch.save's zip writer's failure, which gives no errno."""
 
 
-def _failed_for_space(reshape: Reshape, work: Path) -> str:
+def _killed_text(returncode: int) -> str | None:
+    """How a converter ended by a signal reads in its failure message, or None when it exited."""
+    if returncode >= 0:
+        return None
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    oom = " (the kernel's out-of-memory killer sends it: see dmesg)" if -returncode == signal.SIGKILL else ""
+    return f"killed by {name}{oom}"
+
+
+def _failed_for_space(reshape: Reshape, work: Path, returncode: int = 1) -> str:
     """Rank 0, the converter having failed: when its log's last lines say a write failed for space, or the free
     space is below what the conversion needs, the figures as a save gives them (ngpt_ds.train.checkpoint): what
     the conversion needs, what was free, the folder; else ''. It had read '... are free on the filesystem of
@@ -190,7 +203,11 @@ def _failed_for_space(reshape: Reshape, work: Path) -> str:
     if size is None or free is None:
         return ""
     need = CONVERSION_SPACE_FACTOR * size
-    if free >= need and not any(marker in tail for marker in SPACE_FAILURES):
+    said = any(marker in tail for marker in SPACE_FAILURES)
+    if not said and (free >= need or returncode in (-signal.SIGKILL, -signal.SIGTERM)):
+        # Killed, it failed for no write: a converter killed for memory after writing much of its output had
+        # read 'The conversion needs about ..., ... were free' (the space its own files took), and the advice to
+        # free space sent the operator after the wrong cause.
         return ""
     return (
         f"The conversion needs about {gib(need)} (twice the size of {reshape.source.name}), {gib(free)} were "
@@ -292,11 +309,12 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
             f"rerun to convert again, or resume at {reshape.saved.describe()} instead"
         )
     elif rank == 0 and proc is not None and proc.returncode != 0:
-        space = _failed_for_space(reshape, work)
+        space = _failed_for_space(reshape, work, proc.returncode)
+        killed = _killed_text(proc.returncode)
         problem = (
-            f"DeepSpeed's ds_to_universal could not convert {reshape.source} (exit {proc.returncode}): "
-            f"{_tail(work / 'convert.log')}. "
-            + (f"{space}resume at " if space else f"{_free_space(work.parent)}Resume at ")
+            f"DeepSpeed's ds_to_universal could not convert {reshape.source} "
+            f"({killed or f'exit {proc.returncode}'}): {_tail(work / 'convert.log')}. "
+            + (f"{space}resume at " if space else f"{_free_space(work.parent) if not killed else ''}Resume at ")
             + f"{reshape.saved.describe()} instead"
         )
     problems: list[str | None] = [None] * dist.get_world_size()
@@ -320,7 +338,6 @@ def _end_with_parent() -> None:
     parent = os.environ.get(CONVERTER_PARENT_VARIABLE, "")
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     if parent.isascii() and parent.isdigit() and os.getppid() != int(parent):
