@@ -157,13 +157,9 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
     model.model.load_state_dict(loaded.model.state_dict())
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos
+    # save_pretrained records the model config in the weights' header, the native export's record and key
+    # (ngpt_ds.hf.recorded_config): from_pretrained refuses a config.json edited after the export.
     model.save_pretrained(folder)
-    # The model config, recorded with the weights: from_pretrained refuses a config.json edited after the export
-    # (ngpt_ds.hf.recorded_config). The record and its key are the native export's.
-    from ngpt_ds.infer.export_config import config_record  # here: ngpt_ds.infer is not imported by save_pretrained
-
-    for weights in sorted(folder.glob("*.safetensors")):
-        add_metadata(weights, config_record(loaded.config))
     hf_tokenizer.save_pretrained(folder)
     code_files = write_code(folder)
     (folder / "README.md").write_text(
