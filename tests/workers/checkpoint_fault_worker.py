@@ -7,7 +7,7 @@ ACTION:
   save                  one save of STEP; each rank prints what it got
   save-seal-fails       one save of STEP in which rank 0's listing of the new folder raises a
                         RecursionError (not an OSError); each rank prints what it got
-  save-killed-swapping  a second save of STEP, SIGKILLed (by itself, so nothing is cleaned up) right
+  save-killed-swapping  a second save of STEP by the process that saved it, SIGKILLed (by itself, so nothing is cleaned up) right
                         after the old step_N was moved aside and before the new one took its name
   resume                every rank prints the checkpoint `resolve_resume_on_all_ranks(OUT, "auto")` chose
 """
@@ -36,6 +36,10 @@ def main() -> None:
 
         checkpoint.file_sizes = deep_listing  # what rank 0 calls to list the new folder
     if action == "save-killed-swapping":
+        # A second save of a step this process placed (the trainer's saves are of steps above the one it resumed
+        # from): its own step_N goes to step_N.tmp-replaced, which a restart puts back. Any other step_N there is
+        # someone's copy, renamed straight to step_N.not-this-run-<time>.
+        checkpoint.mark_written(out / checkpoint.CHECKPOINTS / checkpoint.tag_for(step))
         rename = os.rename
 
         def killed_after_moving_aside(src, dst):
