@@ -27,7 +27,6 @@ import fcntl
 import os
 import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.manifest import COMPLETE, RefusedFile, file_kind, read_capped
+from ngpt_ds.train.out_shared import not_shared
 
 LOCK_FILE = "train.lock"
 RUN_CONFIG = "config.yaml"
@@ -398,55 +398,9 @@ def lock_run(out_dir: Path) -> RunLock | None:
     dist.broadcast_object_list(box, src=0)
     if box[0] is not None:
         raise NgptConfigError(box[0])
-    problem = _not_shared(out_dir)
+    problem = not_shared(out_dir, LOCK_FILE, lock.fd if lock is not None else -1)
     if problem is not None:
         if lock is not None:
             lock.release()
         raise NgptConfigError(problem)
     return lock
-
-
-SHARED_SETTLE_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0)
-"""The pauses before the ranks look again while some rank finds no train.lock at all: NFS may show a file another
-node just created up to a minute late (a cached failed lookup lives as long as the folder's cached attributes,
-acdirmax 60 s by default). A rank that reads another holder is answered at once: opening a file revalidates its
-content on NFS (close-to-open), and rank 0 synced what it wrote."""
-
-
-def _seen_lock(out_dir: Path) -> str:
-    """What this rank reads in <out>/train.lock, or why it cannot read it ('<...>', never a holder's text)."""
-    try:
-        return read_capped(out_dir / LOCK_FILE, 4096).decode(errors="replace").strip()
-    except (OSError, RefusedFile) as err:
-        return f"<{getattr(err, 'strerror', None) or err}>"
-
-
-def _unreadable(seen: str | None) -> bool:
-    return seen is None or seen.startswith("<")
-
-
-def _not_shared(out_dir: Path) -> str | None:
-    """Collective, once rank 0 holds the lock: whether every rank reads in <out>/train.lock the holder rank 0 wrote
-    there (the same answer on every rank). An --out on a node-local disk (the same path, another folder on each
-    node) had trained a whole checkpoint_interval and then stopped at its first save (exit 74, a rank of another
-    node 'hashing ...: No such file or directory'): a save writes one folder that rank 0 lists, hashes with the
-    other ranks and renames, and the free space it checks is that of the one folder every rank writes into."""
-    world = dist.get_world_size()
-    if world == 1:
-        return None
-    seen: list[str | None] = [None] * world
-    for pause in (*SHARED_SETTLE_PAUSES_S, None):
-        dist.all_gather_object(seen, _seen_lock(out_dir))
-        differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
-        if differs is None:
-            return None
-        if pause is None or not all(seen[r] == seen[0] or _unreadable(seen[r]) for r in range(1, world)):
-            break
-        time.sleep(pause)
-    assert differs is not None  # the loop returns otherwise
-    return (
-        f"--out {out_dir}: rank {differs} does not see the {LOCK_FILE} rank 0 wrote there (rank 0 reads "
-        f"{seen[0]!r}, rank {differs} {seen[differs]!r}): --out is not the same folder on every node (a node-local "
-        "disk). Every rank writes its part of each checkpoint into the one folder rank 0 completes: put --out on "
-        "storage every node shares"
-    )
