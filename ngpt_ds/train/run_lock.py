@@ -5,7 +5,8 @@ record lock (`fcntl.lockf`), which works on local filesystems and on NFS, and wh
 releases when its process dies, whatever killed it. The file itself names the holder
 (`host=... pid=...`) for the message a second trainer prints; a clean exit empties it, so a file
 that still names a holder while the lock is free was left by a process that died: it is taken over
-with a message.
+with a message. A checkpoints/ that is a link (a shared store) is locked too, by STORE_LOCK in the folder it
+names (`_lock_checkpoints`): two --out linking there had both written into it.
 
 Some filesystems give no locks at all: NFSv3 without a reachable lock daemon answers ENOLCK, Lustre
 mounted without `flock` ENOSYS. There the trainer had said "--out ... is in use by another trainer" and
@@ -41,6 +42,10 @@ from ngpt_ds.train.manifest import COMPLETE, RefusedFile, file_kind, read_capped
 from ngpt_ds.train.out_shared import not_shared
 
 LOCK_FILE = "train.lock"
+STORE_LOCK = "writer.lock"
+"""In a checkpoints folder that a run's checkpoints/ links to (a shared checkpoint store; a run folder copied with
+`cp -a`, which keeps the link): names the trainer that writes there (`_lock_checkpoints`). Never a step_N name,
+so listings, retention, resume and export pass it by (ngpt_ds.train.checkpoint_layout)."""
 RUN_CONFIG = "config.yaml"
 """The run's effective config, rewritten at every start (ngpt_ds.train.job)."""
 RUN_FILES = (
@@ -186,11 +191,11 @@ def _parse(text: str) -> dict[str, str]:
 _HELD = "held by another process"
 
 
-def _try_lock(fd: int) -> str | None:
+def _try_lock(fd: int, kind: int = fcntl.LOCK_EX) -> str | None:
     """Lock `fd` without waiting: None once locked, _HELD where another process holds the lock, else the error
     that says this filesystem gives no locks at all (lockf answers EAGAIN or EACCES for a held lock only)."""
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno in (errno.EAGAIN, errno.EACCES):
             return _HELD
@@ -229,48 +234,45 @@ def _not_regular(fd: int) -> str | None:
 class RunLock:
     """The held lock. `release()` empties the file and unlocks (the file stays: unlinking a lock file races)."""
 
-    def __init__(self, fd: int, path: Path, note: str | None):
-        self.fd, self.path = fd, path
-        self.note = note
-        """A line to print when a stale lock was taken over, else None."""
+    def __init__(self, fd: int, path: Path, note: str | None, store_fd: int = -1):
+        self.fd, self.path, self.store_fd, self.note = fd, path, store_fd, note
+        """note: a line to print when a stale lock was taken over, else None."""
 
     def release(self) -> None:
-        if self.fd < 0:
-            return
-        try:
-            os.ftruncate(self.fd, 0)
-        except OSError:
-            pass
-        os.close(self.fd)  # closing drops the lock
-        self.fd = -1
+        for fd in (self.store_fd, self.fd):  # the checkpoints folder's lock first: train.lock guards both
+            if fd < 0:
+                continue
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing drops the lock
+        self.fd = self.store_fd = -1
 
 
-def acquire(out_dir: Path) -> RunLock:
-    """Create --out if needed and lock it. NgptConfigError when another process holds it, --out is not
-    writable (read-only filesystem, permissions), or a run there would damage what it holds
-    (`check_out_folder`)."""
-    check_out_folder(out_dir)
-    path = out_dir / LOCK_FILE
+def _open_lock(path: Path, subject: str, unwritable: str) -> int:
+    """Open (create) the lock file `path`, never through a link; NgptConfigError naming `subject` when it cannot."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as err:
         if err.errno == errno.ELOOP:  # a link planted in a run folder someone handed over: never written through
             raise NgptConfigError(
-                f"--out {out_dir}: {LOCK_FILE} is a symbolic link (to {os.readlink(path)}); the trainer writes its "
-                f"name into {LOCK_FILE} and would write through the link. Remove the link, then run again"
+                f"{subject}: {path.name} is a symbolic link (to {os.readlink(path)}); the trainer writes its "
+                f"name into {path.name} and would write through the link. Remove the link, then run again"
             ) from None
-        raise NgptConfigError(
-            f"--out {out_dir} is not writable ({err.strerror or err}): the trainer writes "
-            "its checkpoints, logs and config there. Choose a writable --out"
-        ) from None
+        raise NgptConfigError(f"{subject} is not writable ({err.strerror or err}){unwritable}") from None
     kind = _not_regular(fd)
     if kind is not None:  # a named pipe or a device: its read below ended in a traceback ('Illegal seek')
         os.close(fd)
         raise NgptConfigError(
-            f"--out {out_dir}: {LOCK_FILE} is {kind}, not a regular file; the trainer locks {LOCK_FILE} and writes "
+            f"{subject}: {path.name} is {kind}, not a regular file; the trainer locks {path.name} and writes "
             "its name into it. Remove it, then run again"
         )
+    return fd
+
+
+def _take(fd: int, path: Path, subject: str, busy_fix: str, no_locks: str, content: str) -> str | None:
+    """Lock the open lock file `fd` and write `content` (the holder) into it. Returns the line to print (a stale
+    lock taken over, a filesystem without locks: `no_locks`, where {failure} says why), else None. Closes `fd` and
+    raises NgptConfigError naming `subject` and the holder when another process holds it."""
     failure = _try_lock(fd)
     text = os.pread(fd, 4096, 0).decode(errors="replace")
     previous = _parse(text)
@@ -282,17 +284,10 @@ def acquire(out_dir: Path) -> RunLock:
                 f"; this filesystem gives no locks ({failure}), so the process the file names was looked up: "
                 f"if it is not a trainer, empty {path}"
             )
-        raise NgptConfigError(
-            f"--out {out_dir} is in use by another trainer ({holder}; lock file {path}). Wait for "
-            "it to finish or stop it, or choose another --out"
-        ) from None
+        raise NgptConfigError(f"{subject} is in use by another trainer ({holder}; lock file {path}). {busy_fix}")
     note = None
     if failure:
-        note = (
-            f"warning: the filesystem of --out {out_dir} gives no file locks ({failure}): this run is not "
-            f"locked there, and a second trainer started on this --out from another node would not be refused. "
-            f"Start one trainer per --out"
-        )
+        note = no_locks.replace("{failure}", failure)
     elif "pid" in previous:
         same_host = previous.get("host") == socket.gethostname()
         dead = same_host and _is_number(previous["pid"]) and not _alive(int(previous["pid"]))
@@ -311,18 +306,102 @@ def acquire(out_dir: Path) -> RunLock:
             )
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (_holder() + "\n").encode(), 0)
+        os.pwrite(fd, (content + "\n").encode(), 0)
         os.fsync(fd)
     except OSError as err:
         os.close(fd)
-        raise NgptConfigError(
-            f"--out {out_dir} is not writable ({err.strerror or err}). Choose a writable --out"
-        ) from None
+        raise NgptConfigError(f"{subject} is not writable ({err.strerror or err}){_OUT_UNWRITABLE}") from None
+    return note
+
+
+def acquire(out_dir: Path) -> RunLock:
+    """Create --out if needed and lock it, and the checkpoints folder its checkpoints/ links to
+    (`_lock_checkpoints`). NgptConfigError when another process holds either, --out is not writable (read-only
+    filesystem, permissions), or a run there would damage what it holds (`check_out_folder`)."""
+    check_out_folder(out_dir)
+    path = out_dir / LOCK_FILE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NgptConfigError(f"--out {out_dir} is not writable ({err.strerror or err}){_OUT_UNWRITABLE}") from None
+    fd, busy_fix = _open_lock(path, f"--out {out_dir}", _OUT_UNWRITABLE), "Wait for it to finish or stop it"
+    no_locks = (
+        f"warning: the filesystem of --out {out_dir} gives no file locks ({{failure}}): this run is not locked "
+        "there, and a second trainer started on this --out from another node would not be refused. Start one "
+        "trainer per --out"
+    )
+    note = _take(fd, path, f"--out {out_dir}", busy_fix + ", or choose another --out", no_locks, _holder())
     problem = _checkpoints_not_writable(out_dir / CHECKPOINTS)
     if problem is not None:
         RunLock(fd, path, None).release()
         raise NgptConfigError(problem)
-    return RunLock(fd, path, note)
+    try:
+        store_fd, store_note = _lock_checkpoints(out_dir)
+    except NgptConfigError:
+        RunLock(fd, path, None).release()
+        raise
+    return RunLock(fd, path, "\n".join(filter(None, (note, store_note))) or None, store_fd)
+
+
+_OUT_UNWRITABLE = ": the trainer writes its checkpoints, logs and config there. Choose a writable --out"
+
+
+def _held(path: Path) -> str | None:
+    """Who holds the lock file `path` when another process does (its text), else None (no such file, free, or no
+    regular file). Takes nothing; never on a file this process holds (closing a descriptor drops its locks)."""
+    try:  # O_NONBLOCK: a named pipe there would block the open for good
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if _not_regular(fd) is not None:
+            return None
+        failure = _try_lock(fd, fcntl.LOCK_SH)
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if failure == _HELD or (failure and _running_here(_parse(text))):
+            return text or "a process that has not written its name yet"
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lock_checkpoints(out_dir: Path) -> tuple[int, str | None]:
+    """Rank 0, holding train.lock: one writer per checkpoints folder too. Returns the descriptor of the lock it
+    holds (-1: none) and a line to print, or raises NgptConfigError naming the folder and its holder.
+
+    Two --out whose checkpoints/ are links to one folder (a shared checkpoint store, a run folder copied with
+    `cp -a`, which keeps the link) had both run, each under its own train.lock, saving, rotating and deleting
+    checkpoints in the same folder. A checkpoints/ that is a link now takes STORE_LOCK in the folder it names,
+    the way train.lock is taken (a stale holder is taken over), and is refused while that folder is another
+    run's own checkpoints/ and that run holds its train.lock. A checkpoints/ of the run's own (the common case)
+    writes nothing there: it is refused while a STORE_LOCK in it is held (a run linking to it runs)."""
+    checkpoints = out_dir / CHECKPOINTS
+    if not checkpoints.is_dir():
+        return -1, None  # the first save creates it, a folder of this run's own
+    store, real_out = checkpoints.resolve(), out_dir.resolve()
+    if store == real_out / CHECKPOINTS:
+        holder = _held(store / STORE_LOCK)
+        if holder is not None:
+            raise NgptConfigError(
+                f"--out {out_dir}: its checkpoints folder {store} is in use by another trainer, whose checkpoints/ "
+                f"links there ({holder}; lock file {store / STORE_LOCK}). Wait for it to finish or stop it, or "
+                "choose another --out"
+            )
+        return -1, None
+    subject = f"--out {out_dir}: its checkpoints folder {store} (checkpoints/ links there)"
+    path, busy_fix = store / STORE_LOCK, "Wait for it to finish or stop it, or give this run a checkpoints/ of its own"
+    fd = _open_lock(path, subject, f": the trainer locks {path} there. Make it writable, or remove that file")
+    no_locks = f"warning: the filesystem of {store} gives no file locks ({{failure}}): a second trainer whose "
+    no_locks += "checkpoints/ links there from another node would not be refused"
+    note = _take(fd, path, subject, busy_fix, no_locks, f"{_holder()} out={real_out}")
+    owner = store.parent / LOCK_FILE
+    holder = _held(owner) if store.name == CHECKPOINTS and store.parent != real_out else None
+    if holder is not None:  # that run's own checkpoints/: it holds its train.lock only
+        RunLock(-1, path, None, fd).release()
+        raise NgptConfigError(
+            f"{subject} is in use by the trainer of --out {store.parent} ({holder}; lock file {owner}). {busy_fix}"
+        )
+    return fd, note
 
 
 def _checkpoints_not_writable(checkpoints: Path) -> str | None:
@@ -354,32 +433,44 @@ def _checkpoints_not_writable(checkpoints: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def unless_in_use(out_dir: Path) -> Iterator[bool]:
+def unless_in_use(out_dir: Path, *, checkpoints: bool = True) -> Iterator[bool]:
     """Hold --out's lock for the duration of the block if no other process holds it, without creating or
     writing anything: yields True then (also when the folder has no lock file, so no trainer holds it),
     False when another process holds it (on a filesystem without locks: when the file names a running process of
     this host) or the lock file cannot be opened. For repairs before `lock_run`
     (resume.py puts back a checkpoint an interrupted save moved aside), which must not touch a folder a
-    running trainer owns. Not while this process holds the lock: closing the file drops fcntl locks."""
+    running trainer owns. Not while this process holds the lock: closing the file drops fcntl locks.
+    `checkpoints`: the same for the locks of the folder <out>/checkpoints names (`_lock_checkpoints`), where a
+    trainer of another --out whose checkpoints/ links there writes under its own train.lock."""
+    with contextlib.ExitStack() as held:
+        yield all(_hold_if_free(path, held) for path in _lock_files(out_dir, checkpoints))
+
+
+def _lock_files(out_dir: Path, checkpoints: bool) -> list[Path]:
+    """train.lock, then the lock files of the folder <out>/checkpoints names that `_lock_checkpoints` consults."""
+    files, store = [out_dir / LOCK_FILE], out_dir / CHECKPOINTS
+    if checkpoints and store.is_dir():
+        store = store.resolve()
+        files.append(store / STORE_LOCK)
+        if store.name == CHECKPOINTS and store.parent != out_dir.resolve():
+            files.append(store.parent / LOCK_FILE)
+    return files
+
+
+def _hold_if_free(path: Path, held: contextlib.ExitStack) -> bool:
+    """Lock `path` until `held` closes, unless another process holds it (True also when there is no such file)."""
     try:
-        fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
-        yield True
-        return
+        return True
     except OSError:
-        yield False
-        return
-    try:
-        if _not_regular(fd) is not None:  # no lock to take there; `acquire` refuses it with the fix
-            yield False
-            return
-        failure = _try_lock(fd)
-        if failure == _HELD or (failure and _running_here(_parse(os.pread(fd, 4096, 0).decode(errors="replace")))):
-            yield False
-            return
-        yield True  # locked, or on a filesystem without locks (`acquire`) with no trainer of this host named
-    finally:
-        os.close(fd)
+        return False
+    held.callback(os.close, fd)
+    if _not_regular(fd) is not None:  # no lock to take there; `acquire` refuses it with the fix
+        return False
+    failure = _try_lock(fd)
+    # locked, or on a filesystem without locks (`acquire`) with no trainer of this host named
+    return not (failure == _HELD or (failure and _running_here(_parse(os.pread(fd, 4096, 0).decode(errors="replace")))))
 
 
 def lock_run(out_dir: Path) -> RunLock | None:
