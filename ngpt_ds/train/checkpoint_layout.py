@@ -13,6 +13,9 @@ that defines it; training, resume, reshape and inference all use it):
                                                never resumed, listed or exported; what cannot be removed
                                                is tried again at each save, with a warning naming the file
     <out>/checkpoints/latest                   DeepSpeed's pointer: always the newest complete tag
+    <out>/checkpoints/writer.lock              only where checkpoints/ is a link: names the trainer of the
+                                               --out that writes there (ngpt_ds.train.run_lock); never a
+                                               step_N name
     <out>/checkpoints/zero_to_fp32.py          DeepSpeed's recovery scripts, which each save writes again
     <out>/checkpoints/zero_to_torch.py         (deepspeed 0.19: engine._copy_recovery_script, on global rank 0)
     <out>/checkpoints/abandoned-<UTC time>/    checkpoints of an earlier lineage, moved aside, never deleted

@@ -91,7 +91,7 @@ def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
         str(out_dir),
     )
     try:
-        with run_lock.unless_in_use(out_dir) as ours:
+        with run_lock.unless_in_use(out_dir, checkpoints=False) as ours:  # writes summary.json only
             if ours:
                 replace_file(path, summary_json(summary))
     except OSError as err:  # the run is finished either way; this rank alone would end in a traceback
