@@ -68,6 +68,11 @@ def keep_on_the_sphere(engine: Any) -> Any:
     (ngpt_ds.train.hypersphere.HypersphereHook, ZeRO 0-3, fp32 and bf16), and marks the model so that its training
     forward runs. Returns the hook (its max_deviation() measures the masters); release(model) removes it.
 
+    A sphere matrix frozen when it attaches (requires_grad=False, e.g. the embedding of a fine-tune) is left as it is:
+    no optimizer moves it (DeepSpeed keeps no fp32 master of it). After changing requires_grad, call the hook's
+    rebuild(), then normalize_now(keep_within=4e-6). engine.offload_states() / reload_states() are followed: the next
+    step renormalizes the reloaded masters (a step while they are offloaded is refused).
+
         engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds)
         keep_on_the_sphere(engine)
     """

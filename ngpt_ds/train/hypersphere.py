@@ -21,6 +21,18 @@ zero-padded vocabulary row in a loaded checkpoint) stays zero instead of becomin
 the sums are clamped to the smallest normal float before rsqrt. NaN and inf are never
 hidden: they are flagged at every step and reported by `deviations()`.
 
+A frozen sphere matrix (requires_grad=False when the masters are located: a fine-tune that freezes the
+embedding) is left alone on every path: no optimizer moves it, so it needs no renormalization, and x / ||x|| of a
+unit vector would change its last bits at every step. DeepSpeed itself leaves frozen parameters out of every
+fp32 master it keeps (ZeRO 0 in bf16/fp16, the flat groups of ZeRO 1/2/3: deepspeed.runtime.utils.
+is_optimized_parameter); only a torch optimizer at ZeRO 0 in fp32 can hold one, and should it get a gradient
+there (unfrozen later) the step is refused before it moves (`_refuse_moving_frozen`).
+
+The masters the hook located can move: `engine.offload_states()` / `reload_states()` (ZeRO 1/2/3) give the
+fp32 partitions new memory and DeepSpeed relinks its mappings, so the hook's views would renormalize memory no
+optimizer reads. Before every step (and in normalize_now and deviations) it checks that each located master
+still has its storage, locates the masters again if not, and refuses a step while they are offloaded.
+
 This is the only module in ngpt_ds that reads DeepSpeed optimizer internals
 (checked against deepspeed 0.19.8):
   no ZeRO, fp32        the torch optimizer holds the model parameters
@@ -44,7 +56,8 @@ from torch import nn
 
 from ngpt_ds.model.sphere import SphereMatrix, sphere_matrices
 from ngpt_ds.train.collectives import all_reduce_on, communication_device
-from ngpt_ds.train.sphere_pieces import TINY_SQUARED_NORM, MasterPiece, StepUnit
+from ngpt_ds.train.sphere_pieces import TINY_SQUARED_NORM, StepUnit
+from ngpt_ds.train.sphere_slots import master_piece, reduction_group, slot_layout, spans
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -55,29 +68,6 @@ if TYPE_CHECKING:
 
 class RenormalizationMissed(RuntimeError):
     """DeepSpeed applied an optimizer step without the renormalization hook running."""
-
-
-def _full_shape(param: nn.Parameter) -> torch.Size:
-    """A parameter's unpartitioned shape (ZeRO 3 leaves an empty placeholder in .data)."""
-    return param.ds_shape if hasattr(param, "ds_shape") else param.shape
-
-
-def _slot_layout(matrices: list[SphereMatrix]) -> tuple[dict[int, int], int]:
-    """param id -> first slot, and the total: one slot per norm vector, in model order."""
-    slots, total = {}, 0
-    for m in matrices:
-        slots[id(m.param)] = total
-        total += _full_shape(m.param)[1 - m.norm_dim]
-    return slots, total
-
-
-def _spans(matrices: list[SphereMatrix], slots: dict[int, int]) -> list[tuple[str, int, int]]:
-    return [(m.name, slots[id(m.param)], slots[id(m.param)] + _full_shape(m.param)[1 - m.norm_dim]) for m in matrices]
-
-
-def _reduction_group(group: dist.ProcessGroup | None) -> dist.ProcessGroup | None:
-    """The group to sum partial norms over, or None when it has one rank (nothing is cut)."""
-    return group if dist.get_world_size(group=group) > 1 else None
 
 
 def _check_link(
@@ -146,11 +136,6 @@ def _flat_whole_masters(opt: object) -> tuple[dict[int, torch.Tensor], list[tupl
     return masters, pairs
 
 
-def _piece(matrix: SphereMatrix, values: torch.Tensor, start: int, slot: int) -> MasterPiece:
-    rows, cols = _full_shape(matrix.param)
-    return MasterPiece(values=values, start=start, rows=rows, cols=cols, norm_dim=matrix.norm_dim, slot=slot)
-
-
 class HypersphereHook:
     """Renormalizes a DeepSpeed engine's sphere matrices on their fp32 master pieces.
 
@@ -167,6 +152,10 @@ class HypersphereHook:
         self.engine = engine
         self.comm_device = torch.device(comm_device) if comm_device is not None else communication_device(engine)
         self.matrices = sphere_matrices(engine.module)
+        self.kept: list[SphereMatrix] = []
+        """the matrices the hook renormalizes: the trainable ones (see the module docstring on frozen ones)."""
+        self._sources: list[tuple[torch.Tensor, int]] = []
+        self._held_frozen: list[SphereMatrix] = []
         self.all_reduces = 0
         self.renormalized_units = 0
         """units renormalized by the post-step hook so far (normalize_now not counted)."""
@@ -175,9 +164,11 @@ class HypersphereHook:
         self._refresh_working_copy = lambda: None
         self.rebuild()
         self._handle = engine.basic_optimizer.register_step_post_hook(self._after_inner_step)
+        self._pre_handle = engine.basic_optimizer.register_step_pre_hook(self._before_inner_step)
 
     def remove(self) -> None:
         self._handle.remove()
+        self._pre_handle.remove()
 
     # ---- where the master weights are --------------------------------------------------
 
@@ -191,7 +182,12 @@ class HypersphereHook:
 
         opt = self.engine.optimizer
         self._whole_masters: dict[int, torch.Tensor] = {}
-        if not self.matrices:
+        self.kept = [m for m in self.matrices if m.param.requires_grad]
+        held = {id(p) for group in self.engine.basic_optimizer.param_groups for p in group["params"]}
+        self._held_frozen = [m for m in self.matrices if not m.param.requires_grad and id(m.param) in held]
+        self._refresh_working_copy = lambda: None
+        self._owners: list[torch.Tensor] = []
+        if not self.kept:
             self.units = []
         elif isinstance(opt, DeepSpeedZeroOptimizer_Stage3):
             self._locate_zero3(opt)
@@ -224,7 +220,7 @@ class HypersphereHook:
             self._refresh_working_copy = refresh
         elif isinstance(opt, FP16_Optimizer):
             masters, pairs = _flat_whole_masters(opt)
-            self._locate_whole(masters, owners={id(flat) for flat in opt.fp32_groups_flat})
+            self._locate_whole(masters, owners=opt.fp32_groups_flat)
             self._whole_masters = masters
 
             def refresh_flat():
@@ -233,7 +229,7 @@ class HypersphereHook:
 
             self._refresh_working_copy = refresh_flat
         elif isinstance(opt, torch.optim.Optimizer):
-            self._locate_whole({id(m.param): m.param for m in self.matrices})
+            self._locate_whole({id(m.param): m.param for m in self.kept})
         else:
             raise NotImplementedError(
                 f"nGPT renormalization does not know DeepSpeed optimizer "
@@ -246,22 +242,26 @@ class HypersphereHook:
                 f"{', '.join(not_fp32)} (remove bf16_master_weights_and_grads / fp16_master_weights_and_grads "
                 "from the DeepSpeed JSON)"
             )
+        # The tensors the torch optimizer steps (DeepSpeed swaps their .data when it moves them), with their storage:
+        # the pieces' views keep that storage alive, so a moved master can never be found at the same address.
+        self._sources = [(t, t.untyped_storage().data_ptr()) for t in self._owners]
 
-    def _locate_whole(self, masters: dict[int, torch.Tensor], owners: set[int] | None = None) -> None:
-        """Every rank holds every matrix whole: no communication. owners: the ids of the tensors the torch
-        optimizer steps (default: the masters themselves)."""
-        slots, total = _slot_layout(self.matrices)
-        pieces = [_piece(m, masters[id(m.param)].data.view(-1), 0, slots[id(m.param)]) for m in self.matrices]
+    def _locate_whole(self, masters: dict[int, torch.Tensor], owners: list[torch.Tensor] | None = None) -> None:
+        """Every rank holds every matrix whole: no communication. owners: the tensors the torch optimizer steps
+        (default: the masters themselves)."""
+        slots, total = slot_layout(self.kept)
+        pieces = [master_piece(m, masters[id(m.param)].data.view(-1), 0, slots[id(m.param)]) for m in self.kept]
         device = pieces[0].values.device
+        self._owners = list(masters.values() if owners is None else owners)
         self.units = [
             StepUnit(
-                {id(t) for t in masters.values()} if owners is None else owners,
+                {id(t) for t in self._owners},
                 total,
                 pieces,
                 None,
                 device,
                 self.comm_device,
-                _spans(self.matrices, slots),
+                spans(self.kept, slots),
             )
         ]
 
@@ -278,10 +278,10 @@ class HypersphereHook:
         self.units = []
         for i, (lp_group, hp_partition) in enumerate(zip(lp_groups, hp_partitions)):
             in_group = {id(p) for p in lp_group}
-            matrices = [m for m in self.matrices if id(m.param) in in_group]
+            matrices = [m for m in self.kept if id(m.param) in in_group]
             if not matrices:
                 continue
-            slots, total = _slot_layout(matrices)
+            slots, total = slot_layout(matrices)
             partition_start = dist.get_rank(group=dp_groups[i]) * hp_partition.numel()
             pieces = []
             for m in matrices:
@@ -289,17 +289,18 @@ class HypersphereHook:
                 _check_link(opt, m, mapping, lp_flats[i], partition_start, hp_partition.numel())
                 if mapping is not None:  # None: this rank owns no part of the matrix
                     pieces.append(
-                        _piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start, slots[id(m.param)])
+                        master_piece(m, mapping.hp_fragment.data, mapping.lp_fragment_address.start, slots[id(m.param)])
                     )
+            self._owners.append(hp_partition)
             self.units.append(
                 StepUnit(
                     {id(hp_partition)},
                     total,
                     pieces,
-                    _reduction_group(dp_groups[i]),
+                    reduction_group(dp_groups[i]),
                     hp_partition.device,
                     self.comm_device,
-                    _spans(matrices, slots),
+                    spans(matrices, slots),
                 )
             )
         self._refresh_working_copy = opt.update_lp_params
@@ -310,10 +311,10 @@ class HypersphereHook:
         self.units = []
         for g, lp_group in enumerate(opt.fp16_groups):
             in_group = {id(p) for p in lp_group}
-            matrices = [m for m in self.matrices if id(m.param) in in_group]  # model order on every rank
+            matrices = [m for m in self.kept if id(m.param) in in_group]  # model order on every rank
             if not matrices:
                 continue
-            slots, total = _slot_layout(matrices)
+            slots, total = slot_layout(matrices)
             flat = opt.fp32_partitioned_groups_flat[g]
             pieces = []
             for m in matrices:
@@ -322,10 +323,11 @@ class HypersphereHook:
                 start = opt._get_param_partition_rank(p) * partition_numel
                 valid = max(0, min(partition_numel, p.ds_numel - start))  # type: ignore[attr-defined]  # ZeRO-3 sets it
                 if valid:
-                    pieces.append(_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
-            group = _reduction_group(opt._get_param_partition_group(matrices[0].param))
+                    pieces.append(master_piece(m, flat.data.narrow(0, offset, valid), start, slots[id(p)]))
+            group = reduction_group(opt._get_param_partition_group(matrices[0].param))
+            self._owners.append(flat)
             self.units.append(
-                StepUnit({id(flat)}, total, pieces, group, flat.device, self.comm_device, _spans(matrices, slots))
+                StepUnit({id(flat)}, total, pieces, group, flat.device, self.comm_device, spans(matrices, slots))
             )
 
         def refresh():
@@ -362,6 +364,36 @@ class HypersphereHook:
         for piece in unit.pieces:
             piece.scale(inv_norms)
 
+    def _before_inner_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self._refuse_moving_frozen(optimizer)
+        self._follow_moved_masters()
+
+    def _refuse_moving_frozen(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise before a torch optimizer (ZeRO 0, fp32) moves a sphere matrix that was frozen when the masters were
+        located, which the hook leaves alone: unfrozen since, it would leave the hypersphere."""
+        moving = [m.name for m in self._held_frozen if m.param.grad is not None]
+        if moving:
+            raise RenormalizationMissed(
+                f"{', '.join(moving)} had requires_grad=False when the nGPT renormalization located the master "
+                f"weights, so it leaves them alone, and {type(optimizer).__name__} is about to update them: they "
+                "would leave the hypersphere. After changing requires_grad, call the hook's rebuild() and then "
+                "normalize_now(keep_within=4e-6)"
+            )
+
+    def _follow_moved_masters(self) -> None:
+        """Locate the masters again if one no longer has the storage the hook's views read (offload_states and
+        reload_states move them); refuse while DeepSpeed holds them offloaded (its links to them are cleared)."""
+        if all(t.untyped_storage().data_ptr() == ptr for t, ptr in self._sources):
+            return
+        offloaded = sorted(str(getattr(s, "value", s)) for s in getattr(self.engine.optimizer, "offloaded_states", ()))
+        if offloaded:
+            raise RenormalizationMissed(
+                f"the nGPT renormalization cannot reach DeepSpeed's fp32 master weights while they are offloaded "
+                f"(engine.offload_states(): {', '.join(offloaded)}): call engine.reload_states() before the next "
+                "step, normalize_now or deviations"
+            )
+        self.rebuild()
+
     def _after_inner_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for unit in self.units:
@@ -376,6 +408,7 @@ class HypersphereHook:
         keep_within: leave vectors whose squared norm is within this of 1 bit for bit as they are
         (after a load: a checkpoint already on the sphere then resumes exactly).
         """
+        self._follow_moved_masters()
         for unit in self.units:
             self._renormalize(unit, keep_within)
         self._refresh_working_copy()
@@ -419,7 +452,8 @@ class HypersphereHook:
         """
         # A pipeline stage holds only its layers' matrices: the job-wide list (ngpt_ds.parallel.pipeline)
         # gives the all-reduce below the same length on every rank.
-        names = getattr(self.engine.module, "sphere_matrix_names", None) or [m.name for m in self.matrices]
+        self._follow_moved_masters()
+        names = getattr(self.engine.module, "sphere_matrix_names", None) or [m.name for m in self.kept]
         index = {name: i for i, name in enumerate(names)}
         worst = torch.zeros(len(names), dtype=torch.float64)
         has_nan = torch.zeros(len(names), dtype=torch.float64)
