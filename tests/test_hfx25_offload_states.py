@@ -71,6 +71,11 @@ def case(stage, bf16):
         offloaded = "measured"
     except RenormalizationMissed as e:
         offloaded = str(e)
+    try:
+        hook.rebuild()
+        located = f"{sum(len(unit.pieces) for unit in hook.units)} pieces"
+    except RenormalizationMissed as e:
+        located = str(e)
     engine.reload_states()
     for i in range(1, 4):
         step(i)
@@ -78,7 +83,7 @@ def case(stage, bf16):
     for m in sphere_matrices(model):  # DeepSpeed's own gather of the masters, not the hook's views
         master = safe_get_full_fp32_param(m.param).double()
         worst = max(worst, float((torch.linalg.vector_norm(master, dim=m.norm_dim) - 1).abs().max()))
-    result = {"optimizer": type(engine.optimizer).__name__, "offloaded": offloaded, "masters": worst,
+    result = {"optimizer": type(engine.optimizer).__name__, "offloaded": offloaded, "located": located, "masters": worst,
               "hook_masters": hook.max_deviation(), "renormalized_units": hook.renormalized_units}
     release(model)
     engine.destroy()
@@ -97,7 +102,8 @@ OPTIMIZERS = {
 }
 OFFLOADED = (
     "the nGPT renormalization cannot reach DeepSpeed's fp32 master weights while they are offloaded "
-    "(engine.offload_states(): {}): call engine.reload_states() before the next step, normalize_now or deviations"
+    "(engine.offload_states(): {}): call engine.reload_states() before the next step, normalize_now, deviations or "
+    "rebuild"
 )
 
 
@@ -105,8 +111,8 @@ def test_the_masters_stay_on_the_sphere_after_offload_states_and_reload_states(t
     """Fault: after engine.offload_states() and reload_states(), 3 AdamW steps at lr 1e-2 left DeepSpeed's fp32
     masters 0.060 off unit norm at ZeRO 1, 2 and 3 (the hook renormalized the memory they had left) while the hook
     reported 1.8e-7. Now every norm vector of the masters, gathered by DeepSpeed, is within 1e-6 of 1 at ZeRO 1 (bf16),
-    2 and 3 on both ranks, the hook measures the same, and measuring while offloaded is refused, naming
-    reload_states."""
+    2 and 3 on both ranks, the hook measures the same, and measuring or locating the masters while they are offloaded
+    is refused, naming reload_states."""
     script, out = tmp_path / "worker.py", tmp_path / "result.json"
     script.write_text(WORKER)
     torchrun(script, str(out), nproc=2, env=cpu_env(), timeout=500)
@@ -120,6 +126,7 @@ def test_the_masters_stay_on_the_sphere_after_offload_states_and_reload_states(t
             states = "contiguous_grad_buffer, " if name == "zero3_fp32" else ""
             states += "hp_params, lp_grads, lp_params, optim_states"
             assert result["offloaded"] == OFFLOADED.format(states), (rank, name)
+            assert result["located"] == OFFLOADED.format(states), (rank, name)
             assert result["masters"] <= 1e-6, (rank, name, result["masters"])
             assert result["hook_masters"] <= 1e-6, (rank, name, result["hook_masters"])
             assert result["renormalized_units"] >= 4, (rank, name)

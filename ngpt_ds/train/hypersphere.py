@@ -180,6 +180,7 @@ class HypersphereHook:
         from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
         from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
+        self._refuse_offloaded()
         opt = self.engine.optimizer
         self._whole_masters: dict[int, torch.Tensor] = {}
         self.kept = [m for m in self.matrices if m.param.requires_grad]
@@ -385,14 +386,18 @@ class HypersphereHook:
         reload_states move them); refuse while DeepSpeed holds them offloaded (its links to them are cleared)."""
         if all(t.untyped_storage().data_ptr() == ptr for t, ptr in self._sources):
             return
+        self.rebuild()
+
+    def _refuse_offloaded(self) -> None:
+        """Raise while engine.offload_states() holds the masters or the weights away: DeepSpeed then clears its links
+        to them (hp_fragment None, or _hp_mapping None), and locating would find no piece to renormalize."""
         offloaded = sorted(str(getattr(s, "value", s)) for s in getattr(self.engine.optimizer, "offloaded_states", ()))
-        if offloaded:
+        if {"hp_params", "lp_params"} & set(offloaded):
             raise RenormalizationMissed(
                 f"the nGPT renormalization cannot reach DeepSpeed's fp32 master weights while they are offloaded "
                 f"(engine.offload_states(): {', '.join(offloaded)}): call engine.reload_states() before the next "
-                "step, normalize_now or deviations"
+                "step, normalize_now, deviations or rebuild"
             )
-        self.rebuild()
 
     def _after_inner_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
