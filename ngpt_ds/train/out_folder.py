@@ -1,0 +1,150 @@
+"""Refusing an --out the run would damage or lose its work in (`check_out_folder`, called by
+ngpt_ds.train.run_lock.acquire before the trainer's first write, and by the dry run): a checkpoint folder,
+another run's checkpoints/, a prepared dataset, or a folder of someone else's files under the names the trainer
+replaces (config.yaml, summary.json) or truncates (metrics.jsonl)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ngpt_ds import yaml_safe
+from ngpt_ds.data.shards import META_FILE as DATASET_META
+from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
+from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.train.checkpoint_layout import CHECKPOINTS
+from ngpt_ds.train.manifest import COMPLETE, RefusedFile, read_capped
+
+LOCK_FILE = "train.lock"
+"""The run's lock file, which ngpt_ds.train.run_lock takes in --out: its presence marks a run folder."""
+RUN_CONFIG = "config.yaml"
+"""The run's effective config, rewritten at every start (ngpt_ds.train.job)."""
+RUN_FILES = (
+    "metrics.jsonl",
+    "summary.json",
+    # DeepSpeed's save writes these beside the step folders: another trainer's DeepSpeed run folder (its
+    # global_stepN/) had its `latest` tag and recovery scripts replaced by ngpt_ds's, without a word.
+    "checkpoints/latest",
+    "checkpoints/zero_to_fp32.py",
+    "checkpoints/zero_to_torch.py",
+)
+"""What else a run replaces (summary.json) or truncates to the step it resumes from (metrics.jsonl:
+everything, on a fresh start) in its --out (ngpt_ds.train.metrics, ngpt_ds.train.loop)."""
+RUN_CONFIG_FIRST_KEY = "config_source"
+"""The first line of every RunConfig.to_yaml since the first ngpt_ds (a user's config has only model:
+and train:), so a copy cut short by a kill past that line is still recognised as the run's."""
+
+
+RUN_CONFIG_MAX_BYTES = 2**20
+"""The largest config.yaml read in --out: the trainer writes a few KiB, and config files are read no further
+than 1 MiB (ngpt_ds.train.config)."""
+
+
+def _config_sections(config: Path) -> set[str] | None:
+    """The top-level keys of a YAML mapping in `config`; None when it holds none (missing, empty,
+    cut short by a kill while it was written, not YAML, or not (a link to) a regular file of at most
+    RUN_CONFIG_MAX_BYTES: a named pipe there hung rank 0 at startup for good, without a line, and a link to
+    /dev/zero was read until memory ran out)."""
+    try:
+        text = read_capped(config, RUN_CONFIG_MAX_BYTES).decode("utf-8", errors="replace")
+        data = yaml_safe.safe_load(text)
+    except (OSError, RefusedFile, yaml_safe.YAMLError, *UNPARSABLE):
+        return None
+    return {str(key) for key in data} if isinstance(data, dict) else None
+
+
+def _checkpoint_holding(folder: Path) -> Path | None:
+    """`folder` or the folder above it that is a checkpoint (a COMPLETE marker next to DeepSpeed's
+    model states, or a step_N name), else None."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / COMPLETE).is_file() and (
+            candidate.name.startswith("step_") or any(candidate.glob("*model_states.pt"))
+        ):
+            return candidate
+    return None
+
+
+def _checkpoints_folder_holding(folder: Path) -> Path | None:
+    """`folder` or the folder above it that is a run's checkpoints/ (named so, in a run folder or holding
+    a complete step_N or DeepSpeed's `latest`), else None."""
+    for candidate in (folder, *folder.parents):
+        if candidate.name == CHECKPOINTS and (
+            (candidate.parent / LOCK_FILE).exists()
+            or (candidate / "latest").is_file()
+            or any(candidate.glob(f"step_*/{COMPLETE}"))
+        ):
+            return candidate
+    return None
+
+
+def _dataset_holding(folder: Path) -> Path | None:
+    """`folder` or the folder above it that is a prepared dataset (launch/prepare_data.py writes its
+    meta.json and tokenizer.model), else None."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / DATASET_META).is_file() and (candidate / DATASET_TOKENIZER).is_file():
+            return candidate
+    return None
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """A run's folder (or a copy of its checkpoints): the trainer's effective config.yaml, its lock file, or
+    a complete checkpoint."""
+    sections = _config_sections(folder / RUN_CONFIG)
+    ours = sections is not None and RUN_CONFIG_FIRST_KEY in sections
+    return ours or (folder / LOCK_FILE).exists() or any((folder / "checkpoints").glob(f"step_*/{COMPLETE}"))
+
+
+def check_out_folder(out_dir: Path) -> None:
+    """Raise NgptConfigError for an --out the run would damage: inside a checkpoint (its config.yaml
+    rewritten and new files added, it would fail its manifest), inside another run's checkpoints/ or a
+    prepared dataset, a user's config.yaml, or a folder that is not a run folder (no train.lock, run
+    config.yaml or checkpoint) holding a file under a name a run replaces or truncates."""
+    real = out_dir.expanduser().resolve()
+    checkpoint = _checkpoint_holding(real)
+    if checkpoint is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} is inside the checkpoint {checkpoint}: a run there would rewrite its config.yaml "
+            "and add files, and the checkpoint would then fail its manifest. --out is the run folder: pass "
+            f"the run's own folder (or a new one) as --out, and --resume {checkpoint} to resume from it"
+        )
+    # A run started in another run's checkpoints/ trained from scratch among that run's checkpoints (where
+    # `--resume` or the run folder was meant), and went with them when they were copied or deleted.
+    checkpoints = _checkpoints_folder_holding(real)
+    if checkpoints is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} {'is' if checkpoints == real else 'is inside'} {checkpoints}, the checkpoints folder "
+            f"of the run {checkpoints.parent}: "
+            f"a run there would start from scratch among that run's checkpoints. --out is the run folder: pass "
+            f"--out {checkpoints.parent} to continue that run, --resume {checkpoints}/step_N to start from one of "
+            "its checkpoints, or a new folder outside it"
+        )
+    # In a dataset folder, the run's checkpoints and logs were deleted with the dataset by the next
+    # `launch/prepare_data.py --out <it> --overwrite`. A run already there goes on (its requeues, its
+    # resumes): --overwrite and --merge now refuse a dataset holding a run (ngpt_ds.overwrite).
+    dataset = _dataset_holding(real)
+    if dataset is not None and not _is_run_folder(real):
+        raise NgptConfigError(
+            f"--out {out_dir} {'is' if dataset == real else 'is inside'} the prepared dataset {dataset} "
+            f"({DATASET_META}, {DATASET_TOKENIZER}): the run's checkpoints and logs there would be deleted with "
+            f"the dataset when it is prepared again with --overwrite. Choose an --out outside {dataset}"
+        )
+    if not real.is_dir():
+        return
+    config = real / RUN_CONFIG
+    sections = _config_sections(config)
+    ours = sections is not None and RUN_CONFIG_FIRST_KEY in sections  # RunConfig.to_yaml, not model/train
+    run_folder = _is_run_folder(real)
+    # In a run folder, a config.yaml that holds no mapping is the run's own, cut short by a kill.
+    if config.exists() and not ours and (sections is not None or not run_folder):
+        raise NgptConfigError(
+            f"--out {out_dir} holds a {RUN_CONFIG} the trainer did not write ({config} is not a run's "
+            f"effective config); a run writes its effective config there and would replace that file. "
+            f"Choose another --out (a config kept next to its runs: --out {out_dir}/<run name>)"
+        )
+    if run_folder:
+        return  # a run folder (or a copy of its checkpoints): the trainer's own files
+    theirs = [name for name in RUN_FILES if (real / name).exists() or (real / name).is_symlink()]
+    if theirs:
+        raise NgptConfigError(
+            f"--out {out_dir} is not a run folder (no {LOCK_FILE}, no run {RUN_CONFIG}) but holds "
+            f"{', '.join(theirs)}, which a run would replace or truncate. Choose another --out"
+        )
