@@ -1,7 +1,8 @@
 """Refusing an --out the run would damage or lose its work in (`check_out_folder`, called by
 ngpt_ds.train.run_lock.acquire before the trainer's first write, and by the dry run): a checkpoint folder,
-another run's checkpoints/, a prepared dataset, or a folder of someone else's files under the names the trainer
-replaces (config.yaml, summary.json) or truncates (metrics.jsonl)."""
+another run's checkpoints/, a checkpoints folder of another name (a shared checkpoint store, a renamed copy of a
+run's checkpoints/), a prepared dataset, or a folder of someone else's files under the names the trainer replaces
+(config.yaml, summary.json) or truncates (metrics.jsonl)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from ngpt_ds import yaml_safe
 from ngpt_ds.data.shards import META_FILE as DATASET_META
 from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
-from ngpt_ds.train.checkpoint_layout import CHECKPOINTS
+from ngpt_ds.train.checkpoint_layout import CHECKPOINTS, LATEST, complete_checkpoints
 from ngpt_ds.train.manifest import COMPLETE, RefusedFile, read_capped
 
 LOCK_FILE = "train.lock"
 """The run's lock file, which ngpt_ds.train.run_lock takes in --out: its presence marks a run folder."""
+STORE_LOCK = "writer.lock"
+"""In a checkpoints folder that a run's checkpoints/ links to (a shared checkpoint store; a run folder copied with
+`cp -a`, which keeps the link): names the trainer that writes there (ngpt_ds.train.run_lock._lock_checkpoints).
+Never a step_N name, so listings, retention, resume and export pass it by (ngpt_ds.train.checkpoint_layout)."""
 RUN_CONFIG = "config.yaml"
 """The run's effective config, rewritten at every start (ngpt_ds.train.job)."""
 RUN_FILES = (
@@ -93,11 +98,28 @@ def _is_run_folder(folder: Path) -> bool:
     return ours or (folder / LOCK_FILE).exists() or any((folder / "checkpoints").glob(f"step_*/{COMPLETE}"))
 
 
+def _checkpoints_held(folder: Path) -> str | None:
+    """What `folder` itself holds that belongs in a checkpoints folder ('checkpoints step_00000002, latest'):
+    complete step_N checkpoints (the oldest, a count and the newest when more than 3), DeepSpeed's `latest`, a
+    STORE_LOCK; None when it holds none. A run folder holds them in its checkpoints/ only."""
+    try:
+        steps = [step.name for step in complete_checkpoints(folder)]
+    except OSError:  # a folder this user may write but not list (mode -wx): its names are unknown
+        steps = []
+    if len(steps) > 3:
+        steps = [steps[0], f"... ({len(steps) - 2} more)", steps[-1]]
+    markers = [name for name in (LATEST, STORE_LOCK) if (folder / name).is_file()]
+    if not steps and not markers:
+        return None
+    return ("checkpoints " if steps else "") + ", ".join(steps + markers)
+
+
 def check_out_folder(out_dir: Path) -> None:
     """Raise NgptConfigError for an --out the run would damage: inside a checkpoint (its config.yaml
     rewritten and new files added, it would fail its manifest), inside another run's checkpoints/ or a
-    prepared dataset, a user's config.yaml, or a folder that is not a run folder (no train.lock, run
-    config.yaml or checkpoint) holding a file under a name a run replaces or truncates."""
+    prepared dataset, a checkpoints folder of another name (step_N, `latest` or STORE_LOCK in it directly), a
+    user's config.yaml, or a folder that is not a run folder (no train.lock, run config.yaml or checkpoint)
+    holding a file under a name a run replaces or truncates."""
     real = out_dir.expanduser().resolve()
     checkpoint = _checkpoint_holding(real)
     if checkpoint is not None:
@@ -133,6 +155,18 @@ def check_out_folder(out_dir: Path) -> None:
     sections = _config_sections(config)
     ours = sections is not None and RUN_CONFIG_FIRST_KEY in sections  # RunConfig.to_yaml, not model/train
     run_folder = _is_run_folder(real)
+    # A checkpoints folder of another name (a shared store that runs' checkpoints/ link to, a run's checkpoints/
+    # copied elsewhere): a fresh run there wrote its files and a checkpoints/ of its own beside the step_N folders,
+    # which a --resume of that folder as a run never looks at. A run already started there goes on.
+    held = None if run_folder else _checkpoints_held(real)
+    if held is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} holds {held} directly: it is a checkpoints folder, not a run folder (a run keeps its "
+            f"checkpoints in <out>/{CHECKPOINTS}/); a fresh run there would write its config, logs and a "
+            f"{CHECKPOINTS}/ of its own beside them, and a later --resume of that folder would not see them. --out "
+            f"is the run folder: pass the run folder whose {CHECKPOINTS}/ this is as --out, --resume "
+            f"{out_dir}/step_N to start from one of them, or a new folder"
+        )
     # In a run folder, a config.yaml that holds no mapping is the run's own, cut short by a kill.
     if config.exists() and not ours and (sections is not None or not run_folder):
         raise NgptConfigError(

@@ -36,15 +36,10 @@ import torch.distributed as dist
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.manifest import file_kind
-from ngpt_ds.train.out_folder import LOCK_FILE, check_out_folder
+from ngpt_ds.train.out_folder import LOCK_FILE, STORE_LOCK, check_out_folder
 from ngpt_ds.train.out_folder import RUN_CONFIG_FIRST_KEY as RUN_CONFIG_FIRST_KEY
 from ngpt_ds.train.out_folder import _config_sections as _config_sections
 from ngpt_ds.train.out_shared import not_shared
-
-STORE_LOCK = "writer.lock"
-"""In a checkpoints folder that a run's checkpoints/ links to (a shared checkpoint store; a run folder copied with
-`cp -a`, which keeps the link): names the trainer that writes there (`_lock_checkpoints`). Never a step_N name,
-so listings, retention, resume and export pass it by (ngpt_ds.train.checkpoint_layout)."""
 
 
 def _holder() -> str:
