@@ -5,13 +5,14 @@ that folder as a run did not see them).
 """
 
 import shutil
+import sys
 
 import pytest
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import manifest, out_folder, run_lock
 
-from conftest import tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 FIX = (
     "--out is the run folder: pass the run folder whose checkpoints/ this is as --out, --resume {out}/step_N to "
@@ -126,3 +127,19 @@ def test_the_dry_run_refuses_a_checkpoint_store_as_out(tmp_path, tiny_dataset):
         dry_run(options)
     assert str(refused.value) == refusal(store, "checkpoints step_00000002")
     assert sorted(p.name for p in store.iterdir()) == ["step_00000002"]
+
+
+def test_the_trainer_exits_2_on_a_checkpoint_store_as_out_and_writes_nothing_there(tmp_path, tiny_dataset):
+    """Fault: launch/train.py --out <store> trained there: train.lock, config.yaml, metrics.jsonl and a checkpoints/
+    of its own beside the store's step_N folders."""
+    store = tmp_path / "store"
+    fake_step(store / "step_00000002")
+    (store / "latest").write_text("step_00000002")
+    before = listing(store)
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, store)], check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"error: {refusal(store, 'checkpoints step_00000002, latest')}" in proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr
+    assert listing(store) == before
