@@ -21,7 +21,7 @@ from pathlib import Path
 from ngpt_ds.errors import NgptConfigError
 
 RUN_MARKERS = ("train.lock", "checkpoints")
-"""What a training run leaves in its --out (ngpt_ds.train.run_lock.LOCK_FILE, ngpt_ds.train.checkpoint.CHECKPOINTS)."""
+"""What a training run leaves in its --out (ngpt_ds.train.out_folder.LOCK_FILE, ngpt_ds.train.checkpoint.CHECKPOINTS)."""
 
 
 def _run_markers_in(folder: Path) -> list[str]:

@@ -90,7 +90,7 @@ def test_a_crafted_metadata_file_is_an_error_naming_it(reader, payload, tmp_path
 def test_the_folder_probes_read_a_crafted_file_as_not_theirs(payload, tmp_path):
     """The checks that only ask whether a folder is an export or a run (--overwrite, --out) answer no."""
     from ngpt_ds.infer.export import _is_export_folder
-    from ngpt_ds.train.run_lock import _config_sections
+    from ngpt_ds.train.out_folder import _config_sections
 
     (tmp_path / "config.json").write_text(PAYLOADS["json"][payload], encoding="utf-8")
     (tmp_path / "config.yaml").write_text(PAYLOADS["yaml"][payload], encoding="utf-8")

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import manifest, run_lock
+from ngpt_ds.train import manifest, out_folder, run_lock
 from ngpt_ds.train.config import RunConfig
 
 from conftest import run, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
@@ -69,7 +69,7 @@ def test_a_folder_of_someone_elses_metrics_is_refused_and_run_folders_are_not(tm
     # What the trainer itself leaves is accepted: a run folder, a copy of a run's checkpoints, a new folder.
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    assert next(iter(RunConfig.__annotations__)) == run_lock.RUN_CONFIG_FIRST_KEY  # to_yaml's first line
+    assert next(iter(RunConfig.__annotations__)) == out_folder.RUN_CONFIG_FIRST_KEY  # to_yaml's first line
     (earlier / "config.yaml").write_text("config_source: a.yaml\nmodel: {}\ntrain: {}\nout_dir: earlier\n")
     (earlier / "metrics.jsonl").write_text('{"step": 1}\n')
     copied = tmp_path / "copied"

@@ -14,7 +14,7 @@ from ngpt_ds import errors, yaml_safe
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.infer.run_checkpoint import read_run_config
 from ngpt_ds.model.config import load_yaml
-from ngpt_ds.train import preflight, run_lock, summary
+from ngpt_ds.train import out_folder, preflight, summary
 
 from conftest import fails_after
 
@@ -37,7 +37,7 @@ def at_most(seconds: int):
         pytest.param(lambda folder: load_yaml(folder / "config.yaml")["model"], id="load_yaml (--config)"),
         pytest.param(lambda folder: preflight.saved_run_config(folder)["model"], id="preflight.saved_run_config"),
         pytest.param(lambda folder: read_run_config(folder)["model"], id="run_checkpoint.read_run_config"),
-        pytest.param(lambda folder: run_lock._config_sections(folder / "config.yaml"), id="run_lock (--out)"),
+        pytest.param(lambda folder: out_folder._config_sections(folder / "config.yaml"), id="out_folder (--out)"),
         pytest.param(lambda folder: summary._what_was_trained(folder), id="summary (end of a run)"),
         pytest.param(lambda folder: errors._unquoted_yaml_text(merge_bomb()), id="errors (a value's advice)"),
     ],

@@ -17,7 +17,7 @@ from ngpt_ds.train.builder import Prepared, TrainOptions, prepare
 from ngpt_ds.train.ds_config import gradient_clipping_of, precision_of, zero_stage_of
 from ngpt_ds.train.ds_schema import block
 from ngpt_ds.train.memory_plan import estimate_memory
-from ngpt_ds.train.run_lock import check_out_folder
+from ngpt_ds.train.out_folder import check_out_folder
 
 _SHOWN_GROUPS = 4
 

@@ -37,8 +37,6 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.manifest import file_kind
 from ngpt_ds.train.out_folder import LOCK_FILE, STORE_LOCK, check_out_folder
-from ngpt_ds.train.out_folder import RUN_CONFIG_FIRST_KEY as RUN_CONFIG_FIRST_KEY
-from ngpt_ds.train.out_folder import _config_sections as _config_sections
 from ngpt_ds.train.out_shared import not_shared
 
 
