@@ -9,49 +9,26 @@ being saved).
 """
 
 import json
-from pathlib import Path
+
+from rank0_saves import WEIGHTS, NoParamsEngine, checkpoint_files, rank0_save
 
 from ngpt_ds.train import checkpoint, manifest
 from ngpt_ds.train.lineage import start_lineage
 
-WEIGHTS = "mp_rank_00_model_states.pt"
-
-
-class _Engine:
-    class module:
-        @staticmethod
-        def parameters():
-            return []
-
-
-def _files(folder: Path, content: bytes) -> Path:
-    folder.mkdir(parents=True)
-    (folder / WEIGHTS).write_bytes(content)
-    (folder / "config.yaml").write_text("model: {}\n")
-    return folder
-
-
-def _rank0_save(checkpoints: Path, step: int, content: bytes) -> Path:
-    assert checkpoint._before_save(_Engine(), checkpoints, step) is None  # type: ignore[arg-type]
-    tag = checkpoint.tag_for(step)
-    tmp = _files(checkpoints / (tag + checkpoint.TEMP_SUFFIX), content)
-    checkpoint._finish_save(checkpoints, tmp, tag, manifest.build_manifest(tmp, step), keep=5)
-    return checkpoints / tag
-
 
 def test_a_copied_in_checkpoint_claiming_2_to_the_60_bytes_does_not_refuse_the_runs_saves(tmp_path):
     checkpoints = tmp_path / "run" / "checkpoints"
-    own = _rank0_save(checkpoints, 2, b"R" * 1000)
-    crafted = _files(checkpoints / "step_00000100", b"C" * 10)
+    own = rank0_save(checkpoints, 2, b"R" * 1000)
+    crafted = checkpoint_files(checkpoints / "step_00000100", b"C" * 10)
     sealed = manifest.build_manifest(crafted, 100)
     sealed["files"][WEIGHTS]["size"] = 2**60
     (crafted / manifest.COMPLETE).write_text(json.dumps(sealed))
     assert manifest.checkpoint_bytes(crafted) == 2**60 + len("model: {}\n")
-    assert checkpoint._before_save(_Engine(), checkpoints, 4) is None  # type: ignore[arg-type]
-    assert checkpoint._need(_Engine(), checkpoints, 4) == (1010, "the size of step_00000002")  # type: ignore[arg-type]
+    assert checkpoint._before_save(NoParamsEngine(), checkpoints, 4) is None  # type: ignore[arg-type]
+    assert checkpoint._need(NoParamsEngine(), checkpoints, 4) == (1010, "the size of step_00000002")  # type: ignore[arg-type]
     assert manifest.checkpoint_bytes(own) == 1010
-    _rank0_save(checkpoints, 4, b"S" * 2000)
-    assert checkpoint._need(_Engine(), checkpoints, 6) == (2010, "the size of step_00000004")  # type: ignore[arg-type]
+    rank0_save(checkpoints, 4, b"S" * 2000)
+    assert checkpoint._need(NoParamsEngine(), checkpoints, 6) == (2010, "the size of step_00000004")  # type: ignore[arg-type]
     assert manifest.marker_digest(crafted) is not None and (crafted / WEIGHTS).read_bytes() == b"C" * 10
 
 
@@ -60,11 +37,11 @@ def test_a_resumed_process_takes_the_size_of_the_newest_step_at_most_the_one_sav
     step at most the one saved: the one it resumed from."""
     checkpoints = tmp_path / "run" / "checkpoints"
     for step, size in ((2, 1000), (4, 3000)):
-        folder = _files(checkpoints / checkpoint.tag_for(step), b"R" * size)
+        folder = checkpoint_files(checkpoints / checkpoint.tag_for(step), b"R" * size)
         manifest.write_manifest(folder, manifest.build_manifest(folder, step))
-    big = _files(checkpoints / "step_00000009", b"B" * 9000)
+    big = checkpoint_files(checkpoints / "step_00000009", b"B" * 9000)
     manifest.write_manifest(big, manifest.build_manifest(big, 9))
-    assert checkpoint._need(_Engine(), checkpoints, 5) == (3010, "the size of step_00000004")  # type: ignore[arg-type]
+    assert checkpoint._need(NoParamsEngine(), checkpoints, 5) == (3010, "the size of step_00000004")  # type: ignore[arg-type]
 
 
 def test_a_crafted_checkpoint_of_an_earlier_step_copied_in_does_not_size_the_first_save_of_a_resumed_run(tmp_path):
@@ -72,12 +49,12 @@ def test_a_crafted_checkpoint_of_an_earlier_step_copied_in_does_not_size_the_fir
     the size of another run's step_00000003 copied in meanwhile."""
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
-    step2 = _files(checkpoints / "step_00000002", b"R" * 1000)
+    step2 = checkpoint_files(checkpoints / "step_00000002", b"R" * 1000)
     manifest.write_manifest(step2, manifest.build_manifest(step2, 2))
     assert start_lineage(out, step2) is None
-    crafted = _files(checkpoints / "step_00000003", b"C" * 10)
+    crafted = checkpoint_files(checkpoints / "step_00000003", b"C" * 10)
     sealed = manifest.build_manifest(crafted, 3)
     sealed["files"][WEIGHTS]["size"] = 2**60
     (crafted / manifest.COMPLETE).write_text(json.dumps(sealed))
-    assert checkpoint._before_save(_Engine(), checkpoints, 4) is None  # type: ignore[arg-type]
-    assert checkpoint._need(_Engine(), checkpoints, 4) == (1010, "the size of step_00000002")  # type: ignore[arg-type]
+    assert checkpoint._before_save(NoParamsEngine(), checkpoints, 4) is None  # type: ignore[arg-type]
+    assert checkpoint._need(NoParamsEngine(), checkpoints, 4) == (1010, "the size of step_00000002")  # type: ignore[arg-type]

@@ -16,45 +16,24 @@ import re
 import sys
 from pathlib import Path
 
-from ngpt_ds.train import checkpoint, manifest
+from rank0_saves import WEIGHTS, checkpoint_files, rank0_save
+
+from ngpt_ds.train import manifest
 from ngpt_ds.train.resume import resolve_resume
 
 from conftest import REPO, run, torchrun
 
 HERE = Path(__file__)
 RESUME_WORKER = REPO / "tests" / "workers" / "checkpoint_fault_worker.py"
-WEIGHTS = "mp_rank_00_model_states.pt"
 KEPT = re.compile(r"step_00000004\.not-this-run-\d{8}T\d{6}Z")
 KILLED_STATUS = 9
-
-
-class _Engine:
-    class module:
-        @staticmethod
-        def parameters():
-            return []
-
-
-def _files(folder: Path, content: bytes) -> Path:
-    folder.mkdir(parents=True)
-    (folder / WEIGHTS).write_bytes(content)
-    (folder / "config.yaml").write_text("model: {}\n")
-    return folder
-
-
-def _rank0_save(checkpoints: Path, step: int, content: bytes) -> None:
-    """Rank 0's part of a whole save (checkpoint.save without the collectives)."""
-    assert checkpoint._before_save(_Engine(), checkpoints, step) is None  # type: ignore[arg-type]
-    tag = checkpoint.tag_for(step)
-    tmp = _files(checkpoints / (tag + checkpoint.TEMP_SUFFIX), content)
-    checkpoint._finish_save(checkpoints, tmp, tag, manifest.build_manifest(tmp, step), keep=5)
 
 
 def _run_killed_while_saving(checkpoints: Path) -> None:
     """The run saves step 2; a user copies another run's step 4 in; the run's save of step 4 is killed right
     after the first rename that moves the copy out of step_00000004, before its own folder takes the name."""
-    _rank0_save(checkpoints, 2, b"2" * 1000)
-    copy = _files(checkpoints / "step_00000004", b"U" * 1500)
+    rank0_save(checkpoints, 2, b"2" * 1000)
+    copy = checkpoint_files(checkpoints / "step_00000004", b"U" * 1500)
     manifest.write_manifest(copy, manifest.build_manifest(copy, 4))
     rename = os.rename
 
@@ -64,7 +43,7 @@ def _run_killed_while_saving(checkpoints: Path) -> None:
             os._exit(KILLED_STATUS)  # no cleanup, no finally: as SIGKILL
 
     os.rename = killed_after_moving_the_copy_out
-    _rank0_save(checkpoints, 4, b"R" * 1000)
+    rank0_save(checkpoints, 4, b"R" * 1000)
     print("not killed", flush=True)
 
 
@@ -124,7 +103,7 @@ def test_a_kill_between_the_renames_of_the_runs_own_second_save_puts_its_step_ba
 
 
 def _own_second_save_killed(checkpoints: Path) -> None:
-    _rank0_save(checkpoints, 4, b"A" * 1000)
+    rank0_save(checkpoints, 4, b"A" * 1000)
     own = checkpoints / "step_00000004"
     rename = os.rename
 
@@ -134,7 +113,7 @@ def _own_second_save_killed(checkpoints: Path) -> None:
             os._exit(KILLED_STATUS)
 
     os.rename = killed_after_moving_aside
-    _rank0_save(checkpoints, 4, b"B" * 1000)
+    rank0_save(checkpoints, 4, b"B" * 1000)
     print("not killed", flush=True)
 
 

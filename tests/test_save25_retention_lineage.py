@@ -9,37 +9,10 @@ saved; any other is left alone with one warning, as a copied-in checkpoint of a 
 
 from pathlib import Path
 
+from rank0_saves import WEIGHTS, complete_checkpoint, rank0_save
+
 from ngpt_ds.train import checkpoint, manifest
 from ngpt_ds.train.lineage import start_lineage
-
-WEIGHTS = "mp_rank_00_model_states.pt"
-
-
-class _Engine:
-    class module:
-        @staticmethod
-        def parameters():
-            return []
-
-
-def _files(folder: Path, content: bytes) -> Path:
-    folder.mkdir(parents=True)
-    (folder / WEIGHTS).write_bytes(content)
-    (folder / "config.yaml").write_text("model: {}\n")
-    return folder
-
-
-def _complete(folder: Path, step: int, content: bytes) -> Path:
-    _files(folder, content)
-    manifest.write_manifest(folder, manifest.build_manifest(folder, step))
-    return folder
-
-
-def _rank0_save(checkpoints: Path, step: int, keep: int) -> None:
-    assert checkpoint._before_save(_Engine(), checkpoints, step) is None  # type: ignore[arg-type]
-    tag = checkpoint.tag_for(step)
-    tmp = _files(checkpoints / (tag + checkpoint.TEMP_SUFFIX), b"R" * 1000)
-    checkpoint._finish_save(checkpoints, tmp, tag, manifest.build_manifest(tmp, step), keep)
 
 
 def _names(folder: Path) -> list[str]:
@@ -49,20 +22,20 @@ def _names(folder: Path) -> list[str]:
 def test_a_checkpoint_of_an_earlier_step_copied_in_during_the_run_is_not_deleted_by_retention(tmp_path, capsys):
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
-    _complete(checkpoints / "step_00000002", 2, b"A" * 1000)  # the run's earlier sessions
-    step4 = _complete(checkpoints / "step_00000004", 4, b"B" * 1000)
+    complete_checkpoint(checkpoints / "step_00000002", 2, b"A" * 1000)  # the run's earlier sessions
+    step4 = complete_checkpoint(checkpoints / "step_00000004", 4, b"B" * 1000)
     assert start_lineage(out, step4) is None  # resumed from step 4: the lineage is steps 2 and 4
-    copied = _complete(checkpoints / "step_00000003", 3, b"U" * 1500)  # another run's, copied in meanwhile
+    copied = complete_checkpoint(checkpoints / "step_00000003", 3, b"U" * 1500)  # another run's, copied in meanwhile
     digest = manifest.marker_digest(copied)
     capsys.readouterr()
-    _rank0_save(checkpoints, 6, keep=2)
+    rank0_save(checkpoints, 6, keep=2)
     assert _names(checkpoints) == ["step_00000003", "step_00000004", "step_00000006"]
     assert capsys.readouterr().err.splitlines() == [
         f"warning: {copied} was not in checkpoints/ when this run started, and this run did not write it (put there "
         "during the run): it is not of the run's lineage, and retention neither counts nor deletes it. Move it "
         "elsewhere, or remove it yourself"
     ]
-    _rank0_save(checkpoints, 8, keep=2)
+    rank0_save(checkpoints, 8, keep=2)
     assert _names(checkpoints) == ["step_00000003", "step_00000006", "step_00000008"]
     assert manifest.marker_digest(copied) == digest and (copied / WEIGHTS).read_bytes() == b"U" * 1500
     assert capsys.readouterr().err == ""  # one warning per folder
@@ -73,9 +46,9 @@ def test_the_runs_lineage_and_its_own_saves_are_still_retained_to_keep(tmp_path)
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
     for step in (2, 4, 6):
-        _complete(checkpoints / checkpoint.tag_for(step), step, b"A" * 1000)
+        complete_checkpoint(checkpoints / checkpoint.tag_for(step), step, b"A" * 1000)
     assert start_lineage(out, checkpoints / "step_00000006") is None
-    _rank0_save(checkpoints, 8, keep=2)
+    rank0_save(checkpoints, 8, keep=2)
     assert _names(checkpoints) == ["step_00000006", "step_00000008"]
-    _rank0_save(checkpoints, 10, keep=2)
+    rank0_save(checkpoints, 10, keep=2)
     assert _names(checkpoints) == ["step_00000008", "step_00000010"]

@@ -10,27 +10,15 @@ the conversion deleted them. They are now kept under step_N-universal.not-this-r
 import re
 from pathlib import Path
 
+from rank0_saves import checkpoint_files, complete_checkpoint
+
 from ngpt_ds.train import checkpoint, checkpoint_delete, manifest
 
-WEIGHTS = "mp_rank_00_model_states.pt"
 KEPT = re.compile(r"step_00000004-universal\.not-this-run-\d{8}T\d{6}Z")
 
 
-def _files(folder: Path, content: bytes, name: str = WEIGHTS) -> Path:
-    folder.mkdir(parents=True)
-    (folder / name).write_bytes(content)
-    (folder / "config.yaml").write_text("model: {}\n")
-    return folder
-
-
-def _complete(folder: Path, step: int, content: bytes) -> Path:
-    _files(folder, content)
-    manifest.write_manifest(folder, manifest.build_manifest(folder, step))
-    return folder
-
-
 def _convert(checkpoints: Path, source: Path, content: bytes) -> Path:
-    converted = _files(checkpoints / (source.name + "-universal.tmp-save"), content, "fp32.pt")
+    converted = checkpoint_files(checkpoints / (source.name + "-universal.tmp-save"), content, "fp32.pt")
     (converted / "config.yaml").unlink()  # finish_universal copies the source's
     target = checkpoints / checkpoint.universal_name(source.name)
     checkpoint.finish_universal(converted, target, source)
@@ -51,8 +39,10 @@ def _warning(target: Path, kept: Path) -> str:
 
 def test_a_conversion_made_by_hand_is_kept_when_the_resume_converts_the_step_again(tmp_path, capsys):
     checkpoints = tmp_path / "run" / "checkpoints"
-    source = _complete(checkpoints / "step_00000004", 4, b"S" * 1000)
-    by_hand = _files(checkpoints / "step_00000004-universal", b"H" * 700, "fp32.pt")  # ds_to_universal's: no manifest
+    source = complete_checkpoint(checkpoints / "step_00000004", 4, b"S" * 1000)
+    by_hand = checkpoint_files(
+        checkpoints / "step_00000004-universal", b"H" * 700, "fp32.pt"
+    )  # ds_to_universal's: no manifest
     capsys.readouterr()
     target = _convert(checkpoints, source, b"C" * 900)
     names = _names(checkpoints)
@@ -69,9 +59,9 @@ def test_a_conversion_made_by_hand_is_kept_when_the_resume_converts_the_step_aga
 
 def test_another_runs_conversion_of_the_same_step_is_kept(tmp_path, capsys):
     checkpoints = tmp_path / "run" / "checkpoints"
-    other_source = _complete(tmp_path / "other" / "checkpoints" / "step_00000004", 4, b"O" * 1000)
+    other_source = complete_checkpoint(tmp_path / "other" / "checkpoints" / "step_00000004", 4, b"O" * 1000)
     theirs = _convert(other_source.parent, other_source, b"T" * 800)
-    source = _complete(checkpoints / "step_00000004", 4, b"S" * 1000)
+    source = complete_checkpoint(checkpoints / "step_00000004", 4, b"S" * 1000)
     copied = checkpoints / theirs.name
     copied.parent.mkdir(parents=True, exist_ok=True)
     theirs.rename(copied)  # copied in: a manifest naming their step_00000004, not this run's
@@ -90,7 +80,7 @@ def test_a_damaged_conversion_of_the_same_checkpoint_is_replaced_without_a_copy(
     """What the fix keeps: ngpt_ds's own conversion of this very checkpoint, damaged, is converted again and
     replaced whole, by this process or a later one (the same data: nothing kept, no warning)."""
     checkpoints = tmp_path / "run" / "checkpoints"
-    source = _complete(checkpoints / "step_00000004", 4, b"S" * 1000)
+    source = complete_checkpoint(checkpoints / "step_00000004", 4, b"S" * 1000)
     target = _convert(checkpoints, source, b"C" * 900)
     (target / "fp32.pt").write_bytes(b"X" * 900)  # damaged
     checkpoint_delete._WRITTEN.discard(target.absolute())  # as seen by a later process
