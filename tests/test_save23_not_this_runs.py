@@ -17,42 +17,13 @@ import re
 import sys
 from pathlib import Path
 
+from rank0_saves import WEIGHTS, NoParamsEngine, checkpoint_files, complete_checkpoint, rank0_save
+from stand_in_converter import convert_with_stand_in
+
 from ngpt_ds.train import checkpoint, manifest
 from ngpt_ds.train.fs_errors import gib
 
 from conftest import torchrun
-
-WEIGHTS = "mp_rank_00_model_states.pt"
-
-
-def _step_files(folder: Path, content: bytes) -> Path:
-    folder.mkdir(parents=True)
-    (folder / WEIGHTS).write_bytes(content)
-    (folder / "config.yaml").write_text("model: {}\n")
-    return folder
-
-
-def _copied_in(folder: Path, step: int, content: bytes) -> Path:
-    """A complete checkpoint that another run (or a user) made and put here: not written by this process."""
-    _step_files(folder, content)
-    manifest.write_manifest(folder, manifest.build_manifest(folder, step))
-    return folder
-
-
-def _finish(checkpoints: Path, step: int, keep: int, content: bytes = b"R" * 1000) -> Path:
-    """Rank 0's part of a whole save: _before_save agrees, then the manifest, rename, `latest`, retention."""
-    assert checkpoint._before_save(_Engine(), checkpoints, step) is None  # type: ignore[arg-type]
-    tag = checkpoint.tag_for(step)
-    tmp = _step_files(checkpoints / (tag + checkpoint.TEMP_SUFFIX), content)
-    checkpoint._finish_save(checkpoints, tmp, tag, manifest.build_manifest(tmp, step), keep)
-    return checkpoints / tag
-
-
-class _Engine:
-    class module:
-        @staticmethod
-        def parameters():
-            return []
 
 
 def _names(folder: Path) -> list[str]:
@@ -65,11 +36,11 @@ KEPT = re.compile(r"step_00000004\.not-this-run-\d{8}T\d{6}Z")
 def test_a_checkpoint_copied_in_under_the_step_being_saved_is_kept_not_deleted(tmp_path, capsys):
     """Fault 1: the user's step_00000004, put there while the run was about to save step 4, was deleted by it."""
     checkpoints = tmp_path / "run" / "checkpoints"
-    _finish(checkpoints, 2, keep=3)
-    users = _copied_in(checkpoints / "step_00000004", 4, b"U" * 1500)
+    rank0_save(checkpoints, 2, keep=3)
+    users = complete_checkpoint(checkpoints / "step_00000004", 4, b"U" * 1500)
     digest = manifest.marker_digest(users)
     capsys.readouterr()
-    placed = _finish(checkpoints, 4, keep=3)
+    placed = rank0_save(checkpoints, 4, keep=3)
     names = _names(checkpoints)
     kept = [n for n in names if KEPT.fullmatch(n)]
     assert len(kept) == 1 and names == sorted(["latest", "step_00000002", "step_00000004", kept[0]]), names
@@ -85,7 +56,7 @@ def test_a_checkpoint_copied_in_under_the_step_being_saved_is_kept_not_deleted(t
     ]
     # Never listed, resumed or deleted: retention at later saves passes it by.
     assert [p.name for p in checkpoint.complete_checkpoints(checkpoints)] == ["step_00000002", "step_00000004"]
-    _finish(checkpoints, 6, keep=1)
+    rank0_save(checkpoints, 6, keep=1)
     assert _names(checkpoints) == sorted(["latest", "step_00000006", kept[0]])
     assert (kept_dir / WEIGHTS).read_bytes() == b"U" * 1500
 
@@ -93,9 +64,9 @@ def test_a_checkpoint_copied_in_under_the_step_being_saved_is_kept_not_deleted(t
 def test_a_second_save_of_a_step_this_process_saved_still_replaces_it(tmp_path, capsys):
     """What the fix keeps: a folder this process placed is replaced by a second save of its step, no copy kept."""
     checkpoints = tmp_path / "run" / "checkpoints"
-    _finish(checkpoints, 4, keep=3, content=b"A" * 1000)
+    rank0_save(checkpoints, 4, keep=3, content=b"A" * 1000)
     capsys.readouterr()
-    placed = _finish(checkpoints, 4, keep=3, content=b"B" * 1000)
+    placed = rank0_save(checkpoints, 4, keep=3, content=b"B" * 1000)
     assert _names(checkpoints) == ["latest", "step_00000004"]
     assert (placed / WEIGHTS).read_bytes() == b"B" * 1000 and manifest.verify(placed) is None
     assert capsys.readouterr().err == ""
@@ -105,11 +76,11 @@ def test_a_copied_in_step_left_moved_aside_by_a_kill_is_kept_by_the_next_save(tm
     """Fault 1, killed variant: a kill right after the new step_4 took its name left the user's copy as
     step_00000004.tmp-replaced; the next save removed it as a leftover."""
     checkpoints = tmp_path / "run" / "checkpoints"
-    _copied_in(checkpoints / "step_00000004", 4, b"R" * 1000)  # placed by the killed process, not this one
-    aside = _copied_in(checkpoints / "step_00000004.tmp-replaced", 4, b"U" * 1500)
+    complete_checkpoint(checkpoints / "step_00000004", 4, b"R" * 1000)  # placed by the killed process, not this one
+    aside = complete_checkpoint(checkpoints / "step_00000004.tmp-replaced", 4, b"U" * 1500)
     digest = manifest.marker_digest(aside)
     capsys.readouterr()
-    assert checkpoint._before_save(_Engine(), checkpoints, 6) is None  # type: ignore[arg-type]
+    assert checkpoint._before_save(NoParamsEngine(), checkpoints, 6) is None  # type: ignore[arg-type]
     names = _names(checkpoints)
     kept = [n for n in names if KEPT.fullmatch(n)]
     assert len(kept) == 1 and names == sorted(["step_00000004", kept[0]]), names
@@ -121,7 +92,7 @@ def test_a_copied_in_step_left_moved_aside_by_a_kill_is_kept_by_the_next_save(tm
 
 def _universal_of(checkpoints: Path, source: Path, content: bytes) -> Path:
     """A conversion the trainer sealed from `source` (ngpt_ds.train.checkpoint.finish_universal)."""
-    converted = _step_files(checkpoints / (source.name + "-universal.tmp-save"), content)
+    converted = checkpoint_files(checkpoints / (source.name + "-universal.tmp-save"), content)
     (converted / "config.yaml").unlink()  # finish_universal copies the source's
     target = checkpoints / checkpoint.universal_name(source.name)
     checkpoint.finish_universal(converted, target, source)
@@ -141,22 +112,22 @@ def test_retention_deletes_only_the_universal_twin_this_trainer_made_of_the_chec
     run (a manifest naming another step_00000010), was deleted with the run's step 10. The run's own conversion
     of step 10 goes with it, before it."""
     checkpoints = tmp_path / "run" / "checkpoints"
-    step10 = _finish(checkpoints, 10, keep=2)
-    _finish(checkpoints, 20, keep=2)
-    by_hand = _step_files(checkpoints / "step_00000010-universal", b"H" * 700)
+    step10 = rank0_save(checkpoints, 10, keep=2)
+    rank0_save(checkpoints, 20, keep=2)
+    by_hand = checkpoint_files(checkpoints / "step_00000010-universal", b"H" * 700)
     capsys.readouterr()
-    _finish(checkpoints, 30, keep=2)
+    rank0_save(checkpoints, 30, keep=2)
     assert _names(checkpoints) == ["latest", "step_00000010-universal", "step_00000020", "step_00000030"]
     assert (by_hand / WEIGHTS).read_bytes() == b"H" * 700
     assert capsys.readouterr().err.splitlines() == [_left_alone(by_hand)]
     # Copied in from another run: sealed by ngpt_ds, but from another run's step_00000020.
-    other = _copied_in(tmp_path / "other" / "checkpoints" / "step_00000020", 20, b"O" * 1000)
+    other = complete_checkpoint(tmp_path / "other" / "checkpoints" / "step_00000020", 20, b"O" * 1000)
     foreign = _universal_of(other.parent, other, b"F" * 700)
     foreign.rename(checkpoints / foreign.name)
     foreign = checkpoints / foreign.name
     assert manifest.verify(foreign) is None
     capsys.readouterr()
-    _finish(checkpoints, 40, keep=2)
+    rank0_save(checkpoints, 40, keep=2)
     assert "step_00000020-universal" in _names(checkpoints) and manifest.verify(foreign) is None
     assert "step_00000020" not in _names(checkpoints)
     assert capsys.readouterr().err.splitlines() == [_left_alone(foreign)]
@@ -164,7 +135,7 @@ def test_retention_deletes_only_the_universal_twin_this_trainer_made_of_the_chec
     own = _universal_of(checkpoints, checkpoints / "step_00000030", b"C" * 700)
     assert manifest.verify(own) is None and not step10.exists()
     capsys.readouterr()
-    _finish(checkpoints, 50, keep=2)
+    rank0_save(checkpoints, 50, keep=2)
     assert _names(checkpoints) == [
         "latest",
         "step_00000010-universal",
@@ -182,8 +153,8 @@ def test_retention_deletes_the_conversion_of_another_runs_checkpoint_the_run_gre
     another checkpoint of the same name, copied in, stays."""
     from ngpt_ds.train.lineage import record_origin
 
-    other = _copied_in(tmp_path / "other" / "checkpoints" / "step_00000003", 3, b"O" * 1000)
-    elsewhere = _copied_in(tmp_path / "third" / "checkpoints" / "step_00000003", 3, b"T" * 1000)
+    other = complete_checkpoint(tmp_path / "other" / "checkpoints" / "step_00000003", 3, b"O" * 1000)
+    elsewhere = complete_checkpoint(tmp_path / "third" / "checkpoints" / "step_00000003", 3, b"T" * 1000)
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -191,12 +162,12 @@ def test_retention_deletes_the_conversion_of_another_runs_checkpoint_the_run_gre
     origin = _universal_of(other.parent, other, b"C" * 700)
     origin.rename(checkpoints / origin.name)
     assert manifest.verify(checkpoints / origin.name) is None
-    _finish(checkpoints, 6, keep=1)  # the run's first checkpoint: the conversion is needed no more
+    rank0_save(checkpoints, 6, keep=1)  # the run's first checkpoint: the conversion is needed no more
     assert _names(checkpoints) == ["latest", "step_00000006"]
     copied = _universal_of(elsewhere.parent, elsewhere, b"C" * 700)
     copied.rename(checkpoints / copied.name)
     capsys.readouterr()
-    _finish(checkpoints, 9, keep=1)
+    rank0_save(checkpoints, 9, keep=1)
     assert _names(checkpoints) == ["latest", "step_00000003-universal", "step_00000009"]
     assert capsys.readouterr().err.splitlines() == [_left_alone(checkpoints / copied.name)]
 
@@ -211,42 +182,12 @@ FILLS_THE_DISK = (
 )
 
 
-def _convert_filling_the_disk(out_json: str, source: str, target: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent / "workers"))
-    import subprocess
-    from types import SimpleNamespace
-
-    import torch
-    import torch.distributed as dist
-    from common import every_rank, run_worker
-
-    from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.train import reshape_convert
-
-    def start_stand_in(source: Path, output: Path, log: Path) -> subprocess.Popen:
-        with open(log, "w", encoding="utf-8") as f:
-            return subprocess.Popen([sys.executable, "-c", FILLS_THE_DISK, str(output)], stdout=f, stderr=f)
-
-    def work() -> list:
-        reshape_convert._start_converter = start_stand_in
-        plan = SimpleNamespace(
-            source=Path(source), target=Path(target), saved=SimpleNamespace(describe=lambda: "2 data-parallel ranks")
-        )
-        try:
-            reshape_convert.convert(plan, torch.device("cpu"))  # type: ignore[arg-type]
-        except NgptConfigError as err:
-            return every_rank({"rank": dist.get_rank(), "error": str(err)})
-        return every_rank({"rank": dist.get_rank(), "error": None})
-
-    run_worker(out_json, work, timeout_s=120)
-
-
 def test_a_conversion_that_fills_the_disk_names_what_it_needs_what_was_free_and_the_folder(tmp_path, mount_tmpfs):
     """Fault 3: a real disk-full during the conversion (a stand-in converter writes until ENOSPC on a 4 MiB
     tmpfs, past the check before it starts) read '... MiB are free on the filesystem of <folder>': no figure
     of what the conversion needs."""
     checkpoints = mount_tmpfs(4 * 2**20) / "run" / "checkpoints"
-    source = _copied_in(checkpoints / "step_00000004", 4, b"W" * 2**20)
+    source = complete_checkpoint(checkpoints / "step_00000004", 4, b"W" * 2**20)
     size = manifest.checkpoint_bytes(source)
     assert size == 2**20 + len("model: {}\n")
     target = checkpoints / checkpoint.universal_name(source.name)
@@ -268,4 +209,4 @@ def test_a_conversion_that_fills_the_disk_names_what_it_needs_what_was_free_and_
 
 
 if __name__ == "__main__":
-    _convert_filling_the_disk(*sys.argv[1:4])
+    convert_with_stand_in(*sys.argv[1:4], FILLS_THE_DISK)

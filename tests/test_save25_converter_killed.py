@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from stand_in_converter import convert_with_stand_in
+
 from ngpt_ds.train import checkpoint, manifest
 
 from conftest import torchrun
@@ -28,36 +30,6 @@ WRITES_THEN_IS_KILLED = (
     "print('extracting', flush=True)\n"
     "os.kill(os.getpid(), signal.SIGKILL)\n"
 )
-
-
-def _worker(out_json: str, source: str, target: str) -> None:
-    sys.path.insert(0, str(HERE.parent / "workers"))
-    import subprocess
-    from types import SimpleNamespace
-
-    import torch
-    import torch.distributed as dist
-    from common import every_rank, run_worker
-
-    from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.train import reshape_convert
-
-    def stand_in(source: Path, output: Path, log: Path) -> subprocess.Popen:
-        with open(log, "w", encoding="utf-8") as f:
-            return subprocess.Popen([sys.executable, "-c", WRITES_THEN_IS_KILLED, str(output)], stdout=f, stderr=f)
-
-    def work() -> list:
-        reshape_convert._start_converter = stand_in
-        plan = SimpleNamespace(
-            source=Path(source), target=Path(target), saved=SimpleNamespace(describe=lambda: "2 data-parallel ranks")
-        )
-        try:
-            reshape_convert.convert(plan, torch.device("cpu"))  # type: ignore[arg-type]
-        except NgptConfigError as err:
-            return every_rank({"rank": dist.get_rank(), "error": str(err)})
-        return every_rank({"rank": dist.get_rank(), "error": None})
-
-    run_worker(out_json, work, timeout_s=120)
 
 
 def test_a_converter_killed_for_memory_is_not_reported_as_a_full_disk(tmp_path, mount_tmpfs):
@@ -81,4 +53,4 @@ def test_a_converter_killed_for_memory_is_not_reported_as_a_full_disk(tmp_path, 
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:4])
+    convert_with_stand_in(*sys.argv[1:4], WRITES_THEN_IS_KILLED)
