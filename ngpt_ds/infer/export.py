@@ -21,7 +21,7 @@ import torch
 
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
-from ngpt_ds.infer.export_config import config_record
+from ngpt_ds.infer.export_config import config_record, read_config_json
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, checkpoint_tokenizer, load_checkpoint, load_export
 from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
@@ -168,7 +168,7 @@ def _is_export_folder(folder: Path) -> bool:
     if not (folder / CONFIG_FILE).is_file():  # a named pipe there made --overwrite wait forever on reading it
         return False
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = read_config_json(folder / CONFIG_FILE)  # no further than any export's (a sparse 8 GiB file)
     except (OSError, *UNPARSABLE):
         return False
     # `--format hf` exports carry their marker under another key (ngpt_ds.hf.export.HF_MARKER).

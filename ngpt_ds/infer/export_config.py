@@ -18,6 +18,7 @@ from typing import Any
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.model import ModelConfig
+from ngpt_ds.train.manifest import RefusedFile, read_capped
 
 RECORD_KEY = "ngpt_ds_model_config"
 """The safetensors `__metadata__` key holding the exported model config as JSON (ModelConfig.to_dict)."""
@@ -60,12 +61,30 @@ HF_MODEL_TYPES = ("ngpt", "ngpt_gpt_baseline")
 """The model_type of a transformers export (ngpt_ds.hf.configuration_ngpt), for the message that names one."""
 
 
+MAX_CONFIG_JSON_BYTES = 2**20
+"""The largest export config.json read: launch/export.py writes a few KiB (the model config, the tokenizer's hash, the
+training provenance). A larger one was read whole and parsed before any message: a config.json kept as a sparse file
+(a few bytes in an archive kept with its holes) of any size was read whole into memory."""
+
+
+def read_config_json(path: Path) -> Any:
+    """The JSON in an export's config.json, a regular file (or a link to one) of at most MAX_CONFIG_JSON_BYTES, read
+    no further than that. Raises RefusedFile (a ValueError, as UNPARSABLE's are) for any other file, OSError when it
+    cannot be read, UNPARSABLE's errors when it is no JSON."""
+    return json.loads(read_capped(path, MAX_CONFIG_JSON_BYTES).decode("utf-8"))
+
+
 def read_export_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     if path.exists() and not path.is_file():  # a named pipe there made load_export wait forever on reading it
         raise NgptConfigError(f"{path} is not a regular file; export the checkpoint again")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_config_json(path)
+    except RefusedFile as err:
+        raise NgptConfigError(
+            f"{path} {err.what}: an export's {CONFIG_FILE} is a regular file of at most {MAX_CONFIG_JSON_BYTES} bytes "
+            "(launch/export.py writes a few KiB), so it was not read; the folder was altered. Export the checkpoint again"
+        ) from None
     except (OSError, *UNPARSABLE) as err:
         raise NgptConfigError(
             f"{path} cannot be read ({type(err).__name__}: {err}); export the checkpoint again"

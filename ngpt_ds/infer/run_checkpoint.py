@@ -8,7 +8,7 @@ merged) are read by ngpt_ds.deepspeed_files, the one module that knows their lay
 
 from __future__ import annotations
 
-import json
+import os
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ import torch
 
 from ngpt_ds import deepspeed_files, log, yaml_safe
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.infer.export_config import read_config_json
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, is_export
 from ngpt_ds.model import CausalLM
-from ngpt_ds.model.config import unreadable
+from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES, unreadable
 from ngpt_ds.train import checkpoint as ckpt_layout
 from ngpt_ds.train.resume import newest_intact
 
@@ -96,7 +97,7 @@ def _incomplete_export(folder: Path) -> str | None:
         )
     if config.is_file() and not weights.exists():
         try:
-            marked = json.loads(config.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+            marked = read_config_json(config).get("format") == EXPORT_FORMAT
         except (OSError, AttributeError, *UNPARSABLE):
             marked = False
         if marked:
@@ -112,7 +113,7 @@ def _recorded_checkpoint(export: Path) -> str:
     export under training.checkpoint, a --format hf one under ngpt_ds_export.training.checkpoint (the message
     named the first for both)."""
     try:
-        config = json.loads((export / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = read_config_json(export / CONFIG_FILE)
     except (OSError, *UNPARSABLE):
         config = None
     if isinstance(config, dict) and isinstance(config.get("ngpt_ds_export"), dict):
@@ -133,10 +134,23 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
             f"{config_path} not found: {checkpoint} was not written by the ngpt_ds trainer "
             "(it saves config.yaml with every checkpoint)"
         )
+    # Read no further than any config file (the trainer writes a few KiB): a larger one was read whole and parsed
+    # by PyYAML before any message, an 11 MiB list in 36 s and 740 MiB (so 100 MiB in minutes and gigabytes), and a
+    # sparse file (a few bytes in an archive kept with its holes) of any size whole.
     try:
-        run = yaml_safe.safe_load(config_path.read_text(encoding="utf-8"))
+        with config_path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_CONFIG_FILE_BYTES + 1) if size <= MAX_CONFIG_FILE_BYTES else b""
     except OSError as err:
         raise NgptConfigError(unreadable(config_path, err)) from None
+    if size > MAX_CONFIG_FILE_BYTES or len(data) > MAX_CONFIG_FILE_BYTES:
+        raise NgptConfigError(
+            f"{config_path} holds {max(size, len(data))} bytes: the config.yaml the trainer saves with a checkpoint "
+            f"is a file of at most {MAX_CONFIG_FILE_BYTES} bytes (it writes a few KiB), so it was not read; the "
+            "checkpoint was altered. Use another checkpoint"
+        )
+    try:
+        run = yaml_safe.safe_load(data.decode("utf-8"))
     except (yaml_safe.YAMLError, *UNPARSABLE) as err:
         raise NgptConfigError(f"{config_path}: not valid YAML: {yaml_safe.describe(err)}") from None
     if not isinstance(run, dict) or not isinstance(run.get("model"), dict):
