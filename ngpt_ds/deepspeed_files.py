@@ -57,6 +57,9 @@ from ngpt_ds.errors import NgptConfigError
 PIPELINE_LAYER_FILES = "layer_*-model_states.pt"
 """A pipeline checkpoint's weights: one file per layer of the PipelineModule (written by its stage)."""
 
+_LAYER_FILE = re.compile(r"layer_([0-9]+)-model_states\.pt")
+"""A layer file's name as DeepSpeed's PipelineModule writes it (layer_{index:02d}-model_states.pt): the index."""
+
 _MP_RANK = re.compile(r"mp_rank_(\d+)_model_states\.pt$")
 
 
@@ -243,8 +246,7 @@ def _pipeline_weights(checkpoint: Path, zero_stage: int, *, stages: int, data_pa
 
     if zero_stage == 0:
         weights, source = {}, f"pipeline x{stages}, module weights (ZeRO 0)"
-        for path in sorted(checkpoint.glob(PIPELINE_LAYER_FILES)):
-            layer = int(path.name.split("-")[0].removeprefix("layer_"))
+        for layer, path in sorted(_layer_files(checkpoint).items()):
             weights.update({f"{layer}.{name}": t for name, t in _tensors(read(path), path).items()})
     else:
         weights = {name: t for mp in range(stages) for name, t in _consolidate_stage(checkpoint, mp).items()}
@@ -253,6 +255,28 @@ def _pipeline_weights(checkpoint: Path, zero_stage: int, *, stages: int, data_pa
     return SavedWeights(
         weights=weights, source=source, data_parallel=data_parallel, tensor_parallel=1, pipeline_parallel=stages
     )
+
+
+def _layer_files(checkpoint: Path) -> dict[int, Path]:
+    """A pipeline checkpoint's layer files by layer index. A name without an index (layer_x-model_states.pt)
+    stopped generate, evaluate and export with a ValueError traceback, and two names of one index (layer_1 and
+    layer_01) loaded whichever sorted last: each is an NgptConfigError naming the file."""
+    layers: dict[int, Path] = {}
+    for path in sorted(checkpoint.glob(PIPELINE_LAYER_FILES)):
+        found = _LAYER_FILE.fullmatch(path.name)
+        if found is None:
+            raise NgptConfigError(
+                f"{path}: a pipeline checkpoint's layer files are named layer_<index>-model_states.pt (DeepSpeed's "
+                f"PipelineModule), and this name has no layer index: {_ALTERED}"
+            )
+        layer = int(found.group(1))
+        if layer in layers:
+            raise NgptConfigError(
+                f"{path}: layer {layer} has two files ({layers[layer].name} too); DeepSpeed's PipelineModule writes "
+                f"one per layer: {_ALTERED}"
+            )
+        layers[layer] = path
+    return layers
 
 
 def module_weights(states: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
