@@ -161,12 +161,23 @@ def read_run_config(checkpoint: Path) -> dict[str, Any]:
         ("data_dir", (str, type(None)), "a folder path"),
         ("data_dir_absolute", (str, type(None)), "a folder path"),
         ("tokenizer_sha256", (str, type(None)), "a sha256 hex digest"),
+        ("train_data_sha256", (str, type(None)), "a sha256 hex digest"),
         ("train", (dict, type(None)), "a mapping"),
         ("deepspeed", (dict, type(None)), "a mapping"),
     ):
         if not isinstance(run.get(name), kinds):
             raise NgptConfigError(
                 f"{config_path}: {name} = {reprlib.repr(run.get(name))[:80]} must be {what}; the file was not "
+                "written by the ngpt_ds trainer or was altered"
+            )
+    # The provenance an export writes into its config.json (read_checkpoint_weights): YAML aliases nest 9^7 items
+    # in 8 lines, read as shared references in a blink, which json.dumps wrote out whole (37 s, 1.2 GiB; 9^9 items
+    # in 10 lines: some 80 times that). Scalars only, as the trainer writes them.
+    for section, name in (("train", "eval_batches"), ("deepspeed", "train_micro_batch_size_per_gpu")):
+        value = (run.get(section) or {}).get(name)
+        if not isinstance(value, (int, float, str, type(None))):
+            raise NgptConfigError(
+                f"{config_path}: {section}.{name} = {reprlib.repr(value)[:80]} must be a number; the file was not "
                 "written by the ngpt_ds trainer or was altered"
             )
     return run
