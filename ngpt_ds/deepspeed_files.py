@@ -190,8 +190,14 @@ ZERO_TO_FP32_FILES = ("*_model_states.pt", "*_optim_states.pt")
 def check_zero_to_fp32_files(checkpoint: Path) -> None:
     """The zip layout of every file zero_to_fp32 will read (safe_load.check_layout: the zip's directory only),
     before it reads any: a crafted file among them (an extra zz_model_states.pt, a rank's optimizer states)
-    is refused up front, naming it, not after the others were loaded. Each load under the guard checks again."""
+    is refused up front, naming it, not after the others were loaded. Each load under the guard checks again.
+    An entry of such a name that is no file (a folder, which a checkpoint's manifest allows) is refused too."""
     for path in sorted({p for pattern in ZERO_TO_FP32_FILES for p in checkpoint.glob(pattern)}):
+        if not path.is_file():  # a folder under such a name: an IsADirectoryError traceback from the open below
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise NgptConfigError(
+                f"{path} is {what}, where DeepSpeed's zero_to_fp32 reads a checkpoint file: {_ALTERED}"
+            )
         safe_load.check_layout(path)
 
 
@@ -204,7 +210,7 @@ def consolidate_zero(checkpoint: Path) -> dict[str, torch.Tensor]:
         check_zero_to_fp32_files(checkpoint)
         with _quiet(), safe_load.deepspeed_loads_are_safe():
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
-    except safe_load.UnsafeCheckpointError:
+    except NgptConfigError:  # ours, naming the file (safe_load's refusals included): not "could not consolidate"
         raise
     except (FileNotFoundError, ValueError, KeyError, RuntimeError, EOFError) as err:
         raise NgptConfigError(
