@@ -297,8 +297,13 @@ class Trainer(RunEnd):
             interval_seconds, interval_steps, interval_loss, timed_steps = 0.0, 0, 0.0, 0
             return mean
 
+        def evaluates(step: int) -> bool:
+            return bool(train.eval_interval and step % train.eval_interval == 0) or step == max_steps
+
         self.stop.steps_begin()
         while self.step < max_steps:
+            # --max-time decides at this step's end (and after its evaluation or save) whether the next one fits.
+            self.stop.next_step_evaluates = evaluates(self.step + 2)
             # The LR this step applies: DeepSpeed steps the schedule after the optimizer, so get_lr() after the
             # step was the next step's (step 1 of a warmup logged lr/warmup, having trained at 0).
             step_lr = self.engine.get_lr()[0]
@@ -333,9 +338,9 @@ class Trainer(RunEnd):
                 # summary.json's train_loss is the last record's: the interval's mean, as the dashboards show
                 # (the last step's own loss was a number no record held: 6.153 where metrics.jsonl had 6.164).
                 train_loss = log_interval()
-            evaluated = bool(train.eval_interval and self.step % train.eval_interval == 0) or last
+            evaluated = evaluates(self.step)
             if evaluated:
-                with self.stop.outside_steps():  # not a step's time (--max-time's margin)
+                with self.stop.evaluating():  # not a step's time; timed for --max-time's margin
                     val_loss = self.last_val_loss = self.evaluate()
                 if not math.isfinite(val_loss):  # the same on every rank (a mean over the ranks)
                     raise self._diverged(
@@ -357,7 +362,7 @@ class Trainer(RunEnd):
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
                 status = "stopped-unsaved"
                 self._say(
-                    f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}) "
+                    f"stopping at step {self.step} ({self.stop.describe()}) "
                     f"without a checkpoint: {self.stop.unsaved_message()}. "
                     + (
                         f"The newest complete checkpoint ({last_checkpoint or self.resumed_from}) is intact; run the "
@@ -378,7 +383,7 @@ class Trainer(RunEnd):
             if stop:
                 status = "stopped"
                 self._say(
-                    f"stopping at step {self.step} ({self.stop.reason or 'another rank was asked to stop'}); "
+                    f"stopping at step {self.step} ({self.stop.describe()}); "
                     f"checkpoint saved in {last_checkpoint}. Run the same command again to resume."
                 )
                 break

@@ -11,7 +11,8 @@ all-reduce, in `ngpt_ds.train.loop`), save a checkpoint and exit (README "Stoppi
 - SIGUSR1 and SIGUSR2 (Slurm's warning before a time limit, `--signal=USR1@180` or USR2@T) and
   `--max-time`: they come ahead of time, so no grace applies. --max-time stops early enough for the last step
   and its save to end before the limit: at the first step boundary where now + the recent step time + the
-  save estimate would pass it (`StopRequest.max_time_margin_s`).
+  save estimate (and the evaluation's time when the next step evaluates) would pass it
+  (`StopRequest.max_time_margin_s`).
 - The launcher exited: the process that started this rank (torchrun, DeepSpeed's launch.py,
   slurmstepd, mpirun) and, under DeepSpeed's launch.py, the `deepspeed` runner above it. DeepSpeed's
   runner has no signal handler for local runs: SIGTERM to its pid alone kills it and leaves its
@@ -87,10 +88,20 @@ class StopRequest:
         records and the checks before the save included, evaluations left out."""
         self.job_save_s: float | None = None
         """The slowest rank's last_stop_path_s, agreed in `agreed` after each save: --max-time's save estimate."""
+        self.eval_s: float | None = None
+        """This rank's last evaluation, in seconds (its mean's all-reduce included: about the slowest rank's)."""
+        self.next_step_evaluates = False
+        """Set by the loop before each step: whether the step after it evaluates (an eval_interval multiple, or the
+        last step), so that the evaluation before that step's save is in --max-time's margin."""
+        self.margin_parts: tuple[float, float, float] | None = None
+        """--max-time's margin where it stopped the run: (step, evaluation, save) seconds; on a rank that another
+        rank's margin stopped, that rank's (`agree_to_save`)."""
         self._boundary: float | None = None
         self._step_times: deque[float] = deque(maxlen=STEP_TIMES_KEPT)
         self.grace_s = grace_s
         self.reason: str | None = None
+        self.told: str | None = None
+        """Another rank's --max-time stop, with its figures (`_told`), on a rank without a request of its own."""
         self.urgent_since: float | None = None
         """time.monotonic() of the first urgent request; the save must end by urgent_since + grace_s."""
         self.repeated = 0
@@ -135,24 +146,46 @@ class StopRequest:
                 self.reason = "--max-time reached"
             elif now + self.max_time_margin_s() > self.deadline:
                 self.early_s = self.deadline - now
-                self.reason = (
-                    f"--max-time: stopping {self.early_s:.1f} s early so that the last step and its save end "
-                    "before the limit"
-                )
+                self.margin_parts = self._margin_parts()
+                self.reason = self._max_time_reason()
         return self.reason is not None
+
+    def _max_time_reason(self, rank: int | None = None, limit_s: float | None = None) -> str:
+        """The stop line's words for --max-time's early stop. With `rank` and `limit_s`, those of a rank without a
+        request of its own, which another rank's margin stopped (rank 0's line had said only 'another rank was
+        asked to stop'): that rank, its limit and its margin's figures."""
+        assert self.early_s is not None
+        if rank is None or self.margin_parts is None:
+            return (
+                f"--max-time: stopping {self.early_s:.1f} s early so that the last step and its save end before the "
+                "limit"
+            )
+        step, evaluation, save = self.margin_parts
+        kept = f"the longest recent step {step:.1f} s" + (f" + its evaluation {evaluation:.1f} s" if evaluation else "")
+        return (
+            f"--max-time on rank {rank}: stopping {self.early_s:.1f} s early so that the last step and its save end "
+            f"before its limit, {limit_s or 0.0:g} s after its start; one more step would not fit: {kept} + the save "
+            f"{save:.1f} s"
+        )
 
     def max_time_margin_s(self) -> float:
         """What --max-time keeps free before its limit: the recent step time (the longest of the last
-        STEP_TIMES_KEPT, from one step boundary to the next, evaluations and saves left out) and the save
-        estimate (the slowest rank's last save, timed from its step's end, this rank's own when it took longer;
-        before any, FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE of --max-time, whichever is less)."""
+        STEP_TIMES_KEPT, from one step boundary to the next, evaluations and saves left out), the last evaluation's
+        time when the next step evaluates (the last step always does: a run whose last step evaluated had
+        overrun the limit by that evaluation), and the save estimate (the slowest rank's last save, timed from its
+        step's end, this rank's own when it took longer; before any, FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE
+        of --max-time, whichever is less)."""
+        return sum(self._margin_parts())
+
+    def _margin_parts(self) -> tuple[float, float, float]:
         step = max(self._step_times, default=0.0)
+        evaluation = (self.eval_s or 0.0) if self.next_step_evaluates else 0.0
         timed = [s for s in (self.job_save_s, self.last_stop_path_s) if s is not None]
         if timed:
             save = max(timed)
         else:
             save = min(FIRST_SAVE_GUESS_S, FIRST_SAVE_GUESS_SHARE * (self.max_time_s or 0.0))
-        return step + save
+        return step, evaluation, save
 
     def steps_begin(self) -> None:
         """The training loop starts: the first step is timed from here."""
@@ -174,6 +207,14 @@ class StopRequest:
         if self._boundary is not None:
             self._boundary += time.monotonic() - start
 
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """An evaluation: kept out of the step time, and timed for --max-time's margin."""
+        start = time.monotonic()
+        with self.outside_steps():
+            yield
+        self.eval_s = time.monotonic() - start
+
     def seconds_left(self) -> float:
         """Of this rank's grace period; unbounded without an urgent request."""
         if self.urgent_since is None:
@@ -187,11 +228,34 @@ class StopRequest:
         overran by a step and a second save. The same all-reduce (a maximum) agrees on the slowest rank's last
         save, --max-time's save estimate on every rank: a save ends when the slowest rank's does."""
         path = self.last_stop_path_s
-        agreed = torch.tensor([float(self.requested()), path or 0.0], dtype=torch.float64, device=device)
+        requested = float(self.requested())
+        agreed = torch.tensor([requested, path or 0.0, *self._tripped()], dtype=torch.float64, device=device)
         all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)  # with it, the slowest rank's last save
         if path is not None:
             self.job_save_s = agreed[1].item()
+        self._told(agreed[2:].tolist())
         return agreed[0].item() > 0
+
+    def _tripped(self) -> list[float]:
+        """What a maximum over the ranks tells the others when --max-time's margin stopped this rank: the rank, how
+        early, its limit and its margin's parts; all below any real figure otherwise."""
+        if self.early_s is None or self.margin_parts is None:
+            return [-1.0, -_NO_DEADLINE, 0.0, 0.0, 0.0, 0.0]
+        return [float(dist.get_rank()), self.early_s, self.max_time_s or 0.0, *self.margin_parts]
+
+    def _told(self, figures: list[float]) -> None:
+        """A rank without a request of its own, stopped by another rank's --max-time margin: that rank's reason and
+        figures, for the stop line and summary.json (they had said 'another rank was asked to stop' and
+        `"stopped_early_s": null` on rank 0)."""
+        rank, early, limit, step, evaluation, save = figures
+        if self.reason is None and self.told is None and rank >= 0:
+            self.early_s, self.margin_parts = early, (step, evaluation, save)
+            self.told = self._max_time_reason(int(rank), limit)
+
+    def describe(self) -> str:
+        """Why the run stops, for its stop line: this rank's request, what another rank's --max-time margin told it,
+        or (a signal to another rank only) that another rank was asked to stop."""
+        return self.reason or self.told or "another rank was asked to stop"
 
     def agree_to_save(self, device: torch.device | str) -> bool:
         """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
@@ -200,11 +264,16 @@ class StopRequest:
         agreed in one all-reduce (a maximum of -time left and of the save times), so every rank answers
         the same: with its own last save each, a rank whose save had taken longer than the time left
         stopped unsaved while the others entered the save's collectives and waited for it there (gloo:
-        'Connection closed by peer'; NCCL: train.dist_timeout_s)."""
+        'Connection closed by peer'; NCCL: train.dist_timeout_s).
+
+        The same all-reduce tells a rank without a request of its own that --max-time stopped the run on another
+        rank, and with what figures (`_told`), as `agreed` does after an evaluation or a save."""
         left = min(self.seconds_left(), _NO_DEADLINE)
-        agreed = torch.tensor([-left, self.last_save_s or 0.0], dtype=torch.float64, device=device)
+        mine = [-left, self.last_save_s or 0.0, *self._tripped()]
+        agreed = torch.tensor(mine, dtype=torch.float64, device=device)
         all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)
         self.time_left, self.save_estimate_s = -agreed[0].item(), agreed[1].item()
+        self._told(agreed[2:].tolist())
         return self.time_left > self.save_estimate_s
 
     def unsaved_message(self) -> str:

@@ -1,0 +1,170 @@
+"""--max-time's margin on a real 2-rank gloo job: the evaluation due before the final save is in it, and a rank that
+another rank's margin stopped says so with the figures (ngpt_ds/train/stopping.py, README "Preemption, time limits
+and lost ranks")."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from ngpt_ds.train import stopping
+
+from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+
+WORKER = """
+import json, os, runpy, sys, time
+import psutil
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from ngpt_ds.train import loop, stopping
+
+RECORDS, SAVE_S, EVAL_S, STEP_SLEEP_S, RANK1_LIMIT = sys.argv[1], *map(float, sys.argv[2:6])
+del sys.argv[1:6]
+RANK = int(os.environ["RANK"])
+real_save, real_eval, real_step = loop.Trainer.save, loop.Trainer.evaluate, loop.Trainer.train_step
+real_init = stopping.StopRequest.__init__
+
+
+def note(**record):
+    with open(RECORDS, "a") as f:
+        f.write(json.dumps({"rank": RANK, **record}) + "\\n")
+
+
+def padded(real, seconds, name):
+    def wrapped(self):  # padded to `seconds`: a large model's save or validation pass, in little
+        start = time.monotonic()
+        result = real(self)
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        note(kind=name, step=self.step, seconds=time.monotonic() - start, at=time.time())
+        return result
+    return wrapped
+
+
+def train_step(self):  # a slower step: the sleep before it, so nothing is added after the stop's boundary
+    time.sleep(STEP_SLEEP_S)
+    return real_step(self)
+
+
+def init(self, max_time_s, *args, **kwargs):  # rank 1 may get a shorter limit than the command line's
+    if RANK == 1 and RANK1_LIMIT > 0:
+        max_time_s = RANK1_LIMIT
+    real_init(self, max_time_s, *args, **kwargs)
+
+
+loop.Trainer.save = padded(real_save, SAVE_S, "save")
+loop.Trainer.evaluate = padded(real_eval, EVAL_S, "eval")
+loop.Trainer.train_step = train_step
+stopping.StopRequest.__init__ = init
+note(kind="start", at=psutil.Process().create_time())
+sys.argv[0] = os.path.join(os.environ["REPO"], "launch", "train.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def two_rank_run(tmp_path, data, train: dict, limit_s: float, save_s, eval_s, rank1_limit_s=0.0):
+    """launch/train.py on 2 gloo ranks with --max-time `limit_s` (rank 1: `rank1_limit_s` when set), saves and
+    evaluations padded; (each rank's exit status, each rank's output, the records by rank)."""
+    worker = tmp_path / "padded_worker.py"
+    worker.write_text(WORKER)
+    records = tmp_path / "records.jsonl"
+    config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), train)
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    out = tmp_path / "run"
+    flags = ["--config", config, "--deepspeed_config", ds, "--data", data, "--out", out, "--no-progress"]
+    flags += ["--max-time", limit_s]
+    port, ranks = free_port(), []
+    for rank in range(2):
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", REPO=REPO)
+        env["MASTER_PORT"] = str(port)
+        cmd = [sys.executable, worker, records, save_s, eval_s, 0.2, rank1_limit_s, *flags]
+        ranks.append(
+            subprocess.Popen(
+                [str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    by_rank: dict[int, list[dict]] = {0: [], 1: []}
+    for line in records.read_text().splitlines():
+        record = json.loads(line)
+        by_rank[record["rank"]].append(record)
+    return [rank.returncode for rank in ranks], outputs, by_rank
+
+
+def test_the_evaluation_before_the_last_save_is_in_the_max_time_margin(tmp_path, tiny_dataset):
+    """Fault: the margin was the longest recent step plus the save estimate; an evaluation due at the last step
+    (here every step evaluates, 3 s each) ran before the final save and was in no estimate, so the last save ended
+    past the limit by up to the evaluation (old code: 'assert 1.9... < 0' style overrun on the tripping rank, in
+    most runs: the stop point falls after an evaluation only when the margin trips in the 0.2 s after one). Now
+    the last evaluation's time is in the margin whenever the next step evaluates: every rank's last save ends
+    before its start + --max-time."""
+    limit_s, save_s, eval_s = 70.0, 1.0, 3.0
+    train = tiny_train(100000, eval_interval=1, checkpoint_interval=5, log_interval=5)
+    codes, outputs, records = two_rank_run(tmp_path, tiny_dataset, train, limit_s, save_s, eval_s)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    for rank in (0, 1):
+        started = next(r["at"] for r in records[rank] if r["kind"] == "start")
+        saves = [r for r in records[rank] if r["kind"] == "save"]
+        evals = [r for r in records[rank] if r["kind"] == "eval"]
+        assert len(saves) >= 2 and len(evals) >= 5, records[rank]  # a save and evaluations were timed first
+        assert saves[-1]["step"] == summary["step"] == evals[-1]["step"]  # the stop's step evaluated, then saved
+        overrun = saves[-1]["at"] - (started + limit_s)
+        assert overrun < 0, (rank, overrun, outputs[rank][-2000:])
+
+
+def test_rank0_says_that_another_ranks_time_limit_stopped_the_run(tmp_path, tiny_dataset):
+    """Fault: when rank 1's --max-time margin stopped the job (a rank that started later, or a shorter limit), rank
+    0, which writes summary.json and the log, said 'stopping at step N (another rank was asked to stop)' and wrote
+    `"stopped_early_s": null`. Now the agreement before the save carries the tripping rank's figures: rank 0's
+    line names --max-time, the rank, how early, the limit and the margin's parts, and summary.json records how
+    early. Old code: 'another rank was asked to stop' in rank 0's line."""
+    limit_s, rank1_limit_s, save_s = 1000.0, 50.0, 1.5
+    train = tiny_train(100000, checkpoint_interval=10, log_interval=10)
+    codes, outputs, records = two_rank_run(tmp_path, tiny_dataset, train, limit_s, save_s, 0.0, rank1_limit_s)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "stopped"
+    step = summary["step"]
+    assert "another rank was asked to stop" not in outputs[0]
+    early = summary["max_time"]["stopped_early_s"]
+    assert early is not None and 0 < early < save_s + 2.0, summary
+    lines = [line for line in outputs[0].splitlines() if f"stopping at step {step} (" in line]
+    assert len(lines) == 1, outputs[0][-3000:]
+    expected = (
+        f"stopping at step {step} (--max-time on rank 1: stopping {early:.1f} s early so that the last step and its "
+        f"save end before its limit, {rank1_limit_s:g} s after its start; one more step would not fit: the longest "
+        "recent step "
+    )
+    assert expected in lines[0], lines[0]
+    save_figure = float(re.search(r"the save (\d+\.\d) s\);", lines[0]).group(1))
+    assert save_s <= save_figure <= save_s + 1.0, lines[0]  # the padded save and the step's records before it
+    started = next(r["at"] for r in records[1] if r["kind"] == "start")
+    assert [r for r in records[1] if r["kind"] == "save"][-1]["at"] < started + rank1_limit_s
+
+
+@pytest.fixture
+def handlers():
+    """StopRequest installs signal handlers for the process: put pytest's back afterwards."""
+    signals = stopping.URGENT_SIGNALS + stopping.WARNING_SIGNALS
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_the_margin_counts_the_last_evaluation_only_when_the_next_step_evaluates(handlers):
+    """The numbers: step 1.25 s + save 3.5 s; with an evaluation of 7 s measured, 11.75 s when the next step
+    evaluates and 4.75 s when it does not. Old code: 4.75 either way."""
+    request = stopping.StopRequest(1000.0)
+    request._step_times.extend([0.5, 1.25])
+    request.job_save_s = 3.5
+    with request.evaluating():
+        pass
+    request.eval_s = 7.0  # as measured by `evaluating`
+    request.next_step_evaluates = False
+    assert request.max_time_margin_s() == 1.25 + 3.5
+    request.next_step_evaluates = True
+    assert request.max_time_margin_s() == 1.25 + 7.0 + 3.5
