@@ -301,6 +301,7 @@ class Trainer(RunEnd):
             return bool(train.eval_interval and step % train.eval_interval == 0) or step == max_steps
 
         self.stop.steps_begin()
+        agreement.stop_all_if_any_failed(self.stop.no_room_message())  # collective: exit 2 on every rank
         while self.step < max_steps:
             # --max-time decides at this step's end (and after its evaluation or save) whether the next one fits.
             self.stop.next_step_evaluates = evaluates(self.step + 2)

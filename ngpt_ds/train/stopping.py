@@ -191,6 +191,24 @@ class StopRequest:
         """The training loop starts: the first step is timed from here."""
         self._boundary = time.monotonic()
 
+    def no_room_message(self) -> str | None:
+        """Before the first step: the error when --max-time has no room for a step and its save, None otherwise. The
+        startup (imports, the engine, a checkpoint's load or conversion) counts, and a limit shorter than it plus the
+        save estimate had trained one step and saved it past the limit, saying only '--max-time reached': a requeued
+        job did the same each time, one step a job, each save at risk of the scheduler's kill."""
+        if self.deadline is None or self.max_time_s == 0:  # 0: one step and its save, on purpose (launch/train.py)
+            return None
+        left = self.deadline - time.monotonic()
+        save = self._margin_parts()[2]
+        if left > save:
+            return None
+        return (
+            f"--max-time {self.max_time_s:g} s leaves no time to train: it counts from the rank's start, this rank's "
+            f"startup (imports, the engine, a checkpoint's load) took {self.max_time_s - left:.1f} s of it, and one "
+            f"step and its save need more than the {max(left, 0.0):.1f} s left (the save estimate alone: {save:.1f} "
+            "s). Nothing was trained or saved; raise --max-time, or leave it out"
+        )
+
     def step_ended(self) -> bool:
         """At each step's end, before its all-reduce: time the step (for --max-time's margin), then `requested`."""
         now = time.monotonic()
