@@ -204,7 +204,7 @@ class StopRequest:
             return None
         return (
             f"--max-time {self.max_time_s:g} s leaves no time to train: it counts from the rank's start, this rank's "
-            f"startup (imports, the engine, a checkpoint's load) took {self.max_time_s - left:.1f} s of it, and one "
+            f"startup (imports, the engine, a checkpoint's load) took {(self.max_time_s or 0.0) - left:.1f} s of it, and one "
             f"step and its save need more than the {max(left, 0.0):.1f} s left (the save estimate alone: {save:.1f} "
             "s). Nothing was trained or saved; raise --max-time, or leave it out"
         )
