@@ -39,6 +39,7 @@ from ngpt_ds.train.checkpoint_delete import (
     retention,
     written_here,
 )
+from ngpt_ds.train.checkpoint_interrupted import replaced_record
 from ngpt_ds.train.checkpoint_layout import ABANDONED_PREFIX as ABANDONED_PREFIX
 from ngpt_ds.train.checkpoint_layout import CHECKPOINTS as CHECKPOINTS
 from ngpt_ds.train.checkpoint_layout import COMPLETE as COMPLETE
@@ -283,11 +284,11 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
     it is renamed straight to the name it is kept under (checkpoint_delete.move_out_kept), with a warning.
     Such a copy had been deleted; then, moved aside as step_N.tmp-replaced, a kill before the next rename had
     let the next start-up put it back as this run's step N."""
-    step = manifest["step"]
-    write_manifest(tmp, manifest)
-    final = checkpoint_dir / tag
+    step, final = manifest["step"], checkpoint_dir / tag
+    own = written_here(final) and (final.exists() or final.is_symlink())
+    write_manifest(tmp, {**manifest, **replaced_record(final)} if own else manifest)  # restarts tell it
     replaced = kept = None
-    if written_here(final) and (final.exists() or final.is_symlink()):  # this process's own: replaced
+    if own:  # this process's own: replaced
         replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)
         os.rename(final, replaced)
     elif final.exists() or final.is_symlink():  # not this run's: straight to the name it is kept under

@@ -2,7 +2,11 @@
 that defines it; training, resume, reshape and inference all use it):
 
     <out>/checkpoints/step_00000200/           DeepSpeed's files + config.yaml + COMPLETE (the manifest)
-    <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save
+    <out>/checkpoints/step_00000200.tmp-save/  a save in progress; never resumed from, removed by the next save;
+                                               once sealed (COMPLETE), put in place at the next start-up when
+                                               provably the run's finished save, else kept as
+                                               step_00000200.interrupted-save-<UTC time>/ (never deleted)
+                                               (ngpt_ds.train.checkpoint_interrupted)
     <out>/checkpoints/step_00000200.tmp-replaced/
                                                step_00000200 moved aside by a second save of step 200 in the
                                                process that wrote it: put back if a kill left no

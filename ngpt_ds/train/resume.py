@@ -19,6 +19,7 @@ import torch.distributed as dist
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, manifest, run_lock
 from ngpt_ds.train.checkpoint import Verify
+from ngpt_ds.train.checkpoint_interrupted import finished_saves, recover_interrupted_saves
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
@@ -143,14 +144,19 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     verify = _resumable(checkpoint.verify)
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
     aside = {final: moved for moved, final in checkpoint.moved_aside(checkpoint_dir)}
+    sealed = {final: tmp for tmp, final in finished_saves(checkpoint_dir)}  # put in place first, the newer
     for final, moved in aside.items():
-        warn(
-            f"note: the run will first put {final.name} back in place from {moved.name} (a second save of "
-            f"step {checkpoint.step_of(final.name)} was interrupted after moving it aside)"
-        )
+        if final not in sealed:
+            warn(
+                f"note: the run will first put {final.name} back in place from {moved.name} (a second save of "
+                f"step {checkpoint.step_of(final.name)} was interrupted after moving it aside)"
+            )
+    for final, moved in sealed.items():
+        warn(f"note: the run will first put {final.name} in place from {moved.name} (a sealed save, interrupted)")
+    aside |= sealed
     if resume == "auto":
         in_place = sorted(
-            [*checkpoint.complete_checkpoints(checkpoint_dir), *aside], key=lambda p: checkpoint.step_of(p.name)
+            {*checkpoint.complete_checkpoints(checkpoint_dir), *aside}, key=lambda p: checkpoint.step_of(p.name)
         )
         if not in_place:
             unsaved = unsaved_lineage(out_dir)
@@ -167,7 +173,7 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
         # --resume naming this run's folder (or its checkpoints/) takes the newest step there, which the
         # run counts after putting the steps back: not the step before one moved aside.
         newest = max(
-            [*checkpoint.complete_checkpoints(checkpoint_dir), *aside], key=lambda p: checkpoint.step_of(p.name)
+            {*checkpoint.complete_checkpoints(checkpoint_dir), *aside}, key=lambda p: checkpoint.step_of(p.name)
         )
         named = aside.get(newest, newest)
     chosen = named if named is not None else named_checkpoint(out_dir, resume)
@@ -335,8 +341,10 @@ def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> N
             # Not in a folder a running trainer holds: it may be between the two renames of its own save.
             # lock_run refuses this run there right after.
             with run_lock.unless_in_use(checkpoint_dir.parent) as ours:
-                if ours:
-                    repaired = checkpoint.restore_moved_aside(checkpoint_dir)
+                if ours:  # a finished save a kill left unrenamed first: it may be the newer step_N
+                    repaired = recover_interrupted_saves(checkpoint_dir) + checkpoint.restore_moved_aside(
+                        checkpoint_dir
+                    )
                     latest = _repair_latest(checkpoint_dir)  # after: a step put back may be the newest
                     box[0] = (repaired + ([latest] if latest else []), None)
         except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast

@@ -1,0 +1,189 @@
+"""What a kill during the last renames of a save leaves in checkpoints/, mended at the next start-up (rank 0, in
+a folder no trainer holds, before anything lists the checkpoints: ngpt_ds.train.resume._restore_moved_aside).
+
+A save seals step_N.tmp-save (its COMPLETE manifest written last), then, in a second save of a step the process
+itself wrote, moves the old step_N to step_N.tmp-replaced, then renames the new folder to step_N
+(ngpt_ds.train.checkpoint._finish_save). The new manifest records the COMPLETE digest of the folder it replaces
+(`replaces`), so a restarted process can tell the run's own replaced step from a copy. Two faults:
+
+- A kill after the seal and before the rename left a finished save as step_N.tmp-save; the next start-up put
+  back the older step_N (if any) and the next save deleted the finished one. Now a sealed step_N.tmp-save that
+  is provably the run's finished save of step N is renamed into place: its manifest names step N and every file
+  matches it; no step_N or newer step folder stands (or the step_N standing is the one its manifest says it
+  replaces); and nothing changed the lineage after it was sealed (no abandoned-* folder, lineage.json or
+  checkpoint of the folder was written later). Any other sealed one is kept as step_N.interrupted-save-<UTC time>
+  with a warning saying why, never deleted.
+- A kill after the second rename left the run's replaced step as step_N.tmp-replaced beside the new step_N; the
+  next save kept it as step_N.not-this-run-<time>, a full duplicate with a warning that the run had not written
+  it. Now, when the new step_N's manifest says it replaced exactly that folder and step_N verifies, the old one
+  is removed with a line saying what it was; otherwise it is left to the save's usual handling (kept).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Any
+
+from ngpt_ds.train.checkpoint_delete import discard
+from ngpt_ds.train.checkpoint_layout import (
+    ABANDONED_PREFIX,
+    COMPLETE,
+    REPLACED_SUFFIX,
+    TEMP_SUFFIX,
+    is_step_name,
+    point_latest,
+    step_dirs,
+    step_of,
+)
+from ngpt_ds.train.fs_errors import describe
+from ngpt_ds.train.manifest import MalformedManifest, fsync_dir, marked_step, marker_digest, read_manifest, verify
+
+KEPT_INFIX = ".interrupted-save-"
+"""step_N.interrupted-save-<UTC time>: a sealed step_N.tmp-save that could not be shown to be the run's finished
+save; not a step_N nor a leftover name, so no listing, resume, retention or leftover removal takes it."""
+LINEAGE_FILE = "lineage.json"  # ngpt_ds.train.lineage.LINEAGE_FILE; lineage imports checkpoint, which imports this
+
+
+def replaced_record(final: Path) -> dict[str, Any]:
+    """The manifest entry of a save that replaces the run's own `final` (a second save of its step)."""
+    return {"replaces": {"name": final.name, "complete_blake2b": marker_digest(final)}}
+
+
+def _replaces(folder: Path, old: Path, name: str) -> bool:
+    """Whether `folder`'s manifest records that its save replaced exactly the folder now at `old` (once step `name`)."""
+    try:
+        record = (read_manifest(folder) or {}).get("replaces")
+    except (MalformedManifest, OSError):
+        return False
+    digest = marker_digest(old)
+    return digest is not None and record == {"name": name, "complete_blake2b": digest}
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _not_provable(tmp: Path, final: Path, checkpoint_dir: Path) -> str | None:
+    """None when sealed `tmp` is provably the run's finished save of `final`'s step; else why not."""
+    step = step_of(final.name)
+    try:
+        if read_manifest(tmp) is None:
+            return f"its {COMPLETE} is not a manifest"
+        marked = marked_step(tmp)
+    except (MalformedManifest, OSError) as err:
+        return f"its {COMPLETE} cannot be read ({err})"
+    if marked != step:
+        return f"its manifest names step {marked}, not {step}"
+    sealed = _mtime(tmp / COMPLETE)
+    for other in step_dirs(checkpoint_dir):
+        if step_of(other.name) >= step and not (other == final and _replaces(tmp, final, final.name)):
+            return f"{other.name} stands beside it"
+        if _mtime(other / COMPLETE) > sealed:
+            return f"{other.name} was sealed after it"
+    later = [p.name for p in checkpoint_dir.iterdir() if p.name.startswith(ABANDONED_PREFIX) and _mtime(p) > sealed]
+    if later or _mtime(checkpoint_dir.parent / LINEAGE_FILE) > sealed:
+        return f"the run's lineage changed after it was sealed ({', '.join(later) or LINEAGE_FILE})"
+    return verify(tmp)
+
+
+def _keep(tmp: Path, final: Path, why: str) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = final.with_name(f"{final.name}{KEPT_INFIX}{stamp}")
+    k = 0
+    while kept.exists() or kept.is_symlink():
+        k += 1
+        kept = final.with_name(f"{final.name}{KEPT_INFIX}{stamp}.{k}")
+    try:
+        os.rename(tmp, kept)
+    except OSError as err:
+        return (
+            f"{tmp.name} is a sealed save not put in place ({why}) and could not be renamed to be kept: "
+            f"{describe(err, tmp.parent)}. The next save deletes it: move it elsewhere first"
+        )
+    return (
+        f"{tmp.name}, a save sealed complete but interrupted before its rename, was not put in place ({why}): "
+        f"kept as {kept.name}, not deleted. Move it elsewhere or remove it yourself"
+    )
+
+
+def _why_not(tmp: Path, final: Path, checkpoint_dir: Path) -> str | None:
+    """None when sealed `tmp` is to be put in place as `final` (`_not_provable`, and nothing else holds the name)."""
+    why = _not_provable(tmp, final, checkpoint_dir)
+    aside = final.with_name(final.name + REPLACED_SUFFIX)
+    if why is None and (final.exists() or final.is_symlink()):
+        if final.is_symlink() or aside.exists() or aside.is_symlink():
+            why = f"{final.name} stands in its place"
+    return why
+
+
+def _sealed(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
+    """(step_N.tmp-save, step_N) for each sealed save folder (not a link; its COMPLETE a regular file). An unsealed
+    one is a half-written save, which the next save removes."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = []
+    for tmp in sorted(checkpoint_dir.iterdir()):
+        base = tmp.name[: -len(TEMP_SUFFIX)]
+        if tmp.name.endswith(TEMP_SUFFIX) and is_step_name(base) and not tmp.is_symlink() and tmp.is_dir():
+            if (tmp / COMPLETE).is_file() and not (tmp / COMPLETE).is_symlink():
+                found.append((tmp, tmp.with_name(base)))
+    return found
+
+
+def finished_saves(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
+    """Read-only (the dry run): (step_N.tmp-save, step_N) for each save `recover_interrupted_saves` puts in place."""
+    return [(tmp, final) for tmp, final in _sealed(checkpoint_dir) if _why_not(tmp, final, checkpoint_dir) is None]
+
+
+def _promote(checkpoint_dir: Path, tmp: Path, final: Path) -> str:
+    why = _why_not(tmp, final, checkpoint_dir)
+    if why is not None:
+        return _keep(tmp, final, why)
+    if final.exists():  # the save's first rename, which the kill came before: the run's own step N, which it replaces
+        os.rename(final, final.with_name(final.name + REPLACED_SUFFIX))
+    os.rename(tmp, final)
+    fsync_dir(checkpoint_dir)
+    return (
+        f"put {final.name} in place from {tmp.name}: its save was sealed complete (every file verified against "
+        f"its {COMPLETE} manifest) when it was interrupted before the rename"
+    )
+
+
+def _drop_replaced(aside: Path, final: Path) -> str | None:
+    """A line when `aside` is the run's own step moved aside by the save now in place as `final`."""
+    if final.is_symlink() or not final.is_dir() or not _replaces(final, aside, final.name):
+        return None
+    problem = verify(final)
+    if problem is not None:
+        return (
+            f"kept {aside.name}, the version of {final.name} that the run's last save of step {step_of(final.name)} "
+            f"replaced: the new {final.name} fails its check ({problem})"
+        )
+    held = discard(aside)
+    if held is not None:
+        return f"could not remove {aside.name}, the replaced version of {final.name}: {held}"
+    return (
+        f"removed {aside.name}: the version of {final.name} that the run's second save of step "
+        f"{step_of(final.name)} replaced (a kill came after the new one was in place, which is verified complete)"
+    )
+
+
+def recover_interrupted_saves(checkpoint_dir: Path) -> list[str]:
+    """Rank 0 at start-up, in a folder no trainer holds: the two repairs of the module docstring, in that order.
+    Returns one line per folder put in place, kept or removed (the caller prints them as warnings)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    lines = [_promote(checkpoint_dir, tmp, final) for tmp, final in _sealed(checkpoint_dir)]
+    for aside in sorted(checkpoint_dir.iterdir()):
+        base = aside.name[: -len(REPLACED_SUFFIX)]
+        if aside.name.endswith(REPLACED_SUFFIX) and is_step_name(base) and not aside.is_symlink() and aside.is_dir():
+            line = _drop_replaced(aside, aside.with_name(base))
+            lines += [line] if line else []
+    if lines:
+        point_latest(checkpoint_dir)
+    return lines
