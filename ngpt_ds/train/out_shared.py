@@ -40,6 +40,9 @@ def not_shared(out_dir: Path, lock_file: str, held: int = -1) -> str | None:
     world = dist.get_world_size()
     if world == 1:
         return None
+    wrong = _relative_elsewhere(out_dir, lock_file, held, world)
+    if wrong is not None:
+        return wrong
     seen: list[str | None] = [None] * world
     for pause in (*SHARED_SETTLE_PAUSES_S, None):
         # The holder reads through its own descriptor: opening and closing another one of the file drops every
@@ -59,3 +62,24 @@ def not_shared(out_dir: Path, lock_file: str, held: int = -1) -> str | None:
         "disk). Every rank writes its part of each checkpoint into the one folder rank 0 completes: put --out on "
         "storage every node shares"
     )
+
+
+def _relative_elsewhere(out_dir: Path, lock_file: str, held: int, world: int) -> str | None:
+    """Collective: a relative --out that a rank started in another working directory (a launcher's `cd`, a node's
+    other home) resolves to another folder there, and had been refused after 90 s of pauses as a node-local disk.
+    Refused at once, naming both folders, when that rank does not read rank 0's holder; the same relative path
+    reaching the same folder (a link, another mount of it) passes."""
+    if out_dir.is_absolute():
+        return None
+    mine = os.pread(held, 4096, 0).decode(errors="replace").strip() if held >= 0 else _seen_lock(out_dir, lock_file)
+    seen: list[tuple[str, str] | None] = [None] * world
+    dist.all_gather_object(seen, (os.path.abspath(out_dir), mine))
+    first = seen[0]
+    assert first is not None
+    for rank, other in enumerate(seen):
+        if other is not None and other[0] != first[0] and other[1] != first[1]:
+            return (
+                f"--out {out_dir} is a relative path, and rank {rank} runs in another working directory: it names "
+                f"{other[0]} there, {first[0]} on rank 0. Pass an absolute --out"
+            )
+    return None
