@@ -2,7 +2,8 @@
 ngpt_ds.train.run_lock.acquire before the trainer's first write, and by the dry run): a checkpoint folder,
 another run's checkpoints/, a checkpoints folder of another name (a shared checkpoint store, a renamed copy of a
 run's checkpoints/), a prepared dataset, or a folder of someone else's files under the names the trainer replaces
-(config.yaml, summary.json) or truncates (metrics.jsonl)."""
+(config.yaml, summary.json) or truncates (metrics.jsonl); a folder inside another run's folder or inside a
+checkpoints folder; a file or a link to nothing; `/`, the home folder or the top of a git repository."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _checkpoints_folder_holding(folder: Path) -> Path | None:
     a complete step_N or DeepSpeed's `latest`), else None."""
     for candidate in (folder, *folder.parents):
         if candidate.name == CHECKPOINTS and (
-            (candidate.parent / LOCK_FILE).exists()
+            _is_run_folder(candidate.parent)
             or (candidate / "latest").is_file()
             or any(candidate.glob(f"step_*/{COMPLETE}"))
         ):
@@ -119,7 +120,8 @@ def check_out_folder(out_dir: Path) -> None:
     rewritten and new files added, it would fail its manifest), inside another run's checkpoints/ or a
     prepared dataset, a checkpoints folder of another name (step_N, `latest` or STORE_LOCK in it directly), a
     user's config.yaml, or a folder that is not a run folder (no train.lock, run config.yaml or checkpoint)
-    holding a file under a name a run replaces or truncates."""
+    holding a file under a name a run replaces or truncates; a file, a link to nothing, a folder too wide to be a
+    run folder (`_refuse_too_wide`), or one nested in another run or a checkpoints folder (`_refuse_nested`)."""
     real = out_dir.expanduser().resolve()
     checkpoint = _checkpoint_holding(real)
     if checkpoint is not None:
@@ -149,6 +151,10 @@ def check_out_folder(out_dir: Path) -> None:
             f"({DATASET_META}, {DATASET_TOKENIZER}): the run's checkpoints and logs there would be deleted with "
             f"the dataset when it is prepared again with --overwrite. Choose an --out outside {dataset}"
         )
+    _refuse_not_a_folder(out_dir)
+    if real.is_dir() and not _is_run_folder(real):
+        _refuse_too_wide(out_dir, real)
+    _refuse_nested(out_dir, real)
     if not real.is_dir():
         return
     config = real / RUN_CONFIG
@@ -182,3 +188,80 @@ def check_out_folder(out_dir: Path) -> None:
             f"--out {out_dir} is not a run folder (no {LOCK_FILE}, no run {RUN_CONFIG}) but holds "
             f"{', '.join(theirs)}, which a run would replace or truncate. Choose another --out"
         )
+
+
+def _refuse_not_a_folder(out_dir: Path) -> None:
+    """--out a file, or a link to nothing (storage not mounted, a purged target): creating the run folder there
+    failed with '--out ... is not writable (File exists)', which named neither the file nor the fix."""
+    given = out_dir.expanduser()
+    if given.is_symlink() and not given.exists():
+        raise NgptConfigError(
+            f"--out {out_dir} is a symbolic link to {given.readlink()}, which does not exist (storage not mounted on "
+            "this node, or removed): the run folder is created there. Create that folder, or pass another --out"
+        )
+    if given.exists() and not given.is_dir():
+        raise NgptConfigError(
+            f"--out {out_dir} is a file, not a folder: --out is the run folder, where the trainer writes its "
+            f"checkpoints, logs and config. Pass a folder (a new one: --out {out_dir}.run)"
+        )
+
+
+def _refuse_too_wide(out_dir: Path, real: Path) -> None:
+    """--out `/`, the home folder, or the top of a git repository (`--out .` in a clone; `--out "$DIR/$NAME"`
+    with NAME unset): the run wrote config.yaml, metrics.jsonl, summary.json and checkpoints/ among everything
+    there, and the next run pointed there by the same slip resumed this one's checkpoints. A run already there
+    goes on (`check_out_folder` calls this for folders that are no run folder)."""
+    what = None
+    if real == Path(real.anchor):
+        what = "the root of the filesystem"
+    elif real == Path.home().resolve():
+        what = "your home folder"
+    elif (real / ".git").exists():
+        what = "the top of a git repository (its .git is there)"
+    if what is not None:
+        raise NgptConfigError(
+            f"--out {out_dir} is {what}: --out is the run folder, where a run writes its config.yaml, logs and "
+            f"{CHECKPOINTS}/ among what is there. Pass a folder for this run (--out {real / 'runs' / '<name>'}); an "
+            'empty shell variable in --out "$DIR/$NAME" leaves its parent'
+        )
+
+
+def _refuse_nested(out_dir: Path, real: Path) -> None:
+    """--out inside a checkpoints folder of another name (a shared checkpoint store: step_N/ or STORE_LOCK in it
+    directly), or inside another run's folder (`runA/sub`, often a relative --out given from inside runA): the
+    run's folder was then copied, moved, exported and deleted with the other one, and a checkpoint store's
+    readers met a run among its checkpoints. A run already there goes on; a folder holding runs (`runs/`) is
+    no run folder, and runs in it are accepted; so is a run below `/` or the home folder that an earlier run used
+    as its folder."""
+    if _is_run_folder(real):
+        return
+    wide = (Path(real.anchor), Path.home().resolve())  # a run there from before `_refuse_too_wide` holds no others
+    for parent in real.parents:
+        if _holds_a_run(parent) and parent not in wide:
+            raise NgptConfigError(
+                f"--out {out_dir} is inside the run folder {parent}: the new run would be copied, moved and deleted "
+                f"with that run. Pass a folder beside it (--out {parent.parent / real.name}), or --out {parent} "
+                "to continue that run"
+            )
+        held = _checkpoints_held(parent)
+        if held is not None:
+            raise NgptConfigError(
+                f"--out {out_dir} is inside {parent}, a checkpoints folder (it holds {held} directly): a run "
+                f"there would put its files among those checkpoints. Pass a folder outside it, and --resume "
+                f"{parent}/step_N to start from one of them"
+            )
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """A run's folder that a run worked in: its run config.yaml, a complete checkpoint, or a train.lock naming a
+    holder. An empty train.lock alone is a start that wrote nothing else (a clean exit empties it, but a run writes
+    its config.yaml first), which leaves no run to nest in."""
+    sections = _config_sections(folder / RUN_CONFIG)
+    if (sections is not None and RUN_CONFIG_FIRST_KEY in sections) or any(
+        (folder / CHECKPOINTS).glob(f"step_*/{COMPLETE}")
+    ):
+        return True
+    try:
+        return read_capped(folder / LOCK_FILE, 4096).strip() != b""
+    except (OSError, RefusedFile):
+        return False

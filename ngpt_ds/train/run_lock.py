@@ -18,6 +18,13 @@ damage or lose its work in (`check_out_folder`, ngpt_ds.train.out_folder): a che
 checkpoints/, a prepared dataset, or a folder of someone else's files under the names the trainer replaces
 (config.yaml, summary.json) or truncates (metrics.jsonl). Once locked, it refuses a checkpoints/ that cannot
 take a new checkpoint (read-only, immutable, a link to nothing, a file), which had stopped the run at its first save.
+A refused run leaves nothing behind: no train.lock or folder it created, no writer.lock in a folder it was refused.
+
+POSIX record locks belong to a process, not to a descriptor: a second `acquire` in the process that holds a run's
+locks is granted them again (two runs whose checkpoints/ link to one store are then not told apart), and closing
+either descriptor drops both. No entry point does that: the trainer takes one run's locks per process (`lock_run`),
+and `unless_in_use` runs before `lock_run`. Tests hold a lock in the test process and start the refused trainer
+as a subprocess.
 """
 
 from __future__ import annotations
@@ -91,6 +98,16 @@ def _not_regular(fd: int) -> str | None:
     return file_kind(os.fstat(fd).st_mode)
 
 
+def _still_named(fd: int, path: Path) -> bool:
+    """`path` is still the file open as `fd` (a lock on a file removed since it was opened guards nothing)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 class RunLock:
     """The held lock. `release()` empties the file and unlocks (the file stays: unlinking a lock file races)."""
 
@@ -145,6 +162,12 @@ def _take(fd: int, path: Path, subject: str, busy_fix: str, no_locks: str, conte
                 f"if it is not a trainer, empty {path}"
             )
         raise NgptConfigError(f"{subject} is in use by another trainer ({holder}; lock file {path}). {busy_fix}")
+    if not _still_named(fd, path):  # removed by a refused run that had created it (`_release_refused`)
+        os.close(fd)
+        raise NgptConfigError(
+            f"{subject}: {path} was removed while this trainer took it (another trainer started there at the same "
+            "moment and was refused). Run again"
+        )
     note = None
     if failure:
         note = no_locks.replace("{failure}", failure)
@@ -180,11 +203,47 @@ def acquire(out_dir: Path) -> RunLock:
     filesystem, permissions), or a run there would damage what it holds (`check_out_folder`)."""
     check_out_folder(out_dir)
     path = out_dir / LOCK_FILE
+    made = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        _remove_made(made)
+        file = next((p for p in reversed(out_dir.parents) if p.exists() and not p.is_dir()), None)
+        if file is not None:  # had been 'not writable (Not a directory)', naming neither the file nor the fix
+            raise NgptConfigError(
+                f"--out {out_dir} is below {file}, which is a file, not a folder. Move that file away, or "
+                "choose another --out"
+            ) from None
         raise NgptConfigError(f"--out {out_dir} is not writable ({err.strerror or err}){_OUT_UNWRITABLE}") from None
-    fd, busy_fix = _open_lock(path, f"--out {out_dir}", _OUT_UNWRITABLE), "Wait for it to finish or stop it"
+    created = not os.path.lexists(path)
+    try:
+        fd = _open_lock(path, f"--out {out_dir}", _OUT_UNWRITABLE)
+        return _lock_opened(out_dir, path, fd, created)
+    except NgptConfigError:
+        _remove_made(made)
+        raise
+
+
+def _remove_made(folders: list[Path]) -> None:
+    """A refused run leaves no folder it made: those of `folders` that are empty, the deepest first."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _release_refused(lock: RunLock, created: bool) -> None:
+    """Release the train.lock of a run refused once it held it, and remove the file if this run created it (an
+    empty one left behind marked the folder a run folder, which turned off the checks of the next run's --out).
+    Removed while still held: a process that opened it meanwhile finds it held and is refused."""
+    if created:
+        with contextlib.suppress(OSError):
+            lock.path.unlink()
+    lock.release()
+
+
+def _lock_opened(out_dir: Path, path: Path, fd: int, created: bool) -> RunLock:
+    """`acquire` once train.lock is open: take it, then the checkpoints folder's lock."""
+    busy_fix = "Wait for it to finish or stop it"
     no_locks = (
         f"warning: the filesystem of --out {out_dir} gives no file locks ({{failure}}): this run is not locked "
         "there, and a second trainer started on this --out from another node would not be refused. Start one "
@@ -193,12 +252,12 @@ def acquire(out_dir: Path) -> RunLock:
     note = _take(fd, path, f"--out {out_dir}", busy_fix + ", or choose another --out", no_locks, _holder())
     problem = _checkpoints_not_writable(out_dir / CHECKPOINTS)
     if problem is not None:
-        RunLock(fd, path, None).release()
+        _release_refused(RunLock(fd, path, None), created)
         raise NgptConfigError(problem)
     try:
         store_fd, store_note = _lock_checkpoints(out_dir)
     except NgptConfigError:
-        RunLock(fd, path, None).release()
+        _release_refused(RunLock(fd, path, None), created)
         raise
     return RunLock(fd, path, "\n".join(filter(None, (note, store_note))) or None, store_fd)
 
@@ -250,17 +309,31 @@ def _lock_checkpoints(out_dir: Path) -> tuple[int, str | None]:
         return -1, None
     subject = f"--out {out_dir}: its checkpoints folder {store} (checkpoints/ links there)"
     path, busy_fix = store / STORE_LOCK, "Wait for it to finish or stop it, or give this run a checkpoints/ of its own"
+    owner = store.parent / LOCK_FILE
+    owned = store.name == CHECKPOINTS and store.parent != real_out
+
+    def refuse_if_owner_runs() -> None:  # that run's own checkpoints/: it holds its train.lock only
+        holder = _held(owner) if owned else None
+        if holder is not None:
+            raise NgptConfigError(
+                f"{subject} is in use by the trainer of --out {store.parent} ({holder}; lock file {owner}). {busy_fix}"
+            )
+
+    # Asked before writer.lock is created: a refused run had left an empty one in the running run's checkpoints/
+    refuse_if_owner_runs()
+    created = not os.path.lexists(path)
     fd = _open_lock(path, subject, f": the trainer locks {path} there. Make it writable, or remove that file")
     no_locks = f"warning: the filesystem of {store} gives no file locks ({{failure}}): a second trainer whose "
     no_locks += "checkpoints/ links there from another node would not be refused"
     note = _take(fd, path, subject, busy_fix, no_locks, f"{_holder()} out={real_out}")
-    owner = store.parent / LOCK_FILE
-    holder = _held(owner) if store.name == CHECKPOINTS and store.parent != real_out else None
-    if holder is not None:  # that run's own checkpoints/: it holds its train.lock only
+    try:
+        refuse_if_owner_runs()  # again, now that writer.lock is held: that run may have started in between
+    except NgptConfigError:
+        if created:  # still held, so no other process locks it meanwhile
+            with contextlib.suppress(OSError):
+                path.unlink()
         RunLock(-1, path, None, fd).release()
-        raise NgptConfigError(
-            f"{subject} is in use by the trainer of --out {store.parent} ({holder}; lock file {owner}). {busy_fix}"
-        )
+        raise
     return fd, note
 
 
