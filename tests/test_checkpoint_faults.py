@@ -45,13 +45,14 @@ def test_a_kill_between_the_renames_of_a_second_save_of_a_step_loses_no_checkpoi
     chosen = torchrun(WORKER, out, "resume", 0, "-")
     assert lines(chosen, "chose") == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
     step4 = checkpoints / "step_00000004"
-    assert (step4 / MODEL_FILE).read_bytes() == first == b"A" * 1000  # the checkpoint that was in place
+    # the second save, sealed before the kill, is put in place (save26); the step it replaced is removed
+    assert first == b"A" * 1000 and (step4 / MODEL_FILE).read_bytes() == b"B" * 1000
     assert manifest.verify(step4) is None
     assert (checkpoints / "latest").read_text() == "step_00000004"
     saved = torchrun(WORKER, out, "save", 6, "C", nproc=1)
     assert lines(saved, "saved") == ["rank 0 saved: step_00000006"]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000004", "step_00000006"]
-    assert (step4 / MODEL_FILE).read_bytes() == b"A" * 1000 and manifest.verify(step4) is None
+    assert (step4 / MODEL_FILE).read_bytes() == b"B" * 1000 and manifest.verify(step4) is None
 
 
 def test_a_step_moved_aside_is_not_put_back_while_another_trainer_holds_the_folder(tmp_path):
@@ -103,15 +104,15 @@ def test_the_dry_run_plans_the_resume_from_a_step_moved_aside_as_the_run_does(tm
     before = sorted(p.name for p in checkpoints.iterdir())
     assert "step_00000004.tmp-replaced" in before and "step_00000004" not in before
     notes: list[str] = []
-    aside = checkpoints / "step_00000004.tmp-replaced"
+    aside = checkpoints / "step_00000004.tmp-save"  # the sealed second save, which the run puts in place
     assert resolve_resume(out, "auto", notes.append) == aside
     assert resolve_resume(out, str(checkpoints / "step_00000004"), notes.append) == aside
     assert resolve_resume(out, str(checkpoints / "step_00000002"), notes.append) == checkpoints / "step_00000002"
     assert (
         notes
         == [
-            "note: the run will first put step_00000004 back in place from step_00000004.tmp-replaced (a second "
-            "save of step 4 was interrupted after moving it aside)"
+            "note: the run will first put step_00000004 in place from step_00000004.tmp-save (a sealed save, "
+            "interrupted)"
         ]
         * 3
     )

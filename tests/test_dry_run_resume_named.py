@@ -25,7 +25,7 @@ def test_the_dry_run_plans_resume_of_the_run_folder_from_the_step_moved_aside(tm
     before = sorted(p.name for p in checkpoints.iterdir())
     assert "step_00000004.tmp-replaced" in before and "step_00000004" not in before
     named = str(out if folder == "run" else checkpoints)
-    assert resolve_resume(out, named, lambda line: None) == checkpoints / "step_00000004.tmp-replaced"
+    assert resolve_resume(out, named, lambda line: None) == checkpoints / "step_00000004.tmp-save"
     assert sorted(p.name for p in checkpoints.iterdir()) == before  # the dry run renames nothing
     chosen = torchrun(CHOOSER, out, named, nproc=1)  # the run: the same step, put back
     assert [line for line in chosen.stdout.splitlines() if " chose: " in line] == ["rank 0 chose: step_00000004"]

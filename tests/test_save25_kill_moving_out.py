@@ -66,26 +66,26 @@ def test_a_kill_between_the_renames_never_puts_a_copied_in_step_back_as_this_run
     copy_digest = manifest.marker_digest(checkpoints / copies[0])
     assert (checkpoints / copies[0] / WEIGHTS).read_bytes() == b"U" * 1500
 
-    # The dry run (read-only) and the run's start-up (2 ranks) both resume this run's step 2.
+    # The dry run (read-only) and the run's start-up (2 ranks) both resume this run's own sealed save of step 4
+    # (put in place from step_00000004.tmp-save, save26), never the copy.
     notes: list[str] = []
-    assert resolve_resume(out, "auto", notes.append) == checkpoints / "step_00000002"
+    assert resolve_resume(out, "auto", notes.append) == checkpoints / "step_00000004.tmp-save"
     chosen = torchrun(RESUME_WORKER, out, "resume", 0, "-")
-    assert _chose(chosen) == ["rank 0 chose: step_00000002", "rank 1 chose: step_00000002"]
-    after = _names(checkpoints)
-    assert "step_00000004" not in after, after  # the copy was not put back under the run's name
-    assert (checkpoints / "latest").read_text() == "step_00000002"
+    assert _chose(chosen) == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
+    assert (checkpoints / "step_00000004" / WEIGHTS).read_bytes() == b"R" * 1000  # the run's, not the copy
+    assert (checkpoints / "latest").read_text() == "step_00000004"
 
-    # The run trains step 4 again and saves it: its own step 4 in place, the copy kept whole, nothing lost.
-    saved = torchrun(RESUME_WORKER, out, "save", 4, "C", nproc=1)
-    assert [line for line in saved.stdout.splitlines() if " saved: " in line] == ["rank 0 saved: step_00000004"]
+    # The run trains on and saves step 6: its own steps in place, the copy kept whole, nothing lost.
+    saved = torchrun(RESUME_WORKER, out, "save", 6, "C", nproc=1)
+    assert [line for line in saved.stdout.splitlines() if " saved: " in line] == ["rank 0 saved: step_00000006"]
     names = _names(checkpoints)
     kept = [n for n in names if KEPT.fullmatch(n)]
-    assert len(kept) == 1 and names == sorted(["latest", "step_00000002", "step_00000004", kept[0]]), names
+    assert len(kept) == 1 and names == sorted(["latest", "step_00000002", "step_00000004", "step_00000006", kept[0]])
     assert manifest.marker_digest(checkpoints / kept[0]) == copy_digest
     assert (checkpoints / kept[0] / WEIGHTS).read_bytes() == b"U" * 1500
     assert manifest.verify(checkpoints / kept[0]) is None
-    assert (checkpoints / "step_00000004" / WEIGHTS).read_bytes() == b"C" * 1000
-    assert (checkpoints / "latest").read_text() == "step_00000004"
+    assert (checkpoints / "step_00000004" / WEIGHTS).read_bytes() == b"R" * 1000
+    assert (checkpoints / "latest").read_text() == "step_00000006"
 
 
 def test_a_kill_between_the_renames_of_the_runs_own_second_save_puts_its_step_back(tmp_path):
@@ -98,8 +98,10 @@ def test_a_kill_between_the_renames_of_the_runs_own_second_save_puts_its_step_ba
     assert _names(checkpoints) == ["latest", "step_00000004.tmp-replaced", "step_00000004.tmp-save"]
     chosen = torchrun(RESUME_WORKER, out, "resume", 0, "-")
     assert _chose(chosen) == ["rank 0 chose: step_00000004", "rank 1 chose: step_00000004"]
-    assert (checkpoints / "step_00000004" / WEIGHTS).read_bytes() == b"A" * 1000
+    # the second save, sealed before the kill, is put in place (save26); the step it replaced is removed
+    assert (checkpoints / "step_00000004" / WEIGHTS).read_bytes() == b"B" * 1000
     assert manifest.verify(checkpoints / "step_00000004") is None
+    assert _names(checkpoints) == ["latest", "step_00000004"]
 
 
 def _own_second_save_killed(checkpoints: Path) -> None:
