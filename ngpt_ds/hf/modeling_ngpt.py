@@ -65,7 +65,7 @@ from ngpt_ds.hf.training_guards import (
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix, Projection
-from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes
+from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes, check_weight_file
 from ngpt_ds.model.sphere import max_norm_deviation
 
 
@@ -151,6 +151,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         if state_dict is not None:
             found.append(({name: t.dtype for name, t in state_dict.items()}, "the state_dict given to from_pretrained"))
         for file in checkpoint_files or []:
+            check_weight_file(file)  # before any open: a named pipe listed by the index hung the load
             if str(file).endswith(".safetensors"):
                 with safe_open(str(file), "pt") as f:
                     found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import torch
@@ -36,4 +38,19 @@ def check_dtypes(dtypes: dict[str, Any], source: str) -> None:
         raise NgptConfigError(
             f"{source}: {shown}{' …' if len(bad) > 8 else ''}: weights must be float32, float64, bfloat16 or "
             "float16; the files are damaged, altered or from another program"
+        )
+
+
+def check_weight_file(path: str | os.PathLike) -> None:
+    """A weights file must be a regular file (or a link to one, as the Hugging Face cache keeps them): a named pipe
+    named by a folder's model.safetensors.index.json (transformers opens the shards it lists without a look) made
+    from_pretrained wait on its first read forever, without a word; a device would be read as weights."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: the reader that opens it names it
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise NgptConfigError(
+            f"{path} is {kind}, not a weights file; the files are damaged, altered or from another program"
         )
