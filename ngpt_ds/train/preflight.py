@@ -38,7 +38,9 @@ from ngpt_ds import yaml_safe
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import ModelConfig
+from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES
 from ngpt_ds.train.ds_config import precision_of
+from ngpt_ds.train.manifest import read_capped
 
 
 def check_writable(out_dir: Path) -> None:
@@ -93,7 +95,9 @@ def saved_run_config(checkpoint: Path) -> dict[str, Any]:
     """The resolved run config the trainer saved with the checkpoint (config.yaml)."""
     path = checkpoint / "config.yaml"
     try:
-        saved = yaml_safe.safe_load(path.read_text(encoding="utf-8"))
+        # read no further than a config file's cap, and never from a named pipe: a crafted checkpoint's manifest
+        # can match a config.yaml of any size
+        saved = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_FILE_BYTES).decode("utf-8"))
     except (OSError, yaml_safe.YAMLError, *UNPARSABLE) as err:
         why = yaml_safe.describe(err) if isinstance(err, yaml_safe.YAMLError) else err
         raise NgptConfigError(
