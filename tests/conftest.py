@@ -447,3 +447,35 @@ def assert_complete(checkpoint: Path) -> None:
     problem = verify(checkpoint)
     assert problem is None, problem
     assert not [p for p in checkpoint.parent.iterdir() if "tmp" in p.name]
+
+
+RUN_LOCK_HOLDER = (
+    "import sys\nfrom pathlib import Path\nfrom ngpt_ds.train import run_lock\n"
+    "lock = run_lock.acquire(Path(sys.argv[1]))\nprint('held', flush=True)\nsys.stdin.readline()\nlock.release()\n"
+)
+
+
+@pytest.fixture
+def hold():
+    """hold(out): another process holds run_lock.acquire(out) until the test ends (POSIX locks are per process, so
+    the holder cannot be the test's own); returns its pid."""
+    procs = []
+
+    def hold(out):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_LOCK_HOLDER, str(out)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cpu_env(),
+        )
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert line == "held\n", proc.communicate()[1][-3000:]
+        return proc.pid
+
+    yield hold
+    for proc in procs:
+        proc.communicate("\n", timeout=60)
+        assert proc.returncode == 0

@@ -16,7 +16,7 @@ import pytest
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import run_lock
 
-from conftest import cpu_env, start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import start_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 MODEL = tiny_ngpt()
 TRAIN = tiny_train(4, checkpoint_interval=2, keep_checkpoints=1, dist_timeout_s=60)
@@ -87,37 +87,6 @@ def test_second_trainer_whose_checkpoints_links_to_a_running_runs_own_checkpoint
     for stderr in stderrs:
         assert expected in stderr.splitlines(), stderr[-3000:]
     assert os.listdir(a / "checkpoints") == []  # b was refused before creating writer.lock
-
-
-HOLD = (
-    "import sys\nfrom pathlib import Path\nfrom ngpt_ds.train import run_lock\n"
-    "lock = run_lock.acquire(Path(sys.argv[1]))\nprint('held', flush=True)\nsys.stdin.readline()\nlock.release()\n"
-)
-
-
-@pytest.fixture
-def hold():
-    """hold(out): another process holds run_lock.acquire(out) until the test ends; returns its pid."""
-    procs = []
-
-    def hold(out):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(out)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cpu_env(),
-        )
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line == "held\n", proc.communicate()[1][-3000:]
-        return proc.pid
-
-    yield hold
-    for proc in procs:
-        proc.communicate("\n", timeout=60)
-        assert proc.returncode == 0
 
 
 def test_run_with_its_own_checkpoints_is_refused_while_a_run_linking_there_holds_it(tmp_path, hold):

@@ -9,8 +9,6 @@ rank prints (tests/test_checkpoint_lock.py runs the 2-rank trainer on its refusa
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,39 +16,7 @@ import pytest
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import out_folder, run_lock
 
-from conftest import cpu_env
-
 HOST = socket.gethostname()
-HOLD = (
-    "import sys\nfrom pathlib import Path\nfrom ngpt_ds.train import run_lock\n"
-    "lock = run_lock.acquire(Path(sys.argv[1]))\nprint('held', flush=True)\nsys.stdin.readline()\nlock.release()\n"
-)
-
-
-@pytest.fixture
-def hold():
-    """hold(out): another process holds run_lock.acquire(out) until the test ends (POSIX locks are per process, so
-    the holder cannot be this one); returns its pid."""
-    procs = []
-
-    def hold(out):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(out)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cpu_env(),
-        )
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line == "held\n", proc.communicate()[1][-3000:]
-        return proc.pid
-
-    yield hold
-    for proc in procs:
-        proc.communicate("\n", timeout=60)
-        assert proc.returncode == 0
 
 
 def refusal(out) -> str:
