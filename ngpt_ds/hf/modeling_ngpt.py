@@ -65,7 +65,7 @@ from ngpt_ds.hf.training_guards import (
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix, Projection
-from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes, check_weight_file
+from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes, check_shards, check_weight_file
 from ngpt_ds.model.sphere import max_norm_deviation
 
 
@@ -128,6 +128,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> Any:
         """transformers' from_pretrained, then the checks of ngpt_ds.infer.loading (see the module docstring)."""
+        check_shards(pretrained_model_name_or_path, kwargs.get("subfolder") or "")  # an index's names: unchecked there
         want_info = kwargs.pop("output_loading_info", False)
         # With output_loading_info, transformers returns (model, info), though it hints the model alone.
         loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)

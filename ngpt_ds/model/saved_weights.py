@@ -1,11 +1,14 @@
 """What a saved weight may be, checked by every loader of saved weights: ngpt_ds's own
 (ngpt_ds.infer.loading) and transformers' from_pretrained (ngpt_ds.hf.modeling_ngpt, which every
-`--format hf` export carries with this file, so the checks hold without ngpt_ds installed too)."""
+`--format hf` export carries with this file, so the checks hold without ngpt_ds installed too); and where it
+may be: every shard a folder's weights index names is a file of that folder (check_shards)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,3 +57,46 @@ def check_weight_file(path: str | os.PathLike) -> None:
         raise NgptConfigError(
             f"{path} is {kind}, not a weights file; the files are damaged, altered or from another program"
         )
+
+
+MAX_INDEX_BYTES = 16 << 20
+"""Largest model.safetensors.index.json read: a real one lists each weight once (about 100 bytes a name)."""
+
+
+def _outside(path: Path, folder: Path) -> str | None:
+    """Why the shard `path` (named by an index in `folder`) is outside `folder`, or None."""
+    if not path.is_symlink():
+        return None
+    real, bounds = os.path.realpath(path), os.path.realpath(folder)
+    if folder.parent.name == "snapshots":  # a Hugging Face cache snapshot: its files link to ../../blobs
+        bounds = os.path.realpath(folder.parent.parent)
+    return None if os.path.commonpath([real, bounds]) == bounds else f"is a link to {real}, outside the folder"
+
+
+def check_shards(name_or_path: str | os.PathLike | None, subfolder: str = "") -> None:
+    """Every shard an index file of a local folder names (its weight_map's values) must be a file of that folder:
+    transformers joins the names onto the folder unchecked, so an index naming "/abs/x.safetensors",
+    "../other/x.safetensors" or a link pointing elsewhere made from_pretrained read weights outside the folder
+    the user named. Checked before transformers reads the index; a hub repo id (not a folder) is left to it."""
+    if name_or_path is None or not os.path.isdir(name_or_path) or not (Path(name_or_path) / subfolder).is_dir():
+        return  # a state_dict given, a hub repo id (its files are fetched by name into the cache), or no folder
+    folder = Path(name_or_path) / subfolder
+    for index in sorted(folder.glob("*.index*.json")):  # model.safetensors.index.json, its variants, the .bin's
+        check_weight_file(index)  # a named pipe would be read forever
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise NgptConfigError(f"{index} is over {MAX_INDEX_BYTES >> 20} MiB; a weights index is far smaller")
+        try:
+            weight_map = json.loads(index.read_bytes()).get("weight_map")
+        except (ValueError, AttributeError):
+            raise NgptConfigError(f"{index} is not a JSON object; the files are damaged or altered") from None
+        for key, name in (weight_map or {}).items() if isinstance(weight_map, dict) else ():
+            plain = isinstance(name, str) and name not in ("", ".", "..") and not os.path.isabs(name)
+            if not plain or any(sep in name for sep in ("/", "\\", os.sep, "\0")):
+                why: str | None = "is not the name of a file in the folder"
+            else:
+                why = _outside(folder / name, folder)
+            if why:
+                raise NgptConfigError(
+                    f"{index}: weight_map[{key!r}] = {name!r} {why}; "
+                    "a shard must be a file of the folder itself (the files are damaged, altered or from another program)"
+                )
