@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ngpt_ds.cli import Parser, add_logging_arguments, add_model_loading_arguments, keep_freed_memory_on_cpu, run
 from ngpt_ds.errors import NgptConfigError
@@ -151,15 +152,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         # argv holds undecodable bytes as lone surrogates (PEP 383): the original bytes, checked below.
         raw, source = os.fsencode(args.prompt), "--prompt"
-    elif args.prompt_file == "-":
-        raw, source = sys.stdin.buffer.read(), "--prompt-file - (stdin)"
     else:
-        try:
-            with open(args.prompt_file, "rb") as f:
-                raw = f.read()
-        except OSError as err:
-            raise NgptConfigError(f"--prompt-file {args.prompt_file}: {err.strerror}") from None
-        source = f"--prompt-file {args.prompt_file}"
+        raw, source = _read_prompt_file(args.prompt_file)
     prompt = _utf8(raw, source)
     if args.prompt is None:  # as a file read in text mode did: universal newlines
         prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
@@ -200,6 +194,30 @@ def _generate(args: argparse.Namespace) -> int:
         f"[{len(result.new_ids)} tokens{', stopped at end of text' if result.stopped_at_eos else ''}]", file=sys.stderr
     )
     return 0
+
+
+MAX_PROMPT_BYTES = 16 << 20
+"""The largest prompt read from a file or stdin: millions of tokens, far past any model's context (a longer prompt
+is refused with its token count once the model has loaded). /dev/zero, a named pipe kept open or a 10 GiB file
+was read until memory ran out, or forever."""
+
+
+def _read_prompt_file(name: str) -> tuple[bytes, str]:
+    """--prompt-file's bytes, and how to name it: a regular file (or a link to one) or stdin ('-'), at most
+    MAX_PROMPT_BYTES; anything else is refused unread (a named pipe or a device is never opened)."""
+    from ngpt_ds.train.manifest import RefusedFile, read_capped
+
+    source = "--prompt-file - (stdin)" if name == "-" else f"--prompt-file {name}"
+    fix = f"a prompt is a regular file (or '-' for stdin) of at most {MAX_PROMPT_BYTES >> 20} MiB of text"
+    try:
+        raw = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1) if name == "-" else read_capped(Path(name), MAX_PROMPT_BYTES)
+    except RefusedFile as err:
+        raise NgptConfigError(f"{source} {err.what}: {fix}") from None
+    except OSError as err:
+        raise NgptConfigError(f"{source}: {err.strerror}") from None
+    if len(raw) > MAX_PROMPT_BYTES:  # stdin, read no further than this
+        raise NgptConfigError(f"{source} holds more than {MAX_PROMPT_BYTES} bytes: {fix}")
+    return raw, source
 
 
 def _utf8(raw: bytes, source: str) -> str:
