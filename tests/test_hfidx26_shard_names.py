@@ -159,8 +159,8 @@ def test_the_export_refuses_a_shard_outside_the_folder_without_ngpt_ds(sharded, 
 
 
 def test_a_hugging_face_cache_snapshot_may_link_its_shards_to_its_blobs(sharded, tmp_path):
-    """The Hugging Face cache keeps a snapshot's files as links to ../../blobs: a folder named snapshots/<rev>
-    may link into its repository's cache folder, no further."""
+    """The Hugging Face cache keeps a snapshot's files as links to ../../blobs: a folder
+    models--OWNER--NAME/snapshots/REV may link into that blobs folder, no further."""
     from ngpt_ds.hf import NGPTForCausalLM
 
     folder, names, state = sharded
@@ -172,12 +172,12 @@ def test_a_hugging_face_cache_snapshot_may_link_its_shards_to_its_blobs(sharded,
     os.symlink("../../blobs/f00d", snapshot / SHARD)
     loaded = NGPTForCausalLM.from_pretrained(str(snapshot)).state_dict()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
-    (snapshot / SHARD).unlink()
-    (repo / "blobs" / "f00d").rename(tmp_path / "f00d")
-    os.symlink(tmp_path / "f00d", snapshot / SHARD)
+    (snapshot / SHARD).unlink()  # elsewhere in the repository's cache folder: outside its blobs
+    (repo / "blobs" / "f00d").rename(repo / "f00d")
+    os.symlink("../../f00d", snapshot / SHARD)
     with pytest.raises(NgptConfigError) as caught:
         NGPTForCausalLM.from_pretrained(str(snapshot))
     assert str(caught.value) == (
         f"{snapshot}/model.safetensors.index.json: weight_map[{names[0]!r}] = {SHARD!r} is a link to "
-        f"{os.path.realpath(tmp_path / 'f00d')}, outside the folder; {TAIL}"
+        f"{os.path.realpath(repo / 'f00d')}, outside the folder; {TAIL}"
     )

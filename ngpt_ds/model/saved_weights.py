@@ -68,8 +68,9 @@ def _outside(path: Path, folder: Path) -> str | None:
     if not path.is_symlink():
         return None
     real, bounds = os.path.realpath(path), os.path.realpath(folder)
-    if folder.parent.name == "snapshots":  # a Hugging Face cache snapshot: its files link to ../../blobs
-        bounds = os.path.realpath(folder.parent.parent)
+    repo = folder.parent.parent  # a Hugging Face cache snapshot, models--OWNER--NAME/snapshots/REV, links to its blobs
+    if folder.parent.name == "snapshots" and repo.name.startswith("models--"):
+        bounds = os.path.realpath(repo / "blobs")
     return None if os.path.commonpath([real, bounds]) == bounds else f"is a link to {real}, outside the folder"
 
 
