@@ -46,8 +46,9 @@ def killed_run(kill: str, flags: list) -> list[int]:
 
 def test_a_run_killed_in_a_save_or_an_evaluation_reruns_to_the_uninterrupted_losses(tmp_path, tiny_dataset):
     """Two kills, the rerun resuming from what the first left: rank 0 between the manifest of step 2's
-    save and its rename into place (step_00000002.tmp-save holds a COMPLETE); rank 1 in the evaluation of
-    the last step (4), after the saves of steps 2 and 3. The third run is the plain command."""
+    save and its rename into place (step_00000002.tmp-save holds a COMPLETE, which the second run puts in
+    place and resumes from: ngpt_ds/train/checkpoint_interrupted.py); rank 1 in that run's first evaluation,
+    of the last step (4), after the save of step 3. The third run is the plain command."""
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), TRAIN)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     reference, out = tmp_path / "reference", tmp_path / "run"
@@ -58,7 +59,7 @@ def test_a_run_killed_in_a_save_or_an_evaluation_reruns_to_the_uninterrupted_los
     assert killed_run("save-manifest:2:0", flags)[0] == -signal.SIGKILL
     assert (checkpoints / "step_00000002.tmp-save" / checkpoint.COMPLETE).is_file()
     assert [d.name for d in checkpoint.complete_checkpoints(checkpoints)] == ["step_00000001"]
-    assert killed_run("eval:2:1", flags)[1] == -signal.SIGKILL
+    assert killed_run("eval:1:1", flags)[1] == -signal.SIGKILL  # resumed at step 2: its first evaluation is step 4
     assert [d.name for d in checkpoint.complete_checkpoints(checkpoints)] == ["step_00000002", "step_00000003"]
 
     rerun = torchrun(*train_cmd(config, ds, tiny_dataset, out))

@@ -40,7 +40,7 @@ def test_a_checkpoints_folder_that_cannot_take_a_new_checkpoint_is_refused_at_st
     made read-only (or immutable) trained a whole checkpoint_interval and then stopped at its first save, exit 74
     ('writing .../step_N.tmp-save: Operation not permitted'), the interval's training lost.
     Before: run_lock.acquire returned the lock. Now: it refuses the run naming checkpoints/ and the fix, and leaves
-    the lock free and train.lock empty."""
+    the lock free and no train.lock of its own."""
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -53,7 +53,7 @@ def test_a_checkpoints_folder_that_cannot_take_a_new_checkpoint_is_refused_at_st
         f"new --out with --resume {checkpoints}/step_N"
     )
     assert os.listdir(checkpoints) == []  # the probe left nothing
-    assert (out / run_lock.LOCK_FILE).read_text() == ""
+    assert not (out / run_lock.LOCK_FILE).exists()  # the refused run removed the train.lock it created
     with run_lock.unless_in_use(out) as ours:
         assert ours is True  # the refused run holds no lock
 
