@@ -9,36 +9,14 @@ named pipe as model.safetensors; the transformers path now refuses one too, nami
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from fed_pipe import fed_pipe
 from random_export import export_random_ngpt
 
 from ngpt_ds.errors import NgptConfigError
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
-
-
-FEEDER = """
-import errno, os, sys, time
-while True:  # until killed: each reader that opens the pipe gets 8 bytes and the end of the file
-    try:
-        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as err:
-        if err.errno != errno.ENXIO:  # ENXIO: no reader yet
-            raise
-        time.sleep(0.05)
-        continue
-    try:
-        os.write(fd, bytes(8))
-    except BlockingIOError:
-        pass
-    os.close(fd)
-"""
-"""Unblocks whoever opens the pipe for reading, as the old code did, so that a failing run of this test fails
-instead of hanging (the fault). A process, not a thread: safe_open holds the GIL while it waits on the open."""
 
 
 def test_a_named_pipe_listed_as_a_shard_is_refused_before_it_is_opened(tmp_path, tiny_dataset):
@@ -51,17 +29,11 @@ def test_a_named_pipe_listed_as_a_shard_is_refused_before_it_is_opened(tmp_path,
         names = sorted(f.keys())  # noqa: SIM118
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
     fifo = folder / "model-00002-of-00002.safetensors"
-    os.mkfifo(fifo)
     weight_map = {name: "model-00001-of-00002.safetensors" for name in names}
     weight_map[names[0]] = fifo.name
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(fifo)])
-    try:
-        with pytest.raises(NgptConfigError) as caught:
-            NGPTForCausalLM.from_pretrained(str(folder))
-    finally:
-        feeder.kill()
-        feeder.wait()
+    with fed_pipe(fifo), pytest.raises(NgptConfigError) as caught:
+        NGPTForCausalLM.from_pretrained(str(folder))
     assert str(caught.value) == (
         f"{fifo} is a named pipe, not a weights file; the files are damaged, altered or from another program"
     )

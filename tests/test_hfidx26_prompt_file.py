@@ -10,11 +10,10 @@ exist: a prompt that passes gets the model's error instead).
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 import sys
 
 import pytest
+from fed_pipe import fed_pipe
 
 from ngpt_ds.cli.generate import MAX_PROMPT_BYTES, main
 
@@ -55,35 +54,11 @@ def test_a_prompt_file_of_16_mib_is_read(capsys, tmp_path):
     assert line == f"error: {tmp_path / 'no_model'} {NO_MODEL}"
 
 
-FEEDER = """
-import errno, os, sys, time
-while True:  # until killed: each reader that opens the pipe gets a prompt and the end of the file
-    try:
-        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as err:
-        if err.errno != errno.ENXIO:  # ENXIO: no reader yet
-            raise
-        time.sleep(0.05)
-        continue
-    try:
-        os.write(fd, b"In the beginning")
-    except BlockingIOError:
-        pass
-    os.close(fd)
-"""
-"""Unblocks the old code's open of the pipe, so that a failing run of the test fails instead of hanging."""
-
-
 def test_a_named_pipe_as_the_prompt_file_is_refused_unopened(capsys, tmp_path):
     """Fault: the old code waited on the open until a writer came (forever, without one), then read the pipe."""
     fifo = tmp_path / "prompt.fifo"
-    os.mkfifo(fifo)
-    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(fifo)])
-    try:
+    with fed_pipe(fifo, b"In the beginning"):
         line = _error(capsys, tmp_path, "--prompt-file", str(fifo))
-    finally:
-        feeder.kill()
-        feeder.wait()
     assert line == f"error: --prompt-file {fifo} is a named pipe: {FIX}"
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from fed_pipe import fed_pipe
 from random_export import export_random_ngpt
 from without_ngpt_ds import load_without_ngpt_ds
 
@@ -104,25 +103,6 @@ def test_a_shard_linking_outside_the_folder_is_refused_and_one_linking_inside_lo
     assert all(torch.equal(loaded[k], state[k]) for k in state)
 
 
-FEEDER = """
-import errno, os, sys, time
-while True:  # until killed: each reader that opens the pipe gets 8 bytes and the end of the file
-    try:
-        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as err:
-        if err.errno != errno.ENXIO:  # ENXIO: no reader yet
-            raise
-        time.sleep(0.05)
-        continue
-    try:
-        os.write(fd, bytes(8))
-    except BlockingIOError:
-        pass
-    os.close(fd)
-"""
-"""Unblocks whoever opens the pipe for reading, so that a failing run of the test fails instead of hanging."""
-
-
 def test_an_index_that_is_a_named_pipe_is_refused_before_it_is_read(sharded):
     """check_shards reads the index itself, so a named pipe there is refused by name, never opened (transformers
     passes over an index that is no regular file: the old code named no model.safetensors in the folder)."""
@@ -131,14 +111,8 @@ def test_an_index_that_is_a_named_pipe_is_refused_before_it_is_read(sharded):
     folder, _, _ = sharded
     index = folder / "model.safetensors.index.json"
     index.unlink()
-    os.mkfifo(index)
-    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(index)])
-    try:
-        with pytest.raises(NgptConfigError) as caught:
-            NGPTForCausalLM.from_pretrained(str(folder))
-    finally:
-        feeder.kill()
-        feeder.wait()
+    with fed_pipe(index), pytest.raises(NgptConfigError) as caught:
+        NGPTForCausalLM.from_pretrained(str(folder))
     assert str(caught.value) == (
         f"{index} is a named pipe, not a weights file; the files are damaged, altered or from another program"
     )
