@@ -9,68 +9,15 @@ import pytest
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
-from conftest import cpu_env, free_port, run  # noqa: E402
+from conftest import REPO, cpu_env, free_port, run  # noqa: E402
 
-WORKER = r"""
-import json, sys
-import deepspeed.ops
-deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # not used; its JIT build takes 30 s
-import torch
-from torch.utils.data import Dataset
-from transformers import Trainer, TrainingArguments
-
-from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.hf.configuration_ngpt import CONFIGS
-from ngpt_ds.hf.modeling_ngpt import MODELS
-from ngpt_ds.model import ModelConfig
-from ngpt_ds.model.sphere import max_norm_deviation
-
-stage, callback, out = int(sys.argv[1]), sys.argv[2] == "callback", sys.argv[3]
-torch.manual_seed(0)
-config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
-model = MODELS["ngpt"](CONFIGS["ngpt"].from_model_config(config))
-
-
-class Data(Dataset):
-    def __len__(self):
-        return 16
-
-    def __getitem__(self, i):
-        ids = torch.randint(3, 512, (16,), generator=torch.Generator().manual_seed(i))
-        return {"input_ids": ids, "labels": ids}
-
-
-ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-      "gradient_clipping": "auto", "zero_optimization": {"stage": stage}}
-args = TrainingArguments(output_dir=out + ".trainer", per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
-                         deepspeed=ds, report_to=[], save_strategy="no", disable_tqdm=True, logging_steps=1)
-trainer = Trainer(model=model, args=args, train_dataset=Data())
-if callback:
-    from ngpt_ds.hf.trainer import KeepOnTheSphere
-
-    trainer.add_callback(KeepOnTheSphere(trainer))
-try:
-    trainer.train()
-except NgptConfigError as e:
-    print(e, file=sys.stderr)
-    raise SystemExit(2)
-if stage == 3:
-    with deepspeed.zero.GatheredParameters(list(model.parameters())):
-        deviation = max_norm_deviation(model.model)
-else:
-    deviation = max_norm_deviation(model.model)
-losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-with open(out, "w") as f:
-    json.dump({"deviation": deviation, "losses": losses}, f)
-torch.distributed.destroy_process_group()
-"""
+WORKER = REPO / "tests" / "workers" / "hf_trainer_worker.py"
 
 
 def _train(tmp_path, stage: int, callback: bool):
-    script, out = tmp_path / "worker.py", tmp_path / f"result_{stage}_{callback}.json"
-    script.write_text(WORKER)
+    out = tmp_path / f"result_{stage}_{callback}.json"
     env = cpu_env(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
-    cmd = [sys.executable, script, str(stage), "callback" if callback else "plain", out]
+    cmd = [sys.executable, WORKER, str(stage), "callback" if callback else "plain", out]
     proc = run(cmd, env=env, check=False, timeout=300)
     return proc, (json.loads(out.read_text()) if out.exists() else None)
 

@@ -15,62 +15,15 @@ import pytest
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
-from conftest import cpu_env, free_port, run  # noqa: E402
+from conftest import REPO, cpu_env, free_port, run  # noqa: E402
 
-WORKER = r"""
-import json, sys
-import deepspeed.ops
-deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # not used; its JIT build takes 30 s
-import deepspeed, torch
-
-from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.hf.configuration_ngpt import CONFIGS
-from ngpt_ds.hf.modeling_ngpt import MODELS
-from ngpt_ds.model import ModelConfig
-from ngpt_ds.model.sphere import max_norm_deviation, sphere_matrices
-
-mode, out = sys.argv[1], sys.argv[2]
-torch.manual_seed(0)
-config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
-model = MODELS["ngpt"](CONFIGS["ngpt"].from_model_config(config))
-if mode == "frozen_scales":
-    for name, p in model.named_parameters():
-        if not any(m.param is p for m in sphere_matrices(model)):
-            p.requires_grad_(False)
-ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
-      "zero_optimization": {"stage": 0}}
-params = [p for p in model.parameters() if p.requires_grad]
-engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=1e-3), config=ds)
-hook = None
-if mode == "kept":
-    from ngpt_ds.hf.trainer import keep_on_the_sphere
-
-    hook = keep_on_the_sphere(engine)
-losses = []
-try:
-    for i in range(3):
-        ids = torch.randint(3, 512, (4, 16), generator=torch.Generator().manual_seed(i))
-        loss = engine(ids, labels=ids, use_cache=False).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-except NgptConfigError as e:
-    print(e, file=sys.stderr)
-    raise SystemExit(2)
-result = {"losses": losses, "working": max_norm_deviation(model.model), "dtype": str(model.model.embed.weight.dtype)}
-if hook is not None:
-    result["masters"] = hook.max_deviation()
-with open(out, "w") as f:
-    json.dump(result, f)
-torch.distributed.destroy_process_group()
-"""
+WORKER = REPO / "tests" / "workers" / "hf_deepspeed_initialize_worker.py"
 
 
 def _train(tmp_path, mode: str):
-    script, out = tmp_path / "worker.py", tmp_path / f"result_{mode}.json"
-    script.write_text(WORKER)
+    out = tmp_path / f"result_{mode}.json"
     env = cpu_env(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
-    proc = run([sys.executable, script, mode, out], env=env, check=False, timeout=300)
+    proc = run([sys.executable, WORKER, mode, out], env=env, check=False, timeout=300)
     return proc, (json.loads(out.read_text()) if out.exists() else None)
 
 

@@ -1,0 +1,85 @@
+"""What the workers that train the Hugging Face NGPTForCausalLM under DeepSpeed share: DeepSpeed imported
+without its shared-memory op, the tiny model every job trains, its batches and steps, and the frame of
+the 2-rank jobs that run a table of cases.
+
+Importable as `hf_common` from any worker: torchrun and python run a worker as a script, which puts this
+folder first on sys.path.
+"""
+
+import json
+import traceback
+
+import deepspeed.ops
+
+deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # not used; its JIT build takes 30 s
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+
+def tiny_ngpt(n_layer: int = 2):
+    """NGPTForCausalLM of a 512-token vocabulary, width 32, 2 heads, built after torch.manual_seed(0)."""
+    from ngpt_ds.hf.configuration_ngpt import CONFIGS
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model import ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="ngpt", vocab_size=512, n_layer=n_layer, n_embd=32, n_head=2, seq_len=32)
+    return MODELS["ngpt"](CONFIGS["ngpt"].from_model_config(config))
+
+
+def token_ids(seed: int, shape: tuple[int, ...] = (4, 16)) -> torch.Tensor:
+    """Random token ids 3..511 (above the special tokens) from a generator seeded with `seed`."""
+    return torch.randint(3, 512, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def ds_config(stage: int, bf16: bool) -> dict:
+    """A DeepSpeed JSON for micro-batches of 4 sequences, no accumulation."""
+    return {
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 1,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {"stage": stage},
+    }
+
+
+def start_engine(model, ds: dict, params, lr: float, json_optimizer: bool = False):
+    """deepspeed.initialize with AdamW at `lr`: the JSON's optimizer block (DeepSpeed builds it) or a torch
+    AdamW of `params`."""
+    if json_optimizer:
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": lr}}
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds)
+    else:
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=lr), config=ds)
+    return engine
+
+
+def train_step(engine, ids: torch.Tensor) -> torch.Tensor:
+    """One engine step on `ids` as inputs and labels; returns the loss."""
+    loss = engine(ids, labels=ids, use_cache=False).loss
+    engine.backward(loss)
+    engine.step()
+    return loss
+
+
+def whole_value(p: torch.Tensor, stage: int) -> torch.Tensor:
+    """A copy of parameter `p` as a whole (gathered under ZeRO 3)."""
+    if stage == 3:
+        with deepspeed.zero.GatheredParameters([p]):
+            return p.detach().clone()
+    return p.detach().clone()
+
+
+def error_line(e: BaseException) -> str:
+    """The last line of an exception's report: `Type: message`."""
+    return traceback.format_exception_only(e)[-1].strip()
+
+
+def run_cases(out: str, cases: dict, case) -> None:
+    """Join the gloo group through deepspeed.init_distributed, run `case(rank, **options)` for each named
+    case in order on every rank, and write each rank's {name: result} to `out`.<rank> as JSON."""
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank = dist.get_rank()
+    results = {name: case(rank, **options) for name, options in cases.items()}
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(results, f)
