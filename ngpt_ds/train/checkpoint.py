@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.distributed as dist
 
 from ngpt_ds import log, safe_load
@@ -39,6 +38,7 @@ from ngpt_ds.train.checkpoint_delete import (
     retention,
     written_here,
 )
+from ngpt_ds.train.checkpoint_files import check_files_on_all_ranks as check_files_on_all_ranks
 from ngpt_ds.train.checkpoint_interrupted import replaced_record
 from ngpt_ds.train.checkpoint_layout import ABANDONED_PREFIX as ABANDONED_PREFIX
 from ngpt_ds.train.checkpoint_layout import CHECKPOINTS as CHECKPOINTS
@@ -439,31 +439,6 @@ def save(
             shutil.rmtree(tmp, ignore_errors=True)  # a .tmp-save name is never resumed from anyway
         raise CheckpointWriteError(f"checkpoint of step {step} not saved: {problem}")
     return checkpoint_dir / tag
-
-
-def _refusal(file: Path) -> NgptConfigError | None:
-    try:
-        safe_load.check(file)
-    except NgptConfigError as err:
-        return err
-    except Exception as err:  # a truncated or foreign file: torch raises many types
-        return NgptConfigError(f"{file} could not be read ({type(err).__name__}: {err}); the checkpoint is damaged")
-    return None
-
-
-def check_files_on_all_ranks(path: Path, device: torch.device | str) -> None:
-    """Unpickle every file of the checkpoint under ngpt_ds.safe_load's allow-list before DeepSpeed
-    reads any. Each rank checks its share; one all-reduce agrees on the first refused file, and every
-    rank raises the same error for it. DeepSpeed reads some files on one rank only (a rank's optimizer
-    states, a ZeRO-3 shard): a refusal there alone would leave the other ranks waiting in a collective."""
-    files = sorted(path.rglob("*.pt"))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    first = next((i for i in range(rank, len(files), world) if _refusal(files[i]) is not None), len(files))
-    agreed = torch.tensor([first], dtype=torch.int64, device=device)
-    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-    if int(agreed.item()) < len(files):
-        file = files[int(agreed.item())]
-        raise _refusal(file) or NgptConfigError(f"{file} changed while the checkpoint was being checked")
 
 
 STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
