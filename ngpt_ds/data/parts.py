@@ -13,7 +13,8 @@ the shard boundaries differ). It refuses a missing part, parts made with differe
 settings, and parts that read different corpora, naming the part.
 
 While parts exist, --out holds one folder per finished part (`part-00000-of-00002/`, with its
-`part.json` written last); the merge replaces --out by the dataset.
+`part.json` written last); the merge replaces --out by the dataset. What the merge reads back from a part,
+and checks, is in ngpt_ds.data.part_files.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ import ngpt_ds
 from ngpt_ds import log
 from ngpt_ds.data import shard_hashes
 from ngpt_ds.data.encode import encode_in_order
+from ngpt_ds.data.part_files import MAX_PART_BYTES as MAX_PART_BYTES  # ngpt_ds.data.parts.MAX_PART_BYTES, as before
+from ngpt_ds.data.part_files import PART_FILE, PART_FORMAT, part_dir
+from ngpt_ds.data.part_files import part_shards as _part_shards  # looked up here at each merge: tests replace it
+from ngpt_ds.data.part_files import read_part as _read_part
+from ngpt_ds.data.part_files import tokenizer_bytes as _tokenizer_bytes
 from ngpt_ds.data.prepare import (
     _BATCH_CHARS,
     _BATCH_DOCS,
@@ -48,29 +54,23 @@ from ngpt_ds.data.prepare import (
 from ngpt_ds.data.shards import (
     DTYPES,
     FORMAT_VERSION,
-    MAX_META_BYTES,
     META_FILE,
     TOKENIZER_FILE,
     DatasetMeta,
     ShardMeta,
     ShardWriter,
     SplitMeta,
-    hash_problems,
-    parse_shard,
     shard_json,
-    whole,
     write_meta,
 )
 from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
-from ngpt_ds.data.tokenizer import Tokenizer, read_model_bytes
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.data.tokenizer import Tokenizer
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.files import replace_file
 from ngpt_ds.overwrite import check_holds_no_run, check_not_source
 
 _log = log.get(__name__)
 
-PART_FILE = "part.json"
-PART_FORMAT = "ngpt_ds-token-part"
 DEFAULT_BLOCK_DOCS = 65536
 """Documents per block. Large enough that each block's shard files are few; small enough that every
 part gets work on a corpus of a few million documents."""
@@ -88,25 +88,10 @@ _SHARED = (
 )
 
 
-def part_dir(out: Path, index: int, num_parts: int) -> Path:
-    return Path(out) / f"part-{index:05d}-of-{num_parts:05d}"
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Durably, through a temporary name created new, never a link's (`replace_file`): the file marks its
     folder complete."""
     replace_file(path, json.dumps(data, indent=2) + "\n")
-
-
-def _tokenizer_bytes(path: Path) -> bytes | None:
-    """The bytes of a part's tokenizer.model, None when it is not a regular file or is larger than any
-    sentencepiece model (read_model_bytes)."""
-    if not path.is_file():
-        return None
-    try:
-        return read_model_bytes(path)
-    except NgptConfigError:
-        return None
 
 
 def _check_part_options(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs: int) -> None:
@@ -259,66 +244,6 @@ def _split_json(split: SplitMeta) -> dict[str, Any]:
     }
 
 
-MAX_PART_BYTES = MAX_META_BYTES
-"""The largest part.json read: a part lists a share of the shards a dataset's meta.json lists. A larger file
-(a 256 MiB one) was read whole and held twice over (512 MiB, as bytes and as text) before it was refused."""
-
-
-def _read_part(folder: Path) -> dict[str, Any]:
-    path = folder / PART_FILE
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PART_BYTES + 1)
-    except OSError as e:
-        raise NgptConfigError(
-            f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
-        ) from None
-    if len(raw) > MAX_PART_BYTES:
-        raise NgptConfigError(
-            f"{path} is over {MAX_PART_BYTES:,} bytes (a part's {PART_FILE} holds a few MB even at hundreds of "
-            "GB of shards): the file is damaged or was not written by ngpt_ds; prepare that part again with "
-            "--overwrite"
-        )
-    try:
-        info = json.loads(raw.decode("utf-8"))
-    except UNPARSABLE as e:
-        raise NgptConfigError(
-            f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
-        ) from None
-    if not isinstance(info, dict) or info.get("format") != PART_FORMAT:
-        raise NgptConfigError(f"{path}: not a part written by ngpt_ds; prepare that part again with --overwrite")
-    # The fields the merge computes with: a crafted or damaged value stopped it with a TypeError or
-    # ZeroDivisionError traceback.
-    wrong = [
-        f"{key} = {info.get(key)!r}: {must}"
-        for key, ok, must in (
-            ("block_docs", _count(info.get("block_docs"), 1), "must be a positive integer"),
-            ("documents", _count(info.get("documents"), 0), "must be an integer >= 0"),
-            ("dtype", info.get("dtype") in DTYPES, f"must be one of {sorted(DTYPES)}"),
-            ("tokenizer_sha256", isinstance(info.get("tokenizer_sha256"), str), "must be a sha256"),
-            (
-                "hash_block_bytes",
-                info.get("hash_block_bytes") is None or _count(info.get("hash_block_bytes"), 1),
-                "must be a positive integer",
-            ),
-            (
-                "blocks",
-                isinstance(info.get("blocks"), list)
-                and all(isinstance(b, dict) and _count(b.get("block"), 0) for b in info["blocks"]),
-                "must be a list of {block: number, splits: ...}",
-            ),
-        )
-        if not ok
-    ]
-    if wrong:
-        raise NgptConfigError(f"{path}: {'; '.join(wrong)}; prepare that part again with --overwrite")
-    return info
-
-
-def _count(value: object, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Merge `out/part-K-of-N/` (K = 0..N-1) into the prepared dataset `out`; return `out`.
 
@@ -434,60 +359,6 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
     if progress:
         _log.info(f"merged {num_parts} parts\n{meta.summary()}")
     return out
-
-
-def _part_shards(
-    out: Path, num_parts: int, parts: list[dict[str, Any]], by_block: dict, n_blocks: int, itemsize: int
-) -> dict[str, Any]:
-    """split -> (documents, [(source file, shard with its block hashes)]) in block order, and "block_bytes".
-
-    Each shard must be a plain file name in its part's folder, not a link: the merge links or copies what
-    part.json names into the dataset, and a crafted part.json naming `/home/me/secret` or `../../x` put
-    that file into the dataset as a shard. Hashes recorded by the part are carried over once well formed;
-    a part written before ngpt_ds recorded them is hashed here."""
-    found: dict[str, Any] = {"block_bytes": shard_hashes.BLOCK_BYTES}
-    recorded = [info.get("hash_block_bytes") for info in parts]
-    carried = recorded[0] is not None and all(r == recorded[0] for r in recorded)
-    if carried:
-        found["block_bytes"] = recorded[0]
-    for name in ("train", "validation"):
-        docs, listed = 0, []
-        for b in range(n_blocks):
-            k, block = by_block[b]
-            folder = part_dir(out, k, num_parts)
-            where = f"{folder / PART_FILE} block {b} {name}"
-            try:
-                split = block["splits"].get(name, {"documents": 0, "shards": []})
-                docs += whole(split["documents"], "documents")
-                shards = [parse_shard(raw) for raw in split["shards"]]
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise NgptConfigError(
-                    f"{where}: malformed ({type(e).__name__}: {e}); prepare part {k} again with --overwrite"
-                ) from None
-            for shard in shards:
-                src = folder / shard.file
-                if shard.file in ("", ".", "..") or "/" in shard.file or "\\" in shard.file or src.is_symlink():
-                    raise NgptConfigError(
-                        f"{where}: shard {shard.file!r} must be a file name inside {folder}, not a path or a link; "
-                        f"the {PART_FILE} is damaged or was edited: prepare part {k} again with --overwrite"
-                    )
-                if not src.is_file() or src.stat().st_size != shard.tokens * itemsize:
-                    raise NgptConfigError(
-                        f"{src}: missing or not {shard.tokens} tokens as {PART_FILE} says; "
-                        f"prepare part {k} again with --overwrite"
-                    )
-                if carried:
-                    fix = f"the {PART_FILE} is damaged or was edited: prepare part {k} again with --overwrite"
-                    bad = hash_problems([(f"{where} shard {shard.file!r}", shard)], found["block_bytes"], itemsize, fix)
-                    if bad:
-                        raise NgptConfigError(bad[0])
-                else:
-                    shard = dataclasses.replace(
-                        shard, sha256_blocks=shard_hashes.block_hashes(src, found["block_bytes"])
-                    )
-                listed.append((src, shard))
-        found[name] = (docs, listed)
-    return found
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
