@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds import log
-from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
+from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
+from ngpt_ds.data.local_inputs import check_decompressors, refuse_prepared, resolve_files
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -34,16 +35,6 @@ _FORMATS = {
     ".csv": "csv",
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
-# Compression suffix -> the name fsspec (which datasets reads files through) registers its decompressor under,
-# and the package that provides it (None: Python's own modules). fsspec registers zstd and lz4 only where their
-# packages import.
-_DECOMPRESSORS = {
-    ".gz": ("gzip", None),
-    ".bz2": ("bz2", None),
-    ".xz": ("xz", None),
-    ".zst": ("zstd", "zstandard"),
-    ".lz4": ("lz4", "lz4"),
-}
 TEXT_SAMPLE_BY = ("paragraph", "line", "document")
 _READ_BATCH = 256
 _GROUP_FILES = 256
@@ -274,40 +265,6 @@ class Corpus:
             )
 
 
-def _resolve_files(inputs: Sequence[str]) -> list[str]:
-    files: list[str] = []
-    named: dict[str, str] = {}  # real path -> the --input that named it first
-    for spec in inputs:
-        before = len(files)
-        pattern = os.path.expanduser(spec)
-        if os.path.isfile(pattern):  # a file named with [, ? or *, as `wiki[en].jsonl`, is that file
-            files.append(pattern)
-        elif glob.has_magic(pattern):
-            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-            if not matched:
-                raise NgptConfigError(f"--input {spec!r}: no files match this pattern; check the path")
-            files.extend(matched)
-        elif os.path.isdir(pattern):
-            raise NgptConfigError(
-                f"--input {spec!r} is a directory; give it as the only --input (a saved or hub-style "
-                "dataset dir) or pass a glob of its files, e.g. DIR/*.jsonl"
-            )
-        else:
-            raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
-        for path in files[before:]:
-            # A file read twice doubles its documents, and a document held out for validation in one
-            # copy lands in training in the other (the split follows the document's index).
-            real = os.path.realpath(path)
-            if real in named:
-                raise NgptConfigError(
-                    f"--input {spec!r} names {path} again (already given by --input {named[real]!r}): its "
-                    "documents would be read twice and validation documents would reappear in training; "
-                    "give each file once"
-                )
-            named[real] = spec
-    return files
-
-
 def open_corpus(spec: CorpusSpec) -> Corpus:
     """Resolve `spec` to a Corpus. Raises NgptConfigError for missing files, mixed formats,
     unknown splits, or an unreachable hub dataset."""
@@ -335,7 +292,7 @@ def open_corpus(spec: CorpusSpec) -> Corpus:
 
 
 def _open_files(spec: CorpusSpec) -> Corpus:
-    files = _resolve_files(spec.inputs)
+    files = resolve_files(spec.inputs)
     if spec.split != "train":  # load_dataset puts local files in one split, "train": --split was ignored
         raise NgptConfigError(
             f"--split {spec.split!r}: local files have no splits, each is read whole; pass the files of that "
@@ -348,7 +305,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
             f"--input file {unknown[0]!r}: unknown format; use files ending in "
             f"{', '.join(sorted(_FORMATS))} (optionally compressed with {', '.join(_COMPRESSION)})"
         )
-    _check_decompressors(files)
+    check_decompressors(files)
     kinds = sorted({fmt for fmt in formats.values() if fmt is not None})  # all known: checked above
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
@@ -372,63 +329,8 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     return corpus
 
 
-def _check_decompressors(files: list[str]) -> None:
-    """Refuse, before anything is read, a compressed file this Python cannot decompress: without the zstandard
-    package a `.jsonl.zst` corpus (the README's example) stopped at its first read with "Compression type zstd not
-    supported; fix or remove the file", though the files were sound."""
-    import fsspec
-
-    have = set(fsspec.available_compressions())
-    for file in files:
-        name, package = _DECOMPRESSORS.get(os.path.splitext(file.lower())[1], (None, None))
-        if name is None or name in have:
-            continue
-        fix = (
-            f"install the {package} package (pip install {package}) on every node that reads the corpus"
-            if package
-            else "this Python was built without its module for it; use one that has it"
-        )
-        raise NgptConfigError(
-            f"--input file {file!r} is {name}-compressed, and this Python cannot decompress it: {fix}, or "
-            "decompress the files"
-        )
-
-
-def _is_prepared(folder: Path) -> bool:
-    """A dataset written by ngpt_ds: its meta.json opens with the format name (shards.write_meta)."""
-    try:
-        with open(folder / META_FILE, "rb") as f:
-            return f'"{FORMAT_NAME}"'.encode() in f.read(4096)
-    except OSError:
-        return False
-
-
-def _refuse_prepared(folder: Path) -> list[str]:
-    """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
-    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
-    Returns the folder's compressed files, one of each compression (for _check_decompressors: one walk)."""
-    if _is_prepared(folder):
-        raise NgptConfigError(
-            f"--input {folder} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
-            "corpus it was prepared from (its meta.json names it under 'source')"
-        )
-    compressed: dict[str, str] = {}
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
-        if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
-            raise NgptConfigError(
-                f"--input {folder} holds {top}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
-                f"corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
-            )
-        for name in sorted(files):
-            suffix = os.path.splitext(name.lower())[1]
-            if suffix in _DECOMPRESSORS and not name.startswith((".", "__")):
-                compressed.setdefault(suffix, os.path.join(top, name))
-    return sorted(compressed.values())
-
-
 def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
-    compressed = _refuse_prepared(path)
+    compressed = refuse_prepared(path)
     if _is_saved_dataset(path):
         import datasets
 
@@ -462,7 +364,7 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
         return corpus
     # A folder of .jsonl.zst files without zstandard was "could not read it (ValueError: Compression type zstd not
     # supported); check the name, --config and --split; for a hub name, check that this machine can reach the hub".
-    _check_decompressors(compressed)
+    check_decompressors(compressed)
     return _open_hub(spec, str(path), local=True)
 
 

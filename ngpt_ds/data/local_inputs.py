@@ -1,0 +1,116 @@
+"""Local --input files and folders, checked before datasets reads them (ngpt_ds.data.sources): globs resolved
+to files, each named once; compressed files only where this Python can decompress them; and no dataset prepared
+by ngpt_ds given as, or inside, the corpus.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
+from ngpt_ds.errors import NgptConfigError
+
+# Compression suffix -> the name fsspec (which datasets reads files through) registers its decompressor under,
+# and the package that provides it (None: Python's own modules). fsspec registers zstd and lz4 only where their
+# packages import.
+DECOMPRESSORS = {
+    ".gz": ("gzip", None),
+    ".bz2": ("bz2", None),
+    ".xz": ("xz", None),
+    ".zst": ("zstd", "zstandard"),
+    ".lz4": ("lz4", "lz4"),
+}
+
+
+def resolve_files(inputs: Sequence[str]) -> list[str]:
+    """The files that `inputs` (file names or globs) name, in order; a folder, a name that matches nothing and a file
+    named twice are refused."""
+    files: list[str] = []
+    named: dict[str, str] = {}  # real path -> the --input that named it first
+    for spec in inputs:
+        before = len(files)
+        pattern = os.path.expanduser(spec)
+        if os.path.isfile(pattern):  # a file named with [, ? or *, as `wiki[en].jsonl`, is that file
+            files.append(pattern)
+        elif glob.has_magic(pattern):
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise NgptConfigError(f"--input {spec!r}: no files match this pattern; check the path")
+            files.extend(matched)
+        elif os.path.isdir(pattern):
+            raise NgptConfigError(
+                f"--input {spec!r} is a directory; give it as the only --input (a saved or hub-style "
+                "dataset dir) or pass a glob of its files, e.g. DIR/*.jsonl"
+            )
+        else:
+            raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
+        for path in files[before:]:
+            # A file read twice doubles its documents, and a document held out for validation in one
+            # copy lands in training in the other (the split follows the document's index).
+            real = os.path.realpath(path)
+            if real in named:
+                raise NgptConfigError(
+                    f"--input {spec!r} names {path} again (already given by --input {named[real]!r}): its "
+                    "documents would be read twice and validation documents would reappear in training; "
+                    "give each file once"
+                )
+            named[real] = spec
+    return files
+
+
+def check_decompressors(files: list[str]) -> None:
+    """Refuse, before anything is read, a compressed file this Python cannot decompress: without the zstandard
+    package a `.jsonl.zst` corpus (the README's example) stopped at its first read with "Compression type zstd not
+    supported; fix or remove the file", though the files were sound."""
+    import fsspec
+
+    have = set(fsspec.available_compressions())
+    for file in files:
+        name, package = DECOMPRESSORS.get(os.path.splitext(file.lower())[1], (None, None))
+        if name is None or name in have:
+            continue
+        fix = (
+            f"install the {package} package (pip install {package}) on every node that reads the corpus"
+            if package
+            else "this Python was built without its module for it; use one that has it"
+        )
+        raise NgptConfigError(
+            f"--input file {file!r} is {name}-compressed, and this Python cannot decompress it: {fix}, or "
+            "decompress the files"
+        )
+
+
+def _is_prepared(folder: Path) -> bool:
+    """A dataset written by ngpt_ds: its meta.json opens with the format name (shards.write_meta)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            return f'"{FORMAT_NAME}"'.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def refuse_prepared(folder: Path) -> list[str]:
+    """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
+    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
+    Returns the folder's compressed files, one of each compression (for check_decompressors: one walk)."""
+    if _is_prepared(folder):
+        raise NgptConfigError(
+            f"--input {folder} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
+            "corpus it was prepared from (its meta.json names it under 'source')"
+        )
+    compressed: dict[str, str] = {}
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
+        if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
+            raise NgptConfigError(
+                f"--input {folder} holds {top}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
+                f"corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
+            )
+        for name in sorted(files):
+            suffix = os.path.splitext(name.lower())[1]
+            if suffix in DECOMPRESSORS and not name.startswith((".", "__")):
+                compressed.setdefault(suffix, os.path.join(top, name))
+    return sorted(compressed.values())
