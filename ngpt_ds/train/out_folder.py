@@ -7,13 +7,14 @@ checkpoints folder; a file or a link to nothing; `/`, the home folder or the top
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ngpt_ds import yaml_safe
 from ngpt_ds.data.shards import META_FILE as DATASET_META
 from ngpt_ds.data.shards import TOKENIZER_FILE as DATASET_TOKENIZER
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
-from ngpt_ds.train.checkpoint_layout import CHECKPOINTS, LATEST, complete_checkpoints
+from ngpt_ds.train.checkpoint_layout import CHECKPOINTS, LATEST, complete_checkpoints, is_step_name
 from ngpt_ds.train.manifest import COMPLETE, RefusedFile, read_capped
 
 LOCK_FILE = "train.lock"
@@ -40,6 +41,11 @@ RUN_CONFIG_FIRST_KEY = "config_source"
 and train:), so a copy cut short by a kill past that line is still recognised as the run's."""
 
 
+LATEST_MAX_BYTES = 4096
+"""The largest `latest` read as a tag pointer: DeepSpeed and ngpt_ds write one tag name there."""
+DEEPSPEED_TAG = re.compile(r"global_step\d+")
+"""The tag DeepSpeed's save_checkpoint names a save by when no tag is given."""
+
 RUN_CONFIG_MAX_BYTES = 2**20
 """The largest config.yaml read in --out: the trainer writes a few KiB, and config files are read no further
 than 1 MiB (ngpt_ds.train.config)."""
@@ -58,6 +64,20 @@ def _config_sections(config: Path) -> set[str] | None:
     return {str(key) for key in data} if isinstance(data, dict) else None
 
 
+def _names_a_tag(folder: Path) -> bool:
+    """`folder`'s `latest` is a tag pointer as DeepSpeed and ngpt_ds write it: a regular file of at most
+    LATEST_MAX_BYTES whose one line is step_N, DeepSpeed's global_stepN, or the name of a folder beside it. Any
+    file named `latest` had counted: a project folder holding notes under that name was refused as a checkpoints
+    folder, as --out and as a parent of --out. A named pipe is not opened (read_capped)."""
+    try:
+        tag = read_capped(folder / LATEST, LATEST_MAX_BYTES).decode("utf-8").strip()
+    except (OSError, RefusedFile, UnicodeDecodeError):
+        return False
+    if is_step_name(tag) or DEEPSPEED_TAG.fullmatch(tag):
+        return True
+    return tag not in ("", ".", "..") and "/" not in tag and "\0" not in tag and (folder / tag).is_dir()
+
+
 def _checkpoint_holding(folder: Path) -> Path | None:
     """`folder` or the folder above it that is a checkpoint (a COMPLETE marker next to DeepSpeed's
     model states, or a step_N name), else None."""
@@ -74,9 +94,7 @@ def _checkpoints_folder_holding(folder: Path) -> Path | None:
     a complete step_N or DeepSpeed's `latest`), else None."""
     for candidate in (folder, *folder.parents):
         if candidate.name == CHECKPOINTS and (
-            _is_run_folder(candidate.parent)
-            or (candidate / "latest").is_file()
-            or any(candidate.glob(f"step_*/{COMPLETE}"))
+            _is_run_folder(candidate.parent) or _names_a_tag(candidate) or any(candidate.glob(f"step_*/{COMPLETE}"))
         ):
             return candidate
     return None
@@ -109,7 +127,8 @@ def _checkpoints_held(folder: Path) -> str | None:
         steps = []
     if len(steps) > 3:
         steps = [steps[0], f"... ({len(steps) - 2} more)", steps[-1]]
-    markers = [name for name in (LATEST, STORE_LOCK) if (folder / name).is_file()]
+    markers = [LATEST] if _names_a_tag(folder) else []
+    markers += [STORE_LOCK] if (folder / STORE_LOCK).is_file() else []
     if not steps and not markers:
         return None
     return ("checkpoints " if steps else "") + ", ".join(steps + markers)
