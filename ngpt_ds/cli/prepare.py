@@ -277,6 +277,7 @@ def _input_config(args: argparse.Namespace, progress: bool):
 def _prepare_across_nodes(args: argparse.Namespace, progress: bool) -> Path:
     """--num-shards N --shard-index K (one part) or --merge (all parts into one dataset)."""
     from ngpt_ds.data import parts
+    from ngpt_ds.data.staging import publish_target, refuse_under_way
 
     if args.num_shards is None:
         raise NgptConfigError("--shard-index and --merge need --num-shards N (the number of parts)")
@@ -290,11 +291,16 @@ def _prepare_across_nodes(args: argparse.Namespace, progress: bool) -> Path:
             raise NgptConfigError(f"{', '.join(given)}: not used by --merge, which reads the parts in --out; drop them")
         if args.out is None:
             raise NgptConfigError("--merge needs --out DIR: the folder holding the parts")
+        refuse_under_way(publish_target(args.out))  # another merge into --out now
         return parts.merge_parts(args.out, args.num_shards, overwrite=args.overwrite, progress=progress)
     if args.input is None or args.shard_index is None:
         raise NgptConfigError(
             "--num-shards N needs --input CORPUS, --tokenizer FILE.model and --shard-index K (or --merge)"
         )
+    if args.out is not None and 0 <= args.shard_index < args.num_shards:  # else prepare_part names the option
+        # The same part written by two processes at once (a Slurm array given one index twice, a rerun while the
+        # first still runs): refused before the corpus is read, not after both tokenized their whole part.
+        refuse_under_way(parts.part_dir(publish_target(args.out), args.shard_index, args.num_shards))
     return parts.prepare_part(
         _input_config(args, progress),
         args.num_shards,

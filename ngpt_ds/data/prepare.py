@@ -34,7 +34,14 @@ from ngpt_ds.data.shards import (
     write_meta,
 )
 from ngpt_ds.data.sources import TEXT_SAMPLE_BY, Corpus, CorpusSpec, open_corpus
-from ngpt_ds.data.staging import publish_target, remove_staging, restore_set_aside, staging_dir, swap_in
+from ngpt_ds.data.staging import (
+    publish_target,
+    refuse_under_way,
+    remove_staging,
+    restore_set_aside,
+    staging_dir,
+    swap_in,
+)
 from ngpt_ds.data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer, training_lines
 from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.files import replace_file
@@ -344,11 +351,12 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     # rerun without --overwrite then says --out exists, rather than tokenizing everything and failing to publish.
     restore_set_aside(cfg.out)
     cfg.validate()
+    out = publish_target(cfg.out)
+    refuse_under_way(out)  # another preparation of `out` now: refused before the corpus is read, not at publishing
     started = time.perf_counter()
     corpus = open_inputs(cfg)
     _say(cfg, f"reading {cfg.source_description or corpus.description}")
     fraction = held_out_fraction(cfg.val_fraction)
-    out = publish_target(cfg.out)
     staging = staging_dir(out)
     try:
         tok, origin = _tokenizer(cfg, corpus, staging, fraction)

@@ -4,8 +4,10 @@ Each staging folder holds a lock file (`.owner`) locked by the process writing i
 lives. A preparation killed mid-write (SIGKILL, the node lost, the job's time limit) left its staging
 folder behind, hidden, with every shard it had written, and each rerun left another: a 500 GB corpus
 killed twice held 1 TB of disk no one could see. A folder whose lock nobody holds is abandoned; the next
-preparation of the same folder removes it. One still locked belongs to a preparation under way (two may
-write one folder; the second stops at publishing) and is left alone.
+preparation of the same folder removes it. One still locked belongs to a preparation under way and is left
+alone; a second preparation of the same folder started meanwhile (another shell, a Slurm array with one index
+twice) is refused before it reads its corpus (`refuse_under_way`): it used to tokenize the whole corpus, hours,
+and only then stop at publishing. The lock file names its process (pid and host) for that message.
 
 Replacing an existing folder (`swap_in`, --overwrite) exchanges the two names in one renameat2(RENAME_EXCHANGE)
 call on Linux, so the folder's name always holds a complete dataset. Where that call is missing (another OS, a
@@ -28,6 +30,7 @@ import fcntl
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,9 +63,9 @@ def _lock(path: Path, create: bool) -> int | None:
     return fd
 
 
-def remove_abandoned(final: Path) -> list[Path]:
-    """Remove the staging folders of `final` left by preparations that are gone; return them."""
-    removed = []
+def _others(final: Path) -> Iterator[tuple[Path, int | None]]:
+    """The staging folders of `final` this process does not hold, each with a descriptor holding its lock
+    (abandoned: the caller closes it) or None (a live process holds it: a preparation under way)."""
     for folder in sorted(final.parent.glob(_name(final) + "*")):
         owner = folder / OWNER_FILE
         if folder in _held or not folder.is_dir() or folder.is_symlink() or not owner.is_file():
@@ -71,6 +74,45 @@ def remove_abandoned(final: Path) -> list[Path]:
             fd = _lock(owner, create=False)
         except OSError:  # gone meanwhile (published or removed), or a filesystem without locks
             continue
+        yield folder, fd
+
+
+def under_way(final: Path) -> list[Path]:
+    """The staging folders of `final` whose lock a live process holds: preparations of it under way."""
+    busy = []
+    for folder, fd in _others(final):
+        if fd is None:
+            busy.append(folder)
+        else:
+            os.close(fd)
+    return busy
+
+
+def refuse_under_way(final: Path, option: str = "--out") -> None:
+    """NgptConfigError when another process is writing `final` now (its staging folder is locked), before this
+    one reads or writes anything. Checked before this process makes its own staging folder, so of two started
+    together one goes on; two that check at the same instant both go on, and the second to finish is refused at
+    publishing (`swap_in`), as where flock does not reach other nodes."""
+    busy = under_way(final)
+    if not busy:
+        return
+    try:
+        with open(busy[0] / OWNER_FILE, "rb") as f:
+            owner = f.read(200).decode("utf-8", "replace").strip()
+    except OSError:
+        owner = ""
+    who = f" ({owner})" if owner else ""
+    raise NgptConfigError(
+        f"{option} {final} is being written by another process now{who}: its staging folder {busy[0].name} is "
+        "locked. Wait for it to finish (then pass --overwrite to replace what it wrote), or stop it and run this "
+        "again; two at once would each do the whole work and the second be refused at the end"
+    )
+
+
+def remove_abandoned(final: Path) -> list[Path]:
+    """Remove the staging folders of `final` left by preparations that are gone; return them."""
+    removed = []
+    for folder, fd in _others(final):
         if fd is None:
             continue  # a preparation under way
         try:
@@ -96,6 +138,7 @@ def staging_dir(final: Path) -> Path:
         # Locked before it has its name: a folder whose OWNER_FILE is unlocked is always abandoned.
         fd = _lock(unnamed, create=True)
         if fd is not None:
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())  # named by refuse_under_way
             os.rename(unnamed, staging / OWNER_FILE)
             _held[staging] = fd
     except OSError:
