@@ -127,6 +127,7 @@ class Trainer(RunEnd):
         self.stop = StopRequest(
             options.max_time_s, grace_s=self.run.train.stop_grace_s, watch_launcher=prepared.dist_env.source != "single"
         )
+        self.stop.eval_in_steps = len(self.val_batches) / self.plan.grad_accum  # before the first one is timed
 
     def _resume(self, path: Path) -> None:
         client = checkpoint.load(self.engine, self.reshape.target if self.reshape is not None else path)

@@ -88,6 +88,7 @@ class RunEnd:
             checkpoint=str(checkpoint) if checkpoint else None,
             out_dir=str(self.out_dir),
             max_time=self.stop.max_time_record(),
+            stopped_by=self.stop.describe() if status in ("stopped", "stopped-unsaved") else None,
         )
 
     def _finish(

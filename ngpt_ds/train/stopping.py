@@ -36,7 +36,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from ngpt_ds.train import early_signals
+from ngpt_ds.train import early_signals, stop_words
 from ngpt_ds.train.collectives import all_reduce_on
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ class StopRequest:
         """The slowest rank's last_stop_path_s, agreed in `agreed` after each save: --max-time's save estimate."""
         self.eval_s: float | None = None
         """This rank's last evaluation, in seconds (its mean's all-reduce included: about the slowest rank's)."""
+        self.eval_in_steps = 0.0
+        """An evaluation's length in training steps, an upper bound set by the loop: its batches over the step's
+        micro-batches (a forward each, where a training micro-batch is a forward, a backward and its share of the
+        optimizer step). --max-time's estimate of an evaluation before the first one is timed."""
         self.next_step_evaluates = False
         """Set by the loop before each step: whether the step after it evaluates (an eval_interval multiple, or the
         last step), so that the evaluation before that step's save is in --max-time's margin."""
@@ -101,7 +105,8 @@ class StopRequest:
         self.grace_s = grace_s
         self.reason: str | None = None
         self.told: str | None = None
-        """Another rank's --max-time stop, with its figures (`_told`), on a rank without a request of its own."""
+        """On a rank without a request of its own: the request of the rank that asked, in words (`learn_who_asked`)."""
+        self.who_learned = False
         self.urgent_since: float | None = None
         """time.monotonic() of the first urgent request; the save must end by urgent_since + grace_s."""
         self.repeated = 0
@@ -143,43 +148,28 @@ class StopRequest:
         if self.reason is None and self.deadline is not None:
             now = time.monotonic()
             if now > self.deadline:
-                self.reason = "--max-time reached"
+                self.reason = stop_words.MAX_TIME_REACHED
             elif now + self.max_time_margin_s() > self.deadline:
                 self.early_s = self.deadline - now
                 self.margin_parts = self._margin_parts()
-                self.reason = self._max_time_reason()
+                self.reason = stop_words.margin_reason(self.early_s)
         return self.reason is not None
-
-    def _max_time_reason(self, rank: int | None = None, limit_s: float | None = None) -> str:
-        """The stop line's words for --max-time's early stop. With `rank` and `limit_s`, those of a rank without a
-        request of its own, which another rank's margin stopped (rank 0's line had said only 'another rank was
-        asked to stop'): that rank, its limit and its margin's figures."""
-        assert self.early_s is not None
-        if rank is None or self.margin_parts is None:
-            return (
-                f"--max-time: stopping {self.early_s:.1f} s early so that the last step and its save end before the "
-                "limit"
-            )
-        step, evaluation, save = self.margin_parts
-        kept = f"the longest recent step {step:.1f} s" + (f" + its evaluation {evaluation:.1f} s" if evaluation else "")
-        return (
-            f"--max-time on rank {rank}: stopping {self.early_s:.1f} s early so that the last step and its save end "
-            f"before its limit, {limit_s or 0.0:g} s after its start; one more step would not fit: {kept} + the save "
-            f"{save:.1f} s"
-        )
 
     def max_time_margin_s(self) -> float:
         """What --max-time keeps free before its limit: the recent step time (the longest of the last
         STEP_TIMES_KEPT, from one step boundary to the next, evaluations and saves left out), the last evaluation's
         time when the next step evaluates (the last step always does: a run whose last step evaluated had
-        overrun the limit by that evaluation), and the save estimate (the slowest rank's last save, timed from its
-        step's end, this rank's own when it took longer; before any, FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE
-        of --max-time, whichever is less)."""
+        overrun the limit by that evaluation; before the first is timed, `eval_in_steps` recent steps), and the save
+        estimate (the slowest rank's last save, timed from its step's end, this rank's own when it took longer; before
+        any, FIRST_SAVE_GUESS_S or FIRST_SAVE_GUESS_SHARE of --max-time, whichever is less)."""
         return sum(self._margin_parts())
 
     def _margin_parts(self) -> tuple[float, float, float]:
         step = max(self._step_times, default=0.0)
-        evaluation = (self.eval_s or 0.0) if self.next_step_evaluates else 0.0
+        # Before the first evaluation is timed, its batches at a training micro-batch's time each: with no estimate,
+        # a run whose first evaluation was due just before the limit overran it by that evaluation and its save.
+        measured = self.eval_s if self.eval_s is not None else step * self.eval_in_steps
+        evaluation = measured if self.next_step_evaluates else 0.0
         timed = [s for s in (self.job_save_s, self.last_stop_path_s) if s is not None]
         if timed:
             save = max(timed)
@@ -244,36 +234,48 @@ class StopRequest:
         save (minutes at scale): a request during either had waited for the next step's all-reduce, so a
         SIGTERM's grace went on that step (then a stop unsaved, exit 75, or the sender's kill) and --max-time
         overran by a step and a second save. The same all-reduce (a maximum) agrees on the slowest rank's last
-        save, --max-time's save estimate on every rank: a save ends when the slowest rank's does."""
+        save, --max-time's save estimate on every rank: a save ends when the slowest rank's does. When the ranks
+        agree to stop, every rank learns who asked and why (`learn_who_asked`)."""
         path = self.last_stop_path_s
         requested = float(self.requested())
-        agreed = torch.tensor([requested, path or 0.0, *self._tripped()], dtype=torch.float64, device=device)
+        agreed = torch.tensor([requested, path or 0.0], dtype=torch.float64, device=device)
         all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)  # with it, the slowest rank's last save
         if path is not None:
             self.job_save_s = agreed[1].item()
-        self._told(agreed[2:].tolist())
-        return agreed[0].item() > 0
+        stop = agreed[0].item() > 0
+        if stop:  # the same answer on every rank: all of them reach the collectives in it
+            self.learn_who_asked(device)
+        return stop
 
-    def _tripped(self) -> list[float]:
-        """What a maximum over the ranks tells the others when --max-time's margin stopped this rank: the rank, how
-        early, its limit and its margin's parts; all below any real figure otherwise."""
-        if self.early_s is None or self.margin_parts is None:
-            return [-1.0, -_NO_DEADLINE, 0.0, 0.0, 0.0, 0.0]
-        return [float(dist.get_rank()), self.early_s, self.max_time_s or 0.0, *self.margin_parts]
-
-    def _told(self, figures: list[float]) -> None:
-        """A rank without a request of its own, stopped by another rank's --max-time margin: that rank's reason and
-        figures, for the stop line and summary.json (they had said 'another rank was asked to stop' and
-        `"stopped_early_s": null` on rank 0)."""
-        rank, early, limit, step, evaluation, save = figures
-        if self.reason is None and self.told is None and rank >= 0:
-            self.early_s, self.margin_parts = early, (step, evaluation, save)
-            self.told = self._max_time_reason(int(rank), limit)
+    def learn_who_asked(self, device: torch.device | str) -> None:
+        """Collective, on every rank once the ranks agreed to stop (once: later calls return at once, on every rank):
+        the lowest rank with a request tells the others its reason and its --max-time figures, all of that one rank
+        (ngpt_ds/train/stop_words.py). Two small all-reduces, only in the step where the run stops. The step's own
+        all-reduce says only whether some rank asked: rank 0's stop line and summary.json had said 'another rank was
+        asked to stop' for a signal or a --max-time limit that reached another rank only, and a maximum over the
+        ranks' figures had mixed those of two ranks whose margins tripped in the same step."""
+        if self.who_learned:
+            return
+        self.who_learned = True
+        rank, world = dist.get_rank(), dist.get_world_size()
+        asker = torch.tensor([float(world - rank) if self.reason is not None else 0.0], dtype=torch.float64)
+        all_reduce_on(asker, device, op=dist.ReduceOp.MAX)
+        chosen = world - int(asker.item())
+        if chosen >= world:  # no rank has a reason (not expected: the stop was agreed on one)
+            return
+        words = stop_words.encode(rank, self.reason, self.max_time_s, self.early_s, self.margin_parts)
+        payload = torch.tensor(words if rank == chosen else [0] * len(words), dtype=torch.int32)
+        all_reduce_on(payload, device)  # a sum: the chosen rank's bytes, zeros from the others
+        if self.reason is None:
+            told = stop_words.decode(payload.tolist())
+            self.told = told.words
+            if told.early_s is not None and told.margin_parts is not None:
+                self.early_s, self.margin_parts = told.early_s, told.margin_parts
 
     def describe(self) -> str:
-        """Why the run stops, for its stop line: this rank's request, what another rank's --max-time margin told it,
-        or (a signal to another rank only) that another rank was asked to stop."""
-        return self.reason or self.told or "another rank was asked to stop"
+        """Why the run stops, for its stop line and summary.json: this rank's own request, or the request of the rank
+        that asked (`learn_who_asked`), named with its reason and figures."""
+        return self.told or self.reason or "another rank was asked to stop"
 
     def agree_to_save(self, device: torch.device | str) -> bool:
         """Collective, once the ranks agreed to stop: does the save fit into what is left of the grace
@@ -284,14 +286,13 @@ class StopRequest:
         stopped unsaved while the others entered the save's collectives and waited for it there (gloo:
         'Connection closed by peer'; NCCL: train.dist_timeout_s).
 
-        The same all-reduce tells a rank without a request of its own that --max-time stopped the run on another
-        rank, and with what figures (`_told`), as `agreed` does after an evaluation or a save."""
+        Then every rank learns which rank asked to stop, and why (`learn_who_asked`), as `agreed` does when it agrees
+        after an evaluation or a save."""
         left = min(self.seconds_left(), _NO_DEADLINE)
-        mine = [-left, self.last_save_s or 0.0, *self._tripped()]
-        agreed = torch.tensor(mine, dtype=torch.float64, device=device)
+        agreed = torch.tensor([-left, self.last_save_s or 0.0], dtype=torch.float64, device=device)
         all_reduce_on(agreed, device, op=dist.ReduceOp.MAX)
         self.time_left, self.save_estimate_s = -agreed[0].item(), agreed[1].item()
-        self._told(agreed[2:].tolist())
+        self.learn_who_asked(device)
         return self.time_left > self.save_estimate_s
 
     def unsaved_message(self) -> str:

@@ -47,6 +47,10 @@ class Summary:
     checkpoint_saved_at, when this session's last save ended (seconds since the epoch: the save ends before
     started_at + limit_s); stopped_early_s, how long before the limit --max-time stopped the run (null when it
     did not)."""
+    stopped_by: str | None = None
+    """A stopped run only ('stopped', 'stopped-unsaved'): why, in the stop line's words (`StopRequest.describe`):
+    a rank's signal, its launcher's exit, or its --max-time limit with that rank's figures, and which rank it was
+    when it was another than rank 0."""
 
 
 def json_safe(record: dict) -> dict:
@@ -59,10 +63,12 @@ def json_safe(record: dict) -> dict:
 
 
 def summary_json(summary: Summary) -> str:
-    """summary.json's text: `summary`, non-finite numbers as null (`json_safe`); no `max_time` without --max-time."""
+    """summary.json's text: `summary`, non-finite numbers as null (`json_safe`); no `max_time` without --max-time, no
+    `stopped_by` unless the run stopped."""
     record = asdict(summary)
-    if record["max_time"] is None:
-        del record["max_time"]
+    for optional in ("max_time", "stopped_by"):
+        if record[optional] is None:
+            del record[optional]
     return json.dumps(json_safe(record), indent=2) + "\n"
 
 
