@@ -43,6 +43,7 @@ from ngpt_ds.train.metrics import (
 from ngpt_ds.train.optim import apply_on_resume
 from ngpt_ds.train.resume import describe_batch_change
 from ngpt_ds.train.run_end import RunEnd
+from ngpt_ds.train.startup_peers import peers_watched
 from ngpt_ds.train.stopping import StopRequest
 from ngpt_ds.train.summary import Summary
 from ngpt_ds.train.summary import replace_file as replace_file  # tests import it from here
@@ -52,6 +53,11 @@ _log = log.get(__name__)
 
 class Trainer(RunEnd):
     def __init__(self, prepared: Prepared, options: TrainOptions):
+        # A rank lost during the startup's collectives: one line on the others, not a traceback (startup_peers.py).
+        with peers_watched(dist.get_rank(), prepared.run.train.dist_timeout_s):
+            self._start_up(prepared, options)
+
+    def _start_up(self, prepared: Prepared, options: TrainOptions) -> None:
         self.run, self.plan = prepared.run, prepared.plan
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
