@@ -225,6 +225,18 @@ class WindowIndex:
             "over them"
         )
 
+    def _unreadable(self, i: int, err: OSError) -> NgptConfigError:
+        """The error for shard i whose read failed after it was opened and checked (a disk error, a network
+        filesystem's stale handle once the file was deleted on another node, a permission taken away on a server
+        that checks it at each read). Raised bare on one rank, it was a traceback there and, on the others,
+        'Connection closed by peer' in the step's all-reduce (on NCCL: train.dist_timeout_s of waiting)."""
+        return NgptConfigError(
+            f"dataset {self.meta.data_dir}: reading shard {self._shards[i].file} failed ({type(err).__name__}: "
+            f"{err}) after the run opened it: the file became unreadable (a disk or network filesystem error, the "
+            "file deleted on another node, its permission taken away); check that file on this node, copy the "
+            "dataset again if it is damaged (`ngpt-prepare --verify DIR` reads every block), then resume"
+        )
+
     def _check_unchanged(self, shards: set[int]) -> int | None:
         """The first of `shards` whose size or modification time differs from when it was opened, if any: one
         fstat each, after their windows were read, so that a rewrite that changed what was read is seen."""
@@ -242,15 +254,23 @@ class WindowIndex:
         tokens = np.empty((len(window_ids), self.seq_len + 1), dtype=self.meta.np_dtype)
         raw, size = tokens.data.cast("B"), self._window_bytes
         short: tuple[int, int] | None = None  # (shard, its size) of the first window read short
+        failed: tuple[int, OSError] | None = None  # (shard, the error) of the first read that failed
         for row, (s, offset) in enumerate(zip(shards, offsets)):
             into = raw[row * size : (row + 1) * size]
-            got = _read_at(self._fd(s), into, offset)
-            if got < size:  # past the end of the shard: the rest of the row is id 0, a valid one
-                into[got:] = bytes(size - got)
-                short = short or (s, os.fstat(self._fd(s)).st_size)
-        changed = short[0] if short else self._check_unchanged(set(shards))
-        if changed is not None:
+            try:
+                got = _read_at(self._fd(s), into, offset)
+                if got < size:  # past the end of the shard: the rest of the row is id 0, a valid one
+                    into[got:] = bytes(size - got)
+                    short = short or (s, os.fstat(self._fd(s)).st_size)
+            except OSError as e:  # gone bad since it was opened: a row of id 0, as a short read's
+                into[:] = bytes(size)
+                failed = failed or (s, e)
+        error: NgptConfigError | None = None
+        if failed is not None:
+            error = self._unreadable(*failed)
+        elif (changed := short[0] if short else self._check_unchanged(set(shards))) is not None:
             error = self._rewritten(changed, short[1] if short else None)
+        if error is not None:
             if self.faults is None:
                 raise error
             self.faults.record(str(error))
