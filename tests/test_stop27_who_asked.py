@@ -118,6 +118,7 @@ def test_a_signal_to_rank1_alone_is_named_on_rank0_with_its_rank(tmp_path, tiny_
     assert "stopping at step 3 (rank 1: signal SIGUSR1); checkpoint saved in" in stop_line(outputs[0], 3)
     assert "stopping at step 3 (signal SIGUSR1); checkpoint saved in" in stop_line(outputs[1], 3)
     assert summary["stopped_by"] == "rank 1: signal SIGUSR1"
+    assert "\n  stopped by:      rank 1: signal SIGUSR1\n" in outputs[0]  # again in the lines at the end
 
 
 def test_max_time_reached_on_rank1_alone_is_named_on_rank0_with_its_limit(tmp_path, tiny_dataset):

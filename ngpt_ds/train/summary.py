@@ -172,6 +172,8 @@ def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"py
         f"{'Done' if done else 'Stopped'}: {_what_was_trained(out)} to step {summary.step}/{summary.max_steps}, "
         f"{_tokens(summary.tokens)} tokens in all (this session: {_session_time(summary.seconds)})"
     ]
+    if summary.stopped_by:  # which rank asked to stop, and why: the stop line's words, again at the end
+        lines.append(f"  {'stopped by:':17}{summary.stopped_by}")
     loss_ends = _first_and_last(out / "metrics.jsonl", ("train/loss", "eval/loss"), summary.step)
     for key, name in (("train/loss", "train loss"), ("eval/loss", "validation loss")):
         ends = loss_ends.get(key)
