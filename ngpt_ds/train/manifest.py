@@ -82,9 +82,19 @@ def _not_a_regular_file(folder: Path) -> str | None:
 
 
 def _digests(folder: Path, names: list[str]) -> list[str]:
+    """The digest of each of `names`, each file (device and inode, links followed) read once: a folder handed over
+    with 100,000 links or hard links to one large file had it read 100,000 times (days, before a resume started).
+    Raises OSError."""
+    first: dict[tuple[int, int], str] = {}
+    same = []
+    for name in names:
+        info = (folder / name).stat()
+        same.append(first.setdefault((info.st_dev, info.st_ino), name))
+    unique = list(dict.fromkeys(same))
     # hashlib releases the GIL on large buffers: the per-rank shard files hash in parallel.
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
-        return list(pool.map(lambda name: _digest(folder / name), names))
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(unique)))) as pool:
+        found = dict(zip(unique, pool.map(lambda name: _digest(folder / name), unique)))
+    return [found[name] for name in same]
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
@@ -117,7 +127,11 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     if LEGACY_MARKER.fullmatch(text):
         return None
     try:
-        manifest = json.loads(text)
+        manifest = json.loads(text, object_pairs_hook=_once_each)
+    except _NamedTwice as err:
+        raise MalformedManifest(
+            f"{path / COMPLETE} is damaged: it names {err.key!r} twice (a checkpoint manifest names each file once)"
+        ) from None
     except (ValueError, RecursionError):  # not JSON; a number too long for int(); nesting too deep
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -125,6 +139,23 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
             f"{path / COMPLETE} is damaged: it is neither a checkpoint manifest nor the 'step N' line of an older ngpt_ds"
         )
     return manifest
+
+
+class _NamedTwice(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice in one object is an error. json.loads keeps the last one without a
+    word, so a manifest's `files` could name a file twice and be checked against one entry of the two."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _NamedTwice(key)
+        found[key] = value
+    return found
 
 
 def read_marker(path: Path) -> bytes:
@@ -330,10 +361,13 @@ def _check(path: Path, rank: int, world: int) -> str | None:
 
 
 def _is_entry(name: str, entry: Any) -> bool:
-    """A relative path inside the folder, with an int size and a digest."""
+    """A relative path inside the folder, spelled as the listing spells it (`_files`: no '.' or empty part, no
+    trailing '/'), with an int size and a digest. './x.pt', 'x.pt/' and '././x.pt' all named x.pt: a manifest
+    listing one large file under 100,000 such spellings had it read 100,000 times, and passed."""
     parts = Path(name).parts
     return (
         bool(parts)
+        and str(Path(name)) == name
         and not Path(name).is_absolute()
         and ".." not in parts
         and isinstance(entry, dict)
