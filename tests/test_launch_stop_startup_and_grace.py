@@ -75,8 +75,8 @@ def test_launcher_killed_during_the_startup_still_stops_its_ranks(stop_configs, 
     # killed before the watch starts is already gone when the watch looks (a loaded machine makes the
     # startup slow): it is then named by its pid alone.
     assert re.search(
-        rf"stopping at step {summary['step']} \((its launcher DeepSpeed's launch.py \(pid \d+\) exited"
-        r"|the parent process \(pid \d+\) exited|another rank was asked to stop)\)",
+        rf"stopping at step {summary['step']} \((rank \d+: )?(its launcher DeepSpeed's launch.py \(pid \d+\) exited"
+        r"|the parent process \(pid \d+\) exited)\)",
         text,
     ), text[-4000:]
     assert_complete(out / "checkpoints" / f"step_{summary['step']:08d}")

@@ -76,7 +76,7 @@ def test_sigterm_during_an_evaluation_stops_at_that_step_with_its_checkpoint(tmp
     codes, output = signalled_run(tmp_path, tiny_dataset, tiny_train(6, eval_interval=2, log_interval=4), "evaluate")
     out = tmp_path / "run"
     assert codes == [0, 0], output
-    assert "stopping at step 2 (another rank was asked to stop); checkpoint saved in" in output
+    assert "stopping at step 2 (rank 1: signal SIGTERM); checkpoint saved in" in output
     assert _checkpoints(out) == ["step_00000002"]
     assert checkpoint.verify(out / "checkpoints" / "step_00000002") is None
     assert [m["step"] for m in read_metrics(out)] == [2]
@@ -92,7 +92,7 @@ def test_sigterm_during_a_periodic_save_stops_with_that_checkpoint_not_a_second_
     codes, output = signalled_run(tmp_path, tiny_dataset, tiny_train(6, checkpoint_interval=2), "save")
     out = tmp_path / "run"
     assert codes == [0, 0], output
-    assert "stopping at step 2 (another rank was asked to stop); checkpoint saved in" in output
+    assert "stopping at step 2 (rank 1: signal SIGTERM); checkpoint saved in" in output
     assert _checkpoints(out) == ["step_00000002"]
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
