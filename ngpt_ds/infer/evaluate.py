@@ -68,26 +68,36 @@ def recorded_train_data(loaded: LoadedModel) -> tuple[str, str] | None:
 
 
 def check_recorded_dataset(loaded: LoadedModel, data_dir: str | Path) -> None:
-    """Refuse the dataset the model records (its run's data_dir, used without --data) where it holds other training
-    data than the run trained on. data_dir is the path given to the trainer, often relative to the folder it ran
-    in: from another folder it named whatever dataset was there under that name, and one prepared with the same
-    tokenizer (launch/prepare_data.py --tokenizer) passed the tokenizer check, so the table was another
-    dataset's, exit 0. The train split's fingerprint (shard files, token counts and block hashes, in meta.json:
-    no shard is read) tells them apart; a copy of the run's dataset elsewhere keeps it."""
+    """Use the dataset the model records (its run's data_dir, read without --data) only where it is the data the
+    run trained on: the train split's fingerprint (shard files, token counts and block hashes, in meta.json: no
+    shard is read) must match the model's record of it; a copy of the run's dataset elsewhere keeps it. data_dir
+    is the path given to the trainer, often relative to the folder it ran in, and an export from someone else
+    names a path of their machine: here it names whatever dataset stands there under that name, and one
+    prepared with the same tokenizer (launch/prepare_data.py --tokenizer) passed the tokenizer check, so the
+    table was another dataset's, exit 0. Where either side has no fingerprint (a model from a version that did
+    not record it, an altered config, a dataset without block hashes) nothing shows the dataset is the run's:
+    that was read without a word too, and is now refused the same way, asking for --data."""
     from ngpt_ds.train.preflight import train_data_fingerprint
 
+    # The dataset's loader first: its messages name a folder that is not one, and a copy a killed --overwrite set
+    # aside (with the `mv` that puts it back). meta.json only: no shard is read.
+    meta = load_dataset_meta(data_dir, verify_contents=False)
     recorded = recorded_train_data(loaded)
-    if recorded is None:
-        return
-    now = train_data_fingerprint(load_dataset_meta(data_dir, verify_contents=False))
-    if now is None or now == recorded[0]:  # None: a dataset prepared before block hashes were recorded
-        return
     relative = "" if Path(data_dir).is_absolute() else ", a path relative to the folder training ran in"
+    said = f"{loaded.source} records its training data as {data_dir} (the run's data_dir{relative})"
+    fix = "Pass --data DIR, the run's dataset (a copy elsewhere is fine), or another dataset on purpose"
+    if recorded is None:
+        raise NgptConfigError(
+            f"{said} but not its fingerprint (train_data_sha256), so nothing shows that the dataset {data_dir} "
+            f"here is the one it was trained on. {fix}"
+        )
+    now = train_data_fingerprint(meta)
+    if now == recorded[0]:
+        return
+    differ = "records no block hashes" if now is None else "holds other training data than the model was trained on"
     raise NgptConfigError(
-        f"{loaded.source} records its training data as {data_dir} (the run's data_dir{relative}), and the "
-        f"dataset {data_dir} here holds other training data than the model was trained on (its train split's "
-        f"shards, token counts or block hashes differ from {recorded[1]}): its validation split is not the run's. "
-        "Pass --data DIR, the run's dataset (a copy elsewhere is fine), or another dataset on purpose"
+        f"{said}, and the dataset {data_dir} here {differ} (its train split's shards, token counts or block "
+        f"hashes differ from {recorded[1]}): its validation split is not the run's. {fix}"
     )
 
 
