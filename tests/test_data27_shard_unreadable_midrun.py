@@ -17,10 +17,10 @@ from conftest import REPO, assert_complete, start_ranks, tiny_ngpt, tiny_train, 
 MICRO, ACCUM = 2, 2
 
 
-def _train_broken_on_rank_1(data: Path, split: str, reads: int, *options) -> tuple[str, list]:
+def _train_broken_on_rank_1(data: Path, split: str, reads: int, *options, mode="unreadable") -> tuple[str, list]:
     shard = load_dataset_meta(data).splits[split].shards[0].file
     worker = REPO / "tests/workers/data27_unreadable_worker.py"
-    ranks = start_ranks([worker, 1, data / shard, reads, "--", "--data", data, "--no-progress", *options])
+    ranks = start_ranks([worker, 1, data / shard, reads, mode, "--", "--data", data, "--no-progress", *options])
     return shard, [(rank, *rank.communicate(timeout=240)) for rank in ranks]
 
 
@@ -96,3 +96,48 @@ def test_one_process_reading_a_shard_gone_unreadable_gets_the_one_line_error(tin
         f"dataset {tiny_dataset}: reading shard {shard.file} failed (OSError: [Errno 9] Bad file descriptor) after "
         "the run opened it: the file became unreadable"
     )
+
+
+def test_a_shard_deleted_mid_run_is_read_on_named_once_and_its_resume_refused_until_it_is_back(tiny_dataset, tmp_path):
+    """Deleted (a person freeing disk space) while the run reads it, a shard is read on from the descriptor the
+    run holds: the same tokens, the same losses as a run left alone. Fault: that was silent, and the week-long
+    run learned at its resume, after the preemption, that it could not go on. Now a warning names the shard
+    when the run first reads it deleted; the resume is refused with one line naming it, and once the shard is
+    back it resumes."""
+    from conftest import read_metrics, torchrun, train_cmd, train_flags
+
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
+    ds = write_ds_config(tmp_path / "ds.json", stage=2, bf16=False, micro=MICRO, accum=ACCUM)
+    yaml = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(4, checkpoint_interval=2))
+    left_alone = tmp_path / "left_alone"
+    torchrun(*train_cmd(yaml, ds, data, left_alone))
+    out = tmp_path / "out"
+    shard, outputs = _train_broken_on_rank_1(
+        data, "train", 2 * ACCUM, "--config", yaml, "--deepspeed_config", ds, "--out", out, mode="delete"
+    )
+    for rank, stdout, stderr in outputs:
+        assert rank.returncode == 0, (stdout + stderr)[-4000:]
+    said = outputs[0][1] + outputs[0][2]
+    warning = (
+        f"dataset {data}: shard {shard} was deleted or replaced since the run opened it; the run goes on reading "
+        "the file it opened, but a resume reads the folder as it is then and refuses it unless the same dataset is "
+        "back in place: put it back before this job ends"
+    )
+    assert said.count(warning) == 1, said[-4000:]
+    assert not (data / shard).exists()
+    losses = [(m["step"], m["train/loss"]) for m in read_metrics(out)]
+    assert losses == [(m["step"], m["train/loss"]) for m in read_metrics(left_alone)] and len(losses) == 4
+
+    six = write_yaml(tmp_path / "six.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=2))
+    missing = (
+        f"error: dataset {data}: 1 problem\n  - shard {shard} = 'missing': the file listed in meta.json is not in "
+        f"{data}; copy it back from a good copy of the dataset (a run resumes only on the data it trained on), or "
+        f"delete {data} and prepare it again"
+    )
+    for rank in start_ranks([REPO / "launch/train.py", *train_flags(six, ds, data, out)]):
+        stdout, stderr = rank.communicate(timeout=240)
+        assert rank.returncode == 2 and "Traceback" not in stdout + stderr, (stdout + stderr)[-4000:]
+        assert missing in stderr, stderr[-4000:]
+    shutil.copy(tiny_dataset / shard, data / shard)  # the same dataset back in place
+    torchrun(*train_cmd(six, ds, data, out))
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5, 6]

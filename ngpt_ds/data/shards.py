@@ -369,7 +369,12 @@ def load_dataset_meta(
             hashed.append((f"meta.json splits.{name} shard {shard.file!r}", shard))
             path = meta.shard_path(shard)
             if not path.is_file():
-                p.add(f"shard {shard.file}", "missing", f"the file listed in meta.json is not in {data_dir}; {redo}")
+                p.add(
+                    f"shard {shard.file}",
+                    "missing",
+                    f"the file listed in meta.json is not in {data_dir}; copy it back from a good copy of the "
+                    f"dataset (a run resumes only on the data it trained on), or {redo}",
+                )
                 continue
             size = path.stat().st_size
             if size % itemsize:

@@ -155,6 +155,7 @@ class WindowIndex:
         _allow_open_files(sum(1 for count in counts if count))
         self._fds: list[int | None] = []
         self._opened: list[tuple[int, int] | None] = []
+        self._gone: set[int] = set()  # shards named as deleted since they were opened (`_check_unchanged`)
         self._closer = weakref.finalize(self, _close_all, self._fds)  # the descriptors go with the index
         for i, count in enumerate(counts):
             if not count:
@@ -239,10 +240,23 @@ class WindowIndex:
 
     def _check_unchanged(self, shards: set[int]) -> int | None:
         """The first of `shards` whose size or modification time differs from when it was opened, if any: one
-        fstat each, after their windows were read, so that a rewrite that changed what was read is seen."""
+        fstat each, after their windows were read, so that a rewrite that changed what was read is seen. A shard
+        whose file has no name left (deleted, or replaced by a rename) is read on from its descriptor, the same
+        tokens, and named once (`_gone`)."""
         for s in sorted(shards):
-            if _size_and_mtime(self._fd(s)) != self._opened[s]:
+            st = os.fstat(self._fd(s))
+            if (st.st_size, st.st_mtime_ns) != self._opened[s]:
                 return s
+            if st.st_nlink == 0 and s not in self._gone:
+                self._gone.add(s)
+                # Not an error: this run reads the tokens it opened. Silent, the week-long run found out only at
+                # its resume, which opens the folder as it is then (a shard missing, or other training data).
+                _log.warning(
+                    f"dataset {self.meta.data_dir}: shard {self._shards[s].file} was deleted or replaced since the "
+                    "run opened it; the run goes on reading the file it opened, but a resume reads the folder as it "
+                    "is then and refuses it unless the same dataset is back in place: put it back before this job "
+                    "ends"
+                )
         return None
 
     def read(self, window_ids: np.ndarray) -> np.ndarray:
