@@ -1,7 +1,8 @@
 """What a saved weight may be, checked by every loader of saved weights: ngpt_ds's own
 (ngpt_ds.infer.loading) and transformers' from_pretrained (ngpt_ds.hf.modeling_ngpt, which every
 `--format hf` export carries with this file, so the checks hold without ngpt_ds installed too); and where it
-may be: every shard a folder's weights index names is a file of that folder (check_shards)."""
+may be: every shard a folder's weights index names, and its single weights file, is a file of that folder
+(check_shards)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,13 @@ def check_shards(name_or_path: str | os.PathLike | None, subfolder: str = "") ->
                     f"{index}: weight_map[{key!r}] = {name!r} {why}; "
                     "a shard must be a file of the folder itself (the files are damaged, altered or from another program)"
                 )
+    # The single weights file transformers reads where there is no index (model.safetensors, pytorch_model.bin, or
+    # their variants): a link out of the folder read weights elsewhere, and a named pipe hung the load.
+    for single in sorted([*folder.glob("model*.safetensors"), *folder.glob("pytorch_model*.bin")]):
+        check_weight_file(single)
+        why = _outside(single, folder)
+        if why:
+            raise NgptConfigError(
+                f"{single} {why}; a weights file must be a file of the folder itself (the files are damaged, "
+                "altered or from another program)"
+            )
