@@ -40,7 +40,10 @@ class Tokenizer:
     def load(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
-            raise NgptConfigError(f"tokenizer {path} not found; pass an existing sentencepiece .model file")
+            # A named pipe, a folder or a device at the name was "not found" (the open is never tried: a pipe
+            # would wait for a writer forever); say what is there.
+            kind = "not found" if not path.exists() else f"is {_not_a_file(path)}, not a sentencepiece .model file"
+            raise NgptConfigError(f"tokenizer {path} {kind}; pass an existing sentencepiece .model file")
         sp = spm.SentencePieceProcessor()
         try:
             data = read_model_bytes(path)
@@ -69,6 +72,15 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
+
+
+def _not_a_file(path: Path) -> str:
+    """What stands at `path`, which exists and is no regular file."""
+    if path.is_dir():
+        return "a folder"
+    if path.is_fifo():
+        return "a named pipe"
+    return "a device" if path.is_char_device() or path.is_block_device() else "no regular file"
 
 
 def read_model_bytes(path: Path) -> bytes:
