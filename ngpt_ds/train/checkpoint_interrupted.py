@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,14 @@ def _mtime(path: Path) -> int:
         return -1
 
 
-def _not_provable(tmp: Path, final: Path, checkpoint_dir: Path) -> str | None:
-    """None when sealed `tmp` is provably the run's finished save of `final`'s step; else why not."""
+Verify = Callable[[Path], str | None]
+"""A folder -> None when every file matches its manifest, else why not (manifest.verify, or a verdict the ranks
+reached together: ngpt_ds.train.resume._restore_moved_aside)."""
+
+
+def _not_provable(tmp: Path, final: Path, checkpoint_dir: Path, verify: Verify = verify) -> str | None:
+    """None when sealed `tmp` is provably the run's finished save of `final`'s step; else why not. Every file is
+    read last (`verify`), after the checks that read COMPLETE and the listing only."""
     step = step_of(final.name)
     try:
         if read_manifest(tmp) is None:
@@ -111,9 +118,9 @@ def _keep(tmp: Path, final: Path, why: str) -> str:
     )
 
 
-def _why_not(tmp: Path, final: Path, checkpoint_dir: Path) -> str | None:
+def _why_not(tmp: Path, final: Path, checkpoint_dir: Path, verify: Verify = verify) -> str | None:
     """None when sealed `tmp` is to be put in place as `final` (`_not_provable`, and nothing else holds the name)."""
-    why = _not_provable(tmp, final, checkpoint_dir)
+    why = _not_provable(tmp, final, checkpoint_dir, verify)
     aside = final.with_name(final.name + REPLACED_SUFFIX)
     if why is None and (final.exists() or final.is_symlink()):
         if final.is_symlink() or aside.exists() or aside.is_symlink():
@@ -140,13 +147,14 @@ def finished_saves(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
     return [(tmp, final) for tmp, final in _sealed(checkpoint_dir) if _why_not(tmp, final, checkpoint_dir) is None]
 
 
-def _promote(checkpoint_dir: Path, tmp: Path, final: Path) -> str:
-    why = _why_not(tmp, final, checkpoint_dir)
+def _promote(checkpoint_dir: Path, tmp: Path, final: Path, verdicts: dict[str, str | None]) -> str:
+    why = _why_not(tmp, final, checkpoint_dir, _remembering(verdicts))
     if why is not None:
         return _keep(tmp, final, why)
     if final.exists():  # the save's first rename, which the kill came before: the run's own step N, which it replaces
         os.rename(final, final.with_name(final.name + REPLACED_SUFFIX))
     os.rename(tmp, final)
+    verdicts[str(final)] = verdicts[str(tmp)]  # the same files, verified under the old name: not read again
     fsync_dir(checkpoint_dir)
     return (
         f"put {final.name} in place from {tmp.name}: its save was sealed complete (every file verified against "
@@ -154,11 +162,16 @@ def _promote(checkpoint_dir: Path, tmp: Path, final: Path) -> str:
     )
 
 
-def _drop_replaced(aside: Path, final: Path) -> str | None:
+def _replaced_by(aside: Path, final: Path) -> bool:
+    """`aside` is the run's own step that the save now in place as `final` says it replaced."""
+    return not final.is_symlink() and final.is_dir() and _replaces(final, aside, final.name)
+
+
+def _drop_replaced(aside: Path, final: Path, verdicts: dict[str, str | None]) -> str | None:
     """A line when `aside` is the run's own step moved aside by the save now in place as `final`."""
-    if final.is_symlink() or not final.is_dir() or not _replaces(final, aside, final.name):
+    if not _replaced_by(aside, final):
         return None
-    problem = verify(final)
+    problem = _remembering(verdicts)(final)
     if problem is not None:
         return (
             f"kept {aside.name}, the version of {final.name} that the run's last save of step {step_of(final.name)} "
@@ -173,17 +186,53 @@ def _drop_replaced(aside: Path, final: Path) -> str | None:
     )
 
 
-def recover_interrupted_saves(checkpoint_dir: Path) -> list[str]:
-    """Rank 0 at start-up, in a folder no trainer holds: the two repairs of the module docstring, in that order.
-    Returns one line per folder put in place, kept or removed (the caller prints them as warnings)."""
-    if not checkpoint_dir.is_dir():
-        return []
-    lines = [_promote(checkpoint_dir, tmp, final) for tmp, final in _sealed(checkpoint_dir)]
+def _remembering(verdicts: dict[str, str | None]) -> Verify:
+    """`verify`, reading a folder's files only when `verdicts` holds no verdict for it yet (then kept there)."""
+
+    def check(path: Path) -> str | None:
+        if str(path) not in verdicts:
+            verdicts[str(path)] = verify(path)
+        return verdicts[str(path)]
+
+    return check
+
+
+def _asides(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
+    """(step_N.tmp-replaced, step_N) for each moved-aside folder (not a link)."""
+    found = []
     for aside in sorted(checkpoint_dir.iterdir()):
         base = aside.name[: -len(REPLACED_SUFFIX)]
         if aside.name.endswith(REPLACED_SUFFIX) and is_step_name(base) and not aside.is_symlink() and aside.is_dir():
-            line = _drop_replaced(aside, aside.with_name(base))
-            lines += [line] if line else []
+            found.append((aside, aside.with_name(base)))
+    return found
+
+
+def to_verify(checkpoint_dir: Path) -> list[Path]:
+    """Read-only: the folders whose every file `recover_interrupted_saves` would read (each sealed save that passes
+    every other check; each step_N that says it replaced the folder moved aside beside it), so that the ranks can
+    verify them together first, each file read by one rank (ngpt_ds.train.resume._restore_moved_aside). Rank 0
+    alone had read them all, the other ranks waiting: 2.7 s a GiB here, minutes for a checkpoint of a few
+    billion parameters, before the resume read them all again."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [
+        tmp for tmp, final in _sealed(checkpoint_dir) if _why_not(tmp, final, checkpoint_dir, lambda _: None) is None
+    ]
+    return found + [final for aside, final in _asides(checkpoint_dir) if _replaced_by(aside, final)]
+
+
+def recover_interrupted_saves(checkpoint_dir: Path, verdicts: dict[str, str | None] | None = None) -> list[str]:
+    """Rank 0 at start-up, in a folder no trainer holds: the two repairs of the module docstring, in that order.
+    Returns one line per folder put in place, kept or removed (the caller prints them as warnings). `verdicts`:
+    `verify`'s answer for folders already verified (by path, as `to_verify` names them); any other is verified
+    here, by this process alone."""
+    if not checkpoint_dir.is_dir():
+        return []
+    known = dict(verdicts or {})
+    lines = [_promote(checkpoint_dir, tmp, final, known) for tmp, final in _sealed(checkpoint_dir)]
+    for aside, final in _asides(checkpoint_dir):
+        line = _drop_replaced(aside, final, known)
+        lines += [line] if line else []
     if lines:
         point_latest(checkpoint_dir)
     return lines

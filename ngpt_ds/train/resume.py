@@ -9,6 +9,7 @@ folder layout is ngpt_ds.train.checkpoint's.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, manifest, run_lock
 from ngpt_ds.train.checkpoint import Verify
-from ngpt_ds.train.checkpoint_interrupted import finished_saves, recover_interrupted_saves
+from ngpt_ds.train.checkpoint_interrupted import finished_saves, recover_interrupted_saves, to_verify
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
@@ -334,27 +335,43 @@ def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> N
     """Collective: rank 0 puts back a step_N that a killed second save of step N left moved aside
     (checkpoint.restore_moved_aside) and points a `latest` that a killed save left behind at the newest
     complete step (`_repair_latest`), before any rank lists the checkpoints; every rank then gets
-    the same lines to print, or the same error."""
+    the same lines to print, or the same error. The folders the repair of interrupted saves reads whole
+    (checkpoint_interrupted.to_verify) are verified first by all ranks together (`verify_on_all_ranks`), under
+    rank 0's hold of the folder."""
     box: list[Any] = [([], None)]
-    if dist.get_rank() == 0:
-        try:
-            # Not in a folder a running trainer holds: it may be between the two renames of its own save.
-            # lock_run refuses this run there right after.
-            with run_lock.unless_in_use(checkpoint_dir.parent) as ours:
-                if ours:  # a finished save a kill left unrenamed first: it may be the newer step_N
-                    repaired = recover_interrupted_saves(checkpoint_dir) + checkpoint.restore_moved_aside(
-                        checkpoint_dir
-                    )
-                    latest = _repair_latest(checkpoint_dir)  # after: a step put back may be the newest
-                    box[0] = (repaired + ([latest] if latest else []), None)
-        except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast
-            box[0] = ([], f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})")
-    dist.broadcast_object_list(box, src=0)
+    with contextlib.ExitStack() as stack:
+        if dist.get_rank() == 0:
+            try:
+                # Not in a folder a running trainer holds: it may be between the two renames of its own save.
+                # lock_run refuses this run there right after.
+                ours = stack.enter_context(run_lock.unless_in_use(checkpoint_dir.parent))
+                box[0] = ([str(p) for p in to_verify(checkpoint_dir)] if ours else None, None)
+            except Exception as err:  # an answer, not an exception: the other ranks wait in the broadcast
+                box[0] = ([], _restore_error(checkpoint_dir, err))
+        dist.broadcast_object_list(box, src=0)
+        folders, error = box[0]
+        verdicts = {folder: verify_on_all_ranks(Path(folder)) for folder in folders or []} if error is None else {}
+        if dist.get_rank() == 0 and error is None and folders is not None:
+            try:  # a finished save a kill left unrenamed first: it may be the newer step_N
+                repaired = recover_interrupted_saves(checkpoint_dir, verdicts) + checkpoint.restore_moved_aside(
+                    checkpoint_dir
+                )
+                latest = _repair_latest(checkpoint_dir)  # after: a step put back may be the newest
+                box[0] = (repaired + ([latest] if latest else []), None)
+            except Exception as err:
+                box[0] = ([], _restore_error(checkpoint_dir, err))
+        elif dist.get_rank() == 0:
+            box[0] = ([], error)
+        dist.broadcast_object_list(box, src=0)
     restored, error = box[0]
     if error is not None:
         raise NgptConfigError(error + ". Rename step_N.tmp-replaced to step_N yourself, then rerun")
     for line in restored:
         warn(f"warning: {line}")
+
+
+def _restore_error(checkpoint_dir: Path, err: Exception) -> str:
+    return f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})"
 
 
 def _repair_latest(checkpoint_dir: Path) -> str | None:
