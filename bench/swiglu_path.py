@@ -1,14 +1,15 @@
-"""SwiGLU's gate, u * SiLU(v), forward plus backward: autograd's form against `gated_silu`, alternating.
+"""SwiGLU's gate, u * SiLU(v), forward plus backward: autograd's form against the model's `gated_silu`, alternating.
 
     python bench/swiglu_path.py [--config ngpt_tiny] [--batch 8] [--rounds 10] [--passes 40] [--threads N] [--clock wall|cpu]
 
 The gate alone, on random bf16 up/gate outputs of the preset's micro-batch shape ([B, T, 2 * hidden]):
-autograd's form (`chunk`, `F.silu`, `*`, as ngpt_ds.model.blocks.SwiGLU runs it; its backward ends in a cat
-of du and dv) and `_GatedSiLU` below, an autograd function whose backward writes both halves into one tensor
-with `out=` (the same products, bit for bit). Tried for the trainer on 2026-12-04 and not kept: no gain
-measured (docs/benchmarks.md, "What was changed, and what it gave"). Each round times `--passes`
-forward+backward passes of each form, the forms' order alternating by round; the script prints the medians,
-new / old per round, and whether values and gradients are bit-identical.
+autograd's form (`chunk`, `F.silu`, `*`, as ngpt_ds.model.blocks.SwiGLU ran it until 2026-12-04; its backward
+ends in a cat of du and dv) and `ngpt_ds.model.layers.gated_silu`, which SwiGLU runs now: in eager mode on the
+CPU, an autograd function whose backward writes both halves into one tensor with `out=` (the same products,
+bit for bit). docs/benchmarks.md, "What was changed, and what it gave", has the runs that decided it. Each
+round times `--passes` forward+backward passes of each form, the forms' order alternating by round; the script
+prints the medians, new / old per round (and in how many rounds it was below 1.0), and whether values and
+gradients are bit-identical.
 """
 
 from __future__ import annotations
@@ -26,33 +27,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from report import add_timing_arguments, apply_timing_arguments, count  # noqa: E402
 
 
-def _gated_silu_function():
-    import torch
-    import torch.nn.functional as F
-
-    class _GatedSiLU(torch.autograd.Function):
-        """u * SiLU(v) for [u; v] = y; the backward writes du = g * SiLU(v) and dv = silu_backward(g * u, v)
-        into the two halves of one tensor instead of chunk's backward cat."""
-
-        @staticmethod
-        def forward(ctx, y):
-            u, v = y.chunk(2, dim=-1)
-            gate = F.silu(v)
-            ctx.save_for_backward(u, v, gate)
-            return u * gate
-
-        @staticmethod
-        def backward(ctx, grad):
-            u, v, gate = ctx.saved_tensors
-            hidden = u.shape[-1]
-            dy = grad.new_empty(*grad.shape[:-1], 2 * hidden)
-            torch.mul(grad, gate, out=dy[..., :hidden])
-            torch.ops.aten.silu_backward.grad_input(grad * u, v, grad_input=dy[..., hidden:])
-            return dy
-
-    return _GatedSiLU.apply
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
@@ -66,6 +40,7 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
+    from ngpt_ds.model.layers import gated_silu
     from ngpt_ds.train.config import load_model_and_train
 
     model_cfg = load_model_and_train(args.config)[0]
@@ -79,7 +54,7 @@ def main() -> int:
         u, v = y.chunk(2, dim=-1)
         return u * F.silu(v)
 
-    forms = {"old": old, "new": _gated_silu_function()}
+    forms = {"old": old, "new": gated_silu}
     results = {}
     for name, form in forms.items():
         out = form(y)
@@ -107,7 +82,8 @@ def main() -> int:
     for name in forms:
         print(f"{name}: {1e3 * statistics.median(seconds[name]):.3f} ms per forward+backward")
     print(
-        f"new / old: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}); "
+        f"new / old: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}), "
+        f"below 1.0 in {sum(r < 1.0 for r in ratios)} of {len(ratios)} rounds; "
         f"values and gradients bit-identical: {identical}"
     )
     return 0 if identical else 1

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ngpt_ds.model.config import ModelConfig
-from ngpt_ds.model.layers import Projection, RotaryEmbedding, ScaleVector, l2_normalize
+from ngpt_ds.model.layers import Projection, RotaryEmbedding, ScaleVector, gated_silu, l2_normalize
 
 
 class CausalSelfAttention(nn.Module):
@@ -147,10 +147,10 @@ class SwiGLU(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: [B, T, d] -> [B, T, d] (h_M before normalization)."""
         if self.on_sphere:
-            u, v = self.up_gate(h, row_scale=torch.cat([self.s_u(), self.s_v() * self.v_multiplier])).chunk(2, dim=-1)
+            uv = self.up_gate(h, row_scale=torch.cat([self.s_u(), self.s_v() * self.v_multiplier]))
         else:
-            u, v = self.up_gate(h).chunk(2, dim=-1)
-        return self.down(u * F.silu(v))
+            uv = self.up_gate(h)
+        return self.down(gated_silu(uv))
 
 
 class LayerCache(Protocol):

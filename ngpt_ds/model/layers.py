@@ -44,6 +44,41 @@ def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * scale
 
 
+class _GatedSiLU(torch.autograd.Function):
+    """u * SiLU(v) for [u; v] = y, whose backward writes du = g * SiLU(v) and dv = silu_backward(g * u, v)
+    straight into the two halves of one gradient tensor: autograd's form ends in chunk's backward, a cat
+    of du and dv ([B, T, 2 * hidden] per layer). The same operations, so the same values bit for bit."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor) -> torch.Tensor:
+        u, v = y.chunk(2, dim=-1)
+        gate = F.silu(v)
+        ctx.save_for_backward(u, v, gate)
+        return u * gate
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        u, v, gate = ctx.saved_tensors
+        hidden = u.shape[-1]
+        dy = grad.new_empty(*grad.shape[:-1], 2 * hidden)
+        torch.mul(grad, gate, out=dy[..., :hidden])
+        torch.ops.aten.silu_backward.grad_input(grad * u, v, grad_input=dy[..., hidden:])
+        return dy
+
+
+def gated_silu(y: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's gate u * SiLU(v), [u; v] = y.chunk(2, dim=-1), the same values and gradients bit for bit.
+
+    On the CPU in eager mode with gradients, through `_GatedSiLU` (no cat in the backward; measured 0.89-0.95
+    of autograd's form for the gate alone, docs/benchmarks.md, "What was changed, and what it gave",
+    `bench/swiglu_path.py`). Under torch.compile, Inductor fuses autograd's form itself."""
+    if y.device.type == "cpu" and y.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _GatedSiLU.apply(y)
+    u, v = y.chunk(2, dim=-1)
+    return u * F.silu(v)
+
+
 class _L2Normalize(torch.autograd.Function):
     """y = x / ||x|| with a hand-written backward, dx = (g - y (g . y)) / ||x||: two passes over
     the tensor instead of autograd's chain through the norm and the division."""
