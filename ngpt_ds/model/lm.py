@@ -106,13 +106,18 @@ class CausalLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logits [B, T, V], mean cross-entropy or None). Targets of -1 are ignored.
 
+        With targets, the logits come back detached: gradients flow through the loss alone. Under
+        torch.compile every differentiable output of the graph gets a gradient in its backward, so logits
+        with grad made it fill a zero [B, T, V] gradient for them and add it in, every step
+        (docs/benchmarks.md, "What was changed, and what it gave"; `bench/logits_tangent.py`).
+        Without targets they keep their graph.
+
         `cache`: a KVCache for incremental decoding (see `hidden_states`).
         """
         logits = self.logits(self.hidden_states(token_ids, cache))
-        loss = None
-        if targets is not None:
-            loss = self.cross_entropy(logits, targets)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits.detach(), self.cross_entropy(logits, targets)
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean token cross-entropy in fp32 (or wider: float64 logits stay float64), ignoring targets
