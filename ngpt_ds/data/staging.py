@@ -77,15 +77,31 @@ def _others(final: Path) -> Iterator[tuple[Path, int | None]]:
         yield folder, fd
 
 
-def under_way(final: Path) -> list[Path]:
-    """The staging folders of `final` whose lock a live process holds: preparations of it under way."""
-    busy = []
+def _staging_states(final: Path) -> tuple[list[Path], list[Path]]:
+    """(staging folders of `final` a live process holds, those abandoned), left as they are."""
+    busy, abandoned = [], []
     for folder, fd in _others(final):
         if fd is None:
             busy.append(folder)
         else:
             os.close(fd)
-    return busy
+            abandoned.append(folder)
+    return busy, abandoned
+
+
+def under_way(final: Path) -> list[Path]:
+    """The staging folders of `final` whose lock a live process holds: preparations of it under way."""
+    return _staging_states(final)[0]
+
+
+def _owner(folder: Path) -> str:
+    """' (pid N on HOST)' of the process holding staging `folder`, as its lock file records it, or ''."""
+    try:
+        with open(folder / OWNER_FILE, "rb") as f:
+            owner = f.read(200).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f" ({owner})" if owner else ""
 
 
 def refuse_under_way(final: Path, option: str = "--out") -> None:
@@ -96,14 +112,8 @@ def refuse_under_way(final: Path, option: str = "--out") -> None:
     busy = under_way(final)
     if not busy:
         return
-    try:
-        with open(busy[0] / OWNER_FILE, "rb") as f:
-            owner = f.read(200).decode("utf-8", "replace").strip()
-    except OSError:
-        owner = ""
-    who = f" ({owner})" if owner else ""
     raise NgptConfigError(
-        f"{option} {final} is being written by another process now{who}: its staging folder {busy[0].name} is "
+        f"{option} {final} is being written by another process now{_owner(busy[0])}: its staging folder {busy[0].name} is "
         "locked. Wait for it to finish (then pass --overwrite to replace what it wrote), or stop it and run this "
         "again; two at once would each do the whole work and the second be refused at the end"
     )
@@ -253,13 +263,27 @@ def set_aside(final: Path) -> list[Path]:
 
 
 def missing_hint(final: Path) -> str:
-    """For an error saying `final` does not exist: what a killed --overwrite set aside there, or ''."""
+    """For an error saying `final` does not exist: what a killed --overwrite set aside there, a preparation of it
+    under way or one that died (their staging folders), or ''."""
     copies = set_aside(final)
     if len(copies) == 1:
         return f"but {copies[0].name} is the copy a killed --overwrite set aside: mv it back (mv {copies[0]} {final})"
     if copies:
         return (
             f"but {', '.join(c.name for c in copies)} are copies killed replacements set aside: mv the one to keep back"
+        )
+    # A run started before its data was ready (a training job submitted with its preparation) was told to
+    # prepare a dataset being prepared, or one whose preparation had died, with no word of either.
+    busy, abandoned = _staging_states(final)
+    if busy:
+        return (
+            f"but a preparation of it is under way{_owner(busy[0])}, writing {busy[0].name} beside it: wait for it to "
+            "finish (the folder appears only when complete), then start again"
+        )
+    if abandoned:
+        return (
+            f"but {abandoned[0].name} beside it is what an interrupted preparation of it left (it never finished): "
+            "run that preparation again (it removes the leftover first)"
         )
     return ""
 
