@@ -1,7 +1,7 @@
 """The attention core on the CPU (SDPA's flash kernel), timed side by side with the alternatives tried for it.
 
     python bench/attn_path.py [--batch 8] [--seq-len 256] [--heads 4] [--head-dims 48,64] [--rounds 5]
-                              [--reps 20] [--threads N] [--json F] [--docs]
+                              [--reps 20] [--threads N] [--clock wall|cpu] [--forms NAME,...] [--compile] [--json F] [--docs]
 
 `CausalSelfAttention.attend` gives SDPA q, k, v as [B, H, T, head_dim] views of [B, T, H, head_dim]
 tensors, in bf16, causal, with nGPT's softmax scale sqrt(head_dim); on the CPU that runs
@@ -14,7 +14,14 @@ This times forward plus backward, in one process, the forms alternating within e
 - `padded`: head_dim zero-padded to a multiple of 32 (bit-identical: the zero columns add nothing);
 - `contiguous`: q, k, v copied to contiguous [B, H, T, head_dim] first (bit-identical);
 - `hand_backward`: the flash kernel's forward, and a backward written as bf16 matmuls over the full
-  [B, H, T, T] probabilities rebuilt from the kernel's saved logsumexp (values differ by rounding).
+  [B, H, T, T] probabilities rebuilt from the kernel's saved logsumexp (values differ by rounding);
+- `math`: SDPA with its math backend forced (`sdpa_kernel(SDPBackend.MATH)`; values differ by rounding);
+- `written`: attention written out, bf16 matmuls around an fp32 masked softmax, autograd's backward: what
+  Inductor can fuse (scale, mask, softmax, casts) when compiled (values differ by rounding).
+
+`--compile` runs every form through torch.compile (the forms `current`, `math`, `written` and `fp32` by
+default then): whether, inside a compiled step, another path beats the flash kernel. `--forms` picks forms
+(`current` always first, the reference).
 
 It prints each form's median time, its ratio to `current` per round, and the largest difference of its
 output and input gradients from `current`'s.
@@ -84,13 +91,31 @@ def make_forms(T: int, head_dim: int) -> dict[str, Any]:
             dq, dk = torch.matmul(ds, kt), torch.matmul(ds.transpose(-1, -2), qt)
             return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
+    def math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return current(q, k, v)
+
+    def written(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        scores = torch.matmul(qt, kt.transpose(-1, -2)).float() * scale
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).to(q.dtype)
+        return torch.matmul(probs, vt).transpose(1, 2)
+
     return {
         "current": current,
         "fp32": fp32,
         "padded": padded,
         "contiguous": contiguous,
         "hand_backward": HandBackward.apply,
+        "math": math,
+        "written": written,
     }
+
+
+DEFAULT_FORMS = ("current", "fp32", "padded", "contiguous", "hand_backward")
+COMPILED_FORMS = ("current", "math", "written", "fp32")
 
 
 def measure(args: argparse.Namespace, head_dim: int) -> dict[str, Any]:
@@ -98,7 +123,10 @@ def measure(args: argparse.Namespace, head_dim: int) -> dict[str, Any]:
     torch.manual_seed(0)
     q, k, v = ((torch.randn(B, T, H, head_dim) / head_dim**0.5).to(torch.bfloat16).requires_grad_() for _ in range(3))
     grad = torch.randn(B, T, H, head_dim, dtype=torch.bfloat16)
-    forms = make_forms(T, head_dim)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    every = make_forms(T, head_dim)
+    names = ["current"] + [n for n in args.forms if n != "current"]
+    forms = {n: torch.compile(every[n]) if args.compile else every[n] for n in names}
 
     def run(form: Any) -> torch.Tensor:
         for x in (q, k, v):
@@ -120,9 +148,9 @@ def measure(args: argparse.Namespace, head_dim: int) -> dict[str, Any]:
         for name in names:
             times = []
             for _ in range(args.reps):
-                start = time.perf_counter()
+                start = clock()
                 run(forms[name])
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
             ms[name].append(statistics.median(times) * 1e3)
     out: dict[str, Any] = {"head_dim": head_dim, "forms": {}}
     for name in forms:
@@ -148,10 +176,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every form")
     parser.add_argument("--reps", type=int, default=20, help="forward+backward passes per form and round")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--forms", help="comma-separated forms (default: all but math and written; with --compile "
+                        + ",".join(COMPILED_FORMS) + ")")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="time each form through torch.compile")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: this process's CPU time (--threads 1)"
+    )
     parser.add_argument("--json", type=json_file, help="also write the numbers here")
     parser.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()
     head_dims = [int(h) for h in args.head_dims.split(",")]
+    known = ("current", "fp32", "padded", "contiguous", "hand_backward", "math", "written")
+    args.forms = args.forms.split(",") if args.forms else list(COMPILED_FORMS if args.compile else DEFAULT_FORMS)
+    if any(f not in known for f in args.forms):
+        parser.error(f"--forms: each of {', '.join(known)}")
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (CPU time sums all threads)")
+    if args.docs and (args.compile or args.forms != list(DEFAULT_FORMS)):
+        parser.error("--docs writes the eager table of the default forms: drop --compile and --forms")
     if min(args.batch, args.seq_len, args.heads, args.rounds, args.reps, *head_dims) < 1:
         parser.error("sizes, --rounds and --reps must be at least 1")
     if args.threads:
@@ -169,7 +211,8 @@ def main() -> int:
                 f"({f['ratio_min']:.3f}-{f['ratio_max']:.3f}) | {f['max_diff']:.1e} |"
             )
     head = (
-        f"{args.batch} x {args.seq_len} tokens, {args.heads} heads, bf16, causal, {torch.get_num_threads()} threads; "
+        f"{args.batch} x {args.seq_len} tokens, {args.heads} heads, bf16, causal, {torch.get_num_threads()} threads"
+        f"{', compiled' if args.compile else ''}, {args.clock} clock; "
         f"medians of {args.reps} passes per form and round, {args.rounds} rounds; load average after the run "
         f"{load[0]:.2f} (1 min), {load[1]:.2f} (5 min)"
     )
