@@ -91,3 +91,14 @@ def test_a_latest_that_is_a_pipe_or_huge_is_no_evidence_and_never_read(tmp_path)
     big.mkdir()
     (big / "latest").write_text("step_00000004" + " " * 2**20)
     accepted(big / "runs" / "x")
+
+
+@pytest.mark.parametrize("content", ["a" * 3000, "\udcff"])
+def test_a_latest_holding_a_name_too_long_or_not_utf8_is_no_evidence_and_no_traceback(tmp_path, content):
+    """A name longer than a folder name may be (or bytes that are no UTF-8) is no tag: this check's own first version
+    raised OSError 'File name too long' from check_out_folder."""
+    folder = tmp_path.resolve() / "notes"
+    folder.mkdir()
+    (folder / "latest").write_bytes(content.encode("utf-8", errors="surrogateescape"))
+    accepted(folder / "runs" / "x")
+    accepted(folder)

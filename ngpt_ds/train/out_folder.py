@@ -75,7 +75,12 @@ def _names_a_tag(folder: Path) -> bool:
         return False
     if is_step_name(tag) or DEEPSPEED_TAG.fullmatch(tag):
         return True
-    return tag not in ("", ".", "..") and "/" not in tag and "\0" not in tag and (folder / tag).is_dir()
+    if tag in ("", ".", "..") or "/" in tag or "\0" in tag:
+        return False
+    try:  # a name longer than the filesystem takes raises ENAMETOOLONG: no folder there
+        return (folder / tag).is_dir()
+    except OSError:
+        return False
 
 
 def _checkpoint_holding(folder: Path) -> Path | None:
