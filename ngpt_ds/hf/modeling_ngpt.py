@@ -26,7 +26,7 @@ reached, so training under them is refused (_check_renormalized_here), except un
 KeepOnTheSphere callback (ngpt_ds.hf.trainer), which renormalizes DeepSpeed's fp32 masters. Loaded in bf16 or
 fp16, an nGPT keeps its scaling vectors (alpha, s_qk, s_u, s_v, s_z) in float32, where optimizer steps on them are
 not lost; training one whose scaling vectors were converted to 16 bits is refused (_check_scales_train).
-`resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere.
+`resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere (vocab_resize).
 `device_map="auto"` keeps each block on one device (_no_split_modules). forward honours `output_hidden_states`
 and `return_dict=False`; `output_attentions=True` is refused (SDPA computes no weights), and so are token ids
 outside the vocabulary.
@@ -36,7 +36,6 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import os
@@ -62,9 +61,10 @@ from ngpt_ds.hf.training_guards import (
     _check_scales_train,
     _keep_on_the_sphere,
 )
+from ngpt_ds.hf.vocab_resize import resize_vocabulary
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
-from ngpt_ds.model.layers import DeclaredMatrix, Projection
+from ngpt_ds.model.layers import DeclaredMatrix
 from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes, check_shards, check_weight_file
 from ngpt_ds.model.sphere import max_norm_deviation
 
@@ -310,36 +310,8 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
     def resize_token_embeddings(  # type: ignore[override]  # returns ngpt_ds's TokenEmbedding, not nn.Embedding
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
     ) -> nn.Module:
-        """transformers' resize_token_embeddings (new tokens added to a tokenizer) for ngpt_ds's layers: the input
-        embedding, the output head and, in nGPT, the logit scale s_z (eq. 24) get `new_num_tokens` rows (rounded up
-        to `pad_to_multiple_of`); the kept rows are unchanged, so the old tokens' logits are too. New rows are the
-        mean of the old ones (s_z: the mean effective value), as transformers' mean_resizing gives them, or with
-        mean_resizing=False the model's own initialization; in nGPT every new row is then unit norm (section 2.1:
-        the embeddings live on the hypersphere). config.vocab_size follows. (transformers' own refused the model:
-        its embedding is no nn.Embedding.)"""
-        embed = cast(DeclaredMatrix, self.model.embed)
-        if new_num_tokens is None and pad_to_multiple_of is None:
-            return embed
-        old = embed.weight.shape[0]
-        size = old if new_num_tokens is None else new_num_tokens
-        for name, value in (("new_num_tokens", size), ("pad_to_multiple_of", pad_to_multiple_of)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"resize_token_embeddings: {name} must be a positive integer, not {value!r}")
-        if pad_to_multiple_of is not None:
-            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
-        if size != old:
-            keep = min(size, old)
-            _resize(embed, size, keep, mean_resizing, self.config)
-            _resize(cast(DeclaredMatrix, self.model.head), size, keep, mean_resizing, self.config)
-            s_z = getattr(self.model, "s_z", None)
-            if s_z is not None:
-                param = s_z.param
-                fill = param[:keep].mean() if mean_resizing else torch.tensor(s_z.scale)
-                new = torch.cat([param.data[:keep], fill.to(param).expand(size - keep)])
-                s_z.param = nn.Parameter(new, requires_grad=param.requires_grad)
-            self.config.vocab_size = size
-            self.model.config = dataclasses.replace(self.model.config, vocab_size=size)
-        return self.model.embed
+        """transformers' resize_token_embeddings for ngpt_ds's layers: ngpt_ds.hf.vocab_resize.resize_vocabulary."""
+        return resize_vocabulary(self.model, self.config, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     def forward(
         self,
@@ -419,24 +391,6 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         if not (getattr(self.config, "return_dict", True) if return_dict is None else return_dict):
             return output.to_tuple()
         return output
-
-
-def _resize(module: DeclaredMatrix, size: int, keep: int, mean_resizing: bool, config: Any) -> None:
-    """Gives the embedding or head `module` a weight of `size` rows: its first `keep`, then new ones (see
-    resize_token_embeddings), on the sphere when the module is (nGPT)."""
-    weight = module.weight
-    with torch.no_grad():
-        rows = weight.new_empty(size - keep, weight.shape[1], dtype=torch.float32)
-        if mean_resizing:
-            rows.copy_(weight[:keep].float().mean(0).expand_as(rows))
-        else:  # as ngpt_ds.model builds the matrix: nGPT N(0, 1/d) (then normalized), the GPT N(0, init_std)
-            rows.normal_(0.0, weight.shape[1] ** -0.5 if module.on_sphere else config.init_std)
-        if module.on_sphere:
-            rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=torch.finfo(rows.dtype).tiny)
-        resized = torch.cat([weight[:keep], rows.to(weight.dtype)])
-    module.weight = nn.Parameter(resized, requires_grad=weight.requires_grad)
-    if isinstance(module, Projection):  # the head [vocab, d]
-        module.out_features = size
 
 
 def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
