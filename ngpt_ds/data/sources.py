@@ -200,25 +200,7 @@ class Corpus:
         # The text builder keeps a file's UTF-8 byte order mark (Windows editors write one) as the first
         # character of its first document, where the tokenizer learned it as text; json/csv drop it.
         strip_bom = self._text_builder
-        # datasets lets a bare StopIteration escape for empty json files (while loading or
-        # iterating); it means "no rows", and must not reach a generator frame (PEP 479).
-        try:
-            batches = iter(self._dataset(data_files).iter(batch_size=_READ_BATCH))
-        except StopIteration:
-            return
-        except ValueError as e:
-            if self._empty_file(files, e):
-                return
-            raise
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except ValueError as e:
-                if self._empty_file(files, e):
-                    return
-                raise
+        for batch in self._batches(data_files, files):
             if field not in batch:
                 raise self._unknown_field(sorted(batch))
             self._rows_read += len(batch[field])
@@ -236,6 +218,22 @@ class Corpus:
                         "strings; pass --text-field naming a string column"
                     )
                 yield text
+
+    def _batches(self, data_files: list[str] | None, files: Sequence[str] | None) -> Iterator[Any]:
+        """datasets' batches of the corpus (or of `data_files`), ended, not failed, by what it raises for a file
+        without rows while loading or iterating: a bare StopIteration, which it lets escape for empty json files (it
+        means "no rows", and must not reach a generator frame: PEP 479), or an empty csv file's error (_empty_file).
+        A generator of its own: nothing the caller raises while it reads a batch is caught here."""
+        try:
+            batches = iter(self._dataset(data_files).iter(batch_size=_READ_BATCH))
+            while True:
+                yield next(batches)
+        except StopIteration:
+            return
+        except ValueError as e:
+            if self._empty_file(files, e):
+                return
+            raise
 
     @staticmethod
     def _empty_file(files: Sequence[str] | None, err: ValueError) -> bool:
