@@ -131,7 +131,7 @@ def test_split_given_with_a_saved_dataset_of_one_split_is_refused(tmp_path):
 def test_a_file_named_with_glob_characters_is_that_file_alone_or_in_a_glob(tmp_path):
     """Fault: an --input holding [, ? or * was always a pattern, for ngpt_ds and again for datasets' data_files:
     `a[b].jsonl` read `ab.jsonl` instead, and `*.jsonl` over both read `ab.jsonl` twice and `a[b].jsonl` never (the
-    duplicate _resolve_files refuses, with a validation document trained on in the other copy), with "(2 files)"."""
+    duplicate local_inputs.resolve_files refuses, with a validation document trained on in the other copy), with "(2 files)"."""
     (tmp_path / "a[b].jsonl").write_text('{"text": "FROM a[b]"}\n', encoding="utf-8")
     (tmp_path / "ab.jsonl").write_text('{"text": "FROM ab"}\n', encoding="utf-8")
     assert _texts(str(tmp_path / "a[b].jsonl")) == ["FROM a[b]"]
