@@ -126,6 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise NgptConfigError(f"--batch-size {args.batch_size}: must be >= 1 (windows per forward pass)")
     if args.data:
         _check_dataset(args.data, args.split)
+    _check_memory(args)
     keep_freed_memory_on_cpu(args.device)
     loaded = load(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     data = args.data or loaded.info.get("data_dir")
@@ -166,6 +167,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         except OSError as err:
             raise NgptConfigError(f"--json {args.json}: {err.strerror} (the table above holds the results)") from None
     return 0
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """The longest context's forward fits in the memory available, estimated from the model's config alone: a huge
+    --contexts ran out of memory (or was ended by the OOM killer without a word) after the model and data loaded."""
+    from ngpt_ds.infer.eval_memory import check_forward_memory, read_model_config
+    from ngpt_ds.infer.loading import resolve_device, resolve_dtype
+
+    config = read_model_config(args.model)
+    if config is None:  # loading it names what is wrong
+        return
+    if args.contexts is not None:
+        contexts = args.contexts
+    else:
+        contexts = [max(1, round(m * config.seq_len)) for m in (args.multiples or [1, 2, 4])]
+    batch = min(args.batch_size, args.windows or args.batch_size)
+    check_forward_memory(config, contexts, batch, resolve_dtype(args.dtype), resolve_device(args.device))
 
 
 def _check_dataset(data: str, split: str) -> None:
