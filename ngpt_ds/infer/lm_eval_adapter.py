@@ -101,7 +101,13 @@ class NgptLM(TemplateLM):
         if unused:  # a misspelled option (max_lenght=64) was dropped without a word: the run used the default
             raise NgptConfigError(_unknown_args(sorted(unused)))
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
-            warnings.warn(f"device {device} requested but no CUDA GPU is available: running on the CPU", stacklevel=2)
+            # lm-eval's --device defaults to cuda:0, and its own hf model (HFLM) runs on the CPU then: a refusal
+            # here (as generate and evaluate give) would fail every lm-eval run without --device on a CPU machine.
+            warnings.warn(
+                f"device {device} requested but no CUDA GPU is available: running on the CPU (pass --device cpu "
+                "to ask for it)",
+                stacklevel=2,
+            )
             device = "cpu"
         if loaded is None:
             if not path:
