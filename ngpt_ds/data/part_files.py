@@ -74,6 +74,12 @@ def read_part(folder: Path) -> dict[str, Any]:
             ("documents", _count(info.get("documents"), 0), "must be an integer >= 0"),
             ("dtype", info.get("dtype") in DTYPES, f"must be one of {sorted(DTYPES)}"),
             ("tokenizer_sha256", isinstance(info.get("tokenizer_sha256"), str), "must be a sha256"),
+            # Absent in a part written before ngpt_ds hashed the corpus: the merge then does not compare corpora.
+            (
+                "corpus_sha256",
+                info.get("corpus_sha256") is None or _is_sha256(info.get("corpus_sha256")),
+                "must be a sha256",
+            ),
             (
                 "hash_block_bytes",
                 info.get("hash_block_bytes") is None or _count(info.get("hash_block_bytes"), 1),
@@ -91,6 +97,10 @@ def read_part(folder: Path) -> dict[str, Any]:
     if wrong:
         raise NgptConfigError(f"{path}: {'; '.join(wrong)}; prepare that part again with --overwrite")
     return info
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _count(value: object, least: int) -> bool:

@@ -154,12 +154,14 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
         replace_file(staging / TOKENIZER_FILE, tok.model_bytes)
         dtype = shard_dtype(cfg, tok.vocab_size)
         counted = {"documents": 0}
+        corpus_hash = hashlib.sha256()
 
         def tasks():
             """(block, is-validation flags) and the texts of this part's documents, one block per task."""
             docs, flags, chars, block = [], [], 0, -1
             for index, text in enumerate(corpus.texts()):
                 counted["documents"] = index + 1
+                _hash_document(corpus_hash, text)
                 b = index // block_docs
                 if docs and (b != block or len(docs) >= _BATCH_DOCS or chars >= _BATCH_CHARS):
                     yield (block, np.array(flags, dtype=bool)), docs
@@ -211,6 +213,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             "part_index": part_index,
             "block_docs": block_docs,
             "documents": counted["documents"],
+            "corpus_sha256": corpus_hash.hexdigest(),
             "tokenizer_sha256": tok.sha256,
             "tokenizer_origin": f"loaded from {cfg.tokenizer.name}",
             "vocab_size": tok.vocab_size,
@@ -234,6 +237,32 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
         f"part {part_index} of {num_parts}: {len(blocks)} block(s) of {counted['documents']:,} documents -> {final}",
     )
     return final
+
+
+def _hash_document(digest: Any, text: str) -> None:
+    """Add one document to the corpus hash: its UTF-8 length, then its bytes (the length keeps ["ab", "c"] and
+    ["a", "bc"] apart). "surrogatepass": a lone surrogate a JSON line can hold is hashed, not an error."""
+    data = text.encode("utf-8", "surrogatepass")
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+
+
+def _check_same_corpus(out: Path, parts: list[dict[str, Any]]) -> None:
+    """Parts read from copies of the corpus that differ in content, not in count (a node's copy edited, re-exported
+    or of another version at the same path), were merged without a word into a mix of two corpora. Compared only
+    when every part recorded the hash: parts written before ngpt_ds hashed the corpus still merge."""
+    hashes: list[str] = [info["corpus_sha256"] for info in parts if info.get("corpus_sha256") is not None]
+    if len(hashes) < len(parts):
+        return
+    for k, h in enumerate(hashes):
+        if h != hashes[0]:
+            num_parts = len(parts)
+            raise NgptConfigError(
+                f"--merge: {part_dir(out, 0, num_parts).name} and {part_dir(out, k, num_parts).name} read different "
+                f"corpora (corpus_sha256 {hashes[0][:16]}... and {h[:16]}..., with the same --input and "
+                f"{parts[0].get('documents')} documents): every node's copy of the corpus must hold the same "
+                "documents in the same order; prepare the parts made from another copy again with --overwrite"
+            )
 
 
 def _split_json(split: SplitMeta) -> dict[str, Any]:
@@ -298,6 +327,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
                 f"{tok_file}: missing or not the tokenizer its {PART_FILE} names; prepare part "
                 f"{k} again with --overwrite"
             )
+    _check_same_corpus(out, parts)
     block_docs, documents = first["block_docs"], first["documents"]
     n_blocks = -(-documents // block_docs)
     by_block: dict[int, tuple[int, dict[str, Any]]] = {}
