@@ -479,3 +479,15 @@ def hold():
     for proc in procs:
         proc.communicate("\n", timeout=60)
         assert proc.returncode == 0
+
+
+@pytest.fixture
+def handlers():
+    """StopRequest installs signal handlers for the process (ngpt_ds.train.stopping): put pytest's back afterwards."""
+    from ngpt_ds.train import stopping
+
+    signals = stopping.URGENT_SIGNALS + stopping.WARNING_SIGNALS
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -1,6 +1,5 @@
 """--max-time counts the wall time from the rank's start, the startup included."""
 
-import signal
 import time
 
 import pytest
@@ -19,16 +18,6 @@ class _StartedAgo:
 
     def create_time(self) -> float:
         return self.started
-
-
-@pytest.fixture
-def handlers():
-    """StopRequest installs signal handlers for the process: put pytest's back afterwards."""
-    signals = stopping.URGENT_SIGNALS + stopping.WARNING_SIGNALS
-    saved = {sig: signal.getsignal(sig) for sig in signals}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_max_time_counts_the_startup_before_the_first_step(monkeypatch, handlers):

@@ -3,7 +3,6 @@ now + the recent step time + the save estimate would pass it (ngpt_ds/train/stop
 limits and lost ranks")."""
 
 import json
-import signal
 import sys
 import time
 
@@ -98,16 +97,6 @@ def test_the_last_save_ends_before_the_max_time_limit(tmp_path, tiny_dataset):
     assert 0 < early < SAVE_S + 2.0
     text = f"--max-time: stopping {early:.1f} s early so that the last step and its save end before the limit"
     assert text in proc.stdout + proc.stderr
-
-
-@pytest.fixture
-def handlers():
-    """StopRequest installs signal handlers for the process: put pytest's back afterwards."""
-    signals = stopping.URGENT_SIGNALS + stopping.WARNING_SIGNALS
-    saved = {sig: signal.getsignal(sig) for sig in signals}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_the_margin_is_the_longest_recent_step_and_the_slowest_save(handlers):

@@ -4,11 +4,8 @@ and lost ranks")."""
 
 import json
 import re
-import signal
 import subprocess
 import sys
-
-import pytest
 
 from ngpt_ds.train import stopping
 
@@ -143,16 +140,6 @@ def test_rank0_says_that_another_ranks_time_limit_stopped_the_run(tmp_path, tiny
     assert save_s <= save_figure <= save_s + 1.0, lines[0]  # the padded save and the step's records before it
     started = next(r["at"] for r in records[1] if r["kind"] == "start")
     assert [r for r in records[1] if r["kind"] == "save"][-1]["at"] < started + rank1_limit_s
-
-
-@pytest.fixture
-def handlers():
-    """StopRequest installs signal handlers for the process: put pytest's back afterwards."""
-    signals = stopping.URGENT_SIGNALS + stopping.WARNING_SIGNALS
-    saved = {sig: signal.getsignal(sig) for sig in signals}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_the_margin_counts_the_last_evaluation_only_when_the_next_step_evaluates(handlers):

@@ -2,11 +2,8 @@
 batch count and the recent step time, on a real 2-rank gloo job (ngpt_ds/train/stopping.py `eval_in_steps`)."""
 
 import json
-import signal
 import subprocess
 import sys
-
-import pytest
 
 from ngpt_ds.train import stopping
 
@@ -100,16 +97,6 @@ def test_the_first_evaluation_due_before_the_limit_is_in_the_max_time_margin(tmp
         overrun = saves[-1]["at"] - limit_at
         assert overrun < 0, f"rank {rank}: overrun {overrun:.1f} s\n{outputs[rank][-2000:]}"
     assert summary["status"] == "stopped" and summary["step"] == eval_interval - 1, summary
-
-
-@pytest.fixture
-def handlers():
-    """StopRequest installs signal handlers for the process: put pytest's back afterwards."""
-    signals = stopping.URGENT_SIGNALS + stopping.WARNING_SIGNALS
-    saved = {sig: signal.getsignal(sig) for sig in signals}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_the_first_evaluations_estimate_is_its_batches_at_the_step_time(handlers):
