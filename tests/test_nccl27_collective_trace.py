@@ -1,0 +1,176 @@
+"""Every rank makes the same collectives, in the same order, with the same shapes and dtypes: NCCL's rule, on gloo.
+
+NCCL pairs the ranks' collectives by their order alone: a rank that skips one, or sends another shape or dtype,
+leaves the others waiting until train.dist_timeout_s (gloo may raise at once, or pair the wrong calls silently).
+Real 2-rank runs of launch/train.py record each rank's calls into torch.distributed (tests/workers/nccl27_trace.py,
+installed before ngpt_ds and DeepSpeed import it; deepspeed.comm calls torch.distributed underneath): training
+steps, evaluations, periodic saves, a SIGTERM to ONE rank mid-run (the stop path and StopRequest.learn_who_asked),
+a resume from its checkpoint, a --max-time stop, and ZeRO stages 0, 2 and 3. One trace per run serves every test.
+"""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    REPO,
+    read_metrics,
+    start_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_flags,
+    write_ds_config,
+    write_yaml,
+)
+
+WORKER = REPO / "tests/workers/nccl27_trace.py"
+HANG_GUARD_S = 300  # a hang guard only
+NCCL_DTYPES = {
+    "torch.float16",
+    "torch.bfloat16",
+    "torch.float32",
+    "torch.float64",
+    "torch.int8",
+    "torch.uint8",
+    "torch.int32",
+    "torch.int64",
+    "torch.bool",  # sent as uint8
+}
+# The project's only tensor collectives outside collectives.all_reduce_on: each passes a tensor it made on the
+# device its caller was given (the engine's), checked by name here so that a new one is looked at.
+DEVICE_PASSED = {"ngpt_ds/train/checkpoint_files.py:check_files_on_all_ranks"}
+
+
+def _wait(ranks: list[subprocess.Popen], what: str) -> list[int]:
+    deadline = time.monotonic() + HANG_GUARD_S
+    for rank in ranks:
+        try:
+            rank.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for r in ranks:
+                r.kill()
+            pytest.fail(f"{what}: a rank still runs after {HANG_GUARD_S} s (a hang: the ranks' collectives differ)")
+    return [rank.returncode for rank in ranks]
+
+
+def _traced(trace_dir: Path, yaml: Path, ds: Path, data: Path, out: Path, *extra, logs: Path) -> list[subprocess.Popen]:
+    trace_dir.mkdir(parents=True)
+    logs.mkdir(parents=True)
+    return start_ranks([WORKER, trace_dir, "launch/train.py", *train_flags(yaml, ds, data, out, *extra)], logs=logs)
+
+
+def _read(trace_dir: Path) -> list[list[dict]]:
+    return [[json.loads(line) for line in (trace_dir / f"rank{r}.jsonl").read_text().splitlines()] for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory, tiny_dataset) -> dict:
+    work = tmp_path_factory.mktemp("nccl27")
+    model = tiny_ngpt()
+    runs: dict = {}
+    # ZeRO 2: steps, an evaluation every 2 steps, a save every 3; rank 1 alone gets a SIGTERM mid-run.
+    yaml = write_yaml(
+        work / "long.yaml",
+        model,
+        tiny_train(200, eval_interval=2, checkpoint_interval=3, stop_grace_s=20, dist_timeout_s=60),
+    )
+    ds2 = write_ds_config(work / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    out = work / "z2_run"
+    ranks = _traced(work / "t_sigterm", yaml, ds2, tiny_dataset, out, logs=work / "logs_sigterm")
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (out / "metrics.jsonl").exists() or max((m["step"] for m in read_metrics(out)), default=0) < 7:
+        if time.monotonic() > deadline or any(r.poll() is not None for r in ranks):
+            for r in ranks:
+                r.kill()
+            pytest.fail(f"the run ended or hung before step 7: see {work / 'logs_sigterm'}")
+        time.sleep(0.5)
+    ranks[1].send_signal(signal.SIGTERM)
+    runs["sigterm"] = {"codes": _wait(ranks, "SIGTERM to rank 1"), "trace": _read(work / "t_sigterm")}
+    runs["sigterm"]["summary"] = json.loads((out / "summary.json").read_text())
+    # The same run folder again: a resume from the stop's checkpoint, stopped by --max-time.
+    limit = ("--max-time", "30", "--max-steps", "1000000")  # the limit, not the step count, ends it
+    ranks = _traced(work / "t_resume", yaml, ds2, tiny_dataset, out, *limit, logs=work / "logs_resume")
+    runs["resume_max_time"] = {"codes": _wait(ranks, "resume, --max-time"), "trace": _read(work / "t_resume")}
+    runs["resume_max_time"]["summary"] = json.loads((out / "summary.json").read_text())
+    # ZeRO 0 and 3: 4 steps, evaluations and saves every 2.
+    short = write_yaml(work / "short.yaml", model, tiny_train(4, eval_interval=2, checkpoint_interval=2))
+    for stage in (0, 3):
+        ds = write_ds_config(work / f"z{stage}.json", stage=stage, bf16=False, micro=4, accum=1)
+        name = f"zero{stage}"
+        ranks = _traced(work / f"t_{name}", short, ds, tiny_dataset, work / f"{name}_run", logs=work / f"logs_{name}")
+        runs[name] = {"codes": _wait(ranks, name), "trace": _read(work / f"t_{name}")}
+    runs["logs"] = work
+    return runs
+
+
+RUNS = ["sigterm", "resume_max_time", "zero0", "zero3"]
+
+
+def _signature(call: dict) -> tuple:
+    return call["op"], call["group_size"], tuple(map(tuple, call["shapes"])), tuple(call["dtypes"])
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_every_rank_makes_the_same_collectives_in_the_same_order(traces, run):
+    record = traces[run]
+    rank0, rank1 = record["trace"]
+    assert len(rank0) > 20
+    for i, (a, b) in enumerate(zip(rank0, rank1, strict=False)):
+        assert _signature(a) == _signature(b), f"{run}: call {i} differs: rank 0 {a} / rank 1 {b}"
+    assert len(rank0) == len(rank1), f"{run}: rank 0 made {len(rank0)} collectives, rank 1 {len(rank1)}"
+    assert record["codes"][0] == record["codes"][1], record["codes"]
+
+
+def test_the_runs_reached_what_they_cover(traces):
+    """The traces cover what they are meant to: an evaluation, saves, the stop path with learn_who_asked, a resume."""
+    frames = {run: {c["frame"] for r in traces[run]["trace"] for c in r} for run in RUNS}
+    assert traces["sigterm"]["codes"] == [0, 0]
+    assert traces["resume_max_time"]["codes"] == [0, 0]
+    assert traces["zero0"]["codes"] == traces["zero3"]["codes"] == [0, 0]
+    assert traces["sigterm"]["summary"]["stopped_by"] == "rank 1: signal SIGTERM"  # rank 0 learned who asked
+    assert traces["resume_max_time"]["summary"]["stopped_by"].startswith("--max-time: stopping")
+    assert traces["resume_max_time"]["summary"]["step"] > traces["sigterm"]["summary"]["step"] >= 7
+    assert "ngpt_ds/train/stopping.py:learn_who_asked" in frames["sigterm"]
+    assert "ngpt_ds/train/stopping.py:learn_who_asked" in frames["resume_max_time"]
+    for run in RUNS:
+        assert any(f and f.startswith("ngpt_ds/train/metrics.py") for f in frames[run]), run  # the evaluation
+        assert any(f and f.startswith("ngpt_ds/train/checkpoint") for f in frames[run]), run  # a save
+    assert any(f and f.startswith("ngpt_ds/train/resume.py") for f in frames["resume_max_time"])
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_every_project_tensor_collective_goes_through_the_communication_device(traces, run):
+    """NCCL refuses a tensor off the rank's CUDA device: project code reduces through collectives.all_reduce_on
+    (or passes the engine's device itself); here the engine's device is the CPU, so the tensors are all on it."""
+    direct = set()
+    for rank in traces[run]["trace"]:
+        for call in rank:
+            if call["shapes"]:  # a tensor collective (the object collectives carry no tensor argument)
+                assert set(call["devices"]) == {"cpu"}, call
+            if call["caller"].startswith("ngpt_ds/") and call["shapes"]:
+                assert call["caller"] == "ngpt_ds/train/collectives.py" or call["frame"] in DEVICE_PASSED, call
+                direct.add(call["frame"])
+    assert "ngpt_ds/train/stopping.py:agreed" in direct or run != "sigterm"
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_no_collective_before_the_current_device_is_set(traces, run):
+    """NCCL's object collectives and barrier run on the current CUDA device: init_process_group sets it
+    (accelerator.set_device) after deepspeed.init_distributed and the store-only device check. No collective
+    may come from inside it, nor from before it (the trace starts at the first, which is a startup agreement)."""
+    for rank in traces[run]["trace"]:
+        assert all(call["frame"] != "ngpt_ds/train/builder.py:init_process_group" for call in rank)
+        assert all(call["frame"] is not None for call in rank)  # every collective is made for ngpt_ds code
+        assert rank[0]["frame"] == "ngpt_ds/train/agreement.py:stop_all_if_any_failed"
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_no_dtype_nccl_lacks(traces, run):
+    for rank in traces[run]["trace"]:
+        for call in rank:
+            assert set(call["dtypes"]) <= NCCL_DTYPES, call
+            assert not any(call["sparse"]), call

@@ -1,0 +1,124 @@
+"""Worker for tests/test_nccl27_collective_trace.py: one rank of launch/train.py with its collectives traced.
+
+usage: nccl27_trace.py TRACE_DIR SCRIPT [SCRIPT's arguments...]
+
+Before ngpt_ds or DeepSpeed is imported, torch.distributed's collectives are wrapped (deepspeed.comm and
+ngpt_ds both look them up on the module at each call), then SCRIPT runs as __main__. Each outermost call
+(one that torch.distributed does not make from inside another: all_gather_object's own all_gathers are not
+recorded) appends one JSON line to TRACE_DIR/rank<RANK>.jsonl: the operation, the group's size, each tensor
+argument's shape, dtype and device, the innermost ngpt_ds frame outside train/collectives.py (the site that
+asked), and the file that called torch.distributed.
+NCCL pairs the ranks' collectives by their order alone: the test compares the ranks' sequences.
+"""
+
+import json
+import os
+import runpy
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = str(REPO / "ngpt_ds") + os.sep
+TORCH_DIR = str(Path(torch.__file__).parent) + os.sep
+
+OPERATIONS = (
+    "all_reduce",
+    "broadcast",
+    "all_gather",
+    "all_gather_into_tensor",
+    "_all_gather_base",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "_reduce_scatter_base",
+    "reduce",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
+    "scatter_object_list",
+    "monitored_barrier",
+)
+
+_inside = threading.local()
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _where() -> tuple[str | None, str]:
+    """(the innermost ngpt_ds frame outside train/collectives.py as 'path:function', the file that called
+    torch.distributed)."""
+    frames = traceback.extract_stack()[:-2]  # not this function nor the wrapper
+    caller = "?"
+    for frame in reversed(frames):
+        if not frame.filename.startswith(TORCH_DIR + "distributed"):
+            caller = os.path.relpath(frame.filename, REPO) if frame.filename.startswith(str(REPO)) else frame.filename
+            break
+    for frame in reversed(frames):  # collectives.py is the way through, not the site that asks
+        if frame.filename.startswith(PROJECT) and not frame.filename.endswith(f"train{os.sep}collectives.py"):
+            return f"{os.path.relpath(frame.filename, REPO)}:{frame.name}", caller
+    return None, caller
+
+
+def _wrap(name: str, original, log):
+    def traced(*args, **kwargs):
+        if getattr(_inside, "active", False):
+            return original(*args, **kwargs)
+        _inside.active = True
+        try:
+            group = kwargs.get("group")
+            size = dist.get_world_size(group) if dist.is_initialized() else None
+            tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
+            frame, caller = _where()
+            record = {
+                "op": name,
+                "group_size": size,
+                "shapes": [list(t.shape) for t in tensors],
+                "dtypes": [str(t.dtype) for t in tensors],
+                "devices": [t.device.type for t in tensors],
+                "sparse": [bool(t.is_sparse) for t in tensors],
+                "frame": frame,
+                "caller": caller,
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            return original(*args, **kwargs)
+        finally:
+            _inside.active = False
+
+    traced.__wrapped__ = original
+    return traced
+
+
+def install(trace: Path) -> None:
+    log = open(trace, "a", buffering=1)  # noqa: SIM115 (open for the process's life; each line flushed)
+    for name in OPERATIONS:
+        original = getattr(dist, name, None)
+        if original is not None:
+            setattr(dist, name, _wrap(name, original, log))
+
+
+if __name__ == "__main__":
+    install(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl")
+    script = sys.argv[2]
+    sys.argv = [script, *sys.argv[3:]]
+    sys.path.insert(0, str(Path(script).resolve().parent))
+    runpy.run_path(script, run_name="__main__")
