@@ -34,6 +34,7 @@ SLOWEST_FILES_FIRST = (
     "test_launch_slurm.py",
     "test_checkpoint_faults.py",
     "test_resume_changes.py",
+    "test_nccl27_collective_trace.py",
 )
 
 
