@@ -72,16 +72,36 @@ def read_model_config(path: str | Path) -> ModelConfig | None:
     from ngpt_ds.infer.export_config import read_export_config
     from ngpt_ds.infer.export_layout import is_export
     from ngpt_ds.infer.loading import _model_config
-    from ngpt_ds.infer.run_checkpoint import read_run_config, resolve_checkpoint
+    from ngpt_ds.infer.run_checkpoint import read_run_config
 
     try:
         if is_export(path):
             values = read_export_config(Path(path)).get("model")
         else:
-            values = read_run_config(resolve_checkpoint(path)).get("model")
+            checkpoint = _newest_unverified(Path(path))
+            if checkpoint is None:
+                return None
+            values = read_run_config(checkpoint).get("model")
         return _model_config(values, str(path))
     except (NgptConfigError, OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def _newest_unverified(path: Path) -> Path | None:
+    """The checkpoint whose config.yaml gives the estimate: `path` itself (a step_N) or the newest complete one of a run
+    or checkpoints folder, NOT verified against its manifest. Loading the model verifies it (run_checkpoint.
+    resolve_checkpoint); doing it here too had read every file of the checkpoint twice before the evaluation started,
+    and printed its warnings twice. Every checkpoint of a run has the same model config, so a damaged newest one that
+    the load then skips changes no estimate."""
+    from ngpt_ds.train import checkpoint_layout
+
+    if checkpoint_layout.is_step_dir(path):
+        return path
+    for folder in (path, path / checkpoint_layout.CHECKPOINTS):
+        complete = checkpoint_layout.complete_checkpoints(folder)
+        if complete:
+            return complete[-1]
+    return None
 
 
 def available_memory(device: torch.device) -> int:
