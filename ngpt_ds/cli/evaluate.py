@@ -183,7 +183,21 @@ def _check_memory(args: argparse.Namespace) -> None:
     else:
         contexts = [max(1, round(m * config.seq_len)) for m in (args.multiples or [1, 2, 4])]
     batch = min(args.batch_size, args.windows or args.batch_size)
-    check_forward_memory(config, contexts, batch, resolve_dtype(args.dtype), resolve_device(args.device))
+    split_tokens = _split_tokens(args.data, args.split) if args.data else None
+    dtype, device = resolve_dtype(args.dtype), resolve_device(args.device)
+    for context in sorted(set(contexts), reverse=True):
+        # evaluate runs no more windows than the split holds: at a long context, often fewer than --batch-size (the
+        # estimate had assumed --batch-size windows and refused forwards that fit). No window at all: evaluate says so.
+        windows = batch if split_tokens is None else min(batch, split_tokens // (context + 1))
+        if windows >= 1:
+            check_forward_memory(config, [context], windows, dtype, device)
+
+
+def _split_tokens(data: str, split: str) -> int:
+    """The split's token count (meta.json only): an upper bound on the windows of a context, (context + 1) each."""
+    from ngpt_ds.data.shards import load_dataset_meta
+
+    return load_dataset_meta(data, verify_contents=False).splits[split].tokens
 
 
 def _check_dataset(data: str, split: str) -> None:
