@@ -144,16 +144,22 @@ def staging_dir(final: Path) -> Path:
     staging = final.parent / f"{_name(final)}{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     unnamed = staging / (OWNER_FILE + ".new")
+    fd = None
     try:
         # Locked before it has its name: a folder whose OWNER_FILE is unlocked is always abandoned.
         fd = _lock(unnamed, create=True)
         if fd is not None:
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())  # named by refuse_under_way
+            # Who holds it, named by refuse_under_way. A full disk (ENOSPC, EDQUOT) had left the lock open and
+            # the folder without OWNER_FILE, so no later run ever judged it abandoned: the lock alone is enough.
+            with contextlib.suppress(OSError):
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
             os.rename(unnamed, staging / OWNER_FILE)
             _held[staging] = fd
     except OSError:
         # A filesystem without flock: the folder is only never judged abandoned. The unlocked file goes, or
         # it would be published inside the dataset.
+        if fd is not None and _held.get(staging) != fd:
+            os.close(fd)
         unnamed.unlink(missing_ok=True)
     return staging
 
