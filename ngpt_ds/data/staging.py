@@ -15,6 +15,12 @@ filesystem that answers EINVAL) it takes two renames, the old folder first set a
 kill between them left no folder under the name and the old dataset hidden. The next preparation of that
 folder puts such a copy back before it writes anything (`restore_set_aside`), and the loader names it.
 
+Where flock stays on one node (Lustre mounted with `localflock`, NFS with `local_lock=flock`), the lock of a
+folder another node is writing looks free: a preparation of the same output on node B took node A's live staging
+folder for abandoned and deleted it under A. A free lock is trusted only on the host its lock file names (or where
+it names none); another host's folder is removed only once nothing in it has changed for OTHER_HOST_IDLE_S, and
+until then left with a warning naming that host and how to remove it by hand.
+
 A new folder takes its name with renameat2(RENAME_NOREPLACE), which never replaces anything: two jobs writing
 one new folder at once (on one node or several, where flock may not reach), the second to finish stops with an
 NgptConfigError and the first's folder stays as it is. os.replace there gave the second a raw OSError, or,
@@ -31,6 +37,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +49,14 @@ _log = log.get(__name__)
 
 OWNER_FILE = ".owner"
 _held: dict[Path, int] = {}  # staging folder -> descriptor of its locked OWNER_FILE
+
+OTHER_HOST_IDLE_S = 24 * 3600
+"""A staging folder whose lock file names another host, and whose lock looks free here, is removed only once
+nothing in it (the folder, its files: their mtime and ctime) has changed for this long. A live preparation writes
+a shard every few minutes and its last step, hashing, takes minutes per 100 GB; a day is far beyond both and
+beyond any clock difference between nodes, and still bounds how long a dead one's shards hold the disk."""
+_OWNER_LINE = re.compile(r"pid [0-9]+ on (.+)")
+_now = time.time  # the clock an idle folder's age is counted on (tests move it)
 
 
 def _name(final: Path) -> str:
@@ -94,14 +109,47 @@ def under_way(final: Path) -> list[Path]:
     return _staging_states(final)[0]
 
 
-def _owner(folder: Path) -> str:
-    """' (pid N on HOST)' of the process holding staging `folder`, as its lock file records it, or ''."""
+def _owner_line(folder: Path) -> str:
+    """'pid N on HOST' of the process holding staging `folder`, as its lock file records it, or ''."""
     try:
         with open(folder / OWNER_FILE, "rb") as f:
-            owner = f.read(200).decode("utf-8", "replace").strip()
+            return f.read(200).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+
+
+def _owner(folder: Path) -> str:
+    """' (pid N on HOST)' of the process holding staging `folder`, as its lock file records it, or ''."""
+    owner = _owner_line(folder)
     return f" ({owner})" if owner else ""
+
+
+def _other_host(folder: Path) -> str | None:
+    """The host the lock file of `folder` names when it is not this one, else None (this host, or none named: a
+    full disk left the line empty, and the lock alone, trusted as before, judges the folder)."""
+    found = _OWNER_LINE.fullmatch(_owner_line(folder))
+    if found is None or found.group(1) == socket.gethostname():
+        return None
+    return found.group(1)
+
+
+def _idle_s(folder: Path) -> float:
+    """Seconds since anything in `folder` last changed: the newest mtime or ctime of the folder and of everything
+    in it (ctime too: the merge's hard links keep a shard's mtime and change its ctime). Negative where a clock
+    differs; 0 when the folder cannot be read (judged busy)."""
+    newest = 0.0
+    try:
+        for root, dirs, files in os.walk(folder, onerror=_raise):
+            for name in (".", *dirs, *files):
+                st = os.lstat(os.path.join(root, name))
+                newest = max(newest, st.st_mtime, st.st_ctime)
+    except OSError:
+        return 0.0
+    return _now() - newest
+
+
+def _raise(err: OSError) -> None:
+    raise err
 
 
 def refuse_under_way(final: Path, option: str = "--out") -> None:
@@ -120,16 +168,29 @@ def refuse_under_way(final: Path, option: str = "--out") -> None:
 
 
 def remove_abandoned(final: Path) -> list[Path]:
-    """Remove the staging folders of `final` left by preparations that are gone; return them."""
+    """Remove the staging folders of `final` left by preparations that are gone; return them. A free lock is
+    trusted on this host only: another host's folder goes once idle for OTHER_HOST_IDLE_S, and is left with a
+    warning until then."""
     removed = []
     for folder, fd in _others(final):
         if fd is None:
             continue  # a preparation under way
         try:
+            host, idle = _other_host(folder), 0.0
+            if host is not None and (idle := _idle_s(folder)) < OTHER_HOST_IDLE_S:
+                _log.warning(
+                    f"left {folder}: its lock is free here, but it was made on {host} ({_owner_line(folder)}), "
+                    "and where file locks stay on one node (Lustre localflock, NFS local_lock=flock) that "
+                    f"preparation may still be writing it (last change {max(idle, 0) / 3600:.1f} h ago). It is "
+                    f"removed once unchanged for {OTHER_HOST_IDLE_S / 3600:g} h; if that process is gone, remove "
+                    f"it now: rm -r {folder}"
+                )
+                continue
             shutil.rmtree(folder, ignore_errors=True)
         finally:
             os.close(fd)
-        _log.warning(f"removed {folder}: left by an interrupted preparation of {final}")
+        on = "" if host is None else f" on {host}, unchanged for {idle / 3600:.1f} h"
+        _log.warning(f"removed {folder}: left by an interrupted preparation of {final}{on}")
         removed.append(folder)
     return removed
 
@@ -285,6 +346,11 @@ def missing_hint(final: Path) -> str:
         return (
             f"but a preparation of it is under way{_owner(busy[0])}, writing {busy[0].name} beside it: wait for it to "
             "finish (the folder appears only when complete), then start again"
+        )
+    if abandoned and (host := _other_host(abandoned[0])) is not None:
+        return (
+            f"but {abandoned[0].name} beside it is a preparation of it started on {host}{_owner(abandoned[0])}: "
+            "wait for it if it still runs there (the folder appears only when complete), or run it again"
         )
     if abandoned:
         return (
