@@ -3,19 +3,14 @@ train/ eval/ throughput/ memory/ ngpt/; plus the measurements behind them."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
-import shutil
-import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -28,8 +23,9 @@ from ngpt_ds.parallel.pipeline import block_layers, head_layer
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook
-from ngpt_ds.train.manifest import RefusedFile, file_kind, open_regular
-from ngpt_ds.train.summary import json_safe, lines_of, records_if_readable, replace_file
+from ngpt_ds.train.metrics_jsonl import REPLACED_JSONL as REPLACED_JSONL  # where lineage.py imports it from
+from ngpt_ds.train.metrics_jsonl import append_record, truncate_jsonl
+from ngpt_ds.train.summary import json_safe
 
 _log = log.get(__name__)
 
@@ -144,7 +140,7 @@ class MetricsLogger:
                 exact = name in EXACT_SCALARS  # float64 tensor scalars: the same tag in TensorBoard's UI
                 self.writer.add_scalar(name, value, step, new_style=exact, double_precision=exact)
             self.writer.flush()  # raises what TensorBoard's writer thread met
-            _append(self.jsonl, json.dumps({"step": step, **json_safe(scalars)}) + "\n")
+            append_record(self.jsonl, json.dumps({"step": step, **json_safe(scalars)}) + "\n")
         except OSError as err:
             self.problem = self._failed(step, err, "of step")
 
@@ -184,179 +180,6 @@ def _quiet_tensorboard_writer_thread() -> None:
             previous(args)
 
     threading.excepthook = hook
-
-
-REPLACED_JSONL = "metrics.replaced.jsonl"
-"""Beside metrics.jsonl: the records a resume dropped from it, as they were, oldest resume first."""
-
-
-def truncate_jsonl(path: Path, last_step: int) -> list[int]:
-    """Keep the records of steps <= last_step. The records of later steps are appended to REPLACED_JSONL
-    first: they are what a run that was killed, stopped without a checkpoint or diverged after its newest
-    checkpoint logged, and the resume trains those steps again, maybe otherwise (another lr). Returns the
-    steps of the records moved there.
-
-    The file is read a line at a time and rewritten (atomically: a copy renamed over it, with its permission
-    bits) only when something goes: later records, or bytes a crash or a bad disk left (NUL padding, garbage,
-    a line cut short or of gigabytes), which are dropped instead of stopping the resume. Memory holds one line:
-    the kept lines had been held three times over, gigabytes at each resume of a long run. A file kept whole
-    stays in place, so a `tail -f` of it goes on following the run, unless it has other hard links (a run
-    folder copied with `cp -al`), whose appends would reach the other folder's file.
-
-    Both files are written as regular files of the run folder, never through a link (`replace_file`,
-    `_append`): a link at either name (a run folder copied as links, `cp -rs`; or one planted in a folder
-    someone handed over) is replaced by a regular file holding the records read through it, and whatever it
-    names is left as it was. A named pipe or a device there is replaced unread. metrics.jsonl's link had been
-    appended through by every log line, and a link to nothing had the file it names created."""
-    if not os.path.lexists(path):
-        return []
-    irregular = _irregular(path)
-    steps: list[int] = []
-    kept_records = 0
-    stepless: list[int] = []  # the line numbers of records without an integer step (hand-edited: "12", 12.5, null)
-    with (
-        tempfile.TemporaryFile(dir=path.parent) as kept,
-        tempfile.TemporaryFile(dir=path.parent) as dropped,
-        contextlib.ExitStack() as stack,
-    ):
-        try:
-            source = stack.enter_context(open_regular(path))
-        except (OSError, RefusedFile):
-            if not irregular:  # swapped for something else since the lstat, or unreadable
-                raise OSError(errno.EINVAL, _NOT_REGULAR, str(path)) from None
-            source = io.BytesIO()  # a named pipe, a device or a link to nothing: replaced unread
-        # Until the first change, the lines kept are counted, not copied: `whole` bytes of the file as they are.
-        whole: int | None = None if irregular or _hard_linked(path) else 0
-        for number, (line, record) in enumerate(lines_of(source), start=1):
-            step = record.get("step") if record is not None else None
-            if isinstance(step, bool) or not isinstance(step, int):
-                step = None  # not a record
-                if record is not None:
-                    stepless.append(number)
-            if whole is not None and step is not None and step <= last_step and source.tell() - whole == len(line):
-                if line.endswith(b"\n"):
-                    whole += len(line)
-                    kept_records += 1
-                    continue
-            if whole is not None:  # the first change: the lines before it are kept as they are
-                _copy_range(source, whole, kept)
-                whole = None
-            if step is None:
-                if record is not None:  # kept beside it, as a record dropped for its step is
-                    dropped.write(line if line.endswith(b"\n") else line + b"\n")
-                continue  # dropped
-            line = line if line.endswith(b"\n") else line + b"\n"
-            if step > last_step:
-                dropped.write(line)
-                steps.append(step)
-            else:
-                kept.write(line)
-                kept_records += 1
-        if whole is not None:
-            return []  # every line kept as it is, in the same file
-        if steps or stepless:  # before the cut: a kill in between leaves them twice, never nowhere
-            _keep_dropped(path.with_name(REPLACED_JSONL), dropped)
-        kept.seek(0)
-        mode = None if irregular else stat.S_IMODE(os.fstat(source.fileno()).st_mode)
-        replace_file(path, kept, mode=mode)
-    if stepless:
-        _log.warning(_stepless_warning(path, stepless, kept_records, last_step))
-    if irregular:
-        held = (
-            f"the {kept_records} record(s) up to step {last_step} read through it (what it names is left as it was)"
-            if irregular.startswith("a symbolic link")
-            else "nothing (it was not read)"
-        )
-        _log.warning(f"warning: {path} was {irregular}, not a regular file: replaced by a regular file holding {held}")
-    return steps
-
-
-def _stepless_warning(path: Path, lines: list[int], kept_records: int, last_step: int) -> str:
-    """The warning of a resume that dropped the records of `lines` (1-based) from `path` for their step: not an
-    integer ("12", 12.5, null, or none), as a hand edit leaves. They had gone without a word; a record's step
-    says where it belongs, and one that cannot be read as a step number is no step's."""
-    shown = ", ".join(str(n) for n in lines[:5]) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
-    return (
-        f'warning: {path}: {len(lines)} record(s) without an integer "step" (line(s) {shown}) were dropped '
-        f'on resume and moved to {path.with_name(REPLACED_JSONL)}: a record\'s "step" must be a whole number '
-        f'(12, not "12", 12.5 or null). The {kept_records} record(s) up to step {last_step} are kept'
-    )
-
-
-def _copy_range(source: BinaryIO, length: int, target: BinaryIO) -> None:
-    """Copy the first `length` bytes of `source` to `target` in pieces of 256 KiB, leaving `source`'s position
-    as it was."""
-    done = 0
-    while done < length:
-        piece = os.pread(source.fileno(), min(2**18, length - done), done)
-        if not piece:
-            raise OSError(errno.EIO, "metrics.jsonl became shorter while it was read", getattr(source, "name", None))
-        target.write(piece)
-        done += len(piece)
-
-
-def _keep_dropped(replaced: Path, dropped: BinaryIO) -> None:
-    """Append the records in `dropped` to metrics.replaced.jsonl, or, when that name holds a link (to whatever
-    it names, left as it was) or a file with other hard links (the original folder's, of a `cp -al` copy),
-    replace it by a regular file of its own holding the records read through it, then those."""
-    dropped.seek(0)
-    if _irregular(replaced) or _hard_linked(replaced):
-        with tempfile.TemporaryFile(dir=replaced.parent) as both:
-            for line, _ in records_if_readable(replaced):
-                both.write(line.encode("utf-8"))
-            shutil.copyfileobj(dropped, both)
-            both.seek(0)
-            replace_file(replaced, both)
-    else:
-        _append(replaced, dropped, sync=True)
-
-
-def _hard_linked(path: Path) -> bool:
-    """Whether the regular file `path` has other names (a run folder copied with `cp -al`)."""
-    try:
-        return os.lstat(path).st_nlink > 1
-    except FileNotFoundError:
-        return False
-
-
-def _irregular(path: Path) -> str | None:
-    """What holds `path` when it is not a regular file ('a symbolic link to X', 'a named pipe'); None for a
-    regular file or nothing."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return f"a symbolic link to {os.readlink(path)}"
-    return file_kind(mode)
-
-
-_NOT_REGULAR = "not a regular file: a symbolic link, a named pipe or a device holds its name"
-
-
-def _append(path: Path, text: str | BinaryIO, sync: bool = False) -> None:
-    """Append `text` to the regular file `path`, created if absent, never through a link: O_NOFOLLOW refuses a
-    link at the name, O_NONBLOCK a named pipe without a reader (ENXIO: a plain open waited for one for good), and
-    fstat anything else that is no regular file. Raises OSError naming `path` (`_NOT_REGULAR`) for those."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as err:
-        if err.errno in (errno.ELOOP, errno.ENXIO):
-            raise OSError(err.errno, _NOT_REGULAR, str(path)) from None
-        raise
-    with os.fdopen(fd, "ab") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise OSError(errno.EINVAL, _NOT_REGULAR, str(path))
-        if isinstance(text, str):
-            f.write(text.encode("utf-8"))
-        else:  # an open binary file, copied from where it stands
-            shutil.copyfileobj(text, f)
-        f.flush()
-        if sync:
-            os.fsync(f.fileno())
 
 
 def peak_flops_per_device(configured_tflops: float | None, dtype: torch.dtype) -> tuple[float, str]:
