@@ -142,13 +142,14 @@ def _sealed(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
     return found
 
 
-def finished_saves(checkpoint_dir: Path) -> list[tuple[Path, Path]]:
+def finished_saves(checkpoint_dir: Path, verify: Verify = verify) -> list[tuple[Path, Path]]:
     """Read-only (the dry run): (step_N.tmp-save, step_N) for each save `recover_interrupted_saves` puts in place."""
-    return [(tmp, final) for tmp, final in _sealed(checkpoint_dir) if _why_not(tmp, final, checkpoint_dir) is None]
+    found = _sealed(checkpoint_dir)
+    return [(tmp, final) for tmp, final in found if _why_not(tmp, final, checkpoint_dir, verify) is None]
 
 
 def _promote(checkpoint_dir: Path, tmp: Path, final: Path, verdicts: dict[str, str | None]) -> str:
-    why = _why_not(tmp, final, checkpoint_dir, _remembering(verdicts))
+    why = _why_not(tmp, final, checkpoint_dir, remembering(verdicts))
     if why is not None:
         return _keep(tmp, final, why)
     if final.exists():  # the save's first rename, which the kill came before: the run's own step N, which it replaces
@@ -171,7 +172,7 @@ def _drop_replaced(aside: Path, final: Path, verdicts: dict[str, str | None]) ->
     """A line when `aside` is the run's own step moved aside by the save now in place as `final`."""
     if not _replaced_by(aside, final):
         return None
-    problem = _remembering(verdicts)(final)
+    problem = remembering(verdicts)(final)
     if problem is not None:
         return (
             f"kept {aside.name}, the version of {final.name} that the run's last save of step {step_of(final.name)} "
@@ -186,7 +187,7 @@ def _drop_replaced(aside: Path, final: Path, verdicts: dict[str, str | None]) ->
     )
 
 
-def _remembering(verdicts: dict[str, str | None]) -> Verify:
+def remembering(verdicts: dict[str, str | None]) -> Verify:
     """`verify`, reading a folder's files only when `verdicts` holds no verdict for it yet (then kept there)."""
 
     def check(path: Path) -> str | None:

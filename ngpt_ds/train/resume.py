@@ -18,9 +18,9 @@ from typing import Any
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint, manifest, run_lock
+from ngpt_ds.train import checkpoint, manifest, run_lock, verified_here
 from ngpt_ds.train.checkpoint import Verify
-from ngpt_ds.train.checkpoint_interrupted import finished_saves, recover_interrupted_saves, to_verify
+from ngpt_ds.train.checkpoint_interrupted import finished_saves, recover_interrupted_saves, remembering, to_verify
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
@@ -142,10 +142,12 @@ def resolve_resume(out_dir: Path, resume: str, warn: Callable[[str], None] = pri
     left moved aside counts as in place, since the trainer puts it back before choosing
     (`_restore_moved_aside`); being read-only, this returns it under its moved-aside name.
     """
-    verify = _resumable(checkpoint.verify)
+    # Each folder read once: a sealed save is verified to be put in place, then as the checkpoint resumed from.
+    read_once = remembering({})
+    verify = _resumable(read_once)
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
     aside = {final: moved for moved, final in checkpoint.moved_aside(checkpoint_dir)}
-    sealed = {final: tmp for tmp, final in finished_saves(checkpoint_dir)}  # put in place first, the newer
+    sealed = {final: tmp for tmp, final in finished_saves(checkpoint_dir, read_once)}  # put in place first, the newer
     for final, moved in aside.items():
         if final not in sealed:
             warn(
@@ -259,10 +261,23 @@ def _older_checkpoints(chosen: Path) -> tuple[list[Path], bool]:
 def verify_on_all_ranks(path: Path) -> str | None:
     """Collective `verify`: every rank checks the listing and sizes, hashes its share of the files
     (manifest.digest_share: each file by one rank, about 1/world of the bytes each), and one
-    all_gather gives every rank the same answer. Every rank must call it for the same folder."""
-    problems: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(problems, checkpoint.verify(path, rank=dist.get_rank(), world=dist.get_world_size()))
-    return next((p for p in problems if p is not None), None)
+    all_gather gives every rank the same answer. Every rank must call it for the same folder.
+
+    A folder that every rank verified with it in this process, unchanged since (ngpt_ds.train.verified_here: the
+    same folder, files and manifest), passes without a read, once: a sealed save put in place at start-up
+    (`_restore_moved_aside`) had every byte hashed again by the resume that followed."""
+    world = dist.get_world_size()
+    trusted: list[bool] = [False] * world
+    dist.all_gather_object(trusted, verified_here.take(path))
+    if all(trusted):
+        return None
+    before = verified_here.fingerprint(path)
+    problems: list[str | None] = [None] * world
+    dist.all_gather_object(problems, checkpoint.verify(path, rank=dist.get_rank(), world=world))
+    problem = next((p for p in problems if p is not None), None)
+    if problem is None:
+        verified_here.remember(path, before)
+    return problem
 
 
 def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, str | None]], str | None]:
