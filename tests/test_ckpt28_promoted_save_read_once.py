@@ -45,7 +45,7 @@ def test_a_file_changed_after_the_ranks_verified_it_is_read_again_and_fails(tmp_
     folder = fake_checkpoint(tmp_path / "step_00000002", 2)
     verified_here.forget()
     assert verify(folder) is None
-    verified_here.remember(folder, verified_here.fingerprint(folder))
+    verified_here.remember(verified_here.fingerprint(folder))
     name = "mp_rank_00_model_states.pt"
     before = os.stat(folder / name)
     data = bytearray((folder / name).read_bytes())
@@ -63,7 +63,7 @@ def test_a_remembered_verification_is_used_once_and_only_for_that_folder(tmp_pat
     copy.parent.mkdir()
     shutil.copytree(folder, copy)
     verified_here.forget()
-    verified_here.remember(folder, verified_here.fingerprint(folder))
+    verified_here.remember(verified_here.fingerprint(folder))
     assert json.loads((copy / "COMPLETE").read_text()) == json.loads((folder / "COMPLETE").read_text())
     assert not verified_here.take(copy)
     moved = tmp_path / "moved"

@@ -272,11 +272,14 @@ def verify_on_all_ranks(path: Path) -> str | None:
     if all(trusted):
         return None
     before = verified_here.fingerprint(path)
+    mine = checkpoint.verify(path, rank=dist.get_rank(), world=world)
+    # Compared before the gather: rank 0 may rename the folder as soon as the verdict is in.
+    unchanged = verified_here.fingerprint(path) == before
     problems: list[str | None] = [None] * world
-    dist.all_gather_object(problems, checkpoint.verify(path, rank=dist.get_rank(), world=world))
+    dist.all_gather_object(problems, mine)
     problem = next((p for p in problems if p is not None), None)
-    if problem is None:
-        verified_here.remember(path, before)
+    if problem is None and unchanged and before is not None:
+        verified_here.remember(before)
     return problem
 
 

@@ -41,11 +41,10 @@ def fingerprint(folder: Path) -> Fingerprint | None:
     return (top.st_dev, top.st_ino, digest, tuple(files))
 
 
-def remember(folder: Path, before: Fingerprint | None) -> None:
-    """Record that `folder` passed a verification that began when it had fingerprint `before`: kept only when the
-    folder still has it now (nothing changed while its files were read)."""
-    if before is not None and fingerprint(folder) == before:
-        _passed.add(before)
+def remember(passed: Fingerprint) -> None:
+    """Record that the folder of fingerprint `passed` passed a verification, and had that fingerprint both before
+    and after its files were read (the caller checks: nothing changed meanwhile)."""
+    _passed.add(passed)
 
 
 def take(folder: Path) -> bool:
