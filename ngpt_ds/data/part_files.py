@@ -7,14 +7,14 @@ A part's folder is `part-K-of-N/` under --out; its part.json, written last, mark
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from ngpt_ds.data import shard_hashes
-from ngpt_ds.data.shards import DTYPES, MAX_META_BYTES, hash_problems, parse_shard, whole
+from ngpt_ds.data.capped_json import MAX_JSON_BYTES, read_capped_json
+from ngpt_ds.data.shards import DTYPES, hash_problems, parse_shard, whole
 from ngpt_ds.data.tokenizer import read_model_bytes
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.errors import NgptConfigError
 
 PART_FILE = "part.json"
 PART_FORMAT = "ngpt_ds-token-part"
@@ -35,7 +35,7 @@ def tokenizer_bytes(path: Path) -> bytes | None:
         return None
 
 
-MAX_PART_BYTES = MAX_META_BYTES
+MAX_PART_BYTES = MAX_JSON_BYTES
 """The largest part.json read: a part lists a share of the shards a dataset's meta.json lists. A larger file
 (a 256 MiB one) was read whole and held twice over (512 MiB, as bytes and as text) before it was refused."""
 
@@ -44,25 +44,7 @@ def read_part(folder: Path) -> dict[str, Any]:
     """The part.json of the part in `folder`: read no further than MAX_PART_BYTES, and refused, naming the file and
     the fix, when it is not JSON, not a part's, or wrong in a field the merge computes with."""
     path = folder / PART_FILE
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PART_BYTES + 1)
-    except OSError as e:
-        raise NgptConfigError(
-            f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
-        ) from None
-    if len(raw) > MAX_PART_BYTES:
-        raise NgptConfigError(
-            f"{path} is over {MAX_PART_BYTES:,} bytes (a part's {PART_FILE} holds a few MB even at hundreds of "
-            "GB of shards): the file is damaged or was not written by ngpt_ds; prepare that part again with "
-            "--overwrite"
-        )
-    try:
-        info = json.loads(raw.decode("utf-8"))
-    except UNPARSABLE as e:
-        raise NgptConfigError(
-            f"{path}: unreadable ({type(e).__name__}: {e}); prepare that part again with --overwrite"
-        ) from None
+    info = read_capped_json(path, f"a part's {PART_FILE}", "prepare that part again with --overwrite", MAX_PART_BYTES)
     if not isinstance(info, dict) or info.get("format") != PART_FORMAT:
         raise NgptConfigError(f"{path}: not a part written by ngpt_ds; prepare that part again with --overwrite")
     # The fields the merge computes with: a crafted or damaged value stopped it with a TypeError or

@@ -51,6 +51,7 @@ from ngpt_ds.data.prepare import (
     open_inputs,
     shard_dtype,
 )
+from ngpt_ds.data.shard_writer import ShardWriter
 from ngpt_ds.data.shards import (
     DTYPES,
     FORMAT_VERSION,
@@ -58,7 +59,6 @@ from ngpt_ds.data.shards import (
     TOKENIZER_FILE,
     DatasetMeta,
     ShardMeta,
-    ShardWriter,
     SplitMeta,
     shard_json,
     write_meta,

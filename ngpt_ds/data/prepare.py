@@ -22,13 +22,13 @@ import ngpt_ds
 from ngpt_ds import log
 from ngpt_ds.data import shard_hashes
 from ngpt_ds.data.encode import encode_in_order
+from ngpt_ds.data.shard_writer import ShardWriter
 from ngpt_ds.data.shards import (
     DTYPES,
     FORMAT_VERSION,
     META_FILE,
     TOKENIZER_FILE,
     DatasetMeta,
-    ShardWriter,
     dtype_for_vocab,
     dtype_max_vocab,
     write_meta,

@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from ngpt_ds.data import shard_hashes, staging
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
+from ngpt_ds.data.capped_json import MAX_JSON_BYTES, read_capped_json
+from ngpt_ds.errors import NgptConfigError, Problems
 from ngpt_ds.files import replace_file
 
 META_FILE = "meta.json"
@@ -277,10 +278,8 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
         raise NgptConfigError(f"{meta_path}: missing or malformed field ({type(e).__name__}: {e}); {fix}") from None
 
 
-MAX_META_BYTES = 64 << 20
-"""The largest meta.json read: one line per shard and a sha256 per GiB block is a few MB for hundreds of GB of
-tokens. A larger file held its size about five times over while it was parsed (100 MB: 521 MB, 2.3 s on every
-rank) before it was refused for a missing field."""
+MAX_META_BYTES = MAX_JSON_BYTES
+"""The largest meta.json read (ngpt_ds.data.capped_json)."""
 
 
 def load_dataset_meta(
@@ -311,19 +310,9 @@ def load_dataset_meta(
         raise NgptConfigError(
             f"{meta_path} not found: {data_dir} is not a prepared dataset; {_not_a_dataset_hint(data_dir)}"
         )
-    with open(meta_path, "rb") as f:
-        text = f.read(MAX_META_BYTES + 1)
-    if len(text) > MAX_META_BYTES:
-        raise NgptConfigError(
-            f"{meta_path} is over {MAX_META_BYTES:,} bytes (a dataset's meta.json holds a few MB even at hundreds "
-            f"of GB of shards): the file is damaged or was not written by ngpt_ds; {PREPARE_HINT}"
-        )
-    try:
-        raw = json.loads(text.decode("utf-8"))
-    except UNPARSABLE as e:
-        raise NgptConfigError(
-            f"{meta_path} is not valid JSON ({type(e).__name__}: {e}); delete {data_dir} and prepare it again"
-        ) from None
+    raw = read_capped_json(
+        meta_path, "a dataset's meta.json", f"delete {data_dir} and prepare it again", MAX_META_BYTES
+    )
     if not isinstance(raw, dict):
         raise NgptConfigError(f"{meta_path} is not a JSON object; delete {data_dir} and prepare it again")
     meta = _parse_meta(raw, data_dir, meta_path)
@@ -425,56 +414,3 @@ def check_vocab_matches(meta: DatasetMeta, model_vocab_size: int, data_dir: str 
             f"{meta.tokenizer_path} (vocab {meta.vocab_size}); set vocab_size: {meta.vocab_size} in the "
             f"model config, or re-prepare the data with --vocab-size {model_vocab_size}"
         )
-
-
-@dataclass(kw_only=True, slots=True)
-class ShardWriter:
-    """Appends token ids of one split to `<split>_NNNNNN.bin` files of at most shard_tokens each."""
-
-    directory: Path
-    split: str
-    dtype: str
-    shard_tokens: int
-    hash_block_bytes: int = shard_hashes.BLOCK_BYTES
-    """Each closed shard's file is read back and hashed in blocks of this many bytes (sha256_blocks)."""
-    documents: int = 0
-    shards: list[ShardMeta] = field(default_factory=list)
-    _file: IO[bytes] | None = None
-    _count: int = 0
-
-    def write(self, tokens: np.ndarray, documents: int) -> None:
-        """tokens: 1-D ids of `documents` whole documents, EOS included."""
-        self.documents += documents
-        tokens = tokens.astype(DTYPES[self.dtype], copy=False)
-        while tokens.size:
-            if self._file is None:
-                self._open()
-            assert self._file is not None  # _open() just set it
-            room = self.shard_tokens - self._count
-            chunk, tokens = tokens[:room], tokens[room:]
-            self._file.write(chunk.tobytes())
-            self._count += chunk.size
-            if self._count == self.shard_tokens:
-                self._close_shard()
-
-    def close(self) -> SplitMeta:
-        if self._file is not None:
-            self._close_shard()
-        return SplitMeta(documents=self.documents, tokens=sum(s.tokens for s in self.shards), shards=tuple(self.shards))
-
-    def _open(self) -> None:
-        name = f"{self.split}_{len(self.shards):06d}.bin"
-        self._file = open(self.directory / name, "wb")
-        self._count = 0
-        self.shards.append(ShardMeta(file=name, tokens=0))
-
-    def _close_shard(self) -> None:
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        name = self.shards[-1].file
-        # Read back once written: the hashes then vouch for what the filesystem returns, not for the buffer.
-        hashes = shard_hashes.block_hashes(self.directory / name, self.hash_block_bytes)
-        self.shards[-1] = ShardMeta(file=name, tokens=self._count, sha256_blocks=hashes)
