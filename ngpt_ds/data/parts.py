@@ -247,13 +247,15 @@ def _hash_document(digest: Any, text: str) -> None:
     digest.update(data)
 
 
-def _check_same_corpus(out: Path, parts: list[dict[str, Any]]) -> None:
+def _check_same_corpus(out: Path, parts: list[dict[str, Any]]) -> str | None:
     """Parts read from copies of the corpus that differ in content, not in count (a node's copy edited, re-exported
     or of another version at the same path), were merged without a word into a mix of two corpora. Compared only
-    when every part recorded the hash: parts written before ngpt_ds hashed the corpus still merge."""
+    when every part recorded the hash: parts written before ngpt_ds hashed the corpus still merge. Returns the
+    corpus's hash, recorded in the merged meta.json, or None where a part has none (nothing shows it read the same
+    corpus as the others)."""
     hashes: list[str] = [info["corpus_sha256"] for info in parts if info.get("corpus_sha256") is not None]
     if len(hashes) < len(parts):
-        return
+        return None
     for k, h in enumerate(hashes):
         if h != hashes[0]:
             num_parts = len(parts)
@@ -263,6 +265,7 @@ def _check_same_corpus(out: Path, parts: list[dict[str, Any]]) -> None:
                 f"{parts[0].get('documents')} documents): every node's copy of the corpus must hold the same "
                 "documents in the same order; prepare the parts made from another copy again with --overwrite"
             )
+    return hashes[0]
 
 
 def _split_json(split: SplitMeta) -> dict[str, Any]:
@@ -327,7 +330,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
                 f"{tok_file}: missing or not the tokenizer its {PART_FILE} names; prepare part "
                 f"{k} again with --overwrite"
             )
-    _check_same_corpus(out, parts)
+    corpus_sha256 = _check_same_corpus(out, parts)
     block_docs, documents = first["block_docs"], first["documents"]
     n_blocks = -(-documents // block_docs)
     by_block: dict[int, tuple[int, dict[str, Any]]] = {}
@@ -381,6 +384,7 @@ def merge_parts(out: Path, num_parts: int, *, overwrite: bool = False, progress:
             license=first.get("license", ""),
             created_by=f"{first['created_by']}, {num_parts} parts merged",
             hash_block_bytes=sources["block_bytes"],
+            corpus_sha256=corpus_sha256,  # the merged dataset names the corpus it came from
         )
         write_meta(meta, staging)
         swap_in(staging, out)  # the parts go with the old folder, once the dataset is complete

@@ -122,6 +122,9 @@ class DatasetMeta:
     created_by: str = ""
     hash_block_bytes: int | None = None
     """Block size of the shards' sha256_blocks; None when the shards carry no hashes."""
+    corpus_sha256: str | None = None
+    """sha256 of the document stream the tokens were made from (each document's UTF-8 length, then its text), as
+    the parts of a merged dataset recorded it (ngpt_ds.data.parts); None when not recorded."""
 
     @property
     def tokenizer_file(self) -> Path:
@@ -158,7 +161,11 @@ class DatasetMeta:
             "source": self.source,
             "license": self.license,
             "created_by": self.created_by,
-        } | ({} if self.hash_block_bytes is None else {"hash_block_bytes": self.hash_block_bytes})
+        } | {
+            key: value
+            for key, value in (("hash_block_bytes", self.hash_block_bytes), ("corpus_sha256", self.corpus_sha256))
+            if value is not None
+        }
 
     def summary(self) -> str:
         """A few lines for the console."""
@@ -273,9 +280,17 @@ def _parse_meta(raw: dict[str, Any], data_dir: Path, meta_path: Path) -> Dataset
             license=str(raw.get("license", "")),
             created_by=str(raw.get("created_by", "")),
             hash_block_bytes=raw.get("hash_block_bytes"),
+            corpus_sha256=_optional_sha256(raw.get("corpus_sha256")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise NgptConfigError(f"{meta_path}: missing or malformed field ({type(e).__name__}: {e}); {fix}") from None
+
+
+def _optional_sha256(value: object) -> str | None:
+    """A recorded sha256 (64 lowercase hex digits) or None; ValueError for anything else (the caller names the file)."""
+    if value is None or (isinstance(value, str) and shard_hashes.HEX_SHA256.fullmatch(value)):
+        return value
+    raise ValueError(f"corpus_sha256 = {str(value)[:80]!r} is not a sha256")
 
 
 MAX_META_BYTES = MAX_JSON_BYTES
