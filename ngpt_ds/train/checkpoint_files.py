@@ -22,12 +22,32 @@ def _refusal(file: Path) -> NgptConfigError | None:
     return None
 
 
+def _each_file_once(names: list[Path]) -> list[Path]:
+    """`names` less those naming a file met under an earlier name (device and inode, links followed): a checkpoint
+    holding one large file under many names (hard links, symbolic links), which verify reads once
+    (ngpt_ds.train.manifest._digests), had each rank unpickle it once per name. A name that cannot be stat'ed is
+    kept: its check names it."""
+    seen: set[tuple[int, int]] = set()
+    kept = []
+    for name in names:
+        try:
+            info = name.stat()
+        except OSError:
+            kept.append(name)
+            continue
+        if (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            kept.append(name)
+    return kept
+
+
 def check_files_on_all_ranks(path: Path, device: torch.device | str) -> None:
     """Unpickle every file of the checkpoint under ngpt_ds.safe_load's allow-list before DeepSpeed
     reads any. Each rank checks its share; one all-reduce agrees on the first refused file, and every
     rank raises the same error for it. DeepSpeed reads some files on one rank only (a rank's optimizer
-    states, a ZeRO-3 shard): a refusal there alone would leave the other ranks waiting in a collective."""
-    files = sorted(path.rglob("*.pt"))
+    states, a ZeRO-3 shard): a refusal there alone would leave the other ranks waiting in a collective. Each file is
+    checked once, under the first of its names (`_each_file_once`)."""
+    files = _each_file_once(sorted(path.rglob("*.pt")))
     rank, world = dist.get_rank(), dist.get_world_size()
     first = next((i for i in range(rank, len(files), world) if _refusal(files[i]) is not None), len(files))
     agreed = torch.tensor([first], dtype=torch.int64, device=device)
