@@ -129,8 +129,9 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
 CHECKED_FILE = "metrics.checked.json"
 """Beside metrics.jsonl: how much of it the last resume read and found to be records only (its length then, the
 largest step in it, the file's identity and a digest of its last bytes). The next resume reads on from there, and
-reads it all again when the file is another (moved aside, replaced, edited), when those bytes changed, or when it
-resumes before that largest step (a rollback). Every resume had read and parsed the whole file on rank 0 while
+reads it all again when the file is another (moved aside, replaced, saved by an editor), when those last bytes
+changed, or when it resumes before that largest step (a rollback). Bytes changed in place further back (a hand edit
+that keeps the file and its end) are not looked at again: whatever they hold stays as it is. Every resume had read and parsed the whole file on rank 0 while
 the other ranks waited: a week's metrics.jsonl of a 24-layer nGPT (10^5 records of about 3.8 kB at
 train.log_interval 10) is 380 MB, 6 to 9 s of each resume, and it grows with every one."""
 CHECKED_TAIL_BYTES = 4096
