@@ -23,6 +23,11 @@ between steps; ngpt_ds versions that required p to be a whole number of the new 
 all ranks wrote the same state.
 All of this needs every rank to read the same dataset: under a started process group the training
 loader compares meta.json across the ranks first.
+
+The state also records the validation split's fingerprint (ngpt_ds.data.fingerprint). A resume on a dataset whose
+validation shards were replaced since the save (another held-out set, a re-prepared copy with the same train
+split) went on without a word, and its validation losses were read as comparable with those before; it now says so
+in a warning. Not refused: the training data, which the resume depends on, is the same.
 """
 
 from __future__ import annotations
@@ -37,9 +42,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ngpt_ds import log
+from ngpt_ds.data.fingerprint import split_fingerprint
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
 from ngpt_ds.data.windows import DeferredFaults, WindowIndex
 from ngpt_ds.errors import NgptConfigError, Problems
+
+_log = log.get(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 _STATE_VERSION = 1
@@ -256,13 +265,15 @@ class TokenWindowLoader:
         return self.next_batch()
 
     def state_dict(self) -> dict[str, int]:
-        """Position of the next optimizer step, the same on every rank; plain ints (JSON-serialisable).
-        Taken between optimizer steps (where the trainer saves): a resume starts a whole step."""
+        """Position of the next optimizer step, the same on every rank, and the validation split's fingerprint (the
+        sha256 as one integer; absent without block hashes); plain ints (JSON-serialisable). Taken between
+        optimizer steps (where the trainer saves): a resume starts a whole step."""
         if self._micro != 0:
             raise RuntimeError(
                 f"TokenWindowLoader.state_dict() after {self._micro} of the step's {self.grad_accum} micro-batches: "
                 "take it between optimizer steps"
             )
+        validation = _validation_fingerprint(self.meta)
         return {
             "version": _STATE_VERSION,
             "seed": self.seed,
@@ -270,9 +281,9 @@ class TokenWindowLoader:
             "windows_per_epoch": self.windows_per_epoch,
             "epoch": self.epoch,
             "windows_consumed": self._consumed,
-        }
+        } | ({} if validation is None else {"validation_sha256": validation})
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the exact next window. The global batch and its split may change (another
         data-parallel size, micro-batch or accumulation): the position is in windows over all ranks, and
         the steps go on from it while they fit in the epoch (the module's docstring)."""
@@ -309,6 +320,26 @@ class TokenWindowLoader:
         assert isinstance(consumed, int) and isinstance(epoch, int)
         self.epoch, self._consumed, self._micro = epoch, consumed, 0
         self._next_epoch_unless_a_step_fits()  # saved past this batch's last whole step of the epoch
+        self._warn_if_validation_changed(state.get("validation_sha256"))
+
+    def _warn_if_validation_changed(self, recorded: object) -> None:
+        """Warn when the validation split is not the one the checkpoint's run evaluated on. Nothing to compare in a
+        state saved before the fingerprint was recorded, or where either side's shards carry no block hashes."""
+        now = _validation_fingerprint(self.meta)
+        if type(recorded) is not int or now is None or recorded == now:
+            return
+        _log.warning(
+            f"--data {self.data_dir}: its validation split is not the one the checkpoint's run evaluated on (its "
+            "shards, token counts or block hashes differ from those recorded at the save), so the validation losses "
+            "from here on are not comparable with those before the resume. The training split is the same. To keep "
+            "them comparable, resume with the checkpoint's dataset (a copy elsewhere is fine)"
+        )
+
+
+def _validation_fingerprint(meta: DatasetMeta) -> int | None:
+    """The validation split's fingerprint as one integer: the loader's state holds ints only."""
+    digest = split_fingerprint(meta, "validation")
+    return None if digest is None else int(digest, 16)
 
 
 class ValidationBatches:
