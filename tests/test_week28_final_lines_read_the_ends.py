@@ -93,3 +93,16 @@ def test_a_short_run_reads_as_before(tmp_path):
     lines = _describe(tmp_path, 30).splitlines()
     assert lines[1] == "  train loss:      5.999 at step 1 -> 5.970 at step 30"
     assert lines[2] == "  validation loss: 6.990 at step 10 -> 6.970 at step 30 (perplexity 1064.2)"
+
+
+def test_the_summary_mended_after_a_finished_run_reads_the_end_of_metrics_jsonl(tmp_path):
+    """Fault: a rerun of a finished run whose summary.json was not written (a kill after its last save) read all of
+    metrics.jsonl for the last step's records. They are at its end: it is read backward to the step before."""
+    from ngpt_ds.train.summary import mend_finished_summary
+
+    _write_run(tmp_path, 6000, eval_every=50, tail='{"step": 6001, "tr')
+    (tmp_path / "train.lock").touch()
+    read = _bytes_read(lambda: mend_finished_summary(tmp_path, 6000, 6000))
+    assert read < 2 * 2**20, read
+    mended = json.loads((tmp_path / "summary.json").read_text())
+    assert (mended["status"], mended["step"], mended["train_loss"], mended["val_loss"]) == ("finished", 6000, 0.0, 1.0)

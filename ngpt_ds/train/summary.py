@@ -106,10 +106,23 @@ def mend_finished_summary(out_dir: Path, step: int, max_steps: int) -> None:
 
 
 def _records_of_step(metrics: Path, step: int) -> dict[str, float]:
+    """The numbers metrics.jsonl's records of `step` hold (the later record's, for a key two of them hold). Read
+    backward from the end, where a finished run's last step is, to the first record of an earlier step: the whole
+    file had been read (a week's hundreds of MB)."""
     found: dict[str, float] = {}
-    for _, record in records_if_readable(metrics):
-        if record.get("step") == step:
-            found.update({k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    try:
+        with open_regular(metrics) as f:
+            for record, _ in _records_backward(f, 0, os.fstat(f.fileno()).st_size):
+                at = record.get("step")
+                if isinstance(at, bool) or not isinstance(at, int) or at > step:
+                    continue
+                if at < step:
+                    break
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        found.setdefault(key, value)
+    except (OSError, RefusedFile):
+        pass
     return found
 
 
