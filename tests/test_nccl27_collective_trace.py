@@ -26,45 +26,18 @@ from conftest import (
     write_ds_config,
     write_yaml,
 )
+from workers.gpu28_trace_runs import HANG_GUARD_S, NCCL_DTYPES, read_traces, signature, wait_ranks
 
 WORKER = REPO / "tests/workers/nccl27_trace.py"
-HANG_GUARD_S = 300  # a hang guard only
-NCCL_DTYPES = {
-    "torch.float16",
-    "torch.bfloat16",
-    "torch.float32",
-    "torch.float64",
-    "torch.int8",
-    "torch.uint8",
-    "torch.int32",
-    "torch.int64",
-    "torch.bool",  # sent as uint8
-}
 # The project's only tensor collectives outside collectives.all_reduce_on: each passes a tensor it made on the
 # device its caller was given (the engine's), checked by name here so that a new one is looked at.
 DEVICE_PASSED = {"ngpt_ds/train/checkpoint_files.py:check_files_on_all_ranks"}
-
-
-def _wait(ranks: list[subprocess.Popen], what: str) -> list[int]:
-    deadline = time.monotonic() + HANG_GUARD_S
-    for rank in ranks:
-        try:
-            rank.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for r in ranks:
-                r.kill()
-            pytest.fail(f"{what}: a rank still runs after {HANG_GUARD_S} s (a hang: the ranks' collectives differ)")
-    return [rank.returncode for rank in ranks]
 
 
 def _traced(trace_dir: Path, yaml: Path, ds: Path, data: Path, out: Path, *extra, logs: Path) -> list[subprocess.Popen]:
     trace_dir.mkdir(parents=True)
     logs.mkdir(parents=True)
     return start_ranks([WORKER, trace_dir, "launch/train.py", *train_flags(yaml, ds, data, out, *extra)], logs=logs)
-
-
-def _read(trace_dir: Path) -> list[list[dict]]:
-    return [[json.loads(line) for line in (trace_dir / f"rank{r}.jsonl").read_text().splitlines()] for r in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +62,15 @@ def traces(tmp_path_factory, tiny_dataset) -> dict:
             pytest.fail(f"the run ended or hung before step 7: see {work / 'logs_sigterm'}")
         time.sleep(0.5)
     ranks[1].send_signal(signal.SIGTERM)
-    runs["sigterm"] = {"codes": _wait(ranks, "SIGTERM to rank 1"), "trace": _read(work / "t_sigterm")}
+    runs["sigterm"] = {"codes": wait_ranks(ranks, "SIGTERM to rank 1"), "trace": read_traces(work / "t_sigterm")}
     runs["sigterm"]["summary"] = json.loads((out / "summary.json").read_text())
     # The same run folder again: a resume from the stop's checkpoint, stopped by --max-time.
     limit = ("--max-time", "30", "--max-steps", "1000000")  # the limit, not the step count, ends it
     ranks = _traced(work / "t_resume", yaml, ds2, tiny_dataset, out, *limit, logs=work / "logs_resume")
-    runs["resume_max_time"] = {"codes": _wait(ranks, "resume, --max-time"), "trace": _read(work / "t_resume")}
+    runs["resume_max_time"] = {
+        "codes": wait_ranks(ranks, "resume, --max-time"),
+        "trace": read_traces(work / "t_resume"),
+    }
     runs["resume_max_time"]["summary"] = json.loads((out / "summary.json").read_text())
     # ZeRO 0 and 3: 4 steps, evaluations and saves every 2.
     short = write_yaml(work / "short.yaml", model, tiny_train(4, eval_interval=2, checkpoint_interval=2))
@@ -102,16 +78,12 @@ def traces(tmp_path_factory, tiny_dataset) -> dict:
         ds = write_ds_config(work / f"z{stage}.json", stage=stage, bf16=False, micro=4, accum=1)
         name = f"zero{stage}"
         ranks = _traced(work / f"t_{name}", short, ds, tiny_dataset, work / f"{name}_run", logs=work / f"logs_{name}")
-        runs[name] = {"codes": _wait(ranks, name), "trace": _read(work / f"t_{name}")}
+        runs[name] = {"codes": wait_ranks(ranks, name), "trace": read_traces(work / f"t_{name}")}
     runs["logs"] = work
     return runs
 
 
 RUNS = ["sigterm", "resume_max_time", "zero0", "zero3"]
-
-
-def _signature(call: dict) -> tuple:
-    return call["op"], call["group_size"], tuple(map(tuple, call["shapes"])), tuple(call["dtypes"])
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -120,7 +92,7 @@ def test_every_rank_makes_the_same_collectives_in_the_same_order(traces, run):
     rank0, rank1 = record["trace"]
     assert len(rank0) > 20
     for i, (a, b) in enumerate(zip(rank0, rank1, strict=False)):
-        assert _signature(a) == _signature(b), f"{run}: call {i} differs: rank 0 {a} / rank 1 {b}"
+        assert signature(a) == signature(b), f"{run}: call {i} differs: rank 0 {a} / rank 1 {b}"
     assert len(rank0) == len(rank1), f"{run}: rank 0 made {len(rank0)} collectives, rank 1 {len(rank1)}"
     assert record["codes"][0] == record["codes"][1], record["codes"]
 

@@ -234,5 +234,18 @@ class PipelineSteps:
         return self.engine.train_batch(iter(batches)).detach().float()
 
     def evaluate(self, batches: ValidationBatches) -> float:
-        """Mean loss over `batches` and the data-parallel replicas, the same on every rank."""
-        return float(self.engine.eval_batch(iter(batches), num_micro_batches=len(batches)))
+        """Mean loss over `batches` and the data-parallel replicas, the same on every rank.
+
+        DeepSpeed's own broadcast of the loss (`bcast_loss`) sends the last stage's 0-dim loss into a buffer of
+        shape [1] on the other stages: the same count, which NCCL passes, but the ranks of the group call with
+        different shapes (torch's TORCH_DISTRIBUTED_DEBUG=DETAIL check refuses that). The last stage's loss goes
+        to the other stages of its pipeline as one all-reduce of shape [1] on every rank instead (zeros elsewhere).
+        """
+        from ngpt_ds.train.collectives import all_reduce_on
+
+        engine = self.engine
+        loss = engine.eval_batch(iter(batches), num_micro_batches=len(batches), bcast_loss=False)
+        value = torch.zeros(1, dtype=torch.float32, device=engine.device)
+        if engine.is_last_stage():
+            value += loss.detach().float().reshape(1).to(engine.device)
+        return float(all_reduce_on(value, engine.device, group=engine.grid.get_pipe_parallel_group()).item())
