@@ -93,10 +93,12 @@ def test_a_lost_peer_in_nccl_or_gloo_words_is_one_line(case):
 
 
 NOT_A_LOST_PEER = {
+    # seen on a GPU machine (torch 2.11, NCCL 2.28.9): two ranks on one GPU
     "NCCL invalid usage": (
         dist.DistBackendError,
-        "NCCL error in: /pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:77, invalid usage (run with NCCL_DEBUG=WARN "
-        "for details), NCCL version 2.27.5\nncclInvalidUsage: This usually reflects invalid usage of NCCL library.",
+        "NCCL error in: /pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:93, invalid usage (run with NCCL_DEBUG=WARN "
+        "for details), NCCL version 2.28.9\nncclInvalidUsage: This usually reflects invalid usage of NCCL library.\n"
+        "Last error:\nDuplicate GPU detected : rank 1 and rank 0 both on CUDA device 60",
     ),
     "NCCL dtype": (TypeError, "Input tensor data type is not supported for NCCL process group: Short"),
     "NCCL words in another type": (ValueError, WATCHDOG),
