@@ -24,9 +24,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds import yaml_safe
+from ngpt_ds.data.fingerprint import split_fingerprint
 from ngpt_ds.data.shards import DatasetMeta, load_dataset_meta
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model import ModelConfig
@@ -184,16 +183,7 @@ def train_data_fingerprint(data: DatasetMeta) -> str | None:
     copied elsewhere keeps it. None when a train shard carries no block hashes (a dataset prepared before
     ngpt_ds recorded them): `--add-hashes` on it between a run and its resume must not refuse the resume,
     and the loader's window count is the check there."""
-    shards = data.splits["train"].shards
-    if any(s.sha256_blocks is None for s in shards):
-        return None
-    record = {
-        "dtype": data.dtype,
-        "eos_id": data.eos_id,
-        "hash_block_bytes": data.hash_block_bytes,
-        "shards": [[s.file, s.tokens, list(s.sha256_blocks or ())] for s in shards],
-    }
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return split_fingerprint(data, "train")
 
 
 def check_resume_seed(checkpoint: Path, seed: int) -> None:
