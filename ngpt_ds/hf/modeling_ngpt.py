@@ -65,7 +65,18 @@ from ngpt_ds.hf.vocab_resize import resize_vocabulary
 from ngpt_ds.model.blocks import KVCache
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix
-from ngpt_ds.model.saved_weights import HEADER_DTYPES, NORM_TOLERANCE, check_dtypes, check_shards, check_weight_file
+from ngpt_ds.model.saved_weights import (
+    HEADER_DTYPES,
+    NORM_TOLERANCE,
+    check_before_filling,
+    check_dtypes,
+    check_host_memory,
+    check_shards,
+    check_weight_file,
+    header_shapes,
+    numel,
+    weights_mismatch,
+)
 from ngpt_ds.model.sphere import max_norm_deviation
 
 
@@ -89,6 +100,31 @@ class CacheBinding(KVCache):
     def __init__(self, cache: Cache, n_layer: int):
         super().__init__()
         self.layers = [_LayerView(cache, i) for i in range(n_layer)]
+
+
+def _weights_source(name_or_path: Any, files: list[str]) -> str:
+    """How errors name the weights read: the folder's model.safetensors, its single pytorch_model.bin, or the folder."""
+    weights = Path(str(name_or_path)) / "model.safetensors"
+    if weights.is_file():
+        return str(weights)
+    if len(files) == 1 and not files[0].endswith(".safetensors"):  # a folder of pytorch_model.bin
+        return files[0]
+    return f"{name_or_path} (its model.safetensors)"
+
+
+def _check_before_allocating(model: PreTrainedModel, files: list[str], load_config: Any, saved: dict) -> None:
+    """saved_weights.check_before_filling for transformers' load of `files` into `model` (still on the meta device)."""
+    prefix = f"{model.base_model_prefix}."
+    if not any(name.startswith(prefix) for name in saved):  # a bare CausalLM's names: transformers adds the prefix
+        saved = {prefix + name: shape for name, shape in saved.items()}
+    check_before_filling(
+        {name: tuple(t.shape) for name, t in model.state_dict().items()},
+        saved,
+        next(model.parameters()).dtype,
+        _weights_source(getattr(load_config, "pretrained_model_name_or_path", None), [str(f) for f in files]),
+        ignore_mismatched=bool(getattr(load_config, "ignore_mismatched_sizes", False)),
+        on_host=getattr(load_config, "device_map", None) is None,  # a device_map places the model itself
+    )
 
 
 class _NgptDsPreTrainedModel(PreTrainedModel):
@@ -151,19 +187,34 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         headers: list[tuple[dict[str, str] | None, str]] = []  # (__metadata__, file): the exported config record
         if state_dict is not None:
             found.append(({name: t.dtype for name, t in state_dict.items()}, "the state_dict given to from_pretrained"))
+        shapes: dict[str, tuple[int, ...]] = {}  # every file's tensors: compared with the model's before it is filled
         for file in checkpoint_files or []:
             check_weight_file(file)  # before any open: a named pipe listed by the index hung the load
             if str(file).endswith(".safetensors"):
+                # Before safe_open, which maps the file (twice: under `ulimit -v` a file of half the limit failed there): a
+                # sparse file declaring a model larger than the machine, with a config.json to match.
+                size, held = os.path.getsize(file), sum(map(numel, (header_shapes(file) or {}).values()))
+                check_host_memory(
+                    size + 4 * held,
+                    str(file),
+                    f"its weights ({size >> 20} MiB) and the model built from them ({held} parameters)",
+                    "the file is damaged or altered, or the model is too large for this machine",
+                )
                 with safe_open(str(file), "pt") as f:
+                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
                     found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118
                     headers.append((f.metadata(), str(file)))
             else:  # a .bin: its int8 weights loaded without a word, its float16 nGPT was refused as off the sphere
                 saved = hf_modeling_utils.load_state_dict(str(file), map_location="meta")
                 found.append(({name: t.dtype for name, t in saved.items()}, str(file)))
+                shapes.update({name: tuple(t.shape) for name, t in saved.items()})
         for dtypes, source in found:
             check_dtypes(dtypes, source)
         for metadata, file in headers:  # an edited config.json that keeps every weight's shape
             check_recorded_config(metadata, model.config, file)
+        if state_dict is None and checkpoint_files:  # after the record's check, whose message names the edited field
+            load_config = args[0] if args else kwargs.get("load_config")
+            _check_before_allocating(model, checkpoint_files, load_config, shapes)
         # The unit-norm check allows for the coarsest dtype the weights were stored in (_check_loaded).
         stored = {HEADER_DTYPES.get(d, d) if isinstance(d, str) else d for dtypes, _ in found for d in dtypes.values()}
         setattr(model, "_ngpt_ds_stored_dtypes", {d for d in stored if d in NORM_TOLERANCE})  # noqa: B010
@@ -240,14 +291,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         return created.repo_id, self._get_files_timestamps(save_directory)
 
     def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
-        weights = Path(str(name_or_path)) / "model.safetensors"
-        files = getattr(self, "_ngpt_ds_weight_files", [])
-        if weights.is_file():
-            source = str(weights)
-        elif len(files) == 1 and not files[0].endswith(".safetensors"):  # a folder of pytorch_model.bin
-            source = files[0]
-        else:
-            source = f"{name_or_path} (its model.safetensors)"
+        source = _weights_source(name_or_path, getattr(self, "_ngpt_ds_weight_files", []))
         parts = []
         # transformers' mismatched_keys (filled with ignore_mismatched_sizes=True; without it transformers raises
         # itself) hold (name, shape in the file, shape by config.json): those tensors were left uninitialized.
@@ -263,16 +307,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
             if names:
                 parts.append(f"{what} {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
         if parts:
-            ignored = (
-                " (ignore_mismatched_sizes=True cannot load it: this model leaves a tensor the file does not fill "
-                "uninitialized)"
-                if mismatched
-                else ""
-            )
-            raise NgptConfigError(
-                f"{source}: the weights do not match config.json ({'; '.join(parts)}); "
-                f"the file is damaged or from another model{ignored}. Export the checkpoint again"
-            )
+            raise weights_mismatch(source, parts, ignored=bool(mismatched))
         params = [(n, p) for n, p in self.named_parameters() if p.device.type != "meta"]
         bad = [n for n, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all())]
         if bad:

@@ -65,7 +65,7 @@ from ngpt_ds.infer.run_checkpoint import (
     resolve_checkpoint,
 )
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
-from ngpt_ds.model.saved_weights import NORM_TOLERANCE, check_dtypes
+from ngpt_ds.model.saved_weights import NORM_TOLERANCE, check_dtypes, check_host_memory, header_shapes, numel
 
 DTYPES = {
     "float32": torch.float32,
@@ -273,6 +273,20 @@ def config_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         return {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
 
 
+def check_load_memory(stored_bytes: int, parameters: int, source: str, edited: str) -> None:
+    """The host memory a load holds at its peak, checked before it is read or built: the weights as read
+    (`stored_bytes`) and the float32 model built from them (`parameters`; 0 where they are not known). A config describing a far larger model than the machine
+    holds, with a weights file to match (a sparse file of any size costs a few bytes on disk), was read and built until
+    the allocator failed with a traceback, or the OOM killer ended the process."""
+    GIB = 2**30
+    what = f"its weights ({stored_bytes / GIB:.2f} GiB as stored)"
+    if parameters:
+        what += f" and the float32 model built from them ({parameters} parameters)"
+    check_host_memory(
+        stored_bytes + 4 * parameters, source, what, f"{edited}; else load it on a machine with more memory"
+    )
+
+
 def check_unit_norm(model: CausalLM, source: str, weights_dtype: torch.dtype = torch.float32) -> float:
     """nGPT: every sphere matrix must be unit norm along its declared dim. Returns the largest deviation."""
     deviation = max_norm_deviation(model)
@@ -347,6 +361,13 @@ def load_checkpoint(
     digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
     with torch.device("meta"):
         layout = build_model(config)  # names, shapes and tensor-parallel plan to read by; nothing allocated
+    parameters = sum(t.numel() for t in layout.state_dict().values())
+    check_load_memory(  # zero_to_fp32 consolidates float32 weights
+        4 * parameters,
+        parameters,
+        str(checkpoint),
+        f"if {checkpoint / 'config.yaml'} was edited, restore it",
+    )
     weights, info = read_checkpoint_weights(checkpoint, run, layout)
     model = _finish(config, weights, str(checkpoint), device, dtype)
     return LoadedModel(
@@ -392,6 +413,10 @@ def load_export(
     weights_file = folder / WEIGHTS_FILE
     if not weights_file.is_file():  # a named pipe there made safe_open wait forever
         raise NgptConfigError(f"{weights_file} is not a regular file; export the checkpoint again")
+    edited = f"if {folder / CONFIG_FILE} was edited, restore it or export the checkpoint again"
+    # Before safe_open, which maps the file (twice: under `ulimit -v` a file of half the limit failed there).
+    shapes = header_shapes(weights_file) or {}
+    check_load_memory(weights_file.stat().st_size, sum(map(numel, shapes.values())), str(weights_file), edited)
     try:
         # The file's header against config.json before the model is built: a config.json describing a
         # larger model than the file holds must not allocate that model first.

@@ -2,7 +2,7 @@
 (ngpt_ds.infer.loading) and transformers' from_pretrained (ngpt_ds.hf.modeling_ngpt, which every
 `--format hf` export carries with this file, so the checks hold without ngpt_ds installed too); and where it
 may be: every shard a folder's weights index names, and its single weights file, is a file of that folder
-(check_shards)."""
+(check_shards); and whether the machine can hold them (check_host_memory), before a parameter is allocated."""
 
 from __future__ import annotations
 
@@ -112,3 +112,161 @@ def check_shards(name_or_path: str | os.PathLike | None, subfolder: str = "") ->
                 f"{single} {why}; a weights file must be a file of the folder itself (the files are damaged, "
                 "altered or from another program)"
             )
+
+
+GIB = 2**30
+
+
+def _proc_number(path: str, key: str) -> int | None:
+    """The `key:` line of a /proc status file (/proc/meminfo, /proc/self/status), in bytes (its value is in kB)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2), None where unlimited or unknown: a Slurm job or a
+    container is held to it, while /proc/meminfo counts the whole machine's memory."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            entry = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+        if entry is None:
+            return None
+        folder = os.path.join("/sys/fs/cgroup", entry.lstrip("/"))
+        with open(os.path.join(folder, "memory.max"), encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(folder, "memory.current"), encoding="ascii") as f:
+            return max(0, int(limit) - int(f.read().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def host_memory_available() -> int | None:
+    """Bytes this process may still allocate on the host: the least of the machine's available memory
+    (/proc/meminfo's MemAvailable), the headroom under its address-space limit (`ulimit -v`) and under its cgroup's
+    memory.max; None where none is known (not Linux). Standard library only: an export carries this file."""
+    known = []
+    available = _proc_number("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        known.append(available)
+    try:
+        import resource  # not on Windows
+    except ImportError:
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        size = _proc_number("/proc/self/status", "VmSize")
+        if limit != resource.RLIM_INFINITY and size is not None:
+            known.append(max(0, limit - size))
+    cgroup = _cgroup_headroom()
+    if cgroup is not None:
+        known.append(cgroup)
+    return min(known) if known else None
+
+
+def check_host_memory(need: int, source: str, what: str, fix: str) -> None:
+    """Refuse, before anything is allocated, a load needing `need` bytes of host memory where less is available: a
+    config describing a model far larger than the machine (edited, crafted, or a real one too large here), its
+    weights file sparse or not, was read and built until the allocator failed with a traceback, or the kernel's OOM
+    killer ended the process (and others on the machine) without a word."""
+    have = host_memory_available()
+    if have is None or need <= have:
+        return
+    raise NgptConfigError(
+        f"{source}: loading {what} needs about {need / GIB:.2f} GiB of RAM, and {have / GIB:.2f} GiB is available "
+        f"here; {fix}"
+    )
+
+
+MAX_HEADER_BYTES = 100_000_000
+"""safetensors' own cap on a header's length."""
+
+
+_ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+def header_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]] | None:
+    """The tensor shapes a safetensors file's header declares (its first 8 bytes and JSON only: no tensor is read and
+    the file is not mapped), for the memory check before safetensors maps the file; None where the header is not a
+    plain one whose tensors fill the file exactly (safetensors itself then names what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 0 < length <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(length))
+            data = os.fstat(f.fileno()).st_size - 8 - length
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    shapes, total = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            return None
+        shapes[name] = tuple(shape)
+        total += numel(shapes[name]) * _ITEM_BYTES.get(dtype, 1)  # type: ignore[arg-type]
+    return shapes if total == data else None
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def weights_mismatch(source: str, parts: list[str], ignored: bool) -> NgptConfigError:
+    """The error for weights whose names or shapes are not the model's (`parts`: 'missing ...', 'mismatched ...')."""
+    why = (
+        " (ignore_mismatched_sizes=True cannot load it: this model leaves a tensor the file does not fill uninitialized)"
+        if ignored
+        else ""
+    )
+    return NgptConfigError(
+        f"{source}: the weights do not match config.json ({'; '.join(parts)}); "
+        f"the file is damaged or from another model{why}. Export the checkpoint again"
+    )
+
+
+def check_before_filling(
+    expected: dict[str, tuple[int, ...]],
+    saved: dict[str, tuple[int, ...]],
+    dtype: torch.dtype,
+    source: str,
+    ignore_mismatched: bool,
+    on_host: bool,
+) -> None:
+    """Before transformers fills a model built on the meta device: every tensor config.json describes (`expected`,
+    name -> shape) must be in the weights files (`saved`), of its shape, and the model in `dtype` must fit in the
+    host's memory when it is loaded there (`on_host`). transformers allocated every tensor the files lack
+    (_move_missing_keys_from_meta_to_device) before from_pretrained's check after the load named them: a config.json
+    saying 64 blocks of width 8192 over a file holding none asked for 206 GB (an allocator traceback, or the OOM
+    killer where memory is overcommitted)."""
+    missing = sorted(set(expected) - set(saved))
+    wrong = sorted(n for n in set(expected) & set(saved) if expected[n] != saved[n])
+    parts = [f"missing {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}"] if missing else []
+    if wrong:
+        shown = [f"{n} ({list(saved[n])} in the file, {list(expected[n])} by config.json)" for n in wrong[:8]]
+        parts.append(f"mismatched {', '.join(shown)}{' …' if len(wrong) > 8 else ''}")
+    if parts:
+        raise weights_mismatch(source, parts, ignored=bool(wrong) and ignore_mismatched)
+    if on_host:
+        need = sum(numel(shape) for shape in expected.values()) * torch.empty((), dtype=dtype).element_size()
+        check_host_memory(
+            need,
+            source,
+            f"the model config.json describes ({need >> 20} MiB in {str(dtype).removeprefix('torch.')})",
+            "if config.json was edited, restore it; else load it with a device_map or on a machine with more memory",
+        )
