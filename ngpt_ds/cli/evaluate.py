@@ -152,6 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         windows=args.windows,
         batch_size=args.batch_size,
         split=args.split,
+        check_memory=False,  # _check_memory did, before the model loaded, naming this command's options
     )
     print(format_table(results))
     if args.json:

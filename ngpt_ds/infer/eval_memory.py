@@ -111,25 +111,46 @@ def available_memory(device: torch.device) -> int:
         return int(free)
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    from ngpt_ds.model.saved_weights import host_memory_available
+
+    # Also what `ulimit -v` and the cgroup (a Slurm job's, a container's) leave: psutil counts the whole machine.
+    held = host_memory_available()
+    available = int(psutil.virtual_memory().available)
+    return available if held is None else min(available, held)
+
+
+CLI_OPTIONS = ("--batch-size", "--contexts / --multiples")
+"""How check_forward_memory's fix names the batch size and the contexts: evaluate.py's options."""
 
 
 def check_forward_memory(
-    config: ModelConfig, contexts: list[int], batch: int, dtype: torch.dtype, device: torch.device
+    config: ModelConfig,
+    contexts: list[int],
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    loaded: bool = False,
+    options: tuple[str, str] = CLI_OPTIONS,
 ) -> None:
-    """Refuse, before the model loads, a longest-context forward whose estimate exceeds the available memory."""
+    """Refuse a longest-context forward whose estimate exceeds the available memory: before the model loads (its
+    weights counted), or with the model `loaded` (its weights already hold memory: the forward's activations only).
+    `options` name the batch size and the contexts in the fix: evaluate.py's options, or evaluate()'s arguments."""
     context = max(contexts)
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     need = forward_memory(config, batch, context, dtype_bytes)
     have = available_memory(device)
-    if need.total <= have:
+    needed = need.activations if loaded else need.total
+    if needed <= have:
         return
     where = "free on " + str(device) if device.type == "cuda" else "RAM available"
     one = forward_memory(config, 1, context, dtype_bytes)  # activations grow with the batch, weights do not
-    fits = (have - one.weights) // one.activations if one.activations else batch
-    fix = f"use --batch-size {fits} or less" if 1 <= fits < batch else "use shorter contexts (--contexts / --multiples)"
+    fits = (have - (0 if loaded else one.weights)) // one.activations if one.activations else batch
+    batch_option, contexts_option = options
+    fix = f"use {batch_option} {fits} or less" if 1 <= fits < batch else f"use shorter contexts ({contexts_option})"
+    what = "the loaded model's forward" if loaded else "the model"
     raise NgptConfigError(
-        f"context {context}: a forward of {batch} window(s) needs about {need.total / GIB:.2f} GiB (logits "
-        f"{batch} x {context} x {config.vocab_size} and the model), {have / GIB:.2f} GiB {where}; {fix}, or "
+        f"context {context}: a forward of {batch} window(s) needs about {needed / GIB:.2f} GiB (logits "
+        f"{batch} x {context} x {config.vocab_size} and {what}), {have / GIB:.2f} GiB {where}; {fix}, or "
         "fewer contexts"
     )

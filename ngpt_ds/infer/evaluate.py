@@ -22,6 +22,7 @@ from ngpt_ds.data.loader import validation_batches
 from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.data.windows import WindowIndex
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.infer.eval_memory import check_forward_memory
 from ngpt_ds.infer.loading import LoadedModel
 
 
@@ -147,10 +148,15 @@ def evaluate(
     windows: int | None = None,
     batch_size: int = 8,
     split: str = "validation",
+    check_memory: bool = True,
 ) -> list[ContextResult]:
     """Loss and perplexity at each context length (explicit `contexts`, or `multiples` of seq_len,
     default 1x 2x 4x). `windows` per length (default: the trainer's eval windows when the model's
-    provenance records them, else 64), fewer where the split has fewer."""
+    provenance records them, else 64), fewer where the split has fewer.
+
+    Before any forward, each context's is checked against the memory available (ngpt_ds.infer.eval_memory: the
+    logits of batch x context x vocab and their log-softmax); `check_memory=False` leaves it to a caller that
+    checked before loading the model (evaluate.py)."""
     meta = load_dataset_meta(data_dir)
     if meta.vocab_size != loaded.config.vocab_size or meta.tokenizer_sha256 != loaded.tokenizer_sha256:
         raise NgptConfigError(
@@ -177,7 +183,7 @@ def evaluate(
         contexts = [max(1, round(m * seq_len)) for m in multiples]
     if any(c < 1 for c in contexts):
         raise NgptConfigError(f"context lengths {contexts}: must be >= 1")
-    results = []
+    plan = []
     for context in contexts:
         available = WindowIndex(meta, split, context).num_windows
         if available == 0:
@@ -188,8 +194,23 @@ def evaluate(
         wanted = windows
         if wanted is None:
             wanted = trainer_eval_windows(loaded.info, WindowIndex(meta, split, seq_len).num_windows) or 64
-        results.append(window_loss(loaded, data_dir, context, min(wanted, available), batch_size, split))
-    return results
+        plan.append((context, min(wanted, available)))
+    if check_memory:
+        # Every context before the first forward: a context of 200000 tokens (26 GB of fp32 logits a window at a
+        # 32k vocabulary) ran out of memory, or was ended by the OOM killer without a word, when called from Python;
+        # only evaluate.py checked.
+        dtype = next(loaded.model.parameters()).dtype
+        for context, count in sorted(plan, key=lambda c: -c[0] * min(batch_size, c[1])):
+            check_forward_memory(
+                loaded.config,
+                [context],
+                min(batch_size, count),
+                dtype,
+                loaded.device,
+                loaded=True,
+                options=("batch_size", "contexts= / multiples="),
+            )
+    return [window_loss(loaded, data_dir, context, count, batch_size, split) for context, count in plan]
 
 
 def format_table(results: list[ContextResult]) -> str:
