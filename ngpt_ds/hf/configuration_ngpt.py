@@ -18,6 +18,7 @@ from transformers import PretrainedConfig
 
 from ngpt_ds.errors import NgptConfigError, Problems, abridged
 from ngpt_ds.model.config import ModelConfig
+from ngpt_ds.model.saved_weights import TOKENIZER_JSON_SHA256, check_tokenizer_files
 
 # transformers' generic names for the fields generation and the KV cache look up.
 _ATTRIBUTE_MAP = {
@@ -48,6 +49,10 @@ class _NgptDsConfig(PretrainedConfig):
                     )
                 kwargs[name] = value
         _check_dtype(type(self).__name__, kwargs)
+        folder = kwargs.get("name_or_path")
+        if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):  # AutoTokenizer reads the config first
+            marker = kwargs.get("ngpt_ds_export")
+            check_tokenizer_files(folder, marker.get(TOKENIZER_JSON_SHA256) if isinstance(marker, dict) else None)
         defaults = ModelConfig()
         values = {
             f.name: kwargs.pop(f.name, getattr(defaults, f.name))

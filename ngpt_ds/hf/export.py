@@ -17,6 +17,7 @@ The caller (ngpt_ds.infer.export.export_model) writes into a temporary folder an
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from ngpt_ds.hf.configuration_ngpt import CONFIGS
 from ngpt_ds.hf.modeling_ngpt import MODELS
 from ngpt_ds.hf.recorded_config import add_metadata  # noqa: F401  # re-exported: tests import it from here
 from ngpt_ds.hf.tokenizer import PROBE_TEXTS, build_hf_tokenizer, check_same_tokens
+from ngpt_ds.model.saved_weights import TOKENIZER_JSON_SHA256
 
 if TYPE_CHECKING:
     from ngpt_ds.infer.loading import LoadedModel
@@ -139,6 +141,8 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
     config_class = CONFIGS[arch]
     model_class = MODELS[arch]
     eos = tok.eos_id if tok.eos_id >= 0 else None
+    hf_tokenizer.save_pretrained(folder)  # first: config.json records its tokenizer.json's sha256
+    tokenizer_json = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
     config = config_class.from_model_config(
         loaded.config,
         eos_token_id=eos,
@@ -148,6 +152,7 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
             HF_MARKER: {
                 "format_version": 1,
                 "tokenizer_sha256": loaded.tokenizer_sha256,
+                TOKENIZER_JSON_SHA256: tokenizer_json,  # checked where config.json is read (check_tokenizer_files)
                 "ngpt_ds_version": ngpt_ds.__version__,
                 "training": loaded.info,
             }
@@ -160,7 +165,6 @@ def write_hf_export(loaded: LoadedModel, folder: Path, *, name: str) -> dict[str
     # save_pretrained records the model config in the weights' header, the native export's record and key
     # (ngpt_ds.hf.recorded_config): from_pretrained refuses a config.json edited after the export.
     model.save_pretrained(folder)
-    hf_tokenizer.save_pretrained(folder)
     code_files = write_code(folder)
     (folder / "README.md").write_text(
         README.format(

@@ -270,3 +270,57 @@ def check_before_filling(
             f"the model config.json describes ({need >> 20} MiB in {str(dtype).removeprefix('torch.')})",
             "if config.json was edited, restore it; else load it with a device_map or on a machine with more memory",
         )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+"""The files transformers' AutoTokenizer reads from a folder (an `--format hf` export writes the first two)."""
+MAX_TOKENIZER_FILE_BYTES = 256 << 20
+"""Largest tokenizer file read: a 256k-piece BPE's tokenizer.json is about 35 MB (an export's 32k one: about 2 MB)."""
+TOKENIZER_JSON_SHA256 = "tokenizer_json_sha256"
+"""The key under config.json's `ngpt_ds_export` recording the sha256 of the tokenizer.json an export wrote."""
+
+
+def check_tokenizer_files(folder: str | os.PathLike, recorded_sha256: Any = None) -> None:
+    """The tokenizer files of a model folder (TOKENIZER_FILES), before transformers' own code reads them, which it does
+    unchecked: each present must be a regular file (a named pipe made AutoTokenizer wait forever, /dev/zero linked in
+    read until memory ran out), of the folder itself (a link out of it, except a cache snapshot's into its own blobs,
+    read a file elsewhere), of at most MAX_TOKENIZER_FILE_BYTES (a multi-GB tokenizer.json was parsed whole), and
+    tokenizer.json the file the export recorded (`recorded_sha256`, config.json's ngpt_ds_export.tokenizer_json_sha256,
+    when it records one). Called where the folder's config.json is read (the config class), which AutoTokenizer does
+    first."""
+    import hashlib
+
+    fix = "copy the whole folder again, or export the checkpoint again"
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        if not os.path.lexists(path):
+            continue
+        why = _outside(path, Path(folder))
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            why = why or "is a link to nothing"
+            mode = 0
+        if not why and not stat.S_ISREG(mode):
+            why = (
+                "is a folder"
+                if stat.S_ISDIR(mode)
+                else "is a named pipe"
+                if stat.S_ISFIFO(mode)
+                else "is not a regular file"
+            )
+        if not why and os.stat(path).st_size > MAX_TOKENIZER_FILE_BYTES:
+            why = f"holds {os.stat(path).st_size} bytes, over the {MAX_TOKENIZER_FILE_BYTES >> 20} MiB a tokenizer file may hold"
+        if why:
+            raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
+        if name == "tokenizer.json" and isinstance(recorded_sha256, str) and recorded_sha256:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != recorded_sha256:
+                raise NgptConfigError(
+                    f"{path} (sha256 {digest.hexdigest()[:12]}…) is not the tokenizer.json the export wrote (sha256 "
+                    f"{recorded_sha256[:12]}…, {TOKENIZER_JSON_SHA256} in config.json): it was replaced or altered, "
+                    f"and token ids would mean other text; {fix}"
+                )
