@@ -2,6 +2,7 @@
 
     python bench/attn_path.py [--batch 8] [--seq-len 256] [--heads 4] [--head-dims 48,64] [--rounds 5]
                               [--reps 20] [--threads N] [--clock wall|cpu] [--forms NAME,...] [--compile] [--json F] [--docs]
+    python bench/attn_path.py --compile --forms current,written --seq-lens 128,256,512,1024 [--tokens 2048] ...
 
 `CausalSelfAttention.attend` gives SDPA q, k, v as [B, H, T, head_dim] views of [B, T, H, head_dim]
 tensors, in bf16, causal, with nGPT's softmax scale sqrt(head_dim); on the CPU that runs
@@ -17,11 +18,15 @@ This times forward plus backward, in one process, the forms alternating within e
   [B, H, T, T] probabilities rebuilt from the kernel's saved logsumexp (values differ by rounding);
 - `math`: SDPA with its math backend forced (`sdpa_kernel(SDPBackend.MATH)`; values differ by rounding);
 - `written`: attention written out, bf16 matmuls around an fp32 masked softmax, autograd's backward: what
-  Inductor can fuse (scale, mask, softmax, casts) when compiled (values differ by rounding).
+  Inductor can fuse (scale, mask, softmax, casts) when compiled (values differ by rounding). It is the model's
+  own `written_attention` (ngpt_ds/model/blocks.py), which compiled CPU steps run up to
+  `WRITTEN_ATTENTION_MAX_POSITIONS` positions.
 
 `--compile` runs every form through torch.compile (the forms `current`, `math`, `written` and `fp32` by
 default then): whether, inside a compiled step, another path beats the flash kernel. `--forms` picks forms
-(`current` always first, the reference).
+(`current` always first, the reference). `--seq-lens` repeats it all at each context, the batch set to
+`--tokens` / context (the same tokens at every context, as a training step at a fixed batch of tokens):
+where the written form stops paying, the threshold `WRITTEN_ATTENTION_MAX_POSITIONS`.
 
 It prints each form's median time, its ratio to `current` per round, and the largest difference of its
 output and input gradients from `current`'s.
@@ -44,6 +49,9 @@ sys.path.insert(0, str(REPO / "bench"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from report import json_file  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from ngpt_ds.model.blocks import written_attention  # noqa: E402
 
 
 def make_forms(T: int, head_dim: int) -> dict[str, Any]:
@@ -98,10 +106,7 @@ def make_forms(T: int, head_dim: int) -> dict[str, Any]:
             return current(q, k, v)
 
     def written(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        scores = torch.matmul(qt, kt.transpose(-1, -2)).float() * scale
-        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).to(q.dtype)
-        return torch.matmul(probs, vt).transpose(1, 2)
+        return written_attention(q, k, v, scale)
 
     return {
         "current": current,
@@ -118,8 +123,8 @@ DEFAULT_FORMS = ("current", "fp32", "padded", "contiguous", "hand_backward")
 COMPILED_FORMS = ("current", "math", "written", "fp32")
 
 
-def measure(args: argparse.Namespace, head_dim: int) -> dict[str, Any]:
-    B, T, H = args.batch, args.seq_len, args.heads
+def measure(args: argparse.Namespace, head_dim: int, T: int) -> dict[str, Any]:
+    B, H = (args.tokens // T if args.seq_lens else args.batch), args.heads
     torch.manual_seed(0)
     q, k, v = ((torch.randn(B, T, H, head_dim) / head_dim**0.5).to(torch.bfloat16).requires_grad_() for _ in range(3))
     grad = torch.randn(B, T, H, head_dim, dtype=torch.bfloat16)
@@ -152,7 +157,7 @@ def measure(args: argparse.Namespace, head_dim: int) -> dict[str, Any]:
                 run(forms[name])
                 times.append(clock() - start)
             ms[name].append(statistics.median(times) * 1e3)
-    out: dict[str, Any] = {"head_dim": head_dim, "forms": {}}
+    out: dict[str, Any] = {"head_dim": head_dim, "seq_len": T, "batch": B, "forms": {}}
     for name in forms:
         ratios = [a / b for a, b in zip(ms[name], ms["current"])]
         out["forms"][name] = {
@@ -172,6 +177,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--seq-lens", help="comma-separated contexts, each at --tokens / context sequences")
+    parser.add_argument("--tokens", type=int, default=2048, help="tokens per pass with --seq-lens (default 2048)")
     parser.add_argument("--head-dims", default="48,64", help="comma-separated head sizes (default 48,64)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each timing every form")
     parser.add_argument("--reps", type=int, default=20, help="forward+backward passes per form and round")
@@ -192,26 +199,33 @@ def main() -> int:
         parser.error(f"--forms: each of {', '.join(known)}")
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1 (CPU time sums all threads)")
-    if args.docs and (args.compile or args.forms != list(DEFAULT_FORMS)):
-        parser.error("--docs writes the eager table of the default forms: drop --compile and --forms")
-    if min(args.batch, args.seq_len, args.heads, args.rounds, args.reps, *head_dims) < 1:
+    if args.docs and (args.compile or args.forms != list(DEFAULT_FORMS) or args.seq_lens):
+        parser.error("--docs writes the eager table of the default forms: drop --compile, --forms and --seq-lens")
+    seq_lens = [int(t) for t in args.seq_lens.split(",")] if args.seq_lens else [args.seq_len]
+    if min(args.batch, args.heads, args.rounds, args.reps, *head_dims, *seq_lens) < 1:
         parser.error("sizes, --rounds and --reps must be at least 1")
+    if args.seq_lens and any(args.tokens % t for t in seq_lens):
+        parser.error("--tokens must be a multiple of every context in --seq-lens")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [measure(args, h) for h in head_dims]
+    results = [measure(args, h, t) for t in seq_lens for h in head_dims]
     load = os.getloadavg()
+    sweep = "| batch x context " if args.seq_lens else ""
     rows = [
-        "| head_dim | form | ms per forward+backward | form / current, median (range) | largest difference from current |",
-        "|---|---|---|---|---|",
+        f"{sweep}| head_dim | form | ms per forward+backward | form / current, median (range) "
+        "| largest difference from current |",
+        "|---" * (6 if args.seq_lens else 5) + "|",
     ]
     for res in results:
         for name, f in res["forms"].items():
             rows.append(
-                f"| {res['head_dim']} | {name} | {f['median_ms']:.2f} | **{f['ratio']:.3f}** "
+                (f"| {res['batch']} x {res['seq_len']} " if args.seq_lens else "")
+                + f"| {res['head_dim']} | {name} | {f['median_ms']:.2f} | **{f['ratio']:.3f}** "
                 f"({f['ratio_min']:.3f}-{f['ratio_max']:.3f}) | {f['max_diff']:.1e} |"
             )
+    shape = f"{args.tokens} tokens per pass" if args.seq_lens else f"{args.batch} x {args.seq_len} tokens"
     head = (
-        f"{args.batch} x {args.seq_len} tokens, {args.heads} heads, bf16, causal, {torch.get_num_threads()} threads"
+        f"{shape}, {args.heads} heads, bf16, causal, {torch.get_num_threads()} threads"
         f"{', compiled' if args.compile else ''}, {args.clock} clock; "
         f"medians of {args.reps} passes per form and round, {args.rounds} rounds; load average after the run "
         f"{load[0]:.2f} (1 min), {load[1]:.2f} (5 min)"

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from ngpt_ds.train.config import TrainConfig
     from ngpt_ds.train.ds_config import BatchPlan
     from ngpt_ds.train.hypersphere import HypersphereHook
+
+T = TypeVar("T")
 
 #: the vocabulary of a preset that leaves model.vocab_size to the tokenizer (there is none here)
 DEFAULT_VOCAB = 4096
@@ -169,3 +172,22 @@ if __name__ == "__main__":
     from report import module_main
 
     sys.exit(module_main(__doc__))
+
+
+def with_flash_attention(step: Callable[..., T]) -> Callable[..., T]:
+    """`step`, run with compiled attention on SDPA's flash kernel at every context (WRITTEN_ATTENTION_MAX_POSITIONS
+    0 while it runs): the compiled steps as they were before `written_attention`, for an A/B in one process.
+
+    Dynamo guards its graphs on the constant, so a module compiled under each value keeps both graphs and
+    switching between calls recompiles nothing."""
+    from ngpt_ds.model import blocks
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        saved = blocks.WRITTEN_ATTENTION_MAX_POSITIONS
+        blocks.WRITTEN_ATTENTION_MAX_POSITIONS = 0
+        try:
+            return step(*args, **kwargs)
+        finally:
+            blocks.WRITTEN_ATTENTION_MAX_POSITIONS = saved
+
+    return run

@@ -1,7 +1,7 @@
 """Model FLOPs utilization of a training step, against this machine's measured matmul peak.
 
     python bench/mfu.py [--config ngpt_tiny] [--ds ds_configs/zero2.json] [--steps 20]
-                        [--compile] [--threads N] [--clock wall|cpu]
+                        [--compile [--flash-compiled]] [--threads N] [--clock wall|cpu]
 
 Achieved FLOP/s = training FLOPs per token (PaLM convention, ngpt_ds/model/flops.py) x tokens/s
 of real DeepSpeed engine steps (the median step). Peak = the best of square-matmul timings in
@@ -9,7 +9,10 @@ the same process, dtype and threads, taken before and after the training steps (
 same machine load).
 
 `--compile` also runs the engine's module through torch.compile and alternates eager and
-compiled steps of the same engine, so both modes see the same machine state.
+compiled steps of the same engine, so both modes see the same machine state. `--flash-compiled` adds a
+third mode, compiled steps with attention on SDPA's flash kernel at every context (as before
+`written_attention`, ngpt_ds/model/blocks.py), and prints compiled/that per step: the written
+attention's gain, from the same interleaved steps.
 
 CPU only: the peak is a CPU matmul and the steps are timed without a CUDA synchronize. On a machine
 with a GPU the script stops with an error unless run as DS_ACCELERATOR=cpu (which times the CPU).
@@ -43,12 +46,19 @@ def main() -> int:
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON")
     parser.add_argument("--steps", type=count(1), default=20, help="timed steps after 3 warm-up steps")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd steps, alternating")
+    parser.add_argument(
+        "--flash-compiled",
+        action="store_true",
+        help="with --compile: also compiled steps with SDPA's flash attention at every context, alternating",
+    )
     add_timing_arguments(parser)
     parser.add_argument("--json", type=json_file, help="write the result here too")
     parser.add_argument("--docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):
         return 2
+    if args.flash_compiled and not args.compile:
+        parser.error("--flash-compiled compares two compiled modes: add --compile")
     from engines import refuse_gpu
 
     if refuse_gpu(
@@ -61,7 +71,7 @@ def main() -> int:
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    from engines import preset_engine
+    from engines import preset_engine, with_flash_attention
 
     from ngpt_ds import distributed
     from ngpt_ds.model import training_flops_per_token
@@ -76,6 +86,8 @@ def main() -> int:
     forwards = {"eager": engine}
     if args.compile:
         forwards["compiled"] = torch.compile(engine.module)
+    if args.flash_compiled:
+        forwards["compiled, flash attention"] = with_flash_attention(torch.compile(engine.module))
     seconds = {mode: [] for mode in forwards}
     for step in range(args.steps + 3):
         for mode, forward in forwards.items():
@@ -103,11 +115,12 @@ def main() -> int:
         "peak_tflops": max(peaks) / 1e12,
         **mode_result(seconds["eager"]),
     }
-    if args.compile:
-        result["compiled"] = mode_result(seconds["compiled"])
+    for mode in forwards:
+        if mode != "eager":
+            result[mode] = mode_result(seconds[mode])
     rows = []
     for mode in forwards:
-        r = result if mode == "eager" else result["compiled"]
+        r = result if mode == "eager" else result[mode]
         print(
             f"MFU {args.config} {mode} ({result['dtype']}, {result['threads']} threads, {args.clock} clock): "
             f"{r['tokens_per_s']:.0f} tokens/s x {flops_per_token / 1e6:.1f} MFLOP/token = "
@@ -118,6 +131,15 @@ def main() -> int:
             f"| {args.config} | {mode} | {result['dtype']} | {result['threads']} | {args.clock} | "
             f"{r['tokens_per_s']:.0f} | {flops_per_token / 1e6:.1f} | {r['achieved_tflops'] * 1e3:.1f} | "
             f"{result['peak_tflops'] * 1e3:.1f} | **{100 * r['mfu']:.1f}%** |"
+        )
+    if args.flash_compiled:
+        # tokens/s of compiled over compiled with flash attention, per pair of steps timed in the same step
+        gains = [f / c for c, f in zip(seconds["compiled"], seconds["compiled, flash attention"])]
+        result["written_attention_gain"] = {"median": statistics.median(gains), "min": min(gains), "max": max(gains)}
+        below = sum(g > 1 for g in gains)
+        print(
+            f"compiled / compiled with flash attention, tokens/s per step: {statistics.median(gains):.3f} "
+            f"({min(gains):.3f}-{max(gains):.3f}), above 1.0 in {below} of {len(gains)} steps"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -19,7 +19,10 @@ one step later than the one before, so no step always runs after the same neighb
   scripts time fp32 (bench/engines.py): the official code keeps its blocks' weights in bf16,
   so both sides then run torch's reference bf16 kernel, and the script says so;
 - with `--compile`, also ngpt_ds nGPT and GPT with the engine's module through torch.compile
-  (the official train.py's default is compile = False, so the official side stays eager).
+  (the official train.py's default is compile = False, so the official side stays eager);
+- with `--flash-compiled` too, a third compiled ngpt_ds nGPT whose attention stays on SDPA's flash kernel
+  at every context (as before `written_attention`, ngpt_ds/model/blocks.py): the written attention's gain
+  and the ratio to the official nGPT without it, from the same rounds.
 
 It prints ms/step and tokens/s (medians over rounds) and the ratios, each ratio with the
 median, minimum and maximum of its per-round values. `--threads 1 --clock cpu` times the
@@ -64,6 +67,8 @@ from ngpt_ds.train.builder import init_process_group  # noqa: E402
 #: The shape of the comparison: 4 layers, d 256, 4 heads, context 256, batch 8, vocabulary 4096.
 SHAPE = dict(n_layer=4, n_embd=256, n_head=4, seq_len=256, vocab_size=4096)
 BATCH = 8
+#: --flash-compiled's step: compiled ngpt_ds nGPT with SDPA's flash attention at every context
+FLASH_STEP = "ngpt_ds nGPT compiled, flash attention"
 
 #: (label, side, arch) in the order the steps run inside a round.
 STEPS = (
@@ -228,8 +233,9 @@ def measure(
     ds_path: str,
     clock: str,
     compiled: bool = False,
+    flash_compiled: bool = False,
 ) -> dict:
-    from engines import load_bench_ds
+    from engines import load_bench_ds, with_flash_attention
 
     from ngpt_ds.train.ds_config import precision_of
 
@@ -244,6 +250,8 @@ def measure(
     if compiled:
         for arch, name in (("ngpt", "nGPT"), ("gpt", "GPT")):
             steps[f"ngpt_ds {name} compiled"] = make_step(arch, shape, batch, ds_path, compiled=True, clock=timer)
+    if flash_compiled:
+        steps[FLASH_STEP] = with_flash_attention(make_step("ngpt", shape, batch, ds_path, compiled=True, clock=timer))
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -273,6 +281,9 @@ def measure(
         ratios["ngpt_ds nGPT compiled / official nGPT"] = per_round("ngpt_ds nGPT compiled", "official nGPT")
         ratios["ngpt_ds nGPT compiled / official GPT"] = per_round("ngpt_ds nGPT compiled", "official GPT")
         ratios["nGPT/GPT ms, ngpt_ds compiled"] = per_round("ngpt_ds GPT compiled", "ngpt_ds nGPT compiled")
+    if flash_compiled:
+        ratios[f"{FLASH_STEP} / official nGPT"] = per_round(FLASH_STEP, "official nGPT")
+        ratios[f"ngpt_ds nGPT compiled / {FLASH_STEP}"] = per_round("ngpt_ds nGPT compiled", FLASH_STEP)
     return {
         "shape": shape,
         "batch": batch,
@@ -331,12 +342,19 @@ def main() -> int:
     )
     parser.add_argument("--ds", default=str(REPO / "ds_configs/zero2.json"), help="DeepSpeed JSON of ngpt_ds's side")
     parser.add_argument("--compile", action="store_true", help="also time ngpt_ds's models through torch.compile")
+    parser.add_argument(
+        "--flash-compiled",
+        action="store_true",
+        help="with --compile: also compiled ngpt_ds nGPT with SDPA's flash attention at every context",
+    )
     add_timing_arguments(parser)
     parser.add_argument("--json", type=json_file, help="write the results here too")
     parser.add_argument("--docs", action="store_true", help="also write the results into docs/benchmarks.md")
     args = parser.parse_args()
     if not apply_timing_arguments(args):
         return 2
+    if args.flash_compiled and not args.compile:
+        parser.error("--flash-compiled compares two compiled steps: add --compile")
     from engines import refuse_gpu
 
     if refuse_gpu(
@@ -373,7 +391,9 @@ def main() -> int:
             file=sys.stderr,
         )
     init_process_group(distributed.discover({}), timeout_s=600)
-    result = measure(official, shape, batch, args.rounds, args.warmup, args.ds, args.clock, args.compile)
+    result = measure(
+        official, shape, batch, args.rounds, args.warmup, args.ds, args.clock, args.compile, args.flash_compiled
+    )
     print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

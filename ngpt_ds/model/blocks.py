@@ -18,6 +18,31 @@ from torch import nn
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.layers import Projection, RotaryEmbedding, ScaleVector, gated_silu, l2_normalize
 
+#: Under torch.compile on the CPU, attention over at most this many positions runs as `written_attention`
+#: (plain operations, which Inductor fuses) instead of SDPA's flash kernel; above it the flash kernel, whose
+#: memory and time grow more slowly with the context. Set by `python bench/attn_path.py --compile --forms
+#: current,written --seq-lens 128,256,512,1024 --tokens 2048 --head-dims 48,64 --rounds 6 --reps 6 --threads 1
+#: --clock cpu` (2026-12-04, load average 8-12; docs/benchmarks.md, "What was changed, and what it gave"),
+#: written / flash time, forward plus backward, head_dim 48 and 64: 0.38 and 0.45 at 128 positions, 0.87 and
+#: 0.73 at 256, 1.01 and 0.97 at 512 (even), 1.71 and 1.50 at 1024.
+WRITTEN_ATTENTION_MAX_POSITIONS = 256
+
+
+def written_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal softmax(q k^T * scale) v written out: q, k, v [B, T, H, head_dim] -> [B, T, H, head_dim].
+
+    The scores are q k^T in q's dtype, then the scale, the causal mask and the softmax in fp32 (at least),
+    and the probabilities in q's dtype times v. The same function as SDPA's: in fp32 the two agree to
+    rounding (1e-7 here), in bf16 they differ by the scores' bf16 rounding, which the flash kernel does not
+    do (tests/test_speed28_written_attention.py holds both)."""
+    positions = torch.arange(q.shape[1], device=q.device)
+    future = positions[None, :] > positions[:, None]  # [T, T]: True where a key is after the query
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    accumulate = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(qt, kt.transpose(-1, -2)).to(accumulate) * scale
+    probs = scores.masked_fill(future, float("-inf")).softmax(-1).to(q.dtype)
+    return torch.matmul(probs, vt).transpose(1, 2)
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with RoPE, through torch SDPA.
@@ -101,7 +126,13 @@ class CausalSelfAttention(nn.Module):
 
         Sequence parallelism (ngpt_ds.parallel.sequence) replaces it per instance by an all-to-all
         around this same function: each rank then holds T / S positions of all heads, the function
-        sees all positions of H / S heads."""
+        sees all positions of H / S heads.
+
+        Compiled on the CPU, up to WRITTEN_ATTENTION_MAX_POSITIONS positions, as `written_attention`: in a
+        compiled step the fused plain operations ran faster than the flash kernel there (its values differ
+        by bf16 rounding only; eager runs are untouched)."""
+        if torch.compiler.is_compiling() and q.device.type == "cpu" and q.shape[1] <= WRITTEN_ATTENTION_MAX_POSITIONS:
+            return written_attention(q, k, v, self.softmax_scale)
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale
         )
