@@ -343,6 +343,18 @@ def write_run_configs(folder: Path, model: dict, train: dict) -> dict:
     }
 
 
+def write_diverging_configs(folder: Path, **train) -> tuple[Path, Path]:
+    """The two files of a run whose loss becomes nan within a few steps, in `folder`: nan.yaml (the GPT baseline at
+    lr 1e30 without warm-up, 6 steps, a loss record every step; `train` on top) and ds.json (ZeRO 0, fp32,
+    micro-batch 4, no accumulation, no gradient clipping)."""
+    gpt = {**tiny_ngpt(), "arch": "gpt"}
+    config = write_yaml(
+        folder / "nan.yaml", gpt, {"max_steps": 6, "lr": 1e30, "warmup_steps": 0, "log_interval": 1, **train}
+    )
+    ds = write_ds_config(folder / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
+    return config, ds
+
+
 def train_flags(config, ds_config, data, out, *extra) -> list:
     """launch/train.py's options for one run, without the progress bar; `extra` after them."""
     return ["--config", config, "--deepspeed_config", ds_config, "--data", data, "--out", out, "--no-progress", *extra]

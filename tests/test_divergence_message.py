@@ -2,19 +2,14 @@
 
 import sys
 
-from conftest import run, tiny_ngpt, train_cmd, write_ds_config, write_yaml
+from conftest import run, tiny_ngpt, train_cmd, write_diverging_configs, write_ds_config, write_yaml
 
 
 def test_a_divergence_before_the_first_checkpoint_says_there_is_none(tmp_path, tiny_dataset):
     """Fault: a NaN loss before the first save said 'Checkpoints up to step 2 are intact in
     <out>/checkpoints (--resume auto continues from the newest)', a folder that did not exist: the
     rerun starts from step 0. (The GPT baseline at lr 1e30 and no clipping: nan within a few steps.)"""
-    config = write_yaml(
-        tmp_path / "nan.yaml",
-        {**tiny_ngpt(), "arch": "gpt"},
-        {"max_steps": 6, "lr": 1e30, "warmup_steps": 0, "checkpoint_interval": 100, "log_interval": 1},
-    )
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
+    config, ds = write_diverging_configs(tmp_path, checkpoint_interval=100)
     out = tmp_path / "out"
     proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, out)], check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]

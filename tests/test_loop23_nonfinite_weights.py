@@ -6,7 +6,7 @@ import torch
 
 from ngpt_ds.train import checkpoint
 
-from conftest import tiny_ngpt, train_run, write_ds_config, write_yaml
+from conftest import train_run, write_diverging_configs
 
 
 def test_nan_weights_after_a_finite_loss_are_not_saved_as_an_intact_checkpoint(tmp_path, tiny_dataset):
@@ -15,12 +15,7 @@ def test_nan_weights_after_a_finite_loss_are_not_saved_as_an_intact_checkpoint(t
     (step_00000002: 14 tensors of NaN), and step 3's NaN loss then said 'Checkpoints up to step 2 are intact'
     and --resume auto diverged again. Now the run stops at step 2 before its save, naming the weights and the
     checkpoint of step 1, whose weights are finite. A 2-rank gloo job, ZeRO 0 in fp32 (ZeRO 1-3 and fp16 skip an overflowing step)."""
-    config = write_yaml(
-        tmp_path / "nan.yaml",
-        {**tiny_ngpt(), "arch": "gpt"},
-        {"max_steps": 6, "lr": 1e30, "warmup_steps": 0, "checkpoint_interval": 1, "log_interval": 1},
-    )
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
+    config, ds = write_diverging_configs(tmp_path, checkpoint_interval=1)
     out = tmp_path / "out"
     proc = train_run(config, ds, tiny_dataset, out, nproc=2, check=False)
     assert proc.returncode == 1, (proc.stdout + proc.stderr)[-4000:]

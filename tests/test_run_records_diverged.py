@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from conftest import run, tiny_ngpt, train_cmd, write_ds_config, write_yaml
+from conftest import run, train_cmd, write_diverging_configs
 
 
 def strict(text):
@@ -18,12 +18,7 @@ def strict(text):
 
 def test_a_run_that_diverges_writes_a_diverged_summary_and_exits_2(tmp_path, tiny_dataset):
     # The GPT baseline at lr 1e30 and no clipping: a nan loss within a few steps (test_divergence_message.py).
-    config = write_yaml(
-        tmp_path / "nan.yaml",
-        {**tiny_ngpt(), "arch": "gpt"},
-        {"max_steps": 6, "lr": 1e30, "warmup_steps": 0, "checkpoint_interval": 100, "log_interval": 1},
-    )
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
+    config, ds = write_diverging_configs(tmp_path, checkpoint_interval=100)
     out = tmp_path / "out"
     out.mkdir()
     (out / "train.lock").write_text("host=earlier pid=1\n")  # a run folder: an earlier session's, finished

@@ -23,6 +23,7 @@ from conftest import (
     torchrun,
     train_cmd,
     train_run,
+    write_diverging_configs,
     write_ds_config,
     write_yaml,
 )
@@ -178,19 +179,7 @@ def test_resume_none_refuses_to_mix_with_existing_checkpoints(runs, reference_ru
 
 
 def test_nan_loss_stops_with_the_step_and_saves_nothing_after_it(tmp_path, tiny_dataset):
-    config = write_yaml(
-        tmp_path / "nan.yaml",
-        {**MODEL, "arch": "gpt"},
-        {
-            "max_steps": 6,
-            "lr": 1e30,
-            "warmup_steps": 0,
-            "checkpoint_interval": 3,
-            "eval_interval": 0,
-            "log_interval": 1,
-        },
-    )
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1, gradient_clipping=0.0)
+    config, ds = write_diverging_configs(tmp_path, checkpoint_interval=3, eval_interval=0)
     proc = run([sys.executable, *train_cmd(config, ds, tiny_dataset, tmp_path / "out")], check=False)
     assert proc.returncode == 2
     error = proc.stderr.strip().splitlines()[-1]
