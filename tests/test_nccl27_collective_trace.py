@@ -64,8 +64,9 @@ def traces(tmp_path_factory, tiny_dataset) -> dict:
     ranks[1].send_signal(signal.SIGTERM)
     runs["sigterm"] = {"codes": wait_ranks(ranks, "SIGTERM to rank 1"), "trace": read_traces(work / "t_sigterm")}
     runs["sigterm"]["summary"] = json.loads((out / "summary.json").read_text())
-    # The same run folder again: a resume from the stop's checkpoint, stopped by --max-time.
-    limit = ("--max-time", "30", "--max-steps", "1000000")  # the limit, not the step count, ends it
+    # The same run folder again: a resume from the stop's checkpoint, stopped by --max-time (60 s: a startup on
+    # a loaded machine took 41 s, and a limit it leaves no time under is refused before training).
+    limit = ("--max-time", "60", "--max-steps", "1000000")  # the limit, not the step count, ends it
     ranks = _traced(work / "t_resume", yaml, ds2, tiny_dataset, out, *limit, logs=work / "logs_resume")
     runs["resume_max_time"] = {
         "codes": wait_ranks(ranks, "resume, --max-time"),
