@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from random_export import export_random_ngpt
+from test_infer_export import trained  # noqa: F401  (session fixture)
 
 from conftest import REPO, cpu_env
 
@@ -174,3 +175,26 @@ def test_from_pretrained_refuses_tensors_the_file_lacks_before_transformers_allo
         "model.blocks.0.mlp.s_v.param, model.blocks.0.mlp.up_gate.weight …); the file is damaged or from another "
         "model. Export the checkpoint again"
     )
+
+
+def test_a_checkpoint_larger_than_the_memory_is_refused_before_its_files_are_read(trained, monkeypatch):  # noqa: F811
+    """The same check for a trainer checkpoint: its DeepSpeed files as read (zero_to_fp32 reads them whole), against
+    a host memory imitated one byte short of them (saved_weights.host_memory_available); none of them is read."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.infer import load, loading
+    from ngpt_ds.model import saved_weights
+
+    checkpoint = trained["checkpoint"]
+    stored = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".pt" and f.is_file())
+    assert stored > 0
+    read: list = []
+    monkeypatch.setattr(loading, "read_checkpoint_weights", lambda *a: read.append(a))
+    monkeypatch.setattr(saved_weights, "host_memory_available", lambda: stored - 1)
+    with pytest.raises(NgptConfigError) as caught:
+        load(checkpoint, device="cpu")
+    assert str(caught.value) == (
+        f"{checkpoint}: loading its weights ({stored / 2**30:.2f} GiB as stored) needs about {stored / 2**30:.2f} GiB "
+        f"of RAM, and {(stored - 1) / 2**30:.2f} GiB is available here; if {checkpoint / 'config.yaml'} was edited, "
+        "restore it; else load it on a machine with more memory"
+    )
+    assert read == []

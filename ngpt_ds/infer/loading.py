@@ -279,9 +279,10 @@ def check_load_memory(stored_bytes: int, parameters: int, source: str, edited: s
     holds, with a weights file to match (a sparse file of any size costs a few bytes on disk), was read and built until
     the allocator failed with a traceback, or the OOM killer ended the process."""
     GIB = 2**30
+    built = f"the float32 model built from them ({parameters} parameters)"
     what = f"its weights ({stored_bytes / GIB:.2f} GiB as stored)"
     if parameters:
-        what += f" and the float32 model built from them ({parameters} parameters)"
+        what = f"{what} and {built}" if stored_bytes else f"{built.replace('them', 'its weights')}"
     check_host_memory(
         stored_bytes + 4 * parameters, source, what, f"{edited}; else load it on a machine with more memory"
     )
@@ -306,10 +307,14 @@ def _finish(
     source: str,
     device: str | torch.device | None,
     dtype: str | torch.dtype | None,
+    edited: str | None = None,
 ) -> CausalLM:
     """Check the weights against `config`, then build its model (only then: a config describing a far
-    larger model than the files hold must not allocate it), load them, check the sphere, move and cast it."""
+    larger model than the files hold must not allocate it), load them, check the sphere, move and cast it.
+    With `edited` (the fix naming the config file), the float32 model is first checked against the memory left."""
     check_weights(config_shapes(config), weights, source)
+    if edited is not None:
+        check_load_memory(0, sum(t.numel() for t in weights.values()), source, edited)
     model = build_model(config)
     weights_dtype = min(
         (t.dtype for t in weights.values() if t.is_floating_point()),
@@ -361,15 +366,13 @@ def load_checkpoint(
     digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
     with torch.device("meta"):
         layout = build_model(config)  # names, shapes and tensor-parallel plan to read by; nothing allocated
-    parameters = sum(t.numel() for t in layout.state_dict().values())
-    check_load_memory(  # zero_to_fp32 consolidates float32 weights
-        4 * parameters,
-        parameters,
-        str(checkpoint),
-        f"if {checkpoint / 'config.yaml'} was edited, restore it",
-    )
+    # The files as read first (zero_to_fp32 reads them whole); the model its config.yaml describes once the weights
+    # read match it (_finish), so that a config.yaml describing another model is named as such.
+    edited = f"if {checkpoint / 'config.yaml'} was edited, restore it"
+    stored = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".pt" and f.is_file())
+    check_load_memory(stored, 0, str(checkpoint), edited)
     weights, info = read_checkpoint_weights(checkpoint, run, layout)
-    model = _finish(config, weights, str(checkpoint), device, dtype)
+    model = _finish(config, weights, str(checkpoint), device, dtype, edited)
     return LoadedModel(
         model=model,
         config=config,
