@@ -355,6 +355,16 @@ def write_diverging_configs(folder: Path, **train) -> tuple[Path, Path]:
     return config, ds
 
 
+def stand_in_commands(folder: Path, commands: dict[str, str]) -> Path:
+    """`folder` (made if missing) with an executable script per name in `commands` (name -> its text): the stand-in
+    commands (srun, ssh, deepspeed, ...) a launcher test puts first on PATH. Returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in commands.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder
+
+
 def train_flags(config, ds_config, data, out, *extra) -> list:
     """launch/train.py's options for one run, without the progress bar; `extra` after them."""
     return ["--config", config, "--deepspeed_config", ds_config, "--data", data, "--out", out, "--no-progress", *extra]

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_SSH = """#!/bin/bash
 echo "ssh ${@: -2:1}" >> "$FAKE_LOG"
@@ -29,11 +29,7 @@ echo "deepspeed $*" >> "$FAKE_LOG"
 
 
 def run_multinode(tmp_path, deepspeed_args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("ssh", FAKE_SSH), ("deepspeed", FAKE_DEEPSPEED)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"ssh": FAKE_SSH, "deepspeed": FAKE_DEEPSPEED})
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=2\nnode-b slots=2\nnode-c slots=2\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "SSH_PORT", "PDSH_"))}

@@ -12,7 +12,7 @@ ranks of the other nodes waited train.dist_timeout_s for them.
 import os
 import subprocess
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_MPIRUN = """#!/bin/bash
 # Rank 1 of 2 on this node, as Open MPI starts it: mpirun's environment plus OMPI_COMM_WORLD_*.
@@ -25,10 +25,7 @@ OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_LOCAL_RANK=1 OMPI_
 
 def test_mpi_ranks_come_from_open_mpi_not_from_the_shell(tmp_path):
     """Fault: RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 left in the shell made this node's ranks rank 0 of 1."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    (folder / "mpirun").write_text(FAKE_MPIRUN)
-    (folder / "mpirun").chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"mpirun": FAKE_MPIRUN})
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "LOCAL_", "OMPI_", "MPI_"))}

@@ -14,18 +14,14 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_SSH = "#!/bin/bash\nexit 0\n"
 FAKE_PDSH = '#!/bin/bash\necho "pdsh $*" >> "$FAKE_LOG"\n'
 
 
 def run_deepspeed_mode(tmp_path, cwd, *options):
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("ssh", FAKE_SSH), ("pdsh", FAKE_PDSH)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"ssh": FAKE_SSH, "pdsh": FAKE_PDSH})
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "SSH_PORT", "PDSH_", "DEEPSPEED_"))}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 TASK = """#!/bin/bash
 # One task of a two-task step, as srun (or DeepSpeed's launcher through srun) starts it.
@@ -33,12 +33,7 @@ esac
 
 
 def fake_bin(tmp_path: Path) -> Path:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("srun", TASK), ("deepspeed", TASK), ("scontrol", SCONTROL)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
-    return folder
+    return stand_in_commands(tmp_path / "bin", {"srun": TASK, "deepspeed": TASK, "scontrol": SCONTROL})
 
 
 @pytest.mark.parametrize("script", ["train.sbatch", "train_deepspeed.sbatch"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 NODE_ADDR = "127.0.0.1"
 """The first node's NodeAddr in the fake slurm.conf below; its NodeName, gpu-dy-1, resolves nowhere."""
@@ -49,12 +49,9 @@ while [ $# -gt 0 ]; do [ "$1" = --master_addr ] && echo "MASTER_ADDR=$2" >> "$FA
 
 
 def fake_bin(tmp_path: Path) -> Path:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN), ("deepspeed", FAKE_DEEPSPEED)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
-    return folder
+    return stand_in_commands(
+        tmp_path / "bin", {"scontrol": FAKE_SCONTROL, "srun": FAKE_SRUN, "deepspeed": FAKE_DEEPSPEED}
+    )
 
 
 def slurm_job_env(tmp_path: Path) -> dict:

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_SRUN = """#!/bin/bash
 # pyxis: the task runs in --container-workdir; it trains and stops at the time limit.
@@ -42,11 +42,7 @@ def test_relative_out_with_a_container_workdir_is_refused(srun_args, launch_pref
     container.mkdir()
     submit_dir = tmp_path / "submit"
     submit_dir.mkdir()
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_"))}
     env.update(
         PATH=f"{folder}:{env['PATH']}",
@@ -82,11 +78,7 @@ def test_relative_out_without_container_flags_still_runs(tmp_path):
     for them and the script, and the stopped job is requeued."""
     submit_dir = tmp_path / "submit"
     submit_dir.mkdir()
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_"))}
     env.update(
         PATH=f"{folder}:{env['PATH']}",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_SRUN = """#!/bin/bash
 # A run that stopped at its time limit: summary.json says "stopped" below max_steps.
@@ -30,11 +30,9 @@ echo "scontrol $*" >> "$FAKE_LOG"
 
 
 def run_script(script: str, tmp_path: Path, max_requeues: str) -> tuple[subprocess.CompletedProcess, str]:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("deepspeed", FAKE_DEEPSPEED), ("scontrol", FAKE_SCONTROL)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(
+        tmp_path / "bin", {"srun": FAKE_SRUN, "deepspeed": FAKE_DEEPSPEED, "scontrol": FAKE_SCONTROL}
+    )
     out = tmp_path / "run"
     out.mkdir()
     summary = {"status": "stopped", "step": 40, "max_steps": 100, "out_dir": str(out)}

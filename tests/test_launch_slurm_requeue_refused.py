@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_RUN = """#!/bin/bash
 printf '%s\\n' "$FAKE_SUMMARY" > "$FAKE_OUT/summary.json"
@@ -32,11 +32,7 @@ exit 0
 @pytest.mark.parametrize("script", ["train.sbatch", "train_deepspeed.sbatch"])
 def test_a_refused_requeue_fails_the_job_with_a_message(script, tmp_path):
     """Fault: a refused requeue (sbatch --no-requeue) ended the job COMPLETED, exit 0, at step 40 of 100."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, text in (("srun", FAKE_RUN), ("deepspeed", FAKE_RUN), ("scontrol", FAKE_SCONTROL)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"srun": FAKE_RUN, "deepspeed": FAKE_RUN, "scontrol": FAKE_SCONTROL})
     out = tmp_path / "run"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_"))}

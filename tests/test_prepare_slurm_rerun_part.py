@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_commands
 
 FAKE_PYTHON = """#!/bin/bash
 echo "python $*" >> "$FAKE_LOG"
@@ -29,11 +29,7 @@ echo 99
 def run_task(
     tmp_path, task: int, array: tuple[int, int, int], *args: str, restarts: int = 0
 ) -> tuple[subprocess.CompletedProcess, str]:
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    for name, text in (("python", FAKE_PYTHON), ("sbatch", FAKE_SBATCH)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(tmp_path / "bin", {"python": FAKE_PYTHON, "sbatch": FAKE_SBATCH})
     low, high, count = array
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(
