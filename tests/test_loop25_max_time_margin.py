@@ -10,7 +10,7 @@ import pytest
 
 from ngpt_ds.train import stopping
 
-from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, torchrun, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, torchrun, train_flags, write_ds_config, write_yaml
 
 LIMIT_S = 60.0
 """--max-time of the end-to-end run: well past the startup of a tiny run (imports, engine: 10-20 s here)."""
@@ -70,7 +70,7 @@ def test_the_last_save_ends_before_the_max_time_limit(tmp_path, tiny_dataset):
     )
     ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    flags = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    flags = train_flags(config, ds, tiny_dataset, out)
     cmd = [sys.executable, worker, records, SAVE_S, STEP_SLEEP_S, *flags, "--max-time", LIMIT_S]
     proc = run([str(c) for c in cmd], env=cpu_env(REPO=REPO), timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,7 +9,7 @@ import sys
 
 from ngpt_ds.train import stopping
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 WORKER = """
 import json, os, runpy, sys, time
@@ -69,7 +69,7 @@ def two_rank_run(tmp_path, data, train: dict, limit_s: float, save_s, eval_s, ra
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), train)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    flags = ["--config", config, "--deepspeed_config", ds, "--data", data, "--out", out, "--no-progress"]
+    flags = train_flags(config, ds, data, out)
     flags += ["--max-time", limit_s]
     port, ranks = free_port(), []
     for rank in range(2):

@@ -13,7 +13,7 @@ import torch
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.factory import build_model
 
-from conftest import run, tiny_ngpt, tiny_train, torchrun, write_ds_config, write_yaml
+from conftest import run, tiny_ngpt, tiny_train, torchrun, train_flags, write_ds_config, write_yaml
 
 RECORDER = """
 import sys
@@ -71,7 +71,7 @@ def recorded(tmp_path_factory, tiny_dataset):
     config = write_yaml(tmp / "gpt.yaml", model, tiny_train(STEPS, lr=LR, warmup_steps=WARMUP, min_lr=0.0))
     ds = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=2, accum=2)
     out = tmp / "run"
-    args = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    args = train_flags(config, ds, tiny_dataset, out)
     torchrun(recorder, tmp / "record.pt", *args, nproc=2, timeout=300)
     record = torch.load(tmp / "record.pt", weights_only=False)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -160,7 +160,7 @@ def test_the_zero_stage_0_fp32_grad_norm_is_computed_only_for_logged_steps(tmp_p
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(6, log_interval=3))
     ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=2, accum=1)
     out = tmp_path / "run"
-    args = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    args = train_flags(config, ds, tiny_dataset, out)
     run([sys.executable, counter, tmp_path / "computed.json", *args])
     assert json.loads((tmp_path / "computed.json").read_text()) == [3, 6]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, run, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 RECORDER = """
 import json
@@ -47,7 +47,7 @@ def test_the_first_steps_warm_up_is_kept_out_of_the_logged_step_time(tmp_path, t
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(4, log_interval=2))
     ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=2, accum=1)
     out = tmp_path / "run"
-    args = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    args = train_flags(config, ds, tiny_dataset, out)
     run([sys.executable, recorder, tmp_path / "seconds.json", *args], cwd=REPO)
     seconds = json.loads((tmp_path / "seconds.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

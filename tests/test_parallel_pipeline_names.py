@@ -13,7 +13,7 @@ import torch
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.parallel.pipeline import model_parameter_name
 
-from conftest import REPO, run, torchrun, write_ds_config, write_yaml
+from conftest import REPO, run, torchrun, train_flags, write_ds_config, write_yaml
 
 MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
 TRAIN = {"max_steps": 1, "lr": 1e-2, "log_interval": 1, "eval_interval": 0, "checkpoint_interval": 1}
@@ -45,7 +45,7 @@ def test_generate_refuses_a_pipeline_checkpoint_with_a_malformed_name(tmp_path, 
     config = write_yaml(tmp_path / "pp2.yaml", {**MODEL, "arch": "ngpt"}, {**TRAIN, "pipeline_parallel_size": 2})
     ds = write_ds_config(tmp_path / "z1.json", stage=1, bf16=False, micro=2, accum=2)
     out = tmp_path / "pp2"
-    args = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    args = train_flags(config, ds, tiny_dataset, out)
     torchrun(REPO / "launch/train.py", *args, nproc=2)
     step = out / "checkpoints" / "step_00000001"
     states_file = step / "mp_rank_00_model_states.pt"

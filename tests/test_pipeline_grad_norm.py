@@ -9,7 +9,7 @@ import torch
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.factory import build_model
 
-from conftest import REPO, read_metrics, tiny_ngpt, tiny_train, torchrun, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, tiny_ngpt, tiny_train, torchrun, train_flags, write_ds_config, write_yaml
 
 STEPS, LOG_INTERVAL, CLIP_OFF_FROM, MICRO_BATCHES = 6, 3, 4, 2
 STAGES, REPLICAS = 2, 2
@@ -23,7 +23,7 @@ def piped(tmp_path_factory, tiny_dataset):
     config = write_yaml(tmp / "gpt.yaml", model, train)
     ds = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=2, accum=MICRO_BATCHES)
     out = tmp / "run"
-    args = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    args = train_flags(config, ds, tiny_dataset, out)
     script = REPO / "tests/workers/pp_grad_norm_worker.py"
     torchrun(script, tmp / "record.pt", CLIP_OFF_FROM, *args, nproc=STAGES * REPLICAS, timeout=300)
     record = torch.load(tmp / "record.pt", weights_only=False)

@@ -7,7 +7,7 @@ import sys
 
 from ngpt_ds.train import stopping
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 WORKER = """
 import json, os, runpy, sys, time
@@ -71,7 +71,7 @@ def test_the_first_evaluation_due_before_the_limit_is_in_the_max_time_margin(tmp
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), train)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    flags = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", out, "--no-progress"]
+    flags = train_flags(config, ds, tiny_dataset, out)
     flags += ["--max-time", 1000]  # replaced by limit_s once the steps begin (the worker's steps_begin)
     port, ranks = free_port(), []
     for rank in range(2):

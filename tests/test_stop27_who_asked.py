@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 GROUP_WORKER = """
 import json, os, sys
@@ -87,7 +87,7 @@ def rank1_stops(tmp_path, data, mode: str) -> tuple[list[int], list[str], dict]:
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(10, checkpoint_interval=100))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    flags = ["--config", config, "--deepspeed_config", ds, "--data", data, "--out", out, "--no-progress"]
+    flags = train_flags(config, ds, data, out)
     port, ranks = free_port(), []
     for rank in range(2):
         env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", REPO=REPO)
