@@ -446,6 +446,28 @@ def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | N
     return ranks
 
 
+def run_ranks(args, *, nproc: int = 2, timeout: int = 300, **env) -> tuple[list[int], list[str]]:
+    """`python args` once per rank, started as start_ranks starts them, with `env` added to each rank's, and waited
+    for: (each rank's exit status, each rank's output, stdout and stderr together), in rank order."""
+    port, ranks = free_port(), []
+    for rank in range(nproc):
+        rank_env = cpu_env(
+            RANK=rank,
+            WORLD_SIZE=nproc,
+            LOCAL_RANK=rank,
+            LOCAL_WORLD_SIZE=nproc,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **env,
+        )
+        cmd = [sys.executable, *map(str, args)]
+        ranks.append(
+            subprocess.Popen(cmd, env=rank_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [rank.communicate(timeout=timeout)[0] for rank in ranks]
+    return [rank.returncode for rank in ranks], outputs
+
+
 # ---- stopping a job: the configs tests/test_launch_stop_*.py share (their helpers: tests/stop_helpers.py) ----
 
 STOP_STEPS = 200

@@ -2,16 +2,12 @@
 right after it, on every rank of a real 2-rank gloo job, instead of after one more step."""
 
 import json
-import subprocess
-import sys
 
 from ngpt_ds.train import checkpoint
 
 from conftest import (
-    REPO,
-    cpu_env,
-    free_port,
     read_metrics,
+    run_ranks,
     tiny_ngpt,
     tiny_train,
     train_cmd,
@@ -52,16 +48,8 @@ def signalled_run(tmp_path, data, train: dict, phase: str) -> tuple[list[int], s
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), train)
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     flags = train_cmd(config, ds, data, tmp_path / "run")[1:]
-    port, ranks = free_port(), []
-    for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1")
-        env["MASTER_PORT"] = str(port)
-        cmd = [sys.executable, str(worker), f"{phase}:1", *map(str, flags)]
-        ranks.append(
-            subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
-    outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
-    return [rank.returncode for rank in ranks], outputs[0]
+    codes, outputs = run_ranks([str(worker), f"{phase}:1", *flags], timeout=240)
+    return codes, outputs[0]
 
 
 def _checkpoints(out) -> list[str]:

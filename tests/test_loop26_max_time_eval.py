@@ -4,12 +4,10 @@ and lost ranks")."""
 
 import json
 import re
-import subprocess
-import sys
 
 from ngpt_ds.train import stopping
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
+from conftest import REPO, run_ranks, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 WORKER = """
 import json, os, runpy, sys, time
@@ -71,22 +69,12 @@ def two_rank_run(tmp_path, data, train: dict, limit_s: float, save_s, eval_s, ra
     out = tmp_path / "run"
     flags = train_flags(config, ds, data, out)
     flags += ["--max-time", limit_s]
-    port, ranks = free_port(), []
-    for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", REPO=REPO)
-        env["MASTER_PORT"] = str(port)
-        cmd = [sys.executable, worker, records, save_s, eval_s, 0.2, rank1_limit_s, *flags]
-        ranks.append(
-            subprocess.Popen(
-                [str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    codes, outputs = run_ranks([worker, records, save_s, eval_s, 0.2, rank1_limit_s, *flags], REPO=REPO)
     by_rank: dict[int, list[dict]] = {0: [], 1: []}
     for line in records.read_text().splitlines():
         record = json.loads(line)
         by_rank[record["rank"]].append(record)
-    return [rank.returncode for rank in ranks], outputs, by_rank
+    return codes, outputs, by_rank
 
 
 def test_the_evaluation_before_the_last_save_is_in_the_max_time_margin(tmp_path, tiny_dataset):

@@ -1,10 +1,7 @@
 """A --max-time shorter than the startup plus a step and its save: a clear error on every rank of a real 2-rank gloo
 job, before any step, instead of a step trained and saved past the limit (ngpt_ds/train/stopping.py)."""
 
-import subprocess
-import sys
-
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import run_ranks, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 
 def test_a_max_time_shorter_than_the_startup_is_an_error_before_any_step(tmp_path, tiny_dataset):
@@ -16,22 +13,7 @@ def test_a_max_time_shorter_than_the_startup_is_an_error_before_any_step(tmp_pat
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
     flags = train_cmd(config, ds, tiny_dataset, out, "--max-time", 2)
-    port, ranks = free_port(), []
-    for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1")
-        env["MASTER_PORT"] = str(port)
-        ranks.append(
-            subprocess.Popen(
-                [sys.executable, *map(str, flags)],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [rank.communicate(timeout=240)[0] for rank in ranks]
-    codes = [rank.returncode for rank in ranks]
+    codes, outputs = run_ranks(flags, timeout=240)
     assert codes == [2, 2], outputs[0][-3000:]
     line = "error: --max-time 2 s leaves no time to train: it counts from the rank's start, this rank's startup"
     assert line in outputs[0], outputs[0][-3000:]

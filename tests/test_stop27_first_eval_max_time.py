@@ -2,12 +2,10 @@
 batch count and the recent step time, on a real 2-rank gloo job (ngpt_ds/train/stopping.py `eval_in_steps`)."""
 
 import json
-import subprocess
-import sys
 
 from ngpt_ds.train import stopping
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
+from conftest import REPO, run_ranks, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 WORKER = """
 import json, os, runpy, sys, time
@@ -73,18 +71,8 @@ def test_the_first_evaluation_due_before_the_limit_is_in_the_max_time_margin(tmp
     out = tmp_path / "run"
     flags = train_flags(config, ds, tiny_dataset, out)
     flags += ["--max-time", 1000]  # replaced by limit_s once the steps begin (the worker's steps_begin)
-    port, ranks = free_port(), []
-    for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", REPO=REPO)
-        env["MASTER_PORT"] = str(port)
-        cmd = [sys.executable, worker, records, limit_s, step_s, *flags]
-        ranks.append(
-            subprocess.Popen(
-                [str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
-    assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    codes, outputs = run_ranks([worker, records, limit_s, step_s, *flags], REPO=REPO)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     summary = json.loads((out / "summary.json").read_text())
     by_rank: dict[int, list[dict]] = {0: [], 1: []}
     for line in records.read_text().splitlines():

@@ -2,12 +2,9 @@
 in one line and exit non-zero, instead of a traceback of some 40 frames from gloo or the TCPStore deep inside
 DeepSpeed's engine start (ngpt_ds/train/builder.py, `start_engine`)."""
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import run_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 
 WORKER = """
 import os, signal, sys
@@ -63,18 +60,7 @@ def test_a_peer_killed_during_the_startup_is_one_line_naming_this_rank_and_the_o
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(4, dist_timeout_s=20))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     flags = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "run"]
-    port, ranks = free_port(), []
-    for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1")
-        env["MASTER_PORT"] = str(port)
-        cmd = [sys.executable, worker, when, *flags, "--no-progress"]
-        ranks.append(
-            subprocess.Popen(
-                [str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
-    codes = [rank.returncode for rank in ranks]
+    codes, outputs = run_ranks([worker, when, *flags, "--no-progress"])
     assert codes == [1, -9], outputs[0][-4000:]
     assert "Traceback" not in outputs[0], outputs[0][-4000:]
     errors = [line for line in outputs[0].splitlines() if line.startswith("error:")]

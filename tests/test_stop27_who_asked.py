@@ -7,7 +7,17 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
+from conftest import (
+    REPO,
+    cpu_env,
+    free_port,
+    run_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_flags,
+    write_ds_config,
+    write_yaml,
+)
 
 GROUP_WORKER = """
 import json, os, sys
@@ -88,18 +98,8 @@ def rank1_stops(tmp_path, data, mode: str) -> tuple[list[int], list[str], dict]:
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
     flags = train_flags(config, ds, data, out)
-    port, ranks = free_port(), []
-    for rank in range(2):
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", REPO=REPO)
-        env["MASTER_PORT"] = str(port)
-        cmd = [sys.executable, worker, mode, *flags, "--log-all-ranks"]
-        ranks.append(
-            subprocess.Popen(
-                [str(c) for c in cmd], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
-    return [rank.returncode for rank in ranks], outputs, json.loads((out / "summary.json").read_text())
+    codes, outputs = run_ranks([worker, mode, *flags, "--log-all-ranks"], REPO=REPO)
+    return codes, outputs, json.loads((out / "summary.json").read_text())
 
 
 def stop_line(output: str, step: int) -> str:
