@@ -1,6 +1,6 @@
 """What the workers that train the Hugging Face NGPTForCausalLM under DeepSpeed share: DeepSpeed imported
-without its shared-memory op, the tiny model every job trains, its batches and steps, and the frame of
-the 2-rank jobs that run a table of cases.
+without its shared-memory op, the tiny model every job trains, its batches and steps, transformers' Trainer
+of it under DeepSpeed, and the frame of the 2-rank jobs that run a table of cases.
 
 Importable as `hf_common` from any worker: torchrun and python run a worker as a script, which puts this
 folder first on sys.path.
@@ -31,6 +31,44 @@ def tiny_ngpt(n_layer: int = 2):
 def token_ids(seed: int, shape: tuple[int, ...] = (4, 16)) -> torch.Tensor:
     """Random token ids 3..511 (above the special tokens) from a generator seeded with `seed`."""
     return torch.randint(3, 512, shape, generator=torch.Generator().manual_seed(seed))
+
+
+class TokenData(torch.utils.data.Dataset):
+    """16 sequences of 16 token ids, sequence i from token_ids(i), as inputs and labels."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        ids = token_ids(i, shape=(16,))
+        return {"input_ids": ids, "labels": ids}
+
+
+def deepspeed_trainer(model, stage: int, out: str):
+    """transformers' Trainer of `model` on TokenData under DeepSpeed at ZeRO `stage`: 3 AdamW steps at lr 1e-3 on
+    micro-batches of 4, a loss logged every step, nothing saved; the DeepSpeed JSON leaves the batch sizes and the
+    clipping to the Trainer ("auto"). Its output folder is `out`.trainer."""
+    from transformers import Trainer, TrainingArguments
+
+    ds = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": {"stage": stage},
+    }
+    args = TrainingArguments(
+        output_dir=out + ".trainer",
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-3,
+        deepspeed=ds,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+    )
+    return Trainer(model=model, args=args, train_dataset=TokenData())
 
 
 def ds_config(stage: int, bf16: bool) -> dict:

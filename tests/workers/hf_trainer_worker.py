@@ -12,44 +12,15 @@ import sys
 
 import deepspeed
 import torch
-from hf_common import tiny_ngpt, token_ids
-from torch.utils.data import Dataset
-from transformers import Trainer, TrainingArguments
+from hf_common import deepspeed_trainer, tiny_ngpt
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.sphere import max_norm_deviation
 
 
-class Data(Dataset):
-    def __len__(self):
-        return 16
-
-    def __getitem__(self, i):
-        ids = token_ids(i, shape=(16,))
-        return {"input_ids": ids, "labels": ids}
-
-
 def main(stage: int, callback: bool, out: str) -> None:
     model = tiny_ngpt()
-    ds = {
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto",
-        "gradient_clipping": "auto",
-        "zero_optimization": {"stage": stage},
-    }
-    args = TrainingArguments(
-        output_dir=out + ".trainer",
-        per_device_train_batch_size=4,
-        max_steps=3,
-        learning_rate=1e-3,
-        deepspeed=ds,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_steps=1,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=Data())
+    trainer = deepspeed_trainer(model, stage, out)
     if callback:
         from ngpt_ds.hf.trainer import KeepOnTheSphere
 
