@@ -4,7 +4,7 @@ DeepSpeed's engine start (ngpt_ds/train/builder.py, `start_engine`)."""
 
 import pytest
 
-from conftest import run_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import run_ranks, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 WORKER = """
 import os, signal, sys
@@ -59,8 +59,8 @@ def test_a_peer_killed_during_the_startup_is_one_line_naming_this_rank_and_the_o
     worker.write_text(WORKER)
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(4, dist_timeout_s=20))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    flags = ["--config", config, "--deepspeed_config", ds, "--data", tiny_dataset, "--out", tmp_path / "run"]
-    codes, outputs = run_ranks([worker, when, *flags, "--no-progress"])
+    flags = train_flags(config, ds, tiny_dataset, tmp_path / "run")
+    codes, outputs = run_ranks([worker, when, *flags])
     assert codes == [1, -9], outputs[0][-4000:]
     assert "Traceback" not in outputs[0], outputs[0][-4000:]
     errors = [line for line in outputs[0].splitlines() if line.startswith("error:")]
