@@ -1,6 +1,6 @@
 """The DeepSpeed releases ngpt_ds is tested with, checked at startup, and faults of them undone.
 
-The hypersphere hook (ngpt_ds/train/hypersphere.py) reads DeepSpeed's private optimizer
+The hypersphere hook (ngpt_ds/train/sphere_masters.py) reads DeepSpeed's private optimizer
 attributes, which change between minor releases: 0.16.0-0.19.2 have no
 `DeepSpeedZeroOptimizer_Stage3._get_param_partition_rank` (it came with 0.19.3), so ZeRO 3
 failed there with an AttributeError after the process group was up; 0.16.0 and 0.19.2 were

@@ -1,4 +1,4 @@
-"""Where each sphere matrix's norm vectors sit in a renormalization unit's sum buffer (ngpt_ds.train.hypersphere).
+"""Where each sphere matrix's norm vectors sit in a renormalization unit's sum buffer (ngpt_ds.train.sphere_masters).
 
 Every rank lays the buffer out the same way: one slot per norm vector (a row if the matrix is normalized along
 dim 1, a column if along dim 0), matrices in model order, so the all-reduce adds matching sums.
