@@ -79,9 +79,10 @@ def test_max_requeues_that_is_not_a_whole_number_is_refused_before_training(scri
 @pytest.mark.parametrize("script", ["train.sbatch", "train_deepspeed.sbatch"])
 @pytest.mark.parametrize(("value", "requeued"), [("3", False), ("4", True), ("0", False)])
 def test_max_requeues_limits_the_requeues_of_a_stopped_job(script, value, requeued, tmp_path):
-    """The limit itself: restart 3 of a job stopped at step 40/100 requeues below NGPT_MAX_REQUEUES only."""
+    """The limit itself: restart 3 of a job stopped at step 40/100 requeues below NGPT_MAX_REQUEUES only. At the
+    limit the job exits 75, not 0: it ended below max_steps, and --dependency=afterok jobs must not start."""
     proc, calls = run_script(script, tmp_path, value)
-    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert proc.returncode == (0 if requeued else 75), (proc.stdout, proc.stderr)
     launcher = "srun" if script == "train.sbatch" else "deepspeed"
     assert calls.splitlines()[-1] == ("scontrol requeue 4712" if requeued else launcher), calls
     assert ("requeued 3 times already: not requeueing" in proc.stderr) is not requeued
