@@ -35,6 +35,7 @@ SLOWEST_FILES_FIRST = (
     "test_checkpoint_faults.py",
     "test_resume_changes.py",
     "test_nccl27_collective_trace.py",
+    "test_gpu28_collective_trace_modes.py",
 )
 
 
