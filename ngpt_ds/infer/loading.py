@@ -273,6 +273,20 @@ def config_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         return {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
 
 
+def held_while_read(checkpoint: Path) -> int:
+    """Bytes of host memory that reading a trainer checkpoint's weights holds: the files are memory-mapped, and of
+    each ZeRO optimizer file (`*_optim_states.pt`) only the fp32 masters are copied out, a third of it (AdamW keeps
+    the master and two moments per parameter, all fp32; zero_to_fp32 drops the moments unread). Other `.pt` files
+    (the model states, at ZeRO 0 with the optimizer in them) count whole. Counting every byte refused checkpoints
+    that fit: a 1.5B run's 18 GB of optimizer files holds 6 GB of masters."""
+    held = 0
+    for f in checkpoint.iterdir():
+        if f.suffix == ".pt" and f.is_file():
+            size = f.stat().st_size
+            held += size // 3 if f.name.endswith("_optim_states.pt") else size
+    return held
+
+
 def check_load_memory(stored_bytes: int, parameters: int, source: str, edited: str) -> None:
     """The host memory a load holds at its peak, checked before it is read or built: the weights as read
     (`stored_bytes`) and the float32 model built from them (`parameters`; 0 where they are not known). A config describing a far larger model than the machine
@@ -280,7 +294,7 @@ def check_load_memory(stored_bytes: int, parameters: int, source: str, edited: s
     the allocator failed with a traceback, or the OOM killer ended the process."""
     GIB = 2**30
     built = f"the float32 model built from them ({parameters} parameters)"
-    what = f"its weights ({stored_bytes / GIB:.2f} GiB as stored)"
+    what = f"its weights ({stored_bytes / GIB:.2f} GiB as read)"
     if parameters:
         what = f"{what} and {built}" if stored_bytes else f"{built.replace('them', 'its weights')}"
     check_host_memory(
@@ -366,11 +380,10 @@ def load_checkpoint(
     digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
     with torch.device("meta"):
         layout = build_model(config)  # names, shapes and tensor-parallel plan to read by; nothing allocated
-    # The files as read first (zero_to_fp32 reads them whole); the model its config.yaml describes once the weights
-    # read match it (_finish), so that a config.yaml describing another model is named as such.
+    # What reading the files holds first; the model its config.yaml describes once the weights read match it
+    # (_finish), so that a config.yaml describing another model is named as such.
     edited = f"if {checkpoint / 'config.yaml'} was edited, restore it"
-    stored = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".pt" and f.is_file())
-    check_load_memory(stored, 0, str(checkpoint), edited)
+    check_load_memory(held_while_read(checkpoint), 0, str(checkpoint), edited)
     weights, info = read_checkpoint_weights(checkpoint, run, layout)
     model = _finish(config, weights, str(checkpoint), device, dtype, edited)
     return LoadedModel(
