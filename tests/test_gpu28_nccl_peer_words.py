@@ -100,6 +100,13 @@ NOT_A_LOST_PEER = {
         "for details), NCCL version 2.28.9\nncclInvalidUsage: This usually reflects invalid usage of NCCL library.\n"
         "Last error:\nDuplicate GPU detected : rank 1 and rank 0 both on CUDA device 60",
     ),
+    # review28a: the abort that follows this rank's own error keeps that reason (it had said another rank died)
+    "NCCL aborted for this rank's own error": (
+        dist.DistBackendError,
+        "NCCL communicator was aborted on rank 1.  Original reason for failure was: NCCL error in: "
+        "/pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:93, invalid usage (run with NCCL_DEBUG=WARN for details), "
+        "NCCL version 2.28.9\nncclInvalidUsage: This usually reflects invalid usage of NCCL library.",
+    ),
     "NCCL dtype": (TypeError, "Input tensor data type is not supported for NCCL process group: Short"),
     "NCCL words in another type": (ValueError, WATCHDOG),
     "a plain error": (RuntimeError, "CUDA out of memory. Tried to allocate 2.00 GiB"),

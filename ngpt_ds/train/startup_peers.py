@@ -49,6 +49,9 @@ NCCL_ABORTED = "NCCL communicator was aborted"
 """torch/csrc/distributed/c10d/NCCLUtils.cpp, NCCLComm::getNcclComm: "NCCL communicator was aborted on rank R.
 Original reason for failure was: ...": the watchdog aborted the communicator after an error or a timeout."""
 
+NCCL_ABORT_REASON = "Original reason for failure was:"
+"""The same message's second sentence, where torch knows why the communicator was aborted."""
+
 CUDA_NCCL_PEER_GONE = "NCCL Error 6:"
 """torch/csrc/cuda/nccl.cpp, throw_nccl_error: "NCCL Error <code>: <ncclGetErrorString>" as a plain RuntimeError
 (torch.cuda.nccl, not a process group); 6 is ncclRemoteError (NVIDIA/nccl src/nccl.h.in)."""
@@ -84,7 +87,9 @@ def lost_peer(err: BaseException, rank: int, timeout_s: int) -> RendezvousError 
             return _stopped_answering(rank, timeout_s)
         if any(words in text for words in NCCL_PEER_GONE):
             return _died(rank)
-        if NCCL_ABORTED in text:
+        # An abort whose reason torch gives and is none of the above (this rank's own invalid usage, a CUDA error)
+        # is no lost peer: it passes as it is, its reason kept.
+        if NCCL_ABORTED in text and NCCL_ABORT_REASON not in text:
             return RendezvousError(
                 f"rank {rank}: another rank of the job died or stopped answering during the startup (NCCL aborted "
                 f"the communicator the ranks started together): {_AFTER}"
