@@ -69,10 +69,11 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
         whole: int | None = None if irregular or _hard_linked(path) else 0
         top = -1  # the largest step kept
         if whole is not None:  # read on from where the last resume found only records of steps up to last_step
-            whole, top = _checked_prefix(path, source, last_step)
+            whole, top, kept_records = _checked_prefix(path, source, last_step)
             source.seek(whole)
         cut: int | None = None  # where the first change is; the file's length kept in place when nothing follows
-        for number, (line, record) in enumerate(lines_of(source), start=1):
+        # Line numbers count the checked prefix's lines too: one record per line there.
+        for number, (line, record) in enumerate(lines_of(source), start=kept_records + 1):
             step = record.get("step") if record is not None else None
             if isinstance(step, bool) or not isinstance(step, int):
                 step = None  # not a record
@@ -103,7 +104,7 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
                 kept_records += 1
                 top = max(top, step)
         if whole is not None:
-            _mark_checked(path, whole, top)
+            _mark_checked(path, whole, top, kept_records)
             return []  # every line kept as it is, in the same file
         if steps or stepless:  # before the cut: a kill in between leaves them twice, never nowhere
             _keep_dropped(path.with_name(REPLACED_JSONL), dropped)
@@ -113,7 +114,7 @@ def truncate_jsonl(path: Path, last_step: int) -> list[int]:
             kept.seek(0)
             mode = None if irregular else stat.S_IMODE(os.fstat(source.fileno()).st_mode)
             replace_file(path, kept, mode=mode)
-    _mark_checked(path, None, top)
+    _mark_checked(path, None, top, kept_records)
     if stepless:
         _log.warning(_stepless_warning(path, stepless, kept_records, last_step))
     if irregular:
@@ -138,34 +139,34 @@ CHECKED_TAIL_BYTES = 4096
 """The bytes before the checked length whose digest must match: they change when the file is cut or rewritten."""
 
 
-def _checked_prefix(path: Path, source: BinaryIO, last_step: int) -> tuple[int, int]:
+def _checked_prefix(path: Path, source: BinaryIO, last_step: int) -> tuple[int, int, int]:
     """(how many bytes at the start of the open `source` hold records only, of steps up to last_step; the largest
-    step among them), as the last resume left them in CHECKED_FILE; (0, -1) when that record does not hold."""
+    step among them; how many records they hold, one per line), as the last resume left them in CHECKED_FILE;
+    (0, -1, 0) when that record does not hold."""
     try:
         mark = json.loads(read_capped(path.with_name(CHECKED_FILE), 4096).decode("utf-8"))
         length, top, identity, digest = mark["bytes"], mark["max_step"], mark["file"], mark["tail_sha256"]
+        records = mark["records"]
         info = os.fstat(source.fileno())
         if (
-            isinstance(length, bool)
-            or not isinstance(length, int)
-            or isinstance(top, bool)
-            or not isinstance(top, int)
+            any(isinstance(n, bool) or not isinstance(n, int) for n in (length, top, records))
+            or not 0 < records <= length
             or identity != [info.st_dev, info.st_ino]
             or not 0 < length <= info.st_size
             or top > last_step
         ):
-            return 0, -1
+            return 0, -1, 0
         tail = os.pread(source.fileno(), min(length, CHECKED_TAIL_BYTES), length - min(length, CHECKED_TAIL_BYTES))
         if not tail.endswith(b"\n") or hashlib.sha256(tail).hexdigest() != digest:
-            return 0, -1
-        return length, top
+            return 0, -1, 0
+        return length, top, records
     except (OSError, RefusedFile, UnicodeDecodeError, KeyError, TypeError, *UNPARSABLE):
-        return 0, -1
+        return 0, -1, 0
 
 
-def _mark_checked(path: Path, length: int | None, top: int) -> None:
-    """Record in CHECKED_FILE that the first `length` bytes of `path` (None: all of it) are records of steps up to
-    `top`. Best effort: without the record, the next resume reads the whole file, as it always had."""
+def _mark_checked(path: Path, length: int | None, top: int, records: int) -> None:
+    """Record in CHECKED_FILE that the first `length` bytes of `path` (None: all of it) are `records` records, one
+    per line, of steps up to `top`. Best effort: without the record, the next resume reads the whole file, as it always had."""
     checked = path.with_name(CHECKED_FILE)
     try:
         with open_regular(path) as f:
@@ -178,6 +179,7 @@ def _mark_checked(path: Path, length: int | None, top: int) -> None:
         record = {
             "bytes": length,
             "max_step": top,
+            "records": records,
             "file": [info.st_dev, info.st_ino],
             "tail_sha256": hashlib.sha256(tail).hexdigest(),
         }
