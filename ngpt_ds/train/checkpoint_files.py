@@ -46,7 +46,9 @@ def check_files_on_all_ranks(path: Path, device: torch.device | str) -> None:
     reads any. Each rank checks its share; one all-reduce agrees on the first refused file, and every
     rank raises the same error for it. DeepSpeed reads some files on one rank only (a rank's optimizer
     states, a ZeRO-3 shard): a refusal there alone would leave the other ranks waiting in a collective. Each file is
-    checked once, under the first of its names (`_each_file_once`)."""
+    checked once, under the first of its names (`_each_file_once`). Like the verification on resume, this assumes
+    every rank sees the same files (a checkpoint on storage the nodes share, which the trainer checks at startup):
+    where links resolved differently per node, the ranks' lists could differ and a share could go unchecked."""
     files = _each_file_once(sorted(path.rglob("*.pt")))
     rank, world = dist.get_rank(), dist.get_world_size()
     first = next((i for i in range(rank, len(files), world) if _refusal(files[i]) is not None), len(files))
