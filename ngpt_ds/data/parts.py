@@ -45,6 +45,7 @@ from ngpt_ds.data.prepare import (
     _BATCH_DOCS,
     PrepareConfig,
     _say,
+    hash_document,
     held_out_fraction,
     is_validation_doc,
     local_input_paths,
@@ -161,7 +162,7 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
             docs, flags, chars, block = [], [], 0, -1
             for index, text in enumerate(corpus.texts()):
                 counted["documents"] = index + 1
-                _hash_document(corpus_hash, text)
+                hash_document(corpus_hash, text)
                 b = index // block_docs
                 if docs and (b != block or len(docs) >= _BATCH_DOCS or chars >= _BATCH_CHARS):
                     yield (block, np.array(flags, dtype=bool)), docs
@@ -237,14 +238,6 @@ def prepare_part(cfg: PrepareConfig, num_parts: int, part_index: int, block_docs
         f"part {part_index} of {num_parts}: {len(blocks)} block(s) of {counted['documents']:,} documents -> {final}",
     )
     return final
-
-
-def _hash_document(digest: Any, text: str) -> None:
-    """Add one document to the corpus hash: its UTF-8 length, then its bytes (the length keeps ["ab", "c"] and
-    ["a", "bc"] apart). "surrogatepass": a lone surrogate a JSON line can hold is hashed, not an error."""
-    data = text.encode("utf-8", "surrogatepass")
-    digest.update(len(data).to_bytes(8, "little"))
-    digest.update(data)
 
 
 def _check_same_corpus(out: Path, parts: list[dict[str, Any]]) -> str | None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -290,6 +292,22 @@ def _tokenizer(cfg: PrepareConfig, corpus: Corpus, staging: Path, fraction: Frac
     return tok, origin
 
 
+def hash_document(digest: Any, text: str) -> None:
+    """Add one document to the corpus hash (meta.json `corpus_sha256`, a part's part.json): its UTF-8 length, then
+    its bytes (the length keeps ["ab", "c"] and ["a", "bc"] apart). "surrogatepass": a lone surrogate a JSON line
+    can hold is hashed, not an error."""
+    data = text.encode("utf-8", "surrogatepass")
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+
+
+def _hashed(texts: Iterator[str], digest: Any) -> Iterator[str]:
+    """`texts`, each added to `digest` as it is read."""
+    for text in texts:
+        hash_document(digest, text)
+        yield text
+
+
 def _batches(texts: Iterator[str], fraction: Fraction) -> Iterator[tuple[np.ndarray, list[str]]]:
     """Group documents into worker tasks tagged with each document's is-validation flag."""
     index, docs, flags, chars = 0, [], [], 0
@@ -306,8 +324,16 @@ def _batches(texts: Iterator[str], fraction: Fraction) -> Iterator[tuple[np.ndar
 
 
 def _write_shards(
-    cfg: PrepareConfig, corpus: Corpus, tok: Tokenizer, staging: Path, dtype: str, fraction: Fraction, workers: int
+    cfg: PrepareConfig,
+    corpus: Corpus,
+    tok: Tokenizer,
+    staging: Path,
+    dtype: str,
+    fraction: Fraction,
+    workers: int,
+    corpus_hash: Any,
 ) -> dict[str, ShardWriter]:
+    """Tokenize the corpus into train and validation shards, adding each document read to `corpus_hash`."""
     writers = {
         name: ShardWriter(directory=staging, split=name, dtype=dtype, shard_tokens=cfg.shard_tokens)
         for name in ("train", "validation")
@@ -315,7 +341,9 @@ def _write_shards(
     bar = tqdm(desc="tokenizing", unit="doc", disable=not cfg.progress, dynamic_ncols=True)
     tokens = 0
     with bar:
-        for flags, ids, lengths in encode_in_order(_batches(corpus.texts(), fraction), str(tok.path), workers):
+        for flags, ids, lengths in encode_in_order(
+            _batches(_hashed(corpus.texts(), corpus_hash), fraction), str(tok.path), workers
+        ):
             ends = np.cumsum(lengths)
             starts = ends - lengths
             # Write runs of consecutive documents of one split with one call each.
@@ -361,7 +389,10 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
     try:
         tok, origin = _tokenizer(cfg, corpus, staging, fraction)
         dtype = shard_dtype(cfg, tok.vocab_size)
-        writers = _write_shards(cfg, corpus, tok, staging, dtype, fraction, cfg.worker_count)
+        # The stream the tokens were made from, hashed as each part of a parted preparation hashes it
+        # (ngpt_ds.data.parts): the same corpus prepared either way names the same corpus_sha256.
+        corpus_hash = hashlib.sha256()
+        writers = _write_shards(cfg, corpus, tok, staging, dtype, fraction, cfg.worker_count, corpus_hash)
         splits = {name: w.close() for name, w in writers.items()}
         if splits["validation"].documents == 0:
             if fraction > 0:
@@ -388,6 +419,7 @@ def prepare_dataset(cfg: PrepareConfig) -> Path:
             license=cfg.license,
             created_by=f"ngpt_ds {ngpt_ds.__version__}",
             hash_block_bytes=shard_hashes.BLOCK_BYTES,  # the ShardWriters' default
+            corpus_sha256=corpus_hash.hexdigest(),
         )
         write_meta(meta, staging)
         _publish(staging, out, cfg.overwrite)

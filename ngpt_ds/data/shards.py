@@ -123,8 +123,10 @@ class DatasetMeta:
     hash_block_bytes: int | None = None
     """Block size of the shards' sha256_blocks; None when the shards carry no hashes."""
     corpus_sha256: str | None = None
-    """sha256 of the document stream the tokens were made from (each document's UTF-8 length, then its text), as
-    the parts of a merged dataset recorded it (ngpt_ds.data.parts); None when not recorded."""
+    """sha256 of the document stream the tokens were made from (each document's UTF-8 length, then its text:
+    ngpt_ds.data.prepare.hash_document), the same whether one process prepared the dataset or parts merged into
+    it (ngpt_ds.data.parts); None when not recorded (a dataset prepared by an older ngpt_ds, or parts of which one
+    recorded none)."""
 
     @property
     def tokenizer_file(self) -> Path:
