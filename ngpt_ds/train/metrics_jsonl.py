@@ -131,7 +131,8 @@ CHECKED_FILE = "metrics.checked.json"
 """Beside metrics.jsonl: how much of it the last resume read and found to be records only (its length then, the
 largest step in it, the file's identity and a digest of its last bytes). The next resume reads on from there, and
 reads it all again when the file is another (moved aside, replaced, saved by an editor), when those last bytes
-changed, or when it resumes before that largest step (a rollback). Bytes changed in place further back (a hand edit
+changed, when the last records in it hold a step beyond the largest recorded (a mark edited by hand), or when it
+resumes before that largest step (a rollback). Bytes changed in place further back (a hand edit
 that keeps the file and its end) are not looked at again: whatever they hold stays as it is. Every resume had read and parsed the whole file on rank 0 while
 the other ranks waited: a week's metrics.jsonl of a 24-layer nGPT (10^5 records of about 3.8 kB at
 train.log_interval 10) is 380 MB, 6 to 9 s of each resume, and it grows with every one."""
@@ -156,12 +157,43 @@ def _checked_prefix(path: Path, source: BinaryIO, last_step: int) -> tuple[int, 
             or top > last_step
         ):
             return 0, -1, 0
-        tail = os.pread(source.fileno(), min(length, CHECKED_TAIL_BYTES), length - min(length, CHECKED_TAIL_BYTES))
+        end = os.pread(source.fileno(), min(length, CHECKED_END_BYTES), length - min(length, CHECKED_END_BYTES))
+        tail = end[-CHECKED_TAIL_BYTES:]
         if not tail.endswith(b"\n") or hashlib.sha256(tail).hexdigest() != digest:
+            return 0, -1, 0
+        if not _ends_within(end, whole=len(end) == length, top=top):
             return 0, -1, 0
         return length, top, records
     except (OSError, RefusedFile, UnicodeDecodeError, KeyError, TypeError, *UNPARSABLE):
         return 0, -1, 0
+
+
+CHECKED_END_BYTES = 1 << 15
+"""How many bytes before the checked length are read: the digest's, and the prefix's last records, which
+`_ends_within` checks. A record of a few kB (one per log line) ends within them; a prefix whose last line is
+longer is read whole."""
+
+
+def _ends_within(end: bytes, whole: bool, top: int) -> bool:
+    """Whether the whole lines in `end`, the last bytes of a checked prefix (`whole`: all of it), are records of
+    integer steps up to `top`, with one at least. A mark whose "max_step" was set below the steps the prefix holds
+    (a hand edit of metrics.checked.json) had a rollback keep the records after the resumed step, which the resumed
+    run then logged again: each of those steps twice. The digest cannot tell: whoever sets the step can compute it.
+    A run's last lines are its latest steps, so they show a lowered step."""
+    lines = end.split(b"\n")[:-1]
+    if not whole:
+        lines = lines[1:]  # the first may have begun before the bytes read
+    if not lines:
+        return False  # a last line of more than CHECKED_END_BYTES: not a record ngpt_ds writes
+    for line in lines:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, *UNPARSABLE):
+            return False
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step > top:
+            return False
+    return True
 
 
 def _mark_checked(path: Path, length: int | None, top: int, records: int) -> None:
