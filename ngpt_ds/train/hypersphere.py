@@ -50,7 +50,7 @@ from torch import nn
 from ngpt_ds.model.sphere import SphereMatrix, sphere_matrices
 from ngpt_ds.train.collectives import all_reduce_on, communication_device
 from ngpt_ds.train.sphere_masters import locate_masters
-from ngpt_ds.train.sphere_pieces import TINY_SQUARED_NORM, StepUnit
+from ngpt_ds.train.sphere_pieces import TINY_SQUARED_NORM, StepUnit, scale_all
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -134,8 +134,7 @@ class HypersphereHook:
         inv_norms = sums.clamp_min(TINY_SQUARED_NORM).rsqrt_()  # NaN stays NaN (clamp propagates it): it is reported
         if keep_within:
             inv_norms = torch.where((sums - 1).abs() <= keep_within, torch.ones_like(inv_norms), inv_norms)
-        for piece in unit.pieces:
-            piece.scale(inv_norms)
+        scale_all(unit.pieces, inv_norms)
 
     def _before_inner_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self._refuse_moving_frozen(optimizer)

@@ -37,9 +37,21 @@ class MasterPiece:
     norm_dim: int
     slot: int
 
+    _parts: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    """`_split`'s views, with the `values` they were cut from: the hook runs add_squares and scale on every
+    piece at every optimizer step, and cutting the same views anew each time was Python and dispatcher work
+    only (docs/benchmarks.md, "What was changed, and what it gave", `bench/hook_path.py`)."""
+
     def _split(self):
         """(head, body, tail, first_row, first_col, body_row): the piece's partial first row,
-        its whole rows as a [k, cols] view, and its partial last row."""
+        its whole rows as a [k, cols] view, and its partial last row. Cut once per `values` tensor."""
+        parts = self._parts
+        if parts is None or parts[0] is not self.values:
+            parts = (self.values, *self._cut())
+            self._parts = parts
+        return parts[1:]
+
+    def _cut(self):
         n, cols = self.values.numel(), self.cols
         first_row, first_col = divmod(self.start, cols)
         head_len = 0 if first_col == 0 else min(cols - first_col, n)
@@ -73,22 +85,52 @@ class MasterPiece:
 
     def scale(self, inv_norms: torch.Tensor) -> None:
         """Multiply every entry by 1 / ||its norm vector||."""
+        targets, factors = self.scale_pairs(inv_norms)
+        for target, factor in zip(targets, factors):
+            target.mul_(factor)
+
+    def scale_pairs(self, inv_norms: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The views of this piece and the factors (broadcast over them) that `scale` multiplies them by in
+        place: `scale_all` runs the products of many pieces in one `torch._foreach_mul_`."""
         head, body, tail, first_row, first_col, body_row = self._split()
         s = self.slot
+        targets: list[torch.Tensor] = []
+        factors: list[torch.Tensor] = []
         if self.norm_dim == 1:
             if head.numel():
-                head.mul_(inv_norms[s + first_row])
+                targets.append(head)
+                factors.append(inv_norms[s + first_row])
             if body.numel():
-                body.mul_(inv_norms[s + body_row : s + body_row + body.shape[0]].unsqueeze(1))
+                targets.append(body)
+                factors.append(inv_norms[s + body_row : s + body_row + body.shape[0]].unsqueeze(1))
             if tail.numel():
-                tail.mul_(inv_norms[s + body_row + body.shape[0]])
+                targets.append(tail)
+                factors.append(inv_norms[s + body_row + body.shape[0]])
         else:
             if head.numel():
-                head.mul_(inv_norms[s + first_col : s + first_col + head.numel()])
+                targets.append(head)
+                factors.append(inv_norms[s + first_col : s + first_col + head.numel()])
             if body.numel():
-                body.mul_(inv_norms[s : s + self.cols])
+                targets.append(body)
+                factors.append(inv_norms[s : s + self.cols])
             if tail.numel():
-                tail.mul_(inv_norms[s : s + tail.numel()])
+                targets.append(tail)
+                factors.append(inv_norms[s : s + tail.numel()])
+        return targets, factors
+
+
+def scale_all(pieces: list[MasterPiece], inv_norms: torch.Tensor) -> None:
+    """`piece.scale(inv_norms)` for every piece, as one `torch._foreach_mul_` over all their views: the same
+    products, bit for bit, in one operator call instead of one per view (docs/benchmarks.md, "What was
+    changed, and what it gave", `bench/hook_path.py`). The views of one piece never overlap another's."""
+    targets: list[torch.Tensor] = []
+    factors: list[torch.Tensor] = []
+    for piece in pieces:
+        t, f = piece.scale_pairs(inv_norms)
+        targets += t
+        factors += f
+    if targets:
+        torch._foreach_mul_(targets, factors)
 
 
 @dataclass
