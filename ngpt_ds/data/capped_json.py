@@ -2,12 +2,14 @@
 
 Both hold one line per shard and a sha256 per hashed block: a few MB even at hundreds of GB of tokens. A larger
 file (damaged, crafted, or a link to something else) was read and parsed whole, held several times over, before
-it was refused for a missing field.
+it was refused for a missing field; a named pipe there had the read wait for a writer for good.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,11 @@ def read_capped_json(path: Path, what: str, fix: str, max_bytes: int = MAX_JSON_
     the file and ending in `fix` where it cannot be read, is larger (`what`: the kind of file, "a dataset's
     meta.json"), or is not UTF-8 JSON. The caller checks the value's shape."""
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: a named pipe at the name (a part folder handed over, a crafted dataset) opens without waiting
+        # for a writer, and is refused below; a plain open waited for one for good.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        _refuse_irregular(fd, path, what, fix)
+        with os.fdopen(fd, "rb") as f:
             raw = f.read(max_bytes + 1)
     except OSError as e:
         raise NgptConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); {fix}") from None
@@ -36,3 +42,17 @@ def read_capped_json(path: Path, what: str, fix: str, max_bytes: int = MAX_JSON_
         return json.loads(raw.decode("utf-8"))
     except UNPARSABLE as e:
         raise NgptConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); {fix}") from None
+
+
+def _refuse_irregular(fd: int, path: Path, what: str, fix: str) -> None:
+    """Return when the open `fd` is a regular file; else close it and raise NgptConfigError naming what it is."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(mode):
+        return
+    os.close(fd)
+    kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device"
+    raise NgptConfigError(f"{path} is {kind}, not a regular file ({what} is one); {fix}")
