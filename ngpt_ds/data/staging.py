@@ -35,6 +35,7 @@ import errno
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -183,7 +184,8 @@ def remove_abandoned(final: Path) -> list[Path]:
                     "and where file locks stay on one node (Lustre localflock, NFS local_lock=flock) that "
                     f"preparation may still be writing it (last change {max(idle, 0) / 3600:.1f} h ago). It is "
                     f"removed once unchanged for {OTHER_HOST_IDLE_S / 3600:g} h; if that process is gone, remove "
-                    f"it now: rm -r {folder}"
+                    # Quoted: the folder is named after the dataset ('my corpus', a '$(...)'), and the line is pasted.
+                    f"it now: rm -r {shlex.quote(str(folder))}"
                 )
                 continue
             shutil.rmtree(folder, ignore_errors=True)
