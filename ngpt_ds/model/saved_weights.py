@@ -129,23 +129,46 @@ def _proc_number(path: str, key: str) -> int | None:
     return None
 
 
+_PROC_CGROUP = "/proc/self/cgroup"
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
 def _cgroup_headroom() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2), None where unlimited or unknown: a Slurm job or a
-    container is held to it, while /proc/meminfo counts the whole machine's memory."""
+    """memory.max - memory.current of this process's cgroup (v2), plus its page cache (memory.stat's active_file
+    and inactive_file), None where unlimited or unknown: a Slurm job or a container is held to it, while
+    /proc/meminfo counts the whole machine's memory. memory.current counts the files the cgroup read, which the
+    kernel drops to make room under memory.max: a job that had read its 15 GiB dataset was refused a 4 GiB load
+    under a 16 GiB limit ('1.00 GiB is available') that fit. /proc/meminfo's MemAvailable counts them in too."""
     try:
-        with open("/proc/self/cgroup", encoding="utf-8") as f:
+        with open(_PROC_CGROUP, encoding="utf-8") as f:
             entry = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
         if entry is None:
             return None
-        folder = os.path.join("/sys/fs/cgroup", entry.lstrip("/"))
+        folder = os.path.join(_CGROUP_ROOT, entry.lstrip("/"))
         with open(os.path.join(folder, "memory.max"), encoding="ascii") as f:
             limit = f.read().strip()
         if limit == "max":
             return None
         with open(os.path.join(folder, "memory.current"), encoding="ascii") as f:
-            return max(0, int(limit) - int(f.read().strip()))
+            current = int(f.read().strip())
+        return max(0, int(limit) - current + min(current, _page_cache(folder)))
     except (OSError, ValueError):
         return None
+
+
+def _page_cache(folder: str) -> int:
+    """The page cache charged to the cgroup `folder` (memory.stat's active_file + inactive_file, which leave out
+    tmpfs: that cannot be dropped); 0 where unknown."""
+    cache = 0
+    try:
+        with open(os.path.join(folder, "memory.stat"), encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key in ("active_file", "inactive_file"):
+                    cache += int(value)
+    except (OSError, ValueError):
+        return 0
+    return cache
 
 
 def host_memory_available() -> int | None:
