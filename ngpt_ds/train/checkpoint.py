@@ -39,7 +39,7 @@ from ngpt_ds.train.checkpoint_delete import (
     written_here,
 )
 from ngpt_ds.train.checkpoint_files import check_files_on_all_ranks as check_files_on_all_ranks
-from ngpt_ds.train.checkpoint_interrupted import replaced_record
+from ngpt_ds.train.checkpoint_interrupted import seal_record
 from ngpt_ds.train.checkpoint_layout import ABANDONED_PREFIX as ABANDONED_PREFIX
 from ngpt_ds.train.checkpoint_layout import CHECKPOINTS as CHECKPOINTS
 from ngpt_ds.train.checkpoint_layout import COMPLETE as COMPLETE
@@ -286,7 +286,7 @@ def _finish_save(checkpoint_dir: Path, tmp: Path, tag: str, manifest: dict[str, 
     let the next start-up put it back as this run's step N."""
     step, final = manifest["step"], checkpoint_dir / tag
     own = written_here(final) and (final.exists() or final.is_symlink())
-    write_manifest(tmp, {**manifest, **replaced_record(final)} if own else manifest)  # restarts tell it
+    write_manifest(tmp, {**manifest, **seal_record(checkpoint_dir, final, own=own)})  # restarts tell it
     replaced = kept = None
     if own:  # this process's own: replaced
         replaced = checkpoint_dir / (tag + REPLACED_SUFFIX)

@@ -13,6 +13,12 @@ itself wrote, moves the old step_N to step_N.tmp-replaced, then renames the new 
   replaces); and nothing changed the lineage after it was sealed (no abandoned-* folder, lineage.json or
   checkpoint of the folder was written later). Any other sealed one is kept as step_N.interrupted-save-<UTC time>
   with a warning saying why, never deleted.
+  "Later" is told without the wall clock: the manifest records what checkpoints/ held when the save was sealed
+  (`seal_record`: each step folder's COMPLETE digest, the abandoned-* names, lineage.json's digest), and anything
+  not there then was written after. File times had been compared: a clock stepped back (NTP, a VM resumed) made a
+  later abandoned-* folder or lineage.json look older than the seal, and a save of an abandoned lineage was put in
+  place; or made an earlier one look newer, and the finished save was kept aside. A save sealed by an older
+  ngpt_ds records nothing: its folder is judged by file times still.
 - A kill after the second rename left the run's replaced step as step_N.tmp-replaced beside the new step_N; the
   next save kept it as step_N.not-this-run-<time>, a full duplicate with a warning that the run had not written
   it. Now, when the new step_N's manifest says it replaced exactly that folder and step_N verifies, the old one
@@ -22,6 +28,7 @@ itself wrote, moves the old step_N to step_N.tmp-replaced, then renames the new 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +46,17 @@ from ngpt_ds.train.checkpoint_layout import (
     step_of,
 )
 from ngpt_ds.train.fs_errors import describe
-from ngpt_ds.train.manifest import MalformedManifest, fsync_dir, marked_step, marker_digest, read_manifest, verify
+from ngpt_ds.train.manifest import (
+    MAX_COMPLETE_BYTES,
+    MalformedManifest,
+    RefusedFile,
+    fsync_dir,
+    marked_step,
+    marker_digest,
+    read_capped,
+    read_manifest,
+    verify,
+)
 
 KEPT_INFIX = ".interrupted-save-"
 """step_N.interrupted-save-<UTC time>: a sealed step_N.tmp-save that could not be shown to be the run's finished
@@ -47,9 +64,57 @@ save; not a step_N nor a leftover name, so no listing, resume, retention or left
 LINEAGE_FILE = "lineage.json"  # ngpt_ds.train.lineage.LINEAGE_FILE; lineage imports checkpoint, which imports this
 
 
+SEALED_AMONG = "sealed_among"
+"""The manifest entry of a save (`seal_record`): what checkpoints/ held when it was sealed."""
+_LINEAGE_MAX_BYTES = 1 << 20
+_UNREADABLE = "unreadable"
+
+
 def replaced_record(final: Path) -> dict[str, Any]:
     """The manifest entry of a save that replaces the run's own `final` (a second save of its step)."""
     return {"replaces": {"name": final.name, "complete_blake2b": marker_digest(final)}}
+
+
+def seal_record(checkpoint_dir: Path, final: Path, *, own: bool) -> dict[str, Any]:
+    """Rank 0, as a save of `final` is sealed: the manifest entries a restart reads (`_not_provable`). What the
+    folder holds then, so that anything written after is told by its absence from this record, not by a file
+    time; and `replaced_record` when the save replaces the run's own `final`."""
+    record: dict[str, Any] = {SEALED_AMONG: _folder_state(checkpoint_dir)}
+    if own:
+        record.update(replaced_record(final))
+    return record
+
+
+def _folder_state(checkpoint_dir: Path) -> dict[str, Any]:
+    return {
+        "steps": {d.name: _file_digest(d / COMPLETE, MAX_COMPLETE_BYTES) for d in step_dirs(checkpoint_dir)},
+        "abandoned": sorted(p.name for p in checkpoint_dir.iterdir() if p.name.startswith(ABANDONED_PREFIX)),
+        "lineage_blake2b": _file_digest(checkpoint_dir.parent / LINEAGE_FILE, _LINEAGE_MAX_BYTES),
+    }
+
+
+def _file_digest(path: Path, cap: int) -> str | None:
+    """blake2b-128 of the file's bytes (the COMPLETE itself, not `marker_digest`, which reads megabytes of a
+    legacy checkpoint's files); None when there is none; "unreadable" when it cannot be read."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        return hashlib.blake2b(read_capped(path, cap), digest_size=16).hexdigest()
+    except (OSError, RefusedFile):
+        return _UNREADABLE
+
+
+def _recorded_state(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's `seal_record` entry when well formed, else None."""
+    state = manifest.get(SEALED_AMONG)
+    if not isinstance(state, dict):
+        return None
+    steps, abandoned, lineage = state.get("steps"), state.get("abandoned"), state.get("lineage_blake2b")
+    if not (isinstance(steps, dict) and all(isinstance(v, (str, type(None))) for v in steps.values())):
+        return None
+    if not (isinstance(abandoned, list) and all(isinstance(n, str) for n in abandoned)):
+        return None
+    return state if isinstance(lineage, (str, type(None))) else None
 
 
 def _replaces(folder: Path, old: Path, name: str) -> bool:
@@ -79,21 +144,44 @@ def _not_provable(tmp: Path, final: Path, checkpoint_dir: Path, verify: Verify =
     read last (`verify`), after the checks that read COMPLETE and the listing only."""
     step = step_of(final.name)
     try:
-        if read_manifest(tmp) is None:
+        manifest = read_manifest(tmp)
+        if manifest is None:
             return f"its {COMPLETE} is not a manifest"
         marked = marked_step(tmp)
     except (MalformedManifest, OSError) as err:
         return f"its {COMPLETE} cannot be read ({err})"
     if marked != step:
         return f"its manifest names step {marked}, not {step}"
-    sealed = _mtime(tmp / COMPLETE)
+    if SEALED_AMONG in manifest:
+        state = _recorded_state(manifest)
+        if state is None:
+            return f"its manifest's {SEALED_AMONG} record is malformed"
+        steps, lineage = state["steps"], _file_digest(checkpoint_dir.parent / LINEAGE_FILE, _LINEAGE_MAX_BYTES)
+
+        def sealed_after(other: Path) -> bool:
+            return other.name not in steps or steps[other.name] != _file_digest(other / COMPLETE, MAX_COMPLETE_BYTES)
+
+        def written_after(abandoned: Path) -> bool:
+            return abandoned.name not in state["abandoned"]
+
+        lineage_changed = lineage != state["lineage_blake2b"] or lineage == _UNREADABLE
+    else:  # sealed by an ngpt_ds that recorded nothing: file times, which follow the wall clock
+        sealed = _mtime(tmp / COMPLETE)
+
+        def sealed_after(other: Path) -> bool:
+            return _mtime(other / COMPLETE) > sealed
+
+        def written_after(abandoned: Path) -> bool:
+            return _mtime(abandoned) > sealed
+
+        lineage_changed = _mtime(checkpoint_dir.parent / LINEAGE_FILE) > sealed
     for other in step_dirs(checkpoint_dir):
         if step_of(other.name) >= step and not (other == final and _replaces(tmp, final, final.name)):
             return f"{other.name} stands beside it"
-        if _mtime(other / COMPLETE) > sealed:
+        if sealed_after(other):
             return f"{other.name} was sealed after it"
-    later = [p.name for p in checkpoint_dir.iterdir() if p.name.startswith(ABANDONED_PREFIX) and _mtime(p) > sealed]
-    if later or _mtime(checkpoint_dir.parent / LINEAGE_FILE) > sealed:
+    later = [p.name for p in checkpoint_dir.iterdir() if p.name.startswith(ABANDONED_PREFIX) and written_after(p)]
+    if later or lineage_changed:
         return f"the run's lineage changed after it was sealed ({', '.join(later) or LINEAGE_FILE})"
     return verify(tmp)
 
