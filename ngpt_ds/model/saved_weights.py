@@ -134,17 +134,34 @@ _CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def _cgroup_headroom() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2), plus its page cache (memory.stat's active_file
-    and inactive_file), None where unlimited or unknown: a Slurm job or a container is held to it, while
-    /proc/meminfo counts the whole machine's memory. memory.current counts the files the cgroup read, which the
-    kernel drops to make room under memory.max: a job that had read its 15 GiB dataset was refused a 4 GiB load
-    under a 16 GiB limit ('1.00 GiB is available') that fit. /proc/meminfo's MemAvailable counts them in too."""
+    """The least of memory.max - memory.current over this process's cgroup (v2) and the cgroups above it, each
+    plus its page cache (memory.stat's active_file and inactive_file); None where none is limited or known: a Slurm
+    job or a container is held to it, while /proc/meminfo counts the whole machine's memory. memory.current counts
+    the files the cgroup read, which the kernel drops to make room under memory.max: a job that had read its 15 GiB
+    dataset was refused a 4 GiB load under a 16 GiB limit ('1.00 GiB is available') that fit. /proc/meminfo's
+    MemAvailable counts them in too. The cgroups above count: Slurm limits the job's and step's cgroups and puts
+    the process in a task cgroup below them whose memory.max is 'max'."""
     try:
         with open(_PROC_CGROUP, encoding="utf-8") as f:
             entry = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
-        if entry is None:
-            return None
-        folder = os.path.join(_CGROUP_ROOT, entry.lstrip("/"))
+    except (OSError, ValueError):
+        return None
+    if entry is None:
+        return None
+    known = []
+    parts = [p for p in entry.strip("/").split("/") if p]
+    # Down to the root too: the real root has no memory.max, but a container's own cgroup is the root of its view
+    # ("0::/" in a cgroup namespace), with the container's limit.
+    for depth in range(len(parts), -1, -1):
+        headroom = _cgroup_level_headroom(os.path.join(_CGROUP_ROOT, *parts[:depth]))
+        if headroom is not None:
+            known.append(headroom)
+    return min(known) if known else None
+
+
+def _cgroup_level_headroom(folder: str) -> int | None:
+    """memory.max - memory.current + page cache of the one cgroup `folder`; None where unlimited or unreadable."""
+    try:
         with open(os.path.join(folder, "memory.max"), encoding="ascii") as f:
             limit = f.read().strip()
         if limit == "max":
