@@ -9,7 +9,7 @@ of launch/train.py, traced by tests/workers/gpu28_trace.py: per mode a few steps
 a resume from its checkpoint; and a ZeRO-2 checkpoint saved on 1 rank, resumed on 2 through the universal
 conversion (ngpt_ds/train/reshape_convert.py). The rules on operations, dtypes and reduce operations are torch's
 ProcessGroupNCCL's (tests/workers/gpu28_trace_runs.py names where); object collectives (a pickle, a device copy
-and a host sync each under NCCL) stay off the training step.
+and a host sync each under NCCL) stay off the training step and its log lines.
 """
 
 import sys
@@ -157,6 +157,16 @@ def test_no_object_collective_on_the_training_step(traces, run_name):
         for call in calls:
             if call["op"] in OBJECT_COLLECTIVES:
                 assert "ngpt_ds/train/loop.py:train_step" not in call["chain"], call
+
+
+@pytest.mark.parametrize("run_name", RUNS)
+def test_no_object_collective_at_a_log_line(traces, run_name):
+    """A log line runs every log_interval steps: under pipeline parallelism ngpt_health gathered every stage's health
+    values with an all_gather_object there; one float64 all-reduce over the pipe-parallel group replaced it."""
+    for calls in traces[run_name]["trace"]:
+        for call in calls:
+            if call["op"] in OBJECT_COLLECTIVES:
+                assert "ngpt_ds/train/loop.py:_log" not in call["chain"], call
 
 
 @pytest.mark.parametrize("run_name", RUNS)

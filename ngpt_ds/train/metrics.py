@@ -288,8 +288,33 @@ def ngpt_health(model: CausalLM, hook: HypersphereHook | None) -> dict[str, floa
     if head is not None:
         out["ngpt/s_z_mean"] = mean_effective(cast(ScaleVector, head.s_z))
     if stage:  # every stage's values, on every rank
-        parts: list[dict[str, float]] = [{}] * dist.get_world_size()
-        dist.all_gather_object(parts, out)
-        out = {name: value for part in parts for name, value in part.items()}
+        out = _every_stage(model, out, hook.comm_device)
     out["ngpt/max_norm_deviation"] = hook.max_deviation()
     return out
+
+
+def _health_names(n_layer: int) -> list[str]:
+    """ngpt_health's names in the order it logs them (the run without pipelining's): per block, then the head."""
+    per_block = ("alpha_attn", "alpha_mlp", "s_qk")
+    return [f"ngpt/{kind}/layer_{i:02d}" for i in range(n_layer) for kind in per_block] + ["ngpt/s_z_mean"]
+
+
+def _every_stage(stage: Any, own: dict[str, float], device: torch.device | str) -> dict[str, float]:
+    """Every stage's health values on every rank, from this stage's `own`: one float64 all-reduce (SUM) over the
+    pipeline group, each slot filled by the one stage that holds it and 0 on the others.
+
+    Every stage knows the whole list of names: `sphere_matrix_names` names every stage's matrices, blocks as
+    `<layer index>.block.<path>` (ngpt_ds.parallel.pipeline). The group is DeepSpeed's pipe-parallel group, one
+    rank per stage (the ranks of this rank's data-parallel coordinate): a sum over the world would count each
+    stage once per data-parallel replica. x + 0.0 is x, so the float32 means (Python floats) arrive bit-equal.
+    It replaced an all_gather_object over the world at every log line: a pickle, a device copy and a host sync
+    under NCCL."""
+    layers = [name.split(".", 2) for name in stage.sphere_matrix_names]
+    block_indices = {parts[0] for parts in layers if parts[1] == "block"}
+    names = _health_names(len(block_indices))
+    unknown = own.keys() - set(names)
+    if unknown:  # a stage's value with no slot would vanish from the log unseen
+        raise RuntimeError(f"ngpt_health: this stage's {sorted(unknown)} have no slot among the pipeline's names")
+    values = torch.tensor([own.get(name, 0.0) for name in names], dtype=torch.float64)
+    all_reduce_on(values, device, group=stage.mpu().get_pipe_parallel_group())
+    return dict(zip(names, values.tolist(), strict=True))
