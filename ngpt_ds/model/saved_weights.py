@@ -312,8 +312,17 @@ def check_before_filling(
         )
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-"""The files transformers' AutoTokenizer reads from a folder (an `--format hf` export writes the first two)."""
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+"""The files transformers' AutoTokenizer reads from a folder (an `--format hf` export writes the first two). The
+chat templates too: AutoTokenizer reads chat_template.jinja whenever it is there, and a named pipe at that name
+made it wait for good, a link to /dev/zero read until memory ran out."""
 MAX_TOKENIZER_FILE_BYTES = 256 << 20
 """Largest tokenizer file read: a 256k-piece BPE's tokenizer.json is about 35 MB (an export's 32k one: about 2 MB)."""
 TOKENIZER_JSON_SHA256 = "tokenizer_json_sha256"
