@@ -1,0 +1,200 @@
+"""Starting the processes a test runs: one command, a real multi-rank job (torchrun, or plain ranks with
+torch's env:// variables), launch/train.py's command line, and the stand-in commands a launcher test puts on PATH.
+
+tests/conftest.py re-exports every name here, so `from conftest import run, torchrun` keeps working."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(**extra) -> dict:
+    """Child processes: CPU DeepSpeed, one thread per rank, the repo importable, the JSON's precision on any CPU."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env["NGPT_DS_CPU_BF16"] = "1"  # a CPU without native bf16 would otherwise train in fp32 (README "fp32 switch")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd, *, timeout=600, cwd=REPO, env=None, check=True) -> subprocess.CompletedProcess:
+    """Run a command; on failure show its output (the test fails with the real error)."""
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env or cpu_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def run_launch(script: str, *argv, timeout=600, cwd=REPO, env=None, check=True) -> subprocess.CompletedProcess:
+    """`python launch/SCRIPT ARGV` as run() gives it, in a child forked from a process that has imported torch
+    and DeepSpeed already (tests/forked_cli.py): for single-process commands, 4 s faster each."""
+    from forked_cli import run_forked
+
+    proc = run_forked(REPO / "launch" / script, list(argv), env=env or cpu_env(), cwd=cwd, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"command failed ({proc.returncode}): launch/{script} {' '.join(map(str, argv))}\n"
+            f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def torchrun(script, *args, nproc=2, **kwargs) -> subprocess.CompletedProcess:
+    """A real multi-process job on gloo, as `torchrun --nproc_per_node N script args` runs it.
+
+    A job that must succeed (`check`, run()'s default) runs its ranks as children forked from a process
+    that has imported torch and DeepSpeed once (tests/forked_cli.py), with the variables torchrun gives
+    them: about 11 s of CPU less per 2-rank job, half of a tiny run's. Its stdout and stderr are the
+    ranks' in rank order, its status 0 or, when a rank failed, 1 (torchrun's). A job that may fail
+    (check=False) runs under torchrun itself, whose teardown, exit status and output the test reads."""
+    if kwargs.get("check", True):
+        from forked_cli import run_forked_ranks
+
+        cwd = Path(kwargs.get("cwd", REPO))
+        port, base = free_port(), kwargs.get("env") or cpu_env()
+        torchrun_vars = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": nproc, "GROUP_RANK": 0}
+        torchrun_vars |= {"LOCAL_WORLD_SIZE": nproc, "ROLE_WORLD_SIZE": nproc, "GROUP_WORLD_SIZE": 1}
+        torchrun_vars |= {"ROLE_NAME": "default", "TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_RESTART_COUNT": 0}
+        torchrun_vars |= {"TORCHELASTIC_MAX_RESTARTS": 0}  # not TORCHELASTIC_USE_AGENT_STORE: rank 0 hosts it
+        envs = [dict(base, **torchrun_vars, RANK=r, LOCAL_RANK=r, ROLE_RANK=r) for r in range(nproc)]
+        ranks = run_forked_ranks(cwd / script, list(args), envs, cwd=cwd, timeout=kwargs.get("timeout", 600))
+        cmd = ["torchrun", "--nproc_per_node", nproc, script, *args]
+        failed = any(rank.returncode != 0 for rank in ranks)
+        proc = subprocess.CompletedProcess(
+            cmd, int(failed), "".join(rank.stdout for rank in ranks), "".join(rank.stderr for rank in ranks)
+        )
+        if failed:
+            pytest.fail(
+                f"ranks failed ({[rank.returncode for rank in ranks]}): {' '.join(map(str, cmd))}\n"
+                f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+            )
+        return proc
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        nproc,
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        free_port(),
+        script,
+        *args,
+    ]
+    return run(cmd, **kwargs)
+
+
+def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | None = None) -> list[subprocess.Popen]:
+    """`python args` once per rank, as plain processes with torch's env:// variables on this host: the
+    way a launcher that does not tear a job down by itself starts them (srun without
+    --kill-on-bad-exit, a container orchestrator), so that each rank's own exit status is seen.
+    Each rank's output goes to `logs`/rank<N>.log, or without `logs` is captured as text."""
+    port = free_port() if port is None else port
+    ranks = []
+    for rank in range(nproc):
+        env = cpu_env(
+            RANK=rank,
+            WORLD_SIZE=nproc,
+            LOCAL_RANK=rank,
+            LOCAL_WORLD_SIZE=nproc,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        cmd = [sys.executable, *map(str, args)]
+        if logs is None:
+            ranks.append(
+                subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        else:
+            with open(logs / f"rank{rank}.log", "w") as log:
+                ranks.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    return ranks
+
+
+def run_ranks(args, *, nproc: int = 2, timeout: int = 300, **env) -> tuple[list[int], list[str]]:
+    """`python args` once per rank, started as start_ranks starts them, with `env` added to each rank's, and waited
+    for: (each rank's exit status, each rank's output, stdout and stderr together), in rank order."""
+    port, ranks = free_port(), []
+    for rank in range(nproc):
+        rank_env = cpu_env(
+            RANK=rank,
+            WORLD_SIZE=nproc,
+            LOCAL_RANK=rank,
+            LOCAL_WORLD_SIZE=nproc,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **env,
+        )
+        cmd = [sys.executable, *map(str, args)]
+        ranks.append(
+            subprocess.Popen(cmd, env=rank_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [rank.communicate(timeout=timeout)[0] for rank in ranks]
+    return [rank.returncode for rank in ranks], outputs
+
+
+def train_on_two_nodes(tmp_path: Path, setup, *argv, timeout: int = 240) -> list[tuple[int, str, str]]:
+    """launch/train.py as ranks 0 and 1 of one job, each in a working folder of its own, tmp_path/node<rank>,
+    which stands in for a node: relative paths in `argv` are node-local files there. `setup(rank, node)`
+    fills the folder first; an item of `argv` may be a function of the folder (a per-node path). Returns
+    each rank's (exit status, stdout, stderr)."""
+    port, procs = free_port(), []
+    for rank in range(2):
+        node = tmp_path / f"node{rank}"
+        node.mkdir(exist_ok=True)
+        setup(rank, node)
+        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1")
+        env["MASTER_PORT"] = str(port)
+        args = [str(a(node) if callable(a) else a) for a in argv]
+        cmd = [sys.executable, str(REPO / "launch/train.py"), *args, "--no-progress"]
+        procs.append(
+            subprocess.Popen(cmd, env=env, cwd=node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outputs = [proc.communicate(timeout=timeout) for proc in procs]
+    return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
+
+
+def train_flags(config, ds_config, data, out, *extra) -> list:
+    """launch/train.py's options for one run, without the progress bar; `extra` after them."""
+    return ["--config", config, "--deepspeed_config", ds_config, "--data", data, "--out", out, "--no-progress", *extra]
+
+
+def train_cmd(config, ds_config, data, out, *extra) -> list:
+    """launch/train.py (its full path) and train_flags: what `python`, torchrun or a launcher runs."""
+    return [REPO / "launch/train.py", *train_flags(config, ds_config, data, out, *extra)]
+
+
+def train_run(config, ds_config, data, out, *extra, nproc: int = 1, **kwargs) -> subprocess.CompletedProcess:
+    """One run of launch/train.py to its end: plain `python` for one rank (torchrun's launcher would
+    import torch once more, about 2 s of CPU per run), torchrun for more."""
+    cmd = train_cmd(config, ds_config, data, out, *extra)
+    if nproc == 1:
+        return run([sys.executable, *cmd], **kwargs)
+    return torchrun(*cmd, nproc=nproc, **kwargs)
+
+
+def stand_in_commands(folder: Path, commands: dict[str, str]) -> Path:
+    """`folder` (made if missing) with an executable script per name in `commands` (name -> its text): the stand-in
+    commands (srun, ssh, deepspeed, ...) a launcher test puts first on PATH. Returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in commands.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder
