@@ -131,57 +131,72 @@ def _proc_number(path: str, key: str) -> int | None:
 
 _PROC_CGROUP = "/proc/self/cgroup"
 _CGROUP_ROOT = "/sys/fs/cgroup"
+_CGROUP_V1_ROOT = "/sys/fs/cgroup/memory"
+# A cgroup's files: its limit, its use, and the memory.stat fields of its page cache.
+_V2 = ("memory.max", "memory.current", ("active_file", "inactive_file"))
+_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file"))
+_V1_UNLIMITED = 1 << 62
+"""cgroup v1 has no word for no limit: memory.limit_in_bytes reads 9223372036854771712 (2^63 rounded to pages)."""
 
 
 def _cgroup_headroom() -> int | None:
-    """The least of memory.max - memory.current over this process's cgroup (v2) and the cgroups above it, each
-    plus its page cache (memory.stat's active_file and inactive_file); None where none is limited or known: a Slurm
-    job or a container is held to it, while /proc/meminfo counts the whole machine's memory. memory.current counts
-    the files the cgroup read, which the kernel drops to make room under memory.max: a job that had read its 15 GiB
+    """The least of limit - use over this process's cgroup and the cgroups above it, each plus its page cache;
+    None where none is limited or known: a Slurm job or a container is held to it, while /proc/meminfo counts the
+    whole machine's memory. cgroup v2 (memory.max, memory.current) and v1's memory controller
+    (memory.limit_in_bytes, memory.usage_in_bytes: a v1 machine had no check at all) both count. The use counts
+    the files the cgroup read, which the kernel drops to make room under the limit: a job that had read its 15 GiB
     dataset was refused a 4 GiB load under a 16 GiB limit ('1.00 GiB is available') that fit. /proc/meminfo's
     MemAvailable counts them in too. The cgroups above count: Slurm limits the job's and step's cgroups and puts
     the process in a task cgroup below them whose memory.max is 'max'."""
     try:
         with open(_PROC_CGROUP, encoding="utf-8") as f:
-            entry = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+            lines = f.read(1 << 16).splitlines()
     except (OSError, ValueError):
         return None
-    if entry is None:
-        return None
     known = []
-    parts = [p for p in entry.strip("/").split("/") if p]
-    # Down to the root too: the real root has no memory.max, but a container's own cgroup is the root of its view
-    # ("0::/" in a cgroup namespace), with the container's limit.
-    for depth in range(len(parts), -1, -1):
-        headroom = _cgroup_level_headroom(os.path.join(_CGROUP_ROOT, *parts[:depth]))
-        if headroom is not None:
-            known.append(headroom)
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if line.startswith("0::"):
+            root, files = _CGROUP_ROOT, _V2
+        elif "memory" in controllers.split(","):
+            root, files = _CGROUP_V1_ROOT, _V1
+        else:
+            continue
+        parts = [p for p in path.strip("/").split("/") if p]
+        # Down to the root too: the real root has no limit, but a container's own cgroup is the root of its view
+        # ("0::/" in a cgroup namespace), with the container's limit.
+        for depth in range(len(parts), -1, -1):
+            headroom = _cgroup_level_headroom(os.path.join(root, *parts[:depth]), files)
+            if headroom is not None:
+                known.append(headroom)
     return min(known) if known else None
 
 
-def _cgroup_level_headroom(folder: str) -> int | None:
-    """memory.max - memory.current + page cache of the one cgroup `folder`; None where unlimited or unreadable."""
+def _cgroup_level_headroom(folder: str, files: tuple[str, str, tuple[str, str]]) -> int | None:
+    """limit - use + page cache of the one cgroup `folder` (`files`: _V2 or _V1); None where unlimited or
+    unreadable."""
+    limit_file, use_file, cache_keys = files
     try:
-        with open(os.path.join(folder, "memory.max"), encoding="ascii") as f:
+        with open(os.path.join(folder, limit_file), encoding="ascii") as f:
             limit = f.read().strip()
-        if limit == "max":
+        if limit == "max" or not 0 <= int(limit) < _V1_UNLIMITED:  # v1's -1 on writing is no limit too
             return None
-        with open(os.path.join(folder, "memory.current"), encoding="ascii") as f:
+        with open(os.path.join(folder, use_file), encoding="ascii") as f:
             current = int(f.read().strip())
-        return max(0, int(limit) - current + min(current, _page_cache(folder)))
+        return max(0, int(limit) - current + min(current, _page_cache(folder, cache_keys)))
     except (OSError, ValueError):
         return None
 
 
-def _page_cache(folder: str) -> int:
-    """The page cache charged to the cgroup `folder` (memory.stat's active_file + inactive_file, which leave out
-    tmpfs: that cannot be dropped); 0 where unknown."""
+def _page_cache(folder: str, keys: tuple[str, str]) -> int:
+    """The page cache charged to the cgroup `folder` (memory.stat's `keys`: its active and inactive files, which
+    leave out tmpfs: that cannot be dropped); 0 where unknown."""
     cache = 0
     try:
         with open(os.path.join(folder, "memory.stat"), encoding="ascii") as f:
             for line in f:
                 key, _, value = line.partition(" ")
-                if key in ("active_file", "inactive_file"):
+                if key in keys:
                     cache += int(value)
     except (OSError, ValueError):
         return 0
