@@ -4,8 +4,9 @@
 At start-up the ranks verify a sealed step_N.tmp-save together before rank 0 renames it to step_N
 (ngpt_ds.train.checkpoint_interrupted), and the resume then verified step_N: every byte of the checkpoint hashed
 twice before training. A passed verification is remembered here by the folder's fingerprint: the folder's
-device and inode, its COMPLETE manifest's digest, and every file's relative path, device, inode, size, mtime and
-ctime (a write moves the ctime, which no user can set back). The memory is this process's alone and each entry is
+device and inode, its COMPLETE manifest's digest, every file's relative path, device, inode, size, mtime and
+ctime (a write moves the ctime, which no user can set back), and every folder's path, inode and kind: a link to a
+folder put in after the verification, which `verify` refuses and os.walk does not enter, had gone unseen. The memory is this process's alone and each entry is
 used once (`take`): a verification made by another process, or by an earlier run, is never trusted.
 """
 
@@ -32,6 +33,10 @@ def fingerprint(folder: Path) -> Fingerprint | None:
         files = []
         for root, dirs, names in os.walk(folder):
             dirs.sort()
+            for name in dirs:  # a folder, or a link to one (os.walk lists it here and does not enter it)
+                info = os.lstat(os.path.join(root, name))
+                rel = os.path.relpath(os.path.join(root, name), folder)
+                files.append((rel, info.st_dev, info.st_ino, info.st_mode, 0, info.st_ctime_ns))
             for name in sorted(names):
                 info = os.stat(os.path.join(root, name))  # links followed, as verify reads them
                 rel = os.path.relpath(os.path.join(root, name), folder)
