@@ -6,8 +6,9 @@ At start-up the ranks verify a sealed step_N.tmp-save together before rank 0 ren
 twice before training. A passed verification is remembered here by the folder's fingerprint: the folder's
 device and inode, its COMPLETE manifest's digest, every file's relative path, device, inode, size, mtime and
 ctime (a write moves the ctime, which no user can set back), and every folder's path, inode and kind: a link to a
-folder put in after the verification, which `verify` refuses and os.walk does not enter, had gone unseen. The memory is this process's alone and each entry is
-used once (`take`): a verification made by another process, or by an earlier run, is never trusted.
+folder put in after the verification, which `verify` refuses and os.walk does not enter, had gone unseen. The
+memory is this process's alone and each entry is used once (`take`): a verification made by another process, or by
+an earlier run, is never trusted.
 """
 
 from __future__ import annotations
