@@ -149,6 +149,17 @@ def _idle_s(folder: Path) -> float:
     return _now() - newest
 
 
+def _last_change(idle: float) -> str:
+    """When a staging folder last changed, `idle` seconds ago: a negative age (its files dated ahead of this host's
+    clock, by another node's clock or a `touch -d`) had read 'last change 0.0 h ago', which is not why it stays."""
+    if idle >= 0:
+        return f"last change {idle / 3600:.1f} h ago"
+    return (
+        f"its last change is dated {-idle / 3600:.1f} h ahead of this host's clock: the clocks differ, and its "
+        "age is counted from then"
+    )
+
+
 def _raise(err: OSError) -> None:
     raise err
 
@@ -182,7 +193,7 @@ def remove_abandoned(final: Path) -> list[Path]:
                 _log.warning(
                     f"left {folder}: its lock is free here, but it was made on {host} ({_owner_line(folder)}), "
                     "and where file locks stay on one node (Lustre localflock, NFS local_lock=flock) that "
-                    f"preparation may still be writing it (last change {max(idle, 0) / 3600:.1f} h ago). It is "
+                    f"preparation may still be writing it ({_last_change(idle)}). It is "
                     f"removed once unchanged for {OTHER_HOST_IDLE_S / 3600:g} h; if that process is gone, remove "
                     # Quoted: the folder is named after the dataset ('my corpus', a '$(...)'), and the line is pasted.
                     f"it now: rm -r {shlex.quote(str(folder))}"
