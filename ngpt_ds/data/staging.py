@@ -114,9 +114,12 @@ def _owner_line(folder: Path) -> str:
     """'pid N on HOST' of the process holding staging `folder`, as its lock file records it, or ''."""
     try:
         with open(folder / OWNER_FILE, "rb") as f:
-            return f.read(200).decode("utf-8", "replace").strip()
+            line = f.read(200).decode("utf-8", "replace").strip()
     except OSError:
         return ""
+    # Shown in warnings and errors: a control character (a terminal escape in a crafted lock file, a cut line's
+    # newline) is written as its escape, never sent to the terminal as it is.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 def _owner(folder: Path) -> str:
