@@ -101,6 +101,13 @@ def torchrun(script, *args, nproc=2, **kwargs) -> subprocess.CompletedProcess:
     return run(cmd, **kwargs)
 
 
+def rank_env(rank: int, nproc: int, port: int, **extra) -> dict:
+    """cpu_env() for rank `rank` of `nproc` on this host, with torch's env:// variables (RANK, WORLD_SIZE,
+    LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and `extra` on top."""
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    return cpu_env(RANK=rank, WORLD_SIZE=nproc, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=nproc, **rendezvous, **extra)
+
+
 def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | None = None) -> list[subprocess.Popen]:
     """`python args` once per rank, as plain processes with torch's env:// variables on this host: the
     way a launcher that does not tear a job down by itself starts them (srun without
@@ -109,14 +116,7 @@ def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | N
     port = free_port() if port is None else port
     ranks = []
     for rank in range(nproc):
-        env = cpu_env(
-            RANK=rank,
-            WORLD_SIZE=nproc,
-            LOCAL_RANK=rank,
-            LOCAL_WORLD_SIZE=nproc,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-        )
+        env = rank_env(rank, nproc, port)
         cmd = [sys.executable, *map(str, args)]
         if logs is None:
             ranks.append(
@@ -133,18 +133,16 @@ def run_ranks(args, *, nproc: int = 2, timeout: int = 300, **env) -> tuple[list[
     for: (each rank's exit status, each rank's output, stdout and stderr together), in rank order."""
     port, ranks = free_port(), []
     for rank in range(nproc):
-        rank_env = cpu_env(
-            RANK=rank,
-            WORLD_SIZE=nproc,
-            LOCAL_RANK=rank,
-            LOCAL_WORLD_SIZE=nproc,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            **env,
-        )
         cmd = [sys.executable, *map(str, args)]
         ranks.append(
-            subprocess.Popen(cmd, env=rank_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.Popen(
+                cmd,
+                env=rank_env(rank, nproc, port, **env),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         )
     outputs = [rank.communicate(timeout=timeout)[0] for rank in ranks]
     return [rank.returncode for rank in ranks], outputs
@@ -160,8 +158,7 @@ def train_on_two_nodes(tmp_path: Path, setup, *argv, timeout: int = 240) -> list
         node = tmp_path / f"node{rank}"
         node.mkdir(exist_ok=True)
         setup(rank, node)
-        env = cpu_env(RANK=rank, WORLD_SIZE=2, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1")
-        env["MASTER_PORT"] = str(port)
+        env = rank_env(rank, 2, port)
         args = [str(a(node) if callable(a) else a) for a in argv]
         cmd = [sys.executable, str(REPO / "launch/train.py"), *args, "--no-progress"]
         procs.append(
