@@ -118,17 +118,22 @@ GIB = 2**30
 
 
 def _proc_number(path: str, key: str) -> int | None:
-    """The `key:` line of a /proc status file (/proc/meminfo, /proc/self/status), in bytes (its value is in kB)."""
+    """The `key:` line of a /proc status file (/proc/meminfo, /proc/self/status), in bytes (its value is in kB);
+    None where absent or odd: a negative number, or another unit, as a container's stand-in /proc/meminfo may show,
+    had counted as that many bytes available (a negative: every load refused)."""
     try:
-        with open(path, encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
+        with open(path, "rb") as f:
+            for line in f:  # bytes: a stray byte on another line spoils no figure
+                if line.startswith(key.encode() + b":"):
+                    fields = line.split()
+                    value = int(fields[1])
+                    return value * 1024 if value >= 0 and fields[2:] == [b"kB"] else None
     except (OSError, ValueError, IndexError):
         return None
     return None
 
 
+_PROC_MEMINFO = "/proc/meminfo"
 _PROC_CGROUP = "/proc/self/cgroup"
 _CGROUP_ROOT = "/sys/fs/cgroup"
 _CGROUP_V1_ROOT = "/sys/fs/cgroup/memory"
@@ -208,7 +213,7 @@ def host_memory_available() -> int | None:
     (/proc/meminfo's MemAvailable), the headroom under its address-space limit (`ulimit -v`) and under its cgroup's
     memory.max; None where none is known (not Linux). Standard library only: an export carries this file."""
     known = []
-    available = _proc_number("/proc/meminfo", "MemAvailable")
+    available = _proc_number(_PROC_MEMINFO, "MemAvailable")
     if available is not None:
         known.append(available)
     try:
