@@ -2,26 +2,24 @@
 
 usage: gpu28_trace.py TRACE_DIR SCRIPT [SCRIPT's arguments...]
 
-tests/workers/nccl27_trace.py's tracer (its operation list, tensor walk and call-site search), with what a
-model-parallel run needs on top: the process group each call ran on (its global ranks), the reduce
-operation, a point-to-point call's peer, the chain of ngpt_ds frames (outermost first: whether the call came
-from the training step), and each process group created (dist.new_group, itself a collective every rank of
-the world makes in the same order). One JSON line per outermost call in TRACE_DIR/rank<RANK>.jsonl.
+tests/workers/nccl27_trace.py's tracer (its operation list, tensor walk, call-site search, call wrapper and
+command line), with what a model-parallel run needs on top: the process group each call ran on (its global
+ranks), the reduce operation, a point-to-point call's peer, the chain of ngpt_ds frames (outermost first:
+whether the call came from the training step), and each process group created (dist.new_group, itself a
+collective every rank of the world makes in the same order). One JSON line per outermost call in
+TRACE_DIR/rank<RANK>.jsonl.
 """
 
 import inspect
 import json
 import os
-import runpy
-import sys
-import threading
 import traceback
 from pathlib import Path
 
 import torch.distributed as dist
-from nccl27_trace import OPERATIONS, PROJECT, REPO, _tensors, _where
+from nccl27_trace import PROJECT, REPO, _tensors, _where, run_traced
+from nccl27_trace import install as install_operations
 
-_inside = threading.local()
 PEER_ARGUMENT = {"send": "dst", "isend": "dst", "recv": "src", "irecv": "src"}
 
 
@@ -63,24 +61,16 @@ def _record(name: str, bound: dict) -> dict:
     return record
 
 
-def _wrap(name: str, original, log):
+def _describe(name: str, original):
+    """The record of one call of torch.distributed's `name`, its arguments bound by name (group, op, dst)."""
     signature = inspect.signature(original)
 
-    def traced(*args, **kwargs):
-        if getattr(_inside, "active", False):
-            return original(*args, **kwargs)
-        _inside.active = True
-        try:
-            bound = signature.bind_partial(*args, **kwargs)
-            bound.apply_defaults()
-            log.write(json.dumps(_record(name, dict(bound.arguments))) + "\n")
-            log.flush()
-            return original(*args, **kwargs)
-        finally:
-            _inside.active = False
+    def record(args, kwargs) -> dict:
+        bound = signature.bind_partial(*args, **kwargs)
+        bound.apply_defaults()
+        return _record(name, dict(bound.arguments))
 
-    traced.__wrapped__ = original
-    return traced
+    return record
 
 
 def _wrap_new_group(original, log):
@@ -98,17 +88,9 @@ def _wrap_new_group(original, log):
 
 
 def install(trace: Path) -> None:
-    log = open(trace, "a", buffering=1)  # noqa: SIM115 (open for the process's life; each line flushed)
-    for name in OPERATIONS:
-        original = getattr(dist, name, None)
-        if original is not None:
-            setattr(dist, name, _wrap(name, original, log))
+    log = install_operations(trace, _describe)
     dist.new_group = _wrap_new_group(dist.new_group, log)
 
 
 if __name__ == "__main__":
-    install(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl")
-    script = sys.argv[2]
-    sys.argv = [script, *sys.argv[3:]]
-    sys.path.insert(0, str(Path(script).resolve().parent))
-    runpy.run_path(script, run_name="__main__")
+    run_traced(install)

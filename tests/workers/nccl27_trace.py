@@ -11,6 +11,7 @@ asked), and the file that called torch.distributed.
 NCCL pairs the ranks' collectives by their order alone: the test compares the ranks' sequences.
 """
 
+import functools
 import json
 import os
 import runpy
@@ -25,6 +26,7 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = str(REPO / "ngpt_ds") + os.sep
 TORCH_DIR = str(Path(torch.__file__).parent) + os.sep
+WORKERS = Path(__file__).resolve().parent
 
 OPERATIONS = (
     "all_reduce",
@@ -63,10 +65,17 @@ def _tensors(value):
             yield from _tensors(item)
 
 
+@functools.cache
+def _tracer_frame(filename: str) -> bool:
+    """A frame of the tracers themselves (this file, tests/workers/gpu28_trace.py): never the call's site."""
+    path = Path(filename).resolve()
+    return path.parent == WORKERS and path.name.endswith("_trace.py")
+
+
 def _where() -> tuple[str | None, str]:
     """(the innermost ngpt_ds frame outside train/collectives.py as 'path:function', the file that called
     torch.distributed)."""
-    frames = traceback.extract_stack()[:-2]  # not this function nor the wrapper
+    frames = [frame for frame in traceback.extract_stack() if not _tracer_frame(frame.filename)]
     caller = "?"
     for frame in reversed(frames):
         if not frame.filename.startswith(TORCH_DIR + "distributed"):
@@ -78,27 +87,37 @@ def _where() -> tuple[str | None, str]:
     return None, caller
 
 
-def _wrap(name: str, original, log):
+def _describe(name: str, original):
+    """The record of one call of torch.distributed's `name`: (args, kwargs) -> its JSON line's fields."""
+
+    def record(args, kwargs) -> dict:
+        group = kwargs.get("group")
+        tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
+        frame, caller = _where()
+        return {
+            "op": name,
+            "group_size": dist.get_world_size(group) if dist.is_initialized() else None,
+            "shapes": [list(t.shape) for t in tensors],
+            "dtypes": [str(t.dtype) for t in tensors],
+            "devices": [t.device.type for t in tensors],
+            "sparse": [bool(t.is_sparse) for t in tensors],
+            "frame": frame,
+            "caller": caller,
+        }
+
+    return record
+
+
+def traced_call(original, log, record):
+    """`original` writing record(args, kwargs) to `log` as one JSON line before each outermost call: a call
+    that torch.distributed makes from inside another traced one is not recorded."""
+
     def traced(*args, **kwargs):
         if getattr(_inside, "active", False):
             return original(*args, **kwargs)
         _inside.active = True
         try:
-            group = kwargs.get("group")
-            size = dist.get_world_size(group) if dist.is_initialized() else None
-            tensors = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
-            frame, caller = _where()
-            record = {
-                "op": name,
-                "group_size": size,
-                "shapes": [list(t.shape) for t in tensors],
-                "dtypes": [str(t.dtype) for t in tensors],
-                "devices": [t.device.type for t in tensors],
-                "sparse": [bool(t.is_sparse) for t in tensors],
-                "frame": frame,
-                "caller": caller,
-            }
-            log.write(json.dumps(record) + "\n")
+            log.write(json.dumps(record(args, kwargs)) + "\n")
             log.flush()
             return original(*args, **kwargs)
         finally:
@@ -108,17 +127,26 @@ def _wrap(name: str, original, log):
     return traced
 
 
-def install(trace: Path) -> None:
+def install(trace: Path, describe=_describe):
+    """Wrap each of OPERATIONS that this torch has, recording describe(name, original)(args, kwargs) per
+    call in `trace`; returns the open log."""
     log = open(trace, "a", buffering=1)  # noqa: SIM115 (open for the process's life; each line flushed)
     for name in OPERATIONS:
         original = getattr(dist, name, None)
         if original is not None:
-            setattr(dist, name, _wrap(name, original, log))
+            setattr(dist, name, traced_call(original, log, describe(name, original)))
+    return log
 
 
-if __name__ == "__main__":
-    install(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl")
+def run_traced(install_tracer) -> None:
+    """The tracers' command line, TRACE_DIR SCRIPT [ARGS...]: install_tracer(TRACE_DIR/rank<RANK>.jsonl),
+    then SCRIPT as __main__ with ARGS."""
+    install_tracer(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl")
     script = sys.argv[2]
     sys.argv = [script, *sys.argv[3:]]
     sys.path.insert(0, str(Path(script).resolve().parent))
     runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    run_traced(install)
