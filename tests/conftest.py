@@ -75,6 +75,28 @@ def fails_after(seconds: int, what: str):
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def logged_warnings(logger_name: str):
+    """The messages of the WARNING (and worse) records logger `logger_name` gets inside the block, as a list
+    filled while it runs: a handler on that logger itself, since ngpt_ds's loggers may not propagate to the
+    root (and caplog) once ngpt_ds.log is set up."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger(logger_name)
+    handler = Keep(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
 def require_system(condition: bool, reason: str) -> None:
     """Skip a test that needs a system service (Slurm, MPI, root) on a user's machine; fail in CI."""
     if condition:

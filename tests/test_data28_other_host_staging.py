@@ -8,7 +8,6 @@ Node A is stood in for by a staging folder made by hand, its owner line naming a
 node B with a node-local flock). Old code: remove_abandoned returned [that folder] and deleted it.
 """
 
-import logging
 import os
 import socket
 
@@ -16,23 +15,14 @@ import pytest
 
 from ngpt_ds.data import staging
 
+from conftest import logged_warnings
+
 
 @pytest.fixture
 def warnings_of_staging():
     """The warning lines ngpt_ds.data.staging logs (its logger may not propagate once ngpt_ds.log is set up)."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger(staging.__name__)
-    handler = Keep(logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with logged_warnings(staging.__name__) as lines:
         yield lines
-    finally:
-        logger.removeHandler(handler)
 
 
 def staging_folder(final, owner_line: str, tag: str = "0a1b2c3d"):

@@ -9,7 +9,6 @@ Not refused: the training data is the same. Old code: no warning (the state had 
 """
 
 import json
-import logging
 import shutil
 
 import numpy as np
@@ -22,7 +21,7 @@ from ngpt_ds.data.fingerprint import split_fingerprint
 from ngpt_ds.data.loader import TokenWindowLoader
 from ngpt_ds.data.shards import load_dataset_meta
 
-from conftest import tiny_ngpt, tiny_train, without_shard_hashes
+from conftest import logged_warnings, tiny_ngpt, tiny_train, without_shard_hashes
 
 WARNING_TAIL = (
     ": its validation split is not the one the checkpoint's run evaluated on (its shards, token counts or block "
@@ -34,19 +33,8 @@ WARNING_TAIL = (
 
 @pytest.fixture
 def loader_warnings():
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger(loader_mod.__name__)
-    handler = Keep(logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with logged_warnings(loader_mod.__name__) as lines:
         yield lines
-    finally:
-        logger.removeHandler(handler)
 
 
 def train_loader(data):
