@@ -6,29 +6,18 @@ terminal escapes ('\\x1b[2J' clears the screen, '\\x1b]0;...\\x07' sets the titl
 whoever ran prepare or a training run beside it.
 """
 
-import logging
-
 from ngpt_ds.data import staging
+
+from conftest import logged_warnings
 
 
 def test_the_owner_line_of_a_crafted_lock_file_is_escaped(tmp_path):
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
     final = tmp_path / "data"
     folder = final.parent / f".{final.name}.partial-0a1b2c3d"
     folder.mkdir()
     (folder / staging.OWNER_FILE).write_bytes(b"pid 4242 on evil\x1b[2J\x1b]0;owned\x07host")
-    logger = logging.getLogger(staging.__name__)
-    handler = Keep(logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with logged_warnings(staging.__name__) as lines:
         assert staging.remove_abandoned(final) == [] and folder.is_dir()
-    finally:
-        logger.removeHandler(handler)
     assert len(lines) == 1
     assert not any(ord(c) < 32 or ord(c) == 127 for c in lines[0]), repr(lines[0])
     assert "made on evil\\x1b[2J\\x1b]0;owned\\x07host (pid 4242 on evil\\x1b[2J\\x1b]0;owned\\x07host)" in lines[0]

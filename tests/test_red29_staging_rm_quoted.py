@@ -5,29 +5,19 @@ after the dataset (`.<name>.partial-<id>`): for --out 'my corpus' the line paste
 'corpus.partial-<id>' instead, and a name holding '$(...)' or ';' ran it.
 """
 
-import logging
 import shlex
 
 import pytest
 
 from ngpt_ds.data import staging
 
+from conftest import logged_warnings
+
 
 @pytest.fixture
 def warnings_of_staging():
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger(staging.__name__)
-    handler = Keep(logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with logged_warnings(staging.__name__) as lines:
         yield lines
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("name", ["my corpus", "data;touch x", "d$(touch x)", "it's"])
