@@ -25,8 +25,11 @@ def read_capped_json(path: Path, what: str, fix: str, max_bytes: int = MAX_JSON_
     the file and ending in `fix` where it cannot be read, is larger (`what`: the kind of file, "a dataset's
     meta.json"), or is not UTF-8 JSON. The caller checks the value's shape."""
     try:
+        # Neither a folder nor a device is opened: opening a device can act (a watchdog arms, a tape rewinds).
+        if not (stat.S_ISREG(mode := os.stat(path).st_mode) or stat.S_ISFIFO(mode)):
+            raise NgptConfigError(f"{path} is {_kind(mode)}, not a regular file ({what} is one); {fix}")
         # O_NONBLOCK: a named pipe at the name (a part folder handed over, a crafted dataset) opens without waiting
-        # for a writer, and is refused below; a plain open waited for one for good.
+        # for a writer, and is refused below (as is a file swapped in after the stat); a plain open waited for one.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         _refuse_irregular(fd, path, what, fix)
         with os.fdopen(fd, "rb") as f:
@@ -54,5 +57,8 @@ def _refuse_irregular(fd: int, path: Path, what: str, fix: str) -> None:
     if stat.S_ISREG(mode):
         return
     os.close(fd)
-    kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device"
-    raise NgptConfigError(f"{path} is {kind}, not a regular file ({what} is one); {fix}")
+    raise NgptConfigError(f"{path} is {_kind(mode)}, not a regular file ({what} is one); {fix}")
+
+
+def _kind(mode: int) -> str:
+    return "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device"

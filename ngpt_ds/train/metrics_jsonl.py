@@ -187,8 +187,8 @@ def _ends_within(end: bytes, whole: bool, top: int) -> bool:
         return False  # a last line of more than CHECKED_END_BYTES: not a record ngpt_ds writes
     for line in lines:
         try:
-            record = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, *UNPARSABLE):
+            record = json.loads(line.decode("utf-8", errors="replace"))  # as summary.lines_of reads the lines it keeps
+        except UNPARSABLE:
             return False
         step = record.get("step") if isinstance(record, dict) else None
         if isinstance(step, bool) or not isinstance(step, int) or step > top:
