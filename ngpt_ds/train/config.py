@@ -243,6 +243,16 @@ class TrainConfig:
                 "{every_k: K}",
             )
             config.activation_checkpointing = "none"  # named above; wrong_types would name it again
+        elif not isinstance(mode, str | dict):
+            # `activation_checkpointing: 2` (meaning every 2 blocks) said only "must be a string or dict".
+            p.add(
+                "train.activation_checkpointing",
+                mode,
+                f"write none, blocks, or {{every_k: K}} (every K-th block; {{every_k: {mode}}} for every {mode})"
+                if isinstance(mode, int)
+                else "write none, blocks, or {every_k: K}",
+            )
+            config.activation_checkpointing = "none"
         p.wrong_types("train", config)  # before resolve/validate compare or convert them
         p.raise_if_any()
         return config
