@@ -99,6 +99,9 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     # (checked before the ZeRO stages: "any data-parallel size" was wrong for it, and so was "ZeRO 1/2", as a
     # pipeline runs at ZeRO 0 or 1 only).
     stage = "" if saved.zero_stage == current.zero_stage else f", at ZeRO stage {saved.zero_stage}"
+    # The saved pipeline stages belong in the tensor-parallel advice too: without them it counted too few ranks,
+    # and following it met the pipeline refusal next.
+    stages = f" and train.pipeline_parallel_size {saved.pipeline_parallel}" if saved.pipeline_parallel > 1 else ""
     if saved.tensor_parallel != current.tensor_parallel or (
         saved.tensor_parallel > 1 and saved.data_parallel != current.data_parallel
     ):
@@ -110,8 +113,8 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
                 "a tensor-parallel checkpoint resumes only at the same tensor-parallel and data-parallel sizes. "
                 "DeepSpeed's universal converter merges tensor-parallel slices by Megatron name patterns, and the "
                 "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to it, so a merged checkpoint "
-                f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel} on "
-                f"{saved.tensor_parallel * saved.data_parallel} rank(s){stage}"
+                f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel}{stages} on "
+                f"{saved.tensor_parallel * saved.pipeline_parallel * saved.data_parallel} rank(s){stage}"
             ),
         )
     if saved.pipeline_parallel != current.pipeline_parallel or (
