@@ -10,69 +10,45 @@ read until memory ran out, and a link out of the folder read a template elsewher
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 from fed_pipe import fed_pipe
-from random_export import export_random_ngpt
+from hf_exports import FIX, auto_config
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
-FIX = "copy the whole folder again, or export the checkpoint again"
 
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_dataset):
-    folder, _ = export_random_ngpt(tmp_path_factory.mktemp("red29_chat"), tiny_dataset / "tokenizer.model", "hf")
-    return folder
-
-
-@pytest.fixture
-def folder(exported, tmp_path):
-    copy = tmp_path / "export"
-    shutil.copytree(exported, copy)
-    return copy
-
-
-def _config(folder):
-    from transformers import AutoConfig
-
-    import ngpt_ds  # noqa: F401  (registers the config class)
-
-    return AutoConfig.from_pretrained(str(folder))
-
-
-def test_a_chat_template_that_is_a_named_pipe_is_refused_unopened(folder):
+def test_a_chat_template_that_is_a_named_pipe_is_refused_unopened(hf_folder):
     from ngpt_ds.errors import NgptConfigError
 
-    pipe = folder / "chat_template.jinja"
+    pipe = hf_folder / "chat_template.jinja"
     with fed_pipe(pipe, b"{{ messages }}"), pytest.raises(NgptConfigError) as caught:
-        _config(folder)
+        auto_config(hf_folder)
     assert str(caught.value) == f"{pipe} is a named pipe, not a tokenizer file of the folder; {FIX}"
 
 
 @pytest.mark.parametrize("name", ["chat_template.jinja", "chat_template.json"])
-def test_a_chat_template_linked_out_of_the_folder_is_refused(folder, tmp_path, name):
+def test_a_chat_template_linked_out_of_the_folder_is_refused(hf_folder, tmp_path, name):
     from ngpt_ds.errors import NgptConfigError
 
     outside = tmp_path / "elsewhere.jinja"
     outside.write_text("{{ messages }}")
-    (folder / name).symlink_to(outside)
+    (hf_folder / name).symlink_to(outside)
     with pytest.raises(NgptConfigError) as caught:
-        _config(folder)
+        auto_config(hf_folder)
     assert str(caught.value) == (
-        f"{folder / name} is a link to {os.path.realpath(outside)}, outside the folder, not a tokenizer file of the "
+        f"{hf_folder / name} is a link to {os.path.realpath(outside)}, outside the folder, not a tokenizer file of the "
         f"folder; {FIX}"
     )
 
 
-def test_a_chat_template_of_the_folder_and_a_link_within_it_load(folder):
+def test_a_chat_template_of_the_folder_and_a_link_within_it_load(hf_folder):
     """A regular chat_template.jinja, and a link to a file inside the folder, are the folder's own: they load."""
     from transformers import AutoTokenizer
 
-    (folder / "templates").mkdir()
-    (folder / "templates" / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    (folder / "chat_template.jinja").symlink_to(os.path.join("templates", "chat.jinja"))
-    assert _config(folder).n_layer > 0
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    (hf_folder / "templates").mkdir()
+    (hf_folder / "templates" / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (hf_folder / "chat_template.jinja").symlink_to(os.path.join("templates", "chat.jinja"))
+    assert auto_config(hf_folder).n_layer > 0
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_folder))
     assert tokenizer.chat_template == "{% for m in messages %}{{ m['content'] }}{% endfor %}"
