@@ -83,6 +83,36 @@ def _refuse(source: Path, saved: Layout, current: Layout, reason: str) -> NgptCo
     )
 
 
+WHY_NO_TENSOR_PARALLEL_CONVERSION = (
+    "DeepSpeed's universal checkpoints merge and split tensor-parallel slices by Megatron name patterns, and the "
+    "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to them, so a converted checkpoint could be "
+    "silently wrong"
+)
+
+
+def _tensor_parallel_reason(saved: Layout, stages: str, stage: str) -> str:
+    """Why a tensor-parallel change is refused, in the words of what was saved. A checkpoint saved at
+    tensor-parallel size 1 was called "a tensor-parallel checkpoint", which it is not: it resumes at any
+    data-parallel size, only its tensor-parallel size is fixed."""
+    if saved.tensor_parallel == 1:
+        where = (
+            f" on {saved.pipeline_parallel * saved.data_parallel} rank(s)"
+            if saved.pipeline_parallel > 1
+            else " (at any data-parallel size)"
+        )
+        return (
+            "a checkpoint saved without tensor parallelism (tensor-parallel size 1) resumes only at tensor-parallel "
+            f"size 1. {WHY_NO_TENSOR_PARALLEL_CONVERSION}. Resume with train.tensor_parallel_size 1{stages}{where}"
+            f"{stage}"
+        )
+    return (
+        "a tensor-parallel checkpoint resumes only at the same tensor-parallel and data-parallel sizes. "
+        f"{WHY_NO_TENSOR_PARALLEL_CONVERSION}. Resume with "
+        f"train.tensor_parallel_size {saved.tensor_parallel}{stages} on "
+        f"{saved.tensor_parallel * saved.pipeline_parallel * saved.data_parallel} rank(s){stage}"
+    )
+
+
 def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     """What resuming `source` at `current` needs: None (DeepSpeed loads it as it is) or a Reshape.
     Raises NgptConfigError for what DeepSpeed cannot convert."""
@@ -105,18 +135,7 @@ def plan(source: Path, current: Layout, out_dir: Path) -> Reshape | None:
     if saved.tensor_parallel != current.tensor_parallel or (
         saved.tensor_parallel > 1 and saved.data_parallel != current.data_parallel
     ):
-        raise _refuse(
-            source,
-            saved,
-            current,
-            (
-                "a tensor-parallel checkpoint resumes only at the same tensor-parallel and data-parallel sizes. "
-                "DeepSpeed's universal converter merges tensor-parallel slices by Megatron name patterns, and the "
-                "ngpt_ds tensor-parallel layout (ngpt_ds/parallel) is not declared to it, so a merged checkpoint "
-                f"could be silently wrong. Resume with train.tensor_parallel_size {saved.tensor_parallel}{stages} on "
-                f"{saved.tensor_parallel * saved.pipeline_parallel * saved.data_parallel} rank(s){stage}"
-            ),
-        )
+        raise _refuse(source, saved, current, _tensor_parallel_reason(saved, stages, stage))
     if saved.pipeline_parallel != current.pipeline_parallel or (
         saved.pipeline_parallel > 1 and saved.data_parallel != current.data_parallel
     ):
