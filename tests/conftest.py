@@ -21,6 +21,8 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     run,
     run_launch,
     run_ranks,
+    run_sbatch,
+    slurm_env,
     stand_in_commands,
     start_ranks,
     torchrun,

@@ -1,5 +1,6 @@
 """Starting the processes a test runs: one command, a real multi-rank job (torchrun, or plain ranks with
-torch's env:// variables), launch/train.py's command line, and the stand-in commands a launcher test puts on PATH.
+torch's env:// variables), launch/train.py's command line, the stand-in commands a launcher test puts on PATH, and
+launch/slurm/*.sbatch run against them in a Slurm job's environment (slurm_env, run_sbatch).
 
 tests/conftest.py re-exports every name here, so `from conftest import run, torchrun` keeps working."""
 
@@ -195,3 +196,29 @@ def stand_in_commands(folder: Path, commands: dict[str, str]) -> Path:
         (folder / name).write_text(text)
         (folder / name).chmod(0o755)
     return folder
+
+
+SLURM_JOB = {
+    "SLURM_JOB_ID": "4711",
+    "SLURM_JOB_NODELIST": "node1",
+    "SLURM_JOB_NUM_NODES": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+}
+"""What Slurm gives the batch step of a one-node job with one task a node, job 4711 on node1."""
+
+
+def slurm_env(stand_ins: Path, *, drop: tuple[str, ...] = ("SLURM_", "MASTER_"), **overrides) -> dict[str, str]:
+    """The environment launch/slurm/*.sbatch run in, in a test against stand-in commands: this process's without the
+    variables whose names start with `drop` (a Slurm job or a rendezvous the tests run in), the commands of
+    `stand_ins` first on PATH, SLURM_JOB's variables, and `overrides` on top, as strings (another job id, a second
+    node, the stand-ins' FAKE_* settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**env, "PATH": f"{stand_ins}:{env['PATH']}", **SLURM_JOB, **{k: str(v) for k, v in overrides.items()}}
+
+
+def run_sbatch(script: str, env: dict, out, *, cwd=REPO, timeout: int = 60) -> subprocess.CompletedProcess:
+    """`bash launch/slurm/SCRIPT --out OUT` in `cwd`, as sbatch runs a job's batch script: its exit status and output
+    (text), whatever the status."""
+    cmd = ["bash", str(REPO / "launch/slurm" / script), "--out", str(out)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

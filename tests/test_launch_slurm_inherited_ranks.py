@@ -8,13 +8,11 @@ WORLD_SIZE before Slurm's variables and trained as rank 0 of 1: a 16-task job be
 the same --out, without a word.
 """
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, stand_in_commands
+from conftest import REPO, run_sbatch, slurm_env, stand_in_commands
 
 TASK = """#!/bin/bash
 # One task of a two-task step, as srun (or DeepSpeed's launcher through srun) starts it.
@@ -39,28 +37,20 @@ def fake_bin(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("script", ["train.sbatch", "train_deepspeed.sbatch"])
 def test_ranks_come_from_slurm_not_from_the_submitting_shell(script, tmp_path):
     """Fault: RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 from the submitting shell made each task rank 0 of 1."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "LOCAL_"))}
-    env.update(
-        PATH=f"{fake_bin(tmp_path)}:{env['PATH']}",
-        FAKE_LOG=str(tmp_path / "fake.log"),
-        FAKE_REPO=str(REPO),
-        TMPDIR=str(tmp_path),
-        SLURM_JOB_ID="4711",
+    env = slurm_env(
+        fake_bin(tmp_path),
+        drop=("SLURM_", "MASTER_", "LOCAL_"),
+        FAKE_LOG=tmp_path / "fake.log",
+        FAKE_REPO=REPO,
+        TMPDIR=tmp_path,
         SLURM_JOB_NODELIST="node[1-2]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_NNODES="2",
-        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_NUM_NODES=2,
+        SLURM_NNODES=2,
         SLURM_TASKS_PER_NODE="1(x2)",
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT="29511",
     )
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm" / script), "--out", str(tmp_path / "run")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    # What a run started by hand left exported in the submitting shell:
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511")
+    proc = run_sbatch(script, env, tmp_path / "run", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "fake.log").read_text() == "slurm 1 2\n"
     assert (

@@ -9,14 +9,13 @@ the rendezvous then failed to resolve the name and was retried until train.dist_
 default) ran out, on every node of the allocation, and the job failed, every time it was submitted.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, stand_in_commands
+from conftest import REPO, run_sbatch, slurm_env, stand_in_commands
 
 NODE_ADDR = "127.0.0.1"
 """The first node's NodeAddr in the fake slurm.conf below; its NodeName, gpu-dy-1, resolves nowhere."""
@@ -55,34 +54,23 @@ def fake_bin(tmp_path: Path) -> Path:
 
 
 def slurm_job_env(tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
-    env.update(
-        PATH=f"{fake_bin(tmp_path)}:{env['PATH']}",
-        FAKE_LOG=str(tmp_path / "fake.log"),
-        TMPDIR=str(tmp_path),
-        SLURM_JOB_ID="4711",
+    """Job 4711 on the two nodes of the fake slurm.conf, one task a node."""
+    return slurm_env(
+        fake_bin(tmp_path),
+        FAKE_LOG=tmp_path / "fake.log",
+        TMPDIR=tmp_path,
         SLURM_JOB_NODELIST="gpu-dy-[1-2]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_NNODES="2",
-        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_NUM_NODES=2,
+        SLURM_NNODES=2,
         SLURM_TASKS_PER_NODE="1(x2)",
     )
-    return env
 
 
 @pytest.mark.parametrize("script", ["train.sbatch", "train_deepspeed.sbatch"])
 def test_sbatch_rendezvous_is_the_first_nodes_node_addr(script, tmp_path):
     """Fault: the batch scripts exported the first NodeName as MASTER_ADDR, which need not resolve
     (slurm.conf NodeAddr=): every rank retried it until train.dist_timeout_s and the job failed."""
-    env = slurm_job_env(tmp_path)
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm" / script), "--out", str(tmp_path / "run")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_sbatch(script, slurm_job_env(tmp_path), tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "fake.log").read_text() == f"MASTER_ADDR={NODE_ADDR}\n", proc.stdout
     assert f"master {NODE_ADDR}:{20000 + 4711}," in proc.stdout

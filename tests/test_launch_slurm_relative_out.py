@@ -9,12 +9,9 @@ read runs/x/summary.json in the submit directory: a job stopped at its time limi
 and what it trained was lost.
 """
 
-import os
-import subprocess
-
 import pytest
 
-from conftest import REPO, stand_in_commands
+from conftest import run_sbatch, slurm_env, stand_in_commands
 
 FAKE_SRUN = """#!/bin/bash
 # pyxis: the task runs in --container-workdir; it trains and stops at the time limit.
@@ -43,26 +40,15 @@ def test_relative_out_with_a_container_workdir_is_refused(srun_args, launch_pref
     submit_dir = tmp_path / "submit"
     submit_dir.mkdir()
     folder = stand_in_commands(tmp_path / "bin", {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_"))}
-    env.update(
-        PATH=f"{folder}:{env['PATH']}",
-        FAKE_LOG=str(tmp_path / "fake.log"),
+    env = slurm_env(
+        folder,
+        drop=("SLURM_", "MASTER_", "NGPT_"),
+        FAKE_LOG=tmp_path / "fake.log",
         SRUN_ARGS=srun_args.format(container=container),
         LAUNCH_PREFIX=launch_prefix,
-        SLURM_JOB_ID="4713",
-        SLURM_JOB_NODELIST="node1",
-        SLURM_JOB_NUM_NODES="1",
-        SLURM_NNODES="1",
-        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_ID=4713,
     )
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm/train.sbatch"), "--out", "runs/x"],
-        cwd=submit_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_sbatch("train.sbatch", env, "runs/x", cwd=submit_dir)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert proc.stderr == (
         "error: --out runs/x is relative, and SRUN_ARGS/LAUNCH_PREFIX move the tasks' working directory "
@@ -79,24 +65,13 @@ def test_relative_out_without_container_flags_still_runs(tmp_path):
     submit_dir = tmp_path / "submit"
     submit_dir.mkdir()
     folder = stand_in_commands(tmp_path / "bin", {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_"))}
-    env.update(
-        PATH=f"{folder}:{env['PATH']}",
-        FAKE_LOG=str(tmp_path / "fake.log"),
+    env = slurm_env(
+        folder,
+        drop=("SLURM_", "MASTER_", "NGPT_"),
+        FAKE_LOG=tmp_path / "fake.log",
         SRUN_ARGS="--container-image=reg/ngpt_ds:1",
-        SLURM_JOB_ID="4714",
-        SLURM_JOB_NODELIST="node1",
-        SLURM_JOB_NUM_NODES="1",
-        SLURM_NNODES="1",
-        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_ID=4714,
     )
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm/train.sbatch"), "--out", "runs/x"],
-        cwd=submit_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_sbatch("train.sbatch", env, "runs/x", cwd=submit_dir)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "fake.log").read_text() == "srun\nscontrol requeue 4714\n"

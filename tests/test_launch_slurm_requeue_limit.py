@@ -8,13 +8,12 @@ the job trained, stopped, and requeued itself again after every stop, without en
 """
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, stand_in_commands
+from conftest import run_sbatch, slurm_env, stand_in_commands
 
 FAKE_SRUN = """#!/bin/bash
 # A run that stopped at its time limit: summary.json says "stopped" below max_steps.
@@ -36,29 +35,17 @@ def run_script(script: str, tmp_path: Path, max_requeues: str) -> tuple[subproce
     out = tmp_path / "run"
     out.mkdir()
     summary = {"status": "stopped", "step": 40, "max_steps": 100, "out_dir": str(out)}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
-    env.update(
-        PATH=f"{folder}:{env['PATH']}",
-        FAKE_LOG=str(tmp_path / "fake.log"),
-        FAKE_OUT=str(out),
+    env = slurm_env(
+        folder,
+        FAKE_LOG=tmp_path / "fake.log",
+        FAKE_OUT=out,
         FAKE_SUMMARY=json.dumps(summary, indent=2),
-        TMPDIR=str(tmp_path),
-        SLURM_JOB_ID="4712",
-        SLURM_JOB_NODELIST="node1",
-        SLURM_JOB_NUM_NODES="1",
-        SLURM_NNODES="1",
-        SLURM_NTASKS_PER_NODE="1",
-        SLURM_RESTART_COUNT="3",
+        TMPDIR=tmp_path,
+        SLURM_JOB_ID=4712,
+        SLURM_RESTART_COUNT=3,
         NGPT_MAX_REQUEUES=max_requeues,
     )
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm" / script), "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_sbatch(script, env, out)
     log = tmp_path / "fake.log"
     return proc, log.read_text() if log.exists() else ""
 

@@ -11,12 +11,10 @@ export) started on the unfinished model. Checked on the local Slurm cluster of t
 """
 
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import REPO, stand_in_commands
+from conftest import run_sbatch, slurm_env, stand_in_commands
 
 FAKE_RUN = """#!/bin/bash
 printf '%s\\n' "$FAKE_SUMMARY" > "$FAKE_OUT/summary.json"
@@ -35,23 +33,16 @@ def test_a_refused_requeue_fails_the_job_with_a_message(script, tmp_path):
     folder = stand_in_commands(tmp_path / "bin", {"srun": FAKE_RUN, "deepspeed": FAKE_RUN, "scontrol": FAKE_SCONTROL})
     out = tmp_path / "run"
     out.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_"))}
-    env.update(
-        PATH=f"{folder}:{env['PATH']}",
-        FAKE_LOG=str(tmp_path / "fake.log"),
-        FAKE_OUT=str(out),
+    env = slurm_env(
+        folder,
+        drop=("SLURM_", "MASTER_", "NGPT_"),
+        FAKE_LOG=tmp_path / "fake.log",
+        FAKE_OUT=out,
         FAKE_SUMMARY=json.dumps({"status": "stopped", "step": 40, "max_steps": 100}, indent=2),
-        TMPDIR=str(tmp_path),
-        SLURM_JOB_ID="4713",
-        SLURM_JOB_NODELIST="node1",
-        SLURM_JOB_NUM_NODES="1",
-        SLURM_NNODES="1",
-        SLURM_NTASKS_PER_NODE="1",
+        TMPDIR=tmp_path,
+        SLURM_JOB_ID=4713,
     )
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm" / script), "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = run_sbatch(script, env, out)
     assert (tmp_path / "fake.log").read_text().splitlines()[-1] == "scontrol requeue 4713"
     assert proc.returncode == 75, (proc.stdout, proc.stderr)
     assert proc.stderr.endswith(

@@ -8,13 +8,11 @@ cluster's signalled requeue is tests/test_launch_slurm.py's; the limit's parsing
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import run_sbatch, slurm_env, stand_in_commands
 
 STUB_LAUNCHER = """#!/bin/bash
 # The trainer's outcome: FAKE_SUMMARY written to summary.json (when set), then exit FAKE_RC.
@@ -30,38 +28,25 @@ echo "scontrol $*" >> "$FAKE_LOG"
 
 def job(script: str, tmp_path: Path, rc: int, summary: dict | None, restart: int) -> tuple[int, list[str], str]:
     """Run `script` once as Slurm would at restart `restart`: (its exit status, the commands it ran, its stderr)."""
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    for name, text in (("srun", STUB_LAUNCHER), ("deepspeed", STUB_LAUNCHER), ("scontrol", STUB_SCONTROL)):
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
+    folder = stand_in_commands(
+        tmp_path / "bin", {"srun": STUB_LAUNCHER, "deepspeed": STUB_LAUNCHER, "scontrol": STUB_SCONTROL}
+    )
     out = tmp_path / "run"
     out.mkdir(exist_ok=True)
     log = tmp_path / "fake.log"
     log.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NGPT_MAX"))}
-    env.update(
-        PATH=f"{folder}:{env['PATH']}",
-        FAKE_LOG=str(log),
-        FAKE_OUT=str(out),
-        FAKE_RC=str(rc),
+    env = slurm_env(
+        folder,
+        drop=("SLURM_", "MASTER_", "NGPT_MAX"),
+        FAKE_LOG=log,
+        FAKE_OUT=out,
+        FAKE_RC=rc,
         FAKE_SUMMARY=json.dumps(summary, indent=2) if summary else "",
-        TMPDIR=str(tmp_path),
-        SLURM_JOB_ID="5120",
-        SLURM_JOB_NODELIST="node1",
-        SLURM_JOB_NUM_NODES="1",
-        SLURM_NNODES="1",
-        SLURM_NTASKS_PER_NODE="1",
-        SLURM_RESTART_COUNT=str(restart),
+        TMPDIR=tmp_path,
+        SLURM_JOB_ID=5120,
+        SLURM_RESTART_COUNT=restart,
     )
-    proc = subprocess.run(
-        ["bash", str(REPO / "launch/slurm" / script), "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_sbatch(script, env, out)
     calls = log.read_text().splitlines() if log.exists() else []
     return proc.returncode, [c for c in calls if not c.startswith("scontrol show")], proc.stderr  # the hostfile's
 
