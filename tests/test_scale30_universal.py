@@ -1,0 +1,201 @@
+"""Resume at another layout through DeepSpeed's universal checkpoint, with real ranks and the real converter
+(scale30; README "Resuming at another world size").
+
+A 2-rank ZeRO-2 fp32 run saves step 3 and trains on to step 6: the uninterrupted reference.
+
+- Interrupted conversion: a 1-rank resume from step 3 whose converter (DeepSpeed's ds_to_universal) is
+  SIGKILLed halfway through, after it wrote part of its files; then one whose rank is SIGKILLed halfway
+  through the conversion. Neither leaves anything under the step_N-universal name (nothing is ever taken for a
+  conversion), and the next run says the earlier one did not finish, converts from the beginning and continues
+  as the reference does.
+- Another layout: the same checkpoint resumed at 1 rank at ZeRO 1 (the partition count changes, so it
+  converts). The next 3 losses equal the reference's to one float32 ULP, the masters stay on the sphere to
+  1e-6, and the step-6 checkpoint holds the reference's fp32 masters, AdamW's exp_avg and exp_avg_sq and step
+  count (the optimizer state survived the conversion and the load, and evolved as the uninterrupted run's).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from ngpt_ds.train import checkpoint
+
+from conftest import (
+    read_metrics,
+    run,
+    start_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_cmd,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
+
+STEPS, SAVED = 6, 3
+HANG_GUARD_S = 240  # a hang guard only
+SOURCE = f"step_{SAVED:08d}"
+UNIVERSAL = SOURCE + checkpoint.UNIVERSAL_SUFFIX
+WORK = UNIVERSAL + checkpoint.TEMP_SUFFIX
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_dataset):
+    root = tmp_path_factory.mktemp("scale30_universal")
+    config = write_yaml(
+        root / "run.yaml", tiny_ngpt(), tiny_train(STEPS, checkpoint_interval=SAVED, keep_checkpoints=5)
+    )
+    # The same global batch of 4 windows on 2 ranks and on 1.
+    ds = {
+        "z2_dp2": write_ds_config(root / "z2_dp2.json", stage=2, bf16=False, micro=2, accum=1),
+        "z2_dp1": write_ds_config(root / "z2_dp1.json", stage=2, bf16=False, micro=2, accum=2),
+        "z1_dp1": write_ds_config(root / "z1_dp1.json", stage=1, bf16=False, micro=2, accum=2),
+    }
+    reference = root / "reference"
+    train_run(config, ds["z2_dp2"], tiny_dataset, reference, nproc=2)
+    return {"config": config, "ds": ds, "reference": reference, "data": tiny_dataset}
+
+
+def _losses(out) -> dict[int, float]:
+    return {m["step"]: m["train/loss"] for m in read_metrics(out)}
+
+
+def _assert_continues(out, reference) -> list[float]:
+    """The losses after the saved step equal the reference's to one float32 ULP (the same global batch: one rank's
+    accumulation of two halves and two ranks' average give the same float32 gradient; the logged mean rounds in
+    another order), and the masters stay on the sphere to 1e-6. Returns the differences."""
+    got, want = _losses(out), _losses(reference)
+    assert sorted(got) == list(range(SAVED + 1, STEPS + 1)), sorted(got)
+    diffs = []
+    for step in range(SAVED + 1, STEPS + 1):
+        diffs.append(abs(got[step] - want[step]))
+        assert diffs[-1] <= np.spacing(np.float32(want[step])), (step, got[step], want[step])
+    deviations = [m["ngpt/max_norm_deviation"] for m in read_metrics(out)]
+    assert deviations and max(deviations) < 1e-6, deviations
+    return diffs
+
+
+def _converter(out) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "ngpt_ds.train.reshape" in cmdline and str(out) in cmdline:
+            return proc
+    return None
+
+
+def _paused_halfway(rank, out, log) -> psutil.Process:
+    """The resuming rank's converter, stopped (SIGSTOP) as soon as it has written a file of its conversion:
+    frozen halfway through, whatever the machine's speed. Returns it."""
+    work = out / "checkpoints" / WORK / "converted"
+    deadline = time.monotonic() + HANG_GUARD_S
+    while True:
+        assert rank.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, "the conversion never wrote a file"
+        proc = _converter(out)
+        if proc is not None and work.is_dir() and any(p.is_file() for p in work.rglob("*.pt")):
+            proc.send_signal(signal.SIGSTOP)
+            return proc
+        time.sleep(0.002)
+
+
+def _written(out) -> list[str]:
+    work = out / "checkpoints" / WORK / "converted"
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
+
+
+def test_an_interrupted_conversion_is_never_taken_for_one_and_the_next_run_converts_and_continues(setup, tmp_path):
+    config, data, reference = setup["config"], setup["data"], setup["reference"]
+    source = reference / "checkpoints" / SOURCE
+    ds = setup["ds"]["z2_dp1"]
+    out = tmp_path / "resumed"
+    out.mkdir()
+    universal = out / "checkpoints" / UNIVERSAL
+
+    # 1. The converter is SIGKILLed halfway (the out-of-memory killer's signal): the resume stops, naming it.
+    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path)
+    try:
+        converter = _paused_halfway(rank, out, tmp_path / "rank0.log")
+        written = _written(out)
+        assert "*** Done!" not in (out / "checkpoints" / WORK / "convert.log").read_text()
+        converter.send_signal(signal.SIGKILL)
+        assert rank.wait(timeout=HANG_GUARD_S) == 2
+    finally:
+        if rank.poll() is None:
+            rank.kill()
+    said = (tmp_path / "rank0.log").read_text()
+    assert "could not convert" in said and "killed by SIGKILL" in said, said[-3000:]
+    assert written and not universal.exists()
+    assert not (out / "checkpoints" / WORK).exists()  # rank 0 removed what the converter left
+    assert [p.name for p in checkpoint.complete_checkpoints(out / "checkpoints")] == []
+
+    # 2. The resuming rank itself is SIGKILLed halfway through (a preemption): its converter dies with it, and the
+    # half-written work folder is all that is left; it is never taken for a conversion.
+    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path)
+    try:
+        converter = _paused_halfway(rank, out, tmp_path / "rank0.log")
+        written = _written(out)
+        rank.send_signal(signal.SIGKILL)
+        assert rank.wait(timeout=HANG_GUARD_S) == -signal.SIGKILL
+        gone, alive = psutil.wait_procs([converter], timeout=HANG_GUARD_S)
+        assert not alive
+    finally:
+        if rank.poll() is None:
+            rank.kill()
+    assert written and (out / "checkpoints" / WORK).is_dir() and not universal.exists()
+    assert not (out / "checkpoints" / WORK / "converted" / "COMPLETE").exists()
+
+    # 3. The next run says the earlier conversion did not finish, converts from the beginning, and continues as
+    # the uninterrupted 2-rank run did.
+    rerun = run([sys.executable, *train_cmd(config, ds, data, out, "--resume", source)])
+    said = rerun.stdout + rerun.stderr
+    assert "that did not finish" in said and "starts again from the beginning" in said, said[-3000:]
+    assert "converted it once into the universal checkpoint" in said
+    diffs = _assert_continues(out, reference)
+    print(f"interrupted twice, then converted: files written before the kills {len(written)}; loss diffs {diffs}")
+    assert not (out / "checkpoints" / WORK).exists()
+
+
+def _flat_optimizer_state(folder) -> dict[str, torch.Tensor]:
+    """The fp32 masters, exp_avg and exp_avg_sq of a ZeRO-1/2 checkpoint, each as one flat vector per parameter
+    group in parameter order (the ranks' partitions joined, the padding cut), and the step counts."""
+    files = sorted(folder.glob("*_optim_states.pt"), key=lambda p: int(p.name.split("_")[3]))
+    states = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
+    model = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    sizes = [sum(int(np.prod(shape)) for shape in group.values()) for group in model["param_shapes"]]
+    flat: dict[str, torch.Tensor] = {}
+    for g, size in enumerate(sizes):
+        flat[f"fp32/{g}"] = torch.cat([s["single_partition_of_fp32_groups"][g] for s in states])[:size]
+        for key in ("exp_avg", "exp_avg_sq"):
+            flat[f"{key}/{g}"] = torch.cat([s["base_optimizer_state"]["state"][g][key] for s in states])[:size]
+        steps = {float(s["base_optimizer_state"]["state"][g]["step"]) for s in states}
+        assert len(steps) == 1, steps  # every rank counted the same steps
+        flat[f"step/{g}"] = torch.tensor(steps.pop())
+    return flat
+
+
+def test_a_zero2_run_of_2_ranks_resumes_at_zero1_on_1_rank_with_its_optimizer_state(setup, tmp_path):
+    config, data, reference = setup["config"], setup["data"], setup["reference"]
+    out = tmp_path / "z1_dp1"
+    proc = train_run(config, setup["ds"]["z1_dp1"], data, out, "--resume", reference / "checkpoints" / SOURCE)
+    assert "saved at data-parallel size 2 on data-parallel size 1 (ZeRO 1): converted it once" in proc.stdout
+    diffs = _assert_continues(out, reference)
+
+    ours = _flat_optimizer_state(out / "checkpoints" / f"step_{STEPS:08d}")
+    theirs = _flat_optimizer_state(reference / "checkpoints" / f"step_{STEPS:08d}")
+    assert sorted(ours) == sorted(theirs)
+    worst = {}
+    for key, want in theirs.items():
+        got = ours[key]
+        assert got.shape == want.shape, key
+        worst[key] = ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+        # Bit for bit: the same float32 gradients (see _assert_continues) give the same AdamW updates.
+        assert torch.equal(got, want), (key, worst[key])
+    assert {float(theirs[k]) for k in theirs if k.startswith("step/")} == {float(STEPS)}
+    print(f"ZeRO 2 x 2 ranks -> ZeRO 1 x 1 rank: loss diffs {diffs}; optimizer state relative diffs {worst}")
