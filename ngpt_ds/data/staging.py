@@ -19,7 +19,8 @@ Where flock stays on one node (Lustre mounted with `localflock`, NFS with `local
 folder another node is writing looks free: a preparation of the same output on node B took node A's live staging
 folder for abandoned and deleted it under A. A free lock is trusted only on the host its lock file names (or where
 it names none); another host's folder is removed only once nothing in it has changed for OTHER_HOST_IDLE_S, and
-until then left with a warning naming that host and how to remove it by hand.
+until then left with a warning naming that host and how to remove it by hand. Nor then while its writer's
+heartbeat goes on (ngpt_ds.data.staging_beat): a host whose clock ran a day ahead had removed a live one.
 
 A new folder takes its name with renameat2(RENAME_NOREPLACE), which never replaces anything: two jobs writing
 one new folder at once (on one node or several, where flock may not reach), the second to finish stops with an
@@ -44,12 +45,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ngpt_ds import log
+from ngpt_ds.data import staging_beat
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
 
 OWNER_FILE = ".owner"
 _held: dict[Path, int] = {}  # staging folder -> descriptor of its locked OWNER_FILE
+_beats: dict[Path, int | None] = {}  # staging folder -> descriptor of its beat file (staging_beat)
 
 OTHER_HOST_IDLE_S = 24 * 3600
 """A staging folder whose lock file names another host, and whose lock looks free here, is removed only once
@@ -185,14 +188,15 @@ def refuse_under_way(final: Path, option: str = "--out") -> None:
 def remove_abandoned(final: Path) -> list[Path]:
     """Remove the staging folders of `final` left by preparations that are gone; return them. A free lock is
     trusted on this host only: another host's folder goes once idle for OTHER_HOST_IDLE_S, and is left with a
-    warning until then."""
-    removed = []
-    for folder, fd in _others(final):
-        if fd is None:
-            continue  # a preparation under way
-        try:
+    warning until then, or while its beat file changes (staging_beat: read twice, WATCH_S apart)."""
+    removed, judged = [], []
+    try:
+        for folder, fd in _others(final):
+            if fd is None:
+                continue  # a preparation under way
             host, idle = _other_host(folder), 0.0
             if host is not None and (idle := _idle_s(folder)) < OTHER_HOST_IDLE_S:
+                os.close(fd)
                 _log.warning(
                     f"left {folder}: its lock is free here, but it was made on {host} ({_owner_line(folder)}), "
                     "and where file locks stay on one node (Lustre localflock, NFS local_lock=flock) that "
@@ -202,12 +206,25 @@ def remove_abandoned(final: Path) -> list[Path]:
                     f"it now: rm -r {shlex.quote(str(folder))}"
                 )
                 continue
+            judged.append((folder, fd, host, idle))
+        # This host's clock alone said "a day idle": one a day ahead of the writer's says so of a live folder.
+        alive = staging_beat.still_beating([f for f, _, h, _ in judged if h and staging_beat.read(f) is not None])
+        for folder, _, host, idle in judged:
+            if folder in alive:
+                _log.warning(
+                    f"left {folder}: its lock is free here and by this host's clock nothing in it changed for "
+                    f"{idle / 3600:.1f} h, but its heartbeat ({staging_beat.BEAT_FILE}) changed within "
+                    f"{staging_beat.WATCH_S:g} s: the preparation on {host} ({_owner_line(folder)}) is still writing "
+                    f"it, and this host's clock is likely ahead of {host}'s (compare `date -u` on both)"
+                )
+                continue
             shutil.rmtree(folder, ignore_errors=True)
-        finally:
+            on = "" if host is None else f" on {host}, unchanged for {idle / 3600:.1f} h"
+            _log.warning(f"removed {folder}: left by an interrupted preparation of {final}{on}")
+            removed.append(folder)
+    finally:
+        for _, fd, _, _ in judged:
             os.close(fd)
-        on = "" if host is None else f" on {host}, unchanged for {idle / 3600:.1f} h"
-        _log.warning(f"removed {folder}: left by an interrupted preparation of {final}{on}")
-        removed.append(folder)
     return removed
 
 
@@ -230,6 +247,7 @@ def staging_dir(final: Path) -> Path:
             # the folder without OWNER_FILE, so no later run ever judged it abandoned: the lock alone is enough.
             with contextlib.suppress(OSError):
                 os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            _beats[staging] = staging_beat.start(staging)  # beating before the lock file has its name
             os.rename(unnamed, staging / OWNER_FILE)
             _held[staging] = fd
     except OSError:
@@ -237,20 +255,25 @@ def staging_dir(final: Path) -> Path:
         # it would be published inside the dataset.
         if fd is not None and _held.get(staging) != fd:
             os.close(fd)
+            staging_beat.stop(_beats.pop(staging, None))
+            (staging / staging_beat.BEAT_FILE).unlink(missing_ok=True)
         unnamed.unlink(missing_ok=True)
     return staging
 
 
 def _release(staging: Path, renamed_to: Path | None = None) -> None:
     """Delete the lock file of `staging` (now at `renamed_to` if given), which is not part of the dataset, and unlock."""
+    staging_beat.stop(_beats.pop(staging, None))
     fd = _held.pop(staging, None)
     if fd is not None:
+        ((renamed_to or staging) / staging_beat.BEAT_FILE).unlink(missing_ok=True)
         ((renamed_to or staging) / OWNER_FILE).unlink(missing_ok=True)
         os.close(fd)
 
 
 def remove_staging(staging: Path) -> None:
     """Remove a staging folder that was not published (an error, or Ctrl-C)."""
+    staging_beat.stop(_beats.pop(staging, None))
     fd = _held.pop(staging, None)
     if staging.exists():
         shutil.rmtree(staging, ignore_errors=True)
