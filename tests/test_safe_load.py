@@ -319,6 +319,28 @@ def test_a_tensor_larger_than_its_stored_data_is_refused(tmp_path):
     assert torch.equal(back["views"][1], torch.arange(4.0, 12.0)) and back["step"].item() == 3
 
 
+def generate_within_8_gib(run_dir: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """launch/generate.py on `run_dir` with 8 GiB of address space, where an allocation the old code made fails
+    instead of running the machine out of memory: it must exit 2 without a traceback. The process and its
+    `error: ` lines."""
+
+    def limit_memory():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, REPO / "launch/generate.py", run_dir, "--prompt", "The", "--max-new-tokens", "2"],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_memory,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    return proc, [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+
+
 def test_an_expanded_tensor_in_a_checkpoint_is_refused_before_it_is_allocated(runs, tmp_path):
     """Fault: the fp32 partitions in a ZeRO-2 run's optimizer states replaced by stride-0 views of 10^11
     elements (the files stay ~270 kB): DeepSpeed's zero_to_fp32 concatenated them, allocating 8 bytes per
@@ -334,22 +356,7 @@ def test_an_expanded_tensor_in_a_checkpoint_is_refused_before_it_is_allocated(ru
         states["optimizer_state_dict"]["single_partition_of_fp32_groups"][0] = expanded(10**11)
         torch.save(states, target)
     remark(checkpoint)
-
-    def limit_memory():
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-
-    proc = subprocess.run(
-        [sys.executable, REPO / "launch/generate.py", tmp_path / "run", "--prompt", "The", "--max-new-tokens", "2"],
-        env=cpu_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_memory,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    proc, errors = generate_within_8_gib(tmp_path / "run")
     refused = [f"error: {t} was refused: it holds a tensor of shape (100000000000,) and strides (0,)" for t in targets]
     assert errors and errors[0].startswith(tuple(refused)), proc.stderr[-4000:]
 
@@ -393,22 +400,7 @@ def test_a_partition_named_many_times_in_a_checkpoint_is_refused_before_it_is_al
         states["optimizer_state_dict"]["single_partition_of_fp32_groups"] = [groups[0]] * 10**5
         torch.save(states, target)
     remark(checkpoint)
-
-    def limit_memory():
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
-
-    proc = subprocess.run(
-        [sys.executable, REPO / "launch/generate.py", tmp_path / "run", "--prompt", "The", "--max-new-tokens", "2"],
-        env=cpu_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_memory,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    proc, errors = generate_within_8_gib(tmp_path / "run")
     refused = [f"error: {t} was refused: it holds tensors describing 13107" for t in targets]
     assert errors and errors[0].startswith(tuple(refused)), proc.stderr[-4000:]
 
