@@ -199,3 +199,30 @@ def test_a_zero2_run_of_2_ranks_resumes_at_zero1_on_1_rank_with_its_optimizer_st
         assert torch.equal(got, want), (key, worst[key])
     assert {float(theirs[k]) for k in theirs if k.startswith("step/")} == {float(STEPS)}
     print(f"ZeRO 2 x 2 ranks -> ZeRO 1 x 1 rank: loss diffs {diffs}; optimizer state relative diffs {worst}")
+
+
+def test_a_zero2_run_of_2_data_parallel_ranks_resumes_at_sequence_parallel_2_on_the_same_ranks(setup, tmp_path):
+    """Another split of the same 2 ranks: ZeRO partitions over the data x sequence ranks, 2 either way, so the
+    checkpoint loads as it is (no conversion). The global batch stays 4 windows (SP2: micro 2 x accumulation 2,
+    both ranks on the same windows); the gradients are the same sums in another order, so equal to 1e-6."""
+    data, reference = setup["data"], setup["reference"]
+    sp2 = write_yaml(
+        tmp_path / "sp2.yaml",
+        tiny_ngpt(),
+        tiny_train(STEPS, checkpoint_interval=SAVED, keep_checkpoints=5, sequence_parallel_size=2),
+    )
+    ds = write_ds_config(tmp_path / "z2_sp2.json", stage=2, bf16=False, micro=2, accum=2)
+    out = tmp_path / "sp2"
+    proc = train_run(sp2, ds, data, out, "--resume", reference / "checkpoints" / SOURCE, nproc=2)
+    assert "universal checkpoint" not in proc.stdout + proc.stderr
+    got, want = _losses(out), _losses(reference)
+    assert sorted(got) == list(range(SAVED + 1, STEPS + 1))
+    loss_rel = [abs(got[s] - want[s]) / want[s] for s in sorted(got)]
+    deviations = [m["ngpt/max_norm_deviation"] for m in read_metrics(out)]
+    ours = _flat_optimizer_state(out / "checkpoints" / f"step_{STEPS:08d}")
+    theirs = _flat_optimizer_state(reference / "checkpoints" / f"step_{STEPS:08d}")
+    worst = {k: ((ours[k] - v).abs().max() / v.abs().max().clamp_min(1e-30)).item() for k, v in theirs.items()}
+    print(f"ZeRO 2 DP2 -> SP2 on 2 ranks: loss rel {loss_rel}; deviations {deviations}; state rel {worst}")
+    assert max(loss_rel) <= 1e-6 and max(deviations) < 1e-6
+    assert max(worst.values()) <= 1e-6, worst
+    assert {float(ours[k]) for k in ours if k.startswith("step/")} == {float(STEPS)}
