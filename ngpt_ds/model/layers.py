@@ -44,6 +44,29 @@ def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * scale
 
 
+def _scale_rows_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`_scale_rows` in place, into x: the same products, the same rule for expanding the factor."""
+    if (
+        x.device.type == "cpu"
+        and x.shape[-1] % _CPU_VECTOR
+        and scale.shape[-1] == 1
+        and not torch.compiler.is_compiling()
+    ):
+        scale = scale.expand_as(x).contiguous()
+    return x.mul_(scale)
+
+
+def tangent_rows(grad: torch.Tensor, y: torch.Tensor, inv_norm: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """(grad - y (grad . y)) / ||x|| along `dim`, for y = Norm(x) and inv_norm = 1 / ||x||: the gradient through
+    Norm, the operations and dtypes of autograd's form (`grad * y`, its sum in inv_norm's dtype, then the two
+    products and the difference in grad's dtype, so the same values bit for bit), in one buffer reused in
+    place. Not differentiable itself (out= and in-place): for backward passes without create_graph."""
+    dot = (grad * y).sum(dim=dim, keepdim=True, dtype=inv_norm.dtype)
+    out = _scale_rows(y, dot.to(grad.dtype))
+    torch.sub(grad, out, out=out)
+    return _scale_rows_(out, inv_norm.to(grad.dtype))
+
+
 class _GatedSiLU(torch.autograd.Function):
     """u * SiLU(v) for [u; v] = y, whose backward writes du = g * SiLU(v) and dv = silu_backward(g * u, v)
     straight into the two halves of one gradient tensor: autograd's form ends in chunk's backward, a cat
@@ -81,7 +104,8 @@ def gated_silu(y: torch.Tensor) -> torch.Tensor:
 
 class _L2Normalize(torch.autograd.Function):
     """y = x / ||x|| with a hand-written backward, dx = (g - y (g . y)) / ||x||: two passes over
-    the tensor instead of autograd's chain through the norm and the division."""
+    the tensor instead of autograd's chain through the norm and the division. Without create_graph the
+    backward reuses its temporaries in place (`tangent_rows`, the same values bit for bit)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -95,6 +119,10 @@ class _L2Normalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         y, inv_norm = ctx.saved_tensors
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # eager, no create_graph: the same values with temporaries reused in place (0.90x of this form
+            # below for q and k at ngpt_tiny, docs/benchmarks.md); torch.compile traces the plain form.
+            return tangent_rows(grad, y, inv_norm, ctx.dim), None
         dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
         return _scale_rows(grad - _scale_rows(y, dot.to(grad.dtype)), inv_norm.to(grad.dtype)), None
 
