@@ -1,9 +1,11 @@
-"""The `--format hf` export that the tests of its tokenizer files alter: a random tiny nGPT (tests/random_export.py)
-exported once per session, a fresh copy of it for each test, and the export's config class reading a folder as
-lm-eval and from_pretrained read it first.
+"""Hugging Face folders the tests of loading them alter: the `--format hf` export of a random tiny nGPT
+(tests/random_export.py) and a fresh copy of it for each test, the save_pretrained folders of a random tiny model of
+each family, a copy with one config.json field edited, and the export's config class reading a folder as lm-eval and
+from_pretrained read it first.
 
-tests/conftest.py registers the fixtures (hf_export, hf_folder) for every test module."""
+tests/conftest.py registers the fixtures (random_hf_export, hf_export_copy, hf_saved) for every test module."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,21 +16,41 @@ FIX = "copy the whole folder again, or export the checkpoint again"
 
 
 @pytest.fixture(scope="session")
-def hf_export(tmp_path_factory, tiny_dataset) -> Path:
-    """A random tiny nGPT exported with `--format hf` and the tiny dataset's tokenizer: read only (hf_folder gives a
+def random_hf_export(tmp_path_factory, tiny_dataset) -> Path:
+    """A random tiny nGPT exported with `--format hf` and the tiny dataset's tokenizer: read only (hf_export_copy gives a
     test a copy to alter)."""
     from random_export import export_random_ngpt
 
-    folder, _ = export_random_ngpt(tmp_path_factory.mktemp("hf_export"), tiny_dataset / "tokenizer.model", "hf")
+    folder, _ = export_random_ngpt(tmp_path_factory.mktemp("random_hf_export"), tiny_dataset / "tokenizer.model", "hf")
     return folder
 
 
 @pytest.fixture
-def hf_folder(hf_export, tmp_path) -> Path:
-    """A copy of hf_export of the test's own, tmp_path/export, to alter."""
+def hf_export_copy(random_hf_export, tmp_path) -> Path:
+    """A copy of random_hf_export of the test's own, tmp_path/export, to alter."""
     copy = tmp_path / "export"
-    shutil.copytree(hf_export, copy)
+    shutil.copytree(random_hf_export, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def hf_saved(tmp_path_factory) -> dict[str, Path]:
+    """A random tiny model of each family ("ngpt", "gpt": seed 0, vocab 512, 2 blocks of width 32), written by
+    save_pretrained (config.json, model.safetensors): read only, a test copies the folder it alters."""
+    import torch
+
+    from ngpt_ds.hf.configuration_ngpt import CONFIGS
+    from ngpt_ds.hf.modeling_ngpt import MODELS
+    from ngpt_ds.model import ModelConfig
+
+    root = tmp_path_factory.mktemp("hf_saved")
+    folders = {}
+    for arch in ("ngpt", "gpt"):
+        torch.manual_seed(0)
+        config = ModelConfig(arch=arch, vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
+        MODELS[arch](CONFIGS[arch].from_model_config(config)).save_pretrained(root / arch)
+        folders[arch] = root / arch
+    return folders
 
 
 def auto_config(folder: Path):
@@ -38,3 +60,16 @@ def auto_config(folder: Path):
     import ngpt_ds  # noqa: F401  (registers the config class)
 
     return AutoConfig.from_pretrained(str(folder))
+
+
+def edited_copy(folder: Path, tmp_path: Path, field: str, value, *, alias: str | None = None) -> Path:
+    """A copy of the hf folder, tmp_path/edited_<name>, whose config.json has `field` = value (under transformers' name
+    `alias` if given, in place of `field`)."""
+    copy = tmp_path / f"edited_{alias or field}"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    if alias:
+        del config[field]
+    config[alias or field] = value
+    (copy / "config.json").write_text(json.dumps(config, indent=2))
+    return copy

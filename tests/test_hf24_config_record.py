@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_exports import edited_copy
 from random_export import TOKENS, export_random_ngpt
 from without_ngpt_ds import load_without_ngpt_ds
 
@@ -26,18 +27,6 @@ pytest.importorskip("transformers", reason="transformers is an optional extra: p
 def hf_export(tmp_path_factory, tiny_dataset) -> tuple[Path, torch.Tensor]:
     """A tiny random nGPT exported by export_model(format="hf") itself, and the native model's logits on TOKENS."""
     return export_random_ngpt(tmp_path_factory.mktemp("hf24_record"), tiny_dataset / "tokenizer.model", "hf")
-
-
-def edited(folder: Path, tmp_path: Path, field: str, value, *, alias: str | None = None) -> Path:
-    """A copy of the export whose config.json has `field` = value (under transformers' name `alias` if given)."""
-    copy = tmp_path / f"edited_{alias or field}"
-    shutil.copytree(folder, copy)
-    config = json.loads((copy / "config.json").read_text())
-    if alias:
-        del config[field]
-    config[alias or field] = value
-    (copy / "config.json").write_text(json.dumps(config, indent=2))
-    return copy
 
 
 ALIASES = {"n_head": "num_attention_heads", "n_layer": "num_hidden_layers", "n_embd": "hidden_size"}
@@ -79,7 +68,7 @@ def test_hf_config_json_edited_with_matching_shapes_is_refused(hf_export, tmp_pa
     from ngpt_ds.errors import NgptConfigError
 
     folder, _ = hf_export
-    copy = edited(folder, tmp_path, field, value, alias=alias)
+    copy = edited_copy(folder, tmp_path, field, value, alias=alias)
     with pytest.raises(NgptConfigError) as err:
         logits_of(copy, trust_remote_code=True)
     assert str(err.value) == refusal(copy, field, value, recorded)
@@ -90,7 +79,7 @@ def test_the_hf_n_head_edit_did_change_the_outputs(hf_export, tmp_path, monkeypa
     import ngpt_ds.hf.modeling_ngpt as modeling
 
     folder, logits = hf_export
-    copy = edited(folder, tmp_path, "n_head", 4, alias="num_attention_heads")
+    copy = edited_copy(folder, tmp_path, "n_head", 4, alias="num_attention_heads")
     monkeypatch.setattr(modeling, "check_recorded_config", lambda *a: None, raising=False)  # none before the fix
     assert (logits_of(copy) - logits).abs().max().item() > 1e-2
 
@@ -110,7 +99,7 @@ def test_an_unedited_or_reformatted_hf_export_loads_with_the_native_logits(hf_ex
     record = json.loads(metadata[RECORD_KEY])
     assert (record["arch"], record["n_head"], record["rope_base"], record["norm_eps"]) == ("ngpt", 2, 10000.0, 1e-6)
     assert (folder / "recorded_config.py").is_file()
-    copy = edited(folder, tmp_path, "rope_base", 10000)
+    copy = edited_copy(folder, tmp_path, "rope_base", 10000)
     for path in (folder, copy):
         for kwargs in ({}, {"trust_remote_code": True}):
             torch.testing.assert_close(logits_of(path, **kwargs), logits, rtol=0, atol=1e-6)
@@ -126,7 +115,7 @@ def test_an_hf_export_without_the_record_still_loads(hf_export, tmp_path):
     shutil.copytree(folder, copy)
     save_file(load_file(str(copy / "model.safetensors")), str(copy / "model.safetensors"), metadata={"format": "pt"})
     torch.testing.assert_close(logits_of(copy, trust_remote_code=True), logits, rtol=0, atol=1e-6)
-    old_edited = edited(copy, tmp_path, "rope_base", 500.0)
+    old_edited = edited_copy(copy, tmp_path, "rope_base", 500.0)
     assert (logits_of(old_edited) - logits).abs().max().item() > 1e-4
 
 
@@ -161,7 +150,7 @@ def test_without_ngpt_ds_the_edited_hf_export_is_refused_and_the_unedited_one_lo
     """The check is in the modeling code the folder carries: trust_remote_code without ngpt_ds installed refuses
     the edit with the same message and loads the unedited export (the script prints only an exception)."""
     folder, _ = hf_export
-    copy = edited(folder, tmp_path, "n_head", 4, alias="num_attention_heads")
+    copy = edited_copy(folder, tmp_path, "n_head", 4, alias="num_attention_heads")
     proc = load_without_ngpt_ds(copy, cwd=tmp_path)
     assert proc.stdout.strip() == "NgptConfigError " + refusal(copy, "n_head", 4, 2), (
         proc.stdout,
@@ -217,7 +206,7 @@ def test_every_shard_of_a_sharded_folder_carries_the_record_and_is_checked(hf_ex
         with safe_open(str(path), "pt") as f:
             assert json.loads(f.metadata()["ngpt_ds_model_config"])["n_head"] == 2 and f.metadata()["format"] == "pt"
     torch.testing.assert_close(logits_of(sharded), logits, rtol=0, atol=1e-6)
-    copy = edited(sharded, tmp_path, "s_z_init", 2.0)
+    copy = edited_copy(sharded, tmp_path, "s_z_init", 2.0)
     with pytest.raises(NgptConfigError) as err:
         logits_of(copy)
     assert str(err.value) == refusal(copy, "s_z_init", 2.0, 1.0, weights=shards[0].name)

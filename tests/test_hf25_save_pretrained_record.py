@@ -10,11 +10,11 @@ leaves other safetensors files in the folder as they were.
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from hf_exports import edited_copy
 from random_export import TOKENS, export_random_ngpt
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
@@ -48,17 +48,6 @@ def record_of(path: Path) -> dict:
     return json.loads(metadata["ngpt_ds_model_config"]) if "ngpt_ds_model_config" in metadata else {}
 
 
-def edited(folder: Path, tmp_path: Path, field: str, value, *, alias: str | None = None) -> Path:
-    copy = tmp_path / f"edited_{alias or field}"
-    shutil.copytree(folder, copy)
-    config = json.loads((copy / "config.json").read_text())
-    if alias:
-        del config[field]
-    config[alias or field] = value
-    (copy / "config.json").write_text(json.dumps(config, indent=2))
-    return copy
-
-
 def load(folder: Path, **kwargs):
     from transformers import AutoModelForCausalLM
 
@@ -83,7 +72,7 @@ def test_an_edited_config_of_a_re_saved_fine_tune_is_refused(hf_export, tmp_path
     with torch.no_grad():
         assert torch.equal(load(saved, **kwargs)(TOKENS, use_cache=False).logits, tuned)
     for field, value, was, alias in (("n_head", 4, 2, "num_attention_heads"), ("rope_base", 500.0, 10000.0, None)):
-        copy = edited(saved, tmp_path, field, value, alias=alias)
+        copy = edited_copy(saved, tmp_path, field, value, alias=alias)
         with pytest.raises(NgptConfigError) as err:
             load(copy, **kwargs)
         shown = f"{field} ({alias})" if alias else field

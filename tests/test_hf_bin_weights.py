@@ -11,29 +11,12 @@ from without_ngpt_ds import load_without_ngpt_ds
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> dict[str, Path]:
-    """A random tiny model of each family, written by save_pretrained (config.json, model.safetensors)."""
-    from ngpt_ds.hf.configuration_ngpt import CONFIGS
-    from ngpt_ds.hf.modeling_ngpt import MODELS
-    from ngpt_ds.model import ModelConfig
-
-    root = tmp_path_factory.mktemp("hf_bin_weights")
-    folders = {}
-    for arch in ("ngpt", "gpt"):
-        torch.manual_seed(0)
-        config = ModelConfig(arch=arch, vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
-        MODELS[arch](CONFIGS[arch].from_model_config(config)).save_pretrained(root / arch)
-        folders[arch] = root / arch
-    return folders
-
-
-def _as_bin(saved: dict[str, Path], tmp_path: Path, arch: str, change) -> tuple[Path, dict[str, torch.Tensor]]:
+def _as_bin(hf_saved: dict[str, Path], tmp_path: Path, arch: str, change) -> tuple[Path, dict[str, torch.Tensor]]:
     """A copy of the saved folder whose weights (changed by `change`) are in pytorch_model.bin alone."""
     from safetensors.torch import load_file
 
     folder = tmp_path / f"{arch}_bin"
-    shutil.copytree(saved[arch], folder)
+    shutil.copytree(hf_saved[arch], folder)
     state = change(load_file(folder / "model.safetensors"))
     (folder / "model.safetensors").unlink()
     torch.save(state, folder / "pytorch_model.bin")
@@ -44,7 +27,7 @@ def _int8_norm(state: dict) -> dict:
     return {**state, "model.final_norm.weight": state["model.final_norm.weight"].to(torch.int8)}
 
 
-def test_a_bin_of_int8_weights_is_refused_naming_the_file_and_the_tensor(saved, tmp_path):
+def test_a_bin_of_int8_weights_is_refused_naming_the_file_and_the_tensor(hf_saved, tmp_path):
     """Fault: the dtype check read only safetensors headers, so a GPT folder whose weights are a
     pytorch_model.bin with an int8 tensor loaded without a word (the tensor cast to float: its fractions lost),
     as the check was made to refuse in a model.safetensors."""
@@ -53,7 +36,7 @@ def test_a_bin_of_int8_weights_is_refused_naming_the_file_and_the_tensor(saved, 
     import ngpt_ds  # noqa: F401
     from ngpt_ds.errors import NgptConfigError
 
-    folder, _ = _as_bin(saved, tmp_path, "gpt", _int8_norm)
+    folder, _ = _as_bin(hf_saved, tmp_path, "gpt", _int8_norm)
     with pytest.raises(NgptConfigError) as err:
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value) == (
@@ -62,7 +45,7 @@ def test_a_bin_of_int8_weights_is_refused_naming_the_file_and_the_tensor(saved, 
     )
 
 
-def test_an_ngpt_bin_saved_in_float16_loads_in_float32_and_one_off_the_sphere_is_named(saved, tmp_path):
+def test_an_ngpt_bin_saved_in_float16_loads_in_float32_and_one_off_the_sphere_is_named(hf_saved, tmp_path):
     """Fault: the unit-norm tolerance allowed for the stored dtype only when read from safetensors headers: an
     nGPT whose pytorch_model.bin holds float16 weights was refused as 'not unit norm (0.000243 > 0.0001)', and
     the message named '<folder> (its model.safetensors)', a file the folder does not have."""
@@ -71,7 +54,7 @@ def test_an_ngpt_bin_saved_in_float16_loads_in_float32_and_one_off_the_sphere_is
     import ngpt_ds  # noqa: F401
     from ngpt_ds.errors import NgptConfigError
 
-    folder, state = _as_bin(saved, tmp_path, "ngpt", lambda s: {k: v.half() for k, v in s.items()})
+    folder, state = _as_bin(hf_saved, tmp_path, "ngpt", lambda s: {k: v.half() for k, v in s.items()})
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert next(model.parameters()).dtype == torch.float32
     for name, tensor in model.state_dict().items():
@@ -87,9 +70,9 @@ def test_an_ngpt_bin_saved_in_float16_loads_in_float32_and_one_off_the_sphere_is
     )
 
 
-def test_an_export_without_ngpt_ds_refuses_a_bin_of_int8_weights(saved, tmp_path):
+def test_an_export_without_ngpt_ds_refuses_a_bin_of_int8_weights(hf_saved, tmp_path):
     """The same fault in the copy of the modeling code a folder carries (trust_remote_code, no ngpt_ds)."""
-    folder, _ = _as_bin(saved, tmp_path, "gpt", _int8_norm)
+    folder, _ = _as_bin(hf_saved, tmp_path, "gpt", _int8_norm)
     assert (folder / "saved_weights.py").is_file()
     proc = load_without_ngpt_ds(folder, cwd=tmp_path)
     assert proc.stdout.strip().endswith(

@@ -12,26 +12,9 @@ from without_ngpt_ds import load_without_ngpt_ds
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> dict[str, Path]:
-    """A random tiny model of each family, written by save_pretrained (config.json, model.safetensors)."""
-    from ngpt_ds.hf.configuration_ngpt import CONFIGS
-    from ngpt_ds.hf.modeling_ngpt import MODELS
-    from ngpt_ds.model import ModelConfig
-
-    root = tmp_path_factory.mktemp("hf_faults_loading")
-    folders = {}
-    for arch in ("ngpt", "gpt"):
-        torch.manual_seed(0)
-        config = ModelConfig(arch=arch, vocab_size=512, n_layer=2, n_embd=32, n_head=2, seq_len=32)
-        MODELS[arch](CONFIGS[arch].from_model_config(config)).save_pretrained(root / arch)
-        folders[arch] = root / arch
-    return folders
-
-
-def _with_config(saved: dict[str, Path], tmp_path: Path, arch: str, **fields) -> Path:
+def _with_config(hf_saved: dict[str, Path], tmp_path: Path, arch: str, **fields) -> Path:
     folder = tmp_path / f"crafted_{arch}"
-    shutil.copytree(saved[arch], folder)
+    shutil.copytree(hf_saved[arch], folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(fields)
     (folder / "config.json").write_text(json.dumps(config))
@@ -39,7 +22,7 @@ def _with_config(saved: dict[str, Path], tmp_path: Path, arch: str, **fields) ->
 
 
 @pytest.mark.parametrize("value", [None, 0])
-def test_a_config_json_without_a_positive_vocab_size_is_refused_naming_it(saved, tmp_path, value):
+def test_a_config_json_without_a_positive_vocab_size_is_refused_naming_it(hf_saved, tmp_path, value):
     """Fault: "vocab_size": null in config.json gave "ModelConfig.vocab_size must be resolved (from the
     dataset) before building a model", naming no file, with advice for a training config (a model has no
     dataset); "vocab_size": 0 was named, but with the advice to write null."""
@@ -48,7 +31,7 @@ def test_a_config_json_without_a_positive_vocab_size_is_refused_naming_it(saved,
     import ngpt_ds  # noqa: F401  (registers model_type "ngpt")
     from ngpt_ds.errors import NgptConfigError
 
-    folder = _with_config(saved, tmp_path, "ngpt", vocab_size=value)
+    folder = _with_config(hf_saved, tmp_path, "ngpt", vocab_size=value)
     with pytest.raises(NgptConfigError) as err:
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value) == (
@@ -58,7 +41,7 @@ def test_a_config_json_without_a_positive_vocab_size_is_refused_naming_it(saved,
     )
 
 
-def test_a_config_json_whose_hidden_size_and_n_embd_disagree_is_named(saved, tmp_path):
+def test_a_config_json_whose_hidden_size_and_n_embd_disagree_is_named(hf_saved, tmp_path):
     """Fault: "hidden_size": 64 beside "n_embd": 32 was refused as "NGPTConfig: hidden_size = 64 and n_embd
     = 32 disagree", naming no file."""
     from transformers import AutoModelForCausalLM
@@ -66,7 +49,7 @@ def test_a_config_json_whose_hidden_size_and_n_embd_disagree_is_named(saved, tmp
     import ngpt_ds  # noqa: F401
     from ngpt_ds.errors import NgptConfigError
 
-    folder = _with_config(saved, tmp_path, "gpt", hidden_size=64)
+    folder = _with_config(hf_saved, tmp_path, "gpt", hidden_size=64)
     with pytest.raises(NgptConfigError) as err:
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value) == (
@@ -75,11 +58,11 @@ def test_a_config_json_whose_hidden_size_and_n_embd_disagree_is_named(saved, tmp
     )
 
 
-def _with_tensor(saved: dict[str, Path], tmp_path: Path, arch: str, name: str, dtype: torch.dtype) -> Path:
+def _with_tensor(hf_saved: dict[str, Path], tmp_path: Path, arch: str, name: str, dtype: torch.dtype) -> Path:
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / f"{arch}_{str(dtype).removeprefix('torch.')}"
-    shutil.copytree(saved[arch], folder)
+    shutil.copytree(hf_saved[arch], folder)
     state = load_file(folder / "model.safetensors")
     state[name] = state[name].to(dtype)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -97,7 +80,7 @@ WEIGHTS_OF_A_DTYPE = {
 
 
 @pytest.mark.parametrize("case", sorted(WEIGHTS_OF_A_DTYPE))
-def test_weights_of_a_dtype_that_is_no_float_are_refused_naming_the_tensor(saved, tmp_path, case):
+def test_weights_of_a_dtype_that_is_no_float_are_refused_naming_the_tensor(hf_saved, tmp_path, case):
     """Fault: from_pretrained cast every tensor of model.safetensors to the model's dtype: a GPT's int8, bool,
     float8 or complex64 weight loaded without a word (complex without its imaginary part), an nGPT's was
     refused as 'not unit norm' or loaded (complex64). ngpt_ds's own loader refuses them naming the tensor and
@@ -108,7 +91,7 @@ def test_weights_of_a_dtype_that_is_no_float_are_refused_naming_the_tensor(saved
     from ngpt_ds.errors import NgptConfigError
 
     arch, name, dtype, header_name = WEIGHTS_OF_A_DTYPE[case]
-    folder = _with_tensor(saved, tmp_path, arch, name, dtype)
+    folder = _with_tensor(hf_saved, tmp_path, arch, name, dtype)
     with pytest.raises(NgptConfigError) as err:
         AutoModelForCausalLM.from_pretrained(folder)
     assert str(err.value) == (
@@ -117,11 +100,11 @@ def test_weights_of_a_dtype_that_is_no_float_are_refused_naming_the_tensor(saved
     )
 
 
-def test_an_export_without_ngpt_ds_refuses_weights_of_a_dtype_that_is_no_float(saved, tmp_path):
+def test_an_export_without_ngpt_ds_refuses_weights_of_a_dtype_that_is_no_float(hf_saved, tmp_path):
     """Fault: the dtype check ran only in the installed modeling code (it imported ngpt_ds.infer.loading, which an
     export does not carry): a folder loaded with trust_remote_code and no ngpt_ds cast an int8 weight to float
     without a word. The check lives in ngpt_ds.model.saved_weights now, which the folder carries."""
-    folder = _with_tensor(saved, tmp_path, "gpt", "model.final_norm.weight", torch.int8)
+    folder = _with_tensor(hf_saved, tmp_path, "gpt", "model.final_norm.weight", torch.int8)
     assert (folder / "saved_weights.py").is_file()
     proc = load_without_ngpt_ds(folder, cwd=tmp_path)
     assert proc.stdout.strip().endswith(
@@ -130,7 +113,7 @@ def test_an_export_without_ngpt_ds_refuses_weights_of_a_dtype_that_is_no_float(s
     ), (proc.stdout, proc.stderr[-2000:])
 
 
-def test_a_state_dict_of_int8_weights_is_refused_and_float16_ones_load(saved):
+def test_a_state_dict_of_int8_weights_is_refused_and_float16_ones_load(hf_saved):
     """The same check on a state_dict passed to from_pretrained; a float16 weight in a GPT loads as before."""
     from safetensors.torch import load_file
 
@@ -138,8 +121,8 @@ def test_a_state_dict_of_int8_weights_is_refused_and_float16_ones_load(saved):
     from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig
     from ngpt_ds.hf.modeling_ngpt import GPTBaselineForCausalLM
 
-    config = GPTBaselineConfig.from_pretrained(saved["gpt"])
-    state = load_file(saved["gpt"] / "model.safetensors")
+    config = GPTBaselineConfig.from_pretrained(hf_saved["gpt"])
+    state = load_file(hf_saved["gpt"] / "model.safetensors")
     state["model.final_norm.weight"] = state["model.final_norm.weight"].half()
     model = GPTBaselineForCausalLM.from_pretrained(None, config=config, state_dict=state)
     assert torch.equal(model.model.final_norm.weight, state["model.final_norm.weight"].float())
@@ -151,7 +134,7 @@ def test_a_state_dict_of_int8_weights_is_refused_and_float16_ones_load(saved):
 
 
 @pytest.mark.parametrize("arch", ["ngpt", "gpt"])
-def test_ignore_mismatched_sizes_does_not_load_uninitialized_tensors(saved, tmp_path, arch):
+def test_ignore_mismatched_sizes_does_not_load_uninitialized_tensors(hf_saved, tmp_path, arch):
     """Fault: from_pretrained(..., ignore_mismatched_sizes=True) of a folder whose config.json says another
     vocab_size than its weights left the embedding and head uninitialized (this model's _init_weights does
     nothing): the check read transformers' missing and unexpected keys but not its mismatched ones, so the
@@ -162,7 +145,7 @@ def test_ignore_mismatched_sizes_does_not_load_uninitialized_tensors(saved, tmp_
     import ngpt_ds  # noqa: F401
     from ngpt_ds.errors import NgptConfigError
 
-    folder = _with_config(saved, tmp_path, arch, vocab_size=600)
+    folder = _with_config(hf_saved, tmp_path, arch, vocab_size=600)
     # save_pretrained records the model config in the weights, which refuses this edit first; a folder without
     # the record (saved before it) is refused for the mismatched tensors themselves.
     from safetensors.torch import load_file, save_file
@@ -183,7 +166,7 @@ def test_ignore_mismatched_sizes_does_not_load_uninitialized_tensors(saved, tmp_
     )
 
 
-def test_an_ngpt_saved_in_float16_loads_in_float32(saved, tmp_path):
+def test_an_ngpt_saved_in_float16_loads_in_float32(hf_saved, tmp_path):
     """Fault: the unit-norm check allowed for the dtype loaded, not the one stored: an nGPT saved in float16
     and loaded with dtype=torch.float32 was refused as 'not unit norm' (| ||w|| - 1 | = 0.000243 > 0.0001),
     the float16 rounding of its rows; ngpt_ds's own loader allows for the stored dtype (2e-3). A float16 file
@@ -195,7 +178,7 @@ def test_an_ngpt_saved_in_float16_loads_in_float32(saved, tmp_path):
     from ngpt_ds.errors import NgptConfigError
 
     half = tmp_path / "half"
-    AutoModelForCausalLM.from_pretrained(saved["ngpt"]).half().save_pretrained(half)
+    AutoModelForCausalLM.from_pretrained(hf_saved["ngpt"]).half().save_pretrained(half)
     model = AutoModelForCausalLM.from_pretrained(half, dtype=torch.float32)
     stored = load_file(half / "model.safetensors")
     assert next(model.parameters()).dtype == torch.float32

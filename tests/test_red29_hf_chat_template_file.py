@@ -18,37 +18,37 @@ from hf_exports import FIX, auto_config
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
 
-def test_a_chat_template_that_is_a_named_pipe_is_refused_unopened(hf_folder):
+def test_a_chat_template_that_is_a_named_pipe_is_refused_unopened(hf_export_copy):
     from ngpt_ds.errors import NgptConfigError
 
-    pipe = hf_folder / "chat_template.jinja"
+    pipe = hf_export_copy / "chat_template.jinja"
     with fed_pipe(pipe, b"{{ messages }}"), pytest.raises(NgptConfigError) as caught:
-        auto_config(hf_folder)
+        auto_config(hf_export_copy)
     assert str(caught.value) == f"{pipe} is a named pipe, not a tokenizer file of the folder; {FIX}"
 
 
 @pytest.mark.parametrize("name", ["chat_template.jinja", "chat_template.json"])
-def test_a_chat_template_linked_out_of_the_folder_is_refused(hf_folder, tmp_path, name):
+def test_a_chat_template_linked_out_of_the_folder_is_refused(hf_export_copy, tmp_path, name):
     from ngpt_ds.errors import NgptConfigError
 
     outside = tmp_path / "elsewhere.jinja"
     outside.write_text("{{ messages }}")
-    (hf_folder / name).symlink_to(outside)
+    (hf_export_copy / name).symlink_to(outside)
     with pytest.raises(NgptConfigError) as caught:
-        auto_config(hf_folder)
+        auto_config(hf_export_copy)
     assert str(caught.value) == (
-        f"{hf_folder / name} is a link to {os.path.realpath(outside)}, outside the folder, not a tokenizer file of the "
+        f"{hf_export_copy / name} is a link to {os.path.realpath(outside)}, outside the folder, not a tokenizer file of the "
         f"folder; {FIX}"
     )
 
 
-def test_a_chat_template_of_the_folder_and_a_link_within_it_load(hf_folder):
+def test_a_chat_template_of_the_folder_and_a_link_within_it_load(hf_export_copy):
     """A regular chat_template.jinja, and a link to a file inside the folder, are the folder's own: they load."""
     from transformers import AutoTokenizer
 
-    (hf_folder / "templates").mkdir()
-    (hf_folder / "templates" / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    (hf_folder / "chat_template.jinja").symlink_to(os.path.join("templates", "chat.jinja"))
-    assert auto_config(hf_folder).n_layer > 0
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_folder))
+    (hf_export_copy / "templates").mkdir()
+    (hf_export_copy / "templates" / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (hf_export_copy / "chat_template.jinja").symlink_to(os.path.join("templates", "chat.jinja"))
+    assert auto_config(hf_export_copy).n_layer > 0
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_export_copy))
     assert tokenizer.chat_template == "{% for m in messages %}{{ m['content'] }}{% endfor %}"
