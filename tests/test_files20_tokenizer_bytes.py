@@ -47,6 +47,23 @@ def replace_with(path: Path, data: bytes) -> None:
     os.replace(path.with_name("swap"), path)
 
 
+def given_then_replaced_after_load(module, made: dict, tmp_path: Path, monkeypatch) -> Path:
+    """tmp_path/given.model, the vocab-512 tokenizer, which `module`'s Tokenizer.load loads and then sees replaced by
+    the vocab-400 one: the race each caller must survive by keeping the bytes it loaded."""
+    given = tmp_path / "given.model"
+    given.write_bytes(made[512])
+    real_load = Tokenizer.load
+
+    def load_then_replaced(path):
+        tok = real_load(path)
+        if Path(path) == given:
+            replace_with(given, made[400])
+        return tok
+
+    monkeypatch.setattr(module.Tokenizer, "load", load_then_replaced)
+    return given
+
+
 def test_the_sha256_of_a_loaded_tokenizer_is_that_of_the_bytes_read(corpus_and_tokenizers, tmp_path):
     """Fault: no hash of the bytes read; callers hashed the file again. Now: Tokenizer.sha256 and model_bytes
     are the loaded model's, also after the file was replaced."""
@@ -64,17 +81,7 @@ def test_a_part_records_and_keeps_the_tokenizer_it_checked(corpus_and_tokenizers
     with the sha256 of the vocab-400 tokenizer, which encoded the part. Now: the part holds, records and
     encodes with the vocab-512 tokenizer that was checked."""
     corpus, made = corpus_and_tokenizers
-    given = tmp_path / "given.model"
-    given.write_bytes(made[512])
-    real_load = Tokenizer.load
-
-    def load_then_replaced(path):
-        tok = real_load(path)
-        if Path(path) == given:
-            replace_with(given, made[400])
-        return tok
-
-    monkeypatch.setattr(parts.Tokenizer, "load", load_then_replaced)
+    given = given_then_replaced_after_load(parts, made, tmp_path, monkeypatch)
     cfg = PrepareConfig(
         inputs=(str(corpus),), out=tmp_path / "parts", tokenizer=given, val_fraction=0.1, workers=1, progress=False
     )
@@ -117,17 +124,7 @@ def test_a_dataset_keeps_the_tokenizer_it_checked(corpus_and_tokenizers, tmp_pat
     from ngpt_ds.data import prepare
 
     corpus, made = corpus_and_tokenizers
-    given = tmp_path / "given.model"
-    given.write_bytes(made[512])
-    real_load = Tokenizer.load
-
-    def load_then_replaced(path):
-        tok = real_load(path)
-        if Path(path) == given:
-            replace_with(given, made[400])
-        return tok
-
-    monkeypatch.setattr(prepare.Tokenizer, "load", load_then_replaced)
+    given = given_then_replaced_after_load(prepare, made, tmp_path, monkeypatch)
     cfg = PrepareConfig(
         inputs=(str(corpus),),
         out=tmp_path / "data",
