@@ -75,6 +75,7 @@ from ngpt_ds.model.saved_weights import (
     check_weight_file,
     header_shapes,
     numel,
+    unreadable_weights,
     weights_mismatch,
 )
 from ngpt_ds.model.sphere import max_norm_deviation
@@ -200,12 +201,13 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
                     f"its weights ({size >> 20} MiB) and the model built from them ({held} parameters)",
                     "the file is damaged or altered, or the model is too large for this machine",
                 )
-                with safe_open(str(file), "pt") as f:
+                with unreadable_weights(file), safe_open(str(file), "pt") as f:
                     shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
                     found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118
                     headers.append((f.metadata(), str(file)))
             else:  # a .bin: its int8 weights loaded without a word, its float16 nGPT was refused as off the sphere
-                saved = hf_modeling_utils.load_state_dict(str(file), map_location="meta")
+                with unreadable_weights(file):
+                    saved = hf_modeling_utils.load_state_dict(str(file), map_location="meta")
                 found.append(({name: t.dtype for name, t in saved.items()}, str(file)))
                 shapes.update({name: tuple(t.shape) for name, t in saved.items()})
         for dtypes, source in found:

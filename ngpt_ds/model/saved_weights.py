@@ -6,9 +6,12 @@ may be: every shard a folder's weights index names, and its single weights file,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,34 @@ def check_weight_file(path: str | os.PathLike) -> None:
         raise NgptConfigError(
             f"{path} is {kind}, not a weights file; the files are damaged, altered or from another program"
         )
+
+
+@contextlib.contextmanager
+def unreadable_weights(path: str | os.PathLike) -> Iterator[None]:
+    """Around the first read of a weights file's header (safetensors) or pickle (pytorch_model.bin, read on the meta
+    device with weights_only): its refusal becomes one error naming the file. safetensors' errors (a header length
+    past the file, offsets that overlap or leave it, a header that is no JSON mapping) came as a bare traceback naming
+    no file, and a pickle needing a callable as torch's message advising weights_only=False, which runs it."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        needs = f"needs {found.group(1)}, which is not a tensor or plain data" if found else f"is refused ({err})"
+        raise NgptConfigError(
+            f"{path}: this pickled weights file {needs}; unpickling it could run code, so nothing of it was loaded "
+            "(and nothing ran). Never load it with weights_only=False: use the export's model.safetensors, or export "
+            "the checkpoint again"
+        ) from None
+    except (SafetensorError, EOFError, RuntimeError, ValueError) as err:
+        raise NgptConfigError(
+            f"{path} cannot be read as weights ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "the file is damaged, altered or from another program: copy the whole folder again, or export the "
+            "checkpoint again"
+        ) from None
 
 
 MAX_INDEX_BYTES = 16 << 20
@@ -357,39 +388,56 @@ def check_tokenizer_files(folder: str | os.PathLike, recorded_sha256: Any = None
     tokenizer.json the file the export recorded (`recorded_sha256`, config.json's ngpt_ds_export.tokenizer_json_sha256,
     when it records one). Called where the folder's config.json is read (the config class), which AutoTokenizer does
     first."""
-    import hashlib
-
     fix = "copy the whole folder again, or export the checkpoint again"
     for name in TOKENIZER_FILES:
         path = Path(folder) / name
         if not os.path.lexists(path):
             continue
         why = _outside(path, Path(folder))
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            why = why or "is a link to nothing"
-            mode = 0
-        if not why and not stat.S_ISREG(mode):
-            why = (
-                "is a folder"
-                if stat.S_ISDIR(mode)
-                else "is a named pipe"
-                if stat.S_ISFIFO(mode)
-                else "is not a regular file"
-            )
-        if not why and os.stat(path).st_size > MAX_TOKENIZER_FILE_BYTES:
-            why = f"holds {os.stat(path).st_size} bytes, over the {MAX_TOKENIZER_FILE_BYTES >> 20} MiB a tokenizer file may hold"
         if why:
             raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
-        if name == "tokenizer.json" and isinstance(recorded_sha256, str) and recorded_sha256:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != recorded_sha256:
-                raise NgptConfigError(
-                    f"{path} (sha256 {digest.hexdigest()[:12]}…) is not the tokenizer.json the export wrote (sha256 "
-                    f"{recorded_sha256[:12]}…, {TOKENIZER_JSON_SHA256} in config.json): it was replaced or altered, "
-                    f"and token ids would mean other text; {fix}"
-                )
+        _check_tokenizer_file(path, recorded_sha256 if name == "tokenizer.json" else None, fix)
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode is no tokenizer file, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return (
+        "is a folder" if stat.S_ISDIR(mode) else "is a named pipe" if stat.S_ISFIFO(mode) else "is not a regular file"
+    )
+
+
+def _check_tokenizer_file(path: Path, recorded_sha256: Any, fix: str) -> None:
+    """One tokenizer file of check_tokenizer_files. Its path is looked at first (a device is refused unopened), and
+    then what is open is judged again by its fstat: the open does not wait (O_NONBLOCK), so a file swapped for a named
+    pipe after the look is refused too; the open after os.stat had waited on it forever."""
+    import hashlib
+
+    try:
+        why = _not_regular(os.stat(path).st_mode)
+        fd = None if why else os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise NgptConfigError(f"{path} is a link to nothing, not a tokenizer file of the folder; {fix}") from None
+    except OSError as err:
+        raise NgptConfigError(f"{path} cannot be read ({err.strerror}); {fix}") from None
+    if fd is None:
+        raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        why = _not_regular(info.st_mode)
+        if not why and info.st_size > MAX_TOKENIZER_FILE_BYTES:
+            why = f"holds {info.st_size} bytes, over the {MAX_TOKENIZER_FILE_BYTES >> 20} MiB a tokenizer file may hold"
+        if why:
+            raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
+        if not (isinstance(recorded_sha256, str) and recorded_sha256):
+            return
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != recorded_sha256:
+        raise NgptConfigError(
+            f"{path} (sha256 {digest.hexdigest()[:12]}…) is not the tokenizer.json the export wrote (sha256 "
+            f"{recorded_sha256[:12]}…, {TOKENIZER_JSON_SHA256} in config.json): it was replaced or altered, "
+            f"and token ids would mean other text; {fix}"
+        )
