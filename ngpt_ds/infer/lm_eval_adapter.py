@@ -165,7 +165,7 @@ class NgptLM(TemplateLM):
     @torch.no_grad()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(context ids, continuation ids) -> (sum log p(continuation | context), all greedy).
-        Inputs longer than max_length + 1 lose their oldest context tokens."""
+        Inputs longer than max_length + 1 lose their oldest context tokens; an empty context is EOS."""
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         for start in range(0, len(order), self.batch_size):
@@ -173,6 +173,10 @@ class NgptLM(TemplateLM):
             rows, spans = [], []
             for i in chunk:
                 context, continuation = pairs[i]
+                # No context token (a whitespace-only context: lm-eval moves its spaces to the continuation and
+                # encodes nothing): conditioned on EOS, as lm-eval conditions an empty context. It was a RuntimeError
+                # from a slice before the batch's first position, and the whole batch with it.
+                context = context or [self.prefix_token_id]
                 if not continuation:
                     raise NgptConfigError("lm-eval asked for the loglikelihood of an empty continuation")
                 if len(continuation) > self.max_length:
