@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,12 @@ from typing import Any
 import yaml
 
 from ngpt_ds import yaml_safe
+from ngpt_ds.config_files import (  # noqa: F401 - also imported from here
+    MAX_CONFIG_FILE_BYTES,
+    read_config_text,
+    special_file,
+    unreadable,
+)
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems, abridged
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -275,6 +280,9 @@ def resolve_config_path(name_or_path: str) -> Path:
             f"presets: {', '.join(preset_names())}"
         )
     if path.suffix in (".yaml", ".yml") or path.exists():
+        special = special_file(path)
+        if special:
+            raise NgptConfigError(f"config {path} {special}")
         if not path.is_file():
             if "/" not in name_or_path and (PRESET_DIR / path.with_suffix(".yaml").name).is_file():
                 # the preset's file name, written as the docs' `ngpt_ds/model/presets/ngpt_tiny.yaml` shows it
@@ -297,17 +305,6 @@ def resolve_config_path(name_or_path: str) -> Path:
     return preset
 
 
-def unreadable(path: Path, err: OSError) -> str:
-    """The message for a config file that exists but cannot be read: its name, the system's reason, the fix."""
-    reason = err.strerror or type(err).__name__
-    fix = (
-        "give the user running the trainer read access to it"
-        if isinstance(err, PermissionError)
-        else "check the file and the disk that holds it, or give another file"
-    )
-    return f"{path} cannot be read: {reason}; {fix}"
-
-
 INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
 
@@ -327,29 +324,6 @@ def yaml11_number_problem(text: str, value: int | float) -> str | None:
                 f"it without the leading zero (or {value}, if the octal number was meant)"
             )
     return None
-
-
-MAX_CONFIG_FILE_BYTES = 2**20
-"""The largest config file read (a model/train YAML or a DeepSpeed JSON): some 500 times the largest shipped one.
-Read whole, a file given by mistake (a dataset shard, a checkpoint) held several times its size in memory on every
-rank before any message: a 512 MiB file given to --deepspeed_config took 1.8 GB and 16 s to be called invalid."""
-
-
-def read_config_text(path: Path, what: str) -> str:
-    """The text of a config file of at most MAX_CONFIG_FILE_BYTES, read no further than that. Raises NgptConfigError
-    for a larger file, OSError when it cannot be read, UnicodeDecodeError when it is not UTF-8 (a leading byte-order
-    mark is dropped)."""
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data = f.read(MAX_CONFIG_FILE_BYTES + 1)
-    if len(data) > MAX_CONFIG_FILE_BYTES:
-        raise NgptConfigError(
-            f"{what} {path} holds {max(size, len(data))} bytes, more than any config file ({MAX_CONFIG_FILE_BYTES} "
-            "at most): it is some other file (a dataset shard, a checkpoint?); give the config file"
-        )
-    # utf-8-sig: a byte-order mark (Windows editors' "UTF-8 with BOM") is dropped, as YAML drops it; the JSON reader
-    # stopped at it ("Unexpected UTF-8 BOM (decode using utf-8-sig)", advice for a programmer).
-    return data.decode("utf-8-sig")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
-from ngpt_ds.model.config import read_config_text, unreadable
+from ngpt_ds.model.config import read_config_text, special_file, unreadable
 from ngpt_ds.train import ds_compat, ds_masters, ds_refusals, ds_schema
 from ngpt_ds.train.ds_schema import precision_of as precision_of
 
@@ -53,6 +53,9 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
             f"DeepSpeed config {path} is a folder, not a JSON file: give a file such as ds_configs/zero2.json "
             "(the shipped ones: zero0.json ... zero3.json, zero2_offload.json)"
         )
+    special = special_file(path)
+    if special:
+        raise NgptConfigError(f"DeepSpeed config {path} {special}")
     if not path.is_file():
         raise NgptConfigError(
             f"DeepSpeed config {path} does not exist. The shipped ones are in ds_configs/ "
@@ -93,11 +96,14 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
 
 
 def _comment_hint(err: json.JSONDecodeError) -> str:
-    """The message's end for a comment where the parser stopped: configs copied from JSONC/JSON5 examples carry
-    `//`, `/* */` or `#` notes, and "Expecting property name enclosed in double quotes" did not say why."""
-    if not err.doc[err.pos : err.pos + 2].startswith(("//", "/*", "#")):
-        return ""
-    return "; JSON has no comments: delete the comment (DeepSpeed reads plain JSON)"
+    """The message's end for a comment or a trailing comma where the parser stopped: configs copied from JSONC/JSON5
+    examples carry `//`, `/* */` or `#` notes and commas after the last item, and "Expecting property name enclosed
+    in double quotes" (Python 3.11 and 3.12's text for both) did not say why."""
+    if err.doc[err.pos : err.pos + 2].startswith(("//", "/*", "#")):
+        return "; JSON has no comments: delete the comment (DeepSpeed reads plain JSON)"
+    if err.doc[err.pos : err.pos + 1] in ("}", "]") and err.doc[: err.pos].rstrip().endswith(","):
+        return "; JSON allows no comma after the last item: delete the comma before the " + err.doc[err.pos]
+    return ""
 
 
 def _other_kind(path: Path) -> str:
