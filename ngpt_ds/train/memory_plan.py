@@ -190,25 +190,68 @@ def parameters_at_least(config: ModelConfig) -> int:
     return config.n_layer * (4 * d * d + 3 * d * config.mlp_width) + (config.vocab_size or 0) * d
 
 
+def state_bytes_per_parameter(precision: str, zero_stage: int, zero_ranks: int) -> float:
+    """Training-state bytes one rank keeps per parameter of its model shard, as estimate_memory counts them: the
+    weights and gradients in the run's precision and the optimizer state (Adam's two moments, and an fp32 master
+    except in fp32 at ZeRO 0), each divided over the ZeRO ranks from the stage that partitions it (1: the optimizer
+    state, 2: the gradients too, 3: the weights too). Over one rank 16 (STATE_BYTES_PER_PARAMETER), or 20 in fp32
+    at ZeRO 1-3, whose optimizer keeps an fp32 copy of the fp32 weights."""
+    width = _BYTES[precision]
+    optimizer = (0 if precision == "fp32" and zero_stage == 0 else 4) + 8
+    ranks = max(zero_ranks, 1)
+    return (
+        width / (ranks if zero_stage >= 3 else 1)
+        + width / (ranks if zero_stage >= 2 else 1)
+        + optimizer / (ranks if zero_stage >= 1 else 1)
+    )
+
+
 def check_state_fits(
-    config: ModelConfig, *, world_size: int, local_world_size: int, node_bytes: int, source: str
+    config: ModelConfig,
+    *,
+    world_size: int,
+    local_world_size: int,
+    node_bytes: int,
+    source: str,
+    zero_stage: int = 3,
+    precision: str = "bf16",
+    model_parallel: int = 1,
 ) -> None:
-    """Raise NgptConfigError when the model's training state alone, split as finely as ZeRO 3, tensor and pipeline
-    parallelism can split it over the job, exceeds all the memory of this node (RAM and device memory): a typo
-    such as n_embd 1048576 otherwise ended in "can't allocate 13194139533312 bytes" inside the model's
-    construction, and n_layer 1000000 spent minutes building blocks first. A lower bound: activations, buffers
-    and the uneven splits come on top, so a run that passes may still not fit (the dry run estimates it)."""
+    """Raise NgptConfigError when the model's training state alone, split as this run's ZeRO stage, tensor and
+    pipeline parallelism (`model_parallel`: their product) split it, exceeds all the memory of this node (RAM and
+    device memory): a typo such as n_embd 1048576 otherwise ended in "can't allocate 13194139533312 bytes" inside the
+    model's construction, and n_layer 1000000 spent minutes building blocks first. A lower bound: activations, buffers
+    and the uneven splits come on top, so a run that passes may still not fit (the dry run estimates it).
+
+    The defaults (ZeRO 3, bf16, no model parallelism) give the finest split there is: 16 bytes per parameter over
+    every rank of the job. Checked against that alone, a 1B-parameter model at ZeRO 0 on one node's 2 ranks passed
+    (15.8 GB of a 23.5 GiB node) while each rank keeps its own 15.8 GB: the ranks built the model for a minute and
+    more, then ran out of memory (a traceback, or the OOM killer)."""
     from ngpt_ds.errors import NgptConfigError
 
     parameters = parameters_at_least(config)
-    on_this_node = STATE_BYTES_PER_PARAMETER * parameters * local_world_size / max(world_size, 1)
-    if on_this_node > node_bytes:
-        gib = 2.0**30
+    gib = 2.0**30
+    sizes = (
+        f"model config ({source}): n_layer {config.n_layer}, n_embd {config.n_embd}, mlp width {config.mlp_width} "
+        f"and vocabulary {config.vocab_size} make at least {parameters / 1e9:,.1f}B parameters; training them takes "
+        f"{STATE_BYTES_PER_PARAMETER} bytes each (weights, gradients, fp32 master, Adam's moments)"
+    )
+    finest = STATE_BYTES_PER_PARAMETER * parameters * local_world_size / max(world_size, 1)
+    if finest > node_bytes:
         raise NgptConfigError(
-            f"model config ({source}): n_layer {config.n_layer}, n_embd {config.n_embd}, mlp width {config.mlp_width} "
-            f"and vocabulary {config.vocab_size} make at least {parameters / 1e9:,.1f}B parameters; training them "
-            f"takes {STATE_BYTES_PER_PARAMETER} bytes each (weights, gradients, fp32 master, Adam's moments), at "
-            f"least {on_this_node / gib:,.0f} GiB on this node's {local_world_size} rank(s) of {world_size}, but "
-            f"the node has {node_bytes / gib:,.0f} GiB of memory in all. Check the model's sizes, or spread the "
+            f"{sizes}, at least {finest / gib:,.0f} GiB on this node's {local_world_size} rank(s) of {world_size}, "
+            f"but the node has {node_bytes / gib:,.0f} GiB of memory in all. Check the model's sizes, or spread the "
             "run over more nodes (ZeRO 3)"
+        )
+    model_parallel = max(model_parallel, 1)
+    per_parameter = state_bytes_per_parameter(precision, zero_stage, max(world_size // model_parallel, 1))
+    per_rank = per_parameter * parameters / model_parallel
+    if per_rank * local_world_size > node_bytes:
+        cut = f" of its 1/{model_parallel} of the model" if model_parallel > 1 else ""
+        raise NgptConfigError(
+            f"{sizes}; at ZeRO stage {zero_stage} in {precision} each rank keeps {per_parameter:g} bytes per "
+            f"parameter{cut}, at least {per_rank / gib:,.1f} GiB per rank and {per_rank * local_world_size / gib:,.0f} "
+            f"GiB on this node's {local_world_size} rank(s) of {world_size}, but the node has {node_bytes / gib:,.0f} "
+            'GiB of memory in all. Set "zero_optimization": {"stage": 3} in the DeepSpeed JSON (which splits it '
+            f"over all {world_size} ranks: at least {finest / gib:,.0f} GiB here), or check the model's sizes"
         )
