@@ -287,6 +287,20 @@ def write_diverging_configs(folder: Path, **train) -> tuple[Path, Path]:
     return config, ds
 
 
+def train_two_nodes_on_their_own_data(tmp_path: Path, data: tuple[Path, Path]) -> list[tuple[int, str, str]]:
+    """3 steps of tiny_ngpt() (ZeRO 0, fp32, micro-batch 4, into tmp_path/out) as ranks 0 and 1 of one job, each in a
+    folder of its own that stands in for a node (train_on_two_nodes), where --data data is data[rank]: node-local
+    copies of a dataset that may differ. Returns each rank's (exit status, stdout, stderr)."""
+    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
+    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=4, accum=1)
+
+    def setup(rank, node):
+        (node / "data").symlink_to(data[rank])
+
+    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
+    return train_on_two_nodes(tmp_path, setup, *argv)
+
+
 REFERENCE_STEPS = 20
 REFERENCE_TRAIN = tiny_train(REFERENCE_STEPS, eval_interval=10, checkpoint_interval=10, keep_checkpoints=3)
 

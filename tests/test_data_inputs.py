@@ -24,7 +24,7 @@ from conftest import (
     start_ranks,
     tiny_ngpt,
     tiny_train,
-    train_on_two_nodes,
+    train_two_nodes_on_their_own_data,
     without_shard_hashes,
     write_ds_config,
     write_yaml,
@@ -201,34 +201,32 @@ def _summary(data: Path) -> str:
     return f"{splits}, tokenizer sha256 {meta.tokenizer_sha256[:12]}"
 
 
+def prepared_from_less_text(tiny_dataset: Path, out: Path, share: float, val_fraction: float) -> Path:
+    """A dataset at `out` prepared with tiny_dataset's tokenizer from the first `share` of its corpus's documents
+    (written to OUT.jsonl): the same tokenizer, other text."""
+    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
+
+    documents = (tiny_dataset.parent / "corpus.jsonl").read_text().splitlines(keepends=True)
+    corpus = out.with_name(out.name + ".jsonl")
+    corpus.write_text("".join(documents[: int(len(documents) * share)]))  # rounded down
+    config = PrepareConfig(
+        inputs=(str(corpus),),
+        out=out,
+        tokenizer=tiny_dataset / "tokenizer.model",
+        val_fraction=val_fraction,
+        workers=1,
+        progress=False,
+    )
+    return prepare_dataset(config)
+
+
 def test_ranks_that_read_different_datasets_stop_together(tiny_dataset, tmp_path):
     """Fault: --data on node-local disks whose copies differ (one node's stale, made from less text with
     the same tokenizer) passed each rank's own checks; the ranks numbered their windows differently and
     trained 3 steps to 'Done', exit status 0, on data no permutation describes. Now every rank compares
     meta.json with the others' and all stop with the same message naming what each read."""
-    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
-
-    corpus = (tiny_dataset.parent / "corpus.jsonl").read_text().splitlines(keepends=True)
-    (tmp_path / "stale.jsonl").write_text("".join(corpus[: len(corpus) * 2 // 3]))
-    stale = prepare_dataset(
-        PrepareConfig(
-            inputs=(str(tmp_path / "stale.jsonl"),),
-            out=tmp_path / "stale",
-            tokenizer=tiny_dataset / "tokenizer.model",
-            val_fraction=0.1,
-            workers=1,
-            progress=False,
-        )
-    )
-    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    data = (tiny_dataset, stale)  # each node's own "data"
-
-    def setup(rank, node):
-        (node / "data").symlink_to(data[rank])
-
-    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
-    outputs = train_on_two_nodes(tmp_path, setup, *argv)
+    stale = prepared_from_less_text(tiny_dataset, tmp_path / "stale", 2 / 3, val_fraction=0.1)
+    outputs = train_two_nodes_on_their_own_data(tmp_path, (tiny_dataset, stale))
     expected = (
         f"error: ranks 0 and 1 read different datasets at --data data (they differ in shards, shard contents; rank 0: "
         f"{_summary(tiny_dataset)}; rank 1: "
@@ -252,15 +250,7 @@ def test_ranks_whose_copies_hold_other_tokens_of_the_same_sizes_stop_together(ti
     shard.flush()
     del shard
     record_hashes_anew(other)
-    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    data = (tiny_dataset, other)  # each node's own "data"
-
-    def setup(rank, node):
-        (node / "data").symlink_to(data[rank])
-
-    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
-    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+    for code, stdout, stderr in train_two_nodes_on_their_own_data(tmp_path, (tiny_dataset, other)):
         assert code == 2, stdout + stderr
         assert "error: ranks 0 and 1 read different datasets at --data data (they differ in shard contents; " in stderr
         assert "Traceback" not in stderr and "step " not in stdout, stdout + stderr
@@ -365,20 +355,7 @@ def test_a_resume_on_other_data_names_the_checkpoints_dataset_not_this_one(tiny_
     """Fault: resuming a checkpoint with --data pointing at another dataset (same tokenizer, other text) was
     refused with 'resume with the same windows_per_epoch and dataset <the --data just given>': the fix named
     the wrong dataset."""
-    from ngpt_ds.data.prepare import PrepareConfig, prepare_dataset
-
-    corpus = (tiny_dataset.parent / "corpus.jsonl").read_text().splitlines(keepends=True)
-    (tmp_path / "less.jsonl").write_text("".join(corpus[: len(corpus) // 2]))
-    other = prepare_dataset(
-        PrepareConfig(
-            inputs=(str(tmp_path / "less.jsonl"),),
-            out=tmp_path / "other",
-            tokenizer=tiny_dataset / "tokenizer.model",
-            val_fraction=0.0,
-            workers=1,
-            progress=False,
-        )
-    )
+    other = prepared_from_less_text(tiny_dataset, tmp_path / "other", 1 / 2, val_fraction=0.0)
     state = TokenWindowLoader(tiny_dataset, "train", SEQ, MICRO, 0, 1, SEED).state_dict()
     resumed = TokenWindowLoader(other, "train", SEQ, MICRO, 0, 1, SEED)
     with pytest.raises(NgptConfigError) as err:

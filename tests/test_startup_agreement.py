@@ -9,7 +9,17 @@ from pathlib import Path
 
 from ngpt_ds.data.shards import load_dataset_meta
 
-from conftest import REPO, cpu_env, run, tiny_ngpt, tiny_train, train_on_two_nodes, write_ds_config, write_yaml
+from conftest import (
+    REPO,
+    cpu_env,
+    run,
+    tiny_ngpt,
+    tiny_train,
+    train_on_two_nodes,
+    train_two_nodes_on_their_own_data,
+    write_ds_config,
+    write_yaml,
+)
 
 MICRO = 4
 
@@ -82,15 +92,7 @@ def test_ranks_whose_data_differ_in_vocabulary_stop_before_the_engine(tiny_datas
             progress=False,
         )
     )
-    yaml = write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(3))
-    ds = write_ds_config(tmp_path / "ds.json", stage=0, bf16=False, micro=MICRO, accum=1)
-    data = (tiny_dataset, other)  # each node's own "data"
-
-    def setup(rank, node):
-        (node / "data").symlink_to(data[rank])
-
-    argv = ["--config", yaml, "--deepspeed_config", ds, "--data", "data", "--out", tmp_path / "out"]
-    for code, stdout, stderr in train_on_two_nodes(tmp_path, setup, *argv):
+    for code, stdout, stderr in train_two_nodes_on_their_own_data(tmp_path, (tiny_dataset, other)):
         assert code == 2, stdout + stderr
         assert (
             "error: ranks 0 and 1 read different datasets at --data data (they differ in vocab_size, tokenizer "
