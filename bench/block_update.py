@@ -1,6 +1,6 @@
 """nGPT's eq. 10-11 update (or the q/k Norm), forward plus backward, the form before against the current one.
 
-    python bench/block_update.py [--part update|qk_norm] [--config ngpt_tiny] [--batch 8]
+    python bench/block_update.py [--part update|qk_norm|step] [--config ngpt_tiny] [--batch 8]
                                  [--dtype bfloat16|float32] [--rounds 10] [--passes 30] [--threads N]
                                  [--clock wall|cpu]
 
@@ -16,6 +16,10 @@ whether values and the gradients of h, x and alpha's parameter are bit-identical
 `--part qk_norm` times `l2_normalize` of q and k per head ([B, T, 2, H, head_dim], as attention runs it) against
 `_L2Normalize` as it was before 2026-12-04 (a copy here: its backward allocated every temporary anew; the
 current one reuses them in place through `tangent_rows`, the same values). Both parts run in eager mode.
+`--part step` times whole eager engine steps of the preset (bench/engines.py, ds_configs/zero2.json, one rank,
+with the hypersphere hook; `--passes` steps per form and round) with both changes against neither (the model
+module's `block_update` and `_L2Normalize` swapped for the old forms while the old form runs); `--batch` and
+`--dtype` are ignored there (the engine's micro-batch, bf16), and "bit-identical" compares the two forms' first losses.
 docs/benchmarks.md, "What was changed, and what it gave", has the runs.
 """
 
@@ -36,7 +40,7 @@ from report import add_timing_arguments, apply_timing_arguments, count  # noqa: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("update", "qk_norm"), default="update", help="default update")
+    parser.add_argument("--part", choices=("update", "qk_norm", "step"), default="update", help="default update")
     parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
     parser.add_argument("--batch", type=count(1), default=8, help="micro-batch (default 8, ds_configs/zero2.json's)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="default bfloat16")
@@ -94,6 +98,8 @@ def main() -> int:
             out = form(h, x, (param * 1.0).abs())
             return (out, *torch.autograd.grad(out, (h, x, param), g))
 
+    elif args.part == "step":
+        return _engine_steps(args, clock, OldL2Normalize, old_update)
     else:
         shape = (args.batch, model_cfg.seq_len, 2, model_cfg.n_head, model_cfg.head_dim)
         x = torch.randn(shape, dtype=dtype).requires_grad_()
@@ -131,6 +137,68 @@ def main() -> int:
         f"new / old: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}), "
         f"below 1.0 in {sum(r < 1.0 for r in ratios)} of {len(ratios)} rounds; "
         f"values and gradients bit-identical: {identical}"
+    )
+    return 0 if identical else 1
+
+
+def _engine_steps(args: argparse.Namespace, clock, old_norm_class, old_update) -> int:
+    """`--part step`: whole eager engine steps, the old forms (swapped into the model's modules) against the new."""
+    import torch
+    from engines import preset_engine
+
+    from ngpt_ds import distributed
+    from ngpt_ds.model import layers, ngpt
+
+    bench = preset_engine(args.config, "ds_configs/zero2.json", distributed.discover({}))
+    engine, config, plan = bench.engine, bench.model, bench.plan
+    new_forms = (ngpt.block_update, layers._L2Normalize)
+    old_forms = (old_update, old_norm_class)
+
+    def use(name: str) -> None:
+        ngpt.block_update, layers._L2Normalize = new_forms if name == "new" else old_forms
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (plan.micro_batch, config.seq_len + 1))
+
+    def step() -> float:
+        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
+        engine.backward(loss)
+        engine.step()
+        return loss.item()
+
+    # Same weights, same batch: the two forms' first losses (forward only, with the graph built as in training).
+    losses = {}
+    for name in ("old", "new"):
+        use(name)
+        _, loss = engine(tokens[:, :-1], tokens[:, 1:])
+        losses[name] = loss.detach().clone()
+        del loss
+    identical = torch.equal(losses["old"], losses["new"])
+    for name in ("old", "new"):  # warm-up
+        use(name)
+        for _ in range(2):
+            step()
+    seconds: dict[str, list[float]] = {"old": [], "new": []}
+    for r in range(args.rounds):
+        for name in ("old", "new") if r % 2 else ("new", "old"):
+            use(name)
+            times = []
+            for _ in range(args.passes):
+                start = clock()
+                step()
+                times.append(clock() - start)
+            seconds[name].append(statistics.median(times))
+    use("new")
+    ratios = [n / o for n, o in zip(seconds["new"], seconds["old"])]
+    print(
+        f"{args.config}: eager engine steps ({plan.micro_batch} x {config.seq_len} tokens, zero2.json, 1 rank, hook), "
+        f"{torch.get_num_threads()} thread(s), {args.clock} clock, {args.rounds} rounds of {args.passes} steps"
+    )
+    for name in ("old", "new"):
+        print(f"{name}: {1e3 * statistics.median(seconds[name]):.1f} ms per step")
+    print(
+        f"new / old: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}), "
+        f"below 1.0 in {sum(r < 1.0 for r in ratios)} of {len(ratios)} rounds; first loss bit-identical: {identical}"
     )
     return 0 if identical else 1
 
