@@ -76,28 +76,28 @@ def _empty(path):
     ],
     ids=["length_past_file", "overlapping_offsets", "not_a_mapping", "empty"],
 )
-def test_red30_crafted_safetensors_header_names_the_file_not_a_bare_traceback(hf_folder, craft, reason):
+def test_red30_crafted_safetensors_header_names_the_file_not_a_bare_traceback(hf_export_copy, craft, reason):
     from ngpt_ds.errors import NgptConfigError
 
-    weights = hf_folder / "model.safetensors"
+    weights = hf_export_copy / "model.safetensors"
     craft(weights)
     with pytest.raises(NgptConfigError) as caught:
-        _load(hf_folder)
+        _load(hf_export_copy)
     assert str(caught.value) == (
         f"{weights} cannot be read as weights (SafetensorError: Error while deserializing header: {reason}); "
         f"{SAFETENSORS_FIX}"
     )
 
 
-def test_red30_pickled_bin_calling_os_system_is_refused_naming_the_file_and_nothing_runs(hf_folder, tmp_path):
+def test_red30_pickled_bin_calling_os_system_is_refused_naming_the_file_and_nothing_runs(hf_export_copy, tmp_path):
     from ngpt_ds.errors import NgptConfigError
 
     ran = tmp_path / "ran"
-    (hf_folder / "model.safetensors").unlink()
-    weights = hf_folder / "pytorch_model.bin"
+    (hf_export_copy / "model.safetensors").unlink()
+    weights = hf_export_copy / "pytorch_model.bin"
     weights.write_bytes(b"\x80\x04cos\nsystem\n(V" + f"touch {ran}".encode() + b"\ntR.")
     with pytest.raises(NgptConfigError) as caught:
-        _load(hf_folder)
+        _load(hf_export_copy)
     assert str(caught.value) == (
         f"{weights}: this pickled weights file needs os.system, which is not a tensor or plain data; unpickling it "
         "could run code, so nothing of it was loaded (and nothing ran). Never load it with weights_only=False: use "
