@@ -166,9 +166,21 @@ def safe_load(stream: str | bytes) -> Any:
     return yaml.load(stream, Loader=Loader)  # noqa: S506 - Loader is a yaml.SafeLoader
 
 
-def describe(err: yaml.YAMLError) -> str:
+def describe(err: yaml.YAMLError, text: str | None = None) -> str:
     """A YAML error on one line, by line and column: PyYAML's text spans several lines and names the source as
-    '<unicode string>' (every reader here parses text already read), which says nothing about the file."""
+    '<unicode string>' (every reader here parses text already read), which says nothing about the file. `text`,
+    the text parsed, places a character YAML refuses by line and column (PyYAML gives its offset alone)."""
+    if isinstance(err, yaml.reader.ReaderError) and isinstance(err.character, int):
+        # "unacceptable character #x0000: special characters are not allowed in "<unicode string>", position 30":
+        # a NUL byte (a file cut short, or saved as binary) or a control character pasted from a terminal.
+        where = f"character {err.position + 1}"
+        if text is not None and 0 <= err.position <= len(text):
+            before = text[: err.position]
+            where = f"line {before.count(chr(10)) + 1}, column {err.position - before.rfind(chr(10))}"
+        return (
+            f"{where}: character #x{err.character:04x} is not printable text, which YAML requires: delete it (NUL "
+            "bytes mean a file cut short, or not a config file)"
+        )
     if not isinstance(err, yaml.MarkedYAMLError):
         return " ".join(str(err).split())
     problem = err.problem or err.context or "not valid YAML"

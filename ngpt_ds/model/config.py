@@ -393,7 +393,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except NgptConfigError:
         raise
     except yaml.YAMLError as err:
-        raise NgptConfigError(f"{path}: not valid YAML: {yaml_safe.describe(err)}") from None
+        raise NgptConfigError(f"{path}: not valid YAML: {yaml_safe.describe(err, text)}") from None
     except UNPARSABLE as err:
         raise NgptConfigError(f"{path}: cannot be read as YAML ({type(err).__name__}: {err})") from None
     if data is None:  # an empty file trained the defaults of every field, whatever the file was meant to hold
