@@ -8,6 +8,10 @@ A 2-rank ZeRO-2 fp32 run saves step 3 and trains on to step 6: the uninterrupted
   through the conversion. Neither leaves anything under the step_N-universal name (nothing is ever taken for a
   conversion), and the next run says the earlier one did not finish, converts from the beginning and continues
   as the reference does.
+- Fault (scale30): a conversion interrupted after DeepSpeed's ds_to_universal had extracted every ZeRO fragment
+  (its phase 1 of 3) started again from the beginning. The extraction is now sealed and the rerun goes on from
+  merging it (ngpt_ds.train.reshape_fragments): a rank SIGKILLed right after the seal, its rerun reuses the
+  fragments and continues as the reference does, optimizer state bit for bit.
 - Another layout: the same checkpoint resumed at 1 rank at ZeRO 1 (the partition count changes, so it
   converts). The next 3 losses equal the reference's to one float32 ULP, the masters stay on the sphere to
   1e-6, and the step-6 checkpoint holds the reference's fp32 masters, AdamW's exp_avg and exp_avg_sq and step
@@ -16,6 +20,8 @@ A 2-rank ZeRO-2 fp32 run saves step 3 and trains on to step 6: the uninterrupted
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import time
@@ -25,7 +31,7 @@ import psutil
 import pytest
 import torch
 
-from ngpt_ds.train import checkpoint
+from ngpt_ds.train import checkpoint, reshape_fragments
 
 from conftest import (
     read_metrics,
@@ -91,23 +97,24 @@ def _converter(out) -> psutil.Process | None:
 
 
 def _paused_halfway(rank, out, log) -> psutil.Process:
-    """The resuming rank's converter, stopped (SIGSTOP) as soon as it has written a file of its conversion:
-    frozen halfway through, whatever the machine's speed. Returns it."""
-    work = out / "checkpoints" / WORK / "converted"
-    deadline = time.monotonic() + HANG_GUARD_S
-    while True:
-        assert rank.poll() is None, log.read_text()[-4000:]
-        assert time.monotonic() < deadline, "the conversion never wrote a file"
+    """The resuming rank's converter, stopped (SIGSTOP) as soon as its extraction made its first folder: frozen
+    in the middle of its first phase, before the extraction is sealed, whatever the machine's speed. Returns it."""
+    fragments = out / "checkpoints" / WORK / "converted" / reshape_fragments.FRAGMENTS
+    deadline, proc = time.monotonic() + HANG_GUARD_S, None
+    while proc is None:
+        assert rank.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
         proc = _converter(out)
-        if proc is not None and work.is_dir() and any(p.is_file() for p in work.rglob("*.pt")):
-            proc.send_signal(signal.SIGSTOP)
-            return proc
-        time.sleep(0.002)
+    while not os.path.isdir(fragments):  # a cheap poll: the extraction writes its fragments in milliseconds
+        assert proc.is_running() and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGSTOP)
+    assert not (fragments / reshape_fragments.EXTRACTED).exists()
+    return proc
 
 
 def _written(out) -> list[str]:
     work = out / "checkpoints" / WORK / "converted"
-    return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*"))
 
 
 def test_an_interrupted_conversion_is_never_taken_for_one_and_the_next_run_converts_and_continues(setup, tmp_path):
@@ -158,7 +165,7 @@ def test_an_interrupted_conversion_is_never_taken_for_one_and_the_next_run_conve
     assert "that did not finish" in said and "starts again from the beginning" in said, said[-3000:]
     assert "converted it once into the universal checkpoint" in said
     diffs = _assert_continues(out, reference)
-    print(f"interrupted twice, then converted: files written before the kills {len(written)}; loss diffs {diffs}")
+    print(f"interrupted twice, then converted: entries written before the kill {len(written)}; loss diffs {diffs}")
     assert not (out / "checkpoints" / WORK).exists()
 
 
@@ -226,3 +233,43 @@ def test_a_zero2_run_of_2_data_parallel_ranks_resumes_at_sequence_parallel_2_on_
     assert max(loss_rel) <= 1e-6 and max(deviations) < 1e-6
     assert max(worst.values()) <= 1e-6, worst
     assert {float(ours[k]) for k in ours if k.startswith("step/")} == {float(STEPS)}
+
+
+def test_a_conversion_killed_after_its_extraction_goes_on_from_the_fragments(setup, tmp_path):
+    config, data, reference = setup["config"], setup["data"], setup["reference"]
+    source, ds, out = reference / "checkpoints" / SOURCE, setup["ds"]["z2_dp1"], tmp_path / "resumed"
+    out.mkdir()
+    sealed = out / "checkpoints" / WORK / "converted" / reshape_fragments.FRAGMENTS / reshape_fragments.EXTRACTED
+    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path)
+    try:
+        deadline, converter = time.monotonic() + HANG_GUARD_S, None
+        while converter is None:
+            assert rank.poll() is None and time.monotonic() < deadline, (tmp_path / "rank0.log").read_text()[-3000:]
+            converter = _converter(out)
+        while not os.path.exists(sealed):
+            assert converter.is_running() and time.monotonic() < deadline, (tmp_path / "rank0.log").read_text()[-3000:]
+            time.sleep(0.001)
+        converter.send_signal(signal.SIGSTOP)
+        rank.send_signal(signal.SIGKILL)
+        assert rank.wait(timeout=HANG_GUARD_S) == -signal.SIGKILL
+        psutil.wait_procs([converter], timeout=HANG_GUARD_S)
+    finally:
+        if rank.poll() is None:
+            rank.kill()
+    fragments = sealed.parent
+    seal = json.loads(sealed.read_text())
+    assert seal["files"] > 0 and seal["source"] == SOURCE
+    assert not (out / "checkpoints" / (SOURCE + checkpoint.UNIVERSAL_SUFFIX)).exists()
+
+    rerun = run([sys.executable, *train_cmd(config, ds, data, out, "--resume", source)])
+    said = rerun.stdout + rerun.stderr
+    assert "it had extracted every ZeRO fragment (sealed and checked), so the conversion goes on" in said, said[-3000:]
+    assert "starts again from the beginning" not in said
+    assert "converted it once into the universal checkpoint" in said
+    diffs = _assert_continues(out, reference)
+    ours = _flat_optimizer_state(out / "checkpoints" / f"step_{STEPS:08d}")
+    theirs = _flat_optimizer_state(reference / "checkpoints" / f"step_{STEPS:08d}")
+    unequal = [key for key in theirs if not (ours[key] == theirs[key]).all()]
+    assert not unequal, unequal
+    print(f"resumed from {seal['files']} sealed fragments ({seal['bytes']} bytes): loss diffs {diffs}")
+    assert not fragments.exists() and not (out / "checkpoints" / WORK).exists()

@@ -10,7 +10,9 @@ The converter runs in a child process (`python -m ngpt_ds.train.reshape SOURCE O
 `run_child` here): it reads every file under ngpt_ds.safe_load's guard, keeps its memory out of the trainer,
 and a crash in it is one reported failure rather than a dead rank. Rank 0 announces it when it starts, and
 stops it once it does no work at all for CONVERTER_STALL_S, or reads and writes nothing that long while using CPU
-(a loop that never ends), so a hung conversion ends the resume with a message.
+(a loop that never ends), so a hung conversion ends the resume with a message. A conversion interrupted after
+its extraction phase goes on from the sealed fragments (ngpt_ds.train.reshape_fragments); any other leftover is
+removed and converted again from the beginning.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.distributed as dist
 
 from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint
+from ngpt_ds.train import checkpoint, reshape_fragments
 from ngpt_ds.train.fs_errors import TORCH_WRITE_FAILURES, gib
 from ngpt_ds.train.resume import verify_on_all_ranks
 
@@ -249,13 +251,20 @@ def _remove_leftover(work: Path) -> str | None:
     return None
 
 
-def _interrupted(work: Path, source: Path) -> str | None:
+def _interrupted(work: Path, source: Path, kept: bool = False) -> str | None:
     """Rank 0, before converting: the warning that an earlier conversion of `source` never finished (its work
-    folder is still there: the run was stopped or killed while converting) and starts over, or None. Nothing of
-    it was ever under the step_N-universal name, so nothing resumed from it; but its removal had gone without a
-    word, and a rerun after a preemption converted for hours again with no sign that this is a restart."""
+    folder is still there: the run was stopped or killed while converting), or None. Nothing of it was ever under
+    the step_N-universal name, so nothing resumed from it; but its removal had gone without a word, and a rerun
+    after a preemption converted for hours again with no sign that this is a restart. `kept`: its sealed
+    extraction goes on (ngpt_ds.train.reshape_fragments)."""
     if work.is_symlink() or not work.is_dir():
         return None
+    if kept:
+        return (
+            f"warning: {work} holds an earlier conversion of {source.name} that did not finish (the run was stopped "
+            "or killed while converting); it had extracted every ZeRO fragment (sealed and checked), so the "
+            "conversion goes on from merging them, and the rest of it is made again"
+        )
     return (
         f"warning: {work} holds an earlier conversion of {source.name} that did not finish (the run was stopped or "
         "killed while converting); nothing resumes from it. DeepSpeed's ds_to_universal cannot continue a "
@@ -275,12 +284,13 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     reused = checkpoint.is_converted_from(reshape.target, reshape.source, verify=verify_on_all_ranks)
     if rank == 0 and not reused:
         try:  # a failure here is reported through the gather below, so no rank is left waiting
-            interrupted = _interrupted(work, reshape.source)
-            problem = _remove_leftover(work)
+            kept = reshape_fragments.keep_for_rerun(work, reshape.source)
+            interrupted = _interrupted(work, reshape.source, kept)
+            problem = None if kept else _remove_leftover(work)
             if problem is None and interrupted is not None:
                 _log.warning(interrupted)
             if problem is None:
-                work.mkdir(parents=True)
+                work.mkdir(parents=True, exist_ok=kept)
                 problem = _space_problem(reshape, work)
             if problem is None:
                 proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
@@ -419,6 +429,10 @@ def _convert_main(argv: list[str]) -> None:
     )
     try:
         check_parameter_names(Path(cli.source))
+        # A sealed extraction an interrupted conversion of this checkpoint left is reused; a new one is sealed.
+        ds_to_universal._extract_zero_shard_files = reshape_fragments.extract_once(
+            ds_to_universal._extract_zero_shard_files, Path(cli.source)
+        )
         with safe_load.deepspeed_loads_are_safe():
             ds_to_universal.main(args)
     except safe_load.UnsafeCheckpointError as err:  # one line for the rank's message, not the frames above it

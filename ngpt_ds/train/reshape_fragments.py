@@ -1,0 +1,157 @@
+"""An interrupted universal conversion goes on from the fragments it extracted (README "Resuming at another world
+size"; the conversion is ngpt_ds.train.reshape_convert).
+
+DeepSpeed's ds_to_universal (ZeRO 1/2) works in phases: 1. it extracts every rank's optimizer shard into one
+fragment file per parameter, state and rank under OUTPUT/tmp; 2. it merges each parameter's fragments into
+OUTPUT/zero/NAME/; 3. it writes the common optimizer state and copies the model states, then removes tmp. A
+conversion killed after phase 1 (a preemption, the out-of-memory killer) started again from the beginning.
+
+Phase 1 is now sealed: once DeepSpeed's extraction returns, the converter child flushes every fragment file to
+disk and writes EXTRACTED (temporary name, flush, rename), which names the source checkpoint (its COMPLETE file's
+digest), the DeepSpeed version, and the fragment files (count, bytes, a digest of their names and sizes). The
+next conversion of the same checkpoint keeps OUTPUT/tmp when EXTRACTED matches in every point, and the child
+skips phase 1. Anything else (no EXTRACTED, another checkpoint or DeepSpeed, a file missing, added, resized or a
+link) is removed and converted from the beginning. Phases 2 and 3 always run again and rewrite every file they
+make, so a half-written merged file is never kept. ZeRO 3 checkpoints (another extraction) always start over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from ngpt_ds.train import manifest
+
+FRAGMENTS = "tmp"
+"""ds_to_universal's folder of extracted fragments, under its output folder."""
+EXTRACTED = "EXTRACTED"
+"""The seal of a finished extraction, inside FRAGMENTS."""
+MARKER_MAX_BYTES = 4096
+
+
+def _deepspeed_version() -> str:
+    try:
+        return metadata.version("deepspeed")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _listing(folder: Path) -> dict | None:
+    """Count, bytes and a digest of the names and sizes of every file under `folder` but the seal; None when
+    anything there is no plain file or folder (a link: nothing is followed)."""
+    digest, count, total = hashlib.blake2b(digest_size=16), 0, 0
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs):
+            if stat.S_ISLNK(os.lstat(os.path.join(root, name)).st_mode):
+                return None
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            relative = os.path.relpath(path, folder)
+            if relative == EXTRACTED:
+                continue
+            digest.update(f"{relative}\0{st.st_size}\n".encode("utf-8", errors="surrogateescape"))
+            count, total = count + 1, total + st.st_size
+    return {"files": count, "bytes": total, "listing_blake2b": digest.hexdigest()}
+
+
+def _identity(source: Path) -> dict:
+    return {
+        "source": source.name,
+        "complete_blake2b": manifest.marker_digest(source),
+        "deepspeed": _deepspeed_version(),
+    }
+
+
+def _fsync(path: str, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal(folder: Path, source: Path) -> None:
+    """The converter child, after DeepSpeed's extraction into `folder` returned: flush every fragment to disk
+    (a seal must not outlive the files it vouches for after a node crash), then write EXTRACTED atomically."""
+    for root, _dirs, files in os.walk(folder, followlinks=False):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+    listing = _listing(folder)
+    if listing is None or _identity(source)["complete_blake2b"] is None:
+        return  # nothing to vouch for: the next conversion starts over
+    temporary = folder / (EXTRACTED + ".tmp")
+    temporary.write_text(json.dumps({**_identity(source), **listing}, sort_keys=True), encoding="utf-8")
+    _fsync(str(temporary))
+    os.replace(temporary, folder / EXTRACTED)
+    _fsync(str(folder))
+
+
+def reusable(folder: Path, source: Path) -> bool:
+    """Whether `folder` holds a sealed extraction of `source` by this DeepSpeed, with every file as sealed."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return False
+        marker = folder / EXTRACTED
+        st = os.lstat(marker)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MARKER_MAX_BYTES:
+            return False
+        sealed = json.loads(marker.read_text(encoding="utf-8"))
+        identity = _identity(source)
+        if identity["complete_blake2b"] is None or not isinstance(sealed, dict):
+            return False
+        return sealed == {**identity, **(_listing(folder) or {"files": None})}
+    except (OSError, ValueError):
+        return False
+
+
+def keep_for_rerun(work: Path, source: Path) -> bool:
+    """Rank 0, before converting: when the work folder an interrupted conversion of `source` left holds a
+    reusable extraction, remove everything else in it (the log, the half-merged output) and return True; else
+    change nothing and return False (the caller removes the folder)."""
+    output = work / "converted"
+    try:
+        if not stat.S_ISDIR(os.lstat(work).st_mode) or not stat.S_ISDIR(os.lstat(output).st_mode):
+            return False
+    except OSError:
+        return False
+    if not reusable(output / FRAGMENTS, source):
+        return False
+    for folder in (work, output):
+        for entry in folder.iterdir():
+            if entry == output or (folder == output and entry.name == FRAGMENTS):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    return True
+
+
+def extract_once(extract: Callable, source: Path) -> Callable:
+    """ds_to_universal's `_extract_zero_shard_files`, skipped when its folder holds a reusable extraction of
+    `source`, and sealed when it returns."""
+
+    def extract_or_reuse(args: object, ds_checkpoint: object, temp_dir: str) -> None:
+        folder = Path(temp_dir)
+        if reusable(folder, source):
+            print(f"*** 1. Reusing the ZeRO fragments an interrupted conversion extracted into {folder} (sealed)")
+            return
+        if folder.is_symlink() or folder.is_file():
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder)
+        extract(args, ds_checkpoint, temp_dir)
+        seal(folder, source)
+
+    return extract_or_reuse

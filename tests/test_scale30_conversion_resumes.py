@@ -1,0 +1,79 @@
+"""Fault (scale30): a universal conversion interrupted after DeepSpeed's ds_to_universal had extracted every
+ZeRO fragment (its phase 1 of 3, about half its reads and writes) started again from the beginning: the rerun
+removed the work folder and extracted everything again. The converter now seals a finished extraction
+(ngpt_ds.train.reshape_fragments) and the next conversion of the same checkpoint goes on from merging it; what it
+cannot vouch for is converted again. The end-to-end run (a rank SIGKILLed right after the seal) is in
+tests/test_scale30_universal.py; here, what the seal vouches for.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ngpt_ds.train import manifest, reshape_fragments
+
+
+@pytest.fixture
+def extraction(tmp_path):
+    """A checkpoint folder with a COMPLETE manifest, and a sealed extraction of it."""
+    source = tmp_path / "checkpoints" / "step_00000003"
+    source.mkdir(parents=True)
+    (source / "mp_rank_00_model_states.pt").write_bytes(b"states")
+    manifest.write_manifest(source, manifest.build_manifest(source, 3))
+    folder = tmp_path / "work" / "converted" / reshape_fragments.FRAGMENTS
+    for name in ("a.weight", "b.weight"):
+        (folder / name / "0").mkdir(parents=True)
+        for state in ("fp32", "exp_avg"):
+            (folder / name / "0" / f"{state}.00").write_bytes(name.encode() * 10)
+    reshape_fragments.seal(folder, source)
+    return source, folder
+
+
+def test_a_sealed_extraction_is_reused_only_as_it_was_sealed(extraction, tmp_path):
+    source, folder = extraction
+    assert reshape_fragments.reusable(folder, source)
+    fragment = folder / "a.weight" / "0" / "fp32.00"
+
+    fragment.write_bytes(fragment.read_bytes() + b"x")  # resized
+    assert not reshape_fragments.reusable(folder, source)
+    fragment.write_bytes(b"a.weight" * 10)
+    assert reshape_fragments.reusable(folder, source)
+
+    fragment.unlink()  # missing
+    assert not reshape_fragments.reusable(folder, source)
+    fragment.write_bytes(b"a.weight" * 10)
+    (folder / "a.weight" / "0" / "exp_avg_sq.00").write_bytes(b"")  # added
+    assert not reshape_fragments.reusable(folder, source)
+    (folder / "a.weight" / "0" / "exp_avg_sq.00").unlink()
+    (folder / "a.weight" / "0" / "link.00").symlink_to(fragment)  # a link is never followed
+    assert not reshape_fragments.reusable(folder, source)
+    (folder / "a.weight" / "0" / "link.00").unlink()
+    assert reshape_fragments.reusable(folder, source)
+
+    # Another checkpoint (another COMPLETE), or a checkpoint of the same name saved anew, is not this one.
+    other = tmp_path / "other" / "step_00000003"
+    other.mkdir(parents=True)
+    (other / "mp_rank_00_model_states.pt").write_bytes(b"other states")
+    manifest.write_manifest(other, manifest.build_manifest(other, 3))
+    assert not reshape_fragments.reusable(folder, other)
+    # Another DeepSpeed wrote it.
+    seal = json.loads((folder / reshape_fragments.EXTRACTED).read_text())
+    (folder / reshape_fragments.EXTRACTED).write_text(json.dumps({**seal, "deepspeed": "0.0.1"}))
+    assert not reshape_fragments.reusable(folder, source)
+
+
+def test_the_rerun_keeps_only_the_sealed_fragments_and_drops_an_unsealed_leftover(extraction, tmp_path):
+    source, folder = extraction
+    work = folder.parent.parent
+    (work / "convert.log").write_text("earlier")
+    (work / "converted" / "zero" / "a.weight").mkdir(parents=True)
+    (work / "converted" / "zero" / "a.weight" / "fp32.pt").write_bytes(b"half")
+    assert reshape_fragments.keep_for_rerun(work, source)
+    assert sorted(p.name for p in work.iterdir()) == ["converted"]
+    assert sorted(p.name for p in (work / "converted").iterdir()) == [reshape_fragments.FRAGMENTS]
+    assert reshape_fragments.reusable(folder, source)
+    (folder / reshape_fragments.EXTRACTED).unlink()  # an extraction killed before its seal
+    assert not reshape_fragments.keep_for_rerun(work, source)
+    assert (folder / "a.weight").is_dir()  # left for the caller, which removes the whole folder
