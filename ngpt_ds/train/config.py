@@ -357,7 +357,20 @@ def load_model_and_train(
         raise NgptConfigError(
             f"{path}: unknown top-level section(s) {', '.join(unknown)}; expected 'model:' and 'train:'"
         )
-    model = ModelConfig.from_dict(section(data, "model", path), source=f"model config ({path})")
+    model_values, train_values = section(data, "model", path), section(data, "train", path)
+    train_values.update(train_overrides or {})
+    try:
+        model = ModelConfig.from_dict(model_values, source=f"model config ({path})")
+    except NgptConfigError as model_err:
+        # The train: section's problems too, in the same error: a typo in each section (n_embed, warmup_step) took
+        # two starts of every rank to find, the second named only once the first was fixed.
+        arch = model_values.get("arch")
+        try:
+            train = TrainConfig.from_dict(train_values, source=f"train config ({path})")
+            train.resolve(arch if arch in ("ngpt", "gpt") else "ngpt").validate(source=f"train config ({path})")
+        except NgptConfigError as train_err:
+            raise NgptConfigError(f"{model_err}\n{train_err}") from None
+        raise
     if not data.get("model"):
         # A YAML of train: alone trained ModelConfig's built-in shape without a word: neither the tiny preset
         # nor what the file's name suggests.
@@ -372,8 +385,6 @@ def load_model_and_train(
             f"--model {arch} conflicts with {path} (model.arch: {model.arch}). "
             f"Use --config {arch}_tiny (or another {arch} preset), or drop --model"
         )
-    train_values = section(data, "train", path)
-    train_values.update(train_overrides or {})
     train = TrainConfig.from_dict(train_values, source=f"train config ({path})").resolve(model)
     train.validate(source=f"train config ({path})")
     return model, train, path
