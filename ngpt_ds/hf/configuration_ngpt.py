@@ -17,6 +17,7 @@ import torch
 from transformers import PretrainedConfig
 
 from ngpt_ds.errors import NgptConfigError, Problems, abridged
+from ngpt_ds.hf.token_ids import check_token_ids
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.saved_weights import TOKENIZER_JSON_SHA256, check_tokenizer_files
 
@@ -52,7 +53,14 @@ class _NgptDsConfig(PretrainedConfig):
         folder = kwargs.get("name_or_path")
         if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):  # AutoTokenizer reads the config first
             marker = kwargs.get("ngpt_ds_export")
-            check_tokenizer_files(folder, marker.get(TOKENIZER_JSON_SHA256) if isinstance(marker, dict) else None)
+            texts = check_tokenizer_files(
+                folder, marker.get(TOKENIZER_JSON_SHA256) if isinstance(marker, dict) else None
+            )
+            vocab = kwargs.get("vocab_size")
+            if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:  # else to_model_config names it
+                check_token_ids(
+                    Path(folder), texts, vocab, "copy the whole folder again, or export the checkpoint again"
+                )
         defaults = ModelConfig()
         values = {
             f.name: kwargs.pop(f.name, getattr(defaults, f.name))

@@ -380,15 +380,16 @@ TOKENIZER_JSON_SHA256 = "tokenizer_json_sha256"
 """The key under config.json's `ngpt_ds_export` recording the sha256 of the tokenizer.json an export wrote."""
 
 
-def check_tokenizer_files(folder: str | os.PathLike, recorded_sha256: Any = None) -> None:
+def check_tokenizer_files(folder: str | os.PathLike, recorded_sha256: Any = None) -> dict[str, bytes]:
     """The tokenizer files of a model folder (TOKENIZER_FILES), before transformers' own code reads them, which it does
     unchecked: each present must be a regular file (a named pipe made AutoTokenizer wait forever, /dev/zero linked in
     read until memory ran out), of the folder itself (a link out of it, except a cache snapshot's into its own blobs,
     read a file elsewhere), of at most MAX_TOKENIZER_FILE_BYTES (a multi-GB tokenizer.json was parsed whole), and
     tokenizer.json the file the export recorded (`recorded_sha256`, config.json's ngpt_ds_export.tokenizer_json_sha256,
     when it records one). Called where the folder's config.json is read (the config class), which AutoTokenizer does
-    first."""
+    first. Returns the JSON files' bytes as read (name -> bytes), for ngpt_ds.hf.token_ids."""
     fix = "copy the whole folder again, or export the checkpoint again"
+    texts: dict[str, bytes] = {}  # the JSON files' bytes as read and checked
     for name in TOKENIZER_FILES:
         path = Path(folder) / name
         if not os.path.lexists(path):
@@ -396,7 +397,8 @@ def check_tokenizer_files(folder: str | os.PathLike, recorded_sha256: Any = None
         why = _outside(path, Path(folder))
         if why:
             raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
-        _check_tokenizer_file(path, recorded_sha256 if name == "tokenizer.json" else None, fix)
+        texts[name] = _check_tokenizer_file(path, recorded_sha256 if name == "tokenizer.json" else None, fix)
+    return texts
 
 
 def _not_regular(mode: int) -> str | None:
@@ -408,10 +410,11 @@ def _not_regular(mode: int) -> str | None:
     )
 
 
-def _check_tokenizer_file(path: Path, recorded_sha256: Any, fix: str) -> None:
+def _check_tokenizer_file(path: Path, recorded_sha256: Any, fix: str) -> bytes:
     """One tokenizer file of check_tokenizer_files. Its path is looked at first (a device is refused unopened), and
     then what is open is judged again by its fstat: the open does not wait (O_NONBLOCK), so a file swapped for a named
-    pipe after the look is refused too; the open after os.stat had waited on it forever."""
+    pipe after the look is refused too; the open after os.stat had waited on it forever. Returns a JSON file's bytes
+    (b"" for another file)."""
     import hashlib
 
     try:
@@ -430,14 +433,14 @@ def _check_tokenizer_file(path: Path, recorded_sha256: Any, fix: str) -> None:
             why = f"holds {info.st_size} bytes, over the {MAX_TOKENIZER_FILE_BYTES >> 20} MiB a tokenizer file may hold"
         if why:
             raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
-        if not (isinstance(recorded_sha256, str) and recorded_sha256):
-            return
-        digest = hashlib.sha256()
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        data = f.read() if path.suffix == ".json" else b""
+    if not (isinstance(recorded_sha256, str) and recorded_sha256):
+        return data
+    digest = hashlib.sha256(data)
     if digest.hexdigest() != recorded_sha256:
         raise NgptConfigError(
             f"{path} (sha256 {digest.hexdigest()[:12]}…) is not the tokenizer.json the export wrote (sha256 "
             f"{recorded_sha256[:12]}…, {TOKENIZER_JSON_SHA256} in config.json): it was replaced or altered, "
             f"and token ids would mean other text; {fix}"
         )
+    return data
