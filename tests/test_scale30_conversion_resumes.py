@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from ngpt_ds.train import manifest, reshape_fragments
+from ngpt_ds.train import checkpoint, manifest, reshape_fragments
 
 
 @pytest.fixture
@@ -70,10 +70,31 @@ def test_the_rerun_keeps_only_the_sealed_fragments_and_drops_an_unsealed_leftove
     (work / "convert.log").write_text("earlier")
     (work / "converted" / "zero" / "a.weight").mkdir(parents=True)
     (work / "converted" / "zero" / "a.weight" / "fp32.pt").write_bytes(b"half")
-    assert reshape_fragments.keep_for_rerun(work, source)
+    assert reshape_fragments.keep_for_rerun(work, source) == 4 * 80  # the fragments' bytes
     assert sorted(p.name for p in work.iterdir()) == ["converted"]
     assert sorted(p.name for p in (work / "converted").iterdir()) == [reshape_fragments.FRAGMENTS]
     assert reshape_fragments.reusable(folder, source)
     (folder / reshape_fragments.EXTRACTED).unlink()  # an extraction killed before its seal
-    assert not reshape_fragments.keep_for_rerun(work, source)
+    assert reshape_fragments.keep_for_rerun(work, source) is None
     assert (folder / "a.weight").is_dir()  # left for the caller, which removes the whole folder
+
+
+def test_the_space_check_counts_the_reused_fragments_as_already_written(extraction, tmp_path, monkeypatch):
+    """Fault: the rerun's space check asked for twice the checkpoint's size as free, the fragments it reuses (on
+    the disk already) not counted: a conversion that fitted was refused on its rerun for want of space."""
+    from types import SimpleNamespace
+
+    from ngpt_ds.train import reshape_convert
+
+    source, folder = extraction
+    size = checkpoint.checkpoint_bytes(source)
+    assert size
+    reshape = SimpleNamespace(
+        source=source,
+        current=SimpleNamespace(ranks=lambda: "data-parallel size 1"),
+        saved=SimpleNamespace(describe=lambda: "data-parallel size 2"),
+    )
+    monkeypatch.setattr(reshape_convert, "_free_bytes", lambda _folder: 2 * size - 100)
+    refused = reshape_convert._space_problem(reshape, folder.parent.parent)
+    assert refused is not None and refused.startswith("not enough free space to convert step_00000003")
+    assert reshape_convert._space_problem(reshape, folder.parent.parent, kept_bytes=100) is None

@@ -218,10 +218,12 @@ def _failed_for_space(reshape: Reshape, work: Path, returncode: int = 1) -> str:
     )
 
 
-def _space_problem(reshape: Reshape, work: Path) -> str | None:
-    """Rank 0, before the converter starts: a conversion that cannot fit is refused, naming the space it needs."""
+def _space_problem(reshape: Reshape, work: Path, kept_bytes: int = 0) -> str | None:
+    """Rank 0, before the converter starts: a conversion that cannot fit is refused, naming the space it needs.
+    `kept_bytes`: the fragments an interrupted conversion extracted, reused, already on the disk (they count
+    toward the need: without them, a conversion that fitted was refused on its rerun)."""
     size, free = checkpoint.checkpoint_bytes(reshape.source), _free_bytes(work.parent)
-    if size is None or free is None or free >= CONVERSION_SPACE_FACTOR * size:
+    if size is None or free is None or free + kept_bytes >= CONVERSION_SPACE_FACTOR * size:
         return None
     return (
         f"not enough free space to convert {reshape.source.name} for {reshape.current.ranks()}: DeepSpeed's "
@@ -285,13 +287,13 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     if rank == 0 and not reused:
         try:  # a failure here is reported through the gather below, so no rank is left waiting
             kept = reshape_fragments.keep_for_rerun(work, reshape.source)
-            interrupted = _interrupted(work, reshape.source, kept)
-            problem = None if kept else _remove_leftover(work)
+            interrupted = _interrupted(work, reshape.source, kept is not None)
+            problem = None if kept is not None else _remove_leftover(work)
             if problem is None and interrupted is not None:
                 _log.warning(interrupted)
             if problem is None:
-                work.mkdir(parents=True, exist_ok=kept)
-                problem = _space_problem(reshape, work)
+                work.mkdir(parents=True, exist_ok=kept is not None)
+                problem = _space_problem(reshape, work, kept or 0)
             if problem is None:
                 proc = _start_converter(reshape.source, work / "converted", work / "convert.log")
                 # Said at once: a conversion of hours printed nothing until it ended, as a hung job would.

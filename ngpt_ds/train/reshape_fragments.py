@@ -115,18 +115,19 @@ def reusable(folder: Path, source: Path) -> bool:
         return False
 
 
-def keep_for_rerun(work: Path, source: Path) -> bool:
+def keep_for_rerun(work: Path, source: Path) -> int | None:
     """Rank 0, before converting: when the work folder an interrupted conversion of `source` left holds a
-    reusable extraction, remove everything else in it (the log, the half-merged output) and return True; else
-    change nothing and return False (the caller removes the folder)."""
+    reusable extraction, remove everything else in it (the log, the half-merged output) and return the bytes its
+    fragments hold; else change nothing and return None (the caller removes the folder)."""
     output = work / "converted"
     try:
         if not stat.S_ISDIR(os.lstat(work).st_mode) or not stat.S_ISDIR(os.lstat(output).st_mode):
-            return False
+            return None
     except OSError:
-        return False
+        return None
     if not reusable(output / FRAGMENTS, source):
-        return False
+        return None
+    kept = _listing(output / FRAGMENTS) or {"bytes": 0}
     for folder in (work, output):
         for entry in folder.iterdir():
             if entry == output or (folder == output and entry.name == FRAGMENTS):
@@ -135,7 +136,7 @@ def keep_for_rerun(work: Path, source: Path) -> bool:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-    return True
+    return int(kept["bytes"])
 
 
 def extract_once(extract: Callable, source: Path) -> Callable:
