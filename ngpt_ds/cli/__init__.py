@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import os
 import sys
 import typing
@@ -54,7 +55,7 @@ class Parser(argparse.ArgumentParser):
             if action.help is not argparse.SUPPRESS
             and (
                 isinstance(action, argparse.BooleanOptionalAction)
-                or (isinstance(action, argparse._StoreAction) and action.nargs in (None, "?"))
+                or (isinstance(action, argparse._StoreAction) and action.nargs in (None, "?", "+", "*"))
             )
             for flag in action.option_strings
         }
@@ -69,6 +70,9 @@ class Parser(argparse.ArgumentParser):
             value: object
             if isinstance(action, argparse.BooleanOptionalAction):
                 value = not flag.startswith("--no-")
+            elif action.nargs in ("+", "*"):  # a list: the second replaced the first (`--input a --input b`: b alone)
+                values = [inline] if has_value else list(itertools.takewhile(_not_an_option, argv[index + 1 :]))
+                value = " ".join(values)
             elif has_value:
                 value = inline
             elif index + 1 < len(argv) and (action.nargs is None or not argv[index + 1].startswith("-")):
@@ -79,6 +83,8 @@ class Parser(argparse.ArgumentParser):
                 first, before = seen[action]
                 if isinstance(action, argparse.BooleanOptionalAction):
                     return f"{first} and {flag} both given; give one"
+                if action.nargs in ("+", "*"):
+                    return f"{flag} given twice ({before}, then {value}); give it once, with every value after it: {flag} {before} {value}"
                 return f"{flag} given twice ({before}, then {value}); give it once"
             seen.setdefault(action, (flag, value))
         return None
@@ -103,6 +109,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         sys.stderr.write(f"error: {message}; --help lists the options\n")
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _not_an_option(word: str) -> bool:
+    """A value of a list option (`--input a.txt b.txt`): the words up to the next option."""
+    return not word.startswith("-") or word == "-"
 
 
 def _meaning(action: argparse.Action, value: object) -> object:

