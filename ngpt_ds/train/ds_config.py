@@ -208,7 +208,7 @@ def check_ds_config(
     where data-parallel size = world size / (tensor-parallel size x pipeline stages x sequence-parallel size).
     """
     p = Problems(f"DeepSpeed config {source}")
-    ds_schema.check_keys(config, p)
+    ds_schema.check_keys(config, p, ds_refusals.yaml_field_home)
     ds_schema.check_switches(config, "", p)
     ds_refusals.check_owned_blocks(config, p)
     ds_refusals.check_loop_settings(config, p)

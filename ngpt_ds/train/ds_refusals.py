@@ -202,3 +202,24 @@ def check_owned_switches(
         "remove it: the trainer saves checkpoints with torch.save and verifies their files itself; DeepSpeed's "
         'checkpoint writers replace it (README "Checkpoints")',
     )
+
+
+def yaml_field_home(key: str) -> str | None:
+    """The fix for a top-level DeepSpeed key that DeepSpeed does not know but the YAML config does (a model: or
+    train: field, or a whole section), or None. Called unknown, they got DeepSpeed's nearest keys as suggestions:
+    `tensor_parallel_size` "did you mean 'tensor_parallel'?" (DeepSpeed's AutoTP block), `pipeline_parallel_size`
+    "did you mean 'sequence_parallel_size'?", and `lr` or `seq_len` no word of where they go."""
+    from dataclasses import fields
+
+    from ngpt_ds.model.config import ModelConfig
+    from ngpt_ds.train.config import TrainConfig
+
+    if key in ("model", "train"):
+        return f"the {key}: section of the YAML config (--config), not a DeepSpeed setting: move it into that file"
+    for section, config in (("train", TrainConfig), ("model", ModelConfig)):
+        if key in {f.name for f in fields(config)}:
+            return (
+                f"a {section}: field of the YAML config (--config), not a DeepSpeed key (DeepSpeed would ignore it): "
+                f"move it under {section}: there"
+            )
+    return None

@@ -141,8 +141,11 @@ def check_switches(value: Any, path: str, p: Problems) -> None:
         p.add(path, value, f"write the JSON boolean {value.strip().lower()} without quotes")
 
 
-def check_keys(config: dict[str, Any], p: Problems) -> None:
-    """Unknown and removed top-level keys, each with DeepSpeed's reason or the closest known key."""
+def check_keys(
+    config: dict[str, Any], p: Problems, elsewhere: typing.Callable[[str], str | None] = lambda key: None
+) -> None:
+    """Unknown and removed top-level keys, each with DeepSpeed's reason or the closest known key. `elsewhere(key)`:
+    the fix for an unknown key that belongs in another file (a model/train field), or None."""
     known = known_top_level_keys()
     removed = removed_keys()
     for key in sorted(set(config) - known):
@@ -152,6 +155,10 @@ def check_keys(config: dict[str, Any], p: Problems) -> None:
                 "{...}" if isinstance(config[key], dict) else config[key],
                 f"DeepSpeed no longer supports it: {removed[key].split(' See ')[0]}",
             )
+            continue
+        fix = elsewhere(key)
+        if fix:
+            p.add(key, "{...}" if isinstance(config[key], dict) else config[key], fix)
             continue
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
