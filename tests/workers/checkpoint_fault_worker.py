@@ -20,7 +20,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checkpoint_save_worker import StandInEngine, report  # noqa: E402
+from checkpoint_save_worker import report, save_and_report  # noqa: E402
 
 from ngpt_ds.train import checkpoint, resume  # noqa: E402
 
@@ -52,13 +52,7 @@ def main() -> None:
         chosen = resume.resolve_resume_on_all_ranks(out, "auto", warn=lambda line: None)
         report(f"rank {rank} chose: {chosen.name if chosen else None}")
     else:
-        engine = StandInEngine(payload.encode(), None)
-        try:
-            path = checkpoint.save(engine, out, step, {}, keep=5, config_yaml="model: {}\n")
-        except checkpoint.CheckpointWriteError as err:
-            report(f"rank {rank} got: {err}")
-        else:
-            report(f"rank {rank} saved: {path.name}")
+        save_and_report(out, step, payload)
     dist.destroy_process_group()
 
 

@@ -66,6 +66,19 @@ def report(line: str) -> None:
     sys.stdout.flush()
 
 
+def save_and_report(out: Path, step: int, payload: str) -> None:
+    """One checkpoint.save of `step` into `out` by a stand-in engine whose files repeat `payload` (the workers of
+    the save and resume fault tests); each rank reports the folder it saved or the CheckpointWriteError it got."""
+    rank = dist.get_rank()
+    engine = StandInEngine(payload.encode(), None)
+    try:
+        path = checkpoint.save(engine, out, step, {}, keep=5, config_yaml="model: {}\n")
+    except checkpoint.CheckpointWriteError as err:
+        report(f"rank {rank} got: {err}")
+    else:
+        report(f"rank {rank} saved: {path.name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
