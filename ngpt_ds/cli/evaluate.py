@@ -26,6 +26,7 @@ examples:
   ngpt-evaluate runs/ngpt_tiny
   ngpt-evaluate exports/ngpt_tiny --data DATASET_DIR --multiples 1,2,4,8 --windows 256
   ngpt-evaluate exports/ngpt_tiny --data DATASET_DIR --contexts 256,1024 --json results.json
+(from a checkout, `python launch/evaluate.py` is ngpt-evaluate)
 """
 
 

@@ -20,6 +20,7 @@ examples:
   ngpt-export runs/ngpt_tiny --out exports/ngpt_tiny
   ngpt-export runs/ngpt_0.5b/checkpoints/step_00010000 --out exports/ngpt_0.5b_10k
   ngpt-export runs/ngpt_tiny --out exports/ngpt_tiny_hf --format hf
+(from a checkout, `python launch/export.py` is ngpt-export)
 """
 
 

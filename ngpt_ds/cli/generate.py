@@ -23,8 +23,9 @@ or a training run's --out directory (its newest complete checkpoint).
 
 examples:
   ngpt-generate runs/ngpt_tiny --prompt "And God said"
-  ngpt-generate out/ngpt_export --prompt-file prompt.txt --max-new-tokens 500 --top-p 0.9 --seed 1
-  ngpt-generate out/ngpt_export --prompt "..." --greedy --device cuda --dtype bfloat16
+  ngpt-generate exports/ngpt_tiny --prompt-file prompt.txt --max-new-tokens 500 --top-p 0.9 --seed 1
+  ngpt-generate exports/ngpt_tiny --prompt "..." --greedy --device cuda --dtype bfloat16
+(from a checkout, `python launch/generate.py` is ngpt-generate)
 """
 
 
