@@ -22,6 +22,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -107,8 +108,25 @@ class Parser(argparse.ArgumentParser):
         return f"unrecognized option{'s' if len(named) > 1 else ''} {', '.join(named)}"
 
     def error(self, message: str) -> typing.NoReturn:
-        sys.stderr.write(f"error: {message}; --help lists the options\n")
+        sys.stderr.write(f"error: {message}{self._example(message)}; --help lists the options\n")
         sys.exit(EXIT_BAD_INPUT)
+
+    def _example(self, message: str) -> str:
+        """For a missing argument, the command's first --help example, as the fix: `python launch/generate.py` alone
+        had answered 'the following arguments are required: MODEL', which does not say what MODEL is. Spelled as the
+        command was started: a checkout's launch/X.py for the console script ngpt-X of the example."""
+        if not message.startswith(("the following arguments are required", "one of the arguments")):
+            return ""
+        lines = (self.epilog or "").splitlines()
+        if "examples:" not in lines or lines.index("examples:") + 1 >= len(lines):
+            return ""
+        example = lines[lines.index("examples:") + 1].split("  #")[0].strip()
+        first, _, rest = example.partition(" ")
+        script = Path(sys.argv[0])
+        if first.startswith("ngpt-") and script.parent.name == "launch":
+            if script.name == {"ngpt-prepare": "prepare_data"}.get(first, first[len("ngpt-") :]) + ".py":
+                example = f"python {sys.argv[0]} {rest}".rstrip()
+        return f", e.g. {example}"
 
 
 def _not_an_option(word: str) -> bool:
