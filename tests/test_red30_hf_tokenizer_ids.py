@@ -83,3 +83,17 @@ def test_red30_the_exported_tokenizer_files_pass_and_give_ids_inside_the_embeddi
     assert auto_config(hf_export_copy).vocab_size == 512
     tokenizer = AutoTokenizer.from_pretrained(str(hf_export_copy))
     assert (len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id) == (512, 2, 2)
+
+
+def test_red30_an_edited_vocab_size_is_named_in_config_json_not_blamed_on_the_recorded_tokenizer(hf_export_copy):
+    from transformers import AutoModelForCausalLM
+
+    from ngpt_ds.errors import NgptConfigError
+
+    _edit(hf_export_copy / "config.json", vocab_size=256)
+    with pytest.raises(NgptConfigError) as caught:
+        AutoModelForCausalLM.from_pretrained(str(hf_export_copy))
+    assert str(caught.value).startswith(
+        f"{hf_export_copy / 'config.json'}: vocab_size = 256, but the weights in model.safetensors were exported "
+        "with vocab_size = 512"
+    )

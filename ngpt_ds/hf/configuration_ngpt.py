@@ -53,14 +53,12 @@ class _NgptDsConfig(PretrainedConfig):
         folder = kwargs.get("name_or_path")
         if isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):  # AutoTokenizer reads the config first
             marker = kwargs.get("ngpt_ds_export")
-            texts = check_tokenizer_files(
-                folder, marker.get(TOKENIZER_JSON_SHA256) if isinstance(marker, dict) else None
-            )
+            recorded = marker.get(TOKENIZER_JSON_SHA256) if isinstance(marker, dict) else None
+            texts = check_tokenizer_files(folder, recorded)  # tokenizer.json, when recorded, is the export's own
             vocab = kwargs.get("vocab_size")
             if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:  # else to_model_config names it
-                check_token_ids(
-                    Path(folder), texts, vocab, "copy the whole folder again, or export the checkpoint again"
-                )
+                fix = "copy the whole folder again, or export the checkpoint again"
+                check_token_ids(Path(folder), texts, vocab, fix, recorded=isinstance(recorded, str) and bool(recorded))
         defaults = ModelConfig()
         values = {
             f.name: kwargs.pop(f.name, getattr(defaults, f.name))

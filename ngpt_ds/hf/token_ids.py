@@ -23,12 +23,14 @@ def _json(data: bytes | None) -> Any:
         return None  # transformers' own reader names a file that is no JSON
 
 
-def check_token_ids(folder: Path, texts: dict[str, bytes], vocab_size: int, fix: str) -> None:
+def check_token_ids(folder: Path, texts: dict[str, bytes], vocab_size: int, fix: str, recorded: bool = False) -> None:
     """The token ids the tokenizer files of `folder` give (`texts`: name -> bytes) must be rows of the model's embedding
     (0 .. vocab_size - 1), and the special tokens they name tokens of the tokenizer: an added_tokens.json or an
     added_tokens_decoder giving id 512 to a model of 512, or an eos_token or pad_token naming a token the vocabulary
     lacks (which transformers adds as a new id, 512), loaded without a word, and the model then refused every text
-    holding it, or every padded batch, at its forward, naming no file; the export writes no such entry."""
+    holding it, or every padded batch, at its forward, naming no file; the export writes no such entry. With
+    `recorded` (tokenizer.json is the one the export recorded), its ids are the model's own: one past vocab_size means
+    config.json's vocab_size was edited, which the weights' record names (ngpt_ds.hf.recorded_config)."""
     tok, config, special, added = (_json(texts.get(n)) for n in TOKENIZER_FILES[:4])
     known: set[str] = set()
     given: list[tuple[str, Any, Any]] = []  # (file, token, id)
@@ -47,6 +49,9 @@ def check_token_ids(folder: Path, texts: dict[str, bytes], vocab_size: int, fix:
     for i, entry in (decoder or {}).items() if isinstance(decoder, dict) else ():
         given.append(("tokenizer_config.json", entry.get("content") if isinstance(entry, dict) else None, i))
     for name, token, i in given:
+        if recorded and name == "tokenizer.json":
+            known.add(str(token))
+            continue
         number = int(i) if isinstance(i, int) or (isinstance(i, str) and i.isdigit()) else None
         if number is None or isinstance(i, bool) or not 0 <= number < vocab_size:
             raise NgptConfigError(
