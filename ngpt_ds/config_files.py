@@ -4,6 +4,7 @@ UTF-8 only, and each way it fails named with the file and the fix, before any pa
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -102,3 +103,22 @@ def unreadable(path: Path, err: OSError) -> str:
         else "check the file and the disk that holds it, or give another file"
     )
     return f"{path} cannot be read: {reason}; {fix}"
+
+
+def unparsable(err: ValueError | RecursionError) -> str:
+    """Why a parser stopped in one of errors.UNPARSABLE, with the fix, for "PATH: cannot be read as YAML/JSON: ...".
+    Python's own texts were advice for a programmer ("use sys.set_int_max_str_digits() to increase the limit") or
+    none ("maximum recursion depth exceeded while calling a Python object")."""
+    if isinstance(err, RecursionError):
+        return (
+            "its lists or mappings nest thousands deep, beyond what the parser follows (maximum recursion depth); a "
+            "config nests a few levels: the file is damaged or not a config file, give the config file"
+        )
+    digits = re.search(r"value has (\d+) digits", str(err))
+    if "integer string conversion" in str(err):
+        size = f"of {digits.group(1)} digits, more than the 4300" if digits else "of more than the 4300 digits"
+        return (
+            f"it holds a number {size} that Python reads (no setting needs such a number): correct the number, or "
+            "give the config file"
+        )
+    return f"({type(err).__name__}: {err})"

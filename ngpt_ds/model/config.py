@@ -16,6 +16,7 @@ from ngpt_ds.config_files import (  # noqa: F401 - also imported from here
     MAX_CONFIG_FILE_BYTES,
     read_config_text,
     special_file,
+    unparsable,
     unreadable,
 )
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems, abridged
@@ -395,7 +396,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise NgptConfigError(f"{path}: not valid YAML: {yaml_safe.describe(err, text)}") from None
     except UNPARSABLE as err:
-        raise NgptConfigError(f"{path}: cannot be read as YAML ({type(err).__name__}: {err})") from None
+        raise NgptConfigError(f"{path}: cannot be read as YAML: {unparsable(err)}") from None
     if data is None:  # an empty file trained the defaults of every field, whatever the file was meant to hold
         raise NgptConfigError(
             f"{path}: holds no settings (the file is empty or only comments); give it 'model:' and 'train:' "

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ngpt_ds import log
+from ngpt_ds.config_files import read_config_text, special_file, unparsable, unreadable
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
-from ngpt_ds.model.config import read_config_text, special_file, unreadable
 from ngpt_ds.train import ds_compat, ds_masters, ds_refusals, ds_schema
 from ngpt_ds.train.ds_schema import precision_of as precision_of
 
@@ -89,7 +89,7 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     except NgptConfigError:
         raise
     except UNPARSABLE as err:
-        raise NgptConfigError(f"{path}: cannot be read as JSON ({type(err).__name__}: {err})") from None
+        raise NgptConfigError(f"{path}: cannot be read as JSON: {unparsable(err)}") from None
     if not isinstance(config, dict):
         raise NgptConfigError(f"{path}: expected a JSON object")
     return config
