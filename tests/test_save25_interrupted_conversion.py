@@ -120,8 +120,9 @@ def test_an_interrupted_conversion_is_never_taken_for_one_and_its_rerun_says_it_
     warned = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "did not finish" in line]
     assert warned == [
         f"warning: {work} holds an earlier conversion of step_00000004 that did not finish (the run was stopped or "
-        "killed while converting); nothing resumes from it. DeepSpeed's ds_to_universal cannot continue a "
-        "conversion: it is removed and the conversion starts again from the beginning"
+        "killed while converting); nothing resumes from it. It holds no sealed extraction of the ZeRO "
+        "fragments (only a ZeRO 1/2 conversion whose extraction finished goes on): it is removed and the "
+        "conversion starts again from the beginning"
     ]
     assert _names(checkpoints) == ["step_00000004", target.name]
     assert checkpoint.is_converted_from(target, source)

@@ -269,8 +269,9 @@ def _interrupted(work: Path, source: Path, kept: bool = False) -> str | None:
         )
     return (
         f"warning: {work} holds an earlier conversion of {source.name} that did not finish (the run was stopped or "
-        "killed while converting); nothing resumes from it. DeepSpeed's ds_to_universal cannot continue a "
-        "conversion: it is removed and the conversion starts again from the beginning"
+        "killed while converting); nothing resumes from it. It holds no sealed extraction of the ZeRO "
+        "fragments (only a ZeRO 1/2 conversion whose extraction finished goes on): it is removed and the "
+        "conversion starts again from the beginning"
     )
 
 
