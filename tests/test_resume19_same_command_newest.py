@@ -12,23 +12,9 @@ checkpoint with one line saying so; --restart-lineage goes back to PATH on purpo
 
 import json
 
-from conftest import read_metrics, run_launch, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
+from test_resume_same_command import abandoned_folders, checkpoint_at, step_names, train
 
-
-def step_names(folder):
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_"))
-
-
-def abandoned_folders(out):
-    return sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("abandoned-"))
-
-
-def train(tmp_path, data, out, *extra, max_steps=8):
-    config = write_yaml(
-        tmp_path / "c.yaml", tiny_ngpt(), tiny_train(max_steps, checkpoint_interval=1, keep_checkpoints=5)
-    )
-    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    return run_launch("train.py", *train_flags(config, ds, data, out, *extra))
+from conftest import read_metrics
 
 
 def test_the_same_command_naming_the_runs_newest_step_continues_instead_of_rolling_back(tmp_path, tiny_dataset):
@@ -58,12 +44,6 @@ def test_the_same_command_naming_the_runs_newest_step_continues_instead_of_rolli
 
 def test_a_continuation_point_is_added_to_a_lineage_that_grew_from_another_run(tmp_path):
     from ngpt_ds.train import lineage
-    from ngpt_ds.train.checkpoint import COMPLETE
-
-    def checkpoint_at(folder, manifest):
-        folder.mkdir(parents=True)
-        (folder / COMPLETE).write_text(manifest)
-        return folder
 
     origin = checkpoint_at(tmp_path / "base/checkpoints/step_00000002", '{"step": 2}')
     out = tmp_path / "run"

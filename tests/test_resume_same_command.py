@@ -32,6 +32,16 @@ def train(tmp_path, data, out, *extra, keep=5, max_steps=8):
     return run_launch("train.py", *train_flags(config, ds, data, out, *extra))
 
 
+def checkpoint_at(folder, manifest: str):
+    """`folder` made, with a COMPLETE marker holding `manifest`: a checkpoint as the lineage record tells them apart
+    (by the manifest's digest), without its files."""
+    from ngpt_ds.train.checkpoint import COMPLETE
+
+    folder.mkdir(parents=True)
+    (folder / COMPLETE).write_text(manifest)
+    return folder
+
+
 def test_the_same_fine_tune_command_continues_its_run_and_restart_lineage_starts_over(tmp_path, tiny_dataset):
     base = tmp_path / "base"
     train(tmp_path, tiny_dataset, base, max_steps=2)
@@ -98,12 +108,6 @@ def test_a_rollback_rerun_continues_after_retention_deleted_the_step_it_named(tm
 
 def test_only_the_checkpoint_that_started_the_lineage_continues_it(tmp_path):
     from ngpt_ds.train import lineage
-    from ngpt_ds.train.checkpoint import COMPLETE
-
-    def checkpoint_at(folder, manifest):
-        folder.mkdir(parents=True)
-        (folder / COMPLETE).write_text(manifest)
-        return folder
 
     origin = checkpoint_at(tmp_path / "base/checkpoints/step_00000002", '{"step": 2}')
     out = tmp_path / "run"
