@@ -65,7 +65,14 @@ from ngpt_ds.infer.run_checkpoint import (
     resolve_checkpoint,
 )
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
-from ngpt_ds.model.saved_weights import NORM_TOLERANCE, check_dtypes, check_host_memory, header_shapes, numel
+from ngpt_ds.model.saved_weights import (
+    NORM_TOLERANCE,
+    check_dtypes,
+    check_host_memory,
+    header_shapes,
+    numel,
+    pinned_weights,
+)
 
 DTYPES = {
     "float32": torch.float32,
@@ -430,21 +437,22 @@ def load_export(
     if not weights_file.is_file():  # a named pipe there made safe_open wait forever
         raise NgptConfigError(f"{weights_file} is not a regular file; export the checkpoint again")
     edited = f"if {folder / CONFIG_FILE} was edited, restore it or export the checkpoint again"
-    # Before safe_open, which maps the file (twice: under `ulimit -v` a file of half the limit failed there).
-    shapes = header_shapes(weights_file) or {}
-    check_load_memory(weights_file.stat().st_size, sum(map(numel, shapes.values())), str(weights_file), edited)
-    try:
-        # The file's header against config.json before the model is built: a config.json describing a
-        # larger model than the file holds must not allocate that model first.
-        with safe_open(str(weights_file), "pt") as f:
-            header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
-            check_dtypes({name: f.get_slice(name).get_dtype() for name in header}, str(weights_file))
-            check_recorded_config(f.metadata(), config, folder)
-        check_layer_count(config, header, str(weights_file))
-        check_shapes(config_shapes(config), header, str(weights_file))
-        weights = load_file(str(weights_file))
-    except (OSError, SafetensorError) as err:
-        raise NgptConfigError(f"{weights_file} cannot be read ({err}); export the checkpoint again") from None
+    with pinned_weights(weights_file) as (read, size):  # every read below is of the one file opened here
+        # Before safe_open, which maps the file (twice: under `ulimit -v` a file of half the limit failed there).
+        shapes = header_shapes(read) or {}
+        check_load_memory(size, sum(map(numel, shapes.values())), str(weights_file), edited)
+        try:
+            # The file's header against config.json before the model is built: a config.json describing a
+            # larger model than the file holds must not allocate that model first.
+            with safe_open(read, "pt") as f:
+                header = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+                check_dtypes({name: f.get_slice(name).get_dtype() for name in header}, str(weights_file))
+                check_recorded_config(f.metadata(), config, folder)
+            check_layer_count(config, header, str(weights_file))
+            check_shapes(config_shapes(config), header, str(weights_file))
+            weights = load_file(read)
+        except (OSError, SafetensorError) as err:
+            raise NgptConfigError(f"{weights_file} cannot be read ({err}); export the checkpoint again") from None
     model = _finish(config, weights, str(folder), device, dtype)
     return LoadedModel(
         model=model,

@@ -91,6 +91,26 @@ def unreadable_weights(path: str | os.PathLike) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def pinned_weights(path: Path) -> Iterator[tuple[str, int]]:
+    """The regular file at `path`, opened once without waiting (O_NONBLOCK) and judged by the open file's fstat:
+    yields a path that reads that very file (/proc/self/fd/N, where Linux has it; else `path`) and its size. A look at
+    the path before (is_file) passed a file swapped for a named pipe just after it, and the reads by path that
+    followed (the header, then every tensor) waited on the pipe forever, or read another file than the one checked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise NgptConfigError(f"{path} cannot be opened ({err.strerror}); export the checkpoint again") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NgptConfigError(f"{path} is not a regular file; export the checkpoint again")
+        pinned = f"/proc/self/fd/{fd}"
+        yield (pinned if os.path.exists(pinned) else str(path)), info.st_size
+    finally:
+        os.close(fd)
+
+
 MAX_INDEX_BYTES = 16 << 20
 """Largest model.safetensors.index.json read: a real one lists each weight once (about 100 bytes a name)."""
 
