@@ -14,9 +14,11 @@ environment, ngpt_ds.distributed).
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ngpt_ds.cli import Parser, add_logging_arguments, default_accelerator, interrupted, run
@@ -232,7 +234,12 @@ def _train(args: argparse.Namespace) -> int:
 
         print(dry_run(options))
         return 0
-    summary = train(options)
+    from ngpt_ds.distributed import RendezvousError
+
+    try:
+        summary = train(options)
+    except RendezvousError as err:
+        raise RendezvousError(port_in_use_advice(str(err), _out_folder(args), os.environ)) from None
     if summary.status in ("finished", "stopped") and int(os.environ.get("RANK", "0")) == 0:
         import sys
 
@@ -250,6 +257,68 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+PORT_IN_USE = "holds that port"
+"""In ngpt_ds.distributed.rendezvous_failure's line for a rendezvous port another process holds (EADDRINUSE)."""
+MASTER_PORT_ADVICE = "Set MASTER_PORT to a free port"
+
+
+def port_in_use_advice(message: str, out: Path | None, env: Mapping[str, str]) -> str:
+    """The rendezvous error `message`, with what a newcomer needs when its port is taken: the main command run a
+    second time while the first still trains ('another job?') gets the trainer that holds --out named, since a
+    free port would only lead to '--out is in use'; and under DeepSpeed's launcher (it sets CROSS_RANK) the port is
+    its --master_port option: 'Set MASTER_PORT' was no fix there, the launcher overwrites MASTER_PORT with its
+    own (29500 unless given)."""
+    if PORT_IN_USE not in message:
+        return message
+    if "CROSS_RANK" in env and MASTER_PORT_ADVICE in message:
+        message = message.replace(
+            MASTER_PORT_ADVICE,
+            "Give the deepspeed launcher a free port (deepspeed --master_port 29501 launch/train.py ...; it sets "
+            "MASTER_PORT itself)",
+        )
+    holder = _lock_holder(out / "train.lock") if out is not None else None
+    if holder is not None:
+        message += (
+            f". The other job may be the trainer already running on this --out: {out} is in use ({holder}); "
+            "wait for it to finish, or choose another --out"
+        )
+    return message
+
+
+def _lock_holder(path: Path) -> str | None:
+    """The text of the lock file `path` when another process holds its lock (ngpt_ds.train.run_lock takes it with
+    lockf), else None. Takes nothing that lasts: the shared lock tried here goes with the descriptor."""
+    import fcntl
+
+    try:  # O_NONBLOCK: a named pipe there would block the open
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a trainer starting up"
+        return None
+    finally:
+        os.close(fd)
+
+
+def _out_folder(args: argparse.Namespace) -> Path | None:
+    """The run folder the trainer would use (ngpt_ds.train.builder.prepare's rule); None when it cannot be told."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.model.config import resolve_config_path
+    from ngpt_ds.train.builder import config_name, run_folder
+
+    try:
+        return run_folder(args.out, resolve_config_path(config_name(args.config, args.model)))
+    except NgptConfigError:
+        return None
+
+
 def _same_command_resume(args: argparse.Namespace) -> str:
     """--resume PATH in a rerun of the command whose PATH started --out's current lineage: 'auto', the newest
     checkpoint of that lineage, with one line saying so (ngpt_ds.train.lineage.same_command_resume); else
@@ -258,14 +327,11 @@ def _same_command_resume(args: argparse.Namespace) -> str:
     if args.resume in ("auto", "none") or args.restart_lineage:
         return args.resume
     from ngpt_ds.errors import NgptConfigError
-    from ngpt_ds.model.config import resolve_config_path
     from ngpt_ds.train import lineage
-    from ngpt_ds.train.builder import config_name, run_folder
     from ngpt_ds.train.resume import named_checkpoint
 
-    try:  # the trainer's own rule (ngpt_ds.train.builder.prepare)
-        out = run_folder(args.out, resolve_config_path(config_name(args.config, args.model)))
-    except NgptConfigError:  # the trainer names the problem
+    out = _out_folder(args)  # the trainer's own rule (ngpt_ds.train.builder.prepare)
+    if out is None:  # the trainer names the problem
         return args.resume
     try:
         named = named_checkpoint(out, args.resume)
