@@ -52,6 +52,15 @@ def test_a_yaml_section_in_the_json_is_sent_to_the_yaml(section):
     ]
 
 
+def test_hugging_faces_gradient_checkpointing_is_sent_to_the_yaml():
+    """Fault: "gradient_checkpointing = True: unknown key: ...; did you mean 'gradient_clipping'?"."""
+    assert problems({"gradient_checkpointing": True}) == [
+        "  - gradient_checkpointing = True: not a DeepSpeed key (DeepSpeed would ignore it; Hugging Face's name): "
+        "activation checkpointing is set in the YAML config, train.activation_checkpointing: blocks (or none, or "
+        "{every_k: K})"
+    ]
+
+
 def test_other_unknown_keys_keep_their_suggestion():
     assert problems({"gradient_clip": 1.0}) == [
         "  - gradient_clip = 1.0: unknown key: DeepSpeed does not read it and would silently ignore it; did you mean "

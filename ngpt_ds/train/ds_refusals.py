@@ -216,6 +216,11 @@ def yaml_field_home(key: str) -> str | None:
 
     if key in ("model", "train"):
         return f"the {key}: section of the YAML config (--config), not a DeepSpeed setting: move it into that file"
+    if key == "gradient_checkpointing":  # Hugging Face's name; DeepSpeed's nearest key is gradient_clipping
+        return (
+            "not a DeepSpeed key (DeepSpeed would ignore it; Hugging Face's name): activation checkpointing is set in "
+            "the YAML config, train.activation_checkpointing: blocks (or none, or {every_k: K})"
+        )
     for section, config in (("train", TrainConfig), ("model", ModelConfig)):
         if key in {f.name for f in fields(config)}:
             return (
