@@ -30,5 +30,6 @@ def test_a_json_syntax_error_keeps_its_line_and_column(tmp_path):
         load_ds_config(str(path))
     assert (
         str(err.value)
-        == f"{path}: not valid JSON at line 1, column 38: Expecting property name enclosed in double quotes"
+        == f"{path}: not valid JSON at line 1, column 38: Expecting property name enclosed in double quotes; JSON "
+        "allows no comma after the last item: delete the comma before the }"
     )

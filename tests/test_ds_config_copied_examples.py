@@ -26,14 +26,15 @@ def test_a_comment_is_named(tmp_path, comment):
     )
 
 
-def test_other_syntax_errors_get_no_comment_hint(tmp_path):
+def test_a_trailing_comma_gets_its_own_hint_not_the_comment_one(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text('{\n  "train_micro_batch_size_per_gpu": 4,\n}\n')
     with pytest.raises(NgptConfigError) as err:
         load_ds_config(path)
     assert (
         str(err.value)
-        == f"{path}: not valid JSON at line 3, column 1: Expecting property name enclosed in double quotes"
+        == f"{path}: not valid JSON at line 3, column 1: Expecting property name enclosed in double quotes; JSON "
+        "allows no comma after the last item: delete the comma before the }"
     )
 
 
