@@ -191,6 +191,7 @@ def _main(argv: list[str] | None) -> int:
     early_signals.record()  # Slurm's SIGUSR1 or SIGUSR2 warning during the startup: a stop, not the rank's death
     default_accelerator()  # before anything imports deepspeed, which picks its accelerator at import
     args = parse_args(argv)
+    quiet_deepspeed_deprecations(args.log_level)
 
     from ngpt_ds.distributed import RendezvousError, exit_process
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
@@ -205,6 +206,23 @@ def _main(argv: list[str] | None) -> int:
     # A rank ends here, without interpreter teardown, which can abort after a finished run
     # (ngpt_ds.distributed.exit_process says why).
     return exit_process(code)
+
+
+TORCH_DEPRECATIONS = r"`torch\.distributed\.\w+` (is|will be) deprecated"
+"""torch's FutureWarning for the collectives DeepSpeed 0.19 calls (all_gather_into_tensor, reduce_scatter_tensor)."""
+
+
+def quiet_deepspeed_deprecations(log_level: str) -> None:
+    """Hide torch's deprecation of the collectives that DeepSpeed's ZeRO calls: with 2 or more ranks every rank
+    printed "FutureWarning: `torch.distributed.all_gather_into_tensor` is deprecated. Please use
+    `torch.distributed.all_gather_single` instead." between the startup lines, a warning about DeepSpeed's code
+    that no user of the trainer can act on (ngpt_ds calls neither). Shown at --log-level DEBUG, and left to the user
+    who chose warnings (-W, PYTHONWARNINGS)."""
+    import sys
+    import warnings
+
+    if log_level != "DEBUG" and not sys.warnoptions:
+        warnings.filterwarnings("ignore", TORCH_DEPRECATIONS, FutureWarning)
 
 
 def _train(args: argparse.Namespace) -> int:
