@@ -88,6 +88,8 @@ class Problems:
                         if _unquoted_yaml_text(value)
                         else " (a quoted number is text in YAML: remove the quotes)"
                     )
+                elif isinstance(value, str) and _has_type(1, expected) and _is_whole_number(value):
+                    hint = " (a quoted number is text in YAML: remove the quotes)"
                 self.add(f"{section}.{f.name}", value, f"must be {_describe(expected)}{hint}")
             elif isinstance(value, float) and not math.isfinite(value):
                 # YAML's .inf, .nan and 1.0e+999 are floats, and `> 0` passes inf: rope_base: .inf rotated one
@@ -150,6 +152,15 @@ def _yaml_float(text: str) -> str:
 def _is_number(text: str) -> bool:
     try:
         float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_whole_number(text: str) -> bool:
+    """`text` as YAML would read an integer unquoted: `'512'`, `' -3 '` (not `'5.0'`, which an int field refuses)."""
+    try:
+        int(text)
     except ValueError:
         return False
     return True

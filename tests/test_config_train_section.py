@@ -112,3 +112,19 @@ def test_a_refused_lr_does_not_make_a_sound_min_lr_a_problem_too(tmp_path, train
     assert str(err.value) == f"train config ({path}): {n} problem{'s' if n > 1 else ''}\n" + "\n".join(
         f"  - {line}" for line in lines
     )
+
+
+def test_a_quoted_whole_number_in_an_int_field_is_told_to_lose_its_quotes(tmp_path):
+    """Fault (input30): `vocab_size: '512'` got "must be an integer or null" with no word on why, where a quoted
+    float field already got the quotes hint."""
+    path = tmp_path / "x.yaml"
+    path.write_text("model: {n_layer: 2, vocab_size: '512'}\ntrain: {max_steps: '10'}\n")
+    with pytest.raises(NgptConfigError) as err:
+        load_model_and_train(str(path))
+    assert (
+        "model.vocab_size = '512': must be an integer or null (a quoted number is text in YAML: remove the quotes)"
+        in str(err.value)
+    )
+    assert "train.max_steps = '10': must be an integer (a quoted number is text in YAML: remove the quotes)" in str(
+        err.value
+    )
