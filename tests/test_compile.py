@@ -98,23 +98,9 @@ def test_compiled_kernels_read_the_rope_tables_instead_of_computing_cos_and_sin(
     compiled ngpt_tiny step (docs/benchmarks.md, "MFU"). The tables are now one opaque operator, called
     once per forward; the generated code holds no cos or sin, and loss and gradients equal eager's."""
     import torch
-    from torch._inductor.utils import run_and_get_code
+    from compiled_model import eager_and_compiled
 
-    from ngpt_ds.model.config import ModelConfig
-    from ngpt_ds.model.factory import build_model
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, vocab_size=64, n_layer=2, n_embd=32, n_head=2, seq_len=16))
-    tokens = torch.randint(0, 64, (2, 17))
-
-    def loss_and_grads(module):
-        model.zero_grad(set_to_none=True)
-        _, loss = module(tokens[:, :-1], tokens[:, 1:])
-        loss.backward()
-        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
-
-    eager_loss, eager_grads = loss_and_grads(model)
-    (compiled_loss, compiled_grads), code = run_and_get_code(loss_and_grads, torch.compile(model))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads), code = eager_and_compiled(arch)
     source = "\n".join(code)
     assert len(code) == 2  # the forward and the backward graph
     # Inductor's vectorized C++ writes `tmp.cos()`, its scalar C++ `std::cos(tmp)`, Triton `tl_math.cos(tmp)`.

@@ -11,11 +11,11 @@ and gradients equal eager's within 1e-6 in fp32 on either side of the threshold.
 import pytest
 import torch
 import torch.nn.functional as F
+from compiled_model import eager_and_compiled
 
 from ngpt_ds.model import blocks
 from ngpt_ds.model.blocks import CausalSelfAttention, written_attention
 from ngpt_ds.model.config import ModelConfig
-from ngpt_ds.model.factory import build_model
 
 FLASH = "_scaled_dot_product_flash_attention_for_cpu"
 
@@ -90,23 +90,10 @@ def test_eager_attention_stays_sdpa_bit_for_bit():
 def test_compiled_model_attends_written_up_to_the_threshold_and_equals_eager(monkeypatch, threshold, written):
     """16 positions: at the constant's value (256) the compiled graphs hold no flash kernel; with the threshold
     below 16 they call it, forward and backward. Either way loss and gradients equal eager's within 1e-6."""
-    from torch._inductor.utils import run_and_get_code
-
     if threshold is not None:
         monkeypatch.setattr(blocks, "WRITTEN_ATTENTION_MAX_POSITIONS", threshold)
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="ngpt", vocab_size=64, n_layer=2, n_embd=32, n_head=2, seq_len=16))
-    tokens = torch.randint(0, 64, (2, 17))
-
-    def loss_and_grads(module):
-        model.zero_grad(set_to_none=True)
-        _, loss = module(tokens[:, :-1], tokens[:, 1:])
-        loss.backward()
-        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
-
-    eager_loss, eager_grads = loss_and_grads(model)
-    (compiled_loss, compiled_grads), code = run_and_get_code(loss_and_grads, torch.compile(model))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads), code = eager_and_compiled("ngpt")
     assert len(code) == 2  # the forward and the backward graph
     forward, backward = code
     assert (FLASH in forward, FLASH + "_backward" in backward) == (not written, not written)
