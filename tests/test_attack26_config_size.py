@@ -22,7 +22,7 @@ from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES
 MODEL = "model: {arch: ngpt, vocab_size: 64, d_model: 32, n_layer: 1, n_head: 2}\n"
 
 
-def _sized_yaml(size: int) -> str:
+def sized_yaml(size: int) -> str:
     """A valid run config of exactly `size` bytes: the model section and a comment to fill the rest."""
     filler = size - len(MODEL) - 2
     return MODEL + "#" + "x" * filler + "\n"
@@ -35,7 +35,7 @@ def _sized_export_config(size: int) -> str:
 
 
 def test_a_checkpoint_config_yaml_over_the_cap_is_refused_unread(tmp_path):
-    (tmp_path / "config.yaml").write_text(_sized_yaml(MAX_CONFIG_FILE_BYTES + 1), encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(sized_yaml(MAX_CONFIG_FILE_BYTES + 1), encoding="utf-8")
     with pytest.raises(NgptConfigError) as caught:
         read_run_config(tmp_path)
     message = str(caught.value)
@@ -44,7 +44,7 @@ def test_a_checkpoint_config_yaml_over_the_cap_is_refused_unread(tmp_path):
 
 
 def test_a_checkpoint_config_yaml_of_the_cap_is_read(tmp_path):
-    (tmp_path / "config.yaml").write_text(_sized_yaml(MAX_CONFIG_FILE_BYTES), encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(sized_yaml(MAX_CONFIG_FILE_BYTES), encoding="utf-8")
     assert (tmp_path / "config.yaml").stat().st_size == MAX_CONFIG_FILE_BYTES
     run = read_run_config(tmp_path)
     assert run["model"] == {"arch": "ngpt", "vocab_size": 64, "d_model": 32, "n_layer": 1, "n_head": 2}

@@ -11,21 +11,15 @@ from __future__ import annotations
 import os
 
 import pytest
+from test_attack26_config_size import sized_yaml  # a valid run config of an exact size
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES
 from ngpt_ds.train.preflight import saved_run_config
 
-MODEL = "model: {arch: ngpt, vocab_size: 64, d_model: 32, n_layer: 1, n_head: 2}\n"
-
-
-def _sized_yaml(size: int) -> str:
-    """A valid run config of exactly `size` bytes: the model section and a comment filling the rest."""
-    return MODEL + "#" + "x" * (size - len(MODEL) - 2) + "\n"
-
 
 def test_a_resumed_checkpoints_config_yaml_over_the_cap_is_refused(tmp_path):
-    (tmp_path / "config.yaml").write_text(_sized_yaml(MAX_CONFIG_FILE_BYTES + 1), encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(sized_yaml(MAX_CONFIG_FILE_BYTES + 1), encoding="utf-8")
     with pytest.raises(NgptConfigError) as caught:  # old code: DID NOT RAISE (read and parsed whole)
         saved_run_config(tmp_path)
     message = str(caught.value)
@@ -34,7 +28,7 @@ def test_a_resumed_checkpoints_config_yaml_over_the_cap_is_refused(tmp_path):
 
 
 def test_a_resumed_checkpoints_config_yaml_of_the_cap_is_read(tmp_path):
-    (tmp_path / "config.yaml").write_text(_sized_yaml(MAX_CONFIG_FILE_BYTES), encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(sized_yaml(MAX_CONFIG_FILE_BYTES), encoding="utf-8")
     assert (tmp_path / "config.yaml").stat().st_size == MAX_CONFIG_FILE_BYTES
     saved = saved_run_config(tmp_path)
     assert saved["model"] == {"arch": "ngpt", "vocab_size": 64, "d_model": 32, "n_layer": 1, "n_head": 2}
