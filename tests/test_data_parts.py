@@ -57,6 +57,15 @@ def config(corpus, out, tokenizer, **extra):
     )
 
 
+def single_and_parts(corpus, tmp_path, tokenizer, num_parts, block_docs):
+    """`corpus` prepared by one process into tmp_path/single, and in `num_parts` parts of `block_docs`-document
+    blocks into tmp_path/parts, not merged yet: the two ways of preparing it that must agree. Both folders."""
+    single = prepare_dataset(config(corpus, tmp_path / "single", tokenizer))
+    for k in range(num_parts):
+        prepare_part(config(corpus, tmp_path / "parts", tokenizer), num_parts, k, block_docs)
+    return single, tmp_path / "parts"
+
+
 def assert_same_tokens(merged, reference):
     a, b = tokens(merged), tokens(reference)
     assert a.keys() == b.keys() == {"train", "validation"}
@@ -69,11 +78,7 @@ def assert_same_tokens(merged, reference):
 @pytest.mark.parametrize("num_parts, block_docs", [(2, 37), (3, 40)])
 def test_merged_parts_equal_a_single_process_preparation_token_for_token(tmp_path, tiny_dataset, num_parts, block_docs):
     corpus = write_corpus(tmp_path)
-    tokenizer = tiny_dataset / "tokenizer.model"
-    reference = prepare_dataset(config(corpus, tmp_path / "single", tokenizer))
-    out = tmp_path / "parts"
-    for k in range(num_parts):
-        prepare_part(config(corpus, out, tokenizer), num_parts, k, block_docs)
+    reference, out = single_and_parts(corpus, tmp_path, tiny_dataset / "tokenizer.model", num_parts, block_docs)
     assert sorted(p.name for p in out.iterdir()) == [f"part-{k:05d}-of-{num_parts:05d}" for k in range(num_parts)]
     merge_parts(out, num_parts, progress=False)
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".bin")) == ["meta.json", "tokenizer.model"]
@@ -92,12 +97,9 @@ def test_a_local_dataset_read_streaming_splits_into_parts_too(tmp_path, tiny_dat
     write_corpus(folder, "part-a.jsonl")
     corpus = open_corpus(CorpusSpec(inputs=(str(folder),)))
     assert corpus.kind == "hub" and isinstance(corpus._dataset(), datasets.IterableDataset)
-    tokenizer = tiny_dataset / "tokenizer.model"
-    reference = prepare_dataset(config(folder, tmp_path / "single", tokenizer))
-    for k in range(2):
-        prepare_part(config(folder, tmp_path / "parts", tokenizer), 2, k, 50)
-    merge_parts(tmp_path / "parts", 2, progress=False)
-    assert_same_tokens(tmp_path / "parts", reference)
+    reference, parts = single_and_parts(folder, tmp_path, tiny_dataset / "tokenizer.model", 2, 50)
+    merge_parts(parts, 2, progress=False)
+    assert_same_tokens(parts, reference)
 
 
 def prepare_cli(*args, check=False):

@@ -9,10 +9,10 @@ Old datasets without the field still load (None), merge with parts, and keep the
 
 import json
 
-from test_data_parts import config, write_corpus
+from test_data_parts import config, single_and_parts, write_corpus
 from test_part27_corpus_mismatch import corpus_documents, expected_hash
 
-from ngpt_ds.data.parts import merge_parts, prepare_part
+from ngpt_ds.data.parts import merge_parts
 from ngpt_ds.data.prepare import prepare_dataset
 from ngpt_ds.data.shards import load_dataset_meta
 from ngpt_ds.train.preflight import train_data_fingerprint
@@ -22,11 +22,7 @@ NUM_PARTS, BLOCK_DOCS = 2, 40
 
 def test_one_process_and_parts_record_the_same_corpus_hash(tmp_path, tiny_dataset):
     corpus = write_corpus(tmp_path)
-    tokenizer = tiny_dataset / "tokenizer.model"
-    single = prepare_dataset(config(corpus, tmp_path / "single", tokenizer))
-    parted = tmp_path / "parts"
-    for k in range(NUM_PARTS):
-        prepare_part(config(corpus, parted, tokenizer), NUM_PARTS, k, BLOCK_DOCS)
+    single, parted = single_and_parts(corpus, tmp_path, tiny_dataset / "tokenizer.model", NUM_PARTS, BLOCK_DOCS)
     merge_parts(parted, NUM_PARTS, progress=False)
 
     want = expected_hash(corpus_documents(corpus))  # sha256 of what the reader consumed: length, then bytes
