@@ -49,6 +49,7 @@ def test_the_final_summary_names_the_run_the_losses_from_metrics_jsonl_and_what_
         "next:",
         f'  python launch/generate.py {out} --prompt "And God said"',
         f"  python launch/evaluate.py {out}",
+        f"  python launch/export.py {out} --out exports/run",
         "  the same command with --max-steps 600 trains further from step 300",
     ]
 
@@ -64,6 +65,7 @@ def test_a_stopped_run_says_how_to_resume_and_survives_missing_records(tmp_path)
         "next: run the same command again to resume from the checkpoint, or",
         f'  python launch/generate.py {out} --prompt "And God said"',
         f"  python launch/evaluate.py {out}",
+        f"  python launch/export.py {out} --out exports/run",
     ]
 
 
@@ -80,7 +82,7 @@ def test_the_commands_to_run_next_are_the_ones_the_user_has(tmp_path, monkeypatc
     out.mkdir()
 
     def next_lines(script):
-        return describe(summary_of(out), next_command(script)).splitlines()[-3:-1]
+        return describe(summary_of(out), next_command(script)).splitlines()[-4:-2]
 
     assert next_lines(str(tmp_path / "venv" / "bin" / "ngpt-train")) == [
         f'  ngpt-generate {out} --prompt "And God said"',

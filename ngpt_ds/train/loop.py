@@ -388,6 +388,8 @@ class Trainer(RunEnd):
                     last_checkpoint = self.newest_checkpoint = self.save()
                 # A request during the save stops here: this checkpoint is the stop's, not one a step later.
                 stop = stop or (not last and self.stop.agreed(self.device))
+                if not stop and not last:  # a stop's and the last save's lines say where they went
+                    self._say(f"step {self.step}: checkpoint saved in {last_checkpoint}")
             if stop:
                 status = "stopped"
                 self._say(

@@ -206,6 +206,7 @@ def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"py
         "next:" if done else "next: run the same command again to resume from the checkpoint, or",
         f'  {command("generate")} {out} --prompt "And God said"',
         f"  {command('evaluate')} {out}",
+        f"  {command('export')} {out} --out exports/{out.name}",
     ]
     if done:
         lines.append(
