@@ -1,8 +1,8 @@
 """nGPT's eq. 10-11 update (or the q/k Norm), forward plus backward, the form before against the current one.
 
-    python bench/block_update.py [--part update|qk_norm|qk|step] [--config ngpt_tiny] [--batch 8]
+    python bench/block_update.py [--part update|qk_norm|step] [--config ngpt_tiny] [--batch 8]
                                  [--dtype bfloat16|float32] [--rounds 10] [--passes 30] [--threads N]
-                                 [--clock wall|cpu]
+                                 [--clock wall|cpu] [--malloc trainer|system]
 
 One update h <- Norm(h + alpha (Norm(x) - h)) on random inputs of the preset's micro-batch shape ([B, T, d];
 h on the sphere, x a block output, alpha = |param| as `ScaleVector` gives it): the plain form
@@ -15,9 +15,10 @@ whether values and the gradients of h, x and alpha's parameter are bit-identical
 
 `--part qk_norm` times `l2_normalize` of q and k per head ([B, T, 2, H, head_dim], as attention runs it) against
 `_L2Normalize` as it was before 2026-12-04 (a copy here: its backward allocated every temporary anew; the
-current one reuses them in place through `tangent_rows`, the same values). `--part qk` times attention's q and k
-from there, s_qk^2 Norm(q) and Norm(k): `qk_normalize` (one autograd function, one gradient tensor for q and k)
-against that old Norm, `unbind` and the multiply. These parts run in eager mode.
+current one reuses them in place through `tangent_rows`, the same values). Both parts run in eager mode.
+They run with glibc's allocator set as the trainer sets it (`ngpt_ds.hostmem.keep_freed_memory`: freed buffers
+kept for reuse) unless `--malloc system`: with glibc's defaults each fresh temporary of these sizes costs page
+faults that the trainer does not pay, and the old forms, which allocate more, measured 10-20% slower there.
 `--part step` times whole eager engine steps of the preset (bench/engines.py, ds_configs/zero2.json, one rank,
 with the hypersphere hook; `--passes` steps per form and round) with both changes against neither (the model
 module's `block_update` and `_L2Normalize` swapped for the old forms while the old form runs); `--batch` and
@@ -42,19 +43,29 @@ from report import add_timing_arguments, apply_timing_arguments, count  # noqa: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("update", "qk_norm", "qk", "step"), default="update", help="default update")
+    parser.add_argument("--part", choices=("update", "qk_norm", "step"), default="update", help="default update")
     parser.add_argument("--config", default="ngpt_tiny", help="preset or YAML (default ngpt_tiny)")
     parser.add_argument("--batch", type=count(1), default=8, help="micro-batch (default 8, ds_configs/zero2.json's)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="default bfloat16")
     parser.add_argument("--rounds", type=count(1), default=10)
     parser.add_argument("--passes", type=count(1), default=30, help="forward+backward passes per form and round")
+    parser.add_argument(
+        "--malloc",
+        choices=("trainer", "system"),
+        default="trainer",
+        help="glibc's allocator as the trainer sets it (default), or left at its defaults",
+    )
     add_timing_arguments(parser)
     args = parser.parse_args()
     if not apply_timing_arguments(args):
         return 2
+    if args.malloc == "trainer":
+        from ngpt_ds.hostmem import keep_freed_memory
+
+        print(f"allocator: {keep_freed_memory()}")
     import torch
 
-    from ngpt_ds.model.layers import _scale_rows, l2_normalize, qk_normalize
+    from ngpt_ds.model.layers import _scale_rows, l2_normalize
     from ngpt_ds.model.ngpt import block_update
     from ngpt_ds.train.config import load_model_and_train
 
@@ -102,24 +113,6 @@ def main() -> int:
 
     elif args.part == "step":
         return _engine_steps(args, clock, OldL2Normalize, old_update)
-    elif args.part == "qk":
-        shape = (args.batch, model_cfg.seq_len, 2, model_cfg.n_head, model_cfg.head_dim)
-        x = torch.randn(shape, dtype=dtype).requires_grad_()
-        s_qk = torch.rand(shape[-2:], dtype=dtype).add_(1).requires_grad_()
-        gq = torch.randn(shape[:2] + shape[-2:], dtype=dtype)
-        gk = torch.randn(shape[:2] + shape[-2:], dtype=dtype)
-
-        def old_qk(x: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            q, k = old_norm(x).unbind(-3)
-            return q * s2, k
-
-        forms = {"old": old_qk, "new": qk_normalize}
-        what = "q and k (Norm, s_qk^2)"
-
-        def one_pass(form) -> tuple[torch.Tensor, ...]:
-            q, k = form(x, s_qk.square())
-            return (q, k, *torch.autograd.grad((q, k), (x, s_qk), (gq, gk)))
-
     else:
         shape = (args.batch, model_cfg.seq_len, 2, model_cfg.n_head, model_cfg.head_dim)
         x = torch.randn(shape, dtype=dtype).requires_grad_()

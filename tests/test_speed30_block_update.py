@@ -1,17 +1,15 @@
 """`block_update` (ngpt_ds/model/ngpt.py): nGPT's eq. 10-11 update Norm(lerp(h, Norm(x), alpha)) through
 `_BlockUpdate`, one autograd function whose backward reuses its temporaries in place, gives the plain form's
 (`sphere_step(h, l2_normalize(x), alpha)`, autograd through two normalizations and lerp) values and gradients
-bit for bit, alone and in whole nGPT models; `l2_normalize`'s backward through `tangent_rows` (in place)
-gives the values of the backward it replaced; and `qk_normalize` (q = s_qk^2 Norm(q), k = Norm(k) through
-`_QKNormalize`, one gradient tensor for q and k) gives those of Norm, unbind and the multiply
-(docs/benchmarks.md, "What was changed, and what it gave")."""
+bit for bit, alone and in whole nGPT models; and `l2_normalize`'s backward through `tangent_rows` (in place)
+gives the values of the backward it replaced (docs/benchmarks.md, "What was changed, and what it gave")."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ngpt_ds.model import ModelConfig, blocks, layers, ngpt
+from ngpt_ds.model import ModelConfig, layers, ngpt
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import _scale_rows, l2_normalize
 
@@ -33,37 +31,6 @@ class _ReferenceL2Normalize(torch.autograd.Function):
         y, inv_norm = ctx.saved_tensors
         dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
         return _scale_rows(grad - _scale_rows(y, dot.to(grad.dtype)), inv_norm.to(grad.dtype)), None
-
-
-def _reference_qk(qk: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """project_qkv's q and k as they were: Norm (the replaced backward), unbind, the multiply."""
-    q, k = _ReferenceL2Normalize.apply(qk, -1).unbind(-3)
-    return q * s2, k
-
-
-@pytest.mark.parametrize("shape", [(2, 16, 2, 4, 48), (3, 5, 2, 2, 64), (2, 7, 2, 3, 10)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
-@pytest.mark.parametrize("used", ["both", "q", "k"])
-def test_qk_normalize_equals_plain_form(shape: tuple[int, ...], dtype: torch.dtype, used: str) -> None:
-    torch.manual_seed(2)
-    qk = (2 * torch.randn(shape, dtype=dtype)).requires_grad_()
-    param = (1 + torch.rand(shape[-2:], dtype=dtype)).requires_grad_()
-    grads = [torch.randn(shape[:-3] + shape[-2:], dtype=dtype) for _ in range(2)]
-    results = []
-    for form in (layers.qk_normalize, _reference_qk):
-        q, k = form(qk, param.square())
-        if form is layers.qk_normalize:
-            assert type(q.grad_fn).__name__ == "_QKNormalizeBackward"
-        outputs = {"both": (q, k), "q": (q,), "k": (k,)}[used]
-        out_grads = {"both": grads, "q": grads[:1], "k": grads[1:]}[used]
-        dqk, dparam = torch.autograd.grad(outputs, (qk, param), out_grads, allow_unused=True)
-        results.append((q.detach(), k.detach(), dqk, dparam))
-    for name, a, b in zip(("q", "k", "dqk", "dparam"), *results):
-        if b is None:  # k alone: s_qk gets no gradient from the plain form (None), zeros from the function
-            assert name == "dparam" and used == "k" and (a is None or not a.any())
-            continue
-        assert torch.equal(a, b), (name, (a.double() - b.double()).abs().max().item())
-    assert results[0][2].abs().max().item() > 1e-3
 
 
 def _plain_form(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -153,10 +120,7 @@ def test_model_loss_and_gradients_same_as_plain_update(dtype: torch.dtype, monke
     results = []
     for update, norm in ((ngpt.block_update, layers._L2Normalize), (_plain_form, _ReferenceL2Normalize)):
         monkeypatch.setattr(ngpt, "block_update", update)
-        monkeypatch.setattr(layers, "_L2Normalize", norm)  # the embedding's Norm
-        monkeypatch.setattr(
-            blocks, "qk_normalize", layers.qk_normalize if update is ngpt.block_update else _reference_qk
-        )
+        monkeypatch.setattr(layers, "_L2Normalize", norm)  # q/k and the embedding's Norm
         model.zero_grad(set_to_none=True)
         _, loss = model(tokens, targets)
         loss.backward()
@@ -181,9 +145,6 @@ def test_model_under_autocast_same_as_plain_update(monkeypatch: pytest.MonkeyPat
     for update, norm in ((ngpt.block_update, layers._L2Normalize), (_plain_form, _ReferenceL2Normalize)):
         monkeypatch.setattr(ngpt, "block_update", update)
         monkeypatch.setattr(layers, "_L2Normalize", norm)
-        monkeypatch.setattr(
-            blocks, "qk_normalize", layers.qk_normalize if update is ngpt.block_update else _reference_qk
-        )
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, loss = model(tokens, targets)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ngpt_ds.model.config import ModelConfig
-from ngpt_ds.model.layers import Projection, RotaryEmbedding, ScaleVector, gated_silu, qk_normalize
+from ngpt_ds.model.layers import Projection, RotaryEmbedding, ScaleVector, gated_silu, l2_normalize
 
 #: Under torch.compile on the CPU, attention over at most this many positions runs as `written_attention`
 #: (plain operations, which Inductor fuses) instead of SDPA's flash kernel; above it the flash kernel, whose
@@ -87,11 +87,11 @@ class CausalSelfAttention(nn.Module):
         if not self.on_sphere:
             q, k = qk.unbind(2)
             return q, k, v
+        q, k = l2_normalize(qk).unbind(2)
         # (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k): one multiply
         # instead of two, the same logits and gradients (and it is what GQA needs).
         s_qk = self.s_qk().view(-1, self.head_dim)  # [H, head_dim]
-        q, k = qk_normalize(qk, s_qk.square().to(qk.dtype))
-        return q, k, v
+        return q * s_qk.square().to(q.dtype), k, v
 
     def forward(
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None

@@ -120,62 +120,11 @@ class _L2Normalize(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         y, inv_norm = ctx.saved_tensors
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # eager, no create_graph: the same values with temporaries reused in place (0.90x of this form
-            # below for q and k at ngpt_tiny, docs/benchmarks.md); torch.compile traces the plain form.
+            # eager, no create_graph: the same values with temporaries reused in place (q and k at ngpt_tiny:
+            # 0.81x of this form below in fp32, 0.95x in bf16, docs/benchmarks.md); torch.compile traces the plain form.
             return tangent_rows(grad, y, inv_norm, ctx.dim), None
         dot = (grad * y).sum(dim=ctx.dim, keepdim=True, dtype=inv_norm.dtype)
         return _scale_rows(grad - _scale_rows(y, dot.to(grad.dtype)), inv_norm.to(grad.dtype)), None
-
-
-class _QKNormalize(torch.autograd.Function):
-    """q, k = s2 * Norm(q), Norm(k) for q and k stacked as [..., 2, H, head_dim] (dim -3), Norm per head: the
-    operations of `_L2Normalize`, `unbind` and the multiply, whose backward writes q's and k's gradients into one
-    tensor (unbind's backward is a stack of them) and runs Norm's backward on it in place."""
-
-    @staticmethod
-    def forward(ctx: Any, qk: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        accumulate = torch.promote_types(qk.dtype, torch.float32)
-        inv_norm = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=accumulate).reciprocal_()
-        y = _scale_rows(qk, inv_norm.to(qk.dtype))
-        yq, yk = y.unbind(-3)
-        ctx.save_for_backward(y, inv_norm, s2)
-        return yq * s2, yk
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(
-        ctx: Any, grad_q: torch.Tensor | None, grad_k: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        y, inv_norm, s2 = ctx.saved_tensors
-        yq = y.select(-3, 0)
-        grad = torch.empty_like(y)
-        if grad_q is None:
-            grad.select(-3, 0).zero_()
-            grad_s2 = torch.zeros_like(s2)
-        else:
-            grad_s2 = (grad_q * yq).sum_to_size(s2.shape)  # as autograd reduces a broadcast factor's gradient
-            torch.mul(grad_q, s2, out=grad.select(-3, 0))
-        if grad_k is None:
-            grad.select(-3, 1).zero_()
-        else:
-            grad.select(-3, 1).copy_(grad_k)
-        return tangent_rows(grad, y, inv_norm), grad_s2
-
-
-def qk_normalize(qk: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """nGPT's q and k (eqs. 15-16): qk [..., 2, H, head_dim] -> s2 * Norm(q), Norm(k), Norm per head, s2 of
-    [H, head_dim] (s_qk^2). The same values and gradients as `l2_normalize(qk).unbind(-3)` and the multiply,
-    bit for bit; in eager mode on the CPU with gradients through `_QKNormalize` (docs/benchmarks.md, "What was
-    changed, and what it gave"); under torch.compile the plain form, which Inductor fuses."""
-    if (
-        qk.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and (qk.requires_grad or s2.requires_grad)
-        and not torch.compiler.is_compiling()
-    ):
-        return _QKNormalize.apply(qk, s2)
-    q, k = l2_normalize(qk).unbind(-3)
-    return q * s2, k
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -40,9 +40,9 @@ class _BlockUpdate(torch.autograd.Function):
     The forward runs the same operations as the plain form; the backward runs the operations autograd runs
     through the two normalizations and lerp (`_L2Normalize.backward`; lerp's dself = g (1 - alpha), dend =
     g alpha, dweight = sum over tokens of g (end - self)), the same values bit for bit, with their
-    temporaries reused in place and one autograd node instead of three: 0.82x of the plain form's time in
-    bf16 and 0.53x in fp32, forward plus backward of one update at ngpt_tiny's shape (docs/benchmarks.md,
-    "What was changed, and what it gave", `bench/block_update.py`)."""
+    temporaries reused in place and one autograd node instead of three: forward plus backward of one update at
+    ngpt_tiny's shape, with the trainer's allocator setting, 0.68x of the plain form's time in fp32 and 0.98x
+    in bf16 (docs/benchmarks.md, "What was changed, and what it gave", `bench/block_update.py`)."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -78,8 +78,8 @@ def block_update(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch
     """h <- Norm(h + alpha (Norm(x) - h)) (eqs. 10-11), x the block output: `sphere_step(h, l2_normalize(x),
     alpha)`, the same values and gradients bit for bit.
 
-    On the CPU in eager mode with gradients, through `_BlockUpdate` (measured 0.82x of the plain form in bf16,
-    docs/benchmarks.md). Under torch.compile, Inductor fuses the plain form itself; on other devices it
+    On the CPU in eager mode with gradients, through `_BlockUpdate` (0.68x of the plain form in fp32, 0.98x in
+    bf16, docs/benchmarks.md). Under torch.compile, Inductor fuses the plain form itself; on other devices it
     was not measured."""
     if (
         x.device.type == "cpu"
