@@ -20,6 +20,7 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     free_port,
     run,
     run_launch,
+    run_lm_eval,
     run_ranks,
     run_sbatch,
     slurm_env,

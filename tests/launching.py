@@ -1,6 +1,7 @@
 """Starting the processes a test runs: one command, a real multi-rank job (torchrun, or plain ranks with
-torch's env:// variables), launch/train.py's command line, the stand-in commands a launcher test puts on PATH, and
-launch/slurm/*.sbatch run against them in a Slurm job's environment (slurm_env, run_sbatch).
+torch's env:// variables), launch/train.py's command line, the stand-in commands a launcher test puts on PATH,
+launch/slurm/*.sbatch run against them in a Slurm job's environment (slurm_env, run_sbatch), and lm-eval's command
+line offline (run_lm_eval).
 
 tests/conftest.py re-exports every name here, so `from conftest import run, torchrun` keeps working."""
 
@@ -222,3 +223,16 @@ def run_sbatch(script: str, env: dict, out, *, cwd=REPO, timeout: int = 60) -> s
     (text), whatever the status."""
     cmd = ["bash", str(REPO / "launch/slurm" / script), "--out", str(out)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_lm_eval(
+    model_path, tasks: str, include_path: Path, cache: Path, *extra, check=True
+) -> subprocess.CompletedProcess:
+    """`python -m ngpt_ds.infer.lm_eval_cli --model ngpt_ds --model_args path=MODEL_PATH --tasks TASKS --include_path
+    INCLUDE_PATH EXTRA` as run() gives it: offline (the tasks' own local files only), with `cache` as the datasets
+    cache."""
+    env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=cache)
+    cmd = [sys.executable, "-m", "ngpt_ds.infer.lm_eval_cli", "--model", "ngpt_ds", "--model_args"]
+    return run(
+        [*cmd, f"path={model_path}", "--tasks", tasks, "--include_path", include_path, *extra], env=env, check=check
+    )

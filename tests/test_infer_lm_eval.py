@@ -5,14 +5,13 @@ model directly."""
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_infer_export import exported, trained  # noqa: F401  (session fixtures)
 
-from conftest import REPO, cpu_env, run
+from conftest import REPO, run_lm_eval
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install -e .[eval]")
 
@@ -72,28 +71,8 @@ def lm_eval_samples(exported, tmp_path_factory):  # noqa: F811
         )
         (tasks / f"{name}.yaml").write_text(yaml)
     out = tmp / "results"
-    env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp / "hf_cache")
-    proc = run(
-        [
-            sys.executable,
-            "-m",
-            "ngpt_ds.infer.lm_eval_cli",
-            "--model",
-            "ngpt_ds",
-            "--model_args",
-            f"path={exported}",
-            "--tasks",
-            ",".join(TASKS),
-            "--include_path",
-            tasks,
-            "--batch_size",
-            "2",
-            "--log_samples",
-            "--output_path",
-            out,
-        ],
-        env=env,
-    )
+    extra = ["--batch_size", "2", "--log_samples", "--output_path", out]
+    proc = run_lm_eval(exported, ",".join(TASKS), tasks, tmp / "hf_cache", *extra)
     assert "ngpt_test_mc" in proc.stdout and "acc" in proc.stdout  # lm-eval's results table
     (tmp / "DONE").write_text("ok")
     return _read_lm_eval_output(out)

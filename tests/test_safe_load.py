@@ -28,6 +28,7 @@ from conftest import (
     free_port,
     run,
     run_launch,
+    run_lm_eval,
     tiny_ngpt,
     tiny_train,
     torchrun,
@@ -156,26 +157,7 @@ def test_lm_eval_command_refuses_a_poisoned_checkpoint(runs, tmp_path):
         'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
         "metric_list: [{metric: word_perplexity}]\n"
     )
-    env = cpu_env(HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1, HF_DATASETS_CACHE=tmp_path / "hf_cache")
-    proc = run(
-        [
-            sys.executable,
-            "-m",
-            "ngpt_ds.infer.lm_eval_cli",
-            "--model",
-            "ngpt_ds",
-            "--model_args",
-            f"path={run_dir}",
-            "--tasks",
-            "ngpt_safe_rolling",
-            "--include_path",
-            tasks,
-            "--device",
-            "cpu",
-        ],
-        env=env,
-        check=False,
-    )
+    proc = run_lm_eval(run_dir, "ngpt_safe_rolling", tasks, tmp_path / "hf_cache", "--device", "cpu", check=False)
     assert_refused(proc, target, marker)
 
 
