@@ -34,26 +34,24 @@ def _scale_rows(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     per head, head_dim 48 at ngpt_tiny), the broadcast multiply ran slower than one of two full-size
     tensors; the factor is then expanded to x's shape first (docs/benchmarks.md, "MFU",
     `bench/row_scale.py`). Under torch.compile, Inductor fuses the broadcast itself."""
-    if (
-        x.device.type == "cpu"
-        and x.shape[-1] % _CPU_VECTOR
-        and scale.shape[-1] == 1
-        and not torch.compiler.is_compiling()
-    ):
-        scale = scale.expand_as(x).contiguous()
-    return x * scale
+    return x * _row_factor(x, scale)
 
 
 def _scale_rows_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """`_scale_rows` in place, into x: the same products, the same rule for expanding the factor."""
+    return x.mul_(_row_factor(x, scale))
+
+
+def _row_factor(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`scale` as `_scale_rows` multiplies x by it: expanded to x's shape where the broadcast ran slower."""
     if (
         x.device.type == "cpu"
         and x.shape[-1] % _CPU_VECTOR
         and scale.shape[-1] == 1
         and not torch.compiler.is_compiling()
     ):
-        scale = scale.expand_as(x).contiguous()
-    return x.mul_(scale)
+        return scale.expand_as(x).contiguous()
+    return scale
 
 
 def tangent_rows(grad: torch.Tensor, y: torch.Tensor, inv_norm: torch.Tensor, dim: int = -1) -> torch.Tensor:
