@@ -51,6 +51,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.hf.activation_checkpointing import ActivationCheckpointing, cache_while_training
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
 from ngpt_ds.hf.recorded_config import check_recorded_config, record_in_saved_weights, weights_files_state
@@ -128,7 +129,7 @@ def _check_before_allocating(model: PreTrainedModel, files: list[str], load_conf
     )
 
 
-class _NgptDsPreTrainedModel(PreTrainedModel):
+class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     #: forward takes `num_items_in_batch` (transformers' Trainer passes it with gradient accumulation, and then
@@ -386,6 +387,7 @@ class _NgptDsPreTrainedModel(PreTrainedModel):
         check_token_ids(input_ids, labels, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = cache_while_training(self, use_cache, cache)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if cache is not None:
