@@ -382,9 +382,14 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
                 f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
                 "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
             )
-        if labels is not None:
-            check_labels(input_ids, labels, logits_to_keep)
-        check_token_ids(input_ids, labels, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
+        # shift_labels: the targets already shifted, one per position (transformers' loss takes them in place of
+        # labels, as context-parallel training passes them); they were ignored, the loss None or from labels.
+        shift_labels = kwargs.get("shift_labels")
+        for given in (labels, shift_labels):
+            if given is not None:
+                check_labels(input_ids, given, logits_to_keep)
+                check_token_ids(input_ids, given, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
+        check_token_ids(input_ids, None, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
         use_cache = cache_while_training(self, use_cache, cache)
@@ -409,9 +414,13 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
-        if labels is not None:
+        if shift_labels is not None:
+            targets = shift_labels.masked_fill(shift_labels == -100, -1)
+            loss = self.model.cross_entropy(logits, targets)
+        elif labels is not None:
             targets = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
             loss = self.model.cross_entropy(logits[:, :-1], targets)
+        if loss is not None:
             num_items = kwargs.get("num_items_in_batch")
             if num_items is not None:
                 counted = int((targets != -1).sum())
