@@ -104,3 +104,17 @@ def test_requeued_task_zero_submits_no_second_merge(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert calls == f"{FAKE} --num-shards 4 --shard-index 0\n"  # no sbatch
     assert "task 0 restarted (1): the merge job its first run submitted still waits for array job 500" in proc.stdout
+
+
+@pytest.mark.parametrize("flag", [["--workers", "8"], ["--workers=8"]])
+def test_the_users_workers_replaces_the_default_instead_of_following_it(flag, tmp_path):
+    """Fault (review30a): the script put `--workers $SLURM_CPUS_PER_TASK` in front of the user's arguments; once
+    prepare_data refused an option given twice with different values (60088ca), the header's invitation to
+    override it ended every task with "--workers given twice (0, then 8)"."""
+    proc, calls = run_task(tmp_path, 0, (0, 1, 2), *flag)
+    assert proc.returncode == 0, proc.stderr
+    command = calls.splitlines()[-1]
+    assert command == (
+        f"python launch/prepare_data.py --tokenizer tok.model --out /shared/d {' '.join(flag)} --num-shards 2 "
+        "--shard-index 0"
+    )
