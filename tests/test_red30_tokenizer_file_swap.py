@@ -48,3 +48,28 @@ def test_red30_tokenizer_json_swapped_for_a_named_pipe_after_its_stat_is_refused
     monkeypatch.undo()
     assert str(caught.value) == f"{target} is a named pipe, not a tokenizer file of the folder; {FIX}"
     assert seen, "the swap never happened: the test did not exercise the window"
+
+
+def test_a_tokenizer_json_larger_than_its_fstat_said_is_not_read_whole(tmp_path, monkeypatch):
+    """Fault (review30a): the size was judged by the open file's fstat and then the file was read with no limit: a
+    file still growing after the fstat (written into a shared folder meanwhile), or a filesystem that reports st_size
+    0 (some FUSE mounts), was read whole into memory. The read itself is capped now."""
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.model import saved_weights
+
+    target = tmp_path / "tokenizer.json"
+    target.write_text('{"model": {}, "pad": "' + "x" * (1 << 20) + '"}')
+    monkeypatch.setattr(saved_weights, "MAX_TOKENIZER_FILE_BYTES", 1 << 20)
+    real_fstat = os.fstat
+
+    def reports_size_zero(fd):  # as a FUSE mount that does not know the size
+        info = real_fstat(fd)
+        return os.stat_result((*info[:6], 0, *info[7:10]))
+
+    monkeypatch.setattr(os, "fstat", reports_size_zero)
+    with pytest.raises(NgptConfigError) as caught:
+        saved_weights.check_tokenizer_files(tmp_path, None)
+    monkeypatch.undo()
+    assert str(caught.value) == (
+        f"{target} holds more than the 1 MiB a tokenizer file may hold, not a tokenizer file of the folder; {FIX}"
+    )

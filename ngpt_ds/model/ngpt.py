@@ -80,7 +80,8 @@ def block_update(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch
 
     On the CPU in eager mode with gradients, through `_BlockUpdate` (0.68x of the plain form in fp32, 0.98x in
     bf16, docs/benchmarks.md). Under torch.compile, Inductor fuses the plain form itself; on other devices it
-    was not measured."""
+    was not measured. Like SwiGLU's gate (`layers._GatedSiLU`), it is once differentiable: a double backward
+    (`create_graph=True`) through an eager model on the CPU is refused by torch."""
     if (
         x.device.type == "cpu"
         and torch.is_grad_enabled()

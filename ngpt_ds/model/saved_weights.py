@@ -453,7 +453,14 @@ def _check_tokenizer_file(path: Path, recorded_sha256: Any, fix: str) -> bytes:
             why = f"holds {info.st_size} bytes, over the {MAX_TOKENIZER_FILE_BYTES >> 20} MiB a tokenizer file may hold"
         if why:
             raise NgptConfigError(f"{path} {why}, not a tokenizer file of the folder; {fix}")
-        data = f.read() if path.suffix == ".json" else b""
+        # Capped as read, not only by the fstat: a file still growing (written into the shared folder meanwhile)
+        # or a filesystem that reports st_size 0 (some FUSE mounts) is not read whole into memory.
+        data = f.read(MAX_TOKENIZER_FILE_BYTES + 1) if path.suffix == ".json" else b""
+        if len(data) > MAX_TOKENIZER_FILE_BYTES:
+            raise NgptConfigError(
+                f"{path} holds more than the {MAX_TOKENIZER_FILE_BYTES >> 20} MiB a tokenizer file may hold, not a "
+                f"tokenizer file of the folder; {fix}"
+            )
     if not (isinstance(recorded_sha256, str) and recorded_sha256):
         return data
     digest = hashlib.sha256(data)
