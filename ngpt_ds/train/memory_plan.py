@@ -22,7 +22,7 @@ bench/sequence_parallel.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -216,7 +216,8 @@ def check_state_fits(
     zero_stage: int = 3,
     precision: str = "bf16",
     model_parallel: int = 1,
-) -> None:
+    activations: int = 0,
+) -> str | None:
     """Raise NgptConfigError when the model's training state alone, split as this run's ZeRO stage, tensor and
     pipeline parallelism (`model_parallel`: their product) split it, exceeds all the memory of this node (RAM and
     device memory): a typo such as n_embd 1048576 otherwise ended in "can't allocate 13194139533312 bytes" inside the
@@ -226,7 +227,12 @@ def check_state_fits(
     The defaults (ZeRO 3, bf16, no model parallelism) give the finest split there is: 16 bytes per parameter over
     every rank of the job. Checked against that alone, a 1B-parameter model at ZeRO 0 on one node's 2 ranks passed
     (15.8 GB of a 23.5 GiB node) while each rank keeps its own 15.8 GB: the ranks built the model for a minute and
-    more, then ran out of memory (a traceback, or the OOM killer)."""
+    more, then ran out of memory (a traceback, or the OOM killer).
+
+    `activations`: bytes one rank keeps for the backward (activations_at_least); with them a long context that
+    cannot fit is refused too (the state alone passed it, and the OOM killer ended the run at its first step). A
+    lower bound, so it refuses only when even that does not fit; returns a one-line warning when it is within
+    30 % of the node (the estimate runs 20-30 % under the RSS measured), else None."""
     from ngpt_ds.errors import NgptConfigError
 
     parameters = parameters_at_least(config)
@@ -255,3 +261,58 @@ def check_state_fits(
             'GiB of memory in all. Set "zero_optimization": {"stage": 3} in the DeepSpeed JSON (which splits it '
             f"over all {world_size} ranks: at least {finest / gib:,.0f} GiB here), or check the model's sizes"
         )
+    if not activations:
+        return None
+    need = (per_rank + activations) * local_world_size
+    figures = (
+        f"model config ({source}): training state {per_rank / gib:,.2f} GiB + activations {activations / gib:,.2f} "
+        f"GiB per rank (a lower bound), {need / gib:,.2f} GiB on this node's {local_world_size} rank(s), "
+        f"available {node_bytes / gib:,.2f} GiB"
+    )
+    fixes = (
+        "a smaller micro batch with more gradient accumulation, activation checkpointing (train.checkpoint_every), "
+        "sequence parallelism (train.sequence_parallel_size), or ZeRO 3"
+    )
+    if need > node_bytes:
+        raise NgptConfigError(f"{figures}: it cannot fit. Use {fixes}")
+    if need * ACTIVATION_HEADROOM > node_bytes:
+        return f"warning: {figures}: within 30 % of the limit, it may run out of memory; if so use {fixes}"
+    return None
+
+
+ACTIVATION_HEADROOM = 1.3
+"""The estimate runs 20-30 % under the RSS measured (module docstring): a run this close to the node is warned."""
+
+
+def activations_at_least(
+    config: ModelConfig,
+    *,
+    micro_batch: int,
+    precision: str,
+    sequence_parallel: int = 1,
+    checkpoint_every: int = 0,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+) -> int:
+    """Bytes one rank keeps for the backward, kept plus recomputed, as estimate_memory counts them
+    (activations + recompute), measured on a one-block copy of the model on `meta` and scaled to n_layer
+    (the blocks after the first keep the same), measured on a two-block copy of the model on `meta` and scaled
+    to n_layer, so the startup check costs two blocks' forward, not the whole model's (the first block differs:
+    a tensor a block saves and the next block saves again is counted once, in the first)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    with torch.device("meta"):
+        model = build_model(replace(config, n_layer=min(config.n_layer, 2))).to(dtype)
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            cast(Any, module).attend = _FusedAttentionResidue.apply  # replaces a method: beyond mypy
+    tokens = torch.zeros(micro_batch, config.seq_len // sequence_parallel, dtype=torch.long, device="meta")
+    outside, per_block, inputs = _count_activations(model, tokens)
+    kept, recompute = outside, 0
+    for index in range(config.n_layer):
+        size, block_input = per_block[min(index, 1)], inputs[min(index, 1)]
+        if checkpoint_every and index % checkpoint_every == 0:
+            kept += block_input
+            recompute = max(recompute, size)
+        else:
+            kept += size
+    return kept // tensor_parallel // pipeline_parallel + recompute // tensor_parallel
