@@ -277,7 +277,7 @@ def check_default_folder_is_this_configs(out_dir: Path, config_path: Path) -> No
     checkpoint (its changed fields listed as edits). Refused when the folder's run was trained from another file
     (its config.yaml's config_source, relative to the working folder as runs/ is; else its newest checkpoint's)."""
     saved = _recorded_config_source(out_dir)
-    if saved is None or _same_config_file(Path(saved), config_path):
+    if saved is None or same_config_file(Path(saved), config_path):
         return
     raise NgptConfigError(
         f"--config {config_path} trains in {out_dir} when --out is left out (runs/<the config file's name>), and "
@@ -293,16 +293,37 @@ def _recorded_config_source(out_dir: Path) -> str | None:
     # step_N.not-this-run-* copy holds another run's config.yaml, a .tmp-save or .tmp-delete one being written or removed
     checkpoints = [step / "config.yaml" for step in reversed(step_dirs(out_dir / CHECKPOINTS))]
     for path in (out_dir / "config.yaml", *checkpoints):
-        try:  # a regular file of at most 1 MiB (read_capped): not a named pipe, which would block this rank
-            data = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
-        except (OSError, RefusedFile, yaml_safe.YAMLError, UnicodeDecodeError, *UNPARSABLE):
+        try:
+            saved = read_config_source(path)
+        except ValueError:
             continue
-        if isinstance(data, dict) and isinstance(data.get("config_source"), str):
-            return data["config_source"]
+        if saved is not None:
+            return saved
     return None
 
 
-def _same_config_file(saved: Path, config_path: Path) -> bool:
+def read_config_source(path: Path) -> str | None:
+    """The config_source a config.yaml records, None if it records none; ValueError if it cannot be read."""
+    try:  # a regular file of at most 1 MiB (read_capped): not a named pipe, which would block this rank
+        data = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, RefusedFile, yaml_safe.YAMLError, UnicodeDecodeError, *UNPARSABLE) as err:
+        raise ValueError(f"{path}: {err}") from err
+    source = data.get("config_source") if isinstance(data, dict) else None
+    return source if isinstance(source, str) else None
+
+
+def other_config_warning(out_dir: Path, config_path: Path) -> str | None:
+    """An explicit --out holding a run trained from another config file: the line rank 0 logs at startup."""
+    saved = _recorded_config_source(out_dir)
+    if saved is None or same_config_file(Path(saved), config_path):
+        return None
+    return (
+        f"--out {out_dir} holds a run trained from {saved}; this run continues it with {config_path}. Its "
+        "checkpoints are kept (retention deletes only this config's own); to start a new run pass another --out"
+    )
+
+
+def same_config_file(saved: Path, config_path: Path) -> bool:
     """A preset is the same preset wherever ngpt_ds is installed (its path is that of the package's copy);
     any other file is the same file."""
     try:

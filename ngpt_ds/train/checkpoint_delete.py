@@ -209,6 +209,33 @@ def of_the_run(folder: Path) -> bool:
     return lineage is None or written_here(folder) or Path(os.path.abspath(folder)) in lineage
 
 
+_CONFIG_SOURCE: dict[Path, str] = {}
+"""Per checkpoints folder: the config file the running process trains from (`mark_config_source`)."""
+
+
+def mark_config_source(checkpoint_dir: Path, config_source: str) -> None:
+    """Record the config file this process trains from: retention never deletes a step_N whose own config.yaml
+    records another (`of_another_config`), so that --out pointed at another run's folder keeps that run's
+    checkpoints across every restart."""
+    _CONFIG_SOURCE[Path(os.path.abspath(checkpoint_dir))] = config_source
+
+
+def of_another_config(folder: Path) -> bool:
+    """Whether step_N `folder` was saved by a run of another config file than the running one: its config.yaml
+    records another config_source (read capped, as ngpt_ds.train.builder does), or cannot be read. A folder
+    without a recorded config_source (an older ngpt_ds), or a process that recorded none, counts as the run's."""
+    running = _CONFIG_SOURCE.get(Path(os.path.abspath(folder.parent)))
+    if running is None:
+        return False
+    from ngpt_ds.train.builder import read_config_source, same_config_file  # builder imports checkpoint
+
+    try:
+        saved = read_config_source(folder / "config.yaml")
+    except ValueError:  # unreadable or damaged: kept, as another run's may be
+        return True
+    return saved is not None and not same_config_file(Path(saved), Path(running))
+
+
 _LEFT_ALONE: set[Path] = set()
 """The step_N folders `retention` leaves alone and already warned about in this process (one warning each)."""
 
@@ -278,6 +305,7 @@ def retention(checkpoint_dir: Path, step: int, keep: int) -> None:
     warning per folder names it. Counted among the `keep` newest, such a folder (another run's step_100 copied in
     to resume from later) had made retention delete the checkpoint just saved."""
     own = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step and of_the_run(c)]
+    own = [c for c in own if c.name == f"step_{step:08d}" or not of_another_config(c)]
     for old in own[:-keep]:
         twin = old.with_name(universal_name(old.name))
         if converted_from(twin, old):

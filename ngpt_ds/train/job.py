@@ -10,8 +10,8 @@ import torch.distributed as dist
 from ngpt_ds import log
 from ngpt_ds.data.loader import same_dataset_on_every_rank
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import agreement, checkpoint, lineage
-from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group
+from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, lineage
+from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group, other_config_warning
 from ngpt_ds.train.loop import Trainer
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.summary import Summary, mend_finished_summary, replace_file
@@ -74,12 +74,17 @@ def train(options: TrainOptions) -> Summary:
             assert lock is not None  # rank 0 holds it: lock_run raised otherwise
             if lock.note:
                 _log.info(lock.note)
+            if options.out is not None:  # with --out left out, builder refuses another config's folder
+                foreign = other_config_warning(out_dir, Path(prepared.run.config_source))
+                if foreign:
+                    _log.warning("warning: " + foreign)
             try:
                 moved = lineage.start_lineage(
                     out_dir, prepared.resume_from, named=options.resume not in ("auto", "none")
                 )
                 if moved:
                     _log.info(moved)
+                checkpoint_delete.mark_config_source(out_dir / checkpoint.CHECKPOINTS, prepared.run.config_source)
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
             except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
                 problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
