@@ -36,7 +36,7 @@ def test_an_older_resume_after_a_killed_save_moves_the_newer_steps_aside_and_ret
     os.rename(checkpoints / "step_00000008", checkpoints / "step_00000008.tmp-save")
     sealed = manifest.marker_digest(checkpoints / "step_00000008.tmp-save")
 
-    config = write_yaml(tmp_path / "b.yaml", MODEL, tiny_train(12, checkpoint_interval=2, keep_checkpoints=keep))
+    config = write_yaml(tmp_path / "a.yaml", MODEL, tiny_train(12, checkpoint_interval=2, keep_checkpoints=keep))
     second = torchrun(*train_cmd(config, ds, tiny_dataset, out, "--resume", checkpoints / "step_00000006"))
     (abandoned,) = [p for p in checkpoints.iterdir() if p.name.startswith("abandoned-")]
     assert steps(abandoned) == ["step_00000008"]

@@ -191,13 +191,31 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         check_vocab_matches(meta, model_cfg.vocab_size, data_dir)
     model_cfg.validate(f"model config ({config_path})")
     if options.world_size is None:  # a dry run plans for other machines, whose memory this one cannot see
-        memory_plan.check_state_fits(
+        model_parallel = train_cfg.tensor_parallel_size * train_cfg.pipeline_parallel_size
+        # Activations per rank at this micro batch and context (the state alone passed long-context runs that
+        # the OOM killer then ended at their first step): a lower bound, measured on a two-block meta copy.
+        activations = memory_plan.activations_at_least(
+            model_cfg,
+            micro_batch=plan.micro_batch,
+            precision=precision_of(ds_config),
+            sequence_parallel=train_cfg.sequence_parallel_size,
+            checkpoint_every=train_cfg.checkpoint_every,
+            tensor_parallel=train_cfg.tensor_parallel_size,
+            pipeline_parallel=train_cfg.pipeline_parallel_size,
+        )
+        close = memory_plan.check_state_fits(
             model_cfg,
             world_size=dist_env.world_size,
             local_world_size=dist_env.local_world_size,
             node_bytes=_node_memory_bytes(accelerator),
             source=str(config_path),
+            zero_stage=zero_stage_of(ds_config),
+            precision=precision_of(ds_config),
+            model_parallel=model_parallel,
+            activations=activations,
         )
+        if close and dist_env.rank == 0:
+            _log.warning(close)
     check_tensor_parallel(
         train_cfg.tensor_parallel_size,
         dist_env.world_size,
@@ -253,6 +271,9 @@ def _node_memory_bytes(accelerator: Any) -> int:
     """This node's memory in all: RAM, and on GPUs the memory of every device the node's ranks can see."""
     import psutil
 
+    imposed = os.environ.get("NGPT_DS_NODE_MEMORY_BYTES")  # tests, and nodes shared with other jobs
+    if imposed:
+        return int(imposed)
     total = psutil.virtual_memory().total
     if accelerator.device_name() != "cpu":
         total += sum(int(accelerator.total_memory(i)) for i in range(accelerator.device_count()))
