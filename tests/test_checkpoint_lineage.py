@@ -58,8 +58,10 @@ def test_resume_from_an_older_step_moves_the_newer_lineage_aside_and_logs_each_s
     assert [s for s, _ in tensorboard_steps(abandoned)] == list(range(1, 11))
     for name in step_names(abandoned):  # moved whole: still complete, verified, loadable
         assert json.loads((abandoned / name / "COMPLETE").read_text())["step"] == int(name[5:])
-    # Retention kept the newest 2 of the new lineage and touched nothing abandoned.
-    assert step_names(checkpoints) == ["step_00000006", "step_00000008"]
+    # Retention kept the newest 2 of the new lineage and touched nothing abandoned. Step 2 was saved from another
+    # config file (keep5.yaml) than this run's (keep2.yaml), so retention keeps it too (README, "Checkpoints").
+    assert step_names(checkpoints) == ["step_00000002", "step_00000006", "step_00000008"]
+    assert "holds a run trained from" in second.stdout + second.stderr
     assert (checkpoints / "latest").read_text() == "step_00000008"
 
     # Each step once in metrics.jsonl and TensorBoard, the same values in both. Step 3's loss is computed

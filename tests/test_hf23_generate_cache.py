@@ -1,7 +1,8 @@
 """generate() of the HF classes with the KV cache equals generation without it on a left-padded batch, and a cache
 passed by hand (past_key_values) continues a padded prefill as the full forward does. Review tests: no fault found;
-they pass on the code before them. Also: activation (gradient) checkpointing is refused by transformers' own check
-before anything trains, as the classes declare no support for it."""
+they pass on the code before them. Also: transformers' activation (gradient) checkpointing switch turns on ngpt_ds's
+own checkpointing of every block (it was refused before ngpt_ds/hf/activation_checkpointing.py; the values are
+checked in tests/test_eco30_hf_gradient_checkpointing.py)."""
 
 import pytest
 import torch
@@ -63,10 +64,10 @@ def test_a_cache_passed_as_past_key_values_continues_a_padded_prefill_as_the_ful
 
 
 @pytest.mark.parametrize("arch", ["ngpt", "gpt"])
-def test_activation_checkpointing_is_refused_before_training(arch):
+def test_transformers_activation_checkpointing_switch_checkpoints_every_block(arch):
     model = _model(arch)
-    assert model.supports_gradient_checkpointing is False
-    with pytest.raises(ValueError) as err:
-        model.activation_checkpointing_enable()
-    assert str(err.value) == f"{type(model).__name__} does not support activation checkpointing."
-    assert model.is_activation_checkpointing is False
+    assert model.supports_gradient_checkpointing is True
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing is True and model.model.checkpoint_every == 1
+    model.activation_checkpointing_disable()
+    assert model.is_activation_checkpointing is False and model.model.checkpoint_every == 0

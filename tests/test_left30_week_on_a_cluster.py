@@ -13,7 +13,9 @@ step 6 files and before they are hashed), a point no outside signal can be timed
 """
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -194,7 +196,15 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(runs, tmp_
             if lock.is_file() and f"pid={first[0].pid}" in lock.read_text():
                 break
             time.sleep(0.2)
-        second = two_ranks(cmd(runs, out))
+        # The first run is held still while the second starts: its six steps had ended before the second's ranks
+        # were up on a loaded machine (CI run 78: "already trained to step 12/12"). A stopped process keeps its lock.
+        for proc in first:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            second = two_ranks(cmd(runs, out))
+        finally:
+            for proc in first:
+                os.kill(proc.pid, signal.SIGCONT)
     finally:
         outputs = [proc.communicate(timeout=300)[0] for proc in first]
     assert [rc for rc, _ in second] == [2, 2], second
