@@ -43,3 +43,22 @@ def test_same_run_at_a_fitting_size_starts(tmp_path):
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-2000:]
     assert "within 30 % of the limit" in text and "step 1: validation loss" in text
+
+
+def test_a_node_memory_that_is_not_a_byte_count_is_named(monkeypatch):
+    """NGPT_DS_NODE_MEMORY_BYTES=16G (or 0) had been int()'s ValueError, a traceback on every rank."""
+    import pytest
+
+    from ngpt_ds.errors import NgptConfigError
+    from ngpt_ds.train import builder
+
+    for value in ("16G", "0", "-5", "1e9"):
+        monkeypatch.setenv("NGPT_DS_NODE_MEMORY_BYTES", value)
+        with pytest.raises(NgptConfigError) as err:
+            builder._node_memory_bytes(None)
+        assert str(err.value) == (
+            f"NGPT_DS_NODE_MEMORY_BYTES={value!r} must be the node's memory as a whole number of bytes, e.g. "
+            "68719476736 for 64 GiB; or unset it to use the node's own"
+        )
+    monkeypatch.setenv("NGPT_DS_NODE_MEMORY_BYTES", "1073741824")
+    assert builder._node_memory_bytes(None) == 1 << 30

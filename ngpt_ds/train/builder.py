@@ -273,6 +273,11 @@ def _node_memory_bytes(accelerator: Any) -> int:
 
     imposed = os.environ.get("NGPT_DS_NODE_MEMORY_BYTES")  # tests, and nodes shared with other jobs
     if imposed:
+        if not imposed.strip().isdigit() or int(imposed) == 0:  # "16G" had been a ValueError traceback on every rank
+            raise NgptConfigError(
+                f"NGPT_DS_NODE_MEMORY_BYTES={imposed!r} must be the node's memory as a whole number of bytes, e.g. "
+                f"{64 << 30} for 64 GiB; or unset it to use the node's own"
+            )
         return int(imposed)
     total = psutil.virtual_memory().total
     if accelerator.device_name() != "cpu":
