@@ -237,6 +237,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     preflight.check_writable(out_dir)
     run = RunConfig(
         config_source=str(config_path),
+        config_source_absolute=os.path.abspath(config_path),
         model=model_cfg,
         train=train_cfg,
         deepspeed=ds_config,
@@ -329,13 +330,21 @@ def _recorded_config_source(out_dir: Path) -> str | None:
 
 
 def read_config_source(path: Path) -> str | None:
-    """The config_source a config.yaml records, None if it records none; ValueError if it cannot be read."""
+    """The config file a config.yaml records: its config_source_absolute, else (an ngpt_ds before it) its
+    config_source, which is relative to a working folder no longer known; None if it records neither; ValueError
+    if it cannot be read."""
     try:  # a regular file of at most 1 MiB (read_capped): not a named pipe, which would block this rank
         data = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except (OSError, RefusedFile, yaml_safe.YAMLError, UnicodeDecodeError, *UNPARSABLE) as err:
         raise ValueError(f"{path}: {err}") from err
-    source = data.get("config_source") if isinstance(data, dict) else None
-    return source if isinstance(source, str) else None
+    if not isinstance(data, dict):
+        return None
+    # The path as written named another file from another working folder: configs/a.yaml saved from folder A and
+    # a run from folder B of B's own configs/a.yaml were taken for the same file, and retention deleted A's.
+    for key in ("config_source_absolute", "config_source"):
+        if isinstance(data.get(key), str):
+            return data[key]
+    return None
 
 
 def other_config_warning(out_dir: Path, config_path: Path) -> str | None:

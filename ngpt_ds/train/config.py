@@ -263,6 +263,7 @@ class RunConfig:
     """Everything one run uses, merged once at startup, printed and saved with every checkpoint."""
 
     config_source: str
+    """--config as given (often relative to the folder training ran in)."""
     model: ModelConfig
     train: TrainConfig
     deepspeed: dict[str, Any]
@@ -275,6 +276,9 @@ class RunConfig:
     reads the dataset there, not whatever the relative data_dir names in its own folder."""
     tokenizer_sha256: str | None = None
     """sha256 of the dataset's tokenizer.model: a resume on data from another tokenizer is refused."""
+    config_source_absolute: str | None = None
+    """config_source made absolute against the folder training ran in: which file a run was trained from, wherever
+    the next run starts (retention keeps another config's checkpoints; ngpt_ds.train.builder.same_config_file)."""
     train_data_sha256: str | None = None
     """Fingerprint of the training split's shards and block hashes (ngpt_ds.train.preflight.
     train_data_fingerprint; None without block hashes): a resume on other training data is refused."""
@@ -282,6 +286,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "config_source": self.config_source,
+            "config_source_absolute": self.config_source_absolute,
             "model": self.model.to_dict(),
             "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)},
             "deepspeed_source": self.deepspeed_source,
