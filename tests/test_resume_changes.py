@@ -195,7 +195,8 @@ def test_a_resume_on_other_training_data_is_refused_and_on_a_copy_of_its_own_goe
     said = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in said, said[-3000:]
     assert (
-        f"error: --resume {out / 'checkpoints' / 'step_00000006'}: --data {reordered} holds other training data "
+        f"error: --out {out} holds a run, and --resume auto (the default) continues it from its newest checkpoint, "
+        f"{out / 'checkpoints' / 'step_00000006'}: --data {reordered} holds other training data "
         f"than the checkpoint was trained on (data_dir {tiny_dataset})" in said
     )
     assert not (out / "metrics.jsonl").exists()  # nothing trained
@@ -220,7 +221,8 @@ def test_another_seed_is_refused_before_the_engine_starts_and_leaves_the_run_fol
     assert "DeepSpeed engine" not in said
     assert (out / "config.yaml").read_bytes() == (finished[0] / "config.yaml").read_bytes()
     assert (
-        f"error: --resume {out / 'checkpoints' / 'step_00000006'}: train.seed = 1234 in the checkpoint, 7 now" in said
+        f"error: --out {out} holds a run, and --resume auto (the default) continues it from its newest checkpoint, "
+        f"{out / 'checkpoints' / 'step_00000006'}: train.seed = 1234 in the checkpoint, 7 now" in said
     )
 
 

@@ -389,9 +389,14 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
         resume_from = resolve_resume(out_dir, resume, warn)
     if resume_from is None:
         return prepared
-    preflight.check_resume_fits(resume_from, run.model, prepared.data)  # same model config and tokenizer
-    preflight.check_resume_precision(resume_from, run.deepspeed, run.deepspeed_source)  # fp32, bf16, fp16
-    preflight.check_resume_seed(resume_from, run.train.seed)  # the data order
+    try:
+        preflight.check_resume_fits(resume_from, run.model, prepared.data)  # same model config and tokenizer
+        preflight.check_resume_precision(resume_from, run.deepspeed, run.deepspeed_source)  # fp32, bf16, fp16
+        preflight.check_resume_seed(resume_from, run.train.seed)  # the data order
+    except NgptConfigError as err:
+        if resume != "auto":
+            raise
+        raise NgptConfigError(chosen_by_auto(str(err), resume_from, out_dir)) from None
     # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape_convert); what DeepSpeed
     # cannot convert is refused here, before any engine starts.
     layout = reshape_plan.current_layout(
@@ -403,6 +408,17 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
     )
     resize = reshape_plan.plan(resume_from, layout, out_dir)
     return dataclasses.replace(prepared, resume_from=resume_from, reshape=resize)
+
+
+def chosen_by_auto(refusal: str, checkpoint: Path, out_dir: Path) -> str:
+    """A refusal of the checkpoint `--resume auto` chose, worded as chosen: it read "--resume <path>: ...", a
+    path the user never typed (auto is the default), so the run's own --out looked like the wrong argument."""
+    named = f"--resume {checkpoint}: "
+    why = refusal[len(named) :] if refusal.startswith(named) else refusal
+    return (
+        f"--out {out_dir} holds a run, and --resume auto (the default) continues it from its newest checkpoint, "
+        f"{checkpoint}: {why}"
+    )
 
 
 def _warn_on_rank0(rank: int):
