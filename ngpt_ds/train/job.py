@@ -75,9 +75,7 @@ def train(options: TrainOptions) -> Summary:
             if lock.note:
                 _log.info(lock.note)
             if options.out is not None:  # with --out left out, builder refuses another config's folder
-                foreign = other_config_warning(out_dir, Path(prepared.run.config_source))
-                if foreign:
-                    _log.warning("warning: " + foreign)
+                _warn_if_other_config(out_dir, Path(prepared.run.config_source))
             try:
                 moved = lineage.start_lineage(
                     out_dir, prepared.resume_from, named=options.resume not in ("auto", "none")
@@ -97,3 +95,20 @@ def train(options: TrainOptions) -> Summary:
             lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _warn_if_other_config(out_dir: Path, config_path: Path) -> None:
+    """Rank 0's "--out holds a run trained from another config" warning. Rank 0 alone reads the folder's record,
+    between two startup agreements: an error there (a config_source_absolute with a NUL byte made Path.resolve
+    raise ValueError) raised on rank 0 alone, and the other ranks waited in the next agreement (under NCCL until
+    train.dist_timeout_s). A warning neither stops the run nor splits the ranks: it is skipped with a line why."""
+    try:
+        foreign = other_config_warning(out_dir, config_path)
+    except Exception as err:  # noqa: BLE001 (any error: rank 0 alone is here)
+        _log.warning(
+            f"warning: cannot compare the config file recorded in {out_dir} with {config_path} "
+            f"({type(err).__name__}: {err}); no warning about another config's run is given"
+        )
+        return
+    if foreign:
+        _log.warning("warning: " + foreign)
