@@ -1,5 +1,5 @@
 """NCCL's rule on paths added since the nccl27 traces: activation checkpointing, the final evaluation, `--resume auto`
-skipping a damaged checkpoint, and the warning (rank 0's only) when --out holds another config file's run.
+skipping a damaged checkpoint, the warning (rank 0's only) when --out holds another config file's run, train.compile.
 
 NCCL pairs the ranks' collectives by their order alone: a rank that skips one, or passes another shape or dtype,
 leaves the others waiting until train.dist_timeout_s. Two short traced 2-rank runs of launch/train.py
@@ -7,6 +7,7 @@ leaves the others waiting until train.dist_timeout_s. Two short traced 2-rank ru
 evaluation at 2 and the final one at 4); then step_4 is damaged, and run "resume" starts from the same folder with
 --resume auto and a copy of the config file under another name: rank 0 alone reads the folder's config.yaml for
 the warning (between two startup agreements), and every rank verifies step_4, skips it and resumes from step_2.
+Run "compiled" trains 2 steps with train.compile (an evaluation and a save at 2).
 One trace per run serves every test.
 """
 
@@ -58,11 +59,14 @@ def traces(tmp_path_factory, tiny_dataset) -> dict:
     shutil.copy(yaml, other)
     runs["resume"] = _traced(work, "resume", other, ds, tiny_dataset, out, "--resume", "auto", "--max-steps", "6")
     runs["resume"]["metrics"] = [m["step"] for m in read_metrics(out)]
+    # train.compile (DeepSpeed's engine.compile): 2 steps, an evaluation and a save at 2.
+    compiled = write_yaml(work / "compiled.yaml", tiny_ngpt(), {**train, "max_steps": 2, "compile": True})
+    runs["compiled"] = _traced(work, "compiled", compiled, ds, tiny_dataset, work / "compiled_run")
     runs["work"] = work
     return runs
 
 
-RUNS = ["first", "resume"]
+RUNS = ["first", "resume", "compiled"]
 
 
 def test_the_runs_reached_what_they_cover(traces):
@@ -71,6 +75,8 @@ def test_the_runs_reached_what_they_cover(traces):
     assert resume["codes"] == [0, 0], resume["logs"]
     assert first["summary"]["step"] == 4
     assert resume["summary"]["step"] == 6
+    assert traces["compiled"]["codes"] == [0, 0], traces["compiled"]["logs"]
+    assert traces["compiled"]["summary"]["step"] == 2
     # The resume took step_2 (step_4 damaged): steps 3 and 4 trained again, then 5 and 6.
     assert resume["metrics"][-4:] == [3, 4, 5, 6], resume["metrics"]
     assert "skipping checkpoint step_00000004" in resume["logs"][0]
