@@ -80,3 +80,19 @@ def test_node_memory_imposed_on_one_rank_refuses_on_every_rank(setup):
         assert "rank 1: " in log, log[-2000:]
     _same_calls(run)
     assert [c["frame"] for c in run["trace"][0]] == ["ngpt_ds/train/agreement.py:stop_all_if_any_failed"]
+
+
+def test_unexpected_startup_error_on_one_rank_reaches_every_rank(setup):
+    """ngpt_ds/train/agreement.py's prepare_or_problem handed only NgptConfigError and OSError to the agreement: any
+    other error in one rank's `prepare` (NGPT_DS_NODE_MEMORY_BYTES="²" on rank 1 alone passes builder's isdigit()
+    check, and int() raises ValueError) ended that rank before the process group, and rank 0 waited in the
+    rendezvous for train.dist_timeout_s, then failed with its own rendezvous error and not rank 1's. Now every rank
+    stops with rank 1's error (exit 2, after one agreement), and rank 1 logs its traceback."""
+    work, yaml, ds, data = setup
+    run = _traced(work, "odd", train_flags(yaml, ds, data, work / "run"), [{}, {"NGPT_DS_NODE_MEMORY_BYTES": "²"}])
+    assert run["codes"] == [2, 2], (run["codes"], run["logs"][0][-2000:])
+    for log in run["logs"]:
+        assert "rank 1: ValueError: invalid literal for int()" in log, log[-2000:]
+    assert "Traceback" in run["logs"][1]
+    _same_calls(run)
+    assert [c["frame"] for c in run["trace"][0]] == ["ngpt_ds/train/agreement.py:stop_all_if_any_failed"]

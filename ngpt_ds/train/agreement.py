@@ -10,27 +10,36 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ngpt_ds import distributed
+from ngpt_ds import distributed, log
 from ngpt_ds.distributed import DistEnv
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.builder import Prepared, TrainOptions, prepare
 from ngpt_ds.train.config import RunConfig, TrainConfig
 
+_log = log.get(__name__)
+
 
 def prepare_or_problem(options: TrainOptions) -> tuple[Prepared | None, str | None, DistEnv, int]:
     """`prepare` on this rank: (prepared, None, its launch environment, collective timeout), or, when a check
-    fails on one of several ranks, (None, the message, ...) so that the rank can still join the process group
+    fails on one of several ranks (a refusal, or any other error), (None, the message, ...) so that the rank can still join the process group
     and tell the others. Raised alone, the others waited for it in the rendezvous for train.dist_timeout_s and
     then failed with a DistStoreError traceback (a --data that one node lacks; launch/slurm/train.sbatch runs
     srun --kill-on-bad-exit=0, so nothing ends them sooner)."""
     try:
         prepared = prepare(options, resume=False)
         return prepared, None, prepared.dist_env, prepared.run.train.dist_timeout_s
-    except (NgptConfigError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 (any error: the others must hear of it, not wait for this rank)
         dist_env = distributed.discover()
         if dist_env.world_size == 1:
             raise
-        return None, str(err), dist_env, TrainConfig().dist_timeout_s
+        if isinstance(err, (NgptConfigError, OSError)):
+            return None, str(err), dist_env, TrainConfig().dist_timeout_s
+        # Not a refusal worded for the user: an error no check names (NGPT_DS_NODE_MEMORY_BYTES="²" on one node
+        # passed isdigit() and int() raised ValueError). Raised here, this rank ended before the process group
+        # and the others waited in the rendezvous for train.dist_timeout_s, then blamed the network. Its
+        # traceback is logged on this rank (every rank logs errors) and its one line reaches every rank.
+        _log.exception(f"rank {dist_env.rank}: preparing the run failed")
+        return None, f"{type(err).__name__}: {err}", dist_env, TrainConfig().dist_timeout_s
 
 
 def stop_all_if_any_failed(problem: str | None) -> None:
