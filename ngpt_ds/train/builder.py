@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import logging
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -274,7 +275,8 @@ def _node_memory_bytes(accelerator: Any) -> int:
 
     imposed = os.environ.get("NGPT_DS_NODE_MEMORY_BYTES")  # tests, and nodes shared with other jobs
     if imposed:
-        if not imposed.strip().isdigit() or int(imposed) == 0:  # "16G" had been a ValueError traceback on every rank
+        # "16G" had been a ValueError traceback on every rank; "²" passes str.isdigit and int() refuses it
+        if not re.fullmatch(r"\s*[0-9]+\s*", imposed) or int(imposed) == 0:
             raise NgptConfigError(
                 f"NGPT_DS_NODE_MEMORY_BYTES={imposed!r} must be the node's memory as a whole number of bytes, e.g. "
                 f"{64 << 30} for 64 GiB; or unset it to use the node's own"
@@ -365,7 +367,7 @@ def same_config_file(saved: Path, config_path: Path) -> bool:
         if config_path.resolve().parent == PRESET_DIR.resolve():
             return saved.name == config_path.name and saved.parent.name == PRESET_DIR.name
         return saved.resolve() == config_path.resolve()
-    except (OSError, RuntimeError):  # a path that cannot be resolved (a loop of links): compare as written
+    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte in a record: compare as written
         return saved == config_path
 
 

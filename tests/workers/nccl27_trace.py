@@ -138,10 +138,26 @@ def install(trace: Path, describe=_describe):
     return log
 
 
+RAISE_IN_PREPARE = "NGPT_DS_TEST_RAISE_IN_PREPARE"
+"""Set on one rank: its startup's check_tensor_parallel raises ValueError(the value), an error no check of
+ngpt_ds words (a bug), to test that it still reaches every rank (tests/test_nccl31_rank_divergent_inputs.py)."""
+
+
+def _raise_in_prepare(message: str) -> None:
+    from ngpt_ds.train import builder
+
+    def fails(*args, **kwargs):
+        raise ValueError(message)
+
+    builder.check_tensor_parallel = fails
+
+
 def run_traced(install_tracer) -> None:
     """The tracers' command line, TRACE_DIR SCRIPT [ARGS...]: install_tracer(TRACE_DIR/rank<RANK>.jsonl),
     then SCRIPT as __main__ with ARGS."""
     install_tracer(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl")
+    if os.environ.get(RAISE_IN_PREPARE):
+        _raise_in_prepare(os.environ[RAISE_IN_PREPARE])
     script = sys.argv[2]
     sys.argv = [script, *sys.argv[3:]]
     sys.path.insert(0, str(Path(script).resolve().parent))
