@@ -214,6 +214,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
             precision=precision_of(ds_config),
             model_parallel=model_parallel,
             activations=activations,
+            pipeline_parallel=train_cfg.pipeline_parallel_size,
         )
         if close and dist_env.rank == 0:
             _log.warning(close)

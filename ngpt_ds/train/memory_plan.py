@@ -217,6 +217,7 @@ def check_state_fits(
     precision: str = "bf16",
     model_parallel: int = 1,
     activations: int = 0,
+    pipeline_parallel: int = 1,
 ) -> str | None:
     """Raise NgptConfigError when the model's training state alone, split as this run's ZeRO stage, tensor and
     pipeline parallelism (`model_parallel`: their product) split it, exceeds all the memory of this node (RAM and
@@ -228,6 +229,10 @@ def check_state_fits(
     every rank of the job. Checked against that alone, a 1B-parameter model at ZeRO 0 on one node's 2 ranks passed
     (15.8 GB of a 23.5 GiB node) while each rank keeps its own 15.8 GB: the ranks built the model for a minute and
     more, then ran out of memory (a traceback, or the OOM killer).
+
+    `pipeline_parallel` (part of `model_parallel`): a bf16 pipeline at ZeRO 0 trains with DeepSpeed's
+    BF16_Optimizer, which splits the fp32 master and Adam's moments over the data-parallel ranks as ZeRO 1 does;
+    counted whole, a run that fits at 2 or more data-parallel ranks could be refused.
 
     `activations`: bytes one rank keeps for the backward (activations_at_least); with them a long context that
     cannot fit is refused too (the state alone passed it, and the OOM killer ended the run at its first step). A
@@ -250,10 +255,20 @@ def check_state_fits(
             "run over more nodes (ZeRO 3)"
         )
     model_parallel = max(model_parallel, 1)
-    per_parameter = state_bytes_per_parameter(precision, zero_stage, max(world_size // model_parallel, 1))
+    counted_stage = 1 if zero_stage == 0 and precision == "bf16" and pipeline_parallel > 1 else zero_stage
+    per_parameter = state_bytes_per_parameter(precision, counted_stage, max(world_size // model_parallel, 1))
     per_rank = per_parameter * parameters / model_parallel
     if per_rank * local_world_size > node_bytes:
         cut = f" of its 1/{model_parallel} of the model" if model_parallel > 1 else ""
+        if pipeline_parallel > 1:  # DeepSpeed's pipeline engine stops on ZeRO 2 and 3
+            raise NgptConfigError(
+                f"{sizes}; at ZeRO stage {zero_stage} in {precision} each rank keeps {per_parameter:g} bytes per "
+                f"parameter{cut}, at least {per_rank / gib:,.1f} GiB per rank and "
+                f"{per_rank * local_world_size / gib:,.0f} GiB on this node's {local_world_size} rank(s) of "
+                f"{world_size}, but the node has {node_bytes / gib:,.0f} GiB of memory in all. A pipeline trains at "
+                "ZeRO 0 or 1 only: spread it over more ranks and nodes (train.pipeline_parallel_size, more "
+                "data-parallel ranks), or check the model's sizes"
+            )
         raise NgptConfigError(
             f"{sizes}; at ZeRO stage {zero_stage} in {precision} each rank keeps {per_parameter:g} bytes per "
             f"parameter{cut}, at least {per_rank / gib:,.1f} GiB per rank and {per_rank * local_world_size / gib:,.0f} "
