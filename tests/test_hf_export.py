@@ -358,6 +358,10 @@ def test_an_export_given_where_the_other_is_expected_is_named_as_such(hf_exporte
     with pytest.raises(NgptConfigError) as caught:
         load(hf_exported, device="cpu")
     assert str(caught.value).startswith(f"{hf_exported} is a transformers export (export.py --format hf): load it ")
+    # The exact lm-eval command that reads it (ngpt-lm-eval's ngpt_ds model reads --format ngpt_ds exports only).
+    assert f"(lm_eval --model hf --model_args pretrained={hf_exported},trust_remote_code=True --tasks ...)" in str(
+        caught.value
+    )
     with pytest.raises(NgptConfigError) as caught:
         export_model(exported, tmp_path / "again")
     assert str(caught.value).startswith(f"{exported} is an exported model, and export.py reads a checkpoint ")
