@@ -21,10 +21,10 @@ _log = log.get(__name__)
 
 def prepare_or_problem(options: TrainOptions) -> tuple[Prepared | None, str | None, DistEnv, int]:
     """`prepare` on this rank: (prepared, None, its launch environment, collective timeout), or, when a check
-    fails on one of several ranks (a refusal, or any other error), (None, the message, ...) so that the rank can still join the process group
-    and tell the others. Raised alone, the others waited for it in the rendezvous for train.dist_timeout_s and
-    then failed with a DistStoreError traceback (a --data that one node lacks; launch/slurm/train.sbatch runs
-    srun --kill-on-bad-exit=0, so nothing ends them sooner)."""
+    fails on one of several ranks (a refusal, or any other error), (None, the message, ...) so that the rank can
+    still join the process group and tell the others. Raised alone, the others waited for it in the rendezvous for
+    train.dist_timeout_s and then failed with a DistStoreError traceback (a --data that one node lacks;
+    launch/slurm/train.sbatch runs srun --kill-on-bad-exit=0, so nothing ends them sooner)."""
     try:
         prepared = prepare(options, resume=False)
         return prepared, None, prepared.dist_env, prepared.run.train.dist_timeout_s

@@ -260,21 +260,18 @@ def check_state_fits(
     per_rank = per_parameter * parameters / model_parallel
     if per_rank * local_world_size > node_bytes:
         cut = f" of its 1/{model_parallel} of the model" if model_parallel > 1 else ""
-        if pipeline_parallel > 1:  # DeepSpeed's pipeline engine stops on ZeRO 2 and 3
-            raise NgptConfigError(
-                f"{sizes}; at ZeRO stage {zero_stage} in {precision} each rank keeps {per_parameter:g} bytes per "
-                f"parameter{cut}, at least {per_rank / gib:,.1f} GiB per rank and "
-                f"{per_rank * local_world_size / gib:,.0f} GiB on this node's {local_world_size} rank(s) of "
-                f"{world_size}, but the node has {node_bytes / gib:,.0f} GiB of memory in all. A pipeline trains at "
-                "ZeRO 0 or 1 only: spread it over more ranks and nodes (train.pipeline_parallel_size, more "
-                "data-parallel ranks), or check the model's sizes"
-            )
+        fix = (  # DeepSpeed's pipeline engine stops on ZeRO 2 and 3
+            "A pipeline trains at ZeRO 0 or 1 only: spread it over more ranks and nodes (train.pipeline_parallel_size, "
+            "more data-parallel ranks), or check the model's sizes"
+            if pipeline_parallel > 1
+            else 'Set "zero_optimization": {"stage": 3} in the DeepSpeed JSON (which splits it over all '
+            f"{world_size} ranks: at least {finest / gib:,.0f} GiB here), or check the model's sizes"
+        )
         raise NgptConfigError(
             f"{sizes}; at ZeRO stage {zero_stage} in {precision} each rank keeps {per_parameter:g} bytes per "
             f"parameter{cut}, at least {per_rank / gib:,.1f} GiB per rank and {per_rank * local_world_size / gib:,.0f} "
             f"GiB on this node's {local_world_size} rank(s) of {world_size}, but the node has {node_bytes / gib:,.0f} "
-            'GiB of memory in all. Set "zero_optimization": {"stage": 3} in the DeepSpeed JSON (which splits it '
-            f"over all {world_size} ranks: at least {finest / gib:,.0f} GiB here), or check the model's sizes"
+            f"GiB of memory in all. {fix}"
         )
     if not activations:
         return None
