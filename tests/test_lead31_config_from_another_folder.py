@@ -10,7 +10,7 @@ training ran in, and the next run resolved that path against ITS working folder.
 The run config now records the file made absolute (config_source_absolute), compared wherever the next run starts.
 """
 
-from ngpt_ds.train.builder import read_config_source
+from ngpt_ds.train.config_identity import read_config_source
 
 from conftest import tiny_ngpt, tiny_train, train_run, write_ds_config, write_yaml
 

@@ -53,7 +53,7 @@ def setup(tmp_path, tiny_dataset):
 def test_rank0_only_config_record_read_that_raises_does_not_leave_rank1_waiting(setup):
     """ngpt_ds/train/job.py: rank 0 alone reads --out's config.yaml for the "holds a run trained from" warning,
     between two startup agreements. A record it cannot compare (a config_source_absolute with a NUL byte:
-    Path.resolve raises ValueError, which builder.same_config_file does not catch) raised on rank 0 alone: rank 0
+    Path.resolve raises ValueError, which config_identity.same_config_file does not catch) raised on rank 0 alone: rank 0
     exited 1 with a ValueError traceback, and rank 1 was left in stop_all_if_any_failed's all_gather_object (under
     NCCL, until train.dist_timeout_s). A warning must neither stop the run nor split the ranks: it is skipped with
     a line saying why, and both ranks train."""

@@ -73,7 +73,7 @@ def test_a_named_pipe_at_the_run_folders_config_yaml_is_not_waited_on(tmp_path):
     a named pipe there blocked the rank for good (a plain read waits for a writer)."""
     import os
 
-    from ngpt_ds.train.builder import check_default_folder_is_this_configs
+    from ngpt_ds.train.config_identity import check_default_folder_is_this_configs
 
     folder = tmp_path / "runs" / "model"
     folder.mkdir(parents=True)

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from ngpt_ds import distributed, hostmem, log, yaml_safe
+from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
 from ngpt_ds.data.tokenizer import VocabSizeError
-from ngpt_ds.errors import UNPARSABLE, NgptConfigError
+from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import build_model
-from ngpt_ds.model.config import PRESET_DIR
 from ngpt_ds.parallel import ParallelGroups, check_tensor_parallel, parallelize
 from ngpt_ds.parallel.pipeline import build_pipeline, check_pipeline
 from ngpt_ds.parallel.sequence import (
@@ -37,9 +36,8 @@ from ngpt_ds.parallel.sequence import (
     parallelize_sequence,
 )
 from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape_plan
-from ngpt_ds.train.checkpoint import CHECKPOINTS
-from ngpt_ds.train.checkpoint_layout import step_dirs
 from ngpt_ds.train.config import RunConfig, load_model_and_train
+from ngpt_ds.train.config_identity import check_default_folder_is_this_configs
 from ngpt_ds.train.device_check import check_devices_on_all_ranks, device_problem
 from ngpt_ds.train.ds_config import (
     BatchPlan,
@@ -49,10 +47,8 @@ from ngpt_ds.train.ds_config import (
     precision_of,
     zero_stage_of,
 )
-from ngpt_ds.train.manifest import RefusedFile, read_capped
 from ngpt_ds.train.optim import build_optimizer, build_schedule
 from ngpt_ds.train.resume import resolve_resume, resolve_resume_on_all_ranks
-from ngpt_ds.train.summary import MAX_CONFIG_BYTES
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -299,77 +295,6 @@ def run_folder(out: str | None, config_path: Path) -> Path:
     leaves `--out=~/runs/x` as written, and the run went into a folder named '~' in the working folder (which
     `rm -rf ~` then deletes the home folder in place of), while the --out checks (run_lock) looked at the home's."""
     return Path(out).expanduser() if out else Path("runs") / config_path.stem
-
-
-def check_default_folder_is_this_configs(out_dir: Path, config_path: Path) -> None:
-    """With --out left out, the run folder runs/<the config's name> is named after the file, not the path:
-    exp1/model.yaml and then exp2/model.yaml both went to runs/model, and the second resumed the first's
-    checkpoint (its changed fields listed as edits). Refused when the folder's run was trained from another file
-    (its config.yaml's config_source, relative to the working folder as runs/ is; else its newest checkpoint's)."""
-    saved = _recorded_config_source(out_dir)
-    if saved is None or same_config_file(Path(saved), config_path):
-        return
-    raise NgptConfigError(
-        f"--config {config_path} trains in {out_dir} when --out is left out (runs/<the config file's name>), and "
-        f"the run there was trained from another file, {saved}: two configs of the same name share that folder, "
-        f"and this one would resume that run. Pass --out runs/<a name of its own> to start a new run, or "
-        f"--out {out_dir} to continue that run with this config"
-    )
-
-
-def _recorded_config_source(out_dir: Path) -> str | None:
-    """The config file a run folder's run was trained from, as its config.yaml records it; None if it records none."""
-    # step_N folders only, newest first (one cut short by a kill still names its run's config): a
-    # step_N.not-this-run-* copy holds another run's config.yaml, a .tmp-save or .tmp-delete one being written or removed
-    checkpoints = [step / "config.yaml" for step in reversed(step_dirs(out_dir / CHECKPOINTS))]
-    for path in (out_dir / "config.yaml", *checkpoints):
-        try:
-            saved = read_config_source(path)
-        except ValueError:
-            continue
-        if saved is not None:
-            return saved
-    return None
-
-
-def read_config_source(path: Path) -> str | None:
-    """The config file a config.yaml records: its config_source_absolute, else (an ngpt_ds before it) its
-    config_source, which is relative to a working folder no longer known; None if it records neither; ValueError
-    if it cannot be read."""
-    try:  # a regular file of at most 1 MiB (read_capped): not a named pipe, which would block this rank
-        data = yaml_safe.safe_load(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
-    except (OSError, RefusedFile, yaml_safe.YAMLError, UnicodeDecodeError, *UNPARSABLE) as err:
-        raise ValueError(f"{path}: {err}") from err
-    if not isinstance(data, dict):
-        return None
-    # The path as written named another file from another working folder: configs/a.yaml saved from folder A and
-    # a run from folder B of B's own configs/a.yaml were taken for the same file, and retention deleted A's.
-    for key in ("config_source_absolute", "config_source"):
-        if isinstance(data.get(key), str):
-            return data[key]
-    return None
-
-
-def other_config_warning(out_dir: Path, config_path: Path) -> str | None:
-    """An explicit --out holding a run trained from another config file: the line rank 0 logs at startup."""
-    saved = _recorded_config_source(out_dir)
-    if saved is None or same_config_file(Path(saved), config_path):
-        return None
-    return (
-        f"--out {out_dir} holds a run trained from {saved}; this run continues it with {config_path}. Its "
-        "checkpoints are kept (retention deletes only this config's own); to start a new run pass another --out"
-    )
-
-
-def same_config_file(saved: Path, config_path: Path) -> bool:
-    """A preset is the same preset wherever ngpt_ds is installed (its path is that of the package's copy);
-    any other file is the same file."""
-    try:
-        if config_path.resolve().parent == PRESET_DIR.resolve():
-            return saved.name == config_path.name and saved.parent.name == PRESET_DIR.name
-        return saved.resolve() == config_path.resolve()
-    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte in a record: compare as written
-        return saved == config_path
 
 
 def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepared:

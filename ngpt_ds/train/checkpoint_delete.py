@@ -222,12 +222,12 @@ def mark_config_source(checkpoint_dir: Path, config_source: str) -> None:
 
 def of_another_config(folder: Path) -> bool:
     """Whether step_N `folder` was saved by a run of another config file than the running one: its config.yaml
-    records another config_source (read capped, as ngpt_ds.train.builder does), or cannot be read. A folder
+    records another config_source (read capped: ngpt_ds.train.config_identity), or cannot be read. A folder
     without a recorded config_source (an older ngpt_ds), or a process that recorded none, counts as the run's."""
     running = _CONFIG_SOURCE.get(Path(os.path.abspath(folder.parent)))
     if running is None:
         return False
-    from ngpt_ds.train.builder import read_config_source, same_config_file  # builder imports checkpoint
+    from ngpt_ds.train.config_identity import read_config_source, same_config_file  # its summary imports checkpoint
 
     try:
         saved = read_config_source(folder / "config.yaml")

@@ -278,7 +278,7 @@ class RunConfig:
     """sha256 of the dataset's tokenizer.model: a resume on data from another tokenizer is refused."""
     config_source_absolute: str | None = None
     """config_source made absolute against the folder training ran in: which file a run was trained from, wherever
-    the next run starts (retention keeps another config's checkpoints; ngpt_ds.train.builder.same_config_file)."""
+    the next run starts (retention keeps another config's checkpoints; ngpt_ds.train.config_identity)."""
     train_data_sha256: str | None = None
     """Fingerprint of the training split's shards and block hashes (ngpt_ds.train.preflight.
     train_data_fingerprint; None without block hashes): a resume on other training data is refused."""

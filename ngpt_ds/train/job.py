@@ -11,7 +11,8 @@ from ngpt_ds import log
 from ngpt_ds.data.loader import same_dataset_on_every_rank
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, lineage
-from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group, other_config_warning
+from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group
+from ngpt_ds.train.config_identity import other_config_warning
 from ngpt_ds.train.loop import Trainer
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.summary import Summary, mend_finished_summary, replace_file
