@@ -40,6 +40,12 @@ def train(options: TrainOptions) -> Summary:
             prepared, problem = choose_resume(prepared, options.resume, collective=True), None
         except NgptConfigError as err:
             problem = str(err)
+        except Exception as err:  # noqa: BLE001 (any error: the others must hear of it, not wait for this rank)
+            # After its collective verification, each rank reads the chosen checkpoint's files on its own (its
+            # config.yaml, DeepSpeed's layout): an I/O error on one node's view of shared storage raised there
+            # alone, and the others waited in the agreement below until train.dist_timeout_s.
+            _log.exception(f"rank {dist.get_rank()}: choosing the checkpoint to resume failed")
+            problem = f"{type(err).__name__}: {err}"
         agreement.stop_all_if_any_failed(problem)
         resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
         if resumed_step >= prepared.run.train.max_steps:

@@ -11,6 +11,7 @@ asked), and the file that called torch.distributed.
 NCCL pairs the ranks' collectives by their order alone: the test compares the ranks' sequences.
 """
 
+import errno
 import functools
 import json
 import os
@@ -152,12 +153,29 @@ def _raise_in_prepare(message: str) -> None:
     builder.check_tensor_parallel = fails
 
 
+RAISE_IN_RESUME = "NGPT_DS_TEST_RAISE_IN_RESUME"
+"""Set on one rank: after the ranks agreed on the checkpoint to resume, its own check of that checkpoint's seed
+raises OSError(EIO, the value), as a read of one node's view of shared storage can
+(tests/test_lead32_resume_error_on_one_rank.py)."""
+
+
+def _raise_in_resume(message: str) -> None:
+    from ngpt_ds.train import preflight
+
+    def fails(checkpoint, seed):
+        raise OSError(errno.EIO, message, str(checkpoint / "config.yaml"))
+
+    preflight.check_resume_seed = fails
+
+
 def run_traced(install_tracer) -> None:
     """The tracers' command line, TRACE_DIR SCRIPT [ARGS...]: install_tracer(TRACE_DIR/rank<RANK>.jsonl),
     then SCRIPT as __main__ with ARGS."""
     install_tracer(Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl")
     if os.environ.get(RAISE_IN_PREPARE):
         _raise_in_prepare(os.environ[RAISE_IN_PREPARE])
+    if os.environ.get(RAISE_IN_RESUME):
+        _raise_in_resume(os.environ[RAISE_IN_RESUME])
     script = sys.argv[2]
     sys.argv = [script, *sys.argv[3:]]
     sys.path.insert(0, str(Path(script).resolve().parent))
