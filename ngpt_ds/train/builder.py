@@ -211,6 +211,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
             model_parallel=model_parallel,
             activations=activations,
             pipeline_parallel=train_cfg.pipeline_parallel_size,
+            available=memory_plan.node_memory_available(accelerator),
         )
         if close and dist_env.rank == 0:
             _log.warning(close)

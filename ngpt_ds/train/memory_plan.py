@@ -218,6 +218,7 @@ def check_state_fits(
     model_parallel: int = 1,
     activations: int = 0,
     pipeline_parallel: int = 1,
+    available: int | None = None,
 ) -> str | None:
     """Raise NgptConfigError when the model's training state alone, split as this run's ZeRO stage, tensor and
     pipeline parallelism (`model_parallel`: their product) split it, exceeds all the memory of this node (RAM and
@@ -237,7 +238,12 @@ def check_state_fits(
     `activations`: bytes one rank keeps for the backward (activations_at_least); with them a long context that
     cannot fit is refused too (the state alone passed it, and the OOM killer ended the run at its first step). A
     lower bound, so it refuses only when even that does not fit; returns a one-line warning when it is within
-    30 % of the node (the estimate runs 20-30 % under the RSS measured), else None."""
+    30 % of the node (the estimate runs 20-30 % under the RSS measured), else None.
+
+    `available`: the memory free on this node now (node_memory_available: MemAvailable, or less under a cgroup's limit),
+    which other processes may hold part of. Below the need it is a warning, not a refusal: that memory may be
+    freed before the run reaches its peak, but an operator who started a second job on a busy node learns it here,
+    not from the OOM killer at the first step."""
     from ngpt_ds.errors import NgptConfigError
 
     parameters = parameters_at_least(config)
@@ -273,9 +279,17 @@ def check_state_fits(
             f"GiB on this node's {local_world_size} rank(s) of {world_size}, but the node has {node_bytes / gib:,.0f} "
             f"GiB of memory in all. {fix}"
         )
+    need = (per_rank + activations) * local_world_size
+    if available is not None and need > available:
+        return (
+            f"warning: model config ({source}): training state {per_rank / gib:,.2f} GiB + activations "
+            f"{activations / gib:,.2f} GiB per rank (a lower bound) need {need / gib:,.2f} GiB on this node's "
+            f"{local_world_size} rank(s), and {available / gib:,.2f} GiB of its {node_bytes / gib:,.2f} GiB is "
+            "available now (MemAvailable, or its cgroup's limit less its use): other processes hold the rest. Stop "
+            "them or wait for the memory, or the run may be ended by the out-of-memory killer at its first steps"
+        )
     if not activations:
         return None
-    need = (per_rank + activations) * local_world_size
     figures = (
         f"model config ({source}): training state {per_rank / gib:,.2f} GiB + activations {activations / gib:,.2f} "
         f"GiB per rank (a lower bound), {need / gib:,.2f} GiB on this node's {local_world_size} rank(s), "
@@ -328,3 +342,19 @@ def activations_at_least(
         else:
             kept += size
     return kept // tensor_parallel // pipeline_parallel + recompute // tensor_parallel
+
+
+def node_memory_available(accelerator: Any) -> int | None:
+    """Memory free on this node now, in the terms of check_state_fits's node total: the host's (the least of
+    /proc/meminfo's MemAvailable, the `ulimit -v` headroom and a cgroup's limit less its use, as
+    ngpt_ds.model.saved_weights.host_memory_available reads them) plus, on GPUs, each visible device's free memory.
+    None where the host's is unknown (not Linux)."""
+    from ngpt_ds.model.saved_weights import host_memory_available
+
+    host = host_memory_available()
+    if host is None or accelerator.device_name() == "cpu":
+        return host
+    try:
+        return host + sum(int(accelerator.available_memory(i)) for i in range(accelerator.device_count()))
+    except (RuntimeError, OSError, AttributeError):  # no driver query here: the node total alone is checked
+        return None
