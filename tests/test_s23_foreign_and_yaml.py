@@ -43,6 +43,6 @@ def test_the_recorded_config_source_comes_from_this_runs_step_folders_only(tmp_p
     _step(checkpoints, "step_00000010", "configs/mine.yaml")
     _step(checkpoints, "step_00000020.not-this-run-20261204T040000Z", "configs/theirs.yaml")
     _step(checkpoints, "step_00000030.tmp-save", "configs/half.yaml", complete=False)
-    assert config_identity._recorded_config_source(tmp_path / "run") == "configs/mine.yaml"
+    assert config_identity._recorded_config_source(tmp_path / "run") == ("configs/mine.yaml", None)
     _step(checkpoints, "step_00000040", "configs/later.yaml", complete=False)  # cut short by a kill: still this run
-    assert config_identity._recorded_config_source(tmp_path / "run") == "configs/later.yaml"
+    assert config_identity._recorded_config_source(tmp_path / "run") == ("configs/later.yaml", None)

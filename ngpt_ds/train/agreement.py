@@ -66,8 +66,16 @@ def same_config_on_every_rank(run_config: RunConfig) -> None:
     ngpt_ds) built models of different shapes, and DeepSpeed's first broadcast aborted in gloo."""
     # Not the paths that may differ with identical contents: a preset's file in each node's install, each
     # node's copy of the DeepSpeed JSON, the default dataset in each node's cache (same_dataset_on_every_rank
-    # compares the data itself), or the config file made absolute; their parsed contents are compared.
-    not_compared = ("config_source", "config_source_absolute", "deepspeed_source", "data_dir", "data_dir_absolute")
+    # compares the data itself), or the config file made absolute and its bytes (a node-local copy may differ in
+    # comments); their parsed contents are compared.
+    not_compared = (
+        "config_source",
+        "config_source_absolute",
+        "config_source_sha256",
+        "deepspeed_source",
+        "data_dir",
+        "data_dir_absolute",
+    )
     mine = {k: v for k, v in run_config.to_dict().items() if k not in not_compared}
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)

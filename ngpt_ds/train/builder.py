@@ -37,7 +37,7 @@ from ngpt_ds.parallel.sequence import (
 )
 from ngpt_ds.train import ds_compat, memory_plan, preflight, reshape_plan
 from ngpt_ds.train.config import RunConfig, load_model_and_train
-from ngpt_ds.train.config_identity import check_default_folder_is_this_configs
+from ngpt_ds.train.config_identity import check_default_folder_is_this_configs, config_file_sha256
 from ngpt_ds.train.device_check import check_devices_on_all_ranks, device_problem
 from ngpt_ds.train.ds_config import (
     BatchPlan,
@@ -237,6 +237,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
     run = RunConfig(
         config_source=str(config_path),
         config_source_absolute=os.path.abspath(config_path),
+        config_source_sha256=config_file_sha256(config_path),
         model=model_cfg,
         train=train_cfg,
         deepspeed=ds_config,

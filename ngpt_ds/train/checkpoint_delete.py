@@ -209,15 +209,16 @@ def of_the_run(folder: Path) -> bool:
     return lineage is None or written_here(folder) or Path(os.path.abspath(folder)) in lineage
 
 
-_CONFIG_SOURCE: dict[Path, str] = {}
-"""Per checkpoints folder: the config file the running process trains from (`mark_config_source`)."""
+_CONFIG_SOURCE: dict[Path, tuple[str, str | None]] = {}
+"""Per checkpoints folder: the config file the running process trains from and the sha256 of its bytes when the
+process started (`mark_config_source`)."""
 
 
-def mark_config_source(checkpoint_dir: Path, config_source: str) -> None:
+def mark_config_source(checkpoint_dir: Path, config_source: str, config_sha256: str | None = None) -> None:
     """Record the config file this process trains from: retention never deletes a step_N whose own config.yaml
     records another (`of_another_config`), so that --out pointed at another run's folder keeps that run's
     checkpoints across every restart."""
-    _CONFIG_SOURCE[Path(os.path.abspath(checkpoint_dir))] = config_source
+    _CONFIG_SOURCE[Path(os.path.abspath(checkpoint_dir))] = (config_source, config_sha256)
 
 
 def of_another_config(folder: Path) -> bool:
@@ -227,13 +228,13 @@ def of_another_config(folder: Path) -> bool:
     running = _CONFIG_SOURCE.get(Path(os.path.abspath(folder.parent)))
     if running is None:
         return False
-    from ngpt_ds.train.config_identity import read_config_source, same_config_file  # its summary imports checkpoint
+    from ngpt_ds.train.config_identity import read_config_record, same_config_file  # its summary imports checkpoint
 
     try:
-        saved = read_config_source(folder / "config.yaml")
+        saved, saved_sha256 = read_config_record(folder / "config.yaml")
     except ValueError:  # unreadable or damaged: kept, as another run's may be
         return True
-    return saved is not None and not same_config_file(Path(saved), Path(running))
+    return saved is not None and not same_config_file(Path(saved), Path(running[0]), saved_sha256, running[1])
 
 
 _LEFT_ALONE: set[Path] = set()

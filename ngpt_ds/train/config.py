@@ -279,6 +279,10 @@ class RunConfig:
     config_source_absolute: str | None = None
     """config_source made absolute against the folder training ran in: which file a run was trained from, wherever
     the next run starts (retention keeps another config's checkpoints; ngpt_ds.train.config_identity)."""
+    config_source_sha256: str | None = None
+    """sha256 of the config file's bytes when the run started: the same file seen under another path on another
+    node (its own mount point of shared storage), where config_source_absolute names nothing
+    (ngpt_ds.train.config_identity)."""
     train_data_sha256: str | None = None
     """Fingerprint of the training split's shards and block hashes (ngpt_ds.train.preflight.
     train_data_fingerprint; None without block hashes): a resume on other training data is refused."""
@@ -287,6 +291,7 @@ class RunConfig:
         return {
             "config_source": self.config_source,
             "config_source_absolute": self.config_source_absolute,
+            "config_source_sha256": self.config_source_sha256,
             "model": self.model.to_dict(),
             "train": {**dataclasses.asdict(self.train), "betas": list(self.train.betas)},
             "deepspeed_source": self.deepspeed_source,

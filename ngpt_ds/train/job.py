@@ -82,14 +82,16 @@ def train(options: TrainOptions) -> Summary:
             if lock.note:
                 _log.info(lock.note)
             if options.out is not None:  # with --out left out, builder refuses another config's folder
-                _warn_if_other_config(out_dir, Path(prepared.run.config_source))
+                _warn_if_other_config(out_dir, Path(prepared.run.config_source), prepared.run.config_source_sha256)
             try:
                 moved = lineage.start_lineage(
                     out_dir, prepared.resume_from, named=options.resume not in ("auto", "none")
                 )
                 if moved:
                     _log.info(moved)
-                checkpoint_delete.mark_config_source(out_dir / checkpoint.CHECKPOINTS, prepared.run.config_source)
+                checkpoint_delete.mark_config_source(
+                    out_dir / checkpoint.CHECKPOINTS, prepared.run.config_source, prepared.run.config_source_sha256
+                )
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
             except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
                 problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
@@ -104,13 +106,13 @@ def train(options: TrainOptions) -> Summary:
             dist.destroy_process_group()
 
 
-def _warn_if_other_config(out_dir: Path, config_path: Path) -> None:
+def _warn_if_other_config(out_dir: Path, config_path: Path, config_sha256: str | None) -> None:
     """Rank 0's "--out holds a run trained from another config" warning. Rank 0 alone reads the folder's record,
     between two startup agreements: an error there (a config_source_absolute with a NUL byte made Path.resolve
     raise ValueError) raised on rank 0 alone, and the other ranks waited in the next agreement (under NCCL until
     train.dist_timeout_s). A warning neither stops the run nor splits the ranks: it is skipped with a line why."""
     try:
-        foreign = other_config_warning(out_dir, config_path)
+        foreign = other_config_warning(out_dir, config_path, config_sha256)
     except Exception as err:  # noqa: BLE001 (any error: rank 0 alone is here)
         _log.warning(
             f"warning: cannot compare the config file recorded in {out_dir} with {config_path} "
