@@ -3,6 +3,7 @@ UTF-8 only, and each way it fails named with the file and the fix, before any pa
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -92,6 +93,26 @@ def special_file(path: Path) -> str | None:
         f"is {kind}, not a regular file (a shell's <(...) gives a pipe): write the settings to a file and give "
         "that file"
     )
+
+
+def broken_link(path: Path) -> str | None:
+    """The end of the message for a config path that is a symbolic link leading nowhere, or None: a loop of links
+    (ELOOP, in the path's last part or a folder above it) was called an unknown preset (--config) or a file that
+    does not exist (--deepspeed_config), and a link to a moved or deleted file named the link alone."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return (
+                "is a symbolic link that leads back to itself (a loop of links, in its name or a folder above it): "
+                "point the link at the config file, or give the file itself"
+            )
+        if os.path.islink(path):
+            return (
+                f"is a symbolic link to {os.readlink(path)}, which does not exist (moved or deleted?): point the "
+                "link at the config file, or give the file itself"
+            )
+    return None
 
 
 def unreadable(path: Path, err: OSError) -> str:

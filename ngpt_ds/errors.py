@@ -68,10 +68,21 @@ class Problems:
     ) -> None:
         """Report every key of a config section that is not a field, with the closest field name."""
         known = sorted(known)
-        for key in sorted(set(values) - set(known)):
-            close = difflib.get_close_matches(key, known, n=1)
+        for key in sorted(set(values) - set(known), key=str):
+            name = str(key)
+            if name.strip() in known:
+                # `'seed ': 5` (a space typed before the colon, quoted, or pasted) was "train.seed  = 5: unknown
+                # field; did you mean 'seed'?", the space invisible in the name shown.
+                self.add(
+                    f"{section}.{name!r}",
+                    values[key],
+                    f"unknown field: the name has a space or tab at its start or end; write {name.strip()!r} without it",
+                )
+                continue
+            synonym = SYNONYMS.get(name.lower())
+            close = [synonym] if synonym in known else difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.add(f"{section}.{key}", values[key], f"unknown field{hint}{extra_hint(key)}")
+            self.add(f"{section}.{name}", values[key], f"unknown field{hint}{extra_hint(name)}")
 
     def wrong_types(self, section: str, obj: DataclassInstance) -> None:
         """Report every dataclass field of `obj` whose value is not of its annotated type (YAML `lr: fast`,
@@ -90,6 +101,8 @@ class Problems:
                     )
                 elif isinstance(value, str) and _has_type(1, expected) and _is_whole_number(value):
                     hint = " (a quoted number is text in YAML: remove the quotes)"
+                elif _has_type(1, expected) or _has_type(1.0, expected) or _has_type("", expected):
+                    hint = _yaml11_hint(value, expected)
                 self.add(f"{section}.{f.name}", value, f"must be {_describe(expected)}{hint}")
             elif isinstance(value, float) and not math.isfinite(value):
                 # YAML's .inf, .nan and 1.0e+999 are floats, and `> 0` passes inf: rope_base: .inf rotated one
@@ -126,6 +139,63 @@ def _has_type(value: object, expected: typing.Any) -> bool:
             and all(_has_type(v, a) for v, a in zip(value, args))
         )
     return isinstance(value, expected) if isinstance(expected, type) else True
+
+
+SYNONYMS = {
+    "learning_rate": "lr",
+    "learning-rate": "lr",
+    "min_learning_rate": "min_lr",
+    "steps": "max_steps",
+    "num_steps": "max_steps",
+    "train_steps": "max_steps",
+    "total_steps": "max_steps",
+    "max_iters": "max_steps",
+    "warmup": "warmup_steps",
+    "warmup_iters": "warmup_steps",
+    "wd": "weight_decay",
+    "adam_eps": "eps",
+    "epsilon": "eps",
+    "adam_betas": "betas",
+    "num_layers": "n_layer",
+    "n_layers": "n_layer",
+    "num_hidden_layers": "n_layer",
+    "d_model": "n_embd",
+    "hidden_size": "n_embd",
+    "num_heads": "n_head",
+    "n_heads": "n_head",
+    "num_attention_heads": "n_head",
+    "block_size": "seq_len",
+    "context_length": "seq_len",
+    "max_seq_len": "seq_len",
+    "max_position_embeddings": "seq_len",
+}
+"""Names other trainers give a field (lower case) -> ngpt_ds's name: `learning_rate: 0.1` was "unknown field" with no
+name offered (difflib finds nothing close to 'lr'), while a near spelling (warmup_step) had one."""
+
+
+def _yaml11_hint(value: object, expected: typing.Any) -> str:
+    """The end of "must be ..." for a value YAML 1.1 (PyYAML) read as something other than what was written for a
+    number or name field: `~`, `null` or nothing after the colon (None), yes/no/on/off (a bool), `0o17` and `10e3`
+    (text: YAML 1.2's octal and an exponent without a dot), `1.0e4` for an integer (a float). The bare "must be an
+    integer" named neither the reading nor the fix."""
+    if value is None:
+        return " (YAML reads ~, null and an empty value as no value: write one, or delete the line for the default)"
+    if isinstance(value, bool):
+        word = "true" if value else "false"
+        return (
+            f" (YAML reads yes/no, on/off and true/false unquoted as {word}: write the value meant, quoted if a word)"
+        )
+    if isinstance(value, str) and _has_type(1, expected) and not _has_type("", expected):
+        text = value.strip().replace("_", "")
+        sign, body = ("-" if text.startswith("-") else ""), text.lstrip("+-")
+        if body[:2] in ("0o", "0O") and body[2:].isdigit() and set(body[2:]) <= set("01234567"):
+            number = int(sign + body[2:], 8)
+            return f" (YAML 1.1 reads 0o{body[2:]} as text, 0o being YAML 1.2's octal: write {number})"
+        if _is_number(text) and float(text).is_integer() and "e" in text.lower():
+            return f" (YAML reads {value} as text; write the whole number {int(float(text))})"
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and not _has_type(1.0, expected):
+        return f" (a number with a dot or an exponent is a float in YAML: write {int(value)})"
+    return ""
 
 
 def _unquoted_yaml_text(text: str) -> bool:

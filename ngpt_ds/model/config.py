@@ -14,6 +14,7 @@ import yaml
 from ngpt_ds import yaml_safe
 from ngpt_ds.config_files import (  # noqa: F401 - also imported from here
     MAX_CONFIG_FILE_BYTES,
+    broken_link,
     read_config_text,
     special_file,
     unparsable,
@@ -271,6 +272,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     """A preset name (e.g. 'ngpt_tiny') or a YAML file path -> an existing path."""
     path = Path(name_or_path)
     preset = PRESET_DIR / f"{name_or_path}.yaml"
+    link = broken_link(path)
+    if link:
+        raise NgptConfigError(f"config {path} {link}")
     if path.is_dir():
         if "/" not in name_or_path and preset.is_file():
             # A folder is never a config, so a bare preset name means the preset even where the working folder

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ngpt_ds import log
-from ngpt_ds.config_files import read_config_text, special_file, unparsable, unreadable
+from ngpt_ds.config_files import broken_link, read_config_text, special_file, unparsable, unreadable
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError, Problems
 from ngpt_ds.train import ds_compat, ds_masters, ds_refusals, ds_schema
 from ngpt_ds.train.ds_schema import precision_of as precision_of
@@ -53,7 +53,7 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
             f"DeepSpeed config {path} is a folder, not a JSON file: give a file such as ds_configs/zero2.json "
             "(the shipped ones: zero0.json ... zero3.json, zero2_offload.json)"
         )
-    special = special_file(path)
+    special = special_file(path) or broken_link(path)
     if special:
         raise NgptConfigError(f"DeepSpeed config {path} {special}")
     if not path.is_file():
