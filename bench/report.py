@@ -141,7 +141,7 @@ def apply_timing_arguments(args: argparse.Namespace) -> bool:
 
 def module_main(doc: str | None) -> int:
     """What `python bench/<module>.py [--help]` does for the modules the benchmark scripts import (report,
-    engines, rss_step, children): says so and names them. They have no command line; they used to exit 0 in silence."""
+    engines, children): says so and names them. They have no command line; they used to exit 0 in silence."""
     text = f"{(doc or '').strip()}\n\nThis file is a module the benchmark scripts import, not a command: run those (bench/*.py --help)."
     if sys.argv[1:] in ([], ["-h"], ["--help"]):
         print(text)

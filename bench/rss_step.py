@@ -10,6 +10,15 @@ train it on the same batch and read memory the same way, so their tables compare
 
 RSS only follows the tensors when the allocator returns freed large blocks to the system: both run
 with MALLOC_MMAP_THRESHOLD_ set to MMAP_THRESHOLD (glibc reads it at startup).
+
+Run as a script, it sets the startup memory check's figure beside the peak measured: for each shape, ZeRO
+stage and precision a fresh process starts the trainer's engine on one rank (bench/engines.shape_engine: the
+DeepSpeed engine and, for nGPT, the hypersphere hook), trains STEPS steps on one batch and reports the rise
+of its peak RSS (VmHWM) over the RSS before the model was built, against what ngpt_ds.train.memory_plan
+counts for that run (check_state_fits: training state from parameters_at_least, plus activations_at_least).
+The check is a lower bound by design; the table says how far below the real peak it sits:
+
+    python bench/rss_step.py [--docs]
 """
 
 from __future__ import annotations
@@ -94,9 +103,135 @@ def measured_step(model, optimizer, inputs, targets, after_backward: Callable[[]
     }
 
 
+SHAPES = {
+    # name: (n_layer, n_embd, n_head, seq_len, vocab, micro batch)
+    "small": (4, 256, 4, 256, 4096, 4),
+    "medium": (6, 512, 8, 512, 8192, 4),
+    "wide": (4, 1024, 8, 256, 32768, 2),
+}
+STEPS = 3
+
+
+def one_row(shape: str, zero: int, precision: str) -> dict:
+    """In this process (a fresh one): the check's figures and the measured peak of one run."""
+    import json
+    import tempfile
+
+    from engines import shape_engine  # noqa: PLC2701  (the bench scripts' shared construction)
+
+    from ngpt_ds import distributed
+    from ngpt_ds.train import memory_plan
+    from ngpt_ds.train.builder import init_process_group
+
+    layers, embd, heads, seq_len, vocab, batch = SHAPES[shape]
+    init_process_group(distributed.discover({}), timeout_s=600)
+    import torch
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"train_micro_batch_size_per_gpu": batch, "bf16": {"enabled": precision == "bf16"},
+                   "zero_optimization": {"stage": zero}, "gradient_clipping": 1.0}, f)  # fmt: skip
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # VmHWM from here
+    shape_fields = {"n_layer": layers, "n_embd": embd, "n_head": heads, "seq_len": seq_len, "vocab_size": vocab}
+    bench = shape_engine("ngpt", shape_fields, batch, f.name)
+    config = bench.model
+    tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
+    for _ in range(STEPS):
+        _, loss = bench.engine(tokens[:, :-1], tokens[:, 1:])
+        bench.engine.backward(loss)
+        bench.engine.step()  # the hypersphere hook (nGPT) runs inside it, as in the trainer
+    peak = (_status_kib("VmHWM") - before) * 1024
+    parameters = memory_plan.parameters_at_least(config)
+    state = memory_plan.state_bytes_per_parameter(precision, zero, 1) * parameters
+    activations = memory_plan.activations_at_least(config, micro_batch=batch, precision=precision)
+    exact = sum(p.numel() for p in bench.engine.module.parameters())
+    return {
+        "shape": shape, "zero": zero, "precision": precision, "layers": layers, "embd": embd, "seq_len": seq_len,
+        "vocab": vocab, "batch": batch, "parameters_counted": parameters, "parameters": exact,
+        "state_counted": state, "activations_counted": activations, "counted": state + activations,
+        "peak_rise": peak, "rss_before": before * 1024, "loss": float(loss),
+    }  # fmt: skip
+
+
+def main() -> int:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"of {', '.join(SHAPES)} (default: all)")
+    p.add_argument("--zero", default="0,2", help="ZeRO stages (default 0,2)")
+    p.add_argument("--precisions", default="fp32,bf16", help="default fp32,bf16 (bf16 where the CPU has it)")
+    p.add_argument("--docs", action="store_true", help="also write the table into docs/benchmarks.md")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # shape:zero:precision, in a child process
+    args = p.parse_args()
+    if args.row:
+        from ngpt_ds.distributed import exit_process
+
+        shape, zero, precision = args.row.split(":")
+        print("ROW " + json.dumps(one_row(shape, int(zero), precision)), flush=True)
+        exit_process(0)  # no interpreter teardown after a process group (see there)
+        return 0
+    from ngpt_ds.train.ds_config import cpu_has_native_bf16
+
+    precisions = [x for x in args.precisions.split(",") if x != "bf16" or cpu_has_native_bf16()]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", NGPT_DS_CPU_BF16="1")
+    load = open("/proc/loadavg").read().split()[0]
+    mib = 2**20
+    header = (
+        f"{'shape':<7} {'ZeRO':>4} {'prec':<5} {'params':>7} {'state':>8} {'activ.':>8} {'counted':>8} "
+        f"{'peak RSS':>9} {'peak/counted':>12}"
+    )
+    print(header + "   (MiB; peak RSS: its rise over the RSS before the model)", flush=True)
+    rows = []
+    for shape in args.shapes.split(","):
+        for zero in (int(z) for z in args.zero.split(",")):
+            for precision in precisions:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--row", f"{shape}:{zero}:{precision}"],
+                    env=env, capture_output=True, text=True, timeout=1200,
+                )  # fmt: skip
+                line = next((x for x in done.stdout.splitlines() if x.startswith("ROW ")), None)
+                if line is None:
+                    print(f"{shape} ZeRO {zero} {precision}: failed\n{done.stderr[-2000:]}", flush=True)
+                    return 1
+                r = json.loads(line[4:])
+                rows.append(r)
+                print(
+                    f"{shape:<7} {zero:>4} {precision:<5} {r['parameters'] / 1e6:>6.1f}M {r['state_counted'] / mib:>8.0f} "
+                    f"{r['activations_counted'] / mib:>8.0f} {r['counted'] / mib:>8.0f} {r['peak_rise'] / mib:>9.0f} "
+                    f"{r['peak_rise'] / r['counted']:>12.2f}",
+                    flush=True,
+                )
+    load_after = open("/proc/loadavg").read().split()[0]
+    print(f"load average (1 min) {load} before, {load_after} after")
+    if args.docs:
+        from report import command_line, machine, update_section
+
+        table = [
+            "| shape (L, d, context, vocab, batch) | ZeRO | precision | parameters | counted: state + activations "
+            "(MiB) | peak RSS rise (MiB) | peak / counted |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        table += [
+            f"| {r['shape']} ({r['layers']}, {r['embd']}, {r['seq_len']}, {r['vocab']}, {r['batch']}) | {r['zero']} | "
+            f"{r['precision']} | {r['parameters'] / 1e6:.1f}M | {r['state_counted'] / mib:.0f} + "
+            f"{r['activations_counted'] / mib:.0f} = {r['counted'] / mib:.0f} | {r['peak_rise'] / mib:.0f} | "
+            f"**{r['peak_rise'] / r['counted']:.2f}** |"
+            for r in rows
+        ]
+        update_section(
+            "rss_check",
+            f"Command: `{command_line()}`  \nMachine: {machine()}; one rank, {STEPS} steps, load average "
+            f"{load} before and {load_after} after.\n\n" + "\n".join(table),
+        )
+    return 0
+
+
 if __name__ == "__main__":
     import sys
 
-    from report import module_main
-
-    sys.exit(module_main(__doc__))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
