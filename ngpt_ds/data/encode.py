@@ -32,11 +32,15 @@ import itertools
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import sentencepiece as spm
+
+from ngpt_ds.errors import NgptConfigError
 
 Tag = TypeVar("Tag")
 
@@ -45,6 +49,8 @@ MAX_DOC_CHARS = 1 << 20
 
 _sp: spm.SentencePieceProcessor | None = None
 _rules: CutRules | None = None
+_init_error: str | None = None
+"""Why this worker process could not load the tokenizer (`_init_pool_worker`); raised by its first task."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,17 @@ def _init_worker(model_path: str) -> None:
     _rules = cut_rules(_sp)
 
 
+def _init_pool_worker(model_path: str) -> None:
+    """`_init_worker` in a pool's worker process. Its error is kept and raised by the worker's first task, so
+    that it reaches the parent as that task's result; raised here, it broke the pool at once with a traceback
+    per worker, and multiprocessing.Pool, used before, started new workers that failed the same way forever."""
+    global _init_error
+    try:
+        _init_worker(model_path)
+    except Exception as err:  # noqa: BLE001 (any error: the parent names it)
+        _init_error = f"tokenizer {model_path}: the worker processes could not load it ({type(err).__name__}: {err})"
+
+
 def chunks(text: str, max_chars: int, rules: CutRules) -> Iterator[tuple[str, str]]:
     """(chunk, cut) pieces of `text` of at most max_chars characters (module docstring); cut: how the chunk
     was cut from the one before ("" for the first, "space", "newline" or "hard"). After a "space" cut with
@@ -156,6 +173,8 @@ def encode_documents(texts: list[str], max_chars: int = MAX_DOC_CHARS) -> tuple[
 
     Returns (ids [sum(lengths)] uint32, lengths [len(texts)] int64), EOS counted in lengths.
     """
+    if _init_error is not None:
+        raise NgptConfigError(_init_error)
     assert _sp is not None, "_init_worker was not called"
     eos = np.array([_sp.eos_id()], dtype=np.uint32)
     parts: list[np.ndarray] = []
@@ -194,13 +213,35 @@ def encode_in_order(
             yield (tag, *encode_documents(texts, max_chars))
         return
     # spawn, not fork: the parent holds threads (pyarrow, tokenizers) that fork would copy mid-lock.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(model_path,)) as pool:
+    # concurrent.futures, not multiprocessing.Pool: a Pool whose worker is killed (the out-of-memory killer, a
+    # crash in sentencepiece) starts another and never answers the lost task, so the preparation waited forever.
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_pool_worker, initargs=(model_path,)
+    ) as pool:
         pending: deque = deque()
-        for tag, texts in batches:
-            pending.append((tag, pool.apply_async(encode_documents, (texts, max_chars))))
-            if len(pending) >= 2 * workers:
-                t, res = pending.popleft()
-                yield (t, *res.get())
-        while pending:
-            t, res = pending.popleft()
-            yield (t, *res.get())
+        try:
+            for tag, texts in batches:
+                pending.append((tag, _submit(pool, texts, max_chars)))
+                if len(pending) >= 2 * workers:
+                    t, future = pending.popleft()
+                    yield (t, *future.result())
+            while pending:
+                t, future = pending.popleft()
+                yield (t, *future.result())
+        except BrokenProcessPool:
+            raise NgptConfigError(
+                f"a tokenizer worker process ended abruptly (killed: by the out-of-memory killer, say, which the "
+                f"kernel log names; or a crash in sentencepiece on {model_path}). Run the preparation again, with "
+                "fewer --workers where memory is short"
+            ) from None
+
+
+def _submit(pool: ProcessPoolExecutor, texts: list[str], max_chars: int) -> Future:
+    """pool.submit(encode_documents, ...). A submit may start a worker, and starting one in a pool that a killed
+    worker has just broken, before the pool noticed, failed with "ValueError: bad value(s) in fds_to_keep" (its
+    pipes closed meanwhile): that is the broken pool too, as is a start that fails for want of memory."""
+    try:
+        return pool.submit(encode_documents, texts, max_chars)
+    except (OSError, ValueError) as err:
+        raise BrokenProcessPool(f"starting a worker process failed: {err}") from err
