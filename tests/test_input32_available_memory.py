@@ -7,8 +7,8 @@ out-of-memory killer at its first step. Now the free memory (saved_weights.host_
 MemAvailable, or a cgroup's memory.max less memory.current where lower) is compared too: a warning with the
 figures and what to do, not a refusal (the memory may be freed before the run's peak).
 
-The model below: 2 blocks of width 1024 (mlp 4096), vocabulary 512: 34,078,720 parameters at least, 16 bytes each
-in fp32 at ZeRO 0 (0.51 GiB), activations 19,039,560 bytes at micro batch 2 (0.02 GiB): 0.53 GiB on one rank.
+The model below: 2 blocks of width 1024 (mlp 4096), vocabulary 512 (embedding and head): 34,603,008 parameters at
+least, 16 bytes each in fp32 at ZeRO 0 (0.52 GiB), activations 19,039,560 bytes at micro batch 2 (0.02 GiB): 0.53 GiB on one rank.
 """
 
 import pytest
@@ -58,7 +58,7 @@ def _prepare(tmp_path, tiny_dataset) -> list[str]:
 
 def _warning(available: str) -> str:
     return (
-        f"warning: model config ({{}}): training state 0.51 GiB + activations 0.02 GiB per rank (a lower bound) need "
+        f"warning: model config ({{}}): training state 0.52 GiB + activations 0.02 GiB per rank (a lower bound) need "
         f"0.53 GiB on this node's 1 rank(s), and {available} GiB of its 64.00 GiB is available now (MemAvailable, or "
         "its cgroup's limit less its use): other processes hold the rest. Stop them or wait for the memory, or the run "
         "may be ended by the out-of-memory killer at its first steps"

@@ -33,7 +33,7 @@ def test_long_context_refused_on_both_ranks_in_one_line(tmp_path):
     assert done.returncode != 0
     assert len(lines) == 2 and lines[0] == lines[1]
     assert (
-        "training state 0.03 GiB + activations 0.77 GiB per rank (a lower bound), 1.60 GiB on this node's 2 "
+        "training state 0.03 GiB + activations 0.77 GiB per rank (a lower bound), 1.61 GiB on this node's 2 "
         "rank(s), available 1.00 GiB: it cannot fit" in lines[0]
     )
 

@@ -297,7 +297,7 @@ def test_a_model_whose_training_state_cannot_fit_the_node_is_refused_at_startup(
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (
         f"error: model config ({config}): n_layer 2, n_embd 1048576, mlp width 4194304 and vocabulary 512 make at "
-        "least 35,184.9B parameters; training them takes 16 bytes each" in proc.stderr
+        "least 35,185.4B parameters; training them takes 16 bytes each" in proc.stderr
     ), proc.stderr[-3000:]
     assert not (tmp_path / "out").exists()
     # The shipped 1B preset fits a 24 GiB machine alone (its state: about 15 GiB), and any preset a job of 8 ranks.

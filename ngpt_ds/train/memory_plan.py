@@ -185,9 +185,12 @@ STATE_BYTES_PER_PARAMETER = 16
 
 def parameters_at_least(config: ModelConfig) -> int:
     """A lower bound on the model's parameters from its shape alone, with no model built: every block's matrices
-    (4 d^2 for q, k, v, o and 3 d x mlp_width for SwiGLU) and one vocabulary matrix."""
+    (4 d^2 for q, k, v, o and 3 d x mlp_width for SwiGLU) and the two vocabulary matrices, the input embedding and
+    the output head, which neither nGPT nor the GPT baseline ties (ngpt_ds/model/ngpt.py, gpt.py). One was counted:
+    a 4-layer d 1024 model of vocabulary 32768 was 100.7M parameters to the check and 134.3M built
+    (docs/benchmarks.md, "The startup memory check against the measured peak")."""
     d = config.n_embd
-    return config.n_layer * (4 * d * d + 3 * d * config.mlp_width) + (config.vocab_size or 0) * d
+    return config.n_layer * (4 * d * d + 3 * d * config.mlp_width) + 2 * (config.vocab_size or 0) * d
 
 
 def state_bytes_per_parameter(precision: str, zero_stage: int, zero_ranks: int) -> float:
