@@ -101,8 +101,8 @@ class Problems:
                     )
                 elif isinstance(value, str) and _has_type(1, expected) and _is_whole_number(value):
                     hint = " (a quoted number is text in YAML: remove the quotes)"
-                elif _has_type(1, expected) or _has_type(1.0, expected) or _has_type("", expected):
-                    hint = _yaml11_hint(value, expected)
+                elif ".json" not in self.subject and any(_has_type(v, expected) for v in (1, 1.0, "")):
+                    hint = _yaml11_hint(value, expected)  # a JSON file's null or "0o17" is no YAML reading
                 self.add(f"{section}.{f.name}", value, f"must be {_describe(expected)}{hint}")
             elif isinstance(value, float) and not math.isfinite(value):
                 # YAML's .inf, .nan and 1.0e+999 are floats, and `> 0` passes inf: rope_base: .inf rotated one

@@ -281,3 +281,17 @@ def test_launch_train_names_it_in_one_error_before_any_engine(tmp_path, tiny_dat
     assert f"error: train config ({config}): 1 problem\n{line}\n" in output
     assert "Traceback" not in output and "DeepSpeed engine" not in output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_json_files_null_gets_no_yaml_advice():
+    """The YAML readings above are not said of a JSON file (an export's config.json reaches the same checks)."""
+    from ngpt_ds.model import ModelConfig
+
+    for source, hint in (
+        ("model config (c.yaml)", " (YAML reads ~, null and an empty value as no value: write one, or delete the line "
+         "for the default)"),
+        ("export /m/config.json", ""),
+    ):  # fmt: skip
+        with pytest.raises(NgptConfigError) as err:
+            ModelConfig(arch="ngpt", n_layer=None).validate(source)  # type: ignore[arg-type]
+        assert str(err.value) == f"{source}: 1 problem\n  - model.n_layer = None: must be an integer{hint}"
