@@ -17,7 +17,9 @@
 Not included: DeepSpeed's communication buckets, the CUDA context, allocator fragmentation and the
 transient buffers of the backward. Leave 20-30 % headroom: at context 1024 on a CPU (nGPT, 8 layers,
 d 64, batch 4, fp32) the activations came to 285 MiB estimated against 347 MiB of RSS measured by
-bench/sequence_parallel.py.
+bench/sequence_parallel.py. check_state_fits's lower bound (state + activations) sits further below: a whole
+training step's peak RSS was 1.3-2.5 times it (docs/benchmarks.md, "The startup memory check against the measured
+peak"; logits, DeepSpeed's buffers and the backward's transients come on top).
 """
 
 from __future__ import annotations
