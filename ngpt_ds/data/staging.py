@@ -20,7 +20,8 @@ folder another node is writing looks free: a preparation of the same output on n
 folder for abandoned and deleted it under A. A free lock is trusted only on the host its lock file names (or where
 it names none); another host's folder is removed only once nothing in it has changed for OTHER_HOST_IDLE_S, and
 until then left with a warning naming that host and how to remove it by hand. Nor then while its writer's
-heartbeat goes on (ngpt_ds.data.staging_beat): a host whose clock ran a day ahead had removed a live one.
+heartbeat goes on (ngpt_ds.data.staging_beat): a host whose clock ran a day ahead had removed a live one. One of
+this host's name whose heartbeat names another boot goes only once that heartbeat stays still (staging_beat).
 
 A new folder takes its name with renameat2(RENAME_NOREPLACE), which never replaces anything: two jobs writing
 one new folder at once (on one node or several, where flock may not reach), the second to finish stops with an
@@ -208,8 +209,18 @@ def remove_abandoned(final: Path) -> list[Path]:
                 continue
             judged.append((folder, fd, host, idle))
         # This host's clock alone said "a day idle": one a day ahead of the writer's says so of a live folder.
-        alive = staging_beat.still_beating([f for f, _, h, _ in judged if h and staging_beat.read(f) is not None])
+        watched = [f for f, _, h, _ in judged if (h or staging_beat.other_boot(f)) and staging_beat.read(f) is not None]
+        alive = staging_beat.still_beating(watched)
         for folder, _, host, idle in judged:
+            if folder in alive and host is None:
+                _log.warning(
+                    f"left {folder}: its lock is free here and it names this host's name "
+                    f"({_owner_line(folder)}), but its heartbeat ({staging_beat.BEAT_FILE}) names another boot "
+                    f"({staging_beat.other_boot(folder)}, this one is {staging_beat.BOOT_ID}) and changed within "
+                    f"{staging_beat.WATCH_S:g} s: another machine of the same host name is still writing it. Give "
+                    "the nodes distinct host names (a container's --hostname), or wait for it to finish"
+                )
+                continue
             if folder in alive:
                 _log.warning(
                     f"left {folder}: its lock is free here and by this host's clock nothing in it changed for "

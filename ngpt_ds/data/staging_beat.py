@@ -11,6 +11,12 @@ live writer, whatever either clock says.
 The beat is a counter written in place and synced (so a network filesystem's other clients see it at their next
 open), or, where that write fails (a full disk), the file's times set to now, which needs no space. A folder made
 by an older ngpt_ds has no beat file: only its files' age judges it, as before.
+
+The beat also names the writer's boot id (the kernel's, which every container on one node shares): a lock file's
+host name alone does not tell this machine from another of the same name (containers started with one
+`--hostname` on several nodes, images that all call themselves `localhost`), and a free lock of another machine
+proves nothing under localflock. A folder whose beat names another boot is watched like another host's; one that
+names none (an older ngpt_ds's) is trusted to its lock as before.
 """
 
 from __future__ import annotations
@@ -28,6 +34,19 @@ BEAT_S = 10.0
 WATCH_S = 60.0
 """How long a preparation on another host watches a beat file for a change before it judges the folder
 abandoned: six beats, so a writer whose beats run late (a loaded node, a slow network filesystem) is still seen."""
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read(64).decode("ascii", "replace").strip()
+    except OSError:  # not Linux: no boot id, and none is compared
+        return ""
+    return boot if boot and all(c in "0123456789abcdef-" for c in boot) else ""
+
+
+BOOT_ID = _read_boot_id()
+"""This machine's boot id, or '' where the OS has none."""
 
 _guard = threading.Lock()
 _beating: dict[int, int] = {}  # descriptor of a beat file -> its count; closed only under _guard, never mid-write
@@ -75,7 +94,7 @@ def _beat_forever() -> None:
 
 def _beat(fd: int, count: int) -> None:
     try:
-        os.pwrite(fd, f"beat {count:012d}\n".encode(), 0)  # one length: never a file cut short
+        os.pwrite(fd, f"beat {count:012d} boot {BOOT_ID}\n".encode(), 0)  # one length: never a file cut short
         os.fsync(fd)
     except OSError:
         with contextlib.suppress(OSError):
@@ -99,6 +118,24 @@ def read(folder: Path) -> tuple[bytes, int, int] | None:
         return None
     finally:
         os.close(fd)
+
+
+def boot_of(seen: tuple[bytes, int, int] | None) -> str:
+    """The boot id a beat file's content (from `read`) names, or '' where it names none (an older ngpt_ds's beat,
+    no beat file, a writer on an OS without boot ids)."""
+    if seen is None:
+        return ""
+    words = seen[0].decode("ascii", "replace").split()
+    if len(words) != 4 or words[0] != "beat" or words[2] != "boot":
+        return ""
+    return words[3] if all(c in "0123456789abcdef-" for c in words[3]) else ""  # shown in a warning: no escapes
+
+
+def other_boot(folder: Path) -> str:
+    """The boot id `folder`'s beat file names when it is not this machine's, else '' (this boot, or none named:
+    an older ngpt_ds's folder, judged by its lock as before). Its lock, free here, proves nothing then."""
+    boot = boot_of(read(folder))
+    return boot if boot and BOOT_ID and boot != BOOT_ID else ""
 
 
 def still_beating(folders: list[Path]) -> set[Path]:
