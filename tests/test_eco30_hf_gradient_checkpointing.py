@@ -5,6 +5,7 @@ bit for bit, with every block recomputed, also with transformers' default use_ca
 
 import pytest
 import torch
+from grad_steps import assert_same_step, loss_and_grads
 
 import ngpt_ds.model.lm as lm
 
@@ -27,22 +28,17 @@ def test_gradient_checkpointing_enable_same_loss_and_grads(hf_saved, arch, monke
     monkeypatch.setattr(lm, "checkpoint", counted)
 
     def step():
-        model.zero_grad()
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        return loss_and_grads(model, lambda: model(ids, labels=ids).loss)
 
-    plain_loss, plain_grads = step()
+    plain = step()
+    plain_loss = plain[0]
     assert recomputed == []
     assert model.supports_gradient_checkpointing
     model.gradient_checkpointing_enable()
     assert model.is_gradient_checkpointing
-    loss, grads = step()
+    checkpointed = step()
     assert len(recomputed) == 2  # both blocks
-    assert torch.equal(loss, plain_loss)
-    assert grads.keys() == plain_grads.keys()
-    for name in grads:
-        assert torch.equal(grads[name], plain_grads[name]), name
+    assert_same_step(checkpointed, plain)
 
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=2)
     recomputed.clear()

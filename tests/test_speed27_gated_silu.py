@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from grad_steps import assert_same_step, loss_and_grads
 
 from ngpt_ds.model import ModelConfig, blocks, layers
 from ngpt_ds.model.factory import build_model
@@ -54,14 +55,7 @@ def test_model_loss_and_gradients_same_as_autograd_gate(
     results = []
     for gate in (layers.gated_silu, _autograd_form):
         monkeypatch.setattr(blocks, "gated_silu", gate)
-        model.zero_grad(set_to_none=True)
-        _, loss = model(tokens, targets)
-        loss.backward()
-        results.append((loss.detach().clone(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss_new, grads_new), (loss_old, grads_old) = results
-    assert torch.equal(loss_new, loss_old)
-    assert grads_new.keys() == grads_old.keys()
-    for name in grads_new:
-        assert torch.equal(grads_new[name], grads_old[name]), name
-    up = next(g for n, g in grads_new.items() if "up_gate" in n)
+        results.append(loss_and_grads(model, lambda: model(tokens, targets)[1]))
+    assert_same_step(*results)
+    up = next(g for n, g in results[0][1].items() if "up_gate" in n)
     assert up.abs().max().item() > 0  # the gate's backward reached the up projection

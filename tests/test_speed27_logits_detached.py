@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_steps import assert_same_step, loss_and_grads
 from torch.profiler import ProfilerActivity, profile
 
 from ngpt_ds.model import ModelConfig, build_model
@@ -46,10 +47,7 @@ def test_logits_beside_the_loss_are_detached_and_equal(arch: str) -> None:
 
 
 def _compiled_step(model, form, inputs, targets):
-    model.zero_grad(set_to_none=True)
-    _, loss = form(inputs, targets)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss_and_grads(model, lambda: form(inputs, targets)[1])
 
 
 @pytest.mark.parametrize("arch", ["ngpt"])  # GPT shares CausalLM.forward; one compile pair keeps the test short
@@ -73,8 +71,5 @@ def test_compiled_backward_has_no_zero_logits_gradient_and_same_gradients(arch: 
         )
     assert fills["with_grad"] >= 1  # the cost this change removes is there in the old form
     assert fills["detached"] == 0
-    (loss_old, grads_old), (loss_new, grads_new) = results["with_grad"], results["detached"]
-    assert torch.equal(loss_old, loss_new)
-    for name in grads_old:
-        assert torch.equal(grads_old[name], grads_new[name]), name
-    assert max(g.abs().max().item() for g in grads_new.values()) > 0
+    assert_same_step(results["detached"], results["with_grad"])
+    assert max(g.abs().max().item() for g in results["detached"][1].values()) > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_steps import assert_same_step, loss_and_grads
 
 from ngpt_ds.model import ModelConfig, layers, ngpt
 from ngpt_ds.model.factory import build_model
@@ -121,16 +122,9 @@ def test_model_loss_and_gradients_same_as_plain_update(dtype: torch.dtype, monke
     for update, norm in ((ngpt.block_update, layers._L2Normalize), (_plain_form, _ReferenceL2Normalize)):
         monkeypatch.setattr(ngpt, "block_update", update)
         monkeypatch.setattr(layers, "_L2Normalize", norm)  # q/k and the embedding's Norm
-        model.zero_grad(set_to_none=True)
-        _, loss = model(tokens, targets)
-        loss.backward()
-        results.append((loss.detach().clone(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss_new, grads_new), (loss_old, grads_old) = results
-    assert torch.equal(loss_new, loss_old)
-    assert grads_new.keys() == grads_old.keys()
-    for name in grads_new:
-        assert torch.equal(grads_new[name], grads_old[name]), name
-    alpha = next(g for n, g in grads_new.items() if "attn_alpha" in n)
+        results.append(loss_and_grads(model, lambda: model(tokens, targets)[1]))
+    assert_same_step(*results)
+    alpha = next(g for n, g in results[0][1].items() if "attn_alpha" in n)
     assert alpha.abs().max().item() > 0  # the update's backward reached alpha
 
 
@@ -145,12 +139,5 @@ def test_model_under_autocast_same_as_plain_update(monkeypatch: pytest.MonkeyPat
     for update, norm in ((ngpt.block_update, layers._L2Normalize), (_plain_form, _ReferenceL2Normalize)):
         monkeypatch.setattr(ngpt, "block_update", update)
         monkeypatch.setattr(layers, "_L2Normalize", norm)
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss = model(tokens, targets)
-        loss.backward()
-        results.append((loss.detach().clone(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (loss_new, grads_new), (loss_old, grads_old) = results
-    assert torch.equal(loss_new, loss_old)
-    for name in grads_new:
-        assert torch.equal(grads_new[name], grads_old[name]), name
+        results.append(loss_and_grads(model, lambda: model(tokens, targets)[1], autocast=torch.bfloat16))
+    assert_same_step(*results)
