@@ -1,6 +1,6 @@
 """Local --input files and folders, checked before datasets reads them (ngpt_ds.data.sources): globs resolved
-to files, each named once; compressed files only where this Python can decompress them; and no dataset prepared
-by ngpt_ds given as, or inside, the corpus.
+to files, each named once; compressed files only where this Python can decompress them; json lines short enough
+to read; and no dataset prepared by ngpt_ds given as, or inside, the corpus.
 """
 
 from __future__ import annotations
@@ -81,6 +81,51 @@ def check_decompressors(files: list[str]) -> None:
             f"--input file {file!r} is {name}-compressed, and this Python cannot decompress it: {fix}, or "
             "decompress the files"
         )
+
+
+MAX_JSON_LINE_BYTES = 256 << 20
+"""The longest line of a json/jsonl --input file read. datasets' json reader reads a whole line into memory and
+parses it in blocks it keeps doubling: a 100 MB line took 1.28 GB (about 13 times the line). A 2 GB line (or a 1 MB
+.jsonl.gz that inflates to one, a gzip bomb) took 26 GB, or stopped with a MemoryError traceback under a memory
+limit, after the tokenizer was trained. 256 MiB (about 3.3 GB to read) is 50 times a long book."""
+_SCAN_BYTES = 16 << 20
+
+
+def longest_line(file: str) -> tuple[int, int, bool]:
+    """(bytes, 1-based line number, whether the file was read to its end) of the longest line of `file`,
+    decompressed as datasets decompresses it (fsspec, by the suffix). Read in blocks, so memory stays at one block
+    whatever the line; stops at the first line over MAX_JSON_LINE_BYTES (its length then a lower bound)."""
+    import fsspec
+
+    longest, at, current, number = 0, 1, 0, 1
+    with fsspec.open(file, "rb", compression="infer") as f:
+        while block := f.read(_SCAN_BYTES):
+            start = 0
+            while (end := block.find(b"\n", start)) >= 0:
+                current += end - start
+                if current > longest:
+                    longest, at = current, number
+                current, number, start = 0, number + 1, end + 1
+            current += len(block) - start
+            if current > MAX_JSON_LINE_BYTES:  # enough to refuse: no need to inflate the rest of a bomb
+                return current, number, False
+    return (current, number, True) if current > longest else (longest, at, True)
+
+
+def check_line_lengths(files: list[str]) -> None:
+    """Refuse, before anything is read, a json/jsonl file with a line longer than MAX_JSON_LINE_BYTES (see there)."""
+    for file in files:
+        try:
+            length, line, whole = longest_line(file)
+        except (OSError, EOFError, ValueError):  # a damaged compressed file: datasets' read names it, with its hint
+            continue
+        if length > MAX_JSON_LINE_BYTES:
+            raise NgptConfigError(
+                f"--input file {file!r}: line {line} is {'' if whole else 'at least '}{length / 2**20:,.0f} MiB "
+                f"(uncompressed), longer than the {MAX_JSON_LINE_BYTES >> 20} MiB a json line may be: datasets "
+                "reads a line whole and needs about 13 times its size in memory. Split that document over several "
+                "rows, or give it as a .txt file with --text-sample-by document"
+            )
 
 
 def _is_prepared(folder: Path) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ngpt_ds import log
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
-from ngpt_ds.data.local_inputs import check_decompressors, refuse_prepared, resolve_files
+from ngpt_ds.data.local_inputs import check_decompressors, check_line_lengths, refuse_prepared, resolve_files
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -308,6 +308,8 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     if len(kinds) > 1:
         raise NgptConfigError(f"--input mixes file formats ({', '.join(kinds)}); prepare one format at a time")
     builder = kinds[0]
+    if builder == "json":
+        check_line_lengths(files)
     if builder == "csv":  # no bytes, no rows (as for json); kept, pandas stops with "No columns to parse from file"
         empty = [f for f in files if os.path.getsize(f) == 0]
         if empty and len(empty) < len(files):  # all empty: read, and refused below as an empty corpus
