@@ -3,7 +3,7 @@
 Starting processes (run, torchrun, start_ranks, train_run, ...) lives in tests/launching.py; its names are
 re-exported here, so tests import them from conftest as before. The stop tests' configs are at the end;
 their other helpers are in tests/stop_helpers.py. The fixtures of the Hugging Face folders tests alter
-(random_hf_export, hf_export_copy, hf_saved) are tests/hf_exports.py's, registered here."""
+(random_hf_export, random_hf_export_logits, hf_export_copy, hf_saved) are tests/hf_exports.py's, registered here."""
 
 import contextlib
 import os
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hf_exports import hf_export_copy, hf_saved, random_hf_export  # noqa: F401 (fixtures, for every test module)
+from hf_exports import hf_export_copy, hf_saved, random_hf_export, random_hf_export_logits  # noqa: F401 (fixtures, for every test module)
 from launching import (  # noqa: F401 (re-exported: the tests import these from conftest)
     REPO,
     cpu_env,

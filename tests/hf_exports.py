@@ -16,13 +16,18 @@ FIX = "copy the whole folder again, or export the checkpoint again"
 
 
 @pytest.fixture(scope="session")
-def random_hf_export(tmp_path_factory, tiny_dataset) -> Path:
-    """A random tiny nGPT exported with `--format hf` and the tiny dataset's tokenizer: read only (hf_export_copy gives a
-    test a copy to alter)."""
+def random_hf_export_logits(tmp_path_factory, tiny_dataset):
+    """random_hf_export's folder and the native model's logits on random_export.TOKENS, [8, 512]: read only."""
     from random_export import export_random_ngpt
 
-    folder, _ = export_random_ngpt(tmp_path_factory.mktemp("random_hf_export"), tiny_dataset / "tokenizer.model", "hf")
-    return folder
+    return export_random_ngpt(tmp_path_factory.mktemp("random_hf_export"), tiny_dataset / "tokenizer.model", "hf")
+
+
+@pytest.fixture(scope="session")
+def random_hf_export(random_hf_export_logits) -> Path:
+    """A random tiny nGPT exported with `--format hf` and the tiny dataset's tokenizer: read only (hf_export_copy gives a
+    test a copy to alter)."""
+    return random_hf_export_logits[0]
 
 
 @pytest.fixture

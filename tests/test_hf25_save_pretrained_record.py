@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 from hf_exports import edited_copy
-from random_export import TOKENS, export_random_ngpt
+from random_export import TOKENS
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
 
-@pytest.fixture(scope="module")
-def hf_export(tmp_path_factory, tiny_dataset) -> tuple[Path, torch.Tensor]:
-    """A tiny random nGPT exported with format="hf", and the native model's logits on TOKENS."""
-    return export_random_ngpt(tmp_path_factory.mktemp("hf25_record"), tiny_dataset / "tokenizer.model", "hf")
+@pytest.fixture
+def hf_export(random_hf_export_logits) -> tuple[Path, torch.Tensor]:
+    """A tiny random nGPT exported with format="hf", and the native model's logits on TOKENS (the session's export, read only: tests/hf_exports.py)."""
+    return random_hf_export_logits
 
 
 def fine_tuned(folder: Path, **kwargs):

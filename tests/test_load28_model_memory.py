@@ -141,10 +141,11 @@ def test_host_memory_available_counts_the_address_space_limit(tmp_path):
 
 
 @pytest.fixture
-def hf_export(tmp_path, tiny_dataset):
+def hf_export(request):
+    """A copy of the session's hf export (tests/hf_exports.py), tmp_path/export: the tests alter it. Asked for after
+    the skip, so that without transformers the export is not attempted."""
     pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
-    folder, _ = export_random_ngpt(tmp_path, tiny_dataset / "tokenizer.model", "hf")
-    return folder
+    return request.getfixturevalue("hf_export_copy")
 
 
 def test_from_pretrained_of_a_model_larger_than_the_memory_is_refused_before_the_file_is_mapped(tmp_path, hf_export):
