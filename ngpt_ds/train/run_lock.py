@@ -40,11 +40,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from ngpt_ds import log
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.manifest import file_kind
 from ngpt_ds.train.out_folder import LOCK_FILE, STORE_LOCK, check_out_folder
 from ngpt_ds.train.out_shared import not_shared
+
+_log = log.get(__name__)
 
 
 def _holder() -> str:
@@ -218,10 +221,20 @@ def acquire(out_dir: Path) -> RunLock:
     created = not os.path.lexists(path)
     try:
         fd = _open_lock(path, f"--out {out_dir}", _OUT_UNWRITABLE)
-        return _lock_opened(out_dir, path, fd, created)
+        lock = _lock_opened(out_dir, path, fd, created)
     except NgptConfigError:
         _remove_made(made)
         raise
+    if created and not out_dir.is_absolute():
+        # A requeue submitted from another folder than the first job (a new shell, an sbatch from elsewhere) ran
+        # "the same command" the summary suggests, found no run under the relative --out there, and trained from
+        # step 0 in a new folder without a word, the real run's checkpoints unused.
+        _log.warning(
+            f"warning: --out {out_dir} is relative: this new run is in {out_dir.absolute()}, from the working folder "
+            f"{Path.cwd()}. Started from another working folder, the same command (a requeue, --resume auto) finds "
+            "no run there and starts over from step 0 in another folder: pass an absolute --out"
+        )
+    return lock
 
 
 def _remove_made(folders: list[Path]) -> None:
