@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def resolve_files(inputs: Sequence[str]) -> list[str]:
                 f"--input {spec!r} is a directory; give it as the only --input (a saved or hub-style "
                 "dataset dir) or pass a glob of its files, e.g. DIR/*.jsonl"
             )
+        elif os.path.exists(pattern):  # a named pipe, a socket, a device: it was "no such file; check the path"
+            raise NgptConfigError(
+                f"--input {spec!r} is {_kind(pattern)}, not a file: a corpus is read several times (the tokenizer's "
+                "sample, then every document), which only a file allows; save the stream to a file and pass that"
+            )
         else:
             raise NgptConfigError(f"--input {spec!r}: no such file; check the path")
         for path in files[before:]:
@@ -53,12 +59,29 @@ def resolve_files(inputs: Sequence[str]) -> list[str]:
             real = os.path.realpath(path)
             if real in named:
                 raise NgptConfigError(
-                    f"--input {spec!r} names {path} again (already given by --input {named[real]!r}): its "
+                    f"--input {spec!r} names {shown(path)} again (already given by --input {named[real]!r}): its "
                     "documents would be read twice and validation documents would reappear in training; "
                     "give each file once"
                 )
             named[real] = spec
     return files
+
+
+def shown(path: str) -> str:
+    """A file name as an error message shows it: quoted with its escapes where it holds a newline or another
+    character that does not print, so that the message stays the one `error:` line the commands print."""
+    return path if path.isprintable() else repr(path)
+
+
+def _kind(path: str) -> str:
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 def check_decompressors(files: list[str]) -> None:
@@ -143,7 +166,7 @@ def refuse_prepared(folder: Path) -> list[str]:
     Returns the folder's compressed files, one of each compression (for check_decompressors: one walk)."""
     if _is_prepared(folder):
         raise NgptConfigError(
-            f"--input {folder} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
+            f"--input {shown(str(folder))} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
             "corpus it was prepared from (its meta.json names it under 'source')"
         )
     compressed: dict[str, str] = {}
@@ -151,8 +174,8 @@ def refuse_prepared(folder: Path) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
         if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
             raise NgptConfigError(
-                f"--input {folder} holds {top}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
-                f"corpus files by a glob (e.g. {folder}/*.jsonl), or move the dataset out of the folder"
+                f"--input {shown(str(folder))} holds {shown(top)}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
+                f"corpus files by a glob (e.g. {shown(str(folder))}/*.jsonl), or move the dataset out of the folder"
             )
         for name in sorted(files):
             suffix = os.path.splitext(name.lower())[1]

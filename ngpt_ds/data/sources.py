@@ -20,7 +20,7 @@ from typing import Any
 
 from ngpt_ds import log
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
-from ngpt_ds.data.local_inputs import check_decompressors, check_line_lengths, refuse_prepared, resolve_files
+from ngpt_ds.data.local_inputs import check_decompressors, check_line_lengths, refuse_prepared, resolve_files, shown
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -138,7 +138,7 @@ class Corpus:
             raise
         except _READ_ERRORS as e:
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
-            what = "it" if self._reading is None else self._reading
+            what = "it" if self._reading is None else shown(self._reading)
             raise NgptConfigError(
                 f"{self.description}: could not read {what} ({type(e).__name__}: {first_line}); {self._read_hint()}"
             ) from None
@@ -244,7 +244,7 @@ class Corpus:
         return files is not None and len(files) == 1 and type(err).__name__ == "EmptyDataError"
 
     def _unknown_field(self, fields: list[str]) -> NgptConfigError:
-        where, fix = ("", "") if self._reading is None else (f" in {self._reading}", ", or leave that file out")
+        where, fix = ("", "") if self._reading is None else (f" in {shown(self._reading)}", ", or leave that file out")
         return NgptConfigError(
             f"{self.description}: no text field {self.spec.text_field!r}{where}; its fields are "
             f"{', '.join(fields) or '(none)'}; pass --text-field with one of them{fix}"
@@ -313,13 +313,16 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     if builder == "csv":  # no bytes, no rows (as for json); kept, pandas stops with "No columns to parse from file"
         empty = [f for f in files if os.path.getsize(f) == 0]
         if empty and len(empty) < len(files):  # all empty: read, and refused below as an empty corpus
-            _log.warning(f"--input: {len(empty)} csv file(s) of no bytes hold no documents, e.g. {empty[0]}; skipped")
+            _log.warning(
+                f"--input: {len(empty)} csv file(s) of no bytes hold no documents, e.g. {shown(empty[0])}; skipped"
+            )
             files = [f for f in files if os.path.getsize(f) > 0]
     load_args: dict[str, Any] = {"path": builder}  # data_files: given per group of files (Corpus._group)
     if builder == "text":
         load_args["sample_by"] = spec.text_sample_by
-    shown = ", ".join(spec.inputs)
-    description = f"{builder} files {shown} ({len(files)} file{'s' if len(files) > 1 else ''})"
+    description = (
+        f"{builder} files {', '.join(map(shown, spec.inputs))} ({len(files)} file{'s' if len(files) > 1 else ''})"
+    )
     if builder == "text":
         description += f", one document per {spec.text_sample_by}"
     else:
@@ -358,7 +361,7 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
             spec,
             "saved",
             {"path": str(path)},
-            f"saved dataset {spec.inputs[0]} split {spec.split!r}, text field {spec.text_field!r}",
+            f"saved dataset {shown(spec.inputs[0])} split {spec.split!r}, text field {spec.text_field!r}",
         )
         corpus.check_readable()
         return corpus
@@ -385,7 +388,7 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
         load_args["name"] = spec.hub_config
     what = "dataset dir" if local else "hub dataset"
     config = f" config {spec.hub_config!r}" if spec.hub_config else ""
-    description = f"{what} {name}{config} split {spec.split!r}"
+    description = f"{what} {shown(name)}{config} split {spec.split!r}"
     # A folder of text files: datasets' text builder splits them by line unless told, where the same files by a
     # glob are split as --text-sample-by says (paragraph by default).
     text = local and _builder_of(Path(name), spec) == "text"
