@@ -181,6 +181,26 @@ def _replaces(folder: Path, old: Path, name: str) -> bool:
     return digest is not None and record == {"name": name, "complete_blake2b": digest}
 
 
+def sealed_beside_others(folder: Path) -> list[str]:
+    """The step folders beside checkpoint `folder` that its manifest's seal record lists with other COMPLETE bytes
+    than they hold now: `folder` was sealed beside another run's checkpoints (one copied in from a colleague's
+    --out). Empty when the record names none of the folders here, or records nothing (an older ngpt_ds)."""
+    try:
+        state = _recorded_state(read_manifest(folder) or {})
+    except (MalformedManifest, OSError):
+        return []
+    if state is None:
+        return []
+    differ = []
+    for name, recorded in sorted(state["steps"].items(), key=lambda item: str(item[0])):
+        if recorded in (None, _UNREADABLE) or not is_step_name(name) or name == folder.name:
+            continue  # a name only: never a path (a crafted record's '../x'), read under checkpoints/ alone
+        now = _file_digest(folder.parent / name / COMPLETE, MAX_COMPLETE_BYTES)
+        if now not in (None, _UNREADABLE) and now != recorded:
+            differ.append(name)
+    return differ
+
+
 def _mtime(path: Path) -> int:
     try:
         return os.lstat(path).st_mtime_ns

@@ -20,7 +20,13 @@ import torch.distributed as dist
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import checkpoint, manifest, run_lock, verified_here
 from ngpt_ds.train.checkpoint import Verify
-from ngpt_ds.train.checkpoint_interrupted import finished_saves, recover_interrupted_saves, remembering, to_verify
+from ngpt_ds.train.checkpoint_interrupted import (
+    finished_saves,
+    recover_interrupted_saves,
+    remembering,
+    sealed_beside_others,
+    to_verify,
+)
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
@@ -46,6 +52,13 @@ def _newest_passing(
         if problem is None:
             if checkpoint.is_legacy(path):
                 warn(checkpoint.legacy_warning(path))
+            if differ := sealed_beside_others(path):  # auto took another run's checkpoint as this run's newest
+                warn(
+                    f"warning: --resume auto continues from {path.name}, which was not saved beside this run's "
+                    f"checkpoints: its manifest records {', '.join(differ)} with other contents than {checkpoint_dir} "
+                    f"holds under that name (a checkpoint copied in from another run). If that is not meant, stop "
+                    f"now and move {path.name} out of {checkpoint_dir}: --resume auto then takes this run's own newest"
+                )
             return path
         newer = manifest.newer_format(path)
         if newer is not None:
