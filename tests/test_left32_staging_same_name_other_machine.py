@@ -75,7 +75,7 @@ def test_a_live_folder_of_another_machine_of_this_host_name_is_left(tmp_path, wr
         writer.wait()
         started = time.monotonic()
         assert staging.remove_abandoned(final) == [folder]
-        assert 3.0 <= time.monotonic() - started < 6.0
+        assert 3.0 <= time.monotonic() - started < 15.0  # one watch of WATCH_S, never a day of age
         assert not folder.exists()
         assert lines[1] == f"removed {folder}: left by an interrupted preparation of {final}", lines[1]
 
