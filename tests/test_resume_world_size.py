@@ -12,6 +12,7 @@ import json
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import read_metrics, run, tiny_ngpt, tiny_train, torchrun, train_cmd, write_ds_config, write_yaml
 
@@ -53,10 +54,19 @@ def converted_line(proc):
     return [line for line in proc.stdout.splitlines() if "universal checkpoint" in line]
 
 
-def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dataset):
-    config = write_yaml(tmp_path / "run.yaml", MODEL, TRAIN)
-    two, one, back = tmp_path / "two", tmp_path / "one", tmp_path / "back"
-    torchrun(*train_cmd(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
+@pytest.fixture(scope="module")
+def zero2_on_two_ranks(tmp_path_factory, tiny_dataset):
+    """The config and the run folder of TRAIN at ZeRO 2 on 2 ranks (checkpoints at steps 3, 6, 9): one 2-rank run
+    for the module, which its tests only resume from (each into a folder of its own) and never alter."""
+    root = tmp_path_factory.mktemp("zero2_on_two_ranks")
+    config = write_yaml(root / "run.yaml", MODEL, TRAIN)
+    torchrun(*train_cmd(config, ds_for(root, 2, 2), tiny_dataset, root / "two"), nproc=2)
+    return config, root / "two"
+
+
+def test_zero2_resumes_from_2_ranks_on_1_and_from_1_rank_on_2(tmp_path, tiny_dataset, zero2_on_two_ranks):
+    config, two = zero2_on_two_ranks
+    one, back = tmp_path / "one", tmp_path / "back"
 
     # 2 ranks -> 1 rank: converted once into the resuming run's checkpoints, verified like any checkpoint.
     proc = torchrun(
@@ -213,12 +223,12 @@ def test_a_pipeline_checkpoint_at_another_zero_stage_is_told_its_whole_layout(tm
     assert "Resume at ZeRO stage 1 (the same layout otherwise), or start a new run" in str(same_ranks.value)
 
 
-def test_a_conversion_that_cannot_fit_is_refused_naming_the_space_it_needs(tmp_path, tiny_dataset, mount_tmpfs):
+def test_a_conversion_that_cannot_fit_is_refused_naming_the_space_it_needs(
+    tmp_path, tiny_dataset, mount_tmpfs, zero2_on_two_ranks
+):
     """Resuming at another data-parallel size on a filesystem too full for DeepSpeed's converter ended in its
     'basic_ios::clear: iostream error', advising to resume at the old ranks: never the free space."""
-    config = write_yaml(tmp_path / "run.yaml", MODEL, {**TRAIN, "max_steps": 3})
-    two = tmp_path / "two"
-    torchrun(*train_cmd(config, ds_for(tmp_path, 2, 2), tiny_dataset, two), nproc=2)
+    config, two = zero2_on_two_ranks
     source = two / "checkpoints" / "step_00000003"
     small = mount_tmpfs(768 * 1024)
     refused = torchrun(
