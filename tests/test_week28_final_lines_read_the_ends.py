@@ -11,21 +11,12 @@ a 10 MB file shows it; bytes read are counted (/proc/self/io's rchar), not secon
 import json
 
 import pytest
+from bytes_read import bytes_read
 
 from ngpt_ds.train import summary as summary_module
 from ngpt_ds.train.summary import Summary, describe
 
 WIDE = {f"ngpt/alpha_attn/layer_{i:02d}": 0.05 for i in range(60)}
-
-
-def _bytes_read(work) -> int:
-    def rchar() -> int:
-        with open("/proc/self/io") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
-
-    before = rchar()
-    work()
-    return rchar() - before
 
 
 def _write_run(out, steps: int, eval_every: int | None, tail: str = "") -> None:
@@ -51,7 +42,7 @@ def test_the_closing_lines_of_a_long_run_read_its_start_and_end_only(tmp_path, s
     _write_run(tmp_path, 6000, eval_every=50, tail='{"step": 6001, "tr')  # and a line torn by a kill
     assert (tmp_path / "metrics.jsonl").stat().st_size > 10 * 2**20
     lines: list[str] = []
-    read = _bytes_read(lambda: lines.extend(_describe(tmp_path, 6000).splitlines()))
+    read = bytes_read(lambda: lines.extend(_describe(tmp_path, 6000).splitlines()))
     assert read < 2 * 2**20, read
     assert lines[1] == "  train loss:      5.999 at step 1 -> 0.000 at step 6000"
     assert lines[2] == "  validation loss: 6.950 at step 50 -> 1.000 at step 6000 (perplexity 2.7)"
@@ -102,7 +93,7 @@ def test_the_summary_mended_after_a_finished_run_reads_the_end_of_metrics_jsonl(
 
     _write_run(tmp_path, 6000, eval_every=50, tail='{"step": 6001, "tr')
     (tmp_path / "train.lock").touch()
-    read = _bytes_read(lambda: mend_finished_summary(tmp_path, 6000, 6000))
+    read = bytes_read(lambda: mend_finished_summary(tmp_path, 6000, 6000))
     assert read < 2 * 2**20, read
     mended = json.loads((tmp_path / "summary.json").read_text())
     assert (mended["status"], mended["step"], mended["train_loss"], mended["val_loss"]) == ("finished", 6000, 0.0, 1.0)

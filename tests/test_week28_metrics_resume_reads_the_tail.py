@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+from bytes_read import bytes_read
 
 from ngpt_ds.train.metrics import truncate_jsonl
 
@@ -19,18 +20,6 @@ RECORDS = 6000  # about 10 MB
 
 def _line(step: int) -> str:
     return json.dumps({"step": step, "train/loss": 3.0 + step / 1e5, **WIDE}) + "\n"
-
-
-def _bytes_read(work) -> int:
-    """The bytes this process read through read(2) and its kin while `work()` ran."""
-
-    def rchar() -> int:
-        with open("/proc/self/io") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
-
-    before = rchar()
-    work()
-    return rchar() - before
 
 
 @pytest.fixture
@@ -52,7 +41,7 @@ def test_a_resume_after_a_stop_reads_only_what_the_last_session_appended(long_ru
     with open(path, "a") as f:  # the next session: 20 steps, then a stop at step RECORDS + 20
         f.write("".join(_line(step) for step in range(RECORDS + 1, RECORDS + 21)))
     size = path.stat().st_size
-    read = _bytes_read(lambda: truncate_jsonl(path, RECORDS + 20))
+    read = bytes_read(lambda: truncate_jsonl(path, RECORDS + 20))
     assert read < 256 * 1024, read
     assert (path.stat().st_ino, path.stat().st_size) == (inode, size)
 
@@ -66,7 +55,7 @@ def test_a_resume_behind_the_last_records_cuts_the_end_in_place_reading_only_the
     with open(path, "a") as f:
         f.write("".join(_line(step) for step in range(RECORDS + 1, RECORDS + 16)) + '{"step": 6016, "tr')
     moved = []
-    read = _bytes_read(lambda: moved.extend(truncate_jsonl(path, RECORDS + 10)))
+    read = bytes_read(lambda: moved.extend(truncate_jsonl(path, RECORDS + 10)))
     assert read < 256 * 1024, read
     assert moved == list(range(RECORDS + 11, RECORDS + 16))
     assert (path.stat().st_ino, path.stat().st_size) == (inode, kept_size)
@@ -77,7 +66,7 @@ def test_a_resume_behind_the_last_records_cuts_the_end_in_place_reading_only_the
         f.seek(-len(end) - 1, os.SEEK_END)
         assert f.read().decode() == "\n" + end
     # The next resume at that step reads only the end again.
-    assert _bytes_read(lambda: truncate_jsonl(path, RECORDS + 10)) < 64 * 1024
+    assert bytes_read(lambda: truncate_jsonl(path, RECORDS + 10)) < 64 * 1024
 
 
 def test_a_rollback_before_the_checked_records_reads_the_whole_file_and_keeps_exactly_its_steps(long_run):
@@ -106,6 +95,6 @@ def test_a_checked_file_changed_in_place_before_the_checked_length_is_read_whole
     with open(path, "r+b") as f:
         f.seek(size - len(_line(RECORDS)))
         f.write(b'{"step": "x"' + b" " * (len(_line(RECORDS)) - len('{"step": "x"') - 2) + b"}\n")
-    read = _bytes_read(lambda: truncate_jsonl(path, RECORDS))
+    read = bytes_read(lambda: truncate_jsonl(path, RECORDS))
     assert read > size, read
     assert path.read_text() == "".join(_line(step) for step in range(1, RECORDS))
