@@ -417,6 +417,32 @@ def load_dataset_meta(
     return meta
 
 
+def check_tokenizer_agrees(meta: DatasetMeta) -> None:
+    """Raise NgptConfigError unless the dataset's tokenizer (checked against its recorded sha256 by
+    load_dataset_meta) has meta.json's vocab_size and eos_id. The trainer builds the model with meta.json's
+    vocab_size: a meta.json edited to 511 or 513 beside the 512-piece tokenizer passed every check and trained a
+    model of another vocabulary, which failed later, at the first window holding id 511 or in generate.py at the
+    first id the tokenizer does not have."""
+    from ngpt_ds.data.tokenizer import Tokenizer  # sentencepiece: only where the tokenizer is parsed
+
+    p = Problems(f"dataset {meta.data_dir}")
+    loaded = Tokenizer.load(meta.tokenizer_file)
+    edited = f"meta.json was edited or damaged; delete {meta.data_dir} and prepare it again"
+    p.check(
+        loaded.vocab_size == meta.vocab_size,
+        "meta.json vocab_size",
+        meta.vocab_size,
+        f"the tokenizer {meta.tokenizer_path} has {loaded.vocab_size} pieces: {edited}",
+    )
+    p.check(
+        loaded.eos_id == meta.eos_id,
+        "meta.json eos_id",
+        meta.eos_id,
+        f"the tokenizer {meta.tokenizer_path}'s EOS piece is id {loaded.eos_id}: {edited}",
+    )
+    p.raise_if_any()
+
+
 def _plain_name(file: str) -> bool:
     """A file name, not a path: no folder part, not absolute, not '.' or '..'."""
     return file not in ("", ".", "..") and "/" not in file and "\\" not in file

@@ -23,7 +23,7 @@ import torch
 from ngpt_ds import distributed, hostmem, log
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
-from ngpt_ds.data.shards import DatasetMeta, check_vocab_matches, load_dataset_meta
+from ngpt_ds.data.shards import DatasetMeta, check_tokenizer_agrees, check_vocab_matches, load_dataset_meta
 from ngpt_ds.data.tokenizer import VocabSizeError
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model import build_model
@@ -182,6 +182,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
                 "dataset of your own (--data, prepared by launch/prepare_data.py)"
             ) from None
     meta = load_dataset_meta(data_dir)
+    check_tokenizer_agrees(meta)
     if model_cfg.vocab_size is None:
         model_cfg.vocab_size = meta.vocab_size
     else:
