@@ -226,15 +226,28 @@ def acquire(out_dir: Path) -> RunLock:
         _remove_made(made)
         raise
     if created and not out_dir.is_absolute():
-        # A requeue submitted from another folder than the first job (a new shell, an sbatch from elsewhere) ran
-        # "the same command" the summary suggests, found no run under the relative --out there, and trained from
-        # step 0 in a new folder without a word, the real run's checkpoints unused.
-        _log.warning(
-            f"warning: --out {out_dir} is relative: this new run is in {out_dir.absolute()}, from the working folder "
-            f"{Path.cwd()}. Started from another working folder, the same command (a requeue, --resume auto) finds "
-            "no run there and starts over from step 0 in another folder: pass an absolute --out"
-        )
+        _say_where_a_relative_out_is(out_dir)
     return lock
+
+
+BATCH_JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
+"""Set by Slurm, PBS/Torque, LSF and Grid Engine in a batch job's environment."""
+
+
+def _say_where_a_relative_out_is(out_dir: Path) -> None:
+    """A requeue submitted from another folder than the first job (a new shell, an sbatch from elsewhere) ran "the
+    same command" the summary suggests, found no run under the relative --out there, and trained from step 0 in a
+    new folder without a word, the real run's checkpoints unused. In a batch job that is a warning; run by hand (the
+    README's first command, with its default --out runs/<name>), one line saying where the run is."""
+    where = f"{out_dir.absolute()}, from the working folder {Path.cwd()}"
+    if any(os.environ.get(name) for name in BATCH_JOB_VARIABLES):
+        _log.warning(
+            f"warning: --out {out_dir} is relative: this new run is in {where}. Started from another working folder, "
+            "the same command (a requeue, --resume auto) finds no run there and starts over from step 0 in another "
+            "folder: pass an absolute --out"
+        )
+    else:
+        _log.info(f"new run in {where} (--out {out_dir} is relative: the same command continues it from there)")
 
 
 def _remove_made(folders: list[Path]) -> None:
