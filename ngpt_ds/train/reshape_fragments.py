@@ -10,8 +10,10 @@ Phase 1 is now sealed: once DeepSpeed's extraction returns, the converter child 
 disk and writes EXTRACTED (temporary name, flush, rename), which names the source checkpoint (its COMPLETE file's
 digest), the DeepSpeed version, and the fragment files (count, bytes, a digest of their names and sizes). The
 next conversion of the same checkpoint keeps OUTPUT/tmp when EXTRACTED matches in every point, and the child
-skips phase 1. Anything else (no EXTRACTED, another checkpoint or DeepSpeed, a file missing, added, resized or a
-link) is removed and converted from the beginning. Phases 2 and 3 always run again and rewrite every file they
+skips phase 1, provided the fragments also fit the checkpoint's parameters (_fragments_fit: the seal vouches for
+names and sizes only, and can be rewritten by whoever wrote the fragments). Anything else (no EXTRACTED, another
+checkpoint or DeepSpeed, a file missing, added, resized or a link, a fragment that does not fit) is removed and
+converted from the beginning. Phases 2 and 3 always run again and rewrite every file they
 make, so a half-written merged file is never kept. ZeRO 3 checkpoints (another extraction) always start over.
 """
 
@@ -19,12 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import pickle
 import shutil
 import stat
+import zipfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+
+import torch
 
 from ngpt_ds.train import manifest
 
@@ -110,9 +117,65 @@ def reusable(folder: Path, source: Path) -> bool:
         identity = _identity(source)
         if identity["complete_blake2b"] is None or not isinstance(sealed, dict):
             return False
-        return sealed == {**identity, **(_listing(folder) or {"files": None})}
+        if sealed != {**identity, **(_listing(folder) or {"files": None})}:
+            return False
     except (OSError, ValueError):
         return False
+    return _fragments_fit(folder, source)
+
+
+STATES = ("fp32", "exp_avg", "exp_avg_sq")
+"""The flat fragments the extraction writes of each parameter (and `step`, one number per rank)."""
+
+
+def _parameter_sizes(source: Path) -> dict[tuple[str, int], int] | None:
+    """(name, tensor-parallel rank) -> elements, from the model states' param_shapes; None when unreadable."""
+    from ngpt_ds import safe_load  # imports DeepSpeed's types: not at the module's import
+
+    sizes: dict[tuple[str, int], int] = {}
+    for path in sorted(source.glob("mp_rank_*_model_states.pt")):
+        states = safe_load.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+        groups = states.get("param_shapes") if isinstance(states, dict) else None
+        if not isinstance(groups, (list, tuple)) or not path.name[8:10].isdigit():
+            return None
+        for group in groups:
+            for name, shape in group.items():
+                sizes[(str(name), int(path.name[8:10]))] = math.prod(shape)
+    return sizes or None
+
+
+def _fragments_fit(folder: Path, source: Path) -> bool:
+    """Whether the sealed fragments are what the extraction of `source` writes: for every parameter and
+    tensor-parallel rank, the same data-parallel ranks hold each state, each a flat fp32 tensor of the same length
+    per rank, the lengths adding up to the parameter's size. The seal vouches for names and sizes only, and
+    whoever can write the work folder can write one: a fragment missing, cut, lengthened or of another dtype was
+    merged as it was (a parameter without its Adam moments in the converted checkpoint, in silence) or stopped the
+    merge with DeepSpeed's traceback at every rerun. A fragment that needs code to load is refused by the merge's
+    guarded load. Anything that does not fit is extracted again. Fragments are memory-mapped: this reads pickles."""
+    from ngpt_ds import safe_load
+
+    try:
+        sizes = _parameter_sizes(source)
+        if sizes is None or {p.name for p in folder.iterdir() if p.is_dir()} != {name for name, _ in sizes}:
+            return False
+        for (name, tp), size in sizes.items():
+            ranks: dict[str, int] | None = None
+            for state in STATES:
+                found = {}
+                for path in (folder / name / str(tp)).glob(f"{state}.*"):
+                    tensor = safe_load.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+                    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32 or tensor.dim() != 1:
+                        return False
+                    found[path.suffix] = tensor.numel()
+                if ranks is None:
+                    ranks = found
+                if found != ranks:
+                    return False
+            if ranks is None or sum(ranks.values()) != size:
+                return False
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, safe_load.UnsafeCheckpointError):
+        return False
+    return True
 
 
 def keep_for_rerun(work: Path, source: Path) -> int | None:
