@@ -1,11 +1,11 @@
 """Fault: datasets' json reader reads a whole line of a .json/.jsonl --input into memory and parses it in blocks it
 keeps doubling, about 13 times the line (a 100 MB line: 1.28 GB). A 1 MB .jsonl.gz that inflates to one 1 GiB line
-(a gzip bomb) made ngpt-prepare die with a MemoryError traceback under an 8 GiB memory limit (without one it needs
-about 13 GiB, and a 2 GB line 26 GB: the out-of-memory killer), after the tokenizer started.
+(a gzip bomb) made ngpt-prepare die under an 8 GiB address-space limit (SIGSEGV, or a MemoryError traceback; without
+a limit it needs about 13 GiB, and a 2 GB line 26 GB: the out-of-memory killer), given by name or in a corpus folder.
 
-Each json file is now scanned in 16 MiB blocks before anything is read; a line over
-local_inputs.MAX_JSON_LINE_BYTES (256 MiB) is refused with one line naming the file, the line and the fix, and the
-scan of a bomb stops at the first block past the bound."""
+Each json file (named, matched by a glob, or in a corpus folder of json files) is now scanned in 16 MiB blocks
+before anything is read; a line over local_inputs.MAX_JSON_LINE_BYTES (256 MiB) is refused with one line naming
+the file, the line and the fix, and the scan of a bomb stops at the first block past the bound."""
 
 from __future__ import annotations
 
@@ -41,12 +41,17 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
 
-def test_a_gzip_bomb_of_one_long_json_line_is_refused_before_it_is_read(tmp_path):
-    bomb = _bomb(tmp_path / "bomb.jsonl.gz")
+@pytest.mark.parametrize("given", ["file", "folder"])
+def test_a_gzip_bomb_of_one_long_json_line_is_refused_before_it_is_read(tmp_path, given):
+    """file: the bomb given by name; folder: in a corpus folder beside a sound file (datasets reads it whole)."""
+    (tmp_path / "corpus").mkdir()
+    bomb = _bomb(tmp_path / "corpus" / "bomb.jsonl.gz")
     assert bomb.stat().st_size < 2 << 20
+    (tmp_path / "corpus" / "a.jsonl").write_text('{"text": "a sound file"}\n', encoding="utf-8")
+    given_as = str(bomb) if given == "file" else str(tmp_path / "corpus")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "prepare_data.py"), "--input", str(bomb), "--out", str(out)]
+        [sys.executable, str(REPO / "launch" / "prepare_data.py"), "--input", given_as, "--out", str(out)]
         + ["--vocab-size", "300", "--no-progress"],
         capture_output=True,
         text=True,

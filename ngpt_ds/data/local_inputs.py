@@ -151,6 +151,16 @@ def check_line_lengths(files: list[str]) -> None:
             )
 
 
+def folder_files(folder: Path) -> list[str]:
+    """The files of a corpus folder datasets reads whole: subfolders included, names starting with '.' or '__'
+    left out as datasets leaves them out, links to folders not followed."""
+    found: list[str] = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        found.extend(os.path.join(top, n) for n in sorted(files) if not n.startswith((".", "__")))
+    return [f for f in found if os.path.isfile(f)]
+
+
 def _is_prepared(folder: Path) -> bool:
     """A dataset written by ngpt_ds: its meta.json opens with the format name (shards.write_meta)."""
     try:

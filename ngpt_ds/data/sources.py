@@ -20,7 +20,14 @@ from typing import Any
 
 from ngpt_ds import log
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
-from ngpt_ds.data.local_inputs import check_decompressors, check_line_lengths, refuse_prepared, resolve_files, shown
+from ngpt_ds.data.local_inputs import (
+    check_decompressors,
+    check_line_lengths,
+    folder_files,
+    refuse_prepared,
+    resolve_files,
+    shown,
+)
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -391,7 +398,10 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
     description = f"{what} {shown(name)}{config} split {spec.split!r}"
     # A folder of text files: datasets' text builder splits them by line unless told, where the same files by a
     # glob are split as --text-sample-by says (paragraph by default).
-    text = local and _builder_of(Path(name), spec) == "text"
+    builder = _builder_of(Path(name), spec) if local else None
+    text = builder == "text"
+    if builder == "json":  # a folder's json lines are read as a glob's are (check_line_lengths)
+        check_line_lengths([f for f in folder_files(Path(name)) if file_format(f) == "json"])
     if text:
         load_args["sample_by"] = spec.text_sample_by
         description += f", one document per {spec.text_sample_by}"
