@@ -42,8 +42,13 @@ def rank() -> int:
         return 0
 
 
+NODE_WARNING = {"node_warning": True}
+"""`extra` of a record that the first rank of each node logs about that node (its memory): let through on that rank
+too, with a [rank N] prefix, since rank 0's node is not the one it is about."""
+
+
 class _RankFilter(logging.Filter):
-    """Rank 0 only (other ranks: errors), or every rank with a [rank N] prefix."""
+    """Rank 0 only (other ranks: errors and NODE_WARNING records), or every rank with a [rank N] prefix."""
 
     def __init__(self, all_ranks: bool) -> None:
         super().__init__()
@@ -51,9 +56,10 @@ class _RankFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         r = rank()
-        if not self.all_ranks and r != 0 and record.levelno < logging.ERROR:
+        node_warning = getattr(record, "node_warning", False)
+        if not self.all_ranks and r != 0 and record.levelno < logging.ERROR and not node_warning:
             return False
-        record.rank_prefix = f"[rank {r}] " if self.all_ranks else ""
+        record.rank_prefix = f"[rank {r}] " if self.all_ranks or (node_warning and r != 0) else ""
         return True
 
 

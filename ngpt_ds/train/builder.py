@@ -214,8 +214,10 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
             pipeline_parallel=train_cfg.pipeline_parallel_size,
             available=memory_plan.node_memory_available(accelerator),
         )
-        if close and dist_env.rank == 0:
-            _log.warning(close)
+        # Each node checks its own memory: a warning of another node than rank 0's is logged there (it was
+        # dropped, and a second node other jobs filled met the OOM killer in silence).
+        if close and dist_env.local_rank == 0:
+            _log.warning(close, extra=log.NODE_WARNING)
     check_tensor_parallel(
         train_cfg.tensor_parallel_size,
         dist_env.world_size,
