@@ -93,8 +93,9 @@ def read_export_config(folder: Path) -> dict[str, Any]:
         raise NgptConfigError(
             f"{folder} is a transformers export (export.py --format hf): load it with transformers "
             "(AutoModelForCausalLM.from_pretrained, README 'Using a trained model') or lm-eval's hf model "
-            f"(lm_eval --model hf --model_args pretrained={folder},trust_remote_code=True --tasks ...); for "
-            "generate.py, evaluate.py and the ngpt_ds lm-eval model, export the checkpoint with --format ngpt_ds"
+            f"(lm_eval --model hf --model_args pretrained={folder},trust_remote_code=True --tasks ...), or the ngpt_ds "
+            f"lm-eval model (ngpt-lm-eval --model ngpt_ds --model_args path={folder}); for generate.py and "
+            "evaluate.py, export the checkpoint with --format ngpt_ds"
         )
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise NgptConfigError(

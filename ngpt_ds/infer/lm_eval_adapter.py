@@ -12,6 +12,9 @@ From Python: `import ngpt_ds.infer.lm_eval_adapter` and then
 `lm_eval.simple_evaluate(model="ngpt_ds", model_args="path=...", tasks=[...])`, or pass an
 `NgptLM(...)` instance as `model`.
 
+path may also be an `export.py --format hf` folder: its weights are read through ngpt_ds's own transformers
+classes (none of the folder's .py files is imported) and its text through its tokenizer.json.
+
 model_args: path (required), dtype (float32), max_length (the trained seq_len: longer inputs
 keep their last max_length tokens), tokenizer (a .model to use instead of the model's own;
 checked against it); any other is refused, naming it. The device and batch size come from
@@ -112,7 +115,12 @@ class NgptLM(TemplateLM):
         if loaded is None:
             if not path:
                 raise NgptConfigError("model_args needs path=EXPORT_FOLDER_OR_CHECKPOINT")
-            loaded = load(path, device=device, dtype=dtype, tokenizer=tokenizer)
+            from ngpt_ds.hf.as_loaded import is_hf_export, load_hf_export  # transformers: only for such a folder
+
+            if is_hf_export(path):  # export.py --format hf: read through ngpt_ds's own classes, no folder code run
+                loaded = load_hf_export(path, device=device, dtype=dtype, tokenizer=tokenizer)
+            else:
+                loaded = load(path, device=device, dtype=dtype, tokenizer=tokenizer)
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
