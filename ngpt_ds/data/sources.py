@@ -143,6 +143,13 @@ class Corpus:
             yield from self._texts()
         except NgptConfigError:
             raise
+        except MemoryError:  # datasets reads a line (text: up to a blank line, or a whole file) into memory at once
+            what = "it" if self._reading is None else shown(self._reading)
+            raise NgptConfigError(
+                f"{self.description}: ran out of memory reading {what}: it holds a document (a line, a paragraph "
+                "without a blank line, or with --text-sample-by document a whole file) too large to read whole in "
+                "this process's memory; split it into smaller documents, or leave that file out"
+            ) from None
         except _READ_ERRORS as e:
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
             what = "it" if self._reading is None else shown(self._reading)
