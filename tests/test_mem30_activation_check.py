@@ -2,7 +2,7 @@
 node: a long-context run (ngpt_0.5b_8k, or seq_len 16384 on a small model at micro batch 8) passed it and was killed
 by the OOM killer at its first step, after minutes of startup. With activations_at_least (estimate_memory's meta-device
 count, on a two-block copy scaled to n_layer) the check refuses a run whose lower bound does not fit, in one line with
-the figures and the fixes, and warns when it is within 30 % of the node."""
+the figures and the fixes, and warns when the node holds less than twice it."""
 
 import pytest
 
@@ -57,10 +57,11 @@ def test_long_context_is_refused_when_state_alone_fits():
         "activation checkpointing (train.checkpoint_every), sequence parallelism (train.sequence_parallel_size), "
         "or ZeRO 3"
     )
-    # Exactly at the lower bound: no refusal (never a false one), a warning; 30 % above it: silent.
+    # Exactly at the lower bound: no refusal (never a false one), a warning; twice it: silent (ACTIVATION_HEADROOM).
     warning = check_state_fits(LONG, node_bytes=int(need) + 1, activations=activations, **run)
     assert warning is not None and warning.startswith("warning: model config (c.yaml)") and "\n" not in warning
-    assert check_state_fits(LONG, node_bytes=int(need * 1.3) + 1, activations=activations, **run) is None
+    assert check_state_fits(LONG, node_bytes=int(need * 1.9), activations=activations, **run) is not None
+    assert check_state_fits(LONG, node_bytes=int(need * 2.0) + 1, activations=activations, **run) is None
 
 
 def test_fixes_named_in_the_refusal_do_fit():
