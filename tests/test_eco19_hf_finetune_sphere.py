@@ -9,6 +9,9 @@ import torch
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
+SPHERE_TOLERANCE = 2 * torch.finfo(torch.float32).eps
+"""Two float32 ulps of 1 (2.4e-7): a renormalized row's norm rounds within them; which one depends on the CPU's
+vectorized sum order (2e-7 held on one Xeon and failed at exactly two ulps on another)."""
 IDS = torch.randint(3, 512, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
@@ -44,7 +47,7 @@ def test_optimizer_steps_on_an_ngpt_renormalize_its_matrices_as_training_does(tm
     reference = copy.deepcopy(model.model)  # ngpt_ds's own module: no hook, renormalized by hand
     _steps(model.model, torch.optim.AdamW(model.parameters(), lr=1e-3))
     _steps(reference, torch.optim.AdamW(reference.parameters(), lr=1e-3), after=lambda: normalize_matrices_(reference))
-    assert max_norm_deviation(model.model) <= 2e-7
+    assert max_norm_deviation(model.model) <= SPHERE_TOLERANCE
     for (name, p), q in zip(model.model.named_parameters(), reference.parameters()):
         assert torch.equal(p, q), name
 
@@ -63,7 +66,7 @@ def test_only_the_matrices_an_optimizer_updates_are_renormalized_and_a_gpt_is_le
         head.mul_(1.5)  # off the sphere, and not updated by the optimizer below
     _steps(model.model, torch.optim.AdamW([model.model.embed.weight], lr=1e-3), n=1)
     assert not torch.equal(model.model.embed.weight, embed_before)
-    assert float(model.model.embed.weight.detach().norm(dim=1).sub(1).abs().max()) <= 2e-7
+    assert float(model.model.embed.weight.detach().norm(dim=1).sub(1).abs().max()) <= SPHERE_TOLERANCE
     assert float(head.detach().norm(dim=1).sub(1.5).abs().max()) <= 2e-6  # untouched: not this optimizer's
     assert max_norm_deviation(model.model) == pytest.approx(0.5, abs=2e-6)
 
@@ -100,6 +103,6 @@ def test_an_ngpt_fine_tuned_by_transformers_trainer_saves_a_folder_that_loads(tm
         use_cpu=True,
     )
     Trainer(model=model, args=args, train_dataset=Rows()).train()
-    assert max_norm_deviation(model.model) <= 2e-7
+    assert max_norm_deviation(model.model) <= SPHERE_TOLERANCE
     model.save_pretrained(tmp_path / "tuned")
     assert type(model).from_pretrained(tmp_path / "tuned").config.vocab_size == 512
