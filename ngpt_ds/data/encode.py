@@ -30,11 +30,15 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
 from typing import TypeVar
 
 import numpy as np
@@ -50,7 +54,13 @@ MAX_DOC_CHARS = 1 << 20
 _sp: spm.SentencePieceProcessor | None = None
 _rules: CutRules | None = None
 _init_error: str | None = None
-"""Why this worker process could not load the tokenizer (`_init_pool_worker`); raised by its first task."""
+"""Why this worker process could not load the tokenizer (`_init_pool_worker`); raised by `_worker_ready`."""
+
+PARENT_WATCH_S = 1.0
+"""How often a pool's worker checks that the process that started it is alive."""
+
+ALL_STARTED_WAIT_S = 300.0
+"""How long a new pool worker waits for the others to start (`encode_in_order`)."""
 
 
 @dataclass(frozen=True)
@@ -123,15 +133,36 @@ def _init_worker(model_path: str) -> None:
     _rules = cut_rules(_sp)
 
 
-def _init_pool_worker(model_path: str) -> None:
-    """`_init_worker` in a pool's worker process. Its error is kept and raised by the worker's first task, so
-    that it reaches the parent as that task's result; raised here, it broke the pool at once with a traceback
-    per worker, and multiprocessing.Pool, used before, started new workers that failed the same way forever."""
+def _init_pool_worker(model_path: str, all_started: Barrier, parent_pid: int) -> None:
+    """`_init_worker` in a pool's worker process. Its error is kept and raised by `_worker_ready`, so that it
+    reaches the parent as that task's result; raised here, it broke the pool at once with a traceback per
+    worker, and multiprocessing.Pool, used before, started new workers that failed the same way forever.
+
+    Then it waits until every worker process has started (`encode_in_order` explains why), and watches the
+    parent: a worker of a parent killed outright (SIGKILL, the out-of-memory killer) waited on the task queue
+    forever, holding its memory."""
     global _init_error
     try:
         _init_worker(model_path)
     except Exception as err:  # noqa: BLE001 (any error: the parent names it)
         _init_error = f"tokenizer {model_path}: the worker processes could not load it ({type(err).__name__}: {err})"
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    try:
+        all_started.wait(timeout=ALL_STARTED_WAIT_S)
+    except threading.BrokenBarrierError:  # a Python whose executor starts workers otherwise: go on without
+        pass
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_WATCH_S)
+    os._exit(1)
+
+
+def _worker_ready() -> None:
+    """The pool's first task for each worker: raises the worker's `_init_pool_worker` error, if any."""
+    if _init_error is not None:
+        raise NgptConfigError(_init_error)
 
 
 def chunks(text: str, max_chars: int, rules: CutRules) -> Iterator[tuple[str, str]]:
@@ -216,13 +247,21 @@ def encode_in_order(
     # concurrent.futures, not multiprocessing.Pool: a Pool whose worker is killed (the out-of-memory killer, a
     # crash in sentencepiece) starts another and never answers the lost task, so the preparation waited forever.
     context = mp.get_context("spawn")
+    # Every worker is started before the first batch, and none later. The executor starts a worker on a submit
+    # when none is idle; one started by a submit racing the executor's own handling of a killed worker was
+    # missed by its termination and then waited for forever (CPython 3.11: the preparation hung). The workers
+    # wait for one another in `_init_pool_worker`, so that none is idle before all `workers` submits below
+    # have started one each.
+    all_started = context.Barrier(workers)
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_pool_worker, initargs=(model_path,)
+        workers, mp_context=context, initializer=_init_pool_worker, initargs=(model_path, all_started, os.getpid())
     ) as pool:
         pending: deque = deque()
         try:
+            for ready in [_submit(pool, _worker_ready) for _ in range(workers)]:
+                ready.result()
             for tag, texts in batches:
-                pending.append((tag, _submit(pool, texts, max_chars)))
+                pending.append((tag, _submit(pool, encode_documents, texts, max_chars)))
                 if len(pending) >= 2 * workers:
                     t, future = pending.popleft()
                     yield (t, *future.result())
@@ -237,11 +276,11 @@ def encode_in_order(
             ) from None
 
 
-def _submit(pool: ProcessPoolExecutor, texts: list[str], max_chars: int) -> Future:
-    """pool.submit(encode_documents, ...). A submit may start a worker, and starting one in a pool that a killed
-    worker has just broken, before the pool noticed, failed with "ValueError: bad value(s) in fds_to_keep" (its
-    pipes closed meanwhile): that is the broken pool too, as is a start that fails for want of memory."""
+def _submit(pool: ProcessPoolExecutor, fn: Callable, *args) -> Future:
+    """pool.submit(fn, *args). A submit may start a worker, and starting one in a pool that a killed worker has
+    just broken, before the pool noticed, failed with "ValueError: bad value(s) in fds_to_keep" (its pipes
+    closed meanwhile): that is the broken pool too, as is a start that fails for want of memory."""
     try:
-        return pool.submit(encode_documents, texts, max_chars)
+        return pool.submit(fn, *args)
     except (OSError, ValueError) as err:
         raise BrokenProcessPool(f"starting a worker process failed: {err}") from err
