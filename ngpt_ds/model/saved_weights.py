@@ -186,6 +186,7 @@ def _proc_number(path: str, key: str) -> int | None:
 
 _PROC_MEMINFO = "/proc/meminfo"
 _PROC_CGROUP = "/proc/self/cgroup"
+_PROC_SELF_STATUS = "/proc/self/status"
 _CGROUP_ROOT = "/sys/fs/cgroup"
 _CGROUP_V1_ROOT = "/sys/fs/cgroup/memory"
 # A cgroup's files: its limit, its use, and the memory.stat fields of its page cache.
@@ -260,26 +261,34 @@ def _page_cache(folder: str, keys: tuple[str, str]) -> int:
 
 
 def host_memory_available() -> int | None:
-    """Bytes this process may still allocate on the host: the least of the machine's available memory
-    (/proc/meminfo's MemAvailable), the headroom under its address-space limit (`ulimit -v`) and under its cgroup's
-    memory.max; None where none is known (not Linux). Standard library only: an export carries this file."""
-    known = []
-    available = _proc_number(_PROC_MEMINFO, "MemAvailable")
-    if available is not None:
-        known.append(available)
+    """Bytes this process may still allocate on the host: the least of `node_memory_headroom` and
+    `address_space_headroom`; None where neither is known (not Linux). Standard library only: an export carries
+    this file."""
+    known = [n for n in (node_memory_headroom(), address_space_headroom()) if n is not None]
+    return min(known) if known else None
+
+
+def node_memory_headroom() -> int | None:
+    """Bytes the processes of this node (or of this job's cgroup) may still allocate together: the least of the
+    machine's available memory (/proc/meminfo's MemAvailable) and its cgroup's memory.max less its use; None where
+    neither is known."""
+    known = [n for n in (_proc_number(_PROC_MEMINFO, "MemAvailable"), _cgroup_headroom()) if n is not None]
+    return min(known) if known else None
+
+
+def address_space_headroom() -> int | None:
+    """Bytes this one process may still map under its address-space limit (`ulimit -v`, RLIMIT_AS) beyond its
+    virtual size now: each process has its own limit, so it bounds one process, not a node's; None where
+    unlimited or unknown."""
     try:
         import resource  # not on Windows
     except ImportError:
-        resource = None  # type: ignore[assignment]
-    if resource is not None:
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        size = _proc_number("/proc/self/status", "VmSize")
-        if limit != resource.RLIM_INFINITY and size is not None:
-            known.append(max(0, limit - size))
-    cgroup = _cgroup_headroom()
-    if cgroup is not None:
-        known.append(cgroup)
-    return min(known) if known else None
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    size = _proc_number(_PROC_SELF_STATUS, "VmSize")
+    if limit == resource.RLIM_INFINITY or size is None:
+        return None
+    return max(0, limit - size)
 
 
 def check_host_memory(need: int, source: str, what: str, fix: str) -> None:

@@ -213,6 +213,7 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
             activations=activations,
             pipeline_parallel=train_cfg.pipeline_parallel_size,
             available=memory_plan.node_memory_available(accelerator),
+            process_available=memory_plan.process_memory_available(),
         )
         # Each node checks its own memory: a warning of another node than rank 0's is logged there (it was
         # dropped, and a second node other jobs filled met the OOM killer in silence).

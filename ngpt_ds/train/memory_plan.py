@@ -225,6 +225,7 @@ def check_state_fits(
     activations: int = 0,
     pipeline_parallel: int = 1,
     available: int | None = None,
+    process_available: int | None = None,
 ) -> str | None:
     """Raise NgptConfigError when the model's training state alone, split as this run's ZeRO stage, tensor and
     pipeline parallelism (`model_parallel`: their product) split it, exceeds all the memory of this node (RAM and
@@ -249,7 +250,13 @@ def check_state_fits(
     `available`: the memory free on this node now (node_memory_available: MemAvailable, or less under a cgroup's limit),
     which other processes may hold part of. Below the need it is a warning, not a refusal: that memory may be
     freed before the run reaches its peak, but an operator who started a second job on a busy node learns it here,
-    not from the OOM killer at the first step."""
+    not from the OOM killer at the first step.
+
+    `process_available`: what this rank's process may still map under its own address-space limit (`ulimit -v`;
+    saved_weights.address_space_headroom). Each rank has its own, so it is set against one rank's need; it was
+    part of `available`, set against all local ranks' need: 2 ranks of 0.5 GiB under a 0.8 GiB limit each were
+    warned that other processes held the node's memory. A limit below even one rank's lower bound is a refusal:
+    its allocations fail however much the node has free."""
     from ngpt_ds.errors import NgptConfigError
 
     parameters = parameters_at_least(config)
@@ -299,6 +306,13 @@ def check_state_fits(
     # checked first, returned for every run that cannot fit, and the OOM killer ended it at its first step.
     if activations and need > node_bytes:
         raise NgptConfigError(f"{figures}: it cannot fit. Use {fixes}")
+    if activations and process_available is not None and per_rank + activations > process_available:
+        raise NgptConfigError(
+            f"model config ({source}): training state {per_rank / gib:,.2f} GiB + activations {activations / gib:,.2f} "
+            f"GiB per rank (a lower bound), but this rank's process may map only {process_available / gib:,.2f} GiB "
+            "more under its address-space limit (`ulimit -v`): its allocations would fail. Raise the limit (`ulimit "
+            f"-v unlimited`, or Slurm's --propagate / the job's limits) or use {fixes}"
+        )
     if available is not None and need > available:
         return (
             f"warning: model config ({source}): training state {per_rank / gib:,.2f} GiB + activations "
@@ -360,15 +374,23 @@ def activations_at_least(
 
 def node_memory_available(accelerator: Any) -> int | None:
     """Memory free on this node now, in the terms of check_state_fits's node total: the host's (the least of
-    /proc/meminfo's MemAvailable, the `ulimit -v` headroom and a cgroup's limit less its use, as
-    ngpt_ds.model.saved_weights.host_memory_available reads them) plus, on GPUs, each visible device's free memory.
-    None where the host's is unknown (not Linux)."""
-    from ngpt_ds.model.saved_weights import host_memory_available
+    /proc/meminfo's MemAvailable and a cgroup's limit less its use, as ngpt_ds.model.saved_weights.node_memory_headroom
+    reads them; not `ulimit -v`, which bounds each process on its own) plus, on GPUs, each visible device's free
+    memory. None where the host's is unknown (not Linux)."""
+    from ngpt_ds.model.saved_weights import node_memory_headroom
 
-    host = host_memory_available()
+    host = node_memory_headroom()
     if host is None or accelerator.device_name() == "cpu":
         return host
     try:
         return host + sum(int(accelerator.available_memory(i)) for i in range(accelerator.device_count()))
     except (RuntimeError, OSError, AttributeError):  # no driver query here: the node total alone is checked
         return None
+
+
+def process_memory_available() -> int | None:
+    """What this process may still map under its own address-space limit (`ulimit -v`), for check_state_fits's
+    per-rank comparison; None where unlimited or unknown."""
+    from ngpt_ds.model.saved_weights import address_space_headroom
+
+    return address_space_headroom()
