@@ -25,8 +25,8 @@ def test_an_oversized_latest_is_not_read_whole_nor_printed(tmp_path):
     (folder / checkpoint.LATEST).write_bytes(b"\x00\x1b[2J" * 3_000_000)  # 12 MB of NULs and escapes
     said = resume._repair_latest(folder)
     assert said == (
-        f"checkpoints/{checkpoint.LATEST} named more than {resume.LATEST_MAX_BYTES} bytes: a save was killed before "
-        f"updating it; it names {checkpoint.TAG_PREFIX}00000004 now"
+        f"checkpoints/{checkpoint.LATEST} named more than {resume.LATEST_MAX_BYTES} bytes: no complete checkpoint "
+        f"has that name here (moved or deleted by hand, or never one); it names {checkpoint.TAG_PREFIX}00000004 now"
     )
     assert (folder / checkpoint.LATEST).read_text() == f"{checkpoint.TAG_PREFIX}00000004"
 

@@ -36,7 +36,8 @@ def test_a_latest_naming_a_path_outside_is_replaced_and_the_path_left_alone(tmp_
     (checkpoints / "latest").write_text(named)
     shown = named[:80]  # the line shows 80 characters at most: a temporary folder's path may be longer
     assert resume._repair_latest(checkpoints) == (
-        f"checkpoints/latest named {shown}: a save was killed before updating it; it names step_00000002 now"
+        f"checkpoints/latest named {shown}: no complete checkpoint has that name here (moved or deleted by hand, or "
+        "never one); it names step_00000002 now"
     )
     assert (checkpoints / "latest").read_text() == "step_00000002"
     assert secret.read_text() == SECRET

@@ -201,6 +201,26 @@ def sealed_beside_others(folder: Path) -> list[str]:
     return differ
 
 
+def why_latest_was_behind(checkpoint_dir: Path, named: str, newest: Path) -> str:
+    """Why `latest` named `named` where `newest` is the newest complete checkpoint of `checkpoint_dir`, as far as
+    newest's seal record tells: a save killed between its rename into place and the update of `latest` sealed
+    newest beside the step `latest` named, as that step is now. The message blamed such a kill alone, also for a
+    step folder copied in by hand or a `latest` naming a folder deleted since."""
+    before = checkpoint_dir / named
+    if not is_step_name(named) or not (before / COMPLETE).is_file():
+        return "no complete checkpoint has that name here (moved or deleted by hand, or never one)"
+    try:
+        state = _recorded_state(read_manifest(newest) or {})
+    except (MalformedManifest, OSError):
+        state = None
+    if state is None:  # an older ngpt_ds, or no readable record: either cause
+        return f"a save was killed before updating it, or {newest.name} was copied in by hand"
+    recorded = state["steps"].get(named)
+    if recorded not in (None, _UNREADABLE) and recorded == _file_digest(before / COMPLETE, MAX_COMPLETE_BYTES):
+        return "a save was killed before updating it"
+    return f"{newest.name}, newer, was not saved after it in this folder (copied or moved in by hand)"
+
+
 def _mtime(path: Path) -> int:
     try:
         return os.lstat(path).st_mtime_ns

@@ -26,6 +26,7 @@ from ngpt_ds.train.checkpoint_interrupted import (
     remembering,
     sealed_beside_others,
     to_verify,
+    why_latest_was_behind,
 )
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
@@ -440,7 +441,8 @@ def _repair_latest(checkpoint_dir: Path) -> str | None:
     shown = named[:80] if named[:80].isprintable() else repr(named[:80])  # no raw control bytes to the terminal
     if len(raw) > LATEST_MAX_BYTES:
         shown = f"more than {LATEST_MAX_BYTES} bytes"
-    return f"checkpoints/{checkpoint.LATEST} named {shown}: a save was killed before updating it; it names {newest} now"
+    why = why_latest_was_behind(checkpoint_dir, named, complete[-1])
+    return f"checkpoints/{checkpoint.LATEST} named {shown}: {why}; it names {newest} now"
 
 
 LATEST_MAX_BYTES = 4096
