@@ -41,6 +41,11 @@ def check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab:
         outside = (ids < 0) | (ids >= vocab)
         if name == "labels":
             outside &= ids != -100
+        if torch.compiler.is_compiling():  # `bool(...)` reads the tensor on the host: a graph break
+            _assert_in_graph(
+                ~outside.any(), f"{name} hold a value that is no token id of this model (0 to {vocab - 1})"
+            )
+            continue
         if bool(outside.any()):
             value = int(ids[outside].flatten()[0])
             added = (
@@ -54,6 +59,14 @@ def check_token_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, vocab:
                 f"{name} hold {value}, which is no token id of this model: it has {vocab} (0 to {vocab - 1}, "
                 f"config.vocab_size){'' if name == 'input_ids' else ' and takes -100 for a label to ignore'}{added}"
             )
+
+
+def _assert_in_graph(condition: torch.Tensor, message: str) -> None:
+    """Under torch.compile: fail with `message` where `condition` (a bool tensor) is false, without reading it
+    on the host (which breaks the graph in two at each check). A RuntimeError on a CPU; on a GPU a device-side
+    assert, as the embedding's own index check would be, but naming the argument. Eager mode raises the checks'
+    ValueErrors, with the offending value."""
+    torch._assert_async(condition, message)
 
 
 def check_cache(cache: Any) -> None:
@@ -94,7 +107,10 @@ def padding(
                 f"attention_mask has shape {tuple(attention_mask.shape)}; it must be 2D, [batch, cached + new "
                 f"positions] = {[B, past + T]} (1 for tokens, 0 for padding) for input_ids {[B, T]} after {past} cached"
             )
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        binary = ((attention_mask == 0) | (attention_mask == 1)).all()
+        if torch.compiler.is_compiling():
+            _assert_in_graph(binary, "attention_mask must hold only 0 (padding) and 1 (token)")
+        elif not bool(binary):
             raise ValueError(
                 "attention_mask must hold only 0 (padding) and 1 (token); an additive mask (0 and -inf) is not taken"
             )
@@ -105,7 +121,11 @@ def padding(
                 f"position_ids has shape {tuple(position_ids.shape)}; it must be [batch, new positions] = "
                 f"{[B, T]} (or [1, {T}]) for input_ids {[B, T]}"
             )
-        if position_ids.is_floating_point() or position_ids.dtype == torch.bool or bool((position_ids < 0).any()):
+        if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+            raise ValueError("position_ids must be integers >= 0")
+        if torch.compiler.is_compiling():
+            _assert_in_graph((position_ids >= 0).all(), "position_ids must be integers >= 0")
+        elif bool((position_ids < 0).any()):
             raise ValueError("position_ids must be integers >= 0")
         positions = position_ids.long().expand(B, T)
     elif key_mask is not None:
@@ -114,6 +134,9 @@ def padding(
         positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
     else:
         return None, None
+    # Which path runs depends on the values (a mask of all ones takes the training path): under torch.compile the
+    # two reads below break the graph, the only breaks left with an attention_mask. The padded path itself reads
+    # its positions' largest value to size RoPE's tables (ngpt_ds.model.lm).
     if key_mask is not None and bool(key_mask.all()):
         key_mask = None
     default = torch.arange(past, past + T, device=positions.device)
