@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from ngpt_ds import log
 from ngpt_ds.errors import UNPARSABLE
-from ngpt_ds.train.manifest import RefusedFile, file_kind, open_regular, read_capped
+from ngpt_ds.train.manifest import RefusedFile, file_kind, fsync_dir, open_regular, read_capped
 from ngpt_ds.train.summary import lines_of, records_if_readable, replace_file
 
 _log = log.get(__name__)
@@ -198,10 +198,14 @@ def _ends_within(end: bytes, whole: bool, top: int) -> bool:
 
 def _mark_checked(path: Path, length: int | None, top: int, records: int) -> None:
     """Record in CHECKED_FILE that the first `length` bytes of `path` (None: all of it) are `records` records, one
-    per line, of steps up to `top`. Best effort: without the record, the next resume reads the whole file, as it always had."""
+    per line, of steps up to `top`. Best effort: without the record, the next resume reads the whole file, as it always had.
+    `path` is fsynced before the record is written, and the record as COMPLETE is (`write_manifest`: replaced, then
+    its folder fsynced): the appends of the run are not synced, and after a power loss the marked length could hold
+    a block of NULs the next resume would not read again (the record only checks the last bytes)."""
     checked = path.with_name(CHECKED_FILE)
     try:
         with open_regular(path) as f:
+            os.fsync(f.fileno())  # the bytes marked are on disk before the mark is
             info = os.fstat(f.fileno())
             length = info.st_size if length is None else length
             tail = os.pread(f.fileno(), min(length, CHECKED_TAIL_BYTES), length - min(length, CHECKED_TAIL_BYTES))
@@ -216,6 +220,7 @@ def _mark_checked(path: Path, length: int | None, top: int, records: int) -> Non
             "tail_sha256": hashlib.sha256(tail).hexdigest(),
         }
         replace_file(checked, json.dumps(record) + "\n")
+        fsync_dir(checked.parent)
     except (OSError, RefusedFile):
         with contextlib.suppress(OSError):
             checked.unlink(missing_ok=True)
