@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ngpt_ds.train import run_identity
 from ngpt_ds.train.checkpoint_delete import discard
 from ngpt_ds.train.checkpoint_layout import (
     ABANDONED_PREFIX,
@@ -80,8 +81,12 @@ def replaced_record(final: Path) -> dict[str, Any]:
 def seal_record(checkpoint_dir: Path, final: Path, *, own: bool) -> dict[str, Any]:
     """Rank 0, as a save of `final` is sealed: the manifest entries a restart reads (`_not_provable`). What the
     folder holds then, so that anything written after is told by its absence from this record, not by a file
-    time; and `replaced_record` when the save replaces the run's own `final`."""
-    record: dict[str, Any] = {SEALED_AMONG: _folder_state(checkpoint_dir)}
+    time; the id of the run saving it (`run_identity.recorded`); and `replaced_record` when the save replaces the
+    run's own `final`."""
+    record: dict[str, Any] = {
+        SEALED_AMONG: _folder_state(checkpoint_dir),
+        **run_identity.recorded(checkpoint_dir.parent),
+    }
     if own:
         record.update(replaced_record(final))
     return record

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from ngpt_ds import log
 from ngpt_ds.data.loader import same_dataset_on_every_rank
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, lineage
+from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, lineage, run_identity
 from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group
 from ngpt_ds.train.config_identity import other_config_warning
 from ngpt_ds.train.loop import Trainer
@@ -89,6 +89,8 @@ def train(options: TrainOptions) -> Summary:
                 )
                 if moved:
                     _log.info(moved)
+                if run_identity.ensure(out_dir) is None:  # recorded in each checkpoint saved (resume tells copies)
+                    _log.warning(run_identity.not_an_id_warning(out_dir))
                 checkpoint_delete.mark_config_source(
                     out_dir / checkpoint.CHECKPOINTS, prepared.run.config_source, prepared.run.config_source_sha256
                 )

@@ -18,7 +18,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint, manifest, run_lock, verified_here
+from ngpt_ds.train import checkpoint, manifest, run_identity, run_lock, verified_here
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.checkpoint_interrupted import (
     finished_saves,
@@ -60,6 +60,12 @@ def _newest_passing(
                     f"holds under that name (a checkpoint copied in from another run). If that is not meant, stop "
                     f"now and move {path.name} out of {checkpoint_dir}: --resume auto then takes this run's own newest"
                 )
+            elif other := _saved_by_another_run(path, checkpoint_dir):  # keep-1: sealed beside nothing to compare
+                warn(
+                    f"warning: --resume auto continues from {path.name}, which was saved by {other} (a checkpoint "
+                    f"copied in from another run). If that is not meant, stop now and move {path.name} out of "
+                    f"{checkpoint_dir}: --resume auto then takes this run's own newest"
+                )
             return path
         newer = manifest.newer_format(path)
         if newer is not None:
@@ -77,6 +83,13 @@ def _newest_passing(
             "Start a new run with --resume none and another --out"
         )
     return None
+
+
+def _saved_by_another_run(path: Path, checkpoint_dir: Path) -> str | None:
+    try:
+        return run_identity.saved_by_another_run(manifest.read_manifest(path), checkpoint_dir.parent)
+    except (manifest.MalformedManifest, OSError):  # verified a moment ago: only a change since then
+        return None
 
 
 def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
