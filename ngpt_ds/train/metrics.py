@@ -99,6 +99,23 @@ _WRITE_FIXES[errno.EPERM] = _WRITE_FIXES[errno.EACCES]
 _OTHER_WRITE_FIX = "Check its filesystem and the disk, and what holds that name"
 
 
+def _events_kept(out_dir: Path) -> str:
+    """What becomes of the replaced steps in <out>/tensorboard: SummaryWriter's purge_step only writes a marker,
+    and TensorBoard drops the older values at read time; the event files keep them, so any other reader of the
+    files (tbparse, an export of the scalars) gets those steps twice, the old values first."""
+    try:
+        files = sorted(p.name for p in (out_dir / "tensorboard").glob("events.out.tfevents.*"))
+    except OSError:
+        return ""
+    if not files:
+        return ""
+    return (
+        f"; their earlier values stay in the {len(files)} event file(s) of {out_dir / 'tensorboard'} "
+        f"({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): TensorBoard hides them, other readers of "
+        "those files see those steps twice"
+    )
+
+
 class MetricsLogger:
     """Scalars to TensorBoard (<out>/tensorboard) and to <out>/metrics.jsonl on rank 0; a no-op elsewhere.
     A NaN or infinite value is null in metrics.jsonl (`json_safe`); TensorBoard keeps it.
@@ -126,7 +143,7 @@ class MetricsLogger:
                     _log.info(
                         f"{self.jsonl.name}: moved the {len(replaced)} record(s) of steps {min(replaced)}-"
                         f"{max(replaced)}, after the resumed step {resume_step}, to {out_dir / REPLACED_JSONL}: "
-                        "this run trains those steps again (TensorBoard shows the new ones)"
+                        f"this run trains those steps again (TensorBoard shows the new ones){_events_kept(out_dir)}"
                     )
                 self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
             except OSError as err:
