@@ -101,7 +101,13 @@ def load_hf_export(
     model_config = config.to_model_config()
     assert model_config.vocab_size is not None  # a transformers config always has one
     tok = _tokenizer(folder, tokenizer)
-    digest = check_tokenizer(tok, model_config.vocab_size, None, f"the model in {folder}")
+    # A tokenizer=FILE.model is held to the sentencepiece model's sha256 the export recorded, as a native export's
+    # or a checkpoint's is: another model of the same size was taken, and every score was of other text's ids.
+    # The folder's own tokenizer.json is checked against its own recorded sha256 where config.json is read.
+    marker = values.get("ngpt_ds_export")
+    recorded = marker.get("tokenizer_sha256") if isinstance(marker, dict) else None
+    expected = recorded if tokenizer is not None and isinstance(recorded, str) else None
+    digest = check_tokenizer(tok, model_config.vocab_size, expected, f"the model in {folder}")
     model = hf_model.model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval().requires_grad_(False)
     return LoadedModel(
         model=model,
