@@ -115,6 +115,10 @@ def same_config_file(
             return saved.name == config_path.name and saved.parent.name == PRESET_DIR.name
         if saved_sha256 is not None and saved.is_absolute() and not os.path.lexists(saved):
             return (current_sha256 or config_file_sha256(config_path)) == saved_sha256
-        return saved.resolve() == config_path.resolve()
+        if saved.resolve() == config_path.resolve():
+            return True
+        # One file under two paths that do not resolve to each other (one storage bind-mounted at two points of a
+        # node or container, a hard link): the same device and inode. By path alone it was another config.
+        return os.path.exists(saved) and os.path.exists(config_path) and os.path.samefile(saved, config_path)
     except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte in a record: compare as written
         return saved == config_path
