@@ -18,13 +18,12 @@ from typing import Any
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint, manifest, run_identity, run_lock, verified_here
+from ngpt_ds.train import checkpoint, copied_checkpoint, manifest, run_lock, verified_here
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.checkpoint_interrupted import (
     finished_saves,
     recover_interrupted_saves,
     remembering,
-    sealed_beside_others,
     to_verify,
     why_latest_was_behind,
 )
@@ -42,30 +41,24 @@ def newest_intact(checkpoint_dir: Path, warn: Callable[[str], None] = print) -> 
     """The newest complete checkpoint that passes `verify` (this process reads every file); each damaged
     newer one is skipped with one warning naming its bad file. None when there is no complete checkpoint;
     an error when all are damaged."""
-    return _newest_passing(checkpoint.complete_checkpoints(checkpoint_dir), checkpoint_dir, warn, checkpoint.verify)
+    complete = checkpoint.complete_checkpoints(checkpoint_dir)
+    return _newest_passing(complete, checkpoint_dir, warn, checkpoint.verify, copied_checkpoint.LOADER)
 
 
 def _newest_passing(
-    candidates: list[Path], checkpoint_dir: Path, warn: Callable[[str], None], verify: Verify
+    candidates: list[Path],
+    checkpoint_dir: Path,
+    warn: Callable[[str], None],
+    verify: Verify,
+    taker: copied_checkpoint.Taker = copied_checkpoint.RESUME_AUTO,
 ) -> Path | None:
     for path in reversed(candidates):
         problem = verify(path)
         if problem is None:
             if checkpoint.is_legacy(path):
                 warn(checkpoint.legacy_warning(path))
-            if differ := sealed_beside_others(path):  # auto took another run's checkpoint as this run's newest
-                warn(
-                    f"warning: --resume auto continues from {path.name}, which was not saved beside this run's "
-                    f"checkpoints: its manifest records {', '.join(differ)} with other contents than {checkpoint_dir} "
-                    f"holds under that name (a checkpoint copied in from another run). If that is not meant, stop "
-                    f"now and move {path.name} out of {checkpoint_dir}: --resume auto then takes this run's own newest"
-                )
-            elif other := _saved_by_another_run(path, checkpoint_dir):  # keep-1: sealed beside nothing to compare
-                warn(
-                    f"warning: --resume auto continues from {path.name}, which was saved by {other} (a checkpoint "
-                    f"copied in from another run). If that is not meant, stop now and move {path.name} out of "
-                    f"{checkpoint_dir}: --resume auto then takes this run's own newest"
-                )
+            if copied := copied_checkpoint.warning(path, checkpoint_dir, taker):
+                warn(copied)
             return path
         newer = manifest.newer_format(path)
         if newer is not None:
@@ -83,13 +76,6 @@ def _newest_passing(
             "Start a new run with --resume none and another --out"
         )
     return None
-
-
-def _saved_by_another_run(path: Path, checkpoint_dir: Path) -> str | None:
-    try:
-        return run_identity.saved_by_another_run(manifest.read_manifest(path), checkpoint_dir.parent)
-    except (manifest.MalformedManifest, OSError):  # verified a moment ago: only a change since then
-        return None
 
 
 def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
