@@ -1,0 +1,48 @@
+"""Fault (f732475, ngpt_ds/train/job.py): job.train hands any error of choose_resume to the agreement
+(agreement.stop_all_if_any_failed, an all_gather_object), but choose_resume's first part is itself collective
+(resume.resolve_resume_on_all_ranks). An error on one rank there (here RuntimeError in its listing of the
+checkpoints, which caught only NgptConfigError and OSError) sent that rank to the agreement while the others were
+in the listing's all_gather_object: the two collectives paired up, the failing rank stopped with a message about
+rank 0 that was not the cause, and rank 0 took the error for a different listing and went on. Now the listing's
+error is that rank's answer, and every rank stops naming rank 1's error, after the same collectives."""
+
+import subprocess
+import sys
+
+from test_nccl31_rank_divergent_inputs import _same_calls
+
+from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
+from workers.gpu28_trace_runs import read_traces, wait_ranks
+
+WORKER = REPO / "tests/workers/review33_raise_in_listing.py"
+
+
+def _traced(work, name, args, per_rank_env):
+    trace, logs = work / f"t_{name}", work / f"logs_{name}"
+    trace.mkdir()
+    logs.mkdir()
+    port, ranks = free_port(), []
+    for rank, extra in enumerate(per_rank_env):
+        cmd = [sys.executable, *map(str, [WORKER, trace, "launch/train.py", *args])]
+        with open(logs / f"rank{rank}.log", "w") as log:
+            rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": 2}
+            env = cpu_env(RANK=rank, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, **rendezvous, **extra)
+            ranks.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    codes = wait_ranks(ranks, name)
+    return {"codes": codes, "trace": read_traces(trace), "logs": [(logs / f"rank{r}.log").read_text() for r in (0, 1)]}
+
+
+def test_an_error_listing_the_checkpoints_on_one_rank_stops_every_rank_with_its_message(tmp_path, tiny_dataset):
+    yaml = write_yaml(tmp_path / "a.yaml", tiny_ngpt(), tiny_train(2, dist_timeout_s=30))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    out = tmp_path / "run"
+    first = _traced(tmp_path, "first", train_flags(yaml, ds, tiny_dataset, out), [{}, {}])
+    assert first["codes"] == [0, 0], first["logs"]
+
+    flags = train_flags(yaml, ds, tiny_dataset, out, "--max-steps", "3")
+    run = _traced(tmp_path, "err", flags, [{}, {"NGPT_DS_TEST_RAISE_IN_LISTING": "the listing failed here"}])
+    assert run["codes"] == [2, 2], (run["codes"], run["logs"][0][-2000:], run["logs"][1][-2000:])
+    for log in run["logs"]:
+        assert "rank 1: RuntimeError: the listing failed here" in log, log[-2000:]
+    _same_calls(run)
+    assert not (out / "checkpoints" / "step_00000003").exists()
