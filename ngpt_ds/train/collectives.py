@@ -7,17 +7,30 @@ device type cpu"). Several buffers in ngpt_ds do not live on the GPU: under ZeRO
 sums, is on the CPU. Every collective in the trainer therefore goes through `all_reduce_on`,
 which runs it on the communication device (the DeepSpeed engine's device: the accelerator's
 current device, `cpu` on a CPU-only machine) and copies the result back.
+
+`all_answers` gathers a part each rank computes on its own, which may fail on one rank alone (an I/O error of one
+node's view of shared storage, a bug): each rank's answer or its error is what it sends, and after the gather every
+rank raises the same error. Raised before the gather, the error sent that rank on to the next collective
+(job.train's agreement) while the others waited in this one: the two paired up, the failing rank stopped naming
+another rank's listing, and the others went on or waited until train.dist_timeout_s.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from ngpt_ds import log
+from ngpt_ds.errors import NgptConfigError
+
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
+
+
+_log = log.get(__name__)
 
 
 def communication_device(engine: DeepSpeedEngine) -> torch.device:
@@ -44,3 +57,27 @@ def all_reduce_on(
     buffer = tensor.to(device)
     dist.all_reduce(buffer, op=op, group=group)
     return tensor.copy_(buffer)
+
+
+Answer = TypeVar("Answer")
+
+_FAILED = "ngpt_ds: failed"
+"""The tag of a rank's error in the gathered list."""
+
+
+def all_answers(answer: Callable[[], Answer], what: str) -> list[Answer]:
+    """Collective: every rank's answer(), in rank order. If answer() raised on any rank, every rank raises
+    NgptConfigError("rank R: Type: message") of the lowest such rank, after this one gather; the failing rank
+    logs its traceback first (`what`: what it was doing, for that line)."""
+    mine: Any
+    try:
+        mine = answer()
+    except Exception as err:  # noqa: BLE001 (any error: an answer, the other ranks are waiting for it)
+        _log.exception(f"rank {dist.get_rank()}: {what} failed")
+        mine = (_FAILED, f"{type(err).__name__}: {err}")
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    for rank, value in enumerate(gathered):
+        if isinstance(value, tuple) and len(value) == 2 and value[0] == _FAILED:
+            raise NgptConfigError(f"rank {rank}: {value[1]}")
+    return gathered

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ngpt_ds import log
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint, copied_checkpoint, manifest, run_lock, verified_here
+from ngpt_ds.train import checkpoint, collectives, copied_checkpoint, manifest, run_lock, verified_here
 from ngpt_ds.train.checkpoint import Verify
 from ngpt_ds.train.checkpoint_interrupted import (
     finished_saves,
@@ -31,8 +30,6 @@ from ngpt_ds.train.checkpoint_interrupted import (
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
-
-_log = log.get(__name__)
 
 LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
 """Ranks that see different checkpoints list again after each of these pauses (30 s in all) before that
@@ -283,30 +280,21 @@ def verify_on_all_ranks(path: Path) -> str | None:
     same folder, files and manifest), passes without a read, once: a sealed save put in place at start-up
     (`_restore_moved_aside`) had every byte hashed again by the resume that followed."""
     world = dist.get_world_size()
-    trusted: list[bool] = [False] * world
-    dist.all_gather_object(trusted, verified_here.take(path))
-    if all(trusted):
+    if all(collectives.all_answers(lambda: verified_here.take(path), f"looking up the verification of {path}")):
         return None
     before = verified_here.fingerprint(path)
-    mine = checkpoint.verify(path, rank=dist.get_rank(), world=world)
-    # Compared before the gather: rank 0 may rename the folder as soon as the verdict is in.
-    unchanged = verified_here.fingerprint(path) == before
-    problems: list[str | None] = [None] * world
-    dist.all_gather_object(problems, mine)
+
+    def verdict() -> tuple[str | None, bool]:
+        mine = checkpoint.verify(path, rank=dist.get_rank(), world=world)
+        # Compared before the gather: rank 0 may rename the folder as soon as the verdict is in.
+        return mine, verified_here.fingerprint(path) == before
+
+    answers = collectives.all_answers(verdict, f"verifying {path}")
+    problems, unchanged = [p for p, _ in answers], answers[dist.get_rank()][1]
     problem = next((p for p in problems if p is not None), None)
     if problem is None and unchanged and before is not None:
         verified_here.remember(before)
     return problem
-
-
-def _listing_or_failure(out_dir: Path, resume: str) -> tuple[list[tuple[str, str | None]], str | None] | str:
-    """`_what_this_rank_sees`, or an error no check names as "Type: message". Raised, it sent this rank to job.train's
-    agreement while the others waited in this listing's all_gather_object: the collectives paired up wrongly."""
-    try:
-        return _what_this_rank_sees(out_dir, resume)
-    except Exception as err:  # noqa: BLE001 (any error: an answer, the other ranks are waiting for it)
-        _log.exception(f"rank {dist.get_rank()}: listing the checkpoints under --out {out_dir} failed")
-        return f"{type(err).__name__}: {err}"
 
 
 def _what_this_rank_sees(out_dir: Path, resume: str) -> tuple[list[tuple[str, str | None]], str | None]:
@@ -362,10 +350,7 @@ def _what_the_ranks_see(out_dir: Path, resume: str, warn: Callable[[str], None])
     seen: list[Any] = [None] * world
     differs = None
     for attempt, pause in enumerate((*LISTING_SETTLE_PAUSES_S, None)):
-        dist.all_gather_object(seen, _listing_or_failure(out_dir, resume))
-        failed = next((r for r in range(world) if isinstance(seen[r], str)), None)
-        if failed is not None:  # every rank raises it here, after the same collectives
-            raise NgptConfigError(f"rank {failed}: {seen[failed]}")
+        seen = collectives.all_answers(lambda: _what_this_rank_sees(out_dir, resume), "listing the checkpoints")
         differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
         if differs is None or pause is None:
             break
