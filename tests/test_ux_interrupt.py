@@ -59,7 +59,11 @@ def test_ctrl_c_during_the_trainer_startup_says_interrupted_and_keeps_the_folder
     assert code == 130, stdout[-3000:] + err[-4000:]
     assert "Traceback" not in err + stdout, err[-4000:]
     assert err.endswith("interrupted\n"), err[-4000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "train.lock"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "run_id.json",
+        "train.lock",
+    ]  # run_id.json: the run id, made at the first start
     lock = run_lock.acquire(out)  # free: the next run starts
     lock.release()
 
