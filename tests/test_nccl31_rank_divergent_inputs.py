@@ -20,14 +20,15 @@ from workers.nccl27_trace import RAISE_IN_PREPARE
 WORKER = REPO / "tests/workers/nccl27_trace.py"
 
 
-def _traced(work: Path, name: str, args: list, per_rank_env: list[dict]) -> dict:
-    """A traced 2-rank run of launch/train.py with `per_rank_env[r]` added to rank r's environment."""
+def _traced(work: Path, name: str, args: list, per_rank_env: list[dict], worker: Path = WORKER) -> dict:
+    """A traced 2-rank run of launch/train.py with `per_rank_env[r]` added to rank r's environment (`worker`: the
+    trace worker that runs it, one with its own injections)."""
     trace, logs = work / f"t_{name}", work / f"logs_{name}"
     trace.mkdir()
     logs.mkdir()
     port, ranks = free_port(), []
     for rank, extra in enumerate(per_rank_env):
-        cmd = [sys.executable, *map(str, [WORKER, trace, "launch/train.py", *args])]
+        cmd = [sys.executable, *map(str, [worker, trace, "launch/train.py", *args])]
         with open(logs / f"rank{rank}.log", "w") as log:
             rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": 2}
             env = cpu_env(RANK=rank, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, **rendezvous, **extra)

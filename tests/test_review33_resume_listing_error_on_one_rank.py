@@ -11,31 +11,17 @@ its share of the files, then one all_gather_object): an error in rank 1's share 
 the agreement while rank 0 waited in the verdicts' gather (old code: exit codes [1, 2], rank 0 a traceback). Each
 gather of the collective resume now goes through ngpt_ds.train.collectives.all_answers."""
 
-import subprocess
-import sys
-
 import pytest
 from test_nccl31_rank_divergent_inputs import _same_calls
+from test_nccl31_rank_divergent_inputs import _traced as traced_run
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
-from workers.gpu28_trace_runs import read_traces, wait_ranks
+from conftest import REPO, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 WORKER = REPO / "tests/workers/review33_raise_in_listing.py"
 
 
 def _traced(work, name, args, per_rank_env):
-    trace, logs = work / f"t_{name}", work / f"logs_{name}"
-    trace.mkdir()
-    logs.mkdir()
-    port, ranks = free_port(), []
-    for rank, extra in enumerate(per_rank_env):
-        cmd = [sys.executable, *map(str, [WORKER, trace, "launch/train.py", *args])]
-        with open(logs / f"rank{rank}.log", "w") as log:
-            rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": 2}
-            env = cpu_env(RANK=rank, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=2, **rendezvous, **extra)
-            ranks.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
-    codes = wait_ranks(ranks, name)
-    return {"codes": codes, "trace": read_traces(trace), "logs": [(logs / f"rank{r}.log").read_text() for r in (0, 1)]}
+    return traced_run(work, name, args, per_rank_env, worker=WORKER)
 
 
 @pytest.mark.parametrize(
