@@ -227,10 +227,14 @@ def write_yaml(path: Path, model: dict, train: dict) -> Path:
 
 
 def read_metrics(out_dir: Path, key: str = "train/loss") -> list[dict]:
-    """The run's metrics.jsonl records that hold `key` (training log lines by default; "eval/loss": evaluations)."""
+    """The run's metrics.jsonl records that hold `key` (training log lines by default; "eval/loss": evaluations).
+
+    Only whole lines, those ending in a newline: a test polling a running trainer may read the file while a record
+    is being written, and the half of it there is not JSON (json.decoder.JSONDecodeError: Unterminated string)."""
     import json
 
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = (out_dir / "metrics.jsonl").read_text().split("\n")[:-1]  # the last piece: "" or a line in writing
+    records = [json.loads(line) for line in lines if line]
     return [r for r in records if key in r]
 
 
