@@ -40,13 +40,17 @@ class DistEnv:
     master_port: int
     source: str
     """'torch' (torchrun / deepspeed launcher), 'slurm', 'mpi' or 'single'."""
+    port_chosen_here: bool = False
+    """True where no MASTER_PORT was given and ngpt_ds probed a free port for a one-process run. That port is
+    free only when probed: another process may take it before rank 0 listens, and then
+    `train.builder.init_process_group` probes another."""
 
 
 LOOPBACK = "127.0.0.1"
 """The rendezvous address of a single-node run: nothing outside the machine can reach it."""
 
 
-def _free_port(addr: str = LOOPBACK) -> int:
+def free_port(addr: str = LOOPBACK) -> int:
     """A port free on `addr`, the address the rendezvous will listen on (a port free on the loopback
     can be taken on another interface)."""
     family = socket.getaddrinfo(addr, None, type=socket.SOCK_STREAM)[0][0]  # an IPv6 address needs AF_INET6
@@ -59,7 +63,7 @@ def rendezvous_address(single_host: bool) -> tuple[str, int]:
     """Where rank 0 listens when ngpt_ds chooses: the loopback for a single-node run, else this host's
     routable address; and a port probed on that very address."""
     addr = LOOPBACK if single_host else _routable_address()
-    return addr, _free_port(addr)
+    return addr, free_port(addr)
 
 
 def _int(env: dict[str, str], name: str) -> int:
@@ -73,6 +77,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     """Read the launcher's environment. Precedence: torch variables, Slurm (unless mpirun started this rank
     inside a Slurm job), MPI, single process."""
     env = dict(os.environ if env is None else env)
+    port_chosen_here = False
     present = [v for v in TORCH_VARS if v in env]
     if "RANK" in env or "WORLD_SIZE" in env:
         missing = [v for v in TORCH_VARS if v not in env and v != "LOCAL_RANK"]
@@ -109,7 +114,8 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
         if world == 1:  # a one-task step (salloc's interactive step, srun -n1): nobody to meet, as plain python
             addr = env.get("MASTER_ADDR") or LOOPBACK
-            port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK)
+            port_chosen_here = "MASTER_PORT" not in env
+            port = free_port(LOOPBACK) if port_chosen_here else _int(env, "MASTER_PORT")
         else:
             addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
             # One port per job step, so two jobs, or two steps of one job, sharing a node do not collide.
@@ -132,7 +138,8 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         source = "mpi"
     else:
         rank, world, local_rank, local_world, source = 0, 1, 0, 1, "single"
-        addr, port = LOOPBACK, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(LOOPBACK)
+        port_chosen_here = "MASTER_PORT" not in env
+        addr, port = LOOPBACK, free_port(LOOPBACK) if port_chosen_here else _int(env, "MASTER_PORT")
     # Only MASTER_PORT can give a port out of range (the derived ones are not). torch refused it once the
     # process group started, a ValueError traceback on every rank ('port must have value from 0 to
     # 65535'); port 0 lets rank 0 listen on any port, one the other ranks cannot know.
@@ -154,7 +161,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
             "count - 1. Set LOCAL_RANK and LOCAL_WORLD_SIZE to those (unset LOCAL_RANK=-1 left by another "
             "script), or start with torchrun or deepspeed, which set them"
         )
-    return DistEnv(rank, world, local_rank, local_world, addr, port, source)
+    return DistEnv(rank, world, local_rank, local_world, addr, port, source, port_chosen_here)
 
 
 _MPI_SIZE = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE", "PMI_RANK": "PMI_SIZE"}
@@ -301,6 +308,11 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
 class RendezvousError(RuntimeError):
     """The ranks of a job did not all meet to start the process group (`rendezvous_failure` says why)."""
 
+    def __init__(self, message: str, port_taken: bool = False):
+        super().__init__(message)
+        self.port_taken = port_taken
+        """Whether rank 0 could not listen because another process holds the port."""
+
 
 def rendezvous_failure(err: Exception, dist_env: DistEnv, timeout_s: int) -> RendezvousError:
     """One message, naming the address, the wait and what to check, for torch's rendezvous errors.
@@ -316,7 +328,8 @@ def rendezvous_failure(err: Exception, dist_env: DistEnv, timeout_s: int) -> Ren
     if "EADDRINUSE" in text or "address already in use" in text:
         return RendezvousError(
             f"rank {dist_env.rank} cannot listen for the job's rendezvous on {where}: another process on this "
-            "host holds that port (another job?). Set MASTER_PORT to a free port, or stop the other job"
+            "host holds that port (another job?). Set MASTER_PORT to a free port, or stop the other job",
+            port_taken=True,
         )
     joined = re.search(r"(\d+)/(\d+) clients joined", text)
     if joined:

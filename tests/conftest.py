@@ -153,7 +153,7 @@ def mpi_rendezvous(monkeypatch) -> list:
 
     monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=types.SimpleNamespace(COMM_WORLD=World)))
     monkeypatch.setattr(distributed, "_routable_address", lambda: "10.1.2.3")
-    monkeypatch.setattr(distributed, "_free_port", lambda addr: 29600)  # 10.1.2.3 is not this machine's
+    monkeypatch.setattr(distributed, "free_port", lambda addr: 29600)  # 10.1.2.3 is not this machine's
     return sent
 
 

@@ -44,7 +44,7 @@ def test_no_address_at_all_names_master_addr(monkeypatch):
 
 def test_the_port_probe_binds_an_ipv6_address():
     require_system(socket.has_ipv6 and _binds("::1"), "this machine has no IPv6 loopback (::1)")
-    port = distributed._free_port("::1")
+    port = distributed.free_port("::1")
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
         listener.bind(("::1", port))  # free on ::1, where the rendezvous will listen
     assert 0 < port < 65536

@@ -46,9 +46,9 @@ STEP = {
 def test_salloc_interactive_step_runs_as_one_process(monkeypatch):
     """Fault: a plain `python launch/train.py` in salloc's interactive step read the allocation's
     SLURM_NTASKS=4 as its world size, and rank 0 waited train.dist_timeout_s for 3 ranks never started."""
-    monkeypatch.setattr(distributed, "_free_port", lambda addr=distributed.LOOPBACK: 45678)
+    monkeypatch.setattr(distributed, "free_port", lambda addr=distributed.LOOPBACK: 45678)
     env = distributed.discover(INTERACTIVE_STEP)
-    assert env == distributed.DistEnv(0, 1, 0, 1, "127.0.0.1", 45678, "slurm")
+    assert env == distributed.DistEnv(0, 1, 0, 1, "127.0.0.1", 45678, "slurm", port_chosen_here=True)
 
 
 def test_srun_inside_the_allocation_still_counts_the_steps_tasks():
@@ -76,11 +76,12 @@ def test_two_steps_of_one_job_derive_different_ports():
 def test_one_task_step_takes_a_free_port(monkeypatch):
     """A one-task step (srun -n1) meets nobody: it takes a free port, as a plain `python` run does, not one
     derived from the job that another step of the allocation may hold."""
-    monkeypatch.setattr(distributed, "_free_port", lambda addr=distributed.LOOPBACK: 45679)
+    monkeypatch.setattr(distributed, "free_port", lambda addr=distributed.LOOPBACK: 45679)
     one = {**STEP, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
     env = distributed.discover({**one, "SLURM_STEP_ID": "3"})
-    assert (env.world_size, env.master_addr, env.master_port) == (1, "127.0.0.1", 45679)
-    assert distributed.discover({**one, "SLURM_STEP_ID": "3", "MASTER_PORT": "29999"}).master_port == 29999
+    assert (env.world_size, env.master_addr, env.master_port, env.port_chosen_here) == (1, "127.0.0.1", 45679, True)
+    given = distributed.discover({**one, "SLURM_STEP_ID": "3", "MASTER_PORT": "29999"})
+    assert (given.master_port, given.port_chosen_here) == (29999, False)
 
 
 @pytest.mark.parametrize("job", [0, 1, 11999, 12000, 12767, 19999, 39999, 4294967295])

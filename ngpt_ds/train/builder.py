@@ -359,6 +359,10 @@ def _warn_on_rank0(rank: int):
     return _log.warning if rank == 0 else (lambda line: None)
 
 
+_PORT_ATTEMPTS = 5
+"""How many ports a one-process run tries when the one it probed was taken before torch listened on it."""
+
+
 def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     """torch.distributed through DeepSpeed: gloo on CPU, NCCL on GPUs."""
     import deepspeed
@@ -384,12 +388,21 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     problem = None if on_cpu else device_problem(accelerator, dist_env.local_rank)
     if problem is not None and dist_env.world_size == 1:
         raise NgptConfigError(problem)
-    try:
-        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
-    except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not torch's frames
-        if problem is not None:  # the others never came (or already stopped): this rank's own fault comes first
-            raise NgptConfigError(problem) from None
-        raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        try:
+            deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+            break
+        except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not frames
+            if problem is not None:  # the others never came (or already stopped): this rank's own fault comes first
+                raise NgptConfigError(problem) from None
+            failure = distributed.rendezvous_failure(err, dist_env, timeout_s)
+            if not (dist_env.port_chosen_here and failure.port_taken and attempt < _PORT_ATTEMPTS):
+                raise failure from None
+            # A port ngpt_ds probed for a one-process run, taken by another process before torch listened on it
+            # (any process opening a connection can get it): nobody else was told that port, so take another.
+            _log.debug("rendezvous port %d was taken after it was probed; trying another", dist_env.master_port)
+            dist_env = dataclasses.replace(dist_env, master_port=distributed.free_port(dist_env.master_addr))
+            distributed.export(dist_env)
     if not on_cpu:
         check_devices_on_all_ranks(dist_env, problem, accelerator.device_name())
         # before any NCCL collective: NCCL's object collectives and barrier use the current device
