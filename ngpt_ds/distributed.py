@@ -100,7 +100,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         # DeepSpeed's launcher sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE: without it, every node of a
         # multi-node `deepspeed` job counted the whole job's ranks as its own.
         local_size = next((v for v in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE") if v in env), None)
-        local_world = _int(env, local_size) if local_size is not None else world
+        local_world = _int(env, local_size) if local_size is not None else _ranks_here_unnamed(env, rank, world)
         source, addr, port = "torch", env["MASTER_ADDR"], _int(env, "MASTER_PORT")
     elif (
         "SLURM_PROCID" in env
@@ -162,6 +162,40 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
             "script), or start with torchrun or deepspeed, which set them"
         )
     return DistEnv(rank, world, local_rank, local_world, addr, port, source, port_chosen_here)
+
+
+def _ranks_here_unnamed(env: dict[str, str], rank: int, world: int) -> int:
+    """This node's rank count for a torch-style launch that sets RANK, WORLD_SIZE and LOCAL_RANK but no
+    LOCAL_WORLD_SIZE (a batch script exporting RANK=$SLURM_PROCID, a home-made launcher): the count the
+    scheduler or MPI gives, or the whole job where every rank meets on the loopback.
+
+    Taken as the whole job on any other MASTER_ADDR, a two-node job's memory check counted the other node's ranks
+    as this node's (refusing a run that fits), CPU ranks split this node's cores among all of them, and each
+    node's ranks sampled the same shares of the startup shard check, leaving the others' unchecked."""
+    if world == 1:
+        return 1
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and not _mpirun_inside_slurm(env):
+        return min(_slurm_tasks_on_this_node(env, world), world)
+    size = _first_int(env, _MPI_LOCAL_SIZE, default=0)
+    if size > 0:
+        return size
+    if _is_loopback(env.get("MASTER_ADDR", "")):
+        return world  # nothing outside this machine can reach the rendezvous: every rank is here
+    raise NgptConfigError(
+        f"launch environment RANK={rank} WORLD_SIZE={world} MASTER_ADDR={env.get('MASTER_ADDR')} without "
+        "LOCAL_WORLD_SIZE: cannot tell how many of the job's ranks share this node (its memory check, its CPU "
+        "threads and its share of the startup data check depend on it). Set LOCAL_WORLD_SIZE to this node's "
+        "rank count, or start with torchrun or deepspeed, which set it"
+    )
+
+
+def _is_loopback(addr: str) -> bool:
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:  # a host name: its node is not known here
+        return False
 
 
 _MPI_SIZE = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE", "PMI_RANK": "PMI_SIZE"}
