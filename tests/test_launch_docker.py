@@ -126,7 +126,8 @@ sys.exit(rank.wait())
 FAKE_RANK = """import pathlib, signal, sys, time
 state = pathlib.Path(sys.argv[1])
 state.write_text("starting")
-time.sleep({startup_s})  # imports: no handler yet
+while not state.with_name("go").exists():  # imports: no handler yet, for as long as the test holds it there
+    time.sleep(0.01)
 stop = []
 for sig in (signal.SIGUSR1, signal.SIGTERM):
     signal.signal(sig, lambda s, f: stop.append(s))
@@ -134,23 +135,36 @@ state.write_text("training")
 while not stop:
     time.sleep(0.02)
 time.sleep(0.5)  # the save
-state.write_text(f"saved after {{signal.Signals(stop[0]).name}}")
+state.write_text(f"saved after {signal.Signals(stop[0]).name}")
 """
 
 
 def entrypoint_over_a_fake_runner(tmp_path, signum, *, when: str, startup_s: float = 0.0):
-    """launch/entrypoint.py over a runner whose rank handles SIGUSR1 and SIGTERM after `startup_s`; `signum`
-    goes to the entrypoint once the rank's state file says `when`. Returns (exit status, the rank's state)."""
+    """launch/entrypoint.py over a runner whose rank handles SIGUSR1 and SIGTERM once it is let through its
+    startup; `signum` goes to the entrypoint once the rank's state file says `when`. A rank stopped at
+    "starting" is let through `startup_s` after the signal, else at once. Returns (exit status, the rank's state).
+
+    The rank waits for the test, not for a time of its own: with a sleep of `startup_s` in the rank, a test
+    process that did not run for that long under load (2 pytest-xdist workers on 2 cores) missed "starting", waited
+    its 30 s without a word and sent the signal to a rank that had its handler by then, testing nothing of the
+    wait; and a state never reached was signalled anyway, failing later with a state no one asked for."""
     (tmp_path / "runner.py").write_text(FAKE_RUNNER)
-    (tmp_path / "rank.py").write_text(FAKE_RANK.format(startup_s=startup_s))
-    state = tmp_path / "state"
+    (tmp_path / "rank.py").write_text(FAKE_RANK)
+    state, go = tmp_path / "state", tmp_path / "go"
+    if when != "starting":
+        go.touch()
     cmd = [sys.executable, REPO / "launch/entrypoint.py", sys.executable, "runner.py", "rank.py", state]
     proc = subprocess.Popen([str(c) for c in cmd], cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while not (state.exists() and state.read_text() == when) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # a hang guard only
+        while not (state.exists() and state.read_text() == when):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"the rank never said {when!r} (its state: {state.exists() and state.read_text()!r})")
             time.sleep(0.01)
         os.kill(proc.pid, signum)
+        if not go.exists():
+            time.sleep(startup_s)  # the rank has no handler all this time: the signal must wait for it
+            go.touch()
         return proc.wait(timeout=30), state.read_text()
     finally:
         if proc.poll() is None:
