@@ -225,13 +225,15 @@ def test_auto_tokenizer_round_trips_like_sentencepiece(hf_exported, trained):  #
 
 
 def test_gpt_baseline_pair_loads_through_the_auto_classes(tmp_path, trained):  # noqa: F811
+    """The GPT baseline's export, through the Auto classes with ngpt_ds registered and, like the nGPT one above,
+    through the folder's own code in a process that cannot import ngpt_ds."""
     from transformers import AutoModelForCausalLM
 
     import ngpt_ds  # noqa: F401
     from ngpt_ds.data.tokenizer import Tokenizer
     from ngpt_ds.hf import GPTBaselineForCausalLM
     from ngpt_ds.hf.export import write_hf_export
-    from ngpt_ds.infer import GREEDY, LoadedModel, generate_ids
+    from ngpt_ds.infer import GREEDY, LoadedModel, generate, generate_ids
     from ngpt_ds.model import ModelConfig, build_model
 
     torch.manual_seed(0)
@@ -252,7 +254,20 @@ def test_gpt_baseline_pair_loads_through_the_auto_classes(tmp_path, trained):  #
         assert torch.equal(hf(tokens).logits, model(tokens)[0])
         prompt = [5, 77, 300]
         expected = [int(t) for t in generate_ids(model, prompt, NEW_TOKENS, GREEDY)]
+        logits = model(tokens)[0]
     assert _hf_greedy(hf, prompt) == expected
+
+    torch.save({"tokens": tokens}, tmp_path / "live.pt")
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE.format(prompt=PROMPT, new=NEW_TOKENS))
+    env = cpu_env(HF_HUB_OFFLINE=1, HF_MODULES_CACHE=tmp_path / "modules")
+    env.pop("PYTHONPATH")
+    run([sys.executable, script, folder, tmp_path / "live.pt", tmp_path / "out.pt"], cwd=tmp_path, env=env)
+    result = torch.load(tmp_path / "out.pt")
+    assert result["module"].startswith("transformers_modules.") and result["ngpt_ds_modules"] == []
+    assert torch.equal(result["logits"], logits)
+    reference = generate(loaded.model, tok, PROMPT, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
+    assert result["greedy"] == reference.new_ids
 
 
 def test_loss_follows_the_transformers_label_convention(hf_exported):
