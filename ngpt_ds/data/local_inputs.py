@@ -1,6 +1,7 @@
 """Local --input files and folders, checked before datasets reads them (ngpt_ds.data.sources): globs resolved
-to files, each named once; compressed files only where this Python can decompress them; json lines short enough
-to read; and no dataset prepared by ngpt_ds given as, or inside, the corpus.
+to files, each named once, and what a glob or a folder holds that is not a file (a pipe, a socket, a link to
+nothing) named once as not read; compressed files only where this Python can decompress them; json lines short
+enough to read; and no dataset prepared by ngpt_ds given as, or inside, the corpus.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from ngpt_ds import log
 from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
 from ngpt_ds.errors import NgptConfigError
+
+_log = log.get(__name__)
 
 # Compression suffix -> the name fsspec (which datasets reads files through) registers its decompressor under,
 # and the package that provides it (None: Python's own modules). fsspec registers zstd and lz4 only where their
@@ -37,7 +41,12 @@ def resolve_files(inputs: Sequence[str]) -> list[str]:
         if os.path.isfile(pattern):  # a file named with [, ? or *, as `wiki[en].jsonl`, is that file
             files.append(pattern)
         elif glob.has_magic(pattern):
-            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            every = sorted(glob.glob(pattern, recursive=True))
+            matched = [p for p in every if os.path.isfile(p)]
+            # Folders a pattern matches (`**`) hold files, not documents; anything else matched was left out unsaid.
+            warn_not_files(
+                f"--input {spec!r} matches", [p for p in every if not os.path.isfile(p) and not os.path.isdir(p)]
+            )
             if not matched:
                 raise NgptConfigError(f"--input {spec!r}: no files match this pattern; check the path")
             files.extend(matched)
@@ -74,7 +83,10 @@ def shown(path: str) -> str:
 
 
 def _kind(path: str) -> str:
-    mode = os.stat(path).st_mode
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # a link whose target is missing, a link loop, or a target this user may not look at
+        return "a link that leads to no file"
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"
     if stat.S_ISSOCK(mode):
@@ -151,6 +163,27 @@ def check_line_lengths(files: list[str]) -> None:
             )
 
 
+_NAMED_AT_MOST = 3
+"""Entries a warning of warn_not_files names; the rest are counted."""
+
+
+def warn_not_files(where: str, entries: list[str]) -> None:
+    """Say once which `entries` of a glob or a corpus folder are left out as not files, and why. datasets leaves
+    them out of a folder, and resolve_files out of a glob, without a word: a named pipe `b.jsonl` beside `a.jsonl`
+    (a stream meant as part of the corpus), or a link to a file on a disk this node has not mounted, was a corpus
+    prepared without those documents while the user took the whole folder as read. Not an error: a socket or a
+    pipe of another program may well sit in a folder of documents, and one named as --input itself is refused."""
+    if not entries:
+        return
+    named = ", ".join(f"{shown(e)} ({_kind(e)})" for e in entries[:_NAMED_AT_MOST])
+    more = f" and {len(entries) - _NAMED_AT_MOST} more" if len(entries) > _NAMED_AT_MOST else ""
+    _log.warning(
+        f"{where} {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} that {'is' if len(entries) == 1 else 'are'} "
+        f"not a file, not read: {named}{more}. A corpus is read several times (the tokenizer's sample, then every "
+        "document), which only a file allows: save a stream to a file, and make a link lead to one, to have it read"
+    )
+
+
 def folder_files(folder: Path) -> list[str]:
     """The files of a corpus folder datasets reads whole: subfolders included, names starting with '.' or '__'
     left out as datasets leaves them out, links to folders not followed."""
@@ -173,15 +206,23 @@ def _is_prepared(folder: Path) -> bool:
 def refuse_prepared(folder: Path) -> list[str]:
     """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
     "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
-    Returns the folder's compressed files, one of each compression (for check_decompressors: one walk)."""
+    Returns the folder's compressed files, one of each compression (for check_decompressors: one walk); what the
+    folder holds that datasets leaves out as not a file is named once (warn_not_files)."""
     if _is_prepared(folder):
         raise NgptConfigError(
             f"--input {shown(str(folder))} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
             "corpus it was prepared from (its meta.json names it under 'source')"
         )
     compressed: dict[str, str] = {}
+    not_files: list[str] = []
     for top, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
+        # os.walk lists whatever is not a folder among `files`: pipes, sockets, devices, links to nothing.
+        not_files.extend(
+            path
+            for name in sorted(files)
+            if not name.startswith((".", "__")) and not os.path.isfile(path := os.path.join(top, name))
+        )
         if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
             raise NgptConfigError(
                 f"--input {shown(str(folder))} holds {shown(top)}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
@@ -191,4 +232,5 @@ def refuse_prepared(folder: Path) -> list[str]:
             suffix = os.path.splitext(name.lower())[1]
             if suffix in DECOMPRESSORS and not name.startswith((".", "__")):
                 compressed.setdefault(suffix, os.path.join(top, name))
+    warn_not_files(f"--input {shown(str(folder))} holds", not_files)
     return sorted(compressed.values())
