@@ -1,7 +1,10 @@
 """Fault: a .txt.gz of 2 MB that inflates to one 2 GiB paragraph (a gzip bomb; datasets' text builder reads up to a
 blank line into memory, about 4 times the text) stopped ngpt-prepare under a 4 GiB address-space limit with a
 MemoryError traceback ending in datasets/packaged_modules/text/text.py "batch += f.readline()", exit 1. It is now one
-`error:` line naming the file, what it holds and the fix, exit 2, and nothing is written to --out."""
+`error:` line naming the file, what it holds and the fix, exit 2, and nothing is written to --out.
+
+A paragraph or a line over 256 MiB is now refused before it is read (tests/test_input34_text_document_bound.py); the
+file read as one document (--text-sample-by document, unbounded) still meets the memory limit here."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def test_a_document_too_large_for_the_memory_is_named_not_a_traceback(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(REPO / "launch" / "prepare_data.py"), "--input", str(bomb), "--out", str(out)]
-        + ["--vocab-size", "300", "--no-progress"],
+        + ["--vocab-size", "300", "--no-progress", "--text-sample-by", "document"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,7 +41,7 @@ def test_a_document_too_large_for_the_memory_is_named_not_a_traceback(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: text files {bomb} (1 file), one document per paragraph: ran out of memory reading {bomb}: it holds a "
+        f"error: text files {bomb} (1 file), one document per document: ran out of memory reading {bomb}: it holds a "
         "document (a line, a paragraph without a blank line, or with --text-sample-by document a whole file) too "
         "large to read whole in this process's memory; split it into smaller documents, or leave that file out"
     ]

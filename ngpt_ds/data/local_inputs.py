@@ -1,13 +1,14 @@
 """Local --input files and folders, checked before datasets reads them (ngpt_ds.data.sources): globs resolved
 to files, each named once, and what a glob or a folder holds that is not a file (a pipe, a socket, a link to
-nothing) named once as not read; compressed files only where this Python can decompress them; json lines short
-enough to read; and no dataset prepared by ngpt_ds given as, or inside, the corpus.
+nothing) named once as not read; compressed files only where this Python can decompress them; json lines, text
+paragraphs and text lines short enough to read; and no dataset prepared by ngpt_ds given as, or inside, the corpus.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,6 +162,96 @@ def check_line_lengths(files: list[str]) -> None:
                 "reads a line whole and needs about 13 times its size in memory. Split that document over several "
                 "rows, or give it as a .txt file with --text-sample-by document"
             )
+
+
+MAX_TEXT_DOCUMENT_BYTES = MAX_JSON_LINE_BYTES
+"""The longest paragraph (--text-sample-by paragraph, the default) or line (line) of a text --input file read.
+datasets' text builder reads a paragraph whole: it appends 10 MB blocks to it until it meets an empty line, so a
+file without one (a dump of one document per line, a log, a .txt.gz that inflates to gigabytes) was read into memory
+whole, about 4 times its size (a 256 MiB paragraph: 1.2 GB at peak), after the tokenizer was trained or hours into
+the tokenizing, or stopped on a MemoryError. A line is read whole too. The bound is the json line's (256 MiB)."""
+_NEWLINE = rb"(?:\r\n|\r(?!\n)|\n)"
+"""A newline as Python's text mode reads it (datasets opens text files so): \\r\\n, \\r or \\n."""
+_ENDS = {
+    "paragraph": (re.compile(rb"\n\n+"), re.compile(rb"(?=[\r\n])" + _NEWLINE + b"{2,}")),
+    "line": (re.compile(rb"\n+"), re.compile(rb"(?=[\r\n])" + _NEWLINE + b"+")),
+}
+"""What ends a document of a text file, by --text-sample-by: datasets splits paragraphs at two newlines in a row (a
+line of spaces between them does not end one), lines at one. A run of more newlines is one end here (datasets keeps
+the odd one at the start of the next paragraph, or reads empty lines: no bytes that matter to a bound). The first
+pattern of each is the second for blocks without a \\r (10 to 50 times faster); the lookahead lets the regex engine
+skip to the next newline byte (2 times faster)."""
+_HELD = 4
+"""Newlines at the end of a block up to this many bytes are kept for the next one: the block boundary may cut an end
+in two (`\\n` | `\\n`, `\\r` | `\\n`). A longer run is an end already; what goes on of it in the next block is skipped."""
+
+
+def longest_text_document(file: str, sample_by: str, limit: int = MAX_TEXT_DOCUMENT_BYTES) -> tuple[int, int, bool]:
+    """(bytes, byte offset where it starts, whether those are all its bytes) of the longest paragraph or line
+    (`sample_by`) of text file `file`, decompressed as datasets decompresses it: from its first byte after the
+    newlines that end the one before to the newlines that end it. Read in blocks, so memory stays at one block
+    whatever the document; stops at the first document over `limit`, before its end where it is longer than what
+    was read (the length then a lower bound). Offsets count the decompressed bytes."""
+    import fsspec
+
+    plain, any_newline = _ENDS[sample_by]
+    longest, at, start, base = 0, 0, 0, 0  # `start`: where the current document starts; `base`: where `buffer` does
+    buffer, between = b"", False  # between: what was read ends in the newlines that end a document
+    with fsspec.open(file, "rb", compression="infer") as f:
+        while True:
+            block = f.read(_SCAN_BYTES)
+            buffer += block
+            if between:  # those newlines may go on in this block: they end that document too
+                lead = len(buffer) - len(buffer.lstrip(b"\r\n"))
+                start, between = base + lead, lead == len(buffer) and bool(block)
+            run = len(buffer) - len(buffer.rstrip(b"\r\n"))
+            cut = len(buffer) - run if block and run <= _HELD else len(buffer)  # at the end: everything
+            ends = any_newline if b"\r" in buffer else plain
+            for end in ends.finditer(buffer, max(0, start - base), cut):
+                if base + end.start() - start > longest:
+                    longest, at = base + end.start() - start, start
+                    if longest > limit:
+                        return longest, at, True
+                start = base + end.end()
+                between = end.end() == len(buffer) and bool(block)
+            if base + cut - start > limit:  # enough to refuse: no need to inflate the rest of a bomb
+                return base + cut - start, start, False
+            if not block:
+                break
+            buffer, base = buffer[cut:], base + cut
+    last = max(0, base + cut - start)
+    return (last, start, True) if last > longest else (longest, at, True)
+
+
+def check_text_documents(files: list[str], sample_by: str) -> None:
+    """Refuse, before anything is read, a text file with a paragraph or a line (`sample_by`) longer than
+    MAX_TEXT_DOCUMENT_BYTES (see there). A whole file as one document (`document`) is the user's choice, unbounded."""
+    if sample_by not in _ENDS:
+        return
+    for file in files:
+        try:
+            length, offset, exact = longest_text_document(file, sample_by)
+        except (OSError, EOFError, ValueError):  # a damaged compressed file: datasets' read names it, with its hint
+            continue
+        if length <= MAX_TEXT_DOCUMENT_BYTES:
+            continue
+        fix = (
+            "put an empty line between its documents (a paragraph ends at two newlines in a row), or pass "
+            "--text-sample-by line if each of its lines is a document"
+            if sample_by == "paragraph"
+            else "break it into lines, one document each"
+        )
+        decompressed = " of the decompressed text" if os.path.splitext(file.lower())[1] in DECOMPRESSORS else ""
+        raise NgptConfigError(
+            f"--input file {file!r}: the {sample_by} at byte {offset}{decompressed} is {'' if exact else 'at least '}"
+            f"{_size(length)}, longer than the {_size(MAX_TEXT_DOCUMENT_BYTES)} a text document may be: datasets reads "
+            f"a {sample_by} whole and needs about 4 times its size in memory. {fix[0].upper()}{fix[1:]}, or leave that "
+            "file out"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
 _NAMED_AT_MOST = 3

@@ -23,6 +23,7 @@ from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F
 from ngpt_ds.data.local_inputs import (
     check_decompressors,
     check_line_lengths,
+    check_text_documents,
     folder_files,
     refuse_prepared,
     resolve_files,
@@ -324,6 +325,8 @@ def _open_files(spec: CorpusSpec) -> Corpus:
     builder = kinds[0]
     if builder == "json":
         check_line_lengths(files)
+    if builder == "text":
+        check_text_documents(files, spec.text_sample_by)
     if builder == "csv":  # no bytes, no rows (as for json); kept, pandas stops with "No columns to parse from file"
         empty = [f for f in files if os.path.getsize(f) == 0]
         if empty and len(empty) < len(files):  # all empty: read, and refused below as an empty corpus
@@ -409,7 +412,8 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
     text = builder == "text"
     if builder == "json":  # a folder's json lines are read as a glob's are (check_line_lengths)
         check_line_lengths([f for f in folder_files(Path(name)) if file_format(f) == "json"])
-    if text:
+    if text:  # and its text files' paragraphs or lines (check_text_documents)
+        check_text_documents([f for f in folder_files(Path(name)) if file_format(f) == "text"], spec.text_sample_by)
         load_args["sample_by"] = spec.text_sample_by
         description += f", one document per {spec.text_sample_by}"
     else:
