@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH_GLOB_OR_DATASET",
         help="local .txt/.json/.jsonl/.parquet/.csv files or globs (quote globs; may be compressed), "
-        "a directory written by Dataset.save_to_disk, a dataset directory, or a hub dataset name "
-        "(needs network). Omit to prepare the default corpus.",
+        "a folder of such files (read whole, subfolders included), a folder written by "
+        "Dataset.save_to_disk, or a hub dataset name (needs network). Omit to prepare the default corpus.",
     )
     src.add_argument(
         "--text-field", default=None, metavar="NAME", help="column holding the document text (default: text)"
@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-sample-by",
         choices=("paragraph", "line", "document"),
         default=None,
-        help="text files: one document per blank-line separated paragraph, per line, or per "
-        "whole file (default: paragraph)",
+        help="text files: one document per paragraph (ended by an empty line; a line of spaces does not "
+        "end one), per line, or per whole file (default: paragraph; a file of one document per line "
+        "needs line)",
     )
     tok = p.add_argument_group("tokenizer")
     tok.add_argument(

@@ -89,7 +89,7 @@ class CorpusSpec:
     split: str = "train"
     """Split to read from a saved DatasetDict or a hub dataset."""
     text_sample_by: str = "paragraph"
-    """Text files: one document per 'paragraph' (blank-line separated), 'line', or whole 'document' (file)."""
+    """Text files: one document per 'paragraph' (ended by an empty line), 'line', or whole 'document' (file)."""
 
 
 class Corpus:
