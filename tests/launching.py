@@ -6,6 +6,7 @@ line offline (run_lm_eval).
 tests/conftest.py re-exports every name here, so `from conftest import run, torchrun` keeps working."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -16,10 +17,53 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+PORTS = range(10000, 16000)
+"""Where free_port draws from: below Linux's ephemeral range (ip_local_port_range, 32768-60999 by default) and apart
+from the fixed choices of this repository (tests/system/slurm_cluster.sh's daemons from 16817, ngpt_ds's Slurm
+ports 20000-31999, DeepSpeed's launcher 29500, bench/convergence.py 29500-30499)."""
+_given: set[int] = set()
+_random = random.SystemRandom()  # not the seedable generator: tests seed it, and two pytest runs would draw alike
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: no range to stay out of is known
+        return 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, for a rendezvous that a child process listens on seconds later.
+
+    Not one from bind(0): that port is in the kernel's ephemeral range, and in the seconds until the child's rank 0
+    (importing torch first) listened on it, the kernel could hand the same port to any other process's connect() or
+    bind(0). Under pytest-xdist the other worker's 2-rank jobs open dozens (gloo's pairs, the TCPStore clients), and
+    an outgoing connection on the port is enough for the listen to fail with EADDRINUSE: rank 0 stopped with 'cannot
+    listen for the job's rendezvous on 127.0.0.1:PORT: another process on this host holds that port'. Below the range
+    the kernel hands out no port by itself; the xdist workers draw from separate slices, and this process never
+    gives a port twice (a finished job's port may still be in TIME_WAIT)."""
+    ports = range(PORTS.start, min(PORTS.stop, _ephemeral_low()))
+    if len(ports) < 1000:  # a machine whose ephemeral range starts lower: nothing better than the kernel's choice
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) % workers
+    width = len(ports) // workers
+    mine = ports[worker * width : (worker + 1) * width]
+    start = _random.randrange(len(mine))  # separate pytest runs on one machine start apart
+    for i in range(len(mine)):
+        port = mine[(start + i) % len(mine)]
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # a server listening there, or a finished job's connections in TIME_WAIT
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {mine.start}-{mine.stop - 1}")
 
 
 def cpu_env(**extra) -> dict:

@@ -3,7 +3,6 @@ start a 2-rank job under a launcher, wait for its steps, stop it, and check that
 running or holding its port. The two files share one chain of checkpoints (STOP_CHAIN)."""
 
 import contextlib
-import random
 import shutil
 import signal
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, cpu_env, read_metrics, train_flags
+from conftest import REPO, cpu_env, free_port, read_metrics, train_flags
 
 HANG_GUARD_S = 240  # a hang guard only: a job that never stops fails here instead of blocking the suite
 
@@ -91,13 +90,10 @@ def kill_leftovers(out, launcher: subprocess.Popen) -> None:
 
 def rendezvous_port() -> int:
     """A free port below the ephemeral range (32768 and up on Linux), so that after the job no
-    other process on this busy machine gets it by chance and the check below means something. Drawn
-    from the OS's randomness: a test session seeding `random` would otherwise give two concurrent
-    sessions the same ports."""
-    while True:
-        port = random.SystemRandom().randrange(10000, 20000)  # not the seedable generator: tests seed it
-        if port_is_free(port):
-            return port
+    other process on this busy machine gets it by chance and the check below means something:
+    tests/launching.py free_port, which also keeps the pytest-xdist workers' ports apart and never
+    gives one twice (a draw of its own here could give another test's job its port)."""
+    return free_port()
 
 
 def sockets_on(port: int) -> str:

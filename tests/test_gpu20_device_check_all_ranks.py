@@ -45,14 +45,8 @@ RANK_SCRIPT = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_two_ranks(local_ranks: tuple[int, int], devices: tuple[int, int]) -> dict[int, str]:
-    port = free_port()
+    port = conftest.free_port()
     procs = {}
     for rank in (0, 1):
         env = {

@@ -12,10 +12,11 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from launching import free_port
 
 HERE = Path(__file__).resolve().parent
 SLURM_SCRIPT = HERE / "slurm_cluster.sh"
@@ -125,12 +126,6 @@ def _slurm_cluster_up():
         subprocess.run(["bash", str(SLURM_SCRIPT), "down"], capture_output=True, timeout=120)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def sshd_available() -> tuple[bool, str]:
     missing = [tool for tool in ("pdsh", "ssh", "ssh-keygen") if not shutil.which(tool)]
     if not Path("/usr/sbin/sshd").exists():
@@ -149,7 +144,7 @@ def local_sshd(workdir: Path):
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / name)], check=True)
     shutil.copy(workdir / "client_key.pub", workdir / "authorized_keys")
-    port = _free_port()
+    port = free_port()  # sshd listens on it a moment later: not a port the kernel hands out (tests/launching.py)
     (workdir / "sshd_config").write_text(
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {workdir / 'host_key'}\n"
         f"AuthorizedKeysFile {workdir / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
