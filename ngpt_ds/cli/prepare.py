@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH_GLOB_OR_DATASET",
         help="local .txt/.json/.jsonl/.parquet/.csv files or globs (quote globs; may be compressed), "
-        "a folder of such files (read whole, subfolders included), a folder written by "
+        "a folder of such files (read whole; where some are named after a split, as train.jsonl, only "
+        "those of --split), a folder written by "
         "Dataset.save_to_disk, or a hub dataset name (needs network). Omit to prepare the default corpus.",
     )
     src.add_argument(

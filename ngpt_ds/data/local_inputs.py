@@ -275,6 +275,49 @@ def warn_not_files(where: str, entries: list[str]) -> None:
     )
 
 
+def warn_files_not_read(
+    folder: str, split: str, builder: str, splits: dict[str, list[str]], corpus_files: list[tuple[str, str]]
+) -> None:
+    """Say once which corpus files of a folder datasets does not read for --split, and why. datasets reads a folder
+    whole only where no file or subfolder is named after a split: `train.jsonl` and `test.jsonl` beside
+    `more.jsonl` read `train.jsonl` alone (`more.jsonl` is in no split), and of files in two formats only those of
+    the most common one; the rest was left out without a word. `splits`: the files datasets reads for each split;
+    `corpus_files`: the folder's files of a corpus format (datasets' skip rules, folder_files), with that format."""
+    read = {os.path.realpath(f) for f in splits.get(split, ())}
+    if not read:  # an unknown split: datasets' read names it
+        return
+    other = {os.path.realpath(f): name for name, files in splits.items() if name != split for f in files}
+    left: list[str] = []
+    formats: set[str] = set()  # of the files left out as another format
+    for file, fmt in corpus_files:
+        real = os.path.realpath(file)
+        if real in read:
+            continue
+        if fmt != builder:
+            formats.add(fmt)
+        why = f"not {builder}" if fmt != builder else f"split {other[real]!r}" if real in other else "in no split"
+        left.append(f"{shown(file)} ({why})")
+    if not left:
+        return
+    more = f" and {len(left) - _NAMED_AT_MOST} more" if len(left) > _NAMED_AT_MOST else ""
+    fixes = []
+    if len(formats) < len(left):  # some left out by a split name
+        fixes.append(
+            "Files and folders named after a split (train, test, validation, ...) make datasets read those alone; "
+            "to read the others, pass them by a glob (a glob reads every file it matches), or --split NAME"
+        )
+    if formats:
+        fixes.append(
+            f"A folder is read in one format, its most common: convert the {'/'.join(sorted(formats))} files to "
+            f"{builder}, or prepare them on their own"
+        )
+    _log.warning(
+        f"--input {shown(folder)}: datasets reads {len(read)} {builder} file{'s' if len(read) > 1 else ''} of it for "
+        f"split {split!r} and not {len(left)} other{'s' if len(left) > 1 else ''}: {', '.join(left[:_NAMED_AT_MOST])}"
+        f"{more}. {'. '.join(fixes)}"
+    )
+
+
 def folder_files(folder: Path) -> list[str]:
     """The files of a corpus folder datasets reads whole: subfolders included, names starting with '.' or '__'
     left out as datasets leaves them out, links to folders not followed."""

@@ -28,6 +28,7 @@ from ngpt_ds.data.local_inputs import (
     refuse_prepared,
     resolve_files,
     shown,
+    warn_files_not_read,
 )
 from ngpt_ds.errors import NgptConfigError
 
@@ -388,13 +389,15 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
     return _open_hub(spec, str(path), local=True)
 
 
-def _builder_of(folder: Path, spec: CorpusSpec) -> str | None:
-    """The name of the datasets builder that reads a local dataset folder ("text", "json", ...), or None where
-    datasets cannot tell (the read then names the problem)."""
+def _builder_of(folder: Path, spec: CorpusSpec) -> tuple[str, dict[str, list[str]]] | None:
+    """The name of the datasets builder that reads a local dataset folder ("text", "json", ...) and the files it
+    reads for each split, or None where datasets cannot tell (the read then names the problem)."""
     import datasets
 
     try:
-        return str(datasets.load_dataset_builder(str(folder), name=spec.hub_config).name)
+        builder = datasets.load_dataset_builder(str(folder), name=spec.hub_config)
+        splits = {str(split): [str(f) for f in files] for split, files in (builder.config.data_files or {}).items()}
+        return str(builder.name), splits
     except Exception:  # any failure of datasets' inspection: the read that follows reports it with its hint
         return None
 
@@ -408,8 +411,12 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
     description = f"{what} {shown(name)}{config} split {spec.split!r}"
     # A folder of text files: datasets' text builder splits them by line unless told, where the same files by a
     # glob are split as --text-sample-by says (paragraph by default).
-    builder = _builder_of(Path(name), spec) if local else None
+    found = _builder_of(Path(name), spec) if local else None
+    builder = None if found is None else found[0]
     text = builder == "text"
+    if found is not None:
+        corpus_files = [(f, fmt) for f in folder_files(Path(name)) if (fmt := file_format(f)) is not None]
+        warn_files_not_read(name, spec.split, found[0], found[1], corpus_files)
     if builder == "json":  # a folder's json lines are read as a glob's are (check_line_lengths)
         check_line_lengths([f for f in folder_files(Path(name)) if file_format(f) == "json"])
     if text:  # and its text files' paragraphs or lines (check_text_documents)
