@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "launch/train.py refuses (it evaluates on that split) (default: 0.02; default corpus: 0.05)",
     )
     out.add_argument(
-        "--shard-tokens", type=int, default=None, metavar="N", help="tokens per shard file at most (default: 1e8)"
+        "--shard-tokens", type=int, default=None, metavar="N", help="tokens per shard file at most (default: 100000000)"
     )
     out.add_argument(
         "--dtype",
@@ -192,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = p.add_argument_group("run")
     run.add_argument(
-        "--workers", type=int, default=0, metavar="N", help="tokenizer processes; 0 = one per CPU core (max 16)"
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tokenizer processes; 0 = one per CPU core, at most 16 (default: 0)",
     )
     run.add_argument(
         "--cache-dir",
