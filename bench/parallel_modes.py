@@ -105,7 +105,9 @@ def measure(name: str, steps: int, data: str, work: Path) -> dict:
     )
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(mode.ranks)]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(REPO / "launch/train.py")]
+    # --standalone: torchrun's agent listens on a port of the kernel's choosing and hands it to the ranks. A port
+    # probed here and closed could be taken by any other process's connection before the agent listened on it.
+    cmd += ["--standalone", str(REPO / "launch/train.py")]
     cmd += ["--config", str(config), "--deepspeed_config", str(ds), "--data", data, "--out", str(out)]
     proc = children.run(cmd + ["--no-progress", "--resume", "none"], env=env)  # stopped with this script
     if proc.returncode != 0:
@@ -121,14 +123,6 @@ def measure(name: str, steps: int, data: str, work: Path) -> dict:
         "peak_rss_mib": peak_kib / 1024,
         "losses": losses,
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loss_difference(result: dict, base: dict) -> float:

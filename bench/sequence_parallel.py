@@ -89,11 +89,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_job(args: argparse.Namespace, ranks: int, out: Path) -> dict:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
         **os.environ,
         "DS_ACCELERATOR": "cpu",
@@ -101,8 +96,10 @@ def run_job(args: argparse.Namespace, ranks: int, out: Path) -> dict:
         "PYTHONPATH": str(REPO),
         "MALLOC_MMAP_THRESHOLD_": rss_step.MMAP_THRESHOLD,
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr"]
-    cmd += ["127.0.0.1", "--master_port", str(port), __file__, "--worker", str(out)]
+    # --standalone: torchrun's agent listens on a port of the kernel's choosing and hands it to the ranks. A port
+    # probed here and closed could be taken by any other process's connection before the agent listened on it.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--standalone"]
+    cmd += [__file__, "--worker", str(out)]
     for name in ("arch", "seq_len", "layers", "embd", "heads", "batch", "vocab", "rounds"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
