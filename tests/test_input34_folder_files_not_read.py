@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ngpt_ds.cli.prepare import main
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
@@ -72,10 +74,15 @@ def test_files_of_another_format_are_named_with_their_own_fix(tmp_path, capsys):
     ) in err, err[-3000:]
 
 
-def test_a_folder_read_whole_gets_no_warning(tmp_path, capsys):
+@pytest.mark.parametrize("given", ["path", "link", "relative"])
+def test_a_folder_read_whole_gets_no_warning(tmp_path, capsys, monkeypatch, given):
+    """Given by a link or a relative path too (datasets names the files under the folder's real path)."""
     corpus = tmp_path / "c"
     _jsonl(corpus / "a.jsonl", 200)
     _jsonl(corpus / "sub" / "b.jsonl", 100)
-    documents, err = _prepare(str(corpus), tmp_path / "ds", capsys)
+    (tmp_path / "link").symlink_to("c")
+    monkeypatch.chdir(tmp_path)
+    inputs = {"path": str(corpus), "link": str(tmp_path / "link"), "relative": "c"}[given]
+    documents, err = _prepare(inputs, tmp_path / "ds", capsys)
     assert documents == {"train": 297, "validation": 3}
     assert "datasets reads" not in err and "not read" not in err
