@@ -154,23 +154,28 @@ def rank_env(rank: int, nproc: int, port: int, **extra) -> dict:
     return cpu_env(RANK=rank, WORLD_SIZE=nproc, LOCAL_RANK=rank, LOCAL_WORLD_SIZE=nproc, **rendezvous, **extra)
 
 
-def start_ranks(args, *, nproc: int = 2, port: int | None = None, logs: Path | None = None) -> list[subprocess.Popen]:
+def start_ranks(
+    args, *, nproc: int = 2, port: int | None = None, logs: Path | None = None, **env
+) -> list[subprocess.Popen]:
     """`python args` once per rank, as plain processes with torch's env:// variables on this host: the
     way a launcher that does not tear a job down by itself starts them (srun without
     --kill-on-bad-exit, a container orchestrator), so that each rank's own exit status is seen.
-    Each rank's output goes to `logs`/rank<N>.log, or without `logs` is captured as text."""
+    Each rank's output goes to `logs`/rank<N>.log, or without `logs` is captured as text. `env` is added
+    to each rank's environment."""
     port = free_port() if port is None else port
     ranks = []
     for rank in range(nproc):
-        env = rank_env(rank, nproc, port)
+        variables = rank_env(rank, nproc, port, **env)
         cmd = [sys.executable, *map(str, args)]
         if logs is None:
             ranks.append(
-                subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                subprocess.Popen(
+                    cmd, env=variables, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
             )
         else:
             with open(logs / f"rank{rank}.log", "w") as log:
-                ranks.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+                ranks.append(subprocess.Popen(cmd, env=variables, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     return ranks
 
 

@@ -4,8 +4,8 @@
 A 2-rank ZeRO-2 fp32 run saves step 3 and trains on to step 6: the uninterrupted reference.
 
 - Interrupted conversion: a 1-rank resume from step 3 whose converter (DeepSpeed's ds_to_universal) is
-  SIGKILLed halfway through, after it wrote part of its files; then one whose rank is SIGKILLed halfway
-  through the conversion. Neither leaves anything under the step_N-universal name (nothing is ever taken for a
+  SIGKILLed halfway through, after its extraction wrote the fragments and before it sealed them; then one whose
+  rank is SIGKILLed there. Neither leaves anything under the step_N-universal name (nothing is ever taken for a
   conversion), and the next run says the earlier one did not finish, converts from the beginning and continues
   as the reference does.
 - Fault (scale30): a conversion interrupted after DeepSpeed's ds_to_universal had extracted every ZeRO fragment
@@ -34,6 +34,7 @@ import torch
 from ngpt_ds.train import checkpoint, reshape_fragments
 
 from conftest import (
+    cpu_env,
     read_metrics,
     run,
     start_ranks,
@@ -96,19 +97,54 @@ def _converter(out) -> psutil.Process | None:
     return None
 
 
-def _paused_halfway(rank, out, log) -> psutil.Process:
-    """The resuming rank's converter, stopped (SIGSTOP) as soon as its extraction made its first folder: frozen
-    in the middle of its first phase, before the extraction is sealed, whatever the machine's speed. Returns it."""
-    fragments = out / "checkpoints" / WORK / "converted" / reshape_fragments.FRAGMENTS
+HOLD = """import os, signal, sys
+if "ngpt_ds.train.reshape" in sys.orig_argv:  # the converter child only, not the rank that starts it
+    from ngpt_ds.train import reshape_fragments
+
+    sealing = reshape_fragments.seal
+
+    def seal(folder, source):
+        if {before}:
+            os.kill(os.getpid(), signal.SIGSTOP)  # the test kills the converter or its rank now
+        sealing(folder, source)
+        if not {before}:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    reshape_fragments.seal = seal
+"""
+"""A sitecustomize for a resuming rank: its converter stops itself (SIGSTOP) once DeepSpeed's extraction has
+written the ZeRO fragments, just before they are sealed (ngpt_ds.train.reshape_fragments.seal) or just after."""
+
+
+def _held(tmp_path, *, before_the_seal: bool) -> dict[str, str]:
+    """The environment additions (for start_ranks) under which the converter stops itself at its seal."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(HOLD.format(before=before_the_seal))
+    return {"PYTHONPATH": f"{site}{os.pathsep}{cpu_env()['PYTHONPATH']}"}
+
+
+def _stopped_converter(rank, out, log) -> psutil.Process:
+    """The resuming rank's converter once HOLD has stopped it, its first phase done: frozen there whatever the
+    machine's speed. Returns it.
+
+    Not a SIGSTOP the test sent when it saw the fragments folder, or the seal: the extraction writes its fragments
+    and seals them in milliseconds, the conversion ends in a second, and a test process that did not run for
+    that long (2 pytest-xdist workers on 2 cores) stopped a converter past its seal ('assert not ...
+    EXTRACTED).exists()'), or saw it end ('assert converter.is_running() ...')."""
     deadline, proc = time.monotonic() + HANG_GUARD_S, None
-    while proc is None:
+    while proc is None or proc.status() != psutil.STATUS_STOPPED:
         assert rank.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
-        proc = _converter(out)
-    while not os.path.isdir(fragments):  # a cheap poll: the extraction writes its fragments in milliseconds
-        assert proc.is_running() and time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.0005)
-    proc.send_signal(signal.SIGSTOP)
-    assert not (fragments / reshape_fragments.EXTRACTED).exists()
+        proc = proc or _converter(out)
+        time.sleep(0.05)
+    return proc
+
+
+def _paused_halfway(rank, out, log) -> psutil.Process:
+    """The converter stopped by HOLD before its seal: fragments written, not sealed."""
+    fragments = out / "checkpoints" / WORK / "converted" / reshape_fragments.FRAGMENTS
+    proc = _stopped_converter(rank, out, log)
+    assert any(fragments.iterdir()) and not (fragments / reshape_fragments.EXTRACTED).exists()
     return proc
 
 
@@ -124,9 +160,10 @@ def test_an_interrupted_conversion_is_never_taken_for_one_and_the_next_run_conve
     out = tmp_path / "resumed"
     out.mkdir()
     universal = out / "checkpoints" / UNIVERSAL
+    before = _held(tmp_path, before_the_seal=True)
 
     # 1. The converter is SIGKILLed halfway (the out-of-memory killer's signal): the resume stops, naming it.
-    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path)
+    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path, **before)
     try:
         converter = _paused_halfway(rank, out, tmp_path / "rank0.log")
         written = _written(out)
@@ -144,7 +181,7 @@ def test_an_interrupted_conversion_is_never_taken_for_one_and_the_next_run_conve
 
     # 2. The resuming rank itself is SIGKILLed halfway through (a preemption): its converter dies with it, and the
     # half-written work folder is all that is left; it is never taken for a conversion.
-    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path)
+    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path, **before)
     try:
         converter = _paused_halfway(rank, out, tmp_path / "rank0.log")
         written = _written(out)
@@ -240,16 +277,11 @@ def test_a_conversion_killed_after_its_extraction_goes_on_from_the_fragments(set
     source, ds, out = reference / "checkpoints" / SOURCE, setup["ds"]["z2_dp1"], tmp_path / "resumed"
     out.mkdir()
     sealed = out / "checkpoints" / WORK / "converted" / reshape_fragments.FRAGMENTS / reshape_fragments.EXTRACTED
-    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path)
+    after = _held(tmp_path, before_the_seal=False)
+    (rank,) = start_ranks(train_cmd(config, ds, data, out, "--resume", source), nproc=1, logs=tmp_path, **after)
     try:
-        deadline, converter = time.monotonic() + HANG_GUARD_S, None
-        while converter is None:
-            assert rank.poll() is None and time.monotonic() < deadline, (tmp_path / "rank0.log").read_text()[-3000:]
-            converter = _converter(out)
-        while not os.path.exists(sealed):
-            assert converter.is_running() and time.monotonic() < deadline, (tmp_path / "rank0.log").read_text()[-3000:]
-            time.sleep(0.001)
-        converter.send_signal(signal.SIGSTOP)
+        converter = _stopped_converter(rank, out, tmp_path / "rank0.log")
+        assert sealed.is_file()
         rank.send_signal(signal.SIGKILL)
         assert rank.wait(timeout=HANG_GUARD_S) == -signal.SIGKILL
         psutil.wait_procs([converter], timeout=HANG_GUARD_S)
