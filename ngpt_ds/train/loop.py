@@ -27,6 +27,7 @@ from ngpt_ds.train import (
     reshape_convert,
     reshape_plan,
     rng_state,
+    universal_check,
 )
 from ngpt_ds.train.builder import Prepared, TrainOptions, start_engine
 from ngpt_ds.train.collectives import all_reduce_on
@@ -136,6 +137,13 @@ class Trainer(RunEnd):
         self.stop.eval_in_steps = len(self.val_batches) / self.plan.grad_accum  # before the first one is timed
 
     def _resume(self, path: Path) -> None:
+        if self.reshape is not None:  # its files fit the model before DeepSpeed's load_universal reads them
+            universal_check.check_on_all_ranks(
+                self.reshape.target,
+                universal_check.parameter_shapes(self.model),
+                self.reshape.current.zero_stage == 3,
+                self.reshape.source,
+            )
         client = checkpoint.load(self.engine, self.reshape.target if self.reshape is not None else path)
         if self.reshape is not None:
             reshape_convert.unalias_optimizer_steps(self.engine)

@@ -1,0 +1,194 @@
+"""What the per-parameter files of a universal checkpoint must hold before DeepSpeed's load_universal reads them
+(README "Resuming at another world size"; the folder is made by ngpt_ds.train.reshape_convert).
+
+A step_N-universal folder is reused whenever its manifest verifies and names the source checkpoint, and whoever
+can write the folder can rebuild its manifest. DeepSpeed's load_universal then took what it found: an fp32.pt of
+another shape stopped rank 0 on an AssertionError deep in DeepSpeed ("full param numel 3104 != tensor slice numel
+3072") while the other rank was told only that a rank died; a NaN was loaded and the run stopped a step later,
+blaming the learning rate; an int64 Adam moment was cast to float without a word; a step.pt of another count ended
+in "AssertionError: Steps [...] are not equal". Each file is now checked first, on every rank (each file by one
+rank, one agreed verdict), and a file that does not fit is one NgptConfigError naming it and the parameter.
+
+Reads DeepSpeed's universal format (checked against 0.19.8): zero/<name>/{fp32,exp_avg,exp_avg_sq}.pt
+(ZeRO 1/2: a dict whose "param" is the tensor in the parameter's shape, beside keys that say how tensor-parallel
+slices were merged; ZeRO 3: the flat tensor) and zero/<name>/step.pt (ZeRO 1/2: Adam's step count); and the
+step count in the source's ZeRO 1/2 optimizer shards (optimizer_state_dict.base_optimizer_state.state). Every
+file is read through ngpt_ds.safe_load (no code runs), memory-mapped. It must not decide what to convert
+(ngpt_ds.train.reshape_plan) nor convert (ngpt_ds.train.reshape_convert).
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ngpt_ds.errors import NgptConfigError
+
+STATES = ("fp32", "exp_avg", "exp_avg_sq")
+"""The tensors DeepSpeed's universal load reads of each parameter (besides step.pt)."""
+STEP = "step"
+MERGE_KEYS = frozenset({"param", "cat_dim", "vocab_tensor", "param_n_sub_params", "sub_param_shape"})
+"""The keys of a ZeRO 1/2 state file that DeepSpeed's converter writes (0.19.8 merge_tp_slices): "param" and how
+tensor-parallel slices were merged, which changes nothing at tensor-parallel size 1 (the only size converted)."""
+
+
+def _load(path: Path) -> Any:
+    from ngpt_ds import safe_load  # imports DeepSpeed's types: not at the module's import
+
+    return safe_load.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
+
+
+def step_count(value: object) -> float | None:
+    """A step count as DeepSpeed saves one (a 0-dim tensor or a number), or None for anything else."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def is_count(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value >= 0 and value == int(value)
+
+
+def optimizer_step(source: Path) -> float | None:
+    """The Adam step count the source's ZeRO 1/2 optimizer shards record, every shard and parameter group the
+    same; None when they record none (ZeRO 0 or 3, an optimizer without one). Raises NgptConfigError naming the
+    shard when one records another count or none that is a count: DeepSpeed's converter stopped on "AssertionError:
+    All shards must have the same step value"."""
+    found: tuple[float, Path] | None = None
+    for path in sorted(source.glob("*zero_pp_rank_*_optim_states.pt")):
+        states = _load(path)
+        optimizer = states.get("optimizer_state_dict") if isinstance(states, dict) else None
+        base = optimizer.get("base_optimizer_state") if isinstance(optimizer, dict) else None
+        groups = base.get("state") if isinstance(base, dict) else None
+        if not isinstance(groups, Mapping):
+            continue  # ZeRO 3 keeps its state elsewhere; DeepSpeed's own read names a damaged file
+        for group, state in groups.items():
+            if not isinstance(state, Mapping) or STEP not in state:
+                continue
+            count = step_count(state[STEP])
+            if not is_count(count):
+                raise NgptConfigError(
+                    f"{path}: parameter group {group!r} records optimizer step {state[STEP]!r}, which is no step "
+                    f"count. {_ALTERED.format(what=source.name)}"
+                )
+            assert count is not None  # is_count
+            if found is not None and count != found[0]:
+                raise NgptConfigError(
+                    f"{path}: parameter group {group!r} records optimizer step {count:g}, {found[1].name} records "
+                    f"{found[0]:g} (every shard of one optimizer holds the same count). "
+                    f"{_ALTERED.format(what=source.name)}"
+                )
+            found = (count, path)
+    return None if found is None else found[0]
+
+
+_ALTERED = "The checkpoint {what} was altered or damaged: resume from another checkpoint"
+
+
+def parameter_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The full shape of each trainable parameter, by the name DeepSpeed gives its folder (ZeRO 3 keeps a
+    partitioned parameter's shape in ds_shape)."""
+    return {
+        name: tuple(getattr(p, "ds_shape", None) or p.shape) for name, p in module.named_parameters() if p.requires_grad
+    }
+
+
+def _tensor_problem(tensor: object, shape: tuple[int, ...], zero3: bool) -> str | None:
+    if not isinstance(tensor, torch.Tensor):
+        return f"holds a {type(tensor).__name__}, not a tensor"
+    if tensor.dtype != torch.float32:
+        return f"holds a {tensor.dtype} tensor, not float32"
+    want = (math.prod(shape),) if zero3 else shape
+    if tuple(tensor.shape) != want:  # ZeRO 3 keeps it flat
+        return f"holds a tensor of shape {list(tensor.shape)}" + (f", not the flat {list(want)}" if zero3 else "")
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        return f"holds {bad} non-finite value(s) (NaN or inf)"
+    return None
+
+
+def file_problem(path: Path, shape: tuple[int, ...], zero3: bool, step: float | None) -> str | None:
+    """What is wrong with one zero/<name>/<state>.pt (`step`: the count step.pt must hold), or None."""
+    loaded = _load(path)
+    if path.stem == STEP:
+        count = step_count(loaded)
+        if not is_count(count):
+            return f"holds {loaded!r}, which is no step count"
+        if step is not None and count != step:
+            return f"holds optimizer step {count:g}, where the checkpoint it was converted from is at {step:g}"
+        return None
+    if zero3:
+        return _tensor_problem(loaded, shape, zero3)
+    if not isinstance(loaded, dict) or "param" not in loaded:
+        return f"holds a {type(loaded).__name__} without the 'param' tensor DeepSpeed's load reads"
+    other = sorted(map(repr, set(loaded) - MERGE_KEYS))
+    if other:
+        return f"holds key(s) {', '.join(other[:3])}, which DeepSpeed's converter does not write"
+    return _tensor_problem(loaded["param"], shape, zero3)
+
+
+def problem(
+    folder: Path, shapes: Mapping[str, tuple[int, ...]], zero3: bool, step: float | None, rank: int = 0, world: int = 1
+) -> str | None:
+    """The first file of `folder`'s share for `rank` (each file by one of `world` ranks) that does not fit
+    `shapes`, as a message; or None. A missing parameter folder or file is named by every rank."""
+    zero = folder / "zero"
+    files: list[tuple[Path, str]] = []
+    for name in sorted(shapes):
+        for state in STATES:
+            path = zero / name / f"{state}.pt"
+            if not path.is_file():
+                return _message(folder, path, name, shapes[name], "is missing")
+            files.append((path, name))
+        if not zero3:
+            files.append((zero / name / f"{STEP}.pt", name))
+    for index, (path, name) in enumerate(files):
+        if index % world != rank:
+            continue
+        if path.stem == STEP and step is None and not path.is_file():
+            continue  # an optimizer without a step count has none
+        try:
+            found = file_problem(path, shapes[name], zero3, step)
+        except NgptConfigError as err:  # safe_load's refusal of a file that needs code
+            found = f"was refused ({err})"
+        except Exception as err:  # noqa: BLE001 (a crafted file raises what the unpickler meets)
+            found = f"cannot be read ({type(err).__name__}: {err})"
+        if found is not None:
+            return _message(folder, path, name, shapes[name], found)
+    return None
+
+
+def _message(folder: Path, path: Path, name: str, shape: tuple[int, ...], what: str) -> str:
+    return (
+        f"{path} {what} (parameter {name}, shape {list(shape)}): the universal checkpoint {folder.name} does not fit "
+        f"this model; it was altered or damaged after its conversion. Remove {folder} and rerun: the trainer converts "
+        "the checkpoint again"
+    )
+
+
+def check_on_all_ranks(folder: Path, shapes: Mapping[str, tuple[int, ...]], zero3: bool, source: Path) -> None:
+    """Collective, before DeepSpeed's load_universal reads `folder`: every rank checks its share of the files,
+    and every rank raises the same NgptConfigError for the first that does not fit (lowest rank first)."""
+    from ngpt_ds.train import collectives
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def mine() -> str | None:
+        try:
+            step = None if zero3 else optimizer_step(source)
+        except NgptConfigError as err:  # an answer like the others: every rank raises it after the gather
+            return str(err)
+        return problem(folder, shapes, zero3, step, rank, world)
+
+    answers = collectives.all_answers(mine, f"checking {folder}")
+    found = next((a for a in answers if a is not None), None)
+    if found is not None:
+        raise NgptConfigError(found)
