@@ -10,7 +10,7 @@ Phase 1 is now sealed: once DeepSpeed's extraction returns, the converter child 
 disk and writes EXTRACTED (temporary name, flush, rename), which names the source checkpoint (its COMPLETE file's
 digest), the DeepSpeed version, and the fragment files (count, bytes, a digest of their names and sizes). The
 next conversion of the same checkpoint keeps OUTPUT/tmp when EXTRACTED matches in every point, and the child
-skips phase 1, provided the fragments also fit the checkpoint's parameters (_fragments_fit: the seal vouches for
+skips phase 1, provided the fragments also fit the checkpoint's parameters (_misfit: the seal vouches for
 names and sizes only, and can be rewritten by whoever wrote the fragments). Anything else (no EXTRACTED, another
 checkpoint or DeepSpeed, a file missing, added, resized or a link, a fragment that does not fit) is removed and
 converted from the beginning. Phases 2 and 3 always run again and rewrite every file they
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from ngpt_ds.train import manifest
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import manifest, universal_check
 
 FRAGMENTS = "tmp"
 """ds_to_universal's folder of extracted fragments, under its output folder."""
@@ -103,7 +104,7 @@ def seal(folder: Path, source: Path) -> None:
     _fsync(str(folder))
 
 
-def reusable(folder: Path, source: Path) -> bool:
+def _sealed(folder: Path, source: Path) -> bool:
     """Whether `folder` holds a sealed extraction of `source` by this DeepSpeed, with every file as sealed."""
     try:
         if not stat.S_ISDIR(os.lstat(folder).st_mode):
@@ -116,15 +117,19 @@ def reusable(folder: Path, source: Path) -> bool:
         identity = _identity(source)
         if identity["complete_blake2b"] is None or not isinstance(sealed, dict):
             return False
-        if sealed != {**identity, **(_listing(folder) or {"files": None})}:
-            return False
+        return bool(sealed == {**identity, **(_listing(folder) or {"files": None})})
     except (OSError, ValueError):
         return False
-    return _fragments_fit(folder, source)
+
+
+def reusable(folder: Path, source: Path) -> bool:
+    """Whether `folder` holds a sealed extraction of `source` whose fragments fit the checkpoint."""
+    return _sealed(folder, source) and _misfit(folder, source) is None
 
 
 STATES = ("fp32", "exp_avg", "exp_avg_sq")
-"""The flat fragments the extraction writes of each parameter (and `step`, one number per rank)."""
+"""The flat fragments the extraction writes of each parameter (and STEP, one number per rank)."""
+STEP = "step"
 
 
 def _parameter_sizes(source: Path) -> dict[tuple[str, int], int] | None:
@@ -143,38 +148,56 @@ def _parameter_sizes(source: Path) -> dict[tuple[str, int], int] | None:
     return sizes or None
 
 
-def _fragments_fit(folder: Path, source: Path) -> bool:
-    """Whether the sealed fragments are what the extraction of `source` writes: for every parameter and
-    tensor-parallel rank, the same data-parallel ranks hold each state, each a flat fp32 tensor of the same length
-    per rank, the lengths adding up to the parameter's size. The seal vouches for names and sizes only, and
-    whoever can write the work folder can write one: a fragment missing, cut, lengthened or of another dtype was
-    merged as it was (a parameter without its Adam moments in the converted checkpoint, in silence) or stopped the
-    merge with DeepSpeed's traceback at every rerun. A fragment that needs code to load is refused by the merge's
-    guarded load. Anything that does not fit is extracted again. Fragments are memory-mapped: this reads pickles."""
+def _misfit(folder: Path, source: Path) -> str | None:
+    """Why the sealed fragments are not what the extraction of `source` writes, or None when they are: for every
+    parameter and tensor-parallel rank, the same data-parallel ranks hold each state, each a flat fp32 tensor of the
+    same length per rank, the lengths adding up to the parameter's size; and each rank's `step` fragment holds the
+    optimizer step the source's shards record. The seal vouches for names and sizes only, and whoever can write the
+    work folder can write one: a fragment missing, cut, lengthened or of another dtype was merged as it was (a
+    parameter without its Adam moments in the converted checkpoint, in silence) or stopped the merge with
+    DeepSpeed's traceback at every rerun; so did one rank's step fragment of another count ("AssertionError: All
+    shards must have the same step value"), and every rank's changed alike became the parameter's step.pt. A
+    fragment that needs code to load is refused by the merge's guarded load. Anything that does not fit is
+    extracted again. Fragments are memory-mapped: this reads pickles."""
     from ngpt_ds import safe_load
 
     try:
         sizes = _parameter_sizes(source)
-        if sizes is None or {p.name for p in folder.iterdir() if p.is_dir()} != {name for name, _ in sizes}:
-            return False
+        if sizes is None:
+            return "the checkpoint's model states list no parameter shapes"
+        found_names = {p.name for p in folder.iterdir() if p.is_dir()}
+        if found_names != {name for name, _ in sizes}:
+            return "the fragments' parameters are not the checkpoint's"
+        recorded = step = universal_check.optimizer_step(source)
         for (name, tp), size in sizes.items():
+            where = folder / name / str(tp)
             ranks: dict[str, int] | None = None
             for state in STATES:
                 found = {}
-                for path in (folder / name / str(tp)).glob(f"{state}.*"):
+                for path in where.glob(f"{state}.*"):
                     tensor = safe_load.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path))
                     if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32 or tensor.dim() != 1:
-                        return False
+                        return f"{path} holds no flat float32 tensor"
                     found[path.suffix] = tensor.numel()
                 if ranks is None:
                     ranks = found
                 if found != ranks:
-                    return False
+                    return f"{where} holds {state} fragments of other ranks or lengths than the others"
             if ranks is None or sum(ranks.values()) != size:
-                return False
-    except Exception:  # noqa: BLE001 (a crafted or damaged file raises what the unpickler meets: extract again)
-        return False
-    return True
+                return f"the fragments of {name} do not add up to its {size} elements"
+            steps = sorted(where.glob(f"{STEP}.*"))
+            if (steps or recorded is not None) and {p.suffix for p in steps} != set(ranks):
+                return f"{where} holds step fragments of other ranks than its states"
+            for path in steps:
+                count = universal_check.step_count(safe_load.load(path, map_location="cpu"))
+                if not universal_check.is_count(count):
+                    return f"{path} holds no step count"
+                step = count if step is None else step  # no count in the shards: the fragments agree
+                if count != step:
+                    return f"{path} holds optimizer step {count:g}, where the checkpoint's optimizer shards are at {step:g}"
+    except Exception as err:  # noqa: BLE001 (a crafted or damaged file raises what the unpickler meets: extract again)
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def keep_for_rerun(work: Path, source: Path) -> int | None:
@@ -207,9 +230,18 @@ def extract_once(extract: Callable, source: Path) -> Callable:
 
     def extract_or_reuse(args: object, ds_checkpoint: object, temp_dir: str) -> None:
         folder = Path(temp_dir)
-        if reusable(folder, source):
-            print(f"*** 1. Reusing the ZeRO fragments an interrupted conversion extracted into {folder} (sealed)")
-            return
+        if _sealed(folder, source):
+            misfit = _misfit(folder, source)
+            if misfit is None:
+                print(f"*** 1. Reusing the ZeRO fragments an interrupted conversion extracted into {folder} (sealed)")
+                return
+            print(f"*** 1. Extracting again: the sealed fragments in {folder} do not fit {source.name} ({misfit})")
+        from ngpt_ds import safe_load
+
+        try:  # shards of two step counts: DeepSpeed's merge stopped on an AssertionError traceback
+            universal_check.optimizer_step(source)
+        except NgptConfigError as err:
+            raise safe_load.UnsafeCheckpointError(str(err)) from None  # the child's one-line refusal
         if folder.is_symlink() or folder.is_file():
             folder.unlink()
         elif folder.exists():
