@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 
-from ngpt_ds.train import checkpoint, manifest
+from ngpt_ds.train import checkpoint, manifest, universal_check
 
 from conftest import cpu_env, start_ranks, tiny_ngpt, tiny_train, train_cmd, train_run, write_ds_config, write_yaml
 
@@ -122,3 +122,23 @@ def test_an_untouched_universal_folder_is_still_reused(made, tmp_path, tiny_data
     codes, logs = _resume_on_two_ranks(made, tmp_path, tiny_dataset)
     assert codes == [0, 0], logs[0][-3000:]
     assert "reused the universal checkpoint" in logs[0] and "step      4/4" in logs[0]
+
+
+@pytest.mark.parametrize(
+    ("saved", "want"),
+    [
+        (torch.zeros(12), None),
+        (torch.zeros(13), "holds a tensor of shape [13], not the flat [12]"),
+        (torch.zeros(3, 4), "holds a tensor of shape [3, 4], not the flat [12]"),
+        (torch.full((12,), float("inf")), "holds 12 non-finite value(s) (NaN or inf)"),
+        (torch.zeros(12, dtype=torch.bfloat16), "holds a torch.bfloat16 tensor, not float32"),
+    ],
+)
+def test_zero3_files_are_flat_tensors_of_the_parameters_size(tmp_path, saved, want):
+    """A ZeRO 3 conversion keeps each state as the flat tensor (DeepSpeed's merge_zero3_slices), and no step.pt."""
+    for state in ("fp32", "exp_avg", "exp_avg_sq"):
+        (tmp_path / "zero" / "w").mkdir(parents=True, exist_ok=True)
+        torch.save(saved if state == "exp_avg" else torch.zeros(12), tmp_path / "zero" / "w" / f"{state}.pt")
+    found = universal_check.problem(tmp_path, {"w": (3, 4)}, zero3=True, step=None)
+    path = tmp_path / "zero" / "w" / "exp_avg.pt"
+    assert found == (None if want is None else universal_check._message(tmp_path, path, "w", (3, 4), want))
