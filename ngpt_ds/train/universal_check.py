@@ -57,13 +57,15 @@ def is_count(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value >= 0 and value == int(value)
 
 
-def optimizer_step(source: Path) -> float | None:
+def optimizer_step(source: Path, every_shard: bool = True) -> float | None:
     """The Adam step count the source's ZeRO 1/2 optimizer shards record, every shard and parameter group the
     same; None when they record none (ZeRO 0 or 3, an optimizer without one). Raises NgptConfigError naming the
     shard when one records another count or none that is a count: DeepSpeed's converter stopped on "AssertionError:
-    All shards must have the same step value"."""
+    All shards must have the same step value". `every_shard` False: the first shard's only (the converter checked
+    them all; every rank of a large job reading every shard would open ranks x shards files)."""
     found: tuple[float, Path] | None = None
-    for path in sorted(source.glob("*zero_pp_rank_*_optim_states.pt")):
+    shards = sorted(source.glob("*zero_pp_rank_*_optim_states.pt"), key=lambda p: (len(p.name), p.name))
+    for path in shards if every_shard else shards[:1]:
         states = _load(path)
         optimizer = states.get("optimizer_state_dict") if isinstance(states, dict) else None
         base = optimizer.get("base_optimizer_state") if isinstance(optimizer, dict) else None
@@ -183,7 +185,7 @@ def check_on_all_ranks(folder: Path, shapes: Mapping[str, tuple[int, ...]], zero
 
     def mine() -> str | None:
         try:
-            step = None if zero3 else optimizer_step(source)
+            step = None if zero3 else optimizer_step(source, every_shard=False)
         except NgptConfigError as err:  # an answer like the others: every rank raises it after the gather
             return str(err)
         return problem(folder, shapes, zero3, step, rank, world)
