@@ -76,11 +76,11 @@ def test_hf_config_json_edited_with_matching_shapes_is_refused(hf_export, tmp_pa
 
 def test_the_hf_n_head_edit_did_change_the_outputs(hf_export, tmp_path, monkeypatch):
     """Why the refusal matters: the same weights under num_attention_heads 4 give logits far from the model's."""
-    import ngpt_ds.hf.modeling_ngpt as modeling
+    import ngpt_ds.hf.weight_files as weight_files
 
     folder, logits = hf_export
     copy = edited_copy(folder, tmp_path, "n_head", 4, alias="num_attention_heads")
-    monkeypatch.setattr(modeling, "check_recorded_config", lambda *a: None, raising=False)  # none before the fix
+    monkeypatch.setattr(weight_files, "check_recorded_config", lambda *a: None, raising=False)  # none before the fix
     assert (logits_of(copy) - logits).abs().max().item() > 1e-2
 
 

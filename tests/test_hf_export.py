@@ -55,6 +55,7 @@ def test_folder_layout_config_and_generation_config(hf_exported, trained):  # no
     assert config["model_type"] == "ngpt" and config["architectures"] == ["NGPTForCausalLM"]
     assert config["auto_map"] == {
         "AutoConfig": "configuration_ngpt.NGPTConfig",
+        "AutoModel": "modeling_ngpt.NGPTModel",
         "AutoModelForCausalLM": "modeling_ngpt.NGPTForCausalLM",
     }
     assert (config["n_layer"], config["n_embd"], config["n_head"], config["seq_len"], config["vocab_size"]) == (

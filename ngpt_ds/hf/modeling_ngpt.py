@@ -43,18 +43,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.activation_checkpointing import ActivationCheckpointing, cache_while_training
+from ngpt_ds.hf.cache_and_states import CacheBinding, StatesRecorder, asked
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
-from ngpt_ds.hf.recorded_config import check_recorded_config, record_in_saved_weights, weights_files_state
+from ngpt_ds.hf.recorded_config import record_in_saved_weights, weights_files_state
 from ngpt_ds.hf.training_guards import (
     _SPHERE_MODELS,  # noqa: F401  # re-exported: ngpt_ds.hf.trainer and tests import it from here
     _check_gathered,
@@ -63,70 +63,15 @@ from ngpt_ds.hf.training_guards import (
     _keep_on_the_sphere,
 )
 from ngpt_ds.hf.vocab_resize import resize_vocabulary
-from ngpt_ds.model.blocks import KVCache
+from ngpt_ds.hf.weight_files import check_weight_files, weights_source
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix
 from ngpt_ds.model.saved_weights import (
-    HEADER_DTYPES,
     NORM_TOLERANCE,
-    check_before_filling,
-    check_dtypes,
-    check_host_memory,
     check_shards,
-    check_weight_file,
-    header_shapes,
-    numel,
-    unreadable_weights,
     weights_mismatch,
 )
 from ngpt_ds.model.sphere import max_norm_deviation
-
-
-class _LayerView:
-    """One layer of a transformers Cache, with the interface of ngpt_ds.model.blocks.LayerKVCache."""
-
-    def __init__(self, cache: Cache, layer_idx: int):
-        self.cache, self.layer_idx = cache, layer_idx
-
-    @property
-    def length(self) -> int:
-        return self.cache.get_seq_length(self.layer_idx)
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cache.update(k, v, self.layer_idx)
-
-
-class CacheBinding(KVCache):
-    """ngpt_ds's KVCache whose layers store their keys and values in a transformers Cache."""
-
-    def __init__(self, cache: Cache, n_layer: int):
-        super().__init__()
-        self.layers = [_LayerView(cache, i) for i in range(n_layer)]
-
-
-def _weights_source(name_or_path: Any, files: list[str]) -> str:
-    """How errors name the weights read: the folder's model.safetensors, its single pytorch_model.bin, or the folder."""
-    weights = Path(str(name_or_path)) / "model.safetensors"
-    if weights.is_file():
-        return str(weights)
-    if len(files) == 1 and not files[0].endswith(".safetensors"):  # a folder of pytorch_model.bin
-        return files[0]
-    return f"{name_or_path} (its model.safetensors)"
-
-
-def _check_before_allocating(model: PreTrainedModel, files: list[str], load_config: Any, saved: dict) -> None:
-    """saved_weights.check_before_filling for transformers' load of `files` into `model` (still on the meta device)."""
-    prefix = f"{model.base_model_prefix}."
-    if not any(name.startswith(prefix) for name in saved):  # a bare CausalLM's names: transformers adds the prefix
-        saved = {prefix + name: shape for name, shape in saved.items()}
-    check_before_filling(
-        {name: tuple(t.shape) for name, t in model.state_dict().items()},
-        saved,
-        next(model.parameters()).dtype,
-        _weights_source(getattr(load_config, "pretrained_model_name_or_path", None), [str(f) for f in files]),
-        ignore_mismatched=bool(getattr(load_config, "ignore_mismatched_sizes", False)),
-        on_host=getattr(load_config, "device_map", None) is None,  # a device_map places the model itself
-    )
 
 
 class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
@@ -178,60 +123,21 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
     def _load_pretrained_model(  # type: ignore[override]  # transformers' parameters, passed on unchanged
         model: PreTrainedModel, state_dict: dict | None, checkpoint_files: list[str] | None, *args: Any, **kwargs: Any
     ) -> Any:
-        """transformers' loading of the weights into `model`, after the weights' dtypes are checked as
-        ngpt_ds.infer.loading checks an export's (saved_weights.check_dtypes): transformers casts every tensor to the model's
-        dtype, so int8, bool or complex weights loaded (complex without its imaginary part; a GPT's any of
-        them without a word) and float8 ones ended in an unrelated message. The safetensors headers are read,
-        not the tensors; a pickled weights file (pytorch_model.bin, which transformers still loads when a folder
-        has no safetensors) is read as transformers reads it, on the meta device (no tensor data); a state_dict
-        passed to from_pretrained is checked as given."""
-        found: list[tuple[dict[str, Any], str]] = []  # (name -> dtype or its safetensors header name, source)
-        headers: list[tuple[dict[str, str] | None, str]] = []  # (__metadata__, file): the exported config record
-        if state_dict is not None:
-            found.append(({name: t.dtype for name, t in state_dict.items()}, "the state_dict given to from_pretrained"))
-        shapes: dict[str, tuple[int, ...]] = {}  # every file's tensors: compared with the model's before it is filled
-        for file in checkpoint_files or []:
-            check_weight_file(file)  # before any open: a named pipe listed by the index hung the load
-            if str(file).endswith(".safetensors"):
-                # Before safe_open, which maps the file (twice: under `ulimit -v` a file of half the limit failed there): a
-                # sparse file declaring a model larger than the machine, with a config.json to match.
-                size, held = os.path.getsize(file), sum(map(numel, (header_shapes(file) or {}).values()))
-                check_host_memory(
-                    size + 4 * held,
-                    str(file),
-                    f"its weights ({size >> 20} MiB) and the model built from them ({held} parameters)",
-                    "the file is damaged or altered, or the model is too large for this machine",
-                )
-                with unreadable_weights(file), safe_open(str(file), "pt") as f:
-                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
-                    found.append(({name: f.get_slice(name).get_dtype() for name in f.keys()}, str(file)))  # noqa: SIM118
-                    headers.append((f.metadata(), str(file)))
-            else:  # a .bin: its int8 weights loaded without a word, its float16 nGPT was refused as off the sphere
-                with unreadable_weights(file):
-                    saved = hf_modeling_utils.load_state_dict(str(file), map_location="meta")
-                found.append(({name: t.dtype for name, t in saved.items()}, str(file)))
-                shapes.update({name: tuple(t.shape) for name, t in saved.items()})
-        for dtypes, source in found:
-            check_dtypes(dtypes, source)
-        for metadata, file in headers:  # an edited config.json that keeps every weight's shape
-            check_recorded_config(metadata, model.config, file)
-        if state_dict is None and checkpoint_files:  # after the record's check, whose message names the edited field
-            load_config = args[0] if args else kwargs.get("load_config")
-            _check_before_allocating(model, checkpoint_files, load_config, shapes)
-        # The unit-norm check allows for the coarsest dtype the weights were stored in (_check_loaded).
-        stored = {HEADER_DTYPES.get(d, d) if isinstance(d, str) else d for dtypes, _ in found for d in dtypes.values()}
-        setattr(model, "_ngpt_ds_stored_dtypes", {d for d in stored if d in NORM_TOLERANCE})  # noqa: B010
-        # The files read, for _check_loaded's messages (a folder without model.safetensors was named by it).
-        setattr(model, "_ngpt_ds_weight_files", [str(f) for f in checkpoint_files or []])  # noqa: B010
+        """transformers' loading of the weights into `model`, after ngpt_ds.hf.weight_files checks them."""
+        load_config = args[0] if args else kwargs.get("load_config")
+        check_weight_files(model, state_dict, checkpoint_files, load_config)
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
 
     @classmethod
     def auto_map(cls) -> dict[str, str]:
-        """config.json's `auto_map`: where trust_remote_code finds the classes (the files of the folder)."""
+        """config.json's `auto_map`: where trust_remote_code finds the classes (the files of the folder), the same
+        for the causal LM and the base model of one family."""
         config_class = cast(type, cls.config_class)
+        arch = cast(Any, config_class).arch
         return {
             "AutoConfig": f"configuration_ngpt.{config_class.__name__}",
-            "AutoModelForCausalLM": f"modeling_ngpt.{cls.__name__}",
+            "AutoModel": f"modeling_ngpt.{BASE_MODELS[arch].__name__}",
+            "AutoModelForCausalLM": f"modeling_ngpt.{MODELS[arch].__name__}",
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]  # transformers' parameters, passed on unchanged
@@ -294,7 +200,7 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         return created.repo_id, self._get_files_timestamps(save_directory)
 
     def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
-        source = _weights_source(name_or_path, getattr(self, "_ngpt_ds_weight_files", []))
+        source = weights_source(name_or_path, getattr(self, "_ngpt_ds_weight_files", []))
         parts = []
         # transformers' mismatched_keys (filled with ignore_mismatched_sizes=True; without it transformers raises
         # itself) hold (name, shape in the file, shape by config.json): those tensors were left uninitialized.
@@ -351,6 +257,55 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         """transformers' resize_token_embeddings for ngpt_ds's layers: ngpt_ds.hf.vocab_resize.resize_vocabulary."""
         return resize_vocabulary(self.model, self.config, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
+    def _check_call(self, kwargs: dict[str, Any]) -> None:
+        """The refusals of forward's arguments that ngpt_ds's blocks cannot honour, and of training an nGPT
+        where it would leave the sphere."""
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
+        if self.training and self.config.arch == "ngpt" and torch.is_grad_enabled():
+            _check_renormalized_here(self)
+            _check_scales_train(self)
+        if asked(kwargs, self.config, "output_attentions"):
+            raise ValueError(
+                f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
+                "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
+            )
+
+    def _run_blocks(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: Cache | None,
+        use_cache: bool | None,
+        kwargs: dict[str, Any],
+    ) -> tuple[torch.Tensor, Cache | None, tuple[torch.Tensor, ...] | None]:
+        """input_ids [B, T] through the embedding and the blocks: (the last hidden state [B, T, d], the cache to
+        return (None unless use_cache), the hidden states of output_hidden_states or None). See forward."""
+        check_token_ids(input_ids, None, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
+        cache = kwargs.get("past_key_values") if cache is None else cache
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        use_cache = cache_while_training(self, use_cache, cache)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if cache is not None:
+            check_cache(cache)
+        # A cache passed in holds the positions before input_ids: it is used also with use_cache=False, as
+        # transformers' own models use it (use_cache only says whether to create and return one).
+        binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
+        past = 0 if cache is None else cache.get_seq_length()
+        key_mask, positions = padding(input_ids, attention_mask, position_ids, past)
+        states = StatesRecorder(self.model) if asked(kwargs, self.config, "output_hidden_states") else None
+        try:
+            if key_mask is None and positions is None:
+                h = self.model.hidden_states(input_ids, binding)  # no padding: the training path, unchanged
+            else:
+                h = self.model.hidden_states(input_ids, binding, positions=positions, key_mask=key_mask)
+        finally:
+            if states is not None:
+                states.remove()
+        return h, cache if use_cache else None, None if states is None else states.hidden_states()
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -372,16 +327,7 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         `num_items_in_batch` (the Trainer's count of the targets in all the micro-batches of one optimizer step)
         their sum divided by it, so that the accumulated gradient is the whole batch's.
         """
-        if kwargs.get("inputs_embeds") is not None:
-            raise ValueError(f"{type(self).__name__} takes input_ids, not inputs_embeds")
-        if self.training and self.config.arch == "ngpt" and torch.is_grad_enabled():
-            _check_renormalized_here(self)
-            _check_scales_train(self)
-        if _asked(kwargs, self.config, "output_attentions"):
-            raise ValueError(
-                f"{type(self).__name__} cannot return attention weights (output_attentions=True): its attention "
-                "runs in torch's scaled_dot_product_attention, which computes none. Pass output_attentions=False"
-            )
+        self._check_call(kwargs)
         # shift_labels: the targets already shifted, one per position (transformers' loss takes them in place of
         # labels, as context-parallel training passes them); they were ignored, the loss None or from labels.
         shift_labels = kwargs.get("shift_labels")
@@ -389,28 +335,7 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
             if given is not None:
                 check_labels(input_ids, given, logits_to_keep)
                 check_token_ids(input_ids, given, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
-        check_token_ids(input_ids, None, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
-        cache = kwargs.get("past_key_values") if cache is None else cache
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        use_cache = cache_while_training(self, use_cache, cache)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        if cache is not None:
-            check_cache(cache)
-        # A cache passed in holds the positions before input_ids: it is used also with use_cache=False, as
-        # transformers' own models use it (use_cache only says whether to create and return one).
-        binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
-        past = 0 if cache is None else cache.get_seq_length()
-        key_mask, positions = padding(input_ids, attention_mask, position_ids, past)
-        states = _StatesRecorder(self.model) if _asked(kwargs, self.config, "output_hidden_states") else None
-        try:
-            if key_mask is None and positions is None:
-                h = self.model.hidden_states(input_ids, binding)  # no padding: the training path, unchanged
-            else:
-                h = self.model.hidden_states(input_ids, binding, positions=positions, key_mask=key_mask)
-        finally:
-            if states is not None:
-                states.remove()
+        h, cache, states = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
@@ -426,73 +351,82 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
                 counted = int((targets != -1).sum())
                 # The mean times its count is the sum; none counted: 0 (the mean is 0/0), with a zero gradient.
                 loss = (loss * counted if counted else logits.sum() * 0.0) / num_items
-        output = CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=cache if use_cache else None,
-            hidden_states=None if states is None else states.hidden_states(),
-        )
-        # return_dict=False (or config.return_dict False): a tuple of the fields that are not None, as transformers'
-        # models return it (its can_return_tuple). The output was returned as is, a dict, so `loss, logits =
-        # model(ids, labels=ids, use_cache=False, return_dict=False)` unpacked its keys: the strings 'loss', 'logits'.
-        return_dict = kwargs.get("return_dict")
-        if not (getattr(self.config, "return_dict", True) if return_dict is None else return_dict):
-            return output.to_tuple()
-        return output
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache, hidden_states=states)
+        return _as_asked(output, self.config, kwargs)
 
 
-def _asked(kwargs: dict[str, Any], config: Any, name: str) -> bool:
-    """Whether forward was asked for `name` (output_hidden_states, output_attentions): by its keyword, else by
-    the config, as transformers' models read them."""
-    value = kwargs.get(name)
-    return bool(getattr(config, name, False) if value is None else value)
+def _as_asked(output: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+    """return_dict=False (or config.return_dict False): a tuple of the fields that are not None, as transformers'
+    models return it (its can_return_tuple). The output was returned as is, a dict, so `loss, logits =
+    model(ids, labels=ids, use_cache=False, return_dict=False)` unpacked its keys: the strings 'loss', 'logits'."""
+    return_dict = kwargs.get("return_dict")
+    return (
+        output if (getattr(config, "return_dict", True) if return_dict is None else return_dict) else output.to_tuple()
+    )
 
 
-class _StatesRecorder:
-    """transformers' `hidden_states` for output_hidden_states=True, recorded by hooks on the blocks for one forward
-    (none otherwise): the input of the first block (the embedding; nGPT's normalized, eq. 1-2 of the paper), then
-    each block's output, the last one after the GPT baseline's final RMSNorm, as transformers' Llama gives it
-    (nGPT has no final norm: its last hidden state is on the sphere). n_layer + 1 tensors [B, T, d]."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.states: list[torch.Tensor] = []
-        self.model = model
-        blocks = cast(nn.ModuleList, model.blocks)
-        self.handles = [blocks[0].register_forward_pre_hook(lambda _m, args: self.states.append(args[0]))]
-        self.handles += [b.register_forward_hook(lambda _m, _a, out: self.states.append(out)) for b in blocks]
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def hidden_states(self) -> tuple[torch.Tensor, ...]:
-        states = list(self.states)
-        final_norm = getattr(self.model, "final_norm", None)
-        if final_norm is not None:
-            states[-1] = final_norm(states[-1])
-        return tuple(states)
-
-
-class NGPTForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
-    """nGPT (arXiv 2410.01131) as a transformers causal LM; `self.model` is ngpt_ds.model.NGPT."""
+class _NGPTFamily:
+    """What nGPT's causal LM and base model share; `self.model` is ngpt_ds.model.NGPT."""
 
     config_class = NGPTConfig
     #: device_map="auto" places each block whole on one device. Split, a block's alphas sat on another device than
     #: its attention output, which eq. 10's update combines with them (the GPT: its norm and its residual add).
-    _no_split_modules = ["NormalizedBlock"]
+    _no_split_modules: set[str] | list[str] | None = ["NormalizedBlock"]
     #: from_pretrained(dtype=torch.bfloat16 or float16) keeps the scaling vectors (alpha, s_qk, s_u, s_v, s_z;
     #: ngpt_ds.model.layers.ScaleVector) in float32: stored at their `scale` (1/sqrt(d), or 1 for s_u and s_v), a
     #: 16-bit copy lost every optimizer step smaller than half its spacing there (0.0039 at 1), so fine-tuning
     #: froze them all (0 of 1920 values moved in 10 AdamW steps at lr 1e-4). The forward rounds their effective
     #: values to the activations' dtype, as before.
-    _keep_in_fp32_modules_strict = ["attn_alpha", "mlp_alpha", "s_qk", "s_u", "s_v", "s_z"]
+    _keep_in_fp32_modules_strict: set[str] | list[str] | None = ["attn_alpha", "mlp_alpha", "s_qk", "s_u", "s_v", "s_z"]
 
 
-class GPTBaselineForCausalLM(_NgptDsPreTrainedModel, GenerationMixin):
-    """ngpt_ds's GPT baseline as a transformers causal LM; `self.model` is ngpt_ds.model.GPT."""
+class _GPTBaselineFamily:
+    """What the GPT baseline's causal LM and base model share; `self.model` is ngpt_ds.model.GPT."""
 
     config_class = GPTBaselineConfig
-    _no_split_modules = ["PreNormBlock"]  # as NGPTForCausalLM's
+    _no_split_modules: set[str] | list[str] | None = ["PreNormBlock"]  # as nGPT's
+
+
+class NGPTForCausalLM(_NGPTFamily, _NgptDsPreTrainedModel, GenerationMixin):
+    """nGPT (arXiv 2410.01131) as a transformers causal LM."""
+
+
+class GPTBaselineForCausalLM(_GPTBaselineFamily, _NgptDsPreTrainedModel, GenerationMixin):
+    """ngpt_ds's GPT baseline as a transformers causal LM."""
+
+
+class _BaseModel(_NgptDsPreTrainedModel):
+    """The transformer without its output head, for `AutoModel`: the same weights, under the same names, as the
+    causal LM's (base_model_prefix "model"), so either class loads the other's folder unchanged."""
+
+    def forward(  # type: ignore[override]  # the causal LM's arguments without labels
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple[Any, ...]:
+        """input_ids [B, T] -> last_hidden_state [B, T, d]: nGPT's last block output, on the unit sphere (the
+        input of its logits, eq. 3 of the paper), or the GPT baseline's after its final RMSNorm, as transformers'
+        Llama gives it. The arguments are the causal LM's (see its forward), without labels."""
+        self._check_call(kwargs)
+        h, cache, states = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
+        final_norm = getattr(self.model, "final_norm", None)
+        last = h if final_norm is None else final_norm(h)
+        return _as_asked(
+            BaseModelOutputWithPast(last_hidden_state=last, cache=cache, hidden_states=states), self.config, kwargs
+        )
+
+
+class NGPTModel(_NGPTFamily, _BaseModel):
+    """nGPT's transformer without its output head, for `AutoModel`."""
+
+
+class GPTBaselineModel(_GPTBaselineFamily, _BaseModel):
+    """The GPT baseline's transformer without its output head, for `AutoModel`."""
 
 
 MODELS = {"ngpt": NGPTForCausalLM, "gpt": GPTBaselineForCausalLM}
+BASE_MODELS = {"ngpt": NGPTModel, "gpt": GPTBaselineModel}
