@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_red32_universal_fragments import EXTRACT_ONLY  # the converter stopped after its extraction
 
 from ngpt_ds import safe_load
 from ngpt_ds.train import manifest, reshape_fragments
@@ -27,15 +28,6 @@ from conftest import cpu_env, tiny_ngpt, tiny_train, train_run, write_ds_config,
 
 STEPS = ["step.00", "step.01"]
 SHARD_1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-EXTRACT_ONLY = (
-    "import sys\n"
-    "from deepspeed.checkpoint import ds_to_universal as u\n"
-    "from ngpt_ds.train import reshape_convert\n"
-    "def stop(*args, **kwargs):\n"
-    "    raise SystemExit(3)\n"
-    "u._merge_tp_slice_files = stop\n"
-    "reshape_convert.run_child(sys.argv[1:])\n"
-)
 
 
 def _convert(source: Path, output: Path, script: str | None = None) -> subprocess.CompletedProcess:
