@@ -166,21 +166,30 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
 
 def _ranks_here_unnamed(env: dict[str, str], rank: int, world: int) -> int:
     """This node's rank count for a torch-style launch that sets RANK, WORLD_SIZE and LOCAL_RANK but no
-    LOCAL_WORLD_SIZE (a batch script exporting RANK=$SLURM_PROCID, a home-made launcher): the count the
-    scheduler or MPI gives, or the whole job where every rank meets on the loopback.
+    LOCAL_WORLD_SIZE (a batch script exporting RANK=$SLURM_PROCID, a home-made launcher): the whole job where every
+    rank meets on the loopback, else the count of the srun step or MPI launch this rank is, where RANK and
+    WORLD_SIZE are that launch's own (an allocation's or another launcher's count says nothing of these ranks).
 
     Taken as the whole job on any other MASTER_ADDR, a two-node job's memory check counted the other node's ranks
     as this node's (refusing a run that fits), CPU ranks split this node's cores among all of them, and each
     node's ranks sampled the same shares of the startup shard check, leaving the others' unchecked."""
     if world == 1:
         return 1
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and not _mpirun_inside_slurm(env):
-        return min(_slurm_tasks_on_this_node(env, world), world)
-    size = _first_int(env, _MPI_LOCAL_SIZE, default=0)
-    if size > 0:
-        return size
     if _is_loopback(env.get("MASTER_ADDR", "")):
         return world  # nothing outside this machine can reach the rendezvous: every rank is here
+    if (
+        env.get("SLURM_STEP_ID") is not None
+        and "SLURM_PROCID" in env
+        and not _mpirun_inside_slurm(env)
+        and (_int(env, "SLURM_PROCID"), _int(env, _slurm_size_var(env))) == (rank, world)
+    ):
+        return min(_slurm_tasks_on_this_node(env, world), world)
+    rank_var = _mpi_rank_var(env)
+    if rank_var is not None and rank_var in env:
+        size_var = _MPI_SIZE[rank_var] if _MPI_SIZE[rank_var] in env else "OMPI_COMM_WORLD_SIZE"
+        size = _first_int(env, _MPI_LOCAL_SIZE, default=0)
+        if size > 0 and size_var in env and (_int(env, rank_var), _int(env, size_var)) == (rank, world):
+            return size
     raise NgptConfigError(
         f"launch environment RANK={rank} WORLD_SIZE={world} MASTER_ADDR={env.get('MASTER_ADDR')} without "
         "LOCAL_WORLD_SIZE: cannot tell how many of the job's ranks share this node (its memory check, its CPU "

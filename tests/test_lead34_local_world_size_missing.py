@@ -26,19 +26,50 @@ def exported_by_hand(rank: int, **extra: str) -> dict[str, str]:
     }
 
 
-def test_slurms_tasks_per_node_give_the_nodes_rank_count():
+def _srun_step(rank: int, tasks_per_node: str, node: int, local_rank: int) -> dict[str, str]:
+    """What srun sets for rank `rank` of a 16-task step, on node `node` as its `local_rank`-th task."""
+    return {
+        "SLURM_STEP_ID": "0",
+        "SLURM_PROCID": str(rank),
+        "SLURM_NTASKS": "16",
+        "SLURM_STEP_NUM_TASKS": "16",
+        "SLURM_STEP_TASKS_PER_NODE": tasks_per_node,
+        "SLURM_NODEID": str(node),
+        "LOCAL_RANK": str(local_rank),
+    }
+
+
+def test_the_srun_steps_tasks_per_node_give_the_nodes_rank_count():
     """Old code: local_world_size 16."""
-    slurm = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_TASKS_PER_NODE": "8(x2)", "SLURM_NODEID": "1"}
-    found = distributed.discover(exported_by_hand(9, **slurm))
+    found = distributed.discover(exported_by_hand(9, **_srun_step(9, "8(x2)", node=1, local_rank=1)))
     assert (found.rank, found.world_size, found.local_rank, found.local_world_size) == (9, 16, 1, 8)
-    uneven = {**slurm, "SLURM_TASKS_PER_NODE": "12,4"}  # node 1 holds 4 of the 16
-    assert distributed.discover({**exported_by_hand(13, **uneven), "LOCAL_RANK": "1"}).local_world_size == 4
+    assert (
+        distributed.discover(exported_by_hand(13, **_srun_step(13, "12,4", node=1, local_rank=1))).local_world_size == 4
+    )
 
 
 def test_mpis_local_size_gives_the_nodes_rank_count():
     """Old code: local_world_size 16."""
-    found = distributed.discover(exported_by_hand(9, OMPI_COMM_WORLD_LOCAL_SIZE="8", OMPI_COMM_WORLD_RANK="9"))
-    assert found.local_world_size == 8
+    mpi = {"OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}
+    assert distributed.discover(exported_by_hand(9, **mpi)).local_world_size == 8
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        # salloc's allocation of 1 task a node, and a home-made launcher starting 8 ranks on each node
+        {"SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_TASKS_PER_NODE": "1(x2)"},
+        # an mpirun of 2 processes, each starting 8 ranks itself
+        {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "1"},
+    ],
+)
+def test_a_count_of_another_launch_is_not_taken_for_these_ranks(other):
+    """Slurm's or MPI's count where RANK and WORLD_SIZE are not theirs (the allocation's, or a launcher's above
+    this one) says nothing of this node's ranks: refused, as without any count."""
+    with pytest.raises(NgptConfigError, match="without LOCAL_WORLD_SIZE: cannot tell how many"):
+        distributed.discover(exported_by_hand(9, **other))
+    on_one_machine = distributed.discover(exported_by_hand(9, MASTER_ADDR="127.0.0.1", **other))
+    assert on_one_machine.local_world_size == 16  # the loopback: every rank is here, whatever Slurm counted
 
 
 def test_without_any_count_a_multinode_rendezvous_is_refused_naming_the_variable():
