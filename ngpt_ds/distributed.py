@@ -180,6 +180,7 @@ def _ranks_here_unnamed(env: dict[str, str], rank: int, world: int) -> int:
     if (
         env.get("SLURM_STEP_ID") is not None
         and "SLURM_PROCID" in env
+        and _slurm_size_var(env) in env  # no task count (SLURM_NTASKS): a KeyError traceback, not the refusal
         and not _mpirun_inside_slurm(env)
         and (_int(env, "SLURM_PROCID"), _int(env, _slurm_size_var(env))) == (rank, world)
     ):
@@ -199,12 +200,15 @@ def _ranks_here_unnamed(env: dict[str, str], rank: int, world: int) -> int:
 
 
 def _is_loopback(addr: str) -> bool:
-    if addr == "localhost":
+    """Whether only this host reaches `addr`: a loopback address or `localhost` (any case), or the unspecified
+    address (0.0.0.0, ::), which a rank connecting to it reaches on its own host."""
+    if addr.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(addr.strip("[]"))
     except ValueError:  # a host name: its node is not known here
         return False
+    return ip.is_loopback or ip.is_unspecified
 
 
 _MPI_SIZE = {"OMPI_COMM_WORLD_RANK": "OMPI_COMM_WORLD_SIZE", "PMIX_RANK": "PMIX_SIZE", "PMI_RANK": "PMI_SIZE"}
