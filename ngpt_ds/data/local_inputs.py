@@ -7,6 +7,7 @@ paragraphs and text lines short enough to read; and no dataset prepared by ngpt_
 from __future__ import annotations
 
 import glob
+import lzma
 import os
 import re
 import stat
@@ -127,6 +128,11 @@ limit, after the tokenizer was trained. 256 MiB (about 3.3 GB to read) is 50 tim
 _SCAN_BYTES = 16 << 20
 
 
+UNREADABLE = (OSError, EOFError, ValueError, lzma.LZMAError)
+"""What reading a damaged local file raises: gzip's and bz2's errors are OSError or EOFError, lzma's is none of
+these (a damaged .xz stopped on a `_lzma.LZMAError: Corrupt input data` traceback)."""
+
+
 def longest_line(file: str) -> tuple[int, int, bool]:
     """(bytes, 1-based line number, whether the file was read to its end) of the longest line of `file`,
     decompressed as datasets decompresses it (fsspec, by the suffix). Read in blocks, so memory stays at one block
@@ -153,7 +159,7 @@ def check_line_lengths(files: list[str]) -> None:
     for file in files:
         try:
             length, line, whole = longest_line(file)
-        except (OSError, EOFError, ValueError):  # a damaged compressed file: datasets' read names it, with its hint
+        except UNREADABLE:  # a damaged compressed file: datasets' read names it, with its hint
             continue
         if length > MAX_JSON_LINE_BYTES:
             raise NgptConfigError(
@@ -231,7 +237,7 @@ def check_text_documents(files: list[str], sample_by: str) -> None:
     for file in files:
         try:
             length, offset, exact = longest_text_document(file, sample_by)
-        except (OSError, EOFError, ValueError):  # a damaged compressed file: datasets' read names it, with its hint
+        except UNREADABLE:  # a damaged compressed file: datasets' read names it, with its hint
             continue
         if length <= MAX_TEXT_DOCUMENT_BYTES:
             continue

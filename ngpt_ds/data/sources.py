@@ -21,6 +21,7 @@ from typing import Any
 from ngpt_ds import log
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
 from ngpt_ds.data.local_inputs import (
+    UNREADABLE,
     check_decompressors,
     check_line_lengths,
     check_text_documents,
@@ -48,7 +49,7 @@ TEXT_SAMPLE_BY = ("paragraph", "line", "document")
 _READ_BATCH = 256
 _GROUP_FILES = 256
 """Local files read by one datasets stream (Corpus)."""
-_READ_ERRORS = (ConnectionError, FileNotFoundError, ValueError, OSError)
+_READ_ERRORS = (ConnectionError, FileNotFoundError, *UNREADABLE)
 """What datasets raises for a corpus it cannot read: a message, not a traceback."""
 _BOM = "\ufeff"
 
