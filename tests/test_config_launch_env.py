@@ -7,9 +7,11 @@ from ngpt_ds.errors import NgptConfigError
 
 
 def test_launch_environment_discovery():
-    torch_env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    torch_env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": "29500"}
+    torch_env["MASTER_ADDR"] = "10.0.0.1"  # another node: its rank count is LOCAL_WORLD_SIZE's
     env = distributed.discover(torch_env)
-    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (1, 2, 1, "10.0.0.1", "torch")
+    assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (1, 2, 1, 2)
+    assert (env.master_addr, env.source) == ("10.0.0.1", "torch")
     with pytest.raises(NgptConfigError, match=r"RANK set but WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing"):
         distributed.discover({"RANK": "0"})
     slurm = {
