@@ -43,7 +43,7 @@ def test_a_folder_of_text_files_is_read_as_its_files_are(tmp_path, sample_by, ex
     corpus = open_corpus(CorpusSpec(inputs=(str(folder),), text_sample_by=sample_by))
     assert list(corpus.texts()) == expected
     assert list(corpus.texts()) == _texts(folder / "*.txt", text_sample_by=sample_by)
-    assert f"one document per {sample_by}" in corpus.description
+    assert f"one document per {sample_by.replace('document', 'file')}" in corpus.description
 
 
 def test_a_folder_of_text_files_loses_its_byte_order_mark(tmp_path):

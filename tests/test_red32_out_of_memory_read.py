@@ -41,7 +41,7 @@ def test_a_document_too_large_for_the_memory_is_named_not_a_traceback(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: text files {bomb} (1 file), one document per document: ran out of memory reading {bomb}: it holds a "
+        f"error: text files {bomb} (1 file), one document per file: ran out of memory reading {bomb}: it holds a "
         "document (a line, a paragraph without a blank line, or with --text-sample-by document a whole file) too "
         "large to read whole in this process's memory; split it into smaller documents, or leave that file out"
     ]

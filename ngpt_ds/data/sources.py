@@ -54,6 +54,11 @@ _READ_ERRORS = (ConnectionError, FileNotFoundError, *UNREADABLE)
 _BOM = "\ufeff"
 
 
+_TEXT_UNIT = {"paragraph": "paragraph", "line": "line", "document": "file"}
+"""What one document of a text file is, by --text-sample-by, in the corpus's description ('document' read 'one
+document per document')."""
+
+
 def file_format(path: str) -> str | None:
     """Builder name for a file name by its extension, compression suffix ignored."""
     name = path.lower()
@@ -343,7 +348,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
         f"{builder} files {', '.join(map(shown, spec.inputs))} ({len(files)} file{'s' if len(files) > 1 else ''})"
     )
     if builder == "text":
-        description += f", one document per {spec.text_sample_by}"
+        description += f", one document per {_TEXT_UNIT[spec.text_sample_by]}"
     else:
         description += f", text field {spec.text_field!r}"
     corpus = Corpus(spec, "files", load_args, description, files=files, text_builder=builder == "text")
@@ -423,7 +428,7 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
     if text:  # and its text files' paragraphs or lines (check_text_documents)
         check_text_documents([f for f in folder_files(Path(name)) if file_format(f) == "text"], spec.text_sample_by)
         load_args["sample_by"] = spec.text_sample_by
-        description += f", one document per {spec.text_sample_by}"
+        description += f", one document per {_TEXT_UNIT[spec.text_sample_by]}"
     else:
         description += f", text field {spec.text_field!r}"
     corpus = Corpus(spec, "hub", load_args, description, text_builder=text)
