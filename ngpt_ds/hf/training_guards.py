@@ -140,12 +140,17 @@ def _check_scales_train(model: Any) -> None:
     """Refuses to train an nGPT whose scaling vectors are 16-bit (model.to(torch.bfloat16), .half()): stored at
     their `scale`, they lose every optimizer step smaller than half their spacing there, so they would not train
     (from_pretrained with a 16-bit dtype keeps them in float32: _keep_in_fp32_modules_strict). DeepSpeed's 16-bit
-    training, which keeps fp32 masters, is let through by _check_renormalized_here's marker first."""
+    training, which keeps fp32 masters, is let through by _check_renormalized_here's marker first.
+
+    Every scaling vector that trains is checked: the check read s_z alone, so fine-tuning one block of a 16-bit
+    model (the rest, s_z included, frozen) went through and its alphas, s_qk, s_u and s_v did not move."""
     if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
         return
-    s_z = cast(ScaleVector, model.model.s_z).param
-    if s_z.requires_grad and s_z.dtype in (torch.bfloat16, torch.float16):
-        dtype = s_z.dtype
+    if cast(DeclaredMatrix, model.model.embed).weight.dtype not in (torch.bfloat16, torch.float16):
+        return  # .to() and .half() convert the weights too: no module walk on each forward of a float32 model
+    trained = (m.param for m in model.modules() if isinstance(m, ScaleVector) and m.param.requires_grad)
+    dtype = next((p.dtype for p in trained if p.dtype in (torch.bfloat16, torch.float16)), None)
+    if dtype is not None:
         raise NgptConfigError(
             f"{type(model).__name__}'s scaling vectors (alpha, s_qk, s_u, s_v, s_z) are "
             f"{str(dtype).removeprefix('torch.')}: an optimizer step smaller than half their spacing at their stored "
