@@ -4,7 +4,8 @@ They share the causal LM's from_pretrained, forward checks and training hooks (n
 tests pin that a crafted folder is refused by AutoModel with the causal LM's own message, that a 16-bit load keeps
 nGPT's scaling vectors in float32, that a left-padded row's hidden states are its prompt's alone, and that a torch
 fine-tune of the base model (activation checkpointing on, or a deep copy) keeps nGPT on the sphere. Probed by hand
-before (session 34): all held; a class that lost its family's attributes or the sphere hook fails here."""
+before (session 34): all held; a class that lost its family's attributes or the sphere hook fails here. A base model
+saved by save_pretrained loads without ngpt_ds, as either class."""
 
 from __future__ import annotations
 
@@ -147,3 +148,46 @@ def test_a_torch_fine_tune_of_the_base_model_stays_on_the_sphere(hf_saved, how):
         optimizer.zero_grad()
     assert (model.model.blocks[0].attn.qkv.weight - before).abs().max().item() > 1e-3  # it trained
     assert max_norm_deviation(model.model) < 1e-5  # without the renormalization: 0.119
+
+
+SAVED_BASE_WITHOUT_NGPT_DS = """
+import sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
+            raise ModuleNotFoundError("No module named " + repr(name))
+sys.meta_path.insert(0, NotInstalled())
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+folder, tokens, out = sys.argv[1:4]
+ids = torch.load(tokens)
+with torch.no_grad():
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    causal = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    torch.save({"classes": [type(base).__name__, type(causal).__name__], "module": type(base).__module__,
+                "last": base(ids).last_hidden_state, "logits": causal(ids).logits}, out)
+"""
+
+
+def test_a_saved_base_model_loads_without_ngpt_ds_as_either_class(hf_saved, tmp_path):
+    """save_pretrained of an NGPTModel writes the modeling files and an auto_map naming both classes: the folder
+    loads through its own code, as the base model and as the causal LM, with the installed classes' outputs."""
+    import os
+    import sys
+
+    from conftest import run
+
+    base = _auto("base").from_pretrained(hf_saved["ngpt"]).eval()
+    base.save_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        expected_last = base(IDS).last_hidden_state
+        expected_logits = _auto("causal").from_pretrained(tmp_path / "saved").eval()(IDS).logits
+    torch.save(IDS, tmp_path / "ids.pt")
+    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    script = [sys.executable, "-c", SAVED_BASE_WITHOUT_NGPT_DS, tmp_path / "saved", tmp_path / "ids.pt"]
+    run([*script, tmp_path / "out.pt"], cwd=tmp_path, env=env)
+    result = torch.load(tmp_path / "out.pt")
+    assert result["classes"] == ["NGPTModel", "NGPTForCausalLM"]
+    assert result["module"].startswith("transformers_modules.")
+    assert torch.equal(result["last"], expected_last)
+    assert torch.equal(result["logits"], expected_logits)
