@@ -39,6 +39,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
@@ -63,7 +64,7 @@ from ngpt_ds.hf.training_guards import (
     _keep_on_the_sphere,
 )
 from ngpt_ds.hf.vocab_resize import resize_vocabulary
-from ngpt_ds.hf.weight_files import check_weight_files, weights_source
+from ngpt_ds.hf.weight_files import check_weight_files, stored_values, weights_source
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.layers import DeclaredMatrix
 from ngpt_ds.model.saved_weights import (
@@ -71,7 +72,7 @@ from ngpt_ds.model.saved_weights import (
     check_shards,
     weights_mismatch,
 )
-from ngpt_ds.model.sphere import max_norm_deviation
+from ngpt_ds.model.sphere import norm_deviation, sphere_matrices
 
 
 class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
@@ -217,19 +218,31 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
                 parts.append(f"{what} {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
         if parts:
             raise weights_mismatch(source, parts, ignored=bool(mismatched))
-        params = [(n, p) for n, p in self.named_parameters() if p.device.type != "meta"]
-        bad = [n for n, p in params if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        # A device_map that offloads to disk leaves those parameters on the meta device: their values are read
+        # from the weights files, one at a time (skipped, a NaN or off-sphere folder loaded without a word).
+        offloaded = {n for n, p in self.named_parameters() if p.device.type == "meta"}
+        values = chain(
+            ((n, p) for n, p in self.named_parameters() if n not in offloaded),
+            stored_values(getattr(self, "_ngpt_ds_weight_files", []), offloaded, f"{self.base_model_prefix}."),
+        )
+        on_sphere = {f"{self.base_model_prefix}.{m.name}": m.norm_dim for m in sphere_matrices(self.model)}
+        bad, deviation = [], 0.0
+        for name, value in values:
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+            elif name in on_sphere:
+                deviation = max(deviation, norm_deviation(value, on_sphere[name]))
         if bad:
             raise NgptConfigError(
                 f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt. "
                 "Export the checkpoint again"
             )
-        if self.config.arch == "ngpt" and len(params) == len(list(self.parameters())):
+        if on_sphere:
             # The loaded dtype's tolerance, or a stored one's when coarser: an nGPT saved in float16 and loaded
             # with dtype=torch.float32 was refused as off the sphere (0.000243 > 1e-4), as ngpt_ds's loader
             # does not (it allows for the stored dtype).
             dtypes = {next(self.parameters()).dtype, *getattr(self, "_ngpt_ds_stored_dtypes", ())}
-            deviation, tolerance = max_norm_deviation(self.model), max(NORM_TOLERANCE.get(d, 1e-2) for d in dtypes)
+            tolerance = max(NORM_TOLERANCE.get(d, 1e-2) for d in dtypes)
             if not deviation <= tolerance:
                 raise NgptConfigError(
                     f"{source}: an nGPT weight matrix is not unit norm along its declared dim (largest "

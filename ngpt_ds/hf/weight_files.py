@@ -7,9 +7,11 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from transformers import PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
@@ -100,3 +102,17 @@ def check_weight_files(
     setattr(model, "_ngpt_ds_stored_dtypes", {d for d in stored if d in NORM_TOLERANCE})  # noqa: B010
     # The files read, for _check_loaded's messages (a folder without model.safetensors was named by it).
     setattr(model, "_ngpt_ds_weight_files", [str(f) for f in checkpoint_files or []])  # noqa: B010
+
+
+def stored_values(files: list[str], names: set[str], prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each of `names` the safetensors `files` hold, read one at a time: the values of the
+    parameters a `device_map` offloaded to disk, which stay on the meta device in the model (a file's bare names
+    get `prefix`, as transformers gives them)."""
+    for file in files:
+        if not str(file).endswith(".safetensors"):
+            continue
+        with unreadable_weights(file), safe_open(str(file), "pt") as f:
+            for key in f.keys():  # noqa: SIM118
+                name = key if key in names else prefix + key
+                if name in names:
+                    yield name, f.get_tensor(key)

@@ -56,12 +56,17 @@ def normalize_matrices_(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def norm_deviation(weight: torch.Tensor, norm_dim: int) -> float:
+    """max | ||w||_norm_dim - 1 | of one matrix (NaN if any of its values is)."""
+    return (torch.linalg.vector_norm(weight.to(_norm_dtype(weight)), dim=norm_dim) - 1).abs().max().item()
+
+
+@torch.no_grad()
 def max_norm_deviation(model: nn.Module) -> float:
     """max | ||W||_norm_dim - 1 | over all sphere matrices (0.0 when there are none; NaN if any weight is)."""
     worst = 0.0
     for matrix in sphere_matrices(model):
-        norms = torch.linalg.vector_norm(matrix.param.to(_norm_dtype(matrix.param)), dim=matrix.norm_dim)
-        deviation = (norms - 1).abs().max().item()
+        deviation = norm_deviation(matrix.param, matrix.norm_dim)
         if deviation != deviation:  # NaN: a max() would silently skip it
             return float("nan")
         worst = max(worst, deviation)
