@@ -378,7 +378,9 @@ def test_profile_step_lists_the_top_operators(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| `")]
     assert 4 <= len(rows) < 200 and any("`aten::mm`" in row for row in rows)
     shares = [float(row.rsplit("|", 2)[1].strip().rstrip("%")) for row in rows]
-    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    # Each share is printed to 0.1 %, so the printed shares' sum may pass 100 by up to 0.05 a row (CI run 91: 100.1
+    # over some 150 rows).
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100 + 0.05 * len(rows)
     assert "| all operators |" in proc.stdout
 
 
