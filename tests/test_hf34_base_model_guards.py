@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 import torch
+from without_ngpt_ds import NOT_INSTALLED
 
 pytest.importorskip("transformers", reason="transformers is an optional extra: pip install -e .[hf]")
 
@@ -150,13 +151,9 @@ def test_a_torch_fine_tune_of_the_base_model_stays_on_the_sphere(hf_saved, how):
     assert max_norm_deviation(model.model) < 1e-5  # without the renormalization: 0.119
 
 
-SAVED_BASE_WITHOUT_NGPT_DS = """
-import sys
-class NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
-            raise ModuleNotFoundError("No module named " + repr(name))
-sys.meta_path.insert(0, NotInstalled())
+SAVED_BASE_WITHOUT_NGPT_DS = (
+    NOT_INSTALLED
+    + """
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 folder, tokens, out = sys.argv[1:4]
@@ -167,6 +164,7 @@ with torch.no_grad():
     torch.save({"classes": [type(base).__name__, type(causal).__name__], "module": type(base).__module__,
                 "last": base(ids).last_hidden_state, "logits": causal(ids).logits}, out)
 """
+)
 
 
 def test_a_saved_base_model_loads_without_ngpt_ds_as_either_class(hf_saved, tmp_path):

@@ -12,18 +12,15 @@ import sys
 
 import pytest
 import torch
+from without_ngpt_ds import NOT_INSTALLED
 
 from conftest import run
 
 TOKENS = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(3))
 
-REMOTE = """
-import sys
-class NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ngpt_ds" or name.startswith("ngpt_ds."):
-            raise ModuleNotFoundError("No module named " + repr(name))
-sys.meta_path.insert(0, NotInstalled())
+REMOTE = (
+    NOT_INSTALLED
+    + """
 import torch
 from transformers import AutoModel
 folder, tokens, out = sys.argv[1:4]
@@ -33,6 +30,7 @@ with torch.no_grad():
 torch.save({"class": type(model).__name__, "module": type(model).__module__, "last": states.last_hidden_state,
             "states": states.hidden_states}, out)
 """
+)
 
 
 def _head(causal, last: torch.Tensor) -> torch.Tensor:

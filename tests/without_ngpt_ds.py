@@ -11,19 +11,26 @@ from pathlib import Path
 
 from conftest import run
 
-_SCRIPT = """\
+NOT_INSTALLED = """\
 import sys
 class NotInstalled:
     def find_spec(self, name, path=None, target=None):
         if name == "ngpt_ds" or name.startswith("ngpt_ds."):
             raise ModuleNotFoundError("No module named " + repr(name))
 sys.meta_path.insert(0, NotInstalled())
+"""
+"""The start of a script that runs as if ngpt_ds were not installed: every import of it fails."""
+
+_SCRIPT = (
+    NOT_INSTALLED
+    + """\
 from transformers import AutoModelForCausalLM
 try:
     AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
 except Exception as err:
     print(type(err).__name__, err)
 """
+)
 
 
 def load_without_ngpt_ds(folder: Path, cwd: Path) -> subprocess.CompletedProcess:
