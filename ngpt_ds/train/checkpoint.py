@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -133,16 +134,34 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> str:
     """For a write that failed for space (DISK_FULL_ERRNOS; torch's zip writer, which gives no errno): what the
     checkpoint needs and what was free on this rank's filesystem when it failed, naming the folder; else ''.
-    A full disk had read 'No space left on device (<file>)' alone: no figure to free space or size a quota by."""
+    A full disk had read 'No space left on device (<file>)' alone: no figure to free space or size a quota by.
+    A write past the process's file-size limit (`ulimit -f`), or past the largest file of the filesystem (EFBIG
+    with no limit), is named as such: a full disk's fix, to free space, changes nothing there."""
     full = isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
     if not full and not (is_write_failure(err) and not isinstance(err, OSError)):
         return ""
     try:
         need, basis = _need(engine, checkpoint_dir, step)
+        free_bytes = shutil.disk_usage(checkpoint_dir).free
         # describe() already gives the free space with torch's failure
-        free = f", {gib(shutil.disk_usage(checkpoint_dir).free)} were free" if full else ""
+        free = f", {gib(free_bytes)} were free" if full else ""
     except Exception:  # a figure that cannot be had: the message without it
         return ""
+    too_large = isinstance(err, OSError) and err.errno == errno.EFBIG
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and (too_large or free_bytes >= need):
+        # A write past the limit fails (EFBIG; torch's zip writer: 'unexpected pos') with the disk far from full:
+        # the message had said to free space there, with 70 GiB free.
+        return (
+            f"; this process may write no file over {gib(limit)} (its file-size limit: `ulimit -f` in the shell or "
+            f"job script that started it); the checkpoint needs about {gib(need)} ({basis}){free} on the filesystem "
+            f"of {checkpoint_dir}. Raise the limit (`ulimit -f unlimited` before the launch), then resume"
+        )
+    if too_large:  # no limit of the process: the filesystem's largest file (FAT32's is 4 GiB)
+        return (
+            f"; a file of the checkpoint (about {gib(need)} in all, {basis}) is larger than the filesystem of "
+            f"{checkpoint_dir} takes. Put --out on another filesystem, then resume"
+        )
     return (
         f"; the checkpoint needs about {gib(need)} ({basis}){free} on the filesystem of {checkpoint_dir} "
         "when the write failed. Free space there (or raise the quota), or lower keep_checkpoints, then resume"
