@@ -134,9 +134,12 @@ def padding(
         positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
     else:
         return None, None
-    # Which path runs depends on the values (a mask of all ones takes the training path): under torch.compile the
-    # two reads below break the graph, the only breaks left with an attention_mask. The padded path itself reads
-    # its positions' largest value to size RoPE's tables (ngpt_ds.model.lm).
+    # Eager mode: a mask of all ones and the default positions say nothing new, so the training path runs. Under
+    # torch.compile those two reads of the values on the host broke the graph; the padded path gives the same
+    # outputs for them (its mask then the causal one, its positions the default ones), so it runs whatever the
+    # values; its own checks run in the graph too (ngpt_ds.model.lm; RoPE's rows are one opaque operator).
+    if torch.compiler.is_compiling():
+        return key_mask, positions
     if key_mask is not None and bool(key_mask.all()):
         key_mask = None
     default = torch.arange(past, past + T, device=positions.device)

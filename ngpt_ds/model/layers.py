@@ -288,6 +288,24 @@ def _rope_tables_shapes(
     )
 
 
+@torch.library.custom_op(_ROPE_TABLES_OP + "_at", mutates_args=())
+def _rope_tables_at(
+    positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`RotaryEmbedding.tables_at` as one opaque operator: the rows of `tables` for positions 0..max. Sizing them
+    reads the largest position on the host, which broke torch.compile's graph where it was traced."""
+    cos, sin = _rope_tables(int(positions.max()) + 1, 0, head_dim, base, positions.device, dtype)
+    return cos[positions], sin[positions]
+
+
+@_rope_tables_at.register_fake
+def _rope_tables_at_shapes(
+    positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (*positions.shape, 1, head_dim)
+    return positions.new_empty(shape, dtype=dtype), positions.new_empty(shape, dtype=dtype)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., RoFormer) in the rotate-half layout.
 
@@ -311,8 +329,7 @@ class RotaryEmbedding(nn.Module):
         """cos and signed sin at per-sequence positions (integers >= 0) [B, T], each [B, T, 1, head_dim]: rows
         of `tables` for positions 0..max, so a position gets the same numbers, bit for bit, as in `tables`
         (used for padded batches, whose sequences start at different columns)."""
-        cos, sin = self.tables(int(positions.max()) + 1, positions.device, dtype)
-        return cos[positions], sin[positions]
+        return _rope_tables_at(positions, self.head_dim, self.base, dtype)
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

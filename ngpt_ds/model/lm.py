@@ -74,8 +74,14 @@ class CausalLM(nn.Module):
             if positions is None:
                 positions = torch.arange(past, past + T, device=h.device).expand(B, T)
             integer = not positions.is_floating_point() and positions.dtype != torch.bool
-            if positions.shape != (B, T) or not integer or bool((positions < 0).any()):
-                raise ValueError(f"positions must be integers >= 0 of shape {(B, T)}, one per token")
+            message = f"positions must be integers >= 0 of shape {(B, T)}, one per token"
+            if positions.shape != (B, T) or not integer:
+                raise ValueError(message)
+            negative = (positions < 0).any()
+            if torch.compiler.is_compiling():  # read on the host, `negative` broke torch.compile's graph
+                torch._assert_async(~negative, message)
+            elif bool(negative):
+                raise ValueError(message)
             cos, sin = self.rotary.tables_at(positions.long(), h.dtype)
             if key_mask is not None:
                 if key_mask.shape != (B, past + T):
