@@ -126,14 +126,19 @@ sys.exit(rank.wait())
 FAKE_RANK = """import pathlib, signal, sys, time
 state = pathlib.Path(sys.argv[1])
 state.write_text("starting")
+quit = state.with_name("quit")  # the test ended (it failed): a rank in a session of its own outlives a kill of the entrypoint
 while not state.with_name("go").exists():  # imports: no handler yet, for as long as the test holds it there
     time.sleep(0.01)
+    if quit.exists():
+        sys.exit(1)
 stop = []
 for sig in (signal.SIGUSR1, signal.SIGTERM):
     signal.signal(sig, lambda s, f: stop.append(s))
 state.write_text("training")
 while not stop:
     time.sleep(0.02)
+    if quit.exists():
+        sys.exit(1)
 time.sleep(0.5)  # the save
 state.write_text(f"saved after {signal.Signals(stop[0]).name}")
 """
@@ -167,6 +172,7 @@ def entrypoint_over_a_fake_runner(tmp_path, signum, *, when: str, startup_s: flo
             go.touch()
         return proc.wait(timeout=30), state.read_text()
     finally:
+        (tmp_path / "quit").touch()
         if proc.poll() is None:
             proc.kill()
 
