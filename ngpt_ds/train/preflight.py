@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -63,9 +64,17 @@ def check_writable(out_dir: Path) -> None:
         os.unlink(probe)
     except OSError as err:
         where = "it" if existing == Path(out_dir) else f"{existing}, where it would be created"
+        # A full disk (no block or inode left) or a spent quota is no wrong --out: another --out had started the
+        # same command over from step 0 there, the run's checkpoints unused (run_lock says the same).
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = (
+            "its filesystem is full (or your disk quota there is spent). Free space there (or have the quota "
+            "raised), then run the same command again"
+            if full
+            else "choose a writable --out"
+        )
         raise NgptConfigError(
-            f"--out {out_dir} is not writable (cannot create a file in {where}: "
-            f"{err.strerror}); choose a writable --out"
+            f"--out {out_dir} is not writable (cannot create a file in {where}: {err.strerror}); {fix}"
         ) from None
 
 

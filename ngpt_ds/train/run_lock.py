@@ -138,7 +138,7 @@ def _open_lock(path: Path, subject: str, unwritable: str) -> int:
                 f"{subject}: {path.name} is a symbolic link (to {os.readlink(path)}); the trainer writes its "
                 f"name into {path.name} and would write through the link. Remove the link, then run again"
             ) from None
-        raise NgptConfigError(f"{subject} is not writable ({err.strerror or err}){unwritable}") from None
+        raise NgptConfigError(f"{subject} is not writable ({err.strerror or err}){_fix(err, unwritable)}") from None
     kind = _not_regular(fd)
     if kind is not None:  # a named pipe or a device: its read below ended in a traceback ('Illegal seek')
         os.close(fd)
@@ -196,7 +196,7 @@ def _take(fd: int, path: Path, subject: str, busy_fix: str, no_locks: str, conte
         os.fsync(fd)
     except OSError as err:
         os.close(fd)
-        raise NgptConfigError(f"{subject} is not writable ({err.strerror or err}){_OUT_UNWRITABLE}") from None
+        raise NgptConfigError(f"{subject} is not writable ({err.strerror or err}){_fix(err)}") from None
     return note
 
 
@@ -217,7 +217,7 @@ def acquire(out_dir: Path) -> RunLock:
                 f"--out {out_dir} is below {file}, which is a file, not a folder. Move that file away, or "
                 "choose another --out"
             ) from None
-        raise NgptConfigError(f"--out {out_dir} is not writable ({err.strerror or err}){_OUT_UNWRITABLE}") from None
+        raise NgptConfigError(f"--out {out_dir} is not writable ({err.strerror or err}){_fix(err)}") from None
     created = not os.path.lexists(path)
     try:
         fd = _open_lock(path, f"--out {out_dir}", _OUT_UNWRITABLE)
@@ -289,6 +289,17 @@ def _lock_opened(out_dir: Path, path: Path, fd: int, created: bool) -> RunLock:
 
 
 _OUT_UNWRITABLE = ": the trainer writes its checkpoints, logs and config there. Choose a writable --out"
+_FULL = (
+    ": its filesystem is full (or your disk quota there is spent). Free space there (or have the quota raised), then "
+    "run the same command again"
+)
+
+
+def _fix(err: OSError, unwritable: str = _OUT_UNWRITABLE) -> str:
+    """The fix for a lock file or --out that cannot be written. A full disk is no wrong --out: 'Choose a writable
+    --out' had sent the user of a run whose disk filled up to another --out, where the same command starts over from
+    step 0, the run's checkpoints unused."""
+    return _FULL if err.errno in (errno.ENOSPC, errno.EDQUOT) else unwritable
 
 
 def _held(path: Path) -> str | None:
