@@ -17,7 +17,9 @@ import types
 import pytest
 from launching import rank_env
 
-from ngpt_ds.train import checkpoint
+from ngpt_ds.model import ModelConfig
+from ngpt_ds.train import checkpoint, preflight
+from ngpt_ds.train.memory_plan import parameters_at_least
 
 from conftest import (
     REPO,
@@ -31,9 +33,13 @@ from conftest import (
     write_yaml,
 )
 
-LIMIT = 100 * 1024
-"""Below each rank's files of a tiny 2-rank checkpoint (about 290 KB of weights, 400 KB of optimizer shard each),
-above every other file the run writes before its save (metrics.jsonl, the TensorBoard events, config.yaml)."""
+LIMIT = (
+    preflight.CHECKPOINT_FILE_BYTES_PER_PARAMETER * parameters_at_least(ModelConfig(**tiny_ngpt(), vocab_size=512)) // 2
+    + 4096
+)
+"""4 KiB above what the startup check asks of a tiny 2-rank run (384 KiB: the fp32 master and moments of each rank's
+half of 65,536 parameters at the least), below each rank's optimizer file of the real run (which also holds nGPT's
+scaling vectors and the pickle's framing; asserted below), above every other file the run writes before its save."""
 
 
 def ranks_under_limit(args: list, limit: int) -> list[tuple[int, str]]:
@@ -66,6 +72,7 @@ def test_a_save_past_the_file_size_limit_names_the_limit_and_a_rerun_resumes_fro
     checkpoints = out / "checkpoints"
     torchrun(*train_cmd(config, ds, tiny_dataset, out))  # steps 2 and 4 saved, no limit
     assert_complete(checkpoints / "step_00000004")
+    assert max(f.stat().st_size for f in (checkpoints / "step_00000004").iterdir()) > LIMIT
 
     ranks = ranks_under_limit(train_cmd(config, ds, tiny_dataset, out, "--max-steps", "6"), LIMIT)
     assert [rc for rc, _ in ranks] == [checkpoint.WRITE_FAILED_EXIT_CODE] * 2, ranks[0][1][-3000:]
@@ -74,7 +81,7 @@ def test_a_save_past_the_file_size_limit_names_the_limit_and_a_rerun_resumes_fro
     assert len(errors) == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert errors[0].startswith("error: checkpoint of step 6 not saved: "), errors[0]
-    assert "this process may write no file over 0.1 MiB (its file-size limit: `ulimit -f` in the shell" in errors[0]
+    assert "this process may write no file over 0.4 MiB (its file-size limit: `ulimit -f` in the shell" in errors[0]
     assert f"on the filesystem of {checkpoints}. Raise the limit (`ulimit -f unlimited` before the launch)" in errors[0]
     assert "Free space there" not in errors[0], errors[0]  # the old line: "... Free space there (or raise the quota)"
     # the last good checkpoint is whole, nothing half written is left

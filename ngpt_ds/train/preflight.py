@@ -18,6 +18,9 @@
   config.yaml): DeepSpeed names and lays out its optimizer state per precision, so fp32 <-> bf16
   failed inside its load with a FileNotFoundError, KeyError 'param_groups' or 'dynamic_loss_scale'
   traceback, after the engine had started.
+- Every checkpoint writes, on some rank, a file of at least 12 bytes per parameter over the ranks (the fp32
+  master and Adam's two moments of that rank's share): under a file-size limit (`ulimit -f`) below that, the
+  first save failed after the compute up to it was spent, and so did every rerun.
 - `train.compile: true` needs Inductor's code generator: a C++ compiler on CPU, Triton on a GPU.
   Without it the first step failed inside Inductor (InvalidCxxCompiler), after the run had started.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -76,6 +80,33 @@ def check_writable(out_dir: Path) -> None:
         raise NgptConfigError(
             f"--out {out_dir} is not writable (cannot create a file in {where}: {err.strerror}); {fix}"
         ) from None
+
+
+CHECKPOINT_FILE_BYTES_PER_PARAMETER = 12
+"""What one rank's largest checkpoint file holds per parameter of its share at the least: the fp32 master weights
+and Adam's two moments (DeepSpeed's `*optim_states.pt` of ZeRO 1-3 and of its bf16 optimizer, or the model states
+file of ZeRO 0 with the module and its optimizer's state; 47.3 MB for ngpt_tiny's 3.9M parameters on one rank)."""
+
+
+def check_file_size_limit(parameters: int, world_size: int, out_dir: Path) -> None:
+    """Refuse a run whose checkpoints cannot be written under this process's file-size limit (RLIMIT_FSIZE, set by
+    `ulimit -f` in a shell or job script). `parameters`: a lower bound on the model's parameters; the ranks share
+    them at best evenly, so some rank writes a file of at least CHECKPOINT_FILE_BYTES_PER_PARAMETER *
+    parameters / world_size bytes at every save, the last step's included. Below that limit no save can succeed;
+    above it one may still fail (DeepSpeed's files carry more), and the save then names the limit."""
+    from ngpt_ds.train.fs_errors import gib
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    largest = CHECKPOINT_FILE_BYTES_PER_PARAMETER * parameters // max(world_size, 1)
+    if limit == resource.RLIM_INFINITY or limit >= largest:
+        return
+    raise NgptConfigError(
+        f"this process may write no file over {gib(limit)} (its file-size limit: `ulimit -f` in the shell or job "
+        f"script that started it), and every checkpoint of this run writes a file of at least {gib(largest)} into "
+        f"{out_dir} (the fp32 master weights and Adam's two moments of one rank's share of at least {parameters:,} "
+        f"parameters over {world_size} rank{'s' if world_size != 1 else ''}), so no checkpoint could be saved. "
+        "Raise the limit (`ulimit -f unlimited` before the launch)"
+    )
 
 
 def check_compile_toolchain(compile_model: bool, on_cpu: bool) -> None:
