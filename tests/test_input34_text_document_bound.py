@@ -106,9 +106,14 @@ def test_the_same_file_by_line_is_read_and_a_long_line_is_refused(tmp_path, smal
     assert str(err.value) == _refusal(bad, "line", 11, 70, " of the decompressed text")
 
 
-def test_a_whole_file_as_one_document_is_not_bounded(tmp_path, small_bound):
-    """--text-sample-by document reads a file whole by the user's choice (the fix the json bound names)."""
+def test_a_whole_file_as_one_document_is_bounded_by_its_size(tmp_path, small_bound):
+    """--text-sample-by document reads a file whole: within the bound by its size, not by its paragraphs (the 99-byte
+    paragraph of TEXT is no matter); over it, refused (tests/test_reads35_text_scans.py)."""
     good = tmp_path / "a.txt"
     good.write_text(TEXT, encoding="utf-8")
+    assert len(TEXT) > BOUND
+    with pytest.raises(NgptConfigError, match=r"is 117 bytes, longer than the 64 bytes a text document may be"):
+        open_corpus(CorpusSpec(inputs=(str(good),), text_sample_by="document"))
+    local_inputs.MAX_TEXT_DOCUMENT_BYTES = len(TEXT)  # restored by small_bound's monkeypatch
     corpus = open_corpus(CorpusSpec(inputs=(str(good),), text_sample_by="document"))
     assert list(corpus.texts()) == [TEXT]

@@ -3,8 +3,9 @@ blank line into memory, about 4 times the text) stopped ngpt-prepare under a 4 G
 MemoryError traceback ending in datasets/packaged_modules/text/text.py "batch += f.readline()", exit 1. It is now one
 `error:` line naming the file, what it holds and the fix, exit 2, and nothing is written to --out.
 
-A paragraph or a line over 256 MiB is now refused before it is read (tests/test_input34_text_document_bound.py); the
-file read as one document (--text-sample-by document, unbounded) still meets the memory limit here."""
+A paragraph or a line over 256 MiB is now refused before it is read (tests/test_input34_text_document_bound.py), and
+so is a file over 256 MiB read as one document (--text-sample-by document, tests/test_reads35_text_scans.py): this
+bomb, counted no further than 272 MiB of its 2 GiB, gets that one line instead of the out-of-memory one."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def test_a_document_too_large_for_the_memory_is_named_not_a_traceback(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: text files {bomb} (1 file), one document per file: ran out of memory reading {bomb}: it holds a "
-        "document (a line, a paragraph without a blank line, or with --text-sample-by document a whole file) too "
-        "large to read whole in this process's memory; split it into smaller documents, or leave that file out"
+        f"error: --input file {str(bomb)!r} is at least 272 MiB decompressed, longer than the 256 MiB a text "
+        "document may be: with --text-sample-by document the whole file is one document, which datasets reads whole "
+        "and needs about 4 times its size in memory. Pass --text-sample-by paragraph (documents end at an empty line) "
+        "or line, split it into files of one document each, or leave that file out"
     ]
     assert not out.exists()
