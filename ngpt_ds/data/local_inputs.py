@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ngpt_ds import log
@@ -366,7 +367,7 @@ def warn_files_not_read(
     whole only where no file or subfolder is named after a split: `train.jsonl` and `test.jsonl` beside
     `more.jsonl` read `train.jsonl` alone (`more.jsonl` is in no split), and of files in two formats only those of
     the most common one; the rest was left out without a word. `splits`: the files datasets reads for each split;
-    `corpus_files`: the folder's files of a corpus format (datasets' skip rules, folder_files), with that format."""
+    `corpus_files`: the folder's files of a corpus format (datasets' skip rules, CorpusFolder.files), with that format."""
     read = set(splits.get(split, ()))
     if not read:  # an unknown split: datasets' read names it
         return
@@ -409,14 +410,16 @@ def warn_files_not_read(
     )
 
 
-def folder_files(folder: Path) -> list[str]:
-    """The files of a corpus folder datasets reads whole: subfolders included, names starting with '.' or '__'
-    left out as datasets leaves them out, links to folders not followed."""
-    found: list[str] = []
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-        found.extend(os.path.join(top, n) for n in sorted(files) if not n.startswith((".", "__")))
-    return [f for f in found if os.path.isfile(f)]
+@dataclass(frozen=True)
+class CorpusFolder:
+    """What the one walk of a corpus folder found (refuse_prepared): a folder of many files on a network filesystem
+    was walked three times, each file looked at with a stat each time, before datasets walked it itself."""
+
+    files: list[str]
+    """The files datasets reads of it: subfolders included, names starting with '.' or '__' left out as datasets
+    leaves them out, links to folders not followed."""
+    compressed: list[str]
+    """Its compressed files, one of each compression (for check_decompressors)."""
 
 
 def _is_prepared(folder: Path) -> bool:
@@ -428,26 +431,26 @@ def _is_prepared(folder: Path) -> bool:
         return False
 
 
-def refuse_prepared(folder: Path) -> list[str]:
+def refuse_prepared(folder: Path) -> CorpusFolder:
     """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
     "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
-    Returns the folder's compressed files, one of each compression (for check_decompressors: one walk); what the
-    folder holds that datasets leaves out as not a file is named once (warn_not_files)."""
+    Returns what its walk found (CorpusFolder); what the folder holds that datasets leaves out as not a file is named
+    once (warn_not_files)."""
     if _is_prepared(folder):
         raise NgptConfigError(
             f"--input {shown(str(folder))} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
             "corpus it was prepared from (its meta.json names it under 'source')"
         )
     compressed: dict[str, str] = {}
+    found: list[str] = []
     not_files: list[str] = []
     for top, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
         # os.walk lists whatever is not a folder among `files`: pipes, sockets, devices, links to nothing.
-        not_files.extend(
-            path
-            for name in sorted(files)
-            if not name.startswith((".", "__")) and not os.path.isfile(path := os.path.join(top, name))
-        )
+        for name in sorted(files):
+            if not name.startswith((".", "__")):
+                path = os.path.join(top, name)
+                (found if os.path.isfile(path) else not_files).append(path)
         if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
             raise NgptConfigError(
                 f"--input {shown(str(folder))} holds {shown(top)}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
@@ -458,4 +461,4 @@ def refuse_prepared(folder: Path) -> list[str]:
             if suffix in DECOMPRESSORS and not name.startswith((".", "__")):
                 compressed.setdefault(suffix, os.path.join(top, name))
     warn_not_files(f"--input {shown(str(folder))} holds", not_files)
-    return sorted(compressed.values())
+    return CorpusFolder(files=found, compressed=sorted(compressed.values()))

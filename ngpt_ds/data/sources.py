@@ -25,7 +25,6 @@ from ngpt_ds.data.local_inputs import (
     check_decompressors,
     check_line_lengths,
     check_text_documents,
-    folder_files,
     refuse_prepared,
     resolve_files,
     shown,
@@ -357,7 +356,7 @@ def _open_files(spec: CorpusSpec) -> Corpus:
 
 
 def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
-    compressed = refuse_prepared(path)
+    folder = refuse_prepared(path)  # the one walk of the folder: its files are passed along
     if _is_saved_dataset(path):
         import datasets
 
@@ -391,8 +390,8 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
         return corpus
     # A folder of .jsonl.zst files without zstandard was "could not read it (ValueError: Compression type zstd not
     # supported); check the name, --config and --split; for a hub name, check that this machine can reach the hub".
-    check_decompressors(compressed)
-    return _open_hub(spec, str(path), local=True)
+    check_decompressors(folder.compressed)
+    return _open_hub(spec, str(path), folder_files=folder.files)
 
 
 def _builder_of(folder: Path, spec: CorpusSpec) -> tuple[str, dict[str, list[str]]] | None:
@@ -408,7 +407,9 @@ def _builder_of(folder: Path, spec: CorpusSpec) -> tuple[str, dict[str, list[str
         return None
 
 
-def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
+def _open_hub(spec: CorpusSpec, name: str, folder_files: list[str] | None = None) -> Corpus:
+    """A hub dataset, or a local dataset folder whose files are `folder_files` (CorpusFolder.files)."""
+    local = folder_files is not None
     load_args: dict[str, Any] = {"path": name}
     if spec.hub_config:
         load_args["name"] = spec.hub_config
@@ -420,13 +421,14 @@ def _open_hub(spec: CorpusSpec, name: str, local: bool = False) -> Corpus:
     found = _builder_of(Path(name), spec) if local else None
     builder = None if found is None else found[0]
     text = builder == "text"
+    formats = {f: file_format(f) for f in folder_files or ()}
     if found is not None:
-        corpus_files = [(f, fmt) for f in folder_files(Path(name)) if (fmt := file_format(f)) is not None]
+        corpus_files = [(f, fmt) for f, fmt in formats.items() if fmt is not None]
         warn_files_not_read(name, spec.split, found[0], found[1], corpus_files)
     if builder == "json":  # a folder's json lines are read as a glob's are (check_line_lengths)
-        check_line_lengths([f for f in folder_files(Path(name)) if file_format(f) == "json"])
+        check_line_lengths([f for f, fmt in formats.items() if fmt == "json"])
     if text:  # and its text files' paragraphs or lines (check_text_documents)
-        check_text_documents([f for f in folder_files(Path(name)) if file_format(f) == "text"], spec.text_sample_by)
+        check_text_documents([f for f, fmt in formats.items() if fmt == "text"], spec.text_sample_by)
         load_args["sample_by"] = spec.text_sample_by
         description += f", one document per {_TEXT_UNIT[spec.text_sample_by]}"
     else:
