@@ -4,6 +4,7 @@ UTF-8 only, and each way it fails named with the file and the fix, before any pa
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -17,13 +18,18 @@ Read whole, a file given by mistake (a dataset shard, a checkpoint) held several
 rank before any message: a 512 MiB file given to --deepspeed_config took 1.8 GB and 16 s to be called invalid."""
 
 
+_READ_SHA256: dict[str, str] = {}
+"""The sha256 of the bytes read_config_text last returned the text of, by the file's absolute path (parsed_sha256)."""
+
+
 def read_config_text(path: Path, what: str) -> str:
     """The text of a config file of at most MAX_CONFIG_FILE_BYTES, read no further than that. Raises NgptConfigError
     for a larger file or one that is not UTF-8 text (a leading byte-order mark is dropped), OSError when it cannot be
-    read."""
+    read. The sha256 of the bytes read is kept for parsed_sha256."""
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         data = f.read(MAX_CONFIG_FILE_BYTES + 1)
+    _READ_SHA256.pop(os.path.abspath(path), None)  # until these bytes are known to be the text returned
     if len(data) > MAX_CONFIG_FILE_BYTES:
         raise NgptConfigError(
             f"{what} {path} holds {max(size, len(data))} bytes, more than any config file ({MAX_CONFIG_FILE_BYTES} "
@@ -32,9 +38,19 @@ def read_config_text(path: Path, what: str) -> str:
     # utf-8-sig: a byte-order mark (Windows editors' "UTF-8 with BOM") is dropped, as YAML drops it; the JSON reader
     # stopped at it ("Unexpected UTF-8 BOM (decode using utf-8-sig)", advice for a programmer).
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise NgptConfigError(f"{what} {path} {not_utf8(data, err)}") from None
+    _READ_SHA256[os.path.abspath(path)] = hashlib.sha256(data).hexdigest()
+    return text
+
+
+def parsed_sha256(path: Path) -> str | None:
+    """The sha256 of the bytes of `path` that read_config_text last returned as text in this process (None where it
+    has not): what a run records as its config file's hash. A second read of the file to hash it, after the parse,
+    hashed whatever the path held then (the file replaced meanwhile by a colleague's edit, an rsync), a hash that did
+    not describe the settings the run was started with."""
+    return _READ_SHA256.get(os.path.abspath(path))
 
 
 UTF16_32_MARKS = (
