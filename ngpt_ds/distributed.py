@@ -59,11 +59,45 @@ def free_port(addr: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
-def rendezvous_address(single_host: bool) -> tuple[str, int]:
+def rendezvous_address(single_host: bool, port: int | None = None) -> tuple[str, int]:
     """Where rank 0 listens when ngpt_ds chooses: the loopback for a single-node run, else this host's
-    routable address; and a port probed on that very address."""
+    routable address (probed: rank 0 must be able to listen on it); and `port` (MASTER_PORT, the user's) or,
+    without one, a port rank 0's rendezvous listens on from this call on (`_listen_for_rendezvous`)."""
     addr = LOOPBACK if single_host else _routable_address()
-    return addr, free_port(addr)
+    free_port(addr)  # an address this host cannot listen on raises OSError here, before any rank is told it
+    return addr, _listen_for_rendezvous(addr) if port is None else port
+
+
+_rendezvous_servers: list = []
+"""The TCPStore servers `_listen_for_rendezvous` started: held for the life of the process (torch's store for the
+process group shares the server, and the port stays this job's)."""
+
+
+def _listen_for_rendezvous(addr: str) -> int:
+    """Start the server of the job's rendezvous (torch's TCPStore) on a port the system chooses, and return it.
+
+    A port probed free (bind to 0, close) and sent to the other ranks stayed free only until torch listened on it,
+    in `init_process_group`: in between, any process opening a connection could be given it, and an mpirun job
+    without MASTER_PORT stopped at startup ('rank 0 cannot listen for the job's rendezvous on ...: another process
+    on this host holds that port'); the other ranks had been told that port, so none could be taken instead. This
+    server listens before the port is sent, and torch's env:// rendezvous on rank 0 shares it (rank 0's store is
+    multi-tenant: torch keeps one server a port in each process) instead of listening again. It listens on every
+    address of this host, `addr` included; its own client connects over the loopback of `addr`'s family."""
+    from torch.distributed import TCPStore
+
+    loopback = "::1" if ":" in addr else LOOPBACK
+    server = TCPStore(
+        loopback,
+        0,
+        None,
+        True,
+        timedelta(seconds=60),
+        wait_for_workers=False,
+        multi_tenant=True,
+        use_libuv=os.environ.get("USE_LIBUV", "1") == "1",  # the backend torch's env:// rendezvous asks for
+    )
+    _rendezvous_servers.append(server)
+    return int(server.port)
 
 
 def _int(env: dict[str, str], name: str) -> int:
@@ -334,22 +368,31 @@ def _mpi_master(env: dict[str, str], rank: int, single_host: bool) -> tuple[str,
             "(needs a system MPI, e.g. apt-get install libopenmpi-dev), or set MASTER_ADDR "
             "and MASTER_PORT"
         ) from None
-    comm = MPI.COMM_WORLD
-    mine: tuple[str, int] | str | None = None
-    if rank == 0:
-        try:
-            mine = rendezvous_address(single_host)
-        except (NgptConfigError, OSError) as err:  # no address of its own, or no port to probe on it
-            mine = str(err)
-            if not isinstance(err, NgptConfigError):
-                mine = f"cannot probe a port on this host's address ({err}): set MASTER_ADDR and MASTER_PORT"
-    agreed = comm.bcast(mine, root=0)
+    global _mpi_agreed
+    if _mpi_agreed is None:
+        mine: tuple[str, int] | str | None = None
+        if rank == 0:
+            try:
+                mine = rendezvous_address(single_host, _int(env, "MASTER_PORT") if "MASTER_PORT" in env else None)
+            except (NgptConfigError, OSError) as err:  # no address of its own, or no port to listen on there
+                mine = str(err)
+                if not isinstance(err, NgptConfigError):
+                    mine = f"cannot probe a port on this host's address ({err}): set MASTER_ADDR and MASTER_PORT"
+        _mpi_agreed = MPI.COMM_WORLD.bcast(mine, root=0)
+    agreed = _mpi_agreed
     if isinstance(agreed, str):
         # Every rank stops with rank 0's reason: raised on rank 0 alone, the others waited in this bcast for
         # good, and rank 0 with them, in the MPI_Finalize of its exit (Open MPI's waits for every rank).
         raise NgptConfigError(agreed if rank == 0 else f"rank 0 cannot choose the job's rendezvous address: {agreed}")
     addr, port = agreed
     return addr, int(env["MASTER_PORT"]) if "MASTER_PORT" in env else port
+
+
+_mpi_agreed: tuple[str, int] | str | None = None
+"""Rank 0's rendezvous address and port as broadcast to this MPI job (or rank 0's reason it has none): agreed once a
+process. `discover` runs again later (the startup shard check; a rank whose checks failed, to join the others and
+tell them): another broadcast there would pair with nothing on the ranks that do not run it (they waited in it for
+good), and another port would leave the first one's server listening for nobody."""
 
 
 class RendezvousError(RuntimeError):

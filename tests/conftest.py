@@ -137,8 +137,8 @@ def mount_tmpfs(tmp_path):
 @pytest.fixture
 def mpi_rendezvous(monkeypatch) -> list:
     """An MPI job's rendezvous seen from rank 0 on a multi-node host: mpi4py imitated (COMM_WORLD.bcast records
-    what rank 0 sends), the host's routable address 10.1.2.3 and a free port 29600 there. Returns the list of
-    values broadcast."""
+    what rank 0 sends), the host's routable address 10.1.2.3 and a port 29600 rank 0 listens on there. Returns the
+    list of values broadcast."""
     import types
 
     from ngpt_ds import distributed
@@ -154,6 +154,8 @@ def mpi_rendezvous(monkeypatch) -> list:
     monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=types.SimpleNamespace(COMM_WORLD=World)))
     monkeypatch.setattr(distributed, "_routable_address", lambda: "10.1.2.3")
     monkeypatch.setattr(distributed, "free_port", lambda addr: 29600)  # 10.1.2.3 is not this machine's
+    monkeypatch.setattr(distributed, "_listen_for_rendezvous", lambda addr: 29600)  # no real server
+    monkeypatch.setattr(distributed, "_mpi_agreed", None)  # agreed once a process: each test is a new job
     return sent
 
 
