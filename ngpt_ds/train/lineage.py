@@ -92,17 +92,26 @@ def _start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = Fal
         n += 1
         abandoned = checkpoint_dir / f"{checkpoint.ABANDONED_PREFIX}{stamp}-{n}"
     abandoned.mkdir(parents=True)  # checkpoints/ too, when the folder holds only another run's logs
+    # The logs' copy first, the one step that needs space: a disk too full for it had stopped the startup with the
+    # checkpoints already moved and the origin recorded, so the same command run again took them as this lineage's
+    # and never copied the logs nor moved summary.json (an empty metrics.jsonl in abandoned-*, the earlier
+    # lineage's summary overwritten). A failed copy now leaves the run folder as it was.
+    try:
+        logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
+    except OSError:
+        if not elsewhere:  # only copies in it; moved logs (elsewhere) are kept where they went
+            shutil.rmtree(abandoned, ignore_errors=True)
+        raise
     for folder in newer:
         os.rename(folder, abandoned / folder.name)
     record = out_dir / LINEAGE_FILE
     if record.is_file() and not record.is_symlink():  # the earlier lineage's origin goes with it
         os.rename(record, abandoned / LINEAGE_FILE)
+    summary = _move_summary(out_dir, abandoned)
     checkpoint.fsync_dir(checkpoint_dir)
     checkpoint.point_latest(checkpoint_dir)
     record_origin(out_dir, resume_from)
     names = ", ".join(d.name for d in newer)
-    logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
-    summary = _move_summary(out_dir, abandoned)
     if elsewhere:
         logs = " and ".join(filter(None, (logs, summary)))
         if not newer:
