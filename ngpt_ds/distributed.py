@@ -83,19 +83,25 @@ def _listen_for_rendezvous(addr: str) -> int:
     server listens before the port is sent, and torch's env:// rendezvous on rank 0 shares it (rank 0's store is
     multi-tenant: torch keeps one server a port in each process) instead of listening again. It listens on every
     address of this host, `addr` included; its own client connects over the loopback of `addr`'s family."""
-    from torch.distributed import TCPStore
+    from torch.distributed import DistError, TCPStore
 
     loopback = "::1" if ":" in addr else LOOPBACK
-    server = TCPStore(
-        loopback,
-        0,
-        None,
-        True,
-        timedelta(seconds=60),
-        wait_for_workers=False,
-        multi_tenant=True,
-        use_libuv=os.environ.get("USE_LIBUV", "1") == "1",  # the backend torch's env:// rendezvous asks for
-    )
+    try:
+        server = TCPStore(
+            loopback,
+            0,
+            None,
+            True,
+            timedelta(seconds=60),
+            wait_for_workers=False,
+            multi_tenant=True,
+            use_libuv=os.environ.get("USE_LIBUV", "1") == "1",  # the backend torch's env:// rendezvous asks for
+        )
+    except DistError as err:  # a RuntimeError: uncaught, rank 0 stopped alone and the others waited in the bcast
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NgptConfigError(
+            f"rank 0 cannot listen for the job's rendezvous on this host ({first}): set MASTER_ADDR and MASTER_PORT"
+        ) from None
     _rendezvous_servers.append(server)
     return int(server.port)
 

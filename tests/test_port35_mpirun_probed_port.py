@@ -159,3 +159,26 @@ def test_a_master_port_that_is_no_number_stops_every_rank_in_one_line(mpi_rendez
         distributed.discover({**RANK_0, "MASTER_PORT": "x"})
     assert str(refused.value) == "environment variable MASTER_PORT='x' is not an integer"
     assert mpi_rendezvous == ["environment variable MASTER_PORT='x' is not an integer"]
+
+
+LISTEN = distributed._listen_for_rendezvous  # the real one: mpi_rendezvous imitates it
+
+
+def test_a_rendezvous_rank_0_cannot_listen_on_stops_every_rank_in_one_line(mpi_rendezvous, monkeypatch):
+    """torch's store raises DistNetworkError (a RuntimeError) where it cannot listen (no loopback, no free port):
+    uncaught, rank 0 stopped alone before the broadcast and the others waited in it for good
+    (tests/test_launch_discovery_ipv6.py has that fault for the address). Now the refusal is what rank 0 sends."""
+    import torch.distributed
+
+    def cannot_listen(*args, **kwargs):
+        raise torch.distributed.DistNetworkError("The server socket has failed to listen on any local network address.")
+
+    monkeypatch.setattr(distributed, "_listen_for_rendezvous", LISTEN)
+    monkeypatch.setattr(torch.distributed, "TCPStore", cannot_listen)
+    with pytest.raises(NgptConfigError) as refused:
+        distributed.discover(RANK_0)
+    reason = (
+        "rank 0 cannot listen for the job's rendezvous on this host (The server socket has failed to listen on any "
+        "local network address.): set MASTER_ADDR and MASTER_PORT"
+    )
+    assert str(refused.value) == reason and mpi_rendezvous == [reason]
