@@ -28,8 +28,8 @@ fp16, an nGPT keeps its scaling vectors (alpha, s_qk, s_u, s_v, s_z) in float32,
 not lost; training one whose scaling vectors were converted to 16 bits is refused (_check_scales_train).
 `resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere (vocab_resize).
 `device_map="auto"` keeps each block on one device (_no_split_modules). forward honours `output_hidden_states`
-and `return_dict=False`; `output_attentions=True` is refused (SDPA computes no weights), and so are token ids
-outside the vocabulary.
+(compiled too, in one graph: cache_and_states.StatesRecorder) and `return_dict=False`; `output_attentions=True` is
+refused (SDPA computes no weights), and so are token ids outside the vocabulary.
 
 This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
 """
@@ -91,6 +91,7 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
     def __init__(self, config: NGPTConfig | GPTBaselineConfig) -> None:
         super().__init__(config)
         self.model = build_model(config.to_model_config())
+        self._states_recorder = StatesRecorder(self.model)  # output_hidden_states: hooks that record when asked
         self.post_init()
         if config.arch == "ngpt":
             _keep_on_the_sphere(self)
@@ -292,9 +293,11 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         cache: Cache | None,
         use_cache: bool | None,
         kwargs: dict[str, Any],
-    ) -> tuple[torch.Tensor, Cache | None, tuple[torch.Tensor, ...] | None]:
-        """input_ids [B, T] through the embedding and the blocks: (the last hidden state [B, T, d], the cache to
-        return (None unless use_cache), the hidden states of output_hidden_states or None). See forward."""
+    ) -> tuple[torch.Tensor, Cache | None, list[torch.Tensor] | None]:
+        """input_ids [B, T] through the embedding and the blocks: (the last block's output [B, T, d], the cache to
+        return (None unless use_cache), the hidden states of output_hidden_states or None: the embedding and each
+        block's output, the last before the GPT baseline's final norm, which `_last_hidden_state` applies). See
+        forward."""
         check_token_ids(input_ids, None, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         cache = kwargs.get("past_key_values") if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -308,16 +311,35 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         binding = CacheBinding(cache, self.config.n_layer) if cache is not None else None
         past = 0 if cache is None else cache.get_seq_length()
         key_mask, positions = padding(input_ids, attention_mask, position_ids, past)
-        states = StatesRecorder(self.model) if asked(kwargs, self.config, "output_hidden_states") else None
+        recording = asked(kwargs, self.config, "output_hidden_states")
+        if recording:
+            self._states_recorder.start(cast(nn.ModuleList, self.model.blocks))
         try:
             if key_mask is None and positions is None:
                 h = self.model.hidden_states(input_ids, binding)  # no padding: the training path, unchanged
             else:
                 h = self.model.hidden_states(input_ids, binding, positions=positions, key_mask=key_mask)
         finally:
-            if states is not None:
-                states.remove()
-        return h, cache if use_cache else None, None if states is None else states.hidden_states()
+            states = self._states_recorder.stop() if recording else None
+        blocks = len(cast(nn.ModuleList, self.model.blocks))
+        if states is not None and len(states) != blocks + 1:
+            raise RuntimeError(
+                f"output_hidden_states recorded {len(states)} states for {blocks} blocks: blocks put into the model "
+                "after it was built record their states in eager mode only (cache_and_states.StatesRecorder). Run "
+                "one eager forward with output_hidden_states=True before compiling, or build the model with them"
+            )
+        return h, cache if use_cache else None, states
+
+    def _last_hidden_state(self, h: torch.Tensor) -> torch.Tensor:
+        """The last block's output h as transformers' Llama gives its last hidden state: after the GPT baseline's
+        final RMSNorm; nGPT's as it is (no final norm: on the sphere, eq. 3 of the paper)."""
+        final_norm = getattr(self.model, "final_norm", None)
+        return h if final_norm is None else final_norm(h)
+
+    @staticmethod
+    def _hidden_states(states: list[torch.Tensor] | None, last: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """output_hidden_states' tuple: the recorded states with the last one `last` (_last_hidden_state's)."""
+        return None if states is None else (*states[:-1], last)
 
     def forward(
         self,
@@ -348,7 +370,8 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
             if given is not None:
                 check_labels(input_ids, given, logits_to_keep)
                 check_token_ids(input_ids, given, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
-        h, cache, states = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
+        h, cache, recorded = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
+        states = None if recorded is None else self._hidden_states(recorded, self._last_hidden_state(h))
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
         logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
@@ -425,9 +448,9 @@ class _BaseModel(_NgptDsPreTrainedModel):
         input of its logits, eq. 3 of the paper), or the GPT baseline's after its final RMSNorm, as transformers'
         Llama gives it. The arguments are the causal LM's (see its forward), without labels."""
         self._check_call(kwargs)
-        h, cache, states = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
-        final_norm = getattr(self.model, "final_norm", None)
-        last = h if final_norm is None else final_norm(h)
+        h, cache, recorded = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
+        last = self._last_hidden_state(h)  # once: output_hidden_states' last entry is this tensor
+        states = self._hidden_states(recorded, last)
         return _as_asked(
             BaseModelOutputWithPast(last_hidden_state=last, cache=cache, hidden_states=states), self.config, kwargs
         )
