@@ -239,7 +239,12 @@ def prepare(options: TrainOptions, *, resume: bool = True) -> Prepared:
         check_default_folder_is_this_configs(out_dir, config_path)
     preflight.check_writable(out_dir)
     if options.world_size is None:  # a dry run plans for other machines, whose limits this one cannot see
-        preflight.check_file_size_limit(memory_plan.parameters_at_least(model_cfg), dist_env.world_size, out_dir)
+        preflight.check_file_size_limit(
+            memory_plan.parameters_at_least(model_cfg),
+            dist_env.world_size,
+            out_dir,
+            pipeline_zero0=train_cfg.pipeline_parallel_size > 1 and zero_stage_of(ds_config) == 0,
+        )
     run = RunConfig(
         config_source=str(config_path),
         config_source_absolute=os.path.abspath(config_path),

@@ -87,24 +87,36 @@ CHECKPOINT_FILE_BYTES_PER_PARAMETER = 12
 and Adam's two moments (DeepSpeed's `*optim_states.pt` of ZeRO 1-3 and of its bf16 optimizer, or the model states
 file of ZeRO 0 with the module and its optimizer's state; 47.3 MB for ngpt_tiny's 3.9M parameters on one rank)."""
 
+PIPELINE_ZERO0_CHECKPOINT_FILE_BYTES_PER_PARAMETER = 8
+"""The same for a pipeline at ZeRO 0 (fp32: torch's Adam, no master copy): DeepSpeed's PipelineEngine writes the
+weights into one layer_NN-model_states.pt per layer, so a stage's largest file is its model states file, which holds
+Adam's two moments of the stage's parameters and no weights (291 KB per stage of a tiny 2-stage run whose 12-byte
+bound was 393 KB)."""
 
-def check_file_size_limit(parameters: int, world_size: int, out_dir: Path) -> None:
+
+def check_file_size_limit(parameters: int, world_size: int, out_dir: Path, *, pipeline_zero0: bool = False) -> None:
     """Refuse a run whose checkpoints cannot be written under this process's file-size limit (RLIMIT_FSIZE, set by
     `ulimit -f` in a shell or job script). `parameters`: a lower bound on the model's parameters; the ranks share
     them at best evenly, so some rank writes a file of at least CHECKPOINT_FILE_BYTES_PER_PARAMETER *
     parameters / world_size bytes at every save, the last step's included. Below that limit no save can succeed;
-    above it one may still fail (DeepSpeed's files carry more), and the save then names the limit."""
+    above it one may still fail (DeepSpeed's files carry more), and the save then names the limit.
+    `pipeline_zero0`: a pipeline at ZeRO 0, whose largest file holds only the moments
+    (PIPELINE_ZERO0_CHECKPOINT_FILE_BYTES_PER_PARAMETER)."""
     from ngpt_ds.train.fs_errors import gib
 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    largest = CHECKPOINT_FILE_BYTES_PER_PARAMETER * parameters // max(world_size, 1)
+    per_parameter = (
+        PIPELINE_ZERO0_CHECKPOINT_FILE_BYTES_PER_PARAMETER if pipeline_zero0 else CHECKPOINT_FILE_BYTES_PER_PARAMETER
+    )
+    largest = per_parameter * parameters // max(world_size, 1)
+    state = "Adam's two moments" if pipeline_zero0 else "the fp32 master weights and Adam's two moments"
     if limit == resource.RLIM_INFINITY or limit >= largest:
         return
     raise NgptConfigError(
         f"this process may write no file over {gib(limit)} (its file-size limit: `ulimit -f` in the shell or job "
         f"script that started it), and every checkpoint of this run writes a file of at least {gib(largest)} into "
-        f"{out_dir} (the fp32 master weights and Adam's two moments of one rank's share of at least {parameters:,} "
-        f"parameters over {world_size} rank{'s' if world_size != 1 else ''}), so no checkpoint could be saved. "
+        f"{out_dir} ({state} of one rank's share of at least {parameters:,} parameters over {world_size} "
+        f"rank{'s' if world_size != 1 else ''}), so no checkpoint could be saved. "
         "Raise the limit (`ulimit -f unlimited` before the launch)"
     )
 
