@@ -17,6 +17,7 @@ import argparse
 import errno
 import math
 import os
+import shlex
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -370,7 +371,7 @@ def next_command(script: str) -> Callable[[str], str]:
     told to run `python launch/generate.py` got "can't open file"."""
     path = Path(script)
     if path.parent.name == "launch" and path.with_name("generate.py").is_file():
-        return lambda name: f"python {path.with_name(name + '.py')}"
+        return lambda name: f"python {shlex.quote(str(path.with_name(name + '.py')))}"  # a checkout in 'my code/'
     return lambda name: f"ngpt-{name}"
 
 

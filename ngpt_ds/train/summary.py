@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -199,14 +200,17 @@ def describe(summary: Summary, command: Callable[[str], str] = lambda name: f"py
             lines.append(
                 f"  {name + ':':17}{moved}" + (f" (perplexity {_perplexity(last)})" if key == "eval/loss" else "")
             )
+    # The commands as a shell takes them: a run folder with a space ('my runs/x') had read `... generate.py my runs/x`,
+    # two arguments when pasted. shlex.quote leaves a path of plain characters as it is.
+    run_folder = shlex.quote(str(out))
     lines += [
         f"  {'checkpoint:':17}{summary.checkpoint}",
         f"  {'metrics:':17}{out / 'metrics.jsonl'}",
-        f"  {'dashboard:':17}tensorboard --logdir {out / 'tensorboard'}",
+        f"  {'dashboard:':17}tensorboard --logdir {shlex.quote(str(out / 'tensorboard'))}",
         "next:" if done else "next: run the same command again to resume from the checkpoint, or",
-        f'  {command("generate")} {out} --prompt "And God said"',
-        f"  {command('evaluate')} {out}",
-        f"  {command('export')} {out} --out exports/{out.name}",
+        f'  {command("generate")} {run_folder} --prompt "And God said"',
+        f"  {command('evaluate')} {run_folder}",
+        f"  {command('export')} {run_folder} --out {shlex.quote('exports/' + out.name)}",
     ]
     if done:
         lines.append(
