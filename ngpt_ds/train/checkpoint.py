@@ -149,9 +149,10 @@ def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: 
         return ""
     too_large = isinstance(err, OSError) and err.errno == errno.EFBIG
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY and (too_large or free_bytes >= need):
+    if limit != resource.RLIM_INFINITY and limit < need and (too_large or free_bytes >= need):
         # A write past the limit fails (EFBIG; torch's zip writer: 'unexpected pos') with the disk far from full:
-        # the message had said to free space there, with 70 GiB free.
+        # the message had said to free space there, with 70 GiB free. A limit of at least the whole checkpoint
+        # cannot be what one of its files passed (a spent quota, not seen in the free space, fails the same way).
         return (
             f"; this process may write no file over {gib(limit)} (its file-size limit: `ulimit -f` in the shell or "
             f"job script that started it); the checkpoint needs about {gib(need)} ({basis}){free} on the filesystem "
