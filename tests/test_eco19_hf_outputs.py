@@ -44,7 +44,7 @@ def test_output_hidden_states_gives_the_embedding_and_every_blocks_output(arch):
         assert torch.equal(states[index + 1], want), index
     head = inner.head(states[-1], row_scale=inner.s_z()) if arch == "ngpt" else inner.head(states[-1])
     assert torch.equal(head, out.logits)
-    assert model(IDS).hidden_states is None  # only when asked: no hooks otherwise
+    assert model(IDS).hidden_states is None  # only when asked: the block hooks record nothing otherwise
 
     generated = model.generate(
         IDS[:1], max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_hidden_states=True
