@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import checkpoint, reshape_fragments
+from ngpt_ds.train import checkpoint, reshape_fragments, universal_check
 from ngpt_ds.train.fs_errors import TORCH_WRITE_FAILURES, gib
 from ngpt_ds.train.resume import verify_on_all_ranks
 
@@ -336,6 +336,8 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
     if problem is None and not reused:
         # The converted files (about 12 bytes per parameter) are hashed by all ranks, each file by one.
         problem = checkpoint.finish_universal_on_all_ranks(work / "converted", reshape.target, reshape.source)
+        if problem is None:  # universal_check need not read this process's own conversion again
+            universal_check.remember_conversion(reshape.target)
     if rank == 0 and not reused:
         shutil.rmtree(work, ignore_errors=True)
     if problem is not None:

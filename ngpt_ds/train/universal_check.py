@@ -8,6 +8,10 @@ another shape stopped rank 0 on an AssertionError deep in DeepSpeed ("full param
 blaming the learning rate; an int64 Adam moment was cast to float without a word; a step.pt of another count ended
 in "AssertionError: Steps [...] are not equal". Each file is now checked first, on every rank (each file by one
 rank, one agreed verdict), and a file that does not fit is one NgptConfigError naming it and the parameter.
+A folder this very process has just converted and sealed (ngpt_ds.train.reshape_convert remembers it) is not read
+again while every file is as sealed: the conversion had hashed each file for its manifest a moment before, and
+reading it once more (12 bytes per parameter, parsed and scanned) cost 11-16 s at 162.5M parameters on one rank of a
+2-core machine, 3-4 times the hash. A folder reused from an earlier run, or changed since, is checked.
 zero/optimizer_state.pt, the optimizer's global state DeepSpeed's load copies into the engine, must be what the
 converter writes from the source's first optimizer shard (`global_state_problem`): a param_groups of one group
 (ZeRO 1/2) left the second group's parameters without their masters and Adam moments and trained on in silence
@@ -38,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import verified_here
 
 STATES = ("fp32", "exp_avg", "exp_avg_sq")
 """The tensors DeepSpeed's universal load reads of each parameter (besides step.pt)."""
@@ -307,12 +312,36 @@ def global_state_problem(folder: Path, source: Path, zero3: bool) -> str | None:
     )
 
 
+_converted_here: set[verified_here.Fingerprint] = set()
+
+
+def remember_conversion(folder: Path) -> None:
+    """Every rank, once ngpt_ds.train.reshape_convert has sealed `folder`, converted by this process: its fingerprint
+    as it is now (ngpt_ds.train.verified_here: the manifest's digest, every file's inode, size, mtime and ctime, which
+    any write moves). Never a folder reused from an earlier run: whoever can write it can rebuild its manifest."""
+    sealed = verified_here.fingerprint(folder)
+    if sealed is not None:
+        _converted_here.add(sealed)
+
+
+def converted_here(folder: Path) -> bool:
+    """Whether this process converted `folder` and nothing in it changed since (the memory is used once)."""
+    now = verified_here.fingerprint(folder)
+    if now is None or now not in _converted_here:
+        return False
+    _converted_here.discard(now)
+    return True
+
+
 def check_on_all_ranks(folder: Path, shapes: Mapping[str, tuple[int, ...]], zero3: bool, source: Path) -> None:
     """Collective, before DeepSpeed's load_universal reads `folder`: every rank checks its share of the files (the
     last rank also zero/optimizer_state.pt against the source's first optimizer shard), and every rank raises the
-    same NgptConfigError for the first that does not fit (lowest rank first)."""
+    same NgptConfigError for the first that does not fit (lowest rank first). Skipped when every rank converted
+    `folder` itself and finds it as sealed (`converted_here`)."""
     from ngpt_ds.train import collectives
 
+    if all(collectives.all_answers(lambda: converted_here(folder), f"looking up the conversion of {folder}")):
+        return  # the files are the conversion's own, hashed for the manifest a moment ago
     rank, world = dist.get_rank(), dist.get_world_size()
 
     def mine() -> str | None:
