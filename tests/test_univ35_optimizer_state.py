@@ -23,6 +23,7 @@ import sys
 import pytest
 import torch
 
+from ngpt_ds import safe_load
 from ngpt_ds.train import checkpoint, manifest, universal_check
 
 from conftest import (
@@ -95,7 +96,7 @@ def _copy(made, stage: int, into):
 def _craft(universal, stage: int, kind: str) -> None:
     """Alter zero/optimizer_state.pt, then rebuild the manifest as whoever altered it would."""
     path = universal / "zero" / universal_check.OPTIMIZER_STATE
-    saved = torch.load(path, weights_only=False)  # the test's own file: DeepSpeed's loss scaler object
+    saved = safe_load.load(path)  # DeepSpeed's loss scaler object is on safe_load's list
     CRAFTS[kind](saved, stage)
     torch.save(saved, path)
     old = manifest.read_manifest(universal)
