@@ -3,7 +3,8 @@ ngpt_ds.train.run_lock.acquire before the trainer's first write, and by the dry 
 another run's checkpoints/, a checkpoints folder of another name (a shared checkpoint store, a renamed copy of a
 run's checkpoints/), a prepared dataset, or a folder of someone else's files under the names the trainer replaces
 (config.yaml, summary.json) or truncates (metrics.jsonl); a folder inside another run's folder or inside a
-checkpoints folder; a file or a link to nothing; `/`, the home folder or the top of a git repository."""
+checkpoints folder, or one holding run folders; a file or a link to nothing; `/`, the home folder or the top of a git
+repository."""
 
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ def check_out_folder(out_dir: Path) -> None:
     _refuse_not_a_folder(out_dir)
     if real.is_dir() and not _is_run_folder(real):
         _refuse_too_wide(out_dir, real)
+        _refuse_holding_runs(out_dir, real)
     _refuse_nested(out_dir, real)
     if not real.is_dir():
         return
@@ -248,6 +250,26 @@ def _refuse_too_wide(out_dir: Path, real: Path) -> None:
             f"{CHECKPOINTS}/ among what is there. Pass a folder for this run (--out {real / 'runs' / '<name>'}); an "
             'empty shell variable in --out "$DIR/$NAME" leaves its parent'
         )
+
+
+def _refuse_holding_runs(out_dir: Path, real: Path) -> None:
+    """--out a folder of runs (`--out runs` for `--out runs/x`, the README's layout): the new run was started around
+    them, so that they were copied, moved and deleted with it (`rm -rf` of the mistaken run), and every new run
+    beside them was then refused as nested in it (`_refuse_nested`). A run already there goes on (`check_out_folder`
+    calls this for folders that are no run folder)."""
+    try:
+        runs = sorted(entry.name for entry in real.iterdir() if entry.is_dir() and _holds_a_run(entry))
+    except OSError:  # a folder this user may write but not list: its runs are unknown
+        return
+    if not runs:
+        return
+    names = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+    raise NgptConfigError(
+        f"--out {out_dir} holds the run folder(s) {names}: it is a folder of runs, not a run folder. A run there "
+        "would hold them in its own folder (copied, moved and deleted with it), and new runs beside them would be "
+        f"refused as nested in it. Pass a folder for this run (--out {out_dir}/<name>), or --out {out_dir}/{runs[0]} "
+        "to continue that run"
+    )
 
 
 def _refuse_nested(out_dir: Path, real: Path) -> None:
