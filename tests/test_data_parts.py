@@ -87,7 +87,7 @@ def test_merged_parts_equal_a_single_process_preparation_token_for_token(tmp_pat
 
 
 def test_a_local_dataset_read_streaming_splits_into_parts_too(tmp_path, tiny_dataset):
-    """A dataset folder goes through datasets.load_dataset(..., streaming=True), the hub path:
+    """A dataset folder's files, as datasets resolves them, go through datasets.load_dataset(..., streaming=True):
     nothing is downloaded or stored beside the tokens."""
     import datasets
 
@@ -96,7 +96,7 @@ def test_a_local_dataset_read_streaming_splits_into_parts_too(tmp_path, tiny_dat
     folder = tmp_path / "hub_style"
     write_corpus(folder, "part-a.jsonl")
     corpus = open_corpus(CorpusSpec(inputs=(str(folder),)))
-    assert corpus.kind == "hub" and isinstance(corpus._dataset(), datasets.IterableDataset)
+    assert corpus.kind == "files" and isinstance(corpus._dataset(list(corpus._files)), datasets.IterableDataset)
     reference, parts = single_and_parts(folder, tmp_path, tiny_dataset / "tokenizer.model", 2, 50)
     merge_parts(parts, 2, progress=False)
     assert_same_tokens(parts, reference)
