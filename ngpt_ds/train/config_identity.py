@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ngpt_ds import yaml_safe
+from ngpt_ds.config_files import parsed_sha256
 from ngpt_ds.errors import UNPARSABLE, NgptConfigError
 from ngpt_ds.model.config import PRESET_DIR
 from ngpt_ds.train.checkpoint_layout import CHECKPOINTS, step_dirs
@@ -79,7 +80,12 @@ def read_config_record(path: Path) -> tuple[str | None, str | None]:
 
 
 def config_file_sha256(path: Path) -> str | None:
-    """sha256 of the config file's bytes (read capped, as a regular file); None when it cannot be read."""
+    """sha256 of the config file's bytes: those this process parsed (config_files.parsed_sha256), else read now
+    (capped, as a regular file); None when it cannot be read. Hashed by a second read after the parse, a file
+    replaced in between (a colleague's edit, an rsync) was recorded with a hash of settings the run never used."""
+    parsed = parsed_sha256(path)
+    if parsed is not None:
+        return parsed
     try:
         return hashlib.sha256(read_capped(path, MAX_CONFIG_BYTES)).hexdigest()
     except (OSError, RefusedFile, ValueError):
