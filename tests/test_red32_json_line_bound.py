@@ -64,7 +64,8 @@ def test_a_gzip_bomb_of_one_long_json_line_is_refused_before_it_is_read(tmp_path
     assert errors == [
         f"error: --input file {str(bomb)!r}: line 2 is at least 272 MiB (uncompressed), longer than the 256 MiB a "
         "json line may be: datasets reads a line whole and needs about 13 times its size in memory. Split that "
-        "document over several rows, or give it as a .txt file with --text-sample-by document"
+        "document over several rows, or give it as a .txt file whose paragraphs (cut at empty lines) are each under "
+        "256 MiB"
     ]
     assert not out.exists()
 

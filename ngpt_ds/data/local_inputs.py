@@ -167,7 +167,8 @@ def check_line_lengths(files: list[str]) -> None:
                 f"--input file {file!r}: line {line} is {'' if whole else 'at least '}{length / 2**20:,.0f} MiB "
                 f"(uncompressed), longer than the {MAX_JSON_LINE_BYTES >> 20} MiB a json line may be: datasets "
                 "reads a line whole and needs about 13 times its size in memory. Split that document over several "
-                "rows, or give it as a .txt file with --text-sample-by document"
+                "rows, or give it as a .txt file whose paragraphs (cut at empty lines) are each under "
+                f"{MAX_JSON_LINE_BYTES >> 20} MiB"
             )
 
 
