@@ -42,8 +42,8 @@ class DistEnv:
     """'torch' (torchrun / deepspeed launcher), 'slurm', 'mpi' or 'single'."""
     port_chosen_here: bool = False
     """True where no MASTER_PORT was given and ngpt_ds probed a free port for a one-process run. That port is
-    free only when probed: another process may take it before rank 0 listens, and then
-    `train.builder.init_process_group` probes another."""
+    free only when probed (another process may take it), so `train.builder.init_process_group` listens on a port
+    the system chooses instead, before torch's rendezvous looks for it (`_listen_for_rendezvous`)."""
 
 
 LOOPBACK = "127.0.0.1"

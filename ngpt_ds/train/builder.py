@@ -366,10 +366,6 @@ def _warn_on_rank0(rank: int):
     return _log.warning if rank == 0 else (lambda line: None)
 
 
-_PORT_ATTEMPTS = 5
-"""How many ports a one-process run tries when the one it probed was taken before torch listened on it."""
-
-
 def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     """torch.distributed through DeepSpeed: gloo on CPU, NCCL on GPUs."""
     import deepspeed
@@ -379,6 +375,12 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     # a 30-45 s g++ build (of the deepspeed_shm_comm op) on every fresh CPU machine.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if dist_env.port_chosen_here:
+        # A one-process run's port, probed free by `discover`, could be taken by any process opening a connection
+        # before torch listened on it (CI: 'rank 0 cannot listen ... another process on this host holds that
+        # port'). Its rendezvous server listens now, on a port the system chooses, and torch's env:// rendezvous
+        # shares it (as rank 0 of an mpirun job does): nobody else was told the probed one.
+        dist_env = dataclasses.replace(dist_env, master_port=distributed._listen_for_rendezvous(dist_env.master_addr))
     distributed.export(dist_env)
     distributed.set_collective_timeout(timedelta(seconds=timeout_s))  # also DeepSpeed's own groups
     from deepspeed.accelerator import get_accelerator
@@ -395,23 +397,14 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     problem = None if on_cpu else device_problem(accelerator, dist_env.local_rank)
     if problem is not None and dist_env.world_size == 1:
         raise NgptConfigError(problem)
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        try:
-            # bounded: a port held by a program that listens and never answers held torch's client for good
-            with rendezvous_watch.bounded_rendezvous(dist_env, timeout_s):
-                deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
-            break
-        except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not frames
-            if problem is not None:  # the others never came (or already stopped): this rank's own fault comes first
-                raise NgptConfigError(problem) from None
-            failure = distributed.rendezvous_failure(err, dist_env, timeout_s)
-            if not (dist_env.port_chosen_here and failure.port_taken and attempt < _PORT_ATTEMPTS):
-                raise failure from None
-            # A port ngpt_ds probed for a one-process run, taken by another process before torch listened on it
-            # (any process opening a connection can get it): nobody else was told that port, so take another.
-            _log.debug("rendezvous port %d was taken after it was probed; trying another", dist_env.master_port)
-            dist_env = dataclasses.replace(dist_env, master_port=distributed.free_port(dist_env.master_addr))
-            distributed.export(dist_env)
+    try:
+        # bounded: a port held by a program that listens and never answers held torch's client for good
+        with rendezvous_watch.bounded_rendezvous(dist_env, timeout_s):
+            deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+    except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not frames
+        if problem is not None:  # the others never came (or already stopped): this rank's own fault comes first
+            raise NgptConfigError(problem) from None
+        raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
     if not on_cpu:
         check_devices_on_all_ranks(dist_env, problem, accelerator.device_name())
         # before any NCCL collective: NCCL's object collectives and barrier use the current device
