@@ -45,7 +45,7 @@ def test_a_nan_validation_loss_stops_the_run_as_diverged(tmp_path, tiny_dataset,
     assert error == (
         f"error: the validation loss became {value} at step 4 (the training loss was finite); nothing was saved "
         "at or after it. Hints: lower train.lr (now 0.01), check the validation data. "
-        f"Checkpoints up to step 3 are intact in {out / 'checkpoints'} (--resume auto continues from the "
+        f"Checkpoints up to step 2 are intact in {out / 'checkpoints'} (--resume auto continues from the "
         "newest, step_00000002)"
     ), error
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_")) == ["step_00000002"]

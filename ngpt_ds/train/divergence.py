@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ngpt_ds.train import lineage
+from ngpt_ds.train.checkpoint_layout import step_of
 from ngpt_ds.train.collectives import all_reduce_on
 
 
@@ -79,11 +80,13 @@ def weights_message(names: list[str], step: int, lr: float) -> str:
     )
 
 
-def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, step: int, checkpoint_interval: int) -> str:
+def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, checkpoint_interval: int) -> str:
     """What a divergence (or a stop) leaves to resume from, after the newest complete checkpoint.
 
     With no checkpoint yet (a fresh run before its first save), the rerun starts from step 0: saying
-    'Checkpoints up to step N are intact' then sent the operator looking for a folder that did not exist."""
+    'Checkpoints up to step N are intact' then sent the operator looking for a folder that did not exist.
+    The step named is the newest checkpoint's own: it had been the step before the one that diverged, a
+    checkpoint that exists only on a checkpoint_interval of 1 ('up to step 4 ... the newest, step_00000003')."""
     if newest_checkpoint is None:
         return (
             f"No checkpoint was saved yet (train.checkpoint_interval {checkpoint_interval}): "
@@ -98,6 +101,6 @@ def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, step: int, c
             f"{newest_checkpoint} again (its --resume)"
         )
     return (
-        f"Checkpoints up to step {step} are intact in {checkpoints} "
+        f"Checkpoints up to step {step_of(newest_checkpoint.name)} are intact in {checkpoints} "
         f"(--resume auto continues from the newest, {newest_checkpoint.name})"
     )

@@ -120,7 +120,7 @@ class Trainer(RunEnd):
         self.newest_checkpoint: Path | None = prepared.resume_from
         self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main, resume_step=self.step)
         # metrics.jsonl cut back to the resumed step, or not
-        self.metrics.stop_if_unwritten(self.device, self._checkpoints_left(self.step))
+        self.metrics.stop_if_unwritten(self.device, self._checkpoints_left())
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
@@ -336,7 +336,7 @@ class Trainer(RunEnd):
             if not math.isfinite(loss):
                 raise self._diverged(
                     divergence.loss_message(loss, self.step + 1, train.lr, precision_of(self.run.deepspeed))
-                    + self._checkpoints_left(self.step),
+                    + self._checkpoints_left(),
                     self.step + 1,
                     loss,
                 )
@@ -360,8 +360,7 @@ class Trainer(RunEnd):
                     val_loss = self.last_val_loss = self.evaluate()
                 if not math.isfinite(val_loss):  # the same on every rank (a mean over the ranks)
                     raise self._diverged(
-                        divergence.val_loss_message(val_loss, self.step, train.lr)
-                        + self._checkpoints_left(self.step - 1),
+                        divergence.val_loss_message(val_loss, self.step, train.lr) + self._checkpoints_left(),
                         self.step,
                         train_loss,
                     )
@@ -374,7 +373,7 @@ class Trainer(RunEnd):
                     if not logged:
                         train_loss, logged = log_interval(), True
             if logged or evaluated:  # before the save: no checkpoint of a step metrics.jsonl lacks
-                self.metrics.stop_if_unwritten(self.device, self._checkpoints_left(self.step - 1))
+                self.metrics.stop_if_unwritten(self.device, self._checkpoints_left())
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
                 status = "stopped-unsaved"
                 self._say(
@@ -391,7 +390,7 @@ class Trainer(RunEnd):
             if (train.checkpoint_interval and self.step % train.checkpoint_interval == 0) or last or stop:
                 if broken := divergence.nonfinite_weights(self.model, self.device):  # collective
                     message = divergence.weights_message(broken, self.step, train.lr)
-                    raise self._diverged(message + self._checkpoints_left(self.step - 1), self.step, train_loss)
+                    raise self._diverged(message + self._checkpoints_left(), self.step, train_loss)
                 with self.stop.saving():  # timed: the estimate for a stop's save (its grace, --max-time)
                     last_checkpoint = self.newest_checkpoint = self.save()
                 # A request during the save stops here: this checkpoint is the stop's, not one a step later.

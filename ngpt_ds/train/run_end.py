@@ -44,8 +44,7 @@ class RunEnd:
         rank calls it (the non-finite flag and the deviations are agreed over the job)."""
         assert self.hook is not None  # only an nGPT run's hook finds non-finite norms
         raise self._diverged(
-            divergence.sphere_message(self.hook.deviations(), step, self.run.train.lr)
-            + self._checkpoints_left(step - 1),
+            divergence.sphere_message(self.hook.deviations(), step, self.run.train.lr) + self._checkpoints_left(),
             step,
             train_loss,
         )
@@ -68,10 +67,8 @@ class RunEnd:
                 _log.warning(f"warning: the run diverged, but {file} could not be written to say so ({reason}). {fix}")
         return TrainingDiverged(message)
 
-    def _checkpoints_left(self, step: int) -> str:
-        return divergence.checkpoints_left(
-            self.out_dir, self.newest_checkpoint, step, self.run.train.checkpoint_interval
-        )
+    def _checkpoints_left(self) -> str:
+        return divergence.checkpoints_left(self.out_dir, self.newest_checkpoint, self.run.train.checkpoint_interval)
 
     def _summary(
         self, status: str, step: int, train_loss: float, val_loss: float, since: float, checkpoint: Path | None
@@ -105,5 +102,5 @@ class RunEnd:
                 problem = (
                     f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason}). {fix}"
                 )
-        stop_all_if_unwritten(problem, self.device, self._checkpoints_left(self.step))  # reaches every rank
+        stop_all_if_unwritten(problem, self.device, self._checkpoints_left())  # reaches every rank
         return summary
