@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.rendezvous_failures import RendezvousError as RendezvousError  # importers read them here
+from ngpt_ds.rendezvous_failures import rendezvous_failure as rendezvous_failure
 from ngpt_ds.slurm_nodes import _first_slurm_host
 from ngpt_ds.slurm_nodes import expand_nodelist as expand_nodelist  # tests read it here
 
@@ -399,52 +401,6 @@ _mpi_agreed: tuple[str, int] | str | None = None
 process. `discover` runs again later (the startup shard check; a rank whose checks failed, to join the others and
 tell them): another broadcast there would pair with nothing on the ranks that do not run it (they waited in it for
 good), and another port would leave the first one's server listening for nobody."""
-
-
-class RendezvousError(RuntimeError):
-    """The ranks of a job did not all meet to start the process group (`rendezvous_failure` says why)."""
-
-    def __init__(self, message: str, port_taken: bool = False):
-        super().__init__(message)
-        self.port_taken = port_taken
-        """Whether rank 0 could not listen because another process holds the port."""
-
-
-def rendezvous_failure(err: Exception, dist_env: DistEnv, timeout_s: int) -> RendezvousError:
-    """One message, naming the address, the wait and what to check, for torch's rendezvous errors.
-
-    Without it a rank whose peer crashed or was never started (a node that failed its start, an import
-    error on one host) waited train.dist_timeout_s and then died in a traceback of some 20 frames ending
-    in "DistStoreError: Timed out after 601 seconds waiting for clients. 1/2 clients joined" (rank 0),
-    or "DistNetworkError: The client socket has timed out ... while trying to connect to" (the others).
-    """
-    text = str(err)
-    host = dist_env.master_addr
-    where = f"[{host}]:{dist_env.master_port}" if ":" in host else f"{host}:{dist_env.master_port}"  # IPv6: [::1]:29500
-    if "EADDRINUSE" in text or "address already in use" in text:
-        return RendezvousError(
-            f"rank {dist_env.rank} cannot listen for the job's rendezvous on {where}: another process on this "
-            "host holds that port (another job?). Set MASTER_PORT to a free port, or stop the other job",
-            port_taken=True,
-        )
-    joined = re.search(r"(\d+)/(\d+) clients joined", text)
-    if joined:
-        missing = dist_env.world_size - int(joined[1])
-        return RendezvousError(
-            f"rank {dist_env.rank} waited {timeout_s} s (train.dist_timeout_s) on {where} for the job's other "
-            f"ranks, and {missing} of {dist_env.world_size} never arrived: they crashed or were not started "
-            "(read their logs), or cannot reach this address (MASTER_ADDR, a firewall). Fix that and start "
-            "the job again; it resumes from its newest checkpoint"
-        )
-    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    if dist_env.rank != 0:
-        return RendezvousError(
-            f"rank {dist_env.rank} could not reach rank 0's rendezvous on {where} within {timeout_s} s "
-            "(train.dist_timeout_s): rank 0 crashed or was not started (read its log), or MASTER_ADDR / "
-            "MASTER_PORT is wrong or unreachable from this host. Fix that and start the job again; it "
-            f"resumes from its newest checkpoint. ({first_line})"
-        )
-    return RendezvousError(f"rank 0: the job's rendezvous on {where} failed: {first_line}")
 
 
 def set_collective_timeout(timeout: timedelta) -> None:

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from ngpt_ds import rendezvous_watch
+from ngpt_ds import rendezvous_failures
 
 from conftest import cpu_env, require_system
 
@@ -79,7 +79,7 @@ def test_a_master_port_held_by_a_listener_that_never_answers_ends_the_job(tmp_pa
             pytest.fail(f"the job hung: {output[-3000:]}")
         took = time.monotonic() - start
     rank0, rank1 = [(tmp_path / f"rank{r}").read_text().splitlines() for r in (0, 1)]
-    assert proc.returncode == rendezvous_watch.EXIT_CODE, f"{rank0} {rank1} {output[-3000:]}"
+    assert proc.returncode == rendezvous_failures.EXIT_CODE, f"{rank0} {rank1} {output[-3000:]}"
     assert rank0 == [
         f"refused: rank 0 cannot listen for the job's rendezvous on 127.0.0.1:{port}: another process on this host "
         "holds that port (another job?). Set MASTER_PORT to a free port, or stop the other job"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from ngpt_ds import distributed, hostmem, log, rendezvous_watch
+from ngpt_ds import distributed, hostmem, log, rendezvous_failures
 from ngpt_ds.data.default_corpus import ensure_default_dataset
 from ngpt_ds.data.loader import TokenWindowLoader, validation_batches
 from ngpt_ds.data.shards import DatasetMeta, check_tokenizer_agrees, check_vocab_matches, load_dataset_meta
@@ -399,12 +399,12 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
         raise NgptConfigError(problem)
     try:
         # bounded: a port held by a program that listens and never answers held torch's client for good
-        with rendezvous_watch.bounded_rendezvous(dist_env, timeout_s):
+        with rendezvous_failures.bounded_rendezvous(dist_env, timeout_s):
             deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     except torch.distributed.DistError as err:  # a store timeout, a refused or taken port: one line, not frames
         if problem is not None:  # the others never came (or already stopped): this rank's own fault comes first
             raise NgptConfigError(problem) from None
-        raise distributed.rendezvous_failure(err, dist_env, timeout_s) from None
+        raise rendezvous_failures.rendezvous_failure(err, dist_env, timeout_s) from None
     if not on_cpu:
         check_devices_on_all_ranks(dist_env, problem, accelerator.device_name())
         # before any NCCL collective: NCCL's object collectives and barrier use the current device
