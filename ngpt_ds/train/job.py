@@ -3,6 +3,7 @@ data, the config and the checkpoint to resume, take --out's lock, train (ngpt_ds
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch.distributed as dist
@@ -10,10 +11,11 @@ import torch.distributed as dist
 from ngpt_ds import log
 from ngpt_ds.data.loader import same_dataset_on_every_rank
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, lineage, run_identity
+from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, checkpoint_space, lineage, run_identity
 from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group
 from ngpt_ds.train.config_identity import other_config_warning
 from ngpt_ds.train.loop import Trainer
+from ngpt_ds.train.memory_plan import parameters_at_least
 from ngpt_ds.train.run_lock import lock_run
 from ngpt_ds.train.summary import Summary, mend_finished_summary, replace_file
 
@@ -97,6 +99,12 @@ def train(options: TrainOptions) -> Summary:
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
             except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
                 problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
+            # A resume at another data-parallel size converts first, and the conversion checks its own (larger) need.
+            if problem is None and prepared.reshape is None:
+                with contextlib.suppress(OSError):  # a folder it cannot read: each save checks again
+                    problem = checkpoint_space.startup_space_problem(
+                        out_dir / checkpoint.CHECKPOINTS, resumed_step, parameters_at_least(prepared.run.model)
+                    )
             if options.progress and problem is None:
                 _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
         agreement.stop_all_if_any_failed(problem)
