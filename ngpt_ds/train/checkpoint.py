@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import shard_groups_check
 from ngpt_ds.train.checkpoint_delete import (
     converted_from,
     discard,
@@ -470,6 +471,7 @@ def load(engine: DeepSpeedEngine, path: Path) -> dict[str, Any]:
     Loading never runs code: every file is checked first (all ranks agree), and DeepSpeed's own
     reads go through the same restricted unpickler (ngpt_ds.safe_load)."""
     check_files_on_all_ranks(path, engine.device)
+    shard_groups_check.check_on_all_ranks(engine, path)  # a NaN lr had blamed train.lr two steps later
     with safe_load.deepspeed_loads_are_safe():
         try:
             load_path, client_state = engine.load_checkpoint(
