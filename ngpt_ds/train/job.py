@@ -4,6 +4,7 @@ data, the config and the checkpoint to resume, take --out's lock, train (ngpt_ds
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import torch.distributed as dist
@@ -98,7 +99,7 @@ def train(options: TrainOptions) -> Summary:
                 )
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
             except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
-                problem = f"cannot set up --out {out_dir} ({err}); free space or fix permissions there and run again"
+                problem = f"cannot set up --out {out_dir} ({_os_error(err)}); free space or fix permissions there and run again"
             # A resume at another data-parallel size converts first, and the conversion checks its own (larger) need.
             if problem is None and prepared.reshape is None:
                 with contextlib.suppress(OSError):  # a folder it cannot read: each save checks again
@@ -114,6 +115,20 @@ def train(options: TrainOptions) -> Summary:
             lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an OSError of the --out setup. shutil.copytree (the earlier lineage's tensorboard/ copied on an
+    older --resume) raises shutil.Error, whose argument is a list of (source, destination, why) for every file it
+    could not copy: printed as it was, the line held a raw Python list of tuples. It names the first one."""
+    failed = err.args[0] if isinstance(err, shutil.Error) and err.args else None
+    if not isinstance(failed, list) or not failed or not all(isinstance(f, tuple) and len(f) == 3 for f in failed):
+        return str(err)
+    source, destination, why = failed[0]
+    for named in (f": {source!r} -> {destination!r}", f": {destination!r}", f": {source!r}"):  # str(OSError)'s paths
+        why = why.removesuffix(named)
+    more = f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""
+    return f"cannot copy {source} to {destination}: {why}{more}"
 
 
 def _warn_if_other_config(out_dir: Path, config_path: Path, config_sha256: str | None) -> None:
