@@ -16,11 +16,13 @@ import pytest
 from hf_exports import hf_export_copy, hf_saved, random_hf_export, random_hf_export_logits  # noqa: F401 (fixtures, for every test module)
 from launching import (  # noqa: F401 (re-exported: the tests import these from conftest)
     REPO,
+    convert_universal,
     cpu_env,
     free_port,
     run,
     run_launch,
     run_lm_eval,
+    run_mpirun,
     run_ranks,
     run_sbatch,
     slurm_env,

@@ -238,6 +238,47 @@ def train_run(config, ds_config, data, out, *extra, nproc: int = 1, **kwargs) ->
     return torchrun(*cmd, nproc=nproc, **kwargs)
 
 
+def convert_universal(source: Path, universal: Path, *, timeout: int = 240) -> None:
+    """What a resume at another data-parallel size makes of checkpoint `source`: DeepSpeed's universal conversion as
+    the trainer runs it (the child `python -m ngpt_ds.train.reshape` into a work folder `converted` beside
+    `universal`), then the trainer's seal and rename into `universal` (checkpoint.finish_universal)."""
+    from ngpt_ds.train import checkpoint
+
+    converted = universal.parent / "converted"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(converted)],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,  # a hang guard only
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    checkpoint.finish_universal(converted, universal, source)
+
+
+def run_mpirun(args: list, env: dict, *, timeout: int) -> tuple[int, str]:
+    """`mpirun --allow-run-as-root --oversubscribe ARGS` (mpirun's options, -np and the command) in a session of its
+    own: (exit status, stdout and stderr together). A job still running after `timeout` s (a hang guard) is killed
+    with its ranks, and the test fails as hung."""
+    import signal
+
+    proc = subprocess.Popen(
+        ["mpirun", "--allow-run-as-root", "--oversubscribe", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the job hung: {output[-3000:]}")
+    return proc.returncode, output
+
+
 def stand_in_commands(folder: Path, commands: dict[str, str]) -> Path:
     """`folder` (made if missing) with an executable script per name in `commands` (name -> its text): the stand-in
     commands (srun, ssh, deepspeed, ...) a launcher test puts first on PATH. Returns the folder."""

@@ -7,9 +7,7 @@ the port probe bound an AF_INET socket, which refuses any IPv6 address with the 
 """
 
 import importlib.util
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +16,7 @@ import pytest
 
 from ngpt_ds import distributed
 
-from conftest import cpu_env, require_system
+from conftest import cpu_env, require_system, run_mpirun
 
 
 def test_a_host_name_that_resolves_only_to_ipv6_is_the_rendezvous_address(monkeypatch):
@@ -102,22 +100,8 @@ def test_every_mpirun_rank_stops_when_rank_0_cannot_choose_the_address(tmp_path)
     script = tmp_path / "rank.py"
     script.write_text(NO_ADDRESS_RANK)
     env = {k: v for k, v in cpu_env().items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, script, tmp_path]
-    proc = subprocess.Popen(
-        [str(c) for c in cmd],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the job hung: {output[-2000:]}")
-    assert proc.returncode == 2, output
+    returncode, output = run_mpirun(["-np", "2", sys.executable, script, tmp_path], env, timeout=60)
+    assert returncode == 2, output
     reason = "cannot tell this host's network address (its name"
     assert (tmp_path / "rank0").read_text().startswith(f"error: {reason}"), output
     said = (tmp_path / "rank1").read_text()

@@ -10,15 +10,12 @@ A real 2-rank mpirun training job on gloo; rank 1 alone is given an unreadable N
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, cpu_env, require_system, tiny_ngpt, tiny_train, train_flags, write_run_configs
+from conftest import REPO, cpu_env, require_system, run_mpirun, tiny_ngpt, tiny_train, train_flags, write_run_configs
 
 REFUSAL = (
     "NGPT_DS_NODE_MEMORY_BYTES='16G' must be the node's memory as a whole number of bytes, e.g. 68719476736 for "
@@ -43,18 +40,10 @@ def test_a_refusal_on_one_mpirun_rank_stops_every_rank_in_one_line(configs, tiny
     train = [sys.executable, str(REPO / "launch/train.py")]
     train += [str(word) for word in train_flags(configs["yaml"], configs["ds"], tiny_dataset, tmp_path / "out")]
     # Two application contexts (MPMD): rank 0 as it is, rank 1 with the variable its own node would set.
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "1", *train]
-    cmd += [":", "-np", "1", "env", "NGPT_DS_NODE_MEMORY_BYTES=16G", *train]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    returncode, output = run_mpirun(
+        ["-np", "1", *train, ":", "-np", "1", "env", "NGPT_DS_NODE_MEMORY_BYTES=16G", *train], env, timeout=150
     )
-    try:
-        output, _ = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the job hung: {output[-3000:]}")
-    assert proc.returncode == 2, output[-3000:]
+    assert returncode == 2, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert errors and all(REFUSAL in line for line in errors), output[-3000:]
     assert "Traceback" not in output, output[-3000:]

@@ -11,11 +11,8 @@ to listen on the port it was given, as another process would at the worst moment
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -23,7 +20,7 @@ import pytest
 from ngpt_ds import distributed
 from ngpt_ds.errors import NgptConfigError
 
-from conftest import cpu_env, require_system
+from conftest import cpu_env, require_system, run_mpirun
 
 RANK = """
 import errno, os, socket, sys
@@ -70,22 +67,7 @@ def _mpirun(tmp_path, layout: str, timeout_s: int, **env_vars: str) -> tuple[int
     if "MASTER_PORT" not in env_vars:
         env.pop("MASTER_PORT", None)
     forwarded = [word for name in env_vars for word in ("-x", name)]
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", *forwarded, "-np", "2"]
-    proc = subprocess.Popen(
-        [*cmd, sys.executable, str(script), str(tmp_path), layout, str(timeout_s)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the job hung: {output[-3000:]}")
-    return proc.returncode, output
+    return run_mpirun([*forwarded, "-np", "2", sys.executable, script, tmp_path, layout, timeout_s], env, timeout=150)
 
 
 def _said(tmp_path, rank: int) -> list[str]:

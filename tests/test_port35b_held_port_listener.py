@@ -8,19 +8,14 @@ for it in MPI_Finalize. The job ended only when the other program closed its por
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 
-import pytest
-
 from ngpt_ds import rendezvous_failures
 
-from conftest import cpu_env, require_system
+from conftest import cpu_env, require_system, run_mpirun
 
 RANK = """
 import sys
@@ -61,25 +56,13 @@ def test_a_master_port_held_by_a_listener_that_never_answers_ends_the_job(tmp_pa
         listener.listen()
         port = listener.getsockname()[1]
         env["MASTER_PORT"] = str(port)
-        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-x", "MASTER_PORT", "-np", "2"]
         start = time.monotonic()
-        proc = subprocess.Popen(
-            [*cmd, sys.executable, str(script), str(tmp_path), str(TIMEOUT_S)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
+        returncode, output = run_mpirun(
+            ["-x", "MASTER_PORT", "-np", "2", sys.executable, script, tmp_path, TIMEOUT_S], env, timeout=100
         )
-        try:
-            output, _ = proc.communicate(timeout=100)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            pytest.fail(f"the job hung: {output[-3000:]}")
         took = time.monotonic() - start
     rank0, rank1 = [(tmp_path / f"rank{r}").read_text().splitlines() for r in (0, 1)]
-    assert proc.returncode == rendezvous_failures.EXIT_CODE, f"{rank0} {rank1} {output[-3000:]}"
+    assert returncode == rendezvous_failures.EXIT_CODE, f"{rank0} {rank1} {output[-3000:]}"
     assert rank0 == [
         f"refused: rank 0 cannot listen for the job's rendezvous on 127.0.0.1:{port}: another process on this host "
         "holds that port (another job?). Set MASTER_PORT to a free port, or stop the other job"

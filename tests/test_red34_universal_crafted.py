@@ -14,15 +14,22 @@ before any step. An untouched folder is still reused."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from ngpt_ds.train import checkpoint, manifest, universal_check
 
-from conftest import cpu_env, start_ranks, tiny_ngpt, tiny_train, train_cmd, train_run, write_ds_config, write_yaml
+from conftest import (
+    convert_universal,
+    start_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_cmd,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
 
 HANG_GUARD_S = 240  # a hang guard only
 PARAM = "blocks.0.attn.qkv.weight"
@@ -38,17 +45,7 @@ def made(tmp_path_factory, tiny_dataset):
     write_ds_config(root / "z2_dp2.json", stage=2, bf16=False, micro=2, accum=1)
     run = root / "run"
     train_run(config, write_ds_config(root / "z2_dp1.json", stage=2, bf16=False, micro=2, accum=2), tiny_dataset, run)
-    source = run / "checkpoints" / "step_00000003"
-    converted = run / "checkpoints" / "converted"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(converted)],
-        env=cpu_env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    checkpoint.finish_universal(converted, run / "checkpoints" / UNIVERSAL, source)
+    convert_universal(run / "checkpoints" / "step_00000003", run / "checkpoints" / UNIVERSAL, timeout=HANG_GUARD_S)
     return root
 
 

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from ngpt_ds.train import checkpoint
 
-from conftest import cpu_env, start_ranks, tiny_ngpt, tiny_train, train_run, write_ds_config, write_yaml
+from conftest import (
+    convert_universal,
+    start_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
 
 HANG_GUARD_S = 120  # a hang guard only
 SOURCE = "step_00000003"
@@ -80,16 +86,7 @@ def made(tmp_path_factory, tiny_dataset):
     config = write_yaml(root / "run.yaml", tiny_ngpt(), tiny_train(3, checkpoint_interval=3))
     run = root / "run"
     train_run(config, write_ds_config(root / "z2.json", stage=2, bf16=False, micro=2, accum=2), tiny_dataset, run)
-    source, converted = run / "checkpoints" / SOURCE, run / "checkpoints" / "converted"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(converted)],
-        env=cpu_env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    checkpoint.finish_universal(converted, run / "checkpoints" / UNIVERSAL, source)
+    convert_universal(run / "checkpoints" / SOURCE, run / "checkpoints" / UNIVERSAL, timeout=HANG_GUARD_S)
     return run / "checkpoints"
 
 

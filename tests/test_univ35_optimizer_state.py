@@ -17,8 +17,6 @@ file and the field, before DeepSpeed reads it. An untouched ZeRO 3 folder is sti
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -27,7 +25,7 @@ from ngpt_ds import safe_load
 from ngpt_ds.train import checkpoint, manifest, universal_check
 
 from conftest import (
-    cpu_env,
+    convert_universal,
     read_metrics,
     start_ranks,
     tiny_ngpt,
@@ -55,16 +53,7 @@ def made(tmp_path_factory, tiny_dataset):
         run = root / f"run{stage}"
         ds = write_ds_config(root / f"z{stage}_dp1.json", stage=stage, bf16=False, micro=2, accum=2)
         train_run(root / "run.yaml", ds, tiny_dataset, run)
-        converted, source = run / "checkpoints" / "converted", run / "checkpoints" / SOURCE
-        proc = subprocess.run(
-            [sys.executable, "-m", "ngpt_ds.train.reshape", str(source), str(converted)],
-            env=cpu_env(),
-            capture_output=True,
-            text=True,
-            timeout=HANG_GUARD_S,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        checkpoint.finish_universal(converted, run / "checkpoints" / UNIVERSAL, source)
+        convert_universal(run / "checkpoints" / SOURCE, run / "checkpoints" / UNIVERSAL, timeout=HANG_GUARD_S)
     return root
 
 
