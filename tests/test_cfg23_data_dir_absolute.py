@@ -52,6 +52,6 @@ def test_a_resume_from_another_folder_names_the_runs_dataset_by_its_absolute_pat
         f"error: --out {here / 'runs' / 'x'} holds a run, and --resume auto (the default) continues it from its "
         f"newest checkpoint, {checkpoint}: the checkpoint does not fit this run: model.vocab_size = 512 in the "
         "checkpoint, 400 now (vocab_size comes from the tokenizer of --data data). Resume with the checkpoint's "
-        f"config and data (data_dir {here / 'data'}), or start a new run with another --out (or --resume none)"
+        f"config and data (data_dir {here / 'data'}), or start a new run with another --out"
     )
     assert Path(recorded["data_dir_absolute"]).is_absolute()

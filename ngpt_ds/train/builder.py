@@ -335,9 +335,12 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
         preflight.check_resume_precision(resume_from, run.deepspeed, run.deepspeed_source)  # fp32, bf16, fp16
         preflight.check_resume_seed(resume_from, run.train.seed)  # the data order
     except NgptConfigError as err:
+        refusal = _without_a_refused_resume_none(str(err), out_dir)
         if resume != "auto":
-            raise
-        raise NgptConfigError(chosen_by_auto(str(err), resume_from, out_dir)) from None
+            if refusal == str(err):
+                raise
+            raise NgptConfigError(refusal) from None
+        raise NgptConfigError(chosen_by_auto(refusal, resume_from, out_dir)) from None
     # Another data-parallel size: converted after the run lock (ngpt_ds.train.reshape_convert); what DeepSpeed
     # cannot convert is refused here, before any engine starts.
     layout = reshape_plan.current_layout(
@@ -349,6 +352,23 @@ def choose_resume(prepared: Prepared, resume: str, *, collective: bool) -> Prepa
     )
     resize = reshape_plan.plan(resume_from, layout, out_dir)
     return dataclasses.replace(prepared, resume_from=resume_from, reshape=resize)
+
+
+_OR_RESUME_NONE = " (or --resume none)"
+
+
+def _without_a_refused_resume_none(refusal: str, out_dir: Path) -> str:
+    """preflight's refusals of a checkpoint that does not fit end "start a new run with another --out (or --resume
+    none)". --resume none on this --out is refused while it holds a checkpoint (`resolve_resume`: "--resume none,
+    but ... already holds checkpoints"), as it always does where --resume auto chose one there: then the advice
+    is another --out alone. Kept where --resume none here starts a new run (a checkpoint from elsewhere named)."""
+    if not refusal.endswith(_OR_RESUME_NONE):
+        return refusal
+    try:
+        resolve_resume(out_dir, "none", lambda line: None)
+    except NgptConfigError:
+        return refusal.removesuffix(_OR_RESUME_NONE)
+    return refusal
 
 
 def chosen_by_auto(refusal: str, checkpoint: Path, out_dir: Path) -> str:
