@@ -43,9 +43,10 @@ class DistEnv:
     source: str
     """'torch' (torchrun / deepspeed launcher), 'slurm', 'mpi' or 'single'."""
     port_chosen_here: bool = False
-    """True where no MASTER_PORT was given and ngpt_ds probed a free port for a one-process run. That port is
-    free only when probed (another process may take it), so `train.builder.init_process_group` listens on a port
-    the system chooses instead, before torch's rendezvous looks for it (`_listen_for_rendezvous`)."""
+    """True for a one-process run given no MASTER_PORT: master_port is 0 there, and `train.builder.init_process_group`
+    listens on a port the system chooses before torch's rendezvous looks for it (`_listen_for_rendezvous`). A port
+    probed free here was free only when probed (another process could take it before torch listened), and since
+    init_process_group listens first nothing read it: it is no longer probed."""
 
 
 LOOPBACK = "127.0.0.1"
@@ -157,7 +158,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
         if world == 1:  # a one-task step (salloc's interactive step, srun -n1): nobody to meet, as plain python
             addr = env.get("MASTER_ADDR") or LOOPBACK
             port_chosen_here = "MASTER_PORT" not in env
-            port = free_port(LOOPBACK) if port_chosen_here else _int(env, "MASTER_PORT")
+            port = 0 if port_chosen_here else _int(env, "MASTER_PORT")
         else:
             addr = env.get("MASTER_ADDR") or (LOOPBACK if nodes == "1" else _first_slurm_host(env))
             # One port per job step, so two jobs, or two steps of one job, sharing a node do not collide.
@@ -181,7 +182,7 @@ def discover(env: dict[str, str] | None = None) -> DistEnv:
     else:
         rank, world, local_rank, local_world, source = 0, 1, 0, 1, "single"
         port_chosen_here = "MASTER_PORT" not in env
-        addr, port = LOOPBACK, free_port(LOOPBACK) if port_chosen_here else _int(env, "MASTER_PORT")
+        addr, port = LOOPBACK, 0 if port_chosen_here else _int(env, "MASTER_PORT")
     # Only MASTER_PORT can give a port out of range (the derived ones are not). torch refused it once the
     # process group started, a ValueError traceback on every rank ('port must have value from 0 to
     # 65535'); port 0 lets rank 0 listen on any port, one the other ranks cannot know.

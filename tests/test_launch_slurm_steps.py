@@ -46,9 +46,9 @@ STEP = {
 def test_salloc_interactive_step_runs_as_one_process(monkeypatch):
     """Fault: a plain `python launch/train.py` in salloc's interactive step read the allocation's
     SLURM_NTASKS=4 as its world size, and rank 0 waited train.dist_timeout_s for 3 ranks never started."""
-    monkeypatch.setattr(distributed, "free_port", lambda addr=distributed.LOOPBACK: 45678)
+    monkeypatch.setattr(distributed, "free_port", _no_probe)
     env = distributed.discover(INTERACTIVE_STEP)
-    assert env == distributed.DistEnv(0, 1, 0, 1, "127.0.0.1", 45678, "slurm", port_chosen_here=True)
+    assert env == distributed.DistEnv(0, 1, 0, 1, "127.0.0.1", 0, "slurm", port_chosen_here=True)
 
 
 def test_srun_inside_the_allocation_still_counts_the_steps_tasks():
@@ -73,13 +73,26 @@ def test_two_steps_of_one_job_derive_different_ports():
     assert rank0.master_port == ports[1]
 
 
+def _no_probe(addr: str = distributed.LOOPBACK) -> int:
+    raise AssertionError(f"discover() probed a free port on {addr} for a one-process run")
+
+
 def test_one_task_step_takes_a_free_port(monkeypatch):
     """A one-task step (srun -n1) meets nobody: it takes a free port, as a plain `python` run does, not one
-    derived from the job that another step of the allocation may hold."""
-    monkeypatch.setattr(distributed, "free_port", lambda addr=distributed.LOOPBACK: 45679)
+    derived from the job that another step of the allocation may hold. The system chooses it when the rendezvous
+    listens (train.builder.init_process_group): discover() probes none (port 0). It did, and nothing read the
+    probed port since 7cca681 (old code: 'AssertionError: discover() probed a free port on 127.0.0.1 ...')."""
+    monkeypatch.setattr(distributed, "free_port", _no_probe)
     one = {**STEP, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
     env = distributed.discover({**one, "SLURM_STEP_ID": "3"})
-    assert (env.world_size, env.master_addr, env.master_port, env.port_chosen_here) == (1, "127.0.0.1", 45679, True)
+    assert (env.world_size, env.master_addr, env.master_port, env.port_chosen_here) == (1, "127.0.0.1", 0, True)
+    single = distributed.discover({})  # a plain `python launch/train.py`
+    assert (single.source, single.master_addr, single.master_port, single.port_chosen_here) == (
+        "single",
+        "127.0.0.1",
+        0,
+        True,
+    )
     given = distributed.discover({**one, "SLURM_STEP_ID": "3", "MASTER_PORT": "29999"})
     assert (given.master_port, given.port_chosen_here) == (29999, False)
 
