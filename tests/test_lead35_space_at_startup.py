@@ -94,3 +94,18 @@ def test_a_new_run_on_a_disk_smaller_than_its_first_checkpoint_trains_nothing(tm
         "error: not enough free space for this run's next checkpoint: it needs about 1.0 MiB (16 bytes per parameter), "
     ), line
     assert "step      1/2" not in refused.stdout + refused.stderr
+
+
+def test_without_a_checkpoint_a_pipeline_is_left_to_the_saves_own_check(tmp_path):
+    """review35: a pipeline's save estimates from rank 0's stage times the model-parallel ranks, not from the whole
+    model, so the whole model's figure is no lower bound of what its save asks, and could refuse a run whose saves
+    fit. job.py passes no parameter count for a pipeline: with no checkpoint to go by, nothing is asked at startup
+    (a checkpoint's size still is: test_a_resume_on_a_disk_too_full_for_its_next_checkpoint_trains_nothing)."""
+    from ngpt_ds.train.checkpoint_space import startup_space_problem
+
+    assert startup_space_problem(tmp_path / "checkpoints", -1, None) is None
+    problem = startup_space_problem(tmp_path / "checkpoints", -1, 2**60 // 16)  # a whole model of 2^56 parameters
+    assert problem is not None and problem.startswith(
+        "not enough free space for this run's next checkpoint: it needs about 1073741824.000 GiB (16 bytes per "
+        "parameter), "
+    ), problem

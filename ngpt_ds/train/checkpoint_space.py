@@ -44,16 +44,20 @@ def _bytes_under(path: Path) -> int:
     return total
 
 
-def startup_space_problem(checkpoint_dir: Path, resumed_step: int, parameters: int) -> str | None:
+def startup_space_problem(checkpoint_dir: Path, resumed_step: int, parameters: int | None) -> str | None:
     """Rank 0, once --out is set up: a one-line problem when the filesystem of `checkpoint_dir` cannot hold the
     run's next checkpoint, else None. `resumed_step`: the step resumed from (-1: a new run); `parameters`: a lower
-    bound on the model's parameters (memory_plan.parameters_at_least)."""
+    bound on the parameters whose estimate the save would ask for (memory_plan.parameters_at_least), or None where
+    the save's estimate counts another share (a pipeline's rank 0 counts its own stage's): without a checkpoint to
+    go by, nothing is then asked here."""
     lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= resumed_step and of_the_run(c)]
     previous = checkpoint_bytes(lineage[-1]) if lineage else None
     if previous is not None:
         need, basis = previous, f"the size of {lineage[-1].name}"
-    else:
+    elif parameters is not None:
         need, basis = parameters * BYTES_PER_PARAMETER_ESTIMATE, f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"
+    else:
+        return None
     existing = checkpoint_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

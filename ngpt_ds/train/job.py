@@ -103,8 +103,14 @@ def train(options: TrainOptions) -> Summary:
             # A resume at another data-parallel size converts first, and the conversion checks its own (larger) need.
             if problem is None and prepared.reshape is None:
                 with contextlib.suppress(OSError):  # a folder it cannot read: each save checks again
+                    # A pipeline's save estimates from its rank 0's stage alone: the whole model would ask more.
+                    whole = (
+                        parameters_at_least(prepared.run.model)
+                        if prepared.run.train.pipeline_parallel_size == 1
+                        else None
+                    )
                     problem = checkpoint_space.startup_space_problem(
-                        out_dir / checkpoint.CHECKPOINTS, resumed_step, parameters_at_least(prepared.run.model)
+                        out_dir / checkpoint.CHECKPOINTS, resumed_step, whole
                     )
             if options.progress and problem is None:
                 _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
