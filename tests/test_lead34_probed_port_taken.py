@@ -1,9 +1,12 @@
-"""A one-process run (no launcher, no MASTER_PORT) probes a free port for its own rendezvous, and another process
-may take that port before torch listens on it: any process opening a connection can be given it.
+"""A one-process run (no launcher, no MASTER_PORT) chooses the port of its own rendezvous, and another process
+must not be able to take it before torch listens on it.
 
 CI failed on this: `bench/profile_step.py`, under a parallel test run, stopped with 'rank 0 cannot listen for the
-job's rendezvous on 127.0.0.1:40941: another process on this host holds that port'. Nobody else was told a port
-ngpt_ds chose itself, so the run takes another; a port the user gave (MASTER_PORT) is still refused in one line."""
+job's rendezvous on 127.0.0.1:40941: another process on this host holds that port': `discover` had probed a free port
+(bind, close) that any process opening a connection could be given before torch listened. The first fix retried
+other probed ports; now `discover` probes none (port 0) and `init_process_group` starts the rendezvous server on a
+port the system gives it, listening before torch looks for it (`distributed._listen_for_rendezvous`). A port the user
+gave (MASTER_PORT) is still refused in one line when taken."""
 
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ from ngpt_ds.train.builder import init_process_group
 
 env = {"MASTER_PORT": sys.argv[1]} if len(sys.argv) > 1 else {}
 dist_env = distributed.discover(env)
-holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # another process's listener, on the probed port
-holder.bind((dist_env.master_addr, dist_env.master_port))
-holder.listen()
+if dist_env.master_port:  # the user's: another process's listener holds it
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((dist_env.master_addr, dist_env.master_port))
+    holder.listen()
 try:
     init_process_group(dist_env, timeout_s=30)
 except RendezvousError as err:
@@ -48,16 +52,17 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_probed_port_taken_before_the_rendezvous_listens_is_replaced_by_another():
-    """Fault: the port `distributed.discover` probed was taken by another process before `init_process_group`
-    listened on it, and the one-process run stopped. Old code: exit 3, 'refused: rank 0 cannot listen for the
-    job's rendezvous on 127.0.0.1:N: another process on this host holds that port'."""
+def test_a_one_process_run_names_no_probed_port_and_listens_on_the_one_it_gets():
+    """Fault (first fixed by retrying): the port `distributed.discover` probed was taken by another process before
+    `init_process_group` listened on it, and the one-process run stopped with exit 3, 'refused: rank 0 cannot listen
+    for the job's rendezvous on 127.0.0.1:N: another process on this host holds that port'. Now there is no probed
+    port to take (discover says 0), and the run joins on the port its own server listens on (MASTER_PORT)."""
     proc = _run()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     joined = proc.stdout.split()
     assert joined[:2] == ["joined", "1"], proc.stdout
-    probed, used = int(joined[2]), int(joined[3])
-    assert used != probed  # the process group listens on another port, and MASTER_PORT says which
+    assert int(joined[2]) == 0  # discover probed nothing
+    assert 0 < int(joined[3]) < 65536  # the port the rendezvous server was given, exported for torch
 
 
 def test_a_taken_port_the_user_gave_is_still_refused_in_one_line():
