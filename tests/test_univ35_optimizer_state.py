@@ -16,17 +16,14 @@ file and the field, before DeepSpeed reads it. An untouched ZeRO 3 folder is sti
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
+from crafted_checkpoints import alter, assert_resumed_as, rewound
 
-from ngpt_ds import safe_load
-from ngpt_ds.train import checkpoint, manifest, universal_check
+from ngpt_ds.train import checkpoint, universal_check
 
 from conftest import (
     convert_universal,
-    read_metrics,
     start_ranks,
     tiny_ngpt,
     tiny_train,
@@ -76,22 +73,12 @@ CRAFTS = {
 
 def _copy(made, stage: int, into):
     """The 1-rank run as it was at step 3 (its step 6 removed), with its universal conversion of step 3."""
-    shutil.copytree(made / f"run{stage}", into)
-    shutil.rmtree(into / "checkpoints" / "step_00000006")
-    (into / "checkpoints" / "latest").write_text(SOURCE)  # DeepSpeed's pointer to the newest tag
-    return into / "checkpoints" / UNIVERSAL
+    return rewound(made / f"run{stage}", into, SOURCE, "step_00000006") / UNIVERSAL
 
 
 def _craft(universal, stage: int, kind: str) -> None:
     """Alter zero/optimizer_state.pt, then rebuild the manifest as whoever altered it would."""
-    path = universal / "zero" / universal_check.OPTIMIZER_STATE
-    saved = safe_load.load(path)  # DeepSpeed's loss scaler object is on safe_load's list
-    CRAFTS[kind](saved, stage)
-    torch.save(saved, path)
-    old = manifest.read_manifest(universal)
-    assert old is not None
-    manifest.write_manifest(universal, {**old, "files": manifest.build_manifest(universal, old["step"])["files"]})
-    assert manifest.verify(universal) is None
+    alter(universal / "zero" / universal_check.OPTIMIZER_STATE, lambda saved: CRAFTS[kind](saved, stage), universal)
 
 
 def _resume_on_two_ranks(made, stage: int, data, out, logs):
@@ -140,10 +127,7 @@ def test_an_untouched_zero3_universal_folder_is_reused_and_continues_the_run(mad
     codes, logs = _resume_on_two_ranks(made, 3, tiny_dataset, tmp_path / "out", tmp_path)
     assert codes == [0, 0], logs[0][-3000:]
     assert "reused the universal checkpoint" in logs[0]
-    want = {m["step"]: m["train/loss"] for m in read_metrics(made / "run3")}
-    got = {m["step"]: m["train/loss"] for m in read_metrics(tmp_path / "out") if m["step"] > 3}
-    assert sorted(got) == [4, 5, 6]
-    assert [got[s] for s in (4, 5, 6)] == pytest.approx([want[s] for s in (4, 5, 6)], abs=1e-6)
+    assert_resumed_as(made / "run3", tmp_path / "out", [4, 5, 6])
 
 
 FIELDS = {

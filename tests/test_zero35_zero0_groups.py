@@ -12,12 +12,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
+from crafted_checkpoints import alter, assert_resumed_as, rewound
 
-from ngpt_ds import safe_load
-from ngpt_ds.train import manifest, shard_groups_check
+from ngpt_ds.train import shard_groups_check
 
-from conftest import read_metrics, run_ranks, tiny_ngpt, tiny_train, train_cmd, train_run, write_ds_config, write_yaml
+from conftest import run_ranks, tiny_ngpt, tiny_train, train_cmd, train_run, write_ds_config, write_yaml
 
 HANG_GUARD_S = 240  # a hang guard only
 SOURCE = "step_00000003"
@@ -41,22 +40,12 @@ def made(tmp_path_factory, tiny_dataset):
 
 def _at_step_3(made, into):
     """The run as it was at step 3 (its step 6 removed)."""
-    shutil.copytree(made / "run", into)
-    shutil.rmtree(into / "checkpoints" / "step_00000006")
-    (into / "checkpoints" / "latest").write_text(SOURCE)  # DeepSpeed's pointer to the newest tag
-    return into / "checkpoints" / SOURCE
+    return rewound(made / "run", into, SOURCE, "step_00000006") / SOURCE
 
 
-def _craft(folder, alter) -> None:
+def _craft(folder, change) -> None:
     """Alter the model states file, then rebuild the manifest as whoever altered it would."""
-    path = folder / STATES
-    saved = safe_load.load(path)
-    alter(saved)
-    torch.save(saved, path)
-    old = manifest.read_manifest(folder)
-    assert old is not None
-    manifest.write_manifest(folder, {**old, "files": manifest.build_manifest(folder, old["step"])["files"]})
-    assert manifest.verify(folder) is None
+    alter(folder / STATES, change, folder)
 
 
 def _resume(made, data, out):
@@ -95,10 +84,7 @@ def test_an_untouched_zero0_checkpoint_resumes_as_the_uninterrupted_run(made, tm
     _at_step_3(made, tmp_path / "out")
     codes, logs = _resume(made, tiny_dataset, tmp_path / "out")
     assert codes == [0], logs[0][-3000:]
-    want = {m["step"]: m["train/loss"] for m in read_metrics(made / "run")}
-    got = {m["step"]: m["train/loss"] for m in read_metrics(tmp_path / "out") if m["step"] > 3}
-    assert sorted(got) == [4, 5, 6]
-    assert [got[s] for s in (4, 5, 6)] == pytest.approx([want[s] for s in (4, 5, 6)], abs=1e-6)
+    assert_resumed_as(made / "run", tmp_path / "out", [4, 5, 6])
 
 
 def _inner_groups(saved) -> list:
