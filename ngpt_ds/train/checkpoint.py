@@ -35,7 +35,6 @@ from ngpt_ds.train.checkpoint_delete import (
     kept_warning,
     mark_written,
     move_out_kept,
-    of_the_run,
     remove,
     retention,
     written_here,
@@ -67,6 +66,8 @@ from ngpt_ds.train.checkpoint_layout import universal_dirs as universal_dirs
 from ngpt_ds.train.checkpoint_layout import universal_name as universal_name
 from ngpt_ds.train.checkpoint_layout import universal_source as universal_source
 from ngpt_ds.train.checkpoint_layout import universal_step as universal_step
+from ngpt_ds.train.checkpoint_space import BYTES_PER_PARAMETER_ESTIMATE as BYTES_PER_PARAMETER_ESTIMATE
+from ngpt_ds.train.checkpoint_space import previous_size
 from ngpt_ds.train.fs_errors import describe, gib, is_write_failure
 from ngpt_ds.train.manifest import (
     build_manifest,
@@ -89,8 +90,6 @@ if TYPE_CHECKING:
 
 _log = log.get(__name__)
 
-BYTES_PER_PARAMETER_ESTIMATE = 16
-"""First-save size estimate: weights (4) + fp32 master (4) + two Adam moments (8) bytes per parameter."""
 WRITE_FAILED_EXIT_CODE = 74
 """launch/train.py's exit status when a checkpoint cannot be written (sysexits' EX_IOERR): disk full,
 a read-only or unwritable --out. The previous complete checkpoints are intact."""
@@ -113,19 +112,13 @@ def _estimate_bytes(engine: DeepSpeedEngine) -> int:
 
 
 def _need(engine: DeepSpeedEngine, checkpoint_dir: Path, step: int) -> tuple[int, str]:
-    """About how many bytes the checkpoint of `step` takes, and on what basis: the size of the newest complete
-    one of the run's lineage (one this process wrote, else one of a step at most `step` that the lineage held when
-    the process started: checkpoint_delete.of_the_run), else
-    BYTES_PER_PARAMETER_ESTIMATE per parameter. A checkpoint of a step above `step` was put there during the run
-    (retention neither counts nor deletes it): another, larger model's step_100 copied in, or a manifest crafted
-    to claim 2^60 bytes, had made every save refuse ('not enough free space ... Nothing was written'), stopping
-    the run."""
-    lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step and of_the_run(c)]
-    own = [c for c in lineage if written_here(c)] or lineage
-    previous = checkpoint_bytes(own[-1]) if own else None
-    if previous is not None:
-        return previous, f"the size of {own[-1].name}"
-    return _estimate_bytes(engine), f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"
+    """About how many bytes the checkpoint of `step` takes, and on what basis: the size of the run's newest
+    complete checkpoint (checkpoint_space.previous_size), else BYTES_PER_PARAMETER_ESTIMATE per parameter
+    (counted only then: a save with no engine, in tests, goes by the previous checkpoint)."""
+    return previous_size(checkpoint_dir, step) or (
+        _estimate_bytes(engine),
+        f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter",
+    )
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -4,7 +4,7 @@ Each save checks the free space first (ngpt_ds.train.checkpoint: 'not enough fre
 which is right, but late: a run started on a disk already too full for its next checkpoint trained a whole
 checkpoint interval (hours, on a cluster) and then stopped with exit 74, and every rerun did the same. This asks the
 same question before the first step, with the same figures: the size of the run's newest complete checkpoint, else
-16 bytes per parameter (checkpoint.BYTES_PER_PARAMETER_ESTIMATE, here of a lower bound on the parameters, so it
+16 bytes per parameter (BYTES_PER_PARAMETER_ESTIMATE, here of a lower bound on the parameters, so it
 never asks more than the save will), against the free space plus what the save would free first (the leftovers of
 interrupted saves and deletes, which it removes).
 """
@@ -15,8 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ngpt_ds.train.checkpoint import BYTES_PER_PARAMETER_ESTIMATE
-from ngpt_ds.train.checkpoint_delete import of_the_run
+from ngpt_ds.train.checkpoint_delete import of_the_run, written_here
 from ngpt_ds.train.checkpoint_layout import (
     REPLACED_SUFFIX,
     complete_checkpoints,
@@ -25,6 +24,24 @@ from ngpt_ds.train.checkpoint_layout import (
 )
 from ngpt_ds.train.fs_errors import gib
 from ngpt_ds.train.manifest import checkpoint_bytes
+
+BYTES_PER_PARAMETER_ESTIMATE = 16
+"""First-save size estimate: weights (4) + fp32 master (4) + two Adam moments (8) bytes per parameter."""
+
+
+def previous_size(checkpoint_dir: Path, step: int) -> tuple[int, str] | None:
+    """The bytes of the run's newest complete checkpoint of a step at most `step`, and the basis to name ('the
+    size of step_N'), or None (no such checkpoint, or its manifest gives no size). The one this process wrote
+    comes first, else one that the lineage held when the process started (checkpoint_delete.of_the_run). Both
+    the save (ngpt_ds.train.checkpoint) and the startup check below ask this.
+
+    A checkpoint of a step above `step` was put there during the run (retention neither counts nor deletes it):
+    another, larger model's step_100 copied in, or a manifest crafted to claim 2^60 bytes, had made every save
+    refuse ('not enough free space ... Nothing was written'), stopping the run."""
+    lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= step and of_the_run(c)]
+    own = [c for c in lineage if written_here(c)] or lineage
+    size = checkpoint_bytes(own[-1]) if own else None
+    return None if size is None else (size, f"the size of {own[-1].name}")
 
 
 def _bytes_under(path: Path) -> int:
@@ -50,10 +67,9 @@ def startup_space_problem(checkpoint_dir: Path, resumed_step: int, parameters: i
     bound on the parameters whose estimate the save would ask for (memory_plan.parameters_at_least), or None where
     the save's estimate counts another share (a pipeline's rank 0 counts its own stage's): without a checkpoint to
     go by, nothing is then asked here."""
-    lineage = [c for c in complete_checkpoints(checkpoint_dir) if step_of(c.name) <= resumed_step and of_the_run(c)]
-    previous = checkpoint_bytes(lineage[-1]) if lineage else None
+    previous = previous_size(checkpoint_dir, resumed_step)
     if previous is not None:
-        need, basis = previous, f"the size of {lineage[-1].name}"
+        need, basis = previous
     elif parameters is not None:
         need, basis = parameters * BYTES_PER_PARAMETER_ESTIMATE, f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"
     else:
