@@ -1,7 +1,7 @@
 """Local --input files and folders, checked before datasets reads them (ngpt_ds.data.sources): globs resolved
 to files, each named once, and what a glob or a folder holds that is not a file (a pipe, a socket, a link to
 nothing) named once as not read; compressed files only where this Python can decompress them; json lines, text
-paragraphs and text lines short enough to read; and no dataset prepared by ngpt_ds given as, or inside, the corpus.
+paragraphs and text lines short enough to read. A corpus folder's own checks are ngpt_ds.data.corpus_folder's.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import lzma
 import os
 import re
 import stat
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 from ngpt_ds import log
-from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
 from ngpt_ds.errors import NgptConfigError
 
 _log = log.get(__name__)
@@ -235,19 +233,17 @@ def longest_text_document(file: str, sample_by: str, limit: int = MAX_TEXT_DOCUM
 def fits_text_documents(file: str, sample_by: str, limit: int) -> bool:
     """Whether every paragraph or line (`sample_by`) of text file `file`, decompressed, is `limit` bytes or shorter,
     told by searching each block backwards for the last end within `limit` bytes of the current document's start
-    (bytes.rfind: a few calls per block, at the speed of reading). Exact for text whose newlines are all \\n; False
-    (ask longest_text_document) at the first \\r, whose newline rules that scan applies. longest_text_document runs a
-    regex over every end in Python, at 31-46 MB/s on a corpus of short lines (datasets then reads it at 23 MB/s), and
-    every one of N --num-shards parts runs this check over the whole corpus: here 500-630 MB/s."""
+    (bytes.rfind: a few calls per block, at the speed of reading), in the blocks of lf_blocks, whose ends are those
+    of the regex scan. longest_text_document runs a regex over every end in Python, at 31-46 MB/s on a corpus of
+    short lines (datasets then reads it at 23 MB/s), and every one of N --num-shards parts runs this check over the
+    whole corpus: here 500-630 MB/s."""
     import fsspec
 
     end = b"\n\n" if sample_by == "paragraph" else b"\n"
     run = sample_by == "paragraph"  # a paragraph ends at the last newline of a run (cut by a window or a block)
     start, base, newline = 0, 0, False  # where the current document starts; where the block starts; its last byte
     with fsspec.open(file, "rb", compression="infer") as f:
-        while block := f.read(_SCAN_BYTES):
-            if b"\r" in block:
-                return False
+        for block in lf_blocks(f, sample_by):
             pos = start - base  # below 0 where the document started in an earlier block
             # An end that the block boundary cut (`\n` | `\n`), or one that goes on here: the document starts past it.
             if run and block.startswith(b"\n") and (newline or 0 < start == base):
@@ -261,6 +257,42 @@ def fits_text_documents(file: str, sample_by: str, limit: int) -> bool:
             if base - start - newline > limit:  # a last newline may begin the document's end
                 return False
     return base - start <= limit  # the last document, its last newline included (no end follows it)
+
+
+_CR_TO_LF = bytes.maketrans(b"\r", b"\n")
+
+
+def lf_blocks(f: BinaryIO, sample_by: str) -> Iterator[bytes]:
+    """The bytes of `f` in blocks (none empty) of the same length in all, each \r that is part of a paragraph's or
+    a line's end (`sample_by`, by the regex scan's rules, _ENDS) made a \n, every other byte as it was: the ends of
+    the regex scan are then the runs of \n that fits_text_documents looks for, at the same offsets. By line every
+    \r is an end; by paragraph one is where its run of \r and \n holds two newlines (\r\n, \r, \n), and a \r
+    starting a lone \r\n, or alone, stays. A \r among a block's last two bytes waits for the next block."""
+    before, held = b"", b""  # the byte before `held`; the bytes not given out yet
+    while True:
+        block = f.read(_SCAN_BYTES)
+        raw = held + block if held else block
+        keep = 0 if not block else 2 if raw[-2:-1] == b"\r" else 1 if raw.endswith(b"\r") else 0
+        if not raw or len(raw) <= keep:
+            if not block:
+                return
+            held = raw
+            continue
+        out = raw
+        if b"\r" in raw:
+            out = _paragraph_crs(raw, before) if sample_by == "paragraph" else raw.translate(_CR_TO_LF)
+        yield out[: len(raw) - keep] if keep else out
+        before, held = raw[len(raw) - keep - 1 : len(raw) - keep], raw[len(raw) - keep :]
+        if not block:
+            return
+
+
+def _paragraph_crs(text: bytes, before: bytes) -> bytes:
+    """`text` with each \r in a run of two newlines or more made a \n, `before` the byte before it (C-speed
+    replaces, 3 times faster than a regex): a \r beside another \r, then one after a \n, then one before a \n
+    and a newline byte."""
+    done = text.replace(b"\r\r", b"\n\n").replace(b"\n\r", b"\n\n").replace(b"\r\n\n", b"\n\n\n")
+    return b"\n" + done[1:] if done.startswith(b"\r") and before in (b"\r", b"\n") else done
 
 
 def _past_newlines(buffer: bytes, pos: int) -> int:
@@ -359,107 +391,3 @@ def warn_not_files(where: str, entries: list[str]) -> None:
         f"not a file, not read: {named}{more}. A corpus is read several times (the tokenizer's sample, then every "
         "document), which only a file allows: save a stream to a file, and make a link lead to one, to have it read"
     )
-
-
-def warn_files_not_read(
-    folder: str, split: str, builder: str, splits: dict[str, list[str]], corpus_files: list[tuple[str, str]]
-) -> None:
-    """Say once which corpus files of a folder datasets does not read for --split, and why. datasets reads a folder
-    whole only where no file or subfolder is named after a split: `train.jsonl` and `test.jsonl` beside
-    `more.jsonl` read `train.jsonl` alone (`more.jsonl` is in no split), and of files in two formats only those of
-    the most common one; the rest was left out without a word. `splits`: the files datasets reads for each split;
-    `corpus_files`: the folder's files of a corpus format (datasets' skip rules, CorpusFolder.files), with that format."""
-    read = set(splits.get(split, ()))
-    if not read:  # an unknown split: datasets' read names it
-        return
-    # datasets names the files under the folder's real path; a file whose name differs (a link) is compared by its
-    # real path, and the real paths of datasets' files are taken only then (one call each: 15 us).
-    base = os.path.realpath(folder)
-    real_split: dict[str, str] = {}
-    left: list[str] = []
-    formats: set[str] = set()  # of the files left out as another format
-    for file, fmt in corpus_files:
-        if file.startswith(folder) and os.path.join(base, file[len(folder) :].lstrip(os.sep)) in read:
-            continue
-        if not real_split:
-            real_split = {os.path.realpath(f): name for name, files in splits.items() for f in files}
-        in_split = real_split.get(os.path.realpath(file))
-        if in_split == split:
-            continue
-        if fmt != builder:
-            formats.add(fmt)
-        why = f"not {builder}" if fmt != builder else f"split {in_split!r}" if in_split else "in no split"
-        left.append(f"{shown(file)} ({why})")
-    if not left:
-        return
-    more = f" and {len(left) - _NAMED_AT_MOST} more" if len(left) > _NAMED_AT_MOST else ""
-    fixes = []
-    if len(formats) < len(left):  # some left out by a split name
-        fixes.append(
-            "Files and folders named after a split (train, test, validation, ...) make datasets read those alone; "
-            "to read the others, pass them by a glob (a glob reads every file it matches), or --split NAME"
-        )
-    if formats:
-        fixes.append(
-            f"A folder is read in one format, its most common: convert the {'/'.join(sorted(formats))} files to "
-            f"{builder}, or prepare them on their own"
-        )
-    _log.warning(
-        f"--input {shown(folder)}: datasets reads {len(read)} {builder} file{'s' if len(read) > 1 else ''} of it for "
-        f"split {split!r} and not {len(left)} other{'s' if len(left) > 1 else ''}: {', '.join(left[:_NAMED_AT_MOST])}"
-        f"{more}. {'. '.join(fixes)}"
-    )
-
-
-@dataclass(frozen=True)
-class CorpusFolder:
-    """What the one walk of a corpus folder found (refuse_prepared): a folder of many files on a network filesystem
-    was walked three times, each file looked at with a stat each time, before datasets walked it itself."""
-
-    files: list[str]
-    """The files datasets reads of it: subfolders included, names starting with '.' or '__' left out as datasets
-    leaves them out, links to folders not followed."""
-    compressed: list[str]
-    """Its compressed files, one of each compression (for check_decompressors)."""
-
-
-def _is_prepared(folder: Path) -> bool:
-    """A dataset written by ngpt_ds: its meta.json opens with the format name (shards.write_meta)."""
-    try:
-        with open(folder / META_FILE, "rb") as f:
-            return f'"{FORMAT_NAME}"'.encode() in f.read(4096)
-    except OSError:
-        return False
-
-
-def refuse_prepared(folder: Path) -> CorpusFolder:
-    """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
-    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
-    Returns what its walk found (CorpusFolder); what the folder holds that datasets leaves out as not a file is named
-    once (warn_not_files)."""
-    if _is_prepared(folder):
-        raise NgptConfigError(
-            f"--input {shown(str(folder))} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
-            "corpus it was prepared from (its meta.json names it under 'source')"
-        )
-    compressed: dict[str, str] = {}
-    found: list[str] = []
-    not_files: list[str] = []
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
-        # os.walk lists whatever is not a folder among `files`: pipes, sockets, devices, links to nothing.
-        for name in sorted(files):
-            if not name.startswith((".", "__")):
-                path = os.path.join(top, name)
-                (found if os.path.isfile(path) else not_files).append(path)
-        if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
-            raise NgptConfigError(
-                f"--input {shown(str(folder))} holds {shown(top)}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
-                f"corpus files by a glob (e.g. {shown(str(folder))}/*.jsonl), or move the dataset out of the folder"
-            )
-        for name in sorted(files):
-            suffix = os.path.splitext(name.lower())[1]
-            if suffix in DECOMPRESSORS and not name.startswith((".", "__")):
-                compressed.setdefault(suffix, os.path.join(top, name))
-    warn_not_files(f"--input {shown(str(folder))} holds", not_files)
-    return CorpusFolder(files=found, compressed=sorted(compressed.values()))

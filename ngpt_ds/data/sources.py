@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds import log
+from ngpt_ds.data.corpus_folder import refuse_prepared, warn_files_not_read
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
 from ngpt_ds.data.local_inputs import (
     UNREADABLE,
     check_decompressors,
     check_line_lengths,
     check_text_documents,
-    refuse_prepared,
     resolve_files,
     shown,
-    warn_files_not_read,
 )
 from ngpt_ds.errors import NgptConfigError
 

@@ -1,0 +1,120 @@
+"""A corpus folder given as --input, checked before datasets reads it (ngpt_ds.data.sources): walked once, no
+dataset prepared by ngpt_ds given as, or inside, the corpus, and the files datasets leaves out of it (another split,
+another format, not a file) named once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ngpt_ds import log
+from ngpt_ds.data.local_inputs import _NAMED_AT_MOST, DECOMPRESSORS, shown, warn_not_files
+from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
+from ngpt_ds.errors import NgptConfigError
+
+_log = log.get(__name__)
+
+
+def warn_files_not_read(
+    folder: str, split: str, builder: str, splits: dict[str, list[str]], corpus_files: list[tuple[str, str]]
+) -> None:
+    """Say once which corpus files of a folder datasets does not read for --split, and why. datasets reads a folder
+    whole only where no file or subfolder is named after a split: `train.jsonl` and `test.jsonl` beside
+    `more.jsonl` read `train.jsonl` alone (`more.jsonl` is in no split), and of files in two formats only those of
+    the most common one; the rest was left out without a word. `splits`: the files datasets reads for each split;
+    `corpus_files`: the folder's files of a corpus format (datasets' skip rules, CorpusFolder.files), with that format."""
+    read = set(splits.get(split, ()))
+    if not read:  # an unknown split: datasets' read names it
+        return
+    # datasets names the files under the folder's real path; a file whose name differs (a link) is compared by its
+    # real path, and the real paths of datasets' files are taken only then (one call each: 15 us).
+    base = os.path.realpath(folder)
+    real_split: dict[str, str] = {}
+    left: list[str] = []
+    formats: set[str] = set()  # of the files left out as another format
+    for file, fmt in corpus_files:
+        if file.startswith(folder) and os.path.join(base, file[len(folder) :].lstrip(os.sep)) in read:
+            continue
+        if not real_split:
+            real_split = {os.path.realpath(f): name for name, files in splits.items() for f in files}
+        in_split = real_split.get(os.path.realpath(file))
+        if in_split == split:
+            continue
+        if fmt != builder:
+            formats.add(fmt)
+        why = f"not {builder}" if fmt != builder else f"split {in_split!r}" if in_split else "in no split"
+        left.append(f"{shown(file)} ({why})")
+    if not left:
+        return
+    more = f" and {len(left) - _NAMED_AT_MOST} more" if len(left) > _NAMED_AT_MOST else ""
+    fixes = []
+    if len(formats) < len(left):  # some left out by a split name
+        fixes.append(
+            "Files and folders named after a split (train, test, validation, ...) make datasets read those alone; "
+            "to read the others, pass them by a glob (a glob reads every file it matches), or --split NAME"
+        )
+    if formats:
+        fixes.append(
+            f"A folder is read in one format, its most common: convert the {'/'.join(sorted(formats))} files to "
+            f"{builder}, or prepare them on their own"
+        )
+    _log.warning(
+        f"--input {shown(folder)}: datasets reads {len(read)} {builder} file{'s' if len(read) > 1 else ''} of it for "
+        f"split {split!r} and not {len(left)} other{'s' if len(left) > 1 else ''}: {', '.join(left[:_NAMED_AT_MOST])}"
+        f"{more}. {'. '.join(fixes)}"
+    )
+
+
+@dataclass(frozen=True)
+class CorpusFolder:
+    """What the one walk of a corpus folder found (refuse_prepared): a folder of many files on a network filesystem
+    was walked three times, each file looked at with a stat each time, before datasets walked it itself."""
+
+    files: list[str]
+    """The files datasets reads of it: subfolders included, names starting with '.' or '__' left out as datasets
+    leaves them out, links to folders not followed."""
+    compressed: list[str]
+    """Its compressed files, one of each compression (for check_decompressors)."""
+
+
+def _is_prepared(folder: Path) -> bool:
+    """A dataset written by ngpt_ds: its meta.json opens with the format name (shards.write_meta)."""
+    try:
+        with open(folder / META_FILE, "rb") as f:
+            return f'"{FORMAT_NAME}"'.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def refuse_prepared(folder: Path) -> CorpusFolder:
+    """A prepared dataset given as the corpus, or inside the corpus folder, which datasets reads whole: either was
+    "No (supported) data files found" (its train_000000.bin made datasets look for splits), a hub hint after it.
+    Returns what its walk found (CorpusFolder); what the folder holds that datasets leaves out as not a file is named
+    once (warn_not_files)."""
+    if _is_prepared(folder):
+        raise NgptConfigError(
+            f"--input {shown(str(folder))} is a dataset prepared by ngpt_ds (token shards and meta.json), not a corpus; pass the "
+            "corpus it was prepared from (its meta.json names it under 'source')"
+        )
+    compressed: dict[str, str] = {}
+    found: list[str] = []
+    not_files: list[str] = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
+        # os.walk lists whatever is not a folder among `files`: pipes, sockets, devices, links to nothing.
+        for name in sorted(files):
+            if not name.startswith((".", "__")):
+                path = os.path.join(top, name)
+                (found if os.path.isfile(path) else not_files).append(path)
+        if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
+            raise NgptConfigError(
+                f"--input {shown(str(folder))} holds {shown(top)}, a dataset prepared by ngpt_ds, and a folder is read whole; pass the "
+                f"corpus files by a glob (e.g. {shown(str(folder))}/*.jsonl), or move the dataset out of the folder"
+            )
+        for name in sorted(files):
+            suffix = os.path.splitext(name.lower())[1]
+            if suffix in DECOMPRESSORS and not name.startswith((".", "__")):
+                compressed.setdefault(suffix, os.path.join(top, name))
+    warn_not_files(f"--input {shown(str(folder))} holds", not_files)
+    return CorpusFolder(files=found, compressed=sorted(compressed.values()))
