@@ -1,0 +1,70 @@
+"""What a low address-space limit (`ulimit -v`, RLIMIT_AS) stops in ngpt-prepare, said in one line with the fix.
+
+Under such a limit a thread datasets starts to read the corpus (a pool of them resolves a corpus's files), or a
+library imported late (torch, which datasets imports when it opens a stream), fails to map its memory: a 40-line
+traceback ending in "RuntimeError: can't start new thread" or "ImportError: libtorch_cpu.so: failed to map
+segment from shared object", which names neither the limit nor the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from collections.abc import Iterator
+
+from ngpt_ds.errors import NgptConfigError
+
+_THREAD = "can't start new thread"
+_LIBRARY = "failed to map segment from shared object"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
+
+
+def _mapped() -> int | None:
+    """Bytes this process has mapped (VmSize), None where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def limit_failure(err: BaseException) -> NgptConfigError | None:
+    """The one-line error for `err` where it is a thread or a library that could not be mapped under a finite
+    address-space limit; None for anything else (a traceback is then the right report)."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    if isinstance(err, RuntimeError) and _THREAD in str(err):
+        stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+        each = f"`ulimit -s`, here {_size(stack)}" if stack != resource.RLIM_INFINITY else "`ulimit -s`"
+        what = f"could not start a thread (datasets reads a corpus with threads, each of which maps a stack of {each})"
+        fixes = ", or lower `ulimit -s`" if stack != resource.RLIM_INFINITY and stack >= 64 << 20 else ""
+    elif isinstance(err, ImportError) and _LIBRARY in str(err):
+        what = f"could not load a library ({str(err).splitlines()[0]})"
+        fixes = ""
+    else:
+        return None
+    mapped = _mapped()
+    held = f", {_size(mapped)} of it mapped already" if mapped is not None else ""
+    return NgptConfigError(
+        f"this process {what} under its address-space limit (`ulimit -v`) of {_size(limit)}{held}. Raise the limit "
+        f"(`ulimit -v unlimited`, or a few GiB more, in the shell or job script before ngpt-prepare){fixes}"
+    )
+
+
+@contextlib.contextmanager
+def limit_named() -> Iterator[None]:
+    """Turn what limit_failure names into its one-line NgptConfigError (exit status 2 at the command line)."""
+    try:
+        yield
+    except (RuntimeError, ImportError) as err:
+        failure = limit_failure(err)
+        if failure is None:
+            raise
+        raise failure from None
