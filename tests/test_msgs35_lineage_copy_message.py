@@ -35,7 +35,7 @@ def test_a_failed_tensorboard_copy_names_the_file_and_why_in_one_line(tmp_path, 
     # old code: "error: cannot set up --out .../run ([('.../run/tensorboard/events.out.tfevents.1.earlier', ...)])"
     pattern = (
         rf"error: cannot set up --out {re.escape(str(out))} \(cannot copy {re.escape(str(big))} to "
-        rf"{re.escape(str(out / 'checkpoints'))}/abandoned-[0-9TZ-]+/tensorboard/{big.name}: \[Errno 28\] No space "
+        rf"{re.escape(str(out / 'checkpoints'))}/\.copying-abandoned-[0-9TZ-]+/tensorboard/{big.name}: \[Errno 28\] No space "
         r"left on device( \(and \d+ more file\(s\)\))?\); free space or fix permissions there and run again"
     )
     assert re.fullmatch(pattern, line), line

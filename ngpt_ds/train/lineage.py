@@ -25,6 +25,9 @@ LINEAGE_FILE = "lineage.json"
 RESTART_OPTION = "--restart-lineage"
 """The trainer's option that starts over from --resume PATH although PATH already started this run."""
 _RECORD_MAX_BYTES = 65536
+COPY_STAGING_PREFIX = ".copying-"
+"""In checkpoints/: `.copying-abandoned-<time>`, where a rollback copies the earlier lineage's logs before the
+folder is renamed to abandoned-<time>; one a kill left is removed at the next startup (`_remove_killed_copies`)."""
 
 
 def in_run_folder(out_dir: Path, path: Path) -> bool:
@@ -60,6 +63,7 @@ def _start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = Fal
     print, or None when nothing moved.
     """
     checkpoint_dir = out_dir / checkpoint.CHECKPOINTS
+    _remove_killed_copies(checkpoint_dir)
     k = checkpoint.step_of(resume_from.name) if resume_from is not None else 0
     elsewhere = resume_from is not None and not in_run_folder(out_dir, resume_from)
     newer = [d for d in checkpoint.step_dirs(checkpoint_dir) if elsewhere or checkpoint.step_of(d.name) > k]
@@ -91,17 +95,24 @@ def _start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = Fal
     while abandoned.exists():
         n += 1
         abandoned = checkpoint_dir / f"{checkpoint.ABANDONED_PREFIX}{stamp}-{n}"
-    abandoned.mkdir(parents=True)  # checkpoints/ too, when the folder holds only another run's logs
     # The logs' copy first, the one step that needs space: a disk too full for it had stopped the startup with the
     # checkpoints already moved and the origin recorded, so the same command run again took them as this lineage's
     # and never copied the logs nor moved summary.json (an empty metrics.jsonl in abandoned-*, the earlier
-    # lineage's summary overwritten). A failed copy now leaves the run folder as it was.
-    try:
-        logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=elsewhere))
-    except OSError:
-        if not elsewhere:  # only copies in it; moved logs (elsewhere) are kept where they went
-            shutil.rmtree(abandoned, ignore_errors=True)
-        raise
+    # lineage's summary overwritten). A failed copy now leaves the run folder as it was. The copy is made in a
+    # staging folder renamed into place once whole: made in abandoned-* itself, a SIGKILL during it left an
+    # abandoned lineage of logs cut short and no checkpoint, which the rerun never removed (it made another).
+    if elsewhere:  # the logs are moved, each in one rename: nothing to stage, and kept where they went
+        abandoned.mkdir(parents=True)  # checkpoints/ too, when the folder holds only another run's logs
+        logs = " and ".join(_keep_lineage_logs(out_dir, abandoned, move=True))
+    else:
+        staging = checkpoint_dir / f"{COPY_STAGING_PREFIX}{abandoned.name}"
+        staging.mkdir()
+        try:
+            logs = " and ".join(_keep_lineage_logs(out_dir, staging, move=False))
+            os.rename(staging, abandoned)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # only copies in it
+            raise
     for folder in newer:
         os.rename(folder, abandoned / folder.name)
     record = out_dir / LINEAGE_FILE
@@ -128,6 +139,16 @@ def _start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = Fal
         f"({names}){f' and its {summary}' if summary else ''} to {abandoned} (kept, not deleted)"
         f"{f', with a copy of its {logs}' if logs else ''}"
     )
+
+
+def _remove_killed_copies(checkpoint_dir: Path) -> None:
+    """Remove the staging folders of log copies a killed startup left (`COPY_STAGING_PREFIX`): they hold only
+    copies, cut short, of logs still in the run folder (rank 0 holds the run lock: no copy is under way)."""
+    if not checkpoint_dir.is_dir():
+        return
+    for staging in checkpoint_dir.iterdir():
+        if staging.name.startswith(COPY_STAGING_PREFIX) and not staging.is_symlink() and staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_summary(out_dir: Path, abandoned: Path) -> str | None:
