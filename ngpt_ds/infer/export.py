@@ -24,7 +24,7 @@ from ngpt_ds.errors import UNPARSABLE, NgptConfigError, require_extra
 from ngpt_ds.infer.export_config import config_record, read_config_json
 from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, TOKENIZER_FILE, WEIGHTS_FILE
 from ngpt_ds.infer.loading import LoadedModel, checkpoint_tokenizer, load_checkpoint, load_export
-from ngpt_ds.infer.run_checkpoint import resolve_checkpoint
+from ngpt_ds.infer.run_checkpoint import removed_while_read, resolve_checkpoint
 from ngpt_ds.model import max_norm_deviation, sphere_matrices
 from ngpt_ds.overwrite import check_not_source, check_replaceable
 
@@ -116,7 +116,8 @@ def export_model(
             from ngpt_ds.hf.tokenizer import build_hf_tokenizer
 
             # A tokenizer the hf format refuses (unigram) is named now, not after the weights are consolidated.
-            early = checkpoint_tokenizer(source, tokenizer)
+            with removed_while_read(source):  # a training run's retention may delete it meanwhile
+                early = checkpoint_tokenizer(source, tokenizer)
             build_hf_tokenizer(early.path, early.model_bytes)
         loaded = load_checkpoint(source, device="cpu", dtype="float32", tokenizer=tokenizer)
         check_not_source(out, [(loaded.tokenizer.path, "the tokenizer being exported")])

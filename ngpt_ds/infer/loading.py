@@ -62,6 +62,7 @@ from ngpt_ds.infer.run_checkpoint import (
     read_checkpoint_weights,
     read_run_config,
     recorded_data_dir,
+    removed_while_read,
     resolve_checkpoint,
 )
 from ngpt_ds.model import CausalLM, ModelConfig, build_model, max_norm_deviation
@@ -380,18 +381,19 @@ def load_checkpoint(
 ) -> LoadedModel:
     """A trainer checkpoint (any ZeRO stage, any world size) -> LoadedModel. No DeepSpeed engine starts."""
     checkpoint = resolve_checkpoint(path)
-    run = read_run_config(checkpoint)
-    config = _model_config(run["model"], f"model config ({checkpoint / 'config.yaml'})")
-    assert config.vocab_size is not None  # _model_config refuses a config without it
-    tok, expected_sha = _checkpoint_tokenizer(run, checkpoint, tokenizer)
-    digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
-    with torch.device("meta"):
-        layout = build_model(config)  # names, shapes and tensor-parallel plan to read by; nothing allocated
-    # What reading the files holds first; the model its config.yaml describes once the weights read match it
-    # (_finish), so that a config.yaml describing another model is named as such.
-    edited = f"if {checkpoint / 'config.yaml'} was edited, restore it"
-    check_load_memory(held_while_read(checkpoint), 0, str(checkpoint), edited)
-    weights, info = read_checkpoint_weights(checkpoint, run, layout)
+    with removed_while_read(checkpoint):  # a training run's retention may delete it meanwhile
+        run = read_run_config(checkpoint)
+        config = _model_config(run["model"], f"model config ({checkpoint / 'config.yaml'})")
+        assert config.vocab_size is not None  # _model_config refuses a config without it
+        tok, expected_sha = _checkpoint_tokenizer(run, checkpoint, tokenizer)
+        digest = check_tokenizer(tok, config.vocab_size, expected_sha, f"the model in {checkpoint}")
+        with torch.device("meta"):
+            layout = build_model(config)  # names, shapes and tensor-parallel plan to read by; nothing allocated
+        # What reading the files holds first; the model its config.yaml describes once the weights read match it
+        # (_finish), so that a config.yaml describing another model is named as such.
+        edited = f"if {checkpoint / 'config.yaml'} was edited, restore it"
+        check_load_memory(held_while_read(checkpoint), 0, str(checkpoint), edited)
+        weights, info = read_checkpoint_weights(checkpoint, run, layout)
     model = _finish(config, weights, str(checkpoint), device, dtype, edited)
     return LoadedModel(
         model=model,

@@ -8,8 +8,10 @@ merged) are read by ngpt_ds.deepspeed_files, the one module that knows their lay
 
 from __future__ import annotations
 
+import contextlib
 import os
 import reprlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     warning (as the trainer's --resume auto does). The layout is the trainer's (ngpt_ds.train.checkpoint)."""
     path = Path(path)
     if not path.exists():
+        removed = removed_checkpoint(path)
+        if removed is not None:
+            raise NgptConfigError(removed)
         raise NgptConfigError(
             f"{path} does not exist. Give an exported model folder, a checkpoint directory "
             "(<out>/checkpoints/step_N) or a training run's --out directory"
@@ -77,6 +82,45 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
         "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
     )
+
+
+RETENTION = "a training run's retention (train.keep_checkpoints) deletes its older checkpoints as it saves newer ones"
+
+
+def removed_checkpoint(checkpoint: Path, *, while_read: bool = False) -> str | None:
+    """The message for a step_N folder of a run's checkpoints/ that is gone (or lost its COMPLETE marker, which a
+    delete takes with the folder's name in one rename), naming the newest complete checkpoint left there; None for
+    any other path. `while_read`: it went while it was read. Export or generate of a checkpoint that the training
+    run's retention deleted meanwhile said 'DeepSpeed could not consolidate the ZeRO shards in .../step_N: Directory
+    ... doesn't exist. The checkpoint is incomplete or damaged' (the checkpoint was neither), or that the path
+    'does not exist. Give an exported model folder, a checkpoint directory ...', naming no newer one."""
+    folder = checkpoint.parent
+    if not ckpt_layout.is_step_name(checkpoint.name) or (checkpoint / COMPLETE).is_file() or not folder.is_dir():
+        return None
+    left = ckpt_layout.complete_checkpoints(folder)
+    if not left and not ckpt_layout.step_dirs(folder):
+        return None  # not a run's checkpoints/ (a mistyped path): the usual message
+    run = folder.parent if folder.name == ckpt_layout.CHECKPOINTS else folder
+    gone = "was deleted while it was read" if while_read else "does not exist"
+    newest = (
+        f"The newest complete checkpoint there is now {left[-1]}: pass it, or the run folder {run}, which takes "
+        "the newest"
+        if left
+        else f"No complete checkpoint is left in {folder}"
+    )
+    return f"{checkpoint} {gone} ({RETENTION}). {newest}"
+
+
+@contextlib.contextmanager
+def removed_while_read(checkpoint: Path) -> Iterator[None]:
+    """Reading `checkpoint`: an error because it was deleted meanwhile (`removed_checkpoint`) is named as such."""
+    try:
+        yield
+    except (NgptConfigError, OSError):
+        removed = removed_checkpoint(checkpoint, while_read=True)
+        if removed is None:
+            raise
+        raise NgptConfigError(removed) from None
 
 
 def _incomplete_export(folder: Path) -> str | None:
