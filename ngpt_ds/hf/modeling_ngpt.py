@@ -66,6 +66,7 @@ from ngpt_ds.hf.training_guards import (
 from ngpt_ds.hf.vocab_resize import resize_vocabulary
 from ngpt_ds.hf.weight_files import check_weight_files, stored_values, weights_source
 from ngpt_ds.model.factory import build_model
+from ngpt_ds.model.gpt import GPT
 from ngpt_ds.model.layers import DeclaredMatrix
 from ngpt_ds.model.saved_weights import (
     NORM_TOLERANCE,
@@ -371,9 +372,15 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
                 check_labels(input_ids, given, logits_to_keep)
                 check_token_ids(input_ids, given, cast(DeclaredMatrix, self.model.embed).weight.shape[0])
         h, cache, recorded = self._run_blocks(input_ids, attention_mask, position_ids, cache, use_cache, kwargs)
-        states = None if recorded is None else self._hidden_states(recorded, self._last_hidden_state(h))
+        last = None if recorded is None else self._last_hidden_state(h)
+        states = self._hidden_states(recorded, last) if last is not None else None
         # The last position alone, as ngpt_ds.infer.generate computes it (the same numbers, token for token).
-        logits = self.model.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
+        kept = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+        if last is not None and hasattr(self.model, "final_norm"):
+            # The GPT baseline's final norm ran for hidden_states[-1]: its output goes to the head, not h normed again.
+            logits = cast(GPT, self.model).normed_logits(last[:, kept])
+        else:
+            logits = self.model.logits(h[:, kept])
         loss = None
         if shift_labels is not None:
             targets = shift_labels.masked_fill(shift_labels == -100, -1)

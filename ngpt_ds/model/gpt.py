@@ -54,3 +54,9 @@ class GPT(CausalLM):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.final_norm(h))
+
+    def normed_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """`logits` of hidden states already through final_norm: transformers' last hidden state, which ngpt_ds.hf
+        computes for output_hidden_states and then gives the head as it is, rather than norming h a second time.
+        (`logits` itself stays whole: the pipeline's head layer runs it on the children it holds.)"""
+        return self.head(normed)
