@@ -7,6 +7,7 @@ when some other program listens there and never answers: the connection is accep
 program's behalf), and the client then waits for a reply for good. Rank 0, which could not listen on the port,
 says so in one line and exits; under mpirun it then waits for the other ranks in MPI_Finalize, and under srun the
 step waits for them: the job stayed until the other program closed its port (81 s with a 30 s timeout, or never).
+A client rank now checks that the port answers a store's ping within GRACE_S once it accepts a connection.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # ngpt_ds.distributed re-exports this module's errors
     from ngpt_ds.distributed import DistEnv
 
 GRACE_S = 10
-"""Past twice train.dist_timeout_s: a rank may reach the rendezvous up to one timeout before rank 0 (its client
-retries that long) and rank 0 then waits one timeout for the last rank, so a rendezvous that is coming completes
-within two; the grace lets torch's own, more specific, timeout error come first."""
+"""How long a rank's store client may wait for the first answer of a rendezvous port that accepted its connection (a
+real store answers within milliseconds), and the margin past the backstop of `limit_s`."""
 
 EXIT_CODE = 1
 """The exit status of a rank that never joined (ngpt_ds.cli.train's for a RendezvousError)."""
@@ -76,31 +79,80 @@ def rendezvous_failure(err: Exception, dist_env: DistEnv, timeout_s: int) -> Ren
 
 
 def limit_s(timeout_s: int) -> int:
-    """How long a rank waits in the rendezvous before `bounded_rendezvous` ends it."""
+    """The backstop on the whole rendezvous (`bounded_rendezvous`), which torch's own timeouts end sooner: a client's
+    connection is tried for up to train.dist_timeout_s and then once more (TCPStore retries a try that failed at its
+    deadline: 12 s for a 5 s timeout, nothing listening), and rank 0 waits one timeout for the last rank."""
     return 2 * timeout_s + GRACE_S
 
 
+def silent_port_message(dist_env: DistEnv) -> str:
+    return (
+        f"rank {dist_env.rank}: the job's rendezvous port {_where(dist_env)} accepted the connection and did not "
+        f"answer within {GRACE_S} s: another program listens on that port (rank 0 then could not), or rank 0 hangs. "
+        "Set MASTER_PORT to a free port, or stop that program, and start the job again; it resumes from its newest "
+        "checkpoint"
+    )
+
+
 def message(dist_env: DistEnv, timeout_s: int) -> str:
-    where = _where(dist_env)
     return (
         f"rank {dist_env.rank} waited {limit_s(timeout_s)} s (twice train.dist_timeout_s, {timeout_s} s, and "
-        f"{GRACE_S}) for the job's rendezvous on {where}, which accepted the connection and never answered: "
-        "another program listens on that port (rank 0 then could not), or rank 0 hangs. Set MASTER_PORT to a "
-        "free port, or stop that program, and start the job again; it resumes from its newest checkpoint"
+        f"{GRACE_S}) for the job's rendezvous on {_where(dist_env)}, which neither met nor failed: a rank hangs "
+        "(read the ranks' logs). Start the job again; it resumes from its newest checkpoint"
     )
+
+
+def _store_client(dist_env: DistEnv) -> bool:
+    """Whether torch's env:// rendezvous makes this rank a client of the job's store: every rank but rank 0, which
+    serves it, or every rank where torchrun's agent serves it (torch's _create_c10d_store)."""
+    return dist_env.rank != 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+
+
+def _check_the_port_answers(dist_env: DistEnv, timeout_s: int) -> None:
+    """Wait (up to train.dist_timeout_s) until rank 0's rendezvous port accepts a connection, then let a store client
+    of torch's own connect and ping it within `GRACE_S`: a program that listens on the port and never answers is
+    found in about `GRACE_S`, not after the whole rendezvous's backstop of twice the timeout (20 min by default).
+
+    Split so because torch's client has no timeout once connected (its ping then waits for good), and one of its
+    connection tries may start just before its deadline and last a whole timeout more: bounding torch's client alone
+    at one timeout would cut off a rank 0 that starts late but within the timeout. The connection tried here is
+    closed at once (the store drops it)."""
+    from torch.distributed import DistNetworkError, TCPStore
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((dist_env.master_addr, dist_env.master_port), timeout=5).close()
+            break
+        except OSError as err:  # nothing listens yet (rank 0 starts later) or unreachable
+            if time.monotonic() >= deadline:  # torch's error type: the caller's rendezvous_failure says it in a line
+                raise DistNetworkError(f"nothing accepted a connection within {timeout_s} s: {err}") from None
+            time.sleep(0.25)
+    with _watch(GRACE_S, silent_port_message(dist_env)):
+        TCPStore(dist_env.master_addr, dist_env.master_port, None, False, timedelta(seconds=timeout_s))
 
 
 @contextlib.contextmanager
 def bounded_rendezvous(dist_env: DistEnv, timeout_s: int) -> Iterator[None]:
-    """Run the body (torch's rendezvous, which releases the GIL while it waits); if it has not returned within
-    `limit_s(timeout_s)`, print one line naming the port and end this process (under mpirun: the whole job, whose
-    rank 0 waits in MPI_Finalize for this one). A thread: the rank's main thread is inside torch's C++ client."""
+    """Run the body (torch's rendezvous, which releases the GIL while it waits) on a port checked to answer (on a rank
+    that is a client of the job's store), and end this process if the body has not returned within
+    `limit_s(timeout_s)`. Raises torch's DistNetworkError where nothing accepted a connection within the timeout."""
+    if _store_client(dist_env):
+        _check_the_port_answers(dist_env, timeout_s)
+    with _watch(limit_s(timeout_s), message(dist_env, timeout_s)):
+        yield
+
+
+@contextlib.contextmanager
+def _watch(limit: float, line: str) -> Iterator[None]:
+    """If the body has not returned within `limit` s, print `line` and end this process (under mpirun: the whole job,
+    whose rank 0 waits in MPI_Finalize for this one). A thread: the main thread is inside torch's C++ client."""
     done = threading.Event()
 
     def watch() -> None:
-        if done.wait(limit_s(timeout_s)):
+        if done.wait(limit):
             return
-        sys.stderr.write(f"error: {message(dist_env, timeout_s)}\n")  # one write: ranks share the pipe
+        sys.stderr.write(f"error: {line}\n")  # one write: ranks share the pipe
         sys.stderr.flush()
         sys.stdout.flush()
         mpi = sys.modules.get("mpi4py.MPI")
