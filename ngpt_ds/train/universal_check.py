@@ -221,7 +221,7 @@ def converted_global_state(shard_states: object, zero3: bool) -> dict | None:
     )
 
 
-def _same(found: object, want: object) -> bool:
+def same_value(found: object, want: object) -> bool:
     """Equal values of the same type, a NaN equal to a NaN (a copy of the source is no refusal)."""
     if type(found) is not type(want):
         return False
@@ -251,7 +251,7 @@ def _difference(found: object, want: object, field: str, origin: str) -> str | N
                 f"{where} holds a {found.dtype} tensor of shape {list(found.shape)}, where {origin} records a "
                 f"{want.dtype} tensor of shape {list(want.shape)}"
             )
-        if want.numel() == 1 and not _same(found.item(), want.item()):
+        if want.numel() == 1 and not same_value(found.item(), want.item()):
             return f"{where} is {found.item():g}, where {origin} records {want.item():g}"
         return None
     if isinstance(want, Mapping):
@@ -282,7 +282,7 @@ def _difference(found: object, want: object, field: str, origin: str) -> str | N
         if type(found) is not type(want):  # DeepSpeed's loss scaler: its attributes
             return f"{where} holds a {type(found).__name__}, where {origin} records a {type(want).__name__}"
         return _difference(vars(found), vars(want), field, origin)
-    if not _same(found, want):
+    if not same_value(found, want):
         return f"{where} is {found!r}, where {origin} records {want!r}"
     return None
 
