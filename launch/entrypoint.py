@@ -18,6 +18,8 @@ it), while its ranks are still saving. This process instead:
   rank still starting), it is delivered as soon as one does;
 - is a child subreaper (prctl PR_SET_CHILD_SUBREAPER; PID 1 is one anyway), so ranks orphaned by a
   runner that died are re-parented to it, and it waits for all of them;
+- refuses, in one line and with status 2, a torchrun command whose --master_port another process holds on this
+  host, before torchrun starts (it would end with a traceback of its own);
 - exits with the command's status: its exit code, or 128 + N when signal N ended it (143 after
   `docker stop`, whose SIGTERM the deepspeed runner does not handle); like a shell, 127 when the
   command is not found and 126 when it is found but cannot be run (not executable, a folder).
@@ -31,6 +33,7 @@ import ctypes
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -99,6 +102,55 @@ def _advice(command: str, err: OSError) -> str:
     return ""
 
 
+def _torchrun_port_taken(argv: list[str]) -> str | None:
+    """The one-line refusal of a torchrun command whose rendezvous port another process holds on this host, or None.
+
+    torchrun's agent, not a rank, listens on --master_port (static rendezvous, node rank 0), before any rank starts:
+    a taken port ended the command with torchrun's 40-line traceback ending in 'DistNetworkError: The server socket
+    has failed to listen on any local network address. port: P, ... EADDRINUSE'. Read with torchrun's own parser
+    (torch.distributed.run.get_args_parser); --standalone, another rendezvous backend and the other nodes' agents
+    listen on no port of this one. A port taken after this check still gets torchrun's own error."""
+    torchrun_args = _torchrun_args(argv)
+    if torchrun_args is None:
+        return None
+    try:
+        from torch.distributed.run import get_args_parser
+    except ImportError:  # torchrun itself will fail, in its own words
+        return None
+    try:
+        args = get_args_parser().parse_args(torchrun_args)
+    except SystemExit:  # --help or an error torchrun will print itself
+        return None
+    if args.standalone or args.rdzv_backend != "static" or args.node_rank != 0:
+        return None
+    for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):  # as the agent's store listens
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: TIME_WAIT is no holder
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too
+                probe.bind((anywhere, args.master_port))
+            return None
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return (
+                    f"error: torchrun's rendezvous port {args.master_port} (--master_port) is taken on this host: "
+                    "another job or program listens there. Give torchrun a free one with --master_port, or stop "
+                    "the other job"
+                )
+            # no IPv6 here: try IPv4
+    return None
+
+
+def _torchrun_args(argv: list[str]) -> list[str] | None:
+    """torchrun's arguments in `argv` (`torchrun ARGS`, `python -m torch.distributed.run ARGS`), or None."""
+    if os.path.basename(argv[0]) == "torchrun":
+        return argv[1:]
+    if os.path.basename(argv[0]).startswith("python") and argv[1:3] == ["-m", "torch.distributed.run"]:
+        return argv[3:]
+    return None
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(f"error: no command to run; {USAGE} (--help says what it does)", file=sys.stderr)
@@ -106,6 +158,10 @@ def main(argv: list[str]) -> int:
     if argv[0] in ("-h", "--help"):  # what it does, not only the example line (all --help printed)
         print(f"{USAGE}\n\n{__doc__.strip()}")
         return 0
+    taken = _torchrun_port_taken(argv)
+    if taken is not None:
+        print(taken, file=sys.stderr)
+        return 2
     _become_subreaper()
     children: list[subprocess.Popen] = []
     early: list[int] = []
