@@ -122,7 +122,8 @@ def _check_the_port_answers(dist_env: DistEnv, timeout_s: int) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            socket.create_connection((dist_env.master_addr, dist_env.master_port), timeout=5).close()
+            wait_s = min(5.0, max(0.5, deadline - time.monotonic()))  # an address that drops packets: not past T
+            socket.create_connection((dist_env.master_addr, dist_env.master_port), timeout=wait_s).close()
             break
         except OSError as err:  # nothing listens yet (rank 0 starts later) or unreachable
             if time.monotonic() >= deadline:  # torch's error type: the caller's rendezvous_failure says it in a line
