@@ -108,6 +108,11 @@ def removed_checkpoint(checkpoint: Path, *, while_read: bool = False) -> str | N
         if left
         else f"No complete checkpoint is left in {folder}"
     )
+    step = ckpt_layout.step_of(checkpoint.name)
+    if not while_read and all(ckpt_layout.step_of(d.name) < step for d in ckpt_layout.step_dirs(folder)):
+        # Retention deletes a checkpoint only once a newer one is saved: a step above all there was never saved
+        # (a mistyped step, or one the run has not reached), which the retention line had blamed on retention.
+        return f"{checkpoint} does not exist: no checkpoint of that step has been saved there. {newest}"
     return f"{checkpoint} {gone} ({RETENTION}). {newest}"
 
 
