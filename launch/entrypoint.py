@@ -123,23 +123,36 @@ def _torchrun_port_taken(argv: list[str]) -> str | None:
         return None
     if args.standalone or args.rdzv_backend != "static" or args.node_rank != 0:
         return None
+    option = "--master_port"
+    port = args.master_port
+    if args.rdzv_endpoint:  # the static agent listens on the endpoint's port, not --master_port
+        option, port = "--rdzv_endpoint", _endpoint_port(args.rdzv_endpoint)
+    elif port is None:  # not given (newer torchrun): one node then takes a c10d store on a free port, more 29500
+        port = None if str(args.nnodes).split(":")[-1] == "1" else 29500
+    if port is None:
+        return None
     for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):  # as the agent's store listens
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: TIME_WAIT is no holder
                 if family == socket.AF_INET6:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too
-                probe.bind((anywhere, args.master_port))
+                probe.bind((anywhere, port))
             return None
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
                 return (
-                    f"error: torchrun's rendezvous port {args.master_port} (--master_port) is taken on this host: "
-                    "another job or program listens there. Give torchrun a free one with --master_port, or stop "
-                    "the other job"
+                    f"error: torchrun's rendezvous port {port} ({option}) is taken on this host: another job or "
+                    f"program listens there. Give torchrun a free one with {option}, or stop the other job"
                 )
             # no IPv6 here: try IPv4
     return None
+
+
+def _endpoint_port(endpoint: str) -> int | None:
+    """The port of torchrun's --rdzv_endpoint HOST:PORT ([IPv6]:PORT too), None where it names none."""
+    _, colon, port = endpoint.rpartition(":")
+    return int(port) if colon and port.isdigit() else None
 
 
 def _torchrun_args(argv: list[str]) -> list[str] | None:
