@@ -10,14 +10,16 @@ order rotating every round, the parts that the remaining ideas could shorten, ea
 - `scales`: every scale vector's effective value (s * init/scale, |.| for alpha, s_qk^2, [s_u; s_v sqrt(d)],
   s_z) of a 4-layer model, with their backward: all that computing them "once per step in one op" could save;
 - `norm h`, `norm qk`: Norm (`l2_normalize`) of the residual stream's and q/k's shapes, as the model runs it;
-- `fp32 casts h`, `fp32 casts qk`: the two fp32-accumulated reductions of one Norm (the forward's
-  `vector_norm(x, dtype=float32)`, the backward's `(g * y).sum(dtype=float32)`) less the same reductions
-  without `dtype`: each of the former copies its whole bf16 input to fp32 first, the latter accumulate in
-  fp32 but round their result to bf16 (not the model's numbers: the bound of removing the casts);
+- `reductions fp32 h`, `reductions fp32 qk`: the two fp32-accumulated reductions of one Norm (the forward's
+  `vector_norm(x, dtype=float32)`, the backward's `(g * y).sum(dtype=float32)`), each of which copies its whole
+  bf16 input to fp32 first; `reductions bf16 h`, `reductions bf16 qk`: the same without `dtype`, accumulated in
+  fp32 but rounded to bf16 (not the model's numbers). Their difference, printed last as the fp32 casts per step,
+  is the bound of removing the casts;
 - `rms_norm h`: GPT's `F.rms_norm` with its weight, for comparison.
 
-glibc's allocator is set as the trainer sets it (`ngpt_ds.hostmem.keep_freed_memory`). It prints each part's median ms per pass, its calls per `tiny` step and the product. Times per part, not a
-step: the per-step column is the most a change of that part could save.
+glibc's allocator is set as the trainer sets it (`ngpt_ds.hostmem.keep_freed_memory`). It prints each part's
+median ms per pass, its calls per `tiny` step and the product. Times per part, not a step: the per-step column is
+the most a change of that part could save.
 """
 
 from __future__ import annotations
