@@ -9,6 +9,7 @@ segment from shared object", which names neither the limit nor the fix.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 from collections.abc import Iterator
 
@@ -37,7 +38,7 @@ def _mapped() -> int | None:
 def limit_failure(err: BaseException) -> NgptConfigError | None:
     """The one-line error for `err` where it is a thread or a library that could not be mapped under a finite
     address-space limit; None for anything else (a traceback is then the right report)."""
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    limit, hard = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
         return None
     if isinstance(err, RuntimeError) and _THREAD in str(err):
@@ -53,8 +54,26 @@ def limit_failure(err: BaseException) -> NgptConfigError | None:
     mapped = _mapped()
     held = f", {_size(mapped)} of it mapped already" if mapped is not None else ""
     return NgptConfigError(
-        f"this process {what} under its address-space limit (`ulimit -v`) of {_size(limit)}{held}. Raise the limit "
-        f"(`ulimit -v unlimited`, or a few GiB more, in the shell or job script before ngpt-prepare){fixes}"
+        f"this process {what} under its address-space limit (`ulimit -v`) of {_size(limit)}{held}. {_raise(limit, hard, root=os.geteuid() == 0)}{fixes}"
+    )
+
+
+def _raise(limit: int, hard: int, *, root: bool) -> str:
+    """How to raise the soft limit `limit`: a user's `ulimit -v` cannot pass the hard limit `hard` (a scheduler's
+    memory limit, say; bash's `ulimit -v N` sets both), where the advice to run `ulimit -v unlimited` failed
+    ("ulimit: virtual memory: cannot modify limit: Operation not permitted"). root may raise both."""
+    if root or hard == resource.RLIM_INFINITY:
+        return (
+            "Raise the limit (`ulimit -v unlimited`, or a few GiB more, in the shell or job script before ngpt-prepare)"
+        )
+    if limit < hard:
+        return (
+            f"Raise the limit, up to its hard limit of {_size(hard)} (`ulimit -v {hard >> 10}`, in the shell or job "
+            "script before ngpt-prepare)"
+        )
+    return (
+        "It is also the hard limit, which only an administrator or the job's scheduler raises: ask for a higher one "
+        "(the job's virtual memory request), or run ngpt-prepare where the limit is higher"
     )
 
 
