@@ -7,7 +7,7 @@ when some other program listens there and never answers: the connection is accep
 program's behalf), and the client then waits for a reply for good. Rank 0, which could not listen on the port,
 says so in one line and exits; under mpirun it then waits for the other ranks in MPI_Finalize, and under srun the
 step waits for them: the job stayed until the other program closed its port (81 s with a 30 s timeout, or never).
-A client rank now checks that the port answers a store's ping within GRACE_S once it accepts a connection.
+A client rank now checks that the port answers a store's ping within `answer_limit_s` once it accepts a connection.
 """
 
 from __future__ import annotations
@@ -27,8 +27,19 @@ if TYPE_CHECKING:  # ngpt_ds.distributed re-exports this module's errors
     from ngpt_ds.distributed import DistEnv
 
 GRACE_S = 10
-"""How long a rank's store client may wait for the first answer of a rendezvous port that accepted its connection (a
-real store answers within milliseconds), and the margin past the backstop of `limit_s`."""
+"""The margin past the backstop of `limit_s`, and the shortest wait for a port's first answer (`answer_limit_s`)."""
+
+ANSWER_LIMIT_MAX_S = 60
+"""The longest a rank's store client waits for the first answer of a rendezvous port that accepted its connection.
+A real store answers one client within milliseconds, but rank 0's store serves every rank's connection in turn, and
+at thousands of ranks the last ones queue: a bound of a few seconds would end a healthy large job."""
+
+
+def answer_limit_s(timeout_s: int) -> int:
+    """How long a rank waits for the first answer of a port that accepted its connection: a minute at the default
+    train.dist_timeout_s (600 s), never more than the timeout, never less than GRACE_S."""
+    return max(GRACE_S, min(timeout_s, ANSWER_LIMIT_MAX_S))
+
 
 EXIT_CODE = 1
 """The exit status of a rank that never joined (ngpt_ds.cli.train's for a RendezvousError)."""
@@ -85,10 +96,10 @@ def limit_s(timeout_s: int) -> int:
     return 2 * timeout_s + GRACE_S
 
 
-def silent_port_message(dist_env: DistEnv) -> str:
+def silent_port_message(dist_env: DistEnv, timeout_s: int) -> str:
     return (
         f"rank {dist_env.rank}: the job's rendezvous port {_where(dist_env)} accepted the connection and did not "
-        f"answer within {GRACE_S} s: another program listens on that port (rank 0 then could not), or rank 0 hangs. "
+        f"answer within {answer_limit_s(timeout_s)} s: another program listens on that port (rank 0 then could not), or rank 0 hangs. "
         "Set MASTER_PORT to a free port, or stop that program, and start the job again; it resumes from its newest "
         "checkpoint"
     )
@@ -110,8 +121,8 @@ def _store_client(dist_env: DistEnv) -> bool:
 
 def _check_the_port_answers(dist_env: DistEnv, timeout_s: int) -> None:
     """Wait (up to train.dist_timeout_s) until rank 0's rendezvous port accepts a connection, then let a store client
-    of torch's own connect and ping it within `GRACE_S`: a program that listens on the port and never answers is
-    found in about `GRACE_S`, not after the whole rendezvous's backstop of twice the timeout (20 min by default).
+    of torch's own connect and ping it within `answer_limit_s`: a program that listens on the port and never answers
+    is found in a minute at most, not after the whole rendezvous's backstop of twice the timeout (20 min by default).
 
     Split so because torch's client has no timeout once connected (its ping then waits for good), and one of its
     connection tries may start just before its deadline and last a whole timeout more: bounding torch's client alone
@@ -129,7 +140,7 @@ def _check_the_port_answers(dist_env: DistEnv, timeout_s: int) -> None:
             if time.monotonic() >= deadline:  # torch's error type: the caller's rendezvous_failure says it in a line
                 raise DistNetworkError(f"nothing accepted a connection within {timeout_s} s: {err}") from None
             time.sleep(0.25)
-    with _watch(GRACE_S, silent_port_message(dist_env)):
+    with _watch(answer_limit_s(timeout_s), silent_port_message(dist_env, timeout_s)):
         TCPStore(dist_env.master_addr, dist_env.master_port, None, False, timedelta(seconds=timeout_s))
 
 
