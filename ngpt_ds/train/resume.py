@@ -127,9 +127,22 @@ def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
     if path.is_dir() and checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS):
         return checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS)[-1]
     reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
-    raise NgptConfigError(
-        f"--resume {resume}: {reason}. Give a checkpoint directory (…/checkpoints/step_N), "
-        "a run's --out directory, 'auto' or 'none'"
+    raise NgptConfigError(f"--resume {resume}: {reason}{_newer_beside(path)}")
+
+
+def _newer_beside(path: Path) -> str:
+    """What follows why --resume PATH cannot be followed: the newest complete checkpoint beside a step_N PATH that
+    is gone, when it is newer (a training run's retention deletes its older checkpoints: the line had named no
+    newer one and advised any checkpoint directory), else the kinds of path --resume takes."""
+    gone = checkpoint.is_step_name(path.name) and not (path.exists() or path.is_symlink())
+    newest = checkpoint.complete_checkpoints(path.parent)[-1:] if gone else []
+    if not newest or checkpoint.step_of(newest[0].name) <= checkpoint.step_of(path.name):
+        return ". Give a checkpoint directory (…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
+    run = path.parent.parent if path.parent.name == checkpoint.CHECKPOINTS else path.parent
+    return (
+        " (a training run's retention, train.keep_checkpoints, deletes its older checkpoints as it saves newer ones). "
+        f"The newest complete checkpoint beside it is {newest[0]}: resume from it, or pass that run's folder {run}, "
+        "which takes its newest"
     )
 
 
