@@ -87,6 +87,16 @@ def apply_on_resume(
         )
         if before != after
     ]
+    # The vectors' own values, named only where they differ from the matrices' (a checkpoint of this trainer holds
+    # the same betas, eps and base LR in both): a vectors group altered alone had trained on with its values.
+    for name, before, after in (
+        ("betas", [list(g["betas"]) for g in groups], list(train.betas)),
+        ("eps", [g["eps"] for g in groups], train.eps),
+        ("lr", list(scheduler.base_lrs), train.lr),
+    ):
+        optimizer_changes += [
+            (f"{name} (vectors' group)", b, after) for b in before[1:] if b != before[0] and b != after
+        ]
     old_lr = scheduler.base_lrs[0]
     schedule = {
         "lr": train.lr,
