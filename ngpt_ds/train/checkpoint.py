@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from ngpt_ds import log, safe_load
-from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import shard_groups_check
+from ngpt_ds import log
 from ngpt_ds.train.checkpoint_delete import (
     converted_from,
     discard,
@@ -66,6 +64,7 @@ from ngpt_ds.train.checkpoint_layout import universal_dirs as universal_dirs
 from ngpt_ds.train.checkpoint_layout import universal_name as universal_name
 from ngpt_ds.train.checkpoint_layout import universal_source as universal_source
 from ngpt_ds.train.checkpoint_layout import universal_step as universal_step
+from ngpt_ds.train.checkpoint_load import load as load
 from ngpt_ds.train.checkpoint_space import BYTES_PER_PARAMETER_ESTIMATE as BYTES_PER_PARAMETER_ESTIMATE
 from ngpt_ds.train.checkpoint_space import previous_size
 from ngpt_ds.train.fs_errors import describe, gib, is_write_failure
@@ -453,37 +452,3 @@ def save(
             shutil.rmtree(tmp, ignore_errors=True)  # a .tmp-save name is never resumed from anyway
         raise CheckpointWriteError(f"checkpoint of step {step} not saved: {problem}")
     return checkpoint_dir / tag
-
-
-STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
-"""How torch's Module.load_state_dict begins its error for missing, unexpected or mis-shaped weights."""
-
-
-def load(engine: DeepSpeedEngine, path: Path) -> dict[str, Any]:
-    """Load engine, optimizer and scheduler state; returns the client state saved with it.
-    Loading never runs code: every file is checked first (all ranks agree), and DeepSpeed's own
-    reads go through the same restricted unpickler (ngpt_ds.safe_load)."""
-    check_files_on_all_ranks(path, engine.device)
-    shard_groups_check.check_on_all_ranks(engine, path)  # a NaN lr had blamed train.lr two steps later
-    with safe_load.deepspeed_loads_are_safe():
-        try:
-            load_path, client_state = engine.load_checkpoint(
-                str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
-        except RuntimeError as err:
-            if STATE_DICT_MISMATCH not in str(err):
-                raise
-            # The weights are read from the model-states file every rank reads (ZeRO 0-2), before any
-            # collective: every rank raises this together.
-            detail = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
-            raise NgptConfigError(
-                f"{path}: its weights do not fit the model its config.yaml describes ({detail}); the "
-                "checkpoint was altered, or its config.yaml comes from another run. Resume from another "
-                "checkpoint, or start a new run with --resume none and another --out"
-            ) from None
-    if load_path is None:
-        raise NgptConfigError(
-            f"DeepSpeed could not load the checkpoint in {path}; it may be from another "
-            "ZeRO stage or world size. Start a new run with --resume none and another --out"
-        )
-    return client_state

@@ -127,10 +127,10 @@ def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
     if path.is_dir() and checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS):
         return checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS)[-1]
     reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
-    raise NgptConfigError(f"--resume {resume}: {reason}{_newer_beside(path)}")
+    raise NgptConfigError(f"--resume {resume}: {reason}{newer_beside(path)}")
 
 
-def _newer_beside(path: Path) -> str:
+def newer_beside(path: Path) -> str:
     """What follows why --resume PATH cannot be followed: the newest complete checkpoint beside a step_N PATH that
     is gone, when it is newer (a training run's retention deletes its older checkpoints: the line had named no
     newer one and advised any checkpoint directory), else the kinds of path --resume takes."""
