@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds import log
-from ngpt_ds.data.corpus_folder import refuse_prepared, warn_files_not_read
+from ngpt_ds.data.corpus_folder import CorpusFolder, refuse_prepared, train_files, warn_files_not_read
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
 from ngpt_ds.data.local_inputs import (
     UNREADABLE,
@@ -390,13 +390,21 @@ def _open_dir(spec: CorpusSpec, path: Path) -> Corpus:
     # A folder of .jsonl.zst files without zstandard was "could not read it (ValueError: Compression type zstd not
     # supported); check the name, --config and --split; for a hub name, check that this machine can reach the hub".
     check_decompressors(folder.compressed)
-    return _open_hub(spec, str(path), folder_files=folder.files)
+    return _open_hub(spec, str(path), folder=folder)
 
 
-def _builder_of(folder: Path, spec: CorpusSpec) -> tuple[str, dict[str, list[str]]] | None:
+def _builder_of(
+    folder: Path, spec: CorpusSpec, walked: CorpusFolder | None = None, formats: dict[str, str | None] | None = None
+) -> tuple[str, dict[str, list[str]]] | None:
     """The name of the datasets builder that reads a local dataset folder ("text", "json", ...) and the files it
-    reads for each split, or None where datasets cannot tell (the read then names the problem)."""
+    reads for each split, or None where datasets cannot tell (the read then names the problem). Where the folder's
+    walk (`walked`, its files' `formats`) tells datasets' answer, without datasets' walks (train_files)."""
     import datasets
+
+    if walked is not None and formats is not None and not spec.hub_config:
+        known = train_files(folder, walked, formats)
+        if known is not None:
+            return known[0], {"train": known[1]}
 
     try:
         builder = datasets.load_dataset_builder(str(folder), name=spec.hub_config)
@@ -406,9 +414,10 @@ def _builder_of(folder: Path, spec: CorpusSpec) -> tuple[str, dict[str, list[str
         return None
 
 
-def _open_hub(spec: CorpusSpec, name: str, folder_files: list[str] | None = None) -> Corpus:
-    """A hub dataset, or a local dataset folder whose files are `folder_files` (CorpusFolder.files)."""
-    local = folder_files is not None
+def _open_hub(spec: CorpusSpec, name: str, folder: CorpusFolder | None = None) -> Corpus:
+    """A hub dataset, or a local dataset folder (`folder`: what its walk found)."""
+    local = folder is not None
+    folder_files = None if folder is None else folder.files
     load_args: dict[str, Any] = {"path": name}
     if spec.hub_config:
         load_args["name"] = spec.hub_config
@@ -417,10 +426,10 @@ def _open_hub(spec: CorpusSpec, name: str, folder_files: list[str] | None = None
     description = f"{what} {shown(name)}{config} split {spec.split!r}"
     # A folder of text files: datasets' text builder splits them by line unless told, where the same files by a
     # glob are split as --text-sample-by says (paragraph by default).
-    found = _builder_of(Path(name), spec) if local else None
+    formats = {f: file_format(f) for f in folder_files or ()}
+    found = _builder_of(Path(name), spec, folder, formats) if local else None
     builder = None if found is None else found[0]
     text = builder == "text"
-    formats = {f: file_format(f) for f in folder_files or ()}
     if found is not None:
         corpus_files = [(f, fmt) for f, fmt in formats.items() if fmt is not None]
         warn_files_not_read(name, spec.split, found[0], found[1], corpus_files)
