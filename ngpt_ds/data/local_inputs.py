@@ -12,7 +12,8 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO
 
 from ngpt_ds import log
 from ngpt_ds.errors import NgptConfigError
@@ -127,6 +128,19 @@ limit, after the tokenizer was trained. 256 MiB (about 3.3 GB to read) is 50 tim
 _SCAN_BYTES = 16 << 20
 
 
+def open_decompressed(file: str) -> AbstractContextManager[Any]:
+    """A context manager of `file`'s bytes as datasets reads them (fsspec, decompressed by the suffix): a plain open
+    where fsspec infers no compression of a local path, the same bytes without fsspec's setup of each file (45 us
+    against 12-14 us a file here: seconds a pass over a folder of 100,000 files)."""
+    from fsspec.utils import infer_compression
+
+    if "://" not in file and infer_compression(file) is None:
+        return open(file, "rb")
+    import fsspec
+
+    return fsspec.open(file, "rb", compression="infer")
+
+
 UNREADABLE = (OSError, EOFError, ValueError, lzma.LZMAError)
 """What reading a damaged local file raises: gzip's and bz2's errors are OSError or EOFError, lzma's is none of
 these (a damaged .xz stopped on a `_lzma.LZMAError: Corrupt input data` traceback)."""
@@ -136,10 +150,8 @@ def longest_line(file: str) -> tuple[int, int, bool]:
     """(bytes, 1-based line number, whether the file was read to its end) of the longest line of `file`,
     decompressed as datasets decompresses it (fsspec, by the suffix). Read in blocks, so memory stays at one block
     whatever the line; stops at the first line over MAX_JSON_LINE_BYTES (its length then a lower bound)."""
-    import fsspec
-
     longest, at, current, number = 0, 1, 0, 1
-    with fsspec.open(file, "rb", compression="infer") as f:
+    with open_decompressed(file) as f:
         while block := f.read(_SCAN_BYTES):
             start = 0
             while (end := block.find(b"\n", start)) >= 0:
@@ -199,12 +211,10 @@ def longest_text_document(file: str, sample_by: str, limit: int = MAX_TEXT_DOCUM
     newlines that end the one before to the newlines that end it. Read in blocks, so memory stays at one block
     whatever the document; stops at the first document over `limit`, before its end where it is longer than what
     was read (the length then a lower bound). Offsets count the decompressed bytes."""
-    import fsspec
-
     plain, any_newline = _ENDS[sample_by]
     longest, at, start, base = 0, 0, 0, 0  # `start`: where the current document starts; `base`: where `buffer` does
     buffer, between = b"", False  # between: what was read ends in the newlines that end a document
-    with fsspec.open(file, "rb", compression="infer") as f:
+    with open_decompressed(file) as f:
         while True:
             block = f.read(_SCAN_BYTES)
             buffer += block
@@ -237,12 +247,10 @@ def fits_text_documents(file: str, sample_by: str, limit: int) -> bool:
     of the regex scan. longest_text_document runs a regex over every end in Python, at 31-46 MB/s on a corpus of
     short lines (datasets then reads it at 23 MB/s), and every one of N --num-shards parts runs this check over the
     whole corpus: here 500-630 MB/s."""
-    import fsspec
-
     end = b"\n\n" if sample_by == "paragraph" else b"\n"
     run = sample_by == "paragraph"  # a paragraph ends at the last newline of a run (cut by a window or a block)
     start, base, newline = 0, 0, False  # where the current document starts; where the block starts; its last byte
-    with fsspec.open(file, "rb", compression="infer") as f:
+    with open_decompressed(file) as f:
         for block in lf_blocks(f, sample_by):
             pos = start - base  # below 0 where the document started in an earlier block
             # An end that the block boundary cut (`\n` | `\n`), or one that goes on here: the document starts past it.
@@ -307,10 +315,8 @@ def text_file_bytes(file: str, limit: int) -> tuple[int, bool]:
     inflated whole)."""
     if os.path.splitext(file.lower())[1] not in DECOMPRESSORS:
         return os.path.getsize(file), True
-    import fsspec
-
     total = 0
-    with fsspec.open(file, "rb", compression="infer") as f:
+    with open_decompressed(file) as f:
         while block := f.read(_SCAN_BYTES):
             total += len(block)
             if total > limit:
