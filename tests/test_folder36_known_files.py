@@ -61,7 +61,7 @@ TREES: dict[str, tuple[dict[str, str], bool]] = {
     "dataset card": ({"a.txt": "a\n", "README.md": "# card\n"}, False),
     "a file datasets ignores": ({"a.jsonl": _jsonl("a"), "config.json": "{}"}, False),
     "two suffixes counted": ({"a.json.txt": "a\n", "b.json.txt": "b\n"}, False),
-    "a file named __": ({"a.txt": "a\n", "__x.txt": "x\n"}, False),
+    "a file named __": ({"a.txt": "a\n", "__x.txt": "x\n", "__cache__/y.txt": "y\n"}, True),
     "an unknown extension": ({"a.txt": "a\n", "notes.eval": "e\n"}, False),
     "a .text file": ({"a.text": "a\n"}, False),
 }

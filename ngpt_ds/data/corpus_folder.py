@@ -73,13 +73,13 @@ class CorpusFolder:
     was walked three times, each file looked at with a stat each time, before datasets walked it itself."""
 
     files: list[str]
-    """The files datasets reads of it: subfolders included, names starting with '.' or '__' left out as datasets
-    leaves them out, links to folders not followed."""
+    """The files datasets reads of it: subfolders included, names starting with '.' and folders starting with '__'
+    left out as datasets leaves them out, links to folders not followed."""
     compressed: list[str]
     """Its compressed files, one of each compression (for check_decompressors)."""
     unlike_datasets: bool = False
     """Whether datasets' own walk may find files this one left out: a link to a folder (fsspec's walk follows it,
-    os.walk does not) or a file named '__...' (datasets leaves out only folders so named)."""
+    os.walk does not)."""
 
 
 def _is_prepared(folder: Path) -> bool:
@@ -107,12 +107,10 @@ def refuse_prepared(folder: Path) -> CorpusFolder:
     unlike = False
     for top, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))  # datasets skips these too
-        unlike = (
-            unlike or any(n.startswith("__") for n in files) or any(os.path.islink(os.path.join(top, d)) for d in dirs)
-        )
+        unlike = unlike or any(os.path.islink(os.path.join(top, d)) for d in dirs)
         # os.walk lists whatever is not a folder among `files`: pipes, sockets, devices, links to nothing.
-        for name in sorted(files):
-            if not name.startswith((".", "__")):
+        for name in sorted(files):  # a file named '__x' is read: datasets leaves out only folders so named
+            if not name.startswith("."):
                 path = os.path.join(top, name)
                 (found if os.path.isfile(path) else not_files).append(path)
         if META_FILE in files and top != str(folder) and _is_prepared(Path(top)):
@@ -122,7 +120,7 @@ def refuse_prepared(folder: Path) -> CorpusFolder:
             )
         for name in sorted(files):
             suffix = os.path.splitext(name.lower())[1]
-            if suffix in DECOMPRESSORS and not name.startswith((".", "__")):
+            if suffix in DECOMPRESSORS and not name.startswith("."):
                 compressed.setdefault(suffix, os.path.join(top, name))
     warn_not_files(f"--input {shown(str(folder))} holds", not_files)
     return CorpusFolder(files=found, compressed=sorted(compressed.values()), unlike_datasets=unlike)
