@@ -13,11 +13,8 @@ left-padded prompt gets the logits and greedy tokens it gets alone. Without padd
 training path unchanged. `generate` never guesses a mask from the pad id: that id is `</s>`, a real
 token of the training data; pass the tokenizer's attention_mask with a padded batch.
 
-`from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's: every tensor present
-(transformers would leave a missing one as uninitialized memory: `_init_weights` does nothing), none
-unknown, all finite, nGPT's sphere matrices unit norm, and every one of a float dtype
-(ngpt_ds.model.saved_weights, which an export carries too); and config.json against the model config an export
-records in its weights (ngpt_ds.hf.recorded_config).
+`from_pretrained` checks the weights as ngpt_ds.infer.loading checks an export's (pretrained_loading);
+`save_pretrained` writes the modeling files and `auto_map` with them, as an export has (pretrained_saving).
 
 Fine-tuning keeps nGPT an nGPT: after every step of a torch optimizer (transformers' Trainer's, or one of
 your own over model.parameters()) the nGPT matrices it updated are renormalized, as nGPT's training does
@@ -36,47 +33,33 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import os
-from itertools import chain
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
-from transformers import modeling_utils as hf_modeling_utils
+from transformers import GenerationConfig, GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.activation_checkpointing import ActivationCheckpointing, cache_while_training
 from ngpt_ds.hf.cache_and_states import CacheBinding, StatesRecorder, asked
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
-from ngpt_ds.hf.recorded_config import record_in_saved_weights, weights_files_state
+from ngpt_ds.hf.pretrained_loading import CheckedLoading
+from ngpt_ds.hf.pretrained_saving import SavedWithCode
 from ngpt_ds.hf.training_guards import (
     _SPHERE_MODELS,  # noqa: F401  # re-exported: ngpt_ds.hf.trainer and tests import it from here
-    _check_gathered,
     _check_renormalized_here,
     _check_scales_train,
     _keep_on_the_sphere,
 )
 from ngpt_ds.hf.vocab_resize import resize_vocabulary
-from ngpt_ds.hf.weight_files import check_weight_files, stored_values, weights_source
 from ngpt_ds.model.factory import build_model
 from ngpt_ds.model.gpt import GPT
 from ngpt_ds.model.layers import DeclaredMatrix
-from ngpt_ds.model.saved_weights import (
-    NORM_TOLERANCE,
-    check_shards,
-    weights_mismatch,
-)
-from ngpt_ds.model.sphere import norm_deviation, sphere_matrices
 
 
-class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
+class _NgptDsPreTrainedModel(ActivationCheckpointing, CheckedLoading, SavedWithCode):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     #: forward takes `num_items_in_batch` (transformers' Trainer passes it with gradient accumulation, and then
@@ -110,28 +93,6 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
         """Nothing: ngpt_ds.model initializes (and, for nGPT, normalizes) its own weights."""
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]  # transformers' parameters, passed on unchanged
-        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
-    ) -> Any:
-        """transformers' from_pretrained, then the checks of ngpt_ds.infer.loading (see the module docstring)."""
-        check_shards(pretrained_model_name_or_path, kwargs.get("subfolder") or "")  # an index's names: unchecked there
-        want_info = kwargs.pop("output_loading_info", False)
-        # With output_loading_info, transformers returns (model, info), though it hints the model alone.
-        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        model, info = loaded
-        model._check_loaded(pretrained_model_name_or_path, info)
-        return (model, info) if want_info else model
-
-    @staticmethod
-    def _load_pretrained_model(  # type: ignore[override]  # transformers' parameters, passed on unchanged
-        model: PreTrainedModel, state_dict: dict | None, checkpoint_files: list[str] | None, *args: Any, **kwargs: Any
-    ) -> Any:
-        """transformers' loading of the weights into `model`, after ngpt_ds.hf.weight_files checks them."""
-        load_config = args[0] if args else kwargs.get("load_config")
-        check_weight_files(model, state_dict, checkpoint_files, load_config)
-        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
-
-    @classmethod
     def auto_map(cls) -> dict[str, str]:
         """config.json's `auto_map`: where trust_remote_code finds the classes (the files of the folder), the same
         for the causal LM and the base model of one family."""
@@ -142,115 +103,6 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, PreTrainedModel):
             "AutoModel": f"modeling_ngpt.{BASE_MODELS[arch].__name__}",
             "AutoModelForCausalLM": f"modeling_ngpt.{MODELS[arch].__name__}",
         }
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]  # transformers' parameters, passed on unchanged
-        """transformers' save_pretrained; as ngpt_ds's installed code, also `auto_map` in config.json and the
-        modeling files it names (ngpt_ds.hf.export.write_code), so the folder loads with trust_remote_code
-        without ngpt_ds, as an export does. transformers copies only the file of a class it loaded with
-        trust_remote_code (an export's copy of this file, whose imports are relative: nothing to add then). The
-        weights written record the model config, as an export's do (ngpt_ds.hf.recorded_config).
-
-        With push_to_hub=True the folder is uploaded after the modeling files are written, as transformers
-        uploads it (the files saved, by their timestamps): transformers' own save_pretrained uploads before
-        returning, which left the modeling files out of the Hub repository its auto_map points at."""
-        installed = __name__ == "ngpt_ds.hf.modeling_ngpt"
-        if installed and not getattr(self.config, "auto_map", None):
-            self.config.auto_map = self.auto_map()
-        named = inspect.signature(PreTrainedModel.save_pretrained).bind(self, save_directory, *args, **kwargs).arguments
-        named.pop("self")
-        if named.get("state_dict") is None:  # the Trainer passes the gathered state_dict under ZeRO 3
-            _check_gathered(self)  # ZeRO-3 partitions were saved as empty tensors
-        extra = named.pop("kwargs", {})
-        push = named.pop("push_to_hub", False)
-        upload = bool(push) and self.should_save_on_this_rank(named.get("is_main_process", True))
-        hub = {k: extra.pop(k) for k in ("commit_message", "repo_id", "create_pr") if k in extra}
-        if upload:  # the other keyword arguments go to create_repo, as in transformers
-            repo_id, timestamps = self._hub_repo(save_directory, hub.get("repo_id"), named.get("token"), extra)
-        saving = self.should_save_on_this_rank(named.get("is_main_process", True))
-        before = weights_files_state(save_directory) if saving else {}
-        super().save_pretrained(**named, **({} if upload else extra))
-        if saving and not named.get("distributed_checkpoint") and not getattr(self, "_hf_peft_config_loaded", False):
-            record_in_saved_weights(save_directory, before, self.config)  # from_pretrained checks config.json by it
-        if installed and named.get("is_main_process", True):
-            # By name: an import statement would make the export copy ngpt_ds.hf.export (and all it imports) too.
-            importlib.import_module("ngpt_ds.hf.export").write_code(Path(save_directory))
-        if upload:
-            token = named.get("token")
-            # transformers' steps after saving (PreTrainedModel.save_pretrained with push_to_hub=True).
-            card = hf_modeling_utils.create_and_tag_model_card(repo_id, self.model_tags, token=token)
-            card.save(os.path.join(save_directory, "README.md"))
-            self._upload_modified_files(
-                save_directory,
-                repo_id,
-                timestamps,
-                commit_message=hub.get("commit_message"),
-                token=token,
-                create_pr=hub.get("create_pr", False),
-            )
-
-    def _hub_repo(
-        self, save_directory: str | os.PathLike, repo_id: str | None, token: Any, create_kwargs: dict[str, Any]
-    ) -> tuple[str, dict[str, float]]:
-        """transformers' steps before saving with push_to_hub=True: create the Hub repository (the folder's name
-        unless repo_id is given; the other keyword arguments go to create_repo) and note the folder's files'
-        timestamps (the files saved after are the ones uploaded)."""
-        os.makedirs(save_directory, exist_ok=True)
-        if repo_id is None:
-            repo_id = os.fspath(save_directory).split(os.path.sep)[-1]
-        if token is not None:
-            create_kwargs = {**create_kwargs, "token": token}
-        created = hf_modeling_utils.hf_api().create_repo(repo_id, exist_ok=True, **create_kwargs)
-        return created.repo_id, self._get_files_timestamps(save_directory)
-
-    def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
-        source = weights_source(name_or_path, getattr(self, "_ngpt_ds_weight_files", []))
-        parts = []
-        # transformers' mismatched_keys (filled with ignore_mismatched_sizes=True; without it transformers raises
-        # itself) hold (name, shape in the file, shape by config.json): those tensors were left uninitialized.
-        mismatched = [
-            f"{name} ({list(saved)} in the file, {list(wanted)} by config.json)"
-            for name, saved, wanted in sorted(info.get("mismatched_keys") or (), key=lambda k: k[0])
-        ]
-        for what, names in (
-            ("missing", sorted(info.get("missing_keys") or ())),
-            ("mismatched", mismatched),
-            ("unexpected", sorted(info.get("unexpected_keys") or ())),
-        ):
-            if names:
-                parts.append(f"{what} {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
-        if parts:
-            raise weights_mismatch(source, parts, ignored=bool(mismatched))
-        # A device_map that offloads to disk leaves those parameters on the meta device: their values are read
-        # from the weights files, one at a time (skipped, a NaN or off-sphere folder loaded without a word).
-        offloaded = {n for n, p in self.named_parameters() if p.device.type == "meta"}
-        values = chain(
-            ((n, p) for n, p in self.named_parameters() if n not in offloaded),
-            stored_values(getattr(self, "_ngpt_ds_weight_files", []), offloaded, f"{self.base_model_prefix}."),
-        )
-        on_sphere = {f"{self.base_model_prefix}.{m.name}": m.norm_dim for m in sphere_matrices(self.model)}
-        bad, deviation = [], 0.0
-        for name, value in values:
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                bad.append(name)
-            elif name in on_sphere:
-                deviation = max(deviation, norm_deviation(value, on_sphere[name]))
-        if bad:
-            raise NgptConfigError(
-                f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt. "
-                "Export the checkpoint again"
-            )
-        if on_sphere:
-            # The loaded dtype's tolerance, or a stored one's when coarser: an nGPT saved in float16 and loaded
-            # with dtype=torch.float32 was refused as off the sphere (0.000243 > 1e-4), as ngpt_ds's loader
-            # does not (it allows for the stored dtype).
-            dtypes = {next(self.parameters()).dtype, *getattr(self, "_ngpt_ds_stored_dtypes", ())}
-            tolerance = max(NORM_TOLERANCE.get(d, 1e-2) for d in dtypes)
-            if not deviation <= tolerance:
-                raise NgptConfigError(
-                    f"{source}: an nGPT weight matrix is not unit norm along its declared dim (largest "
-                    f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt, or were changed "
-                    "without renormalizing them (nGPT's training renormalizes after every step: ngpt_ds.train.hypersphere)"
-                )
 
     def _prepare_attention_mask_for_generation(
         self, inputs_tensor: torch.Tensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any]

@@ -1,0 +1,101 @@
+"""transformers' from_pretrained for ngpt_ds's models (modeling_ngpt), with the checks ngpt_ds.infer.loading makes of
+an export's weights: every tensor present (transformers would leave a missing one as uninitialized memory:
+`_init_weights` does nothing), none unknown, all finite, nGPT's sphere matrices unit norm, and every one of a float
+dtype (ngpt_ds.model.saved_weights, which an export carries too); and config.json against the model config an export
+records in its weights (ngpt_ds.hf.recorded_config, through ngpt_ds.hf.weight_files).
+
+This file is also copied into every `--format hf` export (with its ngpt_ds imports made relative).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import chain
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.hf.weight_files import check_weight_files, stored_values, weights_source
+from ngpt_ds.model.lm import CausalLM
+from ngpt_ds.model.saved_weights import NORM_TOLERANCE, check_shards, weights_mismatch
+from ngpt_ds.model.sphere import norm_deviation, sphere_matrices
+
+
+class CheckedLoading(PreTrainedModel):
+    """The loading half of modeling_ngpt's models: from_pretrained and the checks after it."""
+
+    model: CausalLM  # the wrapped ngpt_ds model, built by modeling_ngpt
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]  # transformers' parameters, passed on unchanged
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> Any:
+        """transformers' from_pretrained, then the checks of ngpt_ds.infer.loading (see the module docstring)."""
+        check_shards(pretrained_model_name_or_path, kwargs.get("subfolder") or "")  # an index's names: unchecked there
+        want_info = kwargs.pop("output_loading_info", False)
+        # With output_loading_info, transformers returns (model, info), though it hints the model alone.
+        loaded: Any = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        model, info = loaded
+        model._check_loaded(pretrained_model_name_or_path, info)
+        return (model, info) if want_info else model
+
+    @staticmethod
+    def _load_pretrained_model(  # type: ignore[override]  # transformers' parameters, passed on unchanged
+        model: PreTrainedModel, state_dict: dict | None, checkpoint_files: list[str] | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """transformers' loading of the weights into `model`, after ngpt_ds.hf.weight_files checks them."""
+        load_config = args[0] if args else kwargs.get("load_config")
+        check_weight_files(model, state_dict, checkpoint_files, load_config)
+        return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
+
+    def _check_loaded(self, name_or_path: str | os.PathLike, info: dict[str, Any]) -> None:
+        source = weights_source(name_or_path, getattr(self, "_ngpt_ds_weight_files", []))
+        parts = []
+        # transformers' mismatched_keys (filled with ignore_mismatched_sizes=True; without it transformers raises
+        # itself) hold (name, shape in the file, shape by config.json): those tensors were left uninitialized.
+        mismatched = [
+            f"{name} ({list(saved)} in the file, {list(wanted)} by config.json)"
+            for name, saved, wanted in sorted(info.get("mismatched_keys") or (), key=lambda k: k[0])
+        ]
+        for what, names in (
+            ("missing", sorted(info.get("missing_keys") or ())),
+            ("mismatched", mismatched),
+            ("unexpected", sorted(info.get("unexpected_keys") or ())),
+        ):
+            if names:
+                parts.append(f"{what} {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
+        if parts:
+            raise weights_mismatch(source, parts, ignored=bool(mismatched))
+        # A device_map that offloads to disk leaves those parameters on the meta device: their values are read
+        # from the weights files, one at a time (skipped, a NaN or off-sphere folder loaded without a word).
+        offloaded = {n for n, p in self.named_parameters() if p.device.type == "meta"}
+        values = chain(
+            ((n, p) for n, p in self.named_parameters() if n not in offloaded),
+            stored_values(getattr(self, "_ngpt_ds_weight_files", []), offloaded, f"{self.base_model_prefix}."),
+        )
+        on_sphere = {f"{self.base_model_prefix}.{m.name}": m.norm_dim for m in sphere_matrices(self.model)}
+        bad, deviation = [], 0.0
+        for name, value in values:
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+            elif name in on_sphere:
+                deviation = max(deviation, norm_deviation(value, on_sphere[name]))
+        if bad:
+            raise NgptConfigError(
+                f"{source}: {', '.join(bad[:8])} hold NaN or infinite values; the weights are corrupt. "
+                "Export the checkpoint again"
+            )
+        if on_sphere:
+            # The loaded dtype's tolerance, or a stored one's when coarser: an nGPT saved in float16 and loaded
+            # with dtype=torch.float32 was refused as off the sphere (0.000243 > 1e-4), as ngpt_ds's loader
+            # does not (it allows for the stored dtype).
+            dtypes = {next(self.parameters()).dtype, *getattr(self, "_ngpt_ds_stored_dtypes", ())}
+            tolerance = max(NORM_TOLERANCE.get(d, 1e-2) for d in dtypes)
+            if not deviation <= tolerance:
+                raise NgptConfigError(
+                    f"{source}: an nGPT weight matrix is not unit norm along its declared dim (largest "
+                    f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt, or were changed "
+                    "without renormalizing them (nGPT's training renormalizes after every step: ngpt_ds.train.hypersphere)"
+                )
