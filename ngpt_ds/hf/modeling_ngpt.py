@@ -118,6 +118,16 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, CheckedLoading, SavedWithC
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed
 
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """transformers' count, whose exclude_embeddings leaves out nn.Embedding weights only: ngpt_ds's input
+        embedding (a TokenEmbedding) is left out here, as Llama's embed_tokens is (the head stays counted). It was
+        counted, and the Trainer's total_flos (6 x tokens x this count) with it."""
+        count = super().num_parameters(only_trainable=only_trainable)
+        embedding = cast(DeclaredMatrix, self.get_input_embeddings()).weight
+        if exclude_embeddings and (embedding.requires_grad or not only_trainable):
+            count -= embedding.numel()
+        return count
+
     def resize_token_embeddings(  # type: ignore[override]  # returns ngpt_ds's TokenEmbedding, not nn.Embedding
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
     ) -> nn.Module:
