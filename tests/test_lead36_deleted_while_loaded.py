@@ -69,7 +69,7 @@ def test_a_checkpoint_deleted_by_its_runs_retention_during_the_load_names_the_ne
     assert "Traceback" not in err, err[-3000:]
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         f"error: --resume {checkpoints / 'step_00000002'}: it was deleted while this run loaded it (a training run's "
-        "retention, train.keep_checkpoints, deletes its older checkpoints as it saves newer ones). The newest "
+        "retention (train.keep_checkpoints) deletes its older checkpoints as it saves newer ones). The newest "
         f"complete checkpoint beside it is {checkpoints / 'step_00000004'}: resume from it, or pass that run's "
         f"folder {run_a}, which takes its newest"
     ]

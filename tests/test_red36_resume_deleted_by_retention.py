@@ -29,8 +29,8 @@ def test_a_resume_of_a_step_retention_deleted_names_the_newest_checkpoint_of_tha
     # old code: "error: --resume .../A/checkpoints/step_00000002: does not exist. Give a checkpoint directory
     # (…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
     assert refused("step_00000002") == [
-        f"error: --resume {checkpoints / 'step_00000002'}: does not exist (a training run's retention, "
-        "train.keep_checkpoints, deletes its older checkpoints as it saves newer ones). The newest complete "
+        f"error: --resume {checkpoints / 'step_00000002'}: does not exist (a training run's retention "
+        "(train.keep_checkpoints) deletes its older checkpoints as it saves newer ones). The newest complete "
         f"checkpoint beside it is {checkpoints / 'step_00000004'}: resume from it, or pass that run's folder {run_a}, "
         "which takes its newest"
     ]

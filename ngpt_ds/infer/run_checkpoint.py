@@ -24,6 +24,7 @@ from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE
 from ngpt_ds.model import CausalLM
 from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES, unreadable
 from ngpt_ds.train import checkpoint as ckpt_layout
+from ngpt_ds.train.checkpoint_layout import RETENTION
 from ngpt_ds.train.resume import newest_intact
 
 _log = log.get(__name__)
@@ -82,9 +83,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"{path} is neither an exported model ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a checkpoint "
         "directory (step_N with COMPLETE) nor a training run (checkpoints/step_N)"
     )
-
-
-RETENTION = "a training run's retention (train.keep_checkpoints) deletes its older checkpoints as it saves newer ones"
 
 
 def removed_checkpoint(checkpoint: Path, *, while_read: bool = False) -> str | None:

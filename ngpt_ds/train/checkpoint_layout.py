@@ -56,6 +56,8 @@ DELETE_SUFFIX = ".tmp-delete"
 """A folder being deleted (an old step_N, a step_N-universal, a moved-aside step_N) is first renamed to
 <name>.tmp-delete (<name>.<k>.tmp-delete when that is taken), then removed: a delete cut short (a kill, a
 file that cannot be removed) never leaves part of a checkpoint, COMPLETE manifest and all, under its name."""
+RETENTION = "a training run's retention (train.keep_checkpoints) deletes its older checkpoints as it saves newer ones"
+"""Why a step_N named by a user is gone while newer ones stand (resume, export, generate say it in these words)."""
 LEFTOVER_SUFFIXES = (TEMP_SUFFIX, REPLACED_SUFFIX, DELETE_SUFFIX)
 """step_* names ending so are never resumed, listed or exported; each save removes them (ngpt_ds.train.checkpoint)."""
 RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")

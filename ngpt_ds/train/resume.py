@@ -27,6 +27,7 @@ from ngpt_ds.train.checkpoint_interrupted import (
     to_verify,
     why_latest_was_behind,
 )
+from ngpt_ds.train.checkpoint_layout import RETENTION
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
@@ -140,9 +141,8 @@ def newer_beside(path: Path) -> str:
         return ". Give a checkpoint directory (…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
     run = path.parent.parent if path.parent.name == checkpoint.CHECKPOINTS else path.parent
     return (
-        " (a training run's retention, train.keep_checkpoints, deletes its older checkpoints as it saves newer ones). "
-        f"The newest complete checkpoint beside it is {newest[0]}: resume from it, or pass that run's folder {run}, "
-        "which takes its newest"
+        f" ({RETENTION}). The newest complete checkpoint beside it is {newest[0]}: resume from it, or pass that "
+        f"run's folder {run}, which takes its newest"
     )
 
 
