@@ -48,9 +48,12 @@ REQUIRED = ("params", *NUMBERS, "betas")
 """What torch's Optimizer.load_state_dict and Adam's step read of every loaded group; a group without 'params'
 stopped its rank on "KeyError: 'params'" and the others on "another rank of the job died". torch's Adam gives
 the other flags defaults when a group lacks them (older torch wrote none of 'decoupled_weight_decay')."""
-OWN = frozenset({"params", *NUMBERS, "betas", "initial_lr"})
+KERNEL_CHOICES = frozenset({"foreach", "fused", "capturable", "differentiable"})
+"""Flags that pick how torch runs Adam's update, not what it computes: another torch whose default differs (foreach
+None or False) wrote a checkpoint this check must not refuse."""
+OWN = frozenset({"params", *NUMBERS, "betas", "initial_lr", *KERNEL_CHOICES})
 """Keys not compared with the live optimizer's group: the hyperparameters (checked above; a resume may change them,
-ngpt_ds.train.optim.apply_on_resume) and LambdaLR's base LR."""
+ngpt_ds.train.optim.apply_on_resume), LambdaLR's base LR and the kernel choices."""
 
 
 def _where(zero3: bool) -> str:
@@ -73,8 +76,8 @@ def _value_problem(value: object, below_one: bool = False) -> str | None:
 
 def _group_problem(group: object, live: Mapping[str, Any] | None = None) -> str | None:
     """Why one param group cannot drive the model's AdamW ('['lr'] is nan, not a finite number'), or None. `live`:
-    the model's optimizer's group it is loaded into: as many params, and the same flags (amsgrad, maximize, fused,
-    name...), which DeepSpeed's load copies over the live ones (amsgrad True stopped its rank on "KeyError:
+    the model's optimizer's group it is loaded into: as many params, and the same flags (amsgrad, maximize,
+    decoupled_weight_decay, name...), which DeepSpeed's load copies over the live ones (amsgrad True stopped its rank on "KeyError:
     'max_exp_avg_sq'"; maximize True trained on in silence, climbing the loss on that rank's partition)."""
     if not isinstance(group, dict):
         return f" holds a {type(group).__name__}, not a param group"
