@@ -125,7 +125,12 @@ def saved_before_split(tmp_path_factory):
     root = tmp_path_factory.mktemp("before_split")
     old = root / "code"
     old.mkdir()
-    archive = subprocess.run(["git", "-C", REPO, "archive", BEFORE_SPLIT], capture_output=True, check=True).stdout
+    got = subprocess.run(["git", "-C", REPO, "archive", BEFORE_SPLIT], capture_output=True)
+    assert got.returncode == 0, (
+        f"this test reads commit {BEFORE_SPLIT} of the repository's history, which this checkout lacks (a shallow "
+        f"clone: `git fetch --unshallow`): {got.stderr.decode(errors='replace')}"
+    )
+    archive = got.stdout
     subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
     assert len((old / "ngpt_ds/hf/modeling_ngpt.py").read_text().splitlines()) > 400  # the unsplit file
     assert not (old / "ngpt_ds/hf/pretrained_loading.py").exists()
