@@ -413,3 +413,20 @@ def handlers():
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+@pytest.fixture
+def regex_scans(monkeypatch) -> list[str]:
+    """The names of the files the corpus checks run the slow regex scan on (local_inputs.longest_text_document), in
+    the order they do: the quick check (fits_text_documents) should leave it to files over the bound."""
+    from ngpt_ds.data import local_inputs
+
+    calls: list[str] = []
+    exact = local_inputs.longest_text_document
+
+    def counted(file: str, *args, **kwargs):
+        calls.append(os.path.basename(file))
+        return exact(file, *args, **kwargs)
+
+    monkeypatch.setattr(local_inputs, "longest_text_document", counted)
+    return calls

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import random
 
 import pytest
@@ -83,19 +82,12 @@ def test_the_quick_check_says_what_the_regex_scan_says_on_cr_newlines(tmp_path, 
     assert min(checked.values()) > 500  # both answers were tried often
 
 
-def test_crlf_text_within_the_bound_is_not_scanned_by_the_regex(tmp_path, monkeypatch):
+def test_crlf_text_within_the_bound_is_not_scanned_by_the_regex(tmp_path, monkeypatch, regex_scans):
     """Before: a file of \\r\\n newlines (or one lone \\r) went through longest_text_document although every
     paragraph fits ('assert calls == []' saw ['a.txt', 'b.txt', 'c.txt']). Now only a file over the bound does,
     to name its paragraph; datasets reads the same documents as before."""
     monkeypatch.setattr(local_inputs, "MAX_TEXT_DOCUMENT_BYTES", BOUND)
-    calls: list[str] = []
-    exact = local_inputs.longest_text_document
-
-    def counted(file: str, *args, **kwargs):
-        calls.append(os.path.basename(file))
-        return exact(file, *args, **kwargs)
-
-    monkeypatch.setattr(local_inputs, "longest_text_document", counted)
+    calls = regex_scans
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_bytes(b"one\r\ntwo\r\n\r\nthree\r\n")

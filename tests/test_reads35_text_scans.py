@@ -16,7 +16,6 @@ The bound is passed in small here: no test writes hundreds of megabytes.
 from __future__ import annotations
 
 import gzip
-import os
 import random
 from pathlib import Path
 
@@ -63,18 +62,11 @@ def test_the_quick_check_says_what_the_exact_scan_says(tmp_path, monkeypatch):
     assert min(checked.values()) > 500  # both answers were tried often
 
 
-def test_text_within_the_bound_is_not_scanned_by_the_regex(tmp_path, monkeypatch, small_bound):
+def test_text_within_the_bound_is_not_scanned_by_the_regex(tmp_path, small_bound, regex_scans):
     """Before: every text file of the corpus went through longest_text_document (3 calls here). Now a file of \\n
     newlines within the bound needs none, nor (lf_blocks) one with \\r\\n newlines, and a file over the
     bound gets it to name the paragraph (its refusal as before)."""
-    calls: list[str] = []
-    exact = local_inputs.longest_text_document
-
-    def counted(file: str, *args, **kwargs):
-        calls.append(os.path.basename(file))
-        return exact(file, *args, **kwargs)
-
-    monkeypatch.setattr(local_inputs, "longest_text_document", counted)
+    calls = regex_scans
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_bytes(b"one\ntwo\n\nthree\n")
