@@ -202,6 +202,10 @@ def test_an_export_folder_has_the_umasks_mode_not_0700(trained, tmp_path):
         os.umask(old)
     assert oct(out.stat().st_mode & 0o777) == oct(0o755)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "tokenizer.model"]
+    # Fault (newcomer36): safetensors made the weights 0600, unreadable by the group that reads the rest.
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {
+        name: oct(0o644) for name in ("README.md", "config.json", "model.safetensors", "tokenizer.model")
+    }
 
 
 def test_an_export_that_appears_while_exporting_is_not_replaced_without_overwrite(trained, exported, tmp_path):

@@ -15,6 +15,7 @@ and the measured deviation is recorded.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -134,6 +135,9 @@ def export_model(
                     str(tmp / WEIGHTS_FILE),
                     metadata={"format": "pt", "ngpt_ds": EXPORT_FORMAT, **config_record(loaded.config)},
                 )
+                # safetensors creates its file 0600 whatever the umask: the weights of an export in a shared
+                # folder were unreadable by the group that could read the rest of it.
+                (tmp / WEIGHTS_FILE).chmod(0o666 & ~_umask())
                 # The bytes loaded and checked, which config.json's sha256 is of; not the file at the path now.
                 (tmp / TOKENIZER_FILE).write_bytes(loaded.tokenizer.model_bytes)
                 config = _config_json(loaded, deviation)
@@ -198,3 +202,10 @@ def _readme(loaded: LoadedModel, deviation: float, out: Path) -> str:
         else ""
     )
     return README_TEMPLATE.format(name=out.name, **loaded.card_fields(), sphere_line=sphere_line, folder=out)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it back at once: os has no getter)."""
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
