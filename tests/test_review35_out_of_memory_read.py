@@ -11,6 +11,7 @@ as red32's test read it before 416d200, under the same 4 GiB address-space limit
 from __future__ import annotations
 
 import gzip
+import re
 import resource
 import subprocess
 import sys
@@ -49,9 +50,19 @@ def test_a_document_within_no_bound_but_too_large_for_the_memory_is_one_line(tmp
     )
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(
         f"error: text files {bomb} (1 file), one document per file: ran out of memory reading {bomb}: it holds a "
         "document (a line, a paragraph without a blank line, or with --text-sample-by document a whole file) too "
-        "large to read whole in this process's memory; split it into smaller documents, or leave that file out"
-    ]
+        "large to read whole in this process's memory; split it into smaller documents, or leave that file out; "
+    ), line
+    # The limit it ran under is named (lead36): under `ulimit -v` a folder of twenty 15 kB files had been told it
+    # held a document too large to read. Old code: the line ended at 'leave that file out'.
+    mapped = r"\d+(\.\d)? (GiB|MiB)"
+    assert re.search(
+        rf"; this process runs under an address-space limit \(`ulimit -v`\) of 4\.0 GiB, {mapped} of it mapped, "
+        r"which may be what ran out\. Raise the limit \(`ulimit -v unlimited`, or a few GiB more, in the shell or "
+        r"job script before ngpt-prepare\)$",
+        line,
+    ), line
     assert not out.exists()

@@ -58,6 +58,21 @@ def limit_failure(err: BaseException) -> NgptConfigError | None:
     )
 
 
+def limit_in_force() -> str:
+    """'' where this process has no address-space limit; else a sentence naming it and how to raise it, for a
+    MemoryError that may be the limit's rather than the data's: under `ulimit -v` a folder of twenty 15 kB files
+    'ran out of memory' and was told it held a document too large to read."""
+    limit, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    mapped = _mapped()
+    held = f", {_size(mapped)} of it mapped" if mapped is not None else ""
+    return (
+        f"; this process runs under an address-space limit (`ulimit -v`) of {_size(limit)}{held}, which may be "
+        f"what ran out. {_raise(limit, hard, root=os.geteuid() == 0)}"
+    )
+
+
 def _raise(limit: int, hard: int, *, root: bool) -> str:
     """How to raise the soft limit `limit`: a user's `ulimit -v` cannot pass the hard limit `hard` (a scheduler's
     memory limit, say; bash's `ulimit -v N` sets both), where the advice to run `ulimit -v unlimited` failed

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds import log
+from ngpt_ds.data.address_limit import limit_in_force
 from ngpt_ds.data.corpus_folder import CorpusFolder, refuse_prepared, train_files, warn_files_not_read
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
 from ngpt_ds.data.local_inputs import (
@@ -154,7 +155,7 @@ class Corpus:
             raise NgptConfigError(
                 f"{self.description}: ran out of memory reading {what}: it holds a document (a line, a paragraph "
                 "without a blank line, or with --text-sample-by document a whole file) too large to read whole in "
-                "this process's memory; split it into smaller documents, or leave that file out"
+                f"this process's memory; split it into smaller documents, or leave that file out{limit_in_force()}"
             ) from None
         except _READ_ERRORS as e:
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
