@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ngpt_ds import log
-from ngpt_ds.data.local_inputs import _NAMED_AT_MOST, DECOMPRESSORS, shown, warn_not_files
+from ngpt_ds.data.local_inputs import DECOMPRESSORS, NAMED_AT_MOST, shown, warn_not_files
 from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
 from ngpt_ds.errors import NgptConfigError
 
@@ -48,7 +48,7 @@ def warn_files_not_read(
         left.append(f"{shown(file)} ({why})")
     if not left:
         return
-    more = f" and {len(left) - _NAMED_AT_MOST} more" if len(left) > _NAMED_AT_MOST else ""
+    more = f" and {len(left) - NAMED_AT_MOST} more" if len(left) > NAMED_AT_MOST else ""
     fixes = []
     if len(formats) < len(left):  # some left out by a split name
         fixes.append(
@@ -62,7 +62,7 @@ def warn_files_not_read(
         )
     _log.warning(
         f"--input {shown(folder)}: datasets reads {len(read)} {builder} file{'s' if len(read) > 1 else ''} of it for "
-        f"split {split!r} and not {len(left)} other{'s' if len(left) > 1 else ''}: {', '.join(left[:_NAMED_AT_MOST])}"
+        f"split {split!r} and not {len(left)} other{'s' if len(left) > 1 else ''}: {', '.join(left[:NAMED_AT_MOST])}"
         f"{more}. {'. '.join(fixes)}"
     )
 

@@ -378,8 +378,8 @@ def _size(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
-_NAMED_AT_MOST = 3
-"""Entries a warning of warn_not_files names; the rest are counted."""
+NAMED_AT_MOST = 3
+"""Entries a warning names (warn_not_files, corpus_folder.warn_files_not_read); the rest are counted."""
 
 
 def warn_not_files(where: str, entries: list[str]) -> None:
@@ -390,8 +390,8 @@ def warn_not_files(where: str, entries: list[str]) -> None:
     pipe of another program may well sit in a folder of documents, and one named as --input itself is refused."""
     if not entries:
         return
-    named = ", ".join(f"{shown(e)} ({_kind(e)})" for e in entries[:_NAMED_AT_MOST])
-    more = f" and {len(entries) - _NAMED_AT_MOST} more" if len(entries) > _NAMED_AT_MOST else ""
+    named = ", ".join(f"{shown(e)} ({_kind(e)})" for e in entries[:NAMED_AT_MOST])
+    more = f" and {len(entries) - NAMED_AT_MOST} more" if len(entries) > NAMED_AT_MOST else ""
     _log.warning(
         f"{where} {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} that {'is' if len(entries) == 1 else 'are'} "
         f"not a file, not read: {named}{more}. A corpus is read several times (the tokenizer's sample, then every "
