@@ -93,6 +93,12 @@ def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, checkpoint_i
             "running the same command again starts from step 0"
         )
     checkpoints = out_dir / "checkpoints"
+    if not out_dir.is_dir():  # moved (mv) or deleted while the run trained: its writes then failed
+        return (
+            f"{out_dir} is gone (moved or deleted while the run trained); its checkpoints, up to step "
+            f"{step_of(newest_checkpoint.name)}, went with it: run the same command with --out at the folder's new "
+            "place to continue from its newest"
+        )
     if not lineage.in_run_folder(out_dir, newest_checkpoint):  # a linked step_N is the run's
         # Resumed from another folder's checkpoint (--resume PATH), nothing saved here yet: --resume auto in
         # this --out would start from step 0.
