@@ -147,7 +147,8 @@ def _remove_killed_copies(checkpoint_dir: Path) -> None:
     if not checkpoint_dir.is_dir():
         return
     for staging in checkpoint_dir.iterdir():
-        if staging.name.startswith(COPY_STAGING_PREFIX) and not staging.is_symlink() and staging.is_dir():
+        ours = staging.name.startswith(COPY_STAGING_PREFIX + checkpoint.ABANDONED_PREFIX)  # not a user's .copying-*
+        if ours and not staging.is_symlink() and staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
 
 
