@@ -23,7 +23,8 @@ reached, so training under them is refused (_check_renormalized_here), except un
 KeepOnTheSphere callback (ngpt_ds.hf.trainer), which renormalizes DeepSpeed's fp32 masters. Loaded in bf16 or
 fp16, an nGPT keeps its scaling vectors (alpha, s_qk, s_u, s_v, s_z) in float32, where optimizer steps on them are
 not lost; training one whose scaling vectors were converted to 16 bits is refused (_check_scales_train).
-`resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere (vocab_resize).
+`resize_token_embeddings` resizes the embedding, the head and s_z, keeping new rows on the sphere (vocab_resize);
+get_output_embeddings gives the head, never tied to the embedding (output_head).
 `device_map="auto"` keeps each block on one device (_no_split_modules). forward honours `output_hidden_states`
 (compiled too, in one graph: cache_and_states.StatesRecorder) and `return_dict=False`; `output_attentions=True` is
 refused (SDPA computes no weights), and so are token ids outside the vocabulary.
@@ -45,6 +46,7 @@ from ngpt_ds.hf.activation_checkpointing import ActivationCheckpointing, cache_w
 from ngpt_ds.hf.cache_and_states import CacheBinding, StatesRecorder, asked
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
+from ngpt_ds.hf.output_head import OutputHead
 from ngpt_ds.hf.pretrained_loading import CheckedLoading
 from ngpt_ds.hf.pretrained_saving import SavedWithCode
 from ngpt_ds.hf.training_guards import (
@@ -292,11 +294,11 @@ class _GPTBaselineFamily:
     _no_split_modules: set[str] | list[str] | None = ["PreNormBlock"]  # as nGPT's
 
 
-class NGPTForCausalLM(_NGPTFamily, _NgptDsPreTrainedModel, GenerationMixin):
+class NGPTForCausalLM(_NGPTFamily, OutputHead, _NgptDsPreTrainedModel, GenerationMixin):
     """nGPT (arXiv 2410.01131) as a transformers causal LM."""
 
 
-class GPTBaselineForCausalLM(_GPTBaselineFamily, _NgptDsPreTrainedModel, GenerationMixin):
+class GPTBaselineForCausalLM(_GPTBaselineFamily, OutputHead, _NgptDsPreTrainedModel, GenerationMixin):
     """ngpt_ds's GPT baseline as a transformers causal LM."""
 
 
