@@ -31,14 +31,18 @@ RANK_SCRIPT = textwrap.dedent(
     dist.new_group = no_group
     problem = os.environ.get("PROBLEM") or None
     env = types.SimpleNamespace(local_rank=int(os.environ["LOCAL_RANK"]))
+    code = 0
     try:
         device_check.check_devices_on_all_ranks(env, problem, "cuda")
+        print("CHECKED", flush=True)
     except NgptConfigError as err:
         print("REFUSED:", err, flush=True)
-        sys.exit(2)
+        code = 2
     finally:
         dist.destroy_process_group()
-    print("CHECKED", flush=True)
+    from ngpt_ds.distributed import exit_process
+
+    exit_process(code, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
     """
 )
 

@@ -58,6 +58,9 @@ if rank == 0:
     with open(out + "/result.json", "w") as f:
         json.dump(result, f)
 torch.distributed.destroy_process_group()
+from ngpt_ds.distributed import exit_process
+
+exit_process(0, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
 """
 
 

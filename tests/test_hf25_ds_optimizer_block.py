@@ -66,6 +66,9 @@ result = {
 with open(out, "w") as f:
     json.dump(result, f)
 torch.distributed.destroy_process_group()
+from ngpt_ds.distributed import exit_process
+
+exit_process(0, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
 """
 
 

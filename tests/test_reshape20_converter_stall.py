@@ -64,6 +64,9 @@ except NgptConfigError as err:
 found.update(said=said, pid=started[0].pid, exit=started[0].poll(), left=sorted(p.name for p in source.parent.iterdir()))
 print(json.dumps(found))
 dist.destroy_process_group()
+from ngpt_ds.distributed import exit_process
+
+exit_process(0, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
 """
 
 HUNG = (  # it ends with the driver (Linux's parent-death signal), as the real converter does

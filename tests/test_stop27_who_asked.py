@@ -34,6 +34,9 @@ if rank > 0:  # ranks 1 and 2: their margins tripped in the same step, each with
 request.agree_to_save("cpu")
 print(json.dumps({"rank": rank, "line": request.describe(), "early": request.early_s}))
 dist.destroy_process_group()
+from ngpt_ds.distributed import exit_process
+
+exit_process(0, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
 """
 
 

@@ -76,6 +76,9 @@ for attempt in (1, 2):
     except NgptConfigError as err:
         print(f"check {attempt}: refused, read {len(read)} file(s): {err}", flush=True)
 dist.destroy_process_group()
+from ngpt_ds.distributed import exit_process
+
+exit_process(0, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
 """.replace("PARAM", PARAM)
 
 
