@@ -33,6 +33,7 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     train_flags,
     train_on_two_nodes,
     train_run,
+    wait_while_running,
 )
 
 # The files that take longest, in the order tests/run.sh's two workers (pytest-xdist, one file at a time

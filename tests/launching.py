@@ -10,6 +10,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,16 @@ def free_port() -> int:
         _given.add(port)
         return port
     raise RuntimeError(f"no free port on 127.0.0.1 in {mine.start}-{mine.stop - 1}")
+
+
+def wait_while_running(proc: subprocess.Popen, ready, what: str, *, limit_s: int = 300) -> None:
+    """Poll `ready()` every 50 ms until it holds. The test fails, showing the end of `proc`'s stderr (a pipe), if
+    `proc` ends first, and fails naming `what` if `limit_s` passes (a hang guard only)."""
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{what}: not within {limit_s} s"
+        time.sleep(0.05)
 
 
 def cpu_env(**extra) -> dict:

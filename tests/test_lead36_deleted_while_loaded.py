@@ -8,9 +8,8 @@ trainer process paused right after the optimizer shards' check (the last check b
 
 import subprocess
 import sys
-import time
 
-from conftest import cpu_env, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import cpu_env, run, tiny_ngpt, tiny_train, train_cmd, wait_while_running, write_ds_config, write_yaml
 
 PAUSED_TRAIN = """
 import runpy, sys, time
@@ -51,11 +50,7 @@ def test_a_checkpoint_deleted_by_its_runs_retention_during_the_load_names_the_ne
         text=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not paused.exists():
-            assert b.poll() is None, b.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "run B never reached its load"
-            time.sleep(0.05)
+        wait_while_running(b, paused.exists, "run B reaching its load")
         run([sys.executable, *train_cmd(config, ds, tiny_dataset, run_a, "--resume", "auto", "--max-steps", "4")])
         assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_00000004"]  # retention deleted step 2
         go.touch()
