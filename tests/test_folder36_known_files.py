@@ -55,7 +55,7 @@ TREES: dict[str, tuple[dict[str, str], bool]] = {
     "validation folder": ({"validation/x.txt": "v\n", "y.txt": "y\n"}, False),
     "dev after a separator": ({"my-dev.txt": "d\n", "a.txt": "a\n"}, False),
     "keyword before a digit": ({"eval2.txt": "e\n", "a.txt": "a\n"}, False),
-    "capitalised keyword": ({"Train.txt": "t\n", "a.txt": "a\n"}, False),
+    "capitalised keyword": ({"Train.txt": "t\n", "a.txt": "a\n"}, True),  # datasets' patterns match case
     "sharded split names": ({"data/foo-00000-of-00001.txt": "f\n", "b.txt": "b\n"}, False),
     "mixed formats": ({"a.txt": "a\n", "b.jsonl": _jsonl("b")}, False),
     "dataset card": ({"a.txt": "a\n", "README.md": "# card\n"}, False),
@@ -141,9 +141,10 @@ def test_a_json_lines_folder_reads_datasets_documents(tmp_path, patterns_tried):
     assert ours == ["a1", "a2", "p1", "p2", "p3"]
 
 
-def test_a_folder_with_a_split_name_is_still_read_by_datasets(tmp_path, patterns_tried):
-    """train.txt beside more.txt: datasets reads train.txt alone for split 'train'; asked, and read the same."""
+def test_a_folder_with_a_split_name_is_read_from_its_walk_too(tmp_path, patterns_tried):
+    """train.txt beside more.txt: datasets reads train.txt alone for split 'train'; the walk tells that too
+    (folder_splits, tests/test_data37_split_folders.py), and it is read the same."""
     folder = _write(tmp_path / "corpus", {"train.txt": "t1\n\nt2\n", "more.txt": "m\n"})
     ours = list(open_corpus(CorpusSpec(inputs=(str(folder),))).texts())
-    assert patterns_tried == [str(folder.resolve())]
+    assert patterns_tried == []
     assert ours == ["t1", "t2\n"]

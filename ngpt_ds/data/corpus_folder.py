@@ -5,11 +5,11 @@ another format, not a file) named once."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ngpt_ds import log
+from ngpt_ds.data.folder_splits import walked_splits
 from ngpt_ds.data.local_inputs import DECOMPRESSORS, NAMED_AT_MOST, shown, warn_not_files
 from ngpt_ds.data.shards import FORMAT_NAME, META_FILE
 from ngpt_ds.errors import NgptConfigError
@@ -28,18 +28,24 @@ def warn_files_not_read(
     read = set(splits.get(split, ()))
     if not read:  # an unknown split: datasets' read names it
         return
-    # datasets names the files under the folder's real path; a file whose name differs (a link) is compared by its
-    # real path, and the real paths of datasets' files are taken only then (one call each: 15 us).
+    # datasets names the files under the folder's real path; a file of another split is found by that name (no
+    # call: the real paths of 10,000 validation/ files beside train/ and of datasets' 90,000 took 5-14 s); only a
+    # file whose name differs (a link) is compared by its real path, and the real paths of datasets' files are
+    # taken only then (one call each: 15 us).
     base = os.path.realpath(folder)
+    named = {f: name for name, files in splits.items() for f in files}
     real_split: dict[str, str] = {}
     left: list[str] = []
     formats: set[str] = set()  # of the files left out as another format
     for file, fmt in corpus_files:
-        if file.startswith(folder) and os.path.join(base, file[len(folder) :].lstrip(os.sep)) in read:
+        key = os.path.join(base, file[len(folder) :].lstrip(os.sep)) if file.startswith(folder) else None
+        if key in read:
             continue
-        if not real_split:
-            real_split = {os.path.realpath(f): name for name, files in splits.items() for f in files}
-        in_split = real_split.get(os.path.realpath(file))
+        in_split = named.get(key) if key else None
+        if in_split is None:
+            if not real_split:
+                real_split = {os.path.realpath(f): name for name, files in splits.items() for f in files}
+            in_split = real_split.get(os.path.realpath(file))
         if in_split == split:
             continue
         if fmt != builder:
@@ -126,80 +132,11 @@ def refuse_prepared(folder: Path) -> CorpusFolder:
     return CorpusFolder(files=found, compressed=sorted(compressed.values()), unlike_datasets=unlike)
 
 
-_CARDS = ("README.md", ".huggingface.yaml", "dataset_infos.json")
-"""What datasets reads of a folder besides its data files (LocalDatasetModuleFactory): a dataset card's configs may
-name other files or splits."""
-
-
-def _split_named() -> re.Pattern[str]:
-    """A file or folder name datasets takes for a split's (datasets.data_files' DEFAULT_PATTERNS_SPLIT_IN_FILENAME and
-    _IN_DIR_NAME: the keyword alone, or with one of NON_WORDS_CHARS before or after it), matched without regard to
-    case: a name this matches and datasets does not only sends the folder the slow way."""
-    from datasets.data_files import NON_WORDS_CHARS, SPLIT_KEYWORDS
-
-    keywords = "|".join(re.escape(k) for ks in SPLIT_KEYWORDS.values() for k in ks)
-    sep = f"[{NON_WORDS_CHARS}]"
-    return re.compile(f"(^|{sep})({keywords})({sep}|$)", re.IGNORECASE)
-
-
-_SHARDED = re.compile(r"^data/[^/]*-[0-9]{5}-of-[0-9]{5}[^/]*$")
-"""datasets' SPLIT_PATTERN_SHARDED (data/{split}-00000-of-00001*.*), loosened."""
-
-
 def train_files(folder: Path, walked: CorpusFolder, formats: dict[str, str | None]) -> tuple[str, list[str]] | None:
-    """The builder datasets' load_dataset_builder picks for `folder` and its files, all in split 'train', found from
-    `walked` without datasets' walk, where that answer is sure: every file of one corpus format (`formats`, by
-    file), none named after a split or a sharded split, no dataset card, no file datasets ignores or takes for
-    metadata. None otherwise (ask datasets). datasets tries each of its split patterns (322) with a walk of the
-    folder and a stat of every file: 145 s to open a folder of 100,000 small files, 387 s for 200,000.
-    The files are named as datasets names them: under the folder's real path, in sorted order."""
-    try:  # datasets' own rules, some of them private (as of datasets 5.2): where one is gone, ask datasets
-        from datasets.data_files import FILES_TO_IGNORE, DataFilesList
-        from datasets.load import infer_module_for_data_files_list
-        from datasets.packaged_modules import (
-            _ALL_METADATA_FILENAMES,
-            _MODULE_TO_EXTENSIONS,
-            _MODULE_TO_METADATA_EXTENSIONS,
-            _MODULE_TO_METADATA_FILE_NAMES,
-            _PACKAGED_DATASETS_MODULES,
-        )
-
-        split_named = _split_named()
-    except ImportError:
+    """The builder datasets' load_dataset_builder picks for `folder` and its files where it reads every file of the
+    walk in one split, 'train' (folder_splits.walked_splits, which answers for split-named folders too). None
+    otherwise."""
+    found = walked_splits(folder, walked, formats)
+    if found is None or list(found[1]) != ["train"] or len(found[1]["train"]) != len(walked.files):
         return None
-
-    name = str(folder)
-    if walked.unlike_datasets or not walked.files or name in _PACKAGED_DATASETS_MODULES:
-        return None  # a folder named 'json' is datasets' json builder, not a folder
-    kinds = {formats.get(f) for f in walked.files}
-    if len(kinds) != 1 or None in kinds:
-        return None  # another file (a script, a .md, ...) or two formats: datasets' choice, its patterns
-    base = folder.expanduser().resolve().as_posix()
-    if any(c in base for c in "*?[]{}") or any((folder / card).exists() for card in _CARDS):
-        return None  # datasets' patterns start with the folder's path: a glob character there is read as one
-    ignored = set(FILES_TO_IGNORE) | set(_ALL_METADATA_FILENAMES)
-    prefix = os.path.join(name, "")
-    rel: list[str] = []
-    for f in walked.files:
-        if not f.startswith(prefix):
-            return None
-        parts = f[len(prefix) :].split(os.sep)
-        if parts[-1] in ignored or any(split_named.search(p) for p in parts):
-            return None
-        rel.append("/".join(parts))
-    if any(_SHARDED.match(r) for r in rel):
-        return None
-    files = sorted(f"{base}/{r}" for r in rel)
-    # datasets counts the suffixes of every file's name (xbasename: 8 s for 100,000 files); files whose names have
-    # one set of suffixes count as one file does, each count times their number, so one of them tells its choice.
-    suffixes = {tuple(r.rsplit("/", 1)[-1].lower().split(".")[1:]) for r in rel}
-    sample = files if len(suffixes) > 1 else files[:1]
-    module, kwargs = infer_module_for_data_files_list(DataFilesList(sample, []))
-    builder = kinds.pop()
-    if builder is None or module != builder or kwargs:
-        return None  # datasets picks by the most common suffix of all ('a.json.txt' counts .json and .txt)
-    kept = DataFilesList(files, []).filter(
-        extensions=_MODULE_TO_EXTENSIONS[module] + _MODULE_TO_METADATA_EXTENSIONS[module],
-        file_names=_MODULE_TO_METADATA_FILE_NAMES[module],
-    )
-    return (builder, files) if len(kept) == len(files) else None
+    return found[0], found[1]["train"]

@@ -20,7 +20,8 @@ from typing import Any
 
 from ngpt_ds import log
 from ngpt_ds.data.address_limit import limit_in_force
-from ngpt_ds.data.corpus_folder import CorpusFolder, refuse_prepared, train_files, warn_files_not_read
+from ngpt_ds.data.corpus_folder import CorpusFolder, refuse_prepared, warn_files_not_read
+from ngpt_ds.data.folder_splits import walked_splits
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
 from ngpt_ds.data.local_inputs import (
     UNREADABLE,
@@ -399,13 +400,13 @@ def _builder_of(
 ) -> tuple[str, dict[str, list[str]]] | None:
     """The name of the datasets builder that reads a local dataset folder ("text", "json", ...) and the files it
     reads for each split, or None where datasets cannot tell (the read then names the problem). Where the folder's
-    walk (`walked`, its files' `formats`) tells datasets' answer, without datasets' walks (train_files)."""
+    walk (`walked`, its files' `formats`) tells datasets' answer, without datasets' walks (folder_splits)."""
     import datasets
 
     if walked is not None and formats is not None and not spec.hub_config:
-        known = train_files(folder, walked, formats)
+        known = walked_splits(folder, walked, formats)
         if known is not None:
-            return known[0], {"train": known[1]}
+            return known
 
     try:
         builder = datasets.load_dataset_builder(str(folder), name=spec.hub_config)
