@@ -49,28 +49,31 @@ class _BlockUpdate(torch.autograd.Function):
         inv_x = torch.linalg.vector_norm(
             x, dim=-1, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)
         ).reciprocal_()
-        target = _scale_rows(x, inv_x.to(x.dtype))
+        factor_x = inv_x.to(x.dtype)
+        target = _scale_rows(x, factor_x)
         dtype = torch.promote_types(h.dtype, x.dtype)
         h_d, alpha_d = h.to(dtype), alpha.to(dtype)
         m = torch.lerp(h_d, target.to(dtype), alpha_d)
         inv_m = torch.linalg.vector_norm(
             m, dim=-1, keepdim=True, dtype=torch.promote_types(dtype, torch.float32)
         ).reciprocal_()
-        y = _scale_rows(m, inv_m.to(dtype))
-        ctx.save_for_backward(h_d, target, alpha_d, y, inv_m, inv_x)
+        factor_m = inv_m.to(dtype)
+        y = _scale_rows(m, factor_m)
+        # the factors in the forward's dtypes too: the backward multiplies by the same ones, not by new casts
+        ctx.save_for_backward(h_d, target, alpha_d, y, inv_m, inv_x, factor_m, factor_x)
         ctx.dtypes = (h.dtype, alpha.dtype)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h_d, target, alpha_d, y, inv_m, inv_x = ctx.saved_tensors
+        h_d, target, alpha_d, y, inv_m, inv_x, factor_m, factor_x = ctx.saved_tensors
         h_dtype, alpha_dtype = ctx.dtypes
-        dm = tangent_rows(grad, y, inv_m)  # through the outer Norm
+        dm = tangent_rows(grad, y, inv_m, factor=factor_m)  # through the outer Norm
         dh = dm * (1 - alpha_d)
         dalpha = (target.to(dm.dtype) - h_d).mul_(dm).sum(tuple(range(dm.dim() - 1)))
         dtarget = dm.mul_(alpha_d).to(target.dtype)
-        dx = tangent_rows(dtarget, target, inv_x)  # through the inner Norm
+        dx = tangent_rows(dtarget, target, inv_x, factor=factor_x)  # through the inner Norm
         return dh.to(h_dtype), dx, dalpha.to(alpha_dtype)
 
 

@@ -70,7 +70,11 @@ class MasterPiece:
             if head.numel():
                 sums[s + first_row] += head.dot(head)
             if body.numel():
-                sums[s + body_row : s + body_row + body.shape[0]] += torch.linalg.vector_norm(body, dim=1).square()
+                # The squares in place, added into the slots' view: `sums[...] += norms.square()` made a second
+                # [k] tensor and wrote the slice back through __setitem__; the same values.
+                norms = torch.linalg.vector_norm(body, dim=1)
+                torch.square(norms, out=norms)
+                sums[s + body_row : s + body_row + body.shape[0]].add_(norms)
             if tail.numel():
                 sums[s + body_row + body.shape[0]] += tail.dot(tail)
         else:  # columns
