@@ -443,7 +443,7 @@ def _open_hub(spec: CorpusSpec, name: str, folder: CorpusFolder | None = None) -
         description += f", one document per {_TEXT_UNIT[spec.text_sample_by]}"
     else:
         description += f", text field {spec.text_field!r}"
-    files = _resolved_files(Path(name), spec, found)
+    files = _resolved_files(Path(name), spec, found, folder)
     if files is not None:  # the files datasets resolved once, read as a glob's (without the folder's path)
         load_args["path"] = builder
         corpus = Corpus(spec, "files", load_args, description, files=files, text_builder=text)
@@ -453,17 +453,33 @@ def _open_hub(spec: CorpusSpec, name: str, folder: CorpusFolder | None = None) -
     return corpus
 
 
-def _resolved_files(folder: Path, spec: CorpusSpec, found: tuple[str, dict[str, list[str]]] | None) -> list[str] | None:
+def _resolved_files(
+    folder: Path, spec: CorpusSpec, found: tuple[str, dict[str, list[str]]] | None, walked: CorpusFolder | None = None
+) -> list[str] | None:
     """The files of --split that datasets found in a local dataset folder (_builder_of), where reading them as files
-    reads what the folder's read does: all of the folder's builder's format, and no dataset card (README.md) or
-    --config that may set more than the files. None otherwise. load_dataset of a folder resolves its files again at
-    every read (for each split name it knows, a walk of the folder with a stat of every file), at the check that it
-    holds a document, the tokenizer's sample and the tokenizing, and in each --num-shards part: a folder of 20,000
-    small files took 25-27 s a pass (9-19 s read as files) and 40-62 s to open (16-33 s)."""
+    reads what the folder's read does: all of the folder's builder's format, local files, and no dataset card
+    (README.md) or --config that may set more than the files. None otherwise. load_dataset of a folder resolves its
+    files again at every read (for each split name it knows, a walk of the folder with a stat of every file), at the
+    check that it holds a document, the tokenizer's sample and the tokenizing, and in each --num-shards part: a folder
+    of 20,000 small files took 25-27 s a pass (9-19 s read as files) and 40-62 s to open (16-33 s).
+    A file the folder's walk (`walked`) found a file is not looked at again: a stat each, on a network filesystem
+    (NFS, Lustre) a round trip each, for 100,000 files."""
     if found is None or spec.hub_config or (folder / "README.md").exists():
         return None
     builder, splits = found
     files = splits.get(spec.split)
-    if not files or any(file_format(f) != builder or not os.path.isfile(f) for f in files):
+    if not files or any(file_format(f) != builder for f in files):
+        return None
+    seen = _walked_names(folder, walked)
+    if any(f not in seen and not os.path.isfile(f) for f in files):  # a name datasets found that the walk did not
         return None
     return files
+
+
+def _walked_names(folder: Path, walked: CorpusFolder | None) -> set[str]:
+    """The files of the folder's walk (each seen a file by its stat, refuse_prepared) named as datasets names them:
+    under the folder's real path, '/' between parts."""
+    if walked is None:
+        return set()
+    prefix, base = os.path.join(str(folder), ""), folder.expanduser().resolve().as_posix()
+    return {f"{base}/{f[len(prefix) :].replace(os.sep, '/')}" for f in walked.files if f.startswith(prefix)}
