@@ -24,7 +24,7 @@ from ngpt_ds.infer.export_layout import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE
 from ngpt_ds.model import CausalLM
 from ngpt_ds.model.config import MAX_CONFIG_FILE_BYTES, unreadable
 from ngpt_ds.train import checkpoint as ckpt_layout
-from ngpt_ds.train.checkpoint_layout import RETENTION
+from ngpt_ds.train.checkpoint_layout import RETENTION, newer_complete
 from ngpt_ds.train.resume import newest_intact
 
 _log = log.get(__name__)
@@ -106,10 +106,12 @@ def removed_checkpoint(checkpoint: Path, *, while_read: bool = False) -> str | N
         if left
         else f"No complete checkpoint is left in {folder}"
     )
-    step = ckpt_layout.step_of(checkpoint.name)
-    if not while_read and all(ckpt_layout.step_of(d.name) < step for d in ckpt_layout.step_dirs(folder)):
-        # Retention deletes a checkpoint only once a newer one is saved: a step above all there was never saved
-        # (a mistyped step, or one the run has not reached), which the retention line had blamed on retention.
+    if newer_complete(checkpoint) is None:
+        # Retention deletes a checkpoint only once a newer one is saved, complete (the rule resume's line follows
+        # too): with none newer, the step was never saved there (a mistyped step, one the run has not reached, a
+        # newer step_N only half written) or was removed by hand, which the retention line had blamed on retention.
+        if while_read:
+            return f"{checkpoint} {gone} (no newer complete checkpoint stands beside it). {newest}"
         return f"{checkpoint} does not exist: no checkpoint of that step has been saved there. {newest}"
     return f"{checkpoint} {gone} ({RETENTION}). {newest}"
 

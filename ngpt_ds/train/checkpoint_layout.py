@@ -132,6 +132,18 @@ def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return [d for d in step_dirs(checkpoint_dir) if (d / COMPLETE).is_file()]
 
 
+def newer_complete(checkpoint: Path) -> Path | None:
+    """The newest complete checkpoint beside a step_N `checkpoint`, when it is of a later step than N; else None.
+    Retention deletes a checkpoint only once a newer one is saved, complete: only then can it have taken step_N, and
+    resume (ngpt_ds.train.resume.newer_beside), export and generate (ngpt_ds.infer.run_checkpoint.removed_checkpoint)
+    say so (RETENTION) by this one rule. Export and generate had taken any newer step_N folder, a half-written one
+    (no COMPLETE) included, as retention's sign, where resume wanted a complete one."""
+    if not is_step_name(checkpoint.name):
+        return None
+    newest = complete_checkpoints(checkpoint.parent)[-1:]
+    return newest[0] if newest and step_of(newest[0].name) > step_of(checkpoint.name) else None
+
+
 def point_latest(checkpoint_dir: Path, upto: int | None = None) -> None:
     """DeepSpeed's `latest` file names the newest complete tag (of a step at most `upto`: a save names its own
     step, not a newer checkpoint put there from elsewhere during the run), or does not exist."""

@@ -27,7 +27,7 @@ from ngpt_ds.train.checkpoint_interrupted import (
     to_verify,
     why_latest_was_behind,
 )
-from ngpt_ds.train.checkpoint_layout import RETENTION
+from ngpt_ds.train.checkpoint_layout import RETENTION, newer_complete
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
@@ -136,12 +136,12 @@ def newer_beside(path: Path) -> str:
     is gone, when it is newer (a training run's retention deletes its older checkpoints: the line had named no
     newer one and advised any checkpoint directory), else the kinds of path --resume takes."""
     gone = checkpoint.is_step_name(path.name) and not (path.exists() or path.is_symlink())
-    newest = checkpoint.complete_checkpoints(path.parent)[-1:] if gone else []
-    if not newest or checkpoint.step_of(newest[0].name) <= checkpoint.step_of(path.name):
+    newer = newer_complete(path) if gone else None  # the rule export and generate follow too
+    if newer is None:
         return ". Give a checkpoint directory (…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
     run = path.parent.parent if path.parent.name == checkpoint.CHECKPOINTS else path.parent
     return (
-        f" ({RETENTION}). The newest complete checkpoint beside it is {newest[0]}: resume from it, or pass that "
+        f" ({RETENTION}). The newest complete checkpoint beside it is {newer}: resume from it, or pass that "
         f"run's folder {run}, which takes its newest"
     )
 
