@@ -19,6 +19,8 @@ from typing import Any, cast
 from torch import nn
 
 from ngpt_ds.model.layers import DeclaredMatrix, Projection
+from ngpt_ds.model.saved_weights import NORM_TOLERANCE
+from ngpt_ds.model.sphere import norm_deviation
 
 
 class OutputHead:
@@ -39,9 +41,9 @@ class OutputHead:
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         """Makes `new_embeddings` the output head (`model.head`). It must be an ngpt_ds Projection of the model's
-        shape (weight [vocab_size, n_embd]) and kind (on the hypersphere in nGPT, off it in the GPT baseline): the
-        forward gives it nGPT's logit scale s_z (one per token) and the saved folder holds it as model.head.weight.
-        A new vocabulary size goes through resize_token_embeddings, which resizes s_z with it."""
+        shape (weight [vocab_size, n_embd]) and kind (on the hypersphere in nGPT, its rows unit norm; off it in the
+        GPT baseline): the forward gives it nGPT's logit scale s_z (one per token) and the saved folder holds it as
+        model.head.weight. A new vocabulary size goes through resize_token_embeddings, which resizes s_z with it."""
         vocab, width = cast(DeclaredMatrix, self.model.embed).weight.shape
         sphere = self.config.arch == "ngpt"
         problem = None
@@ -54,6 +56,17 @@ class OutputHead:
                 f"is a Projection of style {new_embeddings.style!r}, on_sphere={new_embeddings.on_sphere}, not "
                 f"style 'column', on_sphere={sphere}"
             )
+        elif sphere and not new_embeddings.weight.is_meta:
+            # An nGPT head's rows are unit vectors (paper section 2.1): one off the sphere gave logits that are not
+            # s_z times cosines, and save_pretrained wrote a folder that from_pretrained refuses as corrupt.
+            deviation = norm_deviation(new_embeddings.weight.detach(), new_embeddings.layout.norm_dim)
+            tolerance = NORM_TOLERANCE.get(new_embeddings.weight.dtype, 1e-2)
+            if not deviation <= tolerance:
+                problem = (
+                    f"has rows that are not unit norm (largest | ||w|| - 1 | = {deviation:.3g} > {tolerance:g}), "
+                    "and nGPT's head rows lie on the hypersphere: normalize them first, "
+                    "w / w.norm(dim=1, keepdim=True)"
+                )
         if problem is not None:
             raise ValueError(
                 f"{type(self).__name__}.set_output_embeddings: the new head {problem} (the head is [vocab_size, "
