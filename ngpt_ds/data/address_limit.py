@@ -1,9 +1,16 @@
-"""What a low address-space limit (`ulimit -v`, RLIMIT_AS) stops in ngpt-prepare, said in one line with the fix.
+"""What a low address-space limit (`ulimit -v`, RLIMIT_AS) or a large `ulimit -s` stops in ngpt-prepare, said in one
+line with the fix.
 
 Under such a limit a thread datasets starts to read the corpus (a pool of them resolves a corpus's files), or a
 library imported late (torch, which datasets imports when it opens a stream), fails to map its memory: a 40-line
 traceback ending in "RuntimeError: can't start new thread" or "ImportError: libtorch_cpu.so: failed to map
 segment from shared object", which names neither the limit nor the fix.
+
+numpy's OpenBLAS starts a thread per core at numpy's import (ngpt_ds.data.prepare imports numpy); where one cannot
+be started under such a limit, or with a large `ulimit -s`, OpenBLAS prints "pthread_create failed" and raises SIGINT
+in the process (OpenBLAS's blas_thread_init), and the command ended on "interrupted", exit status 130, as if Ctrl-C
+had stopped it. Without `ulimit -v`, a large `ulimit -s` alone (64 GiB) stops datasets' first thread too, with the
+same traceback.
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import traceback
 from collections.abc import Iterator
 
 from ngpt_ds.errors import NgptConfigError
 
 _THREAD = "can't start new thread"
 _LIBRARY = "failed to map segment from shared object"
+_BIG_STACK = 64 << 20
+"""A `ulimit -s` from which a thread's stack is named as what may not fit (the default is 8 MiB)."""
 
 
 def _size(n: int) -> str:
@@ -40,12 +50,12 @@ def limit_failure(err: BaseException) -> NgptConfigError | None:
     address-space limit; None for anything else (a traceback is then the right report)."""
     limit, hard = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
-        return None
+        return _stack_failure(err)
     if isinstance(err, RuntimeError) and _THREAD in str(err):
         stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
         each = f"`ulimit -s`, here {_size(stack)}" if stack != resource.RLIM_INFINITY else "`ulimit -s`"
         what = f"could not start a thread (datasets reads a corpus with threads, each of which maps a stack of {each})"
-        fixes = ", or lower `ulimit -s`" if stack != resource.RLIM_INFINITY and stack >= 64 << 20 else ""
+        fixes = ", or lower `ulimit -s`" if stack != resource.RLIM_INFINITY and stack >= _BIG_STACK else ""
     elif isinstance(err, ImportError) and _LIBRARY in str(err):
         what = f"could not load a library ({str(err).splitlines()[0]})"
         fixes = ""
@@ -55,6 +65,21 @@ def limit_failure(err: BaseException) -> NgptConfigError | None:
     held = f", {_size(mapped)} of it mapped already" if mapped is not None else ""
     return NgptConfigError(
         f"this process {what} under its address-space limit (`ulimit -v`) of {_size(limit)}{held}. {_raise(limit, hard, root=os.geteuid() == 0)}{fixes}"
+    )
+
+
+def _stack_failure(err: BaseException) -> NgptConfigError | None:
+    """Without an address-space limit, a thread that could not start under a large `ulimit -s` (64 GiB: each
+    thread's stack is that size, more than the machine lets a process map) was the same traceback."""
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    if not (isinstance(err, RuntimeError) and _THREAD in str(err)):
+        return None
+    if stack == resource.RLIM_INFINITY or stack < _BIG_STACK:
+        return None
+    return NgptConfigError(
+        "this process could not start a thread (datasets reads a corpus with threads, each of which maps a stack of "
+        f"`ulimit -s`, here {_size(stack)}). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script "
+        "before ngpt-prepare"
     )
 
 
@@ -92,13 +117,50 @@ def _raise(limit: int, hard: int, *, root: bool) -> str:
     )
 
 
+def blas_failure(err: KeyboardInterrupt) -> NgptConfigError | None:
+    """The one-line error for the SIGINT OpenBLAS raises when it cannot start its threads at numpy's import (the
+    module docstring): `err` raised inside numpy's import, with an address-space limit or a large `ulimit -s` in
+    force. None for anything else: Ctrl-C stays 'interrupted'."""
+    if not any(f"{os.sep}numpy{os.sep}" in frame.filename for frame in traceback.extract_tb(err.__traceback__)):
+        return None
+    limit, hard = resource.getrlimit(resource.RLIMIT_AS)
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    big_stack = stack != resource.RLIM_INFINITY and stack >= _BIG_STACK
+    under = []
+    if limit != resource.RLIM_INFINITY:
+        mapped = _mapped()
+        held = f", {_size(mapped)} of it mapped already" if mapped is not None else ""
+        under.append(f"its address-space limit (`ulimit -v`) of {_size(limit)}{held}")
+    if big_stack:
+        under.append(f"a stack of `ulimit -s`, {_size(stack)}, for each thread")
+    if not under:
+        return None
+    # Under a large stack OPENBLAS_NUM_THREADS=1 only moves the failure to datasets' first thread (limit_failure).
+    fixes = (
+        "Lower `ulimit -s` (8 MiB is the usual; datasets' threads map such a stack too)"
+        if big_stack
+        else "Set OPENBLAS_NUM_THREADS=1 (numpy then starts no thread)"
+    ) + " in the shell or job script before ngpt-prepare"
+    fixes += f". Or: {_raise(limit, hard, root=os.geteuid() == 0)}" if limit != resource.RLIM_INFINITY else ""
+    return NgptConfigError(
+        "this process could not start numpy's OpenBLAS threads at numpy's import (the 'pthread_create failed' lines "
+        f"above; OpenBLAS then raises SIGINT, read as Ctrl-C) under {' and '.join(under)}. {fixes}"
+    )
+
+
 @contextlib.contextmanager
 def limit_named() -> Iterator[None]:
-    """Turn what limit_failure names into its one-line NgptConfigError (exit status 2 at the command line)."""
+    """Turn what limit_failure and blas_failure name into their one-line NgptConfigError (exit status 2 at the
+    command line)."""
     try:
         yield
     except (RuntimeError, ImportError) as err:
         failure = limit_failure(err)
+        if failure is None:
+            raise
+        raise failure from None
+    except KeyboardInterrupt as err:
+        failure = blas_failure(err)
         if failure is None:
             raise
         raise failure from None
