@@ -44,6 +44,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ngpt_ds.hf.activation_checkpointing import ActivationCheckpointing, cache_while_training
 from ngpt_ds.hf.cache_and_states import CacheBinding, StatesRecorder, asked
+from ngpt_ds.hf.causal_loss import causal_lm_loss
 from ngpt_ds.hf.configuration_ngpt import GPTBaselineConfig, NGPTConfig
 from ngpt_ds.hf.forward_inputs import check_cache, check_labels, check_token_ids, padding
 from ngpt_ds.hf.output_head import OutputHead
@@ -225,7 +226,8 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, CheckedLoading, SavedWithC
         least 0) when a mask is given, else the cache's length onwards. `labels` are the input ids (shifted
         here, -100 ignored), as everywhere in transformers; the loss is their mean cross-entropy, or with
         `num_items_in_batch` (the Trainer's count of the targets in all the micro-batches of one optimizer step)
-        their sum divided by it, so that the accumulated gradient is the whole batch's.
+        their sum divided by it, so that the accumulated gradient is the whole batch's. With no target at all, the
+        loss is transformers' (NaN, or 0 over num_items_in_batch) and every gradient 0 (causal_loss).
         """
         self._check_call(kwargs)
         # shift_labels: the targets already shifted, one per position (transformers' loss takes them in place of
@@ -246,18 +248,13 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, CheckedLoading, SavedWithC
         else:
             logits = self.model.logits(h[:, kept])
         loss = None
+        num_items = kwargs.get("num_items_in_batch")
         if shift_labels is not None:
             targets = shift_labels.masked_fill(shift_labels == -100, -1)
-            loss = self.model.cross_entropy(logits, targets)
+            loss = causal_lm_loss(self.model, logits, targets, num_items)
         elif labels is not None:
             targets = labels[:, 1:].masked_fill(labels[:, 1:] == -100, -1)
-            loss = self.model.cross_entropy(logits[:, :-1], targets)
-        if loss is not None:
-            num_items = kwargs.get("num_items_in_batch")
-            if num_items is not None:
-                counted = int((targets != -1).sum())
-                # The mean times its count is the sum; none counted: 0 (the mean is 0/0), with a zero gradient.
-                loss = (loss * counted if counted else logits.sum() * 0.0) / num_items
+            loss = causal_lm_loss(self.model, logits[:, :-1], targets, num_items)
         output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache, hidden_states=states)
         return _as_asked(output, self.config, kwargs)
 
