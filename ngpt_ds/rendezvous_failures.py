@@ -8,6 +8,7 @@ program's behalf), and the client then waits for a reply for good. Rank 0, which
 says so in one line and exits; under mpirun it then waits for the other ranks in MPI_Finalize, and under srun the
 step waits for them: the job stayed until the other program closed its port (81 s with a 30 s timeout, or never).
 A client rank now checks that the port answers a store's ping within `answer_limit_s` once it accepts a connection.
+The lookup of MASTER_ADDR counts inside train.dist_timeout_s too (`_lookup`): it has no timeout of its own.
 """
 
 from __future__ import annotations
@@ -119,38 +120,107 @@ def _store_client(dist_env: DistEnv) -> bool:
     return dist_env.rank != 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
 
 
-def _check_the_port_answers(dist_env: DistEnv, timeout_s: int) -> None:
-    """Wait (up to train.dist_timeout_s) until rank 0's rendezvous port accepts a connection, then let a store client
-    of torch's own connect and ping it within `answer_limit_s`: a program that listens on the port and never answers
-    is found in a minute at most, not after the whole rendezvous's backstop of twice the timeout (20 min by default).
+def _lookup(dist_env: DistEnv, timeout_s: int, deadline: float) -> list[tuple]:
+    """MASTER_ADDR's addresses (socket.getaddrinfo), looked up within the time left of train.dist_timeout_s.
+
+    The lookup runs in a thread of its own because it has no timeout of its own: a slow or dead DNS server held a
+    rank for the resolver's retries (some 5 s a try, times its attempts and servers) before the wait for the port
+    began, and for good where the resolver never gives up. A name that does not resolve is looked up again until
+    the deadline: where rank 0's host gets its name only once it runs (a Kubernetes service), a rank that starts
+    first would otherwise stop. Raises RendezvousError (one line naming MASTER_ADDR and the fix) at the deadline."""
+    while True:
+        answer: list = []
+        answered = threading.Event()
+        lookup = (dist_env.master_addr, dist_env.master_port, answer, answered)
+        threading.Thread(target=_look_up, args=lookup, name="ngpt_ds-master-addr-lookup", daemon=True).start()
+        if not answered.wait(max(0.0, deadline - time.monotonic())):  # the thread is left behind, a daemon
+            raise RendezvousError(slow_lookup_message(dist_env, timeout_s))
+        if not isinstance(answer[0], Exception):
+            return answer[0]
+        if time.monotonic() + LOOKUP_RETRY_S >= deadline:  # no time for another answer
+            raise RendezvousError(unresolved_message(dist_env, timeout_s, answer[0]))
+        time.sleep(LOOKUP_RETRY_S)
+
+
+def _look_up(host: str, port: int, answer: list, answered: threading.Event) -> None:
+    try:
+        answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    except (OSError, UnicodeError) as err:  # gaierror; UnicodeError: not a valid host name (a label too long)
+        answer.append(err)
+    answered.set()
+
+
+LOOKUP_RETRY_S = 1.0
+"""How often a MASTER_ADDR that does not resolve is looked up again (one query a second a rank, at most)."""
+
+
+def slow_lookup_message(dist_env: DistEnv, timeout_s: int) -> str:
+    return (
+        f"rank {dist_env.rank}: the lookup of MASTER_ADDR {dist_env.master_addr} (rank 0's host) did not answer "
+        f"within {timeout_s} s (train.dist_timeout_s): this host's DNS server is slow or unreachable. Set MASTER_ADDR "
+        "to rank 0's IP address, or fix this host's DNS, and start the job again; it resumes from its newest checkpoint"
+    )
+
+
+def unresolved_message(dist_env: DistEnv, timeout_s: int, err: Exception) -> str:
+    return (
+        f"rank {dist_env.rank}: MASTER_ADDR {dist_env.master_addr} (rank 0's host) did not resolve on this host within "
+        f"{timeout_s} s (train.dist_timeout_s): {str(err) or type(err).__name__}. Set MASTER_ADDR to rank 0's IP address or a name this host "
+        "resolves (a typo? this host's DNS?), and start the job again; it resumes from its newest checkpoint"
+    )
+
+
+def _connect(addresses: list[tuple], wait_s: float) -> str:
+    """The first of MASTER_ADDR's `addresses` that accepts a connection (closed at once), as socket.create_connection
+    tries them but with no lookup of its own; raises the last one's OSError."""
+    error: OSError = ConnectionRefusedError("no address")
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(wait_s)
+                sock.connect(address)
+            return address[0]
+        except OSError as err:
+            error = err
+    raise error
+
+
+def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[tuple], deadline: float) -> None:
+    """Wait (until `deadline`, train.dist_timeout_s from the start of MASTER_ADDR's lookup) until rank 0's rendezvous
+    port accepts a connection, then let a store client of torch's own connect and ping it within `answer_limit_s`: a
+    program that listens on the port and never answers is found in a minute at most, not after the whole
+    rendezvous's backstop of twice the timeout (20 min by default).
 
     Split so because torch's client has no timeout once connected (its ping then waits for good), and one of its
     connection tries may start just before its deadline and last a whole timeout more: bounding torch's client alone
     at one timeout would cut off a rank 0 that starts late but within the timeout. The connection tried here is
-    closed at once (the store drops it)."""
+    closed at once (the store drops it). Both connect to the address looked up (`addresses`), not to MASTER_ADDR:
+    a slow lookup, made again, would count against the minute for the store's answer."""
     from torch.distributed import DistNetworkError, TCPStore
 
-    deadline = time.monotonic() + timeout_s
     while True:
         try:
             wait_s = min(5.0, max(0.5, deadline - time.monotonic()))  # an address that drops packets: not past T
-            socket.create_connection((dist_env.master_addr, dist_env.master_port), timeout=wait_s).close()
+            address = _connect(addresses, wait_s)
             break
         except OSError as err:  # nothing listens yet (rank 0 starts later) or unreachable
             if time.monotonic() >= deadline:  # torch's error type: the caller's rendezvous_failure says it in a line
                 raise DistNetworkError(f"nothing accepted a connection within {timeout_s} s: {err}") from None
             time.sleep(0.25)
     with _watch(answer_limit_s(timeout_s), silent_port_message(dist_env, timeout_s)):
-        TCPStore(dist_env.master_addr, dist_env.master_port, None, False, timedelta(seconds=timeout_s))
+        TCPStore(address, dist_env.master_port, None, False, timedelta(seconds=timeout_s))
 
 
 @contextlib.contextmanager
 def bounded_rendezvous(dist_env: DistEnv, timeout_s: int) -> Iterator[None]:
     """Run the body (torch's rendezvous, which releases the GIL while it waits) on a port checked to answer (on a rank
     that is a client of the job's store), and end this process if the body has not returned within
-    `limit_s(timeout_s)`. Raises torch's DistNetworkError where nothing accepted a connection within the timeout."""
+    `limit_s(timeout_s)`. Raises torch's DistNetworkError where nothing accepted a connection within the timeout, and
+    RendezvousError where MASTER_ADDR did not resolve within it (on every rank: rank 0's store connects to it too)."""
+    deadline = time.monotonic() + timeout_s
+    addresses = _lookup(dist_env, timeout_s, deadline)
     if _store_client(dist_env):
-        _check_the_port_answers(dist_env, timeout_s)
+        _check_the_port_answers(dist_env, timeout_s, addresses, deadline)
     with _watch(limit_s(timeout_s), message(dist_env, timeout_s)):
         yield
 
