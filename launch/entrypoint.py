@@ -38,12 +38,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 REQUESTS = (signal.SIGUSR1, signal.SIGUSR2)  # for the processes that handle them only
 PR_SET_CHILD_SUBREAPER = 36
 RETRY_S = 0.2
 USAGE = "usage: entrypoint.py COMMAND [ARGS...]"
+DEFAULT_PORT = 29500  # torchrun's rendezvous port where more than one node and no port is given
+TIME_WAIT = "06"  # the TCP state in /proc/net/tcp's st column
 
 
 def _become_subreaper() -> None:
@@ -111,9 +114,9 @@ def _torchrun_port_taken(argv: list[str]) -> str | None:
     (torch.distributed.run.get_args_parser); --standalone, another rendezvous backend and the other nodes' agents
     listen on no port of this one. A port taken after this check still gets torchrun's own error."""
     torchrun_args = _torchrun_args(argv)
-    if torchrun_args is None:
+    if torchrun_args is None or not _some_port_in_use(_candidate_ports(torchrun_args, os.environ)):
         return None
-    try:
+    try:  # torch costs seconds of CPU to import (torchrun imports it again): only where a port it may use is in use
         from torch.distributed.run import get_args_parser
     except ImportError:  # torchrun itself will fail, in its own words
         return None
@@ -128,7 +131,7 @@ def _torchrun_port_taken(argv: list[str]) -> str | None:
     if args.rdzv_endpoint:  # the static agent listens on the endpoint's port, not --master_port
         option, port = "--rdzv_endpoint", _endpoint_port(args.rdzv_endpoint)
     elif port is None:  # not given (newer torchrun): one node then takes a c10d store on a free port, more 29500
-        port = None if str(args.nnodes).split(":")[-1] == "1" else 29500
+        port = None if str(args.nnodes).split(":")[-1] == "1" else DEFAULT_PORT
     if port is None:
         return None
     for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):  # as the agent's store listens
@@ -147,6 +150,44 @@ def _torchrun_port_taken(argv: list[str]) -> str | None:
                 )
             # no IPv6 here: try IPv4
     return None
+
+
+def _candidate_ports(torchrun_args: list[str], env: Mapping[str, str]) -> set[int]:
+    """Every port torchrun's parser could read from `torchrun_args` (at least the one `_torchrun_port_taken` probes):
+    each argument read as a number whole, after its last '=' (--master_port=P) and after its last ':' (an
+    endpoint HOST:PORT), the same for torchrun's PET_* variables (its options' defaults), and DEFAULT_PORT. More
+    than torchrun reads (a script's own arguments too) costs only the slow check, never a refusal."""
+    ports = {DEFAULT_PORT}
+    values = [*torchrun_args, *(value for name, value in env.items() if name.startswith("PET_"))]
+    for value in values:
+        for text in (value, value.rpartition("=")[2], value.rpartition(":")[2]):
+            try:
+                port = int(text)  # as argparse's type=int reads --master_port
+            except ValueError:
+                continue
+            if 0 < port < 65536:
+                ports.add(port)
+    return ports
+
+
+def _some_port_in_use(ports: set[int]) -> bool:
+    """Whether a TCP socket of this host (this network namespace) has one of `ports` as its local port, but for
+    those in TIME_WAIT, which hold no port against torch's store (SO_REUSEADDR): read from /proc, True where it
+    cannot be read. A port only bound (no listen, no connection) is not listed there; torchrun's own error says
+    it, as for a port taken after the check."""
+    used, read = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # tcp6 is missing where the kernel has no IPv6
+        try:
+            with open(table, encoding="ascii") as f:
+                rows = f.read().splitlines()[1:]
+            for row in rows:
+                fields = row.split()  # sl local_address rem_address st ...: local_address is ADDR:PORT in hex
+                if fields[3] != TIME_WAIT:
+                    used.add(int(fields[1].rpartition(":")[2], 16))
+            read = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return bool(used & ports) or not read  # nothing read (no /proc: not Linux): the slow check
 
 
 def _endpoint_port(endpoint: str) -> int | None:
