@@ -185,6 +185,16 @@ def _connect(addresses: list[tuple], wait_s: float) -> str:
     raise error
 
 
+def _resolved_to(dist_env: DistEnv, addresses: list[tuple]) -> str:
+    """Where MASTER_ADDR is a name: what it resolved to on this host. A host whose lookup of rank 0's name gives
+    another address than rank 0 has (a stale /etc/hosts line, another DNS view) got the line of a rank 0 that never
+    started, naming only the name, which looks right on rank 0's own host."""
+    found = list(dict.fromkeys(str(address[4][0]) for address in addresses))
+    if found == [dist_env.master_addr.strip("[]")]:  # an address, not a name
+        return ""
+    return f"MASTER_ADDR {dist_env.master_addr} is {' or '.join(found)} on this host; "
+
+
 def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[tuple], deadline: float) -> None:
     """Wait (until `deadline`, train.dist_timeout_s from the start of MASTER_ADDR's lookup) until rank 0's rendezvous
     port accepts a connection, then let a store client of torch's own connect and ping it within `answer_limit_s`: a
@@ -205,7 +215,11 @@ def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[t
             break
         except OSError as err:  # nothing listens yet (rank 0 starts later) or unreachable
             if time.monotonic() >= deadline:  # torch's error type: the caller's rendezvous_failure says it in a line
-                raise DistNetworkError(f"nothing accepted a connection within {timeout_s} s: {err}") from None
+                resolved = _resolved_to(dist_env, addresses)
+                there = "there " if resolved else ""
+                raise DistNetworkError(
+                    f"{resolved}nothing accepted a connection {there}within {timeout_s} s: {err}"
+                ) from None
             time.sleep(0.25)
     with _watch(answer_limit_s(timeout_s), silent_port_message(dist_env, timeout_s)):
         TCPStore(address, dist_env.master_port, None, False, timedelta(seconds=timeout_s))

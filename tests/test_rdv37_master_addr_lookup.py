@@ -9,6 +9,7 @@ its attempts and servers), or for good, before the bound started."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +40,8 @@ def getaddrinfo(host, *args, **kwargs):  # this rank's resolver, for MASTER_ADDR
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         if kind == "unknown":  # a name no DNS server knows: answered at once
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if kind == "maps":  # answers with that address (a stale line in this host's /etc/hosts)
+            return real_getaddrinfo(seconds, *args, **kwargs)
         time.sleep(float(seconds))  # "slow": answers after that long
         return real_getaddrinfo("127.0.0.1", *args, **kwargs)
     return real_getaddrinfo(host, *args, **kwargs)
@@ -135,3 +138,22 @@ def test_a_slow_lookup_within_the_timeout_still_meets(tmp_path):
         assert code == 0, (rank, err[-3000:])
         assert out.startswith("joined after "), (rank, out)
         assert 3 <= float(out.split()[2]) < 9, (rank, out)
+
+
+def test_a_rank_that_resolves_master_addr_elsewhere_says_where(tmp_path):
+    """The fault: a rank whose host resolves rank 0's name to another address than rank 0 has (here 192.0.2.1, a
+    documentation address nobody listens on) said only 'could not reach rank 0's rendezvous on rank0.example:P ...
+    (nothing accepted a connection within 5 s: [Errno 111] Connection refused)', the line of a rank 0 that never
+    started: nothing showed the address it tried, which the user compares with rank 0's. Now the line says what
+    MASTER_ADDR is on this host."""
+    code, out, err, took = run_ranks(tmp_path, [1], "rank0.example", 5, "maps:192.0.2.1")[1]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"error: rank 1 could not reach rank 0's rendezvous on rank0\.example:\d+ within 5 s \(train\.dist_timeout_s\): "
+        r"rank 0 crashed or was not started \(read its log\), or MASTER_ADDR / MASTER_PORT is wrong or unreachable "
+        r"from this host\. Fix that and start the job again; it resumes from its newest checkpoint\. \(MASTER_ADDR "
+        r"rank0\.example is 192\.0\.2\.1 on this host; nothing accepted a connection there within 5 s: .+\)",
+        lines[0],
+    ), err[-3000:]
+    assert code == rendezvous_failures.EXIT_CODE, err[-3000:]
+    assert took < 5 + 3, took  # each connection try ends by the deadline, or 0.5 s past it
