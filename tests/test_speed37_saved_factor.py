@@ -3,7 +3,8 @@ and what it gave"):
 
 - `_L2Normalize` and `_BlockUpdate` (nGPT's Norm and its eq. 10-11 update) keep the factor 1 / ||x|| that their
   forward cast to x's dtype and multiply the backward by it, instead of casting the fp32 1 / ||x|| again: one
-  cast of a [rows, 1] tensor fewer per Norm in every backward;
+  cast of a [rows, 1] tensor fewer per Norm in every backward; where the forward copied that factor to x's
+  whole shape (q and k's rows of 48, `_row_factor`), Norm keeps the copy, and its backward makes one copy fewer;
 - the hypersphere hook's row sums (`MasterPiece.add_squares`, rows) square the norms in place and add them into
   the sum buffer's view, instead of `sums[...] += norms.square()` (a second tensor and a write-back).
 
@@ -151,6 +152,35 @@ def test_backward_casts_one_factor_fewer_per_norm():
     new = backward_casts(ngpt.block_update(h, z, alpha), (h, z, alpha))
     old = backward_casts(_BlockUpdateBefore.apply(h, z, alpha), (h, z, alpha))
     assert new == old - 2 == 2, (new, old)
+
+
+class _FullCopies(TorchDispatchMode):
+    """Counts copies (clones) to a given shape: `_scale_rows` copying a [..., 1] factor to x's whole shape."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.count = torch.Size(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.clone.default and out.shape == self.shape:
+            self.count += 1
+        return out
+
+
+def test_qk_backward_copies_the_factor_once_not_twice():
+    """q and k's rows (48 wide) are multiplied by their factor copied to the whole shape (`_row_factor`). The
+    forward's copy is kept for the backward's last product now, so the backward copies only the dot product's
+    factor: before the change `assert copies == 1` failed with `assert 2 == 1`. Values: the tests above."""
+    shape = (2, 16, 2, 4, 48)
+    x = torch.randn(shape, dtype=torch.bfloat16, requires_grad=True)
+    out = l2_normalize(x)
+    with _FullCopies(shape) as copies:
+        torch.autograd.grad(out, x, torch.randn(shape, dtype=torch.bfloat16))
+    assert copies.count == 1
+    with _FullCopies(shape) as forward_copies:
+        l2_normalize(x)
+    assert forward_copies.count == 1  # the forward's own copy, the one kept
 
 
 def _row_sums_before(piece: MasterPiece, sums: torch.Tensor) -> None:

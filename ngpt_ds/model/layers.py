@@ -62,8 +62,9 @@ def tangent_rows(
     products and the difference in grad's dtype, so the same values bit for bit), in one buffer reused in
     place. Not differentiable itself (out= and in-place): for backward passes without create_graph.
 
-    `factor`: inv_norm already cast to the forward's dtype, as the forward multiplied x by it; used when that
-    is grad's dtype (always, through autograd), instead of casting inv_norm again: the same tensor values."""
+    `factor`: inv_norm already cast to the forward's dtype, as the forward multiplied x by it (of shape
+    [..., 1], or expanded to x's shape by `_row_factor`); used when that is grad's dtype (always, through
+    autograd), instead of casting inv_norm again: the same values."""
     dot = (grad * y).sum(dim=dim, keepdim=True, dtype=inv_norm.dtype)
     out = _scale_rows(y, dot.to(grad.dtype))
     torch.sub(grad, out, out=out)
@@ -111,15 +112,17 @@ class _L2Normalize(torch.autograd.Function):
     """y = x / ||x|| with a hand-written backward, dx = (g - y (g . y)) / ||x||: two passes over
     the tensor instead of autograd's chain through the norm and the division. Without create_graph the
     backward reuses its temporaries in place (`tangent_rows`, the same values bit for bit), and, in eager mode,
-    the forward's factor 1 / ||x|| in x's dtype instead of casting it again (one cast of [rows, 1] fewer per
-    call; under torch.compile the traced graph stays as it was)."""
+    the forward's factor 1 / ||x|| in x's dtype as the forward multiplied by it: not cast again, and, where
+    `_scale_rows` copies it to x's whole shape (q and k's rows of 48 at ngpt_tiny), not copied again (one
+    activation of x's size more kept for the backward; q and k's Norm 0.95x, docs/benchmarks.md, "What was
+    changed, and what it gave", `bench/excess_forms.py`). Under torch.compile the traced graph stays as it was."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
         accumulate = torch.promote_types(x.dtype, torch.float32)
         inv_norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=accumulate).reciprocal_()
-        factor = inv_norm.to(x.dtype)
-        y = _scale_rows(x, factor)
+        factor = _row_factor(x, inv_norm.to(x.dtype))
+        y = x * factor
         ctx.dim = dim
         if torch.compiler.is_compiling():
             ctx.save_for_backward(y, inv_norm)
