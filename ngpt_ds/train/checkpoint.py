@@ -83,6 +83,7 @@ from ngpt_ds.train.manifest import fsync_dir as fsync_dir
 from ngpt_ds.train.manifest import is_legacy as is_legacy
 from ngpt_ds.train.manifest import legacy_warning as legacy_warning
 from ngpt_ds.train.manifest import verify as verify
+from ngpt_ds.train.out_moved import gone, hold, remove_recreated
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -414,9 +415,10 @@ def save(
     tmp = checkpoint_dir / tmp_tag
     rank = dist.get_rank()
     problem = None
+    hold(out_dir)  # the run's folder, wherever an `mv` takes it during this save (ngpt_ds.train.out_moved)
     if rank == 0:
         try:
-            problem = _before_save(engine, checkpoint_dir, step)
+            problem = gone(out_dir) or _before_save(engine, checkpoint_dir, step)
         except Exception as err:  # any error reaches every rank through _agree
             problem = f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {type(err).__name__}: {err}"
     problem = _agree(problem)
@@ -427,11 +429,15 @@ def save(
     try:
         engine.save_checkpoint(str(checkpoint_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
     except Exception as err:
-        if not is_write_failure(err):
+        # --out moved before a file's write: torch's zip writer raises 'RuntimeError: Parent directory ... does not
+        # exist', which had stopped the run with a traceback
+        if not is_write_failure(err) and gone(out_dir) is None:
             raise
         problem = f"writing {tmp}: {describe(err, checkpoint_dir)}{_space_figures(err, engine, checkpoint_dir, step)}"
         # DeepSpeed's collectives all precede its writes; the others wait in its closing barrier.
         dist.barrier()
+    if rank == 0:  # moved during DeepSpeed's writes: its makedirs made the old path again and wrote the rest there
+        problem = gone(out_dir) or problem
     problem = _agree(problem)
     manifest = None
     if problem is None:  # the same on every rank: all take these collectives, or none
@@ -448,7 +454,12 @@ def save(
                 )
         problem = _agree(problem)
     if problem is not None:
-        if rank == 0:
+        # a failure of a save whose --out was moved says so: 'No such file or directory' had named neither
+        moved = _agree(gone(out_dir) if rank == 0 else None)
+        problem = moved or problem
+        if rank == 0 and moved:
+            remove_recreated(out_dir, tmp)
+        elif rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)  # a .tmp-save name is never resumed from anyway
         raise CheckpointWriteError(f"checkpoint of step {step} not saved: {problem}")
     return checkpoint_dir / tag

@@ -1,0 +1,104 @@
+"""A run whose --out is moved (mv) during a checkpoint save stops with one line naming the move, where the folder went,
+its newest complete checkpoint and the fix; nothing is left at the old place, and the same command with --out at the
+new place resumes (helper out37, session 37).
+
+Faults, on a real 1-rank run (checkpoint_interval 2) moved during the save of step 4 by the process itself (an
+os.rename, what `mv` does), at three moments:
+- before DeepSpeed's first file: torch's zip writer raised 'RuntimeError: Parent directory .../step_00000004.tmp-save
+  does not exist', which stopped the run (exit 1) with a 40-line traceback (1 of 24 loops with the move at a random
+  moment of a slowed save).
+- in DeepSpeed's writes (after its first file): DeepSpeed's makedirs made <old --out>/checkpoints/step_00000004.tmp-save
+  again and wrote the rest there, and the save sealed and renamed it: <old --out>/checkpoints/step_00000004 with a
+  COMPLETE manifest and no model states file (those went with the move), called intact ('Checkpoints up to step 4 are
+  intact in <old --out>/checkpoints').
+- before the folder is renamed into place: 'checkpoint of step 4 not saved: finishing <old>/checkpoints/step_00000004:
+  No such file or directory', naming neither the move nor what to do.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ngpt_ds.train.manifest import verify
+
+from conftest import assert_complete, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+
+# launch/train.py, with --out renamed to MOVED once, during the save of step 4: before DeepSpeed's first torch.save
+# ("before_write"), after it ("writes"), or as the save's _finish_save starts ("finish").
+_MOVED_IN_SAVE = r"""
+import os, runpy, sys
+from pathlib import Path
+import torch
+from ngpt_ds.train import checkpoint
+
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+moved, at = Path(os.environ["MOVED"]), os.environ["MOVE_AT"]
+saving = {"step": None}
+def move():
+    if saving["step"] == 4 and not moved.exists():
+        os.rename(out, moved)
+
+real_save = checkpoint.save
+def save(engine, out_dir, step, *args, **kwargs):
+    saving["step"] = step
+    return real_save(engine, out_dir, step, *args, **kwargs)
+checkpoint.save = save
+if at in ("before_write", "writes"):
+    real_torch_save = torch.save
+    def torch_save(*args, **kwargs):
+        if at == "before_write":
+            move()
+        real_torch_save(*args, **kwargs)
+        move()
+    torch.save = torch_save
+else:
+    real_finish = checkpoint._finish_save
+    def finish(*args, **kwargs):
+        move()
+        return real_finish(*args, **kwargs)
+    checkpoint._finish_save = finish
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("at", ["before_write", "writes", "finish"])
+def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the_old(tmp_path, tiny_dataset, at):
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "NGPT_DS_CPU_BF16": "1",
+        "MOVED": str(moved),
+        "MOVE_AT": at,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [sys.executable, "-c", _MOVED_IN_SAVE, *map(str, train_cmd(config, ds, tiny_dataset, out))]
+    moved_run = run(cmd, env=env, check=False)
+    err = moved_run.stderr
+    assert moved_run.returncode == 74, err[-3000:]  # old code (before_write): 1, a traceback
+    assert "Traceback" not in err, err[-3000:]
+    # old code (writes): out/checkpoints/step_00000004 sealed COMPLETE without mp_rank_00_model_states.pt
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    # old code (finish): 'error: checkpoint of step 4 not saved: finishing .../run/checkpoints/step_00000004: No
+    # such file or directory (.../run/checkpoints)'
+    assert errors == [
+        f"error: checkpoint of step 4 not saved: {out} was moved to {moved} while the run trained; its checkpoints "
+        "went with it (the newest complete there is step_00000002; a step_N.tmp-save there is this unfinished save: "
+        f"the next save removes it). Run the same command with --out {moved} to continue from its newest"
+    ], err[-3000:]
+    assert verify(moved / "checkpoints" / "step_00000002") is None  # intact at the new place
+    assert not (moved / "checkpoints" / "step_00000004").exists()
+
+    resumed = run([sys.executable, *train_cmd(config, ds, tiny_dataset, moved, "--resume", "auto")])
+    # the save of step 4 was never sealed: the rerun goes on from step 2 and removes its .tmp-save
+    assert f"resumed from {moved / 'checkpoints' / 'step_00000002'} at step 2" in resumed.stdout, resumed.stdout[-3000:]
+    for step in ("step_00000004", "step_00000006"):
+        assert_complete(moved / "checkpoints" / step)
+    assert not out.exists()
