@@ -114,7 +114,7 @@ class _L2Normalize(torch.autograd.Function):
     backward reuses its temporaries in place (`tangent_rows`, the same values bit for bit), and, in eager mode,
     the forward's factor 1 / ||x|| in x's dtype as the forward multiplied by it: not cast again, and, where
     `_scale_rows` copies it to x's whole shape (q and k's rows of 48 at ngpt_tiny), not copied again (one
-    activation of x's size more kept for the backward; q and k's Norm 0.95x, docs/benchmarks.md, "What was
+    activation of x's size more kept for the backward; q and k's Norm 0.89-0.95x, docs/benchmarks.md, "What was
     changed, and what it gave", `bench/excess_forms.py`). Under torch.compile the traced graph stays as it was."""
 
     @staticmethod
