@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run(lambda: _export(args), args)
+    from ngpt_ds.data.address_limit import EXPORT, limit_named
+
+    # A thread that a low `ulimit -v` or a large `ulimit -s` leaves no room for: one line, not a traceback
+    return run(limit_named(EXPORT)(lambda: _export(args)), args)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -194,12 +194,13 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     quiet_deepspeed_deprecations(args.log_level)
 
+    from ngpt_ds.data.address_limit import TRAIN, limit_named
     from ngpt_ds.distributed import RendezvousError, exit_process
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
     from ngpt_ds.train.divergence import TrainingDiverged
 
     code = run(
-        lambda: _train(args),
+        limit_named(TRAIN)(lambda: _train(args)),  # a thread `ulimit -v` or `ulimit -s` leaves no room for: one line
         args,
         info_stream="stdout",
         errors={TrainingDiverged: 2, CheckpointWriteError: WRITE_FAILED_EXIT_CODE, RendezvousError: 1},

@@ -1,5 +1,6 @@
-"""What a low address-space limit (`ulimit -v`, RLIMIT_AS) or a large `ulimit -s` stops in ngpt-prepare, said in one
-line with the fix.
+"""What a low address-space limit (`ulimit -v`, RLIMIT_AS) or a large `ulimit -s` stops in a command, said in one
+line with the fix: ngpt-prepare's corpus reading here, and every other command through the same functions (`Threads`
+names the command and its threads; `limit_named` wraps each command's body, ngpt_ds/cli).
 
 Under such a limit a thread datasets starts to read the corpus (a pool of them resolves a corpus's files), or a
 library imported late (torch, which datasets imports when it opens a stream), fails to map its memory: a 40-line
@@ -11,11 +12,19 @@ be started under such a limit, or with a large `ulimit -s`, OpenBLAS prints "pth
 in the process (OpenBLAS's blas_thread_init), and the command ended on "interrupted", exit status 130, as if Ctrl-C
 had stopped it. Without `ulimit -v`, a large `ulimit -s` alone (64 GiB) stops datasets' first thread too, with the
 same traceback.
+
+The other commands met the same limits in threads of their own, in tracebacks of 36 to 59 lines, exit status 1:
+ngpt-export, ngpt-generate and ngpt-evaluate in the pool that hashes a checkpoint's files ("RuntimeError: can't start
+new thread"), a training rank in torch's rendezvous store, whose C++ thread fails with the system's own words
+("RuntimeError: Resource temporarily unavailable", EAGAIN). torch imports numpy inside its own import and swallows
+OpenBLAS's SIGINT there: those commands go on past OpenBLAS's lines to the first thread that cannot start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import os
 import resource
 import traceback
@@ -25,8 +34,39 @@ from ngpt_ds.errors import NgptConfigError
 
 _THREAD = "can't start new thread"
 _LIBRARY = "failed to map segment from shared object"
+_THREAD_EAGAIN = os.strerror(errno.EAGAIN)
+"""A C++ thread (std::thread: torch's rendezvous store, gloo) that could not start: its std::system_error, as torch
+raises it, says no more than this."""
 _BIG_STACK = 64 << 20
 """A `ulimit -s` from which a thread's stack is named as what may not fit (the default is 8 MiB)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Threads:
+    """The command a line names in its fix, and the threads it starts (what a thread that could not start was for)."""
+
+    command: str
+    started: str
+    """'datasets reads a corpus with threads': what starts threads, each of which maps a stack of `ulimit -s`."""
+    theirs: str
+    """"datasets' threads": the threads that map such a stack too (OPENBLAS_NUM_THREADS=1 does not spare them)."""
+
+
+PREPARE = Threads("ngpt-prepare", "datasets reads a corpus with threads", "datasets' threads")
+TRAIN = Threads(
+    "the training command",
+    "a training rank starts threads for its rendezvous, its collectives and its checks of a checkpoint's files",
+    "a training rank's threads",
+)
+_HASHED = "a checkpoint's files are hashed by a pool of threads"
+EXPORT = Threads("ngpt-export", _HASHED, "the hashing threads")
+GENERATE = Threads("ngpt-generate", _HASHED, "the hashing threads")
+EVALUATE = Threads("ngpt-evaluate", _HASHED, "the hashing threads")
+
+
+def _thread_failed(err: BaseException) -> bool:
+    """A thread that could not start: Python's threading, or a C++ std::thread (its EAGAIN, and nothing else)."""
+    return isinstance(err, RuntimeError) and (_THREAD in str(err) or str(err).strip() == _THREAD_EAGAIN)
 
 
 def _size(n: int) -> str:
@@ -45,16 +85,16 @@ def _mapped() -> int | None:
     return None
 
 
-def limit_failure(err: BaseException) -> NgptConfigError | None:
+def limit_failure(err: BaseException, threads: Threads = PREPARE) -> NgptConfigError | None:
     """The one-line error for `err` where it is a thread or a library that could not be mapped under a finite
     address-space limit; None for anything else (a traceback is then the right report)."""
     limit, hard = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
-        return _stack_failure(err)
-    if isinstance(err, RuntimeError) and _THREAD in str(err):
+        return _stack_failure(err, threads)
+    if _thread_failed(err):
         stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
         each = f"`ulimit -s`, here {_size(stack)}" if stack != resource.RLIM_INFINITY else "`ulimit -s`"
-        what = f"could not start a thread (datasets reads a corpus with threads, each of which maps a stack of {each})"
+        what = f"could not start a thread ({threads.started}, each of which maps a stack of {each})"
         fixes = ", or lower `ulimit -s`" if stack != resource.RLIM_INFINITY and stack >= _BIG_STACK else ""
     elif isinstance(err, ImportError) and _LIBRARY in str(err):
         what = f"could not load a library ({str(err).splitlines()[0]})"
@@ -64,22 +104,22 @@ def limit_failure(err: BaseException) -> NgptConfigError | None:
     mapped = _mapped()
     held = f", {_size(mapped)} of it mapped already" if mapped is not None else ""
     return NgptConfigError(
-        f"this process {what} under its address-space limit (`ulimit -v`) of {_size(limit)}{held}. {_raise(limit, hard, root=os.geteuid() == 0)}{fixes}"
+        f"this process {what} under its address-space limit (`ulimit -v`) of {_size(limit)}{held}. "
+        f"{_raise(limit, hard, root=os.geteuid() == 0, command=threads.command)}{fixes}"
     )
 
 
-def _stack_failure(err: BaseException) -> NgptConfigError | None:
+def _stack_failure(err: BaseException, threads: Threads) -> NgptConfigError | None:
     """Without an address-space limit, a thread that could not start under a large `ulimit -s` (64 GiB: each
     thread's stack is that size, more than the machine lets a process map) was the same traceback."""
     stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    if not (isinstance(err, RuntimeError) and _THREAD in str(err)):
+    if not _thread_failed(err):
         return None
     if stack == resource.RLIM_INFINITY or stack < _BIG_STACK:
         return None
     return NgptConfigError(
-        "this process could not start a thread (datasets reads a corpus with threads, each of which maps a stack of "
-        f"`ulimit -s`, here {_size(stack)}). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script "
-        "before ngpt-prepare"
+        f"this process could not start a thread ({threads.started}, each of which maps a stack of `ulimit -s`, here "
+        f"{_size(stack)}). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script before {threads.command}"
     )
 
 
@@ -98,26 +138,26 @@ def limit_in_force() -> str:
     )
 
 
-def _raise(limit: int, hard: int, *, root: bool) -> str:
+def _raise(limit: int, hard: int, *, root: bool, command: str = PREPARE.command) -> str:
     """How to raise the soft limit `limit`: a user's `ulimit -v` cannot pass the hard limit `hard` (a scheduler's
     memory limit, say; bash's `ulimit -v N` sets both), where the advice to run `ulimit -v unlimited` failed
     ("ulimit: virtual memory: cannot modify limit: Operation not permitted"). root may raise both."""
     if root or hard == resource.RLIM_INFINITY:
         return (
-            "Raise the limit (`ulimit -v unlimited`, or a few GiB more, in the shell or job script before ngpt-prepare)"
+            f"Raise the limit (`ulimit -v unlimited`, or a few GiB more, in the shell or job script before {command})"
         )
     if limit < hard:
         return (
             f"Raise the limit, up to its hard limit of {_size(hard)} (`ulimit -v {hard >> 10}`, in the shell or job "
-            "script before ngpt-prepare)"
+            f"script before {command})"
         )
     return (
         "It is also the hard limit, which only an administrator or the job's scheduler raises: ask for a higher one "
-        "(the job's virtual memory request), or run ngpt-prepare where the limit is higher"
+        f"(the job's virtual memory request), or run {command} where the limit is higher"
     )
 
 
-def blas_failure(err: KeyboardInterrupt) -> NgptConfigError | None:
+def blas_failure(err: KeyboardInterrupt, threads: Threads = PREPARE) -> NgptConfigError | None:
     """The one-line error for the SIGINT OpenBLAS raises when it cannot start its threads at numpy's import (the
     module docstring): `err` raised inside numpy's import, with an address-space limit or a large `ulimit -s` in
     force. None for anything else: Ctrl-C stays 'interrupted'."""
@@ -137,11 +177,14 @@ def blas_failure(err: KeyboardInterrupt) -> NgptConfigError | None:
         return None
     # Under a large stack OPENBLAS_NUM_THREADS=1 only moves the failure to datasets' first thread (limit_failure).
     fixes = (
-        "Lower `ulimit -s` (8 MiB is the usual; datasets' threads map such a stack too)"
+        f"Lower `ulimit -s` (8 MiB is the usual; {threads.theirs} map such a stack too)"
         if big_stack
         else "Set OPENBLAS_NUM_THREADS=1 (numpy then starts no thread)"
-    ) + " in the shell or job script before ngpt-prepare"
-    fixes += f". Or: {_raise(limit, hard, root=os.geteuid() == 0)}" if limit != resource.RLIM_INFINITY else ""
+    ) + f" in the shell or job script before {threads.command}"
+    root = os.geteuid() == 0
+    fixes += (
+        f". Or: {_raise(limit, hard, root=root, command=threads.command)}" if limit != resource.RLIM_INFINITY else ""
+    )
     return NgptConfigError(
         "this process could not start numpy's OpenBLAS threads at numpy's import (the 'pthread_create failed' lines "
         f"above; OpenBLAS then raises SIGINT, read as Ctrl-C) under {' and '.join(under)}. {fixes}"
@@ -149,18 +192,18 @@ def blas_failure(err: KeyboardInterrupt) -> NgptConfigError | None:
 
 
 @contextlib.contextmanager
-def limit_named() -> Iterator[None]:
+def limit_named(threads: Threads = PREPARE) -> Iterator[None]:
     """Turn what limit_failure and blas_failure name into their one-line NgptConfigError (exit status 2 at the
-    command line)."""
+    command line). Also a decorator of a command's body: `run(limit_named(EXPORT)(lambda: _export(args)), args)`."""
     try:
         yield
     except (RuntimeError, ImportError) as err:
-        failure = limit_failure(err)
+        failure = limit_failure(err, threads)
         if failure is None:
             raise
         raise failure from None
     except KeyboardInterrupt as err:
-        failure = blas_failure(err)
+        failure = blas_failure(err, threads)
         if failure is None:
             raise
         raise failure from None
