@@ -284,6 +284,9 @@ def _worker(config: str, ds_config: str, data: str, out: str, live_path: str) ->
 if __name__ == "__main__":
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     _worker(*sys.argv[1:6])
+    from ngpt_ds.distributed import exit_process
+
+    exit_process(0, joined=True)  # no interpreter teardown under gloo's threads (its docstring)
 
 
 @pytest.mark.parametrize("layout", ["tp2_zero1_fp32", "ws1_zero0_bf16"])

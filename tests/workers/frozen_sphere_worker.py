@@ -11,7 +11,17 @@ OUT.<rank>.
 import sys
 
 import torch
-from hf_common import ds_config, error_line, run_cases, start_engine, tiny_ngpt, token_ids, train_step, whole_value
+from hf_common import (
+    ds_config,
+    ended_through_exit_process,
+    error_line,
+    run_cases,
+    start_engine,
+    tiny_ngpt,
+    token_ids,
+    train_step,
+    whole_value,
+)
 
 from ngpt_ds.hf.trainer import keep_on_the_sphere, release
 from ngpt_ds.model.sphere import sphere_matrices
@@ -102,4 +112,4 @@ SUITES = {
 }
 
 if __name__ == "__main__":
-    run_cases(sys.argv[1], SUITES[sys.argv[2]], case)
+    ended_through_exit_process(run_cases, sys.argv[1], SUITES[sys.argv[2]], case)

@@ -1,13 +1,17 @@
 """What the workers that train the Hugging Face NGPTForCausalLM under DeepSpeed share: DeepSpeed imported
 without its shared-memory op, the tiny model every job trains, its batches and steps, transformers' Trainer
-of it under DeepSpeed, and the frame of the 2-rank jobs that run a table of cases.
+of it under DeepSpeed, the frame of the 2-rank jobs that run a table of cases, and the end of every worker
+(ended_through_exit_process).
 
 Importable as `hf_common` from any worker: torchrun and python run a worker as a script, which puts this
 folder first on sys.path.
 """
 
 import json
+import sys
 import traceback
+from collections.abc import Callable
+from typing import NoReturn
 
 import deepspeed.ops
 
@@ -121,3 +125,22 @@ def run_cases(out: str, cases: dict, case) -> None:
     results = {name: case(rank, **options) for name, options in cases.items()}
     with open(f"{out}.{rank}", "w") as f:
         json.dump(results, f)
+
+
+def ended_through_exit_process(main: Callable[..., object], *args: object) -> NoReturn:
+    """`main(*args)`, then the end of this process through ngpt_ds.distributed.exit_process with its exit status (0,
+    or a SystemExit's code), with no interpreter teardown: gloo's worker threads can still be releasing the tensors of
+    the last collective then, and the process aborts ('terminate called without an active exception', exit -6) after
+    all its work is written (exit_process's docstring; a rank script of CI run 101). Another exception keeps its
+    traceback (exit status 1)."""
+    from ngpt_ds.distributed import exit_process
+
+    try:
+        main(*args)
+        code = 0
+    except SystemExit as stop:
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr)  # sys.exit("message"), as the interpreter reports it
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    exit_process(code, joined=True)
+    raise AssertionError("exit_process returned")  # it does not: os._exit

@@ -12,7 +12,7 @@ import json
 import sys
 
 import torch
-from hf_common import ds_config, start_engine, tiny_ngpt, token_ids, train_step
+from hf_common import ds_config, ended_through_exit_process, start_engine, tiny_ngpt, token_ids, train_step
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.sphere import max_norm_deviation, sphere_matrices
@@ -51,4 +51,4 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    ended_through_exit_process(main, sys.argv[1], sys.argv[2])

@@ -16,7 +16,7 @@ import sys
 import deepspeed
 import torch
 import torch.distributed as dist
-from hf_common import tiny_ngpt, token_ids
+from hf_common import ended_through_exit_process, tiny_ngpt, token_ids
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.trainer import keep_on_the_sphere, release
@@ -99,4 +99,4 @@ def main(stage: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    ended_through_exit_process(main, int(sys.argv[1]), sys.argv[2])

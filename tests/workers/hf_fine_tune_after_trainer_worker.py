@@ -12,7 +12,7 @@ import json
 import sys
 
 import torch
-from hf_common import deepspeed_trainer, tiny_ngpt, token_ids
+from hf_common import deepspeed_trainer, ended_through_exit_process, tiny_ngpt, token_ids
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.hf.trainer import KeepOnTheSphere
@@ -43,4 +43,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ended_through_exit_process(main, sys.argv[1])

@@ -12,7 +12,7 @@ import sys
 
 import deepspeed
 import torch
-from hf_common import deepspeed_trainer, tiny_ngpt
+from hf_common import deepspeed_trainer, ended_through_exit_process, tiny_ngpt
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.model.sphere import max_norm_deviation
@@ -42,4 +42,4 @@ def main(stage: int, callback: bool, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2] == "callback", sys.argv[3])
+    ended_through_exit_process(main, int(sys.argv[1]), sys.argv[2] == "callback", sys.argv[3])

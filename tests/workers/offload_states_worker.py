@@ -12,7 +12,7 @@ import sys
 
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
-from hf_common import ds_config, run_cases, start_engine, tiny_ngpt, token_ids, train_step
+from hf_common import ds_config, ended_through_exit_process, run_cases, start_engine, tiny_ngpt, token_ids, train_step
 
 from ngpt_ds.hf.trainer import keep_on_the_sphere, release
 from ngpt_ds.model.sphere import sphere_matrices
@@ -68,4 +68,4 @@ def case(rank, stage, bf16):
 
 
 if __name__ == "__main__":
-    run_cases(sys.argv[1], CASES, case)
+    ended_through_exit_process(run_cases, sys.argv[1], CASES, case)
