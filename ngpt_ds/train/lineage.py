@@ -109,16 +109,26 @@ def _start_lineage(out_dir: Path, resume_from: Path | None, *, named: bool = Fal
         staging.mkdir()
         try:
             logs = " and ".join(_keep_lineage_logs(out_dir, staging, move=False))
+            # On disk before the name: the run truncates its own metrics.jsonl to step k next, and a crash of the
+            # machine after an unsynced rename could leave abandoned-* holding empty or short copies
+            _sync_tree(staging)
             os.rename(staging, abandoned)
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)  # only copies in it
             raise
-    for folder in newer:
-        os.rename(folder, abandoned / folder.name)
+    # The files naming the earlier lineage before its checkpoints: moved after them, a kill in between left
+    # summary.json (and lineage.json) in --out with no newer checkpoint to move, so the same command run again moved
+    # nothing, and the resumed run's summary replaced the earlier lineage's. Moved first, a kill before the
+    # checkpoints follow leaves them to the rerun, which moves them into an abandoned-* of its own.
     record = out_dir / LINEAGE_FILE
     if record.is_file() and not record.is_symlink():  # the earlier lineage's origin goes with it
         os.rename(record, abandoned / LINEAGE_FILE)
     summary = _move_summary(out_dir, abandoned)
+    checkpoint.fsync_dir(abandoned)
+    checkpoint.fsync_dir(out_dir)
+    for folder in newer:
+        os.rename(folder, abandoned / folder.name)
+    checkpoint.fsync_dir(abandoned)
     checkpoint.fsync_dir(checkpoint_dir)
     checkpoint.point_latest(checkpoint_dir)
     record_origin(out_dir, resume_from)
@@ -150,6 +160,20 @@ def _remove_killed_copies(checkpoint_dir: Path) -> None:
         ours = staging.name.startswith(COPY_STAGING_PREFIX + checkpoint.ABANDONED_PREFIX)  # not a user's .copying-*
         if ours and not staging.is_symlink() and staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every regular file and folder under `folder` (links are not followed), the deepest first."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        checkpoint.fsync_dir(Path(root))
 
 
 def _move_summary(out_dir: Path, abandoned: Path) -> str | None:
