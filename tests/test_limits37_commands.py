@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cpu_env, free_port, tiny_ngpt, tiny_train, train_run, write_run_configs
+from conftest import cpu_env, free_port, run_ranks, tiny_ngpt, tiny_train, train_run, write_run_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -145,3 +145,23 @@ def test_a_limited_rank_of_two_is_one_line_and_the_job_ends(trained, tmp_path):
     assert "exitcode  : 2" in run.stderr  # torchrun's report of rank 1
     assert "RuntimeError: can't start new thread" not in run.stderr  # the old code's last line
     assert took < 200, took
+
+
+def test_a_limited_rank_of_two_plain_processes_is_one_line_and_rank_0_waits_no_longer_than_its_timeout(
+    trained, tmp_path
+):
+    """The same ranks as plain processes (srun without --kill-on-bad-exit: nothing tears the job down): rank 1 says
+    the line, exit 2; rank 0 cannot hear of it before the rendezvous, and ends after train.dist_timeout_s (20 s
+    here) naming the rank that never arrived, not later. Before: rank 1's traceback, exit status 1."""
+    wrapper = tmp_path / "limited_rank.py"
+    wrapper.write_text(LIMITED_RANK, encoding="utf-8")
+    files = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2, dist_timeout_s=20))
+    args = [wrapper, ROOT / "launch/train.py", "--config", files["yaml"], "--deepspeed_config", files["ds"]]
+    args += ["--data", trained["data"], "--out", tmp_path / "run", "--no-progress"]
+    start = time.monotonic()
+    codes, outputs = run_ranks(args, nproc=2, timeout=240)
+    took = time.monotonic() - start
+    assert codes == [1, 2], outputs
+    assert outputs[1].strip().splitlines()[-1] == TRAIN_LINE
+    assert "1 of 2 never arrived" in outputs[0].strip().splitlines()[-1], outputs[0][-2000:]
+    assert took < 120, took
