@@ -161,7 +161,10 @@ def blas_failure(err: KeyboardInterrupt, threads: Threads = PREPARE) -> NgptConf
     """The one-line error for the SIGINT OpenBLAS raises when it cannot start its threads at numpy's import (the
     module docstring): `err` raised inside numpy's import, with an address-space limit or a large `ulimit -s` in
     force. None for anything else: Ctrl-C stays 'interrupted'."""
-    if not any(f"{os.sep}numpy{os.sep}" in frame.filename for frame in traceback.extract_tb(err.__traceback__)):
+    # numpy's import: module-level code of numpy running (frames named '<module>'). A Ctrl-C that lands in numpy's
+    # Python functions (np.vectorize, np.memmap, ...) after its import is a Ctrl-C, and stays 'interrupted'.
+    frames = traceback.extract_tb(err.__traceback__)
+    if not any(f"{os.sep}numpy{os.sep}" in frame.filename and frame.name == "<module>" for frame in frames):
         return None
     limit, hard = resource.getrlimit(resource.RLIMIT_AS)
     stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
