@@ -13,6 +13,8 @@ os.rename, what `mv` does), at three moments:
   intact in <old --out>/checkpoints').
 - before the folder is renamed into place: 'checkpoint of step 4 not saved: finishing <old>/checkpoints/step_00000004:
   No such file or directory', naming neither the move nor what to do.
+- right after the save (the metrics write of step 5 meets the move): '... its checkpoints, up to step 4, went with it:
+  run the same command with --out at the folder's new place', a place the run knew.
 """
 
 import os
@@ -43,7 +45,10 @@ def move():
 real_save = checkpoint.save
 def save(engine, out_dir, step, *args, **kwargs):
     saving["step"] = step
-    return real_save(engine, out_dir, step, *args, **kwargs)
+    path = real_save(engine, out_dir, step, *args, **kwargs)
+    if at == "after":
+        move()
+    return path
 checkpoint.save = save
 if at in ("before_write", "writes"):
     real_torch_save = torch.save
@@ -53,7 +58,7 @@ if at in ("before_write", "writes"):
         real_torch_save(*args, **kwargs)
         move()
     torch.save = torch_save
-else:
+elif at == "finish":
     real_finish = checkpoint._finish_save
     def finish(*args, **kwargs):
         move()
@@ -64,8 +69,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("at", ["before_write", "writes", "finish"])
-def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the_old(tmp_path, tiny_dataset, at):
+def _moved_run(tmp_path: Path, tiny_dataset: Path, at: str):
     out, moved = tmp_path / "run", tmp_path / "moved"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=2))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
@@ -79,7 +83,12 @@ def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
     }
     cmd = [sys.executable, "-c", _MOVED_IN_SAVE, *map(str, train_cmd(config, ds, tiny_dataset, out))]
-    moved_run = run(cmd, env=env, check=False)
+    return out, moved, config, ds, run(cmd, env=env, check=False)
+
+
+@pytest.mark.parametrize("at", ["before_write", "writes", "finish"])
+def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the_old(tmp_path, tiny_dataset, at):
+    out, moved, config, ds, moved_run = _moved_run(tmp_path, tiny_dataset, at)
     err = moved_run.stderr
     assert moved_run.returncode == 74, err[-3000:]  # old code (before_write): 1, a traceback
     assert "Traceback" not in err, err[-3000:]
@@ -101,4 +110,19 @@ def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the
     assert f"resumed from {moved / 'checkpoints' / 'step_00000002'} at step 2" in resumed.stdout, resumed.stdout[-3000:]
     for step in ("step_00000004", "step_00000006"):
         assert_complete(moved / "checkpoints" / step)
+    assert not out.exists()
+
+
+def test_a_run_moved_after_a_save_names_the_new_place(tmp_path, tiny_dataset):
+    out, moved, _, _, moved_run = _moved_run(tmp_path, tiny_dataset, "after")
+    err = moved_run.stderr
+    assert moved_run.returncode == 74, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the metrics of step 5 could not be written"), err[-3000:]
+    # old code: '... went with it: run the same command with --out at the folder's new place to continue ...'
+    assert errors[0].endswith(
+        f"{out} was moved to {moved} while the run trained; its checkpoints, up to step 4, went with it: run the same "
+        f"command with --out {moved} to continue from its newest"
+    ), errors[0]
+    assert verify(moved / "checkpoints" / "step_00000004") is None
     assert not out.exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ngpt_ds.train import lineage
+from ngpt_ds.train import lineage, out_moved
 from ngpt_ds.train.checkpoint_layout import step_of
 from ngpt_ds.train.collectives import all_reduce_on
 
@@ -93,6 +93,13 @@ def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, checkpoint_i
             "running the same command again starts from step 0"
         )
     checkpoints = out_dir / "checkpoints"
+    new = out_moved.new_place(out_dir)  # known once the run saved (ngpt_ds.train.out_moved)
+    if new is not None:  # the line had said 'at the folder's new place', which the run knew
+        return (
+            f"{out_dir} was moved to {new} while the run trained; its checkpoints, up to step "
+            f"{step_of(newest_checkpoint.name)}, went with it: run the same command with --out {new} to continue "
+            "from its newest"
+        )
     if not out_dir.is_dir():  # moved (mv) or deleted while the run trained: its writes then failed
         return (
             f"{out_dir} is gone (moved or deleted while the run trained); its checkpoints, up to step "

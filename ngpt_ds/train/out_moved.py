@@ -55,6 +55,19 @@ def gone(out_dir: Path) -> str | None:
     return _line(out_dir, _where(fd))
 
 
+def new_place(out_dir: Path) -> Path | None:
+    """Where the folder `hold` opened for `out_dir` is now, when `out_dir` no longer names it and it was moved (not
+    deleted); else None (not moved, deleted, never held, or where /proc cannot tell)."""
+    fd = _held.get(str(out_dir.absolute()))
+    if fd is None:
+        return None
+    with contextlib.suppress(OSError):
+        named, mine = os.stat(out_dir), os.fstat(fd)
+        if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+            return None
+    return _where(fd)
+
+
 def _line(out_dir: Path, new: Path | None) -> str:
     if new is None:
         return (
