@@ -1,0 +1,76 @@
+"""An mpirun job without MASTER_ADDR on several hosts: rank 0 looks up its own host name for the address it sends the
+other ranks, and that lookup now ends within a bound (ngpt_ds.distributed.HOST_LOOKUP_LIMIT_S), where every rank
+stops with one line naming the lookup and the fix (set MASTER_ADDR). Real 2-rank mpirun jobs; each rank's
+socket.getaddrinfo is replaced, in that rank, by a resolver that answers for this host's name only after a while (a
+DNS server that stalls is not something a test can set up without root), and the bound is shortened in the rank.
+
+The fault: `_routable_address` called socket.getaddrinfo(gethostname()), which has no timeout of its own, before rank
+0's MPI broadcast of its address; the other ranks wait in that broadcast with no limit. A slow DNS server held every
+rank for the resolver's retries, or for good where the resolver never gives up."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import sys
+
+from conftest import cpu_env, require_system, run_mpirun
+
+RANK = """
+import os, socket, sys, time
+os.environ.update(OMPI_COMM_WORLD_LOCAL_SIZE="1", OMPI_COMM_WORLD_LOCAL_RANK="0")  # one rank a host, as multi-node
+from ngpt_ds import distributed
+from ngpt_ds.errors import NgptConfigError
+
+folder, stall_s = sys.argv[1], float(sys.argv[2])
+real_getaddrinfo = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):  # this rank's resolver: slow for this host's own name only
+    if host == socket.gethostname():
+        time.sleep(stall_s)
+    return real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = getaddrinfo
+distributed.HOST_LOOKUP_LIMIT_S = 3  # an attribute the old code does not read
+rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
+out = open(f"{folder}/rank{rank}", "w")  # one file a rank: mpirun interleaves the ranks' output
+start = time.monotonic()
+try:
+    dist_env = distributed.discover()
+    print(f"{time.monotonic() - start:.1f}", "address", dist_env.master_addr, file=out, flush=True)
+except NgptConfigError as err:
+    print(f"{time.monotonic() - start:.1f}", "error:", err, file=out, flush=True)
+    sys.exit(2)
+"""
+
+STALL_S = 30
+
+
+def test_a_slow_lookup_of_rank_0s_host_name_stops_every_rank_within_the_bound(tmp_path):
+    """Fault: rank 0 waited for its own host name's lookup with no bound, and the other ranks for rank 0 in the MPI
+    broadcast. Old code: both ranks waited the whole 30 s stall, then went on ('assert 40.5 < (3 + 4)': the
+    stall, then torch's import under load). Now rank 0 stops
+    after 3 s with one line, and rank 1 with the same line, and mpirun ends."""
+    require_system(
+        shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None,
+        "OpenMPI or mpi4py not installed: bash launch/setup.sh --test",
+    )
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    env = {k: v for k, v in cpu_env().items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    code, output = run_mpirun(["-np", "2", sys.executable, script, tmp_path, STALL_S], env, timeout=150)
+    said = {rank: (tmp_path / f"rank{rank}").read_text().split(" ", 1) for rank in (0, 1)}
+    for rank, (seconds, _) in said.items():
+        assert float(seconds) < 3 + 4, (rank, said, output[-3000:])
+    assert code == 2, f"{said} {output[-3000:]}"
+    line = (
+        f"the lookup of this host's name {socket.gethostname()!r} (for the address the other ranks reach rank 0 at) did not answer within "
+        "3 s: this host's DNS server is slow or unreachable. Set MASTER_ADDR to this host's IP address (one the other "
+        "nodes reach), or fix this host's DNS, and start the job again"
+    )
+    assert said[0][1] == f"error: {line}\n", said
+    assert said[1][1] == f"error: rank 0 cannot choose the job's rendezvous address: {line}\n", said
+    assert "Traceback" not in output, output[-3000:]
