@@ -114,6 +114,21 @@ def require_system(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def unmappable_stack() -> int:
+    """A `ulimit -s`, in bytes, under which no thread of a process can map its stack on this machine: Linux's default
+    overcommit (vm.overcommit_memory 0) and its strict mode (2) refuse a mapping larger than RAM plus swap, so 64 GiB,
+    or twice RAM plus swap rounded up to a power of two where that is more (a machine of 128 GiB would map 64 GiB).
+    Under overcommit 1 every such mapping succeeds and the test cannot make the fault: skipped, failed in CI."""
+    try:
+        mode = Path("/proc/sys/vm/overcommit_memory").read_text().strip()
+        kib = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
+    except (OSError, ValueError, IndexError):
+        mode, kib = "", {}
+    require_system(mode in ("0", "2"), f"vm.overcommit_memory is {mode or 'unreadable'}, not 0 or 2")
+    memory = (kib.get("MemTotal", 0) + kib.get("SwapTotal", 0)) << 10
+    return max(64 << 30, 1 << (2 * memory - 1).bit_length())
+
+
 @pytest.fixture
 def mount_tmpfs(tmp_path):
     """mount_tmpfs(bytes, read_only=False) -> a fresh tmpfs of that size (root), unmounted after the test:

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import unmappable_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,23 +62,24 @@ def test_openblas_threads_that_cannot_start_are_one_line_not_interrupted(tmp_pat
 
 
 def test_a_large_stack_alone_is_named_and_lowering_it_prepares(tmp_path):
-    """`ulimit -s` 64 GiB and no `ulimit -v`: the stack is named, the limit is not (before: 'interrupted', 130).
+    """`ulimit -s` of 64 GiB or more (conftest.unmappable_stack) and no `ulimit -v`: the stack is named, the limit is not (before: 'interrupted', 130).
     OPENBLAS_NUM_THREADS=1 then only moves the failure to datasets' first thread, which is named too (before: its
     traceback, exit 1); at 64 MiB the same command prepares the corpus."""
-    run = _prepare(tmp_path, None, 64 << 10, threads="2")
+    stack = unmappable_stack()
+    run = _prepare(tmp_path, None, stack >> 20, threads="2")
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.strip().splitlines()[-1] == (
         "error: this process could not start numpy's OpenBLAS threads at numpy's import (the 'pthread_create failed' "
-        "lines above; OpenBLAS then raises SIGINT, read as Ctrl-C) under a stack of `ulimit -s`, 64.0 GiB, for each "
+        f"lines above; OpenBLAS then raises SIGINT, read as Ctrl-C) under a stack of `ulimit -s`, {stack / 2**30:.1f} GiB, for each "
         "thread. Lower `ulimit -s` (8 MiB is the usual; datasets' threads map such a stack too) in the shell or job "
         "script before ngpt-prepare"
     )
-    run = _prepare(tmp_path, None, 64 << 10, threads="1")
+    run = _prepare(tmp_path, None, stack >> 20, threads="1")
     assert run.returncode == 2, run.stderr[-3000:]
     assert "Traceback" not in run.stderr  # others' lines come before it (jemalloc's, tqdm's): their own words
     assert run.stderr.strip().splitlines()[-1] == (
         "error: this process could not start a thread (datasets reads a corpus with threads, each of which maps a "
-        "stack of `ulimit -s`, here 64.0 GiB). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script "
+        f"stack of `ulimit -s`, here {stack / 2**30:.1f} GiB). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script "
         "before ngpt-prepare"
     )
     assert not (tmp_path / "out").exists()

@@ -16,10 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cpu_env, free_port, run_ranks, tiny_ngpt, tiny_train, train_run, write_run_configs
+from conftest import (
+    cpu_env,
+    free_port,
+    run_ranks,
+    tiny_ngpt,
+    tiny_train,
+    train_run,
+    unmappable_stack,
+    write_run_configs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +82,14 @@ HASHED = "a checkpoint's files are hashed by a pool of threads, each of which ma
     ],
 )
 def test_a_large_stack_is_one_line_for_the_model_commands(trained, tmp_path, command, argv):
-    """`ulimit -s` 64 GiB, no `ulimit -v`: before, 'assert 1 == 2' and the traceback ending "RuntimeError: can't
-    start new thread". Now the line naming the stack and the fix, and nothing exported."""
-    run = _limited([sys.executable, "-m", f"ngpt_ds.cli.{command}", trained["run"], *argv], tmp_path, stack=64 * GIB)
+    """`ulimit -s` of 64 GiB or more (conftest.unmappable_stack), no `ulimit -v`: before, 'assert 1 == 2' and the
+    traceback ending "RuntimeError: can't start new thread". Now the line naming the stack and the fix, and nothing
+    exported."""
+    run = _limited(
+        [sys.executable, "-m", f"ngpt_ds.cli.{command}", trained["run"], *argv], tmp_path, stack=unmappable_stack()
+    )
     assert _last(run) == (
-        f"error: this process could not start a thread ({HASHED}, here 64.0 GiB). Lower `ulimit -s` (8 MiB is the "
+        f"error: this process could not start a thread ({HASHED}, here {_gib(unmappable_stack())}). Lower `ulimit -s` (8 MiB is the "
         f"usual) in the shell or job script before ngpt-{command}"
     )
     assert not (tmp_path / "exported").exists() and run.stdout == ""
@@ -99,11 +115,13 @@ def test_a_low_address_limit_is_one_line_for_export(trained, tmp_path):
     assert not (tmp_path / "exported").exists()
 
 
-TRAIN_LINE = (
-    "error: this process could not start a thread (a training rank starts threads for its rendezvous, its collectives "
-    "and its checks of a checkpoint's files, each of which maps a stack of `ulimit -s`, here 64.0 GiB). Lower "
-    "`ulimit -s` (8 MiB is the usual) in the shell or job script before the training command"
-)
+def _train_line() -> str:
+    return (
+        "error: this process could not start a thread (a training rank starts threads for its rendezvous, its "
+        "collectives and its checks of a checkpoint's files, each of which maps a stack of `ulimit -s`, here "
+        f"{_gib(unmappable_stack())}). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script before the "
+        "training command"
+    )
 
 
 def test_a_large_stack_is_one_line_for_a_training_rank(trained, tmp_path):
@@ -111,15 +129,15 @@ def test_a_large_stack_is_one_line_for_a_training_rank(trained, tmp_path):
     unavailable"). Before: 'assert 1 == 2' and that traceback. Now the line, exit status 2, no checkpoint."""
     cmd = [ROOT / "launch/train.py", "--config", trained["yaml"], "--deepspeed_config", trained["ds"]]
     cmd += ["--data", trained["data"], "--out", tmp_path / "run", "--no-progress"]
-    run = _limited([sys.executable, *cmd], tmp_path, stack=64 * GIB)
-    assert _last(run) == TRAIN_LINE
+    run = _limited([sys.executable, *cmd], tmp_path, stack=unmappable_stack())
+    assert _last(run) == _train_line()
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 LIMITED_RANK = """\
 import os, resource, sys
-if os.environ["RANK"] == "1":  # this rank alone under `ulimit -s` 64 GiB
-    resource.setrlimit(resource.RLIMIT_STACK, (64 << 30, resource.RLIM_INFINITY))
+if os.environ["RANK"] == "1":  # this rank alone under a stack no thread can map
+    resource.setrlimit(resource.RLIMIT_STACK, (STACK_BYTES, resource.RLIM_INFINITY))
 os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
@@ -129,7 +147,7 @@ def test_a_limited_rank_of_two_is_one_line_and_the_job_ends(trained, tmp_path):
     and the job ends well within train.dist_timeout_s (600 s), rank 0 not left waiting for it. Before: rank 1's
     traceback, exit status 1."""
     wrapper = tmp_path / "limited_rank.py"
-    wrapper.write_text(LIMITED_RANK, encoding="utf-8")
+    wrapper.write_text(LIMITED_RANK.replace("STACK_BYTES", str(unmappable_stack())), encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     cmd += ["--master_port", free_port(), "--no-python", sys.executable, wrapper, ROOT / "launch/train.py"]
     cmd += ["--config", trained["yaml"], "--deepspeed_config", trained["ds"], "--data", trained["data"]]
@@ -141,7 +159,7 @@ def test_a_limited_rank_of_two_is_one_line_and_the_job_ends(trained, tmp_path):
     took = time.monotonic() - start
     assert run.returncode != 0
     lines = run.stderr.splitlines()
-    assert lines.count(TRAIN_LINE) == 1, run.stderr[-4000:]
+    assert lines.count(_train_line()) == 1, run.stderr[-4000:]
     assert "exitcode  : 2" in run.stderr  # torchrun's report of rank 1
     assert "RuntimeError: can't start new thread" not in run.stderr  # the old code's last line
     assert took < 200, took
@@ -154,7 +172,7 @@ def test_a_limited_rank_of_two_plain_processes_is_one_line_and_rank_0_waits_no_l
     the line, exit 2; rank 0 cannot hear of it before the rendezvous, and ends after train.dist_timeout_s (20 s
     here) naming the rank that never arrived, not later. Before: rank 1's traceback, exit status 1."""
     wrapper = tmp_path / "limited_rank.py"
-    wrapper.write_text(LIMITED_RANK, encoding="utf-8")
+    wrapper.write_text(LIMITED_RANK.replace("STACK_BYTES", str(unmappable_stack())), encoding="utf-8")
     files = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2, dist_timeout_s=20))
     args = [wrapper, ROOT / "launch/train.py", "--config", files["yaml"], "--deepspeed_config", files["ds"]]
     args += ["--data", trained["data"], "--out", tmp_path / "run", "--no-progress"]
@@ -162,6 +180,6 @@ def test_a_limited_rank_of_two_plain_processes_is_one_line_and_rank_0_waits_no_l
     codes, outputs = run_ranks(args, nproc=2, timeout=240)
     took = time.monotonic() - start
     assert codes == [1, 2], outputs
-    assert outputs[1].strip().splitlines()[-1] == TRAIN_LINE
+    assert outputs[1].strip().splitlines()[-1] == _train_line()
     assert "1 of 2 never arrived" in outputs[0].strip().splitlines()[-1], outputs[0][-2000:]
     assert took < 120, took
