@@ -21,6 +21,7 @@ first call is the startup agreement.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -50,6 +51,7 @@ from workers.gpu28_trace_runs import (
 )
 
 WORKER = REPO / "tests/workers/nccl37_trace.py"
+RAISE_IN_CONVERT = "NGPT_DS_TEST_RAISE_IN_CONVERT"  # the worker's
 DELETE_DURING_LOAD = "NGPT_DS_TEST_DELETE_DURING_LOAD"  # the worker's (it imports its siblings: not importable here)
 STEP2, STEP3 = "step_00000002", "step_00000003"
 RANK1_SHARD = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
@@ -94,7 +96,16 @@ def saved(tmp_path_factory, tiny_dataset) -> dict:
 
 
 @pytest.fixture(scope="module")
-def traces(saved, tiny_dataset) -> dict:
+def one_rank(saved, tiny_dataset) -> Path:
+    """A 1-rank ZeRO 2 run of 2 steps (2 micro-batches a step: the 2-rank runs' batch), saved at step 2; not resumed."""
+    work = saved["work"]
+    one = write_ds_config(work / "z2_dp1.json", stage=2, bf16=False, micro=4, accum=2)
+    run([sys.executable, *train_cmd(work / "run.yaml", one, tiny_dataset, work / "one_rank_run")])
+    return work / "one_rank_run"
+
+
+@pytest.fixture(scope="module")
+def traces(saved, one_rank, tiny_dataset) -> dict:
     runs = dict(saved)
     work = runs["work"]
     yaml = work / "run.yaml"
@@ -109,8 +120,7 @@ def traces(saved, tiny_dataset) -> dict:
     z2 = work / "z2.json"
     runs["refused"] = _traced(work, "refused", yaml, z2, tiny_dataset, work / "refused_run", "--max-steps", 3)
     # A 1-rank ZeRO 2 checkpoint (2 micro-batches a step: the same batch) resumed on 2 ranks, then again by path.
-    one = write_ds_config(work / "z2_dp1.json", stage=2, bf16=False, micro=4, accum=2)
-    run([sys.executable, *train_cmd(yaml, one, tiny_dataset, work / "one_run")])
+    shutil.copytree(one_rank, work / "one_run")
     runs["universal"] = _traced(work, "universal", yaml, z2, tiny_dataset, work / "one_run", "--max-steps", 3)
     step2 = work / "one_run" / "checkpoints" / STEP2
     runs["universal_again"] = _traced(
@@ -247,3 +257,27 @@ def test_a_checkpoint_deleted_while_one_rank_loads_it_stops_every_rank_after_the
         lines = _errors(log)
         assert len(lines) == 1 and lines[0].startswith(want), log[-3000:]
     same_calls(record, f"deleted at ZeRO {stage}")
+
+
+def test_an_error_on_rank_0_preparing_the_conversion_stops_every_rank_after_the_same_collectives(
+    saved, one_rank, tiny_dataset
+):
+    """Fault: reshape_convert.convert's preparation on rank 0 alone (the fragments of an earlier conversion, the
+    leftover folder, the free space, starting the converter) turned an OSError into the answer every rank gets, but
+    any other error (a bug; tests/workers/nccl37_trace.py's RAISE_IN_CONVERT) ended rank 0 alone while the others
+    waited in the broadcast of its 'reused' flag (gloo: both ranks exited 1, rank 0 with the ValueError's traceback;
+    NCCL: rank 1 waiting until train.dist_timeout_s). Now it is rank 0's answer as an OSError was: every rank
+    exits 2 with its line, and rank 0 logs the traceback."""
+    work = saved["work"]
+    out = work / "convert_error_run"
+    shutil.copytree(one_rank, out)
+    env = {RAISE_IN_CONVERT: "a bug on rank 0"}
+    record = _traced(
+        work, "convert_error", work / "run.yaml", work / "z2.json", tiny_dataset, out, "--max-steps", 3, **env
+    )
+    assert record["codes"] == [2, 2], (record["codes"], record["logs"][0][-3000:])  # old code: [1, 1]
+    for log in record["logs"]:
+        assert _errors(log) == ["error: ValueError: a bug on rank 0"], log[-3000:]
+    assert "Traceback" in record["logs"][0]
+    same_calls(record, "an error preparing the conversion")
+    assert not (out / "checkpoints" / f"{STEP2}-universal").exists()

@@ -306,6 +306,9 @@ def convert(reshape: Reshape, device: torch.device) -> bool:
                 )
         except OSError as err:
             problem = f"could not start DeepSpeed's ds_to_universal in {work}: {err}"
+        except Exception as err:  # noqa: BLE001 (any error: an answer, the other ranks wait in the broadcast below)
+            _log.exception(f"rank 0: preparing the conversion of {reshape.source} failed")
+            problem = f"{type(err).__name__}: {err}"
     flag = torch.tensor([float(reused)], device=device)
     dist.broadcast(flag, src=0)
     reused = bool(flag.item())

@@ -9,7 +9,8 @@ tests/workers/gpu28_trace.py's tracer, with two things on top:
   not drive), which a CPU run cannot show;
 - DELETE_DURING_LOAD, set on every rank: rank 0 reads the checkpoint in DeepSpeed's load, then writes the file the
   variable names; every other rank waits for that file, removes the checkpoint folder (as the retention of another
-  run that saves a newer checkpoint into that folder would, between two ranks' reads), then reads.
+  run that saves a newer checkpoint into that folder would, between two ranks' reads), then reads;
+- RAISE_IN_CONVERT: an error on rank 0 alone while it prepares the universal conversion.
 """
 
 import os
@@ -31,6 +32,9 @@ OBJECT_ARGUMENTS = {  # the operation: the position and name of the argument it 
     "scatter_object_list": (1, "scatter_object_input_list"),
 }
 DELETE_DURING_LOAD = "NGPT_DS_TEST_DELETE_DURING_LOAD"
+RAISE_IN_CONVERT = "NGPT_DS_TEST_RAISE_IN_CONVERT"
+"""Set on every rank: rank 0's look for an earlier conversion's fragments (reshape_fragments.keep_for_rerun, the first
+step of its preparation of the universal conversion) raises ValueError(the value), an error no check words."""
 WAIT_S = 180  # a hang guard only
 
 
@@ -98,10 +102,22 @@ def _delete_during_load(signal: Path) -> None:
     DeepSpeedEngine._load_zero_checkpoint = zero_shards_then_signal
 
 
+def _raise_in_convert(message: str) -> None:
+    from ngpt_ds.train import reshape_fragments
+
+    def fails(*args, **kwargs):
+        raise ValueError(message)
+
+    if os.environ["RANK"] == "0":
+        reshape_fragments.keep_for_rerun = fails
+
+
 def _install(trace: Path) -> None:
     install(trace)
     if os.environ.get(DELETE_DURING_LOAD):
         _delete_during_load(Path(os.environ[DELETE_DURING_LOAD]))
+    if os.environ.get(RAISE_IN_CONVERT):
+        _raise_in_convert(os.environ[RAISE_IN_CONVERT])
 
 
 if __name__ == "__main__":
