@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from ngpt_ds import distributed
+from ngpt_ds import distributed, host_address
 
 from conftest import REPO, cpu_env
 
@@ -31,7 +31,7 @@ def test_mpi_master_address_is_routable_when_the_host_name_maps_to_loopback(monk
     # Host "names" that are address literals resolve, for real, to themselves only.
     monkeypatch.setattr(distributed.socket, "gethostname", lambda: "127.0.1.1")
     monkeypatch.setattr(
-        distributed.subprocess,
+        host_address.subprocess,
         "run",
         lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="10.1.2.3 fd00::2 \n", stderr=""),
     )

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from ngpt_ds import distributed
+from ngpt_ds import distributed, host_address
 
 from conftest import cpu_env, require_system, run_mpirun
 
@@ -26,7 +26,7 @@ def test_a_host_name_that_resolves_only_to_ipv6_is_the_rendezvous_address(monkey
 
 def test_ipv6_loopback_and_link_local_are_skipped_for_hostname_i(monkeypatch):
     listed = subprocess.CompletedProcess([], 0, stdout="2001:db8::7 10.1.2.3\n", stderr="")
-    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **k: listed)
+    monkeypatch.setattr(host_address.subprocess, "run", lambda *a, **k: listed)
     for name in ("::1", "fe80::1"):
         monkeypatch.setattr(distributed.socket, "gethostname", lambda name=name: name)
         assert distributed._routable_address() == "2001:db8::7"
@@ -35,7 +35,7 @@ def test_ipv6_loopback_and_link_local_are_skipped_for_hostname_i(monkeypatch):
 def test_no_address_at_all_names_master_addr(monkeypatch):
     monkeypatch.setattr(distributed.socket, "gethostname", lambda: "no-such-host.invalid")
     nothing = subprocess.CompletedProcess([], 0, stdout="\n", stderr="")
-    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **k: nothing)
+    monkeypatch.setattr(host_address.subprocess, "run", lambda *a, **k: nothing)
     with pytest.raises(distributed.NgptConfigError, match="set MASTER_ADDR to an address of this host"):
         distributed._routable_address()
 

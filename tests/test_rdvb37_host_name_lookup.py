@@ -1,5 +1,5 @@
 """An mpirun job without MASTER_ADDR on several hosts: rank 0 looks up its own host name for the address it sends the
-other ranks, and that lookup now ends within a bound (ngpt_ds.distributed.HOST_LOOKUP_LIMIT_S), where every rank
+other ranks, and that lookup now ends within a bound (ngpt_ds.host_address.HOST_LOOKUP_LIMIT_S), where every rank
 stops with one line naming the lookup and the fix (set MASTER_ADDR). Real 2-rank mpirun jobs; each rank's
 socket.getaddrinfo is replaced, in that rank, by a resolver that answers for this host's name only after a while (a
 DNS server that stalls is not something a test can set up without root), and the bound is shortened in the rank.
@@ -20,7 +20,7 @@ from conftest import cpu_env, require_system, run_mpirun
 RANK = """
 import os, socket, sys, time
 os.environ.update(OMPI_COMM_WORLD_LOCAL_SIZE="1", OMPI_COMM_WORLD_LOCAL_RANK="0")  # one rank a host, as multi-node
-from ngpt_ds import distributed
+from ngpt_ds import distributed, host_address
 from ngpt_ds.errors import NgptConfigError
 
 folder, stall_s = sys.argv[1], float(sys.argv[2])
@@ -34,7 +34,7 @@ def getaddrinfo(host, *args, **kwargs):  # this rank's resolver: slow for this h
 
 
 socket.getaddrinfo = getaddrinfo
-distributed.HOST_LOOKUP_LIMIT_S = 3  # an attribute the old code does not read
+host_address.HOST_LOOKUP_LIMIT_S = 3  # an attribute the old code does not have
 rank = int(os.environ["OMPI_COMM_WORLD_RANK"])
 out = open(f"{folder}/rank{rank}", "w")  # one file a rank: mpirun interleaves the ranks' output
 start = time.monotonic()
