@@ -26,6 +26,15 @@ def _seen_lock(out_dir: Path, lock_file: str) -> str:
         return f"<{getattr(err, 'strerror', None) or err}>"
 
 
+def _held_text(held: int) -> str:
+    """What rank 0 reads through the descriptor it holds the lock by, or why it cannot ('<...>'): an error here must
+    reach the other ranks through the gather that follows, not end rank 0 alone while they wait in it."""
+    try:
+        return os.pread(held, 4096, 0).decode(errors="replace").strip()
+    except OSError as err:
+        return f"<{err.strerror or err}>"
+
+
 def _unreadable(seen: str | None) -> bool:
     return seen is None or seen.startswith("<")
 
@@ -47,8 +56,12 @@ def not_shared(out_dir: Path, lock_file: str, held: int = -1) -> str | None:
     for pause in (*SHARED_SETTLE_PAUSES_S, None):
         # The holder reads through its own descriptor: opening and closing another one of the file drops every
         # fcntl lock the process holds on it (POSIX), so rank 0 had lost the run's lock right here
-        mine = os.pread(held, 4096, 0).decode(errors="replace").strip() if held >= 0 else None
-        dist.all_gather_object(seen, mine if mine is not None else _seen_lock(out_dir, lock_file))
+        dist.all_gather_object(seen, _held_text(held) if held >= 0 else _seen_lock(out_dir, lock_file))
+        if _unreadable(seen[0]):
+            return (
+                f"--out {out_dir}: rank 0 cannot read back the {lock_file} it holds there ({seen[0]}): check the "
+                "filesystem under --out (its server, the disk) and start the run again"
+            )
         differs = next((r for r in range(1, world) if seen[r] != seen[0]), None)
         if differs is None:
             return None
@@ -71,7 +84,7 @@ def _relative_elsewhere(out_dir: Path, lock_file: str, held: int, world: int) ->
     reaching the same folder (a link, another mount of it) passes."""
     if out_dir.is_absolute():
         return None
-    mine = os.pread(held, 4096, 0).decode(errors="replace").strip() if held >= 0 else _seen_lock(out_dir, lock_file)
+    mine = _held_text(held) if held >= 0 else _seen_lock(out_dir, lock_file)
     seen: list[tuple[str, str] | None] = [None] * world
     dist.all_gather_object(seen, (os.path.abspath(out_dir), mine))
     first = seen[0]
