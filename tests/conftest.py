@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from corpus_trees import patterns_tried  # noqa: F401 (a fixture, for every test module)
 from hf_exports import hf_export_copy, hf_saved, random_hf_export, random_hf_export_logits  # noqa: F401 (fixtures, for every test module)
 from launching import (  # noqa: F401 (re-exported: the tests import these from conftest)
     REPO,

@@ -6,27 +6,14 @@ Each tree below is checked against datasets' own answer: the builder, the splits
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import datasets
 import pytest
+from corpus_trees import jsonl, write_tree
 
 from ngpt_ds.data.corpus_folder import refuse_prepared
 from ngpt_ds.data.sources import CorpusSpec, _builder_of, file_format, open_corpus
-
-
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
-
-
-def _jsonl(*texts: str) -> str:
-    return "".join(json.dumps({"text": t}) + "\n" for t in texts)
-
 
 # name: (files, whether the walk answers; the others ask datasets)
 TREES: dict[str, tuple[dict[str, str], bool]] = {
@@ -66,7 +53,7 @@ TREES: dict[str, tuple[dict[str, str], bool]] = {
     "capitalised split names are not splits": ({"Train/a.txt": "a\n", "TEST.txt": "t\n", "b.txt": "b\n"}, True),
     "a keyword file without a separator after it": ({"train": "t\n", "a.txt": "a\n", "dev/b.txt": "b\n"}, False),
     "json lines in split folders": (
-        {"train/p1.jsonl": _jsonl("p1"), "train/p2.jsonl": _jsonl("p2"), "validation/v.jsonl": _jsonl("v")},
+        {"train/p1.jsonl": jsonl("p1"), "train/p2.jsonl": jsonl("p2"), "validation/v.jsonl": jsonl("v")},
         True,
     ),
     "two sets of suffixes in a split": (
@@ -77,24 +64,10 @@ TREES: dict[str, tuple[dict[str, str], bool]] = {
         {"train/a.txt": "a\n", "train/.h/b.txt": "b\n", "train/__c/c.txt": "c\n", ".test/d.txt": "d\n"},
         True,
     ),
-    "a split of another format": ({"train/a.txt": "a\n", "test/b.jsonl": _jsonl("b")}, False),
+    "a split of another format": ({"train/a.txt": "a\n", "test/b.jsonl": jsonl("b")}, False),
     "split names with a dataset card": ({"train.txt": "t\n", "README.md": "# card\n"}, False),
     "sharded split names": ({"data/train-00000-of-00001.txt": "t\n", "test.txt": "e\n"}, False),
 }
-
-
-@pytest.fixture
-def patterns_tried(monkeypatch):
-    """How often datasets tries its split patterns on a folder (get_data_patterns: 322 walks each)."""
-    calls: list[str] = []
-    real = datasets.load.get_data_patterns
-
-    def counted(base_path, *args, **kwargs):
-        calls.append(str(base_path))
-        return real(base_path, *args, **kwargs)
-
-    monkeypatch.setattr(datasets.load, "get_data_patterns", counted)
-    return calls
 
 
 @pytest.mark.parametrize("tree", sorted(TREES))
@@ -102,7 +75,7 @@ def test_a_split_named_folder_is_answered_by_its_walk_as_datasets_answers(tmp_pa
     """Before: every split-named tree asked datasets (get_data_patterns tried once: 'assert [...] == []' failed). Now
     the walk's answer is datasets' own, the same builder, splits, file names, order and repeats."""
     files, known = TREES[tree]
-    folder = _write(tmp_path / "corpus", files)
+    folder = write_tree(tmp_path / "corpus", files)
     walked = refuse_prepared(folder)
     ours = _builder_of(folder, CorpusSpec(inputs=(str(folder),)), walked, {f: file_format(f) for f in walked.files})
     assert patterns_tried == ([] if known else [str(folder.resolve())])
@@ -120,7 +93,7 @@ def test_the_trees_have_what_their_names_say(tmp_path):
         "a file in two splits",
         "split folders win over split files",
     ):
-        folder = _write(tmp_path / tree.replace(" ", "_"), TREES[tree][0])
+        folder = write_tree(tmp_path / tree.replace(" ", "_"), TREES[tree][0])
         walked = refuse_prepared(folder)
         result = _builder_of(
             folder, CorpusSpec(inputs=(str(folder),)), walked, {f: file_format(f) for f in walked.files}
@@ -145,7 +118,7 @@ def test_the_trees_have_what_their_names_say(tmp_path):
 def test_a_split_named_folder_opens_without_datasets_patterns_and_reads_its_split(tmp_path, patterns_tried, split):
     """Before: open_corpus of a folder with train/ and validation/ ran datasets' split patterns. Now none; the
     documents of --split are datasets' own read of that split, in its order."""
-    folder = _write(
+    folder = write_tree(
         tmp_path / "corpus",
         {"train/b.txt": "b1\n\nb2\n", "train/a.txt": "a1\n", "validation/v.txt": "v1\n\nv2\n", "notes.txt": "n\n"},
     )

@@ -6,29 +6,15 @@ walk; anywhere else datasets is asked as before. Each tree below is checked agai
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import datasets
 import pytest
+from corpus_trees import jsonl, write_tree
 
 from ngpt_ds.data import corpus_folder
 from ngpt_ds.data.corpus_folder import refuse_prepared
 from ngpt_ds.data.sources import CorpusSpec, _builder_of, file_format, open_corpus
-
-
-def _write(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
-
-
-def _jsonl(*texts: str) -> str:
-    return "".join(json.dumps({"text": t}) + "\n" for t in texts)
-
 
 # name: (files, whether the folder's walk tells datasets' answer)
 TREES: dict[str, tuple[dict[str, str], bool]] = {
@@ -48,7 +34,7 @@ TREES: dict[str, tuple[dict[str, str], bool]] = {
         {"a.txt": "a\n", ".hidden.txt": "h\n", ".git/x.txt": "g\n", "__cache__/y.txt": "y\n"},
         True,
     ),
-    "json lines in a subfolder": ({"docs/p1.jsonl": _jsonl("p1"), "docs/p2.jsonl": _jsonl("p2", "p3")}, True),
+    "json lines in a subfolder": ({"docs/p1.jsonl": jsonl("p1"), "docs/p2.jsonl": jsonl("p2", "p3")}, True),
     "two sets of suffixes": ({"a.txt": "a\n", "b.txt": "b\n", "c.txt.gz": "not read\n"}, True),
     "train and other": ({"train.txt": "t\n", "more.txt": "m\n"}, False),
     "test file": ({"a.txt": "a\n", "test.txt": "t\n"}, False),
@@ -57,9 +43,9 @@ TREES: dict[str, tuple[dict[str, str], bool]] = {
     "keyword before a digit": ({"eval2.txt": "e\n", "a.txt": "a\n"}, False),
     "capitalised keyword": ({"Train.txt": "t\n", "a.txt": "a\n"}, True),  # datasets' patterns match case
     "sharded split names": ({"data/foo-00000-of-00001.txt": "f\n", "b.txt": "b\n"}, False),
-    "mixed formats": ({"a.txt": "a\n", "b.jsonl": _jsonl("b")}, False),
+    "mixed formats": ({"a.txt": "a\n", "b.jsonl": jsonl("b")}, False),
     "dataset card": ({"a.txt": "a\n", "README.md": "# card\n"}, False),
-    "a file datasets ignores": ({"a.jsonl": _jsonl("a"), "config.json": "{}"}, False),
+    "a file datasets ignores": ({"a.jsonl": jsonl("a"), "config.json": "{}"}, False),
     "two suffixes counted": ({"a.json.txt": "a\n", "b.json.txt": "b\n"}, False),
     "a file named __": ({"a.txt": "a\n", "__x.txt": "x\n", "__cache__/y.txt": "y\n"}, True),
     "an unknown extension": ({"a.txt": "a\n", "notes.eval": "e\n"}, False),
@@ -72,7 +58,7 @@ def test_the_walk_gives_datasets_answer_or_asks_datasets(tmp_path, tree):
     """Before: every folder asked datasets (no corpus_folder.train_files). Now: where the walk answers, its builder and
     files are datasets' own, same names, same order, all in split 'train'; the other trees still ask datasets."""
     files, known = TREES[tree]
-    folder = _write(tmp_path / "corpus", files)
+    folder = write_tree(tmp_path / "corpus", files)
     walked = refuse_prepared(folder)
     fast = corpus_folder.train_files(folder, walked, {f: file_format(f) for f in walked.files})
     theirs = _builder_of(folder, CorpusSpec(inputs=(str(folder),)))  # no walk given: datasets' own answer
@@ -84,8 +70,8 @@ def test_the_walk_gives_datasets_answer_or_asks_datasets(tmp_path, tree):
 
 def test_a_folder_link_asks_datasets(tmp_path):
     """os.walk does not follow a link to a folder; datasets' walk (fsspec) reads the files behind it."""
-    _write(tmp_path / "elsewhere", {"x.txt": "x\n"})
-    folder = _write(tmp_path / "corpus", {"a.txt": "a\n"})
+    write_tree(tmp_path / "elsewhere", {"x.txt": "x\n"})
+    folder = write_tree(tmp_path / "corpus", {"a.txt": "a\n"})
     os.symlink(tmp_path / "elsewhere", folder / "linked")
     walked = refuse_prepared(folder)
     assert walked.unlike_datasets
@@ -94,7 +80,7 @@ def test_a_folder_link_asks_datasets(tmp_path):
 
 def test_a_folder_through_a_link_is_named_by_its_real_path(tmp_path):
     """datasets names a folder's files under the folder's real path; so does the walk's answer."""
-    real = _write(tmp_path / "real", {"a.txt": "a\n", "s/b.txt": "b\n"})
+    real = write_tree(tmp_path / "real", {"a.txt": "a\n", "s/b.txt": "b\n"})
     os.symlink(real, tmp_path / "via")
     folder = tmp_path / "via"
     walked = refuse_prepared(folder)
@@ -103,26 +89,12 @@ def test_a_folder_through_a_link_is_named_by_its_real_path(tmp_path):
     assert _builder_of(folder, CorpusSpec(inputs=(str(folder),))) == (fast[0], {"train": fast[1]})
 
 
-@pytest.fixture
-def patterns_tried(monkeypatch):
-    """How often datasets tries its split patterns on a folder (get_data_patterns: 322 walks each)."""
-    calls: list[str] = []
-    real = datasets.load.get_data_patterns
-
-    def counted(base_path, *args, **kwargs):
-        calls.append(str(base_path))
-        return real(base_path, *args, **kwargs)
-
-    monkeypatch.setattr(datasets.load, "get_data_patterns", counted)
-    return calls
-
-
 @pytest.mark.parametrize("by", ["paragraph", "line", "document"])
 def test_a_plain_folder_opens_without_datasets_patterns_and_reads_its_documents(tmp_path, patterns_tried, by):
     """Before: open_corpus of a plain folder ran datasets' split patterns (get_data_patterns) at least once, 322
     walks of the folder. Now none; the documents are datasets' own read of the folder, in its order."""
     files, _ = TREES["plain nested text"]
-    folder = _write(tmp_path / "corpus", files | {"sub/e.txt": "e1\ne2\n\ne3\n"})
+    folder = write_tree(tmp_path / "corpus", files | {"sub/e.txt": "e1\ne2\n\ne3\n"})
     read = open_corpus(CorpusSpec(inputs=(str(folder),), text_sample_by=by))
     ours = list(read.texts())
     assert patterns_tried == []
@@ -134,7 +106,7 @@ def test_a_plain_folder_opens_without_datasets_patterns_and_reads_its_documents(
 
 def test_a_json_lines_folder_reads_datasets_documents(tmp_path, patterns_tried):
     files, _ = TREES["json lines in a subfolder"]
-    folder = _write(tmp_path / "corpus", files | {"a.jsonl": _jsonl("a1", "a2")})
+    folder = write_tree(tmp_path / "corpus", files | {"a.jsonl": jsonl("a1", "a2")})
     ours = list(open_corpus(CorpusSpec(inputs=(str(folder),))).texts())
     assert patterns_tried == []
     assert ours == [row["text"] for row in datasets.load_dataset(str(folder), split="train", streaming=True)]
@@ -144,7 +116,7 @@ def test_a_json_lines_folder_reads_datasets_documents(tmp_path, patterns_tried):
 def test_a_folder_with_a_split_name_is_read_from_its_walk_too(tmp_path, patterns_tried):
     """train.txt beside more.txt: datasets reads train.txt alone for split 'train'; the walk tells that too
     (folder_splits, tests/test_data37_split_folders.py), and it is read the same."""
-    folder = _write(tmp_path / "corpus", {"train.txt": "t1\n\nt2\n", "more.txt": "m\n"})
+    folder = write_tree(tmp_path / "corpus", {"train.txt": "t1\n\nt2\n", "more.txt": "m\n"})
     ours = list(open_corpus(CorpusSpec(inputs=(str(folder),))).texts())
     assert patterns_tried == []
     assert ours == ["t1", "t2\n"]
