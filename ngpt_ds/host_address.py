@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import subprocess
 import threading
@@ -11,6 +12,8 @@ import time
 
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.rendezvous_failures import _look_up
+
+logger = logging.getLogger(__name__)
 
 HOST_LOOKUP_LIMIT_S = 60
 """Fixed, not train.dist_timeout_s (discovery runs before the configs are read): twice the resolver's own give-up time
@@ -23,31 +26,41 @@ def routable_address() -> str:
     skipped. Debian-style /etc/hosts maps the host name to 127.0.1.1, useless to other nodes: then take
     the first address `hostname -I` lists (what DeepSpeed's own MPI discovery uses). On a host whose
     name resolves only to IPv6 `gethostbyname` raised "Address family for hostname not supported".
-    Both within HOST_LOOKUP_LIMIT_S: the name's lookup has no timeout of its own, and rank 0 of an mpirun job
-    calls this before it broadcasts its address, which the other ranks wait for with no limit."""
+    The name's lookup gets HOST_LOOKUP_LIMIT_S (it has no timeout of its own, and rank 0 of an mpirun job calls this
+    before it broadcasts its address, which the other ranks wait for with no limit); past it, `hostname -I`'s first
+    address, with a warning, or where it lists none an error every rank is told."""
     name, deadline = socket.gethostname(), time.monotonic() + HOST_LOOKUP_LIMIT_S
     answer: list = []  # looked up as MASTER_ADDR is (rendezvous_failures._lookup), in a daemon thread left behind
     answered = threading.Event()
     threading.Thread(target=_look_up, args=(name, 0, answer, answered), name="ngpt_ds-host-lookup", daemon=True).start()
-    if not answered.wait(HOST_LOOKUP_LIMIT_S):
-        raise NgptConfigError(
-            f"the lookup of this host's name {name!r} (for the address the other ranks reach rank 0 at) did not "
-            f"answer within {HOST_LOOKUP_LIMIT_S} s: this host's DNS server is slow or unreachable. Set MASTER_ADDR "
-            "to this host's IP address (one the other nodes reach), or fix this host's DNS, and start the job again"
+    timed_out = not answered.wait(HOST_LOOKUP_LIMIT_S)
+    if timed_out:  # `hostname -I` lists this host's addresses without DNS: a hung resolver need not stop the job
+        logger.warning(
+            "the lookup of this host's name %r did not answer within %d s (a slow or unreachable DNS server): "
+            "rank 0's address is taken from `hostname -I`; set MASTER_ADDR to choose it",
+            name,
+            HOST_LOOKUP_LIMIT_S,
         )
-    infos = [] if isinstance(answer[0], Exception) else answer[0]
+    infos = [] if timed_out or isinstance(answer[0], Exception) else answer[0]
     resolved = [str(info[4][0]) for info in sorted(infos, key=lambda info: info[0] != socket.AF_INET)]
     for addr in resolved:
         ip = ipaddress.ip_address(addr.split("%")[0])
         if not (ip.is_loopback or ip.is_link_local):
             return addr
     try:
-        wait_s = min(10.0, max(1.0, deadline - time.monotonic()))  # it lists interfaces, no lookup: fast
+        wait_s = min(10.0, max(5.0, deadline - time.monotonic()))  # it lists interfaces, no lookup: fast
         listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=wait_s).stdout.split()
     except (OSError, subprocess.SubprocessError):
         listed = []
     if listed or resolved:
         return (listed or resolved)[0]
+    if timed_out:
+        raise NgptConfigError(
+            f"the lookup of this host's name {name!r} (for the address the other ranks reach rank 0 at) did not "
+            f"answer within {HOST_LOOKUP_LIMIT_S} s, and `hostname -I` lists no address: this host's DNS server is "
+            "slow or unreachable. Set MASTER_ADDR to this host's IP address (one the other nodes reach), or fix this "
+            "host's DNS, and start the job again"
+        )
     raise NgptConfigError(
         f"cannot tell this host's network address (its name {name!r} does not resolve and "
         "`hostname -I` lists none): set MASTER_ADDR to an address of this host the other nodes reach"
