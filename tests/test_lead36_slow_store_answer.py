@@ -58,7 +58,8 @@ def serve():
 threading.Thread(target=serve, daemon=True).start()
 dist_env = DistEnv(1, 2, 1, 2, "127.0.0.1", relay.getsockname()[1], "torch")
 started = time.monotonic()
-rendezvous_failures._check_the_port_answers(dist_env, timeout_s)
+addresses = socket.getaddrinfo("127.0.0.1", dist_env.master_port, type=socket.SOCK_STREAM)
+rendezvous_failures._check_the_port_answers(dist_env, timeout_s, addresses, started + timeout_s)
 print(f"answered after {time.monotonic() - started:.1f} s", flush=True)
 """
 
