@@ -58,6 +58,8 @@ SLOWEST_FILES_FIRST = (
     "test_resume_changes.py",
     "test_nccl27_collective_trace.py",
     "test_gpu28_collective_trace_modes.py",
+    "test_nccl37_resume_collectives.py",
+    "test_nccl31_trace_new_paths.py",
 )
 
 
