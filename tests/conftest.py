@@ -68,6 +68,30 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 
 
+FILE_TIMES_SHOWN = 40
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The FILE_TIMES_SHOWN test files that took longest (setup, call and teardown of all their tests, fixtures
+    included) and the total: what each file costs in every CI log, where --durations names single tests only.
+    Under pytest-xdist the controller runs this hook and holds every worker's reports; a worker prints nothing."""
+    if hasattr(config, "workerinput"):  # an xdist worker: its reports reach the controller, which sums them
+        return
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown") and hasattr(report, "duration"):
+                path = report.nodeid.split("::", 1)[0]
+                seconds[path] = seconds.get(path, 0.0) + report.duration
+    if not seconds:
+        return
+    slowest = sorted(seconds.items(), key=lambda item: item[1], reverse=True)[:FILE_TIMES_SHOWN]
+    terminalreporter.write_sep("=", f"slowest {len(slowest)} test files (setup + call + teardown)")
+    for path, spent in slowest:
+        terminalreporter.write_line(f"{spent:9.2f}s {path}")
+    terminalreporter.write_line(f"{sum(seconds.values()):9.2f}s in all {len(seconds)} files")
+
+
 @contextlib.contextmanager
 def fails_after(seconds: int, what: str):
     """Fail the test, instead of hanging the suite, when the block runs longer than `seconds` (a read that waits
