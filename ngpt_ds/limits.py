@@ -1,6 +1,7 @@
 """What a low address-space limit (`ulimit -v`, RLIMIT_AS) or a large `ulimit -s` stops in a command, said in one
-line with the fix: ngpt-prepare's corpus reading here, and every other command through the same functions (`Threads`
-names the command and its threads; `limit_named` wraps each command's body, ngpt_ds/cli).
+line with the fix, for every command (ngpt-train, ngpt-prepare, ngpt-export, ngpt-generate, ngpt-evaluate): `Threads`
+names the command and its threads; `limit_named` wraps each command's body (ngpt_ds/cli). A module of its own, not in
+data/, because every command uses it; it reads only this process's limits and /proc, and imports nothing heavy.
 
 Under such a limit a thread datasets starts to read the corpus (a pool of them resolves a corpus's files), or a
 library imported late (torch, which datasets imports when it opens a stream), fails to map its memory: a 40-line

@@ -2,7 +2,7 @@
 "RuntimeError: can't start new thread" (datasets resolves a corpus's files with a pool of threads, and each thread
 maps a stack of `ulimit -s` bytes) or "ImportError: libtorch_cpu.so: failed to map segment from shared object"
 (torch, imported by datasets when it opens a stream), exit status 1, naming neither the limit nor the fix. Now one
-line naming the limit, what is mapped and the fix, exit status 2 (ngpt_ds.data.address_limit)."""
+line naming the limit, what is mapped and the fix, exit status 2 (ngpt_ds.limits)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_only_a_mapping_failure_under_a_finite_limit_is_named(tmp_path):
     RuntimeError or ImportError, and any failure without an address-space limit, stays a traceback (None)."""
     script = (
         "import resource\n"
-        "from ngpt_ds.data.address_limit import limit_failure\n"
+        "from ngpt_ds.limits import limit_failure\n"
         "lib = ImportError('libtorch_cpu.so: failed to map segment from shared object')\n"
         "print(limit_failure(lib), limit_failure(RuntimeError('CUDA error')), limit_failure(ImportError('no x')))\n"
         "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # the soft limit\n"

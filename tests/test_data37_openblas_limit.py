@@ -2,7 +2,7 @@
 "pthread_create failed" lines and "interrupted", exit status 130, though nothing interrupted it: numpy's OpenBLAS
 starts a thread per core at numpy's import (ngpt_ds.data.prepare imports numpy), and where one cannot be started it
 raises SIGINT in the process, which the command read as Ctrl-C. Now one line naming the limit and the fix
-(OPENBLAS_NUM_THREADS=1, or the limit), exit status 2 (address_limit.blas_failure). OpenBLAS starts its threads only
+(OPENBLAS_NUM_THREADS=1, or the limit), exit status 2 (ngpt_ds.limits.blas_failure). OpenBLAS starts its threads only
 on a machine of 2 cores or more (it starts no more than there are)."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_a_low_limit_alone_names_openblas_threads(tmp_path):
     OpenBLAS threads): OPENBLAS_NUM_THREADS=1, or the limit raised. Checked on the line's own words, in a child
     under a real limit, since a 2-core machine starts too few threads to fail."""
     script = (
-        "from ngpt_ds.data.address_limit import blas_failure\n"
+        "from ngpt_ds.limits import blas_failure\n"
         "try:\n"
         "    exec(compile('raise KeyboardInterrupt', '/site-packages/numpy/_core/multiarray.py', 'exec'))\n"
         "except KeyboardInterrupt as err:\n"
@@ -138,7 +138,7 @@ def test_ctrl_c_stays_interrupted(tmp_path):
     or inside numpy's import without such a limit, stays KeyboardInterrupt ('interrupted', 130)."""
     script = (
         "import resource\n"
-        "from ngpt_ds.data.address_limit import blas_failure\n"
+        "from ngpt_ds.limits import blas_failure\n"
         "def caught(code, where):\n"
         "    try:\n"
         "        exec(compile(code, where, 'exec'))\n"

@@ -3,7 +3,7 @@ with stacks that cannot fit) ended on a traceback of 36 to 59 lines, exit status
 fix: the three commands on the pool of threads that hashes a checkpoint's files ("RuntimeError: can't start new
 thread"), a training rank on torch's rendezvous store, whose C++ thread failed with "RuntimeError: Resource
 temporarily unavailable". 1f816e3 had named these limits for ngpt-prepare only. Now each is one line naming the limit
-and the fix, exit status 2, through the same function as ngpt-prepare's (address_limit.limit_named). OpenBLAS's own
+and the fix, exit status 2, through the same function as ngpt-prepare's (ngpt_ds.limits.limit_named). OpenBLAS's own
 "pthread_create failed" lines (numpy's import inside torch's) come before it: torch swallows OpenBLAS's SIGINT there."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fix ngpt-prepare's address-limit line gives (ngpt_ds.data.address_limit, d04b24f) where the limit is also
+"""The fix ngpt-prepare's address-limit line gives (ngpt_ds.limits, d04b24f) where the limit is also
 the hard limit.
 
 Fault: the line always said "Raise the limit (`ulimit -v unlimited`, or a few GiB more, in the shell or job script
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import resource
 
-from ngpt_ds.data.address_limit import _raise
+from ngpt_ds.limits import _raise
 
 GIB = 1 << 30
 AS_BEFORE = "Raise the limit (`ulimit -v unlimited`, or a few GiB more, in the shell or job script before ngpt-prepare)"

@@ -1,5 +1,5 @@
 """A Ctrl-C that lands in numpy's Python code after numpy's import stays 'interrupted' under `ulimit -v`
-(ngpt_ds/data/address_limit.blas_failure).
+(ngpt_ds/limits.blas_failure).
 
 Fault (review of 1f816e3 and 09ab733): blas_failure took any KeyboardInterrupt with a numpy frame in its traceback,
 raised under an address-space limit or a large `ulimit -s`, for OpenBLAS's SIGINT at numpy's import. Under a
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import numpy as np
-from ngpt_ds.data.address_limit import TRAIN, limit_named
+from ngpt_ds.limits import TRAIN, limit_named
 
 def pressed(x):
     raise KeyboardInterrupt  # Ctrl-C, arriving while numpy's vectorize (numpy's Python code) runs this

@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ngpt_ds.data.address_limit import EVALUATE, limit_named
+    from ngpt_ds.limits import EVALUATE, limit_named
 
     # A thread that a low `ulimit -v` or a large `ulimit -s` leaves no room for: one line, not a traceback
     return run(limit_named(EVALUATE)(lambda: _evaluate(args)), args)

@@ -124,7 +124,7 @@ def _contradiction(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ngpt_ds.data.address_limit import GENERATE, limit_named
+    from ngpt_ds.limits import GENERATE, limit_named
 
     # A thread that a low `ulimit -v` or a large `ulimit -s` leaves no room for: one line, not a traceback
     return run(limit_named(GENERATE)(lambda: _generate(args)), args)

@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        from ngpt_ds.data.address_limit import limit_named
+        from ngpt_ds.limits import limit_named
 
         with limit_named():  # a thread or a library that a low `ulimit -v` left no room for: one line, not a traceback
             print(_prepare(args))

@@ -194,8 +194,8 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     quiet_deepspeed_deprecations(args.log_level)
 
-    from ngpt_ds.data.address_limit import TRAIN, limit_named
     from ngpt_ds.distributed import RendezvousError, exit_process
+    from ngpt_ds.limits import TRAIN, limit_named
     from ngpt_ds.train.checkpoint import WRITE_FAILED_EXIT_CODE, CheckpointWriteError
     from ngpt_ds.train.divergence import TrainingDiverged
 

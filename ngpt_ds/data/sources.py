@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ngpt_ds import log
-from ngpt_ds.data.address_limit import limit_in_force
 from ngpt_ds.data.corpus_folder import CorpusFolder, refuse_prepared, warn_files_not_read
 from ngpt_ds.data.folder_splits import walked_splits
 from ngpt_ds.data.local_inputs import DECOMPRESSORS as _DECOMPRESSORS  # noqa: F401  (sources._DECOMPRESSORS, as before)
@@ -32,6 +31,7 @@ from ngpt_ds.data.local_inputs import (
     shown,
 )
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.limits import limit_in_force
 
 _log = log.get(__name__)
 
