@@ -69,6 +69,7 @@ setup(
             "mypy>=2.4,<2.5",  # the package type-checks clean with 2.4 (pyproject.toml [tool.mypy])
             "transformers>=5.24,<5.25",
             "accelerate>=1.0",
+            "peft>=0.21.2,<0.22",  # tests/test_hf38_peft_lora.py: an 0.8 MB wheel, no dependency the others lack
         ],  # accelerate: lm-eval's `hf` model imports it
         # lm-evaluation-harness, for the `ngpt_ds` model adapter (ngpt_ds/infer/lm_eval_adapter.py).
         "eval": ["lm-eval>=0.4.13,<0.5"],
@@ -77,6 +78,8 @@ setup(
         # tokenizers and protobuf: ngpt_ds/hf/tokenizer.py builds tokenizer.json with the first and reads the
         # sentencepiece model through sentencepiece_model_pb2, which needs the second.
         "hf": ["transformers>=5.24,<5.25", "tokenizers", "protobuf"],
+        # PEFT's LoRA on the transformers models (ngpt_ds/hf/lora.py: sphere_lora); the release the tests pass on.
+        "lora": ["transformers>=5.24,<5.25", "tokenizers", "protobuf", "peft>=0.21.2,<0.22"],
         # Compressed corpus files for ngpt-prepare (ngpt_ds/data/sources.py): .zst and .lz4 are read through fsspec,
         # which registers their decompressors only where these packages import (.gz, .bz2, .xz need none).
         "zstd": ["zstandard>=0.19"],
