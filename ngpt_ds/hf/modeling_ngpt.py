@@ -121,6 +121,17 @@ class _NgptDsPreTrainedModel(ActivationCheckpointing, CheckedLoading, SavedWithC
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed
 
+    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
+        """Refused in one line: it was an AttributeError ("... has no attribute 'prune_heads'"; transformers 5 removed
+        the method), and transformers' prune_linear_layer on a projection one about a missing `bias`. A pruned block
+        would hold fewer heads than config.json's one n_head for every block, which from_pretrained checks the
+        weights against, so the saved model could not be loaded again."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot prune attention heads ({heads_to_prune}): every block has the config's "
+            f"n_head ({self.config.n_head}), which from_pretrained checks the weights against. Train or fine-tune a "
+            "model with fewer heads (n_head in the model YAML) instead"
+        )
+
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """transformers' count, whose exclude_embeddings leaves out nn.Embedding weights only: ngpt_ds's input
         embedding (a TokenEmbedding) is left out here, as Llama's embed_tokens is (the head stays counted). It was
