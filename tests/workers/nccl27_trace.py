@@ -168,6 +168,27 @@ def _raise_in_resume(message: str) -> None:
     preflight.check_resume_seed = fails
 
 
+STEP_PAUSE = "NGPT_DS_TEST_STEP_PAUSE_S"
+"""Set on every rank: each training step ends that many seconds later (a sleep before StopRequest.step_ended, so
+the step's time, --max-time's margin, includes it): a run stopped by --max-time trains for the limit's wall-clock
+time, and a pause makes those seconds a few steps, evaluations and saves, not hundreds, at almost no CPU
+(tests/test_nccl27_collective_trace.py's resume)."""
+
+
+def _pause_each_step(seconds: float) -> None:
+    import time
+
+    from ngpt_ds.train import stopping
+
+    step_ended = stopping.StopRequest.step_ended
+
+    def paused(self):
+        time.sleep(seconds)
+        return step_ended(self)
+
+    stopping.StopRequest.step_ended = paused
+
+
 def run_traced(install_tracer) -> None:
     """The tracers' command line, TRACE_DIR SCRIPT [ARGS...]: install_tracer(TRACE_DIR/rank<RANK>.jsonl),
     then SCRIPT as __main__ with ARGS."""
@@ -176,6 +197,8 @@ def run_traced(install_tracer) -> None:
         _raise_in_prepare(os.environ[RAISE_IN_PREPARE])
     if os.environ.get(RAISE_IN_RESUME):
         _raise_in_resume(os.environ[RAISE_IN_RESUME])
+    if os.environ.get(STEP_PAUSE):
+        _pause_each_step(float(os.environ[STEP_PAUSE]))
     script = sys.argv[2]
     sys.argv = [script, *sys.argv[3:]]
     sys.path.insert(0, str(Path(script).resolve().parent))
