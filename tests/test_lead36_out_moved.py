@@ -42,8 +42,10 @@ def test_a_run_whose_out_is_moved_names_the_move_and_the_fix(tmp_path, tiny_data
     assert f"are intact in {out / 'checkpoints'}" not in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err[-3000:]
-    assert f"{out} is gone (moved or deleted while the run trained); its checkpoints, up to step 2, went" in errors[0]
+    # rank 0 holds --out from the run's lock (ngpt_ds.train.out_moved): the line names the new place (out38)
+    assert f"{out} is no longer the run's folder. {out} was moved to {moved} while the run trained" in errors[0]
     assert errors[0].endswith(
-        "went with it: run the same command with --out at the folder's new place to continue from its newest"
+        f"its checkpoints, up to step 2, went with it: run the same command with --out {moved} to continue from its "
+        "newest"
     ), errors[0]
     assert (moved / "checkpoints" / "step_00000002" / "COMPLETE").is_file()

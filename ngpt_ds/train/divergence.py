@@ -87,20 +87,19 @@ def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, checkpoint_i
     'Checkpoints up to step N are intact' then sent the operator looking for a folder that did not exist.
     The step named is the newest checkpoint's own: it had been the step before the one that diverged, a
     checkpoint that exists only on a checkpoint_interval of 1 ('up to step 4 ... the newest, step_00000003')."""
+    # --out moved or removed: rank 0 holds it from the run's lock (ngpt_ds.train.out_moved), before and after saves
+    moved = out_moved.left_line(
+        out_dir, None if newest_checkpoint is None else newest_checkpoint.name, checkpoint_interval
+    )
+    if moved is not None:
+        return moved
     if newest_checkpoint is None:
         return (
             f"No checkpoint was saved yet (train.checkpoint_interval {checkpoint_interval}): "
             "running the same command again starts from step 0"
         )
     checkpoints = out_dir / "checkpoints"
-    new = out_moved.new_place(out_dir)  # known once the run saved (ngpt_ds.train.out_moved)
-    if new is not None:  # the line had said 'at the folder's new place', which the run knew
-        return (
-            f"{out_dir} was moved to {new} while the run trained; its checkpoints, up to step "
-            f"{step_of(newest_checkpoint.name)}, went with it: run the same command with --out {new} to continue "
-            "from its newest"
-        )
-    if not out_dir.is_dir():  # moved (mv) or deleted while the run trained: its writes then failed
+    if not out_dir.is_dir():  # moved (mv) or deleted, and never held (a caller outside the trainer)
         return (
             f"{out_dir} is gone (moved or deleted while the run trained); its checkpoints, up to step "
             f"{step_of(newest_checkpoint.name)}, went with it: run the same command with --out at the folder's new "

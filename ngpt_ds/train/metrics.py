@@ -20,6 +20,7 @@ from ngpt_ds.model.layers import ScaleVector
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.model.ngpt import NormalizedBlock
 from ngpt_ds.parallel.pipeline import block_layers, head_layer
+from ngpt_ds.train import out_moved
 from ngpt_ds.train.checkpoint import CheckpointWriteError
 from ngpt_ds.train.collectives import all_reduce_on
 from ngpt_ds.train.hypersphere import HypersphereHook
@@ -83,9 +84,13 @@ def write_failure(err: OSError, path: Path | str) -> tuple[str, str, str]:
     """(the file the error names, else `path`; the reason, as 'No space left on device'; the fix for that
     reason, as 'Free space on its filesystem (or fix the disk)'). TensorBoard names its events file in bytes,
     decoded here: the message read b'/runs/x/tensorboard/events...'. Every failure was told to free space,
-    a read-only mount or a permission error too."""
+    a read-only mount or a permission error too; a write into an --out moved or removed while the run trained was told
+    to 'Check its filesystem and the disk' (ngpt_ds.train.out_moved)."""
     file = os.fsdecode(err.filename) if err.filename else str(path)
     reason = err.strerror or (os.strerror(err.errno) if err.errno is not None else str(err))
+    moved = out_moved.moved_from(file)
+    if moved is not None:  # the line that follows names the move and the --out to rerun with (divergence)
+        return file, reason, f"{moved} is no longer the run's folder"
     return file, reason, _WRITE_FIXES.get(err.errno or 0, _OTHER_WRITE_FIX)
 
 

@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from ngpt_ds import log
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import out_moved
 from ngpt_ds.train.checkpoint import CHECKPOINTS
 from ngpt_ds.train.manifest import file_kind
 from ngpt_ds.train.out_folder import LOCK_FILE, STORE_LOCK, check_out_folder
@@ -455,6 +456,8 @@ def lock_run(out_dir: Path) -> RunLock | None:
             lock = acquire(out_dir)
         except NgptConfigError as err:
             problem = str(err)
+        else:  # the run's folder from now on, wherever an `mv` takes it: every line that meets a move can name it
+            out_moved.hold(out_dir, anew=True)
     box = [problem]
     dist.broadcast_object_list(box, src=0)
     if box[0] is not None:

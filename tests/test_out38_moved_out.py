@@ -1,0 +1,213 @@
+"""A run whose --out is moved (mv) names what became of the folder in every line that meets the move: the metrics
+write, a move before the first save, a move to another filesystem, and DeepSpeed's recovery script at the new place
+(helper out38, session 38).
+
+Faults, on real 1-rank runs whose --out the run's own process moves (os.rename, what `mv` does on one filesystem;
+shutil.move, what `mv` does across two: a copy, then the original deleted) at a chosen point:
+- the metrics write of the step after a save met the move and said '... (No such file or directory). Check its
+  filesystem and the disk, and what holds that name', a wrong fix before the move's line;
+- a move before the first save: the run held no descriptor of --out (rank 0 opened it at its first save), so the
+  metrics line said '... is gone (moved or deleted ...)' and 'No checkpoint was saved yet ... running the same command
+  again starts from step 0' (at the old place, a new run), and a save that met it first wrote its checkpoint into a
+  folder DeepSpeed made again at the old place;
+- a move to another filesystem read '... is gone (moved or deleted while the run trained) ...: run the same command
+  with --out at the folder's new place', as if the run knew of a new place; it names neither what happened (the
+  folder was removed: deleted, or copied elsewhere and then deleted) nor the newest complete checkpoint written;
+- a move in the middle of a save left the new place without DeepSpeed's zero_to_fp32.py (each save removes it
+  first, then DeepSpeed writes it again, at the old place once the folder is gone) until the next save.
+"""
+
+import os
+import re
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+
+# launch/train.py, with --out moved to MOVED once: MOVE_AT is "metrics:N" (after the metrics of step N are written),
+# "save:N" (as the save of step N starts), "after:N" (after it), "before_write:N" / "writes:N" (before / after
+# DeepSpeed's first file of the save of step N); MOVE_BY "rename" (os.rename, `mv` on one filesystem) or "copy" (shutil.move to another filesystem: a
+# copy, then the original deleted).
+_MOVED = r"""
+import os, runpy, shutil, sys
+from pathlib import Path
+import torch
+from ngpt_ds.train import checkpoint, metrics
+
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+moved = Path(os.environ["MOVED"])
+kind, at = os.environ["MOVE_AT"].split(":")
+at = int(at)
+state = {"saving": None}
+def move():
+    if not moved.exists():
+        if os.environ["MOVE_BY"] == "rename":
+            os.rename(out, moved)
+        else:
+            shutil.move(str(out), str(moved))
+
+real_log = metrics.MetricsLogger.log
+def log(self, step, scalars):
+    real_log(self, step, scalars)
+    if kind == "metrics" and step == at:
+        move()
+metrics.MetricsLogger.log = log
+
+real_save = checkpoint.save
+def save(engine, out_dir, step, *args, **kwargs):
+    state["saving"] = step
+    if kind == "save" and step == at:
+        move()
+    path = real_save(engine, out_dir, step, *args, **kwargs)
+    if kind == "after" and step == at:
+        move()
+    return path
+checkpoint.save = save
+
+real_torch_save = torch.save
+def torch_save(*args, **kwargs):
+    if kind == "before_write" and state["saving"] == at:
+        move()
+    real_torch_save(*args, **kwargs)
+    if kind == "writes" and state["saving"] == at:
+        move()
+torch.save = torch_save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _moved_run(tmp_path: Path, dataset: Path, move_at: str, moved: Path, *, by: str = "rename", interval: int = 2):
+    out = tmp_path / "run"
+    config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=interval))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "NGPT_DS_CPU_BF16": "1",
+        "MOVED": str(moved),
+        "MOVE_AT": move_at,
+        "MOVE_BY": by,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [sys.executable, "-c", _MOVED, *map(str, train_cmd(config, ds, dataset, out))]
+    done = run(cmd, env=env, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 74 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr[-3000:]
+    return out, config, ds, errors[0]
+
+
+def _metrics_line(error: str, out: Path, step: int) -> str:
+    """What follows the file and reason in the line of a metrics write into a moved --out (TensorBoard's events file
+    is written first, under a name of its own)."""
+    head = re.escape(f"error: the metrics of step {step} could not be written to {out}/") + r"\S+ "
+    match = re.match(head + re.escape("(No such file or directory). "), error)
+    assert match is not None, error
+    return error[match.end() :]
+
+
+@pytest.fixture
+def other_filesystem(tmp_path):
+    """A folder on another filesystem than tmp_path's (/dev/shm, a tmpfs, where /tmp is a disk), removed after."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("this test needs /dev/shm on another filesystem than the test's tmp_path (`stat -f` them)")
+    folder = shm / f"out38-{uuid.uuid4().hex}"
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_metrics_write_that_meets_the_move_names_it_not_the_filesystem(tmp_path, tiny_dataset):
+    moved = tmp_path / "moved"
+    out, _, _, error = _moved_run(tmp_path, tiny_dataset, "after:4", moved)
+    # old code: 'error: the metrics of step 5 could not be written to .../run/tensorboard/events.out.tfevents...
+    # (No such file or directory). Check its filesystem and the disk, and what holds that name. .../run was moved ...'
+    assert _metrics_line(error, out, 5) == (
+        f"{out} is no longer the run's folder. {out} was moved to {moved} while the run trained; its checkpoints, up to step 4, went with "
+        f"it: run the same command with --out {moved} to continue from its newest"
+    )
+
+
+def test_a_move_before_the_first_save_names_the_new_place_in_the_metrics_line(tmp_path, tiny_dataset):
+    moved = tmp_path / "moved"
+    out, _, _, error = _moved_run(tmp_path, tiny_dataset, "metrics:2", moved, interval=4)
+    # old code: '... (No such file or directory). Check its filesystem and the disk, and what holds that name. No
+    # checkpoint was saved yet (train.checkpoint_interval 4): running the same command again starts from step 0'
+    assert _metrics_line(error, out, 3) == (
+        f"{out} is no longer the run's folder. {out} was moved to {moved} while the run trained, before its first checkpoint "
+        f"(train.checkpoint_interval 4): run the same command with --out {moved} to go on there, from step 0"
+    )
+    assert not out.exists()
+    assert (moved / "config.yaml").is_file() and (moved / "train.lock").is_file()
+
+
+def test_a_move_before_the_first_save_names_the_new_place_in_the_save_line(tmp_path, tiny_dataset):
+    moved = tmp_path / "moved"
+    out, _, _, error = _moved_run(tmp_path, tiny_dataset, "save:4", moved, interval=4)
+    # old code: 'error: the metrics of step 5 could not be written to ...: Checkpoints up to step 4 are intact in
+    # .../run/checkpoints': the save made .../run/checkpoints again at the old place (no descriptor held yet to tell)
+    assert error == (
+        f"error: checkpoint of step 4 not saved: {out} was moved to {moved} while the run trained; its checkpoints "
+        "went with it (no complete checkpoint is there; a step_N.tmp-save there is this unfinished save: the next "
+        f"save removes it). Run the same command with --out {moved} to go on there, from step 0"
+    )
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+
+def test_a_move_to_another_filesystem_after_a_save_says_removed_and_names_the_newest_checkpoint(
+    tmp_path, tiny_dataset, other_filesystem
+):
+    out, _, _, error = _moved_run(tmp_path, tiny_dataset, "after:4", other_filesystem, by="copy")
+    assert (other_filesystem / "checkpoints" / "step_00000004" / "COMPLETE").is_file()  # the copy mv made
+    # old code: '... .../run is gone (moved or deleted while the run trained); its checkpoints, up to step 4, went
+    # with it: run the same command with --out at the folder's new place to continue from its newest'
+    assert _metrics_line(error, out, 5) == (
+        f"{out} is no longer the run's folder. {out} was removed while the run trained: deleted, or moved to another "
+        "filesystem (mv copies the folder there, then deletes it here), and where a copy is cannot be known from "
+        "here. The newest complete checkpoint the run had in it was step_00000004: if the folder was copied, run the "
+        "same command with --out at the copy's place to continue from it (a step_N.tmp-save in the copy is an "
+        "unfinished save: the next save removes it)"
+    )
+    assert not out.exists()
+
+
+def test_a_move_to_another_filesystem_during_a_save_says_removed_and_names_the_newest_checkpoint(
+    tmp_path, tiny_dataset, other_filesystem
+):
+    out, _, _, error = _moved_run(tmp_path, tiny_dataset, "writes:4", other_filesystem, by="copy")
+    # old code: 'error: checkpoint of step 4 not saved: .../run is gone (moved or deleted while the run trained), with
+    # the checkpoints the run had saved: run the same command with --out at the folder's new place ...'
+    assert error == (
+        f"error: checkpoint of step 4 not saved: {out} was removed while the run trained: deleted, or moved to "
+        "another filesystem (mv copies the folder there, then deletes it here), and where a copy is cannot be known "
+        "from here. The newest complete checkpoint the run had in it was step_00000002: if the folder was copied, "
+        "run the same command with --out at the copy's place to continue from it (a step_N.tmp-save in the copy is "
+        "an unfinished save: the next save removes it)"
+    )
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert (other_filesystem / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
+
+
+@pytest.mark.parametrize("move_at", ["save:4", "before_write:4", "writes:4"])
+def test_a_move_during_a_save_leaves_deepspeeds_recovery_script_at_the_new_place(tmp_path, tiny_dataset, move_at):
+    """A move during DeepSpeed's writes (after the save removed the scripts to have DeepSpeed write them again):
+    DeepSpeed wrote them at the old place, which the save then cleared; before its first file: it wrote none. Either
+    way the new place, whose step_00000002 is a ZeRO 2 checkpoint, had no zero_to_fp32.py until the next save."""
+    import deepspeed
+
+    moved = tmp_path / "moved"
+    out, *_ = _moved_run(tmp_path, tiny_dataset, move_at, moved)
+    assert not out.exists()
+    assert (moved / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
+    # old code (before_write, writes): [] == ['zero_to_fp32.py', 'zero_to_torch.py']
+    scripts = sorted(p.name for p in (moved / "checkpoints").glob("zero_to_*.py"))
+    assert scripts == ["zero_to_fp32.py", "zero_to_torch.py"], sorted(os.listdir(moved / "checkpoints"))
+    for script in scripts:
+        written = moved / "checkpoints" / script
+        assert written.read_bytes() == (Path(deepspeed.__file__).parent / "utils" / script).read_bytes()
+        assert os.stat(written).st_mode & 0o100, oct(os.stat(written).st_mode)  # executable, as DeepSpeed makes it
