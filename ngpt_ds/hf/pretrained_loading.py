@@ -33,6 +33,7 @@ class CheckedLoading(PreTrainedModel):
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> Any:
         """transformers' from_pretrained, then the checks of ngpt_ds.infer.loading (see the module docstring)."""
+        _refuse_quantization(cls, kwargs.get("quantization_config"))
         check_shards(pretrained_model_name_or_path, kwargs.get("subfolder") or "")  # an index's names: unchecked there
         want_info = kwargs.pop("output_loading_info", False)
         # With output_loading_info, transformers returns (model, info), though it hints the model alone.
@@ -47,6 +48,8 @@ class CheckedLoading(PreTrainedModel):
     ) -> Any:
         """transformers' loading of the weights into `model`, after ngpt_ds.hf.weight_files checks them."""
         load_config = args[0] if args else kwargs.get("load_config")
+        quantizer = getattr(load_config, "hf_quantizer", None)  # also from a quantization_config in config.json
+        _refuse_quantization(type(model), None if quantizer is None else quantizer.quantization_config)
         check_weight_files(model, state_dict, checkpoint_files, load_config)
         return PreTrainedModel._load_pretrained_model(model, state_dict, checkpoint_files, *args, **kwargs)
 
@@ -99,3 +102,24 @@ class CheckedLoading(PreTrainedModel):
                     f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt, or were changed "
                     "without renormalizing them (nGPT's training renormalizes after every step: ngpt_ds.train.hypersphere)"
                 )
+
+
+def _refuse_quantization(cls: type, quantization_config: Any) -> None:
+    """NgptConfigError for any transformers quantization (bitsandbytes, GPTQ, AWQ, ...): its quantizers replace
+    torch.nn.Linear layers and ngpt_ds's projections (ngpt_ds.model.layers.Projection) are none, so with bitsandbytes
+    installed the model loaded in float32, every weight unquantized, while `is_loaded_in_4bit` said True (and
+    transformers warned only "... using eetq but no linear modules were found")."""
+    if quantization_config is None:
+        return
+    method = (
+        quantization_config.get("quant_method")
+        if isinstance(quantization_config, dict)
+        else getattr(quantization_config, "quant_method", None)
+    )
+    method = getattr(method, "value", method)
+    raise NgptConfigError(
+        f"{cls.__name__} cannot be quantized by transformers (quantization_config with quant_method {method!r}): "
+        "its quantizers replace torch.nn.Linear layers, and ngpt_ds's projections are none, so the model would "
+        "load unquantized while reporting itself quantized. Load it without quantization_config (and remove one "
+        "from config.json); dtype=torch.bfloat16 halves its memory"
+    )
