@@ -7,11 +7,10 @@ import ipaddress
 import logging
 import socket
 import subprocess
-import threading
 import time
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.rendezvous_failures import _look_up
+from ngpt_ds.name_lookup import look_up_within
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +29,8 @@ def routable_address() -> str:
     before it broadcasts its address, which the other ranks wait for with no limit); past it, `hostname -I`'s first
     address, with a warning, or where it lists none an error every rank is told."""
     name, deadline = socket.gethostname(), time.monotonic() + HOST_LOOKUP_LIMIT_S
-    answer: list = []  # looked up as MASTER_ADDR is (rendezvous_failures._lookup), in a daemon thread left behind
-    answered = threading.Event()
-    threading.Thread(target=_look_up, args=(name, 0, answer, answered), name="ngpt_ds-host-lookup", daemon=True).start()
-    timed_out = not answered.wait(HOST_LOOKUP_LIMIT_S)
+    found = look_up_within(name, 0, HOST_LOOKUP_LIMIT_S, "ngpt_ds-host-lookup")  # as MASTER_ADDR is looked up
+    timed_out = found is None
     if timed_out:  # `hostname -I` lists this host's addresses without DNS: a hung resolver need not stop the job
         logger.warning(
             "the lookup of this host's name %r did not answer within %d s (a slow or unreachable DNS server): "
@@ -41,7 +38,7 @@ def routable_address() -> str:
             name,
             HOST_LOOKUP_LIMIT_S,
         )
-    infos = [] if timed_out or isinstance(answer[0], Exception) else answer[0]
+    infos = [] if found is None or isinstance(found, Exception) else found
     resolved = [str(info[4][0]) for info in sorted(infos, key=lambda info: info[0] != socket.AF_INET)]
     for addr in resolved:
         ip = ipaddress.ip_address(addr.split("%")[0])

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from ngpt_ds import name_lookup
+
 if TYPE_CHECKING:  # ngpt_ds.distributed re-exports this module's errors
     from ngpt_ds.distributed import DistEnv
 
@@ -123,31 +125,23 @@ def _store_client(dist_env: DistEnv) -> bool:
 def _lookup(dist_env: DistEnv, timeout_s: int, deadline: float) -> list[tuple]:
     """MASTER_ADDR's addresses (socket.getaddrinfo), looked up within the time left of train.dist_timeout_s.
 
-    The lookup runs in a thread of its own because it has no timeout of its own: a slow or dead DNS server held a
-    rank for the resolver's retries (some 5 s a try, times its attempts and servers) before the wait for the port
-    began, and for good where the resolver never gives up. A name that does not resolve is looked up again until
-    the deadline: where rank 0's host gets its name only once it runs (a Kubernetes service), a rank that starts
-    first would otherwise stop. Raises RendezvousError (one line naming MASTER_ADDR and the fix) at the deadline."""
+    The lookup runs in a thread of its own (ngpt_ds.name_lookup) because it has no timeout of its own: a slow or dead
+    DNS server held a rank for the resolver's retries (some 5 s a try, times its attempts and servers) before the
+    wait for the port began, and for good where the resolver never gives up. A name that does not resolve is looked
+    up again until the deadline: where rank 0's host gets its name only once it runs (a Kubernetes service), a rank
+    that starts first would otherwise stop. Raises RendezvousError (one line naming MASTER_ADDR and the fix) at the
+    deadline, and RuntimeError where the lookup's thread cannot start (`bounded_rendezvous` says why)."""
     while True:
-        answer: list = []
-        answered = threading.Event()
-        lookup = (dist_env.master_addr, dist_env.master_port, answer, answered)
-        threading.Thread(target=_look_up, args=lookup, name="ngpt_ds-master-addr-lookup", daemon=True).start()
-        if not answered.wait(max(0.0, deadline - time.monotonic())):  # the thread is left behind, a daemon
+        found = name_lookup.look_up_within(
+            dist_env.master_addr, dist_env.master_port, deadline - time.monotonic(), "ngpt_ds-master-addr-lookup"
+        )
+        if found is None:  # the thread is left behind, a daemon
             raise RendezvousError(slow_lookup_message(dist_env, timeout_s))
-        if not isinstance(answer[0], Exception):
-            return answer[0]
+        if not isinstance(found, Exception):
+            return found
         if time.monotonic() + LOOKUP_RETRY_S >= deadline:  # no time for another answer
-            raise RendezvousError(unresolved_message(dist_env, timeout_s, answer[0]))
+            raise RendezvousError(unresolved_message(dist_env, timeout_s, found))
         time.sleep(LOOKUP_RETRY_S)
-
-
-def _look_up(host: str, port: int, answer: list, answered: threading.Event) -> None:
-    try:
-        answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-    except (OSError, UnicodeError) as err:  # gaierror; UnicodeError: not a valid host name (a label too long)
-        answer.append(err)
-    answered.set()
 
 
 LOOKUP_RETRY_S = 1.0
