@@ -19,8 +19,6 @@ from ngpt_ds.infer.run_checkpoint import removed_checkpoint, resolve_checkpoint
 from ngpt_ds.train.checkpoint_layout import RETENTION, newer_complete
 from ngpt_ds.train.resume import newer_beside, resolve_resume
 
-GENERIC = ". Give a checkpoint directory (…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
-
 
 def _checkpoints(tmp_path: Path, complete: list[int], half_written: list[int] = ()) -> Path:
     folder = tmp_path / "run" / "checkpoints"
@@ -45,10 +43,16 @@ def test_a_half_written_newer_step_is_no_sign_of_retention_in_export_or_resume(t
     with pytest.raises(NgptConfigError) as generate:
         resolve_checkpoint(missing)
     assert RETENTION not in str(generate.value)
-    assert newer_beside(missing) == GENERIC
+    # the newest complete checkpoint beside it, not the advice for any path (out38)
+    none_newer = (
+        " (no newer complete checkpoint stands beside it, so the run's retention did not delete it). The newest "
+        f"complete checkpoint beside it is {folder / 'step_00000002'}: resume from it, or pass that run's folder "
+        f"{folder.parent}, which takes its newest"
+    )
+    assert newer_beside(missing) == none_newer
     with pytest.raises(NgptConfigError) as resume:
         resolve_resume(tmp_path / "other", str(missing))
-    assert str(resume.value) == f"--resume {missing}: does not exist{GENERIC}"
+    assert str(resume.value) == f"--resume {missing}: does not exist{none_newer}"
 
 
 def test_removed_while_read_with_no_newer_complete_checkpoint_is_not_blamed_on_retention(tmp_path):
@@ -84,4 +88,7 @@ def test_a_step_above_every_complete_one_is_never_saved_for_both(tmp_path):
     missing = folder / "step_00000006"
     assert newer_complete(missing) is None
     assert removed_checkpoint(missing).startswith(f"{missing} does not exist: no checkpoint of that step")
-    assert newer_beside(missing) == GENERIC
+    assert newer_beside(missing).endswith(  # not the advice for any path (out38)
+        f"The newest complete checkpoint beside it is {folder / 'step_00000004'}: resume from it, or pass that run's "
+        f"folder {folder.parent}, which takes its newest"
+    )

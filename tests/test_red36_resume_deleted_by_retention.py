@@ -34,8 +34,9 @@ def test_a_resume_of_a_step_retention_deleted_names_the_newest_checkpoint_of_tha
         f"checkpoint beside it is {checkpoints / 'step_00000004'}: resume from it, or pass that run's folder {run_a}, "
         "which takes its newest"
     ]
-    assert refused("step_00000006") == [  # never saved: not blamed on retention
-        f"error: --resume {checkpoints / 'step_00000006'}: does not exist. Give a checkpoint directory "
-        "(…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
+    assert refused("step_00000006") == [  # never saved: not blamed on retention; the newest named (out38)
+        f"error: --resume {checkpoints / 'step_00000006'}: does not exist (no newer complete checkpoint stands beside "
+        "it, so the run's retention did not delete it). The newest complete checkpoint beside it is "
+        f"{checkpoints / 'step_00000004'}: resume from it, or pass that run's folder {run_a}, which takes its newest"
     ]
     assert not (run_b / "checkpoints").exists()

@@ -27,10 +27,10 @@ from ngpt_ds.train.checkpoint_interrupted import (
     to_verify,
     why_latest_was_behind,
 )
-from ngpt_ds.train.checkpoint_layout import RETENTION, newer_complete
 from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
+from ngpt_ds.train.resume_gone import newer_beside as newer_beside  # checkpoint_load imports it from here
 
 LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
 """Ranks that see different checkpoints list again after each of these pauses (30 s in all) before that
@@ -129,21 +129,6 @@ def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
         return checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS)[-1]
     reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
     raise NgptConfigError(f"--resume {resume}: {reason}{newer_beside(path)}")
-
-
-def newer_beside(path: Path) -> str:
-    """What follows why --resume PATH cannot be followed: the newest complete checkpoint beside a step_N PATH that
-    is gone, when it is newer (a training run's retention deletes its older checkpoints: the line had named no
-    newer one and advised any checkpoint directory), else the kinds of path --resume takes."""
-    gone = checkpoint.is_step_name(path.name) and not (path.exists() or path.is_symlink())
-    newer = newer_complete(path) if gone else None  # the rule export and generate follow too
-    if newer is None:
-        return ". Give a checkpoint directory (…/checkpoints/step_N), a run's --out directory, 'auto' or 'none'"
-    run = path.parent.parent if path.parent.name == checkpoint.CHECKPOINTS else path.parent
-    return (
-        f" ({RETENTION}). The newest complete checkpoint beside it is {newer}: resume from it, or pass that "
-        f"run's folder {run}, which takes its newest"
-    )
 
 
 def _converted_from(path: Path) -> str | None:
