@@ -8,7 +8,8 @@ program's behalf), and the client then waits for a reply for good. Rank 0, which
 says so in one line and exits; under mpirun it then waits for the other ranks in MPI_Finalize, and under srun the
 step waits for them: the job stayed until the other program closed its port (81 s with a 30 s timeout, or never).
 A client rank now checks that the port answers a store's ping within `answer_limit_s` once it accepts a connection.
-The lookup of MASTER_ADDR counts inside train.dist_timeout_s too (`_lookup`): it has no timeout of its own.
+The lookup of MASTER_ADDR counts inside train.dist_timeout_s too (`_lookup`): it has no timeout of its own; torch's
+rendezvous is then given the address it was looked up as (`_master_addr`), so that it looks up nothing outside it.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def _resolved_to(dist_env: DistEnv, addresses: list[tuple]) -> str:
     return f"MASTER_ADDR {dist_env.master_addr} is {' or '.join(found)} on this host; "
 
 
-def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[tuple], deadline: float) -> None:
+def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[tuple], deadline: float) -> str:
     """Wait (until `deadline`, train.dist_timeout_s from the start of MASTER_ADDR's lookup) until rank 0's rendezvous
     port accepts a connection, then let a store client of torch's own connect and ping it within `answer_limit_s`: a
     program that listens on the port and never answers is found in a minute at most, not after the whole
@@ -217,6 +218,41 @@ def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[t
             time.sleep(0.25)
     with _watch(answer_limit_s(timeout_s), silent_port_message(dist_env, timeout_s)):
         TCPStore(address, dist_env.master_port, None, False, timedelta(seconds=timeout_s))
+    return address
+
+
+def _own_address(addresses: list[tuple]) -> str | None:
+    """The first of MASTER_ADDR's `addresses` that is this host's (one a socket can bind): where rank 0's own store
+    client connects to its server. None where none is (torch's rendezvous then fails in its own words)."""
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.bind((address[0], 0, *address[2:]))
+            return str(address[0])
+        except OSError:
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def _master_addr(address: str | None) -> Iterator[None]:
+    """MASTER_ADDR as the address it was looked up as (`address`), while torch's env:// rendezvous reads it.
+
+    torch's rendezvous (torch/distributed/rendezvous.py, _env_rendezvous_handler) passes MASTER_ADDR to its TCPStore,
+    whose C++ client looks the name up again at each connection try, with no bound of its own: a DNS server that
+    stalled after `_lookup` answered held a rank there until the watch's backstop (twice train.dist_timeout_s and
+    GRACE_S), and the job failed although rank 0 was there. The name is put back after: what reads it later
+    (`distributed.discover`, again at the startup shard check) sees what the user set."""
+    before = os.environ.get("MASTER_ADDR")
+    if address is not None:
+        os.environ["MASTER_ADDR"] = address
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MASTER_ADDR", None)
+        else:
+            os.environ["MASTER_ADDR"] = before
 
 
 @contextlib.contextmanager
@@ -227,9 +263,12 @@ def bounded_rendezvous(dist_env: DistEnv, timeout_s: int) -> Iterator[None]:
     RendezvousError where MASTER_ADDR did not resolve within it (on every rank: rank 0's store connects to it too)."""
     deadline = time.monotonic() + timeout_s
     addresses = _lookup(dist_env, timeout_s, deadline)
+    address: str | None = None  # what MASTER_ADDR was looked up as, given to torch's rendezvous (`_master_addr`)
     if _store_client(dist_env):
-        _check_the_port_answers(dist_env, timeout_s, addresses, deadline)
-    with _watch(limit_s(timeout_s), message(dist_env, timeout_s)):
+        address = _check_the_port_answers(dist_env, timeout_s, addresses, deadline)
+    else:
+        address = _own_address(addresses)
+    with _watch(limit_s(timeout_s), message(dist_env, timeout_s)), _master_addr(address):
         yield
 
 
