@@ -1,0 +1,100 @@
+"""A training rank that cannot start a thread at the job's rendezvous, under a low `ulimit -u` (RLIMIT_NPROC: every
+process and thread of its user counts), says one line naming the limit and the fix, exit 2, and tells the other ranks
+through rank 0's store: they stop with its line within a second or two, not at train.dist_timeout_s.
+
+The fault: two plain ranks (`python launch/train.py` with RANK, WORLD_SIZE, MASTER_ADDR set: no launcher tears the job
+down), rank 1 under `ulimit -u 1`. Rank 1's lookup of MASTER_ADDR, in a thread since a18c005, failed to start and rank
+1 ended on a traceback ("RuntimeError: can't start new thread"), exit 1; rank 0 waited for it the whole
+train.dist_timeout_s (10 minutes by default), then said that 1 of 2 ranks 'never arrived'.
+
+`ulimit -u` binds no process of root's: as root the limited rank runs with the real user id of `nobody` (what the
+limit counts) and root's effective id (to read this checkout), without CAP_SYS_ADMIN and CAP_SYS_RESOURCE (which lift
+the limit too)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from launching import rank_env
+
+from ngpt_ds import rendezvous_failures
+
+from conftest import REPO, free_port, tiny_ngpt, tiny_train, train_flags, write_run_configs
+
+NOBODY = 65534
+HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+PR_CAPBSET_DROP, CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 24, 21, 24
+
+
+def _one_task_user() -> None:
+    """In the child before exec: a `ulimit -u` of 1 (the rank's main thread, no other), the hard limit kept."""
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, HARD))
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (CAP_SYS_ADMIN, CAP_SYS_RESOURCE):  # dropped from the bounding set: exec's root keeps neither
+            assert libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, ctypes.get_errno()
+        os.setresuid(NOBODY, 0, 0)
+
+
+def test_a_rank_under_a_low_ulimit_u_says_so_and_rank_0_stops_with_its_line(tiny_dataset, tmp_path):
+    """Old code: rank 1's last line 'RuntimeError: can't start new thread', exit 1, and rank 0 ending 60 s (its
+    timeout) after it with '... 1 of 2 never arrived ...'. Now rank 1 says the limit and the fix (exit 2), and rank 0
+    ends with rank 1's line within HEAR_S and a margin of rank 1's end (exit 1)."""
+    files = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2, dist_timeout_s=60))
+    cmd = [
+        sys.executable,
+        REPO / "launch/train.py",
+        *train_flags(files["yaml"], files["ds"], tiny_dataset, tmp_path / "run"),
+    ]
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [str(c) for c in cmd],
+            env=rank_env(rank, 2, port),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_one_task_user if rank == 1 else None,
+        )
+        for rank in (0, 1)
+    ]
+    ended: dict[int, tuple[int, str, float]] = {}
+    try:
+        while len(ended) < 2:
+            for rank, proc in enumerate(procs):
+                if rank not in ended and proc.poll() is not None:
+                    ended[rank] = (proc.returncode, proc.stderr.read(), time.monotonic())
+            assert not any(time.monotonic() - end > 120 for *_, end in ended.values()), ended
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    (code0, err0, end0), (code1, err1, end1) = ended[0], ended[1]
+    uid = NOBODY if os.geteuid() == 0 else os.getuid()
+    line = (
+        f"rank 1 could not start a thread for the job's rendezvous: its user (uid {uid}) may run 1 processes and "
+        "threads in all (`ulimit -u`), and runs "
+    )
+    raised = (
+        "Raise it (`ulimit -u unlimited`"
+        if HARD == resource.RLIM_INFINITY
+        else f"Raise it, up to its hard limit of {HARD} (`ulimit -u {HARD}`"
+    )
+    fix = (
+        f", and a rank starts dozens of threads (torch's store, gloo, its checks). {raised} in the shell or job "
+        "script before the training command), and start the job again"
+    )
+    last1 = err1.strip().splitlines()[-1]
+    assert (code1, last1.startswith(f"error: {line}"), last1.endswith(fix)) == (2, True, True), err1[-3000:]
+    assert "Traceback" not in err1, err1[-3000:]
+    assert code0 == rendezvous_failures.EXIT_CODE, err0[-3000:]
+    assert err0.strip().splitlines()[-1] == f"error: rank 0 stops: {last1.removeprefix('error: ')}", err0[-3000:]
+    assert end0 - end1 < rendezvous_failures.HEAR_S + 5, end0 - end1  # old: 60 s (train.dist_timeout_s) or more
