@@ -134,22 +134,30 @@ def _torchrun_port_taken(argv: list[str]) -> str | None:
         port = None if str(args.nnodes).split(":")[-1] == "1" else DEFAULT_PORT
     if port is None:
         return None
-    for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):  # as the agent's store listens
+    if not _bind_refused(port):
+        return None
+    return (
+        f"error: torchrun's rendezvous port {port} ({option}) is taken on this host: another job or program holds it "
+        f"(listens there, or has bound it). Give torchrun a free one with {option}, or stop the other job"
+    )
+
+
+def _bind_refused(port: int) -> bool:
+    """Whether binding `port` as torchrun's agent's store listens (every address, SO_REUSEADDR) fails with
+    EADDRINUSE: a process listens on it, has bound it (no listen yet), or connects from it."""
+    for family, anywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: TIME_WAIT is no holder
                 if family == socket.AF_INET6:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too
                 probe.bind((anywhere, port))
-            return None
+            return False
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                return (
-                    f"error: torchrun's rendezvous port {port} ({option}) is taken on this host: another job or "
-                    f"program listens there. Give torchrun a free one with {option}, or stop the other job"
-                )
+                return True
             # no IPv6 here: try IPv4
-    return None
+    return False
 
 
 def _candidate_ports(torchrun_args: list[str], env: Mapping[str, str]) -> set[int]:
@@ -173,8 +181,10 @@ def _candidate_ports(torchrun_args: list[str], env: Mapping[str, str]) -> set[in
 def _some_port_in_use(ports: set[int]) -> bool:
     """Whether a TCP socket of this host (this network namespace) has one of `ports` as its local port, but for
     those in TIME_WAIT, which hold no port against torch's store (SO_REUSEADDR): read from /proc, True where it
-    cannot be read. A port only bound (no listen, no connection) is not listed there; torchrun's own error says
-    it, as for a port taken after the check."""
+    cannot be read. A port only bound (bind without listen: a program that sets up its server before it listens)
+    is in no row there, and passed: torchrun's agent then failed to listen on it, in a 40-line traceback ending in
+    'DistNetworkError: The server socket has failed to listen ... EADDRINUSE'. Each port not listed is bound once
+    as the agent would (`_bind_refused`: microseconds, no torch import)."""
     used, read = set(), False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # tcp6 is missing where the kernel has no IPv6
         try:
@@ -187,7 +197,9 @@ def _some_port_in_use(ports: set[int]) -> bool:
             read = True
         except (OSError, IndexError, ValueError):
             continue
-    return bool(used & ports) or not read  # nothing read (no /proc: not Linux): the slow check
+    if used & ports or not read:  # nothing read (no /proc: not Linux): the slow check
+        return True
+    return any(_bind_refused(port) for port in sorted(ports))
 
 
 def _endpoint_port(endpoint: str) -> int | None:

@@ -38,7 +38,7 @@ def test_a_torchrun_master_port_held_by_another_program_is_refused_in_one_line(t
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.splitlines() == [
         f"error: torchrun's rendezvous port {port} (--master_port) is taken on this host: another job or program "
-        "listens there. Give torchrun a free one with --master_port, or stop the other job"
+        "holds it (listens there, or has bound it). Give torchrun a free one with --master_port, or stop the other job"
     ]
     assert done.stdout == ""
 

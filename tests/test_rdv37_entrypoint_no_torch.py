@@ -78,6 +78,6 @@ def test_a_held_port_in_any_spelling_torchrun_reads_is_still_refused(tmp_path, s
     option = "--rdzv_endpoint" if "endpoint" in " ".join(spelling) else "--master_port"
     assert done.stderr.splitlines() == [
         f"error: torchrun's rendezvous port {port} ({option}) is taken on this host: another job or program "
-        f"listens there. Give torchrun a free one with {option}, or stop the other job"
+        f"holds it (listens there, or has bound it). Give torchrun a free one with {option}, or stop the other job"
     ]
     assert done.stdout.splitlines() == ["exit 2 torch imported: True"]
