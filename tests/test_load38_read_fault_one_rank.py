@@ -112,3 +112,24 @@ def test_a_read_failing_on_one_rank_in_a_universal_load_stops_every_rank_after_t
         assert "/fp32.pt could not be read: Input/output error. The checkpoint passed its checks" in lines[0]
     same_calls(record, "universal")
     assert "ngpt_ds/train/checkpoint_load.py:_after_the_read" in [c["frame"] for c in record["trace"][1]]
+
+
+def test_an_unknown_error_of_one_ranks_read_is_one_line_and_its_traceback_once_on_that_rank(saved):
+    """An error no check words in rank 1's read (a KeyError: a bug) stops every rank with one line naming rank 1, the
+    file, type and message, after the same collectives; the traceback, its innermost frame included, is written once,
+    on rank 1's stderr only (checkpoint_load logs it: the NgptConfigError its line becomes is not logged again)."""
+    work = saved
+    out = work / "bug_run"
+    shutil.copytree(work / "z3_run", out)
+    record = _traced(work, "bug", out, f"1:bug:{RANK1_SHARD}", "--max-steps", 3)
+    assert record["codes"] == [2, 2], (record["logs"][0][-3000:], record["logs"][1][-3000:])
+    file = out / "checkpoints" / STEP2 / RANK1_SHARD
+    want = f"error: rank 1: {file}: loading it failed (KeyError: 'a bug in the read of rank 1'; the traceback is in "
+    for log in record["logs"]:
+        lines = _errors(log)
+        assert len(lines) == 1 and lines[0].startswith(want), (want, log[-3000:])
+    innermost = 'raise KeyError("a bug in the read of rank 1")  # the innermost frame of rank 1\'s traceback'
+    assert record["logs"][1].count(innermost) == 1, record["logs"][1][-3000:]
+    assert record["logs"][1].count("Traceback (most recent call last)") == 1, record["logs"][1][-3000:]
+    assert "Traceback" not in record["logs"][0], record["logs"][0][-3000:]
+    same_calls(record, "bug")

@@ -144,9 +144,8 @@ def _read_failed(path: Path, read: list[str], err: Exception) -> NgptConfigError
             "memory on its node (fewer ranks there, other jobs ended) and run the same command again"
         )
     _log.error(f"rank {dist.get_rank()}: loading {file} failed", exc_info=err)
-    message = " ".join(str(err).split())
     return NgptConfigError(
-        f"{file}: loading it failed ({type(err).__name__}{': ' + message if message else ''}; the traceback is in "
+        f"{file}: loading it failed ({collectives.one_line(err)}; the traceback is in "
         "this rank's log). The checkpoint passed its checks before the load: the file changed since, or it "
         "reads differently on this node. Resume from another checkpoint (--resume PATH)"
     )

@@ -68,16 +68,25 @@ _FAILED = "ngpt_ds: failed"
 def all_answers(answer: Callable[[], Answer], what: str) -> list[Answer]:
     """Collective: every rank's answer(), in rank order. If answer() raised on any rank, every rank raises
     NgptConfigError("rank R: Type: message") of the lowest such rank, after this one gather; the failing rank
-    logs its traceback first (`what`: what it was doing, for that line)."""
+    logs its traceback first, once, on its stderr (`what`: what it was doing, for that line): errors pass the
+    rank filter of ngpt_ds.log on every rank."""
     mine: Any
     try:
         mine = answer()
     except Exception as err:  # noqa: BLE001 (any error: an answer, the other ranks are waiting for it)
         _log.exception(f"rank {dist.get_rank()}: {what} failed")
-        mine = (_FAILED, f"{type(err).__name__}: {err}")
+        mine = (_FAILED, one_line(err))
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     for rank, value in enumerate(gathered):
         if isinstance(value, tuple) and len(value) == 2 and value[0] == _FAILED:
             raise NgptConfigError(f"rank {rank}: {value[1]}")
     return gathered
+
+
+def one_line(err: BaseException) -> str:
+    """'Type: message' on one line (the message's lines joined), or 'Type' where the message is empty. A MemoryError
+    read 'MemoryError: ', and torch's messages of several lines printed their later lines after 'error: ...'
+    without that prefix; the whole text is in the failing rank's traceback."""
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__

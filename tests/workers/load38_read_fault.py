@@ -9,7 +9,8 @@ READ_FAULT, set on every rank, is RANK:FAULT:FILE: on rank RANK, DeepSpeed's rea
 - eacces: PermissionError (the file's mode or an ACL as one node sees it; the tests run as root, whom chmod 000 does
   not stop, so the open's refusal is raised here);
 - truncated: the file is cut to half its size on disk, then read (a copy or a sync that rewrote it in place);
-- memory: MemoryError (a host whose memory ran out while it read).
+- memory: MemoryError (a host whose memory ran out while it read);
+- bug: KeyError (an error no check words: a bug, in ngpt_ds or DeepSpeed).
 """
 
 import errno
@@ -20,7 +21,7 @@ from nccl27_trace import run_traced
 from nccl37_trace import install
 
 READ_FAULT = "NGPT_DS_TEST_LOAD38_READ_FAULT"
-FAULTS = ("eio", "eacces", "truncated", "memory")
+FAULTS = ("eio", "eacces", "truncated", "memory", "bug")
 
 
 def _fail_one_read(fault: str, name: str) -> None:
@@ -38,6 +39,8 @@ def _fail_one_read(fault: str, name: str) -> None:
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(f))
             if fault == "memory":
                 raise MemoryError()
+            if fault == "bug":
+                raise KeyError("a bug in the read of rank 1")  # the innermost frame of rank 1's traceback
             os.truncate(f, os.path.getsize(f) // 2)
         return guarded(f, *args, **kwargs)
 
