@@ -12,7 +12,12 @@ save, a move before it could not be named: the save wrote its checkpoint into a 
 place, and a metrics write said 'No checkpoint was saved yet: running the same command again starts from step 0'.
 `mv` to another filesystem copies the folder, then deletes it: the held folder is then deleted, and where the copy is
 cannot be known (`removed_line`). The other writes that meet a move (metrics, TensorBoard, summary.json) name it
-through `moved_from`."""
+through `moved_from`.
+
+DeepSpeed read here (CONTRIBUTING.md), checked against deepspeed 0.19.8: its recovery scripts are the source files of
+the modules deepspeed.utils.zero_to_fp32 and zero_to_torch, which engine._copy_recovery_script copies into the
+checkpoints folder at each ZeRO save (`_recovery_scripts_to`); a release without one of them leaves it to the next
+save."""
 
 from __future__ import annotations
 
