@@ -59,6 +59,11 @@ TRAIN = Threads(
     "a training rank starts threads for its rendezvous, its collectives and its checks of a checkpoint's files",
     "a training rank's threads",
 )
+PREPARE_WORKERS = Threads(
+    "ngpt-prepare",
+    "ngpt-prepare's --workers processes are fed by a pool's two threads in this process",
+    "the pool's threads",
+)
 _HASHED = "a checkpoint's files are hashed by a pool of threads"
 EXPORT = Threads("ngpt-export", _HASHED, "the hashing threads")
 GENERATE = Threads("ngpt-generate", _HASHED, "the hashing threads")

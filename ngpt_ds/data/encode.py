@@ -1,7 +1,7 @@
 """Tokenize batches of documents in worker processes, in input order, with bounded memory.
 
 Kept free of heavy imports: each spawned worker imports only this module, numpy and
-sentencepiece.
+sentencepiece (and ngpt_ds.errors and ngpt_ds.limits, which import the standard library alone).
 
 A document longer than MAX_DOC_CHARS is encoded in chunks: sentencepiece holds about 226 bytes per
 token while it encodes, so one 2 GB single-line document needed about 100 GB in one worker. Cuts
@@ -36,15 +36,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import sentencepiece as spm
 
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.limits import PREPARE_WORKERS, limit_failure, limit_in_force
 
 Tag = TypeVar("Tag")
 
@@ -243,6 +245,7 @@ def encode_in_order(
         for tag, texts in batches:
             yield (tag, *encode_documents(texts, max_chars))
         return
+    _pool_threads_start()
     # spawn, not fork: the parent holds threads (pyarrow, tokenizers) that fork would copy mid-lock.
     # concurrent.futures, not multiprocessing.Pool: a Pool whose worker is killed (the out-of-memory killer, a
     # crash in sentencepiece) starts another and never answers the lost task, so the preparation waited forever.
@@ -253,21 +256,31 @@ def encode_in_order(
     # wait for one another in `_init_pool_worker`, so that none is idle before all `workers` submits below
     # have started one each.
     all_started = context.Barrier(workers)
+    before = set(mp.active_children())
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_pool_worker, initargs=(model_path, all_started, os.getpid())
     ) as pool:
         pending: deque = deque()
         try:
             for ready in [_submit(pool, _worker_ready) for _ in range(workers)]:
-                ready.result()
+                _result(pool, ready)
             for tag, texts in batches:
                 pending.append((tag, _submit(pool, encode_documents, texts, max_chars)))
                 if len(pending) >= 2 * workers:
                     t, future = pending.popleft()
-                    yield (t, *future.result())
+                    yield (t, *_result(pool, future))
             while pending:
                 t, future = pending.popleft()
-                yield (t, *future.result())
+                yield (t, *_result(pool, future))
+        except _PoolThreadLost as lost:
+            # The workers wait on a task queue that nothing feeds: ended here, else the interpreter's exit waits
+            # for them (multiprocessing joins its children). shutdown(wait=False) first: the `with`'s shutdown
+            # would join a manager thread that never started ("cannot join thread before it is started").
+            for child in set(mp.active_children()) - before:
+                child.terminate()
+                child.join()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise _lost_thread_error(lost) from None
         except BrokenProcessPool:
             raise NgptConfigError(
                 f"a tokenizer worker process ended abruptly (killed: by the out-of-memory killer, say, which the "
@@ -279,8 +292,79 @@ def encode_in_order(
 def _submit(pool: ProcessPoolExecutor, fn: Callable, *args) -> Future:
     """pool.submit(fn, *args). A submit may start a worker, and starting one in a pool that a killed worker has
     just broken, before the pool noticed, failed with "ValueError: bad value(s) in fds_to_keep" (its pipes
-    closed meanwhile): that is the broken pool too, as is a start that fails for want of memory."""
+    closed meanwhile): that is the broken pool too, as is a start that fails for want of memory. The first submit
+    also starts the pool's manager thread in this process, after its workers: a RuntimeError."""
     try:
         return pool.submit(fn, *args)
     except (OSError, ValueError) as err:
         raise BrokenProcessPool(f"starting a worker process failed: {err}") from err
+    except RuntimeError as err:
+        raise _PoolThreadLost(err) from err
+
+
+class _PoolThreadLost(Exception):
+    """The pool's manager thread in this process could not start (`_submit`: its RuntimeError is the argument), or
+    ended with tasks unanswered (`_result`: no argument; its traceback was printed by the thread)."""
+
+
+POOL_THREADS = 2
+"""The threads a ProcessPoolExecutor starts in this process: its manager, and its task queue's feeder (started by
+the manager at its first task)."""
+
+
+def _pool_threads_start() -> None:
+    """Start POOL_THREADS threads at once, and end them, before a pool starts its own: where a low `ulimit -v` or a
+    large `ulimit -s` leaves no room for them, the one-line error (ngpt_ds.limits), before any worker is spawned.
+
+    In the pool the manager thread that could not start was a traceback of 69 lines (its RuntimeError, then "cannot
+    join thread before it is started" from the executor's shutdown, then each worker's own, exit status 1), and a
+    feeder thread that could not start ended the manager thread alone: the preparation then waited forever for its
+    workers' first answer."""
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait, daemon=True) for _ in range(POOL_THREADS)]
+    try:
+        for thread in threads:
+            thread.start()
+    except RuntimeError as err:
+        failure = limit_failure(err, PREPARE_WORKERS)
+        if failure is None:
+            raise
+        raise _with_one_process(failure) from None
+    finally:
+        release.set()
+        for thread in threads:
+            if thread.ident is not None:  # started
+                thread.join()
+
+
+def _with_one_process(failure: NgptConfigError) -> NgptConfigError:
+    return NgptConfigError(
+        f"{failure}; or run with --workers 1, which starts no worker process and none of its threads"
+    )
+
+
+def _result(pool: ProcessPoolExecutor, future: Future) -> Any:
+    """future.result(), or _PoolThreadLost where the pool's manager thread has ended with `future` unanswered: a
+    thread it starts could not start (its traceback is printed), and nothing would ever answer."""
+    while True:
+        try:
+            return future.result(timeout=PARENT_WATCH_S)
+        except FutureTimeout:
+            pass
+        # CPython's executor (3.9 and later) holds its manager thread here; it sets every pending future's
+        # exception (BrokenProcessPool) before it ends on a broken pool, so a future not done is never answered.
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None and not manager.is_alive() and not future.done():
+            raise _PoolThreadLost()
+
+
+def _lost_thread_error(lost: _PoolThreadLost) -> Exception:
+    """The error for the pool's lost thread: the one line of ngpt_ds.limits where its RuntimeError is a limit's."""
+    cause = lost.args[0] if lost.args else None
+    if isinstance(cause, RuntimeError):
+        failure = limit_failure(cause, PREPARE_WORKERS)
+        return _with_one_process(failure) if failure is not None else cause
+    return NgptConfigError(
+        "the pool of worker processes lost its thread in this process (its traceback is above), and its workers "
+        f"were stopped{limit_in_force()}. Run the preparation again, or with --workers 1 (no pool)"
+    )
