@@ -21,6 +21,7 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     cpu_env,
     free_port,
     run,
+    run_in_session,
     run_launch,
     run_lm_eval,
     run_mpirun,

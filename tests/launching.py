@@ -267,27 +267,34 @@ def convert_universal(source: Path, universal: Path, *, timeout: int = 240) -> N
     checkpoint.finish_universal(converted, universal, source)
 
 
-def run_mpirun(args: list, env: dict, *, timeout: int) -> tuple[int, str]:
-    """`mpirun --allow-run-as-root --oversubscribe ARGS` (mpirun's options, -np and the command) in a session of its
-    own: (exit status, stdout and stderr together). A job still running after `timeout` s (a hang guard) is killed
-    with its ranks, and the test fails as hung."""
+def run_in_session(cmd: list, *, timeout: float, **popen) -> subprocess.CompletedProcess[str]:
+    """`cmd` in a session of its own, its output as text (`popen`: Popen's other arguments, stdout=PIPE and the
+    like). A command still running after `timeout` s (a hang guard) is killed with every process of its group (an
+    mpirun's ranks, a preparation's workers), and the test fails as hung, with the output's end."""
     import signal
 
-    proc = subprocess.Popen(
-        ["mpirun", "--allow-run-as-root", "--oversubscribe", *map(str, args)],
+    proc = subprocess.Popen([str(c) for c in cmd], text=True, start_new_session=True, **popen)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"hung: no answer in {timeout} s; its output ends: {((out or '') + (err or ''))[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_mpirun(args: list, env: dict, *, timeout: int) -> tuple[int, str]:
+    """`mpirun --allow-run-as-root --oversubscribe ARGS` (mpirun's options, -np and the command) in a session of its
+    own (run_in_session: killed with its ranks and failed as hung after `timeout` s): (exit status, stdout and stderr
+    together)."""
+    proc = run_in_session(
+        ["mpirun", "--allow-run-as-root", "--oversubscribe", *args],
+        timeout=timeout,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the job hung: {output[-3000:]}")
-    return proc.returncode, output
+    return proc.returncode, proc.stdout
 
 
 def stand_in_commands(folder: Path, commands: dict[str, str]) -> Path:

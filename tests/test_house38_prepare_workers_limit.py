@@ -16,16 +16,14 @@ mapped size plus `room` stacks: real limits, machine-independent."""
 
 from __future__ import annotations
 
-import os
 import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import cpu_env
+from conftest import cpu_env, run_in_session
 
 STACK = 1 << 30
 """`ulimit -s` of 1 GiB: each thread maps 1 GiB, so `room` counts threads (a mapping any machine may hold)."""
@@ -78,24 +76,16 @@ except NgptConfigError as err:
 
 
 def _limited(script: str, *args, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`script` under `ulimit -s` STACK, set before exec; the whole process group killed at LIMIT_S (a hang)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, *map(str, args)],
+    """`script` under `ulimit -s` STACK, set before exec; killed with its workers at LIMIT_S (a hang)."""
+    return run_in_session(
+        [sys.executable, "-c", script, *args],
+        timeout=LIMIT_S,
         cwd=cwd,
         env=cpu_env(OPENBLAS_NUM_THREADS="1"),
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_STACK, (STACK, resource.RLIM_INFINITY)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
     )
-    try:
-        out, err = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"hung: no answer in {LIMIT_S} s; stderr ends:\n{err[-2000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 LINE = (
