@@ -15,12 +15,16 @@ os.rename, what `mv` does), at three moments:
   No such file or directory', naming neither the move nor what to do.
 - right after the save (the metrics write of step 5 meets the move): '... its checkpoints, up to step 4, went with it:
   run the same command with --out at the folder's new place', a place the run knew.
+- (helper out38) before DeepSpeed's first file or in its writes: the new place had no zero_to_fp32.py or
+  zero_to_torch.py (each save removes them for DeepSpeed to write them again, which it then did at the old place, or
+  not at all) until the next save.
 """
 
 import os
 import sys
 from pathlib import Path
 
+import deepspeed
 import pytest
 
 from ngpt_ds.train.manifest import verify
@@ -104,6 +108,13 @@ def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the
     ], err[-3000:]
     assert verify(moved / "checkpoints" / "step_00000002") is None  # intact at the new place
     assert not (moved / "checkpoints" / "step_00000004").exists()
+    # old code (before_write, writes): [] == ['zero_to_fp32.py', 'zero_to_torch.py']
+    scripts = sorted(p.name for p in (moved / "checkpoints").glob("zero_to_*.py"))
+    assert scripts == ["zero_to_fp32.py", "zero_to_torch.py"], sorted(os.listdir(moved / "checkpoints"))
+    for script in scripts:  # DeepSpeed's own, executable as DeepSpeed makes it
+        written = moved / "checkpoints" / script
+        assert written.read_bytes() == (Path(deepspeed.__file__).parent / "utils" / script).read_bytes()
+        assert os.stat(written).st_mode & 0o100, oct(os.stat(written).st_mode)
 
     resumed = run([sys.executable, *train_cmd(config, ds, tiny_dataset, moved, "--resume", "auto")])
     # the save of step 4 was never sealed: the rerun goes on from step 2 and removes its .tmp-save

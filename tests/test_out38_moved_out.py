@@ -14,7 +14,8 @@ shutil.move, what `mv` does across two: a copy, then the original deleted) at a 
   with --out at the folder's new place', as if the run knew of a new place; it names neither what happened (the
   folder was removed: deleted, or copied elsewhere and then deleted) nor the newest complete checkpoint written;
 - a move in the middle of a save left the new place without DeepSpeed's zero_to_fp32.py (each save removes it
-  first, then DeepSpeed writes it again, at the old place once the folder is gone) until the next save.
+  first, then DeepSpeed writes it again, at the old place once the folder is gone) until the next save: asserted in
+  tests/test_out37_out_moved_mid_save.py, whose runs move --out at those moments.
 """
 
 import os
@@ -29,8 +30,8 @@ import pytest
 from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
 
 # launch/train.py, with --out moved to MOVED once: MOVE_AT is "metrics:N" (after the metrics of step N are written),
-# "save:N" (as the save of step N starts), "after:N" (after it), "before_write:N" / "writes:N" (before / after
-# DeepSpeed's first file of the save of step N); MOVE_BY "rename" (os.rename, `mv` on one filesystem) or "copy" (shutil.move to another filesystem: a
+# "save:N" (as the save of step N starts), "after:N" (after it), "writes:N" (after DeepSpeed's first file of the save
+# of step N); MOVE_BY "rename" (os.rename, `mv` on one filesystem) or "copy" (shutil.move to another filesystem: a
 # copy, then the original deleted).
 _MOVED = r"""
 import os, runpy, shutil, sys
@@ -70,8 +71,6 @@ checkpoint.save = save
 
 real_torch_save = torch.save
 def torch_save(*args, **kwargs):
-    if kind == "before_write" and state["saving"] == at:
-        move()
     real_torch_save(*args, **kwargs)
     if kind == "writes" and state["saving"] == at:
         move()
@@ -191,23 +190,3 @@ def test_a_move_to_another_filesystem_during_a_save_says_removed_and_names_the_n
     )
     assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert (other_filesystem / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
-
-
-@pytest.mark.parametrize("move_at", ["save:4", "before_write:4", "writes:4"])
-def test_a_move_during_a_save_leaves_deepspeeds_recovery_script_at_the_new_place(tmp_path, tiny_dataset, move_at):
-    """A move during DeepSpeed's writes (after the save removed the scripts to have DeepSpeed write them again):
-    DeepSpeed wrote them at the old place, which the save then cleared; before its first file: it wrote none. Either
-    way the new place, whose step_00000002 is a ZeRO 2 checkpoint, had no zero_to_fp32.py until the next save."""
-    import deepspeed
-
-    moved = tmp_path / "moved"
-    out, *_ = _moved_run(tmp_path, tiny_dataset, move_at, moved)
-    assert not out.exists()
-    assert (moved / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
-    # old code (before_write, writes): [] == ['zero_to_fp32.py', 'zero_to_torch.py']
-    scripts = sorted(p.name for p in (moved / "checkpoints").glob("zero_to_*.py"))
-    assert scripts == ["zero_to_fp32.py", "zero_to_torch.py"], sorted(os.listdir(moved / "checkpoints"))
-    for script in scripts:
-        written = moved / "checkpoints" / script
-        assert written.read_bytes() == (Path(deepspeed.__file__).parent / "utils" / script).read_bytes()
-        assert os.stat(written).st_mode & 0o100, oct(os.stat(written).st_mode)  # executable, as DeepSpeed makes it
