@@ -52,13 +52,16 @@ def hold(out_dir: Path, *, anew: bool = False) -> None:
         _note_newest(key, out_dir)
 
 
-def _where(fd: int) -> Path | None:
-    """Where the folder open as `fd` is now; None once deleted, or where /proc cannot tell."""
+def _where(fd: int, out_dir: Path) -> Path | None:
+    """Where the folder open as `fd` (held for `out_dir`) is now; None once deleted, or where /proc cannot tell (or
+    names `out_dir` itself: a folder removed on an NFS server keeps its path there)."""
     try:
         path = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
-    return None if path.endswith(" (deleted)") or not os.path.isabs(path) else Path(path)
+    if path.endswith(" (deleted)") or not os.path.isabs(path) or path == os.path.abspath(out_dir):
+        return None
+    return Path(path)
 
 
 def _away(out_dir: Path, *, record: bool = False) -> int | None:
@@ -72,7 +75,10 @@ def _away(out_dir: Path, *, record: bool = False) -> int | None:
         named: os.stat_result | None = os.stat(out_dir)
     except OSError:
         named = None
-    mine = os.fstat(fd)
+    try:
+        mine = os.fstat(fd)
+    except OSError:  # the folder unreachable through the descriptor (NFS's stale handle, once removed on a server)
+        return fd
     if named is not None and (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
         if record:
             _note_newest(key, out_dir)
@@ -97,7 +103,7 @@ def gone(out_dir: Path) -> str | None:
     fd = _away(out_dir, record=True)
     if fd is None:
         return None
-    new = _where(fd)
+    new = _where(fd, out_dir)
     if new is None:
         return removed_line(out_dir, _newest.get(str(out_dir.absolute())))
     return _line(out_dir, new)
@@ -122,7 +128,7 @@ def new_place(out_dir: Path) -> Path | None:
     """Where the folder `hold` opened for `out_dir` is now, when `out_dir` no longer names it and it was moved (not
     deleted); else None (not moved, deleted, never held, or where /proc cannot tell)."""
     fd = _away(out_dir)
-    return None if fd is None else _where(fd)
+    return None if fd is None else _where(fd, out_dir)
 
 
 def moved_from(path: Path | str) -> Path | None:
@@ -142,7 +148,7 @@ def left_line(out_dir: Path, newest: str | None, checkpoint_interval: int) -> st
     fd = _away(out_dir)
     if fd is None:
         return None
-    new = _where(fd)
+    new = _where(fd, out_dir)
     if new is None:
         return removed_line(out_dir, newest, checkpoint_interval)
     if newest is None:  # held from the run's lock: the line had said 'starts from step 0' at the old place
