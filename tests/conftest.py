@@ -23,6 +23,7 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     run,
     run_in_session,
     run_launch,
+    run_limited,
     run_lm_eval,
     run_mpirun,
     run_ranks,

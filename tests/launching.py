@@ -283,6 +283,31 @@ def run_in_session(cmd: list, *, timeout: float, **popen) -> subprocess.Complete
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def run_limited(
+    cmd: list,
+    *,
+    timeout: float,
+    stack: int | None = None,
+    address: int | None = None,
+    address_hard: bool = False,
+    **popen,
+) -> subprocess.CompletedProcess[str]:
+    """`cmd` under real limits set in the child before exec, its stdout and stderr captured (run_in_session: failed
+    as hung after `timeout` s): a `ulimit -s` of `stack` bytes and a `ulimit -v` of `address` bytes, soft limits
+    with the hard ones unlimited (address_hard: `address` is the hard limit too, as bash's `ulimit -v N` sets)."""
+    import resource
+
+    def limits() -> None:
+        if stack is not None:
+            resource.setrlimit(resource.RLIMIT_STACK, (stack, resource.RLIM_INFINITY))
+        if address is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address, address if address_hard else resource.RLIM_INFINITY))
+
+    return run_in_session(
+        cmd, timeout=timeout, preexec_fn=limits, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen
+    )
+
+
 def run_mpirun(args: list, env: dict, *, timeout: int) -> tuple[int, str]:
     """`mpirun --allow-run-as-root --oversubscribe ARGS` (mpirun's options, -np and the command) in a session of its
     own (run_in_session: killed with its ranks and failed as hung after `timeout` s): (exit status, stdout and stderr

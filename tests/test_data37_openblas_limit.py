@@ -8,12 +8,11 @@ on a machine of 2 cores or more (it starts no more than there are)."""
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import unmappable_stack
+from conftest import run_limited, unmappable_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,22 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def _prepare(tmp_path: Path, limit_gib: int | None, stack_mib: int, threads: str) -> subprocess.CompletedProcess[str]:
     """ngpt-prepare (its main, as the console script runs it) under real limits set in the child before exec."""
 
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_STACK, (stack_mib << 20, resource.RLIM_INFINITY))
-        if limit_gib is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit_gib << 30, limit_gib << 30))
-
     (tmp_path / "a.txt").write_text("one two three\n\nfour five six\n\n" * 50, encoding="utf-8")
-    env = os.environ | {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": threads}
-    return subprocess.run(
+    return run_limited(
         [sys.executable, "-m", "ngpt_ds.cli.prepare", "--input", "a.txt", "--out", "out", "--vocab-size", "300"],
-        cwd=tmp_path,
-        env=env,
-        preexec_fn=limits,
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
+        stack=stack_mib << 20,
+        address=None if limit_gib is None else limit_gib << 30,
+        address_hard=True,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": threads},
     )
 
 
@@ -117,19 +109,13 @@ def test_a_low_limit_alone_names_openblas_threads(tmp_path):
 def _child(tmp_path: Path, limit: int, stack: int) -> subprocess.CompletedProcess[str]:
     """check.py in a child under a soft `ulimit -v` of `limit` and a `ulimit -s` of `stack` bytes."""
 
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-        resource.setrlimit(resource.RLIMIT_STACK, (stack, resource.RLIM_INFINITY))
-
-    return subprocess.run(
+    return run_limited(
         [sys.executable, "check.py"],
+        timeout=120,
+        stack=stack,
+        address=limit,
         cwd=tmp_path,
         env=os.environ | {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"},
-        preexec_fn=limits,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
 
 

@@ -16,14 +16,13 @@ mapped size plus `room` stacks: real limits, machine-independent."""
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import cpu_env, run_in_session
+from conftest import cpu_env, run_limited
 
 STACK = 1 << 30
 """`ulimit -s` of 1 GiB: each thread maps 1 GiB, so `room` counts threads (a mapping any machine may hold)."""
@@ -77,14 +76,12 @@ except NgptConfigError as err:
 
 def _limited(script: str, *args, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`script` under `ulimit -s` STACK, set before exec; killed with its workers at LIMIT_S (a hang)."""
-    return run_in_session(
+    return run_limited(
         [sys.executable, "-c", script, *args],
         timeout=LIMIT_S,
+        stack=STACK,
         cwd=cwd,
         env=cpu_env(OPENBLAS_NUM_THREADS="1"),
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_STACK, (STACK, resource.RLIM_INFINITY)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
     )
 
 

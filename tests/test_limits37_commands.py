@@ -8,7 +8,6 @@ and the fix, exit status 2, through the same function as ngpt-prepare's (ngpt_ds
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from conftest import (
     cpu_env,
     free_port,
+    run_limited,
     run_ranks,
     tiny_ngpt,
     tiny_train,
@@ -46,21 +46,14 @@ def trained(tmp_path_factory, tiny_dataset) -> dict:
 
 def _limited(cmd: list, cwd: Path, *, stack: int, address: int | None = None) -> subprocess.CompletedProcess[str]:
     """`cmd` under a real `ulimit -s` of `stack` bytes (and `ulimit -v` of `address`), set in the child before exec."""
-
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_STACK, (stack, resource.RLIM_INFINITY))
-        if address is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (address, address))
-
-    return subprocess.run(
-        [str(c) for c in cmd],
+    return run_limited(
+        cmd,
+        timeout=300,
+        stack=stack,
+        address=address,
+        address_hard=True,
         cwd=cwd,
         env=cpu_env(OPENBLAS_NUM_THREADS="2"),
-        preexec_fn=limits,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
 
 
@@ -169,7 +162,7 @@ def test_a_limited_rank_of_two_plain_processes_is_one_line_and_rank_0_waits_no_l
     trained, tmp_path
 ):
     """The same ranks as plain processes (srun without --kill-on-bad-exit: nothing tears the job down): rank 1 says
-    the line, exit 2, and sets it in rank 0's store (rendezvous_failures._tell_the_job); rank 0 stops with it, not
+    the line, exit 2, and sets it in rank 0's store (rendezvous_peers.tell_the_job); rank 0 stops with it, not
     after train.dist_timeout_s (120 s here) naming a rank that 'never arrived', as before rdv38. Before 09ab733: rank
     1's traceback, exit status 1."""
     wrapper = tmp_path / "limited_rank.py"

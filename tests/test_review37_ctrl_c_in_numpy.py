@@ -12,10 +12,10 @@ OPENBLAS_NUM_THREADS, instead of 'interrupted'. Now only numpy's import (its mod
 from __future__ import annotations
 
 import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
+
+from conftest import run_limited
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,17 +37,12 @@ def test_a_ctrl_c_inside_numpy_after_its_import_is_not_read_as_openblas_under_ul
     """Old code: the child ended in 'NgptConfigError: this process could not start numpy's OpenBLAS threads at
     numpy's import ...' (exit 1 here, uncaught), where it printed 'interrupted'."""
 
-    def limit() -> None:  # a real address-space limit, roomy enough for Python and numpy
-        resource.setrlimit(resource.RLIMIT_AS, (48 << 30, 48 << 30))
-
-    run = subprocess.run(
+    run = run_limited(
         [sys.executable, "-c", SCRIPT],
-        env=os.environ | {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"},
-        preexec_fn=limit,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
+        address=48 << 30,  # a real address-space limit, roomy enough for Python and numpy
+        address_hard=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"},
     )
     assert "OpenBLAS" not in run.stderr, run.stderr[-3000:]
     assert (run.returncode, run.stdout) == (0, "interrupted\n"), run.stderr[-3000:]
