@@ -14,6 +14,8 @@ ZeRO-aware hook and tensor parallelism all read them from here.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -64,13 +66,34 @@ def tangent_rows(
 
     `factor`: inv_norm already cast to the forward's dtype, as the forward multiplied x by it (of shape
     [..., 1], or expanded to x's shape by `_row_factor`); used when that is grad's dtype (always, through
-    autograd), instead of casting inv_norm again: the same values."""
+    autograd), instead of casting inv_norm again: the same values.
+
+    With NGPT_DS_NORM_KERNEL=1, through `ngpt_ds.model.norm_kernel`'s C++ loops where they apply (the same
+    values in three passes instead of five; docs/benchmarks.md, "Norm's backward in C++")."""
+    looped = _looped_tangent_rows(grad, y, inv_norm, dim, factor)
+    if looped is not None:
+        return looped
     dot = (grad * y).sum(dim=dim, keepdim=True, dtype=inv_norm.dtype)
     out = _scale_rows(y, dot.to(grad.dtype))
     torch.sub(grad, out, out=out)
     if factor is None or factor.dtype != grad.dtype:
         factor = inv_norm.to(grad.dtype)
     return _scale_rows_(out, factor)
+
+
+def _looped_tangent_rows(
+    grad: torch.Tensor, y: torch.Tensor, inv_norm: torch.Tensor, dim: int, factor: torch.Tensor | None
+) -> torch.Tensor | None:
+    """`norm_kernel.tangent_rows` where NGPT_DS_NORM_KERNEL=1 asks for it, else None. Imported by name: an HF
+    export copies this file and the modules it imports with `from`, and leaves this one, C++ built on first use,
+    out; there, without ngpt_ds installed, torch's operators run."""
+    if os.environ.get("NGPT_DS_NORM_KERNEL") != "1":
+        return None
+    try:
+        kernel = importlib.import_module("ngpt_ds.model.norm_kernel")
+    except ImportError:
+        return None
+    return kernel.tangent_rows(grad, y, inv_norm, dim, factor)
 
 
 class _GatedSiLU(torch.autograd.Function):
