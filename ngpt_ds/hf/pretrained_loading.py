@@ -9,6 +9,7 @@ This file is also copied into every `--format hf` export (with its ngpt_ds impor
 
 from __future__ import annotations
 
+import json
 import os
 from itertools import chain
 from typing import Any
@@ -34,6 +35,7 @@ class CheckedLoading(PreTrainedModel):
     ) -> Any:
         """transformers' from_pretrained, then the checks of ngpt_ds.infer.loading (see the module docstring)."""
         _refuse_quantization(cls, kwargs.get("quantization_config"))
+        _refuse_quantization(cls, _saved_quantization(pretrained_model_name_or_path, kwargs))
         check_shards(pretrained_model_name_or_path, kwargs.get("subfolder") or "")  # an index's names: unchecked there
         want_info = kwargs.pop("output_loading_info", False)
         # With output_loading_info, transformers returns (model, info), though it hints the model alone.
@@ -102,6 +104,30 @@ class CheckedLoading(PreTrainedModel):
                     f"| ||w|| - 1 | = {deviation:.3g} > {tolerance:g}); the weights are corrupt, or were changed "
                     "without renormalizing them (nGPT's training renormalizes after every step: ngpt_ds.train.hypersphere)"
                 )
+
+
+def _saved_quantization(name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:
+    """The quantization_config of the config from_pretrained is about to read (a config passed in, or config.json
+    of a local folder), so that it is refused before transformers validates its quantizer's environment: a
+    config.json with a bitsandbytes or Quanto quantization_config had stopped in transformers' ImportError
+    ("... requires bitsandbytes: `pip install -U bitsandbytes>=0.46.1`"), asking for a package that would not help.
+    A hub repo id's config.json is checked once transformers has read it (`_load_pretrained_model`); None where
+    none can be read here (transformers then says why)."""
+    config = kwargs.get("config")
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        return getattr(config, "quantization_config", None)  # a PreTrainedConfig
+    path = os.fspath(config if config is not None else name_or_path)
+    if kwargs.get("subfolder"):
+        path = os.path.join(path, kwargs["subfolder"])
+    file = path if os.path.isfile(path) else os.path.join(path, "config.json")
+    if not os.path.isfile(file):  # a hub repo id, or no config.json: transformers' own error
+        return None
+    try:
+        with open(file, "rb") as f:
+            saved = json.loads(f.read())
+    except (OSError, ValueError):  # transformers reads it next and says what is wrong
+        return None
+    return saved.get("quantization_config") if isinstance(saved, dict) else None
 
 
 def _refuse_quantization(cls: type, quantization_config: Any) -> None:
