@@ -24,16 +24,17 @@ from workers.gpu28_trace_runs import read_traces, wait_ranks
 
 WORKER = REPO / "tests/workers/load38_read_fault.py"
 READ_FAULT = "NGPT_DS_TEST_LOAD38_READ_FAULT"  # the worker's (it imports its siblings: not importable here)
+LISTING_FAULT = "NGPT_DS_TEST_LOAD38_LISTING_FAULT"  # the worker's
 STEP2 = "step_00000002"
 RANK1_SHARD = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
 
 
-def _traced(work, name: str, out, fault: str, *extra, ds: str = "z3.json") -> dict:
+def _traced(work, name: str, out, fault: str, *extra, ds: str = "z3.json", **env) -> dict:
     trace, logs = work / f"t_{name}", work / f"logs_{name}"
     trace.mkdir()
     logs.mkdir()
     flags = train_flags(work / "run.yaml", work / ds, work / "data", out, *extra)
-    ranks = start_ranks([WORKER, trace, "launch/train.py", *flags], logs=logs, **{READ_FAULT: fault})
+    ranks = start_ranks([WORKER, trace, "launch/train.py", *flags], logs=logs, **{READ_FAULT: fault}, **env)
     codes = wait_ranks(ranks, name)  # a hang guard: a rank still running after it fails the test
     return {
         "codes": codes,
@@ -133,3 +134,36 @@ def test_an_unknown_error_of_one_ranks_read_is_one_line_and_its_traceback_once_o
     assert record["logs"][1].count("Traceback (most recent call last)") == 1, record["logs"][1][-3000:]
     assert "Traceback" not in record["logs"][0], record["logs"][0][-3000:]
     same_calls(record, "bug")
+
+
+LISTED = {
+    "eio": "error: rank 1: {checkpoint}: its files could not be listed: Input/output error",
+    "deleted": "error: --resume {checkpoint}: it was deleted while this run loaded it",
+}
+
+
+@pytest.mark.parametrize("fault", list(LISTED))
+def test_a_listing_of_the_checkpoint_failing_on_one_rank_stops_every_rank_after_the_same_collectives(saved, fault):
+    """Fault (item 3 of session 38's reading of the resume's collectives): checkpoint_files.check_files_on_all_ranks,
+    the check of every file before DeepSpeed's load, lists the folder's *.pt files on each rank, then agrees on the
+    first refused file by an all-reduce of its index. A listing that raised on one rank (`eio`: an I/O error on one
+    node's view of the storage) ended that rank before the all-reduce; a folder deleted between two ranks' listings
+    (`deleted`: the retention of another run saving into that folder) gave rank 1 no files and rank 0 nine: the
+    index agreed on named a file on rank 0 only, which stopped there while rank 1 went on into the shard check's
+    gather. On the old code: `eio` exited [1, 1] (rank 1 an OSError traceback, rank 0 'another rank of the job died
+    during the startup'), `deleted` [2, 1] (rank 0 '...model_states.pt could not be read (FileNotFoundError ...);
+    the checkpoint is damaged', rank 1 'another rank of the job died'); under NCCL the rank left in its collective
+    waits until train.dist_timeout_s. Now the all-reduce also carries each rank's count of files and the lowest
+    rank whose listing failed, with its errno: every rank stops with the same line (a checkpoint found gone after
+    the check: checkpoint_load's line for one deleted while loaded)."""
+    work = saved
+    out = work / f"listing_{fault}_run"
+    shutil.copytree(work / "z3_run", out)
+    env = {LISTING_FAULT: f"{fault}:{work / f'listed_{fault}'}"}
+    record = _traced(work, f"listing_{fault}", out, "9:eio:none", "--max-steps", 3, **env)
+    assert record["codes"] == [2, 2], (record["logs"][0][-3000:], record["logs"][1][-3000:])
+    want = LISTED[fault].format(checkpoint=out / "checkpoints" / STEP2)
+    for log in record["logs"]:
+        lines = _errors(log)
+        assert len(lines) == 1 and lines[0].startswith(want), (want, log[-3000:])
+    same_calls(record, f"listing {fault}")

@@ -3,13 +3,16 @@ reads any of them (ngpt_ds.train.checkpoint.load; re-exported there)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ngpt_ds import safe_load
+from ngpt_ds import log, safe_load
 from ngpt_ds.errors import NgptConfigError
+
+_log = log.get(__name__)
 
 
 def _refusal(file: Path) -> NgptConfigError | None:
@@ -48,12 +51,51 @@ def check_files_on_all_ranks(path: Path, device: torch.device | str) -> None:
     states, a ZeRO-3 shard): a refusal there alone would leave the other ranks waiting in a collective. Each file is
     checked once, under the first of its names (`_each_file_once`). Like the verification on resume, this assumes
     every rank sees the same files (a checkpoint on storage the nodes share, which the trainer checks at startup):
-    where links resolved differently per node, the ranks' lists could differ and a share could go unchecked."""
-    files = _each_file_once(sorted(path.rglob("*.pt")))
+    where links resolved differently per node, the ranks' lists could differ and a share could go unchecked.
+
+    The same all-reduce carries each rank's count of files and the lowest rank whose listing raised: a listing that
+    failed on one rank (an I/O error of one node's view of the storage) ended that rank before the all-reduce, and a
+    folder deleted between two ranks' listings (another run's retention) gave the ranks indices into different
+    lists, so that one rank raised while another went on into its next collective (under NCCL: waiting until
+    train.dist_timeout_s). Now every rank raises `ListedDifferently` or `Unlisted` together."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        files = _each_file_once(sorted(path.rglob("*.pt")))
+    except OSError as err:  # every rank raises Unlisted below, naming this rank and its errno
+        if err.errno is None:  # nothing to name: told here
+            _log.error(f"rank {rank}: listing {path} failed", exc_info=err)
+        files, unlisted = [], rank * _ERRNOS + (err.errno if err.errno is not None and 0 < err.errno < _ERRNOS else 0)
+    else:
+        unlisted = world * _ERRNOS
     first = next((i for i in range(rank, len(files), world) if _refusal(files[i]) is not None), len(files))
-    agreed = torch.tensor([first], dtype=torch.int64, device=device)
+    agreed = torch.tensor([first, len(files), -len(files), unlisted], dtype=torch.int64, device=device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
-    if int(agreed.item()) < len(files):
-        file = files[int(agreed.item())]
+    first, fewest, most, unlisted = (int(v) for v in agreed.tolist())
+    most = -most
+    if unlisted < world * _ERRNOS:  # the lowest rank whose listing raised, and its errno
+        who, errno = divmod(unlisted, _ERRNOS)
+        reason = os.strerror(errno) if errno else f"rank {who}'s log names the error"
+        raise Unlisted(
+            f"{f'rank {who}: ' if world > 1 else ''}{path}: its files could not be listed: {reason}. Check the "
+            "checkpoint's filesystem on that rank's node and run the same command again"
+        )
+    if fewest != most:
+        raise ListedDifferently(
+            f"{path}: the ranks list {fewest} to {most} of its files: it changed while this run checked it (deleted, "
+            "or written by another run). Run the same command again, or resume from another checkpoint (--resume PATH)"
+        )
+    if first < len(files):
+        file = files[first]
         raise _refusal(file) or NgptConfigError(f"{file} changed while the checkpoint was being checked")
+
+
+_ERRNOS = 4096
+"""Above every errno: the all-reduce carries a failed listing as rank * _ERRNOS + errno (the lowest rank's wins)."""
+
+
+class Unlisted(NgptConfigError):
+    """A rank could not list the checkpoint's files."""
+
+
+class ListedDifferently(NgptConfigError):
+    """The ranks listed different numbers of files in the checkpoint (deleted or changed during the check)."""

@@ -44,7 +44,12 @@ def load(engine: DeepSpeedEngine, path: Path) -> dict[str, Any]:
     after the deletion only, and a rank whose read had finished went on into its next collective (gloo:
     'Connection closed by peer'; NCCL: waiting until train.dist_timeout_s). A file one rank alone cannot read (EIO,
     permissions on one node, a copy cut short) fails there alone too."""
-    check_files_on_all_ranks(path, engine.device)
+    try:
+        check_files_on_all_ranks(path, engine.device)
+    except NgptConfigError:  # raised on every rank together
+        if not (path / COMPLETE).is_file():  # a file refused or the ranks' listings differing: it was being deleted
+            raise NgptConfigError(_deleted_while_loaded(path)) from None
+        raise
     shard_groups_check.check_on_all_ranks(engine, path)  # a NaN lr had blamed train.lr two steps later
     loaded: list[dict[str, Any]] = []
 

@@ -11,16 +11,26 @@ READ_FAULT, set on every rank, is RANK:FAULT:FILE: on rank RANK, DeepSpeed's rea
 - truncated: the file is cut to half its size on disk, then read (a copy or a sync that rewrote it in place);
 - memory: MemoryError (a host whose memory ran out while it read);
 - bug: KeyError (an error no check words: a bug, in ngpt_ds or DeepSpeed).
+
+LISTING_FAULT, set on every rank, is FAULT:SIGNAL, for the listing of the checkpoint's *.pt files that the check
+before the load makes (checkpoint_files.check_files_on_all_ranks):
+- eio: rank 1's listing raises OSError EIO;
+- deleted: rank 0 lists, then writes the file SIGNAL; rank 1 waits for it, removes the checkpoint folder (as the
+  retention of another run that saves into that folder would, between two ranks' listings), then lists.
 """
 
 import errno
 import os
+import shutil
+import time
 from pathlib import Path
 
 from nccl27_trace import run_traced
 from nccl37_trace import install
 
 READ_FAULT = "NGPT_DS_TEST_LOAD38_READ_FAULT"
+LISTING_FAULT = "NGPT_DS_TEST_LOAD38_LISTING_FAULT"
+WAIT_S = 180  # a hang guard only
 FAULTS = ("eio", "eacces", "truncated", "memory", "bug")
 
 
@@ -47,8 +57,35 @@ def _fail_one_read(fault: str, name: str) -> None:
     safe_load._guarded_torch_load = failing
 
 
+def _fail_the_listing(fault: str, signal: Path) -> None:
+    rglob, rank = Path.rglob, os.environ["RANK"]
+
+    def listing(self, pattern, *args, **kwargs):
+        if pattern != "*.pt" or not self.name.startswith("step_"):
+            return rglob(self, pattern, *args, **kwargs)
+        if rank == "0":
+            found = list(rglob(self, pattern, *args, **kwargs))
+            signal.write_text("rank 0 listed the checkpoint")
+            return iter(found)
+        if fault == "eio":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(self))
+        deadline = time.monotonic() + WAIT_S
+        while not signal.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank 0 did not list the checkpoint in {WAIT_S} s")
+            time.sleep(0.1)
+        shutil.rmtree(self)
+        return rglob(self, pattern, *args, **kwargs)
+
+    Path.rglob = listing
+
+
 def _install(trace: Path) -> None:
     install(trace)
+    if os.environ.get(LISTING_FAULT):
+        fault, signal = os.environ[LISTING_FAULT].split(":", 1)
+        _fail_the_listing(fault, Path(signal))
+        return
     rank, fault, name = os.environ[READ_FAULT].split(":", 2)
     assert fault in FAULTS, fault
     if os.environ["RANK"] == rank:
