@@ -11,26 +11,33 @@ A client rank now checks that the port answers a store's ping within `answer_lim
 The lookup of MASTER_ADDR counts inside train.dist_timeout_s too (`_lookup`): it has no timeout of its own; torch's
 rendezvous is then given the address it was looked up as (`_master_addr`), so that it looks up nothing outside it.
 A rank that cannot start a thread there (`ulimit -u`) says so, and tells the other ranks through rank 0's store
-(`_tell_the_job`), which they ask each HEAR_S (`_hear`): they stop with its line, not at train.dist_timeout_s.
+(ngpt_ds.rendezvous_peers), which they ask each second: they stop with its line, not at train.dist_timeout_s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
-import resource
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 from ngpt_ds import name_lookup
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.rendezvous_peers import (
+    Listener,
+    connect_first,
+    end_process,
+    hear,
+    task_limit_clause,
+    tell_the_job,
+    thread_failed,
+    thread_limit_line,
+)
 
 if TYPE_CHECKING:  # ngpt_ds.distributed re-exports this module's errors
     from ngpt_ds.distributed import DistEnv
@@ -118,7 +125,7 @@ def message(dist_env: DistEnv, timeout_s: int) -> str:
     return (
         f"rank {dist_env.rank} waited {limit_s(timeout_s)} s (twice train.dist_timeout_s, {timeout_s} s, and "
         f"{GRACE_S}) for the job's rendezvous on {_where(dist_env)}, which neither met nor failed: a rank hangs "
-        "(read the ranks' logs). Start the job again; it resumes from its newest checkpoint"
+        f"(read the ranks' logs){task_limit_clause()}. Start the job again; it resumes from its newest checkpoint"
     )
 
 
@@ -170,21 +177,6 @@ def unresolved_message(dist_env: DistEnv, timeout_s: int, err: Exception) -> str
     )
 
 
-def _connect(addresses: list[tuple], wait_s: float) -> str:
-    """The first of MASTER_ADDR's `addresses` that accepts a connection (closed at once), as socket.create_connection
-    tries them but with no lookup of its own; raises the last one's OSError."""
-    error: OSError = ConnectionRefusedError("no address")
-    for family, kind, proto, _, address in addresses:
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(wait_s)
-                sock.connect(address)
-            return address[0]
-        except OSError as err:
-            error = err
-    raise error
-
-
 def _resolved_to(dist_env: DistEnv, addresses: list[tuple]) -> str:
     """Where MASTER_ADDR is a name: what it resolved to on this host. A host whose lookup of rank 0's name gives
     another address than rank 0 has (a stale /etc/hosts line, another DNS view) got the line of a rank 0 that never
@@ -211,7 +203,7 @@ def _check_the_port_answers(dist_env: DistEnv, timeout_s: int, addresses: list[t
     while True:
         try:
             wait_s = min(5.0, max(0.5, deadline - time.monotonic()))  # an address that drops packets: not past T
-            address = _connect(addresses, wait_s)
+            address = connect_first(addresses, wait_s)
             break
         except OSError as err:  # nothing listens yet (rank 0 starts later) or unreachable
             if time.monotonic() >= deadline:  # torch's error type: the caller's rendezvous_failure says it in a line
@@ -268,7 +260,7 @@ def bounded_rendezvous(dist_env: DistEnv, timeout_s: int) -> Iterator[None]:
     RendezvousError where MASTER_ADDR did not resolve within it (on every rank: rank 0's store connects to it too),
     and NgptConfigError (`thread_limit_line`) where this rank cannot start a thread under `ulimit -u`, after telling
     the other ranks (a thread failure under another limit is raised as it is, for ngpt_ds.limits to name). A line
-    another rank told (`_Listener`) ends this process during the body."""
+    another rank told (rendezvous_peers.Listener) ends this process during the body."""
     deadline = time.monotonic() + timeout_s
     try:
         addresses = _lookup(dist_env, timeout_s, deadline)
@@ -277,194 +269,41 @@ def bounded_rendezvous(dist_env: DistEnv, timeout_s: int) -> Iterator[None]:
             address = _check_the_port_answers(dist_env, timeout_s, addresses, deadline)
         else:
             address = _own_address(addresses)
-        listener = _Listener(dist_env, addresses)
-        with _watch(limit_s(timeout_s), message(dist_env, timeout_s)), _hear(listener.told), _master_addr(address):
+        backstop = _watch(limit_s(timeout_s), lambda: message(dist_env, timeout_s))  # its line said when it ends
+        # a one-process run has nobody to hear from
+        others = (
+            hear(Listener(dist_env, addresses).told, EXIT_CODE) if dist_env.world_size > 1 else contextlib.nullcontext()
+        )
+        with backstop, others, _master_addr(address):
             yield
     except RuntimeError as err:  # this rank could not start a thread: its own, torch's store's or gloo's
-        if not _thread_failed(err):
+        if not thread_failed(err):
             raise
         line = thread_limit_line(dist_env.rank)
         if line is None:  # a limit ngpt_ds.limits names (`ulimit -s`, `ulimit -v`), through the command's limit_named
             from ngpt_ds.limits import TRAIN, limit_failure
 
             named = limit_failure(err, TRAIN)
-            _tell_the_job(dist_env, f"rank {dist_env.rank}: {named or f'could not start a thread ({err})'}", deadline)
+            told = f"rank {dist_env.rank}: {named or f'could not start a thread ({err})'}"
+            tell_the_job(dist_env, told, deadline, _store_client(dist_env))
             raise
-        _tell_the_job(dist_env, line, deadline)
+        tell_the_job(dist_env, line, deadline, _store_client(dist_env))
         raise NgptConfigError(line) from None
 
 
 @contextlib.contextmanager
-def _watch(limit: float, line: str) -> Iterator[None]:
-    """If the body has not returned within `limit` s, print `line` and end this process (under mpirun: the whole job,
-    whose rank 0 waits in MPI_Finalize for this one). A thread: the main thread is inside torch's C++ client."""
+def _watch(limit: float, line: str | Callable[[], str]) -> Iterator[None]:
+    """If the body has not returned within `limit` s, print `line` (or what it gives then) and end this process (under
+    mpirun: the whole job, whose rank 0 waits in MPI_Finalize for this one). A thread: the main thread is inside
+    torch's C++ client."""
     done = threading.Event()
 
     def watch() -> None:
         if not done.wait(limit):
-            _end(line)
+            end_process(line if isinstance(line, str) else line(), EXIT_CODE)
 
     threading.Thread(target=watch, name="ngpt_ds-rendezvous-watch", daemon=True).start()
     try:
         yield
     finally:
         done.set()
-
-
-@contextlib.contextmanager
-def _hear(told: Callable[[], str | None]) -> Iterator[None]:
-    """Ask `told` each HEAR_S until the body returns, and end this process with the line it gives (a rank that cannot
-    join). A thread of its own, not `_watch`'s: a store client that connected to a port which never answers waits
-    for good, and the backstop must still end the rank."""
-    done = threading.Event()
-
-    def hear() -> None:
-        while not done.wait(HEAR_S):
-            heard = told()
-            if heard is not None and not done.is_set():
-                _end(heard)
-
-    threading.Thread(target=hear, name="ngpt_ds-rendezvous-hear", daemon=True).start()
-    try:
-        yield
-    finally:
-        done.set()
-
-
-def _end(line: str) -> NoReturn:
-    sys.stderr.write(f"error: {line}\n")  # one write: ranks share the pipe
-    sys.stderr.flush()
-    sys.stdout.flush()
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        # mpi4py initializes MPI_THREAD_MULTIPLE: Abort from this thread is allowed, and ends the job (a rank
-        # that exits without MPI_Finalize does too, with a longer complaint from mpirun).
-        mpi.COMM_WORLD.Abort(EXIT_CODE)
-    os._exit(EXIT_CODE)
-
-
-# A rank that cannot start a thread. Under a low `ulimit -u` (or a large `ulimit -s`) a rank failed to start the
-# thread of its lookup of MASTER_ADDR, or torch's store's or gloo's, and stopped alone; the others, started with no
-# launcher to end the job (plain processes, srun without --kill-on-bad-exit), waited for it until
-# train.dist_timeout_s (10 minutes by default) and then named a rank that 'never arrived'. Such a rank's main thread
-# still reaches rank 0's store (torch's client starts no thread): it sets CANNOT_JOIN_KEY to its line, and each other
-# rank, which asks the store each HEAR_S during the rendezvous (`_hear`), stops with it, as a check that fails
-# on one rank ends every rank at startup (ngpt_ds.train.agreement). A rank 0 that cannot start a thread cannot serve
-# the store either: the others still wait the timeout for it.
-
-CANNOT_JOIN_KEY = "ngpt_ds/cannot-join"
-"""The store key a rank that cannot join sets to its line (one key: a second such rank's line replaces the first),
-with torchrun's restart count after it (`_cannot_join_key`)."""
-
-
-def _cannot_join_key() -> str:
-    """CANNOT_JOIN_KEY for this start of the job: torchrun's agent serves the store its ranks meet on and keeps it
-    across the restarts of --max-restarts, where a line left by the previous start would stop the next one."""
-    return f"{CANNOT_JOIN_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-
-
-HEAR_S = 1.0
-"""How often a rank in the rendezvous asks rank 0's store for CANNOT_JOIN_KEY: one round trip a second a rank."""
-
-_THREAD = "can't start new thread"
-_THREAD_EAGAIN = os.strerror(errno.EAGAIN)
-"""A C++ std::thread (torch's store, gloo) that could not start: its std::system_error says no more than this."""
-
-
-def _thread_failed(err: BaseException) -> bool:
-    return isinstance(err, RuntimeError) and (_THREAD in str(err) or str(err).strip() == _THREAD_EAGAIN)
-
-
-def _tasks_of(uid: int) -> int | None:
-    """How many processes and threads the user `uid` runs (what `ulimit -u` counts), from /proc; None if unread."""
-    count, read = 0, False
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields["Threads"])
-            read = True
-        except (OSError, KeyError, ValueError, IndexError):  # a process that ended meanwhile
-            continue
-    return count if read else None
-
-
-def thread_limit_line(rank: int) -> str | None:
-    """The line for a thread this rank could not start under `ulimit -u` (RLIMIT_NPROC, which counts every process
-    and thread of the user); None where that limit is not the cause (none set, root, whom it does not bind, or a
-    large `ulimit -s` / a `ulimit -v`, which ngpt_ds.limits names)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
-    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    if soft == resource.RLIM_INFINITY or os.getuid() == 0:
-        return None
-    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
-        return None
-    if stack == resource.RLIM_INFINITY or stack >= 64 << 20:  # ngpt_ds.limits: a stack that may not fit
-        return None
-    tasks = _tasks_of(os.getuid())
-    running = f", and runs {tasks} now" if tasks is not None else ""
-    where = "in the shell or job script before the training command"
-    if soft < hard:
-        fix = f"Raise it, up to its hard limit of {hard} (`ulimit -u {hard}` {where}), and start the job again"
-    elif hard == resource.RLIM_INFINITY:
-        fix = f"Raise it (`ulimit -u unlimited` {where}), and start the job again"
-    else:
-        fix = (
-            "It is also the hard limit, which only an administrator or the job's scheduler raises: ask for a higher "
-            "one, or run the job where the limit is higher"
-        )
-    return (
-        f"rank {rank} could not start a thread for the job's rendezvous: its user (uid {os.getuid()}) may run "
-        f"{soft} processes and threads in all (`ulimit -u`){running}, and a rank starts dozens of threads (torch's "
-        f"store, gloo, its checks). {fix}"
-    )
-
-
-def _tell_the_job(dist_env: DistEnv, line: str, deadline: float) -> None:
-    """Set CANNOT_JOIN_KEY to `line` in rank 0's store, from this thread (a rank that cannot start one), waiting for
-    the store until `deadline` on a rank that is its client; a rank 0 that serves it tells where its server already
-    listens (`distributed._listen_for_rendezvous`). MASTER_ADDR is looked up here with no bound of its own (no thread
-    to bound it with): none is needed for an IP address. Nothing is raised: the others then end at their timeout."""
-    from torch.distributed import TCPStore
-
-    try:
-        addresses = socket.getaddrinfo(dist_env.master_addr, dist_env.master_port, type=socket.SOCK_STREAM)
-        while True:
-            try:
-                address = _connect(addresses, min(5.0, max(0.5, deadline - time.monotonic())))
-                break
-            except OSError:
-                if not _store_client(dist_env) or time.monotonic() >= deadline:
-                    return
-                time.sleep(0.25)
-        wait_s = max(1.0, deadline - time.monotonic())
-        TCPStore(address, dist_env.master_port, None, False, timedelta(seconds=wait_s)).set(_cannot_join_key(), line)
-    except (OSError, RuntimeError, UnicodeError):  # torch's DistError is a RuntimeError
-        return
-
-
-class _Listener:
-    """The other side of `_tell_the_job`: `told` gives the line a rank that cannot join set (prefixed with this
-    rank's), or None; it connects to rank 0's store once its port accepts (a client of torch's own, no world size:
-    it counts as no rank), and asks with one round trip a call."""
-
-    def __init__(self, dist_env: DistEnv, addresses: list[tuple]) -> None:
-        self.dist_env, self.addresses = dist_env, addresses
-        self.store: Any = None  # torch.distributed.TCPStore, once connected
-
-    def told(self) -> str | None:
-        from torch.distributed import TCPStore
-
-        try:
-            if self.store is None:
-                address = _connect(self.addresses, HEAR_S)  # refused until rank 0's store listens: asked again
-                self.store = TCPStore(address, self.dist_env.master_port, None, False, timedelta(seconds=5))
-            if not self.store.check([_cannot_join_key()]):
-                return None
-            said = self.store.get(_cannot_join_key()).decode("utf-8", errors="replace")
-        except (OSError, RuntimeError):  # not listening yet, or a store that does not answer (asked again)
-            return None
-        return f"rank {self.dist_env.rank} stops: {said}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -22,9 +23,9 @@ import time
 
 from launching import rank_env
 
-from ngpt_ds import rendezvous_failures
+from ngpt_ds import rendezvous_failures, rendezvous_peers
 
-from conftest import REPO, free_port, tiny_ngpt, tiny_train, train_flags, write_run_configs
+from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_run_configs
 
 NOBODY = 65534
 HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
@@ -44,7 +45,7 @@ def _one_task_user() -> None:
 def test_a_rank_under_a_low_ulimit_u_says_so_and_rank_0_stops_with_its_line(tiny_dataset, tmp_path):
     """Old code: rank 1's last line 'RuntimeError: can't start new thread', exit 1, and rank 0 ending 60 s (its
     timeout) after it with '... 1 of 2 never arrived ...'. Now rank 1 says the limit and the fix (exit 2), and rank 0
-    ends with rank 1's line within HEAR_S and a margin of rank 1's end (exit 1)."""
+    ends with rank 1's line within rendezvous_peers.HEAR_S and a margin of rank 1's end (exit 1)."""
     files = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2, dist_timeout_s=60))
     cmd = [
         sys.executable,
@@ -97,4 +98,50 @@ def test_a_rank_under_a_low_ulimit_u_says_so_and_rank_0_stops_with_its_line(tiny
     assert "Traceback" not in err1, err1[-3000:]
     assert code0 == rendezvous_failures.EXIT_CODE, err0[-3000:]
     assert err0.strip().splitlines()[-1] == f"error: rank 0 stops: {last1.removeprefix('error: ')}", err0[-3000:]
-    assert end0 - end1 < rendezvous_failures.HEAR_S + 5, end0 - end1  # old: 60 s (train.dist_timeout_s) or more
+    assert end0 - end1 < rendezvous_peers.HEAR_S + 5, end0 - end1  # old: 60 s (train.dist_timeout_s) or more
+
+
+BACKSTOP = """
+from ngpt_ds import rendezvous_failures, rendezvous_peers
+from ngpt_ds.distributed import DistEnv
+
+print(rendezvous_failures.message(DistEnv(1, 2, 1, 2, "127.0.0.1", 29500, "torch"), 20))
+"""
+
+
+def _backstop_line(tmp_path, soft: int) -> str:
+    """rendezvous_failures.message, the backstop's line, in a process whose user may run `soft` tasks."""
+
+    def limited() -> None:
+        _one_task_user()
+        resource.setrlimit(resource.RLIMIT_NPROC, (soft, HARD))
+
+    done = subprocess.run(
+        [sys.executable, "-c", BACKSTOP], env=cpu_env(), capture_output=True, text=True, timeout=60, preexec_fn=limited
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_the_backstop_of_a_rank_at_its_ulimit_u_names_it(tmp_path):
+    """The fault: a rank under `ulimit -u 5` whose gloo or store thread could not start did not always raise: it hung
+    in torch's rendezvous (rank 0 had met it and gone on) until the backstop, 50 s at a 20 s timeout, whose line
+    said only 'a rank hangs (read the ranks' logs)'. Now, where the rank's user runs as many tasks as the limit
+    allows (or one less), the line names the limit. Old code: the line without the clause. A limit with room left
+    (1000 here, a cluster's thousands) is not named."""
+    start = (
+        "rank 1 waited 50 s (twice train.dist_timeout_s, 20 s, and 10) for the job's rendezvous on 127.0.0.1:29500, "
+        "which neither met nor failed: a rank hangs (read the ranks' logs)"
+    )
+    end = ". Start the job again; it resumes from its newest checkpoint"
+    uid = NOBODY if os.geteuid() == 0 else os.getuid()
+    runs = 1 if os.geteuid() == 0 else r"\d+"  # `nobody` runs this process alone; another user, more
+    assert re.fullmatch(
+        re.escape(
+            f"{start}; this rank's user (uid {uid}) may run 2 processes and threads in all (`ulimit -u`), of which "
+        )
+        + f"it runs {runs} now"
+        + re.escape(f": a thread it could not start may be what hangs, and raising the limit the fix{end}"),
+        _backstop_line(tmp_path, 2),
+    ), _backstop_line(tmp_path, 2)
+    assert _backstop_line(tmp_path, 1000) == f"{start}{end}"
