@@ -7,24 +7,26 @@ in the same order, with the same shapes, dtypes and reduce operation; a send mus
 every rank must create the same groups in the same order (dist.new_group is itself collective). Real 2-rank runs
 of launch/train.py, traced by tests/workers/gpu28_trace.py: per mode a few steps with an evaluation and saves, then
 a resume from its checkpoint; and a ZeRO-2 checkpoint saved on 1 rank, resumed on 2 through the universal
-conversion (ngpt_ds/train/reshape_convert.py). The rules on operations, dtypes and reduce operations are torch's
+conversion (ngpt_ds/train/reshape_convert.py: tests/workers/gpu28_trace_runs.py universal_run, shared with
+tests/test_nccl37_resume_collectives.py). The rules on operations, dtypes and reduce operations are torch's
 ProcessGroupNCCL's (tests/workers/gpu28_trace_runs.py names where); object collectives (a pickle, a device copy
 and a host sync each under NCCL) stay off the training step and its log lines.
 """
 
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_metrics, run, start_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, start_ranks, tiny_ngpt, tiny_train, write_ds_config, write_yaml
 from workers.gpu28_trace_runs import (
     OBJECT_COLLECTIVES,
     POINT_TO_POINT,
+    UNIVERSAL_MORE,
     nccl_rule_broken,
     read_traces,
     signature,
+    universal_run,
     wait_ranks,
 )
 
@@ -58,14 +60,10 @@ def traces(tmp_path_factory, tiny_dataset) -> dict:
         out = work / f"{mode}_run"
         runs[mode] = _train(work, mode, yaml, ds, tiny_dataset, out)
         runs[f"{mode}_resume"] = _train(work, f"{mode}_resume", yaml, ds, tiny_dataset, out, "--max-steps", MORE)
-    # ZeRO 2 saved on 1 rank (2 micro-batches a step), resumed on 2 (1 each): the universal conversion.
-    yaml = write_yaml(work / "grow.yaml", tiny_ngpt(), tiny_train(STEPS, eval_interval=2, checkpoint_interval=2))
-    one = write_ds_config(work / "grow1.json", stage=2, bf16=False, micro=4, accum=2)
-    two = write_ds_config(work / "grow2.json", stage=2, bf16=False, micro=4, accum=1)
-    out = work / "grow_run"
-    args = ["--config", yaml, "--deepspeed_config", one, "--data", tiny_dataset, "--out", out, "--no-progress"]
-    run([sys.executable, REPO / "launch/train.py", *map(str, args)])
-    runs["universal"] = _train(work, "universal", yaml, two, tiny_dataset, out, "--max-steps", MORE)
+    # ZeRO 2 saved on 1 rank (2 micro-batches a step), resumed on 2 (1 each): the universal conversion. The same
+    # traced run as tests/test_nccl37_resume_collectives.py's, made once per pytest run (tests/workers/nccl37_trace.py's
+    # records: these, and the tensors inside object collectives).
+    runs["universal"] = universal_run(tmp_path_factory, tiny_dataset)["record"]
     return runs
 
 
@@ -87,7 +85,9 @@ def test_the_runs_reached_what_they_cover(traces):
     for mode in MODES:
         steps = [m["step"] for m in read_metrics(traces[mode]["out"])]
         assert steps == [1, 2, 3, 4, 5, 6], (mode, steps)  # the first run's 4, then the resume's 2
-    assert [m["step"] for m in read_metrics(traces["universal"]["out"])] == [1, 2, 3, 4, 5, 6]
+    # the 1-rank run's 2 steps, then the 2-rank resume's (metrics.jsonl as the resume left it: test_nccl37 resumes
+    # that folder again)
+    assert traces["universal"]["steps"] == list(range(1, UNIVERSAL_MORE + 1))
     frames = {name: {c["frame"] for r in traces[name]["trace"] for c in r} for name in RUNS}
     for name in RUNS:
         assert any(f and f.startswith("ngpt_ds/train/metrics.py") for f in frames[name]), name  # an evaluation

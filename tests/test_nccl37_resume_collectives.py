@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,11 +30,9 @@ from crafted_checkpoints import alter, rewound
 
 from conftest import (
     REPO,
-    run,
     start_ranks,
     tiny_ngpt,
     tiny_train,
-    train_cmd,
     train_flags,
     write_diverging_configs,
     write_ds_config,
@@ -47,6 +44,7 @@ from workers.gpu28_trace_runs import (
     nccl_rule_broken,
     read_traces,
     signature,
+    universal_run,
     wait_ranks,
 )
 
@@ -96,16 +94,16 @@ def saved(tmp_path_factory, tiny_dataset) -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_rank(saved, tiny_dataset) -> Path:
-    """A 1-rank ZeRO 2 run of 2 steps (2 micro-batches a step: the 2-rank runs' batch), saved at step 2; not resumed."""
-    work = saved["work"]
-    one = write_ds_config(work / "z2_dp1.json", stage=2, bf16=False, micro=4, accum=2)
-    run([sys.executable, *train_cmd(work / "run.yaml", one, tiny_dataset, work / "one_rank_run")])
-    return work / "one_rank_run"
+def universal(tmp_path_factory, tiny_dataset) -> dict:
+    """A 1-rank ZeRO 2 run of 2 steps (2 micro-batches a step: the 2-rank runs' batch), saved at step 2 and not resumed
+    ("one_rank"), and a copy resumed on 2 ranks to step 3 through the universal conversion, traced: made once per
+    pytest run with tests/test_gpu28_collective_trace_modes.py (tests/workers/gpu28_trace_runs.py universal_run).
+    A later run in these folders takes their config files and dataset."""
+    return universal_run(tmp_path_factory, tiny_dataset)
 
 
 @pytest.fixture(scope="module")
-def traces(saved, one_rank, tiny_dataset) -> dict:
+def traces(saved, universal, tiny_dataset) -> dict:
     runs = dict(saved)
     work = runs["work"]
     yaml = work / "run.yaml"
@@ -120,12 +118,10 @@ def traces(saved, one_rank, tiny_dataset) -> dict:
     z2 = work / "z2.json"
     runs["refused"] = _traced(work, "refused", yaml, z2, tiny_dataset, work / "refused_run", "--max-steps", 3)
     # A 1-rank ZeRO 2 checkpoint (2 micro-batches a step: the same batch) resumed on 2 ranks, then again by path.
-    shutil.copytree(one_rank, work / "one_run")
-    runs["universal"] = _traced(work, "universal", yaml, z2, tiny_dataset, work / "one_run", "--max-steps", 3)
-    step2 = work / "one_run" / "checkpoints" / STEP2
-    runs["universal_again"] = _traced(
-        work, "universal_again", yaml, z2, tiny_dataset, work / "one_run", "--resume", step2, "--max-steps", 3
-    )
+    runs["universal"] = universal["record"]
+    one_run, step2 = universal["one_run"], universal["one_run"] / "checkpoints" / STEP2
+    again = (universal["yaml"], universal["ds"], universal["data"], one_run, "--resume", step2, "--max-steps", 3)
+    runs["universal_again"] = _traced(work, "universal_again", *again)
     # The GPT baseline at lr 1e30 without clipping (ZeRO 0, fp32): NaN weights after step 2's update, before its save.
     nan_yaml, nan_ds = write_diverging_configs(work, checkpoint_interval=1)
     runs["diverged"] = _traced(work, "diverged", nan_yaml, nan_ds, tiny_dataset, work / "nan_run")
@@ -259,9 +255,7 @@ def test_a_checkpoint_deleted_while_one_rank_loads_it_stops_every_rank_after_the
     same_calls(record, f"deleted at ZeRO {stage}")
 
 
-def test_an_error_on_rank_0_preparing_the_conversion_stops_every_rank_after_the_same_collectives(
-    saved, one_rank, tiny_dataset
-):
+def test_an_error_on_rank_0_preparing_the_conversion_stops_every_rank_after_the_same_collectives(saved, universal):
     """Fault: reshape_convert.convert's preparation on rank 0 alone (the fragments of an earlier conversion, the
     leftover folder, the free space, starting the converter) turned an OSError into the answer every rank gets, but
     any other error (a bug; tests/workers/nccl37_trace.py's RAISE_IN_CONVERT) ended rank 0 alone while the others
@@ -270,10 +264,10 @@ def test_an_error_on_rank_0_preparing_the_conversion_stops_every_rank_after_the_
     exits 2 with its line, and rank 0 logs the traceback."""
     work = saved["work"]
     out = work / "convert_error_run"
-    shutil.copytree(one_rank, out)
+    shutil.copytree(universal["one_rank"], out)
     env = {RAISE_IN_CONVERT: "a bug on rank 0"}
     record = _traced(
-        work, "convert_error", work / "run.yaml", work / "z2.json", tiny_dataset, out, "--max-steps", 3, **env
+        work, "convert_error", universal["yaml"], universal["ds"], universal["data"], out, "--max-steps", 3, **env
     )
     assert record["codes"] == [2, 2], (record["codes"], record["logs"][0][-3000:])  # old code: [1, 1]
     for log in record["logs"]:

@@ -1,7 +1,8 @@
 """The collective traces' shared test side: start traced ranks, wait for them, read their traces, and NCCL's rules.
 
 Used by tests/test_nccl27_collective_trace.py (tests/workers/nccl27_trace.py's traces) and
-tests/test_gpu28_collective_trace_modes.py (tests/workers/gpu28_trace.py's, per process group).
+tests/test_gpu28_collective_trace_modes.py (tests/workers/gpu28_trace.py's, per process group); `universal_run`, the
+traced resume through the universal conversion, serves test_gpu28 and tests/test_nccl37_resume_collectives.py.
 
 NCCL's rules, as torch's ProcessGroupNCCL applies them (torch/csrc/distributed/c10d/NCCLUtils.cpp and
 ProcessGroupNCCL.cpp, torch 2.13):
@@ -23,8 +24,13 @@ all_gather_object ran. complex64 all_reduce ran too (as real pairs); the project
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,3 +103,95 @@ def nccl_rule_broken(call: dict) -> str | None:
     if call["op"] in ("recv", "irecv") and call.get("peer", 0) is None:
         return "ProcessGroupNCCL does not support recvAnysource"
     return None
+
+
+def shared_folder(tmp_path_factory, arguments: dict, make) -> Path:
+    """The folder that make(folder) filled for `arguments`, made once per pytest run and shared by its xdist workers: a
+    session fixture is built again in each worker, and --dist loadfile puts the test files that need the same run
+    on different workers. Keyed by the arguments' JSON, made under an exclusive lock (a second worker waits for the
+    first's), in the run's base temporary folder (the workers' are inside it). A make that raised leaves no DONE:
+    the next caller makes the folder again."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_runs"
+    root.mkdir(exist_ok=True)
+    text = json.dumps(arguments, sort_keys=True, default=str)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    folder = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
+        if not (folder / "DONE").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            (folder / "DONE").write_text(text)
+    return folder
+
+
+UNIVERSAL_WORKER = "tests/workers/nccl37_trace.py"  # gpu28_trace.py's records, and the object collectives' tensors
+UNIVERSAL_STEPS, UNIVERSAL_MORE = 2, 3
+
+
+def universal_run(tmp_path_factory, data: Path) -> dict:
+    """A 1-rank ZeRO 2 run of UNIVERSAL_STEPS steps (2 micro-batches a step: the 2-rank runs' batch; an evaluation and
+    a save at step 2), "one_rank", never resumed; and a copy of it, "one_run", resumed on 2 ranks to step
+    UNIVERSAL_MORE under UNIVERSAL_WORKER's tracer: the universal conversion, its check, an evaluation and a save.
+    Made once per pytest run (shared_folder) for tests/test_gpu28_collective_trace_modes.py and
+    tests/test_nccl37_resume_collectives.py, which each had run both. Returns the folders, the config files and the
+    dataset they were made with (a later run in one_run, or in a copy of one_rank, takes the same ones), and the
+    traced run's record: exit statuses, traces, logs, summary.json and the steps metrics.jsonl held after it."""
+    from conftest import (
+        REPO,
+        read_metrics,
+        run,
+        start_ranks,
+        tiny_ngpt,
+        tiny_train,
+        train_cmd,
+        train_flags,
+        write_ds_config,
+        write_yaml,
+    )
+
+    model = tiny_ngpt()
+    train = tiny_train(UNIVERSAL_STEPS, eval_interval=2, checkpoint_interval=2, dist_timeout_s=60)
+    arguments = {"run": "universal", "worker": UNIVERSAL_WORKER, "model": model, "train": train, "to": UNIVERSAL_MORE}
+
+    def make(folder: Path) -> None:
+        yaml = write_yaml(folder / "run.yaml", model, train)
+        one = write_ds_config(folder / "z2_dp1.json", stage=2, bf16=False, micro=4, accum=2)
+        two = write_ds_config(folder / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+        run([sys.executable, *train_cmd(yaml, one, data, folder / "one_rank_run")])
+        shutil.copytree(folder / "one_rank_run", folder / "one_run")
+        trace, logs = folder / "t_universal", folder / "logs_universal"
+        trace.mkdir()
+        logs.mkdir()
+        flags = train_flags(yaml, two, data, folder / "one_run", "--max-steps", UNIVERSAL_MORE)
+        codes = wait_ranks(
+            start_ranks([REPO / UNIVERSAL_WORKER, trace, "launch/train.py", *flags], logs=logs), "universal"
+        )
+        summary = folder / "one_run" / "summary.json"
+        record = {
+            "codes": codes,
+            "data": str(data),
+            "summary": json.loads(summary.read_text()) if summary.is_file() else None,
+            "steps": [m["step"] for m in read_metrics(folder / "one_run")],
+        }
+        (folder / "record.json").write_text(json.dumps(record))
+
+    folder = shared_folder(tmp_path_factory, arguments, make)
+    record = json.loads((folder / "record.json").read_text())
+    return {
+        "one_rank": folder / "one_rank_run",
+        "one_run": folder / "one_run",
+        "yaml": folder / "run.yaml",
+        "ds": folder / "z2.json",
+        "data": Path(record["data"]),
+        "record": {
+            "codes": record["codes"],
+            "trace": read_traces(folder / "t_universal"),
+            "logs": [(folder / "logs_universal" / f"rank{r}.log").read_text() for r in range(2)],
+            "out": folder / "one_run",
+            "summary": record["summary"],
+            "steps": record["steps"],
+        },
+    }
