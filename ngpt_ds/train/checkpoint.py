@@ -452,6 +452,9 @@ def save(
                     f"finishing {checkpoint_dir / tag}: {describe(err, checkpoint_dir)}"
                     f"{_space_figures(err, engine, checkpoint_dir, step)}"
                 )
+            else:  # `gone` notes step_N as the newest complete checkpoint while --out is in place: a line about
+                # --out removed before the next save named the one before (noted only at a save's start)
+                gone(out_dir)
         problem = _agree(problem)
     if problem is not None:
         # a failure of a save whose --out was moved says so: 'No such file or directory' had named neither
