@@ -29,8 +29,8 @@ from conftest import (
 from workers.gpu28_trace_runs import HANG_GUARD_S, NCCL_DTYPES, read_traces, signature, wait_ranks
 
 WORKER = REPO / "tests/workers/nccl27_trace.py"
-STEP_PAUSE = "NGPT_DS_TEST_STEP_PAUSE_S"  # the worker's (it imports its siblings: not importable here)
-STEP_PAUSE_S = 1.0
+SAVE_PAUSE = "NGPT_DS_TEST_SAVE_PAUSE_S"  # the worker's (it imports its siblings: not importable here)
+SAVE_PAUSE_S = 3.0
 # The project's only tensor collectives outside collectives.all_reduce_on: each passes a tensor it made on the
 # device its caller was given (the engine's), checked by name here so that a new one is looked at.
 DEVICE_PASSED = {"ngpt_ds/train/checkpoint_files.py:check_files_on_all_ranks"}
@@ -70,11 +70,11 @@ def traces(tmp_path_factory, tiny_dataset) -> dict:
     runs["sigterm"] = {"codes": wait_ranks(ranks, "SIGTERM to rank 1"), "trace": read_traces(work / "t_sigterm")}
     runs["sigterm"]["summary"] = json.loads((out / "summary.json").read_text())
     # The same run folder again: a resume from the stop's checkpoint, stopped by --max-time (60 s: a startup on
-    # a loaded machine took 41 s, and a limit it leaves no time under is refused before training). Each step
-    # pauses STEP_PAUSE_S (tests/workers/nccl27_trace.py): the seconds after the startup had trained 350 steps,
-    # with 117 saves and 175 evaluations, at two busy cores; now about 20, asleep most of the time.
+    # a loaded machine took 41 s, and a limit it leaves no time under is refused before training). Each save
+    # pauses SAVE_PAUSE_S (tests/workers/nccl27_trace.py): the seconds after the startup had trained 350 steps,
+    # with 117 saves and 175 evaluations, at two busy cores; now a few dozen, asleep most of the time.
     limit = ("--max-time", "60", "--max-steps", "1000000")  # the limit, not the step count, ends it
-    pause = {STEP_PAUSE: STEP_PAUSE_S}
+    pause = {SAVE_PAUSE: SAVE_PAUSE_S}
     ranks = _traced(work / "t_resume", yaml, ds2, tiny_dataset, out, *limit, logs=work / "logs_resume", **pause)
     runs["resume_max_time"] = {
         "codes": wait_ranks(ranks, "resume, --max-time"),

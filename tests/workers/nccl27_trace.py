@@ -168,25 +168,28 @@ def _raise_in_resume(message: str) -> None:
     preflight.check_resume_seed = fails
 
 
-STEP_PAUSE = "NGPT_DS_TEST_STEP_PAUSE_S"
-"""Set on every rank: each training step ends that many seconds later (a sleep before StopRequest.step_ended, so
-the step's time, --max-time's margin, includes it): a run stopped by --max-time trains for the limit's wall-clock
-time, and a pause makes those seconds a few steps, evaluations and saves, not hundreds, at almost no CPU
-(tests/test_nccl27_collective_trace.py's resume)."""
+SAVE_PAUSE = "NGPT_DS_TEST_SAVE_PAUSE_S"
+"""Set on every rank: each checkpoint save (loop.Trainer.save) ends that many seconds later, asleep, as
+tests/test_loop26_max_time_eval.py's worker pads its saves. A run stopped by --max-time trains for the limit's
+wall-clock time: a pause makes those seconds a few dozen steps, not hundreds, at almost no CPU. In the save, not
+the step: --max-time's margin takes the save from the job's slowest rank (the same figure on every rank), so the
+ranks still trip at the same step boundary, rank 0 first, as they do without the pause; a pause in the step would
+widen each rank's own 'longest recent step' and let rank 1 trip alone ('--max-time on rank 1: ...')."""
 
 
-def _pause_each_step(seconds: float) -> None:
+def _pause_each_save(seconds: float) -> None:
     import time
 
-    from ngpt_ds.train import stopping
+    from ngpt_ds.train import loop
 
-    step_ended = stopping.StopRequest.step_ended
+    save = loop.Trainer.save
 
     def paused(self):
+        checkpoint = save(self)
         time.sleep(seconds)
-        return step_ended(self)
+        return checkpoint
 
-    stopping.StopRequest.step_ended = paused
+    loop.Trainer.save = paused
 
 
 def run_traced(install_tracer) -> None:
@@ -197,8 +200,8 @@ def run_traced(install_tracer) -> None:
         _raise_in_prepare(os.environ[RAISE_IN_PREPARE])
     if os.environ.get(RAISE_IN_RESUME):
         _raise_in_resume(os.environ[RAISE_IN_RESUME])
-    if os.environ.get(STEP_PAUSE):
-        _pause_each_step(float(os.environ[STEP_PAUSE]))
+    if os.environ.get(SAVE_PAUSE):
+        _pause_each_save(float(os.environ[SAVE_PAUSE]))
     script = sys.argv[2]
     sys.argv = [script, *sys.argv[3:]]
     sys.path.insert(0, str(Path(script).resolve().parent))
