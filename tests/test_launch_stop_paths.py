@@ -153,8 +153,10 @@ def test_zz_last_stop_resumes_to_the_end(stop_configs, tiny_dataset, reference, 
 
 def test_scancel_signal_int_checkpoints_requeues_and_resumes(slurm, stop_configs, tiny_dataset, reference, tmp_path):
     """`scancel --signal=INT` reaches every task through slurmstepd. One node with two tasks, so the
-    rendezvous is bound to 127.0.0.1."""
+    rendezvous is bound to 127.0.0.1. The job resumes from the chain's last checkpoint (from scratch when it
+    runs alone): the steps before it are the other paths' and are compared with the reference all the same."""
     out, log = tmp_path / "run", tmp_path / "job.log"
+    start = start_from_chain(out)
     job = slurm.submit(
         REPO / "launch/slurm/train.sbatch",
         *stop_train_args(stop_configs, tiny_dataset, out)[1:],
@@ -163,7 +165,7 @@ def test_scancel_signal_int_checkpoints_requeues_and_resumes(slurm, stop_configs
         cwd=REPO,
     )
     deadline = time.monotonic() + HANG_GUARD_S
-    while max(losses_by_step(out), default=0) < 3:
+    while max(losses_by_step(out), default=0) < start + 3:
         assert time.monotonic() < deadline, f"job {job} never logged a step: {slurm.job(job)}"
         assert slurm.job(job)["JobState"] in ("PENDING", "RUNNING"), log.read_text()[-3000:]
         time.sleep(0.1)
@@ -175,6 +177,7 @@ def test_scancel_signal_int_checkpoints_requeues_and_resumes(slurm, stop_configs
     stopped = re.search(r"stopping at step (\d+) \(signal SIGINT\)", text)
     assert stopped, text[-3000:]
     stop_step = int(stopped.group(1))
+    assert start + 3 <= stop_step < STOP_STEPS
     assert f"resumed from {out / 'checkpoints' / f'step_{stop_step:08d}'} at step {stop_step}" in text
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     assert losses_by_step(out) == reference
