@@ -1,11 +1,13 @@
 """Norm's eager backward through `ngpt_ds.model.norm_kernel`'s C++ loops against torch's operators (issue 14).
 
-    python bench/norm_kernel.py [--part backward|step] [--rounds 10] [--passes 30] [--threads N] [--clock wall|cpu]
+    python bench/norm_kernel.py [--part backward|update|step] [--rounds 10] [--passes 30] [--threads N] [--clock wall|cpu]
 
 `--part backward` (default): `layers.tangent_rows`, Norm's backward alone, at `tiny`'s shapes (the stream's
 [8, 256, 192] with one factor per row, q and k's [8, 256, 2, 4, 48] with the factor copied to the whole shape,
 as the model runs them), bf16 and fp32, torch's operators and the loops alternating within each round (which
 goes first alternating too); the loops' values are checked equal to torch's (torch.equal) before timing.
+`--part update`: eq. 10-11's update (`ngpt.block_update`) at the stream's shape, forward plus backward (its
+two Norms' backwards and its own products through the loops), bf16 and fp32, gradients checked equal first.
 `--part step`: whole eager engine steps at `tiny` (bench/engines.py, ds_configs/zero2.json, one rank, the
 hypersphere hook), three engines interleaved: nGPT with the loops (NGPT_DS_NORM_KERNEL=1 during its steps),
 nGPT with torch's operators, GPT; `--passes` is ignored there, and the two nGPT engines' first losses are checked
@@ -106,6 +108,47 @@ def backward_part(rounds: int, passes: int, clock: Callable[[], float]) -> int:
     return 0
 
 
+def update_part(rounds: int, passes: int, clock: Callable[[], float]) -> int:
+    import torch
+
+    from ngpt_ds.model import ngpt, norm_kernel
+
+    if norm_kernel.loops() is None:
+        return 1
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(0)
+        h0 = torch.nn.functional.normalize(torch.randn(8, 256, 192), dim=-1).to(dtype)
+        x0, grad = torch.randn(8, 256, 192).to(dtype), torch.randn(8, 256, 192).to(dtype)
+        alpha0 = torch.full((192,), 0.05).to(dtype)
+        inputs = [t.detach().requires_grad_() for t in (h0, x0, alpha0)]
+
+        def once(loops: bool, inputs: list[torch.Tensor] = inputs, grad: torch.Tensor = grad) -> list[torch.Tensor]:
+            os.environ[ENV] = "1" if loops else "0"
+            return list(torch.autograd.grad(ngpt.block_update(*inputs), inputs, grad))
+
+        if not all(torch.equal(a, b) for a, b in zip(once(True), once(False))):
+            print(f"{dtype}: the update's gradients differ with the loops", file=sys.stderr)
+            return 1
+
+        def timed(loops: bool, once: Callable[[bool], list[torch.Tensor]] = once) -> Callable[[], float]:
+            def run() -> float:
+                start = clock()
+                for _ in range(passes):
+                    once(loops)
+                return (clock() - start) / passes * 1e3
+
+            return run
+
+        times = _interleave({"torch": timed(False), "loops": timed(True)}, rounds, 1)
+        print(
+            f"update {str(dtype).removeprefix('torch.'):<9} [8, 256, 192] forward+backward: torch "
+            f"{statistics.median(times['torch']):.3f} ms  loops {statistics.median(times['loops']):.3f} ms  "
+            f"loops/torch {_ratio(times, 'loops', 'torch')}",
+            flush=True,
+        )
+    return 0
+
+
 def step_part(rounds: int, clock: Callable[[], float]) -> int:
     from ngpt_ds.cli import default_accelerator
 
@@ -163,7 +206,7 @@ def step_part(rounds: int, clock: Callable[[], float]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("backward", "step"), default="backward")
+    parser.add_argument("--part", choices=("backward", "update", "step"), default="backward")
     parser.add_argument("--rounds", type=count(1), default=10)
     parser.add_argument("--passes", type=count(1), default=30, help="backward passes per form and round")
     add_timing_arguments(parser)
@@ -176,6 +219,8 @@ def main() -> int:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.part == "backward":
         return backward_part(args.rounds, args.passes, clock)
+    if args.part == "update":
+        return update_part(args.rounds, args.passes, clock)
     return step_part(args.rounds, clock)
 
 

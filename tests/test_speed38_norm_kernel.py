@@ -1,5 +1,5 @@
-"""Norm's backward through `ngpt_ds.model.norm_kernel`'s C++ loops (NGPT_DS_NORM_KERNEL=1) gives the values of
-torch's operators bit for bit, and the forward is untouched (docs/benchmarks.md, "Norm's backward in C++"):
+"""Norm's backward and the eq. 10-11 update's through `ngpt_ds.model.norm_kernel`'s C++ loops (NGPT_DS_NORM_KERNEL=1)
+give the values of torch's operators bit for bit, and the forward is untouched (docs/benchmarks.md, "Norm's backward in C++"):
 Norm alone (fp32 and bf16, rows of 192, q and k's rows of 48 with the factor copied to their whole shape, and
 odd sizes), the eq. 10-11 update, and a whole bf16 and fp32 nGPT's loss and every gradient. The loops are built
 once per machine (a C++ compiler; about 30 s of CPU time the first time)."""
@@ -88,8 +88,9 @@ def test_the_loops_run_where_the_model_calls_them(built, monkeypatch, shape, dty
     [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
 )
 def test_block_update_equals_torch_operators(built, monkeypatch, stream, dtype):
-    """Eq. 10-11's update (`ngpt._BlockUpdate`), whose backward runs Norm's twice; with an fp32 stream and bf16
-    block outputs (autocast's dtypes) the outer Norm is fp32 and the inner one bf16."""
+    """Eq. 10-11's update (`ngpt._BlockUpdate`), whose backward runs Norm's twice and, between them, its own
+    products in one loop (`norm_kernel.update_parts`); with an fp32 stream and bf16 block outputs (autocast's
+    dtypes) the outer Norm is fp32 and the inner one bf16."""
     torch.manual_seed(2)
     h0 = torch.nn.functional.normalize(torch.randn(4, 16, 192), dim=-1).to(stream)
     x0 = torch.randn(4, 16, 192).to(dtype)
@@ -104,6 +105,19 @@ def test_block_update_equals_torch_operators(built, monkeypatch, stream, dtype):
         results.append((out.detach(), h.grad, x.grad, alpha.grad))
     for torch_value, looped_value in zip(*results):
         assert torch.equal(looped_value, torch_value)
+    _with_kernel(monkeypatch, True)
+    wide = grad.dtype  # the update's dtype: h, alpha and dm in it, target in the block output's
+    dm, h, alpha = torch.randn(4, 16, 192).to(wide), h0.to(wide), alpha0.to(wide)
+    target = torch.randn(4, 16, 192).to(dtype)
+    parts = norm_kernel.update_parts(dm, target, h, alpha)
+    if stream != dtype:  # the update's loop takes one dtype throughout; torch's operators run the mixed case
+        assert parts is None
+        return
+    assert parts is not None  # the update's own loop ran, not torch's operators
+    dh, terms, dtarget = parts
+    assert torch.equal(dh, dm * (1 - alpha))
+    assert torch.equal(terms, (target - h).mul_(dm))
+    assert torch.equal(dtarget, dm * alpha)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

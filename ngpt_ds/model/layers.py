@@ -84,16 +84,21 @@ def tangent_rows(
 def _looped_tangent_rows(
     grad: torch.Tensor, y: torch.Tensor, inv_norm: torch.Tensor, dim: int, factor: torch.Tensor | None
 ) -> torch.Tensor | None:
-    """`norm_kernel.tangent_rows` where NGPT_DS_NORM_KERNEL=1 asks for it, else None. Imported by name: an HF
-    export copies this file and the modules it imports with `from`, and leaves this one, C++ built on first use,
-    out; there, without ngpt_ds installed, torch's operators run."""
+    """`norm_kernel.tangent_rows` where NGPT_DS_NORM_KERNEL=1 asks for it, else None."""
+    kernel = norm_kernel()
+    return None if kernel is None else kernel.tangent_rows(grad, y, inv_norm, dim, factor)
+
+
+def norm_kernel() -> Any | None:
+    """The module `ngpt_ds.model.norm_kernel` where NGPT_DS_NORM_KERNEL=1 asks for its loops, else None.
+    Imported by name: an HF export copies this file and the modules it imports with `from`, and leaves that one,
+    C++ built on first use, out; there, without ngpt_ds installed, torch's operators run."""
     if os.environ.get("NGPT_DS_NORM_KERNEL") != "1":
         return None
     try:
-        kernel = importlib.import_module("ngpt_ds.model.norm_kernel")
+        return importlib.import_module("ngpt_ds.model.norm_kernel")
     except ImportError:
         return None
-    return kernel.tangent_rows(grad, y, inv_norm, dim, factor)
 
 
 class _GatedSiLU(torch.autograd.Function):

@@ -17,7 +17,15 @@ from torch import nn
 
 from ngpt_ds.model.blocks import CausalSelfAttention, SwiGLU
 from ngpt_ds.model.config import ModelConfig
-from ngpt_ds.model.layers import Projection, ScaleVector, TokenEmbedding, _scale_rows, l2_normalize, tangent_rows
+from ngpt_ds.model.layers import (
+    Projection,
+    ScaleVector,
+    TokenEmbedding,
+    _scale_rows,
+    l2_normalize,
+    norm_kernel,
+    tangent_rows,
+)
 from ngpt_ds.model.lm import CausalLM
 from ngpt_ds.model.sphere import normalize_matrices_
 
@@ -70,9 +78,15 @@ class _BlockUpdate(torch.autograd.Function):
         h_d, target, alpha_d, y, inv_m, inv_x, factor_m, factor_x = ctx.saved_tensors
         h_dtype, alpha_dtype = ctx.dtypes
         dm = tangent_rows(grad, y, inv_m, factor=factor_m)  # through the outer Norm
-        dh = dm * (1 - alpha_d)
-        dalpha = (target.to(dm.dtype) - h_d).mul_(dm).sum(tuple(range(dm.dim() - 1)))
-        dtarget = dm.mul_(alpha_d).to(target.dtype)
+        kernel = norm_kernel()  # NGPT_DS_NORM_KERNEL=1: the next three in one loop, the same values
+        parts = None if kernel is None else kernel.update_parts(dm, target, h_d, alpha_d)
+        if parts is None:
+            dh = dm * (1 - alpha_d)
+            dalpha = (target.to(dm.dtype) - h_d).mul_(dm).sum(tuple(range(dm.dim() - 1)))
+            dtarget = dm.mul_(alpha_d).to(target.dtype)
+        else:
+            dh, terms, dtarget = parts
+            dalpha = terms.sum(tuple(range(dm.dim() - 1)))
         dx = tangent_rows(dtarget, target, inv_x, factor=factor_x)  # through the inner Norm
         return dh.to(h_dtype), dx, dalpha.to(alpha_dtype)
 

@@ -1,4 +1,5 @@
-"""Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode), opt-in.
+"""Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode), opt-in; and the
+elementwise part of the eq. 10-11 update's backward in one.
 
 `layers.tangent_rows` makes five passes over the activation through torch's operators (the product g * y, its
 copy to fp32 inside the sum, the sum, y times the dot, the difference, the product with 1 / ||x||). Here a first
@@ -6,7 +7,8 @@ loop writes the product rounded to the activation's dtype straight into fp32 (wh
 `sum(dtype=float32)` makes of it), torch sums it (the same reduction, so the same dot products bit for bit),
 and a second loop makes y * dot, the difference and the product with the factor per value, each rounded to
 the activation's dtype where torch's operators round it: the same values bit for bit
-(tests/test_speed38_norm_kernel.py), in three passes. Measured in docs/benchmarks.md ("Norm's backward in
+(tests/test_speed38_norm_kernel.py), in three passes. The update's dm (1 - alpha), (target - h) dm and dm alpha
+(`ngpt._BlockUpdate.backward`), four of torch's passes, are one loop, the same values too. Measured in docs/benchmarks.md ("Norm's backward in
 C++").
 
 Off unless NGPT_DS_NORM_KERNEL=1, because the loops are C++ built on first use with torch's extension builder
@@ -82,6 +84,48 @@ static void tangent_impl(const T* g, const T* y, const float* dot, const T* fact
   });
 }
 
+// Eq. 10-11's update after its outer Norm's backward: dh = dm (1 - alpha), the terms (target - h) dm of alpha's
+// gradient (summed over the tokens by torch), dtarget = dm alpha; 1 - alpha and each difference and product
+// rounded to T, as torch's operators round them.
+template <typename T>
+static void update_impl(const T* __restrict__ dm, const T* __restrict__ target, const T* __restrict__ h,
+                        const T* __restrict__ alpha, T* __restrict__ dh, T* __restrict__ terms,
+                        T* __restrict__ dtarget, int64_t rows, int64_t n) {
+  std::vector<float> a(n), rest(n);
+  for (int64_t i = 0; i < n; ++i) {
+    a[i] = static_cast<float>(alpha[i]);
+    rest[i] = static_cast<float>(static_cast<T>(1.0f - a[i]));
+  }
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r * n;
+      const float* __restrict__ ap = a.data();
+      const float* __restrict__ rp = rest.data();
+      // three loops of one output each: one loop writing all three ran 2.3x torch's time in bf16 (not vectorized)
+      for (int64_t i = 0; i < n; ++i) dh[o + i] = static_cast<T>(static_cast<float>(dm[o + i]) * rp[i]);
+      for (int64_t i = 0; i < n; ++i) {
+        const T apart = static_cast<T>(static_cast<float>(target[o + i]) - static_cast<float>(h[o + i]));
+        terms[o + i] = static_cast<T>(static_cast<float>(apart) * static_cast<float>(dm[o + i]));
+      }
+      for (int64_t i = 0; i < n; ++i) dtarget[o + i] = static_cast<T>(static_cast<float>(dm[o + i]) * ap[i]);
+    }
+  });
+}
+
+std::vector<torch::Tensor> update(torch::Tensor dm, torch::Tensor target, torch::Tensor h, torch::Tensor alpha) {
+  auto dh = torch::empty_like(dm), terms = torch::empty_like(dm), dtarget = torch::empty_like(dm);
+  const int64_t n = dm.size(-1), rows = dm.numel() / n;
+  if (dm.scalar_type() == at::kBFloat16)
+    update_impl<c10::BFloat16>(dm.data_ptr<c10::BFloat16>(), target.data_ptr<c10::BFloat16>(),
+                               h.data_ptr<c10::BFloat16>(), alpha.data_ptr<c10::BFloat16>(),
+                               dh.data_ptr<c10::BFloat16>(), terms.data_ptr<c10::BFloat16>(),
+                               dtarget.data_ptr<c10::BFloat16>(), rows, n);
+  else
+    update_impl<float>(dm.data_ptr<float>(), target.data_ptr<float>(), h.data_ptr<float>(), alpha.data_ptr<float>(),
+                       dh.data_ptr<float>(), terms.data_ptr<float>(), dtarget.data_ptr<float>(), rows, n);
+  return {dh, terms, dtarget};
+}
+
 torch::Tensor products(torch::Tensor g, torch::Tensor y) {
   auto out = torch::empty(y.sizes(), y.options().dtype(at::kFloat));
   if (y.scalar_type() == at::kBFloat16)
@@ -144,6 +188,32 @@ def tangent_rows(
         return None
     dot = ops.products(grad, y).sum(dim=-1, keepdim=True)
     return ops.tangent(grad, y, dot, factor)
+
+
+def update_parts(
+    dm: torch.Tensor, target: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`ngpt._BlockUpdate.backward`'s dm (1 - alpha), (target - h) dm (alpha's gradient before its sum over the
+    tokens) and dm alpha through one C++ loop, the same values bit for bit; None where it does not apply (the
+    four tensors not bf16 or fp32 alike, alpha not one value per channel, not the CPU, not contiguous)."""
+    if os.environ.get(NORM_KERNEL_ENV) != "1" or torch.compiler.is_compiling():
+        return None
+    if (
+        dm.device.type != "cpu"
+        or dm.dtype not in (torch.bfloat16, torch.float32)
+        or not dm.dtype == target.dtype == h.dtype == alpha.dtype
+        or not dm.shape == target.shape == h.shape
+        or alpha.shape != dm.shape[-1:]
+        or dm.numel() == 0
+        or dm.requires_grad
+        or not all(t.is_contiguous() for t in (dm, target, h, alpha))
+    ):
+        return None
+    ops = loops()
+    if ops is None:
+        return None
+    dh, terms, dtarget = ops.update(dm, target, h, alpha)
+    return dh, terms, dtarget
 
 
 def loops() -> ModuleType | None:
@@ -213,7 +283,7 @@ def _build(name: str, folder: Path, library: Path) -> ModuleType:
         module = load_inline(
             name,
             cpp_sources=_SOURCE,
-            functions=["products", "tangent"],
+            functions=["products", "tangent", "update"],
             extra_cflags=list(_FLAGS),
             build_directory=str(work),
             verbose=False,
