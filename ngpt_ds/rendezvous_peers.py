@@ -149,7 +149,11 @@ def tell_the_job(dist_env: DistEnv, line: str, deadline: float, client: bool) ->
                     return
                 time.sleep(0.25)
         wait_s = max(1.0, deadline - time.monotonic())
-        TCPStore(address, dist_env.master_port, None, False, timedelta(seconds=wait_s)).set(cannot_join_key(), line)
+        store = TCPStore(address, dist_env.master_port, None, False, timedelta(seconds=wait_s))
+        store.set(cannot_join_key(), line)
+        # A round trip after it: the server has the line before this rank exits and its peers, which may meet the
+        # closed connection first (a rank lost after the group formed: train.startup_peers), look for it
+        store.check([cannot_join_key()])
     except (OSError, RuntimeError, UnicodeError):  # torch's DistError is a RuntimeError
         return
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from ngpt_ds import distributed, log
 from ngpt_ds.distributed import DistEnv
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.train import startup_peers
 from ngpt_ds.train.builder import Prepared, TrainOptions, prepare
 from ngpt_ds.train.config import RunConfig, TrainConfig
 
@@ -46,7 +47,13 @@ def stop_all_if_any_failed(problem: str | None) -> None:
     """Collective: every rank raises the same NgptConfigError if any rank had a problem (`prepare` failed,
     rank 0 could not set up --out)."""
     problems: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(problems, problem)
+    try:
+        dist.all_gather_object(problems, problem)
+    except RuntimeError as err:  # a rank that could not start gloo's threads left its line in rank 0's store
+        told = startup_peers.told_by_a_lost_peer(err, dist.get_rank())
+        if told is None:
+            raise
+        raise told from None
     failed = [rank for rank, p in enumerate(problems) if p is not None]
     if failed:
         first = problems[failed[0]]

@@ -16,6 +16,7 @@ NCCL's words, matched by type first: torch raises every NCCL failure as torch.di
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import torch.distributed as dist
@@ -101,14 +102,43 @@ def lost_peer(err: BaseException, rank: int, timeout_s: int) -> RendezvousError 
     return None
 
 
+TOLD_WAIT_S = 5
+"""How long a rank that lost a peer waits for that peer's line in rank 0's store (`told_by_a_lost_peer`)."""
+
+
+def told_by_a_lost_peer(err: BaseException, rank: int) -> RendezvousError | None:
+    """Where `err` says a peer is gone and that peer sets its line in rank 0's store as it ends (a rank that could not
+    start a thread under `ulimit -u`, ngpt_ds.rendezvous_peers.tell_the_job): that line, as the ranks still in the
+    rendezvous say it. Under `ulimit -u 5` such a rank could fail in gloo's threads after the group had formed on
+    rank 0, which then ended on a 37-line "Connection reset by peer" (or "closed by peer") traceback in its first
+    collective (agreement.stop_all_if_any_failed). The line comes after the closed connection (the lost rank's
+    group is torn down as its error unwinds, then it tells the job): waited for, TOLD_WAIT_S at most, which a peer
+    lost for another reason adds to this rank's end. None where no line comes, or rank 0's store is gone too."""
+    if lost_peer(err, rank, 0) is None:
+        return None
+    from ngpt_ds.rendezvous_peers import cannot_join_key
+
+    key = cannot_join_key()
+    try:
+        store = dist.distributed_c10d._get_default_store()  # torch's default group's store (as device_check reads it)
+        while isinstance(store, dist.PrefixStore):  # the group's prefix, and the rendezvous's: the line's key has none
+            store = store.underlying_store
+        store.set_timeout(timedelta(seconds=TOLD_WAIT_S))  # this rank ends now: no later call waits on the store
+        store.wait([key], timedelta(seconds=TOLD_WAIT_S))
+        said = store.get(key).decode("utf-8", errors="replace")
+    except (RuntimeError, ValueError, OSError):  # no line (torch's DistStoreError), no group, or no store
+        return None
+    return RendezvousError(f"rank {rank} stops: {said}")
+
+
 @contextlib.contextmanager
 def peers_watched(rank: int, timeout_s: int) -> Iterator[None]:
     """Around the startup after the process group formed: a lost peer's error becomes a RendezvousError (exit 1, one
-    `error:` line); any other error passes as it is."""
+    `error:` line: the lost peer's own where it left one, `told_by_a_lost_peer`); any other error passes as it is."""
     try:
         yield
     except RuntimeError as err:
-        lost = lost_peer(err, rank, timeout_s)
+        lost = told_by_a_lost_peer(err, rank) or lost_peer(err, rank, timeout_s)
         if lost is None:
             raise
         raise lost from None
