@@ -11,7 +11,7 @@ A client rank now checks that the port answers a store's ping within `answer_lim
 The lookup of MASTER_ADDR counts inside train.dist_timeout_s too (`_lookup`): it has no timeout of its own; torch's
 rendezvous is then given the address it was looked up as (`_master_addr`), so that it looks up nothing outside it.
 A rank that cannot start a thread there (`ulimit -u`) says so, and tells the other ranks through rank 0's store
-(ngpt_ds.rendezvous_peers), which they ask each second: they stop with its line, not at train.dist_timeout_s.
+(ngpt_ds.rendezvous_peers), which they ask every second or so: they stop with its line, not at train.dist_timeout_s.
 """
 
 from __future__ import annotations
@@ -272,7 +272,9 @@ def bounded_rendezvous(dist_env: DistEnv, timeout_s: int) -> Iterator[None]:
         backstop = _watch(limit_s(timeout_s), lambda: message(dist_env, timeout_s))  # its line said when it ends
         # a one-process run has nobody to hear from
         others = (
-            hear(Listener(dist_env, addresses).told, EXIT_CODE) if dist_env.world_size > 1 else contextlib.nullcontext()
+            hear(Listener(dist_env, addresses).told, EXIT_CODE, dist_env.world_size)
+            if dist_env.world_size > 1
+            else contextlib.nullcontext()
         )
         with backstop, others, _master_addr(address):
             yield

@@ -4,9 +4,9 @@ Under a low `ulimit -u` (or a large `ulimit -s`) a rank failed to start the thre
 torch's store's or gloo's, and stopped alone; the others, started with no launcher to end the job (plain processes,
 srun without --kill-on-bad-exit), waited for it until train.dist_timeout_s (10 minutes by default) and then named a
 rank that 'never arrived'. Such a rank's main thread still reaches rank 0's store (torch's client starts no thread):
-it sets CANNOT_JOIN_KEY to its line (`tell_the_job`), and each other rank, which asks the store each HEAR_S during
-the rendezvous (`hear`, `Listener`), stops with it, as a check that fails on one rank ends every rank at startup
-(ngpt_ds.train.agreement). A rank 0 that cannot start a thread cannot serve the store either: the others still wait
+it sets CANNOT_JOIN_KEY to its line (`tell_the_job`), and each other rank, which asks the store every second or so
+during the rendezvous (`hear`, `Listener`; more seldom in a large job, `hear_interval_s`), stops with it, as a check
+that fails on one rank ends every rank at startup (ngpt_ds.train.agreement). A rank 0 that cannot start a thread cannot serve the store either: the others still wait
 the timeout for it.
 
 Used by ngpt_ds.rendezvous_failures (bounded_rendezvous), which says everything else about the rendezvous; this
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import resource
 import socket
 import sys
@@ -71,7 +72,20 @@ def cannot_join_key() -> str:
 
 
 HEAR_S = 1.0
-"""How often a rank in the rendezvous asks rank 0's store for CANNOT_JOIN_KEY: one round trip a second a rank."""
+"""How often a rank in the rendezvous asks rank 0's store for CANNOT_JOIN_KEY in a small job (`hear_interval_s`)."""
+
+HEARD_PER_S = 500
+"""About the most questions a second all the ranks of a job together ask rank 0's store (`hear_interval_s`)."""
+
+
+def hear_interval_s(world_size: int, draw: Callable[[], float] = random.random) -> float:
+    """The wait before a rank's next question to rank 0's store: HEAR_S up to HEARD_PER_S ranks, then world_size /
+    HEARD_PER_S (8 s at 4,000 ranks), and up to a quarter more drawn at random (`draw`, in [0, 1)) so that ranks
+    started together do not ask together. At one question a second a rank, 4,000 ranks asked 4,000 times a second
+    the store that torch's own rendezvous runs on, which serves its clients in turn; a small job still ends within
+    about a second of the line."""
+    return max(HEAR_S, world_size / HEARD_PER_S) * (1 + 0.25 * draw())
+
 
 _THREAD = "can't start new thread"
 _THREAD_EAGAIN = os.strerror(errno.EAGAIN)
@@ -208,14 +222,14 @@ def task_limit_clause() -> str:
 
 
 @contextlib.contextmanager
-def hear(told: Callable[[], str | None], code: int) -> Iterator[None]:
-    """Ask `told` each HEAR_S until the body returns, and end this process with the line it gives (a rank that cannot
-    join). A thread of its own, not the backstop's (rendezvous_failures._watch): a store client that connected to a port
+def hear(told: Callable[[], str | None], code: int, world_size: int) -> Iterator[None]:
+    """Ask `told` every `hear_interval_s(world_size)` until the body returns, and end this process with the line it
+    gives (a rank that cannot join). A thread of its own, not the backstop's (rendezvous_failures._watch): a store client that connected to a port
     which never answers waits for good, and the backstop must still end the rank."""
     done = threading.Event()
 
     def hear() -> None:
-        while not done.wait(HEAR_S):
+        while not done.wait(hear_interval_s(world_size)):
             heard = told()
             if heard is not None and not done.is_set():
                 end_process(heard, code)
