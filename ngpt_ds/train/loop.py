@@ -120,7 +120,7 @@ class Trainer(RunEnd):
         self.newest_checkpoint: Path | None = prepared.resume_from
         self.metrics = MetricsLogger(self.out_dir, enabled=self.is_main, resume_step=self.step)
         # metrics.jsonl cut back to the resumed step, or not
-        self.metrics.stop_if_unwritten(self.device, self._checkpoints_left())
+        self.metrics.stop_if_unwritten(self.device, self._checkpoints_left)
         self.flops_per_token = training_flops_per_token(self.run.model)
         dtype = next(self.model.parameters()).dtype
         self.peak_flops, self.peak_source = peak_flops_per_device(self.run.train.peak_tflops, dtype)
@@ -373,7 +373,7 @@ class Trainer(RunEnd):
                     if not logged:
                         train_loss, logged = log_interval(), True
             if logged or evaluated:  # before the save: no checkpoint of a step metrics.jsonl lacks
-                self.metrics.stop_if_unwritten(self.device, self._checkpoints_left())
+                self.metrics.stop_if_unwritten(self.device, self._checkpoints_left)
             if stop and not self.stop.agree_to_save(self.device):  # collective; see ngpt_ds/train/stopping.py
                 status = "stopped-unsaved"
                 self._say(

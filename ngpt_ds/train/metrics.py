@@ -65,19 +65,24 @@ class RecordWriteError(CheckpointWriteError):
     (`stop_all_if_unwritten`), and launch/train.py exits 74 as for a checkpoint that cannot be written."""
 
 
-def stop_all_if_unwritten(problem: str | None, device: torch.device | str, checkpoints_left: str) -> None:
+def stop_all_if_unwritten(
+    problem: str | None, device: torch.device | str, checkpoints_left: str | Callable[[], str]
+) -> None:
     """Collective, on every rank at the same point: raise RecordWriteError on every rank when rank 0 (the
     only rank that writes the records) has a problem: `problem` (with its fix, `write_failure`), then
     `checkpoints_left` (what a rerun starts from). One all-reduce of a flag; rank 0's message travels only then. An error on rank 0
     alone left the other ranks in their next collective (gloo: 'Connection closed by peer'; NCCL: until
-    train.dist_timeout_s)."""
+    train.dist_timeout_s). `checkpoints_left` as a function is asked only then, after rank 0's write: asked before,
+    a rank other than 0 had read --out before rank 0 met its move, and said 'No checkpoint was saved yet ...: running
+    the same command again starts from step 0' (the old place) where rank 0 named the new one."""
     failed = torch.tensor([float(problem is not None)], device=device)
     all_reduce_on(failed, device)
     if failed.item() == 0:
         return
     message: list[str | None] = [problem]
     dist.broadcast_object_list(message, src=0)
-    raise RecordWriteError(f"{message[0]}. {checkpoints_left}")
+    left = checkpoints_left() if callable(checkpoints_left) else checkpoints_left
+    raise RecordWriteError(f"{message[0]}. {left}")
 
 
 def write_failure(err: OSError, path: Path | str) -> tuple[str, str, str]:
@@ -150,9 +155,29 @@ class MetricsLogger:
                         f"{max(replaced)}, after the resumed step {resume_step}, to {out_dir / REPLACED_JSONL}: "
                         f"this run trains those steps again (TensorBoard shows the new ones){_events_kept(out_dir)}"
                     )
+                made = out_moved.missing(out_dir / "tensorboard")
                 self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
             except OSError as err:
                 self.problem = self._failed(resume_step, err, "of the steps up to")
+            else:
+                self._moved_as_made(made)
+
+    def _moved_as_made(self, made: list[Path]) -> None:
+        """--out moved or removed between the run's lock and the SummaryWriter: its makedirs made <old
+        --out>/tensorboard again, and the run had trained on with its metrics there until its first save met the move.
+        What the writer made there goes (ngpt_ds.train.out_moved.remove_made: its events file, the folders `made`
+        where empty), and the run stops at once with the move's line (`stop_if_unwritten`, right after)."""
+        moved = out_moved.moved_from(self.out_dir)
+        if moved is None or self.writer is None:
+            return
+        events = getattr(getattr(self.writer.file_writer, "event_writer", None), "_file_name", None)
+        self.writer.close()  # the events file closed before it goes
+        self.writer = None
+        out_moved.remove_made([Path(events)] if isinstance(events, str) else [], made)
+        self.problem = (
+            f"the metrics could not be written to {self.out_dir / 'tensorboard'} (--out was moved or removed as the "
+            f"run started). {moved} is no longer the run's folder"
+        )
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if self.writer is None or self.problem is not None:
@@ -170,7 +195,7 @@ class MetricsLogger:
         file, reason, fix = write_failure(err, f"{self.jsonl} or {self.out_dir / 'tensorboard'}")
         return f"the metrics {what} {step} could not be written to {file} ({reason}). {fix}"
 
-    def stop_if_unwritten(self, device: torch.device | str, checkpoints_left: str) -> None:
+    def stop_if_unwritten(self, device: torch.device | str, checkpoints_left: str | Callable[[], str]) -> None:
         """Collective, on every rank at the same points: every rank raises RecordWriteError when rank 0
         could not write its metrics (`stop_all_if_unwritten`)."""
         stop_all_if_unwritten(self.problem, device, checkpoints_left)

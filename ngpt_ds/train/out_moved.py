@@ -6,10 +6,12 @@ which the manifest then sealed as step_N, complete, without the files written be
 went with the folder): a checkpoint that cannot be loaded, named intact. A move a moment later stopped the run with
 'checkpoint of step N not saved: finishing ...: No such file or directory', naming neither the move nor the fix.
 
-Rank 0 holds --out open from the moment the run locks it (ngpt_ds.train.run_lock.lock_run; `hold`); `gone` compares
-the folder the path names with it, and Linux's /proc/self/fd says where the folder went. Held only from the first
-save, a move before it could not be named: the save wrote its checkpoint into a folder DeepSpeed made again at the old
-place, and a metrics write said 'No checkpoint was saved yet: running the same command again starts from step 0'.
+Every rank holds --out open from the moment the run locks it (ngpt_ds.train.run_lock.lock_run; `hold`); `gone`
+compares the folder the path names with it, and Linux's /proc/self/fd says where the folder went. Held only from the
+first save, a move before it could not be named: the save wrote its checkpoint into a folder DeepSpeed made again at the
+old place, and a metrics write said 'No checkpoint was saved yet: running the same command again starts from step 0'
+(ranks other than 0 had held it from their first save only). A writer that makes its folder (TensorBoard's
+SummaryWriter) checks once after it is made (`missing`, `remove_made`).
 `mv` to another filesystem copies the folder, then deletes it: the held folder is then deleted, and where the copy is
 cannot be known (`removed_line`). The other writes that meet a move (metrics, TensorBoard, summary.json) name it
 through `moved_from`.
@@ -38,7 +40,7 @@ what a removed folder (deleted, or moved to another filesystem) had, once nothin
 
 
 def hold(out_dir: Path, *, anew: bool = False) -> None:
-    """Rank 0: open `out_dir` (the run's folder, wherever it is moved later), once; `anew` (the run's lock, at its
+    """Open `out_dir` (the run's folder, wherever it is moved later), once; `anew` (the run's lock, at its
     start): again, closing a descriptor held from before (a folder of the same path removed and made again since)."""
     key = str(out_dir.absolute())
     if anew and key in _held:
@@ -229,3 +231,28 @@ def _recovery_scripts_to(moved: Path, old: Path, there_before: set[str]) -> None
         with contextlib.suppress(OSError), open(source, "rb") as data:
             # executable for its owner, as DeepSpeed makes them (engine._change_recovery_script_permissions)
             replace_file(target, data, mode=(os.fstat(data.fileno()).st_mode & 0o777) | 0o100)
+
+
+def missing(path: Path) -> list[Path]:
+    """`path` and its folders that do not exist, deepest first: what a makedirs of `path` creates (`remove_made`)."""
+    absent = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        absent.append(folder)
+    return absent
+
+
+def remove_made(files: list[Path], folders: list[Path]) -> None:
+    """What a writer made at the old place of an --out moved or removed (`moved_from`) before it wrote: its `files`,
+    then its `folders` (those `missing` named before it wrote, deepest first) where they are empty. TensorBoard's
+    SummaryWriter (ngpt_ds.train.metrics) makes its folder with makedirs: after a move between the run's lock and it,
+    <old --out>/tensorboard was made again and the run wrote its metrics there until its first save met the move, and
+    they stayed (`remove_recreated` cleans a save's files). Nothing else goes: a file another program put there
+    (another run's, in a folder made again at the same path) is never the run's to delete."""
+    for file in files:
+        with contextlib.suppress(OSError):
+            file.unlink()
+    for folder in folders:  # rmdir: only an empty folder, never one with anything else in it
+        with contextlib.suppress(OSError):
+            folder.rmdir()

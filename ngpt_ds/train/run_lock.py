@@ -467,4 +467,8 @@ def lock_run(out_dir: Path) -> RunLock | None:
         if lock is not None:
             lock.release()
         raise NgptConfigError(problem)
+    if dist.get_rank() != 0:  # once they read rank 0's lock there (the same folder): held from the start, as on rank 0.
+        # Held from their first save only, a move before it stopped them with 'No checkpoint was saved yet ...: running
+        # the same command again starts from step 0' (the old place) where rank 0 named the new place
+        out_moved.hold(out_dir, anew=True)
     return lock
