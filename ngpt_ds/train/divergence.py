@@ -87,7 +87,7 @@ def checkpoints_left(out_dir: Path, newest_checkpoint: Path | None, checkpoint_i
     'Checkpoints up to step N are intact' then sent the operator looking for a folder that did not exist.
     The step named is the newest checkpoint's own: it had been the step before the one that diverged, a
     checkpoint that exists only on a checkpoint_interval of 1 ('up to step 4 ... the newest, step_00000003')."""
-    # --out moved or removed: rank 0 holds it from the run's lock (ngpt_ds.train.out_moved), before and after saves
+    # --out moved or removed: every rank holds it from the run's lock (ngpt_ds.train.out_moved), before and after saves
     moved = out_moved.left_line(
         out_dir, None if newest_checkpoint is None else newest_checkpoint.name, checkpoint_interval
     )

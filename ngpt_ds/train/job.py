@@ -12,7 +12,15 @@ import torch.distributed as dist
 from ngpt_ds import log
 from ngpt_ds.data.loader import same_dataset_on_every_rank
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.train import agreement, checkpoint, checkpoint_delete, checkpoint_space, lineage, run_identity
+from ngpt_ds.train import (
+    agreement,
+    checkpoint,
+    checkpoint_delete,
+    checkpoint_space,
+    lineage,
+    out_moved,
+    run_identity,
+)
 from ngpt_ds.train.builder import TrainOptions, choose_resume, init_process_group
 from ngpt_ds.train.config_identity import other_config_warning
 from ngpt_ds.train.loop import Trainer
@@ -99,7 +107,7 @@ def train(options: TrainOptions) -> Summary:
                 )
                 replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
             except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
-                problem = f"cannot set up --out {out_dir} ({_os_error(err)}); free space or fix permissions there and run again"
+                problem = _setup_failed(out_dir, err)
             # A resume at another data-parallel size converts first, and the conversion checks its own (larger) need.
             if problem is None and prepared.reshape is None:
                 with contextlib.suppress(OSError):  # a folder it cannot read: each save checks again
@@ -121,6 +129,24 @@ def train(options: TrainOptions) -> Summary:
             lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _setup_failed(out_dir: Path, err: OSError) -> str:
+    """Rank 0's line for an OSError of its --out setup (lineage, run_id.json, config.yaml). --out moved (mv) or
+    removed between the run's lock and these writes (the run holds the folder from its lock: out_moved) had read
+    'cannot set up --out ... (No such file or directory ...); free space or fix permissions there', a wrong fix."""
+    new = out_moved.new_place(out_dir)
+    if new is not None:
+        return (
+            f"cannot set up --out {out_dir}: the folder was moved to {new} as the run started; run the same command "
+            f"with --out {new}"
+        )
+    if out_moved.gone(out_dir) is not None:
+        return (
+            f"cannot set up --out {out_dir}: the folder was removed as the run started (deleted, or moved to another "
+            "filesystem); run the same command again with --out naming the folder to use"
+        )
+    return f"cannot set up --out {out_dir} ({_os_error(err)}); free space or fix permissions there and run again"
 
 
 def _os_error(err: OSError) -> str:

@@ -1,0 +1,77 @@
+"""--out moved (mv) or removed between the run's lock and rank 0's setup writes (the lineage, run_id.json,
+config.yaml) is named in the run's one line, with the --out to rerun with.
+
+The fault (outb38's reading of job.py, session 38): the setup's OSError read 'error: cannot set up --out .../run
+([Errno 2] No such file or directory: '.../run/run_id.json.tmp'); free space or fix permissions there and run again',
+a wrong fix for a folder that was moved, though the run holds it from its lock (ngpt_ds.train.out_moved) and knows
+the new place. Real 1-rank runs whose own process moves --out as `lineage.start_lineage` is entered.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+
+# launch/train.py, with --out moved to MOVED (MOVE_BY "rename": os.rename, what `mv` does on one filesystem) or
+# removed (MOVE_BY "remove") as rank 0's setup starts its writes.
+_MOVED_AT_SETUP = r"""
+import os, runpy, shutil, sys
+from pathlib import Path
+from ngpt_ds.train import lineage
+
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+real_start = lineage.start_lineage
+def start_lineage(*args, **kwargs):
+    if os.environ["MOVE_BY"] == "rename":
+        os.rename(out, os.environ["MOVED"])
+    else:
+        shutil.rmtree(out)
+    return real_start(*args, **kwargs)
+lineage.start_lineage = start_lineage
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _run_moved_at_setup(tmp_path: Path, dataset: Path, by: str, moved: Path) -> tuple[Path, str]:
+    out = tmp_path / "run"
+    config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(2, checkpoint_interval=2))
+    ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "MOVED": str(moved),
+        "MOVE_BY": by,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [sys.executable, "-c", _MOVED_AT_SETUP, *map(str, train_cmd(config, ds, dataset, out))]
+    done = run(cmd, env=env, check=False)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr[-3000:]
+    return out, errors[0]
+
+
+@pytest.mark.parametrize("by", ["rename", "remove"])
+def test_a_move_as_the_setup_writes_is_named_not_free_space(tmp_path, tiny_dataset, by):
+    moved = tmp_path / "moved"
+    out, error = _run_moved_at_setup(tmp_path, tiny_dataset, by, moved)
+    # old code: 'error: cannot set up --out .../run ([Errno 2] No such file or directory: ...); free space or fix
+    # permissions there and run again'
+    if by == "rename":
+        assert error == (
+            f"error: cannot set up --out {out}: the folder was moved to {moved} as the run started; run the same "
+            f"command with --out {moved}"
+        )
+        assert (moved / "train.lock").is_file()
+    else:
+        assert error == (
+            f"error: cannot set up --out {out}: the folder was removed as the run started (deleted, or moved to another "
+            "filesystem); run the same command again with --out naming the folder to use"
+        )
+    assert not out.exists()
+    shutil.rmtree(moved, ignore_errors=True)
