@@ -19,6 +19,10 @@ ngpt-export, ngpt-generate and ngpt-evaluate in the pool that hashes a checkpoin
 new thread"), a training rank in torch's rendezvous store, whose C++ thread fails with the system's own words
 ("RuntimeError: Resource temporarily unavailable", EAGAIN). torch imports numpy inside its own import and swallows
 OpenBLAS's SIGINT there: those commands go on past OpenBLAS's lines to the first thread that cannot start.
+
+A low `ulimit -u` (RLIMIT_NPROC, every process and thread of the user; root is not bound) stops the same threads with
+the same words: `task_limit` names it, for these commands and for a training rank's rendezvous
+(ngpt_ds.rendezvous_peers).
 """
 
 from __future__ import annotations
@@ -93,10 +97,11 @@ def _mapped() -> int | None:
 
 def limit_failure(err: BaseException, threads: Threads = PREPARE) -> NgptConfigError | None:
     """The one-line error for `err` where it is a thread or a library that could not be mapped under a finite
-    address-space limit; None for anything else (a traceback is then the right report)."""
+    address-space limit, or a thread that could not start under a large `ulimit -s` or under `ulimit -u`; None for
+    anything else (a traceback is then the right report)."""
     limit, hard = resource.getrlimit(resource.RLIMIT_AS)
     if limit == resource.RLIM_INFINITY:
-        return _stack_failure(err, threads)
+        return _stack_failure(err, threads) or _task_failure(err, threads)
     if _thread_failed(err):
         stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
         each = f"`ulimit -s`, here {_size(stack)}" if stack != resource.RLIM_INFINITY else "`ulimit -s`"
@@ -127,6 +132,64 @@ def _stack_failure(err: BaseException, threads: Threads) -> NgptConfigError | No
         f"this process could not start a thread ({threads.started}, each of which maps a stack of `ulimit -s`, here "
         f"{_size(stack)}). Lower `ulimit -s` (8 MiB is the usual) in the shell or job script before {threads.command}"
     )
+
+
+def tasks_of(uid: int) -> int | None:
+    """How many processes and threads the user `uid` runs (what `ulimit -u` counts), from /proc; None if unread."""
+    count, read = 0, False
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields["Threads"])
+            read = True
+        except (OSError, KeyError, ValueError, IndexError):  # a process that ended meanwhile
+            continue
+    return count if read else None
+
+
+def task_limit(command: str, again: str) -> tuple[str, str] | None:
+    """Where a thread that could not start was stopped by `ulimit -u` (RLIMIT_NPROC, which counts every process and
+    thread of the user): (what the limit is and what the user runs, the fix, `again` after raising it, naming
+    `command`). None where that limit is not the cause: none set, root (whom it does not bind), or a `ulimit -v` or a
+    large `ulimit -s`, which `limit_failure` names."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    if soft == resource.RLIM_INFINITY or os.getuid() == 0:
+        return None
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        return None
+    if stack != resource.RLIM_INFINITY and stack >= _BIG_STACK:  # a stack that may not fit
+        return None
+    tasks = tasks_of(os.getuid())
+    running = f", and runs {tasks} now" if tasks is not None else ""
+    where = f"in the shell or job script before {command}"
+    if soft < hard:
+        fix = f"Raise it, up to its hard limit of {hard} (`ulimit -u {hard}` {where}), and {again}"
+    elif hard == resource.RLIM_INFINITY:
+        fix = f"Raise it (`ulimit -u unlimited` {where}), and {again}"
+    else:
+        fix = (
+            "It is also the hard limit, which only an administrator or the job's scheduler raises: ask for a higher "
+            f"one, or run {command} where the limit is higher"
+        )
+    said = f"its user (uid {os.getuid()}) may run {soft} processes and threads in all (`ulimit -u`){running}"
+    return said, fix
+
+
+def _task_failure(err: BaseException, threads: Threads) -> NgptConfigError | None:
+    """A thread that could not start under `ulimit -u` (`task_limit`): ngpt-export, ngpt-generate, ngpt-evaluate and
+    ngpt-prepare ended on a traceback ending in "RuntimeError: can't start new thread", exit 1."""
+    if not _thread_failed(err):
+        return None
+    limit = task_limit(threads.command, "run it again")
+    if limit is None:
+        return None
+    said, fix = limit
+    return NgptConfigError(f"this process could not start a thread ({threads.started}): {said}. {fix}")
 
 
 def limit_in_force() -> str:

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from ngpt_ds.limits import task_limit, tasks_of
+
 if TYPE_CHECKING:
     from ngpt_ds.distributed import DistEnv
 
@@ -96,51 +98,17 @@ def thread_failed(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and (_THREAD in str(err) or str(err).strip() == _THREAD_EAGAIN)
 
 
-def tasks_of(uid: int) -> int | None:
-    """How many processes and threads the user `uid` runs (what `ulimit -u` counts), from /proc; None if unread."""
-    count, read = 0, False
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields["Threads"])
-            read = True
-        except (OSError, KeyError, ValueError, IndexError):  # a process that ended meanwhile
-            continue
-    return count if read else None
-
-
 def thread_limit_line(rank: int) -> str | None:
     """The line for a thread this rank could not start under `ulimit -u` (RLIMIT_NPROC, which counts every process
-    and thread of the user); None where that limit is not the cause (none set, root, whom it does not bind, or a
-    large `ulimit -s` / a `ulimit -v`, which ngpt_ds.limits names)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
-    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    if soft == resource.RLIM_INFINITY or os.getuid() == 0:
+    and thread of the user); None where that limit is not the cause (ngpt_ds.limits.task_limit, which every command's
+    line uses too)."""
+    limit = task_limit("the training command", "start the job again")
+    if limit is None:
         return None
-    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
-        return None
-    if stack != resource.RLIM_INFINITY and stack >= 64 << 20:  # ngpt_ds.limits: a stack that may not fit
-        return None
-    tasks = tasks_of(os.getuid())
-    running = f", and runs {tasks} now" if tasks is not None else ""
-    where = "in the shell or job script before the training command"
-    if soft < hard:
-        fix = f"Raise it, up to its hard limit of {hard} (`ulimit -u {hard}` {where}), and start the job again"
-    elif hard == resource.RLIM_INFINITY:
-        fix = f"Raise it (`ulimit -u unlimited` {where}), and start the job again"
-    else:
-        fix = (
-            "It is also the hard limit, which only an administrator or the job's scheduler raises: ask for a higher "
-            "one, or run the job where the limit is higher"
-        )
+    said, fix = limit
     return (
-        f"rank {rank} could not start a thread for the job's rendezvous: its user (uid {os.getuid()}) may run "
-        f"{soft} processes and threads in all (`ulimit -u`){running}, and a rank starts dozens of threads (torch's "
-        f"store, gloo, its checks). {fix}"
+        f"rank {rank} could not start a thread for the job's rendezvous: {said}, and a rank starts dozens of threads "
+        f"(torch's store, gloo, its checks). {fix}"
     )
 
 
