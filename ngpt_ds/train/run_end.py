@@ -102,5 +102,5 @@ class RunEnd:
                 problem = (
                     f"the run ended at step {self.step} ({status}), but {file} could not be written ({reason}). {fix}"
                 )
-        stop_all_if_unwritten(problem, self.device, self._checkpoints_left())  # reaches every rank
+        stop_all_if_unwritten(problem, self.device, self._checkpoints_left)  # reaches every rank; asked only then
         return summary
