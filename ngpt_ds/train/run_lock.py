@@ -456,6 +456,11 @@ def lock_run(out_dir: Path) -> RunLock | None:
             lock = acquire(out_dir)
         except NgptConfigError as err:
             problem = str(err)
+        except OSError as err:  # reading --out or its parents (EIO, EACCES): rank 0 alone had ended, the rest waited
+            problem = (
+                f"cannot check or lock --out {out_dir} ({err}): check that folder and its parents (permissions, the "
+                "filesystem), or choose another --out"
+            )
         else:  # the run's folder from now on, wherever an `mv` takes it: every line that meets a move can name it
             out_moved.hold(out_dir, anew=True)
     box = [problem]
