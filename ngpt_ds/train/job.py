@@ -26,6 +26,7 @@ from ngpt_ds.train.config_identity import other_config_warning
 from ngpt_ds.train.loop import Trainer
 from ngpt_ds.train.memory_plan import parameters_at_least
 from ngpt_ds.train.run_lock import lock_run
+from ngpt_ds.train.startup_peers import peers_watched
 from ngpt_ds.train.summary import Summary, mend_finished_summary, replace_file
 
 _log = log.get(__name__)
@@ -37,92 +38,96 @@ def train(options: TrainOptions) -> Summary:
     init_process_group(dist_env, timeout_s)
     lock = None
     try:
-        agreement.stop_all_if_any_failed(problem)
-        assert prepared_here is not None  # this rank's prepare failed: stop_all_if_any_failed raised
-        prepared = prepared_here
-        # Before the engine: ranks whose --data differ (node-local copies) would build models of different
-        # vocabularies (DeepSpeed's first broadcast aborted in gloo) or number the windows differently.
-        same_dataset_on_every_rank(Path(prepared.run.data_dir))  # first: its vocabulary is also in the config
-        agreement.same_config_on_every_rank(prepared.run)
-        # Verified by all ranks together: each checkpoint file is read once in all. The checks after that
-        # read each rank's own files (node-local data may record block hashes on one node only), so one
-        # rank's refusal reaches all, none left waiting in the engine's first collective.
-        try:
-            prepared, problem = choose_resume(prepared, options.resume, collective=True), None
-        except NgptConfigError as err:
-            problem = str(err)
-        except Exception as err:  # noqa: BLE001 (any error: the others must hear of it, not wait for this rank)
-            # After its collective verification, each rank reads the chosen checkpoint's files on its own (its
-            # config.yaml, DeepSpeed's layout): an I/O error on one node's view of shared storage raised there
-            # alone, and the others waited in the agreement below until train.dist_timeout_s.
-            _log.exception(f"rank {dist.get_rank()}: choosing the checkpoint to resume failed")
-            problem = f"{type(err).__name__}: {err}"
-        agreement.stop_all_if_any_failed(problem)
-        resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
-        if resumed_step >= prepared.run.train.max_steps:
-            assert prepared.resume_from is not None  # resumed_step is -1 without one
-            own = checkpoint.complete_checkpoints(Path(prepared.run.out_dir) / checkpoint.CHECKPOINTS)
-            if dist.get_rank() == 0 and own and own[-1].resolve() == prepared.resume_from.resolve():
-                _log.info(
-                    f"{prepared.run.out_dir} is already trained to step {resumed_step}/{prepared.run.train.max_steps}"
-                    ": nothing to do. Pass --max-steps N to train further, or --out DIR for a new run."
-                )
-                mend_finished_summary(Path(prepared.run.out_dir), resumed_step, prepared.run.train.max_steps)
-            elif dist.get_rank() == 0:  # an older step, or another run's: --out's own summary is not this one's
-                _log.info(
-                    f"--resume names {prepared.resume_from} (step {resumed_step}) and --max-steps is "
-                    f"{prepared.run.train.max_steps}: nothing to train. Pass --max-steps N above {resumed_step} to "
-                    "train on from it"
-                )
-            return Summary(
-                "already-finished",
-                resumed_step,
-                prepared.run.train.max_steps,
-                0,
-                float("nan"),
-                float("nan"),
-                0.0,
-                str(prepared.resume_from),
-                prepared.run.out_dir,
-            )
-        out_dir = Path(prepared.run.out_dir)
-        lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
-        problem = None
-        if dist.get_rank() == 0:
-            assert lock is not None  # rank 0 holds it: lock_run raised otherwise
-            if lock.note:
-                _log.info(lock.note)
-            if options.out is not None:  # with --out left out, builder refuses another config's folder
-                _warn_if_other_config(out_dir, Path(prepared.run.config_source), prepared.run.config_source_sha256)
+        # A peer lost (killed, out of memory) in the agreements before the trainer: one line, not gloo's traceback
+        with peers_watched(dist.get_rank(), timeout_s):
+            agreement.stop_all_if_any_failed(problem)
+            assert prepared_here is not None  # this rank's prepare failed: stop_all_if_any_failed raised
+            prepared = prepared_here
+            # Before the engine: ranks whose --data differ (node-local copies) would build models of different
+            # vocabularies (DeepSpeed's first broadcast aborted in gloo) or number the windows differently.
+            same_dataset_on_every_rank(Path(prepared.run.data_dir))  # first: its vocabulary is also in the config
+            agreement.same_config_on_every_rank(prepared.run)
+            # Verified by all ranks together: each checkpoint file is read once in all. The checks after that
+            # read each rank's own files (node-local data may record block hashes on one node only), so one
+            # rank's refusal reaches all, none left waiting in the engine's first collective.
             try:
-                moved = lineage.start_lineage(
-                    out_dir, prepared.resume_from, named=options.resume not in ("auto", "none")
-                )
-                if moved:
-                    _log.info(moved)
-                if run_identity.ensure(out_dir) is None:  # recorded in each checkpoint saved (resume tells copies)
-                    _log.warning(run_identity.not_an_id_warning(out_dir))
-                checkpoint_delete.mark_config_source(
-                    out_dir / checkpoint.CHECKPOINTS, prepared.run.config_source, prepared.run.config_source_sha256
-                )
-                replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
-            except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
-                problem = _setup_failed(out_dir, err)
-            # A resume at another data-parallel size converts first, and the conversion checks its own (larger) need.
-            if problem is None and prepared.reshape is None:
-                with contextlib.suppress(OSError):  # a folder it cannot read: each save checks again
-                    # A pipeline's save estimates from its rank 0's stage alone: the whole model would ask more.
-                    whole = (
-                        parameters_at_least(prepared.run.model)
-                        if prepared.run.train.pipeline_parallel_size == 1
-                        else None
+                prepared, problem = choose_resume(prepared, options.resume, collective=True), None
+            except NgptConfigError as err:
+                problem = str(err)
+            except Exception as err:  # noqa: BLE001 (any error: the others must hear of it, not wait for this rank)
+                # After its collective verification, each rank reads the chosen checkpoint's files on its own (its
+                # config.yaml, DeepSpeed's layout): an I/O error on one node's view of shared storage raised there
+                # alone, and the others waited in the agreement below until train.dist_timeout_s.
+                _log.exception(f"rank {dist.get_rank()}: choosing the checkpoint to resume failed")
+                problem = f"{type(err).__name__}: {err}"
+            agreement.stop_all_if_any_failed(problem)
+            resumed_step = checkpoint.step_of(prepared.resume_from.name) if prepared.resume_from is not None else -1
+            if resumed_step >= prepared.run.train.max_steps:
+                assert prepared.resume_from is not None  # resumed_step is -1 without one
+                own = checkpoint.complete_checkpoints(Path(prepared.run.out_dir) / checkpoint.CHECKPOINTS)
+                if dist.get_rank() == 0 and own and own[-1].resolve() == prepared.resume_from.resolve():
+                    _log.info(
+                        f"{prepared.run.out_dir} is already trained to step {resumed_step}/{prepared.run.train.max_steps}"
+                        ": nothing to do. Pass --max-steps N to train further, or --out DIR for a new run."
                     )
-                    problem = checkpoint_space.startup_space_problem(
-                        out_dir / checkpoint.CHECKPOINTS, resumed_step, whole
+                    mend_finished_summary(Path(prepared.run.out_dir), resumed_step, prepared.run.train.max_steps)
+                elif dist.get_rank() == 0:  # an older step, or another run's: --out's own summary is not this one's
+                    _log.info(
+                        f"--resume names {prepared.resume_from} (step {resumed_step}) and --max-steps is "
+                        f"{prepared.run.train.max_steps}: nothing to train. Pass --max-steps N above {resumed_step} to "
+                        "train on from it"
                     )
-            if options.progress and problem is None:
-                _log.info("effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml())
-        agreement.stop_all_if_any_failed(problem)
+                return Summary(
+                    "already-finished",
+                    resumed_step,
+                    prepared.run.train.max_steps,
+                    0,
+                    float("nan"),
+                    float("nan"),
+                    0.0,
+                    str(prepared.resume_from),
+                    prepared.run.out_dir,
+                )
+            out_dir = Path(prepared.run.out_dir)
+            lock = lock_run(out_dir)  # one writer per --out; every rank stops here if another trainer has it
+            problem = None
+            if dist.get_rank() == 0:
+                assert lock is not None  # rank 0 holds it: lock_run raised otherwise
+                if lock.note:
+                    _log.info(lock.note)
+                if options.out is not None:  # with --out left out, builder refuses another config's folder
+                    _warn_if_other_config(out_dir, Path(prepared.run.config_source), prepared.run.config_source_sha256)
+                try:
+                    moved = lineage.start_lineage(
+                        out_dir, prepared.resume_from, named=options.resume not in ("auto", "none")
+                    )
+                    if moved:
+                        _log.info(moved)
+                    if run_identity.ensure(out_dir) is None:  # recorded in each checkpoint saved (resume tells copies)
+                        _log.warning(run_identity.not_an_id_warning(out_dir))
+                    checkpoint_delete.mark_config_source(
+                        out_dir / checkpoint.CHECKPOINTS, prepared.run.config_source, prepared.run.config_source_sha256
+                    )
+                    replace_file(out_dir / "config.yaml", prepared.run.to_yaml())
+                except OSError as err:  # an answer for every rank: the others would wait for rank 0 in the engine
+                    problem = _setup_failed(out_dir, err)
+                # A resume at another data-parallel size converts first, and the conversion checks its own (larger) need.
+                if problem is None and prepared.reshape is None:
+                    with contextlib.suppress(OSError):  # a folder it cannot read: each save checks again
+                        # A pipeline's save estimates from its rank 0's stage alone: the whole model would ask more.
+                        whole = (
+                            parameters_at_least(prepared.run.model)
+                            if prepared.run.train.pipeline_parallel_size == 1
+                            else None
+                        )
+                        problem = checkpoint_space.startup_space_problem(
+                            out_dir / checkpoint.CHECKPOINTS, resumed_step, whole
+                        )
+                if options.progress and problem is None:
+                    _log.info(
+                        "effective config (also in " + str(out_dir / "config.yaml") + "):\n" + prepared.run.to_yaml()
+                    )
+            agreement.stop_all_if_any_failed(problem)
         return Trainer(prepared, options).fit()
     finally:
         if lock is not None:

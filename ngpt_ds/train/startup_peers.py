@@ -137,6 +137,8 @@ def peers_watched(rank: int, timeout_s: int) -> Iterator[None]:
     `error:` line: the lost peer's own where it left one, `told_by_a_lost_peer`); any other error passes as it is."""
     try:
         yield
+    except RendezvousError:  # already the one line (a watched block inside another: the trainer's in the job's)
+        raise
     except RuntimeError as err:
         lost = told_by_a_lost_peer(err, rank) or lost_peer(err, rank, timeout_s)
         if lost is None:
