@@ -20,6 +20,7 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     convert_universal,
     cpu_env,
     free_port,
+    nobody_alone,
     run,
     run_in_session,
     run_launch,

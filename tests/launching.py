@@ -5,12 +5,14 @@ line offline (run_lm_eval).
 
 tests/conftest.py re-exports every name here, so `from conftest import run, torchrun` keeps working."""
 
+import contextlib
 import os
 import random
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -306,6 +308,24 @@ def run_limited(
     return run_in_session(
         cmd, timeout=timeout, preexec_fn=limits, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen
     )
+
+
+@contextlib.contextmanager
+def nobody_alone() -> Iterator[None]:
+    """Held while a test runs processes as `nobody` under a `ulimit -u` of 1 or 2 (tests/test_rdv38_thread_limit.py,
+    tests/test_rdvb38_task_limit_commands.py): the limit counts every task of the user on the machine, so a process
+    of `nobody` of the other file (the other pytest-xdist worker, or another pytest run) made the exec fail
+    ("BlockingIOError: [Errno 11] Resource temporarily unavailable") or the line say 'it runs 2 now' where 1 was
+    asserted. An exclusive flock on one file of the temporary folder: the tests take turns."""
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "ngpt_ds-tests-uid-nobody.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_mpirun(args: list, env: dict, *, timeout: int) -> tuple[int, str]:

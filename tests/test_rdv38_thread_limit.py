@@ -21,15 +21,24 @@ import subprocess
 import sys
 import time
 
+import pytest
 from launching import rank_env
 
 from ngpt_ds import rendezvous_failures, rendezvous_peers
 
-from conftest import REPO, cpu_env, free_port, tiny_ngpt, tiny_train, train_flags, write_run_configs
+from conftest import REPO, cpu_env, free_port, nobody_alone, tiny_ngpt, tiny_train, train_flags, write_run_configs
 
 NOBODY = 65534
 HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
 PR_CAPBSET_DROP, CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 24, 21, 24
+
+
+@pytest.fixture(autouse=True)
+def _nobody_alone():
+    """Every test here runs a process as `nobody` under a `ulimit -u` of 1 or 2, which a process of `nobody` of
+    another test file counts against (conftest.nobody_alone): they take turns."""
+    with nobody_alone():
+        yield
 
 
 def _one_task_user() -> None:

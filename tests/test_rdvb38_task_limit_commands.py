@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cpu_env, tiny_ngpt, tiny_train, train_run, write_run_configs
+from conftest import cpu_env, nobody_alone, tiny_ngpt, tiny_train, train_run, write_run_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -27,6 +27,14 @@ HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
 PR_CAPBSET_DROP, CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 24, 21, 24
 TASKS = 1
 """The limit: the command's main thread and no other."""
+
+
+@pytest.fixture(autouse=True)
+def _nobody_alone():
+    """Every test here runs a process as `nobody` under a `ulimit -u` of 1 or 2, which a process of `nobody` of
+    another test file counts against (conftest.nobody_alone): they take turns."""
+    with nobody_alone():
+        yield
 
 
 def _one_task_user() -> None:
