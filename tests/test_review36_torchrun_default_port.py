@@ -33,7 +33,7 @@ def test_the_static_rdzv_endpoints_port_is_the_one_checked(tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.splitlines() == [
         f"error: torchrun's rendezvous port {port} (--rdzv_endpoint) is taken on this host: another job or program "
-        "listens there. Give torchrun a free one with --rdzv_endpoint, or stop the other job"
+        "holds it (listens there, or has bound it). Give torchrun a free one with --rdzv_endpoint, or stop the other job"
     ]
     done = entrypoint(tmp_path, "torchrun", "--nproc_per_node", 1, "--rdzv_endpoint", f"127.0.0.1:{free_port()}")
     assert (done.returncode, done.stdout) == (0, "rank 0 ran\n"), done.stderr[-3000:]

@@ -11,6 +11,7 @@ import sys
 import torch.distributed as dist
 
 from ngpt_ds import log
+from ngpt_ds.distributed import exit_process
 from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.train import collectives
 
@@ -28,10 +29,11 @@ def answer_of_this_rank(fault: str) -> int:
 if __name__ == "__main__":
     log.setup("INFO")
     dist.init_process_group("gloo")
+    code = 0
     try:
         collectives.all_answers(lambda: answer_of_this_rank(sys.argv[1]), "answering the test")
     except NgptConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist.destroy_process_group()
+        code = 2
+    dist.destroy_process_group()
+    exit_process(code, joined=True)  # without interpreter teardown while gloo threads may run
