@@ -163,6 +163,16 @@ def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: 
     )
 
 
+def log_unexpected(err: BaseException, doing: str) -> None:
+    """Log the traceback of `err` once, on this rank's stderr (the run's log), where it is an error no check words:
+    not an OSError with its errno nor torch's failed write, which `describe` gives whole, but a bug in ngpt_ds or a
+    library, which the problem every rank prints gives as 'Type: text' alone. Such a line had left an operator nothing
+    to send. As collectives.all_answers does: errors pass the rank filter of ngpt_ds.log on every rank."""
+    known = is_write_failure(err) and not (isinstance(err, OSError) and err.errno is None)
+    if not known:
+        _log.error(f"rank {dist.get_rank() if dist.is_initialized() else 0}: {doing} failed", exc_info=err)
+
+
 def _foreign_moved_aside(leftover: Path, final: Path) -> bool:
     """A complete checkpoint folder (not a link) moved out of a step_N name this process did not place, and left
     there by a kill: `_finish_save` moves only the run's own step there, but a restarted process cannot tell
@@ -251,6 +261,7 @@ def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tup
             seal()
             listing[0] = file_sizes(folder)
         except Exception as err:  # any error: rank 0 alone raising would leave the others in the broadcast
+            log_unexpected(err, f"finishing {folder}")
             listing[0] = f"finishing {folder}: {describe(err, folder.parent)}"
     dist.broadcast_object_list(listing, src=0)
     if isinstance(listing[0], str):
@@ -259,6 +270,7 @@ def _hash_on_all_ranks(folder: Path, step: int, seal: Callable[[], None]) -> tup
     try:
         answer: tuple[dict[str, str], str | None] = (digests(folder, digest_share(sizes, rank, world)), None)
     except Exception as err:  # an answer on every rank, so that no rank leaves the all_gather
+        log_unexpected(err, f"hashing {folder}")
         answer = ({}, f"hashing {folder}: {describe(err, folder.parent)}")
     answers: list[Any] = [None] * world
     dist.all_gather_object(answers, answer)
@@ -375,6 +387,7 @@ def finish_universal_on_all_ranks(converted: Path, target: Path, source: Path) -
         try:
             _place_universal(converted, target, source, manifest)
         except Exception as err:  # any error reaches every rank through _agree
+            log_unexpected(err, f"writing {target}")
             problem = f"writing {target}: {describe(err, target.parent)}"
     return _agree(problem)
 
@@ -420,6 +433,7 @@ def save(
         try:
             problem = gone(out_dir) or _before_save(engine, checkpoint_dir, step)
         except Exception as err:  # any error reaches every rank through _agree
+            log_unexpected(err, f"preparing {checkpoint_dir}")
             problem = f"cannot prepare {checkpoint_dir} for the checkpoint of step {step}: {type(err).__name__}: {err}"
     problem = _agree(problem)
     if problem is not None:
@@ -448,6 +462,7 @@ def save(
             try:
                 _finish_save(checkpoint_dir, tmp, tag, manifest, keep)
             except Exception as err:  # any error reaches every rank through _agree
+                log_unexpected(err, f"finishing {checkpoint_dir / tag}")
                 problem = (
                     f"finishing {checkpoint_dir / tag}: {describe(err, checkpoint_dir)}"
                     f"{_space_figures(err, engine, checkpoint_dir, step)}"

@@ -401,6 +401,8 @@ def _restore_moved_aside(checkpoint_dir: Path, warn: Callable[[str], None]) -> N
 
 
 def _restore_error(checkpoint_dir: Path, err: Exception) -> str:
+    """The line every rank stops with; rank 0's log holds the traceback of an error no check words (a bug)."""
+    checkpoint.log_unexpected(err, f"putting back a checkpoint moved aside in {checkpoint_dir}")
     return f"cannot put back a checkpoint moved aside in {checkpoint_dir} ({type(err).__name__}: {err})"
 
 
