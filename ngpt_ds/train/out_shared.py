@@ -81,12 +81,25 @@ def _relative_elsewhere(out_dir: Path, lock_file: str, held: int, world: int) ->
     """Collective: a relative --out that a rank started in another working directory (a launcher's `cd`, a node's
     other home) resolves to another folder there, and had been refused after 90 s of pauses as a node-local disk.
     Refused at once, naming both folders, when that rank does not read rank 0's holder; the same relative path
-    reaching the same folder (a link, another mount of it) passes."""
+    reaching the same folder (a link, another mount of it) passes. A rank whose working directory cannot be read
+    (removed while it ran there) says so in the gather: os.path.abspath's FileNotFoundError had ended it alone
+    before the gather, the other ranks left waiting in it."""
     if out_dir.is_absolute():
         return None
     mine = _held_text(held) if held >= 0 else _seen_lock(out_dir, lock_file)
+    try:
+        where = os.path.abspath(out_dir)
+    except OSError as err:
+        where = f"<{err.strerror or err}>"
     seen: list[tuple[str, str] | None] = [None] * world
-    dist.all_gather_object(seen, (os.path.abspath(out_dir), mine))
+    dist.all_gather_object(seen, (where, mine))
+    for rank, other in enumerate(seen):
+        if other is not None and _unreadable(other[0]):
+            return (
+                f"--out {out_dir} is a relative path, and rank {rank}'s working directory cannot be read "
+                f"({other[0][1:-1]}: removed while the rank ran in it?), so it names no folder there. Pass an "
+                "absolute --out"
+            )
     first = seen[0]
     assert first is not None
     for rank, other in enumerate(seen):
