@@ -24,10 +24,7 @@ all_gather_object ran. complex64 all_reduce ran too (as real pairs); the project
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -105,28 +102,6 @@ def nccl_rule_broken(call: dict) -> str | None:
     return None
 
 
-def shared_folder(tmp_path_factory, arguments: dict, make) -> Path:
-    """The folder that make(folder) filled for `arguments`, made once per pytest run and shared by its xdist workers: a
-    session fixture is built again in each worker, and --dist loadfile puts the test files that need the same run
-    on different workers. Keyed by the arguments' JSON, made under an exclusive lock (a second worker waits for the
-    first's), in the run's base temporary folder (the workers' are inside it). A make that raised leaves no DONE:
-    the next caller makes the folder again."""
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_runs"
-    root.mkdir(exist_ok=True)
-    text = json.dumps(arguments, sort_keys=True, default=str)
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    folder = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
-        if not (folder / "DONE").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            make(folder)
-            (folder / "DONE").write_text(text)
-    return folder
-
-
 UNIVERSAL_WORKER = "tests/workers/nccl37_trace.py"  # gpu28_trace.py's records, and the object collectives' tensors
 UNIVERSAL_STEPS, UNIVERSAL_MORE = 2, 3
 
@@ -135,7 +110,7 @@ def universal_run(tmp_path_factory, data: Path) -> dict:
     """A 1-rank ZeRO 2 run of UNIVERSAL_STEPS steps (2 micro-batches a step: the 2-rank runs' batch; an evaluation and
     a save at step 2), "one_rank", never resumed; and a copy of it, "one_run", resumed on 2 ranks to step
     UNIVERSAL_MORE under UNIVERSAL_WORKER's tracer: the universal conversion, its check, an evaluation and a save.
-    Made once per pytest run (shared_folder) for tests/test_gpu28_collective_trace_modes.py and
+    Made once per pytest run (conftest.shared_folder) for tests/test_gpu28_collective_trace_modes.py and
     tests/test_nccl37_resume_collectives.py, which each had run both. Returns the folders, the config files and the
     dataset they were made with (a later run in one_run, or in a copy of one_rank, takes the same ones), and the
     traced run's record: exit statuses, traces, logs, summary.json and the steps metrics.jsonl held after it."""
@@ -143,6 +118,7 @@ def universal_run(tmp_path_factory, data: Path) -> dict:
         REPO,
         read_metrics,
         run,
+        shared_folder,
         start_ranks,
         tiny_ngpt,
         tiny_train,
