@@ -156,24 +156,26 @@ class MetricsLogger:
                         f"this run trains those steps again (TensorBoard shows the new ones){_events_kept(out_dir)}"
                     )
                 made = out_moved.missing(out_dir / "tensorboard")
+                before = out_moved.names_in(out_dir / "tensorboard")
                 self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=resume_step + 1)
             except OSError as err:
                 self.problem = self._failed(resume_step, err, "of the steps up to")
             else:
-                self._moved_as_made(made)
+                self._moved_as_made(made, before)
 
-    def _moved_as_made(self, made: list[Path]) -> None:
+    def _moved_as_made(self, made: list[Path], before: set[str]) -> None:
         """--out moved or removed between the run's lock and the SummaryWriter: its makedirs made <old
         --out>/tensorboard again, and the run had trained on with its metrics there until its first save met the move.
         What the writer made there goes (ngpt_ds.train.out_moved.remove_made: its events file, the folders `made`
-        where empty), and the run stops at once with the move's line (`stop_if_unwritten`, right after)."""
+        where empty), and the run stops at once with the move's line (`stop_if_unwritten`, right after). `before`:
+        the names in that folder before the writer started (out_moved.events_made tells its events file by them)."""
         moved = out_moved.moved_from(self.out_dir)
         if moved is None or self.writer is None:
             return
-        events = getattr(getattr(self.writer.file_writer, "event_writer", None), "_file_name", None)
+        events = out_moved.events_made(self.out_dir / "tensorboard", before)
         self.writer.close()  # the events file closed before it goes
         self.writer = None
-        out_moved.remove_made([Path(events)] if isinstance(events, str) else [], made)
+        out_moved.remove_made(events, made)
         self.problem = (
             f"the metrics could not be written to {self.out_dir / 'tensorboard'} (--out was moved or removed as the "
             f"run started). {moved} is no longer the run's folder"

@@ -11,7 +11,7 @@ compares the folder the path names with it, and Linux's /proc/self/fd says where
 first save, a move before it could not be named: the save wrote its checkpoint into a folder DeepSpeed made again at the
 old place, and a metrics write said 'No checkpoint was saved yet: running the same command again starts from step 0'
 (ranks other than 0 had held it from their first save only). A writer that makes its folder (TensorBoard's
-SummaryWriter) checks once after it is made (`missing`, `remove_made`).
+SummaryWriter) checks once after it is made (`missing`, `names_in`, `events_made`, `remove_made`).
 `mv` to another filesystem copies the folder, then deletes it: the held folder is then deleted, and where the copy is
 cannot be known (`removed_line`). The other writes that meet a move (metrics, TensorBoard, summary.json) name it
 through `moved_from`.
@@ -241,6 +241,27 @@ def missing(path: Path) -> list[Path]:
             break
         absent.append(folder)
     return absent
+
+
+EVENTS_PREFIX = "events.out.tfevents."
+"""How TensorBoard's events files are named (its documented file format: events.out.tfevents.<time>.<host>...)."""
+
+
+def names_in(folder: Path) -> set[str]:
+    """The names in `folder` now (none where it cannot be listed: not made yet), taken just before a writer starts
+    there, to tell the files it makes (`events_made`)."""
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+def events_made(folder: Path, before: set[str]) -> list[Path]:
+    """The TensorBoard events files in `folder` that were not there `before` (`names_in`, just before the
+    SummaryWriter started): the one its writer made on starting. Found by listing the folder: the writer's own name
+    for it is private to TensorBoard (EventFileWriter._file_name), read here before, which a release may rename. A
+    file of another name (another program's) is never one of them."""
+    return sorted(folder / name for name in names_in(folder) - before if name.startswith(EVENTS_PREFIX))
 
 
 def remove_made(files: list[Path], folders: list[Path]) -> None:
