@@ -28,6 +28,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
+from ngpt_ds.hf.lora_low_rank import sphere_lora_linear
 from ngpt_ds.model.layers import Projection, scaled_linear
 
 __all__ = ["SphereLoraProjection", "load_sphere_lora", "sphere_lora"]
@@ -51,7 +52,14 @@ def load_sphere_lora(model: nn.Module, folder: Any, **kwargs: Any) -> PeftModel:
 class SphereLoraProjection(LoraLinear):
     """PEFT's LoRA layer around a Projection. On the sphere (nGPT): y = x Norm(W + sum of the active adapters'
     B A scaling)^T (times row_scale when given: s_u, s_v, s_z), the norm along the projection's layout.norm_dim, in
-    float32 at least; merging writes that matrix into W. Off the sphere (the GPT baseline): PEFT's own LoRA."""
+    float32 at least; merging writes that matrix into W. Off the sphere (the GPT baseline): PEFT's own LoRA.
+
+    The forward computes that product without forming W + BA (ngpt_ds/hf/lora_low_rank.py): only vectors and
+    matrices with one side r, so an adapted layer costs about what PEFT's plain LoRA costs."""
+
+    #: True: the forward forms Norm(W + BA) whole, as merge does (the reference the low-rank form is checked
+    #: against in tests/test_hf39_lora_low_rank.py and measured against in bench/lora_memory.py)
+    whole_matrix = False
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: LoraConfig, **kwargs: Any) -> None:
         if kwargs.get("parameter_name") is not None:
@@ -118,8 +126,13 @@ class SphereLoraProjection(LoraLinear):
         if self.merged or not active:
             return base(x, *args, **kwargs)
         row_scale = args[0] if args else kwargs.get("row_scale")
-        weight, _ = self._adapted(active)
-        return scaled_linear(x, weight.to(base.weight.dtype), row_scale)
+        if self.whole_matrix:
+            weight, _ = self._adapted(active)
+            return scaled_linear(x, weight.to(base.weight.dtype), row_scale)
+        # the active adapters' deltas summed as one product: [s_1 B_1, s_2 B_2, ...] @ [A_1; A_2; ...]
+        left = torch.cat([_weight(self.lora_B[name]) * self.scaling[name] for name in active], dim=1)
+        right = torch.cat([_weight(self.lora_A[name]) for name in active], dim=0)
+        return sphere_lora_linear(x, base.weight, left, right, base.layout.norm_dim, row_scale)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """W <- Norm(W + the adapters' deltas): the matrix the forward used, on the sphere (safe_merge: refused
@@ -158,6 +171,12 @@ class SphereLoraProjection(LoraLinear):
 
     def __repr__(self) -> str:
         return "sphere_" + super().__repr__()
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor), type(module)
+    return weight
 
 
 def _refuse_unnormalizable(config: LoraConfig) -> None:
