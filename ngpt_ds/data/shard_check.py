@@ -68,15 +68,13 @@ def verify_shards(
     sample of ngpt_ds.data.shard_hashes; 'full': every block) against meta.json's hashes; one line for each
     bad block, naming the shard file and its byte range. `meta` must carry hashes (hash_block_bytes)."""
     assert meta.hash_block_bytes is not None and mode in shard_hashes.MODES
-    from tqdm import tqdm
-
     itemsize = meta.np_dtype.itemsize
     shards = [
         (s.file, s.tokens * itemsize, s.sha256_blocks or ()) for split in meta.splits.values() for s in split.shards
     ]
     blocks = shard_hashes.blocks_to_check(shards, meta.hash_block_bytes, mode, rank, world_size)
     total = sum(b.byte_range(meta.hash_block_bytes)[1] - b.byte_range(meta.hash_block_bytes)[0] for b in blocks)
-    with tqdm(total=total, desc="verifying", unit="B", unit_scale=True, disable=not progress) as bar:
+    with _bar_class()(total=total, desc="verifying", unit="B", unit_scale=True, disable=not progress) as bar:
         bad = shard_hashes.bad_blocks(Path(data_dir), blocks, meta.hash_block_bytes, bar.update)
     found = []
     for block, what in bad:
@@ -84,6 +82,18 @@ def verify_shards(
         of = shard_hashes.block_count(block.size, meta.hash_block_bytes)
         found.append(f"{block.file} bytes [{start}, {end}) (block {block.index} of {of}): {what}")
     return found
+
+
+def _bar_class() -> type:
+    """tqdm's bar without its monitor thread: where no thread can start (a low `ulimit -u`), tqdm printed its own
+    three-line TqdmMonitorWarning ('... due to: can't start new thread') above the command's lines. The monitor
+    only redraws a bar left without updates for `maxinterval` seconds; this one is updated after every block."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0
+
+    return Bar
 
 
 def shard_error(data_dir: Path, problems: list[str], how: str) -> NgptConfigError:
