@@ -143,15 +143,24 @@ class _L2Normalize(torch.autograd.Function):
     the forward's factor 1 / ||x|| in x's dtype as the forward multiplied by it: not cast again, and, where
     `_scale_rows` copies it to x's whole shape (q and k's rows of 48 at ngpt_tiny), not copied again (one
     activation of x's size more kept for the backward; q and k's Norm 0.89-0.95x, docs/benchmarks.md, "What was
-    changed, and what it gave", `bench/excess_forms.py`). Under torch.compile the traced graph stays as it was."""
+    changed, and what it gave", `bench/excess_forms.py`). Under torch.compile the traced graph stays as it was.
+    With NGPT_DS_NORM_KERNEL=1, in eager mode, the forward is one C++ loop where it applies
+    (`norm_kernel.normalize`, the same values; docs/benchmarks.md, "Norm's forward in C++")."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.dim = dim
+        # NGPT_DS_NORM_KERNEL=1, eager: one C++ loop, the same values, the factor kept per row (never copied)
+        kernel = None if torch.compiler.is_compiling() else norm_kernel()
+        looped = None if kernel is None else kernel.normalize(x, dim)
+        if looped is not None:
+            y, inv_norm, factor = looped
+            ctx.save_for_backward(y, inv_norm, factor)
+            return y
         accumulate = torch.promote_types(x.dtype, torch.float32)
         inv_norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=accumulate).reciprocal_()
         factor = _row_factor(x, inv_norm.to(x.dtype))
         y = x * factor
-        ctx.dim = dim
         if torch.compiler.is_compiling():
             ctx.save_for_backward(y, inv_norm)
         else:

@@ -50,10 +50,19 @@ class _BlockUpdate(torch.autograd.Function):
     g alpha, dweight = sum over tokens of g (end - self)), the same values bit for bit, with their
     temporaries reused in place and one autograd node instead of three: forward plus backward of one update at
     ngpt_tiny's shape, with the trainer's allocator setting, 0.68x of the plain form's time in fp32 and 0.98x
-    in bf16 (docs/benchmarks.md, "What was changed, and what it gave", `bench/block_update.py`)."""
+    in bf16 (docs/benchmarks.md, "What was changed, and what it gave", `bench/block_update.py`). With
+    NGPT_DS_NORM_KERNEL=1 the forward is one C++ loop over the rows where h, x and alpha share a dtype
+    (`norm_kernel.step`), the same values (docs/benchmarks.md, "Norm's forward in C++")."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        ctx.dtypes = (h.dtype, alpha.dtype)
+        kernel = norm_kernel()  # NGPT_DS_NORM_KERNEL=1: the whole forward in one C++ loop, the same values
+        looped = None if kernel is None else kernel.step(h, x, alpha)
+        if looped is not None:
+            target, y, inv_x, inv_m, factor_x, factor_m = looped
+            ctx.save_for_backward(h, target, alpha, y, inv_m, inv_x, factor_m, factor_x)
+            return y
         inv_x = torch.linalg.vector_norm(
             x, dim=-1, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32)
         ).reciprocal_()
@@ -69,7 +78,6 @@ class _BlockUpdate(torch.autograd.Function):
         y = _scale_rows(m, factor_m)
         # the factors in the forward's dtypes too: the backward multiplies by the same ones, not by new casts
         ctx.save_for_backward(h_d, target, alpha_d, y, inv_m, inv_x, factor_m, factor_x)
-        ctx.dtypes = (h.dtype, alpha.dtype)
         return y
 
     @staticmethod

@@ -1,5 +1,6 @@
-"""Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode), opt-in; and the
-elementwise part of the eq. 10-11 update's backward in one.
+"""Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode), opt-in; the
+elementwise part of the eq. 10-11 update's backward in one; Norm's forward and the whole eq. 10-11 update's
+forward in one loop each.
 
 `layers.tangent_rows` makes five passes over the activation through torch's operators (the product g * y, its
 copy to fp32 inside the sum, the sum, y times the dot, the difference, the product with 1 / ||x||). Here a first
@@ -8,8 +9,19 @@ loop writes the product rounded to the activation's dtype straight into fp32 (wh
 and a second loop makes y * dot, the difference and the product with the factor per value, each rounded to
 the activation's dtype where torch's operators round it: the same values bit for bit
 (tests/test_speed38_norm_kernel.py), in three passes. The update's dm (1 - alpha), (target - h) dm and dm alpha
-(`ngpt._BlockUpdate.backward`), four of torch's passes, are one loop, the same values too. Measured in docs/benchmarks.md ("Norm's backward in
-C++").
+(`ngpt._BlockUpdate.backward`), four of torch's passes, are one loop, the same values too. Measured in
+docs/benchmarks.md ("Norm's backward in C++").
+
+The forwards (`normalize`, `step`): torch makes 1 / ||x|| from an fp32 copy of x (`vector_norm(...,
+dtype=float32)`), casts it, multiplies, and for the update lerps and does it all again (about five passes per
+Norm, twelve per update). Here each row is read once and its outputs written once. The values are torch's bit for
+bit, not within an ulp: the sum of squares follows the order of torch's vectorized CPU 2-norm (lanes of
+product-then-sum, then the lanes left to right), whose lane count `forward_lanes` finds by comparing with torch's
+operators at first use (8 on the x86-64 host measured, under torch's AVX512 kernels too); lerp follows torch's
+vectorized form (one fused multiply-add per value). Where no lane count matches (another CPU's or torch's
+order), or a row is not a multiple of the lanes (torch would sum a scalar tail), torch's operators run the
+forward. Each row is summed by one thread, so the values do not depend on the thread count (tested at 1-3).
+tests/test_speed39_forward_loops.py; measured in docs/benchmarks.md ("Norm's forward in C++").
 
 Off unless NGPT_DS_NORM_KERNEL=1, because the loops are C++ built on first use with torch's extension builder
 (a C++ compiler and ninja; about 30 s of CPU time), cached per machine under TORCH_EXTENSIONS_DIR or
@@ -43,6 +55,8 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <cmath>
+#include <vector>
 
 // g * y rounded to T (as torch's elementwise product of two T tensors), written as fp32.
 template <typename T>
@@ -110,6 +124,126 @@ static void update_impl(const T* __restrict__ dm, const T* __restrict__ target, 
       for (int64_t i = 0; i < n; ++i) dtarget[o + i] = static_cast<T>(static_cast<float>(dm[o + i]) * ap[i]);
     }
   });
+}
+
+// The sum of squares of one row in the order of torch's vectorized last-dim 2-norm (ReduceOpsKernel.cpp,
+// norm_kernel_tensor_iterator_impl, on the fp32 copy `vector_norm(..., dtype=float32)` makes): W lanes of
+// acc += v * v (a product, then a sum: no fused multiply-add), then lane 0 + lane 1 + ... left to right. n is a
+// multiple of W (the caller checks), so torch's scalar tail never runs.
+template <typename T, int W>
+static inline float sum_squares(const T* __restrict__ x, int64_t n) {
+  float acc[W];
+  for (int j = 0; j < W; ++j) acc[j] = 0.0f;
+  for (int64_t d = 0; d < n; d += W)
+    for (int j = 0; j < W; ++j) {
+      const float v = static_cast<float>(x[d + j]);
+      acc[j] += v * v;
+    }
+  float s = acc[0];
+  for (int j = 1; j < W; ++j) s = s + acc[j];
+  return s;
+}
+
+// One row of Norm's forward: 1 / ||x|| in fp32 (sqrt, then the reciprocal), the factor rounded to T, and
+// y = x * factor rounded to T, as `_L2Normalize.forward`'s operators make them.
+template <typename T, int W>
+static inline void normalize_row(const T* __restrict__ x, T* __restrict__ y, float* inv, T* factor, int64_t n) {
+  const float i = 1.0f / std::sqrt(sum_squares<T, W>(x, n));
+  const T f = static_cast<T>(i);
+  *inv = i;
+  *factor = f;
+  const float ff = static_cast<float>(f);
+  for (int64_t d = 0; d < n; ++d) y[d] = static_cast<T>(static_cast<float>(x[d]) * ff);
+}
+
+template <typename T, int W>
+static void normalize_impl(const T* x, T* y, float* inv, T* factor, int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) normalize_row<T, W>(x + r * n, y + r * n, inv + r, factor + r, n);
+  });
+}
+
+// Eq. 10-11's forward, `_BlockUpdate.forward` per row: target = Norm(x), m = lerp(h, target, alpha) rounded to
+// T, y = Norm(m). lerp as torch's vectorized CPU kernel (LerpKernel.cpp, lerp_vec) computes it in fp32: where
+// |alpha| < 0.5, fma(alpha, target - h, h), else fma(alpha - 1, target - h, target).
+template <typename T, int W>
+static void step_impl(const T* x, const T* h, const T* alpha, T* target, T* y, float* inv_x, T* factor_x,
+                      float* inv_m, T* factor_m, int64_t rows, int64_t n) {
+  std::vector<float> coeff(n);
+  std::vector<char> small(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = static_cast<float>(alpha[i]);
+    small[i] = std::abs(a) < 0.5f;
+    coeff[i] = small[i] ? a : a - 1.0f;
+  }
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> m(n);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r * n;
+      normalize_row<T, W>(x + o, target + o, inv_x + r, factor_x + r, n);
+      for (int64_t i = 0; i < n; ++i) {
+        const float start = static_cast<float>(h[o + i]), stop = static_cast<float>(target[o + i]);
+        m[i] = static_cast<T>(std::fma(coeff[i], stop - start, small[i] ? start : stop));
+      }
+      normalize_row<T, W>(m.data(), y + o, inv_m + r, factor_m + r, n);
+    }
+  });
+}
+
+template <typename T>
+static void normalize_dispatch(const T* x, T* y, float* inv, T* factor, int64_t rows, int64_t n, int64_t lanes) {
+  if (lanes == 16)
+    normalize_impl<T, 16>(x, y, inv, factor, rows, n);
+  else
+    normalize_impl<T, 8>(x, y, inv, factor, rows, n);
+}
+
+std::vector<torch::Tensor> normalize(torch::Tensor x, int64_t lanes) {
+  TORCH_CHECK(lanes == 8 || lanes == 16, "lanes must be 8 or 16");
+  auto y = torch::empty_like(x);
+  auto row_shape = x.sizes().vec();
+  row_shape.back() = 1;
+  auto inv = torch::empty(row_shape, x.options().dtype(at::kFloat));
+  auto factor = torch::empty(row_shape, x.options());
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  if (x.scalar_type() == at::kBFloat16)
+    normalize_dispatch<c10::BFloat16>(x.data_ptr<c10::BFloat16>(), y.data_ptr<c10::BFloat16>(), inv.data_ptr<float>(),
+                                      factor.data_ptr<c10::BFloat16>(), rows, n, lanes);
+  else
+    normalize_dispatch<float>(x.data_ptr<float>(), y.data_ptr<float>(), inv.data_ptr<float>(),
+                              factor.data_ptr<float>(), rows, n, lanes);
+  return {y, inv, factor};
+}
+
+template <typename T>
+static void step_dispatch(const T* x, const T* h, const T* alpha, T* target, T* y, float* inv_x, T* factor_x,
+                          float* inv_m, T* factor_m, int64_t rows, int64_t n, int64_t lanes) {
+  if (lanes == 16)
+    step_impl<T, 16>(x, h, alpha, target, y, inv_x, factor_x, inv_m, factor_m, rows, n);
+  else
+    step_impl<T, 8>(x, h, alpha, target, y, inv_x, factor_x, inv_m, factor_m, rows, n);
+}
+
+std::vector<torch::Tensor> step(torch::Tensor x, torch::Tensor h, torch::Tensor alpha, int64_t lanes) {
+  TORCH_CHECK(lanes == 8 || lanes == 16, "lanes must be 8 or 16");
+  auto target = torch::empty_like(x), y = torch::empty_like(x);
+  auto row_shape = x.sizes().vec();
+  row_shape.back() = 1;
+  auto inv_x = torch::empty(row_shape, x.options().dtype(at::kFloat));
+  auto inv_m = torch::empty(row_shape, x.options().dtype(at::kFloat));
+  auto factor_x = torch::empty(row_shape, x.options()), factor_m = torch::empty(row_shape, x.options());
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  if (x.scalar_type() == at::kBFloat16)
+    step_dispatch<c10::BFloat16>(x.data_ptr<c10::BFloat16>(), h.data_ptr<c10::BFloat16>(),
+                                 alpha.data_ptr<c10::BFloat16>(), target.data_ptr<c10::BFloat16>(),
+                                 y.data_ptr<c10::BFloat16>(), inv_x.data_ptr<float>(),
+                                 factor_x.data_ptr<c10::BFloat16>(), inv_m.data_ptr<float>(),
+                                 factor_m.data_ptr<c10::BFloat16>(), rows, n, lanes);
+  else
+    step_dispatch<float>(x.data_ptr<float>(), h.data_ptr<float>(), alpha.data_ptr<float>(), target.data_ptr<float>(),
+                         y.data_ptr<float>(), inv_x.data_ptr<float>(), factor_x.data_ptr<float>(),
+                         inv_m.data_ptr<float>(), factor_m.data_ptr<float>(), rows, n, lanes);
+  return {target, y, inv_x, inv_m, factor_x, factor_m};
 }
 
 std::vector<torch::Tensor> update(torch::Tensor dm, torch::Tensor target, torch::Tensor h, torch::Tensor alpha) {
@@ -216,6 +350,101 @@ def update_parts(
     return dh, terms, dtarget
 
 
+def normalize(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`layers._L2Normalize.forward`'s y = x * factor, inv_norm = 1 / ||x|| (fp32, [..., 1]) and factor (inv_norm
+    in x's dtype, [..., 1], never copied to x's shape) through one C++ loop over the rows, the same values bit for
+    bit; None where it does not apply (as `tangent_rows`, and: torch's sum order not matched on this CPU, a row
+    length not a multiple of its lanes)."""
+    if not _forward_applies(x, dim):
+        return None
+    ops = loops()
+    lanes = None if ops is None else forward_lanes(ops)
+    if ops is None or lanes is None or x.shape[-1] % lanes:
+        return None
+    y, inv_norm, factor = ops.normalize(x, lanes)
+    return y, inv_norm, factor
+
+
+def step(
+    h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`ngpt._BlockUpdate.forward`'s target = Norm(x), y = Norm(lerp(h, target, alpha)) and the factors it keeps
+    (inv_x, inv_m in fp32, factor_x, factor_m in x's dtype, each [..., 1]) in one C++ loop over the rows, the same
+    values bit for bit; returned as (target, y, inv_x, inv_m, factor_x, factor_m). None where it does not apply
+    (as `normalize`, and: h, x and alpha not of one dtype and shape, alpha not one value per channel)."""
+    if not _forward_applies(x, -1) or h.dtype != x.dtype or alpha.dtype != x.dtype:
+        return None
+    if h.shape != x.shape or alpha.shape != x.shape[-1:] or not (h.is_contiguous() and alpha.is_contiguous()):
+        return None
+    if type(h) is not torch.Tensor or type(alpha) is not torch.Tensor:
+        return None
+    if h.device.type != "cpu" or alpha.device.type != "cpu":
+        return None
+    ops = loops()
+    lanes = None if ops is None else forward_lanes(ops)
+    if ops is None or lanes is None or x.shape[-1] % lanes:
+        return None
+    target, y, inv_x, inv_m, factor_x, factor_m = ops.step(x, h, alpha, lanes)
+    return target, y, inv_x, inv_m, factor_x, factor_m
+
+
+def _forward_applies(x: torch.Tensor, dim: int) -> bool:
+    return (
+        os.environ.get(NORM_KERNEL_ENV) == "1"
+        and not torch.compiler.is_compiling()
+        and type(x) is torch.Tensor  # not a fake or other subclass tensor, whose data the loop cannot read
+        and x.device.type == "cpu"
+        and x.dtype in (torch.bfloat16, torch.float32)
+        and dim in (-1, x.dim() - 1)
+        and x.dim() > 0
+        and x.numel() > 0
+        and x.is_contiguous()
+    )
+
+
+#: forward_lanes' answer per loaded module (one in a process, unless a test swaps it)
+_lanes: dict[int, int | None] = {}
+
+
+def forward_lanes(ops: ModuleType) -> int | None:
+    """The lanes of torch's vectorized 2-norm on this CPU (8 or 16), found by comparing the forward loops `ops` with
+    torch's operators, bit for bit, on fixed random rows (both dtypes, rows of 48 and 192, Norm and the update,
+    lerp's both branches); None, after one warning, where neither matches (the loops then leave the forward to
+    torch). torch's order is not part of its API: this check, not a CPU table, decides. On the x86-64 host
+    measured (docs/benchmarks.md) it was 8 lanes, a product then a sum, under torch's AVX512 kernels too."""
+    if id(ops) not in _lanes:
+        lanes = next((lanes for lanes in (8, 16) if _forward_matches(ops, lanes)), None)
+        _lanes[id(ops)] = lanes
+        if lanes is None:
+            warnings.warn(
+                f"{NORM_KERNEL_ENV}=1: the C++ Norm forward does not give torch's values on this CPU (its 2-norm "
+                "sums in another order); torch's operators run the forward, the loops the backward",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _lanes[id(ops)]
+
+
+def _forward_matches(ops: ModuleType, lanes: int) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        for n in (48, 192):
+            x = torch.randn(64, n, generator=generator).mul_(3).to(dtype)
+            h = torch.nn.functional.normalize(torch.randn(64, n, generator=generator), dim=-1).to(dtype)
+            alpha = torch.rand(n, generator=generator).mul_(2).sub_(1).to(dtype)  # both of lerp's branches
+            inv_x = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).reciprocal_()
+            target = x * inv_x.to(dtype)
+            m = torch.lerp(h, target, alpha)
+            inv_m = torch.linalg.vector_norm(m, dim=-1, keepdim=True, dtype=torch.float32).reciprocal_()
+            want = (target, m * inv_m.to(dtype), inv_x, inv_m, inv_x.to(dtype), inv_m.to(dtype))
+            got = ops.step(x, h, alpha, lanes)
+            if not all(torch.equal(a, b) for a, b in zip(got, want)):
+                return False
+            if not all(torch.equal(a, b) for a, b in zip(ops.normalize(x, lanes), (target, inv_x, inv_x.to(dtype)))):
+                return False
+    return True
+
+
 def loops() -> ModuleType | None:
     """The built loops, building them on the first call of this process where this machine's cache lacks them;
     None, after one warning, where they cannot be built."""
@@ -283,7 +512,7 @@ def _build(name: str, folder: Path, library: Path) -> ModuleType:
         module = load_inline(
             name,
             cpp_sources=_SOURCE,
-            functions=["products", "tangent", "update"],
+            functions=["products", "tangent", "update", "normalize", "step"],
             extra_cflags=list(_FLAGS),
             build_directory=str(work),
             verbose=False,
