@@ -46,7 +46,7 @@ import numpy as np
 import sentencepiece as spm
 
 from ngpt_ds.errors import NgptConfigError
-from ngpt_ds.limits import PREPARE_WORKERS, limit_failure, limit_in_force
+from ngpt_ds.limits import PREPARE_WORKERS, Threads, limit_failure, limit_in_force
 
 Tag = TypeVar("Tag")
 
@@ -148,7 +148,11 @@ def _init_pool_worker(model_path: str, all_started: Barrier, parent_pid: int) ->
         _init_worker(model_path)
     except Exception as err:  # noqa: BLE001 (any error: the parent names it)
         _init_error = f"tokenizer {model_path}: the worker processes could not load it ({type(err).__name__}: {err})"
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    try:  # in the try: its RuntimeError raised here broke the pool with a traceback per worker
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    except RuntimeError as err:
+        failure = limit_failure(err, WORKER_WATCH)
+        _init_error = _init_error or (_in_a_worker(failure) if failure is not None else f"{type(err).__name__}: {err}")
     try:
         all_started.wait(timeout=ALL_STARTED_WAIT_S)
     except threading.BrokenBarrierError:  # a Python whose executor starts workers otherwise: go on without
@@ -335,6 +339,18 @@ def _pool_threads_start() -> None:
         for thread in threads:
             if thread.ident is not None:  # started
                 thread.join()
+
+
+WORKER_WATCH = Threads(
+    "ngpt-prepare", "each --workers process watches ngpt-prepare's own process with a thread", "the workers' threads"
+)
+"""The thread each pool worker starts (`_exit_with_parent`), for the limit's line where it cannot start."""
+
+
+def _in_a_worker(failure: NgptConfigError) -> str:
+    """The limit's line for a worker process's thread that could not start: said by the worker, about itself."""
+    text = str(failure).replace("this process could not start a thread", "a worker process could not start a thread", 1)
+    return str(_with_one_process(NgptConfigError(text)))
 
 
 def _with_one_process(failure: NgptConfigError) -> NgptConfigError:
