@@ -114,22 +114,15 @@ def test_no_room_for_the_pools_threads_is_one_line(tmp_path, room):
 
 def test_a_pool_whose_thread_is_lost_stops_its_workers_and_says_so(tmp_path, tiny_dataset):
     """Without the check before the pool, a feeder thread with no room (room 1.5) ends the pool's manager thread:
-    before, 'Failed: hung: no answer in 120 s'. Now its workers are stopped and the line names the lost thread and the
-    limit; with no room for the manager (room 0.5) the workers already spawned are stopped too, and the line is the
-    limit's."""
+    before, 'Failed: hung: no answer in 120 s'. Now its workers are stopped and the line is the limit's, with no
+    traceback: before (session 39), the manager thread's traceback was printed above a line that said so ('... lost its
+    thread in this process (its traceback is above) ...'): 'assert 1 == 0' on the count of tracebacks. With no room
+    for the manager (room 0.5) the workers already spawned are stopped too, and the line is the limit's."""
     model = tiny_dataset / "tokenizer.model"
     run = _limited(POOL, 1.5, model, cwd=tmp_path)
     assert run.returncode == 2, run.stderr[-3000:]
-    line = run.stdout.strip()
-    assert line.startswith(
-        "error: the pool of worker processes lost its thread in this process (its traceback is above), and its "
-        "workers were stopped; this process runs under an address-space limit (`ulimit -v`) of "
-    ), line
-    assert line.endswith(
-        " of it mapped, which may be what ran out. Raise the limit (`ulimit -v unlimited`, or a few GiB more, in the "
-        "shell or job script before ngpt-prepare). Run the preparation again, or with --workers 1 (no pool)"
-    ), line
-    assert run.stderr.count("Traceback") == 1 and "RuntimeError: can't start new thread" in run.stderr  # the thread's
+    assert run.stderr.count("Traceback") == 0, run.stderr[-3000:]
+    assert run.stdout.startswith(LINE) and run.stdout.strip().endswith(FIXES), run.stdout
     run = _limited(POOL, 0.5, model, cwd=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert run.stdout.startswith(LINE) and run.stdout.strip().endswith(FIXES), run.stdout

@@ -28,6 +28,7 @@ cut hard: there the ids may differ (the second part gets a "▁" prefix the docu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import os
@@ -261,21 +262,24 @@ def encode_in_order(
     # have started one each.
     all_started = context.Barrier(workers)
     before = set(mp.active_children())
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_pool_worker, initargs=(model_path, all_started, os.getpid())
-    ) as pool:
+    with (
+        ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_pool_worker, initargs=(model_path, all_started, os.getpid())
+        ) as pool,
+        _manager_thread_limit(pool) as limited,
+    ):
         pending: deque = deque()
         try:
             for ready in [_submit(pool, _worker_ready) for _ in range(workers)]:
-                _result(pool, ready)
+                _result(pool, ready, limited)
             for tag, texts in batches:
                 pending.append((tag, _submit(pool, encode_documents, texts, max_chars)))
                 if len(pending) >= 2 * workers:
                     t, future = pending.popleft()
-                    yield (t, *_result(pool, future))
+                    yield (t, *_result(pool, future, limited))
             while pending:
                 t, future = pending.popleft()
-                yield (t, *_result(pool, future))
+                yield (t, *_result(pool, future, limited))
         except _PoolThreadLost as lost:
             # The workers wait on a task queue that nothing feeds: ended here, else the interpreter's exit waits
             # for them (multiprocessing joins its children). shutdown(wait=False) first: the `with`'s shutdown
@@ -308,7 +312,8 @@ def _submit(pool: ProcessPoolExecutor, fn: Callable, *args) -> Future:
 
 class _PoolThreadLost(Exception):
     """The pool's manager thread in this process could not start (`_submit`: its RuntimeError is the argument), or
-    ended with tasks unanswered (`_result`: no argument; its traceback was printed by the thread)."""
+    ended with tasks unanswered (`_result`: the RuntimeError it ended on where a limit's, kept by
+    `_manager_thread_limit`; else no argument, its traceback printed by the thread)."""
 
 
 POOL_THREADS = 2
@@ -359,9 +364,40 @@ def _with_one_process(failure: NgptConfigError) -> NgptConfigError:
     )
 
 
-def _result(pool: ProcessPoolExecutor, future: Future) -> Any:
+@contextlib.contextmanager
+def _manager_thread_limit(pool: ProcessPoolExecutor) -> Iterator[list[RuntimeError]]:
+    """While the pool runs: the error the pool's manager thread ended on, where it is a thread that could not start
+    under a limit (ngpt_ds.limits: its feeder, under a low `ulimit -v`), kept for the line (`_result`) instead of
+    printed. Its traceback had been printed above the line, which said 'its traceback is above'. Any other error of
+    that thread, and every other thread's, is printed as before."""
+    kept: list[RuntimeError] = []
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        value = args.exc_value
+        manager = getattr(pool, "_executor_manager_thread", None)  # CPython's executor (3.9 and later), as `_result`
+        if (
+            manager is not None
+            and args.thread is manager
+            and isinstance(value, RuntimeError)
+            and limit_failure(value, PREPARE_WORKERS) is not None
+        ):
+            kept.append(value)
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield kept
+    finally:
+        if threading.excepthook is hook:
+            threading.excepthook = previous
+
+
+def _result(pool: ProcessPoolExecutor, future: Future, limited: list[RuntimeError] | None = None) -> Any:
     """future.result(), or _PoolThreadLost where the pool's manager thread has ended with `future` unanswered: a
-    thread it starts could not start (its traceback is printed), and nothing would ever answer."""
+    thread it starts could not start, and nothing would ever answer. `limited`: that thread's error, where a limit's
+    (`_manager_thread_limit`); else its traceback is printed."""
     while True:
         try:
             return future.result(timeout=PARENT_WATCH_S)
@@ -371,7 +407,7 @@ def _result(pool: ProcessPoolExecutor, future: Future) -> Any:
         # exception (BrokenProcessPool) before it ends on a broken pool, so a future not done is never answered.
         manager = getattr(pool, "_executor_manager_thread", None)
         if manager is not None and not manager.is_alive() and not future.done():
-            raise _PoolThreadLost()
+            raise _PoolThreadLost(*(limited or [])[:1])
 
 
 def _lost_thread_error(lost: _PoolThreadLost) -> Exception:
