@@ -223,7 +223,7 @@ def acquire(out_dir: Path) -> RunLock:
     try:
         fd = _open_lock(path, f"--out {out_dir}", _OUT_UNWRITABLE)
         lock = _lock_opened(out_dir, path, fd, created)
-    except NgptConfigError:
+    except (NgptConfigError, OSError):  # an OSError (EIO) is lock_run's refusal too: it leaves nothing either
         _remove_made(made)
         raise
     if created and not out_dir.is_absolute():
@@ -277,13 +277,13 @@ def _lock_opened(out_dir: Path, path: Path, fd: int, created: bool) -> RunLock:
         "trainer per --out"
     )
     note = _take(fd, path, f"--out {out_dir}", busy_fix + ", or choose another --out", no_locks, _holder())
-    problem = _checkpoints_not_writable(out_dir / CHECKPOINTS)
-    if problem is not None:
-        _release_refused(RunLock(fd, path, None), created)
-        raise NgptConfigError(problem)
     try:
+        problem = _checkpoints_not_writable(out_dir / CHECKPOINTS)
+        if problem is not None:
+            raise NgptConfigError(problem)
         store_fd, store_note = _lock_checkpoints(out_dir)
-    except NgptConfigError:
+    except (NgptConfigError, OSError):  # an OSError (EIO reading checkpoints/) is lock_run's refusal too: the
+        # train.lock this run created and took goes with it (left, it named a dead process in a folder of nothing)
         _release_refused(RunLock(fd, path, None), created)
         raise
     return RunLock(fd, path, "\n".join(filter(None, (note, store_note))) or None, store_fd)
