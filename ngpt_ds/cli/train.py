@@ -71,9 +71,18 @@ def _given(text: str) -> str:
     return text
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from ngpt_ds.model.config import preset_names
+def preset_names() -> list[str]:
+    """ngpt_ds.model.config.preset_names, read without importing ngpt_ds.model, whose package imports torch (1.7 s
+    of CPU, seconds of wall): `--help` and a mistyped option answer without it. find_spec locates the package
+    without running its __init__."""
+    import importlib.util
 
+    spec = importlib.util.find_spec("ngpt_ds.model")
+    assert spec is not None and spec.submodule_search_locations  # a package of this distribution
+    return sorted(p.stem for p in Path(next(iter(spec.submodule_search_locations)), "presets").glob("*.yaml"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(
         description="Train nGPT or its GPT baseline with DeepSpeed.",
         epilog=EPILOG,
@@ -190,8 +199,8 @@ def _main(argv: list[str] | None) -> int:
     # if it dies, even now, the rank stops instead of training on alone (ngpt_ds/train/stopping.py).
     os.environ["NGPT_DS_PARENT_PID"] = f"{os.getppid()}:{os.getpid()}"
     early_signals.record()  # Slurm's SIGUSR1 or SIGUSR2 warning during the startup: a stop, not the rank's death
+    args = parse_args(argv)  # first: --help and a usage error answer before torch is imported (default_accelerator)
     default_accelerator()  # before anything imports deepspeed, which picks its accelerator at import
-    args = parse_args(argv)
     quiet_deepspeed_deprecations(args.log_level)
 
     from ngpt_ds.distributed import RendezvousError, exit_process
