@@ -7,53 +7,22 @@ a wrong fix for a folder that was moved, though the run holds it from its lock (
 the new place. Real 1-rank runs whose own process moves --out as `lineage.start_lineage` is entered.
 """
 
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from launching import moved_run
 
-from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
-
-# launch/train.py, with --out moved to MOVED (MOVE_BY "rename": os.rename, what `mv` does on one filesystem) or
-# removed (MOVE_BY "remove") as rank 0's setup starts its writes.
-_MOVED_AT_SETUP = r"""
-import os, runpy, shutil, sys
-from pathlib import Path
-from ngpt_ds.train import lineage
-
-out = Path(sys.argv[sys.argv.index("--out") + 1])
-real_start = lineage.start_lineage
-def start_lineage(*args, **kwargs):
-    if os.environ["MOVE_BY"] == "rename":
-        os.rename(out, os.environ["MOVED"])
-    else:
-        shutil.rmtree(out)
-    return real_start(*args, **kwargs)
-lineage.start_lineage = start_lineage
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 
 def _run_moved_at_setup(tmp_path: Path, dataset: Path, by: str, moved: Path) -> tuple[Path, str]:
+    """The run, --out moved to `moved` (`by` "rename": os.rename, what `mv` does on one filesystem) or removed ("remove")
+    as rank 0's setup starts its writes (launching.MOVE_OUT "setup:0"): (out, the one line it stopped with, exit 2)."""
     out = tmp_path / "run"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(2, checkpoint_interval=2))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "MOVED": str(moved),
-        "MOVE_BY": by,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, "-c", _MOVED_AT_SETUP, *map(str, train_cmd(config, ds, dataset, out))]
-    done = run(cmd, env=env, check=False)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr[-3000:]
-    return out, errors[0]
+    return out, moved_run(train_flags(config, ds, dataset, out), "setup:0", moved, code=2, MOVE_BY=by)
 
 
 @pytest.mark.parametrize("by", ["rename", "remove"])

@@ -26,86 +26,36 @@ from pathlib import Path
 
 import deepspeed
 import pytest
+from launching import moved_run
 
 from ngpt_ds.train.manifest import verify
 
-from conftest import assert_complete, run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
-
-# launch/train.py, with --out renamed to MOVED once, during the save of step 4: before DeepSpeed's first torch.save
-# ("before_write"), after it ("writes"), or as the save's _finish_save starts ("finish").
-_MOVED_IN_SAVE = r"""
-import os, runpy, sys
-from pathlib import Path
-import torch
-from ngpt_ds.train import checkpoint
-
-out = Path(sys.argv[sys.argv.index("--out") + 1])
-moved, at = Path(os.environ["MOVED"]), os.environ["MOVE_AT"]
-saving = {"step": None}
-def move():
-    if saving["step"] == 4 and not moved.exists():
-        os.rename(out, moved)
-
-real_save = checkpoint.save
-def save(engine, out_dir, step, *args, **kwargs):
-    saving["step"] = step
-    path = real_save(engine, out_dir, step, *args, **kwargs)
-    if at == "after":
-        move()
-    return path
-checkpoint.save = save
-if at in ("before_write", "writes"):
-    real_torch_save = torch.save
-    def torch_save(*args, **kwargs):
-        if at == "before_write":
-            move()
-        real_torch_save(*args, **kwargs)
-        move()
-    torch.save = torch_save
-elif at == "finish":
-    real_finish = checkpoint._finish_save
-    def finish(*args, **kwargs):
-        move()
-        return real_finish(*args, **kwargs)
-    checkpoint._finish_save = finish
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+from conftest import assert_complete, run, tiny_ngpt, tiny_train, train_cmd, train_flags, write_ds_config, write_yaml
 
 
 def _moved_run(tmp_path: Path, tiny_dataset: Path, at: str):
+    """The run, --out renamed to `moved` once during the save of step 4 (launching.MOVE_OUT): before DeepSpeed's
+    first torch.save ("before_write"), after it ("writes"), as the save's _finish_save starts ("finish"), or after the
+    save ("after"): (out, moved, config, ds config, the one line it stopped with, exit 74)."""
     out, moved = tmp_path / "run", tmp_path / "moved"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=2))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "NGPT_DS_CPU_BF16": "1",
-        "MOVED": str(moved),
-        "MOVE_AT": at,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, "-c", _MOVED_IN_SAVE, *map(str, train_cmd(config, ds, tiny_dataset, out))]
-    return out, moved, config, ds, run(cmd, env=env, check=False)
+    return out, moved, config, ds, moved_run(train_flags(config, ds, tiny_dataset, out), f"{at}:4", moved)
 
 
 @pytest.mark.parametrize("at", ["before_write", "writes", "finish"])
 def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the_old(tmp_path, tiny_dataset, at):
-    out, moved, config, ds, moved_run = _moved_run(tmp_path, tiny_dataset, at)
-    err = moved_run.stderr
-    assert moved_run.returncode == 74, err[-3000:]  # old code (before_write): 1, a traceback
-    assert "Traceback" not in err, err[-3000:]
+    # old code (before_write): exit 1, a traceback (_moved_run: exit 74, no traceback, one error line)
+    out, moved, config, ds, error = _moved_run(tmp_path, tiny_dataset, at)
     # old code (writes): out/checkpoints/step_00000004 sealed COMPLETE without mp_rank_00_model_states.pt
     assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
     # old code (finish): 'error: checkpoint of step 4 not saved: finishing .../run/checkpoints/step_00000004: No
     # such file or directory (.../run/checkpoints)'
-    assert errors == [
+    assert error == (
         f"error: checkpoint of step 4 not saved: {out} was moved to {moved} while the run trained; its checkpoints "
         "went with it (the newest complete there is step_00000002; a step_N.tmp-save there is this unfinished save: "
         f"the next save removes it). Run the same command with --out {moved} to continue from its newest"
-    ], err[-3000:]
+    )
     assert verify(moved / "checkpoints" / "step_00000002") is None  # intact at the new place
     assert not (moved / "checkpoints" / "step_00000004").exists()
     # old code (before_write, writes): [] == ['zero_to_fp32.py', 'zero_to_torch.py']
@@ -125,15 +75,12 @@ def test_a_save_whose_out_is_moved_names_the_new_place_and_leaves_nothing_at_the
 
 
 def test_a_run_moved_after_a_save_names_the_new_place(tmp_path, tiny_dataset):
-    out, moved, _, _, moved_run = _moved_run(tmp_path, tiny_dataset, "after")
-    err = moved_run.stderr
-    assert moved_run.returncode == 74, err[-3000:]
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: the metrics of step 5 could not be written"), err[-3000:]
+    out, moved, _, _, error = _moved_run(tmp_path, tiny_dataset, "after")  # exit 74, no traceback, one error line
+    assert error.startswith("error: the metrics of step 5 could not be written"), error
     # old code: '... went with it: run the same command with --out at the folder's new place to continue ...'
-    assert errors[0].endswith(
+    assert error.endswith(
         f"{out} was moved to {moved} while the run trained; its checkpoints, up to step 4, went with it: run the same "
         f"command with --out {moved} to continue from its newest"
-    ), errors[0]
+    ), error
     assert verify(moved / "checkpoints" / "step_00000004") is None
     assert not out.exists()

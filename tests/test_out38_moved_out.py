@@ -21,84 +21,27 @@ shutil.move, what `mv` does across two: a copy, then the original deleted) at a 
 import os
 import re
 import shutil
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from launching import MOVE_OUT, moved_run
 
-from conftest import run, tiny_ngpt, tiny_train, train_cmd, write_ds_config, write_yaml
+from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
-# launch/train.py, with --out moved to MOVED once: MOVE_AT is "metrics:N" (after the metrics of step N are written),
-# "save:N" (as the save of step N starts), "after:N" (after it), "writes:N" (after DeepSpeed's first file of the save
-# of step N); MOVE_BY "rename" (os.rename, `mv` on one filesystem) or "copy" (shutil.move to another filesystem: a
-# copy, then the original deleted).
-_MOVED = r"""
-import os, runpy, shutil, sys
-from pathlib import Path
-import torch
-from ngpt_ds.train import checkpoint, metrics
-
-out = Path(sys.argv[sys.argv.index("--out") + 1])
-moved = Path(os.environ["MOVED"])
-kind, at = os.environ["MOVE_AT"].split(":")
-at = int(at)
-state = {"saving": None}
-def move():
-    if not moved.exists():
-        if os.environ["MOVE_BY"] == "rename":
-            os.rename(out, moved)
-        else:
-            shutil.move(str(out), str(moved))
-
-real_log = metrics.MetricsLogger.log
-def log(self, step, scalars):
-    real_log(self, step, scalars)
-    if kind == "metrics" and step == at:
-        move()
-metrics.MetricsLogger.log = log
-
-real_save = checkpoint.save
-def save(engine, out_dir, step, *args, **kwargs):
-    state["saving"] = step
-    if kind == "save" and step == at:
-        move()
-    path = real_save(engine, out_dir, step, *args, **kwargs)
-    if kind == "after" and step == at:
-        move()
-    return path
-checkpoint.save = save
-
-real_torch_save = torch.save
-def torch_save(*args, **kwargs):
-    real_torch_save(*args, **kwargs)
-    if kind == "writes" and state["saving"] == at:
-        move()
-torch.save = torch_save
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+_MOVED = MOVE_OUT
+"""The wrapper these runs go through (launching.MOVE_OUT), by its old name: tests/test_review38_out_removed_newest.py
+imports it from here."""
 
 
 def _moved_run(tmp_path: Path, dataset: Path, move_at: str, moved: Path, *, by: str = "rename", interval: int = 2):
+    """The run, --out moved to `moved` at `move_at` (launching.MOVE_OUT: "metrics:N", "save:N", "after:N",
+    "writes:N") by os.rename (`by` "rename", `mv` on one filesystem) or shutil.move ("copy", `mv` to another
+    filesystem: a copy, then the original deleted): (out, config, ds config, the one line it stopped with, exit 74)."""
     out = tmp_path / "run"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=interval))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "NGPT_DS_CPU_BF16": "1",
-        "MOVED": str(moved),
-        "MOVE_AT": move_at,
-        "MOVE_BY": by,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, "-c", _MOVED, *map(str, train_cmd(config, ds, dataset, out))]
-    done = run(cmd, env=env, check=False)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 74 and "Traceback" not in done.stderr and len(errors) == 1, done.stderr[-3000:]
-    return out, config, ds, errors[0]
+    return out, config, ds, moved_run(train_flags(config, ds, dataset, out), move_at, moved, MOVE_BY=by)
 
 
 def _metrics_line(error: str, out: Path, step: int) -> str:

@@ -14,62 +14,19 @@ does on one filesystem) at a chosen point:
 
 from pathlib import Path
 
-from conftest import run_ranks, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
+from launching import moved_ranks
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# launch/train.py, with --out moved to MOVED once by rank 0: MOVE_AT "metrics:N" (after the metrics of step N are
-# written) or "init:0" (as the metrics logger is made, before TensorBoard's writer)
-_MOVED = r"""
-import os, runpy, sys
-from pathlib import Path
-from ngpt_ds.train import metrics
-
-out = Path(sys.argv[sys.argv.index("--out") + 1])
-moved = Path(os.environ["MOVED"])
-kind, at = os.environ["MOVE_AT"].split(":")
-at = int(at)
-def move():
-    if os.environ["RANK"] == "0" and not moved.exists():
-        os.rename(out, moved)
-        if os.environ.get("OTHER"):  # another program's file at the old place, made again: never the run's to delete
-            (out / "tensorboard").mkdir(parents=True)
-            (out / "tensorboard" / "other.txt").write_text("not the run's")
-
-real_init = metrics.MetricsLogger.__init__
-def init(self, *args, **kwargs):
-    if kind == "init":
-        move()
-    real_init(self, *args, **kwargs)
-metrics.MetricsLogger.__init__ = init
-
-real_log = metrics.MetricsLogger.log
-def log(self, step, scalars):
-    real_log(self, step, scalars)
-    if kind == "metrics" and step == at:
-        move()
-metrics.MetricsLogger.log = log
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 
 def _moved_ranks(tmp_path: Path, dataset: Path, move_at: str, moved: Path, **env) -> tuple[Path, list[str]]:
-    """The 2-rank run, --out moved at `move_at`: (the old --out, each rank's one error line), both ranks exit 74."""
+    """The 2-rank run, --out moved by rank 0 at `move_at` (launching.MOVE_OUT: "metrics:N" after the metrics of step N
+    are written, "init:0" as the metrics logger is made, before TensorBoard's writer; `env` OTHER=1: another program's
+    file made at the old place right after): (the old --out, each rank's one error line), both ranks exit 74."""
     out = tmp_path / "run"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=4))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    wrapper = tmp_path / "moved.py"
-    wrapper.write_text(_MOVED, encoding="utf-8")
-    args = [wrapper, ROOT / "launch/train.py", *train_flags(config, ds, dataset, out)]
-    codes, outputs = run_ranks(args, nproc=2, timeout=300, MOVED=moved, MOVE_AT=move_at, **env)
-    assert codes == [74, 74], outputs
-    errors = []
-    for output in outputs:
-        lines = [line for line in output.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and "Traceback" not in output, output[-3000:]
-        errors.append(lines[0])
-    return out, errors
+    return out, moved_ranks(train_flags(config, ds, dataset, out), move_at, moved, tmp_path / "moved.py", **env)
 
 
 def _moved_before_the_first_save(out: Path, moved: Path) -> str:

@@ -13,7 +13,6 @@ the limit too)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import resource
@@ -22,15 +21,13 @@ import sys
 import time
 
 import pytest
-from launching import rank_env
+from launching import NOBODY, nobody_with, rank_processes
 
 from ngpt_ds import rendezvous_failures, rendezvous_peers
 
-from conftest import REPO, cpu_env, free_port, nobody_alone, tiny_ngpt, tiny_train, train_flags, write_run_configs
+from conftest import REPO, cpu_env, nobody_alone, tiny_ngpt, tiny_train, train_flags, write_run_configs
 
-NOBODY = 65534
 HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-PR_CAPBSET_DROP, CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 24, 21, 24
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +36,6 @@ def _nobody_alone():
     another test file counts against (conftest.nobody_alone): they take turns."""
     with nobody_alone():
         yield
-
-
-def _one_task_user() -> None:
-    """In the child before exec: a `ulimit -u` of 1 (the rank's main thread, no other), the hard limit kept."""
-    resource.setrlimit(resource.RLIMIT_NPROC, (1, HARD))
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (CAP_SYS_ADMIN, CAP_SYS_RESOURCE):  # dropped from the bounding set: exec's root keeps neither
-            assert libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, ctypes.get_errno()
-        os.setresuid(NOBODY, 0, 0)
 
 
 def test_a_rank_under_a_low_ulimit_u_says_so_and_rank_0_stops_with_its_line(tiny_dataset, tmp_path):
@@ -61,32 +48,14 @@ def test_a_rank_under_a_low_ulimit_u_says_so_and_rank_0_stops_with_its_line(tiny
         REPO / "launch/train.py",
         *train_flags(files["yaml"], files["ds"], tiny_dataset, tmp_path / "run"),
     ]
-    port = free_port()
-    procs = [
-        subprocess.Popen(
-            [str(c) for c in cmd],
-            env=rank_env(rank, 2, port),
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=_one_task_user if rank == 1 else None,
-        )
-        for rank in (0, 1)
-    ]
     ended: dict[int, tuple[int, str, float]] = {}
-    try:
+    with rank_processes([cmd, cmd], cwd=tmp_path, preexec={1: nobody_with(1)}) as procs:  # rank 1: `ulimit -u 1`
         while len(ended) < 2:
             for rank, proc in enumerate(procs):
                 if rank not in ended and proc.poll() is not None:
                     ended[rank] = (proc.returncode, proc.stderr.read(), time.monotonic())
             assert not any(time.monotonic() - end > 120 for *_, end in ended.values()), ended
             time.sleep(0.05)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
     (code0, err0, end0), (code1, err1, end1) = ended[0], ended[1]
     uid = NOBODY if os.geteuid() == 0 else os.getuid()
     line = (
@@ -121,12 +90,13 @@ print(rendezvous_failures.message(DistEnv(1, 2, 1, 2, "127.0.0.1", 29500, "torch
 def _backstop_line(tmp_path, soft: int) -> str:
     """rendezvous_failures.message, the backstop's line, in a process whose user may run `soft` tasks."""
 
-    def limited() -> None:
-        _one_task_user()
-        resource.setrlimit(resource.RLIMIT_NPROC, (soft, HARD))
-
     done = subprocess.run(
-        [sys.executable, "-c", BACKSTOP], env=cpu_env(), capture_output=True, text=True, timeout=60, preexec_fn=limited
+        [sys.executable, "-c", BACKSTOP],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=nobody_with(soft),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip()

@@ -15,14 +15,13 @@ Rank 0 is the real trainer (launch/train.py)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
-from launching import rank_env
+from launching import rank_processes
 
 from ngpt_ds import rendezvous_failures
 
-from conftest import REPO, free_port, tiny_ngpt, tiny_train, train_flags, write_run_configs
+from conftest import REPO, tiny_ngpt, tiny_train, train_flags, write_run_configs
 
 LINE = "rank 1 could not start a thread for the job's rendezvous: (the stand-in's line)"
 
@@ -49,30 +48,13 @@ def test_rank_0_ends_on_the_line_of_a_rank_lost_after_the_group_formed(tiny_data
     peer ..." (or "reset by peer") after a traceback through job.py's stop_all_if_any_failed, exit 1. Now one line,
     rank 1's, as the ranks in the rendezvous say it (exit 1, rendezvous_failures.EXIT_CODE)."""
     files = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2, dist_timeout_s=60))
-    port = free_port()
     rank0 = [
         sys.executable,
         REPO / "launch/train.py",
         *train_flags(files["yaml"], files["ds"], tiny_dataset, tmp_path / "run"),
     ]
-    procs = [
-        subprocess.Popen(
-            [str(c) for c in cmd],
-            env=rank_env(rank, 2, port),
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank, cmd in enumerate([rank0, [sys.executable, "-c", STAND_IN]])
-    ]
-    try:
+    with rank_processes([rank0, [sys.executable, "-c", STAND_IN]], cwd=tmp_path) as procs:
         out = [proc.communicate(timeout=240) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
     (_, err0), (_, err1) = out
     assert procs[1].returncode == 2, err1[-3000:]
     assert err1.strip().splitlines()[-1] == f"error: {LINE}", err1[-3000:]

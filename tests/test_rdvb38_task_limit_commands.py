@@ -10,7 +10,6 @@ root's) and root's effective id to read and write the test's folders, without CA
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import subprocess
@@ -18,13 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from launching import NOBODY, nobody_with
 
 from conftest import cpu_env, nobody_alone, tiny_ngpt, tiny_train, train_run, write_run_configs
 
 ROOT = Path(__file__).resolve().parents[1]
-NOBODY = 65534
 HARD = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-PR_CAPBSET_DROP, CAP_SYS_ADMIN, CAP_SYS_RESOURCE = 24, 21, 24
 TASKS = 1
 """The limit: the command's main thread and no other."""
 
@@ -37,15 +35,6 @@ def _nobody_alone():
         yield
 
 
-def _one_task_user() -> None:
-    resource.setrlimit(resource.RLIMIT_NPROC, (TASKS, HARD))
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (CAP_SYS_ADMIN, CAP_SYS_RESOURCE):  # dropped from the bounding set: exec's root keeps neither
-            assert libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, ctypes.get_errno()
-        os.setresuid(NOBODY, 0, 0)
-
-
 def _limited(cmd: list, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(c) for c in cmd],
@@ -54,7 +43,7 @@ def _limited(cmd: list, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        preexec_fn=_one_task_user,
+        preexec_fn=nobody_with(TASKS),
         check=False,
     )
 
