@@ -21,7 +21,17 @@ from crafted_checkpoints import alter, assert_resumed_as, rewound
 
 from ngpt_ds.train import checkpoint
 
-from conftest import run_ranks, tiny_ngpt, tiny_train, train_cmd, train_run, write_ds_config, write_yaml
+from conftest import (
+    run_launch,
+    run_ranks_forked,
+    tiny_ngpt,
+    tiny_train,
+    train_cmd,
+    train_flags,
+    train_run,
+    write_ds_config,
+    write_yaml,
+)
 
 HANG_GUARD_S = 240  # a hang guard only
 SOURCE = "step_00000003"
@@ -38,7 +48,7 @@ def made(tmp_path_factory, tiny_dataset):
     done = train_run(root / "run.yaml", root / "z2.json", tiny_dataset, root / "run2", nproc=2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     write_ds_config(root / "z2_dp1.json", stage=2, bf16=False, micro=2, accum=2)
-    done = train_run(root / "run.yaml", root / "z2_dp1.json", tiny_dataset, root / "run1")
+    done = run_launch("train.py", *train_flags(root / "run.yaml", root / "z2_dp1.json", tiny_dataset, root / "run1"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root
 
@@ -48,7 +58,8 @@ def _groups(saved) -> list:
 
 
 def _resume(made, data, out):
-    return run_ranks(train_cmd(made / "run.yaml", made / "z2.json", data, out), nproc=2, timeout=HANG_GUARD_S)
+    """The 2-rank resume, its ranks forked (run_ranks_forked): these jobs stop at their startup, mostly imports."""
+    return run_ranks_forked(train_cmd(made / "run.yaml", made / "z2.json", data, out), nproc=2, timeout=HANG_GUARD_S)
 
 
 RANK1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
@@ -131,10 +142,13 @@ def test_untouched_checkpoints_of_other_layouts_pass_the_flags_and_params_compar
     stage, bf16, ranks = UNTOUCHED[name]
     write_yaml(tmp_path / "run.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=3))
     ds = write_ds_config(tmp_path / "ds.json", stage=stage, bf16=bf16, micro=2, accum=1)
-    done = train_run(tmp_path / "run.yaml", ds, tiny_dataset, tmp_path / "run", nproc=ranks)
+    if ranks == 1:  # forked, as torchrun's runs of more ranks are (train_run)
+        done = run_launch("train.py", *train_flags(tmp_path / "run.yaml", ds, tiny_dataset, tmp_path / "run"))
+    else:
+        done = train_run(tmp_path / "run.yaml", ds, tiny_dataset, tmp_path / "run", nproc=ranks)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rewound(tmp_path / "run", tmp_path / "out", SOURCE, "step_00000006")
     cmd = train_cmd(tmp_path / "run.yaml", ds, tiny_dataset, tmp_path / "out")
-    codes, logs = run_ranks(cmd, nproc=ranks, timeout=HANG_GUARD_S)
+    codes, logs = run_ranks_forked(cmd, nproc=ranks, timeout=HANG_GUARD_S)
     assert codes == [0] * ranks, logs[0][-3000:]
     assert_resumed_as(tmp_path / "run", tmp_path / "out", [4, 5, 6])
