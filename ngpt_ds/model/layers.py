@@ -90,10 +90,11 @@ def _looped_tangent_rows(
 
 
 def norm_kernel() -> Any | None:
-    """The module `ngpt_ds.model.norm_kernel` where NGPT_DS_NORM_KERNEL=1 asks for its loops, else None.
+    """The module `ngpt_ds.model.norm_kernel` where NGPT_DS_NORM_KERNEL lets its loops run (1, or unset: then
+    where this machine already holds their build), else None.
     Imported by name: an HF export copies this file and the modules it imports with `from`, and leaves that one,
     C++ built on first use, out; there, without ngpt_ds installed, torch's operators run."""
-    if os.environ.get("NGPT_DS_NORM_KERNEL") != "1":
+    if os.environ.get("NGPT_DS_NORM_KERNEL", "") not in ("", "1"):
         return None
     try:
         return importlib.import_module("ngpt_ds.model.norm_kernel")

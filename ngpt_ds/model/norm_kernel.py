@@ -30,6 +30,7 @@ Off unless NGPT_DS_NORM_KERNEL=1, because the loops are C++ built on first use w
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.machinery
@@ -41,12 +42,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-#: Set to 1 to run Norm's eager CPU backward through these loops.
+#: 1: the loops, built on first use where this machine's cache lacks them; unset (or empty): the loops where the
+#: cache already holds them, never a build; any other value (0): torch's operators.
 NORM_KERNEL_ENV = "NGPT_DS_NORM_KERNEL"
 #: How long a process waits for another one's build of the loops before it goes on without them.
 BUILD_WAIT_S = 600.0
@@ -301,7 +304,7 @@ def tangent_rows(
     None where they do not apply (then the caller runs torch's operators): not asked for (NGPT_DS_NORM_KERNEL),
     not built, traced by torch.compile, not the CPU, not bf16 or fp32 throughout, not the last dim, a tensor
     not contiguous, or a gradient that needs its own graph (create_graph)."""
-    if os.environ.get(NORM_KERNEL_ENV) != "1" or torch.compiler.is_compiling():
+    if not wanted() or torch.compiler.is_compiling():
         return None
     if (
         factor is None
@@ -330,7 +333,7 @@ def update_parts(
     """`ngpt._BlockUpdate.backward`'s dm (1 - alpha), (target - h) dm (alpha's gradient before its sum over the
     tokens) and dm alpha through one C++ loop, the same values bit for bit; None where it does not apply (the
     four tensors not bf16 or fp32 alike, alpha not one value per channel, not the CPU, not contiguous)."""
-    if os.environ.get(NORM_KERNEL_ENV) != "1" or torch.compiler.is_compiling():
+    if not wanted() or torch.compiler.is_compiling():
         return None
     if (
         dm.device.type != "cpu"
@@ -390,7 +393,7 @@ def step(
 
 def _forward_applies(x: torch.Tensor, dim: int) -> bool:
     return (
-        os.environ.get(NORM_KERNEL_ENV) == "1"
+        wanted()
         and not torch.compiler.is_compiling()
         and type(x) is torch.Tensor  # not a fake or other subclass tensor, whose data the loop cannot read
         and x.device.type == "cpu"
@@ -417,7 +420,7 @@ def forward_lanes(ops: ModuleType) -> int | None:
         _lanes[id(ops)] = lanes
         if lanes is None:
             warnings.warn(
-                f"{NORM_KERNEL_ENV}=1: the C++ Norm forward does not give torch's values on this CPU (its 2-norm "
+                f"{NORM_KERNEL_ENV}: the C++ Norm forward does not give torch's values on this CPU (its 2-norm "
                 "sums in another order); torch's operators run the forward, the loops the backward",
                 RuntimeWarning,
                 stacklevel=3,
@@ -445,17 +448,56 @@ def _forward_matches(ops: ModuleType, lanes: int) -> bool:
     return True
 
 
+def wanted() -> bool:
+    """Whether NGPT_DS_NORM_KERNEL lets the loops run: 1, or unset (then only a build already cached)."""
+    return os.environ.get(NORM_KERNEL_ENV, "") in ("", "1")
+
+
+def build() -> bool:
+    """Build the loops into this machine's cache now, whatever NGPT_DS_NORM_KERNEL says (what `launch/setup.sh`
+    can run, so that the trainer's default finds them); True where they load and their forward matches torch's
+    values here, else False after one warning (no compiler: torch's operators run, the same values)."""
+    global _loaded, _tried, _absent
+    _tried, _absent = False, False
+    with _env_set(NORM_KERNEL_ENV, "1"):
+        ops = loops()
+    return ops is not None and forward_lanes(ops) is not None
+
+
+@contextlib.contextmanager
+def _env_set(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value inside the block, the old value (or none) after it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+_absent = False
+
+
 def loops() -> ModuleType | None:
-    """The built loops, building them on the first call of this process where this machine's cache lacks them;
-    None, after one warning, where they cannot be built."""
-    global _loaded, _tried
+    """The built loops: with NGPT_DS_NORM_KERNEL=1, built on the first call of this process where this machine's
+    cache lacks them; unset, loaded where the cache holds them, else None (no build, no warning). None, after one
+    warning, where they cannot be built or loaded."""
+    global _loaded, _tried, _absent
     if not _tried:
+        if os.environ.get(NORM_KERNEL_ENV) != "1":
+            if _absent or not cached():
+                _absent = True  # looked once: a build later in this process comes only with the switch set
+                return None
         _tried = True
         try:
             _loaded = _load()
         except Exception as error:  # no compiler or ninja, a failed build, an unwritable cache: torch's operators
             warnings.warn(
-                f"{NORM_KERNEL_ENV}=1: Norm's C++ backward could not be built or loaded ({type(error).__name__}: "
+                f"{NORM_KERNEL_ENV}={os.environ.get(NORM_KERNEL_ENV, '')}: Norm's C++ loops could not be built or "
+                f"loaded ({type(error).__name__}: "
                 f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}); torch's operators run "
                 "instead (the same values, slower)",
                 RuntimeWarning,
@@ -464,11 +506,27 @@ def loops() -> ModuleType | None:
     return _loaded
 
 
-def _load() -> ModuleType:
-    key = "\0".join((_SOURCE, *_FLAGS, torch.__version__, sys.version, platform.machine(), _cpu()))
-    name = "ngpt_ds_norm_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+def cached() -> bool:
+    """Whether this machine's cache holds the loops' build for this source, torch, Python and CPU."""
+    name, folder = _place()
+    return (folder / f"{name}.so").is_file()
+
+
+_name: str | None = None
+
+
+def _place() -> tuple[str, Path]:
+    """The build's name (a hash of what it depends on, computed once) and its folder in the cache."""
+    global _name
+    if _name is None:
+        key = "\0".join((_SOURCE, *_FLAGS, torch.__version__, sys.version, platform.machine(), _cpu()))
+        _name = "ngpt_ds_norm_" + hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    folder = root / name
+    return _name, root / _name
+
+
+def _load() -> ModuleType:
+    name, folder = _place()
     folder.mkdir(parents=True, exist_ok=True)
     library = folder / f"{name}.so"
     # flock, not a lock file: a process killed while building releases it, so no later one waits for ever (torch's
