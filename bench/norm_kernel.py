@@ -1,4 +1,5 @@
-"""Norm's eager backward through `ngpt_ds.model.norm_kernel`'s C++ loops against torch's operators (issue 14).
+"""Norm's eager backward and forward through `ngpt_ds.model.norm_kernel`'s C++ loops against torch's operators
+(issue 14).
 
     python bench/norm_kernel.py [--part backward|update|step] [--rounds 10] [--passes 30] [--threads N] [--clock wall|cpu]
 
@@ -7,13 +8,14 @@
 as the model runs them), bf16 and fp32, torch's operators and the loops alternating within each round (which
 goes first alternating too); the loops' values are checked equal to torch's (torch.equal) before timing.
 `--part update`: eq. 10-11's update (`ngpt.block_update`) at the stream's shape, forward plus backward (its
-two Norms' backwards and its own products through the loops), bf16 and fp32, gradients checked equal first.
+forward in one loop, its two Norms' backwards and its own products through the loops), bf16 and fp32, gradients
+checked equal first.
 `--part step`: whole eager engine steps at `tiny` (bench/engines.py, ds_configs/zero2.json, one rank, the
 hypersphere hook), three engines interleaved: nGPT with the loops (NGPT_DS_NORM_KERNEL=1 during its steps),
-nGPT with torch's operators, GPT; `--passes` is ignored there, and the two nGPT engines' first losses are checked
+nGPT with torch's operators (NGPT_DS_NORM_KERNEL=0), GPT; `--passes` is ignored there, and the two nGPT engines' first losses are checked
 equal. Both print medians and per-round ratios, median (min-max). glibc's allocator is set as the trainer sets
 it. The loops are built on the first run on a machine (about 30 s of CPU time). docs/benchmarks.md, "Norm's
-backward in C++", has the runs.
+backward in C++" and "Norm's forward in C++", has the runs.
 """
 
 from __future__ import annotations
