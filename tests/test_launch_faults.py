@@ -20,12 +20,13 @@ import pytest
 from conftest import (
     REPO,
     read_metrics,
+    run_launch,
     start_ranks,
     tiny_ngpt,
     tiny_train,
     torchrun,
     train_cmd,
-    train_run,
+    train_flags,
     write_run_configs,
 )
 
@@ -119,20 +120,27 @@ def test_lost_rank_ends_the_job_within_the_timeout_and_the_relaunch_resumes(how,
     assert os.path.isfile(out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE")
 
 
-def test_max_time_checkpoints_stops_with_status_stopped_and_the_rerun_resumes(configs, tiny_dataset, tmp_path):
+MAX_TIME_STEPS = 4  # this test's max_steps: a rerun from step 1 to the end; STEPS is the lost-rank tests' window
+
+
+def test_max_time_checkpoints_stops_with_status_stopped_and_the_rerun_resumes(tiny_dataset, tmp_path):
     out = tmp_path / "run"
+    configs = write_run_configs(tmp_path, MODEL, {**TRAIN, "max_steps": MAX_TIME_STEPS})
+    flags = train_flags(configs["yaml"], configs["ds"], tiny_dataset, out)
     # --max-time 0: the deadline has passed by the end of step 1. (Ranks agreeing on a stop is
-    # covered by the Slurm preemption test; one rank, started by plain python, keeps this one cheap.)
-    first = train_run(configs["yaml"], configs["ds"], tiny_dataset, out, "--max-time", "0", timeout=300)
+    # covered by the Slurm preemption test; one rank, forked as `python launch/train.py` (run_launch: the imports
+    # done once, tests/forked_cli.py), keeps this one cheap.)
+    first = run_launch("train.py", *flags, "--max-time", "0", timeout=300)
     assert "stopping at step 1 (--max-time reached)" in first.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["status"], summary["step"], summary["max_steps"]) == ("stopped", 1, STEPS)  # what the sbatch reads
+    stopped = ("stopped", 1, MAX_TIME_STEPS)  # what the sbatch reads
+    assert (summary["status"], summary["step"], summary["max_steps"]) == stopped
     assert complete_checkpoints(out) == [1]
-    second = train_run(configs["yaml"], configs["ds"], tiny_dataset, out, timeout=300)
+    second = run_launch("train.py", *flags, timeout=300)
     assert f"resumed from {out / 'checkpoints' / 'step_00000001'} at step 1" in second.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["status"], summary["step"]) == ("finished", STEPS)
-    assert [s for s, _ in logged_steps(out)] == list(range(1, STEPS + 1))
+    assert (summary["status"], summary["step"]) == ("finished", MAX_TIME_STEPS)
+    assert [s for s, _ in logged_steps(out)] == list(range(1, MAX_TIME_STEPS + 1))
 
 
 def test_a_rank_with_collectives_in_flight_exits_cleanly():
