@@ -11,7 +11,7 @@ from ngpt_ds.errors import NgptConfigError
 from ngpt_ds.parallel.sequence import SequenceLayout, check_sequence_parallel, deepspeed_config_for
 from ngpt_ds.train.config import TrainConfig
 
-from conftest import REPO, read_metrics, run, torchrun, train_cmd, write_ds_config, write_yaml
+from conftest import REPO, read_metrics, run, run_launch, torchrun, train_flags, write_ds_config, write_yaml
 
 MODEL = {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
 TRAIN = {
@@ -214,10 +214,8 @@ def test_bad_sequence_parallel_layouts_are_named():
 )
 def test_bad_sequence_parallel_size_stops_at_startup(tmp_path, tiny_dataset, model, train, fragment):
     config = write_yaml(tmp_path / "bad.yaml", model, {"max_steps": 2, **train})
-    proc = run(
-        [sys.executable, *train_cmd(config, REPO / "ds_configs/zero2.json", tiny_dataset, tmp_path / "out")],
-        check=False,
-    )
+    flags = train_flags(config, REPO / "ds_configs/zero2.json", tiny_dataset, tmp_path / "out")
+    proc = run_launch("train.py", *flags, check=False)  # forked: the imports done once (tests/forked_cli.py)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and fragment in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -240,21 +238,19 @@ def long_dataset(tmp_path_factory, tiny_dataset):
 
 
 def _dry_run(tmp_path, dataset, *args):
-    return run(
-        [
-            sys.executable,
-            REPO / "launch/train.py",
-            "--config",
-            "ngpt_0.5b_8k",
-            "--deepspeed_config",
-            REPO / "ds_configs/zero2.json",
-            "--data",
-            dataset,
-            "--out",
-            tmp_path / "out",
-            "--dry-run",
-            *args,
-        ],
+    """launch/train.py --dry-run of the 8k preset, forked (run_launch: the imports done once)."""
+    return run_launch(
+        "train.py",
+        "--config",
+        "ngpt_0.5b_8k",
+        "--deepspeed_config",
+        REPO / "ds_configs/zero2.json",
+        "--data",
+        dataset,
+        "--out",
+        tmp_path / "out",
+        "--dry-run",
+        *args,
         check=False,
     )
 
