@@ -4,6 +4,9 @@ formed and before the trainer starts (the dataset check, the run's lock) is one 
 The fault (rdvb38's reading of job.py, session 38): startup_peers.peers_watched turned a lost peer into one line only
 around the trainer's own startup (loop.Trainer); the agreements job.train makes before it were unwatched, and rank 0
 ended on a traceback from gloo ('Connection closed by peer') in the first collective after the kill.
+The resume choice (session 39, dup39's re-reading of eb548e8): its `except Exception`, meant for one rank's own read
+error, logged a lost peer's gloo error with its 25-line traceback ('rank 0: choosing the checkpoint to resume failed')
+before the one line.
 """
 
 import pytest
@@ -16,7 +19,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from ngpt_ds.train import job
 
 WHEN = sys.argv.pop(1)
-NAME = {"dataset": "same_dataset_on_every_rank", "lock": "lock_run"}[WHEN]
+NAME = {"dataset": "same_dataset_on_every_rank", "lock": "lock_run", "resume": "choose_resume"}[WHEN]
 real = getattr(job, NAME)
 
 
@@ -39,7 +42,7 @@ DIED = (
 )
 
 
-@pytest.mark.parametrize("when", ["dataset", "lock"])
+@pytest.mark.parametrize("when", ["dataset", "lock", "resume"])
 def test_a_peer_killed_before_the_trainer_is_one_line_on_rank_0(tmp_path, tiny_dataset, when):
     worker = tmp_path / "killed_worker.py"
     worker.write_text(WORKER)

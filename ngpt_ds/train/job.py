@@ -26,7 +26,7 @@ from ngpt_ds.train.config_identity import other_config_warning
 from ngpt_ds.train.loop import Trainer
 from ngpt_ds.train.memory_plan import parameters_at_least
 from ngpt_ds.train.run_lock import lock_run
-from ngpt_ds.train.startup_peers import peers_watched
+from ngpt_ds.train.startup_peers import lost_peer, peers_watched
 from ngpt_ds.train.summary import Summary, mend_finished_summary, replace_file
 
 _log = log.get(__name__)
@@ -55,6 +55,8 @@ def train(options: TrainOptions) -> Summary:
             except NgptConfigError as err:
                 problem = str(err)
             except Exception as err:  # noqa: BLE001 (any error: the others must hear of it, not wait for this rank)
+                if lost_peer(err, dist.get_rank(), timeout_s) is not None:
+                    raise  # a peer lost in the resume choice's own collectives: peers_watched's one line, no traceback
                 # After its collective verification, each rank reads the chosen checkpoint's files on its own (its
                 # config.yaml, DeepSpeed's layout): an I/O error on one node's view of shared storage raised there
                 # alone, and the others waited in the agreement below until train.dist_timeout_s.
