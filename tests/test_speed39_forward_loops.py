@@ -117,3 +117,26 @@ def test_an_order_not_matched_warns_once_and_torch_runs_the_forward(ops, monkeyp
         y = layers.l2_normalize(x)
     assert len(caught) == 1
     assert torch.equal(y, _torch_norm(x)[0])
+
+
+def test_whole_model_under_autocast_equals_torch(ops, monkeypatch):
+    """fp32 weights under CPU bf16 autocast (the stream fp32, the block outputs and q, k bf16): the loops take the
+    bf16 Norms, torch the mixed updates; the loss and every gradient are torch's."""
+    from ngpt_ds.model.config import ModelConfig
+
+    config = ModelConfig(n_layer=2, n_embd=96, n_head=4, seq_len=32, vocab_size=128)
+    torch.manual_seed(4)
+    model = ngpt.NGPT(config)
+    tokens = torch.randint(0, 128, (2, 33))
+    results = []
+    for switch in ("0", "1"):
+        monkeypatch.setenv(norm_kernel.NORM_KERNEL_ENV, switch)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_torch, grads_torch), (loss_looped, grads_looped) = results
+    assert torch.equal(loss_looped, loss_torch)
+    for name in grads_torch:
+        assert torch.equal(grads_looped[name], grads_torch[name]), name

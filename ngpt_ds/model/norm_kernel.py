@@ -429,6 +429,12 @@ def forward_lanes(ops: ModuleType) -> int | None:
 
 
 def _forward_matches(ops: ModuleType, lanes: int) -> bool:
+    # torch's operators as the model's forward runs them: no autograd graph, no autocast around the comparison
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        return _forward_matches_here(ops, lanes)
+
+
+def _forward_matches_here(ops: ModuleType, lanes: int) -> bool:
     generator = torch.Generator().manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):
         for n in (48, 192):
