@@ -100,6 +100,11 @@ def step(model, optimizer, ids, whole: bool) -> dict:
     return {"step_s": time.perf_counter() - start, "held_mib": held / 1024, "peak_mib": peak / 1024}
 
 
+def _ratio(a: float, b: float) -> str:
+    """a / b to two decimals; "n/a" where b is 0 (a tiny shape's RSS need not rise)."""
+    return f"{a / b:.2f}" if b > 0 else "n/a"
+
+
 def main() -> int:
     args = parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") != rss_step.MMAP_THRESHOLD:
@@ -136,13 +141,14 @@ def main() -> int:
     for mode, row in rows.items():
         lines.append(
             f"| {mode} | {row['held_mib']:.0f} | {row['peak_mib']:.0f} | {row['step_s']:.3f} | "
-            f"{row['peak_mib'] / base['peak_mib']:.2f} | {row['step_s'] / base['step_s']:.2f} |"
+            f"{_ratio(row['peak_mib'], base['peak_mib'])} | {_ratio(row['step_s'], base['step_s'])} |"
         )
     whole, low = rows["ngpt whole"], rows["ngpt low-rank"]
     lines += [
         "",
-        f"whole / low-rank: held {whole['held_mib'] / low['held_mib']:.2f}, peak {whole['peak_mib'] / low['peak_mib']:.2f}, "
-        f"step {whole['step_s'] / low['step_s']:.2f}",
+        f"whole / low-rank: held {_ratio(whole['held_mib'], low['held_mib'])}, "
+        f"peak {_ratio(whole['peak_mib'], low['peak_mib'])}, "
+        f"step {_ratio(whole['step_s'], low['step_s'])}",
     ]
     print("\n".join(lines))
     if args.json is not None:
