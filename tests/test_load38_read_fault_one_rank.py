@@ -14,12 +14,11 @@ other sizes (no NCCL here: the per-group trace checks the pairing NCCL would mak
 from __future__ import annotations
 
 import shutil
-import sys
 
 import pytest
 from test_nccl37_resume_collectives import same_calls
 
-from conftest import REPO, run, start_ranks, tiny_ngpt, tiny_train, train_cmd, train_flags, write_ds_config, write_yaml
+from conftest import REPO, run_launch, start_ranks, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 from workers.gpu28_trace_runs import read_traces, wait_ranks
 
 WORKER = REPO / "tests/workers/load38_read_fault.py"
@@ -102,7 +101,7 @@ def test_a_read_failing_on_one_rank_in_a_universal_load_stops_every_rank_after_t
     write_ds_config(work / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     one = write_ds_config(work / "z2_dp1.json", stage=2, bf16=False, micro=4, accum=2)  # the 2-rank runs' batch
     out = work / "one_rank_run"
-    run([sys.executable, *train_cmd(work / "run.yaml", one, work / "data", out)])
+    run_launch("train.py", *train_flags(work / "run.yaml", one, work / "data", out))  # forked: imports done once
     record = _traced(work, "universal", out, "1:eio:fp32.pt", "--max-steps", 3, ds="z2.json")
     assert record["codes"] == [2, 2], (record["logs"][0][-3000:], record["logs"][1][-3000:])
     universal = out / "checkpoints" / f"{STEP2}-universal"
