@@ -386,6 +386,17 @@ def _warn_on_rank0(rank: int):
     return _log.warning if rank == 0 else (lambda line: None)
 
 
+def skip_shared_memory_collective_build(ops: Any) -> None:
+    """Mark DeepSpeed's deepspeed_shm_comm op incompatible in `ops` (deepspeed.ops), so that its one reader,
+    deepspeed.comm.torch.build_shm_op (`__compatible_ops__.get(NAME, False)`), builds nothing.
+
+    Without reading `ops.__compatible_ops__`: since DeepSpeed 0.19.7 that first read probes every op builder
+    (async_io compiles and links a C test program, setuptools is imported; on GPUs each CUDA op asks nvcc), 1-2 s of
+    wall per rank on CPU, for a dict whose only read in training is this entry. A dict not yet made starts as this
+    one entry; one already made (DeepSpeed 0.19.6 makes it at import, or an earlier read) gets the entry."""
+    vars(ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+
+
 def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
     """torch.distributed through DeepSpeed: gloo on CPU, NCCL on GPUs."""
     import deepspeed
@@ -393,7 +404,7 @@ def init_process_group(dist_env: distributed.DistEnv, timeout_s: int) -> None:
 
     # Nothing in training uses DeepSpeed's shared-memory CPU collective; skipping it saves
     # a 30-45 s g++ build (of the deepspeed_shm_comm op) on every fresh CPU machine.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    skip_shared_memory_collective_build(deepspeed.ops)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if dist_env.port_chosen_here:
         # A one-process run's port, probed free by `discover`, could be taken by any process opening a connection
