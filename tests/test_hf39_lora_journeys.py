@@ -96,3 +96,27 @@ def test_lm_eval_scores_the_adapted_model_as_its_merged_folder(hf_saved, tiny_da
 
     with pytest.raises(ValueError, match=r"Target module Projection\(in=32, out=96, style=column, on_sphere=True\)"):
         HFLM(pretrained=str(hf_saved["ngpt"]), peft=str(tmp_path / "adapter"), tokenizer=tokenizer, device="cpu")
+
+
+def test_activation_checkpointing_through_the_peft_model_gives_the_same_gradients(hf_saved):
+    """Trainer's gradient_checkpointing=True calls gradient_checkpointing_enable on the PeftModel: ngpt_ds's
+    checkpoint then recomputes each block, sphere LoRA layers included, with every adapter gradient bit for bit."""
+    _, peft_model = _adapted(hf_saved["ngpt"])
+    ids = torch.randint(0, 512, (3, 16), generator=torch.Generator().manual_seed(1))
+    calls = []
+    peft_model.base_model.model.model.blocks[1].mlp.down.register_forward_hook(lambda *_: calls.append(1))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        peft_model.zero_grad(set_to_none=True)
+        peft_model.train()
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        return {name: p.grad.clone() for name, p in peft_model.named_parameters() if p.requires_grad}
+
+    plain = gradients()
+    assert len(calls) == 1
+    peft_model.gradient_checkpointing_enable()
+    assert peft_model.base_model.model.is_activation_checkpointing
+    checkpointed = gradients()
+    assert len(calls) == 3  # the block's forward, and its recomputation in the backward
+    assert len(plain) == 16 and plain.keys() == checkpointed.keys()
+    assert all(torch.equal(plain[name], checkpointed[name]) and plain[name].abs().max() > 0 for name in plain)
