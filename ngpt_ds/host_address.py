@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import socket
 import subprocess
 import time
 
 from ngpt_ds.errors import NgptConfigError
+from ngpt_ds.limits import TRAIN, limit_failure, task_limit
 from ngpt_ds.name_lookup import look_up_within
 
 logger = logging.getLogger(__name__)
+
+_THREAD = "can't start new thread"
+_THREAD_EAGAIN = os.strerror(errno.EAGAIN)
 
 HOST_LOOKUP_LIMIT_S = 60
 """Fixed, not train.dist_timeout_s (discovery runs before the configs are read): twice the resolver's own give-up time
@@ -29,7 +35,10 @@ def routable_address() -> str:
     before it broadcasts its address, which the other ranks wait for with no limit); past it, `hostname -I`'s first
     address, with a warning, or where it lists none an error every rank is told."""
     name, deadline = socket.gethostname(), time.monotonic() + HOST_LOOKUP_LIMIT_S
-    found = look_up_within(name, 0, HOST_LOOKUP_LIMIT_S, "ngpt_ds-host-lookup")  # as MASTER_ADDR is looked up
+    try:
+        found = look_up_within(name, 0, HOST_LOOKUP_LIMIT_S, "ngpt_ds-host-lookup")  # as MASTER_ADDR is looked up
+    except RuntimeError as err:
+        raise _thread_limit(err, name) from None
     timed_out = found is None
     if timed_out:  # `hostname -I` lists this host's addresses without DNS: a hung resolver need not stop the job
         logger.warning(
@@ -62,3 +71,18 @@ def routable_address() -> str:
         f"cannot tell this host's network address (its name {name!r} does not resolve and "
         "`hostname -I` lists none): set MASTER_ADDR to an address of this host the other nodes reach"
     )
+
+
+def _thread_limit(err: RuntimeError, name: str) -> BaseException:
+    """The one line for the lookup's thread that could not start (a low `ulimit -u`, or a `ulimit -s` / `ulimit -v`
+    ngpt_ds.limits names), as an NgptConfigError rank 0 broadcasts to every rank (ngpt_ds.distributed._mpi_master);
+    `err` itself where no limit explains it. Raised as it was, rank 0 ended on a traceback and every other rank
+    waited in the broadcast of rank 0's address, and rank 0 with them in MPI_Finalize: the job hung."""
+    limit = task_limit(TRAIN.command, "start the job again")
+    if limit is not None and (_THREAD in str(err) or str(err).strip() == _THREAD_EAGAIN):
+        said, fix = limit
+        return NgptConfigError(
+            f"rank 0 could not start a thread to look up this host's name {name!r} (for the address the other ranks "
+            f"reach rank 0 at): {said}, and a rank starts dozens of threads (torch's store, gloo, its checks). {fix}"
+        )
+    return limit_failure(err, TRAIN) or err
