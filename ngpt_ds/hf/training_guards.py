@@ -69,8 +69,8 @@ def _refuse_unreached_masters(optimizer: torch.optim.Optimizer, args: Any, kwarg
     for model in list(_SPHERE_MODELS):
         if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
             continue  # ngpt_ds.hf.trainer.keep_on_the_sphere renormalizes the masters
-        for param in model.parameters():
-            fragment = getattr(getattr(param, "_hp_mapping", None), "hp_fragment", None)
+        for matrix in sphere_matrices(model):  # not LoRA's adapters (ngpt_ds.hf.lora), nor the scaling vectors
+            fragment = getattr(getattr(matrix.param, "_hp_mapping", None), "hp_fragment", None)
             if fragment is None or fragment.numel() == 0:
                 continue
             if held is None:
@@ -101,6 +101,8 @@ def _check_renormalized_here(model: Any) -> None:
     if getattr(model, "_ngpt_ds_sphere_hook", None) is not None:
         return
     weight = cast(DeclaredMatrix, model.model.embed).weight
+    if not weight.requires_grad and not _any_sphere_matrix_trains(model):
+        return  # LoRA (ngpt_ds.hf.lora): no optimizer holds a sphere matrix, the adapters keep Norm(W + BA)
     state = sys.modules.get("accelerate.state")
     shared = getattr(getattr(state, "AcceleratorState", None), "_shared_state", None) or {}
     kind = str(getattr(shared.get("distributed_type"), "value", ""))
@@ -127,6 +129,13 @@ def _check_renormalized_here(model: Any) -> None:
             "Fine-tune without FSDP (one device, or DDP), under DeepSpeed with ngpt_ds's KeepOnTheSphere callback "
             "(ngpt_ds.hf.trainer), or with ngpt_ds's launch/train.py"
         )
+
+
+def _any_sphere_matrix_trains(model: nn.Module) -> bool:
+    """Whether any of `model`'s sphere matrices requires grad: under PEFT's LoRA (ngpt_ds.hf.lora) none does, the
+    adapted matrices are Norm(W + BA) of frozen ones, so DeepSpeed's or FSDP's copies of what trains hold no sphere
+    matrix to keep. A module walk: run only where the embedding, the first matrix checked, is frozen."""
+    return any(matrix.param.requires_grad for matrix in sphere_matrices(model))
 
 
 def _deepspeed_running() -> bool:
