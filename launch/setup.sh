@@ -117,6 +117,18 @@ fi
 DEEPSPEED_VERSION=0.19.8
 say "installing ngpt_ds$extras, deepspeed==$DEEPSPEED_VERSION and the other dependencies"
 "$PYTHON" -m pip install -q ${pip_flags[@]+"${pip_flags[@]}"} -e ".$extras" "deepspeed==$DEEPSPEED_VERSION"
+# Norm's C++ loops for eager CPU steps (ngpt_ds/model/norm_kernel.py, README "Benchmarks"): built here once per
+# machine and CPU (about 30 s of CPU), so the trainer uses them by default; it never compiles them itself. Without
+# a compiler torch's operators run, the same values. Skipped where torch sees a GPU: training runs there.
+norm_errors="$(mktemp)"
+if "$PYTHON" -c 'import sys, torch; from ngpt_ds.model import norm_kernel; sys.exit(2 if torch.cuda.is_available() else 0 if norm_kernel.build() else 1)' 2>"$norm_errors"; then
+  say "built Norm's C++ loops for this CPU (eager CPU steps use them by default)"
+elif [ $? -eq 2 ]; then
+  say "Norm's C++ loops not built: torch sees a GPU, where training does not run them"
+else
+  say "Norm's C++ loops not built, torch's operators run instead (the same values): $(grep -m1 Warning "$norm_errors" | sed 's/.*Warning: //')"
+fi
+rm -f "$norm_errors"
 # The last line says what is installed, or why it does not import (then the exit status is 1, not 0).
 import_errors="$(mktemp)"
 trap 'rm -f "$import_errors"' EXIT
