@@ -43,6 +43,25 @@ def losses_by_step(out) -> dict[int, float]:
     return {m["step"]: m["train/loss"] for m in read_metrics(out)}
 
 
+class StepWatch:
+    """The last step a run folder's metrics.jsonl records, for a loop that polls it: the file is parsed again only
+    when its size has changed (a poll every 50 ms parsed all of it each time, some hundred JSON lines, through the
+    whole startup of the job it waits for)."""
+
+    def __init__(self, out: Path):
+        self.out, self.step, self._size = out, 0, None
+
+    def last_step(self) -> int:
+        try:
+            size = (self.out / "metrics.jsonl").stat().st_size  # before the read: a line added during it comes next
+        except FileNotFoundError:
+            size = None
+        if size != self._size:
+            self._size = size
+            self.step = max(losses_by_step(self.out), default=0)
+        return self.step
+
+
 def trainer_processes(out) -> list[psutil.Process]:
     """The live trainer ranks (and launchers) of one run folder, found by its unique --out."""
     found = []
@@ -131,8 +150,8 @@ def port_is_free(port: int) -> bool:
 
 def wait_for_steps(out, after: int, launcher: subprocess.Popen, log: Path) -> None:
     """Until the run has logged 3 steps past `after` (the launcher still running)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while max(losses_by_step(out), default=0) < after + 3:
+    deadline, steps = time.monotonic() + HANG_GUARD_S, StepWatch(out)
+    while steps.last_step() < after + 3:
         assert launcher.poll() is None, log.read_text()[-4000:]
         assert time.monotonic() < deadline, f"no step past {after + 3} logged: " + log.read_text()[-4000:]
         time.sleep(0.05)
