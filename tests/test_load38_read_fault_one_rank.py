@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_nccl37_resume_collectives import same_calls
+from same_collectives import same_calls
 
 from conftest import REPO, run_launch, start_ranks, tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 from workers.gpu28_trace_runs import read_traces, wait_ranks

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 from crafted_checkpoints import alter, rewound
+from same_collectives import same_calls
 
 from conftest import (
     REPO,
@@ -43,7 +43,6 @@ from workers.gpu28_trace_runs import (
     OBJECT_COLLECTIVES,
     nccl_rule_broken,
     read_traces,
-    signature,
     universal_run,
     wait_ranks,
 )
@@ -169,35 +168,6 @@ def test_the_runs_reached_what_they_cover(traces):
     assert "became NaN or inf in the update of step 2" in lines[0][0]
     assert lines[0][0].endswith("(--resume auto continues from the newest, step_00000001)")
     assert "ngpt_ds/train/divergence.py:nonfinite_weights" in _frames(diverged)[0]
-
-
-def _on_groups(calls: list[dict]) -> dict[tuple, list[dict]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for call in calls:
-        if call["op"] != "new_group":
-            groups[tuple(call["group_ranks"])].append(call)
-    return groups
-
-
-AFTER_THE_READ = {"ngpt_ds/train/checkpoint_load.py:_after_the_read": "ngpt_ds/train/checkpoint_load.py:_load_here"}
-"""A rank whose read raised makes the collectives DeepSpeed's load_checkpoint makes after its reads itself."""
-
-
-def _site(call: dict) -> str | None:
-    return AFTER_THE_READ.get(call["frame"], call["frame"])
-
-
-def same_calls(record: dict, name: str) -> None:
-    """Each group's ranks made the same calls in the same order, asked by the same ngpt_ds site."""
-    per_rank = [_on_groups(calls) for calls in record["trace"]]
-    for group in set(per_rank[0]) | set(per_rank[1]):
-        a, b = (per_rank[rank].get(group, []) for rank in (0, 1)) if len(group) == 2 else ([], [])
-        for i, (x, y) in enumerate(zip(a, b, strict=False)):
-            assert signature(x) == signature(y), f"{name}, group {group}, call {i}: rank 0 {x} / rank 1 {y}"
-            assert _site(x) == _site(y), f"{name}, call {i}: asked by {x['frame']} on rank 0, {y['frame']} on 1"
-        assert len(a) == len(b), f"{name}, group {group}: rank 0 made {len(a)} calls, rank 1 {len(b)}: {(a or b)[-1:]}"
-    created = [[c["group_ranks"] for c in calls if c["op"] == "new_group"] for calls in record["trace"]]
-    assert created[0] == created[1], name
 
 
 @pytest.mark.parametrize("name", RUNS)
