@@ -9,7 +9,7 @@ def test_each_periodic_checkpoint_is_announced_once_with_its_folder(tmp_path, ti
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(5, checkpoint_interval=2))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     out = tmp_path / "run"
-    proc = train_run(config, ds, tiny_dataset, out)
+    proc = train_run(config, ds, tiny_dataset, out, forked=True)
     said = [line for line in (proc.stdout + proc.stderr).splitlines() if "checkpoint saved in" in line]
     checkpoints = out / "checkpoints"
     assert said == [

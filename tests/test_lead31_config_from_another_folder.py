@@ -36,10 +36,10 @@ def test_another_file_of_the_same_relative_name_keeps_the_first_runs_checkpoints
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=2, accum=1)
     two_folders(tmp_path, lr_b=2e-3)
     out, checkpoints = tmp_path / "run", tmp_path / "run/checkpoints"
-    train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "A")
+    train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "A", forked=True)
     assert steps(checkpoints) == ["step_00000006", "step_00000008"]
 
-    second = train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "B")
+    second = train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "B", forked=True)
     # The old code: ['step_00000010', 'step_00000012'], A's step_6 and step_8 deleted as B's own, and no warning.
     assert steps(checkpoints) == ["step_00000006", "step_00000008", "step_00000010", "step_00000012"]
     expected = f"--out {out} holds a run trained from {tmp_path / 'A/configs/a.yaml'}; this run continues it with"
@@ -50,10 +50,10 @@ def test_the_same_file_named_from_another_folder_still_rotates(tmp_path, tiny_da
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=2, accum=1)
     a = two_folders(tmp_path, lr_b=2e-3)
     out, checkpoints = tmp_path / "run", tmp_path / "run/checkpoints"
-    train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "A")
+    train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "A", forked=True)
     write_yaml(a, MODEL, tiny_train(12, checkpoint_interval=2, keep_checkpoints=2))
 
-    again = train_run("../A/configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "B")
+    again = train_run("../A/configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "B", forked=True)
     # The old code: a false warning and ['step_00000006', 'step_00000008', 'step_00000010', 'step_00000012'].
     assert FOREIGN not in again.stdout + again.stderr
     assert steps(checkpoints) == ["step_00000010", "step_00000012"]

@@ -47,7 +47,7 @@ def first_run(tmp_path, tiny_dataset):
         tmp_path / "exp/configs/a.yaml", tiny_ngpt(), tiny_train(8, checkpoint_interval=2, keep_checkpoints=2)
     )
     out = tmp_path / "run"
-    train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "exp")
+    train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "exp", forked=True)
     assert steps(out / "checkpoints") == ["step_00000006", "step_00000008"]
     as_if_trained_on_the_other_node(out)
     return ds, config, out
@@ -55,7 +55,7 @@ def first_run(tmp_path, tiny_dataset):
 
 def test_the_same_file_under_another_nodes_mount_point_is_the_same_file(tmp_path, tiny_dataset):
     ds, _, out = first_run(tmp_path, tiny_dataset)
-    again = train_run("configs/a.yaml", ds, tiny_dataset, out, "--max-steps", "12", cwd=tmp_path / "exp")
+    again = train_run("configs/a.yaml", ds, tiny_dataset, out, "--max-steps", "12", cwd=tmp_path / "exp", forked=True)
     # The old code: "--out ... holds a run trained from /mnt/...", and all four steps kept.
     assert FOREIGN not in again.stdout + again.stderr
     assert steps(out / "checkpoints") == ["step_00000010", "step_00000012"]
@@ -64,7 +64,7 @@ def test_the_same_file_under_another_nodes_mount_point_is_the_same_file(tmp_path
 def test_a_file_edited_since_under_another_mount_point_still_counts_as_another(tmp_path, tiny_dataset):
     ds, config, out = first_run(tmp_path, tiny_dataset)
     write_yaml(config, tiny_ngpt(), tiny_train(12, checkpoint_interval=2, keep_checkpoints=2, lr=2e-3))
-    again = train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "exp")
+    again = train_run("configs/a.yaml", ds, tiny_dataset, out, cwd=tmp_path / "exp", forked=True)
     assert f"--out {out} {FOREIGN} {OTHER_NODE}; this run continues it with" in again.stdout + again.stderr
     assert steps(out / "checkpoints") == ["step_00000006", "step_00000008", "step_00000010", "step_00000012"]
 

@@ -33,7 +33,7 @@ def test_a_meta_json_that_disagrees_with_its_tokenizer_is_refused_at_startup(
     (data / "meta.json").write_text(json.dumps(meta))
     yaml = write_yaml(tmp_path / "a.yaml", tiny_ngpt(), tiny_train(2))
     ds = write_ds_config(tmp_path / "z0.json", stage=0, bf16=False, micro=2, accum=1)
-    result = train_run(yaml, ds, data, tmp_path / "run", check=False)
+    result = train_run(yaml, ds, data, tmp_path / "run", check=False, forked=True)
     assert result.returncode == 2, result.stderr[-2000:]  # the old code trained: 0
     assert f"error: dataset {data}: 1 problem\n  - {expected}: meta.json was edited or damaged; delete {data}" in (
         result.stderr

@@ -33,12 +33,12 @@ def test_a_clock_that_jumped_back_neither_picks_nor_keeps_by_file_time(tmp_path,
     out = tmp_path / "run"
     checkpoints = out / "checkpoints"
     first = write_yaml(tmp_path / "a.yaml", tiny_ngpt(), tiny_train(4, checkpoint_interval=2, keep_checkpoints=2))
-    train_run(first, ds, tiny_dataset, out)
+    train_run(first, ds, tiny_dataset, out, forked=True)
     assert steps(checkpoints) == ["step_00000002", "step_00000004"]
     date_ahead(out, DAY_NS)  # the clock then steps back a day: steps 2 and 4 look newer than anything saved later
 
     config = write_yaml(tmp_path / "a.yaml", tiny_ngpt(), tiny_train(8, checkpoint_interval=2, keep_checkpoints=2))
-    second = train_run(config, ds, tiny_dataset, out, "--resume", "auto")
+    second = train_run(config, ds, tiny_dataset, out, "--resume", "auto", forked=True)
     said = second.stdout + second.stderr
     assert "step_00000004" in said and "step_00000002" not in said.replace("step_00000004", ""), said
     assert steps(checkpoints) == ["step_00000006", "step_00000008"]  # by mtime: step_2 and step_4 kept

@@ -19,7 +19,7 @@ def run(tmp_path_factory, tiny_dataset):
     config = write_yaml(tmp / "tiny.yaml", tiny_ngpt(), tiny_train(STEPS, log_interval=3, eval_interval=0))
     ds = write_ds_config(tmp / "z0.json", stage=0, bf16=False, micro=MICRO, accum=ACCUM)
     out = tmp / "run"
-    train_run(config, ds, tiny_dataset, out)
+    train_run(config, ds, tiny_dataset, out, forked=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, records, json.loads((out / "summary.json").read_text())
 

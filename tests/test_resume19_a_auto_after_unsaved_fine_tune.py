@@ -32,13 +32,13 @@ def test_auto_after_a_fine_tune_stopped_before_its_first_save_is_refused_not_sta
     the checkpoint to pass and --resume none; ft is left as it was. A plain --resume none still starts over."""
     config = write_yaml(tmp_path / "tiny.yaml", tiny_ngpt(), tiny_train(2, checkpoint_interval=2))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    train_run(config, ds, tiny_dataset, tmp_path / "other")
+    train_run(config, ds, tiny_dataset, tmp_path / "other", forked=True)
     origin = tmp_path / "other" / "checkpoints" / "step_00000002"
     ft = tmp_path / "ft"
     ft.mkdir()
     assert start_lineage(ft, origin) is None  # what the trainer of `--resume ORIGIN --out ft` did before its step 1
     record = (ft / "lineage.json").read_bytes()
-    proc = train_run(config, ds, tiny_dataset, ft, "--resume", "auto", "--max-steps", "4", check=False)
+    proc = train_run(config, ds, tiny_dataset, ft, "--resume", "auto", "--max-steps", "4", check=False, forked=True)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
         f"error: {_refusal(origin, ft)}"

@@ -29,11 +29,11 @@ def made(tmp_path_factory, tiny_dataset):
     root = tmp_path_factory.mktemp("zero35_zero0_groups")
     write_yaml(root / "run.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=3))
     write_ds_config(root / "z0.json", stage=0, bf16=False, micro=2, accum=1)
-    done = train_run(root / "run.yaml", root / "z0.json", tiny_dataset, root / "run")
+    done = train_run(root / "run.yaml", root / "z0.json", tiny_dataset, root / "run", forked=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     write_yaml(root / "short.yaml", tiny_ngpt(), tiny_train(3, checkpoint_interval=3))
     write_ds_config(root / "b0.json", stage=0, bf16=True, micro=2, accum=1)
-    done = train_run(root / "short.yaml", root / "b0.json", tiny_dataset, root / "bf16")
+    done = train_run(root / "short.yaml", root / "b0.json", tiny_dataset, root / "bf16", forked=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root
 
