@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from ngpt_ds.model import layers, ngpt, norm_kernel
+from ngpt_ds.model import layers, ngpt, norm_kernel, norm_kernel_build
 from ngpt_ds.model.config import ModelConfig
 from ngpt_ds.model.layers import _row_factor, l2_normalize
 
@@ -147,7 +147,7 @@ def test_a_failed_build_warns_once_and_torch_runs(monkeypatch):
     def no_compiler() -> None:
         raise RuntimeError("Error building extension 'ngpt_ds_norm': c++: command not found")
 
-    monkeypatch.setattr(norm_kernel, "_load", no_compiler)
+    monkeypatch.setattr(norm_kernel_build, "load", no_compiler)
     _with_kernel(monkeypatch, True)
     x = torch.randn(4, 192, dtype=torch.bfloat16)
     grad = torch.randn(4, 192, dtype=torch.bfloat16)

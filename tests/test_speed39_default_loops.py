@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from ngpt_ds.model import ngpt, norm_kernel
+from ngpt_ds.model import ngpt, norm_kernel, norm_kernel_build
 from ngpt_ds.model.config import ModelConfig
 
 
@@ -29,7 +29,9 @@ def fresh(monkeypatch):
     monkeypatch.setattr(norm_kernel, "_tried", False)
     monkeypatch.setattr(norm_kernel, "_loaded", None)
     monkeypatch.setattr(norm_kernel, "_absent", False)
-    monkeypatch.setattr(norm_kernel, "_build", lambda *args: pytest.fail("compiled without NGPT_DS_NORM_KERNEL=1"))
+    monkeypatch.setattr(
+        norm_kernel_build, "_build", lambda *args: pytest.fail("compiled without NGPT_DS_NORM_KERNEL=1")
+    )
     monkeypatch.delenv(norm_kernel.NORM_KERNEL_ENV, raising=False)
 
 
@@ -87,7 +89,7 @@ def test_build_without_a_compiler_warns_and_says_false(fresh, monkeypatch):
     def no_compiler() -> None:
         raise RuntimeError("Error building extension 'ngpt_ds_norm': c++: command not found")
 
-    monkeypatch.setattr(norm_kernel, "_load", no_compiler)
+    monkeypatch.setattr(norm_kernel_build, "load", no_compiler)
     with pytest.warns(RuntimeWarning, match=r"c\+\+: command not found\); torch's operators run") as caught:
         assert norm_kernel.build() is False
     assert len(caught) == 1
