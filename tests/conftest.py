@@ -1,16 +1,15 @@
-"""Shared test fixtures and helpers: run configs, reference runs, and skips that CI turns into failures.
+"""Shared test fixtures and helpers: run configs, the reference runs' fixture, and skips that CI turns into failures.
 
-Starting processes (run, torchrun, start_ranks, train_run, ...) lives in tests/launching.py; its names are
+Starting processes (run, torchrun, start_ranks, train_run, ...) lives in tests/launching.py, the tiny runs' config
+files (tiny_ngpt, tiny_train, write_yaml, write_ds_config) in tests/run_configs.py, and the folders shared by the
+xdist workers with the reference runs (shared_folder, ReferenceRuns) in tests/shared_runs.py; their names are
 re-exported here, so tests import them from conftest as before. The stop tests' configs are at the end;
 their other helpers are in tests/stop_helpers.py. The fixtures of the Hugging Face folders tests alter
 (random_hf_export, random_hf_export_logits, hf_export_copy, hf_saved) are tests/hf_exports.py's, registered here."""
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +41,15 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     train_on_two_nodes,
     train_run,
     wait_while_running,
+)
+from run_configs import tiny_ngpt, tiny_train, write_ds_config, write_yaml  # noqa: F401 (re-exported)
+from shared_runs import (  # noqa: F401 (re-exported: the tests import these from conftest)
+    REFERENCE_STEPS,
+    REFERENCE_TRAIN,
+    ReferenceRuns,
+    shared_folder,
+    shared_key,
+    shared_root,
 )
 
 # The files that take longest, in the order tests/run.sh's two workers (pytest-xdist, one file at a time
@@ -232,7 +240,6 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     corpus = root / "corpus.jsonl"
-    import json
 
     with corpus.open("w") as f:
         for text in pydoc_data.topics.topics.values():
@@ -244,25 +251,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
     )
 
 
-def write_ds_config(path: Path, *, stage: int, bf16: bool, micro: int, accum: int, **extra) -> Path:
-    import json
-
-    config = {
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": 1.0,
-        "bf16": {"enabled": bf16},
-        "zero_optimization": {"stage": stage},
-        **extra,
-    }
-    path.write_text(json.dumps(config))
-    return path
-
-
 def without_shard_hashes(data: Path) -> Path:
     """The prepared dataset `data` as an ngpt_ds before shard hashes wrote it: its meta.json without
     hash_block_bytes and the shards' sha256_blocks (rewritten in place)."""
-    import json
 
     raw = json.loads((data / "meta.json").read_text())
     raw.pop("hash_block_bytes", None)
@@ -273,19 +264,11 @@ def without_shard_hashes(data: Path) -> Path:
     return data
 
 
-def write_yaml(path: Path, model: dict, train: dict) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump({"model": model, "train": train}))
-    return path
-
-
 def read_metrics(out_dir: Path, key: str = "train/loss") -> list[dict]:
     """The run's metrics.jsonl records that hold `key` (training log lines by default; "eval/loss": evaluations).
 
     Only whole lines, those ending in a newline: a test polling a running trainer may read the file while a record
     is being written, and the half of it there is not JSON (json.decoder.JSONDecodeError: Unterminated string)."""
-    import json
 
     lines = (out_dir / "metrics.jsonl").read_text().split("\n")[:-1]  # the last piece: "" or a line in writing
     records = [json.loads(line) for line in lines if line]
@@ -302,27 +285,6 @@ def peak_python_bytes(work) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
-
-def tiny_ngpt() -> dict:
-    """The `model:` section of the end-to-end runs: nGPT, 2 blocks of width 32 and 2 heads, 32 tokens
-    of context (a fresh dict: a test may change its copy)."""
-    return {"arch": "ngpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "seq_len": 32}
-
-
-def tiny_train(max_steps: int, **fields) -> dict:
-    """The `train:` section of the end-to-end runs: lr 1e-2, a loss record every step, no evaluation and
-    no periodic checkpoint (2 batches when a test turns evaluation on), and `fields` on top."""
-    return {
-        "max_steps": max_steps,
-        "lr": 1e-2,
-        "log_interval": 1,
-        "eval_interval": 0,
-        "eval_batches": 2,
-        "checkpoint_interval": 0,
-        "peak_tflops": 1.0,
-        **fields,
-    }
 
 
 def write_run_configs(folder: Path, model: dict, train: dict) -> dict:
@@ -360,42 +322,6 @@ def train_two_nodes_on_their_own_data(tmp_path: Path, data: tuple[Path, Path]) -
     return train_on_two_nodes(tmp_path, setup, *argv)
 
 
-def shared_key(arguments: dict) -> tuple[str, str]:
-    """shared_folder's record of `arguments` (their JSON) and its key, the folder's name."""
-    text = json.dumps(arguments, sort_keys=True, default=str)
-    return text, hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def shared_root(tmp_path_factory) -> Path:
-    """Where shared_folder makes its folders: in the pytest run's base temporary folder, which holds the xdist
-    workers' own."""
-    base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_runs"
-
-
-def shared_folder(tmp_path_factory, arguments: dict, make) -> Path:
-    """The folder that make(folder) filled for `arguments`, made once per pytest run and shared by its xdist workers: a
-    session fixture is built again in each worker, and --dist loadfile puts the test files that need the same run
-    on different workers. Keyed by the arguments' JSON, made under an exclusive lock (a second worker waits for the
-    first's), in the run's base temporary folder (the workers' are inside it). A make that raised leaves no DONE:
-    the next caller makes the folder again. Each make adds a line (key, worker) to made.log beside the folders:
-    tests/test_shared_folder.py counts them. Callers only read the folder: one that writes copies it first."""
-    root = shared_root(tmp_path_factory)
-    root.mkdir(exist_ok=True)
-    text, key = shared_key(arguments)
-    folder = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
-        if not (folder / "DONE").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            with open(root / "made.log", "a") as log:
-                log.write(f"{key} {os.environ.get('PYTEST_XDIST_WORKER', 'main')}\n")
-            make(folder)
-            (folder / "DONE").write_text(text)
-    return folder
-
-
 def run_ranks_forked(args, *, nproc: int = 2, timeout: int = 300, **env) -> tuple[list[int], list[str]]:
     """run_ranks's job (`python args` once per rank with torch's env:// variables and `env`; each rank's exit status
     and output, in rank order), its ranks forked from the xdist worker's fork server (tests/forked_cli.py: torch,
@@ -410,51 +336,6 @@ def run_ranks_forked(args, *, nproc: int = 2, timeout: int = 300, **env) -> tupl
     envs = [rank_env(rank, nproc, port, **env) for rank in range(nproc)]
     ranks = run_forked_ranks(Path(args[0]), list(args[1:]), envs, cwd=REPO, timeout=timeout)
     return [rank.returncode for rank in ranks], [rank.stdout + rank.stderr for rank in ranks]
-
-
-REFERENCE_STEPS = 20
-REFERENCE_TRAIN = tiny_train(REFERENCE_STEPS, eval_interval=10, checkpoint_interval=10, keep_checkpoints=3)
-
-
-class ReferenceRuns:
-    """The end-to-end runs that several test modules compare against: tiny_ngpt() with REFERENCE_TRAIN on a copy of
-    tiny_dataset, fp32.
-      "z0_ws1": 1 rank, ZeRO 0, micro-batch 4 x 2 accumulation;
-      "z2_ws2": 2 ranks, ZeRO 2, micro-batch 4 (the same global batch of 8).
-    Each is trained once per pytest run, when a test first asks for it, and shared by the xdist workers
-    (shared_folder: it was trained once per worker, twice a CI run, 20-30 s of CPU each time). A test module gets a
-    private copy of each run it asks for (one of its tests trains on in it: test_trainer's --resume auto), so no
-    module sees another's writes; the config files and the dataset are the shared ones, only read."""
-
-    DS = {"z0_ws1": (0, 2, 1), "z2_ws2": (2, 1, 2)}  # name -> ZeRO stage, accumulation, ranks
-
-    def __init__(self, tmp_path_factory, tiny_dataset: Path):
-        self._factory = tmp_path_factory
-        model, train = tiny_ngpt(), REFERENCE_TRAIN
-
-        def inputs(folder: Path) -> None:
-            shutil.copytree(tiny_dataset, folder / "data")  # prepared alike in every worker (a deterministic prepare)
-            write_yaml(folder / "tiny.yaml", model, train)
-            for stage, accum, _ in self.DS.values():
-                write_ds_config(folder / f"z{stage}.json", stage=stage, bf16=False, micro=4, accum=accum)
-
-        self._arguments = {"reference_runs": "inputs", "model": model, "train": train, "ds": self.DS}
-        shared = shared_folder(tmp_path_factory, self._arguments, inputs)
-        self.data, self.config = shared / "data", shared / "tiny.yaml"
-        self.ds = {name: shared / f"z{stage}.json" for name, (stage, _, _) in self.DS.items()}
-        self._done: dict[str, Path] = {}
-
-    def __getitem__(self, name: str) -> Path:
-        if name not in self._done:
-
-            def train(folder: Path) -> None:
-                train_run(self.config, self.ds[name], self.data, folder / name, nproc=self.DS[name][2])
-
-            shared = shared_folder(self._factory, {**self._arguments, "reference_runs": name}, train)
-            mine = self._factory.mktemp("reference_runs") / name
-            shutil.copytree(shared / name, mine, symlinks=True)
-            self._done[name] = mine
-        return self._done[name]
 
 
 @pytest.fixture(scope="module")
