@@ -31,6 +31,7 @@ from ngpt_ds.train.ds_config import BatchPlan
 from ngpt_ds.train.lineage import LINEAGE_FILE, read_origin
 from ngpt_ds.train.manifest import marked_step
 from ngpt_ds.train.resume_gone import newer_beside as newer_beside  # checkpoint_load imports it from here
+from ngpt_ds.train.resume_gone import staging_folder
 
 LISTING_SETTLE_PAUSES_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0)
 """Ranks that see different checkpoints list again after each of these pauses (30 s in all) before that
@@ -127,28 +128,11 @@ def named_checkpoint(out_dir: Path, resume: str) -> Path | None:
         return checkpoint.complete_checkpoints(path)[-1]
     if path.is_dir() and checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS):
         return checkpoint.complete_checkpoints(path / checkpoint.CHECKPOINTS)[-1]
-    if path.name.endswith(checkpoint.TEMP_SUFFIX) and checkpoint.is_step_name(
-        path.name[: -len(checkpoint.TEMP_SUFFIX)]
-    ):
-        raise NgptConfigError(f"--resume {resume}: {_staging(path)}")
+    staging = staging_folder(path)
+    if staging is not None:
+        raise NgptConfigError(f"--resume {resume}: {staging}")
     reason = "does not exist" if not path.exists() else "holds no complete checkpoint (no COMPLETE marker)"
     raise NgptConfigError(f"--resume {resume}: {reason}{newer_beside(path)}")
-
-
-def _staging(path: Path) -> str:
-    """Why --resume step_N.tmp-save is not followed, and what to resume from. A sealed one whose files fail their check
-    (an --out copied in the middle of a save: `mv` to another filesystem) is kept aside by the start-up before --resume
-    is read, and a finished one put in place as step_N: the line said the folder the user had just named 'does not
-    exist'."""
-    final = path.with_name(path.name[: -len(checkpoint.TEMP_SUFFIX)])
-    if (final / checkpoint.COMPLETE).is_file():
-        return f"a save's staging folder, never resumed from; {final} holds that step's complete checkpoint: resume from it"
-    newest = checkpoint.complete_checkpoints(path.parent)
-    instead = f"--resume {newest[-1]} (the newest complete checkpoint beside it), or " if newest else ""
-    return (
-        "a save's staging folder (a save in progress, or one interrupted or copied in its middle; any warning above "
-        f"says what this start-up did with it), never resumed from. Resume with {instead}--resume auto"
-    )
 
 
 def _converted_from(path: Path) -> str | None:

@@ -1,7 +1,8 @@
 """What --resume of a step_N checkpoint that is gone says after why (`newer_beside`): the newest complete checkpoint
 beside it, with retention named only where a newer complete one stands there (the rule export and generate follow
 too: ngpt_ds.train.checkpoint_layout.newer_complete). ngpt_ds.train.resume (--resume PATH) and
-ngpt_ds.train.checkpoint_load (a checkpoint deleted while the run loaded it) end their lines with it."""
+ngpt_ds.train.checkpoint_load (a checkpoint deleted while the run loaded it) end their lines with it. And what
+--resume of a save's staging folder, step_N.tmp-save, says instead of 'does not exist' (`staging_folder`)."""
 
 from __future__ import annotations
 
@@ -54,4 +55,23 @@ def _none_newer(path: Path, run: Path) -> str:
     return (
         f"{why}. {folder} holds no complete checkpoint: resume from a checkpoint of another run, or pass --resume "
         "none to start from step 0"
+    )
+
+
+def staging_folder(path: Path) -> str | None:
+    """Why --resume step_N.tmp-save is not followed, and what to resume from; None where PATH is no save's staging
+    folder. A sealed one whose files fail their check (an --out copied in the middle of a save: `mv` to another
+    filesystem) is kept aside by the start-up before --resume is read, and a finished one put in place as step_N: the
+    line said the folder the user had just named 'does not exist'."""
+    step_name = path.name[: -len(checkpoint.TEMP_SUFFIX)]
+    if not (path.name.endswith(checkpoint.TEMP_SUFFIX) and checkpoint.is_step_name(step_name)):
+        return None
+    final = path.with_name(step_name)
+    if (final / checkpoint.COMPLETE).is_file():
+        return f"a save's staging folder, never resumed from; {final} holds that step's complete checkpoint: resume from it"
+    newest = checkpoint.complete_checkpoints(path.parent)
+    instead = f"--resume {newest[-1]} (the newest complete checkpoint beside it), or " if newest else ""
+    return (
+        "a save's staging folder (a save in progress, or one interrupted or copied in its middle; any warning above "
+        f"says what this start-up did with it), never resumed from. Resume with {instead}--resume auto"
     )
