@@ -15,6 +15,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,10 +42,11 @@ def _one_task_user() -> None:
         os.setresuid(NOBODY, 0, 0)
 
 
-def test_verify_under_a_low_ulimit_u_prints_only_its_own_lines(tiny_dataset, tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "prepare_data.py"), "--verify", str(tiny_dataset)],
-        cwd=tmp_path,
+def _as_one_task_user(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python args` in cwd under _one_task_user, one BLAS thread; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
         env=cpu_env(OPENBLAS_NUM_THREADS="1"),
         capture_output=True,
         text=True,
@@ -52,6 +54,10 @@ def test_verify_under_a_low_ulimit_u_prints_only_its_own_lines(tiny_dataset, tmp
         preexec_fn=_one_task_user,
         check=False,
     )
+
+
+def test_verify_under_a_low_ulimit_u_prints_only_its_own_lines(tiny_dataset, tmp_path):
+    run = _as_one_task_user([str(REPO / "launch" / "prepare_data.py"), "--verify", str(tiny_dataset)], tmp_path)
     # old code: the lines before ngpt_ds's own were tqdm's warning, its "can't start new thread" and its source line
     assert (run.returncode, run.stdout) == (0, f"{tiny_dataset}\n"), run.stderr[-3000:]
     others = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("verifying:")]
@@ -72,14 +78,5 @@ def test_opening_a_dataset_under_a_low_ulimit_u_prints_nothing_of_tqdms(tiny_dat
     before its rendezvous, whose one line under this limit names it) draws no bar, and tqdm's disabled bar still
     started its monitor thread: its warning was printed above the command's own line. Old code: stderr held
     'TqdmMonitorWarning: tqdm:disabling monitor support ...'."""
-    run = subprocess.run(
-        [sys.executable, "-c", OPEN, str(tiny_dataset)],
-        cwd=tmp_path,
-        env=cpu_env(OPENBLAS_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=_one_task_user,
-        check=False,
-    )
+    run = _as_one_task_user(["-c", OPEN, str(tiny_dataset)], tmp_path)
     assert (run.returncode, run.stdout, run.stderr) == (0, f"{tiny_dataset}\n", ""), run.stderr[-3000:]
