@@ -183,7 +183,7 @@ def test_a_real_save_leaves_the_target_of_a_planted_recovery_script_link_alone(t
     victim.chmod(0o644)
     (checkpoints / "zero_to_fp32.py").symlink_to(victim)
     configs = write_run_configs(tmp_path, tiny_ngpt(), tiny_train(2))
-    train_run(configs["yaml"], configs["ds"], tiny_dataset, tmp_path / "run")
+    train_run(configs["yaml"], configs["ds"], tiny_dataset, tmp_path / "run", forked=True)
     assert victim.read_text() == PRECIOUS and stat.S_IMODE(victim.stat().st_mode) == 0o644
     script = checkpoints / "zero_to_fp32.py"
     assert not script.is_symlink() and script.read_text().startswith("#!/usr/bin/env python")

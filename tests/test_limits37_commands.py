@@ -40,7 +40,7 @@ def trained(tmp_path_factory, tiny_dataset) -> dict:
     """A finished 2-step run (one checkpoint) and its two config files."""
     root = tmp_path_factory.mktemp("limits37")
     files = write_run_configs(root, tiny_ngpt(), tiny_train(2))
-    train_run(files["yaml"], files["ds"], tiny_dataset, root / "run")
+    train_run(files["yaml"], files["ds"], tiny_dataset, root / "run", forked=True)
     return {"run": root / "run", "data": tiny_dataset, **files}
 
 

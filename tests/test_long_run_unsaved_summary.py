@@ -24,7 +24,7 @@ def test_a_resumed_session_stopped_unsaved_names_the_checkpoint_it_resumed_from(
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
     first = write_yaml(tmp_path / "first.yaml", tiny_ngpt(), tiny_train(2))
     out = tmp_path / "run"
-    train_run(first, ds, tiny_dataset, out, env=cpu_env(), timeout=GUARD_S)
+    train_run(first, ds, tiny_dataset, out, env=cpu_env(), timeout=GUARD_S, forked=True)
     saved = out / "checkpoints" / "step_00000002"
     assert json.loads((out / "summary.json").read_text())["checkpoint"] == str(saved)
 

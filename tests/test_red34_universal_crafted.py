@@ -45,7 +45,8 @@ def made(tmp_path_factory, tiny_dataset):
     config = write_yaml(root / "run.yaml", tiny_ngpt(), tiny_train(3, checkpoint_interval=3))
     write_ds_config(root / "z2_dp2.json", stage=2, bf16=False, micro=2, accum=1)
     run = root / "run"
-    train_run(config, write_ds_config(root / "z2_dp1.json", stage=2, bf16=False, micro=2, accum=2), tiny_dataset, run)
+    dp1 = write_ds_config(root / "z2_dp1.json", stage=2, bf16=False, micro=2, accum=2)
+    train_run(config, dp1, tiny_dataset, run, forked=True)
     convert_universal(run / "checkpoints" / "step_00000003", run / "checkpoints" / UNIVERSAL, timeout=HANG_GUARD_S)
     return root
 

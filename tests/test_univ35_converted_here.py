@@ -88,7 +88,8 @@ def made(tmp_path_factory, tiny_dataset):
     root = tmp_path_factory.mktemp("univ35_converted_here")
     config = write_yaml(root / "run.yaml", tiny_ngpt(), tiny_train(3, checkpoint_interval=3))
     run = root / "run"
-    train_run(config, write_ds_config(root / "z2.json", stage=2, bf16=False, micro=2, accum=2), tiny_dataset, run)
+    ds = write_ds_config(root / "z2.json", stage=2, bf16=False, micro=2, accum=2)
+    train_run(config, ds, tiny_dataset, run, forked=True)
     convert_universal(run / "checkpoints" / SOURCE, run / "checkpoints" / UNIVERSAL, timeout=HANG_GUARD_S)
     return run / "checkpoints"
 

@@ -49,7 +49,7 @@ def made(tmp_path_factory, tiny_dataset):
         write_ds_config(root / f"z{stage}_dp2.json", stage=stage, bf16=False, micro=2, accum=1)
         run = root / f"run{stage}"
         ds = write_ds_config(root / f"z{stage}_dp1.json", stage=stage, bf16=False, micro=2, accum=2)
-        train_run(root / "run.yaml", ds, tiny_dataset, run)
+        train_run(root / "run.yaml", ds, tiny_dataset, run, forked=True)
         convert_universal(run / "checkpoints" / SOURCE, run / "checkpoints" / UNIVERSAL, timeout=HANG_GUARD_S)
     return root
 

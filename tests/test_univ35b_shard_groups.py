@@ -33,7 +33,7 @@ def made(tmp_path_factory, tiny_dataset):
     train_run(root / "run.yaml", root / "z2.json", tiny_dataset, root / "run2", nproc=2)
     write_yaml(root / "short.yaml", tiny_ngpt(), tiny_train(3, checkpoint_interval=3))
     write_ds_config(root / "z3.json", stage=3, bf16=False, micro=2, accum=1)
-    train_run(root / "short.yaml", root / "z3.json", tiny_dataset, root / "run3")
+    train_run(root / "short.yaml", root / "z3.json", tiny_dataset, root / "run3", forked=True)
     return root
 
 
