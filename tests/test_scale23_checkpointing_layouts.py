@@ -16,7 +16,7 @@ def single(tmp_path_factory, tiny_dataset):
     work = tmp_path_factory.mktemp("ckpt_single")
     config = write_yaml(work / "t.yaml", tiny_ngpt(), tiny_train(STEPS))
     ds = write_ds_config(work / "z1.json", stage=1, bf16=False, micro=2, accum=4)
-    train_run(config, ds, tiny_dataset, work / "out")
+    train_run(config, ds, tiny_dataset, work / "out", forked=True)
     return read_metrics(work / "out")
 
 

@@ -29,7 +29,7 @@ def test_pp2_fp32_gives_the_hooks_numbers_the_untied_embeddings_and_a_resume_bit
     train = tiny_train(5, checkpoint_interval=3)
     plain_cfg = write_yaml(tmp_path / "plain.yaml", tiny_ngpt(), train)
     piped_cfg = write_yaml(tmp_path / "pp2.yaml", tiny_ngpt(), {**train, "pipeline_parallel_size": 2})
-    train_run(plain_cfg, ds, tiny_dataset, tmp_path / "plain")
+    train_run(plain_cfg, ds, tiny_dataset, tmp_path / "plain", forked=True)
     train_run(piped_cfg, ds, tiny_dataset, tmp_path / "pp2", nproc=2)
     plain, piped = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "pp2")
     assert [m["step"] for m in piped] == [m["step"] for m in plain] == [1, 2, 3, 4, 5]
