@@ -133,7 +133,7 @@ def test_gpt_baseline_trains_through_the_same_trainer(tmp_path, tiny_dataset):
         {**TRAIN, "max_steps": 15, "lr": 3e-3, "checkpoint_interval": 0, "eval_interval": 0},
     )
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=True, micro=4, accum=1)
-    train_run(config, ds, tiny_dataset, tmp_path / "out")
+    train_run(config, ds, tiny_dataset, tmp_path / "out", forked=True)
     metrics = read_metrics(tmp_path / "out")
     assert metrics[-1]["train/loss"] < metrics[0]["train/loss"] - 0.25
     assert not any(k.startswith("ngpt/") for k in metrics[-1])
