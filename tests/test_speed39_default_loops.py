@@ -6,6 +6,7 @@ default). The values are torch's bit for bit either way."""
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 
 import pytest
@@ -94,3 +95,21 @@ def test_build_without_a_compiler_warns_and_says_false(fresh, monkeypatch):
         assert norm_kernel.build() is False
     assert len(caught) == 1
     assert norm_kernel.NORM_KERNEL_ENV not in os.environ
+
+
+def test_loading_a_cached_build_writes_nothing_into_the_cache(built, fresh, monkeypatch, tmp_path):
+    """Fault (session 39): with the loops on by default, every process that loaded a cached build opened a lock file
+    for writing in its cache folder first, so a read-only cache (a home shared read-only, an image's layer) made
+    every trainer process warn 'could not be built or loaded (PermissionError ...)' and run torch's operators.
+    A library in place is whole (one rename puts it there): loading it takes no lock and writes nothing."""
+    name, folder = norm_kernel_build._place()
+    copy = tmp_path / name
+    copy.mkdir()
+    shutil.copyfile(folder / f"{name}.so", copy / f"{name}.so")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops = norm_kernel.loops()
+    assert ops is not None and hasattr(ops, "normalize")
+    # old code: [<name>.so, 'lock']
+    assert sorted(p.name for p in copy.iterdir()) == [f"{name}.so"]

@@ -286,22 +286,25 @@ def load() -> ModuleType:
     """The loops' module from this machine's cache, built into it first where it lacks them (one process builds,
     the others wait up to BUILD_WAIT_S for its lock)."""
     name, folder = _place()
-    folder.mkdir(parents=True, exist_ok=True)
     library = folder / f"{name}.so"
-    # flock, not a lock file: a process killed while building releases it, so no later one waits for ever (torch's
-    # own build folder lock would); one build per machine however many ranks start at once.
-    with open(folder / "lock", "w") as lock:
-        deadline = time.monotonic() + BUILD_WAIT_S
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another process held {folder / 'lock'} for {BUILD_WAIT_S:.0f} s") from None
-                time.sleep(0.2)
-        if not library.is_file():
-            return _build(name, folder, library)
+    # A library in place is whole (_build puts it there with one rename), so loading it takes no lock and writes
+    # nothing: the trainer's default load works from a read-only cache (a shared home, an image's layer).
+    if not library.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        # flock, not a lock file: a process killed while building releases it, so no later one waits for ever
+        # (torch's own build folder lock would); one build per machine however many ranks start at once.
+        with open(folder / "lock", "w") as lock:
+            deadline = time.monotonic() + BUILD_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"another process held {folder / 'lock'} for {BUILD_WAIT_S:.0f} s") from None
+                    time.sleep(0.2)
+            if not library.is_file():
+                return _build(name, folder, library)
     spec = importlib.util.spec_from_file_location(name, library)
     assert spec is not None and spec.loader is not None  # a .so path always has a spec and a loader
     module = importlib.util.module_from_spec(spec)
