@@ -80,7 +80,7 @@ def test_the_trainer_at_sp2_and_context_512_trains_as_one_rank(tmp_path, tiny_da
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=2, accum=1)
     one = write_yaml(tmp_path / "one.yaml", _model(arch), train)
     sp2 = write_yaml(tmp_path / "sp2.yaml", _model(arch), {**train, "sequence_parallel_size": 2})
-    train_run(one, ds, tiny_dataset, tmp_path / "one")
+    train_run(one, ds, tiny_dataset, tmp_path / "one", forked=True)
     train_run(sp2, ds, tiny_dataset, tmp_path / "sp2", nproc=2)  # one sequence group: the same global batch
     a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "sp2")
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4]
