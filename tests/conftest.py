@@ -23,7 +23,6 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     convert_universal,
     cpu_env,
     free_port,
-    nobody_alone,
     run,
     run_in_session,
     run_launch,
@@ -42,6 +41,7 @@ from launching import (  # noqa: F401 (re-exported: the tests import these from 
     train_run,
     wait_while_running,
 )
+from nobody_user import nobody_alone  # noqa: F401 (re-exported)
 from run_configs import tiny_ngpt, tiny_train, write_ds_config, write_yaml  # noqa: F401 (re-exported)
 from shared_runs import (  # noqa: F401 (re-exported: the tests import these from conftest)
     REFERENCE_STEPS,

@@ -8,7 +8,7 @@ other than 0 read --out before rank 0 met the move, and its line said 'Checkpoin
 (plain processes); rank 1 marks when it reaches the end's agreement, and rank 0 moves --out only after that mark.
 """
 
-from launching import moved_ranks
+from moved_out import moved_ranks
 
 from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
@@ -17,7 +17,7 @@ def test_every_rank_names_the_new_place_of_an_out_moved_as_the_run_ends(tmp_path
     out, moved = tmp_path / "run", tmp_path / "moved"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(6, checkpoint_interval=3))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)
-    # launching.MOVE_OUT "close:0": rank 1 marks when it reaches the end's agreement (run_end.stop_all_if_unwritten,
+    # moved_out.MOVE_OUT "close:0": rank 1 marks when it reaches the end's agreement (run_end.stop_all_if_unwritten,
     # its arguments worked out by then), rank 0 moves --out as its metrics logger closes, once the mark is there;
     # both ranks exit 74, with no traceback and one error line
     flags = train_flags(config, ds, tiny_dataset, out)

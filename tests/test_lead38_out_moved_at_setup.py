@@ -11,14 +11,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from launching import moved_run
+from moved_out import moved_run
 
 from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 
 def _run_moved_at_setup(tmp_path: Path, dataset: Path, by: str, moved: Path) -> tuple[Path, str]:
     """The run, --out moved to `moved` (`by` "rename": os.rename, what `mv` does on one filesystem) or removed ("remove")
-    as rank 0's setup starts its writes (launching.MOVE_OUT "setup:0"): (out, the one line it stopped with, exit 2)."""
+    as rank 0's setup starts its writes (moved_out.MOVE_OUT "setup:0"): (out, the one line it stopped with, exit 2)."""
     out = tmp_path / "run"
     config = write_yaml(tmp_path / "t.yaml", tiny_ngpt(), tiny_train(2, checkpoint_interval=2))
     ds = write_ds_config(tmp_path / "z2.json", stage=2, bf16=False, micro=4, accum=1)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import deepspeed
-from launching import moved_run
+from moved_out import moved_run
 
 from ngpt_ds.train.manifest import verify
 

@@ -12,7 +12,7 @@ Faults:
 Real limits: the worker's `ulimit -u` of 1 is set in each worker process at its start (a sitecustomize of the test's,
 which only a process started with --multiprocessing-fork, a pool worker, acts on), the command running as `nobody`
 (the limit binds no process of root's), its own limit left as it is; taking turns with the other tests that run
-processes as `nobody` (launching.nobody_alone)."""
+processes as `nobody` (nobody_user.nobody_alone)."""
 
 from __future__ import annotations
 

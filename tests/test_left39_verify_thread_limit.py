@@ -6,7 +6,7 @@ the bar needs no monitor thread (it refreshes on each update).
 
 The command under the real limit (1 task: its main thread and no other), with the real user id of `nobody` (the limit
 binds no process of root's) and root's effective id, as tests/test_rdvb38_task_limit_commands.py runs its commands;
-the two files take turns (launching.nobody_alone)."""
+the two files take turns (nobody_user.nobody_alone)."""
 
 from __future__ import annotations
 

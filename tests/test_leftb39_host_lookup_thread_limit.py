@@ -22,7 +22,7 @@ import socket
 import sys
 
 import pytest
-from launching import NOBODY
+from nobody_user import NOBODY
 
 from conftest import (
     cpu_env,

@@ -6,7 +6,7 @@ failed (11)" and tqdm's "TqdmMonitorWarning: tqdm:disabling monitor support (mon
 new thread" (with the source line it warned from), naming no limit and no fix; without OPENBLAS_NUM_THREADS=1, numpy's
 OpenBLAS could not start its thread at numpy's import, printed its 'pthread_create failed' lines and raised SIGINT:
 the command ended on "interrupted", exit 130, as if Ctrl-C had stopped it. Real processes under the real limit, as
-`nobody` (launching.nobody_with), one at a time (conftest.nobody_alone)."""
+`nobody` (nobody_user.nobody_with), one at a time (conftest.nobody_alone)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launching import NOBODY, nobody_with
+from nobody_user import NOBODY, nobody_with
 
 from conftest import cpu_env, nobody_alone
 

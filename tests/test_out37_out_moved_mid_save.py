@@ -26,7 +26,7 @@ from pathlib import Path
 
 import deepspeed
 import pytest
-from launching import moved_run
+from moved_out import moved_run
 
 from ngpt_ds.train.manifest import verify
 
@@ -34,7 +34,7 @@ from conftest import assert_complete, run, tiny_ngpt, tiny_train, train_cmd, tra
 
 
 def _moved_run(tmp_path: Path, tiny_dataset: Path, at: str):
-    """The run, --out renamed to `moved` once during the save of step 4 (launching.MOVE_OUT): before DeepSpeed's
+    """The run, --out renamed to `moved` once during the save of step 4 (moved_out.MOVE_OUT): before DeepSpeed's
     first torch.save ("before_write"), after it ("writes"), as the save's _finish_save starts ("finish"), or after the
     save ("after"): (out, moved, config, ds config, the one line it stopped with, exit 74)."""
     out, moved = tmp_path / "run", tmp_path / "moved"

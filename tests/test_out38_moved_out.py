@@ -25,17 +25,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from launching import MOVE_OUT, moved_run
+from moved_out import MOVE_OUT, moved_run
 
 from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 _MOVED = MOVE_OUT
-"""The wrapper these runs go through (launching.MOVE_OUT), by its old name: tests/test_review38_out_removed_newest.py
+"""The wrapper these runs go through (moved_out.MOVE_OUT), by its old name: tests/test_review38_out_removed_newest.py
 imports it from here."""
 
 
 def _moved_run(tmp_path: Path, dataset: Path, move_at: str, moved: Path, *, by: str = "rename", interval: int = 2):
-    """The run, --out moved to `moved` at `move_at` (launching.MOVE_OUT: "metrics:N", "save:N", "after:N",
+    """The run, --out moved to `moved` at `move_at` (moved_out.MOVE_OUT: "metrics:N", "save:N", "after:N",
     "writes:N") by os.rename (`by` "rename", `mv` on one filesystem) or shutil.move ("copy", `mv` to another
     filesystem: a copy, then the original deleted): (out, config, ds config, the one line it stopped with, exit 74)."""
     out = tmp_path / "run"

@@ -14,13 +14,13 @@ does on one filesystem) at a chosen point:
 
 from pathlib import Path
 
-from launching import moved_ranks
+from moved_out import moved_ranks
 
 from conftest import tiny_ngpt, tiny_train, train_flags, write_ds_config, write_yaml
 
 
 def _moved_ranks(tmp_path: Path, dataset: Path, move_at: str, moved: Path, **env) -> tuple[Path, list[str]]:
-    """The 2-rank run, --out moved by rank 0 at `move_at` (launching.MOVE_OUT: "metrics:N" after the metrics of step N
+    """The 2-rank run, --out moved by rank 0 at `move_at` (moved_out.MOVE_OUT: "metrics:N" after the metrics of step N
     are written, "init:0" as the metrics logger is made, before TensorBoard's writer; `env` OTHER=1: another program's
     file made at the old place right after): (the old --out, each rank's one error line), both ranks exit 74."""
     out = tmp_path / "run"

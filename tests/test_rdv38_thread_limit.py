@@ -21,7 +21,8 @@ import sys
 import time
 
 import pytest
-from launching import NOBODY, nobody_with, rank_processes
+from launching import rank_processes
+from nobody_user import NOBODY, nobody_with
 
 from ngpt_ds import rendezvous_failures, rendezvous_peers
 

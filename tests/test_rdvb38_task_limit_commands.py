@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launching import NOBODY, nobody_with
+from nobody_user import NOBODY, nobody_with
 
 from conftest import cpu_env, nobody_alone, tiny_ngpt, tiny_train, train_run, write_run_configs
 

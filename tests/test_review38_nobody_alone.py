@@ -27,7 +27,7 @@ NOBODY = 65534
 HOLDER = """
 import os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
-from launching import nobody_alone
+from nobody_user import nobody_alone
 with nobody_alone():
     sleepers = [subprocess.Popen(["sleep", "4"], preexec_fn=lambda: os.setresuid(65534, 65534, 65534)) for _ in "ab"]
     print("held", flush=True)
