@@ -332,7 +332,7 @@ def _prepare_across_nodes(args: argparse.Namespace, progress: bool) -> Path:
     )
 
 
-def _quiet_libraries_at_the_thread_limit() -> None:
+def _quiet_libraries_at_the_thread_limit(loads_datasets: bool) -> None:
     """Under a `ulimit -u` that leaves this process no thread, datasets' libraries printed their own lines above the
     limit's one line (ngpt_ds.limits): pyarrow's "<jemalloc>: arena 0 background thread creation failed (11)" (its
     allocator's background thread, started as pyarrow loads: no environment variable of pyarrow's or jemalloc's turns
@@ -341,7 +341,9 @@ def _quiet_libraries_at_the_thread_limit() -> None:
     only where a `ulimit -u` binds this process (set, not root): under a `ulimit -v` or a large `ulimit -s` numpy's
     OpenBLAS meets the limit first and limit_named names that. A limit that lets this thread start but not
     jemalloc's still shows jemalloc's line. A warning-only filter for tqdm: where no monitor can start later (the limit
-    reached by datasets' own threads) tqdm runs on without it, and the command stops at the next thread."""
+    reached by datasets' own threads) tqdm runs on without it, and the command stops at the next thread.
+    `loads_datasets` False (--verify, --add-hashes: no datasets, no pyarrow, bars without a monitor): no probe, so
+    those run to their end under such a limit."""
     import os
     import resource
     import threading
@@ -349,7 +351,7 @@ def _quiet_libraries_at_the_thread_limit() -> None:
 
     from tqdm import TqdmMonitorWarning
 
-    if resource.getrlimit(resource.RLIMIT_NPROC)[0] != resource.RLIM_INFINITY and os.getuid() != 0:
+    if loads_datasets and resource.getrlimit(resource.RLIMIT_NPROC)[0] != resource.RLIM_INFINITY and os.getuid() != 0:
         probe = threading.Thread(target=lambda: None, name="ngpt_ds-thread-check")
         probe.start()  # RuntimeError "can't start new thread" where the limit leaves none
         probe.join()
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         from ngpt_ds.limits import limit_named
 
         with limit_named():  # a thread or a library that a low `ulimit -v` left no room for: one line, not a traceback
-            _quiet_libraries_at_the_thread_limit()
+            _quiet_libraries_at_the_thread_limit(loads_datasets=args.verify is None and args.add_hashes is None)
             print(_prepare(args))
         return 0
 
