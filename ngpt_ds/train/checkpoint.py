@@ -163,12 +163,18 @@ def _space_figures(err: BaseException, engine: DeepSpeedEngine, checkpoint_dir: 
     )
 
 
+class WordedOSError(OSError):
+    """An OSError without an errno whose text is already the whole line for the user (a case ngpt_ds checks and
+    words itself): `log_unexpected` logs no traceback for it."""
+
+
 def log_unexpected(err: BaseException, doing: str) -> None:
     """Log the traceback of `err` once, on this rank's stderr (the run's log), where it is an error no check words:
     not an OSError with its errno nor torch's failed write, which `describe` gives whole, but a bug in ngpt_ds or a
     library, which the problem every rank prints gives as 'Type: text' alone. Such a line had left an operator nothing
     to send. As collectives.all_answers does: errors pass the rank filter of ngpt_ds.log on every rank."""
-    known = is_write_failure(err) and not (isinstance(err, OSError) and err.errno is None)
+    worded = isinstance(err, WordedOSError)
+    known = worded or (is_write_failure(err) and not (isinstance(err, OSError) and err.errno is None))
     if not known:
         _log.error(f"rank {dist.get_rank() if dist.is_initialized() else 0}: {doing} failed", exc_info=err)
 
@@ -354,7 +360,7 @@ def _place_universal(converted: Path, target: Path, source: Path, manifest: dict
         # renamed away first, like every delete: a kill mid-way leaves no half of it under its name
         held = discard(target)
         if held is not None:
-            raise OSError(f"{target} could not be replaced: {held}")
+            raise WordedOSError(f"{target} could not be replaced: {held}")
     elif target.exists() or target.is_symlink():
         kept = move_out_kept(target)  # in one rename: a kill leaves it whole under the name it is kept under
     os.rename(converted, target)
