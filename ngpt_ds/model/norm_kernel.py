@@ -1,4 +1,5 @@
-"""Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode), opt-in; the
+"""Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode; used where built, see
+`wanted`); the
 elementwise part of the eq. 10-11 update's backward in one; Norm's forward and the whole eq. 10-11 update's
 forward in one loop each.
 
