@@ -1,7 +1,6 @@
 """Norm's backward, dx = (g - y (g . y)) / ||x||, in two C++ loops on the CPU (eager mode; used where built, see
-`wanted`); the
-elementwise part of the eq. 10-11 update's backward in one; Norm's forward and the whole eq. 10-11 update's
-forward in one loop each.
+`wanted`); the elementwise part of the eq. 10-11 update's backward in one; Norm's forward and the whole eq. 10-11
+update's forward in one loop each.
 
 `layers.tangent_rows` makes five passes over the activation through torch's operators (the product g * y, its
 copy to fp32 inside the sum, the sum, y times the dot, the difference, the product with 1 / ||x||). Here a first
