@@ -9,6 +9,7 @@ a resume from its checkpoint, a --max-time stop, and ZeRO stages 0, 2 and 3. One
 """
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -122,7 +123,10 @@ def test_the_runs_reached_what_they_cover(traces):
     assert traces["resume_max_time"]["codes"] == [0, 0]
     assert traces["zero0"]["codes"] == traces["zero3"]["codes"] == [0, 0]
     assert traces["sigterm"]["summary"]["stopped_by"] == "rank 1: signal SIGTERM"  # rank 0 learned who asked
-    assert traces["resume_max_time"]["summary"]["stopped_by"].startswith("--max-time: stopping")
+    # Each rank's limit counts from its own start, so either rank's margin may trip first: rank 0's own words, or
+    # rank 1's as rank 0 learned them (stop_words.margin_reason / margin_reason_of); both mean the margin stopped it.
+    stopped_by = traces["resume_max_time"]["summary"]["stopped_by"]
+    assert re.match(r"--max-time( on rank 1)?: stopping \d+\.\d s early so that the last step and its save", stopped_by)
     assert traces["resume_max_time"]["summary"]["step"] > traces["sigterm"]["summary"]["step"] >= 7
     assert "ngpt_ds/train/stopping.py:learn_who_asked" in frames["sigterm"]
     assert "ngpt_ds/train/stopping.py:learn_who_asked" in frames["resume_max_time"]
